@@ -1,0 +1,1 @@
+"""Vigil's five services; each runs as its own process and talks to the others only through Kafka."""

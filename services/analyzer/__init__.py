@@ -1,0 +1,1 @@
+"""Analyzer: indicators, affected hosts and users, and a summary of every incident."""

@@ -1,0 +1,66 @@
+"""Pure analysis of an incident's alerts: indicators of compromise and what is affected."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from ioc_finder import find_iocs
+
+from shared.events import AlertSummary, Indicator
+
+# ioc-finder result keys -> Vigil indicator kinds
+_IOC_KINDS = {
+    "ipv4s": "ipv4",
+    "ipv6s": "ipv6",
+    "domains": "domain",
+    "urls": "url",
+    "md5s": "md5",
+    "sha1s": "sha1",
+    "sha256s": "sha256",
+    "email_addresses": "email",
+}
+MAX_TEXT = 20_000
+
+
+def alert_text(alert: AlertSummary) -> str:
+    return "\n".join([alert.title, alert.description, *alert.labels.values()])[:MAX_TEXT]
+
+
+def extract_indicators(alerts: Sequence[AlertSummary]) -> list[Indicator]:
+    """Return the indicators found in the alerts' text and address fields, without repeats."""
+    found: dict[tuple[str, str], Indicator] = {}
+    for alert in alerts:
+        for address in (alert.src_ip, alert.dst_ip):
+            if address:
+                kind = "ipv4" if ipaddress.ip_address(address).version == 4 else "ipv6"
+                found.setdefault((kind, address), Indicator(kind=kind, value=address))  # type: ignore[arg-type]
+        iocs = find_iocs(
+            alert_text(alert),
+            parse_domain_from_url=False,
+            parse_from_url_path=False,
+            included_ioc_types=list(_IOC_KINDS),
+        )
+        for key, kind in _IOC_KINDS.items():
+            for value in iocs.get(key, ()):
+                found.setdefault((kind, value), Indicator(kind=kind, value=value))  # type: ignore[arg-type]
+    return sorted(found.values(), key=lambda i: (i.kind, i.value))
+
+
+def merge_indicators(known: Iterable[Indicator], new: Iterable[Indicator]) -> list[Indicator]:
+    merged = {(i.kind, i.value): i for i in known}
+    for indicator in new:
+        merged.setdefault((indicator.kind, indicator.value), indicator)
+    return sorted(merged.values(), key=lambda i: (i.kind, i.value))
+
+
+def summarise(alert_count: int, hosts: Sequence[str], users: Sequence[str], indicators: Sequence[Indicator]) -> str:
+    """One line an incident commander can read at a glance."""
+    kinds = Counter(i.kind for i in indicators)
+    by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    return (
+        f"{alert_count} alert{'s' * (alert_count != 1)} on {len(hosts)} host{'s' * (len(hosts) != 1)} "
+        f"and {len(users)} user{'s' * (len(users) != 1)}; {len(indicators)} indicators"
+        + (f" ({by_kind})" if by_kind else "")
+    )

@@ -1,0 +1,1 @@
+"""Coordinator: incident commander, immediate escalation, escalation timers, state machine, commands."""

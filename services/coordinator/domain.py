@@ -1,0 +1,115 @@
+"""Pure decisions of the coordinator: who commands an incident, and how its state may change."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import yaml
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from shared.errors import InvalidTransition
+from shared.events import (
+    AcknowledgeIncident,
+    AlertSummary,
+    Escalation,
+    IncidentSnapshot,
+    IncidentState,
+    IncidentType,
+    ResolveIncident,
+    Severity,
+)
+
+DEFAULT_ONCALL = Path(__file__).with_name("oncall.yaml")
+
+
+class Rotation(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    types: list[IncidentType] = Field(min_length=1)
+    start: AwareDatetime
+    shift_hours: int = Field(gt=0)
+    members: list[str] = Field(min_length=1)
+
+
+class OnCall(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rotations: list[Rotation] = Field(min_length=1)
+    channel: str = "pager"
+    ack_deadline_minutes: dict[Severity, int]
+
+
+def load_oncall(path: Path = DEFAULT_ONCALL) -> OnCall:
+    return OnCall.model_validate(yaml.safe_load(path.read_text()))
+
+
+def rotation_for(oncall: OnCall, incident_type: IncidentType) -> Rotation:
+    for rotation in oncall.rotations:
+        if incident_type in rotation.types:
+            return rotation
+    return oncall.rotations[0]
+
+
+def on_shift(rotation: Rotation, at: datetime, *, step: int = 0) -> str:
+    """Return who is on shift at ``at``; ``step`` goes that many people further down the rotation."""
+    shifts = int((at - rotation.start) / timedelta(hours=rotation.shift_hours))
+    return rotation.members[(shifts + step) % len(rotation.members)]
+
+
+def ack_deadline(oncall: OnCall, severity: Severity, since: datetime) -> datetime:
+    return since + timedelta(minutes=oncall.ack_deadline_minutes.get(severity, 60))
+
+
+def escalation(
+    snapshot: IncidentSnapshot,
+    *,
+    commander: str,
+    channel: str,
+    reason: str,
+    alerts: list[AlertSummary],
+) -> Escalation:
+    """Everything gathered so far, for the commander (runbook: escalate immediately, with all you have)."""
+    return Escalation(
+        commander=commander,
+        channel=channel,
+        reason=reason,
+        title=snapshot.title,
+        type=snapshot.type,
+        severity=snapshot.severity,
+        classification_reason=snapshot.classification_reason,
+        severity_reason=snapshot.severity_reason,
+        alert_count=snapshot.alert_count,
+        hosts=snapshot.hosts,
+        users=snapshot.users,
+        first_seen=snapshot.first_seen,
+        last_seen=snapshot.last_seen,
+        alerts=alerts,
+    )
+
+
+# Which command moves an incident from which state, and where to.
+TRANSITIONS: dict[IncidentState, dict[str, IncidentState]] = {
+    IncidentState.DETECTED: {"acknowledge": IncidentState.ACKNOWLEDGED, "resolve": IncidentState.RESOLVED},
+    IncidentState.ACKNOWLEDGED: {"resolve": IncidentState.RESOLVED},
+    IncidentState.INVESTIGATING: {"resolve": IncidentState.RESOLVED},
+    IncidentState.CONTAINED: {"resolve": IncidentState.RESOLVED},
+    IncidentState.RESOLVED: {},
+}
+
+COMMAND_NAMES: dict[type, str] = {AcknowledgeIncident: "acknowledge", ResolveIncident: "resolve"}
+
+
+def transition(state: IncidentState, command: str) -> IncidentState:
+    """Return the state a command leads to, or raise InvalidTransition."""
+    target = TRANSITIONS[state].get(command)
+    if target is None:
+        allowed = ", ".join(sorted(TRANSITIONS[state])) or "nothing"
+        raise InvalidTransition(f"cannot {command} an incident that is {state.value} (allowed: {allowed})")
+    return target
+
+
+def escalates(old: Severity, new: Severity) -> bool:
+    """A severity raised on an open incident calls for escalating again."""
+    return new.urgency > old.urgency

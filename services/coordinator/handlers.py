@@ -1,0 +1,201 @@
+"""The coordinator's handlers: command, escalate, and move incidents through their states."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from services.coordinator import domain
+from shared import timers
+from shared.consumer import HandlerContext, dispatch_each
+from shared.errors import InvalidTransition
+from shared.events import (
+    AcknowledgeIncident,
+    CommandRejected,
+    CommandRejection,
+    Escalation,
+    IncidentDetected,
+    IncidentEscalated,
+    IncidentState,
+    IncidentStateChanged,
+    IncidentUpdated,
+    ResolveIncident,
+    Severity,
+    StateChange,
+)
+
+log = logging.getLogger(__name__)
+SOURCE = "/vigil/coordinator"
+SERVICE = "coordinator"
+ACK_DEADLINE = "ack-deadline"
+ALERTS_IN_ESCALATION = 20
+
+
+class Coordinator:
+    def __init__(self, oncall: domain.OnCall) -> None:
+        self.oncall = oncall
+        self.handle = dispatch_each(
+            {
+                IncidentDetected: self.on_detected,
+                IncidentUpdated: self.on_updated,
+                AcknowledgeIncident: self.on_command,
+                ResolveIncident: self.on_command,
+            }
+        )
+        self.timer_handlers: dict[str, timers.TimerHandler] = {ACK_DEADLINE: self.on_ack_deadline}
+
+    async def on_detected(self, ctx: HandlerContext, event: IncidentDetected) -> None:
+        snapshot = event.data
+        rotation = domain.rotation_for(self.oncall, snapshot.type)
+        commander = domain.on_shift(rotation, event.time)
+        escalation = domain.escalation(
+            snapshot,
+            commander=commander,
+            channel=self.oncall.channel,
+            reason=f"new {snapshot.severity.value} {snapshot.type.value} incident: immediate escalation",
+            alerts=snapshot.new_alerts[:ALERTS_IN_ESCALATION],
+        )
+        inserted = await ctx.conn.fetchval(
+            """INSERT INTO coordinator_incidents (incident_id, state, severity, type, title, commander,
+                   rotation, escalation, detected_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING true""",
+            event.subject,
+            IncidentState.DETECTED.value,
+            snapshot.severity.value,
+            snapshot.type.value,
+            snapshot.title,
+            commander,
+            rotation.name,
+            escalation.model_dump(mode="json"),
+            event.time,
+        )
+        if not inserted:
+            return
+        caused = event.caused_by()
+        ctx.emit(
+            IncidentStateChanged(
+                source=SOURCE,
+                **caused,
+                data=StateChange(from_state=None, to_state=IncidentState.DETECTED, actor="detector"),
+            )
+        )
+        ctx.emit(IncidentEscalated(source=SOURCE, **caused, data=escalation))
+        await self._set_ack_deadline(ctx, event.subject, snapshot.severity, step=1)
+        log.info("incident %s escalated to %s", event.subject, commander, extra={"incident_id": event.subject})
+
+    async def on_updated(self, ctx: HandlerContext, event: IncidentUpdated) -> None:
+        row = await ctx.conn.fetchrow(
+            "SELECT state, severity, commander FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE",
+            event.subject,
+        )
+        if row is None or row["state"] == IncidentState.RESOLVED.value:
+            return
+        old = Severity(row["severity"])
+        new = event.data.severity
+        if not domain.escalates(old, new):
+            return
+        escalation = domain.escalation(
+            event.data,
+            commander=row["commander"],
+            channel=self.oncall.channel,
+            reason=f"severity raised from {old.value} to {new.value}",
+            alerts=event.data.new_alerts[:ALERTS_IN_ESCALATION],
+        )
+        await ctx.conn.execute(
+            """UPDATE coordinator_incidents SET severity = $2, escalation = $3, updated_at = now()
+               WHERE incident_id = $1""",
+            event.subject,
+            new.value,
+            escalation.model_dump(mode="json"),
+        )
+        ctx.emit(IncidentEscalated(source=SOURCE, **event.caused_by(), data=escalation))
+        if row["state"] == IncidentState.DETECTED.value:
+            await self._set_ack_deadline(ctx, event.subject, new, step=1)
+
+    async def on_command(self, ctx: HandlerContext, command: AcknowledgeIncident | ResolveIncident) -> None:
+        await self.apply_command(ctx, command)
+
+    async def apply_command(
+        self, ctx: HandlerContext, command: AcknowledgeIncident | ResolveIncident
+    ) -> IncidentStateChanged | CommandRejected:
+        """Apply an operator's command; an impossible one is answered with a CommandRejected event."""
+        name = domain.COMMAND_NAMES[type(command)]
+        row = await ctx.conn.fetchrow(
+            "SELECT state FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", command.subject
+        )
+        try:
+            if row is None:
+                raise InvalidTransition(f"no incident {command.subject}")
+            current = IncidentState(row["state"])
+            target = domain.transition(current, name)
+        except InvalidTransition as exc:
+            rejected = CommandRejected(
+                source=SOURCE,
+                **command.caused_by(),
+                data=CommandRejection(command_id=command.id, command=name, actor=command.data.actor, reason=str(exc)),
+            )
+            ctx.emit(rejected)
+            return rejected
+        stamp = {IncidentState.ACKNOWLEDGED: "acknowledged_at", IncidentState.RESOLVED: "resolved_at"}[target]
+        await ctx.conn.execute(
+            f"""UPDATE coordinator_incidents SET state = $2, {stamp} = $3, updated_at = now()
+                WHERE incident_id = $1""",
+            command.subject,
+            target.value,
+            command.time,
+        )
+        await timers.cancel(ctx.conn, service=SERVICE, kind=ACK_DEADLINE, subject=command.subject)
+        changed = IncidentStateChanged(
+            source=SOURCE,
+            **command.caused_by(),
+            data=StateChange(
+                from_state=current,
+                to_state=target,
+                actor=command.data.actor,
+                note=command.data.note,
+                command_id=command.id,
+            ),
+        )
+        ctx.emit(changed)
+        return changed
+
+    async def on_ack_deadline(self, ctx: HandlerContext, timer: timers.Timer) -> None:
+        """Nobody acknowledged in time: page the next person in the rotation with everything gathered."""
+        row = await ctx.conn.fetchrow(
+            "SELECT * FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", timer.subject
+        )
+        if row is None or row["state"] != IncidentState.DETECTED.value:
+            return
+        step = int(timer.payload.get("step", 1))
+        rotation = next((r for r in self.oncall.rotations if r.name == row["rotation"]), self.oncall.rotations[0])
+        if step >= len(rotation.members):
+            log.warning("incident %s: whole rotation paged without acknowledgement", timer.subject)
+            return
+        previous = row["commander"]
+        commander = domain.on_shift(rotation, row["detected_at"], step=step)
+        escalation = Escalation.model_validate(row["escalation"]).model_copy(
+            update={
+                "commander": commander,
+                "reason": f"not acknowledged by {previous} within the {row['severity']} deadline",
+            }
+        )
+        await ctx.conn.execute(
+            """UPDATE coordinator_incidents SET commander = $2, escalation_step = $3, escalation = $4,
+                   updated_at = now() WHERE incident_id = $1""",
+            timer.subject,
+            commander,
+            step,
+            escalation.model_dump(mode="json"),
+        )
+        ctx.emit(IncidentEscalated(source=SOURCE, subject=timer.subject, data=escalation))
+        await self._set_ack_deadline(ctx, timer.subject, Severity(row["severity"]), step=step + 1)
+
+    async def _set_ack_deadline(self, ctx: HandlerContext, incident_id: str, severity: Severity, step: int) -> None:
+        await timers.schedule(
+            ctx.conn,
+            service=SERVICE,
+            kind=ACK_DEADLINE,
+            subject=incident_id,
+            due_at=domain.ack_deadline(self.oncall, severity, datetime.now(UTC)),
+            payload={"step": step},
+        )

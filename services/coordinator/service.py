@@ -1,0 +1,31 @@
+"""Composition of the coordinator service."""
+
+from __future__ import annotations
+
+from services.coordinator import api
+from services.coordinator.domain import load_oncall
+from services.coordinator.handlers import SERVICE, Coordinator
+from shared.consumer import decode_cloudevent
+from shared.service import Runtime, ServiceSpec
+from shared.settings import VigilSettings
+from shared.timers import TimerPoller
+from shared.topics import COMMANDS, INCIDENTS
+
+
+def spec(settings: VigilSettings) -> ServiceSpec:
+    coordinator = Coordinator(load_oncall())
+
+    async def fire_timers(runtime: Runtime) -> None:
+        poller = TimerPoller(
+            service=SERVICE, pool=runtime.pool, names=runtime.names, handlers=coordinator.timer_handlers
+        )
+        await poller.run()
+
+    return ServiceSpec(
+        name=SERVICE,
+        consumes=(INCIDENTS, COMMANDS),
+        decoder=decode_cloudevent,
+        handler=coordinator.handle,
+        routers=lambda runtime: api.routers(runtime, coordinator),
+        background=(fire_timers,),
+    )

@@ -1,0 +1,1 @@
+"""Detector: ingests alerts, deduplicates, correlates them into incidents, classifies and prioritises."""

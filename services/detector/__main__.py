@@ -1,0 +1,4 @@
+from services.detector.service import spec
+from shared.service import main
+
+main(spec)

@@ -1,0 +1,332 @@
+"""Pure decisions of the detector: correlation, classification and prioritisation. No I/O here."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from shared.alerts import Alert, AlertSeverity
+from shared.events import AlertSummary, IncidentSnapshot, IncidentType, Severity
+
+# Most specific first: when an incident's alerts point several ways, the earlier type wins a tie.
+TYPE_PRECEDENCE = (
+    IncidentType.DATA_LEAK,
+    IncidentType.SYSTEM_COMPROMISE,
+    IncidentType.SECURITY_BREACH,
+    IncidentType.SERVICE_DISRUPTION,
+)
+
+# Keyword rules over an alert's title, description and label values, checked in this order.
+# A keyword matches whole words; a trailing "*" lets it match any ending ("exfiltrat*").
+CLASSIFICATION_RULES: tuple[tuple[IncidentType, tuple[str, ...]], ...] = (
+    (
+        IncidentType.DATA_LEAK,
+        (
+            "exfiltrat*",
+            "data leak*",
+            "leak*",
+            "dlp",
+            "sensitive data",
+            "public bucket",
+            "bucket is public",
+            "mass download",
+            "data transfer",
+        ),
+    ),
+    (
+        IncidentType.SYSTEM_COMPROMISE,
+        (
+            "malware",
+            "ransomware",
+            "rootkit",
+            "backdoor*",
+            "trojan",
+            "reverse shell",
+            "shell spawned",
+            "cryptominer",
+            "coin miner",
+            "command and control",
+            "c2",
+            "beacon*",
+            "privilege escalation",
+            "persistence",
+            "mimikatz",
+            "credential dump*",
+            "webshell",
+            "compromised",
+        ),
+    ),
+    (
+        IncidentType.SECURITY_BREACH,
+        (
+            "brute force",
+            "brute-force",
+            "unauthori*",
+            "failed login*",
+            "authentication failure*",
+            "intrusion",
+            "exploit*",
+            "sql injection",
+            "xss",
+            "port scan*",
+            "scan*",
+            "suspicious",
+            "policy violation",
+            "credential*",
+            "phishing",
+            "attack*",
+        ),
+    ),
+    (
+        IncidentType.SERVICE_DISRUPTION,
+        (
+            "down",
+            "outage",
+            "unavailable",
+            "latency",
+            "error rate",
+            "ddos",
+            "denial of service",
+            "crashloop*",
+            "crash*",
+            "oom*",
+            "out of memory",
+            "disk full",
+            "saturat*",
+            "timeout*",
+            "5xx",
+        ),
+    ),
+)
+
+
+def _keyword_pattern(keyword: str) -> re.Pattern[str]:
+    if keyword.endswith("*"):
+        return re.compile(r"\b" + re.escape(keyword[:-1]))
+    return re.compile(r"\b" + re.escape(keyword) + r"\b")
+
+
+_RULE_PATTERNS = [
+    (incident_type, [(kw.rstrip("*"), _keyword_pattern(kw)) for kw in keywords])
+    for incident_type, keywords in CLASSIFICATION_RULES
+]
+
+BASE_SEVERITY = {
+    AlertSeverity.CRITICAL: Severity.SEV1,
+    AlertSeverity.HIGH: Severity.SEV2,
+    AlertSeverity.MEDIUM: Severity.SEV3,
+    AlertSeverity.LOW: Severity.SEV4,
+    AlertSeverity.INFO: Severity.SEV4,
+}
+WIDESPREAD_HOSTS = 5
+MAX_ALERTS_PER_EVENT = 100
+
+
+def classify_alert(alert: Alert) -> tuple[IncidentType, str]:
+    """Return the incident type an alert points to and why."""
+    declared = alert.labels.get("incident_type", "")
+    if declared in IncidentType._value2member_map_:
+        return IncidentType(declared), f"label incident_type={declared}"
+    text = " ".join([alert.title, alert.description, *alert.labels.values()]).lower()
+    for incident_type, patterns in _RULE_PATTERNS:
+        for keyword, pattern in patterns:
+            if pattern.search(text):
+                return incident_type, f"{alert.source} alert {alert.title!r} mentions {keyword!r}"
+    if alert.labels.get("alertname") or alert.source.lower() in {"prometheus", "alertmanager"}:
+        return IncidentType.SERVICE_DISRUPTION, f"{alert.source} alert with no security keyword"
+    return IncidentType.SECURITY_BREACH, "no rule matched; security breach until analysed"
+
+
+def prioritise(max_alert_severity: AlertSeverity, incident_type: IncidentType, host_count: int) -> tuple[Severity, str]:
+    """Return the incident's SEV level and the steps that led to it."""
+    severity = BASE_SEVERITY[max_alert_severity]
+    steps = [f"highest alert severity {max_alert_severity.value} -> {severity.value}"]
+    if incident_type in (IncidentType.DATA_LEAK, IncidentType.SYSTEM_COMPROMISE) and severity in (
+        Severity.SEV2,
+        Severity.SEV3,
+    ):
+        severity = _raise(severity)
+        steps.append(f"{incident_type.value} -> {severity.value}")
+    if host_count >= WIDESPREAD_HOSTS and severity is not Severity.SEV1:
+        severity = _raise(severity)
+        steps.append(f"{host_count} hosts affected (widespread) -> {severity.value}")
+    return severity, "; ".join(steps)
+
+
+def _raise(severity: Severity) -> Severity:
+    return Severity(f"SEV{max(1, int(severity.value[-1]) - 1)}")
+
+
+def correlation_key(alert: Alert) -> str:
+    """Alerts about the same entity belong to one incident."""
+    return alert.entity
+
+
+@dataclass(frozen=True)
+class IncidentState:
+    """What the detector keeps of an open incident between batches."""
+
+    id: str
+    correlation_key: str
+    title: str
+    type: IncidentType
+    severity: Severity
+    classification_reason: str
+    severity_reason: str
+    alert_count: int
+    max_alert_severity: AlertSeverity
+    type_votes: dict[str, int]
+    hosts: tuple[str, ...]
+    users: tuple[str, ...]
+    first_seen: datetime
+    last_seen: datetime
+
+
+@dataclass
+class IncidentChange:
+    """An incident a batch opened or added alerts to."""
+
+    incident: IncidentState
+    created: bool
+    alerts: list[Alert] = field(default_factory=list)
+
+    def snapshot(self) -> IncidentSnapshot:
+        i = self.incident
+        return IncidentSnapshot(
+            title=i.title,
+            type=i.type,
+            severity=i.severity,
+            classification_reason=i.classification_reason,
+            severity_reason=i.severity_reason,
+            correlation_key=i.correlation_key,
+            alert_count=i.alert_count,
+            first_seen=i.first_seen,
+            last_seen=i.last_seen,
+            hosts=list(i.hosts),
+            users=list(i.users),
+            new_alerts=[summarise(a) for a in self.alerts[:MAX_ALERTS_PER_EVENT]],
+        )
+
+
+def summarise(alert: Alert) -> AlertSummary:
+    return AlertSummary(
+        key=alert.key,
+        source=alert.source,
+        title=alert.title,
+        description=alert.description[:2000],
+        severity=alert.severity,
+        time=alert.time,
+        host=alert.host,
+        user=alert.user,
+        src_ip=str(alert.src_ip) if alert.src_ip else None,
+        dst_ip=str(alert.dst_ip) if alert.dst_ip else None,
+        labels=alert.labels,
+    )
+
+
+def correlate(
+    alerts: Sequence[Alert],
+    open_incidents: dict[str, IncidentState],
+    *,
+    window: timedelta,
+    new_id: Callable[[], str],
+) -> list[IncidentChange]:
+    """Attach each alert to the open incident on its key within the window, or open a new one.
+
+    ``open_incidents`` maps a correlation key to its most recent open incident. Alerts are taken
+    in time order so that the window is judged the same however a batch was cut.
+    """
+    current = dict(open_incidents)
+    changes: dict[str, IncidentChange] = {}
+    for alert in sorted(alerts, key=lambda a: a.time):
+        key = correlation_key(alert)
+        incident = current.get(key)
+        if incident is None or alert.time - incident.last_seen > window:
+            incident = _open(alert, key, new_id())
+            change = changes[incident.id] = IncidentChange(incident, created=True)
+        else:
+            incident = _add(incident, alert)
+            change = changes.setdefault(incident.id, IncidentChange(incident, created=False))
+        change.incident = incident
+        change.alerts.append(alert)
+        current[key] = incident
+    return list(changes.values())
+
+
+def _open(alert: Alert, key: str, incident_id: str) -> IncidentState:
+    incident_type, reason = classify_alert(alert)
+    hosts = (alert.host,) if alert.host else ()
+    severity, severity_reason = prioritise(alert.severity, incident_type, len(hosts))
+    return IncidentState(
+        id=incident_id,
+        correlation_key=key,
+        title=alert.title,
+        type=incident_type,
+        severity=severity,
+        classification_reason=reason,
+        severity_reason=severity_reason,
+        alert_count=1,
+        max_alert_severity=alert.severity,
+        type_votes={incident_type.value: _weight(alert)},
+        hosts=hosts,
+        users=(alert.user,) if alert.user else (),
+        first_seen=alert.time,
+        last_seen=alert.time,
+    )
+
+
+def _weight(alert: Alert) -> int:
+    """A critical alert counts more towards the incident's type than an informational one."""
+    return alert.severity.rank + 1
+
+
+def _add(incident: IncidentState, alert: Alert) -> IncidentState:
+    alert_type, alert_reason = classify_alert(alert)
+    votes = dict(incident.type_votes)
+    votes[alert_type.value] = votes.get(alert_type.value, 0) + _weight(alert)
+    incident_type = decide_type(votes)
+    reason = incident.classification_reason
+    if incident_type is not incident.type:
+        reason = f"{alert_reason}; alert votes {votes}"
+    hosts = _union(incident.hosts, [alert.host])
+    more_severe = alert.severity.rank > incident.max_alert_severity.rank
+    max_severity = alert.severity if more_severe else incident.max_alert_severity
+    severity, severity_reason = prioritise(max_severity, incident_type, len(hosts))
+    if severity.urgency < incident.severity.urgency:  # an open incident is never downgraded
+        severity, severity_reason = incident.severity, incident.severity_reason
+    return replace(
+        incident,
+        title=alert.title if more_severe else incident.title,
+        type=incident_type,
+        severity=severity,
+        classification_reason=reason,
+        severity_reason=severity_reason,
+        alert_count=incident.alert_count + 1,
+        max_alert_severity=max_severity,
+        type_votes=votes,
+        hosts=hosts,
+        users=_union(incident.users, [alert.user]),
+        first_seen=min(incident.first_seen, alert.time),
+        last_seen=max(incident.last_seen, alert.time),
+    )
+
+
+def decide_type(votes: dict[str, int]) -> IncidentType:
+    """Return the incident's type from its alerts' weighted votes.
+
+    The most specific type wins when it carries at least half the leading weight: one reverse
+    shell among brute-force alerts makes the incident a system compromise, one stray keyword does not.
+    """
+    leading = max(votes.values(), default=0)
+    for incident_type in TYPE_PRECEDENCE:
+        if leading and votes.get(incident_type.value, 0) * 2 >= leading:
+            return incident_type
+    return IncidentType.SECURITY_BREACH
+
+
+def _union(existing: Iterable[str], more: Iterable[str | None]) -> tuple[str, ...]:
+    merged = dict.fromkeys(existing)
+    merged.update(dict.fromkeys(m for m in more if m))
+    return tuple(merged)

@@ -1,0 +1,119 @@
+"""The detector's tables: open incidents and the alerts attached to them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import asyncpg
+
+from services.detector.domain import IncidentState
+from shared.alerts import Alert, AlertSeverity
+from shared.db import Conn
+from shared.events import IncidentType, Severity
+
+
+async def get_open_by_keys(conn: Conn, *, keys: Iterable[str]) -> dict[str, IncidentState]:
+    """Return the most recent open incident for each key, locked until the transaction ends."""
+    rows = await conn.fetch(
+        """SELECT * FROM detector_incidents
+           WHERE correlation_key = ANY($1::text[]) AND NOT closed
+           ORDER BY last_seen
+           FOR UPDATE""",
+        list(keys),
+    )
+    # Later rows win: the newest open incident on a key is the one alerts may join.
+    return {row["correlation_key"]: _from_row(row) for row in rows}
+
+
+def _from_row(row: asyncpg.Record) -> IncidentState:
+    return IncidentState(
+        id=row["id"],
+        correlation_key=row["correlation_key"],
+        title=row["title"],
+        type=IncidentType(row["type"]),
+        severity=Severity(row["severity"]),
+        classification_reason=row["classification_reason"],
+        severity_reason=row["severity_reason"],
+        alert_count=row["alert_count"],
+        max_alert_severity=AlertSeverity(row["max_alert_severity"]),
+        type_votes=row["type_votes"],
+        hosts=tuple(row["hosts"]),
+        users=tuple(row["users"]),
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+    )
+
+
+async def upsert_incidents(conn: Conn, *, incidents: Sequence[IncidentState]) -> None:
+    await conn.executemany(
+        """INSERT INTO detector_incidents (id, correlation_key, title, type, severity, classification_reason,
+               severity_reason, alert_count, max_alert_severity, type_votes, hosts, users, first_seen, last_seen)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+           ON CONFLICT (id) DO UPDATE SET
+               title = EXCLUDED.title, type = EXCLUDED.type, severity = EXCLUDED.severity,
+               classification_reason = EXCLUDED.classification_reason,
+               severity_reason = EXCLUDED.severity_reason, alert_count = EXCLUDED.alert_count,
+               max_alert_severity = EXCLUDED.max_alert_severity, type_votes = EXCLUDED.type_votes,
+               hosts = EXCLUDED.hosts, users = EXCLUDED.users, first_seen = EXCLUDED.first_seen,
+               last_seen = EXCLUDED.last_seen, updated_at = now()""",
+        [
+            (
+                i.id,
+                i.correlation_key,
+                i.title,
+                i.type.value,
+                i.severity.value,
+                i.classification_reason,
+                i.severity_reason,
+                i.alert_count,
+                i.max_alert_severity.value,
+                i.type_votes,
+                list(i.hosts),
+                list(i.users),
+                i.first_seen,
+                i.last_seen,
+            )
+            for i in incidents
+        ],
+    )
+
+
+async def insert_alerts(conn: Conn, *, alerts: Sequence[tuple[Alert, str]]) -> None:
+    """Store alerts with the incident each joined, by COPY: one round trip per batch."""
+    await conn.copy_records_to_table(
+        "detector_alerts",
+        records=[
+            (
+                a.key,
+                incident_id,
+                a.source,
+                a.title,
+                a.severity.value,
+                a.time,
+                a.host,
+                a.user,
+                a.src_ip,
+                a.dst_ip,
+                a.model_dump(mode="json"),
+            )
+            for a, incident_id in alerts
+        ],
+        columns=[
+            "key",
+            "incident_id",
+            "source",
+            "title",
+            "severity",
+            "time",
+            "host",
+            "user",
+            "src_ip",
+            "dst_ip",
+            "body",
+        ],
+    )
+
+
+async def close_incident(conn: Conn, *, incident_id: str) -> None:
+    """Stop attaching alerts to an incident the coordinator resolved."""
+    await conn.execute("UPDATE detector_incidents SET closed = true, updated_at = now() WHERE id = $1", incident_id)

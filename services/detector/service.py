@@ -1,0 +1,20 @@
+"""Composition of the detector service."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from services.detector.handlers import Detector, decode
+from shared.service import ServiceSpec
+from shared.settings import VigilSettings
+from shared.topics import ALERTS_RAW, COORDINATION
+
+
+def spec(settings: VigilSettings) -> ServiceSpec:
+    detector = Detector(correlation_window=timedelta(seconds=settings.correlation_window_s))
+    return ServiceSpec(
+        name="detector",
+        consumes=(ALERTS_RAW, COORDINATION),
+        decoder=decode,
+        handler=detector.handle,
+    )

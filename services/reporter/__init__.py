@@ -1,0 +1,1 @@
+"""Reporter: the incident timeline, the read API and incident metrics."""

@@ -1,0 +1,69 @@
+"""The reporter's handlers: every event lands on its incident's timeline and updates the read model."""
+
+from __future__ import annotations
+
+from services.reporter import repository
+from services.reporter.domain import timeline_entry
+from shared.consumer import HandlerContext, dispatch_each
+from shared.events import (
+    CommandRejected,
+    EventBase,
+    IncidentAnalyzed,
+    IncidentDetected,
+    IncidentEscalated,
+    IncidentState,
+    IncidentStateChanged,
+    IncidentUpdated,
+    ResponsePlanned,
+)
+
+
+async def record(ctx: HandlerContext, event: EventBase) -> None:
+    await repository.ensure_incident(ctx.conn, incident_id=event.subject)
+    await repository.add_timeline(ctx.conn, event=event, entry=timeline_entry(event))
+
+
+async def on_snapshot(ctx: HandlerContext, event: IncidentDetected | IncidentUpdated) -> None:
+    detected = isinstance(event, IncidentDetected)
+    await repository.apply_snapshot(
+        ctx.conn, incident_id=event.subject, snapshot=event.data, detected=detected, at=event.time
+    )
+    await record(ctx, event)
+
+
+async def on_analyzed(ctx: HandlerContext, event: IncidentAnalyzed) -> None:
+    await repository.set_fields(ctx.conn, incident_id=event.subject, analysis=event.data.model_dump(mode="json"))
+    await record(ctx, event)
+
+
+async def on_planned(ctx: HandlerContext, event: ResponsePlanned) -> None:
+    await repository.set_fields(ctx.conn, incident_id=event.subject, plan=event.data.model_dump(mode="json"))
+    await record(ctx, event)
+
+
+async def on_escalated(ctx: HandlerContext, event: IncidentEscalated) -> None:
+    await repository.set_fields(ctx.conn, incident_id=event.subject, commander=event.data.commander)
+    await record(ctx, event)
+
+
+STAMPS = {IncidentState.ACKNOWLEDGED: "acknowledged_at", IncidentState.RESOLVED: "resolved_at"}
+
+
+async def on_state_changed(ctx: HandlerContext, event: IncidentStateChanged) -> None:
+    fields: dict[str, object] = {"state": event.data.to_state.value}
+    if event.data.to_state in STAMPS:
+        fields[STAMPS[event.data.to_state]] = event.time
+    await repository.set_fields(ctx.conn, incident_id=event.subject, **fields)
+    await record(ctx, event)
+
+
+HANDLERS = {
+    IncidentDetected: on_snapshot,
+    IncidentUpdated: on_snapshot,
+    IncidentAnalyzed: on_analyzed,
+    ResponsePlanned: on_planned,
+    IncidentEscalated: on_escalated,
+    IncidentStateChanged: on_state_changed,
+    CommandRejected: record,
+}
+handle = dispatch_each(HANDLERS)  # type: ignore[arg-type]

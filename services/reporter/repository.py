@@ -1,0 +1,112 @@
+"""The reporter's read model: incidents, their alerts and their timeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.reporter.domain import TimelineEntry
+from shared.db import Conn
+from shared.events import EventBase, IncidentSnapshot
+
+
+async def add_timeline(conn: Conn, *, event: EventBase, entry: TimelineEntry) -> None:
+    await conn.execute(
+        """INSERT INTO reporter_timeline (event_id, incident_id, time, type, actor, summary, data)
+           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
+        event.id,
+        event.subject,
+        event.time,
+        getattr(event, "type"),  # noqa: B009
+        entry.actor,
+        entry.summary,
+        getattr(event, "data").model_dump(mode="json"),  # noqa: B009
+    )
+
+
+async def ensure_incident(conn: Conn, *, incident_id: str) -> None:
+    """Events of one incident arrive on several topics, in any order: make the row exist first."""
+    await conn.execute("INSERT INTO reporter_incidents (id) VALUES ($1) ON CONFLICT DO NOTHING", incident_id)
+
+
+async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnapshot, detected: bool, at: Any) -> None:
+    await ensure_incident(conn, incident_id=incident_id)
+    await conn.execute(
+        """UPDATE reporter_incidents SET title = $2, type = $3, severity = $4, alert_count = GREATEST(alert_count, $5),
+               hosts = $6, users = $7, classification_reason = $8, severity_reason = $9,
+               detected_at = CASE WHEN $10 THEN $11 ELSE detected_at END,
+               created_at = CASE WHEN $10 THEN $12 ELSE created_at END, updated_at = now()
+           WHERE id = $1""",
+        incident_id,
+        snapshot.title,
+        snapshot.type.value,
+        snapshot.severity.value,
+        snapshot.alert_count,
+        snapshot.hosts,
+        snapshot.users,
+        snapshot.classification_reason,
+        snapshot.severity_reason,
+        detected,
+        at,
+        snapshot.first_seen,
+    )
+    if snapshot.new_alerts:
+        await conn.executemany(
+            """INSERT INTO reporter_alerts (key, incident_id, body, time) VALUES ($1, $2, $3, $4)
+               ON CONFLICT DO NOTHING""",
+            [(a.key, incident_id, a.model_dump(mode="json"), a.time) for a in snapshot.new_alerts],
+        )
+
+
+async def set_fields(conn: Conn, *, incident_id: str, **fields: Any) -> None:
+    await ensure_incident(conn, incident_id=incident_id)
+    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=2))
+    await conn.execute(
+        f"UPDATE reporter_incidents SET {assignments}, updated_at = now() WHERE id = $1",
+        incident_id,
+        *fields.values(),
+    )
+
+
+INCIDENT_COLUMNS = """id, title, type, severity, state, alert_count, commander, hosts, users,
+    classification_reason, severity_reason, created_at, detected_at, acknowledged_at, resolved_at, updated_at"""
+
+
+async def list_incidents(conn: Conn, *, state: str | None, severity: str | None, limit: int) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        f"""SELECT {INCIDENT_COLUMNS} FROM reporter_incidents
+            WHERE title IS NOT NULL AND ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR severity = $2)
+            ORDER BY created_at DESC LIMIT $3""",
+        state,
+        severity,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def get_incident(conn: Conn, *, incident_id: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(
+        f"SELECT {INCIDENT_COLUMNS}, analysis, plan FROM reporter_incidents WHERE id = $1", incident_id
+    )
+    return dict(row) if row else None
+
+
+async def list_alerts(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch("SELECT body FROM reporter_alerts WHERE incident_id = $1 ORDER BY time", incident_id)
+    return [r["body"] for r in rows]
+
+
+async def list_timeline(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT event_id, time, type, actor, summary FROM reporter_timeline
+           WHERE incident_id = $1 ORDER BY time, event_id""",
+        incident_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def count_by_labels(conn: Conn) -> list[tuple[str, str, str, int]]:
+    rows = await conn.fetch(
+        """SELECT severity, type, state, count(*) AS n FROM reporter_incidents
+           WHERE severity IS NOT NULL GROUP BY severity, type, state"""
+    )
+    return [(r["severity"], r["type"], r["state"], r["n"]) for r in rows]

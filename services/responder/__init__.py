@@ -1,0 +1,1 @@
+"""Responder: selects a playbook for each incident and plans its response; nothing destructive runs unapproved."""

@@ -1,0 +1,4 @@
+from services.responder.service import spec
+from shared.service import main
+
+main(spec)

@@ -1,0 +1,1 @@
+"""Code every Vigil service shares: event contract, topics, bus and database plumbing."""

@@ -1,0 +1,78 @@
+"""CloudEvents 1.0 Kafka protocol binding, binary content mode, for Vigil's events.
+
+Envelope attributes travel as ``ce_<name>`` headers, ``data`` as the JSON body, and the Kafka key
+is the incident id so that each incident's events keep their order on one partition.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.errors import InvalidMessage
+from shared.events import EVENT_ADAPTER, EVENT_TYPES, Event, EventBase
+
+SPEC_VERSION = b"1.0"
+CONTENT_TYPE = b"application/json"
+_ENVELOPE = ("id", "source", "type", "time", "subject", "correlationid", "causationid")
+Headers = Sequence[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def dataschema(event_type: str) -> str:
+    return f"https://vigil.dev/schemas/{event_type}.json"
+
+
+def encode(event: EventBase) -> KafkaRecord:
+    """Encode one event as a binary-mode CloudEvent Kafka record."""
+    envelope = event.model_dump(mode="json", include=set(_ENVELOPE), exclude_none=True)
+    headers = [("ce_specversion", SPEC_VERSION)]
+    headers += [(f"ce_{name}", str(value).encode()) for name, value in envelope.items()]
+    headers.append(("ce_dataschema", dataschema(envelope["type"]).encode()))
+    headers.append(("content-type", CONTENT_TYPE))
+    data = getattr(event, "data")  # noqa: B009 - every concrete event has data
+    return KafkaRecord(key=event.subject.encode(), value=data.model_dump_json().encode(), headers=headers)
+
+
+def decode(value: bytes | None, headers: Headers) -> Event:
+    """Decode a binary-mode CloudEvent Kafka record into its event, or raise InvalidMessage."""
+    attributes: dict[str, Any] = {}
+    for name, raw in headers:
+        if name.startswith("ce_"):
+            attributes[name[3:]] = raw.decode("utf-8", errors="replace")
+    if attributes.get("specversion") != "1.0":
+        raise InvalidMessage("not a CloudEvents 1.0 binary-mode record (ce_specversion missing or not 1.0)")
+    event_type = attributes.get("type")
+    if event_type not in EVENT_TYPES:
+        raise InvalidMessage(f"unknown event type {event_type!r}")
+    if value is None:
+        raise InvalidMessage("empty body")
+    try:
+        data = json.loads(value)
+    except ValueError as exc:
+        raise InvalidMessage(f"body is not JSON: {exc}") from exc
+    fields = {name: attributes[name] for name in _ENVELOPE if name in attributes}
+    fields["data"] = data
+    try:
+        return EVENT_ADAPTER.validate_python(fields)
+    except ValidationError as exc:
+        raise InvalidMessage(f"{event_type} does not match its schema: {_short(exc)}") from exc
+
+
+def _short(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
+
+
+def validation_reason(exc: ValidationError) -> str:
+    """Return a short, human-readable summary of a validation error."""
+    return _short(exc)

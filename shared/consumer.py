@@ -1,0 +1,291 @@
+"""The one consume loop every Vigil service runs.
+
+fetch a batch -> decode and validate -> one Postgres transaction (record event ids as processed,
+run the handler on the new ones, write outgoing events to the outbox) -> dead-letter the invalid
+-> commit offsets. Offsets are committed last, so a crash anywhere before means redelivery, and
+the processed-id ledger turns redelivery into a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
+
+from shared import cloudevents
+from shared.db import Conn
+from shared.errors import DeadLetterLimitExceeded, InvalidMessage, is_retriable
+from shared.events import Event, EventBase
+from shared.metrics import (
+    BATCH_SIZE,
+    CONSUMER_LAG,
+    EVENTS_CONSUMED,
+    EVENTS_DEAD_LETTERED,
+    EVENTS_HANDLED,
+    HANDLER_DURATION,
+)
+from shared.outbox import write_events
+from shared.topics import TopicNames, dead_letter_topic_for
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Record = ConsumerRecord  # aiokafka's record: topic, partition, offset, key, value, headers
+
+
+@dataclass(frozen=True)
+class Inbound(Generic[T]):
+    """A decoded, valid message and the record it came from."""
+
+    event_id: str
+    item: T
+    record: Any
+
+
+Decoder = Callable[[Any], tuple[str, T]]
+
+
+def decode_cloudevent(record: Any) -> tuple[str, Event]:
+    """Decode a Vigil event record; its CloudEvents id is its idempotency key."""
+    event = cloudevents.decode(record.value, record.headers)
+    return event.id, event
+
+
+@dataclass
+class HandlerContext:
+    """What a handler may touch inside the batch's transaction."""
+
+    conn: Conn
+    service: str
+    names: TopicNames
+    emitted: list[EventBase] = field(default_factory=list)
+    rejected: list[tuple[Any, str]] = field(default_factory=list)
+
+    def emit(self, event: EventBase) -> None:
+        """Queue an event for the outbox; it is written in this transaction."""
+        self.emitted.append(event)
+
+    def reject(self, inbound: Inbound[Any], reason: str) -> None:
+        """Dead-letter one message whose content the handler refused."""
+        self.rejected.append((inbound.record, reason))
+
+
+BatchHandler = Callable[[HandlerContext, Sequence[Inbound[T]]], Awaitable[None]]
+EventHandler = Callable[[HandlerContext, Any], Awaitable[None]]
+
+
+def dispatch_each(table: dict[type[EventBase], EventHandler]) -> BatchHandler[Event]:
+    """Build a batch handler that calls the table's handler for each event, each in a savepoint.
+
+    An event type missing from the table is skipped: a topic may carry events this service
+    does not care about. A handler raising InvalidMessage dead-letters just that event.
+    """
+
+    async def handle(ctx: HandlerContext, batch: Sequence[Inbound[Event]]) -> None:
+        for inbound in batch:
+            handler = table.get(type(inbound.item))
+            if handler is None:
+                continue
+            try:
+                async with ctx.conn.transaction():
+                    await handler(ctx, inbound.item)
+            except InvalidMessage as exc:
+                ctx.reject(inbound, exc.reason)
+
+    return handle
+
+
+class DeadLetterGuard:
+    """Stops a consumer whose recent messages are mostly dead-lettered."""
+
+    def __init__(self, *, ratio: float, window: int) -> None:
+        self.ratio = ratio
+        self.window = window
+        self._recent: collections.deque[bool] = collections.deque(maxlen=window)
+        self._dead = 0
+
+    def record(self, dead: Sequence[bool]) -> None:
+        for is_dead in dead:
+            if len(self._recent) == self.window and self._recent[0]:
+                self._dead -= 1
+            self._recent.append(is_dead)
+            self._dead += is_dead
+        if len(self._recent) >= self.window and self._dead / len(self._recent) > self.ratio:
+            raise DeadLetterLimitExceeded(
+                f"{self._dead} of the last {len(self._recent)} messages were dead-lettered "
+                f"(limit {self.ratio:.0%}); stopping instead of emptying the topic into the dead-letter queue"
+            )
+
+
+class ConsumeLoop(Generic[T]):
+    """Consumes topics for one service with at-least-once, idempotent, transactional handling."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        pool: asyncpg.Pool,
+        names: TopicNames,
+        decoder: Decoder[T],
+        handler: BatchHandler[T],
+        batch_size: int = 2000,
+        poll_ms: int = 200,
+        dead_letter_guard: DeadLetterGuard | None = None,
+    ) -> None:
+        self.service = service
+        self.consumer = consumer
+        self.producer = producer
+        self.pool = pool
+        self.names = names
+        self.decoder = decoder
+        self.handler = handler
+        self.batch_size = batch_size
+        self.poll_ms = poll_ms
+        self.guard = dead_letter_guard or DeadLetterGuard(ratio=0.5, window=1000)
+        self._stopping = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.consumer.assignment())
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while not self._stopping.is_set():
+            batch = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_size)
+            if not batch:
+                continue
+            try:
+                await self.process(batch)
+                backoff = 0.1
+            except Exception as exc:
+                if not is_retriable(exc):
+                    EVENTS_HANDLED.labels(self.service, "error").inc(sum(len(m) for m in batch.values()))
+                    raise
+                EVENTS_HANDLED.labels(self.service, "retry").inc(sum(len(m) for m in batch.values()))
+                log.warning("batch failed, retrying in %.1fs without committing: %r", backoff, exc)
+                for tp, records in batch.items():
+                    self.consumer.seek(tp, records[0].offset)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Handle one fetched batch end to end; offsets are committed only when all of it is done."""
+        valid: list[Inbound[T]] = []
+        invalid: list[tuple[Any, str]] = []
+        verdicts: list[bool] = []
+        for tp, records in batch.items():
+            EVENTS_CONSUMED.labels(self.service, tp.topic).inc(len(records))
+            for record in records:
+                try:
+                    event_id, item = self.decoder(record)
+                except InvalidMessage as exc:
+                    invalid.append((record, exc.reason))
+                    verdicts.append(True)
+                else:
+                    valid.append(Inbound(event_id, item, record))
+                    verdicts.append(False)
+        self.guard.record(verdicts)
+
+        started = time.perf_counter()
+        fresh, rejected = await self._handle_in_transaction(valid)
+        HANDLER_DURATION.labels(self.service).observe(time.perf_counter() - started)
+        BATCH_SIZE.labels(self.service).observe(len(valid))
+
+        dead = invalid + rejected
+        if rejected:
+            self.guard.record([True] * len(rejected))
+        await self._dead_letter(dead)
+
+        EVENTS_HANDLED.labels(self.service, "ok").inc(fresh - len(rejected))
+        EVENTS_HANDLED.labels(self.service, "duplicate").inc(len(valid) - fresh)
+        EVENTS_HANDLED.labels(self.service, "invalid").inc(len(dead))
+        await self._commit(batch)
+
+    async def _handle_in_transaction(self, valid: list[Inbound[T]]) -> tuple[int, list[tuple[Any, str]]]:
+        if not valid:
+            return 0, []
+        async with self.pool.acquire() as conn, conn.transaction():
+            ids = list(dict.fromkeys(inbound.event_id for inbound in valid))
+            inserted = await conn.fetch(
+                """INSERT INTO processed_events (service, event_id)
+                   SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id""",
+                self.service,
+                ids,
+            )
+            new_ids = {row["event_id"] for row in inserted}
+            fresh: list[Inbound[T]] = []
+            for inbound in valid:
+                if inbound.event_id in new_ids:
+                    new_ids.discard(inbound.event_id)  # a repeat inside the batch is a duplicate too
+                    fresh.append(inbound)
+            ctx = HandlerContext(conn=conn, service=self.service, names=self.names)
+            if fresh:
+                await self.handler(ctx, fresh)
+            await write_events(conn, service=self.service, names=self.names, events=ctx.emitted)
+        return len(fresh), ctx.rejected
+
+    async def _dead_letter(self, dead: list[tuple[Any, str]]) -> None:
+        if not dead:
+            return
+        futures = []
+        for record, reason in dead:
+            log.warning(
+                "dead-lettering %s[%d]@%d: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                reason,
+                extra={"topic": record.topic, "offset": record.offset},
+            )
+            headers = [*list(record.headers or ()), *dead_letter_headers(self.service, record, reason)]
+            futures.append(
+                await self.producer.send(
+                    self.names(dead_letter_topic_for(record.topic, self.names)),
+                    key=record.key,
+                    value=record.value,
+                    headers=headers,
+                )
+            )
+            EVENTS_DEAD_LETTERED.labels(self.service, record.topic).inc()
+        await asyncio.gather(*futures)
+
+    async def _commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+            # The partitions moved to another member, which will redeliver; the ledger absorbs it.
+            log.warning("offset commit skipped after a rebalance: %r", exc)
+        for tp, records in batch.items():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(
+                    max(highwater - records[-1].offset - 1, 0)
+                )
+
+
+def dead_letter_headers(service: str, record: Any, reason: str) -> list[tuple[str, bytes]]:
+    """Return the headers that say why, where and when a record was dead-lettered."""
+    return [
+        ("vigil_dlq_reason", reason.encode()[:4000]),
+        ("vigil_dlq_service", service.encode()),
+        ("vigil_dlq_topic", record.topic.encode()),
+        ("vigil_dlq_partition", str(record.partition).encode()),
+        ("vigil_dlq_offset", str(record.offset).encode()),
+        ("vigil_dlq_time", datetime.now(UTC).isoformat().encode()),
+    ]

@@ -1,0 +1,88 @@
+"""Postgres plumbing: the connection pool and versioned migrations applied under an advisory lock."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # What repository functions take: a plain connection or one borrowed from the pool.
+    Conn: TypeAlias = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+else:
+    Conn = asyncpg.Connection
+
+log = logging.getLogger(__name__)
+
+# Any fixed number works; every Vigil process agrees on it so only one migrates at a time.
+MIGRATION_LOCK_ID = 0x56494749  # "VIGI"
+
+
+def _encode_jsonb(value: object) -> bytes:
+    return b"\x01" + json.dumps(value, separators=(",", ":")).encode()
+
+
+def _decode_jsonb(data: bytes) -> object:
+    return json.loads(data[1:])  # first byte: jsonb format version
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Binary codecs, so that COPY (binary only) can write JSON columns too.
+    await conn.set_type_codec(
+        "jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb, schema="pg_catalog", format="binary"
+    )
+    await conn.set_type_codec(
+        "json",
+        encoder=lambda v: json.dumps(v).encode(),
+        decoder=json.loads,
+        schema="pg_catalog",
+        format="binary",
+    )
+
+
+async def create_pool(database_url: str, *, max_size: int = 5, **kwargs: Any) -> asyncpg.Pool:
+    """Open a pool whose connections read and write JSON columns as Python objects."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=max_size, init=_init_connection, **kwargs)
+    assert pool is not None
+    return pool
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """Return (version, name, sql) for every migration shipped with Vigil, in order."""
+    found = []
+    for entry in resources.files("shared.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(pool: asyncpg.Pool) -> list[str]:
+    """Apply the migrations this database lacks, one transaction each; return the names applied."""
+    applied: list[str] = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version integer PRIMARY KEY,
+                       name text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in migration_files():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+                applied.append(name)
+                log.info("applied migration %s", name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
+    return applied

@@ -1,0 +1,275 @@
+"""Every event Vigil publishes: frozen pydantic models in one discriminated union.
+
+Each event travels as a CloudEvents 1.0 event in Kafka binary mode (see ``shared.cloudevents``):
+the envelope fields of ``EventBase`` become ``ce_*`` headers and ``data`` becomes the JSON body.
+Event types carry their schema version (``.v1``); a breaking change adds a new type.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+from shared.alerts import AlertSeverity
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class IncidentType(StrEnum):
+    SECURITY_BREACH = "security_breach"
+    SYSTEM_COMPROMISE = "system_compromise"
+    DATA_LEAK = "data_leak"
+    SERVICE_DISRUPTION = "service_disruption"
+
+
+class Severity(StrEnum):
+    """Incident priority; SEV1 is the most urgent (see the runbook's definitions)."""
+
+    SEV1 = "SEV1"
+    SEV2 = "SEV2"
+    SEV3 = "SEV3"
+    SEV4 = "SEV4"
+
+    @property
+    def urgency(self) -> int:
+        """Return 4 for SEV1 down to 1 for SEV4, so that larger means more urgent."""
+        return 5 - int(self.value[-1])
+
+
+class IncidentState(StrEnum):
+    DETECTED = "detected"
+    ACKNOWLEDGED = "acknowledged"
+    INVESTIGATING = "investigating"
+    CONTAINED = "contained"
+    RESOLVED = "resolved"
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---- payloads -------------------------------------------------------------------------------
+
+
+class AlertSummary(Payload):
+    """An alert as carried inside incident events: enough for analysis, without the raw record."""
+
+    key: str
+    source: str
+    title: str
+    description: str = ""
+    severity: AlertSeverity
+    time: AwareDatetime
+    host: str | None = None
+    user: str | None = None
+    src_ip: str | None = None
+    dst_ip: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class IncidentSnapshot(Payload):
+    """What the detector knows of an incident after a batch of alerts."""
+
+    title: str
+    type: IncidentType
+    severity: Severity
+    classification_reason: str
+    severity_reason: str
+    correlation_key: str
+    alert_count: int
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+    hosts: list[str] = Field(default_factory=list)
+    users: list[str] = Field(default_factory=list)
+    new_alerts: list[AlertSummary] = Field(
+        default_factory=list, description="Alerts added since the previous event (at most 100)."
+    )
+
+
+class Indicator(Payload):
+    kind: Literal["ipv4", "ipv6", "domain", "url", "md5", "sha1", "sha256", "email"]
+    value: str
+
+
+class Analysis(Payload):
+    """Cumulative analysis of an incident; carries its type and severity for the services downstream."""
+
+    type: IncidentType
+    severity: Severity
+    title: str
+    indicators: list[Indicator]
+    affected_hosts: list[str]
+    affected_users: list[str]
+    alert_count: int
+    summary: str
+
+
+class PlannedAction(Payload):
+    id: str
+    name: str
+    phase: Literal["containment", "eradication", "recovery", "communication", "investigation"]
+    description: str
+    destructive: bool
+    requires_approval: bool
+    status: Literal["planned", "awaiting_approval"]
+
+
+class ResponsePlan(Payload):
+    plan_id: str
+    playbook: str
+    playbook_title: str
+    incident_type: IncidentType
+    severity: Severity
+    actions: list[PlannedAction]
+
+
+class Escalation(Payload):
+    """The message sent to the incident commander: everything gathered so far."""
+
+    commander: str
+    channel: str
+    reason: str
+    title: str
+    type: IncidentType
+    severity: Severity
+    classification_reason: str
+    severity_reason: str
+    alert_count: int
+    hosts: list[str]
+    users: list[str]
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+    alerts: list[AlertSummary]
+
+
+class StateChange(Payload):
+    from_state: IncidentState | None
+    to_state: IncidentState
+    actor: str
+    note: str = ""
+    command_id: str | None = None
+
+
+class CommandArgs(Payload):
+    actor: str = Field(min_length=1, max_length=200, description="Person or tool issuing the command.")
+    note: str = Field("", max_length=2000)
+
+
+class CommandRejection(Payload):
+    command_id: str
+    command: str
+    actor: str
+    reason: str
+
+
+# ---- envelope -------------------------------------------------------------------------------
+
+
+class EventBase(BaseModel):
+    """CloudEvents envelope shared by every Vigil event."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default_factory=new_id, description="Unique event id (CloudEvents `id`).")
+    source: str = Field(description="Producing service, as `/vigil/<service>`.")
+    time: AwareDatetime = Field(default_factory=utcnow)
+    subject: str = Field(description="Incident id the event is about; also the Kafka key.")
+    correlationid: str | None = Field(None, description="Id shared by every event of one causal chain.")
+    causationid: str | None = Field(None, description="Id of the event that caused this one.")
+
+    @property
+    def incident_id(self) -> str:
+        return self.subject
+
+    def caused_by(self) -> dict[str, Any]:
+        """Return the envelope fields of an event caused by this one."""
+        return {
+            "subject": self.subject,
+            "correlationid": self.correlationid or self.id,
+            "causationid": self.id,
+        }
+
+
+class IncidentDetected(EventBase):
+    type: Literal["vigil.incident.detected.v1"] = "vigil.incident.detected.v1"
+    data: IncidentSnapshot
+
+
+class IncidentUpdated(EventBase):
+    type: Literal["vigil.incident.updated.v1"] = "vigil.incident.updated.v1"
+    data: IncidentSnapshot
+
+
+class IncidentAnalyzed(EventBase):
+    type: Literal["vigil.incident.analyzed.v1"] = "vigil.incident.analyzed.v1"
+    data: Analysis
+
+
+class ResponsePlanned(EventBase):
+    type: Literal["vigil.response.planned.v1"] = "vigil.response.planned.v1"
+    data: ResponsePlan
+
+
+class IncidentEscalated(EventBase):
+    type: Literal["vigil.incident.escalated.v1"] = "vigil.incident.escalated.v1"
+    data: Escalation
+
+
+class IncidentStateChanged(EventBase):
+    type: Literal["vigil.incident.state_changed.v1"] = "vigil.incident.state_changed.v1"
+    data: StateChange
+
+
+class AcknowledgeIncident(EventBase):
+    type: Literal["vigil.command.acknowledge.v1"] = "vigil.command.acknowledge.v1"
+    data: CommandArgs
+
+
+class ResolveIncident(EventBase):
+    type: Literal["vigil.command.resolve.v1"] = "vigil.command.resolve.v1"
+    data: CommandArgs
+
+
+class CommandRejected(EventBase):
+    type: Literal["vigil.command.rejected.v1"] = "vigil.command.rejected.v1"
+    data: CommandRejection
+
+
+Event = Annotated[
+    IncidentDetected
+    | IncidentUpdated
+    | IncidentAnalyzed
+    | ResponsePlanned
+    | IncidentEscalated
+    | IncidentStateChanged
+    | AcknowledgeIncident
+    | ResolveIncident
+    | CommandRejected,
+    Field(discriminator="type"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+EVENT_CLASSES: tuple[type[EventBase], ...] = (
+    IncidentDetected,
+    IncidentUpdated,
+    IncidentAnalyzed,
+    ResponsePlanned,
+    IncidentEscalated,
+    IncidentStateChanged,
+    AcknowledgeIncident,
+    ResolveIncident,
+    CommandRejected,
+)
+EVENT_TYPES: dict[str, type[EventBase]] = {cls.model_fields["type"].default: cls for cls in EVENT_CLASSES}
+
+Command = AcknowledgeIncident | ResolveIncident

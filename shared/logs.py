@@ -1,0 +1,30 @@
+"""Structured logging: one JSON object a line, carrying incident and event ids where known."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from pythonjsonlogger.json import JsonFormatter
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json", service: str | None = None) -> None:
+    """Route every logger to stderr as JSON (or plain text for people at a terminal)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        static = {"service": service} if service else {}
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                static_fields=static,
+            )
+        )
+    else:
+        prefix = f"{service} " if service else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiokafka", "kafka", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

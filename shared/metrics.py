@@ -1,0 +1,32 @@
+"""Prometheus metrics of the shared plumbing; label values are bounded, never ids."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter("vigil_events_consumed", "Records fetched from Kafka.", ["service", "topic"])
+EVENTS_HANDLED = Counter(
+    "vigil_events_handled",
+    "Records by outcome: ok, duplicate (already handled), invalid (dead-lettered), retry, error.",
+    ["service", "outcome"],
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "vigil_events_dead_lettered", "Records sent to a dead-letter topic.", ["service", "topic"]
+)
+HANDLER_DURATION = Histogram(
+    "vigil_handler_duration_seconds",
+    "Time to handle one batch: database transaction including the handler and outbox writes.",
+    ["service"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+BATCH_SIZE = Histogram(
+    "vigil_batch_size",
+    "Records handled in one transaction.",
+    ["service"],
+    buckets=(1, 5, 10, 50, 100, 500, 1000, 2000, 5000),
+)
+CONSUMER_LAG = Gauge(
+    "vigil_consumer_lag", "Records behind the partition's high watermark.", ["service", "topic", "partition"]
+)
+OUTBOX_BACKLOG = Gauge("vigil_outbox_backlog", "Outbox events not yet published.", ["service"])
+OUTBOX_PUBLISHED = Counter("vigil_outbox_published", "Outbox events published to Kafka.", ["service"])

@@ -1,0 +1,172 @@
+"""The composition root every service shares: connect, migrate, consume, relay, serve, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from fastapi import APIRouter, FastAPI, Response
+from prometheus_client import make_asgi_app
+
+from shared.consumer import BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
+from shared.db import create_pool, migrate
+from shared.kafka import make_consumer, make_producer
+from shared.logs import configure_logging
+from shared.outbox import OutboxRelay
+from shared.settings import VigilSettings
+from shared.topics import Topic, TopicNames, ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The connected resources of one running service, handed to its routes and background tasks."""
+
+    service: str
+    settings: VigilSettings
+    pool: asyncpg.Pool
+    producer: AIOKafkaProducer
+    names: TopicNames
+    loop: ConsumeLoop[Any] | None = None
+
+
+BackgroundTask = Callable[[Runtime], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class ServiceSpec:
+    """What makes one service different from another: its topics, decoding, handlers and routes."""
+
+    name: str
+    consumes: Sequence[Topic]
+    decoder: Decoder[Any]
+    handler: BatchHandler[Any]
+    routers: Callable[[Runtime], Sequence[APIRouter]] = lambda _rt: ()
+    background: Sequence[BackgroundTask] = field(default_factory=tuple)
+
+
+def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
+    """The service's HTTP surface: health, readiness, Prometheus metrics and its own API."""
+    app = FastAPI(title=f"Vigil {runtime.service}", version="1")
+    app.state.runtime = runtime
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": runtime.service}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(response: Response) -> dict[str, object]:
+        checks: dict[str, bool] = {}
+        try:
+            async with runtime.pool.acquire(timeout=2) as conn:
+                checks["database"] = await conn.fetchval("SELECT true")
+        except Exception:
+            checks["database"] = False
+        checks["consumer"] = runtime.loop is None or runtime.loop.ready
+        ready = all(checks.values())
+        response.status_code = 200 if ready else 503
+        return {"ready": ready, "checks": checks}
+
+    for router in routers:
+        app.include_router(router)
+    app.mount("/metrics", make_asgi_app())
+    return app
+
+
+async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) -> None:
+    """Run one service until SIGTERM/SIGINT, then drain, commit, flush and close."""
+    settings = settings or VigilSettings()
+    configure_logging(settings.log_level, settings.log_format, service=spec.name)
+    names = TopicNames(settings.topic_prefix)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+    async with AsyncExitStack() as stack:
+        pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
+        stack.push_async_callback(pool.close)
+        await migrate(pool)
+        await ensure_topics(settings.kafka, names)
+
+        producer = make_producer(settings, client_id=f"vigil-{spec.name}")
+        await producer.start()
+        stack.push_async_callback(producer.stop)
+        runtime = Runtime(service=spec.name, settings=settings, pool=pool, producer=producer, names=names)
+
+        consumer = make_consumer(settings, *(names(t) for t in spec.consumes), group_id=f"vigil-{spec.name}")
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        runtime.loop = ConsumeLoop(
+            service=spec.name,
+            consumer=consumer,
+            producer=producer,
+            pool=pool,
+            names=names,
+            decoder=spec.decoder,
+            handler=spec.handler,
+            batch_size=settings.consumer_batch_size,
+            poll_ms=settings.consumer_poll_ms,
+            dead_letter_guard=DeadLetterGuard(ratio=settings.dead_letter_ratio, window=settings.dead_letter_window),
+        )
+
+        server = uvicorn.Server(
+            uvicorn.Config(
+                build_app(runtime, spec.routers(runtime)),
+                host=settings.http_host,
+                port=settings.port_for(spec.name),
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        # The service's own SIGTERM handler drains the consumer; uvicorn must not take the signal.
+        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
+        relay = OutboxRelay(service=spec.name, pool=pool, producer=producer)
+
+        tasks = {
+            asyncio.create_task(runtime.loop.run(), name="consume"),
+            asyncio.create_task(relay.run(), name="outbox-relay"),
+            asyncio.create_task(server.serve(), name="http"),
+            asyncio.create_task(stop.wait(), name="stop-signal"),
+        }
+        tasks |= {asyncio.create_task(task(runtime), name=task.__name__) for task in spec.background}
+        log.info(
+            "%s running: http://%s:%d (metrics, healthz, readyz)",
+            spec.name,
+            settings.http_host,
+            settings.port_for(spec.name),
+        )
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+
+        # Stop consuming first so the batch in hand finishes and commits, then the rest.
+        runtime.loop.stop()
+        server.should_exit = True
+        for task in tasks - done:
+            if task.get_name() == "consume":
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(task, 15)
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if task.get_name() != "stop-signal" and task.exception() is not None:
+                log.error("%s task %s failed", spec.name, task.get_name(), exc_info=task.exception())
+                raise task.exception()  # type: ignore[misc]
+        log.info("%s stopped", spec.name)
+
+
+def main(build: Callable[[VigilSettings], ServiceSpec]) -> None:
+    """Entry point of `python -m services.<name>`: exit non-zero on a crash so the supervisor restarts it."""
+    settings = VigilSettings()
+    asyncio.run(run_service(build(settings), settings))

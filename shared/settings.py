@@ -1,0 +1,94 @@
+"""Settings for every Vigil process, read from the environment once, at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICE_NAMES = ("detector", "analyzer", "responder", "coordinator", "reporter")
+
+# Each service serves /metrics, /healthz, /readyz (and its API, if any) on its own port.
+DEFAULT_HTTP_PORTS = {
+    "reporter": 8080,
+    "detector": 8081,
+    "analyzer": 8082,
+    "responder": 8083,
+    "coordinator": 8084,
+}
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the Kafka cluster; the same code runs on Apache Kafka and the embedded broker."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers' certificates.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, description="Client key for mutual TLS.")
+    replication_factor: int = Field(1, ge=1, description="Replicas of each topic Vigil creates (3 in production).")
+    enable_idempotence: bool = Field(
+        False, description="Idempotent producer; leave off on brokers without it (the embedded one)."
+    )
+
+    def client_options(self) -> dict[str, object]:
+        """Return keyword arguments shared by every aiokafka client."""
+        options: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            )
+        if self.sasl_mechanism:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        return options
+
+
+class VigilSettings(BaseSettings):
+    """Settings common to every Vigil service and tool."""
+
+    model_config = SettingsConfigDict(env_prefix="VIGIL_", extra="ignore", populate_by_name=True)
+
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/postgres",
+        validation_alias="DATABASE_URL",
+        description="Postgres connection URL (DATABASE_URL).",
+    )
+    log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["json", "text"] = Field("json", description="Structured JSON or plain text logs.")
+    http_host: str = Field("127.0.0.1", description="Address the service's HTTP server binds to.")
+    http_port: int | None = Field(None, description="Port of the service's HTTP server; per-service default.")
+    topic_prefix: str = Field("", description="Prefix for every topic name, to share one cluster.")
+    consumer_batch_size: int = Field(2000, ge=1, description="Most records fetched per poll.")
+    consumer_poll_ms: int = Field(200, ge=1, description="Longest wait for records in one poll.")
+    session_timeout_ms: int = Field(10_000, description="Consumer group session timeout.")
+    rebalance_timeout_ms: int = Field(10_000, description="Consumer group rebalance timeout.")
+    dead_letter_ratio: float = Field(
+        0.5, gt=0, le=1, description="Share of dead-lettered messages in a window that stops a consumer."
+    )
+    dead_letter_window: int = Field(1000, ge=10, description="Messages in the dead-letter ratio window.")
+    db_pool_size: int = Field(5, ge=1, description="Largest number of Postgres connections per service.")
+    correlation_window_s: int = Field(1800, description="Alerts on the same key within this join one incident.")
+    reporter_url: str = Field("http://127.0.0.1:8080", description="Reporter API, used by the CLI.")
+    coordinator_url: str = Field("http://127.0.0.1:8084", description="Coordinator API, used by the CLI.")
+    data_dir: Path = Field(Path(".vigil"), description="Where `vigil up` keeps the embedded Postgres data.")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    def port_for(self, service: str) -> int:
+        """Return the HTTP port the named service listens on."""
+        return self.http_port if self.http_port is not None else DEFAULT_HTTP_PORTS[service]

@@ -1,0 +1,158 @@
+"""Every Kafka topic Vigil uses, declared once with who produces and who consumes it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    description: str
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    event_types: tuple[str, ...]
+    partitions: int = 6
+    retention_ms: int = 7 * DAY_MS
+    cloudevents: bool = True
+
+
+ALERTS_RAW = Topic(
+    name="vigil.alerts.raw",
+    description="Alerts from monitoring tools and people, in Vigil's native alert JSON (not CloudEvents).",
+    producers=("monitoring tools", "vigil alert send", "vigil up --demo"),
+    consumers=("detector",),
+    event_types=(),
+    partitions=12,
+    retention_ms=3 * DAY_MS,
+    cloudevents=False,
+)
+ALERTS_DLQ = Topic(
+    name="vigil.alerts.dlq",
+    description="Raw alerts the detector could not accept: original bytes, reason in `vigil_dlq_*` headers.",
+    producers=("detector",),
+    consumers=("operators",),
+    event_types=(),
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+    cloudevents=False,
+)
+EVENTS_DLQ = Topic(
+    name="vigil.events.dlq",
+    description="Events a service could not accept: original bytes and headers, reason in `vigil_dlq_*`.",
+    producers=("analyzer", "responder", "coordinator", "reporter"),
+    consumers=("operators",),
+    event_types=(),
+    partitions=1,
+    retention_ms=30 * DAY_MS,
+    cloudevents=False,
+)
+INCIDENTS = Topic(
+    name="vigil.incidents",
+    description="Incidents opened and updated by the detector.",
+    producers=("detector",),
+    consumers=("analyzer", "coordinator", "reporter"),
+    event_types=("vigil.incident.detected.v1", "vigil.incident.updated.v1"),
+)
+ANALYSES = Topic(
+    name="vigil.analyses",
+    description="Forensic, impact and threat analysis of incidents.",
+    producers=("analyzer",),
+    consumers=("responder", "reporter"),
+    event_types=("vigil.incident.analyzed.v1",),
+)
+RESPONSES = Topic(
+    name="vigil.responses",
+    description="Response plans and the actions they hold.",
+    producers=("responder",),
+    consumers=("reporter",),
+    event_types=("vigil.response.planned.v1",),
+)
+COORDINATION = Topic(
+    name="vigil.coordination",
+    description="Escalations to the incident commander and incident state changes.",
+    producers=("coordinator",),
+    consumers=("detector", "reporter"),
+    event_types=(
+        "vigil.incident.escalated.v1",
+        "vigil.incident.state_changed.v1",
+        "vigil.command.rejected.v1",
+    ),
+)
+COMMANDS = Topic(
+    name="vigil.commands",
+    description="Operators' commands (acknowledge, resolve), from the API, the CLI or other tools.",
+    producers=("coordinator API", "operators' tools"),
+    consumers=("coordinator",),
+    event_types=("vigil.command.acknowledge.v1", "vigil.command.resolve.v1"),
+    partitions=3,
+    retention_ms=30 * DAY_MS,
+)
+
+ALL_TOPICS: tuple[Topic, ...] = (
+    ALERTS_RAW,
+    ALERTS_DLQ,
+    EVENTS_DLQ,
+    INCIDENTS,
+    ANALYSES,
+    RESPONSES,
+    COORDINATION,
+    COMMANDS,
+)
+
+
+class TopicNames:
+    """Resolves declared topics to their names on one cluster (with the configured prefix)."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def __call__(self, topic: Topic) -> str:
+        return f"{self.prefix}{topic.name}"
+
+    def topic_for_event(self, event_type: str) -> Topic:
+        for topic in ALL_TOPICS:
+            if event_type in topic.event_types:
+                return topic
+        raise KeyError(f"no topic carries {event_type}")
+
+
+def dead_letter_topic_for(topic_name: str, names: TopicNames) -> Topic:
+    """Raw alerts go to the alerts dead-letter topic; events of any other topic to the events one."""
+    return ALERTS_DLQ if topic_name == names(ALERTS_RAW) else EVENTS_DLQ
+
+
+async def ensure_topics(kafka: KafkaSettings, names: TopicNames) -> None:
+    """Create every Vigil topic that does not exist yet; safe when several processes race."""
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                names(t),
+                num_partitions=t.partitions,
+                replication_factor=kafka.replication_factor,
+                topic_configs={"retention.ms": str(t.retention_ms)},
+            )
+            for t in ALL_TOPICS
+            if names(t) not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                log.info("topics created concurrently by another process")
+            log.info("created topics %s", [t.name for t in missing])
+    finally:
+        await admin.close()

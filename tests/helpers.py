@@ -1,0 +1,118 @@
+"""Polling with deadlines, producing records and running consume loops against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from shared.consumer import BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
+from shared.kafka import make_consumer, make_producer
+from shared.settings import VigilSettings
+from shared.topics import TopicNames
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 30.0, interval: float = 0.1) -> T:
+    """Poll until ``check`` returns something truthy; fail with its last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last  # type: ignore[no-any-return]
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+async def produce(
+    settings: VigilSettings, topic: str, records: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+) -> None:
+    producer = make_producer(settings, client_id="test-producer")
+    await producer.start()
+    try:
+        for key, value, headers in records:
+            await producer.send_and_wait(topic, key=key, value=value, headers=headers, partition=0)
+    finally:
+        await producer.stop()
+
+
+async def read_all(settings: VigilSettings, topic: str, *, expect: int, timeout: float = 30.0) -> list[Any]:
+    """Read a topic from the beginning until ``expect`` records arrived."""
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        partitions = await _assign_all(consumer, topic)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expect and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for recs in batch.values():
+                records.extend(recs)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def _assign_all(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    await consumer._client.force_metadata_update()
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+    consumer.assign(partitions)
+    return partitions
+
+
+async def committed(settings: VigilSettings, group: str, topic: str, partition: int = 0) -> int | None:
+    """The group's committed offset, read the way that works on every broker."""
+    consumer = make_consumer(settings, group_id=group)
+    await consumer.start()
+    try:
+        offset: int | None = await consumer.committed(TopicPartition(topic, partition))
+        return offset
+    finally:
+        await consumer.stop()
+
+
+@contextlib.asynccontextmanager
+async def consume_loop(
+    settings: VigilSettings,
+    pool: asyncpg.Pool,
+    *,
+    service: str,
+    topics: Sequence[str],
+    decoder: Decoder[Any],
+    handler: BatchHandler[Any],
+    guard: DeadLetterGuard | None = None,
+) -> AsyncIterator[tuple[ConsumeLoop[Any], asyncio.Task[None]]]:
+    """Run a real consume loop in a task; stop it (and its clients) on exit."""
+    consumer = make_consumer(settings, *topics, group_id=f"vigil-{service}")
+    producer = make_producer(settings, client_id=service)
+    await consumer.start()
+    await producer.start()
+    loop = ConsumeLoop(
+        service=service,
+        consumer=consumer,
+        producer=producer,
+        pool=pool,
+        names=TopicNames(settings.topic_prefix),
+        decoder=decoder,
+        handler=handler,
+        poll_ms=50,
+        dead_letter_guard=guard,
+    )
+    task = asyncio.create_task(loop.run())
+    try:
+        yield loop, task
+    finally:
+        loop.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        task.cancel()
+        await producer.stop()
+        await consumer.stop()

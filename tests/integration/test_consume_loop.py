@@ -1,0 +1,209 @@
+"""The shared consume loop against the real broker and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import pytest
+
+from shared import cloudevents
+from shared.consumer import DeadLetterGuard, HandlerContext, Inbound, decode_cloudevent, dispatch_each
+from shared.db import migrate
+from shared.errors import DeadLetterLimitExceeded, InvalidMessage
+from shared.events import CommandArgs, EventBase, IncidentDetected, ResolveIncident
+from shared.settings import VigilSettings
+from shared.topics import COMMANDS, EVENTS_DLQ, INCIDENTS, TopicNames
+from tests.factories import snapshot
+from tests.helpers import committed, consume_loop, eventually, produce, read_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+def record_of(event: EventBase) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    encoded = cloudevents.encode(event)
+    return encoded.key, encoded.value, encoded.headers
+
+
+def detected(subject: str = "inc-1") -> IncidentDetected:
+    return IncidentDetected(source="/vigil/detector", subject=subject, data=snapshot())
+
+
+async def make_effects_table(pool: asyncpg.Pool) -> None:
+    await pool.execute("CREATE TABLE effects (event_id text NOT NULL, subject text NOT NULL)")
+
+
+async def record_effect(ctx: HandlerContext, event: IncidentDetected) -> None:
+    await ctx.conn.execute("INSERT INTO effects VALUES ($1, $2)", event.id, event.subject)
+
+
+async def count(pool: asyncpg.Pool, sql: str) -> int:
+    return int(await pool.fetchval(sql))
+
+
+async def test_redelivered_events_are_handled_once(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await make_effects_table(pool)
+    first, second = detected("inc-1"), detected("inc-2")
+    topic = names(INCIDENTS)
+    await produce(settings, topic, [record_of(first), record_of(first), record_of(second)])
+    handler = dispatch_each({IncidentDetected: record_effect})
+
+    async with consume_loop(settings, pool, service="t1", topics=[topic], decoder=decode_cloudevent, handler=handler):
+        await eventually(lambda: committed(settings, "vigil-t1", topic), timeout=30)
+        assert await committed(settings, "vigil-t1", topic) == 3
+
+    # A second group member replaying the partition from the start changes nothing.
+    await produce(settings, topic, [record_of(first)])
+    async with consume_loop(settings, pool, service="t1", topics=[topic], decoder=decode_cloudevent, handler=handler):
+        await eventually(lambda: _equals(committed(settings, "vigil-t1", topic), 4))
+
+    assert await count(pool, "SELECT count(*) FROM effects") == 2
+    assert await count(pool, "SELECT count(*) FROM processed_events WHERE service = 't1'") == 2
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def test_invalid_input_is_dead_lettered_and_does_not_block_the_partition(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await make_effects_table(pool)
+    topic = names(INCIDENTS)
+    garbage = (b"inc-x", b"\x00not an event", [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.detected.v1")])
+    good = detected("inc-after")
+    await produce(settings, topic, [garbage, record_of(good)])
+    handler = dispatch_each({IncidentDetected: record_effect})
+
+    async with consume_loop(settings, pool, service="t2", topics=[topic], decoder=decode_cloudevent, handler=handler):
+        await eventually(lambda: count(pool, "SELECT count(*) FROM effects"))
+        await eventually(lambda: _equals(committed(settings, "vigil-t2", topic), 2))
+
+    dead = await read_all(settings, names(EVENTS_DLQ), expect=1)
+    assert len(dead) == 1
+    headers = dict(dead[0].headers)
+    assert dead[0].value == b"\x00not an event"  # original bytes, untouched
+    assert dead[0].key == b"inc-x"
+    assert headers["vigil_dlq_reason"].startswith(b"body is not JSON")
+    assert headers["vigil_dlq_service"] == b"t2"
+    assert headers["vigil_dlq_topic"] == topic.encode()
+    assert headers["vigil_dlq_offset"] == b"0"
+    assert headers["ce_type"] == b"vigil.incident.detected.v1"  # original headers kept
+    assert await pool.fetchval("SELECT subject FROM effects") == "inc-after"
+
+
+async def test_handler_rejection_dead_letters_only_that_event(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await make_effects_table(pool)
+    topic = names(INCIDENTS)
+
+    async def picky(ctx: HandlerContext, event: IncidentDetected) -> None:
+        await record_effect(ctx, event)
+        if event.subject == "inc-bad":
+            raise InvalidMessage("incident inc-bad is not acceptable")
+
+    await produce(settings, topic, [record_of(detected("inc-ok")), record_of(detected("inc-bad"))])
+    async with consume_loop(
+        settings,
+        pool,
+        service="t3",
+        topics=[topic],
+        decoder=decode_cloudevent,
+        handler=dispatch_each({IncidentDetected: picky}),
+    ):
+        await eventually(lambda: _equals(committed(settings, "vigil-t3", topic), 2))
+
+    # The rejected event's own writes were rolled back with its savepoint; the other stayed.
+    assert [r["subject"] for r in await pool.fetch("SELECT subject FROM effects")] == ["inc-ok"]
+    dead = await read_all(settings, names(EVENTS_DLQ), expect=1)
+    assert dict(dead[0].headers)["vigil_dlq_reason"] == b"incident inc-bad is not acceptable"
+
+
+async def test_offset_is_not_committed_when_the_handler_crashes(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await make_effects_table(pool)
+    topic = names(INCIDENTS)
+    await produce(settings, topic, [record_of(detected("inc-1"))])
+
+    async def crash(ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
+        await ctx.conn.execute("INSERT INTO effects VALUES ('x', 'written before the crash')")
+        raise RuntimeError("bug in handler")
+
+    async with consume_loop(settings, pool, service="t4", topics=[topic], decoder=decode_cloudevent, handler=crash) as (
+        _loop,
+        task,
+    ):
+        with pytest.raises(RuntimeError, match="bug in handler"):
+            await asyncio.wait_for(task, 30)
+
+    assert await committed(settings, "vigil-t4", topic) is None
+    assert await count(pool, "SELECT count(*) FROM effects") == 0  # rolled back
+    assert await count(pool, "SELECT count(*) FROM processed_events") == 0
+
+    # After the fix (a restart with a working handler) the same event is handled.
+    handler = dispatch_each({IncidentDetected: record_effect})
+    async with consume_loop(settings, pool, service="t4", topics=[topic], decoder=decode_cloudevent, handler=handler):
+        await eventually(lambda: _equals(committed(settings, "vigil-t4", topic), 1))
+    assert await count(pool, "SELECT count(*) FROM effects") == 1
+
+
+async def test_retriable_failure_is_retried_without_commit(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await make_effects_table(pool)
+    topic = names(INCIDENTS)
+    await produce(settings, topic, [record_of(detected("inc-1")), record_of(detected("inc-2"))])
+    attempts = 0
+
+    async def flaky(ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
+        nonlocal attempts
+        attempts += 1
+        for inbound in batch:
+            await record_effect(ctx, inbound.item)
+        if attempts == 1:
+            raise asyncpg.SerializationError("could not serialize access")
+
+    async with consume_loop(settings, pool, service="t5", topics=[topic], decoder=decode_cloudevent, handler=flaky):
+        await eventually(lambda: _equals(committed(settings, "vigil-t5", topic), 2))
+
+    assert attempts >= 2
+    assert sorted(r["subject"] for r in await pool.fetch("SELECT subject FROM effects")) == ["inc-1", "inc-2"]
+
+
+async def test_dead_letter_limit_stops_the_consumer(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    topic = names(COMMANDS)
+    await produce(settings, topic, [(b"k", b"junk", []) for _ in range(12)])
+    guard = DeadLetterGuard(ratio=0.5, window=10)
+    async with consume_loop(
+        settings, pool, service="t6", topics=[topic], decoder=decode_cloudevent, handler=dispatch_each({}), guard=guard
+    ) as (_loop, task):
+        with pytest.raises(DeadLetterLimitExceeded):
+            await asyncio.wait_for(task, 30)
+    assert await committed(settings, "vigil-t6", topic) is None
+
+
+async def test_events_the_service_does_not_handle_are_skipped_but_committed(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    topic = names(COMMANDS)
+    command = ResolveIncident(source="/test", subject="inc-1", data=CommandArgs(actor="alice"))
+    await produce(settings, topic, [record_of(command)])
+    async with consume_loop(
+        settings, pool, service="t7", topics=[topic], decoder=decode_cloudevent, handler=dispatch_each({})
+    ):
+        await eventually(lambda: _equals(committed(settings, "vigil-t7", topic), 1))
+
+
+async def test_concurrent_migrations_apply_once(pool: asyncpg.Pool) -> None:
+    results = await asyncio.gather(*(migrate(pool) for _ in range(4)))
+    assert all(r == [] for r in results)  # the fixture already migrated
+    versions = await pool.fetch("SELECT version FROM schema_migrations")
+    assert len(versions) == len({r["version"] for r in versions})

@@ -1,0 +1,90 @@
+"""The coordinator's pure decisions: on-call, escalation content, the incident state machine."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from services.coordinator import domain
+from shared.errors import InvalidTransition
+from shared.events import IncidentState, IncidentType, Severity
+from tests.factories import T0, snapshot
+
+
+@pytest.fixture
+def oncall() -> domain.OnCall:
+    return domain.load_oncall()
+
+
+def test_shipped_oncall_covers_every_incident_type(oncall: domain.OnCall) -> None:
+    covered = {t for r in oncall.rotations for t in r.types}
+    assert covered == set(IncidentType)
+    assert set(oncall.ack_deadline_minutes) == set(Severity)
+
+
+def test_rotation_by_type(oncall: domain.OnCall) -> None:
+    assert domain.rotation_for(oncall, IncidentType.DATA_LEAK).name == "security"
+    assert domain.rotation_for(oncall, IncidentType.SERVICE_DISRUPTION).name == "operations"
+
+
+def test_on_shift_follows_the_rotation(oncall: domain.OnCall) -> None:
+    security = domain.rotation_for(oncall, IncidentType.SECURITY_BREACH)
+    start = security.start
+    assert domain.on_shift(security, start) == security.members[0]
+    assert domain.on_shift(security, start + timedelta(hours=167)) == security.members[0]
+    assert domain.on_shift(security, start + timedelta(hours=168)) == security.members[1]
+    assert domain.on_shift(security, start + timedelta(weeks=3)) == security.members[0]
+    # escalation goes down the rotation from whoever is on shift
+    assert domain.on_shift(security, start, step=1) == security.members[1]
+
+
+def test_ack_deadline_by_severity(oncall: domain.OnCall) -> None:
+    assert domain.ack_deadline(oncall, Severity.SEV1, T0) == T0 + timedelta(minutes=5)
+    assert domain.ack_deadline(oncall, Severity.SEV4, T0) == T0 + timedelta(hours=4)
+
+
+def test_escalation_carries_everything_gathered() -> None:
+    snap = snapshot(alert_count=3, hosts=["web-01", "web-02"], users=["deploy"])
+    escalation = domain.escalation(snap, commander="alice", channel="pager", reason="new", alerts=[])
+    assert escalation.commander == "alice"
+    assert escalation.severity is snap.severity
+    assert escalation.classification_reason == snap.classification_reason
+    assert escalation.severity_reason == snap.severity_reason
+    assert escalation.hosts == ["web-01", "web-02"]
+    assert escalation.alert_count == 3
+
+
+@pytest.mark.parametrize(
+    ("state", "command", "expected"),
+    [
+        (IncidentState.DETECTED, "acknowledge", IncidentState.ACKNOWLEDGED),
+        (IncidentState.DETECTED, "resolve", IncidentState.RESOLVED),
+        (IncidentState.ACKNOWLEDGED, "resolve", IncidentState.RESOLVED),
+    ],
+)
+def test_allowed_transitions(state: IncidentState, command: str, expected: IncidentState) -> None:
+    assert domain.transition(state, command) is expected
+
+
+@pytest.mark.parametrize(
+    ("state", "command"),
+    [
+        (IncidentState.ACKNOWLEDGED, "acknowledge"),
+        (IncidentState.RESOLVED, "acknowledge"),
+        (IncidentState.RESOLVED, "resolve"),
+    ],
+)
+def test_refused_transitions(state: IncidentState, command: str) -> None:
+    with pytest.raises(InvalidTransition, match=f"cannot {command} an incident that is {state.value}"):
+        domain.transition(state, command)
+
+
+def test_every_state_has_transitions_declared() -> None:
+    assert set(domain.TRANSITIONS) == set(IncidentState)
+
+
+def test_only_a_raised_severity_escalates_again() -> None:
+    assert domain.escalates(Severity.SEV3, Severity.SEV1)
+    assert not domain.escalates(Severity.SEV1, Severity.SEV2)
+    assert not domain.escalates(Severity.SEV2, Severity.SEV2)

@@ -1,0 +1,133 @@
+"""The event contract: CloudEvents binary mode on Kafka, validation, and the analyzer's extraction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
+
+from services.analyzer import domain as analyzer
+from services.detector.domain import summarise
+from services.reporter.domain import timeline_entry
+from shared import cloudevents
+from shared.consumer import DeadLetterGuard
+from shared.errors import DeadLetterLimitExceeded, InvalidMessage
+from shared.events import EVENT_CLASSES, IncidentDetected, IncidentState, IncidentStateChanged, StateChange
+from tests.factories import alert, snapshot
+
+
+def detected() -> IncidentDetected:
+    return IncidentDetected(source="/vigil/detector", subject="inc-1", data=snapshot())
+
+
+def test_encode_is_cloudevents_binary_mode() -> None:
+    event = detected()
+    record = cloudevents.encode(event)
+    headers = dict(record.headers)
+    assert headers["ce_specversion"] == b"1.0"
+    assert headers["ce_id"] == event.id.encode()
+    assert headers["ce_type"] == b"vigil.incident.detected.v1"
+    assert headers["ce_source"] == b"/vigil/detector"
+    assert headers["ce_subject"] == b"inc-1"
+    assert headers["content-type"] == b"application/json"
+    assert record.key == b"inc-1"
+    assert json.loads(record.value)["title"] == "Reverse shell spawned"
+
+
+def test_the_cloudevents_sdk_reads_what_vigil_writes() -> None:
+    event = detected()
+    record = cloudevents.encode(event)
+    parsed = from_binary_event(KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value))
+    assert parsed.get_id() == event.id
+    assert parsed.get_type() == "vigil.incident.detected.v1"
+    assert parsed.get_subject() == "inc-1"
+    assert parsed.get_time() == event.time
+    assert parsed.get_dataschema() == cloudevents.dataschema("vigil.incident.detected.v1")
+    data = parsed.get_data()
+    assert isinstance(data, dict)
+    assert data["severity"] == "SEV1"
+
+
+def test_round_trip_keeps_every_field() -> None:
+    event = detected()
+    record = cloudevents.encode(event)
+    assert cloudevents.decode(record.value, record.headers) == event
+
+
+def test_every_event_type_is_in_the_union() -> None:
+    types = [cls.model_fields["type"].default for cls in EVENT_CLASSES]
+    assert len(types) == len(set(types))
+    assert all(t.startswith("vigil.") and t.endswith(".v1") for t in types)
+
+
+@pytest.mark.parametrize(
+    ("value", "headers", "reason"),
+    [
+        (b"{}", [], "not a CloudEvents 1.0"),
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_type", b"vigil.nope.v1")], "unknown event type"),
+        (b"not json", [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.detected.v1")], "not JSON"),
+        (
+            b'{"title": 1}',
+            [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.detected.v1"), ("ce_id", b"x")],
+            "does not match its schema",
+        ),
+    ],
+)
+def test_decode_rejects_bad_records_with_a_reason(value: bytes, headers: list[tuple[str, bytes]], reason: str) -> None:
+    with pytest.raises(InvalidMessage, match=reason):
+        cloudevents.decode(value, headers)
+
+
+def test_events_are_frozen() -> None:
+    event = detected()
+    with pytest.raises(Exception, match="frozen"):
+        event.subject = "other"  # type: ignore[misc]
+
+
+def test_dead_letter_guard_stops_a_consumer_that_dead_letters_everything() -> None:
+    guard = DeadLetterGuard(ratio=0.5, window=10)
+    guard.record([False] * 5 + [True] * 5)  # exactly half: allowed
+    with pytest.raises(DeadLetterLimitExceeded, match="6 of the last 10"):
+        guard.record([True])  # the oldest (ok) one leaves the window
+
+
+def test_dead_letter_guard_forgets_old_failures() -> None:
+    guard = DeadLetterGuard(ratio=0.5, window=10)
+    guard.record([True] * 5 + [False] * 5)
+    guard.record([False] * 10)
+    guard.record([True] * 5)  # 5 of the last 10
+
+
+def test_indicators_from_text_and_addresses() -> None:
+    summary = summarise(
+        alert(
+            title="ET MALWARE Cobalt Strike Beacon",
+            description="TLS to cdn-update.bad-actor.example.com, sha256 "
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 from http://bad-actor.example.com/x",
+            src_ip="10.0.4.17",
+            dst_ip="198.51.100.23",
+        )
+    )
+    found = {(i.kind, i.value) for i in analyzer.extract_indicators([summary])}
+    assert ("ipv4", "10.0.4.17") in found
+    assert ("ipv4", "198.51.100.23") in found
+    assert ("domain", "cdn-update.bad-actor.example.com") in found
+    assert ("sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") in found
+    assert ("url", "http://bad-actor.example.com/x") in found
+
+
+def test_analysis_summary_reads_well() -> None:
+    assert analyzer.summarise(1, ["a"], [], []) == "1 alert on 1 host and 0 users; 0 indicators"
+
+
+def test_timeline_names_the_person_for_state_changes() -> None:
+    event = IncidentStateChanged(
+        source="/vigil/coordinator",
+        subject="inc-1",
+        data=StateChange(from_state=IncidentState.DETECTED, to_state=IncidentState.ACKNOWLEDGED, actor="alice"),
+    )
+    entry = timeline_entry(event)
+    assert entry.actor == "alice"
+    assert entry.summary == "state detected -> acknowledged"
+    assert timeline_entry(detected()).actor == "detector"

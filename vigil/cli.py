@@ -1,0 +1,375 @@
+"""`vigil`: run the stack, send alerts, list and show incidents, acknowledge and resolve them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from shared.alerts import ALERT_ADAPTER, Alert
+from shared.settings import SERVICE_NAMES, VigilSettings
+
+app = typer.Typer(
+    help="Vigil: alerts on Kafka become handled incidents.", no_args_is_help=True, pretty_exceptions_show_locals=False
+)
+alert_app = typer.Typer(help="Publish alerts.", no_args_is_help=True)
+incidents_app = typer.Typer(help="Inspect incidents.", no_args_is_help=True)
+events_app = typer.Typer(help="Follow Vigil's events.", no_args_is_help=True)
+app.add_typer(alert_app, name="alert")
+app.add_typer(incidents_app, name="incidents")
+app.add_typer(events_app, name="events")
+
+console = Console()
+err = Console(stderr=True)
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _settings() -> VigilSettings:
+    return VigilSettings()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    demo: Annotated[bool, typer.Option(help="Also publish a stream of sample alerts.")] = False,
+    demo_interval: Annotated[float, typer.Option(help="Seconds between demo alerts.")] = 2.0,
+) -> None:
+    """Run the whole stack: broker and Postgres (embedded unless configured) and the five services."""
+    from vigil.stack import run_stack
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_stack(_settings(), demo=demo, demo_interval=demo_interval, console=console))
+
+
+@app.command()
+def service(name: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}.")]) -> None:
+    """Run one service in this process (what each container runs)."""
+    if name not in SERVICE_NAMES:
+        _fail(f"unknown service {name!r}; choose one of {', '.join(SERVICE_NAMES)}")
+    import importlib
+
+    from shared.service import main
+
+    main(importlib.import_module(f"services.{name}.service").spec)
+
+
+@app.command()
+def init() -> None:
+    """Apply database migrations and create topics, then exit (services also do this at start-up)."""
+    from shared.db import create_pool, migrate
+    from shared.topics import TopicNames, ensure_topics
+
+    async def run() -> list[str]:
+        settings = _settings()
+        pool = await create_pool(settings.database_url, max_size=1)
+        try:
+            applied = await migrate(pool)
+        finally:
+            await pool.close()
+        await ensure_topics(settings.kafka, TopicNames(settings.topic_prefix))
+        return applied
+
+    applied = asyncio.run(run())
+    console.print(f"migrations applied: {', '.join(applied) or 'none needed'}; topics ready")
+
+
+@app.command()
+def asyncapi(
+    check: Annotated[bool, typer.Option(help="Fail if the document on disk is stale.")] = False,
+    output: Annotated[Path, typer.Option(help="Where the document lives.")] = Path("docs/asyncapi.yaml"),
+) -> None:
+    """Generate the AsyncAPI 3.0 document of every Vigil topic and event."""
+    from shared.asyncapi import render
+
+    text = render()
+    if check:
+        if not output.exists() or output.read_text() != text:
+            _fail(f"{output} is stale; run `vigil asyncapi`")
+        console.print(f"{output} is up to date")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    console.print(f"wrote {output}")
+
+
+# ---- alerts ------------------------------------------------------------------------------------
+
+
+def parse_alerts(text: str) -> tuple[list[Alert], list[str]]:
+    """Read one alert, a JSON array of alerts, or JSON Lines; return the valid ones and the errors."""
+    stripped = text.strip()
+    items: list[Any]
+    try:
+        parsed = json.loads(stripped)
+        items = parsed if isinstance(parsed, list) else [parsed]
+    except json.JSONDecodeError:
+        items = []
+        for n, line in enumerate(stripped.splitlines(), start=1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    items.append(exc)
+                    _ = n
+    alerts: list[Alert] = []
+    errors: list[str] = []
+    for n, item in enumerate(items, start=1):
+        if isinstance(item, Exception):
+            errors.append(f"alert {n}: not JSON: {item}")
+            continue
+        try:
+            alerts.append(ALERT_ADAPTER.validate_python(item))
+        except ValidationError as exc:
+            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+            errors.append(f"alert {n}: {detail}")
+    return alerts, errors
+
+
+@alert_app.command("send")
+def alert_send(
+    file: Annotated[str, typer.Argument(help="JSON, JSON array or JSON Lines file; '-' reads stdin.")],
+) -> None:
+    """Publish alerts to the raw alerts topic; invalid ones are reported and not sent."""
+    from shared.kafka import make_producer
+    from shared.topics import ALERTS_RAW, TopicNames
+    from vigil.demo import partition_key
+
+    text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    alerts, errors = parse_alerts(text)
+    for error in errors:
+        err.print(f"[yellow]skipped[/yellow] {error}")
+
+    async def send() -> None:
+        settings = _settings()
+        producer = make_producer(settings, client_id="vigil-cli")
+        await producer.start()
+        try:
+            topic = TopicNames(settings.topic_prefix)(ALERTS_RAW)
+            futures = [
+                await producer.send(topic, key=partition_key(a), value=a.model_dump_json().encode()) for a in alerts
+            ]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    if alerts:
+        asyncio.run(send())
+    console.print(f"sent {len(alerts)} alert(s)" + (f", skipped {len(errors)}" if errors else ""))
+    if errors:
+        raise typer.Exit(1)
+
+
+# ---- incidents ---------------------------------------------------------------------------------
+
+
+def _get(path: str, **params: Any) -> Any:
+    url = _settings().reporter_url.rstrip("/") + path
+    try:
+        response = httpx.get(url, params={k: v for k, v in params.items() if v is not None}, timeout=10)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the reporter at {url}: {exc}")
+    if response.status_code == 404:
+        _fail(response.json().get("detail", "not found"))
+    response.raise_for_status()
+    return response.json()
+
+
+SEVERITY_STYLE = {"SEV1": "bold red", "SEV2": "red", "SEV3": "yellow", "SEV4": "green"}
+
+
+@incidents_app.command("list")
+def incidents_list(
+    as_json: JsonOption = False,
+    state: Annotated[str | None, typer.Option(help="Only incidents in this state.")] = None,
+    severity: Annotated[str | None, typer.Option(help="Only incidents of this severity (SEV1..SEV4).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+) -> None:
+    """List incidents, newest first."""
+    incidents = _get("/api/v1/incidents", state=state, severity=severity, limit=limit)
+    if as_json:
+        print(json.dumps(incidents, indent=2))
+        return
+    table = Table(title=f"{len(incidents)} incident(s)")
+    for column in ("id", "severity", "type", "state", "alerts", "commander"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("title", overflow="fold")
+    table.add_column("created", no_wrap=True)
+    for i in incidents:
+        table.add_row(
+            i["id"][:8],
+            f"[{SEVERITY_STYLE.get(i['severity'], '')}]{i['severity']}[/]",
+            i["type"],
+            i["state"],
+            str(i["alert_count"]),
+            i["commander"] or "-",
+            i["title"],
+            (i["created_at"] or "")[:19].replace("T", " "),
+        )
+    console.print(table)
+
+
+def _resolve_id(prefix: str) -> str:
+    """Accept the short ids `incidents list` prints."""
+    if len(prefix) >= 36:
+        return prefix
+    matches = [i["id"] for i in _get("/api/v1/incidents", limit=1000) if i["id"].startswith(prefix)]
+    if len(matches) != 1:
+        _fail(f"{'no' if not matches else 'more than one'} incident matches {prefix!r}")
+    return str(matches[0])
+
+
+@incidents_app.command("show")
+def incidents_show(incident_id: str, as_json: JsonOption = False) -> None:
+    """Show one incident with its alerts, analysis, plan and timeline."""
+    incident = _get(f"/api/v1/incidents/{_resolve_id(incident_id)}")
+    if as_json:
+        print(json.dumps(incident, indent=2))
+        return
+    sev = incident["severity"]
+    console.print(
+        Panel(
+            f"[b]{incident['title']}[/b]\n"
+            f"[{SEVERITY_STYLE.get(sev, '')}]{sev}[/] {incident['type']} - {incident['state']} - "
+            f"commander {incident['commander'] or '-'}\n"
+            f"why: {incident['classification_reason']}\nseverity: {incident['severity_reason']}\n"
+            f"hosts: {', '.join(incident['hosts']) or '-'}   users: {', '.join(incident['users']) or '-'}",
+            title=incident["id"],
+        )
+    )
+    if incident.get("analysis"):
+        console.print(f"[b]analysis[/b] {incident['analysis']['summary']}")
+        for ind in incident["analysis"]["indicators"][:20]:
+            console.print(f"  {ind['kind']:>7}  {ind['value']}")
+    if incident.get("plan"):
+        plan = incident["plan"]
+        console.print(f"[b]plan[/b] {plan['playbook_title']} ({plan['playbook']})")
+        for action in plan["actions"]:
+            console.print(f"  [{action['phase']}] {action['name']} - {action['status']}")
+    table = Table(title="timeline")
+    for column in ("time", "by", "event"):
+        table.add_column(column, overflow="fold")
+    for entry in incident["timeline"]:
+        table.add_row(entry["time"][:23], entry["actor"], entry["summary"])
+    console.print(table)
+
+
+def _command(kind: str, incident_id: str, actor: str | None, note: str) -> None:
+    settings = _settings()
+    full_id = _resolve_id(incident_id)
+    url = f"{settings.coordinator_url.rstrip('/')}/api/v1/incidents/{full_id}/{kind}"
+    body = {"actor": actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser(), "note": note}
+    try:
+        response = httpx.post(url, json=body, timeout=10)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the coordinator at {url}: {exc}")
+    if response.status_code >= 400:
+        _fail(response.json().get("detail", response.text))
+    result = response.json()
+    console.print(f"incident {result['incident_id']} is now [b]{result['state']}[/b]")
+
+
+ActorOption = Annotated[str | None, typer.Option(help="Who you are; defaults to $VIGIL_ACTOR or your login.")]
+NoteOption = Annotated[str, typer.Option(help="A note for the timeline.")]
+
+
+@app.command()
+def ack(incident_id: str, actor: ActorOption = None, note: NoteOption = "") -> None:
+    """Acknowledge an incident: you are on it."""
+    _command("ack", incident_id, actor, note)
+
+
+@app.command()
+def resolve(incident_id: str, actor: ActorOption = None, note: NoteOption = "") -> None:
+    """Resolve an incident."""
+    _command("resolve", incident_id, actor, note)
+
+
+# ---- events ------------------------------------------------------------------------------------
+
+
+@events_app.command("tail")
+def events_tail(
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest event kept.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Follow incident events as they happen."""
+    from aiokafka import TopicPartition
+
+    from shared import cloudevents
+    from shared.errors import InvalidMessage
+    from shared.kafka import make_consumer
+    from shared.topics import ANALYSES, COORDINATION, INCIDENTS, RESPONSES, TopicNames
+
+    async def tail() -> None:
+        settings = _settings()
+        names = TopicNames(settings.topic_prefix)
+        consumer = make_consumer(settings, group_id=None)
+        await consumer.start()
+        try:
+            partitions = [
+                TopicPartition(names(t), p)
+                for t in (INCIDENTS, ANALYSES, RESPONSES, COORDINATION)
+                for p in (consumer.partitions_for_topic(names(t)) or await _partitions(consumer, names(t)))
+            ]
+            consumer.assign(partitions)
+            if from_beginning:
+                await consumer.seek_to_beginning(*partitions)
+            else:
+                await consumer.seek_to_end(*partitions)
+            async for record in consumer:
+                try:
+                    event = cloudevents.decode(record.value, record.headers)
+                except InvalidMessage as exc:
+                    err.print(f"[yellow]unreadable event on {record.topic}: {exc.reason}[/yellow]")
+                    continue
+                if as_json:
+                    print(json.dumps({**event.model_dump(mode="json")}), flush=True)
+                else:
+                    from services.reporter.domain import timeline_entry
+
+                    entry = timeline_entry(event)
+                    console.print(
+                        f"[dim]{event.time:%H:%M:%S}[/dim] [cyan]{event.subject[:8]}[/cyan] "
+                        f"[b]{entry.actor}[/b] {entry.summary}"
+                    )
+        finally:
+            await consumer.stop()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(tail())
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # the assign() API needs known partitions
+    return set(consumer.partitions_for_topic(topic) or ())
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""`vigil up`: the whole stack on one machine, embedded broker and Postgres unless configured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from contextlib import ExitStack
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from shared.db import create_pool, migrate
+from shared.embedded import EmbeddedBroker, EmbeddedPostgres, port_is_free
+from shared.kafka import make_producer
+from shared.logs import configure_logging
+from shared.settings import DEFAULT_HTTP_PORTS, SERVICE_NAMES, VigilSettings
+from shared.topics import TopicNames, ensure_topics
+from vigil.demo import run_demo
+from vigil.supervisor import Supervisor, child_env
+
+log = logging.getLogger(__name__)
+DEFAULT_BROKER_PORT = 9092
+
+
+async def wait_ready(url: str, timeout_s: float = 120.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with httpx.AsyncClient(timeout=2) as client:
+        while asyncio.get_running_loop().time() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code == 200:
+                    return True
+            await asyncio.sleep(0.5)
+    return False
+
+
+async def run_stack(settings: VigilSettings, *, demo: bool, demo_interval: float, console: Console) -> None:
+    configure_logging(settings.log_level, "text", service="vigil")
+    with ExitStack() as resources:
+        if "KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
+            port = DEFAULT_BROKER_PORT if port_is_free(DEFAULT_BROKER_PORT) else None
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            broker = resources.enter_context(EmbeddedBroker(port, log_path=settings.data_dir / "broker.log"))
+            settings.kafka.bootstrap_servers = broker.bootstrap_servers
+            console.print(f"embedded broker (memory only) on [b]{broker.bootstrap_servers}[/b]")
+        if "DATABASE_URL" not in os.environ:
+            postgres = resources.enter_context(EmbeddedPostgres(settings.data_dir / "pgdata"))
+            settings.database_url = postgres.url()
+            console.print(f"embedded Postgres, data in [b]{postgres.data_dir}[/b]")
+
+        pool = await create_pool(settings.database_url, max_size=1)
+        try:
+            await migrate(pool)
+        finally:
+            await pool.close()
+        names = TopicNames(settings.topic_prefix)
+        await ensure_topics(settings.kafka, names)
+
+        env = child_env(settings.kafka.bootstrap_servers, settings.database_url)
+        env.setdefault("VIGIL_LOG_FORMAT", "text")
+        supervisor = Supervisor(env)
+        await supervisor.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        demo_task: asyncio.Task[None] | None = None
+        producer = make_producer(settings, client_id="vigil-demo")
+        try:
+            ready = await wait_ready(f"http://127.0.0.1:{DEFAULT_HTTP_PORTS['reporter']}/readyz")
+            console.print(_summary(settings, ready))
+            if demo:
+                await producer.start()
+                demo_task = asyncio.create_task(run_demo(producer, names, interval_s=demo_interval))
+                console.print("demo: publishing sample alerts; try [b]vigil incidents list[/b] in another shell")
+            await stop.wait()
+        finally:
+            console.print("stopping…")
+            if demo_task:
+                demo_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await demo_task
+            await producer.stop()
+            await supervisor.stop()
+
+
+def _summary(settings: VigilSettings, ready: bool) -> Table:
+    table = Table(title="Vigil is up" if ready else "Vigil started (services still getting ready)")
+    table.add_column("service")
+    table.add_column("HTTP")
+    for name in SERVICE_NAMES:
+        port = DEFAULT_HTTP_PORTS[name]
+        extra = {"reporter": " (API /api/v1/incidents)", "coordinator": " (API ack/resolve)"}.get(name, "")
+        table.add_row(name, f"http://127.0.0.1:{port}/metrics{extra}")
+    table.caption = f"Kafka {settings.kafka.bootstrap_servers} · Ctrl-C stops everything"
+    return table
