@@ -436,6 +436,16 @@ class ServiceProcess:
         if code is not None:
             raise BenchError(f"{self.name} exited with code {code}; end of {self.log_path}:\n{self.stderr_tail()}")
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the service has used so far (Linux only)."""
+        if self.process is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+
     def stderr_tail(self, lines: int = 60) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -451,9 +461,8 @@ class ServiceProcess:
         if process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while process.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(process.wait, timeout_s)
         self.kill()
 
     def kill(self) -> None:
@@ -573,6 +582,7 @@ async def bench_detector(infra: Infrastructure, args: argparse.Namespace) -> dic
                         drained_s = time.monotonic() - done_at
                         break
                     await asyncio.sleep(0.2)
+            cpu_s = detector.cpu_seconds()
         finally:
             await detector.stop()
             await conn.close()
@@ -589,6 +599,7 @@ async def bench_detector(infra: Infrastructure, args: argparse.Namespace) -> dic
         "outbox_events": events,
         "alerts_per_event": round(count / events, 2) if events else None,
         "outbox_drained_after_s": None if drained_s is None else round(drained_s, 3),
+        "detector_cpu_s": cpu_s,
     }
 
 
@@ -606,7 +617,7 @@ class Collected:
     first_incident: asyncio.Future[str] | None = None
 
 
-async def collect(consumer: AIOKafkaConsumer, sent: dict[str, float], first_key: str, out: Collected) -> None:
+async def collect(consumer: AIOKafkaConsumer, sent: dict[str, float], first_key: list[str], out: Collected) -> None:
     """Record, for every alert key in an incident event's new_alerts, receive time - send time."""
     while True:
         batches = await consumer.getmany(timeout_ms=100, max_records=5000)
@@ -628,7 +639,7 @@ async def collect(consumer: AIOKafkaConsumer, sent: dict[str, float], first_key:
                         continue
                     out.latencies[alert.key] = received - sent_at
                     out.last_receive = received
-                    if alert.key == first_key and out.first_incident and not out.first_incident.done():
+                    if first_key and alert.key == first_key[0] and out.first_incident and not out.first_incident.done():
                         out.first_incident.set_result(event.subject)
 
 
@@ -721,14 +732,10 @@ async def bench_end_to_end(infra: Infrastructure, args: argparse.Namespace) -> d
             await producer.start()
 
             sent: dict[str, float] = {}
+            bench_cpu_started = time.process_time()
             collected = Collected(first_incident=asyncio.get_running_loop().create_future())
             first_key: list[str] = []
             factory = AlertFactory(hosts=args.hosts, seed=args.seed)
-
-            async def run_collector() -> None:
-                await asyncio.sleep(0)  # first_key is set by the time the first event can arrive
-                assert consumer is not None
-                await collect(consumer, sent, first_key[0] if first_key else "", collected)
 
             publisher = asyncio.create_task(
                 publish_at_rate(
@@ -742,9 +749,8 @@ async def bench_end_to_end(infra: Infrastructure, args: argparse.Namespace) -> d
                 )
             )
             tasks.append(publisher)
-            await asyncio.sleep(0.05)
+            tasks.append(asyncio.create_task(collect(consumer, sent, first_key, collected)))
             assert collected.first_incident is not None
-            tasks.append(asyncio.create_task(run_collector()))
             timeline = asyncio.create_task(watch_timeline(stage.database_url, collected.first_incident))
             tasks.append(timeline)
 
@@ -758,7 +764,6 @@ async def bench_end_to_end(infra: Infrastructure, args: argparse.Namespace) -> d
                     )
                     await asyncio.sleep(0.25)
                 first_send, last_send = publisher.result()
-                publish_end = time.time()
 
                 # Drain: wait for the incident events of everything sent (and the first incident's timeline).
                 last_seen, last_progress = len(collected.latencies), time.monotonic()
@@ -780,6 +785,8 @@ async def bench_end_to_end(infra: Infrastructure, args: argparse.Namespace) -> d
                 if not timeline.done():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(timeline), 30)
+            cpu_s = {s.name: s.cpu_seconds() for s in services}
+            cpu_s["bench"] = round(time.process_time() - bench_cpu_started, 2)
         finally:
             for task in tasks:
                 task.cancel()
@@ -795,12 +802,13 @@ async def bench_end_to_end(infra: Infrastructure, args: argparse.Namespace) -> d
         "target_rate_per_s": args.rate,
         "duration_s": args.duration,
         "alerts_sent": len(sent),
-        "publish_rate_per_s": round(len(sent) / max(publish_end - first_send, 1e-9), 1),
+        "publish_rate_per_s": round((len(sent) - 1) / (last_send - first_send), 1) if last_send > first_send else None,
         "alerts_seen": len(latencies),
         "alerts_missing": len(sent) - len(latencies),
         "incident_events": collected.events,
         "incidents_opened": len(collected.incidents),
         "services_ready_s": {s.name: round(r, 3) for s, r in zip(services, ready_s, strict=True)},
+        "cpu_s": cpu_s,
     }
     if latencies:
         elapsed = collected.last_receive - first_send
@@ -869,6 +877,7 @@ def print_report(results: dict[str, Any]) -> None:
         table.add_row("incidents opened", _fmt(throughput["incidents_opened"]))
         table.add_row("events in the outbox", _fmt(throughput["outbox_events"]))
         table.add_row("outbox drained after the last alert", _fmt(throughput["outbox_drained_after_s"], " s"))
+        table.add_row("detector CPU seconds", _fmt(throughput["detector_cpu_s"], " s"))
     e2e = results.get("end_to_end")
     if e2e:
         table.add_section()
@@ -884,6 +893,8 @@ def print_report(results: dict[str, Any]) -> None:
                 table.add_row(f"alert -> incident event latency {name}", _fmt(latency[name], " ms"))
             table.add_row("end-to-end throughput", _fmt(e2e["throughput_per_s"], " alerts/s"))
         table.add_row("incidents opened", _fmt(e2e["incidents_opened"]))
+        cpu = ", ".join(f"{name} {seconds:.0f}" for name, seconds in e2e["cpu_s"].items() if seconds is not None)
+        table.add_row("CPU seconds by process", cpu)
         first = e2e.get("first_incident")
         table.add_row(
             "first incident: timeline complete after", _fmt(first["timeline_complete_s"], " s") if first else "-"
