@@ -104,7 +104,7 @@ def stack(settings: VigilSettings, tmp_path: Path) -> Iterator[Stack]:
         for process in processes.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        codes = {}
+        codes: dict[str, int | str] = {}
         for name, process in processes.items():
             try:
                 codes[name] = process.wait(30)
@@ -168,7 +168,7 @@ def test_alerts_become_a_handled_incident(stack: Stack, settings: VigilSettings)
             return None
         incident: dict[str, Any] = httpx.get(stack.url("reporter", f"/api/v1/incidents/{incidents[0]['id']}")).json()
         types = {entry["type"] for entry in incident["timeline"]}
-        ready = TIMELINE_TYPES <= types and incident["plan"] and incident["plan"]["severity"] == "SEV1"
+        ready = types >= TIMELINE_TYPES and incident["plan"] and incident["plan"]["severity"] == "SEV1"
         return incident if ready else None
 
     incident = wait_until(incident_complete, timeout=60, what="a complete timeline", stack=stack)
