@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 import asyncpg
@@ -53,6 +54,7 @@ class OutboxRelay:
         batch_size: int = 1000,
         idle_wait_s: float = 1.0,
         keep_sent_s: int = 3600,
+        refresh_every_s: float = 5.0,
     ) -> None:
         self.service = service
         self.pool = pool
@@ -60,6 +62,7 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.idle_wait_s = idle_wait_s
         self.keep_sent_s = keep_sent_s
+        self.refresh_every_s = refresh_every_s
         self._wake = asyncio.Event()
         self._listener: Conn | None = None
 
@@ -73,7 +76,7 @@ class OutboxRelay:
         try:
             await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
             backoff = 0.1
-            rounds = 0
+            next_refresh = 0.0
             while True:
                 try:
                     sent = await self.publish_pending()
@@ -85,9 +88,9 @@ class OutboxRelay:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                rounds += 1
-                if rounds % 100 == 0:
+                if time.monotonic() >= next_refresh:
                     await self.refresh_backlog()
+                    next_refresh = time.monotonic() + self.refresh_every_s
                 if sent < self.batch_size:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):

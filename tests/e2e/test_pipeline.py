@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -238,11 +239,15 @@ def test_alerts_become_a_handled_incident(stack: Stack, settings: VigilSettings)
         dict(r.headers)["ce_type"].decode() for r in events
     }
 
-    # Every service exposes parseable Prometheus metrics.
+    # Every service exposes parseable Prometheus metrics that pass promtool's checks.
+    promtool = shutil.which("promtool")
     for name in SERVICE_NAMES:
         text = httpx.get(stack.url(name, "/metrics/")).text
         families = {f.name for f in text_string_to_metric_families(text)}
         assert "vigil_events_consumed" in families, name
+        if promtool:
+            check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+            assert check.returncode == 0, f"{name}: {check.stdout}{check.stderr}"
     incidents_gauge = httpx.get(stack.url("reporter", "/metrics/")).text
     assert 'vigil_incidents{severity="SEV1",state="resolved",type="system_compromise"} 1.0' in incidents_gauge
 
