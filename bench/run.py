@@ -43,6 +43,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from shared.alerts import Alert
 from shared.cloudevents import decode
@@ -904,7 +905,7 @@ def print_report(results: dict[str, Any]) -> None:
                 table.add_row(f"  {event_type.removeprefix('vigil.')}", _fmt(seconds, " s"))
     for error in results.get("errors", []):
         table.add_section()
-        table.add_row(f"[red]{error['benchmark']} failed[/red]", error["message"].splitlines()[0][:80])
+        table.add_row(f"[red]{error['benchmark']} failed[/red]", Text(error["message"].splitlines()[0][:80]))
     console.print(table)
 
 
@@ -963,7 +964,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 results[name] = await bench(infra, args)
             except BenchError as exc:
-                console.print(f"[red]{name} failed:[/red]\n{exc}")
+                console.print(f"[red]{name} failed:[/red]")
+                console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
                 results["errors"].append({"benchmark": name, "message": str(exc)})
     return results
 
@@ -973,6 +975,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     LOGS_DIR.mkdir(parents=True, exist_ok=True)
     try:
         results = asyncio.run(run(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        console.print("[red]interrupted[/red]: services, broker and Postgres stopped")
+        return 130
     finally:
         kill_stragglers()
     print_report(results)

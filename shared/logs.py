@@ -26,5 +26,5 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str | Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiokafka", "kafka", "uvicorn.access"):
+    for noisy in ("aiokafka", "kafka", "uvicorn.access", "ioc_finder"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
