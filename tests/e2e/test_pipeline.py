@@ -239,6 +239,22 @@ def test_alerts_become_a_handled_incident(stack: Stack, settings: VigilSettings)
         dict(r.headers)["ce_type"].decode() for r in events
     }
 
+    # `vigil events tail` follows the same events, for people and as JSON lines.
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "vigil.cli", "events", "tail", "--from-beginning", "--json"],
+            capture_output=True,
+            text=True,
+            env=stack.env,
+            timeout=8,
+        )
+        raise AssertionError("events tail stopped by itself")
+    except subprocess.TimeoutExpired as tail:
+        out = tail.stdout.decode() if isinstance(tail.stdout, bytes) else (tail.stdout or "")
+    tailed = [json.loads(line) for line in out.splitlines()]
+    assert {"vigil.incident.detected.v1", "vigil.incident.state_changed.v1"} <= {e["type"] for e in tailed}
+    assert all(e["subject"] for e in tailed)
+
     # Every service exposes parseable Prometheus metrics that pass promtool's checks.
     promtool = shutil.which("promtool")
     for name in SERVICE_NAMES:
