@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from services.coordinator import domain
 from services.coordinator.handlers import SERVICE, Coordinator
@@ -14,11 +14,6 @@ from shared.consumer import HandlerContext
 from shared.events import AcknowledgeIncident, CommandArgs, CommandRejected, ResolveIncident
 from shared.outbox import write_events
 from shared.service import Runtime
-
-
-class CommandBody(BaseModel):
-    actor: str = Field(min_length=1, max_length=200, description="Who issues the command.")
-    note: str = Field("", max_length=2000)
 
 
 class CommandResult(BaseModel):
@@ -53,12 +48,12 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
         command_class = AcknowledgeIncident if kind == "ack" else ResolveIncident
 
         @router.post(f"/incidents/{{incident_id}}/{kind}", response_model=CommandResult, name=kind)
-        async def command(incident_id: str, body: CommandBody) -> CommandResult:
+        async def command(incident_id: str, body: CommandArgs) -> CommandResult:
             return await run(
                 command_class(
                     source=f"/vigil/{SERVICE}/api",
                     subject=incident_id,
-                    data=CommandArgs(actor=body.actor, note=body.note),
+                    data=body,
                 )
             )
 
