@@ -24,6 +24,9 @@ MIGRATION_LOCK_ID = 0x56494749  # "VIGI"
 
 
 def _encode_jsonb(value: object) -> bytes:
+    # bytes are JSON already (e.g. a pydantic model_dump_json()): no second serialisation.
+    if isinstance(value, bytes):
+        return b"\x01" + value
     return b"\x01" + json.dumps(value, separators=(",", ":")).encode()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from shared.alerts import Alert, AlertSeverity
@@ -232,45 +232,31 @@ def correlate(
     """Attach each alert to the open incident on its key within the window, or open a new one.
 
     ``open_incidents`` maps a correlation key to its most recent open incident. Alerts are taken
-    in time order so that the window is judged the same however a batch was cut.
+    in time order so that the window is judged the same however a batch was cut; a gap longer
+    than the window starts a new incident.
     """
-    current = dict(open_incidents)
-    changes: dict[str, IncidentChange] = {}
+    by_key: dict[str, list[Alert]] = {}
     for alert in sorted(alerts, key=lambda a: a.time):
-        key = correlation_key(alert)
-        incident = current.get(key)
-        if incident is None or alert.time - incident.last_seen > window:
-            incident = _open(alert, key, new_id())
-            change = changes[incident.id] = IncidentChange(incident, created=True)
-        else:
-            incident = _add(incident, alert)
-            change = changes.setdefault(incident.id, IncidentChange(incident, created=False))
-        change.incident = incident
-        change.alerts.append(alert)
-        current[key] = incident
-    return list(changes.values())
+        by_key.setdefault(correlation_key(alert), []).append(alert)
+    changes: list[IncidentChange] = []
+    for key, keyed in by_key.items():
+        incident = open_incidents.get(key)
+        last_seen = incident.last_seen if incident else None
+        segment: list[Alert] = []
+        for alert in keyed:
+            if last_seen is not None and alert.time - last_seen > window:
+                if segment:
+                    changes.append(_change(incident, segment, key, new_id))
+                incident, segment = None, []
+            segment.append(alert)
+            last_seen = alert.time if last_seen is None else max(last_seen, alert.time)
+        changes.append(_change(incident, segment, key, new_id))
+    return changes
 
 
-def _open(alert: Alert, key: str, incident_id: str) -> IncidentState:
-    incident_type, reason = classify_alert(alert)
-    hosts = (alert.host,) if alert.host else ()
-    severity, severity_reason = prioritise(alert.severity, incident_type, len(hosts))
-    return IncidentState(
-        id=incident_id,
-        correlation_key=key,
-        title=alert.title,
-        type=incident_type,
-        severity=severity,
-        classification_reason=reason,
-        severity_reason=severity_reason,
-        alert_count=1,
-        max_alert_severity=alert.severity,
-        type_votes={incident_type.value: _weight(alert)},
-        hosts=hosts,
-        users=(alert.user,) if alert.user else (),
-        first_seen=alert.time,
-        last_seen=alert.time,
-    )
+def _change(incident: IncidentState | None, alerts: list[Alert], key: str, new_id: Callable[[], str]) -> IncidentChange:
+    folded = _fold(incident, alerts, key, incident.id if incident else new_id())
+    return IncidentChange(folded, created=incident is None, alerts=alerts)
 
 
 def _weight(alert: Alert) -> int:
@@ -278,34 +264,46 @@ def _weight(alert: Alert) -> int:
     return alert.severity.rank + 1
 
 
-def _add(incident: IncidentState, alert: Alert) -> IncidentState:
-    alert_type, alert_reason = classify_alert(alert)
-    votes = dict(incident.type_votes)
-    votes[alert_type.value] = votes.get(alert_type.value, 0) + _weight(alert)
+def _fold(base: IncidentState | None, alerts: list[Alert], key: str, incident_id: str) -> IncidentState:
+    """Return the incident after adding ``alerts`` (time-ordered) to ``base`` (None: a new incident)."""
+    votes = dict(base.type_votes) if base else {}
+    reasons: dict[IncidentType, str] = {}
+    max_severity = base.max_alert_severity if base else alerts[0].severity
+    title = base.title if base else alerts[0].title
+    for alert in alerts:
+        alert_type, alert_reason = classify_alert(alert)
+        votes[alert_type.value] = votes.get(alert_type.value, 0) + _weight(alert)
+        reasons.setdefault(alert_type, alert_reason)
+        if alert.severity.rank > max_severity.rank:
+            max_severity, title = alert.severity, alert.title
     incident_type = decide_type(votes)
-    reason = incident.classification_reason
-    if incident_type is not incident.type:
-        reason = f"{alert_reason}; alert votes {votes}"
-    hosts = _union(incident.hosts, [alert.host])
-    more_severe = alert.severity.rank > incident.max_alert_severity.rank
-    max_severity = alert.severity if more_severe else incident.max_alert_severity
+    if base is not None and incident_type is base.type:
+        reason = base.classification_reason
+    elif base is None and len(votes) == 1:
+        reason = reasons[incident_type]
+    else:
+        reason = f"{reasons.get(incident_type, 'earlier alerts')}; alert votes {votes}"
+    hosts = _union(base.hosts if base else (), (a.host for a in alerts))
     severity, severity_reason = prioritise(max_severity, incident_type, len(hosts))
-    if severity.urgency < incident.severity.urgency:  # an open incident is never downgraded
-        severity, severity_reason = incident.severity, incident.severity_reason
-    return replace(
-        incident,
-        title=alert.title if more_severe else incident.title,
+    if base is not None and severity.urgency < base.severity.urgency:  # an open incident is never downgraded
+        severity, severity_reason = base.severity, base.severity_reason
+    first_seen = min(alerts[0].time, base.first_seen) if base else alerts[0].time
+    last_seen = max(alerts[-1].time, base.last_seen) if base else alerts[-1].time
+    return IncidentState(
+        id=incident_id,
+        correlation_key=key,
+        title=title,
         type=incident_type,
         severity=severity,
         classification_reason=reason,
         severity_reason=severity_reason,
-        alert_count=incident.alert_count + 1,
+        alert_count=(base.alert_count if base else 0) + len(alerts),
         max_alert_severity=max_severity,
         type_votes=votes,
         hosts=hosts,
-        users=_union(incident.users, [alert.user]),
-        first_seen=min(incident.first_seen, alert.time),
-        last_seen=max(incident.last_seen, alert.time),
+        users=_union(base.users if base else (), (a.user for a in alerts)),
+        first_seen=first_seen,
+        last_seen=last_seen,
     )
 
 

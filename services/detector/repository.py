@@ -94,7 +94,7 @@ async def insert_alerts(conn: Conn, *, alerts: Sequence[tuple[Alert, str]]) -> N
                 a.user,
                 a.src_ip,
                 a.dst_ip,
-                a.model_dump(mode="json"),
+                a.model_dump_json().encode(),
             )
             for a, incident_id in alerts
         ],
