@@ -58,10 +58,14 @@ async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnap
 
 
 async def set_fields(conn: Conn, *, incident_id: str, **fields: Any) -> None:
-    await ensure_incident(conn, incident_id=incident_id)
-    assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(fields, start=2))
+    """Set some columns of an incident, creating its row if no event of it came before."""
+    # Column names come from the handlers' keyword arguments, never from input.
+    columns = ", ".join(fields)
+    placeholders = ", ".join(f"${i}" for i in range(2, len(fields) + 2))
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in fields)
     await conn.execute(
-        f"UPDATE reporter_incidents SET {assignments}, updated_at = now() WHERE id = $1",
+        f"""INSERT INTO reporter_incidents (id, {columns}) VALUES ($1, {placeholders})
+            ON CONFLICT (id) DO UPDATE SET {updates}, updated_at = now()""",
         incident_id,
         *fields.values(),
     )
