@@ -13,18 +13,13 @@ ENV PATH="/opt/venv/bin:${PATH}"
 
 WORKDIR /src
 
-# Dependencies first, so that code changes do not invalidate this layer.
-# requirements.lock is a `pip freeze` of a development environment: drop the
-# line for Vigil itself (installed from source below) before installing.
-COPY requirements.lock ./
-RUN grep -viE '^[[:space:]]*(-e[[:space:]]|vigil([[:space:]]|==|@|$))' requirements.lock > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt
-
-COPY pyproject.toml README.md ./
+# requirements.lock pins every package of a development environment; used as constraints it
+# pins Vigil's runtime dependencies without installing the test and lint tools.
+COPY requirements.lock pyproject.toml README.md ./
 COPY shared/ shared/
 COPY services/ services/
 COPY vigil/ vigil/
-RUN pip install --no-cache-dir --no-deps . \
+RUN pip install --no-cache-dir -c requirements.lock . \
     && vigil --help > /dev/null
 
 # ---- runtime: the virtualenv only, run as an unprivileged user ----

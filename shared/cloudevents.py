@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.errors import InvalidMessage
+from shared.errors import InvalidMessage, validation_reason
 from shared.events import EVENT_ADAPTER, EVENT_TYPES, Event, EventBase
 
 SPEC_VERSION = b"1.0"
@@ -66,13 +66,4 @@ def decode(value: bytes | None, headers: Headers) -> Event:
     try:
         return EVENT_ADAPTER.validate_python(fields)
     except ValidationError as exc:
-        raise InvalidMessage(f"{event_type} does not match its schema: {_short(exc)}") from exc
-
-
-def _short(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5])
-
-
-def validation_reason(exc: ValidationError) -> str:
-    """Return a short, human-readable summary of a validation error."""
-    return _short(exc)
+        raise InvalidMessage(f"{event_type} does not match its schema: {validation_reason(exc)}") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -68,7 +69,7 @@ class HandlerContext:
     service: str
     names: TopicNames
     emitted: list[EventBase] = field(default_factory=list)
-    rejected: list[tuple[Any, str]] = field(default_factory=list)
+    rejected: list[tuple[str, Any, str]] = field(default_factory=list)
 
     def emit(self, event: EventBase) -> None:
         """Queue an event for the outbox; it is written in this transaction."""
@@ -76,7 +77,7 @@ class HandlerContext:
 
     def reject(self, inbound: Inbound[Any], reason: str) -> None:
         """Dead-letter one message whose content the handler refused."""
-        self.rejected.append((inbound.record, reason))
+        self.rejected.append((inbound.event_id, inbound.record, reason))
 
 
 BatchHandler = Callable[[HandlerContext, Sequence[Inbound[T]]], Awaitable[None]]
@@ -100,10 +101,12 @@ def dispatch_each(table: dict[type[EventBase], EventHandler], *, savepoints: boo
             if not savepoints:
                 await handler(ctx, inbound.item)
                 continue
+            emitted = len(ctx.emitted)
             try:
                 async with ctx.conn.transaction():
                     await handler(ctx, inbound.item)
             except InvalidMessage as exc:
+                del ctx.emitted[emitted:]  # its events go with its rolled-back writes
                 ctx.reject(inbound, exc.reason)
 
     return handle
@@ -184,7 +187,9 @@ class ConsumeLoop(Generic[T]):
                 EVENTS_HANDLED.labels(self.service, "retry").inc(sum(len(m) for m in batch.values()))
                 log.warning("batch failed, retrying in %.1fs without committing: %r", backoff, exc)
                 for tp, records in batch.items():
-                    self.consumer.seek(tp, records[0].offset)
+                    # A partition revoked meanwhile needs no seek: its new owner starts from the commit.
+                    with contextlib.suppress(IllegalStateError):
+                        self.consumer.seek(tp, records[0].offset)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
@@ -241,8 +246,16 @@ class ConsumeLoop(Generic[T]):
             ctx = HandlerContext(conn=conn, service=self.service, names=self.names)
             if fresh:
                 await self.handler(ctx, fresh)
+            if ctx.rejected:
+                # Not processed: if the dead letter is lost before the offset commit, the
+                # redelivered event is rejected (and dead-lettered) again, not taken for a duplicate.
+                await conn.execute(
+                    "DELETE FROM processed_events WHERE service = $1 AND event_id = ANY($2::text[])",
+                    self.service,
+                    [event_id for event_id, _record, _reason in ctx.rejected],
+                )
             await write_events(conn, service=self.service, names=self.names, events=ctx.emitted)
-        return len(fresh), ctx.rejected
+        return len(fresh), [(record, reason) for _event_id, record, reason in ctx.rejected]
 
     async def _dead_letter(self, dead: list[tuple[Any, str]]) -> None:
         if not dead:
@@ -255,7 +268,7 @@ class ConsumeLoop(Generic[T]):
                 record.partition,
                 record.offset,
                 reason,
-                extra={"topic": record.topic, "offset": record.offset},
+                extra={"topic": record.topic, "offset": record.offset, "incident_id": _key(record)},
             )
             headers = [*list(record.headers or ()), *dead_letter_headers(self.service, record, reason)]
             futures.append(
@@ -282,6 +295,10 @@ class ConsumeLoop(Generic[T]):
                 CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(
                     max(highwater - records[-1].offset - 1, 0)
                 )
+
+
+def _key(record: Any) -> str | None:
+    return record.key.decode("utf-8", "replace") if record.key else None
 
 
 def dead_letter_headers(service: str, record: Any, reason: str) -> list[tuple[str, bytes]]:

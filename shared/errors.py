@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 import asyncpg
 from aiokafka.errors import KafkaError
+from pydantic import ValidationError
 
 
 class VigilError(Exception):
@@ -41,7 +44,14 @@ def is_retriable(exc: BaseException) -> bool:
         | asyncpg.SerializationError
         | asyncpg.DeadlockDetectedError
         | asyncpg.TooManyConnectionsError
-        | asyncpg.CannotConnectNowError,
+        | asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
     ):
         return True
-    return isinstance(exc, ConnectionError | TimeoutError | OSError)
+    if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
+        return True  # the pool's connection went away with the server
+    return isinstance(exc, ConnectionError | TimeoutError | socket.gaierror)
+
+
+def validation_reason(exc: ValidationError) -> str:
+    """Return a short, human-readable summary of a validation error (its first five problems)."""
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:5])

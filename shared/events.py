@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, IPvAnyAddress, TypeAdapter
 
 from shared.alerts import AlertSeverity
 
@@ -72,8 +72,8 @@ class AlertSummary(Payload):
     time: AwareDatetime
     host: str | None = None
     user: str | None = None
-    src_ip: str | None = None
-    dst_ip: str | None = None
+    src_ip: IPvAnyAddress | None = None
+    dst_ip: IPvAnyAddress | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
 

@@ -80,6 +80,9 @@ class OutboxRelay:
             while True:
                 try:
                     sent = await self.publish_pending()
+                    if time.monotonic() >= next_refresh:
+                        await self.refresh_backlog()
+                        next_refresh = time.monotonic() + self.refresh_every_s
                     backoff = 0.1
                 except Exception as exc:
                     if not is_retriable(exc):
@@ -88,9 +91,6 @@ class OutboxRelay:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                if time.monotonic() >= next_refresh:
-                    await self.refresh_backlog()
-                    next_refresh = time.monotonic() + self.refresh_every_s
                 if sent < self.batch_size:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
@@ -104,6 +104,9 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish one batch of unsent rows and mark them sent; return how many were sent."""
         async with self.pool.acquire() as conn, conn.transaction():
+            # Replicas of a service take turns, so that an incident's events leave in order.
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtext($1))", f"outbox:{self.service}"):
+                return 0
             rows = await conn.fetch(
                 """SELECT id, topic, key, value, headers FROM outbox
                    WHERE service = $1 AND sent_at IS NULL

@@ -15,7 +15,7 @@ import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI, Response
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared.consumer import BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
 from shared.db import create_pool, migrate
@@ -77,9 +77,12 @@ def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
         response.status_code = 200 if ready else 503
         return {"ready": ready, "checks": checks}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     for router in routers:
         app.include_router(router)
-    app.mount("/metrics", make_asgi_app())
     return app
 
 

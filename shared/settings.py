@@ -84,6 +84,9 @@ class VigilSettings(BaseSettings):
     dead_letter_window: int = Field(1000, ge=10, description="Messages in the dead-letter ratio window.")
     db_pool_size: int = Field(5, ge=1, description="Largest number of Postgres connections per service.")
     correlation_window_s: int = Field(1800, description="Alerts on the same key within this join one incident.")
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token the coordinator's command API requires (and the CLI sends)."
+    )
     reporter_url: str = Field("http://127.0.0.1:8080", description="Reporter API, used by the CLI.")
     coordinator_url: str = Field("http://127.0.0.1:8084", description="Coordinator API, used by the CLI.")
     data_dir: Path = Field(Path(".vigil"), description="Where `vigil up` keeps the embedded Postgres data.")

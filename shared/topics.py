@@ -93,7 +93,7 @@ COMMANDS = Topic(
     name="vigil.commands",
     description="Operators' commands (acknowledge, resolve), from the API, the CLI or other tools.",
     producers=("coordinator API", "operators' tools"),
-    consumers=("coordinator",),
+    consumers=("coordinator", "reporter"),
     event_types=("vigil.command.acknowledge.v1", "vigil.command.resolve.v1"),
     partitions=3,
     retention_ms=30 * DAY_MS,
@@ -150,9 +150,17 @@ async def ensure_topics(kafka: KafkaSettings, names: TopicNames) -> None:
         ]
         if missing:
             try:
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
             except TopicAlreadyExistsError:
-                log.info("topics created concurrently by another process")
+                response = None
+            # The broker answers per topic; "already exists" means another process won the race.
+            failed = [
+                f"{error[0]}: error {error[1]}"
+                for error in getattr(response, "topic_errors", ())
+                if error[1] not in (0, TopicAlreadyExistsError.errno)
+            ]
+            if failed:
+                raise RuntimeError(f"could not create topics: {', '.join(failed)}")
             log.info("created topics %s", [t.name for t in missing])
     finally:
         await admin.close()

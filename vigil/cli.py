@@ -21,6 +21,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from shared.alerts import ALERT_ADAPTER, Alert
+from shared.errors import validation_reason
 from shared.settings import SERVICE_NAMES, VigilSettings
 
 app = typer.Typer(
@@ -141,8 +142,7 @@ def parse_alerts(text: str) -> tuple[list[Alert], list[str]]:
         try:
             alerts.append(ALERT_ADAPTER.validate_python(item))
         except ValidationError as exc:
-            detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-            errors.append(f"alert {n}: {detail}")
+            errors.append(f"alert {n}: {validation_reason(exc)}")
     return alerts, errors
 
 
@@ -280,7 +280,8 @@ def _command(kind: str, incident_id: str, actor: str | None, note: str) -> None:
     url = f"{settings.coordinator_url.rstrip('/')}/api/v1/incidents/{full_id}/{kind}"
     body = {"actor": actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser(), "note": note}
     try:
-        response = httpx.post(url, json=body, timeout=10)
+        headers = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"} if settings.api_token else {}
+        response = httpx.post(url, json=body, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
         _fail(f"cannot reach the coordinator at {url}: {exc}")
     if response.status_code >= 400:
@@ -346,7 +347,7 @@ def events_tail(
                 if as_json:
                     print(json.dumps({**event.model_dump(mode="json")}), flush=True)
                 else:
-                    from services.reporter.domain import timeline_entry
+                    from shared.timeline import timeline_entry
 
                     entry = timeline_entry(event)
                     console.print(

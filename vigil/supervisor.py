@@ -42,6 +42,10 @@ class Supervisor:
             child.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", f"services.{child.name}", env=self.env
             )
+            if self._stopping:  # stop() began while this one was being spawned
+                child.process.send_signal(signal.SIGTERM)
+                await child.process.wait()
+                return
             started = asyncio.get_running_loop().time()
             code = await child.process.wait()
             if self._stopping:

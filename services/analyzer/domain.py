@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -34,8 +33,8 @@ def extract_indicators(alerts: Sequence[AlertSummary]) -> list[Indicator]:
     for alert in alerts:
         for address in (alert.src_ip, alert.dst_ip):
             if address:
-                kind = "ipv4" if ipaddress.ip_address(address).version == 4 else "ipv6"
-                found.setdefault((kind, address), Indicator(kind=kind, value=address))  # type: ignore[arg-type]
+                kind = "ipv4" if address.version == 4 else "ipv6"
+                found.setdefault((kind, str(address)), Indicator(kind=kind, value=str(address)))
         iocs = find_iocs(
             alert_text(alert),
             parse_domain_from_url=False,

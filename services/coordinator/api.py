@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel
 
 from services.coordinator import domain
@@ -27,21 +29,38 @@ class OnShift(BaseModel):
     commander: str
 
 
+def require_token(runtime: Runtime) -> Callable[[str | None], None]:
+    """With VIGIL_API_TOKEN set, commands need `Authorization: Bearer <token>`."""
+    expected = runtime.settings.api_token
+
+    def check(authorization: Annotated[str | None, Header()] = None) -> None:
+        if expected is None:
+            return
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token, expected.get_secret_value()):
+            raise HTTPException(401, detail="a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
 def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
-    router = APIRouter(prefix="/api/v1", tags=["commands"])
+    router = APIRouter(prefix="/api/v1", tags=["commands"], dependencies=[Depends(require_token(runtime))])
 
     async def run(command: AcknowledgeIncident | ResolveIncident) -> CommandResult:
         # The same handler as for commands from Kafka; the command itself goes to the commands
         # topic through the outbox, already marked processed, as the audit record.
         async with runtime.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(
+                "SELECT true FROM coordinator_incidents WHERE incident_id = $1", command.subject
+            ):
+                raise HTTPException(404, detail=f"no incident {command.subject}")
             await conn.execute("INSERT INTO processed_events (service, event_id) VALUES ($1, $2)", SERVICE, command.id)
             ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
             ctx.emit(command)
             result = await coordinator.apply_command(ctx, command)
             await write_events(conn, service=SERVICE, names=runtime.names, events=ctx.emitted)
         if isinstance(result, CommandRejected):
-            status = 404 if result.data.reason.startswith("no incident") else 409
-            raise HTTPException(status, detail=result.data.reason)
+            raise HTTPException(409, detail=result.data.reason)
         return CommandResult(incident_id=command.subject, command_id=command.id, state=result.data.to_state.value)
 
     def make(kind: Literal["ack", "resolve"]) -> None:

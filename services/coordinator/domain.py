@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -19,8 +18,6 @@ from shared.events import (
     ResolveIncident,
     Severity,
 )
-
-DEFAULT_ONCALL = Path(__file__).with_name("oncall.yaml")
 
 
 class Rotation(BaseModel):
@@ -41,8 +38,9 @@ class OnCall(BaseModel):
     ack_deadline_minutes: dict[Severity, int]
 
 
-def load_oncall(path: Path = DEFAULT_ONCALL) -> OnCall:
-    return OnCall.model_validate(yaml.safe_load(path.read_text()))
+def parse_oncall(document: str) -> OnCall:
+    """Validate an on-call file's text; a broken file stops the service at start-up."""
+    return OnCall.model_validate(yaml.safe_load(document))
 
 
 def rotation_for(oncall: OnCall, incident_type: IncidentType) -> Rotation:

@@ -216,8 +216,8 @@ def summarise(alert: Alert) -> AlertSummary:
         time=alert.time,
         host=alert.host,
         user=alert.user,
-        src_ip=str(alert.src_ip) if alert.src_ip else None,
-        dst_ip=str(alert.dst_ip) if alert.dst_ip else None,
+        src_ip=alert.src_ip,
+        dst_ip=alert.dst_ip,
         labels=alert.labels,
     )
 

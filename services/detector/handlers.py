@@ -12,9 +12,8 @@ from pydantic import ValidationError
 from services.detector import domain, repository
 from services.detector.metrics import ALERTS, INCIDENTS_OPENED
 from shared.alerts import ALERT_ADAPTER, Alert
-from shared.cloudevents import validation_reason
 from shared.consumer import HandlerContext, Inbound, decode_cloudevent
-from shared.errors import InvalidMessage
+from shared.errors import InvalidMessage, validation_reason
 from shared.events import IncidentDetected, IncidentState, IncidentStateChanged, IncidentUpdated, new_id
 from shared.topics import ALERTS_RAW
 
@@ -27,7 +26,11 @@ def decode(record: Any) -> tuple[str, Alert | Any]:
     if not record.topic.endswith(ALERTS_RAW.name):
         return decode_cloudevent(record)
     if not record.value:
+        ALERTS.labels("invalid").inc()
         raise InvalidMessage("empty alert")
+    if b"\\u0000" in record.value:
+        ALERTS.labels("invalid").inc()
+        raise InvalidMessage("alert contains a NUL character (\\u0000), which Postgres text cannot store")
     try:
         alert = ALERT_ADAPTER.validate_json(record.value)
     except ValidationError as exc:

@@ -13,15 +13,15 @@ from shared.events import IncidentType, Severity
 
 
 async def get_open_by_keys(conn: Conn, *, keys: Iterable[str]) -> dict[str, IncidentState]:
-    """Return the most recent open incident for each key, locked until the transaction ends."""
+    """Return the newest open incident for each key (the one alerts may join), locked until commit."""
     rows = await conn.fetch(
-        """SELECT * FROM detector_incidents
-           WHERE correlation_key = ANY($1::text[]) AND NOT closed
-           ORDER BY last_seen
+        """SELECT * FROM detector_incidents WHERE id IN (
+               SELECT DISTINCT ON (correlation_key) id FROM detector_incidents
+               WHERE correlation_key = ANY($1::text[]) AND NOT closed
+               ORDER BY correlation_key, last_seen DESC)
            FOR UPDATE""",
         list(keys),
     )
-    # Later rows win: the newest open incident on a key is the one alerts may join.
     return {row["correlation_key"]: _from_row(row) for row in rows}
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from services.reporter import repository
-from services.reporter.domain import timeline_entry
 from shared.consumer import HandlerContext, dispatch_each
 from shared.events import (
+    AcknowledgeIncident,
     CommandRejected,
     EventBase,
     IncidentAnalyzed,
@@ -14,8 +14,10 @@ from shared.events import (
     IncidentState,
     IncidentStateChanged,
     IncidentUpdated,
+    ResolveIncident,
     ResponsePlanned,
 )
+from shared.timeline import timeline_entry
 
 
 async def record(ctx: HandlerContext, event: EventBase) -> None:
@@ -23,9 +25,10 @@ async def record(ctx: HandlerContext, event: EventBase) -> None:
     await repository.add_timeline(ctx.conn, event=event, entry=timeline_entry(event))
 
 
-async def on_rejected(ctx: HandlerContext, event: CommandRejected) -> None:
-    await repository.ensure_incident(ctx.conn, incident_id=event.subject)
-    await record(ctx, event)
+async def record_if_known(ctx: HandlerContext, event: EventBase) -> None:
+    """Commands name an incident id anyone may type: no row is created for an unknown one."""
+    if await repository.incident_exists(ctx.conn, incident_id=event.subject):
+        await record(ctx, event)
 
 
 async def on_snapshot(ctx: HandlerContext, event: IncidentDetected | IncidentUpdated) -> None:
@@ -69,7 +72,9 @@ HANDLERS = {
     ResponsePlanned: on_planned,
     IncidentEscalated: on_escalated,
     IncidentStateChanged: on_state_changed,
-    CommandRejected: on_rejected,
+    CommandRejected: record_if_known,
+    AcknowledgeIncident: record_if_known,
+    ResolveIncident: record_if_known,
 }
 # The reporter never rejects an event, so it spares itself a savepoint per event.
 handle = dispatch_each(HANDLERS, savepoints=False)  # type: ignore[arg-type]

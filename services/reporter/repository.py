@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.reporter.domain import TimelineEntry
 from shared.db import Conn
 from shared.events import EventBase, IncidentSnapshot
+from shared.timeline import TimelineEntry
 
 
 async def add_timeline(conn: Conn, *, event: EventBase, entry: TimelineEntry) -> None:
@@ -26,6 +26,10 @@ async def add_timeline(conn: Conn, *, event: EventBase, entry: TimelineEntry) ->
 async def ensure_incident(conn: Conn, *, incident_id: str) -> None:
     """Events of one incident arrive on several topics, in any order: make the row exist first."""
     await conn.execute("INSERT INTO reporter_incidents (id) VALUES ($1) ON CONFLICT DO NOTHING", incident_id)
+
+
+async def incident_exists(conn: Conn, *, incident_id: str) -> bool:
+    return bool(await conn.fetchval("SELECT true FROM reporter_incidents WHERE id = $1", incident_id))
 
 
 async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnapshot, detected: bool, at: Any) -> None:

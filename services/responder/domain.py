@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import IncidentType, PlannedAction, ResponsePlan, Severity
-
-DEFAULT_PLAYBOOKS = Path(__file__).with_name("playbooks.yaml")
 
 
 class ActionTemplate(BaseModel):
@@ -40,9 +37,9 @@ class PlaybookBook(BaseModel):
     playbooks: list[Playbook] = Field(min_length=1)
 
 
-def load_playbooks(path: Path = DEFAULT_PLAYBOOKS) -> list[Playbook]:
-    """Read and validate a playbook file; a broken file stops the service at start-up."""
-    return PlaybookBook.model_validate(yaml.safe_load(path.read_text())).playbooks
+def parse_playbooks(document: str) -> list[Playbook]:
+    """Validate a playbook file's text; a broken file stops the service at start-up."""
+    return PlaybookBook.model_validate(yaml.safe_load(document)).playbooks
 
 
 class NoPlaybook(LookupError):

@@ -104,6 +104,7 @@ async def test_handler_rejection_dead_letters_only_that_event(
 
     async def picky(ctx: HandlerContext, event: IncidentDetected) -> None:
         await record_effect(ctx, event)
+        ctx.emit(ResolveIncident(source="/test", data=CommandArgs(actor="picky"), **event.caused_by()))
         if event.subject == "inc-bad":
             raise InvalidMessage("incident inc-bad is not acceptable")
 
@@ -118,8 +119,12 @@ async def test_handler_rejection_dead_letters_only_that_event(
     ):
         await eventually(lambda: _equals(committed(settings, "vigil-t3", topic), 2))
 
-    # The rejected event's own writes were rolled back with its savepoint; the other stayed.
+    # The rejected event's own writes and events were rolled back with its savepoint; the other stayed.
     assert [r["subject"] for r in await pool.fetch("SELECT subject FROM effects")] == ["inc-ok"]
+    assert [r["key"] for r in await pool.fetch("SELECT key FROM outbox")] == [b"inc-ok"]
+    # Not recorded as processed: were the dead letter lost, redelivery would reject it again.
+    processed = await pool.fetchval("SELECT count(*) FROM processed_events WHERE service = 't3'")
+    assert processed == 1
     dead = await read_all(settings, names(EVENTS_DLQ), expect=1)
     assert dict(dead[0].headers)["vigil_dlq_reason"] == b"incident inc-bad is not acceptable"
 

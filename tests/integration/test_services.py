@@ -8,8 +8,8 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from services.coordinator.domain import load_oncall
 from services.coordinator.handlers import ACK_DEADLINE, SERVICE, Coordinator
+from services.coordinator.service import load_oncall
 from services.detector.handlers import Detector, decode
 from shared import cloudevents
 from shared.consumer import HandlerContext

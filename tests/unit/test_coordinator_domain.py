@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from services.coordinator import domain
+from services.coordinator.service import load_oncall
 from shared.errors import InvalidTransition
 from shared.events import IncidentState, IncidentType, Severity
 from tests.factories import T0, snapshot
@@ -14,7 +15,7 @@ from tests.factories import T0, snapshot
 
 @pytest.fixture
 def oncall() -> domain.OnCall:
-    return domain.load_oncall()
+    return load_oncall()
 
 
 def test_shipped_oncall_covers_every_incident_type(oncall: domain.OnCall) -> None:

@@ -9,11 +9,11 @@ from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 
 from services.analyzer import domain as analyzer
 from services.detector.domain import summarise
-from services.reporter.domain import timeline_entry
 from shared import cloudevents
 from shared.consumer import DeadLetterGuard
 from shared.errors import DeadLetterLimitExceeded, InvalidMessage
 from shared.events import EVENT_CLASSES, IncidentDetected, IncidentState, IncidentStateChanged, StateChange
+from shared.timeline import timeline_entry
 from tests.factories import alert, snapshot
 
 
@@ -131,3 +131,20 @@ def test_timeline_names_the_person_for_state_changes() -> None:
     assert entry.actor == "alice"
     assert entry.summary == "state detected -> acknowledged"
     assert timeline_entry(detected()).actor == "detector"
+
+
+def test_bad_address_in_an_event_is_invalid_not_a_crash() -> None:
+    record = cloudevents.encode(detected())
+    body = json.loads(record.value)
+    body["new_alerts"] = [
+        {
+            "key": "s:1",
+            "source": "s",
+            "title": "t",
+            "severity": "low",
+            "time": "2026-11-24T09:00:00Z",
+            "src_ip": "999.1.1.1",
+        }
+    ]
+    with pytest.raises(InvalidMessage, match="src_ip"):
+        cloudevents.decode(json.dumps(body).encode(), record.headers)

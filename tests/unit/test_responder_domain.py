@@ -7,12 +7,13 @@ import itertools
 import pytest
 
 from services.responder import domain
+from services.responder.service import load_playbooks
 from shared.events import IncidentType, Severity
 
 
 @pytest.fixture(scope="module")
 def playbooks() -> list[domain.Playbook]:
-    return domain.load_playbooks()
+    return load_playbooks()
 
 
 def test_every_type_and_severity_has_a_playbook(playbooks: list[domain.Playbook]) -> None:

@@ -1,4 +1,4 @@
-"""Pure rendering of events into timeline entries."""
+"""Pure rendering of events into timeline entries: who caused an event, and what it means."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = f"{d.command} rejected: {d.reason}"
         case AcknowledgeIncident(data=d) | ResolveIncident(data=d):
             actor = d.actor
-            summary = f"command {event.type}"
+            verb = "acknowledge" if isinstance(event, AcknowledgeIncident) else "resolve"
+            summary = f"{verb} requested" + (f": {d.note}" if d.note else "")
         case _:
             summary = getattr(event, "type", event.source)
     return TimelineEntry(actor=actor, summary=summary)
