@@ -7,6 +7,8 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
+from shared.events import EventBase
+
 
 def configure_logging(level: str = "INFO", fmt: str = "json", service: str | None = None) -> None:
     """Route every logger to stderr as JSON (or plain text for people at a terminal)."""
@@ -28,3 +30,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str | Non
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka", "uvicorn.access", "ioc_finder"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def event_ids(event: EventBase) -> dict[str, str]:
+    """The ids a log line about an event carries: `log.info(..., extra=event_ids(event))`."""
+    return {"incident_id": event.subject, "event_id": event.id}

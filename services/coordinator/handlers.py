@@ -23,6 +23,7 @@ from shared.events import (
     Severity,
     StateChange,
 )
+from shared.logs import event_ids
 
 log = logging.getLogger(__name__)
 SOURCE = "/vigil/coordinator"
@@ -81,7 +82,7 @@ class Coordinator:
         )
         ctx.emit(IncidentEscalated(source=SOURCE, **caused, data=escalation))
         await self._set_ack_deadline(ctx, event.subject, snapshot.severity, step=1)
-        log.info("incident %s escalated to %s", event.subject, commander, extra={"incident_id": event.subject})
+        log.info("incident %s escalated to %s", event.subject, commander, extra=event_ids(event))
 
     async def on_updated(self, ctx: HandlerContext, event: IncidentUpdated) -> None:
         row = await ctx.conn.fetchrow(
@@ -135,6 +136,7 @@ class Coordinator:
                 data=CommandRejection(command_id=command.id, command=name, actor=command.data.actor, reason=str(exc)),
             )
             ctx.emit(rejected)
+            log.warning("%s by %s rejected: %s", name, command.data.actor, exc, extra=event_ids(command))
             return rejected
         stamp = {IncidentState.ACKNOWLEDGED: "acknowledged_at", IncidentState.RESOLVED: "resolved_at"}[target]
         await ctx.conn.execute(
@@ -157,6 +159,9 @@ class Coordinator:
             ),
         )
         ctx.emit(changed)
+        log.info(
+            "incident %s %s -> %s by %s", command.subject, current, target, command.data.actor, extra=event_ids(command)
+        )
         return changed
 
     async def on_ack_deadline(self, ctx: HandlerContext, timer: timers.Timer) -> None:

@@ -15,6 +15,7 @@ from shared.alerts import ALERT_ADAPTER, Alert
 from shared.consumer import HandlerContext, Inbound, decode_cloudevent
 from shared.errors import InvalidMessage, validation_reason
 from shared.events import IncidentDetected, IncidentState, IncidentStateChanged, IncidentUpdated, new_id
+from shared.logs import event_ids
 from shared.topics import ALERTS_RAW
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ class Detector:
         ALERTS.labels("accepted").inc(len(alerts))
         for change in changes:
             event_class = IncidentDetected if change.created else IncidentUpdated
-            ctx.emit(event_class(source=SOURCE, subject=change.incident.id, data=change.snapshot()))
+            event = event_class(source=SOURCE, subject=change.incident.id, data=change.snapshot())
+            ctx.emit(event)
             if change.created:
                 INCIDENTS_OPENED.labels(change.incident.type.value, change.incident.severity.value).inc()
                 log.info(
@@ -69,5 +71,5 @@ class Detector:
                     change.incident.id,
                     change.incident.severity.value,
                     change.incident.type.value,
-                    extra={"incident_id": change.incident.id},
+                    extra=event_ids(event),
                 )

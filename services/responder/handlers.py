@@ -9,6 +9,7 @@ from services.responder import domain
 from shared.consumer import HandlerContext, dispatch_each
 from shared.errors import InvalidMessage
 from shared.events import IncidentAnalyzed, ResponsePlanned, Severity, new_id
+from shared.logs import event_ids
 
 log = logging.getLogger(__name__)
 SOURCE = "/vigil/responder"
@@ -49,4 +50,4 @@ class Responder:
             [a.model_dump() for a in plan.actions],
         )
         ctx.emit(ResponsePlanned(source=SOURCE, **event.caused_by(), data=plan))
-        log.info("incident %s: planned %s", event.subject, plan.playbook, extra={"incident_id": event.subject})
+        log.info("incident %s: planned %s", event.subject, plan.playbook, extra=event_ids(event))
