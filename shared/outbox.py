@@ -53,7 +53,6 @@ class OutboxRelay:
         producer: AIOKafkaProducer,
         batch_size: int = 1000,
         idle_wait_s: float = 1.0,
-        keep_sent_s: int = 3600,
         refresh_every_s: float = 5.0,
     ) -> None:
         self.service = service
@@ -61,7 +60,6 @@ class OutboxRelay:
         self.producer = producer
         self.batch_size = batch_size
         self.idle_wait_s = idle_wait_s
-        self.keep_sent_s = keep_sent_s
         self.refresh_every_s = refresh_every_s
         self._wake = asyncio.Event()
         self._listener: Conn | None = None
@@ -136,10 +134,5 @@ class OutboxRelay:
         async with self.pool.acquire() as conn:
             backlog = await conn.fetchval(
                 "SELECT count(*) FROM outbox WHERE service = $1 AND sent_at IS NULL", self.service
-            )
-            await conn.execute(
-                "DELETE FROM outbox WHERE service = $1 AND sent_at < now() - make_interval(secs => $2)",
-                self.service,
-                float(self.keep_sent_s),
             )
         OUTBOX_BACKLOG.labels(self.service).set(backlog)

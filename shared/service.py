@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from shared import housekeeping
 from shared.consumer import BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
 from shared.db import create_pool, migrate
 from shared.kafka import make_consumer, make_producer
@@ -141,6 +142,7 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         tasks = {
             asyncio.create_task(runtime.loop.run(), name="consume"),
             asyncio.create_task(relay.run(), name="outbox-relay"),
+            asyncio.create_task(housekeeping.run(pool, service=spec.name), name="housekeeping"),
             asyncio.create_task(server.serve(), name="http"),
             asyncio.create_task(stop.wait(), name="stop-signal"),
         }

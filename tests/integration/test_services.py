@@ -11,7 +11,7 @@ import pytest
 from services.coordinator.handlers import ACK_DEADLINE, SERVICE, Coordinator
 from services.coordinator.service import load_oncall
 from services.detector.handlers import Detector, decode
-from shared import cloudevents
+from shared import cloudevents, housekeeping
 from shared.consumer import HandlerContext
 from shared.events import (
     AcknowledgeIncident,
@@ -159,3 +159,24 @@ async def test_unacknowledged_incident_escalates_down_the_rotation(pool: asyncpg
         await coordinator.apply_command(HandlerContext(conn=conn, service=SERVICE, names=names), ack)
     pending = await pool.fetchval("SELECT count(*) FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL")
     assert pending == 0
+
+
+async def test_housekeeping_prunes_only_what_has_expired(pool: asyncpg.Pool, names: TopicNames) -> None:
+    await pool.execute(
+        """INSERT INTO processed_events (service, event_id, processed_at) VALUES
+           ('analyzer', 'old', now() - interval '9 days'), ('analyzer', 'recent', now() - interval '1 day'),
+           ('reporter', 'other-service', now() - interval '9 days')"""
+    )
+    events = [IncidentDetected(source="/vigil/analyzer", subject=f"inc-{n}", data=snapshot()) for n in range(3)]
+    async with pool.acquire() as conn, conn.transaction():
+        await write_events(conn, service="analyzer", names=names, events=events)
+    ids = [r["id"] for r in await pool.fetch("SELECT id FROM outbox ORDER BY id")]
+    await pool.execute("UPDATE outbox SET sent_at = now() - interval '2 hours' WHERE id = $1", ids[0])
+    await pool.execute("UPDATE outbox SET sent_at = now() WHERE id = $1", ids[1])  # ids[2]: not yet sent
+
+    assert await housekeeping.prune(pool, service="analyzer") == (1, 1)
+    assert {r["event_id"] for r in await pool.fetch("SELECT event_id FROM processed_events")} == {
+        "recent",
+        "other-service",
+    }
+    assert [r["id"] for r in await pool.fetch("SELECT id FROM outbox ORDER BY id")] == ids[1:]
