@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -280,8 +281,12 @@ def _command(kind: str, incident_id: str, actor: str | None, note: str) -> None:
     url = f"{settings.coordinator_url.rstrip('/')}/api/v1/incidents/{full_id}/{kind}"
     body = {"actor": actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser(), "note": note}
     try:
-        headers = {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"} if settings.api_token else {}
-        response = httpx.post(url, json=body, headers=headers, timeout=10)
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        if settings.api_token:
+            headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+        transport = httpx.HTTPTransport(retries=2)  # connection failures only; the key makes them safe
+        with httpx.Client(transport=transport, timeout=10) as client:
+            response = client.post(url, json=body, headers=headers)
     except httpx.HTTPError as exc:
         _fail(f"cannot reach the coordinator at {url}: {exc}")
     if response.status_code >= 400:

@@ -54,7 +54,17 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
                 "SELECT true FROM coordinator_incidents WHERE incident_id = $1", command.subject
             ):
                 raise HTTPException(404, detail=f"no incident {command.subject}")
-            await conn.execute("INSERT INTO processed_events (service, event_id) VALUES ($1, $2)", SERVICE, command.id)
+            first_time = await conn.fetchval(
+                """INSERT INTO processed_events (service, event_id) VALUES ($1, $2)
+                   ON CONFLICT DO NOTHING RETURNING true""",
+                SERVICE,
+                command.id,
+            )
+            if not first_time:  # a retried request with the same Idempotency-Key: answer, change nothing
+                state = await conn.fetchval(
+                    "SELECT state FROM coordinator_incidents WHERE incident_id = $1", command.subject
+                )
+                return CommandResult(incident_id=command.subject, command_id=command.id, state=state)
             ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
             ctx.emit(command)
             result = await coordinator.apply_command(ctx, command)
@@ -67,14 +77,14 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
         command_class = AcknowledgeIncident if kind == "ack" else ResolveIncident
 
         @router.post(f"/incidents/{{incident_id}}/{kind}", response_model=CommandResult, name=kind)
-        async def command(incident_id: str, body: CommandArgs) -> CommandResult:
-            return await run(
-                command_class(
-                    source=f"/vigil/{SERVICE}/api",
-                    subject=incident_id,
-                    data=body,
-                )
-            )
+        async def command(
+            incident_id: str,
+            body: CommandArgs,
+            idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        ) -> CommandResult:
+            """Apply the command now; a retry carrying the same Idempotency-Key is applied once."""
+            ids = {"id": f"{SERVICE}-api:{idempotency_key}"} if idempotency_key else {}
+            return await run(command_class(source=f"/vigil/{SERVICE}/api", subject=incident_id, data=body, **ids))
 
     make("ack")
     make("resolve")

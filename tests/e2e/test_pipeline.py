@@ -233,6 +233,29 @@ def test_alerts_become_a_handled_incident(stack: Stack, settings: VigilSettings)
         stack=stack,
     )
 
+    # A command retried with the same Idempotency-Key is applied once and answered alike.
+    second = next(i for i in httpx.get(stack.url("reporter", "/api/v1/incidents")).json() if i["id"] != incident["id"])
+    wait_until(
+        lambda: httpx.get(stack.url("reporter", f"/api/v1/incidents/{second['id']}")).json()["commander"],
+        timeout=30,
+        what="the second incident escalated",
+        stack=stack,
+    )
+    url = stack.url("coordinator", f"/api/v1/incidents/{second['id']}/resolve")
+    replies = [
+        httpx.post(url, json={"actor": "bob@example.com"}, headers={"Idempotency-Key": "retry-1"}) for _ in range(2)
+    ]
+    assert [r.status_code for r in replies] == [200, 200]
+    assert replies[0].json() == replies[1].json()
+    assert replies[0].json()["state"] == "resolved"
+
+    def bobs_entries() -> list[str]:
+        timeline = httpx.get(stack.url("reporter", f"/api/v1/incidents/{second['id']}/timeline")).json()
+        return [e["summary"] for e in timeline if e["actor"] == "bob@example.com"]
+
+    wait_until(lambda: len(bobs_entries()) >= 2, timeout=30, what="bob's entries", stack=stack)
+    assert bobs_entries() == ["resolve requested", "state detected -> resolved"]
+
     # Every event, read by a client that is not aiokafka, is a valid CloudEvent keyed by its incident.
     topics = [names(t) for t in (INCIDENTS, ANALYSES, RESPONSES, COORDINATION, COMMANDS)]
     events = read_with_kafka_python(settings.kafka.bootstrap_servers, topics)
@@ -245,6 +268,10 @@ def test_alerts_become_a_handled_incident(stack: Stack, settings: VigilSettings)
     assert {"vigil.command.acknowledge.v1", "vigil.command.resolve.v1"} <= {
         dict(r.headers)["ce_type"].decode() for r in events
     }
+    # The retried command was published once, and caused one state change.
+    retried = "coordinator-api:retry-1"
+    assert [dict(r.headers)["ce_id"].decode() for r in events].count(retried) == 1
+    assert [dict(r.headers).get("ce_causationid", b"").decode() for r in events].count(retried) == 1
 
     # `vigil events tail` follows the same events, for people and as JSON lines.
     try:
