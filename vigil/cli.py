@@ -212,20 +212,24 @@ def incidents_list(
         print(json.dumps(incidents, indent=2))
         return
     table = Table(title=f"{len(incidents)} incident(s)")
-    for column in ("id", "severity", "type", "state", "alerts", "commander"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("title", overflow="fold")
+    table.add_column("id", no_wrap=True)
+    table.add_column("sev", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("type", overflow="fold")
+    table.add_column("alerts", justify="right", no_wrap=True)
+    table.add_column("title", min_width=20, ratio=2, overflow="fold")
+    table.add_column("commander", overflow="fold")
     table.add_column("created", no_wrap=True)
     for i in incidents:
         table.add_row(
             i["id"][:8],
             f"[{SEVERITY_STYLE.get(i['severity'], '')}]{i['severity']}[/]",
-            i["type"],
             i["state"],
+            i["type"],
             str(i["alert_count"]),
-            i["commander"] or "-",
             i["title"],
-            (i["created_at"] or "")[:19].replace("T", " "),
+            i["commander"] or "-",
+            (i["created_at"] or "")[5:16].replace("T", " "),
         )
     console.print(table)
 

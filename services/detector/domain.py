@@ -282,7 +282,8 @@ def _fold(base: IncidentState | None, alerts: list[Alert], key: str, incident_id
     elif base is None and len(votes) == 1:
         reason = reasons[incident_type]
     else:
-        reason = f"{reasons.get(incident_type, 'earlier alerts')}; alert votes {votes}"
+        tally = ", ".join(f"{name} {weight}" for name, weight in sorted(votes.items(), key=lambda v: -v[1]))
+        reason = f"{reasons.get(incident_type, 'earlier alerts')}; weighted alert votes: {tally}"
     hosts = _union(base.hosts if base else (), (a.host for a in alerts))
     severity, severity_reason = prioritise(max_severity, incident_type, len(hosts))
     if base is not None and severity.urgency < base.severity.urgency:  # an open incident is never downgraded
