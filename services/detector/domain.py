@@ -270,12 +270,22 @@ def _fold(base: IncidentState | None, alerts: list[Alert], key: str, incident_id
     reasons: dict[IncidentType, str] = {}
     max_severity = base.max_alert_severity if base else alerts[0].severity
     title = base.title if base else alerts[0].title
+    hosts = dict.fromkeys(base.hosts if base else ())
+    # An open incident is never downgraded: its severity is the highest it reached after any
+    # alert, which also makes it the same however the alerts were cut into batches.
+    severity, severity_reason = (base.severity, base.severity_reason) if base else (None, "")
     for alert in alerts:
         alert_type, alert_reason = classify_alert(alert)
         votes[alert_type.value] = votes.get(alert_type.value, 0) + _weight(alert)
         reasons.setdefault(alert_type, alert_reason)
         if alert.severity.rank > max_severity.rank:
             max_severity, title = alert.severity, alert.title
+        if alert.host:
+            hosts[alert.host] = None
+        reached, why = prioritise(max_severity, decide_type(votes), len(hosts))
+        if severity is None or reached.urgency > severity.urgency:
+            severity, severity_reason = reached, why
+    assert severity is not None  # alerts is never empty
     incident_type = decide_type(votes)
     if base is not None and incident_type is base.type:
         reason = base.classification_reason
@@ -284,10 +294,6 @@ def _fold(base: IncidentState | None, alerts: list[Alert], key: str, incident_id
     else:
         tally = ", ".join(f"{name} {weight}" for name, weight in sorted(votes.items(), key=lambda v: -v[1]))
         reason = f"{reasons.get(incident_type, 'earlier alerts')}; weighted alert votes: {tally}"
-    hosts = _union(base.hosts if base else (), (a.host for a in alerts))
-    severity, severity_reason = prioritise(max_severity, incident_type, len(hosts))
-    if base is not None and severity.urgency < base.severity.urgency:  # an open incident is never downgraded
-        severity, severity_reason = base.severity, base.severity_reason
     first_seen = min(alerts[0].time, base.first_seen) if base else alerts[0].time
     last_seen = max(alerts[-1].time, base.last_seen) if base else alerts[-1].time
     return IncidentState(
@@ -301,7 +307,7 @@ def _fold(base: IncidentState | None, alerts: list[Alert], key: str, incident_id
         alert_count=(base.alert_count if base else 0) + len(alerts),
         max_alert_severity=max_severity,
         type_votes=votes,
-        hosts=hosts,
+        hosts=tuple(hosts),
         users=_union(base.users if base else (), (a.user for a in alerts)),
         first_seen=first_seen,
         last_seen=last_seen,
