@@ -274,6 +274,7 @@ def _fold(base: IncidentState | None, alerts: list[Alert], key: str, incident_id
     # An open incident is never downgraded: its severity is the highest it reached after any
     # alert, which also makes it the same however the alerts were cut into batches.
     severity, severity_reason = (base.severity, base.severity_reason) if base else (None, "")
+    judged: tuple[AlertSeverity, IncidentType, int] | None = None
     for alert in alerts:
         alert_type, alert_reason = classify_alert(alert)
         votes[alert_type.value] = votes.get(alert_type.value, 0) + _weight(alert)
@@ -282,9 +283,12 @@ def _fold(base: IncidentState | None, alerts: list[Alert], key: str, incident_id
             max_severity, title = alert.severity, alert.title
         if alert.host:
             hosts[alert.host] = None
-        reached, why = prioritise(max_severity, decide_type(votes), len(hosts))
-        if severity is None or reached.urgency > severity.urgency:
-            severity, severity_reason = reached, why
+        inputs = (max_severity, decide_type(votes), len(hosts))
+        if inputs != judged:  # most alerts change none of what severity depends on
+            judged = inputs
+            reached, why = prioritise(*inputs)
+            if severity is None or reached.urgency > severity.urgency:
+                severity, severity_reason = reached, why
     assert severity is not None  # alerts is never empty
     incident_type = decide_type(votes)
     if base is not None and incident_type is base.type:
