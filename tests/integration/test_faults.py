@@ -12,11 +12,15 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.detector.handlers import Detector, decode
-from shared.consumer import HandlerContext, Inbound
+from shared.consumer import HandlerContext, Inbound, decode_cloudevent, dispatch_each
+from shared.errors import is_retriable
+from shared.events import IncidentDetected
+from shared.kafka import make_producer
+from shared.outbox import OutboxRelay, write_events
 from shared.settings import VigilSettings
-from shared.topics import ALERTS_RAW, TopicNames
-from tests.factories import alert_dict
-from tests.helpers import committed, consume_loop, eventually, produce
+from shared.topics import ALERTS_RAW, INCIDENTS, TopicNames
+from tests.factories import alert_dict, snapshot
+from tests.helpers import committed, consume_loop, eventually, produce, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
@@ -74,3 +78,63 @@ async def _equals(value: object, expected: int) -> bool:
 
 async def _committed_total(settings: VigilSettings, topic: str) -> int:
     return sum([await committed(settings, "vigil-detector", topic, p) or 0 for p in range(12)])
+
+
+async def test_relay_losing_its_connection_after_publishing_republishes_and_consumers_dedupe(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    events = [IncidentDetected(source="/vigil/detector", subject=f"inc-{n}", data=snapshot()) for n in range(5)]
+    async with pool.acquire() as conn, conn.transaction():
+        await write_events(conn, service="detector", names=names, events=events)
+
+    producer = make_producer(settings, client_id="relay-fault")
+    await producer.start()
+    admin = await asyncpg.connect(settings.database_url)
+    try:
+        relay = OutboxRelay(service="detector", pool=pool, producer=producer)
+        original_send = producer.send
+        sent = 0
+
+        async def send_then_lose_the_database(*args: Any, **kwargs: Any) -> Any:
+            # After the last record went out, the relay's connection dies before it marks them sent.
+            nonlocal sent
+            future = await original_send(*args, **kwargs)
+            sent += 1
+            if sent == len(events):
+                await admin.execute(
+                    """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                       WHERE datname = current_database() AND pid <> pg_backend_pid()"""
+                )
+            return future
+
+        producer.send = send_then_lose_the_database  # type: ignore[method-assign]
+        with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError)) as lost:
+            await relay.publish_pending()
+        assert is_retriable(lost.value)
+        producer.send = original_send  # type: ignore[method-assign]
+        assert await relay.publish_pending() == len(events)  # nothing was marked sent: all again
+        assert await relay.publish_pending() == 0
+    finally:
+        await admin.close()
+        await producer.stop()
+
+    # At least once on the topic; exactly once in effect for a consumer keyed by event id.
+    records = await read_all(settings, names(INCIDENTS), expect=2 * len(events))
+    assert len(records) == 2 * len(events)
+    reporter = dispatch_each({IncidentDetected: _count_effect}, savepoints=False)
+    await pool.execute("CREATE TABLE effects (event_id text)")
+    async with consume_loop(
+        settings, pool, service="t-dedupe", topics=[names(INCIDENTS)], decoder=decode_cloudevent, handler=reporter
+    ):
+        await eventually(lambda: _effects_are(pool, len(events)), timeout=30)
+    assert {r["event_id"] for r in await pool.fetch("SELECT event_id FROM effects")} == {e.id for e in events}
+
+
+async def _count_effect(ctx: HandlerContext, event: IncidentDetected) -> None:
+    await ctx.conn.execute("INSERT INTO effects VALUES ($1)", event.id)
+
+
+async def _effects_are(pool: asyncpg.Pool, expected: int) -> bool:
+    count = await pool.fetchval("SELECT count(*) FROM effects")
+    committed_all = await pool.fetchval("SELECT count(*) FROM processed_events WHERE service = 't-dedupe'")
+    return bool(count == expected and committed_all == expected)
