@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from shared import cloudevents
@@ -40,7 +40,6 @@ from shared.topics import TopicNames, dead_letter_topic_for
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Record = ConsumerRecord  # aiokafka's record: topic, partition, offset, key, value, headers
 
 
 @dataclass(frozen=True)

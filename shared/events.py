@@ -271,5 +271,3 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     CommandRejected,
 )
 EVENT_TYPES: dict[str, type[EventBase]] = {cls.model_fields["type"].default: cls for cls in EVENT_CLASSES}
-
-Command = AcknowledgeIncident | ResolveIncident
