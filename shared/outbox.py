@@ -62,7 +62,6 @@ class OutboxRelay:
         self.idle_wait_s = idle_wait_s
         self.refresh_every_s = refresh_every_s
         self._wake = asyncio.Event()
-        self._listener: Conn | None = None
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if payload == self.service:
@@ -70,7 +69,7 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Publish until cancelled; a broker or database outage is waited out, not fatal."""
-        listener = self._listener = await self.pool.acquire()
+        listener = await self.pool.acquire()
         try:
             await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
             backoff = 0.1
@@ -94,7 +93,6 @@ class OutboxRelay:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.idle_wait_s)
         finally:
-            self._listener = None
             with contextlib.suppress(Exception):
                 await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
             await self.pool.release(listener)
