@@ -7,18 +7,21 @@ is the incident id so that each incident's events keep their order on one partit
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from shared.errors import InvalidMessage, validation_reason
+from shared.errors import InvalidMessage, UnknownEventType, validation_reason
 from shared.events import EVENT_ADAPTER, EVENT_TYPES, Event, EventBase
 
 SPEC_VERSION = b"1.0"
 CONTENT_TYPE = b"application/json"
 _ENVELOPE = ("id", "source", "type", "time", "subject", "correlationid", "causationid")
+# A Vigil event type: a newer service may publish one this version does not know yet.
+_VIGIL_TYPE = re.compile(r"^vigil(\.[a-z0-9_]+)+\.v[0-9]+$")
 Headers = Sequence[tuple[str, bytes]]
 
 
@@ -45,7 +48,11 @@ def encode(event: EventBase) -> KafkaRecord:
 
 
 def decode(value: bytes | None, headers: Headers) -> Event:
-    """Decode a binary-mode CloudEvent Kafka record into its event, or raise InvalidMessage."""
+    """Decode a binary-mode CloudEvent Kafka record into its event, or raise InvalidMessage.
+
+    Fields this version does not know are ignored (a newer producer may add optional ones); a
+    Vigil event type it does not know raises UnknownEventType, which consumers skip.
+    """
     attributes: dict[str, Any] = {}
     for name, raw in headers:
         if name.startswith("ce_"):
@@ -54,6 +61,8 @@ def decode(value: bytes | None, headers: Headers) -> Event:
         raise InvalidMessage("not a CloudEvents 1.0 binary-mode record (ce_specversion missing or not 1.0)")
     event_type = attributes.get("type")
     if event_type not in EVENT_TYPES:
+        if isinstance(event_type, str) and _VIGIL_TYPE.match(event_type):
+            raise UnknownEventType(f"event type {event_type!r} is unknown to this version of Vigil")
         raise InvalidMessage(f"unknown event type {event_type!r}")
     if value is None:
         raise InvalidMessage("empty body")
@@ -64,6 +73,6 @@ def decode(value: bytes | None, headers: Headers) -> Event:
     fields = {name: attributes[name] for name in _ENVELOPE if name in attributes}
     fields["data"] = data
     try:
-        return EVENT_ADAPTER.validate_python(fields)
+        return EVENT_ADAPTER.validate_python(fields, extra="ignore")
     except ValidationError as exc:
         raise InvalidMessage(f"{event_type} does not match its schema: {validation_reason(exc)}") from exc

@@ -24,7 +24,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInPro
 
 from shared import cloudevents
 from shared.db import Conn
-from shared.errors import DeadLetterLimitExceeded, InvalidMessage, is_retriable
+from shared.errors import DeadLetterLimitExceeded, InvalidMessage, UnknownEventType, is_retriable
 from shared.events import Event, EventBase
 from shared.metrics import (
     BATCH_SIZE,
@@ -161,6 +161,7 @@ class ConsumeLoop(Generic[T]):
         self.poll_ms = poll_ms
         self.guard = dead_letter_guard or DeadLetterGuard(ratio=0.5, window=1000)
         self._stopping = asyncio.Event()
+        self._warned: set[str] = set()
 
     @property
     def ready(self) -> bool:
@@ -197,11 +198,16 @@ class ConsumeLoop(Generic[T]):
         valid: list[Inbound[T]] = []
         invalid: list[tuple[Any, str]] = []
         verdicts: list[bool] = []
+        skipped = 0
         for tp, records in batch.items():
             EVENTS_CONSUMED.labels(self.service, tp.topic).inc(len(records))
             for record in records:
                 try:
                     event_id, item = self.decoder(record)
+                except UnknownEventType as exc:
+                    # A newer producer's event: not ours to judge, and not bad input either.
+                    skipped += 1
+                    self._warn_once(exc.reason, record)
                 except InvalidMessage as exc:
                     invalid.append((record, exc.reason))
                     verdicts.append(True)
@@ -223,7 +229,13 @@ class ConsumeLoop(Generic[T]):
         EVENTS_HANDLED.labels(self.service, "ok").inc(fresh - len(rejected))
         EVENTS_HANDLED.labels(self.service, "duplicate").inc(len(valid) - fresh)
         EVENTS_HANDLED.labels(self.service, "invalid").inc(len(dead))
+        EVENTS_HANDLED.labels(self.service, "skipped").inc(skipped)
         await self._commit(batch)
+
+    def _warn_once(self, reason: str, record: Any) -> None:
+        if reason not in self._warned:
+            self._warned.add(reason)
+            log.warning("skipping %s[%d]@%d and its like: %s", record.topic, record.partition, record.offset, reason)
 
     async def _handle_in_transaction(self, valid: list[Inbound[T]]) -> tuple[int, list[tuple[Any, str]]]:
         if not valid:

@@ -21,6 +21,10 @@ class InvalidMessage(VigilError):
         self.reason = reason
 
 
+class UnknownEventType(InvalidMessage):
+    """A well-formed Vigil event of a type this version does not know (a newer producer's): skip it."""
+
+
 class DeadLetterLimitExceeded(VigilError):
     """Too many messages were dead-lettered: stop rather than empty a topic into the dead-letter queue."""
 

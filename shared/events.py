@@ -3,6 +3,10 @@
 Each event travels as a CloudEvents 1.0 event in Kafka binary mode (see ``shared.cloudevents``):
 the envelope fields of ``EventBase`` become ``ce_*`` headers and ``data`` becomes the JSON body.
 Event types carry their schema version (``.v1``); a breaking change adds a new type.
+
+Producers validate strictly (``extra="forbid"``: a typo is a bug); consumers decode with unknown
+fields ignored (``shared.cloudevents.decode``), so a newer producer may add optional fields during
+a rolling deploy without an older consumer dead-lettering its events.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class Severity(StrEnum):
 
 
 class IncidentState(StrEnum):
+    """Lifecycle states, declared once for every service; a value outside them is handled explicitly."""
+
     DETECTED = "detected"
     ACKNOWLEDGED = "acknowledged"
     INVESTIGATING = "investigating"
@@ -92,7 +98,16 @@ class IncidentSnapshot(Payload):
     hosts: list[str] = Field(default_factory=list)
     users: list[str] = Field(default_factory=list)
     new_alerts: list[AlertSummary] = Field(
-        default_factory=list, description="Alerts added since the previous event (at most 100)."
+        default_factory=list,
+        description="Alerts added since the previous event; many alerts are split over several events "
+        "(see `part` and `parts`), each bounded in size, so that every alert reaches every consumer.",
+    )
+    part: int = Field(1, ge=1, description="Which of the `parts` events carrying one batch's new alerts this is.")
+    parts: int = Field(
+        1,
+        ge=1,
+        description="How many events carry this batch's new alerts; consumers that "
+        "summarise (the analyzer) may wait for the last part.",
     )
 
 
@@ -150,6 +165,33 @@ class Escalation(Payload):
     first_seen: AwareDatetime
     last_seen: AwareDatetime
     alerts: list[AlertSummary]
+
+
+class EscalationExhaustion(Payload):
+    """Everyone in the rotation was paged and nobody acknowledged."""
+
+    rotation: str
+    paged: list[str] = Field(description="Everyone paged for this incident, in order.")
+    last_commander: str
+    severity: Severity
+    reason: str
+
+
+class EffectOutcome(Payload):
+    """What happened to one side effect (a webhook call, a mail, a command) run by the effects runner."""
+
+    effect_id: int
+    service: str
+    kind: str
+    key: str = Field(description="Idempotency key the far side saw.")
+    target: str = Field(description="Where the effect went: a host, an address, a mailbox (never a secret).")
+    status: Literal["succeeded", "failed", "parked"] = Field(
+        description="succeeded; failed: refused for good by the far side; parked: gave up after retries "
+        "(an operator may re-queue it)."
+    )
+    attempts: int
+    error: str | None = None
+    result: dict[str, Any] = Field(default_factory=dict)
 
 
 class StateChange(Payload):
@@ -245,6 +287,16 @@ class CommandRejected(EventBase):
     data: CommandRejection
 
 
+class EscalationExhausted(EventBase):
+    type: Literal["vigil.incident.escalation_exhausted.v1"] = "vigil.incident.escalation_exhausted.v1"
+    data: EscalationExhaustion
+
+
+class EffectCompleted(EventBase):
+    type: Literal["vigil.effect.completed.v1"] = "vigil.effect.completed.v1"
+    data: EffectOutcome
+
+
 Event = Annotated[
     IncidentDetected
     | IncidentUpdated
@@ -254,7 +306,9 @@ Event = Annotated[
     | IncidentStateChanged
     | AcknowledgeIncident
     | ResolveIncident
-    | CommandRejected,
+    | CommandRejected
+    | EscalationExhausted
+    | EffectCompleted,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -269,5 +323,7 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     AcknowledgeIncident,
     ResolveIncident,
     CommandRejected,
+    EscalationExhausted,
+    EffectCompleted,
 )
 EVENT_TYPES: dict[str, type[EventBase]] = {cls.model_fields["type"].default: cls for cls in EVENT_CLASSES}

@@ -7,7 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS_CONSUMED = Counter("vigil_events_consumed", "Records fetched from Kafka.", ["service", "topic"])
 EVENTS_HANDLED = Counter(
     "vigil_events_handled",
-    "Records by outcome: ok, duplicate (already handled), invalid (dead-lettered), retry, error.",
+    "Records by outcome: ok, duplicate (already handled), invalid (dead-lettered), skipped (an event type "
+    "this version does not know), retry, error.",
     ["service", "outcome"],
 )
 EVENTS_DEAD_LETTERED = Counter(

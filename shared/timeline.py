@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from shared.events import (
     AcknowledgeIncident,
     CommandRejected,
+    EffectCompleted,
+    EscalationExhausted,
     EventBase,
     IncidentAnalyzed,
     IncidentDetected,
@@ -49,6 +51,15 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             actor = d.actor
             before = d.from_state.value if d.from_state else "new"
             summary = f"state {before} -> {d.to_state.value}" + (f": {d.note}" if d.note else "")
+        case EscalationExhausted(data=d):
+            summary = (
+                f"escalation exhausted: {len(d.paged)} people of rotation {d.rotation!r} paged "
+                f"({', '.join(d.paged)}), nobody acknowledged"
+            )
+        case EffectCompleted(data=d):
+            summary = f"{d.kind} to {d.target} {d.status} after {d.attempts} attempt(s)" + (
+                f": {d.error}" if d.error else ""
+            )
         case CommandRejected(data=d):
             actor = d.actor
             summary = f"{d.command} rejected: {d.reason}"

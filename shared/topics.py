@@ -87,7 +87,15 @@ COORDINATION = Topic(
         "vigil.incident.escalated.v1",
         "vigil.incident.state_changed.v1",
         "vigil.command.rejected.v1",
+        "vigil.incident.escalation_exhausted.v1",
     ),
+)
+EFFECTS = Topic(
+    name="vigil.effects",
+    description="Outcomes of side effects (webhook calls, mails, commands) run by the services' effects runners.",
+    producers=("analyzer", "responder", "coordinator"),
+    consumers=("reporter",),
+    event_types=("vigil.effect.completed.v1",),
 )
 COMMANDS = Topic(
     name="vigil.commands",
@@ -107,6 +115,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     ANALYSES,
     RESPONSES,
     COORDINATION,
+    EFFECTS,
     COMMANDS,
 )
 

@@ -329,7 +329,7 @@ def events_tail(
     from shared import cloudevents
     from shared.errors import InvalidMessage
     from shared.kafka import make_consumer
-    from shared.topics import ANALYSES, COORDINATION, INCIDENTS, RESPONSES, TopicNames
+    from shared.topics import ANALYSES, COORDINATION, EFFECTS, INCIDENTS, RESPONSES, TopicNames
 
     async def tail() -> None:
         settings = _settings()
@@ -339,7 +339,7 @@ def events_tail(
         try:
             partitions = [
                 TopicPartition(names(t), p)
-                for t in (INCIDENTS, ANALYSES, RESPONSES, COORDINATION)
+                for t in (INCIDENTS, ANALYSES, RESPONSES, COORDINATION, EFFECTS)
                 for p in (consumer.partitions_for_topic(names(t)) or await _partitions(consumer, names(t)))
             ]
             consumer.assign(partitions)

@@ -7,6 +7,8 @@ from shared.consumer import HandlerContext, dispatch_each
 from shared.events import (
     AcknowledgeIncident,
     CommandRejected,
+    EffectCompleted,
+    EscalationExhausted,
     EventBase,
     IncidentAnalyzed,
     IncidentDetected,
@@ -75,6 +77,8 @@ HANDLERS = {
     CommandRejected: record_if_known,
     AcknowledgeIncident: record_if_known,
     ResolveIncident: record_if_known,
+    EscalationExhausted: record,
+    EffectCompleted: record_if_known,
 }
 # The reporter never rejects an event, so it spares itself a savepoint per event.
 handle = dispatch_each(HANDLERS, savepoints=False)  # type: ignore[arg-type]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
 
 from services.analyzer import domain as analyzer
 from services.detector.domain import summarise
 from shared import cloudevents
 from shared.consumer import DeadLetterGuard
-from shared.errors import DeadLetterLimitExceeded, InvalidMessage
+from shared.errors import DeadLetterLimitExceeded, InvalidMessage, UnknownEventType
 from shared.events import EVENT_CLASSES, IncidentDetected, IncidentState, IncidentStateChanged, StateChange
 from shared.timeline import timeline_entry
 from tests.factories import alert, snapshot
@@ -65,7 +66,8 @@ def test_every_event_type_is_in_the_union() -> None:
     ("value", "headers", "reason"),
     [
         (b"{}", [], "not a CloudEvents 1.0"),
-        (b"{}", [("ce_specversion", b"1.0"), ("ce_type", b"vigil.nope.v1")], "unknown event type"),
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_type", b"vigil.nope.v1")], "unknown to this version"),
+        (b"{}", [("ce_specversion", b"1.0"), ("ce_type", b"com.example.thing")], "unknown event type"),
         (b"not json", [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.detected.v1")], "not JSON"),
         (
             b'{"title": 1}',
@@ -77,6 +79,31 @@ def test_every_event_type_is_in_the_union() -> None:
 def test_decode_rejects_bad_records_with_a_reason(value: bytes, headers: list[tuple[str, bytes]], reason: str) -> None:
     with pytest.raises(InvalidMessage, match=reason):
         cloudevents.decode(value, headers)
+
+
+def test_an_unknown_vigil_event_type_is_told_apart_from_garbage() -> None:
+    headers = [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.merged.v1"), ("ce_id", b"x")]
+    with pytest.raises(UnknownEventType):
+        cloudevents.decode(b"{}", headers)
+    with pytest.raises(InvalidMessage) as caught:
+        cloudevents.decode(b"{}", [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.detected")])
+    assert not isinstance(caught.value, UnknownEventType)
+
+
+def test_consumers_ignore_fields_a_newer_producer_added() -> None:
+    event = IncidentDetected(source="/vigil/detector", subject="inc-1", data=snapshot(new_alerts=[summarise(alert())]))
+    record = cloudevents.encode(event)
+    body = json.loads(record.value)
+    body["merged_into"] = "inc-9"  # a field of a future version, at the top and nested
+    body["new_alerts"] = [{**summary, "tactic": "TA0001"} for summary in body["new_alerts"]]
+    decoded = cloudevents.decode(json.dumps(body).encode(), [*record.headers, ("ce_traceparent", b"00-ab")])
+    assert decoded == event
+    assert decoded.data.new_alerts[0].key == event.data.new_alerts[0].key
+
+
+def test_producers_still_refuse_unknown_fields() -> None:
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        IncidentDetected.model_validate({**detected().model_dump(), "merged_into": "inc-9"})
 
 
 def test_events_are_frozen() -> None:
