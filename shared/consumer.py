@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
 from shared import cloudevents
@@ -112,13 +112,31 @@ def dispatch_each(table: dict[type[EventBase], EventHandler], *, savepoints: boo
 
 
 class DeadLetterGuard:
-    """Stops a consumer whose recent messages are mostly dead-lettered."""
+    """Stops a consumer whose recent messages are mostly dead-lettered.
 
-    def __init__(self, *, ratio: float, window: int) -> None:
+    Each message is judged once, when its batch is handled. The window is persisted with the batch
+    (``consumer_guards``), so a consumer restarting in a loop resumes its judgement instead of
+    dead-lettering another window's worth of a topic after every restart; and a batch that trips
+    the guard rolls back, so it is judged the same way again after the restart.
+    """
+
+    def __init__(self, *, ratio: float, window: int, verdicts: str = "") -> None:
         self.ratio = ratio
         self.window = window
-        self._recent: collections.deque[bool] = collections.deque(maxlen=window)
-        self._dead = 0
+        self._recent: collections.deque[bool] = collections.deque((v == "1" for v in verdicts), maxlen=window)
+        self._dead = sum(self._recent)
+
+    def copy(self) -> DeadLetterGuard:
+        return DeadLetterGuard(ratio=self.ratio, window=self.window, verdicts=self.state)
+
+    @property
+    def state(self) -> str:
+        """The window as stored: '1' for a dead letter, '0' for a handled message, oldest first."""
+        return "".join("1" if dead else "0" for dead in self._recent)
+
+    @property
+    def dead(self) -> int:
+        return self._dead
 
     def record(self, dead: Sequence[bool]) -> None:
         for is_dead in dead:
@@ -131,6 +149,26 @@ class DeadLetterGuard:
                 f"{self._dead} of the last {len(self._recent)} messages were dead-lettered "
                 f"(limit {self.ratio:.0%}); stopping instead of emptying the topic into the dead-letter queue"
             )
+
+
+class BatchFence(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Holds a rebalance until the batch in hand is handled and its offsets committed.
+
+    aiokafka awaits ``on_partitions_revoked`` before the member rejoins, while its generation is
+    still valid: waiting there for the batch means no partition is handled by two members at once.
+    A batch stuck retrying releases the fence between attempts, so a rebalance abandons it instead.
+    """
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self.lock:
+            if revoked:
+                log.info("partitions revoked after the batch in hand: %s", sorted(map(str, revoked)))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted(map(str, assigned)))
 
 
 class ConsumeLoop(Generic[T]):
@@ -149,6 +187,7 @@ class ConsumeLoop(Generic[T]):
         batch_size: int = 2000,
         poll_ms: int = 200,
         dead_letter_guard: DeadLetterGuard | None = None,
+        fence: BatchFence | None = None,
     ) -> None:
         self.service = service
         self.consumer = consumer
@@ -160,8 +199,15 @@ class ConsumeLoop(Generic[T]):
         self.batch_size = batch_size
         self.poll_ms = poll_ms
         self.guard = dead_letter_guard or DeadLetterGuard(ratio=0.5, window=1000)
+        self._guard_loaded = False
         self._stopping = asyncio.Event()
         self._warned: set[str] = set()
+        if fence is None:
+            # The consumer was subscribed without our fence (e.g. by a tool): subscribe again with it.
+            fence = BatchFence()
+            if topics := consumer.subscription():
+                consumer.subscribe(topics=list(topics), listener=fence)
+        self.fence = fence
 
     @property
     def ready(self) -> bool:
@@ -177,27 +223,34 @@ class ConsumeLoop(Generic[T]):
             batch = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_size)
             if not batch:
                 continue
-            try:
-                await self.process(batch)
-                backoff = 0.1
-            except Exception as exc:
-                if not is_retriable(exc):
-                    EVENTS_HANDLED.labels(self.service, "error").inc(sum(len(m) for m in batch.values()))
-                    raise
-                EVENTS_HANDLED.labels(self.service, "retry").inc(sum(len(m) for m in batch.values()))
-                log.warning("batch failed, retrying in %.1fs without committing: %r", backoff, exc)
-                for tp, records in batch.items():
-                    # A partition revoked meanwhile needs no seek: its new owner starts from the commit.
-                    with contextlib.suppress(IllegalStateError):
-                        self.consumer.seek(tp, records[0].offset)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+            async with self.fence.lock:
+                # A rebalance may have taken partitions between the fetch and now: leave them alone.
+                assigned = self.consumer.assignment()
+                batch = {tp: records for tp, records in batch.items() if tp in assigned}
+                if not batch:
+                    continue
+                try:
+                    await self.process(batch)
+                    backoff = 0.1
+                    continue
+                except Exception as exc:
+                    if not is_retriable(exc):
+                        EVENTS_HANDLED.labels(self.service, "error").inc(sum(len(m) for m in batch.values()))
+                        raise
+                    EVENTS_HANDLED.labels(self.service, "retry").inc(sum(len(m) for m in batch.values()))
+                    log.warning("batch failed, retrying in %.1fs without committing: %r", backoff, exc)
+                    for tp, records in batch.items():
+                        # A partition revoked meanwhile needs no seek: its new owner starts from the commit.
+                        with contextlib.suppress(IllegalStateError):
+                            self.consumer.seek(tp, records[0].offset)
+            # Outside the fence: a rebalance during the back-off abandons the batch.
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
 
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Handle one fetched batch end to end; offsets are committed only when all of it is done."""
         valid: list[Inbound[T]] = []
         invalid: list[tuple[Any, str]] = []
-        verdicts: list[bool] = []
         skipped = 0
         for tp, records in batch.items():
             EVENTS_CONSUMED.labels(self.service, tp.topic).inc(len(records))
@@ -210,20 +263,15 @@ class ConsumeLoop(Generic[T]):
                     self._warn_once(exc.reason, record)
                 except InvalidMessage as exc:
                     invalid.append((record, exc.reason))
-                    verdicts.append(True)
                 else:
                     valid.append(Inbound(event_id, item, record))
-                    verdicts.append(False)
-        self.guard.record(verdicts)
 
         started = time.perf_counter()
-        fresh, rejected = await self._handle_in_transaction(valid)
+        fresh, rejected = await self._handle_in_transaction(valid, invalid)
         HANDLER_DURATION.labels(self.service).observe(time.perf_counter() - started)
         BATCH_SIZE.labels(self.service).observe(len(valid))
 
         dead = invalid + rejected
-        if rejected:
-            self.guard.record([True] * len(rejected))
         await self._dead_letter(dead)
 
         EVENTS_HANDLED.labels(self.service, "ok").inc(fresh - len(rejected))
@@ -237,36 +285,62 @@ class ConsumeLoop(Generic[T]):
             self._warned.add(reason)
             log.warning("skipping %s[%d]@%d and its like: %s", record.topic, record.partition, record.offset, reason)
 
-    async def _handle_in_transaction(self, valid: list[Inbound[T]]) -> tuple[int, list[tuple[Any, str]]]:
-        if not valid:
+    async def _handle_in_transaction(
+        self, valid: list[Inbound[T]], invalid: list[tuple[Any, str]]
+    ) -> tuple[int, list[tuple[Any, str]]]:
+        if not valid and not invalid:
             return 0, []
         async with self.pool.acquire() as conn, conn.transaction():
-            ids = list(dict.fromkeys(inbound.event_id for inbound in valid))
-            inserted = await conn.fetch(
-                """INSERT INTO processed_events (service, event_id)
-                   SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id""",
-                self.service,
-                ids,
-            )
-            new_ids = {row["event_id"] for row in inserted}
-            fresh: list[Inbound[T]] = []
-            for inbound in valid:
-                if inbound.event_id in new_ids:
-                    new_ids.discard(inbound.event_id)  # a repeat inside the batch is a duplicate too
-                    fresh.append(inbound)
+            if not self._guard_loaded:
+                stored = await conn.fetchval("SELECT verdicts FROM consumer_guards WHERE service = $1", self.service)
+                self.guard = DeadLetterGuard(ratio=self.guard.ratio, window=self.guard.window, verdicts=stored or "")
+                self._guard_loaded = True
             ctx = HandlerContext(conn=conn, service=self.service, names=self.names)
-            if fresh:
-                await self.handler(ctx, fresh)
-            if ctx.rejected:
-                # Not processed: if the dead letter is lost before the offset commit, the
-                # redelivered event is rejected (and dead-lettered) again, not taken for a duplicate.
-                await conn.execute(
-                    "DELETE FROM processed_events WHERE service = $1 AND event_id = ANY($2::text[])",
+            fresh: list[Inbound[T]] = []
+            if valid:
+                ids = list(dict.fromkeys(inbound.event_id for inbound in valid))
+                inserted = await conn.fetch(
+                    """INSERT INTO processed_events (service, event_id)
+                       SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id""",
                     self.service,
-                    [event_id for event_id, _record, _reason in ctx.rejected],
+                    ids,
                 )
+                new_ids = {row["event_id"] for row in inserted}
+                for inbound in valid:
+                    if inbound.event_id in new_ids:
+                        new_ids.discard(inbound.event_id)  # a repeat inside the batch is a duplicate too
+                        fresh.append(inbound)
+                if fresh:
+                    await self.handler(ctx, fresh)
+                if ctx.rejected:
+                    # Not processed: if the dead letter is lost before the offset commit, the
+                    # redelivered event is rejected (and dead-lettered) again, not taken for a duplicate.
+                    await conn.execute(
+                        "DELETE FROM processed_events WHERE service = $1 AND event_id = ANY($2::text[])",
+                        self.service,
+                        [event_id for event_id, _record, _reason in ctx.rejected],
+                    )
+            judged = await self._judge(
+                conn, dead=len(invalid) + len(ctx.rejected), handled=len(fresh) - len(ctx.rejected)
+            )
             await write_events(conn, service=self.service, names=self.names, events=ctx.emitted)
+        self.guard = judged  # only once committed: a batch retried is judged once
         return len(fresh), [(record, reason) for _event_id, record, reason in ctx.rejected]
+
+    async def _judge(self, conn: Conn, *, dead: int, handled: int) -> DeadLetterGuard:
+        """Judge this batch's messages once; raising here rolls the batch back, dead letters unsent."""
+        had_dead = self.guard.dead > 0
+        judged = self.guard.copy()
+        judged.record([True] * dead + [False] * handled)
+        # Only a window that holds, or held, a dead letter is worth a write.
+        if dead or had_dead:
+            await conn.execute(
+                """INSERT INTO consumer_guards (service, verdicts) VALUES ($1, $2)
+                   ON CONFLICT (service) DO UPDATE SET verdicts = EXCLUDED.verdicts, updated_at = now()""",
+                self.service,
+                judged.state,
+            )
+        return judged
 
     async def _dead_letter(self, dead: list[tuple[Any, str]]) -> None:
         if not dead:

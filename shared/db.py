@@ -55,6 +55,13 @@ async def create_pool(database_url: str, *, max_size: int = 5, **kwargs: Any) ->
     return pool
 
 
+async def connect(database_url: str) -> asyncpg.Connection:
+    """Open one connection outside any pool, with the pool's JSON codecs (for long-lived roles)."""
+    conn = await asyncpg.connect(database_url)
+    await _init_connection(conn)
+    return conn
+
+
 def migration_files() -> list[tuple[int, str, str]]:
     """Return (version, name, sql) for every migration shipped with Vigil, in order."""
     found = []

@@ -1,4 +1,4 @@
-"""Keeps the shared plumbing tables small: old processed-event ids and published outbox rows."""
+"""Keeps the shared plumbing tables small: expired processed-event ids, published outbox rows, old timers."""
 
 from __future__ import annotations
 
@@ -9,23 +9,28 @@ from datetime import timedelta
 import asyncpg
 
 from shared.errors import is_retriable
+from shared.topics import ledger_retention
 
 log = logging.getLogger(__name__)
 
-# Longer than any topic's retention (at most 7 days, dead-letter topics aside, which are not
-# consumed by services): an event older than this can no longer be redelivered.
-KEEP_PROCESSED = timedelta(days=8)
 KEEP_SENT = timedelta(hours=1)
+KEEP_TIMERS = timedelta(days=30)
 
 
 async def prune(
     pool: asyncpg.Pool,
     *,
     service: str,
-    keep_processed: timedelta = KEEP_PROCESSED,
+    keep_processed: timedelta | None = None,
     keep_sent: timedelta = KEEP_SENT,
 ) -> tuple[int, int]:
-    """Delete this service's expired ledger and outbox rows; return how many of each."""
+    """Delete this service's expired ledger and outbox rows; return how many of each.
+
+    The ledger keeps an id longer than any topic the service consumes keeps the event
+    (``shared.topics.ledger_retention``): until then the event may be redelivered.
+    """
+    if keep_processed is None:
+        keep_processed = ledger_retention(service)
     async with pool.acquire() as conn:
         processed = await conn.execute(
             "DELETE FROM processed_events WHERE service = $1 AND processed_at < now() - $2::interval",
@@ -34,6 +39,12 @@ async def prune(
         )
         sent = await conn.execute(
             "DELETE FROM outbox WHERE service = $1 AND sent_at < now() - $2::interval", service, keep_sent
+        )
+        await conn.execute(
+            """DELETE FROM timers WHERE service = $1 AND coalesce(fired_at, cancelled_at) < now() - $2::interval
+               AND (fired_at IS NOT NULL OR cancelled_at IS NOT NULL)""",
+            service,
+            KEEP_TIMERS,
         )
     return int(processed.split()[-1]), int(sent.split()[-1])
 

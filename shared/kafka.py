@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 
 from shared.settings import VigilSettings
 
@@ -19,10 +19,14 @@ def make_producer(settings: VigilSettings, *, client_id: str) -> AIOKafkaProduce
     )
 
 
-def make_consumer(settings: VigilSettings, *topics: str, group_id: str | None) -> AIOKafkaConsumer:
+def make_consumer(
+    settings: VigilSettings,
+    *topics: str,
+    group_id: str | None,
+    listener: ConsumerRebalanceListener | None = None,
+) -> AIOKafkaConsumer:
     """A consumer with auto-commit off: the consume loop commits after the database does."""
-    return AIOKafkaConsumer(
-        *topics,
+    consumer = AIOKafkaConsumer(
         group_id=group_id,
         client_id=group_id or "vigil-cli",
         enable_auto_commit=False,
@@ -34,3 +38,6 @@ def make_consumer(settings: VigilSettings, *topics: str, group_id: str | None) -
         heartbeat_interval_ms=min(3000, settings.session_timeout_ms // 3),
         **settings.kafka.client_options(),
     )
+    if topics:
+        consumer.subscribe(topics=list(topics), listener=listener)
+    return consumer

@@ -31,3 +31,33 @@ CONSUMER_LAG = Gauge(
 )
 OUTBOX_BACKLOG = Gauge("vigil_outbox_backlog", "Outbox events not yet published.", ["service"])
 OUTBOX_PUBLISHED = Counter("vigil_outbox_published", "Outbox events published to Kafka.", ["service"])
+TIMERS_FIRED = Counter(
+    "vigil_timers", "Durable timers by outcome: fired, retry (handler failed), parked.", ["service", "kind", "outcome"]
+)
+OUTBOX_PARKED = Counter(
+    "vigil_outbox_parked", "Outbox events the broker refused for good, parked for an operator.", ["service"]
+)
+EFFECTS_QUEUED = Gauge(
+    "vigil_effects_queued",
+    "Side effects due and waiting for a runner (scheduled ones count once due).",
+    ["service", "kind"],
+)
+EFFECTS_PARKED = Gauge(
+    "vigil_effects_parked",
+    "Side effects given up after their retries, waiting for an operator (`vigil effects retry`).",
+    ["service", "kind"],
+)
+EFFECTS_RUNNING = Gauge("vigil_effects_running", "Side effects this process is executing now.", ["service", "kind"])
+EFFECTS_FINISHED = Counter(
+    "vigil_effects_finished",
+    "Side-effect attempts by outcome: succeeded, failed (refused for good), parked (gave up after its "
+    "retries), retried (failed, tried again later), superseded (lease lost before recording: another "
+    "attempt took over).",
+    ["service", "kind", "outcome"],
+)
+EFFECT_DURATION = Histogram(
+    "vigil_effect_duration_seconds",
+    "Time one side-effect attempt took: the call until its result, error or timeout.",
+    ["service", "kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)

@@ -18,8 +18,8 @@ from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import housekeeping
-from shared.consumer import BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
-from shared.db import create_pool, migrate
+from shared.consumer import BatchFence, BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
+from shared.db import connect, create_pool, migrate
 from shared.kafka import make_consumer, make_producer
 from shared.logs import configure_logging
 from shared.outbox import OutboxRelay
@@ -39,6 +39,34 @@ class Runtime:
     producer: AIOKafkaProducer
     names: TopicNames
     loop: ConsumeLoop[Any] | None = None
+    probe: DatabaseProbe | None = None
+
+
+class DatabaseProbe:
+    """Answers "is Postgres up?" on its own connection, so /readyz never queues behind a busy pool."""
+
+    def __init__(self, database_url: str, *, timeout_s: float = 2.0) -> None:
+        self.database_url = database_url
+        self.timeout_s = timeout_s
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def check(self) -> bool:
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    if self._conn is None or self._conn.is_closed():
+                        self._conn = await asyncpg.connect(self.database_url)
+                    return bool(await self._conn.fetchval("SELECT true"))
+            except Exception as exc:
+                log.warning("readiness: database check failed: %r", exc)
+                await self.close()
+                return False
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()  # never waits: the probe may be closing because the server is gone
 
 
 BackgroundTask = Callable[[Runtime], Coroutine[Any, Any, None]]
@@ -67,13 +95,10 @@ def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(response: Response) -> dict[str, object]:
-        checks: dict[str, bool] = {}
-        try:
-            async with runtime.pool.acquire(timeout=2) as conn:
-                checks["database"] = await conn.fetchval("SELECT true")
-        except Exception:
-            checks["database"] = False
-        checks["consumer"] = runtime.loop is None or runtime.loop.ready
+        checks: dict[str, bool] = {
+            "database": await runtime.probe.check() if runtime.probe else True,
+            "consumer": runtime.loop is None or runtime.loop.ready,
+        }
         ready = all(checks.values())
         response.status_code = 200 if ready else 503
         return {"ready": ready, "checks": checks}
@@ -99,17 +124,22 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
             loop.add_signal_handler(sig, stop.set)
 
     async with AsyncExitStack() as stack:
-        pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
+        pool = await create_pool(settings.database_url, max_size=settings.pool_size_for(spec.name))
         stack.push_async_callback(pool.close)
+        probe = DatabaseProbe(settings.database_url)
+        stack.push_async_callback(probe.close)
         await migrate(pool)
         await ensure_topics(settings.kafka, names)
 
         producer = make_producer(settings, client_id=f"vigil-{spec.name}")
         await producer.start()
         stack.push_async_callback(producer.stop)
-        runtime = Runtime(service=spec.name, settings=settings, pool=pool, producer=producer, names=names)
+        runtime = Runtime(service=spec.name, settings=settings, pool=pool, producer=producer, names=names, probe=probe)
 
-        consumer = make_consumer(settings, *(names(t) for t in spec.consumes), group_id=f"vigil-{spec.name}")
+        fence = BatchFence()
+        consumer = make_consumer(
+            settings, *(names(t) for t in spec.consumes), group_id=f"vigil-{spec.name}", listener=fence
+        )
         await consumer.start()
         stack.push_async_callback(consumer.stop)
         runtime.loop = ConsumeLoop(
@@ -123,6 +153,7 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
             batch_size=settings.consumer_batch_size,
             poll_ms=settings.consumer_poll_ms,
             dead_letter_guard=DeadLetterGuard(ratio=settings.dead_letter_ratio, window=settings.dead_letter_window),
+            fence=fence,
         )
 
         server = uvicorn.Server(
@@ -137,7 +168,9 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         )
         # The service's own SIGTERM handler drains the consumer; uvicorn must not take the signal.
         server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
-        relay = OutboxRelay(service=spec.name, pool=pool, producer=producer)
+        relay = OutboxRelay(
+            service=spec.name, pool=pool, producer=producer, connect=lambda: connect(settings.database_url)
+        )
 
         tasks = {
             asyncio.create_task(runtime.loop.run(), name="consume"),

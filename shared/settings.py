@@ -20,6 +20,17 @@ DEFAULT_HTTP_PORTS = {
 }
 
 
+# Postgres connections per service: the consume loop takes one per batch; the APIs, timers and the
+# effects runner draw on the rest (the outbox relay and readiness probe have their own).
+DEFAULT_POOL_SIZES = {
+    "reporter": 8,
+    "detector": 4,
+    "analyzer": 4,
+    "responder": 6,
+    "coordinator": 6,
+}
+
+
 class KafkaSettings(BaseSettings):
     """How to reach the Kafka cluster; the same code runs on Apache Kafka and the embedded broker."""
 
@@ -82,7 +93,9 @@ class VigilSettings(BaseSettings):
         0.5, gt=0, le=1, description="Share of dead-lettered messages in a window that stops a consumer."
     )
     dead_letter_window: int = Field(1000, ge=10, description="Messages in the dead-letter ratio window.")
-    db_pool_size: int = Field(5, ge=1, description="Largest number of Postgres connections per service.")
+    db_pool_size: int | None = Field(
+        None, ge=2, description="Largest number of pooled Postgres connections; per-service default."
+    )
     correlation_window_s: int = Field(1800, description="Alerts on the same key within this join one incident.")
     api_token: SecretStr | None = Field(
         None, description="Bearer token the coordinator's command API requires (and the CLI sends)."
@@ -91,6 +104,10 @@ class VigilSettings(BaseSettings):
     coordinator_url: str = Field("http://127.0.0.1:8084", description="Coordinator API, used by the CLI.")
     data_dir: Path = Field(Path(".vigil"), description="Where `vigil up` keeps the embedded Postgres data.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    def pool_size_for(self, service: str) -> int:
+        """Return how many pooled Postgres connections the named service may open."""
+        return self.db_pool_size if self.db_pool_size is not None else DEFAULT_POOL_SIZES.get(service, 5)
 
     def port_for(self, service: str) -> int:
         """Return the HTTP port the named service listens on."""

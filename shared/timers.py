@@ -2,15 +2,19 @@
 
 A timer is written in the same transaction as the decision that needs it, so a crash cannot lose
 it; at start-up the poller fires whatever fell due while the service was down (reconciliation).
+Each timer fires in its own savepoint: one whose handler fails is retried with backoff and parked
+after a few attempts, never holding up the others. A timer of a kind this process has no handler
+for stays pending: a newer replica set it, and a newer replica will fire it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -18,6 +22,7 @@ import asyncpg
 from shared.consumer import HandlerContext
 from shared.db import Conn
 from shared.errors import is_retriable
+from shared.metrics import TIMERS_FIRED
 from shared.outbox import write_events
 from shared.topics import TopicNames
 
@@ -34,6 +39,13 @@ class Timer:
 
 
 TimerHandler = Callable[[HandlerContext, Timer], Awaitable[None]]
+
+MAX_ATTEMPTS = 5
+
+
+def retry_delay(attempt: int, *, base_s: float = 1.0, cap_s: float = 300.0) -> timedelta:
+    """Exponential backoff with full jitter after the ``attempt``-th failure (1 = first)."""
+    return timedelta(seconds=random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1))))
 
 
 async def schedule(
@@ -98,24 +110,71 @@ class TimerPoller:
                 await asyncio.sleep(self.interval_s)
 
     async def fire_due(self, limit: int = 100) -> int:
-        """Fire timers due now; return how many fired."""
+        """Fire timers due now, each in its own savepoint; return how many were taken."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                """SELECT id, kind, subject, due_at, payload FROM timers
-                   WHERE service = $1 AND due_at <= now() AND fired_at IS NULL AND cancelled_at IS NULL
-                   ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                """SELECT id, kind, subject, due_at, payload, attempts FROM timers
+                   WHERE service = $1 AND kind = ANY($2::text[]) AND due_at <= now()
+                     AND fired_at IS NULL AND cancelled_at IS NULL AND parked_at IS NULL
+                   ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED""",
                 self.service,
+                list(self.handlers),
                 limit,
             )
             ctx = HandlerContext(conn=conn, service=self.service, names=self.names)
             for row in rows:
-                timer = Timer(row["id"], row["kind"], row["subject"], row["due_at"], row["payload"])
-                # Mark first: a handler may set the next timer of the same kind for the subject.
-                await conn.execute("UPDATE timers SET fired_at = now() WHERE id = $1", timer.id)
-                handler = self.handlers.get(timer.kind)
-                if handler is None:
-                    log.error("no handler for timer kind %s; dropping timer %d", timer.kind, timer.id)
-                    continue
-                await handler(ctx, timer)
+                await self._fire(ctx, row)
             await write_events(conn, service=self.service, names=self.names, events=ctx.emitted)
         return len(rows)
+
+    async def _fire(self, ctx: HandlerContext, row: Any) -> None:
+        timer = Timer(row["id"], row["kind"], row["subject"], row["due_at"], row["payload"])
+        emitted = len(ctx.emitted)
+        try:
+            async with ctx.conn.transaction():
+                # Mark first: a handler may set the next timer of the same kind for the subject.
+                await ctx.conn.execute("UPDATE timers SET fired_at = now() WHERE id = $1", timer.id)
+                await self.handlers[timer.kind](ctx, timer)
+        except Exception as exc:
+            if is_retriable(exc):
+                raise  # the database itself failed: the whole poll is retried
+            del ctx.emitted[emitted:]  # its events go with its rolled-back writes
+            attempts = row["attempts"] + 1
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            if attempts >= MAX_ATTEMPTS:
+                await ctx.conn.execute(
+                    "UPDATE timers SET attempts = $2, last_error = $3, parked_at = now() WHERE id = $1",
+                    timer.id,
+                    attempts,
+                    error,
+                )
+                TIMERS_FIRED.labels(self.service, timer.kind, "parked").inc()
+                log.error(
+                    "timer %d (%s %s) parked after %d attempts: %s",
+                    timer.id,
+                    timer.kind,
+                    timer.subject,
+                    attempts,
+                    error,
+                    exc_info=exc,
+                )
+            else:
+                await ctx.conn.execute(
+                    "UPDATE timers SET attempts = $2, last_error = $3, due_at = now() + $4::interval WHERE id = $1",
+                    timer.id,
+                    attempts,
+                    error,
+                    retry_delay(attempts),
+                )
+                TIMERS_FIRED.labels(self.service, timer.kind, "retry").inc()
+                log.warning(
+                    "timer %d (%s %s) failed, attempt %d of %d: %s",
+                    timer.id,
+                    timer.kind,
+                    timer.subject,
+                    attempts,
+                    MAX_ATTEMPTS,
+                    error,
+                )
+            return
+        TIMERS_FIRED.labels(self.service, timer.kind, "fired").inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -118,6 +119,22 @@ ALL_TOPICS: tuple[Topic, ...] = (
     EFFECTS,
     COMMANDS,
 )
+
+
+# How long after a topic's retention an id is still remembered: a record read just before it
+# expired may be redelivered a little later, after a crash or a rebalance.
+LEDGER_MARGIN = timedelta(days=1)
+
+
+def ledger_retention(service: str) -> timedelta:
+    """How long a service must remember the ids it processed: longer than any topic it consumes keeps them.
+
+    An event older than that can no longer be redelivered, so its id may be forgotten.
+    """
+    consumed = [t.retention_ms for t in ALL_TOPICS if service in t.consumers]
+    if not consumed:
+        return LEDGER_MARGIN
+    return timedelta(milliseconds=max(consumed)) + LEDGER_MARGIN
 
 
 class TopicNames:

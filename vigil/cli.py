@@ -31,7 +31,9 @@ app = typer.Typer(
 alert_app = typer.Typer(help="Publish alerts.", no_args_is_help=True)
 incidents_app = typer.Typer(help="Inspect incidents.", no_args_is_help=True)
 events_app = typer.Typer(help="Follow Vigil's events.", no_args_is_help=True)
+outbox_app = typer.Typer(help="Events the broker refused, parked in the outbox.", no_args_is_help=True)
 app.add_typer(alert_app, name="alert")
+app.add_typer(outbox_app, name="outbox")
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(events_app, name="events")
 
@@ -113,6 +115,62 @@ def asyncapi(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     console.print(f"wrote {output}")
+
+
+# ---- outbox ------------------------------------------------------------------------------------
+
+
+async def _on_database(work: Any) -> Any:
+    """Run ``work(conn)`` on one connection to Vigil's database (operators' commands)."""
+    from shared.db import connect
+
+    try:
+        conn = await connect(_settings().database_url)
+    except OSError as exc:  # refused, unreachable, or timed out
+        _fail(f"cannot reach the database: {exc}")
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+@outbox_app.command("parked")
+def outbox_parked(
+    service_name: Annotated[str | None, typer.Option("--service", help="Only this service's rows.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List events parked because the broker refused them for good, with the error."""
+    from shared.outbox import list_parked
+
+    rows = asyncio.run(_on_database(lambda conn: list_parked(conn, service=service_name)))
+    if as_json:
+        print(json.dumps([{**r.__dict__, "parked_at": r.parked_at.isoformat()} for r in rows], indent=2))
+        return
+    table = Table(title=f"{len(rows)} parked event(s)")
+    for column in ("id", "service", "topic", "incident", "bytes", "tries", "error", "parked"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            str(r.id),
+            r.service,
+            r.topic,
+            r.key[:8],
+            str(r.size),
+            str(r.attempts),
+            r.error or "",
+            r.parked_at.isoformat(timespec="seconds"),
+        )
+    console.print(table)
+
+
+@outbox_app.command("retry")
+def outbox_retry(row_id: Annotated[int, typer.Argument(help="Id from `vigil outbox parked`.")]) -> None:
+    """Put a parked event back in line; the service's relay publishes it again."""
+    from shared.outbox import retry_parked
+
+    if not asyncio.run(_on_database(lambda conn: retry_parked(conn, row_id=row_id))):
+        _fail(f"no parked event {row_id}")
+    console.print(f"event {row_id} re-queued")
 
 
 # ---- alerts ------------------------------------------------------------------------------------

@@ -31,12 +31,12 @@ def detected(subject: str = "inc-1") -> IncidentDetected:
     return IncidentDetected(source="/vigil/detector", subject=subject, data=snapshot())
 
 
-async def make_effects_table(pool: asyncpg.Pool) -> None:
-    await pool.execute("CREATE TABLE effects (event_id text NOT NULL, subject text NOT NULL)")
+async def make_handled_table(pool: asyncpg.Pool) -> None:
+    await pool.execute("CREATE TABLE handled (event_id text NOT NULL, subject text NOT NULL)")
 
 
 async def record_effect(ctx: HandlerContext, event: IncidentDetected) -> None:
-    await ctx.conn.execute("INSERT INTO effects VALUES ($1, $2)", event.id, event.subject)
+    await ctx.conn.execute("INSERT INTO handled VALUES ($1, $2)", event.id, event.subject)
 
 
 async def count(pool: asyncpg.Pool, sql: str) -> int:
@@ -46,7 +46,7 @@ async def count(pool: asyncpg.Pool, sql: str) -> int:
 async def test_redelivered_events_are_handled_once(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    await make_effects_table(pool)
+    await make_handled_table(pool)
     first, second = detected("inc-1"), detected("inc-2")
     topic = names(INCIDENTS)
     await produce(settings, topic, [record_of(first), record_of(first), record_of(second)])
@@ -61,7 +61,7 @@ async def test_redelivered_events_are_handled_once(
     async with consume_loop(settings, pool, service="t1", topics=[topic], decoder=decode_cloudevent, handler=handler):
         await eventually(lambda: _equals(committed(settings, "vigil-t1", topic), 4))
 
-    assert await count(pool, "SELECT count(*) FROM effects") == 2
+    assert await count(pool, "SELECT count(*) FROM handled") == 2
     assert await count(pool, "SELECT count(*) FROM processed_events WHERE service = 't1'") == 2
 
 
@@ -72,7 +72,7 @@ async def _equals(value: Any, expected: Any) -> bool:
 async def test_invalid_input_is_dead_lettered_and_does_not_block_the_partition(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    await make_effects_table(pool)
+    await make_handled_table(pool)
     topic = names(INCIDENTS)
     garbage = (b"inc-x", b"\x00not an event", [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.detected.v1")])
     good = detected("inc-after")
@@ -80,7 +80,7 @@ async def test_invalid_input_is_dead_lettered_and_does_not_block_the_partition(
     handler = dispatch_each({IncidentDetected: record_effect})
 
     async with consume_loop(settings, pool, service="t2", topics=[topic], decoder=decode_cloudevent, handler=handler):
-        await eventually(lambda: count(pool, "SELECT count(*) FROM effects"))
+        await eventually(lambda: count(pool, "SELECT count(*) FROM handled"))
         await eventually(lambda: _equals(committed(settings, "vigil-t2", topic), 2))
 
     dead = await read_all(settings, names(EVENTS_DLQ), expect=1)
@@ -93,13 +93,13 @@ async def test_invalid_input_is_dead_lettered_and_does_not_block_the_partition(
     assert headers["vigil_dlq_topic"] == topic.encode()
     assert headers["vigil_dlq_offset"] == b"0"
     assert headers["ce_type"] == b"vigil.incident.detected.v1"  # original headers kept
-    assert await pool.fetchval("SELECT subject FROM effects") == "inc-after"
+    assert await pool.fetchval("SELECT subject FROM handled") == "inc-after"
 
 
 async def test_handler_rejection_dead_letters_only_that_event(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    await make_effects_table(pool)
+    await make_handled_table(pool)
     topic = names(INCIDENTS)
 
     async def picky(ctx: HandlerContext, event: IncidentDetected) -> None:
@@ -120,7 +120,7 @@ async def test_handler_rejection_dead_letters_only_that_event(
         await eventually(lambda: _equals(committed(settings, "vigil-t3", topic), 2))
 
     # The rejected event's own writes and events were rolled back with its savepoint; the other stayed.
-    assert [r["subject"] for r in await pool.fetch("SELECT subject FROM effects")] == ["inc-ok"]
+    assert [r["subject"] for r in await pool.fetch("SELECT subject FROM handled")] == ["inc-ok"]
     assert [r["key"] for r in await pool.fetch("SELECT key FROM outbox")] == [b"inc-ok"]
     # Not recorded as processed: were the dead letter lost, redelivery would reject it again.
     processed = await pool.fetchval("SELECT count(*) FROM processed_events WHERE service = 't3'")
@@ -132,12 +132,12 @@ async def test_handler_rejection_dead_letters_only_that_event(
 async def test_offset_is_not_committed_when_the_handler_crashes(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    await make_effects_table(pool)
+    await make_handled_table(pool)
     topic = names(INCIDENTS)
     await produce(settings, topic, [record_of(detected("inc-1"))])
 
     async def crash(ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
-        await ctx.conn.execute("INSERT INTO effects VALUES ('x', 'written before the crash')")
+        await ctx.conn.execute("INSERT INTO handled VALUES ('x', 'written before the crash')")
         raise RuntimeError("bug in handler")
 
     async with consume_loop(settings, pool, service="t4", topics=[topic], decoder=decode_cloudevent, handler=crash) as (
@@ -148,20 +148,20 @@ async def test_offset_is_not_committed_when_the_handler_crashes(
             await asyncio.wait_for(task, 30)
 
     assert await committed(settings, "vigil-t4", topic) is None
-    assert await count(pool, "SELECT count(*) FROM effects") == 0  # rolled back
+    assert await count(pool, "SELECT count(*) FROM handled") == 0  # rolled back
     assert await count(pool, "SELECT count(*) FROM processed_events") == 0
 
     # After the fix (a restart with a working handler) the same event is handled.
     handler = dispatch_each({IncidentDetected: record_effect})
     async with consume_loop(settings, pool, service="t4", topics=[topic], decoder=decode_cloudevent, handler=handler):
         await eventually(lambda: _equals(committed(settings, "vigil-t4", topic), 1))
-    assert await count(pool, "SELECT count(*) FROM effects") == 1
+    assert await count(pool, "SELECT count(*) FROM handled") == 1
 
 
 async def test_retriable_failure_is_retried_without_commit(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    await make_effects_table(pool)
+    await make_handled_table(pool)
     topic = names(INCIDENTS)
     await produce(settings, topic, [record_of(detected("inc-1")), record_of(detected("inc-2"))])
     attempts = 0
@@ -178,7 +178,7 @@ async def test_retriable_failure_is_retried_without_commit(
         await eventually(lambda: _equals(committed(settings, "vigil-t5", topic), 2))
 
     assert attempts >= 2
-    assert sorted(r["subject"] for r in await pool.fetch("SELECT subject FROM effects")) == ["inc-1", "inc-2"]
+    assert sorted(r["subject"] for r in await pool.fetch("SELECT subject FROM handled")) == ["inc-1", "inc-2"]
 
 
 async def test_dead_letter_limit_stops_the_consumer(

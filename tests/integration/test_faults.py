@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from datetime import timedelta
@@ -13,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from services.detector.handlers import Detector, decode
 from shared.consumer import HandlerContext, Inbound, decode_cloudevent, dispatch_each
+from shared.db import connect
 from shared.errors import is_retriable
 from shared.events import IncidentDetected
 from shared.kafka import make_producer
@@ -89,52 +91,67 @@ async def test_relay_losing_its_connection_after_publishing_republishes_and_cons
 
     producer = make_producer(settings, client_id="relay-fault")
     await producer.start()
-    admin = await asyncpg.connect(settings.database_url)
+    locker = await asyncpg.connect(settings.database_url)
+    killer = await asyncpg.connect(settings.database_url)
     try:
-        relay = OutboxRelay(service="detector", pool=pool, producer=producer)
+        relay = OutboxRelay(
+            service="detector", pool=pool, producer=producer, connect=lambda: connect(settings.database_url)
+        )
         original_send = producer.send
         sent = 0
 
-        async def send_then_lose_the_database(*args: Any, **kwargs: Any) -> Any:
-            # After the last record went out, the relay's connection dies before it marks them sent.
+        async def send_then_block_the_marking(*args: Any, **kwargs: Any) -> Any:
+            # Once the last record went out, the relay's UPDATE marking them sent must wait on a lock...
             nonlocal sent
             future = await original_send(*args, **kwargs)
             sent += 1
             if sent == len(events):
-                await admin.execute(
-                    """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                       WHERE datname = current_database() AND pid <> pg_backend_pid()"""
-                )
+                await locker.execute("BEGIN; LOCK TABLE outbox IN EXCLUSIVE MODE")
             return future
 
-        producer.send = send_then_lose_the_database  # type: ignore[method-assign]
+        async def kill_the_marking() -> None:
+            # ...where its connection dies: published, never marked.
+            pid = await eventually(
+                lambda: killer.fetchval(
+                    """SELECT pid FROM pg_stat_activity
+                       WHERE datname = current_database() AND wait_event_type = 'Lock'
+                         AND query LIKE 'UPDATE outbox%'"""
+                )
+            )
+            await killer.execute("SELECT pg_terminate_backend($1)", pid)
+            await locker.execute("ROLLBACK")
+
+        producer.send = send_then_block_the_marking  # type: ignore[method-assign]
+        killing = asyncio.create_task(kill_the_marking())
         with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError)) as lost:
             await relay.publish_pending()
+        await killing
         assert is_retriable(lost.value)
         producer.send = original_send  # type: ignore[method-assign]
-        assert await relay.publish_pending() == len(events)  # nothing was marked sent: all again
-        assert await relay.publish_pending() == 0
+        assert (await relay.publish_pending()).sent == len(events)  # nothing was marked sent: all again
+        assert (await relay.publish_pending()).sent == 0
     finally:
-        await admin.close()
+        await locker.close()
+        await killer.close()
         await producer.stop()
 
     # At least once on the topic; exactly once in effect for a consumer keyed by event id.
     records = await read_all(settings, names(INCIDENTS), expect=2 * len(events))
     assert len(records) == 2 * len(events)
     reporter = dispatch_each({IncidentDetected: _count_effect}, savepoints=False)
-    await pool.execute("CREATE TABLE effects (event_id text)")
+    await pool.execute("CREATE TABLE handled (event_id text)")
     async with consume_loop(
         settings, pool, service="t-dedupe", topics=[names(INCIDENTS)], decoder=decode_cloudevent, handler=reporter
     ):
         await eventually(lambda: _effects_are(pool, len(events)), timeout=30)
-    assert {r["event_id"] for r in await pool.fetch("SELECT event_id FROM effects")} == {e.id for e in events}
+    assert {r["event_id"] for r in await pool.fetch("SELECT event_id FROM handled")} == {e.id for e in events}
 
 
 async def _count_effect(ctx: HandlerContext, event: IncidentDetected) -> None:
-    await ctx.conn.execute("INSERT INTO effects VALUES ($1)", event.id)
+    await ctx.conn.execute("INSERT INTO handled VALUES ($1)", event.id)
 
 
 async def _effects_are(pool: asyncpg.Pool, expected: int) -> bool:
-    count = await pool.fetchval("SELECT count(*) FROM effects")
+    count = await pool.fetchval("SELECT count(*) FROM handled")
     committed_all = await pool.fetchval("SELECT count(*) FROM processed_events WHERE service = 't-dedupe'")
     return bool(count == expected and committed_all == expected)

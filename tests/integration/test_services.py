@@ -13,6 +13,7 @@ from services.coordinator.service import load_oncall
 from services.detector.handlers import Detector, decode
 from shared import cloudevents, housekeeping
 from shared.consumer import HandlerContext
+from shared.db import connect
 from shared.events import (
     AcknowledgeIncident,
     CommandArgs,
@@ -42,10 +43,12 @@ async def test_outbox_relay_publishes_in_order_once(
     producer = make_producer(settings, client_id="relay-test")
     await producer.start()
     try:
-        relay = OutboxRelay(service="detector", pool=pool, producer=producer)
-        assert await relay.publish_pending() == 3
-        assert await relay.publish_pending() == 0  # marked sent: nothing published twice
-        assert await relay.publish_pending() == 0
+        relay = OutboxRelay(
+            service="detector", pool=pool, producer=producer, connect=lambda: connect(settings.database_url)
+        )
+        assert (await relay.publish_pending()).sent == 3
+        assert (await relay.publish_pending()).sent == 0  # marked sent: nothing published twice
+        assert (await relay.publish_pending()).sent == 0
     finally:
         await producer.stop()
     records = await read_all(settings, names(INCIDENTS), expect=3)
