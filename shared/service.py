@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from shared import housekeeping
 from shared.consumer import BatchFence, BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
 from shared.db import connect, create_pool, migrate
+from shared.effects import EffectKind, EffectRunner
 from shared.kafka import make_consumer, make_producer
 from shared.logs import configure_logging
 from shared.outbox import OutboxRelay
@@ -82,6 +83,8 @@ class ServiceSpec:
     handler: BatchHandler[Any]
     routers: Callable[[Runtime], Sequence[APIRouter]] = lambda _rt: ()
     background: Sequence[BackgroundTask] = field(default_factory=tuple)
+    # Side effects its handlers enqueue (shared/effects); a runner starts when there are any.
+    effects: Sequence[EffectKind] = ()
 
 
 def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
@@ -180,6 +183,19 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
             asyncio.create_task(stop.wait(), name="stop-signal"),
         }
         tasks |= {asyncio.create_task(task(runtime), name=task.__name__) for task in spec.background}
+        if spec.effects:
+            database_url = settings.database_url
+            effects = EffectRunner(
+                spec.name,
+                pool,
+                names,
+                spec.effects,
+                connect=lambda: asyncpg.connect(database_url),
+                poll_s=settings.effects_poll_s,
+                backoff_base_s=settings.effects_backoff_base_s,
+                backoff_cap_s=settings.effects_backoff_cap_s,
+            )
+            tasks.add(asyncio.create_task(effects.run(), name="effects"))
         log.info(
             "%s running: http://%s:%d (metrics, healthz, readyz)",
             spec.name,

@@ -104,6 +104,13 @@ class VigilSettings(BaseSettings):
     coordinator_url: str = Field("http://127.0.0.1:8084", description="Coordinator API, used by the CLI.")
     data_dir: Path = Field(Path(".vigil"), description="Where `vigil up` keeps the embedded Postgres data.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    effects_backoff_base_s: float = Field(
+        1.0, gt=0, description="Ceiling of the first retry delay of a failed side effect (doubles per attempt)."
+    )
+    effects_backoff_cap_s: float = Field(300.0, gt=0, description="Longest retry delay of a failed side effect.")
+    effects_poll_s: float = Field(
+        1.0, gt=0, description="How often the effects runner looks for due effects when not woken by a new one."
+    )
 
     def pool_size_for(self, service: str) -> int:
         """Return how many pooled Postgres connections the named service may open."""

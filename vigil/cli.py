@@ -173,6 +173,61 @@ def outbox_retry(row_id: Annotated[int, typer.Argument(help="Id from `vigil outb
     console.print(f"event {row_id} re-queued")
 
 
+# ---- effects -----------------------------------------------------------------------------------
+
+effects_app = typer.Typer(help="Side effects (webhooks, mails, commands) and how they ended.", no_args_is_help=True)
+app.add_typer(effects_app, name="effects")
+EFFECT_STATUSES = ("pending", "running", "succeeded", "failed", "parked")
+EFFECT_STATUS_STYLE = {"succeeded": "green", "failed": "red", "parked": "yellow", "running": "cyan"}
+
+
+@effects_app.command("list")
+def effects_list(
+    status: Annotated[str | None, typer.Option(help=f"Only this status: {', '.join(EFFECT_STATUSES)}.")] = None,
+    service_name: Annotated[str | None, typer.Option("--service", help="Only this service's effects.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List side effects, newest first: where each went, its status, attempts and last error."""
+    from shared.effects import list_
+
+    if status is not None and status not in EFFECT_STATUSES:
+        _fail(f"unknown status {status!r}; choose one of {', '.join(EFFECT_STATUSES)}")
+    rows = asyncio.run(_on_database(lambda conn: list_(conn, service=service_name, status=status, limit=limit)))
+    if as_json:
+        print(json.dumps([{k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in r.items()} for r in rows]))
+        return
+    table = Table(title=f"{len(rows)} effect(s)")
+    for column in ("id", "service", "kind", "target", "status", "attempts", "last error", "not before"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["service"],
+            r["kind"],
+            r["target"],
+            f"[{EFFECT_STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]",
+            str(r["attempts"]),
+            r["last_error"] or "",
+            r["not_before"].isoformat(timespec="seconds") if r["status"] == "pending" else "",
+        )
+    console.print(table)
+
+
+@effects_app.command("retry")
+def effects_retry(effect_id: Annotated[int, typer.Argument(help="Id from `vigil effects list`.")]) -> None:
+    """Send a parked or failed effect back to its runner: attempts reset, due now, same idempotency key."""
+    from shared.effects import retry
+    from shared.effects.domain import RETRYABLE
+
+    previous = asyncio.run(_on_database(lambda conn: retry(conn, effect_id=effect_id)))
+    if previous is None:
+        _fail(f"no effect {effect_id}")
+    if previous not in RETRYABLE:
+        _fail(f"effect {effect_id} is {previous}; only a parked or failed effect can be retried")
+    console.print(f"effect {effect_id} ({previous}) re-queued")
+
+
 # ---- alerts ------------------------------------------------------------------------------------
 
 

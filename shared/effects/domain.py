@@ -1,0 +1,177 @@
+"""Pure decisions of the effects runner: what an attempt came to, when to try again, what to claim."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from shared.errors import VigilError
+
+Status = Literal["pending", "running", "succeeded", "failed", "parked"]
+FinalStatus = Literal["succeeded", "failed", "parked"]
+Verdict = Literal["ok", "transient", "permanent"]
+
+# An operator may send these back to `pending` (`vigil effects retry ID`).
+RETRYABLE: tuple[Status, ...] = ("parked", "failed")
+
+MAX_ERROR_CHARS = 2000
+# A result travels in the EffectCompleted event: keep it far below the broker's message limit.
+MAX_RESULT_BYTES = 8192
+EXCERPT_CHARS = 1000
+
+KEY_PLACEHOLDER = "{idempotency_key}"
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One side effect as its kind's ``execute`` sees it."""
+
+    id: int
+    service: str
+    kind: str
+    key: str
+    subject: str
+    target: str
+    payload: dict[str, Any]
+    attempts: int
+    not_before: datetime
+    created_at: datetime
+
+
+class PermanentEffectError(VigilError):
+    """The far side refused for good (e.g. HTTP 400): the effect fails at once, without retries."""
+
+    def __init__(self, message: str, *, result: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.result = dict(result or {})
+
+
+class TransientEffectError(VigilError):
+    """The far side failed in a way that may pass (e.g. HTTP 503); any other exception counts the same."""
+
+    def __init__(self, message: str, *, result: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.result = dict(result or {})
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one execution of an effect came to."""
+
+    verdict: Verdict
+    error: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def settle(verdict: Verdict, *, attempts: int, max_attempts: int) -> Status:
+    """Return the effect's status after an attempt: final, or `pending` to be tried again."""
+    if verdict == "ok":
+        return "succeeded"
+    if verdict == "permanent":
+        return "failed"
+    return "parked" if attempts >= max_attempts else "pending"
+
+
+def backoff_delay(attempt: int, *, base_s: float, cap_s: float, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after the ``attempt``-th failure (1 = first): full jitter below an exponential ceiling.
+
+    Full jitter (a uniform draw between zero and the ceiling) spreads the retries of effects that
+    failed together, so a recovering target is not hit by all of them at once.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, got {attempt}")
+    ceiling = min(cap_s, base_s * 2.0 ** min(attempt - 1, 64))
+    return ceiling * rand()
+
+
+def pick(candidates: Sequence[tuple[int, str]], *, free: int, per_target: int, running: Mapping[str, int]) -> list[int]:
+    """Choose, in order, up to ``free`` of the (id, target) candidates, at most ``per_target`` on one target.
+
+    ``running`` counts what already runs per target, so that a slow target's backlog waits while
+    the effects behind it, to other targets, go ahead.
+    """
+    load = dict(running)
+    chosen: list[int] = []
+    for effect_id, target in candidates:
+        if len(chosen) >= free:
+            break
+        if load.get(target, 0) >= per_target:
+            continue
+        load[target] = load.get(target, 0) + 1
+        chosen.append(effect_id)
+    return chosen
+
+
+def classify_http_status(status: int) -> Verdict:
+    """2xx succeeded; 408, 429 and 5xx may pass; anything else (other 4xx, 3xx) is a refusal for good.
+
+    Redirects are not followed: re-sending a request body to another address is not the effect
+    that was asked for, and a webhook that moved is a configuration to fix.
+    """
+    if 200 <= status < 300:
+        return "ok"
+    if status in (408, 429) or 500 <= status < 600:
+        return "transient"
+    return "permanent"
+
+
+def classify_smtp_code(code: int) -> Verdict:
+    """SMTP replies: 2xx accepted, 4xx try again later, 5xx refused for good."""
+    if 200 <= code < 400:
+        return "ok"
+    if 400 <= code < 500:
+        return "transient"
+    return "permanent"
+
+
+def classify_exit_code(code: int, *, permanent: Sequence[int]) -> Verdict:
+    """Exit 0 succeeded; the codes the payload names as permanent fail at once; any other is retried."""
+    if code == 0:
+        return "ok"
+    return "permanent" if code in permanent else "transient"
+
+
+def message_id(key: str) -> str:
+    """The Message-ID of a mail sent for this idempotency key: the same on every attempt."""
+    return f"<{hashlib.sha256(key.encode()).hexdigest()}@vigil>"
+
+
+def substitute_key(argv: Sequence[str], key: str) -> list[str]:
+    """Put the idempotency key where an argument says ``{idempotency_key}``; nothing else is expanded."""
+    return [arg.replace(KEY_PLACEHOLDER, key) for arg in argv]
+
+
+def http_target(url: str) -> str:
+    """The target of a request to ``url``: host and port, without credentials, path or query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def bound_text(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """Return ``text``, cut to ``limit`` characters with a mark where it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line, bounded description of a failure for ``last_error``."""
+    text = str(exc)
+    return bound_text(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, MAX_ERROR_CHARS)
+
+
+def bound_result(result: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return a JSON-able result of bounded size; anything larger becomes a marked excerpt."""
+    try:
+        text = json.dumps(dict(result or {}), default=str)
+    except (TypeError, ValueError) as exc:  # e.g. a cycle: keep the outcome, say why the result is gone
+        return {"unserialisable": describe_error(exc)}
+    if len(text.encode()) <= MAX_RESULT_BYTES:
+        loaded: dict[str, Any] = json.loads(text)
+        return loaded
+    return {"truncated": True, "excerpt": bound_text(text, MAX_RESULT_BYTES // 2)}

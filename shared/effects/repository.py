@@ -1,0 +1,230 @@
+"""The SQL of the ``effects`` table."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from shared.db import Conn
+from shared.effects.domain import RETRYABLE, Effect, FinalStatus, Status
+
+# Delivered on commit to every runner of the service (payload: the service name).
+NOTIFY_CHANNEL = "vigil_effects"
+
+_EFFECT_COLUMNS = "id, service, kind, key, subject, target, payload, attempts, not_before, created_at"
+
+
+def _effect(row: asyncpg.Record) -> Effect:
+    return Effect(
+        id=row["id"],
+        service=row["service"],
+        kind=row["kind"],
+        key=row["key"],
+        subject=row["subject"],
+        target=row["target"],
+        payload=row["payload"],
+        attempts=row["attempts"],
+        not_before=row["not_before"],
+        created_at=row["created_at"],
+    )
+
+
+async def enqueue(
+    conn: Conn,
+    *,
+    service: str,
+    kind: str,
+    key: str,
+    subject: str,
+    target: str,
+    payload: dict[str, Any],
+    not_before: datetime | None = None,
+) -> bool:
+    """Add an effect inside the caller's transaction; return False if (service, kind, key) exists already.
+
+    The runner sees it only once the transaction commits, so a rolled-back decision leaves no
+    effect behind. A ``not_before`` in the future schedules it (e.g. the undo of a temporary block).
+    """
+    effect_id = await conn.fetchval(
+        """INSERT INTO effects (service, kind, key, subject, target, payload, not_before)
+           VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
+           ON CONFLICT (service, kind, key) DO NOTHING
+           RETURNING id""",
+        service,
+        kind,
+        key,
+        subject,
+        target,
+        payload,
+        not_before,
+    )
+    if effect_id is None:
+        return False
+    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, service)
+    return True
+
+
+async def due(
+    conn: Conn, *, service: str, kind: str, exclude_targets: Sequence[str], limit: int
+) -> list[asyncpg.Record]:
+    """Lock due effects of one kind, oldest first: pending ones, and running ones whose lease expired.
+
+    Call inside a transaction; rows another runner has locked are skipped, not waited for.
+    """
+    return await conn.fetch(
+        """SELECT id, target, status FROM effects
+           WHERE service = $1 AND kind = $2 AND status IN ('pending', 'running') AND not_before <= now()
+             AND (status = 'pending' OR lease_until < now())
+             AND target <> ALL($3::text[])
+           ORDER BY not_before, id
+           LIMIT $4
+           FOR UPDATE SKIP LOCKED""",
+        service,
+        kind,
+        list(exclude_targets),
+        limit,
+    )
+
+
+async def lease(conn: Conn, *, ids: Sequence[int], lease_s: float, token: uuid.UUID) -> list[Effect]:
+    """Mark the locked effects running under ``token`` until the lease ends; count the attempt."""
+    rows = await conn.fetch(
+        f"""UPDATE effects
+            SET status = 'running', attempts = attempts + 1, lease_token = $2,
+                lease_until = now() + make_interval(secs => $3), updated_at = now()
+            WHERE id = ANY($1::bigint[])
+            RETURNING {_EFFECT_COLUMNS}""",
+        list(ids),
+        token,
+        lease_s,
+    )
+    return sorted((_effect(row) for row in rows), key=lambda e: (e.not_before, e.id))
+
+
+async def finish(
+    conn: Conn,
+    *,
+    effect_id: int,
+    token: uuid.UUID,
+    status: FinalStatus,
+    attempts: int,
+    error: str | None,
+    result: dict[str, Any],
+) -> bool:
+    """Record a final outcome; False if the lease was lost (another runner took the effect since)."""
+    updated = await conn.fetchval(
+        """UPDATE effects
+           SET status = $3, attempts = $4, last_error = $5, result = $6, finished_at = now(),
+               lease_until = NULL, lease_token = NULL, updated_at = now()
+           WHERE id = $1 AND lease_token = $2 AND status = 'running'
+           RETURNING id""",
+        effect_id,
+        token,
+        status,
+        attempts,
+        error,
+        result,
+    )
+    return updated is not None
+
+
+async def reschedule(conn: Conn, *, effect_id: int, token: uuid.UUID, error: str | None, delay_s: float) -> bool:
+    """Put an effect back in line after a transient failure; False if the lease was lost."""
+    updated = await conn.fetchval(
+        """UPDATE effects
+           SET status = 'pending', last_error = $3, not_before = now() + make_interval(secs => $4),
+               lease_until = NULL, lease_token = NULL, updated_at = now()
+           WHERE id = $1 AND lease_token = $2 AND status = 'running'
+           RETURNING id""",
+        effect_id,
+        token,
+        error,
+        delay_s,
+    )
+    return updated is not None
+
+
+async def release(conn: Conn, *, leases: Sequence[tuple[int, uuid.UUID]]) -> int:
+    """Hand effects this runner holds back to the queue at once (a clean stop); return how many."""
+    status = await conn.execute(
+        """UPDATE effects e
+           SET status = 'pending', not_before = now(), lease_until = NULL, lease_token = NULL, updated_at = now()
+           FROM unnest($1::bigint[], $2::uuid[]) AS held (id, token)
+           WHERE e.id = held.id AND e.lease_token = held.token AND e.status = 'running'""",
+        [effect_id for effect_id, _ in leases],
+        [token for _, token in leases],
+    )
+    return int(status.split()[-1])
+
+
+async def retry(conn: Conn, *, effect_id: int) -> Status | None:
+    """Send a parked or failed effect back to `pending`, attempts reset, due now.
+
+    Return the status the effect had (None if there is no such effect); only a parked or failed
+    one is re-queued.
+    """
+    async with conn.transaction():
+        status: Status | None = await conn.fetchval("SELECT status FROM effects WHERE id = $1 FOR UPDATE", effect_id)
+        if status not in RETRYABLE:
+            return status
+        service = await conn.fetchval(
+            """UPDATE effects
+               SET status = 'pending', attempts = 0, not_before = now(), finished_at = NULL, result = NULL,
+                   updated_at = now()
+               WHERE id = $1
+               RETURNING service""",
+            effect_id,
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, service)
+    return status
+
+
+async def list_(
+    conn: Conn, *, service: str | None = None, status: str | None = None, limit: int = 100
+) -> list[asyncpg.Record]:
+    """Effects for operators, newest first, optionally of one service or in one status."""
+    return await conn.fetch(
+        """SELECT id, service, kind, key, subject, target, status, attempts, not_before, last_error,
+                  result, created_at, updated_at, finished_at
+           FROM effects
+           WHERE ($1::text IS NULL OR service = $1) AND ($2::text IS NULL OR status = $2)
+           ORDER BY id DESC
+           LIMIT $3""",
+        service,
+        status,
+        limit,
+    )
+
+
+async def counts(conn: Conn, *, service: str) -> list[asyncpg.Record]:
+    """Per kind: effects due now and waiting for a runner (queued), and parked ones."""
+    return await conn.fetch(
+        """SELECT kind,
+                  count(*) FILTER (WHERE status = 'pending' AND not_before <= now()) AS queued,
+                  count(*) FILTER (WHERE status = 'parked') AS parked
+           FROM effects
+           WHERE service = $1 AND status IN ('pending', 'parked')
+           GROUP BY kind""",
+        service,
+    )
+
+
+async def prune(pool: asyncpg.Pool, *, service: str, keep: timedelta) -> int:
+    """Delete this service's succeeded and failed effects finished longer than ``keep`` ago.
+
+    Deleting an effect frees its idempotency key: an enqueue with the same key after that runs
+    again, so ``keep`` must outlast any redelivery that could enqueue it anew. Parked effects
+    stay until an operator retries them.
+    """
+    async with pool.acquire() as conn:
+        status = await conn.execute(
+            """DELETE FROM effects
+               WHERE service = $1 AND status IN ('succeeded', 'failed') AND finished_at < now() - $2::interval""",
+            service,
+            keep,
+        )
+    return int(status.split()[-1])

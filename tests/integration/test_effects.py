@@ -1,0 +1,736 @@
+"""The effects runner against the real Postgres and broker, a real HTTP server, SMTP server and commands.
+
+Run as ``python -m tests.integration.test_effects DATABASE_URL SERVICE`` this module is the worker
+process of the crash test: an effects runner that the test kills with SIGKILL mid-call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.message import Message
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiosmtpd.controller import Controller
+from prometheus_client import REGISTRY
+
+from shared import cloudevents
+from shared.consumer import HandlerContext
+from shared.db import connect, create_pool
+from shared.effects import Effect, EffectKind, EffectRunner, enqueue, http_target, prune, retry
+from shared.effects import repository as effects_repository
+from shared.effects.builtin import IDEMPOTENCY_ENV, http_request, run_command, send_mail
+from shared.effects.domain import message_id
+from shared.events import EffectCompleted, EffectOutcome
+from shared.kafka import make_producer
+from shared.outbox import OutboxRelay
+from shared.settings import VigilSettings
+from shared.timers import Timer, TimerPoller, schedule
+from shared.topics import EFFECTS, TopicNames
+from tests.helpers import eventually, read_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
+
+SERVICE = "responder"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---- a far side that counts requests per Idempotency-Key ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str
+    key: str | None
+    body: bytes
+
+
+class FarSide:
+    """An HTTP server on 127.0.0.1 (a free port): records each request, answers as told, can hold requests."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.answers: dict[str, int] = {}  # path -> status (200 unless told)
+        self.gates: dict[str, asyncio.Event] = {}  # path -> requests wait until the gate opens
+        self.waiting: collections.Counter[str] = collections.Counter()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._held: set[asyncio.Event] = set()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    @property
+    def target(self) -> str:
+        return http_target(self.url("/"))
+
+    def keys(self, path: str) -> list[str | None]:
+        return [r.key for r in self.received if r.path == path]
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for gate in self._held:
+            gate.set()  # let held requests finish (their clients may be gone)
+        await asyncio.gather(*self._handlers)
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            method, path, _ = (await reader.readline()).decode().split(" ", 2)
+            headers = {}
+            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            self.received.append(Received(method, path, headers.get("idempotency-key"), body))
+            gate = self.gates.get(path)
+            if gate is not None:
+                self._held.add(gate)
+                self.waiting[path] += 1
+                try:
+                    await gate.wait()
+                finally:
+                    self.waiting[path] -= 1
+            status = self.answers.get(path, 200)
+            answer = json.dumps({"seen": len(self.keys(path))}).encode()
+            writer.write(
+                f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(answer)}\r\nConnection: close\r\n\r\n".encode()
+                + answer
+            )
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away (a killed runner): nothing to answer
+        finally:
+            writer.close()
+            self._handlers.discard(task)
+
+
+@contextlib.asynccontextmanager
+async def far_side() -> AsyncIterator[FarSide]:
+    server = FarSide()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+
+
+def make_runner(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, kinds: Sequence[EffectKind], **options: Any
+) -> EffectRunner:
+    options = {"backoff_base_s": 0.01, "backoff_cap_s": 0.05, "poll_s": 0.2, **options}
+    return EffectRunner(SERVICE, pool, names, kinds, connect=lambda: asyncpg.connect(settings.database_url), **options)
+
+
+@contextlib.asynccontextmanager
+async def running(*runners: EffectRunner) -> AsyncIterator[list[asyncio.Task[None]]]:
+    """Run the runners in tasks; stop them on exit, failing the test if one failed."""
+    tasks = [asyncio.create_task(r.run()) for r in runners]
+    try:
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def add(
+    pool: asyncpg.Pool,
+    *,
+    kind: str = "http_request",
+    key: str | None = None,
+    target: str,
+    payload: dict[str, Any],
+    subject: str = "inc-1",
+    not_before: datetime | None = None,
+) -> str:
+    """Enqueue one effect in its own transaction; return its key."""
+    key = key or f"test:{uuid.uuid4()}"
+    async with pool.acquire() as conn, conn.transaction():
+        assert await enqueue(
+            conn,
+            service=SERVICE,
+            kind=kind,
+            key=key,
+            subject=subject,
+            target=target,
+            payload=payload,
+            not_before=not_before,
+        )
+    return key
+
+
+def post(server: FarSide, path: str, body: Any = None) -> dict[str, Any]:
+    return {"method": "POST", "url": server.url(path), "body": body or {"incident": "inc-1"}}
+
+
+async def effect_row(pool: asyncpg.Pool, key: str) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM effects WHERE key = $1", key)
+    assert row is not None
+    return row
+
+
+async def reaches(pool: asyncpg.Pool, key: str, status: str) -> asyncpg.Record:
+    """Wait until the effect with this key is in ``status``; return its row."""
+
+    async def row_in_status() -> asyncpg.Record | None:
+        row = await effect_row(pool, key)
+        return row if row["status"] == status else None
+
+    row = await eventually(row_in_status)
+    assert row is not None
+    return row
+
+
+def finished(kind: str, outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "vigil_effects_finished_total", {"service": SERVICE, "kind": kind, "outcome": outcome}
+        )
+        or 0.0
+    )
+
+
+async def outcomes_in_outbox(pool: asyncpg.Pool) -> list[EffectOutcome]:
+    rows = await pool.fetch("SELECT value, headers FROM outbox WHERE service = $1 ORDER BY id", SERVICE)
+    events = [cloudevents.decode(r["value"], [(n, v.encode()) for n, v in r["headers"]]) for r in rows]
+    return [e.data for e in events if isinstance(e, EffectCompleted)]
+
+
+# ---- enqueue -----------------------------------------------------------------------------------
+
+
+async def test_enqueue_is_idempotent_and_rolls_back_with_its_transaction(pool: asyncpg.Pool) -> None:
+    args: dict[str, Any] = {
+        "service": SERVICE,
+        "kind": "http_request",
+        "key": "notify:inc-1",
+        "subject": "inc-1",
+        "target": "hooks.example.com",
+        "payload": {"url": "https://hooks.example.com/x"},
+    }
+    async with pool.acquire() as conn, conn.transaction():
+        assert await enqueue(conn, **args) is True
+        assert await enqueue(conn, **args) is False
+    async with pool.acquire() as conn, conn.transaction():
+        assert await enqueue(conn, **{**args, "payload": {"other": True}}) is False  # the first one stands
+        assert await enqueue(conn, **{**args, "kind": "send_mail"}) is True  # unique per kind
+    with pytest.raises(RuntimeError):
+        async with pool.acquire() as conn, conn.transaction():
+            assert await enqueue(conn, **{**args, "key": "notify:inc-2"}) is True
+            raise RuntimeError("the state change that called for it failed")
+    rows = await pool.fetch("SELECT kind, key, status, attempts, payload FROM effects ORDER BY id")
+    assert [(r["kind"], r["key"], r["status"], r["attempts"]) for r in rows] == [
+        ("http_request", "notify:inc-1", "pending", 0),
+        ("send_mail", "notify:inc-1", "pending", 0),
+    ]
+    assert rows[0]["payload"] == {"url": "https://hooks.example.com/x"}
+
+
+# ---- HTTP --------------------------------------------------------------------------------------
+
+
+async def test_http_effect_runs_once_and_its_outcome_reaches_the_effects_topic(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    seen_in_transaction: list[tuple[str, str]] = []
+
+    async def on_outcome(ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
+        # Inside the recording transaction: the effect's new status is visible on this connection.
+        assert ctx.conn.is_in_transaction()
+        status = await ctx.conn.fetchval("SELECT status FROM effects WHERE id = $1", effect.id)
+        seen_in_transaction.append((outcome.status, status))
+
+    succeeded_before = finished("http_request", "succeeded")
+    async with far_side() as server:
+        key = await add(pool, target=server.target, payload=post(server, "/hook", {"incident": "inc-1", "n": 1}))
+        runner = make_runner(settings, pool, names, [http_request(on_outcome=on_outcome)])
+        async with running(runner):
+            row = await reaches(pool, key, "succeeded")
+            producer = make_producer(settings, client_id="effects-test")
+            await producer.start()
+            try:
+                relay = OutboxRelay(
+                    service=SERVICE, pool=pool, producer=producer, connect=lambda: connect(settings.database_url)
+                )
+                await relay.publish_pending()
+            finally:
+                await producer.stop()
+        assert server.keys("/hook") == [key]
+        assert json.loads(server.received[0].body) == {"incident": "inc-1", "n": 1}
+
+    assert row["attempts"] == 1 and row["last_error"] is None and row["finished_at"] is not None
+    assert row["result"] == {"status_code": 200, "body": '{"seen": 1}'}
+    assert seen_in_transaction == [("succeeded", "succeeded")]
+    assert finished("http_request", "succeeded") == succeeded_before + 1
+
+    records = await read_all(settings, names(EFFECTS), expect=1)
+    assert len(records) == 1
+    event = cloudevents.decode(records[0].value, records[0].headers)
+    assert isinstance(event, EffectCompleted)
+    assert event.subject == "inc-1" and records[0].key == b"inc-1"
+    assert event.source == f"/vigil/{SERVICE}"
+    assert event.data == EffectOutcome(
+        effect_id=row["id"],
+        service=SERVICE,
+        kind="http_request",
+        key=key,
+        target=server.target,
+        status="succeeded",
+        attempts=1,
+        result={"status_code": 200, "body": '{"seen": 1}'},
+    )
+
+
+async def test_a_crash_between_the_call_and_the_record_repeats_the_call_with_the_same_key(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with far_side() as server:
+        server.gates["/crash"] = asyncio.Event()  # the first call arrives and gets no answer
+        key = await add(pool, target=server.target, payload=post(server, "/crash"))
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.integration.test_effects", settings.database_url, SERVICE, cwd=REPO_ROOT
+        )
+        try:
+            await eventually(lambda: _true(server.waiting["/crash"] == 1))
+        finally:
+            worker.kill()  # the far side has the call; the runner dies before it can record anything
+            await worker.wait()
+        row = await effect_row(pool, key)
+        assert (row["status"], row["attempts"], row["finished_at"]) == ("running", 1, None)
+
+        del server.gates["/crash"]  # the far side answers from now on
+        # Time passes: the dead runner's lease runs out.
+        await pool.execute("UPDATE effects SET lease_until = now() - interval '1 second' WHERE key = $1", key)
+        async with running(make_runner(settings, pool, names, [http_request()])):
+            row = await reaches(pool, key, "succeeded")
+
+        assert server.keys("/crash") == [key, key]  # two calls, one key: the far side can deduplicate
+    assert row["attempts"] == 2
+    [outcome] = await outcomes_in_outbox(pool)
+    assert (outcome.status, outcome.attempts, outcome.key) == ("succeeded", 2, key)
+
+
+async def test_a_late_runner_cannot_record_over_a_newer_attempt(pool: asyncpg.Pool) -> None:
+    key = await add(pool, target="hooks.example.com", payload={"url": "https://hooks.example.com/x"})
+    first, second = uuid.uuid4(), uuid.uuid4()
+
+    async def claim(token: uuid.UUID) -> Effect:
+        async with pool.acquire() as conn, conn.transaction():
+            [row] = await effects_repository.due(
+                conn, service=SERVICE, kind="http_request", exclude_targets=[], limit=10
+            )
+            [effect] = await effects_repository.lease(conn, ids=[row["id"]], lease_s=60, token=token)
+        return effect
+
+    effect = await claim(first)
+    await pool.execute("UPDATE effects SET lease_until = now() - interval '1 second' WHERE key = $1", key)
+    assert (await claim(second)).attempts == 2  # the lease ran out: another runner took over
+
+    async with pool.acquire() as conn:
+        assert not await effects_repository.finish(
+            conn, effect_id=effect.id, token=first, status="succeeded", attempts=1, error=None, result={}
+        )
+        assert not await effects_repository.reschedule(conn, effect_id=effect.id, token=first, error="x", delay_s=0)
+        assert (await effect_row(pool, key))["status"] == "running"
+        assert await effects_repository.finish(
+            conn, effect_id=effect.id, token=second, status="succeeded", attempts=2, error=None, result={}
+        )
+    row = await effect_row(pool, key)
+    assert (row["status"], row["attempts"], row["lease_token"]) == ("succeeded", 2, None)
+
+
+async def test_transient_failures_are_retried_then_parked_and_an_operator_retry_succeeds(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    retried_before = finished("http_request", "retried")
+    async with far_side() as server:
+        server.answers["/flaky"] = 503
+        key = await add(pool, target=server.target, payload=post(server, "/flaky"))
+        runner = make_runner(settings, pool, names, [http_request(max_attempts=3)])
+        async with running(runner):
+            row = await reaches(pool, key, "parked")
+            assert server.keys("/flaky") == [key, key, key]
+            assert row["attempts"] == 3
+            assert row["last_error"].startswith(f"TransientEffectError: HTTP 503 from {server.target}")
+            assert row["result"]["status_code"] == 503
+            assert finished("http_request", "retried") == retried_before + 2
+
+            listed = await vigil("effects", "list", "--status", "parked", "--json", settings=settings)
+            assert [(e["id"], e["status"], e["attempts"]) for e in json.loads(listed)] == [(row["id"], "parked", 3)]
+            server.answers["/flaky"] = 200  # the far side is fixed, then the operator retries
+            assert "re-queued" in await vigil("effects", "retry", str(row["id"]), settings=settings)
+            row = await reaches(pool, key, "succeeded")
+        assert server.keys("/flaky") == [key] * 4
+    assert row["attempts"] == 1  # reset by the retry
+    assert [(o.status, o.attempts) for o in await outcomes_in_outbox(pool)] == [("parked", 3), ("succeeded", 1)]
+
+
+async def test_a_refusal_for_good_fails_after_one_attempt(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with far_side() as server:
+        server.answers["/bad"] = 400
+        key = await add(pool, target=server.target, payload=post(server, "/bad"))
+        async with running(make_runner(settings, pool, names, [http_request(max_attempts=5)])):
+            row = await reaches(pool, key, "failed")
+        assert server.keys("/bad") == [key]
+    assert row["attempts"] == 1
+    assert row["last_error"].startswith("PermanentEffectError: HTTP 400")
+    [outcome] = await outcomes_in_outbox(pool)
+    assert (outcome.status, outcome.result["status_code"]) == ("failed", 400)
+    # Already failed, so a second enqueue with the same key does nothing: the key identifies the effect.
+    async with pool.acquire() as conn:
+        assert not await enqueue(
+            conn, service=SERVICE, kind="http_request", key=key, subject="inc-1", target="x", payload={}
+        )
+
+
+async def test_a_call_that_outlives_its_timeout_is_retried_with_the_same_key(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with far_side() as server:
+        server.gates["/slow"] = asyncio.Event()  # never answers
+        key = await add(pool, target=server.target, payload=post(server, "/slow"))
+        async with running(make_runner(settings, pool, names, [http_request(timeout_s=0.2, max_attempts=2)])):
+            row = await reaches(pool, key, "parked")
+        assert server.keys("/slow") == [key, key]
+        server.gates["/slow"].set()
+    assert row["last_error"] == "timed out after 0.2s"
+
+
+async def test_a_slow_target_does_not_hold_up_another(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with far_side() as slow, far_side() as fast:
+        slow.gates["/hook"] = asyncio.Event()
+        slow_keys = [await add(pool, target=slow.target, payload=post(slow, "/hook")) for _ in range(3)]
+        fast_key = await add(pool, target=fast.target, payload=post(fast, "/hook"))
+        kind = http_request(concurrency=4, per_target_concurrency=1, timeout_s=30)
+        async with running(make_runner(settings, pool, names, [kind])):
+            await reaches(pool, fast_key, "succeeded")
+            # The slow target holds its one slot; its other effects wait, without holding up the fast one.
+            assert len(slow.received) == 1 and slow.waiting["/hook"] == 1
+            statuses = [(await effect_row(pool, k))["status"] for k in slow_keys]
+            assert sorted(statuses) == ["pending", "pending", "running"]
+            slow.gates["/hook"].set()
+            for key in slow_keys:
+                await reaches(pool, key, "succeeded")
+        assert sorted(k or "" for k in slow.keys("/hook")) == sorted(slow_keys)
+
+
+async def test_two_runners_share_the_work_without_running_an_effect_twice(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    other_pool = await create_pool(settings.database_url, max_size=3)  # the second replica's own pool
+    try:
+        async with far_side() as server:
+            server.gates["/gate"] = asyncio.Event()
+            first = make_runner(settings, pool, names, [http_request(concurrency=4, per_target_concurrency=8)])
+            second = make_runner(settings, other_pool, names, [http_request(concurrency=4, per_target_concurrency=8)])
+            async with running(first, second):
+                gated = [await add(pool, target=server.target, payload=post(server, "/gate")) for _ in range(8)]
+                # Each runner takes at most four at a time: eight calls in flight means both are working.
+                await eventually(lambda: _true(server.waiting["/gate"] == 8))
+                free = [await add(pool, target=server.target, payload=post(server, "/free")) for _ in range(40)]
+                server.gates["/gate"].set()
+
+                async def all_succeeded() -> bool:
+                    count = await pool.fetchval("SELECT count(*) FROM effects WHERE status = 'succeeded'")
+                    return bool(count == len(gated) + len(free))
+
+                await eventually(all_succeeded)
+            calls = collections.Counter(r.key for r in server.received)
+        assert calls == dict.fromkeys(gated + free, 1)  # every effect called exactly once
+        attempts = await pool.fetch("SELECT attempts FROM effects")
+        assert {r["attempts"] for r in attempts} == {1}
+        assert len(await outcomes_in_outbox(pool)) == len(gated) + len(free)
+    finally:
+        await other_pool.close()
+
+
+# ---- mail and commands -------------------------------------------------------------------------
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps every message it is given."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_a_mail_carries_a_message_id_derived_from_its_key(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    await asyncio.to_thread(controller.start)
+    try:
+        kind = send_mail(host="127.0.0.1", port=controller.port, sender="vigil@example.com", timeout_s=10)
+        key = await add(
+            pool,
+            kind="send_mail",
+            target="ic@example.com",
+            payload={"to": ["ic@example.com"], "subject": "SEV1: reverse shell on bastion-01", "body": "Ack it."},
+        )
+        async with running(make_runner(settings, pool, names, [kind])):
+            row = await reaches(pool, key, "succeeded")
+    finally:
+        await asyncio.to_thread(controller.stop)
+    [mail] = inbox.messages
+    assert mail["Message-ID"] == message_id(key)
+    assert (mail["To"], mail["From"], mail["Subject"]) == (
+        "ic@example.com",
+        "vigil@example.com",
+        "SEV1: reverse shell on bastion-01",
+    )
+    assert str(mail.get_payload()).strip() == "Ack it."
+    assert row["result"] == {"message_id": message_id(key), "recipients": 1, "refused": {}}
+
+
+async def test_a_command_gets_the_key_in_its_arguments_and_environment(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    script = f"import os, sys; print(sys.argv[1]); print(os.environ['{IDEMPOTENCY_ENV}']); print(sorted(os.environ))"
+    ok = await add(
+        pool,
+        kind="run_command",
+        target="python",
+        payload={"argv": [sys.executable, "-c", script, "--request={idempotency_key}"]},
+    )
+    refused = await add(
+        pool,
+        kind="run_command",
+        target="python",
+        payload={"argv": [sys.executable, "-c", "import sys; sys.exit(3)"], "permanent_exit_codes": [3]},
+    )
+    kind = run_command(allowed={sys.executable}, env={"LANG": "C.UTF-8"}, max_attempts=3)
+    async with running(make_runner(settings, pool, names, [kind])):
+        done = await reaches(pool, ok, "succeeded")
+        failed = await reaches(pool, refused, "failed")
+    argument, variable, environment = done["result"]["stdout"].splitlines()
+    assert argument == f"--request={ok}"
+    assert variable == ok
+    # The service's own environment (database and broker credentials) does not reach the command.
+    assert set(json.loads(environment.replace("'", '"'))) <= {"LANG", "PATH", IDEMPOTENCY_ENV, "LC_CTYPE"}
+    assert done["result"]["exit_code"] == 0
+    assert (failed["attempts"], failed["result"]["exit_code"]) == (1, 3)
+
+
+# ---- scheduled effects -------------------------------------------------------------------------
+
+
+async def test_an_effect_not_before_a_future_time_waits_for_it(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with far_side() as server:
+        later = await add(
+            pool,
+            target=server.target,
+            payload=post(server, "/unblock"),
+            not_before=datetime.now(UTC) + timedelta(hours=1),
+        )
+        now = await add(pool, target=server.target, payload=post(server, "/block"))
+        async with running(make_runner(settings, pool, names, [http_request()])):
+            await reaches(pool, now, "succeeded")
+            row = await effect_row(pool, later)
+            assert (row["status"], row["attempts"]) == ("pending", 0)  # the runner went past it
+            assert server.keys("/unblock") == []
+            # The hour passes.
+            await pool.execute("UPDATE effects SET not_before = now() WHERE key = $1", later)
+            await reaches(pool, later, "succeeded")
+        assert server.keys("/unblock") == [later]
+
+
+async def test_a_timer_handler_enqueues_an_effect(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with far_side() as server:
+
+        async def lease_expired(ctx: HandlerContext, timer: Timer) -> None:
+            await enqueue(
+                ctx.conn,
+                service=SERVICE,
+                kind="http_request",
+                key=f"unblock:{timer.subject}:{timer.payload['address']}",
+                subject=timer.subject,
+                target=server.target,
+                payload=post(server, "/unblock", {"address": timer.payload["address"]}),
+            )
+
+        async with pool.acquire() as conn, conn.transaction():
+            await schedule(
+                conn,
+                service=SERVICE,
+                kind="block_lease",
+                subject="inc-1",
+                due_at=datetime.now(UTC) - timedelta(seconds=1),
+                payload={"address": "203.0.113.45"},
+            )
+        poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers={"block_lease": lease_expired})
+        assert await poller.fire_due() == 1
+        key = "unblock:inc-1:203.0.113.45"
+        async with running(make_runner(settings, pool, names, [http_request()])):
+            await reaches(pool, key, "succeeded")
+        assert server.keys("/unblock") == [key]
+        assert json.loads(server.received[0].body) == {"address": "203.0.113.45"}
+
+
+# ---- stopping, failing, pruning ----------------------------------------------------------------
+
+
+async def test_a_stopped_runner_hands_its_effects_back_at_once(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with far_side() as server:
+        server.gates["/hook"] = asyncio.Event()
+        key = await add(pool, target=server.target, payload=post(server, "/hook"))
+        async with running(make_runner(settings, pool, names, [http_request(timeout_s=30)])):
+            await eventually(lambda: _true(server.waiting["/hook"] == 1))
+        row = await effect_row(pool, key)
+        # Back in line, due now, with no lease to wait out; the interrupted call counts as an attempt.
+        assert (row["status"], row["attempts"], row["lease_until"]) == ("pending", 1, None)
+        del server.gates["/hook"]
+        async with running(make_runner(settings, pool, names, [http_request()])):
+            row = await reaches(pool, key, "succeeded")
+        assert server.keys("/hook") == [key, key]
+    assert row["attempts"] == 2
+
+
+async def test_a_failing_outcome_hook_stops_the_runner_and_records_nothing(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async def broken(ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
+        await ctx.conn.execute("UPDATE effects SET target = 'changed' WHERE id = $1", effect.id)
+        raise RuntimeError("bug in the service's hook")
+
+    async with far_side() as server:
+        key = await add(pool, target=server.target, payload=post(server, "/hook"))
+        runner = make_runner(settings, pool, names, [http_request(on_outcome=broken)])
+        with pytest.raises(RuntimeError, match="bug in the service's hook"):
+            await asyncio.wait_for(runner.run(), 30)
+        assert server.keys("/hook") == [key]
+    row = await effect_row(pool, key)
+    # The whole recording rolled back (the hook's write too); after its lease the effect runs again.
+    assert (row["status"], row["target"]) == ("running", server.target)
+    assert await outcomes_in_outbox(pool) == []
+
+
+async def test_an_effect_of_a_kind_nobody_runs_is_left_alone_and_counted(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    key = await add(pool, kind="retired_kind", target="x", payload={})
+    runner = make_runner(settings, pool, names, [http_request()])
+    await runner.refresh_gauges()
+    assert await runner.claim_and_start() == 0
+    assert (await effect_row(pool, key))["status"] == "pending"
+    assert REGISTRY.get_sample_value("vigil_effects_queued", {"service": SERVICE, "kind": "retired_kind"}) == 1
+
+
+async def test_retry_and_prune_touch_only_what_they_may(pool: asyncpg.Pool) -> None:
+    keys = {
+        status: await add(pool, target="x", payload={}, key=f"k-{status}")
+        for status in ("succeeded", "failed", "parked", "pending", "old-succeeded", "old-failed")
+    }
+    for label, key in keys.items():
+        status = label.removeprefix("old-")
+        age = "2 days" if label.startswith("old-") else "1 minute"
+        await pool.execute(
+            f"""UPDATE effects SET status = $2, attempts = 3,
+                   finished_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() - interval '{age}' END
+                WHERE key = $1""",
+            key,
+            status,
+        )
+    async with pool.acquire() as conn:
+        assert await retry(conn, effect_id=(await effect_row(pool, keys["pending"]))["id"]) == "pending"
+        assert await retry(conn, effect_id=-1) is None
+    assert (await effect_row(pool, keys["pending"]))["attempts"] == 3  # not touched
+
+    assert await prune(pool, service=SERVICE, keep=timedelta(days=1)) == 2
+    assert await prune(pool, service="another", keep=timedelta(days=1)) == 0
+    left = {r["key"] for r in await pool.fetch("SELECT key FROM effects")}
+    assert left == {keys["succeeded"], keys["failed"], keys["parked"], keys["pending"]}
+
+    async with pool.acquire() as conn:
+        assert await retry(conn, effect_id=(await effect_row(pool, keys["failed"]))["id"]) == "failed"
+    row = await effect_row(pool, keys["failed"])
+    assert (row["status"], row["attempts"], row["finished_at"]) == ("pending", 0, None)
+
+
+# ---- helpers, continued ------------------------------------------------------------------------
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def vigil(*args: str, settings: VigilSettings) -> str:
+    """Run the `vigil` command against the test's database; return its output, failing on a non-zero exit."""
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("vigil")),
+        *args,
+        env={**os.environ, "DATABASE_URL": settings.database_url, "COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+def _crash_test_worker() -> None:
+    """Run an effects runner until killed (the crash test's runner process)."""
+    database_url, service = sys.argv[1:3]
+
+    async def main() -> None:
+        pool = await create_pool(database_url, max_size=2)
+        kind = http_request(timeout_s=60)
+        await EffectRunner(service, pool, TopicNames(""), [kind], poll_s=0.1).run()
+
+    asyncio.run(main())
+
+
+if __name__ == "__main__":
+    _crash_test_worker()
