@@ -95,7 +95,12 @@ def http_request(
 
     async def execute(effect: Effect) -> dict[str, Any]:
         request: HttpRequest = _parse(HttpRequest, effect)
-        sent_headers = {**(headers or {}), **request.headers, IDEMPOTENCY_HEADER: effect.key}
+        sent_headers = {
+            name: value
+            for name, value in {**(headers or {}), **request.headers}.items()
+            if name.lower() != IDEMPOTENCY_HEADER.lower()  # one key only, and it is the effect's
+        }
+        sent_headers[IDEMPOTENCY_HEADER] = effect.key
         async with (
             httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client,
             client.stream(request.method, request.url, json=request.body, headers=sent_headers) as response,

@@ -197,9 +197,10 @@ class EffectRunner:
 
     async def _run_one(self, kind: EffectKind, effect: Effect, token: uuid.UUID) -> None:
         if effect.attempts > kind.max_attempts:
-            # The runner of the last allowed attempt was lost mid-call (its lease expired): park the
-            # effect instead of running it again, in case it is what brings the runner down.
-            attempt = Attempt("transient", error="the runner was lost during the last attempt (lease expired)")
+            # The last allowed attempt never recorded an outcome (its runner stopped or was lost
+            # mid-call): park the effect instead of running it again, in case it is what brings
+            # the runner down.
+            attempt = Attempt("transient", error="the last attempt was interrupted before its outcome was recorded")
             attempts = kind.max_attempts
         else:
             attempt = await self._execute(kind, effect)

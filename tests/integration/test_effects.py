@@ -101,12 +101,15 @@ class FarSide:
         self._handlers.add(task)
         try:
             method, path, _ = (await reader.readline()).decode().split(" ", 2)
-            headers = {}
+            headers: list[tuple[str, str]] = []
             while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
                 name, _, value = line.decode().partition(":")
-                headers[name.strip().lower()] = value.strip()
-            body = await reader.readexactly(int(headers.get("content-length", "0")))
-            self.received.append(Received(method, path, headers.get("idempotency-key"), body))
+                headers.append((name.strip().lower(), value.strip()))
+            length = next((int(v) for n, v in headers if n == "content-length"), 0)
+            body = await reader.readexactly(length)
+            keys = [v for n, v in headers if n == "idempotency-key"]
+            key = keys[0] if len(keys) == 1 else (f"{len(keys)} keys: {keys}" if keys else None)
+            self.received.append(Received(method, path, key, body))
             gate = self.gates.get(path)
             if gate is not None:
                 self._held.add(gate)
@@ -273,7 +276,8 @@ async def test_http_effect_runs_once_and_its_outcome_reaches_the_effects_topic(
 
     succeeded_before = finished("http_request", "succeeded")
     async with far_side() as server:
-        key = await add(pool, target=server.target, payload=post(server, "/hook", {"incident": "inc-1", "n": 1}))
+        payload = {**post(server, "/hook", {"incident": "inc-1", "n": 1}), "headers": {"idempotency-key": "forged"}}
+        key = await add(pool, target=server.target, payload=payload)
         runner = make_runner(settings, pool, names, [http_request(on_outcome=on_outcome)])
         async with running(runner):
             row = await reaches(pool, key, "succeeded")
@@ -368,6 +372,27 @@ async def test_a_late_runner_cannot_record_over_a_newer_attempt(pool: asyncpg.Po
         )
     row = await effect_row(pool, key)
     assert (row["status"], row["attempts"], row["lease_token"]) == ("succeeded", 2, None)
+
+
+async def test_an_effect_whose_last_attempt_was_interrupted_is_parked_not_run_again(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with far_side() as server:
+        key = await add(pool, target=server.target, payload=post(server, "/hook"))
+        # Its runner died during the second and last allowed attempt; that lease has run out.
+        await pool.execute(
+            """UPDATE effects SET status = 'running', attempts = 2, lease_token = gen_random_uuid(),
+                   lease_until = now() - interval '1 second'
+               WHERE key = $1""",
+            key,
+        )
+        async with running(make_runner(settings, pool, names, [http_request(max_attempts=2)])):
+            row = await reaches(pool, key, "parked")
+        assert server.keys("/hook") == []
+    assert row["attempts"] == 2
+    assert row["last_error"] == "the last attempt was interrupted before its outcome was recorded"
+    [outcome] = await outcomes_in_outbox(pool)
+    assert (outcome.status, outcome.attempts) == ("parked", 2)
 
 
 async def test_transient_failures_are_retried_then_parked_and_an_operator_retry_succeeds(
