@@ -89,8 +89,13 @@ async def consume_loop(
     decoder: Decoder[Any],
     handler: BatchHandler[Any],
     guard: DeadLetterGuard | None = None,
+    crashes_with: type[BaseException] | tuple[type[BaseException], ...] | None = None,
 ) -> AsyncIterator[tuple[ConsumeLoop[Any], asyncio.Task[None]]]:
-    """Run a real consume loop in a task; stop it (and its clients) on exit."""
+    """Run a real consume loop in a task; stop it (and its clients) on exit.
+
+    On exit the loop must have stopped cleanly: whatever it ended with is raised in the test,
+    unless the test expects the loop to crash with ``crashes_with``; then it must have.
+    """
     consumer = make_consumer(settings, *topics, group_id=f"vigil-{service}")
     producer = make_producer(settings, client_id=service)
     await consumer.start()
@@ -106,13 +111,36 @@ async def consume_loop(
         poll_ms=50,
         dead_letter_guard=guard,
     )
-    task = asyncio.create_task(loop.run())
+    task = asyncio.create_task(loop.run(), name=f"consume-loop-{service}")
     try:
         yield loop, task
     finally:
         loop.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 10)
+        try:
+            await _ended(task, service=service, crashes_with=crashes_with)
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+
+async def _ended(
+    task: asyncio.Task[None],
+    *,
+    service: str,
+    crashes_with: type[BaseException] | tuple[type[BaseException], ...] | None,
+    timeout: float = 10.0,
+) -> None:
+    """Wait for a stopped loop's task; raise what it ended with unless the test expected exactly that."""
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
         task.cancel()
-        await producer.stop()
-        await consumer.stop()
+        await asyncio.wait({task})
+        raise AssertionError(f"the {service} consume loop did not stop within {timeout}s of stop()")
+    if task.cancelled():
+        raise AssertionError(f"the {service} consume loop was cancelled instead of stopping")
+    error = task.exception()
+    expected = crashes_with is not None and isinstance(error, crashes_with)
+    if error is not None and not expected:
+        raise error
+    if crashes_with is not None and error is None:
+        raise AssertionError(f"the {service} consume loop was expected to crash with {crashes_with!r}; it stopped")

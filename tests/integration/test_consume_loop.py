@@ -140,10 +140,15 @@ async def test_offset_is_not_committed_when_the_handler_crashes(
         await ctx.conn.execute("INSERT INTO handled VALUES ('x', 'written before the crash')")
         raise RuntimeError("bug in handler")
 
-    async with consume_loop(settings, pool, service="t4", topics=[topic], decoder=decode_cloudevent, handler=crash) as (
-        _loop,
-        task,
-    ):
+    async with consume_loop(
+        settings,
+        pool,
+        service="t4",
+        topics=[topic],
+        decoder=decode_cloudevent,
+        handler=crash,
+        crashes_with=RuntimeError,
+    ) as (_loop, task):
         with pytest.raises(RuntimeError, match="bug in handler"):
             await asyncio.wait_for(task, 30)
 
@@ -188,7 +193,14 @@ async def test_dead_letter_limit_stops_the_consumer(
     await produce(settings, topic, [(b"k", b"junk", []) for _ in range(12)])
     guard = DeadLetterGuard(ratio=0.5, window=10)
     async with consume_loop(
-        settings, pool, service="t6", topics=[topic], decoder=decode_cloudevent, handler=dispatch_each({}), guard=guard
+        settings,
+        pool,
+        service="t6",
+        topics=[topic],
+        decoder=decode_cloudevent,
+        handler=dispatch_each({}),
+        guard=guard,
+        crashes_with=DeadLetterLimitExceeded,
     ) as (_loop, task):
         with pytest.raises(DeadLetterLimitExceeded):
             await asyncio.wait_for(task, 30)
