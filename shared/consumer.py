@@ -251,6 +251,7 @@ class ConsumeLoop(Generic[T]):
         """Handle one fetched batch end to end; offsets are committed only when all of it is done."""
         valid: list[Inbound[T]] = []
         invalid: list[tuple[Any, str]] = []
+        arrival: list[Inbound[T] | None] = []  # the batch in order, None for an invalid record
         skipped = 0
         for tp, records in batch.items():
             EVENTS_CONSUMED.labels(self.service, tp.topic).inc(len(records))
@@ -263,11 +264,13 @@ class ConsumeLoop(Generic[T]):
                     self._warn_once(exc.reason, record)
                 except InvalidMessage as exc:
                     invalid.append((record, exc.reason))
+                    arrival.append(None)
                 else:
                     valid.append(Inbound(event_id, item, record))
+                    arrival.append(valid[-1])
 
         started = time.perf_counter()
-        fresh, rejected = await self._handle_in_transaction(valid, invalid)
+        fresh, rejected = await self._handle_in_transaction(valid, invalid, arrival)
         HANDLER_DURATION.labels(self.service).observe(time.perf_counter() - started)
         BATCH_SIZE.labels(self.service).observe(len(valid))
 
@@ -286,7 +289,7 @@ class ConsumeLoop(Generic[T]):
             log.warning("skipping %s[%d]@%d and its like: %s", record.topic, record.partition, record.offset, reason)
 
     async def _handle_in_transaction(
-        self, valid: list[Inbound[T]], invalid: list[tuple[Any, str]]
+        self, valid: list[Inbound[T]], invalid: list[tuple[Any, str]], arrival: list[Inbound[T] | None]
     ) -> tuple[int, list[tuple[Any, str]]]:
         if not valid and not invalid:
             return 0, []
@@ -320,20 +323,26 @@ class ConsumeLoop(Generic[T]):
                         self.service,
                         [event_id for event_id, _record, _reason in ctx.rejected],
                     )
-            judged = await self._judge(
-                conn, dead=len(invalid) + len(ctx.rejected), handled=len(fresh) - len(ctx.rejected)
-            )
+            # Each message judged once, in arrival order: dead-lettered or handled; duplicates not at all.
+            rejected_ids = {event_id for event_id, _record, _reason in ctx.rejected}
+            fresh_ids = {id(inbound) for inbound in fresh}
+            verdicts = [
+                item is None or item.event_id in rejected_ids
+                for item in arrival
+                if item is None or id(item) in fresh_ids
+            ]
+            judged = await self._judge(conn, verdicts)
             await write_events(conn, service=self.service, names=self.names, events=ctx.emitted)
         self.guard = judged  # only once committed: a batch retried is judged once
         return len(fresh), [(record, reason) for _event_id, record, reason in ctx.rejected]
 
-    async def _judge(self, conn: Conn, *, dead: int, handled: int) -> DeadLetterGuard:
+    async def _judge(self, conn: Conn, verdicts: list[bool]) -> DeadLetterGuard:
         """Judge this batch's messages once; raising here rolls the batch back, dead letters unsent."""
         had_dead = self.guard.dead > 0
         judged = self.guard.copy()
-        judged.record([True] * dead + [False] * handled)
+        judged.record(verdicts)
         # Only a window that holds, or held, a dead letter is worth a write.
-        if dead or had_dead:
+        if judged.dead or had_dead:
             await conn.execute(
                 """INSERT INTO consumer_guards (service, verdicts) VALUES ($1, $2)
                    ON CONFLICT (service) DO UPDATE SET verdicts = EXCLUDED.verdicts, updated_at = now()""",

@@ -1,0 +1,435 @@
+"""The platform's promises under bad records, newer producers and rebalances, on the real broker and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+from typer.testing import CliRunner
+
+from shared import cloudevents, housekeeping
+from shared.consumer import DeadLetterGuard, HandlerContext, Inbound, decode_cloudevent, dispatch_each
+from shared.db import connect
+from shared.errors import DeadLetterLimitExceeded
+from shared.events import Analysis, IncidentAnalyzed, IncidentDetected, IncidentType, Severity
+from shared.kafka import make_producer
+from shared.outbox import OutboxRelay, list_parked, write_events
+from shared.service import DatabaseProbe, Runtime, build_app
+from shared.settings import VigilSettings
+from shared.timers import Timer, TimerPoller, schedule
+from shared.topics import ANALYSES, EVENTS_DLQ, INCIDENTS, TopicNames
+from tests.factories import snapshot
+from tests.helpers import committed, consume_loop, eventually, produce, read_all
+from vigil.cli import app as cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+def analysed(subject: str, summary: str) -> IncidentAnalyzed:
+    return IncidentAnalyzed(
+        source="/vigil/analyzer",
+        subject=subject,
+        data=Analysis(
+            type=IncidentType.DATA_LEAK,
+            severity=Severity.SEV2,
+            title="t",
+            indicators=[],
+            affected_hosts=[],
+            affected_users=[],
+            alert_count=1,
+            summary=summary,
+        ),
+    )
+
+
+def record_of(event: Any) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    encoded = cloudevents.encode(event)
+    return encoded.key, encoded.value, encoded.headers
+
+
+# ---- outbox ---------------------------------------------------------------------------------
+
+
+async def test_an_oversize_event_is_parked_while_the_next_flows(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    huge = analysed("inc-big", "x" * (2 * 1024 * 1024))  # beyond the producer's 1 MiB max_request_size
+    after = analysed("inc-after", "fine")
+    async with pool.acquire() as conn, conn.transaction():
+        await write_events(conn, service="analyzer", names=names, events=[huge, after])
+
+    producer = make_producer(settings, client_id="oversize")
+    await producer.start()
+    try:
+        relay = OutboxRelay(
+            service="analyzer", pool=pool, producer=producer, connect=lambda: connect(settings.database_url)
+        )
+        report = await relay.publish_pending()
+        assert (report.sent, report.parked) == (1, 1)
+        assert (await relay.publish_pending()).sent == 0  # the parked row is not tried again by itself
+    finally:
+        await producer.stop()
+    records = await read_all(settings, names(ANALYSES), expect=1)
+    assert [cloudevents.decode(r.value, r.headers).id for r in records] == [after.id]
+    parked = await list_parked(await pool.acquire(), service="analyzer")
+    assert [(p.event_id, p.key) for p in parked] == [(huge.id, "inc-big")]
+    assert parked[0].error is not None and "MessageSizeTooLarge" in parked[0].error
+    assert REGISTRY.get_sample_value("vigil_outbox_parked_total", {"service": "analyzer"})
+
+    # Operators see it and re-queue it.
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    shown = await asyncio.to_thread(CliRunner().invoke, cli, ["outbox", "parked", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert [row["event_id"] for row in json.loads(shown.output)] == [huge.id]
+    retried = await asyncio.to_thread(CliRunner().invoke, cli, ["outbox", "retry", str(parked[0].id)])
+    assert retried.exit_code == 0, retried.output
+    assert await pool.fetchval("SELECT parked_at IS NULL AND attempts = 0 FROM outbox WHERE id = $1", parked[0].id)
+    missing = await asyncio.to_thread(CliRunner().invoke, cli, ["outbox", "retry", "999999"])
+    assert missing.exit_code == 1
+
+
+async def test_only_one_relay_publishes_and_a_standby_takes_over(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    producer = make_producer(settings, client_id="relays")
+    await producer.start()
+    relays = [
+        OutboxRelay(
+            service="analyzer",
+            pool=pool,
+            producer=producer,
+            connect=lambda: connect(settings.database_url),
+            standby_wait_s=0.1,
+            idle_wait_s=0.1,
+        )
+        for _ in range(2)
+    ]
+    tasks = [asyncio.create_task(r.run()) for r in relays]
+    try:
+        events = [analysed("inc-1", f"s{n}") for n in range(10)]  # one key: one partition, in order
+        async with pool.acquire() as conn, conn.transaction():
+            await write_events(conn, service="analyzer", names=names, events=events)
+        records = await read_all(settings, names(ANALYSES), expect=10)
+        assert [cloudevents.decode(r.value, r.headers).id for r in records] == [e.id for e in events]
+        await eventually(lambda: pool.fetchval("SELECT bool_and(sent_at IS NOT NULL) FROM outbox"))
+        # The leader holds the lock on its own connection; no pooled connection is held meanwhile.
+        assert pool.get_size() - pool.get_idle_size() == 0
+        leader_pid = await pool.fetchval(
+            """SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+               AND objid = hashtext('outbox:analyzer')::oid"""
+        )
+        assert leader_pid is not None
+        await pool.execute("SELECT pg_terminate_backend($1)", leader_pid)
+        more = [analysed("inc-1", f"more {n}") for n in range(3)]
+        async with pool.acquire() as conn, conn.transaction():
+            await write_events(conn, service="analyzer", names=names, events=more)
+        records = await read_all(settings, names(ANALYSES), expect=13)
+        assert [cloudevents.decode(r.value, r.headers).id for r in records][10:] == [e.id for e in more]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            assert task.cancelled(), task.exception()
+        await producer.stop()
+
+
+# ---- timers ---------------------------------------------------------------------------------
+
+
+async def test_a_poisoned_timer_is_parked_while_the_others_fire(pool: asyncpg.Pool, names: TopicNames) -> None:
+    fired: list[str] = []
+
+    async def ok(ctx: HandlerContext, timer: Timer) -> None:
+        await ctx.conn.execute("INSERT INTO processed_events (service, event_id) VALUES ('t', $1)", timer.subject)
+        fired.append(timer.subject)
+
+    async def poisoned(ctx: HandlerContext, timer: Timer) -> None:
+        await ctx.conn.execute("INSERT INTO processed_events (service, event_id) VALUES ('t', 'half-done')")
+        raise ValueError("this payload can never be handled")
+
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    async with pool.acquire() as conn, conn.transaction():
+        await schedule(conn, service="svc", kind="poison", subject="p", due_at=past - timedelta(seconds=1))
+        for n in range(3):
+            await schedule(conn, service="svc", kind="ok", subject=f"ok-{n}", due_at=past)
+        await schedule(conn, service="svc", kind="from-a-newer-version", subject="new", due_at=past)
+
+    poller = TimerPoller(service="svc", pool=pool, names=names, handlers={"ok": ok, "poison": poisoned})
+    assert await poller.fire_due() == 4
+    assert sorted(fired) == ["ok-0", "ok-1", "ok-2"]
+    # The poisoned one's writes rolled back with its savepoint; it waits for its next attempt.
+    assert not await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = 'half-done'")
+    row = await pool.fetchrow("SELECT attempts, last_error, due_at, fired_at FROM timers WHERE kind = 'poison'")
+    assert row["attempts"] == 1 and "can never be handled" in row["last_error"] and row["fired_at"] is None
+    for attempt in range(2, 6):
+        await pool.execute("UPDATE timers SET due_at = now() - interval '1 second' WHERE kind = 'poison'")
+        assert await poller.fire_due() == 1
+        assert await pool.fetchval("SELECT attempts FROM timers WHERE kind = 'poison'") == attempt
+    assert await pool.fetchval("SELECT parked_at IS NOT NULL FROM timers WHERE kind = 'poison'")
+    await pool.execute("UPDATE timers SET due_at = now() - interval '1 second' WHERE kind = 'poison'")
+    assert await poller.fire_due() == 0  # parked: no more attempts
+    # A kind this process does not know stays pending for the replica that does.
+    assert await pool.fetchval(
+        "SELECT fired_at IS NULL AND cancelled_at IS NULL AND parked_at IS NULL FROM timers WHERE kind = $1",
+        "from-a-newer-version",
+    )
+    assert REGISTRY.get_sample_value("vigil_timers_total", {"service": "svc", "kind": "poison", "outcome": "parked"})
+
+
+# ---- events from newer producers ------------------------------------------------------------
+
+
+async def test_an_event_with_unknown_fields_is_handled_and_an_unknown_type_skipped(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await pool.execute("CREATE TABLE handled (event_id text, title text)")
+    newer = IncidentDetected(source="/vigil/detector", subject="inc-1", data=snapshot(title="from a newer detector"))
+    key, value, headers = record_of(newer)
+    body = json.loads(value)
+    body["merge_candidates"] = ["inc-7"]  # a field this version does not know
+    unknown_type = [(n, b"vigil.incident.merged.v1" if n == "ce_type" else v) for n, v in headers]
+    unknown_type = [(n, b"other-id" if n == "ce_id" else v) for n, v in unknown_type]
+    topic = names(INCIDENTS)
+    await produce(
+        settings,
+        topic,
+        [(key, b"{}", unknown_type), (key, json.dumps(body).encode(), [*headers, ("ce_traceparent", b"00-1")])],
+    )
+
+    async def on_detected(ctx: HandlerContext, event: IncidentDetected) -> None:
+        await ctx.conn.execute("INSERT INTO handled VALUES ($1, $2)", event.id, event.data.title)
+
+    handler = dispatch_each({IncidentDetected: on_detected})
+    async with consume_loop(
+        settings, pool, service="t-compat", topics=[topic], decoder=decode_cloudevent, handler=handler
+    ):
+        await eventually(lambda: _equals(committed(settings, "vigil-t-compat", topic), 2))
+    assert [tuple(r) for r in await pool.fetch("SELECT event_id, title FROM handled")] == [
+        (newer.id, "from a newer detector")
+    ]
+    assert not await read_all(settings, names(EVENTS_DLQ), expect=1, timeout=2)
+    skipped = REGISTRY.get_sample_value("vigil_events_handled_total", {"service": "t-compat", "outcome": "skipped"})
+    assert skipped == 1
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+# ---- the dead-letter guard ------------------------------------------------------------------
+
+
+async def test_a_restart_loop_cannot_drain_a_topic_into_the_dead_letter_queue(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    topic = names(INCIDENTS)
+    garbage = [(b"k", b"not an event", [("ce_specversion", b"1.0")]) for _ in range(60)]
+    await produce(settings, topic, garbage)
+
+    async def nothing(_ctx: HandlerContext, _batch: Sequence[Inbound[Any]]) -> None:
+        return None
+
+    for _restart in range(2):
+        guard = DeadLetterGuard(ratio=0.5, window=20)
+        async with consume_loop(
+            settings,
+            pool,
+            service="t-guard",
+            topics=[topic],
+            decoder=decode_cloudevent,
+            handler=nothing,
+            guard=guard,
+            crashes_with=DeadLetterLimitExceeded,
+        ) as (_loop, task):
+            with pytest.raises(DeadLetterLimitExceeded):
+                await asyncio.wait_for(task, 30)
+    # The first run trips on its first batch; every restart trips again at once, with nothing sent.
+    assert not await read_all(settings, names(EVENTS_DLQ), expect=1, timeout=2)
+    assert await committed(settings, "vigil-t-guard", topic) is None
+
+
+async def test_the_guard_counts_each_rejection_once_and_remembers_across_restarts(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    topic = names(INCIDENTS)
+    good = [record_of(IncidentDetected(source="/x", subject=f"g{n}", data=snapshot())) for n in range(12)]
+    bad = [(b"k", b"not an event", [("ce_specversion", b"1.0")]) for _ in range(8)]
+    await produce(settings, topic, good + bad)
+
+    async def nothing(_ctx: HandlerContext, _batch: Sequence[Inbound[Any]]) -> None:
+        return None
+
+    async with consume_loop(
+        settings,
+        pool,
+        service="t-guard2",
+        topics=[topic],
+        decoder=decode_cloudevent,
+        handler=nothing,
+        guard=DeadLetterGuard(ratio=0.5, window=20),
+    ):
+        await eventually(lambda: _equals(committed(settings, "vigil-t-guard2", topic), 20))
+    assert await pool.fetchval("SELECT verdicts FROM consumer_guards WHERE service = 't-guard2'") == "0" * 12 + "1" * 8
+    assert len(await read_all(settings, names(EVENTS_DLQ), expect=8)) == 8
+
+    # After a restart, three more dead letters tip the remembered window over half.
+    await produce(settings, topic, bad[:3])
+    async with consume_loop(
+        settings,
+        pool,
+        service="t-guard2",
+        topics=[topic],
+        decoder=decode_cloudevent,
+        handler=nothing,
+        guard=DeadLetterGuard(ratio=0.5, window=20),
+        crashes_with=DeadLetterLimitExceeded,
+    ) as (_loop, task):
+        with pytest.raises(DeadLetterLimitExceeded, match="11 of the last 20"):
+            await asyncio.wait_for(task, 30)
+
+
+# ---- rebalances -----------------------------------------------------------------------------
+
+
+async def test_a_rebalance_waits_for_the_batch_in_hand(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    topic = names(INCIDENTS)
+    spans: list[tuple[str, int, float, float]] = []  # member, partition, start, end
+    await pool.execute("CREATE TABLE handled (event_id text PRIMARY KEY)")
+
+    def member_handler(member: str) -> Any:
+        async def handle(ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
+            started = time.monotonic()
+            await ctx.conn.executemany("INSERT INTO handled VALUES ($1)", [(i.event_id,) for i in batch])
+            await asyncio.sleep(0.3)  # a slow batch: wide open to a rebalance
+            ended = time.monotonic()
+            for partition in {i.record.partition for i in batch}:
+                spans.append((member, partition, started, ended))
+
+        return handle
+
+    stop = asyncio.Event()
+    producing = asyncio.create_task(_trickle(settings, topic, stop))
+    async with consume_loop(
+        settings, pool, service="t-rebalance", topics=[topic], decoder=decode_cloudevent, handler=member_handler("a")
+    ):
+        await eventually(lambda: _any(spans))
+        async with consume_loop(
+            settings,
+            pool,
+            service="t-rebalance",
+            topics=[topic],
+            decoder=decode_cloudevent,
+            handler=member_handler("b"),
+        ):
+            await eventually(lambda: _any([m for m, *_ in spans if m == "b"]), timeout=60)
+            stop.set()
+            produced = await producing
+            await eventually(lambda: pool.fetchval("SELECT count(*) = $1 FROM handled", produced), timeout=60)
+
+    # No partition was ever in the hands of two members at once.
+    for a_member, partition, a_start, a_end in spans:
+        for b_member, other, b_start, b_end in spans:
+            if a_member != b_member and partition == other:
+                assert a_end <= b_start or b_end <= a_start, f"partition {partition} handled by both at once"
+
+
+async def _any(items: list[Any]) -> bool:
+    return bool(items)
+
+
+async def _trickle(settings: VigilSettings, topic: str, stop: asyncio.Event, most: int = 5000) -> int:
+    """Publish events over all partitions until told to stop; return how many."""
+    producer = make_producer(settings, client_id="trickle")
+    await producer.start()
+    sent = 0
+    try:
+        while not stop.is_set() and sent < most:
+            for _ in range(12):
+                event = IncidentDetected(source="/x", subject=f"inc-{sent}", data=snapshot())
+                key, value, headers = record_of(event)
+                await producer.send(topic, key=key, value=value, headers=headers)
+                sent += 1
+            await producer.flush()
+            await asyncio.sleep(0.05)
+    finally:
+        await producer.stop()
+    return sent
+
+
+# ---- readiness ------------------------------------------------------------------------------
+
+
+async def test_readiness_answers_while_every_pooled_connection_is_busy(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    probe = DatabaseProbe(settings.database_url)
+    runtime = Runtime(service="reporter", settings=settings, pool=pool, producer=None, names=names, probe=probe)  # type: ignore[arg-type]
+    app = build_app(runtime, [])
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vigil") as client:
+            response = await asyncio.wait_for(client.get("/readyz"), 30)
+        assert response.status_code == 200
+        assert response.json()["checks"]["database"] is True
+    finally:
+        for conn in held:
+            await pool.release(conn)
+        await probe.close()
+
+
+# ---- housekeeping ---------------------------------------------------------------------------
+
+
+async def test_pruning_finds_what_expired_through_an_index(pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        """INSERT INTO processed_events (service, event_id, processed_at)
+           SELECT s, 'e' || n, now() - (n % 40) * interval '1 day'
+           FROM generate_series(1, 40000) AS n, unnest(ARRAY['detector', 'reporter']) AS s"""
+    )
+    await pool.execute(
+        """INSERT INTO outbox (service, topic, key, value, headers, event_id, sent_at)
+           SELECT 'detector', 't', 'k', 'v', '[]', 'e' || n, now() - (n % 40) * interval '1 hour'
+           FROM generate_series(1, 40000) AS n"""
+    )
+    await pool.execute("ANALYZE processed_events; ANALYZE outbox")
+    ledger = await _plan(
+        pool,
+        "EXPLAIN DELETE FROM processed_events WHERE service = $1 AND processed_at < now() - $2::interval",
+        "detector",
+        timedelta(days=39),
+    )
+    sent = await _plan(
+        pool,
+        "EXPLAIN DELETE FROM outbox WHERE service = $1 AND sent_at < now() - $2::interval",
+        "detector",
+        timedelta(hours=39),
+    )
+    assert "processed_events_age" in ledger
+    assert "outbox_sent" in sent
+
+
+async def _plan(pool: asyncpg.Pool, sql: str, *args: Any) -> str:
+    return "\n".join(r[0] for r in await pool.fetch(sql, *args))
+
+
+async def test_each_ledger_is_kept_as_long_as_its_topics_keep_events(pool: asyncpg.Pool) -> None:
+    await pool.execute(
+        """INSERT INTO processed_events (service, event_id, processed_at) VALUES
+           ('coordinator', 'command', now() - interval '20 days'),
+           ('detector', 'alert', now() - interval '20 days')"""
+    )
+    await housekeeping.prune(pool, service="coordinator")
+    await housekeeping.prune(pool, service="detector")
+    # Commands stay on their topic for 30 days: the coordinator still remembers its 20-day-old id.
+    assert [r["event_id"] for r in await pool.fetch("SELECT event_id FROM processed_events")] == ["command"]
