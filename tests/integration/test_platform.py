@@ -169,6 +169,7 @@ async def test_a_poisoned_timer_is_parked_while_the_others_fire(pool: asyncpg.Po
     # The poisoned one's writes rolled back with its savepoint; it waits for its next attempt.
     assert not await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = 'half-done'")
     row = await pool.fetchrow("SELECT attempts, last_error, due_at, fired_at FROM timers WHERE kind = 'poison'")
+    assert row is not None
     assert row["attempts"] == 1 and "can never be handled" in row["last_error"] and row["fired_at"] is None
     for attempt in range(2, 6):
         await pool.execute("UPDATE timers SET due_at = now() - interval '1 second' WHERE kind = 'poison'")
