@@ -337,7 +337,11 @@ class EffectRunner:
     async def _listen(self) -> asyncpg.Connection:
         assert self.connect is not None
         listener = await self.connect()
-        await listener.add_listener(repository.NOTIFY_CHANNEL, self._on_notify)
+        try:
+            await listener.add_listener(repository.NOTIFY_CHANNEL, self._on_notify)
+        except BaseException:
+            listener.terminate()
+            raise
         return listener
 
     async def _stop(self, listener: asyncpg.Connection | None) -> None:

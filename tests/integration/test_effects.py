@@ -1,7 +1,8 @@
 """The effects runner against the real Postgres and broker, a real HTTP server, SMTP server and commands.
 
-Run as ``python -m tests.integration.test_effects DATABASE_URL SERVICE`` this module is the worker
-process of the crash test: an effects runner that the test kills with SIGKILL mid-call.
+Run as ``python -m tests.integration.test_effects runner DATABASE_URL SERVICE`` this module is the
+crash test's runner process, which the test kills mid-call; with ``service`` instead, a service
+composed by ``run_service`` with effect kinds in its spec (settings from the environment).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import collections
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 import uuid
@@ -323,7 +325,13 @@ async def test_a_crash_between_the_call_and_the_record_repeats_the_call_with_the
         server.gates["/crash"] = asyncio.Event()  # the first call arrives and gets no answer
         key = await add(pool, target=server.target, payload=post(server, "/crash"))
         worker = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.integration.test_effects", settings.database_url, SERVICE, cwd=REPO_ROOT
+            sys.executable,
+            "-m",
+            "tests.integration.test_effects",
+            "runner",
+            settings.database_url,
+            SERVICE,
+            cwd=REPO_ROOT,
         )
         try:
             await eventually(lambda: _true(server.waiting["/crash"] == 1))
@@ -413,6 +421,9 @@ async def test_transient_failures_are_retried_then_parked_and_an_operator_retry_
 
             listed = await vigil("effects", "list", "--status", "parked", "--json", settings=settings)
             assert [(e["id"], e["status"], e["attempts"]) for e in json.loads(listed)] == [(row["id"], "parked", 3)]
+            table = await vigil("effects", "list", settings=settings)
+            assert server.target in table and "parked" in table and "HTTP 503" in table
+            assert "0 effect(s)" in await vigil("effects", "list", "--status", "failed", settings=settings)
             server.answers["/flaky"] = 200  # the far side is fixed, then the operator retries
             assert "re-queued" in await vigil("effects", "retry", str(row["id"]), settings=settings)
             row = await reaches(pool, key, "succeeded")
@@ -642,6 +653,50 @@ async def test_a_timer_handler_enqueues_an_effect(
         assert json.loads(server.received[0].body) == {"address": "203.0.113.45"}
 
 
+async def test_a_service_whose_spec_lists_effect_kinds_runs_them(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
+        "VIGIL_HTTP_PORT": str(free_port()),
+        "VIGIL_LOG_FORMAT": "text",
+    }
+    log_path = tmp_path / "service.log"
+    async with far_side() as server:
+        key = await add(pool, target=server.target, payload=post(server, "/hook"))
+        with log_path.open("wb") as log_file:
+            service = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.integration.test_effects",
+                "service",
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            try:
+                row = await reaches(pool, key, "succeeded")
+                # Published by the service's own outbox relay.
+                records = await read_all(settings, names(EFFECTS), expect=1)
+            finally:
+                service.send_signal(signal.SIGTERM)
+                try:
+                    code = await asyncio.wait_for(service.wait(), 30)
+                except TimeoutError:
+                    service.kill()
+                    await service.wait()
+                    raise
+        assert code == 0, log_path.read_text()
+        assert server.keys("/hook") == [key]
+    assert row["attempts"] == 1
+    [event] = [cloudevents.decode(r.value, r.headers) for r in records]
+    assert isinstance(event, EffectCompleted) and (event.data.key, event.data.status) == (key, "succeeded")
+
+
 # ---- stopping, failing, pruning ----------------------------------------------------------------
 
 
@@ -693,7 +748,7 @@ async def test_an_effect_of_a_kind_nobody_runs_is_left_alone_and_counted(
     assert REGISTRY.get_sample_value("vigil_effects_queued", {"service": SERVICE, "kind": "retired_kind"}) == 1
 
 
-async def test_retry_and_prune_touch_only_what_they_may(pool: asyncpg.Pool) -> None:
+async def test_retry_and_prune_touch_only_what_they_may(settings: VigilSettings, pool: asyncpg.Pool) -> None:
     keys = {
         status: await add(pool, target="x", payload={}, key=f"k-{status}")
         for status in ("succeeded", "failed", "parked", "pending", "old-succeeded", "old-failed")
@@ -711,6 +766,10 @@ async def test_retry_and_prune_touch_only_what_they_may(pool: asyncpg.Pool) -> N
     async with pool.acquire() as conn:
         assert await retry(conn, effect_id=(await effect_row(pool, keys["pending"]))["id"]) == "pending"
         assert await retry(conn, effect_id=-1) is None
+    pending_id = str((await effect_row(pool, keys["pending"]))["id"])
+    refused = await vigil("effects", "retry", pending_id, settings=settings, exit_code=1)
+    assert "only a parked or failed effect can be retried" in refused
+    assert "no effect 999999" in await vigil("effects", "retry", "999999", settings=settings, exit_code=1)
     assert (await effect_row(pool, keys["pending"]))["attempts"] == 3  # not touched
 
     assert await prune(pool, service=SERVICE, keep=timedelta(days=1)) == 2
@@ -731,8 +790,8 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def vigil(*args: str, settings: VigilSettings) -> str:
-    """Run the `vigil` command against the test's database; return its output, failing on a non-zero exit."""
+async def vigil(*args: str, settings: VigilSettings, exit_code: int = 0) -> str:
+    """Run the `vigil` command against the test's database; return its output (stdout, then stderr)."""
     process = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("vigil")),
         *args,
@@ -741,13 +800,12 @@ async def vigil(*args: str, settings: VigilSettings) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
-    return stdout.decode()
+    assert process.returncode == exit_code, stderr.decode()
+    return stdout.decode() + stderr.decode()
 
 
-def _crash_test_worker() -> None:
+def _runner_process(database_url: str, service: str) -> None:
     """Run an effects runner until killed (the crash test's runner process)."""
-    database_url, service = sys.argv[1:3]
 
     async def main() -> None:
         pool = await create_pool(database_url, max_size=2)
@@ -757,5 +815,23 @@ def _crash_test_worker() -> None:
     asyncio.run(main())
 
 
+def _service_process() -> None:
+    """Run a service whose spec lists an effect kind, until SIGTERM."""
+    from shared.consumer import decode_cloudevent, dispatch_each
+    from shared.service import ServiceSpec, run_service
+
+    spec = ServiceSpec(
+        name=SERVICE,
+        consumes=(EFFECTS,),
+        decoder=decode_cloudevent,
+        handler=dispatch_each({}),
+        effects=(http_request(),),
+    )
+    asyncio.run(run_service(spec))
+
+
 if __name__ == "__main__":
-    _crash_test_worker()
+    if sys.argv[1] == "runner":
+        _runner_process(*sys.argv[2:4])
+    else:
+        _service_process()
