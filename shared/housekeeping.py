@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from shared import effects
 from shared.errors import is_retriable
 from shared.topics import ledger_retention
 
@@ -15,6 +16,8 @@ log = logging.getLogger(__name__)
 
 KEEP_SENT = timedelta(hours=1)
 KEEP_TIMERS = timedelta(days=30)
+# Finished effects keep their idempotency key this long: re-enqueueing the same key is a no-op.
+KEEP_EFFECTS = timedelta(days=30)
 
 
 async def prune(
@@ -54,8 +57,14 @@ async def run(pool: asyncpg.Pool, *, service: str, every_s: float = 300.0) -> No
     while True:
         try:
             processed, sent = await prune(pool, service=service)
-            if processed or sent:
-                log.info("pruned %d processed ids and %d published outbox rows", processed, sent)
+            finished = await effects.prune(pool, service=service, keep=KEEP_EFFECTS)
+            if processed or sent or finished:
+                log.info(
+                    "pruned %d processed ids, %d published outbox rows and %d finished effects",
+                    processed,
+                    sent,
+                    finished,
+                )
         except Exception as exc:
             if not is_retriable(exc):
                 raise

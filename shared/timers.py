@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,6 +18,7 @@ from typing import Any
 
 import asyncpg
 
+from shared.backoff import backoff_delay
 from shared.consumer import HandlerContext
 from shared.db import Conn
 from shared.errors import is_retriable
@@ -43,9 +43,9 @@ TimerHandler = Callable[[HandlerContext, Timer], Awaitable[None]]
 MAX_ATTEMPTS = 5
 
 
-def retry_delay(attempt: int, *, base_s: float = 1.0, cap_s: float = 300.0) -> timedelta:
-    """Exponential backoff with full jitter after the ``attempt``-th failure (1 = first)."""
-    return timedelta(seconds=random.uniform(0, min(cap_s, base_s * 2 ** (attempt - 1))))
+def retry_delay(attempt: int) -> timedelta:
+    """How long a failed timer waits before its next attempt (``attempt`` = failures so far)."""
+    return timedelta(seconds=backoff_delay(attempt, base_s=1.0, cap_s=300.0))
 
 
 async def schedule(

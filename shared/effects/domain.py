@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -76,18 +75,6 @@ def settle(verdict: Verdict, *, attempts: int, max_attempts: int) -> Status:
     if verdict == "permanent":
         return "failed"
     return "parked" if attempts >= max_attempts else "pending"
-
-
-def backoff_delay(attempt: int, *, base_s: float, cap_s: float, rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait after the ``attempt``-th failure (1 = first): full jitter below an exponential ceiling.
-
-    Full jitter (a uniform draw between zero and the ceiling) spreads the retries of effects that
-    failed together, so a recovering target is not hit by all of them at once.
-    """
-    if attempt < 1:
-        raise ValueError(f"attempt counts from 1, got {attempt}")
-    ceiling = min(cap_s, base_s * 2.0 ** min(attempt - 1, 64))
-    return ceiling * rand()
 
 
 def pick(candidates: Sequence[tuple[int, str]], *, free: int, per_target: int, running: Mapping[str, int]) -> list[int]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from shared.backoff import backoff_delay
 from shared.consumer import HandlerContext
 from shared.effects import repository
 from shared.effects.domain import (
@@ -21,7 +22,6 @@ from shared.effects.domain import (
     Effect,
     PermanentEffectError,
     Status,
-    backoff_delay,
     bound_result,
     describe_error,
     pick,

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared.backoff import backoff_delay
 from shared.effects.domain import (
     MAX_RESULT_BYTES,
-    backoff_delay,
     bound_result,
     classify_exit_code,
     classify_http_status,
