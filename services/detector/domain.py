@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+from pydantic import BaseModel
+from pydantic_core import to_json
 
 from shared.alerts import Alert, AlertSeverity
 from shared.events import AlertSummary, IncidentSnapshot, IncidentType, Severity
@@ -118,7 +122,22 @@ BASE_SEVERITY = {
     AlertSeverity.INFO: Severity.SEV4,
 }
 WIDESPREAD_HOSTS = 5
-MAX_ALERTS_PER_EVENT = 100
+
+# One incident event carries at most this many of a batch's new alerts, in at most this many bytes
+# of JSON; the rest follow in further parts. Kafka refuses records over 1 MiB by default.
+MAX_ALERTS_PER_EVENT = 200
+MAX_EVENT_BYTES = 256 * 1024
+# What a snapshot says besides its alerts (mostly the users list) keeps this much of an event at
+# most, so that the rest always holds at least the largest alert summary (see ``summarise``).
+MAX_HEADER_BYTES = 64 * 1024
+# The part numbers of a split batch are written after the header was measured with "1".
+_PART_NUMBER_SLACK = 32
+# An alert summary's largest fields are cut to these lengths (the alert is stored whole by the
+# detector): even escaped to six bytes a character, a summary then stays under 140 KiB.
+MAX_DESCRIPTION = 2_000
+MAX_LABELS = 32
+MAX_LABEL_KEY = 100
+MAX_LABEL_VALUE = 500
 
 
 def classify_alert(alert: Alert) -> tuple[IncidentType, str]:
@@ -188,38 +207,144 @@ class IncidentChange:
     created: bool
     alerts: list[Alert] = field(default_factory=list)
 
-    def snapshot(self) -> IncidentSnapshot:
-        i = self.incident
-        return IncidentSnapshot(
-            title=i.title,
-            type=i.type,
-            severity=i.severity,
-            classification_reason=i.classification_reason,
-            severity_reason=i.severity_reason,
-            correlation_key=i.correlation_key,
-            alert_count=i.alert_count,
-            first_seen=i.first_seen,
-            last_seen=i.last_seen,
-            hosts=list(i.hosts),
-            users=list(i.users),
-            new_alerts=[summarise(a) for a in self.alerts[:MAX_ALERTS_PER_EVENT]],
-        )
+
+def snapshots(
+    change: IncidentChange, *, max_alerts: int = MAX_ALERTS_PER_EVENT, max_bytes: int = MAX_EVENT_BYTES
+) -> list[IncidentSnapshot]:
+    """Return the snapshots that carry a change's new alerts, in order, each within both bounds.
+
+    Every alert is in exactly one snapshot; each says which ``part`` of how many ``parts`` it is.
+    """
+    summaries = [summarise(a) for a in change.alerts]
+    if len(summaries) <= max_alerts:
+        whole = _snapshot(change.incident, summaries)
+        # Nearly every change makes one small event: its size bound spares serialising it twice.
+        if _size_bound(change.incident, summaries) <= max_bytes or _json_size(whole) <= max_bytes:
+            return [whole]
+    header = _header(change.incident)
+    chunks = _pack(summaries, max_alerts, room=max_bytes - _json_size(header) - _PART_NUMBER_SLACK) or [[]]
+    return [
+        header.model_copy(update={"new_alerts": chunk, "part": n, "parts": len(chunks)})
+        for n, chunk in enumerate(chunks, 1)
+    ]
+
+
+def _snapshot(incident: IncidentState, alerts: list[AlertSummary]) -> IncidentSnapshot:
+    i = incident
+    return IncidentSnapshot(
+        title=i.title,
+        type=i.type,
+        severity=i.severity,
+        classification_reason=i.classification_reason,
+        severity_reason=i.severity_reason,
+        correlation_key=i.correlation_key,
+        alert_count=i.alert_count,
+        first_seen=i.first_seen,
+        last_seen=i.last_seen,
+        hosts=list(i.hosts),
+        users=list(i.users),
+        new_alerts=alerts,
+    )
+
+
+def _header(incident: IncidentState) -> IncidentSnapshot:
+    """Return the incident's snapshot without alerts, its host and user lists cut to fit MAX_HEADER_BYTES.
+
+    Only a spray over thousands of accounts comes near the bound; each user and host still
+    reaches the consumers on the alerts that name it.
+    """
+    header = _snapshot(incident, [])
+    if _json_size(header) <= MAX_HEADER_BYTES:
+        return header
+    room = MAX_HEADER_BYTES - _json_size(header.model_copy(update={"hosts": [], "users": []}))
+    hosts, room = _fitting(incident.hosts, room)
+    users, _ = _fitting(incident.users, room)
+    return header.model_copy(update={"hosts": hosts, "users": users})
+
+
+def _fitting(names: Sequence[str], room: int) -> tuple[list[str], int]:
+    """Return the first names whose JSON fits in ``room`` bytes, and the room left."""
+    kept: list[str] = []
+    for name in names:
+        size = len(to_json(name)) + 1  # and a comma
+        if size > room:
+            break
+        kept.append(name)
+        room -= size
+    return kept, room
+
+
+def _pack(summaries: list[AlertSummary], max_alerts: int, *, room: int) -> list[list[AlertSummary]]:
+    """Cut summaries, in order, into runs of at most ``max_alerts`` whose JSON list fits in ``room`` bytes.
+
+    A run holds at least one summary, and ``summarise`` bounds a summary well below any room left.
+    """
+    chunks: list[list[AlertSummary]] = []
+    chunk: list[AlertSummary] = []
+    used = 2  # the list's brackets
+    for summary in summaries:
+        size = _json_size(summary) + 1  # and a comma
+        if chunk and (len(chunk) == max_alerts or used + size > room):
+            chunks.append(chunk)
+            chunk, used = [], 2
+        chunk.append(summary)
+        used += size
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+def _json_size(model: BaseModel) -> int:
+    """Bytes of the model's JSON, as the outbox writes it."""
+    return len(model.__pydantic_serializer__.to_json(model))
+
+
+# Bounds of JSON sizes, without serialising: a character takes at most 6 bytes (an escaped
+# control character); field names, punctuation, times, addresses, numbers and enums take less
+# than these in a snapshot and in an alert summary.
+_CHAR_BYTES = 6
+_SNAPSHOT_FIXED = 600
+_SUMMARY_FIXED = 400
+
+
+def _size_bound(incident: IncidentState, summaries: Sequence[AlertSummary]) -> int:
+    """Return a number of bytes the snapshot's JSON cannot exceed."""
+    i = incident
+    chars = len(i.title) + len(i.classification_reason) + len(i.severity_reason) + len(i.correlation_key)
+    bound = _SNAPSHOT_FIXED + _CHAR_BYTES * chars
+    bound += sum(_CHAR_BYTES * len(name) + 3 for name in (*i.hosts, *i.users))  # quotes and a comma
+    for s in summaries:
+        chars = len(s.key) + len(s.source) + len(s.title) + len(s.description)
+        chars += len(s.host or "") + len(s.user or "")
+        chars += sum(len(k) + len(v) for k, v in s.labels.items())
+        bound += _SUMMARY_FIXED + _CHAR_BYTES * chars + 6 * len(s.labels)  # a label's quotes, colon, comma
+    return bound
 
 
 def summarise(alert: Alert) -> AlertSummary:
-    return AlertSummary(
+    """Return what incident events carry of an alert, its largest fields cut to bounded lengths."""
+    # Not validated again: every field comes from the validated alert (this is the hot path).
+    return AlertSummary.model_construct(
         key=alert.key,
         source=alert.source,
         title=alert.title,
-        description=alert.description[:2000],
+        description=alert.description[:MAX_DESCRIPTION],
         severity=alert.severity,
         time=alert.time,
         host=alert.host,
         user=alert.user,
         src_ip=alert.src_ip,
         dst_ip=alert.dst_ip,
-        labels=alert.labels,
+        labels=_bounded_labels(alert.labels),
     )
+
+
+def _bounded_labels(labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) <= MAX_LABELS and all(
+        len(k) <= MAX_LABEL_KEY and len(v) <= MAX_LABEL_VALUE for k, v in labels.items()
+    ):
+        return labels
+    return {k[:MAX_LABEL_KEY]: v[:MAX_LABEL_VALUE] for k, v in itertools.islice(labels.items(), MAX_LABELS)}
 
 
 def correlate(

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 from pydantic import ValidationError
 
 from services.detector import domain, repository
@@ -20,6 +21,8 @@ from shared.topics import ALERTS_RAW
 
 log = logging.getLogger(__name__)
 SOURCE = "/vigil/detector"
+# Each retry follows another replica's commit of some of the same alerts: a few are plenty.
+STORE_ATTEMPTS = 3
 
 
 def decode(record: Any) -> tuple[str, Alert | Any]:
@@ -54,16 +57,19 @@ class Detector:
                 await repository.close_incident(ctx.conn, incident_id=event.subject)
 
     async def handle_alerts(self, ctx: HandlerContext, alerts: list[Alert]) -> None:
-        keys = {domain.correlation_key(a) for a in alerts}
-        open_incidents = await repository.get_open_by_keys(ctx.conn, keys=keys)
-        changes = domain.correlate(alerts, open_incidents, window=self.window, new_id=new_id)
-        await repository.upsert_incidents(ctx.conn, incidents=[c.incident for c in changes])
-        await repository.insert_alerts(ctx.conn, alerts=[(a, c.incident.id) for c in changes for a in c.alerts])
-        ALERTS.labels("accepted").inc(len(alerts))
+        repeats, changes = await self._store(ctx, alerts)
+        if repeats:
+            ALERTS.labels("repeat").inc(len(repeats))
+            log.info("%d alert(s) stored before and sent again: counted as repeats, no incident changed", len(repeats))
+        ALERTS.labels("accepted").inc(len(alerts) - len(repeats))
         for change in changes:
+            parts = domain.snapshots(change)
             event_class = IncidentDetected if change.created else IncidentUpdated
-            event = event_class(source=SOURCE, subject=change.incident.id, data=change.snapshot())
-            ctx.emit(event)
+            first = event_class(source=SOURCE, subject=change.incident.id, data=parts[0])
+            ctx.emit(first)
+            for snapshot in parts[1:]:
+                # The rest of the batch's alerts, after the first part: same key, same partition, in order.
+                ctx.emit(IncidentUpdated(source=SOURCE, subject=first.subject, correlationid=first.id, data=snapshot))
             if change.created:
                 INCIDENTS_OPENED.labels(change.incident.type.value, change.incident.severity.value).inc()
                 log.info(
@@ -71,5 +77,37 @@ class Detector:
                     change.incident.id,
                     change.incident.severity.value,
                     change.incident.type.value,
-                    extra=event_ids(event),
+                    extra=event_ids(first),
                 )
+
+    async def _store(self, ctx: HandlerContext, alerts: list[Alert]) -> tuple[set[str], list[domain.IncidentChange]]:
+        """Store the alerts in a savepoint, again if another replica stored some of them meanwhile."""
+        attempt = 1
+        while True:
+            try:
+                async with ctx.conn.transaction():
+                    return await self._store_once(ctx, alerts)
+            except asyncpg.UniqueViolationError as exc:
+                # Another replica committed one of these alerts between our look-up and our COPY:
+                # looked up again, it is a repeat.
+                if exc.constraint_name != "detector_alerts_pkey" or attempt == STORE_ATTEMPTS:
+                    raise
+                attempt += 1
+                log.info("alerts stored meanwhile by another detector; looking again (%s)", exc.detail)
+
+    async def _store_once(
+        self, ctx: HandlerContext, alerts: list[Alert]
+    ) -> tuple[set[str], list[domain.IncidentChange]]:
+        """Count the alerts stored before as repeats; correlate and store the others."""
+        # An alert's processed id expires long before its source stops re-sending it (an
+        # Alertmanager fingerprint lives for weeks): a stored key is a repeat, not a new alert.
+        repeats = await repository.count_repeats(ctx.conn, keys=[a.key for a in alerts])
+        fresh = [a for a in alerts if a.key not in repeats] if repeats else alerts
+        if not fresh:
+            return repeats, []
+        keys = {domain.correlation_key(a) for a in fresh}
+        open_incidents = await repository.get_open_by_keys(ctx.conn, keys=keys)
+        changes = domain.correlate(fresh, open_incidents, window=self.window, new_id=new_id)
+        await repository.upsert_incidents(ctx.conn, incidents=[c.incident for c in changes])
+        await repository.insert_alerts(ctx.conn, alerts=[(a, c.incident.id) for c in changes for a in c.alerts])
+        return repeats, changes

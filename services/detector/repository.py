@@ -78,8 +78,18 @@ async def upsert_incidents(conn: Conn, *, incidents: Sequence[IncidentState]) ->
     )
 
 
+async def count_repeats(conn: Conn, *, keys: Sequence[str]) -> set[str]:
+    """Count one more sighting on each alert already stored under these keys; return those keys."""
+    rows = await conn.fetch(
+        """UPDATE detector_alerts SET repeats = repeats + 1, last_seen_at = now()
+           WHERE key = ANY($1::text[]) RETURNING key""",
+        keys,
+    )
+    return {row["key"] for row in rows}
+
+
 async def insert_alerts(conn: Conn, *, alerts: Sequence[tuple[Alert, str]]) -> None:
-    """Store alerts with the incident each joined, by COPY: one round trip per batch."""
+    """Store new alerts with the incident each joined, by COPY: one round trip per batch."""
     await conn.copy_records_to_table(
         "detector_alerts",
         records=[

@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 
 from services.detector import domain
-from shared.alerts import AlertSeverity
-from shared.events import IncidentType, Severity
+from shared.alerts import Alert, AlertSeverity
+from shared.events import IncidentSnapshot, IncidentType, Severity
 from tests.factories import alert
 
 WINDOW = timedelta(minutes=30)
@@ -151,10 +151,127 @@ def test_alerts_without_host_correlate_on_address_then_user() -> None:
     assert domain.correlation_key(by_user) == "user:svc-backup"
 
 
-def test_snapshot_carries_new_alerts_capped() -> None:
-    alerts = [alert(minutes=i / 100) for i in range(150)]
-    change = domain.correlate(alerts, {}, window=WINDOW, new_id=ids())[0]
-    snapshot = change.snapshot()
-    assert snapshot.alert_count == 150
-    assert len(snapshot.new_alerts) == domain.MAX_ALERTS_PER_EVENT
-    assert snapshot.new_alerts[0].key == alerts[0].key
+def _change(alerts: list[Alert]) -> domain.IncidentChange:
+    changes = domain.correlate(alerts, {}, window=WINDOW, new_id=ids())
+    assert len(changes) == 1
+    return changes[0]
+
+
+def _assert_split(parts: list[IncidentSnapshot], alerts: list[Alert], *, max_alerts: int, max_bytes: int) -> None:
+    """Every alert exactly once and in order, parts numbered 1..n, each within both bounds."""
+    assert [p.part for p in parts] == list(range(1, len(parts) + 1))
+    assert {p.parts for p in parts} == {len(parts)}
+    assert [a.key for p in parts for a in p.new_alerts] == [a.key for a in sorted(alerts, key=lambda a: a.time)]
+    for part in parts:
+        assert 1 <= len(part.new_alerts) <= max_alerts
+        assert len(part.model_dump_json().encode()) <= max_bytes
+
+
+def test_one_small_change_is_one_event() -> None:
+    alerts = [alert(minutes=i) for i in range(3)]
+    [snapshot] = domain.snapshots(_change(alerts))
+    assert (snapshot.part, snapshot.parts) == (1, 1)
+    assert snapshot.alert_count == 3
+    assert [a.key for a in snapshot.new_alerts] == [a.key for a in alerts]
+
+
+def test_many_alerts_are_split_by_count() -> None:
+    alerts = [alert(minutes=i / 100) for i in range(450)]
+    parts = domain.snapshots(_change(alerts))
+    assert [len(p.new_alerts) for p in parts] == [200, 200, 50]
+    assert {p.alert_count for p in parts} == {450}  # each part says the whole incident's count
+    _assert_split(parts, alerts, max_alerts=domain.MAX_ALERTS_PER_EVENT, max_bytes=domain.MAX_EVENT_BYTES)
+
+
+def test_large_alerts_are_split_by_bytes() -> None:
+    alerts = [alert(minutes=i / 100, description="x" * 20_000, src_ip=f"10.0.{i // 250}.{i % 250}") for i in range(300)]
+    parts = domain.snapshots(_change(alerts))
+    # 300 alerts of ~2.3 kB: not two events of 200 but three of about 110, each under 256 KiB.
+    assert len(parts) == 3
+    assert all(len(p.new_alerts) < 150 for p in parts)
+    _assert_split(parts, alerts, max_alerts=domain.MAX_ALERTS_PER_EVENT, max_bytes=domain.MAX_EVENT_BYTES)
+
+
+@pytest.mark.parametrize("max_bytes", [3_000, 10_000, 50_000])
+@pytest.mark.parametrize("max_alerts", [1, 7, 200])
+def test_split_keeps_both_bounds_whatever_they_are(max_alerts: int, max_bytes: int) -> None:
+    # Escaped control characters and multi-byte characters: JSON longer than the text.
+    texts = ["plain", "\x01\x02\x1f" * 40, "é€𝄞" * 50, '"\\' * 60]
+    alerts = [
+        alert(minutes=i / 100, title=texts[i % 4][:400] or "t", description=texts[(i + 1) % 4], user=f"user-{i % 9}")
+        for i in range(120)
+    ]
+    parts = domain.snapshots(_change(alerts), max_alerts=max_alerts, max_bytes=max_bytes)
+    _assert_split(parts, alerts, max_alerts=max_alerts, max_bytes=max_bytes)
+
+
+def test_the_largest_possible_alert_summary_fits_one_event() -> None:
+    worst = "\x01" * 20_000  # every character escaped to six bytes
+    huge = alert(
+        id="i" * 200,
+        source="s" * 100,
+        title="\x01" * 500,
+        description=worst,
+        host="\x01" * 255,
+        user="\x01" * 255,
+        src_ip="2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+        dst_ip="2001:db8:ffff:ffff:ffff:ffff:ffff:fffe",
+        labels={f"{n:03d}" + "\x01" * 1_000: worst for n in range(1_000)},
+    )
+    summary = domain.summarise(huge)
+    assert len(summary.labels) == domain.MAX_LABELS
+    assert len(summary.description) == domain.MAX_DESCRIPTION
+    assert len(summary.model_dump_json().encode()) < domain.MAX_EVENT_BYTES - domain.MAX_HEADER_BYTES
+    # Also beside a header full of users, with other large alerts on either side.
+    others = [alert(minutes=i, host=huge.host, user=f"{i:05d}" + "\x01" * 250) for i in range(1, 400)]
+    alerts = [huge, *others]
+    parts = domain.snapshots(_change(alerts))
+    assert parts[0].new_alerts[0].key == huge.key
+    _assert_split(parts, alerts, max_alerts=domain.MAX_ALERTS_PER_EVENT, max_bytes=domain.MAX_EVENT_BYTES)
+
+
+def test_a_header_too_large_keeps_the_users_that_fit() -> None:
+    alerts = [alert(minutes=i / 100, user=f"{i:05d}-" + "u" * 200) for i in range(600)]
+    change = _change(alerts)
+    parts = domain.snapshots(change)
+    assert len(change.incident.users) == 600
+    listed = parts[0].users
+    assert 0 < len(listed) < 600
+    assert listed == list(change.incident.users[: len(listed)])
+    header = parts[0].model_copy(update={"new_alerts": []})
+    assert len(header.model_dump_json().encode()) <= domain.MAX_HEADER_BYTES
+    # Every user still travels on its alerts.
+    assert {a.user for p in parts for a in p.new_alerts} == set(change.incident.users)
+    _assert_split(parts, alerts, max_alerts=domain.MAX_ALERTS_PER_EVENT, max_bytes=domain.MAX_EVENT_BYTES)
+
+
+def test_summary_labels_are_bounded_but_short_ones_kept_as_they_are() -> None:
+    labels = {"alertname": "HighErrorRate", "severity": "page"}
+    assert domain.summarise(alert(labels=labels)).labels == labels
+    long = domain.summarise(alert(labels={"k" * 500: "v" * 5_000}))
+    assert long.labels == {"k" * domain.MAX_LABEL_KEY: "v" * domain.MAX_LABEL_VALUE}
+
+
+@pytest.mark.parametrize(
+    "text", ["plain text", "\x01\x1f\x7f", 'quotes " and \\ backslashes', "é€𝄞 mixed widths", "\n\t\r\b\f"]
+)
+def test_size_bound_is_never_below_the_json_size(text: str) -> None:
+    alerts = [
+        alert(
+            minutes=i / 7,
+            id=f"{i}-{text}",
+            title=(text * 20)[:500],
+            description=text * 300,
+            user=f"{i}{text}"[:255],
+            src_ip="2001:db8:ffff:ffff:ffff:ffff:ffff:ffff",
+            dst_ip="255.255.255.255",
+            labels={f"{n}{text}": text * 10 for n in range(40)},
+            time=f"2026-11-24T09:00:00.{i:06d}+05:30",
+        )
+        for i in range(30)
+    ]
+    change = _change(alerts)
+    summaries = [domain.summarise(a) for a in change.alerts]
+    whole = change.incident, summaries
+    actual = len(domain._snapshot(*whole).model_dump_json().encode())
+    assert domain._size_bound(*whole) >= actual
