@@ -59,7 +59,7 @@ def wait_until(check: Any, *, timeout: float, what: str, stack: Stack | None = N
     while time.monotonic() < deadline:
         try:
             last = check()
-        except httpx.HTTPError as exc:
+        except httpx.HTTPError as exc:  # a service still starting refuses connections: reported at the deadline
             last = exc
         if last and not isinstance(last, Exception):
             return last
@@ -275,16 +275,17 @@ def test_alerts_become_a_handled_incident(stack: Stack, settings: VigilSettings)
 
     # `vigil events tail` follows the same events, for people and as JSON lines.
     try:
-        subprocess.run(
+        stopped = subprocess.run(
             [sys.executable, "-m", "vigil.cli", "events", "tail", "--from-beginning", "--json"],
             capture_output=True,
             text=True,
             env=stack.env,
             timeout=8,
         )
-        raise AssertionError("events tail stopped by itself")
-    except subprocess.TimeoutExpired as tail:
+    except subprocess.TimeoutExpired as tail:  # following runs until stopped: the timeout is the way out
         out = tail.stdout.decode() if isinstance(tail.stdout, bytes) else (tail.stdout or "")
+    else:
+        raise AssertionError(f"events tail stopped by itself with exit code {stopped.returncode}:\n{stopped.stderr}")
     tailed = [json.loads(line) for line in out.splitlines()]
     assert {"vigil.incident.detected.v1", "vigil.incident.state_changed.v1"} <= {e["type"] for e in tailed}
     assert all(e["subject"] for e in tailed)
