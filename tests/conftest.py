@@ -157,8 +157,8 @@ async def pool(settings: VigilSettings) -> AsyncIterator[asyncpg.Pool]:
     try:
         await asyncio.wait_for(pool.close(), 10)
     except TimeoutError:
-        # A connection still checked out (e.g. by a fault-injection test that killed its backend)
-        # must not hang the run; the database is dropped with FORCE right after anyway.
+        # close() waits for every connection to come back; one still held by something the test
+        # left running must not hang the run. The database is dropped WITH (FORCE) right after.
         pool.terminate()
 
 
