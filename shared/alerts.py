@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -27,8 +27,19 @@ class AlertSeverity(StrEnum):
 _SEVERITY_RANK = {s: i for i, s in enumerate(AlertSeverity)}
 
 
+AlertStatus = Literal["firing", "resolved"]
+# What a record is: a real alert, a tool's own heartbeat (Alertmanager's Watchdog), or a test or
+# canary finding. Only real alerts may open SEV1/SEV2 incidents.
+AlertKind = Literal["alert", "heartbeat", "test"]
+
+
 class Alert(BaseModel):
-    """One alert from a monitoring tool or a person, in Vigil's native JSON schema."""
+    """One alert from a monitoring tool or a person, in Vigil's native JSON schema.
+
+    It is also what every format adapter normalises a tool's record into: the optional fields
+    below carry the tool's own taxonomy (rule, category, tags, ATT&CK techniques) and severity,
+    which classification reads before any keyword.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
 
@@ -44,6 +55,23 @@ class Alert(BaseModel):
     dst_ip: IPv4Address | IPv6Address | None = None
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form key/value tags.")
     raw: dict[str, Any] | None = Field(None, description="The tool's original record, kept as evidence.")
+    format: str = Field("native", max_length=40, description="The format it arrived in (set by the adapter).")
+    status: AlertStatus = Field("firing", description="`resolved` when the tool says the condition ended.")
+    kind: AlertKind = Field("alert", description="`heartbeat` or `test` records never open SEV1/SEV2 incidents.")
+    rule: str | None = Field(None, max_length=500, description="The tool's rule or signature that fired.")
+    category: str | None = Field(None, max_length=500, description="The tool's own category or finding type.")
+    tags: list[str] = Field(default_factory=list, max_length=100, description="The tool's tags or groups.")
+    techniques: list[str] = Field(
+        default_factory=list, max_length=100, description="MITRE ATT&CK technique or tactic ids (T1059, TA0002)."
+    )
+    resource: str | None = Field(None, max_length=1000, description="Cloud or cluster resource concerned.")
+    url: str | None = Field(None, max_length=2000, description="Where the tool shows this alert.")
+    source_severity: str | None = Field(
+        None, max_length=200, description="The tool's own severity, as it said it (e.g. `Wazuh level 12`)."
+    )
+    severity_reason: str | None = Field(
+        None, max_length=500, description="How the tool's severity became `severity` (the mapping applied)."
+    )
 
     @field_validator("severity", mode="before")
     @classmethod

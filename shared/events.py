@@ -81,6 +81,18 @@ class AlertSummary(Payload):
     src_ip: IPvAnyAddress | None = None
     dst_ip: IPvAnyAddress | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    format: str = "native"
+    status: Literal["firing", "resolved"] = "firing"
+    kind: Literal["alert", "heartbeat", "test"] = "alert"
+    rule: str | None = None
+    category: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    techniques: list[str] = Field(default_factory=list)
+    resource: str | None = None
+    url: str | None = None
+    source_severity: str | None = None
+    severity_reason: str | None = None
+    type_rule: str | None = Field(None, description="The classification rule that decided this alert's type.")
 
 
 class IncidentSnapshot(Payload):
