@@ -68,15 +68,16 @@ class HandlerContext:
     service: str
     names: TopicNames
     emitted: list[EventBase] = field(default_factory=list)
-    rejected: list[tuple[str, Any, str]] = field(default_factory=list)
+    rejected: list[tuple[str, Any, InvalidMessage]] = field(default_factory=list)
 
     def emit(self, event: EventBase) -> None:
         """Queue an event for the outbox; it is written in this transaction."""
         self.emitted.append(event)
 
-    def reject(self, inbound: Inbound[Any], reason: str) -> None:
+    def reject(self, inbound: Inbound[Any], reason: str | InvalidMessage) -> None:
         """Dead-letter one message whose content the handler refused."""
-        self.rejected.append((inbound.event_id, inbound.record, reason))
+        error = reason if isinstance(reason, InvalidMessage) else InvalidMessage(reason)
+        self.rejected.append((inbound.event_id, inbound.record, error))
 
 
 BatchHandler = Callable[[HandlerContext, Sequence[Inbound[T]]], Awaitable[None]]
@@ -106,7 +107,7 @@ def dispatch_each(table: dict[type[EventBase], EventHandler], *, savepoints: boo
                     await handler(ctx, inbound.item)
             except InvalidMessage as exc:
                 del ctx.emitted[emitted:]  # its events go with its rolled-back writes
-                ctx.reject(inbound, exc.reason)
+                ctx.reject(inbound, exc)
 
     return handle
 
@@ -250,7 +251,7 @@ class ConsumeLoop(Generic[T]):
     async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Handle one fetched batch end to end; offsets are committed only when all of it is done."""
         valid: list[Inbound[T]] = []
-        invalid: list[tuple[Any, str]] = []
+        invalid: list[tuple[Any, InvalidMessage]] = []
         arrival: list[Inbound[T] | None] = []  # the batch in order, None for an invalid record
         skipped = 0
         for tp, records in batch.items():
@@ -263,7 +264,7 @@ class ConsumeLoop(Generic[T]):
                     skipped += 1
                     self._warn_once(exc.reason, record)
                 except InvalidMessage as exc:
-                    invalid.append((record, exc.reason))
+                    invalid.append((record, exc))
                     arrival.append(None)
                 else:
                     valid.append(Inbound(event_id, item, record))
@@ -289,8 +290,8 @@ class ConsumeLoop(Generic[T]):
             log.warning("skipping %s[%d]@%d and its like: %s", record.topic, record.partition, record.offset, reason)
 
     async def _handle_in_transaction(
-        self, valid: list[Inbound[T]], invalid: list[tuple[Any, str]], arrival: list[Inbound[T] | None]
-    ) -> tuple[int, list[tuple[Any, str]]]:
+        self, valid: list[Inbound[T]], invalid: list[tuple[Any, InvalidMessage]], arrival: list[Inbound[T] | None]
+    ) -> tuple[int, list[tuple[Any, InvalidMessage]]]:
         if not valid and not invalid:
             return 0, []
         async with self.pool.acquire() as conn, conn.transaction():
@@ -334,7 +335,7 @@ class ConsumeLoop(Generic[T]):
             judged = await self._judge(conn, verdicts)
             await write_events(conn, service=self.service, names=self.names, events=ctx.emitted)
         self.guard = judged  # only once committed: a batch retried is judged once
-        return len(fresh), [(record, reason) for _event_id, record, reason in ctx.rejected]
+        return len(fresh), [(record, error) for _event_id, record, error in ctx.rejected]
 
     async def _judge(self, conn: Conn, verdicts: list[bool]) -> DeadLetterGuard:
         """Judge this batch's messages once; raising here rolls the batch back, dead letters unsent."""
@@ -351,11 +352,12 @@ class ConsumeLoop(Generic[T]):
             )
         return judged
 
-    async def _dead_letter(self, dead: list[tuple[Any, str]]) -> None:
+    async def _dead_letter(self, dead: list[tuple[Any, InvalidMessage]]) -> None:
         if not dead:
             return
         futures = []
-        for record, reason in dead:
+        for record, error in dead:
+            reason = error.reason
             log.warning(
                 "dead-lettering %s[%d]@%d: %s",
                 record.topic,
@@ -364,7 +366,7 @@ class ConsumeLoop(Generic[T]):
                 reason,
                 extra={"topic": record.topic, "offset": record.offset, "incident_id": _key(record)},
             )
-            headers = [*list(record.headers or ()), *dead_letter_headers(self.service, record, reason)]
+            headers = [*list(record.headers or ()), *dead_letter_headers(self.service, record, reason, code=error.code)]
             futures.append(
                 await self.producer.send(
                     self.names(dead_letter_topic_for(record.topic, self.names)),
@@ -373,7 +375,7 @@ class ConsumeLoop(Generic[T]):
                     headers=headers,
                 )
             )
-            EVENTS_DEAD_LETTERED.labels(self.service, record.topic).inc()
+            EVENTS_DEAD_LETTERED.labels(self.service, record.topic, error.code).inc()
         await asyncio.gather(*futures)
 
     async def _commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
@@ -395,9 +397,10 @@ def _key(record: Any) -> str | None:
     return record.key.decode("utf-8", "replace") if record.key else None
 
 
-def dead_letter_headers(service: str, record: Any, reason: str) -> list[tuple[str, bytes]]:
+def dead_letter_headers(service: str, record: Any, reason: str, *, code: str = "invalid") -> list[tuple[str, bytes]]:
     """Return the headers that say why, where and when a record was dead-lettered."""
     return [
+        ("vigil_dlq_code", code.encode()),
         ("vigil_dlq_reason", reason.encode()[:4000]),
         ("vigil_dlq_service", service.encode()),
         ("vigil_dlq_topic", record.topic.encode()),

@@ -14,11 +14,17 @@ class VigilError(Exception):
 
 
 class InvalidMessage(VigilError):
-    """The message can never be handled: dead-letter it with this reason and move on."""
+    """The message can never be handled: dead-letter it with this reason and move on.
 
-    def __init__(self, reason: str) -> None:
+    ``code`` is a short, machine-readable reason (``not_json``, ``unknown_format``, …) carried in
+    the dead letter's ``vigil_dlq_code`` header and in the dead-letter metric; ``reason`` is the
+    human-readable text.
+    """
+
+    def __init__(self, reason: str, *, code: str = "invalid") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
 
 
 class UnknownEventType(InvalidMessage):

@@ -12,7 +12,9 @@ EVENTS_HANDLED = Counter(
     ["service", "outcome"],
 )
 EVENTS_DEAD_LETTERED = Counter(
-    "vigil_events_dead_lettered", "Records sent to a dead-letter topic.", ["service", "topic"]
+    "vigil_events_dead_lettered",
+    "Records sent to a dead-letter topic, by machine-readable reason (the vigil_dlq_code header).",
+    ["service", "topic", "reason"],
 )
 HANDLER_DURATION = Histogram(
     "vigil_handler_duration_seconds",
