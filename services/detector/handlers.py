@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import asyncpg
-from pydantic import ValidationError
 
-from services.detector import domain, repository
-from services.detector.metrics import ALERTS, INCIDENTS_OPENED
-from shared.alerts import ALERT_ADAPTER, Alert
+from services.detector import adapters, domain, repository
+from services.detector.adapters import FORMAT_HEADER, Parsed, Rejected
+from services.detector.adapters.base import stable_id
+from services.detector.metrics import ALERTS, INCIDENTS_OPENED, RECORDS
+from shared.alerts import Alert
 from shared.consumer import HandlerContext, Inbound, decode_cloudevent
-from shared.errors import InvalidMessage, validation_reason
 from shared.events import IncidentDetected, IncidentState, IncidentStateChanged, IncidentUpdated, new_id
 from shared.logs import event_ids
 from shared.topics import ALERTS_RAW
@@ -25,22 +26,21 @@ SOURCE = "/vigil/detector"
 STORE_ATTEMPTS = 3
 
 
-def decode(record: Any) -> tuple[str, Alert | Any]:
-    """Raw alerts are validated against the native schema; everything else is a CloudEvent."""
+def decode(record: Any) -> tuple[str, Parsed | Any]:
+    """Raw records are read by the adapter of their format; everything else is a CloudEvent."""
     if not record.topic.endswith(ALERTS_RAW.name):
         return decode_cloudevent(record)
-    if not record.value:
-        ALERTS.labels("invalid").inc()
-        raise InvalidMessage("empty alert")
-    if b"\\u0000" in record.value:
-        ALERTS.labels("invalid").inc()
-        raise InvalidMessage("alert contains a NUL character (\\u0000), which Postgres text cannot store")
+    named = next((value for name, value in record.headers or () if name == FORMAT_HEADER), None)
+    format_name = named.decode("utf-8", "replace") if named else None
     try:
-        alert = ALERT_ADAPTER.validate_json(record.value)
-    except ValidationError as exc:
+        parsed = adapters.parse_record(record.value, format_name=format_name)
+    except Rejected as exc:
+        RECORDS.labels(format_name if format_name in adapters.FORMATS else "unknown", exc.code).inc()
         ALERTS.labels("invalid").inc()
-        raise InvalidMessage(f"alert does not match the Vigil alert schema: {validation_reason(exc)}") from exc
-    return f"alert:{alert.key}", alert
+        raise
+    RECORDS.labels(parsed.format, "alerts" if parsed.alerts else "not_alert").inc()
+    # A redelivered record is a no-op; the same alert sent again in a new record is a repeat.
+    return f"raw:{stable_id(record.topic, record.partition, record.offset, record.value)}", parsed
 
 
 class Detector:
@@ -48,7 +48,7 @@ class Detector:
         self.window = correlation_window
 
     async def handle(self, ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
-        alerts = [inbound.item for inbound in batch if isinstance(inbound.item, Alert)]
+        alerts = [alert for inbound in batch if isinstance(inbound.item, Parsed) for alert in inbound.item.alerts]
         if alerts:
             await self.handle_alerts(ctx, alerts)
         for inbound in batch:
@@ -101,8 +101,13 @@ class Detector:
         """Count the alerts stored before as repeats; correlate and store the others."""
         # An alert's processed id expires long before its source stops re-sending it (an
         # Alertmanager fingerprint lives for weeks): a stored key is a repeat, not a new alert.
-        repeats = await repository.count_repeats(ctx.conn, keys=[a.key for a in alerts])
-        fresh = [a for a in alerts if a.key not in repeats] if repeats else alerts
+        sightings = Counter(a.key for a in alerts)
+        repeats = await repository.count_repeats(ctx.conn, sightings=sightings)
+        first_sightings: dict[str, Alert] = {}
+        for alert in alerts:
+            if alert.key not in repeats:
+                first_sightings.setdefault(alert.key, alert)
+        fresh = list(first_sightings.values())
         if not fresh:
             return repeats, []
         keys = {domain.correlation_key(a) for a in fresh}
@@ -110,4 +115,9 @@ class Detector:
         changes = domain.correlate(fresh, open_incidents, window=self.window, new_id=new_id)
         await repository.upsert_incidents(ctx.conn, incidents=[c.incident for c in changes])
         await repository.insert_alerts(ctx.conn, alerts=[(a, c.incident.id) for c in changes for a in c.alerts])
+        # The same alert twice in one batch: stored once, the other sightings counted on it.
+        again = {key: n - 1 for key, n in sightings.items() if n > 1 and key not in repeats}
+        if again:
+            await repository.count_repeats(ctx.conn, sightings=again)
+            repeats |= again.keys()
         return repeats, changes

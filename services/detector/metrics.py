@@ -8,3 +8,9 @@ ALERTS = Counter(
     ["outcome"],
 )
 INCIDENTS_OPENED = Counter("vigil_incidents_opened", "Incidents opened.", ["type", "severity"])
+RECORDS = Counter(
+    "vigil_detector_records",
+    "Raw records by format and outcome: alerts (raised at least one), not_alert (read, accounted for, raised "
+    "nothing, e.g. a Suricata flow event), or the reason code it was dead-lettered with.",
+    ["format", "outcome"],
+)

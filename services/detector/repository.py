@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import asyncpg
 
@@ -78,12 +78,14 @@ async def upsert_incidents(conn: Conn, *, incidents: Sequence[IncidentState]) ->
     )
 
 
-async def count_repeats(conn: Conn, *, keys: Sequence[str]) -> set[str]:
-    """Count one more sighting on each alert already stored under these keys; return those keys."""
+async def count_repeats(conn: Conn, *, sightings: Mapping[str, int]) -> set[str]:
+    """Count more sightings on the alerts already stored under these keys; return the keys found."""
     rows = await conn.fetch(
-        """UPDATE detector_alerts SET repeats = repeats + 1, last_seen_at = now()
-           WHERE key = ANY($1::text[]) RETURNING key""",
-        keys,
+        """UPDATE detector_alerts SET repeats = repeats + c.n, last_seen_at = now()
+           FROM unnest($1::text[], $2::int[]) AS c(key, n)
+           WHERE detector_alerts.key = c.key RETURNING detector_alerts.key""",
+        list(sightings),
+        list(sightings.values()),
     )
     return {row["key"] for row in rows}
 

@@ -95,7 +95,8 @@ async def test_detector_turns_alerts_into_incidents(
     assert outbox_types.count("vigil.incident.detected.v1") == 2
     dead = await read_all(settings, names(ALERTS_DLQ), expect=1)
     assert dead[0].value == b'{"id": "no-source"}'
-    assert b"source: Field required" in dict(dead[0].headers)["vigil_dlq_reason"]
+    assert b"as a native alert it lacks severity, source, time, title" in dict(dead[0].headers)["vigil_dlq_reason"]
+    assert dict(dead[0].headers)["vigil_dlq_code"] == b"unknown_format"
 
 
 async def _committed_is(settings: VigilSettings, topic: str, expected: int) -> bool:

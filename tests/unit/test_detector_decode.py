@@ -7,33 +7,50 @@ from types import SimpleNamespace
 
 import pytest
 
+from services.detector.adapters import Parsed, Rejected
 from services.detector.handlers import decode
-from shared.alerts import Alert
-from shared.errors import InvalidMessage
 from tests.factories import alert_dict
 
 
-def raw(value: bytes) -> SimpleNamespace:
-    return SimpleNamespace(topic="vigil.alerts.raw", value=value, headers=[])
+def raw(value: bytes, *, offset: int = 0, headers: list[tuple[str, bytes]] | None = None) -> SimpleNamespace:
+    return SimpleNamespace(topic="vigil.alerts.raw", partition=0, offset=offset, value=value, headers=headers or [])
 
 
-def test_a_valid_alert_is_keyed_by_source_and_id() -> None:
-    event_id, alert = decode(raw(json.dumps(alert_dict(id="a-1", source="falco")).encode()))
-    assert event_id == "alert:falco:a-1"
-    assert isinstance(alert, Alert)
+def test_a_valid_alert_is_read_and_its_record_keyed_by_where_it_lies() -> None:
+    value = json.dumps(alert_dict(id="a-1", source="falco")).encode()
+    event_id, parsed = decode(raw(value))
+    assert isinstance(parsed, Parsed)
+    assert [a.key for a in parsed.alerts] == ["falco:a-1"]
+    assert parsed.format == "native"
+    # A redelivery of the same record is a duplicate; the same alert in another record is not.
+    assert decode(raw(value))[0] == event_id
+    assert decode(raw(value, offset=1))[0] != event_id
+
+
+def test_a_named_format_is_used_and_an_unknown_one_refused() -> None:
+    value = json.dumps(alert_dict()).encode()
+    assert decode(raw(value, headers=[("vigil_format", b"native")]))[1].format == "native"
+    with pytest.raises(Rejected, match="unknown format 'nagios'") as refused:
+        decode(raw(value, headers=[("vigil_format", b"nagios")]))
+    assert refused.value.code == "unknown_format"
 
 
 @pytest.mark.parametrize(
-    ("value", "reason"),
+    ("value", "code", "reason"),
     [
-        (b"", "empty alert"),
-        (b"not json", "does not match the Vigil alert schema"),
-        (json.dumps(alert_dict(severity="loud")).encode(), "severity"),
-        (json.dumps(alert_dict(time="2026-11-24T09:00:00")).encode(), "time"),  # no offset: ambiguous
-        (json.dumps(alert_dict(extra_field=1)).encode(), "extra_field"),
-        (json.dumps(alert_dict(title="bad\u0000byte")).encode(), "NUL character"),
+        (b"", "empty", "empty record"),
+        (b"not json", "not_json", "not JSON"),
+        (b"\xff\xfe", "not_utf8", "not UTF-8"),
+        (b"[1, 2]", "unknown_format", "one record per message"),
+        (b'{"hello": "world"}', "unknown_format", "formats tried: native"),
+        (json.dumps(alert_dict(severity="loud")).encode(), "invalid_fields", "severity"),
+        (json.dumps(alert_dict(time="2026-11-24T09:00:00")).encode(), "invalid_fields", "time"),  # no offset
+        (json.dumps(alert_dict(extra_field=1)).encode(), "invalid_fields", "extra_field"),
+        (json.dumps(alert_dict(title="bad\u0000byte")).encode(), "nul", "NUL character"),
+        (b'{"a": "' + b"x" * (1024 * 1024) + b'"}', "too_large", "limit"),
     ],
 )
-def test_invalid_alerts_are_refused_with_a_reason(value: bytes, reason: str) -> None:
-    with pytest.raises(InvalidMessage, match=reason):
+def test_invalid_records_are_refused_with_a_code_and_a_reason(value: bytes, code: str, reason: str) -> None:
+    with pytest.raises(Rejected, match=reason) as refused:
         decode(raw(value))
+    assert refused.value.code == code

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from pydantic import ValidationError
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
+from pydantic import ValidationError
 
 from services.analyzer import domain as analyzer
 from services.detector.domain import summarise

@@ -1,0 +1,83 @@
+"""Every alert format the detector reads, registered in one table, and how a record finds its adapter.
+
+A record names its format when the channel does (the ``vigil_format`` Kafka header, an HTTP
+path or ``?format=``); otherwise the first adapter whose ``matches`` recognises the payload's
+shape reads it. Shapes are specific enough that no payload matches two adapters (a test walks
+the corpus to keep it so); one that matches none is rejected with the formats that were tried.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from services.detector.adapters.base import Adapter, Parsed, Rejected
+from services.detector.adapters.native import REQUIRED, Native
+
+# The most specific shapes first; Vigil's native schema last.
+ADAPTERS: tuple[Adapter, ...] = (Native(),)
+FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}
+
+# The raw topic's records and the HTTP ingest's bodies are bounded: a bigger one is a mistake.
+MAX_RECORD_BYTES = 1024 * 1024
+FORMAT_HEADER = "vigil_format"
+
+
+def parse_payload(payload: Any, *, format_name: str | None = None) -> Parsed:
+    """Return what the decoded JSON payload holds, read by the named adapter or the one that recognises it."""
+    if format_name is not None:
+        adapter = FORMATS.get(format_name)
+        if adapter is None:
+            raise Rejected(
+                f"unknown format {format_name!r}; known formats: {', '.join(FORMATS)}", code="unknown_format"
+            )
+        return adapter.parse(payload)
+    if isinstance(payload, list):
+        raise Rejected(
+            "a JSON array: publish one record per message (the HTTP ingest splits arrays and NDJSON)",
+            code="unknown_format",
+        )
+    for adapter in ADAPTERS:
+        if adapter.matches(payload):
+            return adapter.parse(payload)
+    if isinstance(payload, dict):
+        # Most hand-written records are meant as native alerts: say what they lack.
+        missing = ", ".join(sorted(REQUIRED - payload.keys()))
+        shape = f"an object with keys {sorted(payload)[:12]}; as a native alert it lacks {missing}"
+    else:
+        shape = f"a JSON {type(payload).__name__}"
+    raise Rejected(
+        f"no adapter recognised the record ({shape}); formats tried: {', '.join(FORMATS)}", code="unknown_format"
+    )
+
+
+def parse_record(value: bytes | None, *, format_name: str | None = None) -> Parsed:
+    """Return what one raw record holds, or raise Rejected with why it cannot be read."""
+    if not value:
+        raise Rejected("empty record", code="empty")
+    if len(value) > MAX_RECORD_BYTES:
+        raise Rejected(f"record of {len(value)} bytes is over the {MAX_RECORD_BYTES}-byte limit", code="too_large")
+    try:
+        body = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected(f"record is not UTF-8: {exc}", code="not_utf8") from exc
+    if "\x00" in body or "\\u0000" in body:
+        raise Rejected("record contains a NUL character (\\u0000), which Postgres text cannot store", code="nul")
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise Rejected(f"record is not JSON: {exc}", code="not_json") from exc
+    return parse_payload(payload, format_name=format_name)
+
+
+__all__ = [
+    "ADAPTERS",
+    "FORMATS",
+    "FORMAT_HEADER",
+    "MAX_RECORD_BYTES",
+    "Adapter",
+    "Parsed",
+    "Rejected",
+    "parse_payload",
+    "parse_record",
+]

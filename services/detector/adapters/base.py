@@ -1,0 +1,204 @@
+"""What every format adapter is, and the small pure helpers they share. No I/O here.
+
+An adapter turns one record of a tool's own format into Vigil's normalised ``Alert``s, keeping
+the original record as evidence (``Alert.raw``). It recognises its format from the payload's own
+shape (``matches``, cheap, never raising) and either parses it or raises ``Rejected`` with a
+machine-readable code and a reason a person can act on. A record that is valid but not an alert
+(a Suricata flow event, an osquery snapshot) is accounted for in ``Parsed.skipped`` with a reason,
+never silently dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from shared.alerts import Alert
+from shared.errors import InvalidMessage, validation_reason
+
+# A timestamp further ahead than this is a clock or parsing error, not an alert from the future.
+MAX_FUTURE = timedelta(days=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_REQUIRED_TEXT = {"title": 500, "description": 20_000}
+_OPTIONAL_TEXT = {"host": 255, "user": 255, "rule": 500, "category": 500, "resource": 1000, "url": 2000}
+
+
+class Rejected(InvalidMessage):
+    """The record cannot become an alert; ``code`` says why in one word, ``reason`` in a sentence."""
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """What one record held: the alerts it raised and what it carried that is not an alert."""
+
+    format: str
+    alerts: list[Alert] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+class Adapter(Protocol):
+    """One tool's format."""
+
+    name: str
+    description: str
+
+    def matches(self, payload: Any) -> bool:
+        """Return True when the payload has this format's shape; cheap, and never raises."""
+        ...
+
+    def parse(self, payload: Any) -> Parsed:
+        """Return the alerts in the payload, or raise Rejected."""
+        ...
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def build_alert(**fields: Any) -> Alert:
+    """Validate the normalised fields into an Alert, cutting free text to the schema's limits."""
+    for name, limit in _OPTIONAL_TEXT.items():
+        if isinstance(value := fields.get(name), str):
+            fields[name] = _clean(value)[:limit] or None
+    for name, limit in _REQUIRED_TEXT.items():
+        if isinstance(value := fields.get(name), str):
+            fields[name] = _clean(value)[:limit]
+    if not fields.get("title"):
+        raise Rejected("the record has no title, rule or message to name the alert by", code="missing_fields")
+    fields["tags"] = [_clean(str(t))[:200] for t in fields.get("tags") or ()][:100]
+    fields["techniques"] = sorted({t for t in fields.get("techniques") or () if t})[:100]
+    fields["labels"] = {k[:200]: v for k, v in list((fields.get("labels") or {}).items())[:200]}
+    try:
+        return Alert.model_validate(fields)
+    except ValidationError as exc:
+        raise Rejected(
+            f"the record does not make a valid alert: {validation_reason(exc)}", code="invalid_fields"
+        ) from exc
+
+
+def _clean(text: str) -> str:
+    # Postgres text cannot hold NUL; other control characters are kept as the tool wrote them.
+    return text.replace("\x00", "").strip()
+
+
+def parse_time(value: Any, *, field_name: str = "time", now: datetime | None = None) -> datetime:
+    """Parse an RFC 3339 / ISO 8601 string or a Unix time (s, ms, µs or ns) into an aware UTC datetime.
+
+    Naive times are taken as UTC. Times before 1970 or more than a day ahead are rejected.
+    """
+    parsed: datetime | None = None
+    if isinstance(value, bool):
+        parsed = None
+    elif isinstance(value, int | float):
+        parsed = _from_epoch(float(value))
+    elif isinstance(value, str) and value.strip():
+        stripped = value.strip()
+        numeric = re.fullmatch(r"-?\d+(\.\d+)?", stripped)
+        parsed = _from_epoch(float(stripped)) if numeric else _from_iso(stripped)
+    if parsed is None:
+        raise Rejected(f"{field_name} {value!r} is not a timestamp", code="bad_timestamp")
+    now = now or datetime.now(UTC)
+    if parsed < EPOCH or parsed > now + MAX_FUTURE:
+        raise Rejected(f"{field_name} {value!r} is before 1970 or in the future", code="bad_timestamp")
+    return parsed
+
+
+def _from_epoch(seconds: float) -> datetime | None:
+    if not math.isfinite(seconds):
+        return None
+    # Pick the unit that lands in a plausible era: seconds, milliseconds, microseconds or nanoseconds.
+    for divisor in (1, 1e3, 1e6, 1e9):
+        scaled = seconds / divisor
+        if scaled < 1e10:
+            try:
+                return datetime.fromtimestamp(scaled, UTC)
+            except (OverflowError, OSError, ValueError):
+                return None
+    return None
+
+
+def _from_iso(text: str) -> datetime | None:
+    cleaned = text.replace(" ", "T", 1) if re.match(r"^\d{4}-\d{2}-\d{2} \d", text) else text
+    cleaned = re.sub(r"\s+([+-]\d{2}:?\d{2}|Z)$", r"\1", cleaned)  # "… +09:00" (Hayabusa)
+    cleaned = re.sub(r"Z$", "+00:00", cleaned)
+    cleaned = re.sub(r"([+-]\d{2})(\d{2})$", r"\1:\2", cleaned)  # +0100 -> +01:00
+    # Python takes at most 6 fractional digits; Go and Falco write 9.
+    cleaned = re.sub(r"(\.\d{6})\d+", r"\1", cleaned)
+    try:
+        parsed = datetime.fromisoformat(cleaned)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def ip_or_none(value: Any) -> str | None:
+    """An address as text if it is one (0.0.0.0 and unspecified addresses are not), else None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        address = ipaddress.ip_address(value.strip().strip("[]"))
+    except ValueError:
+        return None
+    return None if address.is_unspecified else str(address)
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string from a scalar, or None."""
+    if value is None or isinstance(value, dict | list):
+        return None
+    result = str(value).strip()
+    return result or None
+
+
+def first(*values: Any) -> str | None:
+    """The first value that makes non-empty text."""
+    for value in values:
+        if (found := text(value)) is not None:
+            return found
+    return None
+
+
+def dig(payload: Any, path: str) -> Any:
+    """``dig(d, "a.b.c")`` is ``d["a"]["b"]["c"]``, or None anywhere along the way; a dotted key wins."""
+    if isinstance(payload, Mapping) and path in payload:
+        return payload[path]
+    current = payload
+    for part in path.split("."):
+        if not isinstance(current, Mapping):
+            return None
+        current = current.get(part)
+    return current
+
+
+def string_labels(values: Mapping[str, Any] | None, *, prefix: str = "") -> dict[str, str]:
+    """Flatten a mapping of scalars into text labels (nested values as compact JSON, cut to 500 chars)."""
+    labels: dict[str, str] = {}
+    for key, value in (values or {}).items():
+        if value is None:
+            continue
+        rendered = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+        labels[f"{prefix}{key}"] = _clean(rendered)[:500]
+    return labels
+
+
+def stable_id(*parts: Any) -> str:
+    """A short id derived from the parts: the same record gives the same id (deduplication)."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    return digest[:32]
+
+
+def techniques_in(values: Iterable[Any]) -> list[str]:
+    """ATT&CK technique and tactic ids found in the values (T1059, T1059.001, TA0002)."""
+    found: set[str] = set()
+    for value in values:
+        if isinstance(value, str):
+            found.update(m.upper() for m in re.findall(r"\b(T[Aa]?\d{4}(?:\.\d{3})?)\b", value))
+    return sorted(found)
