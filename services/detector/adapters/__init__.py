@@ -13,9 +13,13 @@ from typing import Any
 
 from services.detector.adapters.base import Adapter, Parsed, Rejected
 from services.detector.adapters.native import REQUIRED, Native
+from services.detector.adapters.wazuh import Wazuh
 
 # The most specific shapes first; Vigil's native schema last.
-ADAPTERS: tuple[Adapter, ...] = (Native(),)
+ADAPTERS: tuple[Adapter, ...] = (
+    Wazuh(),
+    Native(),
+)
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}
 
 # The raw topic's records and the HTTP ingest's bodies are bounded: a bigger one is a mistake.
