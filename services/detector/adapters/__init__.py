@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from services.detector.adapters.alertmanager import Alertmanager
 from services.detector.adapters.base import Adapter, Parsed, Rejected
 from services.detector.adapters.native import REQUIRED, Native
-from services.detector.adapters.wazuh import Wazuh
 
 # The most specific shapes first; Vigil's native schema last.
 ADAPTERS: tuple[Adapter, ...] = (
-    Wazuh(),
+    Alertmanager(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}
