@@ -14,10 +14,12 @@ from typing import Any
 from services.detector.adapters.alertmanager import Alertmanager
 from services.detector.adapters.base import Adapter, Parsed, Rejected
 from services.detector.adapters.native import REQUIRED, Native
+from services.detector.adapters.wazuh import Wazuh
 
 # The most specific shapes first; Vigil's native schema last.
 ADAPTERS: tuple[Adapter, ...] = (
     Alertmanager(),
+    Wazuh(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}
