@@ -132,12 +132,17 @@ MAX_EVENT_BYTES = 256 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 # The part numbers of a split batch are written after the header was measured with "1".
 _PART_NUMBER_SLACK = 32
-# An alert summary's largest fields are cut to these lengths (the alert is stored whole by the
-# detector): even escaped to six bytes a character, a summary then stays under 140 KiB.
+# What an alert summary carries of its alert's unbounded fields (the detector stores the alert
+# whole): with the alert's own length limits, a summary stays under 160 KiB of JSON even were
+# every character escaped to six bytes.
 MAX_DESCRIPTION = 2_000
 MAX_LABELS = 32
 MAX_LABEL_KEY = 100
-MAX_LABEL_VALUE = 500
+MAX_LABEL_VALUE = 300
+MAX_TAGS = 32  # tags, and ATT&CK techniques
+MAX_TAG = 100
+# The most JSON one summary can take with those bounds (tests hold the worst possible alert to it).
+MAX_SUMMARY_BYTES = 180 * 1024
 
 
 def classify_alert(alert: Alert) -> tuple[IncidentType, str]:
@@ -218,8 +223,11 @@ def snapshots(
     summaries = [summarise(a) for a in change.alerts]
     if len(summaries) <= max_alerts:
         whole = _snapshot(change.incident, summaries)
-        # Nearly every change makes one small event: its size bound spares serialising it twice.
-        if _size_bound(change.incident, summaries) <= max_bytes or _json_size(whole) <= max_bytes:
+        # Serialising to measure costs as much again as the outbox does: one alert beside a
+        # small header needs no measuring.
+        if len(summaries) == 1 and _header_bound(change.incident) + MAX_SUMMARY_BYTES <= max_bytes:
+            return [whole]
+        if _json_size(whole) <= max_bytes:
             return [whole]
     header = _header(change.incident)
     chunks = _pack(summaries, max_alerts, room=max_bytes - _json_size(header) - _PART_NUMBER_SLACK) or [[]]
@@ -299,32 +307,21 @@ def _json_size(model: BaseModel) -> int:
     return len(model.__pydantic_serializer__.to_json(model))
 
 
-# Bounds of JSON sizes, without serialising: a character takes at most 6 bytes (an escaped
-# control character); field names, punctuation, times, addresses, numbers and enums take less
-# than these in a snapshot and in an alert summary.
-_CHAR_BYTES = 6
-_SNAPSHOT_FIXED = 600
-_SUMMARY_FIXED = 400
+def _header_bound(incident: IncidentState) -> int:
+    """Return bytes that the JSON of the incident's snapshot without alerts cannot exceed.
 
-
-def _size_bound(incident: IncidentState, summaries: Sequence[AlertSummary]) -> int:
-    """Return a number of bytes the snapshot's JSON cannot exceed."""
+    A character takes at most six bytes (an escaped control character); field names, numbers,
+    times and enums take less than 600 bytes in all.
+    """
     i = incident
     chars = len(i.title) + len(i.classification_reason) + len(i.severity_reason) + len(i.correlation_key)
-    bound = _SNAPSHOT_FIXED + _CHAR_BYTES * chars
-    bound += sum(_CHAR_BYTES * len(name) + 3 for name in (*i.hosts, *i.users))  # quotes and a comma
-    for s in summaries:
-        chars = len(s.key) + len(s.source) + len(s.title) + len(s.description)
-        chars += len(s.host or "") + len(s.user or "")
-        chars += sum(len(k) + len(v) for k, v in s.labels.items())
-        bound += _SUMMARY_FIXED + _CHAR_BYTES * chars + 6 * len(s.labels)  # a label's quotes, colon, comma
-    return bound
+    chars += sum(map(len, i.hosts)) + sum(map(len, i.users))
+    return 600 + 6 * chars + 3 * (len(i.hosts) + len(i.users))  # a name's quotes and comma
 
 
 def summarise(alert: Alert) -> AlertSummary:
-    """Return what incident events carry of an alert, its largest fields cut to bounded lengths."""
-    # Not validated again: every field comes from the validated alert (this is the hot path).
-    return AlertSummary.model_construct(
+    """Return what incident events carry of an alert, its unbounded fields cut to bounded lengths."""
+    return AlertSummary(
         key=alert.key,
         source=alert.source,
         title=alert.title,
@@ -336,6 +333,18 @@ def summarise(alert: Alert) -> AlertSummary:
         src_ip=alert.src_ip,
         dst_ip=alert.dst_ip,
         labels=_bounded_labels(alert.labels),
+        format=alert.format,
+        status=alert.status,
+        kind=alert.kind,
+        rule=alert.rule,
+        category=alert.category,
+        tags=_bounded_tags(alert.tags),
+        techniques=_bounded_tags(alert.techniques),
+        resource=alert.resource,
+        url=alert.url,
+        source_severity=alert.source_severity,
+        severity_reason=alert.severity_reason,
+        type_rule=None,
     )
 
 
@@ -345,6 +354,12 @@ def _bounded_labels(labels: dict[str, str]) -> dict[str, str]:
     ):
         return labels
     return {k[:MAX_LABEL_KEY]: v[:MAX_LABEL_VALUE] for k, v in itertools.islice(labels.items(), MAX_LABELS)}
+
+
+def _bounded_tags(tags: list[str]) -> list[str]:
+    if len(tags) <= MAX_TAGS and all(len(t) <= MAX_TAG for t in tags):
+        return tags
+    return [t[:MAX_TAG] for t in tags[:MAX_TAGS]]
 
 
 def correlate(
