@@ -111,6 +111,26 @@ class VigilSettings(BaseSettings):
     effects_poll_s: float = Field(
         1.0, gt=0, description="How often the effects runner looks for due effects when not woken by a new one."
     )
+    # ---- HTTP ingest (the detector's /api/v1/alerts) and the CLI that talks to it ----
+    ingest_max_bytes: int = Field(
+        1024 * 1024, ge=1, description="Largest request body the detector's HTTP ingest reads (413 above)."
+    )
+    ingest_tokens: SecretStr | None = Field(
+        None,
+        description="`name:token` pairs, comma-separated, one per sending tool: the HTTP ingest then requires "
+        "`Authorization: Bearer <token>` and records the name on each raw record.",
+    )
+    ingest_hmac_secret: SecretStr | None = Field(
+        None,
+        description="Secret for tools that sign instead: `X-Vigil-Signature: sha256=<hex HMAC-SHA256 of the body>`.",
+    )
+    ingest_publish_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for the broker to acknowledge an ingest request's records (503 after)."
+    )
+    detector_url: str = Field("http://127.0.0.1:8081", description="Detector's HTTP ingest, used by the CLI.")
+    ingest_token: SecretStr | None = Field(
+        None, description="Token the CLI sends to the HTTP ingest (one of VIGIL_INGEST_TOKENS' tokens)."
+    )
 
     def pool_size_for(self, service: str) -> int:
         """Return how many pooled Postgres connections the named service may open."""

@@ -14,3 +14,19 @@ RECORDS = Counter(
     "nothing, e.g. a Suricata flow event), or the reason code it was dead-lettered with.",
     ["format", "outcome"],
 )
+INGEST_REQUESTS = Counter(
+    "vigil_ingest_requests",
+    "HTTP ingest requests by route (alerts, alertmanager, pagerduty) and HTTP status.",
+    ["route", "status"],
+)
+INGEST_RECORDS = Counter(
+    "vigil_ingest_records",
+    "Records the HTTP ingest accepted (published and acknowledged by the broker), by format.",
+    ["format"],
+)
+INGEST_REFUSED = Counter(
+    "vigil_ingest_refused",
+    "HTTP ingest requests refused, by route and reason code (unauthorized, too_large, not_json, broker_unavailable, "
+    "or the adapter's rejection code).",
+    ["route", "code"],
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from services.detector import api
 from services.detector.handlers import Detector, decode
 from shared.service import ServiceSpec
 from shared.settings import VigilSettings
@@ -17,4 +18,5 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         consumes=(ALERTS_RAW, COORDINATION),
         decoder=decode,
         handler=detector.handle,
+        routers=api.routers,
     )

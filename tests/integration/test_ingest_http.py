@@ -1,0 +1,485 @@
+"""The detector's HTTP ingest, through its real app, publishing to the real broker.
+
+Every accepted record is read back from the raw topic: what a 202 promised is there, with its
+format header and its entity as the key; what a refusal refused is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from prometheus_client import REGISTRY
+from pydantic import SecretStr
+
+from services.detector import api
+from services.detector.adapters import FORMATS
+from shared.embedded import EmbeddedBroker
+from shared.kafka import make_consumer, make_producer
+from shared.service import Runtime, build_app
+from shared.settings import KafkaSettings, VigilSettings
+from shared.topics import ALERTS_RAW, TopicNames, ensure_topics
+from tests.factories import alert_dict
+from tests.helpers import read_all
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+NOW = datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+@contextlib.asynccontextmanager
+async def ingest(
+    settings: VigilSettings, pool: asyncpg.Pool, producer: AIOKafkaProducer | None = None, **overrides: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The detector's real app (its ingest router on build_app), publishing with a real producer."""
+    configured = settings.model_copy(update=overrides)
+    producer = producer or make_producer(configured, client_id="ingest-test")
+    await producer.start()
+    try:
+        runtime = Runtime(
+            service="detector",
+            settings=configured,
+            pool=pool,
+            producer=producer,
+            names=TopicNames(configured.topic_prefix),
+        )
+        app = build_app(runtime, api.routers(runtime))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://detector") as client:
+            yield client
+    finally:
+        await producer.stop()
+
+
+async def raw_records(settings: VigilSettings, names: TopicNames, expect: int) -> list[Any]:
+    records = await read_all(settings, names(ALERTS_RAW), expect=expect)
+    assert len(records) == expect, [r.value for r in records]
+    return records
+
+
+async def stored_count(settings: VigilSettings, topic: str) -> int:
+    """How many records the topic holds: its partitions' end offsets (nothing here is ever deleted)."""
+    consumer = make_consumer(settings, group_id=None)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return sum((await consumer.end_offsets(partitions)).values())
+    finally:
+        await consumer.stop()
+
+
+def headers_of(record: Any) -> dict[str, bytes]:
+    return dict(record.headers or ())
+
+
+def ndjson(*items: dict[str, Any]) -> bytes:
+    return "\n".join(json.dumps(item) for item in items).encode() + b"\n"
+
+
+def requests_counted(route: str, status: int) -> float:
+    return REGISTRY.get_sample_value("vigil_ingest_requests_total", {"route": route, "status": str(status)}) or 0.0
+
+
+def records_counted(format_name: str) -> float:
+    return REGISTRY.get_sample_value("vigil_ingest_records_total", {"format": format_name}) or 0.0
+
+
+# ---- accepted: on the raw topic with its format and key ----------------------------------------
+
+
+async def test_a_native_alert_is_on_the_raw_topic_with_its_format_and_entity_key_once_answered(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    alert = alert_dict(host="Web-01", time=NOW)
+    requests_before, records_before = requests_counted("alerts", 202), records_counted("native")
+    async with ingest(settings, pool) as client:
+        response = await client.post("/api/v1/alerts", json=alert)
+    assert response.status_code == 202, response.text
+    (summary,) = response.json()["records"]
+    assert summary["format"] == "native"
+    assert summary["alerts"] == [f"suricata:{alert['id']}"]
+
+    (record,) = await raw_records(settings, names, expect=1)
+    assert json.loads(record.value) == alert
+    assert record.key == b"host:web-01"
+    assert headers_of(record)["vigil_format"] == b"native"
+    assert "vigil_ingest_source" not in headers_of(record)  # open ingest: nobody to name
+    assert (record.partition, record.offset) == (summary["partition"], summary["offset"])
+    assert requests_counted("alerts", 202) == requests_before + 1
+    assert records_counted("native") == records_before + 1
+
+
+@pytest.mark.parametrize(
+    ("content_type", "encode"),
+    [
+        ("application/json", lambda items: json.dumps(items).encode()),
+        ("application/x-ndjson", lambda items: ndjson(*items)),
+        ("application/json", lambda items: ndjson(*items)),  # lines, recognised as such
+        (None, lambda items: ndjson(*items)),
+    ],
+    ids=["array", "ndjson", "ndjson-detected", "no-content-type"],
+)
+async def test_an_array_and_ndjson_become_one_record_each(
+    settings: VigilSettings,
+    pool: asyncpg.Pool,
+    names: TopicNames,
+    content_type: str | None,
+    encode: Any,
+) -> None:
+    items = [
+        alert_dict(host="db-01", time=NOW),
+        alert_dict(host=None, src_ip="198.51.100.7", time=NOW),
+        alert_dict(host=None, src_ip=None, user="Alice", time=NOW),
+    ]
+    headers = {"Content-Type": content_type} if content_type else {}
+    async with ingest(settings, pool) as client:
+        response = await client.post("/api/v1/alerts", content=encode(items), headers=headers)
+    assert response.status_code == 202, response.text
+    assert response.json()["accepted"] == 3
+    assert [r["index"] for r in response.json()["records"]] == [0, 1, 2]
+
+    records = await raw_records(settings, names, expect=3)
+    by_id = {json.loads(r.value)["id"]: r for r in records}
+    assert [by_id[item["id"]].key for item in items] == [b"host:db-01", b"ip:198.51.100.7", b"user:alice"]
+    assert all(headers_of(r)["vigil_format"] == b"native" for r in records)
+    assert [json.loads(by_id[item["id"]].value) for item in items] == items
+
+
+async def test_a_named_format_is_the_one_used_and_recorded(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    alert = alert_dict(time=NOW)
+    async with ingest(settings, pool) as client:
+        named = await client.post("/api/v1/alerts", params={"format": "native"}, json=alert)
+        unknown = await client.post("/api/v1/alerts", params={"format": "carrier-pigeon"}, json=alert)
+    assert named.status_code == 202, named.text
+    assert unknown.status_code == 400
+    assert unknown.json()["code"] == "unknown_format"
+    assert "carrier-pigeon" in unknown.json()["detail"]
+    (record,) = await raw_records(settings, names, expect=1)
+    assert headers_of(record)["vigil_format"] == b"native"
+
+
+# ---- refused: the reason, and nothing stored ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "index", "words"),
+    [
+        (b"{not json", "not_json", 0, "not JSON"),
+        (b"", "empty", None, "no record"),
+        (b"[]", "empty", None, "no record"),
+        (json.dumps({"hello": "world"}).encode(), "unknown_format", 0, "no adapter recognised"),
+        (json.dumps(alert_dict(severity="apocalyptic")).encode(), "invalid_fields", 0, "severity"),
+        (json.dumps([alert_dict(), alert_dict(severity="apocalyptic")]).encode(), "invalid_fields", 1, "record 1"),
+        (ndjson(alert_dict(), alert_dict()) + b"{oops\n", "not_json", 2, "record 2"),
+        (json.dumps([alert_dict(), 42]).encode(), "unknown_format", 1, "JSON int"),
+        (json.dumps(alert_dict(title="a\u0000b")).encode(), "nul", 0, "NUL"),
+    ],
+    ids=[
+        "not-json",
+        "empty",
+        "empty-array",
+        "unknown-shape",
+        "invalid",
+        "second-of-array",
+        "ndjson-line",
+        "scalar",
+        "nul",
+    ],
+)
+async def test_junk_is_refused_whole_with_the_reason_and_nothing_is_published(
+    settings: VigilSettings,
+    pool: asyncpg.Pool,
+    names: TopicNames,
+    body: bytes,
+    code: str,
+    index: int | None,
+    words: str,
+) -> None:
+    async with ingest(settings, pool) as client:
+        refused = await client.post("/api/v1/alerts", content=body, headers={"Content-Type": "application/json"})
+    assert refused.status_code == 400, refused.text
+    answer = refused.json()
+    assert answer["code"] == code
+    assert words in answer["detail"]
+    assert answer.get("index") == index
+    # Refused whole: not even the good records before the bad one were published.
+    assert await stored_count(settings, names(ALERTS_RAW)) == 0
+
+
+async def test_a_body_over_the_limit_is_refused_by_its_length_or_while_read(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    big = json.dumps(alert_dict(description="x" * 2000)).encode()
+
+    async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the limit applies while reading
+        for start in range(0, len(big), 256):
+            yield big[start : start + 256]
+
+    async with ingest(settings, pool, ingest_max_bytes=1024) as client:
+        declared = await client.post("/api/v1/alerts", content=big, headers={"Content-Type": "application/json"})
+        streamed = await client.post("/api/v1/alerts", content=chunked(), headers={"Content-Type": "application/json"})
+        small = await client.post("/api/v1/alerts", json=alert_dict(time=NOW))
+    for response in (declared, streamed):
+        assert response.status_code == 413, response.text
+        assert response.json()["code"] == "too_large"
+        assert "1024-byte limit" in response.json()["detail"]
+    assert "Content-Length" not in streamed.request.headers
+    assert f"{len(big)} bytes" in declared.json()["detail"]
+    assert small.status_code == 202, small.text
+    assert await stored_count(settings, names(ALERTS_RAW)) == 1
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"])
+async def test_a_body_that_is_not_json_by_its_type_is_refused(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, content_type: str
+) -> None:
+    async with ingest(settings, pool) as client:
+        response = await client.post(
+            "/api/v1/alerts", content=json.dumps(alert_dict()), headers={"Content-Type": content_type}
+        )
+        vendor_json = await client.post(
+            "/api/v1/alerts",
+            content=json.dumps(alert_dict(time=NOW)),
+            headers={"Content-Type": "application/vnd.example+json; charset=utf-8"},
+        )
+    assert response.status_code == 415, response.text
+    assert response.json()["code"] == "unsupported_media_type"
+    assert vendor_json.status_code == 202, vendor_json.text
+    assert await stored_count(settings, names(ALERTS_RAW)) == 1
+
+
+# ---- authentication ----------------------------------------------------------------------------
+
+TOKENS = SecretStr("alertmanager:am-7f3c9e, falco:fa-41d2:with-colon")
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer wrong", "Bearer am-7f3c9", "Bearer am-7f3c9e0", "Basic am-7f3c9e", "am-7f3c9e"],
+)
+async def test_with_tokens_configured_a_missing_or_wrong_token_is_refused(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    async with ingest(settings, pool, ingest_tokens=TOKENS) as client:
+        response = await client.post("/api/v1/alerts", json=alert_dict(time=NOW), headers=headers)
+    assert response.status_code == 401, response.text
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json()["code"] == "unauthorized"
+    assert "am-7f3c9e" not in response.text
+    assert await stored_count(settings, names(ALERTS_RAW)) == 0
+
+
+async def test_with_tokens_configured_each_source_is_named_on_its_records(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    sent = {"alertmanager": alert_dict(time=NOW), "falco": alert_dict(time=NOW)}
+    async with ingest(settings, pool, ingest_tokens=TOKENS) as client:
+        for token, source in (("am-7f3c9e", "alertmanager"), ("fa-41d2:with-colon", "falco")):
+            response = await client.post(
+                "/api/v1/alerts", json=sent[source], headers={"Authorization": f"bearer {token}"}
+            )
+            assert response.status_code == 202, response.text
+    records = await raw_records(settings, names, expect=2)
+    sources = {json.loads(r.value)["id"]: headers_of(r)["vigil_ingest_source"] for r in records}
+    assert sources == {sent["alertmanager"]["id"]: b"alertmanager", sent["falco"]["id"]: b"falco"}
+
+
+async def test_a_signed_request_is_accepted_and_a_wrong_signature_refused(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    secret = "hm4c-s3cret"
+    body = json.dumps(alert_dict(time=NOW)).encode()
+    other = json.dumps(alert_dict(time=NOW)).encode()
+    json_type = {"Content-Type": "application/json"}
+    async with ingest(settings, pool, ingest_hmac_secret=SecretStr(secret), ingest_tokens=TOKENS) as client:
+        signed = await client.post(
+            "/api/v1/alerts", content=body, headers={**json_type, "X-Vigil-Signature": api.sign(body, secret.encode())}
+        )
+        refusals = [
+            await client.post("/api/v1/alerts", content=body, headers={**json_type, "X-Vigil-Signature": signature})
+            for signature in (
+                api.sign(other, secret.encode()),  # another body's
+                api.sign(body, b"guessed"),  # another secret's
+                api.sign(body, secret.encode()).replace("sha256=", "sha1="),
+                "sha256=",
+            )
+        ]
+        unsigned = await client.post("/api/v1/alerts", content=other, headers=json_type)
+        by_token = await client.post(
+            "/api/v1/alerts", content=other, headers={**json_type, "Authorization": "Bearer am-7f3c9e"}
+        )
+    assert signed.status_code == 202, signed.text
+    for response in [*refusals, unsigned]:
+        assert response.status_code == 401, response.text
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert by_token.status_code == 202, by_token.text
+    records = await raw_records(settings, names, expect=2)
+    sources = {r.value: headers_of(r)["vigil_ingest_source"] for r in records}
+    assert sources == {body: b"hmac", other: b"alertmanager"}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "complaint"),
+    [
+        ("falco", "entry 1 is not `name:token`"),
+        ("falco:abc,:def", "entry 2 is not `name:token`"),
+        ("falco:abc,falco:def", "names a source twice"),
+        ("falco:abc,wazuh:abc", "same token"),
+        (" , ", "holds no"),
+    ],
+)
+async def test_a_malformed_token_list_stops_the_detector_without_quoting_a_token(
+    settings: VigilSettings, pool: asyncpg.Pool, tokens: str, complaint: str
+) -> None:
+    producer = make_producer(settings, client_id="ingest-test")
+    await producer.start()
+    try:
+        runtime = Runtime(
+            service="detector",
+            settings=settings.model_copy(update={"ingest_tokens": SecretStr(tokens)}),
+            pool=pool,
+            producer=producer,
+            names=TopicNames(settings.topic_prefix),
+        )
+        with pytest.raises(ValueError, match=complaint) as raised:
+            api.routers(runtime)
+    finally:
+        await producer.stop()
+    assert "abc" not in str(raised.value) and "def" not in str(raised.value)
+
+
+# ---- the broker: 503 when it cannot take the records -------------------------------------------
+
+
+async def test_a_request_is_answered_503_while_the_broker_is_down(
+    settings: VigilSettings, pool: asyncpg.Pool, tmp_path: Any
+) -> None:
+    # A broker of the test's own, stopped halfway: the ingest must not answer 202 for what it cannot store.
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        own = settings.model_copy(
+            update={"kafka": KafkaSettings(bootstrap_servers=broker.bootstrap_servers), "ingest_publish_timeout_s": 2.0}
+        )
+        names = TopicNames(own.topic_prefix)
+        await ensure_topics(own.kafka, names)
+        refused_before = requests_counted("alerts", 503)
+        # The detector's producer, except that it gives up on unsent records in seconds, not 40 (on stop).
+        producer = AIOKafkaProducer(
+            client_id="ingest-test", acks="all", request_timeout_ms=3000, **own.kafka.client_options()
+        )
+        async with ingest(own, pool, producer) as client:
+            up = await client.post("/api/v1/alerts", json=alert_dict(time=NOW))
+            assert up.status_code == 202, up.text
+            await asyncio.to_thread(broker.stop)
+            down = [await client.post("/api/v1/alerts", json=alert_dict(time=NOW)) for _ in range(2)]
+    for response in down:
+        assert response.status_code == 503, response.text
+        assert response.json()["code"] == "broker_unavailable"
+        assert "retry later" in response.json()["detail"]
+        assert response.headers["Retry-After"]
+    assert requests_counted("alerts", 503) == refused_before + 2
+
+
+# ---- the format-specific routes ----------------------------------------------------------------
+
+# The payload Alertmanager's webhook_config sends, as its documentation shows it
+# (https://prometheus.io/docs/alerting/latest/configuration/#webhook_config).
+ALERTMANAGER_PAYLOAD: dict[str, Any] = {
+    "version": "4",
+    "groupKey": '{}:{alertname="DiskFull"}',
+    "truncatedAlerts": 0,
+    "status": "firing",
+    "receiver": "vigil",
+    "groupLabels": {"alertname": "DiskFull"},
+    "commonLabels": {"alertname": "DiskFull", "severity": "critical", "instance": "db-01:9100"},
+    "commonAnnotations": {"summary": "Disk almost full on db-01"},
+    "externalURL": "http://alertmanager.example.com:9093",
+    "alerts": [
+        {
+            "status": "firing",
+            "labels": {"alertname": "DiskFull", "severity": "critical", "instance": "db-01:9100"},
+            "annotations": {"summary": "Disk almost full on db-01", "description": "/var is 97% full"},
+            "startsAt": NOW,
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus.example.com:9090/graph?g0.expr=disk",
+            "fingerprint": "c6e5f1b2a3d4e5f6",
+        }
+    ],
+}
+
+# A trigger event as PagerDuty's Events API v2 documents it
+# (https://developer.pagerduty.com/docs/events-api-v2/trigger-events/).
+PAGERDUTY_TRIGGER: dict[str, Any] = {
+    "payload": {
+        "summary": "DISK at 99% on machine prod-datapipe03.example.com",
+        "timestamp": NOW,
+        "severity": "critical",
+        "source": "prod-datapipe03.example.com",
+        "component": "mysql",
+        "group": "prod-datapipe",
+        "class": "disk",
+        "custom_details": {"free space": "1%"},
+    },
+    "routing_key": "e93facc04764012d7bfb002500d5d1a6",
+    "dedup_key": "srv01/mysql",
+    "event_action": "trigger",
+    "client": "Sample Monitoring Service",
+    "client_url": "https://monitoring.service.com",
+}
+
+
+@pytest.mark.skipif("alertmanager" not in FORMATS, reason="the alertmanager adapter is not registered yet")
+async def test_an_alertmanager_webhook_is_on_the_raw_topic_as_alertmanager(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with ingest(settings, pool) as client:
+        response = await client.post("/api/v1/alerts/alertmanager", json=ALERTMANAGER_PAYLOAD)
+        junk = await client.post("/api/v1/alerts/alertmanager", json={"alerts": "none"})
+    assert response.status_code == 202, response.text
+    assert response.json()["records"][0]["format"] == "alertmanager"
+    assert junk.status_code == 400, junk.text
+    assert junk.json()["code"] and junk.json()["detail"]
+    (record,) = await raw_records(settings, names, expect=1)
+    assert json.loads(record.value) == ALERTMANAGER_PAYLOAD
+    assert headers_of(record)["vigil_format"] == b"alertmanager"
+    assert record.key == b"host:db-01"  # the instance label, without its port
+
+
+@pytest.mark.skipif("alertmanager" in FORMATS, reason="the alertmanager adapter is registered")
+async def test_without_the_alertmanager_adapter_its_route_says_so(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with ingest(settings, pool) as client:
+        response = await client.post("/api/v1/alerts/alertmanager", json=ALERTMANAGER_PAYLOAD)
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "format_unavailable"
+    assert "'alertmanager'" in response.json()["detail"]
+
+
+@pytest.mark.skipif("pagerduty" not in FORMATS, reason="the pagerduty adapter is not registered yet")
+async def test_a_pagerduty_event_is_answered_as_pagerduty_answers(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with ingest(settings, pool) as client:
+        response = await client.post("/api/v1/alerts/pagerduty", json=PAGERDUTY_TRIGGER)
+        invalid = await client.post("/api/v1/alerts/pagerduty", json={"event_action": "trigger"})
+    assert response.status_code == 202, response.text
+    assert response.json() == {"status": "success", "message": "Event processed", "dedup_key": "srv01/mysql"}
+    assert invalid.status_code == 400, invalid.text
+    error = invalid.json()
+    assert error["status"] == "invalid event"
+    assert error["message"] == "Event object is invalid"
+    assert error["errors"] and all(isinstance(e, str) and e for e in error["errors"])
+    (record,) = await raw_records(settings, names, expect=1)
+    assert json.loads(record.value) == PAGERDUTY_TRIGGER
+    assert headers_of(record)["vigil_format"] == b"pagerduty"
