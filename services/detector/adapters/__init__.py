@@ -13,6 +13,7 @@ from typing import Any
 
 from services.detector.adapters.alertmanager import Alertmanager
 from services.detector.adapters.base import Adapter, Parsed, Rejected
+from services.detector.adapters.falco import Falco
 from services.detector.adapters.guardduty import GuardDuty
 from services.detector.adapters.native import REQUIRED, Native
 from services.detector.adapters.wazuh import Wazuh
@@ -22,6 +23,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     Alertmanager(),
     Wazuh(),
     GuardDuty(),
+    Falco(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}
