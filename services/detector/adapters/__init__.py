@@ -16,6 +16,7 @@ from services.detector.adapters.base import Adapter, Parsed, Rejected
 from services.detector.adapters.falco import Falco
 from services.detector.adapters.guardduty import GuardDuty
 from services.detector.adapters.native import REQUIRED, Native
+from services.detector.adapters.ocsf import Ocsf
 from services.detector.adapters.wazuh import Wazuh
 
 # The most specific shapes first; Vigil's native schema last.
@@ -24,6 +25,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     Wazuh(),
     GuardDuty(),
     Falco(),
+    Ocsf(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}

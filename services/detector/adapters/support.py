@@ -134,6 +134,11 @@ def values_under(value: Any, *keys: str) -> list[Any]:
     return [v for v in found if not isinstance(v, dict | list)]
 
 
+def listed(value: Any) -> list[Any]:
+    """The value when it is a list, else an empty one."""
+    return value if isinstance(value, list) else []
+
+
 def mapping(value: Any) -> Mapping[str, Any]:
     """The value when it is an object, else an empty one."""
     return value if isinstance(value, Mapping) else {}
