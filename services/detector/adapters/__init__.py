@@ -17,6 +17,7 @@ from services.detector.adapters.falco import Falco
 from services.detector.adapters.guardduty import GuardDuty
 from services.detector.adapters.native import REQUIRED, Native
 from services.detector.adapters.ocsf import Ocsf
+from services.detector.adapters.suricata import Suricata
 from services.detector.adapters.wazuh import Wazuh
 
 # The most specific shapes first; Vigil's native schema last.
@@ -26,6 +27,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     GuardDuty(),
     Falco(),
     Ocsf(),
+    Suricata(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 
-from services.detector.adapters import Adapter, Parsed, Rejected
+from services.detector.adapters import ADAPTERS, Adapter, Parsed, Rejected
 from shared.alerts import Alert
 
 CORPUS = Path(__file__).resolve().parents[3] / ".." / "shared" / "corpus"
@@ -39,6 +39,11 @@ def other_records(directory: str) -> list[tuple[str, int, Any]]:
         lines = [line for line in path.read_text("utf-8").splitlines() if line.strip()]
         found.extend((path.parent.name, number, json.loads(line)) for number, line in enumerate(lines, 1))
     return found
+
+
+def recognised_by(payload: Any) -> list[str]:
+    """The registered formats whose shape the payload has: exactly one for any real record."""
+    return [adapter.name for adapter in ADAPTERS if adapter.matches(payload)]
 
 
 # Values that break careless code: empty, zero, negative, Go's zero time, far future, huge, odd types.

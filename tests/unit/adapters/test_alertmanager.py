@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from services.detector.adapters import Rejected, parse_payload
 from services.detector.adapters.alertmanager import Alertmanager
 from services.detector.adapters.base import stable_id
-from tests.unit.adapters.corpus import json_values, mutated, other_records, parses_or_refuses, records
+from tests.unit.adapters.corpus import (
+    json_values,
+    mutated,
+    other_records,
+    parses_or_refuses,
+    recognised_by,
+    records,
+)
 
 ADAPTER = Alertmanager()
 CORPUS_DIR = "alertmanager_webhook"
@@ -305,6 +312,11 @@ def test_an_alert_status_other_than_firing_or_resolved_is_refused() -> None:
     with pytest.raises(Rejected, match="'pending' is neither firing nor resolved") as refused:
         ADAPTER.parse(message(status="pending"))
     assert refused.value.code == "invalid_fields"
+
+
+def test_only_this_adapter_recognises_its_records() -> None:
+    for payload in [*records(CORPUS_DIR), DOCUMENTED, WATCHDOG]:
+        assert recognised_by(payload) == ["alertmanager"]
 
 
 # ---- properties ---------------------------------------------------------------------------------

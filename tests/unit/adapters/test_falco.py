@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from services.detector.adapters import Rejected, parse_payload
 from services.detector.adapters.falco import Falco
-from tests.unit.adapters.corpus import json_values, mutated, other_records, parses_or_refuses, records
+from tests.unit.adapters.corpus import (
+    json_values,
+    mutated,
+    other_records,
+    parses_or_refuses,
+    recognised_by,
+    records,
+)
 
 ADAPTER = Falco()
 CORPUS_DIR = "falco"
@@ -212,6 +219,11 @@ def test_an_event_without_a_readable_time_anywhere_is_refused() -> None:
     with pytest.raises(Rejected, match="time 'soon' is not a timestamp") as refused:
         ADAPTER.parse(event)
     assert refused.value.code == "bad_timestamp"
+
+
+def test_only_this_adapter_recognises_its_records() -> None:
+    for payload in [*records(CORPUS_DIR), DOCUMENTED, SIDEKICK, SIDEKICK_TEST]:
+        assert recognised_by(payload) == ["falco"]
 
 
 # ---- properties ---------------------------------------------------------------------------------
