@@ -13,6 +13,7 @@ from typing import Any
 
 from services.detector.adapters.alertmanager import Alertmanager
 from services.detector.adapters.base import Adapter, Parsed, Rejected
+from services.detector.adapters.elastic import Elastic
 from services.detector.adapters.falco import Falco
 from services.detector.adapters.guardduty import GuardDuty
 from services.detector.adapters.native import REQUIRED, Native
@@ -28,6 +29,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     Falco(),
     Ocsf(),
     Suricata(),
+    Elastic(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.detector.adapters import Rejected, parse_payload
+from services.detector.adapters import ADAPTERS, Rejected, parse_payload
 from services.detector.adapters.ocsf import Ocsf
 from tests.unit.adapters.corpus import CORPUS, json_values, mutated, other_records, parses_or_refuses, records
 
@@ -281,6 +281,11 @@ def test_a_finding_without_uid_is_identified_by_its_content() -> None:
 def test_no_other_tools_sample_looks_like_ocsf() -> None:
     for directory, line, record in other_records(DIRECTORY):
         assert not ADAPTER.matches(record), f"{directory} line {line}"
+
+
+def test_no_other_adapter_claims_these_examples() -> None:
+    for record in [*DOCUMENTED, *corpus_if_present()]:
+        assert [adapter.name for adapter in ADAPTERS if adapter.matches(record)] == ["ocsf"]
 
 
 @given(json_values)
