@@ -18,6 +18,7 @@ from services.detector.adapters.falco import Falco
 from services.detector.adapters.guardduty import GuardDuty
 from services.detector.adapters.native import REQUIRED, Native
 from services.detector.adapters.ocsf import Ocsf
+from services.detector.adapters.pagerduty import PagerDuty
 from services.detector.adapters.suricata import Suricata
 from services.detector.adapters.wazuh import Wazuh
 
@@ -30,6 +31,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     Ocsf(),
     Suricata(),
     Elastic(),
+    PagerDuty(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}

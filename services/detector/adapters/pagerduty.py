@@ -1,0 +1,205 @@
+"""PagerDuty Events API v2 events, as a tool sends them to ``events.pagerduty.com/v2/enqueue``.
+
+An event has a ``routing_key`` (the integration's secret), an ``event_action`` (``trigger``,
+``acknowledge`` or ``resolve``), a ``dedup_key``, and for a trigger a ``payload`` (``summary``,
+``source``, ``severity``, optional ``timestamp``, ``component``, ``group``, ``class``,
+``custom_details``), with optional ``links``, ``images``, ``client`` and ``client_url``.
+Recognised by ``event_action`` beside a ``routing_key``, ``dedup_key`` or ``payload``.
+
+- ``trigger`` is a firing alert; ``resolve`` is the same alert (same ``dedup_key``) resolved;
+  ``acknowledge`` is a person taking the alert in PagerDuty, not an alert: it is skipped with
+  that reason.
+- The ``routing_key`` is a secret: it is never copied into the alert, not even into ``raw``, and
+  any text that contains it (PagerDuty's own examples reuse it as ``dedup_key``) has it replaced
+  by ``<routing_key>``.
+
+Where each field comes from:
+
+- ``id`` (deduplication): ``dedup_key``; a trigger without one (PagerDuty would make up a new
+  key) takes a hash of its payload, so the very same event sent twice is a repeat. A
+  ``dedup_key`` containing the routing key is replaced by its hash.
+- ``source``: ``pagerduty`` (a resolve names nothing else, and must find its trigger).
+- ``title``: ``payload.summary`` (a resolve without one: ``PagerDuty resolve of <dedup_key>``);
+  ``description``: the summary and ``custom_details``, one ``name: value`` a line.
+- ``host``: ``payload.source``; ``resource``: ``payload.component``; ``category``:
+  ``payload.class``; ``url``: the first of ``links``, else ``client_url``.
+- ``time``: ``payload.timestamp``; PagerDuty makes it optional and stamps such an event when it
+  receives it, and so does Vigil: the time the detector reads it (label ``time_source`` says so).
+- ``labels``: ``group``, ``component``, ``class``, ``client``, ``client_url``, ``links``,
+  then ``custom_details`` as ``detail.<name>``.
+
+Severity, from ``payload.severity`` (PagerDuty accepts only these four and refuses any other,
+and so does Vigil):
+
+| PagerDuty severity | severity |
+|---|---|
+| critical | critical |
+| error | high |
+| warning | medium |
+| info | info |
+| (a resolve without payload) | info |
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from services.detector.adapters.base import (
+    Parsed,
+    Rejected,
+    build_alert,
+    first,
+    parse_time,
+    stable_id,
+    string_labels,
+    text,
+)
+from shared.alerts import Alert
+
+SEVERITIES = {"critical": "critical", "error": "high", "warning": "medium", "info": "info"}
+ACTIONS = ("trigger", "acknowledge", "resolve")
+REQUIRED = ("summary", "source", "severity")
+OPTIONAL = ("timestamp", "component", "group", "class", "custom_details")
+REDACTED = "<routing_key>"
+# Routing keys are 32 characters; a shorter "key" cannot be told apart from ordinary text.
+MIN_SECRET = 6
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PagerDuty:
+    name = "pagerduty"
+    description = "PagerDuty Events API v2 event: routing_key, event_action, dedup_key, payload."
+
+    def __init__(self, *, clock: Callable[[], datetime] = _now) -> None:
+        # Only for an event without payload.timestamp: PagerDuty, too, stamps those on receipt.
+        self.clock = clock
+
+    def matches(self, payload: Any) -> bool:
+        return (
+            isinstance(payload, Mapping)
+            and isinstance(payload.get("event_action"), str)
+            and ("routing_key" in payload or "dedup_key" in payload or isinstance(payload.get("payload"), Mapping))
+        )
+
+    def parse(self, payload: Any) -> Parsed:
+        if not isinstance(payload, Mapping):
+            raise Rejected("a PagerDuty event is a JSON object", code="invalid_fields")
+        secret = payload.get("routing_key")
+        secret = secret if isinstance(secret, str) and len(secret) >= MIN_SECRET else None
+        event = _redact({k: v for k, v in payload.items() if k != "routing_key"}, secret)
+        action = text(event.get("event_action"))
+        if action not in ACTIONS:
+            shown = action[:60] if action else action
+            raise Rejected(
+                f"event_action {shown!r} is not one of {', '.join(ACTIONS)} (PagerDuty Events API v2)",
+                code="invalid_fields",
+            )
+        raw_key = text(payload.get("dedup_key"))
+        dedup_key = stable_id(raw_key) if raw_key and (len(raw_key) > 200 or _contains(raw_key, secret)) else raw_key
+        if action == "acknowledge":
+            return Parsed(format=self.name, skipped=[f"pagerduty acknowledge of {dedup_key!r}: not an alert"])
+        details = event.get("payload")
+        if action == "resolve":
+            if dedup_key is None:
+                raise Rejected("a PagerDuty resolve needs the dedup_key of what it resolves", code="missing_fields")
+            return Parsed(format=self.name, alerts=[self._alert(event, details, dedup_key, "resolved")])
+        if not isinstance(details, Mapping):
+            raise Rejected("a PagerDuty trigger needs a payload object", code="missing_fields")
+        missing = [name for name in REQUIRED if text(details.get(name)) is None]
+        if missing:
+            raise Rejected(f"the trigger's payload lacks {', '.join(missing)}", code="missing_fields")
+        identity = dedup_key or stable_id(*(_json(details.get(k)) for k in (*REQUIRED, *OPTIONAL)))
+        return Parsed(format=self.name, alerts=[self._alert(event, details, identity, "firing")])
+
+    def _alert(self, event: Mapping[str, Any], details: Any, identity: str, status: str) -> Alert:
+        details = details if isinstance(details, Mapping) else {}
+        severity, said, reason = _severity(details.get("severity"), resolving=status == "resolved")
+        stamped = details.get("timestamp")
+        time = parse_time(stamped, field_name="payload.timestamp") if stamped not in (None, "") else self.clock()
+        custom = details.get("custom_details")
+        summary = text(details.get("summary"))
+        links = [link for link in _list(event.get("links")) if isinstance(link, Mapping)]
+        labels = {
+            "group": text(details.get("group")),
+            "component": text(details.get("component")),
+            "class": text(details.get("class")),
+            "client": text(event.get("client")),
+            "client_url": text(event.get("client_url")),
+            "time_source": None if stamped not in (None, "") else "received (no payload.timestamp)",
+        }
+        return build_alert(
+            id=identity,
+            source="pagerduty",
+            title=summary or f"PagerDuty resolve of {identity}",
+            description="\n".join(line for line in (summary, *_detail_lines(custom)) if line),
+            severity=severity,
+            source_severity=said,
+            severity_reason=reason,
+            time=time,
+            status=status,
+            host=text(details.get("source")),
+            resource=text(details.get("component")),
+            category=text(details.get("class")),
+            url=first(*(link.get("href") for link in links), event.get("client_url")),
+            labels={
+                **{k: v for k, v in labels.items() if v},
+                **string_labels({"links": links} if links else {}),
+                **_detail_labels(custom),
+            },
+            raw=dict(event),
+            format=self.name,
+        )
+
+
+def _severity(value: Any, *, resolving: bool) -> tuple[str, str | None, str]:
+    said = text(value)
+    if said is None and resolving:
+        return "info", None, "a PagerDuty resolve without a severity -> info"
+    mapped = SEVERITIES.get(said.lower()) if said else None
+    if mapped is None:
+        raise Rejected(
+            f"payload.severity {said!r} is not one of {', '.join(SEVERITIES)} (PagerDuty Events API v2)",
+            code="invalid_fields",
+        )
+    return mapped, f"severity {said}", f"PagerDuty severity {said} -> {mapped}"
+
+
+def _detail_lines(custom: Any) -> list[str]:
+    if isinstance(custom, Mapping):
+        return [f"{k}: {v if isinstance(v, str) else _json(v)}" for k, v in custom.items()]
+    return [custom if isinstance(custom, str) else _json(custom)] if custom is not None else []
+
+
+def _detail_labels(custom: Any) -> dict[str, str]:
+    return string_labels(custom, prefix="detail.") if isinstance(custom, Mapping) else string_labels({"detail": custom})
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def _contains(value: str, secret: str | None) -> bool:
+    return secret is not None and secret in value
+
+
+def _redact(value: Any, secret: str | None) -> Any:
+    """The value with every occurrence of the secret in its texts (keys included) replaced."""
+    if secret is None:
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, REDACTED)
+    if isinstance(value, Mapping):
+        return {_redact(str(k), secret): _redact(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, secret) for v in value]
+    return value

@@ -1,0 +1,184 @@
+"""PagerDuty Events API v2: triggers fire, resolves resolve, acknowledges are skipped; the routing key never leaks."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+
+from services.detector.adapters import Rejected, parse_payload
+from services.detector.adapters.base import stable_id
+from services.detector.adapters.pagerduty import PagerDuty
+from tests.unit.adapters.corpus import json_values, mutated, other_records, parses_or_refuses, recognised_by
+
+NOW = datetime(2025, 11, 24, 9, 30, tzinfo=UTC)
+ADAPTER = PagerDuty(clock=lambda: NOW)
+
+# The examples of PagerDuty's Events API v2 documentation ("Send an Alert Event",
+# developer.pagerduty.com/docs/events-api-v2/trigger-events/ and …/acknowledge-events/,
+# …/resolve-events/). They reuse the routing key as the dedup_key.
+DOCS_TRIGGER: dict[str, Any] = {
+    "payload": {
+        "summary": "DISK at 99% on machine prod-datapipe03.example.com",
+        "timestamp": "2015-07-17T08:42:58.315+0000",
+        "severity": "critical",
+        "source": "prod-datapipe03.example.com",
+        "component": "mysql",
+        "group": "prod-datapipe",
+        "class": "disk",
+        "custom_details": {"free space": "1%", "ping time": "1500ms", "load avg": 0.75},
+    },
+    "routing_key": "samplekeyhere",
+    "dedup_key": "samplekeyhere",
+    "images": [
+        {
+            "src": "https://www.pagerduty.com/wp-content/uploads/2016/05/pagerduty-logo-green.png",
+            "href": "https://example.com/",
+            "alt": "Example text",
+        }
+    ],
+    "links": [{"href": "https://example.com/", "text": "Link text"}],
+    "event_action": "trigger",
+    "client": "Sample Monitoring Service",
+    "client_url": "https://monitoring.example.com",
+}
+DOCS_ACKNOWLEDGE = {"routing_key": "samplekeyhere", "dedup_key": "samplekeyhere", "event_action": "acknowledge"}
+DOCS_RESOLVE = {"routing_key": "samplekeyhere", "dedup_key": "samplekeyhere", "event_action": "resolve"}
+
+KEY = "e93facc04764012d7bfb002500d5d1a6"  # the shape of a real integration key: 32 hex characters
+TRIGGER: dict[str, Any] = {
+    "routing_key": KEY,
+    "event_action": "trigger",
+    "dedup_key": "disk-full/db-1",
+    "payload": {
+        "summary": "Disk / is 97% full on db-1",
+        "source": "db-1.example.org",
+        "severity": "error",
+        "component": "postgres",
+        "custom_details": {"free": "1.2 GiB"},
+    },
+}
+
+
+def test_the_documented_trigger_is_a_firing_alert_without_the_routing_key() -> None:
+    parsed = parse_payload(DOCS_TRIGGER, format_name="pagerduty")
+    (alert,) = ADAPTER.parse(DOCS_TRIGGER).alerts
+    assert parsed.alerts[0].key == alert.key
+    assert alert.key == f"pagerduty:{stable_id('samplekeyhere')}"  # the dedup_key is the routing key here
+    assert (alert.title, alert.host, alert.severity, alert.status) == (
+        "DISK at 99% on machine prod-datapipe03.example.com",
+        "prod-datapipe03.example.com",
+        "critical",
+        "firing",
+    )
+    assert alert.time == datetime(2015, 7, 17, 8, 42, 58, 315000, tzinfo=UTC)
+    assert (alert.resource, alert.category, alert.url) == ("mysql", "disk", "https://example.com/")
+    assert alert.labels["group"] == "prod-datapipe"
+    assert alert.labels["detail.free space"] == "1%"
+    assert alert.labels["client"] == "Sample Monitoring Service"
+    assert "load avg: 0.75" in alert.description
+    assert "samplekeyhere" not in alert.model_dump_json()
+
+
+def test_the_documented_acknowledge_is_skipped_and_resolve_resolves_the_trigger() -> None:
+    acknowledged = parse_payload(DOCS_ACKNOWLEDGE)
+    assert (acknowledged.format, acknowledged.alerts) == ("pagerduty", [])
+    assert acknowledged.skipped == [f"pagerduty acknowledge of {stable_id('samplekeyhere')!r}: not an alert"]
+    (resolved,) = ADAPTER.parse(DOCS_RESOLVE).alerts
+    (fired,) = ADAPTER.parse(DOCS_TRIGGER).alerts
+    assert (resolved.key, resolved.status, resolved.severity) == (fired.key, "resolved", "info")
+    assert resolved.time == NOW  # no payload, no time: when Vigil read it
+    assert resolved.labels["time_source"] == "received (no payload.timestamp)"
+    assert "samplekeyhere" not in resolved.model_dump_json()
+
+
+def test_a_trigger_and_its_resolve_share_the_dedup_key() -> None:
+    (fired,) = ADAPTER.parse(TRIGGER).alerts
+    (resolved,) = ADAPTER.parse({"routing_key": KEY, "event_action": "resolve", "dedup_key": "disk-full/db-1"}).alerts
+    assert fired.key == resolved.key == "pagerduty:disk-full/db-1"
+    assert (fired.severity, fired.source_severity, fired.severity_reason) == (
+        "high",
+        "severity error",
+        "PagerDuty severity error -> high",
+    )
+    assert fired.time == NOW and fired.labels["time_source"] == "received (no payload.timestamp)"
+
+
+def test_the_routing_key_appears_nowhere_in_the_alert_wherever_it_was_sent() -> None:
+    leaky = copy.deepcopy(TRIGGER)
+    leaky["payload"]["summary"] = f"key {KEY} rotated"
+    leaky["payload"]["custom_details"] = {KEY: f"value {KEY}", "nested": [{"k": KEY}]}
+    leaky["links"] = [{"href": f"https://hooks.example.org/{KEY}", "text": KEY}]
+    leaky["dedup_key"] = f"incident-{KEY}"
+    (alert,) = ADAPTER.parse(leaky).alerts
+    assert KEY not in alert.model_dump_json()
+    assert alert.title == "key <routing_key> rotated"
+    assert alert.id == stable_id(f"incident-{KEY}")
+    acknowledged = ADAPTER.parse({**leaky, "event_action": "acknowledge"})
+    assert KEY not in " ".join(acknowledged.skipped)
+
+
+def test_a_trigger_without_dedup_key_is_identified_by_its_payload() -> None:
+    anonymous = {k: v for k, v in TRIGGER.items() if k != "dedup_key"}
+    (once,) = ADAPTER.parse(anonymous).alerts
+    (again,) = ADAPTER.parse(copy.deepcopy(anonymous)).alerts
+    other = copy.deepcopy(anonymous)
+    other["payload"]["summary"] = "Disk / is 98% full on db-1"
+    assert once.key == again.key != ADAPTER.parse(other).alerts[0].key
+
+
+@pytest.mark.parametrize(
+    ("severity", "expected"), [("critical", "critical"), ("error", "high"), ("warning", "medium"), ("info", "info")]
+)
+def test_pagerduty_severity_maps_onto_vigils_scale(severity: str, expected: str) -> None:
+    event = copy.deepcopy(TRIGGER)
+    event["payload"]["severity"] = severity
+    assert ADAPTER.parse(event).alerts[0].severity == expected
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "reason"),
+    [
+        ({"event_action": "escalate"}, "invalid_fields", "event_action 'escalate' is not one of"),
+        ({"payload": None}, "missing_fields", "needs a payload object"),
+        ({"payload": {"summary": "x", "severity": "info"}}, "missing_fields", "lacks source"),
+        ({"payload": {"summary": "x", "source": "h", "severity": "high"}}, "invalid_fields", "'high' is not one of"),
+        ({"event_action": "resolve", "dedup_key": None}, "missing_fields", "needs the dedup_key"),
+        ({"payload": {**TRIGGER["payload"], "timestamp": "yesterday"}}, "bad_timestamp", "not a timestamp"),
+    ],
+)
+def test_an_event_pagerduty_would_refuse_is_refused(change: dict[str, Any], code: str, reason: str) -> None:
+    with pytest.raises(Rejected, match=reason) as refused:
+        ADAPTER.parse({**TRIGGER, **change})
+    assert refused.value.code == code
+
+
+def test_only_this_adapter_recognises_its_events() -> None:
+    for payload in (DOCS_TRIGGER, DOCS_ACKNOWLEDGE, DOCS_RESOLVE, TRIGGER):
+        assert recognised_by(payload) == ["pagerduty"]
+
+
+def test_no_format_of_the_corpus_looks_like_pagerduty() -> None:
+    assert [(d, n) for d, n, payload in other_records("pagerduty") if ADAPTER.matches(payload)] == []
+
+
+# ---- properties ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_any_json_is_read_or_refused_with_a_reason(payload: Any) -> None:
+    parses_or_refuses(ADAPTER, payload)
+
+
+@settings(max_examples=500, deadline=None)
+@given(mutated([DOCS_TRIGGER, DOCS_ACKNOWLEDGE, DOCS_RESOLVE, TRIGGER]))
+def test_a_mangled_event_is_read_or_refused_and_never_leaks_its_key(payload: Any) -> None:
+    parsed = parses_or_refuses(ADAPTER, payload)
+    key = payload.get("routing_key") if isinstance(payload, dict) else None
+    if parsed is not None and key in (KEY, "samplekeyhere"):  # a real key, whatever else was mangled
+        assert all(key not in alert.model_dump_json() for alert in parsed.alerts)
+        assert all(key not in reason for reason in parsed.skipped)
