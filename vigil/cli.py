@@ -9,21 +9,22 @@ import json
 import logging
 import os
 import signal
-import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from shared.alerts import ALERT_ADAPTER, Alert
-from shared.errors import validation_reason
 from shared.settings import SERVICE_NAMES, VigilSettings
+
+if TYPE_CHECKING:
+    from services.detector.api import Record
+    from vigil.dlq import DeadLetter
 
 app = typer.Typer(
     help="Vigil: alerts on Kafka become handled incidents.", no_args_is_help=True, pretty_exceptions_show_locals=False
@@ -228,70 +229,187 @@ def effects_retry(effect_id: Annotated[int, typer.Argument(help="Id from `vigil 
     console.print(f"effect {effect_id} ({previous}) re-queued")
 
 
+# ---- dead letters ------------------------------------------------------------------------------
+
+dlq_app = typer.Typer(
+    help="Dead letters: records a service could not accept, with why; replay them once that is fixed.",
+    no_args_is_help=True,
+)
+app.add_typer(dlq_app, name="dlq")
+DlqTopicOption = Annotated[str, typer.Option("--topic", help="alerts (vigil.alerts.dlq) or events (vigil.events.dlq).")]
+
+
+def _dead_letters(which: str, *, limit: int | None = None) -> list[DeadLetter]:
+    from aiokafka.errors import KafkaError
+
+    from vigil import dlq
+
+    if which not in dlq.DLQ_TOPICS:
+        _fail(f"unknown dead-letter topic {which!r}; choose one of {', '.join(dlq.DLQ_TOPICS)}")
+    letters: list[DeadLetter] = []
+    try:
+        letters = asyncio.run(dlq.read(_settings(), which, limit=limit))
+    except (LookupError, TimeoutError, KafkaError) as exc:
+        _fail(f"cannot read the dead letters: {exc}")
+    return letters
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: DlqTopicOption = "alerts",
+    limit: Annotated[int, typer.Option(min=1, help="The newest this many, oldest first.")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """List dead letters: when, which service, the reason and its code, where each came from, and what it held."""
+    letters = _dead_letters(topic, limit=limit)
+    if as_json:
+        print(json.dumps([letter.as_json() for letter in letters], indent=2))
+        return
+    table = Table(title=f"{len(letters)} dead letter(s) on the {topic} dead-letter topic")
+    for column in ("offset", "time", "service", "code", "reason", "from", "value"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        original = letter.as_json()["original"]
+        table.add_row(
+            letter.position,
+            letter.time.isoformat(timespec="seconds"),
+            letter.header("vigil_dlq_service") or "",
+            letter.code,
+            letter.header("vigil_dlq_reason") or "",
+            f"{original['topic']}[{original['partition']}]@{original['offset']}",
+            letter.excerpt(60),
+        )
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    offsets: Annotated[
+        list[str] | None, typer.Argument(help="Offsets from `vigil dlq list` (PARTITION:OFFSET past partition 0).")
+    ] = None,
+    code: Annotated[str | None, typer.Option(help="Every dead letter with this reason code.")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Every dead letter of the topic.")] = False,
+    topic: DlqTopicOption = "alerts",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be replayed; publish nothing.")] = False,
+) -> None:
+    """Publish dead letters again to the topic they came from, as they were, marked with vigil_replayed_from."""
+    from aiokafka.errors import KafkaError
+
+    from shared.topics import TopicNames
+    from vigil import dlq
+
+    if sum((bool(offsets), code is not None, everything)) != 1:
+        _fail("name the dead letters by OFFSET..., --code CODE or --all (one of them)")
+    try:
+        positions = [dlq.parse_position(text) for text in offsets or ()]
+    except ValueError:
+        _fail(f"offsets are numbers, or PARTITION:OFFSET: {' '.join(offsets or ())}")
+    chosen, missing = dlq.choose(_dead_letters(topic), positions=positions, code=code, everything=everything)
+    for partition, offset in missing:
+        err.print(f"[yellow]no dead letter at {offset if partition == 0 else f'{partition}:{offset}'}[/yellow]")
+    settings = _settings()
+    names = TopicNames(settings.topic_prefix)
+    dead_letter_topics = {names(t) for t in dlq.DLQ_TOPICS.values()}
+    stuck = [d for d in chosen if d.original_topic in (None, *dead_letter_topics) or d.value is None]
+    for letter in stuck:
+        err.print(f"[yellow]dead letter {letter.position} names no topic to go back to; left alone[/yellow]")
+    replayable = [d for d in chosen if d not in stuck]
+    if replayable and not dry_run:
+        try:
+            asyncio.run(dlq.replay(settings, replayable))
+        except KafkaError as exc:
+            _fail(f"cannot publish to the broker at {settings.kafka.bootstrap_servers}: {exc!r}")
+    verb = "would replay" if dry_run else "replayed"
+    for letter in replayable:
+        console.print(f"{verb} {letter.position} ({letter.code}) to {letter.original_topic}: {letter.excerpt(60)}")
+    console.print(f"{verb} {len(replayable)} dead letter(s)")
+    if code is not None and not chosen:
+        _fail(f"no dead letter has code {code!r}")
+    if missing or stuck:
+        raise typer.Exit(1)
+
+
 # ---- alerts ------------------------------------------------------------------------------------
 
+# Above this many records, `alert send` shows a progress bar.
+PROGRESS_THRESHOLD = 300
 
-def parse_alerts(text: str) -> tuple[list[Alert], list[str]]:
-    """Read one alert, a JSON array of alerts, or JSON Lines; return the valid ones and the errors."""
-    stripped = text.strip()
-    items: list[Any]
-    try:
-        parsed = json.loads(stripped)
-        items = parsed if isinstance(parsed, list) else [parsed]
-    except json.JSONDecodeError:
-        items = []
-        for n, line in enumerate(stripped.splitlines(), start=1):
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    items.append(exc)
-                    _ = n
-    alerts: list[Alert] = []
-    errors: list[str] = []
-    for n, item in enumerate(items, start=1):
-        if isinstance(item, Exception):
-            errors.append(f"alert {n}: not JSON: {item}")
-            continue
+
+def parse_records(body: bytes, *, format_name: str | None = None) -> tuple[list[Record], list[str]]:
+    """Read one record, a JSON array of records or JSON Lines, each with its format's adapter.
+
+    Return the records that can be read and why each other one cannot (numbered from 1).
+    """
+    from services.detector.adapters import Rejected, parse_record
+    from services.detector.api import Record, split_records
+
+    records: list[Record] = []
+    refused: list[str] = []
+    for index, value in enumerate(split_records(body)):
         try:
-            alerts.append(ALERT_ADAPTER.validate_python(item))
-        except ValidationError as exc:
-            errors.append(f"alert {n}: {validation_reason(exc)}")
-    return alerts, errors
+            records.append(Record(index=index, value=value, parsed=parse_record(value, format_name=format_name)))
+        except Rejected as exc:
+            refused.append(f"record {index + 1}: {exc.reason} ({exc.code})")
+    return records, refused
 
 
 @alert_app.command("send")
 def alert_send(
-    file: Annotated[str, typer.Argument(help="JSON, JSON array or JSON Lines file; '-' reads stdin.")],
+    file: Annotated[str, typer.Argument(help="A JSON record, a JSON array of records or JSON Lines; '-' reads stdin.")],
+    format_name: Annotated[
+        str | None, typer.Option("--format", help="Read every record as this format (default: each by its shape).")
+    ] = None,
 ) -> None:
-    """Publish alerts to the raw alerts topic; invalid ones are reported and not sent."""
+    """Publish alerts in any supported format to the raw alerts topic; records that cannot be read are not sent."""
+    from services.detector.adapters import FORMATS
+
+    if format_name is not None and format_name not in FORMATS:
+        _fail(f"unknown format {format_name!r}; known formats: {', '.join(FORMATS)}")
+    body = typer.get_binary_stream("stdin").read() if file == "-" else Path(file).read_bytes()
+    records, refused = parse_records(body, format_name=format_name)
+    for reason in refused:
+        err.print(f"[yellow]refused[/yellow] {reason}")
+    for record in records:
+        if not record.parsed.alerts:
+            err.print(f"record {record.index + 1} holds no alert: {'; '.join(record.parsed.skipped)}")
+    if records:
+        asyncio.run(_publish_records(records))
+    alerts = sum(len(record.parsed.alerts) for record in records)
+    console.print(
+        f"sent {alerts} alert(s) in {len(records)} record(s)" + (f", refused {len(refused)}" if refused else "")
+    )
+    if refused:
+        raise typer.Exit(1)
+
+
+async def _publish_records(records: Sequence[Record]) -> None:
+    """Publish raw records as the HTTP ingest does (format header, entity key); return once all are stored."""
+    from aiokafka.errors import KafkaError
+    from rich.progress import Progress
+
+    from services.detector.api import raw_headers, raw_key
     from shared.kafka import make_producer
     from shared.topics import ALERTS_RAW, TopicNames
-    from vigil.demo import partition_key
 
-    text = sys.stdin.read() if file == "-" else Path(file).read_text()
-    alerts, errors = parse_alerts(text)
-    for error in errors:
-        err.print(f"[yellow]skipped[/yellow] {error}")
-
-    async def send() -> None:
-        settings = _settings()
-        producer = make_producer(settings, client_id="vigil-cli")
+    settings = _settings()
+    producer = make_producer(settings, client_id="vigil-cli")
+    try:
         await producer.start()
-        try:
-            topic = TopicNames(settings.topic_prefix)(ALERTS_RAW)
-            futures = [
-                await producer.send(topic, key=partition_key(a), value=a.model_dump_json().encode()) for a in alerts
-            ]
+        topic = TopicNames(settings.topic_prefix)(ALERTS_RAW)
+        with Progress(console=err, transient=True, disable=len(records) <= PROGRESS_THRESHOLD) as progress:
+            task = progress.add_task("publishing", total=len(records))
+            futures = []
+            for record in records:
+                future = await producer.send(
+                    topic, key=raw_key(record.parsed), value=record.value, headers=raw_headers(record.parsed)
+                )
+                future.add_done_callback(lambda _: progress.advance(task))
+                futures.append(future)
             await asyncio.gather(*futures)
-        finally:
-            await producer.stop()
-
-    if alerts:
-        asyncio.run(send())
-    console.print(f"sent {len(alerts)} alert(s)" + (f", skipped {len(errors)}" if errors else ""))
-    if errors:
-        raise typer.Exit(1)
+    except KafkaError as exc:
+        _fail(f"cannot publish to the broker at {settings.kafka.bootstrap_servers}: {exc!r}")
+    finally:
+        await producer.stop()
 
 
 # ---- incidents ---------------------------------------------------------------------------------

@@ -4,27 +4,125 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from typer.testing import CliRunner
+
+from services.detector.adapters import FORMATS
 from tests.factories import alert_dict
-from vigil.cli import parse_alerts
+from vigil.cli import app, parse_records
+from vigil.dlq import DeadLetter, choose, parse_position
 
 
-def test_one_alert_an_array_or_json_lines() -> None:
+def test_one_record_an_array_or_json_lines() -> None:
     one, two = alert_dict(), alert_dict(host="db-01")
-    assert len(parse_alerts(json.dumps(one))[0]) == 1
-    assert len(parse_alerts(json.dumps([one, two]))[0]) == 2
-    alerts, errors = parse_alerts(json.dumps(one) + "\n\n" + json.dumps(two) + "\n")
-    assert [a.host for a in alerts] == ["web-01", "db-01"]
-    assert errors == []
+    assert len(parse_records(json.dumps(one).encode())[0]) == 1
+    assert len(parse_records(json.dumps([one, two]).encode())[0]) == 2
+    records, refused = parse_records((json.dumps(one) + "\n\n" + json.dumps(two) + "\n").encode())
+    assert [r.parsed.alerts[0].host for r in records] == ["web-01", "db-01"]
+    assert [r.parsed.format for r in records] == ["native", "native"]
+    assert refused == []
 
 
-def test_invalid_alerts_are_reported_with_their_position() -> None:
+def test_each_record_is_sent_as_it_came() -> None:
+    # An array's element is re-encoded; a line or a single record is sent byte for byte.
+    line = b'{"id": "a-1",  "source": "falco", "title": "t", "severity": "high", "time": "2026-11-24T09:00:00Z"}'
+    records, _ = parse_records(line + b"\n" + line.replace(b"a-1", b"a-2"))
+    assert records[0].value == line
+    (single,), _ = parse_records(b"  " + line + b"\n")
+    assert single.value == line
+
+
+def test_records_that_cannot_be_read_are_refused_with_their_position_and_code() -> None:
     good, bad = alert_dict(), alert_dict(severity="apocalyptic")
-    alerts, errors = parse_alerts(json.dumps(good) + "\n" + json.dumps(bad) + "\n{oops\n")
-    assert len(alerts) == 1
-    assert errors[0].startswith("alert 2: severity")
-    assert errors[1].startswith("alert 3: not JSON")
+    records, refused = parse_records((json.dumps(good) + "\n" + json.dumps(bad) + "\n{oops\n").encode())
+    assert len(records) == 1
+    assert refused[0].startswith("record 2: ") and "severity" in refused[0] and refused[0].endswith("(invalid_fields)")
+    assert refused[1].startswith("record 3: record is not JSON") and refused[1].endswith("(not_json)")
+
+
+def test_a_named_format_is_used_for_every_record() -> None:
+    records, refused = parse_records(json.dumps([alert_dict(), {"hello": "world"}]).encode(), format_name="native")
+    assert len(records) == 1
+    assert refused[0].startswith("record 2: alert does not match the Vigil alert schema")
 
 
 def test_alert_times_are_normalised_to_utc() -> None:
-    alerts, _ = parse_alerts(json.dumps(alert_dict(time="2026-11-24T10:00:00+01:00")))
-    assert alerts[0].time.isoformat() == "2026-11-24T09:00:00+00:00"
+    records, _ = parse_records(json.dumps(alert_dict(time="2026-11-24T10:00:00+01:00")).encode())
+    assert records[0].parsed.alerts[0].time.isoformat() == "2026-11-24T09:00:00+00:00"
+
+
+@pytest.mark.skipif("alertmanager" not in FORMATS, reason="the alertmanager adapter is not registered yet")
+def test_formats_are_recognised_per_record() -> None:
+    webhook = {
+        "version": "4",
+        "groupKey": "{}:{}",
+        "status": "firing",
+        "receiver": "vigil",
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": "DiskFull", "instance": "db-01:9100", "severity": "warning"},
+                "annotations": {"summary": "Disk almost full"},
+                "startsAt": "2026-11-24T09:00:00Z",
+                "fingerprint": "f1",
+            }
+        ],
+    }
+    records, refused = parse_records(json.dumps([alert_dict(), webhook]).encode())
+    assert refused == []
+    assert [r.parsed.format for r in records] == ["native", "alertmanager"]
+
+
+def test_an_unknown_format_is_refused_before_anything_is_read() -> None:
+    result = CliRunner().invoke(app, ["alert", "send", "-", "--format", "carrier-pigeon"], input="{}")
+    assert result.exit_code == 1
+    assert "unknown format 'carrier-pigeon'" in result.output
+
+
+def test_nothing_readable_means_nothing_sent_and_a_non_zero_exit() -> None:
+    # No broker is needed: nothing readable, nothing to publish.
+    result = CliRunner().invoke(app, ["alert", "send", "-"], input='{"hello": "world"}\n')
+    assert result.exit_code == 1
+    assert "sent 0 alert(s) in 0 record(s), refused 1" in result.output
+    assert "no adapter recognised the record" in result.output
+
+
+# ---- dead letters ------------------------------------------------------------------------------
+
+
+def letter(offset: int, code: str, *, partition: int = 0) -> DeadLetter:
+    return DeadLetter(
+        topic="vigil.alerts.dlq",
+        partition=partition,
+        offset=offset,
+        timestamp_ms=1_700_000_000_000 + offset,
+        key=b"host:web-01",
+        value=b'{"id": "a"}',
+        headers=(
+            ("vigil_format", b"native"),
+            ("vigil_dlq_code", code.encode()),
+            ("vigil_dlq_topic", b"vigil.alerts.raw"),
+            ("vigil_replayed_from", b"vigil.alerts.dlq:0:0"),
+        ),
+    )
+
+
+def test_dead_letters_are_chosen_by_offset_code_or_all() -> None:
+    letters = [letter(0, "not_json"), letter(1, "unknown_format"), letter(2, "unknown_format")]
+    assert choose(letters, positions=[(0, 2), (0, 0), (0, 2)]) == ([letters[2], letters[0]], [])
+    assert choose(letters, positions=[(0, 9), (1, 0)]) == ([], [(0, 9), (1, 0)])
+    assert choose(letters, code="unknown_format") == (letters[1:], [])
+    assert choose(letters, everything=True) == (letters, [])
+
+
+def test_positions_are_offsets_or_partition_and_offset() -> None:
+    assert parse_position("17") == (0, 17)
+    assert parse_position("2:17") == (2, 17)
+    for junk in ("x", "-1", "1:-2", "", "1:2:3"):
+        with pytest.raises(ValueError):
+            parse_position(junk)
+
+
+def test_a_replay_carries_the_original_headers_and_where_it_comes_from() -> None:
+    replayed = letter(5, "unknown_format", partition=0).replay_headers()
+    assert replayed == [("vigil_format", b"native"), ("vigil_replayed_from", b"vigil.alerts.dlq:0:5")]
