@@ -21,6 +21,7 @@ from services.detector.adapters.ocsf import Ocsf
 from services.detector.adapters.pagerduty import PagerDuty
 from services.detector.adapters.suricata import Suricata
 from services.detector.adapters.wazuh import Wazuh
+from services.detector.adapters.zeek import Zeek
 
 # The most specific shapes first; Vigil's native schema last.
 ADAPTERS: tuple[Adapter, ...] = (
@@ -32,6 +33,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     Suricata(),
     Elastic(),
     PagerDuty(),
+    Zeek(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}
