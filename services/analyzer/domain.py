@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from ioc_finder import find_iocs
 
-from shared.events import AlertSummary, Indicator
+from shared.events import AlertSummary, IncidentSnapshot, Indicator
 
 # ioc-finder result keys -> Vigil indicator kinds
 _IOC_KINDS = {
@@ -52,6 +53,32 @@ def merge_indicators(known: Iterable[Indicator], new: Iterable[Indicator]) -> li
     for indicator in new:
         merged.setdefault((indicator.kind, indicator.value), indicator)
     return sorted(merged.values(), key=lambda i: (i.kind, i.value))
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What the analyzer knows of an incident: everything every event so far carried."""
+
+    alert_count: int
+    hosts: list[str]
+    users: list[str]
+    indicators: list[Indicator]
+
+
+def gather(known: Gathered | None, snapshot: IncidentSnapshot) -> Gathered:
+    """Add one incident event (one part of a batch's alerts) to what was gathered before."""
+    indicators = extract_indicators(snapshot.new_alerts)
+    # Its alerts name hosts and users too: a snapshot may list only the first of thousands.
+    hosts = {*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)}
+    users = {*snapshot.users, *(a.user for a in snapshot.new_alerts if a.user)}
+    if known is None:
+        return Gathered(snapshot.alert_count, sorted(hosts), sorted(users), indicators)
+    return Gathered(
+        alert_count=max(snapshot.alert_count, known.alert_count),
+        hosts=sorted(hosts.union(known.hosts)),
+        users=sorted(users.union(known.users)),
+        indicators=merge_indicators(known.indicators, indicators),
+    )
 
 
 def summarise(alert_count: int, hosts: Sequence[str], users: Sequence[str], indicators: Sequence[Indicator]) -> str:

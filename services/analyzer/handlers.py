@@ -1,4 +1,4 @@
-"""The analyzer's handlers: every incident event refreshes the incident's analysis."""
+"""The analyzer's handlers: each incident event adds to the analysis; a batch's last part publishes it."""
 
 from __future__ import annotations
 
@@ -12,16 +12,10 @@ SOURCE = "/vigil/analyzer"
 async def analyse_incident(ctx: HandlerContext, event: IncidentDetected | IncidentUpdated) -> None:
     snapshot = event.data
     known = await repository.get(ctx.conn, incident_id=event.subject)
-    indicators = domain.extract_indicators(snapshot.new_alerts)
-    if known is not None:
-        indicators = domain.merge_indicators(known.indicators, indicators)
-    gathered = repository.Gathered(
-        alert_count=max(snapshot.alert_count, known.alert_count if known else 0),
-        hosts=sorted(set(snapshot.hosts) | set(known.hosts if known else ())),
-        users=sorted(set(snapshot.users) | set(known.users if known else ())),
-        indicators=indicators,
-    )
+    gathered = domain.gather(known, snapshot)
     await repository.save(ctx.conn, incident_id=event.subject, gathered=gathered)
+    if snapshot.part < snapshot.parts:
+        return  # one analysis per batch, once its last part is in: the responder plans once
     ctx.emit(
         IncidentAnalyzed(
             source=SOURCE,
@@ -34,7 +28,7 @@ async def analyse_incident(ctx: HandlerContext, event: IncidentDetected | Incide
                 affected_hosts=gathered.hosts,
                 affected_users=gathered.users,
                 alert_count=gathered.alert_count,
-                summary=domain.summarise(gathered.alert_count, gathered.hosts, gathered.users, indicators),
+                summary=domain.summarise(gathered.alert_count, gathered.hosts, gathered.users, gathered.indicators),
             ),
         )
     )

@@ -2,18 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from services.analyzer.domain import Gathered
 from shared.db import Conn
 from shared.events import Indicator
-
-
-@dataclass(frozen=True)
-class Gathered:
-    alert_count: int
-    hosts: list[str]
-    users: list[str]
-    indicators: list[Indicator]
 
 
 async def get(conn: Conn, *, incident_id: str) -> Gathered | None:

@@ -19,7 +19,7 @@ from shared.events import (
     ResolveIncident,
     ResponsePlanned,
 )
-from shared.timeline import timeline_entry
+from shared.timeline import TimelineEntry, timeline_entry
 
 
 async def record(ctx: HandlerContext, event: EventBase) -> None:
@@ -38,7 +38,11 @@ async def on_snapshot(ctx: HandlerContext, event: IncidentDetected | IncidentUpd
     await repository.apply_snapshot(
         ctx.conn, incident_id=event.subject, snapshot=event.data, detected=detected, at=event.time
     )
-    await record(ctx, event)
+    entry = timeline_entry(event)
+    if event.data.parts > 1:
+        # One batch's alerts came in several events: say which this is.
+        entry = TimelineEntry(entry.actor, f"{entry.summary} (part {event.data.part} of {event.data.parts})")
+    await repository.add_timeline(ctx.conn, event=event, entry=entry)
 
 
 async def on_analyzed(ctx: HandlerContext, event: IncidentAnalyzed) -> None:

@@ -33,10 +33,19 @@ async def incident_exists(conn: Conn, *, incident_id: str) -> bool:
 
 
 async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnapshot, detected: bool, at: Any) -> None:
+    """Update the incident from one incident event and store the alerts it carries."""
     await ensure_incident(conn, incident_id=incident_id)
+    # Hosts and users accumulate, in the order first seen: a snapshot may list only the first of
+    # thousands of users, and its alerts name the rest.
+    hosts = list(dict.fromkeys([*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)]))
+    users = list(dict.fromkeys([*snapshot.users, *(a.user for a in snapshot.new_alerts if a.user)]))
     await conn.execute(
         """UPDATE reporter_incidents SET title = $2, type = $3, severity = $4, alert_count = GREATEST(alert_count, $5),
-               hosts = $6, users = $7, classification_reason = $8, severity_reason = $9,
+               hosts = ARRAY(SELECT h FROM unnest(hosts || $6::text[]) WITH ORDINALITY AS t(h, n)
+                             GROUP BY h ORDER BY min(n)),
+               users = ARRAY(SELECT u FROM unnest(users || $7::text[]) WITH ORDINALITY AS t(u, n)
+                             GROUP BY u ORDER BY min(n)),
+               classification_reason = $8, severity_reason = $9,
                detected_at = CASE WHEN $10 THEN $11 ELSE detected_at END,
                created_at = CASE WHEN $10 THEN $12 ELSE created_at END, updated_at = now()
            WHERE id = $1""",
@@ -45,8 +54,8 @@ async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnap
         snapshot.type.value,
         snapshot.severity.value,
         snapshot.alert_count,
-        snapshot.hosts,
-        snapshot.users,
+        hosts,
+        users,
         snapshot.classification_reason,
         snapshot.severity_reason,
         detected,
