@@ -12,6 +12,7 @@ from shared.events import (
     AcknowledgeIncident,
     AlertSummary,
     Escalation,
+    EscalationExhaustion,
     IncidentSnapshot,
     IncidentState,
     IncidentType,
@@ -54,6 +55,21 @@ def on_shift(rotation: Rotation, at: datetime, *, step: int = 0) -> str:
     """Return who is on shift at ``at``; ``step`` goes that many people further down the rotation."""
     shifts = int((at - rotation.start) / timedelta(hours=rotation.shift_hours))
     return rotation.members[(shifts + step) % len(rotation.members)]
+
+
+def exhaustion(
+    rotation: Rotation, *, detected_at: datetime, last_commander: str, severity: Severity
+) -> EscalationExhaustion:
+    """Say that everyone in the rotation was paged, in order from whoever was on shift, and nobody acknowledged."""
+    paged = [on_shift(rotation, detected_at, step=step) for step in range(len(rotation.members))]
+    return EscalationExhaustion(
+        rotation=rotation.name,
+        paged=paged,
+        last_commander=last_commander,
+        severity=severity,
+        reason=f"none of the {len(paged)} people of rotation {rotation.name!r} acknowledged "
+        f"within the {severity.value} deadline",
+    )
 
 
 def ack_deadline(oncall: OnCall, severity: Severity, since: datetime) -> datetime:
@@ -99,12 +115,37 @@ TRANSITIONS: dict[IncidentState, dict[str, IncidentState]] = {
 COMMAND_NAMES: dict[type, str] = {AcknowledgeIncident: "acknowledge", ResolveIncident: "resolve"}
 
 
-def transition(state: IncidentState, command: str) -> IncidentState:
-    """Return the state a command leads to, or raise InvalidTransition."""
-    target = TRANSITIONS[state].get(command)
+def known_state(value: str) -> IncidentState | None:
+    """Return the state a stored value names, or None for one this version does not know.
+
+    During a rolling deploy a newer coordinator may write a state added after this version.
+    """
+    try:
+        return IncidentState(value)
+    except ValueError:
+        return None
+
+
+def known_severity(value: str) -> Severity | None:
+    """Return the severity a stored value names, or None for one this version does not know."""
+    try:
+        return Severity(value)
+    except ValueError:
+        return None
+
+
+def transition(state: str, command: str) -> IncidentState:
+    """Return the state a command leads to, or raise InvalidTransition (also from a state unknown here)."""
+    current = known_state(state)
+    if current is None:
+        raise InvalidTransition(
+            f"cannot {command} an incident in state {state!r}, which this version of Vigil does not know "
+            "(a newer coordinator set it)"
+        )
+    target = TRANSITIONS[current].get(command)
     if target is None:
-        allowed = ", ".join(sorted(TRANSITIONS[state])) or "nothing"
-        raise InvalidTransition(f"cannot {command} an incident that is {state.value} (allowed: {allowed})")
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing"
+        raise InvalidTransition(f"cannot {command} an incident that is {current.value} (allowed: {allowed})")
     return target
 
 

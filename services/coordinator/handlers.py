@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+import asyncpg
+
 from services.coordinator import domain
 from shared import timers
 from shared.consumer import HandlerContext, dispatch_each
@@ -14,6 +16,7 @@ from shared.events import (
     CommandRejected,
     CommandRejection,
     Escalation,
+    EscalationExhausted,
     IncidentDetected,
     IncidentEscalated,
     IncidentState,
@@ -85,13 +88,18 @@ class Coordinator:
         log.info("incident %s escalated to %s", event.subject, commander, extra=event_ids(event))
 
     async def on_updated(self, ctx: HandlerContext, event: IncidentUpdated) -> None:
+        if event.data.part > 1:
+            return  # the rest of a batch's alerts: its first part carried the same severity
         row = await ctx.conn.fetchrow(
-            "SELECT state, severity, commander FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE",
+            """SELECT state, severity, commander, escalation_step FROM coordinator_incidents
+               WHERE incident_id = $1 FOR UPDATE""",
             event.subject,
         )
-        if row is None or row["state"] == IncidentState.RESOLVED.value:
+        if row is None:
             return
-        old = Severity(row["severity"])
+        state, old = self._known(row, event.subject, "severity change not escalated")
+        if state is None or old is None or state is IncidentState.RESOLVED:
+            return
         new = event.data.severity
         if not domain.escalates(old, new):
             return
@@ -110,8 +118,9 @@ class Coordinator:
             escalation.model_dump(mode="json"),
         )
         ctx.emit(IncidentEscalated(source=SOURCE, **event.caused_by(), data=escalation))
-        if row["state"] == IncidentState.DETECTED.value:
-            await self._set_ack_deadline(ctx, event.subject, new, step=1)
+        if state is IncidentState.DETECTED:
+            # Unacknowledged still: the walk down the rotation goes on from the current commander.
+            await self._set_ack_deadline(ctx, event.subject, new, step=row["escalation_step"] + 1)
 
     async def on_command(self, ctx: HandlerContext, command: AcknowledgeIncident | ResolveIncident) -> None:
         await self.apply_command(ctx, command)
@@ -127,8 +136,8 @@ class Coordinator:
         try:
             if row is None:
                 raise InvalidTransition(f"no incident {command.subject}")
-            current = IncidentState(row["state"])
-            target = domain.transition(current, name)
+            target = domain.transition(row["state"], name)
+            current = IncidentState(row["state"])  # known: the transition was allowed from it
         except InvalidTransition as exc:
             rejected = CommandRejected(
                 source=SOURCE,
@@ -169,19 +178,22 @@ class Coordinator:
         row = await ctx.conn.fetchrow(
             "SELECT * FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", timer.subject
         )
-        if row is None or row["state"] != IncidentState.DETECTED.value:
+        if row is None:
+            return
+        state, severity = self._known(row, timer.subject, "acknowledgement deadline ignored")
+        if state is not IncidentState.DETECTED or severity is None:
             return
         step = int(timer.payload.get("step", 1))
         rotation = next((r for r in self.oncall.rotations if r.name == row["rotation"]), self.oncall.rotations[0])
         if step >= len(rotation.members):
-            log.warning("incident %s: whole rotation paged without acknowledgement", timer.subject)
+            await self._exhausted(ctx, timer.subject, row, rotation, severity)
             return
         previous = row["commander"]
         commander = domain.on_shift(rotation, row["detected_at"], step=step)
         escalation = Escalation.model_validate(row["escalation"]).model_copy(
             update={
                 "commander": commander,
-                "reason": f"not acknowledged by {previous} within the {row['severity']} deadline",
+                "reason": f"not acknowledged by {previous} within the {severity.value} deadline",
             }
         )
         await ctx.conn.execute(
@@ -193,7 +205,47 @@ class Coordinator:
             escalation.model_dump(mode="json"),
         )
         ctx.emit(IncidentEscalated(source=SOURCE, subject=timer.subject, data=escalation))
-        await self._set_ack_deadline(ctx, timer.subject, Severity(row["severity"]), step=step + 1)
+        await self._set_ack_deadline(ctx, timer.subject, severity, step=step + 1)
+
+    async def _exhausted(
+        self, ctx: HandlerContext, incident_id: str, row: asyncpg.Record, rotation: domain.Rotation, severity: Severity
+    ) -> None:
+        """Everyone in the rotation was paged: say so once, for people to step in."""
+        if row["escalation_step"] >= len(rotation.members):
+            log.info("incident %s: escalation exhaustion already reported", incident_id)
+            return
+        exhaustion = domain.exhaustion(
+            rotation, detected_at=row["detected_at"], last_commander=row["commander"], severity=severity
+        )
+        # A step past the rotation's end marks the exhaustion as reported.
+        await ctx.conn.execute(
+            "UPDATE coordinator_incidents SET escalation_step = $2, updated_at = now() WHERE incident_id = $1",
+            incident_id,
+            len(rotation.members),
+        )
+        ctx.emit(EscalationExhausted(source=SOURCE, subject=incident_id, data=exhaustion))
+        log.warning(
+            "incident %s: whole rotation %s paged (%s), nobody acknowledged",
+            incident_id,
+            rotation.name,
+            ", ".join(exhaustion.paged),
+        )
+
+    @staticmethod
+    def _known(row: asyncpg.Record, incident_id: str, outcome: str) -> tuple[IncidentState | None, Severity | None]:
+        """Return the row's state and severity, None for either one this version does not know (logged)."""
+        state = domain.known_state(row["state"])
+        severity = domain.known_severity(row["severity"])
+        if state is None or severity is None:
+            log.warning(
+                "incident %s: %s: its state %r or severity %r is unknown to this version of Vigil "
+                "(a newer coordinator wrote it); leaving it to a coordinator that knows it",
+                incident_id,
+                outcome,
+                row["state"],
+                row["severity"],
+            )
+        return state, severity
 
     async def _set_ack_deadline(self, ctx: HandlerContext, incident_id: str, severity: Severity, step: int) -> None:
         await timers.schedule(

@@ -89,3 +89,25 @@ def test_only_a_raised_severity_escalates_again() -> None:
     assert domain.escalates(Severity.SEV3, Severity.SEV1)
     assert not domain.escalates(Severity.SEV1, Severity.SEV2)
     assert not domain.escalates(Severity.SEV2, Severity.SEV2)
+
+
+def test_a_state_this_version_does_not_know_refuses_every_command() -> None:
+    assert domain.known_state("monitoring") is None
+    assert domain.known_state("acknowledged") is IncidentState.ACKNOWLEDGED
+    with pytest.raises(InvalidTransition, match="'monitoring', which this version of Vigil does not know"):
+        domain.transition("monitoring", "resolve")
+    assert domain.known_severity("SEV0") is None
+    assert domain.known_severity("SEV2") is Severity.SEV2
+
+
+def test_exhaustion_names_everyone_paged_in_order_from_whoever_was_on_shift(oncall: domain.OnCall) -> None:
+    security = domain.rotation_for(oncall, IncidentType.SYSTEM_COMPROMISE)
+    detected_at = security.start + timedelta(hours=168)  # the second member's shift
+    exhaustion = domain.exhaustion(
+        security, detected_at=detected_at, last_commander=security.members[0], severity=Severity.SEV2
+    )
+    assert exhaustion.rotation == "security"
+    assert exhaustion.paged == [*security.members[1:], security.members[0]]
+    assert exhaustion.last_commander == security.members[0]
+    assert exhaustion.severity is Severity.SEV2
+    assert "SEV2 deadline" in exhaustion.reason
