@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from services.detector import api
-from services.detector.adapters import FORMATS
+from services.detector.adapters import FORMATS, parse_record
 from shared.embedded import EmbeddedBroker
 from shared.kafka import make_consumer, make_producer
 from shared.service import Runtime, build_app
@@ -488,6 +488,24 @@ async def test_a_pagerduty_event_is_answered_as_pagerduty_answers(
     (record,) = await raw_records(settings, names, expect=1)
     assert json.loads(record.value) == PAGERDUTY_TRIGGER
     assert headers_of(record)["vigil_format"] == b"pagerduty"
+
+
+@pytest.mark.skipif("pagerduty" not in FORMATS, reason="the pagerduty adapter is not registered yet")
+async def test_the_dedup_key_answered_for_a_keyless_trigger_resolves_that_alert(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    trigger = {k: v for k, v in PAGERDUTY_TRIGGER.items() if k != "dedup_key"}
+    async with ingest(settings, pool) as client:
+        answered = await client.post("/api/v1/alerts/pagerduty", json=trigger)
+        assert answered.status_code == 202, answered.text
+        dedup_key = answered.json()["dedup_key"]
+        resolve = {"routing_key": trigger["routing_key"], "event_action": "resolve", "dedup_key": dedup_key}
+        resolved = await client.post("/api/v1/alerts/pagerduty", json=resolve)
+    assert resolved.status_code == 202, resolved.text
+    assert resolved.json()["dedup_key"] == dedup_key
+    records = await raw_records(settings, names, expect=2)
+    alerts = {a.status: a for r in records for a in parse_record(r.value, format_name="pagerduty").alerts}
+    assert alerts["resolved"].key == alerts["firing"].key
 
 
 # ---- the CLI publishes what the HTTP ingest publishes --------------------------------------------
