@@ -13,12 +13,15 @@ from typing import Any
 
 from services.detector.adapters.alertmanager import Alertmanager
 from services.detector.adapters.base import Adapter, Parsed, Rejected
+from services.detector.adapters.crowdstrike import CrowdStrike
+from services.detector.adapters.defender import Defender
 from services.detector.adapters.elastic import Elastic
 from services.detector.adapters.falco import Falco
 from services.detector.adapters.guardduty import GuardDuty
 from services.detector.adapters.native import REQUIRED, Native
 from services.detector.adapters.ocsf import Ocsf
 from services.detector.adapters.pagerduty import PagerDuty
+from services.detector.adapters.sentinelone import SentinelOne
 from services.detector.adapters.suricata import Suricata
 from services.detector.adapters.wazuh import Wazuh
 from services.detector.adapters.zeek import Zeek
@@ -34,6 +37,9 @@ ADAPTERS: tuple[Adapter, ...] = (
     Elastic(),
     PagerDuty(),
     Zeek(),
+    CrowdStrike(),
+    Defender(),
+    SentinelOne(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}

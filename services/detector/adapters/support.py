@@ -134,6 +134,12 @@ def values_under(value: Any, *keys: str) -> list[Any]:
     return [v for v in found if not isinstance(v, dict | list)]
 
 
+def lines(*items: tuple[str | None, Any]) -> str:
+    """The items that hold text, one per line, each after its label ("file: /tmp/x"), or alone without one."""
+    found = [(label, t) for label, value in items if (t := text(value)) is not None]
+    return "\n".join(f"{label}: {t}" if label else t for label, t in found)
+
+
 def listed(value: Any) -> list[Any]:
     """The value when it is a list, else an empty one."""
     return value if isinstance(value, list) else []
