@@ -58,10 +58,15 @@ class Detector:
 
     async def handle_alerts(self, ctx: HandlerContext, alerts: list[Alert]) -> None:
         repeats, changes = await self._store(ctx, alerts)
-        if repeats:
-            ALERTS.labels("repeat").inc(len(repeats))
-            log.info("%d alert(s) stored before and sent again: counted as repeats, no incident changed", len(repeats))
-        ALERTS.labels("accepted").inc(len(alerts) - len(repeats))
+        stored = sum(len(c.alerts) for c in changes)
+        if stored < len(alerts):  # every other sighting was counted on an alert stored before
+            ALERTS.labels("repeat").inc(len(alerts) - stored)
+            log.info(
+                "%d sighting(s) of %d alert(s) stored before: counted as repeats, no incident changed",
+                len(alerts) - stored,
+                len(repeats),
+            )
+        ALERTS.labels("accepted").inc(stored)
         for change in changes:
             parts = domain.snapshots(change)
             event_class = IncidentDetected if change.created else IncidentUpdated
