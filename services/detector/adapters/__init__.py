@@ -23,6 +23,7 @@ from services.detector.adapters.ocsf import Ocsf
 from services.detector.adapters.pagerduty import PagerDuty
 from services.detector.adapters.sentinelone import SentinelOne
 from services.detector.adapters.suricata import Suricata
+from services.detector.adapters.user_report import UserReport
 from services.detector.adapters.wazuh import Wazuh
 from services.detector.adapters.zeek import Zeek
 
@@ -40,6 +41,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     CrowdStrike(),
     Defender(),
     SentinelOne(),
+    UserReport(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}
