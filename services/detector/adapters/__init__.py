@@ -18,6 +18,7 @@ from services.detector.adapters.defender import Defender
 from services.detector.adapters.elastic import Elastic
 from services.detector.adapters.falco import Falco
 from services.detector.adapters.guardduty import GuardDuty
+from services.detector.adapters.hayabusa import Hayabusa
 from services.detector.adapters.native import REQUIRED, Native
 from services.detector.adapters.ocsf import Ocsf
 from services.detector.adapters.pagerduty import PagerDuty
@@ -42,6 +43,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     Defender(),
     SentinelOne(),
     UserReport(),
+    Hayabusa(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}
