@@ -11,6 +11,7 @@ import os
 import signal
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -410,6 +411,89 @@ async def _publish_records(records: Sequence[Record]) -> None:
         _fail(f"cannot publish to the broker at {settings.kafka.bootstrap_servers}: {exc!r}")
     finally:
         await producer.stop()
+
+
+# ---- problem reports ---------------------------------------------------------------------------
+
+REPORT_TEMPLATE = "\n# What did you see, where, since when? Lines starting with # are left out.\n"
+REPORT_SEVERITIES = ("info", "low", "medium", "high", "critical")
+
+
+def problem_report(
+    *,
+    reporter: str,
+    description: str,
+    service: str | None = None,
+    contact: str | None = None,
+    severity: str | None = None,
+    host: str | None = None,
+    time: datetime | None = None,
+) -> dict[str, Any]:
+    """The ``user_report`` record of a person's report (services/detector/adapters/user_report.py)."""
+    report = {
+        "reporter": reporter,
+        "description": description,
+        "affected_service": service,
+        "contact": contact,
+        "severity": severity,
+        "host": host,
+        "time": (time or datetime.now(UTC)).isoformat(),
+    }
+    return {"format": "user_report", "report": {k: v for k, v in report.items() if v}}
+
+
+def _description_from_person() -> str:
+    stdin = typer.get_text_stream("stdin")
+    if not stdin.isatty():
+        return stdin.read()
+    import click
+
+    written = click.edit(REPORT_TEMPLATE) or ""
+    return "\n".join(line for line in written.splitlines() if not line.startswith("#"))
+
+
+@app.command("report-problem")
+def report_problem(
+    service_name: Annotated[str | None, typer.Option("--service", help="The service affected, as you name it.")] = None,
+    description: Annotated[
+        str | None, typer.Option(help="What you saw; default: read from stdin, or written in $EDITOR.")
+    ] = None,
+    contact: Annotated[str | None, typer.Option(help="How to reach you (phone, chat handle).")] = None,
+    severity: Annotated[str | None, typer.Option(help=f"How bad it is: {', '.join(REPORT_SEVERITIES)}.")] = None,
+    host: Annotated[str | None, typer.Option(help="The machine concerned, if you know it.")] = None,
+    reporter: Annotated[str | None, typer.Option(help="Who reports; defaults to $VIGIL_ACTOR or your login.")] = None,
+) -> None:
+    """Report a problem you noticed: it reaches the detector as an alert, like any monitoring tool's."""
+    if severity is not None and severity.lower() not in REPORT_SEVERITIES:
+        _fail(f"severity {severity!r} is not one of {', '.join(REPORT_SEVERITIES)}")
+    text = (description if description is not None else _description_from_person()).strip()
+    if not text:
+        _fail("no description: say what you saw with --description, on stdin, or in the editor")
+    record = problem_report(
+        reporter=reporter or os.environ.get("VIGIL_ACTOR") or getpass.getuser(),
+        description=text,
+        service=service_name,
+        contact=contact,
+        severity=severity.lower() if severity else None,
+        host=host,
+    )
+    settings = _settings()
+    url = f"{settings.detector_url.rstrip('/')}/api/v1/alerts"
+    headers = {"Authorization": f"Bearer {settings.ingest_token.get_secret_value()}"} if settings.ingest_token else {}
+    try:
+        # Connection failures only are retried: the same report sent twice is one alert seen twice.
+        with httpx.Client(transport=httpx.HTTPTransport(retries=2), timeout=15) as client:
+            response = client.post(url, params={"format": "user_report"}, json=record, headers=headers)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the detector at {url}: {exc}")
+    if response.status_code != 202:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        _fail(f"the detector refused the report ({response.status_code}): {detail}")
+    (accepted,) = response.json()["records"]
+    console.print(f"problem reported: [b]{', '.join(accepted['alerts'])}[/b]")
 
 
 # ---- incidents ---------------------------------------------------------------------------------

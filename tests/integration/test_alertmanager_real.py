@@ -21,17 +21,14 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
-from services.detector import api
 from services.detector.adapters import FORMATS, parse_record
 from shared.embedded import free_port
-from shared.kafka import make_producer
-from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.topics import ALERTS_RAW, TopicNames
 from tests.helpers import eventually, read_all
+from tests.integration.test_ingest_http import served_ingest
 
 pytestmark = [
     pytest.mark.integration,
@@ -62,42 +59,6 @@ def alertmanager_config(*, detector: str, token: str) -> str:
     # The test's own part: route everything to the receiver, and deliver at once.
     route = "route:\n  receiver: vigil\n  group_by: ['alertname']\n  group_wait: 1s\n  group_interval: 1s\n"
     return route + receiver
-
-
-@contextlib.asynccontextmanager
-async def detector_ingest(settings: VigilSettings, pool: asyncpg.Pool) -> AsyncIterator[str]:
-    """The detector's app served by uvicorn on a free port; yields its host:port."""
-    producer = make_producer(settings, client_id="ingest-test")
-    await producer.start()
-    port = free_port()
-    runtime = Runtime(
-        service="detector", settings=settings, pool=pool, producer=producer, names=TopicNames(settings.topic_prefix)
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(runtime, api.routers(runtime)),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-    )
-    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
-    serving = asyncio.create_task(server.serve(), name="detector-ingest")
-    try:
-        await eventually(lambda: _started(server, serving), timeout=15)
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
-        await producer.stop()
-
-
-async def _started(server: uvicorn.Server, serving: asyncio.Task[None]) -> bool:
-    if serving.done():
-        serving.result()  # raise why it stopped
-    return server.started
 
 
 @contextlib.asynccontextmanager
@@ -154,7 +115,7 @@ async def test_a_real_alertmanager_delivers_to_the_ingest_with_the_readme_receiv
         "generatorURL": "http://prometheus.example.com:9090/graph",
     }
     async with (
-        detector_ingest(configured, pool) as detector,
+        served_ingest(configured, pool) as detector,
         alertmanager(alertmanager_config(detector=detector, token=token), tmp_path) as url,
         httpx.AsyncClient(base_url=url, timeout=5) as client,
     ):

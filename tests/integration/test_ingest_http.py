@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
@@ -23,13 +25,13 @@ from typer.testing import CliRunner
 
 from services.detector import api
 from services.detector.adapters import FORMATS, parse_record
-from shared.embedded import EmbeddedBroker
+from shared.embedded import EmbeddedBroker, free_port
 from shared.kafka import make_consumer, make_producer
 from shared.service import Runtime, build_app
 from shared.settings import KafkaSettings, VigilSettings
 from shared.topics import ALERTS_RAW, TopicNames, ensure_topics
 from tests.factories import alert_dict
-from tests.helpers import read_all
+from tests.helpers import eventually, read_all
 from vigil.cli import app as cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -58,6 +60,42 @@ async def ingest(
             yield client
     finally:
         await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def served_ingest(settings: VigilSettings, pool: asyncpg.Pool) -> AsyncIterator[str]:
+    """The detector's app served by uvicorn on a free port; yields its host:port."""
+    producer = make_producer(settings, client_id="ingest-test")
+    await producer.start()
+    port = free_port()
+    runtime = Runtime(
+        service="detector", settings=settings, pool=pool, producer=producer, names=TopicNames(settings.topic_prefix)
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(runtime, api.routers(runtime)),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
+    serving = asyncio.create_task(server.serve(), name="detector-ingest")
+    try:
+        await eventually(lambda: _started(server, serving), timeout=15)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+        await producer.stop()
+
+
+async def _started(server: uvicorn.Server, serving: asyncio.Task[None]) -> bool:
+    if serving.done():
+        serving.result()  # raise why it stopped
+    return server.started
 
 
 async def raw_records(settings: VigilSettings, names: TopicNames, expect: int) -> list[Any]:
@@ -552,3 +590,55 @@ async def test_vigil_alert_send_publishes_a_large_file_whole(
     records = await raw_records(settings, names, expect=1000)
     assert {json.loads(r.value)["id"] for r in records} == {a["id"] for a in alerts}
     assert all(r.key == f"host:{json.loads(r.value)['host']}".encode() for r in records)
+
+
+# ---- vigil report-problem: a person's report through the HTTP ingest -------------------------
+
+
+@pytest.mark.skipif("user_report" not in FORMATS, reason="the user_report adapter is not registered yet")
+async def test_a_reported_problem_reaches_the_raw_topic_as_a_user_report(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configured = settings.model_copy(update={"ingest_tokens": SecretStr("people:pe-0p1e,falco:fa-1")})
+    monkeypatch.setenv("VIGIL_INGEST_TOKEN", "pe-0p1e")
+    monkeypatch.delenv("VIGIL_ACTOR", raising=False)
+    async with served_ingest(configured, pool) as detector:
+        monkeypatch.setenv("VIGIL_DETECTOR_URL", f"http://{detector}")
+        reported = await asyncio.to_thread(
+            CliRunner().invoke,
+            cli,
+            ["report-problem", "--service", "payroll", "--severity", "HIGH", "--contact", "ext 4471"],
+            input="Payroll shows another employee's payslip\nSince 09:00, after logging in.\n",
+        )
+        assert reported.exit_code == 0, reported.output
+        monkeypatch.setenv("VIGIL_INGEST_TOKEN", "wrong")
+        refused = await asyncio.to_thread(
+            CliRunner().invoke, cli, ["report-problem", "--description", "the wiki is down"]
+        )
+    assert refused.exit_code == 1
+    assert "the detector refused the report (401)" in refused.output
+
+    (record,) = await raw_records(configured, names, expect=1)
+    assert headers_of(record)["vigil_format"] == b"user_report"
+    assert headers_of(record)["vigil_ingest_source"] == b"people"
+    (alert,) = parse_record(record.value).alerts
+    assert f"problem reported: {alert.key}" in reported.stdout
+    assert alert.user == getpass.getuser()  # the reporter: the local user
+    assert alert.title == "payroll: Payroll shows another employee's payslip"
+    assert alert.description == "Payroll shows another employee's payslip\nSince 09:00, after logging in."
+    assert alert.severity.value == "high"
+    assert alert.labels["contact"] == "ext 4471"
+    assert record.key == f"user:{getpass.getuser().lower()}".encode()
+
+
+async def test_report_problem_says_when_the_detector_cannot_be_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIGIL_DETECTOR_URL", f"http://127.0.0.1:{free_port()}")
+    result = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["report-problem", "--description", "mail is slow", "--reporter", "ana"]
+    )
+    assert result.exit_code == 1
+    assert "cannot reach the detector at http://127.0.0.1:" in result.output
+    empty = await asyncio.to_thread(CliRunner().invoke, cli, ["report-problem"], input="  \n")
+    assert empty.exit_code == 1 and "no description" in empty.output
+    bad = await asyncio.to_thread(CliRunner().invoke, cli, ["report-problem", "--severity", "meh"], input="x")
+    assert bad.exit_code == 1 and "severity 'meh' is not one of" in bad.output

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from typer.testing import CliRunner
 
-from services.detector.adapters import FORMATS
+from services.detector.adapters import FORMATS, parse_payload
 from tests.factories import alert_dict
-from vigil.cli import app, parse_records
+from vigil.cli import app, parse_records, problem_report
 from vigil.dlq import DeadLetter, choose, parse_position
 
 
@@ -126,3 +127,35 @@ def test_positions_are_offsets_or_partition_and_offset() -> None:
 def test_a_replay_carries_the_original_headers_and_where_it_comes_from() -> None:
     replayed = letter(5, "unknown_format", partition=0).replay_headers()
     assert replayed == [("vigil_format", b"native"), ("vigil_replayed_from", b"vigil.alerts.dlq:0:5")]
+
+
+# ---- problem reports ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif("user_report" not in FORMATS, reason="the user_report adapter is not registered yet")
+def test_a_problem_report_is_a_user_report_record() -> None:
+    when = datetime(2026, 11, 24, 9, 5, tzinfo=UTC)
+    full = problem_report(
+        reporter="ana.lima@example.org",
+        description="Payroll shows another employee's payslip",
+        service="payroll",
+        contact="+351 21 000 0000",
+        severity="critical",
+        host="payroll-web-1",
+        time=when,
+    )
+    (alert,) = parse_payload(full).alerts  # recognised by its shape, too
+    assert (alert.format, alert.user, alert.host, alert.severity.value, alert.time) == (
+        "user_report",
+        "ana.lima@example.org",
+        "payroll-web-1",
+        "critical",
+        when,
+    )
+    bare = problem_report(reporter="ana", description="VPN drops every 5 minutes", time=when)
+    assert bare == {
+        "format": "user_report",
+        "report": {"reporter": "ana", "description": "VPN drops every 5 minutes", "time": when.isoformat()},
+    }
+    (plain,) = parse_payload(bare, format_name="user_report").alerts
+    assert plain.severity.value == "medium"  # the adapter's default for a person's report
