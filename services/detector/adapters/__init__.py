@@ -23,6 +23,7 @@ from services.detector.adapters.guardduty import GuardDuty
 from services.detector.adapters.hayabusa import Hayabusa
 from services.detector.adapters.native import REQUIRED, Native
 from services.detector.adapters.ocsf import Ocsf
+from services.detector.adapters.osquery import Osquery
 from services.detector.adapters.pagerduty import PagerDuty
 from services.detector.adapters.sentinelone import SentinelOne
 from services.detector.adapters.suricata import Suricata
@@ -47,6 +48,7 @@ ADAPTERS: tuple[Adapter, ...] = (
     SentinelOne(),
     UserReport(),
     Hayabusa(),
+    Osquery(),
     Native(),
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}
