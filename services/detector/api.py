@@ -231,7 +231,7 @@ def read_records(records: Sequence[bytes], *, format_name: str | None) -> list[R
         try:
             parsed = parse_record(value, format_name=format_name)
         except Rejected as exc:
-            where = f"record {index}: " if len(records) > 1 else ""
+            where = f"record at index {index}: " if len(records) > 1 else ""
             status = 413 if exc.code == "too_large" else 400
             raise Refused(status, exc.code, f"{where}{exc.reason}", index=index) from exc
         read.append(Record(index=index, value=value, parsed=parsed))
@@ -286,7 +286,7 @@ class Ingest:
         stored = await self.publish(records, source=source)
         for record in records:
             INGEST_RECORDS.labels(record.parsed.format).inc()
-        log.info(
+        log.debug(
             "ingest: %d record(s) accepted from %s",
             len(records),
             source or "an unauthenticated sender",
