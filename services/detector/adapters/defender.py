@@ -1,17 +1,19 @@
-"""Microsoft Defender XDR alerts: Graph security alerts (v2), Defender for Endpoint API alerts, and
-the AlertInfo / AlertEvidence rows of Defender's streaming API (advanced hunting tables).
+"""Microsoft Defender XDR alerts: Graph security alerts (v2), Defender for Endpoint API alerts, the
+alerts of the Microsoft 365 Defender incidents API, and the AlertInfo / AlertEvidence rows of
+Defender's streaming API (advanced hunting tables).
 
-**Detected by** an alert with ``id``, ``title`` and ``severity`` plus Defender's own keys: Graph's
+**Detected by** an alert with its id, ``title`` and ``severity`` plus Defender's own keys: Graph's
 ``createdDateTime`` with ``detectionSource``, ``serviceSource`` or ``providerAlertId`` (or the
-``@odata.type`` ``#microsoft.graph.security.alert``), or the Endpoint API's ``alertCreationTime`` with
-``machineId`` or ``detectionSource``; or a streamed row, ``category`` ``AdvancedHunting-<table>`` with
+``@odata.type`` ``#microsoft.graph.security.alert``), the Endpoint API's ``alertCreationTime`` with
+``machineId`` or ``detectionSource``, or the incidents API's ``alertId`` and ``creationTime`` with
+``devices`` or a source; or a streamed row, ``category`` ``AdvancedHunting-<table>`` with
 its ``properties``. Rows of other advanced-hunting tables (device, e-mail, identity events ...) are
 telemetry and accounted as skipped.
 
-**Identity**: the alert id (``id``; ``properties.AlertId`` when streamed, the same id), ``source``
-``defender``. Defender streams one AlertInfo row and one AlertEvidence row per entity of an alert,
-all with its AlertId: they are one alert, repeated; whichever arrives first is the one stored (an
-evidence row names a device, an AlertInfo row does not).
+**Identity**: the alert id (``id``; ``alertId`` in the incidents API, ``properties.AlertId`` when
+streamed: the same id), ``source`` ``defender``. Defender streams one AlertInfo row and one
+AlertEvidence row per entity of an alert, all with its AlertId: they are one alert, repeated;
+whichever arrives first is the one stored (an evidence row names a device, an AlertInfo row does not).
 
 **Severity**: Defender's own scale, one to one (it has no critical):
 
@@ -28,10 +30,11 @@ onboarding detection test (its title starts with "[Test Alert]") is a ``test`` a
 
 **Fields**: title and description as written; ``category`` the category, and an ATT&CK tactic when
 it names one (``DefenseEvasion``); ``mitreTechniques`` (``AttackTechniques`` when streamed) the
-techniques. The host is the device evidence's ``deviceDnsName`` (``computerDnsName``,
-``DeviceName``), the user the user evidence's account (``relatedUser``, ``AccountName``); an IP
-evidence (Defender does not say which end it was) is the source address, a streamed row's
-``RemoteIP`` and ``LocalIP`` the source and destination. ``alertWebUrl`` is the URL; incident,
+techniques. The host is the device's ``deviceDnsName`` (``devices``, device evidence;
+``computerDnsName``, ``DeviceName``), the user the user evidence's or entity's account
+(``relatedUser``, ``AccountName``); an IP evidence or entity (Defender does not say which end it
+was) is the source address, a streamed row's ``RemoteIP`` and ``LocalIP`` the source and
+destination. ``alertWebUrl`` is the URL; incident,
 detection and service sources, classification, determination, threat and tenant are labels.
 """
 
@@ -71,13 +74,15 @@ TEST_ALERT = "[Test Alert]"
 def _is_alert(payload: Mapping[str, Any]) -> bool:
     if payload.get("@odata.type") == GRAPH_ALERT:
         return True
-    if not all(k in payload for k in ("id", "title", "severity")):
+    if "title" not in payload or "severity" not in payload:
         return False
-    graph = "createdDateTime" in payload and any(
-        k in payload for k in ("detectionSource", "serviceSource", "providerAlertId")
+    sources = ("detectionSource", "serviceSource")
+    graph = (
+        "id" in payload and "createdDateTime" in payload and any(k in payload for k in (*sources, "providerAlertId"))
     )
-    endpoint = "alertCreationTime" in payload and any(k in payload for k in ("machineId", "detectionSource"))
-    return graph or endpoint
+    endpoint = "id" in payload and "alertCreationTime" in payload and any(k in payload for k in ("machineId", *sources))
+    incident = "alertId" in payload and "creationTime" in payload and any(k in payload for k in ("devices", *sources))
+    return graph or endpoint or incident
 
 
 def _hunting_table(payload: Mapping[str, Any]) -> str | None:
@@ -136,19 +141,27 @@ def severity_of(value: Any) -> tuple[AlertSeverity, str | None, str]:
 
 
 def _alert(alert: Mapping[str, Any]) -> dict[str, Any]:
-    """The normalised fields of a Graph (v2) or Defender for Endpoint API alert."""
-    evidence = [mapping(e) for e in listed(alert.get("evidence"))]
-    device = next((e for e in evidence if "deviceDnsName" in e or e.get("entityType") == "Machine"), {})
+    """The normalised fields of a Graph (v2), Defender for Endpoint API or incidents API alert."""
+    evidence = [mapping(e) for e in [*listed(alert.get("evidence")), *listed(alert.get("entities"))]]
+    devices = [mapping(d) for d in listed(alert.get("devices"))]
+    device = next((e for e in [*devices, *evidence] if "deviceDnsName" in e or e.get("entityType") == "Machine"), {})
     account = next((mapping(e.get("userAccount")) or e for e in evidence if _is_user(e)), {})
     related = mapping(alert.get("relatedUser"))
     ip = next((ip for e in evidence if (ip := ip_or_none(e.get("ipAddress"))) is not None), None)
     return {
-        "id": identity(alert.get("id")),
+        "id": identity(first(alert.get("id"), alert.get("alertId"))),
         "title": text(alert.get("title")),
         "description": first(alert.get("description"), alert.get("title")) or "",
         "severity": alert.get("severity"),
         "time": time_of(
-            alert, "createdDateTime", "alertCreationTime", "firstActivityDateTime", "firstEventTime", what="the alert"
+            alert,
+            "createdDateTime",
+            "alertCreationTime",
+            "creationTime",
+            "firstActivityDateTime",
+            "firstEventTime",
+            "firstActivity",
+            what="the Defender alert",
         ),
         "host": first(alert.get("computerDnsName"), device.get("deviceDnsName"), device.get("computerDnsName")),
         "user": first(related.get("userName"), account.get("accountName"), account.get("userPrincipalName")),
@@ -169,7 +182,7 @@ def _alert(alert: Mapping[str, Any]) -> dict[str, Any]:
                 "determination": alert.get("determination"),
                 "threat": first(alert.get("threatDisplayName"), alert.get("threatName")),
                 "threat_family": alert.get("threatFamilyName"),
-                "machine_id": first(alert.get("machineId"), device.get("mdeDeviceId")),
+                "machine_id": first(alert.get("machineId"), device.get("mdeDeviceId"), device.get("mdatpDeviceId")),
                 "tenant_id": first(alert.get("tenantId"), alert.get("aadTenantId")),
             }
         ),

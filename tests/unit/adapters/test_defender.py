@@ -83,6 +83,30 @@ ENDPOINT_ALERT: dict[str, Any] = {
     "evidence": [],
 }
 
+# An alert of the Microsoft 365 Defender incidents API (GET /api/incidents, "alerts" of an incident:
+# alertId, incidentId, serviceSource, creationTime, title, category, status, severity,
+# mitreTechniques, devices with deviceDnsName, entities with entityType User / Ip).
+INCIDENT_ALERT: dict[str, Any] = {
+    "alertId": "da637308392288907382_-880718168",
+    "incidentId": 924518,
+    "serviceSource": "MicrosoftDefenderForEndpoint",
+    "creationTime": "2020-07-21T00:00:28.7907529Z",
+    "lastUpdatedTime": "2020-07-21T00:03:27.9666667Z",
+    "firstActivity": "2020-07-20T23:56:28.8Z",
+    "title": "Suspicious URL clicked",
+    "category": "InitialAccess",
+    "status": "New",
+    "severity": "Medium",
+    "detectionSource": "WindowsDefenderAtp",
+    "mitreTechniques": ["T1566.002"],
+    "devices": [{"mdatpDeviceId": "24c222b0b60fe148eeece49ac83910cc6a7ef491", "deviceDnsName": "nuc-lap.corp.example"}],
+    "entities": [
+        {"entityType": "User", "accountName": "bob", "domainName": "CONTOSO"},
+        {"entityType": "Url", "url": "http://phishing.example/login"},
+        {"entityType": "Ip", "ipAddress": "198.51.100.77"},
+    ],
+}
+
 # A streamed row of another advanced hunting table (DeviceProcessEvents): telemetry.
 PROCESS_ROW: dict[str, Any] = {
     "category": "AdvancedHunting-DeviceProcessEvents",
@@ -91,7 +115,7 @@ PROCESS_ROW: dict[str, Any] = {
     "time": "2025-04-11T21:07:42Z",
 }
 
-DOCUMENTED = [GRAPH_ALERT, ENDPOINT_ALERT, PROCESS_ROW]
+DOCUMENTED = [GRAPH_ALERT, ENDPOINT_ALERT, INCIDENT_ALERT, PROCESS_ROW]
 
 
 def corpus_if_present() -> list[Any]:
@@ -153,6 +177,19 @@ def test_an_endpoint_api_alert_that_is_resolved() -> None:
         "temp123",
     )
     assert (alert.techniques, alert.labels["threat_family"]) == (["T1003.001"], "Mimikatz")
+
+
+def test_an_incidents_api_alert_names_its_device_user_and_address() -> None:
+    (alert,) = ADAPTER.parse(INCIDENT_ALERT).alerts
+    assert (alert.id, alert.title, alert.severity.value) == (
+        "da637308392288907382_-880718168",
+        "Suspicious URL clicked",
+        "medium",
+    )
+    assert (alert.host, alert.user, str(alert.src_ip)) == ("nuc-lap.corp.example", "bob", "198.51.100.77")
+    assert alert.time == datetime(2020, 7, 21, 0, 0, 28, 790752, UTC)
+    assert alert.techniques == ["T1566.002", "TA0001"]
+    assert alert.labels["machine_id"] == "24c222b0b60fe148eeece49ac83910cc6a7ef491"
 
 
 @pytest.mark.parametrize(
