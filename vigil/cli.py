@@ -341,14 +341,15 @@ def parse_records(body: bytes, *, format_name: str | None = None) -> tuple[list[
 
     Return the records that can be read and why each other one cannot (numbered from 1).
     """
-    from services.detector.adapters import Rejected, parse_record
+    from services.detector.adapters import Rejected, parse_record, storable
     from services.detector.api import Record, split_records
 
     records: list[Record] = []
     refused: list[str] = []
     for index, value in enumerate(split_records(body)):
         try:
-            records.append(Record(index=index, value=value, parsed=parse_record(value, format_name=format_name)))
+            parsed = parse_record(value, format_name=format_name)
+            records.append(Record(index=index, value=storable(value, parsed), parsed=parsed))
         except Rejected as exc:
             refused.append(f"record {index + 1}: {exc.reason} ({exc.code})")
     return records, refused

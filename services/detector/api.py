@@ -42,7 +42,7 @@ from aiokafka.structs import RecordMetadata
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from services.detector.adapters import FORMAT_HEADER, FORMATS, Parsed, Rejected, parse_record
+from services.detector.adapters import FORMAT_HEADER, FORMATS, Parsed, Rejected, parse_record, storable
 from services.detector.metrics import INGEST_RECORDS, INGEST_REFUSED, INGEST_REQUESTS
 from shared.service import Runtime
 from shared.topics import ALERTS_RAW
@@ -234,7 +234,7 @@ def read_records(records: Sequence[bytes], *, format_name: str | None) -> list[R
             where = f"record at index {index}: " if len(records) > 1 else ""
             status = 413 if exc.code == "too_large" else 400
             raise Refused(status, exc.code, f"{where}{exc.reason}", index=index) from exc
-        read.append(Record(index=index, value=value, parsed=parsed))
+        read.append(Record(index=index, value=storable(value, parsed), parsed=parsed))
     return read
 
 

@@ -529,8 +529,12 @@ async def test_a_pagerduty_event_is_answered_as_pagerduty_answers(
     assert error["message"] == "Event object is invalid"
     assert error["errors"] and all(isinstance(e, str) and e for e in error["errors"])
     (record,) = await raw_records(settings, names, expect=1)
-    assert json.loads(record.value) == PAGERDUTY_TRIGGER
+    # Stored without its routing key, a secret; otherwise as sent, and the same alert.
+    assert json.loads(record.value) == {k: v for k, v in PAGERDUTY_TRIGGER.items() if k != "routing_key"}
+    assert PAGERDUTY_TRIGGER["routing_key"].encode() not in record.value
     assert headers_of(record)["vigil_format"] == b"pagerduty"
+    sent = parse_record(json.dumps(PAGERDUTY_TRIGGER).encode(), format_name="pagerduty").alerts
+    assert parse_record(record.value, format_name="pagerduty").alerts == sent
 
 
 @pytest.mark.skipif("pagerduty" not in FORMATS, reason="the pagerduty adapter is not registered yet")

@@ -87,6 +87,9 @@ class PagerDuty:
             and ("routing_key" in payload or "dedup_key" in payload or isinstance(payload.get("payload"), Mapping))
         )
 
+    def scrub(self, payload: Any) -> Any:
+        return scrub(payload)
+
     def parse(self, payload: Any) -> Parsed:
         if not isinstance(payload, Mapping):
             raise Rejected("a PagerDuty event is a JSON object", code="invalid_fields")
@@ -186,6 +189,23 @@ def _list(value: Any) -> list[Any]:
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def scrub(payload: Any) -> Any:
+    """The event as it may be stored on a topic: without its routing key (a secret).
+
+    A dedup_key that held the routing key is replaced by the digest ``parse`` would use, so the
+    scrubbed event reads as the same alert as the original.
+    """
+    if not isinstance(payload, Mapping):
+        return payload
+    secret = payload.get("routing_key")
+    secret = secret if isinstance(secret, str) and len(secret) >= MIN_SECRET else None
+    raw_key = text(payload.get("dedup_key"))
+    event = _redact({k: v for k, v in payload.items() if k != "routing_key"}, secret)
+    if raw_key and (len(raw_key) > 200 or _contains(raw_key, secret)):
+        event["dedup_key"] = stable_id(raw_key)
+    return event
 
 
 def _contains(value: str, secret: str | None) -> bool:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 
-from services.detector.adapters import Rejected, parse_payload
+from services.detector.adapters import Rejected, parse_payload, parse_record, storable
 from services.detector.adapters.base import stable_id
 from services.detector.adapters.pagerduty import PagerDuty
 from tests.unit.adapters.corpus import json_values, mutated, other_records, parses_or_refuses, recognised_by
@@ -182,3 +183,17 @@ def test_a_mangled_event_is_read_or_refused_and_never_leaks_its_key(payload: Any
     if parsed is not None and key in (KEY, "samplekeyhere"):  # a real key, whatever else was mangled
         assert all(key not in alert.model_dump_json() for alert in parsed.alerts)
         assert all(key not in reason for reason in parsed.skipped)
+
+
+def test_a_scrubbed_event_holds_no_routing_key_and_reads_as_the_same_alert() -> None:
+    secret = "R0ut1ngK3yOfTh1sIntegrat10n"
+    event = {
+        "routing_key": secret,
+        "event_action": "trigger",
+        "dedup_key": f"{secret}-disk",  # PagerDuty's examples reuse the routing key in dedup keys
+        "payload": {"summary": f"disk full (key {secret})", "source": "db-01", "severity": "error"},
+    }
+    scrubbed = storable(json.dumps(event).encode(), parse_record(json.dumps(event).encode()))
+    assert secret.encode() not in scrubbed
+    original = parse_record(json.dumps(event).encode()).alerts
+    assert [a.key for a in parse_record(scrubbed).alerts] == [a.key for a in original]
