@@ -1,10 +1,12 @@
 """Benchmarks of Vigil on real infrastructure: detector throughput and end-to-end latency.
 
-``python -m bench.run [--alerts N] [--rate R] [--out bench/results/latest.json]``
+``python -m bench.run [--alerts N] [--rate R] [--formats native|mixed|both] [--out bench/results/latest.json]``
 
 1. Detector throughput: N alerts are produced to the raw topic first, then the detector starts
    and works through the backlog; alerts/s is N over the time from the first alert row in
-   ``detector_alerts`` to the N-th.
+   ``detector_alerts`` to the N-th. With ``--formats both`` (the default) it runs twice: on
+   native alerts, then on the same mix rendered in each tool's own format (``bench/formats.py``),
+   and reports what reading those formats costs.
 2. End to end: the five services run; alerts are published at a fixed rate while a consumer of
    the incidents topic measures, per alert, the time from its send to the incident event that
    carries it. The time for the first incident to reach the reporter's timeline as detected,
@@ -45,7 +47,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from shared.alerts import Alert
+from bench import formats
 from shared.cloudevents import decode
 from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
@@ -60,6 +62,9 @@ RESULTS_DIR = BENCH_DIR / "results"
 LOGS_DIR = RESULTS_DIR / "logs"
 DEFAULT_OUT = RESULTS_DIR / "latest.json"
 
+# Reading tools' formats may cost at most this share of the detector's native throughput.
+FORMATS_COST_LIMIT = 0.15
+
 TIMELINE_TYPES = (
     "vigil.incident.detected.v1",
     "vigil.incident.analyzed.v1",
@@ -71,7 +76,14 @@ console = Console()
 
 
 class BenchError(Exception):
-    """A benchmark could not complete; the message says why (with a service's stderr if it died)."""
+    """A benchmark could not complete; the message says why (with a service's stderr if it died).
+
+    ``partial`` holds the figures of the runs that did complete (another format mode's).
+    """
+
+    def __init__(self, message: str, *, partial: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
 
 
 # ---- alerts ------------------------------------------------------------------------------------
@@ -250,8 +262,8 @@ class AlertFactory:
             return f"10.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(1, 255)}"
         return f"{r.choice((198, 203, 185, 45))}.{r.randrange(256)}.{r.randrange(256)}.{r.randrange(1, 255)}"
 
-    def make(self) -> tuple[str, bytes, dict[str, Any]]:
-        """Return (alert key, Kafka key, alert body without its time) for one new alert."""
+    def make(self) -> tuple[bytes, dict[str, Any]]:
+        """Return (Kafka key, native alert body without its time) for one new alert."""
         r = self.rng
         template = r.choices(self.templates, self.weights)[0]
         self.seq += 1
@@ -277,20 +289,19 @@ class AlertFactory:
         for name in ("user", "src_ip", "dst_ip"):
             if values[name]:
                 body[name] = values[name]
-        return f"{body['source']}:{body['id']}", f"host:{host}".encode(), body
+        return f"host:{host}".encode(), body
 
 
-def encode_alert(body: dict[str, Any], at: datetime) -> bytes:
-    return json.dumps({**body, "time": at.isoformat()}, separators=(",", ":")).encode()
+def check_factory(factory: AlertFactory, mode: str, count: int = 500) -> dict[str, int]:
+    """Read a sample back through the detector's adapters, so a bad generator fails before the run.
 
-
-def check_factory(factory: AlertFactory, count: int = 200) -> None:
-    """Validate a sample against Vigil's alert schema, so a bad generator fails before the run."""
-    for _ in range(count):
-        key, kafka_key, body = factory.make()
-        alert = Alert.model_validate_json(encode_alert(body, datetime.now(UTC)))
-        if alert.key != key or alert.entity.encode() != kafka_key:
-            raise BenchError(f"generated alert {key} does not match the schema's key/entity")
+    Return how many of the sample each format took.
+    """
+    sample = [factory.make()[1] for _ in range(count)]
+    try:
+        return dict(formats.check(sample, datetime.now(UTC), mode))
+    except formats.RenderError as exc:
+        raise BenchError(f"the {mode} alert generator is broken: {exc}") from exc
 
 
 # ---- infrastructure ----------------------------------------------------------------------------
@@ -501,33 +512,89 @@ async def wait_ready(service: ServiceProcess, timeout_s: float) -> float:
 # ---- benchmark 1: detector throughput ---------------------------------------------------------
 
 
-async def produce_backlog(infra: Infrastructure, topic: str, factory: AlertFactory, count: int) -> float:
-    """Produce ``count`` alerts in batches; return the seconds it took."""
+@dataclass
+class Backlog:
+    """What was produced for the throughput benchmark."""
+
+    seconds: float
+    bytes: int
+    formats: dict[str, int]
+
+
+async def produce_backlog(
+    infra: Infrastructure, topic: str, factory: AlertFactory, count: int, *, mode: str
+) -> Backlog:
+    """Produce ``count`` alerts in batches, each in its ``mode``'s format; say how long it took and what went."""
     producer = make_producer(infra.kafka)
     await producer.start()
     started = time.monotonic()
+    size = 0
+    published: dict[str, int] = {}
     try:
         chunk = 5000
         for offset in range(0, count, chunk):
             futures = []
             for _ in range(min(chunk, count - offset)):
-                _key, kafka_key, body = factory.make()
-                value = encode_alert(body, datetime.now(UTC))
+                kafka_key, body = factory.make()
+                _key, value = formats.encode(body, datetime.now(UTC), mode)
+                name = formats.format_for(body, mode).name
+                published[name] = published.get(name, 0) + 1
+                size += len(value)
                 futures.append(await producer.send(topic, key=kafka_key, value=value))
             await asyncio.gather(*futures)
     finally:
         await producer.stop()
-    return time.monotonic() - started
+    return Backlog(time.monotonic() - started, size, dict(sorted(published.items(), key=lambda f: -f[1])))
+
+
+def modes(args: argparse.Namespace, *, default: str) -> list[str]:
+    """The alert formats a benchmark runs with: ``--formats``, else its own default."""
+    chosen: str = args.formats or default
+    return list(formats.MODES) if chosen == "both" else [chosen]
 
 
 async def bench_detector(infra: Infrastructure, args: argparse.Namespace) -> dict[str, Any]:
+    """The throughput benchmark once per format mode, and how mixed formats compare with native ones."""
+    results: dict[str, Any] = {}
+    for mode in modes(args, default="both"):
+        console.log(f"detector throughput on {mode} alerts")
+        try:
+            results[mode] = await bench_detector_once(infra, args, mode)
+        except BenchError as exc:
+            raise BenchError(f"{mode} alerts: {exc}", partial=results) from exc
+    if "native" in results and "mixed" in results:
+        results["mixed_vs_native"] = compare(results["native"], results["mixed"])
+    return results
+
+
+def compare(native: dict[str, Any], mixed: dict[str, Any]) -> dict[str, Any]:
+    """Mixed formats' throughput as a share of native throughput, and the CPU each alert took."""
+    ratio = mixed["alerts_per_s"] / native["alerts_per_s"]
+    return {
+        "native_alerts_per_s": native["alerts_per_s"],
+        "mixed_alerts_per_s": mixed["alerts_per_s"],
+        "throughput_ratio": round(ratio, 3),
+        "formats_cost_pct": round((1 - ratio) * 100, 1),
+        "limit_pct": round(FORMATS_COST_LIMIT * 100, 1),
+        "within_limit": 1 - ratio <= FORMATS_COST_LIMIT,
+        "native_cpu_us_per_alert": native["detector_cpu_us_per_alert"],
+        "mixed_cpu_us_per_alert": mixed["detector_cpu_us_per_alert"],
+    }
+
+
+async def bench_detector_once(infra: Infrastructure, args: argparse.Namespace, mode: str) -> dict[str, Any]:
     count: int = args.alerts
-    async with fresh_stage(infra, "throughput") as stage:
+    async with fresh_stage(infra, f"throughput-{mode}") as stage:
         factory = AlertFactory(hosts=args.hosts, seed=args.seed)
-        check_factory(AlertFactory(hosts=args.hosts, seed=args.seed + 1))
-        with console.status(f"producing {count:,} alerts to {stage.names(ALERTS_RAW)}"):
-            produce_s = await produce_backlog(infra, stage.names(ALERTS_RAW), factory, count)
-        console.log(f"produced {count:,} alerts in {produce_s:.1f}s ({count / produce_s:,.0f}/s)")
+        sample = check_factory(AlertFactory(hosts=args.hosts, seed=args.seed + 1), mode)
+        console.log(f"{mode} generator checked: a sample of {sum(sample.values())} reads back as {sample}")
+        with console.status(f"producing {count:,} {mode} alerts to {stage.names(ALERTS_RAW)}"):
+            backlog = await produce_backlog(infra, stage.names(ALERTS_RAW), factory, count, mode=mode)
+        produce_s = backlog.seconds
+        console.log(
+            f"produced {count:,} alerts ({backlog.bytes / count:,.0f} bytes each on average) in {produce_s:.1f}s "
+            f"({count / produce_s:,.0f}/s)"
+        )
 
         conn = await asyncpg.connect(stage.database_url)
         detector = ServiceProcess("detector", stage, infra)
@@ -535,6 +602,7 @@ async def bench_detector(infra: Infrastructure, args: argparse.Namespace) -> dic
             spawned = time.monotonic()
             detector.start()
             first_at: float | None = None
+            cpu_at_first: float | None = None
             done_at: float | None = None
             last_count, last_change = 0, spawned
             with console.status("detector starting") as status:
@@ -544,6 +612,7 @@ async def bench_detector(infra: Infrastructure, args: argparse.Namespace) -> dic
                     if first_at is None:
                         if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM detector_alerts)"):
                             first_at = time.monotonic()
+                            cpu_at_first = detector.cpu_seconds()
                             last_change = first_at
                         await asyncio.sleep(0.05)
                     else:
@@ -589,8 +658,13 @@ async def bench_detector(infra: Infrastructure, args: argparse.Namespace) -> dic
             await conn.close()
 
     elapsed = done_at - first_at
+    # CPU per alert from the first stored alert on: start-up (imports, joining the group) left out.
+    processing_cpu_s = None if cpu_s is None or cpu_at_first is None else cpu_s - cpu_at_first
     return {
+        "formats": mode,
         "alerts": count,
+        "records_by_format": backlog.formats,
+        "mean_record_bytes": round(backlog.bytes / count, 1),
         "produce_s": round(produce_s, 3),
         "produce_alerts_per_s": round(count / produce_s, 1),
         "startup_to_first_row_s": round(first_at - spawned, 3),
@@ -601,6 +675,7 @@ async def bench_detector(infra: Infrastructure, args: argparse.Namespace) -> dic
         "alerts_per_event": round(count / events, 2) if events else None,
         "outbox_drained_after_s": None if drained_s is None else round(drained_s, 3),
         "detector_cpu_s": cpu_s,
+        "detector_cpu_us_per_alert": None if processing_cpu_s is None else round(processing_cpu_s / count * 1e6, 1),
     }
 
 
@@ -674,6 +749,7 @@ async def publish_at_rate(
     duration_s: float,
     sent: dict[str, float],
     on_first: Callable[[str], None],
+    mode: str,
 ) -> tuple[float, float]:
     """Publish rate*duration alerts paced by the clock; return (first send, last send) wall times."""
     total = max(1, int(rate * duration_s))
@@ -684,9 +760,9 @@ async def publish_at_rate(
     while index < total:
         due = min(total, int((time.monotonic() - started) * rate) + 1)
         while index < due:
-            key, kafka_key, body = factory.make()
+            kafka_key, body = factory.make()
             now = datetime.now(UTC)
-            value = encode_alert(body, now)
+            key, value = formats.encode(body, now, mode)
             sent[key] = last_send = now.timestamp()
             if index == 0:
                 first_send = last_send
@@ -705,7 +781,20 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 
 
 async def bench_end_to_end(infra: Infrastructure, args: argparse.Namespace) -> dict[str, Any]:
-    async with fresh_stage(infra, "e2e") as stage:
+    """The end-to-end benchmark once per format mode (native only unless ``--formats`` says)."""
+    results: dict[str, Any] = {}
+    for mode in modes(args, default="native"):
+        console.log(f"end to end on {mode} alerts")
+        try:
+            results[mode] = await bench_end_to_end_once(infra, args, mode)
+        except BenchError as exc:
+            raise BenchError(f"{mode} alerts: {exc}", partial=results) from exc
+    return results
+
+
+async def bench_end_to_end_once(infra: Infrastructure, args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    check_factory(AlertFactory(hosts=args.hosts, seed=args.seed + 1), mode)
+    async with fresh_stage(infra, f"e2e-{mode}") as stage:
         services = [ServiceProcess(name, stage, infra) for name in SERVICE_NAMES]
         consumer: AIOKafkaConsumer | None = None
         producer: AIOKafkaProducer | None = None
@@ -747,6 +836,7 @@ async def bench_end_to_end(infra: Infrastructure, args: argparse.Namespace) -> d
                     duration_s=args.duration,
                     sent=sent,
                     on_first=first_key.append,
+                    mode=mode,
                 )
             )
             tasks.append(publisher)
@@ -800,6 +890,7 @@ async def bench_end_to_end(infra: Infrastructure, args: argparse.Namespace) -> d
 
     latencies = sorted(collected.latencies.values())
     result: dict[str, Any] = {
+        "formats": mode,
         "target_rate_per_s": args.rate,
         "duration_s": args.duration,
         "alerts_sent": len(sent),
@@ -867,46 +958,73 @@ def print_report(results: dict[str, Any]) -> None:
     table = Table(title="Vigil benchmark", show_lines=False)
     table.add_column("Figure")
     table.add_column("Value", justify="right")
-    throughput = results.get("detector_throughput")
-    if throughput:
+    for mode, throughput in results.get("detector_throughput", {}).items():
+        if mode in formats.MODES:
+            add_throughput(table, mode, throughput)
+    comparison = results.get("detector_throughput", {}).get("mixed_vs_native")
+    if comparison:
         table.add_section()
-        table.add_row("[bold]Detector throughput[/bold]", "")
-        table.add_row("alerts pre-produced", _fmt(throughput["alerts"]))
-        table.add_row("detector throughput", _fmt(throughput["alerts_per_s"], " alerts/s"))
-        table.add_row("processing time", _fmt(throughput["processing_s"], " s"))
-        table.add_row("start-up to first stored alert", _fmt(throughput["startup_to_first_row_s"], " s"))
-        table.add_row("incidents opened", _fmt(throughput["incidents_opened"]))
-        table.add_row("events in the outbox", _fmt(throughput["outbox_events"]))
-        table.add_row("outbox drained after the last alert", _fmt(throughput["outbox_drained_after_s"], " s"))
-        table.add_row("detector CPU seconds", _fmt(throughput["detector_cpu_s"], " s"))
-    e2e = results.get("end_to_end")
-    if e2e:
-        table.add_section()
-        table.add_row("[bold]End to end (five services)[/bold]", "")
+        table.add_row("[bold]Mixed formats against native[/bold]", "")
         table.add_row(
-            "target rate / achieved publish rate",
-            f"{e2e['target_rate_per_s']:,.0f} / {e2e['publish_rate_per_s']:,.0f} alerts/s",
+            "detector throughput mixed / native",
+            f"{comparison['mixed_alerts_per_s']:,.0f} / {comparison['native_alerts_per_s']:,.0f} alerts/s "
+            f"= {comparison['throughput_ratio']:.2f}",
         )
-        table.add_row("alerts sent / seen in incident events", f"{e2e['alerts_sent']:,} / {e2e['alerts_seen']:,}")
-        latency = e2e.get("latency_ms")
-        if latency:
-            for name in ("p50", "p95", "p99", "max"):
-                table.add_row(f"alert -> incident event latency {name}", _fmt(latency[name], " ms"))
-            table.add_row("end-to-end throughput", _fmt(e2e["throughput_per_s"], " alerts/s"))
-        table.add_row("incidents opened", _fmt(e2e["incidents_opened"]))
-        cpu = ", ".join(f"{name} {seconds:.0f}" for name, seconds in e2e["cpu_s"].items() if seconds is not None)
-        table.add_row("CPU seconds by process", cpu)
-        first = e2e.get("first_incident")
+        verdict = "[green]within[/green]" if comparison["within_limit"] else "[red]over[/red]"
         table.add_row(
-            "first incident: timeline complete after", _fmt(first["timeline_complete_s"], " s") if first else "-"
+            "throughput the formats cost",
+            f"{comparison['formats_cost_pct']:.1f}% ({verdict} the {comparison['limit_pct']:.0f}% limit)",
         )
-        if first:
-            for event_type, seconds in first["event_time_after_first_alert_s"].items():
-                table.add_row(f"  {event_type.removeprefix('vigil.')}", _fmt(seconds, " s"))
+        table.add_row(
+            "detector CPU per alert mixed / native",
+            f"{_fmt(comparison['mixed_cpu_us_per_alert'])} / {_fmt(comparison['native_cpu_us_per_alert'])} us",
+        )
+    for mode, e2e in results.get("end_to_end", {}).items():
+        add_end_to_end(table, mode, e2e)
     for error in results.get("errors", []):
         table.add_section()
         table.add_row(f"[red]{error['benchmark']} failed[/red]", Text(error["message"].splitlines()[0][:80]))
     console.print(table)
+
+
+def add_throughput(table: Table, mode: str, throughput: dict[str, Any]) -> None:
+    table.add_section()
+    table.add_row(f"[bold]Detector throughput, {mode} alerts[/bold]", "")
+    table.add_row("alerts pre-produced", _fmt(throughput["alerts"]))
+    if mode != "native":
+        table.add_row("records by format", ", ".join(f"{k} {v:,}" for k, v in throughput["records_by_format"].items()))
+    table.add_row("mean record size", _fmt(throughput["mean_record_bytes"], " bytes"))
+    table.add_row("detector throughput", _fmt(throughput["alerts_per_s"], " alerts/s"))
+    table.add_row("processing time", _fmt(throughput["processing_s"], " s"))
+    table.add_row("start-up to first stored alert", _fmt(throughput["startup_to_first_row_s"], " s"))
+    table.add_row("incidents opened", _fmt(throughput["incidents_opened"]))
+    table.add_row("events in the outbox", _fmt(throughput["outbox_events"]))
+    table.add_row("outbox drained after the last alert", _fmt(throughput["outbox_drained_after_s"], " s"))
+    table.add_row("detector CPU seconds", _fmt(throughput["detector_cpu_s"], " s"))
+    table.add_row("detector CPU per alert (after start-up)", _fmt(throughput["detector_cpu_us_per_alert"], " us"))
+
+
+def add_end_to_end(table: Table, mode: str, e2e: dict[str, Any]) -> None:
+    table.add_section()
+    table.add_row(f"[bold]End to end (five services), {mode} alerts[/bold]", "")
+    table.add_row(
+        "target rate / achieved publish rate",
+        f"{e2e['target_rate_per_s']:,.0f} / {e2e['publish_rate_per_s']:,.0f} alerts/s",
+    )
+    table.add_row("alerts sent / seen in incident events", f"{e2e['alerts_sent']:,} / {e2e['alerts_seen']:,}")
+    latency = e2e.get("latency_ms")
+    if latency:
+        for name in ("p50", "p95", "p99", "max"):
+            table.add_row(f"alert -> incident event latency {name}", _fmt(latency[name], " ms"))
+        table.add_row("end-to-end throughput", _fmt(e2e["throughput_per_s"], " alerts/s"))
+    table.add_row("incidents opened", _fmt(e2e["incidents_opened"]))
+    cpu = ", ".join(f"{name} {seconds:.0f}" for name, seconds in e2e["cpu_s"].items() if seconds is not None)
+    table.add_row("CPU seconds by process", cpu)
+    first = e2e.get("first_incident")
+    table.add_row("first incident: timeline complete after", _fmt(first["timeline_complete_s"], " s") if first else "-")
+    if first:
+        for event_type, seconds in first["event_time_after_first_alert_s"].items():
+            table.add_row(f"  {event_type.removeprefix('vigil.')}", _fmt(seconds, " s"))
 
 
 # ---- main --------------------------------------------------------------------------------------
@@ -921,6 +1039,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of the alert generator")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the figures as JSON")
     parser.add_argument("--only", choices=("throughput", "e2e"), help="run one benchmark only")
+    parser.add_argument(
+        "--formats",
+        choices=(*formats.MODES, "both"),
+        help="alerts as native JSON, in each tool's own format (mixed), or both in turn "
+        "(default: both for the throughput benchmark, native end to end)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="longest wait for a benchmark to finish (s)")
     parser.add_argument("--stall", type=float, default=120.0, help="fail when the detector stores nothing for (s)")
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="longest wait for a service's /readyz")
@@ -943,6 +1067,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": args.duration,
             "hosts": args.hosts,
             "seed": args.seed,
+            "formats": {
+                "detector_throughput": args.formats or "both",
+                "end_to_end": args.formats or "native",
+            },
             "consumer_batch_size": settings.consumer_batch_size,
             "consumer_poll_ms": settings.consumer_poll_ms,
         },
@@ -964,6 +1092,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 results[name] = await bench(infra, args)
             except BenchError as exc:
+                if exc.partial:
+                    results[name] = exc.partial
                 console.print(f"[red]{name} failed:[/red]")
                 console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
                 results["errors"].append({"benchmark": name, "message": str(exc)})
