@@ -30,6 +30,7 @@ from shared.effects.domain import (
     Effect,
     PermanentEffectError,
     TransientEffectError,
+    Verdict,
     bound_text,
     classify_exit_code,
     classify_http_status,
@@ -53,6 +54,22 @@ def _parse(model: type[EffectPayload], effect: Effect) -> Any:
         return model.model_validate(effect.payload)
     except ValidationError as exc:
         raise PermanentEffectError(f"invalid {effect.kind} payload: {validation_reason(exc)}") from exc
+
+
+def _failure(
+    verdict: Verdict, message: str, result: Mapping[str, Any] | None = None
+) -> PermanentEffectError | TransientEffectError:
+    """The error of a failed attempt: a refusal for good when the verdict is permanent, else one to retry."""
+    if verdict == "permanent":
+        return PermanentEffectError(message, result=result)
+    return TransientEffectError(message, result=result)
+
+
+def _settled(verdict: Verdict, result: dict[str, Any], failure: str) -> dict[str, Any]:
+    """The attempt's result when its verdict is ok; else raise the verdict's error, saying ``failure``."""
+    if verdict == "ok":
+        return result
+    raise _failure(verdict, failure, result)
 
 
 # ---- HTTP --------------------------------------------------------------------------------------
@@ -106,14 +123,11 @@ def http_request(
             client.stream(request.method, request.url, json=request.body, headers=sent_headers) as response,
         ):
             excerpt = await _read_excerpt(response)
-        result = {"status_code": response.status_code, "body": excerpt}
-        verdict = classify_http_status(response.status_code)
-        if verdict == "ok":
-            return result
-        message = f"HTTP {response.status_code} from {effect.target}: {bound_text(excerpt, 200)}"
-        if verdict == "permanent":
-            raise PermanentEffectError(message, result=result)
-        raise TransientEffectError(message, result=result)
+        return _settled(
+            classify_http_status(response.status_code),
+            {"status_code": response.status_code, "body": excerpt},
+            f"HTTP {response.status_code} from {effect.target}: {bound_text(excerpt, 200)}",
+        )
 
     return EffectKind(
         name=name,
@@ -205,10 +219,7 @@ def send_mail(
             raise TransientEffectError(f"recipients refused for now: {codes}", result={"refused": codes}) from exc
         except smtplib.SMTPResponseException as exc:
             reply = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
-            text = f"SMTP {exc.smtp_code}: {reply}"
-            if classify_smtp_code(exc.smtp_code) == "permanent":
-                raise PermanentEffectError(text) from exc
-            raise TransientEffectError(text) from exc
+            raise _failure(classify_smtp_code(exc.smtp_code), f"SMTP {exc.smtp_code}: {reply}") from exc
         # Some recipients refused, the others took it: the mail went; a retry would not change that.
         return {
             "message_id": message["Message-ID"],
@@ -298,14 +309,11 @@ def run_command(
                 os.killpg(process.pid, signal.SIGKILL)
             await asyncio.shield(process.wait())
             raise
-        result = {"exit_code": code, "stdout": stdout, "stderr": stderr}
-        verdict = classify_exit_code(code, permanent=command.permanent_exit_codes)
-        if verdict == "ok":
-            return result
-        message = f"{argv[0]} exited with {code}: {bound_text(stderr, 200)}"
-        if verdict == "permanent":
-            raise PermanentEffectError(message, result=result)
-        raise TransientEffectError(message, result=result)
+        return _settled(
+            classify_exit_code(code, permanent=command.permanent_exit_codes),
+            {"exit_code": code, "stdout": stdout, "stderr": stderr},
+            f"{argv[0]} exited with {code}: {bound_text(stderr, 200)}",
+        )
 
     return EffectKind(
         name=name,
