@@ -4,14 +4,16 @@ The corpus lives next to the project (``../shared/corpus/<dir>/*.jsonl``, one re
 Vigil must not need it: the test is skipped, saying so, when it is absent. Each record is
 published as it is, with no format header, so that the detector has to recognise it; afterwards
 every record must be exactly one of: an alert stored on an incident, a record read and skipped
-as not an alert, a repeat of an alert stored before, or a dead letter with its code and reason.
+as not an alert, a repeat (or the resolution) of an alert stored before, the resolution of an
+alert never seen (which opens nothing and is counted as such), or a dead letter with its code
+and reason.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -40,14 +42,16 @@ pytestmark = [
 ]
 
 RECORDS_METRIC = "vigil_detector_records_total"
+ALERTS_METRIC = "vigil_detector_alerts_total"
 # Heartbeats and test findings prove a pipe works; they must never page anyone as SEV1/SEV2.
 NOT_URGENT = {"heartbeat", "test"}
 
 
 class Outcome(StrEnum):
-    STORED = "stored"
-    NOT_ALERT = "not_alert"
-    REPEAT = "repeat"
+    STORED = "stored"  # raised at least one alert not stored before
+    NOT_ALERT = "not_alert"  # read, and accounted as not an alert
+    REPEAT = "repeat"  # only sightings or resolutions of alerts stored before
+    RESOLVED_UNKNOWN = "resolved_unknown"  # only resolutions of alerts never seen
     DEAD_LETTERED = "dead_lettered"
 
 
@@ -67,6 +71,39 @@ class Accounted:
     record: CorpusRecord
     format: str
     outcome: Outcome
+
+
+@dataclass
+class Ledger:
+    """What the corpus, read in order, should have done to the stored alerts."""
+
+    stored: dict[str, Alert] = field(default_factory=dict)  # key -> the alert as it first fired
+    ends_resolved: set[str] = field(default_factory=set)  # stored keys whose last sighting is a resolution
+    firing_sightings: int = 0
+    resolutions: int = 0  # of alerts stored before
+    unknown_resolutions: int = 0  # of alerts never seen
+
+    def read(self, parsed: Parsed) -> Outcome:
+        """Record the alerts of one record; return what the record amounts to."""
+        new = known = 0
+        for alert in parsed.alerts:
+            if alert.status == "firing":
+                self.firing_sightings += 1
+                if alert.key in self.stored:
+                    known += 1
+                else:
+                    self.stored[alert.key] = alert
+                    new += 1
+                self.ends_resolved.discard(alert.key)
+            elif alert.key in self.stored:
+                self.resolutions += 1
+                self.ends_resolved.add(alert.key)
+                known += 1
+            else:
+                self.unknown_resolutions += 1
+        if not parsed.alerts:
+            return Outcome.NOT_ALERT
+        return Outcome.STORED if new else Outcome.REPEAT if known else Outcome.RESOLVED_UNKNOWN
 
 
 def corpus_records() -> list[CorpusRecord]:
@@ -98,6 +135,16 @@ def records_metric() -> Counter[tuple[str, str]]:
     return counts
 
 
+def alerts_metric() -> Counter[str]:
+    """vigil_detector_alerts by outcome, as this process counted so far."""
+    counts: Counter[str] = Counter()
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.name == ALERTS_METRIC:
+                counts[sample.labels["outcome"]] += int(sample.value)
+    return counts
+
+
 async def topic_messages(settings: VigilSettings, topic: str) -> int:
     """How many messages the topic holds, from its offsets: no waiting for ones that never come."""
     consumer = make_consumer(settings, group_id=None)
@@ -122,13 +169,13 @@ def table(accounted: list[Accounted]) -> str:
     rows = Counter((a.record.directory, a.format, a.outcome) for a in accounted)
     groups = sorted({(d, f) for d, f, _ in rows})
     outcomes = list(Outcome)
-    header = f"{'corpus dir':<22} {'format':<14} {'records':>7} " + " ".join(f"{o.value:>13}" for o in outcomes)
+    header = f"{'corpus dir':<22} {'format':<14} {'records':>7} " + " ".join(f"{o.value:>16}" for o in outcomes)
     lines = [header, "-" * len(header)]
     for directory, format_name in groups:
         counts = [rows[(directory, format_name, o)] for o in outcomes]
-        lines.append(f"{directory:<22} {format_name:<14} {sum(counts):>7} " + " ".join(f"{n:>13}" for n in counts))
+        lines.append(f"{directory:<22} {format_name:<14} {sum(counts):>7} " + " ".join(f"{n:>16}" for n in counts))
     totals = [sum(n for (_, _, o), n in rows.items() if o is outcome) for outcome in outcomes]
-    lines.append(f"{'total':<37} {sum(totals):>7} " + " ".join(f"{n:>13}" for n in totals))
+    lines.append(f"{'total':<37} {sum(totals):>7} " + " ".join(f"{n:>16}" for n in totals))
     return "\n".join(lines)
 
 
@@ -138,12 +185,12 @@ async def test_every_corpus_record_is_accounted_for(
     corpus = corpus_records()
     assert corpus, f"{CORPUS} holds no records"
     raw = names(ALERTS_RAW)
-    before = records_metric()
+    records_before, alerts_before = records_metric(), alerts_metric()
     await produce(settings, raw, [(None, record.value, []) for record in corpus])
     detector = Detector(correlation_window=timedelta(minutes=30))
     async with consume_loop(settings, pool, service="detector", topics=[raw], decoder=decode, handler=detector.handle):
         await eventually(lambda: _all_committed(settings, raw, len(corpus)), timeout=60)
-    counted = records_metric() - before
+    counted, alert_outcomes = records_metric() - records_before, alerts_metric() - alerts_before
 
     dlq = names(ALERTS_DLQ)
     dead = await read_all(settings, dlq, expect=await topic_messages(settings, dlq))
@@ -154,7 +201,7 @@ async def test_every_corpus_record_is_accounted_for(
         row["key"]: row
         for row in await pool.fetch(
             """SELECT a.key, a.source, a.title, a.repeats, a.body->>'format' AS format, a.body->>'kind' AS kind,
-                      i.id AS incident_id
+                      to_jsonb(a)->>'resolved_at' AS resolved_at, i.id AS incident_id
                FROM detector_alerts a LEFT JOIN detector_incidents i ON i.id = a.incident_id"""
         )
     }
@@ -162,8 +209,7 @@ async def test_every_corpus_record_is_accounted_for(
 
     problems: list[str] = []
     accounted: list[Accounted] = []
-    first_seen: dict[str, Alert] = {}  # alert key -> the alert as its first sighting had it
-    sightings = 0
+    ledger = Ledger()
     for record in corpus:
         if record.value in dead_by_value:
             headers = dead_by_value[record.value].pop(0)
@@ -178,15 +224,8 @@ async def test_every_corpus_record_is_accounted_for(
             accounted.append(Accounted(record, recognised_format(record.value), Outcome.DEAD_LETTERED))
             problems.append(f"{record.where}: refused ({exc.code}: {exc.reason}) but not on {dlq}")
             continue
-        fresh = [a for a in parsed.alerts if a.key not in first_seen]
-        for alert in parsed.alerts:
-            first_seen.setdefault(alert.key, alert)
-            sightings += 1
-        if not parsed.alerts:
-            outcome = Outcome.NOT_ALERT
-        else:
-            outcome = Outcome.STORED if fresh else Outcome.REPEAT
-            problems += _stored_problems(record, parsed, stored)
+        outcome = ledger.read(parsed)
+        problems += _stored_problems(record, parsed, ledger, stored)
         accounted.append(Accounted(record, parsed.format, outcome))
     problems += [
         f"dead letter not from the corpus, or one record dead-lettered twice: {v[:120]!r}" for v in dead_by_value
@@ -202,22 +241,38 @@ async def test_every_corpus_record_is_accounted_for(
     for a in accounted:
         if a.outcome is Outcome.NOT_ALERT:
             expected_metric[(a.format, "not_alert")] += 1
-        elif a.outcome in (Outcome.STORED, Outcome.REPEAT):
+        elif a.outcome in (Outcome.STORED, Outcome.REPEAT, Outcome.RESOLVED_UNKNOWN):
             expected_metric[(a.format, "alerts")] += 1
     read_by_metric = {k: n for k, n in counted.items() if k[1] in ("alerts", "not_alert") and n}
     if read_by_metric != dict(expected_metric):
         problems.append(f"{RECORDS_METRIC} by format says {read_by_metric}, the records say {dict(expected_metric)}")
     if len(dead) != outcomes[Outcome.DEAD_LETTERED]:
         problems.append(f"{len(dead)} dead letters on {dlq} for {outcomes[Outcome.DEAD_LETTERED]} refused records")
-    if set(stored) != set(first_seen):
+    if set(stored) != set(ledger.stored):
         problems.append(
-            f"alerts stored but never sent: {sorted(set(stored) - set(first_seen))}; "
-            f"sent but not stored: {sorted(set(first_seen) - set(stored))}"
+            f"alerts stored that never fired: {sorted(set(stored) - set(ledger.stored))}; "
+            f"fired but not stored: {sorted(set(ledger.stored) - set(stored))}"
         )
-    repeats = sum(row["repeats"] for row in stored.values())
-    if repeats != sightings - len(first_seen):
-        problems.append(f"{repeats} repeats counted on stored alerts; the corpus repeats {sightings - len(first_seen)}")
-    problems += _incident_problems(incidents, stored, first_seen)
+    repeated = ledger.firing_sightings - len(ledger.stored)
+    if (counted_repeats := sum(row["repeats"] for row in stored.values())) != repeated:
+        problems.append(f"{counted_repeats} repeats counted on stored alerts; the corpus repeats {repeated}")
+    wrongly_resolved = {
+        k for k, row in stored.items() if (row["resolved_at"] is not None) != (k in ledger.ends_resolved)
+    }
+    if wrongly_resolved:
+        problems.append(
+            f"resolved when their tool says they fire, or firing when it says they ended: {wrongly_resolved}"
+        )
+    expected_alerts = {
+        "accepted": len(ledger.stored),
+        "repeat": repeated,
+        "resolved": ledger.resolutions,
+        "resolved_unknown": ledger.unknown_resolutions,
+        "invalid": outcomes[Outcome.DEAD_LETTERED],
+    }
+    if (said := {k: alert_outcomes[k] for k in expected_alerts}) != expected_alerts:
+        problems.append(f"{ALERTS_METRIC} by outcome says {said}, the records say {expected_alerts}")
+    problems += _incident_problems(incidents, stored, ledger.stored)
 
     assert not problems, "\n".join([table(accounted), "", *problems])
     assert outcomes[Outcome.STORED] > 0 and incidents
@@ -241,11 +296,17 @@ def _dead_letter_problems(record: CorpusRecord, headers: dict[str, bytes]) -> li
     return problems
 
 
-def _stored_problems(record: CorpusRecord, parsed: Parsed, stored: dict[str, asyncpg.Record]) -> list[str]:
+def _stored_problems(
+    record: CorpusRecord, parsed: Parsed, ledger: Ledger, stored: dict[str, asyncpg.Record]
+) -> list[str]:
+    """Each alert the record fired, or resolved after it fired, is stored on an incident as its format read it."""
     problems = []
     for alert in parsed.alerts:
         row = stored.get(alert.key)
-        if row is None:
+        if alert.key not in ledger.stored:
+            if row is not None:
+                problems.append(f"{record.where}: the resolution of {alert.key}, never seen firing, was stored")
+        elif row is None:
             problems.append(f"{record.where}: alert {alert.key} is not stored")
         elif row["incident_id"] is None:
             problems.append(f"{record.where}: alert {alert.key} belongs to no incident")
