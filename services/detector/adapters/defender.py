@@ -50,12 +50,17 @@ from services.detector.adapters.base import (
     build_alert,
     dig,
     first,
+    identity,
     ip_or_none,
+    listed,
+    mapping,
     string_labels,
+    strings,
+    tactic_id,
     techniques_in,
     text,
+    time_of,
 )
-from services.detector.adapters.support import identity, listed, mapping, strings, tactic_id, time_of
 from shared.alerts import AlertSeverity
 
 SOURCE = "defender"

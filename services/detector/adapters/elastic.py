@@ -51,15 +51,20 @@ from typing import Any
 from services.detector.adapters.base import (
     Parsed,
     Rejected,
+    attack_ids,
     build_alert,
     first,
+    identity,
     ip_or_none,
+    nodes,
+    number,
     parse_time,
+    slug,
     stable_id,
     string_labels,
+    strings,
     text,
 )
-from services.detector.adapters.support import attack_ids, identity, nodes, number, slug, strings
 from shared.alerts import AlertSeverity
 
 SEVERITIES = {s.value: s for s in (AlertSeverity.LOW, AlertSeverity.MEDIUM, AlertSeverity.HIGH, AlertSeverity.CRITICAL)}

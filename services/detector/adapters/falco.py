@@ -60,10 +60,10 @@ from services.detector.adapters.base import (
     parse_time,
     stable_id,
     string_labels,
+    tactic_id,
     techniques_in,
     text,
 )
-from services.detector.adapters.support import tactic_id
 
 PRIORITIES: dict[str, str] = {
     **dict.fromkeys(("emergency", "alert", "critical"), "critical"),

@@ -52,12 +52,16 @@ from services.detector.adapters.base import (
     build_alert,
     dig,
     first,
+    identity,
     ip_or_none,
+    mapping,
+    number,
     string_labels,
+    tactic_id,
     techniques_in,
     text,
+    time_of,
 )
-from services.detector.adapters.support import identity, mapping, number, tactic_id, time_of
 from shared.alerts import AlertSeverity
 
 SOURCE = "guardduty"

@@ -40,8 +40,18 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from services.detector.adapters.base import Parsed, Rejected, build_alert, first, ip_or_none, string_labels, text
-from services.detector.adapters.support import TACTICS, identity, time_of
+from services.detector.adapters.base import (
+    TACTICS,
+    Parsed,
+    Rejected,
+    build_alert,
+    first,
+    identity,
+    ip_or_none,
+    string_labels,
+    text,
+    time_of,
+)
 from shared.alerts import AlertSeverity
 
 SOURCE = "hayabusa"

@@ -59,22 +59,20 @@ from typing import Any
 from services.detector.adapters.base import (
     Parsed,
     Rejected,
+    attack_ids,
     build_alert,
     dig,
     first,
-    ip_or_none,
-    stable_id,
-    string_labels,
-    text,
-)
-from services.detector.adapters.support import (
-    attack_ids,
     identity,
+    ip_or_none,
     listed,
     mapping,
     number,
     slug,
+    stable_id,
+    string_labels,
     strings,
+    text,
     time_of,
     values_under,
 )

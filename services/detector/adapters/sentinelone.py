@@ -36,8 +36,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from services.detector.adapters.base import Parsed, Rejected, build_alert, first, ip_or_none, string_labels, text
-from services.detector.adapters.support import attack_ids, identity, lines, mapping, number, time_of, values_under
+from services.detector.adapters.base import (
+    Parsed,
+    Rejected,
+    attack_ids,
+    build_alert,
+    first,
+    identity,
+    ip_or_none,
+    lines,
+    mapping,
+    number,
+    string_labels,
+    text,
+    time_of,
+    values_under,
+)
 from shared.alerts import Alert, AlertSeverity
 
 SOURCE = "sentinelone"

@@ -52,10 +52,11 @@ from services.detector.adapters.base import (
     ip_or_none,
     parse_time,
     stable_id,
+    strings,
+    tactic_id,
     techniques_in,
     text,
 )
-from services.detector.adapters.support import strings, tactic_id
 
 SEVERITIES = {1: "high", 2: "medium", 3: "low"}
 LOWEST = "info"  # 4 and above

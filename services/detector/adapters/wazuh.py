@@ -38,15 +38,20 @@ from typing import Any
 from services.detector.adapters.base import (
     Parsed,
     Rejected,
+    attack_ids,
     build_alert,
     dig,
     first,
+    identity,
     ip_or_none,
+    mapping,
+    number,
     stable_id,
     string_labels,
+    strings,
     text,
+    time_of,
 )
-from services.detector.adapters.support import attack_ids, identity, mapping, number, strings, time_of
 from shared.alerts import AlertSeverity
 
 SOURCE = "wazuh"

@@ -56,9 +56,9 @@ from services.detector.adapters.base import (
     parse_time,
     stable_id,
     string_labels,
+    strings,
     text,
 )
-from services.detector.adapters.support import strings
 from shared.alerts import AlertSeverity
 
 NOTES = {
