@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from shared.alerts import Alert
+from shared.alerts import Alert, AlertSeverity
 from shared.errors import InvalidMessage, validation_reason
 
 # A timestamp further ahead than this is a clock or parsing error, not an alert from the future.
@@ -170,6 +170,11 @@ def _from_iso(text: str) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+def utc_now() -> datetime:
+    """The current time: the clock of an adapter that stamps a record saying no time of its own on its reading."""
+    return datetime.now(UTC)
+
+
 def time_of(payload: Any, *paths: str, what: str) -> datetime:
     """The time at the first of ``paths`` that holds a value; Rejected when none does or it is no time."""
     for path in paths:
@@ -193,6 +198,13 @@ def _rfc2822(value: str) -> datetime | None:
 
 
 # ---- values --------------------------------------------------------------------------------------
+
+
+def json_object(payload: Any, what: str) -> Mapping[str, Any]:
+    """The payload when it is a JSON object; Rejected, saying what it should have been, when it is not."""
+    if not isinstance(payload, Mapping):
+        raise Rejected(f"{what} is a JSON object, not a {type(payload).__name__}", code="invalid_fields")
+    return payload
 
 
 def text(value: Any) -> str | None:
@@ -266,6 +278,18 @@ def ip_or_none(value: Any) -> str | None:
     return None if address.is_unspecified else str(address)
 
 
+def band(value: float, bands: Iterable[tuple[float, str, AlertSeverity]]) -> tuple[str, AlertSeverity]:
+    """The name and severity of the first band, lowest first, whose highest value ``value`` does not pass.
+
+    Bands are given by their highest value, included (Wazuh's "10-12", Elastic's "22-47"); the caller
+    has checked that the value is on the scale, which the last band closes.
+    """
+    for highest, name, severity in bands:
+        if value <= highest:
+            return name, severity
+    raise ValueError(f"{value:g} is above the highest band")
+
+
 # ---- identities ----------------------------------------------------------------------------------
 
 
@@ -280,8 +304,12 @@ def identity(*parts: Any) -> str | None:
     found = [t for p in parts if (t := text(p)) is not None]
     if not found:
         return None
-    joined = "/".join(found)
-    return joined if len(joined) <= MAX_ID else stable_id(joined)
+    return short_id("/".join(found))
+
+
+def short_id(candidate: str) -> str:
+    """The id as it is when an alert id can hold it, else its digest."""
+    return candidate if len(candidate) <= MAX_ID else stable_id(candidate)
 
 
 # ---- ATT&CK --------------------------------------------------------------------------------------

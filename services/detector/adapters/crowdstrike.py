@@ -50,6 +50,8 @@ from services.detector.adapters.base import (
     first,
     identity,
     ip_or_none,
+    json_object,
+    lines,
     mapping,
     number,
     stable_id,
@@ -106,10 +108,7 @@ class CrowdStrike:
         )
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
-            raise Rejected(
-                f"a CrowdStrike event is a JSON object, not a {type(payload).__name__}", code="invalid_fields"
-            )
+        payload = json_object(payload, "a CrowdStrike event")
         event_type = _event_type(payload)
         if event_type is None:
             raise Rejected(
@@ -215,10 +214,9 @@ def _path(event: Mapping[str, Any]) -> str | None:
 
 
 def _description(event: Mapping[str, Any], command: str | None) -> str:
-    lines = [
-        text(event.get("Description")) or text(event.get("DetectDescription")),
-        f"command line: {command}" if command else None,
-        f"file: {path}" if (path := _path(event)) else None,
-        f"disposition: {disposition}" if (disposition := text(event.get("PatternDispositionDescription"))) else None,
-    ]
-    return "\n".join(line for line in lines if line)
+    return lines(
+        (None, first(event.get("Description"), event.get("DetectDescription"))),
+        ("command line", command),
+        ("file", _path(event)),
+        ("disposition", event.get("PatternDispositionDescription")),
+    )

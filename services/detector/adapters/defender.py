@@ -46,12 +46,12 @@ from typing import Any
 
 from services.detector.adapters.base import (
     Parsed,
-    Rejected,
     build_alert,
     dig,
     first,
     identity,
     ip_or_none,
+    json_object,
     listed,
     mapping,
     string_labels,
@@ -107,8 +107,7 @@ class Defender:
         return isinstance(payload, Mapping) and (_is_alert(payload) or _hunting_table(payload) is not None)
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
-            raise Rejected(f"a Defender alert is a JSON object, not a {type(payload).__name__}", code="invalid_fields")
+        payload = json_object(payload, "a Defender alert")
         table = _hunting_table(payload)
         if table is not None and table not in ALERT_TABLES:
             return Parsed(format=self.name, skipped=[f"Defender advanced hunting {table} row: telemetry, not an alert"])

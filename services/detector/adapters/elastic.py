@@ -52,10 +52,12 @@ from services.detector.adapters.base import (
     Parsed,
     Rejected,
     attack_ids,
+    band,
     build_alert,
     first,
     identity,
     ip_or_none,
+    lines,
     nodes,
     number,
     parse_time,
@@ -225,10 +227,9 @@ def severity_of(doc: Mapping[str, Any], *, endpoint: bool) -> tuple[AlertSeverit
     for path in paths:
         score = number(one(doc, path))
         if score is not None and 0 <= score <= 100:
-            for highest, band, severity in RISK_BANDS:
-                if score <= highest:
-                    said = f"Elastic risk score {score:g}"
-                    return severity, said, f"{said} ({band}) -> {severity.value}"
+            name, severity = band(score, RISK_BANDS)
+            said = f"Elastic risk score {score:g}"
+            return severity, said, f"{said} ({name}) -> {severity.value}"
     other = one(doc, "event.severity")
     if other is not None:
         return (
@@ -248,19 +249,17 @@ def _time(doc: Mapping[str, Any]) -> datetime:
 
 
 def _description(doc: Mapping[str, Any], message: Any) -> str:
-    lines: list[str | None] = [
-        first(
-            one(doc, "kibana.alert.reason", "signal.reason"),
-            one(doc, "kibana.alert.rule.description", "signal.rule.description"),
-            message,
-            one(doc, "rule.description"),
-        )
-    ]
-    if (path := text(one(doc, "file.path"))) is not None:
-        lines.append(f"file: {path}")
-    if (command := text(one(doc, "process.command_line", "process.executable"))) is not None:
-        lines.append(f"process: {command}")
-    return "\n".join(line for line in lines if line)
+    reason = first(
+        one(doc, "kibana.alert.reason", "signal.reason"),
+        one(doc, "kibana.alert.rule.description", "signal.rule.description"),
+        message,
+        one(doc, "rule.description"),
+    )
+    return lines(
+        (None, reason),
+        ("file", one(doc, "file.path")),
+        ("process", one(doc, "process.command_line", "process.executable")),
+    )
 
 
 def _techniques(doc: Mapping[str, Any]) -> list[str]:

@@ -57,6 +57,8 @@ from services.detector.adapters.base import (
     build_alert,
     first,
     ip_or_none,
+    listed,
+    mapping,
     parse_time,
     stable_id,
     string_labels,
@@ -101,13 +103,12 @@ class Falco:
             raise Rejected("the Falco event has no rule", code="missing_fields")
         if rule.lower() == METRICS_RULE:
             return Parsed(format=self.name, skipped=["falco internal metrics snapshot: not an alert"])
-        fields = payload.get("output_fields")
-        fields = fields if isinstance(fields, Mapping) else {}
+        fields = mapping(payload.get("output_fields"))
         output = text(payload.get("output")) or ""
         hostname = first(payload.get("hostname"), fields.get("evt.hostname"))
         severity, said, reason = _severity(payload.get("priority"))
         time, time_source = _time(payload.get("time"), fields.get("evt.time"))
-        tags = [t for t in (text(tag) for tag in _list(payload.get("tags"))) if t]
+        tags = [t for t in (text(tag) for tag in listed(payload.get("tags"))) if t]
         namespace, pod = text(fields.get("k8s.ns.name")), text(fields.get("k8s.pod.name"))
         src_ip, dst_ip = _addresses(fields)
         falco_source = text(payload.get("source"))
@@ -188,7 +189,3 @@ def _resource(fields: Mapping[str, Any], namespace: str | None, pod: str | None)
         return "/".join(part for part in target if part)
     container = first(fields.get("container.name"), fields.get("container.id"))
     return f"container/{container}" if container and container != "host" else None
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []

@@ -54,6 +54,7 @@ from services.detector.adapters.base import (
     first,
     identity,
     ip_or_none,
+    json_object,
     mapping,
     number,
     string_labels,
@@ -123,10 +124,7 @@ class GuardDuty:
         )
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
-            raise Rejected(
-                f"a GuardDuty finding is a JSON object, not a {type(payload).__name__}", code="invalid_fields"
-            )
+        payload = json_object(payload, "a GuardDuty finding")
         envelope: Mapping[str, Any] = {}
         finding: Any = payload
         if "detail" in payload and not is_finding(payload):

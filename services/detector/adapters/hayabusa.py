@@ -48,6 +48,7 @@ from services.detector.adapters.base import (
     first,
     identity,
     ip_or_none,
+    json_object,
     string_labels,
     text,
     time_of,
@@ -102,10 +103,7 @@ class Hayabusa:
         )
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
-            raise Rejected(
-                f"a Hayabusa detection is a JSON object, not a {type(payload).__name__}", code="invalid_fields"
-            )
+        payload = json_object(payload, "a Hayabusa detection")
         title = text(payload.get("RuleTitle"))
         level = text(payload.get("Level"))
         if level is None:

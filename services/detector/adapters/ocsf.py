@@ -65,6 +65,7 @@ from services.detector.adapters.base import (
     first,
     identity,
     ip_or_none,
+    json_object,
     listed,
     mapping,
     number,
@@ -118,8 +119,7 @@ class Ocsf:
         )
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
-            raise Rejected(f"an OCSF event is a JSON object, not a {type(payload).__name__}", code="invalid_fields")
+        payload = json_object(payload, "an OCSF event")
         class_uid = number(payload.get("class_uid"))
         class_name = first(payload.get("class_name"), payload.get("classname")) or "an unnamed class"
         if class_uid is None or not class_uid.is_integer():

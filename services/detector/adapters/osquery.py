@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from services.detector.adapters.base import Parsed, Rejected, first, text
+from services.detector.adapters.base import Parsed, Rejected, first, json_object, text
 
 ROUTE = "a query result, not an alert; route alerting queries through a tool that raises alerts"
 STATUS_KEYS = ("severity", "filename", "line", "message")
@@ -52,10 +52,7 @@ class Osquery:
         return isinstance(payload, Mapping) and (_shape(payload) is not None or _is_status(payload))
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
-            raise Rejected(
-                f"an osquery log line is a JSON object, not a {type(payload).__name__}", code="invalid_fields"
-            )
+        payload = json_object(payload, "an osquery log line")
         host = first(payload.get("hostIdentifier"), payload.get("hostname"))
         on = f" on {host}" if host else ""
         shape = _shape(payload)

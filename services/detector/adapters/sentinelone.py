@@ -44,6 +44,7 @@ from services.detector.adapters.base import (
     first,
     identity,
     ip_or_none,
+    json_object,
     lines,
     mapping,
     number,
@@ -95,10 +96,7 @@ class SentinelOne:
         )
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
-            raise Rejected(
-                f"a SentinelOne record is a JSON object, not a {type(payload).__name__}", code="invalid_fields"
-            )
+        payload = json_object(payload, "a SentinelOne record")
         if isinstance(payload.get("threatInfo"), Mapping):
             return Parsed(format=self.name, alerts=[_threat(payload)])
         if isinstance(payload.get("alertInfo"), Mapping):

@@ -50,7 +50,9 @@ from services.detector.adapters.base import (
     dig,
     first,
     ip_or_none,
+    mapping,
     parse_time,
+    short_id,
     stable_id,
     strings,
     tactic_id,
@@ -98,8 +100,7 @@ class Suricata:
         sid = text(alert.get("signature_id"))
         if signature is None and sid is None:
             raise Rejected("the EVE alert names no signature nor signature_id", code="missing_fields")
-        metadata = alert.get("metadata")
-        metadata = metadata if isinstance(metadata, Mapping) else {}
+        metadata = mapping(alert.get("metadata"))
         src_ip, dst_ip = ip_or_none(payload.get("src_ip")), ip_or_none(payload.get("dest_ip"))
         sensor = text(payload.get("host"))
         severity, said, reason = _severity(alert.get("severity"))
@@ -121,7 +122,7 @@ class Suricata:
             **{f"metadata.{k}": ",".join(strings(v)) for k, v in metadata.items()},
         }
         built = build_alert(
-            id=_id(f"{flow_id}:{sid}") if flow_id and sid else _flowless_id(payload, alert),
+            id=short_id(f"{flow_id}:{sid}") if flow_id and sid else _flowless_id(payload, alert),
             source="suricata",
             title=signature or f"Suricata signature {sid}",
             description=_description(payload, alert, names),
@@ -152,11 +153,6 @@ def _severity(value: Any) -> tuple[str, str | None, str]:
         return DEFAULT_SEVERITY, f"severity {number}", f"Suricata alert severity {number} is below 1 -> medium"
     mapped = SEVERITIES.get(number, LOWEST)
     return mapped, f"severity {number}", f"Suricata alert severity {number} (1 is the most severe) -> {mapped}"
-
-
-def _id(candidate: str) -> str:
-    # Alert ids hold 200 characters: a longer one (never Suricata's own) is replaced by its digest.
-    return candidate if len(candidate) <= 200 else stable_id(candidate)
 
 
 def _flowless_id(payload: Mapping[str, Any], alert: Mapping[str, Any]) -> str:

@@ -41,10 +41,10 @@ click, a retried request) is one alert seen twice.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from services.detector.adapters.base import Parsed, Rejected, build_alert, parse_time, stable_id, text
+from services.detector.adapters.base import Parsed, Rejected, build_alert, parse_time, stable_id, text, utc_now
 from shared.alerts import AlertSeverity
 
 FORMAT = "user_report"
@@ -55,15 +55,11 @@ DEFAULT_SEVERITY = "medium"
 TITLE_LINE = 200
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class UserReport:
     name = FORMAT
     description = 'A person\'s problem report: {"report": {"reporter", "description", …}} (module docstring).'
 
-    def __init__(self, *, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(self, *, clock: Callable[[], datetime] = utc_now) -> None:
         # Only for a report that says no time: it is then as of its reading.
         self.clock = clock
 

@@ -39,11 +39,13 @@ from services.detector.adapters.base import (
     Parsed,
     Rejected,
     attack_ids,
+    band,
     build_alert,
     dig,
     first,
     identity,
     ip_or_none,
+    json_object,
     mapping,
     number,
     stable_id,
@@ -56,7 +58,7 @@ from shared.alerts import AlertSeverity
 
 SOURCE = "wazuh"
 MAX_LEVEL = 16
-# (highest level of the band, Vigil severity), lowest band first.
+# (highest level of the band, the band, Vigil severity), lowest band first.
 LEVEL_BANDS = (
     (3, "0-3", AlertSeverity.INFO),
     (6, "4-6", AlertSeverity.LOW),
@@ -84,8 +86,7 @@ class Wazuh:
         )
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
-            raise Rejected(f"a Wazuh alert is a JSON object, not a {type(payload).__name__}", code="invalid_fields")
+        payload = json_object(payload, "a Wazuh alert")
         rule = payload.get("rule")
         if not isinstance(rule, Mapping):
             raise Rejected("a Wazuh alert has a rule object (rule.level, rule.description)", code="missing_fields")
@@ -136,10 +137,8 @@ def level_severity(level: Any) -> tuple[AlertSeverity, str, str]:
     if value is None or not value.is_integer() or not 0 <= value <= MAX_LEVEL:
         raise Rejected(f"rule.level {level!r} is not a Wazuh level (0-{MAX_LEVEL})", code="invalid_fields")
     said = f"Wazuh level {int(value)}"
-    for highest, band, severity in LEVEL_BANDS:
-        if value <= highest:
-            return severity, said, f"{said} ({band}) -> {severity.value}"
-    raise AssertionError("the bands cover 0-16")  # pragma: no cover
+    name, severity = band(value, LEVEL_BANDS)
+    return severity, said, f"{said} ({name}) -> {severity.value}"
 
 
 def _labels(

@@ -53,7 +53,9 @@ from services.detector.adapters.base import (
     dig,
     first,
     ip_or_none,
+    mapping,
     parse_time,
+    short_id,
     stable_id,
     string_labels,
     strings,
@@ -129,7 +131,6 @@ class Zeek:
         severity, reason = _severity(note, actions)
         labels = {label: text(dig(notice, path)) for label, path in LABELS}
         labels["actions"] = ",".join(actions) or None
-        location = notice.get("remote_location")
         alert = build_alert(
             id=_id(notice, note),
             source="zeek",
@@ -146,7 +147,7 @@ class Zeek:
             tags=actions,
             labels={
                 **{k: v for k, v in labels.items() if v},
-                **(string_labels(location, prefix="remote_location.") if isinstance(location, Mapping) else {}),
+                **string_labels(mapping(notice.get("remote_location")), prefix="remote_location."),
             },
             raw=dict(payload),
             format=self.name,
@@ -163,8 +164,7 @@ def _unwrap(payload: Any) -> Any:
 def _id(notice: Mapping[str, Any], note: str) -> str:
     for key in ("uid", "fuid"):
         if (found := text(notice.get(key))) is not None:
-            candidate = f"{found}:{note}"
-            return candidate if len(candidate) <= 200 else stable_id(candidate)
+            return short_id(f"{found}:{note}")
     parts = ("ts", "note", "src", "dst", "p", "msg", "sub")
     return stable_id(*(text(notice.get(k)) for k in parts))
 
