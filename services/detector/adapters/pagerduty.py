@@ -44,18 +44,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from services.detector.adapters.base import (
+    MAX_ID,
     Parsed,
     Rejected,
     build_alert,
     first,
+    listed,
+    mapping,
     parse_time,
     stable_id,
     string_labels,
     text,
+    utc_now,
 )
 from shared.alerts import Alert
 
@@ -68,15 +72,11 @@ REDACTED = "<routing_key>"
 MIN_SECRET = 6
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class PagerDuty:
     name = "pagerduty"
     description = "PagerDuty Events API v2 event: routing_key, event_action, dedup_key, payload."
 
-    def __init__(self, *, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(self, *, clock: Callable[[], datetime] = utc_now) -> None:
         # Only for an event without payload.timestamp: PagerDuty, too, stamps those on receipt.
         self.clock = clock
 
@@ -93,9 +93,8 @@ class PagerDuty:
     def parse(self, payload: Any) -> Parsed:
         if not isinstance(payload, Mapping):
             raise Rejected("a PagerDuty event is a JSON object", code="invalid_fields")
-        secret = payload.get("routing_key")
-        secret = secret if isinstance(secret, str) and len(secret) >= MIN_SECRET else None
-        event = _redact({k: v for k, v in payload.items() if k != "routing_key"}, secret)
+        secret = _secret(payload)
+        event = _without_secret(payload, secret)
         action = text(event.get("event_action"))
         if action not in ACTIONS:
             shown = action[:60] if action else action
@@ -103,8 +102,7 @@ class PagerDuty:
                 f"event_action {shown!r} is not one of {', '.join(ACTIONS)} (PagerDuty Events API v2)",
                 code="invalid_fields",
             )
-        raw_key = text(payload.get("dedup_key"))
-        dedup_key = stable_id(raw_key) if raw_key and (len(raw_key) > 200 or _contains(raw_key, secret)) else raw_key
+        dedup_key = _hashed_key(payload, secret) or text(payload.get("dedup_key"))
         if action == "acknowledge":
             return Parsed(format=self.name, skipped=[f"pagerduty acknowledge of {dedup_key!r}: not an alert"])
         details = event.get("payload")
@@ -121,13 +119,13 @@ class PagerDuty:
         return Parsed(format=self.name, alerts=[self._alert(event, details, identity, "firing")])
 
     def _alert(self, event: Mapping[str, Any], details: Any, identity: str, status: str) -> Alert:
-        details = details if isinstance(details, Mapping) else {}
+        details = mapping(details)
         severity, said, reason = _severity(details.get("severity"), resolving=status == "resolved")
         stamped = details.get("timestamp")
         time = parse_time(stamped, field_name="payload.timestamp") if stamped not in (None, "") else self.clock()
         custom = details.get("custom_details")
         summary = text(details.get("summary"))
-        links = [link for link in _list(event.get("links")) if isinstance(link, Mapping)]
+        links = [link for link in listed(event.get("links")) if isinstance(link, Mapping)]
         labels = {
             "group": text(details.get("group")),
             "component": text(details.get("component")),
@@ -183,10 +181,6 @@ def _detail_labels(custom: Any) -> dict[str, str]:
     return string_labels(custom, prefix="detail.") if isinstance(custom, Mapping) else string_labels({"detail": custom})
 
 
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
 
@@ -199,17 +193,30 @@ def scrub(payload: Any) -> Any:
     """
     if not isinstance(payload, Mapping):
         return payload
-    secret = payload.get("routing_key")
-    secret = secret if isinstance(secret, str) and len(secret) >= MIN_SECRET else None
-    raw_key = text(payload.get("dedup_key"))
-    event = _redact({k: v for k, v in payload.items() if k != "routing_key"}, secret)
-    if raw_key and (len(raw_key) > 200 or _contains(raw_key, secret)):
-        event["dedup_key"] = stable_id(raw_key)
+    secret = _secret(payload)
+    event = _without_secret(payload, secret)
+    if (hashed := _hashed_key(payload, secret)) is not None:
+        event["dedup_key"] = hashed
     return event
 
 
-def _contains(value: str, secret: str | None) -> bool:
-    return secret is not None and secret in value
+def _secret(event: Mapping[str, Any]) -> str | None:
+    """The event's routing key, when it is long enough to be told apart from ordinary text."""
+    secret = event.get("routing_key")
+    return secret if isinstance(secret, str) and len(secret) >= MIN_SECRET else None
+
+
+def _without_secret(event: Mapping[str, Any], secret: str | None) -> Any:
+    """The event without its routing key, and with the key replaced wherever else it was written."""
+    return _redact({k: v for k, v in event.items() if k != "routing_key"}, secret)
+
+
+def _hashed_key(event: Mapping[str, Any], secret: str | None) -> str | None:
+    """The digest that stands for a dedup_key holding the routing key or too long for an id; else None."""
+    raw_key = text(event.get("dedup_key"))
+    if raw_key and (len(raw_key) > MAX_ID or (secret is not None and secret in raw_key)):
+        return stable_id(raw_key)
+    return None
 
 
 def _redact(value: Any, secret: str | None) -> Any:
