@@ -34,6 +34,8 @@ class IncidentType(StrEnum):
     SYSTEM_COMPROMISE = "system_compromise"
     DATA_LEAK = "data_leak"
     SERVICE_DISRUPTION = "service_disruption"
+    # Nothing in the alerts says which of the above it is: triaged by a person.
+    UNKNOWN = "unknown"
 
 
 class Severity(StrEnum):
@@ -121,6 +123,47 @@ class IncidentSnapshot(Payload):
         description="How many events carry this batch's new alerts; consumers that "
         "summarise (the analyzer) may wait for the last part.",
     )
+
+
+class AlertRepeat(Payload):
+    """An alert sent again: how many times it was repeated in all, and when it was last seen."""
+
+    key: str
+    repeats: int = Field(ge=1, description="Sightings after the first, in all.")
+    last_seen: AwareDatetime
+
+
+class AlertResolution(Payload):
+    """An alert its tool says has ended."""
+
+    key: str
+    resolved_at: AwareDatetime
+
+
+class AlertsChange(Payload):
+    """An incident's stored alerts that a batch repeated or resolved (its new alerts travel in snapshots)."""
+
+    repeated: list[AlertRepeat] = Field(default_factory=list)
+    resolved: list[AlertResolution] = Field(
+        default_factory=list,
+        description="Applied after `repeated`: an alert in both fired again, then ended.",
+    )
+    firing: int = Field(ge=0, description="The incident's alerts still firing after this change.")
+    alert_count: int = Field(ge=0, description="The incident's alerts in all.")
+    all_resolved: bool = Field(
+        False,
+        description="Every alert of this open service-disruption incident has resolved: the commander may "
+        "resolve it (nothing resolves it by itself). Said on the last part only.",
+    )
+    part: int = Field(1, ge=1, description="Which of the `parts` events carrying one batch's changes this is.")
+    parts: int = Field(1, ge=1, description="How many events carry this batch's changes of the incident.")
+
+
+class ResolutionSuggestion(Payload):
+    """Every alert of an open incident has resolved: the commander is asked to resolve it."""
+
+    commander: str
+    reason: str
 
 
 class Indicator(Payload):
@@ -264,6 +307,11 @@ class IncidentUpdated(EventBase):
     data: IncidentSnapshot
 
 
+class IncidentAlertsChanged(EventBase):
+    type: Literal["vigil.incident.alerts_changed.v1"] = "vigil.incident.alerts_changed.v1"
+    data: AlertsChange
+
+
 class IncidentAnalyzed(EventBase):
     type: Literal["vigil.incident.analyzed.v1"] = "vigil.incident.analyzed.v1"
     data: Analysis
@@ -304,6 +352,11 @@ class EscalationExhausted(EventBase):
     data: EscalationExhaustion
 
 
+class ResolutionSuggested(EventBase):
+    type: Literal["vigil.incident.resolution_suggested.v1"] = "vigil.incident.resolution_suggested.v1"
+    data: ResolutionSuggestion
+
+
 class EffectCompleted(EventBase):
     type: Literal["vigil.effect.completed.v1"] = "vigil.effect.completed.v1"
     data: EffectOutcome
@@ -312,6 +365,7 @@ class EffectCompleted(EventBase):
 Event = Annotated[
     IncidentDetected
     | IncidentUpdated
+    | IncidentAlertsChanged
     | IncidentAnalyzed
     | ResponsePlanned
     | IncidentEscalated
@@ -320,6 +374,7 @@ Event = Annotated[
     | ResolveIncident
     | CommandRejected
     | EscalationExhausted
+    | ResolutionSuggested
     | EffectCompleted,
     Field(discriminator="type"),
 ]
@@ -328,6 +383,7 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 EVENT_CLASSES: tuple[type[EventBase], ...] = (
     IncidentDetected,
     IncidentUpdated,
+    IncidentAlertsChanged,
     IncidentAnalyzed,
     ResponsePlanned,
     IncidentEscalated,
@@ -336,6 +392,7 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     ResolveIncident,
     CommandRejected,
     EscalationExhausted,
+    ResolutionSuggested,
     EffectCompleted,
 )
 EVENT_TYPES: dict[str, type[EventBase]] = {cls.model_fields["type"].default: cls for cls in EVENT_CLASSES}

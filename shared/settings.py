@@ -131,6 +131,11 @@ class VigilSettings(BaseSettings):
     ingest_token: SecretStr | None = Field(
         None, description="Token the CLI sends to the HTTP ingest (one of VIGIL_INGEST_TOKENS' tokens)."
     )
+    classification_rules: Path | None = Field(
+        None,
+        description="The detector's classification rules and severity policy (YAML); the shipped "
+        "services/detector/classification.yaml when unset. Checked at start-up: a broken file stops the detector.",
+    )
 
     def pool_size_for(self, service: str) -> int:
         """Return how many pooled Postgres connections the named service may open."""

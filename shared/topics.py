@@ -60,10 +60,10 @@ EVENTS_DLQ = Topic(
 )
 INCIDENTS = Topic(
     name="vigil.incidents",
-    description="Incidents opened and updated by the detector.",
+    description="Incidents opened and updated by the detector, and their alerts repeated or resolved.",
     producers=("detector",),
     consumers=("analyzer", "coordinator", "reporter"),
-    event_types=("vigil.incident.detected.v1", "vigil.incident.updated.v1"),
+    event_types=("vigil.incident.detected.v1", "vigil.incident.updated.v1", "vigil.incident.alerts_changed.v1"),
 )
 ANALYSES = Topic(
     name="vigil.analyses",
@@ -81,7 +81,7 @@ RESPONSES = Topic(
 )
 COORDINATION = Topic(
     name="vigil.coordination",
-    description="Escalations to the incident commander and incident state changes.",
+    description="Escalations to the incident commander, incident state changes and suggestions to resolve.",
     producers=("coordinator",),
     consumers=("detector", "reporter"),
     event_types=(
@@ -89,6 +89,7 @@ COORDINATION = Topic(
         "vigil.incident.state_changed.v1",
         "vigil.command.rejected.v1",
         "vigil.incident.escalation_exhausted.v1",
+        "vigil.incident.resolution_suggested.v1",
     ),
 )
 EFFECTS = Topic(

@@ -1,20 +1,34 @@
-"""Pure decisions of the detector: correlation, classification and prioritisation. No I/O here."""
+"""Pure decisions of the detector: correlation, classification and prioritisation. No I/O here.
+
+(Callers that pass no classifier get the shipped rules, which ``classification`` reads once.)
+"""
 
 from __future__ import annotations
 
 import itertools
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-from shared.alerts import Alert, AlertSeverity
-from shared.events import AlertSummary, IncidentSnapshot, IncidentType, Severity
+from services.detector import classification
+from services.detector.classification import Classifier, Decision, SeverityPolicy
+from shared.alerts import Alert, AlertKind, AlertSeverity
+from shared.events import (
+    AlertRepeat,
+    AlertResolution,
+    AlertsChange,
+    AlertSummary,
+    IncidentSnapshot,
+    IncidentType,
+    Severity,
+)
 
 # Most specific first: when an incident's alerts point several ways, the earlier type wins a tie.
+# ``unknown`` is not among them: an alert no rule could place does not outvote one that was placed.
 TYPE_PRECEDENCE = (
     IncidentType.DATA_LEAK,
     IncidentType.SYSTEM_COMPROMISE,
@@ -22,98 +36,8 @@ TYPE_PRECEDENCE = (
     IncidentType.SERVICE_DISRUPTION,
 )
 
-# Keyword rules over an alert's title, description and label values, checked in this order.
-# A keyword matches whole words; a trailing "*" lets it match any ending ("exfiltrat*").
-CLASSIFICATION_RULES: tuple[tuple[IncidentType, tuple[str, ...]], ...] = (
-    (
-        IncidentType.DATA_LEAK,
-        (
-            "exfiltrat*",
-            "data leak*",
-            "leak*",
-            "dlp",
-            "sensitive data",
-            "public bucket",
-            "bucket is public",
-            "mass download",
-            "data transfer",
-        ),
-    ),
-    (
-        IncidentType.SYSTEM_COMPROMISE,
-        (
-            "malware",
-            "ransomware",
-            "rootkit",
-            "backdoor*",
-            "trojan",
-            "reverse shell",
-            "shell spawned",
-            "cryptominer",
-            "coin miner",
-            "command and control",
-            "c2",
-            "beacon*",
-            "privilege escalation",
-            "persistence",
-            "mimikatz",
-            "credential dump*",
-            "webshell",
-            "compromised",
-        ),
-    ),
-    (
-        IncidentType.SECURITY_BREACH,
-        (
-            "brute force",
-            "brute-force",
-            "unauthori*",
-            "failed login*",
-            "authentication failure*",
-            "intrusion",
-            "exploit*",
-            "sql injection",
-            "xss",
-            "port scan*",
-            "scan*",
-            "suspicious",
-            "policy violation",
-            "credential*",
-            "phishing",
-            "attack*",
-        ),
-    ),
-    (
-        IncidentType.SERVICE_DISRUPTION,
-        (
-            "down",
-            "outage",
-            "unavailable",
-            "latency",
-            "error rate",
-            "ddos",
-            "denial of service",
-            "crashloop*",
-            "crash*",
-            "oom*",
-            "out of memory",
-            "disk full",
-            "saturat*",
-            "timeout*",
-            "5xx",
-        ),
-    ),
-)
-
-
-def _keyword_pattern(keywords: Iterable[str]) -> re.Pattern[str]:
-    """One alternation per type: a single scan of the text instead of one per keyword."""
-    parts = [re.escape(k[:-1]) + r"\w*" if k.endswith("*") else re.escape(k) + r"\b" for k in keywords]
-    return re.compile(r"\b(?:" + "|".join(parts) + ")")
-
-
-_RULE_PATTERNS = [(incident_type, _keyword_pattern(keywords)) for incident_type, keywords in CLASSIFICATION_RULES]
-
+# The runbook's levels: SEV1 critical, widespread impact (a data breach, a system-wide outage);
+# SEV2 high, a significant number of users; SEV3 medium, limited users; SEV4 low, minimal impact.
 BASE_SEVERITY = {
     AlertSeverity.CRITICAL: Severity.SEV1,
     AlertSeverity.HIGH: Severity.SEV2,
@@ -121,7 +45,13 @@ BASE_SEVERITY = {
     AlertSeverity.LOW: Severity.SEV4,
     AlertSeverity.INFO: Severity.SEV4,
 }
-WIDESPREAD_HOSTS = 5
+# Types that raise a SEV2 or SEV3 incident one step: an attacker inside, or data gone.
+RAISING_TYPES = (IncidentType.DATA_LEAK, IncidentType.SYSTEM_COMPROMISE)
+# Heartbeats, tests and informational records never open an incident above this.
+NON_ALERT_CAP = Severity.SEV3
+# Labels by which a tool or a person says an alert concerns a critical asset, and their values that do.
+CRITICALITY_LABELS = ("asset_criticality", "criticality")
+CRITICAL_VALUES = frozenset({"high", "critical"})
 
 # One incident event carries at most this many of a batch's new alerts, in at most this many bytes
 # of JSON; the rest follow in further parts. Kafka refuses records over 1 MiB by default.
@@ -145,38 +75,92 @@ MAX_TAG = 100
 MAX_SUMMARY_BYTES = 180 * 1024
 
 
-def classify_alert(alert: Alert) -> tuple[IncidentType, str]:
-    """Return the incident type an alert points to and why."""
-    declared = alert.labels.get("incident_type", "")
-    if declared in IncidentType._value2member_map_:
-        return IncidentType(declared), f"label incident_type={declared}"
-    text = " ".join([alert.title, alert.description, *alert.labels.values()]).lower()
-    for incident_type, pattern in _RULE_PATTERNS:
-        if match := pattern.search(text):
-            return incident_type, f"{alert.source} alert {alert.title!r} mentions {match.group(0)!r}"
-    if alert.labels.get("alertname") or alert.source.lower() in {"prometheus", "alertmanager"}:
-        return IncidentType.SERVICE_DISRUPTION, f"{alert.source} alert with no security keyword"
-    return IncidentType.SECURITY_BREACH, "no rule matched; security breach until analysed"
+def classify_alert(alert: Alert, classifier: Classifier | None = None) -> Decision:
+    """Return the incident type an alert points to, the rule that decided it, and why."""
+    return (classifier or classification.shipped()).classify(alert)
 
 
-def prioritise(max_alert_severity: AlertSeverity, incident_type: IncidentType, host_count: int) -> tuple[Severity, str]:
-    """Return the incident's SEV level and the steps that led to it."""
-    severity = BASE_SEVERITY[max_alert_severity]
-    steps = [f"highest alert severity {max_alert_severity.value} -> {severity.value}"]
-    if incident_type in (IncidentType.DATA_LEAK, IncidentType.SYSTEM_COMPROMISE) and severity in (
-        Severity.SEV2,
-        Severity.SEV3,
-    ):
+@dataclass(frozen=True)
+class SeverityInputs:
+    """Everything an incident's severity depends on, as the incident stands after some alert."""
+
+    alert_severity: AlertSeverity  # of the lead alert: the most severe real alert, else the most severe
+    alert_reason: str | None  # how the lead alert's tool severity became ``alert_severity``
+    alert_kind: AlertKind
+    incident_type: IncidentType
+    hosts: int
+    users: int
+    critical_asset: str | None
+
+
+def prioritise(inputs: SeverityInputs, policy: SeverityPolicy | None = None) -> tuple[Severity, str]:
+    """Return the incident's SEV level and the steps that led to it, in words.
+
+    From the lead alert's severity (its tool's own scale as the adapter mapped it), raised one step
+    each by a data leak or compromise (from SEV2 or SEV3), by breadth (hosts or users), and by a
+    critical asset; capped at SEV3 when the incident holds only heartbeats, tests or
+    informational records.
+    """
+    policy = policy or SeverityPolicy()
+    severity = BASE_SEVERITY[inputs.alert_severity]
+    if inputs.alert_reason:
+        said = inputs.alert_reason
+        if not said.endswith(inputs.alert_severity.value):
+            said += f" -> {inputs.alert_severity.value}"
+        steps = [f"{said} -> {severity.value}"]
+    else:
+        steps = [f"highest alert severity {inputs.alert_severity.value} -> {severity.value}"]
+    if inputs.incident_type in RAISING_TYPES and severity in (Severity.SEV2, Severity.SEV3):
         severity = _raise(severity)
-        steps.append(f"{incident_type.value} -> {severity.value}")
-    if host_count >= WIDESPREAD_HOSTS and severity is not Severity.SEV1:
+        steps.append(f"{inputs.incident_type.value} -> {severity.value}")
+    breadth = []
+    if inputs.hosts >= policy.widespread_hosts:
+        breadth.append(f"{inputs.hosts} hosts")
+    if inputs.users >= policy.widespread_users:
+        breadth.append(f"{inputs.users} users")
+    if breadth and severity is not Severity.SEV1:
         severity = _raise(severity)
-        steps.append(f"{host_count} hosts affected (widespread) -> {severity.value}")
+        steps.append(f"{' and '.join(breadth)} affected (widespread) -> {severity.value}")
+    if inputs.critical_asset and severity is not Severity.SEV1:
+        severity = _raise(severity)
+        steps.append(f"critical asset {inputs.critical_asset} -> {severity.value}")
+    if severity.urgency > NON_ALERT_CAP.urgency:
+        if inputs.alert_kind != "alert":
+            severity = NON_ALERT_CAP
+            steps.append(f"only {inputs.alert_kind} alerts, which never open SEV1/SEV2: capped at {severity.value}")
+        elif inputs.alert_severity is AlertSeverity.INFO:
+            severity = NON_ALERT_CAP
+            steps.append(f"only informational alerts, which never open SEV1/SEV2: capped at {severity.value}")
     return severity, "; ".join(steps)
 
 
 def _raise(severity: Severity) -> Severity:
     return Severity(f"SEV{max(1, int(severity.value[-1]) - 1)}")
+
+
+def critical_asset(alert: Alert, classifier: Classifier) -> str | None:
+    """Return the critical asset an alert concerns, said with how it is known to be critical, or None."""
+    for name in CRITICALITY_LABELS:
+        value = alert.labels.get(name, "")
+        if value.lower() in CRITICAL_VALUES:
+            asset = alert.host or alert.resource or alert.entity
+            return f"{asset} ({name}={value})"
+    if alert.host and classifier.critical_host(alert.host):
+        return f"{alert.host} (critical hosts list)"
+    return None
+
+
+def resolution_time(alert: Alert) -> datetime:
+    """When a resolved alert ended: Alertmanager's endsAt (label ``ends_at``) when given, else the record's time."""
+    ends_at = alert.labels.get("ends_at")
+    if ends_at:
+        try:
+            ended = datetime.fromisoformat(ends_at)
+        except ValueError:
+            return alert.time
+        if ended.tzinfo is not None:
+            return ended
+    return alert.time
 
 
 def correlation_key(alert: Alert) -> str:
@@ -202,6 +186,11 @@ class IncidentState:
     users: tuple[str, ...]
     first_seen: datetime
     last_seen: datetime
+    # The lead alert (the most severe real alert, else the most severe) besides its severity:
+    # its kind and how its tool's severity was mapped; and the first critical asset seen.
+    lead_kind: AlertKind = "alert"
+    lead_severity_reason: str | None = None
+    critical_asset: str | None = None
 
 
 @dataclass
@@ -211,6 +200,7 @@ class IncidentChange:
     incident: IncidentState
     created: bool
     alerts: list[Alert] = field(default_factory=list)
+    type_rules: dict[str, str] = field(default_factory=dict)  # alert key -> the rule that typed it
 
 
 def snapshots(
@@ -220,7 +210,7 @@ def snapshots(
 
     Every alert is in exactly one snapshot; each says which ``part`` of how many ``parts`` it is.
     """
-    summaries = [summarise(a) for a in change.alerts]
+    summaries = [summarise(a, type_rule=change.type_rules.get(a.key)) for a in change.alerts]
     if len(summaries) <= max_alerts:
         whole = _snapshot(change.incident, summaries)
         # Serialising to measure costs as much again as the outbox does: one alert beside a
@@ -319,7 +309,7 @@ def _header_bound(incident: IncidentState) -> int:
     return 600 + 6 * chars + 3 * (len(i.hosts) + len(i.users))  # a name's quotes and comma
 
 
-def summarise(alert: Alert) -> AlertSummary:
+def summarise(alert: Alert, *, type_rule: str | None = None) -> AlertSummary:
     """Return what incident events carry of an alert, its unbounded fields cut to bounded lengths."""
     return AlertSummary(
         key=alert.key,
@@ -344,7 +334,7 @@ def summarise(alert: Alert) -> AlertSummary:
         url=alert.url,
         source_severity=alert.source_severity,
         severity_reason=alert.severity_reason,
-        type_rule=None,
+        type_rule=type_rule,
     )
 
 
@@ -368,13 +358,16 @@ def correlate(
     *,
     window: timedelta,
     new_id: Callable[[], str],
+    classifier: Classifier | None = None,
 ) -> list[IncidentChange]:
     """Attach each alert to the open incident on its key within the window, or open a new one.
 
     ``open_incidents`` maps a correlation key to its most recent open incident. Alerts are taken
     in time order so that the window is judged the same however a batch was cut; a gap longer
-    than the window starts a new incident.
+    than the window starts a new incident. ``classifier`` holds the classification rules and the
+    severity policy (the shipped ones by default).
     """
+    rules = classifier or classification.shipped()
     by_key: dict[str, list[Alert]] = {}
     for alert in sorted(alerts, key=lambda a: a.time):
         by_key.setdefault(correlation_key(alert), []).append(alert)
@@ -386,17 +379,20 @@ def correlate(
         for alert in keyed:
             if last_seen is not None and alert.time - last_seen > window:
                 if segment:
-                    changes.append(_change(incident, segment, key, new_id))
+                    changes.append(_change(incident, segment, key, new_id, rules))
                 incident, segment = None, []
             segment.append(alert)
             last_seen = alert.time if last_seen is None else max(last_seen, alert.time)
-        changes.append(_change(incident, segment, key, new_id))
+        changes.append(_change(incident, segment, key, new_id, rules))
     return changes
 
 
-def _change(incident: IncidentState | None, alerts: list[Alert], key: str, new_id: Callable[[], str]) -> IncidentChange:
-    folded = _fold(incident, alerts, key, incident.id if incident else new_id())
-    return IncidentChange(folded, created=incident is None, alerts=alerts)
+def _change(
+    incident: IncidentState | None, alerts: list[Alert], key: str, new_id: Callable[[], str], rules: Classifier
+) -> IncidentChange:
+    type_rules: dict[str, str] = {}
+    folded = _fold(incident, alerts, key, incident.id if incident else new_id(), rules, type_rules)
+    return IncidentChange(folded, created=incident is None, alerts=alerts, type_rules=type_rules)
 
 
 def _weight(alert: Alert) -> int:
@@ -404,29 +400,69 @@ def _weight(alert: Alert) -> int:
     return alert.severity.rank + 1
 
 
-def _fold(base: IncidentState | None, alerts: list[Alert], key: str, incident_id: str) -> IncidentState:
-    """Return the incident after adding ``alerts`` (time-ordered) to ``base`` (None: a new incident)."""
+class _Lead(NamedTuple):
+    """The alert an incident's severity starts from: real alerts before heartbeats and tests, then the most severe."""
+
+    severity: AlertSeverity
+    kind: AlertKind
+    reason: str | None
+
+    @property
+    def rank(self) -> tuple[bool, int]:
+        return self.kind == "alert", self.severity.rank
+
+
+def _fold(
+    base: IncidentState | None,
+    alerts: list[Alert],
+    key: str,
+    incident_id: str,
+    rules: Classifier,
+    type_rules: dict[str, str],
+) -> IncidentState:
+    """Return the incident after adding ``alerts`` (time-ordered) to ``base`` (None: a new incident).
+
+    Records in ``type_rules`` the rule that typed each alert.
+    """
     votes = dict(base.type_votes) if base else {}
     reasons: dict[IncidentType, str] = {}
-    max_severity = base.max_alert_severity if base else alerts[0].severity
-    title = base.title if base else alerts[0].title
+    first = alerts[0]
+    if base:
+        lead = _Lead(base.max_alert_severity, base.lead_kind, base.lead_severity_reason)
+        title, critical = base.title, base.critical_asset
+    else:
+        lead, title, critical = _Lead(first.severity, first.kind, first.severity_reason), first.title, None
     hosts = dict.fromkeys(base.hosts if base else ())
+    users = dict.fromkeys(base.users if base else ())
     # An open incident is never downgraded: its severity is the highest it reached after any
     # alert, which also makes it the same however the alerts were cut into batches.
     severity, severity_reason = (base.severity, base.severity_reason) if base else (None, "")
-    judged: tuple[AlertSeverity, IncidentType, int] | None = None
+    judged: SeverityInputs | None = None
     for alert in alerts:
-        alert_type, alert_reason = classify_alert(alert)
-        votes[alert_type.value] = votes.get(alert_type.value, 0) + _weight(alert)
-        reasons.setdefault(alert_type, alert_reason)
-        if alert.severity.rank > max_severity.rank:
-            max_severity, title = alert.severity, alert.title
+        decision = rules.classify(alert)
+        type_rules[alert.key] = decision.rule
+        votes[decision.type.value] = votes.get(decision.type.value, 0) + _weight(alert)
+        reasons.setdefault(decision.type, decision.reason)
+        candidate = _Lead(alert.severity, alert.kind, alert.severity_reason)
+        if candidate.rank > lead.rank:
+            lead, title = candidate, alert.title
         if alert.host:
             hosts[alert.host] = None
-        inputs = (max_severity, decide_type(votes), len(hosts))
+        if alert.user:
+            users[alert.user] = None
+        critical = critical or critical_asset(alert, rules)
+        inputs = SeverityInputs(
+            alert_severity=lead.severity,
+            alert_reason=lead.reason,
+            alert_kind=lead.kind,
+            incident_type=decide_type(votes),
+            hosts=len(hosts),
+            users=len(users),
+            critical_asset=critical,
+        )
         if inputs != judged:  # most alerts change none of what severity depends on
             judged = inputs
-            reached, why = prioritise(*inputs)
+            reached, why = prioritise(inputs, rules.severity)
             if severity is None or reached.urgency > severity.urgency:
                 severity, severity_reason = reached, why
     assert severity is not None  # alerts is never empty
@@ -438,7 +474,7 @@ def _fold(base: IncidentState | None, alerts: list[Alert], key: str, incident_id
     else:
         tally = ", ".join(f"{name} {weight}" for name, weight in sorted(votes.items(), key=lambda v: -v[1]))
         reason = f"{reasons.get(incident_type, 'earlier alerts')}; weighted alert votes: {tally}"
-    first_seen = min(alerts[0].time, base.first_seen) if base else alerts[0].time
+    first_seen = min(first.time, base.first_seen) if base else first.time
     last_seen = max(alerts[-1].time, base.last_seen) if base else alerts[-1].time
     return IncidentState(
         id=incident_id,
@@ -449,12 +485,15 @@ def _fold(base: IncidentState | None, alerts: list[Alert], key: str, incident_id
         classification_reason=reason,
         severity_reason=severity_reason,
         alert_count=(base.alert_count if base else 0) + len(alerts),
-        max_alert_severity=max_severity,
+        max_alert_severity=lead.severity,
         type_votes=votes,
         hosts=tuple(hosts),
-        users=_union(base.users if base else (), (a.user for a in alerts)),
+        users=tuple(users),
         first_seen=first_seen,
         last_seen=last_seen,
+        lead_kind=lead.kind,
+        lead_severity_reason=lead.reason,
+        critical_asset=critical,
     )
 
 
@@ -462,16 +501,56 @@ def decide_type(votes: dict[str, int]) -> IncidentType:
     """Return the incident's type from its alerts' weighted votes.
 
     The most specific type wins when it carries at least half the leading weight: one reverse
-    shell among brute-force alerts makes the incident a system compromise, one stray keyword does not.
+    shell among brute-force alerts makes the incident a system compromise, one stray keyword does
+    not. Alerts no rule could place (``unknown``) take no part: the incident is ``unknown`` only
+    when none of its alerts was placed.
     """
-    leading = max(votes.values(), default=0)
+    leading = max((votes.get(t.value, 0) for t in TYPE_PRECEDENCE), default=0)
     for incident_type in TYPE_PRECEDENCE:
         if leading and votes.get(incident_type.value, 0) * 2 >= leading:
             return incident_type
-    return IncidentType.SECURITY_BREACH
+    return IncidentType.UNKNOWN
 
 
-def _union(existing: Iterable[str], more: Iterable[str | None]) -> tuple[str, ...]:
-    merged = dict.fromkeys(existing)
-    merged.update(dict.fromkeys(m for m in more if m))
-    return tuple(merged)
+# One alerts-changed event lists at most this many repeats and resolutions: an entry is at most
+# about 1.9 KB of JSON (a 301-character key, every character escaped), so a part stays well under
+# MAX_EVENT_BYTES.
+MAX_ALERT_CHANGES_PER_EVENT = 100
+
+
+def alerts_changes(
+    repeated: Sequence[AlertRepeat],
+    resolved: Sequence[AlertResolution],
+    *,
+    firing: int,
+    alert_count: int,
+    all_resolved: bool,
+    max_items: int = MAX_ALERT_CHANGES_PER_EVENT,
+) -> list[AlertsChange]:
+    """Return the events' data that carry one incident's repeats and resolutions of a batch, in bounded parts.
+
+    Repeats come before resolutions (an alert in both fired again, then ended); ``all_resolved``
+    is said on the last part, once everything before it has been told.
+    """
+    items: list[AlertRepeat | AlertResolution] = [*repeated, *resolved]
+    chunks = [items[i : i + max_items] for i in range(0, len(items), max_items)] or [[]]
+    return [
+        AlertsChange(
+            repeated=[i for i in chunk if isinstance(i, AlertRepeat)],
+            resolved=[i for i in chunk if isinstance(i, AlertResolution)],
+            firing=firing,
+            alert_count=alert_count,
+            all_resolved=all_resolved and n == len(chunks),
+            part=n,
+            parts=len(chunks),
+        )
+        for n, chunk in enumerate(chunks, 1)
+    ]
+
+
+def suggests_resolving(incident_type: IncidentType, *, closed: bool, firing: int) -> bool:
+    """Every alert of an open service disruption has ended: the commander may resolve it.
+
+    Only service disruptions: a security incident is not over when its alerts stop.
+    """
+    return incident_type is IncidentType.SERVICE_DISRUPTION and not closed and firing == 0

@@ -4,7 +4,8 @@ from prometheus_client import Counter
 
 ALERTS = Counter(
     "vigil_detector_alerts",
-    "Raw alerts by outcome: accepted, repeat (stored before, sent again) or invalid.",
+    "Raw alerts by outcome: accepted, repeat (stored before, sent again), resolved (a stored alert ended), "
+    "resolved_unknown (a resolution for an alert never seen, not stored) or invalid.",
     ["outcome"],
 )
 INCIDENTS_OPENED = Counter("vigil_incidents_opened", "Incidents opened.", ["type", "severity"])

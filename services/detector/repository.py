@@ -1,8 +1,10 @@
-"""The detector's tables: open incidents and the alerts attached to them."""
+"""The detector's tables: open incidents and the alerts attached to them, repeated and resolved."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -41,21 +43,27 @@ def _from_row(row: asyncpg.Record) -> IncidentState:
         users=tuple(row["users"]),
         first_seen=row["first_seen"],
         last_seen=row["last_seen"],
+        lead_kind=row["lead_kind"],
+        lead_severity_reason=row["lead_severity_reason"],
+        critical_asset=row["critical_asset"],
     )
 
 
 async def upsert_incidents(conn: Conn, *, incidents: Sequence[IncidentState]) -> None:
     await conn.executemany(
         """INSERT INTO detector_incidents (id, correlation_key, title, type, severity, classification_reason,
-               severity_reason, alert_count, max_alert_severity, type_votes, hosts, users, first_seen, last_seen)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+               severity_reason, alert_count, max_alert_severity, type_votes, hosts, users, first_seen, last_seen,
+               lead_kind, lead_severity_reason, critical_asset)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
            ON CONFLICT (id) DO UPDATE SET
                title = EXCLUDED.title, type = EXCLUDED.type, severity = EXCLUDED.severity,
                classification_reason = EXCLUDED.classification_reason,
                severity_reason = EXCLUDED.severity_reason, alert_count = EXCLUDED.alert_count,
                max_alert_severity = EXCLUDED.max_alert_severity, type_votes = EXCLUDED.type_votes,
                hosts = EXCLUDED.hosts, users = EXCLUDED.users, first_seen = EXCLUDED.first_seen,
-               last_seen = EXCLUDED.last_seen, updated_at = now()""",
+               last_seen = EXCLUDED.last_seen, lead_kind = EXCLUDED.lead_kind,
+               lead_severity_reason = EXCLUDED.lead_severity_reason, critical_asset = EXCLUDED.critical_asset,
+               updated_at = now()""",
         [
             (
                 i.id,
@@ -72,26 +80,88 @@ async def upsert_incidents(conn: Conn, *, incidents: Sequence[IncidentState]) ->
                 list(i.users),
                 i.first_seen,
                 i.last_seen,
+                i.lead_kind,
+                i.lead_severity_reason,
+                i.critical_asset,
             )
             for i in incidents
         ],
     )
 
 
-async def count_repeats(conn: Conn, *, sightings: Mapping[str, int]) -> set[str]:
-    """Count more sightings on the alerts already stored under these keys; return the keys found."""
+@dataclass(frozen=True)
+class StoredAlert:
+    """A stored alert a batch repeated or resolved, as it stands after the update."""
+
+    key: str
+    incident_id: str
+    repeats: int
+    last_seen_at: datetime
+    resolved_at: datetime | None
+
+
+async def count_repeats(conn: Conn, *, sightings: Mapping[str, int]) -> dict[str, StoredAlert]:
+    """Count more sightings on the alerts already stored under these keys; return those found.
+
+    A sighting is of the alert firing: one that had ended fires again.
+    """
     rows = await conn.fetch(
-        """UPDATE detector_alerts SET repeats = repeats + c.n, last_seen_at = now()
+        """UPDATE detector_alerts SET repeats = repeats + c.n, last_seen_at = now(), resolved_at = NULL
            FROM unnest($1::text[], $2::int[]) AS c(key, n)
-           WHERE detector_alerts.key = c.key RETURNING detector_alerts.key""",
+           WHERE detector_alerts.key = c.key
+           RETURNING detector_alerts.key, incident_id, repeats, last_seen_at, resolved_at""",
         list(sightings),
         list(sightings.values()),
     )
-    return {row["key"] for row in rows}
+    return {row["key"]: StoredAlert(**row) for row in rows}
 
 
-async def insert_alerts(conn: Conn, *, alerts: Sequence[tuple[Alert, str]]) -> None:
-    """Store new alerts with the incident each joined, by COPY: one round trip per batch."""
+async def resolve_alerts(conn: Conn, *, resolutions: Mapping[str, datetime]) -> dict[str, StoredAlert]:
+    """Mark the stored alerts under these keys resolved at the given times; return those found."""
+    rows = await conn.fetch(
+        """UPDATE detector_alerts SET resolved_at = c.at
+           FROM unnest($1::text[], $2::timestamptz[]) AS c(key, at)
+           WHERE detector_alerts.key = c.key
+           RETURNING detector_alerts.key, incident_id, repeats,
+                     COALESCE(last_seen_at, received_at) AS last_seen_at, resolved_at""",
+        list(resolutions),
+        list(resolutions.values()),
+    )
+    return {row["key"]: StoredAlert(**row) for row in rows}
+
+
+@dataclass(frozen=True)
+class AlertTally:
+    """An incident's alerts, how many still fire, and whether the incident still collects alerts."""
+
+    type: IncidentType | None  # None: a type this version does not know
+    closed: bool
+    alerts: int
+    firing: int
+
+
+async def tally_alerts(conn: Conn, *, incident_ids: Iterable[str]) -> dict[str, AlertTally]:
+    """Return each incident's alert counts, after this transaction's updates."""
+    rows = await conn.fetch(
+        """SELECT i.id, i.type, i.closed, count(a.key) AS alerts,
+                  count(a.key) FILTER (WHERE a.resolved_at IS NULL) AS firing
+           FROM detector_incidents i LEFT JOIN detector_alerts a ON a.incident_id = i.id
+           WHERE i.id = ANY($1::text[]) GROUP BY i.id""",
+        list(incident_ids),
+    )
+    return {
+        row["id"]: AlertTally(
+            type=IncidentType(row["type"]) if row["type"] in IncidentType._value2member_map_ else None,
+            closed=row["closed"],
+            alerts=row["alerts"],
+            firing=row["firing"],
+        )
+        for row in rows
+    }
+
+
+async def insert_alerts(conn: Conn, *, alerts: Sequence[tuple[Alert, str, str | None]]) -> None:
+    """Store new alerts with the incident each joined and the rule that typed each, by COPY: one round trip."""
     await conn.copy_records_to_table(
         "detector_alerts",
         records=[
@@ -107,8 +177,9 @@ async def insert_alerts(conn: Conn, *, alerts: Sequence[tuple[Alert, str]]) -> N
                 a.src_ip,
                 a.dst_ip,
                 a.model_dump_json().encode(),
+                type_rule,
             )
-            for a, incident_id in alerts
+            for a, incident_id, type_rule in alerts
         ],
         columns=[
             "key",
@@ -122,6 +193,7 @@ async def insert_alerts(conn: Conn, *, alerts: Sequence[tuple[Alert, str]]) -> N
             "src_ip",
             "dst_ip",
             "body",
+            "type_rule",
         ],
     )
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from services.detector import domain
-from shared.alerts import Alert, AlertSeverity
+from services.detector.classification import SeverityPolicy, parse_rules
+from shared.alerts import Alert, AlertKind, AlertSeverity
 from shared.events import IncidentSnapshot, IncidentType, Severity
 from tests.factories import T0, alert
 
@@ -23,59 +24,179 @@ def ids() -> Callable[[], str]:
 
 
 @pytest.mark.parametrize(
-    ("title", "expected"),
+    ("title", "expected", "rule"),
     [
-        ("Data exfiltration: unusual volume of S3 GetObject", IncidentType.DATA_LEAK),
-        ("Reverse shell spawned in a container", IncidentType.SYSTEM_COMPROMISE),
-        ("ET MALWARE Cobalt Strike Beacon Observed", IncidentType.SYSTEM_COMPROMISE),
-        ("sshd: brute force trying to get access to the system", IncidentType.SECURITY_BREACH),
-        ("HighErrorRate: api-gateway 5xx above 5%", IncidentType.SERVICE_DISRUPTION),
-        ("Service checkout is down", IncidentType.SERVICE_DISRUPTION),
+        ("Data exfiltration: unusual volume of S3 GetObject", IncidentType.DATA_LEAK, "keywords-data-leak"),
+        ("Reverse shell spawned in a container", IncidentType.SYSTEM_COMPROMISE, "keywords-system-compromise"),
+        ("ET MALWARE Cobalt Strike Beacon Observed", IncidentType.SYSTEM_COMPROMISE, "keywords-system-compromise"),
+        (
+            "sshd: brute force trying to get access to the system",
+            IncidentType.SECURITY_BREACH,
+            "keywords-security-breach",
+        ),
+        ("HighErrorRate: api-gateway 5xx above 5%", IncidentType.SERVICE_DISRUPTION, "keywords-service-disruption"),
+        ("Service checkout is down", IncidentType.SERVICE_DISRUPTION, "keywords-service-disruption"),
     ],
 )
-def test_classify_alert_by_keywords(title: str, expected: IncidentType) -> None:
-    incident_type, reason = domain.classify_alert(alert(title=title, description=""))
-    assert incident_type is expected
-    assert title in reason
+def test_native_alerts_are_classified_by_keywords(title: str, expected: IncidentType, rule: str) -> None:
+    decision = domain.classify_alert(alert(title=title, description=""))
+    assert (decision.type, decision.rule) == (expected, rule)
+    assert title in decision.reason
+    assert decision.reason.endswith(f"(rule {rule})")
 
 
-def test_whole_words_only_unless_stem() -> None:
-    # "download" must not read as "down" (service disruption)
-    incident_type, _ = domain.classify_alert(alert(title="Large download of installer", description=""))
-    assert incident_type is not IncidentType.SERVICE_DISRUPTION
+def test_an_unmatched_alert_is_unknown_until_triaged() -> None:
+    decision = domain.classify_alert(alert(title="Odd thing", description="", source="person"))
+    assert decision.type is IncidentType.UNKNOWN
+    assert decision.rule == "unclassified"
+    assert "no classification rule matched" in decision.reason
 
 
-def test_label_declares_type() -> None:
-    incident_type, reason = domain.classify_alert(
-        alert(title="anything", description="", labels={"incident_type": "data_leak"})
+def test_an_incident_of_unplaced_alerts_is_unknown_and_one_placed_alert_decides() -> None:
+    odd = [alert(minutes=i, title="Odd thing", description="", severity="high") for i in range(5)]
+    [change] = domain.correlate(odd, {}, window=WINDOW, new_id=ids())
+    assert change.incident.type is IncidentType.UNKNOWN
+    assert set(change.type_rules.values()) == {"unclassified"}
+    placed = domain.correlate(
+        [alert(minutes=6, title="Port scan detected", severity="low")],
+        {change.incident.correlation_key: change.incident},
+        window=WINDOW,
+        new_id=ids(),
+    )[0].incident
+    # Five alerts nothing could place do not outvote the one that was placed.
+    assert placed.type is IncidentType.SECURITY_BREACH
+    assert "(rule keywords-security-breach)" in placed.classification_reason
+
+
+def test_every_summary_names_the_rule_that_typed_its_alert() -> None:
+    alerts = [alert(minutes=0, title="Port scan detected"), alert(minutes=1, title="Reverse shell spawned")]
+    [snapshot] = domain.snapshots(_change(alerts))
+    assert [a.type_rule for a in snapshot.new_alerts] == ["keywords-security-breach", "keywords-system-compromise"]
+
+
+def inputs(
+    severity: str = "medium",
+    incident_type: IncidentType = IncidentType.SECURITY_BREACH,
+    *,
+    hosts: int = 1,
+    users: int = 0,
+    kind: AlertKind = "alert",
+    reason: str | None = None,
+    critical: str | None = None,
+) -> domain.SeverityInputs:
+    return domain.SeverityInputs(
+        alert_severity=AlertSeverity(severity),
+        alert_reason=reason,
+        alert_kind=kind,
+        incident_type=incident_type,
+        hosts=hosts,
+        users=users,
+        critical_asset=critical,
     )
-    assert incident_type is IncidentType.DATA_LEAK
-    assert reason == "label incident_type=data_leak"
-
-
-def test_unmatched_alert_is_a_security_breach_until_analysed() -> None:
-    incident_type, reason = domain.classify_alert(alert(title="Odd thing", description="", source="person"))
-    assert incident_type is IncidentType.SECURITY_BREACH
-    assert "no rule matched" in reason
 
 
 @pytest.mark.parametrize(
-    ("severity", "incident_type", "hosts", "expected"),
+    ("given", "expected", "why"),
     [
-        (AlertSeverity.CRITICAL, IncidentType.SERVICE_DISRUPTION, 1, Severity.SEV1),
-        (AlertSeverity.HIGH, IncidentType.SERVICE_DISRUPTION, 1, Severity.SEV2),
-        (AlertSeverity.HIGH, IncidentType.DATA_LEAK, 1, Severity.SEV1),
-        (AlertSeverity.MEDIUM, IncidentType.SYSTEM_COMPROMISE, 1, Severity.SEV2),
-        (AlertSeverity.MEDIUM, IncidentType.SECURITY_BREACH, 1, Severity.SEV3),
-        (AlertSeverity.MEDIUM, IncidentType.SECURITY_BREACH, 5, Severity.SEV2),
-        (AlertSeverity.LOW, IncidentType.SECURITY_BREACH, 1, Severity.SEV4),
-        (AlertSeverity.INFO, IncidentType.DATA_LEAK, 1, Severity.SEV4),
+        (inputs("critical", IncidentType.SERVICE_DISRUPTION), Severity.SEV1, "highest alert severity critical -> SEV1"),
+        (inputs("high", IncidentType.SERVICE_DISRUPTION), Severity.SEV2, "highest alert severity high -> SEV2"),
+        # A data leak or a compromise raises SEV2 and SEV3 one step, never SEV4.
+        (inputs("high", IncidentType.DATA_LEAK), Severity.SEV1, "data_leak -> SEV1"),
+        (inputs("medium", IncidentType.SYSTEM_COMPROMISE), Severity.SEV2, "system_compromise -> SEV2"),
+        (inputs("low", IncidentType.SYSTEM_COMPROMISE), Severity.SEV4, "highest alert severity low -> SEV4"),
+        (inputs("medium", IncidentType.SECURITY_BREACH), Severity.SEV3, "highest alert severity medium -> SEV3"),
+        (inputs("medium", IncidentType.UNKNOWN), Severity.SEV3, "highest alert severity medium -> SEV3"),
+        # Breadth: five hosts, or ten distinct users.
+        (inputs("medium", hosts=5), Severity.SEV2, "5 hosts affected (widespread) -> SEV2"),
+        (inputs("medium", hosts=4, users=9), Severity.SEV3, "highest alert severity medium -> SEV3"),
+        (inputs("medium", users=10), Severity.SEV2, "10 users affected (widespread) -> SEV2"),
+        (inputs("low", hosts=6, users=12), Severity.SEV3, "6 hosts and 12 users affected (widespread) -> SEV3"),
+        # A critical asset raises one step more.
+        (
+            inputs("medium", critical="db-01 (asset_criticality=critical)"),
+            Severity.SEV2,
+            "critical asset db-01 (asset_criticality=critical) -> SEV2",
+        ),
+        (
+            inputs("medium", IncidentType.SYSTEM_COMPROMISE, hosts=5, critical="db-01 (critical hosts list)"),
+            Severity.SEV1,
+            "system_compromise -> SEV2; 5 hosts affected (widespread) -> SEV1",
+        ),
+        # Heartbeats, tests and informational records are capped at SEV3, saying so.
+        (
+            inputs("critical", kind="heartbeat"),
+            Severity.SEV3,
+            "highest alert severity critical -> SEV1; "
+            "only heartbeat alerts, which never open SEV1/SEV2: capped at SEV3",
+        ),
+        (inputs("high", IncidentType.SYSTEM_COMPROMISE, kind="test"), Severity.SEV3, "only test alerts"),
+        (inputs("info", users=50, critical="db-01 (criticality=high)"), Severity.SEV3, "only informational alerts"),
+        (inputs("low", kind="test"), Severity.SEV4, "highest alert severity low -> SEV4"),
     ],
 )
-def test_prioritise(severity: AlertSeverity, incident_type: IncidentType, hosts: int, expected: Severity) -> None:
-    result, reason = domain.prioritise(severity, incident_type, hosts)
-    assert result is expected
-    assert f"highest alert severity {severity.value}" in reason
+def test_severity_table(given: domain.SeverityInputs, expected: Severity, why: str) -> None:
+    severity, reason = domain.prioritise(given)
+    assert severity is expected
+    assert why in reason
+
+
+def test_severity_explanation_starts_from_the_tools_own_scale() -> None:
+    severity, reason = domain.prioritise(
+        inputs("high", IncidentType.SYSTEM_COMPROMISE, reason="Wazuh level 12 (10-12) -> high")
+    )
+    assert severity is Severity.SEV1
+    assert reason == "Wazuh level 12 (10-12) -> high -> SEV2; system_compromise -> SEV1"
+    _, reason = domain.prioritise(inputs("medium", reason="no severity or risk score"))
+    assert reason == "no severity or risk score -> medium -> SEV3"
+
+
+def test_severity_thresholds_come_from_the_policy() -> None:
+    policy = SeverityPolicy(widespread_hosts=2, widespread_users=3)
+    assert domain.prioritise(inputs("medium", hosts=2), policy)[0] is Severity.SEV2
+    assert domain.prioritise(inputs("medium", users=3), policy)[0] is Severity.SEV2
+
+
+def test_an_incident_of_many_users_is_raised() -> None:
+    alerts = [alert(minutes=i / 10, title="Port scan detected", user=f"user-{i}") for i in range(10)]
+    incident = _change(alerts).incident
+    assert incident.severity is Severity.SEV2
+    assert "10 users affected (widespread) -> SEV2" in incident.severity_reason
+
+
+def test_a_critical_asset_raises_the_incident() -> None:
+    labelled = alert(title="Port scan detected", labels={"asset_criticality": "Critical"})
+    incident = _change([labelled]).incident
+    assert incident.severity is Severity.SEV2
+    assert incident.critical_asset == "web-01 (asset_criticality=Critical)"
+    rules = parse_rules(
+        "rules: [{id: r, type: security_breach, keywords: [scan*]}]\nseverity: {critical_hosts: [db-*]}"
+    )
+    listed = domain.correlate([alert(host="DB-07")], {}, window=WINDOW, new_id=ids(), classifier=rules)[0].incident
+    assert listed.severity is Severity.SEV2
+    assert "critical asset DB-07 (critical hosts list) -> SEV2" in listed.severity_reason
+
+
+def test_heartbeats_and_tests_never_open_sev1_or_sev2() -> None:
+    heartbeat = alert(title="Watchdog", severity="critical", kind="heartbeat", host="prometheus-0")
+    incident = _change([heartbeat]).incident
+    assert incident.severity is Severity.SEV3
+    assert "capped at SEV3" in incident.severity_reason
+    # A real alert leads the incident once it comes, however mild: the title follows it.
+    later = domain.correlate(
+        [alert(minutes=1, title="Service checkout is down", severity="high", host="prometheus-0")],
+        {incident.correlation_key: incident},
+        window=WINDOW,
+        new_id=ids(),
+    )[0].incident
+    assert (later.severity, later.title, later.lead_kind) == (Severity.SEV2, "Service checkout is down", "alert")
+
+
+def test_a_test_finding_does_not_raise_a_real_incident() -> None:
+    real = alert(minutes=0, title="Port scan detected", severity="low")
+    sample = alert(minutes=1, title="Reverse shell spawned", severity="critical", kind="test")
+    incident = _change([real, sample]).incident
+    assert incident.severity is Severity.SEV4
+    assert incident.title == "Port scan detected"
 
 
 def test_alerts_on_one_host_within_window_make_one_incident() -> None:
