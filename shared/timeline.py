@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from shared.events import (
     AcknowledgeIncident,
+    AlertRepeat,
+    AlertResolution,
     CommandRejected,
     EffectCompleted,
     EscalationExhausted,
     EventBase,
+    IncidentAlertsChanged,
     IncidentAnalyzed,
     IncidentDetected,
     IncidentEscalated,
     IncidentStateChanged,
     IncidentUpdated,
+    ResolutionSuggested,
     ResolveIncident,
     ResponsePlanned,
 )
+
+# How many alert keys one timeline line names before it says how many more there are.
+KEYS_NAMED = 3
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,14 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = f"{d.severity.value} {d.type.value} detected: {d.title} ({d.classification_reason})"
         case IncidentUpdated(data=d):
             summary = f"{len(d.new_alerts)} more alert(s), {d.alert_count} in all; now {d.severity.value}"
+        case IncidentAlertsChanged(data=d):
+            summary = _alerts_changed(d.repeated, d.resolved, firing=d.firing, alert_count=d.alert_count)
+            if d.all_resolved:
+                summary += "; every alert has resolved: the incident may be resolved"
+            if d.parts > 1:
+                summary += f" (part {d.part} of {d.parts})"
+        case ResolutionSuggested(data=d):
+            summary = f"suggests {d.commander} resolves the incident: {d.reason}"
         case IncidentAnalyzed(data=d):
             summary = f"analysis: {d.summary}"
         case ResponsePlanned(data=d):
@@ -70,3 +86,21 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
         case _:
             summary = getattr(event, "type", event.source)
     return TimelineEntry(actor=actor, summary=summary)
+
+
+def _alerts_changed(
+    repeated: Sequence[AlertRepeat], resolved: Sequence[AlertResolution], *, firing: int, alert_count: int
+) -> str:
+    """Say which alerts were sent again and which ended, naming a few of each."""
+    said = []
+    if repeated:
+        named = [f"{r.key} seen {r.repeats + 1} times" for r in repeated[:KEYS_NAMED]]
+        said.append(f"{len(repeated)} alert(s) sent again ({_listing(named, len(repeated))})")
+    if resolved:
+        named = [r.key for r in resolved[:KEYS_NAMED]]
+        said.append(f"{len(resolved)} resolved ({_listing(named, len(resolved))})")
+    return f"{'; '.join(said) or 'alerts unchanged'}; {firing} of {alert_count} still firing"
+
+
+def _listing(named: list[str], total: int) -> str:
+    return ", ".join(named) + (f" and {total - len(named)} more" if total > len(named) else "")

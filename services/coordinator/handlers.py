@@ -17,11 +17,14 @@ from shared.events import (
     CommandRejection,
     Escalation,
     EscalationExhausted,
+    IncidentAlertsChanged,
     IncidentDetected,
     IncidentEscalated,
     IncidentState,
     IncidentStateChanged,
     IncidentUpdated,
+    ResolutionSuggested,
+    ResolutionSuggestion,
     ResolveIncident,
     Severity,
     StateChange,
@@ -42,6 +45,7 @@ class Coordinator:
             {
                 IncidentDetected: self.on_detected,
                 IncidentUpdated: self.on_updated,
+                IncidentAlertsChanged: self.on_alerts_changed,
                 AcknowledgeIncident: self.on_command,
                 ResolveIncident: self.on_command,
             }
@@ -121,6 +125,35 @@ class Coordinator:
         if state is IncidentState.DETECTED:
             # Unacknowledged still: the walk down the rotation goes on from the current commander.
             await self._set_ack_deadline(ctx, event.subject, new, step=row["escalation_step"] + 1)
+
+    async def on_alerts_changed(self, ctx: HandlerContext, event: IncidentAlertsChanged) -> None:
+        """Every alert of a service disruption has ended: suggest that its commander resolves it.
+
+        Only a suggestion, on the timeline: whether the service is healthy again is the commander's call.
+        """
+        if not event.data.all_resolved:
+            return
+        row = await ctx.conn.fetchrow(
+            "SELECT state, commander FROM coordinator_incidents WHERE incident_id = $1", event.subject
+        )
+        if row is None:
+            log.info("incident %s: its alerts all resolved, but it is unknown here", event.subject)
+            return
+        state = domain.known_state(row["state"])
+        if state is None or state is IncidentState.RESOLVED:
+            return
+        reason = (
+            f"all {event.data.alert_count} alert(s) have resolved; once the service is confirmed healthy, "
+            f"resolve the incident (vigil resolve {event.subject})"
+        )
+        ctx.emit(
+            ResolutionSuggested(
+                source=SOURCE,
+                **event.caused_by(),
+                data=ResolutionSuggestion(commander=row["commander"], reason=reason),
+            )
+        )
+        log.info("incident %s: all alerts resolved; suggested %s resolves it", event.subject, row["commander"])
 
     async def on_command(self, ctx: HandlerContext, command: AcknowledgeIncident | ResolveIncident) -> None:
         await self.apply_command(ctx, command)

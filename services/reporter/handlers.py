@@ -10,12 +10,14 @@ from shared.events import (
     EffectCompleted,
     EscalationExhausted,
     EventBase,
+    IncidentAlertsChanged,
     IncidentAnalyzed,
     IncidentDetected,
     IncidentEscalated,
     IncidentState,
     IncidentStateChanged,
     IncidentUpdated,
+    ResolutionSuggested,
     ResolveIncident,
     ResponsePlanned,
 )
@@ -43,6 +45,13 @@ async def on_snapshot(ctx: HandlerContext, event: IncidentDetected | IncidentUpd
         # One batch's alerts came in several events: say which this is.
         entry = TimelineEntry(entry.actor, f"{entry.summary} (part {event.data.part} of {event.data.parts})")
     await repository.add_timeline(ctx.conn, event=event, entry=entry)
+
+
+async def on_alerts_changed(ctx: HandlerContext, event: IncidentAlertsChanged) -> None:
+    """Repeat counts, last sightings and resolutions onto the stored alerts; one line on the timeline."""
+    await repository.ensure_incident(ctx.conn, incident_id=event.subject)
+    await repository.apply_alert_changes(ctx.conn, incident_id=event.subject, change=event.data)
+    await record(ctx, event)
 
 
 async def on_analyzed(ctx: HandlerContext, event: IncidentAnalyzed) -> None:
@@ -74,6 +83,7 @@ async def on_state_changed(ctx: HandlerContext, event: IncidentStateChanged) -> 
 HANDLERS = {
     IncidentDetected: on_snapshot,
     IncidentUpdated: on_snapshot,
+    IncidentAlertsChanged: on_alerts_changed,
     IncidentAnalyzed: on_analyzed,
     ResponsePlanned: on_planned,
     IncidentEscalated: on_escalated,
@@ -82,6 +92,7 @@ HANDLERS = {
     AcknowledgeIncident: record_if_known,
     ResolveIncident: record_if_known,
     EscalationExhausted: record,
+    ResolutionSuggested: record,
     EffectCompleted: record_if_known,
 }
 # The reporter never rejects an event, so it spares itself a savepoint per event.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.db import Conn
-from shared.events import EventBase, IncidentSnapshot
+from shared.events import AlertsChange, EventBase, IncidentSnapshot
 from shared.timeline import TimelineEntry
 
 
@@ -70,6 +70,33 @@ async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnap
         )
 
 
+async def apply_alert_changes(conn: Conn, *, incident_id: str, change: AlertsChange) -> None:
+    """Record the repeats and resolutions of an incident's alerts.
+
+    Repeats first: an alert in both fired again, then ended.
+    """
+    if change.repeated:
+        await conn.execute(
+            """UPDATE reporter_alerts SET repeats = GREATEST(reporter_alerts.repeats, c.repeats),
+                   last_seen_at = GREATEST(reporter_alerts.last_seen_at, c.last_seen), resolved_at = NULL
+               FROM unnest($2::text[], $3::int[], $4::timestamptz[]) AS c(key, repeats, last_seen)
+               WHERE reporter_alerts.key = c.key AND reporter_alerts.incident_id = $1""",
+            incident_id,
+            [r.key for r in change.repeated],
+            [r.repeats for r in change.repeated],
+            [r.last_seen for r in change.repeated],
+        )
+    if change.resolved:
+        await conn.execute(
+            """UPDATE reporter_alerts SET resolved_at = c.resolved_at
+               FROM unnest($2::text[], $3::timestamptz[]) AS c(key, resolved_at)
+               WHERE reporter_alerts.key = c.key AND reporter_alerts.incident_id = $1""",
+            incident_id,
+            [r.key for r in change.resolved],
+            [r.resolved_at for r in change.resolved],
+        )
+
+
 async def set_fields(conn: Conn, *, incident_id: str, **fields: Any) -> None:
     """Set some columns of an incident, creating its row if no event of it came before."""
     # Column names come from the handlers' keyword arguments, never from input.
@@ -108,8 +135,22 @@ async def get_incident(conn: Conn, *, incident_id: str) -> dict[str, Any] | None
 
 
 async def list_alerts(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
-    rows = await conn.fetch("SELECT body FROM reporter_alerts WHERE incident_id = $1 ORDER BY time", incident_id)
-    return [r["body"] for r in rows]
+    """Return the incident's alerts as the detector summarised them, with their repeats and whether they ended."""
+    rows = await conn.fetch(
+        """SELECT body, repeats, last_seen_at, resolved_at FROM reporter_alerts
+           WHERE incident_id = $1 ORDER BY time""",
+        incident_id,
+    )
+    return [
+        {
+            **r["body"],
+            "status": "resolved" if r["resolved_at"] else "firing",
+            "repeats": r["repeats"],
+            "last_seen": r["last_seen_at"] or r["body"]["time"],
+            "resolved_at": r["resolved_at"],
+        }
+        for r in rows
+    ]
 
 
 async def list_timeline(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
