@@ -587,6 +587,21 @@ def incidents_show(incident_id: str, as_json: JsonOption = False) -> None:
         console.print(f"[b]plan[/b] {plan['playbook_title']} ({plan['playbook']})")
         for action in plan["actions"]:
             console.print(f"  [{action['phase']}] {action['name']} - {action['status']}")
+    alerts = Table(title=f"{len(incident.get('alerts', []))} alert(s)")
+    for column in ("time", "format", "alert", "severity", "status", "repeats", "typed by"):
+        alerts.add_column(column, overflow="fold")
+    for alert in incident.get("alerts", []):
+        tool_severity = f" ({alert['source_severity']})" if alert.get("source_severity") else ""
+        alerts.add_row(
+            alert["time"][:19],
+            alert.get("format", "native"),
+            f"{alert['title']} [dim]{alert['key']}[/]",
+            alert["severity"] + tool_severity,
+            f"[dim]{alert['status']}[/]" if alert.get("status") == "resolved" else alert.get("status", "firing"),
+            str(alert.get("repeats", 0)),
+            alert.get("type_rule") or "-",
+        )
+    console.print(alerts)
     table = Table(title="timeline")
     for column in ("time", "by", "event"):
         table.add_column(column, overflow="fold")

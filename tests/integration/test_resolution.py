@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+import uvicorn
 from prometheus_client import REGISTRY
+from typer.testing import CliRunner
 
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from services.detector import adapters
 from services.detector.handlers import Detector, decode
+from services.reporter import api as reporter_api
 from services.reporter import handlers as reporter
 from services.reporter import repository as read_model
 from shared import cloudevents
 from shared.consumer import decode_cloudevent
 from shared.db import connect
+from shared.embedded import free_port
 from shared.events import EventBase, IncidentAlertsChanged, IncidentDetected, ResolutionSuggested
 from shared.kafka import make_producer
 from shared.outbox import OutboxRelay
+from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.topics import ALERTS_RAW, COORDINATION, INCIDENTS, TopicNames
 from tests.helpers import committed, consume_loop, eventually, produce
+from vigil.cli import app as cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -193,6 +202,27 @@ async def test_a_firing_then_resolved_alert_ends_resolved_and_the_commander_is_t
     assert "suggests" in lines["vigil.incident.resolution_suggested.v1"]
     assert timeline
 
+    # `vigil incidents show` says the same, from the reporter's API.
+    async with _reporter_api(settings, pool) as url:
+        shown_by_cli = await asyncio.to_thread(
+            CliRunner().invoke,
+            cli,
+            ["incidents", "show", incident["id"]],
+            env={"VIGIL_REPORTER_URL": url, "COLUMNS": "250"},
+        )
+    assert shown_by_cli.exit_code == 0, shown_by_cli.output
+    alerts_table = shown_by_cli.output.split("timeline")[0]  # the alerts, before the timeline
+    [row] = [line for line in alerts_table.splitlines() if stored["key"] in line]
+    assert [cell.strip() for cell in row.split("│")[2:8]] == [
+        "alertmanager",
+        f"checkout 5xx above 5% {stored['key']}",
+        "critical (severity=critical)",
+        "resolved",
+        "0",
+        "alertmanager-infrastructure",
+    ]
+    assert "severity: Alertmanager severity 'critical' -> critical -> SEV1" in shown_by_cli.output
+
 
 async def test_a_repeat_is_counted_and_shown_by_the_reporter(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
@@ -258,6 +288,37 @@ async def test_an_alert_that_fires_again_after_it_ended_is_firing(
     # However the last three records were cut into batches, the alert ended once, then stands firing.
     assert (changes[0].data.firing, changes[0].data.all_resolved) == (0, True)
     assert (changes[-1].data.firing, changes[-1].data.all_resolved) == (1, False)
+
+
+@contextlib.asynccontextmanager
+async def _reporter_api(settings: VigilSettings, pool: asyncpg.Pool) -> AsyncIterator[str]:
+    """The reporter's read API served by uvicorn on a free port; yields its URL."""
+    runtime = Runtime(service="reporter", settings=settings, pool=pool, producer=None, names=TopicNames())  # type: ignore[arg-type]
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(runtime, reporter_api.routers(runtime)),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
+    serving = asyncio.create_task(server.serve(), name="reporter-api")
+    try:
+        await eventually(lambda: _started(server, serving), timeout=15)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def _started(server: uvicorn.Server, serving: asyncio.Task[None]) -> bool:
+    if serving.done():
+        serving.result()  # raise why it stopped
+    return bool(server.started)
 
 
 async def _suggestions(pool: asyncpg.Pool) -> list[ResolutionSuggested]:
