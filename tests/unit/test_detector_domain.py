@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +12,18 @@ import pytest
 from services.detector import domain
 from services.detector.classification import SeverityPolicy, parse_rules
 from shared.alerts import Alert, AlertKind, AlertSeverity
-from shared.events import IncidentSnapshot, IncidentType, Severity
+from shared.events import (
+    AlertRepeat,
+    AlertResolution,
+    AlertsChange,
+    IncidentAlertsChanged,
+    IncidentSnapshot,
+    IncidentType,
+    ResolutionSuggested,
+    ResolutionSuggestion,
+    Severity,
+)
+from shared.timeline import timeline_entry
 from tests.factories import T0, alert
 
 WINDOW = timedelta(minutes=30)
@@ -408,3 +419,79 @@ def test_one_alert_beside_a_header_of_any_text_fits_unmeasured(text: str, users:
     change = domain.correlate([last], {incident.correlation_key: incident}, window=WINDOW, new_id=ids())[0]
     [snapshot] = domain.snapshots(change)
     assert len(snapshot.model_dump_json().encode()) <= domain.MAX_EVENT_BYTES
+
+
+# ---- repeats and resolutions -------------------------------------------------------------------
+
+
+def test_alert_changes_are_split_into_bounded_parts_with_every_entry_once() -> None:
+    # The longest key an alert can have (100 + 1 + 200 characters), each escaped to six bytes of JSON.
+    def key(n: int) -> str:
+        return f"{n:04d}" + ESCAPED * 297
+
+    repeated = [AlertRepeat(key=key(n), repeats=n + 1, last_seen=T0) for n in range(250)]
+    resolved = [AlertResolution(key=key(1000 + n), resolved_at=T0) for n in range(60)]
+    parts = domain.alerts_changes(repeated, resolved, firing=0, alert_count=310, all_resolved=True)
+    assert [(p.part, p.parts) for p in parts] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert [r.key for p in parts for r in p.repeated] == [r.key for r in repeated]
+    assert [r.key for p in parts for r in p.resolved] == [r.key for r in resolved]
+    assert [p.all_resolved for p in parts] == [False, False, False, True]  # once everything was told
+    for part in parts:
+        event = IncidentAlertsChanged(source="/vigil/detector", subject="inc-1", data=part)
+        assert len(event.model_dump_json().encode()) <= domain.MAX_EVENT_BYTES
+
+
+def test_a_small_change_is_one_event() -> None:
+    [part] = domain.alerts_changes(
+        [AlertRepeat(key="a:1", repeats=2, last_seen=T0)], [], firing=1, alert_count=1, all_resolved=False
+    )
+    assert (part.part, part.parts, len(part.repeated), part.resolved) == (1, 1, 1, [])
+
+
+@pytest.mark.parametrize(
+    ("incident_type", "closed", "firing", "expected"),
+    [
+        (IncidentType.SERVICE_DISRUPTION, False, 0, True),
+        (IncidentType.SERVICE_DISRUPTION, False, 1, False),
+        (IncidentType.SERVICE_DISRUPTION, True, 0, False),  # resolved already
+        (IncidentType.SYSTEM_COMPROMISE, False, 0, False),  # an intruder is not gone when alerts stop
+        (IncidentType.UNKNOWN, False, 0, False),
+    ],
+)
+def test_only_an_open_service_disruption_whose_alerts_all_ended_suggests_resolving(
+    incident_type: IncidentType, closed: bool, firing: int, expected: bool
+) -> None:
+    assert domain.suggests_resolving(incident_type, closed=closed, firing=firing) is expected
+
+
+def test_a_resolution_ends_when_its_tool_says() -> None:
+    ended = alert(status="resolved", labels={"ends_at": "2026-11-24T09:40:00.123456789Z"})
+    assert domain.resolution_time(ended) == datetime(2026, 11, 24, 9, 40, 0, 123456, tzinfo=UTC)
+    assert domain.resolution_time(alert(minutes=7, status="resolved")) == T0 + timedelta(minutes=7)
+    garbled = alert(minutes=7, status="resolved", labels={"ends_at": "soon"})
+    assert domain.resolution_time(garbled) == T0 + timedelta(minutes=7)
+
+
+def test_the_timeline_says_what_was_repeated_and_resolved() -> None:
+    repeated = [AlertRepeat(key=f"am:{n}", repeats=n, last_seen=T0) for n in range(1, 6)]
+    change = AlertsChange(
+        repeated=repeated,
+        resolved=[AlertResolution(key="am:9", resolved_at=T0)],
+        firing=0,
+        alert_count=6,
+        all_resolved=True,
+    )
+    entry = timeline_entry(IncidentAlertsChanged(source="/vigil/detector", subject="inc-1", data=change))
+    assert entry.actor == "detector"
+    assert entry.summary == (
+        "5 alert(s) sent again (am:1 seen 2 times, am:2 seen 3 times, am:3 seen 4 times and 2 more); "
+        "1 resolved (am:9); 0 of 6 still firing; every alert has resolved: the incident may be resolved"
+    )
+    suggested = ResolutionSuggested(
+        source="/vigil/coordinator",
+        subject="inc-1",
+        data=ResolutionSuggestion(commander="dave@example.com", reason="all 6 alert(s) have resolved"),
+    )
+    assert timeline_entry(suggested).summary == (
+        "suggests dave@example.com resolves the incident: all 6 alert(s) have resolved"
+    )
