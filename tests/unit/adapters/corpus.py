@@ -7,6 +7,7 @@ and Vigil must not need it: a test that reads it is skipped, saying so, when it 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -20,25 +21,83 @@ from shared.alerts import Alert
 CORPUS = Path(__file__).resolve().parents[3] / ".." / "shared" / "corpus"
 
 
+# The corpus records each format's adapter reads: a whole directory, or the lines of one that holds
+# several tools' records (edr_alerts: its SOURCES.md says whose each line is). Every other format's
+# adapter must not recognise them.
+SAMPLES: dict[str, tuple[str, tuple[int, ...] | None]] = {
+    "alertmanager": ("alertmanager_webhook", None),
+    "crowdstrike": ("edr_alerts", (1, 2, 3)),
+    "defender": ("edr_alerts", (4, 5)),
+    "elastic": ("elastic_ecs_alert", None),
+    "falco": ("falco", None),
+    "guardduty": ("aws_guardduty", None),
+    "hayabusa": ("sigma_hayabusa", None),
+    "ocsf": ("ocsf_findings", None),
+    "osquery": ("osquery_results", None),
+    "sentinelone": ("edr_alerts", (6,)),
+    "suricata": ("suricata_eve_alert", None),
+    "wazuh": ("wazuh_alerts", None),
+    "zeek": ("zeek_notice", None),
+}
+
+
+@functools.cache
+def _read(directory: str) -> tuple[str, ...]:
+    # Read once per run: property tests ask for the same records at every example.
+    return tuple(
+        line
+        for path in sorted((CORPUS / directory).glob("*.jsonl"))
+        for line in path.read_text("utf-8").splitlines()
+        if line.strip()
+    )
+
+
+def _lines(directory: str) -> list[tuple[int, Any]]:
+    """(line, record) of every record of one corpus directory, in file order, each a fresh copy; none when absent."""
+    return [(number, json.loads(line)) for number, line in enumerate(_read(directory), 1)]
+
+
 def records(directory: str) -> list[Any]:
     """Every record of one corpus directory, in file order; the test is skipped when it is absent."""
-    files = sorted((CORPUS / directory).glob("*.jsonl"))
-    if not files:
+    found = _lines(directory)
+    if not found:
         pytest.skip(f"sample corpus {CORPUS / directory} is absent")
-    return [json.loads(line) for path in files for line in path.read_text("utf-8").splitlines() if line.strip()]
+    return [record for _, record in found]
 
 
-def other_records(directory: str) -> list[tuple[str, int, Any]]:
-    """(directory, line, record) of every corpus directory but this one."""
+def _is_sample(name: str, directory: str, line: int) -> bool:
+    """Whether that line of that corpus directory is a record the named format's adapter reads."""
+    own, lines = SAMPLES.get(name, (None, None))
+    return directory == own and (lines is None or line in lines)
+
+
+def samples_if_present(name: str) -> list[Any]:
+    """The corpus records the named format's adapter reads, in file order; none when the corpus is absent."""
+    if name not in SAMPLES:
+        return []
+    directory = SAMPLES[name][0]
+    return [record for line, record in _lines(directory) if _is_sample(name, directory, line)]
+
+
+def samples(name: str) -> list[Any]:
+    """The corpus records the named format's adapter reads; the test is skipped when they are absent."""
+    found = samples_if_present(name)
+    if not found:
+        pytest.skip(f"no {name} records in the sample corpus {CORPUS}")
+    return found
+
+
+def others(name: str) -> list[tuple[str, int, Any]]:
+    """(directory, line, record) of every corpus record some other format's adapter reads."""
     if not CORPUS.is_dir():
         pytest.skip(f"sample corpus {CORPUS} is absent")
-    found: list[tuple[str, int, Any]] = []
-    for path in sorted(CORPUS.glob("*/*.jsonl")):
-        if path.parent.name == directory:
-            continue
-        lines = [line for line in path.read_text("utf-8").splitlines() if line.strip()]
-        found.extend((path.parent.name, number, json.loads(line)) for number, line in enumerate(lines, 1))
-    return found
+    directories = sorted(path.name for path in CORPUS.iterdir() if path.is_dir())
+    return [
+        (directory, line, record)
+        for directory in directories
+        for line, record in _lines(directory)
+        if not _is_sample(name, directory, line)
+    ]
 
 
 def recognised_by(payload: Any) -> list[str]:

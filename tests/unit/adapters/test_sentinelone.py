@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from services.detector.adapters import ADAPTERS, Rejected, parse_payload
+from services.detector.adapters import Rejected, parse_payload
 from services.detector.adapters.sentinelone import SentinelOne
-from tests.unit.adapters.corpus import CORPUS, json_values, mutated, other_records, parses_or_refuses, records
+from tests.unit.adapters.corpus import samples
 
 ADAPTER = SentinelOne()
-DIRECTORY = "edr_alerts"
-LINES = (6,)  # edr_alerts.jsonl: the SentinelOne line (SOURCES.md)
 
 # A threat as the Management API v2.1 returns it from /web/api/v2.1/threats (threatInfo with
 # threatName, classification, confidenceLevel, incidentStatus, createdAt; agentRealtimeInfo with the
@@ -99,19 +94,12 @@ THREAT_ACTIVITY: dict[str, Any] = {
     "data": {"computerName": "test-LINUX", "confidenceLevel": "malicious", "fileDisplayName": "invoice.exe"},
 }
 
-DOCUMENTED = [THREAT, RULE_ALERT, LOGIN_ACTIVITY, THREAT_ACTIVITY]
-
-
-def corpus_if_present() -> list[Any]:
-    path = CORPUS / DIRECTORY / "edr_alerts.jsonl"
-    if not path.is_file():
-        return []
-    found = [json.loads(line) for line in path.read_text("utf-8").splitlines()]
-    return [record for number, record in enumerate(found, 1) if number in LINES]
+# The documented examples: test_every_adapter.py checks every adapter's common promises on them.
+EXAMPLES = [THREAT, RULE_ALERT, LOGIN_ACTIVITY, THREAT_ACTIVITY]
 
 
 def test_the_public_custom_rule_activity_is_its_alert() -> None:
-    (record,) = (records(DIRECTORY)[n - 1] for n in LINES)
+    (record,) = samples("sentinelone")
     assert ADAPTER.matches(record) and parse_payload(record).format == "sentinelone"
     (alert,) = ADAPTER.parse(record).alerts
     assert (alert.id, alert.source, alert.title, alert.rule) == (
@@ -187,25 +175,3 @@ def test_records_that_cannot_be_alerts_are_refused_with_a_reason(record: Any, co
     with pytest.raises(Rejected) as refused:
         ADAPTER.parse(record)
     assert refused.value.code == code and refused.value.reason
-
-
-def test_no_other_tools_sample_looks_like_sentinelone() -> None:
-    samples = records(DIRECTORY)
-    others = [(DIRECTORY, n, r) for n, r in enumerate(samples, 1) if n not in LINES]
-    for directory, line, record in [*other_records(DIRECTORY), *others]:
-        assert not ADAPTER.matches(record), f"{directory} line {line}"
-
-
-def test_no_other_adapter_claims_these_examples() -> None:
-    for record in [*DOCUMENTED, *corpus_if_present()]:
-        assert [adapter.name for adapter in ADAPTERS if adapter.matches(record)] == ["sentinelone"]
-
-
-@given(json_values)
-def test_any_json_value_is_read_or_refused(payload: Any) -> None:
-    parses_or_refuses(ADAPTER, payload)
-
-
-@given(st.data())
-def test_damaged_samples_are_read_or_refused(data: st.DataObject) -> None:
-    parses_or_refuses(ADAPTER, data.draw(mutated([*DOCUMENTED, *corpus_if_present()])))
