@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.detector.adapters import Rejected, parse_payload
+from services.detector.adapters import Rejected
 from services.detector.adapters.crowdstrike import CrowdStrike
 from tests.unit.adapters.corpus import samples
 
@@ -79,7 +79,6 @@ EXAMPLES = [STREAMING_DETECTION, AUTH_AUDIT]
 
 def test_the_public_falcon_detections_are_read_with_their_fields() -> None:
     pup, sample, eicar = samples("crowdstrike")
-    assert all(ADAPTER.matches(r) and parse_payload(r).format == "crowdstrike" for r in (pup, sample, eicar))
     (alert,) = ADAPTER.parse(pup).alerts
     assert (
         alert.id
@@ -133,7 +132,6 @@ def test_a_streaming_api_detection_gives_every_field() -> None:
 
 
 def test_other_stream_events_are_skipped_as_not_detections() -> None:
-    assert ADAPTER.matches(AUTH_AUDIT)
     assert ADAPTER.parse(AUTH_AUDIT).skipped == ["CrowdStrike AuthActivityAuditEvent: not a detection"]
 
 

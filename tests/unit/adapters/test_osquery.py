@@ -63,7 +63,6 @@ def test_every_public_result_is_accounted_as_a_result_not_an_alert() -> None:
     samples = records(DIRECTORY)
     assert len(samples) == len(EXPECTED)
     for record, reason in zip(samples, EXPECTED, strict=True):
-        assert ADAPTER.matches(record)
         parsed = ADAPTER.parse(record)
         assert (parsed.format, parsed.alerts, parsed.skipped) == ("osquery", [], [reason])
         assert parse_payload(record).skipped == [reason]  # found by its shape among every adapter
