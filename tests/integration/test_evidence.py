@@ -89,7 +89,9 @@ async def test_alert_resent_after_its_ledger_expired_is_a_repeat(
     assert stored[0]["last_seen_at"] > first["last_seen_at"]
     assert await pool.fetchval("SELECT count(*) FROM detector_incidents") == 1
     assert await pool.fetchval("SELECT alert_count FROM detector_incidents") == 1
-    assert await pool.fetchval("SELECT count(*) FROM outbox") == 1  # the first IncidentDetected only
+    # The first IncidentDetected, then the repeat made visible: no second detection, no update.
+    types = [dict(r["headers"])["ce_type"] for r in await pool.fetch("SELECT headers FROM outbox ORDER BY id")]
+    assert types == ["vigil.incident.detected.v1", "vigil.incident.alerts_changed.v1"]
     assert _repeats_counted() == repeats_before + 1
 
 
@@ -119,7 +121,8 @@ async def test_two_detectors_storing_one_alert_at_once_count_a_repeat(pool: asyn
         ctx_two = await racing
 
     assert len(ctx_one.emitted) == 1
-    assert ctx_two.emitted == []  # it took the alert for a repeat: no incident, no event
+    # It took the alert for a repeat: no incident, only the repeat made visible.
+    assert [getattr(e, "type") for e in ctx_two.emitted] == ["vigil.incident.alerts_changed.v1"]
     assert await pool.fetchval("SELECT repeats FROM detector_alerts WHERE key = $1", resent.key) == 1
     assert await pool.fetchval("SELECT count(*) FROM detector_incidents") == 1
 
