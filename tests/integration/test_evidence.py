@@ -122,7 +122,7 @@ async def test_two_detectors_storing_one_alert_at_once_count_a_repeat(pool: asyn
 
     assert len(ctx_one.emitted) == 1
     # It took the alert for a repeat: no incident, only the repeat made visible.
-    assert [getattr(e, "type") for e in ctx_two.emitted] == ["vigil.incident.alerts_changed.v1"]
+    assert [type(e).__name__ for e in ctx_two.emitted] == ["IncidentAlertsChanged"]
     assert await pool.fetchval("SELECT repeats FROM detector_alerts WHERE key = $1", resent.key) == 1
     assert await pool.fetchval("SELECT count(*) FROM detector_incidents") == 1
 
