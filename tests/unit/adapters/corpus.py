@@ -7,7 +7,6 @@ and Vigil must not need it: a test that reads it is skipped, saying so, when it 
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -41,20 +40,15 @@ SAMPLES: dict[str, tuple[str, tuple[int, ...] | None]] = {
 }
 
 
-@functools.cache
-def _read(directory: str) -> tuple[str, ...]:
-    # Read once per run: property tests ask for the same records at every example.
-    return tuple(
+def _lines(directory: str) -> list[tuple[int, Any]]:
+    """(line, record) of every record of one corpus directory, in file order; none when it is absent."""
+    lines = [
         line
         for path in sorted((CORPUS / directory).glob("*.jsonl"))
         for line in path.read_text("utf-8").splitlines()
         if line.strip()
-    )
-
-
-def _lines(directory: str) -> list[tuple[int, Any]]:
-    """(line, record) of every record of one corpus directory, in file order, each a fresh copy; none when absent."""
-    return [(number, json.loads(line)) for number, line in enumerate(_read(directory), 1)]
+    ]
+    return [(number, json.loads(line)) for number, line in enumerate(lines, 1)]
 
 
 def records(directory: str) -> list[Any]:
