@@ -256,7 +256,7 @@ def alertmanager(alertname: str, **labels: str) -> dict[str, Any]:
         ("suricata", SURICATA_TROJAN, IncidentType.SYSTEM_COMPROMISE, "suricata-trojan",
          "suricata category 'A Network Trojan was detected' (rule suricata-trojan)"),
         ("suricata", suricata("ET POLICY curl User-Agent Outbound", "Attempted Information Leak"),
-         IncidentType.DATA_LEAK, "suricata-information-leak", "category 'Attempted Information Leak'"),
+         IncidentType.SECURITY_BREACH, "suricata-information-leak", "category 'Attempted Information Leak'"),
         ("suricata", suricata("ET DOS Possible NTP DDoS Inbound", "Attempted Denial of Service"),
          IncidentType.SERVICE_DISRUPTION, "suricata-denial-of-service", "'Attempted Denial of Service'"),
         ("suricata", suricata("ET WEB_SERVER SQL Injection", "Web Application Attack"),
@@ -403,7 +403,7 @@ def test_a_declared_type_comes_first() -> None:
 # (directory, line, alert) -> (type, rule)
 CORPUS_EXPECTED = {
     ("suricata_eve_alert", 1, 0): (IncidentType.SYSTEM_COMPROMISE, "suricata-trojan"),
-    ("suricata_eve_alert", 8, 0): (IncidentType.DATA_LEAK, "suricata-information-leak"),
+    ("suricata_eve_alert", 8, 0): (IncidentType.SECURITY_BREACH, "suricata-information-leak"),
     ("wazuh_alerts", 4, 0): (IncidentType.SECURITY_BREACH, "wazuh-authentication"),
     ("aws_guardduty", 5, 0): (IncidentType.DATA_LEAK, "guardduty-attack-sequence-data"),
     ("falco", 0, 0): (IncidentType.SYSTEM_COMPROMISE, "falco-compromise"),
