@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
@@ -25,6 +25,7 @@ class AlertSeverity(StrEnum):
 
 
 _SEVERITY_RANK = {s: i for i, s in enumerate(AlertSeverity)}
+MAX_FUTURE = timedelta(days=1)
 
 
 AlertStatus = Literal["firing", "resolved"]
@@ -81,7 +82,11 @@ class Alert(BaseModel):
     @field_validator("time")
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
+        value = value.astimezone(UTC)
+        # A time before 1970 or more than a day ahead is a clock or parsing error, not an alert.
+        if value.year < 1970 or value > datetime.now(UTC) + MAX_FUTURE:
+            raise ValueError("time is before 1970 or more than a day in the future")
+        return value
 
     @property
     def entity(self) -> str:

@@ -46,6 +46,8 @@ def test_a_named_format_is_used_and_an_unknown_one_refused() -> None:
         (json.dumps(alert_dict(severity="loud")).encode(), "invalid_fields", "severity"),
         (json.dumps(alert_dict(time="2026-11-24T09:00:00")).encode(), "invalid_fields", "time"),  # no offset
         (json.dumps(alert_dict(extra_field=1)).encode(), "invalid_fields", "extra_field"),
+        (json.dumps(alert_dict(time="2999-01-01T00:00:00Z")).encode(), "invalid_fields", "in the future"),
+        (json.dumps(alert_dict(time="1969-12-31T23:59:59Z")).encode(), "invalid_fields", "before 1970"),
         (json.dumps(alert_dict(title="bad\u0000byte")).encode(), "nul", "NUL character"),
         (b'{"a": "' + b"x" * (1024 * 1024) + b'"}', "too_large", "limit"),
     ],
