@@ -8,8 +8,8 @@ machine-readable code and a reason a person can act on. A record that is valid b
 never silently dropped.
 
 The helpers read a tool's record defensively: each takes any JSON value and returns None (or an
-empty value) rather than raising, except those that say they raise ``Rejected`` with the reason
-(``build_alert``, ``parse_time``, ``time_of``).
+empty value) rather than raising, except those that raise ``Rejected`` with the reason
+(``build_alert``, ``parse_time``, ``time_of``, ``json_object``).
 """
 
 from __future__ import annotations
@@ -276,6 +276,9 @@ def ip_or_none(value: Any) -> str | None:
     except ValueError:
         return None
     return None if address.is_unspecified else str(address)
+
+
+# ---- severities ----------------------------------------------------------------------------------
 
 
 def band(value: float, bands: Iterable[tuple[float, str, AlertSeverity]]) -> tuple[str, AlertSeverity]:
