@@ -50,7 +50,6 @@ others are read; a message none of whose alerts can be read is refused with the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -104,13 +103,13 @@ class Alertmanager:
 
     def matches(self, payload: Any) -> bool:
         return (
-            isinstance(payload, Mapping)
+            isinstance(payload, dict)
             and isinstance(payload.get("alerts"), list)
             and ("receiver" in payload or "groupKey" in payload)
         )
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
+        if not isinstance(payload, dict):
             raise Rejected("an Alertmanager webhook message is a JSON object", code="invalid_fields")
         version = payload.get("version")
         if version != SUPPORTED_VERSION:
@@ -147,7 +146,7 @@ class Alertmanager:
 
 
 def _alert(item: Any, common: dict[str, Any]) -> Alert:
-    if not isinstance(item, Mapping):
+    if not isinstance(item, dict):
         raise Rejected("an alert is not a JSON object", code="invalid_fields")
     labels = {**_strings(common.get("commonLabels")), **_strings(item.get("labels"))}
     annotations = {**_strings(common.get("commonAnnotations")), **_strings(item.get("annotations"))}
@@ -197,7 +196,7 @@ def _alert(item: Any, common: dict[str, Any]) -> Alert:
 
 def _strings(values: Any) -> dict[str, str]:
     # Labels and annotations are strings in Alertmanager; anything else is rendered, never trusted.
-    return string_labels(values) if isinstance(values, Mapping) else {}
+    return string_labels(values) if isinstance(values, dict) else {}
 
 
 def _severity(labels: dict[str, str]) -> tuple[str, str | None, str]:

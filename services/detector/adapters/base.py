@@ -14,6 +14,7 @@ empty value) rather than raising, except those that raise ``Rejected`` with the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -104,6 +105,10 @@ def build_alert(**fields: Any) -> Alert:
     fields["tags"] = [_clean(str(t))[:200] for t in fields.get("tags") or ()][:100]
     fields["techniques"] = sorted({t for t in fields.get("techniques") or () if t})[:100]
     fields["labels"] = {k[:200]: v for k, v in list((fields.get("labels") or {}).items())[:200]}
+    for name in ("src_ip", "dst_ip"):
+        # An address object validates at once; the same text would be parsed again.
+        if isinstance(value := fields.get(name), str) and (address := _address(value)) is not None:
+            fields[name] = address
     try:
         return Alert.model_validate(fields)
     except ValidationError as exc:
@@ -202,7 +207,7 @@ def _rfc2822(value: str) -> datetime | None:
 
 def json_object(payload: Any, what: str) -> Mapping[str, Any]:
     """The payload when it is a JSON object; Rejected, saying what it should have been, when it is not."""
-    if not isinstance(payload, Mapping):
+    if not isinstance(payload, dict):
         raise Rejected(f"{what} is a JSON object, not a {type(payload).__name__}", code="invalid_fields")
     return payload
 
@@ -252,16 +257,16 @@ def listed(value: Any) -> list[Any]:
 
 def mapping(value: Any) -> Mapping[str, Any]:
     """The value when it is an object, else an empty one."""
-    return value if isinstance(value, Mapping) else {}
+    return value if isinstance(value, dict) else {}
 
 
 def dig(payload: Any, path: str) -> Any:
     """``dig(d, "a.b.c")`` is ``d["a"]["b"]["c"]``, or None anywhere along the way; a dotted key wins."""
-    if isinstance(payload, Mapping) and path in payload:
+    if isinstance(payload, dict) and path in payload:
         return payload[path]
     current = payload
     for part in path.split("."):
-        if not isinstance(current, Mapping):
+        if not isinstance(current, dict):
             return None
         current = current.get(part)
     return current
@@ -271,11 +276,18 @@ def ip_or_none(value: Any) -> str | None:
     """An address as text if it is one (0.0.0.0 and unspecified addresses are not), else None."""
     if not isinstance(value, str) or not value:
         return None
+    address = _address(value)
+    return None if address is None else str(address)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # Parsing an address is slow and the same ones recur in a stream of alerts: remember them.
     try:
         address = ipaddress.ip_address(value.strip().strip("[]"))
     except ValueError:
         return None
-    return None if address.is_unspecified else str(address)
+    return None if address.is_unspecified else address
 
 
 # ---- severities ----------------------------------------------------------------------------------
@@ -378,7 +390,7 @@ def nodes(value: Any) -> Iterator[tuple[str | None, Any]]:
         key, current = stack.pop()
         seen += 1
         yield key, current
-        if isinstance(current, Mapping):
+        if isinstance(current, dict):
             stack.extend((str(k), v) for k, v in reversed(list(current.items())))
         elif isinstance(current, list):
             stack.extend((None, v) for v in reversed(current))

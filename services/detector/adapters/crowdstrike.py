@@ -91,11 +91,11 @@ class CrowdStrike:
     description = "CrowdStrike Falcon detection summary events (streaming API, SIEM connector, FDR)."
 
     def matches(self, payload: Any) -> bool:
-        if not isinstance(payload, Mapping):
+        if not isinstance(payload, dict):
             return False
         metadata = payload.get("metadata")
         if (
-            isinstance(metadata, Mapping)
+            isinstance(metadata, dict)
             and isinstance(metadata.get("eventType"), str)
             and ("customerIDString" in metadata or "offset" in metadata)
             and isinstance(payload.get("event"), Mapping)

@@ -104,7 +104,7 @@ class Defender:
     )
 
     def matches(self, payload: Any) -> bool:
-        return isinstance(payload, Mapping) and (_is_alert(payload) or _hunting_table(payload) is not None)
+        return isinstance(payload, dict) and (_is_alert(payload) or _hunting_table(payload) is not None)
 
     def parse(self, payload: Any) -> Parsed:
         payload = json_object(payload, "a Defender alert")

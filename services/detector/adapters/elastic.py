@@ -82,7 +82,7 @@ ALERT_KINDS = ("signal", "alert")
 
 def field(doc: Any, path: str) -> Any:
     """An ECS field by dotted path, written flat ("a.b.c"), nested ({"a": {"b": ...}}) or mixed."""
-    if not isinstance(doc, Mapping):
+    if not isinstance(doc, dict):
         return None
     if path in doc:
         return doc[path]
@@ -106,12 +106,12 @@ def one(doc: Any, *paths: str) -> Any:
 
 def document(payload: Any) -> tuple[Mapping[str, Any] | None, str | None]:
     """The alert document and its search-hit ``_id``, unwrapping a hit's ``_source`` or ``fields``."""
-    if not isinstance(payload, Mapping):
+    if not isinstance(payload, dict):
         return None, None
     hit_id = text(payload.get("_id")) if ("_index" in payload or "_id" in payload) else None
     for key in ("_source", "fields"):
         inner = payload.get(key)
-        if isinstance(inner, Mapping) and (key == "_source" or hit_id is not None):
+        if isinstance(inner, dict) and (key == "_source" or hit_id is not None):
             return inner, hit_id
     return payload, None
 

@@ -88,7 +88,7 @@ class Falco:
 
     def matches(self, payload: Any) -> bool:
         return (
-            isinstance(payload, Mapping)
+            isinstance(payload, dict)
             and isinstance(payload.get("rule"), str)
             and isinstance(payload.get("priority"), str)
             and "output" in payload
@@ -96,7 +96,7 @@ class Falco:
         )
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
+        if not isinstance(payload, dict):
             raise Rejected("a Falco event is a JSON object", code="invalid_fields")
         rule = text(payload.get("rule"))
         if rule is None:

@@ -103,7 +103,7 @@ ON_AN_INSTANCE = {"Instance", "EKSCluster", "ECSCluster", "Container"}
 
 def is_finding(value: Any) -> bool:
     """Whether the value has a GuardDuty finding's shape."""
-    if not isinstance(value, Mapping) or not isinstance(value.get("type"), str) or "severity" not in value:
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str) or "severity" not in value:
         return False
     arn = value.get("arn")
     return (isinstance(arn, str) and ":guardduty:" in arn) or dig(value, "service.serviceName") == "guardduty"
@@ -114,7 +114,7 @@ class GuardDuty:
     description = "Amazon GuardDuty findings, bare or in an EventBridge event (detail-type GuardDuty Finding)."
 
     def matches(self, payload: Any) -> bool:
-        if not isinstance(payload, Mapping):
+        if not isinstance(payload, dict):
             return False
         return (
             payload.get("source") == EVENT_SOURCE
@@ -135,7 +135,7 @@ class GuardDuty:
                     format=self.name,
                     skipped=[f"GuardDuty event {detail_type!r}: not a finding (only {FINDING_DETAIL_TYPE!r} is)"],
                 )
-        if not isinstance(finding, Mapping):
+        if not isinstance(finding, dict):
             raise Rejected("the EventBridge event carries no GuardDuty finding in detail", code="missing_fields")
         finding_id = identity(finding.get("id"))
         if finding_id is None:
@@ -241,7 +241,7 @@ def _techniques(finding_type: str | None, description: Any) -> list[str]:
 def _addresses(action: Mapping[str, Any]) -> tuple[str | None, str | None]:
     """(source, destination) of the finding's action: the remote end is the source unless it went outbound."""
     for key, detail in action.items():
-        if not key.endswith("Action") or not isinstance(detail, Mapping):
+        if not key.endswith("Action") or not isinstance(detail, dict):
             continue
         probes = detail.get("portProbeDetails")
         if isinstance(probes, list) and probes:

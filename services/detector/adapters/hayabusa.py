@@ -95,7 +95,7 @@ class Hayabusa:
 
     def matches(self, payload: Any) -> bool:
         return (
-            isinstance(payload, Mapping)
+            isinstance(payload, dict)
             and isinstance(payload.get("RuleTitle"), str)
             and "Timestamp" in payload
             and "Level" in payload
@@ -180,7 +180,7 @@ def _techniques(tags: Any, tactics: list[str]) -> list[str]:
 
 def _details(value: Any) -> dict[str, Any]:
     """The Details as a mapping: Hayabusa writes an object in JSON, "Key: value ¦ Key: value" in text."""
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return dict(value)
     found: dict[str, Any] = {}
     for part in re.split(r"\s*¦\s*", text(value) or ""):
@@ -191,6 +191,6 @@ def _details(value: Any) -> dict[str, Any]:
 
 
 def _describe(raw: Any, details: Mapping[str, Any]) -> str:
-    if isinstance(raw, Mapping):
+    if isinstance(raw, dict):
         return "\n".join(f"{key}: {t}" for key, value in details.items() if (t := text(value)) is not None)
     return text(raw) or ""

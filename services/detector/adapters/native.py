@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,7 +18,7 @@ class Native:
     description = "Vigil's native alert JSON: id, source, title, severity, time (README)."
 
     def matches(self, payload: Any) -> bool:
-        return isinstance(payload, Mapping) and payload.keys() >= REQUIRED
+        return isinstance(payload, dict) and payload.keys() >= REQUIRED
 
     def parse(self, payload: Any) -> Parsed:
         try:

@@ -108,13 +108,13 @@ class Ocsf:
     description = "OCSF Detection Finding (2004) and Security Finding (2001), schema 1.x."
 
     def matches(self, payload: Any) -> bool:
-        if not isinstance(payload, Mapping):
+        if not isinstance(payload, dict):
             return False
         class_uid, metadata = payload.get("class_uid"), payload.get("metadata")
         return (
             isinstance(class_uid, int)
             and not isinstance(class_uid, bool)
-            and isinstance(metadata, Mapping)
+            and isinstance(metadata, dict)
             and ("product" in metadata or "version" in metadata)
         )
 

@@ -34,7 +34,7 @@ def _shape(payload: Mapping[str, Any]) -> str | None:
     if not isinstance(payload.get("name"), str):
         return None
     diff = payload.get("diffResults")
-    if isinstance(diff, Mapping):
+    if isinstance(diff, dict):
         added, removed = (len(rows) if isinstance(rows := diff.get(k), list) else 0 for k in ("added", "removed"))
         return f"batched diffResults: {added} added, {removed} removed"
     if isinstance(payload.get("snapshot"), list):
@@ -49,7 +49,7 @@ class Osquery:
     description = "osquery result logs (differential, snapshot, batched) and status logs: never alerts."
 
     def matches(self, payload: Any) -> bool:
-        return isinstance(payload, Mapping) and (_shape(payload) is not None or _is_status(payload))
+        return isinstance(payload, dict) and (_shape(payload) is not None or _is_status(payload))
 
     def parse(self, payload: Any) -> Parsed:
         payload = json_object(payload, "an osquery log line")

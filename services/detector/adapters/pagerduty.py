@@ -82,7 +82,7 @@ class PagerDuty:
 
     def matches(self, payload: Any) -> bool:
         return (
-            isinstance(payload, Mapping)
+            isinstance(payload, dict)
             and isinstance(payload.get("event_action"), str)
             and ("routing_key" in payload or "dedup_key" in payload or isinstance(payload.get("payload"), Mapping))
         )
@@ -91,7 +91,7 @@ class PagerDuty:
         return scrub(payload)
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
+        if not isinstance(payload, dict):
             raise Rejected("a PagerDuty event is a JSON object", code="invalid_fields")
         secret = _secret(payload)
         event = _without_secret(payload, secret)
@@ -110,7 +110,7 @@ class PagerDuty:
             if dedup_key is None:
                 raise Rejected("a PagerDuty resolve needs the dedup_key of what it resolves", code="missing_fields")
             return Parsed(format=self.name, alerts=[self._alert(event, details, dedup_key, "resolved")])
-        if not isinstance(details, Mapping):
+        if not isinstance(details, dict):
             raise Rejected("a PagerDuty trigger needs a payload object", code="missing_fields")
         missing = [name for name in REQUIRED if text(details.get(name)) is None]
         if missing:
@@ -125,7 +125,7 @@ class PagerDuty:
         time = parse_time(stamped, field_name="payload.timestamp") if stamped not in (None, "") else self.clock()
         custom = details.get("custom_details")
         summary = text(details.get("summary"))
-        links = [link for link in listed(event.get("links")) if isinstance(link, Mapping)]
+        links = [link for link in listed(event.get("links")) if isinstance(link, dict)]
         labels = {
             "group": text(details.get("group")),
             "component": text(details.get("component")),
@@ -172,13 +172,13 @@ def _severity(value: Any, *, resolving: bool) -> tuple[str, str | None, str]:
 
 
 def _detail_lines(custom: Any) -> list[str]:
-    if isinstance(custom, Mapping):
+    if isinstance(custom, dict):
         return [f"{k}: {v if isinstance(v, str) else _json(v)}" for k, v in custom.items()]
     return [custom if isinstance(custom, str) else _json(custom)] if custom is not None else []
 
 
 def _detail_labels(custom: Any) -> dict[str, str]:
-    return string_labels(custom, prefix="detail.") if isinstance(custom, Mapping) else string_labels({"detail": custom})
+    return string_labels(custom, prefix="detail.") if isinstance(custom, dict) else string_labels({"detail": custom})
 
 
 def _json(value: Any) -> str:
@@ -191,7 +191,7 @@ def scrub(payload: Any) -> Any:
     A dedup_key that held the routing key is replaced by the digest ``parse`` would use, so the
     scrubbed event reads as the same alert as the original.
     """
-    if not isinstance(payload, Mapping):
+    if not isinstance(payload, dict):
         return payload
     secret = _secret(payload)
     event = _without_secret(payload, secret)
@@ -225,7 +225,7 @@ def _redact(value: Any, secret: str | None) -> Any:
         return value
     if isinstance(value, str):
         return value.replace(secret, REDACTED)
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         return {_redact(str(k), secret): _redact(v, secret) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v, secret) for v in value]

@@ -71,7 +71,7 @@ def get(record: Any, *path: str) -> Any:
     """A field by its camelCase name, or lower-cased as exports write it."""
     current = record
     for name in path:
-        if not isinstance(current, Mapping):
+        if not isinstance(current, dict):
             return None
         current = current[name] if name in current else current.get(name.lower())
     return current
@@ -82,7 +82,7 @@ class SentinelOne:
     description = "SentinelOne threats, cloud-detection alerts and alert/threat activities."
 
     def matches(self, payload: Any) -> bool:
-        if not isinstance(payload, Mapping):
+        if not isinstance(payload, dict):
             return False
         if isinstance(payload.get("threatInfo"), Mapping) and (
             isinstance(payload.get("agentRealtimeInfo"), Mapping)

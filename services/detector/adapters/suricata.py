@@ -78,7 +78,7 @@ class Suricata:
     description = "Suricata EVE JSON: alert events become alerts; flow, dns, http, stats and others are skipped."
 
     def matches(self, payload: Any) -> bool:
-        if not isinstance(payload, Mapping) or "timestamp" not in payload:
+        if not isinstance(payload, dict) or "timestamp" not in payload:
             return False
         event_type = payload.get("event_type")
         return isinstance(event_type, str) and (
@@ -86,7 +86,7 @@ class Suricata:
         )
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping):
+        if not isinstance(payload, dict):
             raise Rejected("a Suricata EVE record is a JSON object", code="invalid_fields")
         event_type = text(payload.get("event_type"))
         if event_type is None:
@@ -94,7 +94,7 @@ class Suricata:
         if event_type != "alert":
             return Parsed(format=self.name, skipped=[f"suricata {event_type[:60]} event: not an alert"])
         alert = payload.get("alert")
-        if not isinstance(alert, Mapping):
+        if not isinstance(alert, dict):
             raise Rejected("the EVE alert event has no 'alert' object", code="missing_fields")
         signature = text(alert.get("signature"))
         sid = text(alert.get("signature_id"))

@@ -65,14 +65,14 @@ class UserReport:
 
     def matches(self, payload: Any) -> bool:
         return (
-            isinstance(payload, Mapping)
+            isinstance(payload, dict)
             and isinstance(payload.get(WRAPPER), Mapping)
             and payload.keys() <= {WRAPPER, "format"}
             and payload.get("format", FORMAT) == FORMAT
         )
 
     def parse(self, payload: Any) -> Parsed:
-        if not isinstance(payload, Mapping) or not isinstance(payload.get(WRAPPER), Mapping):
+        if not isinstance(payload, dict) or not isinstance(payload.get(WRAPPER), Mapping):
             raise Rejected('a user report is a JSON object with a "report" object', code="invalid_fields")
         if payload.get("format", FORMAT) != FORMAT or not payload.keys() <= {WRAPPER, "format"}:
             raise Rejected(

@@ -74,11 +74,11 @@ class Wazuh:
     description = "Wazuh alerts.json lines: rule.level 0-16, rule.description, agent, data, full_log."
 
     def matches(self, payload: Any) -> bool:
-        if not isinstance(payload, Mapping):
+        if not isinstance(payload, dict):
             return False
         rule = payload.get("rule")
         return (
-            isinstance(rule, Mapping)
+            isinstance(rule, dict)
             and "level" in rule
             and "description" in rule
             and isinstance(payload.get("agent"), Mapping)
@@ -88,7 +88,7 @@ class Wazuh:
     def parse(self, payload: Any) -> Parsed:
         payload = json_object(payload, "a Wazuh alert")
         rule = payload.get("rule")
-        if not isinstance(rule, Mapping):
+        if not isinstance(rule, dict):
             raise Rejected("a Wazuh alert has a rule object (rule.level, rule.description)", code="missing_fields")
         severity, source_severity, reason = level_severity(rule.get("level"))
         agent = mapping(payload.get("agent"))

@@ -117,11 +117,11 @@ class Zeek:
 
     def matches(self, payload: Any) -> bool:
         notice = _unwrap(payload)
-        return isinstance(notice, Mapping) and isinstance(notice.get("note"), str) and "ts" in notice
+        return isinstance(notice, dict) and isinstance(notice.get("note"), str) and "ts" in notice
 
     def parse(self, payload: Any) -> Parsed:
         notice = _unwrap(payload)
-        if not isinstance(notice, Mapping):
+        if not isinstance(notice, dict):
             raise Rejected("a Zeek notice is a JSON object", code="invalid_fields")
         note = text(notice.get("note"))
         if note is None:
@@ -156,7 +156,7 @@ class Zeek:
 
 
 def _unwrap(payload: Any) -> Any:
-    if isinstance(payload, Mapping) and len(payload) == 1 and isinstance(payload.get(WRAPPER), Mapping):
+    if isinstance(payload, dict) and len(payload) == 1 and isinstance(payload.get(WRAPPER), Mapping):
         return payload[WRAPPER]
     return payload
 
