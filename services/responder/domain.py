@@ -3,77 +3,68 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field
-
+from services.responder.playbook import IncidentFacts, Playbook, Step, matches, parse_playbooks, plan_steps
 from shared.events import IncidentType, PlannedAction, ResponsePlan, Severity
 
-
-class ActionTemplate(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: str
-    name: str
-    phase: Literal["containment", "eradication", "recovery", "communication", "investigation"]
-    description: str
-    destructive: bool
-
-
-class Playbook(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: str
-    title: str
-    types: list[IncidentType] = Field(min_length=1)
-    min_severity: Severity
-    actions: list[ActionTemplate] = Field(min_length=1)
-
-
-class PlaybookBook(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    playbooks: list[Playbook] = Field(min_length=1)
-
-
-def parse_playbooks(document: str) -> list[Playbook]:
-    """Validate a playbook file's text; a broken file stops the service at start-up."""
-    return PlaybookBook.model_validate(yaml.safe_load(document)).playbooks
+__all__ = ["NoPlaybook", "Playbook", "needs_new_plan", "parse_playbooks", "plan_response", "select_playbook"]
 
 
 class NoPlaybook(LookupError):
     pass
 
 
-def select_playbook(playbooks: Sequence[Playbook], incident_type: IncidentType, severity: Severity) -> Playbook:
-    """Return the playbook for the type whose severity threshold is the highest the incident reaches."""
-    eligible = [p for p in playbooks if incident_type in p.types and severity.urgency >= p.min_severity.urgency]
+def select_playbook(
+    playbooks: Sequence[Playbook],
+    incident_type: IncidentType,
+    severity: Severity,
+    facts: IncidentFacts | None = None,
+) -> Playbook:
+    """Return the matching playbook with the highest severity threshold; the narrower one wins a tie."""
+    facts = facts or IncidentFacts.bare(incident_type, severity)
+    eligible = [p for p in playbooks if matches(p, facts)]
     if not eligible:
         raise NoPlaybook(f"no playbook for {incident_type.value} at {severity.value}")
-    return max(eligible, key=lambda p: p.min_severity.urgency)
+    return max(eligible, key=lambda p: (p.match.min_severity.urgency, p.specificity))
 
 
-def plan_response(playbook: Playbook, *, plan_id: str, incident_type: IncidentType, severity: Severity) -> ResponsePlan:
-    """Turn a playbook into a plan; destructive actions wait for an approval."""
+def plan_response(
+    playbook: Playbook,
+    *,
+    plan_id: str,
+    incident_type: IncidentType,
+    severity: Severity,
+    facts: IncidentFacts | None = None,
+) -> ResponsePlan:
+    """Turn a playbook into a plan of the steps that would run; steps needing approval wait for it.
+
+    Without the incident's facts, each step is announced once, unexpanded; with them, `for_each` steps
+    are expanded and only steps that would run stay (see `plan_steps` for the skipped and refused).
+    """
+    if facts is None:
+        actions = [_announced(step) for step in playbook.steps]
+    else:
+        actions = [s.as_action() for s in plan_steps(playbook, facts) if s.status in ("planned", "awaiting_approval")]
     return ResponsePlan(
         plan_id=plan_id,
         playbook=playbook.id,
         playbook_title=playbook.title,
         incident_type=incident_type,
         severity=severity,
-        actions=[
-            PlannedAction(
-                id=a.id,
-                name=a.name,
-                phase=a.phase,
-                description=a.description,
-                destructive=a.destructive,
-                requires_approval=a.destructive,
-                status="awaiting_approval" if a.destructive else "planned",
-            )
-            for a in playbook.actions
-        ],
+        actions=actions,
+    )
+
+
+def _announced(step: Step) -> PlannedAction:
+    waits = step.approval == "required"
+    return PlannedAction(
+        id=step.id,
+        name=step.name,
+        phase=step.phase,
+        description=step.description,
+        destructive=waits,
+        requires_approval=waits,
+        status="awaiting_approval" if waits else "planned",
     )
 
 

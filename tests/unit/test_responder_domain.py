@@ -42,9 +42,17 @@ def test_no_playbook_is_an_error() -> None:
         {
             "id": "x",
             "title": "x",
-            "types": ["data_leak"],
-            "min_severity": "SEV1",
-            "actions": [{"id": "a", "name": "a", "phase": "containment", "description": "a", "destructive": False}],
+            "match": {"types": ["data_leak"], "min_severity": "SEV1"},
+            "steps": [
+                {
+                    "id": "a",
+                    "name": "a",
+                    "phase": "containment",
+                    "response": "immediate",
+                    "connector": "notify",
+                    "action": "message",
+                }
+            ],
         }
     )
     with pytest.raises(domain.NoPlaybook):
