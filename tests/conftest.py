@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import tempfile
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -105,7 +106,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres_admin_url() -> Iterator[str]:
     if url := os.environ.get("DATABASE_URL"):
         yield url
     elif docker_available():
@@ -114,7 +115,12 @@ def postgres_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         with PostgresContainer("postgres:16-alpine", driver=None) as pg:
             yield pg.get_connection_url()
     else:
-        with EmbeddedPostgres(Path(tmp_path_factory.mktemp("pg")) / "data") as pg:
+        # Not under pytest's basetemp: another pytest run on this machine prunes old basetemps,
+        # which would delete a running server's data directory from under it.
+        with (
+            tempfile.TemporaryDirectory(prefix="vigil-test-pg-") as folder,
+            EmbeddedPostgres(Path(folder) / "data") as pg,
+        ):
             yield pg.url("postgres")
 
 
