@@ -1,0 +1,296 @@
+"""Guardrails as data: what the responder must never do, checked before every action.
+
+``check`` is pure: the caller gathers what it needs (the kill switch, recent executions, how
+many targets the incident has touched) into a ``Context``. The guardrails come from
+``guardrails.yaml``; a broken file refuses start-up with the reason. The kill switch lives in
+Postgres (``response_controls``) so that ``vigil response pause`` stops every responder at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, PositiveInt, ValidationError, field_validator
+
+from services.responder.blocklist import InvalidEntry, IpNetwork, normalise_domain, parse_ip
+from shared.db import Conn
+from shared.errors import validation_reason
+
+DEFAULT_GUARDRAILS = Path(__file__).with_name("guardrails.yaml")
+_WINDOW = re.compile(r"^(\d+)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+TargetKind = Literal["ip", "domain", "url", "sha256", "host", "user"]
+Guardrail = Literal[
+    "kill_switch", "invalid_target", "never_block", "blast_radius_step", "blast_radius_incident", "rate_limit"
+]
+
+
+class GuardrailsError(ValueError):
+    """A guardrails file that cannot be used; the message says why."""
+
+
+# ---- the file ----------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NeverBlock(_Model):
+    networks: list[IPvAnyNetwork] = Field(description="Own networks: no address in them is ever blocked.")
+    domains: list[str] = Field(default_factory=list, description="Neither these nor their subdomains are blocked.")
+    hosts: list[str] = Field(default_factory=list, description="Critical assets: never isolated or blocked.")
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, domains: list[str]) -> list[str]:
+        try:
+            return [normalise_domain(d) for d in domains]
+        except InvalidEntry as exc:
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        return [h.strip().rstrip(".").lower() for h in hosts]
+
+
+class RateLimit(_Model):
+    action: str = Field(description="The action it limits; `*` for every action.")
+    per: Literal["action", "target"] = Field(description="Count all the action's targets, or each target apart.")
+    limit: PositiveInt
+    window: str = Field(description="How far back executions count: 30s, 10m, 1h, 1d.")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, window: str) -> str:
+        if not _WINDOW.match(window):
+            raise ValueError(f"window {window!r} is not a number followed by s, m, h or d")
+        return window
+
+    @property
+    def window_delta(self) -> timedelta:
+        match = _WINDOW.match(self.window)
+        assert match is not None  # checked when the file was read
+        return timedelta(seconds=int(match[1]) * _UNIT_S[match[2]])
+
+
+class BlastRadius(_Model):
+    per_step: PositiveInt = Field(description="At most this many targets in one step.")
+    per_incident: PositiveInt = Field(description="At most this many targets acted on for one incident.")
+
+
+class Guardrails(_Model):
+    never_block: NeverBlock
+    rate_limits: list[RateLimit] = Field(default_factory=list)
+    blast_radius: BlastRadius
+
+
+def parse_guardrails(document: str) -> Guardrails:
+    """Validate a guardrails file's text; raise GuardrailsError with the reason."""
+    try:
+        data = yaml.safe_load(document)
+    except yaml.YAMLError as exc:
+        raise GuardrailsError(f"guardrails are not valid YAML: {exc}") from exc
+    try:
+        return Guardrails.model_validate(data)
+    except ValidationError as exc:
+        raise GuardrailsError(f"guardrails refused: {validation_reason(exc)}") from exc
+
+
+def load_guardrails(path: Path = DEFAULT_GUARDRAILS) -> Guardrails:
+    return parse_guardrails(path.read_text())
+
+
+# ---- the check (pure) --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str  # e.g. block_ip, isolate_host
+    target_kind: TargetKind
+    incident_id: str
+
+
+@dataclass(frozen=True)
+class Execution:
+    """An action executed earlier, as the rate limits count it."""
+
+    action: str
+    target: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Context:
+    guardrails: Guardrails
+    now: datetime
+    paused: bool = False
+    own_addresses: Sequence[IpNetwork] = ()  # the addresses Vigil itself runs on
+    recent: Sequence[Execution] = ()
+    incident_targets: int = 0  # targets already acted on for this incident
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    guardrail: Guardrail | None = None
+    reason: str = ""
+
+
+ALLOWED = Verdict(allowed=True)
+
+
+def _refuse(guardrail: Guardrail, reason: str) -> Verdict:
+    return Verdict(allowed=False, guardrail=guardrail, reason=reason)
+
+
+def _within(domain: str, protected: str) -> bool:
+    return domain == protected or domain.endswith(f".{protected}")
+
+
+def _domain_refusal(domain: str, never: NeverBlock) -> str | None:
+    name = domain.removeprefix("*.")
+    for protected in never.domains:
+        if _within(name, protected):
+            return f"{domain} is {protected} or one of its subdomains, which are never blocked"
+        if _within(protected, name):  # blocking a parent takes the protected domain with it
+            return f"blocking {domain} would block {protected}, which is never blocked"
+    for host in never.hosts:
+        if _within(host, name):
+            return f"blocking {domain} would block the critical asset {host}"
+    return None
+
+
+def _network_refusal(network: IpNetwork, protected: Iterable[IpNetwork], what: str) -> str | None:
+    for own in protected:
+        if network.version == own.version and network.overlaps(own):
+            return f"{network} overlaps {what} {own}"
+    return None
+
+
+def _target_refusal(kind: TargetKind, target: str, context: Context) -> Verdict | None:
+    never = context.guardrails.never_block
+    try:
+        if kind == "ip" or (kind in ("host", "url") and _is_ip(_host_of(kind, target))):
+            network = parse_ip(_host_of(kind, target))
+            reason = _network_refusal(network, never.networks, "the own network") or _network_refusal(
+                network, context.own_addresses, "Vigil's own address"
+            )
+            if reason is None and format(network.network_address) in never.hosts:
+                reason = f"{target} is a critical asset"
+            return _refuse("never_block", reason) if reason else None
+        if kind in ("domain", "url"):
+            reason = _domain_refusal(normalise_domain(_host_of(kind, target)), never)
+            return _refuse("never_block", reason) if reason else None
+    except InvalidEntry as exc:
+        return _refuse("invalid_target", str(exc))
+    if kind == "host":
+        name = target.strip().rstrip(".").lower()
+        if name in never.hosts or name.split(".")[0] in never.hosts:
+            return _refuse("never_block", f"{target} is a critical asset")
+    return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+        return True
+    except ValueError:
+        return False
+
+
+def _host_of(kind: TargetKind, target: str) -> str:
+    """The host part of a URL (the target itself for other kinds)."""
+    if kind != "url":
+        return target.strip()
+    rest = target.strip().split("://", 1)[-1]
+    host = re.split(r"[/?#]", rest, maxsplit=1)[0].rsplit("@", 1)[-1]
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def check(action: Action, targets: Sequence[str], context: Context) -> Verdict:
+    """May this action run on these targets now? The first guardrail that refuses says why."""
+    guardrails = context.guardrails
+    if context.paused:
+        return _refuse("kill_switch", "responses are paused (`vigil response resume` to go on)")
+    radius = guardrails.blast_radius
+    if len(targets) > radius.per_step:
+        return _refuse(
+            "blast_radius_step", f"{len(targets)} targets in one step; at most {radius.per_step} are allowed"
+        )
+    if context.incident_targets + len(targets) > radius.per_incident:
+        return _refuse(
+            "blast_radius_incident",
+            f"{context.incident_targets} targets already acted on for {action.incident_id}, {len(targets)} more "
+            f"would pass the limit of {radius.per_incident}",
+        )
+    for target in targets:
+        if (refusal := _target_refusal(action.target_kind, target, context)) is not None:
+            return refusal
+    for limit in guardrails.rate_limits:
+        if limit.action not in ("*", action.name):
+            continue
+        since = context.now - limit.window_delta
+        recent = [e for e in context.recent if e.at > since and limit.action in ("*", e.action)]
+        if limit.per == "action" and len(recent) + len(targets) > limit.limit:
+            return _refuse(
+                "rate_limit",
+                f"{action.name}: {len(recent)} executions in the last {limit.window}, {len(targets)} more would "
+                f"pass the limit of {limit.limit}",
+            )
+        if limit.per == "target":
+            for target in targets:
+                count = sum(1 for e in recent if e.target == target)
+                if count + 1 > limit.limit:
+                    return _refuse(
+                        "rate_limit",
+                        f"{action.name} on {target}: {count} executions in the last {limit.window}, "
+                        f"the limit is {limit.limit}",
+                    )
+    return ALLOWED
+
+
+# ---- the kill switch (repository) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Controls:
+    paused: bool
+    reason: str
+    changed_by: str
+    changed_at: datetime | None
+
+
+async def get_controls(conn: Conn) -> Controls:
+    """The kill switch as it stands; never set means running."""
+    row = await conn.fetchrow("SELECT paused, reason, changed_by, changed_at FROM response_controls")
+    if row is None:
+        return Controls(paused=False, reason="", changed_by="", changed_at=None)
+    return Controls(**dict(row))
+
+
+async def set_paused(conn: Conn, *, paused: bool, reason: str, changed_by: str) -> Controls:
+    """Pause or resume every responder at once, saying who and why."""
+    row = await conn.fetchrow(
+        """INSERT INTO response_controls (paused, reason, changed_by) VALUES ($1, $2, $3)
+           ON CONFLICT (singleton) DO UPDATE
+           SET paused = excluded.paused, reason = excluded.reason, changed_by = excluded.changed_by,
+               changed_at = now()
+           RETURNING paused, reason, changed_by, changed_at""",
+        paused,
+        reason,
+        changed_by,
+    )
+    assert row is not None  # an upsert always returns its row
+    return Controls(**dict(row))
