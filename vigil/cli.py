@@ -119,6 +119,87 @@ def asyncapi(
     console.print(f"wrote {output}")
 
 
+# ---- playbooks ---------------------------------------------------------------------------------
+
+playbook_app = typer.Typer(help="Check response playbooks and see what they would plan.", no_args_is_help=True)
+app.add_typer(playbook_app, name="playbook")
+PlaybookFile = Annotated[Path, typer.Argument(help="A playbook file (YAML).", exists=True, dir_okay=False)]
+
+
+def _read_playbooks(file: Path) -> Any:
+    from services.responder.playbook import PlaybookError, parse_playbooks
+
+    try:
+        return parse_playbooks(file.read_text())
+    except PlaybookError as exc:
+        for problem in exc.problems:
+            console.print(f"{file}:{problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+
+
+@playbook_app.command("schema")
+def playbook_schema() -> None:
+    """Print the JSON Schema of a playbook file."""
+    from services.responder.playbook import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+
+
+@playbook_app.command("validate")
+def playbook_validate(file: PlaybookFile) -> None:
+    """Check a playbook file; each problem is printed as FILE:LINE:COLUMN: where: why."""
+    playbooks = _read_playbooks(file)
+    steps = sum(len(p.steps) for p in playbooks)
+    console.print(f"{file}: {len(playbooks)} playbooks, {steps} steps, valid")
+
+
+@playbook_app.command("plan")
+def playbook_plan(
+    file: PlaybookFile,
+    incident_json: Annotated[
+        Path,
+        typer.Option(
+            "--incident-json",
+            exists=True,
+            dir_okay=False,
+            help='A JSON file: {"incident_id": …, "analysis": {…}, "incident": {…} (optional detector snapshot)}. '
+            "Reading a live incident from the API comes later.",
+        ),
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Print the plan the playbooks would make for an incident; nothing is executed."""
+    from pydantic import ValidationError
+
+    from services.responder.domain import NoPlaybook, select_playbook
+    from services.responder.playbook import IncidentFacts, plan_steps
+
+    playbooks = _read_playbooks(file)
+    try:
+        facts = IncidentFacts.model_validate_json(incident_json.read_bytes())
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            console.print(f"{incident_json}: {where}: {error['msg']}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    try:
+        playbook = select_playbook(playbooks, facts.analysis.type, facts.analysis.severity, facts)
+    except NoPlaybook as exc:
+        _fail(str(exc))
+    steps = plan_steps(playbook, facts)
+    if as_json:
+        print(json.dumps({"playbook": playbook.id, "steps": [s.model_dump(mode="json") for s in steps]}, indent=2))
+        return
+    # Values come from alerts: printed without rich markup, one step a line, never cut.
+    console.print(f"{playbook.id}: {playbook.title} (nothing is executed)", markup=False, highlight=False)
+    for s in steps:
+        params = " ".join(f"{k}={v}" for k, v in s.params.items())
+        approval = f" approval {s.risk}" if s.approval == "required" else ""
+        why = f" ({s.reason})" if s.reason else ""
+        line = f"  {s.id} {s.status} {s.response} {s.connector}.{s.action} {params}{approval}{why}"
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 # ---- outbox ------------------------------------------------------------------------------------
 
 
