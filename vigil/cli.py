@@ -311,6 +311,51 @@ def effects_retry(effect_id: Annotated[int, typer.Argument(help="Id from `vigil 
     console.print(f"effect {effect_id} ({previous}) re-queued")
 
 
+# ---- response kill switch ----------------------------------------------------------------------
+
+response_app = typer.Typer(help="The responders' global kill switch.", no_args_is_help=True)
+app.add_typer(response_app, name="response")
+ResponseReason = Annotated[str, typer.Option("--reason", help="Why; kept with the switch.")]
+ResponseActor = Annotated[str | None, typer.Option("--actor", help="Who; defaults to $VIGIL_ACTOR or your login.")]
+
+
+def _set_response_paused(paused: bool, reason: str, actor: str | None) -> None:
+    from services.responder.guardrails import set_paused
+
+    who = actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser()
+    asyncio.run(_on_database(lambda conn: set_paused(conn, paused=paused, reason=reason, changed_by=who)))
+    console.print(f"responses {'paused' if paused else 'resumed'} by {who}")
+
+
+@response_app.command("pause")
+def response_pause(reason: ResponseReason = "paused by an operator", actor: ResponseActor = None) -> None:
+    """Stop every new action at once; planning goes on, nothing executes until `vigil response resume`."""
+    _set_response_paused(True, reason, actor)
+
+
+@response_app.command("resume")
+def response_resume(reason: ResponseReason = "resumed by an operator", actor: ResponseActor = None) -> None:
+    """Let actions execute again."""
+    _set_response_paused(False, reason, actor)
+
+
+@response_app.command("status")
+def response_status(as_json: JsonOption = False) -> None:
+    """Say whether responses are paused, by whom, when and why."""
+    from services.responder.guardrails import get_controls
+
+    controls = asyncio.run(_on_database(get_controls))
+    changed_at = controls.changed_at.isoformat(timespec="seconds") if controls.changed_at else None
+    if as_json:
+        print(json.dumps({**controls.__dict__, "changed_at": changed_at}))
+        return
+    if controls.changed_at is None:
+        console.print("responses running (never paused)")
+        return
+    state = "[red]paused[/]" if controls.paused else "[green]running[/]"
+    console.print(f"responses {state} since {changed_at} by {controls.changed_by}: {controls.reason}")
+
+
 # ---- dead letters ------------------------------------------------------------------------------
 
 dlq_app = typer.Typer(
