@@ -188,3 +188,12 @@ def test_a_broken_file_refuses_start_up(tmp_path: Path) -> None:
     broken.write_text("never_block: {networks: [not-a-network]}\nblast_radius: {per_step: 1, per_incident: 1}\n")
     with pytest.raises(GuardrailsError, match=r"never_block\.networks\.0"):
         spec(VigilSettings(), guardrails_path=broken)
+
+
+def test_the_addresses_vigil_runs_on_are_found_and_never_the_unspecified_one() -> None:
+    from services.responder.service import own_addresses
+    from shared.settings import VigilSettings
+
+    assert ipaddress.ip_network("::1") in own_addresses(VigilSettings(http_host="::1"))
+    everywhere = own_addresses(VigilSettings(http_host="0.0.0.0"))
+    assert all(not n.network_address.is_unspecified for n in everywhere)
