@@ -17,14 +17,32 @@ from urllib.parse import urlsplit
 
 import yaml
 from jinja2 import StrictUndefined, TemplateError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.events import Analysis, IncidentSnapshot, IncidentType, Indicator, PlannedAction, Severity
 
-# Autoescape off: values are typed and checked, not HTML; escaping would corrupt URLs and commands.
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
 MAX_VALUE_LENGTH = 2048
+
+
+class _Sandbox(SandboxedEnvironment):
+    """jinja2's sandbox, which also bounds what `*` and `**` can build (a value times a huge number)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            raise SecurityError("the power operator is not allowed in playbook templates")
+        sized = [x for x in (left, right) if isinstance(x, str | list | tuple)]
+        times = [x for x in (left, right) if isinstance(x, int)]
+        if sized and times and len(sized[0]) * times[0] > MAX_VALUE_LENGTH:
+            raise SecurityError(f"a repetition longer than {MAX_VALUE_LENGTH}")
+        return super().call_binop(context, operator, left, right)
+
+
+# Autoescape off: values are typed and checked, not HTML; escaping would corrupt URLs and commands.
+_ENV = _Sandbox(undefined=StrictUndefined, autoescape=False)
 
 ParamType = Literal["ip", "cidr", "domain", "url", "hostname", "sha256", "string", "int", "duration"]
 ResponseType = Literal["immediate", "tactical", "strategic", "recovery"]
@@ -338,6 +356,7 @@ def context(facts: IncidentFacts) -> dict[str, Any]:
     """Return the plain data templates see: only dicts, lists, strings and numbers."""
     a = facts.analysis
     incident = facts.incident.model_dump(mode="json", exclude={"new_alerts"}) if facts.incident else {}
+    alerts = [a.model_dump(mode="json") for a in facts.incident.new_alerts] if facts.incident else []
     by_kind: dict[str, list[str]] = {}
     for indicator in a.indicators:
         by_kind.setdefault(indicator.kind, []).append(indicator.value)
@@ -348,6 +367,7 @@ def context(facts: IncidentFacts) -> dict[str, Any]:
             "sources": sorted(facts.sources),
             "formats": sorted(facts.formats),
             "techniques": sorted(facts.techniques),
+            "alerts": alerts,
         },
         "analysis": a.model_dump(mode="json"),
         "indicators": by_kind,

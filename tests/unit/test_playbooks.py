@@ -340,6 +340,31 @@ def test_hostile_text_stays_data() -> None:
     assert rendered == {"text": "{{ 7*7 }} $(rm -rf /) {{ ''.__class__ }}"}
 
 
+def test_template_syntax_in_an_alert_field_is_not_evaluated() -> None:
+    hostile = alert(title="{{ 7*7 }}", host="{{ 7*7 }}", description="{{ ''.__class__.__mro__ }}")
+    book = playbook(
+        step(
+            id="note",
+            connector="notify",
+            action="message",
+            params={
+                "text": {"value": "{{ incident.alerts[0].title }} / {{ incident.alerts[0].description }} / {{ 7*7 }}"}
+            },
+        ),
+        step(id="host", params={"host": {"value": "{{ incident.alerts[0].host }}", "type": "hostname"}}),
+    )
+    note, host = plan_steps(book, facts(alerts=[hostile]))
+    assert note.params == {"text": "{{ 7*7 }} / {{ ''.__class__.__mro__ }} / 49"}
+    assert host.status == "refused" and "not a host name" in host.reason
+
+
+@pytest.mark.parametrize("template", ["{{ item * 100000000 }}", "{{ 10 ** 10 ** 10 }}"])
+def test_templates_cannot_build_huge_values(template: str) -> None:
+    book = playbook(step(for_each="affected_hosts", params={"x": {"value": template}}))
+    refused = plan_steps(book, facts())[0]
+    assert refused.status == "refused" and "template failed" in refused.reason
+
+
 def test_an_option_looking_value_is_refused_for_a_command() -> None:
     scope = {"item": "--output=/etc/passwd"}
     params = {"arg": Param(value="{{ item }}")}
