@@ -19,7 +19,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, PositiveInt, ValidationError, field_validator
 
-from services.responder.blocklist import InvalidEntry, IpNetwork, normalise_domain, parse_ip
+from services.responder.blocklist import InvalidEntry, IpNetwork, normalise, normalise_domain, parse_ip
 from shared.db import Conn
 from shared.errors import validation_reason
 
@@ -219,6 +219,16 @@ def _host_of(kind: TargetKind, target: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def _same_target(kind: TargetKind, target: str) -> str:
+    """A target as rate limits compare it: `Evil.Example.` and `evil.example` are one target."""
+    if kind in ("ip", "domain", "url", "sha256"):
+        try:
+            return normalise(kind, target)
+        except InvalidEntry:
+            return target  # refused before the rate limits are counted
+    return target.strip().rstrip(".").lower()
+
+
 def check(action: Action, targets: Sequence[str], context: Context) -> Verdict:
     """May this action run on these targets now? The first guardrail that refuses says why."""
     guardrails = context.guardrails
@@ -251,7 +261,8 @@ def check(action: Action, targets: Sequence[str], context: Context) -> Verdict:
             )
         if limit.per == "target":
             for target in targets:
-                count = sum(1 for e in recent if e.target == target)
+                same = _same_target(action.target_kind, target)
+                count = sum(1 for e in recent if _same_target(action.target_kind, e.target) == same)
                 if count + 1 > limit.limit:
                     return _refuse(
                         "rate_limit",

@@ -138,6 +138,12 @@ def test_the_rate_limit_per_target_applies_to_every_action() -> None:
         "block_domain on evil.test: 2 executions in the last 1h, the limit is 2",
     )
     assert check(BLOCK_DOMAIN, ["evil.test"], context(recent=recent[:1])).allowed
+    # Spelt otherwise, it is the same target.
+    assert check(BLOCK_DOMAIN, ["Evil.Test."], context(recent=recent)).guardrail == "rate_limit"
+    assert (
+        check(BLOCK_IP, ["203.0.113.7/32"], context(recent=[Execution("block_ip", "203.0.113.7", NOW)] * 2)).guardrail
+        == "rate_limit"
+    )
 
 
 def test_the_kill_switch_refuses_everything() -> None:
