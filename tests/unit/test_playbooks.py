@@ -6,15 +6,18 @@ import itertools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from services.responder import domain
 from services.responder.playbook import (
     IncidentFacts,
     Param,
+    ParamType,
     PlannedStep,
     Playbook,
     PlaybookError,
@@ -363,6 +366,18 @@ def test_templates_cannot_build_huge_values(template: str) -> None:
     book = playbook(step(for_each="affected_hosts", params={"x": {"value": template}}))
     refused = plan_steps(book, facts())[0]
     assert refused.status == "refused" and "template failed" in refused.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(max_size=200), kind=st.sampled_from(list(get_args(ParamType))))
+def test_any_value_is_rendered_as_itself_or_refused(value: str, kind: ParamType) -> None:
+    params = {"x": Param(value="{{ item }}", type=kind)}
+    try:
+        rendered = render(params, {"item": value}, connector="command")
+    except RefusedStep:
+        return
+    assert rendered["x"] == typed(value, kind)  # the value as data, in its type's canonical form
+    assert not str(rendered["x"]).startswith("-")
 
 
 def test_an_option_looking_value_is_refused_for_a_command() -> None:
