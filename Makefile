@@ -20,7 +20,7 @@ up: install  ## run broker, Postgres, the five services and a demo alert feed
 	$(BIN)/vigil up --demo
 
 test: install  ## unit, integration and end-to-end tests against the real broker and Postgres
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 4 --dist loadgroup
 
 unit: install
 	$(BIN)/python -m pytest tests/unit

@@ -77,6 +77,14 @@ def describe_loop_error(context: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (`make test`), the end-to-end tests run one after another on one worker:
+    # `vigil up` serves the services on their fixed ports.
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
+
 def docker_available() -> bool:
     try:
         import docker

@@ -33,6 +33,7 @@ async def test_lost_database_connections_are_retried_without_loss_or_duplicates(
     raw = names(ALERTS_RAW)
     detector = Detector(correlation_window=timedelta(minutes=30))
     admin = await asyncpg.connect(settings.database_url)
+    killer = await asyncpg.connect(settings.database_url)  # the handler's own: the test polls on admin meanwhile
     waves = [[alert_dict(host=f"host-{n % 7}") for n in range(200)] for _ in range(3)]
     total = 0
     faults = 0
@@ -43,7 +44,7 @@ async def test_lost_database_connections_are_retried_without_loss_or_duplicates(
         await detector.handle(ctx, batch)
         if faults < len(waves):
             faults += 1
-            await admin.execute("SELECT pg_terminate_backend($1)", ctx.conn.get_server_pid())
+            await killer.execute("SELECT pg_terminate_backend($1)", ctx.conn.get_server_pid())
 
     async def all_stored() -> bool:
         return bool(await admin.fetchval("SELECT count(*) FROM detector_alerts") == total)
@@ -60,6 +61,7 @@ async def test_lost_database_connections_are_retried_without_loss_or_duplicates(
             await eventually(lambda: _equals(_committed_total(settings, raw), total), timeout=30)
     finally:
         await admin.close()
+        await killer.close()
     assert faults == len(waves)
     retried = REGISTRY.get_sample_value("vigil_events_handled_total", {"service": "detector", "outcome": "retry"})
     assert retried is not None and retried >= len(waves)

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 import uvicorn
 from prometheus_client import REGISTRY
+from rich.console import Console
 from typer.testing import CliRunner
 
 from services.coordinator.handlers import Coordinator
@@ -34,6 +35,7 @@ from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.topics import ALERTS_RAW, COORDINATION, INCIDENTS, TopicNames
 from tests.helpers import committed, consume_loop, eventually, produce
+from vigil import cli as cli_module
 from vigil.cli import app as cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -126,7 +128,7 @@ async def _outbox(pool: asyncpg.Pool, service: str) -> list[EventBase]:
 
 
 async def test_a_firing_then_resolved_alert_ends_resolved_and_the_commander_is_told(
-    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     resolved_before = _counted("resolved")
     await _detect(settings, pool, names, [record(FIRING)], [record(resolved_message())])
@@ -202,7 +204,8 @@ async def test_a_firing_then_resolved_alert_ends_resolved_and_the_commander_is_t
     assert "suggests" in lines["vigil.incident.resolution_suggested.v1"]
     assert timeline
 
-    # `vigil incidents show` says the same, from the reporter's API.
+    # `vigil incidents show` says the same, from the reporter's API, on a screen wide enough for a row.
+    monkeypatch.setattr(cli_module, "console", Console(width=250))
     async with _reporter_api(settings, pool) as url:
         shown_by_cli = await asyncio.to_thread(
             CliRunner().invoke,
