@@ -203,36 +203,47 @@ class _Compiled:
 
     def explain(self, alert: Alert, text: _Text) -> str | None:
         """Return why the rule holds for the alert, or None when it does not."""
-        why: list[str] = []
-        fmt = alert.format if alert.format != "native" else alert.source
-        names = _FIELD_NAMES.get(alert.format, {})
-        if self.category is not None:
-            if not alert.category or not self.category.search(alert.category):
-                return None
-            why.append(f"{fmt} {names.get('category', 'category')} {alert.category!r}")
-        if self.rule is not None:
-            if not alert.rule or not self.rule.search(alert.rule):
-                return None
-            why.append(f"{fmt} {names.get('rule', 'rule')} {alert.rule!r}")
+        # Every alert meets most rules and fails them: decide first, and word the reason only
+        # for the rule that holds.
+        if self.category is not None and (not alert.category or not self.category.search(alert.category)):
+            return None
+        if self.rule is not None and (not alert.rule or not self.rule.search(alert.rule)):
+            return None
+        tag = technique = None
         if self.tags is not None:
             tag = next((t for t in alert.tags if t.lower() in self.tags), None)
             if tag is None:
                 return None
-            why.append(f"{fmt} {names.get('tags', 'tag')} {tag!r}")
         if self.techniques is not None:
             technique = next((t for t in alert.techniques if _covers(self.techniques, t)), None)
             if technique is None:
                 return None
-            why.append(_attack(technique))
         for name, pattern in self.labels:
             value = alert.labels.get(name)
             if value is None or not pattern.fullmatch(value):
                 return None
-            why.append(f"label {name}={value!r}")
+        match = None
         if self.keywords is not None:
             match = self.keywords.search(text.get(alert))
             if match is None:
                 return None
+        return self._why(alert, tag, technique, match)
+
+    def _why(self, alert: Alert, tag: str | None, technique: str | None, match: re.Match[str] | None) -> str:
+        why: list[str] = []
+        fmt = alert.format if alert.format != "native" else alert.source
+        names = _FIELD_NAMES.get(alert.format, {})
+        if self.category is not None:
+            why.append(f"{fmt} {names.get('category', 'category')} {alert.category!r}")
+        if self.rule is not None:
+            why.append(f"{fmt} {names.get('rule', 'rule')} {alert.rule!r}")
+        if tag is not None:
+            why.append(f"{fmt} {names.get('tags', 'tag')} {tag!r}")
+        if technique is not None:
+            why.append(_attack(technique))
+        for name, _pattern in self.labels:
+            why.append(f"label {name}={alert.labels[name]!r}")
+        if match is not None:
             why.append(f"{fmt} alert {alert.title!r} mentions {match.group(0)!r}")
         if not why:  # a rule on the format alone
             why.append(f"{fmt} alert")
@@ -272,15 +283,40 @@ class Classifier:
         self.severity = document.severity
         self._compiled = tuple(_compile_rule(rule) for rule in document.rules)
         self._critical = tuple(p.lower() for p in document.severity.critical_hosts)
+        # Only the label names some rule reads make an alert's shape: few shapes, so few cache entries.
+        self._label_names = frozenset(name for rule in self._compiled for name, _pattern in rule.labels)
 
     @functools.cache  # noqa: B019 - one entry per format name, for the classifier's lifetime
     def _for_format(self, format_name: str) -> tuple[_Compiled, ...]:
         return tuple(r for r in self._compiled if r.formats is None or format_name in r.formats)
 
+    @functools.cache  # noqa: B019 - one entry per format and shape of alert, for the classifier's lifetime
+    def _candidates(
+        self, format_name: str, shape: tuple[bool, bool, bool, bool, frozenset[str]]
+    ) -> tuple[_Compiled, ...]:
+        """The format's rules an alert of this shape can meet: a rule on a field the alert lacks cannot."""
+        has_category, has_rule, has_tags, has_techniques, labels = shape
+        return tuple(
+            r
+            for r in self._for_format(format_name)
+            if (r.category is None or has_category)
+            and (r.rule is None or has_rule)
+            and (r.tags is None or has_tags)
+            and (r.techniques is None or has_techniques)
+            and all(name in labels for name, _pattern in r.labels)
+        )
+
     def classify(self, alert: Alert) -> Decision:
         """Return the type the first holding rule gives the alert, or ``unknown``."""
         text = _Text()
-        for rule in self._for_format(alert.format.lower()):
+        shape = (
+            bool(alert.category),
+            bool(alert.rule),
+            bool(alert.tags),
+            bool(alert.techniques),
+            self._label_names.intersection(alert.labels),
+        )
+        for rule in self._candidates(alert.format.lower(), shape):
             why = rule.explain(alert, text)
             if why is not None:
                 return Decision(rule.type, rule.id, f"{why} (rule {rule.id})")

@@ -505,11 +505,17 @@ def decide_type(votes: dict[str, int]) -> IncidentType:
     not. Alerts no rule could place (``unknown``) take no part: the incident is ``unknown`` only
     when none of its alerts was placed.
     """
-    leading = max((votes.get(t.value, 0) for t in TYPE_PRECEDENCE), default=0)
-    for incident_type in TYPE_PRECEDENCE:
-        if leading and votes.get(incident_type.value, 0) * 2 >= leading:
-            return incident_type
+    weights = [(incident_type, votes.get(value, 0)) for incident_type, value in _PRECEDENCE]
+    leading = max(weight for _type, weight in weights)
+    if leading:
+        for incident_type, weight in weights:
+            if weight * 2 >= leading:
+                return incident_type
     return IncidentType.UNKNOWN
+
+
+# Enum values read once: deciding the type runs once per alert.
+_PRECEDENCE = tuple((incident_type, incident_type.value) for incident_type in TYPE_PRECEDENCE)
 
 
 # One alerts-changed event lists at most this many repeats and resolutions: an entry is at most

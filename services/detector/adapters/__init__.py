@@ -96,15 +96,15 @@ def parse_record(value: bytes | None, *, format_name: str | None = None) -> Pars
         raise Rejected("empty record", code="empty")
     if len(value) > MAX_RECORD_BYTES:
         raise Rejected(f"record of {len(value)} bytes is over the {MAX_RECORD_BYTES}-byte limit", code="too_large")
-    try:
-        body = value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise Rejected(f"record is not UTF-8: {exc}", code="not_utf8") from exc
-    if "\x00" in body or "\\u0000" in body:
+    if b"\x00" in value or b"\\u0000" in value:
         raise Rejected("record contains a NUL character (\\u0000), which Postgres text cannot store", code="nul")
     try:
         payload = orjson.loads(value)
     except orjson.JSONDecodeError:
+        try:
+            body = value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Rejected(f"record is not UTF-8: {exc}", code="not_utf8") from exc
         try:  # what orjson refuses but JSON allows: integers beyond 64 bits
             payload = json.loads(body)
         except ValueError as exc:
