@@ -171,3 +171,30 @@ async def _ended(
         raise error
     if crashes_with is not None and error is None:
         raise AssertionError(f"the {service} consume loop was expected to crash with {crashes_with!r}; it stopped")
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Any, *, name: str) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port, as a service does; yield its base URL."""
+    import uvicorn
+
+    from shared.embedded import free_port
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off")
+    )
+    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
+    serving = asyncio.create_task(server.serve(), name=name)
+
+    async def started() -> bool:
+        if serving.done():
+            serving.result()  # raise why it stopped
+        return bool(server.started)
+
+    try:
+        await eventually(started, timeout=15)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving

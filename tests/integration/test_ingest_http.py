@@ -17,7 +17,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaProducer, TopicPartition
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
@@ -31,7 +30,7 @@ from shared.service import Runtime, build_app
 from shared.settings import KafkaSettings, VigilSettings
 from shared.topics import ALERTS_RAW, TopicNames, ensure_topics
 from tests.factories import alert_dict
-from tests.helpers import eventually, read_all
+from tests.helpers import read_all, serve_app
 from vigil.cli import app as cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -67,35 +66,14 @@ async def served_ingest(settings: VigilSettings, pool: asyncpg.Pool) -> AsyncIte
     """The detector's app served by uvicorn on a free port; yields its host:port."""
     producer = make_producer(settings, client_id="ingest-test")
     await producer.start()
-    port = free_port()
     runtime = Runtime(
         service="detector", settings=settings, pool=pool, producer=producer, names=TopicNames(settings.topic_prefix)
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(runtime, api.routers(runtime)),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-    )
-    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
-    serving = asyncio.create_task(server.serve(), name="detector-ingest")
     try:
-        await eventually(lambda: _started(server, serving), timeout=15)
-        yield f"127.0.0.1:{port}"
+        async with serve_app(build_app(runtime, api.routers(runtime)), name="detector-ingest") as url:
+            yield url.removeprefix("http://")
     finally:
-        server.should_exit = True
-        await serving
         await producer.stop()
-
-
-async def _started(server: uvicorn.Server, serving: asyncio.Task[None]) -> bool:
-    if serving.done():
-        serving.result()  # raise why it stopped
-    return server.started
 
 
 async def raw_records(settings: VigilSettings, names: TopicNames, expect: int) -> list[Any]:

@@ -12,7 +12,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-import uvicorn
 from prometheus_client import REGISTRY
 from rich.console import Console
 from typer.testing import CliRunner
@@ -27,14 +26,13 @@ from services.reporter import repository as read_model
 from shared import cloudevents
 from shared.consumer import decode_cloudevent
 from shared.db import connect
-from shared.embedded import free_port
 from shared.events import EventBase, IncidentAlertsChanged, IncidentDetected, ResolutionSuggested
 from shared.kafka import make_producer
 from shared.outbox import OutboxRelay
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.topics import ALERTS_RAW, COORDINATION, INCIDENTS, TopicNames
-from tests.helpers import committed, consume_loop, eventually, produce
+from tests.helpers import committed, consume_loop, eventually, produce, serve_app
 from vigil import cli as cli_module
 from vigil.cli import app as cli
 
@@ -297,31 +295,8 @@ async def test_an_alert_that_fires_again_after_it_ended_is_firing(
 async def _reporter_api(settings: VigilSettings, pool: asyncpg.Pool) -> AsyncIterator[str]:
     """The reporter's read API served by uvicorn on a free port; yields its URL."""
     runtime = Runtime(service="reporter", settings=settings, pool=pool, producer=None, names=TopicNames())  # type: ignore[arg-type]
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            build_app(runtime, reporter_api.routers(runtime)),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-        )
-    )
-    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
-    serving = asyncio.create_task(server.serve(), name="reporter-api")
-    try:
-        await eventually(lambda: _started(server, serving), timeout=15)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
-
-
-async def _started(server: uvicorn.Server, serving: asyncio.Task[None]) -> bool:
-    if serving.done():
-        serving.result()  # raise why it stopped
-    return bool(server.started)
+    async with serve_app(build_app(runtime, reporter_api.routers(runtime)), name="reporter-api") as url:
+        yield url
 
 
 async def _suggestions(pool: asyncpg.Pool) -> list[ResolutionSuggested]:
