@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
@@ -105,7 +106,7 @@ class Alert(BaseModel):
             return f"user:{self.user.lower()}"
         return f"source:{self.source.lower()}"
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Return the id that makes this alert unique across sources (deduplication key)."""
         return f"{self.source}:{self.id}"

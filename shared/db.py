@@ -8,6 +8,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
+import orjson
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -27,11 +28,18 @@ def _encode_jsonb(value: object) -> bytes:
     # bytes are JSON already (e.g. a pydantic model_dump_json()): no second serialisation.
     if isinstance(value, bytes):
         return b"\x01" + value
-    return b"\x01" + json.dumps(value, separators=(",", ":")).encode()
+    return b"\x01" + orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _decode_jsonb(data: bytes) -> object:
-    return json.loads(data[1:])  # first byte: jsonb format version
+    return _loads(data[1:])  # first byte: jsonb format version
+
+
+def _loads(data: bytes) -> object:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)  # what orjson refuses but JSON allows: integers beyond 64 bits
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -41,8 +49,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
     await conn.set_type_codec(
         "json",
-        encoder=lambda v: json.dumps(v).encode(),
-        decoder=json.loads,
+        encoder=lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS),
+        decoder=_loads,
         schema="pg_catalog",
         format="binary",
     )
