@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from services.responder.playbook import IncidentFacts, Playbook, Step, matches, parse_playbooks, plan_steps
-from shared.events import IncidentType, PlannedAction, ResponsePlan, Severity
+from services.responder.playbook import (
+    IncidentFacts,
+    PlannedStep,
+    Playbook,
+    Step,
+    matches,
+    parse_playbooks,
+    plan_steps,
+)
+from shared.events import Analysis, IncidentType, PlannedAction, ResponsePlan, Severity
 
-__all__ = ["NoPlaybook", "Playbook", "needs_new_plan", "parse_playbooks", "plan_response", "select_playbook"]
+__all__ = [
+    "MAX_PLANNED_ACTIONS",
+    "NoPlaybook",
+    "Planning",
+    "Playbook",
+    "incident_facts",
+    "needs_new_plan",
+    "parse_playbooks",
+    "plan_bounded",
+    "plan_response",
+    "select_playbook",
+]
+
+# A plan event travels whole through the outbox and the broker; an incident with thousands of
+# addresses would otherwise make one event per incident too large to publish. 200 actions of a few
+# hundred bytes each stay far below the broker's message limit.
+MAX_PLANNED_ACTIONS = 200
 
 
 class NoPlaybook(LookupError):
@@ -71,3 +96,66 @@ def _announced(step: Step) -> PlannedAction:
 def needs_new_plan(current: tuple[str, Severity] | None, playbook: Playbook, severity: Severity) -> bool:
     """Plan again only when the playbook or the severity changed since the current plan."""
     return current != (playbook.id, severity)
+
+
+def incident_facts(incident_id: str, analysis: Analysis) -> IncidentFacts:
+    """Return what the planner knows of an incident from its analysis."""
+    return IncidentFacts(incident_id=incident_id, analysis=analysis)
+
+
+@dataclass(frozen=True)
+class Planning:
+    """A plan as the event carries it, and every expanded step with its outcome."""
+
+    plan: ResponsePlan
+    steps: list[PlannedStep]
+    truncated: int
+
+    @property
+    def refused(self) -> list[PlannedStep]:
+        return [s for s in self.steps if s.status == "refused"]
+
+    @property
+    def skipped(self) -> list[PlannedStep]:
+        return [s for s in self.steps if s.status == "skipped"]
+
+    @property
+    def runnable(self) -> list[PlannedStep]:
+        return [s for s in self.steps if s.status in ("planned", "awaiting_approval")]
+
+
+def plan_bounded(
+    playbook: Playbook, *, plan_id: str, facts: IncidentFacts, limit: int = MAX_PLANNED_ACTIONS
+) -> Planning:
+    """Expand and render the playbook for the incident; past `limit` actions, one action sums up the rest."""
+    if limit < 2:
+        raise ValueError("a bounded plan holds at least one action and the summary")
+    steps = plan_steps(playbook, facts)
+    actions = [s.as_action() for s in steps if s.status in ("planned", "awaiting_approval")]
+    truncated = 0
+    if len(actions) > limit:
+        truncated = len(actions) - (limit - 1)
+        actions = [*actions[: limit - 1], _more(truncated, limit)]
+    a = facts.analysis
+    plan = ResponsePlan(
+        plan_id=plan_id,
+        playbook=playbook.id,
+        playbook_title=playbook.title,
+        incident_type=a.type,
+        severity=a.severity,
+        actions=actions,
+    )
+    return Planning(plan=plan, steps=steps, truncated=truncated)
+
+
+def _more(count: int, limit: int) -> PlannedAction:
+    # Awaiting approval: a summary is never something to run without a person looking at the full plan.
+    return PlannedAction(
+        id="more",
+        name=f"{count} more actions not listed",
+        phase="investigation",
+        description=f"A plan event lists at most {limit} actions; the responder's plan record holds them all.",
+        destructive=False,
+        requires_approval=True,
+        status="awaiting_approval",
+    )

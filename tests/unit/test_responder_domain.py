@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import pytest
 
 from services.responder import domain
 from services.responder.service import load_playbooks
-from shared.events import IncidentType, Severity
+from shared.events import Analysis, IncidentType, Indicator, Severity
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,73 @@ def test_plan_again_only_on_change(playbooks: list[domain.Playbook]) -> None:
     assert domain.needs_new_plan(None, playbook, Severity.SEV2)
     assert not domain.needs_new_plan((playbook.id, Severity.SEV2), playbook, Severity.SEV2)
     assert domain.needs_new_plan((playbook.id, Severity.SEV2), playbook, Severity.SEV1)
+
+
+def _analysis(*, ips: Sequence[str] = (), hosts: Sequence[str] = (), title: str = "intrusion") -> Analysis:
+    return Analysis(
+        type=IncidentType.SYSTEM_COMPROMISE,
+        severity=Severity.SEV1,
+        title=title,
+        indicators=[Indicator(kind="ipv4", value=ip) for ip in ips],
+        affected_hosts=list(hosts),
+        affected_users=[],
+        alert_count=1,
+        summary="",
+    )
+
+
+def test_facts_from_an_analysis_expand_steps_per_external_ip_with_the_ip_rendered(
+    playbooks: list[domain.Playbook],
+) -> None:
+    facts = domain.incident_facts("inc-7", _analysis(ips=["203.0.113.5", "10.0.0.8", "198.51.100.9"], hosts=["web-1"]))
+    playbook = domain.select_playbook(playbooks, IncidentType.SYSTEM_COMPROMISE, Severity.SEV1, facts)
+    planning = domain.plan_bounded(playbook, plan_id="p", facts=facts)
+
+    blocks = [s for s in planning.steps if s.step == "block-ip"]
+    assert [(s.item, s.params["address"]) for s in blocks] == [
+        ("203.0.113.5", "203.0.113.5"),
+        ("198.51.100.9", "198.51.100.9"),
+    ]
+    assert blocks[0].params["reason"] == "incident inc-7: intrusion"
+    names = [a.name for a in planning.plan.actions]
+    assert "Block attacker addresses: 203.0.113.5" in names
+    assert not any("10.0.0.8" in n for n in names)
+    assert planning.truncated == 0
+
+
+def test_a_value_failing_its_type_is_refused_and_nothing_to_iterate_is_skipped(
+    playbooks: list[domain.Playbook],
+) -> None:
+    facts = domain.incident_facts("inc-8", _analysis(hosts=["web-1", "--rm -rf /"]))
+    playbook = domain.select_playbook(playbooks, IncidentType.SYSTEM_COMPROMISE, Severity.SEV1, facts)
+    planning = domain.plan_bounded(playbook, plan_id="p", facts=facts)
+
+    assert planning.refused and all(s.item == "--rm -rf /" for s in planning.refused)
+    assert all("refused" in s.reason for s in planning.refused)
+    assert {s.step for s in planning.skipped} >= {"block-ip", "reset-credentials"}
+    assert all(s.reason.startswith("no ") for s in planning.skipped)
+    assert not any("--rm" in a.name for a in planning.plan.actions)
+    assert len(planning.plan.actions) == len(planning.runnable)
+
+
+def test_a_plan_event_lists_at_most_the_bound_and_sums_up_the_rest(playbooks: list[domain.Playbook]) -> None:
+    hosts = [f"host-{n}" for n in range(100)]
+    facts = domain.incident_facts("inc-9", _analysis(hosts=hosts))
+    playbook = domain.select_playbook(playbooks, IncidentType.SYSTEM_COMPROMISE, Severity.SEV1, facts)
+    planning = domain.plan_bounded(playbook, plan_id="p", facts=facts, limit=50)
+
+    actions = planning.plan.actions
+    assert len(actions) == 50
+    assert planning.truncated == len(planning.runnable) - 49 > 0
+    assert actions[-1].id == "more" and actions[-1].name == f"{planning.truncated} more actions not listed"
+    assert actions[-1].requires_approval
+    assert [a.id for a in actions[:-1]] == [s.id for s in planning.runnable[:49]]
+
+
+def test_a_plan_within_the_bound_is_listed_whole(playbooks: list[domain.Playbook]) -> None:
+    facts = domain.incident_facts("inc-10", _analysis(hosts=["a", "b"]))
+    playbook = domain.select_playbook(playbooks, IncidentType.SYSTEM_COMPROMISE, Severity.SEV1, facts)
+    runnable = domain.plan_bounded(playbook, plan_id="q", facts=facts).runnable
+    planning = domain.plan_bounded(playbook, plan_id="p", facts=facts, limit=len(runnable))
+    assert planning.truncated == 0
+    assert [a.id for a in planning.plan.actions] == [s.id for s in runnable]
