@@ -33,6 +33,9 @@ __all__ = [
 # addresses would otherwise make one event per incident too large to publish. 200 actions of a few
 # hundred bytes each stay far below the broker's message limit.
 MAX_PLANNED_ACTIONS = 200
+# An action's name carries its item (an address, a URL, a user), which comes from alerts and has no
+# bound of its own; the full value stays in the plan record, the event carries at most this much.
+MAX_ACTION_NAME = 256
 
 
 class NoPlaybook(LookupError):
@@ -131,7 +134,7 @@ def plan_bounded(
     if limit < 2:
         raise ValueError("a bounded plan holds at least one action and the summary")
     steps = plan_steps(playbook, facts)
-    actions = [s.as_action() for s in steps if s.status in ("planned", "awaiting_approval")]
+    actions = [_clipped(s.as_action()) for s in steps if s.status in ("planned", "awaiting_approval")]
     truncated = 0
     if len(actions) > limit:
         truncated = len(actions) - (limit - 1)
@@ -146,6 +149,12 @@ def plan_bounded(
         actions=actions,
     )
     return Planning(plan=plan, steps=steps, truncated=truncated)
+
+
+def _clipped(action: PlannedAction) -> PlannedAction:
+    if len(action.name) <= MAX_ACTION_NAME:
+        return action
+    return action.model_copy(update={"name": action.name[: MAX_ACTION_NAME - 1] + "…"})
 
 
 def _more(count: int, limit: int) -> PlannedAction:

@@ -79,14 +79,16 @@ def test_plan_again_only_on_change(playbooks: list[domain.Playbook]) -> None:
     assert domain.needs_new_plan((playbook.id, Severity.SEV2), playbook, Severity.SEV1)
 
 
-def _analysis(*, ips: Sequence[str] = (), hosts: Sequence[str] = (), title: str = "intrusion") -> Analysis:
+def _analysis(
+    *, ips: Sequence[str] = (), hosts: Sequence[str] = (), users: Sequence[str] = (), title: str = "intrusion"
+) -> Analysis:
     return Analysis(
         type=IncidentType.SYSTEM_COMPROMISE,
         severity=Severity.SEV1,
         title=title,
         indicators=[Indicator(kind="ipv4", value=ip) for ip in ips],
         affected_hosts=list(hosts),
-        affected_users=[],
+        affected_users=list(users),
         alert_count=1,
         summary="",
     )
@@ -147,3 +149,14 @@ def test_a_plan_within_the_bound_is_listed_whole(playbooks: list[domain.Playbook
     planning = domain.plan_bounded(playbook, plan_id="p", facts=facts, limit=len(runnable))
     assert planning.truncated == 0
     assert [a.id for a in planning.plan.actions] == [s.id for s in runnable]
+
+
+def test_a_long_item_is_clipped_in_the_plan_event_and_whole_in_the_plan(playbooks: list[domain.Playbook]) -> None:
+    user = "u" * 2000  # a string parameter takes up to 2,048 characters
+    facts = domain.incident_facts("inc-11", _analysis(users=[user]))
+    playbook = domain.select_playbook(playbooks, IncidentType.SYSTEM_COMPROMISE, Severity.SEV1, facts)
+    planning = domain.plan_bounded(playbook, plan_id="p", facts=facts)
+
+    assert max(len(a.name) for a in planning.plan.actions) == domain.MAX_ACTION_NAME
+    [reset] = [s for s in planning.runnable if s.step == "reset-credentials"]
+    assert reset.params["user"] == user
