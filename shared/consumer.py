@@ -188,7 +188,7 @@ class ConsumeLoop(Generic[T]):
         batch_size: int = 2000,
         poll_ms: int = 200,
         dead_letter_guard: DeadLetterGuard | None = None,
-        fence: BatchFence | None = None,
+        fence: BatchFence,
     ) -> None:
         self.service = service
         self.consumer = consumer
@@ -203,12 +203,7 @@ class ConsumeLoop(Generic[T]):
         self._guard_loaded = False
         self._stopping = asyncio.Event()
         self._warned: set[str] = set()
-        if fence is None:
-            # The consumer was subscribed without our fence (e.g. by a tool): subscribe again with it.
-            fence = BatchFence()
-            if topics := consumer.subscription():
-                consumer.subscribe(topics=list(topics), listener=fence)
-        self.fence = fence
+        self.fence = fence  # the consumer's rebalance listener: make_consumer(..., listener=fence)
 
     @property
     def ready(self) -> bool:

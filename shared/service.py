@@ -187,13 +187,12 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         }
         tasks |= {asyncio.create_task(task(runtime), name=task.__name__) for task in spec.background}
         if spec.effects:
-            database_url = settings.database_url
             effects = EffectRunner(
                 spec.name,
                 pool,
                 names,
                 spec.effects,
-                connect=lambda: asyncpg.connect(database_url),
+                connect=lambda: connect(settings.database_url),
                 poll_s=settings.effects_poll_s,
                 backoff_base_s=settings.effects_backoff_base_s,
                 backoff_cap_s=settings.effects_backoff_cap_s,

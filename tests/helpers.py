@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from shared.consumer import BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
+from shared.consumer import BatchFence, BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
 from shared.kafka import make_consumer, make_producer
 from shared.settings import VigilSettings
 from shared.topics import TopicNames
@@ -123,7 +123,8 @@ async def consume_loop(
     On exit the loop must have stopped cleanly: whatever it ended with is raised in the test,
     unless the test expects the loop to crash with ``crashes_with``; then it must have.
     """
-    consumer = make_consumer(settings, *topics, group_id=f"vigil-{service}")
+    fence = BatchFence()
+    consumer = make_consumer(settings, *topics, group_id=f"vigil-{service}", listener=fence)
     producer = make_producer(settings, client_id=service)
     await consumer.start()
     await producer.start()
@@ -137,6 +138,7 @@ async def consume_loop(
         handler=handler,
         poll_ms=50,
         dead_letter_guard=guard,
+        fence=fence,
     )
     task = asyncio.create_task(loop.run(), name=f"consume-loop-{service}")
     try:

@@ -22,17 +22,15 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from shared.alerts import Alert, AlertSeverity
+from shared.alerts import MAX_FUTURE, Alert, AlertSeverity
 from shared.errors import InvalidMessage, validation_reason
 
-# A timestamp further ahead than this is a clock or parsing error, not an alert from the future.
-MAX_FUTURE = timedelta(days=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _REQUIRED_TEXT = {"title": 500, "description": 20_000}
 _OPTIONAL_TEXT = {"host": 255, "user": 255, "rule": 500, "category": 500, "resource": 1000, "url": 2000}
