@@ -15,14 +15,16 @@ import os
 import signal
 import smtplib
 import ssl
+import time
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from shared.effects.domain import (
@@ -36,6 +38,7 @@ from shared.effects.domain import (
     classify_http_status,
     classify_smtp_code,
     message_id,
+    sign,
     substitute_key,
 )
 from shared.effects.runner import EffectKind, OutcomeHandler
@@ -43,6 +46,9 @@ from shared.errors import validation_reason
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 IDEMPOTENCY_ENV = "VIGIL_IDEMPOTENCY_KEY"
+TIMESTAMP_HEADER = "X-Vigil-Timestamp"
+SIGNATURE_HEADER = "X-Vigil-Signature"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
 class EffectPayload(BaseModel):
@@ -98,6 +104,8 @@ def http_request(
     *,
     name: str = "http_request",
     headers: Mapping[str, str] | None = None,
+    signing_secret: SecretStr | None = None,
+    allowed_urls: Collection[str] | None = None,
     timeout_s: float = 10.0,
     max_attempts: int = 8,
     concurrency: int = 16,
@@ -107,20 +115,37 @@ def http_request(
     """An HTTP request with ``Idempotency-Key: <key>``; 2xx succeeds, 408/429/5xx and connection errors retry.
 
     ``headers`` (e.g. an Authorization header from settings) are sent with every request; a
-    payload's own headers come on top, and the idempotency key always last.
+    payload's own headers come on top, and the idempotency key always last. With a
+    ``signing_secret``, every attempt is signed afresh: ``X-Vigil-Timestamp`` (Unix seconds, now)
+    and ``X-Vigil-Signature`` (``shared.effects.domain.sign``) over exactly the body bytes sent, so
+    a receiver can refuse forged and replayed requests (``verify_signature``). ``allowed_urls``,
+    when given, lists the only addresses a payload may name.
     """
+    reserved = {IDEMPOTENCY_HEADER.lower()}  # one key only, and it is the effect's
+    if signing_secret is not None:
+        reserved |= {TIMESTAMP_HEADER.lower(), SIGNATURE_HEADER.lower()}
 
     async def execute(effect: Effect) -> dict[str, Any]:
         request: HttpRequest = _parse(HttpRequest, effect)
+        if allowed_urls is not None and request.url not in allowed_urls:
+            raise PermanentEffectError(f"{effect.kind}: the address on {effect.target} is not configured here")
         sent_headers = {
             name: value
             for name, value in {**(headers or {}), **request.headers}.items()
-            if name.lower() != IDEMPOTENCY_HEADER.lower()  # one key only, and it is the effect's
+            if name.lower() not in reserved
         }
+        # Serialised once: the bytes signed are the bytes sent.
+        content = b"" if request.body is None else orjson.dumps(request.body)
+        if request.body is not None and not any(name.lower() == "content-type" for name in sent_headers):
+            sent_headers["Content-Type"] = "application/json"
+        if signing_secret is not None:
+            timestamp = int(time.time())  # per attempt: a retry is not a replay of a stale request
+            sent_headers[TIMESTAMP_HEADER] = str(timestamp)
+            sent_headers[SIGNATURE_HEADER] = sign(signing_secret.get_secret_value().encode(), timestamp, content)
         sent_headers[IDEMPOTENCY_HEADER] = effect.key
         async with (
             httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client,
-            client.stream(request.method, request.url, json=request.body, headers=sent_headers) as response,
+            client.stream(request.method, request.url, content=content, headers=sent_headers) as response,
         ):
             excerpt = await _read_excerpt(response)
         return _settled(
@@ -250,6 +275,17 @@ class Command(EffectPayload):
     permanent_exit_codes: list[int] = Field(
         default_factory=list, description="Exit codes that mean a refusal for good; any other non-zero is retried."
     )
+    env_pass: list[Annotated[str, Field(pattern=ENV_NAME_PATTERN)]] = Field(
+        default_factory=list,
+        description="Names of the service's environment variables the program gets (values are read when it runs, "
+        "never stored); one that is not set is left out.",
+    )
+    cwd: str | None = Field(None, description="Working directory; the runner's when null.")
+    substitute_key: bool = Field(
+        True,
+        description="Replace `{idempotency_key}` in argv; off when the caller has filled argv in already, so that "
+        "no value is expanded twice.",
+    )
 
 
 async def _drain(stream: asyncio.StreamReader | None, limit: int = EXCERPT_CHARS) -> str:
@@ -268,6 +304,7 @@ def run_command(
     name: str = "run_command",
     allowed: Collection[str] | None = None,
     env: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     timeout_s: float = 60.0,
     max_attempts: int = 5,
@@ -278,17 +315,20 @@ def run_command(
     """A program run without a shell, with the key in ``$VIGIL_IDEMPOTENCY_KEY`` and for ``{idempotency_key}``.
 
     The program does not inherit the service's environment (it holds database and broker
-    credentials): it gets ``env``, a default PATH, and the key. ``allowed``, when given, lists the
-    programs (argv[0]) that may run. A program still running at the timeout is killed with its
-    process group.
+    credentials): it gets ``env``, a default PATH, the variables its payload names in ``env_pass``
+    as ``environ`` (the service's environment, when not given) holds them as it runs, and the key.
+    ``allowed``, when given, lists the programs (argv[0]) that may run. A program still running at
+    the timeout is killed with its process group.
     """
 
     async def execute(effect: Effect) -> dict[str, Any]:
         command: Command = _parse(Command, effect)
-        argv = substitute_key(command.argv, effect.key)
+        argv = substitute_key(command.argv, effect.key) if command.substitute_key else list(command.argv)
         if allowed is not None and argv[0] not in allowed:
             raise PermanentEffectError(f"command {argv[0]!r} is not allowed here")
-        environment = {"PATH": os.defpath, **(env or {}), IDEMPOTENCY_ENV: effect.key}
+        source = os.environ if environ is None else environ
+        passed = {name: source[name] for name in command.env_pass if name in source}
+        environment = {"PATH": os.defpath, **(env or {}), **passed, IDEMPOTENCY_ENV: effect.key}
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -296,7 +336,7 @@ def run_command(
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=environment,
-                cwd=cwd,
+                cwd=command.cwd if command.cwd is not None else cwd,
                 start_new_session=True,  # its own process group, so that a timeout kills its children too
             )
         except (FileNotFoundError, PermissionError) as exc:

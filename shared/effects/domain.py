@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -162,3 +164,42 @@ def bound_result(result: Mapping[str, Any] | None) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(text)
         return loaded
     return {"truncated": True, "excerpt": bound_text(text, MAX_RESULT_BYTES // 2)}
+
+
+# ---- signed requests ---------------------------------------------------------------------------
+
+SIGNATURE_TOLERANCE_S = 300
+# Unix seconds as a sender writes them: no sign, no leading zero, no space (the signed text is exact).
+_TIMESTAMP = re.compile(r"0|[1-9][0-9]{0,11}")
+
+
+def sign(secret: bytes, timestamp: int, body: bytes) -> str:
+    """The ``X-Vigil-Signature`` of a body sent at ``timestamp``: ``sha256=`` and the hex HMAC of ``"<ts>." + body``.
+
+    The timestamp is part of what is signed, so a receiver that refuses old timestamps refuses a
+    captured request replayed later, and no one can move a signature to another time.
+    """
+    return "sha256=" + hmac.new(secret, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(
+    secret: bytes,
+    timestamp_header: str | None,
+    signature_header: str | None,
+    body: bytes,
+    *,
+    now: float,
+    tolerance_s: float = SIGNATURE_TOLERANCE_S,
+) -> bool:
+    """Tell whether a request is signed with ``secret`` at a time within ``tolerance_s`` of ``now`` (Unix seconds).
+
+    Stale and future timestamps are refused alike (a replay, or a clock too far off); the
+    signatures are compared in constant time.
+    """
+    if timestamp_header is None or signature_header is None or not _TIMESTAMP.fullmatch(timestamp_header):
+        return False
+    timestamp = int(timestamp_header)
+    if abs(now - timestamp) > tolerance_s:
+        return False
+    expected = sign(secret, timestamp, body).encode()
+    return hmac.compare_digest(expected, signature_header.strip().lower().encode("utf-8", errors="replace"))
