@@ -87,7 +87,8 @@ class ServiceSpec:
     routers: Callable[[Runtime], Sequence[APIRouter]] = lambda _rt: ()
     background: Sequence[BackgroundTask] = field(default_factory=tuple)
     # Side effects its handlers enqueue (shared/effects); a runner starts when there are any.
-    effects: Sequence[EffectKind] = ()
+    # Built with the runtime, as some kinds work on the service's own database, before consuming starts.
+    effects: Callable[[Runtime], Sequence[EffectKind]] = lambda _rt: ()
 
 
 def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
@@ -141,6 +142,8 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         await producer.start()
         stack.push_async_callback(producer.stop)
         runtime = Runtime(service=spec.name, settings=settings, pool=pool, producer=producer, names=names, probe=probe)
+        # Before consuming: a handler may enqueue effects of these kinds from its first batch.
+        kinds = spec.effects(runtime)
 
         fence = BatchFence()
         consumer = make_consumer(
@@ -186,12 +189,12 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
             asyncio.create_task(stop.wait(), name="stop-signal"),
         }
         tasks |= {asyncio.create_task(task(runtime), name=task.__name__) for task in spec.background}
-        if spec.effects:
+        if kinds:
             effects = EffectRunner(
                 spec.name,
                 pool,
                 names,
-                spec.effects,
+                kinds,
                 connect=lambda: connect(settings.database_url),
                 poll_s=settings.effects_poll_s,
                 backoff_base_s=settings.effects_backoff_base_s,

@@ -43,6 +43,9 @@ class Effect:
     attempts: int
     not_before: datetime
     created_at: datetime
+    # Set per effect when its caller knows better than the kind (a playbook step's timeout and retries).
+    timeout_s: float | None = None
+    max_attempts: int | None = None
 
 
 class PermanentEffectError(VigilError):

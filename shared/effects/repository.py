@@ -15,7 +15,9 @@ from shared.effects.domain import RETRYABLE, Effect, FinalStatus, Status
 # Delivered on commit to every runner of the service (payload: the service name).
 NOTIFY_CHANNEL = "vigil_effects"
 
-_EFFECT_COLUMNS = "id, service, kind, key, subject, target, payload, attempts, not_before, created_at"
+_EFFECT_COLUMNS = (
+    "id, service, kind, key, subject, target, payload, attempts, not_before, created_at, timeout_s, max_attempts"
+)
 
 
 def _effect(row: asyncpg.Record) -> Effect:
@@ -30,6 +32,8 @@ def _effect(row: asyncpg.Record) -> Effect:
         attempts=row["attempts"],
         not_before=row["not_before"],
         created_at=row["created_at"],
+        timeout_s=row["timeout_s"],
+        max_attempts=row["max_attempts"],
     )
 
 
@@ -43,15 +47,18 @@ async def enqueue(
     target: str,
     payload: dict[str, Any],
     not_before: datetime | None = None,
+    timeout_s: float | None = None,
+    max_attempts: int | None = None,
 ) -> bool:
     """Add an effect inside the caller's transaction; return False if (service, kind, key) exists already.
 
     The runner sees it only once the transaction commits, so a rolled-back decision leaves no
     effect behind. A ``not_before`` in the future schedules it (e.g. the undo of a temporary block).
+    ``timeout_s`` and ``max_attempts``, when given, override the kind's for this effect.
     """
     effect_id = await conn.fetchval(
-        """INSERT INTO effects (service, kind, key, subject, target, payload, not_before)
-           VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()))
+        """INSERT INTO effects (service, kind, key, subject, target, payload, not_before, timeout_s, max_attempts)
+           VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()), $8, $9)
            ON CONFLICT (service, kind, key) DO NOTHING
            RETURNING id""",
         service,
@@ -61,6 +68,8 @@ async def enqueue(
         target,
         payload,
         not_before,
+        timeout_s,
+        max_attempts,
     )
     if effect_id is None:
         return False
@@ -90,17 +99,21 @@ async def due(
     )
 
 
-async def lease(conn: Conn, *, ids: Sequence[int], lease_s: float, token: uuid.UUID) -> list[Effect]:
-    """Mark the locked effects running under ``token`` until the lease ends; count the attempt."""
+async def lease(conn: Conn, *, ids: Sequence[int], timeout_s: float, margin_s: float, token: uuid.UUID) -> list[Effect]:
+    """Mark the locked effects running under ``token``; count the attempt.
+
+    The lease lasts the effect's own timeout (else ``timeout_s``, the kind's) plus ``margin_s``.
+    """
     rows = await conn.fetch(
         f"""UPDATE effects
             SET status = 'running', attempts = attempts + 1, lease_token = $2,
-                lease_until = now() + make_interval(secs => $3), updated_at = now()
+                lease_until = now() + make_interval(secs => coalesce(timeout_s, $3) + $4), updated_at = now()
             WHERE id = ANY($1::bigint[])
             RETURNING {_EFFECT_COLUMNS}""",
         list(ids),
         token,
-        lease_s,
+        timeout_s,
+        margin_s,
     )
     return sorted((_effect(row) for row in rows), key=lambda e: (e.not_before, e.id))
 

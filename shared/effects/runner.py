@@ -167,7 +167,7 @@ class EffectRunner:
             if not chosen:
                 return []
             effects = await repository.lease(
-                conn, ids=chosen, lease_s=kind.timeout_s + self.lease_margin_s, token=token
+                conn, ids=chosen, timeout_s=kind.timeout_s, margin_s=self.lease_margin_s, token=token
             )
         for row in candidates:
             if row["status"] == "running" and row["id"] in chosen:
@@ -196,36 +196,38 @@ class EffectRunner:
         self._wake.set()  # a slot is free
 
     async def _run_one(self, kind: EffectKind, effect: Effect, token: uuid.UUID) -> None:
-        if effect.attempts > kind.max_attempts:
+        max_attempts = effect.max_attempts or kind.max_attempts
+        if effect.attempts > max_attempts:
             # The last allowed attempt never recorded an outcome (its runner stopped or was lost
             # mid-call): park the effect instead of running it again, in case it is what brings
             # the runner down.
             attempt = Attempt("transient", error="the last attempt was interrupted before its outcome was recorded")
-            attempts = kind.max_attempts
+            attempts = max_attempts
         else:
             attempt = await self._execute(kind, effect)
             attempts = effect.attempts
-        await self._record(kind, effect, token, attempt, attempts)
+        await self._record(kind, effect, token, attempt, attempts, max_attempts)
 
     async def _execute(self, kind: EffectKind, effect: Effect) -> Attempt:
         started = time.monotonic()
+        timeout_s = effect.timeout_s or kind.timeout_s
         try:
-            result = await asyncio.wait_for(kind.execute(effect), kind.timeout_s)
+            result = await asyncio.wait_for(kind.execute(effect), timeout_s)
             return Attempt("ok", result=bound_result(result))
         except PermanentEffectError as exc:
             return Attempt("permanent", error=describe_error(exc), result=bound_result(exc.result))
         except TimeoutError:
-            return Attempt("transient", error=f"timed out after {kind.timeout_s:g}s")
+            return Attempt("transient", error=f"timed out after {timeout_s:g}s")
         except Exception as exc:
             return Attempt("transient", error=describe_error(exc), result=bound_result(getattr(exc, "result", None)))
         finally:
             EFFECT_DURATION.labels(self.service, kind.name).observe(time.monotonic() - started)
 
     async def _record(
-        self, kind: EffectKind, effect: Effect, token: uuid.UUID, attempt: Attempt, attempts: int
+        self, kind: EffectKind, effect: Effect, token: uuid.UUID, attempt: Attempt, attempts: int, max_attempts: int
     ) -> None:
         """Record the attempt's outcome, retrying while the database is unavailable."""
-        status = settle(attempt.verdict, attempts=attempts, max_attempts=kind.max_attempts)
+        status = settle(attempt.verdict, attempts=attempts, max_attempts=max_attempts)
         delay_s = (
             backoff_delay(attempts, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s)
             if status == "pending"
@@ -261,7 +263,7 @@ class EffectRunner:
                 kind.name,
                 effect.target,
                 attempts,
-                kind.max_attempts,
+                max_attempts,
                 delay_s,
                 attempt.error,
             )

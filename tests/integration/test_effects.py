@@ -362,7 +362,7 @@ async def test_a_late_runner_cannot_record_over_a_newer_attempt(pool: asyncpg.Po
             [row] = await effects_repository.due(
                 conn, service=SERVICE, kind="http_request", exclude_targets=[], limit=10
             )
-            [effect] = await effects_repository.lease(conn, ids=[row["id"]], lease_s=60, token=token)
+            [effect] = await effects_repository.lease(conn, ids=[row["id"]], timeout_s=30, margin_s=30, token=token)
         return effect
 
     effect = await claim(first)
@@ -463,6 +463,32 @@ async def test_a_call_that_outlives_its_timeout_is_retried_with_the_same_key(
         assert server.keys("/slow") == [key, key]
         server.gates["/slow"].set()
     assert row["last_error"] == "timed out after 0.2s"
+
+
+async def test_an_effect_may_carry_its_own_timeout_and_attempts(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    """A playbook step's timeout and retries travel with its effect and win over the kind's."""
+    async with far_side() as server:
+        server.gates["/slow"] = asyncio.Event()  # never answers
+        key = f"test:{uuid.uuid4()}"
+        async with pool.acquire() as conn, conn.transaction():
+            assert await enqueue(
+                conn,
+                service=SERVICE,
+                kind="http_request",
+                key=key,
+                subject="inc-1",
+                target=server.target,
+                payload=post(server, "/slow"),
+                timeout_s=0.3,
+                max_attempts=1,
+            )
+        async with running(make_runner(settings, pool, names, [http_request(timeout_s=60, max_attempts=8)])):
+            row = await reaches(pool, key, "parked")
+        server.gates["/slow"].set()
+    assert server.keys("/slow") == [key]
+    assert (row["attempts"], row["last_error"]) == (1, "timed out after 0.3s")
 
 
 async def test_a_slow_target_does_not_hold_up_another(
@@ -825,7 +851,7 @@ def _service_process() -> None:
         consumes=(EFFECTS,),
         decoder=decode_cloudevent,
         handler=dispatch_each({}),
-        effects=(http_request(),),
+        effects=lambda _rt: (http_request(),),
     )
     asyncio.run(run_service(spec))
 
