@@ -136,6 +136,11 @@ class VigilSettings(BaseSettings):
         description="The detector's classification rules and severity policy (YAML); the shipped "
         "services/detector/classification.yaml when unset. Checked at start-up: a broken file stops the detector.",
     )
+    responder_connectors: Path | None = Field(
+        None,
+        description="Where the responder's connectors send actions (YAML); the shipped "
+        "services/responder/connectors.yaml, which sends nothing out, when unset. Checked at start-up.",
+    )
 
     def pool_size_for(self, service: str) -> int:
         """Return how many pooled Postgres connections the named service may open."""
