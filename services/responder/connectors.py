@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 from services.responder import blocklist
+from services.responder.playbook import _node_at  # the responder's YAML files locate their errors alike
 from shared.effects import Effect, EffectKind, OutcomeHandler, PermanentEffectError, http_target
 from shared.effects.builtin import ENV_NAME_PATTERN, Command, HttpRequest, http_request, run_command
 from shared.errors import validation_reason
@@ -215,21 +216,6 @@ class ConnectorsConfig(_Model):
         if taken := sorted(name for name in plugins if name in BUILT_IN):
             raise ValueError(f"{', '.join(taken)}: built-in connector names; a plugin cannot take one")
         return {name: {} if options is None else options for name, options in plugins.items()}
-
-
-def _node_at(node: yaml.Node, loc: Sequence[int | str]) -> yaml.Node:
-    """The deepest YAML node on an error's path (a missing field points at its parent)."""
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            found = next((value for key, value in node.value if key.value == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            found = node.value[part]
-        else:
-            found = None
-        if found is None:
-            break
-        node = found
-    return node
 
 
 def parse_connectors_config(document: str, *, source: str = "connectors") -> ConnectorsConfig:
