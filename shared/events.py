@@ -192,6 +192,10 @@ class PlannedAction(Payload):
     destructive: bool
     requires_approval: bool
     status: Literal["planned", "awaiting_approval"]
+    step_id: str | None = Field(None, description="The step's id for `vigil approve` and `vigil actions list`.")
+    connector: str | None = None
+    action: str | None = None
+    params: dict[str, str | int] = Field(default_factory=dict, description="Parameters as rendered for this incident.")
 
 
 class ResponsePlan(Payload):
@@ -247,6 +251,53 @@ class EffectOutcome(Payload):
     attempts: int
     error: str | None = None
     result: dict[str, Any] = Field(default_factory=dict)
+
+
+StepState = Literal[
+    "planned",
+    "awaiting_approval",
+    "approved",
+    "denied",
+    "running",
+    "succeeded",
+    "failed",
+    "refused",
+    "simulated",
+    "skipped",
+    "cancelled",
+    "rolled_back",
+]
+
+
+class StepChange(Payload):
+    """A response step changed state: who or what changed it, why, and what was sent."""
+
+    step_id: str
+    plan_id: str
+    step: str = Field(description="The playbook step it expands.")
+    name: str
+    item: str | None = Field(None, description="What a per-item step acts on (an address, a host).")
+    connector: str
+    action: str
+    from_state: StepState | None
+    state: StepState
+    actor: str = Field(description="A person, or `responder`, `policy`, `guardrail:<name>`, `timeout`.")
+    reason: str = ""
+    on_failure: Literal["continue", "stop", "escalate"]
+    dry_run: bool = False
+    sent: dict[str, Any] | None = Field(None, description="What was sent, or would have been in a dry run.")
+    result: dict[str, Any] | None = None
+
+
+class StepAnswer(Payload):
+    """A person's approval or denial of a response step."""
+
+    step_id: str = Field(
+        min_length=1, max_length=500, description="A step id, or `<incident>:<step>` for all its items."
+    )
+    actor: str = Field(min_length=1, max_length=200, description="Person answering.")
+    role: str = Field("", max_length=100, description="The role they answer in (the policy may require one).")
+    note: str = Field("", max_length=2000, description="Why; a denial needs one.")
 
 
 class StateChange(Payload):
@@ -322,6 +373,21 @@ class ResponsePlanned(EventBase):
     data: ResponsePlan
 
 
+class ResponseStepChanged(EventBase):
+    type: Literal["vigil.response.step_changed.v1"] = "vigil.response.step_changed.v1"
+    data: StepChange
+
+
+class ApproveStep(EventBase):
+    type: Literal["vigil.command.approve_step.v1"] = "vigil.command.approve_step.v1"
+    data: StepAnswer
+
+
+class DenyStep(EventBase):
+    type: Literal["vigil.command.deny_step.v1"] = "vigil.command.deny_step.v1"
+    data: StepAnswer
+
+
 class IncidentEscalated(EventBase):
     type: Literal["vigil.incident.escalated.v1"] = "vigil.incident.escalated.v1"
     data: Escalation
@@ -368,6 +434,9 @@ Event = Annotated[
     | IncidentAlertsChanged
     | IncidentAnalyzed
     | ResponsePlanned
+    | ResponseStepChanged
+    | ApproveStep
+    | DenyStep
     | IncidentEscalated
     | IncidentStateChanged
     | AcknowledgeIncident
@@ -386,6 +455,9 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     IncidentAlertsChanged,
     IncidentAnalyzed,
     ResponsePlanned,
+    ResponseStepChanged,
+    ApproveStep,
+    DenyStep,
     IncidentEscalated,
     IncidentStateChanged,
     AcknowledgeIncident,

@@ -142,6 +142,23 @@ class VigilSettings(BaseSettings):
         "services/responder/connectors.yaml, which sends nothing out, when unset. Checked at start-up.",
     )
 
+    responder_url: str = Field("http://127.0.0.1:8083", description="Responder API, used by the CLI.")
+    responder_dry_run: bool = Field(
+        False,
+        description="Simulate every response step: each is marked simulated with what it would have sent; "
+        "nothing is executed.",
+    )
+    responder_approvals: Path | None = Field(
+        None,
+        description="The responder's approval policy (YAML); the shipped services/responder/approvals.yaml "
+        "when unset. Checked at start-up.",
+    )
+    responder_guardrails: Path | None = Field(
+        None,
+        description="The responder's guardrails (YAML); the shipped services/responder/guardrails.yaml when "
+        "unset. Checked at start-up.",
+    )
+
     def pool_size_for(self, service: str) -> int:
         """Return how many pooled Postgres connections the named service may open."""
         return self.db_pool_size if self.db_pool_size is not None else DEFAULT_POOL_SIZES.get(service, 5)

@@ -74,15 +74,16 @@ ANALYSES = Topic(
 )
 RESPONSES = Topic(
     name="vigil.responses",
-    description="Response plans and the actions they hold.",
+    description="Response plans, and every change of their steps' states.",
     producers=("responder",),
     consumers=("reporter",),
-    event_types=("vigil.response.planned.v1",),
+    event_types=("vigil.response.planned.v1", "vigil.response.step_changed.v1"),
 )
 COORDINATION = Topic(
     name="vigil.coordination",
-    description="Escalations to the incident commander, incident state changes and suggestions to resolve.",
-    producers=("coordinator",),
+    description="Escalations to the incident commander, incident state changes, suggestions to resolve, "
+    "and commands rejected (by the coordinator, or the responder for approvals).",
+    producers=("coordinator", "responder"),
     consumers=("detector", "reporter"),
     event_types=(
         "vigil.incident.escalated.v1",
@@ -101,10 +102,16 @@ EFFECTS = Topic(
 )
 COMMANDS = Topic(
     name="vigil.commands",
-    description="Operators' commands (acknowledge, resolve), from the API, the CLI or other tools.",
+    description="Operators' commands (acknowledge, resolve, approve or deny a response step), from the API, "
+    "the CLI or other tools.",
     producers=("coordinator API", "operators' tools"),
-    consumers=("coordinator", "reporter"),
-    event_types=("vigil.command.acknowledge.v1", "vigil.command.resolve.v1"),
+    consumers=("coordinator", "responder", "reporter"),
+    event_types=(
+        "vigil.command.acknowledge.v1",
+        "vigil.command.resolve.v1",
+        "vigil.command.approve_step.v1",
+        "vigil.command.deny_step.v1",
+    ),
     partitions=3,
     retention_ms=30 * DAY_MS,
 )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -12,6 +10,7 @@ from pydantic import BaseModel
 
 from services.coordinator import domain
 from services.coordinator.handlers import SERVICE, Coordinator
+from shared.auth import require_token
 from shared.consumer import HandlerContext
 from shared.events import AcknowledgeIncident, CommandArgs, CommandRejected, ResolveIncident
 from shared.outbox import write_events
@@ -27,20 +26,6 @@ class CommandResult(BaseModel):
 class OnShift(BaseModel):
     rotation: str
     commander: str
-
-
-def require_token(runtime: Runtime) -> Callable[[str | None], None]:
-    """With VIGIL_API_TOKEN set, commands need `Authorization: Bearer <token>`."""
-    expected = runtime.settings.api_token
-
-    def check(authorization: Annotated[str | None, Header()] = None) -> None:
-        if expected is None:
-            return
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token, expected.get_secret_value()):
-            raise HTTPException(401, detail="a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
-
-    return check
 
 
 def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:

@@ -1,17 +1,29 @@
-"""The responder's HTTP API: the blocklists, read-only, as External Dynamic Lists and nftables sets.
+"""The responder's HTTP API: the blocklists as External Dynamic Lists, and the response steps.
 
-Firewalls, proxies and DNS resolvers poll these on the responder's port. Each answer carries an
+Firewalls, proxies and DNS resolvers poll the lists on the responder's port. Each answer carries an
 ETag and a Last-Modified, so a poller's conditional GET costs a 304 while nothing changed.
+
+Operators list an incident's steps and approve or deny them here (`vigil actions list`, `vigil
+approve`, `vigil deny`): an answer is applied at once, so that a refusal (wrong state, wrong role,
+the same person twice) comes back to the person; the command itself goes to the commands topic as
+the audit record, where other tools may send theirs too.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from pydantic import BaseModel
 
-from services.responder import blocklist
+from services.responder import blocklist, repository
+from services.responder.handlers import SERVICE, Responder, StepAnswerRefused
+from shared.auth import require_token
+from shared.consumer import HandlerContext
+from shared.events import ApproveStep, DenyStep, StepAnswer
+from shared.outbox import write_events
 from shared.service import Runtime
 
 EDL_MEDIA_TYPE = "text/plain; charset=utf-8"
@@ -44,7 +56,104 @@ def _answer(request: Request, body: str, changed: datetime | None, now: datetime
     return Response(body, media_type=EDL_MEDIA_TYPE, headers=headers)
 
 
-def routers(runtime: Runtime) -> list[APIRouter]:
+class StepLogEntry(BaseModel):
+    at: datetime
+    from_state: str | None
+    to_state: str
+    actor: str
+    reason: str
+
+
+class StepOut(BaseModel):
+    id: str
+    incident_id: str
+    plan_id: str
+    playbook: str
+    step: str
+    position: int
+    item: str | None
+    name: str
+    phase: str
+    response: str
+    connector: str
+    action: str
+    params: dict[str, Any]
+    risk: str
+    state: str
+    reason: str
+    dry_run: bool
+    policy_rule: str
+    approvals_required: int
+    approver_roles: list[str]
+    approval_deadline: datetime | None
+    on_timeout: str | None
+    approvals: list[dict[str, Any]]
+    sent: dict[str, Any] | None
+    result: dict[str, Any] | None
+    lease_s: int | None
+    created_at: datetime
+    updated_at: datetime
+    log: list[StepLogEntry] = []
+
+
+def _step_out(row: Any, log: list[StepLogEntry] | None = None) -> StepOut:
+    return StepOut.model_validate({**{k: row[k] for k in StepOut.model_fields if k != "log"}, "log": log or []})
+
+
+def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["response steps"], dependencies=[Depends(require_token(runtime))])
+
+    @router.get("/incidents/{incident_id}/actions", response_model=list[StepOut])
+    async def actions(incident_id: str) -> list[StepOut]:
+        """Every response step of an incident, in plan order, with its state and the log of its changes."""
+        async with runtime.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+            rows = await repository.steps_of(conn, incident_id)
+            entries = await repository.log_of(conn, incident_id)
+        logs: dict[str, list[StepLogEntry]] = {}
+        for e in entries:
+            logs.setdefault(e["step_id"], []).append(StepLogEntry.model_validate(dict(e)))
+        return [_step_out(r, logs.get(r["id"])) for r in rows]
+
+    def answer(kind: Literal["approve", "deny"]) -> None:
+        command_class = ApproveStep if kind == "approve" else DenyStep
+
+        @router.post(f"/steps/{{step_id:path}}/{kind}", response_model=list[StepOut], name=f"{kind}_step")
+        async def command(
+            step_id: str,
+            body: StepAnswer,
+            idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        ) -> list[StepOut]:
+            """Apply the answer now to the step (or every waiting item of `<incident>:<step>`); 409 says why not."""
+            if body.step_id != step_id:
+                raise HTTPException(422, detail="the step id in the path and the body differ")
+            incident_id = step_id.partition(":")[0]
+            ids = {"id": f"{SERVICE}-api:{idempotency_key}"} if idempotency_key else {}
+            event = command_class(source=f"/vigil/{SERVICE}/api", subject=incident_id, data=body, **ids)
+            async with runtime.pool.acquire() as conn, conn.transaction():
+                first_time = await conn.fetchval(
+                    """INSERT INTO processed_events (service, event_id) VALUES ($1, $2)
+                       ON CONFLICT DO NOTHING RETURNING true""",
+                    SERVICE,
+                    event.id,
+                )
+                if not first_time:  # a retried request with the same Idempotency-Key: answer, change nothing
+                    return [_step_out(r) for r in await repository.steps_like(conn, step_id)]
+                ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+                ctx.emit(event)  # the audit record, already processed here
+                try:
+                    changed = await responder.apply_answer(ctx, event)
+                except StepAnswerRefused as exc:
+                    raise HTTPException(409, detail=str(exc)) from exc
+                await write_events(conn, service=SERVICE, names=runtime.names, events=ctx.emitted)
+            return [_step_out(r) for r in changed]
+
+    answer("approve")
+    answer("deny")
+    return router
+
+
+def blocklist_router(runtime: Runtime) -> APIRouter:
+    """The lists firewalls poll: no token, as a firewall's EDL client rarely sends one (bind to a trusted network)."""
     router = APIRouter(prefix="/api/v1/blocklist", tags=["blocklist"])
 
     def edl(kind: blocklist.Kind) -> None:
@@ -69,4 +178,8 @@ def routers(runtime: Runtime) -> list[APIRouter]:
             now = await conn.fetchval("SELECT now()")
         return _answer(request, blocklist.render_nftables(values), changed, now)
 
-    return [router]
+    return router
+
+
+def routers(runtime: Runtime, responder: Responder) -> list[APIRouter]:
+    return [blocklist_router(runtime), steps_router(runtime, responder)]

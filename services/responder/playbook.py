@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -47,7 +47,8 @@ _ENV = _Sandbox(undefined=StrictUndefined, autoescape=False)
 ParamType = Literal["ip", "cidr", "domain", "url", "hostname", "sha256", "string", "int", "duration"]
 ResponseType = Literal["immediate", "tactical", "strategic", "recovery"]
 Phase = Literal["containment", "eradication", "recovery", "communication", "investigation"]
-Connector = Literal["webhook", "command", "blocklist", "notify"]
+# Built in: webhook, command, blocklist, notify; others are the names of installed connector plugins.
+Connector = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 Risk = Literal["low", "medium", "high", "critical"]
 IndicatorKind = Literal["ipv4", "ipv6", "domain", "url", "md5", "sha1", "sha256", "email"]
 ForEach = Literal[
@@ -149,6 +150,7 @@ class Step(Model):
     risk: Risk = "low"
     lease: Duration | None = Field(None, description="How long a reversible action holds before its undo runs.")
     undo: Undo | None = None
+    dry_run: bool = Field(False, description="Never send: the step is marked simulated with what it would send.")
 
     @model_validator(mode="after")
     def _lease_and_undo_together(self) -> Step:
@@ -161,6 +163,7 @@ class Playbook(Model):
     id: Id
     title: str = Field(min_length=1)
     match: Match
+    dry_run: bool = Field(False, description="Simulate every step of this playbook; nothing is sent.")
     steps: list[Step] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -511,6 +514,9 @@ class PlannedStep(Model):
     risk: Risk
     lease_s: int | None
     undo: PlannedUndo | None
+    dry_run: bool = False
+    position: int = Field(0, description="The playbook step's place: later steps wait for earlier ones.")
+    for_each: str | None = None
     status: Literal["planned", "awaiting_approval", "skipped", "refused"]
     reason: str = ""
 
@@ -528,7 +534,16 @@ class PlannedStep(Model):
         )
 
 
-def _plan_one(step: Step, scope: dict[str, Any], *, step_id: str, item: str | None, skip: str = "") -> PlannedStep:
+def _plan_one(
+    step: Step,
+    scope: dict[str, Any],
+    *,
+    step_id: str,
+    item: str | None,
+    position: int,
+    dry_run: bool,
+    skip: str = "",
+) -> PlannedStep:
     status: Literal["planned", "awaiting_approval", "skipped", "refused"]
     status = "awaiting_approval" if step.approval == "required" else "planned"
     reason, params, undo = "", {}, None
@@ -570,6 +585,9 @@ def _plan_one(step: Step, scope: dict[str, Any], *, step_id: str, item: str | No
         risk=step.risk,
         lease_s=duration_seconds(step.lease) if step.lease else None,
         undo=undo,
+        dry_run=dry_run or step.dry_run,
+        position=position,
+        for_each=step.for_each,
         status=status,
         reason=reason,
     )
@@ -579,13 +597,14 @@ def plan_steps(playbook: Playbook, facts: IncidentFacts) -> list[PlannedStep]:
     """Expand and render every step in order; a step with nothing to iterate over is skipped, not dropped."""
     base = context(facts)
     planned: list[PlannedStep] = []
-    for step in playbook.steps:
+    for position, step in enumerate(playbook.steps):
+        one = partial(_plan_one, step, position=position, dry_run=playbook.dry_run)
         if step.for_each is None:
-            planned.append(_plan_one(step, base, step_id=step.id, item=None))
+            planned.append(one(base, step_id=step.id, item=None))
             continue
         items = base["items"][step.for_each]
         if not items:
-            planned.append(_plan_one(step, base, step_id=step.id, item=None, skip=f"no {step.for_each}"))
+            planned.append(one(base, step_id=step.id, item=None, skip=f"no {step.for_each}"))
         for n, item in enumerate(items):
-            planned.append(_plan_one(step, {**base, "item": item}, step_id=f"{step.id}#{n}", item=item))
+            planned.append(one({**base, "item": item}, step_id=f"{step.id}#{n}", item=item))
     return planned

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from services.responder import api
+from services.responder.approvals import DEFAULT_APPROVALS, load_policy
 from services.responder.blocklist import IpNetwork
+from services.responder.connectors import (
+    DEFAULT_CONNECTORS,
+    ConnectorsConfigError,
+    load_connectors,
+    load_connectors_config,
+)
 from services.responder.domain import Playbook, parse_playbooks
 from services.responder.guardrails import DEFAULT_GUARDRAILS, load_guardrails
-from services.responder.handlers import Responder
+from services.responder.handlers import SERVICE, Execution, Responder
 from shared.consumer import decode_cloudevent
-from shared.service import ServiceSpec
+from shared.effects import EffectKind
+from shared.service import Runtime, ServiceSpec
 from shared.settings import VigilSettings
-from shared.topics import ANALYSES
+from shared.timers import TimerPoller
+from shared.topics import ANALYSES, COMMANDS
 
 DEFAULT_PLAYBOOKS = Path(__file__).with_name("playbooks.yaml")
 
@@ -38,13 +49,40 @@ def own_addresses(settings: VigilSettings) -> list[IpNetwork]:
     return sorted(found, key=lambda n: (n.version, n))
 
 
-def spec(settings: VigilSettings, guardrails_path: Path = DEFAULT_GUARDRAILS) -> ServiceSpec:
-    load_guardrails(guardrails_path)  # now: a broken file stops the responder before it consumes anything
-    responder = Responder(load_playbooks())
+def spec(settings: VigilSettings) -> ServiceSpec:
+    # Every file is read now: a broken one stops the responder, with its reason, before it consumes.
+    connectors_config = load_connectors_config(settings.responder_connectors or DEFAULT_CONNECTORS)
+    execution = Execution(
+        policy=load_policy(settings.responder_approvals or DEFAULT_APPROVALS),
+        guardrails=load_guardrails(settings.responder_guardrails or DEFAULT_GUARDRAILS),
+        connectors={},
+        own_addresses=own_addresses(settings),
+        dry_run=settings.responder_dry_run,
+    )
+    playbooks = load_playbooks()
+    responder = Responder(playbooks, execution)
+
+    def effects(runtime: Runtime) -> Sequence[EffectKind]:
+        # Connectors need the pool (the block lists live in Postgres): set up before consuming starts.
+        connectors = load_connectors(connectors_config, pool=runtime.pool)
+        named = {
+            c for p in playbooks for s in p.steps for c in (s.connector, s.undo.connector if s.undo else None) if c
+        }
+        if unknown := sorted(named - connectors.keys() - {"notify"}):
+            raise ConnectorsConfigError([f"playbooks name connectors nobody provides: {', '.join(unknown)}"])
+        responder.execution = replace(execution, connectors=connectors)
+        return [kind for c in connectors.values() for kind in c.effect_kinds(responder.on_effect_outcome)]
+
+    async def fire_timers(runtime: Runtime) -> None:
+        poller = TimerPoller(service=SERVICE, pool=runtime.pool, names=runtime.names, handlers=responder.timer_handlers)
+        await poller.run()
+
     return ServiceSpec(
-        name="responder",
-        consumes=(ANALYSES,),
+        name=SERVICE,
+        consumes=(ANALYSES, COMMANDS),
         decoder=decode_cloudevent,
         handler=responder.handle,
-        routers=api.routers,
+        routers=lambda runtime: api.routers(runtime, responder),
+        background=(fire_timers,),
+        effects=effects,
     )

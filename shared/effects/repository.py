@@ -162,10 +162,15 @@ async def reschedule(conn: Conn, *, effect_id: int, token: uuid.UUID, error: str
 
 
 async def release(conn: Conn, *, leases: Sequence[tuple[int, uuid.UUID]]) -> int:
-    """Hand effects this runner holds back to the queue at once (a clean stop); return how many."""
+    """Hand effects this runner holds back to the queue at once (a clean stop); return how many.
+
+    The attempt the stop cut short is not counted: it was not the effect's failure. (A crash still
+    counts, so that an effect that brings its runner down is parked, not run again and again.)
+    """
     status = await conn.execute(
         """UPDATE effects e
-           SET status = 'pending', not_before = now(), lease_until = NULL, lease_token = NULL, updated_at = now()
+           SET status = 'pending', not_before = now(), lease_until = NULL, lease_token = NULL,
+               attempts = greatest(e.attempts - 1, 0), updated_at = now()
            FROM unnest($1::bigint[], $2::uuid[]) AS held (id, token)
            WHERE e.id = held.id AND e.lease_token = held.token AND e.status = 'running'""",
         [effect_id for effect_id, _ in leases],

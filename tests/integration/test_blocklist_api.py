@@ -42,7 +42,7 @@ async def responder_api(settings: VigilSettings, pool: asyncpg.Pool) -> AsyncIte
             producer=producer,
             names=TopicNames(settings.topic_prefix),
         )
-        app = build_app(runtime, api.routers(runtime))
+        app = build_app(runtime, [api.blocklist_router(runtime)])
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://responder") as client:
             yield client
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import asyncpg
@@ -10,7 +11,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.responder import domain
-from services.responder.handlers import Responder
+from services.responder.approvals import parse_policy
+from services.responder.connectors import ConnectorsConfig, load_connectors
+from services.responder.guardrails import load_guardrails
+from services.responder.handlers import Execution, Responder
 from shared.consumer import HandlerContext
 from shared.events import Analysis, IncidentAnalyzed, IncidentType, Indicator, ResponsePlanned, Severity
 from shared.topics import TopicNames
@@ -47,7 +51,13 @@ playbooks:
 async def test_analysis_plans_one_block_per_external_ip_and_refuses_a_hostile_argument(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    responder = Responder(domain.parse_playbooks(PLAYBOOKS))
+    execution = Execution(
+        policy=parse_policy("rules: [{name: all, mode: auto}]"),
+        guardrails=load_guardrails(),
+        connectors=load_connectors(ConnectorsConfig(), pool=pool),
+        dry_run=True,
+    )
+    responder = Responder(domain.parse_playbooks(PLAYBOOKS), execution)
     hostile = "--exec=/bin/sh"
     analysis = Analysis(
         type=IncidentType.SYSTEM_COMPROMISE,
@@ -66,10 +76,10 @@ async def test_analysis_plans_one_block_per_external_ip_and_refuses_a_hostile_ar
         summary="",
     )
 
-    def steps_counted(outcome: str) -> float:
-        return REGISTRY.get_sample_value("vigil_responder_steps_total", {"outcome": outcome}) or 0.0
+    def steps_counted(state: str) -> float:
+        return REGISTRY.get_sample_value("vigil_responder_steps_total", {"state": state}) or 0.0
 
-    before = {o: steps_counted(o) for o in ("planned", "refused", "skipped", "truncated")}
+    before = {o: steps_counted(o) for o in ("planned", "refused", "skipped", "simulated", "succeeded")}
     event = IncidentAnalyzed(source="/vigil/analyzer", subject="inc-1", data=analysis)
     async with pool.acquire() as conn, conn.transaction():
         ctx = HandlerContext(conn=conn, service="responder", names=names)
@@ -96,5 +106,9 @@ async def test_analysis_plans_one_block_per_external_ip_and_refuses_a_hostile_ar
     assert by_id["sinkhole#1"]["status"] == "refused"
     assert by_id["sinkhole#1"]["params"] == {}
     assert "would read as an option" in by_id["sinkhole#1"]["reason"]
+    # In this dry run the blocks are simulated; the sinkhole's program is not configured here.
     after = {o: steps_counted(o) - n for o, n in before.items()}
-    assert after == {"planned": 3, "refused": 1, "skipped": 0, "truncated": 0}
+    assert after == {"planned": 3, "refused": 2, "skipped": 0, "simulated": 2, "succeeded": 0}
+    digest = hashlib.sha256(b"203.0.113.5").hexdigest()[:10]
+    assert planned.data.actions[0].step_id == f"inc-1:block-ip:{digest}"
+    assert planned.data.actions[0].params == {"address": "203.0.113.5", "reason": "incident inc-1"}

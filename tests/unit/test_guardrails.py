@@ -193,7 +193,7 @@ def test_a_broken_file_refuses_start_up(tmp_path: Path) -> None:
     broken = tmp_path / "guardrails.yaml"
     broken.write_text("never_block: {networks: [not-a-network]}\nblast_radius: {per_step: 1, per_incident: 1}\n")
     with pytest.raises(GuardrailsError, match=r"never_block\.networks\.0"):
-        spec(VigilSettings(), guardrails_path=broken)
+        spec(VigilSettings(responder_guardrails=broken))
 
 
 def test_the_addresses_vigil_runs_on_are_found_and_never_the_unspecified_one() -> None:

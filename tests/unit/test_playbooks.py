@@ -122,7 +122,7 @@ def test_the_default_set_covers_every_type_and_severity() -> None:
     [
         ({"surprise": 1}, "Extra inputs are not permitted"),
         ({"response": "eventually"}, "'immediate', 'tactical', 'strategic' or 'recovery'"),
-        ({"connector": "ssh"}, "'webhook', 'command', 'blocklist' or 'notify'"),
+        ({"connector": "Web Hook"}, "should match pattern"),
         ({"on_failure": "ignore"}, "'continue', 'stop' or 'escalate'"),
         ({"timeout": "soon"}, "not a duration"),
         ({"retries": 99}, "less than or equal to 10"),

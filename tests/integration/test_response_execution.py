@@ -1,0 +1,500 @@
+"""The responder executes its plans: approvals, the effects runner, guardrails, dry runs, revisions.
+
+Against the real Postgres and a real HTTP receiver that verifies each request's signature and
+counts idempotency keys; the blocklist connector writes Vigil's own lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from services.responder import api, blocklist, domain, guardrails
+from services.responder.approvals import parse_policy
+from services.responder.connectors import load_connectors, parse_connectors_config
+from services.responder.guardrails import parse_guardrails
+from services.responder.handlers import Execution, Responder, StepAnswerRefused
+from services.responder.steps import FINAL
+from shared.consumer import HandlerContext, Inbound
+from shared.effects import EffectRunner
+from shared.effects.domain import verify_signature
+from shared.events import (
+    Analysis,
+    ApproveStep,
+    CommandRejected,
+    DenyStep,
+    EventBase,
+    IncidentAnalyzed,
+    IncidentType,
+    Indicator,
+    ResponseStepChanged,
+    Severity,
+    StepAnswer,
+)
+from shared.outbox import write_events
+from shared.service import Runtime, build_app
+from shared.settings import VigilSettings
+from shared.timers import TimerPoller
+from shared.topics import TopicNames
+from tests.helpers import eventually, serve_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
+
+SECRET = "a-signing-secret-of-some-length"
+
+PLAYBOOKS = """
+playbooks:
+  - id: contain
+    title: Contain an intrusion
+    match: {types: [system_compromise]}
+    steps:
+      - id: tell
+        name: Tell the team
+        phase: communication
+        response: immediate
+        connector: notify
+        action: message
+        params: {text: {value: "containing {{ incident.id }}"}}
+      - id: isolate
+        name: Isolate host
+        phase: containment
+        response: immediate
+        for_each: affected_hosts
+        connector: webhook
+        action: isolate_host
+        params: {host: {value: "{{ item }}", type: hostname}}
+        risk: high
+        on_failure: stop
+      - id: block
+        name: Block address
+        phase: containment
+        response: immediate
+        for_each: external_ips
+        connector: blocklist
+        action: block
+        params: {address: {value: "{{ item }}", type: ip}}
+        lease: 1h
+        undo: {connector: blocklist, action: unblock, params: {address: {value: "{{ item }}", type: ip}}}
+"""
+
+POLICY = """
+rules:
+  - {name: low-risk, when: {risks: [low]}, mode: auto}
+  - {name: sev1-containment, when: {severities: [SEV1], responses: [immediate]}, mode: approve,
+     roles: [commander], timeout: 1s, on_timeout: proceed}
+  - {name: low-severity, when: {severities: [SEV4]}, mode: approve, timeout: 1s, on_timeout: deny}
+  - {name: default, mode: approve, approvals: 2, roles: [commander, security-lead]}
+"""
+
+GUARDRAILS = """
+never_block: {networks: [10.0.0.0/8, 198.51.100.0/24], hosts: [dc-1]}
+rate_limits: []
+blast_radius: {per_step: 50, per_incident: 200}
+"""
+
+
+# ---- a far side that verifies signatures and acts once per idempotency key ----------------------
+
+
+@dataclass
+class Receiver:
+    """An HTTP endpoint that checks each request's signature and acts once per Idempotency-Key."""
+
+    keys: list[str] = field(default_factory=list)
+    acted: collections.Counter[str] = field(default_factory=collections.Counter)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    refused: int = 0
+    answer: int = 200
+    hold: asyncio.Event | None = None
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _request_line = await reader.readline()
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        if not verify_signature(
+            SECRET.encode(), headers.get("x-vigil-timestamp"), headers.get("x-vigil-signature"), body, now=time.time()
+        ):
+            self.refused += 1
+            status = 401
+        else:
+            key = headers["idempotency-key"]
+            self.keys.append(key)
+            if self.hold is not None:
+                await self.hold.wait()
+            if key not in self.acted:  # a repeat of a key is answered, not acted on again
+                self.bodies.append(json.loads(body))
+            self.acted[key] += 1
+            status = self.answer
+        writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def receiver() -> AsyncIterator[Receiver]:
+    far = Receiver()
+    server = await asyncio.start_server(far.handle, "127.0.0.1", 0)
+    far.port = server.sockets[0].getsockname()[1]
+    try:
+        yield far
+    finally:
+        if far.hold is not None:
+            far.hold.set()
+        server.close()
+        await server.wait_closed()
+
+
+# ---- the responder, as the service composes it ------------------------------------------------
+
+
+def responder_for(
+    pool: asyncpg.Pool, far: Receiver | None = None, *, dry_run: bool = False, policy: str = POLICY
+) -> Responder:
+    config = parse_connectors_config(
+        json.dumps({"webhook": {"url": far.url, "secret_env": "HOOK_SECRET"}} if far else {})
+    )
+    connectors = load_connectors(config, pool=pool, environ={"HOOK_SECRET": SECRET})
+    execution = Execution(
+        policy=parse_policy(policy),
+        guardrails=parse_guardrails(GUARDRAILS),
+        connectors=connectors,
+        dry_run=dry_run,
+    )
+    return Responder(domain.parse_playbooks(PLAYBOOKS), execution)
+
+
+def runner_for(responder: Responder, settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames) -> EffectRunner:
+    kinds = [k for c in responder.execution.connectors.values() for k in c.effect_kinds(responder.on_effect_outcome)]
+    return EffectRunner("responder", pool, names, kinds, poll_s=0.05, backoff_base_s=0.05, backoff_cap_s=0.2)
+
+
+@contextlib.asynccontextmanager
+async def running(*runners: EffectRunner) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(r.run()) for r in runners]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def analysis(
+    severity: Severity = Severity.SEV1, hosts: Sequence[str] = ("web-1",), ips: Sequence[str] = ("203.0.113.7",)
+) -> Analysis:
+    return Analysis(
+        type=IncidentType.SYSTEM_COMPROMISE,
+        severity=severity,
+        title="intrusion",
+        indicators=[Indicator(kind="ipv4", value=ip) for ip in ips],
+        affected_hosts=list(hosts),
+        affected_users=[],
+        alert_count=1,
+        summary="",
+    )
+
+
+async def handle(pool: asyncpg.Pool, names: TopicNames, responder: Responder, event: EventBase) -> list[EventBase]:
+    """Run one event through the responder's handlers in one transaction, as the consume loop does."""
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="responder", names=names)
+        await responder.handle(ctx, [_inbound(event)])
+        await write_events(conn, service="responder", names=names, events=ctx.emitted)
+        return list(ctx.emitted)
+
+
+def _inbound(event: EventBase) -> Inbound[Any]:
+    return Inbound(event_id=event.id, item=event, record=None)
+
+
+async def fetch_one(pool: asyncpg.Pool, query: str, *args: Any) -> asyncpg.Record:
+    row = await pool.fetchrow(query, *args)
+    assert row is not None, query
+    return row
+
+
+async def states(pool: asyncpg.Pool, incident: str) -> dict[str, str]:
+    rows = await pool.fetch("SELECT step, item, state FROM responder_steps WHERE incident_id = $1", incident)
+    return {r["step"] + (f" {r['item']}" if r["item"] else ""): r["state"] for r in rows}
+
+
+async def step_events(pool: asyncpg.Pool) -> list[ResponseStepChanged]:
+    from shared import cloudevents
+
+    rows = await pool.fetch("SELECT value, headers FROM outbox WHERE service = 'responder' ORDER BY id")
+    events = [cloudevents.decode(r["value"], [(n, v.encode()) for n, v in r["headers"]]) for r in rows]
+    return [e for e in events if isinstance(e, ResponseStepChanged)]
+
+
+def answer(kind: type[ApproveStep] | type[DenyStep], step_id: str, actor: str, **data: str) -> ApproveStep | DenyStep:
+    return kind(
+        source="/test", subject=step_id.partition(":")[0], data=StepAnswer(step_id=step_id, actor=actor, **data)
+    )
+
+
+def counted(state: str) -> float:
+    return REGISTRY.get_sample_value("vigil_responder_steps_total", {"state": state}) or 0.0
+
+
+# ---- tests -------------------------------------------------------------------------------------
+
+
+async def test_a_plan_waits_for_approval_then_runs_in_order_through_a_signed_webhook_and_the_blocklist(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        responder = responder_for(pool, far)
+        event = IncidentAnalyzed(source="/test", subject="inc-1", data=analysis(Severity.SEV2))
+        await handle(pool, names, responder, event)
+        # The notice went at once; the isolation waits for two people; the block waits its turn.
+        assert await states(pool, "inc-1") == {
+            "tell": "succeeded",
+            "isolate web-1": "awaiting_approval",
+            "block 203.0.113.7": "planned",
+        }
+        isolate = "inc-1:isolate"  # every item of the step
+        with pytest.raises(StepAnswerRefused, match="role 'intern' may not answer"):
+            async with pool.acquire() as conn, conn.transaction():
+                ctx = HandlerContext(conn=conn, service="responder", names=names)
+                await responder.apply_answer(ctx, answer(ApproveStep, isolate, "eve", role="intern"))
+        await handle(pool, names, responder, answer(ApproveStep, isolate, "alice", role="commander"))
+        assert (await states(pool, "inc-1"))["isolate web-1"] == "awaiting_approval"  # one of two
+        rejected = await handle(pool, names, responder, answer(ApproveStep, isolate, "alice", role="commander"))
+        assert "no item of inc-1:isolate is awaiting" not in str(rejected)
+        assert any("approved this step already" in e.data.reason for e in rejected if isinstance(e, CommandRejected))
+        await handle(pool, names, responder, answer(ApproveStep, isolate, "bob", role="security-lead"))
+
+        async with running(runner_for(responder, settings, pool, names)):
+            await eventually(lambda: _all_done(pool, "inc-1"))
+        assert await states(pool, "inc-1") == {
+            "tell": "succeeded",
+            "isolate web-1": "succeeded",
+            "block 203.0.113.7": "succeeded",
+        }
+        [sent] = far.bodies
+        step = await fetch_one(pool, "SELECT * FROM responder_steps WHERE step = 'isolate'")
+        assert far.keys == [step["id"]] and far.refused == 0
+        assert sent["action"] == "isolate_host" and sent["params"] == {"host": "web-1"}
+        assert [a["actor"] for a in step["approvals"]] == ["alice", "bob"]
+        async with pool.acquire() as conn:
+            assert await blocklist.list_active(conn, kind="ip") == ["203.0.113.7"]
+        # The block's undo waits, as a durable effect, for the end of its one-hour lease.
+        undo = await fetch_one(pool, "SELECT * FROM effects WHERE key LIKE '%:undo'")
+        assert undo["status"] == "pending" and undo["not_before"] > undo["created_at"]
+
+        # Every change is on the timeline, with who caused it.
+        log = [(e.data.step, e.data.state, e.data.actor) for e in await step_events(pool)]
+        assert ("isolate", "approved", "bob") in log
+        assert log.index(("isolate", "succeeded", "responder")) < log.index(("block", "running", "responder"))
+
+
+async def _all_done(pool: asyncpg.Pool, incident: str) -> bool:
+    return all(s in FINAL for s in (await states(pool, incident)).values())
+
+
+async def test_an_unanswered_approval_takes_the_policys_default_in_a_restarted_responder(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        first = responder_for(pool, far)
+        await handle(
+            pool, names, first, IncidentAnalyzed(source="/t", subject="inc-sev1", data=analysis(Severity.SEV1))
+        )
+        await handle(
+            pool, names, first, IncidentAnalyzed(source="/t", subject="inc-sev4", data=analysis(Severity.SEV4))
+        )
+        assert (await states(pool, "inc-sev1"))["isolate web-1"] == "awaiting_approval"
+        assert (await states(pool, "inc-sev4"))["isolate web-1"] == "awaiting_approval"
+        del first  # the responder stops; its approval deadlines are timers in Postgres
+
+        restarted = responder_for(pool, far)
+        poller = TimerPoller(service="responder", pool=pool, names=names, handlers=restarted.timer_handlers)
+        await asyncio.sleep(1.1)
+        assert await poller.fire_due() == 2
+        async with running(runner_for(restarted, settings, pool, names)):
+            await eventually(lambda: _all_done(pool, "inc-sev1"))
+            await eventually(lambda: _all_done(pool, "inc-sev4"))
+    # SEV1 containment proceeds unanswered; at SEV4 the step is denied, and the plan goes on.
+    assert await states(pool, "inc-sev1") == {
+        "tell": "succeeded",
+        "isolate web-1": "succeeded",
+        "block 203.0.113.7": "succeeded",
+    }
+    assert await states(pool, "inc-sev4") == {
+        "tell": "succeeded",
+        "isolate web-1": "denied",
+        "block 203.0.113.7": "succeeded",
+    }
+    reasons = {
+        r["step"]: (r["state"], r["reason"])
+        for r in await pool.fetch("SELECT step, state, reason FROM responder_steps WHERE incident_id = 'inc-sev4'")
+    }
+    assert reasons["isolate"][1].startswith("no answer by") and reasons["isolate"][1].endswith("denied")
+    log = await pool.fetch("SELECT actor, to_state FROM responder_step_log WHERE step_id LIKE 'inc-sev1:isolate:%'")
+    assert ("timeout", "approved") in [(r["actor"], r["to_state"]) for r in log]
+
+
+async def test_guardrails_and_the_kill_switch_refuse_with_their_reason(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        responder = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]")
+    # 198.51.100.0/24 is an own network here; dc-1 is a critical asset.
+    data = analysis(Severity.SEV2, hosts=["dc-1"], ips=["198.51.100.4", "203.0.113.9"])
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-g", data=data))
+    rows = {
+        (r["step"], r["item"]): r for r in await pool.fetch("SELECT * FROM responder_steps WHERE incident_id = 'inc-g'")
+    }
+    isolate = rows[("isolate", "dc-1")]
+    assert isolate["state"] == "refused" and "critical asset" in isolate["reason"]
+    # The isolation was refused, not failed: the playbook goes on to the blocks.
+    assert rows[("block", "198.51.100.4")]["state"] == "refused"
+    assert "own network" in rows[("block", "198.51.100.4")]["reason"]
+    assert rows[("block", "203.0.113.9")]["state"] == "running"
+    actors = {r["actor"] for r in await pool.fetch("SELECT actor FROM responder_step_log WHERE to_state = 'refused'")}
+    assert actors == {"guardrail:never_block"}
+
+    async with pool.acquire() as conn:
+        await guardrails.set_paused(conn, paused=True, reason="drill", changed_by="alice")
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-p", data=analysis(Severity.SEV2)))
+    paused = await pool.fetch(
+        "SELECT state, reason FROM responder_steps WHERE incident_id = 'inc-p' AND connector <> 'notify'"
+    )
+    assert {r["state"] for r in paused} == {"refused"}
+    assert all("responses are paused" in r["reason"] for r in paused)
+    assert await pool.fetchval("SELECT count(*) FROM effects WHERE subject = 'inc-p'") == 0
+
+
+async def test_a_dry_run_is_simulated_with_what_it_would_send_and_never_succeeds(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        responder = responder_for(pool, far, dry_run=True, policy="rules: [{name: all, mode: auto}]")
+        before = {s: counted(s) for s in ("simulated", "succeeded")}
+        await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-d", data=analysis()))
+        assert set((await states(pool, "inc-d")).values()) == {"simulated"}
+        assert await pool.fetchval("SELECT count(*) FROM effects") == 0
+        assert far.keys == []
+    isolate = await fetch_one(pool, "SELECT sent FROM responder_steps WHERE step = 'isolate'")
+    assert isolate["sent"]["kind"] == "connector.webhook"
+    assert isolate["sent"]["payload"]["body"]["params"] == {"host": "web-1"}
+    assert counted("simulated") - before["simulated"] == 3
+    assert counted("succeeded") == before["succeeded"]
+    assert all(e.data.dry_run for e in await step_events(pool) if e.data.state == "simulated")
+
+
+async def test_a_revised_plan_adds_new_steps_and_never_runs_an_executed_one_again(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        responder = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]")
+        runner = runner_for(responder, settings, pool, names)
+        await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-r", data=analysis()))
+        async with running(runner):
+            await eventually(lambda: _all_done(pool, "inc-r"))
+        # More is known: a second host and a higher severity.
+        revised = analysis(Severity.SEV1, hosts=["web-1", "web-2"])
+        await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-r", data=revised))
+        async with running(runner_for(responder, settings, pool, names)):
+            await eventually(lambda: _all_done(pool, "inc-r"))
+        # The same analysis again changes nothing.
+        assert await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-r", data=revised)) == []
+    assert await states(pool, "inc-r") == {
+        "tell": "succeeded",
+        "isolate web-1": "succeeded",
+        "isolate web-2": "succeeded",
+        "block 203.0.113.7": "succeeded",
+    }
+    assert sorted(b["params"]["host"] for b in far.bodies) == ["web-1", "web-2"]
+    assert len(far.keys) == 2  # web-1 was isolated once, in the first plan
+    plans = await pool.fetch("SELECT id, superseded_at FROM responder_plans WHERE incident_id = 'inc-r'")
+    assert len(plans) == 2
+    assert await pool.fetchval("SELECT count(DISTINCT plan_id) FROM responder_steps WHERE incident_id = 'inc-r'") == 1
+
+
+async def test_a_step_interrupted_after_the_far_side_acted_is_sent_again_with_its_key_and_acted_on_once(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        far.hold = asyncio.Event()
+        responder = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]")
+        await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-c", data=analysis(ips=())))
+        async with running(runner_for(responder, settings, pool, names)):
+            await eventually(lambda: _truthy(len(far.keys) == 1))
+        # The runner stopped while the far side held the call; the far side then acted on it.
+        far.hold.set()
+        far.hold = None
+        assert (await states(pool, "inc-c"))["isolate web-1"] == "running"
+        async with running(runner_for(responder, settings, pool, names)):
+            await eventually(lambda: _all_done(pool, "inc-c"))
+    assert (await states(pool, "inc-c"))["isolate web-1"] == "succeeded"
+    step_id = await pool.fetchval("SELECT id FROM responder_steps WHERE step = 'isolate'")
+    assert far.keys == [step_id, step_id] and far.acted == {step_id: 2} and len(far.bodies) == 1
+    succeeded = [e for e in await step_events(pool) if e.data.step == "isolate" and e.data.state == "succeeded"]
+    assert len(succeeded) == 1
+
+
+async def _truthy(value: bool) -> bool:
+    return value
+
+
+async def test_operators_list_and_answer_steps_over_the_api(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    responder = responder_for(pool, None)
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-a", data=analysis(Severity.SEV2)))
+    runtime = Runtime(service="responder", settings=settings, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+    app = build_app(runtime, api.routers(runtime, responder))
+    async with serve_app(app, name="responder-api") as base, httpx.AsyncClient(base_url=base) as client:
+        listed = (await client.get("/api/v1/incidents/inc-a/actions")).json()
+        assert [(s["step"], s["state"]) for s in listed] == [
+            ("tell", "succeeded"),
+            ("isolate", "awaiting_approval"),
+            ("block", "planned"),
+        ]
+        isolate = listed[1]
+        assert isolate["approver_roles"] == ["commander", "security-lead"] and isolate["approvals_required"] == 2
+        assert [e["to_state"] for e in isolate["log"]] == ["planned", "awaiting_approval"]
+
+        body = {"step_id": isolate["id"], "actor": "alice", "role": "commander"}
+        refused = await client.post(f"/api/v1/steps/{isolate['id']}/deny", json=body)
+        assert refused.status_code == 409 and "needs a reason" in refused.json()["detail"]
+        body["note"] = "web-1 is the payment front end"
+        denied = await client.post(f"/api/v1/steps/{isolate['id']}/deny", json=body, headers={"Idempotency-Key": "k1"})
+        assert denied.status_code == 200 and denied.json()[0]["state"] == "denied"
+        again = await client.post(f"/api/v1/steps/{isolate['id']}/deny", json=body, headers={"Idempotency-Key": "k1"})
+        assert again.status_code == 200  # the same request retried: answered, nothing changes
+        late = await client.post(f"/api/v1/steps/{isolate['id']}/approve", json=body)
+        assert late.status_code == 409 and "denied, not awaiting approval" in late.json()["detail"]
+    # A denial is not a failure: the plan goes on (the block runs).
+    assert await states(pool, "inc-a") == {
+        "tell": "succeeded",
+        "isolate web-1": "denied",
+        "block 203.0.113.7": "running",
+    }
+    commands = [
+        dict(r["headers"]).get("ce_type")
+        for r in await pool.fetch("SELECT headers FROM outbox WHERE service = 'responder'")
+    ]
+    assert [c for c in commands if c and c.startswith("vigil.command.")] == ["vigil.command.deny_step.v1"]
