@@ -42,6 +42,8 @@ app.add_typer(events_app, name="events")
 console = Console()
 err = Console(stderr=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+ActorOption = Annotated[str | None, typer.Option(help="Who you are; defaults to $VIGIL_ACTOR or your login.")]
+NoteOption = Annotated[str, typer.Option(help="A note for the timeline.")]
 
 
 def _settings() -> VigilSettings:
@@ -354,6 +356,118 @@ def response_status(as_json: JsonOption = False) -> None:
         return
     state = "[red]paused[/]" if controls.paused else "[green]running[/]"
     console.print(f"responses {state} since {changed_at} by {controls.changed_by}: {controls.reason}")
+
+
+# ---- response steps: list, approve, deny -------------------------------------------------------
+
+actions_app = typer.Typer(help="Response steps of an incident and their states.", no_args_is_help=True)
+app.add_typer(actions_app, name="actions")
+approvals_app = typer.Typer(help="Check an approval policy file.", no_args_is_help=True)
+app.add_typer(approvals_app, name="approvals")
+RoleOption = Annotated[str | None, typer.Option("--role", help="The role you answer in; defaults to $VIGIL_ROLE.")]
+STATE_STYLE = {
+    "awaiting_approval": "bold yellow",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "bold red",
+    "refused": "red",
+    "denied": "red",
+    "simulated": "magenta",
+}
+
+
+def _responder(method: str, path: str, body: Any = None) -> Any:
+    settings = _settings()
+    url = settings.responder_url.rstrip("/") + path
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    if settings.api_token:
+        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+    try:
+        transport = httpx.HTTPTransport(retries=2)  # connection failures only; the key makes them safe
+        with httpx.Client(transport=transport, timeout=10) as client:
+            response = client.request(method, url, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the responder at {url}: {exc}")
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        _fail(f"{detail} ({response.status_code})")
+    return response.json()
+
+
+def _print_steps(steps: list[dict[str, Any]]) -> None:
+    table = Table(title=f"{len(steps)} step(s)")
+    for column in ("step id", "step", "target", "state", "why", "approvals"):
+        table.add_column(column, overflow="fold")
+    for s in steps:
+        given = len({a["actor"] for a in s["approvals"]})
+        approvals = f"{given}/{s['approvals_required']}" if s["approvals_required"] else "-"
+        style = STATE_STYLE.get(s["state"], "")
+        why = s["reason"] + (" [dry run]" if s["dry_run"] else "")
+        table.add_row(s["id"], s["name"], s["item"] or "-", f"[{style}]{s['state']}[/]", why, approvals)
+    console.print(table)
+
+
+@actions_app.command("list")
+def actions_list(incident_id: str, as_json: JsonOption = False) -> None:
+    """Every response step of an incident in plan order: state, why, approvals, and (with --json) its log."""
+    steps = _responder("GET", f"/api/v1/incidents/{incident_id}/actions")
+    if not steps and len(incident_id) < 36:  # perhaps the short id `incidents list` prints
+        steps = _responder("GET", f"/api/v1/incidents/{_resolve_id(incident_id)}/actions")
+    if as_json:
+        print(json.dumps(steps, indent=2))
+        return
+    _print_steps(steps)
+
+
+def _answer(kind: str, step_id: str, actor: str | None, role: str | None, note: str) -> None:
+    body = {
+        "step_id": step_id,
+        "actor": actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser(),
+        "role": role or os.environ.get("VIGIL_ROLE", ""),
+        "note": note,
+    }
+    changed = _responder("POST", f"/api/v1/steps/{step_id}/{kind}", body)
+    _print_steps(changed)
+
+
+StepArgument = Annotated[
+    str, typer.Argument(help="A step id from `vigil actions list`, or <incident>:<step> for all its items.")
+]
+
+
+@app.command()
+def approve(step_id: StepArgument, actor: ActorOption = None, role: RoleOption = None, note: NoteOption = "") -> None:
+    """Approve a response step waiting for approval; it runs when enough people have."""
+    _answer("approve", step_id, actor, role, note)
+
+
+@app.command()
+def deny(
+    step_id: StepArgument,
+    reason: Annotated[str, typer.Option("--reason", help="Why not; kept on the step and the timeline.")],
+    actor: ActorOption = None,
+    role: RoleOption = None,
+) -> None:
+    """Deny a response step waiting for approval: it never runs."""
+    _answer("deny", step_id, actor, role, reason)
+
+
+@approvals_app.command("validate")
+def approvals_validate(file: Path) -> None:
+    """Check an approval policy file; print its rules in the order they are tried."""
+    from services.responder.approvals import ApprovalsError, load_policy
+
+    try:
+        policy = load_policy(file)
+    except (OSError, ApprovalsError) as exc:
+        _fail(str(exc))
+    for rule in policy.rules:
+        when = rule.when.model_dump(mode="json", exclude_defaults=True) or "every step"
+        console.print(f"{rule.name}: {rule.mode} when {when}")
+    console.print(f"{file}: {len(policy.rules)} rule(s), valid")
 
 
 # ---- dead letters ------------------------------------------------------------------------------
@@ -754,10 +868,6 @@ def _command(kind: str, incident_id: str, actor: str | None, note: str) -> None:
         _fail(response.json().get("detail", response.text))
     result = response.json()
     console.print(f"incident {result['incident_id']} is now [b]{result['state']}[/b]")
-
-
-ActorOption = Annotated[str | None, typer.Option(help="Who you are; defaults to $VIGIL_ACTOR or your login.")]
-NoteOption = Annotated[str, typer.Option(help="A note for the timeline.")]
 
 
 @app.command()

@@ -10,9 +10,12 @@ import asyncio
 import collections
 import contextlib
 import json
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -253,6 +256,20 @@ def answer(kind: type[ApproveStep] | type[DenyStep], step_id: str, actor: str, *
     )
 
 
+async def vigil_cli(*args: str, responder_url: str, code: int = 0) -> str:
+    """Run the `vigil` command against a responder API; return its output (stdout, then stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("vigil")),
+        *args,
+        env={**os.environ, "VIGIL_RESPONDER_URL": responder_url, "VIGIL_ACTOR": "carol", "COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == code, (out + err).decode()
+    return (out + err).decode()
+
+
 def counted(state: str) -> float:
     return REGISTRY.get_sample_value("vigil_responder_steps_total", {"state": state}) or 0.0
 
@@ -487,6 +504,12 @@ async def test_operators_list_and_answer_steps_over_the_api(
         assert again.status_code == 200  # the same request retried: answered, nothing changes
         late = await client.post(f"/api/v1/steps/{isolate['id']}/approve", json=body)
         assert late.status_code == 409 and "denied, not awaiting approval" in late.json()["detail"]
+
+        # The same through the CLI, as an operator types it.
+        listed_by_cli = await vigil_cli("actions", "list", "inc-a", "--json", responder_url=base)
+        assert [s["state"] for s in json.loads(listed_by_cli)] == ["succeeded", "denied", "running"]
+        refused_by_cli = await vigil_cli("approve", isolate["id"], "--role", "commander", responder_url=base, code=1)
+        assert "denied, not awaiting approval (409)" in refused_by_cli
     # A denial is not a failure: the plan goes on (the block runs).
     assert await states(pool, "inc-a") == {
         "tell": "succeeded",
