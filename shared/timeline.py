@@ -9,7 +9,9 @@ from shared.events import (
     AcknowledgeIncident,
     AlertRepeat,
     AlertResolution,
+    ApproveStep,
     CommandRejected,
+    DenyStep,
     EffectCompleted,
     EscalationExhausted,
     EventBase,
@@ -22,6 +24,7 @@ from shared.events import (
     ResolutionSuggested,
     ResolveIncident,
     ResponsePlanned,
+    ResponseStepChanged,
 )
 
 # How many alert keys one timeline line names before it says how many more there are.
@@ -71,6 +74,18 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = (
                 f"escalation exhausted: {len(d.paged)} people of rotation {d.rotation!r} paged "
                 f"({', '.join(d.paged)}), nobody acknowledged"
+            )
+        case ResponseStepChanged(data=d):
+            actor = d.actor
+            what = f"{d.name}: {d.item}" if d.item else d.name
+            summary = f"step {what!r} {d.state.replace('_', ' ')}" + (f": {d.reason}" if d.reason else "")
+            if d.state == "failed" and d.on_failure == "escalate":
+                summary += " (its playbook escalates this failure)"
+        case ApproveStep(data=d) | DenyStep(data=d):
+            actor = d.actor
+            verb = "approval" if isinstance(event, ApproveStep) else "denial"
+            summary = (
+                f"{verb} of step {d.step_id}" + (f" as {d.role}" if d.role else "") + (f": {d.note}" if d.note else "")
             )
         case EffectCompleted(data=d):
             summary = f"{d.kind} to {d.target} {d.status} after {d.attempts} attempt(s)" + (

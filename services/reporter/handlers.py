@@ -6,7 +6,9 @@ from services.reporter import repository
 from shared.consumer import HandlerContext, dispatch_each
 from shared.events import (
     AcknowledgeIncident,
+    ApproveStep,
     CommandRejected,
+    DenyStep,
     EffectCompleted,
     EscalationExhausted,
     EventBase,
@@ -20,6 +22,7 @@ from shared.events import (
     ResolutionSuggested,
     ResolveIncident,
     ResponsePlanned,
+    ResponseStepChanged,
 )
 from shared.timeline import TimelineEntry, timeline_entry
 
@@ -94,6 +97,9 @@ HANDLERS = {
     EscalationExhausted: record,
     ResolutionSuggested: record,
     EffectCompleted: record_if_known,
+    ResponseStepChanged: record_if_known,
+    ApproveStep: record_if_known,
+    DenyStep: record_if_known,
 }
 # The reporter never rejects an event, so it spares itself a savepoint per event.
 handle = dispatch_each(HANDLERS, savepoints=False)  # type: ignore[arg-type]

@@ -13,8 +13,18 @@ from services.detector.domain import summarise
 from shared import cloudevents
 from shared.consumer import DeadLetterGuard
 from shared.errors import DeadLetterLimitExceeded, InvalidMessage, UnknownEventType
-from shared.events import EVENT_CLASSES, IncidentDetected, IncidentState, IncidentStateChanged, StateChange
-from shared.timeline import timeline_entry
+from shared.events import (
+    EVENT_CLASSES,
+    ApproveStep,
+    IncidentDetected,
+    IncidentState,
+    IncidentStateChanged,
+    ResponseStepChanged,
+    StateChange,
+    StepAnswer,
+    StepChange,
+)
+from shared.timeline import TimelineEntry, timeline_entry
 from tests.factories import alert, snapshot
 
 
@@ -158,6 +168,34 @@ def test_timeline_names_the_person_for_state_changes() -> None:
     assert entry.actor == "alice"
     assert entry.summary == "state detected -> acknowledged"
     assert timeline_entry(detected()).actor == "detector"
+
+
+def test_a_step_change_and_an_approval_read_as_who_did_what_on_the_timeline() -> None:
+    change = StepChange(
+        step_id="inc-1:isolate:ab",
+        plan_id="p",
+        step="isolate",
+        name="Isolate host",
+        item="web-1",
+        connector="webhook",
+        action="isolate_host",
+        from_state="running",
+        state="failed",
+        actor="responder",
+        reason="refused for good: HTTP 400",
+        on_failure="escalate",
+    )
+    entry = timeline_entry(ResponseStepChanged(source="/vigil/responder", subject="inc-1", data=change))
+    assert entry.actor == "responder"
+    assert entry.summary == (
+        "step 'Isolate host: web-1' failed: refused for good: HTTP 400 (its playbook escalates this failure)"
+    )
+    approval = ApproveStep(
+        source="/vigil/responder/api",
+        subject="inc-1",
+        data=StepAnswer(step_id="inc-1:isolate", actor="alice", role="commander", note="go"),
+    )
+    assert timeline_entry(approval) == TimelineEntry("alice", "approval of step inc-1:isolate as commander: go")
 
 
 def test_bad_address_in_an_event_is_invalid_not_a_crash() -> None:
