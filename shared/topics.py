@@ -76,7 +76,7 @@ RESPONSES = Topic(
     name="vigil.responses",
     description="Response plans, and every change of their steps' states.",
     producers=("responder",),
-    consumers=("reporter",),
+    consumers=("coordinator", "reporter"),
     event_types=("vigil.response.planned.v1", "vigil.response.step_changed.v1"),
 )
 COORDINATION = Topic(

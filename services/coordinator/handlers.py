@@ -26,6 +26,7 @@ from shared.events import (
     ResolutionSuggested,
     ResolutionSuggestion,
     ResolveIncident,
+    ResponseStepChanged,
     Severity,
     StateChange,
 )
@@ -48,6 +49,7 @@ class Coordinator:
                 IncidentAlertsChanged: self.on_alerts_changed,
                 AcknowledgeIncident: self.on_command,
                 ResolveIncident: self.on_command,
+                ResponseStepChanged: self.on_step_changed,
             }
         )
         self.timer_handlers: dict[str, timers.TimerHandler] = {ACK_DEADLINE: self.on_ack_deadline}
@@ -154,6 +156,24 @@ class Coordinator:
             )
         )
         log.info("incident %s: all alerts resolved; suggested %s resolves it", event.subject, row["commander"])
+
+    async def on_step_changed(self, ctx: HandlerContext, event: ResponseStepChanged) -> None:
+        """A response step failed and its playbook says escalate: page the commander again, saying which."""
+        step = event.data
+        if step.state != "failed" or step.on_failure != "escalate":
+            return
+        row = await ctx.conn.fetchrow(
+            "SELECT state, commander, escalation FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE",
+            event.subject,
+        )
+        if row is None or domain.known_state(row["state"]) in (None, IncidentState.RESOLVED):
+            return
+        what = f"{step.name}: {step.item}" if step.item else step.name
+        escalation = Escalation.model_validate(row["escalation"]).model_copy(
+            update={"commander": row["commander"], "reason": f"response step {what!r} failed: {step.reason}"}
+        )
+        ctx.emit(IncidentEscalated(source=SOURCE, **event.caused_by(), data=escalation))
+        log.warning("incident %s: step %s failed; escalated to %s", event.subject, step.step_id, row["commander"])
 
     async def on_command(self, ctx: HandlerContext, command: AcknowledgeIncident | ResolveIncident) -> None:
         await self.apply_command(ctx, command)

@@ -11,7 +11,7 @@ from shared.consumer import decode_cloudevent
 from shared.service import Runtime, ServiceSpec
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
-from shared.topics import COMMANDS, INCIDENTS
+from shared.topics import COMMANDS, INCIDENTS, RESPONSES
 
 DEFAULT_ONCALL = Path(__file__).with_name("oncall.yaml")
 
@@ -31,7 +31,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name=SERVICE,
-        consumes=(INCIDENTS, COMMANDS),
+        consumes=(INCIDENTS, COMMANDS, RESPONSES),
         decoder=decode_cloudevent,
         handler=coordinator.handle,
         routers=lambda runtime: api.routers(runtime, coordinator),

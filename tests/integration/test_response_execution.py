@@ -23,6 +23,8 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
+from services.coordinator.handlers import Coordinator
+from services.coordinator.service import load_oncall
 from services.responder import api, blocklist, domain, guardrails
 from services.responder.approvals import parse_policy
 from services.responder.connectors import load_connectors, parse_connectors_config
@@ -39,17 +41,21 @@ from shared.events import (
     DenyStep,
     EventBase,
     IncidentAnalyzed,
+    IncidentDetected,
+    IncidentEscalated,
     IncidentType,
     Indicator,
     ResponseStepChanged,
     Severity,
     StepAnswer,
+    StepChange,
 )
 from shared.outbox import write_events
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
 from shared.topics import TopicNames
+from tests.factories import snapshot
 from tests.helpers import eventually, serve_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
@@ -521,3 +527,42 @@ async def test_operators_list_and_answer_steps_over_the_api(
         for r in await pool.fetch("SELECT headers FROM outbox WHERE service = 'responder'")
     ]
     assert [c for c in commands if c and c.startswith("vigil.command.")] == ["vigil.command.deny_step.v1"]
+
+
+async def test_a_failed_step_whose_playbook_escalates_pages_the_commander_again(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    coordinator = Coordinator(load_oncall())
+    detected = IncidentDetected(source="/vigil/detector", subject="inc-e", data=snapshot())
+    failed = StepChange(
+        step_id="inc-e:isolate:ab",
+        plan_id="p",
+        step="isolate",
+        name="Isolate host",
+        item="web-1",
+        connector="webhook",
+        action="isolate_host",
+        from_state="running",
+        state="failed",
+        actor="responder",
+        reason="refused for good: HTTP 400",
+        on_failure="escalate",
+    )
+    emitted: list[EventBase] = []
+    for event in (
+        detected,
+        ResponseStepChanged(source="/vigil/responder", subject="inc-e", data=failed),
+        # A failure the playbook lets pass is not escalated.
+        ResponseStepChanged(
+            source="/vigil/responder", subject="inc-e", data=failed.model_copy(update={"on_failure": "continue"})
+        ),
+    ):
+        async with pool.acquire() as conn, conn.transaction():
+            ctx = HandlerContext(conn=conn, service="coordinator", names=names)
+            await coordinator.handle(ctx, [_inbound(event)])
+            emitted += ctx.emitted
+    escalations = [e for e in emitted if isinstance(e, IncidentEscalated)]
+    assert [e.data.reason for e in escalations][1:] == [
+        "response step 'Isolate host: web-1' failed: refused for good: HTTP 400"
+    ]
+    assert escalations[1].data.commander == escalations[0].data.commander
