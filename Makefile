@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install up test unit lint format bench asyncapi lock clean
+.PHONY: install up test unit lint format bench bench-responder asyncapi lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Vigil needs Python 3.11 or newer")'
@@ -34,8 +34,11 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install  ## alerts/s through the detector and end to end, latency percentiles
+bench: install  ## alerts/s through the detector and end to end, latency percentiles, response steps/s
 	$(BIN)/python -m bench.run
+
+bench-responder: install  ## playbook steps planned, enqueued and executed per second (Postgres only)
+	$(BIN)/python -m bench.run --only responder --out bench/results/responder.json
 
 asyncapi: install  ## regenerate docs/asyncapi.yaml from the event models and topics
 	$(BIN)/vigil asyncapi

@@ -1,6 +1,7 @@
-"""Benchmarks of Vigil on real infrastructure: detector throughput and end-to-end latency.
+"""Benchmarks of Vigil on real infrastructure: detector throughput, end-to-end latency, response steps.
 
 ``python -m bench.run [--alerts N] [--rate R] [--formats native|mixed|both] [--out bench/results/latest.json]``
+``python -m bench.run --only responder [--incidents 100] [--incident-steps 10] [--slow-delay 2]``
 
 1. Detector throughput: N alerts are produced to the raw topic first, then the detector starts
    and works through the backlog; alerts/s is N over the time from the first alert row in
@@ -11,6 +12,8 @@
    the incidents topic measures, per alert, the time from its send to the incident event that
    carries it. The time for the first incident to reach the reporter's timeline as detected,
    analysed, planned and escalated is measured too.
+3. Responder (``bench/responder.py``): playbook steps planned, enqueued and executed through a
+   signed webhook to local receivers, with a slow receiver beside a fast one. Postgres only.
 
 Kafka and Postgres are embedded unless KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are set. Each
 benchmark gets its own database and topic prefix, both removed at the end.
@@ -47,7 +50,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bench import formats
+from bench import formats, responder
 from shared.cloudevents import decode
 from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
@@ -62,6 +65,8 @@ RESULTS_DIR = BENCH_DIR / "results"
 LOGS_DIR = RESULTS_DIR / "logs"
 DEFAULT_OUT = RESULTS_DIR / "latest.json"
 
+# --only's choices and the benchmark each names.
+ONLY = {"throughput": "detector_throughput", "e2e": "end_to_end", "responder": "responder"}
 # Reading tools' formats may cost at most this share of the detector's native throughput.
 FORMATS_COST_LIMIT = 0.15
 
@@ -316,11 +321,13 @@ class Infrastructure:
 
 
 @contextlib.contextmanager
-def infrastructure() -> Iterator[Infrastructure]:
+def infrastructure(*, kafka_needed: bool = True) -> Iterator[Infrastructure]:
     """The broker and Postgres from the environment, or embedded ones stopped on exit."""
     kafka = KafkaSettings()
     with contextlib.ExitStack() as stack:
-        if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        if not kafka_needed:
+            kafka_kind = "not used"
+        elif os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
             kafka_kind = "external"
         else:
             broker = EmbeddedBroker(log_path=LOGS_DIR / "broker.log")
@@ -353,33 +360,43 @@ def with_database(url: str, database: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def fresh_stage(infra: Infrastructure, label: str) -> AsyncIterator[Stage]:
-    """Create a database and topics for one benchmark; drop and delete them afterwards."""
-    token = secrets.token_hex(4)
+async def fresh_database(infra: Infrastructure, token: str) -> AsyncIterator[str]:
+    """Create and migrate a database ``vigil_bench_<token>``; yield its URL; drop it afterwards."""
     database = f"vigil_bench_{token}"
-    names = TopicNames(f"bench-{token}.")
     admin = await asyncpg.connect(infra.admin_url)
     try:
         await admin.execute(f'CREATE DATABASE "{database}"')
     finally:
         await admin.close()
-    stage = Stage(label=label, database_url=with_database(infra.admin_url, database), names=names)
+    url = with_database(infra.admin_url, database)
     try:
-        pool = await create_pool(stage.database_url, max_size=1)
+        pool = await create_pool(url, max_size=1)
         try:
             await migrate(pool)
         finally:
             await pool.close()
-        await ensure_topics(infra.kafka, names)
-        yield stage
+        yield url
     finally:
         admin = await asyncpg.connect(infra.admin_url)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         finally:
             await admin.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(delete_topics(infra.kafka, names), 15)
+
+
+@contextlib.asynccontextmanager
+async def fresh_stage(infra: Infrastructure, label: str) -> AsyncIterator[Stage]:
+    """Create a database and topics for one benchmark; drop and delete them afterwards."""
+    token = secrets.token_hex(4)
+    names = TopicNames(f"bench-{token}.")
+    async with fresh_database(infra, token) as url:
+        stage = Stage(label=label, database_url=url, names=names)
+        try:
+            await ensure_topics(infra.kafka, names)
+            yield stage
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(delete_topics(infra.kafka, names), 15)
 
 
 async def delete_topics(kafka: KafkaSettings, names: TopicNames) -> None:
@@ -931,6 +948,17 @@ async def bench_end_to_end_once(infra: Infrastructure, args: argparse.Namespace,
     return result
 
 
+# ---- benchmark 3: the responder executing playbook steps ---------------------------------------
+
+
+async def bench_responder(infra: Infrastructure, args: argparse.Namespace) -> dict[str, Any]:
+    """Planning and dispatch, steps executed per second, and a slow target (``bench/responder.py``)."""
+    try:
+        return await responder.bench_responder(args, lambda: fresh_database(infra, secrets.token_hex(4)))
+    except responder.Failed as exc:
+        raise BenchError(str(exc), partial=exc.partial) from exc
+
+
 # ---- report ------------------------------------------------------------------------------------
 
 
@@ -981,6 +1009,8 @@ def print_report(results: dict[str, Any]) -> None:
         )
     for mode, e2e in results.get("end_to_end", {}).items():
         add_end_to_end(table, mode, e2e)
+    if results.get("responder"):
+        responder.add_report(table, results["responder"])
     for error in results.get("errors", []):
         table.add_section()
         table.add_row(f"[red]{error['benchmark']} failed[/red]", Text(error["message"].splitlines()[0][:80]))
@@ -1038,7 +1068,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hosts", type=int, default=2000, help="hosts the alerts are spread over")
     parser.add_argument("--seed", type=int, default=1, help="seed of the alert generator")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the figures as JSON")
-    parser.add_argument("--only", choices=("throughput", "e2e"), help="run one benchmark only")
+    parser.add_argument("--only", choices=tuple(ONLY), help="run one benchmark only")
     parser.add_argument(
         "--formats",
         choices=(*formats.MODES, "both"),
@@ -1046,9 +1076,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: both for the throughput benchmark, native end to end)",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="longest wait for a benchmark to finish (s)")
-    parser.add_argument("--stall", type=float, default=120.0, help="fail when the detector stores nothing for (s)")
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=120.0,
+        help="fail when the detector stores, or the responder finishes, nothing for (s)",
+    )
     parser.add_argument("--ready-timeout", type=float, default=120.0, help="longest wait for a service's /readyz")
     parser.add_argument("--drain-idle", type=float, default=20.0, help="stop waiting for events after (s) of none")
+    parser.add_argument("--incidents", type=int, default=100, help="incidents in each responder scenario")
+    parser.add_argument("--incident-steps", type=int, default=10, help="webhook steps each incident's playbook makes")
+    parser.add_argument(
+        "--slow-delay", type=float, default=2.0, help="seconds the slow receiver takes to answer each step"
+    )
+    parser.add_argument(
+        "--wait-slow",
+        action="store_true",
+        help="wait for every slow receiver's step too (incidents/2 x steps x delay / 2 s), not only the fast ones",
+    )
     return parser.parse_args(argv)
 
 
@@ -1073,20 +1118,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "consumer_batch_size": settings.consumer_batch_size,
             "consumer_poll_ms": settings.consumer_poll_ms,
+            "responder": {
+                "incidents": args.incidents,
+                "incident_steps": args.incident_steps,
+                "slow_delay_s": args.slow_delay,
+                "wait_slow": args.wait_slow,
+                "effects_poll_s": settings.effects_poll_s,
+            },
         },
         "errors": [],
     }
     benchmarks: list[tuple[str, Callable[[Infrastructure, argparse.Namespace], Awaitable[dict[str, Any]]]]] = [
         ("detector_throughput", bench_detector),
         ("end_to_end", bench_end_to_end),
+        ("responder", bench_responder),
     ]
     if args.only:
-        benchmarks = [
-            b for b in benchmarks if b[0] == {"throughput": "detector_throughput", "e2e": "end_to_end"}[args.only]
-        ]
-    with infrastructure() as infra:
+        benchmarks = [b for b in benchmarks if b[0] == ONLY[args.only]]
+    # Only the responder's benchmark runs without the broker.
+    with infrastructure(kafka_needed=any(name != "responder" for name, _ in benchmarks)) as infra:
         results["infrastructure"] = {"kafka": infra.kafka_kind, "postgres": infra.postgres_kind}
-        console.log(f"kafka: {infra.kafka_kind} at {infra.kafka.bootstrap_servers}; postgres: {infra.postgres_kind}")
+        where = "" if infra.kafka_kind == "not used" else f" at {infra.kafka.bootstrap_servers}"
+        console.log(f"kafka: {infra.kafka_kind}{where}; postgres: {infra.postgres_kind}")
         for name, bench in benchmarks:
             console.rule(name.replace("_", " "))
             try:
