@@ -470,6 +470,102 @@ def approvals_validate(file: Path) -> None:
     console.print(f"{file}: {len(policy.rules)} rule(s), valid")
 
 
+# ---- incident tasks: list, done ----------------------------------------------------------------
+
+tasks_app = typer.Typer(help="Incident tasks per runbook phase: list them, mark them done.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+def _tasks_call(method: str, path: str, body: Any = None) -> httpx.Response:
+    """Call the coordinator's task routes; return its answer, whatever the status."""
+    settings = _settings()
+    url = settings.coordinator_url.rstrip("/") + path
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    if settings.api_token:
+        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+    try:
+        transport = httpx.HTTPTransport(retries=2)  # connection failures only; the key makes them safe
+        with httpx.Client(transport=transport, timeout=10) as client:
+            response = client.request(method, url, json=body, headers=headers)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the coordinator at {url}: {exc}")
+    return response
+
+
+def _tasks_answer(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        _fail(f"{detail} ({response.status_code})")
+    return response.json()
+
+
+def _task_due(task: dict[str, Any]) -> str:
+    if task["due_at"]:
+        due = task["due_at"][5:16].replace("T", " ")
+        return f"[bold red]{due} overdue[/]" if task["overdue"] else due
+    return "when the phase starts" if task["due_after_s"] and task["state"] == "open" else "-"
+
+
+@tasks_app.command("list")
+def tasks_list(incident_id: str, as_json: JsonOption = False) -> None:
+    """An incident's tasks in phase order (* required): owner, deadline, state; and each phase's progress."""
+    response = _tasks_call("GET", f"/api/v1/incidents/{incident_id}/tasks")
+    if response.status_code == 404 and len(incident_id) < 36:  # perhaps the short id `incidents list` prints
+        response = _tasks_call("GET", f"/api/v1/incidents/{_resolve_id(incident_id)}/tasks")
+    listed = _tasks_answer(response)
+    if as_json:
+        print(json.dumps(listed, indent=2))
+        return
+    progress = listed["progress"]
+    table = Table(title=f"{progress['done']} of {progress['total']} task(s) done, {progress['overdue']} overdue")
+    table.caption = "* required: the incident's lifecycle waits for it"
+    for column in ("id", "phase", "task", "owner", "due (UTC)", "state"):
+        table.add_column(column, overflow="fold")
+    for t in listed["tasks"]:
+        state = {"done": f"[green]done[/] by {t['done_by']}", "cancelled": "[dim]cancelled[/]"}.get(t["state"], "open")
+        title = t["title"] + (" *" if t["required"] else "")
+        table.add_row(str(t["id"]), t["phase"], title, t["owner"], _task_due(t), state)
+    console.print(table)
+    for p in progress["phases"]:
+        late = f", [bold red]{p['overdue']} overdue[/]" if p["overdue"] else ""
+        waiting = f", {p['required_open']} required still open" if p["required_open"] else ""
+        console.print(f"  {p['phase']}: {p['done']}/{p['total']} done{late}{waiting}")
+
+
+@tasks_app.command("done")
+def tasks_done(
+    task_id: Annotated[int, typer.Argument(help="A task id from `vigil tasks list`.")],
+    note: NoteOption = "",
+    actor: ActorOption = None,
+) -> None:
+    """Mark a task done, with a note for the timeline."""
+    body = {"actor": actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser(), "note": note}
+    task = _tasks_answer(_tasks_call("POST", f"/api/v1/tasks/{task_id}/done", body))
+    console.print(f"task {task['id']} [b]{task['title']}[/b] ({task['phase']}) is done by {task['done_by']}")
+
+
+@tasks_app.command("validate")
+def tasks_validate(file: Path) -> None:
+    """Check a task templates file; print how many templates each phase has."""
+    from services.coordinator.tasks import load_templates
+    from shared.yamlfile import YamlFileError
+
+    try:
+        templates = load_templates(file)
+    except OSError as exc:
+        _fail(f"{file}: cannot be read: {exc.strerror or exc}")
+    except YamlFileError as exc:
+        _fail(str(exc))
+    phases: dict[str, int] = {}
+    for template in templates:
+        phases[template.phase] = phases.get(template.phase, 0) + 1
+    console.print(", ".join(f"{phase}: {count}" for phase, count in phases.items()))
+    console.print(f"{file}: {len(templates)} task template(s), valid")
+
+
 # ---- dead letters ------------------------------------------------------------------------------
 
 dlq_app = typer.Typer(

@@ -424,7 +424,8 @@ async def create_tasks(
 async def start_phase(conn: Conn, *, incident_id: str, phase: Phase, now: datetime) -> list[Task]:
     """The incident entered a phase: its open tasks due from the phase's start get their deadline (once)."""
     rows = await conn.fetch(
-        """UPDATE coordinator_tasks SET due_at = $3 + make_interval(secs => due_after_s), updated_at = now()
+        """UPDATE coordinator_tasks
+           SET due_at = $3::timestamptz + make_interval(secs => due_after_s), updated_at = now()
            WHERE incident_id = $1 AND phase = $2 AND state = 'open' AND due_from = 'phase'
              AND due_after_s IS NOT NULL AND due_at IS NULL
            RETURNING *""",
@@ -435,6 +436,19 @@ async def start_phase(conn: Conn, *, incident_id: str, phase: Phase, now: dateti
     started = sorted((_task(r) for r in rows), key=lambda t: t.position)
     await _schedule_due(conn, started)
     return started
+
+
+async def assign_role(conn: Conn, *, incident_id: str, role: str, person: str) -> list[Task]:
+    """Someone holds a role on the incident now (a new commander, a scribe): its open tasks become theirs."""
+    rows = await conn.fetch(
+        """UPDATE coordinator_tasks SET owner = $3, updated_at = now()
+           WHERE incident_id = $1 AND owner_role = $2 AND state = 'open' AND owner <> $3
+           RETURNING *""",
+        incident_id,
+        role,
+        person,
+    )
+    return sorted((_task(r) for r in rows), key=lambda t: t.position)
 
 
 async def get(conn: Conn, task_id: int) -> Task | None:

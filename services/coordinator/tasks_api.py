@@ -1,0 +1,115 @@
+"""The coordinator's task routes: an incident's tasks with their progress, and marking one done.
+
+`vigil tasks list` and `vigil tasks done` call these. A retried request with the same
+Idempotency-Key is answered without being applied twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from pydantic import BaseModel, Field
+
+from services.coordinator import tasks
+from services.coordinator.tasks import Progress
+from shared.auth import require_token
+from shared.consumer import HandlerContext
+from shared.events import IncidentType, Severity
+from shared.outbox import write_events
+from shared.service import Runtime
+
+# Called in the transaction that marks a task done; events it emits on the context go to the outbox.
+DoneHook = Callable[[HandlerContext, tasks.Task], Awaitable[None]]
+
+
+class TaskDone(BaseModel):
+    actor: str = Field(min_length=1, max_length=200)
+    note: str = Field("", max_length=4000)
+
+
+class TaskOut(tasks.Task):
+    overdue: bool
+
+
+class IncidentTasks(BaseModel):
+    incident_id: str
+    tasks: list[TaskOut]
+    progress: Progress
+
+
+def _out(task: tasks.Task, now: datetime) -> TaskOut:
+    return TaskOut(**task.model_dump(), overdue=task.is_overdue(now))
+
+
+def tasks_router(
+    runtime: Runtime, templates: Sequence[tasks.TaskTemplate], *, on_done: DoneHook | None = None
+) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["tasks"], dependencies=[Depends(require_token(runtime))])
+    api_source = f"{tasks.SERVICE}-tasks-api"
+
+    @router.get("/incidents/{incident_id}/tasks", response_model=IncidentTasks)
+    async def incident_tasks(incident_id: str) -> IncidentTasks:
+        """The incident's tasks in phase order, whether each is overdue, and the progress of each phase."""
+        async with runtime.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+            found = await tasks.list_tasks(conn, incident_id)
+            known = found or await conn.fetchval(
+                "SELECT true FROM coordinator_incidents WHERE incident_id = $1", incident_id
+            )
+            now = await conn.fetchval("SELECT now()")
+        if not known:
+            raise HTTPException(404, detail=f"no incident {incident_id}")
+        return IncidentTasks(
+            incident_id=incident_id,
+            tasks=[_out(t, now) for t in found],
+            progress=tasks.progress(found, now=now),
+        )
+
+    @router.post("/tasks/{task_id}/done", response_model=TaskOut)
+    async def done(
+        task_id: int,
+        body: TaskDone,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> TaskOut:
+        """Mark the task done by `actor`, with an optional note; 404 for no such task, 409 if it is closed."""
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            if idempotency_key is not None:
+                first_time = await conn.fetchval(
+                    """INSERT INTO processed_events (service, event_id) VALUES ($1, $2)
+                       ON CONFLICT DO NOTHING RETURNING true""",
+                    tasks.SERVICE,
+                    f"{api_source}:{idempotency_key}",
+                )
+                if not first_time:  # the same request retried: answer with the task as it is now
+                    task = await tasks.get(conn, task_id)
+                    if task is None:
+                        raise HTTPException(404, detail=f"no task {task_id}")
+                    return _out(task, datetime.now(UTC))
+            try:
+                task = await tasks.complete(conn, task_id, actor=body.actor, note=body.note)
+            except tasks.TaskNotFound as exc:
+                raise HTTPException(404, detail=str(exc)) from exc
+            except tasks.TaskNotOpen as exc:
+                raise HTTPException(409, detail=str(exc)) from exc
+            if on_done is not None:
+                ctx = HandlerContext(conn=conn, service=tasks.SERVICE, names=runtime.names)
+                await on_done(ctx, task)
+                await write_events(conn, service=tasks.SERVICE, names=runtime.names, events=ctx.emitted)
+        return _out(task, datetime.now(UTC))
+
+    @router.get("/tasks/templates", response_model=list[tasks.TaskTemplate])
+    async def templates_for(
+        incident_type: Annotated[IncidentType | None, Query(alias="type")] = None,
+        severity: Severity | None = None,
+    ) -> list[tasks.TaskTemplate]:
+        """The task templates in phase order; with type and severity, those such an incident gets."""
+        chosen = list(templates)
+        if incident_type is not None:
+            chosen = [t for t in chosen if t.types is None or incident_type in t.types]
+        if severity is not None:
+            chosen = [t for t in chosen if severity.urgency >= t.min_severity.urgency]
+        return chosen
+
+    return router
