@@ -56,10 +56,14 @@ class IncidentState(StrEnum):
     """Lifecycle states, declared once for every service; a value outside them is handled explicitly."""
 
     DETECTED = "detected"
+    TRIAGED = "triaged"
     ACKNOWLEDGED = "acknowledged"
     INVESTIGATING = "investigating"
     CONTAINED = "contained"
+    ERADICATED = "eradicated"
+    RECOVERED = "recovered"
     RESOLVED = "resolved"
+    CLOSED = "closed"
 
 
 class Payload(BaseModel):
@@ -275,6 +279,7 @@ class StepChange(Payload):
     step_id: str
     plan_id: str
     step: str = Field(description="The playbook step it expands.")
+    phase: str | None = Field(None, description="containment, eradication, recovery, communication, investigation.")
     name: str
     item: str | None = Field(None, description="What a per-item step acts on (an address, a host).")
     connector: str
@@ -306,11 +311,71 @@ class StateChange(Payload):
     actor: str
     note: str = ""
     command_id: str | None = None
+    transition: str | None = Field(None, description="The lifecycle's name for the move (acknowledge, contain, …).")
+    resolution: str | None = Field(None, description="How it ended (fixed, false_positive, …), on resolving.")
 
 
 class CommandArgs(Payload):
     actor: str = Field(min_length=1, max_length=200, description="Person or tool issuing the command.")
     note: str = Field("", max_length=2000)
+    resolution: str | None = Field(None, max_length=100, description="On resolving: how it ended.")
+
+
+class StateCommand(Payload):
+    """Move an incident to another state of its lifecycle."""
+
+    actor: str = Field(min_length=1, max_length=200)
+    to_state: str = Field(min_length=1, max_length=100)
+    note: str = Field("", max_length=2000, description="Why.")
+    resolution: str | None = Field(None, max_length=100)
+
+
+class IncidentEdit(Payload):
+    """A person changes an incident's severity, type or title, saying why."""
+
+    actor: str = Field(min_length=1, max_length=200)
+    reason: str = Field(min_length=1, max_length=2000)
+    severity: Severity | None = None
+    type: IncidentType | None = None
+    title: str | None = Field(None, min_length=1, max_length=500)
+
+
+class NoteArgs(Payload):
+    actor: str = Field(min_length=1, max_length=200)
+    note: str = Field(min_length=1, max_length=10000)
+
+
+class Assignment(Payload):
+    """Who holds a role on an incident: the commander, a scribe, a communications lead, a responder."""
+
+    actor: str = Field(min_length=1, max_length=200, description="Who assigns.")
+    person: str = Field(min_length=1, max_length=200)
+    role: str = Field("commander", pattern=r"^[a-z][a-z0-9_-]{0,40}$")
+    note: str = Field("", max_length=2000)
+
+
+class FieldChange(Payload):
+    before: str
+    after: str
+
+
+class IncidentEdits(Payload):
+    """What a person changed, and why; a detector's later change of these fields is only offered."""
+
+    actor: str
+    reason: str
+    changes: dict[str, FieldChange]
+    command_id: str | None = None
+
+
+class ChangeOffer(Payload):
+    """A change the coordinator did not apply over a person's decision: shown, for them to take or leave."""
+
+    field: str
+    current: str
+    offered: str
+    by: str
+    reason: str
 
 
 class CommandRejection(Payload):
@@ -408,6 +473,41 @@ class ResolveIncident(EventBase):
     data: CommandArgs
 
 
+class ChangeState(EventBase):
+    type: Literal["vigil.command.change_state.v1"] = "vigil.command.change_state.v1"
+    data: StateCommand
+
+
+class EditIncident(EventBase):
+    type: Literal["vigil.command.edit_incident.v1"] = "vigil.command.edit_incident.v1"
+    data: IncidentEdit
+
+
+class AddNote(EventBase):
+    type: Literal["vigil.command.add_note.v1"] = "vigil.command.add_note.v1"
+    data: NoteArgs
+
+
+class AssignRole(EventBase):
+    type: Literal["vigil.command.assign.v1"] = "vigil.command.assign.v1"
+    data: Assignment
+
+
+class IncidentEdited(EventBase):
+    type: Literal["vigil.incident.edited.v1"] = "vigil.incident.edited.v1"
+    data: IncidentEdits
+
+
+class IncidentAssigned(EventBase):
+    type: Literal["vigil.incident.assigned.v1"] = "vigil.incident.assigned.v1"
+    data: Assignment
+
+
+class ChangeOffered(EventBase):
+    type: Literal["vigil.incident.change_offered.v1"] = "vigil.incident.change_offered.v1"
+    data: ChangeOffer
+
+
 class CommandRejected(EventBase):
     type: Literal["vigil.command.rejected.v1"] = "vigil.command.rejected.v1"
     data: CommandRejection
@@ -441,6 +541,13 @@ Event = Annotated[
     | IncidentStateChanged
     | AcknowledgeIncident
     | ResolveIncident
+    | ChangeState
+    | EditIncident
+    | AddNote
+    | AssignRole
+    | IncidentEdited
+    | IncidentAssigned
+    | ChangeOffered
     | CommandRejected
     | EscalationExhausted
     | ResolutionSuggested
@@ -462,6 +569,13 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     IncidentStateChanged,
     AcknowledgeIncident,
     ResolveIncident,
+    ChangeState,
+    EditIncident,
+    AddNote,
+    AssignRole,
+    IncidentEdited,
+    IncidentAssigned,
+    ChangeOffered,
     CommandRejected,
     EscalationExhausted,
     ResolutionSuggested,

@@ -7,17 +7,24 @@ from dataclasses import dataclass
 
 from shared.events import (
     AcknowledgeIncident,
+    AddNote,
     AlertRepeat,
     AlertResolution,
     ApproveStep,
+    AssignRole,
+    ChangeOffered,
+    ChangeState,
     CommandRejected,
     DenyStep,
+    EditIncident,
     EffectCompleted,
     EscalationExhausted,
     EventBase,
     IncidentAlertsChanged,
     IncidentAnalyzed,
+    IncidentAssigned,
     IncidentDetected,
+    IncidentEdited,
     IncidentEscalated,
     IncidentStateChanged,
     IncidentUpdated,
@@ -69,7 +76,9 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
         case IncidentStateChanged(data=d):
             actor = d.actor
             before = d.from_state.value if d.from_state else "new"
-            summary = f"state {before} -> {d.to_state.value}" + (f": {d.note}" if d.note else "")
+            summary = f"state {before} -> {d.to_state.value}"
+            summary += f" ({d.resolution})" if d.resolution else ""
+            summary += f": {d.note}" if d.note else ""
         case EscalationExhausted(data=d):
             summary = (
                 f"escalation exhausted: {len(d.paged)} people of rotation {d.rotation!r} paged "
@@ -91,6 +100,26 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = f"{d.kind} to {d.target} {d.status} after {d.attempts} attempt(s)" + (
                 f": {d.error}" if d.error else ""
             )
+        case IncidentEdited(data=d):
+            actor = d.actor
+            changed = ", ".join(f"{name} {c.before} -> {c.after}" for name, c in d.changes.items())
+            summary = f"edited: {changed}: {d.reason}"
+        case IncidentAssigned(data=d):
+            summary = f"{d.person} is the {d.role}, assigned by {d.actor}" + (f": {d.note}" if d.note else "")
+        case ChangeOffered(data=d):
+            summary = f"{d.by} offers {d.field} {d.offered} (now {d.current}), not applied: {d.reason}"
+        case AddNote(data=d):
+            actor = d.actor
+            summary = f"note: {d.note}"
+        case ChangeState(data=d):
+            actor = d.actor
+            summary = f"move to {d.to_state} requested" + (f": {d.note}" if d.note else "")
+        case EditIncident(data=d):
+            actor = d.actor
+            summary = f"edit requested: {d.reason}"
+        case AssignRole(data=d):
+            actor = d.actor
+            summary = f"assign {d.person} as {d.role} requested"
         case CommandRejected(data=d):
             actor = d.actor
             summary = f"{d.command} rejected: {d.reason}"

@@ -91,6 +91,9 @@ COORDINATION = Topic(
         "vigil.command.rejected.v1",
         "vigil.incident.escalation_exhausted.v1",
         "vigil.incident.resolution_suggested.v1",
+        "vigil.incident.edited.v1",
+        "vigil.incident.assigned.v1",
+        "vigil.incident.change_offered.v1",
     ),
 )
 EFFECTS = Topic(
@@ -102,8 +105,8 @@ EFFECTS = Topic(
 )
 COMMANDS = Topic(
     name="vigil.commands",
-    description="Operators' commands (acknowledge, resolve, approve or deny a response step), from the API, "
-    "the CLI or other tools.",
+    description="Operators' commands (acknowledge, resolve, change state, edit, note, assign; approve or deny "
+    "a response step), from the API, the CLI or other tools.",
     producers=("coordinator API", "operators' tools"),
     consumers=("coordinator", "responder", "reporter"),
     event_types=(
@@ -111,6 +114,10 @@ COMMANDS = Topic(
         "vigil.command.resolve.v1",
         "vigil.command.approve_step.v1",
         "vigil.command.deny_step.v1",
+        "vigil.command.change_state.v1",
+        "vigil.command.edit_incident.v1",
+        "vigil.command.add_note.v1",
+        "vigil.command.assign.v1",
     ),
     partitions=3,
     retention_ms=30 * DAY_MS,

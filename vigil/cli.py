@@ -946,36 +946,142 @@ def incidents_show(incident_id: str, as_json: JsonOption = False) -> None:
     console.print(table)
 
 
-def _command(kind: str, incident_id: str, actor: str | None, note: str) -> None:
+def _who(actor: str | None) -> str:
+    return actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser()
+
+
+def _coordinator(method: str, path: str, body: Any = None) -> Any:
     settings = _settings()
-    full_id = _resolve_id(incident_id)
-    url = f"{settings.coordinator_url.rstrip('/')}/api/v1/incidents/{full_id}/{kind}"
-    body = {"actor": actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser(), "note": note}
+    url = f"{settings.coordinator_url.rstrip('/')}{path}"
+    headers = {"Idempotency-Key": str(uuid.uuid4())}
+    if settings.api_token:
+        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
     try:
-        headers = {"Idempotency-Key": str(uuid.uuid4())}
-        if settings.api_token:
-            headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
         transport = httpx.HTTPTransport(retries=2)  # connection failures only; the key makes them safe
         with httpx.Client(transport=transport, timeout=10) as client:
-            response = client.post(url, json=body, headers=headers)
+            response = client.request(method, url, json=body, headers=headers)
     except httpx.HTTPError as exc:
         _fail(f"cannot reach the coordinator at {url}: {exc}")
     if response.status_code >= 400:
-        _fail(response.json().get("detail", response.text))
-    result = response.json()
-    console.print(f"incident {result['incident_id']} is now [b]{result['state']}[/b]")
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        _fail(str(detail))
+    return response.json()
+
+
+def _command(kind: str, incident_id: str, body: dict[str, Any], as_json: bool = False) -> None:
+    result = _coordinator("POST", f"/api/v1/incidents/{_resolve_id(incident_id)}/{kind}", body)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    resolution = f" ({result['resolution']})" if result["state"] == "resolved" and result["resolution"] else ""
+    console.print(
+        f"incident {result['incident_id']} is [b]{result['state']}[/b]{resolution}, {result['severity']}, "
+        f"commander {result['commander']}"
+    )
+
+
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why; kept on the timeline.")]
 
 
 @app.command()
-def ack(incident_id: str, actor: ActorOption = None, note: NoteOption = "") -> None:
+def ack(incident_id: str, actor: ActorOption = None, note: NoteOption = "", as_json: JsonOption = False) -> None:
     """Acknowledge an incident: you are on it."""
-    _command("ack", incident_id, actor, note)
+    _command("ack", incident_id, {"actor": _who(actor), "note": note}, as_json)
 
 
 @app.command()
-def resolve(incident_id: str, actor: ActorOption = None, note: NoteOption = "") -> None:
-    """Resolve an incident."""
-    _command("resolve", incident_id, actor, note)
+def resolve(
+    incident_id: str,
+    resolution: Annotated[
+        str, typer.Option(help="How it ended: fixed, false_positive, duplicate, risk_accepted.")
+    ] = "fixed",
+    actor: ActorOption = None,
+    note: NoteOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Resolve an incident, saying how it ended."""
+    _command("resolve", incident_id, {"actor": _who(actor), "note": note, "resolution": resolution}, as_json)
+
+
+@app.command()
+def state(
+    incident_id: str,
+    to_state: Annotated[str | None, typer.Argument(metavar="STATE", help="Where to; none: show the choices.")] = None,
+    reason: ReasonOption = "",
+    resolution: Annotated[str | None, typer.Option(help="On resolving: how it ended.")] = None,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move an incident through its lifecycle (triaged, contained, eradicated, recovered, closed, …)."""
+    if to_state is not None:
+        body = {"actor": _who(actor), "to_state": to_state, "note": reason, "resolution": resolution}
+        _command("state", incident_id, body, as_json)
+        return
+    lifecycle = _coordinator("GET", f"/api/v1/incidents/{_resolve_id(incident_id)}/lifecycle")
+    if as_json:
+        print(json.dumps(lifecycle, indent=2))
+        return
+    console.print(f"incident {lifecycle['incident_id']} is [b]{lifecycle['state']}[/b]")
+    for name, target in lifecycle["allowed"].items():
+        console.print(f"  {name}: vigil state {incident_id} {target}")
+    table = Table(title="moves")
+    for column in ("at", "from", "to", "by", "why"):
+        table.add_column(column, overflow="fold")
+    for t in lifecycle["transitions"]:
+        why = t["reason"] + (f" [{t['resolution']}]" if t["resolution"] else "")
+        table.add_row(t["at"][:19], t["from_state"] or "-", t["to_state"], t["actor"], why)
+    console.print(table)
+
+
+@app.command()
+def severity(
+    incident_id: str,
+    to: Annotated[str, typer.Argument(metavar="SEVERITY", help="SEV1 … SEV4.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; required.")],
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Set an incident's severity; the detector's later view is then only offered, never applied over it."""
+    _command("edit", incident_id, {"actor": _who(actor), "reason": reason, "severity": to.upper()}, as_json)
+
+
+@app.command()
+def edit(
+    incident_id: str,
+    reason: Annotated[str, typer.Option("--reason", help="Why; required.")],
+    title: Annotated[str | None, typer.Option(help="A new title.")] = None,
+    incident_type: Annotated[
+        str | None,
+        typer.Option("--type", help="security_breach, system_compromise, data_leak, service_disruption, unknown."),
+    ] = None,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change an incident's title or type, saying why."""
+    body = {"actor": _who(actor), "reason": reason, "title": title, "type": incident_type}
+    _command("edit", incident_id, body, as_json)
+
+
+@app.command()
+def note(incident_id: str, text: str, actor: ActorOption = None, as_json: JsonOption = False) -> None:
+    """Add a note to an incident's timeline."""
+    _command("notes", incident_id, {"actor": _who(actor), "note": text}, as_json)
+
+
+@app.command()
+def assign(
+    incident_id: str,
+    person: str,
+    role: Annotated[str, typer.Option(help="commander, scribe, communications, responder, …")] = "commander",
+    note: NoteOption = "",
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Give a person a role on an incident; a new commander is paged with everything gathered."""
+    _command("assign", incident_id, {"actor": _who(actor), "person": person, "role": role, "note": note}, as_json)
 
 
 # ---- events ------------------------------------------------------------------------------------

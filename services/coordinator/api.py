@@ -2,17 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.coordinator import domain
-from services.coordinator.handlers import SERVICE, Coordinator
+from services.coordinator.handlers import SERVICE, Command, Coordinator
+from services.coordinator.schedules import OnCallConfig, who_is_on_call
 from shared.auth import require_token
 from shared.consumer import HandlerContext
-from shared.events import AcknowledgeIncident, CommandArgs, CommandRejected, ResolveIncident
+from shared.events import (
+    AcknowledgeIncident,
+    AddNote,
+    ApproveStep,
+    Assignment,
+    AssignRole,
+    ChangeState,
+    CommandArgs,
+    CommandRejected,
+    DenyStep,
+    EditIncident,
+    IncidentEdit,
+    NoteArgs,
+    ResolveIncident,
+    StateCommand,
+    StepAnswer,
+)
 from shared.outbox import write_events
 from shared.service import Runtime
 
@@ -21,6 +39,37 @@ class CommandResult(BaseModel):
     incident_id: str
     command_id: str
     state: str
+    severity: str
+    type: str
+    title: str
+    commander: str
+    roles: dict[str, str]
+    resolution: str | None
+
+
+class Transition(BaseModel):
+    at: datetime
+    from_state: str | None
+    to_state: str
+    transition: str | None
+    actor: str
+    reason: str
+    resolution: str | None
+
+
+class Lifecycle(BaseModel):
+    incident_id: str
+    state: str
+    resolution: str | None
+    allowed: dict[str, str] = Field(description="Transition name: the state it leads to.")
+    resolutions: list[str]
+    state_times: dict[str, datetime]
+    transitions: list[Transition]
+
+
+class Forwarded(BaseModel):
+    command_id: str
+    forwarded_to: str
 
 
 class OnShift(BaseModel):
@@ -31,7 +80,7 @@ class OnShift(BaseModel):
 def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
     router = APIRouter(prefix="/api/v1", tags=["commands"], dependencies=[Depends(require_token(runtime))])
 
-    async def run(command: AcknowledgeIncident | ResolveIncident) -> CommandResult:
+    async def run(command: Command) -> CommandResult:
         # The same handler as for commands from Kafka; the command itself goes to the commands
         # topic through the outbox, already marked processed, as the audit record.
         async with runtime.pool.acquire() as conn, conn.transaction():
@@ -45,34 +94,99 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
                 SERVICE,
                 command.id,
             )
-            if not first_time:  # a retried request with the same Idempotency-Key: answer, change nothing
-                state = await conn.fetchval(
-                    "SELECT state FROM coordinator_incidents WHERE incident_id = $1", command.subject
-                )
-                return CommandResult(incident_id=command.subject, command_id=command.id, state=state)
-            ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
-            ctx.emit(command)
-            result = await coordinator.apply_command(ctx, command)
-            await write_events(conn, service=SERVICE, names=runtime.names, events=ctx.emitted)
+            result = None
+            if first_time:  # else a retried request with the same Idempotency-Key: answer, change nothing
+                ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+                ctx.emit(command)
+                result = await coordinator.apply_command(ctx, command)
+                # A refused command is recorded too, with why, as the consume loop would.
+                await write_events(conn, service=SERVICE, names=runtime.names, events=ctx.emitted)
+            row = await conn.fetchrow("SELECT * FROM coordinator_incidents WHERE incident_id = $1", command.subject)
         if isinstance(result, CommandRejected):
             raise HTTPException(409, detail=result.data.reason)
-        return CommandResult(incident_id=command.subject, command_id=command.id, state=result.data.to_state.value)
+        assert row is not None  # checked above, in the same transaction
+        return CommandResult(
+            incident_id=command.subject,
+            command_id=command.id,
+            **{k: row[k] for k in ("state", "severity", "type", "title", "commander", "roles", "resolution")},
+        )
+
+    def ids(idempotency_key: str | None) -> dict[str, str]:
+        return {"id": f"{SERVICE}-api:{idempotency_key}"} if idempotency_key else {}
+
+    IdempotencyKey = Annotated[str | None, Header(max_length=200)]
+    source = f"/vigil/{SERVICE}/api"
 
     def make(kind: Literal["ack", "resolve"]) -> None:
         command_class = AcknowledgeIncident if kind == "ack" else ResolveIncident
 
         @router.post(f"/incidents/{{incident_id}}/{kind}", response_model=CommandResult, name=kind)
-        async def command(
-            incident_id: str,
-            body: CommandArgs,
-            idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-        ) -> CommandResult:
+        async def command(incident_id: str, body: CommandArgs, idempotency_key: IdempotencyKey = None) -> CommandResult:
             """Apply the command now; a retry carrying the same Idempotency-Key is applied once."""
-            ids = {"id": f"{SERVICE}-api:{idempotency_key}"} if idempotency_key else {}
-            return await run(command_class(source=f"/vigil/{SERVICE}/api", subject=incident_id, data=body, **ids))
+            return await run(command_class(source=source, subject=incident_id, data=body, **ids(idempotency_key)))
 
     make("ack")
     make("resolve")
+
+    @router.post("/incidents/{incident_id}/state", response_model=CommandResult)
+    async def change_state(
+        incident_id: str, body: StateCommand, idempotency_key: IdempotencyKey = None
+    ) -> CommandResult:
+        """Move the incident to another state of its lifecycle; 409 names the states it may go to."""
+        return await run(ChangeState(source=source, subject=incident_id, data=body, **ids(idempotency_key)))
+
+    @router.post("/incidents/{incident_id}/edit", response_model=CommandResult)
+    async def edit(incident_id: str, body: IncidentEdit, idempotency_key: IdempotencyKey = None) -> CommandResult:
+        """Change severity, type or title, with a reason; the detector's later view is only offered."""
+        return await run(EditIncident(source=source, subject=incident_id, data=body, **ids(idempotency_key)))
+
+    @router.post("/incidents/{incident_id}/notes", response_model=CommandResult)
+    async def note(incident_id: str, body: NoteArgs, idempotency_key: IdempotencyKey = None) -> CommandResult:
+        """Add a note to the incident's timeline."""
+        return await run(AddNote(source=source, subject=incident_id, data=body, **ids(idempotency_key)))
+
+    @router.post("/incidents/{incident_id}/assign", response_model=CommandResult)
+    async def assign(incident_id: str, body: Assignment, idempotency_key: IdempotencyKey = None) -> CommandResult:
+        """Give a person a role on the incident (commander, scribe, communications, …)."""
+        return await run(AssignRole(source=source, subject=incident_id, data=body, **ids(idempotency_key)))
+
+    @router.get("/incidents/{incident_id}/lifecycle", response_model=Lifecycle)
+    async def incident_lifecycle(incident_id: str) -> Lifecycle:
+        """Where the incident stands, where it may go next, and every move so far."""
+        async with runtime.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+            row = await conn.fetchrow("SELECT * FROM coordinator_incidents WHERE incident_id = $1", incident_id)
+            moves = await conn.fetch(
+                "SELECT * FROM coordinator_transitions WHERE incident_id = $1 ORDER BY id", incident_id
+            )
+        if row is None:
+            raise HTTPException(404, detail=f"no incident {incident_id}")
+        state = domain.known_state(row["state"])
+        allowed = coordinator.lifecycle.allowed_from(state) if state else []
+        return Lifecycle(
+            incident_id=incident_id,
+            state=row["state"],
+            resolution=row["resolution"],
+            allowed={t.name: t.to.value for t in allowed},
+            resolutions=coordinator.lifecycle.resolutions,
+            state_times=row["state_times"],
+            transitions=[Transition.model_validate({k: m[k] for k in Transition.model_fields}) for m in moves],
+        )
+
+    def forward(kind: Literal["approve", "deny"]) -> None:
+        command_class = ApproveStep if kind == "approve" else DenyStep
+
+        @router.post(f"/steps/{{step_id:path}}/{kind}", response_model=Forwarded, status_code=202)
+        async def answer(step_id: str, body: StepAnswer, idempotency_key: IdempotencyKey = None) -> Forwarded:
+            """Forward an approval or denial to the responder through the commands topic (it answers there)."""
+            if body.step_id != step_id:
+                raise HTTPException(422, detail="the step id in the path and the body differ")
+            event = command_class(source=source, subject=step_id.partition(":")[0], data=body, **ids(idempotency_key))
+            async with runtime.pool.acquire() as conn, conn.transaction():
+                await write_events(conn, service=SERVICE, names=runtime.names, events=[event])
+            return Forwarded(command_id=event.id, forwarded_to="responder")
+
+    forward("approve")
+    forward("deny")
 
     @router.get("/oncall", response_model=list[OnShift])
     async def oncall() -> list[OnShift]:
@@ -80,3 +194,34 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
         return [OnShift(rotation=r.name, commander=domain.on_shift(r, now)) for r in coordinator.oncall.rotations]
 
     return [router]
+
+
+class OnCallShift(BaseModel):
+    schedule: str
+    layer: str
+    person: str
+    starts: datetime | None
+    ends: datetime | None
+    covering: str | None
+
+
+def oncall_router(runtime: Runtime, config: Callable[[], OnCallConfig]) -> APIRouter:
+    """`GET /api/v1/oncall[?at=ISO 8601]`: who is on call in every schedule, now or then.
+
+    ``config`` returns the on-call configuration in force (it may be reloaded, calendars refetched).
+    """
+    router = APIRouter(prefix="/api/v1", tags=["oncall"], dependencies=[Depends(require_token(runtime))])
+
+    @router.get("/oncall", response_model=list[OnCallShift])
+    def oncall(at: datetime | None = None) -> list[OnCallShift]:
+        """Each schedule's shift at ``at`` (default now; with an offset: `2026-03-29T09:00:00Z`)."""
+        if at is not None and at.tzinfo is None:
+            raise HTTPException(422, detail="give `at` a time zone offset or Z, such as 2026-03-29T09:00:00Z")
+        return [
+            OnCallShift(
+                schedule=s.schedule, layer=s.layer, person=s.person, starts=s.starts, ends=s.ends, covering=s.covering
+            )
+            for s in who_is_on_call(config(), at or datetime.now(UTC))
+        ]
+
+    return router

@@ -1,4 +1,4 @@
-"""Pure decisions of the coordinator: who commands an incident, and how its state may change."""
+"""Pure decisions of the coordinator: who commands an incident, and what the escalation says."""
 
 from __future__ import annotations
 
@@ -7,16 +7,13 @@ from datetime import datetime, timedelta
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from shared.errors import InvalidTransition
 from shared.events import (
-    AcknowledgeIncident,
     AlertSummary,
     Escalation,
     EscalationExhaustion,
     IncidentSnapshot,
     IncidentState,
     IncidentType,
-    ResolveIncident,
     Severity,
 )
 
@@ -103,18 +100,6 @@ def escalation(
     )
 
 
-# Which command moves an incident from which state, and where to.
-TRANSITIONS: dict[IncidentState, dict[str, IncidentState]] = {
-    IncidentState.DETECTED: {"acknowledge": IncidentState.ACKNOWLEDGED, "resolve": IncidentState.RESOLVED},
-    IncidentState.ACKNOWLEDGED: {"resolve": IncidentState.RESOLVED},
-    IncidentState.INVESTIGATING: {"resolve": IncidentState.RESOLVED},
-    IncidentState.CONTAINED: {"resolve": IncidentState.RESOLVED},
-    IncidentState.RESOLVED: {},
-}
-
-COMMAND_NAMES: dict[type, str] = {AcknowledgeIncident: "acknowledge", ResolveIncident: "resolve"}
-
-
 def known_state(value: str) -> IncidentState | None:
     """Return the state a stored value names, or None for one this version does not know.
 
@@ -132,21 +117,6 @@ def known_severity(value: str) -> Severity | None:
         return Severity(value)
     except ValueError:
         return None
-
-
-def transition(state: str, command: str) -> IncidentState:
-    """Return the state a command leads to, or raise InvalidTransition (also from a state unknown here)."""
-    current = known_state(state)
-    if current is None:
-        raise InvalidTransition(
-            f"cannot {command} an incident in state {state!r}, which this version of Vigil does not know "
-            "(a newer coordinator set it)"
-        )
-    target = TRANSITIONS[current].get(command)
-    if target is None:
-        allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing"
-        raise InvalidTransition(f"cannot {command} an incident that is {current.value} (allowed: {allowed})")
-    return target
 
 
 def escalates(old: Severity, new: Severity) -> bool:

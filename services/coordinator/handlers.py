@@ -7,18 +7,29 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from services.coordinator import domain
+from services.coordinator import domain, lifecycle
 from shared import timers
 from shared.consumer import HandlerContext, dispatch_each
 from shared.errors import InvalidTransition
 from shared.events import (
     AcknowledgeIncident,
+    AddNote,
+    AssignRole,
+    ChangeOffer,
+    ChangeOffered,
+    ChangeState,
+    CommandArgs,
     CommandRejected,
     CommandRejection,
+    EditIncident,
     Escalation,
     EscalationExhausted,
+    FieldChange,
     IncidentAlertsChanged,
+    IncidentAssigned,
     IncidentDetected,
+    IncidentEdited,
+    IncidentEdits,
     IncidentEscalated,
     IncidentState,
     IncidentStateChanged,
@@ -29,6 +40,7 @@ from shared.events import (
     ResponseStepChanged,
     Severity,
     StateChange,
+    StateCommand,
 )
 from shared.logs import event_ids
 
@@ -39,9 +51,14 @@ ACK_DEADLINE = "ack-deadline"
 ALERTS_IN_ESCALATION = 20
 
 
+Command = AcknowledgeIncident | ResolveIncident | ChangeState | EditIncident | AddNote | AssignRole
+Outcome = IncidentStateChanged | IncidentEdited | IncidentAssigned | CommandRejected | None
+
+
 class Coordinator:
-    def __init__(self, oncall: domain.OnCall) -> None:
+    def __init__(self, oncall: domain.OnCall, lifecycle_: lifecycle.Lifecycle | None = None) -> None:
         self.oncall = oncall
+        self.lifecycle = lifecycle_ or lifecycle.load_lifecycle()
         self.handle = dispatch_each(
             {
                 IncidentDetected: self.on_detected,
@@ -49,6 +66,10 @@ class Coordinator:
                 IncidentAlertsChanged: self.on_alerts_changed,
                 AcknowledgeIncident: self.on_command,
                 ResolveIncident: self.on_command,
+                ChangeState: self.on_command,
+                EditIncident: self.on_command,
+                AddNote: self.on_command,
+                AssignRole: self.on_command,
                 ResponseStepChanged: self.on_step_changed,
             }
         )
@@ -81,6 +102,14 @@ class Coordinator:
         )
         if not inserted:
             return
+        await self._log_transition(
+            ctx, event.subject, at=event.time, before=None, after=IncidentState.DETECTED, actor="detector"
+        )
+        await ctx.conn.execute(
+            "UPDATE coordinator_incidents SET roles = $2 WHERE incident_id = $1",
+            event.subject,
+            {"commander": commander},
+        )
         caused = event.caused_by()
         ctx.emit(
             IncidentStateChanged(
@@ -97,17 +126,28 @@ class Coordinator:
         if event.data.part > 1:
             return  # the rest of a batch's alerts: its first part carried the same severity
         row = await ctx.conn.fetchrow(
-            """SELECT state, severity, commander, escalation_step FROM coordinator_incidents
+            """SELECT state, severity, commander, escalation_step, edited_by FROM coordinator_incidents
                WHERE incident_id = $1 FOR UPDATE""",
             event.subject,
         )
         if row is None:
             return
         state, old = self._known(row, event.subject, "severity change not escalated")
-        if state is None or old is None or state is IncidentState.RESOLVED:
+        if state is None or old is None or self.lifecycle.is_ended(state):
             return
         new = event.data.severity
         if not domain.escalates(old, new):
+            return
+        if (person := row["edited_by"].get("severity")) is not None:
+            # A person set the severity: the detector's view is offered to them, never applied over it.
+            offer = ChangeOffer(
+                field="severity",
+                current=old.value,
+                offered=new.value,
+                by="detector",
+                reason=f"{event.data.severity_reason} (the severity was set by {person})",
+            )
+            ctx.emit(ChangeOffered(source=SOURCE, **event.caused_by(), data=offer))
             return
         escalation = domain.escalation(
             event.data,
@@ -160,13 +200,24 @@ class Coordinator:
     async def on_step_changed(self, ctx: HandlerContext, event: ResponseStepChanged) -> None:
         """A response step failed and its playbook says escalate: page the commander again, saying which."""
         step = event.data
+        if step.phase is not None:
+            await ctx.conn.execute(
+                """INSERT INTO coordinator_response_steps (incident_id, step_id, phase, state)
+                   VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (incident_id, step_id) DO UPDATE SET state = excluded.state, updated_at = now()""",
+                event.subject,
+                step.step_id,
+                step.phase,
+                step.state,
+            )
         if step.state != "failed" or step.on_failure != "escalate":
             return
         row = await ctx.conn.fetchrow(
             "SELECT state, commander, escalation FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE",
             event.subject,
         )
-        if row is None or domain.known_state(row["state"]) in (None, IncidentState.RESOLVED):
+        state = domain.known_state(row["state"]) if row else None
+        if row is None or state is None or self.lifecycle.is_ended(state):
             return
         what = f"{step.name}: {step.item}" if step.item else step.name
         escalation = Escalation.model_validate(row["escalation"]).model_copy(
@@ -175,56 +226,214 @@ class Coordinator:
         ctx.emit(IncidentEscalated(source=SOURCE, **event.caused_by(), data=escalation))
         log.warning("incident %s: step %s failed; escalated to %s", event.subject, step.step_id, row["commander"])
 
-    async def on_command(self, ctx: HandlerContext, command: AcknowledgeIncident | ResolveIncident) -> None:
+    async def on_command(self, ctx: HandlerContext, command: Command) -> None:
         await self.apply_command(ctx, command)
 
-    async def apply_command(
-        self, ctx: HandlerContext, command: AcknowledgeIncident | ResolveIncident
-    ) -> IncidentStateChanged | CommandRejected:
+    async def apply_command(self, ctx: HandlerContext, command: Command) -> Outcome:
         """Apply an operator's command; an impossible one is answered with a CommandRejected event."""
-        name = domain.COMMAND_NAMES[type(command)]
         row = await ctx.conn.fetchrow(
-            "SELECT state FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", command.subject
+            "SELECT * FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", command.subject
         )
         try:
             if row is None:
                 raise InvalidTransition(f"no incident {command.subject}")
-            target = domain.transition(row["state"], name)
-            current = IncidentState(row["state"])  # known: the transition was allowed from it
+            match command:
+                case AcknowledgeIncident() | ResolveIncident() | ChangeState():
+                    return await self._change_state(ctx, command, row)
+                case EditIncident():
+                    return await self._edit(ctx, command, row)
+                case AssignRole():
+                    return await self._assign(ctx, command, row)
+                case AddNote():
+                    return None  # the command itself is the note, on the timeline
         except InvalidTransition as exc:
             rejected = CommandRejected(
                 source=SOURCE,
                 **command.caused_by(),
-                data=CommandRejection(command_id=command.id, command=name, actor=command.data.actor, reason=str(exc)),
+                data=CommandRejection(
+                    command_id=command.id, command=_command_name(command), actor=command.data.actor, reason=str(exc)
+                ),
             )
             ctx.emit(rejected)
-            log.warning("%s by %s rejected: %s", name, command.data.actor, exc, extra=event_ids(command))
+            log.warning("%s by %s rejected: %s", command.type, command.data.actor, exc, extra=event_ids(command))
             return rejected
-        stamp = {IncidentState.ACKNOWLEDGED: "acknowledged_at", IncidentState.RESOLVED: "resolved_at"}[target]
+        raise AssertionError(f"unhandled command {command.type}")  # the match covers every Command
+
+    async def _change_state(
+        self, ctx: HandlerContext, command: AcknowledgeIncident | ResolveIncident | ChangeState, row: asyncpg.Record
+    ) -> IncidentStateChanged:
+        facts = await self._guard_facts(ctx, command.subject, row)
+        data: CommandArgs | StateCommand = command.data
+        if isinstance(command, ChangeState):
+            move = lifecycle.move(
+                self.lifecycle, row["state"], to=command.data.to_state, resolution=data.resolution, facts=facts
+            )
+        else:
+            name = "acknowledge" if isinstance(command, AcknowledgeIncident) else "resolve"
+            # `vigil resolve` without a resolution means it was fixed.
+            resolution = (data.resolution or "fixed") if name == "resolve" else data.resolution
+            move = lifecycle.move(self.lifecycle, row["state"], name=name, resolution=resolution, facts=facts)
+            data = data.model_copy(update={"resolution": resolution})
+        current, target = IncidentState(row["state"]), move.to
+        stamps = {IncidentState.ACKNOWLEDGED: "acknowledged_at", IncidentState.RESOLVED: "resolved_at"}
         await ctx.conn.execute(
-            f"""UPDATE coordinator_incidents SET state = $2, {stamp} = $3, updated_at = now()
+            f"""UPDATE coordinator_incidents
+                SET state = $2, resolution = coalesce($4, resolution),
+                    state_times = jsonb_set(state_times, ARRAY[$2::text],
+                                            coalesce(state_times -> $2, to_jsonb($3::timestamptz))),
+                    {stamps[target] + " = coalesce(" + stamps[target] + ", $3)," if target in stamps else ""}
+                    updated_at = now()
                 WHERE incident_id = $1""",
             command.subject,
             target.value,
             command.time,
+            data.resolution,
         )
-        await timers.cancel(ctx.conn, service=SERVICE, kind=ACK_DEADLINE, subject=command.subject)
+        if target is not IncidentState.DETECTED:  # the walk down the rotation stops once someone moves it on
+            await timers.cancel(ctx.conn, service=SERVICE, kind=ACK_DEADLINE, subject=command.subject)
+        await self._log_transition(
+            ctx,
+            command.subject,
+            at=command.time,
+            before=current,
+            after=target,
+            actor=data.actor,
+            reason=data.note,
+            transition=move.name,
+            resolution=data.resolution,
+            command_id=command.id,
+        )
         changed = IncidentStateChanged(
             source=SOURCE,
             **command.caused_by(),
             data=StateChange(
                 from_state=current,
                 to_state=target,
-                actor=command.data.actor,
-                note=command.data.note,
+                actor=data.actor,
+                note=data.note,
                 command_id=command.id,
+                transition=move.name,
+                resolution=data.resolution,
             ),
         )
         ctx.emit(changed)
-        log.info(
-            "incident %s %s -> %s by %s", command.subject, current, target, command.data.actor, extra=event_ids(command)
-        )
+        log.info("incident %s %s -> %s by %s", command.subject, current, target, data.actor, extra=event_ids(command))
         return changed
+
+    async def _edit(self, ctx: HandlerContext, command: EditIncident, row: asyncpg.Record) -> IncidentEdited:
+        edit = command.data
+        wanted = {"severity": edit.severity, "type": edit.type, "title": edit.title}
+        changes = {
+            field: FieldChange(before=row[field], after=str(value))
+            for field, value in wanted.items()
+            if value is not None and str(value) != row[field]
+        }
+        if not changes:
+            raise InvalidTransition("nothing to change: give a new severity, type or title")
+        await ctx.conn.execute(
+            """UPDATE coordinator_incidents
+               SET severity = coalesce($2, severity), type = coalesce($3, type), title = coalesce($4, title),
+                   edited_by = edited_by || $5, updated_at = now()
+               WHERE incident_id = $1""",
+            command.subject,
+            changes["severity"].after if "severity" in changes else None,
+            changes["type"].after if "type" in changes else None,
+            changes["title"].after if "title" in changes else None,
+            {field: edit.actor for field in changes},
+        )
+        edited = IncidentEdited(
+            source=SOURCE,
+            **command.caused_by(),
+            data=IncidentEdits(actor=edit.actor, reason=edit.reason, changes=changes, command_id=command.id),
+        )
+        ctx.emit(edited)
+        if "severity" in changes and domain.escalates(Severity(row["severity"]), Severity(changes["severity"].after)):
+            escalation = Escalation.model_validate(row["escalation"]).model_copy(
+                update={
+                    "severity": Severity(changes["severity"].after),
+                    "reason": f"severity raised by {edit.actor} from {row['severity']} to "
+                    f"{changes['severity'].after}: {edit.reason}",
+                }
+            )
+            ctx.emit(IncidentEscalated(source=SOURCE, **command.caused_by(), data=escalation))
+        return edited
+
+    async def _assign(self, ctx: HandlerContext, command: AssignRole, row: asyncpg.Record) -> IncidentAssigned:
+        assignment = command.data
+        if row["roles"].get(assignment.role) == assignment.person:
+            raise InvalidTransition(f"{assignment.person} is the {assignment.role} already")
+        await ctx.conn.execute(
+            """UPDATE coordinator_incidents
+               SET roles = roles || jsonb_build_object($2::text, $3::text),
+                   commander = CASE WHEN $2 = 'commander' THEN $3 ELSE commander END, updated_at = now()
+               WHERE incident_id = $1""",
+            command.subject,
+            assignment.role,
+            assignment.person,
+        )
+        assigned = IncidentAssigned(source=SOURCE, **command.caused_by(), data=assignment)
+        ctx.emit(assigned)
+        if assignment.role == "commander":
+            escalation = Escalation.model_validate(row["escalation"]).model_copy(
+                update={
+                    "commander": assignment.person,
+                    "reason": f"made incident commander by {assignment.actor}"
+                    + (f": {assignment.note}" if assignment.note else ""),
+                }
+            )
+            ctx.emit(IncidentEscalated(source=SOURCE, **command.caused_by(), data=escalation))
+        return assigned
+
+    async def _guard_facts(self, ctx: HandlerContext, incident_id: str, row: asyncpg.Record) -> lifecycle.GuardFacts:
+        steps: dict[str, list[str]] = {}
+        for step in await ctx.conn.fetch(
+            "SELECT phase, state FROM coordinator_response_steps WHERE incident_id = $1", incident_id
+        ):
+            steps.setdefault(step["phase"], []).append(step["state"])
+        severity = domain.known_severity(row["severity"]) or Severity.SEV1  # unknown: hold it to the strictest
+        return lifecycle.GuardFacts(
+            severity=severity, step_states=steps, tasks=await self._task_facts(ctx, incident_id)
+        )
+
+    async def _task_facts(self, ctx: HandlerContext, incident_id: str) -> dict[str, tuple[int, int]]:
+        return {}
+
+    async def _log_transition(
+        self,
+        ctx: HandlerContext,
+        incident_id: str,
+        *,
+        at: datetime,
+        before: IncidentState | None,
+        after: IncidentState,
+        actor: str,
+        reason: str = "",
+        transition: str | None = None,
+        resolution: str | None = None,
+        command_id: str | None = None,
+    ) -> None:
+        await ctx.conn.execute(
+            """INSERT INTO coordinator_transitions
+                   (incident_id, at, from_state, to_state, transition, actor, reason, resolution, command_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+            incident_id,
+            at,
+            before.value if before else None,
+            after.value,
+            transition,
+            actor,
+            reason,
+            resolution,
+            command_id,
+        )
+        if before is None:
+            await ctx.conn.execute(
+                "UPDATE coordinator_incidents SET state_times = jsonb_build_object($2::text, $3::timestamptz) "
+                "WHERE incident_id = $1",
+                incident_id,
+                after.value,
+                at,
+            )
 
     async def on_ack_deadline(self, ctx: HandlerContext, timer: timers.Timer) -> None:
         """Nobody acknowledged in time: page the next person in the rotation with everything gathered."""
@@ -309,3 +518,8 @@ class Coordinator:
             due_at=domain.ack_deadline(self.oncall, severity, datetime.now(UTC)),
             payload={"step": step},
         )
+
+
+def _command_name(command: Command) -> str:
+    """`vigil.command.change_state.v1` -> `change_state`; acknowledge and resolve keep their names."""
+    return command.type.removeprefix("vigil.command.").rsplit(".", 1)[0]

@@ -73,6 +73,9 @@ class Stored:
     tallies: dict[str, repository.AlertTally] = field(default_factory=dict)  # by incident id
 
 
+ENDED = frozenset({IncidentState.RESOLVED, IncidentState.CLOSED})
+
+
 class Detector:
     def __init__(self, *, correlation_window: timedelta, classifier: Classifier | None = None) -> None:
         self.window = correlation_window
@@ -84,7 +87,9 @@ class Detector:
             await self.handle_alerts(ctx, alerts)
         for inbound in batch:
             event = inbound.item
-            if isinstance(event, IncidentStateChanged) and event.data.to_state is IncidentState.RESOLVED:
+            # Over (resolved or closed): later alerts open a new incident. A reopened one stays as it is
+            # here; its new alerts go to a new incident, to merge if they belong together.
+            if isinstance(event, IncidentStateChanged) and event.data.to_state in ENDED:
                 await repository.close_incident(ctx.conn, incident_id=event.subject)
 
     async def handle_alerts(self, ctx: HandlerContext, alerts: list[Alert]) -> None:

@@ -6,15 +6,22 @@ from services.reporter import repository
 from shared.consumer import HandlerContext, dispatch_each
 from shared.events import (
     AcknowledgeIncident,
+    AddNote,
     ApproveStep,
+    AssignRole,
+    ChangeOffered,
+    ChangeState,
     CommandRejected,
     DenyStep,
+    EditIncident,
     EffectCompleted,
     EscalationExhausted,
     EventBase,
     IncidentAlertsChanged,
     IncidentAnalyzed,
+    IncidentAssigned,
     IncidentDetected,
+    IncidentEdited,
     IncidentEscalated,
     IncidentState,
     IncidentStateChanged,
@@ -75,6 +82,18 @@ async def on_escalated(ctx: HandlerContext, event: IncidentEscalated) -> None:
 STAMPS = {IncidentState.ACKNOWLEDGED: "acknowledged_at", IncidentState.RESOLVED: "resolved_at"}
 
 
+async def on_edited(ctx: HandlerContext, event: IncidentEdited) -> None:
+    changes = {name: change.after for name, change in event.data.changes.items()}
+    await repository.apply_edits(ctx.conn, incident_id=event.subject, changes=changes)
+    await record(ctx, event)
+
+
+async def on_assigned(ctx: HandlerContext, event: IncidentAssigned) -> None:
+    if event.data.role == "commander":
+        await repository.set_fields(ctx.conn, incident_id=event.subject, commander=event.data.person)
+    await record(ctx, event)
+
+
 async def on_state_changed(ctx: HandlerContext, event: IncidentStateChanged) -> None:
     fields: dict[str, object] = {"state": event.data.to_state.value}
     if event.data.to_state in STAMPS:
@@ -98,6 +117,13 @@ HANDLERS = {
     ResolutionSuggested: record,
     EffectCompleted: record_if_known,
     ResponseStepChanged: record_if_known,
+    IncidentEdited: on_edited,
+    IncidentAssigned: on_assigned,
+    ChangeOffered: record_if_known,
+    ChangeState: record_if_known,
+    EditIncident: record_if_known,
+    AddNote: record_if_known,
+    AssignRole: record_if_known,
     ApproveStep: record_if_known,
     DenyStep: record_if_known,
 }

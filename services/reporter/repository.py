@@ -40,7 +40,12 @@ async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnap
     hosts = list(dict.fromkeys([*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)]))
     users = list(dict.fromkeys([*snapshot.users, *(a.user for a in snapshot.new_alerts if a.user)]))
     await conn.execute(
-        """UPDATE reporter_incidents SET title = $2, type = $3, severity = $4, alert_count = GREATEST(alert_count, $5),
+        # A field a person edited keeps their value: the detector's later view is only offered to them.
+        """UPDATE reporter_incidents
+           SET title = CASE WHEN 'title' = ANY(edited) THEN title ELSE $2 END,
+               type = CASE WHEN 'type' = ANY(edited) THEN type ELSE $3 END,
+               severity = CASE WHEN 'severity' = ANY(edited) THEN severity ELSE $4 END,
+               alert_count = GREATEST(alert_count, $5),
                hosts = ARRAY(SELECT h FROM unnest(hosts || $6::text[]) WITH ORDINALITY AS t(h, n)
                              GROUP BY h ORDER BY min(n)),
                users = ARRAY(SELECT u FROM unnest(users || $7::text[]) WITH ORDINALITY AS t(u, n)
@@ -95,6 +100,22 @@ async def apply_alert_changes(conn: Conn, *, incident_id: str, change: AlertsCha
             [r.key for r in change.resolved],
             [r.resolved_at for r in change.resolved],
         )
+
+
+async def apply_edits(conn: Conn, *, incident_id: str, changes: dict[str, str]) -> None:
+    """A person's edits of severity, type or title; marked, so that snapshots no longer change them."""
+    await ensure_incident(conn, incident_id=incident_id)
+    await conn.execute(
+        """UPDATE reporter_incidents
+           SET severity = coalesce($2, severity), type = coalesce($3, type), title = coalesce($4, title),
+               edited = ARRAY(SELECT DISTINCT unnest(edited || $5::text[])), updated_at = now()
+           WHERE id = $1""",
+        incident_id,
+        changes.get("severity"),
+        changes.get("type"),
+        changes.get("title"),
+        list(changes),
+    )
 
 
 async def set_fields(conn: Conn, *, incident_id: str, **fields: Any) -> None:

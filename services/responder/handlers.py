@@ -511,6 +511,7 @@ class Responder:
                     step_id=row["id"],
                     plan_id=row["plan_id"],
                     step=row["step"],
+                    phase=row["phase"],
                     name=row["name"],
                     item=row["item"],
                     connector=row["connector"],
