@@ -158,6 +158,12 @@ class VigilSettings(BaseSettings):
         description="The responder's guardrails (YAML); the shipped services/responder/guardrails.yaml when "
         "unset. Checked at start-up.",
     )
+    oncall_file: Path | None = Field(
+        None,
+        validation_alias="VIGIL_ONCALL",
+        description="Who is on call and which schedule takes which incident (YAML); the shipped "
+        "services/coordinator/oncall.yaml when unset. Checked at start-up.",
+    )
 
     def pool_size_for(self, service: str) -> int:
         """Return how many pooled Postgres connections the named service may open."""

@@ -566,6 +566,109 @@ def tasks_validate(file: Path) -> None:
     console.print(f"{file}: {len(templates)} task template(s), valid")
 
 
+# ---- on call -----------------------------------------------------------------------------------
+
+oncall_app = typer.Typer(help="On-call schedules: who is on call, now or at another time.", no_args_is_help=True)
+app.add_typer(oncall_app, name="oncall")
+OnCallFileOption = Annotated[
+    Path | None,
+    typer.Option("--file", dir_okay=False, help="An on-call file; default $VIGIL_ONCALL, else the shipped one."),
+]
+
+
+def _oncall_config(file: Path | None) -> Any:
+    """Read the on-call file and its calendars; a calendar URL that cannot be fetched is left out, said so."""
+    from services.coordinator.schedules import (
+        DEFAULT_ONCALL,
+        OnCallError,
+        calendar_urls,
+        fetch_calendars,
+        load_oncall,
+    )
+
+    path = file or _settings().oncall_file or DEFAULT_ONCALL
+    try:
+        config = load_oncall(path)
+    except OnCallError as exc:
+        for problem in exc.problems:
+            err.print(problem, markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    if not calendar_urls(config):
+        return config
+
+    async def fetch(url: str) -> bytes:
+        async with httpx.AsyncClient(timeout=10, follow_redirects=True) as client:
+            response = await client.get(url)
+            response.raise_for_status()
+            return response.content
+
+    try:
+        return asyncio.run(fetch_calendars(config, fetch))
+    except OnCallError as exc:
+        for problem in exc.problems:
+            err.print(f"{path}:{problem} (shown without it)", markup=False, highlight=False, soft_wrap=True)
+        return config
+
+
+def _moment(text: str | None) -> datetime:
+    """Now, or an ISO 8601 time; one without an offset is in this machine's time zone."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not an ISO 8601 time: {text!r}", param_hint="--at") from exc
+    return at if at.tzinfo is not None else at.astimezone()
+
+
+@oncall_app.command("now")
+def oncall_now(
+    at: Annotated[
+        str | None, typer.Option(help="Another time, ISO 8601: 2026-12-24T18:00 (your zone) or …T17:00Z.")
+    ] = None,
+    as_json: JsonOption = False,
+    file: OnCallFileOption = None,
+) -> None:
+    """Show who is on call in every schedule: their layer, whom they cover, since and until when."""
+    from services.coordinator.schedules import who_is_on_call
+
+    config = _oncall_config(file)
+    moment = _moment(at)
+    shifts = who_is_on_call(config, moment)
+    if as_json:
+        print(json.dumps([{**s.__dict__, "starts": _iso(s.starts), "ends": _iso(s.ends)} for s in shifts], indent=2))
+        return
+    table = Table(title=f"on call at {moment.isoformat(timespec='minutes')}", box=None, pad_edge=False)
+    table.add_column("schedule", overflow="fold")
+    table.add_column("person", overflow="fold", min_width=12)
+    table.add_column("layer", overflow="fold")
+    table.add_column("since", no_wrap=True)
+    table.add_column("until", no_wrap=True)
+    for s in shifts:
+        zone = config.schedules[s.schedule].time_zone
+
+        def shown(moment: datetime | None, zone: Any = zone) -> str:
+            return moment.astimezone(zone).strftime("%a %d %b %H:%M %Z") if moment else "-"
+
+        person = f"{s.person} (for {s.covering})" if s.covering else s.person
+        table.add_row(s.schedule, person, s.layer, shown(s.starts), shown(s.ends))
+    console.print(table)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+@oncall_app.command("validate")
+def oncall_validate(file: Annotated[Path, typer.Argument(dir_okay=False)]) -> None:
+    """Check an on-call file and the calendar files it names; each problem as FILE:LINE:COLUMN: where: why."""
+    config = _oncall_config(file)
+    layers = sum(len(s.layers) for s in config.schedules.values())
+    console.print(
+        f"{file}: {len(config.schedules)} schedule(s), {layers} layer(s), {len(config.routes)} route(s), valid"
+    )
+
+
 # ---- dead letters ------------------------------------------------------------------------------
 
 dlq_app = typer.Typer(
