@@ -26,6 +26,7 @@ from services.coordinator.schedules import (
     route,
     who_is_on_call,
 )
+from shared.events import IncidentType, Severity
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -549,6 +550,27 @@ def test_routes_choose_a_schedule(incident_type: str, severity: str, service: st
 def test_who_is_on_call_in_every_schedule() -> None:
     shifts = who_is_on_call(parse_oncall(ROUTED), utc("2026-02-01 00:00"))
     assert [(s.schedule, s.person) for s in shifts] == [("security", "alice"), ("payments", "paula"), ("ops", "dave")]
+
+
+# ---- the shipped file ------------------------------------------------------------------------------------
+
+
+def test_the_shipped_file_keeps_the_old_rotations() -> None:
+    config = load_oncall()
+    assert config.channel == "pager"
+    assert config.ack_deadline_minutes == {"SEV1": 5, "SEV2": 15, "SEV3": 60, "SEV4": 240}
+    assert set(config.ack_deadline_minutes) == {s.value for s in Severity}
+    for incident_type in IncidentType:
+        chosen = route(config, incident_type=incident_type, severity="SEV2", service=None)
+        assert chosen.name == ("operations" if incident_type is IncidentType.SERVICE_DISRUPTION else "security")
+    security, operations = config.schedules["security"], config.schedules["operations"]
+    members = ["alice@example.com", "bob@example.com", "carol@example.com"]
+    for week in range(6):
+        at = utc("2026-01-05 09:00") + timedelta(weeks=week, hours=167)
+        assert who(security, at) == members[week % 3]
+    assert who(operations, utc("2026-01-05 09:00")) == "dave@example.com"
+    assert who(operations, utc("2026-01-06 09:00")) == "erin@example.com"
+    assert escalation_order(security, utc("2026-01-12 09:00")) == [members[1], members[2], members[0]]
 
 
 # ---- errors in the file, by line ---------------------------------------------------------------------------
