@@ -98,6 +98,7 @@ class CalendarSource:
     person: Literal["attendee", "summary"]
     where: str  # the line of the on-call file that names it, for errors
     calendar: icalendar.Calendar | None = field(default=None, compare=False, repr=False)
+    events: Any = field(default=None, compare=False, repr=False)  # its recurrences, expanded on demand
 
     @property
     def label(self) -> str:
@@ -494,10 +495,11 @@ def with_calendars(config: OnCallConfig, texts: Mapping[str, str | bytes]) -> On
             if source is not None and key is not None and key in texts:
                 try:
                     calendar = icalendar.Calendar.from_ical(texts[key])
+                    events = recurring_ical_events.of(calendar)  # reads every rule: a broken one is refused here
                 except ValueError as exc:
-                    problems.append(f"{source.where}: {source.label}: not an iCalendar file: {exc}")
+                    problems.append(f"{source.where}: {source.label}: not a usable iCalendar file: {exc}")
                     continue
-                layer = replace(layer, calendar=replace(source, calendar=calendar))
+                layer = replace(layer, calendar=replace(source, calendar=calendar, events=events))
             layers.append(layer)
         schedules[name] = replace(schedule, layers=tuple(layers))
     if problems:
@@ -603,12 +605,17 @@ def _shift_index(rotation: Rotation, zone: ZoneInfo, at: datetime) -> int:
 
 
 def _rotation_spans(rotation: Rotation, zone: ZoneInfo, a: datetime, b: datetime) -> list[_Span]:
-    spans = []
+    if len(rotation.members) == 1:  # always the same person: no shift to count
+        return [_Span(rotation.members[0], a, b)] if a < b else []
+    spans: list[_Span] = []
     index = _shift_index(rotation, zone, a)
     while (starts := _boundary(rotation, zone, index)) < b:
         ends = _boundary(rotation, zone, index + 1)
-        if ends > starts:  # a shift that a DST change leaves without time has nobody
-            spans.append(_Span(rotation.members[index % len(rotation.members)], max(starts, a), min(ends, b)))
+        person = rotation.members[index % len(rotation.members)]
+        if spans and spans[-1].person == person:  # one person's shifts in a row are one span
+            spans[-1] = _Span(person, spans[-1].starts, min(ends, b))
+        elif ends > starts:  # a shift that a DST change leaves without time has nobody
+            spans.append(_Span(person, max(starts, a), min(ends, b)))
         index += 1
     return spans
 
@@ -625,10 +632,11 @@ def _event_person(event: icalendar.Event, mode: Literal["attendee", "summary"]) 
 
 
 def _calendar_spans(source: CalendarSource, zone: ZoneInfo, a: datetime, b: datetime) -> list[_Span]:
-    if source.calendar is None:
+    if source.events is None:
         return []  # not fetched (yet): the layer has nobody
     events = []
-    for event in recurring_ical_events.of(source.calendar).between(a, b):
+    # A day's margin: the library may place an event without a zone ("floating") in UTC, not in ours.
+    for event in source.events.between(a - timedelta(days=1), b + timedelta(days=1)):
         person = _event_person(event, source.person)
         if not person or "DTSTART" not in event:
             continue
@@ -640,7 +648,7 @@ def _calendar_spans(source: CalendarSource, zone: ZoneInfo, a: datetime, b: date
         else:  # RFC 5545: a day's event lasts the day, a moment's event no time at all
             start_value = event.decoded("DTSTART")
             ends = _to_utc(start_value + timedelta(days=1), zone) if not isinstance(start_value, datetime) else starts
-        if ends > starts:
+        if min(ends, b) > max(starts, a):
             events.append(_Span(person, max(starts, a), min(ends, b)))
     return _flatten(events)
 

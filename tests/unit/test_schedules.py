@@ -469,6 +469,42 @@ def test_a_schedule_read_whole_from_a_calendar(tmp_path: Path) -> None:
     )
 
 
+def test_calendar_times_without_a_zone_and_whole_days_are_the_schedules_local_ones() -> None:
+    floating = """\
+BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//Vigil tests//EN
+BEGIN:VEVENT
+UID:days@test
+SUMMARY:dana@example.com
+DTSTART:20260302T090000
+DTEND:20260302T170000
+RRULE:FREQ=DAILY
+END:VEVENT
+BEGIN:VEVENT
+UID:holiday@test
+SUMMARY:hal@example.com
+DTSTART;VALUE=DATE:20260307
+END:VEVENT
+END:VCALENDAR
+"""
+    text = (
+        "schedules:\n  - name: s\n    time_zone: America/New_York\n"
+        "    ical: {url: 'https://cal.example.com/s.ics'}\n    fallback: desk\n" + TAIL
+    )
+    s = schedules.with_calendars(parse_oncall(text), {"https://cal.example.com/s.ics": floating}).schedules["s"]
+    day = on_call(s, local("2026-03-03 16:30", NEW_YORK))
+    assert (day.person, day.starts, day.ends) == ("dana@example.com", utc("2026-03-03 14:00"), utc("2026-03-03 22:00"))
+    assert who(s, local("2026-03-03 17:00", NEW_YORK)) == "desk"
+    # After the change to daylight time the day stays 09:00 to 17:00 in New York
+    assert on_call(s, local("2026-03-10 12:00", NEW_YORK)).starts == utc("2026-03-10 13:00")
+    # A day's event lasts the local day; where the day's shift overlaps it, the later start wins
+    holiday = on_call(s, local("2026-03-07 20:00", NEW_YORK))
+    assert (holiday.person, holiday.ends) == ("hal@example.com", local("2026-03-08 00:00", NEW_YORK))
+    assert who(s, local("2026-03-07 10:00", NEW_YORK)) == "dana@example.com"
+    assert next_on_call(s, local("2026-03-07 17:30", NEW_YORK), after="hal@example.com").person == "dana@example.com"
+
+
 async def test_calendars_by_url_are_fetched_by_the_function_given() -> None:
     text = (
         "schedules:\n  - name: s\n    time_zone: Europe/Berlin\n    layers:\n"
@@ -504,6 +540,9 @@ def test_a_broken_calendar_file_names_the_line_that_names_it(tmp_path: Path) -> 
         load_oncall(path)
     assert broken.value.problems[0].startswith(f"{path}:8:")
     assert "team.ics" in broken.value.problems[0]
+    (tmp_path / "team.ics").write_text(ICS.replace("RRULE:FREQ=WEEKLY;COUNT=4", "RRULE:FREQ=SOMETIMES"))
+    with pytest.raises(OnCallError, match=r"8:.*team\.ics: not a usable iCalendar file"):
+        load_oncall(path)
     (tmp_path / "team.ics").unlink()
     with pytest.raises(OnCallError, match=r"team\.ics"):
         load_oncall(path)
