@@ -158,6 +158,12 @@ class VigilSettings(BaseSettings):
         description="The responder's guardrails (YAML); the shipped services/responder/guardrails.yaml when "
         "unset. Checked at start-up.",
     )
+    notifications_file: Path | None = Field(
+        None,
+        validation_alias="VIGIL_NOTIFICATIONS",
+        description="Where the coordinator's notices go (channels, people, groups, routes; YAML); the shipped "
+        "services/coordinator/notifications.yaml, which sends nothing, when unset. Checked at start-up.",
+    )
     oncall_file: Path | None = Field(
         None,
         validation_alias="VIGIL_ONCALL",
