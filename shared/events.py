@@ -368,6 +368,17 @@ class IncidentEdits(Payload):
     command_id: str | None = None
 
 
+class TaskDone(Payload):
+    """A runbook task of an incident was done."""
+
+    task_id: int
+    phase: str
+    title: str
+    actor: str
+    note: str = ""
+    required: bool
+
+
 class ChangeOffer(Payload):
     """A change the coordinator did not apply over a person's decision: shown, for them to take or leave."""
 
@@ -508,6 +519,11 @@ class ChangeOffered(EventBase):
     data: ChangeOffer
 
 
+class TaskCompleted(EventBase):
+    type: Literal["vigil.incident.task_done.v1"] = "vigil.incident.task_done.v1"
+    data: TaskDone
+
+
 class CommandRejected(EventBase):
     type: Literal["vigil.command.rejected.v1"] = "vigil.command.rejected.v1"
     data: CommandRejection
@@ -548,6 +564,7 @@ Event = Annotated[
     | IncidentEdited
     | IncidentAssigned
     | ChangeOffered
+    | TaskCompleted
     | CommandRejected
     | EscalationExhausted
     | ResolutionSuggested
@@ -576,6 +593,7 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     IncidentEdited,
     IncidentAssigned,
     ChangeOffered,
+    TaskCompleted,
     CommandRejected,
     EscalationExhausted,
     ResolutionSuggested,

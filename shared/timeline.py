@@ -32,6 +32,7 @@ from shared.events import (
     ResolveIncident,
     ResponsePlanned,
     ResponseStepChanged,
+    TaskCompleted,
 )
 
 # How many alert keys one timeline line names before it says how many more there are.
@@ -108,6 +109,9 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = f"{d.person} is the {d.role}, assigned by {d.actor}" + (f": {d.note}" if d.note else "")
         case ChangeOffered(data=d):
             summary = f"{d.by} offers {d.field} {d.offered} (now {d.current}), not applied: {d.reason}"
+        case TaskCompleted(data=d):
+            actor = d.actor
+            summary = f"{d.phase.replace('_', '-')} task done: {d.title}" + (f": {d.note}" if d.note else "")
         case AddNote(data=d):
             actor = d.actor
             summary = f"note: {d.note}"

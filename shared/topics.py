@@ -94,6 +94,7 @@ COORDINATION = Topic(
         "vigil.incident.edited.v1",
         "vigil.incident.assigned.v1",
         "vigil.incident.change_offered.v1",
+        "vigil.incident.task_done.v1",
     ),
 )
 EFFECTS = Topic(

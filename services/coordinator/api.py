@@ -72,11 +72,6 @@ class Forwarded(BaseModel):
     forwarded_to: str
 
 
-class OnShift(BaseModel):
-    rotation: str
-    commander: str
-
-
 def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
     router = APIRouter(prefix="/api/v1", tags=["commands"], dependencies=[Depends(require_token(runtime))])
 
@@ -187,11 +182,6 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
 
     forward("approve")
     forward("deny")
-
-    @router.get("/oncall", response_model=list[OnShift])
-    async def oncall() -> list[OnShift]:
-        now = datetime.now(UTC)
-        return [OnShift(rotation=r.name, commander=domain.on_shift(r, now)) for r in coordinator.oncall.rotations]
 
     return [router]
 

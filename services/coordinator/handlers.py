@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import asyncpg
 
-from services.coordinator import domain, lifecycle
+from services.coordinator import domain, lifecycle, schedules, tasks
 from shared import timers
 from shared.consumer import HandlerContext, dispatch_each
 from shared.errors import InvalidTransition
@@ -41,6 +42,8 @@ from shared.events import (
     Severity,
     StateChange,
     StateCommand,
+    TaskCompleted,
+    TaskDone,
 )
 from shared.logs import event_ids
 
@@ -51,14 +54,29 @@ ACK_DEADLINE = "ack-deadline"
 ALERTS_IN_ESCALATION = 20
 
 
+# The runbook phases whose tasks' clocks start when an incident enters a state.
+PHASES_STARTED: dict[IncidentState, tuple[tasks.Phase, ...]] = {
+    IncidentState.INVESTIGATING: ("investigation",),
+    IncidentState.CONTAINED: ("remediation",),
+    IncidentState.ERADICATED: ("recovery",),
+    IncidentState.RECOVERED: ("closure",),
+    IncidentState.RESOLVED: ("closure", "post_mortem"),
+}
+
 Command = AcknowledgeIncident | ResolveIncident | ChangeState | EditIncident | AddNote | AssignRole
 Outcome = IncidentStateChanged | IncidentEdited | IncidentAssigned | CommandRejected | None
 
 
 class Coordinator:
-    def __init__(self, oncall: domain.OnCall, lifecycle_: lifecycle.Lifecycle | None = None) -> None:
+    def __init__(
+        self,
+        oncall: schedules.OnCallConfig,
+        lifecycle_: lifecycle.Lifecycle | None = None,
+        templates: Sequence[tasks.TaskTemplate] | None = None,
+    ) -> None:
         self.oncall = oncall
         self.lifecycle = lifecycle_ or lifecycle.load_lifecycle()
+        self.templates = list(templates) if templates is not None else tasks.load_templates()
         self.handle = dispatch_each(
             {
                 IncidentDetected: self.on_detected,
@@ -73,12 +91,15 @@ class Coordinator:
                 ResponseStepChanged: self.on_step_changed,
             }
         )
-        self.timer_handlers: dict[str, timers.TimerHandler] = {ACK_DEADLINE: self.on_ack_deadline}
+        self.timer_handlers: dict[str, timers.TimerHandler] = {
+            ACK_DEADLINE: self.on_ack_deadline,
+            tasks.TASK_DUE: self.on_task_due,
+        }
 
     async def on_detected(self, ctx: HandlerContext, event: IncidentDetected) -> None:
         snapshot = event.data
-        rotation = domain.rotation_for(self.oncall, snapshot.type)
-        commander = domain.on_shift(rotation, event.time)
+        schedule = self._schedule_for(snapshot.type.value, snapshot.severity.value)
+        commander = schedules.on_call(schedule, event.time).person
         escalation = domain.escalation(
             snapshot,
             commander=commander,
@@ -96,7 +117,7 @@ class Coordinator:
             snapshot.type.value,
             snapshot.title,
             commander,
-            rotation.name,
+            schedule.name,
             escalation.model_dump(mode="json"),
             event.time,
         )
@@ -109,6 +130,15 @@ class Coordinator:
             "UPDATE coordinator_incidents SET roles = $2 WHERE incident_id = $1",
             event.subject,
             {"commander": commander},
+        )
+        await tasks.create_tasks(
+            ctx.conn,
+            self.templates,
+            incident_id=event.subject,
+            incident_type=snapshot.type,
+            severity=snapshot.severity,
+            commander=commander,
+            now=event.time,
         )
         caused = event.caused_by()
         ctx.emit(
@@ -164,6 +194,16 @@ class Coordinator:
             escalation.model_dump(mode="json"),
         )
         ctx.emit(IncidentEscalated(source=SOURCE, **event.caused_by(), data=escalation))
+        # A higher severity may call for more of the runbook: its tasks are added, the others kept.
+        await tasks.create_tasks(
+            ctx.conn,
+            self.templates,
+            incident_id=event.subject,
+            incident_type=event.data.type,
+            severity=new,
+            commander=row["commander"],
+            now=event.time,
+        )
         if state is IncidentState.DETECTED:
             # Unacknowledged still: the walk down the rotation goes on from the current commander.
             await self._set_ack_deadline(ctx, event.subject, new, step=row["escalation_step"] + 1)
@@ -291,6 +331,12 @@ class Coordinator:
         )
         if target is not IncidentState.DETECTED:  # the walk down the rotation stops once someone moves it on
             await timers.cancel(ctx.conn, service=SERVICE, kind=ACK_DEADLINE, subject=command.subject)
+        for phase in PHASES_STARTED.get(target, ()):
+            await tasks.start_phase(ctx.conn, incident_id=command.subject, phase=phase, now=command.time)
+        if data.resolution in ("false_positive", "duplicate"):
+            await tasks.cancel_open(
+                ctx.conn, incident_id=command.subject, actor=data.actor, note=f"resolved as {data.resolution}"
+            )
         await self._log_transition(
             ctx,
             command.subject,
@@ -371,6 +417,7 @@ class Coordinator:
             assignment.role,
             assignment.person,
         )
+        await tasks.assign_role(ctx.conn, incident_id=command.subject, role=assignment.role, person=assignment.person)
         assigned = IncidentAssigned(source=SOURCE, **command.caused_by(), data=assignment)
         ctx.emit(assigned)
         if assignment.role == "commander":
@@ -396,7 +443,36 @@ class Coordinator:
         )
 
     async def _task_facts(self, ctx: HandlerContext, incident_id: str) -> dict[str, tuple[int, int]]:
-        return {}
+        return tasks.required_progress(await tasks.list_tasks(ctx.conn, incident_id))
+
+    async def on_task_done(self, ctx: HandlerContext, task: tasks.Task) -> None:
+        """A task was done (over the API): on the timeline, with who and the note."""
+        done = TaskDone(
+            task_id=task.id,
+            phase=task.phase,
+            title=task.title,
+            actor=task.done_by or "unknown",
+            note=task.note,
+            required=task.required,
+        )
+        ctx.emit(TaskCompleted(source=SOURCE, subject=task.incident_id, data=done))
+
+    async def on_task_due(self, ctx: HandlerContext, timer: timers.Timer) -> None:
+        """A task is overdue: tell the commander, once, with what it is and whose it is."""
+        overdue = await tasks.on_task_due(ctx, timer)
+        if overdue is None:
+            return
+        incident_id = overdue.task.incident_id
+        row = await ctx.conn.fetchrow(
+            "SELECT state, commander, escalation FROM coordinator_incidents WHERE incident_id = $1", incident_id
+        )
+        state = domain.known_state(row["state"]) if row else None
+        if row is None or state is None or self.lifecycle.is_ended(state):
+            return
+        escalation = Escalation.model_validate(row["escalation"]).model_copy(
+            update={"commander": row["commander"], "reason": overdue.reason}
+        )
+        ctx.emit(IncidentEscalated(source=SOURCE, subject=incident_id, data=escalation))
 
     async def _log_transition(
         self,
@@ -446,12 +522,14 @@ class Coordinator:
         if state is not IncidentState.DETECTED or severity is None:
             return
         step = int(timer.payload.get("step", 1))
-        rotation = next((r for r in self.oncall.rotations if r.name == row["rotation"]), self.oncall.rotations[0])
-        if step >= len(rotation.members):
-            await self._exhausted(ctx, timer.subject, row, rotation, severity)
+        schedule = self.oncall.schedules.get(row["rotation"]) or self._schedule_for(row["type"], row["severity"])
+        # Whom to page, in order, as the schedule stood when the incident was detected.
+        order = schedules.escalation_order(schedule, row["detected_at"])
+        if step >= len(order):
+            await self._exhausted(ctx, timer.subject, row, schedule.name, order, severity)
             return
         previous = row["commander"]
-        commander = domain.on_shift(rotation, row["detected_at"], step=step)
+        commander = order[step]
         escalation = Escalation.model_validate(row["escalation"]).model_copy(
             update={
                 "commander": commander,
@@ -466,32 +544,46 @@ class Coordinator:
             step,
             escalation.model_dump(mode="json"),
         )
+        await ctx.conn.execute(
+            "UPDATE coordinator_incidents SET roles = roles || jsonb_build_object('commander', $2::text) "
+            "WHERE incident_id = $1",
+            timer.subject,
+            commander,
+        )
+        await tasks.assign_role(ctx.conn, incident_id=timer.subject, role="commander", person=commander)
         ctx.emit(IncidentEscalated(source=SOURCE, subject=timer.subject, data=escalation))
         await self._set_ack_deadline(ctx, timer.subject, severity, step=step + 1)
 
     async def _exhausted(
-        self, ctx: HandlerContext, incident_id: str, row: asyncpg.Record, rotation: domain.Rotation, severity: Severity
+        self,
+        ctx: HandlerContext,
+        incident_id: str,
+        row: asyncpg.Record,
+        schedule: str,
+        paged: list[str],
+        severity: Severity,
     ) -> None:
-        """Everyone in the rotation was paged: say so once, for people to step in."""
-        if row["escalation_step"] >= len(rotation.members):
+        """Everyone in the escalation order was paged: say so once, for people to step in."""
+        if row["escalation_step"] >= len(paged):
             log.info("incident %s: escalation exhaustion already reported", incident_id)
             return
-        exhaustion = domain.exhaustion(
-            rotation, detected_at=row["detected_at"], last_commander=row["commander"], severity=severity
-        )
-        # A step past the rotation's end marks the exhaustion as reported.
+        exhaustion = domain.exhaustion(schedule, paged=paged, last_commander=row["commander"], severity=severity)
+        # A step past the order's end marks the exhaustion as reported.
         await ctx.conn.execute(
             "UPDATE coordinator_incidents SET escalation_step = $2, updated_at = now() WHERE incident_id = $1",
             incident_id,
-            len(rotation.members),
+            len(paged),
         )
         ctx.emit(EscalationExhausted(source=SOURCE, subject=incident_id, data=exhaustion))
         log.warning(
-            "incident %s: whole rotation %s paged (%s), nobody acknowledged",
+            "incident %s: everyone of schedule %s paged (%s), nobody acknowledged",
             incident_id,
-            rotation.name,
+            schedule,
             ", ".join(exhaustion.paged),
         )
+
+    def _schedule_for(self, incident_type: str, severity: str) -> schedules.Schedule:
+        return schedules.route(self.oncall, incident_type=incident_type, severity=severity, service=None)
 
     @staticmethod
     def _known(row: asyncpg.Record, incident_id: str, outcome: str) -> tuple[IncidentState | None, Severity | None]:

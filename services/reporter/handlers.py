@@ -30,6 +30,7 @@ from shared.events import (
     ResolveIncident,
     ResponsePlanned,
     ResponseStepChanged,
+    TaskCompleted,
 )
 from shared.timeline import TimelineEntry, timeline_entry
 
@@ -120,6 +121,7 @@ HANDLERS = {
     IncidentEdited: on_edited,
     IncidentAssigned: on_assigned,
     ChangeOffered: record_if_known,
+    TaskCompleted: record_if_known,
     ChangeState: record_if_known,
     EditIncident: record_if_known,
     AddNote: record_if_known,

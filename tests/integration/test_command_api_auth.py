@@ -41,7 +41,10 @@ async def coordinator_api(
             producer=producer,
             names=TopicNames(configured.topic_prefix),
         )
-        app = build_app(runtime, api.routers(runtime, Coordinator(load_oncall())))
+        coordinator = Coordinator(load_oncall())
+        app = build_app(
+            runtime, [*api.routers(runtime, coordinator), api.oncall_router(runtime, lambda: coordinator.oncall)]
+        )
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://coordinator") as client:
             yield client
     finally:
@@ -62,7 +65,7 @@ async def test_without_a_token_configured_commands_and_oncall_need_none(
             assert reached_the_handler(response), (path, response.status_code, response.text)
         oncall = await client.get("/api/v1/oncall")
         assert oncall.status_code == 200, oncall.text
-        assert oncall.json() and {"rotation", "commander"} <= set(oncall.json()[0])
+        assert oncall.json() and {"schedule", "person"} <= set(oncall.json()[0])
 
 
 @pytest.mark.parametrize(

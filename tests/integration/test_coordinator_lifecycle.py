@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services.coordinator import api
+from services.coordinator import api, tasks
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from shared import cloudevents
@@ -164,3 +164,18 @@ async def test_assigning_a_commander_pages_them_and_notes_go_on_the_record(
     assert paged[-1].data.commander == "zoe@example.com"
     assert paged[-1].data.reason == "made incident commander by alice: taking over"
     assert [e.data.note for e in events if isinstance(e, AddNote)] == ["attacker used a stolen VPN token"]
+
+
+async def test_tasks_are_created_on_detection_and_a_sev1_closes_only_after_its_post_mortem(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    created = await tasks.list_tasks(pool, INCIDENT)  # type: ignore[arg-type]
+    assert created and {t.phase for t in created} >= {"triage", "containment", "post_mortem"}
+    await post(client, "/resolve", {"resolution": "fixed"})
+    refused = await post(client, "/state", {"to_state": "closed"}, status=409)
+    assert "required post-mortem task(s) are not done (vigil tasks list)" in refused["detail"]
+    async with pool.acquire() as conn:
+        for task in created:
+            if task.phase == "post_mortem" and task.required:
+                await tasks.complete(conn, task.id, actor="alice", note="written up")
+    assert (await post(client, "/state", {"to_state": "closed"}))["state"] == "closed"

@@ -161,7 +161,9 @@ async def test_unacknowledged_incident_escalates_down_the_rotation(pool: asyncpg
     ack = AcknowledgeIncident(source="/test", subject="inc-1", data=CommandArgs(actor=last.data.commander))
     async with pool.acquire() as conn, conn.transaction():
         await coordinator.apply_command(HandlerContext(conn=conn, service=SERVICE, names=names), ack)
-    pending = await pool.fetchval("SELECT count(*) FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL")
+    pending = await pool.fetchval(
+        "SELECT count(*) FROM timers WHERE kind = $1 AND fired_at IS NULL AND cancelled_at IS NULL", ACK_DEADLINE
+    )
     assert pending == 0
 
 

@@ -1,45 +1,38 @@
-"""The coordinator's pure decisions: on-call, escalation content, the incident state machine."""
+"""The coordinator's pure decisions: routing to a schedule, escalation content and order, deadlines."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.coordinator import domain
+from services.coordinator import domain, schedules
+from services.coordinator.schedules import OnCallConfig
 from services.coordinator.service import load_oncall
 from shared.events import IncidentState, IncidentType, Severity
 from tests.factories import T0, snapshot
 
 
 @pytest.fixture
-def oncall() -> domain.OnCall:
+def oncall() -> OnCallConfig:
     return load_oncall()
 
 
-def test_shipped_oncall_covers_every_incident_type(oncall: domain.OnCall) -> None:
-    covered = {t for r in oncall.rotations for t in r.types}
-    assert covered == set(IncidentType)
-    assert set(oncall.ack_deadline_minutes) == set(Severity)
+def test_shipped_oncall_routes_every_incident_type(oncall: OnCallConfig) -> None:
+    assert {t for r in oncall.routes for t in r.types} == {t.value for t in IncidentType}
+    assert set(oncall.ack_deadline_minutes) == {s.value for s in Severity}
 
 
-def test_rotation_by_type(oncall: domain.OnCall) -> None:
-    assert domain.rotation_for(oncall, IncidentType.DATA_LEAK).name == "security"
-    assert domain.rotation_for(oncall, IncidentType.SERVICE_DISRUPTION).name == "operations"
+def test_escalation_goes_down_the_schedule_from_whoever_is_on_call(oncall: OnCallConfig) -> None:
+    security = schedules.route(oncall, incident_type="data_leak", severity="SEV1", service=None)
+    assert security.name == "security"
+    start = datetime(2026, 1, 5, 9, tzinfo=UTC)
+    assert schedules.escalation_order(security, start) == ["alice@example.com", "bob@example.com", "carol@example.com"]
+    second_week = start + timedelta(weeks=1)
+    assert schedules.escalation_order(security, second_week)[0] == "bob@example.com"
 
 
-def test_on_shift_follows_the_rotation(oncall: domain.OnCall) -> None:
-    security = domain.rotation_for(oncall, IncidentType.SECURITY_BREACH)
-    start = security.start
-    assert domain.on_shift(security, start) == security.members[0]
-    assert domain.on_shift(security, start + timedelta(hours=167)) == security.members[0]
-    assert domain.on_shift(security, start + timedelta(hours=168)) == security.members[1]
-    assert domain.on_shift(security, start + timedelta(weeks=3)) == security.members[0]
-    # escalation goes down the rotation from whoever is on shift
-    assert domain.on_shift(security, start, step=1) == security.members[1]
-
-
-def test_ack_deadline_by_severity(oncall: domain.OnCall) -> None:
+def test_ack_deadline_by_severity(oncall: OnCallConfig) -> None:
     assert domain.ack_deadline(oncall, Severity.SEV1, T0) == T0 + timedelta(minutes=5)
     assert domain.ack_deadline(oncall, Severity.SEV4, T0) == T0 + timedelta(hours=4)
 
@@ -68,14 +61,11 @@ def test_a_state_this_version_does_not_know_refuses_every_command() -> None:
     assert domain.known_severity("SEV2") is Severity.SEV2
 
 
-def test_exhaustion_names_everyone_paged_in_order_from_whoever_was_on_shift(oncall: domain.OnCall) -> None:
-    security = domain.rotation_for(oncall, IncidentType.SYSTEM_COMPROMISE)
-    detected_at = security.start + timedelta(hours=168)  # the second member's shift
-    exhaustion = domain.exhaustion(
-        security, detected_at=detected_at, last_commander=security.members[0], severity=Severity.SEV2
-    )
+def test_exhaustion_names_everyone_paged_in_order() -> None:
+    paged = ["bob@example.com", "carol@example.com", "alice@example.com"]
+    exhaustion = domain.exhaustion("security", paged=paged, last_commander="alice@example.com", severity=Severity.SEV2)
     assert exhaustion.rotation == "security"
-    assert exhaustion.paged == [*security.members[1:], security.members[0]]
-    assert exhaustion.last_commander == security.members[0]
+    assert exhaustion.paged == paged
+    assert exhaustion.last_commander == "alice@example.com"
     assert exhaustion.severity is Severity.SEV2
     assert "SEV2 deadline" in exhaustion.reason
