@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
-from services.coordinator import api, tasks
+import httpx
+
+from services.coordinator import api, schedules, tasks
 from services.coordinator.handlers import SERVICE, Coordinator
 from services.coordinator.lifecycle import load_lifecycle
 from services.coordinator.schedules import DEFAULT_ONCALL, OnCallConfig
@@ -15,6 +19,10 @@ from shared.service import Runtime, ServiceSpec
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
 from shared.topics import COMMANDS, INCIDENTS, RESPONSES
+
+log = logging.getLogger(__name__)
+# How often the schedules' calendar URLs are fetched again.
+CALENDAR_REFRESH_S = 900
 
 
 def load_oncall(path: Path = DEFAULT_ONCALL) -> OnCallConfig:
@@ -31,6 +39,23 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         )
         await poller.run()
 
+    async def refresh_calendars(runtime: Runtime) -> None:
+        """Fetch the schedules' calendar URLs now and every CALENDAR_REFRESH_S; a failure keeps the last copy."""
+        async with httpx.AsyncClient(timeout=30, follow_redirects=True) as client:
+
+            async def fetch(url: str) -> bytes:
+                response = await client.get(url)
+                response.raise_for_status()
+                return response.content
+
+            while True:
+                try:
+                    coordinator.oncall = await schedules.fetch_calendars(coordinator.oncall, fetch)
+                    log.info("on-call calendars refreshed")
+                except schedules.OnCallError as exc:
+                    log.warning("on-call calendars not refreshed, the last copy stays: %s", exc)
+                await asyncio.sleep(CALENDAR_REFRESH_S)
+
     return ServiceSpec(
         name=SERVICE,
         consumes=(INCIDENTS, COMMANDS, RESPONSES),
@@ -41,5 +66,6 @@ def spec(settings: VigilSettings) -> ServiceSpec:
             api.oncall_router(runtime, lambda: coordinator.oncall),
             tasks_router(runtime, templates, on_done=coordinator.on_task_done),
         ],
-        background=(fire_timers,),
+        # A background task runs as long as the service: the refresh only where there is something to fetch.
+        background=(fire_timers, refresh_calendars) if schedules.calendar_urls(coordinator.oncall) else (fire_timers,),
     )
