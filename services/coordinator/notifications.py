@@ -40,6 +40,7 @@ from shared.effects import EffectKind, OutcomeHandler, enqueue, http_target
 from shared.effects.builtin import ENV_NAME_PATTERN, HttpRequest, http_request
 from shared.effects.domain import message_id
 from shared.effects.mail_async import ThreadedMail, smtp_mail
+from shared.events import Escalation, EscalationExhaustion, StateChange, StepChange
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,80 @@ class NotificationsConfigError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+# ---- notices from the coordinator's events: pure ------------------------------------------------
+
+
+def escalation_notice(
+    incident_id: str, escalation: Escalation, *, discriminator: str, recipients: Sequence[str] | None = None
+) -> Notice:
+    """A page with everything gathered, to the escalation's commander unless ``recipients`` says otherwise.
+
+    ``discriminator`` tells the pages of one incident apart: ``step-<n>`` for the walk down the
+    rotation, ``severity-<SEV>`` for a raised severity, ``step-failed-<step id>`` for a failed step.
+    """
+    return Notice(
+        kind="escalation",
+        incident_id=incident_id,
+        discriminator=discriminator,
+        severity=escalation.severity.value,
+        recipients=list(recipients if recipients is not None else [escalation.commander]),
+        data=escalation.model_dump(mode="json"),
+    )
+
+
+def exhausted_notice(
+    incident_id: str, exhaustion: EscalationExhaustion, *, title: str, recipients: Sequence[str]
+) -> Notice:
+    """Nobody in the rotation acknowledged: once per incident and rotation, to whoever must step in."""
+    return Notice(
+        kind="exhausted",
+        incident_id=incident_id,
+        discriminator=exhaustion.rotation,
+        severity=exhaustion.severity.value,
+        recipients=list(recipients),
+        data={"title": title, **exhaustion.model_dump(mode="json")},
+    )
+
+
+def state_changed_notice(
+    incident_id: str, change: StateChange, *, title: str, severity: str, recipients: Sequence[str]
+) -> Notice:
+    """An incident moved: once per move (``<from>-><to>``, and the command that moved it, if any)."""
+    move = f"{change.from_state.value if change.from_state else 'none'}->{change.to_state.value}"
+    return Notice(
+        kind="state_changed",
+        incident_id=incident_id,
+        discriminator=f"{move}:{change.command_id}" if change.command_id else move,
+        severity=severity,
+        recipients=list(recipients),
+        data={"title": title, **change.model_dump(mode="json")},
+    )
+
+
+def step_notice(
+    incident_id: str, step: StepChange, *, title: str, severity: str, recipients: Sequence[str]
+) -> Notice | None:
+    """A response step awaiting approval or failed, once per step; None for any other change."""
+    kinds = {"awaiting_approval": "approval_requested", "failed": "step_failed"}
+    if step.state not in kinds:
+        return None
+    return Notice(
+        kind=kinds[step.state],
+        incident_id=incident_id,
+        discriminator=step.step_id,
+        severity=severity,
+        recipients=list(recipients),
+        data={
+            "title": title,
+            "step": step.name,
+            "step_id": step.step_id,
+            "item": step.item,
+            "action": step.action,
+            "reason": step.reason or step.state.replace("_", " "),
+        },
+    )
 
 
 # ---- the file ----------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from services.coordinator.notifications import (
     check_notice,
     dispatch,
     effect_kinds,
+    escalation_notice,
+    exhausted_notice,
     fallback,
     load_notifications,
     mail_text,
@@ -34,10 +36,21 @@ from services.coordinator.notifications import (
     parse_key,
     parse_notifications,
     plan,
+    state_changed_notice,
+    step_notice,
     unknown_recipients,
 )
 from shared.effects.domain import message_id
 from shared.effects.mail_async import ThreadedMail, build_message
+from shared.events import (
+    Escalation,
+    EscalationExhaustion,
+    IncidentState,
+    IncidentType,
+    Severity,
+    StateChange,
+    StepChange,
+)
 
 EXAMPLE = DEFAULT_NOTIFICATIONS.with_name("notifications.example.yaml")
 SECRETS = {
@@ -627,3 +640,99 @@ def test_http_channels_are_held_to_the_files_addresses() -> None:
     assert config.urls("teams") == set()
     names = [kind.name for kind in effect_kinds(config)]
     assert names == ["notify.webhook", "notify.slack", "notify.email"]
+
+
+# ---- notices from the coordinator's events -----------------------------------------------------
+
+
+def test_notices_built_from_the_coordinators_events_carry_what_their_templates_need() -> None:
+    escalation = Escalation(
+        commander="alice@example.com",
+        channel="pager",
+        reason="new SEV1 security_breach incident: immediate escalation",
+        title="Reverse shell on bastion-01",
+        type=IncidentType.SECURITY_BREACH,
+        severity=Severity.SEV1,
+        classification_reason="rule reverse_shell",
+        severity_reason="critical asset",
+        alert_count=1,
+        hosts=["bastion-01"],
+        users=[],
+        first_seen=datetime(2026, 3, 1, 10, tzinfo=UTC),
+        last_seen=datetime(2026, 3, 1, 10, tzinfo=UTC),
+        alerts=[],
+    )
+    page = escalation_notice(INCIDENT, escalation, discriminator="step-1")
+    assert (page.kind, page.discriminator, page.severity, page.recipients) == (
+        "escalation",
+        "step-1",
+        "SEV1",
+        ["alice@example.com"],
+    )
+    exhausted = exhausted_notice(
+        INCIDENT,
+        EscalationExhaustion(
+            rotation="security",
+            paged=["alice@example.com"],
+            last_commander="alice@example.com",
+            severity=Severity.SEV2,
+            reason="nobody acknowledged",
+        ),
+        title="Reverse shell on bastion-01",
+        recipients=["security-leads"],
+    )
+    assert (exhausted.discriminator, exhausted.severity, exhausted.recipients) == (
+        "security",
+        "SEV2",
+        ["security-leads"],
+    )
+    change = StateChange(
+        from_state=IncidentState.DETECTED, to_state=IncidentState.ACKNOWLEDGED, actor="alice", command_id="cmd-1"
+    )
+    moved = state_changed_notice(INCIDENT, change, title="t", severity="SEV1", recipients=["alice@example.com"])
+    assert moved.discriminator == "detected->acknowledged:cmd-1"
+    assert (
+        state_changed_notice(
+            INCIDENT,
+            StateChange(from_state=None, to_state=IncidentState.DETECTED, actor="detector"),
+            title="t",
+            severity="SEV1",
+            recipients=[],
+        ).discriminator
+        == "none->detected"
+    )
+    step = StepChange(
+        step_id="inc:isolate-host#0",
+        plan_id="p",
+        step="isolate-host",
+        name="isolate host",
+        item="host-01",
+        connector="webhook",
+        action="isolate_host",
+        from_state="planned",
+        state="awaiting_approval",
+        actor="policy",
+        on_failure="escalate",
+    )
+    asked = step_notice(INCIDENT, step, title="t", severity="SEV1", recipients=["alice@example.com"])
+    assert asked is not None and (asked.kind, asked.discriminator, asked.data["reason"]) == (
+        "approval_requested",
+        "inc:isolate-host#0",
+        "awaiting approval",
+    )
+    failed = step_notice(
+        INCIDENT,
+        step.model_copy(update={"state": "failed", "reason": "HTTP 503"}),
+        title="t",
+        severity="SEV1",
+        recipients=[],
+    )
+    assert failed is not None and (failed.kind, failed.data["reason"]) == ("step_failed", "HTTP 503")
+    assert (
+        step_notice(INCIDENT, step.model_copy(update={"state": "succeeded"}), title="t", severity="SEV1", recipients=[])
+        is None
+    )
+    for built in (page, exhausted, moved, asked, failed):
+        check_notice(built)
+        for channel in CHANNELS:
+            assert example().templates.render(channel, built, recipient="alice@example.com").title
