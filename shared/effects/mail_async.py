@@ -89,7 +89,10 @@ def smtp_mail(
         message = build_message(mail, key=effect.key, sender=sender, now=datetime.now(UTC))
         try:
             refused, reply = await aiosmtplib.send(
-                message,
+                # Flattened here, by the message's own policy: aiosmtplib's would fold the long ids.
+                message.as_bytes(),
+                sender=sender,
+                recipients=mail.to,
                 hostname=host,
                 port=port,
                 use_tls=use_tls,
