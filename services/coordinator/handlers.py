@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
-from services.coordinator import domain, lifecycle, schedules, tasks
+from services.coordinator import domain, lifecycle, notifications, schedules, tasks
 from shared import timers
 from shared.consumer import HandlerContext, dispatch_each
+from shared.effects import Effect
 from shared.errors import InvalidTransition
 from shared.events import (
     AcknowledgeIncident,
@@ -23,6 +26,7 @@ from shared.events import (
     CommandRejected,
     CommandRejection,
     EditIncident,
+    EffectOutcome,
     Escalation,
     EscalationExhausted,
     FieldChange,
@@ -73,8 +77,13 @@ class Coordinator:
         oncall: schedules.OnCallConfig,
         lifecycle_: lifecycle.Lifecycle | None = None,
         templates: Sequence[tasks.TaskTemplate] | None = None,
+        notices: notifications.NotificationsConfig | None = None,
+        fallback: Sequence[str] = (),
     ) -> None:
         self.oncall = oncall
+        self.notices = notices or notifications.load_notifications()
+        # Who hears when nobody in the escalation answered (people or groups of the notifications file).
+        self.fallback = list(fallback)
         self.lifecycle = lifecycle_ or lifecycle.load_lifecycle()
         self.templates = list(templates) if templates is not None else tasks.load_templates()
         self.handle = dispatch_each(
@@ -148,7 +157,7 @@ class Coordinator:
                 data=StateChange(from_state=None, to_state=IncidentState.DETECTED, actor="detector"),
             )
         )
-        ctx.emit(IncidentEscalated(source=SOURCE, **caused, data=escalation))
+        await self._escalate(ctx, event.subject, escalation, "step-0", caused)
         await self._set_ack_deadline(ctx, event.subject, snapshot.severity, step=1)
         log.info("incident %s escalated to %s", event.subject, commander, extra=event_ids(event))
 
@@ -193,7 +202,7 @@ class Coordinator:
             new.value,
             escalation.model_dump(mode="json"),
         )
-        ctx.emit(IncidentEscalated(source=SOURCE, **event.caused_by(), data=escalation))
+        await self._escalate(ctx, event.subject, escalation, f"severity-{new.value}", event.caused_by())
         # A higher severity may call for more of the runbook: its tasks are added, the others kept.
         await tasks.create_tasks(
             ctx.conn,
@@ -250,20 +259,32 @@ class Coordinator:
                 step.phase,
                 step.state,
             )
-        if step.state != "failed" or step.on_failure != "escalate":
+        if step.state not in ("failed", "awaiting_approval"):
             return
         row = await ctx.conn.fetchrow(
-            "SELECT state, commander, escalation FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE",
+            """SELECT state, commander, escalation, title, severity FROM coordinator_incidents
+               WHERE incident_id = $1 FOR UPDATE""",
             event.subject,
         )
         state = domain.known_state(row["state"]) if row else None
         if row is None or state is None or self.lifecycle.is_ended(state):
             return
+        if step.state == "awaiting_approval":
+            # One request per playbook step, however many items (addresses, hosts) it expands to.
+            notice = notifications.step_notice(
+                event.subject, step, title=row["title"], severity=row["severity"], recipients=[row["commander"]]
+            )
+            if notice is not None:
+                notice = replace(notice, discriminator=f"{event.subject}:{step.step}")
+                await notifications.notify(ctx.conn, self.notices, notice)
+            return
+        if step.on_failure != "escalate":
+            return
         what = f"{step.name}: {step.item}" if step.item else step.name
         escalation = Escalation.model_validate(row["escalation"]).model_copy(
             update={"commander": row["commander"], "reason": f"response step {what!r} failed: {step.reason}"}
         )
-        ctx.emit(IncidentEscalated(source=SOURCE, **event.caused_by(), data=escalation))
+        await self._escalate(ctx, event.subject, escalation, f"step-failed-{step.step_id}", event.caused_by())
         log.warning("incident %s: step %s failed; escalated to %s", event.subject, step.step_id, row["commander"])
 
     async def on_command(self, ctx: HandlerContext, command: Command) -> None:
@@ -363,6 +384,10 @@ class Coordinator:
             ),
         )
         ctx.emit(changed)
+        notice = notifications.state_changed_notice(
+            command.subject, changed.data, title=row["title"], severity=row["severity"], recipients=[row["commander"]]
+        )
+        await notifications.notify(ctx.conn, self.notices, notice)
         log.info("incident %s %s -> %s by %s", command.subject, current, target, data.actor, extra=event_ids(command))
         return changed
 
@@ -401,7 +426,7 @@ class Coordinator:
                     f"{changes['severity'].after}: {edit.reason}",
                 }
             )
-            ctx.emit(IncidentEscalated(source=SOURCE, **command.caused_by(), data=escalation))
+            await self._escalate(ctx, command.subject, escalation, f"edit-{command.id}", command.caused_by())
         return edited
 
     async def _assign(self, ctx: HandlerContext, command: AssignRole, row: asyncpg.Record) -> IncidentAssigned:
@@ -428,7 +453,7 @@ class Coordinator:
                     + (f": {assignment.note}" if assignment.note else ""),
                 }
             )
-            ctx.emit(IncidentEscalated(source=SOURCE, **command.caused_by(), data=escalation))
+            await self._escalate(ctx, command.subject, escalation, f"assigned-{command.id}", command.caused_by())
         return assigned
 
     async def _guard_facts(self, ctx: HandlerContext, incident_id: str, row: asyncpg.Record) -> lifecycle.GuardFacts:
@@ -472,7 +497,7 @@ class Coordinator:
         escalation = Escalation.model_validate(row["escalation"]).model_copy(
             update={"commander": row["commander"], "reason": overdue.reason}
         )
-        ctx.emit(IncidentEscalated(source=SOURCE, subject=incident_id, data=escalation))
+        await self._escalate(ctx, incident_id, escalation, f"task-overdue-{overdue.task.id}", {"subject": incident_id})
 
     async def _log_transition(
         self,
@@ -551,7 +576,7 @@ class Coordinator:
             commander,
         )
         await tasks.assign_role(ctx.conn, incident_id=timer.subject, role="commander", person=commander)
-        ctx.emit(IncidentEscalated(source=SOURCE, subject=timer.subject, data=escalation))
+        await self._escalate(ctx, timer.subject, escalation, f"step-{step}", {"subject": timer.subject})
         await self._set_ack_deadline(ctx, timer.subject, severity, step=step + 1)
 
     async def _exhausted(
@@ -575,12 +600,39 @@ class Coordinator:
             len(paged),
         )
         ctx.emit(EscalationExhausted(source=SOURCE, subject=incident_id, data=exhaustion))
+        if self.fallback:
+            notice = notifications.exhausted_notice(
+                incident_id, exhaustion, title=row["title"], recipients=self.fallback
+            )
+            await notifications.notify(ctx.conn, self.notices, notice)
         log.warning(
             "incident %s: everyone of schedule %s paged (%s), nobody acknowledged",
             incident_id,
             schedule,
             ", ".join(exhaustion.paged),
         )
+
+    async def _escalate(
+        self, ctx: HandlerContext, incident_id: str, escalation: Escalation, discriminator: str, caused: dict[str, Any]
+    ) -> None:
+        """Page the escalation's commander: the event for the timeline, the notice for the person (once)."""
+        ctx.emit(IncidentEscalated(source=SOURCE, **caused, data=escalation))
+        notice = notifications.escalation_notice(incident_id, escalation, discriminator=discriminator)
+        await notifications.notify(ctx.conn, self.notices, notice)
+
+    async def on_notice_outcome(self, ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
+        """A notice that could not be delivered is on the timeline (through its EffectCompleted) and logged."""
+        if outcome.status != "succeeded":
+            key = notifications.parse_key(outcome.key)
+            log.error(
+                "incident %s: %s notice to %s by %s %s: %s",
+                effect.subject,
+                key.kind,
+                key.recipient,
+                key.channel,
+                outcome.status,
+                outcome.error,
+            )
 
     def _schedule_for(self, incident_type: str, severity: str) -> schedules.Schedule:
         return schedules.route(self.oncall, incident_type=incident_type, severity=severity, service=None)

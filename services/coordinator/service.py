@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from services.coordinator import api, schedules, tasks
+from services.coordinator import api, notifications, schedules, tasks
 from services.coordinator.handlers import SERVICE, Coordinator
 from services.coordinator.lifecycle import load_lifecycle
 from services.coordinator.schedules import DEFAULT_ONCALL, OnCallConfig
@@ -30,8 +30,20 @@ def load_oncall(path: Path = DEFAULT_ONCALL) -> OnCallConfig:
 
 
 def spec(settings: VigilSettings) -> ServiceSpec:
+    # Every file is read now: a broken one stops the coordinator, with its reason, before it consumes.
     templates = tasks.load_templates()
-    coordinator = Coordinator(load_oncall(settings.oncall_file or DEFAULT_ONCALL), load_lifecycle(), templates)
+    oncall = load_oncall(settings.oncall_file or DEFAULT_ONCALL)
+    notices = notifications.load_notifications(settings.notifications_file or notifications.DEFAULT_NOTIFICATIONS)
+    people = {
+        p
+        for schedule in oncall.schedules.values()
+        for layer in schedule.layers
+        if layer.rotation
+        for p in layer.rotation.members
+    }
+    if missing := notifications.unknown_recipients(notices, sorted(people)):
+        log.warning("on-call people with no address in the notifications file: %s", ", ".join(missing))
+    coordinator = Coordinator(oncall, load_lifecycle(), templates, notices)
 
     async def fire_timers(runtime: Runtime) -> None:
         poller = TimerPoller(
@@ -67,5 +79,6 @@ def spec(settings: VigilSettings) -> ServiceSpec:
             tasks_router(runtime, templates, on_done=coordinator.on_task_done),
         ],
         # A background task runs as long as the service: the refresh only where there is something to fetch.
+        effects=lambda _runtime: notifications.effect_kinds(notices, on_outcome=coordinator.on_notice_outcome),
         background=(fire_timers, refresh_calendars) if schedules.calendar_urls(coordinator.oncall) else (fire_timers,),
     )

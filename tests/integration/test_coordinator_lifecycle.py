@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
-from services.coordinator import api, tasks
+from services.coordinator import api, notifications, tasks
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from shared import cloudevents
 from shared.consumer import HandlerContext, Inbound
+from shared.effects import EffectRunner
+from shared.effects.domain import verify_signature
 from shared.events import (
+    AcknowledgeIncident,
     AddNote,
     ChangeOffered,
+    CommandArgs,
     CommandRejected,
     EventBase,
     IncidentDetected,
@@ -31,11 +40,12 @@ from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.topics import TopicNames
 from tests.factories import snapshot
-from tests.helpers import serve_app
+from tests.helpers import eventually, serve_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
 INCIDENT = "inc-life"
+SECRET = "a-signing-secret-of-some-length"
 
 
 async def feed(pool: asyncpg.Pool, names: TopicNames, coordinator: Coordinator, event: EventBase) -> None:
@@ -179,3 +189,78 @@ async def test_tasks_are_created_on_detection_and_a_sev1_closes_only_after_its_p
             if task.phase == "post_mortem" and task.required:
                 await tasks.complete(conn, task.id, actor="alice", note="written up")
     assert (await post(client, "/state", {"to_state": "closed"}))["state"] == "closed"
+
+
+NOTIFY = """
+channels:
+  webhook: {url: "URL", secret_env: HOOK_SECRET}
+people:
+  alice@example.com: {}
+  bob@example.com: {}
+  carol@example.com: {}
+routes:
+  default: {default: [webhook]}
+"""
+
+
+async def test_the_commander_is_paged_once_through_a_signed_webhook_and_hears_of_each_move(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    received: list[dict[str, Any]] = []
+    keys: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await reader.readexactly(int(headers["content-length"]))
+        signed = verify_signature(
+            SECRET.encode(), headers.get("x-vigil-timestamp"), headers.get("x-vigil-signature"), body, now=time.time()
+        )
+        if signed:
+            keys.append(headers["idempotency-key"])
+            received.append(json.loads(body))
+        writer.write(f"HTTP/1.1 {200 if signed else 401} X\r\ncontent-length: 0\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/page"
+    notices = notifications.parse_notifications(
+        NOTIFY.replace("URL", url), source="test", base_dir=Path("."), environ={"HOOK_SECRET": SECRET}
+    )
+    coordinator = Coordinator(load_oncall(), notices=notices)
+    detected = IncidentDetected(source="/vigil/detector", subject="inc-page", data=snapshot())
+    await feed(pool, names, coordinator, detected)
+    await feed(pool, names, coordinator, detected)  # redelivered: the same page, not a second one
+    ack = AcknowledgeIncident(source="/t", subject="inc-page", data=CommandArgs(actor="alice@example.com"))
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="coordinator", names=names)
+        await coordinator.apply_command(ctx, ack)
+    runner = EffectRunner(
+        "coordinator",
+        pool,
+        names,
+        notifications.effect_kinds(notices, on_outcome=coordinator.on_notice_outcome),
+        poll_s=0.05,
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+        await eventually(lambda: _truthy(len(received) >= 2))
+        await asyncio.sleep(0.3)  # nothing more arrives
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        server.close()
+        await server.wait_closed()
+    assert [r["kind"] for r in received] == ["escalation", "state_changed"]
+    commander = received[0]["recipient"]
+    assert received[0]["conversation"] == "inc-page" and received[1]["recipient"] == commander
+    assert len(set(keys)) == 2 and keys[0].startswith("inc-page:escalation:step-0:webhook:")
+
+
+async def _truthy(value: bool) -> bool:
+    return value
