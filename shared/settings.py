@@ -171,6 +171,13 @@ class VigilSettings(BaseSettings):
         "services/coordinator/oncall.yaml when unset. Checked at start-up.",
     )
 
+    escalation_file: Path | None = Field(
+        None,
+        validation_alias="VIGIL_ESCALATION",
+        description="The coordinator's escalation policies (YAML); the shipped services/coordinator/escalation.yaml "
+        "when unset. Checked at start-up.",
+    )
+
     def pool_size_for(self, service: str) -> int:
         """Return how many pooled Postgres connections the named service may open."""
         return self.db_pool_size if self.db_pool_size is not None else DEFAULT_POOL_SIZES.get(service, 5)

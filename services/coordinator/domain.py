@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
-from services.coordinator.schedules import OnCallConfig
 from shared.events import (
     AlertSummary,
     Escalation,
@@ -25,10 +22,6 @@ def exhaustion(schedule: str, *, paged: list[str], last_commander: str, severity
         reason=f"none of the {len(paged)} people of schedule {schedule!r} acknowledged "
         f"within the {severity.value} deadline",
     )
-
-
-def ack_deadline(oncall: OnCallConfig, severity: Severity, since: datetime) -> datetime:
-    return since + timedelta(minutes=oncall.ack_deadline_minutes.get(severity.value, 60))
 
 
 def escalation(

@@ -10,7 +10,8 @@ from typing import Any
 
 import asyncpg
 
-from services.coordinator import domain, lifecycle, notifications, schedules, tasks
+from services.coordinator import domain, escalation, lifecycle, notifications, schedules, tasks
+from services.coordinator.escalation import in_working_hours
 from shared import timers
 from shared.consumer import HandlerContext, dispatch_each
 from shared.effects import Effect
@@ -78,12 +79,11 @@ class Coordinator:
         lifecycle_: lifecycle.Lifecycle | None = None,
         templates: Sequence[tasks.TaskTemplate] | None = None,
         notices: notifications.NotificationsConfig | None = None,
-        fallback: Sequence[str] = (),
+        escalation_: escalation.EscalationFile | None = None,
     ) -> None:
         self.oncall = oncall
         self.notices = notices or notifications.load_notifications()
-        # Who hears when nobody in the escalation answered (people or groups of the notifications file).
-        self.fallback = list(fallback)
+        self.escalation = escalation_ or escalation.load_escalation()
         self.lifecycle = lifecycle_ or lifecycle.load_lifecycle()
         self.templates = list(templates) if templates is not None else tasks.load_templates()
         self.handle = dispatch_each(
@@ -158,7 +158,12 @@ class Coordinator:
             )
         )
         await self._escalate(ctx, event.subject, escalation, "step-0", caused)
-        await self._set_ack_deadline(ctx, event.subject, snapshot.severity, step=1)
+        await ctx.conn.execute(
+            "UPDATE coordinator_incidents SET paged = jsonb_build_array($2::text) WHERE incident_id = $1",
+            event.subject,
+            commander,
+        )
+        await self._set_ack_deadline(ctx, event.subject, snapshot.severity, step=1, incident_type=snapshot.type.value)
         log.info("incident %s escalated to %s", event.subject, commander, extra=event_ids(event))
 
     async def on_updated(self, ctx: HandlerContext, event: IncidentUpdated) -> None:
@@ -215,7 +220,9 @@ class Coordinator:
         )
         if state is IncidentState.DETECTED:
             # Unacknowledged still: the walk down the rotation goes on from the current commander.
-            await self._set_ack_deadline(ctx, event.subject, new, step=row["escalation_step"] + 1)
+            await self._set_ack_deadline(
+                ctx, event.subject, new, step=row["escalation_step"] + 1, incident_type=event.data.type.value
+            )
 
     async def on_alerts_changed(self, ctx: HandlerContext, event: IncidentAlertsChanged) -> None:
         """Every alert of a service disruption has ended: suggest that its commander resolves it.
@@ -537,7 +544,7 @@ class Coordinator:
             )
 
     async def on_ack_deadline(self, ctx: HandlerContext, timer: timers.Timer) -> None:
-        """Nobody acknowledged in time: page the next person in the rotation with everything gathered."""
+        """Nobody acknowledged in time: the incident's escalation policy pages its next step."""
         row = await ctx.conn.fetchrow(
             "SELECT * FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", timer.subject
         )
@@ -546,38 +553,62 @@ class Coordinator:
         state, severity = self._known(row, timer.subject, "acknowledgement deadline ignored")
         if state is not IncidentState.DETECTED or severity is None:
             return
+        policy = self._policy_for(row["type"], severity.value)
+        chain = escalation.pages(policy)
         step = int(timer.payload.get("step", 1))
         schedule = self.oncall.schedules.get(row["rotation"]) or self._schedule_for(row["type"], row["severity"])
-        # Whom to page, in order, as the schedule stood when the incident was detected.
+        # Whom the schedule pages, in order, as it stood when the incident was detected.
         order = schedules.escalation_order(schedule, row["detected_at"])
-        if step >= len(order):
-            await self._exhausted(ctx, timer.subject, row, schedule.name, order, severity)
+        paged: list[str] = list(row["paged"])
+        now = datetime.now(UTC)
+        target = None
+        while step < len(chain) and target is None:
+            page = chain[step]
+            if page.working_hours and not in_working_hours(self.escalation.working_hours, now):
+                step += 1
+                continue
+            target = escalation.resolve(page, order=order, paged=paged, on_call_elsewhere=self._elsewhere(page, now))
+            if target is None:
+                step += 1
+        if target is None:  # the chain ran out: the fallback hears, and the timeline says so
+            await self._exhausted(ctx, timer.subject, row, schedule.name, paged or order, severity, policy)
             return
         previous = row["commander"]
-        commander = order[step]
-        escalation = Escalation.model_validate(row["escalation"]).model_copy(
-            update={
-                "commander": commander,
-                "reason": f"not acknowledged by {previous} within the {severity.value} deadline",
-            }
+        commander = target.recipient if target.becomes_commander else previous
+        reason = f"not acknowledged by {previous} within the {severity.value} deadline"
+        if not target.becomes_commander:
+            reason += f"; {target.recipient} told (policy {policy.name})"
+        escalation_ = Escalation.model_validate(row["escalation"]).model_copy(
+            update={"commander": commander, "reason": reason}
         )
         await ctx.conn.execute(
-            """UPDATE coordinator_incidents SET commander = $2, escalation_step = $3, escalation = $4,
-                   updated_at = now() WHERE incident_id = $1""",
+            """UPDATE coordinator_incidents
+               SET commander = $2, escalation_step = $3, escalation = $4, paged = paged || to_jsonb($5::text),
+                   roles = roles || jsonb_build_object('commander', $2::text), updated_at = now()
+               WHERE incident_id = $1""",
             timer.subject,
             commander,
             step,
-            escalation.model_dump(mode="json"),
+            escalation_.model_dump(mode="json"),
+            target.recipient,
         )
-        await ctx.conn.execute(
-            "UPDATE coordinator_incidents SET roles = roles || jsonb_build_object('commander', $2::text) "
-            "WHERE incident_id = $1",
-            timer.subject,
-            commander,
+        if target.becomes_commander:
+            await tasks.assign_role(ctx.conn, incident_id=timer.subject, role="commander", person=commander)
+        recipients = None if target.becomes_commander else [target.recipient]
+        await self._escalate(
+            ctx, timer.subject, escalation_, f"step-{step}", {"subject": timer.subject}, recipients=recipients
         )
-        await tasks.assign_role(ctx.conn, incident_id=timer.subject, role="commander", person=commander)
-        await self._escalate(ctx, timer.subject, escalation, f"step-{step}", {"subject": timer.subject})
-        await self._set_ack_deadline(ctx, timer.subject, severity, step=step + 1)
+        await self._set_ack_deadline(ctx, timer.subject, severity, step=step + 1, incident_type=row["type"])
+
+    def _elsewhere(self, page: escalation.Page, now: datetime) -> str | None:
+        """Who is on call in the schedule a `schedule:NAME` page names."""
+        if not page.notify.startswith("schedule:"):
+            return None
+        other = self.oncall.schedules.get(page.notify.removeprefix("schedule:"))
+        return schedules.on_call(other, now).person if other is not None else None
+
+    def _policy_for(self, incident_type: str, severity: str) -> escalation.Policy:
+        return escalation.policy_for(self.escalation, incident_type=incident_type, severity=severity, service=None)
 
     async def _exhausted(
         self,
@@ -587,37 +618,45 @@ class Coordinator:
         schedule: str,
         paged: list[str],
         severity: Severity,
+        policy: escalation.Policy,
     ) -> None:
-        """Everyone in the escalation order was paged: say so once, for people to step in."""
-        if row["escalation_step"] >= len(paged):
+        """Everyone in the chain was paged and nobody acknowledged: the fallback hears, once."""
+        if row["exhausted_at"] is not None:
             log.info("incident %s: escalation exhaustion already reported", incident_id)
             return
         exhaustion = domain.exhaustion(schedule, paged=paged, last_commander=row["commander"], severity=severity)
-        # A step past the order's end marks the exhaustion as reported.
         await ctx.conn.execute(
-            "UPDATE coordinator_incidents SET escalation_step = $2, updated_at = now() WHERE incident_id = $1",
+            "UPDATE coordinator_incidents SET exhausted_at = now(), updated_at = now() WHERE incident_id = $1",
             incident_id,
-            len(paged),
         )
         ctx.emit(EscalationExhausted(source=SOURCE, subject=incident_id, data=exhaustion))
-        if self.fallback:
-            notice = notifications.exhausted_notice(
-                incident_id, exhaustion, title=row["title"], recipients=self.fallback
-            )
-            await notifications.notify(ctx.conn, self.notices, notice)
+        notice = notifications.exhausted_notice(
+            incident_id, exhaustion, title=row["title"], recipients=policy.fallback.notify
+        )
+        await notifications.notify(ctx.conn, self.notices, notice)
         log.warning(
-            "incident %s: everyone of schedule %s paged (%s), nobody acknowledged",
+            "incident %s: everyone of schedule %s paged (%s), nobody acknowledged; told %s",
             incident_id,
             schedule,
             ", ".join(exhaustion.paged),
+            ", ".join(policy.fallback.notify),
         )
 
     async def _escalate(
-        self, ctx: HandlerContext, incident_id: str, escalation: Escalation, discriminator: str, caused: dict[str, Any]
+        self,
+        ctx: HandlerContext,
+        incident_id: str,
+        escalation_: Escalation,
+        discriminator: str,
+        caused: dict[str, Any],
+        *,
+        recipients: list[str] | None = None,
     ) -> None:
-        """Page the escalation's commander: the event for the timeline, the notice for the person (once)."""
-        ctx.emit(IncidentEscalated(source=SOURCE, **caused, data=escalation))
-        notice = notifications.escalation_notice(incident_id, escalation, discriminator=discriminator)
+        """Page the escalation's commander (or ``recipients``): the event for the timeline, the notice once."""
+        ctx.emit(IncidentEscalated(source=SOURCE, **caused, data=escalation_))
+        notice = notifications.escalation_notice(
+            incident_id, escalation_, discriminator=discriminator, recipients=recipients
+        )
         await notifications.notify(ctx.conn, self.notices, notice)
 
     async def on_notice_outcome(self, ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
@@ -653,13 +692,19 @@ class Coordinator:
             )
         return state, severity
 
-    async def _set_ack_deadline(self, ctx: HandlerContext, incident_id: str, severity: Severity, step: int) -> None:
+    async def _set_ack_deadline(
+        self, ctx: HandlerContext, incident_id: str, severity: Severity, *, step: int, incident_type: str
+    ) -> None:
+        """When the policy's next page (or, past its last, the fallback) is due, from now."""
+        policy = self._policy_for(incident_type, severity.value)
+        chain = escalation.pages(policy)
+        wait = chain[step].after if step < len(chain) else escalation.fallback_after(policy)
         await timers.schedule(
             ctx.conn,
             service=SERVICE,
             kind=ACK_DEADLINE,
             subject=incident_id,
-            due_at=domain.ack_deadline(self.oncall, severity, datetime.now(UTC)),
+            due_at=datetime.now(UTC) + wait,
             payload={"step": step},
         )
 

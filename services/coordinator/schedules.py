@@ -336,7 +336,8 @@ class OnCallFile(_Spec):
     routes: list[RouteSpec] = Field(default_factory=list, description="The first that matches wins.")
     default_schedule: str = Field(description="For incidents no route matches.")
     channel: str = "pager"
-    ack_deadline_minutes: dict[Severity, Annotated[int, Field(gt=0)]]
+    # Unused since escalation.yaml gives each step's wait; still read, so that older files load.
+    ack_deadline_minutes: dict[Severity, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)
 
 
 def _where(root: yaml.Node | None, loc: Sequence[int | str]) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from services.coordinator import api, notifications, schedules, tasks
+from services.coordinator import api, escalation, notifications, schedules, tasks
 from services.coordinator.handlers import SERVICE, Coordinator
 from services.coordinator.lifecycle import load_lifecycle
 from services.coordinator.schedules import DEFAULT_ONCALL, OnCallConfig
@@ -43,7 +43,11 @@ def spec(settings: VigilSettings) -> ServiceSpec:
     }
     if missing := notifications.unknown_recipients(notices, sorted(people)):
         log.warning("on-call people with no address in the notifications file: %s", ", ".join(missing))
-    coordinator = Coordinator(oncall, load_lifecycle(), templates, notices)
+    policies = escalation.load_escalation(settings.escalation_file or escalation.DEFAULT_ESCALATION)
+    fallback = {name for policy in policies.policies for name in policy.fallback.notify}
+    if missing := notifications.unknown_recipients(notices, sorted(fallback)):
+        log.warning("escalation fallbacks with no address in the notifications file: %s", ", ".join(missing))
+    coordinator = Coordinator(oncall, load_lifecycle(), templates, notices, policies)
 
     async def fire_timers(runtime: Runtime) -> None:
         poller = TimerPoller(

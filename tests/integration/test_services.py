@@ -17,6 +17,7 @@ from shared.db import connect
 from shared.events import (
     AcknowledgeIncident,
     CommandArgs,
+    EscalationExhausted,
     IncidentDetected,
     IncidentEscalated,
     IncidentStateChanged,
@@ -165,6 +166,28 @@ async def test_unacknowledged_incident_escalates_down_the_rotation(pool: asyncpg
         "SELECT count(*) FROM timers WHERE kind = $1 AND fired_at IS NULL AND cancelled_at IS NULL", ACK_DEADLINE
     )
     assert pending == 0
+
+
+async def test_an_unanswered_chain_pages_everyone_in_order_then_the_fallback_once(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    coordinator = Coordinator(load_oncall())
+    detected = IncidentDetected(source="/vigil/detector", subject="inc-x", data=snapshot())  # SEV1
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service=SERVICE, names=names)
+        await coordinator.on_detected(ctx, detected)
+        await write_events(conn, service=SERVICE, names=names, events=ctx.emitted)
+    poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers)
+    for _ in range(4):  # two more people, then the fallback, then nothing
+        await pool.execute("UPDATE timers SET due_at = now() - interval '1 second' WHERE kind = $1", ACK_DEADLINE)
+        await poller.fire_due()
+    rows = await pool.fetch("SELECT value, headers FROM outbox ORDER BY id")
+    events = [cloudevents.decode(r["value"], [(n, v.encode()) for n, v in r["headers"]]) for r in rows]
+    paged = [e.data.commander for e in events if isinstance(e, IncidentEscalated)]
+    assert len(paged) == 3 and len(set(paged)) == 3  # everyone of the security schedule, each once
+    [exhausted] = [e for e in events if isinstance(e, EscalationExhausted)]
+    assert exhausted.data.paged == paged
+    assert await pool.fetchval("SELECT paged FROM coordinator_incidents WHERE incident_id = 'inc-x'") == paged
 
 
 async def test_housekeeping_prunes_only_what_has_expired(pool: asyncpg.Pool, names: TopicNames) -> None:

@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.coordinator import domain, schedules
+from services.coordinator import domain, escalation, schedules
 from services.coordinator.schedules import OnCallConfig
 from services.coordinator.service import load_oncall
 from shared.events import IncidentState, IncidentType, Severity
-from tests.factories import T0, snapshot
+from tests.factories import snapshot
 
 
 @pytest.fixture
@@ -20,7 +20,6 @@ def oncall() -> OnCallConfig:
 
 def test_shipped_oncall_routes_every_incident_type(oncall: OnCallConfig) -> None:
     assert {t for r in oncall.routes for t in r.types} == {t.value for t in IncidentType}
-    assert set(oncall.ack_deadline_minutes) == {s.value for s in Severity}
 
 
 def test_escalation_goes_down_the_schedule_from_whoever_is_on_call(oncall: OnCallConfig) -> None:
@@ -30,11 +29,6 @@ def test_escalation_goes_down_the_schedule_from_whoever_is_on_call(oncall: OnCal
     assert schedules.escalation_order(security, start) == ["alice@example.com", "bob@example.com", "carol@example.com"]
     second_week = start + timedelta(weeks=1)
     assert schedules.escalation_order(security, second_week)[0] == "bob@example.com"
-
-
-def test_ack_deadline_by_severity(oncall: OnCallConfig) -> None:
-    assert domain.ack_deadline(oncall, Severity.SEV1, T0) == T0 + timedelta(minutes=5)
-    assert domain.ack_deadline(oncall, Severity.SEV4, T0) == T0 + timedelta(hours=4)
 
 
 def test_escalation_carries_everything_gathered() -> None:
@@ -69,3 +63,64 @@ def test_exhaustion_names_everyone_paged_in_order() -> None:
     assert exhaustion.last_commander == "alice@example.com"
     assert exhaustion.severity is Severity.SEV2
     assert "SEV2 deadline" in exhaustion.reason
+
+
+# ---- escalation policies -----------------------------------------------------------------------
+
+POLICIES = escalation.load_escalation()
+
+
+@pytest.mark.parametrize(
+    ("severity", "policy", "first_wait"), [("SEV1", "sev1", 5), ("SEV2", "sev2", 15), ("SEV4", "default", 240)]
+)
+def test_each_severity_has_its_policy_and_waits(severity: str, policy: str, first_wait: int) -> None:
+    chosen = escalation.policy_for(POLICIES, incident_type="data_leak", severity=severity, service=None)
+    assert chosen.name == policy
+    chain = escalation.pages(chosen)
+    assert [p.notify for p in chain] == ["on_call", "next_on_call", "next_on_call"]
+    assert chain[1].after == timedelta(minutes=first_wait)
+    assert escalation.fallback_after(chosen) == timedelta(minutes=first_wait)
+
+
+def test_a_page_reaches_the_next_person_not_yet_paged_a_group_or_nobody() -> None:
+    order = ["alice", "bob", "carol"]
+    page = escalation.Page("next_on_call", timedelta(minutes=5), working_hours=False)
+    assert escalation.resolve(page, order=order, paged=["alice"], on_call_elsewhere=None) == escalation.Target(
+        "bob", True
+    )
+    assert escalation.resolve(page, order=order, paged=order, on_call_elsewhere=None) is None
+    group = escalation.Page("group:security-leads", timedelta(0), working_hours=False)
+    assert escalation.resolve(group, order=order, paged=[], on_call_elsewhere=None) == escalation.Target(
+        "security-leads", False
+    )
+    other = escalation.Page("schedule:operations", timedelta(0), working_hours=False)
+    assert escalation.resolve(other, order=order, paged=[], on_call_elsewhere="dave") == escalation.Target("dave", True)
+
+
+def test_working_hours_are_local_and_weekdays_only() -> None:
+    hours = escalation.WorkingHours.model_validate(
+        {"time_zone": "Europe/Berlin", "days": ["mon", "tue", "wed", "thu", "fri"], "from": "09:00", "to": "17:00"}
+    )
+    monday_0830_utc = datetime(2026, 11, 23, 8, 30, tzinfo=UTC)  # 09:30 in Berlin
+    assert escalation.in_working_hours(hours, monday_0830_utc)
+    assert not escalation.in_working_hours(hours, monday_0830_utc.replace(hour=16, minute=30))  # 17:30 there
+    assert not escalation.in_working_hours(hours, datetime(2026, 11, 28, 10, tzinfo=UTC))  # a Saturday
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        ("policies: [{name: a, steps: [{notify: next_on_call}], fallback: {after: 5m, notify: [x]}}]", "commander"),
+        (
+            "policies: [{name: a, when: {severities: [SEV1]}, steps: [{notify: on_call}], "
+            "fallback: {after: 5m, notify: [x]}}]",
+            "the last policy must have no `when`",
+        ),
+        ("policies: [{name: a, steps: [{notify: pager}], fallback: {after: 5m, notify: [x]}}]", "is not on_call"),
+        ("policies: [{name: a, steps: [{notify: on_call}], fallback: {after: soon, notify: [x]}}]", "not a duration"),
+        ("working_hours: {time_zone: Mars/Olympus}\npolicies: []", "unknown time zone"),
+    ],
+)
+def test_a_broken_escalation_file_is_refused_with_why(document: str, reason: str) -> None:
+    with pytest.raises(escalation.EscalationError, match=reason):
+        escalation.parse_escalation(document)
