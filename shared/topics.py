@@ -69,7 +69,7 @@ ANALYSES = Topic(
     name="vigil.analyses",
     description="Forensic, impact and threat analysis of incidents.",
     producers=("analyzer",),
-    consumers=("responder", "reporter"),
+    consumers=("responder", "coordinator", "reporter"),
     event_types=("vigil.incident.analyzed.v1",),
 )
 RESPONSES = Topic(

@@ -113,6 +113,17 @@ class Policy(_Model):
 class EscalationFile(_Model):
     working_hours: WorkingHours = Field(default_factory=WorkingHours)
     policies: list[Policy] = Field(min_length=1)
+    status_updates: dict[Severity, str] = Field(
+        default_factory=dict,
+        description="Once acknowledged, remind the commander to post a status update this often, per severity.",
+    )
+
+    @field_validator("status_updates")
+    @classmethod
+    def _cadences(cls, cadences: dict[Severity, str]) -> dict[Severity, str]:
+        for text in cadences.values():
+            _seconds(text)
+        return cadences
 
     @model_validator(mode="after")
     def _last_holds_for_all(self) -> EscalationFile:
@@ -168,6 +179,11 @@ def pages(policy: Policy) -> list[Page]:
         for step in policy.steps
         for _ in range(step.repeat + 1)
     ]
+
+
+def status_update_every(file: EscalationFile, severity: Severity) -> timedelta | None:
+    text = file.status_updates.get(severity)
+    return timedelta(seconds=_seconds(text)) if text else None
 
 
 def fallback_after(policy: Policy) -> timedelta:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -32,6 +33,7 @@ from shared.events import (
     EscalationExhausted,
     FieldChange,
     IncidentAlertsChanged,
+    IncidentAnalyzed,
     IncidentAssigned,
     IncidentDetected,
     IncidentEdited,
@@ -43,6 +45,7 @@ from shared.events import (
     ResolutionSuggested,
     ResolutionSuggestion,
     ResolveIncident,
+    ResponsePlanned,
     ResponseStepChanged,
     Severity,
     StateChange,
@@ -56,6 +59,7 @@ log = logging.getLogger(__name__)
 SOURCE = "/vigil/coordinator"
 SERVICE = "coordinator"
 ACK_DEADLINE = "ack-deadline"
+STATUS_UPDATE = "status-update"
 ALERTS_IN_ESCALATION = 20
 
 
@@ -98,10 +102,13 @@ class Coordinator:
                 AddNote: self.on_command,
                 AssignRole: self.on_command,
                 ResponseStepChanged: self.on_step_changed,
+                IncidentAnalyzed: self.on_analyzed,
+                ResponsePlanned: self.on_planned,
             }
         )
         self.timer_handlers: dict[str, timers.TimerHandler] = {
             ACK_DEADLINE: self.on_ack_deadline,
+            STATUS_UPDATE: self.on_status_update_due,
             tasks.TASK_DUE: self.on_task_due,
         }
 
@@ -359,6 +366,10 @@ class Coordinator:
         )
         if target is not IncidentState.DETECTED:  # the walk down the rotation stops once someone moves it on
             await timers.cancel(ctx.conn, service=SERVICE, kind=ACK_DEADLINE, subject=command.subject)
+        if self.lifecycle.is_ended(target):
+            await timers.cancel(ctx.conn, service=SERVICE, kind=STATUS_UPDATE, subject=command.subject)
+        elif current is IncidentState.DETECTED:
+            await self._remind_later(ctx, command.subject, row["severity"], number=1)
         for phase in PHASES_STARTED.get(target, ()):
             await tasks.start_phase(ctx.conn, incident_id=command.subject, phase=phase, now=command.time)
         if data.resolution in ("false_positive", "duplicate"):
@@ -599,6 +610,73 @@ class Coordinator:
             ctx, timer.subject, escalation_, f"step-{step}", {"subject": timer.subject}, recipients=recipients
         )
         await self._set_ack_deadline(ctx, timer.subject, severity, step=step + 1, incident_type=row["type"])
+
+    async def _remind_later(self, ctx: HandlerContext, incident_id: str, severity: str, *, number: int) -> None:
+        known = domain.known_severity(severity)
+        every = escalation.status_update_every(self.escalation, known) if known else None
+        if every is not None:
+            await timers.schedule(
+                ctx.conn,
+                service=SERVICE,
+                kind=STATUS_UPDATE,
+                subject=incident_id,
+                due_at=datetime.now(UTC) + every,
+                payload={"number": number},
+            )
+
+    async def on_status_update_due(self, ctx: HandlerContext, timer: timers.Timer) -> None:
+        """Remind the commander of an open incident to tell people where it stands, then again later."""
+        row = await ctx.conn.fetchrow(
+            "SELECT state, severity, title, commander FROM coordinator_incidents WHERE incident_id = $1",
+            timer.subject,
+        )
+        state = domain.known_state(row["state"]) if row else None
+        if row is None or state is None or self.lifecycle.is_ended(state):
+            return
+        number = int(timer.payload.get("number", 1))
+        notice = notifications.Notice(
+            kind="reminder",
+            incident_id=timer.subject,
+            discriminator=f"status-{number}",
+            severity=row["severity"],
+            recipients=[row["commander"]],
+            data={
+                "title": row["title"],
+                "state": row["state"],
+                "reason": f"time for status update {number}: say where the incident stands (vigil note)",
+            },
+        )
+        await notifications.notify(ctx.conn, self.notices, notice)
+        await self._remind_later(ctx, timer.subject, row["severity"], number=number + 1)
+
+    async def on_analyzed(self, ctx: HandlerContext, event: IncidentAnalyzed) -> None:
+        """New analysis goes to the commander as an update in the incident's conversation, not a new page."""
+        # Keyed by what it says: a repeated analysis that says nothing new is not sent again.
+        digest = hashlib.sha256(event.data.summary.encode()).hexdigest()[:12]
+        await self._update(ctx, event.subject, f"analysis-{digest}", f"analysis: {event.data.summary}")
+
+    async def on_planned(self, ctx: HandlerContext, event: ResponsePlanned) -> None:
+        plan = event.data
+        waiting = sum(a.requires_approval for a in plan.actions)
+        reason = f"response plan {plan.playbook_title!r}: {len(plan.actions)} action(s), {waiting} awaiting approval"
+        await self._update(ctx, event.subject, f"plan-{plan.plan_id}", reason)
+
+    async def _update(self, ctx: HandlerContext, incident_id: str, discriminator: str, reason: str) -> None:
+        row = await ctx.conn.fetchrow(
+            "SELECT state, severity, title, commander FROM coordinator_incidents WHERE incident_id = $1", incident_id
+        )
+        state = domain.known_state(row["state"]) if row else None
+        if row is None or state is None or self.lifecycle.is_ended(state):
+            return
+        notice = notifications.Notice(
+            kind="update",
+            incident_id=incident_id,
+            discriminator=discriminator,
+            severity=row["severity"],
+            recipients=[row["commander"]],
+            data={"title": row["title"], "reason": reason},
+        )
+        await notifications.notify(ctx.conn, self.notices, notice)
 
     def _elsewhere(self, page: escalation.Page, now: datetime) -> str | None:
         """Who is on call in the schedule a `schedule:NAME` page names."""

@@ -18,7 +18,7 @@ from shared.consumer import decode_cloudevent
 from shared.service import Runtime, ServiceSpec
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
-from shared.topics import COMMANDS, INCIDENTS, RESPONSES
+from shared.topics import ANALYSES, COMMANDS, INCIDENTS, RESPONSES
 
 log = logging.getLogger(__name__)
 # How often the schedules' calendar URLs are fetched again.
@@ -74,7 +74,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name=SERVICE,
-        consumes=(INCIDENTS, COMMANDS, RESPONSES),
+        consumes=(INCIDENTS, COMMANDS, RESPONSES, ANALYSES),
         decoder=decode_cloudevent,
         handler=coordinator.handle,
         routers=lambda runtime: [

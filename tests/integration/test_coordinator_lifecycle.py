@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,15 @@ from shared.effects.domain import verify_signature
 from shared.events import (
     AcknowledgeIncident,
     AddNote,
+    Analysis,
     ChangeOffered,
     CommandArgs,
     CommandRejected,
     EventBase,
+    IncidentAnalyzed,
     IncidentDetected,
     IncidentEscalated,
+    IncidentType,
     IncidentUpdated,
     ResponseStepChanged,
     Severity,
@@ -38,6 +43,7 @@ from shared.events import (
 from shared.outbox import write_events
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
+from shared.timers import TimerPoller
 from shared.topics import TopicNames
 from tests.factories import snapshot
 from tests.helpers import eventually, serve_app
@@ -257,6 +263,11 @@ async def test_the_commander_is_paged_once_through_a_signed_webhook_and_hears_of
         server.close()
         await server.wait_closed()
     assert [r["kind"] for r in received] == ["escalation", "state_changed"]
+    # Acknowledged: status-update reminders are due at the SEV1 cadence; new analysis is an update.
+    due = await pool.fetchval(
+        "SELECT due_at - now() FROM timers WHERE kind = 'status-update' AND subject = 'inc-page' AND fired_at IS NULL"
+    )
+    assert timedelta(minutes=29) < due <= timedelta(minutes=30)
     commander = received[0]["recipient"]
     assert received[0]["conversation"] == "inc-page" and received[1]["recipient"] == commander
     assert len(set(keys)) == 2 and keys[0].startswith("inc-page:escalation:step-0:webhook:")
@@ -264,3 +275,45 @@ async def test_the_commander_is_paged_once_through_a_signed_webhook_and_hears_of
 
 async def _truthy(value: bool) -> bool:
     return value
+
+
+async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its_conversation(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    notices = notifications.parse_notifications(
+        NOTIFY.replace("URL", "http://127.0.0.1:9/page"),
+        source="test",
+        base_dir=Path("."),
+        environ={"HOOK_SECRET": SECRET},
+    )
+    coordinator = Coordinator(load_oncall(), notices=notices)
+    await feed(pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject="inc-r", data=snapshot()))
+    ack = AcknowledgeIncident(source="/t", subject="inc-r", data=CommandArgs(actor="alice@example.com"))
+    await feed(pool, names, coordinator, ack)
+    analysis = Analysis(
+        type=IncidentType.SYSTEM_COMPROMISE,
+        severity=Severity.SEV1,
+        title="t",
+        indicators=[],
+        affected_hosts=[],
+        affected_users=[],
+        alert_count=1,
+        summary="reverse shell from 203.0.113.7",
+    )
+    for _ in range(2):  # the same analysis twice: one update
+        await feed(pool, names, coordinator, IncidentAnalyzed(source="/vigil/analyzer", subject="inc-r", data=analysis))
+    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=coordinator.timer_handlers)
+    for _ in range(2):
+        await pool.execute("UPDATE timers SET due_at = now() WHERE kind = 'status-update' AND fired_at IS NULL")
+        assert await poller.fire_due() == 1
+    kinds = [
+        notifications.parse_key(k).kind + ":" + notifications.parse_key(k).discriminator.split(":")[0]
+        for k in await pool.fetchval("SELECT array_agg(key ORDER BY id) FROM effects WHERE subject = 'inc-r'")
+    ]
+    assert kinds == [
+        "escalation:step-0",
+        "state_changed:detected->acknowledged",
+        f"update:analysis-{hashlib.sha256(analysis.summary.encode()).hexdigest()[:12]}",
+        "reminder:status-1",
+        "reminder:status-2",
+    ]
