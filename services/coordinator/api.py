@@ -34,6 +34,9 @@ from shared.events import (
 from shared.outbox import write_events
 from shared.service import Runtime
 
+# A retried request carries the same key and is applied once (module level: FastAPI resolves it here).
+IdempotencyKey = Annotated[str | None, Header(max_length=200)]
+
 
 class CommandResult(BaseModel):
     incident_id: str
@@ -109,7 +112,6 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
     def ids(idempotency_key: str | None) -> dict[str, str]:
         return {"id": f"{SERVICE}-api:{idempotency_key}"} if idempotency_key else {}
 
-    IdempotencyKey = Annotated[str | None, Header(max_length=200)]
     source = f"/vigil/{SERVICE}/api"
 
     def make(kind: Literal["ack", "resolve"]) -> None:

@@ -155,8 +155,9 @@ def move(
         (t for t in allowed if (name is not None and t.name == name) or (to is not None and t.to.value == to)), None
     )
     if chosen is None:
-        wanted = f"to {to}" if to is not None else (name or "?")
-        raise InvalidTransition(f"cannot go {wanted} from {current.value}; allowed: {choices}")
+        if to is not None:
+            raise InvalidTransition(f"cannot go to {to} from {current.value}; allowed: {choices}")
+        raise InvalidTransition(f"cannot {name} an incident that is {current.value}; allowed: {choices}")
     if chosen.resolution == "required":
         if resolution is None:
             raise InvalidTransition(f"{chosen.name} needs a resolution: one of {', '.join(lifecycle.resolutions)}")

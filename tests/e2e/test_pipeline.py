@@ -216,9 +216,10 @@ def test_alerts_become_a_handled_incident(stack: Stack, settings: VigilSettings)
         "acknowledge requested: on it",
         "state detected -> acknowledged: on it",
         "acknowledge requested",
-        "acknowledge rejected: cannot acknowledge an incident that is acknowledged (allowed: resolve)",
+        "acknowledge rejected: cannot acknowledge an incident that is acknowledged; allowed: investigate "
+        "(to investigating), contain (to contained), resolve (to resolved)",
         "resolve requested",
-        "state acknowledged -> resolved",
+        "state acknowledged -> resolved (fixed)",
     ]
     unknown = stack.cli("ack", "00000000-0000-0000-0000-000000000000", "--actor", "mallory")
     assert unknown.returncode == 1
@@ -254,7 +255,7 @@ def test_alerts_become_a_handled_incident(stack: Stack, settings: VigilSettings)
         return [e["summary"] for e in timeline if e["actor"] == "bob@example.com"]
 
     wait_until(lambda: len(bobs_entries()) >= 2, timeout=30, what="bob's entries", stack=stack)
-    assert bobs_entries() == ["resolve requested", "state detected -> resolved"]
+    assert bobs_entries() == ["resolve requested", "state detected -> resolved (fixed)"]
 
     # Every event, read by a client that is not aiokafka, is a valid CloudEvent keyed by its incident.
     topics = [names(t) for t in (INCIDENTS, ANALYSES, RESPONSES, COORDINATION, COMMANDS)]

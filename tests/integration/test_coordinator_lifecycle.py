@@ -123,6 +123,15 @@ async def test_an_incident_moves_through_its_lifecycle_with_guards_and_every_mov
     needs = await post(client, "/state", {"to_state": "resolved"}, status=409)
     assert needs["detail"] == "resolve needs a resolution: one of fixed, false_positive, duplicate, risk_accepted"
     resolved = await post(client, "/resolve", {"resolution": "false_positive", "note": "a scanner we run"})
+    retried = await client.post(
+        "/resolve", json={"actor": "alice", "resolution": "false_positive"}, headers={"Idempotency-Key": "k"}
+    )
+    again = await client.post(
+        "/resolve", json={"actor": "alice", "resolution": "false_positive"}, headers={"Idempotency-Key": "k"}
+    )
+    # The same request again (its Idempotency-Key) is answered with where the incident stands, not applied
+    # or refused a second time.
+    assert (retried.status_code, again.status_code) == (409, 200) and again.json()["state"] == "resolved"
     assert (resolved["state"], resolved["resolution"]) == ("resolved", "false_positive")
     assert (await post(client, "/state", {"to_state": "acknowledged", "note": "it came back"}))[
         "state"
@@ -143,7 +152,7 @@ async def test_an_incident_moves_through_its_lifecycle_with_guards_and_every_mov
     assert "resolve" in lifecycle["allowed"] and "triage" not in lifecycle["allowed"]
     # Refused moves are recorded too, with why.
     rejected = [e for e in await emitted(pool) if isinstance(e, CommandRejected)]
-    assert len(rejected) == 3
+    assert len(rejected) == 4
 
 
 async def test_a_person_sets_severity_then_the_detector_only_offers_its_view(

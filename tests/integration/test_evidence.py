@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.analyzer import handlers as analyzer
-from services.coordinator import domain as coordination
+from services.coordinator import schedules
 from services.coordinator.handlers import ACK_DEADLINE, SERVICE, Coordinator
 from services.coordinator.service import load_oncall
 from services.detector.handlers import Detector, decode
@@ -250,21 +250,24 @@ async def test_whole_rotation_paged_without_acknowledgement_is_reported_once(
         source="/vigil/detector", subject="inc-1", data=snapshot(type=IncidentType.SYSTEM_COMPROMISE)
     )
     await _handle(pool, names, coordinator, detected)
-    rotation = coordination.rotation_for(oncall, IncidentType.SYSTEM_COMPROMISE)
+    schedule = schedules.route(oncall, incident_type="system_compromise", severity="SEV1", service=None)
+    members = schedules.escalation_order(schedule, T0)
     poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers)
 
     # Each deadline passes unacknowledged: the poller pages the next person, then reports the end.
-    for _ in range(len(rotation.members)):
-        await pool.execute("UPDATE timers SET due_at = now() - interval '1 minute' WHERE fired_at IS NULL")
+    for _ in range(len(members)):
+        await pool.execute(
+            "UPDATE timers SET due_at = now() - interval '1 minute' WHERE fired_at IS NULL AND kind = $1", ACK_DEADLINE
+        )
         assert await poller.fire_due() == 1
     assert await poller.fire_due() == 0  # nothing left to fire
 
     events = await _outbox(pool)
     paged = [e.data.commander for e in events if isinstance(e, IncidentEscalated)]
-    assert len(paged) == len(rotation.members) and len(set(paged)) == len(paged)
+    assert len(paged) == len(members) and len(set(paged)) == len(paged)
     [exhausted] = [e for e in events if isinstance(e, EscalationExhausted)]
     assert exhausted.subject == "inc-1"
-    assert exhausted.data.rotation == rotation.name
+    assert exhausted.data.rotation == schedule.name
     assert exhausted.data.paged == paged  # everyone, in the order they were paged
     assert exhausted.data.last_commander == paged[-1]
     assert exhausted.data.severity is Severity.SEV1
@@ -285,7 +288,9 @@ async def test_the_parts_of_one_batch_escalate_once(pool: asyncpg.Pool, names: T
         pool, names, coordinator, IncidentDetected(source="/d", subject="inc-1", data=snapshot(severity=Severity.SEV3))
     )
     # Unacknowledged: the deadline pages the next person down the rotation.
-    await pool.execute("UPDATE timers SET due_at = now() - interval '1 minute' WHERE fired_at IS NULL")
+    await pool.execute(
+        "UPDATE timers SET due_at = now() - interval '1 minute' WHERE fired_at IS NULL AND kind = $1", ACK_DEADLINE
+    )
     poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers)
     assert await poller.fire_due() == 1
     before = len(await _outbox(pool))
@@ -304,7 +309,9 @@ async def test_the_parts_of_one_batch_escalate_once(pool: asyncpg.Pool, names: T
     assert [type(e) for e in new] == [IncidentEscalated]
     assert isinstance(new[0], IncidentEscalated) and new[0].data.reason == "severity raised from SEV3 to SEV2"
     # The walk down the rotation goes on from the current commander, not back to the first step.
-    pending = await pool.fetchval("SELECT payload FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL")
+    pending = await pool.fetchval(
+        "SELECT payload FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL AND kind = $1", ACK_DEADLINE
+    )
     assert pending == {"step": 2}
 
 
@@ -341,11 +348,15 @@ async def test_a_state_from_a_newer_coordinator_is_left_alone_without_crashing(
     assert "severity change not escalated" in caplog.text and "'monitoring'" in caplog.text
 
     # The acknowledgement deadline fires on it: nothing is paged, and the timer is done, not retried.
-    await pool.execute("UPDATE timers SET due_at = now() - interval '1 minute' WHERE fired_at IS NULL")
+    await pool.execute(
+        "UPDATE timers SET due_at = now() - interval '1 minute' WHERE fired_at IS NULL AND kind = $1", ACK_DEADLINE
+    )
     poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers)
     assert await poller.fire_due() == 1
     assert len(await _outbox(pool)) == written + 1
-    timer = await pool.fetchrow("SELECT fired_at, attempts, parked_at FROM timers WHERE subject = 'inc-1'")
+    timer = await pool.fetchrow(
+        "SELECT fired_at, attempts, parked_at FROM timers WHERE subject = 'inc-1' AND kind = $1", ACK_DEADLINE
+    )
     assert timer is not None and timer["fired_at"] and timer["attempts"] == 0 and timer["parked_at"] is None
     state = await pool.fetchval("SELECT state FROM coordinator_incidents WHERE incident_id = 'inc-1'")
     assert state == "monitoring"
