@@ -50,6 +50,7 @@ from shared.events import (
     Severity,
     StateChange,
     StateCommand,
+    StepChange,
     TaskCompleted,
     TaskDone,
 )
@@ -273,6 +274,9 @@ class Coordinator:
                 step.phase,
                 step.state,
             )
+        if step.connector == "notify" and step.state == "succeeded":
+            await self._relay_message(ctx, event.subject, step)
+            return
         if step.state not in ("failed", "awaiting_approval"):
             return
         row = await ctx.conn.fetchrow(
@@ -661,7 +665,22 @@ class Coordinator:
         reason = f"response plan {plan.playbook_title!r}: {len(plan.actions)} action(s), {waiting} awaiting approval"
         await self._update(ctx, event.subject, f"plan-{plan.plan_id}", reason)
 
-    async def _update(self, ctx: HandlerContext, incident_id: str, discriminator: str, reason: str) -> None:
+    async def _relay_message(self, ctx: HandlerContext, incident_id: str, step: StepChange) -> None:
+        """A playbook's `notify` step: its message goes to the incident's people (its `to`, else the commander)."""
+        params = (step.sent or {}).get("params", {})
+        text = str(params.get("text") or params.get("message") or step.name)
+        to = params.get("to")
+        await self._update(ctx, incident_id, f"notify-{step.step_id}", text, recipients=[str(to)] if to else None)
+
+    async def _update(
+        self,
+        ctx: HandlerContext,
+        incident_id: str,
+        discriminator: str,
+        reason: str,
+        *,
+        recipients: list[str] | None = None,
+    ) -> None:
         row = await ctx.conn.fetchrow(
             "SELECT state, severity, title, commander FROM coordinator_incidents WHERE incident_id = $1", incident_id
         )
@@ -673,7 +692,7 @@ class Coordinator:
             incident_id=incident_id,
             discriminator=discriminator,
             severity=row["severity"],
-            recipients=[row["commander"]],
+            recipients=recipients or [row["commander"]],
             data={"title": row["title"], "reason": reason},
         )
         await notifications.notify(ctx.conn, self.notices, notice)

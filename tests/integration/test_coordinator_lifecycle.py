@@ -311,6 +311,22 @@ async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its
     )
     for _ in range(2):  # the same analysis twice: one update
         await feed(pool, names, coordinator, IncidentAnalyzed(source="/vigil/analyzer", subject="inc-r", data=analysis))
+    # A playbook's notify step: its message reaches the commander in the incident's conversation.
+    message = StepChange(
+        step_id="inc-r:notify-stakeholders",
+        plan_id="p",
+        step="notify-stakeholders",
+        phase="communication",
+        name="Notify stakeholders",
+        connector="notify",
+        action="message",
+        from_state="planned",
+        state="succeeded",
+        actor="responder",
+        on_failure="continue",
+        sent={"channel": "incident", "action": "message", "params": {"text": "SEV1 compromise: web-1"}},
+    )
+    await feed(pool, names, coordinator, ResponseStepChanged(source="/vigil/responder", subject="inc-r", data=message))
     poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=coordinator.timer_handlers)
     for _ in range(2):
         await pool.execute("UPDATE timers SET due_at = now() WHERE kind = 'status-update' AND fired_at IS NULL")
@@ -323,6 +339,7 @@ async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its
         "escalation:step-0",
         "state_changed:detected->acknowledged",
         f"update:analysis-{hashlib.sha256(analysis.summary.encode()).hexdigest()[:12]}",
+        "update:notify-inc-r",
         "reminder:status-1",
         "reminder:status-2",
     ]
