@@ -343,3 +343,22 @@ async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its
         "reminder:status-1",
         "reminder:status-2",
     ]
+
+
+async def test_two_coordinators_given_the_same_incident_at_once_page_once(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    notices = notifications.parse_notifications(
+        NOTIFY.replace("URL", "http://127.0.0.1:9/page"),
+        source="test",
+        base_dir=Path("."),
+        environ={"HOOK_SECRET": SECRET},
+    )
+    first, second = Coordinator(load_oncall(), notices=notices), Coordinator(load_oncall(), notices=notices)
+    detected = IncidentDetected(source="/vigil/detector", subject="inc-twice", data=snapshot())
+    # Both replicas read the same event (a rebalance redelivered it) and handle it at the same moment.
+    await asyncio.gather(*(feed(pool, names, c, detected) for c in (first, second, first)))
+    keys = await pool.fetchval("SELECT array_agg(key) FROM effects WHERE subject = 'inc-twice'")
+    assert len(keys) == 1 and ":escalation:step-0:webhook:" in keys[0]
+    escalated = [e for e in await emitted(pool) if isinstance(e, IncidentEscalated) and e.subject == "inc-twice"]
+    assert len(escalated) == 1
