@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import httpx
 import typer
@@ -50,7 +50,7 @@ def _settings() -> VigilSettings:
     return VigilSettings()
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
 
@@ -377,24 +377,7 @@ STATE_STYLE = {
 
 
 def _responder(method: str, path: str, body: Any = None) -> Any:
-    settings = _settings()
-    url = settings.responder_url.rstrip("/") + path
-    headers = {"Idempotency-Key": str(uuid.uuid4())}
-    if settings.api_token:
-        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
-    try:
-        transport = httpx.HTTPTransport(retries=2)  # connection failures only; the key makes them safe
-        with httpx.Client(transport=transport, timeout=10) as client:
-            response = client.request(method, url, json=body, headers=headers)
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach the responder at {url}: {exc}")
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        _fail(f"{detail} ({response.status_code})")
-    return response.json()
+    return _answer_of(_request("responder", _settings().responder_url, method, path, body))
 
 
 def _print_steps(steps: list[dict[str, Any]]) -> None:
@@ -476,23 +459,23 @@ tasks_app = typer.Typer(help="Incident tasks per runbook phase: list them, mark 
 app.add_typer(tasks_app, name="tasks")
 
 
-def _tasks_call(method: str, path: str, body: Any = None) -> httpx.Response:
-    """Call the coordinator's task routes; return its answer, whatever the status."""
+def _request(service: str, base_url: str, method: str, path: str, body: Any = None) -> httpx.Response:
+    """Call a service's API with an idempotency key (and the token, when set); return its answer as it is."""
     settings = _settings()
-    url = settings.coordinator_url.rstrip("/") + path
+    url = base_url.rstrip("/") + path
     headers = {"Idempotency-Key": str(uuid.uuid4())}
     if settings.api_token:
         headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
     try:
         transport = httpx.HTTPTransport(retries=2)  # connection failures only; the key makes them safe
         with httpx.Client(transport=transport, timeout=10) as client:
-            response = client.request(method, url, json=body, headers=headers)
+            return client.request(method, url, json=body, headers=headers)
     except httpx.HTTPError as exc:
-        _fail(f"cannot reach the coordinator at {url}: {exc}")
-    return response
+        _fail(f"cannot reach the {service} at {url}: {exc}")
 
 
-def _tasks_answer(response: httpx.Response) -> Any:
+def _answer_of(response: httpx.Response) -> Any:
+    """The answer's JSON; a refusal ends the command with the service's reason and status."""
     if response.status_code >= 400:
         try:
             detail = response.json().get("detail", response.text)
@@ -500,6 +483,10 @@ def _tasks_answer(response: httpx.Response) -> Any:
             detail = response.text
         _fail(f"{detail} ({response.status_code})")
     return response.json()
+
+
+def _tasks_call(method: str, path: str, body: Any = None) -> httpx.Response:
+    return _request("coordinator", _settings().coordinator_url, method, path, body)
 
 
 def _task_due(task: dict[str, Any]) -> str:
@@ -515,7 +502,7 @@ def tasks_list(incident_id: str, as_json: JsonOption = False) -> None:
     response = _tasks_call("GET", f"/api/v1/incidents/{incident_id}/tasks")
     if response.status_code == 404 and len(incident_id) < 36:  # perhaps the short id `incidents list` prints
         response = _tasks_call("GET", f"/api/v1/incidents/{_resolve_id(incident_id)}/tasks")
-    listed = _tasks_answer(response)
+    listed = _answer_of(response)
     if as_json:
         print(json.dumps(listed, indent=2))
         return
@@ -543,7 +530,7 @@ def tasks_done(
 ) -> None:
     """Mark a task done, with a note for the timeline."""
     body = {"actor": actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser(), "note": note}
-    task = _tasks_answer(_tasks_call("POST", f"/api/v1/tasks/{task_id}/done", body))
+    task = _answer_of(_tasks_call("POST", f"/api/v1/tasks/{task_id}/done", body))
     console.print(f"task {task['id']} [b]{task['title']}[/b] ({task['phase']}) is done by {task['done_by']}")
 
 
@@ -1054,24 +1041,7 @@ def _who(actor: str | None) -> str:
 
 
 def _coordinator(method: str, path: str, body: Any = None) -> Any:
-    settings = _settings()
-    url = f"{settings.coordinator_url.rstrip('/')}{path}"
-    headers = {"Idempotency-Key": str(uuid.uuid4())}
-    if settings.api_token:
-        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
-    try:
-        transport = httpx.HTTPTransport(retries=2)  # connection failures only; the key makes them safe
-        with httpx.Client(transport=transport, timeout=10) as client:
-            response = client.request(method, url, json=body, headers=headers)
-    except httpx.HTTPError as exc:
-        _fail(f"cannot reach the coordinator at {url}: {exc}")
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        _fail(str(detail))
-    return response.json()
+    return _answer_of(_request("coordinator", _settings().coordinator_url, method, path, body))
 
 
 def _command(kind: str, incident_id: str, body: dict[str, Any], as_json: bool = False) -> None:

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.errors import validation_reason
 from shared.events import IncidentType, Severity
+from shared.yamlfile import YamlFileError, validate_yaml
 
 DEFAULT_ESCALATION = Path(__file__).with_name("escalation.yaml")
 _DURATION = re.compile(r"^(\d{1,5})([smhd])$")
@@ -28,7 +27,7 @@ Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-class EscalationError(ValueError):
+class EscalationError(YamlFileError):
     """An escalation file that cannot be used; the message says why."""
 
 
@@ -135,19 +134,16 @@ class EscalationFile(_Model):
         return self
 
 
-def parse_escalation(document: str) -> EscalationFile:
+def parse_escalation(document: str, *, source: str = "escalation.yaml") -> EscalationFile:
+    """Validate the file's text; each problem says `source:line:column: where: why`."""
     try:
-        data = yaml.safe_load(document)
-    except yaml.YAMLError as exc:
-        raise EscalationError(f"escalation policies are not valid YAML: {exc}") from exc
-    try:
-        return EscalationFile.model_validate(data)
-    except ValidationError as exc:
-        raise EscalationError(f"escalation policies refused: {validation_reason(exc)}") from exc
+        return validate_yaml(document, EscalationFile, source=source)
+    except YamlFileError as exc:
+        raise EscalationError(exc.problems) from exc
 
 
 def load_escalation(path: Path = DEFAULT_ESCALATION) -> EscalationFile:
-    return parse_escalation(path.read_text())
+    return parse_escalation(path.read_text(), source=str(path))
 
 
 # ---- decisions (pure) --------------------------------------------------------------------------

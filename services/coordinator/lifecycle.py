@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from shared.errors import InvalidTransition, validation_reason
+from shared.errors import InvalidTransition
 from shared.events import IncidentState, Severity
+from shared.yamlfile import YamlFileError, validate_yaml
 
 DEFAULT_LIFECYCLE = Path(__file__).with_name("lifecycle.yaml")
 
@@ -24,7 +24,7 @@ STEP_DONE = frozenset({"succeeded", "simulated", "skipped", "cancelled", "rolled
 STEP_BAD = frozenset({"failed", "denied", "refused"})
 
 
-class LifecycleError(ValueError):
+class LifecycleError(YamlFileError):
     """A lifecycle file that cannot be used; the message says why."""
 
 
@@ -82,19 +82,16 @@ class Lifecycle(_Model):
         return state in self.ended
 
 
-def parse_lifecycle(document: str) -> Lifecycle:
+def parse_lifecycle(document: str, *, source: str = "lifecycle.yaml") -> Lifecycle:
+    """Validate the file's text; each problem says `source:line:column: where: why`."""
     try:
-        data = yaml.safe_load(document)
-    except yaml.YAMLError as exc:
-        raise LifecycleError(f"lifecycle is not valid YAML: {exc}") from exc
-    try:
-        return Lifecycle.model_validate(data)
-    except ValidationError as exc:
-        raise LifecycleError(f"lifecycle refused: {validation_reason(exc)}") from exc
+        return validate_yaml(document, Lifecycle, source=source)
+    except YamlFileError as exc:
+        raise LifecycleError(exc.problems) from exc
 
 
 def load_lifecycle(path: Path = DEFAULT_LIFECYCLE) -> Lifecycle:
-    return parse_lifecycle(path.read_text())
+    return parse_lifecycle(path.read_text(), source=str(path))
 
 
 # ---- deciding a move (pure) --------------------------------------------------------------------

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
 from services.responder.playbook import Risk, duration_seconds
-from shared.errors import validation_reason
 from shared.events import Severity
+from shared.yamlfile import YamlFileError, validate_yaml
 
 DEFAULT_APPROVALS = Path(__file__).with_name("approvals.yaml")
 
@@ -28,7 +27,7 @@ Mode = Literal["auto", "approve", "forbid"]
 OnTimeout = Literal["proceed", "deny"]
 
 
-class ApprovalsError(ValueError):
+class ApprovalsError(YamlFileError):
     """A policy file that cannot be used; the message says why."""
 
 
@@ -76,19 +75,16 @@ class Policy(_Model):
         return rules
 
 
-def parse_policy(document: str) -> Policy:
+def parse_policy(document: str, *, source: str = "approvals.yaml") -> Policy:
+    """Validate the file's text; each problem says `source:line:column: where: why`."""
     try:
-        data = yaml.safe_load(document)
-    except yaml.YAMLError as exc:
-        raise ApprovalsError(f"approval policy is not valid YAML: {exc}") from exc
-    try:
-        return Policy.model_validate(data)
-    except ValidationError as exc:
-        raise ApprovalsError(f"approval policy refused: {validation_reason(exc)}") from exc
+        return validate_yaml(document, Policy, source=source)
+    except YamlFileError as exc:
+        raise ApprovalsError(exc.problems) from exc
 
 
 def load_policy(path: Path = DEFAULT_APPROVALS) -> Policy:
-    return parse_policy(path.read_text())
+    return parse_policy(path.read_text(), source=str(path))
 
 
 # ---- the decision (pure) -----------------------------------------------------------------------

@@ -72,10 +72,13 @@ def test_forbid_wins_over_the_playbook() -> None:
     [
         ("rules: []", "at least 1 item"),
         ("rules: [{name: a, when: {risks: [low]}, mode: auto}]", "the last rule must have no conditions"),
-        ("rules: [{name: a, mode: maybe}]", "'auto', 'approve' or 'forbid'"),
+        (
+            "rules: [{name: a, mode: maybe}]",
+            r"approvals.yaml:1:25: rules.0.mode: Input should be 'auto', 'approve' or 'forbid'",
+        ),
         ("rules: [{name: a, mode: approve, timeout: soon}]", "not a duration"),
         ("rules: [{name: a, mode: approve, on_timeout: shrug}]", "'proceed' or 'deny'"),
-        ("rules: [", "not valid YAML"),
+        ("rules: [", "approvals.yaml:1:9: not YAML"),
     ],
 )
 def test_a_broken_policy_is_refused_with_its_reason(document: str, reason: str) -> None:
