@@ -438,6 +438,36 @@ def deny(
     _answer("deny", step_id, actor, role, reason)
 
 
+lease_app = typer.Typer(help="Leases of reversible response actions (a temporary block).", no_args_is_help=True)
+app.add_typer(lease_app, name="lease")
+
+
+@lease_app.command("extend")
+def lease_extend(
+    step_id: StepArgument,
+    by: Annotated[str, typer.Option("--by", help="How much longer it holds: 30m, 4h, 2d.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept on the step's log.")] = "",
+    actor: ActorOption = None,
+) -> None:
+    """Keep a reversible action (a block, an isolation) in force longer; its undo moves later."""
+    body = {"actor": _who(actor), "reason": reason, "extend": by}
+    changed = _responder("POST", f"/api/v1/steps/{step_id}/lease", body)
+    console.print(f"{step_id}: undone at {changed['undo_at'][:19]}")
+
+
+@lease_app.command("revoke")
+def lease_revoke(
+    step_id: StepArgument,
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept on the step's log.")] = "",
+    actor: ActorOption = None,
+) -> None:
+    """End a reversible action's lease now: its undo runs at once."""
+    changed = _responder(
+        "POST", f"/api/v1/steps/{step_id}/lease", {"actor": _who(actor), "reason": reason, "revoke": True}
+    )
+    console.print(f"{step_id}: lease revoked, undo due {changed['undo_at'][:19]}")
+
+
 @approvals_app.command("validate")
 def approvals_validate(file: Path) -> None:
     """Check an approval policy file; print its rules in the order they are tried."""

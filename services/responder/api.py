@@ -16,10 +16,11 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.responder import blocklist, repository
 from services.responder.handlers import SERVICE, Responder, StepAnswerRefused
+from services.responder.playbook import duration_seconds
 from shared.auth import require_token
 from shared.consumer import HandlerContext
 from shared.events import ApproveStep, DenyStep, StepAnswer
@@ -96,6 +97,18 @@ class StepOut(BaseModel):
     log: list[StepLogEntry] = []
 
 
+class LeaseChange(BaseModel):
+    actor: str = Field(min_length=1, max_length=200)
+    reason: str = Field("", max_length=2000)
+    extend: str | None = Field(None, description="How much longer the action holds: 30m, 4h, 2d.")
+    revoke: bool = Field(False, description="End the lease now: the undo runs at once.")
+
+
+class LeaseChanged(BaseModel):
+    step_id: str
+    undo_at: datetime
+
+
 def _step_out(row: Any, log: list[StepLogEntry] | None = None) -> StepOut:
     return StepOut.model_validate({**{k: row[k] for k in StepOut.model_fields if k != "log"}, "log": log or []})
 
@@ -149,6 +162,26 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
 
     answer("approve")
     answer("deny")
+
+    @router.post("/steps/{step_id:path}/lease", response_model=LeaseChanged)
+    async def lease(step_id: str, body: LeaseChange) -> LeaseChanged:
+        """Extend a reversible action's lease (`extend`: 30m, 1d…) or revoke it now (`revoke`): its undo runs."""
+        try:
+            extend_s = duration_seconds(body.extend) if body.extend else None
+        except ValueError as exc:
+            raise HTTPException(422, detail=str(exc)) from exc
+        if (extend_s is None) == (not body.revoke):
+            raise HTTPException(422, detail="give either `extend` (a duration) or `revoke: true`")
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+            try:
+                changed = await responder.change_lease(
+                    ctx, step_id, actor=body.actor, reason=body.reason, extend_s=extend_s
+                )
+            except (StepAnswerRefused, ValueError) as exc:
+                raise HTTPException(409, detail=str(exc)) from exc
+        return LeaseChanged(step_id=step_id, undo_at=changed["undo_at"])
+
     return router
 
 

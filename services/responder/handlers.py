@@ -470,6 +470,37 @@ class Responder:
             timeout_s=row["timeout_s"],
         )
 
+    # ---- leases -----------------------------------------------------------------------------
+
+    async def change_lease(
+        self, ctx: HandlerContext, step_id: str, *, actor: str, reason: str, extend_s: int | None
+    ) -> dict[str, Any]:
+        """Extend a succeeded reversible step's lease by ``extend_s``, or (None) end it now: its undo runs."""
+        incident_id = steps.incident_of(step_id)
+        await repository.lock_incident(ctx.conn, incident_id)
+        found = await repository.step(ctx.conn, step_id)
+        if found is None:
+            raise StepAnswerRefused(f"no step {step_id}")
+        row = dict(found)
+        if row["lease_s"] is None or row["undo"] is None:
+            raise StepAnswerRefused(f"{step_id} is not a reversible step: it has no lease")
+        if row["state"] != "succeeded":
+            raise StepAnswerRefused(f"{step_id} is {row['state']}: only an action in force has a lease to change")
+        undo_at = await ctx.conn.fetchval(
+            "SELECT not_before FROM effects WHERE service = $1 AND key = $2 AND status = 'pending'",
+            SERVICE,
+            step_id + UNDO_SUFFIX,
+        )
+        if undo_at is None:
+            raise StepAnswerRefused(f"{step_id}: its undo is not waiting (already run, or not scheduled)")
+        now = utcnow()
+        due = now if extend_s is None else max(undo_at, now) + timedelta(seconds=extend_s)
+        await effects.move_pending(ctx.conn, service=SERVICE, kind=None, key=step_id + UNDO_SUFFIX, not_before=due)
+        what = "lease revoked: undone now" if extend_s is None else f"lease extended to {due:%Y-%m-%d %H:%M:%S %Z}"
+        await self._log_only(ctx, row, actor=actor, reason=f"{what}" + (f": {reason}" if reason else ""))
+        log.info("step %s: %s by %s", step_id, what, actor)
+        return {**row, "undo_at": due}
+
     # ---- recording --------------------------------------------------------------------------
 
     async def _change(

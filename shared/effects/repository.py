@@ -201,6 +201,22 @@ async def retry(conn: Conn, *, effect_id: int) -> Status | None:
     return status
 
 
+async def move_pending(conn: Conn, *, service: str, kind: str | None, key: str, not_before: datetime) -> bool:
+    """Move a pending effect (e.g. the undo of a leased action) to another due time; False if none waits."""
+    moved = await conn.fetchval(
+        """UPDATE effects SET not_before = $4, updated_at = now()
+           WHERE service = $1 AND ($2::text IS NULL OR kind = $2) AND key = $3 AND status = 'pending'
+           RETURNING id""",
+        service,
+        kind,
+        key,
+        not_before,
+    )
+    if moved is not None:
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, service)
+    return moved is not None
+
+
 async def list_(
     conn: Conn, *, service: str | None = None, status: str | None = None, limit: int = 100
 ) -> list[asyncpg.Record]:

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -566,3 +567,44 @@ async def test_a_failed_step_whose_playbook_escalates_pages_the_commander_again(
         "response step 'Isolate host: web-1' failed: refused for good: HTTP 400"
     ]
     assert escalations[1].data.commander == escalations[0].data.commander
+
+
+async def test_a_lease_is_extended_then_revoked_and_the_block_is_undone(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        responder = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]")
+        await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-l", data=analysis()))
+        async with running(runner_for(responder, settings, pool, names)):
+            await eventually(lambda: _all_done(pool, "inc-l"))
+    block = await fetch_one(pool, "SELECT id FROM responder_steps WHERE incident_id = 'inc-l' AND step = 'block'")
+    undo_key = block["id"] + ":undo"
+    before = await pool.fetchval("SELECT not_before FROM effects WHERE key = $1", undo_key)
+    runtime = Runtime(service="responder", settings=settings, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+    async with serve_app(build_app(runtime, api.routers(runtime, responder)), name="responder-api") as base:
+        async with httpx.AsyncClient(base_url=base) as client:
+            body = {"actor": "alice", "extend": "1h", "reason": "attack still going"}
+            extended = await client.post(f"/api/v1/steps/{block['id']}/lease", json=body)
+            assert extended.status_code == 200, extended.text
+            isolate = await fetch_one(
+                pool, "SELECT id FROM responder_steps WHERE incident_id = 'inc-l' AND step = 'isolate'"
+            )
+            refused = await client.post(f"/api/v1/steps/{isolate['id']}/lease", json={"actor": "a", "revoke": True})
+            assert refused.status_code == 409 and "not a reversible step" in refused.json()["detail"]
+        after = await pool.fetchval("SELECT not_before FROM effects WHERE key = $1", undo_key)
+        assert timedelta(minutes=59) < after - before <= timedelta(minutes=61)
+        out = await vigil_cli("lease", "revoke", block["id"], "--reason", "contained", responder_url=base)
+        assert "lease revoked" in out
+    async with running(runner_for(responder, settings, pool, names)):
+        await eventually(lambda: _state_is(pool, block["id"], "rolled_back"))
+    async with pool.acquire() as conn:
+        assert await blocklist.list_active(conn, kind="ip") == []
+    log = [
+        r["reason"] for r in await pool.fetch("SELECT reason FROM responder_step_log WHERE step_id = $1", block["id"])
+    ]
+    assert any(r.startswith("lease extended to") for r in log) and "lease revoked: undone now: contained" in log
+
+
+async def _state_is(pool: asyncpg.Pool, step_id: str, state: str) -> bool:
+    found: str | None = await pool.fetchval("SELECT state FROM responder_steps WHERE id = $1", step_id)
+    return found == state
