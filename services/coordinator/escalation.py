@@ -100,6 +100,9 @@ class Policy(_Model):
     when: When = Field(default_factory=When)
     steps: list[Step] = Field(min_length=1)
     fallback: Fallback
+    acknowledgements: int = Field(
+        1, ge=1, le=5, description="Distinct people who must acknowledge before the chain stops."
+    )
 
     @model_validator(mode="after")
     def _starts_with_the_commander(self) -> Policy:

@@ -340,7 +340,19 @@ class Coordinator:
 
     async def _change_state(
         self, ctx: HandlerContext, command: AcknowledgeIncident | ResolveIncident | ChangeState, row: asyncpg.Record
-    ) -> IncidentStateChanged:
+    ) -> IncidentStateChanged | None:
+        if isinstance(command, AcknowledgeIncident) and row["state"] == IncidentState.DETECTED.value:
+            needed = self._policy_for(row["type"], row["severity"]).acknowledgements
+            acks = list(dict.fromkeys([*row["acks"], command.data.actor]))
+            if len(acks) < needed:
+                # The policy wants several people on it: this one counts, the chain goes on.
+                await ctx.conn.execute(
+                    "UPDATE coordinator_incidents SET acks = $2, updated_at = now() WHERE incident_id = $1",
+                    command.subject,
+                    acks,
+                )
+                log.info("incident %s: %d of %d acknowledgements", command.subject, len(acks), needed)
+                return None
         facts = await self._guard_facts(ctx, command.subject, row)
         data: CommandArgs | StateCommand = command.data
         if isinstance(command, ChangeState):

@@ -2,4 +2,5 @@
 -- chain ran out (reported once).
 ALTER TABLE coordinator_incidents
     ADD COLUMN paged        jsonb NOT NULL DEFAULT '[]',
-    ADD COLUMN exhausted_at timestamptz;
+    ADD COLUMN exhausted_at timestamptz,
+    ADD COLUMN acks         jsonb NOT NULL DEFAULT '[]';  -- who acknowledged, where a policy wants several

@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services.coordinator import api, notifications, tasks
+from services.coordinator import api, escalation, notifications, tasks
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from shared import cloudevents
@@ -362,3 +362,32 @@ async def test_two_coordinators_given_the_same_incident_at_once_page_once(
     assert len(keys) == 1 and ":escalation:step-0:webhook:" in keys[0]
     escalated = [e for e in await emitted(pool) if isinstance(e, IncidentEscalated) and e.subject == "inc-twice"]
     assert len(escalated) == 1
+
+
+async def test_a_policy_that_asks_for_two_acknowledgements_keeps_paging_until_a_second_person_answers(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    policies = escalation.parse_escalation(
+        "policies: [{name: two, acknowledgements: 2, steps: [{notify: on_call}, {notify: next_on_call, after: 5m}], "
+        "fallback: {after: 5m, notify: [leads]}}]"
+    )
+    coordinator = Coordinator(load_oncall(), escalation_=policies)
+    await feed(pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject="inc-2", data=snapshot()))
+
+    async def ack(actor: str) -> None:
+        command = AcknowledgeIncident(source="/t", subject="inc-2", data=CommandArgs(actor=actor))
+        await feed(pool, names, coordinator, command)
+
+    async def state() -> tuple[str, list[str]]:
+        row = await pool.fetchrow("SELECT state, acks FROM coordinator_incidents WHERE incident_id = 'inc-2'")
+        assert row is not None
+        return row["state"], row["acks"]
+
+    await ack("alice@example.com")
+    await ack("alice@example.com")  # the same person twice counts once
+    assert await state() == ("detected", ["alice@example.com"])
+    pending = "SELECT count(*) FROM timers WHERE kind = 'ack-deadline' AND fired_at IS NULL AND cancelled_at IS NULL"
+    assert await pool.fetchval(pending) == 1  # the chain goes on
+    await ack("bob@example.com")
+    assert (await state())[0] == "acknowledged"
+    assert await pool.fetchval(pending) == 0
