@@ -120,6 +120,7 @@ async def test_only_one_relay_publishes_and_a_standby_takes_over(
         records = await read_all(settings, names(ANALYSES), expect=10)
         assert [cloudevents.decode(r.value, r.headers).id for r in records] == [e.id for e in events]
         await eventually(lambda: pool.fetchval("SELECT bool_and(sent_at IS NOT NULL) FROM outbox"))
+
         # The leader holds the lock on its own connection; no pooled connection is held meanwhile (the
         # check above just used one: asyncpg resets it on release, which may take a moment).
         async def all_idle() -> bool:
