@@ -1247,6 +1247,74 @@ async def _partitions(consumer: Any, topic: str) -> set[int]:
     return set(consumer.partitions_for_topic(topic) or ())
 
 
+# ---- audit trail -------------------------------------------------------------------------------
+
+audit_app = typer.Typer(
+    help="The audit trail: who decided what and when; check its hash chain, export it.", no_args_is_help=True
+)
+app.add_typer(audit_app, name="audit")
+AUDIT_EXPORT_FORMATS = ("jsonl", "csv")
+AUDIT_EXPORT_FIELDS = ("id", "at", "service", "principal", "action", "target", "outcome", "detail", "prev_hash", "hash")
+
+
+def _audit_time(text: str | None, option: str) -> datetime | None:
+    """An ISO 8601 time; one without an offset is in this machine's time zone."""
+    if text is None:
+        return None
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not an ISO 8601 time: {text!r}", param_hint=option) from exc
+    return at if at.tzinfo is not None else at.astimezone()
+
+
+@audit_app.command("verify")
+def audit_verify(
+    anchor: Annotated[
+        str | None, typer.Option(help="A head hash this command printed before; the chain must still hold it.")
+    ] = None,
+) -> None:
+    """Walk the whole chain; exit 1 naming the first entry edited, deleted, inserted or reordered."""
+    from shared.audit import verify_chain
+
+    report = asyncio.run(_on_database(lambda conn: verify_chain(conn, anchor=anchor)))
+    if report.problem is not None:
+        _fail(f"audit trail tampered with: {report.problem.message}")
+    head = f"; head: entry {report.head_id}, hash {report.head_hash}" if report.head_id is not None else ""
+    console.print(f"{report.entries} entries, chain intact{head}", markup=False, highlight=False, soft_wrap=True)
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[str | None, typer.Option(help="From this time on, ISO 8601 (your zone unless it says).")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this time, ISO 8601.")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="jsonl (one entry a line) or csv.")] = "jsonl",
+) -> None:
+    """Print the entries, oldest first, with their hashes: for compliance, and to verify elsewhere."""
+    import csv
+    import sys
+
+    from shared.audit import canonical_json, export_row, iter_entries
+
+    if output_format not in AUDIT_EXPORT_FORMATS:
+        _fail(f"unknown format {output_format!r}; choose one of {', '.join(AUDIT_EXPORT_FORMATS)}")
+    start, end = _audit_time(since, "--since"), _audit_time(until, "--until")
+    out = sys.stdout
+    writer = csv.DictWriter(out, fieldnames=AUDIT_EXPORT_FIELDS, lineterminator="\n")
+    if output_format == "csv":
+        writer.writeheader()
+
+    async def write(conn: Any) -> None:
+        async for entry in iter_entries(conn, since=start, until=end, batch=1000):
+            row = export_row(entry)
+            if output_format == "csv":
+                writer.writerow({**row, "detail": canonical_json(row["detail"])})
+            else:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    asyncio.run(_on_database(write))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
