@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared import housekeeping
+from shared import housekeeping, identity
 from shared.consumer import BatchFence, BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
 from shared.db import connect, create_pool, migrate
 from shared.effects import EffectKind, EffectRunner
@@ -71,6 +71,28 @@ class DatabaseProbe:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()  # never waits: the probe may be closing because the server is gone
+
+
+async def check_startup(runtime: Runtime) -> None:
+    """Refuse to serve on a non-loopback address without authentication, unless told so explicitly."""
+    settings = runtime.settings
+    if identity.is_loopback(settings.http_host):
+        return
+    async with runtime.pool.acquire() as conn:
+        tokens = await identity.active_tokens(conn)
+    if tokens == 0 and not settings.allow_unauthenticated:
+        raise RuntimeError(
+            f"{runtime.service} would serve on {settings.http_host} with no API token to check: create one "
+            "(vigil tokens create --name NAME --role admin) or, for a local experiment only, set "
+            "VIGIL_ALLOW_UNAUTHENTICATED=true"
+        )
+    if settings.allow_unauthenticated:
+        # Allowed, but never silently: anyone who can reach the port is an administrator.
+        log.warning(
+            "%s serves on %s with VIGIL_ALLOW_UNAUTHENTICATED: requests without a token act as admin",
+            runtime.service,
+            settings.http_host,
+        )
 
 
 BackgroundTask = Callable[[Runtime], Coroutine[Any, Any, None]]
@@ -142,6 +164,7 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         await producer.start()
         stack.push_async_callback(producer.stop)
         runtime = Runtime(service=spec.name, settings=settings, pool=pool, producer=producer, names=names, probe=probe)
+        await check_startup(runtime)  # no serving beyond loopback without authentication
         # Before consuming: a handler may enqueue effects of these kinds from its first batch.
         kinds = spec.effects(runtime)
 

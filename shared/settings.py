@@ -98,7 +98,12 @@ class VigilSettings(BaseSettings):
     )
     correlation_window_s: int = Field(1800, description="Alerts on the same key within this join one incident.")
     api_token: SecretStr | None = Field(
-        None, description="Bearer token the coordinator's command API requires (and the CLI sends)."
+        None, description="The API token the CLI sends (`vigil tokens create`); else the one `vigil up` saved."
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Local experiments only: requests without a token act as `anonymous` with every permission. "
+        "A service on a non-loopback address with it set (and no tokens) logs a warning at start-up.",
     )
     reporter_url: str = Field("http://127.0.0.1:8080", description="Reporter API, used by the CLI.")
     coordinator_url: str = Field("http://127.0.0.1:8084", description="Coordinator API, used by the CLI.")

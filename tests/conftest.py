@@ -159,6 +159,9 @@ async def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str) -
         rebalance_timeout_ms=1000,
         consumer_poll_ms=50,
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap),
+        # Tests of other things call the APIs as `anonymous`; tests/integration/test_identity.py checks
+        # every route of every service with tokens of each role, and without.
+        allow_unauthenticated=True,
     )
     await ensure_topics(settings.kafka, TopicNames(topic_prefix))
     return settings

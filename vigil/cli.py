@@ -313,6 +313,102 @@ def effects_retry(effect_id: Annotated[int, typer.Argument(help="Id from `vigil 
     console.print(f"effect {effect_id} ({previous}) re-queued")
 
 
+# ---- API tokens --------------------------------------------------------------------------------
+
+tokens_app = typer.Typer(
+    help="API tokens: each a person or an integration with a role (on the database, as an administrator).",
+    no_args_is_help=True,
+)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option("--name", help="Who it is: a person's or an integration's name.")],
+    role: Annotated[str, typer.Option("--role", help="viewer, responder, commander, admin or ingest.")],
+    kind: Annotated[str, typer.Option("--kind", help="person or integration.")] = "person",
+    expires: Annotated[
+        str | None, typer.Option("--expires", help="Lifetime: 12h, 90d, 2w; none: until revoked.")
+    ] = None,
+    actor: ActorOption = None,
+) -> None:
+    """Create a token and print it once: only its hash is kept."""
+    from shared import identity
+
+    if role not in identity.ROLES:
+        _fail(f"unknown role {role!r}; one of {', '.join(identity.ROLES)}")
+    if kind not in ("person", "integration"):
+        _fail("--kind is person or integration")
+    try:
+        lifetime = identity.parse_expiry(expires) if expires else None
+    except ValueError as exc:
+        _fail(str(exc))
+    token = asyncio.run(
+        _on_database(
+            lambda conn: identity.create_token(
+                conn,
+                name=name,
+                role=role,  # type: ignore[arg-type]  # checked against identity.ROLES above
+                kind=kind,  # type: ignore[arg-type]  # checked above
+                expires_in=lifetime,
+                created_by=_who(actor),
+            )
+        )
+    )
+    console.print(f"token {token.token_id} for {name} ({role}); it is shown only now:")
+    print(token.text)
+
+
+@tokens_app.command("list")
+def tokens_list(as_json: JsonOption = False) -> None:
+    """Every token: its id, who, role, when it was made and by whom, expiry and revocation (never the secret)."""
+    from shared import identity
+
+    rows = [dict(r) for r in asyncio.run(_on_database(identity.list_tokens))]
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title=f"{len(rows)} token(s)")
+    for column in ("id", "name", "role", "kind", "created", "expires", "revoked"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["name"],
+            r["role"],
+            r["kind"],
+            f"{r['created_at']:%Y-%m-%d} by {r['created_by']}",
+            f"{r['expires_at']:%Y-%m-%d %H:%M}" if r["expires_at"] else "-",
+            f"{r['revoked_at']:%Y-%m-%d %H:%M} by {r['revoked_by']}" if r["revoked_at"] else "-",
+        )
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: str, actor: ActorOption = None) -> None:
+    """Revoke a token at once: every request with it is refused from now on."""
+    from shared import identity
+
+    if not asyncio.run(_on_database(lambda conn: identity.revoke_token(conn, token_id, revoked_by=_who(actor)))):
+        _fail(f"no active token {token_id}")
+    console.print(f"token {token_id} revoked")
+
+
+@tokens_app.command("roles")
+def tokens_roles() -> None:
+    """What each role may do (the permission matrix every API checks)."""
+    from shared import identity
+
+    table = Table(title="roles")
+    table.add_column("permission")
+    for role in identity.ROLES:
+        table.add_column(role, justify="center")
+    for permission, text in identity.PERMISSION_TEXT.items():
+        marks = ["yes" if identity.allows(role, permission) else "" for role in identity.ROLES]
+        table.add_row(f"{permission}: {text}", *marks)
+    console.print(table)
+
+
 # ---- response kill switch ----------------------------------------------------------------------
 
 response_app = typer.Typer(help="The responders' global kill switch.", no_args_is_help=True)
@@ -489,13 +585,21 @@ tasks_app = typer.Typer(help="Incident tasks per runbook phase: list them, mark 
 app.add_typer(tasks_app, name="tasks")
 
 
-def _request(service: str, base_url: str, method: str, path: str, body: Any = None) -> httpx.Response:
-    """Call a service's API with an idempotency key (and the token, when set); return its answer as it is."""
+def _auth_headers() -> dict[str, str]:
+    """The API token: VIGIL_API_TOKEN, else the one `vigil up` saved for the local user."""
     settings = _settings()
-    url = base_url.rstrip("/") + path
-    headers = {"Idempotency-Key": str(uuid.uuid4())}
     if settings.api_token:
-        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+        return {"Authorization": f"Bearer {settings.api_token.get_secret_value()}"}
+    saved = settings.data_dir / "api.token"
+    if saved.exists():
+        return {"Authorization": f"Bearer {saved.read_text().strip()}"}
+    return {}
+
+
+def _request(service: str, base_url: str, method: str, path: str, body: Any = None) -> httpx.Response:
+    """Call a service's API with an idempotency key (and the token, when there is one); return its answer."""
+    url = base_url.rstrip("/") + path
+    headers = {"Idempotency-Key": str(uuid.uuid4()), **_auth_headers()}
     try:
         transport = httpx.HTTPTransport(retries=2)  # connection failures only; the key makes them safe
         with httpx.Client(transport=transport, timeout=10) as client:
@@ -936,7 +1040,11 @@ def report_problem(
     )
     settings = _settings()
     url = f"{settings.detector_url.rstrip('/')}/api/v1/alerts"
-    headers = {"Authorization": f"Bearer {settings.ingest_token.get_secret_value()}"} if settings.ingest_token else {}
+    headers = (
+        {"Authorization": f"Bearer {settings.ingest_token.get_secret_value()}"}
+        if settings.ingest_token
+        else _auth_headers()
+    )
     try:
         # Connection failures only are retried: the same report sent twice is one alert seen twice.
         with httpx.Client(transport=httpx.HTTPTransport(retries=2), timeout=15) as client:
@@ -959,13 +1067,13 @@ def report_problem(
 def _get(path: str, **params: Any) -> Any:
     url = _settings().reporter_url.rstrip("/") + path
     try:
-        response = httpx.get(url, params={k: v for k, v in params.items() if v is not None}, timeout=10)
+        params = {k: v for k, v in params.items() if v is not None}
+        response = httpx.get(url, params=params, headers=_auth_headers(), timeout=10)
     except httpx.HTTPError as exc:
         _fail(f"cannot reach the reporter at {url}: {exc}")
     if response.status_code == 404:
         _fail(response.json().get("detail", "not found"))
-    response.raise_for_status()
-    return response.json()
+    return _answer_of(response)
 
 
 SEVERITY_STYLE = {"SEV1": "bold red", "SEV2": "red", "SEV3": "yellow", "SEV4": "green"}

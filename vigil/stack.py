@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import os
 import signal
 from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
 from rich.table import Table
 
+from shared import identity
 from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedBroker, EmbeddedPostgres, port_is_free
 from shared.kafka import make_producer
@@ -37,6 +41,30 @@ async def wait_ready(url: str, timeout_s: float = 120.0) -> bool:
     return False
 
 
+TOKEN_FILE = "api.token"
+
+
+def _read_token(path: Path) -> str | None:
+    return path.read_text().strip() if path.exists() else None
+
+
+def _save_token(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)  # only the local user reads it
+    path.write_text(text + "\n")
+
+
+async def ensure_local_token(conn: Any, path: Path) -> str | None:
+    """Give the local user an admin token, saved where the CLI finds it; None if a valid one is there."""
+    saved = await asyncio.to_thread(_read_token, path)
+    if saved is not None and await identity.resolve(conn, saved) is not None:
+        return None
+    user = getpass.getuser()
+    token = await identity.create_token(conn, name=user, role="admin", created_by="vigil up")
+    await asyncio.to_thread(_save_token, path, token.text)
+    return user
+
+
 async def run_stack(settings: VigilSettings, *, demo: bool, demo_interval: float, console: Console) -> None:
     configure_logging(settings.log_level, "text", service="vigil")
     with ExitStack() as resources:
@@ -54,6 +82,11 @@ async def run_stack(settings: VigilSettings, *, demo: bool, demo_interval: float
         pool = await create_pool(settings.database_url, max_size=1)
         try:
             await migrate(pool)
+            async with pool.acquire() as conn:
+                if created := await ensure_local_token(conn, settings.data_dir / TOKEN_FILE):
+                    console.print(
+                        f"an admin token for [b]{created}[/b] is in {settings.data_dir / TOKEN_FILE}; the CLI uses it"
+                    )
         finally:
             await pool.close()
         names = TopicNames(settings.topic_prefix)

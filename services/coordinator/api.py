@@ -6,13 +6,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi import APIRouter, Header, HTTPException
 from pydantic import BaseModel, Field
 
 from services.coordinator import domain
 from services.coordinator.handlers import SERVICE, Command, Coordinator
 from services.coordinator.schedules import OnCallConfig, who_is_on_call
-from shared.auth import require_token
+from shared.auth import ANONYMOUS, actor, require
 from shared.consumer import HandlerContext
 from shared.events import (
     AcknowledgeIncident,
@@ -31,6 +31,7 @@ from shared.events import (
     StateCommand,
     StepAnswer,
 )
+from shared.identity import Permission, Principal
 from shared.outbox import write_events
 from shared.service import Runtime
 
@@ -76,7 +77,7 @@ class Forwarded(BaseModel):
 
 
 def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
-    router = APIRouter(prefix="/api/v1", tags=["commands"], dependencies=[Depends(require_token(runtime))])
+    router = APIRouter(prefix="/api/v1", tags=["commands"])
 
     async def run(command: Command) -> CommandResult:
         # The same handler as for commands from Kafka; the command itself goes to the commands
@@ -117,38 +118,68 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
     def make(kind: Literal["ack", "resolve"]) -> None:
         command_class = AcknowledgeIncident if kind == "ack" else ResolveIncident
 
+        permission: Permission = "incidents.acknowledge" if kind == "ack" else "incidents.state"
+
         @router.post(f"/incidents/{{incident_id}}/{kind}", response_model=CommandResult, name=kind)
-        async def command(incident_id: str, body: CommandArgs, idempotency_key: IdempotencyKey = None) -> CommandResult:
+        async def command(
+            incident_id: str,
+            body: CommandArgs,
+            idempotency_key: IdempotencyKey = None,
+            by: Principal = require(runtime, permission),
+        ) -> CommandResult:
             """Apply the command now; a retry carrying the same Idempotency-Key is applied once."""
-            return await run(command_class(source=source, subject=incident_id, data=body, **ids(idempotency_key)))
+            data = body.model_copy(update={"actor": actor(by, body.actor)})
+            return await run(command_class(source=source, subject=incident_id, data=data, **ids(idempotency_key)))
 
     make("ack")
     make("resolve")
 
     @router.post("/incidents/{incident_id}/state", response_model=CommandResult)
     async def change_state(
-        incident_id: str, body: StateCommand, idempotency_key: IdempotencyKey = None
+        incident_id: str,
+        body: StateCommand,
+        idempotency_key: IdempotencyKey = None,
+        by: Principal = require(runtime, "incidents.state"),
     ) -> CommandResult:
         """Move the incident to another state of its lifecycle; 409 names the states it may go to."""
-        return await run(ChangeState(source=source, subject=incident_id, data=body, **ids(idempotency_key)))
+        data = body.model_copy(update={"actor": actor(by, body.actor)})
+        return await run(ChangeState(source=source, subject=incident_id, data=data, **ids(idempotency_key)))
 
     @router.post("/incidents/{incident_id}/edit", response_model=CommandResult)
-    async def edit(incident_id: str, body: IncidentEdit, idempotency_key: IdempotencyKey = None) -> CommandResult:
+    async def edit(
+        incident_id: str,
+        body: IncidentEdit,
+        idempotency_key: IdempotencyKey = None,
+        by: Principal = require(runtime, "incidents.edit"),
+    ) -> CommandResult:
         """Change severity, type or title, with a reason; the detector's later view is only offered."""
-        return await run(EditIncident(source=source, subject=incident_id, data=body, **ids(idempotency_key)))
+        data = body.model_copy(update={"actor": actor(by, body.actor)})
+        return await run(EditIncident(source=source, subject=incident_id, data=data, **ids(idempotency_key)))
 
     @router.post("/incidents/{incident_id}/notes", response_model=CommandResult)
-    async def note(incident_id: str, body: NoteArgs, idempotency_key: IdempotencyKey = None) -> CommandResult:
+    async def note(
+        incident_id: str,
+        body: NoteArgs,
+        idempotency_key: IdempotencyKey = None,
+        by: Principal = require(runtime, "incidents.note"),
+    ) -> CommandResult:
         """Add a note to the incident's timeline."""
-        return await run(AddNote(source=source, subject=incident_id, data=body, **ids(idempotency_key)))
+        data = body.model_copy(update={"actor": actor(by, body.actor)})
+        return await run(AddNote(source=source, subject=incident_id, data=data, **ids(idempotency_key)))
 
     @router.post("/incidents/{incident_id}/assign", response_model=CommandResult)
-    async def assign(incident_id: str, body: Assignment, idempotency_key: IdempotencyKey = None) -> CommandResult:
+    async def assign(
+        incident_id: str,
+        body: Assignment,
+        idempotency_key: IdempotencyKey = None,
+        by: Principal = require(runtime, "incidents.assign"),
+    ) -> CommandResult:
         """Give a person a role on the incident (commander, scribe, communications, …)."""
-        return await run(AssignRole(source=source, subject=incident_id, data=body, **ids(idempotency_key)))
+        data = body.model_copy(update={"actor": actor(by, body.actor)})
+        return await run(AssignRole(source=source, subject=incident_id, data=data, **ids(idempotency_key)))
 
     @router.get("/incidents/{incident_id}/lifecycle", response_model=Lifecycle)
-    async def incident_lifecycle(incident_id: str) -> Lifecycle:
+    async def incident_lifecycle(incident_id: str, _by: Principal = require(runtime, "incidents.read")) -> Lifecycle:
         """Where the incident stands, where it may go next, and every move so far."""
         async with runtime.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
             row = await conn.fetchrow("SELECT * FROM coordinator_incidents WHERE incident_id = $1", incident_id)
@@ -173,10 +204,18 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
         command_class = ApproveStep if kind == "approve" else DenyStep
 
         @router.post(f"/steps/{{step_id:path}}/{kind}", response_model=Forwarded, status_code=202)
-        async def answer(step_id: str, body: StepAnswer, idempotency_key: IdempotencyKey = None) -> Forwarded:
+        async def answer(
+            step_id: str,
+            body: StepAnswer,
+            idempotency_key: IdempotencyKey = None,
+            by: Principal = require(runtime, "steps.approve"),
+        ) -> Forwarded:
             """Forward an approval or denial to the responder through the commands topic (it answers there)."""
             if body.step_id != step_id:
                 raise HTTPException(422, detail="the step id in the path and the body differ")
+            body = body.model_copy(
+                update={"actor": actor(by, body.actor), "role": by.role if by is not ANONYMOUS else body.role}
+            )
             event = command_class(source=source, subject=step_id.partition(":")[0], data=body, **ids(idempotency_key))
             async with runtime.pool.acquire() as conn, conn.transaction():
                 await write_events(conn, service=SERVICE, names=runtime.names, events=[event])
@@ -202,7 +241,7 @@ def oncall_router(runtime: Runtime, config: Callable[[], OnCallConfig]) -> APIRo
 
     ``config`` returns the on-call configuration in force (it may be reloaded, calendars refetched).
     """
-    router = APIRouter(prefix="/api/v1", tags=["oncall"], dependencies=[Depends(require_token(runtime))])
+    router = APIRouter(prefix="/api/v1", tags=["oncall"], dependencies=[require(runtime, "incidents.read")])
 
     @router.get("/oncall", response_model=list[OnCallShift])
     def oncall(at: datetime | None = None) -> list[OnCallShift]:

@@ -10,14 +10,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query
+from fastapi import APIRouter, Header, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from services.coordinator import tasks
 from services.coordinator.tasks import Progress
-from shared.auth import require_token
+from shared.auth import actor, require
 from shared.consumer import HandlerContext
 from shared.events import IncidentType, Severity
+from shared.identity import Principal
 from shared.outbox import write_events
 from shared.service import Runtime
 
@@ -47,11 +48,11 @@ def _out(task: tasks.Task, now: datetime) -> TaskOut:
 def tasks_router(
     runtime: Runtime, templates: Sequence[tasks.TaskTemplate], *, on_done: DoneHook | None = None
 ) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", tags=["tasks"], dependencies=[Depends(require_token(runtime))])
+    router = APIRouter(prefix="/api/v1", tags=["tasks"])
     api_source = f"{tasks.SERVICE}-tasks-api"
 
     @router.get("/incidents/{incident_id}/tasks", response_model=IncidentTasks)
-    async def incident_tasks(incident_id: str) -> IncidentTasks:
+    async def incident_tasks(incident_id: str, _by: Principal = require(runtime, "incidents.read")) -> IncidentTasks:
         """The incident's tasks in phase order, whether each is overdue, and the progress of each phase."""
         async with runtime.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
             found = await tasks.list_tasks(conn, incident_id)
@@ -72,6 +73,7 @@ def tasks_router(
         task_id: int,
         body: TaskDone,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        by: Principal = require(runtime, "tasks.complete"),
     ) -> TaskOut:
         """Mark the task done by `actor`, with an optional note; 404 for no such task, 409 if it is closed."""
         async with runtime.pool.acquire() as conn, conn.transaction():
@@ -88,7 +90,7 @@ def tasks_router(
                         raise HTTPException(404, detail=f"no task {task_id}")
                     return _out(task, datetime.now(UTC))
             try:
-                task = await tasks.complete(conn, task_id, actor=body.actor, note=body.note)
+                task = await tasks.complete(conn, task_id, actor=actor(by, body.actor), note=body.note)
             except tasks.TaskNotFound as exc:
                 raise HTTPException(404, detail=str(exc)) from exc
             except tasks.TaskNotOpen as exc:
@@ -103,6 +105,7 @@ def tasks_router(
     async def templates_for(
         incident_type: Annotated[IncidentType | None, Query(alias="type")] = None,
         severity: Severity | None = None,
+        _by: Principal = require(runtime, "incidents.read"),
     ) -> list[tasks.TaskTemplate]:
         """The task templates in phase order; with type and severity, those such an incident gets."""
         chosen = list(templates)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
@@ -44,6 +43,7 @@ from fastapi.responses import JSONResponse
 
 from services.detector.adapters import FORMAT_HEADER, FORMATS, Parsed, Rejected, parse_record, storable
 from services.detector.metrics import INGEST_RECORDS, INGEST_REFUSED, INGEST_REQUESTS
+from shared import identity
 from shared.service import Runtime
 from shared.topics import ALERTS_RAW
 
@@ -250,24 +250,19 @@ class Ingest:
         self.topic = runtime.names(ALERTS_RAW)
         self.max_bytes = settings.ingest_max_bytes
         self.timeout_s = settings.ingest_publish_timeout_s
+        self.pool = runtime.pool
         self.tokens = parse_tokens(settings.ingest_tokens.get_secret_value()) if settings.ingest_tokens else []
         secret = settings.ingest_hmac_secret
         self.hmac_secret = secret.get_secret_value().encode() if secret else None
-        if not self.tokens and self.hmac_secret is None and not _loopback(settings.http_host):
-            log.warning(
-                "the HTTP ingest on %s accepts alerts from anyone who reaches it: set VIGIL_INGEST_TOKENS",
-                settings.http_host,
-            )
-
-    @property
-    def open(self) -> bool:
-        return not self.tokens and self.hmac_secret is None
+        # Open to anyone only where the operator said so (a local experiment); else an API token with the
+        # `alerts.ingest` permission, a configured ingest token, or an HMAC signature.
+        self.open = settings.allow_unauthenticated and not self.tokens and self.hmac_secret is None
 
     async def accept(
         self, request: Request, *, format_name: str | None, split: bool, fixed_format: bool = False
     ) -> Accepted:
         """Take the request's records onto the raw topic, or raise Refused."""
-        source = self.authenticate(request)
+        source = await self.authenticate(request)
         if fixed_format and format_name not in FORMATS:
             raise Refused(
                 503,
@@ -294,12 +289,21 @@ class Ingest:
         )
         return Accepted(records=records, stored=stored)
 
-    def authenticate(self, request: Request) -> str | None:
+    async def authenticate(self, request: Request) -> str | None:
         """The source a bearer token names; None when the ingest is open or a signature must decide."""
         if self.open:
             return None
-        if self.tokens and (source := bearer_source(request.headers.get("authorization"), self.tokens)):
+        authorization = request.headers.get("authorization")
+        if self.tokens and (source := bearer_source(authorization, self.tokens)):
             return source
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() == "bearer" and identity.parse_token(token) is not None:
+            async with self.pool.acquire() as conn:
+                principal = await identity.resolve(conn, token)
+            if principal is not None and identity.allows(principal.role, "alerts.ingest"):
+                return principal.name
+            if principal is not None:
+                raise Refused(403, "forbidden", f"{principal.name} ({principal.role}) may not send alerts")
         if self.hmac_secret is not None and request.headers.get(SIGNATURE_HEADER):
             return None  # checked once the body is read
         raise _unauthorized()
@@ -403,15 +407,6 @@ def _is_json_type(media: str) -> bool:
     return media in ("application/json", "text/json") or media.endswith("+json")
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 # ---- routes ------------------------------------------------------------------------------------
 
 
@@ -449,6 +444,11 @@ def pagerduty_dedup_key(record: Record) -> str | None:
     return record.parsed.alerts[0].id if record.parsed.alerts else None
 
 
+# The ingest authenticates itself (API tokens, ingest tokens or an HMAC signature); the permission an
+# API token needs is declared on each route for the documentation and the route matrix test.
+INGEST_PERMISSION: dict[str, Any] = {"x-vigil-permission": "alerts.ingest"}
+
+
 def routers(runtime: Runtime) -> list[APIRouter]:
     ingest = Ingest(runtime)
     router = APIRouter(prefix="/api/v1", tags=["ingest"])
@@ -475,7 +475,7 @@ def routers(runtime: Runtime) -> list[APIRouter]:
     def _accepted(accepted: Accepted) -> JSONResponse:
         return JSONResponse(accepted.summary(), status_code=202)
 
-    @router.post("/alerts", status_code=202)
+    @router.post("/alerts", status_code=202, openapi_extra=INGEST_PERMISSION)
     async def alerts(
         request: Request, format_name: Annotated[str | None, Query(alias="format", max_length=40)] = None
     ) -> Response:
@@ -484,7 +484,7 @@ def routers(runtime: Runtime) -> list[APIRouter]:
             "alerts", lambda: ingest.accept(request, format_name=format_name, split=True), _accepted, _error
         )
 
-    @router.post("/alerts/alertmanager", status_code=202)
+    @router.post("/alerts/alertmanager", status_code=202, openapi_extra=INGEST_PERMISSION)
     async def alertmanager(request: Request) -> Response:
         """Take an Alertmanager webhook payload, as Alertmanager's `webhook_configs` send it."""
         return await answer(
@@ -494,7 +494,7 @@ def routers(runtime: Runtime) -> list[APIRouter]:
             _error,
         )
 
-    @router.post("/alerts/pagerduty", status_code=202)
+    @router.post("/alerts/pagerduty", status_code=202, openapi_extra=INGEST_PERMISSION)
     async def pagerduty(request: Request) -> Response:
         """Take a PagerDuty Events API v2 event and answer as PagerDuty's Events API does."""
         return await answer(

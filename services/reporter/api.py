@@ -7,12 +7,13 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query
 
 from services.reporter import repository
+from shared.auth import require
 from shared.events import IncidentState, Severity
 from shared.service import Runtime
 
 
 def routers(runtime: Runtime) -> list[APIRouter]:
-    router = APIRouter(prefix="/api/v1", tags=["incidents"])
+    router = APIRouter(prefix="/api/v1", tags=["incidents"], dependencies=[require(runtime, "incidents.read")])
 
     @router.get("/incidents")
     async def list_incidents(

@@ -15,15 +15,16 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from services.responder import blocklist, repository
 from services.responder.handlers import SERVICE, Responder, StepAnswerRefused
 from services.responder.playbook import duration_seconds
-from shared.auth import require_token
+from shared.auth import ANONYMOUS, actor, require
 from shared.consumer import HandlerContext
 from shared.events import ApproveStep, DenyStep, StepAnswer
+from shared.identity import Principal
 from shared.outbox import write_events
 from shared.service import Runtime
 
@@ -114,10 +115,10 @@ def _step_out(row: Any, log: list[StepLogEntry] | None = None) -> StepOut:
 
 
 def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", tags=["response steps"], dependencies=[Depends(require_token(runtime))])
+    router = APIRouter(prefix="/api/v1", tags=["response steps"])
 
     @router.get("/incidents/{incident_id}/actions", response_model=list[StepOut])
-    async def actions(incident_id: str) -> list[StepOut]:
+    async def actions(incident_id: str, _by: Principal = require(runtime, "incidents.read")) -> list[StepOut]:
         """Every response step of an incident, in plan order, with its state and the log of its changes."""
         async with runtime.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
             rows = await repository.steps_of(conn, incident_id)
@@ -135,10 +136,15 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
             step_id: str,
             body: StepAnswer,
             idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+            by: Principal = require(runtime, "steps.approve"),
         ) -> list[StepOut]:
             """Apply the answer now to the step (or every waiting item of `<incident>:<step>`); 409 says why not."""
             if body.step_id != step_id:
                 raise HTTPException(422, detail="the step id in the path and the body differ")
+            # Who answers, and in which role, is the token's; only an unauthenticated local setup takes the body's.
+            body = body.model_copy(
+                update={"actor": actor(by, body.actor), "role": body.role if by is ANONYMOUS else by.role}
+            )
             incident_id = step_id.partition(":")[0]
             ids = {"id": f"{SERVICE}-api:{idempotency_key}"} if idempotency_key else {}
             event = command_class(source=f"/vigil/{SERVICE}/api", subject=incident_id, data=body, **ids)
@@ -164,7 +170,7 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
     answer("deny")
 
     @router.post("/steps/{step_id:path}/lease", response_model=LeaseChanged)
-    async def lease(step_id: str, body: LeaseChange) -> LeaseChanged:
+    async def lease(step_id: str, body: LeaseChange, by: Principal = require(runtime, "leases.change")) -> LeaseChanged:
         """Extend a reversible action's lease (`extend`: 30m, 1d…) or revoke it now (`revoke`): its undo runs."""
         try:
             extend_s = duration_seconds(body.extend) if body.extend else None
@@ -176,7 +182,7 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
             ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
             try:
                 changed = await responder.change_lease(
-                    ctx, step_id, actor=body.actor, reason=body.reason, extend_s=extend_s
+                    ctx, step_id, actor=actor(by, body.actor), reason=body.reason, extend_s=extend_s
                 )
             except (StepAnswerRefused, ValueError) as exc:
                 raise HTTPException(409, detail=str(exc)) from exc
@@ -186,8 +192,10 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
 
 
 def blocklist_router(runtime: Runtime) -> APIRouter:
-    """The lists firewalls poll: no token, as a firewall's EDL client rarely sends one (bind to a trusted network)."""
-    router = APIRouter(prefix="/api/v1/blocklist", tags=["blocklist"])
+    """The lists firewalls poll, with a viewer token (an integration's: `vigil tokens create --kind integration`)."""
+    router = APIRouter(
+        prefix="/api/v1/blocklist", tags=["blocklist"], dependencies=[require(runtime, "incidents.read")]
+    )
 
     def edl(kind: blocklist.Kind) -> None:
         @router.get(f"/{kind}.txt", name=f"blocklist_{kind}", response_class=Response)

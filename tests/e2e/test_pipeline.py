@@ -80,6 +80,8 @@ def stack(settings: VigilSettings, tmp_path: Path) -> Iterator[Stack]:
         "VIGIL_REBALANCE_TIMEOUT_MS": "1000",
         "VIGIL_CONSUMER_POLL_MS": "50",
         "VIGIL_LOG_FORMAT": "text",
+        # People act by the names they give here; tests/integration/test_identity.py covers the tokens.
+        "VIGIL_ALLOW_UNAUTHENTICATED": "true",
         "VIGIL_REPORTER_URL": f"http://127.0.0.1:{ports['reporter']}",
         "VIGIL_COORDINATOR_URL": f"http://127.0.0.1:{ports['coordinator']}",
     }

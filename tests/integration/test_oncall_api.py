@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from services.coordinator import api
 from services.coordinator.handlers import SERVICE
 from services.coordinator.schedules import OnCallConfig, parse_oncall
+from shared import identity
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.topics import TopicNames
@@ -40,10 +40,10 @@ ack_deadline_minutes: {SEV1: 5}
 
 @contextlib.asynccontextmanager
 async def oncall_api(
-    settings: VigilSettings, pool: asyncpg.Pool, configs: list[OnCallConfig], *, token: str | None = None
+    settings: VigilSettings, pool: asyncpg.Pool, configs: list[OnCallConfig], *, secured: bool = False
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The route on the coordinator's real app, served by uvicorn; it reads the last of ``configs``."""
-    configured = settings.model_copy(update={"api_token": SecretStr(token) if token else None})
+    configured = settings.model_copy(update={"allow_unauthenticated": not secured})
     runtime = Runtime(
         service=SERVICE,
         settings=configured,
@@ -103,10 +103,12 @@ async def test_each_request_reads_the_configuration_in_force(settings: VigilSett
     assert (before[0]["person"], after[0]["person"]) == ("bob", "zoe")
 
 
-async def test_with_a_token_configured_the_route_needs_it(settings: VigilSettings, pool: asyncpg.Pool) -> None:
-    async with oncall_api(settings, pool, [parse_oncall(ONCALL)], token="s3cret") as client:
+async def test_the_route_needs_a_token_a_viewer_has(settings: VigilSettings, pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        viewer = (await identity.create_token(conn, name="vic", role="viewer", created_by="test")).text
+    async with oncall_api(settings, pool, [parse_oncall(ONCALL)], secured=True) as client:
         assert (await client.get("/api/v1/oncall")).status_code == 401
         wrong = await client.get("/api/v1/oncall", headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
-        right = await client.get("/api/v1/oncall", headers={"Authorization": "Bearer s3cret"})
+        right = await client.get("/api/v1/oncall", headers={"Authorization": f"Bearer {viewer}"})
         assert right.status_code == 200, right.text

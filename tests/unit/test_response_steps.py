@@ -50,7 +50,7 @@ def test_the_shipped_policy_decides_as_its_comments_say(
 
 def test_crown_jewels_need_two_people_and_sev1_containment_proceeds_after_five_minutes() -> None:
     jewel = decide(SHIPPED, facts(asset_tags=["crown-jewel"]))
-    assert (jewel.approvals, jewel.roles) == (2, ("commander", "security-lead"))
+    assert (jewel.approvals, jewel.roles) == (2, ("commander", "admin"))
     sev1 = decide(SHIPPED, facts(severity=Severity.SEV1))
     assert (sev1.timeout_s, sev1.on_timeout) == (300, "proceed")
 

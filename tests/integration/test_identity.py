@@ -1,0 +1,184 @@
+"""Every route of every service authenticates and checks its role, as the permission matrix says.
+
+The routes come from each service's own app (what its OpenAPI document lists): a route added without
+a permission fails here. Each is called without a token, with a revoked and an expired one, and with
+a token of each role, against the real Postgres.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.coordinator import api as coordinator_api
+from services.coordinator.handlers import Coordinator
+from services.coordinator.service import load_oncall
+from services.coordinator.tasks import load_templates
+from services.coordinator.tasks_api import tasks_router
+from services.detector import api as detector_api
+from services.reporter import api as reporter_api
+from services.responder import api as responder_api
+from services.responder.approvals import load_policy
+from services.responder.guardrails import load_guardrails
+from services.responder.handlers import Execution, Responder
+from services.responder.service import load_playbooks
+from shared import identity
+from shared.consumer import HandlerContext
+from shared.events import IncidentDetected
+from shared.kafka import make_producer
+from shared.outbox import write_events
+from shared.service import Runtime, build_app, check_startup
+from shared.settings import VigilSettings
+from shared.topics import TopicNames
+from tests.factories import snapshot
+from tests.helpers import serve_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
+
+
+def operations(app: FastAPI) -> list[tuple[str, str, str | None]]:
+    """Every API operation in the service's OpenAPI document: (method, path, the permission it declares)."""
+    found = []
+    for path, methods in app.openapi()["paths"].items():
+        if not path.startswith("/api/"):
+            continue
+        for method, operation in methods.items():
+            scopes = [scope for need in operation.get("security", []) for scope in need.get("VigilToken", [])]
+            declared = scopes[0] if scopes else operation.get("x-vigil-permission")
+            found.append((method.upper(), path, declared))
+    return found
+
+
+def concrete(path: str) -> str:
+    return re.sub(
+        r"\{(\w+)(:path)?\}", lambda m: "inc-1:step" if m.group(2) else ("1" if "task" in m.group(1) else "inc-1"), path
+    )
+
+
+@pytest.fixture
+async def apps(settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames) -> AsyncIterator[dict[str, FastAPI]]:
+    secured = settings.model_copy(update={"allow_unauthenticated": False})
+    producer = make_producer(secured, client_id="identity-test")
+    await producer.start()
+    try:
+
+        def runtime(service: str) -> Runtime:
+            return Runtime(service=service, settings=secured, pool=pool, producer=producer, names=names)
+
+        coordinator = Coordinator(load_oncall())
+        responder = Responder(
+            load_playbooks(), Execution(policy=load_policy(), guardrails=load_guardrails(), connectors={})
+        )
+        rt = runtime("coordinator")
+        yield {
+            "detector": build_app(runtime("detector"), detector_api.routers(runtime("detector"))),
+            "reporter": build_app(runtime("reporter"), reporter_api.routers(runtime("reporter"))),
+            "responder": build_app(runtime("responder"), responder_api.routers(runtime("responder"), responder)),
+            "coordinator": build_app(
+                rt,
+                [
+                    *coordinator_api.routers(rt, coordinator),
+                    coordinator_api.oncall_router(rt, lambda: coordinator.oncall),
+                    tasks_router(rt, load_templates()),
+                ],
+            ),
+        }
+    finally:
+        await producer.stop()
+
+
+async def tokens(pool: asyncpg.Pool) -> dict[str, str]:
+    made: dict[str, str] = {}
+    async with pool.acquire() as conn:
+        for role in identity.ROLES:
+            made[role] = (await identity.create_token(conn, name=f"{role}-person", role=role, created_by="test")).text
+        revoked = await identity.create_token(conn, name="gone", role="admin", created_by="test")
+        await identity.revoke_token(conn, revoked.token_id, revoked_by="test")
+        expired = await identity.create_token(conn, name="old", role="admin", created_by="test")
+        await conn.execute(
+            "UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE id = $1", expired.token_id
+        )
+    made["revoked"], made["expired"] = revoked.text, expired.text
+    return made
+
+
+async def test_every_route_refuses_without_a_valid_token_and_allows_exactly_the_roles_the_matrix_says(
+    apps: dict[str, FastAPI], pool: asyncpg.Pool
+) -> None:
+    issued = await tokens(pool)
+    checked = 0
+    for service, app in apps.items():
+        listed = operations(app)
+        assert listed, service
+        async with serve_app(app, name=f"{service}-api") as base, httpx.AsyncClient(base_url=base) as client:
+            for method, template, permission in listed:
+                assert permission is not None, f"{service} {method} {template}: no permission declared"
+                path = concrete(template)
+                for refused in (None, issued["revoked"], issued["expired"], "vigil_notarealtoken_" + "x" * 40):
+                    status = await _call(client, method, path, refused)
+                    assert status == 401, f"{service} {method} {path} with {refused!s:.16}: {status}"
+                for role in identity.ROLES:
+                    status = await _call(client, method, path, issued[role])
+                    if identity.allows(role, permission):  # type: ignore[arg-type]
+                        assert status not in (401, 403), f"{service} {method} {path}: {role} refused ({status})"
+                    else:
+                        assert status == 403, f"{service} {method} {path}: {role} got {status}, not 403"
+                checked += 1
+    assert checked >= 20  # every service's routes were seen
+
+
+async def _call(client: httpx.AsyncClient, method: str, path: str, token: str | None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return (await client.request(method, path, json={}, headers=headers)).status_code
+
+
+async def test_the_actor_of_a_command_is_the_token_not_the_name_in_the_body(
+    apps: dict[str, FastAPI], pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    coordinator = Coordinator(load_oncall())
+    detected = IncidentDetected(source="/vigil/detector", subject="inc-who", data=snapshot())
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="coordinator", names=names)
+        await coordinator.on_detected(ctx, detected)
+        await write_events(conn, service="coordinator", names=names, events=ctx.emitted)
+    async with pool.acquire() as conn:
+        carol = (await identity.create_token(conn, name="carol@example.com", role="commander", created_by="t")).text
+    async with (
+        serve_app(apps["coordinator"], name="coordinator-api") as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        answer = await client.post(
+            "/api/v1/incidents/inc-who/ack",
+            json={"actor": "mallory@example.com", "note": "it was me"},
+            headers={"Authorization": f"Bearer {carol}"},
+        )
+    assert answer.status_code == 200, answer.text
+    moved_by = await pool.fetchval("SELECT actor FROM coordinator_transitions WHERE to_state = 'acknowledged'")
+    assert moved_by == "carol@example.com"
+
+
+async def test_a_service_beyond_loopback_without_tokens_refuses_to_start(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    exposed = settings.model_copy(update={"allow_unauthenticated": False, "http_host": "0.0.0.0"})
+    runtime = Runtime(service="reporter", settings=exposed, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match=r"would serve on 0\.0\.0\.0 with no API token"):
+        await check_startup(runtime)
+    loopback = exposed.model_copy(update={"http_host": "127.0.0.1"})
+    await check_startup(Runtime(service="reporter", settings=loopback, pool=pool, producer=None, names=names))  # type: ignore[arg-type]
+    async with pool.acquire() as conn:
+        await identity.create_token(conn, name="ops", role="admin", created_by="t")
+    await check_startup(runtime)  # with a token to check, it serves
+
+
+def test_tokens_are_kept_only_as_hashes_and_parsed_strictly() -> None:
+    new = identity.mint()
+    assert identity.parse_token(new.text) == (new.token_id, new.secret)
+    assert identity.digest(new.secret) != new.secret and len(identity.digest(new.secret)) == 64
+    for malformed in ("", "Bearer x", "vigil_short_secret", f"other_{new.token_id}_{new.secret}"):
+        assert identity.parse_token(malformed) is None
