@@ -13,7 +13,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -22,7 +22,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, RebalanceInProgressError
 
-from shared import cloudevents
+from shared import audit, cloudevents
 from shared.db import Conn
 from shared.errors import DeadLetterLimitExceeded, InvalidMessage, UnknownEventType, is_retriable
 from shared.events import Event, EventBase
@@ -60,6 +60,17 @@ def decode_cloudevent(record: Any) -> tuple[str, Event]:
     return event.id, event
 
 
+@dataclass(frozen=True)
+class AuditNote:
+    """An audit entry a handler asks for; the service and the chain are filled in when it is written."""
+
+    action: str
+    target: str
+    principal: str
+    outcome: str
+    detail: dict[str, Any]
+
+
 @dataclass
 class HandlerContext:
     """What a handler may touch inside the batch's transaction."""
@@ -69,15 +80,52 @@ class HandlerContext:
     names: TopicNames
     emitted: list[EventBase] = field(default_factory=list)
     rejected: list[tuple[str, Any, InvalidMessage]] = field(default_factory=list)
+    audited: list[AuditNote] = field(default_factory=list)
 
     def emit(self, event: EventBase) -> None:
         """Queue an event for the outbox; it is written in this transaction."""
         self.emitted.append(event)
 
+    def audit(
+        self,
+        action: str,
+        target: str,
+        *,
+        principal: str,
+        outcome: str = "ok",
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Queue an audit entry; it is written with the events, last in this transaction (shared/audit.py)."""
+        self.audited.append(AuditNote(action, target, principal, outcome, dict(detail or {})))
+
+    def mark(self) -> tuple[int, int]:
+        """Where the queues stand, to drop what a rolled-back savepoint queued (``drop_since``)."""
+        return len(self.emitted), len(self.audited)
+
+    def drop_since(self, mark: tuple[int, int]) -> None:
+        del self.emitted[mark[0] :]
+        del self.audited[mark[1] :]
+
     def reject(self, inbound: Inbound[Any], reason: str | InvalidMessage) -> None:
         """Dead-letter one message whose content the handler refused."""
         error = reason if isinstance(reason, InvalidMessage) else InvalidMessage(reason)
         self.rejected.append((inbound.event_id, inbound.record, error))
+
+
+async def write_context(conn: Conn, ctx: HandlerContext) -> None:
+    """Write what the handlers queued, in their transaction: the events to the outbox, then (last, as the
+    audit chain's lock is held until commit) the audit entries."""
+    await write_events(conn, service=ctx.service, names=ctx.names, events=ctx.emitted)
+    for note in ctx.audited:
+        await audit.record(
+            conn,
+            service=ctx.service,
+            principal=note.principal,
+            action=note.action,
+            target=note.target,
+            outcome=note.outcome,
+            detail=note.detail,
+        )
 
 
 BatchHandler = Callable[[HandlerContext, Sequence[Inbound[T]]], Awaitable[None]]
@@ -101,12 +149,12 @@ def dispatch_each(table: dict[type[EventBase], EventHandler], *, savepoints: boo
             if not savepoints:
                 await handler(ctx, inbound.item)
                 continue
-            emitted = len(ctx.emitted)
+            mark = ctx.mark()
             try:
                 async with ctx.conn.transaction():
                     await handler(ctx, inbound.item)
             except InvalidMessage as exc:
-                del ctx.emitted[emitted:]  # its events go with its rolled-back writes
+                ctx.drop_since(mark)  # its events and audit entries go with its rolled-back writes
                 ctx.reject(inbound, exc)
 
     return handle
@@ -328,7 +376,7 @@ class ConsumeLoop(Generic[T]):
                 if item is None or id(item) in fresh_ids
             ]
             judged = await self._judge(conn, verdicts)
-            await write_events(conn, service=self.service, names=self.names, events=ctx.emitted)
+            await write_context(conn, ctx)
         self.guard = judged  # only once committed: a batch retried is judged once
         return len(fresh), [(record, error) for _event_id, record, error in ctx.rejected]
 

@@ -19,11 +19,10 @@ from typing import Any
 import asyncpg
 
 from shared.backoff import backoff_delay
-from shared.consumer import HandlerContext
+from shared.consumer import HandlerContext, write_context
 from shared.db import Conn
 from shared.errors import is_retriable
 from shared.metrics import TIMERS_FIRED
-from shared.outbox import write_events
 from shared.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -124,12 +123,12 @@ class TimerPoller:
             ctx = HandlerContext(conn=conn, service=self.service, names=self.names)
             for row in rows:
                 await self._fire(ctx, row)
-            await write_events(conn, service=self.service, names=self.names, events=ctx.emitted)
+            await write_context(conn, ctx)
         return len(rows)
 
     async def _fire(self, ctx: HandlerContext, row: Any) -> None:
         timer = Timer(row["id"], row["kind"], row["subject"], row["due_at"], row["payload"])
-        emitted = len(ctx.emitted)
+        mark = ctx.mark()
         try:
             async with ctx.conn.transaction():
                 # Mark first: a handler may set the next timer of the same kind for the subject.
@@ -138,7 +137,7 @@ class TimerPoller:
         except Exception as exc:
             if is_retriable(exc):
                 raise  # the database itself failed: the whole poll is retried
-            del ctx.emitted[emitted:]  # its events go with its rolled-back writes
+            ctx.drop_since(mark)  # its events and audit entries go with its rolled-back writes
             attempts = row["attempts"] + 1
             error = f"{type(exc).__name__}: {exc}"[:2000]
             if attempts >= MAX_ATTEMPTS:

@@ -333,7 +333,7 @@ def tokens_create(
     actor: ActorOption = None,
 ) -> None:
     """Create a token and print it once: only its hash is kept."""
-    from shared import identity
+    from shared import audit, identity
 
     if role not in identity.ROLES:
         _fail(f"unknown role {role!r}; one of {', '.join(identity.ROLES)}")
@@ -343,18 +343,29 @@ def tokens_create(
         lifetime = identity.parse_expiry(expires) if expires else None
     except ValueError as exc:
         _fail(str(exc))
-    token = asyncio.run(
-        _on_database(
-            lambda conn: identity.create_token(
+    who = _who(actor)
+
+    async def create(conn: Any) -> identity.NewToken:
+        async with conn.transaction():
+            made = await identity.create_token(
                 conn,
                 name=name,
                 role=role,  # type: ignore[arg-type]  # checked against identity.ROLES above
                 kind=kind,  # type: ignore[arg-type]  # checked above
                 expires_in=lifetime,
-                created_by=_who(actor),
+                created_by=who,
             )
-        )
-    )
+            await audit.record(
+                conn,
+                service="cli",
+                principal=who,
+                action="token.create",
+                target=made.token_id,
+                detail={"name": name, "role": role, "expires": expires or "never"},
+            )
+        return made
+
+    token = asyncio.run(_on_database(create))
     console.print(f"token {token.token_id} for {name} ({role}); it is shown only now:")
     print(token.text)
 
@@ -387,9 +398,18 @@ def tokens_list(as_json: JsonOption = False) -> None:
 @tokens_app.command("revoke")
 def tokens_revoke(token_id: str, actor: ActorOption = None) -> None:
     """Revoke a token at once: every request with it is refused from now on."""
-    from shared import identity
+    from shared import audit, identity
 
-    if not asyncio.run(_on_database(lambda conn: identity.revoke_token(conn, token_id, revoked_by=_who(actor)))):
+    who = _who(actor)
+
+    async def revoke(conn: Any) -> bool:
+        async with conn.transaction():
+            revoked = await identity.revoke_token(conn, token_id, revoked_by=who)
+            if revoked:
+                await audit.record(conn, service="cli", principal=who, action="token.revoke", target=token_id)
+        return revoked
+
+    if not asyncio.run(_on_database(revoke)):
         _fail(f"no active token {token_id}")
     console.print(f"token {token_id} revoked")
 
@@ -419,9 +439,19 @@ ResponseActor = Annotated[str | None, typer.Option("--actor", help="Who; default
 
 def _set_response_paused(paused: bool, reason: str, actor: str | None) -> None:
     from services.responder.guardrails import set_paused
+    from shared import audit
 
     who = actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser()
-    asyncio.run(_on_database(lambda conn: set_paused(conn, paused=paused, reason=reason, changed_by=who)))
+
+    async def switch(conn: Any) -> None:
+        async with conn.transaction():
+            await set_paused(conn, paused=paused, reason=reason, changed_by=who)
+            action = "response.pause" if paused else "response.resume"
+            await audit.record(
+                conn, service="cli", principal=who, action=action, target="responses", detail={"reason": reason}
+            )
+
+    asyncio.run(_on_database(switch))
     console.print(f"responses {'paused' if paused else 'resumed'} by {who}")
 
 

@@ -13,7 +13,7 @@ from services.coordinator import domain
 from services.coordinator.handlers import SERVICE, Command, Coordinator
 from services.coordinator.schedules import OnCallConfig, who_is_on_call
 from shared.auth import ANONYMOUS, actor, require
-from shared.consumer import HandlerContext
+from shared.consumer import HandlerContext, write_context
 from shared.events import (
     AcknowledgeIncident,
     AddNote,
@@ -99,7 +99,7 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
                 ctx.emit(command)
                 result = await coordinator.apply_command(ctx, command)
                 # A refused command is recorded too, with why, as the consume loop would.
-                await write_events(conn, service=SERVICE, names=runtime.names, events=ctx.emitted)
+                await write_context(conn, ctx)
             row = await conn.fetchrow("SELECT * FROM coordinator_incidents WHERE incident_id = $1", command.subject)
         if isinstance(result, CommandRejected):
             raise HTTPException(409, detail=result.data.reason)

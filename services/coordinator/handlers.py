@@ -309,6 +309,29 @@ class Coordinator:
         await self.apply_command(ctx, command)
 
     async def apply_command(self, ctx: HandlerContext, command: Command) -> Outcome:
+        """Apply an operator's command, and put it on the audit trail, whether it was applied or refused."""
+        outcome = await self._apply(ctx, command)
+        detail: dict[str, str] = {}
+        if isinstance(outcome, CommandRejected):
+            detail["reason"] = outcome.data.reason[:500]
+        elif isinstance(outcome, IncidentStateChanged):
+            detail = {"from": str(outcome.data.from_state), "to": outcome.data.to_state.value}
+            if outcome.data.resolution:
+                detail["resolution"] = outcome.data.resolution
+        elif isinstance(outcome, IncidentEdited):
+            detail = {name: f"{c.before} -> {c.after}" for name, c in outcome.data.changes.items()}
+        elif isinstance(outcome, IncidentAssigned):
+            detail = {"person": outcome.data.person, "role": outcome.data.role}
+        ctx.audit(
+            f"incident.{_command_name(command)}",
+            command.subject,
+            principal=command.data.actor,
+            outcome="refused" if isinstance(outcome, CommandRejected) else "ok",
+            detail=detail,
+        )
+        return outcome
+
+    async def _apply(self, ctx: HandlerContext, command: Command) -> Outcome:
         """Apply an operator's command; an impossible one is answered with a CommandRejected event."""
         row = await ctx.conn.fetchrow(
             "SELECT * FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", command.subject
@@ -505,7 +528,8 @@ class Coordinator:
         return tasks.required_progress(await tasks.list_tasks(ctx.conn, incident_id))
 
     async def on_task_done(self, ctx: HandlerContext, task: tasks.Task) -> None:
-        """A task was done (over the API): on the timeline, with who and the note."""
+        """A task was done (over the API): on the timeline and the audit trail, with who and the note."""
+        ctx.audit("task.done", str(task.id), principal=task.done_by or "unknown", detail={"incident": task.incident_id})
         done = TaskDone(
             task_id=task.id,
             phase=task.phase,
@@ -739,6 +763,13 @@ class Coordinator:
             incident_id,
         )
         ctx.emit(EscalationExhausted(source=SOURCE, subject=incident_id, data=exhaustion))
+        ctx.audit(
+            "escalation.exhausted",
+            incident_id,
+            principal=f"system:{SERVICE}",
+            outcome="exhausted",
+            detail={"paged": ", ".join(paged), "fallback": ", ".join(policy.fallback.notify)},
+        )
         notice = notifications.exhausted_notice(
             incident_id, exhaustion, title=row["title"], recipients=policy.fallback.notify
         )

@@ -16,10 +16,9 @@ from pydantic import BaseModel, Field
 from services.coordinator import tasks
 from services.coordinator.tasks import Progress
 from shared.auth import actor, require
-from shared.consumer import HandlerContext
+from shared.consumer import HandlerContext, write_context
 from shared.events import IncidentType, Severity
 from shared.identity import Principal
-from shared.outbox import write_events
 from shared.service import Runtime
 
 # Called in the transaction that marks a task done; events it emits on the context go to the outbox.
@@ -98,7 +97,7 @@ def tasks_router(
             if on_done is not None:
                 ctx = HandlerContext(conn=conn, service=tasks.SERVICE, names=runtime.names)
                 await on_done(ctx, task)
-                await write_events(conn, service=tasks.SERVICE, names=runtime.names, events=ctx.emitted)
+                await write_context(conn, ctx)
         return _out(task, datetime.now(UTC))
 
     @router.get("/tasks/templates", response_model=list[tasks.TaskTemplate])

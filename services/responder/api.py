@@ -22,10 +22,9 @@ from services.responder import blocklist, repository
 from services.responder.handlers import SERVICE, Responder, StepAnswerRefused
 from services.responder.playbook import duration_seconds
 from shared.auth import ANONYMOUS, actor, require
-from shared.consumer import HandlerContext
+from shared.consumer import HandlerContext, write_context
 from shared.events import ApproveStep, DenyStep, StepAnswer
 from shared.identity import Principal
-from shared.outbox import write_events
 from shared.service import Runtime
 
 EDL_MEDIA_TYPE = "text/plain; charset=utf-8"
@@ -163,7 +162,7 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
                     changed = await responder.apply_answer(ctx, event)
                 except StepAnswerRefused as exc:
                     raise HTTPException(409, detail=str(exc)) from exc
-                await write_events(conn, service=SERVICE, names=runtime.names, events=ctx.emitted)
+                await write_context(conn, ctx)
             return [_step_out(r) for r in changed]
 
     answer("approve")
@@ -186,6 +185,7 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
                 )
             except (StepAnswerRefused, ValueError) as exc:
                 raise HTTPException(409, detail=str(exc)) from exc
+            await write_context(conn, ctx)
         return LeaseChanged(step_id=step_id, undo_at=changed["undo_at"])
 
     return router

@@ -234,6 +234,11 @@ class Responder:
             await self.apply_answer(ctx, command)
         except StepAnswerRefused as exc:
             ctx.emit(_rejection(command, str(exc)))
+            action = "step.approve" if isinstance(command, ApproveStep) else "step.deny"
+            target = command.data.step_id
+            ctx.audit(
+                action, target, principal=command.data.actor, outcome="refused", detail={"reason": str(exc)[:500]}
+            )
             log.warning("command %s on %s rejected: %s", command.id, command.data.step_id, exc)
 
     async def apply_answer(self, ctx: HandlerContext, command: ApproveStep | DenyStep) -> list[dict[str, Any]]:
@@ -269,6 +274,12 @@ class Responder:
                 )
             except steps.ApprovalRefused as exc:
                 raise StepAnswerRefused(f"{row['id']}: {exc}") from exc
+            ctx.audit(
+                "step.deny" if deny else "step.approve",
+                row["id"],
+                principal=answer.actor,
+                detail={"incident": incident_id, "role": answer.role, "note": answer.note[:500]},
+            )
             if deny:
                 await timers.cancel(ctx.conn, service=SERVICE, kind=APPROVAL_TIMEOUT, subject=row["id"])
                 await self._change(ctx, command, row, "denied", actor=answer.actor, reason=answer.note, final=True)
@@ -294,6 +305,13 @@ class Responder:
         row = dict(found)
         cause = _TimerCause(subject=incident_id, source=SOURCE)
         waited = f"no answer by {row['approval_deadline']:%Y-%m-%d %H:%M:%S %Z} (policy rule {row['policy_rule']})"
+        ctx.audit(
+            "approval.timeout",
+            row["id"],
+            principal=f"system:{SERVICE}",
+            outcome="proceeded" if row["on_timeout"] == "proceed" else "denied",
+            detail={"incident": incident_id, "rule": row["policy_rule"]},
+        )
         if row["on_timeout"] == "proceed":
             await self._change(ctx, cause, row, "approved", actor="timeout", reason=f"{waited}: proceeds")
         else:
@@ -345,6 +363,13 @@ class Responder:
         sent = {"kind": dispatch.kind, "target": dispatch.target, "payload": dispatch.payload}
         if not verdict.allowed:
             actor = f"guardrail:{verdict.guardrail}"
+            ctx.audit(
+                "step.refused_by_guardrail",
+                row["id"],
+                principal=f"system:{SERVICE}",
+                outcome="refused",
+                detail={"incident": row["incident_id"], "guardrail": str(verdict.guardrail), "reason": verdict.reason},
+            )
             await self._change(ctx, cause, row, "refused", actor=actor, reason=verdict.reason, sent=sent, final=True)
             return
         if self.execution.dry_run or row["dry_run"]:
@@ -498,6 +523,12 @@ class Responder:
         await effects.move_pending(ctx.conn, service=SERVICE, kind=None, key=step_id + UNDO_SUFFIX, not_before=due)
         what = "lease revoked: undone now" if extend_s is None else f"lease extended to {due:%Y-%m-%d %H:%M:%S %Z}"
         await self._log_only(ctx, row, actor=actor, reason=f"{what}" + (f": {reason}" if reason else ""))
+        ctx.audit(
+            "lease.revoke" if extend_s is None else "lease.extend",
+            step_id,
+            principal=actor,
+            detail={"undo_at": due.isoformat(), "reason": reason[:500]},
+        )
         log.info("step %s: %s by %s", step_id, what, actor)
         return {**row, "undo_at": due}
 

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from shared.backoff import backoff_delay
-from shared.consumer import HandlerContext
+from shared.consumer import HandlerContext, write_context
 from shared.effects import repository
 from shared.effects.domain import (
     Attempt,
@@ -30,7 +30,6 @@ from shared.effects.domain import (
 from shared.errors import is_retriable
 from shared.events import EffectCompleted, EffectOutcome
 from shared.metrics import EFFECT_DURATION, EFFECTS_FINISHED, EFFECTS_PARKED, EFFECTS_QUEUED, EFFECTS_RUNNING
-from shared.outbox import write_events
 from shared.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -320,7 +319,7 @@ class EffectRunner:
             ctx.emit(EffectCompleted(source=f"/vigil/{self.service}", subject=effect.subject, data=outcome))
             if kind.on_outcome is not None:
                 await kind.on_outcome(ctx, effect, outcome)
-            await write_events(conn, service=self.service, names=self.names, events=ctx.emitted)
+            await write_context(conn, ctx)
         return True
 
     async def refresh_gauges(self) -> None:

@@ -20,7 +20,7 @@ from services.coordinator import api, escalation, notifications, tasks
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from shared import cloudevents
-from shared.consumer import HandlerContext, Inbound
+from shared.consumer import HandlerContext, Inbound, write_context
 from shared.effects import EffectRunner
 from shared.effects.domain import verify_signature
 from shared.events import (
@@ -40,7 +40,6 @@ from shared.events import (
     Severity,
     StepChange,
 )
-from shared.outbox import write_events
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
@@ -58,7 +57,7 @@ async def feed(pool: asyncpg.Pool, names: TopicNames, coordinator: Coordinator, 
     async with pool.acquire() as conn, conn.transaction():
         ctx = HandlerContext(conn=conn, service="coordinator", names=names)
         await coordinator.handle(ctx, [Inbound[Any](event_id=event.id, item=event, record=None)])
-        await write_events(conn, service="coordinator", names=names, events=ctx.emitted)
+        await write_context(conn, ctx)
 
 
 def step(state: str, phase: str = "recovery") -> ResponseStepChanged:

@@ -19,7 +19,7 @@ from services.coordinator.service import load_oncall
 from services.detector.handlers import Detector, decode
 from services.reporter import handlers as reporter
 from shared import cloudevents, housekeeping, timers
-from shared.consumer import HandlerContext, decode_cloudevent
+from shared.consumer import HandlerContext, decode_cloudevent, write_context
 from shared.db import connect
 from shared.events import (
     CommandArgs,
@@ -35,7 +35,7 @@ from shared.events import (
     Severity,
 )
 from shared.kafka import make_producer
-from shared.outbox import OutboxRelay, write_events
+from shared.outbox import OutboxRelay
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
 from shared.topics import ALERTS_RAW, ANALYSES, COMMANDS, INCIDENTS, TopicNames
@@ -303,7 +303,7 @@ async def test_the_parts_of_one_batch_escalate_once(pool: asyncpg.Pool, names: T
         async with pool.acquire() as conn, conn.transaction():
             ctx = HandlerContext(conn=conn, service=SERVICE, names=names)
             await coordinator.on_updated(ctx, updated)
-            await write_events(conn, service=SERVICE, names=names, events=ctx.emitted)
+            await write_context(conn, ctx)
 
     new = (await _outbox(pool))[before:]
     assert [type(e) for e in new] == [IncidentEscalated]
@@ -367,7 +367,7 @@ async def _handle(pool: asyncpg.Pool, names: TopicNames, coordinator: Coordinato
     async with pool.acquire() as conn, conn.transaction():
         ctx = HandlerContext(conn=conn, service=SERVICE, names=names)
         await coordinator.on_detected(ctx, event)
-        await write_events(conn, service=SERVICE, names=names, events=ctx.emitted)
+        await write_context(conn, ctx)
 
 
 async def _outbox(pool: asyncpg.Pool) -> list[EventBase]:

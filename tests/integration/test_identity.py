@@ -27,11 +27,10 @@ from services.responder.approvals import load_policy
 from services.responder.guardrails import load_guardrails
 from services.responder.handlers import Execution, Responder
 from services.responder.service import load_playbooks
-from shared import identity
-from shared.consumer import HandlerContext
+from shared import audit, identity
+from shared.consumer import HandlerContext, write_context
 from shared.events import IncidentDetected
 from shared.kafka import make_producer
-from shared.outbox import write_events
 from shared.service import Runtime, build_app, check_startup
 from shared.settings import VigilSettings
 from shared.topics import TopicNames
@@ -145,7 +144,7 @@ async def test_the_actor_of_a_command_is_the_token_not_the_name_in_the_body(
     async with pool.acquire() as conn, conn.transaction():
         ctx = HandlerContext(conn=conn, service="coordinator", names=names)
         await coordinator.on_detected(ctx, detected)
-        await write_events(conn, service="coordinator", names=names, events=ctx.emitted)
+        await write_context(conn, ctx)
     async with pool.acquire() as conn:
         carol = (await identity.create_token(conn, name="carol@example.com", role="commander", created_by="t")).text
     async with (
@@ -160,6 +159,17 @@ async def test_the_actor_of_a_command_is_the_token_not_the_name_in_the_body(
     assert answer.status_code == 200, answer.text
     moved_by = await pool.fetchval("SELECT actor FROM coordinator_transitions WHERE to_state = 'acknowledged'")
     assert moved_by == "carol@example.com"
+    # And the audit trail says so, chained to what came before.
+    entry = await pool.fetchrow("SELECT principal, action, target, outcome FROM audit_log ORDER BY id DESC LIMIT 1")
+    assert entry is not None
+    assert dict(entry) == {
+        "principal": "carol@example.com",
+        "action": "incident.acknowledge",
+        "target": "inc-who",
+        "outcome": "ok",
+    }
+    async with pool.acquire() as conn:
+        assert (await audit.verify_chain(conn)).problem is None
 
 
 async def test_a_service_beyond_loopback_without_tokens_refuses_to_start(

@@ -32,7 +32,7 @@ from services.responder.connectors import load_connectors, parse_connectors_conf
 from services.responder.guardrails import parse_guardrails
 from services.responder.handlers import Execution, Responder, StepAnswerRefused
 from services.responder.steps import FINAL
-from shared.consumer import HandlerContext, Inbound
+from shared.consumer import HandlerContext, Inbound, write_context
 from shared.effects import EffectRunner
 from shared.effects.domain import verify_signature
 from shared.events import (
@@ -51,7 +51,6 @@ from shared.events import (
     StepAnswer,
     StepChange,
 )
-from shared.outbox import write_events
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
@@ -230,7 +229,7 @@ async def handle(pool: asyncpg.Pool, names: TopicNames, responder: Responder, ev
     async with pool.acquire() as conn, conn.transaction():
         ctx = HandlerContext(conn=conn, service="responder", names=names)
         await responder.handle(ctx, [_inbound(event)])
-        await write_events(conn, service="responder", names=names, events=ctx.emitted)
+        await write_context(conn, ctx)
         return list(ctx.emitted)
 
 
@@ -375,6 +374,8 @@ async def test_an_unanswered_approval_takes_the_policys_default_in_a_restarted_r
         for r in await pool.fetch("SELECT step, state, reason FROM responder_steps WHERE incident_id = 'inc-sev4'")
     }
     assert reasons["isolate"][1].startswith("no answer by") and reasons["isolate"][1].endswith("denied")
+    timeouts = await pool.fetch("SELECT outcome FROM audit_log WHERE action = 'approval.timeout' ORDER BY id")
+    assert sorted(r["outcome"] for r in timeouts) == ["denied", "proceeded"]
     log = await pool.fetch("SELECT actor, to_state FROM responder_step_log WHERE step_id LIKE 'inc-sev1:isolate:%'")
     assert ("timeout", "approved") in [(r["actor"], r["to_state"]) for r in log]
 
@@ -398,6 +399,11 @@ async def test_guardrails_and_the_kill_switch_refuse_with_their_reason(
     assert rows[("block", "203.0.113.9")]["state"] == "running"
     actors = {r["actor"] for r in await pool.fetch("SELECT actor FROM responder_step_log WHERE to_state = 'refused'")}
     assert actors == {"guardrail:never_block"}
+    audited = await pool.fetch(
+        "SELECT principal, target, outcome, detail FROM audit_log WHERE action = 'step.refused_by_guardrail'"
+    )
+    assert {(r["principal"], r["outcome"]) for r in audited} == {("system:responder", "refused")}
+    assert {r["target"] for r in audited} == {rows[("isolate", "dc-1")]["id"], rows[("block", "198.51.100.4")]["id"]}
 
     async with pool.acquire() as conn:
         await guardrails.set_paused(conn, paused=True, reason="drill", changed_by="alice")

@@ -12,7 +12,7 @@ from services.coordinator.handlers import ACK_DEADLINE, SERVICE, Coordinator
 from services.coordinator.service import load_oncall
 from services.detector.handlers import Detector, decode
 from shared import cloudevents, housekeeping
-from shared.consumer import HandlerContext
+from shared.consumer import HandlerContext, write_context
 from shared.db import connect
 from shared.events import (
     AcknowledgeIncident,
@@ -176,7 +176,7 @@ async def test_an_unanswered_chain_pages_everyone_in_order_then_the_fallback_onc
     async with pool.acquire() as conn, conn.transaction():
         ctx = HandlerContext(conn=conn, service=SERVICE, names=names)
         await coordinator.on_detected(ctx, detected)
-        await write_events(conn, service=SERVICE, names=names, events=ctx.emitted)
+        await write_context(conn, ctx)
     poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers)
     for _ in range(4):  # two more people, then the fallback, then nothing
         await pool.execute("UPDATE timers SET due_at = now() - interval '1 second' WHERE kind = $1", ACK_DEADLINE)
