@@ -43,15 +43,15 @@ def node_at(node: yaml.Node, loc: Sequence[int | str]) -> yaml.Node:
     return node
 
 
-def validate_yaml(document: str, model: type[M], *, source: str) -> M:
-    """Parse a YAML document into ``model``; raise YamlFileError naming every problem's line."""
+def validate_yaml(document: str, model: type[M], *, source: str, raises: type[YamlFileError] = YamlFileError) -> M:
+    """Parse a YAML document into ``model``; raise ``raises`` (a YamlFileError) naming every problem's line."""
     try:
         data = yaml.safe_load(document)
         root = yaml.compose(document, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
-        raise YamlFileError([f"{source}:{where}: not YAML: {exc.problem}"]) from exc
+        raise raises([f"{source}:{where}: not YAML: {exc.problem}"]) from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -62,4 +62,4 @@ def validate_yaml(document: str, model: type[M], *, source: str) -> M:
             where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
             path = ".".join(str(part) for part in loc if part != "[key]") or "(file)"
             problems.append(f"{source}:{where}: {path}: {error['msg']}")
-        raise YamlFileError(problems) from exc
+        raise raises(problems) from exc

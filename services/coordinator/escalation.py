@@ -139,10 +139,7 @@ class EscalationFile(_Model):
 
 def parse_escalation(document: str, *, source: str = "escalation.yaml") -> EscalationFile:
     """Validate the file's text; each problem says `source:line:column: where: why`."""
-    try:
-        return validate_yaml(document, EscalationFile, source=source)
-    except YamlFileError as exc:
-        raise EscalationError(exc.problems) from exc
+    return validate_yaml(document, EscalationFile, source=source, raises=EscalationError)
 
 
 def load_escalation(path: Path = DEFAULT_ESCALATION) -> EscalationFile:

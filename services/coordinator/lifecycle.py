@@ -84,10 +84,7 @@ class Lifecycle(_Model):
 
 def parse_lifecycle(document: str, *, source: str = "lifecycle.yaml") -> Lifecycle:
     """Validate the file's text; each problem says `source:line:column: where: why`."""
-    try:
-        return validate_yaml(document, Lifecycle, source=source)
-    except YamlFileError as exc:
-        raise LifecycleError(exc.problems) from exc
+    return validate_yaml(document, Lifecycle, source=source, raises=LifecycleError)
 
 
 def load_lifecycle(path: Path = DEFAULT_LIFECYCLE) -> Lifecycle:

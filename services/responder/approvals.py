@@ -77,10 +77,7 @@ class Policy(_Model):
 
 def parse_policy(document: str, *, source: str = "approvals.yaml") -> Policy:
     """Validate the file's text; each problem says `source:line:column: where: why`."""
-    try:
-        return validate_yaml(document, Policy, source=source)
-    except YamlFileError as exc:
-        raise ApprovalsError(exc.problems) from exc
+    return validate_yaml(document, Policy, source=source, raises=ApprovalsError)
 
 
 def load_policy(path: Path = DEFAULT_APPROVALS) -> Policy:

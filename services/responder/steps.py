@@ -14,20 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-State = Literal[
-    "planned",
-    "awaiting_approval",
-    "approved",
-    "denied",
-    "running",
-    "succeeded",
-    "failed",
-    "refused",
-    "simulated",
-    "skipped",
-    "cancelled",
-    "rolled_back",
-]
+from shared.events import StepState
+
+State = StepState  # declared once, with the events that carry it
 # Nothing more happens to a step in these states (a lease's undo is its own effect, see rolled_back).
 FINAL: frozenset[str] = frozenset(
     {"denied", "succeeded", "failed", "refused", "simulated", "skipped", "cancelled", "rolled_back"}
