@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import asyncpg
 
-from shared import effects
+from shared import effects, idempotency
 from shared.errors import is_retriable
 from shared.topics import ledger_retention
 
@@ -48,6 +48,11 @@ async def prune(
                AND (fired_at IS NOT NULL OR cancelled_at IS NOT NULL)""",
             service,
             KEEP_TIMERS,
+        )
+        # Remembered answers to API requests are not per service; any service may prune them.
+        await conn.execute(
+            "DELETE FROM api_idempotency WHERE created_at < now() - make_interval(days => $1)",
+            idempotency.RETENTION_DAYS,
         )
     return int(processed.split()[-1]), int(sent.split()[-1])
 

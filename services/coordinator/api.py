@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.coordinator import domain
 from services.coordinator.handlers import SERVICE, Command, Coordinator
 from services.coordinator.schedules import OnCallConfig, who_is_on_call
+from shared import idempotency
 from shared.auth import ANONYMOUS, actor, require
 from shared.consumer import HandlerContext, write_context
 from shared.events import (
@@ -79,39 +81,36 @@ class Forwarded(BaseModel):
 def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
     router = APIRouter(prefix="/api/v1", tags=["commands"])
 
-    async def run(command: Command) -> CommandResult:
-        # The same handler as for commands from Kafka; the command itself goes to the commands
-        # topic through the outbox, already marked processed, as the audit record.
+    async def run(command: Command, by: Principal, key: str | None) -> JSONResponse:
+        """Apply a command at once, with the handler commands from Kafka take; the command itself goes to the
+        commands topic through the outbox, already marked processed, as the record. A retry with the same
+        Idempotency-Key (same principal, same operation) gets the first answer back, a refusal included."""
         async with runtime.pool.acquire() as conn, conn.transaction():
-            if not await conn.fetchval(
-                "SELECT true FROM coordinator_incidents WHERE incident_id = $1", command.subject
-            ):
-                raise HTTPException(404, detail=f"no incident {command.subject}")
-            first_time = await conn.fetchval(
-                """INSERT INTO processed_events (service, event_id) VALUES ($1, $2)
-                   ON CONFLICT DO NOTHING RETURNING true""",
-                SERVICE,
-                command.id,
-            )
-            result = None
-            if first_time:  # else a retried request with the same Idempotency-Key: answer, change nothing
+
+            async def apply() -> idempotency.Answer:
+                if not await conn.fetchval(
+                    "SELECT true FROM coordinator_incidents WHERE incident_id = $1", command.subject
+                ):
+                    raise HTTPException(404, detail=f"no incident {command.subject}")
+                await conn.execute(
+                    "INSERT INTO processed_events (service, event_id) VALUES ($1, $2)", SERVICE, command.id
+                )
                 ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
                 ctx.emit(command)
                 result = await coordinator.apply_command(ctx, command)
                 # A refused command is recorded too, with why, as the consume loop would.
                 await write_context(conn, ctx)
-            row = await conn.fetchrow("SELECT * FROM coordinator_incidents WHERE incident_id = $1", command.subject)
-        if isinstance(result, CommandRejected):
-            raise HTTPException(409, detail=result.data.reason)
-        assert row is not None  # checked above, in the same transaction
-        return CommandResult(
-            incident_id=command.subject,
-            command_id=command.id,
-            **{k: row[k] for k in ("state", "severity", "type", "title", "commander", "roles", "resolution")},
-        )
+                if isinstance(result, CommandRejected):
+                    return idempotency.Answer(409, {"detail": result.data.reason})
+                row = await conn.fetchrow("SELECT * FROM coordinator_incidents WHERE incident_id = $1", command.subject)
+                assert row is not None  # checked above, in the same transaction
+                fields = {k: row[k] for k in ("state", "severity", "type", "title", "commander", "roles", "resolution")}
+                done = CommandResult(incident_id=command.subject, command_id=command.id, **fields)
+                return idempotency.Answer(200, done.model_dump(mode="json"))
 
-    def ids(idempotency_key: str | None) -> dict[str, str]:
-        return {"id": f"{SERVICE}-api:{idempotency_key}"} if idempotency_key else {}
+            operation = f"{command.type}:{command.subject}"
+            answer = await idempotency.once(conn, principal=by.name, operation=operation, key=key, apply=apply)
+        return JSONResponse(answer.body, status_code=answer.status)
 
     source = f"/vigil/{SERVICE}/api"
 
@@ -126,10 +125,10 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
             body: CommandArgs,
             idempotency_key: IdempotencyKey = None,
             by: Principal = require(runtime, permission),
-        ) -> CommandResult:
+        ) -> JSONResponse:
             """Apply the command now; a retry carrying the same Idempotency-Key is applied once."""
             data = body.model_copy(update={"actor": actor(by, body.actor)})
-            return await run(command_class(source=source, subject=incident_id, data=data, **ids(idempotency_key)))
+            return await run(command_class(source=source, subject=incident_id, data=data), by, idempotency_key)
 
     make("ack")
     make("resolve")
@@ -140,10 +139,10 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
         body: StateCommand,
         idempotency_key: IdempotencyKey = None,
         by: Principal = require(runtime, "incidents.state"),
-    ) -> CommandResult:
+    ) -> JSONResponse:
         """Move the incident to another state of its lifecycle; 409 names the states it may go to."""
         data = body.model_copy(update={"actor": actor(by, body.actor)})
-        return await run(ChangeState(source=source, subject=incident_id, data=data, **ids(idempotency_key)))
+        return await run(ChangeState(source=source, subject=incident_id, data=data), by, idempotency_key)
 
     @router.post("/incidents/{incident_id}/edit", response_model=CommandResult)
     async def edit(
@@ -151,10 +150,10 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
         body: IncidentEdit,
         idempotency_key: IdempotencyKey = None,
         by: Principal = require(runtime, "incidents.edit"),
-    ) -> CommandResult:
+    ) -> JSONResponse:
         """Change severity, type or title, with a reason; the detector's later view is only offered."""
         data = body.model_copy(update={"actor": actor(by, body.actor)})
-        return await run(EditIncident(source=source, subject=incident_id, data=data, **ids(idempotency_key)))
+        return await run(EditIncident(source=source, subject=incident_id, data=data), by, idempotency_key)
 
     @router.post("/incidents/{incident_id}/notes", response_model=CommandResult)
     async def note(
@@ -162,10 +161,10 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
         body: NoteArgs,
         idempotency_key: IdempotencyKey = None,
         by: Principal = require(runtime, "incidents.note"),
-    ) -> CommandResult:
+    ) -> JSONResponse:
         """Add a note to the incident's timeline."""
         data = body.model_copy(update={"actor": actor(by, body.actor)})
-        return await run(AddNote(source=source, subject=incident_id, data=data, **ids(idempotency_key)))
+        return await run(AddNote(source=source, subject=incident_id, data=data), by, idempotency_key)
 
     @router.post("/incidents/{incident_id}/assign", response_model=CommandResult)
     async def assign(
@@ -173,10 +172,10 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
         body: Assignment,
         idempotency_key: IdempotencyKey = None,
         by: Principal = require(runtime, "incidents.assign"),
-    ) -> CommandResult:
+    ) -> JSONResponse:
         """Give a person a role on the incident (commander, scribe, communications, …)."""
         data = body.model_copy(update={"actor": actor(by, body.actor)})
-        return await run(AssignRole(source=source, subject=incident_id, data=data, **ids(idempotency_key)))
+        return await run(AssignRole(source=source, subject=incident_id, data=data), by, idempotency_key)
 
     @router.get("/incidents/{incident_id}/lifecycle", response_model=Lifecycle)
     async def incident_lifecycle(incident_id: str, _by: Principal = require(runtime, "incidents.read")) -> Lifecycle:
@@ -209,17 +208,26 @@ def routers(runtime: Runtime, coordinator: Coordinator) -> list[APIRouter]:
             body: StepAnswer,
             idempotency_key: IdempotencyKey = None,
             by: Principal = require(runtime, "steps.approve"),
-        ) -> Forwarded:
+        ) -> Any:
             """Forward an approval or denial to the responder through the commands topic (it answers there)."""
             if body.step_id != step_id:
                 raise HTTPException(422, detail="the step id in the path and the body differ")
             body = body.model_copy(
                 update={"actor": actor(by, body.actor), "role": by.role if by is not ANONYMOUS else body.role}
             )
-            event = command_class(source=source, subject=step_id.partition(":")[0], data=body, **ids(idempotency_key))
+            event = command_class(source=source, subject=step_id.partition(":")[0], data=body)
             async with runtime.pool.acquire() as conn, conn.transaction():
-                await write_events(conn, service=SERVICE, names=runtime.names, events=[event])
-            return Forwarded(command_id=event.id, forwarded_to="responder")
+
+                async def apply() -> idempotency.Answer:
+                    await write_events(conn, service=SERVICE, names=runtime.names, events=[event])
+                    sent = Forwarded(command_id=event.id, forwarded_to="responder")
+                    return idempotency.Answer(202, sent.model_dump())
+
+                operation = f"{event.type}:{step_id}"
+                forwarded = await idempotency.once(
+                    conn, principal=by.name, operation=operation, key=idempotency_key, apply=apply
+                )
+            return JSONResponse(forwarded.body, status_code=forwarded.status)
 
     forward("approve")
     forward("deny")

@@ -11,10 +11,12 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.coordinator import tasks
 from services.coordinator.tasks import Progress
+from shared import idempotency
 from shared.auth import actor, require
 from shared.consumer import HandlerContext, write_context
 from shared.events import IncidentType, Severity
@@ -48,7 +50,6 @@ def tasks_router(
     runtime: Runtime, templates: Sequence[tasks.TaskTemplate], *, on_done: DoneHook | None = None
 ) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["tasks"])
-    api_source = f"{tasks.SERVICE}-tasks-api"
 
     @router.get("/incidents/{incident_id}/tasks", response_model=IncidentTasks)
     async def incident_tasks(incident_id: str, _by: Principal = require(runtime, "incidents.read")) -> IncidentTasks:
@@ -73,32 +74,27 @@ def tasks_router(
         body: TaskDone,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
         by: Principal = require(runtime, "tasks.complete"),
-    ) -> TaskOut:
+    ) -> JSONResponse:
         """Mark the task done by `actor`, with an optional note; 404 for no such task, 409 if it is closed."""
         async with runtime.pool.acquire() as conn, conn.transaction():
-            if idempotency_key is not None:
-                first_time = await conn.fetchval(
-                    """INSERT INTO processed_events (service, event_id) VALUES ($1, $2)
-                       ON CONFLICT DO NOTHING RETURNING true""",
-                    tasks.SERVICE,
-                    f"{api_source}:{idempotency_key}",
-                )
-                if not first_time:  # the same request retried: answer with the task as it is now
-                    task = await tasks.get(conn, task_id)
-                    if task is None:
-                        raise HTTPException(404, detail=f"no task {task_id}")
-                    return _out(task, datetime.now(UTC))
-            try:
-                task = await tasks.complete(conn, task_id, actor=actor(by, body.actor), note=body.note)
-            except tasks.TaskNotFound as exc:
-                raise HTTPException(404, detail=str(exc)) from exc
-            except tasks.TaskNotOpen as exc:
-                raise HTTPException(409, detail=str(exc)) from exc
-            if on_done is not None:
-                ctx = HandlerContext(conn=conn, service=tasks.SERVICE, names=runtime.names)
-                await on_done(ctx, task)
-                await write_context(conn, ctx)
-        return _out(task, datetime.now(UTC))
+
+            async def apply() -> idempotency.Answer:
+                try:
+                    task = await tasks.complete(conn, task_id, actor=actor(by, body.actor), note=body.note)
+                except tasks.TaskNotFound as exc:
+                    raise HTTPException(404, detail=str(exc)) from exc
+                except tasks.TaskNotOpen as exc:
+                    return idempotency.Answer(409, {"detail": str(exc)})
+                if on_done is not None:
+                    ctx = HandlerContext(conn=conn, service=tasks.SERVICE, names=runtime.names)
+                    await on_done(ctx, task)
+                    await write_context(conn, ctx)
+                return idempotency.Answer(200, _out(task, datetime.now(UTC)).model_dump(mode="json"))
+
+            answer = await idempotency.once(
+                conn, principal=by.name, operation=f"task.done:{task_id}", key=idempotency_key, apply=apply
+            )
+        return JSONResponse(answer.body, status_code=answer.status)
 
     @router.get("/tasks/templates", response_model=list[tasks.TaskTemplate])
     async def templates_for(

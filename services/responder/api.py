@@ -16,11 +16,13 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.responder import blocklist, repository
 from services.responder.handlers import SERVICE, Responder, StepAnswerRefused
 from services.responder.playbook import duration_seconds
+from shared import idempotency
 from shared.auth import ANONYMOUS, actor, require
 from shared.consumer import HandlerContext, write_context
 from shared.events import ApproveStep, DenyStep, StepAnswer
@@ -136,7 +138,7 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
             body: StepAnswer,
             idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
             by: Principal = require(runtime, "steps.approve"),
-        ) -> list[StepOut]:
+        ) -> JSONResponse:
             """Apply the answer now to the step (or every waiting item of `<incident>:<step>`); 409 says why not."""
             if body.step_id != step_id:
                 raise HTTPException(422, detail="the step id in the path and the body differ")
@@ -144,26 +146,37 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
             body = body.model_copy(
                 update={"actor": actor(by, body.actor), "role": body.role if by is ANONYMOUS else by.role}
             )
-            incident_id = step_id.partition(":")[0]
-            ids = {"id": f"{SERVICE}-api:{idempotency_key}"} if idempotency_key else {}
-            event = command_class(source=f"/vigil/{SERVICE}/api", subject=incident_id, data=body, **ids)
+            event = command_class(source=f"/vigil/{SERVICE}/api", subject=step_id.partition(":")[0], data=body)
+
             async with runtime.pool.acquire() as conn, conn.transaction():
-                first_time = await conn.fetchval(
-                    """INSERT INTO processed_events (service, event_id) VALUES ($1, $2)
-                       ON CONFLICT DO NOTHING RETURNING true""",
-                    SERVICE,
-                    event.id,
+
+                async def apply() -> idempotency.Answer:
+                    ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+                    ctx.emit(event)  # the record on the commands topic, already processed here
+                    try:
+                        async with conn.transaction():
+                            changed = await responder.apply_answer(ctx, event)
+                    except StepAnswerRefused as exc:
+                        refused = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+                        refused.audit(
+                            f"step.{kind}",
+                            step_id,
+                            principal=body.actor,
+                            outcome="refused",
+                            detail={"reason": str(exc)[:500]},
+                        )
+                        await write_context(conn, refused)
+                        return idempotency.Answer(409, {"detail": str(exc)})
+                    await conn.execute(
+                        "INSERT INTO processed_events (service, event_id) VALUES ($1, $2)", SERVICE, event.id
+                    )
+                    await write_context(conn, ctx)
+                    return idempotency.Answer(200, [_step_out(r).model_dump(mode="json") for r in changed])
+
+                answer = await idempotency.once(
+                    conn, principal=by.name, operation=f"{event.type}:{step_id}", key=idempotency_key, apply=apply
                 )
-                if not first_time:  # a retried request with the same Idempotency-Key: answer, change nothing
-                    return [_step_out(r) for r in await repository.steps_like(conn, step_id)]
-                ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
-                ctx.emit(event)  # the audit record, already processed here
-                try:
-                    changed = await responder.apply_answer(ctx, event)
-                except StepAnswerRefused as exc:
-                    raise HTTPException(409, detail=str(exc)) from exc
-                await write_context(conn, ctx)
-            return [_step_out(r) for r in changed]
+            return JSONResponse(answer.body, status_code=answer.status)
 
     answer("approve")
     answer("deny")

@@ -128,9 +128,9 @@ async def test_an_incident_moves_through_its_lifecycle_with_guards_and_every_mov
     again = await client.post(
         "/resolve", json={"actor": "alice", "resolution": "false_positive"}, headers={"Idempotency-Key": "k"}
     )
-    # The same request again (its Idempotency-Key) is answered with where the incident stands, not applied
-    # or refused a second time.
-    assert (retried.status_code, again.status_code) == (409, 200) and again.json()["state"] == "resolved"
+    # The same request again (its Idempotency-Key) gets the first answer back, the refusal, and changes
+    # nothing: no second refusal is recorded (the count below).
+    assert (retried.status_code, again.status_code) == (409, 409) and again.json() == retried.json()
     assert (resolved["state"], resolved["resolution"]) == ("resolved", "false_positive")
     assert (await post(client, "/state", {"to_state": "acknowledged", "note": "it came back"}))[
         "state"

@@ -192,3 +192,33 @@ def test_tokens_are_kept_only_as_hashes_and_parsed_strictly() -> None:
     assert identity.digest(new.secret) != new.secret and len(identity.digest(new.secret)) == 64
     for malformed in ("", "Bearer x", "vigil_short_secret", f"other_{new.token_id}_{new.secret}"):
         assert identity.parse_token(malformed) is None
+
+
+async def test_an_idempotency_key_is_the_senders_own_and_a_retry_gets_the_first_answer(
+    apps: dict[str, FastAPI], pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    coordinator = Coordinator(load_oncall())
+    detected = IncidentDetected(source="/vigil/detector", subject="inc-keys", data=snapshot())
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="coordinator", names=names)
+        await coordinator.on_detected(ctx, detected)
+        await write_context(conn, ctx)
+    async with pool.acquire() as conn:
+        alice = (await identity.create_token(conn, name="alice", role="responder", created_by="t")).text
+        bob = (await identity.create_token(conn, name="bob", role="responder", created_by="t")).text
+    async with (
+        serve_app(apps["coordinator"], name="coordinator-api") as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+
+        async def note(token: str, text: str) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "same-key"}
+            return await client.post(
+                "/api/v1/incidents/inc-keys/notes", json={"actor": "x", "note": text}, headers=headers
+            )
+
+        first, again, other = await note(alice, "one"), await note(alice, "one, retried"), await note(bob, "two")
+    assert [r.status_code for r in (first, again, other)] == [200, 200, 200]
+    assert again.json() == first.json() and other.json()["command_id"] != first.json()["command_id"]
+    notes = await pool.fetch("SELECT principal FROM audit_log WHERE action = 'incident.add_note' ORDER BY id")
+    assert [r["principal"] for r in notes] == ["alice", "bob"]  # the retry changed nothing
