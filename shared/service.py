@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +14,8 @@ from typing import Any
 import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import housekeeping, identity
@@ -96,6 +97,7 @@ async def check_startup(runtime: Runtime) -> None:
 
 
 BackgroundTask = Callable[[Runtime], Coroutine[Any, Any, None]]
+INGEST_PREFIX = "/api/v1/alerts"
 
 
 @dataclass
@@ -117,6 +119,20 @@ def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
     """The service's HTTP surface: health, readiness, Prometheus metrics and its own API."""
     app = FastAPI(title=f"Vigil {runtime.service}", version="1")
     app.state.runtime = runtime
+    limit = runtime.settings.api_max_bytes
+
+    @app.middleware("http")
+    async def bounded(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # The HTTP ingest reads alerts against its own, larger limit; every other body is small.
+        declared = request.headers.get("content-length")
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > limit
+            and not request.url.path.startswith(INGEST_PREFIX)
+        ):
+            return JSONResponse({"detail": f"the body is over {limit} bytes"}, status_code=413)
+        return await call_next(request)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -100,6 +100,9 @@ class VigilSettings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="The API token the CLI sends (`vigil tokens create`); else the one `vigil up` saved."
     )
+    api_max_bytes: int = Field(
+        1_048_576, gt=0, description="Largest request body the APIs take (413 above); the HTTP ingest has its own."
+    )
     allow_unauthenticated: bool = Field(
         False,
         description="Local experiments only: requests without a token act as `anonymous` with every permission. "

@@ -222,3 +222,13 @@ async def test_an_idempotency_key_is_the_senders_own_and_a_retry_gets_the_first_
     assert again.json() == first.json() and other.json()["command_id"] != first.json()["command_id"]
     notes = await pool.fetch("SELECT principal FROM audit_log WHERE action = 'incident.add_note' ORDER BY id")
     assert [r["principal"] for r in notes] == ["alice", "bob"]  # the retry changed nothing
+
+
+async def test_a_body_over_the_limit_is_refused_before_anything_reads_it(apps: dict[str, FastAPI]) -> None:
+    async with (
+        serve_app(apps["coordinator"], name="coordinator-api") as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        huge = {"actor": "x", "note": "n" * 1_100_000}
+        refused = await client.post("/api/v1/incidents/inc-1/notes", json=huge)
+    assert refused.status_code == 413 and "over 1048576 bytes" in refused.json()["detail"]
