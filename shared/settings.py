@@ -100,6 +100,11 @@ class VigilSettings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="The API token the CLI sends (`vigil tokens create`); else the one `vigil up` saved."
     )
+    oidc_issuer: str | None = Field(None, description="OIDC: the identity provider's issuer (`iss`).")
+    oidc_audience: str | None = Field(None, description="OIDC: the audience Vigil's tokens carry (`aud`).")
+    oidc_jwks: str | None = Field(None, description="OIDC: the provider's JWKS, a file path or an https URL.")
+    oidc_name_claim: str = Field("email", description="OIDC: the claim naming the person (else `sub`).")
+    oidc_role_claim: str = Field("vigil_role", description="OIDC: the claim holding the Vigil role (or roles).")
     api_max_bytes: int = Field(
         1_048_576, gt=0, description="Largest request body the APIs take (413 above); the HTTP ingest has its own."
     )

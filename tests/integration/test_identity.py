@@ -7,12 +7,18 @@ a token of each role, against the real Postgres.
 
 from __future__ import annotations
 
+import json
 import re
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 
 from services.coordinator import api as coordinator_api
@@ -232,3 +238,47 @@ async def test_a_body_over_the_limit_is_refused_before_anything_reads_it(apps: d
         huge = {"actor": "x", "note": "n" * 1_100_000}
         refused = await client.post("/api/v1/incidents/inc-1/notes", json=huge)
     assert refused.status_code == 413 and "over 1048576 bytes" in refused.json()["detail"]
+
+
+async def test_a_jwt_from_the_identity_provider_acts_with_its_role(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, tmp_path: Path
+) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**public, "kid": "k1", "use": "sig"}]}))
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    oidc_settings = settings.model_copy(
+        update={
+            "allow_unauthenticated": False,
+            "oidc_issuer": "https://idp.example.com",
+            "oidc_audience": "vigil",
+            "oidc_jwks": str(tmp_path / "jwks.json"),
+        }
+    )
+    now = int(time.time())
+
+    def signed(claims: dict[str, Any], signer: Any = key) -> str:
+        base = {"iss": "https://idp.example.com", "aud": "vigil", "exp": now + 300, "email": "dana@example.com"}
+        return jwt.encode({**base, **claims}, signer, algorithm="RS256", headers={"kid": "k1"})
+
+    runtime = Runtime(service="reporter", settings=oidc_settings, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+    app = build_app(runtime, reporter_api.routers(runtime))
+    async with serve_app(app, name="reporter-api") as base, httpx.AsyncClient(base_url=base) as client:
+
+        async def status(token: str) -> int:
+            return (await client.get("/api/v1/incidents", headers={"Authorization": f"Bearer {token}"})).status_code
+
+        assert await status(signed({"vigil_role": "viewer"})) == 200
+        assert await status(signed({"vigil_role": ["ingest", "commander"]})) == 200  # the highest role counts
+        assert await status(signed({"vigil_role": "ingest"})) == 403
+        assert await status(signed({"vigil_role": "viewer"}, signer=other)) == 401  # not the provider's key
+        assert await status(signed({"vigil_role": "viewer", "exp": now - 10})) == 401
+        assert await status(signed({"vigil_role": "viewer", "aud": "someone-else"})) == 401
+        assert await status(signed({"vigil_role": "viewer", "iss": "https://evil.example.com"})) == 401
+        assert await status(signed({})) == 401  # no role
+        unsigned = jwt.encode(
+            {"iss": "https://idp.example.com", "aud": "vigil", "exp": now + 300, "vigil_role": "admin"},
+            "",
+            algorithm="none",
+        )
+        assert await status(unsigned) == 401

@@ -1,0 +1,105 @@
+"""OIDC/JWT bearer tokens from a team's identity provider, as an alternative to Vigil's own API tokens.
+
+Configured by ``VIGIL_OIDC_ISSUER``, ``VIGIL_OIDC_AUDIENCE`` and ``VIGIL_OIDC_JWKS`` (a file, or an
+https URL whose keys are fetched and cached); the principal is the ``VIGIL_OIDC_NAME_CLAIM`` claim
+(``email`` by default, else ``sub``) and its role the ``VIGIL_OIDC_ROLE_CLAIM`` claim (``vigil_role``):
+one role, or a list of which the highest Vigil knows counts. A token is checked for its signature
+(asymmetric algorithms only), issuer, audience, expiry and not-before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from shared.identity import ROLES, Principal, Role
+from shared.settings import VigilSettings
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+# The order roles outrank each other in, for a claim that lists several.
+RANK: dict[str, int] = {"ingest": 0, "viewer": 1, "responder": 2, "commander": 3, "admin": 4}
+
+
+class OidcVerifier:
+    def __init__(
+        self, *, issuer: str, audience: str, jwks: str, name_claim: str = "email", role_claim: str = "vigil_role"
+    ) -> None:
+        self.issuer = issuer
+        self.audience = audience
+        self.name_claim = name_claim
+        self.role_claim = role_claim
+        self._client: jwt.PyJWKClient | None = None
+        self._keys: jwt.PyJWKSet | None = None
+        if jwks.startswith("https://") or jwks.startswith("http://"):
+            self._client = jwt.PyJWKClient(jwks, cache_keys=True, lifespan=3600)
+        else:
+            self._keys = jwt.PyJWKSet.from_dict(json.loads(Path(jwks).read_text()))
+
+    def _key(self, token: str) -> Any:
+        if self._client is not None:
+            return self._client.get_signing_key_from_jwt(token).key
+        assert self._keys is not None
+        kid = jwt.get_unverified_header(token).get("kid")
+        for key in self._keys.keys:
+            if kid is None or key.key_id == kid:
+                return key.key
+        raise jwt.InvalidTokenError(f"no key {kid!r} in the JWKS")
+
+    def verify(self, token: str) -> Principal | None:
+        """The principal a JWT stands for; None when it is not valid here (why is logged, never the token)."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._key(token),
+                algorithms=ALGORITHMS,
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except (jwt.PyJWTError, ValueError) as exc:
+            log.info("a bearer JWT was refused: %s", type(exc).__name__)
+            return None
+        role = _role(claims.get(self.role_claim))
+        name = claims.get(self.name_claim) or claims.get("sub")
+        if role is None or not isinstance(name, str) or not name:
+            log.info("a bearer JWT was refused: no Vigil role in %r, or no name", self.role_claim)
+            return None
+        return Principal(name=name, role=role, kind="person")
+
+    async def averify(self, token: str) -> Principal | None:
+        # Fetching a JWKS URL blocks: off the event loop.
+        return await asyncio.to_thread(self.verify, token) if self._client else self.verify(token)
+
+
+def _role(claim: object) -> Role | None:
+    names = [claim] if isinstance(claim, str) else list(claim) if isinstance(claim, list) else []
+    known: list[Role] = [r for r in ROLES if r in names]
+    if not known:
+        return None
+    return max(known, key=RANK.__getitem__)
+
+
+@lru_cache(maxsize=8)
+def _verifier(issuer: str, audience: str, jwks: str, name_claim: str, role_claim: str) -> OidcVerifier:
+    return OidcVerifier(issuer=issuer, audience=audience, jwks=jwks, name_claim=name_claim, role_claim=role_claim)
+
+
+def verifier(settings: VigilSettings) -> OidcVerifier | None:
+    """The verifier the settings configure, built once; None without OIDC."""
+    if not (settings.oidc_issuer and settings.oidc_audience and settings.oidc_jwks):
+        return None
+    return _verifier(
+        settings.oidc_issuer,
+        settings.oidc_audience,
+        settings.oidc_jwks,
+        settings.oidc_name_claim,
+        settings.oidc_role_claim,
+    )
