@@ -148,7 +148,12 @@ def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
         response.status_code = 200 if ready else 503
         return {"ready": ready, "checks": checks}
 
-    @app.get("/metrics", include_in_schema=False)
+    from shared.auth import require  # here: shared.auth builds on this module's Runtime
+
+    # Open by default (Prometheus scrapes without a token); VIGIL_PROTECT_METRICS asks for a viewer's.
+    guard = [require(runtime, "incidents.read")] if runtime.settings.protect_metrics else []
+
+    @app.get("/metrics", include_in_schema=False, dependencies=guard)
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

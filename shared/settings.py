@@ -105,6 +105,9 @@ class VigilSettings(BaseSettings):
     oidc_jwks: str | None = Field(None, description="OIDC: the provider's JWKS, a file path or an https URL.")
     oidc_name_claim: str = Field("email", description="OIDC: the claim naming the person (else `sub`).")
     oidc_role_claim: str = Field("vigil_role", description="OIDC: the claim holding the Vigil role (or roles).")
+    protect_metrics: bool = Field(
+        False, description="Ask for a viewer's token on /metrics too (give Prometheus one as its bearer token)."
+    )
     api_max_bytes: int = Field(
         1_048_576, gt=0, description="Largest request body the APIs take (413 above); the HTTP ingest has its own."
     )

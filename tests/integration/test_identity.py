@@ -282,3 +282,15 @@ async def test_a_jwt_from_the_identity_provider_acts_with_its_role(
             algorithm="none",
         )
         assert await status(unsigned) == 401
+
+
+async def test_health_and_readiness_stay_open_and_metrics_are_protected_when_asked(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    for protect, expected in ((False, 200), (True, 401)):
+        configured = settings.model_copy(update={"allow_unauthenticated": False, "protect_metrics": protect})
+        runtime = Runtime(service="reporter", settings=configured, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+        app = build_app(runtime, reporter_api.routers(runtime))
+        async with serve_app(app, name="reporter-api") as base, httpx.AsyncClient(base_url=base) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            assert (await client.get("/metrics")).status_code == expected
