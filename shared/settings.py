@@ -78,7 +78,8 @@ class VigilSettings(BaseSettings):
     database_url: str = Field(
         "postgresql://postgres@127.0.0.1:5432/postgres",
         validation_alias="DATABASE_URL",
-        description="Postgres connection URL (DATABASE_URL).",
+        description="Postgres connection URL (DATABASE_URL); it may hold a password, so it is never shown.",
+        repr=False,
     )
     log_level: str = Field("INFO", description="Python logging level.")
     log_format: Literal["json", "text"] = Field("json", description="Structured JSON or plain text logs.")
