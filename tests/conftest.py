@@ -169,7 +169,8 @@ async def settings(kafka_bootstrap: str, database_url: str, topic_prefix: str) -
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def pool(settings: VigilSettings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(settings.database_url, max_size=5)
+    # Room for a test, the runners and pollers it starts, and connections being reset after use.
+    pool = await create_pool(settings.database_url, max_size=10)
     yield pool
     try:
         await asyncio.wait_for(pool.close(), 10)
