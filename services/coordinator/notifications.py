@@ -41,6 +41,7 @@ from shared.effects.builtin import ENV_NAME_PATTERN, HttpRequest, http_request
 from shared.effects.domain import message_id
 from shared.effects.mail_async import ThreadedMail, smtp_mail
 from shared.events import Escalation, EscalationExhaustion, StateChange, StepChange
+from shared.yamlfile import node_at
 
 log = logging.getLogger(__name__)
 
@@ -303,27 +304,8 @@ def _cross_problems(file: NotificationsFile) -> list[tuple[list[int | str], str]
 KEY = "[key]"  # pydantic's mark of a problem with a mapping's key rather than its value
 
 
-def _node_at(node: yaml.Node, loc: Sequence[int | str]) -> yaml.Node:
-    """Return the deepest YAML node on a problem's path (a missing field points at its parent)."""
-    for index, part in enumerate(loc):
-        if isinstance(node, yaml.MappingNode):
-            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-            if pair is not None and index + 1 < len(loc) and loc[index + 1] == KEY:
-                key_node: yaml.Node = pair[0]
-                return key_node
-            found = pair[1] if pair is not None else None
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            found = node.value[part]
-        else:
-            found = None
-        if found is None:
-            break
-        node = found
-    return node
-
-
 def _located(source: str, root: yaml.Node | None, loc: Sequence[int | str], message: str) -> str:
-    mark = _node_at(root, loc).start_mark if root is not None else None
+    mark = node_at(root, loc).start_mark if root is not None else None
     where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
     path = ".".join(str(part) for part in loc if part != KEY)
     return f"{source}:{where}: {path or '(file)'}: {message}"

@@ -37,10 +37,10 @@ from pydantic import (
 )
 
 from services.responder import blocklist
-from services.responder.playbook import _node_at  # the responder's YAML files locate their errors alike
 from shared.effects import Effect, EffectKind, OutcomeHandler, PermanentEffectError, http_target
 from shared.effects.builtin import ENV_NAME_PATTERN, Command, HttpRequest, http_request, run_command
 from shared.errors import validation_reason
+from shared.yamlfile import node_at  # the responder's YAML files locate their errors alike
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def parse_connectors_config(document: str, *, source: str = "connectors") -> Con
         problems = []
         for error in exc.errors():
             loc = [part for part in error["loc"] if isinstance(part, int | str)]
-            mark = _node_at(root, loc).start_mark if root is not None else None
+            mark = node_at(root, loc).start_mark if root is not None else None
             where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
             problems.append(f"{source}:{where}: {'.'.join(map(str, loc)) or '(file)'}: {error['msg']}")
         raise ConnectorsConfigError(problems) from exc

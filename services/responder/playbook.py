@@ -22,6 +22,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.events import Analysis, IncidentSnapshot, IncidentType, Indicator, PlannedAction, Severity
+from shared.yamlfile import node_at
 
 MAX_VALUE_LENGTH = 2048
 
@@ -209,21 +210,6 @@ class PlaybookError(ValueError):
         self.problems = problems
 
 
-def _node_at(node: yaml.Node, loc: Sequence[int | str]) -> yaml.Node:
-    """Return the deepest YAML node on the error's path (a missing field points at its parent)."""
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            found = next((v for k, v in node.value if k.value == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            found = node.value[part]
-        else:
-            found = None
-        if found is None:
-            break
-        node = found
-    return node
-
-
 def parse_playbooks(document: str) -> list[Playbook]:
     """Validate a playbook file's text; every problem names its line and its reason."""
     try:
@@ -239,7 +225,7 @@ def parse_playbooks(document: str) -> list[Playbook]:
         problems = []
         for error in exc.errors():
             loc = [p for p in error["loc"] if isinstance(p, int | str)]
-            mark = _node_at(root, loc).start_mark if root is not None else None
+            mark = node_at(root, loc).start_mark if root is not None else None
             where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
             path = ".".join(str(p) for p in loc) or "(file)"
             problems.append(f"{where}: {path}: {error['msg']}")
