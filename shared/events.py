@@ -173,6 +173,32 @@ class ResolutionSuggestion(Payload):
 class Indicator(Payload):
     kind: Literal["ipv4", "ipv6", "domain", "url", "md5", "sha1", "sha256", "email"]
     value: str
+    verdict: Literal["malicious", "suspicious", "benign-listed"] | None = Field(
+        None, description="What threat intelligence says of it; none: no feed lists it."
+    )
+    confidence: int | None = Field(None, ge=0, le=100)
+    feeds: list[str] = Field(default_factory=list, description="The feeds that list it.")
+    tags: list[str] = Field(default_factory=list, description="Actor, malware family, campaign, where feeds say.")
+
+
+class Impact(Payload):
+    """What the incident touches, from the asset inventory; unknown entities are listed, never dropped."""
+
+    systems: list[str] = Field(default_factory=list, description="Affected systems the inventory knows.")
+    unknown_systems: list[str] = Field(default_factory=list)
+    users: list[str] = Field(default_factory=list)
+    privileged_users: list[str] = Field(default_factory=list)
+    business_services: list[str] = Field(default_factory=list)
+    crown_jewels: list[str] = Field(default_factory=list)
+    most_critical: int | None = Field(None, ge=1, le=4, description="1 is most critical.")
+    data_at_risk: str | None = Field(None, description="The highest data classification affected.")
+
+
+class SeverityRecommendation(Payload):
+    """The analyzer thinks the severity is too low; the coordinator decides, a person's choice stands."""
+
+    severity: Severity
+    reasons: list[str]
 
 
 class Analysis(Payload):
@@ -186,6 +212,9 @@ class Analysis(Payload):
     affected_users: list[str]
     alert_count: int
     summary: str
+    impact: Impact | None = None
+    asset_tags: list[str] = Field(default_factory=list, description="Tags of the affected assets (crown-jewel, …).")
+    severity_recommendation: SeverityRecommendation | None = None
 
 
 class PlannedAction(Payload):

@@ -160,3 +160,25 @@ def test_a_long_item_is_clipped_in_the_plan_event_and_whole_in_the_plan(playbook
     assert max(len(a.name) for a in planning.plan.actions) == domain.MAX_ACTION_NAME
     [reset] = [s for s in planning.runnable if s.step == "reset-credentials"]
     assert reset.params["user"] == user
+
+
+def test_the_planner_sees_intel_verdicts_and_asset_tags_from_the_analysis() -> None:
+    from services.responder.domain import incident_facts
+    from shared.events import Analysis, IncidentType, Indicator, Severity
+
+    analysis = Analysis(
+        type=IncidentType.SYSTEM_COMPROMISE,
+        severity=Severity.SEV2,
+        title="t",
+        indicators=[
+            Indicator(kind="ipv4", value="203.0.113.7", verdict="malicious", feeds=["feodo"]),
+            Indicator(kind="domain", value="example.org"),
+        ],
+        affected_hosts=["db-1"],
+        affected_users=[],
+        alert_count=1,
+        summary="",
+        asset_tags=["crown-jewel"],
+    )
+    facts = incident_facts("inc-1", analysis)
+    assert (facts.verdicts, facts.asset_tags) == (["malicious"], ["crown-jewel"])
