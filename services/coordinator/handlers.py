@@ -694,6 +694,59 @@ class Coordinator:
         # Keyed by what it says: a repeated analysis that says nothing new is not sent again.
         digest = hashlib.sha256(event.data.summary.encode()).hexdigest()[:12]
         await self._update(ctx, event.subject, f"analysis-{digest}", f"analysis: {event.data.summary}")
+        if event.data.severity_recommendation is not None:
+            await self._recommended(ctx, event)
+
+    async def _recommended(self, ctx: HandlerContext, event: IncidentAnalyzed) -> None:
+        """The analyzer finds the severity too low: raise it and page again — or, if a person set it, offer it."""
+        recommendation = event.data.severity_recommendation
+        assert recommendation is not None
+        row = await ctx.conn.fetchrow(
+            "SELECT state, severity, escalation, escalation_step, edited_by, type FROM coordinator_incidents "
+            "WHERE incident_id = $1 FOR UPDATE",
+            event.subject,
+        )
+        if row is None:
+            return
+        state, current = self._known(row, event.subject, "severity recommendation not applied")
+        new = recommendation.severity
+        if state is None or current is None or self.lifecycle.is_ended(state) or not domain.escalates(current, new):
+            return
+        reasons = "; ".join(recommendation.reasons)
+        if (person := row["edited_by"].get("severity")) is not None:
+            offer = ChangeOffer(
+                field="severity",
+                current=current.value,
+                offered=new.value,
+                by="analyzer",
+                reason=f"{reasons} (the severity was set by {person})",
+            )
+            ctx.emit(ChangeOffered(source=SOURCE, **event.caused_by(), data=offer))
+            return
+        escalation = Escalation.model_validate(row["escalation"]).model_copy(
+            update={
+                "severity": new,
+                "reason": f"severity raised from {current.value} to {new.value} by impact: {reasons}",
+            }
+        )
+        await ctx.conn.execute(
+            """UPDATE coordinator_incidents SET severity = $2, escalation = $3, updated_at = now()
+               WHERE incident_id = $1""",
+            event.subject,
+            new.value,
+            escalation.model_dump(mode="json"),
+        )
+        ctx.audit(
+            "incident.severity_raised",
+            event.subject,
+            principal=f"system:{SERVICE}",
+            detail={"from": current.value, "to": new.value, "by": "analyzer", "reasons": reasons[:500]},
+        )
+        await self._escalate(ctx, event.subject, escalation, f"impact-{new.value}", event.caused_by())
+        if state is IncidentState.DETECTED:
+            await self._set_ack_deadline(
+                ctx, event.subject, new, step=row["escalation_step"] + 1, incident_type=row["type"]
+            )
 
     async def on_planned(self, ctx: HandlerContext, event: ResponsePlanned) -> None:
         plan = event.data

@@ -30,14 +30,17 @@ from shared.events import (
     ChangeOffered,
     CommandArgs,
     CommandRejected,
+    EditIncident,
     EventBase,
     IncidentAnalyzed,
     IncidentDetected,
+    IncidentEdit,
     IncidentEscalated,
     IncidentType,
     IncidentUpdated,
     ResponseStepChanged,
     Severity,
+    SeverityRecommendation,
     StepChange,
 )
 from shared.service import Runtime, build_app
@@ -390,3 +393,39 @@ async def test_a_policy_that_asks_for_two_acknowledgements_keeps_paging_until_a_
     await ack("bob@example.com")
     assert (await state())[0] == "acknowledged"
     assert await pool.fetchval(pending) == 0
+
+
+async def test_an_impact_recommendation_raises_the_severity_unless_a_person_set_it(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    coordinator = Coordinator(load_oncall())
+    for incident in ("inc-imp", "inc-held"):
+        detected = IncidentDetected(source="/vigil/detector", subject=incident, data=snapshot(severity=Severity.SEV3))
+        await feed(pool, names, coordinator, detected)
+    held = EditIncident(
+        source="/t", subject="inc-held", data=IncidentEdit(actor="alice", reason="a test box", severity=Severity.SEV4)
+    )
+    await feed(pool, names, coordinator, held)
+    recommended = Analysis(
+        type=IncidentType.SYSTEM_COMPROMISE,
+        severity=Severity.SEV3,
+        title="t",
+        indicators=[],
+        affected_hosts=["db-1"],
+        affected_users=[],
+        alert_count=1,
+        summary="db-1 touched",
+        severity_recommendation=SeverityRecommendation(severity=Severity.SEV1, reasons=["db-1 is a crown jewel"]),
+    )
+    for incident in ("inc-imp", "inc-held"):
+        await feed(
+            pool, names, coordinator, IncidentAnalyzed(source="/vigil/analyzer", subject=incident, data=recommended)
+        )
+    rows = await pool.fetch("SELECT incident_id, severity FROM coordinator_incidents WHERE incident_id LIKE 'inc-%'")
+    severities = {r["incident_id"]: r["severity"] for r in rows}
+    assert (severities["inc-imp"], severities["inc-held"]) == ("SEV1", "SEV4")
+    events = await emitted(pool)
+    raised = [e for e in events if isinstance(e, IncidentEscalated) and e.subject == "inc-imp"][-1]
+    assert raised.data.reason == "severity raised from SEV3 to SEV1 by impact: db-1 is a crown jewel"
+    [offer] = [e for e in events if isinstance(e, ChangeOffered) and e.subject == "inc-held"]
+    assert (offer.data.by, offer.data.offered) == ("analyzer", "SEV1")
