@@ -190,7 +190,7 @@ class Detector:
             except asyncpg.UniqueViolationError as exc:
                 # Another replica committed one of these alerts between our look-up and our COPY:
                 # looked up again, it is a repeat.
-                if exc.constraint_name != "detector_alerts_pkey" or attempt == STORE_ATTEMPTS:
+                if exc.constraint_name != "detector_alerts_live_key" or attempt == STORE_ATTEMPTS:
                     raise
                 attempt += 1
                 log.info("alerts stored meanwhile by another detector; looking again (%s)", exc.detail)

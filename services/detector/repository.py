@@ -108,7 +108,7 @@ async def count_repeats(conn: Conn, *, sightings: Mapping[str, int]) -> dict[str
     rows = await conn.fetch(
         """UPDATE detector_alerts SET repeats = repeats + c.n, last_seen_at = now(), resolved_at = NULL
            FROM unnest($1::text[], $2::int[]) AS c(key, n)
-           WHERE detector_alerts.key = c.key
+           WHERE detector_alerts.key = c.key AND NOT detector_alerts.retired
            RETURNING detector_alerts.key, incident_id, repeats, last_seen_at, resolved_at""",
         list(sightings),
         list(sightings.values()),
@@ -121,7 +121,7 @@ async def resolve_alerts(conn: Conn, *, resolutions: Mapping[str, datetime]) -> 
     rows = await conn.fetch(
         """UPDATE detector_alerts SET resolved_at = c.at
            FROM unnest($1::text[], $2::timestamptz[]) AS c(key, at)
-           WHERE detector_alerts.key = c.key
+           WHERE detector_alerts.key = c.key AND NOT detector_alerts.retired
            RETURNING detector_alerts.key, incident_id, repeats,
                      COALESCE(last_seen_at, received_at) AS last_seen_at, resolved_at""",
         list(resolutions),
@@ -199,5 +199,6 @@ async def insert_alerts(conn: Conn, *, alerts: Sequence[tuple[Alert, str, str | 
 
 
 async def close_incident(conn: Conn, *, incident_id: str) -> None:
-    """Stop attaching alerts to an incident the coordinator resolved."""
+    """Stop attaching alerts to an incident that ended; its alerts retire, so one firing again is new."""
     await conn.execute("UPDATE detector_incidents SET closed = true, updated_at = now() WHERE id = $1", incident_id)
+    await conn.execute("UPDATE detector_alerts SET retired = true WHERE incident_id = $1 AND NOT retired", incident_id)

@@ -19,12 +19,14 @@ from typer.testing import CliRunner
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from services.detector import adapters
+from services.detector import repository as detector_repository
 from services.detector.handlers import Detector, decode
 from services.reporter import api as reporter_api
 from services.reporter import handlers as reporter
 from services.reporter import repository as read_model
 from shared import cloudevents
-from shared.consumer import decode_cloudevent
+from shared.alerts import Alert
+from shared.consumer import HandlerContext, decode_cloudevent
 from shared.db import connect
 from shared.events import EventBase, IncidentAlertsChanged, IncidentDetected, ResolutionSuggested
 from shared.kafka import make_producer
@@ -32,6 +34,7 @@ from shared.outbox import OutboxRelay
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.topics import ALERTS_RAW, COORDINATION, INCIDENTS, TopicNames
+from tests.factories import alert
 from tests.helpers import committed, consume_loop, eventually, produce, serve_app
 from vigil import cli as cli_module
 from vigil.cli import app as cli
@@ -313,3 +316,31 @@ async def _timeline(pool: asyncpg.Pool, incident_id: str) -> list[asyncpg.Record
 
 async def _timeline_has(pool: asyncpg.Pool, incident_id: str, event_type: str) -> bool:
     return any(row["type"] == event_type for row in await _timeline(pool, incident_id))
+
+
+async def test_an_alert_firing_again_after_its_incident_ended_opens_a_new_incident(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    detector = Detector(correlation_window=timedelta(days=365))  # the same entity, well within the window
+    now = datetime.now(UTC)
+    fired = alert(id="a-1", source="falco", time=now.isoformat())
+
+    async def sight(a: Alert) -> list[EventBase]:
+        async with pool.acquire() as conn, conn.transaction():
+            ctx = HandlerContext(conn=conn, service="detector", names=names)
+            await detector.handle_alerts(ctx, [a])
+            return list(ctx.emitted)
+
+    first = await sight(fired)
+    [opened] = [e for e in first if isinstance(e, IncidentDetected)]
+    assert [e for e in await sight(fired) if isinstance(e, IncidentDetected)] == []  # a repeat, same incident
+    async with pool.acquire() as conn, conn.transaction():
+        await detector_repository.close_incident(conn, incident_id=opened.subject)  # its incident resolved
+    again = await sight(fired.model_copy(update={"time": now + timedelta(minutes=5)}))
+    [reopened] = [e for e in again if isinstance(e, IncidentDetected)]
+    assert reopened.subject != opened.subject
+    rows = await pool.fetch("SELECT incident_id, retired, repeats FROM detector_alerts WHERE key = $1", fired.key)
+    assert sorted((r["incident_id"] == opened.subject, r["retired"], r["repeats"]) for r in rows) == [
+        (False, False, 0),
+        (True, True, 1),
+    ]
