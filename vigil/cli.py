@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
 
 import httpx
 import typer
@@ -1383,6 +1383,99 @@ def events_tail(
 async def _partitions(consumer: Any, topic: str) -> set[int]:
     await consumer._client.force_metadata_update()  # the assign() API needs known partitions
     return set(consumer.partitions_for_topic(topic) or ())
+
+
+# ---- threat intelligence -----------------------------------------------------------------------
+
+intel_app = typer.Typer(help="Local threat-intelligence feeds: load one, look a value up.", no_args_is_help=True)
+app.add_typer(intel_app, name="intel")
+
+
+@intel_app.command("load")
+def intel_load(
+    file: Annotated[Path, typer.Argument(exists=True, help="The feed: a file, or a MISP feed folder.")],
+    source: Annotated[str, typer.Option(help="The feed's name; loading it again replaces what it listed.")],
+    feed_format: Annotated[str, typer.Option("--format", help="list, csv, stix or misp.")],
+    verdict: Annotated[str, typer.Option(help="malicious, suspicious or benign-listed.")] = "malicious",
+    confidence: Annotated[int, typer.Option(min=0, max=100, help="0-100, where the feed does not say.")] = 50,
+    kind: Annotated[str | None, typer.Option(help="For a list of one kind; otherwise inferred.")] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Add to what the feed listed before.")] = False,
+) -> None:
+    """Parse a feed (all of it or nothing) and store it in one transaction."""
+    from services.analyzer import intel
+
+    if feed_format not in intel.FORMATS:
+        _fail(f"unknown format {feed_format!r}; choose one of {', '.join(intel.FORMATS)}")
+    if verdict not in intel.VERDICTS:
+        _fail(f"unknown verdict {verdict!r}; choose one of {', '.join(intel.VERDICTS)}")
+    if kind is not None and kind not in intel.KINDS:
+        _fail(f"unknown kind {kind!r}; choose one of {', '.join(intel.KINDS)}")
+    defaults = intel.FeedDefaults(verdict, confidence)
+    try:
+        if file.is_dir():
+            if feed_format != "misp":
+                _fail("a folder is read as a MISP feed: give --format misp")
+            entries = intel.read_misp_feed(file, defaults=defaults)
+        else:
+            entries = intel.parse_feed(file.read_text(), feed_format=feed_format, defaults=defaults, kind=kind)
+    except intel.IntelError as exc:
+        _fail(f"{file}: {exc}")
+    loaded = asyncio.run(
+        _on_database(lambda conn: intel.load_feed(conn, source=source, entries=entries, replace=not keep))
+    )
+    console.print(f"{loaded} entries loaded into {source}", markup=False, highlight=False)
+
+
+@intel_app.command("lookup")
+def intel_lookup(
+    value: Annotated[str, typer.Argument(help="An address, network, domain, URL, hash or e-mail (defanged is fine).")],
+    kind: Annotated[str | None, typer.Option(help="The value's kind; otherwise inferred.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Which feeds list a value (an address: also the networks that hold it), and the verdict."""
+    from services.analyzer import intel
+
+    try:
+        key = intel.normalise(cast("intel.Kind | None", kind) or intel.infer_kind(intel.refang(value)), value)
+    except ValueError as exc:
+        _fail(str(exc))
+    found = asyncio.run(_on_database(lambda conn: intel.lookup(conn, [key])))
+    matches = found[key]
+    assessment = intel.verdict_of(matches)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "kind": key[0],
+                    "value": key[1],
+                    **assessment._asdict(),
+                    "matches": [
+                        {
+                            "source": m.source,
+                            "kind": m.kind,
+                            "value": m.value,
+                            "verdict": m.verdict,
+                            "confidence": m.confidence,
+                            "tags": list(m.tags),
+                            "first_seen": _iso(m.first_seen),
+                            "last_seen": _iso(m.last_seen),
+                            "expires_at": _iso(m.expires_at),
+                        }
+                        for m in matches
+                    ],
+                }
+            )
+        )
+        return
+    if assessment.verdict is None:
+        console.print(f"{key[0]} {key[1]}: listed by no feed", markup=False, highlight=False)
+        return
+    tags = f"; {', '.join(assessment.tags)}" if assessment.tags else ""
+    console.print(
+        f"{key[0]} {key[1]}: {assessment.verdict} ({assessment.confidence}){tags}", markup=False, highlight=False
+    )
+    for m in matches:
+        console.print(f"  {m.source}: {m.kind} {m.value} {m.verdict} ({m.confidence})", markup=False, highlight=False)
 
 
 # ---- audit trail -------------------------------------------------------------------------------

@@ -1,0 +1,741 @@
+"""Local threat-intelligence feeds: parse them, keep them in Postgres, look indicators up in them.
+
+Parsers are pure (text in, entries out) and refuse a whole feed at its first bad line, so a feed is
+loaded completely or not at all. ``load_feed`` and ``lookup`` are the only functions that touch the
+database; ``verdict_of`` turns what matched into one verdict.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, get_args
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.db import Conn
+from shared.yamlfile import validate_yaml
+
+Kind = Literal["ip", "cidr", "domain", "url", "sha256", "sha1", "md5", "email"]
+Verdict = Literal["malicious", "suspicious", "benign-listed"]
+FeedFormat = Literal["list", "csv", "stix", "misp"]
+KINDS: tuple[Kind, ...] = get_args(Kind)
+VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
+FORMATS: tuple[FeedFormat, ...] = get_args(FeedFormat)
+# The worst verdict wins: a value one feed lists as malicious stays malicious whatever another says.
+VERDICT_RANK: dict[Verdict, int] = {"benign-listed": 0, "suspicious": 1, "malicious": 2}
+# The analyzer's indicator kinds that are addresses, looked up by network containment.
+_ADDRESS_KINDS = {"ip", "ipv4", "ipv6"}
+_HASH_LENGTHS: dict[Kind, int] = {"md5": 32, "sha1": 40, "sha256": 64}
+_HEX = re.compile(r"[0-9a-f]+")
+_DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+[a-z][a-z0-9-]{0,62}")
+_EMPTY_CELLS = {"", "none", "null", "n/a", "-"}
+
+
+class IntelError(ValueError):
+    """A feed that cannot be loaded; ``line`` is where (1-based), when known."""
+
+    def __init__(self, message: str, *, line: int | None = None) -> None:
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+        self.line = line
+
+
+@dataclass(frozen=True)
+class FeedDefaults:
+    """What a feed's entries get when the feed itself does not say."""
+
+    verdict: Verdict = "malicious"
+    confidence: int = 50
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: Kind
+    value: str
+    verdict: Verdict
+    confidence: int
+    tags: tuple[str, ...] = ()
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """One live feed entry that an indicator matched (the entry itself: a network holds an address)."""
+
+    source: str
+    kind: Kind
+    value: str
+    verdict: Verdict
+    confidence: int
+    tags: tuple[str, ...]
+    first_seen: datetime | None
+    last_seen: datetime | None
+    expires_at: datetime | None
+
+
+class Assessment(NamedTuple):
+    verdict: Verdict | None  # None: no feed lists it
+    confidence: int
+    tags: tuple[str, ...]
+    feeds: tuple[str, ...]
+
+
+# ---- values --------------------------------------------------------------------------------------
+
+_DEFANGS = [
+    (re.compile(r"^hxxp", re.I), "http"),
+    (re.compile(r"^fxp", re.I), "ftp"),
+    (re.compile(r"\[\s*(?:\.|dot)\s*\]|\(\s*(?:\.|dot)\s*\)|\{\s*(?:\.|dot)\s*\}", re.I), "."),
+    (re.compile(r"\[\s*(?:@|at)\s*\]|\(\s*(?:@|at)\s*\)", re.I), "@"),
+    (re.compile(r"\[:\]"), ":"),
+    (re.compile(r"\[://\]"), "://"),
+]
+
+
+def refang(text: str) -> str:
+    """Undo the usual defanging (``hxxp://evil[.]example``, ``user[@]host``) of a shared indicator."""
+    value = text.strip()
+    for pattern, replacement in _DEFANGS:
+        value = pattern.sub(replacement, value)
+    return value
+
+
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address, also written with a port (``1.2.3.4:443``, ``[2001:db8::1]:443``)."""
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        pass
+    if value.startswith("[") and "]" in value:
+        return ipaddress.ip_address(value[1 : value.index("]")])
+    host, sep, port = value.rpartition(":")
+    if sep and port.isdigit() and "." in host:
+        return ipaddress.ip_address(host)
+    raise ValueError(f"not an IP address: {value!r}")
+
+
+def infer_kind(value: str) -> Kind:
+    """What kind of indicator a (refanged) value is; ValueError when it is none Vigil knows."""
+    text = value.strip()
+    lowered = text.lower()
+    try:
+        _address(text)
+        return "ip"
+    except ValueError:
+        pass
+    if "/" in text and "://" not in text:
+        try:
+            ipaddress.ip_network(text, strict=False)
+            return "cidr"
+        except ValueError:
+            pass
+    if "://" in text:
+        return "url"
+    if _HEX.fullmatch(lowered):
+        for kind, length in _HASH_LENGTHS.items():
+            if len(lowered) == length:
+                return kind
+    if "@" in text:
+        return "email"
+    if _DOMAIN.fullmatch(lowered.rstrip(".")):
+        return "domain"
+    raise ValueError(f"not an IP address, network, domain, URL, hash or e-mail address: {value!r}")
+
+
+def _domain(value: str) -> str:
+    name = value.strip().rstrip(".").lower()
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise ValueError(f"not a domain name: {value!r}") from exc
+    if not _DOMAIN.fullmatch(name):
+        raise ValueError(f"not a domain name: {value!r}")
+    return name
+
+
+def normalise(kind: Kind, value: str) -> tuple[Kind, str]:
+    """The canonical form of a value, so that one indicator is stored and matched one way.
+
+    Addresses and networks as Python writes them (``2001:db8::1``, ``10.0.0.0/8``); a network of one
+    address is that address; domains, hashes and e-mail addresses in lower case; a URL's scheme and
+    host in lower case, its path as it was.
+    """
+    text = refang(value)
+    if not text:
+        raise ValueError("empty value")
+    if kind == "ip" and "/" not in text:
+        return "ip", str(_address(text))
+    if kind in ("ip", "cidr"):
+        network = ipaddress.ip_network(text, strict=False)
+        if network.num_addresses == 1:
+            return "ip", str(network.network_address)
+        return "cidr", str(network)
+    if kind == "domain":
+        return "domain", _domain(text)
+    if kind == "url":
+        parts = urlsplit(text)
+        if not parts.scheme or not parts.netloc:
+            raise ValueError(f"not a URL: {value!r}")
+        return "url", urlunsplit(parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower()))
+    if kind in _HASH_LENGTHS:
+        digest = text.lower()
+        if len(digest) != _HASH_LENGTHS[kind] or not _HEX.fullmatch(digest):
+            raise ValueError(f"not a {kind} hash: {value!r}")
+        return kind, digest
+    if kind == "email":
+        local, at, domain = text.rpartition("@")
+        if not at or not local or " " in local:
+            raise ValueError(f"not an e-mail address: {value!r}")
+        return "email", f"{local.lower()}@{_domain(domain)}"
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def indicator_key(kind: str, value: str) -> tuple[Kind, str]:
+    """The normalised (kind, value) of an indicator as the analyzer names it (``ipv4``, ``ipv6`` too)."""
+    if kind in _ADDRESS_KINDS:
+        return normalise("ip", value)
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}")
+    return normalise(kind, value)  # type: ignore[arg-type]
+
+
+def _confidence(text: str | int) -> int:
+    confidence = int(text)
+    if not 0 <= confidence <= 100:
+        raise ValueError(f"confidence must be 0-100, not {confidence}")
+    return confidence
+
+
+def _time(text: str | None) -> datetime | None:
+    """An ISO 8601 time (``2024-01-02 03:04:05`` as abuse.ch writes it); no offset means UTC."""
+    if text is None or text.strip().lower() in _EMPTY_CELLS:
+        return None
+    at = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _line_of(text: str, needle: str) -> int | None:
+    at = text.find(needle)
+    return text.count("\n", 0, at) + 1 if at >= 0 else None
+
+
+# ---- plain lists ---------------------------------------------------------------------------------
+
+
+def parse_list(text: str, *, kind: Kind | None = None, defaults: FeedDefaults = FeedDefaults()) -> list[Entry]:
+    """One value per line; ``#`` starts a comment; each value's kind inferred unless ``kind`` is given."""
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        value = line.split(" #", 1)[0].strip()
+        if not value or value.startswith("#"):
+            continue
+        try:
+            refanged = refang(value)
+            found, normal = normalise(kind or infer_kind(refanged), refanged)
+        except ValueError as exc:
+            raise IntelError(str(exc), line=number) from exc
+        entries.append(Entry(found, normal, defaults.verdict, defaults.confidence, defaults.tags))
+    return entries
+
+
+# ---- CSV (abuse.ch and alike) --------------------------------------------------------------------
+
+
+class CsvColumns(BaseModel):
+    """Which column holds what; the defaults are ThreatFox's CSV export."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    value: str = "ioc_value"
+    kind: str | None = Field("ioc_type", description="Column naming each value's kind; none: inferred.")
+    first_seen: str | None = "first_seen_utc"
+    last_seen: str | None = "last_seen_utc"
+    confidence: str | None = "confidence_level"
+    tags: tuple[str, ...] = ("malware_printable", "threat_type", "tags")
+
+
+# abuse.ch's type names -> Vigil's kinds; Vigil's own names are taken as they are.
+_CSV_KINDS: dict[str, Kind] = {
+    "ip:port": "ip",
+    "ipv4": "ip",
+    "ipv6": "ip",
+    "ip-dst": "ip",
+    "ip-src": "ip",
+    "md5_hash": "md5",
+    "sha1_hash": "sha1",
+    "sha256_hash": "sha256",
+    "sha3_384_hash": "sha256",
+    "hostname": "domain",
+    **{kind: kind for kind in KINDS},
+}
+
+
+def _csv_rows(text: str) -> Iterator[tuple[int, list[str]]]:
+    reader = csv.reader(io.StringIO(text), skipinitialspace=True)
+    for row in reader:
+        yield reader.line_num, [cell.strip() for cell in row]
+
+
+def parse_csv(text: str, *, columns: CsvColumns | None = None, defaults: FeedDefaults = FeedDefaults()) -> list[Entry]:
+    """A CSV feed whose header is its first row or its last ``#`` comment line before the data.
+
+    ``columns`` default to ThreatFox's.
+    """
+    columns = columns or CsvColumns()
+    header: list[str] | None = None
+    last_comment: list[str] | None = None
+    entries = []
+    for number, row in _csv_rows(text):
+        if not row or not any(row):
+            continue
+        if row[0].startswith("#"):
+            # `# "first_seen_utc","ioc_id",...`: the first name keeps its quotes, the reader saw them mid-cell
+            comment = [row[0].lstrip("#").strip().strip('"'), *row[1:]]
+            if header is None and columns.value in comment:
+                last_comment = comment
+            continue
+        if header is None:
+            if columns.value in row:
+                header = row
+                continue
+            if last_comment is None:
+                raise IntelError(f"no header naming the value column {columns.value!r}", line=number)
+            header = last_comment
+        entries.append(_csv_entry(dict(zip(header, row, strict=False)), columns, defaults, number))
+    return entries
+
+
+def _csv_entry(cells: Mapping[str, str], columns: CsvColumns, defaults: FeedDefaults, number: int) -> Entry:
+    def cell(name: str | None) -> str | None:
+        if name is None:
+            return None
+        found = cells.get(name)
+        return None if found is None or found.lower() in _EMPTY_CELLS else found
+
+    try:
+        value = cell(columns.value)
+        if value is None:
+            raise ValueError(f"no value in column {columns.value!r}")
+        kind_name = cell(columns.kind)
+        value = refang(value)
+        if kind_name is None:
+            kind = infer_kind(value)
+        elif kind_name.lower() in _CSV_KINDS:
+            kind = _CSV_KINDS[kind_name.lower()]
+        else:
+            raise ValueError(f"unknown indicator type {kind_name!r}")
+        kind, value = normalise(kind, value)
+        confidence_cell = cell(columns.confidence)
+        tags = [tag.strip() for name in columns.tags for tag in (cell(name) or "").split(",")]
+        return Entry(
+            kind=kind,
+            value=value,
+            verdict=defaults.verdict,
+            confidence=defaults.confidence if confidence_cell is None else _confidence(confidence_cell),
+            tags=_tags([*defaults.tags, *tags]),
+            first_seen=_time(cell(columns.first_seen)),
+            last_seen=_time(cell(columns.last_seen)),
+        )
+    except ValueError as exc:
+        raise IntelError(str(exc), line=number) from exc
+
+
+def _tags(tags: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(t for t in (tag.strip() for tag in tags) if t.lower() not in _EMPTY_CELLS))
+
+
+# ---- STIX 2.1 ------------------------------------------------------------------------------------
+
+_STIX_PATHS: dict[tuple[str, str], Kind] = {
+    ("ipv4-addr", "value"): "ip",
+    ("ipv6-addr", "value"): "ip",
+    ("domain-name", "value"): "domain",
+    ("url", "value"): "url",
+    ("email-addr", "value"): "email",
+    ("file", "hashes.SHA-256"): "sha256",
+    ("file", "hashes.SHA-1"): "sha1",
+    ("file", "hashes.MD5"): "md5",
+}
+# Objects an indicator "indicates" whose names become its tags.
+_STIX_NAMED = {"malware", "threat-actor", "intrusion-set", "campaign", "tool"}
+
+
+def _stix_string(literal: str) -> str:
+    if len(literal) < 2 or literal[0] != "'" or literal[-1] != "'":
+        raise ValueError(f"not a string: {literal}")
+    return re.sub(r"\\(.)", r"\1", literal[1:-1])
+
+
+def parse_stix(text: str, *, defaults: FeedDefaults = FeedDefaults()) -> list[Entry]:
+    """The indicators of a STIX 2.1 bundle whose patterns compare an address, domain, URL, e-mail or hash.
+
+    Every ``=`` comparison of such a value in a pattern is an entry (``[a] OR [b]`` lists both);
+    indicators that test nothing of the kind (a registry key, say) are left out. ``valid_until`` is
+    the entry's expiry; what the indicator ``indicates`` (malware, actor, campaign) are its tags.
+    """
+    import stix2
+    from stix2.exceptions import STIXError
+    from stix2patterns.v21.pattern import Pattern
+
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IntelError(f"not JSON: {exc.msg}", line=exc.lineno) from exc
+    try:
+        bundle = stix2.parse(data, allow_custom=True, version="2.1")
+    except (STIXError, ValueError, TypeError) as exc:
+        raise IntelError(f"not a STIX 2.1 bundle: {exc}", line=1) from exc
+    objects = list(getattr(bundle, "objects", None) or [bundle])
+    names = {o["id"]: o["name"] for o in objects if o["type"] in _STIX_NAMED and "name" in o}
+    indicated: dict[str, list[str]] = {}
+    for o in objects:
+        if o["type"] == "relationship" and o["relationship_type"] == "indicates" and o["target_ref"] in names:
+            indicated.setdefault(o["source_ref"], []).append(names[o["target_ref"]])
+    entries = []
+    for o in objects:
+        if o["type"] != "indicator" or o.get("pattern_type", "stix") != "stix":
+            continue
+        line = _line_of(text, o["id"])
+        try:
+            comparisons = Pattern(o["pattern"]).inspect().comparisons
+            verdict: Verdict = "benign-listed" if "benign" in o.get("indicator_types", ()) else defaults.verdict
+            confidence = o.get("confidence", defaults.confidence)
+            tags = _tags([*defaults.tags, *o.get("labels", ()), *indicated.get(o["id"], ())])
+            for object_type, tests in comparisons.items():
+                for path, operator, literal in tests:
+                    kind = _STIX_PATHS.get((object_type, ".".join(path)))
+                    if kind is None or operator != "=":
+                        continue
+                    found, value = normalise(kind, _stix_string(literal))
+                    entries.append(
+                        Entry(
+                            kind=found,
+                            value=value,
+                            verdict=verdict,
+                            confidence=_confidence(confidence),
+                            tags=tags,
+                            first_seen=o.get("valid_from"),
+                            last_seen=o.get("modified"),
+                            expires_at=o.get("valid_until"),
+                        )
+                    )
+        except (ValueError, STIXError) as exc:
+            raise IntelError(f"indicator {o['id']}: {exc}", line=line) from exc
+    return entries
+
+
+# ---- MISP ----------------------------------------------------------------------------------------
+
+_MISP_KINDS: dict[str, Kind] = {
+    "ip-src": "ip",
+    "ip-dst": "ip",
+    "domain": "domain",
+    "hostname": "domain",
+    "url": "url",
+    "link": "url",
+    "md5": "md5",
+    "sha1": "sha1",
+    "sha256": "sha256",
+    "email": "email",
+    "email-src": "email",
+    "email-dst": "email",
+}
+
+
+def _misp_tag(name: str) -> str | None:
+    """A MISP tag as a Vigil tag: a galaxy's value (``misp-galaxy:threat-actor="APT28"`` -> APT28); no TLP."""
+    if name.lower().startswith("tlp:"):
+        return None
+    galaxy = re.fullmatch(r'misp-galaxy:[^=]+="(.*)"', name)
+    return galaxy.group(1) if galaxy else name
+
+
+def _misp_attribute(attribute: Mapping[str, Any], tags: Sequence[str], defaults: FeedDefaults) -> Iterator[Entry]:
+    kinds = str(attribute.get("type", "")).split("|")
+    values = str(attribute.get("value", "")).split("|")
+    if len(kinds) != len(values):
+        raise ValueError(f"type {attribute.get('type')!r} and value {attribute.get('value')!r} do not pair up")
+    # MISP's to_ids false: context, not for detection; listed, but only as suspicious.
+    to_ids = attribute.get("to_ids", True) not in (False, "0", 0)
+    verdict = defaults.verdict if to_ids or defaults.verdict != "malicious" else "suspicious"
+    own = [t for tag in attribute.get("Tag", ()) if (t := _misp_tag(str(tag.get("name", ""))))]
+    stamp = attribute.get("timestamp")
+    last_seen = _time(attribute.get("last_seen")) or (
+        datetime.fromtimestamp(int(stamp), UTC) if stamp not in (None, "") else None
+    )
+    for kind_name, value in zip(kinds, values, strict=True):
+        kind = _MISP_KINDS.get(kind_name)
+        if kind is None:
+            continue  # a port or file name beside an address or hash; a registry key, a mutex
+        found, normal = normalise(kind, value)
+        yield Entry(
+            kind=found,
+            value=normal,
+            verdict=verdict,
+            confidence=defaults.confidence,
+            tags=_tags([*defaults.tags, *tags, *own]),
+            first_seen=_time(attribute.get("first_seen")),
+            last_seen=last_seen,
+        )
+
+
+def _misp_event_entries(event: Mapping[str, Any], text: str, defaults: FeedDefaults) -> Iterator[Entry]:
+    tags = [t for tag in event.get("Tag", ()) if (t := _misp_tag(str(tag.get("name", ""))))]
+    attributes = [*event.get("Attribute", ())]
+    for obj in event.get("Object", ()):
+        attributes.extend(obj.get("Attribute", ()))
+    for attribute in attributes:
+        try:
+            yield from _misp_attribute(attribute, tags, defaults)
+        except ValueError as exc:
+            uuid = str(attribute.get("uuid", ""))
+            where = _line_of(text, uuid) if uuid else None
+            raise IntelError(f"attribute {uuid or attribute.get('value')!r}: {exc}", line=where) from exc
+
+
+def parse_misp(text: str, *, defaults: FeedDefaults = FeedDefaults()) -> list[Entry]:
+    """A MISP event (``{"Event": ...}``, a REST search's ``{"response": [...]}``) or a list of attributes."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise IntelError(f"not JSON: {exc.msg}", line=exc.lineno) from exc
+    if isinstance(data, dict) and isinstance(data.get("response"), list):
+        events = [item.get("Event", item) for item in data["response"]]
+    elif isinstance(data, dict) and "Event" in data:
+        events = [data["Event"]]
+    elif isinstance(data, dict) and "Attribute" in data:
+        events = [data]
+    elif isinstance(data, list):
+        events = [{"Attribute": data}]
+    else:
+        raise IntelError("neither a MISP event nor a list of attributes", line=1)
+    return [entry for event in events for entry in _misp_event_entries(event, text, defaults)]
+
+
+def read_misp_feed(directory: Path, *, defaults: FeedDefaults = FeedDefaults()) -> list[Entry]:
+    """A MISP feed folder: ``manifest.json`` naming each event, each in ``<uuid>.json``."""
+    manifest_path = directory / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise IntelError(f"{manifest_path}: not JSON: {exc.msg}", line=exc.lineno) from exc
+    entries = []
+    for uuid in manifest:
+        event_path = directory / f"{uuid}.json"
+        try:
+            entries.extend(parse_misp(event_path.read_text(), defaults=defaults))
+        except IntelError as exc:
+            raise IntelError(f"{event_path}: {exc}") from exc
+    return entries
+
+
+def parse_feed(
+    text: str,
+    *,
+    feed_format: FeedFormat,
+    defaults: FeedDefaults = FeedDefaults(),
+    kind: Kind | None = None,
+    columns: CsvColumns | None = None,
+) -> list[Entry]:
+    if feed_format == "list":
+        return parse_list(text, kind=kind, defaults=defaults)
+    if feed_format == "csv":
+        return parse_csv(text, columns=columns, defaults=defaults)
+    if feed_format == "stix":
+        return parse_stix(text, defaults=defaults)
+    return parse_misp(text, defaults=defaults)
+
+
+# ---- verdicts ------------------------------------------------------------------------------------
+
+
+def verdict_of(matches: Sequence[Match]) -> Assessment:
+    """One verdict of everything that matched: the worst, at the highest confidence any feed gave it.
+
+    Tags and feeds come from every match, so an operator sees who else lists the value and why.
+    """
+    if not matches:
+        return Assessment(None, 0, (), ())
+    worst = max(VERDICT_RANK[m.verdict] for m in matches)
+    confidence = max(m.confidence for m in matches if VERDICT_RANK[m.verdict] == worst)
+    verdict = next(v for v, rank in VERDICT_RANK.items() if rank == worst)
+    tags = tuple(sorted({tag for m in matches for tag in m.tags}))
+    feeds = tuple(sorted({m.source for m in matches}))
+    return Assessment(verdict, confidence, tags, feeds)
+
+
+# ---- configuration -------------------------------------------------------------------------------
+
+
+class FeedConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    format: FeedFormat
+    path: str | None = None
+    url: str | None = None
+    refresh_minutes: int = Field(60, gt=0)
+    verdict: Verdict = "malicious"
+    confidence: int = Field(50, ge=0, le=100)
+    kind: Kind | None = Field(None, description="For a list of one kind; otherwise each value's kind is inferred.")
+    tags: tuple[str, ...] = ()
+    columns: CsvColumns | None = None
+
+    @model_validator(mode="after")
+    def _one_location(self) -> FeedConfig:
+        if (self.path is None) == (self.url is None):
+            raise ValueError("give either path or url")
+        if self.columns is not None and self.format != "csv":
+            raise ValueError("columns are for csv feeds")
+        return self
+
+    @property
+    def defaults(self) -> FeedDefaults:
+        return FeedDefaults(self.verdict, self.confidence, self.tags)
+
+
+class IntelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feeds: list[FeedConfig] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> IntelConfig:
+        names = [feed.name for feed in self.feeds]
+        if len(names) != len(set(names)):
+            raise ValueError(f"feed names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+        return self
+
+
+DEFAULT_CONFIG = Path(__file__).with_name("intel.yaml")
+
+
+def parse_config(document: str, *, source: str = "intel.yaml") -> IntelConfig:
+    # An empty file (or one of comments only) configures no feed.
+    if not document.strip() or all(line.lstrip().startswith("#") for line in document.splitlines() if line.strip()):
+        return IntelConfig()
+    return validate_yaml(document, IntelConfig, source=source)
+
+
+# ---- Postgres ------------------------------------------------------------------------------------
+
+_LOAD_COLUMNS = ("kind", "value", "verdict", "confidence", "tags", "first_seen", "last_seen", "expires_at")
+
+
+async def load_feed(conn: Conn, *, source: str, entries: Iterable[Entry], replace: bool = True) -> int:
+    """Store a feed's entries in one transaction; with ``replace``, what it no longer lists goes.
+
+    The entries go in by COPY into a temporary table and one upsert from it: a value listed again
+    keeps its earliest first_seen and latest last_seen. Returns how many distinct entries were loaded.
+    """
+    distinct = {(e.kind, e.value): e for e in entries}  # a feed listing a value twice: the last says
+    records = [
+        (e.kind, e.value, e.verdict, e.confidence, list(e.tags), e.first_seen, e.last_seen, e.expires_at)
+        for e in distinct.values()
+    ]
+    async with conn.transaction():
+        await conn.execute(
+            """CREATE TEMPORARY TABLE intel_load (
+                   kind text, value text, verdict text, confidence smallint, tags text[],
+                   first_seen timestamptz, last_seen timestamptz, expires_at timestamptz) ON COMMIT DROP"""
+        )
+        await conn.copy_records_to_table("intel_load", records=records, columns=_LOAD_COLUMNS)
+        if replace:
+            await conn.execute(
+                """DELETE FROM intel_entries e WHERE e.source = $1
+                   AND NOT EXISTS (SELECT 1 FROM intel_load l WHERE l.kind = e.kind AND l.value = e.value)""",
+                source,
+            )
+        await conn.execute(
+            """INSERT INTO intel_entries (source, kind, value, verdict, confidence, tags, first_seen, last_seen,
+                                          expires_at)
+               SELECT $1, kind, value, verdict, confidence, tags, first_seen, last_seen, expires_at FROM intel_load
+               ON CONFLICT (source, kind, value) DO UPDATE SET
+                   verdict = EXCLUDED.verdict, confidence = EXCLUDED.confidence, tags = EXCLUDED.tags,
+                   first_seen = LEAST(intel_entries.first_seen, EXCLUDED.first_seen),
+                   last_seen = GREATEST(intel_entries.last_seen, EXCLUDED.last_seen),
+                   expires_at = EXCLUDED.expires_at, loaded_at = now()""",
+            source,
+        )
+        await conn.execute(
+            """INSERT INTO intel_sources (source, entries) VALUES ($1, $2)
+               ON CONFLICT (source) DO UPDATE SET
+                   entries = (SELECT count(*) FROM intel_entries WHERE source = $1), loaded_at = now()""",
+            source,
+            len(records),
+        )
+        await conn.execute("DROP TABLE intel_load")
+    return len(records)
+
+
+# Exact matches by (kind, value) on the btree; addresses by containment in any listed network (an
+# address is a network of one) on the GiST index. Expired entries are left out.
+LOOKUP_SQL = """
+SELECT q.i, e.source, e.kind, e.value, e.verdict, e.confidence, e.tags, e.first_seen, e.last_seen, e.expires_at
+  FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kind, value, i)
+  JOIN intel_entries e ON e.kind = q.kind AND e.value = q.value
+ WHERE e.expires_at IS NULL OR e.expires_at > now()
+UNION ALL
+SELECT q.i + cardinality($1::text[]), e.source, e.kind, e.value, e.verdict, e.confidence, e.tags, e.first_seen,
+       e.last_seen, e.expires_at
+  FROM unnest($3::inet[]) WITH ORDINALITY AS q(address, i)
+  JOIN intel_entries e ON e.network >>= q.address
+ WHERE e.expires_at IS NULL OR e.expires_at > now()
+"""
+
+
+async def lookup(conn: Conn, values: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Match]]:
+    """What live feed entries each (kind, value) matches, in one query for all of them.
+
+    Kinds are Vigil's intel kinds or the analyzer's (``ipv4``, ``ipv6``); an address matches the
+    networks that hold it. A value that is no valid indicator of its kind matches nothing.
+    """
+    result: dict[tuple[str, str], list[Match]] = {key: [] for key in values}
+    exact: list[tuple[str, str]] = []  # (asked, normalised) pairs, in query order
+    exact_asked: list[tuple[str, str]] = []
+    addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    address_asked: list[tuple[str, str]] = []
+    for key in dict.fromkeys(values):
+        try:
+            kind, value = indicator_key(*key)
+        except ValueError:
+            continue
+        if kind == "ip":
+            addresses.append(ipaddress.ip_address(value))
+            address_asked.append(key)
+        else:
+            exact.append((kind, value))
+            exact_asked.append(key)
+    if not exact and not addresses:
+        return result
+    asked = exact_asked + address_asked
+    rows = await conn.fetch(LOOKUP_SQL, [k for k, _ in exact], [v for _, v in exact], addresses)
+    for row in rows:
+        result[asked[row["i"] - 1]].append(
+            Match(
+                source=row["source"],
+                kind=row["kind"],
+                value=row["value"],
+                verdict=row["verdict"],
+                confidence=row["confidence"],
+                tags=tuple(row["tags"]),
+                first_seen=row["first_seen"],
+                last_seen=row["last_seen"],
+                expires_at=row["expires_at"],
+            )
+        )
+    for matches in result.values():
+        matches.sort(key=lambda m: (-VERDICT_RANK[m.verdict], -m.confidence, m.source, m.value))
+    return result
