@@ -1546,6 +1546,125 @@ def audit_export(
     asyncio.run(_on_database(write))
 
 
+# ---- asset inventory ---------------------------------------------------------------------------
+
+assets_app = typer.Typer(
+    help="The asset inventory: hosts, addresses, networks, cloud resources and accounts, and what they weigh.",
+    no_args_is_help=True,
+)
+app.add_typer(assets_app, name="assets")
+
+
+@assets_app.command("import")
+def assets_import(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A YAML or CSV inventory file.")],
+    file_format: Annotated[
+        str | None, typer.Option("--format", help="yaml or csv; by default, the file's extension.")
+    ] = None,
+) -> None:
+    """Add or update every asset and user of FILE at once; a file with any problem changes nothing."""
+    from services.analyzer import assets
+
+    try:
+        format_name = assets.format_of(file.name, file_format)
+        catalog = assets.parse(file.read_text(encoding="utf-8"), source=str(file), format_name=format_name)
+    except assets.InventoryFileError as exc:
+        for problem in exc.problems:
+            err.print(problem, markup=False, highlight=False, soft_wrap=True)
+        _fail(f"nothing imported: {len(exc.problems)} problem(s) in {file}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        _fail(str(exc))
+    done = asyncio.run(_on_database(lambda conn: assets.import_catalog(conn, catalog)))
+    console.print(
+        f"{done.assets_new + done.assets_updated} asset(s) ({done.assets_new} new, {done.assets_updated} updated), "
+        f"{done.users_new + done.users_updated} user(s) ({done.users_new} new, {done.users_updated} updated)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@assets_app.command("list")
+def assets_list(as_json: JsonOption = False) -> None:
+    """Every asset, most critical first, and every user."""
+    from services.analyzer import assets
+
+    found, users = asyncio.run(_on_database(assets.list_))
+    if as_json:
+        listing = {"assets": [a.model_dump() for a in found], "users": [u.model_dump() for u in users]}
+        print(json.dumps(listing, indent=2))
+        return
+    table = Table(title=f"{len(found)} asset(s)")
+    for column in ("kind", "identifier", "criticality", "environment", "data", "service", "owner", "tags"):
+        table.add_column(column, overflow="fold")
+    for a in found:
+        table.add_row(
+            a.kind,
+            a.identifier,
+            str(a.criticality),
+            a.environment,
+            a.data_classification,
+            a.business_service or "-",
+            a.owner or "-",
+            ", ".join(a.tags),
+        )
+    console.print(table)
+    people = Table(title=f"{len(users)} user(s)")
+    for column in ("name", "privilege", "department", "owns", "tags"):
+        people.add_column(column, overflow="fold")
+    for u in users:
+        people.add_row(u.name, u.privilege, u.department or "-", ", ".join(u.owns), ", ".join(u.tags))
+    console.print(people)
+
+
+@assets_app.command("show")
+def assets_show(
+    identifier: Annotated[str, typer.Argument(help="A host, an address, a network (CIDR), an account or a resource.")],
+    as_json: JsonOption = False,
+) -> None:
+    """What the inventory knows of IDENTIFIER; an address shows the most specific network holding it."""
+    import ipaddress
+
+    from rich.text import Text
+
+    from services.analyzer import assets
+
+    async def look(conn: Any) -> list[tuple[str, dict[str, Any]]]:
+        if "/" in identifier:
+            try:
+                ipaddress.ip_network(identifier, strict=True)
+            except ValueError:
+                pass  # not a network: a resource id may hold a slash
+            else:
+                network = await assets.get_asset(conn, kind="cidr", identifier=identifier)
+                return [("cidr", network.model_dump())] if network else []
+        try:
+            ips = [str(ipaddress.ip_address(identifier))]
+        except ValueError:
+            ips = []
+        known = await assets.resolve(conn, hosts=[identifier], ips=ips, users=[identifier], resources=[identifier])
+        return [
+            *(
+                (
+                    f"{f.kind} (matched by {f.asset.kind} {f.asset.identifier})" if f.by == "cidr" else f.kind,
+                    f.asset.model_dump(),
+                )
+                for f in known.assets
+            ),
+            *(("user", u.model_dump()) for u in known.users),
+        ]
+
+    matches = asyncio.run(_on_database(look))
+    if not matches:
+        _fail(f"{identifier!r} is not in the inventory")
+    if as_json:
+        print(json.dumps([{"as": label, **fields} for label, fields in matches], indent=2))
+        return
+    for label, fields in matches:
+        lines = [f"{key}: {', '.join(value) if isinstance(value, list) else value}" for key, value in fields.items()]
+        console.print(Panel(Text("\n".join(lines)), title=Text(label)))  # Text: no markup in identifiers
+
+
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
