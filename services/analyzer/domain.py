@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from ioc_finder import find_iocs
 
+from services.analyzer.assets import Impact, Recommendation
+from shared import events
 from shared.events import AlertSummary, IncidentSnapshot, Indicator
 
 # ioc-finder result keys -> Vigil indicator kinds
@@ -90,3 +92,31 @@ def summarise(alert_count: int, hosts: Sequence[str], users: Sequence[str], indi
         f"and {len(users)} user{'s' * (len(users) != 1)}; {len(indicators)} indicators"
         + (f" ({by_kind})" if by_kind else "")
     )
+
+
+def impact_summary(found: Impact) -> events.Impact:
+    """The impact as the analysis event carries it: names, not the inventory's records."""
+    return events.Impact(
+        systems=[a.identifier for a in found.systems],
+        unknown_systems=[u.value for u in found.unknown if u.kind in ("host", "ip", "resource")],
+        users=[u.name for u in found.users],
+        privileged_users=[u.name for u in found.privileged_users],
+        business_services=list(found.business_services),
+        crown_jewels=[a.identifier for a in found.crown_jewels],
+        most_critical=min((a.criticality for a in found.systems), default=None),
+        data_at_risk=found.data_at_risk,
+    )
+
+
+def asset_tags(found: Impact) -> list[str]:
+    """The affected assets' tags, and `crown-jewel` for the most critical ones, for playbooks to match on."""
+    tags = {t for a in found.systems for t in a.tags}
+    if found.crown_jewels:
+        tags.add("crown-jewel")
+    return sorted(tags)
+
+
+def recommendation_of(found: Recommendation | None) -> events.SeverityRecommendation | None:
+    if found is None:
+        return None
+    return events.SeverityRecommendation(severity=found.severity, reasons=list(found.reasons))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.analyzer import domain, repository
+from services.analyzer import assets, domain, repository
+from shared.addresses import is_internal
 from shared.consumer import HandlerContext, dispatch_each
 from shared.events import Analysis, IncidentAnalyzed, IncidentDetected, IncidentUpdated
 
@@ -16,6 +17,11 @@ async def analyse_incident(ctx: HandlerContext, event: IncidentDetected | Incide
     await repository.save(ctx.conn, incident_id=event.subject, gathered=gathered)
     if snapshot.part < snapshot.parts:
         return  # one analysis per batch, once its last part is in: the responder plans once
+    # What the incident touches, by the asset inventory (addresses inside the incident, hosts, accounts).
+    internal = [i.value for i in gathered.indicators if i.kind in ("ipv4", "ipv6") and is_internal(i.value)]
+    inventory = await assets.resolve(ctx.conn, hosts=gathered.hosts, ips=internal, users=gathered.users, resources=[])
+    found = assets.impact(inventory)
+    recommendation = assets.severity_recommendation(snapshot.severity, found)
     ctx.emit(
         IncidentAnalyzed(
             source=SOURCE,
@@ -29,6 +35,9 @@ async def analyse_incident(ctx: HandlerContext, event: IncidentDetected | Incide
                 affected_users=gathered.users,
                 alert_count=gathered.alert_count,
                 summary=domain.summarise(gathered.alert_count, gathered.hosts, gathered.users, gathered.indicators),
+                impact=domain.impact_summary(found),
+                asset_tags=domain.asset_tags(found),
+                severity_recommendation=domain.recommendation_of(recommendation),
             ),
         )
     )

@@ -21,6 +21,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from shared.addresses import is_external
 from shared.events import Analysis, IncidentSnapshot, IncidentType, Indicator, PlannedAction, Severity
 from shared.yamlfile import node_at
 
@@ -289,36 +290,6 @@ def matches(playbook: Playbook, facts: IncidentFacts) -> bool:
     )
 
 
-# Not `is_global`: that also excludes the documentation ranges (203.0.113.0/24, …) that examples and
-# exercises use as attackers; what is never external is a private, shared, loopback or link-local one.
-_INTERNAL = tuple(
-    ipaddress.ip_network(n)
-    for n in [
-        "0.0.0.0/8",
-        "10.0.0.0/8",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "::/128",
-        "::1/128",
-        "fc00::/7",
-        "fe80::/10",
-    ]
-)
-
-
-def _external(value: str) -> bool:
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    if address.is_multicast or address.is_unspecified:
-        return False
-    return not any(address.version == n.version and address in n for n in _INTERNAL)
-
-
 def _ips(indicators: Sequence[Indicator]) -> list[str]:
     return [i.value for i in indicators if i.kind in ("ipv4", "ipv6")]
 
@@ -331,8 +302,8 @@ def _items(facts: IncidentFacts) -> dict[str, list[str]]:
     a = facts.analysis
     sources = [str(al.src_ip) for al in facts.incident.new_alerts if al.src_ip] if facts.incident else []
     return {
-        "external_ips": _unique(v for v in _ips(a.indicators) if _external(v)),
-        "external_source_ips": _unique(v for v in sources if _external(v)),
+        "external_ips": _unique(v for v in _ips(a.indicators) if is_external(v)),
+        "external_source_ips": _unique(v for v in sources if is_external(v)),
         "affected_hosts": _unique(a.affected_hosts),
         "affected_users": _unique(a.affected_users),
         "domains": _unique(i.value for i in a.indicators if i.kind == "domain"),

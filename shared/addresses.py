@@ -1,0 +1,43 @@
+"""Which addresses are outside: private, shared, loopback and link-local ones are inside."""
+
+from __future__ import annotations
+
+import ipaddress
+
+# Not `is_global`: that also excludes the documentation ranges (203.0.113.0/24, …) that examples and
+# exercises use as attackers; what is never external is a private, shared, loopback or link-local one.
+_INTERNAL = tuple(
+    ipaddress.ip_network(n)
+    for n in [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "::/128",
+        "::1/128",
+        "fc00::/7",
+        "fe80::/10",
+    ]
+)
+
+
+def is_external(value: str) -> bool:
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    if address.is_multicast or address.is_unspecified:
+        return False
+    return not any(address.version == n.version and address in n for n in _INTERNAL)
+
+
+def is_internal(value: str) -> bool:
+    """An address inside the organisation's networks (not a name, not multicast or unspecified)."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return not (address.is_multicast or address.is_unspecified) and not is_external(value)

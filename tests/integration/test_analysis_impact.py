@@ -1,0 +1,71 @@
+"""The analyzer weighs an incident by the asset inventory: impact, asset tags, a severity recommendation."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from services.analyzer import assets
+from services.analyzer.handlers import analyse_incident
+from services.detector.domain import summarise
+from shared.consumer import HandlerContext
+from shared.events import IncidentAnalyzed, IncidentDetected, Severity
+from shared.topics import TopicNames
+from tests.factories import alert, snapshot
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+INVENTORY = """
+assets:
+  - {kind: host, identifier: db-payments-1, business_service: payments, criticality: 1,
+     data_classification: restricted, tags: [database, pci]}
+  - {kind: cidr, identifier: 10.20.0.0/16, business_service: payments, criticality: 2}
+users:
+  - {name: svc-admin, department: it, privilege: domain_admin}
+"""
+
+
+async def analyse(pool: asyncpg.Pool, names: TopicNames, event: IncidentDetected) -> IncidentAnalyzed:
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="analyzer", names=names)
+        await analyse_incident(ctx, event)
+    [analysed] = [e for e in ctx.emitted if isinstance(e, IncidentAnalyzed)]
+    return analysed
+
+
+async def test_a_crown_jewel_and_a_domain_admin_make_the_analysis_recommend_sev1(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with pool.acquire() as conn:
+        await assets.import_catalog(conn, assets.parse_yaml(INVENTORY, source="inventory.yaml"))
+    touched = [
+        summarise(alert(host="db-payments-1", user="svc-admin", src_ip="10.20.3.4")),
+        summarise(alert(host="laptop-99", minutes=1)),
+    ]
+    event = IncidentDetected(
+        source="/vigil/detector",
+        subject="inc-impact",
+        data=snapshot(
+            severity=Severity.SEV3, new_alerts=touched, hosts=["db-payments-1", "laptop-99"], users=["svc-admin"]
+        ),
+    )
+    analysis = (await analyse(pool, names, event)).data
+    assert analysis.impact is not None
+    assert analysis.impact.crown_jewels == ["db-payments-1"]
+    assert analysis.impact.privileged_users == ["svc-admin"]
+    assert "laptop-99" in analysis.impact.unknown_systems  # not in the inventory: listed, not dropped
+    assert analysis.impact.data_at_risk == "restricted" and analysis.impact.most_critical == 1
+    assert "payments" in analysis.impact.business_services
+    assert {"crown-jewel", "database", "pci"} <= set(analysis.asset_tags)
+    assert analysis.severity_recommendation is not None
+    assert analysis.severity_recommendation.severity is Severity.SEV1
+    assert any("svc-admin" in r for r in analysis.severity_recommendation.reasons)
+
+
+async def test_without_an_inventory_everything_is_unknown_and_nothing_is_recommended(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    event = IncidentDetected(source="/vigil/detector", subject="inc-bare", data=snapshot(severity=Severity.SEV3))
+    analysis = (await analyse(pool, names, event)).data
+    assert analysis.impact is not None and analysis.impact.systems == [] and analysis.impact.unknown_systems
+    assert analysis.severity_recommendation is None and analysis.asset_tags == []
