@@ -680,8 +680,8 @@ async def load_feed(conn: Conn, *, source: str, entries: Iterable[Entry], replac
     return len(records)
 
 
-# Exact matches by (kind, value) on the btree; addresses by containment in any listed network (an
-# address is a network of one) on the GiST index. Expired entries are left out.
+# Exact matches by (kind, value) on the btree (a listed address too); addresses also by containment
+# in a listed network, on the networks' GiST index. Expired entries are left out.
 LOOKUP_SQL = """
 SELECT q.i, e.source, e.kind, e.value, e.verdict, e.confidence, e.tags, e.first_seen, e.last_seen, e.expires_at
   FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kind, value, i)
@@ -691,7 +691,7 @@ UNION ALL
 SELECT q.i + cardinality($1::text[]), e.source, e.kind, e.value, e.verdict, e.confidence, e.tags, e.first_seen,
        e.last_seen, e.expires_at
   FROM unnest($3::inet[]) WITH ORDINALITY AS q(address, i)
-  JOIN intel_entries e ON e.network >>= q.address
+  JOIN intel_entries e ON e.kind = 'cidr' AND e.network >>= q.address
  WHERE e.expires_at IS NULL OR e.expires_at > now()
 """
 
@@ -703,8 +703,8 @@ async def lookup(conn: Conn, values: Sequence[tuple[str, str]]) -> dict[tuple[st
     networks that hold it. A value that is no valid indicator of its kind matches nothing.
     """
     result: dict[tuple[str, str], list[Match]] = {key: [] for key in values}
-    exact: list[tuple[str, str]] = []  # (asked, normalised) pairs, in query order
-    exact_asked: list[tuple[str, str]] = []
+    exact: list[tuple[str, str]] = []  # normalised, in query order
+    exact_asked: list[tuple[str, str]] = []  # as asked, in the same order
     addresses: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
     address_asked: list[tuple[str, str]] = []
     for key in dict.fromkeys(values):
@@ -712,12 +712,11 @@ async def lookup(conn: Conn, values: Sequence[tuple[str, str]]) -> dict[tuple[st
             kind, value = indicator_key(*key)
         except ValueError:
             continue
+        exact.append((kind, value))
+        exact_asked.append(key)
         if kind == "ip":
             addresses.append(ipaddress.ip_address(value))
             address_asked.append(key)
-        else:
-            exact.append((kind, value))
-            exact_asked.append(key)
     if not exact and not addresses:
         return result
     asked = exact_asked + address_asked

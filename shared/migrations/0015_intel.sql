@@ -17,7 +17,9 @@ CREATE TABLE intel_entries (
     UNIQUE (source, kind, value)
 );
 CREATE INDEX intel_entries_lookup ON intel_entries (kind, value);
-CREATE INDEX intel_entries_network ON intel_entries USING gist (network inet_ops);
+-- Networks only: a listed address is found by the btree, and a GiST index of a million single
+-- addresses is slow to build and to search.
+CREATE INDEX intel_entries_network ON intel_entries USING gist (network inet_ops) WHERE kind = 'cidr';
 
 -- When each feed was last loaded and how many entries it holds (for refreshing on an interval).
 CREATE TABLE intel_sources (
