@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ioc_finder import find_iocs
 
 from services.analyzer.assets import Impact, Recommendation
+from services.analyzer.intel import Assessment
 from shared import events
 from shared.events import AlertSummary, IncidentSnapshot, Indicator
 
@@ -87,10 +88,12 @@ def summarise(alert_count: int, hosts: Sequence[str], users: Sequence[str], indi
     """One line an incident commander can read at a glance."""
     kinds = Counter(i.kind for i in indicators)
     by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    known_bad = sum(i.verdict in ("malicious", "suspicious") for i in indicators)
     return (
         f"{alert_count} alert{'s' * (alert_count != 1)} on {len(hosts)} host{'s' * (len(hosts) != 1)} "
         f"and {len(users)} user{'s' * (len(users) != 1)}; {len(indicators)} indicators"
         + (f" ({by_kind})" if by_kind else "")
+        + (f"; {known_bad} known bad to threat intelligence" if known_bad else "")
     )
 
 
@@ -120,3 +123,17 @@ def recommendation_of(found: Recommendation | None) -> events.SeverityRecommenda
     if found is None:
         return None
     return events.SeverityRecommendation(severity=found.severity, reasons=list(found.reasons))
+
+
+def with_verdict(indicator: Indicator, assessment: Assessment) -> Indicator:
+    """The indicator with what the feeds that list it say; as it was when none does."""
+    if assessment.verdict is None:
+        return indicator
+    return indicator.model_copy(
+        update={
+            "verdict": assessment.verdict,
+            "confidence": assessment.confidence,
+            "feeds": list(assessment.feeds),
+            "tags": list(assessment.tags),
+        }
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.analyzer import assets, domain, repository
+from services.analyzer import assets, domain, intel, repository
 from shared.addresses import is_internal
 from shared.consumer import HandlerContext, dispatch_each
 from shared.events import Analysis, IncidentAnalyzed, IncidentDetected, IncidentUpdated
@@ -22,6 +22,11 @@ async def analyse_incident(ctx: HandlerContext, event: IncidentDetected | Incide
     inventory = await assets.resolve(ctx.conn, hosts=gathered.hosts, ips=internal, users=gathered.users, resources=[])
     found = assets.impact(inventory)
     recommendation = assets.severity_recommendation(snapshot.severity, found)
+    # What threat intelligence says of each indicator: one indexed query for all of them.
+    matches = await intel.lookup(ctx.conn, [(i.kind, i.value) for i in gathered.indicators])
+    indicators = [
+        domain.with_verdict(i, intel.verdict_of(matches.get((i.kind, i.value), []))) for i in gathered.indicators
+    ]
     ctx.emit(
         IncidentAnalyzed(
             source=SOURCE,
@@ -30,11 +35,11 @@ async def analyse_incident(ctx: HandlerContext, event: IncidentDetected | Incide
                 type=snapshot.type,
                 severity=snapshot.severity,
                 title=snapshot.title,
-                indicators=gathered.indicators,
+                indicators=indicators,
                 affected_hosts=gathered.hosts,
                 affected_users=gathered.users,
                 alert_count=gathered.alert_count,
-                summary=domain.summarise(gathered.alert_count, gathered.hosts, gathered.users, gathered.indicators),
+                summary=domain.summarise(gathered.alert_count, gathered.hosts, gathered.users, indicators),
                 impact=domain.impact_summary(found),
                 asset_tags=domain.asset_tags(found),
                 severity_recommendation=domain.recommendation_of(recommendation),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from services.analyzer import assets
+from services.analyzer import assets, intel
 from services.analyzer.handlers import analyse_incident
 from services.detector.domain import summarise
 from shared.consumer import HandlerContext
@@ -69,3 +69,21 @@ async def test_without_an_inventory_everything_is_unknown_and_nothing_is_recomme
     analysis = (await analyse(pool, names, event)).data
     assert analysis.impact is not None and analysis.impact.systems == [] and analysis.impact.unknown_systems
     assert analysis.severity_recommendation is None and analysis.asset_tags == []
+
+
+async def test_indicators_carry_what_threat_intelligence_says_of_them(pool: asyncpg.Pool, names: TopicNames) -> None:
+    async with pool.acquire() as conn:
+        feed = intel.parse_list(
+            "203.0.113.0/24\n",
+            kind="cidr",
+            defaults=intel.FeedDefaults(verdict="malicious", confidence=90, tags=("botnet",)),
+        )
+        await intel.load_feed(conn, source="blocklist-de", entries=feed)
+    touched = [summarise(alert(src_ip="203.0.113.7", host="web-1"))]
+    event = IncidentDetected(source="/vigil/detector", subject="inc-intel", data=snapshot(new_alerts=touched))
+    analysis = (await analyse(pool, names, event)).data
+    by_value = {i.value: i for i in analysis.indicators}
+    bad = by_value["203.0.113.7"]
+    assert (bad.verdict, bad.confidence, bad.feeds, bad.tags) == ("malicious", 90, ["blocklist-de"], ["botnet"])
+    assert all(i.verdict is None for v, i in by_value.items() if not v.startswith("203.0.113."))
+    assert analysis.summary.endswith("known bad to threat intelligence")
