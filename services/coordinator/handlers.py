@@ -31,6 +31,7 @@ from shared.events import (
     EffectOutcome,
     Escalation,
     EscalationExhausted,
+    EventBase,
     FieldChange,
     IncidentAlertsChanged,
     IncidentAnalyzed,
@@ -41,6 +42,7 @@ from shared.events import (
     IncidentEscalated,
     IncidentState,
     IncidentStateChanged,
+    IncidentType,
     IncidentUpdated,
     ResolutionSuggested,
     ResolutionSuggestion,
@@ -178,7 +180,7 @@ class Coordinator:
         if event.data.part > 1:
             return  # the rest of a batch's alerts: its first part carried the same severity
         row = await ctx.conn.fetchrow(
-            """SELECT state, severity, commander, escalation_step, edited_by FROM coordinator_incidents
+            """SELECT state, severity, commander, escalation_step, edited_by, type FROM coordinator_incidents
                WHERE incident_id = $1 FOR UPDATE""",
             event.subject,
         )
@@ -190,16 +192,7 @@ class Coordinator:
         new = event.data.severity
         if not domain.escalates(old, new):
             return
-        if (person := row["edited_by"].get("severity")) is not None:
-            # A person set the severity: the detector's view is offered to them, never applied over it.
-            offer = ChangeOffer(
-                field="severity",
-                current=old.value,
-                offered=new.value,
-                by="detector",
-                reason=f"{event.data.severity_reason} (the severity was set by {person})",
-            )
-            ctx.emit(ChangeOffered(source=SOURCE, **event.caused_by(), data=offer))
+        if self._offered(ctx, event, row, old, new, by="detector", reason=event.data.severity_reason):
             return
         escalation = domain.escalation(
             event.data,
@@ -208,6 +201,44 @@ class Coordinator:
             reason=f"severity raised from {old.value} to {new.value}",
             alerts=event.data.new_alerts[:ALERTS_IN_ESCALATION],
         )
+        await self._raise_severity(ctx, event, row, state, new, escalation, f"severity-{new.value}")
+
+    def _offered(
+        self,
+        ctx: HandlerContext,
+        event: EventBase,
+        row: asyncpg.Record,
+        old: Severity,
+        new: Severity,
+        *,
+        by: str,
+        reason: str,
+    ) -> bool:
+        """A person set the severity: another view of it is offered to them, never applied over it."""
+        person = row["edited_by"].get("severity")
+        if person is None:
+            return False
+        offer = ChangeOffer(
+            field="severity",
+            current=old.value,
+            offered=new.value,
+            by=by,
+            reason=f"{reason} (the severity was set by {person})",
+        )
+        ctx.emit(ChangeOffered(source=SOURCE, **event.caused_by(), data=offer))
+        return True
+
+    async def _raise_severity(
+        self,
+        ctx: HandlerContext,
+        event: IncidentUpdated | IncidentAnalyzed,
+        row: asyncpg.Record,
+        state: IncidentState,
+        new: Severity,
+        escalation: Escalation,
+        discriminator: str,
+    ) -> None:
+        """Store the higher severity, page the commander with it, add the runbook's tasks for it."""
         await ctx.conn.execute(
             """UPDATE coordinator_incidents SET severity = $2, escalation = $3, updated_at = now()
                WHERE incident_id = $1""",
@@ -215,13 +246,13 @@ class Coordinator:
             new.value,
             escalation.model_dump(mode="json"),
         )
-        await self._escalate(ctx, event.subject, escalation, f"severity-{new.value}", event.caused_by())
+        await self._escalate(ctx, event.subject, escalation, discriminator, event.caused_by())
         # A higher severity may call for more of the runbook: its tasks are added, the others kept.
         await tasks.create_tasks(
             ctx.conn,
             self.templates,
             incident_id=event.subject,
-            incident_type=event.data.type,
+            incident_type=IncidentType(row["type"]),
             severity=new,
             commander=row["commander"],
             now=event.time,
@@ -229,7 +260,7 @@ class Coordinator:
         if state is IncidentState.DETECTED:
             # Unacknowledged still: the walk down the rotation goes on from the current commander.
             await self._set_ack_deadline(
-                ctx, event.subject, new, step=row["escalation_step"] + 1, incident_type=event.data.type.value
+                ctx, event.subject, new, step=row["escalation_step"] + 1, incident_type=row["type"]
             )
 
     async def on_alerts_changed(self, ctx: HandlerContext, event: IncidentAlertsChanged) -> None:
@@ -702,8 +733,8 @@ class Coordinator:
         recommendation = event.data.severity_recommendation
         assert recommendation is not None
         row = await ctx.conn.fetchrow(
-            "SELECT state, severity, escalation, escalation_step, edited_by, type FROM coordinator_incidents "
-            "WHERE incident_id = $1 FOR UPDATE",
+            """SELECT state, severity, commander, escalation, escalation_step, edited_by, type
+               FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE""",
             event.subject,
         )
         if row is None:
@@ -713,15 +744,7 @@ class Coordinator:
         if state is None or current is None or self.lifecycle.is_ended(state) or not domain.escalates(current, new):
             return
         reasons = "; ".join(recommendation.reasons)
-        if (person := row["edited_by"].get("severity")) is not None:
-            offer = ChangeOffer(
-                field="severity",
-                current=current.value,
-                offered=new.value,
-                by="analyzer",
-                reason=f"{reasons} (the severity was set by {person})",
-            )
-            ctx.emit(ChangeOffered(source=SOURCE, **event.caused_by(), data=offer))
+        if self._offered(ctx, event, row, current, new, by="analyzer", reason=reasons):
             return
         escalation = Escalation.model_validate(row["escalation"]).model_copy(
             update={
@@ -729,24 +752,13 @@ class Coordinator:
                 "reason": f"severity raised from {current.value} to {new.value} by impact: {reasons}",
             }
         )
-        await ctx.conn.execute(
-            """UPDATE coordinator_incidents SET severity = $2, escalation = $3, updated_at = now()
-               WHERE incident_id = $1""",
-            event.subject,
-            new.value,
-            escalation.model_dump(mode="json"),
-        )
         ctx.audit(
             "incident.severity_raised",
             event.subject,
             principal=f"system:{SERVICE}",
             detail={"from": current.value, "to": new.value, "by": "analyzer", "reasons": reasons[:500]},
         )
-        await self._escalate(ctx, event.subject, escalation, f"impact-{new.value}", event.caused_by())
-        if state is IncidentState.DETECTED:
-            await self._set_ack_deadline(
-                ctx, event.subject, new, step=row["escalation_step"] + 1, incident_type=row["type"]
-            )
+        await self._raise_severity(ctx, event, row, state, new, escalation, f"impact-{new.value}")
 
     async def on_planned(self, ctx: HandlerContext, event: ResponsePlanned) -> None:
         plan = event.data
