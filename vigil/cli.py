@@ -1172,10 +1172,32 @@ def incidents_show(incident_id: str, as_json: JsonOption = False) -> None:
             title=incident["id"],
         )
     )
-    if incident.get("analysis"):
-        console.print(f"[b]analysis[/b] {incident['analysis']['summary']}")
-        for ind in incident["analysis"]["indicators"][:20]:
-            console.print(f"  {ind['kind']:>7}  {ind['value']}")
+    if analysis := incident.get("analysis"):
+        console.print(f"[b]analysis[/b] {analysis['summary']}")
+        # Known-bad indicators first: they are what a commander acts on.
+        ranked = sorted(analysis["indicators"], key=lambda i: (i.get("verdict") is None, i["kind"], i["value"]))
+        for ind in ranked[:20]:
+            said = ""
+            if ind.get("verdict"):
+                tags = f", {', '.join(ind.get('tags', []))}" if ind.get("tags") else ""
+                said = f"  [red]{ind['verdict']}[/] ({', '.join(ind.get('feeds', []))}{tags})"
+            console.print(f"  {ind['kind']:>7}  {ind['value']}{said}")
+        if impact := analysis.get("impact"):
+            parts = [
+                f"crown jewels: {', '.join(impact['crown_jewels'])}" if impact.get("crown_jewels") else "",
+                f"privileged accounts: {', '.join(impact['privileged_users'])}"
+                if impact.get("privileged_users")
+                else "",
+                f"services: {', '.join(impact['business_services'])}" if impact.get("business_services") else "",
+                f"data at risk: {impact['data_at_risk']}" if impact.get("data_at_risk") else "",
+                f"unknown to the inventory: {', '.join(impact['unknown_systems'][:5])}"
+                if impact.get("unknown_systems")
+                else "",
+            ]
+            if said_impact := "; ".join(p for p in parts if p):
+                console.print(f"[b]impact[/b] {said_impact}")
+        if recommended := analysis.get("severity_recommendation"):
+            console.print(f"[b]recommended[/b] {recommended['severity']}: {'; '.join(recommended['reasons'])}")
     if incident.get("plan"):
         plan = incident["plan"]
         console.print(f"[b]plan[/b] {plan['playbook_title']} ({plan['playbook']})")

@@ -159,3 +159,54 @@ def test_a_problem_report_is_a_user_report_record() -> None:
     }
     (plain,) = parse_payload(bare, format_name="user_report").alerts
     assert plain.severity.value == "medium"  # the adapter's default for a person's report
+
+
+def test_incidents_show_puts_known_bad_indicators_impact_and_a_recommendation_first(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vigil import cli
+
+    incident = {
+        "id": "inc-1",
+        "title": "Reverse shell",
+        "severity": "SEV3",
+        "type": "system_compromise",
+        "state": "detected",
+        "commander": "alice",
+        "alert_count": 1,
+        "classification_reason": "falco: reverse shell",
+        "severity_reason": "critical alert",
+        "hosts": ["db-1"],
+        "users": [],
+        "analysis": {
+            "summary": "1 alert on 1 host",
+            "indicators": [
+                {"kind": "domain", "value": "example.org"},  # an analysis from before verdicts: no verdict key
+                {
+                    "kind": "ipv4",
+                    "value": "203.0.113.7",
+                    "verdict": "malicious",
+                    "feeds": ["feodo"],
+                    "tags": ["emotet"],
+                },
+            ],
+            "impact": {
+                "crown_jewels": ["db-1"],
+                "privileged_users": [],
+                "business_services": ["payments"],
+                "data_at_risk": "restricted",
+                "unknown_systems": ["laptop-9"],
+            },
+            "severity_recommendation": {"severity": "SEV1", "reasons": ["db-1 is a crown jewel"]},
+        },
+        "timeline": [],
+        "alerts": [],
+    }
+    monkeypatch.setattr(cli, "_get", lambda path, **_: incident)  # the reporter's answer, as rendered
+    monkeypatch.setenv("COLUMNS", "200")
+    cli.incidents_show("inc-1-full-id-of-thirty-six-characters", as_json=False)
+    shown = capsys.readouterr().out
+    assert shown.index("203.0.113.7") < shown.index("example.org")
+    assert "malicious (feodo, emotet)" in shown
+    assert "crown jewels: db-1" in shown and "data at risk: restricted" in shown and "laptop-9" in shown
+    assert "recommended SEV1: db-1 is a crown jewel" in shown
