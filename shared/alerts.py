@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
@@ -113,3 +114,21 @@ class Alert(BaseModel):
 
 
 ALERT_ADAPTER: TypeAdapter[Alert] = TypeAdapter(Alert)
+
+
+def leaves(record: Any) -> Iterator[tuple[str, Any]]:
+    """Yield a JSON record's scalar values with their dotted paths (`data.srcip`, `tags.0`), in order.
+
+    Iterative, so that a record nested deeper than Python's recursion limit is read like any other.
+    """
+    stack: list[tuple[str, Any]] = [("", record)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            items = [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            items = [(f"{path}.{n}" if path else str(n), v) for n, v in enumerate(value)]
+        else:
+            yield path, value
+            continue
+        stack.extend(reversed(items))

@@ -375,7 +375,9 @@ def _add_operation(operations: dict[str, JSONObject], topic: Topic, party: str, 
         client_id = {"type": "string", "const": f"vigil-{party}"}
         binding: JSONObject = {"clientId": client_id}
         if action == "receive":
-            binding = {"groupId": {"type": "string", "const": f"vigil-{party}"}, **binding}
+            # After the deployment's topic prefix, as its topics (shared.kafka.group_id).
+            group = {"type": "string", "pattern": f"vigil-{party}$", "examples": [f"vigil-{party}"]}
+            binding = {"groupId": group, **binding}
         operation["bindings"] = {"kafka": {**binding, "bindingVersion": KAFKA_BINDING_VERSION}}
     operations[key] = operation
 

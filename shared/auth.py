@@ -1,18 +1,23 @@
-"""Authentication and authorisation of every API route Vigil serves.
+"""Authentication and authorisation of every API route and page Vigil serves.
 
-Each route depends on ``require(runtime, permission)``: the request's bearer token resolves to a
+Each API route depends on ``require(runtime, permission)``: the request's bearer token resolves to a
 principal (``shared.identity``), whose role must hold the permission; 401 without a valid token,
 403 with a role that lacks it. The principal is who acts: commands record its name, never a name
 from the request body. ``VIGIL_ALLOW_UNAUTHENTICATED`` (local experiments only) lets requests
 without a token through as ``anonymous`` with every permission; a service bound to another address
 than loopback refuses to start with it unless tokens exist (``check_startup``).
+
+Pages depend on ``require_page``: a browser cannot add a bearer header to a navigation, so a page
+also takes the same token from the session cookie its sign-in set (``set_session``). Both resolve
+the token through ``authenticate``, and refuse with ``Unauthenticated`` or ``Forbidden`` for the
+page to answer as a browser expects (the sign-in page, a plain page saying why).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Depends, HTTPException, Security
+from fastapi import Depends, HTTPException, Request, Response, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from shared import identity, oidc
@@ -29,35 +34,99 @@ BEARER = HTTPBearer(
     description="An API token (`vigil tokens create`): `Authorization: Bearer vigil_<id>_<secret>`.",
 )
 
+# The cookie a page sign-in sets: the token itself, which only the pages under its path receive.
+SESSION_COOKIE = "vigil_session"
+SESSION_PATH = "/ui"
+# A working day: a browser left signed in on a shared screen does not stay so for the token's whole life.
+SESSION_MAX_AGE_S = 8 * 3600
+
+
+class Unauthenticated(Exception):
+    """No token, or one that is malformed, unknown, revoked or expired."""
+
+
+class Forbidden(Exception):
+    """A valid token whose role lacks the permission."""
+
+    def __init__(self, principal: Principal, permission: Permission) -> None:
+        self.principal = principal
+        self.permission = permission
+        super().__init__(
+            f"{principal.name} ({principal.role}) may not {identity.PERMISSION_TEXT[permission]}; "
+            f"that takes the role {identity.least_role(permission)} or above"
+        )
+
+
+async def authenticate(runtime: Runtime, token: str | None, permission: Permission) -> Principal:
+    """The principal a token stands for, holding ``permission``; else ``Unauthenticated`` or ``Forbidden``.
+
+    Without a token, ``anonymous`` when unauthenticated access is allowed; a token given is always checked.
+    """
+    if not token:
+        if runtime.settings.allow_unauthenticated:
+            return ANONYMOUS
+        raise Unauthenticated("a bearer token is required")
+    if identity.parse_token(token) is None and (jwts := oidc.verifier(runtime.settings)) is not None:
+        found = await jwts.averify(token)  # not one of Vigil's tokens: the identity provider's, perhaps
+    else:
+        async with runtime.pool.acquire() as conn:
+            found = await identity.resolve(conn, token)
+    if found is None:
+        raise Unauthenticated("the token is unknown, revoked or expired")
+    if not identity.allows(found.role, permission):
+        raise Forbidden(found, permission)
+    return found
+
+
+def _bearer(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        return None
+    return credentials.credentials or None
+
 
 def require(runtime: Runtime, permission: Permission) -> Any:
     """A route's dependency (``by: Principal = require(...)``, or in ``dependencies=[...]``): the principal of
     the request, holding ``permission``, or 401/403. The permission shows in the OpenAPI document."""
 
     async def principal(credentials: HTTPAuthorizationCredentials | None = Depends(BEARER)) -> Principal:
-        token = credentials.credentials if credentials is not None else ""
-        if not token or credentials is None or credentials.scheme.lower() != "bearer":
-            if runtime.settings.allow_unauthenticated:
-                return ANONYMOUS
-            raise HTTPException(401, detail="a bearer token is required", headers={"WWW-Authenticate": "Bearer"})
-        if identity.parse_token(token) is None and (jwts := oidc.verifier(runtime.settings)) is not None:
-            found = await jwts.averify(token)  # not one of Vigil's tokens: the identity provider's, perhaps
-        else:
-            async with runtime.pool.acquire() as conn:
-                found = await identity.resolve(conn, token)
-        if found is None:
-            raise HTTPException(
-                401, detail="the token is unknown, revoked or expired", headers={"WWW-Authenticate": "Bearer"}
-            )
-        if not identity.allows(found.role, permission):
-            raise HTTPException(
-                403,
-                detail=f"{found.name} ({found.role}) may not {identity.PERMISSION_TEXT[permission]}; "
-                f"that takes the role {identity.least_role(permission)} or above",
-            )
-        return found
+        try:
+            return await authenticate(runtime, _bearer(credentials), permission)
+        except Unauthenticated as exc:
+            raise HTTPException(401, detail=str(exc), headers={"WWW-Authenticate": "Bearer"}) from exc
+        except Forbidden as exc:
+            raise HTTPException(403, detail=str(exc)) from exc
 
     return Security(principal, scopes=[permission])
+
+
+def require_page(runtime: Runtime, permission: Permission) -> Any:
+    """A page's dependency: like ``require``, from the bearer header or else the session cookie; it raises
+    ``Unauthenticated`` or ``Forbidden`` as they are, for the page's route to answer."""
+
+    async def principal(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(BEARER)
+    ) -> Principal:
+        token = _bearer(credentials) or request.cookies.get(SESSION_COOKIE)
+        return await authenticate(runtime, token, permission)
+
+    return Security(principal, scopes=[permission])
+
+
+def set_session(response: Response, token: str, *, secure: bool) -> None:
+    """Keep a signed-in token for the pages: out of scripts' reach, never sent by another site's request."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=SESSION_MAX_AGE_S,
+        path=SESSION_PATH,
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+    )
+
+
+def end_session(response: Response, *, secure: bool) -> None:
+    response.delete_cookie(SESSION_COOKIE, path=SESSION_PATH, httponly=True, samesite="strict", secure=secure)
 
 
 def actor(principal: Principal, claimed: str) -> str:

@@ -70,6 +70,8 @@ def decode(value: bytes | None, headers: Headers) -> Event:
         data = json.loads(value)
     except ValueError as exc:
         raise InvalidMessage(f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:  # a poison body must be dead-lettered, not crash every consumer in turn
+        raise InvalidMessage("body is not JSON Vigil reads: nested too deeply") from exc
     fields = {name: attributes[name] for name in _ENVELOPE if name in attributes}
     fields["data"] = data
     try:

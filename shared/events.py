@@ -11,12 +11,13 @@ a rolling deploy without an older consumer dead-lettering its events.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, IPvAnyAddress, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, IPvAnyAddress, TypeAdapter, field_validator
 
 from shared.alerts import AlertSeverity
 
@@ -70,7 +71,54 @@ class Payload(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+P = TypeVar("P", bound=Payload)
+
+
+@functools.cache
+def _construction(cls: type[Payload]) -> tuple[tuple[str, ...], dict[str, Any], frozenset[str]]:
+    """A payload class's fields in order, their plain defaults, and the fields that must be given."""
+    defaults = {
+        name: field.default
+        for name, field in cls.model_fields.items()
+        if not field.is_required() and field.default_factory is None
+    }
+    return tuple(cls.model_fields), defaults, frozenset(cls.model_fields) - defaults.keys()
+
+
+def trusted(cls: type[P], **values: Any) -> P:
+    """``cls.model_construct(**values)`` at a fraction of its cost, for values already valid and of the
+    payload's types (a hot path's own, built from validated models). A field with a default factory,
+    or none, must be given; the others take their default when left out."""
+    names, defaults, needed = _construction(cls)
+    if not needed <= values.keys():
+        raise TypeError(f"{cls.__name__}: {', '.join(sorted(needed - values.keys()))} must be given")
+    payload = cls.__new__(cls)
+    # In the fields' order, as model_construct has them: the JSON's keys come in that order.
+    object.__setattr__(
+        payload, "__dict__", {name: values[name] if name in values else defaults[name] for name in names}
+    )
+    object.__setattr__(payload, "__pydantic_fields_set__", set(values))
+    object.__setattr__(payload, "__pydantic_extra__", None)
+    object.__setattr__(payload, "__pydantic_private__", None)
+    return payload
+
+
 # ---- payloads -------------------------------------------------------------------------------
+
+
+class AlertCorrelation(Payload):
+    """Why an alert joined its incident: the correlation rule, its key and value, and what made it hold."""
+
+    rule: str = Field(description="The correlation rule that placed the alert (`entity`: the fallback).")
+    type: str = Field(description="event_count, value_count, temporal, temporal_ordered, or entity.")
+    key: dict[str, str] = Field(default_factory=dict, description="The group-by fields and their values.")
+    window_start: AwareDatetime | None = Field(None, description="The rule's window the alert fell in.")
+    window_end: AwareDatetime | None = None
+    reason: str = Field("", description="Why, in words.")
+    triggered_by: list[str] = Field(
+        default_factory=list,
+        description="For threshold rules: the alerts (keys) that made the condition true and opened the incident.",
+    )
 
 
 class AlertSummary(Payload):
@@ -99,6 +147,13 @@ class AlertSummary(Payload):
     source_severity: str | None = None
     severity_reason: str | None = None
     type_rule: str | None = Field(None, description="The classification rule that decided this alert's type.")
+    correlation: AlertCorrelation | None = Field(None, description="Why the alert joined this incident.")
+    raw: dict[str, Any] | None = Field(
+        None,
+        description="The tool's original record, for the analyzer to read indicators from: whole when its JSON "
+        "fits in 16 KiB, else its first fields flattened to dotted paths (`raw_cut`); the detector keeps it whole.",
+    )
+    raw_cut: bool = Field(False, description="`raw` holds only the first fields of a larger record.")
 
 
 class IncidentSnapshot(Payload):
@@ -179,6 +234,31 @@ class Indicator(Payload):
     confidence: int | None = Field(None, ge=0, le=100)
     feeds: list[str] = Field(default_factory=list, description="The feeds that list it.")
     tags: list[str] = Field(default_factory=list, description="Actor, malware family, campaign, where feeds say.")
+    # Provenance: where the incident's alerts named it.
+    internal: bool = Field(
+        False, description="A private or reserved address, or a name or URL inside the organisation."
+    )
+    fields: list[str] = Field(
+        default_factory=list, description="The alert fields it was found in (`src_ip`, `raw.data.srcip`), at most 10."
+    )
+    first_seen: AwareDatetime | None = Field(None, description="The time of the first alert that named it.")
+    last_seen: AwareDatetime | None = Field(None, description="The time of the last alert that named it.")
+    count: int | None = Field(None, ge=1, description="How many of the incident's alerts named it.")
+    alert_keys: list[str] = Field(
+        default_factory=list, description="The first alerts that named it, at most 5 (`vigil incidents evidence`)."
+    )
+
+
+class Observable(Payload):
+    """What else the alerts name that a responder looks at: vulnerabilities, accounts, processes, cloud resources."""
+
+    kind: Literal["cve", "user", "process", "command_line", "cloud_resource"]
+    value: str
+    fields: list[str] = Field(default_factory=list, description="The alert fields it was found in, at most 10.")
+    first_seen: AwareDatetime | None = None
+    last_seen: AwareDatetime | None = None
+    count: int | None = Field(None, ge=1, description="How many of the incident's alerts named it.")
+    alert_keys: list[str] = Field(default_factory=list, description="The first alerts that named it, at most 5.")
 
 
 class Impact(Payload):
@@ -201,6 +281,81 @@ class SeverityRecommendation(Payload):
     reasons: list[str]
 
 
+class AttackTechnique(Payload):
+    """An ATT&CK technique the incident's alerts show, named from the ATT&CK dataset Vigil ships."""
+
+    id: str = Field(description="T1059 or T1059.001; a revoked id is given as the one that replaced it.")
+    name: str = Field(description="ATT&CK's name (a sub-technique's with its technique's); `unknown` if not in it.")
+    tactics: list[str] = Field(default_factory=list, description="Tactic ids it serves in this incident.")
+    alerts: int = Field(ge=1, description="Alerts that show it.")
+    first_seen: AwareDatetime
+    first_alert: str = Field(description="Key of the earliest alert that shows it.")
+    mapped_by: list[str] = Field(
+        default_factory=list, description="Where it came from: the tool's own field, a tag, or a Vigil rule."
+    )
+
+
+class AttackTactic(Payload):
+    """An ATT&CK tactic the incident reached, in the Enterprise matrix's kill-chain order."""
+
+    id: str
+    name: str
+    stage: int = Field(ge=1, le=14, description="1 Reconnaissance … 14 Impact.")
+    first_seen: AwareDatetime
+    stated: bool = Field(description="A tool named the tactic itself (else it is inferred from a technique).")
+    techniques: list[str] = Field(default_factory=list)
+
+
+class Hypothesis(Payload):
+    """A conclusion drawn from the alerts, with what supports it and how sure it is."""
+
+    statement: str
+    subject: str | None = Field(None, description="What it names: an entity, a technique id, an alert key.")
+    confidence: int = Field(ge=0, le=100)
+    evidence: list[str] = Field(default_factory=list)
+
+
+class RootCause(Payload):
+    stage: Hypothesis | None = Field(None, description="Kill-chain stage: the furthest tactic reached.")
+    patient_zero: Hypothesis | None = Field(None, description="The earliest affected entity.")
+    entry_vector: Hypothesis | None = Field(None, description="How the attacker probably got in.")
+    first_alert: Hypothesis | None = None
+
+
+class ThreatProfile(Payload):
+    origin: Literal["external", "internal", "mixed", "unknown"]
+    origin_evidence: list[str] = Field(default_factory=list)
+    external_sources: list[str] = Field(default_factory=list, description="Public addresses the activity came from.")
+    known_bad: list[str] = Field(default_factory=list, description="Indicators threat intelligence lists as bad.")
+    actors: list[str] = Field(default_factory=list, description="Threat actors feeds tag its indicators with.")
+    malware: list[str] = Field(default_factory=list, description="Malware and tools feeds tag its indicators with.")
+    tags: list[str] = Field(default_factory=list, description="Other feed tags (campaigns, threat types).")
+
+
+class SimilarIncident(Payload):
+    incident_id: str
+    title: str
+    first_seen: AwareDatetime | None = None
+    score: int = Field(ge=0, description="Higher is more alike; known-bad indicators weigh most.")
+    reason: str
+    shared: list[str] = Field(default_factory=list, description="What both incidents have: `kind:value`.")
+
+
+class RiskFactor(Payload):
+    factor: Literal["severity", "asset_criticality", "intel", "tactic", "breadth", "privilege"]
+    points: int = Field(ge=0)
+    max_points: int = Field(ge=0)
+    reason: str
+
+
+class Risk(Payload):
+    """0-100, the sum of its factors' points: an operator sees why."""
+
+    score: int = Field(ge=0, le=100)
+    level: Literal["low", "medium", "high", "critical"]
+    factors: list[RiskFactor]
+
+
 class Analysis(Payload):
     """Cumulative analysis of an incident; carries its type and severity for the services downstream."""
 
@@ -215,6 +370,29 @@ class Analysis(Payload):
     impact: Impact | None = None
     asset_tags: list[str] = Field(default_factory=list, description="Tags of the affected assets (crown-jewel, …).")
     severity_recommendation: SeverityRecommendation | None = None
+    techniques: list[AttackTechnique] = Field(default_factory=list, description="ATT&CK techniques, earliest first.")
+    tactics: list[AttackTactic] = Field(default_factory=list, description="Tactics reached, in kill-chain order.")
+    attack_version: str | None = Field(None, description="The ATT&CK Enterprise release the names come from.")
+    root_cause: RootCause | None = None
+    threat: ThreatProfile | None = None
+    similar: list[SimilarIncident] = Field(default_factory=list, description="Past incidents alike, most alike first.")
+    risk: Risk | None = None
+    observables: list[Observable] = Field(
+        default_factory=list,
+        description="CVE ids, accounts, processes, command lines and cloud resource ids the alerts name, with "
+        "their provenance (indicators hold what threat intelligence can list).",
+    )
+
+
+class AnalysisBrief(Payload):
+    """What the analysis says, in the escalation: risk and why, root cause, threat, alike incidents."""
+
+    summary: str
+    risk: Risk | None = None
+    root_cause: RootCause | None = None
+    threat: ThreatProfile | None = None
+    techniques: list[str] = Field(default_factory=list, description="`T1110 Brute Force`, earliest first.")
+    similar: list[SimilarIncident] = Field(default_factory=list)
 
 
 class PlannedAction(Payload):
@@ -257,6 +435,7 @@ class Escalation(Payload):
     first_seen: AwareDatetime
     last_seen: AwareDatetime
     alerts: list[AlertSummary]
+    analysis: AnalysisBrief | None = Field(None, description="The analyzer's findings, once it has analysed.")
 
 
 class EscalationExhaustion(Payload):
@@ -318,9 +497,92 @@ class StepChange(Payload):
     actor: str = Field(description="A person, or `responder`, `policy`, `guardrail:<name>`, `timeout`.")
     reason: str = ""
     on_failure: Literal["continue", "stop", "escalate"]
+    required: bool = Field(True, description="Whether it must end well before the incident may be recovered.")
+    owner: str | None = Field(None, description="Who does it, for a step a person does (the `manual` connector).")
+    due_at: AwareDatetime | None = Field(None, description="By when it should be done (recovery steps).")
     dry_run: bool = False
     sent: dict[str, Any] | None = Field(None, description="What was sent, or would have been in a dry run.")
     result: dict[str, Any] | None = None
+
+
+ValidationOutcome = Literal["validated", "failed", "unchecked"]
+
+
+class StepValidation(Payload):
+    """What the check after an action (or its undo) found: the effect is there, or it is not."""
+
+    step_id: str
+    step: str = Field(description="The playbook step it expands.")
+    name: str
+    phase: str | None = None
+    item: str | None = None
+    connector: str
+    action: str = Field(description="The action checked: the step's, or its undo's.")
+    of: Literal["action", "undo"] = "action"
+    outcome: ValidationOutcome = Field(
+        description="validated: the effect is there; failed: it is not (or could not be checked); "
+        "unchecked: the connector has no check configured for this action."
+    )
+    check: str = Field("", description="What was checked, e.g. `203.0.113.7 in the served ip list`.")
+    reason: str = ""
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+LeaseState = Literal["active", "extended", "permanent", "reverting", "reverted", "revert_failed"]
+
+
+class LeaseChange(Payload):
+    """A reversible action's lease changed: made, extended, made permanent, revoked, ended, undone or not."""
+
+    step_id: str
+    name: str
+    target_kind: str = ""
+    target: str = ""
+    action: str
+    state: LeaseState
+    change: Literal[
+        "created", "extended", "made_permanent", "revoked", "expired", "rolled_back", "reverted", "revert_failed"
+    ]
+    actor: str
+    reason: str = ""
+    due_at: AwareDatetime | None = Field(None, description="When the undo runs; none once permanent.")
+    offence: int = Field(1, ge=1, description="How many leases this target had within the repeat window, this one too.")
+    duration_s: int = Field(ge=0)
+
+
+class WatchedEntity(Payload):
+    kind: str = Field(description="ip, host, user, domain, url or sha256.")
+    value: str
+
+
+class ContainmentEvidence(Payload):
+    """An alert after containment that involved a contained entity."""
+
+    alert_key: str
+    title: str
+    time: AwareDatetime
+    kind: str
+    value: str
+
+
+class ContainmentWatch(Payload):
+    """What the watch after containment saw: the entities, the period, the alerts that involved them."""
+
+    started_at: AwareDatetime
+    ended_at: AwareDatetime
+    entities: list[WatchedEntity]
+    threshold: int = Field(ge=1, description="Alerts on contained entities that make containment ineffective.")
+    matched: int = Field(ge=0)
+    evidence: list[ContainmentEvidence] = Field(default_factory=list)
+    reason: str = ""
+
+
+class RollbackOffer(Payload):
+    """The incident ended as a false positive while actions are still in force: rolling them back is offered."""
+
+    leases: list[str] = Field(description="Step ids of the leases in force.")
+    reason: str
+    command: str = Field(description="What rolls them back.")
 
 
 class StepAnswer(Payload):
@@ -418,6 +680,67 @@ class ChangeOffer(Payload):
     reason: str
 
 
+class MergeArgs(Payload):
+    """Merge other incidents into this one (the survivor): their alerts and correlation keys move to it."""
+
+    actor: str = Field(min_length=1, max_length=200)
+    incidents: list[str] = Field(
+        min_length=1, max_length=50, description="The incidents merged into the survivor (the command's subject)."
+    )
+    note: str = Field("", max_length=2000, description="Why.")
+
+    @field_validator("incidents")
+    @classmethod
+    def _named(cls, ids: list[str]) -> list[str]:
+        if any(not i or len(i) > 200 for i in ids):
+            raise ValueError("an incident id is 1 to 200 characters")
+        return ids
+
+
+class DetachArgs(Payload):
+    """Detach some alerts of an incident into a new incident of their own."""
+
+    actor: str = Field(min_length=1, max_length=200)
+    alerts: list[str] = Field(min_length=1, max_length=200, description="Keys of the incident's alerts to detach.")
+    note: str = Field("", max_length=2000, description="Why.")
+
+    @field_validator("alerts")
+    @classmethod
+    def _named(cls, keys: list[str]) -> list[str]:
+        if any(not k or len(k) > 500 for k in keys):
+            raise ValueError("an alert key is 1 to 500 characters")
+        return keys
+
+
+class MergeRecord(Payload):
+    """An incident was merged into another (the survivor), which carries on with its alerts and keys."""
+
+    survivor: str
+    merged: list[str] = Field(description="Every incident merged into the survivor by the same command.")
+    actor: str
+    note: str = ""
+    command_id: str
+    alerts: int = Field(ge=0, description="How many of its alerts moved to the survivor.")
+    correlation_keys: list[str] = Field(
+        default_factory=list, description="Its correlation keys, which now lead later alerts to the survivor."
+    )
+
+
+class SplitRecord(Payload):
+    """Some alerts of an incident were detached into a new incident; the rest stay.
+
+    ``incident`` restates the incident as it stands after the split, with every alert it keeps in
+    ``new_alerts`` (over ``part``/``parts`` events): consumers that gather per incident start again.
+    """
+
+    new_incident: str
+    detached: list[str] = Field(description="Keys of the alerts that moved to the new incident.")
+    actor: str
+    note: str = ""
+    command_id: str
+    incident: IncidentSnapshot
+
+
 class CommandRejection(Payload):
     command_id: str
     command: str
@@ -481,6 +804,31 @@ class ResponsePlanned(EventBase):
 class ResponseStepChanged(EventBase):
     type: Literal["vigil.response.step_changed.v1"] = "vigil.response.step_changed.v1"
     data: StepChange
+
+
+class ResponseStepValidated(EventBase):
+    type: Literal["vigil.response.step_validated.v1"] = "vigil.response.step_validated.v1"
+    data: StepValidation
+
+
+class ResponseLeaseChanged(EventBase):
+    type: Literal["vigil.response.lease_changed.v1"] = "vigil.response.lease_changed.v1"
+    data: LeaseChange
+
+
+class ContainmentIneffective(EventBase):
+    type: Literal["vigil.response.containment_ineffective.v1"] = "vigil.response.containment_ineffective.v1"
+    data: ContainmentWatch
+
+
+class ContainmentConfirmed(EventBase):
+    type: Literal["vigil.response.containment_confirmed.v1"] = "vigil.response.containment_confirmed.v1"
+    data: ContainmentWatch
+
+
+class RollbackOffered(EventBase):
+    type: Literal["vigil.incident.rollback_offered.v1"] = "vigil.incident.rollback_offered.v1"
+    data: RollbackOffer
 
 
 class ApproveStep(EventBase):
@@ -553,6 +901,28 @@ class TaskCompleted(EventBase):
     data: TaskDone
 
 
+class MergeIncidents(EventBase):
+    type: Literal["vigil.command.merge_incidents.v1"] = "vigil.command.merge_incidents.v1"
+    data: MergeArgs
+
+
+class DetachAlerts(EventBase):
+    type: Literal["vigil.command.detach_alerts.v1"] = "vigil.command.detach_alerts.v1"
+    data: DetachArgs
+
+
+class IncidentMerged(EventBase):
+    """Said of the incident merged away (its subject), after every earlier event of it."""
+
+    type: Literal["vigil.incident.merged.v1"] = "vigil.incident.merged.v1"
+    data: MergeRecord
+
+
+class IncidentSplit(EventBase):
+    type: Literal["vigil.incident.split.v1"] = "vigil.incident.split.v1"
+    data: SplitRecord
+
+
 class CommandRejected(EventBase):
     type: Literal["vigil.command.rejected.v1"] = "vigil.command.rejected.v1"
     data: CommandRejection
@@ -580,6 +950,11 @@ Event = Annotated[
     | IncidentAnalyzed
     | ResponsePlanned
     | ResponseStepChanged
+    | ResponseStepValidated
+    | ResponseLeaseChanged
+    | ContainmentIneffective
+    | ContainmentConfirmed
+    | RollbackOffered
     | ApproveStep
     | DenyStep
     | IncidentEscalated
@@ -597,7 +972,11 @@ Event = Annotated[
     | CommandRejected
     | EscalationExhausted
     | ResolutionSuggested
-    | EffectCompleted,
+    | EffectCompleted
+    | MergeIncidents
+    | DetachAlerts
+    | IncidentMerged
+    | IncidentSplit,
     Field(discriminator="type"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -609,6 +988,11 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     IncidentAnalyzed,
     ResponsePlanned,
     ResponseStepChanged,
+    ResponseStepValidated,
+    ResponseLeaseChanged,
+    ContainmentIneffective,
+    ContainmentConfirmed,
+    RollbackOffered,
     ApproveStep,
     DenyStep,
     IncidentEscalated,
@@ -627,5 +1011,9 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     EscalationExhausted,
     ResolutionSuggested,
     EffectCompleted,
+    MergeIncidents,
+    DetachAlerts,
+    IncidentMerged,
+    IncidentSplit,
 )
 EVENT_TYPES: dict[str, type[EventBase]] = {cls.model_fields["type"].default: cls for cls in EVENT_CLASSES}

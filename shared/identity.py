@@ -34,6 +34,7 @@ Permission = Literal[
     "steps.approve",
     "leases.change",
     "response.control",
+    "suppression.manage",
     "tokens.manage",
 ]
 
@@ -47,6 +48,7 @@ _COMMANDER: frozenset[Permission] = _RESPONDER | {
     "steps.approve",
     "leases.change",
     "response.control",
+    "suppression.manage",
 }
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     "viewer": _VIEWER,
@@ -67,6 +69,7 @@ PERMISSION_TEXT: dict[Permission, str] = {
     "steps.approve": "approve and deny response steps",
     "leases.change": "extend and revoke leases of response actions",
     "response.control": "pause and resume every response",
+    "suppression.manage": "add and end silences and maintenance windows",
     "tokens.manage": "create, list and revoke tokens",
 }
 

@@ -14,14 +14,15 @@ import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
-
-import jwt
+from typing import TYPE_CHECKING, Any
 
 from shared.identity import ROLES, Principal, Role
 from shared.settings import VigilSettings
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import jwt
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 # The order roles outrank each other in, for a claim that lists several.
@@ -36,6 +37,10 @@ class OidcVerifier:
         self.audience = audience
         self.name_claim = name_claim
         self.role_claim = role_claim
+        # Imported here: PyJWT brings the cryptography bindings (10 MB), wanted only where OIDC is configured.
+        import jwt
+
+        self._jwt = jwt
         self._client: jwt.PyJWKClient | None = None
         self._keys: jwt.PyJWKSet | None = None
         if jwks.startswith("https://") or jwks.startswith("http://"):
@@ -47,16 +52,16 @@ class OidcVerifier:
         if self._client is not None:
             return self._client.get_signing_key_from_jwt(token).key
         assert self._keys is not None
-        kid = jwt.get_unverified_header(token).get("kid")
+        kid = self._jwt.get_unverified_header(token).get("kid")
         for key in self._keys.keys:
             if kid is None or key.key_id == kid:
                 return key.key
-        raise jwt.InvalidTokenError(f"no key {kid!r} in the JWKS")
+        raise self._jwt.InvalidTokenError(f"no key {kid!r} in the JWKS")
 
     def verify(self, token: str) -> Principal | None:
         """The principal a JWT stands for; None when it is not valid here (why is logged, never the token)."""
         try:
-            claims = jwt.decode(
+            claims = self._jwt.decode(
                 token,
                 self._key(token),
                 algorithms=ALGORITHMS,
@@ -64,7 +69,7 @@ class OidcVerifier:
                 issuer=self.issuer,
                 options={"require": ["exp", "iss", "aud"]},
             )
-        except (jwt.PyJWTError, ValueError) as exc:
+        except (self._jwt.PyJWTError, ValueError) as exc:
             log.info("a bearer JWT was refused: %s", type(exc).__name__)
             return None
         role = _role(claims.get(self.role_claim))

@@ -22,7 +22,7 @@ from shared import housekeeping, identity
 from shared.consumer import BatchFence, BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
 from shared.db import connect, create_pool, migrate
 from shared.effects import EffectKind, EffectRunner
-from shared.kafka import make_consumer, make_producer
+from shared.kafka import group_id, make_consumer, make_producer
 from shared.logs import configure_logging
 from shared.outbox import OutboxRelay
 from shared.settings import VigilSettings
@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 
 # How long a stopping service waits for the batch in hand to be handled and committed.
 DRAIN_TIMEOUT_S = 15
+# How long a stopping service lets the side effects in flight finish and record their outcome
+# (alongside the drain): one cut short is made again after the restart, with the same key.
+EFFECTS_DRAIN_TIMEOUT_S = 5.0
+# Past the drain, each remaining step of a stop (tasks ending, clients and pool closing) gets this long:
+# a step that hangs is named in the log and left to the process's exit, which ends it anyway.
+CLOSE_TIMEOUT_S = 3.0
 
 
 @dataclass
@@ -157,9 +163,42 @@ def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    @app.exception_handler(asyncpg.CharacterNotInRepertoireError)
+    async def unstorable_text(request: Request, exc: asyncpg.CharacterNotInRepertoireError) -> JSONResponse:
+        # Postgres text holds no NUL character: a request naming one (in its path, query or body) is refused,
+        # whatever the route, rather than failing as a server error. The transaction was rolled back.
+        log.info("%s %s refused: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the request holds a NUL character (\\u0000), which no text Vigil stores or looks up can"},
+            status_code=422,
+        )
+
     for router in routers:
         app.include_router(router)
+    document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = document()  # built once, then cached by FastAPI on app.openapi_schema
+        _document_own_refusals(schema)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _document_own_refusals(schema: dict[str, Any]) -> None:
+    """Say in the OpenAPI document that a 422's ``detail`` is FastAPI's list of field errors, or, when a
+    route refuses a value its model let through (a bad matcher, a duration, ids that differ), a sentence,
+    or the problems of a rules file."""
+    refusal = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+    if refusal is None or "anyOf" in refusal["properties"]["detail"]:
+        return
+    fields = refusal["properties"]["detail"]
+    refusal["properties"]["detail"] = {
+        "anyOf": [fields, {"type": "string"}, {"type": "object"}],
+        "title": "Detail",
+        "description": "The fields at fault, or why the route refused the request, in words.",
+    }
 
 
 async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) -> None:
@@ -175,26 +214,47 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
 
     async with AsyncExitStack() as stack:
         pool = await create_pool(settings.database_url, max_size=settings.pool_size_for(spec.name))
-        stack.push_async_callback(pool.close)
+        stack.push_async_callback(_bounded(pool.close, "the database pool", otherwise=pool.terminate))
         probe = DatabaseProbe(settings.database_url)
-        stack.push_async_callback(probe.close)
+        stack.push_async_callback(_bounded(probe.close, "the database probe"))
         await migrate(pool)
-        await ensure_topics(settings.kafka, names)
 
-        producer = make_producer(settings, client_id=f"vigil-{spec.name}")
-        await producer.start()
-        stack.push_async_callback(producer.stop)
+        producer = make_producer(settings, client_id=f"vigil-{spec.name}")  # started below, once topics exist
         runtime = Runtime(service=spec.name, settings=settings, pool=pool, producer=producer, names=names, probe=probe)
         await check_startup(runtime)  # no serving beyond loopback without authentication
         # Before consuming: a handler may enqueue effects of these kinds from its first batch.
         kinds = spec.effects(runtime)
-
-        fence = BatchFence()
-        consumer = make_consumer(
-            settings, *(names(t) for t in spec.consumes), group_id=f"vigil-{spec.name}", listener=fence
-        )
-        await consumer.start()
-        stack.push_async_callback(consumer.stop)
+        # Timers and effects need Postgres only: what fell due while the service was down (a lease's
+        # end, a deadline) is acted on now, not after the broker connections and the group join.
+        early = {asyncio.create_task(task(runtime), name=task.__name__) for task in spec.background}
+        effects: EffectRunner | None = None
+        if kinds:
+            effects = EffectRunner(
+                spec.name,
+                pool,
+                names,
+                kinds,
+                connect=lambda: connect(settings.database_url),
+                poll_s=settings.effects_poll_s,
+                backoff_base_s=settings.effects_backoff_base_s,
+                backoff_cap_s=settings.effects_backoff_cap_s,
+            )
+            early.add(asyncio.create_task(effects.run(), name="effects"))
+        try:
+            await ensure_topics(settings.kafka, names)
+            await producer.start()
+            stack.push_async_callback(_bounded(producer.stop, "the producer"))
+            fence = BatchFence()
+            consumer = make_consumer(
+                settings, *(names(t) for t in spec.consumes), group_id=group_id(settings, spec.name), listener=fence
+            )
+            await consumer.start()
+            stack.push_async_callback(_bounded(consumer.stop, "the consumer"))
+        except BaseException:
+            for started in early:
+                started.cancel()
+            await asyncio.gather(*early, return_exceptions=True)
+            raise
         runtime.loop = ConsumeLoop(
             service=spec.name,
             consumer=consumer,
@@ -232,19 +292,7 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
             asyncio.create_task(server.serve(), name="http"),
             asyncio.create_task(stop.wait(), name="stop-signal"),
         }
-        tasks |= {asyncio.create_task(task(runtime), name=task.__name__) for task in spec.background}
-        if kinds:
-            effects = EffectRunner(
-                spec.name,
-                pool,
-                names,
-                kinds,
-                connect=lambda: connect(settings.database_url),
-                poll_s=settings.effects_poll_s,
-                backoff_base_s=settings.effects_backoff_base_s,
-                backoff_cap_s=settings.effects_backoff_cap_s,
-            )
-            tasks.add(asyncio.create_task(effects.run(), name="effects"))
+        tasks |= early
         log.info(
             "%s running: http://%s:%d (metrics, healthz, readyz)",
             spec.name,
@@ -256,6 +304,7 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         # Stop consuming first so the batch in hand finishes and commits, then the rest.
         runtime.loop.stop()
         server.should_exit = True
+        finishing = asyncio.create_task(effects.drain(EFFECTS_DRAIN_TIMEOUT_S)) if effects is not None else None
         consume = next(task for task in tasks if task.get_name() == "consume")
         if not consume.done():
             drained, _ = await asyncio.wait({consume}, timeout=DRAIN_TIMEOUT_S)
@@ -265,20 +314,44 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
                     spec.name,
                     DRAIN_TIMEOUT_S,
                 )
+        if finishing is not None:
+            await finishing
         for task in tasks:
             task.cancel()
-        ordered = sorted(tasks, key=lambda task: task not in done)  # what ended first is the likely cause
-        outcomes = await asyncio.gather(*ordered, return_exceptions=True)
+        ended, stuck = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+        if stuck:
+            log.warning(
+                "%s: %s did not end within %gs of being cancelled; left to the process's exit",
+                spec.name,
+                ", ".join(sorted(task.get_name() for task in stuck)),
+                CLOSE_TIMEOUT_S,
+            )
+        ordered = sorted(ended, key=lambda task: task not in done)  # what ended first is the likely cause
         failures = [
-            (task, outcome)
-            for task, outcome in zip(ordered, outcomes, strict=True)
-            if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError)
+            (task, error) for task in ordered if not task.cancelled() and (error := task.exception()) is not None
         ]
         for task, error in failures:
             log.error("%s task %s failed", spec.name, task.get_name(), exc_info=error)
         if failures:
             raise failures[0][1]
         log.info("%s stopped", spec.name)
+
+
+def _bounded(
+    close: Callable[[], Awaitable[None]], what: str, *, otherwise: Callable[[], None] | None = None
+) -> Callable[[], Awaitable[None]]:
+    """``close``, given CLOSE_TIMEOUT_S; past it, ``otherwise`` (a forceful close), and a line in the log."""
+
+    async def bounded_close() -> None:
+        try:
+            await asyncio.wait_for(close(), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            then = "closed forcefully" if otherwise is not None else "left to the process's exit"
+            log.warning("%s did not close within %gs; %s", what, CLOSE_TIMEOUT_S, then)
+            if otherwise is not None:
+                otherwise()
+
+    return bounded_close
 
 
 def main(build: Callable[[VigilSettings], ServiceSpec]) -> None:

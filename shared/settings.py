@@ -48,6 +48,19 @@ class KafkaSettings(BaseSettings):
     enable_idempotence: bool = Field(
         False, description="Idempotent producer; leave off on brokers without it (the embedded one)."
     )
+    fetch_max_wait_ms: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="Longest a fetch waits at the broker for records. Apache Kafka answers as soon as there are "
+        "any; the embedded broker waits this long, so it bounds how late a consumer sees a record.",
+    )
+    exact_end_offsets: bool = Field(
+        False,
+        description="The broker counts every record of a batch in a partition's end offset, as Apache Kafka does. "
+        "The embedded broker answers the last batch's first offset + 1, so unless this is set the reporter's stream "
+        "aggregations write one record per batch, for their changelogs to be read to the end when they recover.",
+    )
 
     def client_options(self) -> dict[str, object]:
         """Return keyword arguments shared by every aiokafka client."""
@@ -118,6 +131,26 @@ class VigilSettings(BaseSettings):
         "A service on a non-loopback address with it set (and no tokens) logs a warning at start-up.",
     )
     reporter_url: str = Field("http://127.0.0.1:8080", description="Reporter API, used by the CLI.")
+    stream_enabled: bool = Field(
+        True,
+        description="The reporter's windowed stream aggregations (faust): alerts per minute by source and "
+        "outcome, incidents opened per hour, dead letters by reason, flapping alerts; in tables backed by changelogs.",
+    )
+    stream_flapping_threshold: int = Field(
+        3,
+        ge=1,
+        description="An alert that changes state (resolves, or fires again) more often than this in one "
+        "flapping window is flapping.",
+    )
+    stream_flapping_window_s: int = Field(
+        3600, ge=60, le=7 * 24 * 3600, description="The flapping window, in seconds (tumbling, by the events' time)."
+    )
+    sla_file: Path | None = Field(
+        None,
+        validation_alias="VIGIL_SLA",
+        description="SLA targets per severity (YAML); the shipped services/reporter/sla.yaml when unset. "
+        "Checked at start-up.",
+    )
     coordinator_url: str = Field("http://127.0.0.1:8084", description="Coordinator API, used by the CLI.")
     data_dir: Path = Field(Path(".vigil"), description="Where `vigil up` keeps the embedded Postgres data.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
@@ -144,7 +177,9 @@ class VigilSettings(BaseSettings):
     ingest_publish_timeout_s: float = Field(
         10.0, gt=0, description="Longest wait for the broker to acknowledge an ingest request's records (503 after)."
     )
-    detector_url: str = Field("http://127.0.0.1:8081", description="Detector's HTTP ingest, used by the CLI.")
+    detector_url: str = Field(
+        "http://127.0.0.1:8081", description="Detector's HTTP ingest and suppression API, used by the CLI."
+    )
     ingest_token: SecretStr | None = Field(
         None, description="Token the CLI sends to the HTTP ingest (one of VIGIL_INGEST_TOKENS' tokens)."
     )
@@ -153,12 +188,53 @@ class VigilSettings(BaseSettings):
         description="The detector's classification rules and severity policy (YAML); the shipped "
         "services/detector/classification.yaml when unset. Checked at start-up: a broken file stops the detector.",
     )
+    correlation_rules: Path | None = Field(
+        None,
+        description="The detector's correlation rules (YAML, Sigma correlation shape); the shipped "
+        "services/detector/correlation.yaml when unset. Checked at start-up (a broken file stops the detector) "
+        "and re-read when it changes (a broken change is refused, the rules in force stay).",
+    )
+    inhibition_rules: Path | None = Field(
+        None,
+        description="The detector's inhibition rules (YAML): firing alerts that suppress related alerts; the shipped "
+        "services/detector/inhibition.yaml when unset. Checked at start-up: a broken file stops the detector.",
+    )
     responder_connectors: Path | None = Field(
         None,
         description="Where the responder's connectors send actions (YAML); the shipped "
         "services/responder/connectors.yaml, which sends nothing out, when unset. Checked at start-up.",
     )
 
+    analyzer_url: str = Field("http://127.0.0.1:8082", description="Analyzer API (evidence), used by the CLI.")
+    analyzer_noise_file: Path | None = Field(
+        None,
+        description="What the analyzer drops as noise (YAML: documentation ranges, the monitoring tools' own "
+        "addresses, internal DNS suffixes); the shipped services/analyzer/noise.yaml when unset. Checked at start-up.",
+    )
+    analyzer_documentation_noise: bool | None = Field(
+        None,
+        description="Drop documentation addresses and example names (RFC 5737, 3849, 2606, 6761) as noise; "
+        "unset: as the noise file says. The demo sets false: its attackers use them.",
+    )
+
+    analyzer_publish_interval_s: float = Field(
+        10.0,
+        ge=0,
+        description="Least time between two versions of an incident's analysis that differ only in counts, times "
+        "or indicators no feed lists; the latest waits for it in Postgres. A change of type, severity, "
+        "risk level, verdict, tactic or asset tag is published at once. 0 publishes every change at once.",
+    )
+
+    intel_config: Path | None = Field(
+        None,
+        description="The analyzer's threat-intel feeds and online providers (YAML); the shipped "
+        "services/analyzer/intel.yaml, which configures none, when unset. Checked at start-up.",
+    )
+    intel_api_keys: SecretStr | None = Field(
+        None,
+        description="API keys of the online intel providers, `name:key` pairs, comma-separated "
+        "(e.g. `abuseipdb:KEY,virustotal:KEY`); never logged, never in an event.",
+    )
     responder_url: str = Field("http://127.0.0.1:8083", description="Responder API, used by the CLI.")
     responder_dry_run: bool = Field(
         False,
@@ -174,6 +250,21 @@ class VigilSettings(BaseSettings):
         None,
         description="The responder's guardrails (YAML); the shipped services/responder/guardrails.yaml when "
         "unset. Checked at start-up.",
+    )
+    responder_repeat_window: str = Field(
+        "30d", description="A target (an address, a domain) leased again within this is a repeat offender."
+    )
+    responder_repeat_durations: str = Field(
+        "1h,6h,24h,7d",
+        description="Least lease of a target's 1st, 2nd, 3rd… lease within the repeat window; the last is the cap. "
+        "A playbook step's own lease, if longer, wins.",
+    )
+    responder_monitor_period: str = Field(
+        "30m",
+        description="How long the incident's new alerts are watched for the contained entities after containment.",
+    )
+    responder_monitor_alerts: int = Field(
+        3, ge=1, description="Alerts on contained entities during the watch that make containment ineffective."
     )
     notifications_file: Path | None = Field(
         None,

@@ -16,6 +16,7 @@ from shared.events import (
     ChangeState,
     CommandRejected,
     DenyStep,
+    DetachAlerts,
     EditIncident,
     EffectCompleted,
     EscalationExhausted,
@@ -26,8 +27,11 @@ from shared.events import (
     IncidentDetected,
     IncidentEdited,
     IncidentEscalated,
+    IncidentMerged,
+    IncidentSplit,
     IncidentStateChanged,
     IncidentUpdated,
+    MergeIncidents,
     ResolutionSuggested,
     ResolveIncident,
     ResponsePlanned,
@@ -127,6 +131,25 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
         case CommandRejected(data=d):
             actor = d.actor
             summary = f"{d.command} rejected: {d.reason}"
+        case IncidentMerged(data=d):
+            actor = d.actor
+            summary = f"merged into incident {d.survivor} with its {d.alerts} alert(s)" + (
+                f": {d.note}" if d.note else ""
+            )
+        case IncidentSplit(data=d):
+            actor = d.actor
+            named = _listing(d.detached[:KEYS_NAMED], len(d.detached))
+            summary = f"{len(d.detached)} alert(s) detached into incident {d.new_incident} ({named})" + (
+                f": {d.note}" if d.note else ""
+            )
+        case MergeIncidents(data=d):
+            actor = d.actor
+            summary = f"merge of {', '.join(d.incidents)} into this incident requested" + (
+                f": {d.note}" if d.note else ""
+            )
+        case DetachAlerts(data=d):
+            actor = d.actor
+            summary = f"detach of {len(d.alerts)} alert(s) requested" + (f": {d.note}" if d.note else "")
         case AcknowledgeIncident(data=d) | ResolveIncident(data=d):
             actor = d.actor
             verb = "acknowledge" if isinstance(event, AcknowledgeIncident) else "resolve"
@@ -134,6 +157,27 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
         case _:
             summary = getattr(event, "type", event.source)
     return TimelineEntry(actor=actor, summary=summary)
+
+
+def merged_in(event: IncidentMerged, *, title: str | None = None) -> TimelineEntry:
+    """The survivor's line for an incident merged into it."""
+    d = event.data
+    named = f" ({title})" if title else ""
+    return TimelineEntry(
+        actor=d.actor,
+        summary=f"incident {event.subject}{named} merged into this one with its {d.alerts} alert(s)"
+        + (f": {d.note}" if d.note else ""),
+    )
+
+
+def detached_from(event: IncidentSplit) -> TimelineEntry:
+    """The new incident's line: where its alerts came from."""
+    d = event.data
+    return TimelineEntry(
+        actor=d.actor,
+        summary=f"opened from {len(d.detached)} alert(s) detached from incident {event.subject}"
+        + (f": {d.note}" if d.note else ""),
+    )
 
 
 def _alerts_changed(

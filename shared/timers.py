@@ -106,7 +106,24 @@ class TimerPoller:
                 log.warning("timer poller retrying: %r", exc)
                 fired = 0
             if fired == 0:
-                await asyncio.sleep(self.interval_s)
+                await asyncio.sleep(await self._until_next())
+
+    async def _until_next(self) -> float:
+        """Seconds to sleep: until the next timer falls due, at most the interval (a new timer may come sooner)."""
+        try:
+            async with self.pool.acquire() as conn:
+                wait: float | None = await conn.fetchval(
+                    """SELECT extract(epoch FROM min(due_at) - now())::float8 FROM timers
+                       WHERE service = $1 AND kind = ANY($2::text[])
+                         AND fired_at IS NULL AND cancelled_at IS NULL AND parked_at IS NULL""",
+                    self.service,
+                    list(self.handlers),
+                )
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            return self.interval_s
+        return self.interval_s if wait is None else min(max(wait, 0.0), self.interval_s)
 
     async def fire_due(self, limit: int = 100) -> int:
         """Fire timers due now, each in its own savepoint; return how many were taken."""

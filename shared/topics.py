@@ -14,6 +14,8 @@ from shared.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 3600 * 1000
+# The reporter's windowed counts (services/reporter/stream.py): a consumer group of their own, no ledger.
+REPORTER_WINDOWS = "reporter stream windows"
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,9 @@ class Topic:
     partitions: int = 6
     retention_ms: int = 7 * DAY_MS
     cloudevents: bool = True
+    # Consumers that handle this topic's events idempotently by their content: their ledger need not
+    # keep the events' ids for as long as the topic keeps the events.
+    ledger_exempt: tuple[str, ...] = ()
 
 
 ALERTS_RAW = Topic(
@@ -42,7 +47,7 @@ ALERTS_DLQ = Topic(
     name="vigil.alerts.dlq",
     description="Raw alerts the detector could not accept: original bytes, reason in `vigil_dlq_*` headers.",
     producers=("detector",),
-    consumers=("operators",),
+    consumers=("operators", REPORTER_WINDOWS),
     event_types=(),
     partitions=1,
     retention_ms=30 * DAY_MS,
@@ -52,7 +57,7 @@ EVENTS_DLQ = Topic(
     name="vigil.events.dlq",
     description="Events a service could not accept: original bytes and headers, reason in `vigil_dlq_*`.",
     producers=("analyzer", "responder", "coordinator", "reporter"),
-    consumers=("operators",),
+    consumers=("operators", REPORTER_WINDOWS),
     event_types=(),
     partitions=1,
     retention_ms=30 * DAY_MS,
@@ -60,10 +65,17 @@ EVENTS_DLQ = Topic(
 )
 INCIDENTS = Topic(
     name="vigil.incidents",
-    description="Incidents opened and updated by the detector, and their alerts repeated or resolved.",
+    description="Incidents opened and updated by the detector, their alerts repeated or resolved, incidents "
+    "merged into others and alerts detached into new ones.",
     producers=("detector",),
-    consumers=("analyzer", "coordinator", "reporter"),
-    event_types=("vigil.incident.detected.v1", "vigil.incident.updated.v1", "vigil.incident.alerts_changed.v1"),
+    consumers=("analyzer", "coordinator", "reporter", "responder", REPORTER_WINDOWS),
+    event_types=(
+        "vigil.incident.detected.v1",
+        "vigil.incident.updated.v1",
+        "vigil.incident.alerts_changed.v1",
+        "vigil.incident.merged.v1",
+        "vigil.incident.split.v1",
+    ),
 )
 ANALYSES = Topic(
     name="vigil.analyses",
@@ -74,16 +86,25 @@ ANALYSES = Topic(
 )
 RESPONSES = Topic(
     name="vigil.responses",
-    description="Response plans, and every change of their steps' states.",
+    description="Response plans, every change of their steps' states, the checks of their effects, leases, "
+    "and the watch after containment.",
     producers=("responder",),
     consumers=("coordinator", "reporter"),
-    event_types=("vigil.response.planned.v1", "vigil.response.step_changed.v1"),
+    event_types=(
+        "vigil.response.planned.v1",
+        "vigil.response.step_changed.v1",
+        "vigil.response.step_validated.v1",
+        "vigil.response.lease_changed.v1",
+        "vigil.response.containment_ineffective.v1",
+        "vigil.response.containment_confirmed.v1",
+    ),
 )
 COORDINATION = Topic(
     name="vigil.coordination",
     description="Escalations to the incident commander, incident state changes, suggestions to resolve, "
-    "and commands rejected (by the coordinator, or the responder for approvals).",
-    producers=("coordinator", "responder"),
+    "and commands rejected (by the coordinator, the responder for approvals, the detector for merges and "
+    "detaches).",
+    producers=("coordinator", "responder", "detector"),
     consumers=("detector", "reporter"),
     event_types=(
         "vigil.incident.escalated.v1",
@@ -95,6 +116,7 @@ COORDINATION = Topic(
         "vigil.incident.assigned.v1",
         "vigil.incident.change_offered.v1",
         "vigil.incident.task_done.v1",
+        "vigil.incident.rollback_offered.v1",
     ),
 )
 EFFECTS = Topic(
@@ -107,9 +129,9 @@ EFFECTS = Topic(
 COMMANDS = Topic(
     name="vigil.commands",
     description="Operators' commands (acknowledge, resolve, change state, edit, note, assign; approve or deny "
-    "a response step), from the API, the CLI or other tools.",
-    producers=("coordinator API", "operators' tools"),
-    consumers=("coordinator", "responder", "reporter"),
+    "a response step; merge incidents, detach alerts), from the API, the CLI or other tools.",
+    producers=("coordinator API", "detector API", "operators' tools"),
+    consumers=("coordinator", "responder", "reporter", "detector"),
     event_types=(
         "vigil.command.acknowledge.v1",
         "vigil.command.resolve.v1",
@@ -119,9 +141,14 @@ COMMANDS = Topic(
         "vigil.command.edit_incident.v1",
         "vigil.command.add_note.v1",
         "vigil.command.assign.v1",
+        "vigil.command.merge_incidents.v1",
+        "vigil.command.detach_alerts.v1",
     ),
     partitions=3,
     retention_ms=30 * DAY_MS,
+    # A merge or detach applied twice is refused the second time by what it finds (already merged, the
+    # alerts gone): the detector need not remember command ids for a month beside every raw record's.
+    ledger_exempt=("detector",),
 )
 
 ALL_TOPICS: tuple[Topic, ...] = (
@@ -147,7 +174,7 @@ def ledger_retention(service: str) -> timedelta:
 
     An event older than that can no longer be redelivered, so its id may be forgotten.
     """
-    consumed = [t.retention_ms for t in ALL_TOPICS if service in t.consumers]
+    consumed = [t.retention_ms for t in ALL_TOPICS if service in t.consumers and service not in t.ledger_exempt]
     if not consumed:
         return LEDGER_MARGIN
     return timedelta(milliseconds=max(consumed)) + LEDGER_MARGIN
@@ -204,5 +231,18 @@ async def ensure_topics(kafka: KafkaSettings, names: TopicNames) -> None:
             if failed:
                 raise RuntimeError(f"could not create topics: {', '.join(failed)}")
             log.info("created topics %s", [t.name for t in missing])
+    finally:
+        await admin.close()
+
+
+async def delete_topics(kafka: KafkaSettings, names: TopicNames) -> None:
+    """Delete every Vigil topic under the names' prefix: what a test or benchmark run created for itself."""
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [names(t) for t in ALL_TOPICS if names(t) in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
     finally:
         await admin.close()

@@ -101,6 +101,7 @@ class EffectRunner:
         self._in_flight: dict[asyncio.Task[None], tuple[Effect, uuid.UUID]] = {}
         self._failure: BaseException | None = None
         self._unknown_kinds: set[str] = set()
+        self._claiming = True
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if payload == self.service:
@@ -119,7 +120,7 @@ class EffectRunner:
                 try:
                     if self.connect is not None and (listener is None or listener.is_closed()):
                         listener = await self._listen()
-                    started = await self.claim_and_start()
+                    started = await self.claim_and_start() if self._claiming else 0
                     if time.monotonic() >= next_refresh:
                         await self.refresh_gauges()
                         next_refresh = time.monotonic() + self.refresh_every_s
@@ -136,6 +137,20 @@ class EffectRunner:
                         await asyncio.wait_for(self._wake.wait(), self.poll_s)
         finally:
             await self._stop(listener)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Claim nothing more and give the effects in flight up to ``timeout_s`` to finish and record.
+
+        A stopping service calls this so that a call already made is recorded rather than cut
+        short and made again after the restart; what is still running afterwards is handed back
+        when the runner is cancelled.
+        """
+        self._claiming = False
+        in_flight = list(self._in_flight)
+        if in_flight:
+            _, running = await asyncio.wait(in_flight, timeout=timeout_s)
+            if running:
+                log.info("%s: %d effect(s) still running after %gs; handing them back", self.service, len(running), timeout_s)
 
     async def claim_and_start(self) -> int:
         """Claim as many due effects as there are free slots and start each; return how many started."""
