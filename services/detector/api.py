@@ -41,6 +41,7 @@ from aiokafka.structs import RecordMetadata
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from services.detector import suppression_api
 from services.detector.adapters import FORMAT_HEADER, FORMATS, Parsed, Rejected, parse_record, storable
 from services.detector.metrics import INGEST_RECORDS, INGEST_REFUSED, INGEST_REQUESTS
 from shared import identity
@@ -133,8 +134,8 @@ def split_records(body: bytes, *, ndjson: bool = False) -> list[bytes]:
         return _lines(body)
     try:
         document = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError:
-        return [body]
+    except (UnicodeDecodeError, RecursionError):  # not UTF-8, or nested deeper than a parser goes:
+        return [body]  # one record, for its adapter to refuse with the reason
     except ValueError:
         lines = _lines(body)
         if len(lines) > 1 and _is_json(lines[0]):
@@ -153,7 +154,7 @@ def _lines(body: bytes) -> list[bytes]:
 def _is_json(line: bytes) -> bool:
     try:
         json.loads(line.decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError is one
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return False
     return True
 
@@ -504,4 +505,4 @@ def routers(runtime: Runtime) -> list[APIRouter]:
             _pagerduty_error,
         )
 
-    return [router]
+    return [router, suppression_api.router(runtime)]

@@ -5,19 +5,22 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 from pydantic_core import to_json
 
-from services.detector import classification
+from services.detector import classification, correlation
 from services.detector.classification import Classifier, Decision, SeverityPolicy
-from shared.alerts import Alert, AlertKind, AlertSeverity
+from services.detector.correlation import CorrelationRules, Member, Route
+from shared.alerts import Alert, AlertKind, AlertSeverity, leaves
 from shared.events import (
+    AlertCorrelation,
     AlertRepeat,
     AlertResolution,
     AlertsChange,
@@ -25,6 +28,7 @@ from shared.events import (
     IncidentSnapshot,
     IncidentType,
     Severity,
+    trusted,
 )
 
 # Most specific first: when an incident's alerts point several ways, the earlier type wins a tie.
@@ -71,6 +75,15 @@ MAX_LABEL_KEY = 100
 MAX_LABEL_VALUE = 300
 MAX_TAGS = 32  # tags, and ATT&CK techniques
 MAX_TAG = 100
+# What a summary carries of why its alert joined: the alerts that made a threshold rule hold (all
+# of them are stored with the alert), and the group-by values, cut like labels.
+MAX_TRIGGERS = 10
+MAX_KEY_VALUES = 8
+MAX_REASON = 500
+# The tool's original record travels whole up to this much JSON (every record of the sample corpus
+# does), else as its first fields flattened, each value cut: the analyzer reads indicators from it.
+MAX_RAW_BYTES = 16 * 1024
+MAX_RAW_VALUE = 1_000
 # The most JSON one summary can take with those bounds (tests hold the worst possible alert to it).
 MAX_SUMMARY_BYTES = 180 * 1024
 
@@ -163,9 +176,9 @@ def resolution_time(alert: Alert) -> datetime:
     return alert.time
 
 
-def correlation_key(alert: Alert) -> str:
-    """Alerts about the same entity belong to one incident."""
-    return alert.entity
+def correlation_key(alert: Alert, route: Route | None = None) -> str:
+    """Alerts about the same entity belong to one incident; alerts a correlation rule takes, to its group's."""
+    return route.key if route is not None else alert.entity
 
 
 @dataclass(frozen=True)
@@ -201,6 +214,7 @@ class IncidentChange:
     created: bool
     alerts: list[Alert] = field(default_factory=list)
     type_rules: dict[str, str] = field(default_factory=dict)  # alert key -> the rule that typed it
+    reasons: dict[str, AlertCorrelation] = field(default_factory=dict)  # alert key -> why it joined
 
 
 def snapshots(
@@ -210,7 +224,9 @@ def snapshots(
 
     Every alert is in exactly one snapshot; each says which ``part`` of how many ``parts`` it is.
     """
-    summaries = [summarise(a, type_rule=change.type_rules.get(a.key)) for a in change.alerts]
+    summaries = [
+        summarise(a, type_rule=change.type_rules.get(a.key), reason=change.reasons.get(a.key)) for a in change.alerts
+    ]
     if len(summaries) <= max_alerts:
         whole = _snapshot(change.incident, summaries)
         # Serialising to measure costs as much again as the outbox does: one alert beside a
@@ -229,7 +245,9 @@ def snapshots(
 
 def _snapshot(incident: IncidentState, alerts: list[AlertSummary]) -> IncidentSnapshot:
     i = incident
-    return IncidentSnapshot(
+    # Without validation: the values are the detector's own, of the snapshot's types already.
+    return trusted(
+        IncidentSnapshot,
         title=i.title,
         type=i.type,
         severity=i.severity,
@@ -309,9 +327,15 @@ def _header_bound(incident: IncidentState) -> int:
     return 600 + 6 * chars + 3 * (len(i.hosts) + len(i.users))  # a name's quotes and comma
 
 
-def summarise(alert: Alert, *, type_rule: str | None = None) -> AlertSummary:
-    """Return what incident events carry of an alert, its unbounded fields cut to bounded lengths."""
-    return AlertSummary(
+def summarise(alert: Alert, *, type_rule: str | None = None, reason: AlertCorrelation | None = None) -> AlertSummary:
+    """Return what incident events carry of an alert, its unbounded fields cut to bounded lengths.
+
+    Built without validation: every value comes from a validated ``Alert`` (or a reason made by the
+    detector), already of the summary's types and within its bounds, and validating them again (the
+    addresses above all) cost as much as the rest of the summary.
+    """
+    return trusted(
+        AlertSummary,
         key=alert.key,
         source=alert.source,
         title=alert.title,
@@ -335,7 +359,43 @@ def summarise(alert: Alert, *, type_rule: str | None = None) -> AlertSummary:
         source_severity=alert.source_severity,
         severity_reason=alert.severity_reason,
         type_rule=type_rule,
+        correlation=_bounded_reason(reason) if reason is not None else None,
+        **_bounded_raw(alert.raw),
     )
+
+
+def _bounded_reason(reason: AlertCorrelation) -> AlertCorrelation:
+    if reason.type == ENTITY:  # bounded when made: an entity's name is at most 255 characters
+        return reason
+    if (
+        len(reason.triggered_by) <= MAX_TRIGGERS
+        and len(reason.reason) <= MAX_REASON
+        and _bounded_labels(reason.key) is reason.key
+        and len(reason.key) <= MAX_KEY_VALUES
+    ):
+        return reason
+    return reason.model_copy(
+        update={
+            "key": dict(itertools.islice(_bounded_labels(reason.key).items(), MAX_KEY_VALUES)),
+            "reason": reason.reason[:MAX_REASON],
+            "triggered_by": reason.triggered_by[:MAX_TRIGGERS],
+        }
+    )
+
+
+def _bounded_raw(raw: dict[str, Any] | None) -> dict[str, Any]:
+    """The raw record as a summary carries it: whole when small, else its first leaves within MAX_RAW_BYTES."""
+    if raw is None or len(to_json(raw)) <= MAX_RAW_BYTES:
+        return {"raw": raw}
+    excerpt: dict[str, Any] = {}
+    used = 2  # the braces
+    for path, value in leaves(raw):
+        kept = value[:MAX_RAW_VALUE] if isinstance(value, str) else value
+        size = len(to_json(path)) + len(to_json(kept)) + 2  # a colon and a comma
+        if used + size <= MAX_RAW_BYTES:
+            excerpt[path] = kept
+            used += size
+    return {"raw": excerpt, "raw_cut": True}
 
 
 def _bounded_labels(labels: dict[str, str]) -> dict[str, str]:
@@ -352,6 +412,51 @@ def _bounded_tags(tags: list[str]) -> list[str]:
     return [t[:MAX_TAG] for t in tags[:MAX_TAGS]]
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """An alert stored while its correlation rule's condition does not hold: what the condition reads, and the alert."""
+
+    member: Member
+    # The alert, or its JSON as stored; None until the group's condition holds (only then is it read).
+    stored: Alert | dict[str, Any] | None = None
+
+    def alert(self) -> Alert:
+        if self.stored is None:
+            raise ValueError(f"waiting alert {self.member.key} was not read: its group's condition holds now")
+        return self.stored if isinstance(self.stored, Alert) else Alert.model_validate(self.stored)
+
+
+def groups_opening(
+    alerts: Sequence[Alert],
+    routes: Mapping[str, Route | None],
+    waiting: Mapping[str, Sequence[Waiting]],
+    open_keys: Iterable[str],
+) -> set[str]:
+    """Return the rule groups with waiting alerts whose condition these alerts make hold: their alerts are read."""
+    opened = set(open_keys)
+    new: dict[str, list[Member]] = {}
+    rules: dict[str, Route] = {}
+    for alert in alerts:
+        route = routes.get(alert.key)
+        if route is not None and route.key not in opened and route.key in waiting:
+            new.setdefault(route.key, []).append(route.member(alert))
+            rules[route.key] = route
+    return {
+        key
+        for key, members in new.items()
+        if rules[key].correlation.trigger([*(w.member for w in waiting[key]), *members]) is not None
+    }
+
+
+@dataclass
+class Correlated:
+    """What correlating a batch decided."""
+
+    changes: list[IncidentChange] = field(default_factory=list)
+    waiting: list[tuple[Alert, Route]] = field(default_factory=list)  # new alerts whose condition does not hold yet
+    taken: set[str] = field(default_factory=set)  # groups whose waiting alerts joined the incident they opened
+
+
 def correlate(
     alerts: Sequence[Alert],
     open_incidents: dict[str, IncidentState],
@@ -360,18 +465,43 @@ def correlate(
     new_id: Callable[[], str],
     classifier: Classifier | None = None,
 ) -> list[IncidentChange]:
-    """Attach each alert to the open incident on its key within the window, or open a new one.
+    """Attach each alert to the open incident on its entity within the window, or open a new one (no rules)."""
+    return correlate_all(alerts, open_incidents, window=window, new_id=new_id, classifier=classifier).changes
 
-    ``open_incidents`` maps a correlation key to its most recent open incident. Alerts are taken
-    in time order so that the window is judged the same however a batch was cut; a gap longer
-    than the window starts a new incident. ``classifier`` holds the classification rules and the
-    severity policy (the shipped ones by default).
+
+def correlate_all(
+    alerts: Sequence[Alert],
+    open_incidents: dict[str, IncidentState],
+    *,
+    window: timedelta,
+    new_id: Callable[[], str],
+    classifier: Classifier | None = None,
+    rules: CorrelationRules | None = None,
+    routes: Mapping[str, Route | None] | None = None,
+    waiting: Mapping[str, Sequence[Waiting]] | None = None,
+) -> Correlated:
+    """Place each alert by the correlation rules, else on its entity: attach it, open an incident, or keep it waiting.
+
+    ``open_incidents`` maps a correlation key to its most recent open incident, ``waiting`` a
+    rule's group key to its alerts stored before while the condition did not hold, ``routes``
+    an alert's key to where the rules put it (computed here when not given). Alerts are taken in
+    time order so that the window is judged the same however a batch was cut. On an entity, a
+    gap longer than ``window`` starts a new incident; in a rule's window, an incident opens when
+    the condition first holds, with every alert of the window so far.
     """
-    rules = classifier or classification.shipped()
+    classify = classifier or classification.shipped()
+    rules = rules or correlation.NONE
+    routes = routes if routes is not None else {a.key: rules.route(a) for a in alerts}
+    waiting = waiting or {}
     by_key: dict[str, list[Alert]] = {}
+    by_group: dict[str, list[tuple[Alert, Route]]] = {}
     for alert in sorted(alerts, key=lambda a: a.time):
-        by_key.setdefault(correlation_key(alert), []).append(alert)
-    changes: list[IncidentChange] = []
+        route = routes.get(alert.key)
+        if route is None:
+            by_key.setdefault(correlation_key(alert), []).append(alert)
+        else:
+            by_group.setdefault(route.key, []).append((alert, route))
+    result = Correlated()
     for key, keyed in by_key.items():
         incident = open_incidents.get(key)
         last_seen = incident.last_seen if incident else None
@@ -379,20 +509,122 @@ def correlate(
         for alert in keyed:
             if last_seen is not None and alert.time - last_seen > window:
                 if segment:
-                    changes.append(_change(incident, segment, key, new_id, rules))
+                    result.changes.append(_change(incident, segment, key, new_id, classify, window=window))
                 incident, segment = None, []
             segment.append(alert)
             last_seen = alert.time if last_seen is None else max(last_seen, alert.time)
-        changes.append(_change(incident, segment, key, new_id, rules))
-    return changes
+        result.changes.append(_change(incident, segment, key, new_id, classify, window=window))
+    for key, placed in by_group.items():
+        change = _group_change(open_incidents.get(key), placed, waiting.get(key, ()), key, new_id, classify)
+        if change is None:
+            result.waiting.extend(placed)
+            continue
+        if change.created:
+            result.taken.add(key)
+        result.changes.append(change)
+    return result
+
+
+def _group_change(
+    incident: IncidentState | None,
+    placed: list[tuple[Alert, Route]],
+    waiting: Sequence[Waiting],
+    key: str,
+    new_id: Callable[[], str],
+    rules: Classifier,
+) -> IncidentChange | None:
+    """Attach a rule group's new alerts to its incident, or open it when the condition now holds (None: not yet)."""
+    route = placed[0][1]
+    rule = route.correlation
+    said = dict(route.values)
+    if incident is not None:
+        alerts = [alert for alert, _route in placed]
+        reason = f"{rule.name} ({rule.type}): same {_said(said)} in the window its incident opened for"
+        change = _change(incident, alerts, key, new_id, rules)
+        if rule.title:  # the rule's title stays, whatever alert leads now
+            change.incident = replace(change.incident, title=incident.title)
+        joined = _reason(route, reason)
+        change.reasons = dict.fromkeys((a.key for a in alerts), joined)
+        return change
+    members = [w.member for w in waiting] + [r.member(a) for a, r in placed]
+    held = rule.trigger(members)
+    if held is None:
+        return None
+    trigger, reached = held
+    alerts = sorted([*(w.alert() for w in waiting), *(a for a, _r in placed)], key=lambda a: a.time)
+    reason = f"{rule.name} ({rule.type}): {rule.condition_text()} held for {_said(said)} ({reached} reached)"
+    change = _change(None, alerts, key, new_id, rules)
+    if rule.title or rule.severity:
+        change.incident = _ruled(change.incident, title=rule.title, severity=rule.severity, said=said, name=rule.name)
+    change.reasons = {a.key: _reason(route, reason, triggered_by=trigger) for a in alerts}
+    return change
+
+
+def _said(values: dict[str, str]) -> str:
+    return ", ".join(f"{name}={value}" for name, value in values.items())
+
+
+def _reason(route: Route, reason: str, *, triggered_by: list[str] | None = None) -> AlertCorrelation:
+    return AlertCorrelation(
+        rule=route.correlation.name,
+        type=route.correlation.type,
+        key=dict(route.values),
+        window_start=route.window_start,
+        window_end=route.window_end,
+        reason=reason,
+        triggered_by=triggered_by or [],
+    )
+
+
+def _ruled(
+    incident: IncidentState, *, title: str | None, severity: Severity | None, said: dict[str, str], name: str
+) -> IncidentState:
+    """The incident a correlation rule opened, with the rule's title and severity when it sets them."""
+    if title:
+        incident = replace(incident, title=f"{title} ({_said(said)})")
+    if severity is not None:
+        incident = replace(
+            incident, severity=severity, severity_reason=f"correlation rule {name} sets {severity.value}"
+        )
+    return incident
+
+
+@functools.lru_cache(maxsize=8192)  # frozen; most batches name the same entities again
+def entity_reason(key: str, *, created: bool, window: timedelta) -> AlertCorrelation:
+    """Why an alert joined an incident by the fallback rule: the entity it is about."""
+    kind, _, value = key.partition(":")
+    name = {"ip": "address"}.get(kind, kind)
+    reason = (
+        f"{ENTITY}: the first alert about {name} {value}"
+        if created
+        else f"{ENTITY}: same {name} {value}, within {correlation.span_text(window)} of the incident's last alert"
+    )
+    return AlertCorrelation(rule=ENTITY, type=ENTITY, key={name: value}, reason=reason)
+
+
+ENTITY = correlation.ENTITY_RULE
 
 
 def _change(
-    incident: IncidentState | None, alerts: list[Alert], key: str, new_id: Callable[[], str], rules: Classifier
+    incident: IncidentState | None,
+    alerts: list[Alert],
+    key: str,
+    new_id: Callable[[], str],
+    rules: Classifier,
+    *,
+    window: timedelta | None = None,
 ) -> IncidentChange:
+    """Fold alerts into the incident (None: a new one); with ``window``, record that the entity rule placed them."""
     type_rules: dict[str, str] = {}
     folded = _fold(incident, alerts, key, incident.id if incident else new_id(), rules, type_rules)
-    return IncidentChange(folded, created=incident is None, alerts=alerts, type_rules=type_rules)
+    change = IncidentChange(folded, created=incident is None, alerts=alerts, type_rules=type_rules)
+    if window is not None:
+        # One reason serves every alert that joined (and another the one that opened the incident).
+        joined = entity_reason(key, created=False, window=window)
+        change.reasons = dict.fromkeys((a.key for a in alerts), joined)
+        if incident is None:
+            change.reasons[alerts[0].key] = entity_reason(key, created=True, window=window)
+    return change
 
 
 def _weight(alert: Alert) -> int:

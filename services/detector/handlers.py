@@ -5,28 +5,35 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
-from services.detector import adapters, classification, domain, repository
+from services.detector import adapters, classification, commands, correlation, domain, merging, repository, suppression
 from services.detector.adapters import FORMAT_HEADER, Parsed, Rejected
 from services.detector.classification import Classifier
-from services.detector.metrics import ALERTS, INCIDENTS_OPENED, RECORDS
+from services.detector.correlation import CorrelationError, CorrelationRules
+from services.detector.metrics import ALERTS, INCIDENTS_OPENED, RECORDS, RULE_RELOADS
+from services.detector.suppressor import SUPPRESSION_ENDED, Suppressions
+from shared import timers
 from shared.alerts import Alert
 from shared.consumer import HandlerContext, Inbound, decode_cloudevent
 from shared.events import (
     AlertRepeat,
     AlertResolution,
+    DetachAlerts,
     IncidentAlertsChanged,
     IncidentDetected,
     IncidentState,
     IncidentStateChanged,
     IncidentUpdated,
+    MergeIncidents,
     new_id,
 )
 from shared.logs import event_ids
@@ -36,6 +43,10 @@ log = logging.getLogger(__name__)
 SOURCE = "/vigil/detector"
 # Each retry follows another replica's commit of some of the same alerts: a few are plenty.
 STORE_ATTEMPTS = 3
+# What another replica may have committed between our look-up and our write, were a lock missed.
+RACED = frozenset(
+    {"detector_alerts_live_key", "detector_alerts_pkey", "detector_incidents_collecting_key", "detector_waiting_pkey"}
+)
 
 
 def decode(record: Any) -> tuple[str, Parsed | Any]:
@@ -71,15 +82,75 @@ class Stored:
     resolved: dict[str, repository.StoredAlert] = field(default_factory=dict)  # by key
     known_before: set[str] = field(default_factory=set)  # keys stored before this batch
     tallies: dict[str, repository.AlertTally] = field(default_factory=dict)  # by incident id
+    waiting: int = 0  # new alerts waiting for their correlation rule's condition
+    released: int = 0  # alerts that waited before and joined the incident their rule opened now
+    held: Counter[str] = field(default_factory=Counter)  # suppressed sightings by outcome
 
 
 ENDED = frozenset({IncidentState.RESOLVED, IncidentState.CLOSED})
+# How often the correlation rules file is looked at for a change (one stat call).
+RULES_CHECK_S = 5.0
+
+
+class RulesSource:
+    """The correlation rules in force, re-read when their file changes or when asked.
+
+    A broken change is refused and logged with its lines; the rules in force stay.
+    """
+
+    def __init__(self, path: Path | None, *, rules: CorrelationRules | None = None) -> None:
+        self.path = path
+        self._rules = rules if rules is not None else correlation.load_rules(path)
+        self._mtime = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime if self.path else None
+        except OSError:
+            return None
+
+    def current(self) -> CorrelationRules:
+        """The rules in force, after a look at the file at most every RULES_CHECK_S seconds."""
+        now = time.monotonic()
+        if self.path is not None and now - self._checked >= RULES_CHECK_S:
+            self._checked = now
+            mtime = self._stat()
+            if mtime != self._mtime:
+                self._mtime = mtime
+                self.reload()
+        return self._rules
+
+    def reload(self) -> CorrelationRules:
+        """Read the file again; raise CorrelationError (and keep the rules in force) when it is broken."""
+        if self.path is None:
+            return self._rules
+        try:
+            self._rules = correlation.load_rules(self.path)
+        except CorrelationError as exc:
+            RULE_RELOADS.labels("refused").inc()
+            log.error("correlation rules %s refused, the rules in force stay: %s", self.path, "; ".join(exc.problems))
+            raise
+        self._mtime = self._stat()
+        RULE_RELOADS.labels("loaded").inc()
+        log.info("correlation rules %s loaded: %d correlation(s)", self.path, len(self._rules))
+        return self._rules
 
 
 class Detector:
-    def __init__(self, *, correlation_window: timedelta, classifier: Classifier | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        correlation_window: timedelta,
+        classifier: Classifier | None = None,
+        correlation_rules: RulesSource | None = None,
+        suppressions: Suppressions | None = None,
+    ) -> None:
         self.window = correlation_window
         self.classifier = classifier or classification.shipped()
+        self.correlation = correlation_rules or RulesSource(None, rules=correlation.NONE)
+        self.suppressions = suppressions or Suppressions(suppression.load_inhibition())
+        self.timer_handlers: dict[str, timers.TimerHandler] = {SUPPRESSION_ENDED: self.on_suppression_ended}
 
     async def handle(self, ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
         alerts = [alert for inbound in batch if isinstance(inbound.item, Parsed) for alert in inbound.item.alerts]
@@ -91,6 +162,14 @@ class Detector:
             # here; its new alerts go to a new incident, to merge if they belong together.
             if isinstance(event, IncidentStateChanged) and event.data.to_state in ENDED:
                 await repository.close_incident(ctx.conn, incident_id=event.subject)
+            elif isinstance(event, MergeIncidents | DetachAlerts):
+                await commands.apply(ctx, event, classifier=self.classifier)
+
+    async def on_suppression_ended(self, ctx: HandlerContext, timer: timers.Timer) -> None:
+        """A silence, window or inhibiting alert ended: the alerts it held back that still fire go on to incidents."""
+        released = await self.suppressions.ended(ctx.conn, timer.subject, timer.due_at)
+        if released:
+            await self.handle_alerts(ctx, released)
 
     async def handle_alerts(self, ctx: HandlerContext, alerts: list[Alert]) -> None:
         stored = await self._store(ctx, alerts)
@@ -102,15 +181,16 @@ class Detector:
     def _account(self, alerts: list[Alert], stored: Stored) -> None:
         """Count every sighting under one outcome and log what changed no incident."""
         firing = sum(a.status == "firing" for a in alerts)
-        accepted = sum(len(c.alerts) for c in stored.changes)
+        accepted = sum(len(c.alerts) for c in stored.changes) - stored.released
         ALERTS.labels("accepted").inc(accepted)
-        if firing > accepted:  # every other firing sighting was counted on an alert stored before
-            ALERTS.labels("repeat").inc(firing - accepted)
-            log.info(
-                "%d sighting(s) of %d alert(s) stored before: counted as repeats",
-                firing - accepted,
-                len(stored.repeated),
-            )
+        if stored.waiting:
+            ALERTS.labels("waiting").inc(stored.waiting)
+        for outcome, sightings in stored.held.items():  # silenced, maintenance, inhibited
+            ALERTS.labels(outcome).inc(sightings)
+        repeated = firing - accepted - stored.waiting - stored.held.total()
+        if repeated > 0:  # every other firing sighting was counted on an alert stored before
+            ALERTS.labels("repeat").inc(repeated)
+            log.info("%d sighting(s) of alert(s) stored before: counted as repeats", repeated)
         # A resolution is of an alert stored before, or fired earlier in the batch; else never seen.
         fired: set[str] = set()
         unknown: list[str] = []
@@ -190,7 +270,7 @@ class Detector:
             except asyncpg.UniqueViolationError as exc:
                 # Another replica committed one of these alerts between our look-up and our COPY:
                 # looked up again, it is a repeat.
-                if exc.constraint_name != "detector_alerts_live_key" or attempt == STORE_ATTEMPTS:
+                if exc.constraint_name not in RACED or attempt == STORE_ATTEMPTS:
                     raise
                 attempt += 1
                 log.info("alerts stored meanwhile by another detector; looking again (%s)", exc.detail)
@@ -204,25 +284,34 @@ class Detector:
         stored = Stored()
         firing = [a for a in alerts if a.status == "firing"]
         if firing:
-            stored.known_before, stored.repeated, stored.changes = await self._store_firing(ctx, firing)
+            stored.known_before, stored.repeated, stored.changes = await self._store_firing(ctx, firing, stored)
         last = {a.key: a for a in alerts}  # the last sighting of each alert in the batch
         ended = {key: domain.resolution_time(a) for key, a in last.items() if a.status == "resolved"}
         if ended:
             stored.resolved = await repository.resolve_alerts(ctx.conn, resolutions=ended)
             fired = {a.key for a in firing}
             stored.known_before |= {key for key in stored.resolved if key not in fired}
+            waited = await repository.resolve_waiting(ctx.conn, resolutions=ended)
+            stored.known_before |= {key for key in waited if key not in fired}
+            stored.known_before |= await self.suppressions.resolve(ctx.conn, ended)
         touched = {a.incident_id for a in (*stored.repeated.values(), *stored.resolved.values())}
         if touched:
             stored.tallies = await repository.tally_alerts(ctx.conn, incident_ids=touched)
         return stored
 
     async def _store_firing(
-        self, ctx: HandlerContext, alerts: list[Alert]
+        self, ctx: HandlerContext, alerts: list[Alert], stored: Stored
     ) -> tuple[set[str], dict[str, repository.StoredAlert], list[domain.IncidentChange]]:
-        """Count the alerts stored before as repeats; correlate and store the others.
+        """Count the alerts stored before as repeats; store the suppressed ones; correlate the others.
 
-        Returns the keys stored before, the alerts repeated (stored before or twice in the batch) and the changes.
+        Returns the keys stored before, the alerts repeated (stored before or twice in the batch) and the
+        changes; counts in ``stored`` the alerts that wait for their correlation rule's condition.
         """
+        rules = self.correlation.current()
+        routes = {a.key: rules.route(a) for a in alerts}
+        # One detector at a time decides a key, however many consume the topic: the lock is held
+        # until commit, and every look-up below sees what another committed before.
+        await repository.lock_keys(ctx.conn, keys={domain.correlation_key(a, routes[a.key]) for a in alerts})
         # An alert's processed id expires long before its source stops re-sending it (an
         # Alertmanager fingerprint lives for weeks): a stored key is a repeat, not a new alert.
         sightings = Counter(a.key for a in alerts)
@@ -231,18 +320,65 @@ class Detector:
         for alert in alerts:
             if alert.key not in repeats:
                 first_sightings.setdefault(alert.key, alert)
-        fresh = list(first_sightings.values())
+        # Silenced, in maintenance or inhibited: stored with what suppressed it, raising nothing.
+        fresh = await self.suppressions.hold_back(
+            ctx.conn, list(first_sightings.values()), firing=alerts, held=stored.held
+        )
         stored_before = set(repeats)
         if not fresh:
             return stored_before, repeats, []
-        keys = {domain.correlation_key(a) for a in fresh}
+        keys = {domain.correlation_key(a, routes[a.key]) for a in fresh}
+        # Only an alert a rule takes can be waiting (while the rules stay the same): no look-up for the others.
+        ruled = {a.key: sightings[a.key] for a in fresh if routes[a.key] is not None}
+        waiting_before = await repository.count_waiting_repeats(ctx.conn, sightings=ruled) if ruled else set()
+        if waiting_before:  # sent again while waiting for its rule's condition: counted where it waits
+            fresh = [a for a in fresh if a.key not in waiting_before]
+            stored_before |= waiting_before
+            if not fresh:
+                return stored_before, repeats, []
         open_incidents = await repository.get_open_by_keys(ctx.conn, keys=keys)
-        changes = domain.correlate(fresh, open_incidents, window=self.window, new_id=new_id, classifier=self.classifier)
-        await repository.upsert_incidents(ctx.conn, incidents=[c.incident for c in changes])
+        groups = {route.key for route in routes.values() if route is not None and route.key not in open_incidents}
+        waiting = await repository.get_waiting(ctx.conn, group_keys=groups) if groups else {}
+        # An entity without an open incident of its own may have been merged into one that is open.
+        entities = {a.entity for a in fresh if routes[a.key] is None} - open_incidents.keys()
+        survivors = await repository.get_open_survivors(ctx.conn, keys=entities) if entities else {}
+        merged_away = [a for a in fresh if routes[a.key] is None and a.entity in survivors]
+        plain = [a for a in fresh if a not in merged_away] if merged_away else fresh
+        # What a condition reads of the waiting alerts is enough to judge it; the alerts are read
+        # only for the groups that open an incident now.
+        opening = domain.groups_opening(fresh, routes, waiting, open_incidents)
+        if opening:
+            waiting.update(await repository.get_waiting(ctx.conn, group_keys=opening, alerts=True))
+        correlated = domain.correlate_all(
+            plain,
+            open_incidents,
+            window=self.window,
+            new_id=new_id,
+            classifier=self.classifier,
+            rules=rules,
+            routes=routes,
+            waiting=waiting,
+        )
+        changes = correlated.changes
+        if merged_away:
+            changes = merging.correlate_merged(
+                merged_away, survivors, changes, window=self.window, new_id=new_id, classifier=self.classifier
+            )
+        await repository.upsert_incidents(
+            ctx.conn, incidents=[c.incident for c in changes], created=[c.incident.id for c in changes if c.created]
+        )
         await repository.insert_alerts(
             ctx.conn,
-            alerts=[(a, c.incident.id, c.type_rules.get(a.key)) for c in changes for a in c.alerts],
+            alerts=[
+                (a, c.incident.id, c.type_rules.get(a.key), c.reasons.get(a.key)) for c in changes for a in c.alerts
+            ],
         )
+        if correlated.taken:
+            await repository.take_waiting(ctx.conn, group_keys=correlated.taken)
+        if correlated.waiting:
+            await repository.add_waiting(ctx.conn, placed=correlated.waiting)
+        stored.waiting = len(correlated.waiting)
+        stored.released = sum(len(waiting.get(key, ())) for key in correlated.taken)
         # The same alert twice in one batch: stored once, the other sightings counted on it.
         again = {key: n - 1 for key, n in sightings.items() if n > 1 and key not in repeats}
         if again:

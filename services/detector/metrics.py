@@ -4,8 +4,10 @@ from prometheus_client import Counter
 
 ALERTS = Counter(
     "vigil_detector_alerts",
-    "Raw alerts by outcome: accepted, repeat (stored before, sent again), resolved (a stored alert ended), "
-    "resolved_unknown (a resolution for an alert never seen, not stored) or invalid.",
+    "Raw alerts by outcome: accepted, waiting (stored, its correlation rule's condition does not hold yet), "
+    "repeat (stored before, sent again), resolved (a stored alert ended), "
+    "resolved_unknown (a resolution for an alert never seen, not stored), invalid, or suppressed - stored, "
+    "raising nothing - as silenced, maintenance or inhibited (each sighting).",
     ["outcome"],
 )
 INCIDENTS_OPENED = Counter("vigil_incidents_opened", "Incidents opened.", ["type", "severity"])
@@ -30,4 +32,14 @@ INGEST_REFUSED = Counter(
     "HTTP ingest requests refused, by route and reason code (unauthorized, too_large, not_json, broker_unavailable, "
     "or the adapter's rejection code).",
     ["route", "code"],
+)
+RULE_RELOADS = Counter(
+    "vigil_detector_correlation_reloads",
+    "Correlation rules files read again, by outcome (loaded, refused).",
+    ["outcome"],
+)
+COMMANDS = Counter(
+    "vigil_detector_commands",
+    "Operators' merge and detach commands by command (merge, detach) and outcome (applied, refused).",
+    ["command", "outcome"],
 )

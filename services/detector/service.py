@@ -2,25 +2,55 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
-from services.detector import api
+from fastapi import APIRouter
+
+from services.detector import api, commands_api, correlation, correlation_api
 from services.detector.classification import load_rules
-from services.detector.handlers import Detector, decode
-from shared.service import ServiceSpec
+from services.detector.handlers import Detector, RulesSource, decode
+from services.detector.suppression import load_inhibition
+from services.detector.suppressor import Suppressions
+from shared.service import Runtime, ServiceSpec
 from shared.settings import VigilSettings
-from shared.topics import ALERTS_RAW, COORDINATION
+from shared.timers import TimerPoller
+from shared.topics import ALERTS_RAW, COMMANDS, COORDINATION
 
 
 def spec(settings: VigilSettings) -> ServiceSpec:
+    # The shipped correlation rules, or the operator's file: read and checked now, re-read when it changes.
+    rules = RulesSource(settings.correlation_rules or correlation.SHIPPED_CORRELATIONS)
+    # Read now: a broken inhibition file stops the detector, with its line and reason, before it consumes.
+    suppressions = Suppressions(load_inhibition(settings.inhibition_rules))
     detector = Detector(
         correlation_window=timedelta(seconds=settings.correlation_window_s),
         classifier=load_rules(settings.classification_rules),
+        correlation_rules=rules,
+        suppressions=suppressions,
     )
+
+    def routers(runtime: Runtime) -> Sequence[APIRouter]:
+        return [
+            *api.routers(runtime),
+            *correlation_api.routers(runtime, rules),
+            *commands_api.routers(runtime, detector),
+        ]
+
+    async def watch_suppressions(runtime: Runtime) -> None:
+        await suppressions.watch(runtime.pool, runtime.settings.database_url)
+
+    async def fire_timers(runtime: Runtime) -> None:
+        poller = TimerPoller(
+            service="detector", pool=runtime.pool, names=runtime.names, handlers=detector.timer_handlers
+        )
+        await poller.run()
+
     return ServiceSpec(
         name="detector",
-        consumes=(ALERTS_RAW, COORDINATION),
+        consumes=(ALERTS_RAW, COORDINATION, COMMANDS),
         decoder=decode,
         handler=detector.handle,
-        routers=api.routers,
+        routers=routers,
+        background=(watch_suppressions, fire_timers),
     )

@@ -50,6 +50,7 @@ def test_a_named_format_is_used_and_an_unknown_one_refused() -> None:
         (json.dumps(alert_dict(time="1969-12-31T23:59:59Z")).encode(), "invalid_fields", "before 1970"),
         (json.dumps(alert_dict(title="bad\u0000byte")).encode(), "nul", "NUL character"),
         (b'{"a": "' + b"x" * (1024 * 1024) + b'"}', "too_large", "limit"),
+        (b"[" * 100_000 + b"]" * 100_000, "not_json", "nested too deeply"),  # beyond any parser's depth
     ],
 )
 def test_invalid_records_are_refused_with_a_code_and_a_reason(value: bytes, code: str, reason: str) -> None:

@@ -109,6 +109,8 @@ def parse_record(value: bytes | None, *, format_name: str | None = None) -> Pars
             payload = json.loads(body)
         except ValueError as exc:
             raise Rejected(f"record is not JSON: {exc}", code="not_json") from exc
+        except RecursionError as exc:  # orjson refused it for its depth too: refused, not a crash of the detector
+            raise Rejected("record is not JSON Vigil reads: nested too deeply", code="not_json") from exc
     return parse_payload(payload, format_name=format_name)
 
 

@@ -82,7 +82,8 @@ HEARTBEAT_NAMES = frozenset({"watchdog", "deadmansswitch", "deadmanswitch", "dea
 # Words of the kube-prometheus Watchdog's description, for heartbeats renamed but kept at severity none.
 HEARTBEAT_WORDS = ("alerting pipeline", "dead man", "deadman", "always firing", "always be firing")
 HOST_LABELS = ("host", "hostname", "nodename", "node", "instance")
-POD_LABELS = ("pod", "pod_name")
+# Annotations that make the title or the description, not labels.
+DESCRIBED = frozenset({"summary", "title", "description", "message"})
 # The message's fields kept with each alert's raw record.
 COMMON_FIELDS = (
     "version",
@@ -148,8 +149,8 @@ class Alertmanager:
 def _alert(item: Any, common: dict[str, Any]) -> Alert:
     if not isinstance(item, dict):
         raise Rejected("an alert is not a JSON object", code="invalid_fields")
-    labels = {**_strings(common.get("commonLabels")), **_strings(item.get("labels"))}
-    annotations = {**_strings(common.get("commonAnnotations")), **_strings(item.get("annotations"))}
+    labels = _merged(common.get("commonLabels"), item.get("labels"))
+    annotations = _merged(common.get("commonAnnotations"), item.get("annotations"))
     status = first(item.get("status"), common.get("status"))
     if status is None:
         raise Rejected("the alert has no status, nor has its message (firing or resolved)", code="missing_fields")
@@ -160,15 +161,8 @@ def _alert(item: Any, common: dict[str, Any]) -> Alert:
     fingerprint = text(item.get("fingerprint"))
     receiver = text(common.get("receiver"))
     ends_at = text(item.get("endsAt"))
-    pod = first(*(labels.get(name) for name in POD_LABELS))
+    pod = first(labels.get("pod"), labels.get("pod_name"))
     namespace = labels.get("namespace")
-    meta = {
-        "alertmanager.receiver": receiver,
-        "alertmanager.group_key": text(common.get("groupKey")),
-        "alertmanager.external_url": text(common.get("externalURL")),
-        "ends_at": ends_at if ends_at != UNSET_TIME else None,
-    }
-    described = {"summary", "title", "description", "message"}
     return build_alert(
         id=fingerprint or stable_id(*sorted(labels.items())),
         source=f"alertmanager/{receiver}"[:100] if receiver else "alertmanager",
@@ -184,11 +178,7 @@ def _alert(item: Any, common: dict[str, Any]) -> Alert:
         host=_host(labels) or pod,
         resource="/".join(part for part in (namespace, pod) if part) or None,
         url=first(item.get("generatorURL"), common.get("externalURL")),
-        labels={
-            **labels,
-            **{f"annotation.{k}": v for k, v in annotations.items() if k not in described},
-            **{k: v for k, v in meta.items() if v},
-        },
+        labels=_labels(labels, annotations, common, receiver, ends_at),
         raw={"alert": dict(item), **common},
         format="alertmanager",
     )
@@ -197,6 +187,37 @@ def _alert(item: Any, common: dict[str, Any]) -> Alert:
 def _strings(values: Any) -> dict[str, str]:
     # Labels and annotations are strings in Alertmanager; anything else is rendered, never trusted.
     return string_labels(values) if isinstance(values, dict) else {}
+
+
+def _merged(common: Any, own: Any) -> dict[str, str]:
+    """The group's common labels (or annotations) overridden by the alert's own."""
+    if isinstance(own, dict) and own == common and list(own) == list(common):
+        return _strings(own)  # a group of one alert: its own are the common ones, rendered once
+    return {**_strings(common), **_strings(own)}
+
+
+def _labels(
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    common: dict[str, Any],
+    receiver: str | None,
+    ends_at: str | None,
+) -> dict[str, str]:
+    """The alert's labels, its annotations but those that are its title or description, and the message's own."""
+    found = dict(labels)
+    for name, annotation in annotations.items():
+        if name not in DESCRIBED:
+            found[f"annotation.{name}"] = annotation
+    meta = (
+        ("alertmanager.receiver", receiver),
+        ("alertmanager.group_key", text(common.get("groupKey"))),
+        ("alertmanager.external_url", text(common.get("externalURL"))),
+        ("ends_at", ends_at if ends_at != UNSET_TIME else None),
+    )
+    for name, value in meta:
+        if value:
+            found[name] = value
+    return found
 
 
 def _severity(labels: dict[str, str]) -> tuple[str, str | None, str]:
@@ -221,7 +242,8 @@ def _is_heartbeat(alertname: str | None, severity: str | None, annotations: dict
 
 def _host(labels: dict[str, str]) -> str | None:
     """The host named by the first host label, without the port or URL around it (``node-1:9100``)."""
-    value = first(*(labels.get(name) for name in HOST_LABELS))
+    # The labels are rendered, stripped text: the first that is not empty is the one first() would take.
+    value = next((found for name in HOST_LABELS if (found := labels.get(name))), None)
     if value is None:
         return None
     if "://" in value:

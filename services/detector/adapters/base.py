@@ -20,12 +20,14 @@ import ipaddress
 import json
 import math
 import re
+import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
+import orjson
 from pydantic import ValidationError
 
 from shared.alerts import MAX_FUTURE, Alert, AlertSeverity
@@ -92,17 +94,21 @@ class Adapter(Protocol):
 
 def build_alert(**fields: Any) -> Alert:
     """Validate the normalised fields into an Alert, cutting free text to the schema's limits."""
+    # _clean, inline: this runs for every alert and every one of its text fields.
     for name, limit in _OPTIONAL_TEXT.items():
         if isinstance(value := fields.get(name), str):
-            fields[name] = _clean(value)[:limit] or None
+            fields[name] = value.replace("\x00", "").strip()[:limit] or None
     for name, limit in _REQUIRED_TEXT.items():
         if isinstance(value := fields.get(name), str):
-            fields[name] = _clean(value)[:limit]
+            fields[name] = value.replace("\x00", "").strip()[:limit]
     if not fields.get("title"):
         raise Rejected("the record has no title, rule or message to name the alert by", code="missing_fields")
     fields["tags"] = [_clean(str(t))[:200] for t in fields.get("tags") or ()][:100]
     fields["techniques"] = sorted({t for t in fields.get("techniques") or () if t})[:100]
-    fields["labels"] = {k[:200]: v for k, v in list((fields.get("labels") or {}).items())[:200]}
+    labels = fields.get("labels") or {}
+    if len(labels) > 200 or (labels and max(map(len, labels)) > 200):
+        labels = {k[:200]: v for k, v in list(labels.items())[:200]}
+    fields["labels"] = labels  # validation copies it: the caller's dict is never the alert's
     for name in ("src_ip", "dst_ip"):
         # An address object validates at once; the same text would be parsed again.
         if isinstance(value := fields.get(name), str) and (address := _address(value)) is not None:
@@ -129,14 +135,15 @@ def parse_time(value: Any, *, field_name: str = "time", now: datetime | None = N
     Naive times are taken as UTC. Times before 1970 or more than a day ahead are rejected.
     """
     parsed: datetime | None = None
-    if isinstance(value, bool):
+    if isinstance(value, str):  # the commonest, first
+        if stripped := value.strip():
+            # A number has no colon, and every time of day has one: no need to try the pattern then.
+            numeric = ":" not in stripped and _NUMERIC.fullmatch(stripped)
+            parsed = _from_epoch(float(stripped)) if numeric else _from_iso(stripped)
+    elif isinstance(value, bool):
         parsed = None
     elif isinstance(value, int | float):
         parsed = _from_epoch(float(value))
-    elif isinstance(value, str) and value.strip():
-        stripped = value.strip()
-        numeric = re.fullmatch(r"-?\d+(\.\d+)?", stripped)
-        parsed = _from_epoch(float(stripped)) if numeric else _from_iso(stripped)
     if parsed is None:
         raise Rejected(f"{field_name} {value!r} is not a timestamp", code="bad_timestamp")
     now = now or datetime.now(UTC)
@@ -160,17 +167,30 @@ def _from_epoch(seconds: float) -> datetime | None:
 
 
 def _from_iso(text: str) -> datetime | None:
-    cleaned = text.replace(" ", "T", 1) if re.match(r"^\d{4}-\d{2}-\d{2} \d", text) else text
-    cleaned = re.sub(r"\s+([+-]\d{2}:?\d{2}|Z)$", r"\1", cleaned)  # "… +09:00" (Hayabusa)
-    cleaned = re.sub(r"Z$", "+00:00", cleaned)
-    cleaned = re.sub(r"([+-]\d{2})(\d{2})$", r"\1:\2", cleaned)  # +0100 -> +01:00
-    # Python takes at most 6 fractional digits; Go and Falco write 9.
-    cleaned = re.sub(r"(\.\d{6})\d+", r"\1", cleaned)
+    # Most tools write what fromisoformat reads as it is (it reads "Z", "+0100" and 9 fractional
+    # digits, cut to 6, as the cleaning below does): the cleaning is for the rest.
     try:
-        parsed = datetime.fromisoformat(cleaned)
+        parsed = datetime.fromisoformat(text)
     except ValueError:
-        return None
+        cleaned = text.replace(" ", "T", 1) if _SPACED_DATE.match(text) else text
+        cleaned = _SPACED_OFFSET.sub(r"\1", cleaned)  # "… +09:00" (Hayabusa)
+        cleaned = _ZULU.sub("+00:00", cleaned)
+        cleaned = _BASIC_OFFSET.sub(r"\1:\2", cleaned)  # +0100 -> +01:00
+        # Python takes at most 6 fractional digits; Go and Falco write 9.
+        cleaned = _LONG_FRACTION.sub(r"\1", cleaned)
+        try:
+            parsed = datetime.fromisoformat(cleaned)
+        except ValueError:
+            return None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+_NUMERIC = re.compile(r"-?\d+(\.\d+)?")
+_SPACED_DATE = re.compile(r"^\d{4}-\d{2}-\d{2} \d")
+_SPACED_OFFSET = re.compile(r"\s+([+-]\d{2}:?\d{2}|Z)$")
+_ZULU = re.compile(r"Z$")
+_BASIC_OFFSET = re.compile(r"([+-]\d{2})(\d{2})$")
+_LONG_FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
 def utc_now() -> datetime:
@@ -212,6 +232,8 @@ def json_object(payload: Any, what: str) -> Mapping[str, Any]:
 
 def text(value: Any) -> str | None:
     """A non-empty string from a scalar, or None."""
+    if type(value) is str:  # the commonest by far: no conversion, no other checks
+        return value.strip() or None
     if value is None or isinstance(value, dict | list):
         return None
     result = str(value).strip()
@@ -221,7 +243,10 @@ def text(value: Any) -> str | None:
 def first(*values: Any) -> str | None:
     """The first value that makes non-empty text."""
     for value in values:
-        if (found := text(value)) is not None:
+        if type(value) is str:  # text(), inline for the commonest values: text or nothing
+            if stripped := value.strip():
+                return stripped
+        elif value is not None and (found := text(value)) is not None:
             return found
     return None
 
@@ -244,8 +269,11 @@ def number(value: Any) -> float | None:
 
 def strings(value: Any) -> list[str]:
     """The non-empty texts in a scalar or a list of scalars (a list in a list is not looked into)."""
+    if type(value) is str:  # the commonest: one text
+        return [found] if (found := value.strip()) else []
     items = value if isinstance(value, list) else [value]
-    return [t for item in items if (t := text(item)) is not None]
+    # text(), inline for text items: an empty one is dropped as text() would drop it.
+    return [t for item in items if (t := item.strip() if type(item) is str else text(item))]
 
 
 def listed(value: Any) -> list[Any]:
@@ -274,6 +302,11 @@ def ip_or_none(value: Any) -> str | None:
     """An address as text if it is one (0.0.0.0 and unspecified addresses are not), else None."""
     if not isinstance(value, str) or not value:
         return None
+    return _address_text(value)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _address_text(value: str) -> str | None:
     address = _address(value)
     return None if address is None else str(address)
 
@@ -281,11 +314,21 @@ def ip_or_none(value: Any) -> str | None:
 @functools.lru_cache(maxsize=65_536)
 def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     # Parsing an address is slow and the same ones recur in a stream of alerts: remember them.
-    try:
-        address = ipaddress.ip_address(value.strip().strip("[]"))
-    except ValueError:
-        return None
+    found = value.strip().strip("[]")
+    if _DOTTED_QUAD.fullmatch(found):
+        # The commonest, an IPv4 address as ipaddress writes it: read in C, not octet by octet.
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(socket.inet_aton(found))
+    else:
+        try:
+            address = ipaddress.ip_address(found)
+        except ValueError:
+            return None
     return None if address.is_unspecified else address
+
+
+# What ipaddress reads as an IPv4 address: four decimal octets, none above 255, no leading zero.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_DOTTED_QUAD = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 
 
 # ---- severities ----------------------------------------------------------------------------------
@@ -333,7 +376,7 @@ def techniques_in(values: Iterable[Any]) -> list[str]:
     found: set[str] = set()
     for value in values:
         if isinstance(value, str):
-            found.update(m.upper() for m in re.findall(r"\b(T[Aa]?\d{4}(?:\.\d{3})?)\b", value))
+            found.update(_ids_remembered(value) if len(value) <= _REMEMBERED else _ids_in(value))
     return sorted(found)
 
 
@@ -341,16 +384,41 @@ def tactic_id(name: Any) -> str | None:
     """The ATT&CK tactic id for a tactic's name, in any of its usual spellings; None when unknown."""
     if not isinstance(name, str):
         return None
-    key = re.sub(r"[^a-z]", "", name.lower().removeprefix("attack."))
-    return TACTICS.get(key)
+    return _tactic_remembered(name) if len(name) <= _REMEMBERED else _tactic(name)
 
 
 def attack_ids(values: Iterable[Any]) -> list[str]:
     """ATT&CK technique and tactic ids in the values: ids as written (T1059.001, TA0002), tactics by name."""
-    strings = [v for v in values if isinstance(v, str)]
-    found = set(techniques_in(strings))
-    found.update(t for v in strings if (t := tactic_id(v)) is not None)
+    found: set[str] = set()
+    for value in values:
+        if isinstance(value, str):
+            found.update(_attack_remembered(value) if len(value) <= _REMEMBERED else _attack_in(value))
     return sorted(found)
+
+
+_ATTACK_ID = re.compile(r"\b(T[Aa]?\d{4}(?:\.\d{3})?)\b")
+_NOT_LETTER = re.compile(r"[^a-z]")
+# Ids and tactic names are short and the same few recur in every record of a rule: what a short
+# value holds is remembered (a long one, a description, is read each time and not kept).
+_REMEMBERED = 100
+
+
+def _ids_in(value: str) -> tuple[str, ...]:
+    return tuple(m.upper() for m in _ATTACK_ID.findall(value))
+
+
+def _tactic(name: str) -> str | None:
+    return TACTICS.get(_NOT_LETTER.sub("", name.lower().removeprefix("attack.")))
+
+
+def _attack_in(value: str) -> tuple[str, ...]:
+    tactic = _tactic(value)
+    return _ids_in(value) if tactic is None else (*_ids_in(value), tactic)
+
+
+_ids_remembered = functools.lru_cache(maxsize=4096)(_ids_in)
+_tactic_remembered = functools.lru_cache(maxsize=4096)(_tactic)
+_attack_remembered = functools.lru_cache(maxsize=4096)(_attack_in)
 
 
 # ---- labels, text and walks ----------------------------------------------------------------------
@@ -362,9 +430,18 @@ def string_labels(values: Mapping[str, Any] | None, *, prefix: str = "") -> dict
     for key, value in (values or {}).items():
         if value is None:
             continue
-        rendered = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
-        labels[f"{prefix}{key}"] = _clean(rendered)[:500]
+        rendered = value if isinstance(value, str) else compact_json(value)
+        # _clean, inline: a record holds a label per field, and this runs for every one of them.
+        labels[f"{prefix}{key}"] = rendered.replace("\x00", "").strip()[:500]
     return labels
+
+
+def compact_json(value: Any) -> str:
+    """A value as compact JSON text (characters beyond ASCII as they are)."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except (orjson.JSONEncodeError, TypeError):  # an integer beyond 64 bits, which JSON allows
+        return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
 
 
 def lines(*items: tuple[str | None, Any]) -> str:

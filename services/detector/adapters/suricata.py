@@ -40,6 +40,7 @@ Severity, from ``alert.severity`` (Suricata's priority: 1 is the most severe):
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,6 +64,8 @@ from services.detector.adapters.base import (
 SEVERITIES = {1: "high", 2: "medium", 3: "low"}
 LOWEST = "info"  # 4 and above
 DEFAULT_SEVERITY = "medium"
+# A signature's metadata longer than this (characters) is read for each alert rather than remembered.
+MAX_REMEMBERED_METADATA = 4096
 # Application-layer names worth reading in the description, as (label, EVE path).
 NAMES = (
     ("http.hostname", "http.hostname"),
@@ -101,6 +104,7 @@ class Suricata:
         if signature is None and sid is None:
             raise Rejected("the EVE alert names no signature nor signature_id", code="missing_fields")
         metadata = mapping(alert.get("metadata"))
+        metadata_labels, techniques = _metadata(metadata)
         src_ip, dst_ip = ip_or_none(payload.get("src_ip")), ip_or_none(payload.get("dest_ip"))
         sensor = text(payload.get("host"))
         severity, said, reason = _severity(alert.get("severity"))
@@ -119,7 +123,7 @@ class Suricata:
             "sensor": sensor,
             "in_iface": text(payload.get("in_iface")),
             **names,
-            **{f"metadata.{k}": ",".join(strings(v)) for k, v in metadata.items()},
+            **metadata_labels,
         }
         built = build_alert(
             id=short_id(f"{flow_id}:{sid}") if flow_id and sid else _flowless_id(payload, alert),
@@ -136,7 +140,7 @@ class Suricata:
             dst_ip=dst_ip,
             host=sensor if not (src_ip or dst_ip) else None,
             tags=strings(metadata.get("tag")),
-            techniques=_techniques(metadata),
+            techniques=list(techniques),
             labels={k: v for k, v in labels.items() if v},
             raw=dict(payload),
             format=self.name,
@@ -175,6 +179,37 @@ def _names(payload: Mapping[str, Any], path: str) -> list[str]:
     if path == "dns.queries":  # Suricata 8: a list of {"rrname": …}
         return [t for q in value if (t := text(dig(q, "rrname")))] if isinstance(value, list) else []
     return strings(value)
+
+
+def _metadata(metadata: Mapping[str, Any]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The labels and ATT&CK ids of an alert's metadata: a signature's, the same in each of its alerts."""
+    # Suricata's metadata is lists of text by key: such a one is remembered (keyed by its content,
+    # in order: the labels keep it); anything else is read each time.
+    key: list[tuple[str, tuple[str, ...]]] = []
+    texts: list[Any] = []
+    for name, values in metadata.items():
+        if type(values) is not list:
+            return _read_metadata(metadata)
+        key.append((name, tuple(values)))
+        texts.append(name)
+        texts.extend(values)
+    if set(map(type, texts)) - {str} or sum(map(len, texts)) > MAX_REMEMBERED_METADATA:
+        return _read_metadata(metadata)
+    labels, techniques = _remembered_metadata(tuple(key))
+    return dict(labels), techniques
+
+
+def _read_metadata(metadata: Mapping[str, Any]) -> tuple[dict[str, str], tuple[str, ...]]:
+    labels = {f"metadata.{k}": ",".join(strings(v)) for k, v in metadata.items()}
+    return labels, tuple(_techniques(metadata))
+
+
+@functools.lru_cache(maxsize=1024)
+def _remembered_metadata(
+    key: tuple[tuple[str, tuple[str, ...]], ...],
+) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    labels, techniques = _read_metadata({name: list(values) for name, values in key})
+    return tuple(labels.items()), techniques
 
 
 def _techniques(metadata: Mapping[str, Any]) -> list[str]:

@@ -94,16 +94,18 @@ class Wazuh:
         agent = mapping(payload.get("agent"))
         data = mapping(payload.get("data"))
         mitre = mapping(rule.get("mitre"))
+        manager = dig(payload, "manager.name")
+        tactics = strings(mitre.get("tactic"))
         native_id = text(payload.get("id"))
         alert_id = (
-            identity(dig(payload, "manager.name"), native_id)
+            identity(manager, native_id)
             if native_id
             else stable_id(payload.get("timestamp"), rule.get("id"), agent.get("id"), payload.get("full_log"))
         )
         alert = build_alert(
             id=alert_id,
             source=SOURCE,
-            title=first(rule.get("description"), f"Wazuh rule {text(rule.get('id')) or '(no id)'}"),
+            title=first(rule.get("description")) or f"Wazuh rule {text(rule.get('id')) or '(no id)'}",
             description=first(payload.get("full_log"), rule.get("description")) or "",
             severity=severity,
             time=time_of(payload, "timestamp", "@timestamp", what="the Wazuh alert"),
@@ -117,12 +119,12 @@ class Wazuh:
             src_ip=ip_or_none(first(data.get("srcip"), data.get("src_ip"))),
             dst_ip=ip_or_none(first(data.get("dstip"), data.get("dest_ip"), data.get("dst_ip")))
             or ip_or_none(agent.get("ip")),
-            labels=_labels(payload, rule, agent, data, mitre),
+            labels=_labels(payload, rule, agent, data, manager, tactics, mitre),
             raw=dict(payload),
             format=self.name,
             rule=text(rule.get("id")),
             tags=strings(rule.get("groups")),
-            techniques=attack_ids([*strings(mitre.get("id")), *strings(mitre.get("tactic"))]),
+            techniques=attack_ids([*strings(mitre.get("id")), *tactics]),
             source_severity=source_severity,
             severity_reason=reason,
         )
@@ -146,11 +148,13 @@ def _labels(
     rule: Mapping[str, Any],
     agent: Mapping[str, Any],
     data: Mapping[str, Any],
+    manager: Any,
+    tactics: list[str],
     mitre: Mapping[str, Any],
 ) -> dict[str, str]:
     labels = string_labels(
         {
-            "manager": dig(payload, "manager.name"),
+            "manager": manager,
             "cluster_node": dig(payload, "cluster.node"),
             "decoder": first(dig(payload, "decoder.name"), dig(payload, "decoder.parent")),
             "location": payload.get("location"),
@@ -158,7 +162,7 @@ def _labels(
             "agent_ip": agent.get("ip"),
             "rule_level": rule.get("level"),
             "rule_firedtimes": rule.get("firedtimes"),
-            "mitre_tactics": ", ".join(strings(mitre.get("tactic"))) or None,
+            "mitre_tactics": ", ".join(tactics) or None,
             "mitre_techniques": ", ".join(strings(mitre.get("technique"))) or None,
             **{name: rule.get(name) or None for name in COMPLIANCE},
         }

@@ -1,0 +1,260 @@
+"""Correlation rules through the real detector, broker and Postgres: each type, reload, and two replicas racing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from services.detector.correlation import CorrelationError
+from services.detector.handlers import Detector, RulesSource, decode
+from shared.alerts import Alert
+from shared.kafka import group_id, make_producer
+from shared.settings import VigilSettings
+from shared.topics import ALERTS_RAW, COORDINATION, TopicNames
+from tests.factories import alert
+from tests.helpers import committed, consume_loop, eventually, produce
+from vigil import cli as cli_module
+from vigil.cli import app as cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+WINDOW = timedelta(minutes=30)
+RULES = """
+rules:
+  - {name: failed, detection: {tags: authentication_failed}}
+  - {name: success, detection: {tags: authentication_success}}
+  - {name: admin, detection: {title|contains: new admin}}
+  - {name: scan, detection: {category: Detection of a Network Scan}}
+  - {name: canary, detection: {source: canary}}
+correlations:
+  - name: takeover
+    severity: SEV1
+    correlation: {type: temporal_ordered, rules: [failed, success, admin], group-by: [host], timespan: 1h}
+  - name: two-kinds
+    correlation: {type: temporal, rules: [scan, canary], group-by: [user], timespan: 1h}
+  - name: sweep
+    correlation:
+      type: value_count
+      rules: [scan]
+      group-by: [src_ip]
+      timespan: 1h
+      condition: {field: host, gte: 3}
+  - name: burst
+    correlation: {type: event_count, rules: [canary], group-by: [host], timespan: 1h, condition: {gte: 3}}
+"""
+
+
+def detector(path: Path) -> Detector:
+    return Detector(correlation_window=WINDOW, correlation_rules=RulesSource(path))
+
+
+@pytest.fixture
+def rules_file(tmp_path: Path) -> Path:
+    path = tmp_path / "correlation.yaml"
+    path.write_text(RULES)
+    return path
+
+
+async def send(settings: VigilSettings, alerts: list[Alert], *, partitions: list[int] | None = None) -> None:
+    producer = make_producer(settings, client_id="test-producer")
+    await producer.start()
+    try:
+        for n, a in enumerate(alerts):
+            partition = partitions[n % len(partitions)] if partitions else 0
+            topic = TopicNames(settings.topic_prefix)(ALERTS_RAW)
+            await producer.send_and_wait(topic, value=a.model_dump_json().encode(), partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def stored(pool: asyncpg.Pool) -> tuple[list[asyncpg.Record], list[asyncpg.Record], list[asyncpg.Record]]:
+    async with pool.acquire() as conn:
+        incidents = await conn.fetch("SELECT * FROM detector_incidents ORDER BY created_at")
+        alerts = await conn.fetch("SELECT key, incident_id, correlation FROM detector_alerts ORDER BY time")
+        waiting = await conn.fetch("SELECT key, group_key, correlation FROM detector_waiting ORDER BY time")
+    return incidents, alerts, waiting
+
+
+async def handled(settings: VigilSettings, names: TopicNames, count: int, partition: int = 0) -> None:
+    async def done() -> bool:
+        return (await committed(settings, group_id(settings, "detector"), names(ALERTS_RAW), partition) or 0) >= count
+
+    await eventually(done, timeout=90)  # a shared, loaded machine: generous, never a timed assertion
+
+
+@contextlib.asynccontextmanager
+async def running(settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, detector_: Detector) -> Any:
+    async with consume_loop(
+        settings,
+        pool,
+        service="detector",
+        topics=[names(ALERTS_RAW), names(COORDINATION)],
+        decoder=decode,
+        handler=detector_.handle,
+    ) as running_:
+        yield running_
+
+
+async def test_event_count_waits_then_opens_one_incident_with_why(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, rules_file: Path
+) -> None:
+    burst = [alert(source="canary", host="web-01", user=None, src_ip=None, minutes=i) for i in range(3)]
+    async with running(settings, pool, names, detector(rules_file)):
+        await send(settings, burst[:2])
+        await handled(settings, names, 2)
+        incidents, alerts, waiting = await stored(pool)
+        assert (incidents, alerts) == ([], []) and [w["key"] for w in waiting] == [a.key for a in burst[:2]]
+        await send(settings, burst[2:])
+        await handled(settings, names, 3)
+    [incident], alerts, waiting = await stored(pool)
+    assert waiting == [] and incident["alert_count"] == 3
+    assert incident["correlation_key"].startswith("burst|host=web-01|")
+    why = alerts[0]["correlation"]
+    assert why["rule"] == "burst" and why["type"] == "event_count" and why["key"] == {"host": "web-01"}
+    assert why["triggered_by"] == [a.key for a in burst]
+    async with pool.acquire() as conn:
+        [detected] = await conn.fetch("SELECT value FROM outbox WHERE event_id = (SELECT event_id FROM outbox LIMIT 1)")
+    carried = json.loads(detected["value"])["new_alerts"]  # the incident's first event: its data
+    assert [a["correlation"]["triggered_by"] for a in carried] == [[a.key for a in burst]] * 3
+
+
+async def test_value_count_temporal_and_temporal_ordered(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, rules_file: Path
+) -> None:
+    scans = [
+        alert(category="Detection of a Network Scan", host=f"h{i}", user=None, src_ip="198.51.100.7", minutes=i)
+        for i in range(3)
+    ]
+    both = [
+        alert(category="Detection of a Network Scan", host="x", user="eve", src_ip="192.0.2.1", minutes=1),
+        alert(source="canary", host="y", user="eve", minutes=2),
+    ]
+    backwards = [
+        alert(tags=["authentication_success"], host="db-1", minutes=0),
+        alert(tags=["authentication_failed"], host="db-1", minutes=1),
+        alert(title="A new admin account", host="db-1", minutes=2),
+    ]
+    in_order = [
+        alert(tags=["authentication_failed"], host="db-2", minutes=0),
+        alert(tags=["authentication_success"], host="db-2", minutes=1),
+        alert(title="A new admin account", host="db-2", minutes=2),
+    ]
+    sent = [*scans, *both, *backwards, *in_order]
+    async with running(settings, pool, names, detector(rules_file)):
+        await send(settings, sent)
+        await handled(settings, names, len(sent))
+    incidents, _alerts, waiting = await stored(pool)
+    by_rule = {i["correlation_key"].split("|")[0]: i for i in incidents}
+    assert set(by_rule) == {"sweep", "two-kinds", "takeover"}
+    assert by_rule["sweep"]["alert_count"] == 3 and by_rule["two-kinds"]["alert_count"] == 2
+    assert by_rule["takeover"]["severity"] == "SEV1" and "db-2" in by_rule["takeover"]["correlation_key"]
+    assert {w["key"] for w in waiting} == {a.key for a in backwards}  # out of order: waiting, raising nothing
+
+
+async def test_rules_reload_when_the_file_changes_and_a_broken_change_is_refused(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, rules_file: Path
+) -> None:
+    source = RulesSource(rules_file)
+    assert [c.name for c in source.current().correlations] == ["takeover", "two-kinds", "sweep", "burst"]
+    await asyncio.to_thread(rules_file.write_text, "correlations: [\n")
+    with pytest.raises(CorrelationError):
+        source.reload()
+    assert len(source.current()) == 4  # the rules in force stay
+    await asyncio.to_thread(rules_file.write_text, RULES.replace("condition: {gte: 3}", "condition: {gte: 1}"))
+    source.reload()
+    async with running(settings, pool, names, Detector(correlation_window=WINDOW, correlation_rules=source)):
+        await send(settings, [alert(source="canary", host="web-09", user=None)])
+        await handled(settings, names, 1)
+    [incident], _alerts, waiting = await stored(pool)
+    assert incident["correlation_key"].startswith("burst|host=web-09|") and waiting == []
+
+
+async def test_two_detectors_racing_on_one_key_open_exactly_one_incident(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, rules_file: Path
+) -> None:
+    raw = names(ALERTS_RAW)
+    # Alerts on one host and one rule group, spread over every partition: both replicas get some.
+    entity = [alert(host="shared-host", minutes=i / 60) for i in range(24)]
+    burst = [alert(source="canary", host="shared-canary", user=None, minutes=i / 60) for i in range(24)]
+    async with contextlib.AsyncExitStack() as stack:
+        loops = [
+            await stack.enter_async_context(running(settings, pool, names, detector(rules_file))) for _ in range(2)
+        ]
+
+        async def both_assigned() -> bool:
+            return all(any(tp.topic == raw for tp in loop.consumer.assignment()) for loop, _task in loops)
+
+        await eventually(both_assigned, timeout=60)
+        await asyncio.gather(
+            send(settings, entity, partitions=list(range(12))), send(settings, burst, partitions=list(range(12)))
+        )
+
+        async def all_stored() -> bool:
+            async with pool.acquire() as conn:
+                return bool(await conn.fetchval("SELECT count(*) FROM detector_alerts") == 48)
+
+        await eventually(all_stored, timeout=60)
+    incidents, alerts, waiting = await stored(pool)
+    assert sorted(i["correlation_key"].split("|")[0] for i in incidents) == ["burst", "host:shared-host"]
+    assert {a["incident_id"] for a in alerts} == {i["id"] for i in incidents} and waiting == []
+    assert sorted(i["alert_count"] for i in incidents) == [24, 24]
+
+
+CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus"
+# A candidate beside today's entity grouping: each tool's alerts in one incident a day (merges
+# today's per-host incidents), and Wazuh's only from 100 a day (today's Wazuh incidents would wait).
+CANDIDATE = """
+rules:
+  - {name: wazuh, detection: {format: wazuh}}
+  - {name: falco, detection: {format: falco}}
+  - {name: suricata, detection: {format: suricata}}
+correlations:
+  - name: wazuh-flood
+    correlation: {type: event_count, rules: [wazuh], group-by: [format], timespan: 1d, condition: {gte: 100}}
+  - name: per-tool
+    correlation: {type: event_count, rules: [falco, suricata], group-by: [format], timespan: 1d, condition: {gte: 1}}
+"""
+
+
+@pytest.mark.skipif(not CORPUS.is_dir(), reason=f"sample corpus {CORPUS} is absent (Vigil does not need it)")
+async def test_rules_test_replays_the_corpus_and_changes_nothing(
+    settings: VigilSettings,
+    pool: asyncpg.Pool,
+    names: TopicNames,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lines = [
+        line for path in sorted(CORPUS.glob("*/*.jsonl")) for line in path.read_bytes().splitlines() if line.strip()
+    ]
+    await produce(settings, names(ALERTS_RAW), [(None, line, []) for line in lines])
+    async with running(settings, pool, names, Detector(correlation_window=WINDOW)):  # today: the entity rule only
+        await handled(settings, names, len(lines))
+    before = await stored(pool)
+    candidate = tmp_path / "candidate.yaml"
+    await asyncio.to_thread(candidate.write_text, CANDIDATE)
+    env = {"VIGIL_DATABASE_URL": settings.database_url, "COLUMNS": "250"}
+    as_json = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["rules", "test", str(candidate), "--since", "36500d", "--json"], env=env
+    )
+    assert as_json.exit_code == 0, as_json.output
+    result = json.loads(as_json.output)
+    assert result["alerts"] == len(before[1]) and result["incidents_today"] == len(before[0])
+    assert result["merged"] and result["suppressed"] and result["waiting"] > 0
+    assert result["incidents_candidate"] < result["incidents_today"]
+    monkeypatch.setattr(cli_module, "console", Console(width=250))
+    shown = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["rules", "test", str(candidate), "--since", "36500d"], env=env
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "merged" in shown.output and "suppressed" in shown.output and "per-tool|format=falco|" in shown.output
+    assert await stored(pool) == before  # nothing changed

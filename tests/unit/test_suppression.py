@@ -1,0 +1,290 @@
+"""Silences, maintenance windows and inhibition rules: matching and deciding, without I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from services.detector import service as detector_service
+from services.detector.suppression import (
+    InhibitionError,
+    Matcher,
+    Silence,
+    SuppressionError,
+    Suppressor,
+    Window,
+    check_window,
+    equal_values,
+    load_inhibition,
+    parse_inhibition,
+    parse_matchers,
+)
+from shared.settings import VigilSettings
+from tests.factories import T0, alert
+
+NOW = T0 + timedelta(minutes=5)
+
+
+def silence(
+    *matchers: str, starts: datetime = T0, ends: datetime = T0 + timedelta(hours=1), sid: str = "s1"
+) -> Silence:
+    return Silence(sid, parse_matchers(matchers), starts, ends, created_by="ana", comment="disk swap")
+
+
+@pytest.mark.parametrize(
+    ("text", "matching", "not_matching"),
+    [
+        ("host=web-01", {"host": "web-01"}, {"host": "web-02"}),
+        ("host!=web-01", {"host": "web-02"}, {"host": "web-01"}),
+        ('host=~"web-.*"', {"host": "web-07"}, {"host": "db-web-07"}),  # the whole value, as Alertmanager
+        ("host!~web-.*", {"host": "db-01"}, {"host": "web-01"}),
+        ("severity=high", {"severity": "high"}, {"severity": "medium"}),
+        ("src_ip=203.0.113.9", {"src_ip": "203.0.113.9"}, {"src_ip": "198.51.100.1"}),
+        ("team=payments", {"labels": {"team": "payments"}}, {"labels": {"team": "search"}}),
+        ("labels.host=a", {"labels": {"host": "a"}}, {"host": "a"}),  # labels.NAME is the label, not the field
+        ('rule="Host Down"', {"rule": "Host Down"}, {"rule": "HostDown"}),
+        ("user=", {"user": None}, {"user": "root"}),  # absent reads as ""
+    ],
+)
+def test_a_matcher_reads_a_field_or_a_label_with_each_operator(
+    text: str, matching: dict[str, Any], not_matching: dict[str, Any]
+) -> None:
+    matcher = Matcher.parse(text)
+    assert matcher.matches(alert(**matching))
+    assert not matcher.matches(alert(**not_matching))
+
+
+@pytest.mark.parametrize(
+    ("texts", "why"),
+    [
+        (["host"], "is not NAME=VALUE"),
+        (["host=~(unclosed"], "not a valid regex"),
+        ([], "at least one matcher"),
+        (["host=~.*"], "would match every alert"),
+        (["host!=x", "user="], "would match every alert"),
+    ],
+)
+def test_matchers_that_cannot_be_used_are_refused_with_the_reason(texts: list[str], why: str) -> None:
+    with pytest.raises(SuppressionError, match=why):
+        parse_matchers(texts)
+
+
+def test_a_silence_covers_the_alerts_all_its_matchers_match_while_it_is_active() -> None:
+    suppressor = Suppressor([silence("host=web-01", 'rule=~"Disk.*"')])
+    covered = alert(host="web-01", rule="DiskFull")
+    decided = suppressor.decide(covered, NOW, {})
+    assert decided is not None
+    assert (decided.kind, decided.by) == ("silence", "s1")
+    assert "ana" in decided.reason and "disk swap" in decided.reason
+    assert suppressor.decide(alert(host="web-01", rule="CpuHigh"), NOW, {}) is None
+    assert suppressor.decide(alert(host="web-02", rule="DiskFull"), NOW, {}) is None
+    assert suppressor.decide(covered, T0 - timedelta(seconds=1), {}) is None  # not started
+    assert suppressor.decide(covered, T0 + timedelta(hours=1), {}) is None  # ended (the end is excluded)
+
+
+def test_of_several_silences_the_earliest_is_recorded_whichever_index_found_it() -> None:
+    later = silence("rule=DiskFull", starts=T0 + timedelta(minutes=1), sid="later")
+    earlier = silence('host=~"web-.*"', sid="earlier")  # no equality matcher: not indexed
+    decided = Suppressor([later, earlier]).decide(alert(host="web-01", rule="DiskFull"), NOW, {})
+    assert decided is not None and decided.by == "earlier"
+
+
+def test_a_one_off_window_covers_its_hosts_during_its_span() -> None:
+    window = Window("w1", "db patching", parse_matchers(["host=db-01"]), T0, T0 + timedelta(hours=2))
+    check_window(window, T0)
+    suppressor = Suppressor(windows=[window])
+    decided = suppressor.decide(alert(host="db-01"), NOW, {})
+    assert decided is not None and (decided.kind, decided.by) == ("maintenance", "w1")
+    assert "db patching" in decided.reason
+    assert suppressor.decide(alert(host="db-02"), NOW, {}) is None
+    assert suppressor.decide(alert(host="db-01"), T0 + timedelta(hours=2), {}) is None
+
+
+def test_a_recurring_window_covers_each_occurrence_in_its_time_zone_across_daylight_saving() -> None:
+    # Every Sunday 02:00-04:00 in Paris, from 4 October 2026; clocks go back on 25 October.
+    paris = ZoneInfo("Europe/Paris")
+    window = Window(
+        "w2",
+        "weekly patching",
+        parse_matchers(["service=checkout"]),
+        datetime(2026, 10, 4, 2, 0, tzinfo=paris),
+        rrule="FREQ=WEEKLY;BYDAY=SU",
+        duration=timedelta(hours=2),
+        time_zone="Europe/Paris",
+    )
+    check_window(window, T0)
+    suppressor = Suppressor(windows=[window])
+    checkout = alert(labels={"service": "checkout"})
+    summer = datetime(2026, 10, 11, 0, 30, tzinfo=UTC)  # 02:30 in Paris (UTC+2)
+    winter = datetime(2026, 11, 1, 1, 30, tzinfo=UTC)  # 02:30 in Paris (UTC+1)
+    for inside in (summer, winter):
+        decided = suppressor.decide(checkout, inside, {})
+        assert decided is not None and decided.by == "w2", inside
+    assert suppressor.decide(checkout, datetime(2026, 11, 1, 0, 30, tzinfo=UTC), {}) is None  # 01:30 Paris
+    assert suppressor.decide(checkout, datetime(2026, 11, 2, 1, 30, tzinfo=UTC), {}) is None  # a Monday
+    assert suppressor.decide(alert(labels={"service": "search"}), winter, {}) is None
+    assert window.next_start(datetime(2026, 11, 2, tzinfo=UTC)) == datetime(2026, 11, 8, 1, 0, tzinfo=UTC)
+
+
+def test_a_recurring_window_stops_recurring_at_its_end() -> None:
+    window = Window(
+        "w3",
+        "nightly",
+        parse_matchers(["host=db-01"]),
+        T0,
+        ends_at=T0 + timedelta(days=2),
+        rrule="FREQ=DAILY",
+        duration=timedelta(hours=1),
+    )
+    suppressor = Suppressor(windows=[window])
+    assert suppressor.decide(alert(host="db-01"), T0 + timedelta(days=1, minutes=30), {}) is not None
+    assert suppressor.decide(alert(host="db-01"), T0 + timedelta(days=3, minutes=30), {}) is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"ends_at": None}, "needs an end"),
+        ({"rrule": "FREQ=SOMETIMES", "duration": timedelta(hours=1)}, "cannot be read"),
+        ({"rrule": "FREQ=DAILY", "duration": None}, "positive duration"),
+        ({"rrule": "FREQ=DAILY", "duration": timedelta(hours=1), "time_zone": "Mars/Olympus"}, "unknown time zone"),
+        ({"rrule": "FREQ=DAILY;COUNT=0", "duration": timedelta(hours=1)}, "no occurrence"),
+        ({"rrule": "FREQ=MINUTELY", "duration": timedelta(seconds=30)}, "hourly at most"),
+    ],
+)
+def test_a_window_that_cannot_be_used_is_refused(changes: dict[str, object], why: str) -> None:
+    fields: dict[str, object] = {"ends_at": T0 + timedelta(hours=1), **changes}
+    window = Window("w", "x", parse_matchers(["host=a"]), T0, **fields)  # type: ignore[arg-type]
+    with pytest.raises(SuppressionError, match=why):
+        check_window(window, T0)
+
+
+HOST_DOWN = """
+inhibit_rules:
+  - name: host-down
+    source_matchers: ['rule=HostDown']
+    target_matchers: ['rule!=HostDown']
+    equal: [host]
+"""
+
+
+def test_a_firing_source_inhibits_targets_with_the_same_equal_values_only() -> None:
+    suppressor = Suppressor(inhibitions=parse_inhibition(HOST_DOWN))
+    down = alert(id="down", host="web-01", rule="HostDown")
+    (source,) = suppressor.sources(down)
+    firing = {(source.rule, source.equal_values): [down.key]}
+    target = alert(id="http", host="web-01", rule="HttpErrors")
+    decided = suppressor.decide(target, NOW, firing)
+    assert decided is not None
+    assert (decided.kind, decided.by, decided.rule) == ("inhibition", down.key, "host-down")
+    assert "host=web-01" in decided.reason
+    assert suppressor.decide(alert(id="other", host="web-02", rule="HttpErrors"), NOW, firing) is None
+    assert suppressor.decide(down, NOW, firing) is None  # the source itself is not a target
+    assert suppressor.decide(target, NOW, {}) is None  # nothing fires
+
+
+def test_alerts_without_the_equal_fields_are_never_inhibited_by_each_other() -> None:
+    (rule,) = parse_inhibition(HOST_DOWN)
+    assert equal_values(rule, alert(host=None, rule="HostDown")) is None
+    suppressor = Suppressor(inhibitions=[rule])
+    assert suppressor.sources(alert(host=None, src_ip=None, rule="HostDown")) == []
+
+
+def test_a_silence_comes_before_an_inhibition() -> None:
+    suppressor = Suppressor([silence("host=web-01")], inhibitions=parse_inhibition(HOST_DOWN))
+    down = alert(id="down", host="web-01", rule="HostDown")
+    (source,) = suppressor.sources(down)
+    decided = suppressor.decide(alert(host="web-01", rule="X"), NOW, {(source.rule, source.equal_values): ["k"]})
+    assert decided is not None and decided.kind == "silence"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (
+            "inhibit_rules:\n  - name: a\n    source_matchers: ['h']\n    target_matchers: [x=1]\n    equal: [h]\n",
+            ":3:",
+        ),
+        ("inhibit_rules:\n  - name: a\n    source_matchers: [x=1]\n    target_matchers: [y=1]\n", ":2:"),
+        (
+            "inhibit_rules:\n  - name: a\n    source_matchers: [x=1]\n    target_matchers: [y=1]\n    equal: [h]\n"
+            "    source_max_age: soon\n",
+            ":6:",
+        ),
+        ("inhibit_rules: [\n", "not YAML"),
+    ],
+)
+def test_a_broken_inhibition_file_is_refused_with_the_line_and_reason(text: str, where: str) -> None:
+    with pytest.raises(InhibitionError) as refused:
+        parse_inhibition(text, source="rules.yaml")
+    assert where in str(refused.value) and str(refused.value).startswith("rules.yaml:")
+
+
+def test_the_shipped_rules_inhibit_service_alerts_of_a_down_host_but_never_security_detections() -> None:
+    suppressor = Suppressor(inhibitions=load_inhibition())
+    down = alert(id="d", host="web-01", rule="InstanceDown", format="alertmanager")
+    firing = {(s.rule, s.equal_values): [down.key] for s in suppressor.sources(down)}
+    assert firing
+    service_alert = alert(id="h", host="web-01", rule="HighErrorRate", format="alertmanager")
+    assert suppressor.decide(service_alert, NOW, firing) is not None
+    detection = alert(id="s", host="web-01", rule="ET SCAN", format="suricata")
+    assert suppressor.decide(detection, NOW, firing) is None
+
+
+def test_the_shipped_rules_inhibit_pod_alerts_of_a_cluster_that_is_down() -> None:
+    suppressor = Suppressor(inhibitions=load_inhibition())
+    down = alert(id="api", rule="KubeAPIDown", format="alertmanager", labels={"cluster": "eu-1"})
+    firing = {(s.rule, s.equal_values): [down.key] for s in suppressor.sources(down)}
+    pod = alert(id="p", rule="PodCrashLooping", format="alertmanager", labels={"cluster": "eu-1", "pod": "web-5"})
+    decided = suppressor.decide(pod, NOW, firing)
+    assert decided is not None and decided.rule == "cluster-down"
+    other = alert(id="q", rule="PodCrashLooping", format="alertmanager", labels={"cluster": "us-1", "pod": "web-5"})
+    assert suppressor.decide(other, NOW, firing) is None
+
+
+def test_a_windows_end_timer_falls_at_the_end_of_the_occurrence_in_progress_else_of_the_next() -> None:
+    daily = Window(
+        "w4", "nightly", parse_matchers(["host=db-01"]), T0, rrule="FREQ=DAILY;COUNT=2", duration=timedelta(hours=1)
+    )
+    assert daily.end_after(T0 + timedelta(minutes=10)) == T0 + timedelta(hours=1)
+    assert daily.end_after(T0 + timedelta(hours=2)) == T0 + timedelta(days=1, hours=1)
+    assert daily.end_after(T0 + timedelta(days=2)) is None  # no occurrence left
+    one_off = Window("w5", "once", parse_matchers(["host=db-01"]), T0, T0 + timedelta(hours=3))
+    assert one_off.end_after(T0 - timedelta(hours=1)) == T0 + timedelta(hours=3)
+    assert one_off.end_after(T0 + timedelta(hours=4)) is None
+
+
+def test_a_detector_given_a_broken_inhibition_file_refuses_to_start_with_the_line(tmp_path: Path) -> None:
+    broken = tmp_path / "inhibition.yaml"
+    broken.write_text("inhibit_rules:\n  - name: a\n    source_matchers: [x=1]\n    target_matchers: [y=1]\n")
+    with pytest.raises(InhibitionError, match=rf"{broken}:2:5: inhibit_rules.0.equal: Field required"):
+        detector_service.spec(VigilSettings(inhibition_rules=broken))
+
+
+@pytest.mark.parametrize(
+    ("text", "matching", "not_matching"),
+    [
+        ('format=~"alertmanager|pagerduty"', ["alertmanager", "pagerduty"], ["alertmanager2", "suricata", "native"]),
+        ('host=~"(web-01|web-02)"', ["web-01", "web-02"], ["web-03", "web-01x"]),
+        ('host=~"web.01"', ["web-01", "webX01"], ["db-01"]),  # a dot is any character: not indexed as a word
+        ('host=~"web-0[12]"', ["web-01", "web-02"], ["web-03"]),
+    ],
+)
+def test_an_index_by_regex_alternatives_finds_exactly_what_the_regex_matches(
+    text: str, matching: list[str], not_matching: list[str]
+) -> None:
+    silences = [silence(text, sid="s"), silence("host=other", sid="t")]
+    suppressor = Suppressor(silences)
+    field: dict[str, Any] = {}
+    name = text.split("=")[0]
+    for value in matching:
+        field[name] = value
+        decided = suppressor.decide(alert(**field), NOW, {})
+        assert decided is not None and decided.by == "s", value
+    for value in not_matching:
+        field[name] = value
+        assert suppressor.decide(alert(**field), NOW, {}) is None, value
