@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
 
-from ioc_finder import find_iocs
-
+from services.analyzer import forensic
 from services.analyzer.assets import Impact, Recommendation
 from services.analyzer.intel import Assessment
 from shared import events
 from shared.events import AlertSummary, IncidentSnapshot, Indicator
 
-# ioc-finder result keys -> Vigil indicator kinds
-_IOC_KINDS = {
-    "ipv4s": "ipv4",
-    "ipv6s": "ipv6",
-    "domains": "domain",
-    "urls": "url",
-    "md5s": "md5",
-    "sha1s": "sha1",
-    "sha256s": "sha256",
-    "email_addresses": "email",
-}
 MAX_TEXT = 20_000
 
 
@@ -31,24 +23,10 @@ def alert_text(alert: AlertSummary) -> str:
     return "\n".join([alert.title, alert.description, *alert.labels.values()])[:MAX_TEXT]
 
 
-def extract_indicators(alerts: Sequence[AlertSummary]) -> list[Indicator]:
-    """Return the indicators found in the alerts' text and address fields, without repeats."""
-    found: dict[tuple[str, str], Indicator] = {}
-    for alert in alerts:
-        for address in (alert.src_ip, alert.dst_ip):
-            if address:
-                kind = "ipv4" if address.version == 4 else "ipv6"
-                found.setdefault((kind, str(address)), Indicator(kind=kind, value=str(address)))
-        iocs = find_iocs(
-            alert_text(alert),
-            parse_domain_from_url=False,
-            parse_from_url_path=False,
-            included_ioc_types=list(_IOC_KINDS),
-        )
-        for key, kind in _IOC_KINDS.items():
-            for value in iocs.get(key, ()):
-                found.setdefault((kind, value), Indicator(kind=kind, value=value))  # type: ignore[arg-type]
-    return sorted(found.values(), key=lambda i: (i.kind, i.value))
+def extract_indicators(alerts: Sequence[AlertSummary], noise: forensic.Noise | None = None) -> list[Indicator]:
+    """Return the indicators the alerts name, without repeats, each with where it was found."""
+    tallies = forensic.tally([forensic.evidence_of(a, noise or forensic.Noise()) for a in alerts])
+    return [i for t in tallies if isinstance(i := forensic.indicator_of(t), Indicator)]
 
 
 def merge_indicators(known: Iterable[Indicator], new: Iterable[Indicator]) -> list[Indicator]:
@@ -70,17 +48,17 @@ class Gathered:
 
 def gather(known: Gathered | None, snapshot: IncidentSnapshot) -> Gathered:
     """Add one incident event (one part of a batch's alerts) to what was gathered before."""
-    indicators = extract_indicators(snapshot.new_alerts)
+    # Its indicators are the forensic analysis's (services/analyzer/forensic.py), read once per alert.
     # Its alerts name hosts and users too: a snapshot may list only the first of thousands.
     hosts = {*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)}
     users = {*snapshot.users, *(a.user for a in snapshot.new_alerts if a.user)}
     if known is None:
-        return Gathered(snapshot.alert_count, sorted(hosts), sorted(users), indicators)
+        return Gathered(snapshot.alert_count, sorted(hosts), sorted(users), [])
     return Gathered(
         alert_count=max(snapshot.alert_count, known.alert_count),
         hosts=sorted(hosts.union(known.hosts)),
         users=sorted(users.union(known.users)),
-        indicators=merge_indicators(known.indicators, indicators),
+        indicators=known.indicators,
     )
 
 
@@ -137,3 +115,56 @@ def with_verdict(indicator: Indicator, assessment: Assessment) -> Indicator:
             "tags": list(assessment.tags),
         }
     )
+
+
+# ---- when an analysis is published ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Published:
+    """The analysis last published for an incident, by digest, and when."""
+
+    digest: str | None = None  # the whole analysis
+    urgent: str | None = None  # what is published at once when it changes (``urgent_digest``)
+    at: datetime | None = None
+    pending: bool = False  # a later version waits for the incident's publication timer
+
+
+Publication = Literal["same", "now", "later"]
+
+
+def analysis_digest(analysis: events.Analysis) -> str:
+    return hashlib.sha256(analysis.model_dump_json().encode()).hexdigest()
+
+
+def urgent_digest(analysis: events.Analysis) -> str:
+    """A digest of what the commander and the responder must hear of at once.
+
+    The type, the severity and the analyzer's recommendation, the risk level, every verdict threat
+    intelligence gives, the tactics reached and the tags of the assets touched. Counts, times and
+    indicators no feed lists change with every alert of a flood; they can wait for the interval.
+    """
+    view = {
+        "type": analysis.type.value,
+        "severity": analysis.severity.value,
+        "recommendation": analysis.severity_recommendation.severity.value if analysis.severity_recommendation else None,
+        "risk": analysis.risk.level if analysis.risk else None,
+        "verdicts": sorted((i.kind, i.value, i.verdict) for i in analysis.indicators if i.verdict),
+        "tactics": [t.id for t in analysis.tactics],
+        "asset_tags": sorted(analysis.asset_tags),
+    }
+    return hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()
+
+
+def publication(published: Published, *, digest: str, urgent: str, now: datetime, interval: timedelta) -> Publication:
+    """Publish an analysis ``now``, ``later`` (when the interval since the last one ends), or not (``same``).
+
+    The first analysis, one whose urgent part changed and one after a quiet interval go at once;
+    one that changed only in what can wait goes at most once per interval per incident, the latest
+    version then. The same analysis again is not published twice.
+    """
+    if digest == published.digest:
+        return "same"
+    if published.at is None or urgent != published.urgent or now - published.at >= interval:
+        return "now"
+    return "later"

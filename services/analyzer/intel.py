@@ -16,10 +16,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shared.db import Conn
 from shared.yamlfile import validate_yaml
@@ -38,6 +38,10 @@ _HASH_LENGTHS: dict[Kind, int] = {"md5": 32, "sha1": 40, "sha256": 64}
 _HEX = re.compile(r"[0-9a-f]+")
 _DOMAIN = re.compile(r"(?=.{1,253}$)([a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+[a-z][a-z0-9-]{0,62}")
 _EMPTY_CELLS = {"", "none", "null", "n/a", "-"}
+# A dotted quad as Python writes it (no leading zeros): valid and already canonical.
+_IPV4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+)
 
 
 class IntelError(ValueError):
@@ -57,8 +61,9 @@ class FeedDefaults:
     tags: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    """One value a feed lists; its fields in the order the load copies them (a feed holds a million)."""
+
     kind: Kind
     value: str
     verdict: Verdict
@@ -211,6 +216,38 @@ def indicator_key(kind: str, value: str) -> tuple[Kind, str]:
     return normalise(kind, value)  # type: ignore[arg-type]
 
 
+def classify(value: str, kind: Kind | None = None) -> tuple[Kind, str]:
+    """The normalised (kind, value) of a feed's value, its kind inferred unless given; ValueError if unfit.
+
+    The plain forms that make up most of a large feed (a dotted quad, a domain, a hash, with nothing
+    to refang) are recognised by one regular expression each; anything else takes the full way
+    (``refang``, ``infer_kind``, ``normalise``), which gives the same answer for those forms.
+    """
+    if "[" not in value and "(" not in value and "{" not in value:
+        if _IPV4.fullmatch(value):
+            if kind in (None, "ip"):
+                return "ip", value
+        elif "/" in value and "://" not in value:
+            address, _, prefix = value.partition("/")
+            if kind in (None, "ip", "cidr") and _IPV4.fullmatch(address) and prefix.isdigit() and int(prefix) < 32:
+                return "cidr", str(ipaddress.IPv4Network(value, strict=False))
+        else:
+            lowered = value.lower()
+            if len(lowered) in (32, 40, 64) and _HEX.fullmatch(lowered):
+                found: Kind = "md5" if len(lowered) == 32 else "sha1" if len(lowered) == 40 else "sha256"
+                if kind in (None, found):
+                    return found, lowered
+            elif (
+                kind in (None, "domain")
+                and lowered.isascii()
+                and not lowered.startswith(("hxxp", "fxp"))
+                and _DOMAIN.fullmatch(lowered)
+            ):
+                return "domain", lowered
+    refanged = refang(value)
+    return normalise(kind or infer_kind(refanged), refanged)
+
+
 def _confidence(text: str | int) -> int:
     confidence = int(text)
     if not 0 <= confidence <= 100:
@@ -238,12 +275,13 @@ def parse_list(text: str, *, kind: Kind | None = None, defaults: FeedDefaults = 
     """One value per line; ``#`` starts a comment; each value's kind inferred unless ``kind`` is given."""
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
-        value = line.split(" #", 1)[0].strip()
-        if not value or value.startswith("#"):
+        value = line.strip()
+        if " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        if not value or value[0] == "#":
             continue
         try:
-            refanged = refang(value)
-            found, normal = normalise(kind or infer_kind(refanged), refanged)
+            found, normal = classify(value, kind)
         except ValueError as exc:
             raise IntelError(str(exc), line=number) from exc
         entries.append(Entry(found, normal, defaults.verdict, defaults.confidence, defaults.tags))
@@ -592,6 +630,15 @@ class FeedConfig(BaseModel):
     kind: Kind | None = Field(None, description="For a list of one kind; otherwise each value's kind is inferred.")
     tags: tuple[str, ...] = ()
     columns: CsvColumns | None = None
+    expire_hours: float | None = Field(
+        None, gt=0, description="The feed stops counting when it has not loaded for this long; none: never."
+    )
+    headers_env: dict[str, Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=dict,
+        description="Request headers from environment variables (e.g. {Auth-Key: THREATFOX_AUTH_KEY}), read when "
+        "the feed is downloaded: the names are stored, never the values.",
+    )
+    max_mb: int = Field(512, gt=0, description="Largest download taken.")
 
     @model_validator(mode="after")
     def _one_location(self) -> FeedConfig:
@@ -599,17 +646,51 @@ class FeedConfig(BaseModel):
             raise ValueError("give either path or url")
         if self.columns is not None and self.format != "csv":
             raise ValueError("columns are for csv feeds")
+        if self.url is not None:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("url: not an http(s) URL with a host")
+            if parts.username or parts.password:
+                raise ValueError("url: no credentials in it (it is shown to operators); use headers_env")
+        if self.headers_env and self.url is None:
+            raise ValueError("headers_env is for a feed downloaded from a url")
         return self
+
+    @property
+    def location(self) -> str:
+        return self.url or self.path or ""
 
     @property
     def defaults(self) -> FeedDefaults:
         return FeedDefaults(self.verdict, self.confidence, self.tags)
 
 
+class ProviderConfig(BaseModel):
+    """An online provider (``providers`` in intel.yaml): listing it enables it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    ttl_hours: float = Field(24, gt=0, description="How long an answer is kept before the value is asked again.")
+    per_minute: int | None = Field(None, gt=0, description="Most lookups a minute; none: the provider's default.")
+    per_day: int | None = Field(None, gt=0, description="Most lookups a day (UTC); none: the provider's default.")
+    concurrency: int = Field(2, gt=0, description="Most lookups in flight at once.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Handed to the provider (e.g. base_url).")
+
+
 class IntelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     feeds: list[FeedConfig] = []
+    providers: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")], ProviderConfig] = {}
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _listed_enabled(cls, providers: Any) -> Any:
+        # `abuseipdb:` with nothing under it: enabled with the provider's defaults.
+        if isinstance(providers, dict):
+            return {name: {} if options is None else options for name, options in providers.items()}
+        return providers
 
     @model_validator(mode="after")
     def _unique_names(self) -> IntelConfig:
@@ -620,6 +701,12 @@ class IntelConfig(BaseModel):
 
 
 DEFAULT_CONFIG = Path(__file__).with_name("intel.yaml")
+
+
+def load_config(path: Path | None = None) -> IntelConfig:
+    """The analyzer's intel.yaml (``VIGIL_INTEL_CONFIG``, else the shipped one); YamlFileError says where and why."""
+    path = path or DEFAULT_CONFIG
+    return parse_config(path.read_text(), source=str(path))
 
 
 def parse_config(document: str, *, source: str = "intel.yaml") -> IntelConfig:
@@ -634,66 +721,123 @@ def parse_config(document: str, *, source: str = "intel.yaml") -> IntelConfig:
 _LOAD_COLUMNS = ("kind", "value", "verdict", "confidence", "tags", "first_seen", "last_seen", "expires_at")
 
 
-async def load_feed(conn: Conn, *, source: str, entries: Iterable[Entry], replace: bool = True) -> int:
+async def load_feed(
+    conn: Conn,
+    *,
+    source: str,
+    entries: Iterable[Entry],
+    replace: bool = True,
+    expires_at: datetime | None = None,
+) -> int:
     """Store a feed's entries in one transaction; with ``replace``, what it no longer lists goes.
 
-    The entries go in by COPY into a temporary table and one upsert from it: a value listed again
-    keeps its earliest first_seen and latest last_seen. Returns how many distinct entries were loaded.
+    The entries go in by COPY into a temporary table, then into the feed table set-wise: a plain
+    insert into a feed that holds nothing yet; else what the feed no longer lists is deleted (with
+    ``replace``), new values inserted and changed ones updated (a value listed again keeps its
+    earliest first_seen and latest last_seen), so refreshing an unchanged feed rewrites nothing.
+    ``expires_at``: when the whole feed stops counting unless loaded again (its configured expiry).
+    Returns how many distinct entries were loaded.
     """
-    distinct = {(e.kind, e.value): e for e in entries}  # a feed listing a value twice: the last says
-    records = [
-        (e.kind, e.value, e.verdict, e.confidence, list(e.tags), e.first_seen, e.last_seen, e.expires_at)
-        for e in distinct.values()
+    # A feed listing a value twice: the last says.
+    distinct = {(e.kind, e.value): e for e in entries}
+    # What a value is listed as (verdict, confidence, tags, times) repeats across a feed (a list's
+    # values all share one): each distinct set travels once, and each value with its set's number.
+    # Copying three plain columns a row costs a tenth of copying eight with an array among them.
+    attributes: dict[tuple[Any, ...], int] = {}
+    values = [
+        (kind, value, attributes.setdefault(entry[2:], len(attributes))) for (kind, value), entry in distinct.items()
     ]
     async with conn.transaction():
         await conn.execute(
-            """CREATE TEMPORARY TABLE intel_load (
-                   kind text, value text, verdict text, confidence smallint, tags text[],
+            """CREATE TEMPORARY TABLE intel_load (kind text, value text, attributes integer) ON COMMIT DROP;
+               CREATE TEMPORARY TABLE intel_load_attributes (
+                   attributes integer, verdict text, confidence smallint, tags text[],
                    first_seen timestamptz, last_seen timestamptz, expires_at timestamptz) ON COMMIT DROP"""
         )
-        await conn.copy_records_to_table("intel_load", records=records, columns=_LOAD_COLUMNS)
-        if replace:
+        await conn.copy_records_to_table("intel_load", records=values, columns=("kind", "value", "attributes"))
+        await conn.copy_records_to_table(
+            "intel_load_attributes",
+            records=[(number, *attribute) for attribute, number in attributes.items()],
+            columns=("attributes", *_LOAD_COLUMNS[2:]),
+        )
+        await conn.execute("ANALYZE intel_load")  # no statistics on a temporary table otherwise: hash joins, not loops
+        # One load of a feed at a time (a refresh and `vigil intel load` of the same feed wait for each other).
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('vigil.intel.load'), hashtext($1))", source)
+        held = await conn.fetchval("SELECT entries FROM intel_sources WHERE source = $1", source)
+        if not held:
+            # Nothing of this feed yet: nothing to compare with.
             await conn.execute(
-                """DELETE FROM intel_entries e WHERE e.source = $1
-                   AND NOT EXISTS (SELECT 1 FROM intel_load l WHERE l.kind = e.kind AND l.value = e.value)""",
+                """INSERT INTO intel_entries (source, kind, value, verdict, confidence, tags, first_seen, last_seen,
+                                              expires_at)
+                   SELECT $1, kind, value, verdict, confidence, tags, first_seen, last_seen, expires_at
+                     FROM intel_load JOIN intel_load_attributes USING (attributes)""",
+                source,
+            )
+        else:
+            if replace:
+                await conn.execute(
+                    """DELETE FROM intel_entries e WHERE e.source = $1
+                       AND NOT EXISTS (SELECT 1 FROM intel_load l WHERE l.kind = e.kind AND l.value = e.value)""",
+                    source,
+                )
+            # Set-wise: new values inserted, changed ones updated, the same ones left alone.
+            await conn.execute(
+                """UPDATE intel_entries e SET
+                       verdict = a.verdict, confidence = a.confidence, tags = a.tags,
+                       first_seen = LEAST(e.first_seen, a.first_seen),
+                       last_seen = GREATEST(e.last_seen, a.last_seen),
+                       expires_at = a.expires_at
+                     FROM intel_load l JOIN intel_load_attributes a USING (attributes)
+                    WHERE e.source = $1 AND e.kind = l.kind AND e.value = l.value
+                      AND ((e.verdict, e.confidence, e.tags, e.expires_at)
+                               IS DISTINCT FROM (a.verdict, a.confidence, a.tags, a.expires_at)
+                           OR LEAST(e.first_seen, a.first_seen) IS DISTINCT FROM e.first_seen
+                           OR GREATEST(e.last_seen, a.last_seen) IS DISTINCT FROM e.last_seen)""",
+                source,
+            )
+            await conn.execute(
+                """INSERT INTO intel_entries (source, kind, value, verdict, confidence, tags, first_seen, last_seen,
+                                              expires_at)
+                   SELECT $1, l.kind, l.value, a.verdict, a.confidence, a.tags, a.first_seen, a.last_seen, a.expires_at
+                     FROM intel_load l JOIN intel_load_attributes a USING (attributes)
+                    WHERE NOT EXISTS (SELECT 1 FROM intel_entries e
+                                       WHERE e.source = $1 AND e.kind = l.kind AND e.value = l.value)""",
                 source,
             )
         await conn.execute(
-            """INSERT INTO intel_entries (source, kind, value, verdict, confidence, tags, first_seen, last_seen,
-                                          expires_at)
-               SELECT $1, kind, value, verdict, confidence, tags, first_seen, last_seen, expires_at FROM intel_load
-               ON CONFLICT (source, kind, value) DO UPDATE SET
-                   verdict = EXCLUDED.verdict, confidence = EXCLUDED.confidence, tags = EXCLUDED.tags,
-                   first_seen = LEAST(intel_entries.first_seen, EXCLUDED.first_seen),
-                   last_seen = GREATEST(intel_entries.last_seen, EXCLUDED.last_seen),
-                   expires_at = EXCLUDED.expires_at, loaded_at = now()""",
+            """INSERT INTO intel_sources (source, entries, expires_at) VALUES ($1, $2, $3)
+               ON CONFLICT (source) DO UPDATE SET entries = $2, expires_at = $3, loaded_at = now()""",
             source,
+            len(values)
+            if replace or not held
+            else await conn.fetchval("SELECT count(*) FROM intel_entries WHERE source = $1", source),
+            expires_at,
         )
-        await conn.execute(
-            """INSERT INTO intel_sources (source, entries) VALUES ($1, $2)
-               ON CONFLICT (source) DO UPDATE SET
-                   entries = (SELECT count(*) FROM intel_entries WHERE source = $1), loaded_at = now()""",
-            source,
-            len(records),
-        )
-        await conn.execute("DROP TABLE intel_load")
-    return len(records)
+        await conn.execute("DROP TABLE intel_load, intel_load_attributes")
+    return len(values)
 
 
 # Exact matches by (kind, value) on the btree (a listed address too); addresses also by containment
-# in a listed network, on the networks' GiST index. Expired entries are left out.
+# in a listed network, on the networks' GiST index. Expired entries are left out, and so are the matches of
+# a feed past its expiry (`stale`: asked per match, so that the joins keep their index scans).
 LOOKUP_SQL = """
-SELECT q.i, e.source, e.kind, e.value, e.verdict, e.confidence, e.tags, e.first_seen, e.last_seen, e.expires_at
+SELECT q.i, e.source, e.kind, e.value, e.verdict, e.confidence, e.tags, e.first_seen, e.last_seen, e.expires_at,
+       EXISTS (SELECT 1 FROM intel_sources s WHERE s.source = e.source AND s.expires_at <= now()) AS stale
   FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(kind, value, i)
   JOIN intel_entries e ON e.kind = q.kind AND e.value = q.value
  WHERE e.expires_at IS NULL OR e.expires_at > now()
 UNION ALL
 SELECT q.i + cardinality($1::text[]), e.source, e.kind, e.value, e.verdict, e.confidence, e.tags, e.first_seen,
-       e.last_seen, e.expires_at
+       e.last_seen, e.expires_at,
+       EXISTS (SELECT 1 FROM intel_sources s WHERE s.source = e.source AND s.expires_at <= now())
   FROM unnest($3::inet[]) WITH ORDINALITY AS q(address, i)
   JOIN intel_entries e ON e.kind = 'cidr' AND e.network >>= q.address
  WHERE e.expires_at IS NULL OR e.expires_at > now()
 """
+
+
+# Up to this many values a lookup's estimated cost stays far below jit_above_cost.
+_JIT_FREE_VALUES = 20
 
 
 async def lookup(conn: Conn, values: Sequence[tuple[str, str]]) -> dict[tuple[str, str], list[Match]]:
@@ -720,8 +864,22 @@ async def lookup(conn: Conn, values: Sequence[tuple[str, str]]) -> dict[tuple[st
     if not exact and not addresses:
         return result
     asked = exact_asked + address_asked
-    rows = await conn.fetch(LOOKUP_SQL, [k for k, _ in exact], [v for _, v in exact], addresses)
+    arguments = ([k for k, _ in exact], [v for _, v in exact], addresses)
+    if len(exact) + len(addresses) <= _JIT_FREE_VALUES:
+        rows = await conn.fetch(LOOKUP_SQL, *arguments)
+    elif conn.is_in_transaction():
+        # Many values: without JIT. Over a million entries the planner's estimate of the containment
+        # join passes jit_above_cost, and compiling would take a second where the query takes
+        # milliseconds. SET LOCAL lasts to the end of the caller's transaction, OLTP work all of it.
+        await conn.execute("SET LOCAL jit = off")
+        rows = await conn.fetch(LOOKUP_SQL, *arguments)
+    else:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL jit = off")
+            rows = await conn.fetch(LOOKUP_SQL, *arguments)
     for row in rows:
+        if row["stale"]:
+            continue
         result[asked[row["i"] - 1]].append(
             Match(
                 source=row["source"],

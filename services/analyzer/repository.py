@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from services.analyzer.domain import Gathered
+from datetime import datetime, timedelta
+
+from services.analyzer.domain import Gathered, Published
 from shared.db import Conn
-from shared.events import Indicator
+from shared.events import IncidentAnalyzed, Indicator
 
 
 async def get(conn: Conn, *, incident_id: str) -> Gathered | None:
@@ -32,3 +34,56 @@ async def save(conn: Conn, *, incident_id: str, gathered: Gathered) -> None:
         gathered.users,
         [i.model_dump() for i in gathered.indicators],
     )
+
+
+async def published(conn: Conn, *, incident_id: str) -> tuple[Published, datetime]:
+    """What was last published of the incident's analysis (its row locked until commit), and the time now."""
+    row = await conn.fetchrow(
+        """SELECT published_digest, published_urgent, published_at, pending_event IS NOT NULL AS pending, now() AS now
+           FROM analyzer_incidents WHERE incident_id = $1 FOR UPDATE""",
+        incident_id,
+    )
+    if row is None:
+        return Published(), await conn.fetchval("SELECT now()")
+    return Published(row["published_digest"], row["published_urgent"], row["published_at"], row["pending"]), row["now"]
+
+
+async def mark_published(conn: Conn, *, incident_id: str, digest: str, urgent: str) -> None:
+    """The analysis with these digests is published now; any version waiting for the timer is superseded."""
+    await conn.execute(
+        """UPDATE analyzer_incidents SET published_digest = $2, published_urgent = $3, published_at = now(),
+               pending_event = NULL
+           WHERE incident_id = $1""",
+        incident_id,
+        digest,
+        urgent,
+    )
+
+
+async def set_pending(conn: Conn, *, incident_id: str, event: IncidentAnalyzed | None) -> None:
+    """Keep the version to publish when the incident's timer fires (None: nothing waits any more)."""
+    await conn.execute(
+        "UPDATE analyzer_incidents SET pending_event = $2 WHERE incident_id = $1",
+        incident_id,
+        event.model_dump(mode="json") if event is not None else None,
+    )
+
+
+async def take_due(conn: Conn, *, interval: timedelta, limit: int = 100) -> list[IncidentAnalyzed]:
+    """The versions whose incident's interval has ended, removed from waiting, their rows locked until commit.
+
+    Rows a consumer holds are skipped, not waited for: it is publishing or deferring that incident itself.
+    """
+    rows = await conn.fetch(
+        """SELECT incident_id, pending_event FROM analyzer_incidents
+           WHERE pending_event IS NOT NULL AND published_at <= now() - $1::interval
+           ORDER BY published_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+        interval,
+        limit,
+    )
+    if rows:
+        await conn.execute(
+            "UPDATE analyzer_incidents SET pending_event = NULL WHERE incident_id = ANY($1::text[])",
+            [r["incident_id"] for r in rows],
+        )
+    return [IncidentAnalyzed.model_validate(r["pending_event"]) for r in rows]

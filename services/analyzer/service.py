@@ -2,12 +2,89 @@
 
 from __future__ import annotations
 
-from services.analyzer.handlers import handle
-from shared.consumer import decode_cloudevent
-from shared.service import ServiceSpec
+import asyncio
+import functools
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+
+from fastapi import APIRouter
+
+from services.analyzer import api, attack, evidence_api, forensic, handlers, intel, providers
+from services.analyzer.feeds import SERVICE, FeedRefresher, sync
+from shared.consumer import HandlerContext, decode_cloudevent, write_context
+from shared.effects import EffectKind
+from shared.errors import is_retriable
+from shared.service import BackgroundTask, Runtime, ServiceSpec
 from shared.settings import VigilSettings
+from shared.timers import TimerPoller
 from shared.topics import INCIDENTS
+
+log = logging.getLogger(__name__)
+# How often analyses waiting for their incident's interval are looked for: at most this late.
+SWEEP_S = 1.0
+SWEEP_BATCH = 100
+
+
+async def publish_waiting(runtime: Runtime, interval: timedelta) -> None:
+    """Publish the analyses that waited for their incident's interval, as each interval ends.
+
+    What waits is in Postgres (the incident's row), so a restart publishes it as well.
+    """
+    while True:
+        try:
+            async with runtime.pool.acquire() as conn, conn.transaction():
+                ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+                published = await handlers.publish_waiting(ctx, interval=interval, limit=SWEEP_BATCH)
+                await write_context(conn, ctx)
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            log.warning("publishing waiting analyses retrying: %r", exc)
+            published = 0
+        if published < SWEEP_BATCH:
+            await asyncio.sleep(min(SWEEP_S, interval.total_seconds()))
 
 
 def spec(settings: VigilSettings) -> ServiceSpec:
-    return ServiceSpec(name="analyzer", consumes=(INCIDENTS,), decoder=decode_cloudevent, handler=handle)
+    attack.load_rules()  # the ATT&CK dataset and mapping rules: a bad rule stops the start, not an event
+    # A broken noise file stops the analyzer at start-up, with the line at fault.
+    noise = forensic.load_noise(settings.analyzer_noise_file, documentation=settings.analyzer_documentation_noise)
+    # Read now: a broken intel.yaml stops the analyzer, with its line and reason, before it consumes.
+    config = intel.load_config(settings.intel_config)
+    online = providers.load_providers(config, providers.parse_api_keys(settings.intel_api_keys))
+    refreshers: list[FeedRefresher] = []
+    interval = timedelta(seconds=settings.analyzer_publish_interval_s)
+    reanalyse = functools.partial(handlers.analyse_incident, noise=noise, interval=interval)
+
+    def effects(runtime: Runtime) -> Sequence[EffectKind]:
+        refreshers.append(FeedRefresher(config, pool=runtime.pool))
+        return [*refreshers[0].effect_kinds(), *providers.effect_kinds(online, reanalyse=reanalyse)]
+
+    async def refresh_feeds(runtime: Runtime) -> None:
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            await sync(conn, config)
+            await providers.sync(conn, online)
+        poller = TimerPoller(
+            service=SERVICE, pool=runtime.pool, names=runtime.names, handlers=refreshers[0].timer_handlers
+        )
+        await poller.run()
+
+    def routers(runtime: Runtime) -> list[APIRouter]:
+        return [*api.routers(runtime), *evidence_api.routers(runtime)]
+
+    async def publish_waiting_analyses(runtime: Runtime) -> None:
+        await publish_waiting(runtime, interval)
+
+    background: tuple[BackgroundTask, ...] = (refresh_feeds,)
+    if interval:  # without an interval nothing waits
+        background += (publish_waiting_analyses,)
+    return ServiceSpec(
+        name=SERVICE,
+        consumes=(INCIDENTS,),
+        decoder=decode_cloudevent,
+        handler=handlers.handler(noise, interval),
+        routers=routers,
+        background=background,
+        effects=effects,
+    )

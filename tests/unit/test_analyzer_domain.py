@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from services.analyzer import domain
-from shared.events import AlertSummary, IncidentSnapshot
-from tests.factories import T0, snapshot
+from services.analyzer.handlers import merged
+from services.detector.domain import summarise
+from shared.events import (
+    AlertSummary,
+    Analysis,
+    IncidentDetected,
+    IncidentSnapshot,
+    IncidentType,
+    IncidentUpdated,
+    Indicator,
+    Severity,
+)
+from tests.factories import T0, alert, snapshot
 
 
 def _summary(n: int, **overrides: object) -> AlertSummary:
@@ -26,16 +39,20 @@ def _part(part: int, parts: int, alerts: list[AlertSummary], *, alert_count: int
     return snapshot(new_alerts=alerts, part=part, parts=parts, alert_count=alert_count)
 
 
-def test_every_part_adds_its_indicators_hosts_and_users() -> None:
+def test_every_part_adds_its_hosts_and_users() -> None:
     first = domain.gather(None, _part(1, 2, [_summary(1), _summary(2)]))
     both = domain.gather(first, _part(2, 2, [_summary(3, host="web-02", user="mallory"), _summary(4)]))
-    addresses = {i.value for i in both.indicators if i.kind == "ipv4"}
-    assert {f"198.51.100.{n}" for n in range(1, 5)} <= addresses
-    assert {f"203.0.113.{n}" for n in range(1, 5)} <= addresses
     assert both.alert_count == 4
     # Hosts and users come from the alerts too: a snapshot may list only the first of many.
     assert both.hosts == ["web-01", "web-02"]
     assert both.users == ["deploy", "mallory"]
+
+
+def test_indicators_of_every_alert_without_repeats() -> None:
+    found = domain.extract_indicators([_summary(1), _summary(2), _summary(1, key="suricata:again")])
+    addresses = {i.value: i for i in found if i.kind == "ipv4"}
+    assert set(addresses) == {"198.51.100.1", "198.51.100.2", "203.0.113.1", "203.0.113.2"}
+    assert addresses["198.51.100.1"].count == 2  # two alerts named it
 
 
 def test_a_part_carrying_no_new_indicator_keeps_what_was_known() -> None:
@@ -43,3 +60,98 @@ def test_a_part_carrying_no_new_indicator_keeps_what_was_known() -> None:
     again = domain.gather(known, _part(1, 1, [_summary(1)], alert_count=1))
     assert again.indicators == known.indicators
     assert again.alert_count == 4  # never goes back
+
+
+# ---- when an analysis is published ------------------------------------------------------------
+
+
+def _analysis(**overrides: object) -> Analysis:
+    fields: dict[str, object] = {
+        "type": IncidentType.SECURITY_BREACH,
+        "severity": Severity.SEV3,
+        "title": "brute force on web-01",
+        "indicators": [Indicator(kind="ipv4", value="198.51.100.7", count=1)],
+        "affected_hosts": ["web-01"],
+        "affected_users": [],
+        "alert_count": 1,
+        "summary": "1 alert",
+    }
+    return Analysis.model_validate({**fields, **overrides})
+
+
+def _decide(before: Analysis, after: Analysis, *, seconds_since: float, interval: float = 10) -> str:
+    published = domain.Published(
+        digest=domain.analysis_digest(before), urgent=domain.urgent_digest(before), at=T0, pending=False
+    )
+    return domain.publication(
+        published,
+        digest=domain.analysis_digest(after),
+        urgent=domain.urgent_digest(after),
+        now=T0 + timedelta(seconds=seconds_since),
+        interval=timedelta(seconds=interval),
+    )
+
+
+def test_the_first_analysis_is_published_at_once() -> None:
+    first = _analysis()
+    decided = domain.publication(
+        domain.Published(),
+        digest=domain.analysis_digest(first),
+        urgent=domain.urgent_digest(first),
+        now=T0,
+        interval=timedelta(seconds=10),
+    )
+    assert decided == "now"
+
+
+def test_the_same_analysis_is_not_published_again() -> None:
+    assert _decide(_analysis(), _analysis(), seconds_since=3600) == "same"
+
+
+def test_counts_and_unlisted_indicators_wait_for_the_interval() -> None:
+    more = _analysis(
+        alert_count=40,
+        summary="40 alerts",
+        affected_hosts=["web-01", "web-02"],
+        indicators=[
+            Indicator(kind="ipv4", value="198.51.100.7", count=30),
+            Indicator(kind="ipv4", value="203.0.113.5"),
+        ],
+    )
+    assert _decide(_analysis(), more, seconds_since=2) == "later"
+    assert _decide(_analysis(), more, seconds_since=10) == "now"  # the interval has passed
+    assert _decide(_analysis(), more, seconds_since=2, interval=0) == "now"  # no interval: every change
+
+
+def test_what_the_commander_must_hear_goes_at_once() -> None:
+    flagged = Indicator(kind="ipv4", value="198.51.100.7", verdict="malicious", confidence=90, feeds=["abuse.ch"])
+    urgent = [
+        _analysis(severity=Severity.SEV1),
+        _analysis(type=IncidentType.DATA_LEAK),
+        _analysis(indicators=[flagged]),
+        _analysis(asset_tags=["crown-jewel"]),
+        _analysis(risk={"score": 80, "level": "critical", "factors": []}),
+        _analysis(
+            tactics=[{"id": "TA0006", "name": "Credential Access", "stage": 7, "first_seen": T0, "stated": True}]
+        ),
+        _analysis(severity_recommendation={"severity": "SEV2", "reasons": ["crown jewel"]}),
+    ]
+    for after in urgent:
+        assert _decide(_analysis(), after, seconds_since=1) == "now", after
+
+
+def test_an_incidents_events_in_a_batch_are_analysed_as_one() -> None:
+    a1, a2, a3 = (summarise(alert(id=f"a{n}", minutes=n)) for n in (1, 2, 3))
+    first = IncidentDetected(source="/vigil/detector", subject="inc-1", data=snapshot(new_alerts=[a1]))
+    second = IncidentUpdated(
+        source="/vigil/detector",
+        subject="inc-1",
+        data=snapshot(new_alerts=[a2, a1], alert_count=2, hosts=["web-02"], severity=Severity.SEV2),
+    )
+    third = IncidentUpdated(source="/vigil/detector", subject="inc-1", data=snapshot(new_alerts=[a3], alert_count=3))
+    one = merged([first, second, third])
+    assert one.id == third.id and isinstance(one, IncidentUpdated)  # caused by the last event
+    assert [a.key for a in one.data.new_alerts] == [a1.key, a2.key, a3.key]  # in order, each once
+    assert one.data.hosts == ["web-01", "web-02"] and one.data.alert_count == 3
+    assert one.data.severity == third.data.severity  # the incident as it stands, the last snapshot's
+    assert merged([first]) is first

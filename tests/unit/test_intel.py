@@ -14,7 +14,9 @@ from services.analyzer.intel import (
     Entry,
     FeedDefaults,
     IntelError,
+    Kind,
     Match,
+    classify,
     infer_kind,
     normalise,
     parse_config,
@@ -323,3 +325,45 @@ def test_the_shipped_configuration_lists_no_feed_and_a_bad_one_names_its_line() 
 def test_entries_are_plain_values() -> None:
     entry = Entry("ip", "192.0.2.1", "malicious", 50)
     assert entry.tags == () and entry.expires_at is None
+
+
+def _slow_way(value: str, kind: Kind | None = None) -> tuple[str, str]:
+    refanged = refang(value)
+    return normalise(kind or infer_kind(refanged), refanged)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "192.0.2.1",
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.1.2.3/8",
+        "10.1.2.3/32",
+        "198.51.100.0/24",
+        "Evil.Example",
+        "xn--bcher-kva.example",
+        "host_1.evil.example",
+        "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855",
+        "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+        "d41d8cd98f00b204e9800998ecf8427e",
+        "hxxp.example",
+        "evil[.]example",
+        "192.0.2.1:443",
+        "2001:DB8::1",
+        "http://Evil.Example/x",
+        "bad@evil.example",
+    ],
+)
+def test_the_quick_way_of_plain_values_agrees_with_the_full_way(value: str) -> None:
+    assert classify(value) == _slow_way(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [("192.0.2.1", "domain"), ("evil.example", "ip"), ("01.2.3.4", None), ("256.1.1.1", None)]
+)
+def test_the_quick_way_refuses_what_the_full_way_refuses(value: str, kind: Kind | None) -> None:
+    with pytest.raises(ValueError):
+        _slow_way(value, kind)
+    with pytest.raises(ValueError):
+        classify(value, kind)

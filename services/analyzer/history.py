@@ -1,0 +1,78 @@
+"""SQL for root cause: each incident's trace, and the features past incidents are found alike by."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from services.analyzer.rootcause import Trace
+from services.analyzer.similar import Feature, PastIncident
+from shared.db import Conn
+
+# Past incidents read per shared value: a value common to thousands of incidents costs this many rows.
+PER_FEATURE = 50
+
+
+async def get_trace(conn: Conn, *, incident_id: str) -> Trace | None:
+    row = await conn.fetchrow("SELECT trace FROM analyzer_traces WHERE incident_id = $1 FOR UPDATE", incident_id)
+    return None if row is None else Trace.model_validate(row["trace"])
+
+
+async def save_trace(conn: Conn, *, incident_id: str, title: str, trace: Trace) -> None:
+    first_seen = trace.earliest[0].time if trace.earliest else None
+    await conn.execute(
+        """INSERT INTO analyzer_traces (incident_id, title, first_seen, trace) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (incident_id) DO UPDATE SET title = EXCLUDED.title, first_seen = EXCLUDED.first_seen,
+               trace = EXCLUDED.trace, updated_at = now()""",
+        incident_id,
+        title,
+        first_seen,
+        trace.model_dump_json().encode(),
+    )
+
+
+async def forget_trace(conn: Conn, *, incident_id: str) -> None:
+    """Drop the incident's root-cause trace: it is folded again from the alerts it keeps (after a detach)."""
+    await conn.execute("DELETE FROM analyzer_traces WHERE incident_id = $1", incident_id)
+
+
+async def add_features(conn: Conn, *, incident_id: str, features: Sequence[Feature], seen_at: datetime) -> None:
+    """Record what this incident has (known values are kept as they were: first seen stays first)."""
+    if not features:
+        return
+    await conn.execute(
+        """INSERT INTO analyzer_incident_features (kind, value, incident_id, first_seen)
+           SELECT f.kind, f.value, $3, $4 FROM unnest($1::text[], $2::text[]) AS f(kind, value)
+           ON CONFLICT DO NOTHING""",
+        [f.kind for f in features],
+        [f.value for f in features],
+        incident_id,
+        seen_at,
+    )
+
+
+async def shared_with(
+    conn: Conn, *, incident_id: str, features: Sequence[Feature]
+) -> tuple[list[tuple[str, Feature]], dict[str, PastIncident]]:
+    """Other incidents that have any of ``features`` (the most recent per value), and what they are."""
+    if not features:
+        return [], {}
+    rows = await conn.fetch(
+        """SELECT w.kind, w.value, p.incident_id
+           FROM unnest($1::text[], $2::text[]) AS w(kind, value)
+           CROSS JOIN LATERAL (
+               SELECT f.incident_id FROM analyzer_incident_features f
+               WHERE f.kind = w.kind AND f.value = w.value AND f.incident_id <> $3
+               ORDER BY f.first_seen DESC LIMIT $4
+           ) p""",
+        [f.kind for f in features],
+        [f.value for f in features],
+        incident_id,
+        PER_FEATURE,
+    )
+    shared = [(r["incident_id"], Feature(r["kind"], r["value"])) for r in rows]
+    ids = sorted({incident for incident, _ in shared})
+    past = await conn.fetch(
+        "SELECT incident_id, title, first_seen FROM analyzer_traces WHERE incident_id = ANY($1::text[])", ids
+    )
+    return shared, {r["incident_id"]: PastIncident(r["incident_id"], r["title"], r["first_seen"]) for r in past}

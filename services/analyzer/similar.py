@@ -1,0 +1,125 @@
+"""What an incident shares with past ones, and how alike that makes them. Pure.
+
+An incident's features are its indicators (`ipv4:203.0.113.7`), affected hosts and accounts
+(`host:web-1`, `user:alice`) and ATT&CK techniques (`technique:T1110`). Past incidents that share
+features are ranked by the weight of what they share: a known-bad indicator weighs most, a
+technique or an account every machine has (root) least.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from shared.addresses import is_internal
+from shared.events import Indicator, SimilarIncident
+
+WEIGHTS = {"bad": 8, "indicator": 4, "system": 4, "account": 3, "technique": 1, "common": 1}
+# Accounts every machine has: sharing one says little.
+COMMON_ACCOUNTS = frozenset(
+    {"root", "admin", "administrator", "system", "nt authority\\system", "local service", "network service", "guest"}
+)
+MAX_FEATURES = 500  # looked up per analysis: known bad first, then the rest
+MAX_SIMILAR = 5
+MIN_SCORE = 3  # a technique or a root account in common is not "alike"
+HASHES = ("md5", "sha1", "sha256")
+
+
+@dataclass(frozen=True)
+class Feature:
+    kind: str  # an indicator kind, "host", "user" or "technique"
+    value: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+@dataclass(frozen=True)
+class PastIncident:
+    incident_id: str
+    title: str
+    first_seen: datetime | None
+
+
+def features(
+    indicators: Iterable[Indicator], hosts: Iterable[str], users: Iterable[str], techniques: Iterable[str]
+) -> list[Feature]:
+    """What an incident can share with another: known-bad indicators first, bounded."""
+    ranked = sorted(indicators, key=lambda i: (i.verdict not in ("malicious", "suspicious"), i.kind, i.value))
+    # A hash of zeros is a tool's placeholder, not a file: every incident of that tool would share it.
+    found = [Feature(i.kind, i.value) for i in ranked if not (i.kind in HASHES and not i.value.strip("0"))]
+    found += [Feature("host", h.lower()) for h in sorted(hosts)]
+    found += [Feature("user", u.lower()) for u in sorted(users)]
+    found += [Feature("technique", t) for t in sorted(techniques)]
+    return found[:MAX_FEATURES]
+
+
+def weight(feature: Feature, bad: set[str]) -> tuple[str, int]:
+    """What sort of thing a shared feature is, and what it weighs."""
+    if feature.kind == "host":
+        return "system", WEIGHTS["system"]
+    if feature.kind == "user":
+        sort = "common" if feature.value in COMMON_ACCOUNTS else "account"
+        return sort, WEIGHTS[sort]
+    if feature.kind == "technique":
+        return "technique", WEIGHTS["technique"]
+    if feature.value in bad:
+        return "bad", WEIGHTS["bad"]
+    if feature.kind in ("ipv4", "ipv6") and is_internal(feature.value):
+        return "system", WEIGHTS["system"]  # an internal address is a machine of ours, not an indicator
+    return "indicator", WEIGHTS["indicator"]
+
+
+_WORDS = {
+    "bad": ("known-bad indicator", "known-bad indicators"),
+    "indicator": ("indicator", "indicators"),
+    "system": ("affected system", "affected systems"),
+    "account": ("affected account", "affected accounts"),
+    "common": ("common account", "common accounts"),
+    "technique": ("technique", "techniques"),
+}
+
+
+def rank(
+    shared: Iterable[tuple[str, Feature]],
+    past: dict[str, PastIncident],
+    indicators: Sequence[Indicator],
+) -> list[SimilarIncident]:
+    """Past incidents by the weight of what they share with this one, with the reason; most alike first."""
+    bad = {i.value for i in indicators if i.verdict in ("malicious", "suspicious")}
+    by_incident: dict[str, list[Feature]] = defaultdict(list)
+    for incident_id, feature in shared:
+        by_incident[incident_id].append(feature)
+    found = []
+    for incident_id, common in by_incident.items():
+        if incident_id not in past:
+            continue
+        weighed = [(feature, *weight(feature, bad)) for feature in sorted(set(common), key=lambda f: f.text)]
+        points = sum(w for _, _, w in weighed)
+        if points < MIN_SCORE:
+            continue
+        sorts: dict[str, list[str]] = defaultdict(list)
+        for feature, sort, _ in sorted(weighed, key=lambda item: -item[2]):
+            sorts[sort].append(feature.value)
+        reason = "shares " + "; ".join(
+            f"{len(values)} {_WORDS[sort][len(values) != 1]} ({', '.join(values[:3])}"
+            + (f" and {len(values) - 3} more)" if len(values) > 3 else ")")
+            for sort, values in sorted(sorts.items(), key=lambda item: -WEIGHTS[item[0]])
+        )
+        incident = past[incident_id]
+        found.append(
+            SimilarIncident(
+                incident_id=incident_id,
+                title=incident.title,
+                first_seen=incident.first_seen,
+                score=points,
+                reason=reason,
+                shared=[f.text for f, _, _ in weighed][:20],
+            )
+        )
+    # Equally alike: the more recent first.
+    found.sort(key=lambda s: (-s.score, -(s.first_seen.timestamp() if s.first_seen else 0.0), s.incident_id))
+    return found[:MAX_SIMILAR]
