@@ -15,12 +15,13 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from services.responder import blocklist, repository
 from services.responder.handlers import SERVICE, Responder, StepAnswerRefused
+from services.responder.leases import IN_FORCE
 from services.responder.playbook import duration_seconds
 from shared import idempotency
 from shared.auth import ANONYMOUS, actor, require
@@ -94,6 +95,12 @@ class StepOut(BaseModel):
     sent: dict[str, Any] | None
     result: dict[str, Any] | None
     lease_s: int | None
+    validation: str | None = Field(None, description="pending, validated, failed or unchecked: what the check found.")
+    validation_reason: str = ""
+    owner: str | None = None
+    due_at: datetime | None = None
+    recovery: str | None = None
+    required: bool = True
     created_at: datetime
     updated_at: datetime
     log: list[StepLogEntry] = []
@@ -104,11 +111,66 @@ class LeaseChange(BaseModel):
     reason: str = Field("", max_length=2000)
     extend: str | None = Field(None, description="How much longer the action holds: 30m, 4h, 2d.")
     revoke: bool = Field(False, description="End the lease now: the undo runs at once.")
+    permanent: bool = Field(False, description="Keep the action in force with no end: no undo until revoked.")
 
 
 class LeaseChanged(BaseModel):
     step_id: str
-    undo_at: datetime
+    state: str
+    undo_at: datetime | None
+
+
+class LeaseLogEntry(BaseModel):
+    at: datetime
+    actor: str
+    change: str
+    reason: str
+    due_at: datetime | None
+
+
+class LeaseOut(BaseModel):
+    step_id: str
+    incident_id: str
+    name: str
+    connector: str
+    target_kind: str
+    target: str
+    action: str
+    state: str
+    offence: int
+    duration_s: int
+    started_at: datetime
+    due_at: datetime | None
+    reverted_at: datetime | None
+    revert_reason: str
+    undo_validation: str | None
+    changed_by: str
+    change_reason: str
+    log: list[LeaseLogEntry] = []
+
+
+class StepDone(BaseModel):
+    actor: str = Field(min_length=1, max_length=200)
+    note: str = Field(min_length=1, max_length=2000, description="What was done (or why it failed): the evidence.")
+    failed: bool = Field(False, description="It could not be done.")
+
+
+class RollbackRequest(BaseModel):
+    actor: str = Field(min_length=1, max_length=200)
+    reason: str = Field("", max_length=2000)
+
+
+class RollbackOut(BaseModel):
+    id: int
+    incident_id: str
+    requested_by: str
+    reason: str
+    steps: list[str] = Field(description="The actions undone, in this order (the reverse of execution).")
+    position: int
+    failed: list[str]
+    state: str
+    requested_at: datetime
+    ended_at: datetime | None
 
 
 def _step_out(row: Any, log: list[StepLogEntry] | None = None) -> StepOut:
@@ -183,23 +245,89 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
 
     @router.post("/steps/{step_id:path}/lease", response_model=LeaseChanged)
     async def lease(step_id: str, body: LeaseChange, by: Principal = require(runtime, "leases.change")) -> LeaseChanged:
-        """Extend a reversible action's lease (`extend`: 30m, 1d…) or revoke it now (`revoke`): its undo runs."""
+        """Extend a reversible action's lease (`extend`: 30m, 1d…), make it `permanent`, or `revoke` it (undo now)."""
         try:
             extend_s = duration_seconds(body.extend) if body.extend else None
         except ValueError as exc:
             raise HTTPException(422, detail=str(exc)) from exc
-        if (extend_s is None) == (not body.revoke):
-            raise HTTPException(422, detail="give either `extend` (a duration) or `revoke: true`")
+        asked = [
+            c
+            for c, given in (
+                ("extend", extend_s is not None),
+                ("revoke", body.revoke),
+                ("make_permanent", body.permanent),
+            )
+            if given
+        ]
+        if len(asked) != 1:
+            raise HTTPException(422, detail="give one of `extend` (a duration), `revoke: true` or `permanent: true`")
+        change: Literal["extend", "revoke", "make_permanent"] = asked[0]  # type: ignore[assignment]
         async with runtime.pool.acquire() as conn, conn.transaction():
             ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
             try:
                 changed = await responder.change_lease(
-                    ctx, step_id, actor=actor(by, body.actor), reason=body.reason, extend_s=extend_s
+                    ctx, step_id, actor=actor(by, body.actor), reason=body.reason, change=change, by_s=extend_s
                 )
             except (StepAnswerRefused, ValueError) as exc:
                 raise HTTPException(409, detail=str(exc)) from exc
             await write_context(conn, ctx)
-        return LeaseChanged(step_id=step_id, undo_at=changed["undo_at"])
+        return LeaseChanged(step_id=step_id, state=changed["state"], undo_at=changed["undo_at"])
+
+    @router.post("/steps/{step_id:path}/done", response_model=StepOut)
+    async def done(step_id: str, body: StepDone, by: Principal = require(runtime, "tasks.complete")) -> StepOut:
+        """Say that a step a person does (a recovery step's owner) is done, or failed, with what was done."""
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+            try:
+                row = await responder.complete(
+                    ctx, step_id, actor=actor(by, body.actor), note=body.note, failed=body.failed
+                )
+            except StepAnswerRefused as exc:
+                raise HTTPException(409, detail=str(exc)) from exc
+            await write_context(conn, ctx)
+        return _step_out(row)
+
+    @router.get("/leases", response_model=list[LeaseOut])
+    async def leases_list(
+        incident: str | None = None,
+        all_states: Annotated[bool, Query(alias="all", description="Ended leases too.")] = False,
+        _by: Principal = require(runtime, "incidents.read"),
+    ) -> list[LeaseOut]:
+        """Leases of reversible actions (of one incident, or all), soonest end first, with who changed them and why."""
+        states = None if all_states else sorted(IN_FORCE | {"reverting", "revert_failed"})
+        async with runtime.pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+            rows = await repository.list_leases(conn, incident_id=incident, states=states)
+            entries = await repository.lease_log(conn, [r["step_id"] for r in rows])
+        logs: dict[str, list[LeaseLogEntry]] = {}
+        for e in entries:
+            logs.setdefault(e["step_id"], []).append(LeaseLogEntry.model_validate(dict(e)))
+        return [
+            LeaseOut.model_validate(
+                {**{k: r[k] for k in LeaseOut.model_fields if k != "log"}, "log": logs.get(r["step_id"], [])}
+            )
+            for r in rows
+        ]
+
+    @router.post("/incidents/{incident_id}/rollback", response_model=RollbackOut)
+    async def rollback(
+        incident_id: str, body: RollbackRequest, by: Principal = require(runtime, "leases.change")
+    ) -> RollbackOut:
+        """Undo every action of the incident still in force, one at a time, in reverse order of execution."""
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+            try:
+                started = await responder.rollback(ctx, incident_id, actor=actor(by, body.actor), reason=body.reason)
+            except StepAnswerRefused as exc:
+                raise HTTPException(409, detail=str(exc)) from exc
+            await write_context(conn, ctx)
+        return RollbackOut.model_validate(started)
+
+    @router.get("/incidents/{incident_id}/rollbacks", response_model=list[RollbackOut])
+    async def rollbacks(incident_id: str, _by: Principal = require(runtime, "incidents.read")) -> list[RollbackOut]:
+        """The incident's rollbacks and how far each got."""
+        async with runtime.pool.acquire() as conn:
+            rows = await repository.rollbacks_of(conn, incident_id)
+        return [RollbackOut.model_validate(dict(r)) for r in rows]
 
     return router
 

@@ -11,19 +11,22 @@ from the environment when the responder starts, or when a program runs, and neve
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import string
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, runtime_checkable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import asyncpg
+import httpx
 import yaml
 from pydantic import (
     AfterValidator,
@@ -37,8 +40,25 @@ from pydantic import (
 )
 
 from services.responder import blocklist
-from shared.effects import Effect, EffectKind, OutcomeHandler, PermanentEffectError, http_target
-from shared.effects.builtin import ENV_NAME_PATTERN, Command, HttpRequest, http_request, run_command
+from shared.effects import (
+    Effect,
+    EffectKind,
+    OutcomeHandler,
+    PermanentEffectError,
+    TransientEffectError,
+    http_target,
+)
+from shared.effects.builtin import (
+    ENV_NAME_PATTERN,
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    Command,
+    HttpRequest,
+    http_request,
+    run_command,
+)
+from shared.effects.domain import bound_text, sign
 from shared.errors import validation_reason
 from shared.yamlfile import node_at  # the responder's YAML files locate their errors alike
 
@@ -47,7 +67,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CONNECTORS = Path(__file__).with_name("connectors.yaml")
 ENTRY_POINT_GROUP = "vigil.connectors"
 # Names playbooks give the connectors Vigil brings; no plugin may take one.
-BUILT_IN = ("webhook", "command", "blocklist", "notify")
+BUILT_IN = ("webhook", "command", "blocklist", "notify", "manual")
 KEY_PLACEHOLDER = "idempotency_key"
 MIN_SECRET_CHARS = 16
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -101,6 +121,20 @@ class Connector(Protocol):
         ...
 
 
+@runtime_checkable
+class Validating(Protocol):
+    """A connector that can prove an action's effect: a check run as its own effect after the action's."""
+
+    def validation(self, call: StepCall, result: Mapping[str, Any]) -> Dispatch | None:
+        """Return the effect that checks the call's effect (``result`` is the action's), None when nothing is
+        configured to check it; pure, no I/O; raise ConnectorError saying why it cannot be checked."""
+        ...
+
+
+VALIDATION_ATTEMPTS = 3  # a far side may take a moment to show a change: a check is tried again, then fails
+VALIDATION_TIMEOUT_S = 30.0
+
+
 # ---- configuration -----------------------------------------------------------------------------
 
 
@@ -129,8 +163,43 @@ Url = Annotated[str, AfterValidator(_checked_url)]
 EnvName = Annotated[str, Field(pattern=ENV_NAME_PATTERN)]
 
 
+Expectation = dict[str, Any] | str
+
+
+def answer_matches(body: str, expect: Expectation) -> bool:
+    """Whether an answer holds what is expected: each field of a JSON object, or a piece of text."""
+    if isinstance(expect, str):
+        return expect in body
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and all(answer.get(name) == value for name, value in expect.items())
+
+
+def _checked_check_url(text: str) -> str:
+    parse_argument(text)  # `{name}` placeholders, `{{` and `}}` for braces
+    if "{" in urlsplit(text).netloc:
+        raise ValueError("placeholders may stand in the path and the query, never in the host")
+    return _checked_url(text)
+
+
+class WebhookCheck(_Model):
+    url: Annotated[str, AfterValidator(_checked_check_url)] = Field(
+        description="A URL that reports whether the action's effect is in place (GET, signed); `{name}` is the "
+        "step's parameter of that name, URL-encoded."
+    )
+    expect: Expectation | None = Field(
+        None, description="What its 2xx answer must hold: JSON fields and their values, or a piece of text."
+    )
+
+
 class WebhookAction(_Model):
     url: Url
+    expect: Expectation | None = Field(
+        None, description="What the action's own 2xx answer must hold: JSON fields and values, or text."
+    )
+    check: WebhookCheck | None = Field(None, description="Ask another URL whether the effect is in place.")
 
 
 class WebhookConfig(_Model):
@@ -179,10 +248,17 @@ class CommandAction(_Model):
     permanent_exit_codes: list[int] = Field(
         default_factory=list, description="Exit codes that mean a refusal for good; any other non-zero is retried."
     )
+    verify: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="A program (and arguments, with the same placeholders) that exits 0 when the effect is in place.",
+    )
 
-    @field_validator("argv")
+    @field_validator("argv", "verify")
     @classmethod
-    def _argv(cls, argv: list[str]) -> list[str]:
+    def _argv(cls, argv: list[str] | None) -> list[str] | None:
+        if argv is None:
+            return None
         if not os.path.isabs(argv[0]) or parse_argument(argv[0]) != ((argv[0], None),):
             raise ValueError(f"the program {argv[0]!r} must be an absolute path, without placeholders")
         for argument in argv[1:]:
@@ -256,6 +332,7 @@ class WebhookConnector:
 
     name = "webhook"
     kind = "connector.webhook"
+    validate_kind = "connector.webhook.validate"
 
     def __init__(self, config: WebhookConfig, *, secret: SecretStr | None) -> None:
         if config.urls and secret is None:
@@ -280,13 +357,93 @@ class WebhookConnector:
         request = HttpRequest(method="POST", url=url, body=body)
         return Dispatch(kind=self.kind, target=http_target(url), payload=request.model_dump(mode="json"))
 
+    def validation(self, call: StepCall, result: Mapping[str, Any]) -> Dispatch | None:
+        action = self.config.actions.get(call.action)
+        if action is None or (action.expect is None and action.check is None):
+            return None
+        if action.check is not None:
+            fill_url(action.check.url, call.params)  # a parameter missing is said now, not at the check
+        check = WebhookValidation(action=call.action, params=dict(call.params), answer=str(result.get("body", "")))
+        return Dispatch(kind=self.validate_kind, target=http_target(action.url), payload=check.model_dump(mode="json"))
+
     def effect_kinds(self, on_outcome: OutcomeHandler | None) -> Sequence[EffectKind]:
         # Held to the configured addresses: a payload naming another one (the file changed since) fails.
         return [
             http_request(
                 name=self.kind, signing_secret=self.secret, allowed_urls=self.config.urls, on_outcome=on_outcome
-            )
+            ),
+            EffectKind(
+                name=self.validate_kind,
+                execute=self._validate,
+                timeout_s=VALIDATION_TIMEOUT_S,
+                max_attempts=VALIDATION_ATTEMPTS,
+                on_outcome=on_outcome,
+            ),
         ]
+
+    async def _validate(self, effect: Effect) -> dict[str, Any]:
+        try:
+            check = WebhookValidation.model_validate(effect.payload)
+        except ValidationError as exc:
+            raise PermanentEffectError(f"invalid {effect.kind} payload: {validation_reason(exc)}") from exc
+        # What is checked, and where, comes from the configuration, never from the stored payload.
+        action = self.config.actions.get(check.action)
+        if action is None or (action.expect is None and action.check is None):
+            raise PermanentEffectError(f"webhook: action {check.action} has no check configured any more")
+        if action.check is None:
+            assert action.expect is not None
+            if not answer_matches(check.answer, action.expect):
+                raise PermanentEffectError(
+                    f"the answer to {check.action} does not hold {describe_expectation(action.expect)}",
+                    result={"answer": bound_text(check.answer, 200)},
+                )
+            return {"check": "the action's answer", "expected": describe_expectation(action.expect)}
+        try:
+            url = fill_url(action.check.url, check.params)
+        except ConnectorError as exc:
+            raise PermanentEffectError(str(exc)) from exc
+        headers = {IDEMPOTENCY_HEADER: effect.key}
+        if self.secret is not None:
+            stamp = int(time.time())
+            headers |= {
+                TIMESTAMP_HEADER: str(stamp),
+                SIGNATURE_HEADER: sign(self.secret.get_secret_value().encode(), stamp, b""),
+            }
+        async with httpx.AsyncClient(timeout=VALIDATION_TIMEOUT_S, follow_redirects=False) as client:
+            response = await client.get(url, headers=headers)
+        body = bound_text(response.text, 1000)
+        found = {"check_url": url, "status_code": response.status_code, "body": body}
+        if not 200 <= response.status_code < 300:
+            raise TransientEffectError(f"the check answered HTTP {response.status_code}", result=found)
+        if action.check.expect is not None and not answer_matches(response.text, action.check.expect):
+            expected = describe_expectation(action.check.expect)
+            raise TransientEffectError(f"the check's answer does not hold {expected}", result=found)
+        return found
+
+
+class WebhookValidation(_Model):
+    """Payload of ``connector.webhook.validate``: the action whose effect is checked, its parameters, its answer."""
+
+    action: str
+    params: dict[str, str | int]
+    answer: str = ""
+
+
+def describe_expectation(expect: Expectation) -> str:
+    return repr(expect) if isinstance(expect, str) else json.dumps(expect, sort_keys=True)
+
+
+def fill_url(template: str, params: Mapping[str, str | int]) -> str:
+    """A check URL with each `{name}` replaced by the parameter's value, URL-encoded."""
+    pieces: list[str] = []
+    for literal, name in parse_argument(template):
+        pieces.append(literal)
+        if name is None:
+            continue
+        if name not in params:
+            raise ConnectorError(f"webhook: the check URL needs the parameter {name}")
+        pieces.append(quote(str(params[name]), safe=""))
+    return "".join(pieces)
 
 
 def webhook_secret(config: WebhookConfig, environ: Mapping[str, str]) -> SecretStr | None:
@@ -314,6 +471,7 @@ def webhook_secret(config: WebhookConfig, environ: Mapping[str, str]) -> SecretS
 class _Program:
     config: CommandAction
     argv: tuple[Template, ...]
+    verify: tuple[Template, ...] | None = None
 
 
 class CommandConnector:
@@ -327,10 +485,15 @@ class CommandConnector:
 
     name = "command"
     kind = "connector.command"
+    verify_kind = "connector.command.verify"
 
     def __init__(self, config: CommandConfig, *, environ: Mapping[str, str]) -> None:
         self.programs = {
-            action: _Program(spec, tuple(parse_argument(argument) for argument in spec.argv))
+            action: _Program(
+                spec,
+                tuple(parse_argument(argument) for argument in spec.argv),
+                tuple(parse_argument(argument) for argument in spec.verify) if spec.verify else None,
+            )
             for action, spec in config.actions.items()
         }
         self.environ = environ
@@ -370,6 +533,17 @@ class CommandConnector:
             pieces.append(value)
         return "".join(pieces)
 
+    def validation(self, call: StepCall, result: Mapping[str, Any]) -> Dispatch | None:
+        program = self.programs.get(call.action)
+        if program is None or program.verify is None:
+            return None
+        values = {**{name: str(value) for name, value in call.params.items()}, KEY_PLACEHOLDER: call.key}
+        argv = [self._fill(call.action, template, values) for template in program.verify]
+        command = Command(
+            argv=argv, env_pass=program.config.env, cwd=program.config.cwd, substitute_key=False
+        )  # any non-zero exit is tried again (the effect may take a moment), then the check fails
+        return Dispatch(kind=self.verify_kind, target=argv[0], payload=command.model_dump(mode="json"))
+
     def effect_kinds(self, on_outcome: OutcomeHandler | None) -> Sequence[EffectKind]:
         return [
             run_command(
@@ -377,7 +551,15 @@ class CommandConnector:
                 allowed={program.config.argv[0] for program in self.programs.values()},
                 environ=self.environ,
                 on_outcome=on_outcome,
-            )
+            ),
+            run_command(
+                name=self.verify_kind,
+                allowed={p.config.verify[0] for p in self.programs.values() if p.config.verify},
+                environ=self.environ,
+                timeout_s=VALIDATION_TIMEOUT_S,
+                max_attempts=VALIDATION_ATTEMPTS,
+                on_outcome=on_outcome,
+            ),
         ]
 
 
@@ -405,11 +587,20 @@ class BlocklistChange(_Model):
     expires_at: datetime | None = None
 
 
+class BlocklistCheck(_Model):
+    """Payload of ``connector.blocklist.validate``: a value that must be on (add) or off (remove) a served list."""
+
+    op: Literal["add", "remove"]
+    kind: blocklist.Kind
+    value: str
+
+
 class BlocklistConnector:
     """Vigil's own block lists (served to firewalls, proxies and resolvers): ``block`` and ``unblock``."""
 
     name = "blocklist"
     kind = "connector.blocklist"
+    validate_kind = "connector.blocklist.validate"
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -467,6 +658,21 @@ class BlocklistConnector:
             except blocklist.InvalidEntry as exc:
                 raise PermanentEffectError(f"blocklist: {exc}") from exc
 
+        async def validate(effect: Effect) -> dict[str, Any]:
+            try:
+                check = BlocklistCheck.model_validate(effect.payload)
+            except ValidationError as exc:
+                raise PermanentEffectError(f"invalid {effect.kind} payload: {validation_reason(exc)}") from exc
+            # The list as firewalls get it: rendered as the endpoint renders it, then read line by line.
+            async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+                served = blocklist.render_edl(check.kind, await blocklist.list_active(conn, kind=check.kind))
+            listed = check.value in served.splitlines()
+            found = {"list": check.kind, "value": check.value, "listed": listed}
+            if listed != (check.op == "add"):
+                where = "missing from" if check.op == "add" else "still in"
+                raise PermanentEffectError(f"{check.value} is {where} the served {check.kind} list", result=found)
+            return found
+
         # All on one target: a database write, quick; the per-target limit is the kind's limit.
         return [
             EffectKind(
@@ -477,8 +683,22 @@ class BlocklistConnector:
                 concurrency=4,
                 per_target_concurrency=4,
                 on_outcome=on_outcome,
-            )
+            ),
+            EffectKind(
+                name=self.validate_kind,
+                execute=validate,
+                timeout_s=10.0,
+                max_attempts=VALIDATION_ATTEMPTS,
+                concurrency=4,
+                per_target_concurrency=4,
+                on_outcome=on_outcome,
+            ),
         ]
+
+    def validation(self, call: StepCall, result: Mapping[str, Any]) -> Dispatch | None:
+        change = BlocklistChange.model_validate(self.dispatch(call).payload)
+        check = BlocklistCheck(op=change.op, kind=change.kind, value=change.value)
+        return Dispatch(kind=self.validate_kind, target="blocklist", payload=check.model_dump(mode="json"))
 
 
 # ---- composition -------------------------------------------------------------------------------

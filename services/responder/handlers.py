@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
-from services.responder import approvals, domain, guardrails, metrics, repository, steps
+from services.responder import approvals, domain, guardrails, leases, metrics, monitor, repository, steps
 from services.responder.blocklist import IpNetwork
-from services.responder.connectors import Connector, ConnectorError, StepCall
+from services.responder.connectors import Connector, ConnectorError, StepCall, Validating
 from services.responder.playbook import IncidentFacts, PlannedStep
 from shared import timers
 from shared.consumer import HandlerContext, dispatch_each
@@ -32,14 +32,26 @@ from shared.events import (
     ApproveStep,
     CommandRejected,
     CommandRejection,
+    ContainmentConfirmed,
+    ContainmentIneffective,
+    ContainmentWatch,
     DenyStep,
     EffectOutcome,
     EventBase,
     IncidentAnalyzed,
+    IncidentDetected,
+    IncidentMerged,
+    IncidentUpdated,
+    LeaseChange,
+    ResponseLeaseChanged,
     ResponsePlanned,
     ResponseStepChanged,
+    ResponseStepValidated,
     Severity,
     StepChange,
+    StepValidation,
+    ValidationOutcome,
+    WatchedEntity,
     new_id,
     utcnow,
 )
@@ -49,7 +61,10 @@ log = logging.getLogger(__name__)
 SERVICE = "responder"
 SOURCE = "/vigil/responder"
 APPROVAL_TIMEOUT = "approval_timeout"
+LEASE_EXPIRY = "lease_expiry"
+WATCH_END = "containment_watch_end"
 UNDO_SUFFIX = ":undo"
+VALIDATE_SUFFIX = ":validate"
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,8 @@ class Execution:
     connectors: Mapping[str, Connector]
     own_addresses: Sequence[IpNetwork] = ()
     dry_run: bool = False
+    repeat_offenders: leases.RepeatOffenders = field(default_factory=leases.RepeatOffenders)
+    watch: monitor.Watch = field(default_factory=monitor.Watch)
 
 
 @dataclass(frozen=True)
@@ -82,8 +99,21 @@ class Responder:
     def __init__(self, playbooks: Sequence[domain.Playbook], execution: Execution) -> None:
         self.playbooks = playbooks
         self.execution = execution
-        self.handle = dispatch_each({IncidentAnalyzed: self.plan, ApproveStep: self.answer, DenyStep: self.answer})
-        self.timer_handlers: dict[str, timers.TimerHandler] = {APPROVAL_TIMEOUT: self.on_approval_timeout}
+        self.handle = dispatch_each(
+            {
+                IncidentAnalyzed: self.plan,
+                ApproveStep: self.answer,
+                DenyStep: self.answer,
+                IncidentDetected: self.on_alerts,
+                IncidentUpdated: self.on_alerts,
+                IncidentMerged: self.on_merged,
+            }
+        )
+        self.timer_handlers: dict[str, timers.TimerHandler] = {
+            APPROVAL_TIMEOUT: self.on_approval_timeout,
+            LEASE_EXPIRY: self.on_lease_expiry,
+            WATCH_END: self.on_watch_end,
+        }
 
     # ---- planning --------------------------------------------------------------------------
 
@@ -127,6 +157,17 @@ class Responder:
         await self._revise(ctx, event, facts, plan.plan_id, playbook.id, planned, existing)
         await self._advance(ctx, event.subject, event)
 
+    async def on_merged(self, ctx: HandlerContext, event: IncidentMerged) -> None:
+        """Merged away: its steps not started are cancelled; the survivor's plan, made from all the
+        alerts, is the one that goes on. What already ran stays, its leases included."""
+        merge = event.data
+        reason = f"incident merged into {merge.survivor} by {merge.actor}; the survivor's plan goes on"
+        for old in await repository.steps_of(ctx.conn, event.subject):
+            if old["state"] in steps.NOT_STARTED:
+                row = dict(old)
+                await timers.cancel(ctx.conn, service=SERVICE, kind=APPROVAL_TIMEOUT, subject=row["id"])
+                await self._change(ctx, event, row, "cancelled", actor=merge.actor, reason=reason, final=True)
+
     @staticmethod
     def _with_step_id(incident_id: str, action: Any, planned: Sequence[PlannedStep]) -> Any:
         step = next((s for s in planned if s.id == action.id), None)
@@ -153,10 +194,11 @@ class Responder:
     ) -> None:
         """Add the plan's new steps; keep every step already there, never running one twice."""
         targets = _targets_per_step(planned.values())
+        kept = {sid: step.position for sid, step in planned.items() if sid in existing}
+        await repository.keep_in_plan(ctx.conn, kept, plan_id=plan_id)
         for sid, step in planned.items():
             old = existing.get(sid)
             if old is not None:
-                await repository.keep_in_plan(ctx.conn, sid, plan_id=plan_id, position=step.position)
                 if old["state"] in steps.NOT_STARTED:
                     await self._apply_policy(ctx, event, dict(old), facts, targets[step.step], "revised plan")
                 continue
@@ -209,6 +251,8 @@ class Responder:
             if state != "approved":
                 await self._change(ctx, cause, row, "approved", actor="policy", reason=f"{why}: approved already")
             return
+        if state == "awaiting_approval" and _same_terms(row, decision):
+            return  # waiting on the same terms: its deadline stands, counted from when it was first asked
         deadline = utcnow() + timedelta(seconds=decision.timeout_s) if decision.timeout_s else None
         await repository.set_approval_terms(
             ctx.conn,
@@ -321,6 +365,11 @@ class Responder:
     # ---- execution --------------------------------------------------------------------------
 
     async def _advance(self, ctx: HandlerContext, incident_id: str, cause: Cause) -> None:
+        """Run what the ordering rules allow now; once containment is over, watch that it holds."""
+        await self._advance_steps(ctx, incident_id, cause)
+        await self._maybe_watch(ctx, incident_id)
+
+    async def _advance_steps(self, ctx: HandlerContext, incident_id: str, cause: Cause) -> None:
         """Run what the ordering rules allow now, until nothing more changes."""
         plan = await repository.current_plan(ctx.conn, incident_id)
         if plan is None:
@@ -347,12 +396,19 @@ class Responder:
         if row["connector"] == "notify":
             await self._notify(ctx, cause, row)
             return
+        if row["connector"] == "manual":
+            await self._hand_over(ctx, cause, row)
+            return
         connector = self.execution.connectors.get(row["connector"])
         if connector is None:
             reason = f"connector {row['connector']} is not available here"
             await self._change(ctx, cause, row, "refused", actor="responder", reason=reason, final=True)
             return
         now = utcnow()
+        if row["undo"] is not None and row["lease_s"] is not None:
+            # Decided as it is sent: the block list entry (and a webhook's body) carries when it ends.
+            row["lease_s"], row["lease_offence"] = await self._lease_terms(ctx, row, now)
+            await repository.set_lease_terms(ctx.conn, row["id"], lease_s=row["lease_s"], offence=row["lease_offence"])
         call = _call(row, key=row["id"], action=row["action"], params=row["params"], now=now)
         try:
             dispatch = connector.dispatch(call)
@@ -412,6 +468,44 @@ class Responder:
             ctx, cause, row, "succeeded", actor="responder", reason="handed to the coordinator", sent=sent, final=True
         )
 
+    async def _hand_over(self, ctx: HandlerContext, cause: Cause, row: dict[str, Any]) -> None:
+        """A step a person does: it waits, running, until its owner says it is done (or failed)."""
+        if self.execution.dry_run or row["dry_run"]:
+            await self._change(ctx, cause, row, "simulated", actor="responder", reason="dry run", final=True)
+            return
+        due = f", due {row['due_at']:%Y-%m-%d %H:%M %Z}" if row["due_at"] else ""
+        reason = f"handed to {row['owner']}{due}: vigil recovery done {row['id']}"
+        await self._change(ctx, cause, row, "running", actor="responder", reason=reason, dispatched=True)
+
+    async def complete(
+        self, ctx: HandlerContext, step_id: str, *, actor: str, note: str, failed: bool
+    ) -> dict[str, Any]:
+        """Its owner (or anyone allowed) says a manual step is done, or failed; the note is the evidence."""
+        try:
+            incident_id = steps.incident_of(step_id)
+        except ValueError as exc:
+            raise StepAnswerRefused(str(exc)) from exc
+        await repository.lock_incident(ctx.conn, incident_id)
+        found = await repository.step(ctx.conn, step_id)
+        if found is None:
+            raise StepAnswerRefused(f"no step {step_id}")
+        row = dict(found)
+        if row["connector"] != "manual":
+            raise StepAnswerRefused(f"{step_id} is done by its connector ({row['connector']}), not by a person")
+        if row["state"] != "running":
+            raise StepAnswerRefused(f"{step_id} is {row['state']}: only a step handed to its owner can be marked done")
+        if not note.strip():
+            raise StepAnswerRefused("say what was done, or why it failed (--note): it is the step's evidence")
+        cause = _TimerCause(subject=incident_id, source=SOURCE)
+        state = "failed" if failed else "succeeded"
+        await self._change(ctx, cause, row, state, actor=actor, reason=note, final=True)
+        if not failed:
+            check = f"confirmed by {actor}"
+            await self._record_check(ctx, row, of="action", outcome="validated", check=check, reason=note)
+        ctx.audit("step.done" if not failed else "step.failed", step_id, principal=actor, detail={"note": note[:500]})
+        await self._advance(ctx, incident_id, cause)
+        return dict(await repository.step(ctx.conn, step_id) or {})
+
     async def _guardrails(self, ctx: HandlerContext, row: dict[str, Any], now: datetime) -> guardrails.Verdict:
         rails = self.execution.guardrails
         controls = await guardrails.get_controls(ctx.conn)
@@ -434,9 +528,12 @@ class Responder:
         return guardrails.check(action, [row["item"]] if row["item"] is not None else [], context)
 
     async def on_effect_outcome(self, ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
-        """An action's outcome, recorded in the transaction that records the effect's."""
-        undo = effect.key.endswith(UNDO_SUFFIX)
-        sid = effect.key.removesuffix(UNDO_SUFFIX)
+        """An action's, an undo's or a check's outcome, recorded in the transaction that records the effect's."""
+        key = effect.key
+        checked = key.endswith(VALIDATE_SUFFIX)
+        key = key.removesuffix(VALIDATE_SUFFIX)
+        undo = key.endswith(UNDO_SUFFIX)
+        sid = key.removesuffix(UNDO_SUFFIX)
         await repository.lock_incident(ctx.conn, effect.subject)
         found = await repository.step(ctx.conn, sid)
         if found is None:
@@ -445,13 +542,11 @@ class Responder:
         row = dict(found)
         cause = _TimerCause(subject=effect.subject, source=SOURCE)
         result = {"effect_id": outcome.effect_id, "attempts": outcome.attempts, **outcome.result}
+        if checked:
+            await self._on_checked(ctx, row, outcome, of="undo" if undo else "action")
+            return
         if undo:
-            if outcome.status == "succeeded":
-                reason = "lease ended: undone"
-                await self._change(ctx, cause, row, "rolled_back", actor="responder", reason=reason, result=result)
-            else:
-                log.error("step %s: its undo %s: %s", sid, outcome.status, outcome.error)
-                await self._log_only(ctx, row, actor="responder", reason=f"undo {outcome.status}: {outcome.error}")
+            await self._on_undone(ctx, cause, row, outcome, result)
             return
         if row["state"] != "running":
             log.warning("step %s is %s; outcome %s of effect %d ignored", sid, row["state"], outcome.status, effect.id)
@@ -460,28 +555,33 @@ class Responder:
             await self._change(
                 ctx, cause, row, "succeeded", actor="responder", reason="done", result=result, final=True
             )
-            await self._schedule_undo(ctx, row)
+            await self._validate(ctx, row, of="action", result=outcome.result)
+            await self._start_lease(ctx, row)
         else:
             what = "refused for good" if outcome.status == "failed" else f"gave up after {outcome.attempts} attempt(s)"
             reason = f"{what}: {outcome.error or 'no reason given'}"
             await self._change(ctx, cause, row, "failed", actor="responder", reason=reason, result=result, final=True)
         await self._advance(ctx, effect.subject, cause)
 
-    async def _schedule_undo(self, ctx: HandlerContext, row: dict[str, Any]) -> None:
-        """A reversible action's undo, due when its lease ends: a durable effect that survives restarts."""
-        if row["undo"] is None or row["lease_s"] is None:
-            return
-        undo = row["undo"]
-        connector = self.execution.connectors.get(undo["connector"])
-        now = utcnow()
-        key = row["id"] + UNDO_SUFFIX
+    # ---- validation -------------------------------------------------------------------------
+
+    async def _validate(
+        self, ctx: HandlerContext, row: dict[str, Any], *, of: Literal["action", "undo"], result: Mapping[str, Any]
+    ) -> None:
+        """Enqueue the check that proves an action's (or its undo's) effect, as its own effect after it."""
+        spec = row["undo"] if of == "undo" else {"connector": row["connector"], "action": row["action"]}
+        params = row["undo"]["params"] if of == "undo" else row["params"]
+        connector = self.execution.connectors.get(spec["connector"])
+        key = row["id"] + (UNDO_SUFFIX if of == "undo" else "") + VALIDATE_SUFFIX
+        call = _call(row, key=key, action=spec["action"], params=params, now=utcnow())
         try:
-            if connector is None:
-                raise ConnectorError(f"connector {undo['connector']} is not available here")
-            dispatch = connector.dispatch(_call(row, key=key, action=undo["action"], params=undo["params"], now=now))
+            dispatch = connector.validation(call, result) if isinstance(connector, Validating) else None
         except ConnectorError as exc:
-            log.error("step %s: its undo cannot be scheduled: %s", row["id"], exc)
-            await self._log_only(ctx, row, actor="responder", reason=f"undo not scheduled: {exc}")
+            await self._record_check(ctx, row, of=of, outcome="failed", check="", reason=f"cannot be checked: {exc}")
+            return
+        if dispatch is None:
+            reason = f"no check is configured for {spec['connector']} {spec['action']}"
+            await self._record_check(ctx, row, of=of, outcome="unchecked", check="", reason=reason)
             return
         await effects.enqueue(
             ctx.conn,
@@ -491,46 +591,440 @@ class Responder:
             subject=row["incident_id"],
             target=dispatch.target,
             payload=dispatch.payload,
-            not_before=now + timedelta(seconds=row["lease_s"]),
-            timeout_s=row["timeout_s"],
+        )
+        if of == "undo":
+            await repository.set_undo_validation(ctx.conn, row["id"], "pending")
+        else:
+            await repository.set_validation(
+                ctx.conn, row["id"], outcome="pending", reason=f"checking ({dispatch.kind})"
+            )
+
+    async def _on_checked(
+        self, ctx: HandlerContext, row: dict[str, Any], outcome: EffectOutcome, *, of: Literal["action", "undo"]
+    ) -> None:
+        found = {k: v for k, v in outcome.result.items() if k in ("check_url", "status_code", "listed", "exit_code")}
+        check = ", ".join(f"{k}={v}" for k, v in sorted(found.items())) or outcome.kind
+        if outcome.status == "succeeded":
+            await self._record_check(
+                ctx, row, of=of, outcome="validated", check=check, reason="", evidence=outcome.result
+            )
+            return
+        reason = outcome.error or "the check did not pass"
+        if outcome.status == "parked":
+            reason = f"not confirmed after {outcome.attempts} attempt(s): {reason}"
+        await self._record_check(ctx, row, of=of, outcome="failed", check=check, reason=reason, evidence=outcome.result)
+
+    async def _record_check(
+        self,
+        ctx: HandlerContext,
+        row: dict[str, Any],
+        *,
+        of: Literal["action", "undo"],
+        outcome: ValidationOutcome,
+        check: str,
+        reason: str,
+        evidence: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Mark the action (or the lease's undo) validated, failed or unchecked, log it, and say so."""
+        if of == "undo":
+            await repository.set_undo_validation(ctx.conn, row["id"], outcome)
+        else:
+            await repository.set_validation(ctx.conn, row["id"], outcome=outcome, reason=reason)
+        what = "undo" if of == "undo" else "action"
+        await self._log_only(
+            ctx, row, actor="validation", reason=f"{what} {outcome}" + (f": {reason}" if reason else "")
+        )
+        metrics.VALIDATIONS.labels(of, outcome).inc()
+        if outcome == "failed":
+            log.warning("step %s: its %s's effect is not confirmed: %s", row["id"], what, reason)
+        action = row["undo"]["action"] if of == "undo" else row["action"]
+        connector = row["undo"]["connector"] if of == "undo" else row["connector"]
+        ctx.emit(
+            ResponseStepValidated(
+                source=SOURCE,
+                subject=row["incident_id"],
+                data=StepValidation(
+                    step_id=row["id"],
+                    step=row["step"],
+                    name=row["name"],
+                    phase=row["phase"],
+                    item=row["item"],
+                    connector=connector,
+                    action=action,
+                    of=of,
+                    outcome=outcome,
+                    check=check[:500],
+                    reason=reason[:2000],
+                    evidence=bound_result(dict(evidence or {})),
+                ),
+            )
         )
 
     # ---- leases -----------------------------------------------------------------------------
 
-    async def change_lease(
-        self, ctx: HandlerContext, step_id: str, *, actor: str, reason: str, extend_s: int | None
-    ) -> dict[str, Any]:
-        """Extend a succeeded reversible step's lease by ``extend_s``, or (None) end it now: its undo runs."""
-        incident_id = steps.incident_of(step_id)
-        await repository.lock_incident(ctx.conn, incident_id)
-        found = await repository.step(ctx.conn, step_id)
-        if found is None:
-            raise StepAnswerRefused(f"no step {step_id}")
-        row = dict(found)
-        if row["lease_s"] is None or row["undo"] is None:
-            raise StepAnswerRefused(f"{step_id} is not a reversible step: it has no lease")
-        if row["state"] != "succeeded":
-            raise StepAnswerRefused(f"{step_id} is {row['state']}: only an action in force has a lease to change")
-        undo_at = await ctx.conn.fetchval(
-            "SELECT not_before FROM effects WHERE service = $1 AND key = $2 AND status = 'pending'",
-            SERVICE,
-            step_id + UNDO_SUFFIX,
-        )
-        if undo_at is None:
-            raise StepAnswerRefused(f"{step_id}: its undo is not waiting (already run, or not scheduled)")
+    async def _lease_terms(self, ctx: HandlerContext, row: dict[str, Any], now: datetime) -> tuple[int, int]:
+        """How long a reversible step's lease holds, longer for a repeat offender; (seconds, offence)."""
+        policy = self.execution.repeat_offenders
+        earlier = 0
+        if row["target_kind"] in policy.kinds and row["item"] is not None:
+            earlier = await repository.earlier_leases(
+                ctx.conn,
+                target_kind=row["target_kind"],
+                target=row["item"],
+                since=now - policy.window,
+                step_id=row["id"],
+            )
+        return leases.lease_terms(row["lease_s"], target_kind=row["target_kind"], earlier=earlier, policy=policy)
+
+    async def _start_lease(self, ctx: HandlerContext, row: dict[str, Any]) -> None:
+        """A reversible action in force: its lease, and the durable timer that ends it (it survives restarts)."""
+        if row["undo"] is None or row["lease_s"] is None:
+            return
         now = utcnow()
-        due = now if extend_s is None else max(undo_at, now) + timedelta(seconds=extend_s)
-        await effects.move_pending(ctx.conn, service=SERVICE, kind=None, key=step_id + UNDO_SUFFIX, not_before=due)
-        what = "lease revoked: undone now" if extend_s is None else f"lease extended to {due:%Y-%m-%d %H:%M:%S %Z}"
-        await self._log_only(ctx, row, actor=actor, reason=f"{what}" + (f": {reason}" if reason else ""))
+        due = now + timedelta(seconds=row["lease_s"])
+        created = await repository.insert_lease(
+            ctx.conn,
+            step_id=row["id"],
+            incident_id=row["incident_id"],
+            target_kind=row["target_kind"] or "",
+            target=row["item"] or "",
+            action=row["action"],
+            offence=row["lease_offence"] or 1,
+            duration_s=row["lease_s"],
+            started_at=now,
+            due_at=due,
+        )
+        if not created:
+            return
+        await timers.schedule(ctx.conn, service=SERVICE, kind=LEASE_EXPIRY, subject=row["id"], due_at=due)
+        offence = row["lease_offence"] or 1
+        reason = f"in force until {due:%Y-%m-%d %H:%M:%S %Z}" + (f" (offence {offence})" if offence > 1 else "")
+        await repository.log_lease(ctx.conn, row["id"], actor="responder", change="created", reason=reason, due_at=due)
+        await self._lease_event(ctx, row["id"], change="created", actor="responder", reason=reason)
+
+    async def on_lease_expiry(self, ctx: HandlerContext, timer: timers.Timer) -> None:
+        """A lease's end came (or came while the responder was down): its undo goes out now."""
+        await repository.lock_incident(ctx.conn, steps.incident_of(timer.subject))
+        found = await repository.lease(ctx.conn, timer.subject)
+        if found is None or found["state"] not in ("active", "extended"):
+            return  # made permanent, revoked or rolled back meanwhile
+        late = (utcnow() - timer.due_at).total_seconds()
+        metrics.LEASE_EXPIRY_DELAY.observe(max(late, 0.0))
+        await self._revert(ctx, timer.subject, change="expired", actor="lease", reason="the lease ended")
+
+    async def _revert(
+        self,
+        ctx: HandlerContext,
+        step_id: str,
+        *,
+        change: Literal["expired", "revoked", "rolled_back"],
+        actor: str,
+        reason: str,
+    ) -> bool:
+        """Send a leased action's undo now, as an effect with its own idempotency key; False if it cannot go."""
+        row = dict(await repository.step(ctx.conn, step_id) or {})
+        undo = row["undo"]
+        key = step_id + UNDO_SUFFIX
+        await timers.cancel(ctx.conn, service=SERVICE, kind=LEASE_EXPIRY, subject=step_id)
+        connector = self.execution.connectors.get(undo["connector"])
+        try:
+            if connector is None:
+                raise ConnectorError(f"connector {undo['connector']} is not available here")
+            dispatch = connector.dispatch(
+                _call(row, key=key, action=undo["action"], params=undo["params"], now=utcnow())
+            )
+        except ConnectorError as exc:
+            why = f"{reason}; the undo cannot be sent: {exc}"
+            await repository.update_lease(
+                ctx.conn, step_id, state="revert_failed", actor=actor, reason=why, revert_reason=change
+            )
+            await repository.log_lease(ctx.conn, step_id, actor=actor, change="revert_failed", reason=why, due_at=None)
+            await self._lease_event(ctx, step_id, change="revert_failed", actor=actor, reason=why)
+            return False
+        queued = await effects.enqueue(
+            ctx.conn,
+            service=SERVICE,
+            kind=dispatch.kind,
+            key=key,
+            subject=row["incident_id"],
+            target=dispatch.target,
+            payload=dispatch.payload,
+            timeout_s=row["timeout_s"],
+        )
+        if not queued:  # an undo that ran before (and failed, or was parked) goes again, with the same key
+            effect_id = await ctx.conn.fetchval(
+                "SELECT id FROM effects WHERE service = $1 AND kind = $2 AND key = $3", SERVICE, dispatch.kind, key
+            )
+            await effects.retry(ctx.conn, effect_id=effect_id)
+        await repository.update_lease(
+            ctx.conn, step_id, state="reverting", actor=actor, reason=reason, revert_reason=change
+        )
+        await repository.log_lease(ctx.conn, step_id, actor=actor, change=change, reason=reason, due_at=utcnow())
+        await self._lease_event(ctx, step_id, change=change, actor=actor, reason=reason)
+        return True
+
+    async def _on_undone(
+        self, ctx: HandlerContext, cause: Cause, row: dict[str, Any], outcome: EffectOutcome, result: dict[str, Any]
+    ) -> None:
+        """The undo ran: the lease is reverted (then checked), or its failure is said and escalated."""
+        sid = row["id"]
+        lease = await repository.lease(ctx.conn, sid)
+        why = lease["revert_reason"] if lease is not None else "expired"
+        if outcome.status == "succeeded":
+            reason = {"expired": "lease ended: undone", "revoked": "lease revoked: undone"}.get(
+                why, "rolled back: undone"
+            )
+            if lease is not None:
+                await repository.update_lease(
+                    ctx.conn, sid, state="reverted", actor="responder", reason=reason, reverted=True
+                )
+                await repository.log_lease(
+                    ctx.conn, sid, actor="responder", change="reverted", reason=reason, due_at=None
+                )
+                await self._lease_event(ctx, sid, change="reverted", actor="responder", reason=reason)
+            if row["state"] == "succeeded":
+                await self._change(ctx, cause, row, "rolled_back", actor="responder", reason=reason, result=result)
+            await self._validate(ctx, row, of="undo", result=outcome.result)
+        else:
+            reason = f"undo {outcome.status} after {outcome.attempts} attempt(s): {outcome.error or 'no reason given'}"
+            log.error("step %s: %s", sid, reason)
+            await self._log_only(ctx, row, actor="responder", reason=reason)
+            if lease is not None:
+                await repository.update_lease(ctx.conn, sid, state="revert_failed", actor="responder", reason=reason)
+                await repository.log_lease(
+                    ctx.conn, sid, actor="responder", change="revert_failed", reason=reason, due_at=None
+                )
+                await self._lease_event(ctx, sid, change="revert_failed", actor="responder", reason=reason)
+        await self._rollback_next(ctx, row["incident_id"], undone=sid, failed=outcome.status != "succeeded")
+
+    async def change_lease(
+        self,
+        ctx: HandlerContext,
+        step_id: str,
+        *,
+        actor: str,
+        reason: str,
+        change: leases.Change,
+        by_s: int | None = None,
+    ) -> dict[str, Any]:
+        """Extend a lease by ``by_s``, make it permanent, or revoke it (its undo runs now); who and why are kept."""
+        try:
+            incident_id = steps.incident_of(step_id)
+        except ValueError as exc:
+            raise StepAnswerRefused(str(exc)) from exc
+        await repository.lock_incident(ctx.conn, incident_id)
+        found = await repository.lease(ctx.conn, step_id)
+        if found is None:
+            step = await repository.step(ctx.conn, step_id)
+            if step is None:
+                raise StepAnswerRefused(f"no step {step_id}")
+            if step["undo"] is None:
+                raise StepAnswerRefused(f"{step_id} is not a reversible step: it has no lease")
+            raise StepAnswerRefused(f"{step_id} is {step['state']}: only an action in force has a lease to change")
+        try:
+            leases.check_change(found["state"], change)
+        except leases.LeaseRefused as exc:
+            raise StepAnswerRefused(f"{step_id}: {exc}") from exc
+        now = utcnow()
+        row = dict(await repository.step(ctx.conn, step_id) or {})
+        if change == "revoke":
+            what = "lease revoked: undone now"
+            await self._revert(ctx, step_id, change="revoked", actor=actor, reason=reason or "revoked")
+            due: datetime | None = now
+        elif change == "extend":
+            assert by_s is not None
+            due = leases.extended_due(found["due_at"], now, timedelta(seconds=by_s))
+            what = f"lease extended to {due:%Y-%m-%d %H:%M:%S %Z}"
+            await timers.schedule(ctx.conn, service=SERVICE, kind=LEASE_EXPIRY, subject=step_id, due_at=due)
+            await repository.update_lease(ctx.conn, step_id, state="extended", actor=actor, reason=reason, due_at=due)
+            await repository.extend_blocklist_entry(ctx.conn, step_id, expires_at=due)
+            await repository.log_lease(ctx.conn, step_id, actor=actor, change="extended", reason=reason, due_at=due)
+            await self._lease_event(ctx, step_id, change="extended", actor=actor, reason=reason)
+        else:
+            due = None
+            what = "lease made permanent: no undo until revoked"
+            await timers.cancel(ctx.conn, service=SERVICE, kind=LEASE_EXPIRY, subject=step_id)
+            await repository.update_lease(ctx.conn, step_id, state="permanent", actor=actor, reason=reason, due_at=None)
+            await repository.extend_blocklist_entry(ctx.conn, step_id, expires_at=None)
+            await repository.log_lease(
+                ctx.conn, step_id, actor=actor, change="made_permanent", reason=reason, due_at=None
+            )
+            await self._lease_event(ctx, step_id, change="made_permanent", actor=actor, reason=reason)
+        await self._log_only(ctx, row, actor=actor, reason=what + (f": {reason}" if reason else ""))
         ctx.audit(
-            "lease.revoke" if extend_s is None else "lease.extend",
+            f"lease.{change}",
             step_id,
             principal=actor,
-            detail={"undo_at": due.isoformat(), "reason": reason[:500]},
+            detail={"undo_at": due.isoformat() if due else None, "reason": reason[:500]},
         )
         log.info("step %s: %s by %s", step_id, what, actor)
-        return {**row, "undo_at": due}
+        return {**dict(await repository.lease(ctx.conn, step_id) or {}), "undo_at": due}
+
+    async def _lease_event(self, ctx: HandlerContext, step_id: str, *, change: str, actor: str, reason: str) -> None:
+        lease = await repository.lease(ctx.conn, step_id)
+        assert lease is not None
+        metrics.LEASES.labels(change).inc()
+        ctx.emit(
+            ResponseLeaseChanged(
+                source=SOURCE,
+                subject=lease["incident_id"],
+                data=LeaseChange(
+                    step_id=step_id,
+                    name=lease["name"],
+                    target_kind=lease["target_kind"],
+                    target=lease["target"],
+                    action=lease["action"],
+                    state=lease["state"],
+                    change=change,  # type: ignore[arg-type]  # one of LeaseChange.change
+                    actor=actor,
+                    reason=reason[:2000],
+                    due_at=lease["due_at"],
+                    offence=lease["offence"],
+                    duration_s=lease["duration_s"],
+                ),
+            )
+        )
+
+    # ---- the watch after containment ---------------------------------------------------------
+
+    async def _maybe_watch(self, ctx: HandlerContext, incident_id: str) -> None:
+        """Every containment step has ended and some acted: watch the incident's new alerts for what they contained."""
+        plan = await repository.current_plan(ctx.conn, incident_id)
+        if plan is None or await repository.watching(ctx.conn, incident_id) is not None:
+            return
+        rows = [dict(r) for r in await repository.steps_of(ctx.conn, incident_id) if r["plan_id"] == plan["id"]]
+        entities = monitor.contained_entities(rows)
+        if not entities:
+            return
+        last = await repository.last_watch(ctx.conn, incident_id)
+        if last is not None and {(e.kind, e.value) for e in entities} <= {
+            (e["kind"], e["value"]) for e in last["entities"]
+        }:
+            return  # these were watched already; only a revised plan that contains more starts another watch
+        now = utcnow()
+        watch = self.execution.watch
+        ends = now + watch.period
+        monitor_id = await repository.insert_watch(
+            ctx.conn,
+            incident_id=incident_id,
+            started_at=now,
+            ends_at=ends,
+            entities=[e.model_dump() for e in entities],
+            threshold=watch.threshold,
+        )
+        await timers.schedule(ctx.conn, service=SERVICE, kind=WATCH_END, subject=str(monitor_id), due_at=ends)
+        log.info("incident %s: containment over; watching %d entities until %s", incident_id, len(entities), ends)
+
+    async def on_alerts(self, ctx: HandlerContext, event: IncidentDetected | IncidentUpdated) -> None:
+        """New alerts of an incident under watch: those naming a contained entity are evidence it did not hold."""
+        if not event.data.new_alerts:
+            return
+        await repository.lock_incident(ctx.conn, event.subject)
+        watched = await repository.watching(ctx.conn, event.subject)
+        if watched is None:
+            return
+        entities = [WatchedEntity.model_validate(e) for e in watched["entities"]]
+        found = monitor.evidence(event.data.new_alerts, entities, since=watched["started_at"])
+        if not found:
+            return
+        await repository.add_evidence(ctx.conn, watched["id"], [e.model_dump(mode="json") for e in found])
+        seen = len(watched["evidence"]) + len(found)
+        log.warning("incident %s: %d alert(s) on contained entities since containment", event.subject, seen)
+        if seen >= watched["threshold"]:
+            await self._end_watch(ctx, watched["id"], ineffective=True)
+
+    async def on_watch_end(self, ctx: HandlerContext, timer: timers.Timer) -> None:
+        """The watch's period passed: containment held, unless it was found ineffective before."""
+        await self._end_watch(ctx, int(timer.subject), ineffective=False)
+
+    async def _end_watch(self, ctx: HandlerContext, monitor_id: int, *, ineffective: bool) -> None:
+        watched = await repository.watch(ctx.conn, monitor_id)
+        if watched is None or watched["state"] != "watching":
+            return
+        state = "ineffective" if ineffective else "confirmed"
+        await repository.end_watch(ctx.conn, monitor_id, state=state)
+        await timers.cancel(ctx.conn, service=SERVICE, kind=WATCH_END, subject=str(monitor_id))
+        fresh = await repository.watch(ctx.conn, monitor_id)
+        assert fresh is not None
+        evidence = list(fresh["evidence"])
+        entities = ", ".join(f"{e['kind']} {e['value']}" for e in fresh["entities"])
+        if ineffective:
+            reason = f"{len(evidence)} alert(s) on contained entities ({entities}) since containment"
+        else:
+            reason = f"no more than {len(evidence)} alert(s) on {entities} in the watch after containment"
+        data = ContainmentWatch(
+            started_at=fresh["started_at"],
+            ended_at=fresh["ended_at"],
+            entities=fresh["entities"],
+            threshold=fresh["threshold"],
+            matched=len(evidence),
+            evidence=evidence[: monitor.MAX_EVIDENCE],
+            reason=reason[:2000],
+        )
+        event_class = ContainmentIneffective if ineffective else ContainmentConfirmed
+        ctx.emit(event_class(source=SOURCE, subject=fresh["incident_id"], data=data))
+        metrics.WATCHES.labels(state).inc()
+        log.info("incident %s: containment %s: %s", fresh["incident_id"], state, reason)
+
+    # ---- rollback ---------------------------------------------------------------------------
+
+    async def rollback(self, ctx: HandlerContext, incident_id: str, *, actor: str, reason: str) -> dict[str, Any]:
+        """Undo an incident's actions in force, one at a time, in reverse order of execution."""
+        await repository.lock_incident(ctx.conn, incident_id)
+        if await repository.running_rollback(ctx.conn, incident_id) is not None:
+            raise StepAnswerRefused(f"incident {incident_id} is being rolled back already")
+        in_force = await repository.list_leases(ctx.conn, incident_id=incident_id, states=sorted(leases.UNDOABLE))
+        if not in_force:
+            raise StepAnswerRefused(f"incident {incident_id} has no reversible action in force to roll back")
+        executed = {r["id"]: r for r in await repository.steps_of(ctx.conn, incident_id)}
+        order = sorted(
+            (lease["step_id"] for lease in in_force),
+            key=lambda sid: (executed[sid]["dispatched_at"], executed[sid]["finished_at"], sid),
+            reverse=True,
+        )
+        rollback = await repository.insert_rollback(
+            ctx.conn, incident_id=incident_id, requested_by=actor, reason=reason, steps=order
+        )
+        ctx.audit(
+            "response.rollback", incident_id, principal=actor, detail={"steps": len(order), "reason": reason[:500]}
+        )
+        log.info("incident %s: rolling back %d action(s) for %s", incident_id, len(order), actor)
+        await self._rollback_next(ctx, incident_id)
+        return dict(rollback)
+
+    async def _rollback_next(
+        self, ctx: HandlerContext, incident_id: str, *, undone: str | None = None, failed: bool = False
+    ) -> None:
+        """Undo the rollback's next action, once the one before it has its outcome."""
+        rollback = await repository.running_rollback(ctx.conn, incident_id)
+        if rollback is None:
+            return
+        position, order = rollback["position"], list(rollback["steps"])
+        if undone is not None:
+            if position >= len(order) or order[position] != undone:
+                return  # an undo of this incident outside the rollback (a lease ending): the rollback waits on
+            position += 1
+            await repository.advance_rollback(
+                ctx.conn, rollback["id"], position=position, failed=undone if failed else None
+            )
+        while position < len(order):
+            lease = await repository.lease(ctx.conn, order[position])
+            if lease is not None and lease["state"] in leases.UNDOABLE:
+                why = f"rollback by {rollback['requested_by']}" + (
+                    f": {rollback['reason']}" if rollback["reason"] else ""
+                )
+                if await self._revert(
+                    ctx, order[position], change="rolled_back", actor=rollback["requested_by"], reason=why
+                ):
+                    return  # its outcome moves the rollback on
+                await repository.advance_rollback(
+                    ctx.conn, rollback["id"], position=position + 1, failed=order[position]
+                )
+            else:
+                await repository.advance_rollback(ctx.conn, rollback["id"], position=position + 1, failed=None)
+            position += 1
+        state = await repository.end_rollback(ctx.conn, rollback["id"])
+        log.info("incident %s: rollback %d %s", incident_id, rollback["id"], state.replace("_", " "))
 
     # ---- recording --------------------------------------------------------------------------
 
@@ -583,6 +1077,9 @@ class Responder:
                     actor=actor,
                     reason=reason[:2000],
                     on_failure=row["on_failure"],
+                    required=row.get("required", True),
+                    owner=row.get("owner"),
+                    due_at=row.get("due_at"),
                     dry_run=bool(row["dry_run"]) or self.execution.dry_run,
                     sent=bound_result(sent) if sent is not None else None,
                     result=bound_result(result) if result is not None else None,
@@ -658,6 +1155,17 @@ def _targets_per_step(planned: Iterable[PlannedStep]) -> dict[str, int]:
     return counts
 
 
+def _same_terms(row: Mapping[str, Any], decision: approvals.Decision) -> bool:
+    """The step already waits on the terms the policy decides now (rule, approvals, roles, on timeout)."""
+    return (
+        row["policy_rule"] == decision.rule
+        and row["approvals_required"] == decision.approvals
+        and list(row["approver_roles"] or ()) == list(decision.roles)
+        and row["on_timeout"] == (decision.on_timeout if decision.timeout_s else None)
+        and (row["approval_deadline"] is not None) == bool(decision.timeout_s)
+    )
+
+
 def _step_row(incident_id: str, sid: str, plan_id: str, playbook: str, step: PlannedStep) -> dict[str, Any]:
     return {
         "id": sid,
@@ -683,4 +1191,8 @@ def _step_row(incident_id: str, sid: str, plan_id: str, playbook: str, step: Pla
         "dry_run": step.dry_run,
         "state": step.status if step.status in ("refused", "skipped") else "planned",
         "approval": step.approval,
+        "owner": step.owner,
+        "due_at": utcnow() + timedelta(seconds=step.due_s) if step.due_s else None,
+        "required": step.required,
+        "recovery": step.recovery,
     }

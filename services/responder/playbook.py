@@ -49,9 +49,11 @@ _ENV = _Sandbox(undefined=StrictUndefined, autoescape=False)
 ParamType = Literal["ip", "cidr", "domain", "url", "hostname", "sha256", "string", "int", "duration"]
 ResponseType = Literal["immediate", "tactical", "strategic", "recovery"]
 Phase = Literal["containment", "eradication", "recovery", "communication", "investigation"]
-# Built in: webhook, command, blocklist, notify; others are the names of installed connector plugins.
+# Built in: webhook, command, blocklist, notify, manual (a person does it); others are the names of
+# installed connector plugins.
 Connector = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,62}$")]
 Risk = Literal["low", "medium", "high", "critical"]
+RecoveryKind = Literal["system", "data", "service", "business"]
 IndicatorKind = Literal["ipv4", "ipv6", "domain", "url", "md5", "sha1", "sha256", "email"]
 ForEach = Literal[
     "external_ips", "external_source_ips", "affected_hosts", "affected_users", "domains", "urls", "sha256s"
@@ -153,11 +155,25 @@ class Step(Model):
     lease: Duration | None = Field(None, description="How long a reversible action holds before its undo runs.")
     undo: Undo | None = None
     dry_run: bool = Field(False, description="Never send: the step is marked simulated with what it would send.")
+    owner: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Who does it: a person or a role (`dba-oncall`); with the `manual` connector the step waits "
+        "for them to say it is done (`vigil recovery done`).",
+    )
+    due: Duration | None = Field(None, description="How long after it is planned it should be done: `4h`.")
+    recovery: RecoveryKind | None = Field(None, description="For recovery steps: system, data, service or business.")
+    required: bool = Field(
+        True, description="Whether the incident may be recovered only once it has ended well (recovery steps)."
+    )
 
     @model_validator(mode="after")
     def _lease_and_undo_together(self) -> Step:
         if (self.lease is None) != (self.undo is None):
             raise ValueError("a reversible step has both a lease and an undo step, a one-way step neither")
+        if self.connector == "manual" and self.owner is None:
+            raise ValueError("a manual step names its owner: the person or role who does it")
         return self
 
 
@@ -472,6 +488,10 @@ class PlannedStep(Model):
     lease_s: int | None
     undo: PlannedUndo | None
     dry_run: bool = False
+    owner: str | None = None
+    due_s: int | None = None
+    recovery: RecoveryKind | None = None
+    required: bool = True
     position: int = Field(0, description="The playbook step's place: later steps wait for earlier ones.")
     for_each: str | None = None
     status: Literal["planned", "awaiting_approval", "skipped", "refused"]
@@ -543,6 +563,10 @@ def _plan_one(
         lease_s=duration_seconds(step.lease) if step.lease else None,
         undo=undo,
         dry_run=dry_run or step.dry_run,
+        owner=step.owner,
+        due_s=duration_seconds(step.due) if step.due else None,
+        recovery=step.recovery,
+        required=step.required,
         position=position,
         for_each=step.for_each,
         status=status,

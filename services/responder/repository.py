@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 
@@ -14,7 +14,13 @@ STEP_COLUMNS = (
     "id, incident_id, plan_id, playbook, step, position, item, target_kind, name, phase, response, connector, "
     "action, params, undo, lease_s, timeout_s, retries, on_failure, risk, approval, dry_run, state, reason, "
     "policy_rule, approvals_required, approver_roles, approval_deadline, on_timeout, approvals, sent, result, "
-    "dispatched_at, finished_at, created_at, updated_at"
+    "dispatched_at, finished_at, created_at, updated_at, validation, validation_reason, validated_at, "
+    "lease_offence, owner, due_at, required, recovery"
+)
+LEASE_COLUMNS = (
+    "l.step_id, l.incident_id, l.target_kind, l.target, l.action, l.state, l.offence, l.duration_s, l.started_at, "
+    "l.due_at, l.reverted_at, l.revert_reason, l.undo_validation, l.changed_by, l.change_reason, l.created_at, "
+    "l.updated_at, s.name, s.connector, s.undo"
 )
 
 
@@ -61,12 +67,16 @@ async def insert_step(conn: Conn, row: dict[str, Any]) -> None:
     )
 
 
-async def keep_in_plan(conn: Conn, step_id: str, *, plan_id: str, position: int) -> None:
+async def keep_in_plan(conn: Conn, positions: Mapping[str, int], *, plan_id: str) -> None:
+    """Steps already there stay, in the revised plan at their new positions: one statement for all."""
+    if not positions:
+        return
     await conn.execute(
-        "UPDATE responder_steps SET plan_id = $2, position = $3, updated_at = now() WHERE id = $1",
-        step_id,
+        """UPDATE responder_steps AS s SET plan_id = $1, position = k.position, updated_at = now()
+           FROM unnest($2::text[], $3::int[]) AS k(id, position) WHERE s.id = k.id""",
         plan_id,
-        position,
+        list(positions),
+        list(positions.values()),
     )
 
 
@@ -172,3 +182,264 @@ async def log_of(conn: Conn, incident_id: str) -> list[asyncpg.Record]:
            WHERE incident_id = $1 ORDER BY id""",
         incident_id,
     )
+
+
+# ---- validation ---------------------------------------------------------------------------------
+
+
+async def set_validation(conn: Conn, step_id: str, *, outcome: str, reason: str) -> None:
+    await conn.execute(
+        """UPDATE responder_steps
+           SET validation = $2, validation_reason = $3,
+               validated_at = CASE WHEN $2 = 'pending' THEN NULL ELSE now() END, updated_at = now()
+           WHERE id = $1""",
+        step_id,
+        outcome,
+        reason,
+    )
+
+
+async def set_lease_terms(conn: Conn, step_id: str, *, lease_s: int, offence: int) -> None:
+    await conn.execute(
+        "UPDATE responder_steps SET lease_s = $2, lease_offence = $3, updated_at = now() WHERE id = $1",
+        step_id,
+        lease_s,
+        offence,
+    )
+
+
+# ---- leases -------------------------------------------------------------------------------------
+
+
+async def earlier_leases(conn: Conn, *, target_kind: str, target: str, since: datetime, step_id: str) -> int:
+    """Leases on the same target started since then, by other steps (any incident): its earlier offences."""
+    count: int = await conn.fetchval(
+        """SELECT count(*) FROM responder_leases
+           WHERE target_kind = $1 AND target = $2 AND started_at >= $3 AND step_id <> $4""",
+        target_kind,
+        target,
+        since,
+        step_id,
+    )
+    return count
+
+
+async def insert_lease(
+    conn: Conn,
+    *,
+    step_id: str,
+    incident_id: str,
+    target_kind: str,
+    target: str,
+    action: str,
+    offence: int,
+    duration_s: int,
+    started_at: datetime,
+    due_at: datetime,
+) -> bool:
+    """Record a new lease; False when the step has one already (its outcome was recorded before)."""
+    inserted = await conn.fetchval(
+        """INSERT INTO responder_leases (step_id, incident_id, target_kind, target, action, state, offence,
+                                         duration_s, started_at, due_at, changed_by, change_reason)
+           VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, 'responder', 'the action succeeded')
+           ON CONFLICT (step_id) DO NOTHING
+           RETURNING true""",
+        step_id,
+        incident_id,
+        target_kind,
+        target,
+        action,
+        offence,
+        duration_s,
+        started_at,
+        due_at,
+    )
+    return bool(inserted)
+
+
+async def lease(conn: Conn, step_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {LEASE_COLUMNS} FROM responder_leases l JOIN responder_steps s ON s.id = l.step_id "
+        "WHERE l.step_id = $1",
+        step_id,
+    )
+
+
+async def update_lease(
+    conn: Conn,
+    step_id: str,
+    *,
+    state: str,
+    actor: str,
+    reason: str,
+    due_at: datetime | Literal["keep"] | None = "keep",
+    revert_reason: str | None = None,
+    reverted: bool = False,
+) -> None:
+    """Change a lease's state (and its end, unless ``keep``), saying who and why."""
+    await conn.execute(
+        """UPDATE responder_leases
+           SET state = $2, changed_by = $3, change_reason = $4,
+               due_at = CASE WHEN $5 THEN due_at ELSE $6 END,
+               revert_reason = coalesce($7, revert_reason),
+               reverted_at = CASE WHEN $8 THEN now() ELSE reverted_at END,
+               updated_at = now()
+           WHERE step_id = $1""",
+        step_id,
+        state,
+        actor,
+        reason,
+        due_at == "keep",
+        None if due_at == "keep" else due_at,
+        revert_reason,
+        reverted,
+    )
+
+
+async def set_undo_validation(conn: Conn, step_id: str, outcome: str) -> None:
+    await conn.execute(
+        "UPDATE responder_leases SET undo_validation = $2, updated_at = now() WHERE step_id = $1", step_id, outcome
+    )
+
+
+async def log_lease(conn: Conn, step_id: str, *, actor: str, change: str, reason: str, due_at: datetime | None) -> None:
+    await conn.execute(
+        "INSERT INTO responder_lease_log (step_id, actor, change, reason, due_at) VALUES ($1, $2, $3, $4, $5)",
+        step_id,
+        actor,
+        change,
+        reason,
+        due_at,
+    )
+
+
+async def list_leases(
+    conn: Conn, *, incident_id: str | None = None, states: Sequence[str] | None = None, limit: int = 500
+) -> list[asyncpg.Record]:
+    """Leases, soonest end first (permanent ones last), of one incident or all, in these states or any."""
+    return await conn.fetch(
+        f"""SELECT {LEASE_COLUMNS} FROM responder_leases l JOIN responder_steps s ON s.id = l.step_id
+            WHERE ($1::text IS NULL OR l.incident_id = $1) AND ($2::text[] IS NULL OR l.state = ANY($2))
+            ORDER BY l.due_at NULLS LAST, l.step_id
+            LIMIT $3""",
+        incident_id,
+        list(states) if states is not None else None,
+        limit,
+    )
+
+
+async def lease_log(conn: Conn, step_ids: Sequence[str]) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT step_id, at, actor, change, reason, due_at FROM responder_lease_log
+           WHERE step_id = ANY($1::text[]) ORDER BY id""",
+        list(step_ids),
+    )
+
+
+async def extend_blocklist_entry(conn: Conn, step_id: str, *, expires_at: datetime | None) -> None:
+    """Move the end of a step's block list entry with its lease (the served list drops an expired entry)."""
+    await conn.execute(
+        "UPDATE responder_blocklist SET expires_at = $2 WHERE step_id = $1 AND removed_at IS NULL",
+        step_id,
+        expires_at,
+    )
+
+
+# ---- rollbacks ----------------------------------------------------------------------------------
+
+
+async def running_rollback(conn: Conn, incident_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT * FROM responder_rollbacks WHERE incident_id = $1 AND state = 'running'", incident_id
+    )
+
+
+async def insert_rollback(
+    conn: Conn, *, incident_id: str, requested_by: str, reason: str, steps: Sequence[str]
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        """INSERT INTO responder_rollbacks (incident_id, requested_by, reason, steps, state)
+           VALUES ($1, $2, $3, $4, 'running') RETURNING *""",
+        incident_id,
+        requested_by,
+        reason,
+        list(steps),
+    )
+    assert row is not None
+    return row
+
+
+async def advance_rollback(conn: Conn, rollback_id: int, *, position: int, failed: str | None) -> None:
+    await conn.execute(
+        """UPDATE responder_rollbacks
+           SET position = $2, failed = CASE WHEN $3::text IS NULL THEN failed ELSE failed || $3::text END
+           WHERE id = $1""",
+        rollback_id,
+        position,
+        failed,
+    )
+
+
+async def end_rollback(conn: Conn, rollback_id: int) -> str:
+    state: str = await conn.fetchval(
+        """UPDATE responder_rollbacks
+           SET state = CASE WHEN cardinality(failed) > 0 THEN 'done_with_failures' ELSE 'done' END, ended_at = now()
+           WHERE id = $1 RETURNING state""",
+        rollback_id,
+    )
+    return state
+
+
+async def rollbacks_of(conn: Conn, incident_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM responder_rollbacks WHERE incident_id = $1 ORDER BY id", incident_id)
+
+
+# ---- the watch after containment ----------------------------------------------------------------
+
+
+async def watching(conn: Conn, incident_id: str) -> asyncpg.Record | None:
+    """The incident's watch in progress, locked."""
+    return await conn.fetchrow(
+        "SELECT * FROM responder_monitors WHERE incident_id = $1 AND state = 'watching' FOR UPDATE", incident_id
+    )
+
+
+async def last_watch(conn: Conn, incident_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT * FROM responder_monitors WHERE incident_id = $1 ORDER BY id DESC LIMIT 1", incident_id
+    )
+
+
+async def watch(conn: Conn, monitor_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM responder_monitors WHERE id = $1 FOR UPDATE", monitor_id)
+
+
+async def insert_watch(
+    conn: Conn,
+    *,
+    incident_id: str,
+    started_at: datetime,
+    ends_at: datetime,
+    entities: list[dict[str, Any]],
+    threshold: int,
+) -> int:
+    monitor_id: int = await conn.fetchval(
+        """INSERT INTO responder_monitors (incident_id, started_at, ends_at, entities, threshold, state)
+           VALUES ($1, $2, $3, $4, $5, 'watching') RETURNING id""",
+        incident_id,
+        started_at,
+        ends_at,
+        entities,
+        threshold,
+    )
+    return monitor_id
+
+
+async def add_evidence(conn: Conn, monitor_id: int, evidence: list[dict[str, Any]]) -> None:
+    await conn.execute(
+        "UPDATE responder_monitors SET evidence = evidence || $2::jsonb WHERE id = $1", monitor_id, evidence
+    )
+
+
+async def end_watch(conn: Conn, monitor_id: int, *, state: str) -> None:
+    await conn.execute("UPDATE responder_monitors SET state = $2, ended_at = now() WHERE id = $1", monitor_id, state)

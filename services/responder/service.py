@@ -6,6 +6,7 @@ import ipaddress
 import socket
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 from services.responder import api
@@ -20,12 +21,15 @@ from services.responder.connectors import (
 from services.responder.domain import Playbook, parse_playbooks
 from services.responder.guardrails import DEFAULT_GUARDRAILS, load_guardrails
 from services.responder.handlers import SERVICE, Execution, Responder
+from services.responder.leases import RepeatOffenders
+from services.responder.monitor import Watch
+from services.responder.playbook import duration_seconds
 from shared.consumer import decode_cloudevent
 from shared.effects import EffectKind
 from shared.service import Runtime, ServiceSpec
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
-from shared.topics import ANALYSES, COMMANDS
+from shared.topics import ANALYSES, COMMANDS, INCIDENTS
 
 DEFAULT_PLAYBOOKS = Path(__file__).with_name("playbooks.yaml")
 
@@ -49,6 +53,16 @@ def own_addresses(settings: VigilSettings) -> list[IpNetwork]:
     return sorted(found, key=lambda n: (n.version, n))
 
 
+def repeat_offenders(settings: VigilSettings) -> RepeatOffenders:
+    """The lease ladder for repeat offenders, from the settings; a bad value stops the responder, saying why."""
+    try:
+        durations = tuple(duration_seconds(d.strip()) for d in settings.responder_repeat_durations.split(","))
+        window = timedelta(seconds=duration_seconds(settings.responder_repeat_window))
+        return RepeatOffenders(window=window, durations=durations)
+    except ValueError as exc:
+        raise ValueError(f"VIGIL_RESPONDER_REPEAT_*: {exc}") from exc
+
+
 def spec(settings: VigilSettings) -> ServiceSpec:
     # Every file is read now: a broken one stops the responder, with its reason, before it consumes.
     connectors_config = load_connectors_config(settings.responder_connectors or DEFAULT_CONNECTORS)
@@ -58,6 +72,11 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         connectors={},
         own_addresses=own_addresses(settings),
         dry_run=settings.responder_dry_run,
+        repeat_offenders=repeat_offenders(settings),
+        watch=Watch(
+            period=timedelta(seconds=duration_seconds(settings.responder_monitor_period)),
+            threshold=settings.responder_monitor_alerts,
+        ),
     )
     playbooks = load_playbooks()
     responder = Responder(playbooks, execution)
@@ -68,7 +87,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         named = {
             c for p in playbooks for s in p.steps for c in (s.connector, s.undo.connector if s.undo else None) if c
         }
-        if unknown := sorted(named - connectors.keys() - {"notify"}):
+        if unknown := sorted(named - connectors.keys() - {"notify", "manual"}):
             raise ConnectorsConfigError([f"playbooks name connectors nobody provides: {', '.join(unknown)}"])
         responder.execution = replace(execution, connectors=connectors)
         return [kind for c in connectors.values() for kind in c.effect_kinds(responder.on_effect_outcome)]
@@ -79,7 +98,8 @@ def spec(settings: VigilSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name=SERVICE,
-        consumes=(ANALYSES, COMMANDS),
+        # The incidents' new alerts: the watch after containment looks for the contained entities in them.
+        consumes=(ANALYSES, COMMANDS, INCIDENTS),
         decoder=decode_cloudevent,
         handler=responder.handle,
         routers=lambda runtime: api.routers(runtime, responder),

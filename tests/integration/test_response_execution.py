@@ -44,8 +44,10 @@ from shared.events import (
     IncidentAnalyzed,
     IncidentDetected,
     IncidentEscalated,
+    IncidentMerged,
     IncidentType,
     Indicator,
+    MergeRecord,
     ResponseStepChanged,
     Severity,
     StepAnswer,
@@ -322,9 +324,16 @@ async def test_a_plan_waits_for_approval_then_runs_in_order_through_a_signed_web
         assert [a["actor"] for a in step["approvals"]] == ["alice", "bob"]
         async with pool.acquire() as conn:
             assert await blocklist.list_active(conn, kind="ip") == ["203.0.113.7"]
-        # The block's undo waits, as a durable effect, for the end of its one-hour lease.
-        undo = await fetch_one(pool, "SELECT * FROM effects WHERE key LIKE '%:undo'")
-        assert undo["status"] == "pending" and undo["not_before"] > undo["created_at"]
+        # The block is a lease: a durable timer ends it after an hour, when its undo is sent.
+        lease = await fetch_one(pool, "SELECT * FROM responder_leases")
+        assert lease["state"] == "active" and lease["target"] == "203.0.113.7" and lease["duration_s"] == 3600
+        timer = await fetch_one(pool, "SELECT * FROM timers WHERE kind = 'lease_expiry'")
+        assert timer["subject"] == lease["step_id"] and timer["due_at"] == lease["due_at"]
+        assert await pool.fetchval("SELECT count(*) FROM effects WHERE key LIKE '%:undo'") == 0
+        # Each action's effect is checked: the block is in the served list; the webhook has no check set up.
+        async with running(runner_for(responder, settings, pool, names)):
+            await eventually(lambda: _validation_is(pool, lease["step_id"], "validated"))
+        assert step["validation"] == "unchecked" and "no check is configured" in step["validation_reason"]
 
         # Every change is on the timeline, with who caused it.
         log = [(e.data.step, e.data.state, e.data.actor) for e in await step_events(pool)]
@@ -463,6 +472,32 @@ async def test_a_revised_plan_adds_new_steps_and_never_runs_an_executed_one_agai
     assert await pool.fetchval("SELECT count(DISTINCT plan_id) FROM responder_steps WHERE incident_id = 'inc-r'") == 1
 
 
+async def test_a_revision_leaves_a_step_waiting_on_the_same_terms_as_it_was(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    responder = responder_for(pool)
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-w", data=analysis(Severity.SEV1)))
+    asked = await _approval(pool, "web-1")
+    # A second host, the same severity: web-1 waits as it did, its deadline counted from when it was asked.
+    revised = analysis(Severity.SEV1, hosts=["web-1", "web-2"])
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-w", data=revised))
+    assert await _approval(pool, "web-1") == asked
+    assert (await states(pool, "inc-w"))["isolate web-2"] == "awaiting_approval"
+    assert await pool.fetchval("SELECT count(*) FROM timers WHERE subject LIKE 'inc-w:isolate:%'") == 2
+
+
+async def _approval(pool: asyncpg.Pool, host: str) -> tuple[Any, ...]:
+    """A waiting isolation's terms, deadline and pending timer."""
+    row = await pool.fetchrow(
+        """SELECT s.state, s.policy_rule, s.approval_deadline, t.id AS timer, t.due_at
+           FROM responder_steps s JOIN timers t ON t.subject = s.id AND t.fired_at IS NULL AND t.cancelled_at IS NULL
+           WHERE s.incident_id = 'inc-w' AND s.step = 'isolate' AND s.item = $1""",
+        host,
+    )
+    assert row is not None and row["state"] == "awaiting_approval"
+    return tuple(row)
+
+
 async def test_a_step_interrupted_after_the_far_side_acted_is_sent_again_with_its_key_and_acted_on_once(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
@@ -584,8 +619,7 @@ async def test_a_lease_is_extended_then_revoked_and_the_block_is_undone(
         async with running(runner_for(responder, settings, pool, names)):
             await eventually(lambda: _all_done(pool, "inc-l"))
     block = await fetch_one(pool, "SELECT id FROM responder_steps WHERE incident_id = 'inc-l' AND step = 'block'")
-    undo_key = block["id"] + ":undo"
-    before = await pool.fetchval("SELECT not_before FROM effects WHERE key = $1", undo_key)
+    before = await pool.fetchval("SELECT due_at FROM responder_leases WHERE step_id = $1", block["id"])
     runtime = Runtime(service="responder", settings=settings, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
     async with serve_app(build_app(runtime, api.routers(runtime, responder)), name="responder-api") as base:
         async with httpx.AsyncClient(base_url=base) as client:
@@ -597,8 +631,15 @@ async def test_a_lease_is_extended_then_revoked_and_the_block_is_undone(
             )
             refused = await client.post(f"/api/v1/steps/{isolate['id']}/lease", json={"actor": "a", "revoke": True})
             assert refused.status_code == 409 and "not a reversible step" in refused.json()["detail"]
-        after = await pool.fetchval("SELECT not_before FROM effects WHERE key = $1", undo_key)
-        assert timedelta(minutes=59) < after - before <= timedelta(minutes=61)
+        after = await pool.fetchval("SELECT due_at FROM responder_leases WHERE step_id = $1", block["id"])
+        assert after - before == timedelta(hours=1)
+        timer = await fetch_one(
+            pool, "SELECT due_at FROM timers WHERE subject = $1 AND cancelled_at IS NULL", block["id"]
+        )
+        assert timer["due_at"] == after
+        # The served list keeps the entry until the new end.
+        listed = await fetch_one(pool, "SELECT expires_at FROM responder_blocklist WHERE step_id = $1", block["id"])
+        assert listed["expires_at"] == after
         out = await vigil_cli("lease", "revoke", block["id"], "--reason", "contained", responder_url=base)
         assert "lease revoked" in out
     async with running(runner_for(responder, settings, pool, names)):
@@ -611,6 +652,42 @@ async def test_a_lease_is_extended_then_revoked_and_the_block_is_undone(
     assert any(r.startswith("lease extended to") for r in log) and "lease revoked: undone now: contained" in log
 
 
+async def _validation_is(pool: asyncpg.Pool, step_id: str, outcome: str) -> bool:
+    found: str | None = await pool.fetchval("SELECT validation FROM responder_steps WHERE id = $1", step_id)
+    return found == outcome
+
+
 async def _state_is(pool: asyncpg.Pool, step_id: str, state: str) -> bool:
     found: str | None = await pool.fetchval("SELECT state FROM responder_steps WHERE id = $1", step_id)
     return found == state
+
+
+async def test_an_incident_merged_away_cancels_its_steps_not_started_and_keeps_what_ran(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        responder = responder_for(pool, far)
+        await handle(
+            pool, names, responder, IncidentAnalyzed(source="/test", subject="inc-1", data=analysis(Severity.SEV2))
+        )
+        before = await states(pool, "inc-1")
+        assert before == {"tell": "succeeded", "isolate web-1": "awaiting_approval", "block 203.0.113.7": "planned"}
+        merged = IncidentMerged(
+            source="/test",
+            subject="inc-1",
+            data=MergeRecord(survivor="inc-2", merged=["inc-1"], actor="dana", command_id="cmd-1", alerts=3),
+        )
+        for _ in range(2):  # delivered twice: the second finds nothing left to cancel
+            await handle(pool, names, responder, merged)
+        assert await states(pool, "inc-1") == {
+            "tell": "succeeded",
+            "isolate web-1": "cancelled",
+            "block 203.0.113.7": "cancelled",
+        }
+        cancelled = [e.data for e in await step_events(pool) if e.data.state == "cancelled"]
+        assert len(cancelled) == 2
+        assert all(c.actor == "dana" and "merged into inc-2" in c.reason for c in cancelled)
+        # An approval that comes late finds the step gone, and nothing runs.
+        rejected = await handle(pool, names, responder, answer(ApproveStep, "inc-1:isolate", "alice", role="commander"))
+        assert any(isinstance(e, CommandRejected) for e in rejected)
+        assert far.keys == []

@@ -28,6 +28,9 @@ from services.responder.connectors import (
     ConnectorsConfigError,
     Dispatch,
     StepCall,
+    Validating,
+    answer_matches,
+    fill_url,
     load_connectors,
     load_connectors_config,
     parse_connectors_config,
@@ -171,11 +174,63 @@ def test_the_shipped_file_sends_nothing_out() -> None:
     assert loaded["blocklist"].dispatch(call("block", {"address": "203.0.113.7"})).target == "blocklist"
 
 
-def test_every_built_in_runs_its_dispatches_with_one_kind_of_its_own_name() -> None:
+def test_every_built_in_runs_its_dispatches_and_its_checks_with_kinds_of_its_own_name() -> None:
     loaded = connectors(WEBHOOKS + COMMANDS)
+    check = {"webhook": "validate", "command": "verify", "blocklist": "validate"}
     for name in ("webhook", "command", "blocklist"):
-        assert isinstance(loaded[name], Connector)
-        assert [kind.name for kind in loaded[name].effect_kinds(None)] == [f"connector.{name}"]
+        assert isinstance(loaded[name], Connector) and isinstance(loaded[name], Validating)
+        assert [kind.name for kind in loaded[name].effect_kinds(None)] == [
+            f"connector.{name}",
+            f"connector.{name}.{check[name]}",
+        ]
+
+
+def test_a_check_is_built_from_the_configuration_and_says_none_when_nothing_is_configured() -> None:
+    configured = parse_connectors_config(
+        json.dumps(
+            {
+                "webhook": {
+                    "secret_env": "S",
+                    "actions": {
+                        "isolate_host": {"url": "https://edr.example.com/i", "expect": {"ok": True}},
+                        "release_host": {
+                            "url": "https://edr.example.com/r",
+                            "check": {"url": "https://edr.example.com/rules/{host}?q=1", "expect": "released"},
+                        },
+                        "plain": {"url": "https://edr.example.com/p"},
+                    },
+                },
+                "command": {
+                    "actions": {"mark": {"argv": ["/bin/true"], "verify": ["/usr/bin/test", "-e", "/m/{host}"]}}
+                },
+            }
+        )
+    )
+    loaded = load_connectors(configured, pool=UNUSED_POOL, environ={"S": "s" * 16})
+    webhook, command = loaded["webhook"], loaded["command"]
+    assert isinstance(webhook, Validating) and isinstance(command, Validating)
+    assert webhook.validation(call("plain", {"host": "a"}), {}) is None
+    isolate = webhook.validation(call("isolate_host", {"host": "a"}), {"body": '{"ok": true}'})
+    assert isolate is not None and isolate.kind == "connector.webhook.validate"
+    assert isolate.payload == {"action": "isolate_host", "params": {"host": "a"}, "answer": '{"ok": true}'}
+    with pytest.raises(ConnectorError, match="the check URL needs the parameter host"):
+        webhook.validation(call("release_host", {}), {})
+    verify = command.validation(call("mark", {"host": "web 1"}), {})
+    assert verify is not None and verify.payload["argv"] == ["/usr/bin/test", "-e", "/m/web 1"]
+    assert fill_url("https://x.example/rules/{host}?q=1", {"host": "a/b c"}) == "https://x.example/rules/a%2Fb%20c?q=1"
+    assert answer_matches('{"ok": true, "n": 1}', {"ok": True}) and not answer_matches('{"ok": 1}', {"ok": "1"})
+    assert answer_matches("rule released", "released") and not answer_matches("not json", {"ok": True})
+    with pytest.raises(ConnectorsConfigError, match="never in the host"):
+        parse_connectors_config(
+            json.dumps(
+                {
+                    "webhook": {
+                        "secret_env": "S",
+                        "actions": {"a": {"url": "https://e.x/a", "check": {"url": "https://{host}/r"}}},
+                    }
+                }
+            )
+        )
 
 
 # ---- webhook -----------------------------------------------------------------------------------
