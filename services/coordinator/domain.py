@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from shared.events import (
     AlertSummary,
+    Analysis,
+    AnalysisBrief,
     Escalation,
     EscalationExhaustion,
     IncidentSnapshot,
@@ -31,6 +35,7 @@ def escalation(
     channel: str,
     reason: str,
     alerts: list[AlertSummary],
+    analysis: AnalysisBrief | None = None,
 ) -> Escalation:
     """Everything gathered so far, for the commander (runbook: escalate immediately, with all you have)."""
     return Escalation(
@@ -47,8 +52,30 @@ def escalation(
         users=snapshot.users,
         first_seen=snapshot.first_seen,
         last_seen=snapshot.last_seen,
-        alerts=alerts,
+        # The tools' raw records stay with the analyzer's evidence (`vigil incidents evidence`), not in messages.
+        alerts=[a.model_copy(update={"raw": None, "raw_cut": False}) if a.raw is not None else a for a in alerts],
+        analysis=analysis,
     )
+
+
+def analysis_brief(analysis: Analysis) -> AnalysisBrief:
+    """What the commander's page carries of an analysis: the risk and why, root cause, threat, alike incidents."""
+    return AnalysisBrief(
+        summary=analysis.summary,
+        risk=analysis.risk,
+        root_cause=analysis.root_cause,
+        threat=analysis.threat,
+        techniques=[f"{t.id} {t.name}" for t in analysis.techniques],
+        similar=analysis.similar,
+    )
+
+
+def analysis_digest(brief: AnalysisBrief) -> str:
+    """What an analysis says, in 12 characters: an analysis saying nothing new is not sent again.
+
+    Alike incidents are left out: another incident coming along is no news about this one.
+    """
+    return hashlib.sha256(brief.model_dump_json(exclude={"similar"}).encode()).hexdigest()[:12]
 
 
 def known_state(value: str) -> IncidentState | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,6 +19,8 @@ from shared.errors import InvalidTransition
 from shared.events import (
     AcknowledgeIncident,
     AddNote,
+    AnalysisBrief,
+    Assignment,
     AssignRole,
     ChangeOffer,
     ChangeOffered,
@@ -27,6 +28,8 @@ from shared.events import (
     CommandArgs,
     CommandRejected,
     CommandRejection,
+    ContainmentConfirmed,
+    ContainmentIneffective,
     EditIncident,
     EffectOutcome,
     Escalation,
@@ -40,6 +43,8 @@ from shared.events import (
     IncidentEdited,
     IncidentEdits,
     IncidentEscalated,
+    IncidentMerged,
+    IncidentSplit,
     IncidentState,
     IncidentStateChanged,
     IncidentType,
@@ -47,8 +52,12 @@ from shared.events import (
     ResolutionSuggested,
     ResolutionSuggestion,
     ResolveIncident,
+    ResponseLeaseChanged,
     ResponsePlanned,
     ResponseStepChanged,
+    ResponseStepValidated,
+    RollbackOffer,
+    RollbackOffered,
     Severity,
     StateChange,
     StateCommand,
@@ -63,6 +72,7 @@ SOURCE = "/vigil/coordinator"
 SERVICE = "coordinator"
 ACK_DEADLINE = "ack-deadline"
 STATUS_UPDATE = "status-update"
+STEP_DUE = "response-step-due"
 ALERTS_IN_ESCALATION = 20
 
 
@@ -105,14 +115,21 @@ class Coordinator:
                 AddNote: self.on_command,
                 AssignRole: self.on_command,
                 ResponseStepChanged: self.on_step_changed,
+                ResponseStepValidated: self.on_step_validated,
+                ResponseLeaseChanged: self.on_lease_changed,
+                ContainmentIneffective: self.on_containment,
+                ContainmentConfirmed: self.on_containment,
                 IncidentAnalyzed: self.on_analyzed,
                 ResponsePlanned: self.on_planned,
+                IncidentMerged: self.on_merged,
+                IncidentSplit: self.on_split,
             }
         )
         self.timer_handlers: dict[str, timers.TimerHandler] = {
             ACK_DEADLINE: self.on_ack_deadline,
             STATUS_UPDATE: self.on_status_update_due,
             tasks.TASK_DUE: self.on_task_due,
+            STEP_DUE: self.on_step_due,
         }
 
     async def on_detected(self, ctx: HandlerContext, event: IncidentDetected) -> None:
@@ -180,8 +197,8 @@ class Coordinator:
         if event.data.part > 1:
             return  # the rest of a batch's alerts: its first part carried the same severity
         row = await ctx.conn.fetchrow(
-            """SELECT state, severity, commander, escalation_step, edited_by, type FROM coordinator_incidents
-               WHERE incident_id = $1 FOR UPDATE""",
+            """SELECT state, severity, commander, escalation_step, edited_by, type, escalation -> 'analysis' AS analysis
+               FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE""",
             event.subject,
         )
         if row is None:
@@ -200,6 +217,7 @@ class Coordinator:
             channel=self.oncall.channel,
             reason=f"severity raised from {old.value} to {new.value}",
             alerts=event.data.new_alerts[:ALERTS_IN_ESCALATION],
+            analysis=AnalysisBrief.model_validate(row["analysis"]) if row["analysis"] else None,
         )
         await self._raise_severity(ctx, event, row, state, new, escalation, f"severity-{new.value}")
 
@@ -297,14 +315,28 @@ class Coordinator:
         step = event.data
         if step.phase is not None:
             await ctx.conn.execute(
-                """INSERT INTO coordinator_response_steps (incident_id, step_id, phase, state)
-                   VALUES ($1, $2, $3, $4)
-                   ON CONFLICT (incident_id, step_id) DO UPDATE SET state = excluded.state, updated_at = now()""",
+                """INSERT INTO coordinator_response_steps (incident_id, step_id, phase, state, required, name, owner)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)
+                   ON CONFLICT (incident_id, step_id)
+                   DO UPDATE SET state = excluded.state, required = excluded.required, name = excluded.name,
+                                 owner = excluded.owner, updated_at = now()""",
                 event.subject,
                 step.step_id,
                 step.phase,
                 step.state,
+                step.required,
+                step.name + (f": {step.item}" if step.item else ""),
+                step.owner,
             )
+            if step.due_at is not None and step.state not in lifecycle.STEP_DONE | lifecycle.STEP_BAD:
+                # Its owner is told when it is overdue (the timer finds it done by then, or not).
+                await timers.schedule(
+                    ctx.conn,
+                    service=SERVICE,
+                    kind=STEP_DUE,
+                    subject=f"{event.subject}|{step.step_id}",
+                    due_at=step.due_at,
+                )
         if step.connector == "notify" and step.state == "succeeded":
             await self._relay_message(ctx, event.subject, step)
             return
@@ -335,6 +367,126 @@ class Coordinator:
         )
         await self._escalate(ctx, event.subject, escalation, f"step-failed-{step.step_id}", event.caused_by())
         log.warning("incident %s: step %s failed; escalated to %s", event.subject, step.step_id, row["commander"])
+
+    async def on_step_validated(self, ctx: HandlerContext, event: ResponseStepValidated) -> None:
+        """The check after an action: one that failed is not an action that ended well, and the commander hears."""
+        check = event.data
+        if check.of == "action":
+            await ctx.conn.execute(
+                """UPDATE coordinator_response_steps SET validation = $3, updated_at = now()
+                   WHERE incident_id = $1 AND step_id = $2""",
+                event.subject,
+                check.step_id,
+                check.outcome,
+            )
+        if check.outcome != "failed":
+            return
+        what = f"{check.name}: {check.item}" if check.item else check.name
+        subject = "its undo" if check.of == "undo" else "its effect"
+        reason = f"response step {what!r}: {subject} is not confirmed: {check.reason}"
+        await self._escalate_to_commander(ctx, event, reason, f"validation-failed-{check.step_id}-{check.of}")
+
+    async def on_lease_changed(self, ctx: HandlerContext, event: ResponseLeaseChanged) -> None:
+        """An undo that failed is escalated, never hidden: the action is still in force."""
+        lease = event.data
+        await ctx.conn.execute(
+            """UPDATE coordinator_response_steps SET lease = $3, updated_at = now()
+               WHERE incident_id = $1 AND step_id = $2""",
+            event.subject,
+            lease.step_id,
+            lease.state,
+        )
+        if lease.change != "revert_failed":
+            return
+        what = f"{lease.name}: {lease.target}" if lease.target else lease.name
+        reason = f"the undo of {what!r} failed; the action is still in force: {lease.reason}"
+        await self._escalate_to_commander(ctx, event, reason, f"revert-failed-{event.id}")
+
+    async def on_step_due(self, ctx: HandlerContext, timer: timers.Timer) -> None:
+        """A step a person owns (a recovery step) is past its due time and not done: the commander hears."""
+        incident_id, _, step_id = timer.subject.partition("|")
+        step = await ctx.conn.fetchrow(
+            """SELECT name, owner, state, required FROM coordinator_response_steps
+               WHERE incident_id = $1 AND step_id = $2""",
+            incident_id,
+            step_id,
+        )
+        if step is None or step["state"] in lifecycle.STEP_DONE | lifecycle.STEP_BAD:
+            return
+        owner = f" (owner {step['owner']})" if step["owner"] else ""
+        required = "required " if step["required"] else ""
+        reason = f"{required}response step {step['name']!r}{owner} is overdue: due {timer.due_at:%Y-%m-%d %H:%M %Z}"
+        await self._escalate_to_commander(ctx, incident_id, reason, f"step-due-{step_id}")
+
+    async def on_containment(self, ctx: HandlerContext, event: ContainmentIneffective | ContainmentConfirmed) -> None:
+        """The watch after containment ended: ineffective pages the commander with the evidence; confirmed is told."""
+        ineffective = isinstance(event, ContainmentIneffective)
+        verdict = "ineffective" if ineffective else "confirmed"
+        await ctx.conn.execute(
+            "UPDATE coordinator_incidents SET containment = $2, updated_at = now() WHERE incident_id = $1",
+            event.subject,
+            verdict,
+        )
+        watch = event.data
+        if not ineffective:
+            await self._update(ctx, event.subject, f"containment-{event.id}", f"containment confirmed: {watch.reason}")
+            return
+        seen = "; ".join(f"{e.title} ({e.kind} {e.value}, {e.time:%H:%M:%S})" for e in watch.evidence[:3])
+        reason = f"containment ineffective: {watch.reason}" + (f"; e.g. {seen}" if seen else "")
+        await self._escalate_to_commander(ctx, event, reason, f"containment-ineffective-{event.id}")
+
+    async def _offer_rollback(self, ctx: HandlerContext, command: EventBase, row: asyncpg.Record) -> None:
+        """A false positive with actions still in force: offer to roll them back (nothing is undone unasked)."""
+        in_force = [
+            r["step_id"]
+            for r in await ctx.conn.fetch(
+                """SELECT step_id FROM coordinator_response_steps
+                   WHERE incident_id = $1 AND lease IN ('active', 'extended', 'permanent') ORDER BY step_id""",
+                command.subject,
+            )
+        ]
+        if not in_force:
+            return
+        offer = RollbackOffer(
+            leases=in_force,
+            reason=f"resolved as a false positive with {len(in_force)} action(s) still in force",
+            command=f"vigil response rollback {command.subject}",
+        )
+        ctx.emit(RollbackOffered(source=SOURCE, **command.caused_by(), data=offer))
+        text = f"{offer.reason}: roll them back with `{offer.command}` (vigil lease list {command.subject})"
+        # Told though the incident has just ended: the offer is what is left to decide.
+        notice = notifications.Notice(
+            kind="update",
+            incident_id=command.subject,
+            discriminator=f"rollback-offer-{command.id}",
+            severity=row["severity"],
+            recipients=[row["commander"]],
+            data={"title": row["title"], "reason": text},
+        )
+        await notifications.notify(ctx.conn, self.notices, notice)
+
+    async def _escalate_to_commander(
+        self, ctx: HandlerContext, cause: EventBase | str, reason: str, discriminator: str
+    ) -> None:
+        """Page the open incident's commander again, with what is known of it and this reason.
+
+        ``cause`` is the event that calls for it, or (for a timer) the incident's id.
+        """
+        incident_id = cause if isinstance(cause, str) else cause.subject
+        caused = {"subject": cause} if isinstance(cause, str) else cause.caused_by()
+        row = await ctx.conn.fetchrow(
+            "SELECT state, commander, escalation FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE",
+            incident_id,
+        )
+        state = domain.known_state(row["state"]) if row else None
+        if row is None or state is None or self.lifecycle.is_ended(state):
+            log.info("incident %s: not escalated (unknown here, or ended): %s", incident_id, reason)
+            return
+        escalation = Escalation.model_validate(row["escalation"]).model_copy(
+            update={"commander": row["commander"], "reason": reason}
+        )
+        await self._escalate(ctx, incident_id, escalation, discriminator, caused)
+        log.warning("incident %s: %s; escalated to %s", incident_id, reason, row["commander"])
 
     async def on_command(self, ctx: HandlerContext, command: Command) -> None:
         await self.apply_command(ctx, command)
@@ -370,6 +522,11 @@ class Coordinator:
         try:
             if row is None:
                 raise InvalidTransition(f"no incident {command.subject}")
+            if row["merged_into"] is not None:
+                # Reopening or moving it would split its history from the alerts that went on.
+                raise InvalidTransition(
+                    f"incident {command.subject} was merged into {row['merged_into']}: act on that one"
+                )
             match command:
                 case AcknowledgeIncident() | ResolveIncident() | ChangeState():
                     return await self._change_state(ctx, command, row)
@@ -446,6 +603,8 @@ class Coordinator:
             await tasks.cancel_open(
                 ctx.conn, incident_id=command.subject, actor=data.actor, note=f"resolved as {data.resolution}"
             )
+        if data.resolution == "false_positive":
+            await self._offer_rollback(ctx, command, row)
         await self._log_transition(
             ctx,
             command.subject,
@@ -547,12 +706,19 @@ class Coordinator:
     async def _guard_facts(self, ctx: HandlerContext, incident_id: str, row: asyncpg.Record) -> lifecycle.GuardFacts:
         steps: dict[str, list[str]] = {}
         for step in await ctx.conn.fetch(
-            "SELECT phase, state FROM coordinator_response_steps WHERE incident_id = $1", incident_id
+            # A step whose check failed did not end well, whatever its far side answered.
+            # A step its playbook does not require does not hold the incident up.
+            """SELECT phase, CASE WHEN validation = 'failed' THEN 'failed' ELSE state END AS state
+               FROM coordinator_response_steps WHERE incident_id = $1 AND required""",
+            incident_id,
         ):
             steps.setdefault(step["phase"], []).append(step["state"])
         severity = domain.known_severity(row["severity"]) or Severity.SEV1  # unknown: hold it to the strictest
         return lifecycle.GuardFacts(
-            severity=severity, step_states=steps, tasks=await self._task_facts(ctx, incident_id)
+            severity=severity,
+            step_states=steps,
+            tasks=await self._task_facts(ctx, incident_id),
+            containment=row["containment"],
         )
 
     async def _task_facts(self, ctx: HandlerContext, incident_id: str) -> dict[str, tuple[int, int]]:
@@ -721,10 +887,27 @@ class Coordinator:
         await self._remind_later(ctx, timer.subject, row["severity"], number=number + 1)
 
     async def on_analyzed(self, ctx: HandlerContext, event: IncidentAnalyzed) -> None:
-        """New analysis goes to the commander as an update in the incident's conversation, not a new page."""
+        """New analysis goes to the commander as an update in the incident's conversation, not a new page.
+
+        The escalation keeps it too, so that every later page (the next in the rotation, a raised
+        severity) carries the analysis.
+        """
+        brief = domain.analysis_brief(event.data)
+        carried = brief.model_dump(mode="json")
+        await ctx.conn.execute(
+            """UPDATE coordinator_incidents SET escalation = jsonb_set(escalation, '{analysis}', $2)
+               WHERE incident_id = $1 AND jsonb_typeof(escalation) = 'object'""",
+            event.subject,
+            carried,
+        )
         # Keyed by what it says: a repeated analysis that says nothing new is not sent again.
-        digest = hashlib.sha256(event.data.summary.encode()).hexdigest()[:12]
-        await self._update(ctx, event.subject, f"analysis-{digest}", f"analysis: {event.data.summary}")
+        await self._update(
+            ctx,
+            event.subject,
+            f"analysis-{domain.analysis_digest(brief)}",
+            f"analysis: {event.data.summary}",
+            analysis=carried,
+        )
         if event.data.severity_recommendation is not None:
             await self._recommended(ctx, event)
 
@@ -781,6 +964,7 @@ class Coordinator:
         reason: str,
         *,
         recipients: list[str] | None = None,
+        analysis: dict[str, Any] | None = None,
     ) -> None:
         row = await ctx.conn.fetchrow(
             "SELECT state, severity, title, commander FROM coordinator_incidents WHERE incident_id = $1", incident_id
@@ -794,9 +978,144 @@ class Coordinator:
             discriminator=discriminator,
             severity=row["severity"],
             recipients=recipients or [row["commander"]],
-            data={"title": row["title"], "reason": reason},
+            data={"title": row["title"], "reason": reason, **({"analysis": analysis} if analysis else {})},
         )
         await notifications.notify(ctx.conn, self.notices, notice)
+
+    async def on_merged(self, ctx: HandlerContext, event: IncidentMerged) -> None:
+        """An incident was merged into another: it ends (resolved, as merged), its pages and tasks stop, its
+        people hear where it went, roles the survivor lacks carry over, and the survivor's commander is told."""
+        merge = event.data
+        row = await ctx.conn.fetchrow(
+            "SELECT * FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", event.subject
+        )
+        if row is None:
+            log.info("incident %s merged into %s, but it is unknown here", event.subject, merge.survivor)
+            return
+        if row["merged_into"] is not None:
+            return  # told before
+        await ctx.conn.execute(
+            "UPDATE coordinator_incidents SET merged_into = $2, updated_at = now() WHERE incident_id = $1",
+            event.subject,
+            merge.survivor,
+        )
+        people = list(dict.fromkeys([row["commander"], *row["roles"].values()]))
+        state = domain.known_state(row["state"])
+        why = f"merged into incident {merge.survivor}" + (f": {merge.note}" if merge.note else "")
+        if state is not None and not self.lifecycle.is_ended(state):
+            await self._end_merged(ctx, event, row, state, why)
+        notice = notifications.Notice(
+            kind="update",
+            incident_id=event.subject,
+            discriminator=f"merged-{merge.survivor}",
+            severity=row["severity"],
+            recipients=people,
+            data={"title": row["title"], "reason": f"{why} (by {merge.actor}); follow it there"},
+        )
+        await notifications.notify(ctx.conn, self.notices, notice)
+        await self._carry_roles(ctx, event, row)
+        await self._update(
+            ctx,
+            merge.survivor,
+            f"merged-{event.subject}",
+            f"incident {event.subject} ({row['title']}) merged into this one by {merge.actor} with its "
+            f"{merge.alerts} alert(s)" + (f": {merge.note}" if merge.note else ""),
+        )
+        log.info("incident %s merged into %s by %s", event.subject, merge.survivor, merge.actor, extra=event_ids(event))
+
+    async def _end_merged(
+        self, ctx: HandlerContext, event: IncidentMerged, row: asyncpg.Record, state: IncidentState, why: str
+    ) -> None:
+        """Resolve an incident merged away, resolution `merged`: no lifecycle guard holds back a merge."""
+        merge = event.data
+        target = IncidentState.RESOLVED
+        await ctx.conn.execute(
+            """UPDATE coordinator_incidents
+               SET state = $2, resolution = 'merged', resolved_at = coalesce(resolved_at, $3),
+                   state_times = jsonb_set(state_times, ARRAY[$2::text],
+                                           coalesce(state_times -> $2, to_jsonb($3::timestamptz))),
+                   updated_at = now()
+               WHERE incident_id = $1""",
+            event.subject,
+            target.value,
+            event.time,
+        )
+        for kind in (ACK_DEADLINE, STATUS_UPDATE):
+            await timers.cancel(ctx.conn, service=SERVICE, kind=kind, subject=event.subject)
+        await tasks.cancel_open(ctx.conn, incident_id=event.subject, actor=merge.actor, note=why)
+        await self._log_transition(
+            ctx,
+            event.subject,
+            at=event.time,
+            before=state,
+            after=target,
+            actor=merge.actor,
+            reason=why,
+            transition="merge",
+            resolution="merged",
+            command_id=merge.command_id,
+        )
+        ctx.emit(
+            IncidentStateChanged(
+                source=SOURCE,
+                **event.caused_by(),
+                data=StateChange(
+                    from_state=state,
+                    to_state=target,
+                    actor=merge.actor,
+                    note=why,
+                    command_id=merge.command_id,
+                    transition="merge",
+                    resolution="merged",
+                ),
+            )
+        )
+
+    async def _carry_roles(self, ctx: HandlerContext, event: IncidentMerged, row: asyncpg.Record) -> None:
+        """Roles the survivor has nobody in (a scribe, a communications lead) go to whoever held them here."""
+        survivor = await ctx.conn.fetchrow(
+            "SELECT roles FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", event.data.survivor
+        )
+        if survivor is None:
+            log.info(
+                "incident %s: its survivor %s is unknown here; no roles carried", event.subject, event.data.survivor
+            )
+            return
+        missing = {
+            role: person
+            for role, person in row["roles"].items()
+            if role not in survivor["roles"] and role != "commander"  # the survivor's commander leads it
+        }
+        if not missing:
+            return
+        await ctx.conn.execute(
+            "UPDATE coordinator_incidents SET roles = roles || $2, updated_at = now() WHERE incident_id = $1",
+            event.data.survivor,
+            missing,
+        )
+        for role, person in sorted(missing.items()):
+            await tasks.assign_role(ctx.conn, incident_id=event.data.survivor, role=role, person=person)
+            assignment = Assignment(
+                actor=event.data.actor, person=person, role=role, note=f"carried over from incident {event.subject}"
+            )
+            ctx.emit(
+                IncidentAssigned(
+                    source=SOURCE, **(event.caused_by() | {"subject": event.data.survivor}), data=assignment
+                )
+            )
+
+    async def on_split(self, ctx: HandlerContext, event: IncidentSplit) -> None:
+        """Alerts were detached into a new incident (paged as any new one): the commander here is told."""
+        split = event.data
+        if split.incident.part > 1:
+            return
+        await self._update(
+            ctx,
+            event.subject,
+            f"split-{split.new_incident}",
+            f"{len(split.detached)} alert(s) detached into incident {split.new_incident} by {split.actor}"
+            + (f": {split.note}" if split.note else ""),
+        )
 
     def _elsewhere(self, page: escalation.Page, now: datetime) -> str | None:
         """Who is on call in the schedule a `schedule:NAME` page names."""

@@ -33,8 +33,8 @@ class _Model(BaseModel):
 
 
 class Guard(_Model):
-    kind: Literal["response_steps_done", "tasks_done"]
-    phase: str = Field(min_length=1)
+    kind: Literal["response_steps_done", "tasks_done", "containment_confirmed"]
+    phase: str = Field("containment", min_length=1)
     severities: list[Severity] = Field(default_factory=list, description="Only for these severities; empty: all.")
 
 
@@ -103,11 +103,19 @@ class GuardFacts:
     step_states: Mapping[str, Sequence[str]] = field(default_factory=dict)
     # Per phase, (required tasks done, required tasks in all).
     tasks: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    # What the responder's watch after containment found: confirmed, ineffective, or None (no watch ended).
+    containment: str | None = None
 
 
 def _guard_failure(guard: Guard, facts: GuardFacts) -> str | None:
     if guard.severities and facts.severity not in guard.severities:
         return None
+    if guard.kind == "containment_confirmed":
+        if facts.containment == "confirmed":
+            return None
+        if facts.containment == "ineffective":
+            return "the responder found the containment ineffective: alerts on the contained entities kept coming"
+        return "the responder has not confirmed the containment yet (its watch after containment is not over)"
     if guard.kind == "response_steps_done":
         states = list(facts.step_states.get(guard.phase, ()))
         open_ = [s for s in states if s not in STEP_DONE]

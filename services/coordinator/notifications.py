@@ -814,6 +814,9 @@ async def _thread_root(conn: Conn, incident_id: str, candidate: str) -> str:
     return root
 
 
+_UNLISTED_SAID: set[str] = set()  # people a notice named who are not in the notifications file
+
+
 async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, service: str = "coordinator") -> list[str]:
     """Enqueue one effect per channel and recipient, in the caller's transaction; return the keys enqueued anew.
 
@@ -824,12 +827,17 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
     check_notice(notice)
     deliveries, unknown = plan(config.file, notice)
     if unknown:
-        log.warning(
-            "incident %s: %s notice: %s not listed in %s; not sent to them",
+        # Said once per person a process meets: a busy day would otherwise write a line per notice.
+        first_time = [name for name in unknown if name not in _UNLISTED_SAID]
+        _UNLISTED_SAID.update(first_time)
+        log.log(
+            logging.WARNING if first_time else logging.DEBUG,
+            "incident %s: %s notice: %s not listed in %s; not sent to them%s",
             notice.incident_id,
             notice.kind,
             ", ".join(unknown),
             config.source,
+            " (said once per person)" if first_time else "",
         )
     enqueued: list[str] = []
     for delivery in deliveries:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi import APIRouter, Header, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -25,6 +25,8 @@ from shared.service import Runtime
 
 # Called in the transaction that marks a task done; events it emits on the context go to the outbox.
 DoneHook = Callable[[HandlerContext, tasks.Task], Awaitable[None]]
+# Task ids are Postgres bigints: a larger number names no task, and is refused as such.
+TaskId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class TaskDone(BaseModel):
@@ -70,7 +72,7 @@ def tasks_router(
 
     @router.post("/tasks/{task_id}/done", response_model=TaskOut)
     async def done(
-        task_id: int,
+        task_id: TaskId,
         body: TaskDone,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
         by: Principal = require(runtime, "tasks.complete"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services.coordinator import api, escalation, notifications, tasks
+from services.coordinator import api, domain, escalation, notifications, tasks
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from shared import cloudevents
@@ -340,7 +339,7 @@ async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its
     assert kinds == [
         "escalation:step-0",
         "state_changed:detected->acknowledged",
-        f"update:analysis-{hashlib.sha256(analysis.summary.encode()).hexdigest()[:12]}",
+        f"update:analysis-{domain.analysis_digest(domain.analysis_brief(analysis))}",
         "update:notify-inc-r",
         "reminder:status-1",
         "reminder:status-2",

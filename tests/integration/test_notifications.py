@@ -42,6 +42,7 @@ from shared.effects.domain import message_id, verify_signature
 from shared.events import EffectOutcome
 from shared.settings import VigilSettings
 from shared.topics import TopicNames
+from tests import helpers
 from tests.helpers import eventually
 from tests.integration.test_effects import free_port, reaches
 
@@ -119,13 +120,8 @@ async def running(
         backoff_cap_s=0.05,
         poll_s=0.2,
     )
-    task = asyncio.create_task(runner.run())
-    try:
+    async with helpers.running(runner.run()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 # ---- an SMTP server that insists on STARTTLS and a login ----------------------------------------

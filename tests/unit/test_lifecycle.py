@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from services.coordinator.lifecycle import GuardFacts, LifecycleError, load_lifecycle, move, parse_lifecycle
+from services.coordinator.lifecycle import (
+    DEFAULT_LIFECYCLE,
+    GuardFacts,
+    LifecycleError,
+    load_lifecycle,
+    move,
+    parse_lifecycle,
+)
 from shared.errors import InvalidTransition
 from shared.events import IncidentState, Severity
 
 SHIPPED = load_lifecycle()
+SHIPPED_TEXT = DEFAULT_LIFECYCLE.read_text()
 SEV3 = GuardFacts(severity=Severity.SEV3)
 
 
@@ -86,7 +94,7 @@ def test_a_state_this_version_does_not_know_refuses_every_move() -> None:
         ),
         (
             "transitions: [{name: a, from: [detected], to: resolved, guards: [{kind: vibes, phase: x}]}]",
-            "guards.0.kind: Input should be 'response_steps_done' or 'tasks_done'",
+            "guards.0.kind: Input should be 'response_steps_done', 'tasks_done' or 'containment_confirmed'",
         ),
     ],
 )
@@ -101,3 +109,18 @@ def test_a_broken_lifecycle_is_refused_with_why(change: str, reason: str) -> Non
     base[change.split(":", 1)[0]] = change
     with pytest.raises(LifecycleError, match=reason):
         parse_lifecycle("\n".join(base.values()))
+
+
+def test_a_lifecycle_may_hold_eradication_until_the_responder_confirmed_the_containment() -> None:
+    text = SHIPPED_TEXT.replace(
+        "  - {name: eradicate, from: [contained], to: eradicated}",
+        "  - {name: eradicate, from: [contained], to: eradicated, guards: [{kind: containment_confirmed}]}",
+    )
+    held = parse_lifecycle(text)
+    with pytest.raises(InvalidTransition, match="has not confirmed the containment yet"):
+        move(held, "contained", name="eradicate", facts=SEV3)
+    ineffective = GuardFacts(severity=Severity.SEV3, containment="ineffective")
+    with pytest.raises(InvalidTransition, match="found the containment ineffective"):
+        move(held, "contained", name="eradicate", facts=ineffective)
+    confirmed = GuardFacts(severity=Severity.SEV3, containment="confirmed")
+    assert move(held, "contained", name="eradicate", facts=confirmed).to is IncidentState.ERADICATED
