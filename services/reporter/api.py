@@ -1,50 +1,264 @@
-"""The reporter's read API: incidents, with their alerts, analysis, plan and timeline."""
+"""The reporter's read API: incidents (filtered, searched, paged), one incident with everything known
+of it, its timeline and history, and the alert history.
+
+Lists answer with a JSON array; where more follow, the ``X-Next-Cursor`` header holds the cursor of
+the next page and ``Link`` its URL (``rel="next"``). The same reads, as pages for people, are the web
+view's (``web.py``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 
-from services.reporter import repository
+from services.reporter import reports, repository, stream_api, web
+from services.reporter.aggregates import Dimension, IncidentTimes, false_positive_rates, summarize
+from services.reporter.measures import MILESTONES, SlaTargets, breaches, durations, load_sla
+from services.reporter.queries import (
+    AlertFilter,
+    BadCursor,
+    IncidentFilter,
+    IncidentSort,
+    Order,
+    decode_cursor,
+    encode_cursor,
+)
+from services.reporter.reports import ExportKind
+from services.reporter.stream import WindowView
 from shared.auth import require
-from shared.events import IncidentState, Severity
+from shared.events import IncidentState, IncidentType, Severity
 from shared.service import Runtime
 
+States = Annotated[list[IncidentState] | None, Query(description="Only these states (repeat the parameter).")]
+Severities = Annotated[list[Severity] | None, Query(description="Only these severities.")]
+Types = Annotated[list[IncidentType] | None, Query(description="Only these types.")]
+Since = Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")]
+Until = Annotated[datetime | None, Query(description="Created before (ISO 8601).")]
+Text = Annotated[
+    str | None, Query(max_length=500, description="Full-text search: title, reasons, analysis, hosts, indicators.")
+]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Cursor = Annotated[str | None, Query(max_length=1000, description="`X-Next-Cursor` of the previous page.")]
+ReportFormat = Literal["md", "html"]
+ExportFormat = Literal["csv", "json"]
+MEDIA_TYPES = {"md": "text/markdown; charset=utf-8", "html": "text/html; charset=utf-8"}
+# What the report and export routes answer, as their OpenAPI document says.
+REPORT_CONTENT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/markdown": {"schema": {"type": "string"}}, "text/html": {"schema": {"type": "string"}}}}
+}
+EXPORT_CONTENT: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}, "application/json": {}}}
+}
+AlertStatus = Annotated[Literal["firing", "resolved"] | None, Query()]
 
-def routers(runtime: Runtime) -> list[APIRouter]:
+
+def _page(request: Request, response: Response, sort: str, order: str, after: tuple[Any, str] | None) -> None:
+    if after is None:
+        return
+    cursor = encode_cursor(sort, order, *after)
+    response.headers["X-Next-Cursor"] = cursor
+    response.headers["Link"] = f'<{request.url.include_query_params(cursor=cursor)}>; rel="next"'
+
+
+def _after(cursor: str | None, *, sort: str, order: str) -> tuple[Any, str] | None:
+    if cursor is None:
+        return None
+    try:
+        return decode_cursor(cursor, sort=sort, order=order)
+    except BadCursor as exc:
+        raise HTTPException(400, detail=str(exc)) from exc
+
+
+def routers(runtime: Runtime, stream: WindowView | None = None) -> list[APIRouter]:
+    """The query API, and the stream aggregations' windows (``stream``: none when they do not run)."""
+    sla = load_sla(runtime.settings.sla_file)  # a bad file stops the start, with its reason
     router = APIRouter(prefix="/api/v1", tags=["incidents"], dependencies=[require(runtime, "incidents.read")])
 
     @router.get("/incidents")
     async def list_incidents(
-        state: IncidentState | None = None,
-        severity: Severity | None = None,
-        limit: int = Query(100, ge=1, le=1000),
+        request: Request,
+        response: Response,
+        state: States = None,
+        severity: Severities = None,
+        type: Types = None,
+        since: Since = None,
+        until: Until = None,
+        commander: str | None = None,
+        source: Annotated[str | None, Query(description="An alert source (suricata, falco, …).")] = None,
+        service: Annotated[str | None, Query(description="A business service the analysis names.")] = None,
+        asset: Annotated[str | None, Query(description="An affected host.")] = None,
+        indicator: Annotated[str | None, Query(description="An indicator's value (an address, a hash, …).")] = None,
+        q: Text = None,
+        sort: IncidentSort = "created_at",
+        order: Order = "desc",
+        cursor: Cursor = None,
+        limit: Limit = 100,
     ) -> list[dict[str, Any]]:
+        filters = IncidentFilter(
+            states=tuple(s.value for s in state or ()),
+            severities=tuple(s.value for s in severity or ()),
+            types=tuple(t.value for t in type or ()),
+            since=since,
+            until=until,
+            commander=commander,
+            source=source,
+            service=service,
+            asset=asset,
+            indicator=indicator,
+            text=q,
+        )
+        after = _after(cursor, sort=sort, order=order)
         async with runtime.pool.acquire() as conn:
-            return await repository.list_incidents(
-                conn,
-                state=state.value if state else None,
-                severity=severity.value if severity else None,
-                limit=limit,
+            incidents, next_after = await repository.list_incidents(
+                conn, filters=filters, sort=sort, order=order, after=after, limit=limit
             )
+        _page(request, response, sort, order, next_after)
+        return incidents
 
     @router.get("/incidents/{incident_id}")
     async def get_incident(incident_id: str) -> dict[str, Any]:
+        """One incident with its alerts, indicators, analysis, actions, timeline and response times."""
         async with runtime.pool.acquire() as conn:
             incident = await repository.get_incident(conn, incident_id=incident_id)
             if incident is None:
                 raise HTTPException(404, detail=f"no incident {incident_id}")
             incident["alerts"] = await repository.list_alerts(conn, incident_id=incident_id)
+            incident["actions"] = await repository.list_actions(conn, incident_id=incident_id)
             incident["timeline"] = await repository.list_timeline(conn, incident_id=incident_id)
+            incident["merged"] = await repository.list_merged(conn, incident_id=incident_id)
+        analysis = incident.get("analysis") or {}
+        incident["indicators"] = analysis.get("indicators", [])
+        incident["response_times"] = _response_times(incident, sla)
         return incident
 
     @router.get("/incidents/{incident_id}/timeline")
     async def get_timeline(incident_id: str) -> list[dict[str, Any]]:
         async with runtime.pool.acquire() as conn:
-            timeline = await repository.list_timeline(conn, incident_id=incident_id)
-        if not timeline:
-            raise HTTPException(404, detail=f"no incident {incident_id}")
-        return timeline
+            if not await repository.incident_exists(conn, incident_id=incident_id):
+                raise HTTPException(404, detail=f"no incident {incident_id}")
+            return await repository.list_timeline(conn, incident_id=incident_id)
 
-    return [router]
+    @router.get("/incidents/{incident_id}/history")
+    async def get_history(incident_id: str) -> list[dict[str, Any]]:
+        """Every event kept of the incident, as it came: envelope and data."""
+        async with runtime.pool.acquire() as conn:
+            if not await repository.incident_exists(conn, incident_id=incident_id):
+                raise HTTPException(404, detail=f"no incident {incident_id}")
+            events = await repository.list_history(conn, incident_id=incident_id)
+        return [
+            {
+                "id": e.id,
+                "type": e.type,
+                "source": e.source,
+                "time": e.time,
+                "correlationid": e.correlationid,
+                "causationid": e.causationid,
+                "data": e.data,
+            }
+            for e in events
+        ]
+
+    @router.get("/alerts", tags=["alerts"])
+    async def list_alerts(
+        request: Request,
+        response: Response,
+        incident: Annotated[str | None, Query(description="Only this incident's alerts.")] = None,
+        source: str | None = None,
+        status: AlertStatus = None,
+        since: Since = None,
+        until: Until = None,
+        cursor: Cursor = None,
+        limit: Limit = 100,
+    ) -> list[dict[str, Any]]:
+        """The alert history, newest first: each occurrence with its incident, repeats (duplicates) and end."""
+        filters = AlertFilter(incident_id=incident, source=source, status=status, since=since, until=until)
+        after = _after(cursor, sort="time", order="desc")
+        async with runtime.pool.acquire() as conn:
+            alerts, next_after = await repository.list_alert_history(conn, filters=filters, after=after, limit=limit)
+        _page(request, response, "time", "desc", next_after)
+        return alerts
+
+    @router.get("/metrics/response", tags=["metrics"])
+    async def response_metrics(
+        by: Dimension = "severity",
+        since: Since = None,
+        until: Until = None,
+    ) -> dict[str, Any]:
+        """MTTD, MTTA, MTTC, MTTR, resolution and effectiveness rates, false positives and SLA breaches
+        of the incidents created in a period, per severity, type, source or business service."""
+        async with runtime.pool.acquire() as conn:
+            incidents = await repository.list_incident_times(conn, since=since, until=until)
+        return response_report(incidents, by=by, sla=sla, now=datetime.now(UTC))
+
+    @router.get("/incidents/{incident_id}/report", tags=["reports"], response_class=Response, responses=REPORT_CONTENT)
+    async def incident_report(incident_id: str, format: ReportFormat = "html") -> Response:
+        """The incident's post-mortem: summary, impact, timeline and its chart, evidence, actions, response
+        times against targets, and sections for the team to fill in."""
+        async with runtime.pool.acquire() as conn:
+            bundle = await repository.incident_bundle(conn, incident_id=incident_id)
+        if bundle is None:
+            raise HTTPException(404, detail=f"no incident {incident_id}")
+        text = reports.postmortem(bundle, fmt=format, sla=sla, now=datetime.now(UTC))
+        return Response(text, media_type=MEDIA_TYPES[format])
+
+    @router.get("/incidents/{incident_id}/ocsf", tags=["reports"])
+    async def incident_ocsf(incident_id: str) -> dict[str, Any]:
+        """The incident as an OCSF Incident Finding (class 2005, OCSF 1.5.0)."""
+        async with runtime.pool.acquire() as conn:
+            bundle = await repository.incident_bundle(conn, incident_id=incident_id)
+        if bundle is None:
+            raise HTTPException(404, detail=f"no incident {incident_id}")
+        return reports.ocsf_finding(bundle)
+
+    @router.get("/reports/compliance", tags=["reports"], response_class=Response, responses=REPORT_CONTENT)
+    async def compliance_report(since: Since = None, until: Until = None, format: ReportFormat = "html") -> Response:
+        """Incidents of a period by severity, type and state, response times against SLA, actions and who
+        approved them, open follow-ups, and whether the audit chain verifies."""
+        async with runtime.pool.acquire() as conn:
+            data = await repository.compliance_data(conn, since=since, until=until)
+        text = reports.compliance(data, fmt=format, sla=sla, now=datetime.now(UTC))
+        return Response(text, media_type=MEDIA_TYPES[format])
+
+    @router.get("/export/{kind}", tags=["reports"], response_class=Response, responses=EXPORT_CONTENT)
+    async def export(
+        kind: ExportKind, since: Since = None, until: Until = None, format: ExportFormat = "json"
+    ) -> Response:
+        """The incidents, actions or timeline lines of the incidents created in a period, as CSV or JSON."""
+        async with runtime.pool.acquire() as conn:
+            rows = await repository.export_rows(conn, kind=kind, since=since, until=until)
+        if format == "csv":
+            return Response(reports.to_csv(rows, reports.EXPORT_COLUMNS[kind]), media_type="text/csv")
+        return Response(reports.to_json(rows), media_type="application/json")
+
+    return [router, stream_api.router(runtime, stream), web.router(runtime, sla)]
+
+
+def response_report(incidents: list[IncidentTimes], *, by: Dimension, sla: SlaTargets, now: datetime) -> dict[str, Any]:
+    """The response metrics of some incidents, as the API and `vigil metrics --json` give them."""
+    return {
+        "by": by,
+        "incidents": len(incidents),
+        "groups": [g.as_dict() for g in summarize(incidents, by=by, sla=sla, now=now)],
+        "false_positive_rates": {
+            kind: [
+                {kind: r.key, "resolved": r.resolved, "false_positives": r.false_positives, "rate": r.rate}
+                for r in false_positive_rates(incidents, by=kind)
+            ]
+            for kind in ("source", "rule")
+        },
+    }
+
+
+def _response_times(incident: dict[str, Any], sla: SlaTargets) -> dict[str, Any]:
+    """Milestones, each time-to-X in seconds, and the SLA targets missed."""
+    milestones: dict[str, datetime | None] = {name: incident.get(f"{name}_at") for name in MILESTONES}
+    return {
+        "milestones": milestones,
+        "durations": durations(milestones),
+        "breaches": [
+            {"measure": b.measure, "target_s": b.target_s, "actual_s": b.actual_s, "running": b.running}
+            for b in breaches(milestones, incident.get("severity"), sla, now=datetime.now(UTC))
+        ],
+    }

@@ -1,21 +1,23 @@
-"""The reporter's handlers: every event lands on its incident's timeline and updates the read model."""
+"""The reporter's handlers: every event lands as history and on its incident's timeline; some also
+update the read model (incident, alerts, milestones, actions).
+
+Events of a type this version does not know are kept too (``decode``): a newer service's events
+reach the history and render generically on the timeline until a renderer is added.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
 from services.reporter import repository
-from shared.consumer import HandlerContext, dispatch_each
+from services.reporter.measures import milestones_reached
+from services.reporter.timeline import HistoryEvent, render
+from shared.consumer import HandlerContext, Inbound, decode_cloudevent
+from shared.errors import InvalidMessage, UnknownEventType
 from shared.events import (
-    AcknowledgeIncident,
-    AddNote,
-    ApproveStep,
-    AssignRole,
-    ChangeOffered,
-    ChangeState,
-    CommandRejected,
-    DenyStep,
-    EditIncident,
-    EffectCompleted,
-    EscalationExhausted,
     EventBase,
     IncidentAlertsChanged,
     IncidentAnalyzed,
@@ -23,87 +25,196 @@ from shared.events import (
     IncidentDetected,
     IncidentEdited,
     IncidentEscalated,
+    IncidentMerged,
+    IncidentSplit,
     IncidentState,
     IncidentStateChanged,
     IncidentUpdated,
-    ResolutionSuggested,
-    ResolveIncident,
     ResponsePlanned,
     ResponseStepChanged,
-    TaskCompleted,
+    ResponseStepValidated,
 )
-from shared.timeline import TimelineEntry, timeline_entry
+from shared.timeline import detached_from, merged_in
+
+Item = EventBase | HistoryEvent
+# The envelope an event of an unknown type must still carry to be kept (CloudEvents' `time` is
+# optional: without it, the time the broker took the record).
+_REQUIRED = ("id", "source", "subject")
 
 
-async def record(ctx: HandlerContext, event: EventBase) -> None:
-    """Put the event on its incident's timeline (the incident row exists already)."""
-    await repository.add_timeline(ctx.conn, event=event, entry=timeline_entry(event))
+def decode(record: Any) -> tuple[str, Item]:
+    """Decode a Vigil event; one of a type this version does not know becomes a bare ``HistoryEvent``."""
+    try:
+        return decode_cloudevent(record)
+    except UnknownEventType:
+        timestamp = getattr(record, "timestamp", None)
+        received = datetime.fromtimestamp(timestamp / 1000, UTC) if isinstance(timestamp, int) else None
+        event = foreign_event(record.value, record.headers, received=received)
+        return event.id, event
 
 
-async def record_if_known(ctx: HandlerContext, event: EventBase) -> None:
-    """Commands name an incident id anyone may type: no row is created for an unknown one."""
-    if await repository.incident_exists(ctx.conn, incident_id=event.subject):
-        await record(ctx, event)
+def foreign_event(
+    value: bytes | None, headers: Sequence[tuple[str, bytes]], *, received: datetime | None = None
+) -> HistoryEvent:
+    """The envelope and JSON object of an event of an unknown type, or InvalidMessage saying what is wrong."""
+    attributes = {name[3:]: raw.decode("utf-8", errors="replace") for name, raw in headers if name.startswith("ce_")}
+    event_type = attributes.get("type", "")
+    missing = [name for name in _REQUIRED if not attributes.get(name)]
+    if missing:
+        raise InvalidMessage(f"{event_type} lacks the CloudEvents attribute(s) {', '.join(missing)}")
+    if not attributes.get("time"):
+        if received is None:
+            raise InvalidMessage(f"{event_type} has no time and the record none either")
+        attributes["time"] = received.isoformat()
+    try:
+        time = datetime.fromisoformat(attributes["time"].replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidMessage(f"{event_type}: time {attributes['time']!r} is not ISO 8601") from exc
+    if time.tzinfo is None:
+        raise InvalidMessage(f"{event_type}: time {attributes['time']!r} has no timezone")
+    try:
+        data = json.loads(value or b"")
+    except ValueError as exc:
+        raise InvalidMessage(f"{event_type}: body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"{event_type}: body is not a JSON object")
+    return HistoryEvent(
+        id=attributes["id"],
+        type=event_type,
+        source=attributes["source"],
+        subject=attributes["subject"],
+        time=time,
+        data=data,
+        correlationid=attributes.get("correlationid"),
+        causationid=attributes.get("causationid"),
+    )
+
+
+def history_of(item: Item) -> HistoryEvent:
+    if isinstance(item, HistoryEvent):
+        return item
+    return HistoryEvent(
+        id=item.id,
+        type=getattr(item, "type"),  # noqa: B009 - every concrete event has its type
+        source=item.source,
+        subject=item.subject,
+        time=item.time,
+        data=getattr(item, "data").model_dump(mode="json"),  # noqa: B009
+        correlationid=item.correlationid,
+        causationid=item.causationid,
+    )
+
+
+# ---- read-model projections, one per event type that changes more than the timeline ----------
 
 
 async def on_snapshot(ctx: HandlerContext, event: IncidentDetected | IncidentUpdated) -> None:
-    detected = isinstance(event, IncidentDetected)
     await repository.apply_snapshot(
-        ctx.conn, incident_id=event.subject, snapshot=event.data, detected=detected, at=event.time
+        ctx.conn,
+        incident_id=event.subject,
+        snapshot=event.data,
+        detected=isinstance(event, IncidentDetected),
+        at=event.time,
     )
-    entry = timeline_entry(event)
-    if event.data.parts > 1:
-        # One batch's alerts came in several events: say which this is.
-        entry = TimelineEntry(entry.actor, f"{entry.summary} (part {event.data.part} of {event.data.parts})")
-    await repository.add_timeline(ctx.conn, event=event, entry=entry)
 
 
 async def on_alerts_changed(ctx: HandlerContext, event: IncidentAlertsChanged) -> None:
-    """Repeat counts, last sightings and resolutions onto the stored alerts; one line on the timeline."""
+    """Repeat counts, last sightings and resolutions onto the stored alerts."""
     await repository.ensure_incident(ctx.conn, incident_id=event.subject)
     await repository.apply_alert_changes(ctx.conn, incident_id=event.subject, change=event.data)
-    await record(ctx, event)
 
 
 async def on_analyzed(ctx: HandlerContext, event: IncidentAnalyzed) -> None:
-    await repository.set_fields(ctx.conn, incident_id=event.subject, analysis=event.data.model_dump(mode="json"))
-    await record(ctx, event)
+    analysis = event.data
+    await repository.set_fields(
+        ctx.conn,
+        incident_id=event.subject,
+        analysis=analysis.model_dump(mode="json"),
+        indicators=list(dict.fromkeys(i.value for i in analysis.indicators)),
+        services=list(analysis.impact.business_services) if analysis.impact else [],
+    )
 
 
 async def on_planned(ctx: HandlerContext, event: ResponsePlanned) -> None:
     await repository.set_fields(ctx.conn, incident_id=event.subject, plan=event.data.model_dump(mode="json"))
-    await record(ctx, event)
 
 
 async def on_escalated(ctx: HandlerContext, event: IncidentEscalated) -> None:
     await repository.set_fields(ctx.conn, incident_id=event.subject, commander=event.data.commander)
-    await record(ctx, event)
-
-
-STAMPS = {IncidentState.ACKNOWLEDGED: "acknowledged_at", IncidentState.RESOLVED: "resolved_at"}
 
 
 async def on_edited(ctx: HandlerContext, event: IncidentEdited) -> None:
     changes = {name: change.after for name, change in event.data.changes.items()}
     await repository.apply_edits(ctx.conn, incident_id=event.subject, changes=changes)
-    await record(ctx, event)
 
 
 async def on_assigned(ctx: HandlerContext, event: IncidentAssigned) -> None:
     if event.data.role == "commander":
         await repository.set_fields(ctx.conn, incident_id=event.subject, commander=event.data.person)
-    await record(ctx, event)
 
 
 async def on_state_changed(ctx: HandlerContext, event: IncidentStateChanged) -> None:
-    fields: dict[str, object] = {"state": event.data.to_state.value}
-    if event.data.to_state in STAMPS:
-        fields[STAMPS[event.data.to_state]] = event.time
-    await repository.set_fields(ctx.conn, incident_id=event.subject, **fields)
-    await record(ctx, event)
+    resolution = event.data.resolution if event.data.to_state == IncidentState.RESOLVED else None
+    await repository.apply_state(
+        ctx.conn,
+        incident_id=event.subject,
+        state=event.data.to_state.value,
+        milestones=milestones_reached(event.data.to_state),
+        at=event.time,
+        resolution=resolution,
+    )
 
 
-HANDLERS = {
+async def on_step_changed(ctx: HandlerContext, event: ResponseStepChanged) -> None:
+    await repository.apply_step(ctx.conn, incident_id=event.subject, change=event.data, at=event.time)
+
+
+async def on_validated(ctx: HandlerContext, event: ResponseStepValidated) -> None:
+    """Whether an action's effect held (an undo's check says nothing of the action's effectiveness)."""
+    check = event.data
+    if check.of == "action" and check.outcome in ("validated", "failed"):
+        await repository.set_validated(
+            ctx.conn,
+            incident_id=event.subject,
+            step_id=check.step_id,
+            validated=check.outcome == "validated",
+            at=event.time,
+        )
+
+
+async def on_merged(ctx: HandlerContext, event: IncidentMerged) -> None:
+    """The incident merged away points at its survivor; the survivor's timeline says so (and shows its history)."""
+    await repository.ensure_incident(ctx.conn, incident_id=event.subject)
+    await repository.set_fields(ctx.conn, incident_id=event.subject, merged_into=event.data.survivor)
+    await repository.ensure_incident(ctx.conn, incident_id=event.data.survivor)
+    title = await repository.title_of(ctx.conn, incident_id=event.subject)
+    await repository.add_entry(
+        ctx.conn, event=event, incident_id=event.data.survivor, entry=merged_in(event, title=title)
+    )
+
+
+async def on_split(ctx: HandlerContext, event: IncidentSplit) -> None:
+    """Detached alerts leave the incident (the new incident's own events bring them there); it is restated."""
+    await repository.ensure_incident(ctx.conn, incident_id=event.subject)
+    await repository.apply_split(ctx.conn, incident_id=event.subject, split=event.data)
+    if event.data.incident.part == 1:
+        await repository.ensure_incident(ctx.conn, incident_id=event.data.new_incident)
+        await repository.add_entry(
+            ctx.conn, event=event, incident_id=event.data.new_incident, entry=detached_from(event)
+        )
+
+
+async def on_foreign(ctx: HandlerContext, event: HistoryEvent) -> None:
+    """An event of a type this version does not know may still say whether a step's action held."""
+    step_id, validated = event.data.get("step_id"), event.data.get("validated")
+    if isinstance(step_id, str) and isinstance(validated, bool):
+        await repository.set_validated(
+            ctx.conn, incident_id=event.subject, step_id=step_id, validated=validated, at=event.time
+        )
+
+
+Projection = Callable[[HandlerContext, Any], Awaitable[None]]
+PROJECTIONS: dict[type[Item], Projection] = {
     IncidentDetected: on_snapshot,
     IncidentUpdated: on_snapshot,
     IncidentAlertsChanged: on_alerts_changed,
@@ -111,23 +222,24 @@ HANDLERS = {
     ResponsePlanned: on_planned,
     IncidentEscalated: on_escalated,
     IncidentStateChanged: on_state_changed,
-    CommandRejected: record_if_known,
-    AcknowledgeIncident: record_if_known,
-    ResolveIncident: record_if_known,
-    EscalationExhausted: record,
-    ResolutionSuggested: record,
-    EffectCompleted: record_if_known,
-    ResponseStepChanged: record_if_known,
     IncidentEdited: on_edited,
     IncidentAssigned: on_assigned,
-    ChangeOffered: record_if_known,
-    TaskCompleted: record_if_known,
-    ChangeState: record_if_known,
-    EditIncident: record_if_known,
-    AddNote: record_if_known,
-    AssignRole: record_if_known,
-    ApproveStep: record_if_known,
-    DenyStep: record_if_known,
+    ResponseStepChanged: on_step_changed,
+    ResponseStepValidated: on_validated,
+    IncidentMerged: on_merged,
+    IncidentSplit: on_split,
+    HistoryEvent: on_foreign,
 }
-# The reporter never rejects an event, so it spares itself a savepoint per event.
-handle = dispatch_each(HANDLERS, savepoints=False)  # type: ignore[arg-type]
+
+
+async def handle(ctx: HandlerContext, batch: Sequence[Inbound[Item]]) -> None:
+    """Keep every event as history with its timeline line, then apply the projections in order.
+
+    The reporter never rejects an event, so it spares itself a savepoint per event.
+    """
+    history = [history_of(inbound.item) for inbound in batch]
+    await repository.add_history(ctx.conn, events=history, entries=[render(event) for event in history])
+    for inbound in batch:
+        project = PROJECTIONS.get(type(inbound.item))
+        if project is not None:
+            await project(ctx, inbound.item)

@@ -2,24 +2,104 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
+from services.reporter.aggregates import IncidentTimes
+from services.reporter.measures import MILESTONES
+from services.reporter.queries import AlertFilter, IncidentFilter, IncidentSort, Order, alert_query, incident_query
+from services.reporter.reports import ComplianceData, ExportKind, IncidentBundle
+from services.reporter.timeline import HistoryEvent
+from shared import audit
 from shared.db import Conn
-from shared.events import AlertsChange, EventBase, IncidentSnapshot
+from shared.events import AlertsChange, EventBase, IncidentSnapshot, ResponseLeaseChanged, SplitRecord, StepChange
 from shared.timeline import TimelineEntry
 
 
-async def add_timeline(conn: Conn, *, event: EventBase, entry: TimelineEntry) -> None:
+async def add_history(conn: Conn, *, events: Sequence[HistoryEvent], entries: Sequence[TimelineEntry]) -> None:
+    """Keep events as history and put their lines on the timeline; an event kept before is left alone."""
     await conn.execute(
-        """INSERT INTO reporter_timeline (event_id, incident_id, time, type, actor, summary, data)
-           VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
-        event.id,
-        event.subject,
-        event.time,
-        getattr(event, "type"),  # noqa: B009
-        entry.actor,
-        entry.summary,
-        getattr(event, "data").model_dump(mode="json"),  # noqa: B009
+        """INSERT INTO reporter_history
+               (event_id, incident_id, type, source, time, correlationid, causationid, data)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                                $6::text[], $7::text[], $8::jsonb[])
+           ON CONFLICT DO NOTHING""",
+        [e.id for e in events],
+        [e.subject for e in events],
+        [e.type for e in events],
+        [e.source for e in events],
+        [e.time for e in events],
+        [e.correlationid for e in events],
+        [e.causationid for e in events],
+        [dict(e.data) for e in events],
+    )
+    await conn.execute(
+        """INSERT INTO reporter_timeline (event_id, incident_id, time, type, actor, summary)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[])
+           ON CONFLICT (event_id) DO UPDATE SET actor = EXCLUDED.actor, summary = EXCLUDED.summary""",
+        *_timeline_columns(events, entries),
+    )
+
+
+async def history_page(conn: Conn, *, after: str | None, limit: int) -> list[HistoryEvent]:
+    """History in event-id order, a page at a time (to render the timeline again)."""
+    rows = await conn.fetch(
+        """SELECT event_id, type, source, incident_id, time, correlationid, causationid, data
+           FROM reporter_history WHERE ($1::text IS NULL OR event_id > $1) ORDER BY event_id LIMIT $2""",
+        after,
+        limit,
+    )
+    return [_history(r) for r in rows]
+
+
+async def list_history(conn: Conn, *, incident_id: str) -> list[HistoryEvent]:
+    rows = await conn.fetch(
+        """SELECT event_id, type, source, incident_id, time, correlationid, causationid, data
+           FROM reporter_history WHERE incident_id = $1 ORDER BY time, event_id""",
+        incident_id,
+    )
+    return [_history(r) for r in rows]
+
+
+async def rebuild_timeline(conn: Conn, *, render: Callable[[HistoryEvent], TimelineEntry], page: int = 1000) -> int:
+    """Render every incident's timeline again from history (after a renderer was added or changed)."""
+    after, rendered = None, 0
+    while events := await history_page(conn, after=after, limit=page):
+        async with conn.transaction():
+            await conn.execute(
+                """INSERT INTO reporter_timeline (event_id, incident_id, time, type, actor, summary)
+                   SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                                        $6::text[])
+                   ON CONFLICT (event_id) DO UPDATE SET actor = EXCLUDED.actor, summary = EXCLUDED.summary""",
+                *_timeline_columns(events, [render(e) for e in events]),
+            )
+        rendered += len(events)
+        after = events[-1].id
+    return rendered
+
+
+def _timeline_columns(events: Sequence[HistoryEvent], entries: Sequence[TimelineEntry]) -> list[list[Any]]:
+    return [
+        [e.id for e in events],
+        [e.subject for e in events],
+        [e.time for e in events],
+        [e.type for e in events],
+        [entry.actor for entry in entries],
+        [entry.summary for entry in entries],
+    ]
+
+
+def _history(row: Any) -> HistoryEvent:
+    return HistoryEvent(
+        id=row["event_id"],
+        type=row["type"],
+        source=row["source"],
+        subject=row["incident_id"],
+        time=row["time"],
+        data=row["data"],
+        correlationid=row["correlationid"],
+        causationid=row["causationid"],
     )
 
 
@@ -30,6 +110,9 @@ async def ensure_incident(conn: Conn, *, incident_id: str) -> None:
 
 async def incident_exists(conn: Conn, *, incident_id: str) -> bool:
     return bool(await conn.fetchval("SELECT true FROM reporter_incidents WHERE id = $1", incident_id))
+
+
+RAW = {"raw", "raw_cut"}
 
 
 async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnapshot, detected: bool, at: Any) -> None:
@@ -52,7 +135,11 @@ async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnap
                              GROUP BY u ORDER BY min(n)),
                classification_reason = $8, severity_reason = $9,
                detected_at = CASE WHEN $10 THEN $11 ELSE detected_at END,
-               created_at = CASE WHEN $10 THEN $12 ELSE created_at END, updated_at = now()
+               created_at = CASE WHEN $10 THEN $12 ELSE created_at END,
+               first_alert_at = LEAST(first_alert_at, $12),
+               sources = ARRAY(SELECT DISTINCT unnest(sources || $13::text[])),
+               rules = ARRAY(SELECT DISTINCT unnest(rules || $14::text[])),
+               updated_at = now()
            WHERE id = $1""",
         incident_id,
         snapshot.title,
@@ -66,12 +153,15 @@ async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnap
         detected,
         at,
         snapshot.first_seen,
+        sorted({a.source for a in snapshot.new_alerts}),
+        sorted({a.rule for a in snapshot.new_alerts if a.rule}),
     )
     if snapshot.new_alerts:
         await conn.executemany(
             """INSERT INTO reporter_alerts (key, incident_id, body, time) VALUES ($1, $2, $3, $4)
                ON CONFLICT DO NOTHING""",
-            [(a.key, incident_id, a.model_dump(mode="json"), a.time) for a in snapshot.new_alerts],
+            # The tool's raw record stays with the analyzer's evidence timeline: the reporter shows summaries.
+            [(a.key, incident_id, a.model_dump(mode="json", exclude=RAW), a.time) for a in snapshot.new_alerts],
         )
 
 
@@ -132,20 +222,145 @@ async def set_fields(conn: Conn, *, incident_id: str, **fields: Any) -> None:
     )
 
 
-INCIDENT_COLUMNS = """id, title, type, severity, state, alert_count, commander, hosts, users,
-    classification_reason, severity_reason, created_at, detected_at, acknowledged_at, resolved_at, updated_at"""
-
-
-async def list_incidents(conn: Conn, *, state: str | None, severity: str | None, limit: int) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        f"""SELECT {INCIDENT_COLUMNS} FROM reporter_incidents
-            WHERE title IS NOT NULL AND ($1::text IS NULL OR state = $1) AND ($2::text IS NULL OR severity = $2)
-            ORDER BY created_at DESC LIMIT $3""",
+async def apply_state(
+    conn: Conn,
+    *,
+    incident_id: str,
+    state: str,
+    milestones: Sequence[str],
+    at: datetime,
+    resolution: str | None,
+) -> None:
+    """The incident's new state; each milestone keeps the first time it was reached, whatever the order."""
+    await ensure_incident(conn, incident_id=incident_id)
+    # Column names come from the milestones' fixed list, never from input.
+    stamps = "".join(f", {m}_at = LEAST({m}_at, $3)" for m in milestones)
+    await conn.execute(
+        f"""UPDATE reporter_incidents SET state = $2{stamps},
+                closed_at = CASE WHEN $2 = 'closed' THEN LEAST(closed_at, $3) ELSE closed_at END,
+                resolution = coalesce($4, resolution), updated_at = now()
+            WHERE id = $1""",
+        incident_id,
         state,
-        severity,
-        limit,
+        at,
+        resolution,
+    )
+
+
+EXECUTED = ("succeeded", "failed")
+
+
+async def apply_step(conn: Conn, *, incident_id: str, change: StepChange, at: datetime) -> None:
+    """A response step as it stands: when it ran, whether it worked, who approved it."""
+    executed = change.state in EXECUTED and not change.dry_run
+    await conn.execute(
+        """INSERT INTO reporter_actions AS a (step_id, incident_id, plan_id, name, phase, item, connector, action,
+               state, dry_run, executed_at, succeeded, approved_by, approved_at, reason, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
+                   CASE WHEN $11::boolean THEN $14::timestamptz END, CASE WHEN $11 THEN $9 = 'succeeded' END,
+                   CASE WHEN $9 = 'approved' THEN $12::text END, CASE WHEN $9 = 'approved' THEN $14 END, $13, $14)
+           ON CONFLICT (step_id) DO UPDATE SET
+               state = CASE WHEN EXCLUDED.updated_at >= a.updated_at THEN EXCLUDED.state ELSE a.state END,
+               reason = CASE WHEN EXCLUDED.updated_at >= a.updated_at THEN EXCLUDED.reason ELSE a.reason END,
+               updated_at = GREATEST(a.updated_at, EXCLUDED.updated_at),
+               dry_run = a.dry_run OR EXCLUDED.dry_run,
+               executed_at = coalesce(LEAST(a.executed_at, EXCLUDED.executed_at), a.executed_at, EXCLUDED.executed_at),
+               succeeded = coalesce(EXCLUDED.succeeded, a.succeeded),
+               approved_by = coalesce(a.approved_by, EXCLUDED.approved_by),
+               approved_at = coalesce(a.approved_at, EXCLUDED.approved_at)""",
+        change.step_id,
+        incident_id,
+        change.plan_id,
+        change.name,
+        change.phase,
+        change.item,
+        change.connector,
+        change.action,
+        change.state,
+        change.dry_run,
+        executed,
+        change.actor,
+        change.reason,
+        at,
+    )
+
+
+async def set_validated(conn: Conn, *, incident_id: str, step_id: str, validated: bool, at: datetime) -> None:
+    """The latest validation of a step's action wins."""
+    await conn.execute(
+        """INSERT INTO reporter_validations AS v (step_id, incident_id, validated, at) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (step_id) DO UPDATE SET validated = EXCLUDED.validated, at = EXCLUDED.at
+           WHERE EXCLUDED.at >= v.at""",
+        step_id,
+        incident_id,
+        validated,
+        at,
+    )
+
+
+async def list_actions(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT a.step_id, plan_id, name, phase, item, connector, action, state, dry_run, executed_at, succeeded,
+                  v.validated, approved_by, approved_at, reason, updated_at
+           FROM reporter_actions a LEFT JOIN reporter_validations v USING (step_id)
+           WHERE a.incident_id = $1 ORDER BY coalesce(executed_at, updated_at), a.step_id""",
+        incident_id,
     )
     return [dict(r) for r in rows]
+
+
+LEASE_CHANGED = ResponseLeaseChanged.model_fields["type"].default
+
+
+async def list_leases(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
+    """The leases of the incident's reversible actions, each as its latest change left it, soonest end first."""
+    rows = await conn.fetch(
+        """SELECT * FROM (
+               SELECT DISTINCT ON (data->>'step_id') data, time FROM reporter_history
+               WHERE incident_id = $1 AND type = $2 AND data ? 'step_id'
+               ORDER BY data->>'step_id', time DESC, event_id DESC) latest
+           ORDER BY data->>'due_at' NULLS LAST, data->>'step_id'""",
+        incident_id,
+        LEASE_CHANGED,
+    )
+    return [{**r["data"], "changed_at": r["time"]} for r in rows]
+
+
+INCIDENT_COLUMNS = """id, title, type, severity, state, resolution, alert_count, commander, hosts, users, sources,
+    rules, services, indicators, classification_reason, severity_reason, created_at, first_alert_at, detected_at,
+    acknowledged_at, contained_at, recovered_at, resolved_at, closed_at, updated_at, merged_into"""
+
+
+async def list_incidents(
+    conn: Conn,
+    *,
+    filters: IncidentFilter,
+    sort: IncidentSort = "created_at",
+    order: Order = "desc",
+    after: tuple[Any, str] | None = None,
+    limit: int = 100,
+) -> tuple[list[dict[str, Any]], tuple[Any, str] | None]:
+    """A page of incidents that match, and where the next page starts (None on the last)."""
+    sql, args = incident_query(INCIDENT_COLUMNS, filters, sort=sort, order=order, after=after, limit=limit)
+    rows = [dict(r) for r in await conn.fetch(sql, *args)]
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, (rows[-1][sort], rows[-1]["id"])
+
+
+async def list_alert_history(
+    conn: Conn, *, filters: AlertFilter, after: tuple[Any, str] | None = None, limit: int = 100
+) -> tuple[list[dict[str, Any]], tuple[Any, str] | None]:
+    """A page of the alert history, newest first, each with its incident, repeats and resolution."""
+    sql, args = alert_query(
+        "key, incident_id, body, time, repeats, last_seen_at, resolved_at", filters, after=after, limit=limit
+    )
+    rows = list(await conn.fetch(sql, *args))
+    more = len(rows) > limit
+    alerts = [{"incident_id": r["incident_id"], **_alert(r)} for r in rows[:limit]]
+    last = rows[limit - 1] if more else None
+    return alerts, ((last["time"], f"{last['incident_id']}/{last['key']}") if last else None)
 
 
 async def get_incident(conn: Conn, *, incident_id: str) -> dict[str, Any] | None:
@@ -162,25 +377,92 @@ async def list_alerts(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
            WHERE incident_id = $1 ORDER BY time""",
         incident_id,
     )
-    return [
-        {
-            **r["body"],
-            "status": "resolved" if r["resolved_at"] else "firing",
-            "repeats": r["repeats"],
-            "last_seen": r["last_seen_at"] or r["body"]["time"],
-            "resolved_at": r["resolved_at"],
-        }
-        for r in rows
-    ]
+    return [_alert(r) for r in rows]
+
+
+def _alert(row: Any) -> dict[str, Any]:
+    return {
+        **row["body"],
+        "status": "resolved" if row["resolved_at"] else "firing",
+        "repeats": row["repeats"],
+        "last_seen": row["last_seen_at"] or row["body"]["time"],
+        "resolved_at": row["resolved_at"],
+    }
 
 
 async def list_timeline(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
+    """Return the incident's timeline, with the history of every incident merged into it (each entry says whose)."""
     rows = await conn.fetch(
-        """SELECT event_id, time, type, actor, summary FROM reporter_timeline
-           WHERE incident_id = $1 ORDER BY time, event_id""",
+        """WITH RECURSIVE merged(id) AS (
+               SELECT $1::text
+               UNION SELECT r.id FROM reporter_incidents r JOIN merged m ON r.merged_into = m.id)
+           SELECT event_id, incident_id, time, type, actor, summary FROM reporter_timeline
+           WHERE incident_id IN (SELECT id FROM merged) ORDER BY time, event_id""",
         incident_id,
     )
     return [dict(r) for r in rows]
+
+
+async def list_merged(conn: Conn, *, incident_id: str) -> list[str]:
+    """The incidents merged into this one (directly), oldest first."""
+    rows = await conn.fetch(
+        "SELECT id FROM reporter_incidents WHERE merged_into = $1 ORDER BY created_at, id", incident_id
+    )
+    return [r["id"] for r in rows]
+
+
+async def title_of(conn: Conn, *, incident_id: str) -> str | None:
+    title: str | None = await conn.fetchval("SELECT title FROM reporter_incidents WHERE id = $1", incident_id)
+    return title
+
+
+async def add_entry(conn: Conn, *, event: EventBase, incident_id: str, entry: TimelineEntry) -> None:
+    """Put an event on another incident's timeline too (a merge on its survivor's, a split on the new incident's)."""
+    await conn.execute(
+        """INSERT INTO reporter_timeline (event_id, incident_id, time, type, actor, summary)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+        f"{event.id}@{incident_id}",
+        incident_id,
+        event.time,
+        getattr(event, "type"),  # noqa: B009
+        entry.actor,
+        entry.summary,
+    )
+
+
+async def apply_split(conn: Conn, *, incident_id: str, split: SplitRecord) -> None:
+    """The detached alerts leave the incident; its counts, hosts and users are as restated (over the parts)."""
+    snapshot = split.incident
+    hosts = list(dict.fromkeys([*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)]))
+    users = list(dict.fromkeys([*snapshot.users, *(a.user for a in snapshot.new_alerts if a.user)]))
+    if snapshot.part == 1:
+        await conn.execute(
+            "DELETE FROM reporter_alerts WHERE incident_id = $1 AND key = ANY($2::text[])",
+            incident_id,
+            split.detached,
+        )
+        # Restated: what it held before the split no longer counts.
+        await conn.execute(
+            """UPDATE reporter_incidents SET alert_count = $2, hosts = '{}', users = '{}',
+                   classification_reason = $3, severity_reason = $4, updated_at = now()
+               WHERE id = $1""",
+            incident_id,
+            snapshot.alert_count,
+            snapshot.classification_reason,
+            snapshot.severity_reason,
+        )
+    await conn.execute(
+        """UPDATE reporter_incidents
+           SET hosts = ARRAY(SELECT h FROM unnest(hosts || $2::text[]) WITH ORDINALITY AS t(h, n)
+                             GROUP BY h ORDER BY min(n)),
+               users = ARRAY(SELECT u FROM unnest(users || $3::text[]) WITH ORDINALITY AS t(u, n)
+                             GROUP BY u ORDER BY min(n)),
+               updated_at = now()
+           WHERE id = $1""",
+        incident_id,
+        hosts,
+        users,
+    )
 
 
 async def count_by_labels(conn: Conn) -> list[tuple[str, str, str, int]]:
@@ -189,3 +471,126 @@ async def count_by_labels(conn: Conn) -> list[tuple[str, str, str, int]]:
            WHERE severity IS NOT NULL GROUP BY severity, type, state"""
     )
     return [(r["severity"], r["type"], r["state"], r["n"]) for r in rows]
+
+
+async def list_incident_times(
+    conn: Conn, *, since: datetime | None = None, until: datetime | None = None, open_only: bool = False
+) -> list[IncidentTimes]:
+    """The incidents created in a period with their milestones and action counts, for the aggregates."""
+    rows = await conn.fetch(
+        """SELECT i.id, severity, type, state, resolution, sources, rules, services, first_alert_at, detected_at,
+                  acknowledged_at, contained_at, recovered_at, resolved_at,
+                  coalesce(a.executed, 0) AS executed, coalesce(a.validated, 0) AS validated
+           FROM reporter_incidents i
+           LEFT JOIN (SELECT ra.incident_id, count(*) FILTER (WHERE executed_at IS NOT NULL) AS executed,
+                             count(*) FILTER (WHERE executed_at IS NOT NULL AND v.validated) AS validated
+                      FROM reporter_actions ra LEFT JOIN reporter_validations v USING (step_id)
+                      GROUP BY ra.incident_id) a ON a.incident_id = i.id
+           WHERE title IS NOT NULL AND ($1::timestamptz IS NULL OR created_at >= $1)
+             AND ($2::timestamptz IS NULL OR created_at < $2)
+             AND (NOT $3 OR state NOT IN ('resolved', 'closed'))""",
+        since,
+        until,
+        open_only,
+    )
+    return [
+        IncidentTimes(
+            id=r["id"],
+            severity=r["severity"],
+            type=r["type"],
+            state=r["state"],
+            resolution=r["resolution"],
+            milestones={name: r[f"{name}_at"] for name in MILESTONES},
+            sources=tuple(r["sources"]),
+            rules=tuple(r["rules"]),
+            services=tuple(r["services"]),
+            executed=r["executed"],
+            validated=r["validated"],
+        )
+        for r in rows
+    ]
+
+
+async def incident_bundle(conn: Conn, *, incident_id: str) -> IncidentBundle | None:
+    """Everything known of one incident, for its reports; None if there is no such incident."""
+    incident = await get_incident(conn, incident_id=incident_id)
+    if incident is None or incident.get("title") is None:
+        return None
+    return IncidentBundle(
+        incident=incident,
+        alerts=await list_alerts(conn, incident_id=incident_id),
+        actions=await list_actions(conn, incident_id=incident_id),
+        timeline=await list_timeline(conn, incident_id=incident_id),
+    )
+
+
+async def list_incidents_created(conn: Conn, *, since: datetime | None, until: datetime | None) -> list[dict[str, Any]]:
+    """Every incident created in a period, oldest first (for reports and exports)."""
+    rows = await conn.fetch(
+        f"""SELECT {INCIDENT_COLUMNS} FROM reporter_incidents
+            WHERE title IS NOT NULL AND ($1::timestamptz IS NULL OR created_at >= $1)
+              AND ($2::timestamptz IS NULL OR created_at < $2)
+            ORDER BY created_at, id""",
+        since,
+        until,
+    )
+    return [dict(r) for r in rows]
+
+
+async def list_actions_of_incidents_created(
+    conn: Conn, *, since: datetime | None, until: datetime | None
+) -> list[dict[str, Any]]:
+    """The actions of the incidents created in a period, with who approved them and whether they held."""
+    rows = await conn.fetch(
+        """SELECT a.incident_id, a.step_id, a.plan_id, a.name, a.phase, a.item, a.connector, a.action, a.state,
+                  a.dry_run, a.executed_at, a.succeeded, v.validated, a.approved_by, a.approved_at, a.reason,
+                  a.updated_at
+           FROM reporter_actions a JOIN reporter_incidents i ON i.id = a.incident_id
+           LEFT JOIN reporter_validations v ON v.step_id = a.step_id
+           WHERE ($1::timestamptz IS NULL OR i.created_at >= $1) AND ($2::timestamptz IS NULL OR i.created_at < $2)
+           ORDER BY i.created_at, a.incident_id, coalesce(a.executed_at, a.updated_at), a.step_id""",
+        since,
+        until,
+    )
+    return [dict(r) for r in rows]
+
+
+async def list_timelines_of_incidents_created(
+    conn: Conn, *, since: datetime | None, until: datetime | None
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT t.incident_id, t.event_id, t.time, t.type, t.actor, t.summary
+           FROM reporter_timeline t JOIN reporter_incidents i ON i.id = t.incident_id
+           WHERE i.title IS NOT NULL AND ($1::timestamptz IS NULL OR i.created_at >= $1)
+             AND ($2::timestamptz IS NULL OR i.created_at < $2)
+           ORDER BY i.created_at, t.incident_id, t.time, t.event_id""",
+        since,
+        until,
+    )
+    return [dict(r) for r in rows]
+
+
+async def compliance_data(conn: Conn, *, since: datetime | None, until: datetime | None) -> ComplianceData:
+    chain = await audit.verify_chain(conn)
+    return ComplianceData(
+        since=since,
+        until=until,
+        incidents=await list_incidents_created(conn, since=since, until=until),
+        times=await list_incident_times(conn, since=since, until=until),
+        actions=await list_actions_of_incidents_created(conn, since=since, until=until),
+        audit_entries=chain.entries,
+        audit_problem=chain.problem.message if chain.problem else None,
+    )
+
+
+async def export_rows(
+    conn: Conn, *, kind: ExportKind, since: datetime | None, until: datetime | None
+) -> list[dict[str, Any]]:
+    """The incidents, actions or timeline lines of the incidents created in a period."""
+    match kind:
+        case "incidents":
+            return await list_incidents_created(conn, since=since, until=until)
+        case "actions":
+            return await list_actions_of_incidents_created(conn, since=since, until=until)
+        case "timelines":
+            return await list_timelines_of_incidents_created(conn, since=since, until=until)

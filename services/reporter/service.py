@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from services.reporter import api
-from services.reporter.handlers import handle
+from services.reporter.handlers import decode, handle
 from services.reporter.metrics import refresh_gauges
-from shared.consumer import decode_cloudevent
-from shared.service import ServiceSpec
+from services.reporter.stream import StreamAggregations
+from shared.service import BackgroundTask, ServiceSpec
 from shared.settings import VigilSettings
 from shared.topics import ANALYSES, COMMANDS, COORDINATION, EFFECTS, INCIDENTS, RESPONSES
 
 
 def spec(settings: VigilSettings) -> ServiceSpec:
+    # The windowed stream aggregations run beside the consume loop, in the same process and event loop.
+    stream = StreamAggregations(settings) if settings.stream_enabled else None
+    background: tuple[BackgroundTask, ...] = (refresh_gauges,) if stream is None else (refresh_gauges, stream.run)
     return ServiceSpec(
         name="reporter",
         consumes=(INCIDENTS, ANALYSES, RESPONSES, COORDINATION, EFFECTS, COMMANDS),
-        decoder=decode_cloudevent,
+        decoder=decode,
         handler=handle,
-        routers=api.routers,
-        background=(refresh_gauges,),
+        routers=lambda runtime: api.routers(runtime, stream.view if stream is not None else None),
+        background=background,
     )

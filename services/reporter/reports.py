@@ -1,0 +1,268 @@
+"""Reports rendered from the read model: a post-mortem per incident, a compliance report per period,
+exports (CSV, JSON) and the OCSF Incident Finding. Pure: the caller reads the data (``bundle``)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
+
+from services.reporter import charts
+from services.reporter.aggregates import IncidentTimes, summarize
+from services.reporter.measures import MEAN_NAMES, MEASURES, MILESTONES, SlaTargets, breaches, durations, humanize
+from services.reporter.ocsf import incident_finding
+
+Format = Literal["md", "html"]
+TEMPLATES = Path(__file__).with_name("templates")
+
+
+def vigil_version() -> str:
+    try:
+        return version("vigil")
+    except PackageNotFoundError:
+        return "0"
+
+
+def _md(value: object) -> str:
+    """Text in a Markdown table cell: pipes and line breaks would break the row."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _when(at: datetime | None) -> str:
+    return f"{at:%Y-%m-%d %H:%M:%S} UTC" if at is not None else "-"
+
+
+def _environment(fmt: Format) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
+        # Stored analyses of older versions may lack a field: it renders empty rather than failing the report.
+        undefined=Undefined,
+        trim_blocks=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["md"] = _md if fmt == "md" else str
+    env.globals.update(when=_when)
+    return env
+
+
+@dataclass
+class IncidentBundle:
+    """Everything the reporter knows of one incident."""
+
+    incident: dict[str, Any]
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def milestones(self) -> dict[str, datetime | None]:
+        return {name: self.incident.get(f"{name}_at") for name in MILESTONES}
+
+
+def worked(action: Mapping[str, Any]) -> str:
+    """Whether a response action did what it was for, in words."""
+    if action.get("validated") is True:
+        return "yes, validated"
+    if action.get("validated") is False:
+        return "no: validation failed"
+    if action.get("state") == "rolled_back":
+        return "reverted"
+    if action.get("succeeded") is True:
+        return "ran; not validated"
+    if action.get("succeeded") is False:
+        return "no: it failed"
+    return "not run"
+
+
+def response_rows(
+    milestones: Mapping[str, datetime | None], severity: str | None, *, sla: SlaTargets, now: datetime
+) -> list[dict[str, Any]]:
+    """Each time-to-X of one incident: what it took, its target, and whether it was met."""
+    gaps = durations(milestones)
+    targets = sla.for_severity(severity)
+    missed = {b.measure: b for b in breaches(milestones, severity, sla, now=now)}
+    rows = []
+    for measure in MEASURES:
+        target = targets.of(measure)
+        breach = missed.get(measure)
+        if breach is not None:
+            verdict = "still open, past its target" if breach.running else "missed"
+        elif gaps[measure] is None:
+            verdict = "not reached"
+        else:
+            verdict = "met" if target is not None else "no target"
+        took = gaps[measure] if gaps[measure] is not None else (breach.actual_s if breach else None)
+        rows.append(
+            {
+                "name": f"{measure.replace('_', ' ')} ({MEAN_NAMES[measure].removeprefix('M')})",
+                "took": humanize(took),
+                "target": humanize(target),
+                "verdict": verdict,
+                "missed": breach is not None,
+            }
+        )
+    return rows
+
+
+def times_chart(milestones: Mapping[str, datetime | None], severity: str | None, *, sla: SlaTargets) -> str:
+    """The incident's response times as bars against their targets."""
+    gaps = durations(milestones)
+    targets = sla.for_severity(severity)
+    return charts.bars_svg(
+        [(m.replace("_", " "), gaps[m], targets.of(m)) for m in MEASURES], title="Response times (bar) and targets"
+    )
+
+
+def postmortem(bundle: IncidentBundle, *, fmt: Format, sla: SlaTargets, now: datetime) -> str:
+    """The post-mortem of one incident, in Markdown or HTML."""
+    i = bundle.incident
+    analysis = i.get("analysis") or {}
+    impact = analysis.get("impact") or {}
+    milestones = bundle.milestones
+    first = i.get("first_alert_at") or i.get("created_at")
+    end = i.get("resolved_at") or now
+    alert_sources = sorted({a.get("source", "") for a in bundle.alerts if a.get("source")})
+    techniques = sorted({t for a in bundle.alerts for t in a.get("techniques", [])})
+    summary = (
+        f"A {i.get('severity')} {str(i.get('type') or 'unknown').replace('_', ' ')} incident, "
+        f"{len(bundle.alerts)} alert(s) from {', '.join(alert_sources) or 'no source'}; "
+        f"{analysis.get('summary') or i.get('classification_reason') or 'no analysis yet'}. "
+        f"It is {i.get('state')}" + (f" ({i['resolution']})" if i.get("resolution") else "") + "."
+    )
+    hypothesis = (
+        f"Classification: {i.get('classification_reason') or '-'}. Severity: {i.get('severity_reason') or '-'}."
+        + (f" Analysis: {analysis['summary']}." if analysis.get("summary") else "")
+    )
+    context = {
+        "i": i,
+        "now": now,
+        "summary": summary,
+        "impact": impact,
+        "systems": list(dict.fromkeys([*(impact.get("systems") or []), *(i.get("hosts") or [])])),
+        "users": list(dict.fromkeys([*(impact.get("users") or []), *(i.get("users") or [])])),
+        "services": impact.get("business_services") or i.get("services") or [],
+        "duration": humanize((end - first).total_seconds()) if first else "-",
+        "alert_count": len(bundle.alerts),
+        "sources": alert_sources,
+        "timeline": bundle.timeline,
+        "chart": charts.timeline_svg(milestones, [t["time"] for t in bundle.timeline]),
+        "chart_note": "The HTML version of this report draws the timeline as a chart.",
+        "times_chart": times_chart(milestones, i.get("severity"), sla=sla),
+        "hypothesis": hypothesis,
+        "indicators": analysis.get("indicators", []),
+        "techniques": techniques,
+        "actions": bundle.actions,
+        "worked": worked,
+        "response_rows": response_rows(milestones, i.get("severity"), sla=sla, now=now),
+    }
+    return _environment(fmt).get_template(f"postmortem.{fmt}.j2").render(context)
+
+
+# ---- compliance ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ComplianceData:
+    since: datetime | None
+    until: datetime | None
+    incidents: list[dict[str, Any]]
+    times: list[IncidentTimes]
+    actions: list[dict[str, Any]]
+    audit_entries: int
+    audit_problem: str | None
+
+
+def compliance(data: ComplianceData, *, fmt: Format, sla: SlaTargets, now: datetime) -> str:
+    """The compliance report of a period: incidents, response times against SLA, approvals, the audit chain."""
+    by_severity = summarize(data.times, by="severity", sla=sla, now=now)
+    severity_rows = []
+    bars: list[tuple[str, float | None, float | None]] = []
+    for group in sorted(by_severity, key=lambda g: g.group):
+        targets = sla.for_severity(group.group)
+        severity_rows.append(
+            {
+                "severity": group.group,
+                "incidents": group.incidents,
+                "resolved": group.resolved,
+                "means": {MEAN_NAMES[m]: humanize(group.means_s[m]) for m in MEASURES},
+                "missed": group.breached,
+            }
+        )
+        for measure in ("time_to_acknowledge", "time_to_resolve"):
+            bars.append((f"{group.group} {MEAN_NAMES[measure]}", group.means_s[measure], targets.of(measure)))  # type: ignore[arg-type]
+    open_ones = [
+        {"incident": t, "missed": breaches(t.milestones, t.severity, sla, now=now)} for t in data.times if not t.ended
+    ]
+    context = {
+        "since": data.since,
+        "until": data.until,
+        "now": now,
+        "count": len(data.incidents),
+        "by_severity": sorted(Counter(i["severity"] for i in data.incidents).items()),
+        "by_type": sorted(Counter(i["type"] for i in data.incidents).items()),
+        "by_state": sorted(Counter(i["state"] for i in data.incidents).items()),
+        "severity_rows": severity_rows,
+        "mean_names": list(MEAN_NAMES.values()),
+        "chart": charts.bars_svg(bars, title="Mean response times per severity (bar) and SLA targets"),
+        "actions": data.actions,
+        "open": open_ones,
+        "humanize": humanize,
+        "audit_entries": data.audit_entries,
+        "audit_problem": data.audit_problem,
+    }
+    return _environment(fmt).get_template(f"compliance.{fmt}.j2").render(context)
+
+
+# ---- exports ------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str, sort_keys=True)
+    return value
+
+
+ExportKind = Literal["incidents", "actions", "timelines"]
+EXPORT_KINDS: tuple[ExportKind, ...] = ("incidents", "actions", "timelines")
+EXPORT_COLUMNS: dict[ExportKind, tuple[str, ...]] = {
+    "incidents": (
+        "id", "title", "type", "severity", "state", "resolution", "commander", "alert_count", "sources", "hosts",
+        "users", "services", "indicators", "created_at", "first_alert_at", "detected_at", "acknowledged_at",
+        "contained_at", "recovered_at", "resolved_at", "closed_at",
+    ),
+    "actions": (
+        "incident_id", "step_id", "name", "phase", "item", "connector", "action", "state", "dry_run", "executed_at",
+        "succeeded", "validated", "approved_by", "approved_at", "reason",
+    ),
+    "timelines": ("incident_id", "event_id", "time", "type", "actor", "summary"),
+}  # fmt: skip
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    """Rows as CSV with a header; lists and objects as JSON text, times in ISO 8601."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _plain(row.get(c)) for c in columns})
+    return out.getvalue()
+
+
+def to_json(rows: Sequence[Mapping[str, Any]]) -> str:
+    return json.dumps(list(rows), default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v), indent=2)
+
+
+def ocsf_finding(bundle: IncidentBundle) -> dict[str, Any]:
+    return incident_finding(bundle.incident, bundle.alerts, version=vigil_version())

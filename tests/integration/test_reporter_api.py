@@ -1,0 +1,327 @@
+"""The reporter's query API against the real Postgres: filters, full-text search, cursor paging,
+sorting, one incident with everything known of it, the alert history, and who may read."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from services.reporter import api as reporter_api
+from services.reporter import handlers as reporter
+from shared import identity
+from shared.consumer import HandlerContext, Inbound
+from shared.events import (
+    Analysis,
+    Escalation,
+    EventBase,
+    Impact,
+    IncidentAnalyzed,
+    IncidentDetected,
+    IncidentEscalated,
+    IncidentState,
+    IncidentStateChanged,
+    IncidentType,
+    Indicator,
+    Severity,
+    StateChange,
+)
+from shared.service import Runtime, build_app
+from shared.settings import VigilSettings
+from shared.topics import TopicNames
+from tests.factories import T0, snapshot
+from tests.helpers import serve_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+SEVERITIES = [Severity.SEV1, Severity.SEV2, Severity.SEV3, Severity.SEV4]
+
+
+def _alert(n: int, source: str, host: str) -> dict[str, Any]:
+    return {
+        "key": f"{source}:{n}",
+        "source": source,
+        "title": f"alert {n}",
+        "severity": "high",
+        "time": T0 + timedelta(minutes=n),
+        "host": host,
+        "rule": f"rule-{source}",
+    }
+
+
+def _events(n: int) -> list[EventBase]:
+    """Incident n: every fourth a SEV1, alternate sources, one in ten acknowledged by carol."""
+    incident_id = f"inc-{n:03d}"
+    source = "falco" if n % 2 else "suricata"
+    host = f"web-{n:02d}"
+    title = "Ransomware note dropped on file server" if n == 7 else f"Port scan number {n}"
+    events: list[EventBase] = [
+        IncidentDetected(
+            source="/vigil/detector",
+            subject=incident_id,
+            time=T0 + timedelta(minutes=n, seconds=20),
+            data=snapshot(
+                title=title,
+                severity=SEVERITIES[n % 4],
+                type=IncidentType.DATA_LEAK if n % 3 == 0 else IncidentType.SECURITY_BREACH,
+                first_seen=T0 + timedelta(minutes=n),
+                hosts=[host],
+                new_alerts=[_alert(n, source, host)],
+            ),
+        ),
+        IncidentAnalyzed(
+            source="/vigil/analyzer",
+            subject=incident_id,
+            time=T0 + timedelta(minutes=n, seconds=30),
+            data=Analysis(
+                type=IncidentType.SECURITY_BREACH,
+                severity=SEVERITIES[n % 4],
+                title=title,
+                indicators=[Indicator(kind="ipv4", value=f"203.0.113.{n}")],
+                affected_hosts=[host],
+                affected_users=[],
+                alert_count=1,
+                summary=f"scan from 203.0.113.{n}",
+                impact=Impact(business_services=["payments"] if n < 5 else []),
+            ),
+        ),
+    ]
+    if n % 10 == 0:
+        events.append(
+            IncidentStateChanged(
+                source="/vigil/coordinator",
+                subject=incident_id,
+                time=T0 + timedelta(minutes=n, seconds=50),
+                data=StateChange(from_state=IncidentState.DETECTED, to_state=IncidentState.ACKNOWLEDGED, actor="carol"),
+            )
+        )
+        events.append(
+            IncidentEscalated(
+                source="/vigil/coordinator",
+                subject=incident_id,
+                time=T0 + timedelta(minutes=n, seconds=55),
+                data=Escalation(
+                    commander="carol",
+                    channel="page",
+                    reason="on call",
+                    title=title,
+                    type=IncidentType.DATA_LEAK,
+                    severity=SEVERITIES[n % 4],
+                    classification_reason="",
+                    severity_reason="",
+                    alert_count=1,
+                    hosts=[host],
+                    users=[],
+                    first_seen=T0,
+                    last_seen=T0,
+                    alerts=[],
+                ),
+            )
+        )
+    return events
+
+
+@pytest.fixture
+async def seeded(pool: asyncpg.Pool, names: TopicNames) -> int:
+    """40 incidents through the reporter's own handlers."""
+    events = [e for n in range(40) for e in _events(n)]
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=names)
+        await reporter.handle(ctx, [Inbound(e.id, e, None) for e in events])
+    return 40
+
+
+@pytest.fixture
+async def client(settings: VigilSettings, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    runtime = Runtime(service="reporter", settings=settings, pool=pool, producer=None, names=TopicNames())  # type: ignore[arg-type]
+    async with (
+        serve_app(build_app(runtime, reporter_api.routers(runtime)), name="reporter-api") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        yield http
+
+
+async def _ids(client: httpx.AsyncClient, **params: Any) -> list[str]:
+    response = await client.get("/api/v1/incidents", params={"limit": 1000, **params})
+    assert response.status_code == 200, response.text
+    return [i["id"] for i in response.json()]
+
+
+async def test_filters(seeded: int, client: httpx.AsyncClient) -> None:
+    every = await _ids(client)
+    assert len(every) == seeded
+    assert every[:3] == ["inc-039", "inc-038", "inc-037"]  # newest first
+    assert await _ids(client, severity="SEV1") == [f"inc-{n:03d}" for n in range(36, -1, -4)]
+    assert set(await _ids(client, severity=["SEV1", "SEV2"])) == {f"inc-{n:03d}" for n in range(40) if n % 4 < 2}
+    assert set(await _ids(client, state="acknowledged")) == {"inc-000", "inc-010", "inc-020", "inc-030"}
+    assert set(await _ids(client, commander="carol")) == {"inc-000", "inc-010", "inc-020", "inc-030"}
+    assert len(await _ids(client, type="data_leak")) == 14
+    assert len(await _ids(client, source="falco")) == 20
+    assert await _ids(client, asset="web-07") == ["inc-007"]
+    assert await _ids(client, indicator="203.0.113.12") == ["inc-012"]
+    assert await _ids(client, service="payments") == ["inc-004", "inc-003", "inc-002", "inc-001", "inc-000"]
+    since, until = (T0 + timedelta(minutes=10)).isoformat(), (T0 + timedelta(minutes=13)).isoformat()
+    assert await _ids(client, since=since, until=until) == ["inc-012", "inc-011", "inc-010"]
+    # Several filters narrow together.
+    assert await _ids(client, source="falco", severity="SEV4", since=since) == [
+        f"inc-{n:03d}" for n in range(39, 10, -4)
+    ]
+
+
+async def test_full_text_search(seeded: int, client: httpx.AsyncClient) -> None:
+    assert await _ids(client, q="ransomware") == ["inc-007"]
+    assert await _ids(client, q="file servers") == ["inc-007"]  # stemmed
+    assert await _ids(client, q='"port scan" -ransomware', limit=3) == ["inc-039", "inc-038", "inc-037"]
+    assert await _ids(client, q="web-07") == ["inc-007"]
+    assert await _ids(client, q="nothing-like-this") == []
+
+
+async def test_cursor_paging_visits_every_incident_once(seeded: int, client: httpx.AsyncClient) -> None:
+    for sort, order in [("created_at", "desc"), ("severity", "asc"), ("alert_count", "desc"), ("updated_at", "asc")]:
+        seen: list[str] = []
+        params: dict[str, Any] = {"limit": 7, "sort": sort, "order": order}
+        pages = 0
+        while True:
+            response = await client.get("/api/v1/incidents", params=params)
+            assert response.status_code == 200, response.text
+            seen += [i["id"] for i in response.json()]
+            pages += 1
+            cursor = response.headers.get("X-Next-Cursor")
+            if cursor is None:
+                assert "Link" not in response.headers
+                break
+            assert 'rel="next"' in response.headers["Link"]
+            params = {**params, "cursor": cursor}
+        assert sorted(seen) == sorted(set(seen)) and len(seen) == seeded, (sort, order)
+        assert pages == 6
+    by_severity = (await client.get("/api/v1/incidents", params={"sort": "severity", "order": "asc"})).json()
+    assert [i["severity"] for i in by_severity] == sorted(i["severity"] for i in by_severity)
+
+
+async def test_a_bad_cursor_or_filter_is_a_clear_400_or_422(seeded: int, client: httpx.AsyncClient) -> None:
+    first = await client.get("/api/v1/incidents", params={"limit": 5})
+    cursor = first.headers["X-Next-Cursor"]
+    wrong = await client.get("/api/v1/incidents", params={"cursor": cursor, "sort": "severity"})
+    assert wrong.status_code == 400 and "sort=created_at" in wrong.json()["detail"]
+    assert (await client.get("/api/v1/incidents", params={"cursor": "garbage"})).status_code == 400
+    assert (await client.get("/api/v1/incidents", params={"severity": "SEV9"})).status_code == 422
+    assert (await client.get("/api/v1/incidents", params={"sort": "id"})).status_code == 422
+
+
+async def test_one_incident_with_everything_known_of_it(
+    seeded: int, settings: VigilSettings, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    sla = tmp_path / "sla.yaml"
+    sla.write_text("targets:\n  SEV3: {time_to_acknowledge: 10s}\n")
+    runtime = Runtime(
+        service="reporter",
+        settings=settings.model_copy(update={"sla_file": sla}),
+        pool=pool,
+        producer=None,  # type: ignore[arg-type]
+        names=TopicNames(),
+    )
+    async with (
+        serve_app(build_app(runtime, reporter_api.routers(runtime)), name="reporter-api") as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        await _one_incident(client)
+
+
+async def _one_incident(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/incidents/inc-010")
+    assert response.status_code == 200
+    incident = response.json()
+    assert incident["title"] == "Port scan number 10"
+    assert [a["key"] for a in incident["alerts"]] == ["suricata:10"]
+    assert [(i["kind"], i["value"], i["verdict"]) for i in incident["indicators"]] == [("ipv4", "203.0.113.10", None)]
+    assert incident["analysis"]["summary"] == "scan from 203.0.113.10"
+    assert [t["actor"] for t in incident["timeline"]] == ["detector", "analyzer", "carol", "coordinator"]
+    times = incident["response_times"]
+    assert times["durations"]["time_to_detect"] == 20.0
+    assert times["durations"]["time_to_acknowledge"] == 30.0
+    # A SEV3, acknowledged after 30 s where the target is 10 s.
+    assert times["breaches"] == [
+        {"measure": "time_to_acknowledge", "target_s": 10.0, "actual_s": 30.0, "running": False}
+    ]
+    history = (await client.get("/api/v1/incidents/inc-010/history")).json()
+    assert [h["type"] for h in history][:2] == ["vigil.incident.detected.v1", "vigil.incident.analyzed.v1"]
+    assert (await client.get("/api/v1/incidents/nope")).status_code == 404
+    assert (await client.get("/api/v1/incidents/nope/timeline")).status_code == 404
+    assert (await client.get("/api/v1/incidents/nope/history")).status_code == 404
+
+
+async def test_the_alert_history_pages_newest_first(seeded: int, client: httpx.AsyncClient) -> None:
+    seen: list[str] = []
+    params: dict[str, Any] = {"limit": 15, "source": "falco"}
+    while True:
+        response = await client.get("/api/v1/alerts", params=params)
+        assert response.status_code == 200, response.text
+        seen += [a["key"] for a in response.json()]
+        if (cursor := response.headers.get("X-Next-Cursor")) is None:
+            break
+        params = {**params, "cursor": cursor}
+    assert seen == [f"falco:{n}" for n in range(39, 0, -2)]
+    [one] = (await client.get("/api/v1/alerts", params={"incident": "inc-005"})).json()
+    assert (one["incident_id"], one["status"], one["repeats"]) == ("inc-005", "firing", 0)
+
+
+async def test_who_may_read(settings: VigilSettings, pool: asyncpg.Pool) -> None:
+    secured = settings.model_copy(update={"allow_unauthenticated": False})
+    runtime = Runtime(service="reporter", settings=secured, pool=pool, producer=None, names=TopicNames())  # type: ignore[arg-type]
+    async with pool.acquire() as conn:
+        viewer = (await identity.create_token(conn, name="v", role="viewer", created_by="test")).text
+        ingest = (await identity.create_token(conn, name="i", role="ingest", created_by="test")).text
+    async with (
+        serve_app(build_app(runtime, reporter_api.routers(runtime)), name="reporter-api") as url,
+        httpx.AsyncClient(base_url=url) as http,
+    ):
+        for path in ("/api/v1/incidents", "/api/v1/alerts"):
+            assert (await http.get(path)).status_code == 401
+            assert (await http.get(path, headers={"Authorization": f"Bearer {ingest}"})).status_code == 403
+            assert (await http.get(path, headers={"Authorization": f"Bearer {viewer}"})).status_code == 200
+
+
+async def test_response_metrics_per_group(seeded: int, client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/metrics/response", params={"by": "source"})
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert report["incidents"] == seeded
+    groups = {g["group"]: g for g in report["groups"]}
+    assert {name: g["incidents"] for name, g in groups.items()} == {"falco": 20, "suricata": 20}
+    # Suricata fed the even incidents; those acknowledged (0, 10, 20, 30) were, 30 s after detection.
+    assert groups["suricata"]["mean_s"]["time_to_acknowledge"] == 30.0
+    assert groups["falco"]["mean_s"]["time_to_acknowledge"] is None
+    assert groups["falco"]["mean_s"]["time_to_detect"] == 20.0
+    since = (T0 + timedelta(minutes=30)).isoformat()
+    late = (await client.get("/api/v1/metrics/response", params={"by": "all", "since": since})).json()
+    assert [g["incidents"] for g in late["groups"]] == [10]
+    assert (await client.get("/api/v1/metrics/response", params={"by": "moon"})).status_code == 422
+
+
+async def test_reports_and_exports(seeded: int, client: httpx.AsyncClient) -> None:
+    report = await client.get("/api/v1/incidents/inc-010/report", params={"format": "md"})
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/markdown")
+    assert (
+        report.text.startswith("# Post-mortem: Port scan number 10")
+        and "## Response times against targets" in report.text
+    )
+    page = await client.get("/api/v1/incidents/inc-010/report")
+    assert page.headers["content-type"].startswith("text/html") and "<svg" in page.text
+    finding = (await client.get("/api/v1/incidents/inc-010/ocsf")).json()
+    assert (finding["class_uid"], finding["assignee"]) == (2005, {"name": "carol"})
+    assert (await client.get("/api/v1/incidents/nope/report")).status_code == 404
+    assert (await client.get("/api/v1/incidents/nope/ocsf")).status_code == 404
+    since = (T0 + timedelta(minutes=30)).isoformat()
+    compliance = await client.get("/api/v1/reports/compliance", params={"since": since, "format": "md"})
+    assert "10 incident(s) created in the period." in compliance.text
+    exported = await client.get("/api/v1/export/incidents", params={"format": "csv", "since": since})
+    lines = exported.text.splitlines()
+    assert lines[0].startswith("id,title,type,severity,state") and len(lines) == 11
+    timelines = (await client.get("/api/v1/export/timelines", params={"since": since})).json()
+    assert {t["incident_id"] for t in timelines} == {f"inc-{n:03d}" for n in range(30, 40)}
+    assert (await client.get("/api/v1/export/everything")).status_code == 422

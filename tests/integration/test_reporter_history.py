@@ -1,0 +1,231 @@
+"""The reporter keeps every event it consumes as history, known type or not, and derives the timeline,
+the milestones and the actions from it: against the real broker and Postgres."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from services.reporter import handlers as reporter
+from services.reporter import repository
+from services.reporter.queries import IncidentFilter
+from services.reporter.timeline import render
+from shared import cloudevents
+from shared.db import create_pool, migrate, migration_files
+from shared.events import (
+    EventBase,
+    IncidentDetected,
+    IncidentState,
+    IncidentStateChanged,
+    ResponseStepChanged,
+    StateChange,
+    StepChange,
+)
+from shared.settings import VigilSettings
+from shared.topics import COORDINATION, INCIDENTS, RESPONSES, TopicNames
+from tests.factories import T0, snapshot
+from tests.helpers import consume_loop, empty_database, eventually, produce
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+INCIDENT = "inc-history-1"
+
+
+def _state(minutes: int, to_state: IncidentState, actor: str = "alice", **extra: str) -> IncidentStateChanged:
+    return IncidentStateChanged(
+        source="/vigil/coordinator",
+        subject=INCIDENT,
+        time=T0 + timedelta(minutes=minutes),
+        data=StateChange(from_state=None, to_state=to_state, actor=actor, **extra),  # type: ignore[arg-type]
+    )
+
+
+def _step(minutes: int, state: str, actor: str, **extra: object) -> ResponseStepChanged:
+    change = StepChange.model_validate(
+        {
+            "step_id": "s-1",
+            "plan_id": "p-1",
+            "step": "block",
+            "phase": "containment",
+            "name": "Block the address",
+            "item": "203.0.113.9",
+            "connector": "firewall",
+            "action": "block_ip",
+            "from_state": None,
+            "state": state,
+            "actor": actor,
+            "on_failure": "stop",
+            **extra,
+        }
+    )
+    return ResponseStepChanged(
+        source="/vigil/responder", subject=INCIDENT, time=T0 + timedelta(minutes=minutes), data=change
+    )
+
+
+def _record(event: EventBase) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    record = cloudevents.encode(event)
+    return record.key, record.value, record.headers
+
+
+def _unknown(minutes: int) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """An event of a type a newer coordinator publishes and this version has no model for."""
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", b"merge-1"),
+        ("ce_type", b"vigil.incident.archived.v1"),
+        ("ce_source", b"/vigil/coordinator"),
+        ("ce_subject", INCIDENT.encode()),
+        ("ce_time", (T0 + timedelta(minutes=minutes)).isoformat().encode()),
+    ]
+    body = {"into": INCIDENT, "merged": "inc-history-2", "actor": "bob", "validated": True, "step_id": "s-1"}
+    return INCIDENT.encode(), json.dumps(body).encode(), headers
+
+
+async def test_every_event_lands_as_history_and_on_the_timeline(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    detected = IncidentDetected(
+        source="/vigil/detector",
+        subject=INCIDENT,
+        time=T0 + timedelta(seconds=40),
+        data=snapshot(
+            alert_count=1,
+            new_alerts=[
+                {
+                    "key": "k-1",
+                    "source": "falco",
+                    "title": "Reverse shell",
+                    "severity": "critical",
+                    "time": T0,
+                    "rule": "reverse-shell",
+                }
+            ],
+        ),
+    )
+    coordination = [
+        _state(2, IncidentState.ACKNOWLEDGED),
+        _state(30, IncidentState.CONTAINED),
+        _state(45, IncidentState.RESOLVED, note="blocked and verified", resolution="fixed"),
+    ]
+    steps = [
+        _step(10, "approved", "alice"),
+        _step(12, "running", "responder"),
+        _step(13, "succeeded", "responder", result={"blocked": True}),
+    ]
+    await produce(settings, names(INCIDENTS), [_record(detected), _record(detected)])  # the second: a redelivery
+    await produce(settings, names(RESPONSES), [_record(e) for e in steps])
+    await produce(settings, names(COORDINATION), [*(_record(e) for e in coordination), _unknown(50)])
+
+    async with consume_loop(
+        settings,
+        pool,
+        service="reporter",
+        topics=[names(INCIDENTS), names(RESPONSES), names(COORDINATION)],
+        decoder=reporter.decode,
+        handler=reporter.handle,
+    ):
+        await eventually(lambda: pool.fetchval("SELECT count(*) = 8 FROM reporter_history"))
+        await eventually(lambda: pool.fetchval("SELECT count(*) FROM reporter_actions WHERE state = 'succeeded'"))
+
+    async with pool.acquire() as conn:
+        history = await repository.list_history(conn, incident_id=INCIDENT)
+        timeline = await repository.list_timeline(conn, incident_id=INCIDENT)
+        incident = await repository.get_incident(conn, incident_id=INCIDENT)
+        [action] = await repository.list_actions(conn, incident_id=INCIDENT)
+
+    assert [h.type for h in history][-1] == "vigil.incident.archived.v1"
+    assert history[-1].data["merged"] == "inc-history-2"
+    assert [(t["actor"], t["summary"]) for t in timeline] == [(render(h).actor, render(h).summary) for h in history]
+    lines = [(t["time"] - T0, t["actor"], t["summary"]) for t in timeline]
+    assert lines[0][1:] == ("detector", lines[0][2]) and "detected: Reverse shell spawned" in lines[0][2]
+    assert (timedelta(minutes=2), "alice", "state new -> acknowledged") in lines
+    assert (timedelta(minutes=45), "alice", "state new -> resolved (fixed): blocked and verified") in lines
+    assert (timedelta(minutes=13), "responder", "step 'Block the address: 203.0.113.9' succeeded") in lines
+    assert lines[-1] == (
+        timedelta(minutes=50),
+        "bob",
+        "incident archived: into=inc-history-1, merged=inc-history-2, step_id=s-1, validated=True",
+    )
+
+    assert incident is not None
+    assert (incident["state"], incident["resolution"]) == ("resolved", "fixed")
+    assert (incident["sources"], incident["rules"]) == (["falco"], ["reverse-shell"])
+    assert incident["first_alert_at"] == T0
+    assert incident["detected_at"] == T0 + timedelta(seconds=40)
+    assert incident["acknowledged_at"] == T0 + timedelta(minutes=2)
+    assert incident["contained_at"] == T0 + timedelta(minutes=30)
+    assert incident["resolved_at"] == T0 + timedelta(minutes=45)
+    assert incident["recovered_at"] is None
+
+    assert (action["approved_by"], action["approved_at"]) == ("alice", T0 + timedelta(minutes=10))
+    assert (action["state"], action["executed_at"], action["succeeded"]) == (
+        "succeeded",
+        T0 + timedelta(minutes=13),
+        True,
+    )
+    assert action["validated"] is True
+
+
+async def test_a_timeline_is_rendered_again_from_history(pool: asyncpg.Pool) -> None:
+    event = _state(5, IncidentState.ACKNOWLEDGED, actor="dave")
+    history = reporter.history_of(event)
+    async with pool.acquire() as conn:
+        await repository.add_history(conn, events=[history], entries=[render(history)])
+        await conn.execute(
+            "UPDATE reporter_timeline SET actor = 'someone', summary = 'stale' WHERE event_id = $1", event.id
+        )
+        rendered = await repository.rebuild_timeline(conn, render=render, page=1)
+        [line] = await repository.list_timeline(conn, incident_id=INCIDENT)
+    assert rendered == 1
+    assert (line["actor"], line["summary"]) == ("dave", "state new -> acknowledged")
+
+
+async def test_an_older_database_s_timeline_becomes_history(postgres_admin_url: str) -> None:
+    """Upgrading: the lines the timeline held before history existed are kept, as history too."""
+    async with empty_database(postgres_admin_url) as url:
+        pool = await create_pool(url, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                # The database as the version before history left it.
+                await conn.execute(
+                    "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+                    "applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+                for version, name, sql in migration_files():
+                    if version < 25:
+                        await conn.execute(sql)
+                        await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version, name)
+                await conn.execute(
+                    """INSERT INTO reporter_incidents (id, title, type, severity, created_at, detected_at)
+                       VALUES ('inc-old', 'Old ransomware case', 'data_leak', 'SEV2', $1, $1)""",
+                    T0,
+                )
+                await conn.execute(
+                    """INSERT INTO reporter_alerts (key, incident_id, body, time)
+                       VALUES ('k-1', 'inc-old', '{"source": "wazuh"}'::jsonb, $1)""",
+                    T0,
+                )
+                await conn.execute(
+                    """INSERT INTO reporter_timeline (event_id, incident_id, time, type, actor, summary, data)
+                       VALUES ('e-old', 'inc-old', $1, 'vigil.note.added.v0', 'alice', 'note: call legal',
+                               '{"note": "call legal"}'::jsonb)""",
+                    T0,
+                )
+            applied = await migrate(pool)
+            assert applied[0] == "0025_reporter_history.sql"
+            async with pool.acquire() as conn:
+                [kept] = await repository.list_history(conn, incident_id="inc-old")
+                [line] = await repository.list_timeline(conn, incident_id="inc-old")
+                incident = await repository.get_incident(conn, incident_id="inc-old")
+                [found], _ = await repository.list_incidents(conn, filters=IncidentFilter(text="ransomware"))
+        finally:
+            await pool.close()
+    assert (kept.id, kept.source, kept.data) == ("e-old", "/vigil/alice", {"note": "call legal"})
+    assert (line["actor"], line["summary"]) == ("alice", "note: call legal")
+    assert incident is not None
+    assert (incident["first_alert_at"], incident["sources"]) == (T0, ["wazuh"])
+    assert found["id"] == "inc-old"

@@ -1,0 +1,252 @@
+"""Post-mortem and compliance reports, their SVG charts, CSV export and the OCSF Incident Finding."""
+
+from __future__ import annotations
+
+import csv
+import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta
+from typing import Any
+
+import jsonschema
+import pytest
+from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
+
+from services.reporter import charts
+from services.reporter.aggregates import IncidentTimes
+from services.reporter.measures import DEFAULT_SLA, MILESTONES
+from services.reporter.ocsf import OCSF_VERSION
+from services.reporter.reports import (
+    EXPORT_COLUMNS,
+    ComplianceData,
+    IncidentBundle,
+    compliance,
+    ocsf_finding,
+    postmortem,
+    to_csv,
+)
+from tests.factories import T0
+
+HOSTILE = "<script>alert('x')</script> | pipe"
+
+
+def _incident(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": "inc-1",
+        "title": "Reverse shell on db-01",
+        "type": "system_compromise",
+        "severity": "SEV1",
+        "state": "resolved",
+        "resolution": "fixed",
+        "commander": "alice",
+        "alert_count": 2,
+        "hosts": ["db-01"],
+        "users": ["deploy"],
+        "sources": ["falco"],
+        "services": [],
+        "indicators": ["203.0.113.9"],
+        "classification_reason": "falco alert mentions 'reverse shell'",
+        "severity_reason": "critical alert",
+        "created_at": T0,
+        "first_alert_at": T0,
+        "detected_at": T0 + timedelta(seconds=30),
+        "acknowledged_at": T0 + timedelta(minutes=10, seconds=30),
+        "contained_at": T0 + timedelta(hours=5, seconds=30),
+        "recovered_at": None,
+        "resolved_at": T0 + timedelta(hours=6, seconds=30),
+        "closed_at": None,
+        "updated_at": T0 + timedelta(hours=6, seconds=30),
+        "analysis": {
+            "summary": "reverse shell to 203.0.113.9",
+            "indicators": [
+                {"kind": "ipv4", "value": "203.0.113.9", "verdict": "malicious", "feeds": ["abuse"], "tags": []},
+                {"kind": "sha256", "value": "a" * 64, "verdict": None, "feeds": [], "tags": []},
+            ],
+            "impact": {"systems": ["db-01"], "business_services": ["payments"], "crown_jewels": ["db-01"],
+                       "most_critical": 1, "data_at_risk": "restricted"},
+        },
+    }  # fmt: skip
+    base.update(overrides)
+    return base
+
+
+def _bundle(**overrides: Any) -> IncidentBundle:
+    return IncidentBundle(
+        incident=_incident(**overrides),
+        alerts=[
+            {"key": "k1", "source": "falco", "title": "Reverse shell", "techniques": ["T1059"]},
+            {"key": "k2", "source": "falco", "title": "Outbound connection", "techniques": []},
+        ],
+        actions=[
+            {
+                "name": "Isolate host",
+                "phase": "containment",
+                "item": "db-01",
+                "state": "succeeded",
+                "dry_run": False,
+                "approved_by": "bob",
+                "approved_at": T0,
+                "succeeded": True,
+                "validated": True,
+            },
+            {
+                "name": "Block address",
+                "phase": "containment",
+                "item": "203.0.113.9",
+                "state": "failed",
+                "dry_run": False,
+                "approved_by": None,
+                "approved_at": None,
+                "succeeded": False,
+                "validated": None,
+            },
+        ],
+        timeline=[
+            {"time": T0 + timedelta(seconds=30), "actor": "detector", "summary": "SEV1 detected"},
+            {"time": T0 + timedelta(minutes=10, seconds=30), "actor": "alice", "summary": "state -> acknowledged"},
+        ],
+    )
+
+
+NOW = T0 + timedelta(days=1)
+
+
+def test_the_markdown_post_mortem_has_every_section_and_the_stored_figures() -> None:
+    text = postmortem(_bundle(), fmt="md", sla=DEFAULT_SLA, now=NOW)
+    for section in ("Summary", "Impact", "Timeline", "Root-cause hypothesis and its evidence",
+                    "What was done, and whether it worked", "Response times against targets",
+                    "What went well", "What went badly", "Follow-up actions"):  # fmt: skip
+        assert f"## {section}\n" in text
+    assert "| First alert | 2026-11-24 09:00:00 UTC |" in text
+    assert "- Duration: 6h 0m (first alert to resolution)" in text
+    assert "- Business services: payments" in text and "- Crown jewels: db-01" in text
+    assert "| 2026-11-24 09:10:30 | alice | state -> acknowledged |" in text
+    assert "| `203.0.113.9` | ipv4 | malicious | abuse |" in text
+    assert "ATT&CK techniques named by the alerts: T1059" in text
+    assert "| Isolate host | containment | db-01 | succeeded | bob | yes, validated |" in text
+    assert "| Block address | containment | 203.0.113.9 | failed | - | no: it failed |" in text
+    assert "| time to acknowledge (TTA) | 10m 0s | 15m 0s | met |" in text
+    assert "| time to contain (TTC) | 5h 0m | 4h 0m | missed |" in text
+    assert "| time to recover (TTRec) | - | - | not reached |" in text
+
+
+def test_a_title_cannot_break_the_markdown_table_or_inject_html() -> None:
+    bundle = _bundle(title=HOSTILE)
+    bundle.timeline.append({"time": T0, "actor": "x|y", "summary": HOSTILE})
+    text = postmortem(bundle, fmt="md", sla=DEFAULT_SLA, now=NOW)
+    assert "| x\\|y | <script>alert('x')</script> \\| pipe |" in text
+    page = postmortem(bundle, fmt="html", sla=DEFAULT_SLA, now=NOW)
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; | pipe" in page
+
+
+def test_the_html_post_mortem_embeds_its_charts() -> None:
+    later = NOW + timedelta(hours=1)
+    page = postmortem(_bundle(state="contained", resolved_at=None), fmt="html", sla=DEFAULT_SLA, now=later)
+    assert page.count("<svg") == 2
+    assert "first alert to now, still open" in page
+    assert 'class="breach">still open, past its target' in page  # SEV1 unresolved after a day
+
+
+def test_charts_are_well_formed_svg_with_labels_escaped() -> None:
+    milestones: dict[str, datetime | None] = {name: T0 + timedelta(minutes=n) for n, name in enumerate(MILESTONES)}
+    svg = charts.timeline_svg(milestones, [T0 + timedelta(seconds=s) for s in (5, 50, 500)])
+    root = ET.fromstring(svg)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    labels = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert "resolved +5m 0s" in labels and "first alert +0s" in labels
+    bars = ET.fromstring(charts.bars_svg([(HOSTILE, 100.0, 50.0), ("ok", 10.0, None), ("none", None, 5.0)], title="t"))
+    rects = list(bars.iter("{http://www.w3.org/2000/svg}rect"))
+    assert [r.get("fill") for r in rects] == ["#dc2626", "#2563eb"]  # over its target: red
+    assert HOSTILE in [t.text for t in bars.iter("{http://www.w3.org/2000/svg}text")]
+    assert ET.fromstring(charts.timeline_svg({}, [])) is not None
+
+
+def test_the_compliance_report() -> None:
+    times = [
+        IncidentTimes(id="inc-1", severity="SEV1", type="data_leak", state="resolved", resolution="fixed",
+                      milestones={"detected": T0, "acknowledged": T0 + timedelta(minutes=20),
+                                  "resolved": T0 + timedelta(hours=2)}),
+        IncidentTimes(id="inc-2", severity="SEV2", type="data_leak", state="investigating", resolution=None,
+                      milestones={"detected": T0, "acknowledged": T0 + timedelta(minutes=5)}),
+    ]  # fmt: skip
+    data = ComplianceData(
+        since=T0 - timedelta(days=1),
+        until=T0 + timedelta(days=1),
+        incidents=[
+            {"id": "inc-1", "severity": "SEV1", "type": "data_leak", "state": "resolved"},
+            {"id": "inc-2", "severity": "SEV2", "type": "data_leak", "state": "investigating"},
+        ],
+        times=times,
+        actions=[
+            {
+                "incident_id": "inc-1",
+                "name": "Isolate",
+                "item": "db-01",
+                "state": "succeeded",
+                "approved_by": "bob",
+                "approved_at": T0,
+            }
+        ],
+        audit_entries=12,
+        audit_problem=None,
+    )
+    text = compliance(data, fmt="md", sla=DEFAULT_SLA, now=NOW)
+    assert "2 incident(s) created in the period." in text
+    assert "| data_leak | 2 |" in text
+    assert "| SEV1 | 1 | 1 | - | 20m 0s | - | - | 2h 0m | 1 |" in text  # acknowledged past 15 min
+    assert "| `inc-1` | Isolate | db-01 | succeeded | bob | 2026-11-24 09:00:00 UTC |" in text
+    assert "| `inc-2` | SEV2 | investigating | time_to_contain |" in text  # 8 h to contain passed
+    assert "The audit chain verifies: 12 entries" in text
+    broken = compliance(
+        ComplianceData(**{**data.__dict__, "audit_problem": "entry 3 was edited"}), fmt="html", sla=DEFAULT_SLA, now=NOW
+    )
+    assert "The audit chain does not verify: entry 3 was edited" in broken
+    assert broken.count("<svg") == 1
+
+
+def test_csv_export_flattens_lists_and_times() -> None:
+    text = to_csv([_incident()], EXPORT_COLUMNS["incidents"])
+    [row] = list(csv.DictReader(text.splitlines()))
+    assert (row["id"], row["hosts"], row["acknowledged_at"]) == ("inc-1", '["db-01"]', "2026-11-24T09:10:30+00:00")
+    assert row["recovered_at"] == ""
+
+
+@pytest.fixture(scope="module")
+def incident_finding_schema() -> dict[str, Any]:
+    """OCSF's own Incident Finding class as JSON Schema, generated from the schema ocsf-json-schema ships."""
+    schema = OcsfJsonSchemaEmbedded(get_ocsf_schema(version=OCSF_VERSION))
+    assert schema.lookup_class_name_from_uid(class_uid=2005) == "incident_finding"
+    found: dict[str, Any] = schema.get_class_schema("incident_finding")
+    return found
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"state": "detected", "resolution": None, "resolved_at": None, "commander": None, "analysis": None},
+        {"state": "closed", "resolution": "duplicate"},
+        {"severity": None, "type": None, "state": "made-up"},
+    ],
+)
+def test_the_ocsf_incident_finding_validates_against_the_ocsf_schema(
+    incident_finding_schema: dict[str, Any], overrides: dict[str, Any]
+) -> None:
+    finding = ocsf_finding(_bundle(**overrides))
+    jsonschema.Draft202012Validator(incident_finding_schema).validate(finding)
+    assert (finding["class_uid"], finding["category_uid"]) == (2005, 2)
+    assert finding["type_uid"] == 200500 + finding["activity_id"]
+
+
+def test_the_ocsf_finding_says_what_vigil_knows(incident_finding_schema: dict[str, Any]) -> None:
+    finding = ocsf_finding(_bundle())
+    assert (finding["severity_id"], finding["priority_id"], finding["status_id"]) == (5, 4, 4)
+    assert (finding["verdict_id"], finding["impact_id"], finding["activity_id"]) == (2, 4, 3)
+    assert finding["start_time"] == int(T0.timestamp() * 1000)
+    assert finding["duration"] == (6 * 3600 + 30) * 1000
+    assert finding["assignee"] == {"name": "alice"}
+    assert {(o["type_id"], o["value"]) for o in finding["observables"]} >= {(2, "203.0.113.9"), (8, "a" * 64)}
+    assert finding["finding_info_list"][0]["data_sources"] == ["falco"]
+    bad = {**finding, "status_id": 42}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, incident_finding_schema)
