@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import getpass
 import json
 import logging
@@ -11,17 +12,20 @@ import os
 import signal
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, cast
+from urllib.parse import quote
 
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from shared.settings import SERVICE_NAMES, VigilSettings
+from vigil.cli_analysis import attack_app, print_threat_analysis
 
 if TYPE_CHECKING:
     from services.detector.api import Record
@@ -38,6 +42,7 @@ app.add_typer(alert_app, name="alert")
 app.add_typer(outbox_app, name="outbox")
 app.add_typer(incidents_app, name="incidents")
 app.add_typer(events_app, name="events")
+app.add_typer(attack_app, name="attack")
 
 console = Console()
 err = Console(stderr=True)
@@ -51,7 +56,7 @@ def _settings() -> VigilSettings:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}")
+    err.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -431,7 +436,9 @@ def tokens_roles() -> None:
 
 # ---- response kill switch ----------------------------------------------------------------------
 
-response_app = typer.Typer(help="The responders' global kill switch.", no_args_is_help=True)
+response_app = typer.Typer(
+    help="The responders' global kill switch, and rolling a response back.", no_args_is_help=True
+)
 app.add_typer(response_app, name="response")
 ResponseReason = Annotated[str, typer.Option("--reason", help="Why; kept with the switch.")]
 ResponseActor = Annotated[str | None, typer.Option("--actor", help="Who; defaults to $VIGIL_ACTOR or your login.")]
@@ -452,7 +459,7 @@ def _set_response_paused(paused: bool, reason: str, actor: str | None) -> None:
             )
 
     asyncio.run(_on_database(switch))
-    console.print(f"responses {'paused' if paused else 'resumed'} by {who}")
+    console.print(f"responses {'paused' if paused else 'resumed'} by {escape(who)}")
 
 
 @response_app.command("pause")
@@ -465,6 +472,20 @@ def response_pause(reason: ResponseReason = "paused by an operator", actor: Resp
 def response_resume(reason: ResponseReason = "resumed by an operator", actor: ResponseActor = None) -> None:
     """Let actions execute again."""
     _set_response_paused(False, reason, actor)
+
+
+@response_app.command("rollback")
+def response_rollback(
+    incident_id: str,
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept with the rollback and each undo.")] = "",
+    actor: ResponseActor = None,
+) -> None:
+    """Undo every action of an incident still in force, one at a time, in reverse order of execution."""
+    started = _responder("POST", f"/api/v1/incidents/{incident_id}/rollback", {"actor": _who(actor), "reason": reason})
+    console.print(f"rolling back {len(started['steps'])} action(s) of {incident_id}, last executed first:")
+    for step_id in started["steps"]:
+        console.print(f"  {step_id}")
+    console.print(f"follow it with: vigil lease list {incident_id} --all")
 
 
 @response_app.command("status")
@@ -481,7 +502,7 @@ def response_status(as_json: JsonOption = False) -> None:
         console.print("responses running (never paused)")
         return
     state = "[red]paused[/]" if controls.paused else "[green]running[/]"
-    console.print(f"responses {state} since {changed_at} by {controls.changed_by}: {controls.reason}")
+    console.print(f"responses {state} since {changed_at} by {escape(controls.changed_by)}: {escape(controls.reason)}")
 
 
 # ---- response steps: list, approve, deny -------------------------------------------------------
@@ -508,14 +529,16 @@ def _responder(method: str, path: str, body: Any = None) -> Any:
 
 def _print_steps(steps: list[dict[str, Any]]) -> None:
     table = Table(title=f"{len(steps)} step(s)")
-    for column in ("step id", "step", "target", "state", "why", "approvals"):
+    for column in ("step id", "step", "target", "state", "why", "approvals", "check"):
         table.add_column(column, overflow="fold")
     for s in steps:
         given = len({a["actor"] for a in s["approvals"]})
         approvals = f"{given}/{s['approvals_required']}" if s["approvals_required"] else "-"
-        style = STATE_STYLE.get(s["state"], "")
         why = s["reason"] + (" [dry run]" if s["dry_run"] else "")
-        table.add_row(s["id"], s["name"], s["item"] or "-", f"[{style}]{s['state']}[/]", why, approvals)
+        check = s.get("validation") or "-"
+        if check == "failed":
+            check = f"[bold red]failed[/]: {escape(s.get('validation_reason', ''))}"
+        table.add_row(s["id"], s["name"], s["item"] or "-", _styled(s["state"], STATE_STYLE), why, approvals, check)
     console.print(table)
 
 
@@ -568,6 +591,61 @@ lease_app = typer.Typer(help="Leases of reversible response actions (a temporary
 app.add_typer(lease_app, name="lease")
 
 
+LEASE_STYLE = {"active": "green", "extended": "cyan", "permanent": "bold yellow", "revert_failed": "bold red"}
+
+
+def _styled(state: str, styles: dict[str, str]) -> str:
+    style = styles.get(state)
+    return f"[{style}]{state}[/]" if style else state
+
+
+def _when(text: str | None) -> str:
+    return text[:19].replace("T", " ") if text else "-"
+
+
+@lease_app.command("list")
+def lease_list(
+    incident_id: Annotated[str | None, typer.Argument(help="Only this incident's leases.")] = None,
+    all_states: Annotated[bool, typer.Option("--all", help="Ended leases too (reverted).")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Leases of reversible actions, soonest end first: state, end, offence, and who changed them last and why."""
+    query = "&".join(
+        q for q in (f"incident={incident_id}" if incident_id else "", "all=true" if all_states else "") if q
+    )
+    found = _responder("GET", "/api/v1/leases" + (f"?{query}" if query else ""))
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return
+    table = Table(title=f"{len(found)} lease(s)")
+    for column in ("step id", "action", "target", "state", "ends", "offence", "last change"):
+        table.add_column(column, overflow="fold")
+    for lease in found:
+        change = f"{lease['changed_by']}: {lease['change_reason']}" if lease["change_reason"] else lease["changed_by"]
+        table.add_row(
+            lease["step_id"],
+            lease["action"],
+            lease["target"] or "-",
+            _styled(lease["state"], LEASE_STYLE),
+            _when(lease["due_at"]) if lease["state"] != "permanent" else "never",
+            str(lease["offence"]),
+            change,
+        )
+    console.print(table)
+
+
+@lease_app.command("make-permanent")
+def lease_make_permanent(
+    step_id: StepArgument,
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept with the lease.")],
+    actor: ActorOption = None,
+) -> None:
+    """Keep a reversible action in force with no end: its undo runs only if the lease is revoked."""
+    body = {"actor": _who(actor), "reason": reason, "permanent": True}
+    _responder("POST", f"/api/v1/steps/{step_id}/lease", body)
+    console.print(f"{step_id}: permanent (vigil lease revoke {step_id} undoes it)")
+
+
 @lease_app.command("extend")
 def lease_extend(
     step_id: StepArgument,
@@ -591,7 +669,53 @@ def lease_revoke(
     changed = _responder(
         "POST", f"/api/v1/steps/{step_id}/lease", {"actor": _who(actor), "reason": reason, "revoke": True}
     )
-    console.print(f"{step_id}: lease revoked, undo due {changed['undo_at'][:19]}")
+    console.print(f"{step_id}: lease revoked, undo sent {_when(changed['undo_at'])}")
+
+
+recovery_app = typer.Typer(help="Recovery steps of an incident: who does them, by when, how far.", no_args_is_help=True)
+app.add_typer(recovery_app, name="recovery")
+
+
+@recovery_app.command("list")
+def recovery_list(incident_id: str, as_json: JsonOption = False) -> None:
+    """The incident's recovery steps (system, data, service, business): owner, due, state and check."""
+    steps = [s for s in _responder("GET", f"/api/v1/incidents/{incident_id}/actions") if s["phase"] == "recovery"]
+    if as_json:
+        print(json.dumps(steps, indent=2))
+        return
+    table = Table(title=f"{len(steps)} recovery step(s); required ones must end well before `recovered`")
+    for column in ("step id", "recovery", "step", "owner", "due", "state", "check", "required"):
+        table.add_column(column, overflow="fold")
+    now = datetime.now().astimezone()
+    for s in steps:
+        overdue = s["due_at"] and s["state"] in ("planned", "awaiting_approval", "approved", "running")
+        overdue = overdue and datetime.fromisoformat(s["due_at"]) < now
+        due = _when(s["due_at"]) + (" [bold red]overdue[/]" if overdue else "")
+        table.add_row(
+            s["id"],
+            s["recovery"] or "-",
+            s["name"] + (f": {s['item']}" if s["item"] else ""),
+            s["owner"] or s["connector"],
+            due,
+            _styled(s["state"], STATE_STYLE),
+            s["validation"] or "-",
+            "yes" if s["required"] else "no",
+        )
+    console.print(table)
+
+
+@recovery_app.command("done")
+def recovery_done(
+    step_id: StepArgument,
+    note: Annotated[str, typer.Option("--note", help="What was done (or why it failed): the step's evidence.")],
+    failed: Annotated[bool, typer.Option("--failed", help="It could not be done.")] = False,
+    actor: ActorOption = None,
+) -> None:
+    """Say that a recovery step you own is done (or --failed), with what was done."""
+    changed = _responder(
+        "POST", f"/api/v1/steps/{step_id}/done", {"actor": _who(actor), "note": note, "failed": failed}
+    )
+    console.print(f"{step_id}: {changed['state']}")
 
 
 @approvals_app.command("validate")
@@ -695,7 +819,8 @@ def tasks_done(
     """Mark a task done, with a note for the timeline."""
     body = {"actor": actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser(), "note": note}
     task = _answer_of(_tasks_call("POST", f"/api/v1/tasks/{task_id}/done", body))
-    console.print(f"task {task['id']} [b]{task['title']}[/b] ({task['phase']}) is done by {task['done_by']}")
+    title, by = escape(task["title"]), escape(task["done_by"])
+    console.print(f"task {task['id']} [b]{title}[/b] ({task['phase']}) is done by {by}")
 
 
 @tasks_app.command("validate")
@@ -904,15 +1029,27 @@ def dlq_replay(
     stuck = [d for d in chosen if d.original_topic in (None, *dead_letter_topics) or d.value is None]
     for letter in stuck:
         err.print(f"[yellow]dead letter {letter.position} names no topic to go back to; left alone[/yellow]")
+    truncated = [d for d in chosen if d not in stuck and d.header("vigil_dlq_truncated")]
+    for letter in truncated:
+        err.print(
+            f"[yellow]dead letter {letter.position} holds only the head of a record too large to keep whole; "
+            f"the record is at offset {letter.header('vigil_dlq_offset')} of {letter.original_topic}; "
+            "left alone[/yellow]"
+        )
+    stuck += truncated
     replayable = [d for d in chosen if d not in stuck]
     if replayable and not dry_run:
         try:
             asyncio.run(dlq.replay(settings, replayable))
-        except KafkaError as exc:
+        except (TimeoutError, KafkaError) as exc:
             _fail(f"cannot publish to the broker at {settings.kafka.bootstrap_servers}: {exc!r}")
     verb = "would replay" if dry_run else "replayed"
     for letter in replayable:
-        console.print(f"{verb} {letter.position} ({letter.code}) to {letter.original_topic}: {letter.excerpt(60)}")
+        console.print(
+            f"{verb} {letter.position} ({letter.code}) to {letter.original_topic}: {letter.excerpt(60)}",
+            markup=False,
+            highlight=False,
+        )
     console.print(f"{verb} {len(replayable)} dead letter(s)")
     if code is not None and not chosen:
         _fail(f"no dead letter has code {code!r}")
@@ -960,10 +1097,10 @@ def alert_send(
     body = typer.get_binary_stream("stdin").read() if file == "-" else Path(file).read_bytes()
     records, refused = parse_records(body, format_name=format_name)
     for reason in refused:
-        err.print(f"[yellow]refused[/yellow] {reason}")
+        err.print(f"[yellow]refused[/yellow] {escape(reason)}")
     for record in records:
         if not record.parsed.alerts:
-            err.print(f"record {record.index + 1} holds no alert: {'; '.join(record.parsed.skipped)}")
+            err.print(f"record {record.index + 1} holds no alert: {'; '.join(record.parsed.skipped)}", markup=False)
     if records:
         asyncio.run(_publish_records(records))
     alerts = sum(len(record.parsed.alerts) for record in records)
@@ -1088,7 +1225,7 @@ def report_problem(
             detail = response.text
         _fail(f"the detector refused the report ({response.status_code}): {detail}")
     (accepted,) = response.json()["records"]
-    console.print(f"problem reported: [b]{', '.join(accepted['alerts'])}[/b]")
+    console.print(f"problem reported: [b]{escape(', '.join(accepted['alerts']))}[/b]")
 
 
 # ---- incidents ---------------------------------------------------------------------------------
@@ -1134,11 +1271,11 @@ def incidents_list(
         table.add_row(
             i["id"][:8],
             f"[{SEVERITY_STYLE.get(i['severity'], '')}]{i['severity']}[/]",
-            i["state"],
+            i["state"] + (f" (merged into {i['merged_into'][:8]})" if i.get("merged_into") else ""),
             i["type"],
             str(i["alert_count"]),
-            i["title"],
-            i["commander"] or "-",
+            escape(i["title"]),
+            escape(i["commander"] or "-"),
             (i["created_at"] or "")[5:16].replace("T", " "),
         )
     console.print(table)
@@ -1164,16 +1301,19 @@ def incidents_show(incident_id: str, as_json: JsonOption = False) -> None:
     sev = incident["severity"]
     console.print(
         Panel(
-            f"[b]{incident['title']}[/b]\n"
+            f"[b]{escape(incident['title'])}[/b]\n"
             f"[{SEVERITY_STYLE.get(sev, '')}]{sev}[/] {incident['type']} - {incident['state']} - "
-            f"commander {incident['commander'] or '-'}\n"
-            f"why: {incident['classification_reason']}\nseverity: {incident['severity_reason']}\n"
-            f"hosts: {', '.join(incident['hosts']) or '-'}   users: {', '.join(incident['users']) or '-'}",
+            f"commander {escape(incident['commander'] or '-')}\n"
+            f"why: {escape(incident['classification_reason'])}\nseverity: {escape(incident['severity_reason'])}\n"
+            f"hosts: {escape(', '.join(incident['hosts']) or '-')}   "
+            f"users: {escape(', '.join(incident['users']) or '-')}"
+            + (f"\n[b]merged into {incident['merged_into']}[/b]" if incident.get("merged_into") else "")
+            + (f"\nmerged in: {', '.join(incident['merged'])}" if incident.get("merged") else ""),
             title=incident["id"],
         )
     )
     if analysis := incident.get("analysis"):
-        console.print(f"[b]analysis[/b] {analysis['summary']}")
+        console.print(f"[b]analysis[/b] {escape(analysis['summary'])}")
         # Known-bad indicators first: they are what a commander acts on.
         ranked = sorted(analysis["indicators"], key=lambda i: (i.get("verdict") is None, i["kind"], i["value"]))
         for ind in ranked[:20]:
@@ -1181,7 +1321,7 @@ def incidents_show(incident_id: str, as_json: JsonOption = False) -> None:
             if ind.get("verdict"):
                 tags = f", {', '.join(ind.get('tags', []))}" if ind.get("tags") else ""
                 said = f"  [red]{ind['verdict']}[/] ({', '.join(ind.get('feeds', []))}{tags})"
-            console.print(f"  {ind['kind']:>7}  {ind['value']}{said}")
+            console.print(f"  {ind['kind']:>7}  {escape(ind['value'])}{said}")
         if impact := analysis.get("impact"):
             parts = [
                 f"crown jewels: {', '.join(impact['crown_jewels'])}" if impact.get("crown_jewels") else "",
@@ -1197,32 +1337,150 @@ def incidents_show(incident_id: str, as_json: JsonOption = False) -> None:
             if said_impact := "; ".join(p for p in parts if p):
                 console.print(f"[b]impact[/b] {said_impact}")
         if recommended := analysis.get("severity_recommendation"):
-            console.print(f"[b]recommended[/b] {recommended['severity']}: {'; '.join(recommended['reasons'])}")
+            console.print(f"[b]recommended[/b] {recommended['severity']}: {escape('; '.join(recommended['reasons']))}")
+        print_threat_analysis(console, analysis)
     if incident.get("plan"):
         plan = incident["plan"]
-        console.print(f"[b]plan[/b] {plan['playbook_title']} ({plan['playbook']})")
+        console.print(f"[b]plan[/b] {escape(plan['playbook_title'])} ({escape(plan['playbook'])})")
         for action in plan["actions"]:
-            console.print(f"  [{action['phase']}] {action['name']} - {action['status']}")
+            phase = escape(f"[{action['phase']}]")  # brackets are markup to rich
+            console.print(f"  {phase} {escape(action['name'])} - {action['status']}")
     alerts = Table(title=f"{len(incident.get('alerts', []))} alert(s)")
-    for column in ("time", "format", "alert", "severity", "status", "repeats", "typed by"):
+    for column in ("time", "format", "alert", "severity", "status", "repeats", "typed by", "joined by"):
         alerts.add_column(column, overflow="fold")
     for alert in incident.get("alerts", []):
         tool_severity = f" ({alert['source_severity']})" if alert.get("source_severity") else ""
         alerts.add_row(
             alert["time"][:19],
             alert.get("format", "native"),
-            f"{alert['title']} [dim]{alert['key']}[/]",
+            f"{escape(alert['title'])} [dim]{escape(alert['key'])}[/]",
             alert["severity"] + tool_severity,
             f"[dim]{alert['status']}[/]" if alert.get("status") == "resolved" else alert.get("status", "firing"),
             str(alert.get("repeats", 0)),
             alert.get("type_rule") or "-",
+            _joined_by(alert.get("correlation")),
         )
     console.print(alerts)
     table = Table(title="timeline")
     for column in ("time", "by", "event"):
         table.add_column(column, overflow="fold")
     for entry in incident["timeline"]:
-        table.add_row(entry["time"][:23], entry["actor"], entry["summary"])
+        # A merged incident's history shows in its survivor's timeline, marked with where it happened.
+        origin = entry.get("incident_id", incident["id"])
+        said = escape(entry["summary"])
+        said = said if origin == incident["id"] else f"[dim]({escape(origin[:8])})[/] {said}"
+        table.add_row(entry["time"][:23], escape(entry["actor"]), said)
+    console.print(table)
+
+
+def _joined_by(why: dict[str, Any] | None) -> str:
+    """Why an alert joined its incident: the rule, its key, and for threshold rules what made it hold."""
+    if not why:
+        return "-"
+    key = ", ".join(f"{name}={value}" for name, value in why.get("key", {}).items())
+    said = f"{why['rule']} ({key})" if key else why["rule"]
+    if why.get("triggered_by"):
+        said += f"; opened by {len(why['triggered_by'])} alert(s): {', '.join(why['triggered_by'][:3])}"
+        said += " ..." if len(why["triggered_by"]) > 3 else ""
+    return f"{said}\n[dim]{why.get('reason', '')}[/]" if why.get("reason") else said
+
+
+def _detector(method: str, path: str, body: Any = None) -> Any:
+    return _answer_of(_request("detector", _settings().detector_url, method, path, body))
+
+
+@incidents_app.command("merge")
+def incidents_merge(
+    survivor: Annotated[str, typer.Argument(help="The incident that carries on.")],
+    others: Annotated[list[str], typer.Argument(help="The incidents merged into it; they end, pointing at it.")],
+    note: NoteOption = "",
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Merge incidents into one survivor: their alerts, keys and history carry over to it."""
+    incidents = [_resolve_id(other) for other in others]
+    body = {"actor": _who(actor), "incidents": incidents, "note": note}
+    result = _detector("POST", f"/api/v1/incidents/{_resolve_id(survivor)}/merge", body)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(
+        f"merged {', '.join(result['merged'])} into [b]{result['incident_id']}[/b]: "
+        f"{result['alerts_moved']} alert(s) moved, {result['alert_count']} in all, {result['severity']}"
+    )
+
+
+@incidents_app.command("detach")
+def incidents_detach(
+    incident_id: Annotated[str, typer.Argument(help="The incident the alerts leave.")],
+    alerts: Annotated[list[str], typer.Argument(help="Alert keys, as `vigil incidents show` lists them.")],
+    note: NoteOption = "",
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Detach alerts from an incident into a new incident of their own."""
+    body = {"actor": _who(actor), "alerts": alerts, "note": note}
+    result = _detector("POST", f"/api/v1/incidents/{_resolve_id(incident_id)}/detach", body)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(
+        f"{len(result['detached'])} alert(s) detached from {result['incident_id']} into "
+        f"[b]{result['new_incident_id']}[/b]; {result['alert_count']} alert(s) stay"
+    )
+
+
+RawOption = Annotated[
+    str | None, typer.Option("--raw", metavar="ALERT_KEY", help="Print this alert's raw record (the tool's own JSON).")
+]
+
+
+def _analyzer(path: str, **params: Any) -> Any:
+    url = _settings().analyzer_url.rstrip("/") + path
+    try:
+        response = httpx.get(url, params=params, headers=_auth_headers(), timeout=30)
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the analyzer at {url}: {exc}")
+    if response.status_code == 404:
+        _fail(response.json().get("detail", "not found"))
+    return _answer_of(response)
+
+
+@incidents_app.command("evidence")
+def incidents_evidence(incident_id: str, raw: RawOption = None, as_json: JsonOption = False) -> None:
+    """The evidence timeline: every alert in time order with its source, host, user and what it names."""
+    incident_id = _resolve_id(incident_id)
+    if raw is not None:
+        alert = _analyzer(f"/api/v1/incidents/{incident_id}/evidence/{quote(raw, safe=':/@')}")
+        if alert.get("raw_cut"):
+            err.print("[yellow]the record was larger than an event carries: its first fields, flattened[/]")
+        print(json.dumps(alert if as_json else alert.get("raw"), indent=2, ensure_ascii=False))
+        return
+    alerts: list[dict[str, Any]] = []
+    page = _analyzer(f"/api/v1/incidents/{incident_id}/evidence")
+    alerts += page["alerts"]
+    while page["next"]:
+        page = _analyzer(f"/api/v1/incidents/{incident_id}/evidence", after=page["next"])
+        alerts += page["alerts"]
+    if as_json:
+        print(json.dumps(alerts, indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"evidence of {incident_id}: {len(alerts)} alert(s); vigil incidents evidence ID --raw KEY")
+    for column in ("time", "source", "host", "user", "alert", "names"):
+        table.add_column(column, overflow="fold")
+    for a in alerts:
+        named = dict.fromkeys(
+            f"{s['kind']} {escape(s['value'][:80])}" + (" [dim](internal)[/]" if s["internal"] else "")
+            for s in a["sightings"]
+        )
+        table.add_row(
+            a["time"][:19].replace("T", " "),
+            f"{a['source']} ({a['format']})",
+            escape(a["host"] or "-"),
+            escape(a["user"] or "-"),
+            f"{escape(a['title'])} [dim]{escape(a['alert_key'])}[/]",
+            "\n".join(named) or "-",
+        )
     console.print(table)
 
 
@@ -1383,7 +1641,7 @@ def events_tail(
                 try:
                     event = cloudevents.decode(record.value, record.headers)
                 except InvalidMessage as exc:
-                    err.print(f"[yellow]unreadable event on {record.topic}: {exc.reason}[/yellow]")
+                    err.print(f"[yellow]unreadable event on {record.topic}: {escape(exc.reason)}[/yellow]")
                     continue
                 if as_json:
                     print(json.dumps({**event.model_dump(mode="json")}), flush=True)
@@ -1409,7 +1667,10 @@ async def _partitions(consumer: Any, topic: str) -> set[int]:
 
 # ---- threat intelligence -----------------------------------------------------------------------
 
-intel_app = typer.Typer(help="Local threat-intelligence feeds: load one, look a value up.", no_args_is_help=True)
+intel_app = typer.Typer(
+    help="Threat-intelligence feeds: load one, look a value up, see and refresh the scheduled ones.",
+    no_args_is_help=True,
+)
 app.add_typer(intel_app, name="intel")
 
 
@@ -1446,6 +1707,82 @@ def intel_load(
         _on_database(lambda conn: intel.load_feed(conn, source=source, entries=entries, replace=not keep))
     )
     console.print(f"{loaded} entries loaded into {source}", markup=False, highlight=False)
+
+
+@intel_app.command("feeds")
+def intel_feeds(as_json: JsonOption = False) -> None:
+    """The feeds intel.yaml configures: last refresh, entries, next refresh and the last error."""
+    from services.analyzer import feeds
+
+    rows = asyncio.run(_on_database(feeds.status))
+    if as_json:
+        print(json.dumps([{k: _iso(v) if isinstance(v, datetime) else v for k, v in dict(r).items()} for r in rows]))
+        return
+    if not rows:
+        console.print("no feed configured (services/analyzer/intel.yaml, VIGIL_INTEL_CONFIG)", markup=False)
+    for r in rows:
+        every = f"every {r['refresh_minutes']} min" if r["configured"] else "no longer configured"
+        console.print(
+            f"{r['name']}  {r['format']}  {r['location']}  {every}", markup=False, highlight=False, soft_wrap=True
+        )
+        last = _iso(r["last_success_at"]) or "never"
+        upcoming = _iso(r["next_refresh_at"]) or "-"
+        expiry = f"; expires {_iso(r['expires_at'])}" if r["expires_at"] else ""
+        console.print(
+            f"  last refresh {last}; {r['entries'] or 0} entries{expiry}; next refresh {upcoming}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        if r["last_error"]:
+            console.print(
+                f"  last error ({_iso(r['last_error_at'])}): {r['last_error']}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+@intel_app.command("refresh")
+def intel_refresh(name: Annotated[str, typer.Argument(help="The feed's name in intel.yaml.")]) -> None:
+    """Refresh a feed now (the running analyzer fetches it); its schedule goes on from then."""
+    from services.analyzer import feeds
+
+    async def move(conn: Any) -> bool:
+        async with conn.transaction():
+            return await feeds.refresh_now(conn, name=name)
+
+    if not asyncio.run(_on_database(move)):
+        _fail(f"no configured feed {name!r} (vigil intel feeds lists them)")
+    console.print(f"{name}: refresh due now", markup=False, highlight=False)
+
+
+@intel_app.command("providers")
+def intel_providers(as_json: JsonOption = False) -> None:
+    """The online providers the analyzer last started with: budget, cached answers, lookups queued."""
+    from services.analyzer import providers
+
+    rows = asyncio.run(_on_database(providers.status))
+    if as_json:
+        print(
+            json.dumps(
+                [{k: _iso(v) if isinstance(v, datetime) else v for k, v in dict(r).items()} for r in rows], default=str
+            )
+        )
+        return
+    if not rows:
+        console.print("no online provider has run (providers in intel.yaml)", markup=False)
+    for r in rows:
+        state = "enabled" if r["enabled"] else "disabled"
+        per_day = f", {r['day_used']} of {r['per_day']} today" if r["per_day"] else ""
+        console.print(
+            f"{r['name']}  {state}  {', '.join(r['kinds'])}  {r['per_minute']}/min{per_day}; "
+            f"{r['cached']} cached, {r['queued']} queued, {r['failed']} failed or parked; "
+            f"next slot {_iso(r['next_slot'])}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @intel_app.command("lookup")
@@ -1685,6 +2022,165 @@ def assets_show(
     for label, fields in matches:
         lines = [f"{key}: {', '.join(value) if isinstance(value, list) else value}" for key, value in fields.items()]
         console.print(Panel(Text("\n".join(lines)), title=Text(label)))  # Text: no markup in identifiers
+
+
+# ---- correlation rules -------------------------------------------------------------------------
+
+rules_app = typer.Typer(
+    help="Correlation rules: check a file, try it on the past, see what waits.", no_args_is_help=True
+)
+app.add_typer(rules_app, name="rules")
+RulesFileArgument = Annotated[Path, typer.Argument(dir_okay=False, help="A correlation rules file (YAML).")]
+
+
+def _load_correlation(file: Path) -> Any:
+    from services.detector.correlation import CorrelationError, load_rules
+
+    try:
+        return load_rules(file)
+    except CorrelationError as exc:
+        for problem in exc.problems:
+            err.print(problem, markup=False, highlight=False)
+        _fail(f"{file}: {len(exc.problems)} problem(s); nothing changed")
+
+
+def _since(text: str) -> timedelta:
+    from services.detector.correlation import parse_timespan
+
+    try:
+        return parse_timespan(text)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@rules_app.command("validate")
+def rules_validate(file: RulesFileArgument) -> None:
+    """Check a correlation rules file; every problem is named by its line."""
+    rules = _load_correlation(file)
+    console.print(f"{file}: {len(rules)} correlation(s), valid")
+    for c in rules.correlations:
+        console.print(f"  {c.order + 1}. {c.name} ({c.type}) by {', '.join(c.group_by)}: {c.condition_text()}")
+
+
+@rules_app.command("test")
+def rules_test(
+    file: RulesFileArgument,
+    since: Annotated[str, typer.Option(help="Replay the alerts seen in this past span (30m, 24h, 7d).")] = "24h",
+    as_json: JsonOption = False,
+) -> None:
+    """Replay stored alerts through a candidate rules file, changing nothing; compare with today's incidents."""
+    from services.detector import repository
+    from services.detector.classification import load_rules
+    from services.detector.replay import Replay, compare
+
+    rules = _load_correlation(file)
+    settings = _settings()
+    start = datetime.now(UTC) - _since(since)
+
+    async def load(conn: Any) -> list[tuple[Any, str | None]]:
+        return await repository.list_alerts_since(conn, since=start)
+
+    seen = sorted(asyncio.run(_on_database(load)), key=lambda pair: pair[0].time)
+    today = {a.key: incident for a, incident in seen}
+    replay = Replay(
+        rules=rules,
+        window=timedelta(seconds=settings.correlation_window_s),
+        classifier=load_rules(settings.classification_rules),
+    ).feed_all(a for a, _incident in seen)
+    result = compare(today, replay.placement)
+    if as_json:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+        return
+    console.print(
+        f"{result.alerts} alert(s) since {start:%Y-%m-%d %H:%M} UTC: {result.incidents_today} incident(s) today, "
+        f"{result.incidents_candidate} with {file.name}"
+    )
+    table = Table(title="what would change")
+    table.add_column("change")
+    table.add_column("count", justify="right")
+    table.add_column("which", overflow="fold")
+
+    def title(incident_id: str) -> str:
+        state = replay.incidents.get(incident_id)
+        return escape(f"{state.title} ({state.correlation_key})") if state else incident_id[:8]
+
+    table.add_row("unchanged", str(result.unchanged), "")
+    table.add_row("opened", str(len(result.opened)), "; ".join(title(i) for i in result.opened[:10]))
+    table.add_row(
+        "merged",
+        str(len(result.merged)),
+        "; ".join(
+            f"{title(c)} <- {', '.join(i[:8] for i in today_)}" for c, today_ in list(result.merged.items())[:10]
+        ),
+    )
+    table.add_row(
+        "split",
+        str(len(result.split)),
+        "; ".join(f"{i[:8]} -> {len(into)} incidents" for i, into in list(result.split.items())[:10]),
+    )
+    table.add_row("suppressed", str(len(result.suppressed)), ", ".join(i[:8] for i in result.suppressed[:10]))
+    table.add_row("alerts that would wait", str(result.waiting), "")
+    table.add_row("waiting alerts that would join", str(result.released), "")
+    console.print(table)
+
+
+def _detector_call(method: str, path: str) -> Any:
+    return _answer_of(_request("detector", _settings().detector_url, method, path))
+
+
+@rules_app.command("show")
+def rules_show(as_json: JsonOption = False) -> None:
+    """The correlation rules the detector applies, in order."""
+    answer = _detector_call("GET", "/api/v1/correlation/rules")
+    if as_json:
+        print(json.dumps(answer, indent=2))
+        return
+    console.print(f"file: {answer['file'] or 'shipped'}")
+    for n, c in enumerate(answer["correlations"], 1):
+        console.print(f"  {n}. {c['name']} ({c['type']}) by {', '.join(c['group_by'])}: {c['condition']}")
+
+
+@rules_app.command("reload")
+def rules_reload() -> None:
+    """Make the detector read its correlation rules file again now (it also does when the file changes)."""
+    answer = _detector_call("POST", "/api/v1/correlation/reload")
+    console.print(f"reloaded {answer['file'] or 'the shipped rules'}: {len(answer['correlations'])} correlation(s)")
+
+
+@rules_app.command("waiting")
+def rules_waiting(
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100, as_json: JsonOption = False
+) -> None:
+    """Alerts stored while their correlation rule's condition does not hold (they raise nothing yet)."""
+    rows = _detector_call("GET", f"/api/v1/correlation/waiting?limit={limit}")
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{len(rows)} waiting alert(s)")
+    for column in ("time", "alert", "severity", "rule", "group"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row["time"][:19],
+            f"{row['title']} [dim]{row['key']}[/]",
+            row["severity"],
+            row["correlation"],
+            row["group_key"],
+        )
+    console.print(table)
+
+
+# ---- silences, maintenance windows, suppressed alerts (vigil/cli_suppression.py) -------------------
+
+from vigil.cli_suppression import alerts_app, maintenance_app, silence_app  # noqa: E402
+
+app.add_typer(silence_app, name="silence")
+app.add_typer(maintenance_app, name="maintenance")
+app.add_typer(alerts_app, name="alerts")
+# The reporter's commands live beside this module; they use its helpers, so they are added last.
+from vigil.cli_reports import register as register_reports  # noqa: E402
+
+register_reports(app)
 
 
 def main() -> None:

@@ -26,6 +26,9 @@ DLQ_TOPICS: dict[str, Topic] = {"alerts": ALERTS_DLQ, "events": EVENTS_DLQ}
 DLQ_HEADER_PREFIX = "vigil_dlq_"
 REPLAYED_FROM = "vigil_replayed_from"
 READ_TIMEOUT_S = 30.0
+# The longest a command waits on the broker in all (connecting, reading or publishing): an operator
+# gets an error rather than a prompt that never comes back.
+BROKER_TIMEOUT_S = 90.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,14 @@ def parse_position(text: str) -> tuple[int, int]:
 
 async def read(settings: VigilSettings, which: str, *, limit: int | None = None) -> list[DeadLetter]:
     """The dead letters of one topic (``alerts`` or ``events``), oldest first; with ``limit``, the newest that many."""
+    try:
+        async with asyncio.timeout(BROKER_TIMEOUT_S):
+            return await _read(settings, which, limit=limit)
+    except TimeoutError as exc:
+        raise TimeoutError(f"the broker did not answer within {BROKER_TIMEOUT_S:g}s") from exc
+
+
+async def _read(settings: VigilSettings, which: str, *, limit: int | None) -> list[DeadLetter]:
     topic = TopicNames(settings.topic_prefix)(DLQ_TOPICS[which])
     consumer = make_consumer(settings, group_id=None)
     await consumer.start()
@@ -175,6 +186,14 @@ def choose(
 
 async def replay(settings: VigilSettings, letters: Sequence[DeadLetter]) -> None:
     """Publish each dead letter's original record to its original topic; return once all are acknowledged."""
+    try:
+        async with asyncio.timeout(BROKER_TIMEOUT_S):
+            await _replay(settings, letters)
+    except TimeoutError as exc:
+        raise TimeoutError(f"the broker did not acknowledge within {BROKER_TIMEOUT_S:g}s") from exc
+
+
+async def _replay(settings: VigilSettings, letters: Sequence[DeadLetter]) -> None:
     producer = make_producer(settings, client_id="vigil-cli-dlq")
     await producer.start()
     try:

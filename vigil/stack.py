@@ -6,39 +6,25 @@ import asyncio
 import contextlib
 import getpass
 import logging
-import os
 import signal
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
 from shared import identity
 from shared.db import create_pool, migrate
-from shared.embedded import EmbeddedBroker, EmbeddedPostgres, port_is_free
+from shared.embedded import port_is_free, servers
 from shared.kafka import make_producer
 from shared.logs import configure_logging
 from shared.settings import DEFAULT_HTTP_PORTS, SERVICE_NAMES, VigilSettings
 from shared.topics import TopicNames, ensure_topics
 from vigil.demo import run_demo
-from vigil.supervisor import Supervisor, child_env
+from vigil.supervisor import Supervisor, child_env, readyz_url, wait_ready
 
 log = logging.getLogger(__name__)
 DEFAULT_BROKER_PORT = 9092
-
-
-async def wait_ready(url: str, timeout_s: float = 120.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    async with httpx.AsyncClient(timeout=2) as client:
-        while asyncio.get_running_loop().time() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get(url)).status_code == 200:
-                    return True
-            await asyncio.sleep(0.5)
-    return False
 
 
 TOKEN_FILE = "api.token"
@@ -67,17 +53,14 @@ async def ensure_local_token(conn: Any, path: Path) -> str | None:
 
 async def run_stack(settings: VigilSettings, *, demo: bool, demo_interval: float, console: Console) -> None:
     configure_logging(settings.log_level, "text", service="vigil")
-    with ExitStack() as resources:
-        if "KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
-            port = DEFAULT_BROKER_PORT if port_is_free(DEFAULT_BROKER_PORT) else None
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            broker = resources.enter_context(EmbeddedBroker(port, log_path=settings.data_dir / "broker.log"))
-            settings.kafka.bootstrap_servers = broker.bootstrap_servers
-            console.print(f"embedded broker (memory only) on [b]{broker.bootstrap_servers}[/b]")
-        if "DATABASE_URL" not in os.environ:
-            postgres = resources.enter_context(EmbeddedPostgres(settings.data_dir / "pgdata"))
-            settings.database_url = postgres.url()
-            console.print(f"embedded Postgres, data in [b]{postgres.data_dir}[/b]")
+    port = DEFAULT_BROKER_PORT if port_is_free(DEFAULT_BROKER_PORT) else None
+    with servers(settings.data_dir, broker_port=port) as found:
+        settings.kafka.bootstrap_servers = found.bootstrap_servers
+        settings.database_url = found.database_url
+        if found.broker_embedded:
+            console.print(f"embedded broker (memory only) on [b]{found.bootstrap_servers}[/b]")
+        if found.postgres_embedded:
+            console.print(f"embedded Postgres, data in [b]{(settings.data_dir / 'pgdata').resolve()}[/b]")
 
         pool = await create_pool(settings.database_url, max_size=1)
         try:
@@ -94,6 +77,9 @@ async def run_stack(settings: VigilSettings, *, demo: bool, demo_interval: float
 
         env = child_env(settings.kafka.bootstrap_servers, settings.database_url)
         env.setdefault("VIGIL_LOG_FORMAT", "text")
+        if demo:
+            # The demo's attackers use documentation addresses and example names: the analyzer keeps them.
+            env.setdefault("VIGIL_ANALYZER_DOCUMENTATION_NOISE", "false")
         supervisor = Supervisor(env)
         await supervisor.start()
         stop = asyncio.Event()
@@ -104,7 +90,11 @@ async def run_stack(settings: VigilSettings, *, demo: bool, demo_interval: float
         demo_task: asyncio.Task[None] | None = None
         producer = make_producer(settings, client_id="vigil-demo")
         try:
-            ready = await wait_ready(f"http://127.0.0.1:{DEFAULT_HTTP_PORTS['reporter']}/readyz")
+            try:
+                await wait_ready({"reporter": readyz_url(DEFAULT_HTTP_PORTS["reporter"])}, interval_s=0.5)
+                ready = True
+            except TimeoutError:
+                ready = False
             console.print(_summary(settings, ready))
             if demo:
                 await producer.start()

@@ -6,10 +6,12 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from services.detector.adapters import FORMATS, parse_payload
 from tests.factories import alert_dict
+from tests.integration.test_hostile_text import HOSTILE as HOSTILE_TEXT
 from vigil.cli import app, parse_records, problem_report
 from vigil.dlq import DeadLetter, choose, parse_position
 
@@ -210,3 +212,49 @@ def test_incidents_show_puts_known_bad_indicators_impact_and_a_recommendation_fi
     assert "malicious (feodo, emotet)" in shown
     assert "crown jewels: db-1" in shown and "data at risk: restricted" in shown and "laptop-9" in shown
     assert "recommended SEV1: db-1 is a crown jewel" in shown
+
+
+def test_vigil_incidents_show_prints_hostile_text_verbatim(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vigil import cli
+
+    # Rich markup too: a title with `[/b]` once stopped `vigil incidents show` with a MarkupError.
+    texts = [*HOSTILE_TEXT[:4], "[/b] [red]not red[/red] [link=https://example.com]x[/link]"]
+    full_id = "inc-hostile-full-id-of-36-characters"  # a whole id: the CLI asks for no list to resolve it
+    incident = {
+        "id": full_id,
+        "title": texts[4],
+        "severity": "SEV2",
+        "type": "unknown",
+        "state": "detected",
+        "commander": texts[3],
+        "classification_reason": texts[1],
+        "severity_reason": texts[2],
+        "hosts": [texts[0]],
+        "users": [],
+        "alerts": [{"time": "2026-11-24T09:03:00Z", "title": text, "key": text, "severity": "high"} for text in texts],
+        "timeline": [
+            {"time": "2026-11-24T09:03:00Z", "actor": text, "summary": text, "incident_id": full_id} for text in texts
+        ],
+    }
+    monkeypatch.setattr(cli, "_get", lambda path, **_: incident)
+    # Wide enough for no cell to be cut, whatever width an earlier test left the shared console at.
+    monkeypatch.setattr(cli, "console", Console(width=400))
+    cli.incidents_show(full_id, as_json=False)
+    shown = capsys.readouterr().out
+    for text in texts:
+        assert text in shown, f"{text!r} is not shown verbatim"
+    monkeypatch.setattr(cli, "_get", lambda path, **_: [{**incident, "alert_count": 1, "created_at": None}])
+    cli.incidents_list(as_json=False, state=None, severity=None, limit=100)
+    listed = capsys.readouterr().out
+    assert texts[4] in listed and texts[3] in listed
+
+
+@pytest.mark.parametrize("text", ["[/bold]", "[red]not red[/red]", "[link=https://evil.example]x[/link]"])
+def test_an_error_shows_what_the_operator_typed_verbatim(text: str) -> None:
+    # Brackets are markup to rich: unescaped, a closing tag crashed the command and an opening one
+    # restyled the message.
+    result = CliRunner().invoke(app, ["dlq", "list", "--topic", text])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert f"unknown dead-letter topic {text!r}" in result.output
