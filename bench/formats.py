@@ -60,7 +60,7 @@ def _digest(alert: dict[str, Any]) -> str:
 
 
 def _seq(alert: dict[str, Any]) -> int:
-    """The generator's sequence number, the last part of ``bench-<run>-<seq>``."""
+    """The generator's sequence number, the last part of ``<prefix>-<run>-<seq>``."""
     return int(alert["id"].rsplit("-", 1)[1])
 
 

@@ -18,21 +18,17 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
 import random
 import tempfile
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
-
+from bench.measure import cpu_seconds
 from services.analyzer import intel
-from shared.db import create_pool, migrate
-from shared.embedded import EmbeddedPostgres
+from shared.db import create_pool, scratch_database
+from shared.embedded import servers
 
 ADDRESS_BASE = int(ipaddress.ip_address("100.64.0.0"))
 
@@ -51,6 +47,21 @@ def feed_lines(entries: int) -> Iterator[str]:
             yield f"{i:064x}"
 
 
+def backend_cpu_s(pid: int) -> float | None:
+    """CPU seconds a Postgres backend has used, when it runs on this machine (else None)."""
+    return cpu_seconds(pid, tree=False)
+
+
+def _cpu_since(client: float, server: float | None, pid: int) -> dict[str, float | None]:
+    """CPU seconds since then: this process's, and its Postgres backend's. On a busy machine these say
+    more than the wall-clock time, which counts the time spent waiting for a core."""
+    now = backend_cpu_s(pid)
+    return {
+        "client": round(time.process_time() - client, 2),
+        "postgres": round(now - server, 2) if now is not None and server is not None else None,
+    }
+
+
 def indicators(count: int, entries: int, rng: random.Random) -> list[tuple[str, str]]:
     """Indicators as the analyzer sends them, about half of them listed."""
     wanted: list[tuple[str, str]] = []
@@ -66,69 +77,71 @@ def indicators(count: int, entries: int, rng: random.Random) -> list[tuple[str, 
 @contextlib.asynccontextmanager
 async def database() -> AsyncIterator[str]:
     """A fresh, migrated database on DATABASE_URL's server or an embedded one; dropped afterwards."""
-    with contextlib.ExitStack() as stack:
-        admin_url = os.environ.get("DATABASE_URL")
-        if admin_url is None:
-            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="vigil-bench-intel-"))
-            admin_url = stack.enter_context(EmbeddedPostgres(Path(folder) / "data")).url("postgres")
-        name = f"vigil_bench_intel_{uuid.uuid4().hex[:8]}"
-        admin = await asyncpg.connect(admin_url)
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-        try:
-            pool = await create_pool(url, max_size=1)
-            try:
-                await migrate(pool)
-            finally:
-                await pool.close()
+    with (
+        tempfile.TemporaryDirectory(prefix="vigil-bench-") as folder,
+        servers(Path(folder), broker=False) as found,
+    ):
+        async with scratch_database(found.database_url, prefix="vigil_bench") as url:
             yield url
-        finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await admin.close()
 
 
 async def run(entries: int, single: int, batches: int, batch_size: int) -> dict[str, Any]:
+    async with database() as url:
+        return await measure(url, entries=entries, single=single, batches=batches, batch_size=batch_size)
+
+
+async def measure(url: str, *, entries: int, single: int, batches: int, batch_size: int) -> dict[str, Any]:
+    """Parse, load (twice) and look up a feed of ``entries`` in the migrated database at ``url``.
+
+    The feed stays loaded (as ``bench``), for whatever runs on the database next.
+    """
     rng = random.Random(1)
     text = "\n".join(feed_lines(entries))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     parsed = intel.parse_list(text)
-    parse_s = time.perf_counter() - started
-    async with database() as url:
-        pool = await create_pool(url, max_size=1)
-        try:
-            async with pool.acquire() as conn:
-                started = time.perf_counter()
-                loaded = await intel.load_feed(conn, source="bench", entries=parsed)
-                load_s = time.perf_counter() - started
-                started = time.perf_counter()
-                await intel.load_feed(conn, source="bench", entries=parsed)
-                reload_s = time.perf_counter() - started
-                await conn.execute("ANALYZE intel_entries")
+    parse_s, parse_cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    pool = await create_pool(url, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            backend = await conn.fetchval("SELECT pg_backend_pid()")
+            started, cpu, server = time.perf_counter(), time.process_time(), backend_cpu_s(backend)
+            loaded = await intel.load_feed(conn, source="bench", entries=parsed)
+            load_s = time.perf_counter() - started
+            load_cpu = _cpu_since(cpu, server, backend)
+            started, cpu, server = time.perf_counter(), time.process_time(), backend_cpu_s(backend)
+            await intel.load_feed(conn, source="bench", entries=parsed)
+            reload_s = time.perf_counter() - started
+            reload_cpu = _cpu_since(cpu, server, backend)
+            await conn.execute("ANALYZE intel_entries")
 
-                one_by_one = indicators(single, entries, rng)
-                hits = 0
-                started = time.perf_counter()
-                for key in one_by_one:
-                    hits += bool((await intel.lookup(conn, [key]))[key])
-                single_s = time.perf_counter() - started
+            one_by_one = indicators(single, entries, rng)
+            hits = 0
+            started = time.perf_counter()
+            for key in one_by_one:
+                hits += bool((await intel.lookup(conn, [key]))[key])
+            single_s = time.perf_counter() - started
 
-                batched = [indicators(batch_size, entries, rng) for _ in range(batches)]
-                batch_hits = 0
-                started = time.perf_counter()
-                for batch in batched:
-                    found = await intel.lookup(conn, batch)
-                    batch_hits += sum(1 for matches in found.values() if matches)
-                batch_s = time.perf_counter() - started
-        finally:
-            await pool.close()
+            batched = [indicators(batch_size, entries, rng) for _ in range(batches)]
+            batch_hits = 0
+            started = time.perf_counter()
+            for batch in batched:
+                found = await intel.lookup(conn, batch)
+                batch_hits += sum(1 for matches in found.values() if matches)
+            batch_s = time.perf_counter() - started
+    finally:
+        await pool.close()
     return {
         "entries": loaded,
         "parse_list_s": round(parse_s, 2),
+        "parse_list_cpu_s": round(parse_cpu_s, 2),
         "load_s": round(load_s, 2),
+        "load_cpu_s": load_cpu,
+        "reload_cpu_s": reload_cpu,
         "load_entries_per_s": round(loaded / load_s),
         "reload_same_feed_s": round(reload_s, 2),
         "single_lookups": single,
         "single_lookups_per_s": round(single / single_s),
+        "single_lookup_ms": round(single_s / single * 1000, 3),
         "single_hit_ratio": round(hits / single, 2),
         "batch_size": batch_size,
         "batches": batches,

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import multiprocessing
 import secrets
 import time
@@ -36,6 +35,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from bench.measure import percentile
 from services.responder import domain
 from services.responder.approvals import parse_policy
 from services.responder.connectors import WebhookConfig, WebhookConnector, load_connectors, parse_connectors_config
@@ -415,12 +415,6 @@ async def wait_succeeded(
             await asyncio.sleep(0.1)
 
 
-def percentile(sorted_values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def ms(values: Sequence[float]) -> dict[str, float]:
     """p50, p99 and max of durations in seconds, in milliseconds."""
     ordered = sorted(values)
@@ -656,7 +650,11 @@ async def bench_responder(args: argparse.Namespace, new_database: NewDatabase) -
     results: dict[str, Any] = {"incidents": args.incidents, "steps_per_incident": args.incident_steps}
     with receivers(secret.encode(), args.slow_delay) as far:
         setup = Setup(args=args, far=far, secret=secret, settings=settings, new_database=new_database)
-        [webhook] = WebhookConnector(WebhookConfig(), secret=None).effect_kinds(None)
+        webhook = next(
+            k
+            for k in WebhookConnector(WebhookConfig(), secret=None).effect_kinds(None)
+            if k.name == WebhookConnector.kind
+        )
         results["webhook_concurrency"] = {
             "per_runner": webhook.concurrency,
             "per_target": webhook.per_target_concurrency,

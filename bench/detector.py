@@ -1,0 +1,147 @@
+"""Detector throughput: one detector process works through a backlog of raw alerts.
+
+N alerts are produced to the raw topic first; then the detector starts and consumes the backlog.
+Alerts/s is N over the time from the first row in ``detector_alerts`` to the N-th: start-up is left
+out. With ``--formats both`` (the default) it runs on native alerts, then on the same mix rendered
+in each tool's own format (``bench/formats.py``), and says what reading those formats costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from bench import formats
+from bench.harness import (
+    BenchError,
+    Infrastructure,
+    Services,
+    check_generator,
+    console,
+    fresh_stage,
+    produce_backlog,
+    wait_stored,
+)
+from shared.topics import ALERTS_RAW
+from vigil.demo import EstateAlerts
+
+# Reading tools' formats may cost at most this share of the detector's native throughput.
+FORMATS_COST_LIMIT = 0.15
+
+
+def modes(args: argparse.Namespace, *, default: str) -> list[str]:
+    """The alert formats a benchmark runs with: ``--formats``, else its own default."""
+    chosen: str = args.formats or default
+    return list(formats.MODES) if chosen == "both" else [chosen]
+
+
+async def bench_detector(infra: Infrastructure, args: argparse.Namespace) -> dict[str, Any]:
+    """The throughput benchmark once per format mode, and how mixed formats compare with native ones."""
+    results: dict[str, Any] = {}
+    for mode in modes(args, default="both"):
+        console.log(f"detector throughput on {mode} alerts")
+        try:
+            results[mode] = await throughput(infra, args, mode)
+        except BenchError as exc:
+            raise BenchError(f"{mode} alerts: {exc}", partial=results) from exc
+    if "native" in results and "mixed" in results:
+        results["mixed_vs_native"] = compare(results["native"], results["mixed"])
+    return results
+
+
+def compare(native: dict[str, Any], mixed: dict[str, Any]) -> dict[str, Any]:
+    """Mixed formats' throughput as a share of native throughput, and the CPU each alert took."""
+    ratio = mixed["alerts_per_s"] / native["alerts_per_s"]
+    return {
+        "native_alerts_per_s": native["alerts_per_s"],
+        "mixed_alerts_per_s": mixed["alerts_per_s"],
+        "throughput_ratio": round(ratio, 3),
+        "formats_cost_pct": round((1 - ratio) * 100, 1),
+        "limit_pct": round(FORMATS_COST_LIMIT * 100, 1),
+        "within_limit": 1 - ratio <= FORMATS_COST_LIMIT,
+        "native_cpu_us_per_alert": native["detector_cpu_us_per_alert"],
+        "mixed_cpu_us_per_alert": mixed["detector_cpu_us_per_alert"],
+    }
+
+
+async def throughput(infra: Infrastructure, args: argparse.Namespace, mode: str) -> dict[str, Any]:
+    count: int = args.alerts
+    sample = check_generator(args.hosts, args.seed, mode)
+    console.log(f"{mode} rendering checked: a sample of {sum(sample.values())} reads back as {sample}")
+    async with fresh_stage(infra, f"throughput-{mode}") as stage:
+        factory = EstateAlerts(hosts=args.hosts, seed=args.seed, prefix="bench")
+        with console.status(f"producing {count:,} {mode} alerts to {stage.names(ALERTS_RAW)}"):
+            backlog = await produce_backlog(stage.settings, stage.names(ALERTS_RAW), factory, count, mode=mode)
+        console.log(
+            f"produced {count:,} alerts ({backlog.bytes / count:,.0f} bytes each on average) in "
+            f"{backlog.seconds:.1f}s ({count / backlog.seconds:,.0f}/s)"
+        )
+        conn = await asyncpg.connect(stage.database_url)
+        try:
+            async with Services(stage, ("detector",)) as detector:
+
+                def cpu() -> float | None:
+                    return detector.cpu_seconds()["detector"]
+
+                try:
+                    stored = await wait_stored(
+                        conn,
+                        table="detector_alerts",
+                        count=count,
+                        started_at=detector.started_at,
+                        what="detector",
+                        check=detector.check_alive,
+                        cpu=cpu,
+                        stall_s=args.stall,
+                        timeout_s=args.timeout,
+                    )
+                except BenchError as exc:
+                    raise BenchError(f"{exc}; end of its output:\n{detector.log_tail('detector')}") from exc
+                incidents = int(await conn.fetchval("SELECT count(*) FROM detector_incidents"))
+                events = int(await conn.fetchval("SELECT count(*) FROM outbox WHERE service = 'detector'"))
+                drained_s = await outbox_drained(conn, since=stored.done_at, check=detector.check_alive)
+                cpu_s = cpu()
+        finally:
+            await conn.close()
+
+    elapsed = stored.done_at - stored.first_at
+    # CPU per alert from the first stored alert on: start-up (imports, joining the group) left out.
+    processing_cpu_s = None if cpu_s is None or stored.cpu_at_first is None else cpu_s - stored.cpu_at_first
+    return {
+        "formats": mode,
+        "alerts": count,
+        "records_by_format": backlog.formats,
+        "mean_record_bytes": round(backlog.bytes / count, 1),
+        "produce_s": round(backlog.seconds, 3),
+        "produce_alerts_per_s": round(count / backlog.seconds, 1),
+        "startup_to_first_row_s": round(stored.first_at - detector.started_at, 3),
+        "processing_s": round(elapsed, 3),
+        "alerts_per_s": round(count / elapsed, 1),
+        "incidents_opened": incidents,
+        "outbox_events": events,
+        "alerts_per_event": round(count / events, 2) if events else None,
+        "outbox_drained_after_s": None if drained_s is None else round(drained_s, 3),
+        "detector_cpu_s": None if cpu_s is None else round(cpu_s, 2),
+        "detector_cpu_us_per_alert": None if processing_cpu_s is None else round(processing_cpu_s / count * 1e6, 1),
+    }
+
+
+async def outbox_drained(
+    conn: asyncpg.Connection, *, since: float, check: Callable[[], None], limit_s: float = 60
+) -> float | None:
+    """Seconds after ``since`` at which the detector's relay had published every event (None: not within the limit)."""
+    with console.status("waiting for the detector's outbox relay"):
+        while time.monotonic() - since < limit_s:
+            check()
+            unsent = await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE service = 'detector' AND sent_at IS NULL AND parked_at IS NULL"
+            )
+            if unsent == 0:
+                return time.monotonic() - since
+            await asyncio.sleep(0.2)
+    return None
