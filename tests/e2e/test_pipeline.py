@@ -84,6 +84,9 @@ def stack(settings: VigilSettings, tmp_path: Path) -> Iterator[Stack]:
         "VIGIL_ALLOW_UNAUTHENTICATED": "true",
         "VIGIL_REPORTER_URL": f"http://127.0.0.1:{ports['reporter']}",
         "VIGIL_COORDINATOR_URL": f"http://127.0.0.1:{ports['coordinator']}",
+        "VIGIL_ANALYZER_URL": f"http://127.0.0.1:{ports['analyzer']}",
+        # The attackers here use documentation addresses and example names, which the analyzer drops by default.
+        "VIGIL_ANALYZER_DOCUMENTATION_NOISE": "false",
     }
     processes = {}
     for name in SERVICE_NAMES:
@@ -197,6 +200,13 @@ def test_alerts_become_a_handled_incident(stack: Stack, settings: VigilSettings)
     human = stack.cli("incidents", "show", incident["id"][:8])
     assert human.returncode == 0, human.stderr
     assert "Reverse shell" in human.stdout
+    # The evidence timeline, from the analyzer: the alerts in time order with what each names.
+    evidence = stack.cli("incidents", "evidence", incident["id"][:8], "--json")
+    assert evidence.returncode == 0, evidence.stderr
+    timeline = json.loads(evidence.stdout)
+    assert [a["title"] for a in timeline] == [a["title"] for a in compromise_alerts()]
+    shell = timeline[-1]["sightings"]
+    assert {"kind": "ipv4", "value": "203.0.113.45", "field": "description", "internal": False} in shell
 
     # Operator commands go through the coordinator and land on the timeline with the person's name.
     acked = stack.cli("ack", incident["id"], "--actor", "alice@example.com", "--note", "on it")

@@ -13,6 +13,7 @@ from shared import cloudevents
 from shared.consumer import DeadLetterGuard, HandlerContext, Inbound, decode_cloudevent, dispatch_each
 from shared.errors import DeadLetterLimitExceeded, InvalidMessage
 from shared.events import CommandArgs, EventBase, IncidentDetected, ResolveIncident
+from shared.kafka import group_id
 from shared.settings import VigilSettings
 from shared.topics import COMMANDS, EVENTS_DLQ, INCIDENTS, TopicNames
 from tests.factories import snapshot
@@ -52,13 +53,13 @@ async def test_redelivered_events_are_handled_once(
     handler = dispatch_each({IncidentDetected: record_effect})
 
     async with consume_loop(settings, pool, service="t1", topics=[topic], decoder=decode_cloudevent, handler=handler):
-        await eventually(lambda: committed(settings, "vigil-t1", topic), timeout=30)
-        assert await committed(settings, "vigil-t1", topic) == 3
+        await eventually(lambda: committed(settings, group_id(settings, "t1"), topic), timeout=30)
+        assert await committed(settings, group_id(settings, "t1"), topic) == 3
 
     # A second group member replaying the partition from the start changes nothing.
     await produce(settings, topic, [record_of(first)])
     async with consume_loop(settings, pool, service="t1", topics=[topic], decoder=decode_cloudevent, handler=handler):
-        await eventually(lambda: _equals(committed(settings, "vigil-t1", topic), 4))
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t1"), topic), 4))
 
     assert await count(pool, "SELECT count(*) FROM handled") == 2
     assert await count(pool, "SELECT count(*) FROM processed_events WHERE service = 't1'") == 2
@@ -80,7 +81,7 @@ async def test_invalid_input_is_dead_lettered_and_does_not_block_the_partition(
 
     async with consume_loop(settings, pool, service="t2", topics=[topic], decoder=decode_cloudevent, handler=handler):
         await eventually(lambda: count(pool, "SELECT count(*) FROM handled"))
-        await eventually(lambda: _equals(committed(settings, "vigil-t2", topic), 2))
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t2"), topic), 2))
 
     dead = await read_all(settings, names(EVENTS_DLQ), expect=1)
     assert len(dead) == 1
@@ -116,7 +117,7 @@ async def test_handler_rejection_dead_letters_only_that_event(
         decoder=decode_cloudevent,
         handler=dispatch_each({IncidentDetected: picky}),
     ):
-        await eventually(lambda: _equals(committed(settings, "vigil-t3", topic), 2))
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t3"), topic), 2))
 
     # The rejected event's own writes and events were rolled back with its savepoint; the other stayed.
     assert [r["subject"] for r in await pool.fetch("SELECT subject FROM handled")] == ["inc-ok"]
@@ -151,14 +152,14 @@ async def test_offset_is_not_committed_when_the_handler_crashes(
         with pytest.raises(RuntimeError, match="bug in handler"):
             await asyncio.wait_for(task, 30)
 
-    assert await committed(settings, "vigil-t4", topic) is None
+    assert await committed(settings, group_id(settings, "t4"), topic) is None
     assert await count(pool, "SELECT count(*) FROM handled") == 0  # rolled back
     assert await count(pool, "SELECT count(*) FROM processed_events") == 0
 
     # After the fix (a restart with a working handler) the same event is handled.
     handler = dispatch_each({IncidentDetected: record_effect})
     async with consume_loop(settings, pool, service="t4", topics=[topic], decoder=decode_cloudevent, handler=handler):
-        await eventually(lambda: _equals(committed(settings, "vigil-t4", topic), 1))
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t4"), topic), 1))
     assert await count(pool, "SELECT count(*) FROM handled") == 1
 
 
@@ -179,7 +180,7 @@ async def test_retriable_failure_is_retried_without_commit(
             raise asyncpg.SerializationError("could not serialize access")
 
     async with consume_loop(settings, pool, service="t5", topics=[topic], decoder=decode_cloudevent, handler=flaky):
-        await eventually(lambda: _equals(committed(settings, "vigil-t5", topic), 2))
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t5"), topic), 2))
 
     assert attempts >= 2
     assert sorted(r["subject"] for r in await pool.fetch("SELECT subject FROM handled")) == ["inc-1", "inc-2"]
@@ -203,7 +204,7 @@ async def test_dead_letter_limit_stops_the_consumer(
     ) as (_loop, task):
         with pytest.raises(DeadLetterLimitExceeded):
             await asyncio.wait_for(task, 30)
-    assert await committed(settings, "vigil-t6", topic) is None
+    assert await committed(settings, group_id(settings, "t6"), topic) is None
 
 
 async def test_events_the_service_does_not_handle_are_skipped_but_committed(
@@ -215,4 +216,4 @@ async def test_events_the_service_does_not_handle_are_skipped_but_committed(
     async with consume_loop(
         settings, pool, service="t7", topics=[topic], decoder=decode_cloudevent, handler=dispatch_each({})
     ):
-        await eventually(lambda: _equals(committed(settings, "vigil-t7", topic), 1))
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t7"), topic), 1))

@@ -28,7 +28,7 @@ from services.detector.domain import BASE_SEVERITY
 from services.detector.handlers import Detector, decode
 from shared.alerts import Alert
 from shared.events import IncidentType, Severity
-from shared.kafka import make_consumer
+from shared.kafka import group_id, make_consumer
 from shared.settings import VigilSettings
 from shared.topics import ALERTS_DLQ, ALERTS_RAW, TopicNames
 from tests.helpers import committed, consume_loop, eventually, produce, read_all
@@ -161,7 +161,7 @@ async def topic_messages(settings: VigilSettings, topic: str) -> int:
 
 async def _all_committed(settings: VigilSettings, topic: str, expected: int) -> bool:
     # ``produce`` writes every record to partition 0, in corpus order.
-    return await committed(settings, "vigil-detector", topic, 0) == expected
+    return await committed(settings, group_id(settings, "detector"), topic, 0) == expected
 
 
 def table(accounted: list[Accounted]) -> str:

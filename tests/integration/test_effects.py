@@ -744,6 +744,34 @@ async def test_a_stopped_runner_hands_its_effects_back_at_once(
     assert row["attempts"] == 1
 
 
+async def test_a_draining_runner_records_the_calls_in_flight_and_claims_nothing_new(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with far_side() as server:
+        server.gates["/slow"] = asyncio.Event()
+        server.gates["/stuck"] = asyncio.Event()
+        slow = await add(pool, target=server.target, payload=post(server, "/slow"))
+        stuck = await add(pool, target=server.target + "-b", payload=post(server, "/stuck"))
+        runner = make_runner(settings, pool, names, [http_request(timeout_s=30)])
+        async with running(runner):
+            await eventually(lambda: _true(server.waiting["/slow"] == 1 and server.waiting["/stuck"] == 1))
+            draining = asyncio.create_task(runner.drain(2.0))
+            await asyncio.sleep(0)  # the drain has begun: nothing more is claimed
+            later = await add(pool, target=server.target, payload=post(server, "/later"))
+            await asyncio.sleep(0.3)
+            server.gates["/slow"].set()
+            await draining
+        # The call that answered within the grace is recorded once; the one that did not is handed back.
+        assert (await effect_row(pool, slow))["status"] == "succeeded"
+        assert ((await effect_row(pool, stuck))["status"], (await effect_row(pool, stuck))["attempts"]) == (
+            "pending",
+            0,
+        )
+        assert ((await effect_row(pool, later))["status"], server.keys("/later")) == ("pending", [])
+        assert server.keys("/slow") == [slow]
+        server.gates["/stuck"].set()
+
+
 async def test_a_failing_outcome_hook_stops_the_runner_and_records_nothing(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:

@@ -34,13 +34,13 @@ from shared.events import (
     ResolveIncident,
     Severity,
 )
-from shared.kafka import make_producer
+from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
 from shared.topics import ALERTS_RAW, ANALYSES, COMMANDS, INCIDENTS, TopicNames
 from tests.factories import T0, alert, alert_dict, snapshot
-from tests.helpers import committed, consume_loop, eventually, produce, read_all
+from tests.helpers import committed, consume_loop, eventually, produce, read_all, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -96,7 +96,7 @@ async def test_alert_resent_after_its_ledger_expired_is_a_repeat(
 
 
 async def _committed_is(settings: VigilSettings, topic: str, expected: int) -> bool:
-    return await _committed(settings, "vigil-detector", topic) == expected
+    return await _committed(settings, group_id(settings, "detector"), topic) == expected
 
 
 async def test_two_detectors_storing_one_alert_at_once_count_a_repeat(pool: asyncpg.Pool, names: TopicNames) -> None:
@@ -228,13 +228,8 @@ async def _relay(settings: VigilSettings, pool: asyncpg.Pool, service: str) -> A
     relay = OutboxRelay(
         service=service, pool=pool, producer=producer, connect=lambda: connect(settings.database_url), idle_wait_s=0.1
     )
-    task = asyncio.create_task(relay.run())
-    try:
+    async with running(relay.run()):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await producer.stop()
 
 
@@ -381,4 +376,4 @@ def _record(event: EventBase) -> tuple[bytes | None, bytes, list[tuple[str, byte
 
 
 async def _all_committed(settings: VigilSettings, topics: list[str]) -> bool:
-    return all([await _committed(settings, f"vigil-{SERVICE}", topic) == 1 for topic in topics])
+    return all([await _committed(settings, group_id(settings, SERVICE), topic) == 1 for topic in topics])

@@ -17,7 +17,7 @@ from shared.consumer import HandlerContext, Inbound, decode_cloudevent, dispatch
 from shared.db import connect
 from shared.errors import is_retriable
 from shared.events import IncidentDetected
-from shared.kafka import make_producer
+from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay, write_events
 from shared.settings import VigilSettings
 from shared.topics import ALERTS_RAW, INCIDENTS, TopicNames
@@ -81,7 +81,7 @@ async def _equals(value: object, expected: int) -> bool:
 
 
 async def _committed_total(settings: VigilSettings, topic: str) -> int:
-    return sum([await committed(settings, "vigil-detector", topic, p) or 0 for p in range(12)])
+    return sum([await committed(settings, group_id(settings, "detector"), topic, p) or 0 for p in range(12)])
 
 
 async def test_relay_losing_its_connection_after_publishing_republishes_and_consumers_dedupe(

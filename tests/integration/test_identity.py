@@ -26,7 +26,7 @@ from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from services.coordinator.tasks import load_templates
 from services.coordinator.tasks_api import tasks_router
-from services.detector import api as detector_api
+from services.detector import service as detector_service
 from services.reporter import api as reporter_api
 from services.responder import api as responder_api
 from services.responder.approvals import load_policy
@@ -81,7 +81,7 @@ async def apps(settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames) -
         )
         rt = runtime("coordinator")
         yield {
-            "detector": build_app(runtime("detector"), detector_api.routers(runtime("detector"))),
+            "detector": build_app(runtime("detector"), detector_service.spec(secured).routers(runtime("detector"))),
             "reporter": build_app(runtime("reporter"), reporter_api.routers(runtime("reporter"))),
             "responder": build_app(runtime("responder"), responder_api.routers(runtime("responder"), responder)),
             "coordinator": build_app(

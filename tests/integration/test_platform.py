@@ -20,7 +20,7 @@ from shared.consumer import DeadLetterGuard, HandlerContext, Inbound, decode_clo
 from shared.db import connect
 from shared.errors import DeadLetterLimitExceeded
 from shared.events import Analysis, IncidentAnalyzed, IncidentDetected, IncidentType, Severity
-from shared.kafka import make_producer
+from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay, list_parked, write_events
 from shared.service import DatabaseProbe, Runtime, build_app
 from shared.settings import VigilSettings
@@ -202,7 +202,7 @@ async def test_an_event_with_unknown_fields_is_handled_and_an_unknown_type_skipp
     key, value, headers = record_of(newer)
     body = json.loads(value)
     body["merge_candidates"] = ["inc-7"]  # a field this version does not know
-    unknown_type = [(n, b"vigil.incident.merged.v1" if n == "ce_type" else v) for n, v in headers]
+    unknown_type = [(n, b"vigil.incident.archived.v1" if n == "ce_type" else v) for n, v in headers]
     unknown_type = [(n, b"other-id" if n == "ce_id" else v) for n, v in unknown_type]
     topic = names(INCIDENTS)
     await produce(
@@ -218,7 +218,7 @@ async def test_an_event_with_unknown_fields_is_handled_and_an_unknown_type_skipp
     async with consume_loop(
         settings, pool, service="t-compat", topics=[topic], decoder=decode_cloudevent, handler=handler
     ):
-        await eventually(lambda: _equals(committed(settings, "vigil-t-compat", topic), 2))
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t-compat"), topic), 2))
     assert [tuple(r) for r in await pool.fetch("SELECT event_id, title FROM handled")] == [
         (newer.id, "from a newer detector")
     ]
@@ -260,7 +260,7 @@ async def test_a_restart_loop_cannot_drain_a_topic_into_the_dead_letter_queue(
                 await asyncio.wait_for(task, 30)
     # The first run trips on its first batch; every restart trips again at once, with nothing sent.
     assert not await read_all(settings, names(EVENTS_DLQ), expect=1, timeout=2)
-    assert await committed(settings, "vigil-t-guard", topic) is None
+    assert await committed(settings, group_id(settings, "t-guard"), topic) is None
 
 
 async def test_the_guard_counts_each_rejection_once_and_remembers_across_restarts(
@@ -283,7 +283,7 @@ async def test_the_guard_counts_each_rejection_once_and_remembers_across_restart
         handler=nothing,
         guard=DeadLetterGuard(ratio=0.5, window=20),
     ):
-        await eventually(lambda: _equals(committed(settings, "vigil-t-guard2", topic), 20))
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t-guard2"), topic), 20))
     assert await pool.fetchval("SELECT verdicts FROM consumer_guards WHERE service = 't-guard2'") == "0" * 12 + "1" * 8
     assert len(await read_all(settings, names(EVENTS_DLQ), expect=8)) == 8
 

@@ -22,7 +22,7 @@ from shared.events import (
     IncidentEscalated,
     IncidentStateChanged,
 )
-from shared.kafka import make_producer
+from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay, write_events
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
@@ -103,7 +103,7 @@ async def test_detector_turns_alerts_into_incidents(
 async def _committed_is(settings: VigilSettings, topic: str, expected: int) -> bool:
     total = 0
     for partition in range(12):
-        total += await committed(settings, "vigil-detector", topic, partition) or 0
+        total += await committed(settings, group_id(settings, "detector"), topic, partition) or 0
     return total == expected
 
 

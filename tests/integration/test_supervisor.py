@@ -1,4 +1,4 @@
-"""`vigil up`'s supervisor keeps every service alive and stops them cleanly."""
+"""`vigil up`'s supervisor keeps every service alive, says which exited, waits for readiness, stops them cleanly."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from shared.embedded import free_port
 from shared.settings import VigilSettings
 from tests.helpers import eventually
-from vigil.supervisor import Supervisor, child_env
+from vigil.supervisor import Supervisor, child_env, readyz_url, wait_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
@@ -37,11 +37,14 @@ async def test_a_service_that_dies_is_restarted(settings: VigilSettings) -> None
 
     await supervisor.start()
     try:
-        await eventually(ready, timeout=60)
+        took = await wait_ready({"responder": readyz_url(port)}, timeout_s=60, check=lambda: None)
+        assert set(took) == {"responder"} and took["responder"] > 0
+        assert supervisor.exited() == []
         assert child.process is not None
         first = child.process
         os.kill(first.pid, signal.SIGKILL)
         await eventually(lambda: _restarted(child, first.pid), timeout=30)
+        assert supervisor.exited() == ["responder"]  # restarted, but it did exit
         await eventually(ready, timeout=60)
     finally:
         await supervisor.stop()
@@ -52,3 +55,15 @@ async def test_a_service_that_dies_is_restarted(settings: VigilSettings) -> None
 async def _restarted(child: object, old_pid: int) -> bool:
     process = getattr(child, "process", None)
     return process is not None and process.pid != old_pid
+
+
+async def test_waiting_for_readiness_names_who_is_not_ready_and_stops_when_told() -> None:
+    silent = readyz_url(free_port())  # nobody listens there
+    with pytest.raises(TimeoutError, match="not ready within 0s: detector"):
+        await wait_ready({"detector": silent}, timeout_s=0.3, interval_s=0.1)
+
+    def died() -> None:
+        raise RuntimeError("the detector exited")
+
+    with pytest.raises(RuntimeError, match="exited"):
+        await wait_ready({"detector": silent}, timeout_s=30, check=died)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary_event
@@ -11,10 +12,12 @@ from pydantic import ValidationError
 from services.analyzer import domain as analyzer
 from services.detector.domain import summarise
 from shared import cloudevents
+from shared.alerts import AlertSeverity
 from shared.consumer import DeadLetterGuard
 from shared.errors import DeadLetterLimitExceeded, InvalidMessage, UnknownEventType
 from shared.events import (
     EVENT_CLASSES,
+    AlertSummary,
     ApproveStep,
     IncidentDetected,
     IncidentState,
@@ -23,6 +26,7 @@ from shared.events import (
     StateChange,
     StepAnswer,
     StepChange,
+    trusted,
 )
 from shared.timeline import TimelineEntry, timeline_entry
 from tests.factories import alert, snapshot
@@ -80,6 +84,11 @@ def test_every_event_type_is_in_the_union() -> None:
         (b"{}", [("ce_specversion", b"1.0"), ("ce_type", b"com.example.thing")], "unknown event type"),
         (b"not json", [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.detected.v1")], "not JSON"),
         (
+            b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+            [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.detected.v1")],
+            "nested too deeply",
+        ),
+        (
             b'{"title": 1}',
             [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.detected.v1"), ("ce_id", b"x")],
             "does not match its schema",
@@ -92,7 +101,7 @@ def test_decode_rejects_bad_records_with_a_reason(value: bytes, headers: list[tu
 
 
 def test_an_unknown_vigil_event_type_is_told_apart_from_garbage() -> None:
-    headers = [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.merged.v1"), ("ce_id", b"x")]
+    headers = [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.archived.v1"), ("ce_id", b"x")]
     with pytest.raises(UnknownEventType):
         cloudevents.decode(b"{}", headers)
     with pytest.raises(InvalidMessage) as caught:
@@ -213,3 +222,17 @@ def test_bad_address_in_an_event_is_invalid_not_a_crash() -> None:
     ]
     with pytest.raises(InvalidMessage, match="src_ip"):
         cloudevents.decode(json.dumps(body).encode(), record.headers)
+
+
+def test_a_trusted_payload_is_the_one_model_construct_makes() -> None:
+    given: dict[str, Any] = {"key": "falco:1", "source": "falco", "title": "shell in container"}
+    given |= {"severity": AlertSeverity.HIGH}
+    given |= {"time": alert().time, "labels": {"pod": "web"}, "tags": ["container"], "techniques": ["T1059"]}
+    made = trusted(AlertSummary, **given)
+    reference = AlertSummary.model_construct(**given)
+    assert made == reference and made.model_dump_json() == reference.model_dump_json()
+    assert made.model_fields_set == reference.model_fields_set
+    assert made.raw_cut is False and made.raw is None  # plain defaults filled in
+    assert made.model_copy(update={"title": "other"}).title == "other" and made.title == "shell in container"
+    with pytest.raises(TypeError, match="labels, tags, techniques must be given"):
+        trusted(AlertSummary, key="k", source="s", title="t", severity="high", time=alert().time)
