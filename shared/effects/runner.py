@@ -150,7 +150,9 @@ class EffectRunner:
         if in_flight:
             _, running = await asyncio.wait(in_flight, timeout=timeout_s)
             if running:
-                log.info("%s: %d effect(s) still running after %gs; handing them back", self.service, len(running), timeout_s)
+                log.info(
+                    "%s: %d effect(s) still running after %gs; handing them back", self.service, len(running), timeout_s
+                )
 
     async def claim_and_start(self) -> int:
         """Claim as many due effects as there are free slots and start each; return how many started."""
