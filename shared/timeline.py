@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC
 
 from shared.events import (
     AcknowledgeIncident,
@@ -15,6 +16,9 @@ from shared.events import (
     ChangeOffered,
     ChangeState,
     CommandRejected,
+    ContainmentConfirmed,
+    ContainmentIneffective,
+    ContainmentWatch,
     DenyStep,
     DetachAlerts,
     EditIncident,
@@ -34,8 +38,11 @@ from shared.events import (
     MergeIncidents,
     ResolutionSuggested,
     ResolveIncident,
+    ResponseLeaseChanged,
     ResponsePlanned,
     ResponseStepChanged,
+    ResponseStepValidated,
+    RollbackOffered,
     TaskCompleted,
 )
 
@@ -95,6 +102,26 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = f"step {what!r} {d.state.replace('_', ' ')}" + (f": {d.reason}" if d.reason else "")
             if d.state == "failed" and d.on_failure == "escalate":
                 summary += " (its playbook escalates this failure)"
+        case ResponseStepValidated(data=d):
+            what = f"{d.name}: {d.item}" if d.item else d.name
+            done = "undo of step" if d.of == "undo" else "step"
+            summary = f"{done} {what!r} {d.outcome}" + (f": {d.check}" if d.check else "")
+            summary += f" ({d.reason})" if d.reason and d.outcome != "validated" else ""
+        case ResponseLeaseChanged(data=d):
+            actor = d.actor
+            on = f" on {d.target}" if d.target else ""
+            summary = f"lease of {d.action!r}{on} {d.change.replace('_', ' ')}, now {d.state.replace('_', ' ')}"
+            if d.due_at is not None and d.state in ("active", "extended"):
+                summary += f", undone at {d.due_at.isoformat(timespec='seconds')}"
+            if d.change == "created" and d.offence > 1:
+                summary += f" (offence {d.offence}: {d.duration_s} s)"
+            summary += f": {d.reason}" if d.reason else ""
+        case ContainmentIneffective(data=d):
+            summary = f"containment ineffective: {_watched(d)}" + (f"; {d.reason}" if d.reason else "")
+        case ContainmentConfirmed(data=d):
+            summary = f"containment confirmed: {_watched(d)}"
+        case RollbackOffered(data=d):
+            summary = f"rollback of {len(d.leases)} action(s) still in force offered ({d.command}): {d.reason}"
         case ApproveStep(data=d) | DenyStep(data=d):
             actor = d.actor
             verb = "approval" if isinstance(event, ApproveStep) else "denial"
@@ -192,6 +219,15 @@ def _alerts_changed(
         named = [r.key for r in resolved[:KEYS_NAMED]]
         said.append(f"{len(resolved)} resolved ({_listing(named, len(resolved))})")
     return f"{'; '.join(said) or 'alerts unchanged'}; {firing} of {alert_count} still firing"
+
+
+def _watched(watch: ContainmentWatch) -> str:
+    """Say what the watch after containment saw of the contained entities."""
+    entities = [f"{e.kind} {e.value}" for e in watch.entities[:KEYS_NAMED]]
+    said = f"{watch.matched} alert(s) on {_listing(entities, len(watch.entities))}"
+    return (
+        said + f" between {watch.started_at.astimezone(UTC):%H:%M:%S} and {watch.ended_at.astimezone(UTC):%H:%M:%S} UTC"
+    )
 
 
 def _listing(named: list[str], total: int) -> str:

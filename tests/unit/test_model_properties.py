@@ -36,6 +36,7 @@ from shared.events import (
     StateCommand,
     StepAnswer,
 )
+from shared.timeline import timeline_entry
 from tests.unit.adapters.corpus import json_values
 
 EVENTS = [pytest.param(cls, id=cls.__name__) for cls in EVENT_CLASSES]
@@ -109,6 +110,19 @@ def test_an_event_from_its_schema_is_read_and_encodes_back_to_itself(cls: type[E
     assert type(event) is cls
     record = cloudevents.encode(event)
     assert cloudevents.decode(record.value, record.headers) == event
+
+
+@pytest.mark.parametrize("cls", EVENTS)
+@SETTINGS
+@given(data=st.data())
+def test_every_event_says_what_it_means_on_a_timeline(cls: type[EventBase], data: st.DataObject) -> None:
+    body = data.draw(from_json_schema(cls.model_fields["data"].annotation))
+    event = decodes_or_refuses(json.dumps(body).encode(), headers_for(cls))
+    if event is None:
+        return
+    entry = timeline_entry(event)
+    # A type with no line of its own would show as its bare type name.
+    assert entry.summary and entry.summary != event.type
 
 
 @pytest.mark.parametrize("cls", EVENTS)
