@@ -123,6 +123,31 @@ def times_chart(milestones: Mapping[str, datetime | None], severity: str | None,
     )
 
 
+ROOT_CAUSE_PARTS = (
+    ("entry_vector", "Entry vector"),
+    ("patient_zero", "Patient zero"),
+    ("first_alert", "First alert"),
+    ("stage", "Stage reached"),
+)
+
+
+def root_cause_rows(root_cause: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The analyzer's root-cause hypotheses, each with its confidence and evidence, in the order a reader asks."""
+    rows = []
+    for part, label in ROOT_CAUSE_PARTS:
+        hypothesis = root_cause.get(part)
+        if hypothesis:
+            rows.append(
+                {
+                    "part": label,
+                    "statement": hypothesis.get("statement", ""),
+                    "confidence": hypothesis.get("confidence"),
+                    "evidence": list(hypothesis.get("evidence") or []),
+                }
+            )
+    return rows
+
+
 def postmortem(bundle: IncidentBundle, *, fmt: Format, sla: SlaTargets, now: datetime) -> str:
     """The post-mortem of one incident, in Markdown or HTML."""
     i = bundle.incident
@@ -147,6 +172,8 @@ def postmortem(bundle: IncidentBundle, *, fmt: Format, sla: SlaTargets, now: dat
         "i": i,
         "now": now,
         "summary": summary,
+        "hypotheses": root_cause_rows(analysis.get("root_cause") or {}),
+        "threat": analysis.get("threat") or {},
         "impact": impact,
         "systems": list(dict.fromkeys([*(impact.get("systems") or []), *(i.get("hosts") or [])])),
         "users": list(dict.fromkeys([*(impact.get("users") or []), *(i.get("users") or [])])),

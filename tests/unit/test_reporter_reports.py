@@ -63,6 +63,15 @@ def _incident(**overrides: Any) -> dict[str, Any]:
             ],
             "impact": {"systems": ["db-01"], "business_services": ["payments"], "crown_jewels": ["db-01"],
                        "most_critical": 1, "data_at_risk": "restricted"},
+            "root_cause": {
+                "stage": {"statement": "execution reached", "subject": "TA0002", "confidence": 70,
+                          "evidence": ["T1059 on db-01"]},
+                "entry_vector": {"statement": "exploit of a public-facing application", "subject": "T1190",
+                                 "confidence": 40, "evidence": ["k1: web exploit attempt", "from 203.0.113.9"]},
+                "patient_zero": None,
+            },
+            "threat": {"origin": "external", "origin_evidence": ["203.0.113.9 is public"],
+                       "known_bad": ["203.0.113.9"], "actors": [], "malware": ["reverse-shell-kit"]},
         },
     }  # fmt: skip
     base.update(overrides)
@@ -127,6 +136,26 @@ def test_the_markdown_post_mortem_has_every_section_and_the_stored_figures() -> 
     assert "| time to acknowledge (TTA) | 10m 0s | 15m 0s | met |" in text
     assert "| time to contain (TTC) | 5h 0m | 4h 0m | missed |" in text
     assert "| time to recover (TTRec) | - | - | not reached |" in text
+
+
+def test_the_post_mortem_gives_the_analyzers_root_cause_hypotheses_with_confidence_and_evidence() -> None:
+    text = postmortem(_bundle(), fmt="md", sla=DEFAULT_SLA, now=NOW)
+    section = text.split("## Root-cause hypothesis and its evidence\n", 1)[1].split("\n## ", 1)[0]
+    # Entry vector first, as a reader asks; a part the analyzer could not say is left out.
+    assert section.index("| Entry vector |") < section.index("| Stage reached |")
+    assert (
+        "| Entry vector | exploit of a public-facing application | 40% | k1: web exploit attempt; from 203.0.113.9 |"
+        in section
+    )
+    assert "| Stage reached | execution reached | 70% | T1059 on db-01 |" in section
+    assert "Patient zero" not in section
+    assert "Origin: external (203.0.113.9 is public). Known bad: 203.0.113.9. Malware: reverse-shell-kit." in section
+    page = postmortem(_bundle(), fmt="html", sla=DEFAULT_SLA, now=NOW)
+    assert "<td>Entry vector</td><td>exploit of a public-facing application</td><td>40%</td>" in page
+    assert "<li>from 203.0.113.9</li>" in page
+    bare = _bundle()
+    bare.incident["analysis"] = {}
+    assert "The analyzer has drawn no root-cause hypothesis" in postmortem(bare, fmt="md", sla=DEFAULT_SLA, now=NOW)
 
 
 def test_a_title_cannot_break_the_markdown_table_or_inject_html() -> None:
