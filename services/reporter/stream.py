@@ -23,9 +23,11 @@ import asyncio
 import logging
 import os
 import ssl
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -141,6 +143,8 @@ class StreamAggregations:
             broker=[f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")],
             broker_credentials=_credentials(kafka),
             store="memory://",
+            # faust makes a data directory even for tables in memory: not in the working directory.
+            datadir=Path(tempfile.gettempdir()) / f"{self.app_id}-data",
             web_enabled=False,
             autodiscover=False,
             # The embedded broker has no transactional producer; at least once is what the tables need.
