@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from rich.table import Table
 
 from bench.intel import database
 from services.responder import domain
@@ -155,33 +156,53 @@ def summary(values: list[float]) -> dict[str, float]:
 
 async def run(leases: int, lease_s: int, down_s: float) -> dict[str, Any]:
     async with database() as url:
-        pool = await create_pool(url, max_size=8)
-        try:
-            bench = responder(pool, lease_s)
-            async with running(bench, pool, url):
-                for n in range(leases):
-                    await block(pool, bench, n, "run")
-                await wait_for(pool, "run", leases, "reverted")
-            running_figures = await delays(pool, "run")
+        return await measure(url, leases=leases, lease_s=lease_s, down_s=down_s)
 
-            restart = max(leases // 10, 2)
-            async with running(bench, pool, url):
-                for n in range(restart):
-                    await block(pool, bench, leases + n, "down")
-                await wait_for(pool, "down", restart, "active")
-            await asyncio.sleep(lease_s + down_s)  # down: every lease falls due meanwhile
-            restarted_at = await pool.fetchval("SELECT now()")
-            async with running(responder(pool, lease_s), pool, url):
-                await wait_for(pool, "down", restart, "reverted")
-            restart_figures = await delays(pool, "down", since=restarted_at)
-        finally:
-            await pool.close()
+
+async def measure(url: str, *, leases: int, lease_s: int, down_s: float) -> dict[str, Any]:
+    """Leases ended while the responder runs, then while it is down, on the migrated database at ``url``."""
+    pool = await create_pool(url, max_size=8)
+    try:
+        bench = responder(pool, lease_s)
+        async with running(bench, pool, url):
+            for n in range(leases):
+                await block(pool, bench, n, "run")
+            await wait_for(pool, "run", leases, "reverted")
+        running_figures = await delays(pool, "run")
+
+        restart = max(leases // 10, 2)
+        async with running(bench, pool, url):
+            for n in range(restart):
+                await block(pool, bench, leases + n, "down")
+            await wait_for(pool, "down", restart, "active")
+        await asyncio.sleep(lease_s + down_s)  # down: every lease falls due meanwhile
+        restarted_at = await pool.fetchval("SELECT now()")
+        async with running(responder(pool, lease_s), pool, url):
+            await wait_for(pool, "down", restart, "reverted")
+        restart_figures = await delays(pool, "down", since=restarted_at)
+    finally:
+        await pool.close()
     return {
         "lease_s": lease_s,
         "while_running_after_due_s": running_figures,
         "down_s": down_s,
         "after_restart_s": restart_figures,
     }
+
+
+def add_report(table: Table, result: dict[str, Any]) -> None:
+    """Rows for the benchmark's table: how late the undos went out and were done, running and after a restart."""
+    table.add_section()
+    table.add_row(f"[bold]Leases of {result['lease_s']} s: undo after the due time[/bold]", "p50 / p99 / max")
+    for label, phase in (
+        ("responder running", "while_running_after_due_s"),
+        (f"after a restart ({result['down_s']:g} s down)", "after_restart_s"),
+    ):
+        for what in ("sent", "done"):
+            figures = result[phase][what]
+            table.add_row(
+                f"    {label}: {what}", f"{figures['p50']:.2f} / {figures['p99']:.2f} / {figures['max']:.2f} s"
+            )
 
 
 def main() -> None:

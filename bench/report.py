@@ -7,7 +7,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from bench import analyzer, formats, reporter, responder, stream
+from bench import analyzer, formats, leases, reporter, responder, stream
 from bench.harness import console
 from bench.targets import MISS, PASS
 from shared.settings import SERVICE_NAMES
@@ -42,6 +42,8 @@ def print_report(results: dict[str, Any]) -> None:
         responder.add_report(figures, results["responder"])
     if results.get("analyzer"):
         analyzer.add_report(figures, results["analyzer"])
+    if results.get("leases"):
+        leases.add_report(figures, results["leases"])
     if results.get("reporter"):
         reporter.add_report(figures, results["reporter"])
     if results.get("stream_windows"):

@@ -4,9 +4,10 @@
 
 By default (``make bench``): detector throughput on native and mixed formats (``bench/detector.py``),
 the faust baseline on the same stream (``bench/baseline.py``), the detector's cost per alert as its
-state grows (``bench/scaling.py``), the reporter's stream windows (``bench/stream.py``), and the
+state grows (``bench/scaling.py``), the reporter's stream windows (``bench/stream.py``), how late
+leases end, running and after a restart (``bench/leases.py``, Postgres alone), and the
 detector alone and then the five services end to end at fixed rates, with latency percentiles, lag
-and memory (``bench/pipeline.py``). ``--only responder|analyzer|reporter`` runs the
+and memory (``bench/pipeline.py``). ``--only responder|analyzer|reporter|leases`` runs the
 benchmarks of those services on Postgres alone. The figures go to a table (``bench/report.py``),
 judged against the targets (``bench/targets.py``), and to JSON.
 
@@ -32,6 +33,7 @@ from bench import (
     baseline,
     detector,
     formats,
+    leases,
     measure,
     pipeline,
     reporter,
@@ -80,6 +82,12 @@ async def bench_reporter(infra: Infrastructure, args: argparse.Namespace) -> dic
         raise BenchError(str(exc), partial=exc.partial) from exc
 
 
+async def bench_leases(infra: Infrastructure, args: argparse.Namespace) -> dict[str, Any]:
+    """How late each lease's undo goes out and is done, responder running and after a restart (``bench/leases.py``)."""
+    async with database_factory(infra)() as url:
+        return await leases.measure(url, leases=args.leases, lease_s=args.lease_s, down_s=args.lease_down_s)
+
+
 # --only's names, the key of each benchmark's figures, and the benchmark, in the order they run.
 BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
     "throughput": ("detector_throughput", detector.bench_detector),
@@ -90,11 +98,12 @@ BENCHMARKS: dict[str, tuple[str, Benchmark]] = {
     "responder": ("responder", bench_responder),
     "analyzer": ("analyzer", bench_analyzer),
     "reporter": ("reporter", bench_reporter),
+    "leases": ("leases", bench_leases),
     "stream": ("stream_windows", bench_stream),
 }
-DEFAULT_SET = ("throughput", "baseline", "scaling", "stream", "latency", "e2e")
+DEFAULT_SET = ("throughput", "baseline", "scaling", "stream", "leases", "latency", "e2e")
 # Benchmarks on Postgres alone: no broker is started for a run of only these.
-WITHOUT_KAFKA = ("responder", "analyzer", "reporter")
+WITHOUT_KAFKA = ("responder", "analyzer", "reporter", "leases")
 
 
 def parse_only(text: str) -> list[str]:
@@ -182,6 +191,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     group.add_argument("--reporter-incidents", type=int, default=100_000, help="incidents loaded for the reporter")
     group.add_argument("--reporter-alerts", type=int, default=10_000_000, help="alerts loaded for the reporter")
     group.add_argument("--reporter-repeats", type=int, default=30, help="times each reporter query is timed")
+    group = parser.add_argument_group("leases (Postgres alone)")
+    group.add_argument("--leases", type=int, default=200, help="leases made and ended while the responder runs")
+    group.add_argument("--lease-s", type=int, default=3, help="each lease's length (s)")
+    group.add_argument(
+        "--lease-down-s", type=float, default=5.0, help="how long the responder is down past the due times"
+    )
     return parser.parse_args(argv)
 
 
@@ -217,6 +232,7 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
             "alerts_per_event": args.analyzer_alerts,
             "batch": args.analyzer_batch,
         },
+        "leases": {"leases": args.leases, "lease_s": args.lease_s, "down_s": args.lease_down_s},
         "reporter": {
             "incidents": args.reporter_incidents,
             "alerts": args.reporter_alerts,

@@ -67,6 +67,11 @@ def _idle_rss(service: str) -> Callable[[Results], float | None]:
     return lambda results: dig(results, "end_to_end", "native", "memory_mb", "idle", service)
 
 
+def _lease_end(phase: str) -> Callable[[Results], float | None]:
+    # The latest of a lease's undo being done (the address off the served list) after its due time.
+    return lambda results: dig(results, "leases", phase, "done", "max")
+
+
 TARGETS: tuple[Target, ...] = (
     Target(
         "detector throughput, native alerts",
@@ -82,6 +87,13 @@ TARGETS: tuple[Target, ...] = (
         at_least=5_000,
     ),
     Target("p99 alert -> incident event at 1,000/s, detector alone", " ms", _p99_detected_at_1000, at_most=100),
+    Target(
+        "lease undone after its due time, latest, responder running",
+        " s",
+        _lease_end("while_running_after_due_s"),
+        at_most=2,
+    ),
+    Target("lease undone after a restart past its due time, latest", " s", _lease_end("after_restart_s"), at_most=2),
     *(Target(f"idle RSS, {service}", " MB", _idle_rss(service), at_most=80) for service in SERVICE_NAMES),
 )
 
