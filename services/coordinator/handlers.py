@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from services.coordinator import domain, escalation, lifecycle, notifications, schedules, tasks
+from services.coordinator import domain, escalation, lifecycle, metrics, notifications, schedules, tasks
 from services.coordinator.escalation import in_working_hours
 from shared import timers
 from shared.consumer import HandlerContext, dispatch_each
@@ -1184,9 +1184,10 @@ class Coordinator:
         await notifications.notify(ctx.conn, self.notices, notice)
 
     async def on_notice_outcome(self, ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
-        """A notice that could not be delivered is on the timeline (through its EffectCompleted) and logged."""
+        """Count each notice's outcome; one not delivered is also on the timeline (its EffectCompleted) and logged."""
+        key = notifications.parse_key(outcome.key)
+        metrics.NOTIFICATIONS.labels(key.channel, key.kind, outcome.status).inc()
         if outcome.status != "succeeded":
-            key = notifications.parse_key(outcome.key)
             log.error(
                 "incident %s: %s notice to %s by %s %s: %s",
                 effect.subject,

@@ -19,7 +19,14 @@ from services.detector import adapters, classification, commands, correlation, d
 from services.detector.adapters import FORMAT_HEADER, Parsed, Rejected
 from services.detector.classification import Classifier
 from services.detector.correlation import CorrelationError, CorrelationRules
-from services.detector.metrics import ALERTS, INCIDENTS_OPENED, RECORDS, RULE_RELOADS
+from services.detector.metrics import (
+    ALERTS,
+    ALERTS_BY_SOURCE,
+    INCIDENTS_OPENED,
+    RECORDS,
+    RULE_RELOADS,
+    SOURCE_LABELS,
+)
 from services.detector.suppressor import SUPPRESSION_ENDED, Suppressions
 from shared import timers
 from shared.alerts import Alert
@@ -71,6 +78,21 @@ def decode(record: Any) -> tuple[str, Parsed | Any]:
 def _records(format_name: str, outcome: str) -> Any:
     # A metric's child per label pair, looked up once: decoding is the detector's hottest path.
     return RECORDS.labels(format_name, outcome)
+
+
+_labelled_sources: set[str] = set()
+
+
+def _count_sources(alerts: Sequence[Alert]) -> None:
+    """Count a batch's alerts by source and format: one increment per pair, not per alert."""
+    pairs = Counter((a.source, a.format) for a in alerts)
+    for (source, format_name), n in pairs.items():
+        if source not in _labelled_sources:
+            if len(_labelled_sources) >= SOURCE_LABELS:
+                source = "other"
+            else:
+                _labelled_sources.add(source)
+        ALERTS_BY_SOURCE.labels(source, format_name).inc(n)
 
 
 @dataclass
@@ -155,6 +177,7 @@ class Detector:
     async def handle(self, ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
         alerts = [alert for inbound in batch if isinstance(inbound.item, Parsed) for alert in inbound.item.alerts]
         if alerts:
+            _count_sources(alerts)
             await self.handle_alerts(ctx, alerts)
         for inbound in batch:
             event = inbound.item

@@ -10,6 +10,14 @@ ALERTS = Counter(
     "raising nothing - as silenced, maintenance or inhibited (each sighting).",
     ["outcome"],
 )
+ALERTS_BY_SOURCE = Counter(
+    "vigil_detector_alerts_received",
+    "Alerts read from raw records, by source (the tool or sender as the alert names it; past the first "
+    "SOURCE_LABELS distinct ones, `other`) and format; vigil_detector_alerts says what became of them.",
+    ["source", "format"],
+)
+# Distinct sources that get a label of their own: the source is the sender's text, so it is bounded here.
+SOURCE_LABELS = 100
 INCIDENTS_OPENED = Counter("vigil_incidents_opened", "Incidents opened.", ["type", "severity"])
 RECORDS = Counter(
     "vigil_detector_records",

@@ -1059,6 +1059,8 @@ class Responder:
         )
         row["state"] = to_state
         metrics.STEPS.labels(to_state).inc()
+        if to_state in metrics.ACTION_OUTCOMES:
+            metrics.ACTIONS.labels(row.get("connector") or "none", to_state).inc()
         ctx.emit(
             ResponseStepChanged(
                 source=SOURCE,

@@ -9,6 +9,14 @@ STEPS = Counter(
     "succeeded), skipped, cancelled (no longer in a revised plan), rolled_back (its lease ended).",
     ["state"],
 )
+ACTIONS = Counter(
+    "vigil_responder_actions",
+    "Response actions that ended, by connector and outcome: succeeded, failed, refused, denied, simulated, "
+    "skipped, cancelled.",
+    ["connector", "outcome"],
+)
+# The states in which a step has ended, each an outcome of ACTIONS.
+ACTION_OUTCOMES = frozenset({"succeeded", "failed", "refused", "denied", "simulated", "skipped", "cancelled"})
 TRUNCATED = Counter(
     "vigil_responder_plan_actions_truncated",
     "Runnable steps left out of a plan event past its bound (the plan record holds them all).",

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from services.coordinator import api, domain, escalation, notifications, tasks
 from services.coordinator.handlers import Coordinator
@@ -262,9 +263,14 @@ async def test_the_commander_is_paged_once_through_a_signed_webhook_and_hears_of
         notifications.effect_kinds(notices, on_outcome=coordinator.on_notice_outcome),
         poll_s=0.05,
     )
+    counted_before = {kind: notices_counted("webhook", kind) for kind in ("escalation", "state_changed")}
     task = asyncio.create_task(runner.run())
     try:
         await eventually(lambda: _truthy(len(received) >= 2))
+        # Each delivery is counted by channel, kind and outcome once its outcome is recorded.
+        await eventually(
+            lambda: _truthy(all(notices_counted("webhook", kind) == n + 1 for kind, n in counted_before.items()))
+        )
         await asyncio.sleep(0.3)  # nothing more arrives
     finally:
         task.cancel()
@@ -285,6 +291,11 @@ async def test_the_commander_is_paged_once_through_a_signed_webhook_and_hears_of
 
 async def _truthy(value: bool) -> bool:
     return value
+
+
+def notices_counted(channel: str, kind: str, outcome: str = "succeeded") -> float:
+    labels = {"channel": channel, "kind": kind, "outcome": outcome}
+    return REGISTRY.get_sample_value("vigil_coordinator_notifications_total", labels) or 0.0
 
 
 async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its_conversation(

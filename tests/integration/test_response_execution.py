@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -282,12 +283,26 @@ def counted(state: str) -> float:
     return REGISTRY.get_sample_value("vigil_responder_steps_total", {"state": state}) or 0.0
 
 
+def actions_ended() -> Counter[tuple[str, str]]:
+    """vigil_responder_actions_total as it stands, by (connector, outcome)."""
+    return Counter(
+        {
+            (sample.labels["connector"], sample.labels["outcome"]): sample.value
+            for metric in REGISTRY.collect()
+            if metric.name == "vigil_responder_actions"
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+    )
+
+
 # ---- tests -------------------------------------------------------------------------------------
 
 
 async def test_a_plan_waits_for_approval_then_runs_in_order_through_a_signed_webhook_and_the_blocklist(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
+    ended_before = actions_ended()
     async with receiver() as far:
         responder = responder_for(pool, far)
         event = IncidentAnalyzed(source="/test", subject="inc-1", data=analysis(Severity.SEV2))
@@ -317,6 +332,10 @@ async def test_a_plan_waits_for_approval_then_runs_in_order_through_a_signed_web
             "isolate web-1": "succeeded",
             "block 203.0.113.7": "succeeded",
         }
+        connectors = [r["connector"] for r in await pool.fetch("SELECT connector FROM responder_steps")]
+        ended = actions_ended()
+        ended.subtract(ended_before)
+        assert +ended == Counter((connector, "succeeded") for connector in connectors)
         [sent] = far.bodies
         step = await fetch_one(pool, "SELECT * FROM responder_steps WHERE step = 'isolate'")
         assert far.keys == [step["id"]] and far.refused == 0

@@ -6,10 +6,12 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client import REGISTRY
 
+from services.detector import handlers
 from services.detector.adapters import Parsed, Rejected
 from services.detector.handlers import decode
-from tests.factories import alert_dict
+from tests.factories import alert, alert_dict
 
 
 def raw(value: bytes, *, offset: int = 0, headers: list[tuple[str, bytes]] | None = None) -> SimpleNamespace:
@@ -57,3 +59,26 @@ def test_invalid_records_are_refused_with_a_code_and_a_reason(value: bytes, code
     with pytest.raises(Rejected, match=reason) as refused:
         decode(raw(value))
     assert refused.value.code == code
+
+
+def _received(source: str, format_name: str) -> float:
+    labels = {"source": source, "format": format_name}
+    return REGISTRY.get_sample_value("vigil_detector_alerts_received_total", labels) or 0.0
+
+
+def test_alerts_are_counted_by_source_and_format_with_the_sources_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handlers, "_labelled_sources", set())
+    monkeypatch.setattr(handlers, "SOURCE_LABELS", 2)
+    before = {s: _received(s, "falco") for s in ("src-a", "src-b", "other")}
+    handlers._count_sources(
+        [
+            alert(source="src-a", format="falco"),
+            alert(source="src-a", format="falco"),
+            alert(source="src-b", format="falco"),
+        ]
+    )
+    handlers._count_sources([alert(source="src-c", format="falco"), alert(source="src-a", format="falco")])
+    after = {s: _received(s, "falco") - before[s] for s in before}
+    # Past the bound a new source is counted as other; sources labelled before keep their label.
+    assert after == {"src-a": 3, "src-b": 1, "other": 1}
+    assert _received("src-c", "falco") == 0

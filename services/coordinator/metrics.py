@@ -1,0 +1,10 @@
+"""The coordinator's own metrics."""
+
+from prometheus_client import Counter
+
+NOTIFICATIONS = Counter(
+    "vigil_coordinator_notifications",
+    "Notices whose delivery ended, by channel (as configured), kind (escalation, update, ...) and outcome: "
+    "succeeded, failed (refused for good) or parked (out of attempts).",
+    ["channel", "kind", "outcome"],
+)
