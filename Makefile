@@ -41,7 +41,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install  ## detector alerts/s against a faust baseline, scaling, end to end at fixed rates, memory; targets
+bench: install  ## every benchmark: detector vs a faust baseline, scaling, latency, end to end, responder, analyzer, reporter, leases, stream windows; targets
 	$(BIN)/python -m bench.run
 
 bench-responder: install  ## playbook steps planned, enqueued and executed per second (Postgres only)
