@@ -1,7 +1,8 @@
 """Hostile text in the APIs' text fields is stored and shown verbatim, never run as SQL, a template or a command.
 
-An operator's note, an edit's title and reason, an incident's title from the detector, a silence's comment
-and a maintenance window's name carry SQL, Jinja, shell and HTML/JS; each comes back byte for byte from the
+An operator's note, an edit's title and reason, an assignment's note, a task's done note, an incident's
+title from the detector, a silence's comment and a maintenance window's name carry SQL, Jinja, shell
+and HTML/JS; each comes back byte for byte from the
 API that stores it and from the reporter's read API (through the events the coordinator emits), and the
 tables the SQL names are still there.
 """
@@ -17,6 +18,7 @@ import pytest
 from services.coordinator import api as coordinator_api
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
+from services.coordinator.tasks_api import tasks_router
 from services.detector import suppression_api
 from services.reporter import api as reporter_api
 from services.reporter.handlers import handle as reporter_handle
@@ -60,14 +62,27 @@ async def test_hostile_text_is_stored_and_shown_verbatim(
     def runtime(service: str) -> Runtime:
         return Runtime(service=service, settings=secured, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
 
-    coordinator_app = build_app(runtime("coordinator"), coordinator_api.routers(runtime("coordinator"), coordinator))
+    coordinator_app = build_app(
+        runtime("coordinator"),
+        [
+            *coordinator_api.routers(runtime("coordinator"), coordinator),
+            tasks_router(runtime("coordinator"), coordinator.templates, on_done=coordinator.on_task_done),
+        ],
+    )
+    task_ids = [
+        row["id"]
+        for row in await pool.fetch(
+            "SELECT id FROM coordinator_tasks WHERE incident_id = $1 AND state = 'open' ORDER BY position", INCIDENT
+        )
+    ]
+    assert len(task_ids) >= len(HOSTILE), "the incident's runbook has a task for each text"
     detector_app = build_app(runtime("detector"), [suppression_api.router(runtime("detector"))])
     async with (
         serve_app(coordinator_app, name="coordinator-api") as coordinator_url,
         serve_app(detector_app, name="detector-api") as detector_url,
         httpx.AsyncClient(headers=headers) as client,
     ):
-        for text in HOSTILE:
+        for n, text in enumerate(HOSTILE):
             noted = await client.post(
                 f"{coordinator_url}/api/v1/incidents/{INCIDENT}/notes", json={"actor": "x", "note": text}
             )
@@ -78,6 +93,16 @@ async def test_hostile_text_is_stored_and_shown_verbatim(
             )
             assert edited.status_code == 200, edited.text
             assert edited.json()["title"] == text
+            assigned = await client.post(
+                f"{coordinator_url}/api/v1/incidents/{INCIDENT}/assign",
+                json={"actor": "x", "person": f"scribe-{n}@example.com", "role": "scribe", "note": text},
+            )
+            assert assigned.status_code == 200, assigned.text
+            done = await client.post(
+                f"{coordinator_url}/api/v1/tasks/{task_ids.pop(0)}/done", json={"actor": "x", "note": text}
+            )
+            assert done.status_code == 200, done.text
+            assert done.json()["note"] == text
 
             silenced = await client.post(
                 f"{detector_url}/api/v1/silences",
@@ -112,6 +137,7 @@ async def test_hostile_text_is_stored_and_shown_verbatim(
     assert incident["title"] == HOSTILE[-1]
     said = "\n".join(f"{entry['summary']}" for entry in timeline)
     for text in HOSTILE:
-        assert text in said, f"{text!r} is not on the timeline verbatim"
+        # A note, an edit's reason, an assignment's note and a task's note: each line holds the text whole.
+        assert said.count(text) >= 4, f"{text!r} is not on the timeline verbatim wherever it was given"
     # The SQL was text: the table it names is still there, with the entries.
     assert await pool.fetchval("SELECT count(*) FROM reporter_timeline") >= len(HOSTILE)
