@@ -144,6 +144,27 @@ class OutboxRelay:
                 with contextlib.suppress(Exception):  # closing releases the lock and the listener anyway
                     await conn.close(timeout=5)
 
+    async def flush(self) -> int:
+        """Publish every row left, holding the relay's lock; return how many went.
+
+        A stopping service calls this once its relay, consumer and background work have ended: rows
+        written in the last moments go now rather than at the next start. Where another replica
+        holds the lock, it publishes them, and this returns 0.
+        """
+        conn = await self.connect()
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", f"outbox:{self.service}"):
+                return 0
+            sent = 0
+            while True:
+                report = await self.publish_pending()
+                sent += report.sent
+                if report.sent + report.parked < self.batch_size:
+                    return sent
+        finally:
+            with contextlib.suppress(Exception):  # closing releases the lock anyway
+                await conn.close(timeout=5)
+
     async def publish_pending(self) -> PublishReport:
         """Publish one batch of unsent rows, mark them sent and park those refused for good.
 

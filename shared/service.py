@@ -316,9 +316,16 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
                 )
         if finishing is not None:
             await finishing
-        for task in tasks:
+        # Everything that writes outbox rows ends first, then the relay; what it left is flushed last.
+        publishing = next(task for task in tasks if task.get_name() == "outbox-relay")
+        writers = tasks - {publishing}
+        for task in writers:
             task.cancel()
-        ended, stuck = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+        ended, stuck = await asyncio.wait(writers, timeout=CLOSE_TIMEOUT_S)
+        publishing.cancel()
+        relay_ended, relay_stuck = await asyncio.wait({publishing}, timeout=CLOSE_TIMEOUT_S)
+        ended |= relay_ended
+        stuck |= relay_stuck
         if stuck:
             log.warning(
                 "%s: %s did not end within %gs of being cancelled; left to the process's exit",
@@ -326,6 +333,7 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
                 ", ".join(sorted(task.get_name() for task in stuck)),
                 CLOSE_TIMEOUT_S,
             )
+        await _flush(relay, spec.name)
         ordered = sorted(ended, key=lambda task: task not in done)  # what ended first is the likely cause
         failures = [
             (task, error) for task in ordered if not task.cancelled() and (error := task.exception()) is not None
@@ -335,6 +343,18 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         if failures:
             raise failures[0][1]
         log.info("%s stopped", spec.name)
+
+
+async def _flush(relay: OutboxRelay, service: str) -> None:
+    """The outbox rows written while the service stopped, published now; else at the next start."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            sent = await relay.flush()
+    except Exception as exc:
+        log.warning("%s: outbox rows left unpublished at stop, sent at the next start: %r", service, exc)
+        return
+    if sent:
+        log.info("%s: %d outbox row(s) written while stopping published", service, sent)
 
 
 def _bounded(

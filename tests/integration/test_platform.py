@@ -147,6 +147,36 @@ async def test_only_one_relay_publishes_and_a_standby_takes_over(
         await producer.stop()
 
 
+async def test_a_stopping_relay_flushes_what_is_left_unless_another_replica_holds_the_lock(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    producer = make_producer(settings, client_id="flush")
+    await producer.start()
+    try:
+        relay = OutboxRelay(
+            service="analyzer", pool=pool, producer=producer, connect=lambda: connect(settings.database_url)
+        )
+        late = analysed("inc-1", "late")
+        held = await connect(settings.database_url)
+        try:
+            assert await held.fetchval("SELECT pg_try_advisory_lock(hashtext('outbox:analyzer'))")
+            async with pool.acquire() as conn, conn.transaction():
+                await write_events(conn, service="analyzer", names=names, events=[late])
+            assert await relay.flush() == 0  # the replica that holds the lock publishes it
+        finally:
+            await held.close()
+        more = [analysed("inc-1", f"later {n}") for n in range(3)]
+        async with pool.acquire() as conn, conn.transaction():
+            await write_events(conn, service="analyzer", names=names, events=more)
+        assert await relay.flush() == 4
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+    finally:
+        await producer.stop()
+    records = await read_all(settings, names(ANALYSES), expect=4)
+    read = [cloudevents.decode(r.value, r.headers) for r in records]
+    assert [e.id for e in read] == [e.id for e in (late, *more)]
+
+
 # ---- timers ---------------------------------------------------------------------------------
 
 
