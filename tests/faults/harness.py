@@ -439,7 +439,8 @@ async def settle(stack: Stack, *, alerts: int, timeout: float) -> Settled:
                           (SELECT count(*) FROM timers WHERE fired_at IS NULL AND cancelled_at IS NULL
                                AND parked_at IS NULL AND due_at < now()) AS timers,
                           (SELECT count(*) FROM responder_steps
-                               WHERE state = 'awaiting_approval' AND connector = 'webhook') AS waiting"""
+                               WHERE state = 'awaiting_approval' AND connector = 'webhook')
+                        + (SELECT count(*) FROM analyzer_incidents WHERE pending_event IS NOT NULL) AS waiting"""
             )
             assert state is not None
             lag = await asyncio.to_thread(consumer_lag, stack.settings)

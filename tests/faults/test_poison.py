@@ -172,8 +172,17 @@ async def test_poison_is_dead_lettered_with_its_reason_and_the_partitions_keep_f
 
 
 async def _caught_up(settings: VigilSettings) -> bool:
+    """Every group has read everything, and nothing waits to be published: no outbox row, no analysis."""
     import asyncio
 
     from tests.faults.accounting import consumer_lag
 
-    return not any((await asyncio.to_thread(consumer_lag, settings)).values())
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        waiting = await conn.fetchval(
+            """SELECT (SELECT count(*) FROM analyzer_incidents WHERE pending_event IS NOT NULL)
+                    + (SELECT count(*) FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL)"""
+        )
+    finally:
+        await conn.close()
+    return not waiting and not any((await asyncio.to_thread(consumer_lag, settings)).values())
