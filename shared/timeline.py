@@ -111,7 +111,7 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             actor = d.actor
             on = f" on {d.target}" if d.target else ""
             summary = f"lease of {d.action!r}{on} {d.change.replace('_', ' ')}, now {d.state.replace('_', ' ')}"
-            if d.due_at is not None and d.state in ("active", "extended"):
+            if d.due_at is not None and d.state in ("active", "extended") and not d.reason:
                 summary += f", undone at {d.due_at.isoformat(timespec='seconds')}"
             if d.change == "created" and d.offence > 1:
                 summary += f" (offence {d.offence}: {d.duration_s} s)"

@@ -13,28 +13,35 @@ import contextlib
 import json
 import statistics
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from services.reporter import repository as reporter_repository
+from services.reporter.handlers import handle as reporter_handle
+from services.reporter.measures import DEFAULT_SLA
+from services.reporter.reports import postmortem
 from services.responder import api, blocklist, domain
 from services.responder.approvals import parse_policy
 from services.responder.connectors import load_connectors, parse_connectors_config
 from services.responder.guardrails import parse_guardrails
 from services.responder.handlers import Execution, Responder
 from services.responder.leases import RepeatOffenders
-from shared.consumer import HandlerContext, write_context
+from shared.consumer import HandlerContext, Inbound, write_context
 from shared.db import connect
 from shared.effects import EffectRunner
-from shared.events import Analysis, IncidentAnalyzed, IncidentType, Indicator, Severity
+from shared.events import Analysis, IncidentAnalyzed, IncidentDetected, IncidentType, Indicator, Severity
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
 from shared.topics import TopicNames
+from tests.factories import snapshot
 from tests.helpers import eventually, serve_app
+from tests.integration.test_merge import outbox_events
 from tests.integration.test_response_execution import GUARDRAILS, handle, vigil_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
@@ -310,3 +317,45 @@ async def _timer_due(pool: asyncpg.Pool, step_id: str) -> object:
            WHERE kind = 'lease_expiry' AND subject = $1 AND fired_at IS NULL AND cancelled_at IS NULL""",
         step_id,
     )
+
+
+async def test_the_reporter_tells_what_the_responder_did_from_its_own_events(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    """The real responder's events (blocks, their checks, their leases ending and the undos' checks) on the
+    reporter's timeline, in its post-mortem and in its effectiveness figure."""
+    ips = ["203.0.113.21", "203.0.113.22"]
+    responder = lease_responder(pool, lease="1s")
+    await handle(pool, names, responder, breach("inc-told", ips))
+    async with responder_running(responder, settings, pool, names):
+        await eventually(all_are(pool, "inc-told", len(ips), "reverted"))
+        await eventually(lambda: _undos_checked(pool, "inc-told"))
+    detected = IncidentDetected(
+        source="/vigil/detector", subject="inc-told", data=snapshot(title="Brute force from two addresses")
+    )
+    events = [detected, breach("inc-told", ips), *await outbox_events(pool, "responder")]
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=names)
+        await reporter_handle(ctx, [Inbound[Any](event_id=e.id, item=e, record=None) for e in events])
+        await write_context(conn, ctx)
+    async with pool.acquire() as conn:
+        timeline = [t["summary"] for t in await reporter_repository.list_timeline(conn, incident_id="inc-told")]
+        bundle = await reporter_repository.incident_bundle(conn, incident_id="inc-told")
+        [times] = [t for t in await reporter_repository.list_incident_times(conn) if t.id == "inc-told"]
+    for ip in ips:
+        for line in (
+            f"step 'Block address: {ip}' validated: listed=True",
+            f"lease of 'block' on {ip} created, now active: in force until",
+            f"lease of 'block' on {ip} expired, now reverting: the lease ended",
+            f"lease of 'block' on {ip} reverted, now reverted: lease ended: undone",
+            f"undo of step 'Block address: {ip}' validated: listed=False",
+        ):
+            assert any(t.startswith(line) for t in timeline), f"{line!r} is not on the timeline"
+    assert not any(line.startswith("vigil.") for line in timeline), "every event says what it means"
+    assert bundle is not None
+    report = postmortem(bundle, fmt="md", sla=DEFAULT_SLA, now=datetime.now(UTC))
+    for ip in ips:
+        assert f"| {ip} | rolled_back |" in report.replace("containment | ", "")
+    assert "yes, validated" in report
+    # Both blocks ran and held: the incident's effectiveness is whole.
+    assert (times.executed, times.validated) == (len(ips), len(ips))
