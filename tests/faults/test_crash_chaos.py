@@ -20,7 +20,7 @@ from tests.faults.harness import SEED, Feed, Stack, feed_alerts, settle
 
 pytestmark = [pytest.mark.faults, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(900)]
 
-ALERTS = 3000
+ALERTS = 5000
 WAVES = 10
 EVERY_S = 5.0  # between waves: the feed lasts about WAVES * EVERY_S seconds
 HOSTS = 12
