@@ -9,6 +9,7 @@ carries the analysis, and so does every page after it.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.analyzer import attack, intel
+from services.analyzer import assets, attack, intel
 from services.analyzer.handlers import analyse_incident
 from services.analyzer.handlers import handle as analyzer_handle
 from services.coordinator.handlers import ACK_DEADLINE, SERVICE, Coordinator
@@ -37,6 +38,8 @@ from shared.timers import TimerPoller
 from shared.topics import ALERTS_RAW, INCIDENTS, TopicNames
 from tests.factories import snapshot
 from tests.helpers import committed, consume_loop, eventually, produce
+from tests.unit.test_intel import indicator as stix_indicator
+from tests.unit.test_intel import stix_bundle
 
 CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus"
 
@@ -261,3 +264,72 @@ async def test_the_commanders_pages_carry_the_analysis(pool: asyncpg.Pool, names
     assert second_page.data.analysis.root_cause == analysed.data.root_cause
     pages = await pool.fetch("SELECT key, payload FROM effects WHERE key LIKE 'inc-ssh:escalation:step-1:%'")
     assert pages and all("Patient zero: Patient zero is host i-99999999" in str(p["payload"]) for p in pages)
+
+
+FEED_ADDRESSES = {
+    "list": "49.88.112.76",
+    "csv": "59.11.81.231",
+    "stix": "1.183.190.110",
+    "misp": "72.5.123.29",
+}
+INVENTORY = """
+assets:
+  - kind: host
+    identifier: i-99999999
+    owner: platform-team
+    business_service: payments
+    criticality: 1
+    data_classification: restricted
+    tags: [crown-jewel]
+"""
+
+
+@needs_corpus
+async def test_feeds_of_every_format_and_an_inventory_weigh_the_corpus_incidents(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    csv_feed = (
+        '# "first_seen_utc","ioc_id","ioc_value","ioc_type","threat_type","fk_malware","malware_alias",'
+        '"malware_printable","last_seen_utc","confidence_level","reference","tags","anonymous","reporter"\n'
+        f'"2024-03-01 10:00:00", "1", "{FEED_ADDRESSES["csv"]}:22", "ip:port", "botnet_cc", "elf.mirai", "None",'
+        ' "Mirai", "", "75", "", "ssh", "0", "abuse_ch"\n'
+    )
+    stix_feed = stix_bundle(
+        stix_indicator(7, f"[ipv4-addr:value = '{FEED_ADDRESSES['stix']}']", indicator_types=["malicious-activity"])
+    )
+    misp_feed = {
+        "Event": {
+            "uuid": "5e5d1d8a-0000-4000-8000-000000000007",
+            "info": "SSH scanners",
+            "date": "2024-02-01",
+            "Attribute": [{"uuid": "s-1", "type": "ip-src", "value": FEED_ADDRESSES["misp"], "to_ids": True}],
+        }
+    }
+    async with pool.acquire() as conn:
+        feeds = {
+            "list": intel.parse_list(FEED_ADDRESSES["list"] + "\n", defaults=intel.FeedDefaults(verdict="suspicious")),
+            "csv": intel.parse_csv(csv_feed),
+            "stix": intel.parse_stix(stix_feed),
+            "misp": intel.parse_misp(json.dumps(misp_feed)),
+        }
+        for source, entries in feeds.items():
+            assert await intel.load_feed(conn, source=f"{source}-feed", entries=entries) == 1, source
+        async with conn.transaction():
+            await assets.import_catalog(conn, assets.parse(INVENTORY, source="inventory.yaml", format_name="yaml"))
+    analyses = await analyse_corpus(settings, pool, names)
+
+    # Each format's entry reached the indicator the corpus's alerts name, with its feed.
+    found = {i.value: i for a in analyses.values() for i in a.indicators if i.value in FEED_ADDRESSES.values()}
+    for source, address in FEED_ADDRESSES.items():
+        assert address in found, f"no corpus incident names {address} ({source})"
+        assert found[address].feeds == [f"{source}-feed"] and found[address].verdict is not None, found[address]
+    # The inventory's crown jewel weighs the GuardDuty incident on it.
+    _, ssh = one(analyses, host="i-99999999")
+    assert ssh.impact is not None
+    assert (ssh.impact.systems, ssh.impact.business_services, ssh.impact.crown_jewels) == (
+        ["i-99999999"],
+        ["payments"],
+        ["i-99999999"],
+    )
+    assert (ssh.impact.most_critical, ssh.impact.data_at_risk) == (1, "restricted")
+    assert ssh.severity_recommendation is not None and ssh.severity_recommendation.reasons
