@@ -11,6 +11,7 @@ from shared.events import (
     AddNote,
     AlertRepeat,
     AlertResolution,
+    AlertsSuppressed,
     ApproveStep,
     AssignRole,
     ChangeOffered,
@@ -70,6 +71,14 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = f"{d.severity.value} {d.type.value} detected: {d.title} ({d.classification_reason})"
         case IncidentUpdated(data=d):
             summary = f"{len(d.new_alerts)} more alert(s), {d.alert_count} in all; now {d.severity.value}"
+        case AlertsSuppressed(data=d):
+            named = _listing([a.key for a in d.alerts[:KEYS_NAMED]], len(d.alerts))
+            by = d.suppressed_by
+            # An inhibition's reason names the inhibiting alert; a silence's or window's, not its id.
+            ref = {"silence": f" (silence {by.id})", "maintenance": f" (window {by.id})"}.get(by.kind, "")
+            summary = f"{len(d.alerts)} alert(s) held back from incidents ({named}): {by.reason}{ref}"
+            if d.parts > 1:
+                summary += f" (part {d.part} of {d.parts})"
         case IncidentAlertsChanged(data=d):
             summary = _alerts_changed(d.repeated, d.resolved, firing=d.firing, alert_count=d.alert_count)
             if d.all_resolved:
