@@ -14,13 +14,16 @@ from services.detector.classification import SeverityPolicy, parse_rules
 from services.detector.suppression import Suppression
 from shared.alerts import Alert, AlertKind, AlertSeverity
 from shared.events import (
+    AlertCorrelation,
     AlertRepeat,
     AlertResolution,
     AlertsChange,
     AlertsSuppressed,
+    AlertSummary,
     IncidentAlertsChanged,
     IncidentSnapshot,
     IncidentType,
+    IncidentUpdated,
     ResolutionSuggested,
     ResolutionSuggestion,
     Severity,
@@ -29,7 +32,7 @@ from shared.events import (
     SuppressedBy,
 )
 from shared.timeline import TimelineEntry, timeline_entry
-from tests.factories import T0, alert
+from tests.factories import T0, alert, snapshot
 
 WINDOW = timedelta(minutes=30)
 
@@ -548,6 +551,36 @@ def test_suppressed_alerts_are_split_into_bounded_parts_with_every_alert_once() 
 
 
 # ---- on the timeline ---------------------------------------------------------------------------
+
+
+def _joined(key: str, rule: str, **values: str) -> AlertSummary:
+    reason = AlertCorrelation(rule=rule, type="entity" if rule == "entity" else "temporal_ordered", key=values)
+    return domain.summarise(alert(id=key), reason=reason)
+
+
+def _updated(*alerts: AlertSummary) -> str:
+    data = snapshot(new_alerts=list(alerts), alert_count=7, severity=Severity.SEV2)
+    return timeline_entry(IncidentUpdated(source="/vigil/detector", subject="inc-1", data=data)).summary
+
+
+def test_more_alerts_say_why_they_joined() -> None:
+    same = [_joined(f"a{n}", "brute-force-then-login", user="alice") for n in range(3)]
+    assert _updated(*same) == "3 more alert(s) (rule brute-force-then-login: user=alice), 7 in all; now SEV2"
+    mixed = [*same, _joined("e", "entity", host="web-01")]
+    assert _updated(*mixed) == (
+        "4 more alert(s) (rule brute-force-then-login: user=alice; entity host=web-01), 7 in all; now SEV2"
+    )
+    # Without a reason (from an older detector): as before.
+    assert _updated(domain.summarise(alert(id="x"))) == "1 more alert(s), 7 in all; now SEV2"
+
+
+def test_many_reasons_are_named_a_few_then_counted() -> None:
+    many = [_joined(f"a{n}", f"rule-{n}", user="u" * 500) for n in range(10)]
+    line = _updated(*many)
+    assert line.startswith("10 more alert(s) (rule rule-0: user=uuu")
+    assert line.endswith(" and 7 more), 7 in all; now SEV2")
+    assert line.count("rule rule-") == 3
+    assert len(line) < 500
 
 
 def test_suppressed_alerts_say_what_held_them_back() -> None:
