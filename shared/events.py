@@ -218,6 +218,46 @@ class AlertsChange(Payload):
     parts: int = Field(1, ge=1, description="How many events carry this batch's changes of the incident.")
 
 
+class SuppressedBy(Payload):
+    """What held alerts back from incidents: a silence, a maintenance window or a firing alert's inhibition."""
+
+    kind: Literal["silence", "maintenance", "inhibition"] = Field(
+        description="silence (silenced), maintenance (in a maintenance window) or inhibition (inhibited)."
+    )
+    id: str = Field(description="The silence's or the maintenance window's id, or the inhibiting alert's key.")
+    name: str = Field(description="The silence's comment, the maintenance window's name, or the inhibition rule's.")
+    reason: str = Field(description="Why, in words: who silenced until when, the window's span, the inhibiting alert.")
+
+
+class SuppressedAlertSummary(Payload):
+    """A suppressed alert as its history shows it: a subset of ``AlertSummary``, each field bounded."""
+
+    key: str
+    source: str
+    title: str
+    severity: AlertSeverity
+    time: AwareDatetime
+    host: str | None = None
+    format: str = "native"
+    occurrence: str = Field(
+        description="The same for every sighting while the alert stays held back; held back again after it "
+        "was released, it is a new occurrence."
+    )
+    repeats: int = Field(0, ge=0, description="Sightings after the first while held back, in all.")
+
+
+class SuppressedAlerts(Payload):
+    """Alerts a batch held back from incidents, stored by the detector, with what held them back."""
+
+    suppressed_by: SuppressedBy
+    alerts: list[SuppressedAlertSummary] = Field(
+        description="New alerts and new sightings of alerts held back before; many are split over several "
+        "events (see `part` and `parts`), each bounded in size."
+    )
+    part: int = Field(1, ge=1, description="Which of the `parts` events carrying one batch's alerts this is.")
+    parts: int = Field(1, ge=1, description="How many events carry the alerts one batch held back by the same.")
+
+
 class ResolutionSuggestion(Payload):
     """Every alert of an open incident has resolved: the commander is asked to resolve it."""
 
@@ -791,6 +831,14 @@ class IncidentAlertsChanged(EventBase):
     data: AlertsChange
 
 
+class AlertsSuppressed(EventBase):
+    """Alerts held back from incidents; about no incident: ``subject`` names what held them back
+    (``silence:ID``, ``maintenance:ID``, ``inhibition:KEY``)."""
+
+    type: Literal["vigil.alert.suppressed.v1"] = "vigil.alert.suppressed.v1"
+    data: SuppressedAlerts
+
+
 class IncidentAnalyzed(EventBase):
     type: Literal["vigil.incident.analyzed.v1"] = "vigil.incident.analyzed.v1"
     data: Analysis
@@ -947,6 +995,7 @@ Event = Annotated[
     IncidentDetected
     | IncidentUpdated
     | IncidentAlertsChanged
+    | AlertsSuppressed
     | IncidentAnalyzed
     | ResponsePlanned
     | ResponseStepChanged
@@ -985,6 +1034,7 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     IncidentDetected,
     IncidentUpdated,
     IncidentAlertsChanged,
+    AlertsSuppressed,
     IncidentAnalyzed,
     ResponsePlanned,
     ResponseStepChanged,

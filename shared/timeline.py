@@ -9,8 +9,11 @@ from datetime import UTC
 from shared.events import (
     AcknowledgeIncident,
     AddNote,
+    AlertCorrelation,
     AlertRepeat,
     AlertResolution,
+    AlertsSuppressed,
+    AlertSummary,
     ApproveStep,
     AssignRole,
     ChangeOffered,
@@ -48,6 +51,9 @@ from shared.events import (
 
 # How many alert keys one timeline line names before it says how many more there are.
 KEYS_NAMED = 3
+# How many distinct reasons alerts joined an incident for a line names, and how long each may be.
+REASONS_NAMED = 3
+REASON_CHARS = 120
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,16 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
         case IncidentDetected(data=d):
             summary = f"{d.severity.value} {d.type.value} detected: {d.title} ({d.classification_reason})"
         case IncidentUpdated(data=d):
-            summary = f"{len(d.new_alerts)} more alert(s), {d.alert_count} in all; now {d.severity.value}"
+            why = _why_joined(d.new_alerts)
+            summary = f"{len(d.new_alerts)} more alert(s){why}, {d.alert_count} in all; now {d.severity.value}"
+        case AlertsSuppressed(data=d):
+            named = _listing([a.key for a in d.alerts[:KEYS_NAMED]], len(d.alerts))
+            by = d.suppressed_by
+            # An inhibition's reason names the inhibiting alert; a silence's or window's, not its id.
+            ref = {"silence": f" (silence {by.id})", "maintenance": f" (window {by.id})"}.get(by.kind, "")
+            summary = f"{len(d.alerts)} alert(s) held back from incidents ({named}): {by.reason}{ref}"
+            if d.parts > 1:
+                summary += f" (part {d.part} of {d.parts})"
         case IncidentAlertsChanged(data=d):
             summary = _alerts_changed(d.repeated, d.resolved, firing=d.firing, alert_count=d.alert_count)
             if d.all_resolved:
@@ -219,6 +234,26 @@ def _alerts_changed(
         named = [r.key for r in resolved[:KEYS_NAMED]]
         said.append(f"{len(resolved)} resolved ({_listing(named, len(resolved))})")
     return f"{'; '.join(said) or 'alerts unchanged'}; {firing} of {alert_count} still firing"
+
+
+def _why_joined(alerts: Sequence[AlertSummary]) -> str:
+    """Say why alerts joined their incident, naming a few distinct reasons: `` (rule r: user=alice)``."""
+    reasons = list(dict.fromkeys(_reason(a.correlation) for a in alerts if a.correlation is not None))
+    if not reasons:
+        return ""
+    named = reasons[:REASONS_NAMED]
+    more = f" and {len(reasons) - len(named)} more" if len(reasons) > len(named) else ""
+    return f" ({'; '.join(named)}{more})"
+
+
+def _reason(correlation: AlertCorrelation) -> str:
+    """`rule brute-force-then-login: user=alice`; the fallback: `entity host=web-01`."""
+    values = ", ".join(f"{name}={value}" for name, value in correlation.key.items())
+    if correlation.type == "entity":
+        said = f"entity {values}" if values else "entity"
+    else:
+        said = f"rule {correlation.rule}" + (f": {values}" if values else "")
+    return said if len(said) <= REASON_CHARS else said[: REASON_CHARS - 1] + "…"
 
 
 def _watched(watch: ContainmentWatch) -> str:

@@ -77,6 +77,17 @@ INCIDENTS = Topic(
         "vigil.incident.split.v1",
     ),
 )
+# Suppressed alerts belong to no incident, and only the reporter wants them (its alert history): a
+# topic of their own spares the incidents topic's other consumers events about no incident.
+ALERTS_SUPPRESSED = Topic(
+    name="vigil.alerts.suppressed",
+    description="Alerts the detector stored but held back from incidents (silenced, in a maintenance window or "
+    "inhibited), with what held them back; keyed by that (`silence:ID`, `maintenance:ID`, `inhibition:KEY`), "
+    "so that one silence's events stay in order.",
+    producers=("detector",),
+    consumers=("reporter",),
+    event_types=("vigil.alert.suppressed.v1",),
+)
 ANALYSES = Topic(
     name="vigil.analyses",
     description="Forensic, impact and threat analysis of incidents.",
@@ -156,6 +167,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     ALERTS_DLQ,
     EVENTS_DLQ,
     INCIDENTS,
+    ALERTS_SUPPRESSED,
     ANALYSES,
     RESPONSES,
     COORDINATION,

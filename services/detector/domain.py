@@ -18,6 +18,7 @@ from pydantic_core import to_json
 from services.detector import classification, correlation
 from services.detector.classification import Classifier, Decision, SeverityPolicy
 from services.detector.correlation import CorrelationRules, Member, Route
+from services.detector.suppression import Suppression
 from shared.alerts import Alert, AlertKind, AlertSeverity, leaves
 from shared.events import (
     AlertCorrelation,
@@ -28,6 +29,9 @@ from shared.events import (
     IncidentSnapshot,
     IncidentType,
     Severity,
+    SuppressedAlerts,
+    SuppressedAlertSummary,
+    SuppressedBy,
     trusted,
 )
 
@@ -410,6 +414,93 @@ def _bounded_tags(tags: list[str]) -> list[str]:
     if len(tags) <= MAX_TAGS and all(len(t) <= MAX_TAG for t in tags):
         return tags
     return [t[:MAX_TAG] for t in tags[:MAX_TAGS]]
+
+
+# ---- suppressed alerts ----------------------------------------------------------------------------
+
+# What a suppressed alert's summary and what held it back take of JSON besides their text: field
+# names, severity, time, counts, brackets. Their text takes at most six bytes a character (escaped).
+_SUPPRESSED_FIXED_BYTES = 300
+
+
+@dataclass(frozen=True)
+class Held:
+    """A suppressed alert as stored: what held it back, its stored occurrence, and its sightings after the first."""
+
+    alert: Alert
+    suppression: Suppression
+    occurrence: int
+    repeats: int
+
+
+def suppressed_events(
+    held: Sequence[Held], *, max_alerts: int = MAX_ALERTS_PER_EVENT, max_bytes: int = MAX_EVENT_BYTES
+) -> list[tuple[str, list[SuppressedAlerts]]]:
+    """Return, for each thing that held alerts back, the events' subject and data, in bounded parts.
+
+    The subject names what held them back (``silence:ID``, ``maintenance:ID``, ``inhibition:KEY``): a
+    suppressed alert has no incident. Every alert is in exactly one part, in the order given.
+    """
+    groups: dict[Suppression, list[SuppressedAlertSummary]] = {}
+    for h in held:
+        groups.setdefault(h.suppression, []).append(summarise_suppressed(h))
+    events = []
+    for suppression, summaries in groups.items():
+        by = SuppressedBy(
+            kind=suppression.kind, id=suppression.by, name=suppression.name, reason=suppression.reason[:MAX_REASON]
+        )
+        room = max_bytes - _text_bound(by.id, by.name, by.reason)
+        chunks = _pack_by_bound(summaries, max_alerts, room=room)
+        parts = [
+            trusted(SuppressedAlerts, suppressed_by=by, alerts=chunk, part=n, parts=len(chunks))
+            for n, chunk in enumerate(chunks, 1)
+        ]
+        events.append((f"{suppression.kind}:{suppression.by}", parts))
+    return events
+
+
+def summarise_suppressed(held: Held) -> SuppressedAlertSummary:
+    """What the suppressed-alerts event carries of an alert: its bounded fields only (the detector keeps it whole)."""
+    a = held.alert
+    return trusted(
+        SuppressedAlertSummary,
+        key=a.key,
+        source=a.source,
+        title=a.title,
+        severity=a.severity,
+        time=a.time,
+        host=a.host,
+        format=a.format,
+        occurrence=str(held.occurrence),
+        repeats=held.repeats,
+    )
+
+
+def _text_bound(*texts: str | None) -> int:
+    """Bytes that the JSON of a summary (or header) holding these texts cannot exceed."""
+    return _SUPPRESSED_FIXED_BYTES + 6 * sum(len(t) for t in texts if t)
+
+
+def _pack_by_bound(
+    summaries: list[SuppressedAlertSummary], max_alerts: int, *, room: int
+) -> list[list[SuppressedAlertSummary]]:
+    """Cut summaries, in order, into runs of at most ``max_alerts`` whose bounds add up to ``room`` at most.
+
+    Measured by bound, not serialised: a summary's fields are a few short texts, each limited by ``Alert``.
+    """
+    chunks: list[list[SuppressedAlertSummary]] = []
+    chunk: list[SuppressedAlertSummary] = []
+    used = 0
+    for summary in summaries:
+        size = _text_bound(summary.key, summary.source, summary.title, summary.host, summary.format, summary.occurrence)
+        if chunk and (len(chunk) == max_alerts or used + size > room):
+            chunks.append(chunk)
+            chunk, used = [], 0
+        chunk.append(summary)
+        used += size
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from shared.consumer import HandlerContext, Inbound, decode_cloudevent
 from shared.events import (
     AlertRepeat,
     AlertResolution,
+    AlertsSuppressed,
     DetachAlerts,
     IncidentAlertsChanged,
     IncidentDetected,
@@ -107,6 +108,7 @@ class Stored:
     waiting: int = 0  # new alerts waiting for their correlation rule's condition
     released: int = 0  # alerts that waited before and joined the incident their rule opened now
     held: Counter[str] = field(default_factory=Counter)  # suppressed sightings by outcome
+    suppressed: list[domain.Held] = field(default_factory=list)  # the alerts held back, as stored
 
 
 ENDED = frozenset({IncidentState.RESOLVED, IncidentState.CLOSED})
@@ -200,6 +202,8 @@ class Detector:
         for change in stored.changes:
             self._emit_snapshots(ctx, change)
         self._emit_alert_changes(ctx, stored)
+        if stored.suppressed:
+            self._emit_suppressed(ctx, stored.suppressed)
 
     def _account(self, alerts: list[Alert], stored: Stored) -> None:
         """Count every sighting under one outcome and log what changed no incident."""
@@ -283,6 +287,16 @@ class Detector:
                     extra=event_ids(first),
                 )
 
+    def _emit_suppressed(self, ctx: HandlerContext, held: list[domain.Held]) -> None:
+        """One event (in bounded parts) per silence, window or inhibiting alert that held alerts back."""
+        for subject, parts in domain.suppressed_events(held):
+            # Keyed by what held them back: a suppressed alert has no incident, and one silence's
+            # events then stay in order on one partition.
+            first = AlertsSuppressed(source=SOURCE, subject=subject, data=parts[0])
+            ctx.emit(first)
+            for data in parts[1:]:
+                ctx.emit(AlertsSuppressed(source=SOURCE, subject=subject, correlationid=first.id, data=data))
+
     async def _store(self, ctx: HandlerContext, alerts: list[Alert]) -> Stored:
         """Store the alerts in a savepoint, again if another replica stored some of them meanwhile."""
         attempt = 1
@@ -343,8 +357,8 @@ class Detector:
         for alert in alerts:
             if alert.key not in repeats:
                 first_sightings.setdefault(alert.key, alert)
-        # Silenced, in maintenance or inhibited: stored with what suppressed it, raising nothing.
-        fresh = await self.suppressions.hold_back(
+        # Silenced, in maintenance or inhibited: stored with what suppressed it, in no incident.
+        fresh, stored.suppressed = await self.suppressions.hold_back(
             ctx.conn, list(first_sightings.values()), firing=alerts, held=stored.held
         )
         stored_before = set(repeats)

@@ -7,7 +7,7 @@ ALERTS = Counter(
     "Raw alerts by outcome: accepted, waiting (stored, its correlation rule's condition does not hold yet), "
     "repeat (stored before, sent again), resolved (a stored alert ended), "
     "resolved_unknown (a resolution for an alert never seen, not stored), invalid, or suppressed - stored, "
-    "raising nothing - as silenced, maintenance or inhibited (each sighting).",
+    "in no incident - as silenced, maintenance or inhibited (each sighting).",
     ["outcome"],
 )
 ALERTS_BY_SOURCE = Counter(

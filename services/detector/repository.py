@@ -495,8 +495,11 @@ class SuppressedAlert:
     sightings: int
 
 
-async def store_suppressed(conn: Conn, *, alerts: Sequence[SuppressedAlert]) -> None:
-    """Store suppressed alerts (one per key), in one statement; one already held back counts the new sightings."""
+async def store_suppressed(conn: Conn, *, alerts: Sequence[SuppressedAlert]) -> dict[str, tuple[int, int]]:
+    """Store suppressed alerts (one per key), in one statement; one already held back counts the new sightings.
+
+    Returns each key's stored row (its occurrence: the same while the alert stays held back) and its repeats in all.
+    """
     columns: list[list[Any]] = [[] for _ in range(12)]
     for s in alerts:
         a = s.alert
@@ -505,7 +508,7 @@ async def store_suppressed(conn: Conn, *, alerts: Sequence[SuppressedAlert]) -> 
             columns, (*row, s.kind, s.suppressed_by, s.rule, s.reason[:2000], s.sightings - 1), strict=True
         ):
             column.append(value)
-    await conn.execute(
+    rows = await conn.fetch(
         """INSERT INTO detector_suppressed_alerts AS held
                (key, source, title, severity, time, host, body, kind, suppressed_by, rule, reason, repeats)
            SELECT key, source, title, severity, time, host, body::jsonb, kind, suppressed_by, rule, reason, repeats
@@ -516,9 +519,11 @@ async def store_suppressed(conn: Conn, *, alerts: Sequence[SuppressedAlert]) -> 
                repeats = held.repeats + EXCLUDED.repeats + 1, last_seen_at = now(), resolved_at = NULL,
                kind = EXCLUDED.kind, suppressed_by = EXCLUDED.suppressed_by, rule = EXCLUDED.rule,
                reason = CASE WHEN held.suppressed_by = EXCLUDED.suppressed_by THEN held.reason
-                             ELSE left(EXCLUDED.reason || ' (before: ' || held.reason || ')', 2000) END""",
+                             ELSE left(EXCLUDED.reason || ' (before: ' || held.reason || ')', 2000) END
+           RETURNING held.key, held.id, held.repeats""",
         *columns,
     )
+    return {row["key"]: (row["id"], row["repeats"]) for row in rows}
 
 
 async def release_suppressed(conn: Conn, *, keys: Iterable[str]) -> list[str]:

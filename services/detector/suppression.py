@@ -1,4 +1,4 @@
-"""Silences, maintenance windows and inhibition: which alerts are stored but raise nothing, and why. No I/O here.
+"""Silences, maintenance windows and inhibition: which alerts are stored but open no incident, and why. No I/O here.
 
 - A **silence** (as Alertmanager's) covers the alerts its matchers all match, from its start to its end.
 - A **maintenance window** does the same for a host or service (its matchers), once or on an iCalendar
@@ -58,6 +58,8 @@ FIELDS = frozenset(
     }
 )
 LABEL_PREFIX = "labels."
+# A silence has no name but its comment (up to 2,000 characters): this much of it names the silence.
+NAME_CHARS = 200
 MAX_MATCHERS = 32
 MAX_PATTERN = 1000
 SHIPPED_INHIBITION = Path(__file__).with_name("inhibition.yaml")
@@ -391,12 +393,13 @@ def equal_values(rule: Inhibition, alert: Alert) -> str | None:
 
 @dataclass(frozen=True)
 class Suppression:
-    """What suppressed an alert: a silence id, a window id or the inhibiting alert's key; and why, in words."""
+    """What suppressed an alert: a silence, a window or the inhibiting alert (its key); its name; and why, in words."""
 
     kind: SuppressionKind
     by: str
     reason: str
     rule: str | None = None  # the inhibition rule
+    name: str = ""  # the silence's comment (its first NAME_CHARS), the window's name, the inhibition rule's
 
 
 @dataclass(frozen=True)
@@ -441,6 +444,7 @@ class Suppressor:
                 kind="silence",
                 by=silence.id,
                 reason=f"silenced by {silence.created_by} until {_at(silence.ends_at)}: {silence.comment}",
+                name=silence.comment[:NAME_CHARS],
             )
         window = self._windows.first(alert, lambda w: self._span(w, now) is not None and matches_all(w.matchers, alert))
         if window is not None:
@@ -451,6 +455,7 @@ class Suppressor:
                 by=window.id,
                 reason=f"maintenance window {window.name!r} from {_at(span[0])} to {_at(span[1])}"
                 + (f": {window.comment}" if window.comment else ""),
+                name=window.name,
             )
         return None
 
@@ -513,6 +518,7 @@ class Suppressor:
                     by=source,
                     rule=rule,
                     reason=f"inhibited by firing alert {source} (rule {rule}; same {shown})",
+                    name=rule,
                 )
         return None
 

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from services.detector import repository, suppression
-from services.detector.suppression import Inhibition, Suppressor
+from services.detector import domain, repository, suppression
+from services.detector.suppression import Inhibition, Suppression, Suppressor
 from shared import timers
 from shared.alerts import Alert
 from shared.db import Conn, connect
@@ -80,8 +80,9 @@ class Suppressions:
 
     async def hold_back(
         self, conn: Conn, fresh: Sequence[Alert], *, firing: Sequence[Alert], held: Counter[str]
-    ) -> list[Alert]:
-        """Store the new alerts that something suppresses, with what; return the others, for correlation.
+    ) -> tuple[list[Alert], list[domain.Held]]:
+        """Store the new alerts that something suppresses, with what; return the others, for correlation,
+        and the suppressed ones as stored, for their event.
 
         ``firing`` is every firing sighting of the batch: those that match an inhibition rule's source
         side are recorded as inhibiting. ``held`` counts the suppressed sightings by outcome.
@@ -97,6 +98,7 @@ class Suppressions:
         sightings = Counter(a.key for a in firing)
         kept: list[Alert] = []
         suppressed: list[repository.SuppressedAlert] = []
+        decisions: list[Suppression] = []
         for alert in fresh:
             decided = state.decide(alert, now, sources, targets.get(alert.key, ()))
             if decided is None:
@@ -106,11 +108,17 @@ class Suppressions:
             suppressed.append(
                 repository.SuppressedAlert(alert, decided.kind, decided.by, decided.rule, decided.reason, seen)
             )
+            decisions.append(decided)
             held[OUTCOMES[decided.kind]] += seen
+        stored: list[domain.Held] = []
         if suppressed:
-            await repository.store_suppressed(conn, alerts=suppressed)
+            occurrences = await repository.store_suppressed(conn, alerts=suppressed)
+            stored = [
+                domain.Held(s.alert, decided, *occurrences[s.alert.key])
+                for s, decided in zip(suppressed, decisions, strict=True)
+            ]
             log.info(
-                "%d alert(s) suppressed, stored and raising nothing: %s",
+                "%d alert(s) suppressed, stored and in no incident: %s",
                 len(suppressed),
                 "; ".join(f"{s.alert.key}: {s.reason}" for s in suppressed[:3])
                 + (" ..." if len(suppressed) > 3 else ""),
@@ -123,7 +131,7 @@ class Suppressions:
                     len(released),
                     ", ".join(released[:5]) + (" ..." if len(released) > 5 else ""),
                 )
-        return kept
+        return kept, stored
 
     async def _record_sources(self, conn: Conn, state: Suppressor, firing: Sequence[Alert], now: datetime) -> None:
         latest = {a.key: a for a in firing}

@@ -22,6 +22,7 @@ from services.reporter.queries import (
     IncidentFilter,
     IncidentSort,
     Order,
+    SuppressedChoice,
     decode_cursor,
     encode_cursor,
 )
@@ -52,6 +53,13 @@ EXPORT_CONTENT: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}}, "application/json": {}}}
 }
 AlertStatus = Annotated[Literal["firing", "resolved"] | None, Query()]
+SuppressedAlerts = Annotated[
+    SuppressedChoice,
+    Query(
+        description="The alerts held back from incidents (silenced, in a maintenance window, inhibited; no incident, "
+        "their end not told): `include`d with the others, `exclude`d, or `only` them."
+    ),
+]
 
 
 def _page(request: Request, response: Response, sort: str, order: str, after: tuple[Any, str] | None) -> None:
@@ -169,11 +177,16 @@ def routers(runtime: Runtime, stream: WindowView | None = None) -> list[APIRoute
         status: AlertStatus = None,
         since: Since = None,
         until: Until = None,
+        suppressed: SuppressedAlerts = "include",
         cursor: Cursor = None,
         limit: Limit = 100,
     ) -> list[dict[str, Any]]:
-        """The alert history, newest first: each occurrence with its incident, repeats (duplicates) and end."""
-        filters = AlertFilter(incident_id=incident, source=source, status=status, since=since, until=until)
+        """The alert history, newest first: each occurrence with its incident, repeats (duplicates) and end;
+        and the alerts held back from incidents (`suppressed`, with `suppressed_by`: the silence, maintenance
+        window or inhibition that held them back, its id, name and why)."""
+        filters = AlertFilter(
+            incident_id=incident, source=source, status=status, since=since, until=until, suppressed=suppressed
+        )
         after = _after(cursor, sort="time", order="desc")
         async with runtime.pool.acquire() as conn:
             alerts, next_after = await repository.list_alert_history(conn, filters=filters, after=after, limit=limit)

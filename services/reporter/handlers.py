@@ -1,5 +1,6 @@
-"""The reporter's handlers: every event lands as history and on its incident's timeline; some also
-update the read model (incident, alerts, milestones, actions).
+"""The reporter's handlers: every event lands as history and on its incident's timeline (one about no
+incident, alerts held back from incidents, on none); some also update the read model (incident, alerts,
+suppressed alerts, milestones, actions).
 
 Events of a type this version does not know are kept too (``decode``): a newer service's events
 reach the history and render generically on the timeline until a renderer is added.
@@ -18,6 +19,7 @@ from services.reporter.timeline import HistoryEvent, render
 from shared.consumer import HandlerContext, Inbound, decode_cloudevent
 from shared.errors import InvalidMessage, UnknownEventType
 from shared.events import (
+    AlertsSuppressed,
     EventBase,
     IncidentAlertsChanged,
     IncidentAnalyzed,
@@ -124,6 +126,11 @@ async def on_alerts_changed(ctx: HandlerContext, event: IncidentAlertsChanged) -
     await repository.apply_alert_changes(ctx.conn, incident_id=event.subject, change=event.data)
 
 
+async def on_suppressed(ctx: HandlerContext, event: AlertsSuppressed) -> None:
+    """Alerts held back from incidents join the alert history, with what held them back."""
+    await repository.apply_suppressed(ctx.conn, alerts=event.data, at=event.time)
+
+
 async def on_analyzed(ctx: HandlerContext, event: IncidentAnalyzed) -> None:
     analysis = event.data
     await repository.set_fields(
@@ -218,6 +225,7 @@ PROJECTIONS: dict[type[Item], Projection] = {
     IncidentDetected: on_snapshot,
     IncidentUpdated: on_snapshot,
     IncidentAlertsChanged: on_alerts_changed,
+    AlertsSuppressed: on_suppressed,
     IncidentAnalyzed: on_analyzed,
     ResponsePlanned: on_planned,
     IncidentEscalated: on_escalated,

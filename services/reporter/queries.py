@@ -137,6 +137,9 @@ def incident_query(
     return sql, q.args
 
 
+SuppressedChoice = Literal["include", "exclude", "only"]
+
+
 @dataclass(frozen=True)
 class AlertFilter:
     incident_id: str | None = None
@@ -144,17 +147,35 @@ class AlertFilter:
     status: Literal["firing", "resolved"] | None = None
     since: datetime | None = None
     until: datetime | None = None
+    # The alerts held back from incidents (silenced, in maintenance, inhibited): with the others, or not, or alone.
+    suppressed: SuppressedChoice = "include"
+
+
+# Every alert occurrence, as one relation: an incident's alerts (`place`: the incident) and the alerts
+# held back from incidents (`place`: the held-back occurrence; never an incident id, a UUID). Postgres
+# pushes the filters into both and merges their indexes in order; a filter false for one skips it.
+ALERT_OCCURRENCES = """(
+    SELECT key, incident_id, body, time, repeats, last_seen_at, resolved_at, incident_id AS place,
+           false AS suppressed, NULL::jsonb AS suppression
+    FROM reporter_alerts
+    UNION ALL
+    SELECT key, NULL::text, body, time, repeats, last_seen_at, NULL::timestamptz, occurrence,
+           true, jsonb_build_object('kind', kind, 'id', suppressed_by, 'name', name, 'reason', reason)
+    FROM reporter_suppressed_alerts
+) alerts"""
 
 
 def alert_query(
     columns: str, filters: AlertFilter, *, after: tuple[Any, str] | None, limit: int
 ) -> tuple[str, list[Any]]:
-    """The alert history, newest first, from after the cursor; one more than ``limit``."""
+    """The alert history, suppressed alerts included unless left out, newest first, from after the cursor;
+    one more than ``limit``."""
     q = Query()
     if filters.incident_id:
         q.where(f"incident_id = {q.arg(filters.incident_id)}")
     if filters.source:
         q.where(f"body->>'source' = {q.arg(filters.source)}")
+    # A suppressed alert's end is not told: it reads as firing, as when it was held back.
     if filters.status == "firing":
         q.where("resolved_at IS NULL")
     elif filters.status == "resolved":
@@ -163,13 +184,17 @@ def alert_query(
         q.where(f"time >= {q.arg(filters.since)}")
     if filters.until is not None:
         q.where(f"time < {q.arg(filters.until)}")
+    if filters.suppressed == "exclude":
+        q.where("NOT suppressed")
+    elif filters.suppressed == "only":
+        q.where("suppressed")
     if after is not None:
-        # An alert is one (key, incident) occurrence: the cursor's id is `<incident id>/<key>`.
+        # An alert is one (key, place) occurrence: the cursor's id is `<place>/<key>`.
         value, row_id = after
-        incident_id, _, key = row_id.partition("/")
-        q.where(f"(time, key, incident_id) < ({q.arg(value)}, {q.arg(key)}, {q.arg(incident_id)})")
+        place, _, key = row_id.partition("/")
+        q.where(f"(time, key, place) < ({q.arg(value)}, {q.arg(key)}, {q.arg(place)})")
     sql = (
-        f"SELECT {columns} FROM reporter_alerts WHERE {q.where_clause} "
-        f"ORDER BY time DESC, key DESC, incident_id DESC LIMIT {q.arg(limit + 1)}"
+        f"SELECT {columns} FROM {ALERT_OCCURRENCES} WHERE {q.where_clause} "
+        f"ORDER BY time DESC, key DESC, place DESC LIMIT {q.arg(limit + 1)}"
     )
     return sql, q.args

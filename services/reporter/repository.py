@@ -10,15 +10,24 @@ from services.reporter.aggregates import IncidentTimes
 from services.reporter.measures import MILESTONES
 from services.reporter.queries import AlertFilter, IncidentFilter, IncidentSort, Order, alert_query, incident_query
 from services.reporter.reports import ComplianceData, ExportKind, IncidentBundle
-from services.reporter.timeline import HistoryEvent
+from services.reporter.timeline import HistoryEvent, on_timeline
 from shared import audit
 from shared.db import Conn
-from shared.events import AlertsChange, EventBase, IncidentSnapshot, ResponseLeaseChanged, SplitRecord, StepChange
+from shared.events import (
+    AlertsChange,
+    EventBase,
+    IncidentSnapshot,
+    ResponseLeaseChanged,
+    SplitRecord,
+    StepChange,
+    SuppressedAlerts,
+)
 from shared.timeline import TimelineEntry
 
 
 async def add_history(conn: Conn, *, events: Sequence[HistoryEvent], entries: Sequence[TimelineEntry]) -> None:
-    """Keep events as history and put their lines on the timeline; an event kept before is left alone."""
+    """Keep events as history and put the lines of those about an incident on its timeline; an event kept
+    before is left alone."""
     await conn.execute(
         """INSERT INTO reporter_history
                (event_id, incident_id, type, source, time, correlationid, causationid, data)
@@ -80,6 +89,9 @@ async def rebuild_timeline(conn: Conn, *, render: Callable[[HistoryEvent], Timel
 
 
 def _timeline_columns(events: Sequence[HistoryEvent], entries: Sequence[TimelineEntry]) -> list[list[Any]]:
+    """The timeline's columns of the events about an incident (the others are history only)."""
+    lines = [(e, entry) for e, entry in zip(events, entries, strict=True) if on_timeline(e)]
+    events, entries = [e for e, _ in lines], [entry for _, entry in lines]
     return [
         [e.id for e in events],
         [e.subject for e in events],
@@ -113,6 +125,8 @@ async def incident_exists(conn: Conn, *, incident_id: str) -> bool:
 
 
 RAW = {"raw", "raw_cut"}
+# What a suppressed alert's row holds in columns of its own, not in its body.
+SUPPRESSED_ROW = {"occurrence", "repeats"}
 
 
 async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnapshot, detected: bool, at: Any) -> None:
@@ -352,15 +366,60 @@ async def list_incidents(
 async def list_alert_history(
     conn: Conn, *, filters: AlertFilter, after: tuple[Any, str] | None = None, limit: int = 100
 ) -> tuple[list[dict[str, Any]], tuple[Any, str] | None]:
-    """A page of the alert history, newest first, each with its incident, repeats and resolution."""
+    """A page of the alert history, newest first, each with its incident (none when held back from
+    incidents, then with what held it back), repeats and resolution."""
     sql, args = alert_query(
-        "key, incident_id, body, time, repeats, last_seen_at, resolved_at", filters, after=after, limit=limit
+        "key, incident_id, body, time, repeats, last_seen_at, resolved_at, place, suppressed, suppression",
+        filters,
+        after=after,
+        limit=limit,
     )
     rows = list(await conn.fetch(sql, *args))
     more = len(rows) > limit
-    alerts = [{"incident_id": r["incident_id"], **_alert(r)} for r in rows[:limit]]
+    alerts = [
+        {
+            "incident_id": r["incident_id"],
+            **_alert(r),
+            "suppressed": r["suppressed"],
+            "suppressed_by": r["suppression"],
+        }
+        for r in rows[:limit]
+    ]
     last = rows[limit - 1] if more else None
-    return alerts, ((last["time"], f"{last['incident_id']}/{last['key']}") if last else None)
+    return alerts, ((last["time"], f"{last['place']}/{last['key']}") if last else None)
+
+
+async def apply_suppressed(conn: Conn, *, alerts: SuppressedAlerts, at: datetime) -> None:
+    """Record alerts held back from incidents, one row per occurrence; events may arrive in any order.
+
+    The latest sighting (by the event's time) says what holds an alert back; repeats only grow.
+    """
+    by = alerts.suppressed_by
+    latest = {a.occurrence: a for a in alerts.alerts}  # one row may be changed once per statement
+    await conn.execute(
+        """INSERT INTO reporter_suppressed_alerts AS s
+               (occurrence, key, body, time, repeats, last_seen_at, kind, suppressed_by, name, reason)
+           SELECT o, k, b, t, r, $6, $7, $8, $9, $10
+           FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::int[]) AS n(o, k, b, t, r)
+           ON CONFLICT (occurrence) DO UPDATE SET
+               repeats = GREATEST(s.repeats, EXCLUDED.repeats),
+               kind = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at THEN EXCLUDED.kind ELSE s.kind END,
+               suppressed_by = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at
+                                    THEN EXCLUDED.suppressed_by ELSE s.suppressed_by END,
+               name = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at THEN EXCLUDED.name ELSE s.name END,
+               reason = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at THEN EXCLUDED.reason ELSE s.reason END,
+               last_seen_at = GREATEST(s.last_seen_at, EXCLUDED.last_seen_at)""",
+        list(latest),
+        [a.key for a in latest.values()],
+        [a.model_dump(mode="json", exclude=SUPPRESSED_ROW) for a in latest.values()],
+        [a.time for a in latest.values()],
+        [a.repeats for a in latest.values()],
+        at,
+        by.kind,
+        by.id,
+        by.name,
+        by.reason,
+    )
 
 
 async def get_incident(conn: Conn, *, incident_id: str) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from services.reporter.metrics import refresh_gauges
 from services.reporter.stream import StreamAggregations
 from shared.service import BackgroundTask, ServiceSpec
 from shared.settings import VigilSettings
-from shared.topics import ANALYSES, COMMANDS, COORDINATION, EFFECTS, INCIDENTS, RESPONSES
+from shared.topics import ALERTS_SUPPRESSED, ANALYSES, COMMANDS, COORDINATION, EFFECTS, INCIDENTS, RESPONSES
 
 
 def spec(settings: VigilSettings) -> ServiceSpec:
@@ -17,7 +17,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
     background: tuple[BackgroundTask, ...] = (refresh_gauges,) if stream is None else (refresh_gauges, stream.run)
     return ServiceSpec(
         name="reporter",
-        consumes=(INCIDENTS, ANALYSES, RESPONSES, COORDINATION, EFFECTS, COMMANDS),
+        consumes=(INCIDENTS, ALERTS_SUPPRESSED, ANALYSES, RESPONSES, COORDINATION, EFFECTS, COMMANDS),
         decoder=decode,
         handler=handle,
         routers=lambda runtime: api.routers(runtime, stream.view if stream is not None else None),

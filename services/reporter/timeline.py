@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.events import EVENT_ADAPTER, EVENT_TYPES, IncidentDetected, IncidentUpdated
+from shared.events import EVENT_ADAPTER, EVENT_TYPES, AlertsSuppressed, IncidentDetected, IncidentUpdated
 from shared.timeline import TimelineEntry, timeline_entry
 
 # How many fields a generic line names, and how long each value may be.
@@ -23,6 +23,9 @@ GENERIC_FIELDS = 4
 GENERIC_VALUE_CHARS = 80
 # Fields that say who acted, in the order they are believed.
 ACTOR_FIELDS = ("actor", "by", "person", "commander")
+# Events about no incident (their subject names something else): kept as history, on no timeline.
+# Alerts held back from incidents are in the alert history instead.
+OFF_TIMELINE = frozenset({AlertsSuppressed.model_fields["type"].default})
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,11 @@ RENDERERS: dict[str, Renderer] = {
     # Types this version has no model for, rendered better than generically, one line each:
     # "vigil.incident.archived.v1": lambda e: TimelineEntry(e.actor, f"archived: {e.data.get('reason')}"),
 }
+
+
+def on_timeline(event: HistoryEvent) -> bool:
+    """Whether the event belongs on its incident's timeline: it is about an incident."""
+    return event.type not in OFF_TIMELINE
 
 
 def render(event: HistoryEvent, renderers: Mapping[str, Renderer] = RENDERERS) -> TimelineEntry:

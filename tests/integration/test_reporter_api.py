@@ -15,8 +15,10 @@ import pytest
 from services.reporter import api as reporter_api
 from services.reporter import handlers as reporter
 from shared import identity
+from shared.alerts import AlertSeverity
 from shared.consumer import HandlerContext, Inbound
 from shared.events import (
+    AlertsSuppressed,
     Analysis,
     Escalation,
     EventBase,
@@ -30,6 +32,9 @@ from shared.events import (
     Indicator,
     Severity,
     StateChange,
+    SuppressedAlerts,
+    SuppressedAlertSummary,
+    SuppressedBy,
 )
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
@@ -268,6 +273,99 @@ async def test_the_alert_history_pages_newest_first(seeded: int, client: httpx.A
     assert seen == [f"falco:{n}" for n in range(39, 0, -2)]
     [one] = (await client.get("/api/v1/alerts", params={"incident": "inc-005"})).json()
     assert (one["incident_id"], one["status"], one["repeats"]) == ("inc-005", "firing", 0)
+    assert (one["suppressed"], one["suppressed_by"]) == (False, None)
+
+
+def _held(n: int, *, repeats: int = 0) -> SuppressedAlertSummary:
+    """A falco alert held back between incident n's alert and the next one's (in time)."""
+    return SuppressedAlertSummary(
+        key=f"falco:held-{n}",
+        source="falco",
+        title=f"held {n}",
+        severity=AlertSeverity.LOW,
+        time=T0 + timedelta(minutes=n, seconds=30),
+        host="web-99",
+        occurrence=str(n),
+        repeats=repeats,
+    )
+
+
+SILENCE = SuppressedBy(kind="silence", id="s-1", name="disk swap, CHG-1", reason="silenced by ana until 11:00 UTC")
+WINDOW = SuppressedBy(kind="maintenance", id="w-1", name="db patching", reason="maintenance window 'db patching'")
+
+
+@pytest.fixture
+async def held(seeded: int, pool: asyncpg.Pool, names: TopicNames) -> list[AlertsSuppressed]:
+    """Ten falco alerts held back (odd ones by a silence, even ones by a window), then one seen again
+    while a late event, of an earlier batch, says what held it back before."""
+    events = [
+        AlertsSuppressed(
+            source="/vigil/detector",
+            subject=f"{by.kind}:{by.id}",
+            time=T0 + timedelta(hours=1),
+            data=SuppressedAlerts(suppressed_by=by, alerts=[_held(n) for n in range(10) if n % 2 == parity]),
+        )
+        for by, parity in ((SILENCE, 1), (WINDOW, 0))
+    ]
+    again = SuppressedAlerts(suppressed_by=SILENCE, alerts=[_held(3, repeats=4)])
+    events.append(
+        AlertsSuppressed(source="/vigil/detector", subject="silence:s-1", time=T0 + timedelta(hours=2), data=again)
+    )
+    earlier = SuppressedAlerts(suppressed_by=WINDOW, alerts=[_held(3, repeats=1)])
+    events.append(AlertsSuppressed(source="/vigil/detector", subject="maintenance:w-1", time=T0, data=earlier))
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=names)
+        await reporter.handle(ctx, [Inbound(e.id, e, None) for e in events])
+    return events
+
+
+async def _pages(client: httpx.AsyncClient, **params: Any) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    params = {"limit": 7, **params}
+    while True:
+        response = await client.get("/api/v1/alerts", params=params)
+        assert response.status_code == 200, response.text
+        seen += response.json()
+        if (cursor := response.headers.get("X-Next-Cursor")) is None:
+            return seen
+        params = {**params, "cursor": cursor}
+
+
+async def test_the_alert_history_holds_the_suppressed_alerts_marked_with_what_held_them_back(
+    held: list[AlertsSuppressed], pool: asyncpg.Pool, client: httpx.AsyncClient
+) -> None:
+    # One history, newest first, paged by one cursor: each incident's alert and each held-back alert once.
+    falco = await _pages(client, source="falco")
+    expected = sorted(
+        [*((n * 60, f"falco:{n}") for n in range(1, 40, 2)), *((n * 60 + 30, f"falco:held-{n}") for n in range(10))],
+        reverse=True,
+    )
+    assert [a["key"] for a in falco] == [key for _, key in expected]
+    assert [a["key"] for a in falco][14:18] == ["falco:11", "falco:held-9", "falco:9", "falco:held-8"]
+    by_key = {a["key"]: a for a in falco}
+    silenced, maintained = by_key["falco:held-1"], by_key["falco:held-0"]
+    assert (silenced["suppressed"], silenced["incident_id"], silenced["status"]) == (True, None, "firing")
+    assert silenced["suppressed_by"] == SILENCE.model_dump()
+    assert (silenced["title"], silenced["host"], silenced["severity"]) == ("held 1", "web-99", "low")
+    assert maintained["suppressed_by"]["name"] == "db patching"
+    # Seen again: its repeats counted; what holds it back is the latest sighting's, whatever came last.
+    again = by_key["falco:held-3"]
+    assert (again["repeats"], again["suppressed_by"]["id"]) == (4, "s-1")
+    assert again["last_seen"] == (T0 + timedelta(hours=2)).isoformat().replace("+00:00", "Z")
+
+    only = await _pages(client, suppressed="only")
+    assert [a["key"] for a in only] == [f"falco:held-{n}" for n in range(9, -1, -1)]
+    without = await _pages(client, source="falco", suppressed="exclude")
+    assert [a["key"] for a in without] == [f"falco:{n}" for n in range(39, 0, -2)]
+    # Held back from incidents: never an incident's, never told resolved.
+    assert [a["key"] for a in await _pages(client, incident="inc-005")] == ["falco:5"]
+    assert all(not a["suppressed"] for a in await _pages(client, status="resolved"))
+    assert (await client.get("/api/v1/alerts", params={"suppressed": "maybe"})).status_code == 422
+
+    # Kept as history, on no incident's timeline.
+    ids = [e.id for e in held]
+    assert await pool.fetchval("SELECT count(*) FROM reporter_history WHERE event_id = ANY($1::text[])", ids) == 4
+    assert await pool.fetchval("SELECT count(*) FROM reporter_timeline WHERE event_id = ANY($1::text[])", ids) == 0
 
 
 async def test_who_may_read(settings: VigilSettings, pool: asyncpg.Pool) -> None:

@@ -26,13 +26,18 @@ from services.detector import api as detector_api
 from services.detector.handlers import Detector, decode
 from services.detector.suppression import load_inhibition
 from services.detector.suppressor import Suppressions
+from services.reporter import api as reporter_api
+from services.reporter import handlers as reporter
 from shared import cloudevents, identity
+from shared.db import connect
 from shared.events import EventBase, IncidentDetected
 from shared.kafka import group_id, make_producer
+from shared.outbox import OutboxRelay
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
-from shared.topics import ALERTS_RAW, COORDINATION, TopicNames
+from shared.topics import ALERTS_RAW, ALERTS_SUPPRESSED, COORDINATION, INCIDENTS, TopicNames
+from tests import helpers
 from tests.factories import alert_dict
 from tests.helpers import committed, consume_loop, eventually, produce, serve_app
 from vigil import cli as cli_module
@@ -466,3 +471,71 @@ async def test_when_a_silence_ends_its_timer_releases_the_alerts_that_still_fire
     assert after["alertmanager/ops:f-errors"]["released_at"] is not None
     assert after["alertmanager/ops:f-latency"]["released_at"] is None  # it had ended
     assert after["suricata:scan-1"]["released_at"] is None  # a one-off: judged afresh if seen again
+
+
+async def test_a_silenced_alert_is_in_the_reporter_s_alert_history_marked_suppressed_with_its_silence(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    """Detector, its outbox relay and the reporter on the real broker: what the silence held back is told."""
+    async with pool.acquire() as conn:  # added before the detector started: loaded at its start
+        await conn.execute(
+            """INSERT INTO detector_silences (id, matchers, starts_at, ends_at, created_by, comment)
+               VALUES ('s-disk', '["host=\\"web-01\\"", "rule=~\\"Disk.*\\""]', now() - interval '1 minute',
+                       now() + interval '1 hour', 'ana', 'disk swap, CHG-1')"""
+        )
+    runtime = Runtime(service="reporter", settings=settings, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+    producer = make_producer(settings, client_id="detector-relay")
+    await producer.start()
+    relay = OutboxRelay(
+        service="detector",
+        pool=pool,
+        producer=producer,
+        connect=lambda: connect(settings.database_url),
+        idle_wait_s=0.1,
+    )
+    try:
+        async with (
+            detector(settings, pool, names) as running,
+            helpers.running(relay.run()),
+            consume_loop(
+                settings,
+                pool,
+                service="reporter",
+                topics=[names(INCIDENTS), names(ALERTS_SUPPRESSED)],
+                decoder=reporter.decode,
+                handler=reporter.handle,
+            ),
+            serve_app(build_app(runtime, reporter_api.routers(runtime)), name="reporter-api") as url,
+            httpx.AsyncClient(base_url=url) as client,
+        ):
+            disk = native(id="disk-1", host="web-01", rule="DiskFull", title="Disk full on /var")
+            await running.send(disk, native(id="cpu-1", host="web-01", rule="CpuHigh", title="CPU above 95%"))
+            await running.send(disk)  # seen again while silenced
+
+            async def told() -> list[dict[str, Any]]:
+                """Both alerts, once the second sighting of the silenced one is counted (else nothing)."""
+                alerts: list[dict[str, Any]] = (await client.get("/api/v1/alerts")).json()
+                held = [a for a in alerts if a["suppressed"]]
+                return alerts if len(alerts) == 2 and held and held[0]["repeats"] == 1 else []
+
+            alerts = await eventually(told)
+            only = (await client.get("/api/v1/alerts", params={"suppressed": "only"})).json()
+    finally:
+        await producer.stop()
+
+    by_key = {a["key"]: a for a in alerts}
+    silenced, fired = by_key["suricata:disk-1"], by_key["suricata:cpu-1"]
+    assert (silenced["suppressed"], silenced["incident_id"], silenced["title"]) == (True, None, "Disk full on /var")
+    assert {k: v for k, v in silenced["suppressed_by"].items() if k != "reason"} == {
+        "kind": "silence",
+        "id": "s-disk",
+        "name": "disk swap, CHG-1",
+    }
+    assert silenced["suppressed_by"]["reason"].startswith("silenced by ana until ")
+    assert (fired["suppressed"], fired["suppressed_by"]) == (False, None)
+    assert fired["incident_id"] == await pool.fetchval("SELECT incident_id FROM detector_alerts")
+    assert [a["key"] for a in only] == ["suricata:disk-1"]
+    # Two batches, two events, keyed by the silence; in the reporter's history, on no incident's timeline.
+    kept = await pool.fetch("SELECT incident_id FROM reporter_history WHERE type = 'vigil.alert.suppressed.v1'")
+    assert [r["incident_id"] for r in kept] == ["silence:s-disk", "silence:s-disk"]
+    assert not await pool.fetchval("SELECT count(*) FROM reporter_timeline WHERE type = 'vigil.alert.suppressed.v1'")

@@ -11,20 +11,28 @@ import pytest
 
 from services.detector import domain
 from services.detector.classification import SeverityPolicy, parse_rules
+from services.detector.suppression import Suppression
 from shared.alerts import Alert, AlertKind, AlertSeverity
 from shared.events import (
+    AlertCorrelation,
     AlertRepeat,
     AlertResolution,
     AlertsChange,
+    AlertsSuppressed,
+    AlertSummary,
     IncidentAlertsChanged,
     IncidentSnapshot,
     IncidentType,
+    IncidentUpdated,
     ResolutionSuggested,
     ResolutionSuggestion,
     Severity,
+    SuppressedAlerts,
+    SuppressedAlertSummary,
+    SuppressedBy,
 )
-from shared.timeline import timeline_entry
-from tests.factories import T0, alert
+from shared.timeline import TimelineEntry, timeline_entry
+from tests.factories import T0, alert, snapshot
 
 WINDOW = timedelta(minutes=30)
 
@@ -494,4 +502,102 @@ def test_the_timeline_says_what_was_repeated_and_resolved() -> None:
     )
     assert timeline_entry(suggested).summary == (
         "suggests dave@example.com resolves the incident: all 6 alert(s) have resolved"
+    )
+
+
+# ---- suppressed alerts -------------------------------------------------------------------------
+
+SILENCE = Suppression(kind="silence", by="s-1", reason="silenced by ana until 11:00 UTC: CHG-1", name="CHG-1")
+WINDOW_HOLD = Suppression(kind="maintenance", by="w-1", reason="maintenance window 'db patching'", name="db patching")
+
+
+def test_suppressed_alerts_make_one_event_per_thing_that_held_them_back() -> None:
+    held = [
+        domain.Held(alert(id="a"), SILENCE, occurrence=11, repeats=0),
+        domain.Held(alert(id="b"), WINDOW_HOLD, occurrence=12, repeats=0),
+        domain.Held(alert(id="c", host=None), SILENCE, occurrence=13, repeats=4),
+    ]
+    [(silenced, [first]), (maintained, [second])] = domain.suppressed_events(held)
+    assert (silenced, maintained) == ("silence:s-1", "maintenance:w-1")
+    assert first.suppressed_by == SuppressedBy(kind="silence", id="s-1", name="CHG-1", reason=SILENCE.reason)
+    assert [(a.key, a.occurrence, a.repeats, a.host) for a in first.alerts] == [
+        ("suricata:a", "11", 0, "web-01"),
+        ("suricata:c", "13", 4, None),
+    ]
+    assert (first.part, first.parts, second.suppressed_by.name) == (1, 1, "db patching")
+    assert [a.key for a in second.alerts] == ["suricata:b"]
+
+
+def test_suppressed_alerts_are_split_into_bounded_parts_with_every_alert_once() -> None:
+    hold = Suppression(kind="inhibition", by="am:down", reason=ESCAPED * 5_000, rule="host-down", name="host-down")
+    # Every text field at its longest, in characters JSON escapes to six bytes: split by bytes, not by count.
+    worst = [worst_alert(id=f"{n:03d}" + ESCAPED * 197) for n in range(60)]
+    plain = [alert(id=f"p{n}") for n in range(450)]
+    for alerts in (worst, plain):
+        held = [domain.Held(a, hold, occurrence=n, repeats=0) for n, a in enumerate(alerts)]
+        [(subject, parts)] = domain.suppressed_events(held)
+        assert subject == "inhibition:am:down"
+        assert [(p.part, p.parts) for p in parts] == [(n, len(parts)) for n in range(1, len(parts) + 1)]
+        assert [a.key for p in parts for a in p.alerts] == [a.key for a in alerts]
+        for part in parts:
+            assert len(part.suppressed_by.reason) == domain.MAX_REASON
+            event = AlertsSuppressed(source="/vigil/detector", subject=subject, data=part)
+            assert len(event.model_dump_json().encode()) <= domain.MAX_EVENT_BYTES
+        sizes = [len(p.alerts) for p in parts]
+        if alerts is plain:
+            assert sizes == [200, 200, 50]  # by count
+        else:
+            assert len(sizes) > 1 and max(sizes) < 60  # by bytes
+
+
+# ---- on the timeline ---------------------------------------------------------------------------
+
+
+def _joined(key: str, rule: str, **values: str) -> AlertSummary:
+    reason = AlertCorrelation(rule=rule, type="entity" if rule == "entity" else "temporal_ordered", key=values)
+    return domain.summarise(alert(id=key), reason=reason)
+
+
+def _updated(*alerts: AlertSummary) -> str:
+    data = snapshot(new_alerts=list(alerts), alert_count=7, severity=Severity.SEV2)
+    return timeline_entry(IncidentUpdated(source="/vigil/detector", subject="inc-1", data=data)).summary
+
+
+def test_more_alerts_say_why_they_joined() -> None:
+    same = [_joined(f"a{n}", "brute-force-then-login", user="alice") for n in range(3)]
+    assert _updated(*same) == "3 more alert(s) (rule brute-force-then-login: user=alice), 7 in all; now SEV2"
+    mixed = [*same, _joined("e", "entity", host="web-01")]
+    assert _updated(*mixed) == (
+        "4 more alert(s) (rule brute-force-then-login: user=alice; entity host=web-01), 7 in all; now SEV2"
+    )
+    # Without a reason (from an older detector): as before.
+    assert _updated(domain.summarise(alert(id="x"))) == "1 more alert(s), 7 in all; now SEV2"
+
+
+def test_many_reasons_are_named_a_few_then_counted() -> None:
+    many = [_joined(f"a{n}", f"rule-{n}", user="u" * 500) for n in range(10)]
+    line = _updated(*many)
+    assert line.startswith("10 more alert(s) (rule rule-0: user=uuu")
+    assert line.endswith(" and 7 more), 7 in all; now SEV2")
+    assert line.count("rule rule-") == 3
+    assert len(line) < 500
+
+
+def test_suppressed_alerts_say_what_held_them_back() -> None:
+    silenced = SuppressedAlerts(
+        suppressed_by=SuppressedBy(kind="silence", id="s-1", name="CHG-1", reason="silenced by ana until 11:00: CHG-1"),
+        alerts=[
+            SuppressedAlertSummary(
+                key=f"am:{n}", source="am", title="Disk full", severity="high", time=T0, occurrence="1"
+            )
+            for n in range(5)
+        ],
+        part=2,
+        parts=3,
+    )
+    entry = timeline_entry(AlertsSuppressed(source="/vigil/detector", subject="silence:s-1", data=silenced))
+    assert entry == TimelineEntry(
+        "detector",
+        "5 alert(s) held back from incidents (am:0, am:1, am:2 and 2 more): silenced by ana until 11:00: CHG-1 "
+        "(silence s-1) (part 2 of 3)",
     )

@@ -76,5 +76,15 @@ def test_the_alert_history_pages_by_time_then_occurrence() -> None:
         "key", AlertFilter(source="falco", status="firing"), after=(T0, "inc-1/key/with/slashes"), limit=2
     )
     assert "body->>'source' = $1" in sql and "resolved_at IS NULL" in sql
-    assert "(time, key, incident_id) < ($2, $3, $4)" in sql
+    assert "(time, key, place) < ($2, $3, $4)" in sql
     assert args == ["falco", T0, "key/with/slashes", "inc-1", 3]
+
+
+def test_the_alert_history_holds_the_suppressed_alerts_unless_they_are_left_out() -> None:
+    both, _ = alert_query("key", AlertFilter(), after=None, limit=10)
+    assert "FROM reporter_alerts" in both and "FROM reporter_suppressed_alerts" in both
+    assert "WHERE true ORDER BY time DESC, key DESC, place DESC LIMIT $1" in both
+    without, _ = alert_query("key", AlertFilter(suppressed="exclude"), after=None, limit=10)
+    only, _ = alert_query("key", AlertFilter(suppressed="only", source="falco"), after=None, limit=10)
+    assert "WHERE NOT suppressed ORDER BY" in without
+    assert "WHERE body->>'source' = $1 AND suppressed ORDER BY" in only
