@@ -10,7 +10,11 @@ from bench.targets import MISS, NOT_MEASURED, PASS, TARGETS, Target, dig, evalua
 
 def results(**overrides: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "detector_throughput": {"native": {"alerts_per_s": 24_000.0}},
+        "detector_throughput": {
+            "native": {"alerts_per_s": 24_000.0},
+            "mixed": {"alerts_per_s": 21_000.0},
+            "mixed_vs_native": {"formats_cost_pct": 12.5},
+        },
         "baseline": {"alerts_per_s": 1_000.0, "vigil_ratio": 24.0},
         "detector_latency": {
             "native": {
@@ -19,6 +23,10 @@ def results(**overrides: Any) -> dict[str, Any]:
                     {"rate_per_s": 1000.0, "latency_ms": {"detected": {"p99": 90.0}}},
                 ]
             }
+        },
+        "leases": {
+            "while_running_after_due_s": {"done": {"max": 0.04}},
+            "after_restart_s": {"done": {"max": 2.0}},
         },
         "end_to_end": {
             "native": {
@@ -43,11 +51,22 @@ def test_every_target_passes_at_or_beyond_its_goal() -> None:
 
 
 def test_a_figure_short_of_its_goal_misses_it() -> None:
-    slow = results(detector_throughput={"native": {"alerts_per_s": 19_999.9}})
+    slow = results(
+        detector_throughput={
+            "native": {"alerts_per_s": 19_999.9},
+            "mixed": {"alerts_per_s": 17_000.0},
+            "mixed_vs_native": {"formats_cost_pct": 15.1},
+        }
+    )
+    slow["leases"]["after_restart_s"]["done"]["max"] = 2.01
     slow["detector_latency"]["native"]["phases"][1]["latency_ms"]["detected"]["p99"] = 100.1
     slow["end_to_end"]["native"]["memory_mb"]["idle"]["coordinator"] = 84.0
     found = verdicts(slow)
     assert found["detector throughput, native alerts"] == MISS
+    assert found["detector throughput, mixed formats"] == MISS
+    assert found["throughput the formats cost (mixed against native)"] == MISS
+    assert found["lease undone after a restart past its due time, latest"] == MISS
+    assert found["lease undone after its due time, latest, responder running"] == PASS
     assert found["p99 alert -> incident event at 1,000/s, detector alone"] == MISS
     assert found["idle RSS, coordinator"] == MISS
     assert found["idle RSS, responder"] == PASS  # exactly at the limit
@@ -76,7 +95,7 @@ def test_none_sustained_is_a_miss_not_a_gap() -> None:
 def test_targets_say_their_goal() -> None:
     assert Target("x", " alerts/s", lambda r: None, at_least=20_000).goal == ">= 20,000 alerts/s"
     assert Target("y", " ms", lambda r: None, at_most=100).goal == "<= 100 ms"
-    assert len(TARGETS) == 9
+    assert len(TARGETS) == 13
     assert evaluate(results())[0] == {
         "figure": "detector throughput, native alerts",
         "target": ">= 20,000 alerts/s",
