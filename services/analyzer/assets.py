@@ -33,7 +33,10 @@ PRIVILEGED: frozenset[Privilege] = frozenset({"admin", "domain_admin"})
 CROWN_JEWEL_TAG = "crown-jewel"
 WIDE_BLAST_RADIUS = 10  # affected assets from which an incident is at least SEV2
 FORMATS = ("yaml", "csv")
+# The primary keys' btree takes entries up to about 2,700 bytes; longer than any real name or id.
+MAX_IDENTIFIER_BYTES = 2048
 _ENVIRONMENT = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class InventoryFileError(YamlFileError):
@@ -46,12 +49,28 @@ class InventoryFileError(YamlFileError):
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        """Postgres text holds no NUL and UTF-8 no lone surrogate; a YAML escape (`"\\0"`) can write both."""
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and _UNSTORABLE.search(text) for text in texts):
+            raise ValueError("holds a NUL character or a lone surrogate, which no stored text can")
+        return value
+
+
+def _bounded(text: str) -> str:
+    if len(text.encode(errors="surrogatepass")) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"longer than {MAX_IDENTIFIER_BYTES} bytes")
+    return text
+
 
 def _canonical_identifier(kind: AssetKind, value: str) -> str:
     """One spelling per asset, so that lookups match: lower-case hosts, normalised addresses."""
     text = value.strip()
     if not text:
         raise ValueError("identifier is empty")
+    _bounded(text)
     if kind == "host":
         return text.rstrip(".").lower()
     if kind == "ip":
@@ -121,7 +140,7 @@ class User(_Record):
         value = value.strip().lower()
         if not value:
             raise ValueError("name is empty")
-        return value
+        return _bounded(value)
 
     @field_validator("owns", "tags", mode="before")
     @classmethod

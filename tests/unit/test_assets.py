@@ -116,6 +116,24 @@ def test_yaml_that_is_not_yaml_names_its_line() -> None:
     )
 
 
+def test_what_no_table_can_store_is_refused_with_its_line() -> None:
+    long_name = "h" * 2049
+    problems = problems_of(
+        parse_yaml,
+        f'assets:\n  - {{kind: host, identifier: {long_name}}}\n  - {{kind: host, identifier: "a\\0b"}}\n'
+        'users:\n  - {name: "\\ud800"}\n',
+        "inv.yaml",
+    )
+    assert problems[0].startswith("inv.yaml:2:") and "longer than 2048 bytes" in problems[0]
+    assert problems[1].startswith("inv.yaml:3:") and "NUL character" in problems[1]
+    assert problems[2].startswith("inv.yaml:5:") and "lone surrogate" in problems[2]
+    assert problems_of(parse_yaml, "assets:\n  - {kind: host,\x00 identifier: x}\n", "nul.yaml") == [
+        "nul.yaml:2: not YAML: character #x0000: special characters are not allowed"
+    ]
+    [in_csv] = problems_of(parse_csv, "kind,identifier\nhost,web-1\nhost,a\x00b\n", "nul.csv")
+    assert in_csv.startswith("nul.csv:3:2: identifier:") and "NUL character" in in_csv
+
+
 def test_csv_headers_are_mapped_and_lists_split() -> None:
     catalog = parse_csv(
         "Kind,Identifier,Tier,Env,Classification,Service,Owner Team,Tags\n"
