@@ -487,32 +487,70 @@ def _resource_key(value: str) -> str:
     return _canonical_identifier("cloud_resource", value)
 
 
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(value.strip())
+
+
+def resource_names(value: str) -> list[str]:
+    """The names a resource field may list a cloud resource by: the whole field, then each name in it.
+
+    Adapters write the field as a bare name or as "<type> <name>[, <name>…]": "Instance i-0abc",
+    "S3Bucket logs, exports", "AWS::IAM::Role arn:aws:iam::…:role/x", "cloud instance i-0abc".
+    """
+    names = [value]
+    for part in value.split(","):
+        if words := part.split():
+            names += [part, words[-1]]
+    spelled = []
+    for name in names:
+        try:
+            spelled.append(_resource_key(name))
+        except ValueError:
+            continue  # empty, or too long to be listed
+    return list(dict.fromkeys(spelled))
+
+
 async def resolve(
-    conn: Conn, *, hosts: Sequence[str], ips: Sequence[str], users: Sequence[str], resources: Sequence[str]
+    conn: Conn,
+    *,
+    hosts: Sequence[str],
+    ips: Sequence[str],
+    users: Sequence[str],
+    resources: Sequence[str],
+    ips_if_known: Sequence[str] = (),
+    resources_if_known: Sequence[str] = (),
 ) -> Inventory:
-    """Look every name up (one query per kind); an address matches itself or the most specific network holding it."""
+    """Look every name up (one query per kind); an address matches itself or the most specific network holding it.
+
+    What the inventory lacks is listed as unknown, but for the ``*_if_known`` names: those are someone
+    else's unless the inventory lists them (a public address: the attacker's, or the organisation's own).
+    A resource matches by any of its ``resource_names``.
+    """
     found: list[Found] = []
     known_users: list[User] = []
     unknown: list[Unknown] = []
 
     host_keys, bad_hosts = _lookups(hosts, _host_key)
-    resource_keys, bad_resources = _lookups(resources, _resource_key)
-    for kind, keys, asset_kind in (("host", host_keys, "host"), ("resource", resource_keys, "cloud_resource")):
-        if not keys:
-            continue
+    if host_keys:
         rows = await conn.fetch(
-            f"SELECT {ASSET_COLUMNS_SQL} FROM assets a WHERE a.kind = $1 AND a.identifier = ANY($2::text[])",
-            asset_kind,
-            list(keys),
+            f"SELECT {ASSET_COLUMNS_SQL} FROM assets a WHERE a.kind = 'host' AND a.identifier = ANY($1::text[])",
+            list(host_keys),
         )
         for row in rows:
-            found.append(Found(kind, keys.pop(row["identifier"]), _asset(row)))  # type: ignore[arg-type]
-        unknown += [Unknown(kind, value) for value in keys.values()]  # type: ignore[arg-type]
-    unknown += [Unknown("host", v) for v in bad_hosts] + [Unknown("resource", v) for v in bad_resources]
+            found.append(Found("host", host_keys.pop(row["identifier"]), _asset(row)))
+        unknown += [Unknown("host", value) for value in host_keys.values()]
+    unknown += [Unknown("host", v) for v in bad_hosts]
 
-    ip_keys, bad_ips = _lookups(ips, lambda v: ipaddress.ip_address(v.strip()))
-    if ip_keys:
-        addresses = list(ip_keys)
+    resources_found, resources_unknown = await _resolve_resources(conn, resources, resources_if_known)
+    found += resources_found
+    unknown += resources_unknown
+
+    ip_keys, bad_ips = _lookups(ips, _address)
+    every_ip = dict(ip_keys)
+    for key, value in _lookups(ips_if_known, _address)[0].items():
+        every_ip.setdefault(key, value)  # what is no address is no one's asset: not unknown either
+    if every_ip:
+        addresses = list(every_ip)
         rows = await conn.fetch(
             f"""SELECT DISTINCT ON (q.n) q.n, {ASSET_COLUMNS_SQL}
                 FROM unnest($1::inet[]) WITH ORDINALITY AS q(ip, n)
@@ -522,8 +560,8 @@ async def resolve(
         )
         for row in rows:
             address = addresses[row["n"] - 1]
-            found.append(Found("ip", ip_keys.pop(address), _asset(row), "exact" if row["kind"] == "ip" else "cidr"))
-        unknown += [Unknown("ip", value) for value in ip_keys.values()]
+            found.append(Found("ip", every_ip.pop(address), _asset(row), "exact" if row["kind"] == "ip" else "cidr"))
+        unknown += [Unknown("ip", value) for key, value in every_ip.items() if key in ip_keys]
     unknown += [Unknown("ip", v) for v in bad_ips]
 
     user_keys, bad_users = _lookups(users, _user_key)
@@ -537,6 +575,38 @@ async def resolve(
         unknown += [Unknown("user", value) for value in user_keys.values()]
     unknown += [Unknown("user", v) for v in bad_users]
     return Inventory(tuple(found), tuple(known_users), tuple(unknown))
+
+
+async def _resolve_resources(
+    conn: Conn, named: Sequence[str], if_known: Sequence[str]
+) -> tuple[list[Found], list[Unknown]]:
+    """Cloud resources by any of their names; a ``named`` one that matches by none is unknown."""
+    named_keys = {value.strip() for value in named}
+    wanted: dict[str, tuple[str, list[str]]] = {}  # the value stripped -> as first given, its names
+    unknown: list[Unknown] = []
+    for value in [*named, *if_known]:
+        key = value.strip()
+        if key in wanted:
+            continue
+        wanted[key] = (value, resource_names(value))
+        if not wanted[key][1] and key in named_keys:
+            unknown.append(Unknown("resource", value))
+    every = sorted({name for _, names in wanted.values() for name in names})
+    if not every:
+        return [], unknown
+    rows = await conn.fetch(
+        f"""SELECT {ASSET_COLUMNS_SQL} FROM assets a
+            WHERE a.kind = 'cloud_resource' AND a.identifier = ANY($1::text[])""",
+        every,
+    )
+    listed = {row["identifier"]: _asset(row) for row in rows}
+    found: list[Found] = []
+    for key, (value, names) in wanted.items():
+        hits = [listed[name] for name in names if name in listed]
+        found += [Found("resource", value, asset) for asset in hits]
+        if names and not hits and key in named_keys:
+            unknown.append(Unknown("resource", value))
+    return found, unknown
 
 
 # ---- impact and severity ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from shared.events import (
     IncidentType,
     IncidentUpdated,
     Indicator,
+    Observable,
     Severity,
 )
 from tests.factories import T0, alert, snapshot
@@ -60,6 +61,39 @@ def test_a_part_carrying_no_new_indicator_keeps_what_was_known() -> None:
     again = domain.gather(known, _part(1, 1, [_summary(1)], alert_count=1))
     assert again.indicators == known.indicators
     assert again.alert_count == 4  # never goes back
+
+
+def test_every_part_adds_the_resources_its_alerts_are_about() -> None:
+    first = domain.gather(None, _part(1, 2, [_summary(1, resource="Instance i-0abc"), _summary(2)]))
+    assert first.resources == ["Instance i-0abc"]
+    both = domain.gather(first, _part(2, 2, [_summary(3, resource="S3Bucket exports"), _summary(4)]))
+    assert both.resources == ["Instance i-0abc", "S3Bucket exports"]
+
+
+def test_the_inventory_is_asked_of_every_address_and_resource_the_incident_names() -> None:
+    gathered = domain.Gathered(
+        alert_count=2,
+        hosts=["web-01"],
+        users=["deploy"],
+        indicators=[
+            Indicator(kind="ipv4", value="10.1.2.3", internal=True),
+            Indicator(kind="ipv4", value="198.51.100.7"),
+            Indicator(kind="ipv6", value="2001:db8::7"),
+            Indicator(kind="domain", value="evil.example"),
+        ],
+        resources=["Instance i-0abc"],
+    )
+    observables = [
+        Observable(kind="cloud_resource", value="arn:aws:s3:::exports"),
+        Observable(kind="process", value="sh"),
+    ]
+    wanted = domain.lookups(gathered, observables)
+    assert (wanted.hosts, wanted.users) == (["web-01"], ["deploy"])
+    # Inside addresses and what the alerts are about: unknown when not listed.
+    assert (wanted.ips, wanted.resources) == (["10.1.2.3"], ["Instance i-0abc"])
+    # Public addresses and ids named in passing: ours when listed, else not an unknown system of ours.
+    assert wanted.ips_if_known == ["198.51.100.7", "2001:db8::7"]
+    assert wanted.resources_if_known == ["arn:aws:s3:::exports"]
 
 
 # ---- when an analysis is published ------------------------------------------------------------
