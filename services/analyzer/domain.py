@@ -114,11 +114,14 @@ def impact_summary(found: Impact) -> events.Impact:
         systems=[a.identifier for a in found.systems],
         unknown_systems=[u.value for u in found.unknown if u.kind in ("host", "ip", "resource")],
         users=[u.name for u in found.users],
+        unknown_users=[u.value for u in found.unknown if u.kind == "user"],
         privileged_users=[u.name for u in found.privileged_users],
         business_services=list(found.business_services),
         crown_jewels=[a.identifier for a in found.crown_jewels],
         most_critical=min((a.criticality for a in found.systems), default=None),
         data_at_risk=found.data_at_risk,
+        blast_radius=found.blast_radius,
+        by_criticality=found.by_criticality,
     )
 
 

@@ -80,16 +80,19 @@ async def test_an_inventory_cloud_resource_and_public_address_are_affected_syste
     event = IncidentDetected(
         source="/vigil/detector",
         subject="inc-cloud",
-        data=snapshot(severity=Severity.SEV3, new_alerts=[summarise(probe)], hosts=["vpn-gw"], users=[]),
+        data=snapshot(severity=Severity.SEV3, new_alerts=[summarise(probe)], hosts=["vpn-gw"], users=["mallory"]),
     )
     analysis = (await analyse(pool, names, event)).data
     assert analysis.impact is not None
     assert analysis.impact.systems == ["i-0abc123def4567890", "198.51.100.20"]  # most critical first
     assert analysis.impact.most_critical == 1 and analysis.impact.crown_jewels == ["i-0abc123def4567890"]
+    assert analysis.impact.blast_radius == 2
+    assert analysis.impact.by_criticality == {1: 1, 2: 1, 3: 0, 4: 0}
     assert analysis.impact.business_services == ["payments", "storefront"]
     assert analysis.impact.data_at_risk == "confidential"
     # The attacker's address is not an unknown system of ours; the host the inventory lacks is.
     assert analysis.impact.unknown_systems == ["vpn-gw"]
+    assert analysis.impact.unknown_users == ["mallory"]
     assert analysis.severity_recommendation is not None
     assert analysis.severity_recommendation.severity is Severity.SEV2
 
