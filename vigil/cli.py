@@ -1970,26 +1970,12 @@ def assets_show(
     as_json: JsonOption = False,
 ) -> None:
     """What the inventory knows of IDENTIFIER; an address shows the most specific network holding it."""
-    import ipaddress
-
     from rich.text import Text
 
     from services.analyzer import assets
 
     async def look(conn: Any) -> list[tuple[str, dict[str, Any]]]:
-        if "/" in identifier:
-            try:
-                ipaddress.ip_network(identifier, strict=True)
-            except ValueError:
-                pass  # not a network: a resource id may hold a slash
-            else:
-                network = await assets.get_asset(conn, kind="cidr", identifier=identifier)
-                return [("cidr", network.model_dump())] if network else []
-        try:
-            ips = [str(ipaddress.ip_address(identifier))]
-        except ValueError:
-            ips = []
-        known = await assets.resolve(conn, hosts=[identifier], ips=ips, users=[identifier], resources=[identifier])
+        known = await assets.show(conn, identifier)
         return [
             *(
                 (

@@ -1,7 +1,8 @@
 """The asset inventory: what the hosts, addresses, accounts and cloud resources of an incident are.
 
-Parsers (YAML, CSV) and ``impact`` / ``severity_recommendation`` are pure; ``import_catalog`` and
-``resolve`` are the only functions that touch the database (tables from migration 0016).
+Parsers (YAML, CSV), ``resource_names`` and ``impact`` / ``severity_recommendation`` are pure;
+``import_catalog``, ``list_``, ``get_asset``, ``resolve`` and ``show`` are the only functions that
+touch the database (tables from migration 0016).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from shared.yamlfile import YamlFileError, node_at, validate_yaml
 AssetKind = Literal["host", "ip", "cidr", "cloud_resource"]
 Classification = Literal["public", "internal", "confidential", "restricted"]
 Privilege = Literal["standard", "elevated", "admin", "domain_admin"]
-LookupKind = Literal["host", "ip", "user", "resource"]
+# How an incident (or `vigil assets show`) named an asset; `cidr`: a network looked up as itself.
+LookupKind = Literal["host", "ip", "user", "resource", "cidr"]
 
 ASSET_KINDS: tuple[AssetKind, ...] = ("host", "ip", "cidr", "cloud_resource")
 CLASSIFICATIONS: tuple[Classification, ...] = ("public", "internal", "confidential", "restricted")
@@ -607,6 +609,24 @@ async def _resolve_resources(
         if names and not hits and key in named_keys:
             unknown.append(Unknown("resource", value))
     return found, unknown
+
+
+async def show(conn: Conn, identifier: str) -> Inventory:
+    """What the inventory knows of one identifier: a network (CIDR) as itself; else the host, the address
+    (or the most specific network holding it), the account and the cloud resource of that name."""
+    if "/" in identifier:
+        try:
+            ipaddress.ip_network(identifier, strict=True)
+        except ValueError:
+            pass  # not a network: a resource id may hold a slash
+        else:
+            network = await get_asset(conn, kind="cidr", identifier=identifier)
+            return Inventory(assets=(Found("cidr", identifier, network),) if network else ())
+    try:
+        ips = [str(ipaddress.ip_address(identifier))]
+    except ValueError:
+        ips = []
+    return await resolve(conn, hosts=[identifier], ips=ips, users=[identifier], resources=[identifier])
 
 
 # ---- impact and severity ---------------------------------------------------------------------------
