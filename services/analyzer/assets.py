@@ -1,8 +1,8 @@
 """The asset inventory: what the hosts, addresses, accounts and cloud resources of an incident are.
 
-Parsers (YAML, CSV), ``resource_names`` and ``impact`` / ``severity_recommendation`` are pure;
-``import_catalog``, ``list_``, ``get_asset``, ``resolve`` and ``show`` are the only functions that
-touch the database (tables from migration 0016).
+Parsers (YAML, CSV), ``resource_names``, ``one_name_per_system`` and ``impact`` /
+``severity_recommendation`` are pure; ``import_catalog``, ``list_``, ``get_asset``, ``resolve`` and
+``show`` are the only functions that touch the database (tables from migration 0016).
 """
 
 from __future__ import annotations
@@ -576,7 +576,24 @@ async def resolve(
             user_keys.pop(row["name"])
         unknown += [Unknown("user", value) for value in user_keys.values()]
     unknown += [Unknown("user", v) for v in bad_users]
-    return Inventory(tuple(found), tuple(known_users), tuple(unknown))
+    return Inventory(tuple(found), tuple(known_users), tuple(one_name_per_system(found, unknown)))
+
+
+def one_name_per_system(found: Sequence[Found], unknown: Sequence[Unknown]) -> list[Unknown]:
+    """The unknown without what names, under another kind, a system found or listed already.
+
+    Tools name an instance both as the alert's host and as its resource ("i-0abc", "Instance i-0abc"):
+    one system, which is not unknown when the inventory lists it as either, nor unknown twice.
+    """
+    hosts = {f.looked_up.strip().lower() for f in found if f.kind == "host"}
+    hosts |= {u.value.strip().lower() for u in unknown if u.kind == "host"}
+    resources = {f.asset.identifier.lower() for f in found if f.kind == "resource"}
+    return [
+        u
+        for u in unknown
+        if not (u.kind == "host" and u.value.strip().lower() in resources)
+        and not (u.kind == "resource" and any(name.lower() in hosts for name in resource_names(u.value)))
+    ]
 
 
 async def _resolve_resources(

@@ -176,6 +176,16 @@ async def test_public_addresses_and_resource_ids_in_passing_count_only_when_list
     assert set(found.unknown) == {Unknown("resource", "Instance i-0fff"), Unknown("ip", "192.168.9.9")}
 
 
+async def test_an_instance_named_as_host_and_as_resource_is_one_system(db: asyncpg.Pool) -> None:
+    await load(db, parse_yaml("assets:\n  - {kind: cloud_resource, identifier: i-0abc}\n", source="inv.yaml"))
+    async with db.acquire() as conn:
+        found = await resolve(  # as GuardDuty names an instance: the alert's host and its resource
+            conn, hosts=["i-0abc", "i-0fff"], ips=[], users=[], resources=["Instance i-0abc", "Instance i-0fff"]
+        )
+    assert [(f.looked_up, f.asset.identifier) for f in found.assets] == [("Instance i-0abc", "i-0abc")]
+    assert found.unknown == (Unknown("host", "i-0fff"),)
+
+
 async def test_resolve_with_nothing_asks_nothing(db: asyncpg.Pool) -> None:
     async with db.acquire() as conn:
         found = await resolve(conn, hosts=[], ips=[], users=[], resources=[])

@@ -18,6 +18,7 @@ from services.analyzer.assets import (
     User,
     format_of,
     impact,
+    one_name_per_system,
     parse_csv,
     parse_yaml,
     resource_names,
@@ -286,6 +287,23 @@ def test_unknown_accounts_are_kept_apart_from_the_known() -> None:
     )
     assert [u.name for u in result.users] == ["alice"]
     assert [u.value for u in result.unknown if u.kind == "user"] == ["mallory"]
+
+
+def test_a_system_named_as_host_and_as_resource_is_one_system() -> None:
+    instance = Asset(kind="cloud_resource", identifier="i-0abc", criticality=2)
+    # Listed as a resource: the host of that name is the same system, not an unknown one.
+    listed = one_name_per_system(
+        [Found("resource", "Instance i-0abc", instance)], [Unknown("host", "I-0abc"), Unknown("host", "web-9")]
+    )
+    assert listed == [Unknown("host", "web-9")]
+    # Listed as neither: unknown once, by the host's name.
+    neither = one_name_per_system(
+        [], [Unknown("host", "i-0fff"), Unknown("resource", "Instance i-0fff"), Unknown("resource", "Bucket b")]
+    )
+    assert neither == [Unknown("host", "i-0fff"), Unknown("resource", "Bucket b")]
+    # Listed as a host: the resource naming it is that host.
+    web = host("web-1", 2)
+    assert one_name_per_system([Found("host", "web-1", web)], [Unknown("resource", "vm web-1")]) == []
 
 
 def test_a_resource_field_names_a_resource_whole_or_by_each_name_after_its_type() -> None:
