@@ -304,7 +304,9 @@ class Observable(Payload):
 class Impact(Payload):
     """What the incident touches, from the asset inventory; unknown entities are listed, never dropped."""
 
-    systems: list[str] = Field(default_factory=list, description="Affected systems the inventory knows.")
+    systems: list[str] = Field(
+        default_factory=list, description="Affected systems the inventory knows, most critical first."
+    )
     unknown_systems: list[str] = Field(default_factory=list)
     users: list[str] = Field(default_factory=list)
     privileged_users: list[str] = Field(default_factory=list)
@@ -312,6 +314,18 @@ class Impact(Payload):
     crown_jewels: list[str] = Field(default_factory=list)
     most_critical: int | None = Field(None, ge=1, le=4, description="1 is most critical.")
     data_at_risk: str | None = Field(None, description="The highest data classification affected.")
+    unknown_users: list[str] = Field(default_factory=list, description="Accounts named that the inventory lacks.")
+    blast_radius: int | None = Field(
+        None,
+        ge=0,
+        description="How many distinct systems the inventory knows are affected (addresses in one listed "
+        "network are one); none in analyses from before it was carried.",
+    )
+    by_criticality: dict[Annotated[int, Field(ge=1, le=4)], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Criticality (1 most critical … 4) -> how many of the affected systems have it.",
+        json_schema_extra={"propertyNames": {"enum": ["1", "2", "3", "4"]}},  # JSON keys are strings
+    )
 
 
 class SeverityRecommendation(Payload):

@@ -64,7 +64,7 @@ PERMISSION_TEXT: dict[Permission, str] = {
     "incidents.acknowledge": "acknowledge incidents",
     "tasks.complete": "mark tasks done",
     "incidents.state": "move incidents through their lifecycle, resolve them",
-    "incidents.edit": "change severity, type and title",
+    "incidents.edit": "change severity, type and title; reload correlation rules; import the asset inventory",
     "incidents.assign": "assign the commander and other roles",
     "steps.approve": "approve and deny response steps",
     "leases.change": "extend and revoke leases of response actions",

@@ -52,6 +52,10 @@ def validate_yaml(document: str, model: type[M], *, source: str, raises: type[Ya
         mark = exc.problem_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
         raise raises([f"{source}:{where}: not YAML: {exc.problem}"]) from exc
+    except yaml.reader.ReaderError as exc:  # a character YAML refuses (a NUL, a control character)
+        line = document.count("\n", 0, exc.position) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise raises([f"{source}:{line}: not YAML: character #x{code:04x}: {exc.reason}"]) from exc
     try:
         return model.model_validate(data)
     except ValidationError as exc:

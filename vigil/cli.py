@@ -25,7 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from shared.settings import SERVICE_NAMES, VigilSettings
-from vigil.cli_analysis import attack_app, print_threat_analysis
+from vigil.cli_analysis import attack_app, print_impact, print_threat_analysis
 
 if TYPE_CHECKING:
     from services.detector.api import Record
@@ -1323,19 +1323,7 @@ def incidents_show(incident_id: str, as_json: JsonOption = False) -> None:
                 said = f"  [red]{ind['verdict']}[/] ({', '.join(ind.get('feeds', []))}{tags})"
             console.print(f"  {ind['kind']:>7}  {escape(ind['value'])}{said}")
         if impact := analysis.get("impact"):
-            parts = [
-                f"crown jewels: {', '.join(impact['crown_jewels'])}" if impact.get("crown_jewels") else "",
-                f"privileged accounts: {', '.join(impact['privileged_users'])}"
-                if impact.get("privileged_users")
-                else "",
-                f"services: {', '.join(impact['business_services'])}" if impact.get("business_services") else "",
-                f"data at risk: {impact['data_at_risk']}" if impact.get("data_at_risk") else "",
-                f"unknown to the inventory: {', '.join(impact['unknown_systems'][:5])}"
-                if impact.get("unknown_systems")
-                else "",
-            ]
-            if said_impact := "; ".join(p for p in parts if p):
-                console.print(f"[b]impact[/b] {said_impact}")
+            print_impact(console, impact)
         if recommended := analysis.get("severity_recommendation"):
             console.print(f"[b]recommended[/b] {recommended['severity']}: {escape('; '.join(recommended['reasons']))}")
         print_threat_analysis(console, analysis)
@@ -1982,26 +1970,12 @@ def assets_show(
     as_json: JsonOption = False,
 ) -> None:
     """What the inventory knows of IDENTIFIER; an address shows the most specific network holding it."""
-    import ipaddress
-
     from rich.text import Text
 
     from services.analyzer import assets
 
     async def look(conn: Any) -> list[tuple[str, dict[str, Any]]]:
-        if "/" in identifier:
-            try:
-                ipaddress.ip_network(identifier, strict=True)
-            except ValueError:
-                pass  # not a network: a resource id may hold a slash
-            else:
-                network = await assets.get_asset(conn, kind="cidr", identifier=identifier)
-                return [("cidr", network.model_dump())] if network else []
-        try:
-            ips = [str(ipaddress.ip_address(identifier))]
-        except ValueError:
-            ips = []
-        known = await assets.resolve(conn, hosts=[identifier], ips=ips, users=[identifier], resources=[identifier])
+        known = await assets.show(conn, identifier)
         return [
             *(
                 (

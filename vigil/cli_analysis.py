@@ -1,4 +1,4 @@
-"""Root cause and ATT&CK for operators: how `vigil incidents show` prints them, and `vigil attack`."""
+"""Impact, root cause and ATT&CK for operators: how `vigil incidents show` prints them, and `vigil attack`."""
 
 from __future__ import annotations
 
@@ -21,6 +21,38 @@ HYPOTHESES = (
     ("entry_vector", "entry"),
     ("first_alert", "first alert"),
 )
+
+
+def _listed(names: list[str], limit: int) -> str:
+    shown = ", ".join(names[:limit])
+    return escape(shown + (f" and {len(names) - limit} more" if len(names) > limit else ""))
+
+
+def print_impact(console: Console, impact: dict[str, Any]) -> None:
+    """The affected systems and how critical, what they serve and hold, and what the inventory lacks."""
+    systems = impact.get("systems") or []
+    radius = impact.get("blast_radius")
+    radius = len(systems) if radius is None else radius  # an analysis from before the count was carried
+    counts = sorted((int(level), n) for level, n in (impact.get("by_criticality") or {}).items() if n)
+    weight = ", ".join(f"{n} at criticality {level}" for level, n in counts)
+    said = f"{radius} system(s) affected" + (f" ({weight})" if weight else "")
+    if not radius:
+        said = "no system the inventory lists is affected"
+    console.print(f"[b]impact[/b] {said}" + (f": {_listed(systems, 10)}" if systems else ""))
+    weighed = [
+        f"crown jewels: {_listed(impact['crown_jewels'], 5)}" if impact.get("crown_jewels") else "",
+        f"privileged accounts: {_listed(impact['privileged_users'], 5)}" if impact.get("privileged_users") else "",
+        f"services: {_listed(impact['business_services'], 5)}" if impact.get("business_services") else "",
+        f"data at risk: {escape(impact['data_at_risk'])}" if impact.get("data_at_risk") else "",
+    ]
+    if said_weight := "; ".join(p for p in weighed if p):
+        console.print(f"  {said_weight}")
+    unknown = [
+        f"systems {_listed(impact['unknown_systems'], 5)}" if impact.get("unknown_systems") else "",
+        f"accounts {_listed(impact['unknown_users'], 5)}" if impact.get("unknown_users") else "",
+    ]
+    if said_unknown := "; ".join(p for p in unknown if p):
+        console.print(f"  unknown to the inventory: {said_unknown}")
 
 
 def print_threat_analysis(console: Console, analysis: dict[str, Any]) -> None:

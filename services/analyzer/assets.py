@@ -1,7 +1,8 @@
 """The asset inventory: what the hosts, addresses, accounts and cloud resources of an incident are.
 
-Parsers (YAML, CSV) and ``impact`` / ``severity_recommendation`` are pure; ``import_catalog`` and
-``resolve`` are the only functions that touch the database (tables from migration 0016).
+Parsers (YAML, CSV), ``resource_names``, ``one_name_per_system`` and ``impact`` /
+``severity_recommendation`` are pure; ``import_catalog``, ``list_``, ``get_asset``, ``resolve`` and
+``show`` are the only functions that touch the database (tables from migration 0016).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from shared.yamlfile import YamlFileError, node_at, validate_yaml
 AssetKind = Literal["host", "ip", "cidr", "cloud_resource"]
 Classification = Literal["public", "internal", "confidential", "restricted"]
 Privilege = Literal["standard", "elevated", "admin", "domain_admin"]
-LookupKind = Literal["host", "ip", "user", "resource"]
+# How an incident (or `vigil assets show`) named an asset; `cidr`: a network looked up as itself.
+LookupKind = Literal["host", "ip", "user", "resource", "cidr"]
 
 ASSET_KINDS: tuple[AssetKind, ...] = ("host", "ip", "cidr", "cloud_resource")
 CLASSIFICATIONS: tuple[Classification, ...] = ("public", "internal", "confidential", "restricted")
@@ -33,7 +35,10 @@ PRIVILEGED: frozenset[Privilege] = frozenset({"admin", "domain_admin"})
 CROWN_JEWEL_TAG = "crown-jewel"
 WIDE_BLAST_RADIUS = 10  # affected assets from which an incident is at least SEV2
 FORMATS = ("yaml", "csv")
+# The primary keys' btree takes entries up to about 2,700 bytes; longer than any real name or id.
+MAX_IDENTIFIER_BYTES = 2048
 _ENVIRONMENT = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class InventoryFileError(YamlFileError):
@@ -46,12 +51,28 @@ class InventoryFileError(YamlFileError):
 class _Record(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: object) -> object:
+        """Postgres text holds no NUL and UTF-8 no lone surrogate; a YAML escape (`"\\0"`) can write both."""
+        texts = value if isinstance(value, list) else [value]
+        if any(isinstance(text, str) and _UNSTORABLE.search(text) for text in texts):
+            raise ValueError("holds a NUL character or a lone surrogate, which no stored text can")
+        return value
+
+
+def _bounded(text: str) -> str:
+    if len(text.encode(errors="surrogatepass")) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(f"longer than {MAX_IDENTIFIER_BYTES} bytes")
+    return text
+
 
 def _canonical_identifier(kind: AssetKind, value: str) -> str:
     """One spelling per asset, so that lookups match: lower-case hosts, normalised addresses."""
     text = value.strip()
     if not text:
         raise ValueError("identifier is empty")
+    _bounded(text)
     if kind == "host":
         return text.rstrip(".").lower()
     if kind == "ip":
@@ -121,7 +142,7 @@ class User(_Record):
         value = value.strip().lower()
         if not value:
             raise ValueError("name is empty")
-        return value
+        return _bounded(value)
 
     @field_validator("owns", "tags", mode="before")
     @classmethod
@@ -468,32 +489,70 @@ def _resource_key(value: str) -> str:
     return _canonical_identifier("cloud_resource", value)
 
 
+def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    return ipaddress.ip_address(value.strip())
+
+
+def resource_names(value: str) -> list[str]:
+    """The names a resource field may list a cloud resource by: the whole field, then each name in it.
+
+    Adapters write the field as a bare name or as "<type> <name>[, <name>…]": "Instance i-0abc",
+    "S3Bucket logs, exports", "AWS::IAM::Role arn:aws:iam::…:role/x", "cloud instance i-0abc".
+    """
+    names = [value]
+    for part in value.split(","):
+        if words := part.split():
+            names += [part, words[-1]]
+    spelled = []
+    for name in names:
+        try:
+            spelled.append(_resource_key(name))
+        except ValueError:
+            continue  # empty, or too long to be listed
+    return list(dict.fromkeys(spelled))
+
+
 async def resolve(
-    conn: Conn, *, hosts: Sequence[str], ips: Sequence[str], users: Sequence[str], resources: Sequence[str]
+    conn: Conn,
+    *,
+    hosts: Sequence[str],
+    ips: Sequence[str],
+    users: Sequence[str],
+    resources: Sequence[str],
+    ips_if_known: Sequence[str] = (),
+    resources_if_known: Sequence[str] = (),
 ) -> Inventory:
-    """Look every name up (one query per kind); an address matches itself or the most specific network holding it."""
+    """Look every name up (one query per kind); an address matches itself or the most specific network holding it.
+
+    What the inventory lacks is listed as unknown, but for the ``*_if_known`` names: those are someone
+    else's unless the inventory lists them (a public address: the attacker's, or the organisation's own).
+    A resource matches by any of its ``resource_names``.
+    """
     found: list[Found] = []
     known_users: list[User] = []
     unknown: list[Unknown] = []
 
     host_keys, bad_hosts = _lookups(hosts, _host_key)
-    resource_keys, bad_resources = _lookups(resources, _resource_key)
-    for kind, keys, asset_kind in (("host", host_keys, "host"), ("resource", resource_keys, "cloud_resource")):
-        if not keys:
-            continue
+    if host_keys:
         rows = await conn.fetch(
-            f"SELECT {ASSET_COLUMNS_SQL} FROM assets a WHERE a.kind = $1 AND a.identifier = ANY($2::text[])",
-            asset_kind,
-            list(keys),
+            f"SELECT {ASSET_COLUMNS_SQL} FROM assets a WHERE a.kind = 'host' AND a.identifier = ANY($1::text[])",
+            list(host_keys),
         )
         for row in rows:
-            found.append(Found(kind, keys.pop(row["identifier"]), _asset(row)))  # type: ignore[arg-type]
-        unknown += [Unknown(kind, value) for value in keys.values()]  # type: ignore[arg-type]
-    unknown += [Unknown("host", v) for v in bad_hosts] + [Unknown("resource", v) for v in bad_resources]
+            found.append(Found("host", host_keys.pop(row["identifier"]), _asset(row)))
+        unknown += [Unknown("host", value) for value in host_keys.values()]
+    unknown += [Unknown("host", v) for v in bad_hosts]
 
-    ip_keys, bad_ips = _lookups(ips, lambda v: ipaddress.ip_address(v.strip()))
-    if ip_keys:
-        addresses = list(ip_keys)
+    resources_found, resources_unknown = await _resolve_resources(conn, resources, resources_if_known)
+    found += resources_found
+    unknown += resources_unknown
+
+    ip_keys, bad_ips = _lookups(ips, _address)
+    every_ip = dict(ip_keys)
+    for key, value in _lookups(ips_if_known, _address)[0].items():
+        every_ip.setdefault(key, value)  # what is no address is no one's asset: not unknown either
+    if every_ip:
+        addresses = list(every_ip)
         rows = await conn.fetch(
             f"""SELECT DISTINCT ON (q.n) q.n, {ASSET_COLUMNS_SQL}
                 FROM unnest($1::inet[]) WITH ORDINALITY AS q(ip, n)
@@ -503,8 +562,8 @@ async def resolve(
         )
         for row in rows:
             address = addresses[row["n"] - 1]
-            found.append(Found("ip", ip_keys.pop(address), _asset(row), "exact" if row["kind"] == "ip" else "cidr"))
-        unknown += [Unknown("ip", value) for value in ip_keys.values()]
+            found.append(Found("ip", every_ip.pop(address), _asset(row), "exact" if row["kind"] == "ip" else "cidr"))
+        unknown += [Unknown("ip", value) for key, value in every_ip.items() if key in ip_keys]
     unknown += [Unknown("ip", v) for v in bad_ips]
 
     user_keys, bad_users = _lookups(users, _user_key)
@@ -517,7 +576,74 @@ async def resolve(
             user_keys.pop(row["name"])
         unknown += [Unknown("user", value) for value in user_keys.values()]
     unknown += [Unknown("user", v) for v in bad_users]
-    return Inventory(tuple(found), tuple(known_users), tuple(unknown))
+    return Inventory(tuple(found), tuple(known_users), tuple(one_name_per_system(found, unknown)))
+
+
+def one_name_per_system(found: Sequence[Found], unknown: Sequence[Unknown]) -> list[Unknown]:
+    """The unknown without what names, under another kind, a system found or listed already.
+
+    Tools name an instance both as the alert's host and as its resource ("i-0abc", "Instance i-0abc"):
+    one system, which is not unknown when the inventory lists it as either, nor unknown twice.
+    """
+    hosts = {f.looked_up.strip().lower() for f in found if f.kind == "host"}
+    hosts |= {u.value.strip().lower() for u in unknown if u.kind == "host"}
+    resources = {f.asset.identifier.lower() for f in found if f.kind == "resource"}
+    return [
+        u
+        for u in unknown
+        if not (u.kind == "host" and u.value.strip().lower() in resources)
+        and not (u.kind == "resource" and any(name.lower() in hosts for name in resource_names(u.value)))
+    ]
+
+
+async def _resolve_resources(
+    conn: Conn, named: Sequence[str], if_known: Sequence[str]
+) -> tuple[list[Found], list[Unknown]]:
+    """Cloud resources by any of their names; a ``named`` one that matches by none is unknown."""
+    named_keys = {value.strip() for value in named}
+    wanted: dict[str, tuple[str, list[str]]] = {}  # the value stripped -> as first given, its names
+    unknown: list[Unknown] = []
+    for value in [*named, *if_known]:
+        key = value.strip()
+        if key in wanted:
+            continue
+        wanted[key] = (value, resource_names(value))
+        if not wanted[key][1] and key in named_keys:
+            unknown.append(Unknown("resource", value))
+    every = sorted({name for _, names in wanted.values() for name in names})
+    if not every:
+        return [], unknown
+    rows = await conn.fetch(
+        f"""SELECT {ASSET_COLUMNS_SQL} FROM assets a
+            WHERE a.kind = 'cloud_resource' AND a.identifier = ANY($1::text[])""",
+        every,
+    )
+    listed = {row["identifier"]: _asset(row) for row in rows}
+    found: list[Found] = []
+    for key, (value, names) in wanted.items():
+        hits = [listed[name] for name in names if name in listed]
+        found += [Found("resource", value, asset) for asset in hits]
+        if names and not hits and key in named_keys:
+            unknown.append(Unknown("resource", value))
+    return found, unknown
+
+
+async def show(conn: Conn, identifier: str) -> Inventory:
+    """What the inventory knows of one identifier: a network (CIDR) as itself; else the host, the address
+    (or the most specific network holding it), the account and the cloud resource of that name."""
+    if "/" in identifier:
+        try:
+            ipaddress.ip_network(identifier, strict=True)
+        except ValueError:
+            pass  # not a network: a resource id may hold a slash
+        else:
+            network = await get_asset(conn, kind="cidr", identifier=identifier)
+            return Inventory(assets=(Found("cidr", identifier, network),) if network else ())
+    try:
+        ips = [str(ipaddress.ip_address(identifier))]
+    except ValueError:
+        ips = []
+    return await resolve(conn, hosts=[identifier], ips=ips, users=[identifier], resources=[identifier])
 
 
 # ---- impact and severity ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -14,7 +14,7 @@ from services.analyzer import forensic
 from services.analyzer.assets import Impact, Recommendation
 from services.analyzer.intel import Assessment
 from shared import events
-from shared.events import AlertSummary, IncidentSnapshot, Indicator
+from shared.events import AlertSummary, IncidentSnapshot, Indicator, Observable
 
 MAX_TEXT = 20_000
 
@@ -44,6 +44,7 @@ class Gathered:
     hosts: list[str]
     users: list[str]
     indicators: list[Indicator]
+    resources: list[str] = field(default_factory=list)  # the alerts' resource fields, as the adapters wrote them
 
 
 def gather(known: Gathered | None, snapshot: IncidentSnapshot) -> Gathered:
@@ -52,13 +53,45 @@ def gather(known: Gathered | None, snapshot: IncidentSnapshot) -> Gathered:
     # Its alerts name hosts and users too: a snapshot may list only the first of thousands.
     hosts = {*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)}
     users = {*snapshot.users, *(a.user for a in snapshot.new_alerts if a.user)}
+    resources = {a.resource for a in snapshot.new_alerts if a.resource}
     if known is None:
-        return Gathered(snapshot.alert_count, sorted(hosts), sorted(users), [])
+        return Gathered(snapshot.alert_count, sorted(hosts), sorted(users), [], sorted(resources))
     return Gathered(
         alert_count=max(snapshot.alert_count, known.alert_count),
         hosts=sorted(hosts.union(known.hosts)),
         users=sorted(users.union(known.users)),
         indicators=known.indicators,
+        resources=sorted(resources.union(known.resources)),
+    )
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """What to look up in the asset inventory for an incident, and what it means when the inventory lacks it."""
+
+    hosts: list[str]
+    users: list[str]
+    resources: list[str]  # what the alerts are about: unknown when not listed
+    resources_if_known: list[str]  # ids the alerts mention anywhere: affected only when listed
+    ips: list[str]  # internal addresses: unknown when not listed
+    ips_if_known: list[str]  # public ones: the organisation's own when listed, else the other side's
+
+
+def lookups(gathered: Gathered, observables: Sequence[Observable]) -> Lookups:
+    """Every host, account, address and cloud resource the incident names, for the inventory.
+
+    A public address the inventory does not list is the attacker's (or a bystander's), not an unknown
+    system of ours; one it lists is ours, and affected. A cloud resource id found in a tool's record
+    may be the finding's own or another account's: it counts only when listed.
+    """
+    addresses = [i for i in gathered.indicators if i.kind in ("ipv4", "ipv6")]
+    return Lookups(
+        hosts=gathered.hosts,
+        users=gathered.users,
+        resources=gathered.resources,
+        resources_if_known=[o.value for o in observables if o.kind == "cloud_resource"],
+        ips=[i.value for i in addresses if i.internal],
+        ips_if_known=[i.value for i in addresses if not i.internal],
     )
 
 
@@ -81,11 +114,14 @@ def impact_summary(found: Impact) -> events.Impact:
         systems=[a.identifier for a in found.systems],
         unknown_systems=[u.value for u in found.unknown if u.kind in ("host", "ip", "resource")],
         users=[u.name for u in found.users],
+        unknown_users=[u.value for u in found.unknown if u.kind == "user"],
         privileged_users=[u.name for u in found.privileged_users],
         business_services=list(found.business_services),
         crown_jewels=[a.identifier for a in found.crown_jewels],
         most_critical=min((a.criticality for a in found.systems), default=None),
         data_at_risk=found.data_at_risk,
+        blast_radius=found.blast_radius,
+        by_criticality=found.by_criticality,
     )
 
 

@@ -111,9 +111,17 @@ async def _gather_and_publish(
     observables = [o for o in named if isinstance(o, Observable)]
     gathered = replace(gathered, indicators=[i for i in named if isinstance(i, Indicator)])
     await repository.save(ctx.conn, incident_id=event.subject, gathered=gathered)
-    # What the incident touches, by the asset inventory (addresses inside the incident, hosts, accounts).
-    internal = [i.value for i in gathered.indicators if i.kind in ("ipv4", "ipv6") and i.internal]
-    inventory = await assets.resolve(ctx.conn, hosts=gathered.hosts, ips=internal, users=gathered.users, resources=[])
+    # What the incident touches, by the asset inventory: hosts, accounts, addresses and cloud resources.
+    wanted = domain.lookups(gathered, observables)
+    inventory = await assets.resolve(
+        ctx.conn,
+        hosts=wanted.hosts,
+        ips=wanted.ips,
+        users=wanted.users,
+        resources=wanted.resources,
+        ips_if_known=wanted.ips_if_known,
+        resources_if_known=wanted.resources_if_known,
+    )
     found = assets.impact(inventory)
     recommendation = assets.severity_recommendation(snapshot.severity, found)
     # What threat intelligence says of each indicator: one indexed query for all of them.

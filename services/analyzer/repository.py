@@ -18,21 +18,23 @@ async def get(conn: Conn, *, incident_id: str) -> Gathered | None:
         hosts=list(row["hosts"]),
         users=list(row["users"]),
         indicators=[Indicator.model_validate(i) for i in row["indicators"]],
+        resources=list(row["resources"]),
     )
 
 
 async def save(conn: Conn, *, incident_id: str, gathered: Gathered) -> None:
     await conn.execute(
-        """INSERT INTO analyzer_incidents (incident_id, alert_count, hosts, users, indicators)
-           VALUES ($1, $2, $3, $4, $5)
+        """INSERT INTO analyzer_incidents (incident_id, alert_count, hosts, users, indicators, resources)
+           VALUES ($1, $2, $3, $4, $5, $6)
            ON CONFLICT (incident_id) DO UPDATE SET alert_count = EXCLUDED.alert_count,
                hosts = EXCLUDED.hosts, users = EXCLUDED.users, indicators = EXCLUDED.indicators,
-               updated_at = now()""",
+               resources = EXCLUDED.resources, updated_at = now()""",
         incident_id,
         gathered.alert_count,
         gathered.hosts,
         gathered.users,
         [i.model_dump() for i in gathered.indicators],
+        gathered.resources,
     )
 
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from fastapi import APIRouter
 
-from services.analyzer import api, attack, evidence_api, forensic, handlers, intel, providers
+from services.analyzer import api, assets_api, attack, evidence_api, forensic, handlers, intel, providers
 from services.analyzer.feeds import SERVICE, FeedRefresher, sync
 from shared.consumer import HandlerContext, decode_cloudevent, write_context
 from shared.effects import EffectKind
@@ -71,7 +71,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         await poller.run()
 
     def routers(runtime: Runtime) -> list[APIRouter]:
-        return [*api.routers(runtime), *evidence_api.routers(runtime)]
+        return [*api.routers(runtime), *evidence_api.routers(runtime), *assets_api.routers(runtime)]
 
     async def publish_waiting_analyses(runtime: Runtime) -> None:
         await publish_waiting(runtime, interval)

@@ -62,6 +62,41 @@ async def test_a_crown_jewel_and_a_domain_admin_make_the_analysis_recommend_sev1
     assert any("svc-admin" in r for r in analysis.severity_recommendation.reasons)
 
 
+CLOUD_AND_EDGE = """
+assets:
+  - {kind: cloud_resource, identifier: i-0abc123def4567890, business_service: payments, criticality: 1,
+     data_classification: confidential}
+  - {kind: ip, identifier: 198.51.100.20, business_service: storefront, criticality: 2}
+"""
+
+
+async def test_an_inventory_cloud_resource_and_public_address_are_affected_systems(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with pool.acquire() as conn:
+        await assets.import_catalog(conn, assets.parse_yaml(CLOUD_AND_EDGE, source="inventory.yaml"))
+    # The attacker (203.0.113.9) reaches our public storefront address and an instance GuardDuty names.
+    probe = alert(host="vpn-gw", src_ip="203.0.113.9", dst_ip="198.51.100.20", resource="Instance i-0abc123def4567890")
+    event = IncidentDetected(
+        source="/vigil/detector",
+        subject="inc-cloud",
+        data=snapshot(severity=Severity.SEV3, new_alerts=[summarise(probe)], hosts=["vpn-gw"], users=["mallory"]),
+    )
+    analysis = (await analyse(pool, names, event)).data
+    assert analysis.impact is not None
+    assert analysis.impact.systems == ["i-0abc123def4567890", "198.51.100.20"]  # most critical first
+    assert analysis.impact.most_critical == 1 and analysis.impact.crown_jewels == ["i-0abc123def4567890"]
+    assert analysis.impact.blast_radius == 2
+    assert analysis.impact.by_criticality == {1: 1, 2: 1, 3: 0, 4: 0}
+    assert analysis.impact.business_services == ["payments", "storefront"]
+    assert analysis.impact.data_at_risk == "confidential"
+    # The attacker's address is not an unknown system of ours; the host the inventory lacks is.
+    assert analysis.impact.unknown_systems == ["vpn-gw"]
+    assert analysis.impact.unknown_users == ["mallory"]
+    assert analysis.severity_recommendation is not None
+    assert analysis.severity_recommendation.severity is Severity.SEV2
+
+
 async def test_without_an_inventory_everything_is_unknown_and_nothing_is_recommended(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:

@@ -24,8 +24,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
-from services.analyzer import api as analyzer_api
-from services.analyzer import evidence_api
+from services.analyzer import service as analyzer_service
 from services.coordinator import api as coordinator_api
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
@@ -73,7 +72,7 @@ def build(service: str, runtime: Runtime) -> FastAPI:
     if service == "detector":
         return build_app(runtime, detector_service.spec(runtime.settings).routers(runtime))
     if service == "analyzer":
-        return build_app(runtime, [*analyzer_api.routers(runtime), *evidence_api.routers(runtime)])
+        return build_app(runtime, analyzer_service.spec(runtime.settings).routers(runtime))
     if service == "responder":
         responder = Responder(
             load_playbooks(), Execution(policy=load_policy(), guardrails=load_guardrails(), connectors={})

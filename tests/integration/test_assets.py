@@ -149,6 +149,43 @@ async def test_resolve_looks_many_up_at_once_and_keeps_every_unknown(db: asyncpg
     assert len(found.unknown) == 204
 
 
+async def test_public_addresses_and_resource_ids_in_passing_count_only_when_listed(db: asyncpg.Pool) -> None:
+    await load(db, parse_yaml(NETWORKS, source="inv.yaml"))
+    ours = "assets:\n  - {kind: cidr, identifier: 198.51.100.0/24}\n  - {kind: cloud_resource, identifier: i-0abc}\n"
+    await load(db, parse_yaml(ours, source="ours.yaml"))
+    async with db.acquire() as conn:
+        found = await resolve(
+            conn,
+            hosts=[],
+            ips=["10.99.0.1", "192.168.9.9"],
+            users=[],
+            resources=["Instance i-0abc", "S3Bucket arn:aws:s3:::exports, arn:aws:s3:::other", "Instance i-0fff"],
+            ips_if_known=["198.51.100.7", "203.0.113.9", "10.99.0.1", "not-an-ip"],
+            resources_if_known=["arn:aws:iam::123456789012:role/Admin", "arn:aws:s3:::exports"],
+        )
+    matched = {(f.kind, f.looked_up): f.asset.identifier for f in found.assets}
+    assert matched == {
+        ("resource", "Instance i-0abc"): "i-0abc",
+        ("resource", "S3Bucket arn:aws:s3:::exports, arn:aws:s3:::other"): "arn:aws:s3:::exports",
+        ("resource", "arn:aws:s3:::exports"): "arn:aws:s3:::exports",
+        ("ip", "10.99.0.1"): "10.0.0.0/8",
+        ("ip", "198.51.100.7"): "198.51.100.0/24",  # a public address of ours
+    }
+    # What the alerts are about and inside addresses stay unknown when not listed; the attacker's
+    # address, a role in passing and what is no address at all are no unknown system of ours.
+    assert set(found.unknown) == {Unknown("resource", "Instance i-0fff"), Unknown("ip", "192.168.9.9")}
+
+
+async def test_an_instance_named_as_host_and_as_resource_is_one_system(db: asyncpg.Pool) -> None:
+    await load(db, parse_yaml("assets:\n  - {kind: cloud_resource, identifier: i-0abc}\n", source="inv.yaml"))
+    async with db.acquire() as conn:
+        found = await resolve(  # as GuardDuty names an instance: the alert's host and its resource
+            conn, hosts=["i-0abc", "i-0fff"], ips=[], users=[], resources=["Instance i-0abc", "Instance i-0fff"]
+        )
+    assert [(f.looked_up, f.asset.identifier) for f in found.assets] == [("Instance i-0abc", "i-0abc")]
+    assert found.unknown == (Unknown("host", "i-0fff"),)
+
+
 async def test_resolve_with_nothing_asks_nothing(db: asyncpg.Pool) -> None:
     async with db.acquire() as conn:
         found = await resolve(conn, hosts=[], ips=[], users=[], resources=[])

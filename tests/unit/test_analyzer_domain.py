@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from services.analyzer import domain
+from services.analyzer.assets import Asset, Found, Inventory, Unknown, User, impact
 from services.analyzer.handlers import merged
 from services.detector.domain import summarise
 from shared.events import (
@@ -15,6 +16,7 @@ from shared.events import (
     IncidentType,
     IncidentUpdated,
     Indicator,
+    Observable,
     Severity,
 )
 from tests.factories import T0, alert, snapshot
@@ -60,6 +62,66 @@ def test_a_part_carrying_no_new_indicator_keeps_what_was_known() -> None:
     again = domain.gather(known, _part(1, 1, [_summary(1)], alert_count=1))
     assert again.indicators == known.indicators
     assert again.alert_count == 4  # never goes back
+
+
+def test_every_part_adds_the_resources_its_alerts_are_about() -> None:
+    first = domain.gather(None, _part(1, 2, [_summary(1, resource="Instance i-0abc"), _summary(2)]))
+    assert first.resources == ["Instance i-0abc"]
+    both = domain.gather(first, _part(2, 2, [_summary(3, resource="S3Bucket exports"), _summary(4)]))
+    assert both.resources == ["Instance i-0abc", "S3Bucket exports"]
+
+
+def test_the_inventory_is_asked_of_every_address_and_resource_the_incident_names() -> None:
+    gathered = domain.Gathered(
+        alert_count=2,
+        hosts=["web-01"],
+        users=["deploy"],
+        indicators=[
+            Indicator(kind="ipv4", value="10.1.2.3", internal=True),
+            Indicator(kind="ipv4", value="198.51.100.7"),
+            Indicator(kind="ipv6", value="2001:db8::7"),
+            Indicator(kind="domain", value="evil.example"),
+        ],
+        resources=["Instance i-0abc"],
+    )
+    observables = [
+        Observable(kind="cloud_resource", value="arn:aws:s3:::exports"),
+        Observable(kind="process", value="sh"),
+    ]
+    wanted = domain.lookups(gathered, observables)
+    assert (wanted.hosts, wanted.users) == (["web-01"], ["deploy"])
+    # Inside addresses and what the alerts are about: unknown when not listed.
+    assert (wanted.ips, wanted.resources) == (["10.1.2.3"], ["Instance i-0abc"])
+    # Public addresses and ids named in passing: ours when listed, else not an unknown system of ours.
+    assert wanted.ips_if_known == ["198.51.100.7", "2001:db8::7"]
+    assert wanted.resources_if_known == ["arn:aws:s3:::exports"]
+
+
+def test_the_analysis_carries_the_blast_radius_by_criticality_and_unknown_accounts() -> None:
+    bucket = Asset(kind="cloud_resource", identifier="arn:aws:s3:::exports", criticality=1)
+    edge = Asset(kind="cidr", identifier="198.51.100.0/24", criticality=2)
+    db = Asset(kind="host", identifier="db-1", criticality=1, data_classification="restricted")
+    found = impact(
+        Inventory(
+            assets=(
+                Found("resource", "S3Bucket arn:aws:s3:::exports", bucket),
+                Found("ip", "198.51.100.7", edge, "cidr"),
+                Found("ip", "198.51.100.9", edge, "cidr"),
+                Found("host", "DB-1", db),
+            ),
+            users=(User(name="alice"),),
+            unknown=(Unknown("host", "laptop-9"), Unknown("user", "mallory"), Unknown("resource", "Instance i-9")),
+        )
+    )
+    summary = domain.impact_summary(found)
+    assert summary.systems == ["arn:aws:s3:::exports", "db-1", "198.51.100.0/24"]
+    assert summary.blast_radius == 3
+    assert summary.by_criticality == {1: 2, 2: 1, 3: 0, 4: 0}
+    assert summary.most_critical == 1 and summary.data_at_risk == "restricted"
+    assert summary.users == ["alice"] and summary.unknown_users == ["mallory"]
+    assert summary.unknown_systems == ["laptop-9", "Instance i-9"]
+    # On the wire the criticalities are JSON keys, and read back as numbers.
+    assert type(summary).model_validate_json(summary.model_dump_json()) == summary
 
 
 # ---- when an analysis is published ------------------------------------------------------------

@@ -18,8 +18,10 @@ from services.analyzer.assets import (
     User,
     format_of,
     impact,
+    one_name_per_system,
     parse_csv,
     parse_yaml,
+    resource_names,
     severity_recommendation,
 )
 from shared.events import Severity
@@ -114,6 +116,24 @@ def test_yaml_that_is_not_yaml_names_its_line() -> None:
     assert problems_of(parse_yaml, "assets:\n  - kind: host\n   identifier: [\n", "bad.yaml")[0].startswith(
         "bad.yaml:3:"
     )
+
+
+def test_what_no_table_can_store_is_refused_with_its_line() -> None:
+    long_name = "h" * 2049
+    problems = problems_of(
+        parse_yaml,
+        f'assets:\n  - {{kind: host, identifier: {long_name}}}\n  - {{kind: host, identifier: "a\\0b"}}\n'
+        'users:\n  - {name: "\\ud800"}\n',
+        "inv.yaml",
+    )
+    assert problems[0].startswith("inv.yaml:2:") and "longer than 2048 bytes" in problems[0]
+    assert problems[1].startswith("inv.yaml:3:") and "NUL character" in problems[1]
+    assert problems[2].startswith("inv.yaml:5:") and "lone surrogate" in problems[2]
+    assert problems_of(parse_yaml, "assets:\n  - {kind: host,\x00 identifier: x}\n", "nul.yaml") == [
+        "nul.yaml:2: not YAML: character #x0000: special characters are not allowed"
+    ]
+    [in_csv] = problems_of(parse_csv, "kind,identifier\nhost,web-1\nhost,a\x00b\n", "nul.csv")
+    assert in_csv.startswith("nul.csv:3:2: identifier:") and "NUL character" in in_csv
 
 
 def test_csv_headers_are_mapped_and_lists_split() -> None:
@@ -233,6 +253,70 @@ def test_an_empty_inventory_weighs_nothing() -> None:
 def test_a_crown_jewel_tag_counts_whatever_the_criticality() -> None:
     bucket = Asset(kind="cloud_resource", identifier="arn:aws:s3:::exports", criticality=3, tags=["crown-jewel"])
     assert impact(Inventory(assets=found(bucket, kind="resource"))).crown_jewels == (bucket,)
+
+
+def test_a_cloud_resource_and_a_public_address_of_ours_weigh_as_affected_systems() -> None:
+    bucket = Asset(
+        kind="cloud_resource", identifier="arn:aws:s3:::exports", criticality=1, data_classification="restricted"
+    )
+    edge = Asset(kind="cidr", identifier="198.51.100.0/24", criticality=2, business_service="storefront")
+    gateway = Asset(kind="ip", identifier="203.0.113.10", criticality=3)
+    inventory = Inventory(
+        assets=(
+            Found("resource", "S3Bucket arn:aws:s3:::exports", bucket),
+            Found("ip", "198.51.100.7", edge, "cidr"),
+            Found("ip", "198.51.100.8", edge, "cidr"),  # two of our public addresses, one network
+            Found("ip", "203.0.113.10", gateway),
+        ),
+        unknown=(Unknown("resource", "Instance i-0abc"),),
+    )
+    result = impact(inventory)
+    assert result.systems == (bucket, edge, gateway)
+    assert result.blast_radius == 3
+    assert result.by_criticality == {1: 1, 2: 1, 3: 1, 4: 0}
+    assert result.crown_jewels == (bucket,) and result.data_at_risk == "restricted"
+    assert result.business_services == ("storefront",)
+    assert result.unknown == (Unknown("resource", "Instance i-0abc"),)
+    advice = severity_recommendation(Severity.SEV3, result)
+    assert advice is not None and advice.severity is Severity.SEV1
+
+
+def test_unknown_accounts_are_kept_apart_from_the_known() -> None:
+    result = impact(
+        Inventory(users=(User(name="alice"),), unknown=(Unknown("user", "mallory"), Unknown("host", "ghost-1")))
+    )
+    assert [u.name for u in result.users] == ["alice"]
+    assert [u.value for u in result.unknown if u.kind == "user"] == ["mallory"]
+
+
+def test_a_system_named_as_host_and_as_resource_is_one_system() -> None:
+    instance = Asset(kind="cloud_resource", identifier="i-0abc", criticality=2)
+    # Listed as a resource: the host of that name is the same system, not an unknown one.
+    listed = one_name_per_system(
+        [Found("resource", "Instance i-0abc", instance)], [Unknown("host", "I-0abc"), Unknown("host", "web-9")]
+    )
+    assert listed == [Unknown("host", "web-9")]
+    # Listed as neither: unknown once, by the host's name.
+    neither = one_name_per_system(
+        [], [Unknown("host", "i-0fff"), Unknown("resource", "Instance i-0fff"), Unknown("resource", "Bucket b")]
+    )
+    assert neither == [Unknown("host", "i-0fff"), Unknown("resource", "Bucket b")]
+    # Listed as a host: the resource naming it is that host.
+    web = host("web-1", 2)
+    assert one_name_per_system([Found("host", "web-1", web)], [Unknown("resource", "vm web-1")]) == []
+
+
+def test_a_resource_field_names_a_resource_whole_or_by_each_name_after_its_type() -> None:
+    assert resource_names("arn:aws:s3:::exports") == ["arn:aws:s3:::exports"]
+    assert resource_names("Instance i-0abc") == ["Instance i-0abc", "i-0abc"]
+    assert resource_names("cloud instance i-0abc") == ["cloud instance i-0abc", "i-0abc"]
+    assert resource_names("S3Bucket logs, exports") == ["S3Bucket logs, exports", "S3Bucket logs", "logs", "exports"]
+    assert resource_names("AWS::IAM::Role arn:aws:iam::123456789012:role/x") == [
+        "AWS::IAM::Role arn:aws:iam::123456789012:role/x",
+        "arn:aws:iam::123456789012:role/x",
+    ]
+    assert resource_names(" ") == []
+    assert resource_names("x" * 3000) == []  # longer than any listed id
 
 
 # ---- severity recommendation --------------------------------------------------------------------

@@ -193,11 +193,15 @@ def test_incidents_show_puts_known_bad_indicators_impact_and_a_recommendation_fi
                 },
             ],
             "impact": {
+                "systems": ["db-1", "arn:aws:s3:::exports", "198.51.100.20"],
                 "crown_jewels": ["db-1"],
                 "privileged_users": [],
                 "business_services": ["payments"],
                 "data_at_risk": "restricted",
                 "unknown_systems": ["laptop-9"],
+                "unknown_users": ["mallory"],
+                "blast_radius": 3,
+                "by_criticality": {"1": 2, "2": 0, "3": 1, "4": 0},
             },
             "severity_recommendation": {"severity": "SEV1", "reasons": ["db-1 is a crown jewel"]},
         },
@@ -211,6 +215,11 @@ def test_incidents_show_puts_known_bad_indicators_impact_and_a_recommendation_fi
     assert shown.index("203.0.113.7") < shown.index("example.org")
     assert "malicious (feodo, emotet)" in shown
     assert "crown jewels: db-1" in shown and "data at risk: restricted" in shown and "laptop-9" in shown
+    assert (
+        "impact 3 system(s) affected (2 at criticality 1, 1 at criticality 3): db-1, arn:aws:s3:::exports, "
+        "198.51.100.20" in shown
+    )
+    assert "unknown to the inventory: systems laptop-9; accounts mallory" in shown
     assert "recommended SEV1: db-1 is a crown jewel" in shown
 
 
