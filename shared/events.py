@@ -713,6 +713,31 @@ class IncidentEdits(Payload):
     command_id: str | None = None
 
 
+class OpenedTask(Payload):
+    """A runbook task made for an incident: what it is, whose, and by when."""
+
+    task_id: int
+    phase: str
+    title: str
+    owner: str
+    required: bool
+    due_at: AwareDatetime | None = Field(None, description="None until its phase starts, or when it has no deadline.")
+
+
+class TasksOpened(Payload):
+    """The incident's runbook tasks made now (on detection, or more when its severity rose)."""
+
+    tasks: list[OpenedTask]
+
+
+class TasksDropped(Payload):
+    """The incident's open tasks no longer to be done (resolved as a false positive or duplicate, merged away)."""
+
+    task_ids: list[int]
+    actor: str
+    reason: str
+
+
 class TaskDone(Payload):
     """A runbook task of an incident was done."""
 
@@ -958,6 +983,16 @@ class ChangeOffered(EventBase):
     data: ChangeOffer
 
 
+class TasksCreated(EventBase):
+    type: Literal["vigil.incident.tasks_created.v1"] = "vigil.incident.tasks_created.v1"
+    data: TasksOpened
+
+
+class TasksCancelled(EventBase):
+    type: Literal["vigil.incident.tasks_cancelled.v1"] = "vigil.incident.tasks_cancelled.v1"
+    data: TasksDropped
+
+
 class TaskCompleted(EventBase):
     type: Literal["vigil.incident.task_done.v1"] = "vigil.incident.task_done.v1"
     data: TaskDone
@@ -1031,6 +1066,8 @@ Event = Annotated[
     | IncidentEdited
     | IncidentAssigned
     | ChangeOffered
+    | TasksCreated
+    | TasksCancelled
     | TaskCompleted
     | CommandRejected
     | EscalationExhausted
@@ -1070,6 +1107,8 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     IncidentEdited,
     IncidentAssigned,
     ChangeOffered,
+    TasksCreated,
+    TasksCancelled,
     TaskCompleted,
     CommandRejected,
     EscalationExhausted,

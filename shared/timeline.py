@@ -47,6 +47,8 @@ from shared.events import (
     ResponseStepValidated,
     RollbackOffered,
     TaskCompleted,
+    TasksCancelled,
+    TasksCreated,
 )
 
 # How many alert keys one timeline line names before it says how many more there are.
@@ -155,6 +157,13 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = f"{d.person} is the {d.role}, assigned by {d.actor}" + (f": {d.note}" if d.note else "")
         case ChangeOffered(data=d):
             summary = f"{d.by} offers {d.field} {d.offered} (now {d.current}), not applied: {d.reason}"
+        case TasksCreated(data=d):
+            required = sum(t.required for t in d.tasks)
+            titles = _listing([t.title for t in d.tasks[:KEYS_NAMED]], len(d.tasks))
+            summary = f"{len(d.tasks)} runbook task(s) made, {required} required: {titles}"
+        case TasksCancelled(data=d):
+            actor = d.actor
+            summary = f"{len(d.task_ids)} open task(s) cancelled: {d.reason}"
         case TaskCompleted(data=d):
             actor = d.actor
             summary = f"{d.phase.replace('_', '-')} task done: {d.title}" + (f": {d.note}" if d.note else "")

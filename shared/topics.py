@@ -112,9 +112,9 @@ RESPONSES = Topic(
 )
 COORDINATION = Topic(
     name="vigil.coordination",
-    description="Escalations to the incident commander, incident state changes, suggestions to resolve, "
-    "and commands rejected (by the coordinator, the responder for approvals, the detector for merges and "
-    "detaches).",
+    description="Escalations to the incident commander, incident state changes, runbook tasks made and done, "
+    "suggestions to resolve, and commands rejected (by the coordinator, the responder for approvals, the "
+    "detector for merges and detaches).",
     producers=("coordinator", "responder", "detector"),
     consumers=("detector", "reporter"),
     event_types=(
@@ -126,6 +126,8 @@ COORDINATION = Topic(
         "vigil.incident.edited.v1",
         "vigil.incident.assigned.v1",
         "vigil.incident.change_offered.v1",
+        "vigil.incident.tasks_created.v1",
+        "vigil.incident.tasks_cancelled.v1",
         "vigil.incident.task_done.v1",
         "vigil.incident.rollback_offered.v1",
     ),

@@ -49,6 +49,7 @@ from shared.events import (
     IncidentStateChanged,
     IncidentType,
     IncidentUpdated,
+    OpenedTask,
     ResolutionSuggested,
     ResolutionSuggestion,
     ResolveIncident,
@@ -64,6 +65,10 @@ from shared.events import (
     StepChange,
     TaskCompleted,
     TaskDone,
+    TasksCancelled,
+    TasksCreated,
+    TasksDropped,
+    TasksOpened,
 )
 from shared.logs import event_ids
 
@@ -167,7 +172,7 @@ class Coordinator:
             event.subject,
             {"commander": commander},
         )
-        await tasks.create_tasks(
+        made = await tasks.create_tasks(
             ctx.conn,
             self.templates,
             incident_id=event.subject,
@@ -176,6 +181,7 @@ class Coordinator:
             commander=commander,
             now=event.time,
         )
+        self._tell_tasks(ctx, event, made)
         caused = event.caused_by()
         ctx.emit(
             IncidentStateChanged(
@@ -266,7 +272,7 @@ class Coordinator:
         )
         await self._escalate(ctx, event.subject, escalation, discriminator, event.caused_by())
         # A higher severity may call for more of the runbook: its tasks are added, the others kept.
-        await tasks.create_tasks(
+        made = await tasks.create_tasks(
             ctx.conn,
             self.templates,
             incident_id=event.subject,
@@ -275,6 +281,7 @@ class Coordinator:
             commander=row["commander"],
             now=event.time,
         )
+        self._tell_tasks(ctx, event, made)
         if state is IncidentState.DETECTED:
             # Unacknowledged still: the walk down the rotation goes on from the current commander.
             await self._set_ack_deadline(
@@ -600,9 +607,9 @@ class Coordinator:
         for phase in PHASES_STARTED.get(target, ()):
             await tasks.start_phase(ctx.conn, incident_id=command.subject, phase=phase, now=command.time)
         if data.resolution in ("false_positive", "duplicate"):
-            await tasks.cancel_open(
-                ctx.conn, incident_id=command.subject, actor=data.actor, note=f"resolved as {data.resolution}"
-            )
+            why = f"resolved as {data.resolution}"
+            dropped = await tasks.cancel_open(ctx.conn, incident_id=command.subject, actor=data.actor, note=why)
+            self._tell_dropped(ctx, command, dropped, actor=data.actor, reason=why)
         if data.resolution == "false_positive":
             await self._offer_rollback(ctx, command, row)
         await self._log_transition(
@@ -723,6 +730,26 @@ class Coordinator:
 
     async def _task_facts(self, ctx: HandlerContext, incident_id: str) -> dict[str, tuple[int, int]]:
         return tasks.required_progress(await tasks.list_tasks(ctx.conn, incident_id))
+
+    @staticmethod
+    def _tell_tasks(ctx: HandlerContext, cause: EventBase, made: Sequence[tasks.Task]) -> None:
+        """The tasks made now, for the reporter's follow-ups and the timeline; nothing when none were."""
+        if not made:
+            return
+        opened = [
+            OpenedTask(task_id=t.id, phase=t.phase, title=t.title, owner=t.owner, required=t.required, due_at=t.due_at)
+            for t in made
+        ]
+        ctx.emit(TasksCreated(source=SOURCE, **cause.caused_by(), data=TasksOpened(tasks=opened)))
+
+    @staticmethod
+    def _tell_dropped(
+        ctx: HandlerContext, cause: EventBase, dropped: Sequence[tasks.Task], *, actor: str, reason: str
+    ) -> None:
+        """The open tasks cancelled now, so that nobody is still asked for them; nothing when none were."""
+        if dropped:
+            data = TasksDropped(task_ids=[t.id for t in dropped], actor=actor, reason=reason)
+            ctx.emit(TasksCancelled(source=SOURCE, **cause.caused_by(), data=data))
 
     async def on_task_done(self, ctx: HandlerContext, task: tasks.Task) -> None:
         """A task was done (over the API): on the timeline and the audit trail, with who and the note."""
@@ -1042,7 +1069,8 @@ class Coordinator:
         )
         for kind in (ACK_DEADLINE, STATUS_UPDATE):
             await timers.cancel(ctx.conn, service=SERVICE, kind=kind, subject=event.subject)
-        await tasks.cancel_open(ctx.conn, incident_id=event.subject, actor=merge.actor, note=why)
+        dropped = await tasks.cancel_open(ctx.conn, incident_id=event.subject, actor=merge.actor, note=why)
+        self._tell_dropped(ctx, event, dropped, actor=merge.actor, reason=why)
         await self._log_transition(
             ctx,
             event.subject,

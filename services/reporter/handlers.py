@@ -35,6 +35,9 @@ from shared.events import (
     ResponsePlanned,
     ResponseStepChanged,
     ResponseStepValidated,
+    TaskCompleted,
+    TasksCancelled,
+    TasksCreated,
 )
 from shared.timeline import detached_from, merged_in
 
@@ -189,6 +192,18 @@ async def on_validated(ctx: HandlerContext, event: ResponseStepValidated) -> Non
         )
 
 
+async def on_tasks_created(ctx: HandlerContext, event: TasksCreated) -> None:
+    await repository.add_tasks(ctx.conn, incident_id=event.subject, tasks=event.data.tasks, at=event.time)
+
+
+async def on_task_done(ctx: HandlerContext, event: TaskCompleted) -> None:
+    await repository.task_done(ctx.conn, incident_id=event.subject, done=event.data, at=event.time)
+
+
+async def on_tasks_cancelled(ctx: HandlerContext, event: TasksCancelled) -> None:
+    await repository.tasks_cancelled(ctx.conn, incident_id=event.subject, dropped=event.data, at=event.time)
+
+
 async def on_merged(ctx: HandlerContext, event: IncidentMerged) -> None:
     """The incident merged away points at its survivor; the survivor's timeline says so (and shows its history)."""
     await repository.ensure_incident(ctx.conn, incident_id=event.subject)
@@ -234,6 +249,9 @@ PROJECTIONS: dict[type[Item], Projection] = {
     IncidentAssigned: on_assigned,
     ResponseStepChanged: on_step_changed,
     ResponseStepValidated: on_validated,
+    TasksCreated: on_tasks_created,
+    TaskCompleted: on_task_done,
+    TasksCancelled: on_tasks_cancelled,
     IncidentMerged: on_merged,
     IncidentSplit: on_split,
     HistoryEvent: on_foreign,

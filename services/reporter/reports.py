@@ -198,6 +198,10 @@ def postmortem(bundle: IncidentBundle, *, fmt: Format, sla: SlaTargets, now: dat
 # ---- compliance ---------------------------------------------------------------------------------
 
 
+# The runbook phase whose tasks are an incident's follow-ups (services/coordinator/tasks.yaml).
+FOLLOW_UP_PHASES = ("post_mortem",)
+
+
 @dataclass
 class ComplianceData:
     since: datetime | None
@@ -207,6 +211,7 @@ class ComplianceData:
     actions: list[dict[str, Any]]
     audit_entries: int
     audit_problem: str | None
+    follow_ups: list[dict[str, Any]] = field(default_factory=list)  # post-mortem tasks not done
 
 
 def compliance(data: ComplianceData, *, fmt: Format, sla: SlaTargets, now: datetime) -> str:
@@ -243,6 +248,9 @@ def compliance(data: ComplianceData, *, fmt: Format, sla: SlaTargets, now: datet
         "chart": charts.bars_svg(bars, title="Mean response times per severity (bar) and SLA targets"),
         "actions": data.actions,
         "open": open_ones,
+        "follow_ups": [
+            {**task, "overdue": task["due_at"] is not None and task["due_at"] < now} for task in data.follow_ups
+        ],
         "humanize": humanize,
         "audit_entries": data.audit_entries,
         "audit_problem": data.audit_problem,

@@ -9,7 +9,7 @@ from typing import Any
 from services.reporter.aggregates import IncidentTimes
 from services.reporter.measures import MILESTONES
 from services.reporter.queries import AlertFilter, IncidentFilter, IncidentSort, Order, alert_query, incident_query
-from services.reporter.reports import ComplianceData, ExportKind, IncidentBundle
+from services.reporter.reports import FOLLOW_UP_PHASES, ComplianceData, ExportKind, IncidentBundle
 from services.reporter.timeline import HistoryEvent, on_timeline
 from shared import audit
 from shared.db import Conn
@@ -17,10 +17,13 @@ from shared.events import (
     AlertsChange,
     EventBase,
     IncidentSnapshot,
+    OpenedTask,
     ResponseLeaseChanged,
     SplitRecord,
     StepChange,
     SuppressedAlerts,
+    TaskDone,
+    TasksDropped,
 )
 from shared.timeline import TimelineEntry
 
@@ -629,6 +632,62 @@ async def list_timelines_of_incidents_created(
     return [dict(r) for r in rows]
 
 
+async def add_tasks(conn: Conn, *, incident_id: str, tasks: Sequence[OpenedTask], at: datetime) -> None:
+    """The incident's runbook tasks made; one already known (done first, or sent again) keeps its done time."""
+    await conn.executemany(
+        """INSERT INTO reporter_tasks (task_id, incident_id, phase, title, owner, required, due_at, created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (task_id) DO UPDATE SET phase = EXCLUDED.phase, title = EXCLUDED.title,
+               owner = EXCLUDED.owner, required = EXCLUDED.required,
+               due_at = coalesce(reporter_tasks.due_at, EXCLUDED.due_at), created_at = EXCLUDED.created_at""",
+        [(t.task_id, incident_id, t.phase, t.title, t.owner, t.required, t.due_at, at) for t in tasks],
+    )
+
+
+async def task_done(conn: Conn, *, incident_id: str, done: TaskDone, at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO reporter_tasks (task_id, incident_id, phase, title, required, state, done_at, done_by)
+           VALUES ($1, $2, $3, $4, $5, 'done', $6, $7)
+           ON CONFLICT (task_id) DO UPDATE
+           SET state = 'done', done_at = EXCLUDED.done_at, done_by = EXCLUDED.done_by""",
+        done.task_id,
+        incident_id,
+        done.phase,
+        done.title,
+        done.required,
+        at,
+        done.actor,
+    )
+
+
+async def tasks_cancelled(conn: Conn, *, incident_id: str, dropped: TasksDropped, at: datetime) -> None:
+    await conn.executemany(
+        """INSERT INTO reporter_tasks (task_id, incident_id, state, done_at, done_by)
+           VALUES ($1, $2, 'cancelled', $3, $4)
+           ON CONFLICT (task_id) DO UPDATE SET state = 'cancelled', done_at = EXCLUDED.done_at,
+               done_by = EXCLUDED.done_by
+           WHERE reporter_tasks.state = 'open'""",
+        [(task_id, incident_id, at, dropped.actor) for task_id in dropped.task_ids],
+    )
+
+
+async def list_open_follow_ups(
+    conn: Conn, *, since: datetime | None, until: datetime | None, phases: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Tasks of these phases not done, of the incidents created in the period, the earliest due first."""
+    rows = await conn.fetch(
+        """SELECT t.incident_id, t.phase, t.title, t.owner, t.required, t.due_at, i.severity, i.state
+           FROM reporter_tasks t JOIN reporter_incidents i ON i.id = t.incident_id
+           WHERE t.state = 'open' AND t.title IS NOT NULL AND t.phase = ANY($3::text[])
+             AND ($1::timestamptz IS NULL OR i.created_at >= $1) AND ($2::timestamptz IS NULL OR i.created_at < $2)
+           ORDER BY t.due_at NULLS LAST, t.incident_id, t.task_id""",
+        since,
+        until,
+        list(phases),
+    )
+    return [dict(r) for r in rows]
+
+
 async def compliance_data(conn: Conn, *, since: datetime | None, until: datetime | None) -> ComplianceData:
     chain = await audit.verify_chain(conn)
     return ComplianceData(
@@ -637,6 +696,7 @@ async def compliance_data(conn: Conn, *, since: datetime | None, until: datetime
         incidents=await list_incidents_created(conn, since=since, until=until),
         times=await list_incident_times(conn, since=since, until=until),
         actions=await list_actions_of_incidents_created(conn, since=since, until=until),
+        follow_ups=await list_open_follow_ups(conn, since=since, until=until, phases=FOLLOW_UP_PHASES),
         audit_entries=chain.entries,
         audit_problem=chain.problem.message if chain.problem else None,
     )

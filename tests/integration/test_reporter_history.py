@@ -14,15 +14,23 @@ from services.reporter import repository
 from services.reporter.queries import IncidentFilter
 from services.reporter.timeline import render
 from shared import cloudevents
+from shared.consumer import HandlerContext, Inbound
 from shared.db import create_pool, migrate, migration_files
 from shared.events import (
     EventBase,
     IncidentDetected,
     IncidentState,
     IncidentStateChanged,
+    OpenedTask,
     ResponseStepChanged,
     StateChange,
     StepChange,
+    TaskCompleted,
+    TaskDone,
+    TasksCancelled,
+    TasksCreated,
+    TasksDropped,
+    TasksOpened,
 )
 from shared.settings import VigilSettings
 from shared.topics import COORDINATION, INCIDENTS, RESPONSES, TopicNames
@@ -229,3 +237,40 @@ async def test_an_older_database_s_timeline_becomes_history(postgres_admin_url: 
     assert incident is not None
     assert (incident["first_alert_at"], incident["sources"]) == (T0, ["wazuh"])
     assert found["id"] == "inc-old"
+
+
+async def test_post_mortem_tasks_not_done_are_the_open_follow_ups_whatever_the_order_of_their_events(
+    pool: asyncpg.Pool,
+) -> None:
+    def made(*ids: int) -> TasksCreated:
+        tasks = [
+            OpenedTask(task_id=n, phase=phase, title=f"task {n}", owner="alice", required=n == 1, due_at=due)
+            for n, phase, due in [(1, "post_mortem", T0 + timedelta(days=5)), (2, "post_mortem", None),
+                                  (3, "post_mortem", T0 + timedelta(days=1)), (4, "triage", None)]
+            if n in ids
+        ]  # fmt: skip
+        return TasksCreated(source="/vigil/coordinator", subject="inc-f", time=T0, data=TasksOpened(tasks=tasks))
+
+    done = TaskCompleted(
+        source="/vigil/coordinator",
+        subject="inc-f",
+        time=T0 + timedelta(hours=1),
+        data=TaskDone(task_id=2, phase="post_mortem", title="task 2", actor="bob", required=False),
+    )
+    dropped = TasksCancelled(
+        source="/vigil/coordinator",
+        subject="inc-f",
+        time=T0 + timedelta(hours=2),
+        data=TasksDropped(task_ids=[3], actor="carol", reason="resolved as duplicate"),
+    )
+    detected = IncidentDetected(source="/vigil/detector", subject="inc-f", time=T0, data=snapshot())
+    # Done and cancelled arrive before the tasks' creation, which must not reopen them.
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=TopicNames(""))
+        await reporter.handle(ctx, [Inbound(event_id=e.id, item=e, record=None) for e in (detected, done, dropped)])
+        await reporter.handle(ctx, [Inbound(event_id=e.id, item=e, record=None) for e in (made(1, 2, 3, 4),)])
+        open_ones = await repository.list_open_follow_ups(conn, since=None, until=None, phases=("post_mortem",))
+        states = {r["task_id"]: r["state"] for r in await conn.fetch("SELECT task_id, state FROM reporter_tasks")}
+    assert [t["title"] for t in open_ones] == ["task 1"]
+    assert open_ones[0]["owner"] == "alice" and open_ones[0]["due_at"] == T0 + timedelta(days=5)
+    assert states == {1: "open", 2: "done", 3: "cancelled", 4: "open"}

@@ -223,6 +223,14 @@ async def test_timeline_metrics_and_reports_from_the_real_services(
     assert "1 incident(s) created in the period." in compliance
     assert "| SEV1 | 1 | 1 |" in compliance
     assert "The audit chain verifies:" in compliance
+    # The coordinator made the runbook's tasks at detection and cancelled them with the false positive:
+    # the reporter knows each, and none is an open follow-up.
+    made = await pool.fetchval("SELECT count(*) FROM coordinator_tasks WHERE incident_id = $1", incident_id)
+    told = await pool.fetch("SELECT state FROM reporter_tasks WHERE incident_id = $1", incident_id)
+    assert made and len(told) == made and {t["state"] for t in told} == {"cancelled"}
+    assert "No post-mortem follow-up of the period's incidents is open." in compliance
+    assert any(actor == "coordinator" and "runbook task(s) made" in text for actor, text in said)
+    assert ("alice", f"{made} open task(s) cancelled: resolved as false_positive") in said
 
     metrics = await asyncio.to_thread(CliRunner().invoke, cli, ["metrics", "--by", "source", "--since", "1d", "--json"])
     assert metrics.exit_code == 0, metrics.output

@@ -218,8 +218,20 @@ def test_the_compliance_report() -> None:
         ],
         audit_entries=12,
         audit_problem=None,
-    )
+        follow_ups=[
+            {"incident_id": "inc-1", "title": "File the follow-up work with owners and dates", "owner": "alice",
+             "required": True, "due_at": T0 + timedelta(hours=3)},
+            {"incident_id": "inc-2", "title": "Update detection rules | playbooks", "owner": None,
+             "required": False, "due_at": None},
+        ],
+    )  # fmt: skip
     text = compliance(data, fmt="md", sla=DEFAULT_SLA, now=NOW)
+    follow_ups = text.split("## Open follow-ups\n", 1)[1].split("\n## ", 1)[0]
+    assert (
+        "| `inc-1` | File the follow-up work with owners and dates | alice | 2026-11-24 12:00:00 UTC (overdue) | yes |"
+        in follow_ups
+    )
+    assert "| `inc-2` | Update detection rules \\| playbooks | - | - | no |" in follow_ups
     assert "2 incident(s) created in the period." in text
     assert "| data_leak | 2 |" in text
     assert "| SEV1 | 1 | 1 | - | 20m 0s | - | - | 2h 0m | 1 |" in text  # acknowledged past 15 min
