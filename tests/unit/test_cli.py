@@ -166,7 +166,7 @@ def test_a_problem_report_is_a_user_report_record() -> None:
 def test_incidents_show_puts_known_bad_indicators_impact_and_a_recommendation_first(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from vigil import cli
+    from vigil import cli, cli_analysis
 
     incident = {
         "id": "inc-1",
@@ -209,7 +209,9 @@ def test_incidents_show_puts_known_bad_indicators_impact_and_a_recommendation_fi
         "alerts": [],
     }
     monkeypatch.setattr(cli, "_get", lambda path, **_: incident)  # the reporter's answer, as rendered
-    monkeypatch.setenv("COLUMNS", "200")
+    # Wide enough for a line each, whatever the width the consoles took when the module was imported.
+    monkeypatch.setattr(cli.console, "width", 200)
+    monkeypatch.setattr(cli_analysis.console, "width", 200)
     cli.incidents_show("inc-1-full-id-of-thirty-six-characters", as_json=False)
     shown = capsys.readouterr().out
     assert shown.index("203.0.113.7") < shown.index("example.org")
