@@ -33,6 +33,7 @@ from shared.events import (
     IncidentUpdated,
     ResolveIncident,
     Severity,
+    TasksCreated,
 )
 from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay
@@ -301,7 +302,8 @@ async def test_the_parts_of_one_batch_escalate_once(pool: asyncpg.Pool, names: T
             await write_context(conn, ctx)
 
     new = (await _outbox(pool))[before:]
-    assert [type(e) for e in new] == [IncidentEscalated]
+    # One page, and the runbook's tasks a SEV2 has beyond a SEV3's, made once.
+    assert [type(e) for e in new] == [IncidentEscalated, TasksCreated]
     assert isinstance(new[0], IncidentEscalated) and new[0].data.reason == "severity raised from SEV3 to SEV2"
     # The walk down the rotation goes on from the current commander, not back to the first step.
     pending = await pool.fetchval(
