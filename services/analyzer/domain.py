@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -12,7 +13,7 @@ from typing import Literal
 
 from services.analyzer import forensic
 from services.analyzer.assets import Impact, Recommendation
-from services.analyzer.intel import Assessment
+from services.analyzer.intel import Assessment, Match
 from shared import events
 from shared.addresses import is_external
 from shared.events import AlertSummary, IncidentSnapshot, Indicator, Observable
@@ -44,7 +45,7 @@ class Gathered:
     alert_count: int
     hosts: list[str]
     users: list[str]
-    indicators: list[Indicator]
+    indicators: list[Indicator]  # those the last analysis carried, the worst; every one is in forensic_repository
     resources: list[str] = field(default_factory=list)  # the alerts' resource fields, as the adapters wrote them
 
 
@@ -78,14 +79,15 @@ class Lookups:
     ips_if_known: list[str]  # public ones: the organisation's own when listed, else the other side's
 
 
-def lookups(gathered: Gathered, observables: Sequence[Observable]) -> Lookups:
+def lookups(gathered: Gathered, addresses: Sequence[forensic.Named], observables: Sequence[Observable]) -> Lookups:
     """Every host, account, address and cloud resource the incident names, for the inventory.
 
-    A public address the inventory does not list is the attacker's (or a bystander's), not an unknown
-    system of ours; one it lists is ours, and affected. A cloud resource id found in a tool's record
-    may be the finding's own or another account's: it counts only when listed.
+    ``addresses`` are every address its alerts name (not only those its analysis carries). A public
+    address the inventory does not list is the attacker's (or a bystander's), not an unknown system of
+    ours; one it lists is ours, and affected. A cloud resource id found in a tool's record may be the
+    finding's own or another account's: it counts only when listed.
     """
-    addresses = [i for i in gathered.indicators if i.kind in ADDRESS_KINDS]
+    addresses = [a for a in addresses if a.kind in ADDRESS_KINDS]
     return Lookups(
         hosts=gathered.hosts,
         users=gathered.users,
@@ -233,6 +235,33 @@ def recommendation_of(found: Recommendation | None) -> events.SeverityRecommenda
     if found is None:
         return None
     return events.SeverityRecommendation(severity=found.severity, reasons=list(found.reasons))
+
+
+# ---- threat intelligence's verdicts, kept per indicator ----------------------------------------
+
+
+@dataclass(frozen=True)
+class LookedUp:
+    """What threat intelligence said of one of an incident's indicators, and until when that holds."""
+
+    kind: str
+    value: str
+    assessment: Assessment
+    expires_at: datetime | None  # when the first of what gave the verdict stops counting; None: until a feed changes
+
+
+def verdict_expiry(matches: Iterable[Match], feed_expiries: Mapping[str, datetime]) -> datetime | None:
+    """When a verdict needs looking up again: the first expiry of a matched entry, its feed, or a provider's answer."""
+    times = [m.expires_at for m in matches if m.expires_at is not None]
+    times += [feed_expiries[m.source] for m in matches if m.source in feed_expiries]
+    return min(times, default=None)
+
+
+def indicator_key(intel_kind: str, value: str) -> tuple[str, str]:
+    """An indicator's (kind, value) as the analyzer names it, from threat intelligence's (``ip`` -> ``ipv4``)."""
+    if intel_kind == "ip":
+        return f"ipv{ipaddress.ip_address(value).version}", value
+    return intel_kind, value
 
 
 def with_verdict(indicator: Indicator, assessment: Assessment) -> Indicator:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from services.analyzer import attack, domain, risk, rootcause
 from services.analyzer.assets import Asset, Found, Inventory, Unknown, User, impact
+from services.analyzer.forensic import Named
 from services.analyzer.handlers import merged
+from services.analyzer.intel import Match
 from services.detector.domain import summarise
 from shared.events import (
     MAX_ANALYSIS_INDICATORS,
@@ -74,23 +76,20 @@ def test_every_part_adds_the_resources_its_alerts_are_about() -> None:
 
 
 def test_the_inventory_is_asked_of_every_address_and_resource_the_incident_names() -> None:
+    # Not only the indicators the last analysis carried: every address the alerts name.
     gathered = domain.Gathered(
-        alert_count=2,
-        hosts=["web-01"],
-        users=["deploy"],
-        indicators=[
-            Indicator(kind="ipv4", value="10.1.2.3", internal=True),
-            Indicator(kind="ipv4", value="198.51.100.7"),
-            Indicator(kind="ipv6", value="2001:db8::7"),
-            Indicator(kind="domain", value="evil.example"),
-        ],
-        resources=["Instance i-0abc"],
+        alert_count=2, hosts=["web-01"], users=["deploy"], indicators=[], resources=["Instance i-0abc"]
     )
+    addresses = [
+        Named("ipv4", "10.1.2.3", internal=True),
+        Named("ipv4", "198.51.100.7", internal=False),
+        Named("ipv6", "2001:db8::7", internal=False),
+    ]
     observables = [
         Observable(kind="cloud_resource", value="arn:aws:s3:::exports"),
         Observable(kind="process", value="sh"),
     ]
-    wanted = domain.lookups(gathered, observables)
+    wanted = domain.lookups(gathered, addresses, observables)
     assert (wanted.hosts, wanted.users) == (["web-01"], ["deploy"])
     # Inside addresses and what the alerts are about: unknown when not listed.
     assert (wanted.ips, wanted.resources) == (["10.1.2.3"], ["Instance i-0abc"])
@@ -202,6 +201,24 @@ def test_counts_from_the_stored_groups_are_those_of_the_indicators() -> None:
     stored = [domain.IndicatorGroup(*key, n) for key, n in groups.items()]
     assert domain.bad_and_internal(stored) == 2  # 10.0.0.5 and 198.18.0.1: asked for by value
     assert domain.indicator_counts(stored, ["10.0.0.5", "198.18.0.1"]) == domain.counts_of(every)
+
+
+def test_a_verdict_needs_looking_up_again_when_the_first_of_what_gave_it_expires() -> None:
+    def match(source: str, expires_at: datetime | None = None) -> Match:
+        return Match(source, "ip", "45.77.12.9", "malicious", 80, (), None, None, expires_at)
+
+    feeds = {"blocklist": T0 + timedelta(hours=48)}
+    assert domain.verdict_expiry([], feeds) is None
+    assert domain.verdict_expiry([match("mine")], feeds) is None  # until a feed changes
+    assert domain.verdict_expiry([match("blocklist")], feeds) == T0 + timedelta(hours=48)
+    answer = match("abuseipdb", T0 + timedelta(hours=24))  # a provider's answer, for its TTL
+    assert domain.verdict_expiry([match("blocklist"), answer], feeds) == T0 + timedelta(hours=24)
+
+
+def test_threat_intelligences_addresses_are_the_analyzers_by_version() -> None:
+    assert domain.indicator_key("ip", "45.77.12.9") == ("ipv4", "45.77.12.9")
+    assert domain.indicator_key("ip", "2001:db8::7") == ("ipv6", "2001:db8::7")
+    assert domain.indicator_key("domain", "cdn-update-check.net") == ("domain", "cdn-update-check.net")
 
 
 # ---- when an analysis is published ------------------------------------------------------------
