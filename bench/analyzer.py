@@ -29,7 +29,7 @@ from typing import Any
 from rich.table import Table
 
 from bench import intel as intel_bench
-from services.analyzer import handlers
+from services.analyzer import forensic, handlers
 from services.detector.domain import summarise
 from shared.alerts import Alert
 from shared.consumer import HandlerContext, Inbound, write_context
@@ -127,11 +127,16 @@ async def analyses(url: str, args: argparse.Namespace, make_alert: MakeAlert) ->
             published = await conn.fetchval(
                 "SELECT count(*) FROM outbox WHERE service = 'analyzer' AND topic = $1", names(ANALYSES)
             )
+            # Every indicator the incidents' alerts name (an analysis carries only the worst of them).
+            kinds = sorted(forensic.INDICATOR_KINDS)
             known_bad = await conn.fetchval(
-                """SELECT count(*) FROM analyzer_incidents i, jsonb_array_elements(i.indicators) x
-                   WHERE x->>'value' IN (SELECT value FROM intel_entries)"""
+                """SELECT count(*) FROM analyzer_indicators
+                   WHERE kind = ANY($1::text[]) AND value IN (SELECT value FROM intel_entries)""",
+                kinds,
             )
-            indicators = await conn.fetchval("SELECT sum(jsonb_array_length(indicators)) FROM analyzer_incidents")
+            indicators = await conn.fetchval(
+                "SELECT count(*) FROM analyzer_indicators WHERE kind = ANY($1::text[])", kinds
+            )
     finally:
         await pool.close()
     quantiles = statistics.quantiles(batch_ms, n=100) if len(batch_ms) > 1 else batch_ms * 99

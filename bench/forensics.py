@@ -8,8 +8,9 @@ Postgres is embedded unless DATABASE_URL is set (a fresh database is created on 
    ``forensic.evidence_of`` with the shipped noise list, and Wazuh-like alerts with a raw record.
 2. Incremental analysis: one incident grows to ``--alerts`` alerts in batches of ``--batch``, each batch
    one incident event through the analyzer's handler in one transaction, the alerts coming from
-   ``--attackers`` addresses. A batch reads its own alerts only; publishing the cumulative analysis
-   (every indicator, looked up in threat intelligence) grows with the incident's distinct values.
+   ``--attackers`` addresses. A batch reads its own alerts and looks up only the values they name; the
+   analysis carries the worst indicators and the counts of all. What grows with the incident's
+   distinct addresses is the asset inventory's lookup of every one of them.
 """
 
 from __future__ import annotations

@@ -265,10 +265,17 @@ class ResolutionSuggestion(Payload):
     reason: str
 
 
+IndicatorKind = Literal["ipv4", "ipv6", "domain", "url", "md5", "sha1", "sha256", "email"]
+IntelVerdict = Literal["malicious", "suspicious", "benign-listed"]
+# The most indicators an analysis carries, the worst first: a flood of 10,000 addresses would otherwise
+# make every version of the analysis megabytes, which every consumer reads whole. Its counts cover all.
+MAX_ANALYSIS_INDICATORS = 200
+
+
 class Indicator(Payload):
-    kind: Literal["ipv4", "ipv6", "domain", "url", "md5", "sha1", "sha256", "email"]
+    kind: IndicatorKind
     value: str
-    verdict: Literal["malicious", "suspicious", "benign-listed"] | None = Field(
+    verdict: IntelVerdict | None = Field(
         None, description="What threat intelligence says of it; none: no feed lists it."
     )
     confidence: int | None = Field(None, ge=0, le=100)
@@ -416,7 +423,10 @@ class Analysis(Payload):
     type: IncidentType
     severity: Severity
     title: str
-    indicators: list[Indicator]
+    indicators: list[Indicator] = Field(
+        description=f"The incident's worst indicators, at most {MAX_ANALYSIS_INDICATORS}: malicious, suspicious, "
+        "benign-listed, then those no feed lists; the most confident, then the most sighted first."
+    )
     affected_hosts: list[str]
     affected_users: list[str]
     alert_count: int
@@ -435,6 +445,20 @@ class Analysis(Payload):
         default_factory=list,
         description="CVE ids, accounts, processes, command lines and cloud resource ids the alerts name, with "
         "their provenance (indicators hold what threat intelligence can list).",
+    )
+    indicator_count: int | None = Field(
+        None,
+        ge=0,
+        description="How many indicators the incident's alerts name in all, `indicators` carrying the worst of "
+        "them; none in analyses from before it was carried, which carry every one.",
+    )
+    indicators_by_kind: dict[IndicatorKind, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="How many of all the incident's indicators are of each kind."
+    )
+    indicators_by_verdict: dict[IntelVerdict, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="How many of all the incident's indicators threat intelligence gives each verdict (the rest "
+        "no feed lists).",
     )
 
 

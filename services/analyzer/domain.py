@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
 from services.analyzer import forensic
 from services.analyzer.assets import Impact, Recommendation
-from services.analyzer.intel import Assessment
+from services.analyzer.intel import Assessment, Match
 from shared import events
+from shared.addresses import is_external
 from shared.events import AlertSummary, IncidentSnapshot, Indicator, Observable
 
 MAX_TEXT = 20_000
@@ -43,7 +45,7 @@ class Gathered:
     alert_count: int
     hosts: list[str]
     users: list[str]
-    indicators: list[Indicator]
+    indicators: list[Indicator]  # those the last analysis carried, the worst; every one is in forensic_repository
     resources: list[str] = field(default_factory=list)  # the alerts' resource fields, as the adapters wrote them
 
 
@@ -77,14 +79,15 @@ class Lookups:
     ips_if_known: list[str]  # public ones: the organisation's own when listed, else the other side's
 
 
-def lookups(gathered: Gathered, observables: Sequence[Observable]) -> Lookups:
+def lookups(gathered: Gathered, addresses: Sequence[forensic.Named], observables: Sequence[Observable]) -> Lookups:
     """Every host, account, address and cloud resource the incident names, for the inventory.
 
-    A public address the inventory does not list is the attacker's (or a bystander's), not an unknown
-    system of ours; one it lists is ours, and affected. A cloud resource id found in a tool's record
-    may be the finding's own or another account's: it counts only when listed.
+    ``addresses`` are every address its alerts name (not only those its analysis carries). A public
+    address the inventory does not list is the attacker's (or a bystander's), not an unknown system of
+    ours; one it lists is ours, and affected. A cloud resource id found in a tool's record may be the
+    finding's own or another account's: it counts only when listed.
     """
-    addresses = [i for i in gathered.indicators if i.kind in ("ipv4", "ipv6")]
+    addresses = [a for a in addresses if a.kind in ADDRESS_KINDS]
     return Lookups(
         hosts=gathered.hosts,
         users=gathered.users,
@@ -95,16 +98,111 @@ def lookups(gathered: Gathered, observables: Sequence[Observable]) -> Lookups:
     )
 
 
-def summarise(alert_count: int, hosts: Sequence[str], users: Sequence[str], indicators: Sequence[Indicator]) -> str:
-    """One line an incident commander can read at a glance."""
-    kinds = Counter(i.kind for i in indicators)
-    by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-    known_bad = sum(i.verdict in ("malicious", "suspicious") for i in indicators)
+# ---- the indicators an analysis carries, and how many there are --------------------------------
+
+BAD_VERDICTS = ("malicious", "suspicious")
+ADDRESS_KINDS = ("ipv4", "ipv6")
+# The worst verdict first; none (no feed lists it) last.
+VERDICT_ORDER: Mapping[str | None, int] = {"malicious": 0, "suspicious": 1, "benign-listed": 2, None: 3}
+
+
+def worst_first_key(indicator: Indicator) -> tuple[int, int, int, str, str]:
+    """The order of an analysis' indicators (and of the SQL that picks them, analyzer_indicators_worst).
+
+    The worst verdict, then the most confident (risk weighs the most confident known-bad one), then
+    the most sighted; kind and value make it total.
+    """
+    return (
+        VERDICT_ORDER[indicator.verdict],
+        -(indicator.confidence or 0),
+        -(indicator.count or 0),
+        indicator.kind,
+        indicator.value,
+    )
+
+
+def worst_first(indicators: Iterable[Indicator], limit: int = events.MAX_ANALYSIS_INDICATORS) -> list[Indicator]:
+    """The ``limit`` worst indicators, worst first."""
+    return sorted(indicators, key=worst_first_key)[:limit]
+
+
+@dataclass(frozen=True)
+class IndicatorGroup:
+    """How many of an incident's indicators share a kind, a verdict and whether they are internal."""
+
+    kind: str
+    verdict: str | None
+    internal: bool
+    count: int
+
+
+@dataclass(frozen=True)
+class IndicatorCounts:
+    """How many indicators an incident has in all, by kind and by verdict, however few its analysis carries."""
+
+    by_kind: Mapping[str, int]
+    by_verdict: Mapping[str, int]  # malicious, suspicious, benign-listed; the rest no feed lists
+    known_bad_outside: int  # known bad and not an address of ours (rootcause.threat_profile)
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_kind.values())
+
+    @property
+    def known_bad(self) -> int:
+        return sum(self.by_verdict.get(v, 0) for v in BAD_VERDICTS)
+
+
+def bad_and_internal(groups: Iterable[IndicatorGroup]) -> int:
+    """How many known-bad addresses are marked internal: those may be ours (``indicator_counts`` asks)."""
+    return sum(g.count for g in groups if g.verdict in BAD_VERDICTS and g.internal and g.kind in ADDRESS_KINDS)
+
+
+def indicator_counts(groups: Iterable[IndicatorGroup], bad_internal: Iterable[str] = ()) -> IndicatorCounts:
+    """The counts of an incident's indicators, from their groups.
+
+    ``bad_internal`` are the known-bad addresses marked internal: the ones among them that are not
+    external (``shared.addresses``; a reserved address is internal to forensics yet external there)
+    are not known bad from outside.
+    """
+    groups = list(groups)
+    by_kind: Counter[str] = Counter()
+    by_verdict: Counter[str] = Counter()
+    for g in groups:
+        by_kind[g.kind] += g.count
+        if g.verdict is not None:
+            by_verdict[g.verdict] += g.count
+    ours = sum(not is_external(value) for value in bad_internal)
+    known_bad = sum(by_verdict[v] for v in BAD_VERDICTS)
+    return IndicatorCounts(dict(sorted(by_kind.items())), dict(sorted(by_verdict.items())), known_bad - ours)
+
+
+def counts_of(indicators: Iterable[Indicator]) -> IndicatorCounts:
+    """The counts of every indicator of an incident, from all of them."""
+    indicators = list(indicators)
+    groups = Counter((i.kind, i.verdict, i.internal) for i in indicators)
+    bad_internal = [i.value for i in indicators if i.verdict in BAD_VERDICTS and i.internal and i.kind in ADDRESS_KINDS]
+    return indicator_counts((IndicatorGroup(*key, n) for key, n in groups.items()), bad_internal)
+
+
+def summarise(
+    alert_count: int,
+    hosts: Sequence[str],
+    users: Sequence[str],
+    indicators: Sequence[Indicator],
+    counts: IndicatorCounts | None = None,
+) -> str:
+    """One line an incident commander can read at a glance.
+
+    ``counts``: of all the incident's indicators, when ``indicators`` are only the worst of them.
+    """
+    counts = counts if counts is not None else counts_of(indicators)
+    by_kind = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.by_kind.items()))
     return (
         f"{alert_count} alert{'s' * (alert_count != 1)} on {len(hosts)} host{'s' * (len(hosts) != 1)} "
-        f"and {len(users)} user{'s' * (len(users) != 1)}; {len(indicators)} indicators"
+        f"and {len(users)} user{'s' * (len(users) != 1)}; {counts.total} indicators"
         + (f" ({by_kind})" if by_kind else "")
-        + (f"; {known_bad} known bad to threat intelligence" if known_bad else "")
+        + (f"; {counts.known_bad} known bad to threat intelligence" if counts.known_bad else "")
     )
 
 
@@ -137,6 +235,33 @@ def recommendation_of(found: Recommendation | None) -> events.SeverityRecommenda
     if found is None:
         return None
     return events.SeverityRecommendation(severity=found.severity, reasons=list(found.reasons))
+
+
+# ---- threat intelligence's verdicts, kept per indicator ----------------------------------------
+
+
+@dataclass(frozen=True)
+class LookedUp:
+    """What threat intelligence said of one of an incident's indicators, and until when that holds."""
+
+    kind: str
+    value: str
+    assessment: Assessment
+    expires_at: datetime | None  # when the first of what gave the verdict stops counting; None: until a feed changes
+
+
+def verdict_expiry(matches: Iterable[Match], feed_expiries: Mapping[str, datetime]) -> datetime | None:
+    """When a verdict needs looking up again: the first expiry of a matched entry, its feed, or a provider's answer."""
+    times = [m.expires_at for m in matches if m.expires_at is not None]
+    times += [feed_expiries[m.source] for m in matches if m.source in feed_expiries]
+    return min(times, default=None)
+
+
+def indicator_key(intel_kind: str, value: str) -> tuple[str, str]:
+    """An indicator's (kind, value) as the analyzer names it, from threat intelligence's (``ip`` -> ``ipv4``)."""
+    if intel_kind == "ip":
+        return f"ipv{ipaddress.ip_address(value).version}", value
+    return intel_kind, value
 
 
 def with_verdict(indicator: Indicator, assessment: Assessment) -> Indicator:
@@ -180,7 +305,7 @@ def urgent_digest(analysis: events.Analysis) -> str:
     intelligence gives, the tactics reached and the tags of the assets touched. Counts, times and
     indicators no feed lists change with every alert of a flood; they can wait for the interval.
     """
-    view = {
+    view: dict[str, object] = {
         "type": analysis.type.value,
         "severity": analysis.severity.value,
         "recommendation": analysis.severity_recommendation.severity.value if analysis.severity_recommendation else None,
@@ -189,6 +314,9 @@ def urgent_digest(analysis: events.Analysis) -> str:
         "tactics": [t.id for t in analysis.tactics],
         "asset_tags": sorted(analysis.asset_tags),
     }
+    if analysis.indicator_count is not None and analysis.indicator_count > len(analysis.indicators):
+        # Verdicts of indicators the analysis does not carry change only its counts.
+        view["verdict_counts"] = sorted(analysis.indicators_by_verdict.items())
     return hashlib.sha256(json.dumps(view, sort_keys=True).encode()).hexdigest()
 
 

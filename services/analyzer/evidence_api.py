@@ -6,7 +6,8 @@
 - ``GET /api/v1/incidents/{id}/evidence/{alert_key}``: one alert with the tool's record as the analyzer
   received it (``raw_cut``: only its first fields; the detector keeps it whole).
 - ``GET /api/v1/incidents/{id}/indicators``: every value the alerts name, with the fields, first and last
-  seen, count and first alert keys.
+  seen, count and first alert keys, and what threat intelligence last said of it (verdict, confidence,
+  feeds, tags, looked_up_at; an analysis carries only the worst of them).
 """
 
 from __future__ import annotations

@@ -270,8 +270,12 @@ class FeedRefresher:
         """The same content as the last load: nothing to load; the feed counts as refreshed."""
         async with self.pool.acquire() as conn, conn.transaction():
             now = await conn.fetchval("SELECT now()")
+            # A feed counting again after it expired: the analyzer looks its indicators up again.
+            await conn.execute(intel.NUMBER_CHANGE)
             entries = await conn.fetchval(
-                "UPDATE intel_sources SET loaded_at = now(), expires_at = $2 WHERE source = $1 RETURNING entries",
+                f"""UPDATE intel_sources SET loaded_at = now(), expires_at = $2,
+                        changed = CASE WHEN expires_at <= now() THEN {intel.CHANGE} ELSE changed END
+                    WHERE source = $1 RETURNING entries""",
                 feed.name,
                 _expiry(feed, now),
             )

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 from urllib.parse import urlsplit
 
 from ioc_fanger import fang
@@ -34,6 +34,7 @@ Kind = Literal[
     "cloud_resource",
 ]  # fmt: skip
 INDICATOR_KINDS: frozenset[str] = frozenset(get_args(Indicator.model_fields["kind"].annotation))
+OBSERVABLE_KINDS: frozenset[str] = frozenset(get_args(Observable.model_fields["kind"].annotation))
 
 # ioc-finder result keys -> kinds
 _IOC_KINDS: dict[str, Kind] = {
@@ -443,6 +444,19 @@ def tally(alerts: Sequence[AlertEvidence]) -> list[Tally]:
                 if len(t.alert_keys) < MAX_ALERT_KEYS:
                     t.alert_keys.append(alert.key)
     return [found[k] for k in sorted(found)]
+
+
+class Named(NamedTuple):
+    """A value an incident's alerts name, without its provenance (what the asset inventory is asked)."""
+
+    kind: Kind
+    value: str
+    internal: bool
+
+
+def indicator_keys(alerts: Sequence[AlertEvidence]) -> list[tuple[str, str]]:
+    """The indicators the alerts name, as (kind, value), each once and in order: what threat intelligence is asked."""
+    return sorted({(s.kind, s.value) for a in alerts for s in a.sightings if s.kind in INDICATOR_KINDS})
 
 
 def indicator_of(row: Tally) -> Indicator | Observable:

@@ -21,7 +21,8 @@ from services.analyzer import (
     rootcause,
     similar,
 )
-from services.analyzer.metrics import ANALYSES
+from services.analyzer.metrics import ANALYSES, INTEL_LOOKUPS
+from shared import events
 from shared.consumer import BatchHandler, HandlerContext, Inbound
 from shared.events import (
     AlertSummary,
@@ -39,6 +40,10 @@ from shared.events import (
 
 SOURCE = "/vigil/analyzer"
 PUBLICATION_OUTCOME = {"now": "published", "later": "deferred", "same": "unchanged"}
+# Indicators whose kept verdict may be out of date (a feed changed since, or what gave it expired) that
+# one analysis looks up again, the longest unchecked first: a refreshed feed reaches every indicator of
+# a 10,000-indicator incident over its next batches, none of which does more than this much extra.
+INTEL_RECHECKS = 500
 
 
 async def analyse_incident(
@@ -106,13 +111,32 @@ async def _gather_and_publish(
     if snapshot.part < snapshot.parts:
         await repository.save(ctx.conn, incident_id=event.subject, gathered=gathered)
         return  # one analysis per batch, once its last part is in: the responder plans once
-    tallies = await forensic_repository.list_tallies(ctx.conn, incident_id=event.subject)
-    named = [forensic.indicator_of(t) for t in tallies]
-    observables = [o for o in named if isinstance(o, Observable)]
-    gathered = replace(gathered, indicators=[i for i in named if isinstance(i, Indicator)])
+    asked = (
+        event
+        if isinstance(event, IncidentDetected | IncidentUpdated)
+        else IncidentUpdated(source=SOURCE, subject=event.subject, data=snapshot)
+    )
+    await _look_up(ctx, asked, forensic.indicator_keys(recorded))
+    # The worst indicators, with their kept verdicts, and how many there are in all: never every row.
+    worst = await forensic_repository.list_worst(
+        ctx.conn, incident_id=event.subject, limit=events.MAX_ANALYSIS_INDICATORS
+    )
+    indicators = [
+        domain.with_verdict(i, assessment)
+        for tally, assessment in worst
+        if isinstance(i := forensic.indicator_of(tally), Indicator)
+    ]
+    counts = await _counts(ctx, event.subject)
+    observables = [
+        o
+        for t in await forensic_repository.list_observables(ctx.conn, incident_id=event.subject)
+        if isinstance(o := forensic.indicator_of(t), Observable)
+    ]
+    gathered = replace(gathered, indicators=indicators)
     await repository.save(ctx.conn, incident_id=event.subject, gathered=gathered)
     # What the incident touches, by the asset inventory: hosts, accounts, addresses and cloud resources.
-    wanted = domain.lookups(gathered, observables)
+    addresses = await forensic_repository.list_addresses(ctx.conn, incident_id=event.subject)
+    wanted = domain.lookups(gathered, addresses, observables)
     inventory = await assets.resolve(
         ctx.conn,
         hosts=wanted.hosts,
@@ -124,19 +148,7 @@ async def _gather_and_publish(
     )
     found = assets.impact(inventory)
     recommendation = assets.severity_recommendation(snapshot.severity, found)
-    # What threat intelligence says of each indicator: one indexed query for all of them.
-    matches = await intel.lookup(ctx.conn, [(i.kind, i.value) for i in gathered.indicators])
-    # And what online providers answered (cached); lookups of the rest enqueued, answers re-analyse.
-    asked = (
-        event
-        if isinstance(event, IncidentDetected | IncidentUpdated)
-        else IncidentUpdated(source=SOURCE, subject=event.subject, data=snapshot)
-    )
-    matches = await providers.consult(ctx.conn, asked, matches)
-    indicators = [
-        domain.with_verdict(i, intel.verdict_of(matches.get((i.kind, i.value), []))) for i in gathered.indicators
-    ]
-    threat = await _threat_analysis(ctx, event.subject, snapshot, trace, indicators, gathered, found)
+    threat = await _threat_analysis(ctx, event.subject, snapshot, trace, indicators, counts, gathered, found)
     analysed = IncidentAnalyzed(
         source=SOURCE,
         **event.caused_by(),
@@ -148,15 +160,65 @@ async def _gather_and_publish(
             affected_hosts=gathered.hosts,
             affected_users=gathered.users,
             alert_count=gathered.alert_count,
-            summary=domain.summarise(gathered.alert_count, gathered.hosts, gathered.users, indicators),
+            summary=domain.summarise(gathered.alert_count, gathered.hosts, gathered.users, indicators, counts),
             impact=domain.impact_summary(found),
             asset_tags=domain.asset_tags(found),
             severity_recommendation=domain.recommendation_of(recommendation),
             observables=observables,
+            indicator_count=counts.total,
+            indicators_by_kind=counts.by_kind,
+            indicators_by_verdict=counts.by_verdict,
             **threat,
         ),
     )
     await _publish(ctx, analysed, interval=interval)
+
+
+async def _look_up(
+    ctx: HandlerContext, event: IncidentDetected | IncidentUpdated, named: list[tuple[str, str]]
+) -> None:
+    """Look indicators up in threat intelligence and keep each one's verdict with it.
+
+    Not every indicator of the incident: those this batch ``named``, those online providers answered
+    for since, and at most ``INTEL_RECHECKS`` whose verdict may be out of date (a feed changed since it
+    was looked up, or what gave it expired). The others keep the verdict they have.
+    """
+    incident_id = event.subject
+    feeds = await intel.feed_state(ctx.conn)  # before the lookup: what it finds is at least this new
+    answered = [
+        domain.indicator_key(kind, value)
+        for kind, value in await forensic_repository.take_answered(ctx.conn, incident_id=incident_id)
+    ]
+    # The batch's new indicators, never looked up yet, come first of those due: they do not count in the bound.
+    naming = set(named)
+    due = await forensic_repository.list_due(
+        ctx.conn, incident_id=incident_id, changed=feeds.changed, limit=INTEL_RECHECKS + len(naming)
+    )
+    due = [key for key in due if key not in naming][:INTEL_RECHECKS]
+    reasons = {key: "recheck" for key in due} | {key: "answered" for key in answered} | {key: "named" for key in named}
+    for reason in ("named", "answered", "recheck"):
+        INTEL_LOOKUPS.labels(reason).inc(sum(r == reason for r in reasons.values()))
+    # One indexed query for all of them; then what online providers answered (cached), lookups of
+    # the rest enqueued (their answers analyse the incident again). Called with nothing to look up
+    # too: the providers keep the incident's latest event for that.
+    matches = await intel.lookup(ctx.conn, list(reasons))
+    matches = await providers.consult(ctx.conn, event, matches)
+    verdicts = [
+        domain.LookedUp(kind, value, intel.verdict_of(found), domain.verdict_expiry(found, feeds.expiries))
+        for (kind, value), found in matches.items()
+    ]
+    await forensic_repository.save_verdicts(ctx.conn, incident_id=incident_id, verdicts=verdicts, checked=feeds.changed)
+
+
+async def _counts(ctx: HandlerContext, incident_id: str) -> domain.IndicatorCounts:
+    """How many indicators the incident has in all, by kind and by verdict."""
+    groups = await forensic_repository.count_indicators(ctx.conn, incident_id=incident_id)
+    bad_internal = (
+        await forensic_repository.list_bad_internal(ctx.conn, incident_id=incident_id)
+        if domain.bad_and_internal(groups)
+        else []
+    )
+    return domain.indicator_counts(groups, bad_internal)
 
 
 async def _publish(ctx: HandlerContext, analysed: IncidentAnalyzed, *, interval: timedelta) -> None:
@@ -193,10 +255,14 @@ async def _threat_analysis(
     snapshot: IncidentSnapshot,
     trace: rootcause.Trace,
     indicators: list[Indicator],
+    counts: domain.IndicatorCounts,
     gathered: domain.Gathered,
     found: assets.Impact,
 ) -> dict[str, Any]:
-    """ATT&CK, root cause, threat profile, similar past incidents and the risk, as fields of the analysis."""
+    """ATT&CK, root cause, threat profile, similar past incidents and the risk, as fields of the analysis.
+
+    ``indicators`` are the incident's worst (known bad first), ``counts`` count every one.
+    """
     dataset = attack.load_dataset()
     cause = rootcause.root_cause(trace, dataset, indicators)
     tactics = rootcause.tactics_of(trace, dataset)
@@ -210,6 +276,7 @@ async def _threat_analysis(
         crown_jewels=[a.identifier for a in found.crown_jewels],
         unknown_systems=sum(u.kind in ("host", "ip", "resource") for u in found.unknown),
         indicators=indicators,
+        verdict_counts=counts.by_verdict,
         tactic=(tactics[-1].stage, tactics[-1].name) if tactics else None,
         tactics_in_matrix=len(dataset.tactics),
         hosts=len(gathered.hosts),
@@ -222,7 +289,7 @@ async def _threat_analysis(
         "tactics": tactics,
         "attack_version": dataset.version,
         "root_cause": cause,
-        "threat": rootcause.threat_profile(trace, dataset, indicators),
+        "threat": rootcause.threat_profile(trace, dataset, indicators, known_bad_outside=counts.known_bad_outside),
         "similar": similar.rank(shared, past, indicators),
         "risk": risk.score(inputs),
     }

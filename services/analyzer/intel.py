@@ -718,6 +718,17 @@ def parse_config(document: str, *, source: str = "intel.yaml") -> IntelConfig:
 
 # ---- Postgres ------------------------------------------------------------------------------------
 
+# Numbers a change to what the feeds say, in commit order: a transaction-scoped lock, taken just before the
+# number, serialises the changes' last moments (never their loads) until each commits.
+NUMBER_CHANGE = "SELECT pg_advisory_xact_lock(hashtext('vigil.intel.changes'))"
+CHANGE = "nextval('intel_changes')"
+
+
+def _rows(tag: str) -> int:
+    """How many rows a statement changed, from its command tag (``INSERT 0 5``, ``UPDATE 2``)."""
+    return int(tag.rsplit(" ", 1)[-1])
+
+
 _LOAD_COLUMNS = ("kind", "value", "verdict", "confidence", "tags", "first_seen", "last_seen", "expires_at")
 
 
@@ -766,22 +777,24 @@ async def load_feed(
         held = await conn.fetchval("SELECT entries FROM intel_sources WHERE source = $1", source)
         if not held:
             # Nothing of this feed yet: nothing to compare with.
-            await conn.execute(
+            inserted = await conn.execute(
                 """INSERT INTO intel_entries (source, kind, value, verdict, confidence, tags, first_seen, last_seen,
                                               expires_at)
                    SELECT $1, kind, value, verdict, confidence, tags, first_seen, last_seen, expires_at
                      FROM intel_load JOIN intel_load_attributes USING (attributes)""",
                 source,
             )
+            changed = _rows(inserted) > 0
         else:
+            deleted = "DELETE 0"
             if replace:
-                await conn.execute(
+                deleted = await conn.execute(
                     """DELETE FROM intel_entries e WHERE e.source = $1
                        AND NOT EXISTS (SELECT 1 FROM intel_load l WHERE l.kind = e.kind AND l.value = e.value)""",
                     source,
                 )
             # Set-wise: new values inserted, changed ones updated, the same ones left alone.
-            await conn.execute(
+            updated = await conn.execute(
                 """UPDATE intel_entries e SET
                        verdict = a.verdict, confidence = a.confidence, tags = a.tags,
                        first_seen = LEAST(e.first_seen, a.first_seen),
@@ -795,7 +808,7 @@ async def load_feed(
                            OR GREATEST(e.last_seen, a.last_seen) IS DISTINCT FROM e.last_seen)""",
                 source,
             )
-            await conn.execute(
+            inserted = await conn.execute(
                 """INSERT INTO intel_entries (source, kind, value, verdict, confidence, tags, first_seen, last_seen,
                                               expires_at)
                    SELECT $1, l.kind, l.value, a.verdict, a.confidence, a.tags, a.first_seen, a.last_seen, a.expires_at
@@ -804,17 +817,43 @@ async def load_feed(
                                        WHERE e.source = $1 AND e.kind = l.kind AND e.value = l.value)""",
                 source,
             )
+            changed = any(_rows(tag) > 0 for tag in (deleted, updated, inserted))
+        # A feed that changed, or counts again after it expired: the analyzer looks its indicators up again.
+        await conn.execute(NUMBER_CHANGE)
         await conn.execute(
-            """INSERT INTO intel_sources (source, entries, expires_at) VALUES ($1, $2, $3)
-               ON CONFLICT (source) DO UPDATE SET entries = $2, expires_at = $3, loaded_at = now()""",
+            f"""INSERT INTO intel_sources (source, entries, expires_at, changed) VALUES ($1, $2, $3, {CHANGE})
+               ON CONFLICT (source) DO UPDATE SET entries = $2, expires_at = $3, loaded_at = now(),
+                   changed = CASE WHEN $4 OR intel_sources.expires_at <= now() THEN EXCLUDED.changed
+                                  ELSE intel_sources.changed END""",
             source,
             len(values)
             if replace or not held
             else await conn.fetchval("SELECT count(*) FROM intel_entries WHERE source = $1", source),
             expires_at,
+            changed,
         )
         await conn.execute("DROP TABLE intel_load, intel_load_attributes")
     return len(values)
+
+
+@dataclass(frozen=True)
+class FeedState:
+    """What tells a kept verdict out of date: the last change to the feeds, and when each feed expires."""
+
+    changed: int  # the number of the last change to what a feed says (0: none yet)
+    expiries: Mapping[str, datetime]  # feed -> when it stops counting unless loaded again
+
+
+async def feed_state(conn: Conn) -> FeedState:
+    """The feeds' state, read before a lookup: what the lookup then finds is at least as new as ``changed``."""
+    row = await conn.fetchrow(
+        """SELECT coalesce(max(changed), 0) AS changed,
+                  coalesce(array_agg(source) FILTER (WHERE expires_at IS NOT NULL), '{}') AS sources,
+                  coalesce(array_agg(expires_at) FILTER (WHERE expires_at IS NOT NULL), '{}') AS expiries
+             FROM intel_sources"""
+    )
+    assert row is not None  # an aggregate's one row
+    return FeedState(row["changed"], dict(zip(row["sources"], row["expiries"], strict=True)))
 
 
 # Exact matches by (kind, value) on the btree (a listed address too); addresses also by containment

@@ -9,3 +9,11 @@ ANALYSES = Counter(
     "its interval ended), or unchanged (the same as the one published, not published again).",
     ["outcome"],
 )
+
+INTEL_LOOKUPS = Counter(
+    "vigil_analyzer_intel_lookups",
+    "Indicators analyses looked up in threat intelligence, by why: named (the batch's alerts named it), answered "
+    "(an online provider answered for it since) or recheck (a feed changed since it was looked up, or what gave "
+    "its verdict expired). Every other indicator keeps the verdict it has.",
+    ["reason"],
+)

@@ -4,16 +4,18 @@ A provider is pure: it says what request looks a value up (``request``), which h
 API key (``auth_headers``, added when the request is sent, never stored) and what an answer means
 (``answer``). Vigil does the rest the same way for every provider:
 
-* An analysis consults the cache (``intel_provider_cache``) for its indicators (never an internal
-  address) and, for a value no live answer covers, enqueues a lookup effect in its own transaction,
-  at the provider's next free slot (``per_minute`` apart, ``per_day`` at most; the budget is in
-  Postgres, so replicas share it), and notes that the incident waits for it. Incidents asking for
-  one value within one TTL share one lookup (its idempotency key).
+* An analysis consults the cache (``intel_provider_cache``) for the indicators it looks up (those its
+  batch named and those whose kept verdict may be out of date, see ``handlers._look_up``; never an
+  internal address) and, for a value no live answer covers, enqueues a lookup effect in its own
+  transaction, at the provider's next free slot (``per_minute`` apart, ``per_day`` at most; the budget
+  is in Postgres, so replicas share it), and notes that the incident waits for it. Incidents asking
+  for one value within one TTL share one lookup (its idempotency key).
 * The effects runner makes the call outside any transaction (timeouts, retries with backoff on 429
   and 5xx, a refusal for good on other 4xx) and, in the transaction that records the outcome, the
-  answer goes into the cache (a failure too, briefly, so it is not asked again at once); each
-  incident that no longer waits for anything is analysed again, and a new version of its analysis
-  is published if a verdict changed (the same verdicts publish nothing).
+  answer goes into the cache (a failure too, briefly, so it is not asked again at once) and is noted
+  for each incident that waited for it (its next analysis looks the value up again); each incident
+  that no longer waits for anything is analysed again, and a new version of its analysis is
+  published if a verdict changed (the same verdicts publish nothing).
 
 Built in: ``abuseipdb``, ``virustotal``, ``greynoise``; others come from the
 ``vigil.intel_providers`` entry point group, a factory ``(options, api_key) -> provider``. None is
@@ -36,7 +38,7 @@ import asyncpg
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from services.analyzer import intel
+from services.analyzer import forensic_repository, intel
 from services.analyzer.intel import Kind, Match, Verdict
 from shared.addresses import is_external
 from shared.consumer import HandlerContext
@@ -465,7 +467,7 @@ class Enabled:
 
 
 def digest(keys: Sequence[tuple[str, str]], matches: Mapping[tuple[str, str], Sequence[Match]]) -> str:
-    """A digest of the verdicts the indicators carry: a re-analysis that changes none publishes nothing."""
+    """A digest of the verdicts of the values looked up: a re-analysis that changes none publishes nothing."""
     verdicts = sorted([*key, *intel.verdict_of(matches.get(key, []))] for key in keys)
     return hashlib.sha256(json.dumps(verdicts, default=list).encode()).hexdigest()
 
@@ -475,8 +477,8 @@ async def consult(
 ) -> dict[tuple[str, str], list[Match]]:
     """The feeds' matches plus the cached answers of the enabled providers; lookups enqueued for the rest.
 
-    ``matches`` is ``intel.lookup``'s answer for the analysis' indicators (kinds as the analyzer
-    names them). Does nothing, and no query but one, when no provider is enabled.
+    ``matches`` is ``intel.lookup``'s answer for the indicators the analysis looks up (kinds as the
+    analyzer names them). Does nothing, and no query but one, when no provider is enabled.
     """
     enabled = [
         Enabled(r["name"], frozenset(r["kinds"]), timedelta(seconds=r["ttl_s"]))
@@ -711,6 +713,10 @@ async def settle(
         kind,
         value,
     )
+    if waiting:  # their analyses kept the value's verdict without this answer: they look it up again
+        await forensic_repository.add_answered(
+            ctx.conn, incident_ids=sorted({row["incident_id"] for row in waiting}), kind=kind, value=value
+        )
     # Each incident's row locked (in one order, so two outcomes cannot deadlock) before counting what it
     # still waits for: of two answers recorded at once, the later sees the earlier's wait gone.
     for incident_id in sorted({row["incident_id"] for row in waiting}):

@@ -8,7 +8,7 @@ check the score and argue with it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,7 +31,8 @@ class RiskInputs:
     most_critical: int | None = None  # 1 (most critical) to 4, of the affected assets the inventory knows
     crown_jewels: Sequence[str] = ()
     unknown_systems: int = 0
-    indicators: Sequence[Indicator] = ()
+    indicators: Sequence[Indicator] = ()  # the worst first, when not all of them (the analysis carries the worst)
+    verdict_counts: Mapping[str, int] | None = None  # of all the indicators, when ``indicators`` are not all
     tactic: tuple[int, str] | None = None  # (stage 1-14, name) of the furthest tactic reached
     tactics_in_matrix: int = 14
     hosts: int = 0
@@ -62,14 +63,18 @@ def _criticality(inputs: RiskInputs) -> RiskFactor:
 def _intel(inputs: RiskInputs) -> RiskFactor:
     malicious = [i for i in inputs.indicators if i.verdict == "malicious"]
     suspicious = [i for i in inputs.indicators if i.verdict == "suspicious"]
-    if malicious:
-        confidence = max(i.confidence or 0 for i in malicious)
+    # The most confident of a verdict is among the worst indicators whenever any has it; the counts cover all.
+    counted = inputs.verdict_counts
+    n_malicious = counted.get("malicious", 0) if counted is not None else len(malicious)
+    n_suspicious = counted.get("suspicious", 0) if counted is not None else len(suspicious)
+    if n_malicious:
+        confidence = max((i.confidence or 0 for i in malicious), default=0)
         points = 8 + round(7 * confidence / 100)
-        reason = f"{len(malicious)} indicator(s) malicious to threat intelligence (confidence up to {confidence})"
-    elif suspicious:
-        confidence = max(i.confidence or 0 for i in suspicious)
+        reason = f"{n_malicious} indicator(s) malicious to threat intelligence (confidence up to {confidence})"
+    elif n_suspicious:
+        confidence = max((i.confidence or 0 for i in suspicious), default=0)
         points = 4 + round(4 * confidence / 100)
-        reason = f"{len(suspicious)} indicator(s) suspicious to threat intelligence (confidence up to {confidence})"
+        reason = f"{n_suspicious} indicator(s) suspicious to threat intelligence (confidence up to {confidence})"
     else:
         points, reason = 0, "no indicator is known to threat intelligence"
     return RiskFactor(factor="intel", points=points, max_points=15, reason=reason)

@@ -424,26 +424,33 @@ def tactics_of(trace: Trace, dataset: Dataset) -> list[events.AttackTactic]:
 # ---- threat profile ------------------------------------------------------------------------------
 
 
-def threat_profile(trace: Trace, dataset: Dataset, indicators: Sequence[Indicator]) -> ThreatProfile:
-    """Where the activity came from, what intelligence knows of it, and who or what feeds tag it with."""
+def threat_profile(
+    trace: Trace, dataset: Dataset, indicators: Sequence[Indicator], *, known_bad_outside: int | None = None
+) -> ThreatProfile:
+    """Where the activity came from, what intelligence knows of it, and who or what feeds tag it with.
+
+    ``known_bad_outside``: how many of all the incident's indicators are known bad and not addresses of
+    ours, when ``indicators`` are only its worst (known bad first).
+    """
     external = sorted((a for a in trace.sources if is_external(a)), key=lambda a: (trace.sources[a].first_seen, a))
     internal = [a for a in trace.sources if is_internal(a)]
     bad = [i for i in indicators if i.verdict in BAD_VERDICTS]
     bad_outside = [i for i in bad if i.kind not in ("ipv4", "ipv6") or is_external(i.value)]
+    n_bad_outside = len(bad_outside) if known_bad_outside is None else known_bad_outside
     evidence = []
     if external:
         evidence.append(f"{len(external)} outside source address(es), first {external[0]}")
-    if bad_outside:
-        evidence.append(f"{len(bad_outside)} indicator(s) known bad to threat intelligence")
+    if n_bad_outside:
+        evidence.append(f"{n_bad_outside} indicator(s) known bad to threat intelligence")
     lateral = trace.lateral or LATERAL_MOVEMENT in trace.tactics
     if internal:
         evidence.append(f"{len(internal)} internal source address(es)")
     if lateral:
         evidence.append("movement between internal addresses" if trace.lateral else "ATT&CK Lateral Movement")
     origin: Origin
-    if (external or bad_outside) and lateral:
+    if (external or n_bad_outside) and lateral:
         origin = "mixed"
-    elif external or bad_outside:
+    elif external or n_bad_outside:
         origin = "external"
     elif internal or trace.entities:
         origin = "internal"

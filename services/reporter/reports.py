@@ -187,6 +187,7 @@ def postmortem(bundle: IncidentBundle, *, fmt: Format, sla: SlaTargets, now: dat
         "times_chart": times_chart(milestones, i.get("severity"), sla=sla),
         "hypothesis": hypothesis,
         "indicators": analysis.get("indicators", []),
+        "indicator_count": analysis.get("indicator_count"),  # all of them: the analysis carries the worst
         "techniques": techniques,
         "actions": bundle.actions,
         "worked": worked,

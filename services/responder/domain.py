@@ -103,7 +103,8 @@ def needs_new_plan(current: tuple[str, Severity] | None, playbook: Playbook, sev
 
 def incident_facts(incident_id: str, analysis: Analysis) -> IncidentFacts:
     """Return what the planner knows of an incident from its analysis: intel verdicts and asset tags too."""
-    verdicts = sorted({i.verdict for i in analysis.indicators if i.verdict})
+    # The counts cover every indicator; the list only the worst (and analyses from before the counts, all).
+    verdicts = sorted({*analysis.indicators_by_verdict, *(i.verdict for i in analysis.indicators if i.verdict)})
     return IncidentFacts(incident_id=incident_id, analysis=analysis, verdicts=verdicts, asset_tags=analysis.asset_tags)
 
 

@@ -294,11 +294,13 @@ def matches(playbook: Playbook, facts: IncidentFacts) -> bool:
     """Tell whether the incident meets every condition of the playbook."""
     m, a = playbook.match, facts.analysis
     techniques = facts.techniques
+    # Every kind the incident's indicators have, though the analysis carries only the worst of them.
+    kinds = {*a.indicators_by_kind, *(i.kind for i in a.indicators)}
     return (
         a.type in m.types
         and a.severity.urgency >= m.min_severity.urgency
         and (not m.techniques or any(t == w or t.startswith(f"{w}.") for w in m.techniques for t in techniques))
-        and (not m.indicator_kinds or bool(set(m.indicator_kinds) & {i.kind for i in a.indicators}))
+        and (not m.indicator_kinds or bool(set(m.indicator_kinds) & kinds))
         and (not m.sources or bool(set(m.sources) & facts.sources))
         and (not m.formats or bool(set(m.formats) & facts.formats))
         and (not m.verdicts or bool(set(m.verdicts) & set(facts.verdicts)))

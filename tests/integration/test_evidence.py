@@ -22,6 +22,7 @@ from shared import cloudevents, housekeeping, timers
 from shared.consumer import HandlerContext, decode_cloudevent, write_context
 from shared.db import connect
 from shared.events import (
+    MAX_ANALYSIS_INDICATORS,
     CommandArgs,
     CommandRejected,
     EscalationExhausted,
@@ -179,8 +180,10 @@ async def test_every_alert_of_a_burst_reaches_the_analyzer_and_the_reporter(
     stored = await pool.fetch("SELECT body FROM reporter_alerts WHERE incident_id = $1", incident_id)
     assert len(stored) == BURST
     assert {r["body"]["src_ip"] for r in stored} == set(addresses)
-    indicators = await pool.fetchval("SELECT indicators FROM analyzer_incidents WHERE incident_id = $1", incident_id)
-    assert set(addresses) <= {i["value"] for i in indicators if i["kind"] == "ipv4"}
+    kept = await pool.fetch(
+        "SELECT value FROM analyzer_indicators WHERE incident_id = $1 AND kind = 'ipv4'", incident_id
+    )
+    assert set(addresses) <= {r["value"] for r in kept}
 
     # The detector cut the burst into bounded parts, in order; each batch was analysed once, on its last part.
     events = [cloudevents.decode(r.value, r.headers) for r in await read_all(settings, incidents, expect=BURST)]
@@ -194,7 +197,10 @@ async def test_every_alert_of_a_burst_reaches_the_analyzer_and_the_reporter(
     assert len(analysed) == batches
     last = analysed[-1]
     assert isinstance(last, IncidentAnalyzed) and last.data.alert_count == BURST
-    assert set(addresses) <= {i.value for i in last.data.indicators}
+    # It carries the worst of them, and counts every one.
+    assert len(last.data.indicators) == MAX_ANALYSIS_INDICATORS
+    assert last.data.indicator_count == len(kept) and last.data.indicators_by_kind["ipv4"] == len(kept)
+    assert f"; {len(kept)} indicators (" in last.data.summary
     summaries = await pool.fetch(
         """SELECT summary FROM reporter_timeline
            WHERE incident_id = $1 AND type IN ('vigil.incident.detected.v1', 'vigil.incident.updated.v1')""",

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections import Counter
+from datetime import datetime, timedelta
 
-from services.analyzer import domain
+from services.analyzer import attack, domain, risk, rootcause
 from services.analyzer.assets import Asset, Found, Inventory, Unknown, User, impact
+from services.analyzer.forensic import Named
 from services.analyzer.handlers import merged
+from services.analyzer.intel import Match
 from services.detector.domain import summarise
 from shared.events import (
+    MAX_ANALYSIS_INDICATORS,
     AlertSummary,
     Analysis,
     IncidentDetected,
@@ -72,23 +76,20 @@ def test_every_part_adds_the_resources_its_alerts_are_about() -> None:
 
 
 def test_the_inventory_is_asked_of_every_address_and_resource_the_incident_names() -> None:
+    # Not only the indicators the last analysis carried: every address the alerts name.
     gathered = domain.Gathered(
-        alert_count=2,
-        hosts=["web-01"],
-        users=["deploy"],
-        indicators=[
-            Indicator(kind="ipv4", value="10.1.2.3", internal=True),
-            Indicator(kind="ipv4", value="198.51.100.7"),
-            Indicator(kind="ipv6", value="2001:db8::7"),
-            Indicator(kind="domain", value="evil.example"),
-        ],
-        resources=["Instance i-0abc"],
+        alert_count=2, hosts=["web-01"], users=["deploy"], indicators=[], resources=["Instance i-0abc"]
     )
+    addresses = [
+        Named("ipv4", "10.1.2.3", internal=True),
+        Named("ipv4", "198.51.100.7", internal=False),
+        Named("ipv6", "2001:db8::7", internal=False),
+    ]
     observables = [
         Observable(kind="cloud_resource", value="arn:aws:s3:::exports"),
         Observable(kind="process", value="sh"),
     ]
-    wanted = domain.lookups(gathered, observables)
+    wanted = domain.lookups(gathered, addresses, observables)
     assert (wanted.hosts, wanted.users) == (["web-01"], ["deploy"])
     # Inside addresses and what the alerts are about: unknown when not listed.
     assert (wanted.ips, wanted.resources) == (["10.1.2.3"], ["Instance i-0abc"])
@@ -122,6 +123,102 @@ def test_the_analysis_carries_the_blast_radius_by_criticality_and_unknown_accoun
     assert summary.unknown_systems == ["laptop-9", "Instance i-9"]
     # On the wire the criticalities are JSON keys, and read back as numbers.
     assert type(summary).model_validate_json(summary.model_dump_json()) == summary
+
+
+# ---- the indicators an analysis carries, and their counts ----------------------------------------
+
+
+def _indicator(
+    value: str,
+    verdict: str | None = None,
+    confidence: int | None = None,
+    *,
+    kind: str = "ipv4",
+    count: int = 1,
+    internal: bool = False,
+) -> Indicator:
+    return Indicator.model_validate(
+        {
+            "kind": kind,
+            "value": value,
+            "verdict": verdict,
+            "confidence": confidence,
+            "count": count,
+            "internal": internal,
+        }
+    )
+
+
+def test_the_worst_indicators_come_first_the_most_confident_then_the_most_sighted() -> None:
+    strong_and_often = _indicator("198.51.100.1", "malicious", 90, count=7)
+    strong = _indicator("198.51.100.2", "malicious", 90)
+    weak = _indicator("198.51.100.3", "malicious", 40, count=50)
+    suspicious = _indicator("cdn-update-check.net", "suspicious", 100, kind="domain", count=9)
+    benign = _indicator("198.51.100.4", "benign-listed", 80, count=90)
+    often = _indicator("198.51.100.5", count=99)
+    by_name = [_indicator("a.example", kind="domain"), _indicator("198.51.100.6"), _indicator("198.51.100.7")]
+    ordered = [strong_and_often, strong, weak, suspicious, benign, often, *by_name]
+    assert domain.worst_first(reversed(ordered)) == ordered
+    assert domain.worst_first(ordered, limit=3) == ordered[:3]
+
+
+def _flood() -> list[Indicator]:
+    """An incident of 1,000 unlisted addresses, 250 malicious ones and a few more known bad."""
+    return [
+        *(_indicator(f"198.51.{n // 250}.{n % 250}", count=n % 5 + 1) for n in range(1000)),
+        *(_indicator(f"45.77.{n // 250}.{n % 250}", "malicious", 50 + n % 40) for n in range(250)),
+        # Known bad, and the least confident: not carried. One of ours, one reserved (outside all the same),
+        # and a name inside the organisation (outside too: only addresses are ours).
+        _indicator("10.0.0.5", "malicious", 10, internal=True),
+        _indicator("198.18.0.1", "suspicious", 10, internal=True),
+        _indicator("intranet.corp", "suspicious", 10, kind="domain", internal=True),
+    ]
+
+
+def test_the_counts_cover_every_indicator_though_the_analysis_carries_the_worst() -> None:
+    every = _flood()
+    counts = domain.counts_of(every)
+    carried = domain.worst_first(every)
+    assert len(carried) == MAX_ANALYSIS_INDICATORS and {i.verdict for i in carried} == {"malicious"}
+    assert counts.total == 1253 and counts.by_kind == {"domain": 1, "ipv4": 1252}
+    assert counts.by_verdict == {"malicious": 251, "suspicious": 2} and counts.known_bad == 253
+    assert counts.known_bad_outside == 252  # not 10.0.0.5
+    # What is said of the incident is what all its indicators make of it.
+    summary = domain.summarise(1500, ["web-01"], [], carried, counts)
+    assert summary == domain.summarise(1500, ["web-01"], [], every)
+    assert summary.endswith("; 1253 indicators (1 domain, 1252 ipv4); 253 known bad to threat intelligence")
+    cut = risk.RiskInputs(severity=Severity.SEV2, indicators=carried, verdict_counts=counts.by_verdict)
+    assert risk.score(cut) == risk.score(risk.RiskInputs(severity=Severity.SEV2, indicators=every))
+    dataset = attack.load_dataset()
+    threat = rootcause.threat_profile(rootcause.Trace(), dataset, carried, known_bad_outside=counts.known_bad_outside)
+    assert threat == rootcause.threat_profile(rootcause.Trace(), dataset, every)
+    assert "252 indicator(s) known bad to threat intelligence" in threat.origin_evidence
+
+
+def test_counts_from_the_stored_groups_are_those_of_the_indicators() -> None:
+    every = _flood()
+    groups = Counter((i.kind, i.verdict, i.internal) for i in every)
+    stored = [domain.IndicatorGroup(*key, n) for key, n in groups.items()]
+    assert domain.bad_and_internal(stored) == 2  # 10.0.0.5 and 198.18.0.1: asked for by value
+    assert domain.indicator_counts(stored, ["10.0.0.5", "198.18.0.1"]) == domain.counts_of(every)
+
+
+def test_a_verdict_needs_looking_up_again_when_the_first_of_what_gave_it_expires() -> None:
+    def match(source: str, expires_at: datetime | None = None) -> Match:
+        return Match(source, "ip", "45.77.12.9", "malicious", 80, (), None, None, expires_at)
+
+    feeds = {"blocklist": T0 + timedelta(hours=48)}
+    assert domain.verdict_expiry([], feeds) is None
+    assert domain.verdict_expiry([match("mine")], feeds) is None  # until a feed changes
+    assert domain.verdict_expiry([match("blocklist")], feeds) == T0 + timedelta(hours=48)
+    answer = match("abuseipdb", T0 + timedelta(hours=24))  # a provider's answer, for its TTL
+    assert domain.verdict_expiry([match("blocklist"), answer], feeds) == T0 + timedelta(hours=24)
+
+
+def test_threat_intelligences_addresses_are_the_analyzers_by_version() -> None:
+    assert domain.indicator_key("ip", "45.77.12.9") == ("ipv4", "45.77.12.9")
+    assert domain.indicator_key("ip", "2001:db8::7") == ("ipv6", "2001:db8::7")
+    assert domain.indicator_key("domain", "cdn-update-check.net") == ("domain", "cdn-update-check.net")
 
 
 # ---- when an analysis is published ------------------------------------------------------------
@@ -183,6 +280,17 @@ def test_counts_and_unlisted_indicators_wait_for_the_interval() -> None:
     assert _decide(_analysis(), more, seconds_since=2) == "later"
     assert _decide(_analysis(), more, seconds_since=10) == "now"  # the interval has passed
     assert _decide(_analysis(), more, seconds_since=2, interval=0) == "now"  # no interval: every change
+
+
+def test_a_verdict_among_the_indicators_an_analysis_does_not_carry_is_heard_of_at_once() -> None:
+    flagged = Indicator(kind="ipv4", value="198.51.100.7", verdict="malicious", confidence=90, count=1)
+    whole = _analysis(indicators=[flagged], indicator_count=1, indicators_by_verdict={"malicious": 1})
+    # Carrying every indicator, its counts say nothing the verdicts do not: the digest is as it was.
+    assert domain.urgent_digest(whole) == domain.urgent_digest(_analysis(indicators=[flagged]))
+    cut = whole.model_copy(update={"indicator_count": 900})
+    more = cut.model_copy(update={"indicators_by_verdict": {"malicious": 2}, "indicator_count": 901})
+    assert _decide(cut, more, seconds_since=1) == "now"
+    assert _decide(cut, cut.model_copy(update={"indicator_count": 901}), seconds_since=1) == "later"
 
 
 def test_what_the_commander_must_hear_goes_at_once() -> None:

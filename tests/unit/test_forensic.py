@@ -183,6 +183,17 @@ def test_provenance_folds_alerts_in_time_order() -> None:
     assert isinstance(user, Observable) and (user.kind, user.value, user.fields) == ("user", "mallory", ["user"])
 
 
+def test_threat_intelligence_is_asked_of_each_indicator_the_alerts_name_once() -> None:
+    alerts = [
+        forensic.evidence_of(
+            _summary(id="a", src_ip="45.77.12.9", user="mallory", description="cdn-update-check.net"), SHIPPED
+        ),
+        forensic.evidence_of(_summary(id="b", src_ip="45.77.12.9", description="45.77.12.9 again"), SHIPPED),
+    ]
+    # Accounts, processes and the like are no feed's: not asked.
+    assert forensic.indicator_keys(alerts) == [("domain", "cdn-update-check.net"), ("ipv4", "45.77.12.9")]
+
+
 def test_a_large_raw_record_travels_cut_and_is_still_read() -> None:
     raw = {"events": [{"n": n, "padding": "x" * 900} for n in range(40)], "attacker": "45.77.12.9"}
     summary = _summary(raw=raw, src_ip=None, description="")

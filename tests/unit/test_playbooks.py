@@ -181,6 +181,18 @@ def test_matching_on_indicator_kinds_source_and_format() -> None:
     assert not matches(playbook(sources=["falco"]), facts(alerts=[alert()]))
 
 
+def test_an_analysis_carrying_only_its_worst_indicators_matches_on_the_kinds_and_verdicts_of_all() -> None:
+    # 10,000 addresses and one file hash no feed lists: the hash is not among the worst 200 carried.
+    cut = facts(
+        indicators=[{"kind": "ipv4", "value": "203.0.113.7", "verdict": "malicious"}],
+        indicator_count=10_001,
+        indicators_by_kind={"ipv4": 10_000, "sha256": 1},
+        indicators_by_verdict={"malicious": 1, "benign-listed": 3},
+    )
+    assert matches(playbook(indicator_kinds=["sha256"]), cut)
+    assert domain.incident_facts("inc-1", cut.analysis).verdicts == ["benign-listed", "malicious"]
+
+
 def test_verdicts_and_asset_tags_match_only_when_provided() -> None:
     assert not matches(playbook(verdicts=["malicious"]), facts())
     given = facts().model_copy(update={"verdicts": ["malicious"], "asset_tags": ["crown-jewel"]})

@@ -158,6 +158,15 @@ def test_the_post_mortem_gives_the_analyzers_root_cause_hypotheses_with_confiden
     assert "The analyzer has drawn no root-cause hypothesis" in postmortem(bare, fmt="md", sla=DEFAULT_SLA, now=NOW)
 
 
+def test_the_post_mortem_says_when_the_analysis_carried_only_the_worst_indicators() -> None:
+    whole = postmortem(_bundle(), fmt="md", sla=DEFAULT_SLA, now=NOW)
+    assert "worst of" not in whole
+    cut = _bundle()
+    cut.incident["analysis"] = {**cut.incident["analysis"], "indicator_count": 10_000}
+    assert "|\n\nThe 2 worst of 10000 indicators.\n\n" in postmortem(cut, fmt="md", sla=DEFAULT_SLA, now=NOW)
+    assert "<p>The 2 worst of 10000 indicators.</p>" in postmortem(cut, fmt="html", sla=DEFAULT_SLA, now=NOW)
+
+
 def test_a_title_cannot_break_the_markdown_table_or_inject_html() -> None:
     bundle = _bundle(title=HOSTILE)
     bundle.timeline.append({"time": T0, "actor": "x|y", "summary": HOSTILE})

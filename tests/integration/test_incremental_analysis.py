@@ -1,0 +1,260 @@
+"""A large incident's analysis stays incremental, in the real Postgres: each indicator keeps its verdict, a
+batch looks up in threat intelligence only what it names (and a bounded few whose verdict a feed change
+may have outdated), and the analysis carries the worst indicators with the counts of all of them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from services.analyzer import domain, forensic, forensic_repository, handlers, intel
+from services.analyzer.feeds import SERVICE
+from services.detector.domain import summarise
+from shared.consumer import HandlerContext, write_context
+from shared.db import create_pool
+from shared.events import (
+    MAX_ANALYSIS_INDICATORS,
+    IncidentAnalyzed,
+    IncidentDetected,
+    IncidentSplit,
+    IncidentUpdated,
+    Indicator,
+    SplitRecord,
+)
+from shared.topics import TopicNames
+from tests.factories import alert, snapshot
+from tests.helpers import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
+
+NAMES = TopicNames("")
+Key = tuple[str, str]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(database_url, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> list[set[Key]]:
+    """What each analysis asks threat intelligence, one set per lookup."""
+    lookups: list[set[Key]] = []
+    look_up = intel.lookup
+
+    async def counting(conn: asyncpg.Connection, values: Sequence[Key]) -> dict[Key, list[intel.Match]]:
+        lookups.append(set(values))
+        return await look_up(conn, values)
+
+    monkeypatch.setattr(intel, "lookup", counting)
+    return lookups
+
+
+def batch(
+    subject: str, first: int, addresses: Sequence[str], *, created: bool = False
+) -> IncidentDetected | IncidentUpdated:
+    """The incident's alerts ``first`` onwards, one from each address (and nothing else named)."""
+    alerts = [
+        summarise(alert(id=f"{subject}-{first + n}", minutes=first + n, src_ip=address, description="scan"))
+        for n, address in enumerate(addresses)
+    ]
+    data = snapshot(new_alerts=alerts, alert_count=first + len(alerts), severity="SEV2")
+    if created:
+        return IncidentDetected(source="/vigil/detector", subject=subject, data=data)
+    return IncidentUpdated(source="/vigil/detector", subject=subject, data=data)
+
+
+async def analyse(pool: asyncpg.Pool, event: IncidentDetected | IncidentUpdated) -> list[IncidentAnalyzed]:
+    """Handle the event as the analyzer's consumer does; the analyses it published."""
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service=SERVICE, names=NAMES)
+        await handlers.analyse_incident(ctx, event)
+        await write_context(conn, ctx)
+    return [e for e in ctx.emitted if isinstance(e, IncidentAnalyzed)]
+
+
+async def load(pool: asyncpg.Pool, source: str, *entries: intel.Entry) -> None:
+    async with pool.acquire() as conn:
+        await intel.load_feed(conn, source=source, entries=entries)
+
+
+def listed(value: str, verdict: intel.Verdict, confidence: int) -> intel.Entry:
+    return intel.Entry("ip", value, verdict, confidence, ("botnet",))
+
+
+async def stored(pool: asyncpg.Pool, subject: str) -> list[Indicator]:
+    """Every indicator the analyzer keeps of the incident, with its verdict."""
+    async with pool.acquire() as conn:
+        rows = await forensic_repository.list_indicators(conn, incident_id=subject)
+    return [
+        Indicator.model_validate({k: v for k, v in row.items() if k != "looked_up_at"})
+        for row in rows
+        if row["kind"] in forensic.INDICATOR_KINDS
+    ]
+
+
+async def counts_agree(pool: asyncpg.Pool) -> bool:
+    """The counts the triggers keep are those of the rows."""
+    kept = await pool.fetch(
+        "SELECT incident_id, kind, verdict, internal, n FROM analyzer_indicator_counts WHERE n <> 0 ORDER BY 1, 2, 3, 4"
+    )
+    counted = await pool.fetch(
+        """SELECT incident_id, kind, coalesce(intel_verdict, '') AS verdict, internal, count(*) AS n
+           FROM analyzer_indicators GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"""
+    )
+    return [tuple(r) for r in kept] == [tuple(r) for r in counted]
+
+
+ADDRESSES = [f"198.51.{n // 250}.{n % 250 + 1}" for n in range(MAX_ANALYSIS_INDICATORS + 60)]
+
+
+async def test_a_large_incident_carries_its_worst_indicators_and_counts_every_one(
+    db: asyncpg.Pool, asked: list[set[Key]]
+) -> None:
+    await load(
+        db,
+        "blocklist",
+        listed("198.51.1.5", "malicious", 90),
+        listed("198.51.0.7", "malicious", 60),
+        listed("198.51.0.200", "suspicious", 70),
+        listed("198.51.0.9", "benign-listed", 80),
+    )
+    # Seen again in later alerts: the most sighted of those no feed lists.
+    addresses = [*ADDRESSES, "198.51.0.50", "198.51.0.50", "198.51.0.60"]
+    [first] = await analyse(db, batch("inc-large", 0, addresses, created=True))
+    analysis = first.data
+
+    assert len(analysis.indicators) == MAX_ANALYSIS_INDICATORS
+    head = [(i.value, i.verdict, i.count) for i in analysis.indicators[:6]]
+    assert head == [
+        ("198.51.1.5", "malicious", 1),
+        ("198.51.0.7", "malicious", 1),
+        ("198.51.0.200", "suspicious", 1),
+        ("198.51.0.9", "benign-listed", 1),
+        ("198.51.0.50", None, 3),
+        ("198.51.0.60", None, 2),
+    ]
+    # Exactly those the pure order puts first of every indicator the incident has.
+    every = await stored(db, "inc-large")
+    assert len(every) == len(ADDRESSES)
+    assert analysis.indicators == domain.worst_first(every)
+    assert analysis.indicator_count == len(ADDRESSES) and analysis.indicators_by_kind == {"ipv4": len(ADDRESSES)}
+    assert analysis.indicators_by_verdict == {"benign-listed": 1, "malicious": 2, "suspicious": 1}
+    assert analysis.summary.endswith(
+        f"; {len(ADDRESSES)} indicators ({len(ADDRESSES)} ipv4); 3 known bad to threat intelligence"
+    )
+    assert analysis.risk is not None
+    [intel_factor] = [f for f in analysis.risk.factors if f.factor == "intel"]
+    assert intel_factor.reason == "2 indicator(s) malicious to threat intelligence (confidence up to 90)"
+    assert await counts_agree(db)
+
+    # The same alerts again: nothing looked up, the same analysis, not published twice.
+    assert await analyse(db, batch("inc-large", 0, addresses)) == []
+    assert asked[-1] == set()
+    assert await db.fetchval("SELECT count(*) FROM outbox") == 1
+
+
+async def test_a_batch_looks_up_only_the_indicators_its_alerts_name(db: asyncpg.Pool, asked: list[set[Key]]) -> None:
+    first = [f"198.51.0.{n}" for n in range(1, 101)]
+    await analyse(db, batch("inc-growing", 0, first, created=True))
+    assert asked == [{("ipv4", a) for a in first}]
+
+    # Two new addresses and one seen before (its provenance changes): those three, not the other 99.
+    second = ["198.51.0.50", "198.51.1.1", "198.51.1.2"]
+    [analysis] = await analyse(db, batch("inc-growing", 100, second))
+    assert asked[1] == {("ipv4", a) for a in second}
+    assert analysis.data.indicator_count == 102
+    assert {i.value: i.count for i in analysis.data.indicators}["198.51.0.50"] == 2
+    assert await counts_agree(db)
+
+
+async def test_a_feed_loaded_after_an_analysis_reaches_its_indicators_on_a_later_batch(
+    db: asyncpg.Pool, asked: list[set[Key]]
+) -> None:
+    [first] = await analyse(db, batch("inc-late", 0, ["45.77.12.9", "198.51.0.1"], created=True))
+    assert all(i.verdict is None for i in first.data.indicators)
+
+    await load(db, "late-feed", listed("45.77.12.9", "malicious", 85))
+    # The next batch names another address: the old ones are looked up again, the feed having changed.
+    [later] = await analyse(db, batch("inc-late", 2, ["198.51.0.2"]))
+    assert asked[-1] == {("ipv4", "198.51.0.2"), ("ipv4", "45.77.12.9"), ("ipv4", "198.51.0.1")}
+    attacker = later.data.indicators[0]
+    assert (attacker.value, attacker.verdict, attacker.confidence, attacker.feeds) == (
+        "45.77.12.9",
+        "malicious",
+        85,
+        ["late-feed"],
+    )
+    assert later.data.indicators_by_verdict == {"malicious": 1}
+
+    # Looked up since the feed changed: not again. Loaded again unchanged: nothing changed, nothing asked.
+    await analyse(db, batch("inc-late", 3, ["198.51.0.3"]))
+    assert asked[-1] == {("ipv4", "198.51.0.3")}
+    await load(db, "late-feed", listed("45.77.12.9", "malicious", 85))
+    await analyse(db, batch("inc-late", 4, ["198.51.0.4"]))
+    assert asked[-1] == {("ipv4", "198.51.0.4")}
+    assert await counts_agree(db)
+
+
+async def test_a_changed_feed_is_caught_up_over_a_few_batches(
+    db: asyncpg.Pool, asked: list[set[Key]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handlers, "INTEL_RECHECKS", 5)
+    old = [f"45.77.0.{n}" for n in range(1, 13)]
+    await analyse(db, batch("inc-caught-up", 0, old, created=True))
+    await load(db, "refreshed", *(listed(a, "suspicious", 40) for a in old))
+
+    rechecked: list[set[Key]] = []
+    for n in range(4):
+        await analyse(db, batch("inc-caught-up", 12 + n, [f"198.51.0.{n + 1}"]))
+        rechecked.append(asked[-1] - {("ipv4", f"198.51.0.{n + 1}")})
+    # At most five a batch; every old one by the third; none more after.
+    assert [len(r) for r in rechecked] == [5, 5, 2, 0]
+    assert set().union(*rechecked) == {("ipv4", a) for a in old}
+    [verdicts] = await db.fetch(
+        "SELECT array_agg(DISTINCT intel_verdict) AS v FROM analyzer_indicators WHERE value LIKE '45.77.%'"
+    )
+    assert verdicts["v"] == ["suspicious"]
+
+
+async def test_a_verdict_is_looked_up_again_when_its_feed_expires_and_when_it_counts_again(
+    db: asyncpg.Pool, asked: list[set[Key]]
+) -> None:
+    async with db.acquire() as conn:
+        expiry = await conn.fetchval("SELECT now() + interval '1 second'")
+        await intel.load_feed(
+            conn, source="short-lived", entries=[listed("45.77.12.9", "malicious", 70)], expires_at=expiry
+        )
+    [first] = await analyse(db, batch("inc-expiry", 0, ["45.77.12.9"], created=True))
+    assert first.data.indicators[0].verdict == "malicious"
+
+    # Not loaded again in time: past its expiry, the feed no longer counts.
+    await eventually(lambda: db.fetchval("SELECT now() > $1", expiry))
+    [lapsed] = await analyse(db, batch("inc-expiry", 1, ["198.51.0.1"]))
+    assert ("ipv4", "45.77.12.9") in asked[-1]
+    assert {i.value: i.verdict for i in lapsed.data.indicators}["45.77.12.9"] is None
+
+    # Loaded again, the same content: the feed counts again, and the verdict is back on the next batch.
+    await load(db, "short-lived", listed("45.77.12.9", "malicious", 70))
+    [back] = await analyse(db, batch("inc-expiry", 2, ["198.51.0.2"]))
+    assert ("ipv4", "45.77.12.9") in asked[-1]
+    assert back.data.indicators[0].value == "45.77.12.9" and back.data.indicators[0].verdict == "malicious"
+
+
+async def test_detaching_alerts_counts_again_from_the_alerts_kept(db: asyncpg.Pool) -> None:
+    await analyse(db, batch("inc-split", 0, ["198.51.0.1", "198.51.0.2", "198.51.0.3"], created=True))
+    kept = batch("inc-split", 0, ["198.51.0.1"]).data.model_copy(update={"alert_count": 1})
+    record = SplitRecord(new_incident="inc-new", detached=["a", "b"], actor="vera", command_id="c-1", incident=kept)
+    split = IncidentSplit(source="/vigil/detector", subject="inc-split", data=record)
+    async with db.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service=SERVICE, names=NAMES)
+        await handlers.reanalyse_split(ctx, split)
+        await write_context(conn, ctx)
+    [analysis] = [e for e in ctx.emitted if isinstance(e, IncidentAnalyzed)]
+    assert analysis.data.indicator_count == 1 and [i.value for i in analysis.data.indicators] == ["198.51.0.1"]
+    assert await counts_agree(db)
