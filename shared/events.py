@@ -258,6 +258,24 @@ class SuppressedAlerts(Payload):
     parts: int = Field(1, ge=1, description="How many events carry the alerts one batch held back by the same.")
 
 
+class SuppressedEnd(Payload):
+    """A held-back alert that ended (resolved) while held back."""
+
+    key: str
+    occurrence: str = Field(description="The held-back occurrence it ends (see SuppressedAlertSummary).")
+    resolved_at: AwareDatetime
+
+
+class SuppressedEnded(Payload):
+    """Alerts held back by one silence, window or inhibition that ended while held back."""
+
+    kind: Literal["silence", "maintenance", "inhibition"]
+    id: str = Field(description="The silence's or the maintenance window's id, or the inhibiting alert's key.")
+    alerts: list[SuppressedEnd]
+    part: int = Field(1, ge=1)
+    parts: int = Field(1, ge=1)
+
+
 class ResolutionSuggestion(Payload):
     """Every alert of an open incident has resolved: the commander is asked to resolve it."""
 
@@ -942,6 +960,11 @@ class RollbackOffered(EventBase):
     data: RollbackOffer
 
 
+class AlertsSuppressedResolved(EventBase):
+    type: Literal["vigil.alert.suppressed_resolved.v1"] = "vigil.alert.suppressed_resolved.v1"
+    data: SuppressedEnded
+
+
 class ApproveStep(EventBase):
     type: Literal["vigil.command.approve_step.v1"] = "vigil.command.approve_step.v1"
     data: StepAnswer
@@ -1090,6 +1113,7 @@ Event = Annotated[
     | IncidentEdited
     | IncidentAssigned
     | ChangeOffered
+    | AlertsSuppressedResolved
     | TasksCreated
     | TasksCancelled
     | TaskCompleted
@@ -1131,6 +1155,7 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     IncidentEdited,
     IncidentAssigned,
     ChangeOffered,
+    AlertsSuppressedResolved,
     TasksCreated,
     TasksCancelled,
     TaskCompleted,

@@ -13,6 +13,7 @@ from shared.events import (
     AlertRepeat,
     AlertResolution,
     AlertsSuppressed,
+    AlertsSuppressedResolved,
     AlertSummary,
     ApproveStep,
     AssignRole,
@@ -79,6 +80,10 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
         case IncidentUpdated(data=d):
             why = _why_joined(d.new_alerts)
             summary = f"{len(d.new_alerts)} more alert(s){why}, {d.alert_count} in all; now {d.severity.value}"
+        case AlertsSuppressedResolved(data=d):
+            named = _listing([e.key for e in d.alerts[:KEYS_NAMED]], len(d.alerts))
+            summary = f"{len(d.alerts)} alert(s) held back by {d.kind} {d.id} ended ({named})"
+            summary += f" (part {d.part} of {d.parts})" if d.parts > 1 else ""
         case AlertsSuppressed(data=d):
             named = _listing([a.key for a in d.alerts[:KEYS_NAMED]], len(d.alerts))
             by = d.suppressed_by

@@ -82,11 +82,11 @@ INCIDENTS = Topic(
 ALERTS_SUPPRESSED = Topic(
     name="vigil.alerts.suppressed",
     description="Alerts the detector stored but held back from incidents (silenced, in a maintenance window or "
-    "inhibited), with what held them back; keyed by that (`silence:ID`, `maintenance:ID`, `inhibition:KEY`), "
-    "so that one silence's events stay in order.",
+    "inhibited), with what held them back, and their ends while held back; keyed by what held them back "
+    "(`silence:ID`, `maintenance:ID`, `inhibition:KEY`), so that one silence's events stay in order.",
     producers=("detector",),
     consumers=("reporter",),
-    event_types=("vigil.alert.suppressed.v1",),
+    event_types=("vigil.alert.suppressed.v1", "vigil.alert.suppressed_resolved.v1"),
 )
 ANALYSES = Topic(
     name="vigil.analyses",

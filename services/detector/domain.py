@@ -32,6 +32,8 @@ from shared.events import (
     SuppressedAlerts,
     SuppressedAlertSummary,
     SuppressedBy,
+    SuppressedEnd,
+    SuppressedEnded,
     trusted,
 )
 
@@ -456,6 +458,33 @@ def suppressed_events(
             for n, chunk in enumerate(chunks, 1)
         ]
         events.append((f"{suppression.kind}:{suppression.by}", parts))
+    return events
+
+
+# Ends of held-back alerts one event carries at most (each a key, an occurrence and a time).
+MAX_ENDS_PER_EVENT = 500
+
+
+def suppressed_endings(
+    ended: Sequence[tuple[str, str, str, str, datetime]], *, max_alerts: int = MAX_ENDS_PER_EVENT
+) -> list[tuple[str, list[SuppressedEnded]]]:
+    """For each silence, window or inhibition, the events' subject and data telling its held-back alerts ended.
+
+    ``ended`` holds (kind, by, key, occurrence, resolved at). The subject is the one the alerts were held
+    back under (``silence:ID``…), so that an alert's end follows its being held back on one partition.
+    """
+    groups: dict[tuple[str, str], list[SuppressedEnd]] = {}
+    for kind, by, key, occurrence, resolved_at in ended:
+        end = trusted(SuppressedEnd, key=key, occurrence=occurrence, resolved_at=resolved_at)
+        groups.setdefault((kind, by), []).append(end)
+    events = []
+    for (kind, by), ends in groups.items():
+        chunks = [ends[i : i + max_alerts] for i in range(0, len(ends), max_alerts)]
+        parts = [
+            trusted(SuppressedEnded, kind=kind, id=by, alerts=chunk, part=n, parts=len(chunks))
+            for n, chunk in enumerate(chunks, 1)
+        ]
+        events.append((f"{kind}:{by}", parts))
     return events
 
 

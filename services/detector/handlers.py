@@ -35,6 +35,7 @@ from shared.events import (
     AlertRepeat,
     AlertResolution,
     AlertsSuppressed,
+    AlertsSuppressedResolved,
     DetachAlerts,
     IncidentAlertsChanged,
     IncidentDetected,
@@ -109,6 +110,7 @@ class Stored:
     released: int = 0  # alerts that waited before and joined the incident their rule opened now
     held: Counter[str] = field(default_factory=Counter)  # suppressed sightings by outcome
     suppressed: list[domain.Held] = field(default_factory=list)  # the alerts held back, as stored
+    suppressed_ended: list[repository.EndedSuppressed] = field(default_factory=list)  # held back, now resolved
 
 
 ENDED = frozenset({IncidentState.RESOLVED, IncidentState.CLOSED})
@@ -204,6 +206,8 @@ class Detector:
         self._emit_alert_changes(ctx, stored)
         if stored.suppressed:
             self._emit_suppressed(ctx, stored.suppressed)
+        if stored.suppressed_ended:
+            self._emit_suppressed_ended(ctx, stored.suppressed_ended)
 
     def _account(self, alerts: list[Alert], stored: Stored) -> None:
         """Count every sighting under one outcome and log what changed no incident."""
@@ -297,6 +301,15 @@ class Detector:
             for data in parts[1:]:
                 ctx.emit(AlertsSuppressed(source=SOURCE, subject=subject, correlationid=first.id, data=data))
 
+    def _emit_suppressed_ended(self, ctx: HandlerContext, ended: list[repository.EndedSuppressed]) -> None:
+        """Held-back alerts that ended, under the subject they were held back under."""
+        rows = [(e.kind, e.suppressed_by, e.key, str(e.occurrence), e.resolved_at) for e in ended]
+        for subject, parts in domain.suppressed_endings(rows):
+            first = AlertsSuppressedResolved(source=SOURCE, subject=subject, data=parts[0])
+            ctx.emit(first)
+            for data in parts[1:]:
+                ctx.emit(AlertsSuppressedResolved(source=SOURCE, subject=subject, correlationid=first.id, data=data))
+
     async def _store(self, ctx: HandlerContext, alerts: list[Alert]) -> Stored:
         """Store the alerts in a savepoint, again if another replica stored some of them meanwhile."""
         attempt = 1
@@ -330,7 +343,8 @@ class Detector:
             stored.known_before |= {key for key in stored.resolved if key not in fired}
             waited = await repository.resolve_waiting(ctx.conn, resolutions=ended)
             stored.known_before |= {key for key in waited if key not in fired}
-            stored.known_before |= await self.suppressions.resolve(ctx.conn, ended)
+            stored.suppressed_ended = await self.suppressions.resolve(ctx.conn, ended)
+            stored.known_before |= {e.key for e in stored.suppressed_ended}
         touched = {a.incident_id for a in (*stored.repeated.values(), *stored.resolved.values())}
         if touched:
             stored.tallies = await repository.tally_alerts(ctx.conn, incident_ids=touched)

@@ -536,10 +536,23 @@ async def release_suppressed(conn: Conn, *, keys: Iterable[str]) -> list[str]:
     return [row["key"] for row in rows]
 
 
-async def resolve_suppression(conn: Conn, *, resolutions: Mapping[str, datetime]) -> tuple[set[str], set[str]]:
+@dataclass(frozen=True)
+class EndedSuppressed:
+    """A held-back alert that ended while held back: its occurrence and what held it back."""
+
+    key: str
+    occurrence: int
+    kind: str
+    suppressed_by: str
+    resolved_at: datetime
+
+
+async def resolve_suppression(
+    conn: Conn, *, resolutions: Mapping[str, datetime]
+) -> tuple[list[EndedSuppressed], set[str]]:
     """Mark ended alerts' inhibitions (stored or suppressed alike) and suppressed records resolved.
 
-    Returns the keys of the suppressed alerts found, and of the alerts that inhibited until now.
+    Returns the suppressed alerts that ended, and the keys of the alerts that inhibited until now.
     """
     keys, times = list(resolutions), list(resolutions.values())
     sources = await conn.fetch(
@@ -554,11 +567,13 @@ async def resolve_suppression(conn: Conn, *, resolutions: Mapping[str, datetime]
         """UPDATE detector_suppressed_alerts SET resolved_at = c.at
            FROM unnest($1::text[], $2::timestamptz[]) AS c(key, at)
            WHERE detector_suppressed_alerts.key = c.key AND released_at IS NULL
-           RETURNING detector_suppressed_alerts.key""",
+           RETURNING detector_suppressed_alerts.key, detector_suppressed_alerts.id, detector_suppressed_alerts.kind,
+                     detector_suppressed_alerts.suppressed_by, detector_suppressed_alerts.resolved_at""",
         keys,
         times,
     )
-    return {row["key"] for row in rows}, {row["source_key"] for row in sources}
+    ended = [EndedSuppressed(r["key"], r["id"], r["kind"], r["suppressed_by"], r["resolved_at"]) for r in rows]
+    return ended, {row["source_key"] for row in sources}
 
 
 async def record_inhibitors(conn: Conn, *, sources: Sequence[tuple[str, str, str, datetime, datetime | None]]) -> None:

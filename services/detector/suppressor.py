@@ -188,8 +188,8 @@ class Suppressions:
         )
         return released
 
-    async def resolve(self, conn: Conn, resolutions: Mapping[str, datetime]) -> set[str]:
-        """Mark ended alerts' suppressed records and inhibitions resolved; return the suppressed keys found.
+    async def resolve(self, conn: Conn, resolutions: Mapping[str, datetime]) -> list[repository.EndedSuppressed]:
+        """Mark ended alerts' suppressed records and inhibitions resolved; return the suppressed alerts that ended.
 
         An inhibiting alert that ended sets its timer: the alerts it held back that still fire are released.
         """

@@ -56,8 +56,8 @@ AlertStatus = Annotated[Literal["firing", "resolved"] | None, Query()]
 SuppressedAlerts = Annotated[
     SuppressedChoice,
     Query(
-        description="The alerts held back from incidents (silenced, in a maintenance window, inhibited; no incident, "
-        "their end not told): `include`d with the others, `exclude`d, or `only` them."
+        description="The alerts held back from incidents (silenced, in a maintenance window, inhibited; no incident): "
+        "`include`d with the others, `exclude`d, or `only` them."
     ),
 ]
 

@@ -20,6 +20,7 @@ from shared.consumer import HandlerContext, Inbound, decode_cloudevent
 from shared.errors import InvalidMessage, UnknownEventType
 from shared.events import (
     AlertsSuppressed,
+    AlertsSuppressedResolved,
     EventBase,
     IncidentAlertsChanged,
     IncidentAnalyzed,
@@ -192,6 +193,10 @@ async def on_validated(ctx: HandlerContext, event: ResponseStepValidated) -> Non
         )
 
 
+async def on_suppressed_ended(ctx: HandlerContext, event: AlertsSuppressedResolved) -> None:
+    await repository.end_suppressed(ctx.conn, ended=event.data, at=event.time)
+
+
 async def on_tasks_created(ctx: HandlerContext, event: TasksCreated) -> None:
     await repository.add_tasks(ctx.conn, incident_id=event.subject, tasks=event.data.tasks, at=event.time)
 
@@ -241,6 +246,7 @@ PROJECTIONS: dict[type[Item], Projection] = {
     IncidentUpdated: on_snapshot,
     IncidentAlertsChanged: on_alerts_changed,
     AlertsSuppressed: on_suppressed,
+    AlertsSuppressedResolved: on_suppressed_ended,
     IncidentAnalyzed: on_analyzed,
     ResponsePlanned: on_planned,
     IncidentEscalated: on_escalated,

@@ -159,7 +159,7 @@ ALERT_OCCURRENCES = """(
            false AS suppressed, NULL::jsonb AS suppression
     FROM reporter_alerts
     UNION ALL
-    SELECT key, NULL::text, body, time, repeats, last_seen_at, NULL::timestamptz, occurrence,
+    SELECT key, NULL::text, body, time, repeats, last_seen_at, resolved_at, occurrence,
            true, jsonb_build_object('kind', kind, 'id', suppressed_by, 'name', name, 'reason', reason)
     FROM reporter_suppressed_alerts
 ) alerts"""
@@ -175,7 +175,6 @@ def alert_query(
         q.where(f"incident_id = {q.arg(filters.incident_id)}")
     if filters.source:
         q.where(f"body->>'source' = {q.arg(filters.source)}")
-    # A suppressed alert's end is not told: it reads as firing, as when it was held back.
     if filters.status == "firing":
         q.where("resolved_at IS NULL")
     elif filters.status == "resolved":

@@ -22,6 +22,7 @@ from shared.events import (
     SplitRecord,
     StepChange,
     SuppressedAlerts,
+    SuppressedEnded,
     TaskDone,
     TasksDropped,
 )
@@ -411,6 +412,7 @@ async def apply_suppressed(conn: Conn, *, alerts: SuppressedAlerts, at: datetime
                                     THEN EXCLUDED.suppressed_by ELSE s.suppressed_by END,
                name = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at THEN EXCLUDED.name ELSE s.name END,
                reason = CASE WHEN EXCLUDED.last_seen_at >= s.last_seen_at THEN EXCLUDED.reason ELSE s.reason END,
+               resolved_at = CASE WHEN EXCLUDED.last_seen_at > s.resolved_told_at THEN NULL ELSE s.resolved_at END,
                last_seen_at = GREATEST(s.last_seen_at, EXCLUDED.last_seen_at)""",
         list(latest),
         [a.key for a in latest.values()],
@@ -422,6 +424,18 @@ async def apply_suppressed(conn: Conn, *, alerts: SuppressedAlerts, at: datetime
         by.id,
         by.name,
         by.reason,
+    )
+
+
+async def end_suppressed(conn: Conn, *, ended: SuppressedEnded, at: datetime) -> None:
+    """Held-back alerts that ended; a sighting told later than the end makes the alert fire again."""
+    await conn.execute(
+        """UPDATE reporter_suppressed_alerts AS s SET resolved_at = e.resolved_at, resolved_told_at = $3
+           FROM unnest($1::text[], $2::timestamptz[]) AS e(occurrence, resolved_at)
+           WHERE s.occurrence = e.occurrence AND s.last_seen_at <= $3""",
+        [e.occurrence for e in ended.alerts],
+        [e.resolved_at for e in ended.alerts],
+        at,
     )
 
 

@@ -15,7 +15,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from shared.events import EVENT_ADAPTER, EVENT_TYPES, AlertsSuppressed, IncidentDetected, IncidentUpdated
+from shared.events import (
+    EVENT_ADAPTER,
+    EVENT_TYPES,
+    AlertsSuppressed,
+    AlertsSuppressedResolved,
+    IncidentDetected,
+    IncidentUpdated,
+)
 from shared.timeline import TimelineEntry, timeline_entry
 
 # How many fields a generic line names, and how long each value may be.
@@ -25,7 +32,9 @@ GENERIC_VALUE_CHARS = 80
 ACTOR_FIELDS = ("actor", "by", "person", "commander")
 # Events about no incident (their subject names something else): kept as history, on no timeline.
 # Alerts held back from incidents are in the alert history instead.
-OFF_TIMELINE = frozenset({AlertsSuppressed.model_fields["type"].default})
+OFF_TIMELINE = frozenset(
+    {AlertsSuppressed.model_fields["type"].default, AlertsSuppressedResolved.model_fields["type"].default}
+)
 
 
 @dataclass(frozen=True)

@@ -520,6 +520,17 @@ async def test_a_silenced_alert_is_in_the_reporter_s_alert_history_marked_suppre
 
             alerts = await eventually(told)
             only = (await client.get("/api/v1/alerts", params={"suppressed": "only"})).json()
+            # The silenced alert ends while silenced: the history says so.
+            await running.send(
+                native(id="disk-1", host="web-01", rule="DiskFull", title="Disk full on /var", status="resolved")
+            )
+
+            async def ended() -> list[dict[str, Any]]:
+                params = {"suppressed": "only", "status": "resolved"}
+                return list((await client.get("/api/v1/alerts", params=params)).json())
+
+            [resolved] = await eventually(ended)
+            still_firing = (await client.get("/api/v1/alerts", params={"status": "firing"})).json()
     finally:
         await producer.stop()
 
@@ -539,3 +550,14 @@ async def test_a_silenced_alert_is_in_the_reporter_s_alert_history_marked_suppre
     kept = await pool.fetch("SELECT incident_id FROM reporter_history WHERE type = 'vigil.alert.suppressed.v1'")
     assert [r["incident_id"] for r in kept] == ["silence:s-disk", "silence:s-disk"]
     assert not await pool.fetchval("SELECT count(*) FROM reporter_timeline WHERE type = 'vigil.alert.suppressed.v1'")
+    # Its end is told under the silence too, and the same occurrence reads resolved; the other alert fires on.
+    assert (resolved["key"], resolved["suppressed"], resolved["resolved_at"] is not None) == (
+        "suricata:disk-1",
+        True,
+        True,
+    )
+    assert [a["key"] for a in still_firing] == ["suricata:cpu-1"]
+    ends = await pool.fetch(
+        "SELECT incident_id FROM reporter_history WHERE type = 'vigil.alert.suppressed_resolved.v1'"
+    )
+    assert [r["incident_id"] for r in ends] == ["silence:s-disk"]

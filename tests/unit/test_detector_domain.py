@@ -601,3 +601,25 @@ def test_suppressed_alerts_say_what_held_them_back() -> None:
         "5 alert(s) held back from incidents (am:0, am:1, am:2 and 2 more): silenced by ana until 11:00: CHG-1 "
         "(silence s-1) (part 2 of 3)",
     )
+
+
+def test_held_back_alerts_that_ended_are_told_under_what_held_them_back_in_bounded_parts() -> None:
+    at = T0 + timedelta(minutes=5)
+    ended = [
+        ("silence", "s-1", "am:0", "11", at),
+        ("maintenance", "w-1", "am:1", "12", at),
+        ("silence", "s-1", "am:2", "13", at),
+        ("silence", "s-1", "am:3", "14", at),
+    ]
+    events = domain.suppressed_endings(ended, max_alerts=2)
+    assert [(subject, [(p.part, p.parts, [e.key for e in p.alerts]) for p in parts]) for subject, parts in events] == [
+        ("silence:s-1", [(1, 2, ["am:0", "am:2"]), (2, 2, ["am:3"])]),
+        ("maintenance:w-1", [(1, 1, ["am:1"])]),
+    ]
+    [first, _] = events[0][1]
+    assert (first.kind, first.id, first.alerts[0].occurrence, first.alerts[0].resolved_at) == (
+        "silence",
+        "s-1",
+        "11",
+        at,
+    )
