@@ -140,19 +140,30 @@ def dispatch_each(table: dict[type[EventBase], EventHandler], *, savepoints: boo
     """Build a batch handler that calls the table's handler for each event.
 
     An event type missing from the table is skipped: a topic may carry events this service
-    does not care about. With ``savepoints``, each event runs in its own savepoint and a handler
-    raising InvalidMessage dead-letters just that event; handlers that never reject an event can
-    save the two round trips a savepoint costs.
+    does not care about. With ``savepoints``, a handler raising InvalidMessage dead-letters just
+    that event: the batch runs in one savepoint, and only when one of its events is refused is it
+    run again with a savepoint for each event (a savepoint costs two round trips, and refusals are
+    rare). Handlers that never reject an event can go without even the one.
     """
 
+    def handled(batch: Sequence[Inbound[Event]]) -> list[tuple[Inbound[Event], EventHandler]]:
+        return [(inbound, handler) for inbound in batch if (handler := table.get(type(inbound.item))) is not None]
+
     async def handle(ctx: HandlerContext, batch: Sequence[Inbound[Event]]) -> None:
-        for inbound in batch:
-            handler = table.get(type(inbound.item))
-            if handler is None:
-                continue
-            if not savepoints:
+        calls = handled(batch)
+        if not savepoints:
+            for inbound, handler in calls:
                 await handler(ctx, inbound.item)
-                continue
+            return
+        mark = ctx.mark()
+        try:
+            async with ctx.conn.transaction():
+                for inbound, handler in calls:
+                    await handler(ctx, inbound.item)
+            return
+        except InvalidMessage:
+            ctx.drop_since(mark)  # what the batch queued goes with its rolled-back writes
+        for inbound, handler in calls:
             mark = ctx.mark()
             try:
                 async with ctx.conn.transaction():

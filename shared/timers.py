@@ -56,10 +56,16 @@ async def schedule(
     due_at: datetime,
     payload: dict[str, Any] | None = None,
 ) -> None:
-    """Set (or move) the one pending timer of this kind for this subject."""
-    await cancel(conn, service=service, kind=kind, subject=subject)
+    """Set (or move) the one pending timer of this kind for this subject, in one round trip."""
+    # The count makes the insert wait for the cancelling update (a data-modifying WITH runs when
+    # its rows are read), so the pending one is out of the unique index before the new one goes in.
     await conn.execute(
-        "INSERT INTO timers (service, kind, subject, due_at, payload) VALUES ($1, $2, $3, $4, $5)",
+        """WITH cancelled AS (
+               UPDATE timers SET cancelled_at = now()
+               WHERE service = $1 AND kind = $2 AND subject = $3 AND fired_at IS NULL AND cancelled_at IS NULL
+               RETURNING 1)
+           INSERT INTO timers (service, kind, subject, due_at, payload)
+           SELECT $1, $2, $3, $4, $5 FROM (SELECT count(*) FROM cancelled) AS moved""",
         service,
         kind,
         subject,

@@ -126,7 +126,6 @@ async def on_snapshot(ctx: HandlerContext, event: IncidentDetected | IncidentUpd
 
 async def on_alerts_changed(ctx: HandlerContext, event: IncidentAlertsChanged) -> None:
     """Repeat counts, last sightings and resolutions onto the stored alerts."""
-    await repository.ensure_incident(ctx.conn, incident_id=event.subject)
     await repository.apply_alert_changes(ctx.conn, incident_id=event.subject, change=event.data)
 
 
@@ -176,8 +175,9 @@ async def on_state_changed(ctx: HandlerContext, event: IncidentStateChanged) -> 
     )
 
 
-async def on_step_changed(ctx: HandlerContext, event: ResponseStepChanged) -> None:
-    await repository.apply_step(ctx.conn, incident_id=event.subject, change=event.data, at=event.time)
+async def on_steps_changed(ctx: HandlerContext, events: Sequence[ResponseStepChanged]) -> None:
+    """A run of step changes (the commonest event by far) in one round trip."""
+    await repository.apply_steps(ctx.conn, changes=[(e.subject, e.data, e.time) for e in events])
 
 
 async def on_validated(ctx: HandlerContext, event: ResponseStepValidated) -> None:
@@ -253,7 +253,6 @@ PROJECTIONS: dict[type[Item], Projection] = {
     IncidentStateChanged: on_state_changed,
     IncidentEdited: on_edited,
     IncidentAssigned: on_assigned,
-    ResponseStepChanged: on_step_changed,
     ResponseStepValidated: on_validated,
     TasksCreated: on_tasks_created,
     TaskCompleted: on_task_done,
@@ -264,6 +263,16 @@ PROJECTIONS: dict[type[Item], Projection] = {
 }
 
 
+# Events whose projections update the incident's row: it is made to exist for the whole batch at once.
+UPDATES_INCIDENT: tuple[type[Item], ...] = (
+    IncidentDetected,
+    IncidentUpdated,
+    IncidentAlertsChanged,
+    IncidentEdited,
+    IncidentStateChanged,
+)
+
+
 async def handle(ctx: HandlerContext, batch: Sequence[Inbound[Item]]) -> None:
     """Keep every event as history with its timeline line, then apply the projections in order.
 
@@ -271,7 +280,20 @@ async def handle(ctx: HandlerContext, batch: Sequence[Inbound[Item]]) -> None:
     """
     history = [history_of(inbound.item) for inbound in batch]
     await repository.add_history(ctx.conn, events=history, entries=[render(event) for event in history])
+    incidents = {inbound.item.subject for inbound in batch if isinstance(inbound.item, UPDATES_INCIDENT)}
+    if incidents:
+        await repository.ensure_incidents(ctx.conn, incident_ids=incidents)
+    steps: list[ResponseStepChanged] = []
     for inbound in batch:
-        project = PROJECTIONS.get(type(inbound.item))
+        item = inbound.item
+        if isinstance(item, ResponseStepChanged):
+            steps.append(item)
+            continue
+        if steps:  # a run of step changes ends: applied before what follows it
+            await on_steps_changed(ctx, steps)
+            steps = []
+        project = PROJECTIONS.get(type(item))
         if project is not None:
-            await project(ctx, inbound.item)
+            await project(ctx, item)
+    if steps:
+        await on_steps_changed(ctx, steps)

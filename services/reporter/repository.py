@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -124,6 +124,13 @@ async def ensure_incident(conn: Conn, *, incident_id: str) -> None:
     await conn.execute("INSERT INTO reporter_incidents (id) VALUES ($1) ON CONFLICT DO NOTHING", incident_id)
 
 
+async def ensure_incidents(conn: Conn, *, incident_ids: Iterable[str]) -> None:
+    """``ensure_incident`` for a batch's incidents in one statement, in a fixed order (replicas never deadlock)."""
+    await conn.execute(
+        "INSERT INTO reporter_incidents (id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", sorted(incident_ids)
+    )
+
+
 async def incident_exists(conn: Conn, *, incident_id: str) -> bool:
     return bool(await conn.fetchval("SELECT true FROM reporter_incidents WHERE id = $1", incident_id))
 
@@ -134,8 +141,7 @@ SUPPRESSED_ROW = {"occurrence", "repeats"}
 
 
 async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnapshot, detected: bool, at: Any) -> None:
-    """Update the incident from one incident event and store the alerts it carries."""
-    await ensure_incident(conn, incident_id=incident_id)
+    """Update the incident from one incident event and store the alerts it carries (its row exists: ``handle``)."""
     # Hosts and users accumulate, in the order first seen: a snapshot may list only the first of
     # thousands of users, and its alerts name the rest.
     hosts = list(dict.fromkeys([*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)]))
@@ -211,8 +217,7 @@ async def apply_alert_changes(conn: Conn, *, incident_id: str, change: AlertsCha
 
 
 async def apply_edits(conn: Conn, *, incident_id: str, changes: dict[str, str]) -> None:
-    """A person's edits of severity, type or title; marked, so that snapshots no longer change them."""
-    await ensure_incident(conn, incident_id=incident_id)
+    """A person's edits of severity, type or title; marked, so that snapshots no longer change them (its row exists)."""
     await conn.execute(
         """UPDATE reporter_incidents
            SET severity = coalesce($2, severity), type = coalesce($3, type), title = coalesce($4, title),
@@ -249,8 +254,8 @@ async def apply_state(
     at: datetime,
     resolution: str | None,
 ) -> None:
-    """The incident's new state; each milestone keeps the first time it was reached, whatever the order."""
-    await ensure_incident(conn, incident_id=incident_id)
+    """The incident's new state; each milestone keeps the first time it was reached, whatever the order (its row
+    exists)."""
     # Column names come from the milestones' fixed list, never from input.
     stamps = "".join(f", {m}_at = LEAST({m}_at, $3)" for m in milestones)
     await conn.execute(
@@ -268,10 +273,10 @@ async def apply_state(
 EXECUTED = ("succeeded", "failed")
 
 
-async def apply_step(conn: Conn, *, incident_id: str, change: StepChange, at: datetime) -> None:
-    """A response step as it stands: when it ran, whether it worked, who approved it."""
-    executed = change.state in EXECUTED and not change.dry_run
-    await conn.execute(
+async def apply_steps(conn: Conn, *, changes: Sequence[tuple[str, StepChange, datetime]]) -> None:
+    """Response steps as they stand (incident, change, time of the change): when each ran, whether it worked, who
+    approved it. One pipelined round trip for all; the latest change of a step wins whatever the order."""
+    await conn.executemany(
         """INSERT INTO reporter_actions AS a (step_id, incident_id, plan_id, name, phase, item, connector, action,
                state, dry_run, executed_at, succeeded, approved_by, approved_at, reason, updated_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
@@ -286,20 +291,25 @@ async def apply_step(conn: Conn, *, incident_id: str, change: StepChange, at: da
                succeeded = coalesce(EXCLUDED.succeeded, a.succeeded),
                approved_by = coalesce(a.approved_by, EXCLUDED.approved_by),
                approved_at = coalesce(a.approved_at, EXCLUDED.approved_at)""",
-        change.step_id,
-        incident_id,
-        change.plan_id,
-        change.name,
-        change.phase,
-        change.item,
-        change.connector,
-        change.action,
-        change.state,
-        change.dry_run,
-        executed,
-        change.actor,
-        change.reason,
-        at,
+        [
+            (
+                change.step_id,
+                incident_id,
+                change.plan_id,
+                change.name,
+                change.phase,
+                change.item,
+                change.connector,
+                change.action,
+                change.state,
+                change.dry_run,
+                change.state in EXECUTED and not change.dry_run,
+                change.actor,
+                change.reason,
+                at,
+            )
+            for incident_id, change, at in changes
+        ],
     )
 
 

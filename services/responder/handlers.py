@@ -202,8 +202,7 @@ class Responder:
                 if old["state"] in steps.NOT_STARTED:
                     await self._apply_policy(ctx, event, dict(old), facts, targets[step.step], "revised plan")
                 continue
-            await repository.insert_step(ctx.conn, _step_row(event.subject, sid, plan_id, playbook, step))
-            row = dict(await repository.step(ctx.conn, sid) or {})
+            row = dict(await repository.insert_step(ctx.conn, _step_row(event.subject, sid, plan_id, playbook, step)))
             row["state"] = None  # the log's first entry says where the step came from
             if step.status in ("refused", "skipped"):
                 await self._change(ctx, event, row, step.status, actor="planner", reason=step.reason, final=True)

@@ -58,13 +58,16 @@ async def steps_like(conn: Conn, prefix: str) -> list[asyncpg.Record]:
     )
 
 
-async def insert_step(conn: Conn, row: dict[str, Any]) -> None:
+async def insert_step(conn: Conn, row: dict[str, Any]) -> asyncpg.Record:
+    """Store a new step; return it as ``step`` reads it (with the columns' defaults), in one round trip."""
     columns = list(row)
     placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
-    await conn.execute(
-        f"INSERT INTO responder_steps ({', '.join(columns)}) VALUES ({placeholders})",
+    stored = await conn.fetchrow(
+        f"INSERT INTO responder_steps ({', '.join(columns)}) VALUES ({placeholders}) RETURNING {STEP_COLUMNS}",
         *row.values(),
     )
+    assert stored is not None  # an INSERT … RETURNING returns its row
+    return stored
 
 
 async def keep_in_plan(conn: Conn, positions: Mapping[str, int], *, plan_id: str) -> None:
@@ -118,14 +121,18 @@ async def set_state(
     dispatched: bool = False,
     final: bool = False,
 ) -> None:
-    """Change a step's state and log who or what changed it and why, in the caller's transaction."""
+    """Change a step's state and log who or what changed it and why, in the caller's transaction (one round trip)."""
     await conn.execute(
-        """UPDATE responder_steps
-           SET state = $2, reason = $3, sent = coalesce($4, sent), result = coalesce($5, result),
-               dispatched_at = CASE WHEN $6 THEN now() ELSE dispatched_at END,
-               finished_at = CASE WHEN $7 THEN now() ELSE finished_at END,
-               updated_at = now()
-           WHERE id = $1""",
+        """WITH changed AS (
+               UPDATE responder_steps
+               SET state = $2, reason = $3, sent = coalesce($4, sent), result = coalesce($5, result),
+                   dispatched_at = CASE WHEN $6 THEN now() ELSE dispatched_at END,
+                   finished_at = CASE WHEN $7 THEN now() ELSE finished_at END,
+                   updated_at = now()
+               WHERE id = $1
+               RETURNING 1)
+           INSERT INTO responder_step_log (step_id, incident_id, from_state, to_state, actor, reason)
+           SELECT $1, $8, $9, $2, $10, $3 FROM (SELECT count(*) FROM changed) AS done""",
         step_id,
         to_state,
         reason,
@@ -133,16 +140,9 @@ async def set_state(
         result,
         dispatched,
         final,
-    )
-    await conn.execute(
-        """INSERT INTO responder_step_log (step_id, incident_id, from_state, to_state, actor, reason)
-           VALUES ($1, $2, $3, $4, $5, $6)""",
-        step_id,
         incident_id,
         from_state,
-        to_state,
         actor,
-        reason,
     )
 
 
