@@ -6,12 +6,12 @@ is the incident id so that each incident's events keep their order on one partit
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from shared.errors import InvalidMessage, UnknownEventType, validation_reason
@@ -67,11 +67,12 @@ def decode(value: bytes | None, headers: Headers) -> Event:
     if value is None:
         raise InvalidMessage("empty body")
     try:
-        data = json.loads(value)
-    except ValueError as exc:
+        data = orjson.loads(value)  # twice as fast as json: every event of every topic is read here
+    except orjson.JSONDecodeError as exc:
+        # A poison body is dead-lettered, not a crash of every consumer in turn.
+        if str(exc).startswith("depth limit"):
+            raise InvalidMessage("body is not JSON Vigil reads: nested too deeply") from exc
         raise InvalidMessage(f"body is not JSON: {exc}") from exc
-    except RecursionError as exc:  # a poison body must be dead-lettered, not crash every consumer in turn
-        raise InvalidMessage("body is not JSON Vigil reads: nested too deeply") from exc
     fields = {name: attributes[name] for name in _ENVELOPE if name in attributes}
     fields["data"] = data
     try:

@@ -119,6 +119,8 @@ class ServiceSpec:
     # Side effects its handlers enqueue (shared/effects); a runner starts when there are any.
     # Built with the runtime, as some kinds work on the service's own database, before consuming starts.
     effects: Callable[[Runtime], Sequence[EffectKind]] = lambda _rt: ()
+    # How long a poll that found records waits for more (VIGIL_CONSUMER_LINGER_MS overrides it).
+    linger_ms: int = 0
 
 
 def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
@@ -265,6 +267,7 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
             handler=spec.handler,
             batch_size=settings.consumer_batch_size,
             poll_ms=settings.consumer_poll_ms,
+            linger_ms=spec.linger_ms if settings.consumer_linger_ms is None else settings.consumer_linger_ms,
             dead_letter_guard=DeadLetterGuard(ratio=settings.dead_letter_ratio, window=settings.dead_letter_window),
             fence=fence,
         )

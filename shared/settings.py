@@ -101,6 +101,12 @@ class VigilSettings(BaseSettings):
     topic_prefix: str = Field("", description="Prefix for every topic name, to share one cluster.")
     consumer_batch_size: int = Field(2000, ge=1, description="Most records fetched per poll.")
     consumer_poll_ms: int = Field(200, ge=1, description="Longest wait for records in one poll.")
+    consumer_linger_ms: int | None = Field(
+        None,
+        ge=0,
+        description="How long a poll that found records waits for more, to handle them as one batch; "
+        "per-service default (the analyzer and reporter linger, as they do less per record in a bigger batch).",
+    )
     session_timeout_ms: int = Field(10_000, description="Consumer group session timeout.")
     rebalance_timeout_ms: int = Field(10_000, description="Consumer group rebalance timeout.")
     dead_letter_ratio: float = Field(

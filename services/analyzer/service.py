@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # How often analyses waiting for their incident's interval are looked for: at most this late.
 SWEEP_S = 1.0
 SWEEP_BATCH = 100
+ANALYZER_LINGER_MS = 200
 
 
 async def publish_waiting(runtime: Runtime, interval: timedelta) -> None:
@@ -87,4 +88,6 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         routers=routers,
         background=background,
         effects=effects,
+        # An incident's updates in one batch are analysed once: a short wait for more pays for itself.
+        linger_ms=ANALYZER_LINGER_MS,
     )

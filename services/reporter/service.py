@@ -10,6 +10,8 @@ from shared.service import BackgroundTask, ServiceSpec
 from shared.settings import VigilSettings
 from shared.topics import ALERTS_SUPPRESSED, ANALYSES, COMMANDS, COORDINATION, EFFECTS, INCIDENTS, RESPONSES
 
+REPORTER_LINGER_MS = 500
+
 
 def spec(settings: VigilSettings) -> ServiceSpec:
     # The windowed stream aggregations run beside the consume loop, in the same process and event loop.
@@ -22,4 +24,6 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         handler=handle,
         routers=lambda runtime: api.routers(runtime, stream.view if stream is not None else None),
         background=background,
+        # The read model may trail by half a second; a batch costs a few statements whatever its size.
+        linger_ms=REPORTER_LINGER_MS,
     )
