@@ -111,6 +111,8 @@ async def consume_loop(
     handler: BatchHandler[Any],
     guard: DeadLetterGuard | None = None,
     crashes_with: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+    linger_ms: int = 0,
+    batch_size: int = 2000,
 ) -> AsyncIterator[tuple[ConsumeLoop[Any], asyncio.Task[None]]]:
     """Run a real consume loop in a task; stop it (and its clients) on exit.
 
@@ -131,6 +133,8 @@ async def consume_loop(
         decoder=decoder,
         handler=handler,
         poll_ms=50,
+        linger_ms=linger_ms,
+        batch_size=batch_size,
         dead_letter_guard=guard,
         fence=fence,
     )

@@ -217,3 +217,33 @@ async def test_events_the_service_does_not_handle_are_skipped_but_committed(
         settings, pool, service="t7", topics=[topic], decoder=decode_cloudevent, handler=dispatch_each({})
     ):
         await eventually(lambda: _equals(committed(settings, group_id(settings, "t7"), topic), 1))
+
+
+async def test_a_lingering_loop_handles_what_came_within_its_linger_as_one_batch(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await make_handled_table(pool)
+    topic = names(INCIDENTS)
+    batches: list[list[str]] = []
+
+    async def remember(ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
+        batches.append([inbound.item.subject for inbound in batch])
+
+    async with consume_loop(
+        settings,
+        pool,
+        service="t-linger",
+        topics=[topic],
+        decoder=decode_cloudevent,
+        handler=remember,
+        linger_ms=20_000,
+        batch_size=2,
+    ):
+        # A full batch goes at once, whatever the linger: the group has joined once it is handled.
+        await produce(settings, topic, [record_of(detected("warm-1")), record_of(detected("warm-2"))])
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t-linger"), topic), 2))
+        await produce(settings, topic, [record_of(detected("first"))])
+        await asyncio.sleep(1.0)  # long after a poll found it, well within the linger
+        await produce(settings, topic, [record_of(detected("second"))])
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t-linger"), topic), 4))
+    assert batches == [["warm-1", "warm-2"], ["first", "second"]]
