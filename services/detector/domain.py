@@ -224,21 +224,38 @@ class IncidentChange:
 
 
 def snapshots(
-    change: IncidentChange, *, max_alerts: int = MAX_ALERTS_PER_EVENT, max_bytes: int = MAX_EVENT_BYTES
+    change: IncidentChange,
+    *,
+    max_alerts: int = MAX_ALERTS_PER_EVENT,
+    max_bytes: int = MAX_EVENT_BYTES,
+    alert_bytes: Mapping[str, int] | None = None,
 ) -> list[IncidentSnapshot]:
     """Return the snapshots that carry a change's new alerts, in order, each within both bounds.
 
     Every alert is in exactly one snapshot; each says which ``part`` of how many ``parts`` it is.
+    ``alert_bytes`` (by alert key: the bytes of each alert's own JSON, as stored) spares serialising
+    to measure: an alert's JSON holds its raw record and every value its summary carries.
     """
+    sizes = alert_bytes or {}
     summaries = [
-        summarise(a, type_rule=change.type_rules.get(a.key), reason=change.reasons.get(a.key)) for a in change.alerts
+        summarise(
+            a,
+            type_rule=change.type_rules.get(a.key),
+            reason=change.reasons.get(a.key),
+            raw_fits=sizes.get(a.key, MAX_RAW_BYTES + 1) <= MAX_RAW_BYTES,
+        )
+        for a in change.alerts
     ]
     if len(summaries) <= max_alerts:
         whole = _snapshot(change.incident, summaries)
-        # Serialising to measure costs as much again as the outbox does: one alert beside a
-        # small header needs no measuring.
+        # Serialising to measure costs as much again as the outbox does: alerts whose summaries are
+        # bounded well within the room need no measuring.
         if len(summaries) == 1 and _header_bound(change.incident) + MAX_SUMMARY_BYTES <= max_bytes:
             return [whole]
+        if all(a.key in sizes for a in change.alerts):
+            bound = _header_bound(change.incident) + sum(_summary_bound(s, sizes[s.key]) + 1 for s in summaries)
+            if bound <= max_bytes:
+                return [whole]
         if _json_size(whole) <= max_bytes:
             return [whole]
     header = _header(change.incident)
@@ -333,12 +350,32 @@ def _header_bound(incident: IncidentState) -> int:
     return 600 + 6 * chars + 3 * (len(i.hosts) + len(i.users))  # a name's quotes and comma
 
 
-def summarise(alert: Alert, *, type_rule: str | None = None, reason: AlertCorrelation | None = None) -> AlertSummary:
+def _summary_bound(summary: AlertSummary, alert_bytes: int) -> int:
+    """Bytes the summary's JSON cannot exceed, given its alert's: the summary carries the alert's values or
+    fewer (cut text, bounded labels, the raw record whole or cut), plus its key, its typing rule and why it
+    joined; a character takes at most six bytes."""
+    reason = summary.correlation
+    extra = 6 * (len(summary.key) + len(summary.type_rule or "")) + 128
+    if reason is not None:
+        chars = len(reason.rule) + len(reason.type) + len(reason.reason) + sum(map(len, reason.triggered_by))
+        chars += sum(len(k) + len(v) for k, v in reason.key.items())
+        extra += 6 * chars + 4 * (len(reason.key) + len(reason.triggered_by)) + 256
+    return alert_bytes + extra
+
+
+def summarise(
+    alert: Alert,
+    *,
+    type_rule: str | None = None,
+    reason: AlertCorrelation | None = None,
+    raw_fits: bool = False,
+) -> AlertSummary:
     """Return what incident events carry of an alert, its unbounded fields cut to bounded lengths.
 
     Built without validation: every value comes from a validated ``Alert`` (or a reason made by the
     detector), already of the summary's types and within its bounds, and validating them again (the
-    addresses above all) cost as much as the rest of the summary.
+    addresses above all) cost as much as the rest of the summary. ``raw_fits``: the caller knows the raw
+    record's JSON is within MAX_RAW_BYTES, so it is not serialised to measure.
     """
     return trusted(
         AlertSummary,
@@ -366,7 +403,7 @@ def summarise(alert: Alert, *, type_rule: str | None = None, reason: AlertCorrel
         severity_reason=alert.severity_reason,
         type_rule=type_rule,
         correlation=_bounded_reason(reason) if reason is not None else None,
-        **_bounded_raw(alert.raw),
+        **({"raw": alert.raw} if raw_fits else _bounded_raw(alert.raw)),
     )
 
 

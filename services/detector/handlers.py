@@ -111,6 +111,7 @@ class Stored:
     held: Counter[str] = field(default_factory=Counter)  # suppressed sightings by outcome
     suppressed: list[domain.Held] = field(default_factory=list)  # the alerts held back, as stored
     suppressed_ended: list[repository.EndedSuppressed] = field(default_factory=list)  # held back, now resolved
+    alert_bytes: dict[str, int] = field(default_factory=dict)  # by key: each new alert's JSON, as stored
 
 
 ENDED = frozenset({IncidentState.RESOLVED, IncidentState.CLOSED})
@@ -202,7 +203,7 @@ class Detector:
         stored = await self._store(ctx, alerts)
         self._account(alerts, stored)
         for change in stored.changes:
-            self._emit_snapshots(ctx, change)
+            self._emit_snapshots(ctx, change, stored.alert_bytes)
         self._emit_alert_changes(ctx, stored)
         if stored.suppressed:
             self._emit_suppressed(ctx, stored.suppressed)
@@ -240,8 +241,8 @@ class Detector:
                 ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""),
             )
 
-    def _emit_snapshots(self, ctx: HandlerContext, change: domain.IncidentChange) -> None:
-        parts = domain.snapshots(change)
+    def _emit_snapshots(self, ctx: HandlerContext, change: domain.IncidentChange, alert_bytes: dict[str, int]) -> None:
+        parts = domain.snapshots(change, alert_bytes=alert_bytes)
         event_class = IncidentDetected if change.created else IncidentUpdated
         first = event_class(source=SOURCE, subject=change.incident.id, data=parts[0])
         ctx.emit(first)
@@ -418,11 +419,15 @@ class Detector:
         await repository.upsert_incidents(
             ctx.conn, incidents=[c.incident for c in changes], created=[c.incident.id for c in changes if c.created]
         )
+        # Each alert serialised once: its row's body, and the measure of what its events carry.
+        bodies = {a.key: repository.alert_json(a) for c in changes for a in c.alerts}
+        stored.alert_bytes = {key: len(body) for key, body in bodies.items()}
         await repository.insert_alerts(
             ctx.conn,
             alerts=[
                 (a, c.incident.id, c.type_rules.get(a.key), c.reasons.get(a.key)) for c in changes for a in c.alerts
             ],
+            bodies=bodies,
         )
         if correlated.taken:
             await repository.take_waiting(ctx.conn, group_keys=correlated.taken)

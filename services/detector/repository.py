@@ -219,10 +219,22 @@ async def tally_alerts(conn: Conn, *, incident_ids: Iterable[str]) -> dict[str, 
 _ALERT_JSON = Alert.__pydantic_serializer__.to_json
 
 
+def alert_json(alert: Alert) -> bytes:
+    """The alert as its row's body holds it."""
+    return _ALERT_JSON(alert)
+
+
 async def insert_alerts(
-    conn: Conn, *, alerts: Sequence[tuple[Alert, str, str | None, AlertCorrelation | None]]
+    conn: Conn,
+    *,
+    alerts: Sequence[tuple[Alert, str, str | None, AlertCorrelation | None]],
+    bodies: Mapping[str, bytes] | None = None,
 ) -> None:
-    """Store new alerts with the incident each joined, the rule that typed each and why each joined, by COPY."""
+    """Store new alerts with the incident each joined, the rule that typed each and why each joined, by COPY.
+
+    ``bodies``: the alerts' JSON (``alert_json``) by key, where the caller has it already.
+    """
+    known = bodies or {}
     await conn.copy_records_to_table(
         "detector_alerts",
         records=[
@@ -237,7 +249,7 @@ async def insert_alerts(
                 a.user,
                 a.src_ip,
                 a.dst_ip,
-                _ALERT_JSON(a),
+                known.get(a.key) or _ALERT_JSON(a),
                 type_rule,
                 _reason_json(reason),
             )

@@ -369,8 +369,8 @@ def worst_alert(**overrides: Any) -> Alert:
         dst_ip="2001:db8:ffff:ffff:ffff:ffff:ffff:fffe",
         labels={f"{n:03d}" + ESCAPED * 1_000: ESCAPED * 1_000 for n in range(100)},
         raw={"huge": ESCAPED * 10_000},
-        **overrides,
     )
+    values.update(overrides)
     return Alert.model_validate(values)
 
 
@@ -427,6 +427,43 @@ def test_one_alert_beside_a_header_of_any_text_fits_unmeasured(text: str, users:
     change = domain.correlate([last], {incident.correlation_key: incident}, window=WINDOW, new_id=ids())[0]
     [snapshot] = domain.snapshots(change)
     assert len(snapshot.model_dump_json().encode()) <= domain.MAX_EVENT_BYTES
+
+
+def _sizes(alerts: list[Alert]) -> dict[str, int]:
+    """What the detector knows of each new alert when it makes the snapshots: the bytes of its stored JSON."""
+    return {a.key: len(a.model_dump_json().encode()) for a in alerts}
+
+
+@pytest.mark.parametrize("text", ["plain", "\x01\x1f\x7f", 'quotes " and \\ backslashes', "é€𝄞", "\n\t\r\b\f"])
+def test_a_summary_is_never_larger_than_its_bound(text: str) -> None:
+    reason = AlertCorrelation(
+        rule=text * 40,
+        type="event_count",
+        key={text * 10: text * 30 for _ in range(1)} | {f"k{n}{text}": text * 50 for n in range(12)},
+        window_start=T0,
+        window_end=T0,
+        reason=text * 300,
+        triggered_by=[f"{n}{text * 60}" for n in range(40)],
+    )
+    for subject in (worst_alert(), worst_alert(raw={"small": text}), alert(title=text[:500], raw={text: [text] * 9})):
+        sizes = _sizes([subject])
+        fits = sizes[subject.key] <= domain.MAX_RAW_BYTES
+        summary = domain.summarise(subject, type_rule=text * 30, reason=reason, raw_fits=fits)
+        assert summary == domain.summarise(subject, type_rule=text * 30, reason=reason)  # measured or not, the same
+        assert domain._summary_bound(summary, sizes[subject.key]) >= len(summary.model_dump_json().encode())
+
+
+@pytest.mark.parametrize("max_bytes", [10_000, 50_000, domain.MAX_EVENT_BYTES])
+def test_snapshots_are_the_same_whether_the_alerts_sizes_are_known(max_bytes: int) -> None:
+    texts = ["plain", "\x01\x02\x1f" * 40, "é€𝄞" * 50, '"\\' * 60]
+    alerts = [
+        alert(minutes=i / 100, title=texts[i % 4][:400] or "t", raw={"record": texts[(i + 1) % 4] * (i % 7)})
+        for i in range(120)
+    ]
+    change = _change(alerts)
+    known = domain.snapshots(change, max_bytes=max_bytes, alert_bytes=_sizes(alerts))
+    assert known == domain.snapshots(change, max_bytes=max_bytes)
+    _assert_split(known, alerts, max_alerts=domain.MAX_ALERTS_PER_EVENT, max_bytes=max_bytes)
 
 
 # ---- repeats and resolutions -------------------------------------------------------------------
