@@ -41,6 +41,7 @@ from shared.topics import TopicNames, dead_letter_topic_for
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # The most of a record's value a dead letter carries: well under the producer's 1 MiB request limit.
 DEAD_LETTER_MAX_BYTES = 512 * 1024
@@ -85,6 +86,16 @@ class HandlerContext:
     emitted: list[EventBase] = field(default_factory=list)
     rejected: list[tuple[str, Any, InvalidMessage]] = field(default_factory=list)
     audited: list[AuditNote] = field(default_factory=list)
+    # What handlers read once per batch (configuration, a feed's state), by name: see ``once``.
+    read: dict[str, Any] = field(default_factory=dict)
+
+    async def once(self, name: str, read: Callable[[], Awaitable[R]]) -> R:
+        """``read()``'s answer, asked once per batch: for what may change between batches but need not
+        be read again for every event of one (a rolled-back batch is read again with a new context)."""
+        if name not in self.read:
+            self.read[name] = await read()
+        answer: R = self.read[name]
+        return answer
 
     def emit(self, event: EventBase) -> None:
         """Queue an event for the outbox; it is written in this transaction."""

@@ -184,7 +184,8 @@ async def _look_up(
     was looked up, or what gave it expired). The others keep the verdict they have.
     """
     incident_id = event.subject
-    feeds = await intel.feed_state(ctx.conn)  # before the lookup: what it finds is at least this new
+    # Read before the batch's lookups: what they find is at least this new.
+    feeds = await ctx.once("intel.feeds", lambda: intel.feed_state(ctx.conn))
     answered = [
         domain.indicator_key(kind, value)
         for kind, value in await forensic_repository.take_answered(ctx.conn, incident_id=incident_id)
@@ -202,7 +203,8 @@ async def _look_up(
     # the rest enqueued (their answers analyse the incident again). Called with nothing to look up
     # too: the providers keep the incident's latest event for that.
     matches = await intel.lookup(ctx.conn, list(reasons))
-    matches = await providers.consult(ctx.conn, event, matches)
+    enabled = await ctx.once("intel.providers", lambda: providers.enabled_providers(ctx.conn))
+    matches = await providers.consult(ctx.conn, event, matches, enabled=enabled)
     verdicts = [
         domain.LookedUp(kind, value, intel.verdict_of(found), domain.verdict_expiry(found, feeds.expiries))
         for (kind, value), found in matches.items()

@@ -472,18 +472,29 @@ def digest(keys: Sequence[tuple[str, str]], matches: Mapping[tuple[str, str], Se
     return hashlib.sha256(json.dumps(verdicts, default=list).encode()).hexdigest()
 
 
+async def enabled_providers(conn: Conn) -> list[Enabled]:
+    """The providers enabled now, by name."""
+    return [
+        Enabled(r["name"], frozenset(r["kinds"]), timedelta(seconds=r["ttl_s"]))
+        for r in await conn.fetch("SELECT name, kinds, ttl_s FROM intel_providers WHERE enabled ORDER BY name")
+    ]
+
+
 async def consult(
-    conn: Conn, event: IncidentDetected | IncidentUpdated, matches: Mapping[tuple[str, str], list[Match]]
+    conn: Conn,
+    event: IncidentDetected | IncidentUpdated,
+    matches: Mapping[tuple[str, str], list[Match]],
+    *,
+    enabled: Sequence[Enabled] | None = None,
 ) -> dict[tuple[str, str], list[Match]]:
     """The feeds' matches plus the cached answers of the enabled providers; lookups enqueued for the rest.
 
     ``matches`` is ``intel.lookup``'s answer for the indicators the analysis looks up (kinds as the
-    analyzer names them). Does nothing, and no query but one, when no provider is enabled.
+    analyzer names them). ``enabled``: the enabled providers, where the caller read them already
+    (``enabled_providers``, once a batch). Does nothing more when no provider is enabled.
     """
-    enabled = [
-        Enabled(r["name"], frozenset(r["kinds"]), timedelta(seconds=r["ttl_s"]))
-        for r in await conn.fetch("SELECT name, kinds, ttl_s FROM intel_providers WHERE enabled ORDER BY name")
-    ]
+    if enabled is None:
+        enabled = await enabled_providers(conn)
     result = {key: list(found) for key, found in matches.items()}
     if not enabled:
         return result

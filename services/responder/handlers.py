@@ -138,12 +138,12 @@ class Responder:
         )
         self._account(event, planning)
         await ctx.conn.execute(
-            "UPDATE responder_plans SET superseded_at = now() WHERE incident_id = $1 AND superseded_at IS NULL",
-            event.subject,
-        )
-        await ctx.conn.execute(
-            """INSERT INTO responder_plans (id, incident_id, playbook, incident_type, severity, actions)
-               VALUES ($1, $2, $3, $4, $5, $6)""",
+            # The plan before is superseded first (the count waits for it), in the same round trip.
+            """WITH superseded AS (
+                   UPDATE responder_plans SET superseded_at = now() WHERE incident_id = $2 AND superseded_at IS NULL
+                   RETURNING 1)
+               INSERT INTO responder_plans (id, incident_id, playbook, incident_type, severity, actions)
+               SELECT $1, $2, $3, $4, $5, $6 FROM (SELECT count(*) FROM superseded) AS before""",
             plan.plan_id,
             event.subject,
             plan.playbook,
@@ -202,12 +202,15 @@ class Responder:
                 if old["state"] in steps.NOT_STARTED:
                     await self._apply_policy(ctx, event, dict(old), facts, targets[step.step], "revised plan")
                 continue
-            row = dict(await repository.insert_step(ctx.conn, _step_row(event.subject, sid, plan_id, playbook, step)))
-            row["state"] = None  # the log's first entry says where the step came from
-            if step.status in ("refused", "skipped"):
-                await self._change(ctx, event, row, step.status, actor="planner", reason=step.reason, final=True)
-            else:
-                await self._change(ctx, event, row, "planned", actor="planner", reason=f"planned by {playbook}")
+            fresh = _step_row(event.subject, sid, plan_id, playbook, step)
+            planned_now = fresh["state"] == "planned"
+            why = f"planned by {playbook}" if planned_now else step.reason
+            # Stored with its first log entry, which says where the step came from.
+            row = dict(
+                await repository.insert_step(ctx.conn, fresh, actor="planner", reason=why, final=not planned_now)
+            )
+            self._announce(ctx, event, row, from_state=None, actor="planner", reason=why)
+            if planned_now:
                 await self._apply_policy(ctx, event, row, facts, targets[step.step], "planned")
         reason = f"no longer in the plan ({playbook} at {facts.analysis.severity.value})"
         for sid, old in existing.items():
@@ -916,7 +919,9 @@ class Responder:
 
     async def on_alerts(self, ctx: HandlerContext, event: IncidentDetected | IncidentUpdated) -> None:
         """New alerts of an incident under watch: those naming a contained entity are evidence it did not hold."""
-        if not event.data.new_alerts:
+        # Most incidents are under no watch: one look, without the incident's lock, says so. An alert
+        # committed before a watch starts is not evidence against it anyway.
+        if not event.data.new_alerts or not await repository.is_watched(ctx.conn, event.subject):
             return
         await repository.lock_incident(ctx.conn, event.subject)
         watched = await repository.watching(ctx.conn, event.subject)
@@ -1057,6 +1062,22 @@ class Responder:
             final=final,
         )
         row["state"] = to_state
+        self._announce(ctx, cause, row, from_state=from_state, actor=actor, reason=reason, sent=sent, result=result)
+
+    def _announce(
+        self,
+        ctx: HandlerContext,
+        cause: Cause,
+        row: dict[str, Any],
+        *,
+        from_state: str | None,
+        actor: str,
+        reason: str,
+        sent: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Count a step's change to the state it is in now and put it on the timeline."""
+        to_state = row["state"]
         metrics.STEPS.labels(to_state).inc()
         if to_state in metrics.ACTION_OUTCOMES:
             metrics.ACTIONS.labels(row.get("connector") or "none", to_state).inc()

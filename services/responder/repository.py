@@ -58,13 +58,27 @@ async def steps_like(conn: Conn, prefix: str) -> list[asyncpg.Record]:
     )
 
 
-async def insert_step(conn: Conn, row: dict[str, Any]) -> asyncpg.Record:
-    """Store a new step; return it as ``step`` reads it (with the columns' defaults), in one round trip."""
-    columns = list(row)
-    placeholders = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+async def insert_step(conn: Conn, row: dict[str, Any], *, actor: str, reason: str, final: bool) -> asyncpg.Record:
+    """Store a new step in the state its row says, with its first log entry; return it as ``step`` reads it.
+
+    One round trip: the step, why it is in that state (``final``: a state it ends in), and the log line.
+    """
+    columns = [*row, "reason"]
+    values = [*row.values(), reason]
+    placeholders = ", ".join(f"${n}" for n in range(1, len(values) + 1))
+    n = len(values)
     stored = await conn.fetchrow(
-        f"INSERT INTO responder_steps ({', '.join(columns)}) VALUES ({placeholders}) RETURNING {STEP_COLUMNS}",
-        *row.values(),
+        f"""WITH s AS (
+                INSERT INTO responder_steps ({", ".join(columns)}, finished_at)
+                VALUES ({placeholders}, CASE WHEN ${n + 1} THEN now() END)
+                RETURNING {STEP_COLUMNS}),
+            logged AS (
+                INSERT INTO responder_step_log (step_id, incident_id, from_state, to_state, actor, reason)
+                SELECT id, incident_id, NULL, state, ${n + 2}, reason FROM s)
+            SELECT * FROM s""",
+        *values,
+        final,
+        actor,
     )
     assert stored is not None  # an INSERT … RETURNING returns its row
     return stored
@@ -395,6 +409,15 @@ async def rollbacks_of(conn: Conn, incident_id: str) -> list[asyncpg.Record]:
 
 
 # ---- the watch after containment ----------------------------------------------------------------
+
+
+async def is_watched(conn: Conn, incident_id: str) -> bool:
+    """Whether the incident has a watch in progress (unlocked: a hint, ``watching`` is the answer)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT true FROM responder_monitors WHERE incident_id = $1 AND state = 'watching' LIMIT 1", incident_id
+        )
+    )
 
 
 async def watching(conn: Conn, incident_id: str) -> asyncpg.Record | None:

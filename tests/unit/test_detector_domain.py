@@ -439,7 +439,7 @@ def test_a_summary_is_never_larger_than_its_bound(text: str) -> None:
     reason = AlertCorrelation(
         rule=text * 40,
         type="event_count",
-        key={text * 10: text * 30 for _ in range(1)} | {f"k{n}{text}": text * 50 for n in range(12)},
+        key={text * 10: text * 30} | {f"k{n}{text}": text * 50 for n in range(12)},
         window_start=T0,
         window_end=T0,
         reason=text * 300,
