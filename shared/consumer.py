@@ -147,7 +147,15 @@ BatchHandler = Callable[[HandlerContext, Sequence[Inbound[T]]], Awaitable[None]]
 EventHandler = Callable[[HandlerContext, Any], Awaitable[None]]
 
 
-def dispatch_each(table: dict[type[EventBase], EventHandler], *, savepoints: bool = True) -> BatchHandler[Event]:
+RunHandler = Callable[[HandlerContext, Sequence[Any]], Awaitable[None]]
+
+
+def dispatch_each(
+    table: dict[type[EventBase], EventHandler],
+    *,
+    savepoints: bool = True,
+    runs: Mapping[type[EventBase], RunHandler] | None = None,
+) -> BatchHandler[Event]:
     """Build a batch handler that calls the table's handler for each event.
 
     An event type missing from the table is skipped: a topic may carry events this service
@@ -155,33 +163,49 @@ def dispatch_each(table: dict[type[EventBase], EventHandler], *, savepoints: boo
     that event: the batch runs in one savepoint, and only when one of its events is refused is it
     run again with a savepoint for each event (a savepoint costs two round trips, and refusals are
     rare). Handlers that never reject an event can go without even the one.
+
+    ``runs``: for a type in it, a run of consecutive events of that type is first given whole to its
+    run handler (what can be done for all of them in one statement, in their order), then each event
+    to its own handler.
     """
+    grouped = runs or {}
 
     def handled(batch: Sequence[Inbound[Event]]) -> list[tuple[Inbound[Event], EventHandler]]:
         return [(inbound, handler) for inbound in batch if (handler := table.get(type(inbound.item))) is not None]
 
+    async def each(ctx: HandlerContext, calls: Sequence[tuple[Inbound[Event], EventHandler]]) -> None:
+        start = 0
+        while start < len(calls):
+            kind = type(calls[start][0].item)
+            end = start + 1
+            if kind in grouped:
+                while end < len(calls) and type(calls[end][0].item) is kind:
+                    end += 1
+                await grouped[kind](ctx, [inbound.item for inbound, _handler in calls[start:end]])
+            for inbound, handler in calls[start:end]:
+                await handler(ctx, inbound.item)
+            start = end
+
     async def handle(ctx: HandlerContext, batch: Sequence[Inbound[Event]]) -> None:
         calls = handled(batch)
         if not savepoints:
-            for inbound, handler in calls:
-                await handler(ctx, inbound.item)
+            await each(ctx, calls)
             return
         mark = ctx.mark()
         try:
             async with ctx.conn.transaction():
-                for inbound, handler in calls:
-                    await handler(ctx, inbound.item)
+                await each(ctx, calls)
             return
         except InvalidMessage:
             ctx.drop_since(mark)  # what the batch queued goes with its rolled-back writes
-        for inbound, handler in calls:
+        for call in calls:
             mark = ctx.mark()
             try:
                 async with ctx.conn.transaction():
-                    await handler(ctx, inbound.item)
+                    await each(ctx, [call])
             except InvalidMessage as exc:
                 ctx.drop_since(mark)  # its events and audit entries go with its rolled-back writes
-                ctx.reject(inbound, exc)
+                ctx.reject(call[0], exc)
 
     return handle
 

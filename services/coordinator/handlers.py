@@ -128,7 +128,9 @@ class Coordinator:
                 ResponsePlanned: self.on_planned,
                 IncidentMerged: self.on_merged,
                 IncidentSplit: self.on_split,
-            }
+            },
+            # Step changes are the commonest event by far: a run of them is recorded in one round trip.
+            runs={ResponseStepChanged: self.record_steps},
         )
         self.timer_handlers: dict[str, timers.TimerHandler] = {
             ACK_DEADLINE: self.on_ack_deadline,
@@ -317,33 +319,47 @@ class Coordinator:
         )
         log.info("incident %s: all alerts resolved; suggested %s resolves it", event.subject, row["commander"])
 
-    async def on_step_changed(self, ctx: HandlerContext, event: ResponseStepChanged) -> None:
-        """A response step failed and its playbook says escalate: page the commander again, saying which."""
-        step = event.data
-        if step.phase is not None:
-            await ctx.conn.execute(
-                """INSERT INTO coordinator_response_steps (incident_id, step_id, phase, state, required, name, owner)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7)
-                   ON CONFLICT (incident_id, step_id)
-                   DO UPDATE SET state = excluded.state, required = excluded.required, name = excluded.name,
-                                 owner = excluded.owner, updated_at = now()""",
-                event.subject,
-                step.step_id,
-                step.phase,
-                step.state,
-                step.required,
-                step.name + (f": {step.item}" if step.item else ""),
-                step.owner,
-            )
-            if step.due_at is not None and step.state not in lifecycle.STEP_DONE | lifecycle.STEP_BAD:
-                # Its owner is told when it is overdue (the timer finds it done by then, or not).
-                await timers.schedule(
-                    ctx.conn,
-                    service=SERVICE,
-                    kind=STEP_DUE,
-                    subject=f"{event.subject}|{step.step_id}",
-                    due_at=step.due_at,
+    async def record_steps(self, ctx: HandlerContext, events: Sequence[ResponseStepChanged]) -> None:
+        """Each step of a runbook phase as it stands (the lifecycle's guards and the overdue timers read
+        them), for a run of step changes in one pipelined round trip, in their order."""
+        phased = [e for e in events if e.data.phase is not None]
+        if not phased:
+            return
+        await ctx.conn.executemany(
+            """INSERT INTO coordinator_response_steps (incident_id, step_id, phase, state, required, name, owner)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (incident_id, step_id)
+               DO UPDATE SET state = excluded.state, required = excluded.required, name = excluded.name,
+                             owner = excluded.owner, updated_at = now()""",
+            [
+                (
+                    e.subject,
+                    e.data.step_id,
+                    e.data.phase,
+                    e.data.state,
+                    e.data.required,
+                    e.data.name + (f": {e.data.item}" if e.data.item else ""),
+                    e.data.owner,
                 )
+                for e in phased
+            ],
+        )
+
+    async def on_step_changed(self, ctx: HandlerContext, event: ResponseStepChanged) -> None:
+        """A response step failed and its playbook says escalate: page the commander again, saying which.
+
+        Its state is recorded already (``record_steps``)."""
+        step = event.data
+        pending = step.state not in lifecycle.STEP_DONE | lifecycle.STEP_BAD
+        if step.phase is not None and step.due_at is not None and pending:
+            # Its owner is told when it is overdue (the timer finds it done by then, or not).
+            await timers.schedule(
+                ctx.conn,
+                service=SERVICE,
+                kind=STEP_DUE,
+                subject=f"{event.subject}|{step.step_id}",
+                due_at=step.due_at,
+            )
         if step.connector == "notify" and step.state == "succeeded":
             await self._relay_message(ctx, event.subject, step)
             return

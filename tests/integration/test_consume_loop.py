@@ -12,7 +12,7 @@ import pytest
 from shared import cloudevents
 from shared.consumer import DeadLetterGuard, HandlerContext, Inbound, decode_cloudevent, dispatch_each
 from shared.errors import DeadLetterLimitExceeded, InvalidMessage
-from shared.events import CommandArgs, EventBase, IncidentDetected, ResolveIncident
+from shared.events import CommandArgs, Event, EventBase, IncidentDetected, ResolveIncident
 from shared.kafka import group_id
 from shared.settings import VigilSettings
 from shared.topics import COMMANDS, EVENTS_DLQ, INCIDENTS, TopicNames
@@ -247,3 +247,31 @@ async def test_a_lingering_loop_handles_what_came_within_its_linger_as_one_batch
         await produce(settings, topic, [record_of(detected("second"))])
         await eventually(lambda: _equals(committed(settings, group_id(settings, "t-linger"), topic), 4))
     assert batches == [["warm-1", "warm-2"], ["first", "second"]]
+
+
+async def test_a_run_of_one_type_goes_whole_to_its_run_handler_then_each_event_to_its_own(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    async def run(ctx: HandlerContext, events: Sequence[EventBase]) -> None:
+        seen.append(("run", [e.subject for e in events]))
+
+    async def each(ctx: HandlerContext, event: EventBase) -> None:
+        seen.append(("each", event.subject))
+
+    resolve = ResolveIncident(source="/test", subject="c", data=CommandArgs(actor="someone"))
+    events: list[Event] = [detected("a"), detected("b"), resolve, detected("d")]
+    handler = dispatch_each({IncidentDetected: each, ResolveIncident: each}, runs={IncidentDetected: run})
+    async with pool.acquire() as conn, conn.transaction():
+        await handler(
+            HandlerContext(conn=conn, service="t-runs", names=names), [Inbound(e.id, e, None) for e in events]
+        )
+    assert seen == [
+        ("run", ["a", "b"]),
+        ("each", "a"),
+        ("each", "b"),
+        ("each", "c"),
+        ("run", ["d"]),
+        ("each", "d"),
+    ]
