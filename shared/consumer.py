@@ -35,7 +35,7 @@ from shared.metrics import (
     EVENTS_HANDLED,
     HANDLER_DURATION,
 )
-from shared.outbox import write_events
+from shared.outbox import OutboxRelay, write_events
 from shared.topics import TopicNames, dead_letter_topic_for
 
 log = logging.getLogger(__name__)
@@ -127,10 +127,10 @@ class HandlerContext:
         self.rejected.append((inbound.event_id, inbound.record, error))
 
 
-async def write_context(conn: Conn, ctx: HandlerContext) -> None:
+async def write_context(conn: Conn, ctx: HandlerContext, *, notify: bool = True) -> None:
     """Write what the handlers queued, in their transaction: the events to the outbox, then (last, as the
-    audit chain's lock is held until commit) the audit entries."""
-    await write_events(conn, service=ctx.service, names=ctx.names, events=ctx.emitted)
+    audit chain's lock is held until commit) the audit entries. ``notify``: see ``write_events``."""
+    await write_events(conn, service=ctx.service, names=ctx.names, events=ctx.emitted, notify=notify)
     for note in ctx.audited:
         await audit.record(
             conn,
@@ -304,6 +304,7 @@ class ConsumeLoop(Generic[T]):
         self._stopping = asyncio.Event()
         self._warned: set[str] = set()
         self.fence = fence  # the consumer's rebalance listener: make_consumer(..., listener=fence)
+        self.relay: OutboxRelay | None = None  # the service's relay, woken directly while it leads
 
     @property
     def ready(self) -> bool:
@@ -451,8 +452,12 @@ class ConsumeLoop(Generic[T]):
                 if item is None or id(item) in fresh_ids
             ]
             judged = await self._judge(conn, verdicts)
-            await write_context(conn, ctx)
+            # This process's relay, leading, is woken below once committed; any other by notification.
+            relay = self.relay if self.relay is not None and self.relay.leading else None
+            await write_context(conn, ctx, notify=relay is None)
         self.guard = judged  # only once committed: a batch retried is judged once
+        if relay is not None and ctx.emitted:
+            relay.wake()
         return len(fresh), [(record, error) for _event_id, record, error in ctx.rejected]
 
     async def _judge(self, conn: Conn, verdicts: list[bool]) -> DeadLetterGuard:

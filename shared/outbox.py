@@ -37,8 +37,14 @@ NOTIFY_CHANNEL = "vigil_outbox"
 MAX_ATTEMPTS = 5
 
 
-async def write_events(conn: Conn, *, service: str, names: TopicNames, events: Sequence[EventBase]) -> None:
-    """Add events to the outbox inside the caller's transaction; the relay publishes them after commit."""
+async def write_events(
+    conn: Conn, *, service: str, names: TopicNames, events: Sequence[EventBase], notify: bool = True
+) -> None:
+    """Add events to the outbox inside the caller's transaction; the relay publishes them after commit.
+
+    ``notify``: wake the relay, wherever it runs, on commit. A writer in the process whose relay leads
+    wakes it itself after the commit (``OutboxRelay.wake``), a round trip less.
+    """
     if not events:
         return
     rows = []
@@ -52,8 +58,8 @@ async def write_events(conn: Conn, *, service: str, names: TopicNames, events: S
         records=rows,
         columns=["service", "topic", "key", "value", "headers", "event_id"],
     )
-    # Delivered on commit, so the relay wakes up only when there is something to send.
-    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, service)
+    if notify:  # delivered on commit, so the relay wakes up only when there is something to send
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, service)
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,12 @@ class OutboxRelay:
         self.refresh_every_s = refresh_every_s
         self.standby_wait_s = standby_wait_s
         self._wake = asyncio.Event()
+        # Holding the relay lock: writers in this process wake it themselves, without a notification.
+        self.leading = False
+
+    def wake(self) -> None:
+        """Publish what was just committed now, rather than at the next notification or idle wait."""
+        self._wake.set()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if payload == self.service:
@@ -117,9 +129,12 @@ class OutboxRelay:
                     break
                 await asyncio.sleep(self.standby_wait_s)  # another replica publishes; stand by
             await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            self.leading = True
             next_refresh = 0.0
             backoff = 0.1
             while not conn.is_closed():
+                # Cleared before looking, so that a wake while publishing is not lost: it makes another look.
+                self._wake.clear()
                 try:
                     report = await self.publish_pending()
                     if time.monotonic() >= next_refresh:
@@ -134,12 +149,12 @@ class OutboxRelay:
                     continue
                 backoff = 0.1
                 if report.sent + report.parked < self.batch_size:
-                    self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.idle_wait_s)
             # The lock went with the connection: start over and compete for it again.
             raise ConnectionError("the outbox relay's connection closed")
         finally:
+            self.leading = False
             if not conn.is_closed():
                 with contextlib.suppress(Exception):  # closing releases the lock and the listener anyway
                     await conn.close(timeout=5)

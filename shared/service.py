@@ -287,6 +287,7 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         relay = OutboxRelay(
             service=spec.name, pool=pool, producer=producer, connect=lambda: connect(settings.database_url)
         )
+        runtime.loop.relay = relay
 
         tasks = {
             asyncio.create_task(runtime.loop.run(), name="consume"),

@@ -11,13 +11,15 @@ import pytest
 
 from shared import cloudevents
 from shared.consumer import DeadLetterGuard, HandlerContext, Inbound, decode_cloudevent, dispatch_each
+from shared.db import connect
 from shared.errors import DeadLetterLimitExceeded, InvalidMessage
 from shared.events import CommandArgs, Event, EventBase, IncidentDetected, ResolveIncident
-from shared.kafka import group_id
+from shared.kafka import group_id, make_producer
+from shared.outbox import NOTIFY_CHANNEL, OutboxRelay
 from shared.settings import VigilSettings
 from shared.topics import COMMANDS, EVENTS_DLQ, INCIDENTS, TopicNames
 from tests.factories import snapshot
-from tests.helpers import committed, consume_loop, eventually, produce, read_all
+from tests.helpers import committed, consume_loop, eventually, produce, read_all, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -275,3 +277,45 @@ async def test_a_run_of_one_type_goes_whole_to_its_run_handler_then_each_event_t
         ("run", ["d"]),
         ("each", "d"),
     ]
+
+
+async def test_a_leading_relay_in_the_process_is_woken_by_the_commit_without_a_notification(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    topic = names(INCIDENTS)
+    await produce(settings, topic, [record_of(detected("inc-wake"))])
+
+    async def resolve(ctx: HandlerContext, event: IncidentDetected) -> None:
+        ctx.emit(ResolveIncident(source="/test", data=CommandArgs(actor="waker"), **event.caused_by()))
+
+    producer = make_producer(settings, client_id="t-wake-relay")
+    await producer.start()
+    # Its idle wait far longer than the test: only a wake publishes in time.
+    relay = OutboxRelay(
+        service="t-wake", pool=pool, producer=producer, connect=lambda: connect(settings.database_url), idle_wait_s=600
+    )
+    notified: list[str] = []
+    listener = await connect(settings.database_url)
+    await listener.add_listener(NOTIFY_CHANNEL, lambda _c, _p, _ch, payload: notified.append(payload))
+    try:
+        async with running(relay.run()):
+            await eventually(lambda: _true(relay.leading))
+            async with consume_loop(
+                settings,
+                pool,
+                service="t-wake",
+                topics=[topic],
+                decoder=decode_cloudevent,
+                handler=dispatch_each({IncidentDetected: resolve}),
+            ) as (loop, _task):
+                loop.relay = relay
+                published = await read_all(settings, names(COMMANDS), expect=1)
+        assert [r.key for r in published] == [b"inc-wake"]
+        assert "t-wake" not in notified
+    finally:
+        await listener.close()
+        await producer.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
