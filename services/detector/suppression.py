@@ -543,19 +543,51 @@ def _literal_values(matcher: Matcher) -> frozenset[str]:
     return frozenset()
 
 
-class _Index(Generic[T]):
-    """Items by one equality matcher each (the first ``=`` one), the rest in a list every alert is checked against.
+# Fields of few values: an equality on one of them narrows little, and is an item's key only when it has no other.
+FEW_VALUES = frozenset({"severity", "status", "kind", "format"})
+# A regex's literal start, up to its first special character (an anchored match begins with it).
+_LITERAL_START = re.compile(r"[^.^$*+?{}\[\]\\|()]*")
+# A literal start shorter than this narrows too little to be worth a look-up.
+MIN_PREFIX = 3
 
-    A hundred silences on a hundred hosts cost an alert one look-up per field the silences test, not a hundred checks.
+
+def _literal_prefix(matcher: Matcher) -> str:
+    """What every value an ``=~`` matcher accepts starts with, when its regex says (``web-.*``: ``web-``); else ""."""
+    if matcher.op != "=~" or "|" in matcher.value:
+        return ""
+    prefix = _LITERAL_START.match(matcher.value)
+    text = prefix.group() if prefix else ""
+    if len(text) < len(matcher.value) and matcher.value[len(text)] in "*?{":
+        text = text[:-1]  # the last character is optional or repeated: not part of every match
+    return text if len(text) >= MIN_PREFIX else ""
+
+
+class _Index(Generic[T]):
+    """Items by their most selective matcher, the rest in a list every alert is checked against.
+
+    A hundred silences on a hundred hosts cost an alert one look-up per field the silences test, not a
+    hundred checks. An item's key is its first equality on a field of many values; else the literal start
+    of one of its regexes (``host=~db-.*``); else an equality on a field of few values (``severity=low``).
     """
 
     def __init__(self, items: Sequence[T], matchers: Any = None) -> None:
         get = matchers or (lambda item: item.matchers)
         # By the field an equality matcher reads: (its reader, items by the value it wants).
         self.by_field: dict[str, tuple[Callable[[Alert], str], dict[str, list[tuple[int, T]]]]] = {}
+        # By the field a regex reads: (its reader, items by the length and text of its literal start).
+        self.by_prefix: dict[str, tuple[Callable[[Alert], str], dict[int, dict[str, list[tuple[int, T]]]]]] = {}
         self.unindexed: list[tuple[int, T]] = []
         for n, item in enumerate(items):
-            indexed = next(((m, values) for m in get(item) if (values := _literal_values(m))), None)
+            found = list(get(item))
+            keyed = [(m, values) for m in found if (values := _literal_values(m))]
+            many = next(((m, values) for m, values in keyed if m.name not in FEW_VALUES), None)
+            prefixed = next(((m, prefix) for m in found if (prefix := _literal_prefix(m))), None)
+            if many is None and prefixed is not None:
+                matcher, prefix = prefixed
+                _, by_length = self.by_prefix.setdefault(matcher.name, (matcher.read, {}))
+                by_length.setdefault(len(prefix), {}).setdefault(prefix, []).append((n, item))
+                continue
+            indexed = many or (keyed[0] if keyed else None)
             if indexed is None:
                 self.unindexed.append((n, item))
                 continue
@@ -569,6 +601,11 @@ class _Index(Generic[T]):
         for read, by_value in self.by_field.values():
             if (more := by_value.get(read(alert))) is not None:
                 found = found + more
+        for read, by_length in self.by_prefix.values():
+            value = read(alert)
+            for length, by_start in by_length.items():
+                if (more := by_start.get(value[:length])) is not None:
+                    found = found + more
         return found
 
     def first(self, alert: Alert, accept: Callable[[T], bool]) -> T | None:

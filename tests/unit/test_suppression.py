@@ -8,6 +8,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.detector import service as detector_service
 from services.detector.suppression import (
@@ -288,3 +290,53 @@ def test_an_index_by_regex_alternatives_finds_exactly_what_the_regex_matches(
     for value in not_matching:
         field[name] = value
         assert suppressor.decide(alert(**field), NOW, {}) is None, value
+
+
+# Matchers of every kind the index treats differently: equalities on fields of many and of few values,
+# regexes with and without a literal start, alternatives, negations, labels.
+MATCHERS = [
+    "host=web-01",
+    "host=db-02",
+    'host=~"web-.*"',
+    'host=~"db-[0-9]+"',
+    'host=~"web-0?1"',
+    'host=~"(web|db)-01"',
+    'host!~"web-.*"',
+    "severity=low",
+    "severity=high",
+    'severity=~"low|medium"',
+    "labels.service=checkout",
+    'labels.service=~"check.*"',
+    'labels.team=~"sre-[a-z]+"',
+    "source!=falco",
+]
+HOSTS = ["web-01", "web-1", "web-02", "db-02", "db-x", "we", "", "webby"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chosen=st.lists(st.lists(st.sampled_from(MATCHERS), min_size=1, max_size=3, unique=True), max_size=12),
+    host=st.sampled_from(HOSTS),
+    severity=st.sampled_from(["low", "medium", "high", "critical"]),
+    service=st.sampled_from(["checkout", "checkouts", "cart", ""]),
+    team=st.sampled_from(["sre-core", "sre-", "dev", ""]),
+)
+def test_the_index_finds_exactly_the_silences_a_scan_of_them_all_finds(
+    chosen: list[list[str]], host: str, severity: str, service: str, team: str
+) -> None:
+    silences = [silence(*texts, sid=f"s{n}") for n, texts in enumerate(chosen) if _usable(texts)]
+    labels = {name: value for name, value in (("service", service), ("team", team)) if value}
+    subject = alert(host=host or None, severity=severity, labels=labels)
+    suppressor = Suppressor(silences)
+    # In the order the suppressor keeps them: the earliest that covers the alert is the one recorded.
+    scanned = next((s.id for s in suppressor.silences if all(m.matches(subject) for m in s.matchers)), None)
+    decided = suppressor.decide(subject, NOW, {})
+    assert (decided.by if decided else None) == scanned
+
+
+def _usable(texts: list[str]) -> bool:
+    try:
+        parse_matchers(texts)
+    except SuppressionError:
+        return False
+    return True
