@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
 import subprocess
 import time
@@ -26,10 +27,35 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
+# Where a port for a server of ours is looked for: below the kernel's ephemeral range, which it hands
+# out to every outgoing connection and to every bind to port 0 (another process could take a port from
+# there between our choosing it and our server binding it).
+LISTEN_PORTS = range(15_000, 32_768)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port free now for a server to listen on, outside the ephemeral range where the kernel allows."""
+    low = _ephemeral_low()
+    candidates = range(LISTEN_PORTS.start, min(LISTEN_PORTS.stop, low))
+    for _ in range(100):
+        port = random.choice(candidates) if candidates else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # every try taken: any port the kernel gives
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux), else the IANA one's."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49_152
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout_s: float = 30.0) -> None:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -37,6 +36,7 @@ from shared.effects import Effect, EffectKind, EffectRunner, enqueue, http_targe
 from shared.effects import repository as effects_repository
 from shared.effects.builtin import IDEMPOTENCY_ENV, http_request, run_command, send_mail
 from shared.effects.domain import message_id
+from shared.embedded import free_port
 from shared.events import EffectCompleted, EffectOutcome
 from shared.kafka import make_producer
 from shared.outbox import OutboxRelay
@@ -553,13 +553,6 @@ class Inbox:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append(message_from_bytes(envelope.content))
         return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_a_mail_carries_a_message_id_derived_from_its_key(

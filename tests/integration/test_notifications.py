@@ -39,12 +39,13 @@ from shared.consumer import HandlerContext
 from shared.effects import Effect, EffectRunner
 from shared.effects.builtin import SIGNATURE_HEADER, TIMESTAMP_HEADER
 from shared.effects.domain import message_id, verify_signature
+from shared.embedded import free_port
 from shared.events import EffectOutcome
 from shared.settings import VigilSettings
 from shared.topics import TopicNames
 from tests import helpers
 from tests.helpers import eventually
-from tests.integration.test_effects import free_port, reaches
+from tests.integration.test_effects import reaches
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
