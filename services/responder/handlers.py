@@ -256,6 +256,7 @@ class Responder:
         if state == "awaiting_approval" and _same_terms(row, decision):
             return  # waiting on the same terms: its deadline stands, counted from when it was first asked
         deadline = utcnow() + timedelta(seconds=decision.timeout_s) if decision.timeout_s else None
+        waits = state != "awaiting_approval"  # if not waiting yet, it starts to, in the same statement
         await repository.set_approval_terms(
             ctx.conn,
             sid,
@@ -264,13 +265,15 @@ class Responder:
             roles=decision.roles,
             deadline=deadline,
             on_timeout=decision.on_timeout if deadline else None,
+            wait=(state, "policy", decision.reason) if waits else None,
         )
         if deadline is not None:
             await timers.schedule(ctx.conn, service=SERVICE, kind=APPROVAL_TIMEOUT, subject=sid, due_at=deadline)
         else:
             await timers.cancel(ctx.conn, service=SERVICE, kind=APPROVAL_TIMEOUT, subject=sid)
-        if state != "awaiting_approval":
-            await self._change(ctx, cause, row, "awaiting_approval", actor="policy", reason=decision.reason)
+        if waits:
+            row["state"] = "awaiting_approval"
+            self._announce(ctx, cause, row, from_state=state, actor="policy", reason=decision.reason)
 
     # ---- approvals --------------------------------------------------------------------------
 

@@ -106,18 +106,33 @@ async def set_approval_terms(
     roles: Sequence[str],
     deadline: datetime | None,
     on_timeout: str | None,
+    wait: tuple[str | None, str, str] | None = None,
 ) -> None:
+    """Set the approvals a step needs; with ``wait`` (from state, actor, reason), also put it to
+    ``awaiting_approval`` and log why, in the same round trip."""
+    waiting = wait is not None
+    from_state, actor, reason = wait if wait is not None else (None, "", "")
     await conn.execute(
-        """UPDATE responder_steps
-           SET policy_rule = $2, approvals_required = $3, approver_roles = $4, approval_deadline = $5,
-               on_timeout = $6, updated_at = now()
-           WHERE id = $1""",
+        """WITH changed AS (
+               UPDATE responder_steps
+               SET policy_rule = $2, approvals_required = $3, approver_roles = $4, approval_deadline = $5,
+                   on_timeout = $6, updated_at = now(),
+                   state = CASE WHEN $7 THEN 'awaiting_approval' ELSE state END,
+                   reason = CASE WHEN $7 THEN $8 ELSE reason END
+               WHERE id = $1
+               RETURNING incident_id)
+           INSERT INTO responder_step_log (step_id, incident_id, from_state, to_state, actor, reason)
+           SELECT $1, incident_id, $9, 'awaiting_approval', $10, $8 FROM changed WHERE $7""",
         step_id,
         rule,
         required,
         list(roles),
         deadline,
         on_timeout,
+        waiting,
+        reason,
+        from_state,
+        actor,
     )
 
 
