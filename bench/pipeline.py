@@ -36,7 +36,16 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench import formats, measure
 from bench.detector import modes
-from bench.harness import BenchError, Infrastructure, Services, Stage, check_generator, console, fresh_stage
+from bench.harness import (
+    PUBLISHER_LINGER_MS,
+    BenchError,
+    Infrastructure,
+    Services,
+    Stage,
+    check_generator,
+    console,
+    fresh_stage,
+)
 from shared.kafka import consumer_lag, make_consumer, make_producer
 from shared.settings import SERVICE_NAMES
 from shared.topics import ALERTS_RAW, ANALYSES, COORDINATION, INCIDENTS, RESPONSES
@@ -380,7 +389,7 @@ async def end_to_end(
         result["memory_mb"] = {"idle": await idle_memory(services)}
         conn = await asyncpg.connect(stage.database_url)
         consumer, collector = await collecting(stage)
-        producer = make_producer(stage.settings, client_id="vigil-bench")
+        producer = make_producer(stage.settings, client_id="vigil-bench", linger_ms=PUBLISHER_LINGER_MS)
         await producer.start()
         reading = asyncio.create_task(collector.run())
         try:

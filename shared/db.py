@@ -60,9 +60,22 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Release a pooled connection as it is: nothing Vigil does on one outlives its transaction.
+
+    Session state (LISTEN, a session advisory lock held for long) lives on connections of its own
+    (``connect``), and the one session lock taken on a pooled connection, the migrations', is released
+    before the connection goes back. asyncpg's default reset (unlock all, CLOSE ALL, UNLISTEN *, RESET ALL)
+    would be a round trip on every release for nothing; a transaction left open is still rolled back
+    before this runs. ``tests/unit/test_pooled_sessions.py`` keeps the rule.
+    """
+
+
 async def create_pool(database_url: str, *, max_size: int = 5, **kwargs: Any) -> asyncpg.Pool:
     """Open a pool whose connections read and write JSON columns as Python objects."""
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=max_size, init=_init_connection, **kwargs)
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=max_size, init=_init_connection, reset=_keep_session, **kwargs
+    )
     assert pool is not None
     return pool
 

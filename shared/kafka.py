@@ -16,13 +16,18 @@ def group_id(settings: VigilSettings, service: str) -> str:
     return f"{settings.topic_prefix}vigil-{service}"
 
 
-def make_producer(settings: VigilSettings, *, client_id: str) -> AIOKafkaProducer:
-    """A producer that waits for all in-sync replicas: an event is published only when it is safe."""
+def make_producer(settings: VigilSettings, *, client_id: str, linger_ms: int = 0) -> AIOKafkaProducer:
+    """A producer that waits for all in-sync replicas: an event is published only when it is safe.
+
+    No linger by default: Vigil's senders hand a batch over at once (the relay, dead letters) or wait for
+    each record's acknowledgement (the HTTP ingest), and records sent while a partition's request is in
+    flight are batched anyway. A linger only delayed each batch by as long.
+    """
     return AIOKafkaProducer(
         client_id=client_id,
         acks="all",
         enable_idempotence=settings.kafka.enable_idempotence,
-        linger_ms=5,
+        linger_ms=linger_ms,
         max_batch_size=1024 * 1024,
         **settings.kafka.client_options(),
     )

@@ -205,7 +205,9 @@ class OutboxRelay:
             if not is_retriable(error) or (sent and row["attempts"] + 1 >= MAX_ATTEMPTS)
         ]
         retried = [row["id"] for row, error in failed if is_retriable(error) and sent]
-        async with self.pool.acquire() as conn, conn.transaction():
+        # No transaction: each update stands alone (a row sent is sent, whatever becomes of the others),
+        # and the commonest pass, every row sent, is then one round trip.
+        async with self.pool.acquire() as conn:
             if sent:
                 await conn.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", sent)
             if to_park:
