@@ -31,6 +31,14 @@ class UnknownEventType(InvalidMessage):
     """A well-formed Vigil event of a type this version does not know (a newer producer's): skip it."""
 
 
+class Raced(VigilError):
+    """Another replica committed what this batch was about to write: run the batch again from its start.
+
+    Retriable: the consume loop rolls the batch back and hands it over again, and the second pass
+    finds what the other replica stored (an alert it stored is then a repeat).
+    """
+
+
 class DeadLetterLimitExceeded(VigilError):
     """Too many messages were dead-lettered: stop rather than empty a topic into the dead-letter queue."""
 
@@ -41,6 +49,8 @@ class InvalidTransition(VigilError):
 
 def is_retriable(exc: BaseException) -> bool:
     """Return True for failures that pass by themselves: a lost connection, a busy broker, a conflict."""
+    if isinstance(exc, Raced):
+        return True
     if isinstance(exc, KafkaError):
         return bool(getattr(exc, "retriable", False)) or type(exc).__name__ in {
             "KafkaConnectionError",

@@ -31,6 +31,7 @@ from services.detector.suppressor import SUPPRESSION_ENDED, Suppressions
 from shared import timers
 from shared.alerts import Alert
 from shared.consumer import HandlerContext, Inbound, decode_cloudevent
+from shared.errors import Raced
 from shared.events import (
     AlertRepeat,
     AlertResolution,
@@ -50,8 +51,6 @@ from shared.topics import ALERTS_RAW
 
 log = logging.getLogger(__name__)
 SOURCE = "/vigil/detector"
-# Each retry follows another replica's commit of some of the same alerts: a few are plenty.
-STORE_ATTEMPTS = 3
 # What another replica may have committed between our look-up and our write, were a lock missed.
 RACED = frozenset(
     {"detector_alerts_live_key", "detector_alerts_pkey", "detector_incidents_collecting_key", "detector_waiting_pkey"}
@@ -70,7 +69,7 @@ def decode(record: Any) -> tuple[str, Parsed | Any]:
         _records(format_name if format_name in adapters.FORMATS else "unknown", exc.code).inc()
         ALERTS.labels("invalid").inc()
         raise
-    _records(parsed.format, "alerts" if parsed.alerts else "not_alert").inc()
+    # Read records are counted a batch at a time (Detector.handle): an increment takes a lock.
     # A redelivered record is a no-op; the same alert sent again in a new record is a repeat.
     where = f"{record.topic}\x1f{record.partition}\x1f{record.offset}\x1f".encode()
     return f"raw:{hashlib.sha256(where + (record.value or b'')).hexdigest()[:32]}", parsed
@@ -80,6 +79,14 @@ def decode(record: Any) -> tuple[str, Parsed | Any]:
 def _records(format_name: str, outcome: str) -> Any:
     # A metric's child per label pair, looked up once: decoding is the detector's hottest path.
     return RECORDS.labels(format_name, outcome)
+
+
+def _count_records(records: Sequence[Parsed]) -> None:
+    """Count a batch's records read by format and outcome: one increment per pair, not per record."""
+    for (format_name, outcome), n in Counter(
+        (p.format, "alerts" if p.alerts else "not_alert") for p in records
+    ).items():
+        _records(format_name, outcome).inc(n)
 
 
 _labelled_sources: set[str] = set()
@@ -180,7 +187,9 @@ class Detector:
         self.timer_handlers: dict[str, timers.TimerHandler] = {SUPPRESSION_ENDED: self.on_suppression_ended}
 
     async def handle(self, ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
-        alerts = [alert for inbound in batch if isinstance(inbound.item, Parsed) for alert in inbound.item.alerts]
+        records = [inbound.item for inbound in batch if isinstance(inbound.item, Parsed)]
+        _count_records(records)
+        alerts = [alert for parsed in records for alert in parsed.alerts]
         if alerts:
             _count_sources(alerts)
             await self.handle_alerts(ctx, alerts)
@@ -312,19 +321,18 @@ class Detector:
                 ctx.emit(AlertsSuppressedResolved(source=SOURCE, subject=subject, correlationid=first.id, data=data))
 
     async def _store(self, ctx: HandlerContext, alerts: list[Alert]) -> Stored:
-        """Store the alerts in a savepoint, again if another replica stored some of them meanwhile."""
-        attempt = 1
-        while True:
-            try:
-                async with ctx.conn.transaction():
-                    return await self._store_once(ctx, alerts)
-            except asyncpg.UniqueViolationError as exc:
-                # Another replica committed one of these alerts between our look-up and our COPY:
-                # looked up again, it is a repeat.
-                if exc.constraint_name not in RACED or attempt == STORE_ATTEMPTS:
-                    raise
-                attempt += 1
-                log.info("alerts stored meanwhile by another detector; looking again (%s)", exc.detail)
+        """Store the alerts; the whole batch runs again if another replica stored some of them meanwhile.
+
+        No savepoint of its own (two round trips on every batch for a rare race): the consume loop rolls
+        the batch back and runs it again, and the second pass finds the other replica's alerts stored.
+        """
+        try:
+            return await self._store_once(ctx, alerts)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name not in RACED:
+                raise
+            log.info("alerts stored meanwhile by another detector; the batch runs again (%s)", exc.detail)
+            raise Raced(f"another detector stored some of these alerts meanwhile ({exc.constraint_name})") from exc
 
     async def _store_once(self, ctx: HandlerContext, alerts: list[Alert]) -> Stored:
         """Count firing alerts stored before as repeats, correlate and store the others; then resolve.

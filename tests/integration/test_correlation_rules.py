@@ -14,9 +14,12 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from services.detector import repository
 from services.detector.correlation import CorrelationError
 from services.detector.handlers import Detector, RulesSource, decode
 from shared.alerts import Alert
+from shared.consumer import HandlerContext
+from shared.errors import Raced, is_retriable
 from shared.kafka import group_id, make_producer
 from shared.settings import VigilSettings
 from shared.topics import ALERTS_RAW, COORDINATION, TopicNames
@@ -207,6 +210,37 @@ async def test_two_detectors_racing_on_one_key_open_exactly_one_incident(
     assert sorted(i["correlation_key"].split("|")[0] for i in incidents) == ["burst", "host:shared-host"]
     assert {a["incident_id"] for a in alerts} == {i["id"] for i in incidents} and waiting == []
     assert sorted(i["alert_count"] for i in incidents) == [24, 24]
+
+
+async def test_an_alert_another_replica_stored_after_the_look_up_makes_the_batch_run_again_and_count_it_a_repeat(
+    pool: asyncpg.Pool, names: TopicNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = alert(host="raced-host")
+    async with pool.acquire() as conn, conn.transaction():  # the other replica's batch, committed
+        await Detector(correlation_window=WINDOW).handle_alerts(
+            HandlerContext(conn=conn, service="detector", names=names), [sent]
+        )
+    # This replica looked the alert up before that commit: it found nothing there.
+    monkeypatch.setattr(repository, "count_repeats", _found_nothing)
+    async with pool.acquire() as conn:
+        with pytest.raises(Raced) as raced:
+            async with conn.transaction():
+                await Detector(correlation_window=WINDOW).handle_alerts(
+                    HandlerContext(conn=conn, service="detector", names=names), [sent]
+                )
+    assert is_retriable(raced.value)  # the consume loop rolls the batch back and runs it again
+    monkeypatch.undo()
+    async with pool.acquire() as conn, conn.transaction():
+        again = HandlerContext(conn=conn, service="detector", names=names)
+        await Detector(correlation_window=WINDOW).handle_alerts(again, [sent])
+    incidents, alerts, _waiting = await stored(pool)
+    assert len(incidents) == 1 and [a["key"] for a in alerts] == [sent.key]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT repeats FROM detector_alerts WHERE key = $1", sent.key) == 1
+
+
+async def _found_nothing(_conn: Any, *, sightings: Any) -> dict[str, Any]:
+    return {}
 
 
 CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus"

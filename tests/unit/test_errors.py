@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.errors import is_retriable
+from shared.errors import Raced, is_retriable
 
 
 def test_a_unix_socket_that_is_not_there_is_a_server_down_and_retried(tmp_path: Path) -> None:
@@ -26,3 +26,8 @@ def test_a_missing_file_is_a_bug_and_not_retried(tmp_path: Path) -> None:
 def test_a_pool_resetting_a_dropped_connection_is_retried_and_other_client_errors_are_not() -> None:
     assert is_retriable(asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"))
     assert not is_retriable(asyncpg.InternalClientError("something else went wrong"))
+
+
+def test_a_batch_raced_by_another_replica_runs_again_and_a_plain_unique_violation_does_not() -> None:
+    assert is_retriable(Raced("another detector stored some of these alerts meanwhile"))
+    assert not is_retriable(asyncpg.UniqueViolationError("duplicate key value violates unique constraint"))
