@@ -114,13 +114,14 @@ def history_of(item: Item) -> HistoryEvent:
 # ---- read-model projections, one per event type that changes more than the timeline ----------
 
 
-async def on_snapshot(ctx: HandlerContext, event: IncidentDetected | IncidentUpdated) -> None:
-    await repository.apply_snapshot(
+async def on_snapshots(ctx: HandlerContext, events: Sequence[IncidentDetected | IncidentUpdated]) -> None:
+    """A run of incident events (one per incident the detector touched in a batch) in two round trips."""
+    await repository.apply_snapshots(
         ctx.conn,
-        incident_id=event.subject,
-        snapshot=event.data,
-        detected=isinstance(event, IncidentDetected),
-        at=event.time,
+        changes=[
+            repository.SnapshotChange(e.subject, e.data, detected=isinstance(e, IncidentDetected), at=e.time)
+            for e in events
+        ],
     )
 
 
@@ -134,19 +135,26 @@ async def on_suppressed(ctx: HandlerContext, event: AlertsSuppressed) -> None:
     await repository.apply_suppressed(ctx.conn, alerts=event.data, at=event.time)
 
 
-async def on_analyzed(ctx: HandlerContext, event: IncidentAnalyzed) -> None:
-    analysis = event.data
-    await repository.set_fields(
+async def on_analyses(ctx: HandlerContext, events: Sequence[IncidentAnalyzed]) -> None:
+    """A run of analyses onto their incidents, in one round trip."""
+    await repository.set_fields_of(
         ctx.conn,
-        incident_id=event.subject,
-        analysis=analysis.model_dump(mode="json"),
-        indicators=list(dict.fromkeys(i.value for i in analysis.indicators)),
-        services=list(analysis.impact.business_services) if analysis.impact else [],
+        ("analysis", "indicators", "services"),
+        [
+            (
+                e.subject,
+                e.data.model_dump(mode="json"),
+                list(dict.fromkeys(i.value for i in e.data.indicators)),
+                list(e.data.impact.business_services) if e.data.impact else [],
+            )
+            for e in events
+        ],
     )
 
 
-async def on_planned(ctx: HandlerContext, event: ResponsePlanned) -> None:
-    await repository.set_fields(ctx.conn, incident_id=event.subject, plan=event.data.model_dump(mode="json"))
+async def on_plans(ctx: HandlerContext, events: Sequence[ResponsePlanned]) -> None:
+    """A run of response plans onto their incidents, in one round trip."""
+    await repository.set_fields_of(ctx.conn, ("plan",), [(e.subject, e.data.model_dump(mode="json")) for e in events])
 
 
 async def on_escalated(ctx: HandlerContext, event: IncidentEscalated) -> None:
@@ -241,14 +249,20 @@ async def on_foreign(ctx: HandlerContext, event: HistoryEvent) -> None:
 
 
 Projection = Callable[[HandlerContext, Any], Awaitable[None]]
+RunProjection = Callable[[HandlerContext, Sequence[Any]], Awaitable[None]]
+# The commonest events: a run of consecutive ones of a kind is applied at once, in order, before what
+# follows it. Each is keyed by its kind, so that incident events detected and updated make one run.
+RUN_PROJECTIONS: dict[type[Item], RunProjection] = {
+    IncidentDetected: on_snapshots,
+    IncidentUpdated: on_snapshots,
+    IncidentAnalyzed: on_analyses,
+    ResponsePlanned: on_plans,
+    ResponseStepChanged: on_steps_changed,
+}
 PROJECTIONS: dict[type[Item], Projection] = {
-    IncidentDetected: on_snapshot,
-    IncidentUpdated: on_snapshot,
     IncidentAlertsChanged: on_alerts_changed,
     AlertsSuppressed: on_suppressed,
     AlertsSuppressedResolved: on_suppressed_ended,
-    IncidentAnalyzed: on_analyzed,
-    ResponsePlanned: on_planned,
     IncidentEscalated: on_escalated,
     IncidentStateChanged: on_state_changed,
     IncidentEdited: on_edited,
@@ -283,17 +297,20 @@ async def handle(ctx: HandlerContext, batch: Sequence[Inbound[Item]]) -> None:
     incidents = {inbound.item.subject for inbound in batch if isinstance(inbound.item, UPDATES_INCIDENT)}
     if incidents:
         await repository.ensure_incidents(ctx.conn, incident_ids=incidents)
-    steps: list[ResponseStepChanged] = []
+    run: list[Item] = []
+    run_project: RunProjection | None = None
     for inbound in batch:
         item = inbound.item
-        if isinstance(item, ResponseStepChanged):
-            steps.append(item)
+        project_run = RUN_PROJECTIONS.get(type(item))
+        if run_project is not None and project_run is not run_project:  # the run ends: applied first
+            await run_project(ctx, run)
+            run, run_project = [], None
+        if project_run is not None:
+            run.append(item)
+            run_project = project_run
             continue
-        if steps:  # a run of step changes ends: applied before what follows it
-            await on_steps_changed(ctx, steps)
-            steps = []
         project = PROJECTIONS.get(type(item))
         if project is not None:
             await project(ctx, item)
-    if steps:
-        await on_steps_changed(ctx, steps)
+    if run_project is not None:
+        await run_project(ctx, run)

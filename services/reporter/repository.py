@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -140,13 +141,20 @@ RAW = {"raw", "raw_cut"}
 SUPPRESSED_ROW = {"occurrence", "repeats"}
 
 
-async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnapshot, detected: bool, at: Any) -> None:
-    """Update the incident from one incident event and store the alerts it carries (its row exists: ``handle``)."""
-    # Hosts and users accumulate, in the order first seen: a snapshot may list only the first of
-    # thousands of users, and its alerts name the rest.
-    hosts = list(dict.fromkeys([*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)]))
-    users = list(dict.fromkeys([*snapshot.users, *(a.user for a in snapshot.new_alerts if a.user)]))
-    await conn.execute(
+@dataclass(frozen=True)
+class SnapshotChange:
+    """One incident event's view of its incident, to apply to its row (which exists: ``handle``)."""
+
+    incident_id: str
+    snapshot: IncidentSnapshot
+    detected: bool  # the incident's first event, IncidentDetected
+    at: datetime
+
+
+async def apply_snapshots(conn: Conn, *, changes: Sequence[SnapshotChange]) -> None:
+    """Update each incident from its events, in their order, and store the alerts they carry: two pipelined
+    round trips for a run of incident events, however many."""
+    await conn.executemany(
         # A field a person edited keeps their value: the detector's later view is only offered to them.
         """UPDATE reporter_incidents
            SET title = CASE WHEN 'title' = ANY(edited) THEN title ELSE $2 END,
@@ -165,7 +173,26 @@ async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnap
                rules = ARRAY(SELECT DISTINCT unnest(rules || $14::text[])),
                updated_at = now()
            WHERE id = $1""",
-        incident_id,
+        [_snapshot_row(change) for change in changes],
+    )
+    alerts = [(a, change.incident_id) for change in changes for a in change.snapshot.new_alerts]
+    if alerts:
+        await conn.executemany(
+            """INSERT INTO reporter_alerts (key, incident_id, body, time) VALUES ($1, $2, $3, $4)
+               ON CONFLICT DO NOTHING""",
+            # The tool's raw record stays with the analyzer's evidence timeline: the reporter shows summaries.
+            [(a.key, incident_id, a.model_dump(mode="json", exclude=RAW), a.time) for a, incident_id in alerts],
+        )
+
+
+def _snapshot_row(change: SnapshotChange) -> tuple[Any, ...]:
+    snapshot = change.snapshot
+    # Hosts and users accumulate, in the order first seen: a snapshot may list only the first of
+    # thousands of users, and its alerts name the rest.
+    hosts = list(dict.fromkeys([*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)]))
+    users = list(dict.fromkeys([*snapshot.users, *(a.user for a in snapshot.new_alerts if a.user)]))
+    return (
+        change.incident_id,
         snapshot.title,
         snapshot.type.value,
         snapshot.severity.value,
@@ -174,19 +201,12 @@ async def apply_snapshot(conn: Conn, *, incident_id: str, snapshot: IncidentSnap
         users,
         snapshot.classification_reason,
         snapshot.severity_reason,
-        detected,
-        at,
+        change.detected,
+        change.at,
         snapshot.first_seen,
         sorted({a.source for a in snapshot.new_alerts}),
         sorted({a.rule for a in snapshot.new_alerts if a.rule}),
     )
-    if snapshot.new_alerts:
-        await conn.executemany(
-            """INSERT INTO reporter_alerts (key, incident_id, body, time) VALUES ($1, $2, $3, $4)
-               ON CONFLICT DO NOTHING""",
-            # The tool's raw record stays with the analyzer's evidence timeline: the reporter shows summaries.
-            [(a.key, incident_id, a.model_dump(mode="json", exclude=RAW), a.time) for a in snapshot.new_alerts],
-        )
 
 
 async def apply_alert_changes(conn: Conn, *, incident_id: str, change: AlertsChange) -> None:
@@ -233,15 +253,20 @@ async def apply_edits(conn: Conn, *, incident_id: str, changes: dict[str, str]) 
 
 async def set_fields(conn: Conn, *, incident_id: str, **fields: Any) -> None:
     """Set some columns of an incident, creating its row if no event of it came before."""
+    await set_fields_of(conn, list(fields), [(incident_id, *fields.values())])
+
+
+async def set_fields_of(conn: Conn, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+    """Set the same columns of several incidents, in order, in one pipelined round trip; each row is the
+    incident's id then the columns' values. A row is made for an incident no event of which came before."""
     # Column names come from the handlers' keyword arguments, never from input.
-    columns = ", ".join(fields)
-    placeholders = ", ".join(f"${i}" for i in range(2, len(fields) + 2))
-    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in fields)
-    await conn.execute(
-        f"""INSERT INTO reporter_incidents (id, {columns}) VALUES ($1, {placeholders})
+    names = ", ".join(columns)
+    placeholders = ", ".join(f"${i}" for i in range(2, len(columns) + 2))
+    updates = ", ".join(f"{name} = EXCLUDED.{name}" for name in columns)
+    await conn.executemany(
+        f"""INSERT INTO reporter_incidents (id, {names}) VALUES ($1, {placeholders})
             ON CONFLICT (id) DO UPDATE SET {updates}, updated_at = now()""",
-        incident_id,
-        *fields.values(),
+        rows,
     )
 
 

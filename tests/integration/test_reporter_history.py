@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 
+from services.detector.domain import summarise
 from services.reporter import handlers as reporter
 from services.reporter import repository
 from services.reporter.queries import IncidentFilter
@@ -18,9 +20,13 @@ from shared.consumer import HandlerContext, Inbound
 from shared.db import create_pool, migrate, migration_files
 from shared.events import (
     EventBase,
+    FieldChange,
     IncidentDetected,
+    IncidentEdited,
+    IncidentEdits,
     IncidentState,
     IncidentStateChanged,
+    IncidentUpdated,
     OpenedTask,
     ResponseStepChanged,
     StateChange,
@@ -34,7 +40,7 @@ from shared.events import (
 )
 from shared.settings import VigilSettings
 from shared.topics import COORDINATION, INCIDENTS, RESPONSES, TopicNames
-from tests.factories import T0, snapshot
+from tests.factories import T0, alert, snapshot
 from tests.helpers import consume_loop, empty_database, eventually, produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -274,3 +280,41 @@ async def test_post_mortem_tasks_not_done_are_the_open_follow_ups_whatever_the_o
     assert [t["title"] for t in open_ones] == ["task 1"]
     assert open_ones[0]["owner"] == "alice" and open_ones[0]["due_at"] == T0 + timedelta(days=5)
     assert states == {1: "open", 2: "done", 3: "cancelled", 4: "open"}
+
+
+async def test_runs_of_incident_events_apply_in_order_around_what_interrupts_them(pool: asyncpg.Pool) -> None:
+    """Consecutive incident events are applied as one run: the result is that of applying them one by one."""
+    first, second = summarise(alert(host="web-1")), summarise(alert(host="web-2", minutes=1))
+
+    def event(kind: type[IncidentDetected] | type[IncidentUpdated], subject: str, minutes: int, **data: Any) -> Any:
+        return kind(
+            source="/vigil/detector", subject=subject, time=T0 + timedelta(minutes=minutes), data=snapshot(**data)
+        )
+
+    edited = IncidentEdited(
+        source="/vigil/coordinator",
+        subject="inc-a",
+        time=T0 + timedelta(minutes=3),
+        data=IncidentEdits(
+            actor="alice", reason="clearer", changes={"title": FieldChange(before="a2", after="by hand")}
+        ),
+    )
+    batch = [
+        event(IncidentDetected, "inc-a", 0, title="a1", hosts=["web-1"], new_alerts=[first]),
+        event(IncidentDetected, "inc-b", 1, title="b1", hosts=["db-1"]),
+        event(IncidentUpdated, "inc-a", 2, title="a2", hosts=["web-2"], alert_count=2, new_alerts=[second]),
+        edited,  # ends the run: applied after what came before it and before what follows
+        event(IncidentUpdated, "inc-a", 4, title="a3", hosts=["web-2"], alert_count=2),
+        event(IncidentUpdated, "inc-b", 5, title="b2", hosts=["db-2"], alert_count=3),
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=TopicNames(""))
+        await reporter.handle(ctx, [Inbound(event_id=e.id, item=e, record=None) for e in batch])
+        rows = {r["id"]: r for r in await conn.fetch("SELECT * FROM reporter_incidents")}
+        alerts = await conn.fetch("SELECT key, incident_id FROM reporter_alerts ORDER BY time")
+    a, b = rows["inc-a"], rows["inc-b"]
+    assert a["title"] == "by hand" and a["hosts"] == ["web-1", "web-2"] and a["alert_count"] == 2
+    assert a["detected_at"] == T0
+    assert b["title"] == "b2" and b["hosts"] == ["db-1", "db-2"] and b["alert_count"] == 3
+    assert b["detected_at"] == T0 + timedelta(minutes=1)
+    assert [(r["key"], r["incident_id"]) for r in alerts] == [(first.key, "inc-a"), (second.key, "inc-a")]
