@@ -23,7 +23,7 @@ from services.responder.blocklist import IpNetwork
 from services.responder.connectors import Connector, ConnectorError, StepCall, Validating
 from services.responder.playbook import IncidentFacts, PlannedStep
 from shared import timers
-from shared.consumer import HandlerContext, dispatch_each
+from shared.consumer import HandlerContext, Inbound, dispatch_each
 from shared.effects import Effect
 from shared.effects import repository as effects
 from shared.effects.domain import bound_result
@@ -65,6 +65,8 @@ LEASE_EXPIRY = "lease_expiry"
 WATCH_END = "containment_watch_end"
 UNDO_SUFFIX = ":undo"
 VALIDATE_SUFFIX = ":validate"
+# HandlerContext.read: the batch's incidents with new alerts that are under watch (a hint: ``watching`` decides).
+WATCHED = "responder.watched"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,14 @@ class _TimerCause:
 Cause = EventBase | _TimerCause
 
 
+async def _is_watched(ctx: HandlerContext, incident_id: str) -> bool:
+    """Whether the incident is under watch, as the batch's one look found (``Responder.handle``), else asked."""
+    watched: set[str] | None = ctx.read.get(WATCHED)
+    if watched is None:
+        return await repository.is_watched(ctx.conn, incident_id)
+    return incident_id in watched
+
+
 class StepAnswerRefused(ValueError):
     """An approval or denial that does not apply; the reason goes back to the person."""
 
@@ -99,7 +109,7 @@ class Responder:
     def __init__(self, playbooks: Sequence[domain.Playbook], execution: Execution) -> None:
         self.playbooks = playbooks
         self.execution = execution
-        self.handle = dispatch_each(
+        self._handle_each = dispatch_each(
             {
                 IncidentAnalyzed: self.plan,
                 ApproveStep: self.answer,
@@ -114,6 +124,17 @@ class Responder:
             LEASE_EXPIRY: self.on_lease_expiry,
             WATCH_END: self.on_watch_end,
         }
+
+    async def handle(self, ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
+        # Most incidents are under no watch: which of those with new alerts in the batch are, in one look.
+        alerted = {
+            i.item.subject
+            for i in batch
+            if isinstance(i.item, IncidentDetected | IncidentUpdated) and i.item.data.new_alerts
+        }
+        if alerted:
+            ctx.read[WATCHED] = await repository.watched_among(ctx.conn, alerted)
+        await self._handle_each(ctx, batch)
 
     # ---- planning --------------------------------------------------------------------------
 
@@ -196,21 +217,25 @@ class Responder:
         targets = _targets_per_step(planned.values())
         kept = {sid: step.position for sid, step in planned.items() if sid in existing}
         await repository.keep_in_plan(ctx.conn, kept, plan_id=plan_id)
+        # The new steps are stored at once, each with its first log entry, which says where it came from.
+        new: dict[str, repository.NewStep] = {}
+        for sid, step in planned.items():
+            if sid not in existing:
+                fresh = _step_row(event.subject, sid, plan_id, playbook, step)
+                planned_now = fresh["state"] == "planned"
+                why = f"planned by {playbook}" if planned_now else step.reason
+                new[sid] = repository.NewStep(fresh, reason=why, final=not planned_now)
+        inserted = await repository.insert_steps(ctx.conn, list(new.values()), actor="planner")
+        stored = dict(zip(new, inserted, strict=True))
         for sid, step in planned.items():
             old = existing.get(sid)
             if old is not None:
                 if old["state"] in steps.NOT_STARTED:
                     await self._apply_policy(ctx, event, dict(old), facts, targets[step.step], "revised plan")
                 continue
-            fresh = _step_row(event.subject, sid, plan_id, playbook, step)
-            planned_now = fresh["state"] == "planned"
-            why = f"planned by {playbook}" if planned_now else step.reason
-            # Stored with its first log entry, which says where the step came from.
-            row = dict(
-                await repository.insert_step(ctx.conn, fresh, actor="planner", reason=why, final=not planned_now)
-            )
-            self._announce(ctx, event, row, from_state=None, actor="planner", reason=why)
-            if planned_now:
+            row = dict(stored[sid])
+            self._announce(ctx, event, row, from_state=None, actor="planner", reason=new[sid].reason)
+            if not new[sid].final:
                 await self._apply_policy(ctx, event, row, facts, targets[step.step], "planned")
         reason = f"no longer in the plan ({playbook} at {facts.analysis.severity.value})"
         for sid, old in existing.items():
@@ -917,6 +942,8 @@ class Responder:
             entities=[e.model_dump() for e in entities],
             threshold=watch.threshold,
         )
+        if (watched := ctx.read.get(WATCHED)) is not None:
+            watched.add(incident_id)  # the batch's later alerts of the incident are looked at
         await timers.schedule(ctx.conn, service=SERVICE, kind=WATCH_END, subject=str(monitor_id), due_at=ends)
         log.info("incident %s: containment over; watching %d entities until %s", incident_id, len(entities), ends)
 
@@ -924,7 +951,7 @@ class Responder:
         """New alerts of an incident under watch: those naming a contained entity are evidence it did not hold."""
         # Most incidents are under no watch: one look, without the incident's lock, says so. An alert
         # committed before a watch starts is not evidence against it anyway.
-        if not event.data.new_alerts or not await repository.is_watched(ctx.conn, event.subject):
+        if not event.data.new_alerts or not await _is_watched(ctx, event.subject):
             return
         await repository.lock_incident(ctx.conn, event.subject)
         watched = await repository.watching(ctx.conn, event.subject)

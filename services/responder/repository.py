@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -58,30 +59,39 @@ async def steps_like(conn: Conn, prefix: str) -> list[asyncpg.Record]:
     )
 
 
-async def insert_step(conn: Conn, row: dict[str, Any], *, actor: str, reason: str, final: bool) -> asyncpg.Record:
-    """Store a new step in the state its row says, with its first log entry; return it as ``step`` reads it.
+@dataclass(frozen=True)
+class NewStep:
+    """A step to store: its row (``responder_steps``' columns, the same for every step) and its first log entry."""
 
-    One round trip: the step, why it is in that state (``final``: a state it ends in), and the log line.
+    row: Mapping[str, Any]
+    reason: str
+    final: bool  # the state it is stored in is one it ends in
+
+
+async def insert_steps(conn: Conn, new: Sequence[NewStep], *, actor: str) -> list[asyncpg.Record]:
+    """Store new steps, each in the state its row says with its first log entry; return them as ``step`` reads them.
+
+    One pipelined round trip for all: each step, why it is in that state, and the log line.
     """
-    columns = [*row, "reason"]
-    values = [*row.values(), reason]
-    placeholders = ", ".join(f"${n}" for n in range(1, len(values) + 1))
-    n = len(values)
-    stored = await conn.fetchrow(
-        f"""WITH s AS (
-                INSERT INTO responder_steps ({", ".join(columns)}, finished_at)
-                VALUES ({placeholders}, CASE WHEN ${n + 1} THEN now() END)
-                RETURNING {STEP_COLUMNS}),
-            logged AS (
-                INSERT INTO responder_step_log (step_id, incident_id, from_state, to_state, actor, reason)
-                SELECT id, incident_id, NULL, state, ${n + 2}, reason FROM s)
-            SELECT * FROM s""",
-        *values,
-        final,
-        actor,
-    )
-    assert stored is not None  # an INSERT … RETURNING returns its row
-    return stored
+    if not new:
+        return []
+    columns = [*new[0].row, "reason"]
+    n = len(columns)
+    placeholders = ", ".join(f"${i}" for i in range(1, n + 1))
+    query = f"""WITH s AS (
+            INSERT INTO responder_steps ({", ".join(columns)}, finished_at)
+            VALUES ({placeholders}, CASE WHEN ${n + 1} THEN now() END)
+            RETURNING {STEP_COLUMNS}),
+        logged AS (
+            INSERT INTO responder_step_log (step_id, incident_id, from_state, to_state, actor, reason)
+            SELECT id, incident_id, NULL, state, ${n + 2}, reason FROM s)
+        SELECT * FROM s"""
+    rows = []
+    for step in new:
+        if list(step.row) != columns[:-1]:
+            raise ValueError(f"step {step.row.get('id')}: its columns differ from the first step's")
+        rows.append((*step.row.values(), step.reason, step.final, actor))
+    return await conn.fetchmany(query, rows)
 
 
 async def keep_in_plan(conn: Conn, positions: Mapping[str, int], *, plan_id: str) -> None:
@@ -433,6 +443,15 @@ async def is_watched(conn: Conn, incident_id: str) -> bool:
             "SELECT true FROM responder_monitors WHERE incident_id = $1 AND state = 'watching' LIMIT 1", incident_id
         )
     )
+
+
+async def watched_among(conn: Conn, incident_ids: Iterable[str]) -> set[str]:
+    """Which of these incidents have a watch in progress (unlocked: a hint, ``watching`` is the answer)."""
+    rows = await conn.fetch(
+        "SELECT incident_id FROM responder_monitors WHERE incident_id = ANY($1::text[]) AND state = 'watching'",
+        list(incident_ids),
+    )
+    return {row["incident_id"] for row in rows}
 
 
 async def watching(conn: Conn, incident_id: str) -> asyncpg.Record | None:
