@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -71,6 +71,27 @@ async def schedule(
         subject,
         due_at,
         payload or {},
+    )
+
+
+async def schedule_many(conn: Conn, *, service: str, kind: str, due: Mapping[str, datetime]) -> None:
+    """Set (or move) the one pending timer of this kind for each subject, to its time, in one round trip."""
+    if not due:
+        return
+    # As in schedule: the count makes the insert wait for the cancelling update.
+    await conn.execute(
+        """WITH wanted AS (SELECT * FROM unnest($3::text[], $4::timestamptz[]) AS w(subject, due_at)),
+           cancelled AS (
+               UPDATE timers t SET cancelled_at = now() FROM wanted w
+               WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject
+                 AND t.fired_at IS NULL AND t.cancelled_at IS NULL
+               RETURNING 1)
+           INSERT INTO timers (service, kind, subject, due_at)
+           SELECT $1, $2, w.subject, w.due_at FROM wanted w, (SELECT count(*) FROM cancelled) AS moved""",
+        service,
+        kind,
+        list(due),
+        list(due.values()),
     )
 
 

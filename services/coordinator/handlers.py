@@ -321,10 +321,18 @@ class Coordinator:
 
     async def record_steps(self, ctx: HandlerContext, events: Sequence[ResponseStepChanged]) -> None:
         """Each step of a runbook phase as it stands (the lifecycle's guards and the overdue timers read
-        them), for a run of step changes in one pipelined round trip, in their order."""
+        them), for a run of step changes in one pipelined round trip, in their order; and, in one more, the
+        timer of each such step not done yet that has a due time: its owner is told when it is overdue (the
+        timer finds it done by then, or not)."""
         phased = [e for e in events if e.data.phase is not None]
         if not phased:
             return
+        due = {  # a step's latest change in the run sets its timer
+            f"{e.subject}|{e.data.step_id}": e.data.due_at
+            for e in phased
+            if e.data.due_at is not None and e.data.state not in lifecycle.STEP_DONE | lifecycle.STEP_BAD
+        }
+        await timers.schedule_many(ctx.conn, service=SERVICE, kind=STEP_DUE, due=due)
         await ctx.conn.executemany(
             """INSERT INTO coordinator_response_steps (incident_id, step_id, phase, state, required, name, owner)
                VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -348,18 +356,8 @@ class Coordinator:
     async def on_step_changed(self, ctx: HandlerContext, event: ResponseStepChanged) -> None:
         """A response step failed and its playbook says escalate: page the commander again, saying which.
 
-        Its state is recorded already (``record_steps``)."""
+        Its state and its due timer are recorded already (``record_steps``)."""
         step = event.data
-        pending = step.state not in lifecycle.STEP_DONE | lifecycle.STEP_BAD
-        if step.phase is not None and step.due_at is not None and pending:
-            # Its owner is told when it is overdue (the timer finds it done by then, or not).
-            await timers.schedule(
-                ctx.conn,
-                service=SERVICE,
-                kind=STEP_DUE,
-                subject=f"{event.subject}|{step.step_id}",
-                due_at=step.due_at,
-            )
         if step.connector == "notify" and step.state == "succeeded":
             await self._relay_message(ctx, event.subject, step)
             return

@@ -24,7 +24,7 @@ from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay, list_parked, write_events
 from shared.service import DatabaseProbe, Runtime, build_app
 from shared.settings import VigilSettings
-from shared.timers import Timer, TimerPoller, schedule
+from shared.timers import Timer, TimerPoller, schedule, schedule_many
 from shared.topics import ANALYSES, EVENTS_DLQ, INCIDENTS, TopicNames
 from tests.factories import snapshot
 from tests.helpers import committed, consume_loop, eventually, produce, read_all
@@ -469,3 +469,24 @@ async def test_each_ledger_is_kept_as_long_as_its_topics_keep_events(pool: async
     await housekeeping.prune(pool, service="detector")
     # Commands stay on their topic for 30 days: the coordinator still remembers its 20-day-old id.
     assert [r["event_id"] for r in await pool.fetch("SELECT event_id FROM processed_events")] == ["command"]
+
+
+async def test_timers_scheduled_many_at_once_move_those_pending_and_set_the_others(pool: asyncpg.Pool) -> None:
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    async with pool.acquire() as conn, conn.transaction():
+        await schedule(conn, service="svc", kind="due", subject="a", due_at=soon)
+        await schedule(conn, service="svc", kind="other", subject="b", due_at=soon)  # another kind: left alone
+        await schedule_many(
+            conn, service="svc", kind="due", due={"a": soon + timedelta(hours=1), "b": soon + timedelta(hours=2)}
+        )
+        await schedule_many(conn, service="svc", kind="due", due={})
+    rows = await pool.fetch(
+        """SELECT kind, subject, due_at FROM timers
+           WHERE service = 'svc' AND fired_at IS NULL AND cancelled_at IS NULL ORDER BY kind, subject"""
+    )
+    assert [(r["kind"], r["subject"], r["due_at"]) for r in rows] == [
+        ("due", "a", soon + timedelta(hours=1)),
+        ("due", "b", soon + timedelta(hours=2)),
+        ("other", "b", soon),
+    ]
+    assert await pool.fetchval("SELECT count(*) FROM timers WHERE kind = 'due' AND cancelled_at IS NOT NULL") == 1
