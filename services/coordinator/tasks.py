@@ -385,9 +385,9 @@ def _task(row: asyncpg.Record) -> Task:
 
 
 async def _schedule_due(conn: Conn, tasks: Sequence[Task]) -> None:
-    for task in tasks:
-        if task.due_at is not None:
-            await timers.schedule(conn, service=SERVICE, kind=TASK_DUE, subject=str(task.id), due_at=task.due_at)
+    """The due timer of each task that has a due time, in one statement."""
+    due = {str(task.id): task.due_at for task in tasks if task.due_at is not None}
+    await timers.schedule_many(conn, service=SERVICE, kind=TASK_DUE, due=due)
 
 
 async def create_tasks(
