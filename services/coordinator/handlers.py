@@ -78,6 +78,9 @@ SERVICE = "coordinator"
 ACK_DEADLINE = "ack-deadline"
 STATUS_UPDATE = "status-update"
 STEP_DUE = "response-step-due"
+# HandlerContext.read: the incidents of a run of updates, locked and read at once (``lock_updated``).
+UPDATED_ROWS = "coordinator.updated_rows"
+_UPDATED_COLUMNS = "state, severity, commander, escalation_step, edited_by, type, escalation -> 'analysis' AS analysis"
 ALERTS_IN_ESCALATION = 20
 
 
@@ -129,8 +132,9 @@ class Coordinator:
                 IncidentMerged: self.on_merged,
                 IncidentSplit: self.on_split,
             },
-            # Step changes are the commonest event by far: a run of them is recorded in one round trip.
-            runs={ResponseStepChanged: self.record_steps},
+            # Step changes are the commonest event by far: a run of them is recorded in one round trip; a
+            # run of incident updates has its incidents locked and read in one.
+            runs={ResponseStepChanged: self.record_steps, IncidentUpdated: self.lock_updated},
         )
         self.timer_handlers: dict[str, timers.TimerHandler] = {
             ACK_DEADLINE: self.on_ack_deadline,
@@ -201,13 +205,24 @@ class Coordinator:
         await self._set_ack_deadline(ctx, event.subject, snapshot.severity, step=1, incident_type=snapshot.type.value)
         log.info("incident %s escalated to %s", event.subject, commander, extra=event_ids(event))
 
+    async def lock_updated(self, ctx: HandlerContext, events: Sequence[IncidentUpdated]) -> None:
+        """Lock and read, in one statement, the incidents a run of updates may escalate (``on_updated``)."""
+        ids = sorted({e.subject for e in events if e.data.part == 1})  # one order for every replica's locks
+        rows = await ctx.conn.fetch(
+            f"""SELECT incident_id, {_UPDATED_COLUMNS} FROM coordinator_incidents
+                WHERE incident_id = ANY($1::text[]) ORDER BY incident_id FOR UPDATE""",
+            ids,
+        )
+        ctx.read[UPDATED_ROWS] = {row["incident_id"]: row for row in rows}
+
     async def on_updated(self, ctx: HandlerContext, event: IncidentUpdated) -> None:
         if event.data.part > 1:
             return  # the rest of a batch's alerts: its first part carried the same severity
-        row = await ctx.conn.fetchrow(
-            """SELECT state, severity, commander, escalation_step, edited_by, type, escalation -> 'analysis' AS analysis
-               FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE""",
-            event.subject,
+        # Read with its run (``lock_updated``) unless an update before it in the run read it: it may
+        # have raised the severity since.
+        locked: dict[str, asyncpg.Record] = ctx.read.get(UPDATED_ROWS, {})
+        row = locked.pop(event.subject, None) or await ctx.conn.fetchrow(
+            f"SELECT {_UPDATED_COLUMNS} FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", event.subject
         )
         if row is None:
             return

@@ -19,7 +19,7 @@ from services.coordinator.service import load_oncall
 from services.detector.handlers import Detector, decode
 from services.reporter import handlers as reporter
 from shared import cloudevents, housekeeping, timers
-from shared.consumer import HandlerContext, decode_cloudevent, write_context
+from shared.consumer import HandlerContext, Inbound, decode_cloudevent, write_context
 from shared.db import connect
 from shared.events import (
     MAX_ANALYSIS_INDICATORS,
@@ -363,6 +363,32 @@ async def test_a_state_from_a_newer_coordinator_is_left_alone_without_crashing(
     assert timer is not None and timer["fired_at"] and timer["attempts"] == 0 and timer["parked_at"] is None
     state = await pool.fetchval("SELECT state FROM coordinator_incidents WHERE incident_id = 'inc-1'")
     assert state == "monitoring"
+
+
+async def test_updates_of_one_incident_in_one_run_each_escalate_from_the_severity_the_one_before_left(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    coordinator = Coordinator(load_oncall())
+    await _handle(
+        pool, names, coordinator, IncidentDetected(source="/d", subject="inc-1", data=snapshot(severity=Severity.SEV3))
+    )
+    await _handle(
+        pool, names, coordinator, IncidentDetected(source="/d", subject="inc-2", data=snapshot(severity=Severity.SEV3))
+    )
+    before = len(await _outbox(pool))
+    run = [
+        IncidentUpdated(source="/d", subject=subject, data=snapshot(severity=severity))
+        for subject, severity in [("inc-1", Severity.SEV2), ("inc-2", Severity.SEV3), ("inc-1", Severity.SEV1)]
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service=SERVICE, names=names)
+        await coordinator.handle(ctx, [Inbound(event_id=e.id, item=e, record=None) for e in run])
+        await write_context(conn, ctx)
+    pages = [e for e in (await _outbox(pool))[before:] if isinstance(e, IncidentEscalated)]
+    assert [(e.subject, e.data.reason) for e in pages] == [
+        ("inc-1", "severity raised from SEV3 to SEV2"),
+        ("inc-1", "severity raised from SEV2 to SEV1"),
+    ]
 
 
 async def _handle(pool: asyncpg.Pool, names: TopicNames, coordinator: Coordinator, event: IncidentDetected) -> None:
