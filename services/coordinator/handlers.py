@@ -208,6 +208,9 @@ class Coordinator:
     async def lock_updated(self, ctx: HandlerContext, events: Sequence[IncidentUpdated]) -> None:
         """Lock and read, in one statement, the incidents a run of updates may escalate (``on_updated``)."""
         ids = sorted({e.subject for e in events if e.data.part == 1})  # one order for every replica's locks
+        if not ids:  # every update of the run is a later part of a batch: none is looked at
+            ctx.read[UPDATED_ROWS] = {}
+            return
         rows = await ctx.conn.fetch(
             f"""SELECT incident_id, {_UPDATED_COLUMNS} FROM coordinator_incidents
                 WHERE incident_id = ANY($1::text[]) ORDER BY incident_id FOR UPDATE""",
