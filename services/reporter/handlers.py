@@ -250,8 +250,8 @@ async def on_foreign(ctx: HandlerContext, event: HistoryEvent) -> None:
 
 Projection = Callable[[HandlerContext, Any], Awaitable[None]]
 RunProjection = Callable[[HandlerContext, Sequence[Any]], Awaitable[None]]
-# The commonest events: a run of consecutive ones of a kind is applied at once, in order, before what
-# follows it. Each is keyed by its kind, so that incident events detected and updated make one run.
+# The commonest events: a run of consecutive ones with the same projection is applied at once, in order,
+# before what follows it (incident events detected and updated make one run).
 RUN_PROJECTIONS: dict[type[Item], RunProjection] = {
     IncidentDetected: on_snapshots,
     IncidentUpdated: on_snapshots,
