@@ -15,7 +15,7 @@ from typing import Any
 
 from services.reporter import repository
 from services.reporter.measures import milestones_reached
-from services.reporter.timeline import HistoryEvent, render
+from services.reporter.timeline import HistoryEvent, ModelData, render
 from shared.consumer import HandlerContext, Inbound, decode_cloudevent
 from shared.errors import InvalidMessage, UnknownEventType
 from shared.events import (
@@ -105,9 +105,10 @@ def history_of(item: Item) -> HistoryEvent:
         source=item.source,
         subject=item.subject,
         time=item.time,
-        data=getattr(item, "data").model_dump(mode="json"),  # noqa: B009
+        data=ModelData(getattr(item, "data")),  # noqa: B009 - every concrete event has data
         correlationid=item.correlationid,
         causationid=item.causationid,
+        model=item,
     )
 
 

@@ -11,7 +11,7 @@ from services.reporter.aggregates import IncidentTimes
 from services.reporter.measures import MILESTONES
 from services.reporter.queries import AlertFilter, IncidentFilter, IncidentSort, Order, alert_query, incident_query
 from services.reporter.reports import FOLLOW_UP_PHASES, ComplianceData, ExportKind, IncidentBundle
-from services.reporter.timeline import HistoryEvent, on_timeline
+from services.reporter.timeline import HistoryEvent, ModelData, on_timeline
 from shared import audit
 from shared.db import Conn
 from shared.events import (
@@ -46,7 +46,7 @@ async def add_history(conn: Conn, *, events: Sequence[HistoryEvent], entries: Se
         [e.time for e in events],
         [e.correlationid for e in events],
         [e.causationid for e in events],
-        [dict(e.data) for e in events],
+        [e.data.json() if isinstance(e.data, ModelData) else dict(e.data) for e in events],
     )
     await conn.execute(
         """INSERT INTO reporter_timeline (event_id, incident_id, time, type, actor, summary)

@@ -8,18 +8,19 @@ new is ever missing from a timeline. A renderer for a new type is one entry in `
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared.events import (
     EVENT_ADAPTER,
     EVENT_TYPES,
     AlertsSuppressed,
     AlertsSuppressedResolved,
+    EventBase,
     IncidentDetected,
     IncidentUpdated,
 )
@@ -37,9 +38,42 @@ OFF_TIMELINE = frozenset(
 )
 
 
+class ModelData(Mapping[str, Any]):
+    """A decoded event's data as the JSON object it is kept as, made only if something reads it as one.
+
+    Kept history takes its JSON text (``json``) and a known type renders from the model, so most
+    events never need the Python dict.
+    """
+
+    def __init__(self, model: BaseModel) -> None:
+        self.model = model
+        self._dumped: dict[str, Any] | None = None
+
+    def json(self) -> bytes:
+        return self.model.model_dump_json().encode()
+
+    def _dict(self) -> dict[str, Any]:
+        if self._dumped is None:
+            self._dumped = self.model.model_dump(mode="json")
+        return self._dumped
+
+    def __getitem__(self, name: str) -> Any:
+        return self._dict()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+
 @dataclass(frozen=True)
 class HistoryEvent:
-    """One event as the reporter keeps it, known type or not."""
+    """One event as the reporter keeps it, known type or not.
+
+    ``model``: the event as decoded, when it came off a topic as a type this version knows; kept
+    history read back has none, and renders from its data.
+    """
 
     id: str
     type: str
@@ -49,6 +83,7 @@ class HistoryEvent:
     data: Mapping[str, Any] = field(default_factory=dict)
     correlationid: str | None = None
     causationid: str | None = None
+    model: EventBase | None = field(default=None, compare=False, repr=False)
 
     @property
     def service(self) -> str:
@@ -98,7 +133,14 @@ def generic(event: HistoryEvent) -> TimelineEntry:
 
 def typed(event: HistoryEvent) -> TimelineEntry:
     """A type this version knows: rendered from its model (``shared.timeline``)."""
-    model = EVENT_ADAPTER.validate_python(
+    return timeline_entry(model_of(event))
+
+
+def model_of(event: HistoryEvent) -> EventBase:
+    """The event's model: as decoded, else validated from its kept data."""
+    if event.model is not None:
+        return event.model
+    return EVENT_ADAPTER.validate_python(
         {
             "id": event.id,
             "type": event.type,
@@ -109,15 +151,14 @@ def typed(event: HistoryEvent) -> TimelineEntry:
         },
         extra="ignore",
     )
-    return timeline_entry(model)
 
 
 def snapshot(event: HistoryEvent) -> TimelineEntry:
     """An incident snapshot; one batch's alerts may come in several events: say which this is."""
-    entry = typed(event)
-    part, parts = event.data.get("part", 1), event.data.get("parts", 1)
-    if isinstance(parts, int) and parts > 1:
-        return TimelineEntry(entry.actor, f"{entry.summary} (part {part} of {parts})")
+    model = model_of(event)
+    entry = timeline_entry(model)
+    if isinstance(model, IncidentDetected | IncidentUpdated) and model.data.parts > 1:
+        return TimelineEntry(entry.actor, f"{entry.summary} (part {model.data.part} of {model.data.parts})")
     return entry
 
 
