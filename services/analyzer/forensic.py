@@ -333,10 +333,9 @@ def _in_texts(texts: Sequence[tuple[str, str]], noise: Noise, tools: set[str]) -
         if judged is None:
             continue
         wanted = value.lower()
-        # Whole values only: 10.0.0.1 is not in 10.0.0.10, evil.com not in notevil.com.
-        whole = None if kind == "url" else _whole(kind, wanted)
         for name, text in fields:
-            if wanted not in text or (whole is not None and not whole.search(text)):
+            # Whole values only: 10.0.0.1 is not in 10.0.0.10, evil.com not in notevil.com.
+            if wanted not in text or (kind != "url" and not stands_whole(kind, wanted, text)):
                 continue
             if kind in _HASHES and _BARE_HASH.fullmatch(text.strip()) and not _HASH_FIELD.search(_key_of(name)):
                 continue  # a bare hex value is an id (a sensor's, a detector's) unless its field says hash
@@ -345,12 +344,40 @@ def _in_texts(texts: Sequence[tuple[str, str]], noise: Noise, tools: set[str]) -
             yield Sighting(judged.kind, judged.value, name, judged.internal)
 
 
-@functools.lru_cache(maxsize=4096)
-def _whole(kind: Kind, value: str) -> re.Pattern[str]:
-    """The value standing alone: a hash amid other hex digits, or a name amid a longer name, is not it."""
-    if kind in _HASHES:
-        return re.compile(rf"(?<![0-9a-f]){value}(?![0-9a-f])")
-    return re.compile(rf"(?<![\w.@-]){re.escape(value)}(?![\w@-]|\.\w)")
+def stands_whole(kind: Kind, value: str, text: str) -> bool:
+    """Whether the value stands alone somewhere in the text: a hash amid other hex digits, or a name amid
+    a longer name (``10.0.0.1`` in ``10.0.0.10``, ``evil.com`` in ``notevil.com``), is not it.
+
+    A scan, not a pattern per value: every alert names values of its own, and compiling a pattern
+    for each cost more than the search.
+    """
+    is_hash = kind in _HASHES
+    start = text.find(value)
+    while start != -1:
+        end = start + len(value)
+        before = text[start - 1] if start else ""
+        after = text[end] if end < len(text) else ""
+        if is_hash:
+            alone = not _hex(before) and not _hex(after)
+        else:
+            # After a name, a dot starts a longer name only if a word character follows it.
+            longer = after == "." and end + 1 < len(text) and _word(text[end + 1])
+            alone = not (_word(before) or before in (".", "@", "-")) and not (
+                _word(after) or after in ("@", "-") or longer
+            )
+        if alone:
+            return True
+        start = text.find(value, start + 1)
+    return False
+
+
+def _hex(char: str) -> bool:
+    return char != "" and char in "0123456789abcdef"
+
+
+def _word(char: str) -> bool:
+    # What a pattern's \w matches in text: letters and digits of any script, and the underscore.
+    return char.isalnum() or char == "_"
 
 
 def _stands_alone(domain: str, text: str) -> bool:

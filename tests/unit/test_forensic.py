@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.analyzer import forensic
-from services.analyzer.forensic import Noise, Sighting
+from services.analyzer.forensic import Kind, Noise, Sighting
 from services.detector import domain as detector
 from services.detector.adapters import parse_record
 from shared.events import AlertSummary, Indicator, Observable
@@ -245,3 +248,46 @@ def test_a_value_is_sighted_only_where_it_stands_whole() -> None:
     assert _where(summary, "domain", "evil.com").keys() == {"raw.site"}
     hashes = {(k, v) for k, v in _found(summary) if k in ("md5", "sha1", "sha256")}
     assert hashes == {("sha256", "ab" * 16 + "cd" * 16)}  # not also an MD5 made of half of it
+
+
+# ---- a value standing alone ---------------------------------------------------------------------
+
+# What may stand just before or after a value: each character that decides whether it stands alone
+# (a word character of any script, a hex digit, the dot, @ and -), some that do not, and nothing.
+_EDGES = ["", " ", "/", ":", ".", "@", "-", "_", "a", "f", "x", "0", "é", "٣", ".a", ".é", ". ", "..", "-a"]
+_VALUES = ["10.0.0.1", "evil.com", "a@evil.com", "d41d8cd98f00b204e9800998ecf8427e", "a", "0"]
+
+
+def _pattern(kind: str, value: str) -> re.Pattern[str]:
+    """What ``stands_whole`` is meant to say, as a pattern."""
+    if kind in ("md5", "sha1", "sha256"):
+        return re.compile(rf"(?<![0-9a-f]){re.escape(value)}(?![0-9a-f])")
+    return re.compile(rf"(?<![\w.@-]){re.escape(value)}(?![\w@-]|\.\w)")
+
+
+@settings(max_examples=500)
+@given(
+    kind=st.sampled_from(["md5", "domain", "ipv4", "email"]),
+    value=st.sampled_from(_VALUES),
+    edges=st.lists(st.sampled_from(_EDGES), min_size=2, max_size=4),
+)
+def test_a_value_stands_whole_where_the_pattern_finds_it(kind: Kind, value: str, edges: list[str]) -> None:
+    # The value between each two edges: a first sighting inside a longer value must not hide a later one.
+    text = value.join(edges)
+    assert forensic.stands_whole(kind, value, text) == bool(_pattern(kind, value).search(text))
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "text", "whole"),
+    [
+        ("ipv4", "10.0.0.1", "from 10.0.0.10 to 10.0.0.1.", True),
+        ("ipv4", "10.0.0.1", "from 10.0.0.10", False),
+        ("domain", "evil.com", "notevil.com and evil.com/x", True),
+        ("domain", "evil.com", "notevil.com, evil.com.au", False),
+        ("email", "a@evil.com", "x-a@evil.com", False),
+        ("md5", "d41d8cd98f00b204e9800998ecf8427e", "0d41d8cd98f00b204e9800998ecf8427e", False),
+        ("md5", "d41d8cd98f00b204e9800998ecf8427e", "md5=d41d8cd98f00b204e9800998ecf8427e;", True),
+    ],
+)
+def test_a_value_stands_whole_only_apart_from_a_longer_one(kind: Kind, value: str, text: str, whole: bool) -> None:
+    assert forensic.stands_whole(kind, value, text) is whole
