@@ -150,5 +150,6 @@ def decide(policy: Policy, step: StepFacts) -> Decision:
         approvals=rule.approvals,
         roles=tuple(rule.roles),
         timeout_s=timeout_s,
-        on_timeout=rule.on_timeout,
+        # The playbook asks for a person: nobody answering is no approval, whatever the rule's default.
+        on_timeout="deny" if step.required_by_playbook else rule.on_timeout,
     )

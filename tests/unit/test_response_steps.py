@@ -61,6 +61,13 @@ def test_a_playbook_that_requires_approval_is_never_run_automatically() -> None:
     assert "needs 1 approval(s) from any operator" in decision.reason
 
 
+def test_a_step_the_playbook_requires_approval_for_is_denied_when_nobody_answers() -> None:
+    # SEV1 containment proceeds after five minutes unanswered, but not a step whose playbook requires a person.
+    decision = decide(SHIPPED, facts(severity=Severity.SEV1, required_by_playbook=True))
+    assert (decision.rule, decision.timeout_s, decision.on_timeout) == ("sev1-containment", 300, "deny")
+    assert "after 300s unanswered it will deny" in decision.reason
+
+
 def test_forbid_wins_over_the_playbook() -> None:
     policy = parse_policy("rules: [{name: never, when: {actions: [wipe]}, mode: forbid}, {name: rest, mode: auto}]")
     assert decide(policy, facts(action="wipe", required_by_playbook=True)).mode == "forbid"
