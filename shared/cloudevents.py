@@ -22,7 +22,8 @@ CONTENT_TYPE = b"application/json"
 _ENVELOPE = ("id", "source", "type", "time", "subject", "correlationid", "causationid")
 # A Vigil event type: a newer service may publish one this version does not know yet.
 _VIGIL_TYPE = re.compile(r"^vigil(\.[a-z0-9_]+)+\.v[0-9]+$")
-Headers = Sequence[tuple[str, bytes]]
+# A header may have no value: Kafka allows it, and aiokafka reads it as None.
+Headers = Sequence[tuple[str, bytes | None]]
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,22 @@ def encode(event: EventBase) -> KafkaRecord:
     return KafkaRecord(key=event.subject.encode(), value=data.model_dump_json().encode(), headers=headers)
 
 
+def attributes_of(headers: Headers) -> dict[str, str]:
+    """The record's CloudEvents attributes (its ``ce_`` headers); a header without a value is as if absent."""
+    return {
+        name[3:]: raw.decode("utf-8", errors="replace")
+        for name, raw in headers
+        if name.startswith("ce_") and raw is not None
+    }
+
+
 def decode(value: bytes | None, headers: Headers) -> Event:
     """Decode a binary-mode CloudEvent Kafka record into its event, or raise InvalidMessage.
 
     Fields this version does not know are ignored (a newer producer may add optional ones); a
     Vigil event type it does not know raises UnknownEventType, which consumers skip.
     """
-    attributes: dict[str, Any] = {}
-    for name, raw in headers:
-        if name.startswith("ce_"):
-            attributes[name[3:]] = raw.decode("utf-8", errors="replace")
+    attributes: dict[str, Any] = attributes_of(headers)
     if attributes.get("specversion") != "1.0":
         raise InvalidMessage("not a CloudEvents 1.0 binary-mode record (ce_specversion missing or not 1.0)")
     event_type = attributes.get("type")

@@ -385,6 +385,13 @@ class ConsumeLoop(Generic[T]):
                 except InvalidMessage as exc:
                     invalid.append((record, exc))
                     arrival.append(None)
+                except Exception as exc:
+                    # Decoding is pure: what fails on one record would fail again on every retry and stop
+                    # the partition. Dead-lettered with the failure, and logged whole for whoever fixes it.
+                    log.exception("%s: a record of %s could not be decoded", self.service, record.topic)
+                    failure = InvalidMessage(f"could not be decoded: {type(exc).__name__}: {exc}", code="undecodable")
+                    invalid.append((record, failure))
+                    arrival.append(None)
                 else:
                     valid.append(Inbound(event_id, item, record))
                     arrival.append(valid[-1])

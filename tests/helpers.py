@@ -53,7 +53,9 @@ async def empty_database(admin_url: str) -> AsyncIterator[str]:
 
 
 async def produce(
-    settings: VigilSettings, topic: str, records: Sequence[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]
+    settings: VigilSettings,
+    topic: str,
+    records: Sequence[tuple[bytes | None, bytes, Sequence[tuple[str, bytes | None]]]],
 ) -> None:
     producer = make_producer(settings, client_id="test-producer")
     await producer.start()

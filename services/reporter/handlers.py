@@ -16,6 +16,7 @@ from typing import Any
 from services.reporter import repository
 from services.reporter.measures import milestones_reached
 from services.reporter.timeline import HistoryEvent, ModelData, render
+from shared import cloudevents
 from shared.consumer import HandlerContext, Inbound, decode_cloudevent
 from shared.errors import InvalidMessage, UnknownEventType
 from shared.events import (
@@ -60,10 +61,10 @@ def decode(record: Any) -> tuple[str, Item]:
 
 
 def foreign_event(
-    value: bytes | None, headers: Sequence[tuple[str, bytes]], *, received: datetime | None = None
+    value: bytes | None, headers: cloudevents.Headers, *, received: datetime | None = None
 ) -> HistoryEvent:
     """The envelope and JSON object of an event of an unknown type, or InvalidMessage saying what is wrong."""
-    attributes = {name[3:]: raw.decode("utf-8", errors="replace") for name, raw in headers if name.startswith("ce_")}
+    attributes = cloudevents.attributes_of(headers)
     event_type = attributes.get("type", "")
     missing = [name for name in _REQUIRED if not attributes.get(name)]
     if missing:

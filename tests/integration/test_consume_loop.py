@@ -98,6 +98,37 @@ async def test_invalid_input_is_dead_lettered_and_does_not_block_the_partition(
     assert await pool.fetchval("SELECT subject FROM handled") == "inc-after"
 
 
+async def test_a_record_the_decoder_fails_on_is_dead_lettered_with_the_failure_not_retried_for_ever(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await make_handled_table(pool)
+    topic = names(INCIDENTS)
+    # A header without a value, as Kafka allows, on a record a decoder's defect fails on.
+    odd = (b"inc-x", b"odd", [("ce_specversion", b"1.0"), ("ce_note", None)])
+    good = detected("inc-after")
+    await produce(settings, topic, [odd, record_of(good)])
+
+    def decoder(record: Any) -> tuple[str, Event]:
+        if record.value == b"odd":
+            raise AttributeError("'NoneType' object has no attribute 'decode'")
+        return decode_cloudevent(record)
+
+    handler = dispatch_each({IncidentDetected: record_effect})
+    async with consume_loop(settings, pool, service="t9", topics=[topic], decoder=decoder, handler=handler):
+        await eventually(lambda: count(pool, "SELECT count(*) FROM handled"))
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t9"), topic), 2))
+
+    dead = await read_all(settings, names(EVENTS_DLQ), expect=1)
+    headers = dict(dead[0].headers)
+    assert (
+        headers["vigil_dlq_reason"]
+        == b"could not be decoded: AttributeError: 'NoneType' object has no attribute 'decode'"
+    )
+    assert headers["vigil_dlq_code"] == b"undecodable"
+    assert ("ce_note", None) in dead[0].headers  # original headers kept, the empty one too
+    assert await pool.fetchval("SELECT subject FROM handled") == "inc-after"
+
+
 async def test_handler_rejection_dead_letters_only_that_event(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:

@@ -95,9 +95,21 @@ def test_every_event_type_is_in_the_union() -> None:
         ),
     ],
 )
-def test_decode_rejects_bad_records_with_a_reason(value: bytes, headers: list[tuple[str, bytes]], reason: str) -> None:
+def test_decode_rejects_bad_records_with_a_reason(
+    value: bytes, headers: list[tuple[str, bytes | None]], reason: str
+) -> None:
     with pytest.raises(InvalidMessage, match=reason):
         cloudevents.decode(value, headers)
+
+
+def test_a_header_without_a_value_is_as_if_absent() -> None:
+    # Kafka allows a header with no value, and aiokafka reads it as None: never a crash of every consumer.
+    event = detected()
+    record = cloudevents.encode(event)
+    assert cloudevents.decode(record.value, [*record.headers, ("ce_traceparent", None)]) == event
+    without_version = [(name, None if name == "ce_specversion" else raw) for name, raw in record.headers]
+    with pytest.raises(InvalidMessage, match=r"not a CloudEvents 1\.0"):
+        cloudevents.decode(record.value, without_version)
 
 
 def test_an_unknown_vigil_event_type_is_told_apart_from_garbage() -> None:
