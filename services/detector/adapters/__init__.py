@@ -10,6 +10,7 @@ the corpus to keep it so); one that matches none is rejected with the formats th
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import orjson
@@ -53,10 +54,15 @@ ADAPTERS: tuple[Adapter, ...] = (
 )
 FORMATS: dict[str, Adapter] = {adapter.name: adapter for adapter in ADAPTERS}
 
+log = logging.getLogger(__name__)
+
 NATIVE = FORMATS["native"]
 
 # The raw topic's records and the HTTP ingest's bodies are bounded: a bigger one is a mistake.
 MAX_RECORD_BYTES = 1024 * 1024
+# No tool nests a record this deep; an alert's record is serialised again as evidence, and a JSON
+# writer stops at some depth (orjson and pydantic at 255): a deeper one would be stored by nobody.
+MAX_DEPTH = 64
 FORMAT_HEADER = "vigil_format"
 
 
@@ -111,7 +117,34 @@ def parse_record(value: bytes | None, *, format_name: str | None = None) -> Pars
             raise Rejected(f"record is not JSON: {exc}", code="not_json") from exc
         except RecursionError as exc:  # orjson refused it for its depth too: refused, not a crash of the detector
             raise Rejected("record is not JSON Vigil reads: nested too deeply", code="not_json") from exc
-    return parse_payload(payload, format_name=format_name)
+    # Counting brackets is nearly free; only a record with that many is walked.
+    if value.count(b"{") + value.count(b"[") > MAX_DEPTH and depth_over(payload, MAX_DEPTH):
+        raise Rejected(f"record is nested more than {MAX_DEPTH} levels deep", code="too_deep")
+    try:
+        return parse_payload(payload, format_name=format_name)
+    except Rejected:
+        raise
+    except Exception as exc:
+        # An adapter's defect on one record: refused with what went wrong, never a crash of the detector
+        # or of the ingest, and logged whole for whoever fixes the adapter.
+        log.exception("an adapter failed on a record (format %s)", format_name or "detected from its shape")
+        raise Rejected(
+            f"the record could not be read: {type(exc).__name__}: {str(exc)[:200]}", code="adapter_error"
+        ) from exc
+
+
+def depth_over(payload: Any, limit: int) -> bool:
+    """Whether the JSON value nests objects and arrays more than ``limit`` levels deep."""
+    pending: list[tuple[Any, int]] = [(payload, 1)]
+    while pending:
+        value, depth = pending.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 __all__ = [

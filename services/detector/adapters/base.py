@@ -143,7 +143,8 @@ def parse_time(value: Any, *, field_name: str = "time", now: datetime | None = N
     elif isinstance(value, bool):
         parsed = None
     elif isinstance(value, int | float):
-        parsed = _from_epoch(float(value))
+        # An integer beyond a float's range is no time (JSON allows any number of digits).
+        parsed = _from_epoch(float(value)) if not isinstance(value, int) or abs(value) < 10**300 else None
     if parsed is None:
         raise Rejected(f"{field_name} {value!r} is not a timestamp", code="bad_timestamp")
     now = now or datetime.now(UTC)

@@ -9,13 +9,15 @@ written around (``EXAMPLES``); what is particular to one format stays in its mod
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.detector.adapters import ADAPTERS, FORMATS, Adapter
+from services.detector.adapters import ADAPTERS, FORMATS, MAX_DEPTH, Adapter, Rejected, parse_record
+from services.detector.repository import alert_json
 from tests.unit.adapters import (
     test_alertmanager,
     test_crowdstrike,
@@ -126,3 +128,53 @@ def test_damaged_examples_are_read_or_refused(adapter: Adapter, data: st.DataObj
 @given(data=st.data())
 def test_damaged_corpus_records_are_read_or_refused(adapter: Adapter, data: st.DataObject) -> None:
     parses_or_refuses(adapter, data.draw(mutated(samples(adapter.name))))
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("adapter", EVERY_ADAPTER)
+def test_a_record_nested_deeper_than_any_tool_writes_is_refused_and_one_within_is_stored(adapter: Adapter) -> None:
+    # Its record is written again as the alert's evidence, and JSON writers stop at some depth: a record
+    # taken but never storable would stop the detector at every start.
+    example = {**EXAMPLES[adapter.name][0], "deep": _nested(MAX_DEPTH + 1)}
+    with pytest.raises(Rejected) as refused:
+        parse_record(json.dumps(example).encode(), format_name=adapter.name)
+    assert refused.value.code == "too_deep"
+    if adapter.name == "user_report":
+        return  # a report has no free-form part to nest anything in: any other key is refused
+    example = EXAMPLES[adapter.name][0]
+    # A native alert keeps its free-form record under raw, a level below the top.
+    within = (
+        {**example, "raw": {"deep": _nested(MAX_DEPTH - 2)}}
+        if adapter.name == "native"
+        else {**example, "deep": _nested(MAX_DEPTH - 1)}
+    )
+    alerts = parse_record(json.dumps(within).encode(), format_name=adapter.name).alerts
+    for alert in alerts:
+        assert json.loads(alert_json(alert))["id"] == alert.id
+
+
+def test_a_time_beyond_any_number_a_float_holds_is_refused_not_a_crash() -> None:
+    message = test_alertmanager.EXAMPLES[0]
+    record = {**message, "alerts": [{**message["alerts"][0], "startsAt": 10**400}]}
+    with pytest.raises(Rejected) as refused:
+        parse_record(json.dumps(record).encode(), format_name="alertmanager")
+    assert refused.value.code == "bad_timestamp"
+
+
+def test_a_defect_of_an_adapter_is_a_refusal_saying_what_went_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(payload: Any) -> Any:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(FORMATS["falco"], "parse", broken)
+    with pytest.raises(Rejected) as refused:
+        parse_record(json.dumps(test_falco.DOCUMENTED).encode(), format_name="falco")
+    assert (refused.value.code, refused.value.reason) == (
+        "adapter_error",
+        "the record could not be read: ZeroDivisionError: division by zero",
+    )
