@@ -24,20 +24,33 @@ _INTERNAL = tuple(
 )
 
 
-def is_external(value: str) -> bool:
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def unmapped(address: Address) -> Address:
+    """An IPv4 address written as IPv6 (``::ffff:10.0.0.5``, as dual-stack listeners log it) as itself."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _address(value: str) -> Address | None:
     try:
-        address = ipaddress.ip_address(value)
+        return unmapped(ipaddress.ip_address(value))
     except ValueError:
-        return False
-    if address.is_multicast or address.is_unspecified:
+        return None
+
+
+def is_external(value: str) -> bool:
+    address = _address(value)
+    if address is None or address.is_multicast or address.is_unspecified:
         return False
     return not any(address.version == n.version and address in n for n in _INTERNAL)
 
 
 def is_internal(value: str) -> bool:
     """An address inside the organisation's networks (not a name, not multicast or unspecified)."""
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
+    address = _address(value)
+    if address is None or address.is_multicast or address.is_unspecified:
         return False
-    return not (address.is_multicast or address.is_unspecified) and not is_external(value)
+    return not is_external(value)

@@ -25,6 +25,7 @@ from ioc_finder import find_iocs
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.addresses import is_internal as is_internal_address
+from shared.addresses import unmapped
 from shared.alerts import leaves
 from shared.events import AlertSummary, Indicator, Observable
 from shared.yamlfile import validate_yaml
@@ -264,7 +265,7 @@ def sightings(alert: AlertSummary, noise: Noise) -> Iterator[Sighting]:
     # The link to the alert in its tool names the tool: its host is noise for this alert.
     tools = {host} if alert.url and (host := _host_of(alert.url)) else set()
     for name, address in (("src_ip", alert.src_ip), ("dst_ip", alert.dst_ip)):
-        if address is not None and not noise.drops_address(address):
+        if address is not None and not noise.drops_address(address := unmapped(address)):
             yield Sighting("ipv4" if address.version == 4 else "ipv6", str(address), name, _internal(address))
     if alert.user:
         yield from _observable("user", alert.user, "user")

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shared.addresses import unmapped
 from shared.db import Conn
 from shared.yamlfile import validate_yaml
 
@@ -117,13 +118,14 @@ def refang(text: str) -> str:
 
 
 def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """An address, also written with a port (``1.2.3.4:443``, ``[2001:db8::1]:443``)."""
+    """An address, also written with a port (``1.2.3.4:443``, ``[2001:db8::1]:443``); an IPv4 address
+    written as IPv6 (``::ffff:1.2.3.4``) is the IPv4 one, as feeds name it."""
     try:
-        return ipaddress.ip_address(value)
+        return unmapped(ipaddress.ip_address(value))
     except ValueError:
         pass
     if value.startswith("[") and "]" in value:
-        return ipaddress.ip_address(value[1 : value.index("]")])
+        return unmapped(ipaddress.ip_address(value[1 : value.index("]")]))
     host, sep, port = value.rpartition(":")
     if sep and port.isdigit() and "." in host:
         return ipaddress.ip_address(host)

@@ -1,0 +1,49 @@
+"""Which addresses are inside, whichever way they are written."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.analyzer import forensic, intel
+from shared.addresses import is_external, is_internal
+from shared.alerts import AlertSeverity
+from shared.events import AlertSummary
+
+
+@pytest.mark.parametrize(
+    ("value", "external", "internal"),
+    [
+        ("10.0.0.5", False, True),
+        ("::ffff:10.0.0.5", False, True),  # an IPv4 address as a dual-stack listener logs it
+        ("::ffff:192.168.1.20", False, True),
+        ("203.0.113.7", True, False),
+        ("::ffff:203.0.113.7", True, False),
+        ("2001:db8::1", True, False),
+        ("fd00::1", False, True),
+        ("224.0.0.1", False, False),
+        ("::", False, False),
+        ("web-1", False, False),
+    ],
+)
+def test_an_address_is_inside_or_outside_whichever_way_it_is_written(
+    value: str, external: bool, internal: bool
+) -> None:
+    assert (is_external(value), is_internal(value)) == (external, internal)
+
+
+def test_an_ipv4_address_written_as_ipv6_is_sighted_and_looked_up_as_the_ipv4_one() -> None:
+    alert = AlertSummary(
+        key="falco:1",
+        source="falco",
+        title="ssh brute force",
+        severity=AlertSeverity.HIGH,
+        time=datetime(2026, 11, 24, 9, tzinfo=UTC),
+        src_ip="::ffff:10.0.0.5",  # type: ignore[arg-type]  # validated into an address
+        dst_ip="::ffff:203.0.113.7",  # type: ignore[arg-type]
+    )
+    found = {(s.field, s.kind, s.value, s.internal) for s in forensic.sightings(alert, forensic.Noise())}
+    assert found >= {("src_ip", "ipv4", "10.0.0.5", True), ("dst_ip", "ipv4", "203.0.113.7", False)}
+    # As feeds name it, so that a listed address is found whichever way an alert wrote it.
+    assert intel.indicator_key("ipv6", "::ffff:203.0.113.7") == ("ip", "203.0.113.7")
