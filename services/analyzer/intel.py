@@ -316,10 +316,11 @@ _CSV_KINDS: dict[str, Kind] = {
     "md5_hash": "md5",
     "sha1_hash": "sha1",
     "sha256_hash": "sha256",
-    "sha3_384_hash": "sha256",
     "hostname": "domain",
     **{kind: kind for kind in KINDS},
 }
+# abuse.ch's types of indicator Vigil keeps no kind for: their rows are passed over, not refused.
+_CSV_PASSED_OVER = frozenset({"sha3_384_hash", "imphash", "ssdeep", "tlsh"})
 
 
 def _csv_rows(text: str) -> Iterator[tuple[int, list[str]]]:
@@ -353,11 +354,12 @@ def parse_csv(text: str, *, columns: CsvColumns | None = None, defaults: FeedDef
             if last_comment is None:
                 raise IntelError(f"no header naming the value column {columns.value!r}", line=number)
             header = last_comment
-        entries.append(_csv_entry(dict(zip(header, row, strict=False)), columns, defaults, number))
+        if (entry := _csv_entry(dict(zip(header, row, strict=False)), columns, defaults, number)) is not None:
+            entries.append(entry)
     return entries
 
 
-def _csv_entry(cells: Mapping[str, str], columns: CsvColumns, defaults: FeedDefaults, number: int) -> Entry:
+def _csv_entry(cells: Mapping[str, str], columns: CsvColumns, defaults: FeedDefaults, number: int) -> Entry | None:
     def cell(name: str | None) -> str | None:
         if name is None:
             return None
@@ -374,6 +376,8 @@ def _csv_entry(cells: Mapping[str, str], columns: CsvColumns, defaults: FeedDefa
             kind = infer_kind(value)
         elif kind_name.lower() in _CSV_KINDS:
             kind = _CSV_KINDS[kind_name.lower()]
+        elif kind_name.lower() in _CSV_PASSED_OVER:
+            return None
         else:
             raise ValueError(f"unknown indicator type {kind_name!r}")
         kind, value = normalise(kind, value)

@@ -121,6 +121,16 @@ def test_a_threatfox_csv_with_its_commented_header() -> None:
     assert entries[1].last_seen == datetime(2024, 3, 2, tzinfo=UTC)
 
 
+def test_a_threatfox_row_of_a_type_vigil_keeps_no_kind_for_is_passed_over_not_the_whole_feed() -> None:
+    sha256_row = next(line for line in THREATFOX.splitlines() if '"sha256_hash"' in line)
+    sha3_row = sha256_row.replace('"sha256_hash"', '"sha3_384_hash"').replace(
+        "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855", "AB" * 48
+    )
+    assert parse_csv(f"{THREATFOX}\n{sha3_row}\n") == parse_csv(THREATFOX)
+    with pytest.raises(IntelError, match="unknown indicator type 'carrier_pigeon'"):
+        parse_csv(f"{THREATFOX}\n{sha3_row.replace('sha3_384_hash', 'carrier_pigeon')}\n")
+
+
 def test_a_csv_with_its_own_columns_and_a_plain_header() -> None:
     text = (
         "first_seen_utc,dst_ip,dst_port,c2_status,last_online,malware\n"
