@@ -228,9 +228,20 @@ class FeedRefresher:
             if known["last_modified"]:
                 headers["If-Modified-Since"] = known["last_modified"]
         limit = feed.max_mb * 1024 * 1024
-        # A GET may follow redirects (a feed moved to a mirror): nothing is sent but the request.
+        # A GET may follow redirects (a feed moved to a mirror), but the feed's secrets go to its own
+        # origin only: httpx drops Authorization on a redirect elsewhere, not the headers a feed names.
+        origin = _origin(httpx.URL(feed.url))
+        secrets = set(feed.headers_env)
+
+        async def keep_secrets_home(request: httpx.Request) -> None:
+            if _origin(request.url) != origin:
+                for name in secrets:
+                    request.headers.pop(name, None)
+
         async with (
-            httpx.AsyncClient(timeout=60.0, follow_redirects=True) as client,
+            httpx.AsyncClient(
+                timeout=60.0, follow_redirects=True, event_hooks={"request": [keep_secrets_home]}
+            ) as client,
             client.stream("GET", feed.url, headers=headers) as response,
         ):
             if response.status_code == 304:
@@ -309,3 +320,8 @@ def _text(content: bytes) -> str:
     except UnicodeDecodeError as exc:
         line = content.count(b"\n", 0, exc.start) + 1
         raise intel.IntelError("not UTF-8 text", line=line) from exc
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port: a move from https to http is another origin too."""
+    return url.scheme, url.host, url.port

@@ -180,6 +180,28 @@ async def test_a_url_feed_downloads_with_its_headers_and_only_when_changed(db: a
     assert await listed(db, "203.0.113.8") == {"203.0.113.8": []}
 
 
+async def test_a_feeds_secret_headers_go_to_its_own_origin_only_not_where_it_redirects(db: asyncpg.Pool) -> None:
+    def mirror_route(request: Request) -> Answer:
+        return Answer(200, b"203.0.113.9\n", {"Content-Type": "text/plain"})
+
+    async with serving(mirror_route) as mirror:
+
+        def home_route(request: Request) -> Answer:
+            if request.path == "/feed.txt":  # moved within its own site, then to a mirror elsewhere
+                return Answer(301, b"", {"Location": "/v2/feed.txt"})
+            return Answer(302, b"", {"Location": mirror.url("/feed.txt")})
+
+        async with serving(home_route) as home:
+            conf = config(url=home.url("/feed.txt"), headers_env={"Auth-Key": "FEED_KEY"}, expire_hours=2)
+            async with analyzer_parts(db, conf, {"FEED_KEY": "s3cret-feed-key"}) as (poller, _):
+                effect = await refreshed(db, poller)
+            assert effect["status"] == "succeeded", effect["last_error"]
+    assert [r.headers.get("auth-key") for r in home.requests] == ["s3cret-feed-key", "s3cret-feed-key"]
+    assert [r.path for r in mirror.requests] == ["/feed.txt"]
+    assert "auth-key" not in mirror.requests[0].headers
+    assert await listed(db, "203.0.113.9") == {"203.0.113.9": ["f"]}
+
+
 async def test_vigil_intel_feeds_and_refresh(db: asyncpg.Pool, database_url: str, tmp_path: Path) -> None:
     path = tmp_path / "feed.txt"
     path.write_text("192.0.2.1\nnot an indicator\n")
