@@ -19,7 +19,7 @@ import yaml
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.addresses import is_external
 from shared.events import Analysis, IncidentSnapshot, IncidentType, Indicator, PlannedAction, Severity
@@ -136,6 +136,10 @@ class Undo(Model):
     params: dict[str, Param] = Field(default_factory=dict)
 
 
+# What an action's idempotency key ends with for its undo and its check (``<step id>:undo``): no step's own.
+RESERVED_STEP_IDS = frozenset({"undo", "validate"})
+
+
 class Step(Model):
     id: Id
     name: str = Field(min_length=1)
@@ -167,6 +171,13 @@ class Step(Model):
     required: bool = Field(
         True, description="Whether the incident may be recovered only once it has ended well (recovery steps)."
     )
+
+    @field_validator("id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_STEP_IDS:
+            raise ValueError(f"step id {value!r} is reserved (an action's undo and check are named by it)")
+        return value
 
     @model_validator(mode="after")
     def _lease_and_undo_together(self) -> Step:

@@ -130,6 +130,9 @@ def test_the_default_set_covers_every_type_and_severity() -> None:
         ({"params": {"x": {"value": "{{ item ", "type": "ip"}}}, "template does not parse"),
         ({"params": {"x": {"value": "1", "type": "float"}}}, "'ip', 'cidr'"),
         ({"condition": "item ==="}, "condition does not parse"),
+        # An action's undo and check are keyed "<step id>:undo" and ":validate": no step may be named so.
+        ({"id": "undo"}, "step id 'undo' is reserved"),
+        ({"id": "validate"}, "step id 'validate' is reserved"),
     ],
 )
 def test_a_step_is_validated(change: dict[str, Any], reason: str) -> None:
