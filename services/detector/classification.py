@@ -39,6 +39,10 @@ from shared.events import IncidentType
 
 SHIPPED_RULES = Path(__file__).with_name("classification.yaml")
 FALLBACK_RULE = "unclassified"
+# Format names and alert shapes the classifier remembers its candidate rules for: far more than any
+# estate has, and bounded, since a native alert may name any format.
+CACHED_FORMATS = 256
+CACHED_SHAPES = 4096
 
 _TECHNIQUE = re.compile(r"^(TA\d{4}|T\d{4}(\.\d{3})?)$")
 # ATT&CK Enterprise tactics, to name them in reasons (https://attack.mitre.org/tactics/enterprise/).
@@ -286,11 +290,12 @@ class Classifier:
         # Only the label names some rule reads make an alert's shape: few shapes, so few cache entries.
         self._label_names = frozenset(name for rule in self._compiled for name, _pattern in rule.labels)
 
-    @functools.cache  # noqa: B019 - one entry per format name, for the classifier's lifetime
+    # Bounded: a native alert may say any format, and each new one would be an entry for good.
+    @functools.lru_cache(maxsize=CACHED_FORMATS)  # noqa: B019 - the classifier lives as long as the service
     def _for_format(self, format_name: str) -> tuple[_Compiled, ...]:
         return tuple(r for r in self._compiled if r.formats is None or format_name in r.formats)
 
-    @functools.cache  # noqa: B019 - one entry per format and shape of alert, for the classifier's lifetime
+    @functools.lru_cache(maxsize=CACHED_SHAPES)  # noqa: B019 - the classifier lives as long as the service
     def _candidates(
         self, format_name: str, shape: tuple[bool, bool, bool, bool, frozenset[str]]
     ) -> tuple[_Compiled, ...]:

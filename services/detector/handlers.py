@@ -101,7 +101,8 @@ def _count_sources(alerts: Sequence[Alert]) -> None:
                 source = "other"
             else:
                 _labelled_sources.add(source)
-        ALERTS_BY_SOURCE.labels(source, format_name).inc(n)
+        # A native alert may say any format: only the formats Vigil reads are labels of their own.
+        ALERTS_BY_SOURCE.labels(source, format_name if format_name in adapters.FORMATS else "other").inc(n)
 
 
 @dataclass

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from services.detector import adapters
-from services.detector.classification import ClassificationError, load_rules, parse_rules, shipped
+from services.detector.classification import (
+    CACHED_FORMATS,
+    CACHED_SHAPES,
+    ClassificationError,
+    load_rules,
+    parse_rules,
+    shipped,
+)
 from services.detector.service import spec
 from shared.alerts import Alert
 from shared.events import IncidentType
@@ -427,3 +434,12 @@ def test_corpus_samples_are_typed_by_their_tools_taxonomy(
     parsed = adapters.parse_payload(record)
     decision = shipped().classify(parsed.alerts[index])
     assert (decision.type, decision.rule) == expected, decision.reason
+
+
+def test_what_the_classifier_remembers_is_bounded_whatever_formats_alerts_name() -> None:
+    # A native alert may name any format; the rules each format can meet are remembered, not for ever.
+    rules = load_rules()
+    for number in range(CACHED_FORMATS + 50):
+        assert rules.classify(alert(title="Port scan", format=f"made-up-{number}")).type is not None
+    assert rules._for_format.cache_info().currsize == CACHED_FORMATS
+    assert rules._candidates.cache_info().currsize <= CACHED_SHAPES

@@ -82,3 +82,12 @@ def test_alerts_are_counted_by_source_and_format_with_the_sources_bounded(monkey
     # Past the bound a new source is counted as other; sources labelled before keep their label.
     assert after == {"src-a": 3, "src-b": 1, "other": 1}
     assert _received("src-c", "falco") == 0
+
+
+def test_a_format_vigil_does_not_read_is_counted_as_other(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A native alert may name any format: each would otherwise be a metric series for good.
+    monkeypatch.setattr(handlers, "_labelled_sources", set())
+    before = _received("src-a", "other")
+    handlers._count_sources([alert(source="src-a", format="made-up-1"), alert(source="src-a", format="made-up-2")])
+    assert _received("src-a", "other") - before == 2
+    assert _received("src-a", "made-up-1") == 0
