@@ -451,7 +451,7 @@ class Route:
     @functools.cached_property  # read many times per alert; a frozen dataclass keeps it in __dict__
     def key(self) -> str:
         """The group's correlation key: one incident at most per key."""
-        said = ",".join(f"{name}={value}" for name, value in self.values)
+        said = ",".join(f"{_escaped(name)}={_escaped(value)}" for name, value in self.values)
         return f"{self.correlation.name}|{said}|{self.window_start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
     @property
@@ -462,6 +462,16 @@ class Route:
         c = self.correlation
         value = c._read(alert, c.count_field, self.rule) if c.count_field else None
         return Member(alert.key, alert.time, self.rule, value)
+
+
+# What separates a key's parts, and the escape itself: a value holding one is written %XX, so that
+# user="cn=alice,host=dc1", host="ws-7" and user="cn=alice", host="dc1,host=ws-7" are two groups.
+# Any other value is written as it is, as keys were before.
+_KEY_SEPARATORS = re.compile(r"[%,=|]")
+
+
+def _escaped(text: str) -> str:
+    return _KEY_SEPARATORS.sub(lambda m: f"%{ord(m.group()):02X}", text) if _KEY_SEPARATORS.search(text) else text
 
 
 class CorrelationRules:

@@ -178,3 +178,25 @@ def test_compare_names_opened_merged_split_and_suppressed() -> None:
     assert result.merged == {"C3": ["I2", "I3"]}
     assert result.suppressed == ["I4"] and result.opened == ["C4"]
     assert (result.waiting, result.released, result.unchanged) == (1, 1, 0)
+
+
+PAIRS = """
+rules:
+  - name: noisy
+    detection: {source: canary}
+correlations:
+  - name: pair
+    correlation: {type: event_count, rules: [noisy], group-by: [user, host], timespan: 1h, condition: {gte: 2}}
+"""
+
+
+def test_group_values_holding_the_keys_separators_never_make_one_key_of_two_groups() -> None:
+    pairs = parse_rules(PAIRS)
+    one = pairs.route(alert(source="canary", user="cn=alice,host=dc1", host="ws-7"))
+    other = pairs.route(alert(source="canary", user="cn=alice", host="dc1,host=ws-7"))
+    assert one is not None and other is not None
+    assert one.values != other.values and one.key != other.key
+    # A value without a separator is written as it is: the keys of groups open before stay the same.
+    plain = pairs.route(alert(source="canary", user="bob", host="web-1"))
+    assert plain is not None and plain.key.startswith("pair|user=bob,host=web-1|")
+    assert one.key.startswith("pair|user=cn%3Dalice%2Chost%3Ddc1,host=ws-7|")
