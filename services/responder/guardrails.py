@@ -137,6 +137,9 @@ class Context:
     own_addresses: Sequence[IpNetwork] = ()  # the addresses Vigil itself runs on
     recent: Sequence[Execution] = ()
     incident_targets: int = 0  # targets already acted on for this incident
+    # Targets the action's playbook step expands to: each item of a for_each step is checked alone, but
+    # the step's blast radius is all of them.
+    step_targets: int = 0
 
 
 @dataclass(frozen=True)
@@ -235,10 +238,9 @@ def check(action: Action, targets: Sequence[str], context: Context) -> Verdict:
     if context.paused:
         return _refuse("kill_switch", "responses are paused (`vigil response resume` to go on)")
     radius = guardrails.blast_radius
-    if len(targets) > radius.per_step:
-        return _refuse(
-            "blast_radius_step", f"{len(targets)} targets in one step; at most {radius.per_step} are allowed"
-        )
+    in_step = max(len(targets), context.step_targets)
+    if in_step > radius.per_step:
+        return _refuse("blast_radius_step", f"{in_step} targets in one step; at most {radius.per_step} are allowed")
     if context.incident_targets + len(targets) > radius.per_incident:
         return _refuse(
             "blast_radius_incident",

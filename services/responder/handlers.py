@@ -551,6 +551,9 @@ class Responder:
             own_addresses=self.execution.own_addresses,
             recent=recent,
             incident_targets=await repository.incident_targets(ctx.conn, row["incident_id"]),
+            step_targets=await repository.step_targets(ctx.conn, row["plan_id"], row["step"])
+            if row["item"] is not None
+            else 0,
         )
         action = guardrails.Action(
             name=row["action"], target_kind=row["target_kind"] or "host", incident_id=row["incident_id"]

@@ -215,6 +215,14 @@ async def incident_targets(conn: Conn, incident_id: str) -> int:
     return count
 
 
+async def step_targets(conn: Conn, plan_id: str, step: str) -> int:
+    """Targets a playbook step of a plan expands to: its for_each items."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM responder_steps WHERE plan_id = $1 AND step = $2 AND item IS NOT NULL", plan_id, step
+    )
+    return count
+
+
 async def log_of(conn: Conn, incident_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT step_id, at, from_state, to_state, actor, reason FROM responder_step_log

@@ -179,7 +179,12 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 def responder_for(
-    pool: asyncpg.Pool, far: Receiver | None = None, *, dry_run: bool = False, policy: str = POLICY
+    pool: asyncpg.Pool,
+    far: Receiver | None = None,
+    *,
+    dry_run: bool = False,
+    policy: str = POLICY,
+    rails: str = GUARDRAILS,
 ) -> Responder:
     config = parse_connectors_config(
         json.dumps({"webhook": {"url": far.url, "secret_env": "HOOK_SECRET"}} if far else {})
@@ -187,7 +192,7 @@ def responder_for(
     connectors = load_connectors(config, pool=pool, environ={"HOOK_SECRET": SECRET})
     execution = Execution(
         policy=parse_policy(policy),
-        guardrails=parse_guardrails(GUARDRAILS),
+        guardrails=parse_guardrails(rails),
         connectors=connectors,
         dry_run=dry_run,
     )
@@ -442,6 +447,32 @@ async def test_guardrails_and_the_kill_switch_refuse_with_their_reason(
     assert {r["state"] for r in paused} == {"refused"}
     assert all("responses are paused" in r["reason"] for r in paused)
     assert await pool.fetchval("SELECT count(*) FROM effects WHERE subject = 'inc-p'") == 0
+
+
+async def test_a_for_each_step_past_the_blast_radius_is_refused_item_by_item(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    narrow = GUARDRAILS.replace("per_step: 50", "per_step: 2")
+    async with receiver() as far:
+        responder = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]", rails=narrow)
+    # dc-1 is a critical asset: its isolation is refused, and the blocks come next.
+    wide = analysis(Severity.SEV2, hosts=["dc-1"], ips=["203.0.113.7", "203.0.113.8", "203.0.113.9"])
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-wide", data=wide))
+    blocks = await pool.fetch(
+        "SELECT state, reason FROM responder_steps WHERE incident_id = 'inc-wide' AND step = 'block'"
+    )
+    # Each item is one target, but the step acts on three: every one of them is refused.
+    assert [(r["state"], r["reason"]) for r in blocks] == [
+        ("refused", "3 targets in one step; at most 2 are allowed")
+    ] * 3
+    assert (
+        await pool.fetchval("SELECT count(*) FROM effects WHERE subject = 'inc-wide' AND kind LIKE 'blocklist%'") == 0
+    )
+
+    within = analysis(Severity.SEV2, hosts=["dc-1"], ips=["203.0.113.7", "203.0.113.8"])
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-two", data=within))
+    blocks = await pool.fetch("SELECT state FROM responder_steps WHERE incident_id = 'inc-two' AND step = 'block'")
+    assert [r["state"] for r in blocks] == ["running", "running"]
 
 
 async def test_a_dry_run_is_simulated_with_what_it_would_send_and_never_succeeds(

@@ -18,6 +18,9 @@ from services.responder.guardrails import (
     load_guardrails,
     parse_guardrails,
 )
+from services.responder.playbook import parse_playbooks
+
+SHIPPED_PLAYBOOKS = Path(__file__).parents[2] / "services" / "responder" / "playbooks.yaml"
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 RULES = parse_guardrails(
@@ -109,6 +112,29 @@ def test_at_most_so_many_targets_in_one_step() -> None:
         "51 targets in one step; at most 50 are allowed",
     )
     assert check(BLOCK_IP, targets[:5], context()).allowed
+
+
+def test_an_item_of_a_step_is_checked_against_all_the_steps_targets() -> None:
+    # A for_each step's items are sent one by one; its blast radius is every item it expands to.
+    verdict = check(BLOCK_IP, ["203.0.113.1"], context(step_targets=51))
+    assert (verdict.guardrail, verdict.reason) == (
+        "blast_radius_step",
+        "51 targets in one step; at most 50 are allowed",
+    )
+    assert check(BLOCK_IP, ["203.0.113.1"], context(step_targets=50)).allowed
+
+
+def test_the_shipped_playbooks_blocks_are_rate_limited_by_the_shipped_guardrails() -> None:
+    # The shipped playbooks block through the blocklist, whose action is `block`: that is what is limited.
+    books = parse_playbooks(SHIPPED_PLAYBOOKS.read_text())
+    assert "block" in {s.action for book in books for s in book.steps if s.connector == "blocklist"}
+    block = Action(name="block", target_kind="ip", incident_id="inc-1")
+    recent = [Execution("block", f"203.0.113.{i}", NOW - timedelta(minutes=1)) for i in range(100)]
+    verdict = check(block, ["198.51.100.1"], Context(guardrails=load_guardrails(), now=NOW, recent=recent))
+    assert (verdict.guardrail, verdict.reason) == (
+        "rate_limit",
+        "block: 100 executions in the last 10m, 1 more would pass the limit of 100",
+    )
 
 
 def test_at_most_so_many_targets_in_one_incident() -> None:
