@@ -75,12 +75,21 @@ async def schedule(
 
 
 async def schedule_many(conn: Conn, *, service: str, kind: str, due: Mapping[str, datetime]) -> None:
-    """Set (or move) the one pending timer of this kind for each subject, to its time, in one round trip."""
+    """Set (or move) the one pending timer of this kind for each subject, to its time, in one round trip.
+
+    A subject whose timer for that very time is pending already, or has fired, is left as it is: what
+    restates a due time (each change of a step that keeps its due time) never makes a fired timer fire again.
+    """
     if not due:
         return
     # As in schedule: the count makes the insert wait for the cancelling update.
     await conn.execute(
-        """WITH wanted AS (SELECT * FROM unnest($3::text[], $4::timestamptz[]) AS w(subject, due_at)),
+        """WITH wanted AS (
+               SELECT w.subject, w.due_at FROM unnest($3::text[], $4::timestamptz[]) AS w(subject, due_at)
+               WHERE NOT EXISTS (
+                   SELECT 1 FROM timers t
+                   WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject AND t.due_at = w.due_at
+                     AND t.cancelled_at IS NULL)),
            cancelled AS (
                UPDATE timers t SET cancelled_at = now() FROM wanted w
                WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject

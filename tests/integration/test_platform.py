@@ -490,3 +490,22 @@ async def test_timers_scheduled_many_at_once_move_those_pending_and_set_the_othe
         ("other", "b", soon),
     ]
     assert await pool.fetchval("SELECT count(*) FROM timers WHERE kind = 'due' AND cancelled_at IS NOT NULL") == 1
+
+
+async def test_a_due_time_set_again_neither_moves_its_timer_nor_sets_a_fired_one_again(pool: asyncpg.Pool) -> None:
+    due = datetime.now(UTC) - timedelta(minutes=1)
+    async with pool.acquire() as conn:
+        await schedule_many(conn, service="svc", kind="due", due={"step-1": due, "step-2": due})
+        await conn.execute("UPDATE timers SET fired_at = now() WHERE subject = 'step-1'")  # it fired
+        # Each later change of the steps restates the same due time; step-2's moves.
+        await schedule_many(conn, service="svc", kind="due", due={"step-1": due, "step-2": due})
+        await schedule_many(conn, service="svc", kind="due", due={"step-2": due + timedelta(hours=1)})
+    rows = await pool.fetch(
+        "SELECT subject, due_at, fired_at IS NOT NULL AS fired, cancelled_at IS NOT NULL AS cancelled FROM timers"
+        " WHERE service = 'svc' ORDER BY subject, id"
+    )
+    assert [(r["subject"], r["due_at"], r["fired"], r["cancelled"]) for r in rows] == [
+        ("step-1", due, True, False),
+        ("step-2", due, False, True),
+        ("step-2", due + timedelta(hours=1), False, False),
+    ]
