@@ -179,7 +179,7 @@ async def on_state_changed(ctx: HandlerContext, event: IncidentStateChanged) -> 
         ctx.conn,
         incident_id=event.subject,
         state=event.data.to_state.value,
-        milestones=milestones_reached(event.data.to_state),
+        milestones=milestones_reached(event.data.to_state, resolution),
         at=event.time,
         resolution=resolution,
     )

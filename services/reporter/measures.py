@@ -52,9 +52,17 @@ MEAN_NAMES: dict[Measure, str] = {
 }
 
 
-def milestones_reached(state: IncidentState) -> tuple[Milestone, ...]:
-    """The milestones an incident reaches on entering a state."""
-    return _STATE_MILESTONES.get(state, ())
+# The resolution of an incident merged into another: it ended then, but nobody acknowledged it as itself
+# (its alerts, its history and its measures are the survivor's).
+MERGED = "merged"
+
+
+def milestones_reached(state: IncidentState, resolution: str | None = None) -> tuple[Milestone, ...]:
+    """The milestones an incident reaches on entering a state (with the resolution it entered it with)."""
+    reached = _STATE_MILESTONES.get(state, ())
+    if resolution == MERGED:
+        return tuple(m for m in reached if m == "resolved")
+    return reached
 
 
 def durations(milestones: Mapping[str, datetime | None]) -> dict[Measure, float | None]:

@@ -280,13 +280,18 @@ async def apply_state(
     resolution: str | None,
 ) -> None:
     """The incident's new state; each milestone keeps the first time it was reached, whatever the order (its row
-    exists)."""
+    exists). An incident reopened (an open state after resolved or closed) is no longer resolved: its
+    resolution and the times it ended go, and resolving it again sets them anew."""
     # Column names come from the milestones' fixed list, never from input.
-    stamps = "".join(f", {m}_at = LEAST({m}_at, $3)" for m in milestones)
+    stamps = "".join(f", {m}_at = LEAST({m}_at, $3)" for m in milestones if m != "resolved")
+    resolved = "LEAST(resolved_at, $3)" if "resolved" in milestones else "resolved_at"
     await conn.execute(
         f"""UPDATE reporter_incidents SET state = $2{stamps},
-                closed_at = CASE WHEN $2 = 'closed' THEN LEAST(closed_at, $3) ELSE closed_at END,
-                resolution = coalesce($4, resolution), updated_at = now()
+                resolved_at = CASE WHEN $2 IN ('resolved', 'closed') THEN {resolved} END,
+                closed_at = CASE WHEN $2 = 'closed' THEN LEAST(closed_at, $3)
+                                 WHEN $2 = 'resolved' THEN closed_at END,
+                resolution = CASE WHEN $2 IN ('resolved', 'closed') THEN coalesce($4, resolution) END,
+                updated_at = now()
             WHERE id = $1""",
         incident_id,
         state,
@@ -587,7 +592,9 @@ async def count_by_labels(conn: Conn) -> list[tuple[str, str, str, int]]:
 async def list_incident_times(
     conn: Conn, *, since: datetime | None = None, until: datetime | None = None, open_only: bool = False
 ) -> list[IncidentTimes]:
-    """The incidents created in a period with their milestones and action counts, for the aggregates."""
+    """The incidents created in a period with their milestones and action counts, for the aggregates.
+
+    An incident merged into another is not one of them: its alerts and its history are the survivor's."""
     rows = await conn.fetch(
         """SELECT i.id, severity, type, state, resolution, sources, rules, services, first_alert_at, detected_at,
                   acknowledged_at, contained_at, recovered_at, resolved_at,
@@ -597,7 +604,8 @@ async def list_incident_times(
                              count(*) FILTER (WHERE executed_at IS NOT NULL AND v.validated) AS validated
                       FROM reporter_actions ra LEFT JOIN reporter_validations v USING (step_id)
                       GROUP BY ra.incident_id) a ON a.incident_id = i.id
-           WHERE title IS NOT NULL AND ($1::timestamptz IS NULL OR created_at >= $1)
+           WHERE title IS NOT NULL AND merged_into IS NULL AND resolution IS DISTINCT FROM 'merged'
+             AND ($1::timestamptz IS NULL OR created_at >= $1)
              AND ($2::timestamptz IS NULL OR created_at < $2)
              AND (NOT $3 OR state NOT IN ('resolved', 'closed'))""",
         since,
@@ -639,7 +647,8 @@ async def list_incidents_created(conn: Conn, *, since: datetime | None, until: d
     """Every incident created in a period, oldest first (for reports and exports)."""
     rows = await conn.fetch(
         f"""SELECT {INCIDENT_COLUMNS} FROM reporter_incidents
-            WHERE title IS NOT NULL AND ($1::timestamptz IS NULL OR created_at >= $1)
+            WHERE title IS NOT NULL AND merged_into IS NULL AND resolution IS DISTINCT FROM 'merged'
+             AND ($1::timestamptz IS NULL OR created_at >= $1)
               AND ($2::timestamptz IS NULL OR created_at < $2)
             ORDER BY created_at, id""",
         since,

@@ -318,3 +318,47 @@ async def test_runs_of_incident_events_apply_in_order_around_what_interrupts_the
     assert b["title"] == "b2" and b["hosts"] == ["db-1", "db-2"] and b["alert_count"] == 3
     assert b["detected_at"] == T0 + timedelta(minutes=1)
     assert [(r["key"], r["incident_id"]) for r in alerts] == [(first.key, "inc-a"), (second.key, "inc-a")]
+
+
+async def test_a_reopened_incident_runs_its_clocks_again_and_a_merged_one_is_the_survivors(pool: asyncpg.Pool) -> None:
+    def event(subject: str, minutes: int, to_state: IncidentState, **extra: str) -> IncidentStateChanged:
+        return IncidentStateChanged(
+            source="/vigil/coordinator",
+            subject=subject,
+            time=T0 + timedelta(minutes=minutes),
+            data=StateChange(from_state=None, to_state=to_state, actor="alice", **extra),  # type: ignore[arg-type]
+        )
+
+    def detected(subject: str) -> IncidentDetected:
+        return IncidentDetected(source="/vigil/detector", subject=subject, time=T0, data=snapshot(title=subject))
+
+    batch: list[EventBase] = [
+        detected("inc-kept"),
+        detected("inc-dup"),
+        event("inc-kept", 5, IncidentState.ACKNOWLEDGED),
+        event("inc-kept", 60, IncidentState.RESOLVED, resolution="false_positive"),
+        event("inc-kept", 90, IncidentState.ACKNOWLEDGED),  # reopened: it was not a false positive
+        event("inc-dup", 360, IncidentState.RESOLVED, resolution="merged"),  # a duplicate, merged 6 h on
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=TopicNames(""))
+        await reporter.handle(ctx, [Inbound(event_id=e.id, item=e, record=None) for e in batch])
+        rows = {r["id"]: r for r in await conn.fetch("SELECT * FROM reporter_incidents")}
+        times = await repository.list_incident_times(conn)
+    kept, dup = rows["inc-kept"], rows["inc-dup"]
+    assert (kept["state"], kept["resolution"], kept["resolved_at"]) == ("acknowledged", None, None)
+    assert kept["acknowledged_at"] == T0 + timedelta(minutes=5)
+    assert (dup["resolution"], dup["acknowledged_at"], dup["resolved_at"]) == (
+        "merged",
+        None,
+        T0 + timedelta(minutes=360),
+    )
+    # The measures count the reopened incident as open, and the merged one not at all.
+    assert [(t.id, t.ended, t.resolution) for t in times] == [("inc-kept", False, None)]
+
+    resolved_again = event("inc-kept", 120, IncidentState.RESOLVED, resolution="fixed")
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=TopicNames(""))
+        await reporter.handle(ctx, [Inbound(event_id=resolved_again.id, item=resolved_again, record=None)])
+        kept = await conn.fetchrow("SELECT * FROM reporter_incidents WHERE id = 'inc-kept'")
+    assert (kept["resolution"], kept["resolved_at"]) == ("fixed", T0 + timedelta(minutes=120))

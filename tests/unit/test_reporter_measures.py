@@ -29,6 +29,8 @@ def test_entering_a_state_reaches_its_milestones_and_those_it_implies() -> None:
     assert milestones_reached(IncidentState.RECOVERED) == ("acknowledged", "contained", "recovered")
     # A false positive is resolved without ever being contained.
     assert milestones_reached(IncidentState.RESOLVED) == ("acknowledged", "resolved")
+    # Merged into another, an incident ended; nobody acknowledged it as itself.
+    assert milestones_reached(IncidentState.RESOLVED, "merged") == ("resolved",)
 
 
 def test_each_time_to_x_is_the_gap_between_two_milestones() -> None:
