@@ -335,7 +335,8 @@ class Responder:
         deny = isinstance(command, DenyStep)
         if deny and not answer.note.strip():
             raise StepAnswerRefused("a denial needs a reason (--reason)")
-        changed = []
+        # Every item answered, or none: each is checked before any is changed, so that a refusal of one
+        # never leaves the others half answered under a rejected command.
         for row in rows:
             try:
                 steps.check_answer(
@@ -348,6 +349,8 @@ class Responder:
                 )
             except steps.ApprovalRefused as exc:
                 raise StepAnswerRefused(f"{row['id']}: {exc}") from exc
+        changed = []
+        for row in rows:
             ctx.audit(
                 "step.deny" if deny else "step.approve",
                 row["id"],

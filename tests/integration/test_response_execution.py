@@ -574,6 +574,27 @@ async def _truthy(value: bool) -> bool:
     return value
 
 
+async def test_an_answer_to_every_item_of_a_step_applies_to_all_or_is_rejected_changing_none(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    responder = responder_for(pool, None)
+    data = analysis(Severity.SEV2, hosts=["web-1", "web-2"])  # isolate: two items, two people each
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-both", data=data))
+    _, last = await pool.fetch("SELECT id FROM responder_steps WHERE step = 'isolate' ORDER BY position, id")
+    approved = answer(ApproveStep, last["id"], "alice", role="commander")
+    assert not [e for e in await handle(pool, names, responder, approved) if isinstance(e, CommandRejected)]
+    # Alice denies the whole step: she may deny the item answered first, not the last, which she has approved.
+    denial = answer(DenyStep, "inc-both:isolate", "alice", role="commander", note="not now")
+    rejected = [e for e in await handle(pool, names, responder, denial) if isinstance(e, CommandRejected)]
+    assert len(rejected) == 1 and "alice has approved this step already" in rejected[0].data.reason
+    assert await states(pool, "inc-both") == {
+        "tell": "succeeded",
+        "isolate web-1": "awaiting_approval",
+        "isolate web-2": "awaiting_approval",
+        "block 203.0.113.7": "planned",
+    }
+
+
 async def test_operators_list_and_answer_steps_over_the_api(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
