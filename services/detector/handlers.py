@@ -448,4 +448,7 @@ class Detector:
         again = {key: n - 1 for key, n in sightings.items() if n > 1 and key not in repeats}
         if again:
             repeats.update(await repository.count_repeats(ctx.conn, sightings=again))
+            if left := {key: n for key, n in again.items() if key not in repeats}:
+                # Waiting for its rule's condition: its other sightings are counted where it waits.
+                await repository.count_waiting_repeats(ctx.conn, sightings=left)
         return stored_before, repeats, changes

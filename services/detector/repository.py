@@ -294,14 +294,17 @@ MAX_SAID = 16_384
 async def get_waiting(conn: Conn, *, group_keys: Iterable[str], alerts: bool = False) -> dict[str, list[Waiting]]:
     """Return the alerts waiting in each group for its rule's condition; with ``alerts``, the alerts whole."""
     rows = await conn.fetch(
-        f"""SELECT key, group_key, rule, value, time{", body" if alerts else ""} FROM detector_waiting
+        f"""SELECT key, group_key, rule, value, time{", body, resolved_at" if alerts else ""} FROM detector_waiting
             WHERE group_key = ANY($1::text[]) ORDER BY time, key""",
         list(group_keys),
     )
     waiting: dict[str, list[Waiting]] = {}
     for row in rows:
         member = Member(row["key"], row["time"], row["rule"], row["value"])
-        waiting.setdefault(row["group_key"], []).append(Waiting(member, row["body"] if alerts else None))
+        stored = row["body"] if alerts else None
+        if stored is not None and row["resolved_at"] is not None:
+            stored = {**stored, "status": "resolved"}  # it ended while it waited: it joins its incident resolved
+        waiting.setdefault(row["group_key"], []).append(Waiting(member, stored))
     return waiting
 
 
@@ -326,8 +329,18 @@ async def add_waiting(conn: Conn, *, placed: Sequence[tuple[Alert, Route]]) -> N
 
 
 async def take_waiting(conn: Conn, *, group_keys: Iterable[str]) -> None:
-    """Forget the waiting alerts of groups whose condition held: they are stored with their incident now."""
-    await conn.execute("DELETE FROM detector_waiting WHERE group_key = ANY($1::text[])", list(group_keys))
+    """Forget the waiting alerts of groups whose condition held: they are stored with their incident now, with
+    the sightings counted and the resolutions seen while they waited."""
+    await conn.execute(
+        """WITH taken AS (
+               DELETE FROM detector_waiting WHERE group_key = ANY($1::text[])
+               RETURNING key, repeats, last_seen_at, resolved_at)
+           UPDATE detector_alerts a
+           SET repeats = a.repeats + t.repeats, last_seen_at = GREATEST(a.last_seen_at, t.last_seen_at),
+               resolved_at = coalesce(a.resolved_at, t.resolved_at)
+           FROM taken t WHERE a.key = t.key""",
+        list(group_keys),
+    )
 
 
 async def count_waiting_repeats(conn: Conn, *, sightings: Mapping[str, int]) -> set[str]:

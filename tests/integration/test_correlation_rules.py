@@ -130,6 +130,28 @@ async def test_event_count_waits_then_opens_one_incident_with_why(
     assert [a["correlation"]["triggered_by"] for a in carried] == [[a.key for a in burst]] * 3
 
 
+async def test_what_happened_to_an_alert_while_it_waited_goes_with_it_into_the_incident(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, rules_file: Path
+) -> None:
+    burst = [alert(source="canary", host="web-01", user=None, src_ip=None, minutes=i) for i in range(3)]
+    first = burst[0]
+    # While the group waits, the first alert is seen again, then ends.
+    later = [first, first.model_copy(update={"status": "resolved"})]
+    async with running(settings, pool, names, detector(rules_file)):
+        await send(settings, [*burst[:2], *later])
+        await handled(settings, names, 4)
+        await send(settings, burst[2:])
+        await handled(settings, names, 5)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT key, repeats, resolved_at IS NOT NULL AS resolved FROM detector_alerts")
+        [value] = await conn.fetch("SELECT value FROM outbox WHERE headers::text LIKE '%incident.detected%'")
+    assert sorted((r["key"], r["repeats"], r["resolved"]) for r in rows) == sorted(
+        [(first.key, 1, True), (burst[1].key, 0, False), (burst[2].key, 0, False)]
+    )
+    carried = {a["key"]: a["status"] for a in json.loads(value["value"])["new_alerts"]}
+    assert carried == {first.key: "resolved", burst[1].key: "firing", burst[2].key: "firing"}
+
+
 async def test_value_count_temporal_and_temporal_ordered(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, rules_file: Path
 ) -> None:
