@@ -7,8 +7,8 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import asyncpg
 from services.detector import adapters, classification, commands, correlation, domain, merging, repository, suppression
 from services.detector.adapters import FORMAT_HEADER, Parsed, Rejected
 from services.detector.classification import Classifier
-from services.detector.correlation import CorrelationError, CorrelationRules
+from services.detector.correlation import CorrelationError, CorrelationRules, Route
 from services.detector.metrics import (
     ALERTS,
     ALERTS_BY_SOURCE,
@@ -360,6 +360,30 @@ class Detector:
             stored.tallies = await repository.tally_alerts(ctx.conn, incident_ids=touched)
         return stored
 
+    async def _survivors_of_groups(
+        self,
+        ctx: HandlerContext,
+        fresh: Sequence[Alert],
+        routes: Mapping[str, Route | None],
+        open_incidents: Mapping[str, domain.IncidentState],
+    ) -> dict[str, domain.IncidentState]:
+        """The open survivor of each rule group of these alerts that has no incident of its own (merged away).
+
+        A survivor the batch reaches by another key is left out (its group then starts again): one
+        incident is never folded twice from the same state.
+        """
+        groups = {r.key for a in fresh if (r := routes[a.key]) is not None and r.key not in open_incidents}
+        if not groups:
+            return {}
+        found = await repository.get_open_survivors(ctx.conn, keys=groups)
+        reached = {incident.id for incident in open_incidents.values()}
+        adopted: dict[str, domain.IncidentState] = {}
+        for key in sorted(found):
+            if found[key].id not in reached:
+                adopted[key] = found[key]
+                reached.add(found[key].id)
+        return adopted
+
     async def _store_firing(
         self, ctx: HandlerContext, alerts: list[Alert], stored: Stored
     ) -> tuple[set[str], dict[str, repository.StoredAlert], list[domain.IncidentChange]]:
@@ -398,6 +422,10 @@ class Detector:
             if not fresh:
                 return stored_before, repeats, []
         open_incidents = await repository.get_open_by_keys(ctx.conn, keys=keys)
+        # A rule's group whose incident was merged into another: its later alerts join the survivor.
+        adopted = await self._survivors_of_groups(ctx, fresh, routes, open_incidents)
+        if adopted:
+            open_incidents = {**open_incidents, **adopted}
         groups = {route.key for route in routes.values() if route is not None and route.key not in open_incidents}
         waiting = await repository.get_waiting(ctx.conn, group_keys=groups) if groups else {}
         # An entity without an open incident of its own may have been merged into one that is open.
@@ -421,6 +449,11 @@ class Detector:
             waiting=waiting,
         )
         changes = correlated.changes
+        if adopted:  # folded under the group's key: each survivor keeps its own
+            own = {survivor.id: survivor.correlation_key for survivor in adopted.values()}
+            for change in changes:
+                if change.incident.id in own:
+                    change.incident = replace(change.incident, correlation_key=own[change.incident.id])
         if merged_away:
             changes = merging.correlate_merged(
                 merged_away, survivors, changes, window=self.window, new_id=new_id, classifier=self.classifier

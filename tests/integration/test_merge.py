@@ -26,7 +26,8 @@ from services.analyzer import service as analyzer_service
 from services.coordinator import service as coordinator_service
 from services.detector import commands
 from services.detector import service as detector_service
-from services.detector.handlers import Detector
+from services.detector.correlation import SHIPPED_CORRELATIONS
+from services.detector.handlers import Detector, RulesSource
 from services.reporter import repository as read_model
 from services.reporter import service as reporter_service
 from shared import cloudevents, identity
@@ -613,3 +614,35 @@ async def test_alerts_arriving_while_a_merge_commits_join_the_survivor(pool: asy
     assert await pool.fetchval("SELECT incident_id FROM detector_alerts WHERE key = $1", late.key) == a
     assert await pool.fetchval("SELECT count(*) FROM detector_alerts WHERE incident_id = $1", b) == 0
     assert await pool.fetchval("SELECT alert_count FROM detector_incidents WHERE id = $1", a) == 3
+
+
+async def test_later_alerts_of_a_rule_group_merged_away_join_the_survivor(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    # The shipped rules: failed logins, then a successful one, on one account.
+    shipped = RulesSource(SHIPPED_CORRELATIONS)
+    detector = Detector(correlation_window=timedelta(minutes=30), correlation_rules=shipped)
+
+    async def store(*alerts: Alert) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await detector.handle_alerts(HandlerContext(conn=conn, service="detector", names=names), list(alerts))
+
+    def login(minutes: int, tag: str) -> Alert:
+        return alert(minutes=minutes, source="ad", host=None, src_ip=None, dst_ip=None, user="bob", tags=[tag])
+
+    await store(login(0, "authentication_failed"), login(1, "authentication_success"), alert(minutes=1, host="web-k"))
+    guessed = await pool.fetchval("SELECT id FROM detector_incidents WHERE correlation_key LIKE 'brute-force%'")
+    kept = await opened(pool, "web-k")
+    async with pool.acquire() as conn, conn.transaction():
+        command = MergeIncidents(source="/test", subject=kept, data=MergeArgs(actor="carol", incidents=[guessed]))
+        assert isinstance(
+            await commands.apply(HandlerContext(conn=conn, service="detector", names=names), command), commands.Applied
+        )
+    later = login(3, "authentication_success")  # the same account, within the group's window
+    await store(later)
+    assert await pool.fetchval("SELECT incident_id FROM detector_alerts WHERE key = $1", later.key) == kept
+    assert await pool.fetchval("SELECT count(*) FROM detector_waiting") == 0
+    survivor = await pool.fetchrow("SELECT alert_count, correlation_key FROM detector_incidents WHERE id = $1", kept)
+    assert survivor is not None and survivor["alert_count"] == 4
+    assert survivor["correlation_key"].startswith("host:web-k")  # the survivor keeps its own key
+    assert await pool.fetchval("SELECT count(*) FROM detector_incidents WHERE NOT closed") == 1
