@@ -221,6 +221,18 @@ async def remove(conn: Conn, *, kind: str, value: str, step_id: str) -> bool:
     return bool(removed)
 
 
+async def listed_by(conn: Conn, *, kind: str, value: str) -> list[str]:
+    """The steps whose entries list the value now (neither removed nor expired)."""
+    rows = await conn.fetch(
+        """SELECT step_id FROM responder_blocklist
+           WHERE kind = $1 AND value = $2 AND removed_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+           ORDER BY step_id""",
+        kind,
+        normalise(kind, value),
+    )
+    return [r["step_id"] for r in rows]
+
+
 async def list_active(conn: Conn, *, kind: Kind) -> list[str]:
     """The values a list serves now: neither removed nor expired, each once, sorted."""
     rows = await conn.fetch(

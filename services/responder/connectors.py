@@ -593,6 +593,8 @@ class BlocklistCheck(_Model):
     op: Literal["add", "remove"]
     kind: blocklist.Kind
     value: str
+    # The step whose entry it is: a value other steps list too stays served after this one's undo.
+    step_id: str | None = None
 
 
 class BlocklistConnector:
@@ -666,8 +668,13 @@ class BlocklistConnector:
             # The list as firewalls get it: rendered as the endpoint renders it, then read line by line.
             async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
                 served = blocklist.render_edl(check.kind, await blocklist.list_active(conn, kind=check.kind))
+                by = await blocklist.listed_by(conn, kind=check.kind, value=check.value) if check.step_id else []
             listed = check.value in served.splitlines()
-            found = {"list": check.kind, "value": check.value, "listed": listed}
+            found: dict[str, Any] = {"list": check.kind, "value": check.value, "listed": listed}
+            if check.op == "remove" and by and check.step_id not in by:
+                # This step's entry is off; the value stays served for the other steps that blocked it.
+                found["listed_by"] = by
+                return found
             if listed != (check.op == "add"):
                 where = "missing from" if check.op == "add" else "still in"
                 raise PermanentEffectError(f"{check.value} is {where} the served {check.kind} list", result=found)
@@ -697,7 +704,7 @@ class BlocklistConnector:
 
     def validation(self, call: StepCall, result: Mapping[str, Any]) -> Dispatch | None:
         change = BlocklistChange.model_validate(self.dispatch(call).payload)
-        check = BlocklistCheck(op=change.op, kind=change.kind, value=change.value)
+        check = BlocklistCheck(op=change.op, kind=change.kind, value=change.value, step_id=change.step_id)
         return Dispatch(kind=self.validate_kind, target="blocklist", payload=check.model_dump(mode="json"))
 
 

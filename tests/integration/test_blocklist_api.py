@@ -17,7 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from services.responder import api, blocklist
+from services.responder.connectors import BlocklistConnector
 from services.responder.guardrails import get_controls
+from shared.effects import Effect, PermanentEffectError
 from shared.kafka import make_producer
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
@@ -215,3 +217,26 @@ async def test_pause_and_resume_through_the_cli(
     assert (controls.paused, controls.changed_by) == (False, "bob")
     status = await asyncio.to_thread(runner.invoke, cli, ["response", "status", "--json"])
     assert json.loads(status.output)["paused"] is False and json.loads(status.output)["changed_by"] == "bob"
+
+
+async def test_the_undo_of_a_block_another_step_made_too_is_confirmed_with_the_other_named(pool: asyncpg.Pool) -> None:
+    """Two incidents block one address; the first one's lease ends: its entry is off, the address still served."""
+    connector = BlocklistConnector(pool)
+    validate = next(kind for kind in connector.effect_kinds(None) if kind.name == connector.validate_kind)
+
+    def check(op: str, step_id: str) -> Effect:
+        now = datetime.now(UTC)
+        payload = {"op": op, "kind": "ip", "value": "203.0.113.7", "step_id": step_id}
+        return Effect(
+            1, "responder", validate.name, f"{step_id}:undo:validate", "inc", "blocklist", payload, 0, now, now
+        )
+
+    async with pool.acquire() as conn:
+        for step_id in ("inc-a:block:1", "inc-b:block:1"):
+            await blocklist.add(conn, kind="ip", value="203.0.113.7", incident_id="inc", step_id=step_id, reason="c2")
+        await blocklist.remove(conn, kind="ip", value="203.0.113.7", step_id="inc-a:block:1")
+    found = await validate.execute(check("remove", "inc-a:block:1"))
+    assert found == {"list": "ip", "value": "203.0.113.7", "listed": True, "listed_by": ["inc-b:block:1"]}
+    # The other step's own entry is still on: its undo is not done, and its check says so.
+    with pytest.raises(PermanentEffectError, match=r"203\.0\.113\.7 is still in the served ip list"):
+        await validate.execute(check("remove", "inc-b:block:1"))
