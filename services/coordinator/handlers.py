@@ -636,6 +636,15 @@ class Coordinator:
             await timers.cancel(ctx.conn, service=SERVICE, kind=STATUS_UPDATE, subject=command.subject)
         elif current is IncidentState.DETECTED:
             await self._remind_later(ctx, command.subject, row["severity"], number=1)
+        elif self.lifecycle.is_ended(current):  # reopened: the reminders go on, numbered on from the last
+            sent = await ctx.conn.fetchval(
+                """SELECT max((payload ->> 'number')::int) FROM timers
+                   WHERE service = $1 AND kind = $2 AND subject = $3 AND fired_at IS NOT NULL""",
+                SERVICE,
+                STATUS_UPDATE,
+                command.subject,
+            )
+            await self._remind_later(ctx, command.subject, row["severity"], number=(sent or 0) + 1)
         for phase in PHASES_STARTED.get(target, ()):
             await tasks.start_phase(ctx.conn, incident_id=command.subject, phase=phase, now=command.time)
         if data.resolution in ("false_positive", "duplicate"):

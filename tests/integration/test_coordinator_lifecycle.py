@@ -28,6 +28,7 @@ from shared.events import (
     AddNote,
     Analysis,
     ChangeOffered,
+    ChangeState,
     CommandArgs,
     CommandRejected,
     EditIncident,
@@ -41,6 +42,7 @@ from shared.events import (
     ResponseStepChanged,
     Severity,
     SeverityRecommendation,
+    StateCommand,
     StepChange,
 )
 from shared.service import Runtime, build_app
@@ -355,6 +357,43 @@ async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its
         "reminder:status-1",
         "reminder:status-2",
     ]
+
+
+async def test_a_reopened_incident_gets_its_status_reminders_again_numbered_on(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    notices = notifications.parse_notifications(
+        NOTIFY.replace("URL", "http://127.0.0.1:9/page"),
+        source="test",
+        base_dir=Path("."),
+        environ={"HOOK_SECRET": SECRET},
+    )
+    coordinator = Coordinator(load_oncall(), notices=notices)
+    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=coordinator.timer_handlers)
+
+    async def reminded() -> None:
+        await pool.execute("UPDATE timers SET due_at = now() WHERE kind = 'status-update' AND fired_at IS NULL")
+        assert await poller.fire_due() == 1
+
+    def move(to_state: str, **extra: str) -> ChangeState:
+        return ChangeState(
+            source="/t", subject="inc-back", data=StateCommand(actor="alice", to_state=to_state, **extra)
+        )
+
+    await feed(
+        pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject="inc-back", data=snapshot())
+    )
+    await feed(pool, names, coordinator, move("acknowledged"))
+    await reminded()
+    await feed(pool, names, coordinator, move("resolved", resolution="fixed"))
+    pending = "SELECT count(*) FROM timers WHERE kind = 'status-update' AND fired_at IS NULL AND cancelled_at IS NULL"
+    assert await pool.fetchval(pending) == 0
+    await feed(pool, names, coordinator, move("acknowledged", note="it came back"))  # reopened
+    assert await pool.fetchval(pending) == 1
+    await reminded()
+    keys = await pool.fetchval("SELECT array_agg(key ORDER BY id) FROM effects WHERE subject = 'inc-back'")
+    reminders = [parsed.discriminator for k in keys if (parsed := notifications.parse_key(k)).kind == "reminder"]
+    assert reminders == ["status-1", "status-2"]
 
 
 async def test_two_coordinators_given_the_same_incident_at_once_page_once(
