@@ -230,7 +230,13 @@ class Responder:
         for sid, step in planned.items():
             old = existing.get(sid)
             if old is not None:
-                if old["state"] in steps.NOT_STARTED:
+                if old["state"] in steps.NOT_STARTED and step.status in ("refused", "skipped"):
+                    # The revised plan would not run it (its condition no longer holds): not run, approved or not.
+                    await timers.cancel(ctx.conn, service=SERVICE, kind=APPROVAL_TIMEOUT, subject=sid)
+                    await self._change(
+                        ctx, event, dict(old), step.status, actor="planner", reason=step.reason, final=True
+                    )
+                elif old["state"] in steps.NOT_STARTED:
                     await self._apply_policy(ctx, event, dict(old), facts, targets[step.step], "revised plan")
                 continue
             row = dict(stored[sid])

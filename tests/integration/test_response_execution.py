@@ -522,6 +522,43 @@ async def test_a_revised_plan_adds_new_steps_and_never_runs_an_executed_one_agai
     assert await pool.fetchval("SELECT count(DISTINCT plan_id) FROM responder_steps WHERE incident_id = 'inc-r'") == 1
 
 
+CONDITIONAL = """
+playbooks:
+  - id: wipe
+    title: Wipe what was compromised
+    match: {types: [system_compromise]}
+    steps:
+      - id: wipe
+        name: Wipe host
+        phase: eradication
+        response: immediate
+        for_each: affected_hosts
+        connector: webhook
+        action: wipe
+        params: {host: {value: "{{ item }}", type: hostname}}
+        condition: "analysis.severity == 'SEV1'"
+        approval: required
+"""
+
+
+async def test_a_step_the_revised_plan_would_not_run_is_skipped_though_it_waited_for_approval(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    responder = Responder(domain.parse_playbooks(CONDITIONAL), responder_for(pool, None).execution)
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-w", data=analysis(Severity.SEV1)))
+    assert await states(pool, "inc-w") == {"wipe web-1": "awaiting_approval"}
+    # The incident is not as bad as it looked: the wipe's condition no longer holds.
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-w", data=analysis(Severity.SEV3)))
+    row = await fetch_one(pool, "SELECT state, reason FROM responder_steps WHERE incident_id = 'inc-w'")
+    assert row["state"] == "skipped" and "condition" in row["reason"]
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM timers WHERE subject LIKE 'inc-w:%' AND fired_at IS NULL AND cancelled_at IS NULL"
+        )
+        == 0
+    )
+
+
 async def test_a_revision_leaves_a_step_waiting_on_the_same_terms_as_it_was(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:
