@@ -311,6 +311,7 @@ def _in_texts(texts: Sequence[tuple[str, str]], noise: Noise, tools: set[str]) -
     kilobyte), and each value found is then looked for in each field.
     """
     fields: list[tuple[str, str]] = []
+    written: list[str] = []  # each field's text as written (refanged), for what keeps its case: a URL's path
     for name, text in texts:
         text = text[:MAX_TEXT]
         if not text or not _MAY_HOLD.search(text):
@@ -320,12 +321,17 @@ def _in_texts(texts: Sequence[tuple[str, str]], noise: Noise, tools: set[str]) -
                 yield Sighting("cloud_resource", match.group().rstrip(").,]"), name)
             # What a resource id holds (a finding's hex id, a region) is part of it, not an indicator.
             text = pattern.sub(" ", text)
-        fields.append((name, fang(text).lower() if _DEFANGED.search(text) else text.lower()))
+        text = fang(text) if _DEFANGED.search(text) else text
+        fields.append((name, text.lower()))
+        written.append(text)
     if not fields:
         return
     joined = "\n".join(t for _, t in fields)
     found = find_iocs(joined, parse_from_url_path=False, included_ioc_types=_FINDER_TYPES)
     candidates: list[tuple[Kind, str]] = [(kind, v) for key, kind in _IOC_KINDS.items() for v in found.get(key, ())]
+    as_written = "\n".join(written)
+    if len(as_written) == len(joined):  # lower case kept every length (it nearly always does): spans agree
+        candidates = [(kind, _as_written(v, joined, as_written) if kind == "url" else v) for kind, v in candidates]
     candidates += [("ipv4", v) for v in dict.fromkeys(_IPV4.findall(joined))]
     for kind, value in candidates:
         if kind == "url" and "://" not in value:
@@ -343,6 +349,18 @@ def _in_texts(texts: Sequence[tuple[str, str]], noise: Noise, tools: set[str]) -
             if kind == "domain" and not _stands_alone(wanted, text):
                 continue
             yield Sighting(judged.kind, judged.value, name, judged.internal)
+
+
+def _as_written(found: str, lowered: str, written: str) -> str:
+    """A URL ioc-finder found in the lower-cased text, as the alert wrote it: a path's case is its own
+    (``/bins/Mozi.m`` is not ``/bins/mozi.m``), and feeds list it as written."""
+    start = lowered.find(found)
+    if start == -1:
+        return found
+    scheme, sep, rest = written[start : start + len(found)].partition("://")
+    # Scheme and host are the same in any case: lower, as intel keys them; the rest as written.
+    cut = min((at for at in (rest.find(c) for c in "/?#") if at != -1), default=len(rest))
+    return scheme.lower() + sep + rest[:cut].lower() + rest[cut:]
 
 
 def stands_whole(kind: Kind, value: str, text: str) -> bool:

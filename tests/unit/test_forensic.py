@@ -291,3 +291,17 @@ def test_a_value_stands_whole_where_the_pattern_finds_it(kind: Kind, value: str,
 )
 def test_a_value_stands_whole_only_apart_from_a_longer_one(kind: Kind, value: str, text: str, whole: bool) -> None:
     assert forensic.stands_whole(kind, value, text) is whole
+
+
+def test_a_url_keeps_the_case_of_its_path_as_feeds_list_it() -> None:
+    summary = detector.summarise(
+        alert(
+            title="ET MALWARE download",
+            description="GET HTTPS://Evil-CDN.net/Invoice_Q3.exe then hxxp://103.45.67[.]89/bins/Mozi.m",
+            host=None,
+            src_ip=None,
+            dst_ip=None,
+        )
+    )
+    urls = sorted(s.value for s in forensic.sightings(summary, Noise()) if s.kind == "url")
+    assert urls == ["http://103.45.67.89/bins/Mozi.m", "https://evil-cdn.net/Invoice_Q3.exe"]
