@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse
 
 from services.detector import suppression_api
 from services.detector.adapters import FORMAT_HEADER, FORMATS, Parsed, Rejected, parse_record, storable
+from services.detector.adapters.alertmanager import GROUP_LABEL as ALERTMANAGER_GROUP_LABEL
 from services.detector.metrics import INGEST_RECORDS, INGEST_REFUSED, INGEST_REQUESTS
 from shared import identity
 from shared.service import Runtime
@@ -160,8 +161,16 @@ def _is_json(line: bytes) -> bool:
 
 
 def raw_key(parsed: Parsed) -> bytes | None:
-    """The raw record's Kafka key: its first alert's entity, so one entity's alerts share a partition."""
-    return parsed.alerts[0].entity.encode() if parsed.alerts else None
+    """The raw record's Kafka key: its first alert's entity, so one entity's alerts share a partition.
+
+    An Alertmanager message is keyed by its group instead: every notification of a group carries the
+    group's alerts, whichever comes first, and an alert stays in its group; so keyed, the message that
+    says an alert fired and the later one that says it resolved are read in that order.
+    """
+    if not parsed.alerts:
+        return None
+    group = parsed.alerts[0].labels.get(ALERTMANAGER_GROUP_LABEL) if parsed.format == "alertmanager" else None
+    return f"alertmanager:{group}".encode() if group else parsed.alerts[0].entity.encode()
 
 
 def raw_headers(parsed: Parsed, *, source: str | None = None) -> list[tuple[str, bytes]]:

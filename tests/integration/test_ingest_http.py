@@ -468,17 +468,24 @@ PAGERDUTY_TRIGGER: dict[str, Any] = {
 async def test_an_alertmanager_webhook_is_on_the_raw_topic_as_alertmanager(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
+    # The group's next notification: another alert fired first, and db-01's has resolved.
+    web = {**ALERTMANAGER_PAYLOAD["alerts"][0], "labels": {"alertname": "DiskFull", "instance": "web-01:9100"}}
+    db = {**ALERTMANAGER_PAYLOAD["alerts"][0], "status": "resolved", "endsAt": NOW}
+    later = {**ALERTMANAGER_PAYLOAD, "commonLabels": {"alertname": "DiskFull"}, "alerts": [web, db]}
     async with ingest(settings, pool) as client:
         response = await client.post("/api/v1/alerts/alertmanager", json=ALERTMANAGER_PAYLOAD)
         junk = await client.post("/api/v1/alerts/alertmanager", json={"alerts": "none"})
+        again = await client.post("/api/v1/alerts/alertmanager", json=later)
     assert response.status_code == 202, response.text
+    assert again.status_code == 202, again.text
     assert response.json()["records"][0]["format"] == "alertmanager"
     assert junk.status_code == 400, junk.text
     assert junk.json()["code"] and junk.json()["detail"]
-    (record,) = await raw_records(settings, names, expect=1)
+    record, next_record = await raw_records(settings, names, expect=2)
     assert json.loads(record.value) == ALERTMANAGER_PAYLOAD
     assert headers_of(record)["vigil_format"] == b"alertmanager"
-    assert record.key == b"host:db-01"  # the instance label, without its port
+    # Keyed by the group, whichever alert comes first: db-01's firing is read before its resolution.
+    assert record.key == next_record.key == b'alertmanager:{}:{alertname="DiskFull"}'
 
 
 @pytest.mark.skipif("alertmanager" in FORMATS, reason="the alertmanager adapter is registered")

@@ -65,6 +65,8 @@ from services.detector.adapters.base import (
 )
 from shared.alerts import Alert
 
+# The label that names the alert's group (the message's groupKey): the ingest keys a message by it.
+GROUP_LABEL = "alertmanager.group_key"
 SUPPORTED_VERSION = "4"
 # Go's zero time: Alertmanager writes it for an end time it does not know.
 UNSET_TIME = "0001-01-01T00:00:00Z"
@@ -210,7 +212,7 @@ def _labels(
             found[f"annotation.{name}"] = annotation
     meta = (
         ("alertmanager.receiver", receiver),
-        ("alertmanager.group_key", text(common.get("groupKey"))),
+        (GROUP_LABEL, text(common.get("groupKey"))),
         ("alertmanager.external_url", text(common.get("externalURL"))),
         ("ends_at", ends_at if ends_at != UNSET_TIME else None),
     )
