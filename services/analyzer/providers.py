@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from importlib.metadata import entry_points
 from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -504,8 +506,8 @@ async def consult(
             normal[key] = intel.indicator_key(*key)
         except ValueError:
             continue
-    # Never an internal address to a third party; a network is nobody's indicator.
-    normal = {key: n for key, n in normal.items() if n[0] != "cidr" and (n[0] != "ip" or is_external(n[1]))}
+    # Never an internal address to a third party, nor a link to one; a network is nobody's indicator.
+    normal = {key: n for key, n in normal.items() if n[0] != "cidr" and _may_leave(*n)}
     rows = await conn.fetch(
         """SELECT c.kind, c.value, c.provider, c.verdict, c.confidence, c.tags, c.fetched_at, c.expires_at
              FROM unnest($1::text[], $2::text[]) AS q(kind, value)
@@ -767,3 +769,21 @@ async def _reanalyse(ctx: HandlerContext, incident_id: str, reanalyse: Reanalyse
     if changed:
         ctx.emitted.extend(scratch.emitted)
         ctx.audited.extend(scratch.audited)
+
+
+def _may_leave(kind: str, value: str) -> bool:
+    """Whether an indicator may be sent to a third party: not an internal address, nor a URL on one."""
+    if kind == "ip":
+        return is_external(value)
+    if kind == "url":
+        host = urlsplit(value).hostname or ""
+        return is_external(host) if _is_address(host) else True
+    return True
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

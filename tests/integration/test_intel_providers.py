@@ -135,7 +135,8 @@ async def test_answers_arrive_through_the_effects_runner_and_publish_the_analysi
             {
                 "src_ip": "10.0.0.5",
                 "dst_ip": "203.0.113.45",
-                "description": "cdn-update-check.net: beacon to http://cdn-update-check.net/stage2",
+                "description": "cdn-update-check.net: beacon to http://cdn-update-check.net/stage2"
+                " after a look at http://10.0.0.5/admin",
             },
             {"src_ip": "10.0.0.5", "dst_ip": "198.51.100.7", "description": "DNS answer"},
         )
@@ -152,7 +153,7 @@ async def test_answers_arrive_through_the_effects_runner_and_publish_the_analysi
             ("intel.provider.virustotal", "198.51.100.7"),
             ("intel.provider.virustotal", "cdn-update-check.net"),
             ("intel.provider.virustotal", "http://cdn-update-check.net/stage2"),
-        }  # never the internal 10.0.0.5
+        }  # never the internal 10.0.0.5, nor a link to it
 
         async with runner(db, online):
             await eventually(lambda: all_done(db))
