@@ -486,12 +486,18 @@ async def create_window(
     return row
 
 
+# A window not over yet: one-off until its end; recurring while an occurrence may start (up to its ends_at)
+# or one that started by then goes on (an occurrence lasts its duration past the last start).
+_WINDOW_IN_FORCE = """(ends_at IS NULL OR ends_at > now()
+    OR (rrule IS NOT NULL AND ends_at + duration_s * interval '1 second' > now()))"""
+
+
 async def end_window(conn: Conn, *, window_id: str, ended_by: str) -> asyncpg.Record | None:
     """End a window now (a recurring one has no occurrence from now on); None if it had ended."""
     return await conn.fetchrow(
-        """UPDATE detector_maintenance_windows
+        f"""UPDATE detector_maintenance_windows
            SET ends_at = now(), ended_by = $2
-           WHERE id = $1 AND ended_by IS NULL AND (ends_at IS NULL OR ends_at > now()) RETURNING *""",
+           WHERE id = $1 AND ended_by IS NULL AND {_WINDOW_IN_FORCE} RETURNING *""",
         window_id,
         ended_by,
     )
@@ -500,8 +506,8 @@ async def end_window(conn: Conn, *, window_id: str, ended_by: str) -> asyncpg.Re
 async def list_windows(conn: Conn, *, include_ended: bool = False, limit: int = 500) -> list[asyncpg.Record]:
     """Maintenance windows that have not ended (and the ended ones when asked)."""
     return await conn.fetch(
-        """SELECT * FROM detector_maintenance_windows
-           WHERE $1 OR ends_at IS NULL OR ends_at > now()
+        f"""SELECT * FROM detector_maintenance_windows
+           WHERE $1 OR (ended_by IS NULL AND {_WINDOW_IN_FORCE})
            ORDER BY starts_at, id LIMIT $2""",
         include_ended,
         limit,

@@ -216,9 +216,13 @@ class Window:
             return (self.starts_at, self.ends_at) if self.starts_at <= now < self.ends_at else None
         assert self.duration is not None
         start: datetime | None = self.recurrence().before(now, inc=True)
-        if start is None or now >= start + self.duration:
+        if start is None:
             return None
-        return start.astimezone(UTC), (start + self.duration).astimezone(UTC)
+        # Its duration is elapsed time, not the local clock's: a clock change during it makes it no shorter
+        # or longer (a local datetime plus a timedelta moves the clock face).
+        begins = start.astimezone(UTC)
+        ends = begins + self.duration
+        return (begins, ends) if now < ends else None
 
     def next_start(self, now: datetime) -> datetime | None:
         """Return when the next occurrence after ``now`` starts, or None if there is none."""

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from rich.console import Console
 from typer.testing import CliRunner
 
-from services.detector import adapters
+from services.detector import adapters, repository
 from services.detector import api as detector_api
 from services.detector.handlers import Detector, decode
 from services.detector.suppression import load_inhibition
@@ -561,3 +561,27 @@ async def test_a_silenced_alert_is_in_the_reporter_s_alert_history_marked_suppre
         "SELECT incident_id FROM reporter_history WHERE type = 'vigil.alert.suppressed_resolved.v1'"
     )
     assert [r["incident_id"] for r in ends] == ["silence:s-disk"]
+
+
+async def test_a_recurring_windows_last_occurrence_holds_to_its_end_past_the_windows_end(pool: asyncpg.Pool) -> None:
+    """No occurrence starts after a recurring window's end; one that started before it lasts its duration."""
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        for window_id, rrule, duration_s in (("nightly", "FREQ=DAILY", 4 * 3600), ("one-off", None, None)):
+            await repository.create_window(
+                conn,
+                window_id=window_id,
+                name=window_id,
+                matchers=["host=db-01"],
+                starts_at=now - timedelta(hours=1),  # the last occurrence began an hour ago
+                ends_at=now - timedelta(minutes=1),
+                rrule=rrule,
+                duration_s=duration_s,
+                time_zone="UTC",
+                created_by="alice",
+                comment="patching",
+            )
+        assert [w["id"] for w in await repository.list_windows(conn)] == ["nightly"]
+        # Ended by a person, it ends now, occurrence and all.
+        assert await repository.end_window(conn, window_id="nightly", ended_by="bob") is not None
+        assert await repository.list_windows(conn) == []

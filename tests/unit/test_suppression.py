@@ -132,6 +132,33 @@ def test_a_recurring_window_covers_each_occurrence_in_its_time_zone_across_dayli
     assert window.next_start(datetime(2026, 11, 2, tzinfo=UTC)) == datetime(2026, 11, 8, 1, 0, tzinfo=UTC)
 
 
+@pytest.mark.parametrize(
+    ("day", "starts_utc"),
+    [
+        (datetime(2027, 3, 28, tzinfo=UTC), datetime(2027, 3, 28, 1, 0, tzinfo=UTC)),  # spring forward at 02:00
+        (datetime(2026, 10, 25, tzinfo=UTC), datetime(2026, 10, 25, 0, 0, tzinfo=UTC)),  # fall back at 03:00
+    ],
+)
+def test_an_occurrence_lasts_its_duration_on_the_days_the_clocks_change(day: datetime, starts_utc: datetime) -> None:
+    # Sundays at 02:00 in Paris, for an hour: on either change, an hour of real time, not of the clock face.
+    paris = ZoneInfo("Europe/Paris")
+    window = Window(
+        "w4",
+        "weekly",
+        parse_matchers(["service=checkout"]),
+        datetime(2026, 10, 4, 2, 0, tzinfo=paris),
+        rrule="FREQ=WEEKLY;BYDAY=SU",
+        duration=timedelta(hours=1),
+        time_zone="Europe/Paris",
+    )
+    minutes = [day + timedelta(minutes=m) for m in range(0, 6 * 60, 5)]
+    covered = [m for m in minutes if window.occurrence(m) is not None]
+    assert (covered[0], covered[-1]) == (starts_utc, starts_utc + timedelta(minutes=55))
+    assert len(covered) == 12
+    assert window.occurrence(starts_utc) == (starts_utc, starts_utc + timedelta(hours=1))
+    assert window.end_after(starts_utc) == starts_utc + timedelta(hours=1)
+
+
 def test_a_recurring_window_stops_recurring_at_its_end() -> None:
     window = Window(
         "w3",
