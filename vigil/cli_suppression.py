@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 from rich.table import Table
@@ -37,14 +38,31 @@ def _detector(method: str, path: str, body: Any = None) -> Any:
     return cli._answer_of(cli._request("detector", cli._settings().detector_url, method, path, body))
 
 
-def _time(text: str | None, option: str) -> datetime | None:
+def _time(text: str | None, option: str, *, zone: tzinfo | None = None) -> datetime | None:
+    """An ISO 8601 time; without an offset, in ``zone`` (else this machine's zone)."""
     if text is None:
         return None
     try:
         at = datetime.fromisoformat(text)
     except ValueError as exc:
         raise typer.BadParameter(f"not an ISO 8601 time: {text!r}", param_hint=option) from exc
-    return at if at.tzinfo is not None else at.astimezone()
+    if at.tzinfo is not None:
+        return at
+    return at.replace(tzinfo=zone) if zone is not None else at.astimezone()
+
+
+def _naive(text: str) -> bool:
+    try:
+        return datetime.fromisoformat(text).tzinfo is None
+    except ValueError:
+        return False  # refused as it is read
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise typer.BadParameter(f"unknown time zone {name!r}", param_hint="--tz") from exc
 
 
 def _seconds(text: str | None, option: str) -> int | None:
@@ -181,7 +199,10 @@ def maintenance_add(
     rrule: Annotated[
         str | None, typer.Option("--rrule", help="Recurring: an iCalendar RRULE, e.g. 'FREQ=WEEKLY;BYDAY=SU'.")
     ] = None,
-    time_zone: Annotated[str, typer.Option("--tz", help="The zone the RRULE is read in.")] = "UTC",
+    time_zone: Annotated[
+        str | None,
+        typer.Option("--tz", help="The zone the RRULE recurs in, and --start / --end read in without an offset."),
+    ] = None,
     comment: Annotated[str, typer.Option("--comment", "-c", help="Why, or a change ticket.")] = "",
     as_json: JsonOption = False,
 ) -> None:
@@ -190,9 +211,15 @@ def maintenance_add(
         raise typer.BadParameter("say what is in maintenance: --host, --service or --match")
     # A window's matchers must all match: several hosts (or services) become one regex.
     matchers = [*(match or []), *_one_of("host", host), *_one_of("service", service)]
-    starts_at = _time(start, "--start") or datetime.now(UTC)
+    if rrule is not None and time_zone is None and start is not None and _naive(start):
+        # Read in this machine's zone but recurring in UTC, a weekly window would drift off its day and hour.
+        raise typer.BadParameter(
+            "a recurring window needs the zone it recurs in: --tz (e.g. --tz Europe/Paris), or an offset on --start"
+        )
+    zone = _zone(time_zone or "UTC")
+    starts_at = _time(start, "--start", zone=zone if time_zone else None) or datetime.now(UTC)
     seconds = _seconds(duration, "--for")
-    ends_at = _time(end, "--end")
+    ends_at = _time(end, "--end", zone=zone if time_zone else None)
     if rrule is None:
         if (ends_at is None) == (seconds is None):
             raise typer.BadParameter("a one-off window needs --end or --for, one of them")
@@ -207,7 +234,7 @@ def maintenance_add(
         "ends_at": ends_at.isoformat() if ends_at else None,
         "rrule": rrule,
         "duration_s": seconds,
-        "time_zone": time_zone,
+        "time_zone": time_zone or "UTC",
         "comment": comment,
     }
     created = _detector("POST", "/api/v1/maintenance-windows", body)

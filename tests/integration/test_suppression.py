@@ -585,3 +585,19 @@ async def test_a_recurring_windows_last_occurrence_holds_to_its_end_past_the_win
         # Ended by a person, it ends now, occurrence and all.
         assert await repository.end_window(conn, window_id="nightly", ended_by="bob") is not None
         assert await repository.list_windows(conn) == []
+
+
+async def test_a_recurring_window_without_an_offset_is_read_in_the_zone_it_recurs_in(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_module, "console", Console(width=250))
+    commander = await token(pool, "commander", "ana")
+    weekly = ["maintenance", "add", "weekly", "--host", "db-01", "--start", "2026-11-29T02:00"]
+    weekly += ["--rrule", "FREQ=WEEKLY;BYDAY=SU", "--for", "2h"]
+    # Read in this machine's zone but recurring in UTC, it would drift off its hour: the zone is asked for.
+    refused = await asyncio.to_thread(CliRunner().invoke, cli, weekly, env={"VIGIL_API_TOKEN": commander})
+    assert refused.exit_code == 2 and "needs the zone it recurs in" in refused.output
+    async with detector_url(settings, pool, names) as url:
+        added = json.loads(await vigil(url, commander, *weekly, "--tz", "Europe/Paris", "--json"))
+    assert datetime.fromisoformat(added["starts_at"]) == datetime(2026, 11, 29, 1, 0, tzinfo=UTC)  # 02:00 in Paris
+    assert added["time_zone"] == "Europe/Paris"
