@@ -57,6 +57,13 @@ def attributes_of(headers: Headers) -> dict[str, str]:
     }
 
 
+def refuse_nul(value: bytes, attributes: dict[str, str]) -> None:
+    """Raise InvalidMessage for an event holding NUL: Postgres text and jsonb cannot hold it, so no consumer
+    could store the event, and it would stop each at every retry; refused, it is dead-lettered instead."""
+    if b"\\u0000" in value or b"\x00" in value or any("\x00" in text for text in attributes.values()):
+        raise InvalidMessage("the event holds a NUL character (\\u0000), which Postgres cannot store")
+
+
 def decode(value: bytes | None, headers: Headers) -> Event:
     """Decode a binary-mode CloudEvent Kafka record into its event, or raise InvalidMessage.
 
@@ -80,6 +87,7 @@ def decode(value: bytes | None, headers: Headers) -> Event:
         if str(exc).startswith("depth limit"):
             raise InvalidMessage("body is not JSON Vigil reads: nested too deeply") from exc
         raise InvalidMessage(f"body is not JSON: {exc}") from exc
+    refuse_nul(value, attributes)
     fields = {name: attributes[name] for name in _ENVELOPE if name in attributes}
     fields["data"] = data
     try:

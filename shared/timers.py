@@ -59,13 +59,17 @@ async def schedule(
     """Set (or move) the one pending timer of this kind for this subject, in one round trip."""
     # The count makes the insert wait for the cancelling update (a data-modifying WITH runs when
     # its rows are read), so the pending one is out of the unique index before the new one goes in.
+    # One that another transaction set meanwhile (the poller firing the last and setting the next) is
+    # past this statement's snapshot: the conflict moves it instead.
     await conn.execute(
         """WITH cancelled AS (
                UPDATE timers SET cancelled_at = now()
                WHERE service = $1 AND kind = $2 AND subject = $3 AND fired_at IS NULL AND cancelled_at IS NULL
                RETURNING 1)
            INSERT INTO timers (service, kind, subject, due_at, payload)
-           SELECT $1, $2, $3, $4, $5 FROM (SELECT count(*) FROM cancelled) AS moved""",
+           SELECT $1, $2, $3, $4, $5 FROM (SELECT count(*) FROM cancelled) AS moved
+           ON CONFLICT (service, kind, subject) WHERE fired_at IS NULL AND cancelled_at IS NULL
+           DO UPDATE SET due_at = excluded.due_at, payload = excluded.payload""",
         service,
         kind,
         subject,
@@ -96,7 +100,9 @@ async def schedule_many(conn: Conn, *, service: str, kind: str, due: Mapping[str
                  AND t.fired_at IS NULL AND t.cancelled_at IS NULL
                RETURNING 1)
            INSERT INTO timers (service, kind, subject, due_at)
-           SELECT $1, $2, w.subject, w.due_at FROM wanted w, (SELECT count(*) FROM cancelled) AS moved""",
+           SELECT $1, $2, w.subject, w.due_at FROM wanted w, (SELECT count(*) FROM cancelled) AS moved
+           ON CONFLICT (service, kind, subject) WHERE fired_at IS NULL AND cancelled_at IS NULL
+           DO UPDATE SET due_at = excluded.due_at""",
         service,
         kind,
         list(due),

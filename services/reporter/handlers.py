@@ -83,6 +83,7 @@ def foreign_event(
         data = json.loads(value or b"")
     except ValueError as exc:
         raise InvalidMessage(f"{event_type}: body is not JSON: {exc}") from exc
+    cloudevents.refuse_nul(value or b"", attributes)
     if not isinstance(data, dict):
         raise InvalidMessage(f"{event_type}: body is not a JSON object")
     return HistoryEvent(

@@ -147,7 +147,12 @@ def http_target(url: str) -> str:
 
 
 def bound_text(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """Return ``text``, cut to ``limit`` characters with a mark where it was cut."""
+    """Return ``text``, cut to ``limit`` characters with a mark where it was cut, NUL shown as ``\\0``.
+
+    What the far side said is stored as text: Postgres text cannot hold NUL (a UTF-16 answer is full of
+    them), and an outcome that could not be stored would stop the runner at every attempt.
+    """
+    text = text.replace("\x00", "\\0") if "\x00" in text else text
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -163,10 +168,22 @@ def bound_result(result: Mapping[str, Any] | None) -> dict[str, Any]:
         text = json.dumps(dict(result or {}), default=str)
     except (TypeError, ValueError) as exc:  # e.g. a cycle: keep the outcome, say why the result is gone
         return {"unserialisable": describe_error(exc)}
+    if "\\u0000" in text:  # Postgres jsonb cannot hold NUL either: shown as \0, as bound_text does
+        text = json.dumps(_without_nul(json.loads(text)))
     if len(text.encode()) <= MAX_RESULT_BYTES:
         loaded: dict[str, Any] = json.loads(text)
         return loaded
     return {"truncated": True, "excerpt": bound_text(text, MAX_RESULT_BYTES // 2)}
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\\0")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 # ---- signed requests ---------------------------------------------------------------------------

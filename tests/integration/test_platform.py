@@ -509,3 +509,29 @@ async def test_a_due_time_set_again_neither_moves_its_timer_nor_sets_a_fired_one
         ("step-2", due, False, True),
         ("step-2", due + timedelta(hours=1), False, False),
     ]
+
+
+async def test_a_timer_set_while_another_transaction_fires_and_sets_it_again_is_moved(pool: asyncpg.Pool) -> None:
+    due = datetime.now(UTC) + timedelta(hours=1)
+    async with pool.acquire() as conn:
+        await schedule(conn, service="svc", kind="refresh", subject="feed", due_at=due)
+    async with pool.acquire() as poller, pool.acquire() as person:
+        firing = poller.transaction()
+        await firing.start()
+        # The poller fires the timer and sets the next, as a handler that reschedules does.
+        await poller.execute("UPDATE timers SET fired_at = now() WHERE kind = 'refresh' AND fired_at IS NULL")
+        await schedule(poller, service="svc", kind="refresh", subject="feed", due_at=due + timedelta(hours=1))
+        # A person asks for a refresh now: the statement waits for the poller's row.
+        asked = asyncio.create_task(schedule(person, service="svc", kind="refresh", subject="feed", due_at=due))
+        await eventually(
+            lambda: pool.fetchval(
+                """SELECT count(*) > 0 FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'"""
+            )
+        )
+        await firing.commit()
+        await asked
+    pending = await pool.fetch(
+        "SELECT due_at FROM timers WHERE kind = 'refresh' AND fired_at IS NULL AND cancelled_at IS NULL"
+    )
+    assert [r["due_at"] for r in pending] == [due]

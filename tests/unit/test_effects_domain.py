@@ -161,3 +161,12 @@ def test_results_and_errors_stay_bounded() -> None:
     assert "unserialisable" in bound_result(cyclic)
     assert len(describe_error(RuntimeError("e" * 10_000))) <= 2000
     assert describe_error(TimeoutError()) == "TimeoutError"
+
+
+def test_what_the_far_side_said_is_kept_without_nul_which_postgres_cannot_store() -> None:
+    # A UTF-16 answer, or a program that prints NUL: the outcome must be storable, or the runner stops.
+    utf16 = "ok".encode("utf-16-le").decode("utf-8")
+    assert bound_result({"body": utf16, "lines": ["a\x00b"]}) == {"body": "o\\0k\\0", "lines": ["a\\0b"]}
+    assert describe_error(RuntimeError("bad\x00answer")) == "RuntimeError: bad\\0answer"
+    # A backslash and "u0000" as text is no NUL, and stays as it was.
+    assert bound_result({"body": "\\u0000"}) == {"body": "\\u0000"}

@@ -102,6 +102,18 @@ def test_decode_rejects_bad_records_with_a_reason(
         cloudevents.decode(value, headers)
 
 
+def test_an_event_holding_nul_is_refused_since_no_consumer_could_store_it() -> None:
+    event = detected()
+    record = cloudevents.encode(event)
+    with_nul = record.value.replace(b'"title":"', b'"title":"\\u0000', 1)
+    assert with_nul != record.value
+    with pytest.raises(InvalidMessage, match="NUL character"):
+        cloudevents.decode(with_nul, record.headers)
+    headers = [(name, raw + b"\x00" if name == "ce_id" else raw) for name, raw in record.headers]
+    with pytest.raises(InvalidMessage, match="NUL character"):
+        cloudevents.decode(record.value, headers)
+
+
 def test_a_header_without_a_value_is_as_if_absent() -> None:
     # Kafka allows a header with no value, and aiokafka reads it as None: never a crash of every consumer.
     event = detected()
