@@ -303,6 +303,9 @@ class ConsumeLoop(Generic[T]):
         self._guard_loaded = False
         self._stopping = asyncio.Event()
         self._warned: set[str] = set()
+        # Per partition, the last offset the guard has judged: a batch run again (its dead letters not yet
+        # acknowledged, say) is not judged twice, or each retry would count its dead letters once more.
+        self._judged_to: dict[tuple[str, int], int] = {}
         self.fence = fence  # the consumer's rebalance listener: make_consumer(..., listener=fence)
         self.relay: OutboxRelay | None = None  # the service's relay, woken directly while it leads
 
@@ -371,7 +374,7 @@ class ConsumeLoop(Generic[T]):
         """Handle one fetched batch end to end; offsets are committed only when all of it is done."""
         valid: list[Inbound[T]] = []
         invalid: list[tuple[Any, InvalidMessage]] = []
-        arrival: list[Inbound[T] | None] = []  # the batch in order, None for an invalid record
+        arrival: list[tuple[Any, Inbound[T] | None]] = []  # the batch in order, with None for an invalid record
         skipped = 0
         for tp, records in batch.items():
             EVENTS_CONSUMED.labels(self.service, tp.topic).inc(len(records))
@@ -384,17 +387,17 @@ class ConsumeLoop(Generic[T]):
                     self._warn_once(exc.reason, record)
                 except InvalidMessage as exc:
                     invalid.append((record, exc))
-                    arrival.append(None)
+                    arrival.append((record, None))
                 except Exception as exc:
                     # Decoding is pure: what fails on one record would fail again on every retry and stop
                     # the partition. Dead-lettered with the failure, and logged whole for whoever fixes it.
                     log.exception("%s: a record of %s could not be decoded", self.service, record.topic)
                     failure = InvalidMessage(f"could not be decoded: {type(exc).__name__}: {exc}", code="undecodable")
                     invalid.append((record, failure))
-                    arrival.append(None)
+                    arrival.append((record, None))
                 else:
                     valid.append(Inbound(event_id, item, record))
-                    arrival.append(valid[-1])
+                    arrival.append((record, valid[-1]))
 
         started = time.perf_counter()
         fresh, rejected = await self._handle_in_transaction(valid, invalid, arrival)
@@ -416,7 +419,10 @@ class ConsumeLoop(Generic[T]):
             log.warning("skipping %s[%d]@%d and its like: %s", record.topic, record.partition, record.offset, reason)
 
     async def _handle_in_transaction(
-        self, valid: list[Inbound[T]], invalid: list[tuple[Any, InvalidMessage]], arrival: list[Inbound[T] | None]
+        self,
+        valid: list[Inbound[T]],
+        invalid: list[tuple[Any, InvalidMessage]],
+        arrival: list[tuple[Any, Inbound[T] | None]],
     ) -> tuple[int, list[tuple[Any, InvalidMessage]]]:
         if not valid and not invalid:
             return 0, []
@@ -450,19 +456,25 @@ class ConsumeLoop(Generic[T]):
                         self.service,
                         [event_id for event_id, _record, _reason in ctx.rejected],
                     )
-            # Each message judged once, in arrival order: dead-lettered or handled; duplicates not at all.
+            # Each message judged once, in arrival order: dead-lettered or handled; duplicates not at all, nor
+            # what an earlier run of this batch judged.
             rejected_ids = {event_id for event_id, _record, _reason in ctx.rejected}
             fresh_ids = {id(inbound) for inbound in fresh}
+            judged_to = self._judged_to
             verdicts = [
                 item is None or item.event_id in rejected_ids
-                for item in arrival
-                if item is None or id(item) in fresh_ids
+                for record, item in arrival
+                if (item is None or id(item) in fresh_ids)
+                and record.offset > judged_to.get((record.topic, record.partition), -1)
             ]
             judged = await self._judge(conn, verdicts)
             # This process's relay, leading, is woken below once committed; any other by notification.
             relay = self.relay if self.relay is not None and self.relay.leading else None
             await write_context(conn, ctx, notify=relay is None)
         self.guard = judged  # only once committed: a batch retried is judged once
+        for record, _item in arrival:
+            where = (record.topic, record.partition)
+            judged_to[where] = max(judged_to.get(where, -1), record.offset)
         if relay is not None and ctx.emitted:
             relay.wake()
         return len(fresh), [(record, error) for _event_id, record, error in ctx.rejected]

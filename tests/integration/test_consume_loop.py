@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka.errors import KafkaTimeoutError
 
 from shared import cloudevents
 from shared.consumer import DeadLetterGuard, HandlerContext, Inbound, decode_cloudevent, dispatch_each
@@ -238,6 +239,42 @@ async def test_dead_letter_limit_stops_the_consumer(
         with pytest.raises(DeadLetterLimitExceeded):
             await asyncio.wait_for(task, 30)
     assert await committed(settings, group_id(settings, "t6"), topic) is None
+
+
+async def test_a_batch_run_again_because_its_dead_letters_failed_is_judged_once(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await make_handled_table(pool)
+    topic = names(INCIDENTS)
+    # Four dead letters in ten: under the limit of half, however often the batch is run (judged again on each
+    # run, a window of 16 would hold ten of them after the second retry).
+    guard = DeadLetterGuard(ratio=0.5, window=16)
+    async with consume_loop(
+        settings,
+        pool,
+        service="t11",
+        topics=[topic],
+        decoder=decode_cloudevent,
+        handler=dispatch_each({IncidentDetected: record_effect}),
+        guard=guard,
+    ) as (loop, _task):
+        send = loop.producer.send
+        failures = 0
+
+        async def failing_twice(topic_name: str, **kwargs: Any) -> Any:
+            nonlocal failures
+            if topic_name == names(EVENTS_DLQ) and failures < 2:  # the dead-letter topic not there for a while
+                failures += 1
+                raise KafkaTimeoutError("dead-letter topic unavailable")
+            return await send(topic_name, **kwargs)
+
+        loop.producer.send = failing_twice  # type: ignore[method-assign]
+        junk = [(b"k", b"junk", [("ce_specversion", b"1.0"), ("ce_type", b"vigil.incident.detected.v1")])] * 4
+        await produce(settings, topic, [*junk, *(record_of(detected(f"inc-{n}")) for n in range(6))])
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t11"), topic), 10))
+    assert failures == 2
+    assert await count(pool, "SELECT count(*) FROM handled") == 6
+    assert loop.guard.dead == 4
 
 
 async def test_events_the_service_does_not_handle_are_skipped_but_committed(
