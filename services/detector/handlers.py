@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +207,15 @@ class Detector:
         """A silence, window or inhibiting alert ended: the alerts it held back that still fire go on to incidents."""
         released = await self.suppressions.ended(ctx.conn, timer.subject, timer.due_at)
         if released:
-            await self.handle_alerts(ctx, released)
+            # Judged again at the end's time at the earliest: this host's clock may be behind Postgres', and
+            # would find the occurrence that just ended still on.
+            await self.handle_alerts(ctx, released, not_before=timer.due_at)
 
-    async def handle_alerts(self, ctx: HandlerContext, alerts: list[Alert]) -> None:
-        stored = await self._store(ctx, alerts)
+    async def handle_alerts(
+        self, ctx: HandlerContext, alerts: list[Alert], *, not_before: datetime | None = None
+    ) -> None:
+        """Store and correlate a batch of alerts; ``not_before``: suppression is judged no earlier than then."""
+        stored = await self._store(ctx, alerts, not_before)
         self._account(alerts, stored)
         for change in stored.changes:
             self._emit_snapshots(ctx, change, stored.alert_bytes)
@@ -321,21 +326,21 @@ class Detector:
             for data in parts[1:]:
                 ctx.emit(AlertsSuppressedResolved(source=SOURCE, subject=subject, correlationid=first.id, data=data))
 
-    async def _store(self, ctx: HandlerContext, alerts: list[Alert]) -> Stored:
+    async def _store(self, ctx: HandlerContext, alerts: list[Alert], not_before: datetime | None = None) -> Stored:
         """Store the alerts; the whole batch runs again if another replica stored some of them meanwhile.
 
         No savepoint of its own (two round trips on every batch for a rare race): the consume loop rolls
         the batch back and runs it again, and the second pass finds the other replica's alerts stored.
         """
         try:
-            return await self._store_once(ctx, alerts)
+            return await self._store_once(ctx, alerts, not_before)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name not in RACED:
                 raise
             log.info("alerts stored meanwhile by another detector; the batch runs again (%s)", exc.detail)
             raise Raced(f"another detector stored some of these alerts meanwhile ({exc.constraint_name})") from exc
 
-    async def _store_once(self, ctx: HandlerContext, alerts: list[Alert]) -> Stored:
+    async def _store_once(self, ctx: HandlerContext, alerts: list[Alert], not_before: datetime | None) -> Stored:
         """Count firing alerts stored before as repeats, correlate and store the others; then resolve.
 
         Within a batch an alert's last sighting says how it stands: fired, then resolved, it ends
@@ -344,7 +349,9 @@ class Detector:
         stored = Stored()
         firing = [a for a in alerts if a.status == "firing"]
         if firing:
-            stored.known_before, stored.repeated, stored.changes = await self._store_firing(ctx, firing, stored)
+            stored.known_before, stored.repeated, stored.changes = await self._store_firing(
+                ctx, firing, stored, not_before
+            )
         last = {a.key: a for a in alerts}  # the last sighting of each alert in the batch
         ended = {key: domain.resolution_time(a) for key, a in last.items() if a.status == "resolved"}
         if ended:
@@ -385,7 +392,7 @@ class Detector:
         return adopted
 
     async def _store_firing(
-        self, ctx: HandlerContext, alerts: list[Alert], stored: Stored
+        self, ctx: HandlerContext, alerts: list[Alert], stored: Stored, not_before: datetime | None
     ) -> tuple[set[str], dict[str, repository.StoredAlert], list[domain.IncidentChange]]:
         """Count the alerts stored before as repeats; store the suppressed ones; correlate the others.
 
@@ -407,7 +414,7 @@ class Detector:
                 first_sightings.setdefault(alert.key, alert)
         # Silenced, in maintenance or inhibited: stored with what suppressed it, in no incident.
         fresh, stored.suppressed = await self.suppressions.hold_back(
-            ctx.conn, list(first_sightings.values()), firing=alerts, held=stored.held
+            ctx.conn, list(first_sightings.values()), firing=alerts, held=stored.held, not_before=not_before
         )
         stored_before = set(repeats)
         if not fresh:

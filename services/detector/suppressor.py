@@ -79,7 +79,13 @@ class Suppressions:
         log.debug("suppression reloaded: %d silence(s), %d window(s)", len(silences), len(windows))
 
     async def hold_back(
-        self, conn: Conn, fresh: Sequence[Alert], *, firing: Sequence[Alert], held: Counter[str]
+        self,
+        conn: Conn,
+        fresh: Sequence[Alert],
+        *,
+        firing: Sequence[Alert],
+        held: Counter[str],
+        not_before: datetime | None = None,
     ) -> tuple[list[Alert], list[domain.Held]]:
         """Store the new alerts that something suppresses, with what; return the others, for correlation,
         and the suppressed ones as stored, for their event.
@@ -90,6 +96,7 @@ class Suppressions:
         if not self.loaded:
             await self.reload(conn)
         state, now = self.state, self.clock()
+        now = max(now, not_before) if not_before is not None else now
         if state.inhibitions:
             await self._record_sources(conn, state, firing, now)
         targets = {alert.key: state.targets(alert) for alert in fresh} if state.inhibitions else {}

@@ -29,13 +29,15 @@ from services.detector.suppressor import Suppressions
 from services.reporter import api as reporter_api
 from services.reporter import handlers as reporter
 from shared import cloudevents, identity
+from shared.alerts import Alert
+from shared.consumer import HandlerContext
 from shared.db import connect
 from shared.events import EventBase, IncidentDetected
 from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
-from shared.timers import TimerPoller
+from shared.timers import Timer, TimerPoller
 from shared.topics import ALERTS_RAW, ALERTS_SUPPRESSED, COORDINATION, INCIDENTS, TopicNames
 from tests import helpers
 from tests.factories import alert_dict
@@ -601,3 +603,36 @@ async def test_a_recurring_window_without_an_offset_is_read_in_the_zone_it_recur
         added = json.loads(await vigil(url, commander, *weekly, "--tz", "Europe/Paris", "--json"))
     assert datetime.fromisoformat(added["starts_at"]) == datetime(2026, 11, 29, 1, 0, tzinfo=UTC)  # 02:00 in Paris
     assert added["time_zone"] == "Europe/Paris"
+
+
+async def test_an_alert_released_when_a_window_ends_is_not_held_again_by_a_clock_behind_the_databases(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    now = datetime.now(UTC)
+    # This host's clock is ten minutes behind: it still finds today's occurrence (now-20 to now-5 min) on.
+    lagging = Suppressions((), clock=lambda: datetime.now(UTC) - timedelta(minutes=10))
+    detector = Detector(correlation_window=timedelta(minutes=30), suppressions=lagging)
+    async with pool.acquire() as conn:
+        await repository.create_window(
+            conn,
+            window_id="daily",
+            name="daily",
+            matchers=["host=db-05"],
+            starts_at=now - timedelta(days=1, minutes=20),
+            ends_at=None,
+            rrule="FREQ=DAILY",
+            duration_s=15 * 60,
+            time_zone="UTC",
+            created_by="alice",
+            comment="backups",
+        )
+    held = Alert.model_validate({**alert_dict(host="db-05"), "format": "alertmanager"})  # a tool that says when it ends
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="detector", names=names)
+        await detector.handle_alerts(ctx, [held])
+    assert await pool.fetchval("SELECT count(*) FROM detector_incidents") == 0
+    ended_at = now - timedelta(minutes=5)
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="detector", names=names)
+        await detector.on_suppression_ended(ctx, Timer(1, "suppression-ended", "maintenance:daily", ended_at, {}))
+    assert await pool.fetchval("SELECT incident_id FROM detector_alerts WHERE key = $1", held.key) is not None
