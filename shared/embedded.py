@@ -33,10 +33,13 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 LISTEN_PORTS = range(15_000, 32_768)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free now for a server to listen on, outside the ephemeral range where the kernel allows."""
+def free_port(host: str = "127.0.0.1", *, within: range = LISTEN_PORTS) -> int:
+    """A port free now for a server to listen on, outside the ephemeral range where the kernel allows.
+
+    ``within``: where to look (a share of LISTEN_PORTS that no other process of a run picks from).
+    """
     low = _ephemeral_low()
-    candidates = range(LISTEN_PORTS.start, min(LISTEN_PORTS.stop, low))
+    candidates = range(within.start, min(within.stop, low))
     for _ in range(100):
         port = random.choice(candidates) if candidates else 0
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from shared import embedded
 from shared.consumer import BatchFence, BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
 from shared.db import scratch_database
 from shared.kafka import group_id, make_consumer, make_producer
@@ -211,7 +213,7 @@ async def serve_app(app: Any, *, name: str) -> AsyncIterator[str]:
 
     from shared.embedded import free_port
 
-    port = free_port()
+    port = free_port(within=worker_ports())
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off")
     )
@@ -229,3 +231,19 @@ async def serve_app(app: Any, *, name: str) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await serving
+
+
+# The shares the listening ports are cut into, one a test worker (the suites run up to four at once).
+WORKER_SHARES = 8
+
+
+def worker_ports() -> range:
+    """This test worker's share of the listening ports. Tests run side by side, each starting servers on
+    ports chosen a while before they listen (and listened on again after each restart): ports from one
+    range, two tests could choose the same one, and the later to listen would find it taken."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    ports = embedded.LISTEN_PORTS
+    share = len(ports) // WORKER_SHARES
+    start = ports.start + (index % WORKER_SHARES) * share
+    return range(start, start + share)

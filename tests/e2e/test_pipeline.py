@@ -25,6 +25,7 @@ from shared.embedded import free_port
 from shared.settings import SERVICE_NAMES, VigilSettings
 from shared.topics import ALERTS_DLQ, ALERTS_RAW, ANALYSES, COMMANDS, COORDINATION, INCIDENTS, RESPONSES, TopicNames
 from tests.factories import alert_dict
+from tests.helpers import worker_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -70,7 +71,7 @@ def wait_until(check: Any, *, timeout: float, what: str, stack: Stack | None = N
 
 @pytest.fixture
 def stack(settings: VigilSettings, tmp_path: Path) -> Iterator[Stack]:
-    ports = {name: free_port() for name in SERVICE_NAMES}
+    ports = {name: free_port(within=worker_ports()) for name in SERVICE_NAMES}
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,

@@ -27,7 +27,7 @@ from bench import formats
 from shared.embedded import free_port
 from shared.kafka import make_consumer, make_producer
 from shared.settings import SERVICE_NAMES, VigilSettings
-from tests.helpers import serve_app
+from tests.helpers import serve_app, worker_ports
 from vigil.demo import EstateAlerts
 
 # Every random choice of the suite (alerts, which service dies, when) comes from this seed.
@@ -154,7 +154,7 @@ class Stack:
 
         self.settings = settings
         self.folder = folder
-        self.ports = {name: free_port() for name in SERVICE_NAMES}
+        self.ports = {name: free_port(within=worker_ports()) for name in SERVICE_NAMES}
         self.kills: list[Kill] = []
         # SIGTERMs: a stopping effects runner cancels its calls in flight and they run again afterwards.
         self.stops: list[Kill] = []
