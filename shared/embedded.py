@@ -33,6 +33,11 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 LISTEN_PORTS = range(15_000, 32_768)
 
 
+# The ports this process has handed out: a server is often started a while after its port was chosen (and
+# on the same one after each restart), and the port looks free to the next choice until then.
+_GIVEN: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1", *, within: range = LISTEN_PORTS) -> int:
     """A port free now for a server to listen on, outside the ephemeral range where the kernel allows.
 
@@ -42,11 +47,14 @@ def free_port(host: str = "127.0.0.1", *, within: range = LISTEN_PORTS) -> int:
     candidates = range(within.start, min(within.stop, low))
     for _ in range(100):
         port = random.choice(candidates) if candidates else 0
+        if port in _GIVEN:
+            continue  # chosen before, perhaps not listened on yet: free now, taken later
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
+            _GIVEN.add(port)
             return int(sock.getsockname()[1])
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # every try taken: any port the kernel gives
         sock.bind((host, 0))
