@@ -300,16 +300,21 @@ def notices_counted(channel: str, kind: str, outcome: str = "succeeded") -> floa
     return REGISTRY.get_sample_value("vigil_coordinator_notifications_total", labels) or 0.0
 
 
-async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its_conversation(
-    pool: asyncpg.Pool, names: TopicNames
-) -> None:
+def unreachable_pager() -> Coordinator:
+    """A coordinator whose notices go to a webhook nobody listens on (the effects are what is checked)."""
     notices = notifications.parse_notifications(
         NOTIFY.replace("URL", "http://127.0.0.1:9/page"),
         source="test",
         base_dir=Path("."),
         environ={"HOOK_SECRET": SECRET},
     )
-    coordinator = Coordinator(load_oncall(), notices=notices)
+    return Coordinator(load_oncall(), notices=notices)
+
+
+async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its_conversation(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    coordinator = unreachable_pager()
     await feed(pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject="inc-r", data=snapshot()))
     ack = AcknowledgeIncident(source="/t", subject="inc-r", data=CommandArgs(actor="alice@example.com"))
     await feed(pool, names, coordinator, ack)
@@ -362,13 +367,7 @@ async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its
 async def test_a_reopened_incident_gets_its_status_reminders_again_numbered_on(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    notices = notifications.parse_notifications(
-        NOTIFY.replace("URL", "http://127.0.0.1:9/page"),
-        source="test",
-        base_dir=Path("."),
-        environ={"HOOK_SECRET": SECRET},
-    )
-    coordinator = Coordinator(load_oncall(), notices=notices)
+    coordinator = unreachable_pager()
     poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=coordinator.timer_handlers)
 
     async def reminded() -> None:

@@ -106,18 +106,22 @@ def test_a_one_off_window_covers_its_hosts_during_its_span() -> None:
     assert suppressor.decide(alert(host="db-01"), T0 + timedelta(hours=2), {}) is None
 
 
-def test_a_recurring_window_covers_each_occurrence_in_its_time_zone_across_daylight_saving() -> None:
-    # Every Sunday 02:00-04:00 in Paris, from 4 October 2026; clocks go back on 25 October.
-    paris = ZoneInfo("Europe/Paris")
-    window = Window(
-        "w2",
+def sundays_in_paris(window_id: str, *, hours: int) -> Window:
+    """A window every Sunday from 02:00 in Paris, from 4 October 2026, for the checkout service."""
+    return Window(
+        window_id,
         "weekly patching",
         parse_matchers(["service=checkout"]),
-        datetime(2026, 10, 4, 2, 0, tzinfo=paris),
+        datetime(2026, 10, 4, 2, 0, tzinfo=ZoneInfo("Europe/Paris")),
         rrule="FREQ=WEEKLY;BYDAY=SU",
-        duration=timedelta(hours=2),
+        duration=timedelta(hours=hours),
         time_zone="Europe/Paris",
     )
+
+
+def test_a_recurring_window_covers_each_occurrence_in_its_time_zone_across_daylight_saving() -> None:
+    # Every Sunday 02:00-04:00 in Paris; clocks go back on 25 October.
+    window = sundays_in_paris("w2", hours=2)
     check_window(window, T0)
     suppressor = Suppressor(windows=[window])
     checkout = alert(labels={"service": "checkout"})
@@ -141,16 +145,7 @@ def test_a_recurring_window_covers_each_occurrence_in_its_time_zone_across_dayli
 )
 def test_an_occurrence_lasts_its_duration_on_the_days_the_clocks_change(day: datetime, starts_utc: datetime) -> None:
     # Sundays at 02:00 in Paris, for an hour: on either change, an hour of real time, not of the clock face.
-    paris = ZoneInfo("Europe/Paris")
-    window = Window(
-        "w4",
-        "weekly",
-        parse_matchers(["service=checkout"]),
-        datetime(2026, 10, 4, 2, 0, tzinfo=paris),
-        rrule="FREQ=WEEKLY;BYDAY=SU",
-        duration=timedelta(hours=1),
-        time_zone="Europe/Paris",
-    )
+    window = sundays_in_paris("w4", hours=1)
     minutes = [day + timedelta(minutes=m) for m in range(0, 6 * 60, 5)]
     covered = [m for m in minutes if window.occurrence(m) is not None]
     assert (covered[0], covered[-1]) == (starts_utc, starts_utc + timedelta(minutes=55))
