@@ -123,6 +123,13 @@ class ServiceSpec:
     linger_ms: int = 0
 
 
+NUL_REFUSED = "the request holds a NUL character (\\u0000), which no text Vigil stores or looks up can"
+
+
+def _holds_nul(body: bytes) -> bool:
+    return b"\x00" in body or b"\\u0000" in body
+
+
 def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
     """The service's HTTP surface: health, readiness, Prometheus metrics and its own API."""
     app = FastAPI(title=f"Vigil {runtime.service}", version="1")
@@ -131,15 +138,17 @@ def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
 
     @app.middleware("http")
     async def bounded(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # The HTTP ingest reads alerts against its own, larger limit; every other body is small.
+        # The HTTP ingest reads alerts against its own, larger limit (and refuses NUL per record, saying
+        # which); every other body is small.
         declared = request.headers.get("content-length")
-        if (
-            declared is not None
-            and declared.isdigit()
-            and int(declared) > limit
-            and not request.url.path.startswith(INGEST_PREFIX)
-        ):
+        if declared is None or not declared.isdigit() or request.url.path.startswith(INGEST_PREFIX):
+            return await call_next(request)
+        if int(declared) > limit:
             return JSONResponse({"detail": f"the body is over {limit} bytes"}, status_code=413)
+        # Postgres text holds no NUL: refused here, not only where it is stored (a command a service passes
+        # on as an event would be refused by the service that reads it, after this one said yes).
+        if int(declared) and _holds_nul(await request.body()):
+            return JSONResponse({"detail": NUL_REFUSED}, status_code=422)
         return await call_next(request)
 
     @app.get("/healthz", include_in_schema=False)
@@ -171,7 +180,7 @@ def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
         # whatever the route, rather than failing as a server error. The transaction was rolled back.
         log.info("%s %s refused: %s", request.method, request.url.path, exc)
         return JSONResponse(
-            {"detail": "the request holds a NUL character (\\u0000), which no text Vigil stores or looks up can"},
+            {"detail": NUL_REFUSED},
             status_code=422,
         )
 

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from fastapi import APIRouter
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
@@ -422,6 +423,27 @@ async def test_readiness_answers_while_every_pooled_connection_is_busy(
         for conn in held:
             await pool.release(conn)
         await probe.close()
+
+
+async def test_a_body_holding_nul_is_refused_before_any_route_and_any_other_reaches_its_route_whole(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    received: list[dict[str, Any]] = []
+    router = APIRouter()
+
+    @router.post("/api/v1/notes")
+    async def note(body: dict[str, Any]) -> dict[str, str]:
+        received.append(body)  # a route that passes text on, storing none of it itself
+        return {"status": "ok"}
+
+    runtime = Runtime(service="coordinator", settings=settings, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+    app = build_app(runtime, [router])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vigil") as client:
+        refused = await client.post("/api/v1/notes", json={"note": "x\u0000y"})
+        passed = await client.post("/api/v1/notes", json={"note": "x" * 50_000})
+    assert refused.status_code == 422 and "NUL character" in refused.json()["detail"]
+    assert passed.status_code == 200
+    assert received == [{"note": "x" * 50_000}]
 
 
 # ---- housekeeping ---------------------------------------------------------------------------
