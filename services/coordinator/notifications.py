@@ -359,8 +359,16 @@ _MENTION = re.compile(r"(?<![\w.])@")
 
 
 def _mattermost_text(value: Any) -> str:
-    """A value that pings nobody: a zero-width space after an @ that would start a mention (@channel, @all)."""
-    return _MENTION.sub("@\u200b", _one_line(value))
+    """A value that pings nobody (a zero-width space after an @ that would start a mention: @channel, @all)
+    and links nowhere (its Markdown shown as written, see _markdown_text)."""
+    return _MENTION.sub("@\u200b", _markdown_text(value))
+
+
+def _markdown_text(value: Any) -> str:
+    """A value on one line whose Markdown links nowhere (Teams' TextBlock, Mattermost): an alert's title is
+    shown as its tool wrote it, never as a link disguised as text ([Ack here](https://…)) nor an image loaded
+    from anywhere (![x](https://…)). A zero-width space between ] and ( breaks the link, and shows nothing."""
+    return _one_line(value).replace("](", "]\u200b(")
 
 
 def _plain(value: Any) -> str:
@@ -371,7 +379,7 @@ def _plain(value: Any) -> str:
 ESCAPES: dict[str, Callable[[Any], str]] = {
     "webhook": _one_line,
     "slack": _slack_text,
-    "teams": _one_line,
+    "teams": _markdown_text,
     "mattermost": _mattermost_text,
     "email": _plain,
 }

@@ -383,6 +383,14 @@ def test_alert_text_is_data_never_markup_or_template() -> None:
     assert ("Severity", "SEV1") in escalated.facts and ("Severity", "SEV4") not in escalated.facts
 
 
+@pytest.mark.parametrize("channel", ["teams", "mattermost"])
+def test_alert_text_never_becomes_a_link_or_an_image_in_a_markdown_channel(channel: str) -> None:
+    data = {**FULL_DATA["escalation"], "title": "[Ack here](https://evil.example/p) ![x](https://evil.example/t.png)"}
+    rendered = example().templates.render(channel, notice(data=data), recipient="a")
+    assert "](" not in rendered.title
+    assert "[Ack here]\u200b(https://evil.example/p) ![x]\u200b(https://evil.example/t.png)" in rendered.title
+
+
 def test_a_mention_inside_an_address_is_left_alone() -> None:
     templates = example().templates
     rendered = templates.render("mattermost", notice(), recipient="a")
