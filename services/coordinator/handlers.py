@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -80,7 +80,9 @@ STATUS_UPDATE = "status-update"
 STEP_DUE = "response-step-due"
 # HandlerContext.read: the incidents of a run of updates, locked and read at once (``lock_updated``).
 UPDATED_ROWS = "coordinator.updated_rows"
-_UPDATED_COLUMNS = "state, severity, commander, escalation_step, edited_by, type, escalation -> 'analysis' AS analysis"
+_UPDATED_COLUMNS = (
+    "state, severity, commander, escalation_step, edited_by, type, state_times, escalation -> 'analysis' AS analysis"
+)
 ALERTS_IN_ESCALATION = 20
 
 
@@ -92,6 +94,16 @@ PHASES_STARTED: dict[IncidentState, tuple[tasks.Phase, ...]] = {
     IncidentState.RECOVERED: ("closure",),
     IncidentState.RESOLVED: ("closure", "post_mortem"),
 }
+
+
+def phases_started(state_times: Mapping[str, Any]) -> set[tasks.Phase]:
+    """The runbook phases an incident has begun, by the states it has entered (triage from the start)."""
+    started: set[tasks.Phase] = {"triage"}
+    for state in state_times:
+        if (known := domain.known_state(state)) is not None:
+            started.update(PHASES_STARTED.get(known, ()))
+    return started
+
 
 Command = AcknowledgeIncident | ResolveIncident | ChangeState | EditIncident | AddNote | AssignRole
 Outcome = IncidentStateChanged | IncidentEdited | IncidentAssigned | CommandRejected | None
@@ -300,6 +312,7 @@ class Coordinator:
             severity=new,
             commander=row["commander"],
             now=event.time,
+            started=phases_started(row["state_times"]),
         )
         self._tell_tasks(ctx, event, made)
         if state is IncidentState.DETECTED:
@@ -984,7 +997,7 @@ class Coordinator:
         recommendation = event.data.severity_recommendation
         assert recommendation is not None
         row = await ctx.conn.fetchrow(
-            """SELECT state, severity, commander, escalation, escalation_step, edited_by, type
+            """SELECT state, severity, commander, escalation, escalation_step, edited_by, type, state_times
                FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE""",
             event.subject,
         )

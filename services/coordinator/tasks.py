@@ -221,11 +221,12 @@ def plan_task(
     severity: Severity,
     commander: str,
     now: datetime,
-    current_phase: Phase,
+    started: Collection[Phase],
 ) -> NewTask:
-    """Resolve a template for one incident. A deadline from a phase not yet started waits for `start_phase`."""
+    """Resolve a template for one incident. A deadline from a phase not yet started waits for `start_phase`;
+    one from a phase started already (``started``) runs from now."""
     after = due_after(template, severity)
-    anchored = template.due_from == "created" or template.phase == current_phase
+    anchored = template.due_from == "created" or template.phase in started
     owner, role = owner_of(template, commander=commander)
     return NewTask(
         incident_id=incident_id,
@@ -390,6 +391,10 @@ async def _schedule_due(conn: Conn, tasks: Sequence[Task]) -> None:
     await timers.schedule_many(conn, service=SERVICE, kind=TASK_DUE, due=due)
 
 
+# The phases an incident has begun when it is detected.
+STARTED_AT_DETECTION: tuple[Phase, ...] = ("triage",)
+
+
 async def create_tasks(
     conn: Conn,
     templates: Iterable[TaskTemplate],
@@ -399,16 +404,14 @@ async def create_tasks(
     severity: Severity,
     commander: str,
     now: datetime,
-    current_phase: Phase = "triage",
+    started: Collection[Phase] = STARTED_AT_DETECTION,
 ) -> list[Task]:
     """Make the incident's tasks in the caller's transaction; return those made now (none the second time).
 
-    `current_phase` is the phase the incident is in: its tasks due from the phase's start are due from now.
+    ``started``: the phases the incident has begun; their tasks due from the phase's start are due from now.
     """
     planned = [
-        plan_task(
-            t, incident_id=incident_id, severity=severity, commander=commander, now=now, current_phase=current_phase
-        )
+        plan_task(t, incident_id=incident_id, severity=severity, commander=commander, now=now, started=started)
         for t in tasks_for(templates, incident_type=incident_type, severity=severity)
     ]
     if not planned:

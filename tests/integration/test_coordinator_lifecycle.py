@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -477,3 +477,30 @@ async def test_an_impact_recommendation_raises_the_severity_unless_a_person_set_
     assert raised.data.reason == "severity raised from SEV3 to SEV1 by impact: db-1 is a crown jewel"
     [offer] = [e for e in events if isinstance(e, ChangeOffered) and e.subject == "inc-held"]
     assert (offer.data.by, offer.data.offered) == ("analyzer", "SEV1")
+
+
+async def test_tasks_a_raised_severity_adds_to_a_phase_begun_already_are_due_from_now(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    coordinator = Coordinator(load_oncall())
+    sev3 = snapshot(type=IncidentType.SECURITY_BREACH, severity=Severity.SEV3)
+    await feed(pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject="inc-up", data=sev3))
+    await feed(
+        pool, names, coordinator, AcknowledgeIncident(source="/t", subject="inc-up", data=CommandArgs(actor="al"))
+    )
+    investigate = ChangeState(source="/t", subject="inc-up", data=StateCommand(actor="al", to_state="investigating"))
+    await feed(pool, names, coordinator, investigate)
+    # The detector raises it to SEV2 while it is investigated: the runbook adds SEV2's investigation tasks.
+    sev2 = sev3.model_copy(update={"severity": Severity.SEV2})
+    raised = IncidentUpdated(source="/vigil/detector", subject="inc-up", time=datetime.now(UTC), data=sev2)
+    await feed(pool, names, coordinator, raised)
+    rows = await pool.fetch(
+        "SELECT template_id, due_at FROM coordinator_tasks WHERE incident_id = 'inc-up' AND phase = 'investigation'"
+    )
+    added = {r["template_id"]: r["due_at"] for r in rows if r["template_id"] in ("attribution", "hunt-similar")}
+    assert set(added) == {"attribution", "hunt-similar"}
+    assert all(due is not None and due > raised.time for due in added.values())
+    timers = await pool.fetchval(
+        "SELECT count(*) FROM timers WHERE kind = 'task_due' AND fired_at IS NULL AND cancelled_at IS NULL"
+    )
+    assert timers >= 2

@@ -149,7 +149,7 @@ def test_deadlines_per_severity_and_from_creation_or_the_phase(small: list[tasks
 
     def plan(template: tasks.TaskTemplate, severity: Severity, phase: tasks.Phase = "triage") -> tasks.NewTask:
         return tasks.plan_task(
-            template, incident_id="inc-1", severity=severity, commander="alice", now=T0, current_phase=phase
+            template, incident_id="inc-1", severity=severity, commander="alice", now=T0, started=(phase,)
         )
 
     assert plan(confirm, Severity.SEV1).due_at == T0 + timedelta(minutes=15)
