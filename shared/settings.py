@@ -134,7 +134,8 @@ class VigilSettings(BaseSettings):
     allow_unauthenticated: bool = Field(
         False,
         description="Local experiments only: requests without a token act as `anonymous` with every permission. "
-        "A service on a non-loopback address with it set (and no tokens) logs a warning at start-up.",
+        "A service on a non-loopback address with it set logs a warning at start-up; without it and with no "
+        "API token, it refuses to start.",
     )
     reporter_url: str = Field("http://127.0.0.1:8080", description="Reporter API, used by the CLI.")
     stream_enabled: bool = Field(
