@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -117,6 +117,20 @@ async def cancel(conn: Conn, *, service: str, kind: str, subject: str) -> None:
         service,
         kind,
         subject,
+    )
+
+
+async def cancel_many(conn: Conn, *, service: str, kind: str, subjects: Sequence[str]) -> None:
+    """Cancel the pending timer of this kind of each subject, in one round trip."""
+    if not subjects:
+        return
+    await conn.execute(
+        """UPDATE timers SET cancelled_at = now()
+           WHERE service = $1 AND kind = $2 AND subject = ANY($3::text[])
+             AND fired_at IS NULL AND cancelled_at IS NULL""",
+        service,
+        kind,
+        list(subjects),
     )
 
 

@@ -24,6 +24,7 @@ from services.responder.connectors import Connector, ConnectorError, StepCall, V
 from services.responder.playbook import IncidentFacts, PlannedStep
 from shared import timers
 from shared.consumer import HandlerContext, Inbound, dispatch_each
+from shared.db import Conn
 from shared.effects import Effect
 from shared.effects import repository as effects
 from shared.effects.domain import bound_result
@@ -215,6 +216,7 @@ class Responder:
     ) -> None:
         """Add the plan's new steps; keep every step already there, never running one twice."""
         targets = _targets_per_step(planned.values())
+        policy = _PolicyWrites()
         kept = {sid: step.position for sid, step in planned.items() if sid in existing}
         await repository.keep_in_plan(ctx.conn, kept, plan_id=plan_id)
         # The new steps are stored at once, each with its first log entry, which says where it came from.
@@ -232,17 +234,18 @@ class Responder:
             if old is not None:
                 if old["state"] in steps.NOT_STARTED and step.status in ("refused", "skipped"):
                     # The revised plan would not run it (its condition no longer holds): not run, approved or not.
-                    await timers.cancel(ctx.conn, service=SERVICE, kind=APPROVAL_TIMEOUT, subject=sid)
+                    policy.cancelled.append(sid)
                     await self._change(
                         ctx, event, dict(old), step.status, actor="planner", reason=step.reason, final=True
                     )
                 elif old["state"] in steps.NOT_STARTED:
-                    await self._apply_policy(ctx, event, dict(old), facts, targets[step.step], "revised plan")
+                    await self._apply_policy(ctx, event, dict(old), facts, targets[step.step], "revised plan", policy)
                 continue
             row = dict(stored[sid])
             self._announce(ctx, event, row, from_state=None, actor="planner", reason=new[sid].reason)
             if not new[sid].final:
-                await self._apply_policy(ctx, event, row, facts, targets[step.step], "planned")
+                await self._apply_policy(ctx, event, row, facts, targets[step.step], "planned", policy)
+        await policy.write(ctx.conn)
         reason = f"no longer in the plan ({playbook} at {facts.analysis.severity.value})"
         for sid, old in existing.items():
             if sid not in planned and old["state"] in steps.NOT_STARTED:
@@ -256,8 +259,12 @@ class Responder:
         facts: IncidentFacts,
         targets: int,
         why: str,
+        policy: _PolicyWrites,
     ) -> None:
-        """Decide, by the approval policy, whether a step that has not started runs, waits, or never runs."""
+        """Decide, by the approval policy, whether a step that has not started runs, waits, or never runs.
+
+        The approval terms and timeouts it sets go to ``policy``, written once the plan's steps are decided.
+        """
         decision = approvals.decide(
             self.execution.policy,
             approvals.StepFacts(
@@ -277,7 +284,7 @@ class Responder:
             return
         if decision.mode == "auto":
             if state == "awaiting_approval":
-                await timers.cancel(ctx.conn, service=SERVICE, kind=APPROVAL_TIMEOUT, subject=sid)
+                policy.cancelled.append(sid)
                 await self._change(ctx, cause, row, "approved", actor="policy", reason=f"{why}: {decision.reason}")
             return
         if steps.approved_enough(decision.approvals, row["approvals"]):
@@ -288,20 +295,21 @@ class Responder:
             return  # waiting on the same terms: its deadline stands, counted from when it was first asked
         deadline = utcnow() + timedelta(seconds=decision.timeout_s) if decision.timeout_s else None
         waits = state != "awaiting_approval"  # if not waiting yet, it starts to, in the same statement
-        await repository.set_approval_terms(
-            ctx.conn,
-            sid,
-            rule=decision.rule,
-            required=decision.approvals,
-            roles=decision.roles,
-            deadline=deadline,
-            on_timeout=decision.on_timeout if deadline else None,
-            wait=(state, "policy", decision.reason) if waits else None,
+        policy.terms.append(
+            repository.ApprovalTerms(
+                sid,
+                rule=decision.rule,
+                required=decision.approvals,
+                roles=decision.roles,
+                deadline=deadline,
+                on_timeout=decision.on_timeout if deadline else None,
+                wait=(state, "policy", decision.reason) if waits else None,
+            )
         )
         if deadline is not None:
-            await timers.schedule(ctx.conn, service=SERVICE, kind=APPROVAL_TIMEOUT, subject=sid, due_at=deadline)
+            policy.due[sid] = deadline
         else:
-            await timers.cancel(ctx.conn, service=SERVICE, kind=APPROVAL_TIMEOUT, subject=sid)
+            policy.cancelled.append(sid)
         if waits:
             row["state"] = "awaiting_approval"
             self._announce(ctx, cause, row, from_state=state, actor="policy", reason=decision.reason)
@@ -1228,6 +1236,21 @@ def _same_terms(row: Mapping[str, Any], decision: approvals.Decision) -> bool:
         and row["on_timeout"] == (decision.on_timeout if decision.timeout_s else None)
         and (row["approval_deadline"] is not None) == bool(decision.timeout_s)
     )
+
+
+@dataclass
+class _PolicyWrites:
+    """What the approval policy decided for a plan's steps: written in three round trips once all are decided,
+    not three per step."""
+
+    terms: list[repository.ApprovalTerms] = field(default_factory=list)
+    due: dict[str, datetime] = field(default_factory=dict)  # approval timeouts set (or moved)
+    cancelled: list[str] = field(default_factory=list)  # approval timeouts no longer wanted
+
+    async def write(self, conn: Conn) -> None:
+        await repository.set_approval_terms(conn, self.terms)
+        await timers.schedule_many(conn, service=SERVICE, kind=APPROVAL_TIMEOUT, due=self.due)
+        await timers.cancel_many(conn, service=SERVICE, kind=APPROVAL_TIMEOUT, subjects=self.cancelled)
 
 
 def _step_row(incident_id: str, sid: str, plan_id: str, playbook: str, step: PlannedStep) -> dict[str, Any]:

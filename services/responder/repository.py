@@ -107,42 +107,51 @@ async def keep_in_plan(conn: Conn, positions: Mapping[str, int], *, plan_id: str
     )
 
 
-async def set_approval_terms(
-    conn: Conn,
-    step_id: str,
-    *,
-    rule: str,
-    required: int,
-    roles: Sequence[str],
-    deadline: datetime | None,
-    on_timeout: str | None,
-    wait: tuple[str | None, str, str] | None = None,
-) -> None:
-    """Set the approvals a step needs; with ``wait`` (from state, actor, reason), also put it to
-    ``awaiting_approval`` and log why, in the same round trip."""
-    waiting = wait is not None
-    from_state, actor, reason = wait if wait is not None else (None, "", "")
-    await conn.execute(
-        """WITH changed AS (
-               UPDATE responder_steps
-               SET policy_rule = $2, approvals_required = $3, approver_roles = $4, approval_deadline = $5,
-                   on_timeout = $6, updated_at = now(),
-                   state = CASE WHEN $7 THEN 'awaiting_approval' ELSE state END,
-                   reason = CASE WHEN $7 THEN $8 ELSE reason END
-               WHERE id = $1
-               RETURNING incident_id)
-           INSERT INTO responder_step_log (step_id, incident_id, from_state, to_state, actor, reason)
-           SELECT $1, incident_id, $9, 'awaiting_approval', $10, $8 FROM changed WHERE $7""",
-        step_id,
-        rule,
-        required,
-        list(roles),
-        deadline,
-        on_timeout,
-        waiting,
-        reason,
-        from_state,
-        actor,
+@dataclass(frozen=True)
+class ApprovalTerms:
+    """The approvals a step needs, and with ``wait`` (from state, actor, reason) that it starts waiting for them."""
+
+    step_id: str
+    rule: str
+    required: int
+    roles: Sequence[str]
+    deadline: datetime | None
+    on_timeout: str | None
+    wait: tuple[str | None, str, str] | None = None
+
+
+_SET_APPROVAL_TERMS = """WITH changed AS (
+       UPDATE responder_steps
+       SET policy_rule = $2, approvals_required = $3, approver_roles = $4, approval_deadline = $5,
+           on_timeout = $6, updated_at = now(),
+           state = CASE WHEN $7 THEN 'awaiting_approval' ELSE state END,
+           reason = CASE WHEN $7 THEN $8 ELSE reason END
+       WHERE id = $1
+       RETURNING incident_id)
+   INSERT INTO responder_step_log (step_id, incident_id, from_state, to_state, actor, reason)
+   SELECT $1, incident_id, $9, 'awaiting_approval', $10, $8 FROM changed WHERE $7"""
+
+
+async def set_approval_terms(conn: Conn, terms: Sequence[ApprovalTerms]) -> None:
+    """Set the approvals each step needs; those that start waiting are put to ``awaiting_approval``, and
+    why is logged, in the same statement. One round trip for all of them."""
+    if not terms:
+        return
+    await conn.executemany(
+        _SET_APPROVAL_TERMS,
+        [
+            (
+                t.step_id,
+                t.rule,
+                t.required,
+                list(t.roles),
+                t.deadline,
+                t.on_timeout,
+                t.wait is not None,
+                *((t.wait[2], t.wait[0], t.wait[1]) if t.wait is not None else ("", None, "")),
+            )
+            for t in terms
+        ],
     )
 
 

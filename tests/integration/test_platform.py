@@ -25,7 +25,7 @@ from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay, list_parked, write_events
 from shared.service import DatabaseProbe, Runtime, build_app
 from shared.settings import VigilSettings
-from shared.timers import Timer, TimerPoller, schedule, schedule_many
+from shared.timers import Timer, TimerPoller, cancel_many, schedule, schedule_many
 from shared.topics import ANALYSES, EVENTS_DLQ, INCIDENTS, TopicNames
 from tests.factories import snapshot
 from tests.helpers import committed, consume_loop, eventually, produce, read_all
@@ -512,6 +512,28 @@ async def test_timers_scheduled_many_at_once_move_those_pending_and_set_the_othe
         ("other", "b", soon),
     ]
     assert await pool.fetchval("SELECT count(*) FROM timers WHERE kind = 'due' AND cancelled_at IS NOT NULL") == 1
+
+
+async def test_cancel_many_cancels_each_subjects_pending_timer_of_that_kind_only(pool: asyncpg.Pool) -> None:
+    soon = datetime.now(UTC) + timedelta(minutes=5)
+    async with pool.acquire() as conn:
+        await schedule_many(conn, service="svc", kind="due", due={"a": soon, "b": soon, "c": soon})
+        await schedule(conn, service="svc", kind="other", subject="a", due_at=soon)  # another kind: left alone
+        await schedule(conn, service="elsewhere", kind="due", subject="b", due_at=soon)  # another service's
+        await conn.execute("UPDATE timers SET fired_at = now() WHERE service = 'svc' AND subject = 'c'")  # it fired
+        await cancel_many(conn, service="svc", kind="due", subjects=["a", "b", "c", "never-set"])
+        await cancel_many(conn, service="svc", kind="due", subjects=[])
+    rows = await pool.fetch(
+        """SELECT service, kind, subject, fired_at IS NOT NULL AS fired, cancelled_at IS NOT NULL AS cancelled
+           FROM timers WHERE service IN ('svc', 'elsewhere') ORDER BY service, kind, subject"""
+    )
+    assert [tuple(r) for r in rows] == [
+        ("elsewhere", "due", "b", False, False),
+        ("svc", "due", "a", False, True),
+        ("svc", "due", "b", False, True),
+        ("svc", "due", "c", True, False),  # fired: what it did stands
+        ("svc", "other", "a", False, False),
+    ]
 
 
 async def test_a_due_time_set_again_neither_moves_its_timer_nor_sets_a_fired_one_again(pool: asyncpg.Pool) -> None:
