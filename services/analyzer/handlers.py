@@ -269,7 +269,8 @@ async def _threat_analysis(
     cause = rootcause.root_cause(trace, dataset, indicators)
     tactics = rootcause.tactics_of(trace, dataset)
     features = similar.features(indicators, gathered.hosts, gathered.users, trace.techniques)
-    shared, past = await history.shared_with(ctx.conn, incident_id=incident_id, features=features)
+    weighed = similar.weights(features, indicators)
+    alike = await history.most_alike(ctx.conn, incident_id=incident_id, weighed=weighed)
     await history.add_features(ctx.conn, incident_id=incident_id, features=features, seen_at=snapshot.first_seen)
     known_users = {u.name for u in found.users}
     inputs = risk.RiskInputs(
@@ -292,7 +293,7 @@ async def _threat_analysis(
         "attack_version": dataset.version,
         "root_cause": cause,
         "threat": rootcause.threat_profile(trace, dataset, indicators, known_bad_outside=counts.known_bad_outside),
-        "similar": similar.rank(shared, past, indicators),
+        "similar": [similar.describe(incident, weighed) for incident in alike],
         "risk": risk.score(inputs),
     }
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from services.analyzer.rootcause import Trace
-from services.analyzer.similar import Feature, PastIncident
+from services.analyzer.similar import MAX_SIMILAR, MIN_SCORE, Feature, PastIncident
 from shared.db import Conn
 
 # Past incidents read per shared value: a value common to thousands of incidents costs this many rows.
@@ -51,28 +51,37 @@ async def add_features(conn: Conn, *, incident_id: str, features: Sequence[Featu
     )
 
 
-async def shared_with(
-    conn: Conn, *, incident_id: str, features: Sequence[Feature]
-) -> tuple[list[tuple[str, Feature]], dict[str, PastIncident]]:
-    """Other incidents that have any of ``features`` (the most recent per value), and what they are."""
-    if not features:
-        return [], {}
+async def most_alike(conn: Conn, *, incident_id: str, weighed: Mapping[Feature, tuple[str, int]]) -> list[PastIncident]:
+    """The past incidents that share the most weight of these features (``similar.weights``), most alike first.
+
+    Those of equal weight, the more recent first; below ``MIN_SCORE``, none. Scored in Postgres: of the
+    hundreds of incidents a common value can be shared with, only the few named come back.
+    """
+    if not weighed:
+        return []
+    features = list(weighed)
     rows = await conn.fetch(
-        """SELECT w.kind, w.value, p.incident_id
-           FROM unnest($1::text[], $2::text[]) AS w(kind, value)
+        """SELECT t.incident_id, t.title, t.first_seen, array_agg(w.n) AS shared
+           FROM unnest($1::text[], $2::text[], $3::int[]) WITH ORDINALITY AS w(kind, value, points, n)
            CROSS JOIN LATERAL (
                SELECT f.incident_id FROM analyzer_incident_features f
-               WHERE f.kind = w.kind AND f.value = w.value AND f.incident_id <> $3
-               ORDER BY f.first_seen DESC LIMIT $4
-           ) p""",
+               WHERE f.kind = w.kind AND f.value = w.value AND f.incident_id <> $4
+               ORDER BY f.first_seen DESC LIMIT $5
+           ) p
+           JOIN analyzer_traces t ON t.incident_id = p.incident_id
+           GROUP BY t.incident_id
+           HAVING sum(w.points) >= $6
+           ORDER BY sum(w.points) DESC, t.first_seen DESC NULLS LAST, t.incident_id COLLATE "C"
+           LIMIT $7""",
         [f.kind for f in features],
         [f.value for f in features],
+        [points for _, points in weighed.values()],
         incident_id,
         PER_FEATURE,
+        MIN_SCORE,
+        MAX_SIMILAR,
     )
-    shared = [(r["incident_id"], Feature(r["kind"], r["value"])) for r in rows]
-    ids = sorted({incident for incident, _ in shared})
-    past = await conn.fetch(
-        "SELECT incident_id, title, first_seen FROM analyzer_traces WHERE incident_id = ANY($1::text[])", ids
-    )
-    return shared, {r["incident_id"]: PastIncident(r["incident_id"], r["title"], r["first_seen"]) for r in past}
+    return [
+        PastIncident(r["incident_id"], r["title"], r["first_seen"], tuple(features[n - 1] for n in r["shared"]))
+        for r in rows
+    ]

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from shared.addresses import is_internal
 from shared.events import Indicator, SimilarIncident
@@ -22,13 +23,13 @@ COMMON_ACCOUNTS = frozenset(
     {"root", "admin", "administrator", "system", "nt authority\\system", "local service", "network service", "guest"}
 )
 MAX_FEATURES = 500  # looked up per analysis: known bad first, then the rest
+# The most alike past incidents named, those of equal score the more recent first (history.most_alike).
 MAX_SIMILAR = 5
 MIN_SCORE = 3  # a technique or a root account in common is not "alike"
 HASHES = ("md5", "sha1", "sha256")
 
 
-@dataclass(frozen=True)
-class Feature:
+class Feature(NamedTuple):  # a tuple: hashed and compared at C speed, as ranking does for each shared value
     kind: str  # an indicator kind, "host", "user" or "technique"
     value: str
 
@@ -42,6 +43,7 @@ class PastIncident:
     incident_id: str
     title: str
     first_seen: datetime | None
+    shared: tuple[Feature, ...] = ()  # what it has of this incident's features
 
 
 def features(
@@ -83,43 +85,28 @@ _WORDS = {
 }
 
 
-def rank(
-    shared: Iterable[tuple[str, Feature]],
-    past: dict[str, PastIncident],
-    indicators: Sequence[Indicator],
-) -> list[SimilarIncident]:
-    """Past incidents by the weight of what they share with this one, with the reason; most alike first."""
+def weights(features: Iterable[Feature], indicators: Sequence[Indicator]) -> dict[Feature, tuple[str, int]]:
+    """Each feature's sort and weight: what sharing it says of a past incident."""
     bad = {i.value for i in indicators if i.verdict in ("malicious", "suspicious")}
-    by_incident: dict[str, list[Feature]] = defaultdict(list)
-    for incident_id, feature in shared:
-        by_incident[incident_id].append(feature)
-    found = []
-    for incident_id, common in by_incident.items():
-        if incident_id not in past:
-            continue
-        weighed = [(feature, *weight(feature, bad)) for feature in sorted(set(common), key=lambda f: f.text)]
-        points = sum(w for _, _, w in weighed)
-        if points < MIN_SCORE:
-            continue
-        sorts: dict[str, list[str]] = defaultdict(list)
-        for feature, sort, _ in sorted(weighed, key=lambda item: -item[2]):
-            sorts[sort].append(feature.value)
-        reason = "shares " + "; ".join(
-            f"{len(values)} {_WORDS[sort][len(values) != 1]} ({', '.join(values[:3])}"
-            + (f" and {len(values) - 3} more)" if len(values) > 3 else ")")
-            for sort, values in sorted(sorts.items(), key=lambda item: -WEIGHTS[item[0]])
-        )
-        incident = past[incident_id]
-        found.append(
-            SimilarIncident(
-                incident_id=incident_id,
-                title=incident.title,
-                first_seen=incident.first_seen,
-                score=points,
-                reason=reason,
-                shared=[f.text for f, _, _ in weighed][:20],
-            )
-        )
-    # Equally alike: the more recent first.
-    found.sort(key=lambda s: (-s.score, -(s.first_seen.timestamp() if s.first_seen else 0.0), s.incident_id))
-    return found[:MAX_SIMILAR]
+    return {feature: weight(feature, bad) for feature in features}
+
+
+def describe(incident: PastIncident, weighed: dict[Feature, tuple[str, int]]) -> SimilarIncident:
+    """A past incident found alike (``history.most_alike``), with its score and what it shares, in words."""
+    common = sorted(set(incident.shared), key=lambda f: f.text)
+    sorts: dict[str, list[str]] = defaultdict(list)
+    for feature in sorted(common, key=lambda f: -weighed[f][1]):
+        sorts[weighed[feature][0]].append(feature.value)
+    reason = "shares " + "; ".join(
+        f"{len(values)} {_WORDS[sort][len(values) != 1]} ({', '.join(values[:3])}"
+        + (f" and {len(values) - 3} more)" if len(values) > 3 else ")")
+        for sort, values in sorted(sorts.items(), key=lambda item: -WEIGHTS[item[0]])
+    )
+    return SimilarIncident(
+        incident_id=incident.incident_id,
+        title=incident.title,
+        first_seen=incident.first_seen,
+        score=sum(weighed[f][1] for f in common),
+        reason=reason,
+        shared=[f.text for f in common][:20],
+    )

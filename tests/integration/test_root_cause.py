@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import json
 import textwrap
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from services.analyzer import assets, attack, intel
+from services.analyzer import assets, attack, history, intel, similar
 from services.analyzer.handlers import analyse_incident
 from services.analyzer.handlers import handle as analyzer_handle
+from services.analyzer.rootcause import Trace
+from services.analyzer.similar import Feature
 from services.coordinator.handlers import ACK_DEADLINE, SERVICE, Coordinator
 from services.coordinator.notifications import parse_notifications
 from services.coordinator.service import load_oncall
@@ -30,7 +32,7 @@ from services.detector.handlers import Detector, decode
 from shared import cloudevents
 from shared.consumer import HandlerContext, decode_cloudevent, write_context
 from shared.db import connect
-from shared.events import Analysis, IncidentAnalyzed, IncidentDetected, IncidentEscalated
+from shared.events import Analysis, IncidentAnalyzed, IncidentDetected, IncidentEscalated, Indicator
 from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay
 from shared.settings import VigilSettings
@@ -333,3 +335,38 @@ async def test_feeds_of_every_format_and_an_inventory_weigh_the_corpus_incidents
     )
     assert (ssh.impact.most_critical, ssh.impact.data_at_risk) == (1, "restricted")
     assert ssh.severity_recommendation is not None and ssh.severity_recommendation.reasons
+
+
+async def test_the_most_alike_past_incidents_are_scored_in_postgres_most_alike_then_most_recent_first(
+    pool: asyncpg.Pool,
+) -> None:
+    host, bad, root = Feature("host", "web-1"), Feature("ipv4", "203.0.113.7"), Feature("user", "root")
+    t0 = datetime(2026, 11, 24, 9, tzinfo=UTC)
+    weighed = similar.weights([host, bad, root], [Indicator(kind="ipv4", value=bad.value, verdict="malicious")])
+    async with pool.acquire() as conn:
+        traced = {
+            "inc-bad": ([host, bad], t0),  # 12
+            "inc-root": ([root], t0),  # 1: below MIN_SCORE, not alike
+            "inc-undated": ([host, root], None),  # 5, its time unknown: after those dated
+            **{f"inc-{n}": ([host], t0 + timedelta(hours=n)) for n in range(5)},  # 4 each, the later first
+            "inc-now": ([host, bad, root], t0),  # the incident itself: never alike itself
+        }
+        for incident_id, (features, seen) in traced.items():
+            await history.add_features(conn, incident_id=incident_id, features=features, seen_at=seen or t0)
+            await history.save_trace(conn, incident_id=incident_id, title=f"{incident_id} title", trace=Trace())
+            # The trace's time is its earliest alert's; set here as each case needs it.
+            await conn.execute("UPDATE analyzer_traces SET first_seen = $2 WHERE incident_id = $1", incident_id, seen)
+        # Its trace is gone (a detach forgets it): not a past incident to name.
+        await history.add_features(conn, incident_id="inc-untraced", features=[host, bad], seen_at=t0)
+        alike = await history.most_alike(conn, incident_id="inc-now", weighed=weighed)
+        assert await history.most_alike(conn, incident_id="inc-now", weighed={}) == []
+    assert [(p.incident_id, sorted(p.shared)) for p in alike] == [
+        ("inc-bad", [host, bad]),
+        ("inc-undated", [host, root]),
+        ("inc-4", [host]),
+        ("inc-3", [host]),
+        ("inc-2", [host]),
+    ]
+    assert len(alike) == similar.MAX_SIMILAR
+    assert [similar.describe(p, weighed).score for p in alike] == [12, 5, 4, 4, 4]
+    assert alike[0].title == "inc-bad title"

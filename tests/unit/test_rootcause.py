@@ -232,25 +232,47 @@ def test_the_worst_incident_scores_at_most_100() -> None:
 # ---- similar incidents ---------------------------------------------------------------------------
 
 
-def test_similar_incidents_rank_known_bad_indicators_above_shared_techniques_with_the_reason() -> None:
-    past = {
-        "inc-a": similar.PastIncident("inc-a", "Brute force on bastion", T0 - timedelta(days=3)),
-        "inc-b": similar.PastIncident("inc-b", "Shell on web", T0 - timedelta(days=1)),
-        "inc-c": similar.PastIncident("inc-c", "Only a technique", T0),
-    }
-    shared = [
-        ("inc-a", similar.Feature("ipv4", "203.0.113.7")),
-        ("inc-a", similar.Feature("technique", "T1110")),
-        ("inc-b", similar.Feature("host", "bastion-01")),
-        ("inc-b", similar.Feature("ipv4", "10.0.1.5")),
-        ("inc-c", similar.Feature("technique", "T1059")),
-        ("inc-c", similar.Feature("user", "root")),  # a technique and root in common: not alike
-        ("gone", similar.Feature("host", "bastion-01")),  # no longer traced: left out
+def test_shared_features_weigh_known_bad_indicators_most_and_common_accounts_least() -> None:
+    Feature = similar.Feature
+    weighed = similar.weights(
+        [
+            Feature("ipv4", "203.0.113.7"),  # BAD: malicious to threat intelligence
+            Feature("ipv4", "198.51.100.9"),
+            Feature("ipv4", "10.0.1.5"),  # one of ours: a system, not an indicator
+            Feature("host", "bastion-01"),
+            Feature("user", "alice"),
+            Feature("user", "root"),
+            Feature("technique", "T1110"),
+        ],
+        [BAD],
+    )
+    assert list(weighed.values()) == [
+        ("bad", 8),
+        ("indicator", 4),
+        ("system", 4),
+        ("system", 4),
+        ("account", 3),
+        ("common", 1),
+        ("technique", 1),
     ]
-    ranked = similar.rank(shared, past, [BAD])
-    assert [(s.incident_id, s.score) for s in ranked] == [("inc-a", 9), ("inc-b", 8)]
-    assert ranked[0].reason == "shares 1 known-bad indicator (203.0.113.7); 1 technique (T1110)"
-    assert ranked[1].reason == "shares 2 affected systems (bastion-01, 10.0.1.5)"
+
+
+def test_a_past_incident_alike_is_described_by_what_it_shares_weightiest_first() -> None:
+    Feature = similar.Feature
+    shared = (Feature("technique", "T1110"), Feature("ipv4", "203.0.113.7"), Feature("technique", "T1110"))
+    weighed = similar.weights(shared, [BAD])
+    found = similar.describe(similar.PastIncident("inc-a", "Brute force on bastion", T0, shared), weighed)
+    assert (found.incident_id, found.title, found.first_seen, found.score) == (
+        "inc-a",
+        "Brute force on bastion",
+        T0,
+        9,  # a value shared twice counts once
+    )
+    assert found.reason == "shares 1 known-bad indicator (203.0.113.7); 1 technique (T1110)"
+    assert found.shared == ["ipv4:203.0.113.7", "technique:T1110"]
+    hosts = tuple(Feature("host", f"web-{n}") for n in range(5))
+    many = similar.describe(similar.PastIncident("inc-b", "Web", None, hosts), similar.weights(hosts, []))
+    assert many.reason == "shares 5 affected systems (web-0, web-1, web-2 and 2 more)"
 
 
 def test_the_features_looked_up_put_known_bad_indicators_first_and_are_bounded() -> None:
