@@ -30,6 +30,7 @@ def test_settled_heap_is_frozen_and_passes_are_spaced() -> None:
 @pytest.mark.usefixtures("restored_gc")
 def test_zero_leaves_the_collector_as_python_set_it() -> None:
     gc.set_threshold(700, 10, 10)
+    frozen = gc.get_freeze_count()  # a service run earlier in this process may have frozen its own
     settle_heap(0)
     assert gc.get_threshold() == (700, 10, 10)
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == frozen
