@@ -191,6 +191,23 @@ def test_no_text_of_an_incident_breaks_the_markdown_rows_or_headings() -> None:
     assert "| 10.0.0.1\\|evil |" in text and "| bob # heading |" in text
 
 
+def test_no_host_user_source_or_analysis_text_starts_a_heading_or_row_of_the_markdown() -> None:
+    bundle = _bundle(
+        hosts=["web-1\n## Injected heading"],
+        users=["bob\n| x | y |"],
+        classification_reason="keyword\n# Classified heading",
+    )
+    bundle.incident["analysis"]["summary"] = "reverse shell\n## Analysis heading"
+    bundle.incident["analysis"]["impact"] = {"data_at_risk": "cards\n# Data heading", "crown_jewels": ["db\n# jewel"]}
+    bundle.alerts[0]["source"] = "ids\n# src"
+    bundle.alerts[0]["techniques"] = ["T1059\n# technique"]
+    lines = postmortem(bundle, fmt="md", sla=DEFAULT_SLA, now=NOW).splitlines()
+    injected = ("## Injected", "| x |", "# Classified", "## Analysis", "# Data", "# jewel", "# src", "# technique")
+    assert not [line for line in lines if line.startswith(injected)]
+    assert "- Systems: web-1 ## Injected heading" in lines
+    assert "- Users: bob \\| x \\| y \\|" in lines
+
+
 def test_the_html_post_mortem_embeds_its_charts() -> None:
     later = NOW + timedelta(hours=1)
     page = postmortem(_bundle(state="contained", resolved_at=None), fmt="html", sla=DEFAULT_SLA, now=later)
