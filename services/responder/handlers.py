@@ -184,6 +184,9 @@ class Responder:
         alerts, is the one that goes on. What already ran stays, its leases included."""
         merge = event.data
         reason = f"incident merged into {merge.survivor} by {merge.actor}; the survivor's plan goes on"
+        # As every change to the incident's steps: a step an approval or an outcome starts meanwhile is
+        # seen started, never cancelled while its action runs (its outcome, lease and undo would be lost).
+        await repository.lock_incident(ctx.conn, event.subject)
         for old in await repository.steps_of(ctx.conn, event.subject):
             if old["state"] in steps.NOT_STARTED:
                 row = dict(old)

@@ -770,6 +770,39 @@ async def _state_is(pool: asyncpg.Pool, step_id: str, state: str) -> bool:
     return found == state
 
 
+async def test_a_merge_waits_for_an_approval_in_flight_and_never_cancels_the_step_it_started(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        responder = responder_for(pool, far)
+        await handle(
+            pool, names, responder, IncidentAnalyzed(source="/test", subject="inc-1", data=analysis(Severity.SEV2))
+        )
+        isolate = "inc-1:isolate"
+        await handle(pool, names, responder, answer(ApproveStep, isolate, "alice", role="commander"))
+        merged = IncidentMerged(
+            source="/test",
+            subject="inc-1",
+            data=MergeRecord(survivor="inc-2", merged=["inc-1"], actor="dana", command_id="cmd-1", alerts=3),
+        )
+        # The second approval starts the isolation; the merge arrives before that transaction commits.
+        async with pool.acquire() as approving:
+            approval = approving.transaction()
+            await approval.start()
+            ctx = HandlerContext(conn=approving, service="responder", names=names)
+            await responder.apply_answer(ctx, answer(ApproveStep, isolate, "bob", role="security-lead"))
+            await write_context(approving, ctx)
+            merging = asyncio.create_task(handle(pool, names, responder, merged))
+            await asyncio.sleep(0.5)  # the merge reads the steps as they are now, or waits its turn
+            await approval.commit()
+        await merging
+        assert await states(pool, "inc-1") == {
+            "tell": "succeeded",
+            "isolate web-1": "running",  # started: it runs, its outcome, lease and undo are kept track of
+            "block 203.0.113.7": "cancelled",
+        }
+
+
 async def test_an_incident_merged_away_cancels_its_steps_not_started_and_keeps_what_ran(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
