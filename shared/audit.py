@@ -161,6 +161,20 @@ def _checked_value(value: Any, where: str) -> Any:
     raise ValueError(f"{where}: {type(value).__name__} is not allowed (strings, integers, booleans, null, lists, maps)")
 
 
+def checked_entry(
+    *, principal: str, action: str, target: str, outcome: str, detail: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What an entry says, checked as ``new_entry`` will (its detail, copied, is returned), or ValueError."""
+    for name, value in (("principal", principal), ("target", target)):
+        if not value.strip():
+            raise ValueError(f"an audit entry needs a {name}")
+    if not ACTION.fullmatch(action):
+        raise ValueError(f"audit action {action!r} is not dotted lower case, like incident.acknowledge")
+    if not OUTCOME.fullmatch(outcome):
+        raise ValueError(f"audit outcome {outcome!r} is not one lower-case word, like ok or refused")
+    return checked_detail(detail)
+
+
 def new_entry(
     *,
     head_id: int,
@@ -174,14 +188,9 @@ def new_entry(
     detail: Mapping[str, Any] | None = None,
 ) -> Entry:
     """The entry that follows the chain's head (``head_id`` 0 and ``GENESIS`` for the first)."""
-    for name, value in (("service", service), ("principal", principal), ("target", target)):
-        if not value.strip():
-            raise ValueError(f"an audit entry needs a {name}")
-    if not ACTION.fullmatch(action):
-        raise ValueError(f"audit action {action!r} is not dotted lower case, like incident.acknowledge")
-    if not OUTCOME.fullmatch(outcome):
-        raise ValueError(f"audit outcome {outcome!r} is not one lower-case word, like ok or refused")
-    plain = checked_detail(detail)
+    if not service.strip():
+        raise ValueError("an audit entry needs a service")
+    plain = checked_entry(principal=principal, action=action, target=target, outcome=outcome, detail=detail)
     content = canonical(
         at=at, service=service, principal=principal, action=action, target=target, outcome=outcome, detail=plain
     )

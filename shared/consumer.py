@@ -110,8 +110,18 @@ class HandlerContext:
         outcome: str = "ok",
         detail: Mapping[str, Any] | None = None,
     ) -> None:
-        """Queue an audit entry; it is written with the events, last in this transaction (shared/audit.py)."""
-        self.audited.append(AuditNote(action, target, principal, outcome, dict(detail or {})))
+        """Queue an audit entry; it is written with the events, last in this transaction (shared/audit.py).
+
+        Checked now, inside the handler: an entry an event's content makes unwritable (a blank actor, a
+        detail too large) fails that event, dead-lettered, not the batch's commit at every restart.
+        """
+        try:
+            checked = audit.checked_entry(
+                principal=principal, action=action, target=target, outcome=outcome, detail=detail
+            )
+        except ValueError as exc:
+            raise InvalidMessage(f"cannot be audited: {exc}", code="unauditable") from exc
+        self.audited.append(AuditNote(action, target, principal, outcome, checked))
 
     def mark(self) -> tuple[int, int]:
         """Where the queues stand, to drop what a rolled-back savepoint queued (``drop_since``)."""

@@ -387,3 +387,36 @@ async def test_a_leading_relay_in_the_process_is_woken_by_the_commit_without_a_n
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_an_event_whose_audit_entry_cannot_be_written_is_dead_lettered_not_a_crash_at_every_restart(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await make_handled_table(pool)
+    topic = names(INCIDENTS)
+
+    async def audited(ctx: HandlerContext, event: IncidentDetected) -> None:
+        await record_effect(ctx, event)
+        # What the event names is who acted: a blank one cannot be an audit entry's principal.
+        actor = " " if event.subject == "inc-blank" else "alice"
+        ctx.audit("incident.acknowledge", event.subject, principal=actor)
+
+    await produce(settings, topic, [record_of(detected("inc-blank")), record_of(detected("inc-ok"))])
+    async with consume_loop(
+        settings,
+        pool,
+        service="t-audit",
+        topics=[topic],
+        decoder=decode_cloudevent,
+        handler=dispatch_each({IncidentDetected: audited}),
+    ):
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t-audit"), topic), 2))
+
+    assert [r["subject"] for r in await pool.fetch("SELECT subject FROM handled")] == ["inc-ok"]
+    assert [r["target"] for r in await pool.fetch("SELECT target FROM audit_log WHERE service = 't-audit'")] == [
+        "inc-ok"
+    ]
+    dead = await read_all(settings, names(EVENTS_DLQ), expect=1)
+    headers = dict(dead[0].headers)
+    assert headers["vigil_dlq_code"] == b"unauditable"
+    assert headers["vigil_dlq_reason"] == b"cannot be audited: an audit entry needs a principal"
