@@ -141,14 +141,27 @@ def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
     async def bounded(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         # The HTTP ingest reads alerts against its own, larger limit (and refuses NUL per record, saying
         # which); every other body is small.
-        declared = request.headers.get("content-length")
-        if declared is None or not declared.isdigit() or request.url.path.startswith(INGEST_PREFIX):
+        if request.url.path.startswith(INGEST_PREFIX):
             return await call_next(request)
-        if int(declared) > limit:
-            return JSONResponse({"detail": f"the body is over {limit} bytes"}, status_code=413)
+        too_large = JSONResponse({"detail": f"the body is over {limit} bytes"}, status_code=413)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit():
+            if int(declared) > limit:
+                return too_large
+            body = await request.body() if int(declared) else b""
+        else:
+            # A chunked body declares no length: read as it comes, and refused once over the limit, before
+            # any route (and its authentication) would have read it all.
+            received = bytearray()
+            async for chunk in request.stream():
+                received += chunk
+                if len(received) > limit:
+                    return too_large
+            body = bytes(received)
+            request._body = body  # what the route reads: the stream is spent
         # Postgres text holds no NUL: refused here, not only where it is stored (a command a service passes
         # on as an event would be refused by the service that reads it, after this one said yes).
-        if int(declared) and _holds_nul(await request.body()):
+        if body and _holds_nul(body):
             return JSONResponse({"detail": NUL_REFUSED}, status_code=422)
         return await call_next(request)
 

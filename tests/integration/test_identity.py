@@ -232,6 +232,47 @@ async def test_a_body_over_the_limit_is_refused_before_anything_reads_it(apps: d
     assert refused.status_code == 413 and "over 1048576 bytes" in refused.json()["detail"]
 
 
+async def test_a_chunked_body_is_held_to_the_same_limit_and_refusals_before_any_route_reads_it(
+    apps: dict[str, FastAPI], pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    coordinator = Coordinator(load_oncall())
+    detected = IncidentDetected(source="/vigil/detector", subject="inc-chunked", data=snapshot())
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="coordinator", names=names)
+        await coordinator.on_detected(ctx, detected)
+        await write_context(conn, ctx)
+    async with pool.acquire() as conn:
+        alice = (await identity.create_token(conn, name="alice", role="responder", created_by="t")).text
+
+    def chunked(body: bytes) -> AsyncIterator[bytes]:  # no Content-Length: only reading tells its size
+        async def chunks() -> AsyncIterator[bytes]:
+            for start in range(0, len(body), 65536):
+                yield body[start : start + 65536]
+
+        return chunks()
+
+    path = "/api/v1/incidents/inc-chunked/notes"
+    async with (
+        serve_app(apps["coordinator"], name="coordinator-api") as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        huge = json.dumps({"actor": "x", "note": "n" * 1_100_000}).encode()
+        refused = await client.post(path, content=chunked(huge))  # nor any token: refused for its size first
+        held = await client.post(
+            path,
+            content=chunked(b'{"actor": "x", "note": "a\\u0000b"}'),
+            headers={"Authorization": f"Bearer {alice}", "Content-Type": "application/json"},
+        )
+        taken = await client.post(
+            path,
+            content=chunked(json.dumps({"actor": "x", "note": "streamed"}).encode()),
+            headers={"Authorization": f"Bearer {alice}", "Content-Type": "application/json"},
+        )
+    assert refused.status_code == 413 and "over 1048576 bytes" in refused.json()["detail"]
+    assert held.status_code == 422 and "NUL" in held.json()["detail"]
+    assert taken.status_code == 200, taken.text  # what was read on the way is what the route reads
+
+
 async def test_a_jwt_from_the_identity_provider_acts_with_its_role(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, tmp_path: Path
 ) -> None:
