@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -165,8 +166,8 @@ def describe_error(exc: BaseException) -> str:
 def bound_result(result: Mapping[str, Any] | None) -> dict[str, Any]:
     """Return a JSON-able result of bounded size; anything larger becomes a marked excerpt."""
     try:
-        text = json.dumps(dict(result or {}), default=str)
-    except (TypeError, ValueError) as exc:  # e.g. a cycle: keep the outcome, say why the result is gone
+        text = json.dumps(_storable(dict(result or {})))
+    except (TypeError, ValueError, RecursionError) as exc:  # a cycle: keep the outcome, say why the result is gone
         return {"unserialisable": describe_error(exc)}
     if "\\u0000" in text:  # Postgres jsonb cannot hold NUL either: shown as \0, as bound_text does
         text = json.dumps(_without_nul(json.loads(text)))
@@ -174,6 +175,26 @@ def bound_result(result: Mapping[str, Any] | None) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(text)
         return loaded
     return {"truncated": True, "excerpt": bound_text(text, MAX_RESULT_BYTES // 2)}
+
+
+# What the jsonb codec (orjson) writes as a number: integers beyond this range it refuses.
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _storable(value: Any) -> Any:
+    """The value as jsonb keeps it: an integer beyond 64 bits (JSON allows any) and a number that is not
+    finite (which JSON has no word for) as text, and anything else JSON cannot say as its ``str``."""
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value if value in _INT_RANGE else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return str(value)
 
 
 def _without_nul(value: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -161,6 +162,14 @@ def test_results_and_errors_stay_bounded() -> None:
     assert "unserialisable" in bound_result(cyclic)
     assert len(describe_error(RuntimeError("e" * 10_000))) <= 2000
     assert describe_error(TimeoutError()) == "TimeoutError"
+
+
+def test_a_result_holds_only_what_the_database_can_store() -> None:
+    # JSON allows integers of any size and some tools write NaN; the jsonb codec refuses both, and an
+    # outcome that cannot be stored would stop the runner (and run the effect again) at every restart.
+    result = bound_result({"reports": 2**64, "floor": -(2**63), "score": float("nan"), "nested": [{"n": 10**30}]})
+    assert result == {"reports": str(2**64), "floor": -(2**63), "score": "nan", "nested": [{"n": str(10**30)}]}
+    assert orjson.loads(orjson.dumps(result)) == result
 
 
 def test_what_the_far_side_said_is_kept_without_nul_which_postgres_cannot_store() -> None:
