@@ -403,12 +403,13 @@ class Coordinator:
         if row is None or state is None or self.lifecycle.is_ended(state):
             return
         if step.state == "awaiting_approval":
-            # One request per playbook step, however many items (addresses, hosts) it expands to.
+            # One request per playbook step of a plan, however many items (addresses, hosts) it expands to;
+            # a later plan (new alerts) that adds items, or puts the step back to waiting, asks again.
             notice = notifications.step_notice(
                 event.subject, step, title=row["title"], severity=row["severity"], recipients=[row["commander"]]
             )
             if notice is not None:
-                notice = replace(notice, discriminator=f"{event.subject}:{step.step}")
+                notice = replace(notice, discriminator=f"{step.plan_id}:{step.step}")
                 await notifications.notify(ctx.conn, self.notices, notice)
             return
         if step.on_failure != "escalate":

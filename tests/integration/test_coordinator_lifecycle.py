@@ -311,6 +311,38 @@ def unreachable_pager() -> Coordinator:
     return Coordinator(load_oncall(), notices=notices)
 
 
+async def test_the_commander_is_asked_once_per_step_of_a_plan_and_again_for_what_a_later_plan_adds(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    coordinator = unreachable_pager()
+
+    def waiting(item: str, plan_id: str) -> ResponseStepChanged:
+        change = StepChange(
+            step_id=f"inc-ask:block:{item}",
+            plan_id=plan_id,
+            step="block",
+            name="Block address",
+            item=item,
+            connector="blocklist",
+            action="block",
+            from_state="planned",
+            state="awaiting_approval",
+            actor="policy",
+            reason="needs the commander's approval",
+            on_failure="continue",
+        )
+        return ResponseStepChanged(source="/vigil/responder", subject="inc-ask", data=change)
+
+    await feed(pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject="inc-ask", data=snapshot()))
+    await feed(pool, names, coordinator, waiting("203.0.113.7", "plan-1"))
+    await feed(pool, names, coordinator, waiting("203.0.113.8", "plan-1"))  # the same step of the same plan
+    await feed(pool, names, coordinator, waiting("198.51.100.9", "plan-2"))  # a later plan adds an address
+    asked = await pool.fetch(
+        "SELECT key FROM effects WHERE subject = 'inc-ask' AND key LIKE 'inc-ask:approval_requested:%' ORDER BY id"
+    )
+    assert len(asked) == 2, [r["key"] for r in asked]
+
+
 async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its_conversation(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:
