@@ -81,7 +81,8 @@ STEP_DUE = "response-step-due"
 # HandlerContext.read: the incidents of a run of updates, locked and read at once (``lock_updated``).
 UPDATED_ROWS = "coordinator.updated_rows"
 _UPDATED_COLUMNS = (
-    "state, severity, commander, escalation_step, edited_by, type, state_times, escalation -> 'analysis' AS analysis"
+    "state, severity, commander, escalation_step, edited_by, type, state_times, roles,"
+    " escalation -> 'analysis' AS analysis"
 )
 ALERTS_IN_ESCALATION = 20
 
@@ -313,6 +314,7 @@ class Coordinator:
             commander=row["commander"],
             now=event.time,
             started=phases_started(row["state_times"]),
+            roles=row["roles"],
         )
         self._tell_tasks(ctx, event, made)
         if state is IncidentState.DETECTED:
@@ -998,7 +1000,7 @@ class Coordinator:
         recommendation = event.data.severity_recommendation
         assert recommendation is not None
         row = await ctx.conn.fetchrow(
-            """SELECT state, severity, commander, escalation, escalation_step, edited_by, type, state_times
+            """SELECT state, severity, commander, escalation, escalation_step, edited_by, type, state_times, roles
                FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE""",
             event.subject,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -187,12 +187,15 @@ def due_after(template: TaskTemplate, severity: Severity) -> timedelta | None:
     return duration(template.due[severity])
 
 
-def owner_of(template: TaskTemplate, *, commander: str) -> tuple[str, str | None]:
-    """Return (owner, role): the commander by name; another role by its name until someone takes it."""
+def owner_of(
+    template: TaskTemplate, *, commander: str, roles: Mapping[str, str] | None = None
+) -> tuple[str, str | None]:
+    """Return (owner, role): the commander by name; another role by the name of who holds it (``roles``),
+    else by its own name until someone takes it."""
     if template.owner == "commander":
         return commander, "commander"
     if template.owner in ROLES:
-        return template.owner, template.owner
+        return (roles or {}).get(template.owner) or template.owner, template.owner
     return template.owner, None
 
 
@@ -222,12 +225,13 @@ def plan_task(
     commander: str,
     now: datetime,
     started: Collection[Phase],
+    roles: Mapping[str, str] | None = None,
 ) -> NewTask:
     """Resolve a template for one incident. A deadline from a phase not yet started waits for `start_phase`;
     one from a phase started already (``started``) runs from now."""
     after = due_after(template, severity)
     anchored = template.due_from == "created" or template.phase in started
-    owner, role = owner_of(template, commander=commander)
+    owner, role = owner_of(template, commander=commander, roles=roles)
     return NewTask(
         incident_id=incident_id,
         phase=template.phase,
@@ -405,13 +409,17 @@ async def create_tasks(
     commander: str,
     now: datetime,
     started: Collection[Phase] = STARTED_AT_DETECTION,
+    roles: Mapping[str, str] | None = None,
 ) -> list[Task]:
     """Make the incident's tasks in the caller's transaction; return those made now (none the second time).
 
     ``started``: the phases the incident has begun; their tasks due from the phase's start are due from now.
+    ``roles``: who holds which role on the incident already ({role: person}); their tasks are theirs.
     """
     planned = [
-        plan_task(t, incident_id=incident_id, severity=severity, commander=commander, now=now, started=started)
+        plan_task(
+            t, incident_id=incident_id, severity=severity, commander=commander, now=now, started=started, roles=roles
+        )
         for t in tasks_for(templates, incident_type=incident_type, severity=severity)
     ]
     if not planned:

@@ -27,6 +27,8 @@ from shared.events import (
     AcknowledgeIncident,
     AddNote,
     Analysis,
+    Assignment,
+    AssignRole,
     ChangeOffered,
     ChangeState,
     CommandArgs,
@@ -536,3 +538,24 @@ async def test_tasks_a_raised_severity_adds_to_a_phase_begun_already_are_due_fro
         "SELECT count(*) FROM timers WHERE kind = 'task_due' AND fired_at IS NULL AND cancelled_at IS NULL"
     )
     assert timers >= 2
+
+
+async def test_tasks_a_raised_severity_adds_go_to_who_holds_their_role_already(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    coordinator = Coordinator(load_oncall())
+    sev3 = snapshot(type=IncidentType.SECURITY_BREACH, severity=Severity.SEV3)
+    await feed(pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject="inc-roles", data=sev3))
+    for role, person in (("scribe", "sam@example.com"), ("communications", "cara@example.com")):
+        assign = AssignRole(source="/t", subject="inc-roles", data=Assignment(actor="al", person=person, role=role))
+        await feed(pool, names, coordinator, assign)
+    sev2 = sev3.model_copy(update={"severity": Severity.SEV2})
+    await feed(pool, names, coordinator, IncidentUpdated(source="/vigil/detector", subject="inc-roles", data=sev2))
+    owners = {
+        r["template_id"]: (r["owner"], r["owner_role"])
+        for r in await pool.fetch(
+            "SELECT template_id, owner, owner_role FROM coordinator_tasks WHERE incident_id = $1", "inc-roles"
+        )
+    }
+    assert owners["keep-timeline"] == ("sam@example.com", "scribe")
+    assert owners["first-update"] == ("cara@example.com", "communications")
