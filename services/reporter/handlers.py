@@ -221,9 +221,14 @@ async def on_tasks_cancelled(ctx: HandlerContext, event: TasksCancelled) -> None
 
 
 async def on_merged(ctx: HandlerContext, event: IncidentMerged) -> None:
-    """The incident merged away points at its survivor; the survivor's timeline says so (and shows its history)."""
+    """The incident merged away points at its survivor; the survivor's timeline says so (and shows its history).
+
+    Its alerts move to the survivor, whose own events bring them there: kept here too, each would be listed
+    twice in the alert history, this copy firing for ever once the survivor's had ended.
+    """
     await repository.ensure_incident(ctx.conn, incident_id=event.subject)
     await repository.set_fields(ctx.conn, incident_id=event.subject, merged_into=event.data.survivor)
+    await repository.drop_alerts(ctx.conn, incident_id=event.subject)
     await repository.ensure_incident(ctx.conn, incident_id=event.data.survivor)
     title = await repository.title_of(ctx.conn, incident_id=event.subject)
     await repository.add_entry(

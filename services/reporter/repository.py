@@ -546,6 +546,11 @@ async def add_entry(conn: Conn, *, event: EventBase, incident_id: str, entry: Ti
     )
 
 
+async def drop_alerts(conn: Conn, *, incident_id: str) -> None:
+    """The incident's alerts are no longer its own (it was merged away)."""
+    await conn.execute("DELETE FROM reporter_alerts WHERE incident_id = $1", incident_id)
+
+
 async def apply_split(conn: Conn, *, incident_id: str, split: SplitRecord) -> None:
     """The detached alerts leave the incident; its counts, hosts and users are as restated (over the parts)."""
     snapshot = split.incident

@@ -261,6 +261,13 @@ async def test_an_n_way_merge_carries_alerts_analysis_and_history_to_the_survivo
         alerts = await until(standing)
         assert len(alerts) == 3
 
+        # Each alert is listed once in the history, as the survivor's: the merged incidents' copies went.
+        async def listed_once() -> bool | None:
+            query = "SELECT count(*) FROM reporter_alerts WHERE incident_id = ANY($1::text[])"
+            return await pool.fetchval(query, [b, c]) == 0 or None
+
+        await until(listed_once)
+
         # The merged incidents end in the coordinator, pointing at the survivor; their pages and tasks stop.
         async def merged_away() -> list[asyncpg.Record] | None:
             rows = await pool.fetch("SELECT * FROM coordinator_incidents WHERE incident_id = ANY($1::text[])", [b, c])
