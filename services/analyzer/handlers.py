@@ -31,6 +31,7 @@ from shared.events import (
     EventBase,
     IncidentAnalyzed,
     IncidentDetected,
+    IncidentMerged,
     IncidentSnapshot,
     IncidentSplit,
     IncidentUpdated,
@@ -70,6 +71,7 @@ async def reanalyse_split(ctx: HandlerContext, event: IncidentSplit, *, noise: f
     if snapshot.part == 1:  # the first part starts again from nothing: what the detached alerts brought goes
         await forensic_repository.forget(ctx.conn, incident_id=event.subject)
         await history.forget_trace(ctx.conn, incident_id=event.subject)
+        await history.forget_features(ctx.conn, incident_id=event.subject)
     else:
         known = await repository.get(ctx.conn, incident_id=event.subject)
     # An operator detached alerts: the new analysis is published at once.
@@ -339,6 +341,11 @@ def handler(noise: forensic.Noise, interval: timedelta = timedelta(0)) -> BatchH
             elif isinstance(event, IncidentSplit):
                 await flush(event.subject)  # what came before the split, first
                 await reanalyse_split(ctx, event, noise=noise)
+            elif isinstance(event, IncidentMerged):
+                await flush(event.subject)
+                # Its alerts are the survivor's now: it is no past incident for the survivor, nor any
+                # other, to be found alike.
+                await history.forget_features(ctx.conn, incident_id=event.subject)
         for incident_id in list(runs):
             await flush(incident_id)
 

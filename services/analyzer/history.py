@@ -36,6 +36,11 @@ async def forget_trace(conn: Conn, *, incident_id: str) -> None:
     await conn.execute("DELETE FROM analyzer_traces WHERE incident_id = $1", incident_id)
 
 
+async def forget_features(conn: Conn, *, incident_id: str) -> None:
+    """What the incident had is no longer its own (alerts detached, or it was merged away)."""
+    await conn.execute("DELETE FROM analyzer_incident_features WHERE incident_id = $1", incident_id)
+
+
 async def add_features(conn: Conn, *, incident_id: str, features: Sequence[Feature], seen_at: datetime) -> None:
     """Record what this incident has (known values are kept as they were: first seen stays first)."""
     if not features:

@@ -13,15 +13,17 @@ import pytest_asyncio
 from services.analyzer import domain, forensic, forensic_repository, handlers, intel
 from services.analyzer.feeds import SERVICE
 from services.detector.domain import summarise
-from shared.consumer import HandlerContext, write_context
+from shared.consumer import HandlerContext, Inbound, write_context
 from shared.db import create_pool
 from shared.events import (
     MAX_ANALYSIS_INDICATORS,
     IncidentAnalyzed,
     IncidentDetected,
+    IncidentMerged,
     IncidentSplit,
     IncidentUpdated,
     Indicator,
+    MergeRecord,
     SplitRecord,
 )
 from shared.topics import TopicNames
@@ -258,3 +260,35 @@ async def test_detaching_alerts_counts_again_from_the_alerts_kept(db: asyncpg.Po
     [analysis] = [e for e in ctx.emitted if isinstance(e, IncidentAnalyzed)]
     assert analysis.data.indicator_count == 1 and [i.value for i in analysis.data.indicators] == ["198.51.0.1"]
     assert await counts_agree(db)
+
+
+async def test_an_incidents_own_detached_or_merged_alerts_never_make_it_a_past_incident_alike(
+    db: asyncpg.Pool,
+) -> None:
+    async def features_of(subject: str) -> set[str]:
+        rows = await db.fetch("SELECT kind, value FROM analyzer_incident_features WHERE incident_id = $1", subject)
+        return {f"{r['kind']}:{r['value']}" for r in rows}
+
+    await analyse(db, batch("inc-parted", 0, ["198.51.0.1", "198.51.0.2"], created=True))
+    assert {"ipv4:198.51.0.1", "ipv4:198.51.0.2"} <= await features_of("inc-parted")
+    # The alert naming 198.51.0.2 is detached: the incident no longer has that address to share.
+    kept = batch("inc-parted", 0, ["198.51.0.1"]).data.model_copy(update={"alert_count": 1})
+    record = SplitRecord(new_incident="inc-new", detached=["a"], actor="vera", command_id="c-1", incident=kept)
+    async with db.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service=SERVICE, names=NAMES)
+        await handlers.handle(
+            ctx, [Inbound("e-1", IncidentSplit(source="/t", subject="inc-parted", data=record), None)]
+        )
+        await write_context(conn, ctx)
+    parted = await features_of("inc-parted")
+    assert "ipv4:198.51.0.1" in parted and "ipv4:198.51.0.2" not in parted
+
+    # Merged away, it is the survivor now: nothing of it is left to be found alike.
+    merge = MergeRecord(survivor="inc-survivor", merged=["inc-parted"], actor="vera", command_id="c-2", alerts=1)
+    async with db.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service=SERVICE, names=NAMES)
+        await handlers.handle(
+            ctx, [Inbound("e-2", IncidentMerged(source="/t", subject="inc-parted", data=merge), None)]
+        )
+        await write_context(conn, ctx)
+    assert await features_of("inc-parted") == set()
