@@ -134,6 +134,9 @@ async def cancel_many(conn: Conn, *, service: str, kind: str, subjects: Sequence
     )
 
 
+MAX_BACKOFF_S = 30.0  # the longest wait between polls that failed for a retriable reason
+
+
 class TimerPoller:
     """Fires a service's due timers, each in a transaction with the events its handler emits."""
 
@@ -153,14 +156,18 @@ class TimerPoller:
         self.interval_s = interval_s
 
     async def run(self) -> None:
+        backoff = self.interval_s
         while True:
             try:
                 fired = await self.fire_due()
             except Exception as exc:
                 if not is_retriable(exc):
                     raise
-                log.warning("timer poller retrying: %r", exc)
-                fired = 0
+                log.warning("timer poller retrying in %.1fs: %r", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff = self.interval_s
             if fired == 0:
                 await asyncio.sleep(await self._until_next())
 
@@ -179,7 +186,11 @@ class TimerPoller:
             if not is_retriable(exc):
                 raise
             return self.interval_s
-        return self.interval_s if wait is None else min(max(wait, 0.0), self.interval_s)
+        if wait is None:
+            return self.interval_s
+        # Due already, yet none was taken: another replica holds them (SKIP LOCKED) until it commits. Looked
+        # at again shortly, not at once: four round trips a pass would spin for as long as it holds them.
+        return self.interval_s / 4 if wait <= 0 else min(wait, self.interval_s)
 
     async def fire_due(self, limit: int = 100) -> int:
         """Fire timers due now, each in its own savepoint; return how many were taken."""

@@ -28,7 +28,7 @@ from shared.settings import VigilSettings
 from shared.timers import Timer, TimerPoller, cancel_many, schedule, schedule_many
 from shared.topics import ANALYSES, EVENTS_DLQ, INCIDENTS, TopicNames
 from tests.factories import snapshot
-from tests.helpers import committed, consume_loop, eventually, produce, read_all
+from tests.helpers import committed, consume_loop, eventually, produce, read_all, running
 from vigil.cli import app as cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -220,6 +220,30 @@ async def test_a_poisoned_timer_is_parked_while_the_others_fire(pool: asyncpg.Po
         "from-a-newer-version",
     )
     assert REGISTRY.get_sample_value("vigil_timers_total", {"service": "svc", "kind": "poison", "outcome": "parked"})
+
+
+async def test_a_poller_whose_due_timers_another_replica_holds_waits_for_them_without_spinning(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async def never(ctx: HandlerContext, timer: Timer) -> None:
+        raise AssertionError("held by the other replica: never fired here")
+
+    async with pool.acquire() as conn:
+        await schedule(conn, service="svc", kind="held", subject="s", due_at=datetime.now(UTC) - timedelta(seconds=1))
+    passes = 0
+
+    class Counting(TimerPoller):
+        async def fire_due(self, limit: int = 100) -> int:
+            nonlocal passes
+            passes += 1
+            return await super().fire_due(limit)
+
+    poller = Counting(service="svc", pool=pool, names=names, handlers={"held": never}, interval_s=1.0)
+    async with pool.acquire() as other, other.transaction():
+        await other.execute("SELECT id FROM timers WHERE kind = 'held' FOR UPDATE")  # the other replica's poll
+        async with running(poller.run()):
+            await asyncio.sleep(1.0)
+    assert 1 <= passes <= 6  # a pass every quarter interval, not thousands
 
 
 # ---- events from newer producers ------------------------------------------------------------
