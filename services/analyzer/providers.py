@@ -754,21 +754,30 @@ async def _reanalyse(ctx: HandlerContext, incident_id: str, reanalyse: Reanalyse
     if not isinstance(event, IncidentDetected | IncidentUpdated):
         return
     scratch = HandlerContext(conn=ctx.conn, service=ctx.service, names=ctx.names)
+    savepoint = ctx.conn.transaction()
+    await savepoint.start()
     try:
-        async with ctx.conn.transaction():
-            await reanalyse(scratch, event)
+        await reanalyse(scratch, event)
+        changed = await ctx.conn.fetchval(
+            "SELECT verdicts_digest <> $2 FROM intel_enrichment WHERE incident_id = $1",
+            incident_id,
+            row["verdicts_digest"],
+        )
     except Exception as exc:
+        await savepoint.rollback()
         if is_retriable(exc):
             raise  # the database itself: the outcome is recorded again
         # The answer stays cached and the next analysis of the incident uses it; the runner goes on.
         log.exception("incident %s: analysing again with the providers' answers failed", incident_id)
         return
-    changed = await ctx.conn.fetchval(
-        "SELECT verdicts_digest <> $2 FROM intel_enrichment WHERE incident_id = $1", incident_id, row["verdicts_digest"]
-    )
-    if changed:
-        ctx.emitted.extend(scratch.emitted)
-        ctx.audited.extend(scratch.audited)
+    if not changed:
+        # No verdict changed: what the analysis wrote goes, with the version it recorded as published (its
+        # event is not sent), and the incident's next event analyses it with the answers, cached.
+        await savepoint.rollback()
+        return
+    await savepoint.commit()
+    ctx.emitted.extend(scratch.emitted)
+    ctx.audited.extend(scratch.audited)
 
 
 def _may_leave(kind: str, value: str) -> bool:

@@ -17,7 +17,7 @@ import pytest_asyncio
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from services.analyzer import intel, providers
+from services.analyzer import assets, intel, providers
 from services.analyzer.handlers import analyse_incident
 from services.detector.domain import summarise
 from shared import cloudevents
@@ -264,3 +264,31 @@ async def test_no_provider_enabled_means_no_lookup_at_all(db: asyncpg.Pool) -> N
     await analyse(db, incident("inc-quiet", {"dst_ip": "203.0.113.11"}))
     assert await db.fetchval("SELECT count(*) FROM effects") == 0
     assert await db.fetchval("SELECT count(*) FROM intel_enrichment") == 0
+
+
+async def test_an_answer_that_changes_no_verdict_records_no_publication_it_did_not_send(db: asyncpg.Pool) -> None:
+    async def published_digest() -> str | None:
+        digest: str | None = await db.fetchval(
+            "SELECT published_digest FROM analyzer_incidents WHERE incident_id = 'inc-quiet'"
+        )
+        return digest
+
+    apis = ProviderApis(KEYS)  # knows nothing of the address: every answer leaves its verdict as it was
+    async with serving(apis) as server:
+        online = configured(server)
+        async with db.acquire() as conn, conn.transaction():
+            await providers.sync(conn, online)
+        event = incident("inc-quiet", {"host": "web-01", "dst_ip": "203.0.113.60"})
+        await analyse(db, event)
+        first = await published_digest()
+        # Meanwhile the inventory learns what web-01 is: the next analysis differs, by its impact alone.
+        catalog = assets.parse_yaml(
+            "assets: [{kind: host, identifier: web-01, criticality: 1, tags: [pci]}]", source="test"
+        )
+        async with db.acquire() as conn, conn.transaction():
+            await assets.import_catalog(conn, catalog)
+        async with runner(db, online):
+            await eventually(lambda: all_done(db))
+    # What is recorded as published was published: either the new version went out, or nothing is recorded.
+    sent = await published(db, "inc-quiet")
+    assert len(sent) == 2 or await published_digest() == first, (len(sent), first, await published_digest())
