@@ -558,6 +558,16 @@ async def consult(
     return result
 
 
+async def _lookup_status(conn: Conn, effect_kind: str, key: str) -> str | None:
+    status: str | None = await conn.fetchval(
+        "SELECT status FROM effects WHERE service = $1 AND kind = $2 AND key = $3 FOR UPDATE",
+        SERVICE,
+        effect_kind,
+        key,
+    )
+    return status
+
+
 async def _ask(conn: Conn, provider: Enabled, kind: Kind, value: str, *, incident_id: str) -> bool:
     """Enqueue a lookup of the value (unless one of this TTL's exists) and note that the incident waits.
 
@@ -567,12 +577,12 @@ async def _ask(conn: Conn, provider: Enabled, kind: Kind, value: str, *, inciden
     now: datetime = await conn.fetchval("SELECT now()")
     # One lookup per value and TTL, whoever asks: its idempotency key.
     key = f"{provider.name}:{kind}:{value}:{int(now.timestamp() // provider.ttl.total_seconds())}"
-    status = await conn.fetchval(
-        "SELECT status FROM effects WHERE service = $1 AND kind = $2 AND key = $3 FOR UPDATE",
-        SERVICE,
-        effect_kind,
-        key,
-    )
+    status = await _lookup_status(conn, effect_kind, key)
+    if status in ("failed", "parked"):
+        # It failed within this TTL, and its failure, kept a shorter while (ERROR_TTL), is gone: asked
+        # again, once each such while, not left unknown to the provider until the TTL ends.
+        key = f"{key}:retry:{int(now.timestamp() // ERROR_TTL.total_seconds())}"
+        status = await _lookup_status(conn, effect_kind, key)
     if status is None:
         budget = await conn.fetchrow(
             "SELECT next_slot, day, day_used, per_minute, per_day FROM intel_providers WHERE name = $1 FOR UPDATE",

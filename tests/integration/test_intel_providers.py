@@ -257,6 +257,13 @@ async def test_a_wrong_key_fails_for_good_and_the_analysis_stays_as_it_was(db: a
     assert cached is not None and cached["verdict"] is None and "HTTP 401" in cached["error"]
     assert cached["kept"] <= providers.ERROR_TTL  # asked again soon, not a day later
 
+    # Once the failure is no longer kept, the next incident naming the address has it asked again.
+    await db.execute("UPDATE intel_provider_cache SET expires_at = now() - interval '1 second'")
+    await analyse(db, incident("inc-key-again", {"dst_ip": "203.0.113.10"}))
+    asked = await db.fetch("SELECT status FROM effects ORDER BY id")
+    assert [r["status"] for r in asked] == ["failed", "pending"]
+    assert await db.fetchval("SELECT count(*) FROM intel_provider_waits WHERE incident_id = 'inc-key-again'") == 1
+
 
 async def test_no_provider_enabled_means_no_lookup_at_all(db: asyncpg.Pool) -> None:
     async with db.acquire() as conn, conn.transaction():
