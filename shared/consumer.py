@@ -45,6 +45,9 @@ R = TypeVar("R")
 
 # The most of a record's value a dead letter carries: well under the producer's 1 MiB request limit.
 DEAD_LETTER_MAX_BYTES = 512 * 1024
+# And of its key and own headers: with the value's share and Vigil's headers, within that limit.
+DEAD_LETTER_MAX_KEY_BYTES = 16 * 1024
+DEAD_LETTER_MAX_HEADER_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -518,7 +521,14 @@ class ConsumeLoop(Generic[T]):
                 reason,
                 extra={"topic": record.topic, "offset": record.offset, "incident_id": _key(record)},
             )
-            headers = [*list(record.headers or ()), *dead_letter_headers(self.service, record, reason, code=error.code)]
+            own = list(record.headers or ())
+            own_bytes = sum(len(name) + len(raw or b"") for name, raw in own)
+            if own_bytes > DEAD_LETTER_MAX_HEADER_BYTES:
+                # With them, the dead letter could be more than a producer may send, and the loop would crash
+                # on the record at every restart: they stay on its topic, at the offset the headers name.
+                own = [("vigil_dlq_headers_dropped", f"{len(own)} headers, {own_bytes} bytes".encode())]
+            headers = [*own, *dead_letter_headers(self.service, record, reason, code=error.code)]
+            key = record.key[:DEAD_LETTER_MAX_KEY_BYTES] if record.key else record.key
             value = record.value
             if value is not None and len(value) > DEAD_LETTER_MAX_BYTES:
                 # Whole, it is more than a producer may send: the dead letter would fail and the loop
@@ -532,7 +542,7 @@ class ConsumeLoop(Generic[T]):
             futures.append(
                 await self.producer.send(
                     self.names(dead_letter_topic_for(record.topic, self.names)),
-                    key=record.key,
+                    key=key,
                     value=value,
                     headers=headers,
                 )

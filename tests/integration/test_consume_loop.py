@@ -420,3 +420,24 @@ async def test_an_event_whose_audit_entry_cannot_be_written_is_dead_lettered_not
     headers = dict(dead[0].headers)
     assert headers["vigil_dlq_code"] == b"unauditable"
     assert headers["vigil_dlq_reason"] == b"cannot be audited: an audit entry needs a principal"
+
+
+async def test_a_record_whose_headers_would_make_its_dead_letter_too_large_is_dead_lettered_without_them(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    topic = names(INCIDENTS)
+    # Within 1 MiB by a few hundred bytes: with Vigil's own headers its dead letter would be over the size
+    # Apache Kafka takes by default (message.max.bytes), refused for good at every restart.
+    value = b"not json " * (500 * 1024 // 9)
+    ce = record_of(detected())[2]
+    room = 1024 * 1024 - len(value) - sum(len(n) + len(v) for n, v in ce) - 700
+    headers = [("trace", b"t" * room), *ce]
+    await produce(settings, topic, [(b"inc-big", value, headers)])
+    async with consume_loop(settings, pool, service="t-big-headers", topics=[topic], decoder=decode_cloudevent,
+                            handler=dispatch_each({})):  # fmt: skip
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t-big-headers"), topic), 1))
+    [dead] = await read_all(settings, names(EVENTS_DLQ), expect=1)
+    kept = dict(dead.headers)
+    assert kept["vigil_dlq_headers_dropped"].startswith(f"{len(headers)} headers, ".encode())
+    assert "trace" not in kept and kept["vigil_dlq_reason"].startswith(b"body is not JSON")
+    assert dead.value == value and dead.key == b"inc-big"
