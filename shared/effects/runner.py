@@ -218,11 +218,34 @@ class EffectRunner:
             # mid-call): park the effect instead of running it again, in case it is what brings
             # the runner down.
             attempt = Attempt("transient", error="the last attempt was interrupted before its outcome was recorded")
-            attempts = max_attempts
-        else:
-            attempt = await self._execute(kind, effect)
-            attempts = effect.attempts
-        await self._record(kind, effect, token, attempt, attempts, max_attempts)
+            try:
+                await self._record(kind, effect, token, attempt, max_attempts, max_attempts)
+            except Exception as exc:
+                if is_retriable(exc):
+                    raise
+                # Its outcome is what fails to record (the service's hook, each time): parked as it is, for an
+                # operator, without the hook, rather than bringing the service down at every restart.
+                await self._park_unrecordable(kind, effect, token, exc)
+            return
+        attempt = await self._execute(kind, effect)
+        await self._record(kind, effect, token, attempt, effect.attempts, max_attempts)
+
+    async def _park_unrecordable(self, kind: EffectKind, effect: Effect, token: uuid.UUID, exc: Exception) -> None:
+        log.error(
+            "effect %d (%s): its outcome cannot be recorded; parked without it", effect.id, kind.name, exc_info=exc
+        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            parked = await repository.finish(
+                conn,
+                effect_id=effect.id,
+                token=token,
+                status="parked",
+                attempts=effect.attempts,
+                error=f"its outcome could not be recorded: {describe_error(exc)}",
+                result={},
+            )
+        if parked:
+            EFFECTS_FINISHED.labels(self.service, kind.name, "parked").inc()
 
     async def _execute(self, kind: EffectKind, effect: Effect) -> Attempt:
         started = time.monotonic()

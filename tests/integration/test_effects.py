@@ -882,3 +882,27 @@ if __name__ == "__main__":
         _runner_process(*sys.argv[2:4])
     else:
         _service_process()
+
+
+async def test_an_interrupted_effect_whose_outcome_hook_keeps_failing_is_parked_without_it(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async def broken(ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
+        raise RuntimeError("bug in the service's hook")
+
+    async with far_side() as server:
+        key = await add(pool, target=server.target, payload=post(server, "/hook"))
+        # The hook failed at its last attempt's outcome and stopped the runner, at every restart since.
+        await pool.execute(
+            """UPDATE effects SET status = 'running', attempts = 2, lease_token = gen_random_uuid(),
+                   lease_until = now() - interval '1 second'
+               WHERE key = $1""",
+            key,
+        )
+        runner = make_runner(settings, pool, names, [http_request(max_attempts=2, on_outcome=broken)])
+        async with running(runner) as [task]:
+            row = await reaches(pool, key, "parked")
+            assert not task.done()  # the service goes on
+        assert server.keys("/hook") == []
+    assert row["last_error"] == "its outcome could not be recorded: RuntimeError: bug in the service's hook"
+    assert await outcomes_in_outbox(pool) == []  # the hook did not run to its end: no outcome is told
