@@ -67,22 +67,26 @@ async def feed(pool: asyncpg.Pool, names: TopicNames, coordinator: Coordinator, 
         await write_context(conn, ctx)
 
 
-def step(state: str, phase: str = "recovery") -> ResponseStepChanged:
-    change = StepChange(
-        step_id=f"{INCIDENT}:reimage:ab",
-        plan_id="p",
-        step="reimage",
-        phase=phase,
-        name="Rebuild host",
-        item="web-1",
-        connector="webhook",
-        action="reimage_host",
-        from_state=None,
-        state=state,  # type: ignore[arg-type]
-        actor="responder",
-        on_failure="continue",
+def step(state: str, phase: str = "recovery", *, subject: str = INCIDENT, **fields: Any) -> ResponseStepChanged:
+    """A response step's change: the rebuild of web-1 by default, or what ``fields`` say instead."""
+    change = StepChange.model_validate(
+        {
+            "step_id": f"{subject}:reimage:ab",
+            "plan_id": "p",
+            "step": "reimage",
+            "phase": phase,
+            "name": "Rebuild host",
+            "item": "web-1",
+            "connector": "webhook",
+            "action": "reimage_host",
+            "from_state": None,
+            "state": state,
+            "actor": "responder",
+            "on_failure": "continue",
+            **fields,
+        }
     )
-    return ResponseStepChanged(source="/vigil/responder", subject=INCIDENT, data=change)
+    return ResponseStepChanged(source="/vigil/responder", subject=subject, data=change)
 
 
 async def emitted(pool: asyncpg.Pool) -> list[EventBase]:
@@ -319,7 +323,10 @@ async def test_the_commander_is_asked_once_per_step_of_a_plan_and_again_for_what
     coordinator = unreachable_pager()
 
     def waiting(item: str, plan_id: str) -> ResponseStepChanged:
-        change = StepChange(
+        return step(
+            "awaiting_approval",
+            "containment",
+            subject="inc-ask",
             step_id=f"inc-ask:block:{item}",
             plan_id=plan_id,
             step="block",
@@ -327,13 +334,8 @@ async def test_the_commander_is_asked_once_per_step_of_a_plan_and_again_for_what
             item=item,
             connector="blocklist",
             action="block",
-            from_state="planned",
-            state="awaiting_approval",
             actor="policy",
-            reason="needs the commander's approval",
-            on_failure="continue",
         )
-        return ResponseStepChanged(source="/vigil/responder", subject="inc-ask", data=change)
 
     await feed(pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject="inc-ask", data=snapshot()))
     await feed(pool, names, coordinator, waiting("203.0.113.7", "plan-1"))

@@ -382,18 +382,22 @@ async def test_a_late_runner_cannot_record_over_a_newer_attempt(pool: asyncpg.Po
     assert (row["status"], row["attempts"], row["lease_token"]) == ("succeeded", 2, None)
 
 
+async def interrupted_in_its_last_attempt(pool: asyncpg.Pool, key: str) -> None:
+    """Its runner died during the second (and, allowed two, last) attempt, and that lease has run out."""
+    await pool.execute(
+        """UPDATE effects SET status = 'running', attempts = 2, lease_token = gen_random_uuid(),
+               lease_until = now() - interval '1 second'
+           WHERE key = $1""",
+        key,
+    )
+
+
 async def test_an_effect_whose_last_attempt_was_interrupted_is_parked_not_run_again(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
     async with far_side() as server:
         key = await add(pool, target=server.target, payload=post(server, "/hook"))
-        # Its runner died during the second and last allowed attempt; that lease has run out.
-        await pool.execute(
-            """UPDATE effects SET status = 'running', attempts = 2, lease_token = gen_random_uuid(),
-                   lease_until = now() - interval '1 second'
-               WHERE key = $1""",
-            key,
-        )
+        await interrupted_in_its_last_attempt(pool, key)
         async with running(make_runner(settings, pool, names, [http_request(max_attempts=2)])):
             row = await reaches(pool, key, "parked")
         assert server.keys("/hook") == []
@@ -877,13 +881,6 @@ def _service_process() -> None:
     asyncio.run(run_service(spec))
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "runner":
-        _runner_process(*sys.argv[2:4])
-    else:
-        _service_process()
-
-
 async def test_an_interrupted_effect_whose_outcome_hook_keeps_failing_is_parked_without_it(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
@@ -893,12 +890,7 @@ async def test_an_interrupted_effect_whose_outcome_hook_keeps_failing_is_parked_
     async with far_side() as server:
         key = await add(pool, target=server.target, payload=post(server, "/hook"))
         # The hook failed at its last attempt's outcome and stopped the runner, at every restart since.
-        await pool.execute(
-            """UPDATE effects SET status = 'running', attempts = 2, lease_token = gen_random_uuid(),
-                   lease_until = now() - interval '1 second'
-               WHERE key = $1""",
-            key,
-        )
+        await interrupted_in_its_last_attempt(pool, key)
         runner = make_runner(settings, pool, names, [http_request(max_attempts=2, on_outcome=broken)])
         async with running(runner) as [task]:
             row = await reaches(pool, key, "parked")
@@ -906,3 +898,10 @@ async def test_an_interrupted_effect_whose_outcome_hook_keeps_failing_is_parked_
         assert server.keys("/hook") == []
     assert row["last_error"] == "its outcome could not be recorded: RuntimeError: bug in the service's hook"
     assert await outcomes_in_outbox(pool) == []  # the hook did not run to its end: no outcome is told
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "runner":
+        _runner_process(*sys.argv[2:4])
+    else:
+        _service_process()

@@ -137,6 +137,15 @@ async def test_every_route_refuses_without_a_valid_token_and_allows_exactly_the_
     assert checked >= 20  # every service's routes were seen
 
 
+async def detected_by_the_coordinator(pool: asyncpg.Pool, names: TopicNames, subject: str) -> None:
+    """The incident as the coordinator has it once detected: commands about it apply."""
+    detected = IncidentDetected(source="/vigil/detector", subject=subject, data=snapshot())
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="coordinator", names=names)
+        await Coordinator(load_oncall()).on_detected(ctx, detected)
+        await write_context(conn, ctx)
+
+
 async def _call(client: httpx.AsyncClient, method: str, path: str, token: str | None) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return (await client.request(method, path, json={}, headers=headers)).status_code
@@ -145,12 +154,7 @@ async def _call(client: httpx.AsyncClient, method: str, path: str, token: str | 
 async def test_the_actor_of_a_command_is_the_token_not_the_name_in_the_body(
     apps: dict[str, FastAPI], pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    coordinator = Coordinator(load_oncall())
-    detected = IncidentDetected(source="/vigil/detector", subject="inc-who", data=snapshot())
-    async with pool.acquire() as conn, conn.transaction():
-        ctx = HandlerContext(conn=conn, service="coordinator", names=names)
-        await coordinator.on_detected(ctx, detected)
-        await write_context(conn, ctx)
+    await detected_by_the_coordinator(pool, names, "inc-who")
     async with pool.acquire() as conn:
         carol = (await identity.create_token(conn, name="carol@example.com", role="commander", created_by="t")).text
     async with (
@@ -195,12 +199,7 @@ async def test_a_service_beyond_loopback_without_tokens_refuses_to_start(
 async def test_an_idempotency_key_is_the_senders_own_and_a_retry_gets_the_first_answer(
     apps: dict[str, FastAPI], pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    coordinator = Coordinator(load_oncall())
-    detected = IncidentDetected(source="/vigil/detector", subject="inc-keys", data=snapshot())
-    async with pool.acquire() as conn, conn.transaction():
-        ctx = HandlerContext(conn=conn, service="coordinator", names=names)
-        await coordinator.on_detected(ctx, detected)
-        await write_context(conn, ctx)
+    await detected_by_the_coordinator(pool, names, "inc-keys")
     async with pool.acquire() as conn:
         alice = (await identity.create_token(conn, name="alice", role="responder", created_by="t")).text
         bob = (await identity.create_token(conn, name="bob", role="responder", created_by="t")).text
@@ -235,12 +234,7 @@ async def test_a_body_over_the_limit_is_refused_before_anything_reads_it(apps: d
 async def test_a_chunked_body_is_held_to_the_same_limit_and_refusals_before_any_route_reads_it(
     apps: dict[str, FastAPI], pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    coordinator = Coordinator(load_oncall())
-    detected = IncidentDetected(source="/vigil/detector", subject="inc-chunked", data=snapshot())
-    async with pool.acquire() as conn, conn.transaction():
-        ctx = HandlerContext(conn=conn, service="coordinator", names=names)
-        await coordinator.on_detected(ctx, detected)
-        await write_context(conn, ctx)
+    await detected_by_the_coordinator(pool, names, "inc-chunked")
     async with pool.acquire() as conn:
         alice = (await identity.create_token(conn, name="alice", role="responder", created_by="t")).text
 

@@ -770,6 +770,12 @@ async def _state_is(pool: asyncpg.Pool, step_id: str, state: str) -> bool:
     return found == state
 
 
+def merged_into_inc_2(subject: str) -> IncidentMerged:
+    """Dana merged the incident into inc-2."""
+    record = MergeRecord(survivor="inc-2", merged=[subject], actor="dana", command_id="cmd-1", alerts=3)
+    return IncidentMerged(source="/test", subject=subject, data=record)
+
+
 async def test_a_merge_waits_for_an_approval_in_flight_and_never_cancels_the_step_it_started(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
@@ -780,11 +786,7 @@ async def test_a_merge_waits_for_an_approval_in_flight_and_never_cancels_the_ste
         )
         isolate = "inc-1:isolate"
         await handle(pool, names, responder, answer(ApproveStep, isolate, "alice", role="commander"))
-        merged = IncidentMerged(
-            source="/test",
-            subject="inc-1",
-            data=MergeRecord(survivor="inc-2", merged=["inc-1"], actor="dana", command_id="cmd-1", alerts=3),
-        )
+        merged = merged_into_inc_2("inc-1")
         # The second approval starts the isolation; the merge arrives before that transaction commits.
         async with pool.acquire() as approving:
             approval = approving.transaction()
@@ -813,11 +815,7 @@ async def test_an_incident_merged_away_cancels_its_steps_not_started_and_keeps_w
         )
         before = await states(pool, "inc-1")
         assert before == {"tell": "succeeded", "isolate web-1": "awaiting_approval", "block 203.0.113.7": "planned"}
-        merged = IncidentMerged(
-            source="/test",
-            subject="inc-1",
-            data=MergeRecord(survivor="inc-2", merged=["inc-1"], actor="dana", command_id="cmd-1", alerts=3),
-        )
+        merged = merged_into_inc_2("inc-1")
         for _ in range(2):  # delivered twice: the second finds nothing left to cancel
             await handle(pool, names, responder, merged)
         assert await states(pool, "inc-1") == {
