@@ -78,6 +78,25 @@ async def schedule(
     )
 
 
+# As in schedule: the count makes the insert wait for the cancelling update. Each check reads a
+# subject's live timers by index (timers_live_by_subject), not the whole table.
+SCHEDULE_MANY = """WITH wanted AS (
+       SELECT w.subject, w.due_at FROM unnest($3::text[], $4::timestamptz[]) AS w(subject, due_at)
+       WHERE NOT EXISTS (
+           SELECT 1 FROM timers t
+           WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject AND t.due_at = w.due_at
+             AND t.cancelled_at IS NULL)),
+   cancelled AS (
+       UPDATE timers t SET cancelled_at = now() FROM wanted w
+       WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject
+         AND t.fired_at IS NULL AND t.cancelled_at IS NULL
+       RETURNING 1)
+   INSERT INTO timers (service, kind, subject, due_at)
+   SELECT $1, $2, w.subject, w.due_at FROM wanted w, (SELECT count(*) FROM cancelled) AS moved
+   ON CONFLICT (service, kind, subject) WHERE fired_at IS NULL AND cancelled_at IS NULL
+   DO UPDATE SET due_at = excluded.due_at"""
+
+
 async def schedule_many(conn: Conn, *, service: str, kind: str, due: Mapping[str, datetime]) -> None:
     """Set (or move) the one pending timer of this kind for each subject, to its time, in one round trip.
 
@@ -86,23 +105,8 @@ async def schedule_many(conn: Conn, *, service: str, kind: str, due: Mapping[str
     """
     if not due:
         return
-    # As in schedule: the count makes the insert wait for the cancelling update.
     await conn.execute(
-        """WITH wanted AS (
-               SELECT w.subject, w.due_at FROM unnest($3::text[], $4::timestamptz[]) AS w(subject, due_at)
-               WHERE NOT EXISTS (
-                   SELECT 1 FROM timers t
-                   WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject AND t.due_at = w.due_at
-                     AND t.cancelled_at IS NULL)),
-           cancelled AS (
-               UPDATE timers t SET cancelled_at = now() FROM wanted w
-               WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject
-                 AND t.fired_at IS NULL AND t.cancelled_at IS NULL
-               RETURNING 1)
-           INSERT INTO timers (service, kind, subject, due_at)
-           SELECT $1, $2, w.subject, w.due_at FROM wanted w, (SELECT count(*) FROM cancelled) AS moved
-           ON CONFLICT (service, kind, subject) WHERE fired_at IS NULL AND cancelled_at IS NULL
-           DO UPDATE SET due_at = excluded.due_at""",
+        SCHEDULE_MANY,
         service,
         kind,
         list(due),

@@ -25,7 +25,7 @@ from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay, list_parked, write_events
 from shared.service import DatabaseProbe, Runtime, build_app
 from shared.settings import VigilSettings
-from shared.timers import Timer, TimerPoller, cancel_many, schedule, schedule_many
+from shared.timers import SCHEDULE_MANY, Timer, TimerPoller, cancel_many, schedule, schedule_many
 from shared.topics import ANALYSES, EVENTS_DLQ, INCIDENTS, TopicNames
 from tests.factories import snapshot
 from tests.helpers import committed, consume_loop, eventually, produce, read_all, running
@@ -577,6 +577,22 @@ async def test_a_due_time_set_again_neither_moves_its_timer_nor_sets_a_fired_one
         ("step-2", due, False, True),
         ("step-2", due + timedelta(hours=1), False, False),
     ]
+
+
+async def test_timers_set_many_at_once_read_each_subjects_timers_by_index_however_many_fired_before(
+    pool: asyncpg.Pool,
+) -> None:
+    # Fired and cancelled timers stay until housekeeping prunes them: the check of what is set already
+    # must not read them all on each call.
+    await pool.execute(
+        """INSERT INTO timers (service, kind, subject, due_at, fired_at)
+           SELECT 'svc', 'due', 'step-' || n, now() - interval '1 hour', now() FROM generate_series(1, 20000) AS n"""
+    )
+    await pool.execute("ANALYZE timers")
+    soon = datetime.now(UTC) + timedelta(minutes=5)
+    plan = await _plan(pool, "EXPLAIN " + SCHEDULE_MANY, "svc", "due", ["step-1", "step-new"], [soon, soon])
+    assert "Seq Scan on timers" not in plan, plan
+    assert "timers_live_by_subject" in plan
 
 
 async def test_a_timer_set_while_another_transaction_fires_and_sets_it_again_is_moved(pool: asyncpg.Pool) -> None:
