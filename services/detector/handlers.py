@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -31,7 +32,7 @@ from services.detector.suppressor import SUPPRESSION_ENDED, Suppressions
 from shared import timers
 from shared.alerts import Alert
 from shared.consumer import HandlerContext, Inbound, decode_cloudevent
-from shared.errors import Raced
+from shared.errors import InvalidMessage, Raced
 from shared.events import (
     AlertRepeat,
     AlertResolution,
@@ -153,7 +154,10 @@ class RulesSource:
             mtime = self._stat()
             if mtime != self._mtime:
                 self._mtime = mtime
-                self.reload()
+                # A broken edit is logged and counted by reload, and the rules in force stay: it must not
+                # stop the batch (nor the detector) that happened to look at the file.
+                with contextlib.suppress(CorrelationError):
+                    self.reload()
         return self._rules
 
     def reload(self) -> CorrelationRules:
@@ -201,7 +205,19 @@ class Detector:
             if isinstance(event, IncidentStateChanged) and event.data.to_state in ENDED:
                 await repository.close_incident(ctx.conn, incident_id=event.subject)
             elif isinstance(event, MergeIncidents | DetachAlerts):
-                await commands.apply(ctx, event, classifier=self.classifier)
+                await self._command(ctx, inbound, event)
+
+    async def _command(
+        self, ctx: HandlerContext, inbound: Inbound[Any], command: MergeIncidents | DetachAlerts
+    ) -> None:
+        """Apply an operator's command; one whose content is refused is dead-lettered, the rest go on."""
+        mark = ctx.mark()
+        try:
+            async with ctx.conn.transaction():  # a savepoint: commands are few, and this one's writes go if refused
+                await commands.apply(ctx, command, classifier=self.classifier)
+        except InvalidMessage as exc:
+            ctx.drop_since(mark)
+            ctx.reject(inbound, exc)
 
     async def on_suppression_ended(self, ctx: HandlerContext, timer: timers.Timer) -> None:
         """A silence, window or inhibiting alert ended: the alerts it held back that still fire go on to incidents."""

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from services.detector import repository
+from services.detector import handlers, repository
 from services.detector.correlation import CorrelationError
 from services.detector.handlers import Detector, RulesSource, decode
 from shared.alerts import Alert
@@ -201,6 +201,28 @@ async def test_rules_reload_when_the_file_changes_and_a_broken_change_is_refused
         await handled(settings, names, 1)
     [incident], _alerts, waiting = await stored(pool)
     assert incident["correlation_key"].startswith("burst|host=web-09|") and waiting == []
+
+
+async def test_a_broken_edit_the_detector_finds_while_it_runs_leaves_the_rules_in_force_and_the_detector_running(
+    settings: VigilSettings,
+    pool: asyncpg.Pool,
+    names: TopicNames,
+    rules_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers, "RULES_CHECK_S", 0.0)  # the file is looked at on every batch
+    source = RulesSource(rules_file)
+    async with running(settings, pool, names, Detector(correlation_window=WINDOW, correlation_rules=source)) as (
+        _loop,
+        task,
+    ):
+        await asyncio.to_thread(rules_file.write_text, "correlations: [\n")
+        await send(settings, [alert(source="canary", host="web-09", user=None, minutes=i / 60) for i in range(3)])
+        await handled(settings, names, 3)
+        assert not task.done()
+    assert [c.name for c in source.current().correlations] == ["takeover", "two-kinds", "sweep", "burst"]
+    [incident], _alerts, _waiting = await stored(pool)
+    assert incident["correlation_key"].startswith("burst|host=web-09|")  # by the rules in force
 
 
 async def test_two_detectors_racing_on_one_key_open_exactly_one_incident(

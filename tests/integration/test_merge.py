@@ -50,9 +50,9 @@ from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
-from shared.topics import ALERTS_RAW, COMMANDS, COORDINATION, TopicNames
+from shared.topics import ALERTS_RAW, COMMANDS, COORDINATION, EVENTS_DLQ, TopicNames
 from tests.factories import alert, alert_dict
-from tests.helpers import committed, consume_loop, eventually, produce, serve_app
+from tests.helpers import committed, consume_loop, eventually, produce, read_all, serve_app
 from vigil import cli as cli_module
 from vigil.cli import app as cli_app
 
@@ -538,6 +538,36 @@ async def test_a_merge_from_the_commands_topic_is_applied_once_however_often_del
     assert not [e for e in events if isinstance(e, CommandRejected)]
     [audited] = await pool.fetch("SELECT * FROM audit_log WHERE action = 'incident.merge'")
     assert (audited["principal"], audited["outcome"]) == ("soar-bot", "ok")
+
+
+async def test_a_command_with_no_one_named_is_dead_lettered_and_the_next_is_applied(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    raw, commands = names(ALERTS_RAW), names(COMMANDS)
+    spec = detector_service.spec(settings)
+    async with consume_loop(
+        settings,
+        pool,
+        service="detector",
+        topics=[raw, names(COORDINATION), commands],
+        decoder=spec.decoder,
+        handler=spec.handler,
+    ) as (_loop, task):
+        await send_alerts(
+            settings, names, [alert_dict(host=h, time=f"2026-11-24T09:0{n}:00Z") for n, h in enumerate(["u-1", "u-2"])]
+        )
+        u1, u2 = [await opened(pool, h) for h in ("u-1", "u-2")]
+        # Another tool's command naming a blank actor: no one to audit it under.
+        nobody = MergeIncidents(source="/tools/soar", subject=u1, data=MergeArgs(actor=" ", incidents=[u2]))
+        command = MergeIncidents(source="/tools/soar", subject=u1, data=MergeArgs(actor="soar-bot", incidents=[u2]))
+        await produce(settings, commands, [(u1.encode(), *_record(nobody)), (u1.encode(), *_record(command))])
+        await eventually(lambda: _committed_is(settings, commands, 2))
+        assert not task.done()
+    assert await pool.fetchval("SELECT merged_into FROM detector_incidents WHERE id = $1", u2) == u1
+    [dead] = await read_all(settings, names(EVENTS_DLQ), expect=1)
+    headers = dict(dead.headers)
+    assert (headers["vigil_dlq_topic"], headers["vigil_dlq_offset"]) == (commands.encode(), b"0")
+    assert [r["principal"] for r in await pool.fetch("SELECT principal FROM audit_log")] == ["soar-bot"]
 
 
 async def _committed_is(settings: VigilSettings, topic: str, expected: int) -> bool:
