@@ -51,6 +51,9 @@ def test_a_named_format_is_used_and_an_unknown_one_refused() -> None:
         (json.dumps(alert_dict(time="2999-01-01T00:00:00Z")).encode(), "invalid_fields", "in the future"),
         (json.dumps(alert_dict(time="1969-12-31T23:59:59Z")).encode(), "invalid_fields", "before 1970"),
         (json.dumps(alert_dict(title="bad\u0000byte")).encode(), "nul", "NUL character"),
+        (json.dumps(alert_dict(title="bad\\\u0000byte")).encode(), "nul", "NUL character"),  # backslash, then NUL
+        # orjson refuses an escaped lone surrogate, JSON allows it: no character, it can be neither stored nor sent.
+        (json.dumps(alert_dict(raw={"cmd": "\ud800"})).encode(), "not_utf8", "surrogate"),
         (b'{"a": "' + b"x" * (1024 * 1024) + b'"}', "too_large", "limit"),
         (b"[" * 100_000 + b"]" * 100_000, "not_json", "nested too deeply"),  # beyond any parser's depth
     ],
@@ -59,6 +62,15 @@ def test_invalid_records_are_refused_with_a_code_and_a_reason(value: bytes, code
     with pytest.raises(Rejected, match=reason) as refused:
         decode(raw(value))
     assert refused.value.code == code
+
+
+def test_text_that_quotes_an_escape_is_read_as_written() -> None:
+    # A WAF alert quoting an injection attempt: a backslash, then the text "u0000" — no NUL in it.
+    value = json.dumps(alert_dict(title="SQLi attempt", description="id=1\\u0000 OR 1=1")).encode()
+    assert b"\\\\u0000" in value
+    _event_id, parsed = decode(raw(value))
+    assert isinstance(parsed, Parsed)
+    assert parsed.alerts[0].description == "id=1\\u0000 OR 1=1"
 
 
 def _received(source: str, format_name: str) -> float:

@@ -96,13 +96,27 @@ def parse_payload(payload: Any, *, format_name: str | None = None) -> Parsed:
     )
 
 
+def _escapes_nul(value: bytes) -> bool:
+    """Whether the JSON text escapes a NUL: a ``\\u0000`` whose backslash is not itself escaped (``\\\\u0000``
+    is a backslash, then the text ``u0000``: a WAF alert quoting an injection, say)."""
+    at = value.find(b"\\u0000")
+    while at != -1:
+        before = at
+        while before > 0 and value[before - 1] == ord("\\"):
+            before -= 1
+        if (at - before) % 2 == 0:  # an even run of backslashes before this one: it starts an escape
+            return True
+        at = value.find(b"\\u0000", at + 1)
+    return False
+
+
 def parse_record(value: bytes | None, *, format_name: str | None = None) -> Parsed:
     """Return what one raw record holds, or raise Rejected with why it cannot be read."""
     if not value:
         raise Rejected("empty record", code="empty")
     if len(value) > MAX_RECORD_BYTES:
         raise Rejected(f"record of {len(value)} bytes is over the {MAX_RECORD_BYTES}-byte limit", code="too_large")
-    if b"\x00" in value or b"\\u0000" in value:
+    if b"\x00" in value or (b"\\u0000" in value and _escapes_nul(value)):
         raise Rejected("record contains a NUL character (\\u0000), which Postgres text cannot store", code="nul")
     try:
         payload = orjson.loads(value)
@@ -111,8 +125,12 @@ def parse_record(value: bytes | None, *, format_name: str | None = None) -> Pars
             body = value.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise Rejected(f"record is not UTF-8: {exc}", code="not_utf8") from exc
-        try:  # what orjson refuses but JSON allows: integers beyond 64 bits
+        try:  # what orjson refuses but JSON allows: integers beyond 64 bits, and escaped lone surrogates
             payload = json.loads(body)
+            # A lone surrogate (``"\\ud800"``) is no character: it cannot be stored, nor sent on as UTF-8.
+            json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise Rejected(f"record is not UTF-8 once read: {exc.reason} in its text", code="not_utf8") from exc
         except ValueError as exc:
             raise Rejected(f"record is not JSON: {exc}", code="not_json") from exc
         except RecursionError as exc:  # orjson refused it for its depth too: refused, not a crash of the detector
