@@ -436,9 +436,12 @@ class Detector:
         if not fresh:
             return stored_before, repeats, []
         keys = {domain.correlation_key(a, routes[a.key]) for a in fresh}
-        # Only an alert a rule takes can be waiting (while the rules stay the same): no look-up for the others.
-        ruled = {a.key: sightings[a.key] for a in fresh if routes[a.key] is not None}
-        waiting_before = await repository.count_waiting_repeats(ctx.conn, sightings=ruled) if ruled else set()
+        # Any of them may be waiting: a rule took it when it came first, and what that rule reads of it (or
+        # the rules themselves) may have changed since. Sent again, it is counted where it waits, never
+        # stored a second time, live, beside its waiting self.
+        waiting_before = await repository.count_waiting_repeats(
+            ctx.conn, sightings={a.key: sightings[a.key] for a in fresh}
+        )
         if waiting_before:  # sent again while waiting for its rule's condition: counted where it waits
             fresh = [a for a in fresh if a.key not in waiting_before]
             stored_before |= waiting_before

@@ -338,7 +338,7 @@ async def take_waiting(conn: Conn, *, group_keys: Iterable[str]) -> None:
            UPDATE detector_alerts a
            SET repeats = a.repeats + t.repeats, last_seen_at = GREATEST(a.last_seen_at, t.last_seen_at),
                resolved_at = coalesce(a.resolved_at, t.resolved_at)
-           FROM taken t WHERE a.key = t.key""",
+           FROM taken t WHERE a.key = t.key AND NOT a.retired""",
         list(group_keys),
     )
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from services.detector import handlers, repository
-from services.detector.correlation import CorrelationError
+from services.detector.correlation import CorrelationError, parse_rules
 from services.detector.handlers import Detector, RulesSource, decode
 from shared.alerts import Alert
 from shared.consumer import HandlerContext
@@ -281,6 +281,34 @@ async def test_an_alert_another_replica_stored_after_the_look_up_makes_the_batch
     assert len(incidents) == 1 and [a["key"] for a in alerts] == [sent.key]
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT repeats FROM detector_alerts WHERE key = $1", sent.key) == 1
+
+
+async def test_an_alert_sent_again_while_it_waits_is_counted_where_it_waits_whatever_it_routes_to_now(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    # A rule takes high findings only: the first sighting waits; the tool re-publishes the finding at
+    # medium, which no rule takes. It is the same alert, still waiting, not a second one in an incident.
+    rules = parse_rules(
+        """
+rules:
+  - {name: high, detection: {severity: [high, critical]}}
+correlations:
+  - name: pair
+    correlation: {type: event_count, rules: [high], group-by: [host], timespan: 1h, condition: {gte: 2}}
+"""
+    )
+    detector_ = Detector(correlation_window=WINDOW, correlation_rules=RulesSource(None, rules=rules))
+    first = alert(id="K", source="finder", severity="high", host="web-01", user=None)
+    again = alert(id="K", source="finder", severity="medium", title="finding K (updated)", host="web-01", user=None)
+    other = alert(id="L", source="finder", severity="high", host="web-01", user=None, minutes=7)
+    for batch in ([first], [again], [other]):
+        async with pool.acquire() as conn, conn.transaction():
+            await detector_.handle_alerts(HandlerContext(conn=conn, service="detector", names=names), batch)
+    [incident], alerts, waiting = await stored(pool)
+    assert incident["correlation_key"].startswith("pair|") and waiting == []
+    assert sorted(a["key"] for a in alerts) == sorted([first.key, other.key])
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT repeats FROM detector_alerts WHERE key = $1", first.key) == 1
 
 
 async def _found_nothing(_conn: Any, *, sightings: Any) -> dict[str, Any]:
