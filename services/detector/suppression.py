@@ -62,6 +62,7 @@ LABEL_PREFIX = "labels."
 NAME_CHARS = 200
 MAX_MATCHERS = 32
 MAX_PATTERN = 1000
+MAX_OCCURRENCE = timedelta(days=31)  # of a recurring maintenance window
 SHIPPED_INHIBITION = Path(__file__).with_name("inhibition.yaml")
 # Formats whose tools say when an alert ends: an alert of theirs not said to have ended still fires,
 # and is released when the silence or window that held it back ends. Other tools' alerts (one-off
@@ -279,7 +280,7 @@ def check_window(window: Window, now: datetime) -> None:
         return
     if window.duration is None or window.duration <= timedelta(0):
         raise SuppressionError("a recurring window needs a positive duration (e.g. 2h)")
-    if window.duration > timedelta(days=31):
+    if window.duration > MAX_OCCURRENCE:
         raise SuppressionError("an occurrence lasts at most 31 days")
     if window.ends_at is not None and window.ends_at <= window.starts_at:
         raise SuppressionError("the window's end comes before its start")

@@ -11,7 +11,9 @@ every detector replica (``repository.SUPPRESSION_CHANNEL``) in its own transacti
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -30,11 +32,29 @@ from shared.service import Runtime
 SERVICE = "detector"
 # The longest a silence may last: a longer one is a rule, not a silence.
 MAX_SILENCE = timedelta(days=365)
+# What of the matchers an audit entry keeps: its detail is small (audit.MAX_DETAIL_BYTES), the silence or
+# window itself keeps them whole, and the digest ties the entry to them.
+AUDITED_MATCHERS_BYTES = 1200
+AUDITED_MATCHER_CHARS = 120
 
 IdempotencyKey = Annotated[str | None, Header(max_length=200)]
 KindFilter = Annotated[Literal["silence", "maintenance", "inhibition"] | None, Query()]
 ByFilter = Annotated[str | None, Query(max_length=500)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
+
+
+def _audited(matchers: Sequence[str]) -> dict[str, Any]:
+    """The matchers as an audit entry says them: those that fit, each cut short, how many, and their digest."""
+    kept: list[str] = []
+    used = 0
+    for text in matchers:
+        cut = text if len(text) <= AUDITED_MATCHER_CHARS else text[: AUDITED_MATCHER_CHARS - 1] + "…"
+        used += len(cut.encode())
+        if used > AUDITED_MATCHERS_BYTES:
+            break
+        kept.append(cut)
+    digest = hashlib.sha256("\n".join(matchers).encode()).hexdigest()
+    return {"matchers": kept, "matchers_count": len(matchers), "matchers_sha256": digest}
 
 
 class SilenceIn(BaseModel):
@@ -45,7 +65,9 @@ class SilenceIn(BaseModel):
     )
     starts_at: AwareDatetime | None = Field(None, description="Now when not given.")
     ends_at: AwareDatetime | None = None
-    duration_s: int | None = Field(None, gt=0, description="Instead of ends_at: how long from the start.")
+    duration_s: int | None = Field(
+        None, gt=0, le=int(MAX_SILENCE.total_seconds()), description="Instead of ends_at: how long from the start."
+    )
     comment: str = Field(min_length=1, max_length=2000, description="Why: a silence nobody can explain is refused.")
 
     @model_validator(mode="after")
@@ -81,7 +103,12 @@ class WindowIn(BaseModel):
     rrule: str | None = Field(
         None, max_length=500, description="iCalendar RRULE, e.g. FREQ=WEEKLY;BYDAY=SU (from starts_at, in time_zone)."
     )
-    duration_s: int | None = Field(None, gt=0, description="How long each occurrence of a recurring window lasts.")
+    duration_s: int | None = Field(
+        None,
+        gt=0,
+        le=int(suppression.MAX_OCCURRENCE.total_seconds()),
+        description="How long each occurrence of a recurring window lasts.",
+    )
     time_zone: str = Field("UTC", max_length=100)
     comment: str = Field("", max_length=2000)
 
@@ -200,7 +227,7 @@ def router(runtime: Runtime) -> APIRouter:
                     principal=by.name,
                     action="silence.add",
                     target=row["id"],
-                    detail={"matchers": texts, "ends_at": ends_at.isoformat(), "comment": body.comment[:500]},
+                    detail={**_audited(texts), "ends_at": ends_at.isoformat(), "comment": body.comment[:500]},
                 )
                 return idempotency.Answer(201, _silence_out(row, now).model_dump(mode="json"))
 
@@ -286,7 +313,7 @@ def router(runtime: Runtime) -> APIRouter:
                     principal=by.name,
                     action="maintenance.add",
                     target=window.id,
-                    detail={"name": window.name, "matchers": texts, "rrule": window.rrule},
+                    detail={"name": window.name, **_audited(texts), "rrule": window.rrule},
                 )
                 return idempotency.Answer(201, _window_out(row, now).model_dump(mode="json"))
 
