@@ -166,7 +166,10 @@ def parse_moment(text: str, *, end_of_day: bool = False) -> datetime:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     start = datetime.combine(day, time(), tzinfo=UTC)
-    return start + timedelta(days=1) if end_of_day else start
+    if not end_of_day:
+        return start
+    # The last day there is (9999-12-31) has no next day: it ends at the last moment there is.
+    return start + timedelta(days=1) if day < date.max else datetime.max.replace(tzinfo=UTC)
 
 
 def parse_list_form(params: Sequence[tuple[str, str]]) -> ListForm:

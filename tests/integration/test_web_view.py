@@ -447,6 +447,17 @@ async def test_reports_page_compliance_and_exports(seeded: None, browser: httpx.
     assert bad.status_code == 400 and "from &#39;soon&#39; is neither a date" in bad.text
 
 
+async def test_the_last_day_there_is_ends_a_period_without_an_error_page(
+    seeded: None, browser: httpx.AsyncClient
+) -> None:
+    since = (T0 + timedelta(days=5)).date().isoformat()
+    for path in ("/ui/incidents", "/ui/reports", "/ui/reports/compliance.html", "/ui/export/incidents.csv"):
+        answer = await browser.get(path, params={"since": since, "until": "9999-12-31"})
+        assert answer.status_code == 200, (path, answer.text[:300])
+    listed = (await browser.get("/ui/incidents", params={"until": "9999-12-31"})).text
+    assert "neither a date" not in listed and RICH in listed
+
+
 async def test_pages_send_a_person_to_sign_in_and_keep_them_signed_in_with_the_cookie(
     seeded: None, secured: str, tokens: dict[str, str], pool: asyncpg.Pool
 ) -> None:

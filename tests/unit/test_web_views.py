@@ -86,6 +86,8 @@ def test_times_are_days_or_iso_times_in_utc() -> None:
     assert views.parse_moment("2026-11-24T10:00:00+01:00") == T0
     with pytest.raises(ValueError):
         views.parse_moment("next tuesday")
+    # The last day there is has no next day: it is included up to the last moment there is.
+    assert views.parse_moment("9999-12-31", end_of_day=True) == datetime.max.replace(tzinfo=UTC)
 
 
 def test_a_page_link_keeps_the_filters_but_not_the_defaults() -> None:
