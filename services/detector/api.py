@@ -20,8 +20,9 @@ as a repeat of the same alert, never as a new one).
 
 Authentication: with ``VIGIL_INGEST_TOKENS`` set, a request needs ``Authorization: Bearer <token>`` of
 one of the configured sources; with ``VIGIL_INGEST_HMAC_SECRET`` set, it may instead carry
-``X-Vigil-Signature: sha256=<hex HMAC-SHA256 of the body>``. With neither, the ingest is open to
-whoever reaches the port.
+``X-Vigil-Signature: sha256=<hex HMAC-SHA256 of the body>``. A Vigil API token allowed ``alerts.ingest``
+is accepted too. Anything else is refused with 401; the ingest is open only with
+``VIGIL_ALLOW_UNAUTHENTICATED`` and no ingest token or secret set.
 """
 
 from __future__ import annotations
