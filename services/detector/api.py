@@ -13,7 +13,8 @@ holding one bad record is refused whole (400 ``{"detail", "code", "index"}`` nam
 counted from 0), so that a sender never has to work out which part went through. Then each record is
 published to the raw alerts topic as it came, with the ``vigil_format`` header naming the format the
 adapter recognised (and ``vigil_ingest_source`` naming the sending tool when tokens are configured),
-keyed by its first alert's entity so that one entity's alerts stay on one partition. ``202`` comes only
+keyed by its first alert's entity so that one entity's alerts stay on one partition (an Alertmanager
+message by its group, a PagerDuty event by its alert: see ``raw_key``). ``202`` comes only
 once the broker acknowledged every record; a broker that is down or slow gets ``503`` and the sender
 retries (a record that got through before the failure then reaches the detector twice, which counts it
 as a repeat of the same alert, never as a new one).
@@ -166,12 +167,17 @@ def raw_key(parsed: Parsed) -> bytes | None:
 
     An Alertmanager message is keyed by its group instead: every notification of a group carries the
     group's alerts, whichever comes first, and an alert stays in its group; so keyed, the message that
-    says an alert fired and the later one that says it resolved are read in that order.
+    says an alert fired and the later one that says it resolved are read in that order. A PagerDuty event
+    is keyed by its alert (its ``dedup_key``): a resolve names no host, and keyed by its entity it could be
+    read before the trigger it ends, on another partition, and be lost.
     """
     if not parsed.alerts:
         return None
-    group = parsed.alerts[0].labels.get(ALERTMANAGER_GROUP_LABEL) if parsed.format == "alertmanager" else None
-    return f"alertmanager:{group}".encode() if group else parsed.alerts[0].entity.encode()
+    first = parsed.alerts[0]
+    if parsed.format == "pagerduty":
+        return first.key.encode()
+    group = first.labels.get(ALERTMANAGER_GROUP_LABEL) if parsed.format == "alertmanager" else None
+    return f"alertmanager:{group}".encode() if group else first.entity.encode()
 
 
 def raw_headers(parsed: Parsed, *, source: str | None = None) -> list[tuple[str, bytes]]:

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 
-from services.detector.adapters import Rejected, parse_payload, parse_record, storable
+from services.detector.adapters import Parsed, Rejected, parse_payload, parse_record, storable
 from services.detector.adapters.base import stable_id
 from services.detector.adapters.pagerduty import PagerDuty
+from services.detector.api import raw_key
 from tests.unit.adapters.corpus import mutated, parses_or_refuses
 
 NOW = datetime(2025, 11, 24, 9, 30, tzinfo=UTC)
@@ -108,6 +109,16 @@ def test_a_trigger_and_its_resolve_share_the_dedup_key() -> None:
         "PagerDuty severity error -> high",
     )
     assert fired.time == NOW and fired.labels["time_source"] == "received (no payload.timestamp)"
+
+
+def test_the_ingest_keys_a_trigger_and_its_resolve_alike_so_they_are_read_in_order() -> None:
+    # The resolve names no host: keyed by entity, it would go to another partition than its trigger,
+    # could be read first, and its end be lost.
+    fired = Parsed(format="pagerduty", alerts=ADAPTER.parse(TRIGGER).alerts)
+    resolve = {"routing_key": KEY, "event_action": "resolve", "dedup_key": "disk-full/db-1"}
+    resolved = Parsed(format="pagerduty", alerts=ADAPTER.parse(resolve).alerts)
+    assert fired.alerts[0].host and not resolved.alerts[0].host
+    assert raw_key(fired) == raw_key(resolved) == b"pagerduty:disk-full/db-1"
 
 
 def test_the_routing_key_appears_nowhere_in_the_alert_wherever_it_was_sent() -> None:
