@@ -265,8 +265,13 @@ def recurrence(rule: str, starts_at: datetime, time_zone: str, until: datetime |
         raise SuppressionError(f"rrule {rule!r} cannot be read: {exc}") from exc
     if not isinstance(parsed, RRule):
         raise SuppressionError(f"rrule {rule!r}: one rule only")
-    if parsed._freq > HOURLY:  # finding the occurrence in progress walks every one since the start
-        raise SuppressionError(f"rrule {rule!r}: a maintenance window recurs hourly at most (FREQ=HOURLY or slower)")
+    # Finding the occurrence in progress walks every one since the start: at most one an hour, however
+    # the rule is worded (BYMINUTE or BYSECOND lists would make many an hour of any FREQ).
+    if parsed._freq > HOURLY or len(parsed._byminute or ()) > 1 or len(parsed._bysecond or ()) > 1:
+        raise SuppressionError(
+            f"rrule {rule!r}: a maintenance window recurs once an hour at most (FREQ=HOURLY or slower, "
+            "one BYMINUTE and one BYSECOND)"
+        )
     if until is not None:
         parsed = parsed.replace(until=until.astimezone(zone))
     return parsed

@@ -177,7 +177,13 @@ def test_a_recurring_window_stops_recurring_at_its_end() -> None:
         ({"rrule": "FREQ=DAILY", "duration": None}, "positive duration"),
         ({"rrule": "FREQ=DAILY", "duration": timedelta(hours=1), "time_zone": "Mars/Olympus"}, "unknown time zone"),
         ({"rrule": "FREQ=DAILY;COUNT=0", "duration": timedelta(hours=1)}, "no occurrence"),
-        ({"rrule": "FREQ=MINUTELY", "duration": timedelta(seconds=30)}, "hourly at most"),
+        ({"rrule": "FREQ=MINUTELY", "duration": timedelta(seconds=30)}, "once an hour at most"),
+        # Hourly in name, 3,600 occurrences an hour in fact: each batch would walk them all since the start.
+        (
+            {"rrule": "FREQ=HOURLY;BYMINUTE=" + ",".join(map(str, range(60))), "duration": timedelta(seconds=1)},
+            "once an hour at most",
+        ),
+        ({"rrule": "FREQ=DAILY;BYHOUR=2;BYSECOND=0,30", "duration": timedelta(seconds=10)}, "once an hour at most"),
     ],
 )
 def test_a_window_that_cannot_be_used_is_refused(changes: dict[str, object], why: str) -> None:
