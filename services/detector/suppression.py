@@ -634,7 +634,7 @@ class _Index(Generic[T]):
 def window_of(row: Any) -> Window:
     """A window from its stored row (``duration_s`` in seconds, matchers as text)."""
     duration = row["duration_s"]
-    return Window(
+    window = Window(
         id=row["id"],
         name=row["name"],
         matchers=parse_matchers(row["matchers"]),
@@ -646,6 +646,11 @@ def window_of(row: Any) -> Window:
         created_by=row["created_by"],
         comment=row["comment"],
     )
+    if window.rrule is not None:
+        # Read now, so that a rule this version refuses (stored by an older one) leaves the window out
+        # at loading, said why, and does not fail every batch that asks whether it is on.
+        window.recurrence()
+    return window
 
 
 def silence_of_row(row: Any) -> Silence:

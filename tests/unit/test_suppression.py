@@ -24,6 +24,7 @@ from services.detector.suppression import (
     load_inhibition,
     parse_inhibition,
     parse_matchers,
+    window_of,
 )
 from shared.settings import VigilSettings
 from tests.factories import T0, alert
@@ -191,6 +192,26 @@ def test_a_window_that_cannot_be_used_is_refused(changes: dict[str, object], why
     window = Window("w", "x", parse_matchers(["host=a"]), T0, **fields)  # type: ignore[arg-type]
     with pytest.raises(SuppressionError, match=why):
         check_window(window, T0)
+
+
+def test_a_stored_window_whose_rule_is_refused_now_is_refused_when_read_not_when_asked() -> None:
+    # Stored by an older version that took the rule: the detector leaves it out when it loads the
+    # windows (saying why), instead of failing each batch that asks whether it is on.
+    row = {
+        "id": "w-1",
+        "name": "every half hour",
+        "matchers": ["host=a"],
+        "starts_at": T0,
+        "ends_at": None,
+        "rrule": "FREQ=HOURLY;BYMINUTE=0,30",
+        "duration_s": 60,
+        "time_zone": "UTC",
+        "created_by": "ana",
+        "comment": "",
+    }
+    with pytest.raises(SuppressionError, match="once an hour at most"):
+        window_of(row)
+    assert window_of({**row, "rrule": "FREQ=HOURLY;BYMINUTE=0"}).occurrence(T0 + timedelta(seconds=30)) is not None
 
 
 HOST_DOWN = """
