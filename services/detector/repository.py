@@ -18,20 +18,49 @@ from shared.alerts import Alert, AlertSeverity
 from shared.db import Conn
 from shared.events import AlertCorrelation, IncidentType, Severity
 
+# Correlation keys fall into this many buckets (advisory locks of the two-int form, a lock space of its
+# own). A batch of up to MAX_KEY_LOCKS keys holds each bucket shared and each key exclusively; a larger one
+# (a flood of alerts on as many hosts) holds its buckets exclusively instead: Postgres' lock table, shared
+# by every session, holds some thousands of locks, and one per key would run it out.
+KEY_BUCKETS = 1024
+MAX_KEY_LOCKS = 1024
+BUCKET_LOCK_CLASS = 0x56444B42  # "VDKB"
+
 
 def lock_id(key: str) -> int:
     """The advisory lock id of a correlation key: 64 bits of its BLAKE2b digest, as Postgres' bigint."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-async def lock_keys(conn: Conn, *, keys: Iterable[str]) -> None:
-    """Hold each correlation key's advisory lock until commit, so that one detector at a time decides a key.
+def bucket_of(lock: int) -> int:
+    return lock % KEY_BUCKETS
 
-    Taken in one order by every detector (sorted ids, in one statement), so that two never deadlock.
+
+async def lock_keys(conn: Conn, *, keys: Iterable[str]) -> None:
+    """Hold each correlation key's lock until commit, so that one detector at a time decides a key.
+
+    Every detector takes its buckets first, then its keys, each in sorted order, so that two never
+    deadlock: a large batch's exclusive buckets wait for the smaller batches holding them shared, and
+    keep new ones out; smaller batches share buckets and exclude each other key by key.
     """
     ids = sorted({lock_id(key) for key in keys})
-    if ids:
-        await conn.execute("SELECT pg_advisory_xact_lock(id) FROM unnest($1::bigint[]) AS id", ids)
+    if not ids:
+        return
+    buckets = sorted({bucket_of(i) for i in ids})
+    if len(ids) > MAX_KEY_LOCKS:
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock($1::int, b) FROM unnest($2::int[]) AS b", BUCKET_LOCK_CLASS, buckets
+        )
+        return
+    # One statement: no key's lock is taken before the aggregate over every bucket's lock is done.
+    await conn.execute(
+        """WITH buckets AS (
+               SELECT count(pg_advisory_xact_lock_shared($1::int, b)) FROM unnest($2::int[]) AS b)
+           SELECT count(pg_advisory_xact_lock(id)) FROM buckets, unnest($3::bigint[]) AS id""",
+        BUCKET_LOCK_CLASS,
+        buckets,
+        ids,
+    )
 
 
 async def get_open_by_keys(conn: Conn, *, keys: Iterable[str]) -> dict[str, IncidentState]:
