@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from services.detector import repository
+from shared.db import Conn
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 FLOOD = [f"host:flood-{n:05d}" for n in range(20_000)]  # an Alertmanager flood on as many hosts
 
 
-async def _advisory_locks(conn: asyncpg.Connection) -> int:
+async def _advisory_locks(conn: Conn) -> int:
     return int(
         await conn.fetchval(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted"
