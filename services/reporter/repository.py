@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.reporter.aggregates import IncidentTimes
 from services.reporter.measures import MILESTONES
@@ -153,7 +153,13 @@ class SnapshotChange:
 
 async def apply_snapshots(conn: Conn, *, changes: Sequence[SnapshotChange]) -> None:
     """Update each incident from its events, in their order, and store the alerts they carry: two pipelined
-    round trips for a run of incident events, however many."""
+    round trips for a run of incident events, however many, and one update per incident however many of
+    its events the run holds (folded as applying them in turn would leave the row)."""
+    rows: dict[str, _SnapshotRow] = {}
+    for change in changes:
+        row = _snapshot_row(change)
+        before = rows.get(change.incident_id)
+        rows[change.incident_id] = _folded(before, row) if before is not None else row
     await conn.executemany(
         # A field a person edited keeps their value: the detector's later view is only offered to them.
         """UPDATE reporter_incidents
@@ -167,13 +173,13 @@ async def apply_snapshots(conn: Conn, *, changes: Sequence[SnapshotChange]) -> N
                              GROUP BY u ORDER BY min(n)),
                classification_reason = $8, severity_reason = $9,
                detected_at = CASE WHEN $10 THEN $11 ELSE detected_at END,
-               created_at = CASE WHEN $10 THEN $12 ELSE created_at END,
+               created_at = CASE WHEN $10 THEN $15 ELSE created_at END,
                first_alert_at = LEAST(first_alert_at, $12),
                sources = ARRAY(SELECT DISTINCT unnest(sources || $13::text[])),
                rules = ARRAY(SELECT DISTINCT unnest(rules || $14::text[])),
                updated_at = now()
            WHERE id = $1""",
-        [_snapshot_row(change) for change in changes],
+        list(rows.values()),
     )
     alerts = [(a, change.incident_id) for change in changes for a in change.snapshot.new_alerts]
     if alerts:
@@ -185,13 +191,33 @@ async def apply_snapshots(conn: Conn, *, changes: Sequence[SnapshotChange]) -> N
         )
 
 
-def _snapshot_row(change: SnapshotChange) -> tuple[Any, ...]:
+class _SnapshotRow(NamedTuple):
+    """One incident event as its row's update: the parameters of ``apply_snapshots``' statement, in order."""
+
+    incident_id: str
+    title: str
+    type: str
+    severity: str
+    alert_count: int
+    hosts: list[str]
+    users: list[str]
+    classification_reason: str
+    severity_reason: str
+    detected: bool
+    detected_at: datetime
+    first_seen: datetime
+    sources: list[str]
+    rules: list[str]
+    created_at: datetime
+
+
+def _snapshot_row(change: SnapshotChange) -> _SnapshotRow:
     snapshot = change.snapshot
     # Hosts and users accumulate, in the order first seen: a snapshot may list only the first of
     # thousands of users, and its alerts name the rest.
     hosts = list(dict.fromkeys([*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)]))
     users = list(dict.fromkeys([*snapshot.users, *(a.user for a in snapshot.new_alerts if a.user)]))
-    return (
+    return _SnapshotRow(
         change.incident_id,
         snapshot.title,
         snapshot.type.value,
@@ -206,6 +232,23 @@ def _snapshot_row(change: SnapshotChange) -> tuple[Any, ...]:
         snapshot.first_seen,
         sorted({a.source for a in snapshot.new_alerts}),
         sorted({a.rule for a in snapshot.new_alerts if a.rule}),
+        snapshot.first_seen,
+    )
+
+
+def _folded(before: _SnapshotRow, after: _SnapshotRow) -> _SnapshotRow:
+    """Two events of one incident, in that order, as one update that leaves the row as both in turn would."""
+    detected = after if after.detected else before  # the last IncidentDetected sets when, if any did
+    return after._replace(
+        alert_count=max(before.alert_count, after.alert_count),
+        hosts=list(dict.fromkeys([*before.hosts, *after.hosts])),
+        users=list(dict.fromkeys([*before.users, *after.users])),
+        detected=detected.detected,
+        detected_at=detected.detected_at,
+        created_at=detected.created_at,
+        first_seen=min(before.first_seen, after.first_seen),
+        sources=sorted({*before.sources, *after.sources}),
+        rules=sorted({*before.rules, *after.rules}),
     )
 
 
