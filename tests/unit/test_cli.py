@@ -209,9 +209,10 @@ def test_incidents_show_puts_known_bad_indicators_impact_and_a_recommendation_fi
         "alerts": [],
     }
     monkeypatch.setattr(cli, "_get", lambda path, **_: incident)  # the reporter's answer, as rendered
-    # Wide enough for a line each, whatever the width the consoles took when the module was imported.
-    monkeypatch.setattr(cli.console, "width", 200)
-    monkeypatch.setattr(cli_analysis.console, "width", 200)
+    # Wide enough for a line each, whatever the width the consoles took when the module was imported. Consoles
+    # of their own: setting the shared one's width and setting it back would pin it for the tests after.
+    monkeypatch.setattr(cli, "console", Console(width=200))
+    monkeypatch.setattr(cli_analysis, "console", Console(width=200))
     cli.incidents_show("inc-1-full-id-of-thirty-six-characters", as_json=False)
     shown = capsys.readouterr().out
     assert shown.index("203.0.113.7") < shown.index("example.org")
