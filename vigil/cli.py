@@ -60,6 +60,16 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+# Text from an API, the database, a broker, a file or the operator is escaped where it meets rich
+# markup (an f-string printed, a table cell): `[ssh]` would be read as a style and `[/etc/passwd]`
+# as a closing tag, which stops the command with a MarkupError.
+
+
+def _plain(*cells: str) -> list[str]:
+    """Table cells of plain text: their brackets are shown, not read as rich markup."""
+    return [escape(cell) for cell in cells]
+
+
 # ---- running ---------------------------------------------------------------------------------
 
 
@@ -104,7 +114,7 @@ def init() -> None:
         return applied
 
     applied = asyncio.run(run())
-    console.print(f"migrations applied: {', '.join(applied) or 'none needed'}; topics ready")
+    console.print(f"migrations applied: {escape(', '.join(applied)) or 'none needed'}; topics ready")
 
 
 @app.command()
@@ -119,11 +129,11 @@ def asyncapi(
     if check:
         if not output.exists() or output.read_text() != text:
             _fail(f"{output} is stale; run `vigil asyncapi`")
-        console.print(f"{output} is up to date")
+        console.print(f"{escape(str(output))} is up to date")
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
-    console.print(f"wrote {output}")
+    console.print(f"wrote {escape(str(output))}")
 
 
 # ---- playbooks ---------------------------------------------------------------------------------
@@ -157,7 +167,7 @@ def playbook_validate(file: PlaybookFile) -> None:
     """Check a playbook file; each problem is printed as FILE:LINE:COLUMN: where: why."""
     playbooks = _read_playbooks(file)
     steps = sum(len(p.steps) for p in playbooks)
-    console.print(f"{file}: {len(playbooks)} playbooks, {steps} steps, valid")
+    console.print(f"{escape(str(file))}: {len(playbooks)} playbooks, {steps} steps, valid")
 
 
 @playbook_app.command("plan")
@@ -241,14 +251,16 @@ def outbox_parked(
         table.add_column(column, overflow="fold")
     for r in rows:
         table.add_row(
-            str(r.id),
-            r.service,
-            r.topic,
-            r.key[:8],
-            str(r.size),
-            str(r.attempts),
-            r.error or "",
-            r.parked_at.isoformat(timespec="seconds"),
+            *_plain(
+                str(r.id),
+                r.service,
+                r.topic,
+                r.key[:8],
+                str(r.size),
+                str(r.attempts),
+                r.error or "",
+                r.parked_at.isoformat(timespec="seconds"),
+            )
         )
     console.print(table)
 
@@ -293,12 +305,12 @@ def effects_list(
     for r in rows:
         table.add_row(
             str(r["id"]),
-            r["service"],
-            r["kind"],
-            r["target"],
-            f"[{EFFECT_STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]",
+            escape(r["service"]),
+            escape(r["kind"]),
+            escape(r["target"]),
+            _styled(r["status"], EFFECT_STATUS_STYLE),  # `pending` has no style: "[]pending[/]" was an error
             str(r["attempts"]),
-            r["last_error"] or "",
+            escape(r["last_error"] or ""),
             r["not_before"].isoformat(timespec="seconds") if r["status"] == "pending" else "",
         )
     console.print(table)
@@ -371,7 +383,7 @@ def tokens_create(
         return made
 
     token = asyncio.run(_on_database(create))
-    console.print(f"token {token.token_id} for {name} ({role}); it is shown only now:")
+    console.print(f"token {token.token_id} for {escape(name)} ({role}); it is shown only now:")
     print(token.text)
 
 
@@ -389,13 +401,15 @@ def tokens_list(as_json: JsonOption = False) -> None:
         table.add_column(column, overflow="fold")
     for r in rows:
         table.add_row(
-            r["id"],
-            r["name"],
-            r["role"],
-            r["kind"],
-            f"{r['created_at']:%Y-%m-%d} by {r['created_by']}",
-            f"{r['expires_at']:%Y-%m-%d %H:%M}" if r["expires_at"] else "-",
-            f"{r['revoked_at']:%Y-%m-%d %H:%M} by {r['revoked_by']}" if r["revoked_at"] else "-",
+            *_plain(
+                r["id"],
+                r["name"],
+                r["role"],
+                r["kind"],
+                f"{r['created_at']:%Y-%m-%d} by {r['created_by']}",
+                f"{r['expires_at']:%Y-%m-%d %H:%M}" if r["expires_at"] else "-",
+                f"{r['revoked_at']:%Y-%m-%d %H:%M} by {r['revoked_by']}" if r["revoked_at"] else "-",
+            )
         )
     console.print(table)
 
@@ -416,7 +430,7 @@ def tokens_revoke(token_id: str, actor: ActorOption = None) -> None:
 
     if not asyncio.run(_on_database(revoke)):
         _fail(f"no active token {token_id}")
-    console.print(f"token {token_id} revoked")
+    console.print(f"token {escape(token_id)} revoked")
 
 
 @tokens_app.command("roles")
@@ -482,10 +496,10 @@ def response_rollback(
 ) -> None:
     """Undo every action of an incident still in force, one at a time, in reverse order of execution."""
     started = _responder("POST", f"/api/v1/incidents/{incident_id}/rollback", {"actor": _who(actor), "reason": reason})
-    console.print(f"rolling back {len(started['steps'])} action(s) of {incident_id}, last executed first:")
+    console.print(f"rolling back {len(started['steps'])} action(s) of {escape(incident_id)}, last executed first:")
     for step_id in started["steps"]:
-        console.print(f"  {step_id}")
-    console.print(f"follow it with: vigil lease list {incident_id} --all")
+        console.print(f"  {escape(step_id)}")
+    console.print(f"follow it with: vigil lease list {escape(incident_id)} --all")
 
 
 @response_app.command("status")
@@ -534,11 +548,13 @@ def _print_steps(steps: list[dict[str, Any]]) -> None:
     for s in steps:
         given = len({a["actor"] for a in s["approvals"]})
         approvals = f"{given}/{s['approvals_required']}" if s["approvals_required"] else "-"
-        why = s["reason"] + (" [dry run]" if s["dry_run"] else "")
-        check = s.get("validation") or "-"
-        if check == "failed":
+        why = escape(s["reason"] + (" [dry run]" if s["dry_run"] else ""))
+        check = escape(s.get("validation") or "-")
+        if s.get("validation") == "failed":
             check = f"[bold red]failed[/]: {escape(s.get('validation_reason', ''))}"
-        table.add_row(s["id"], s["name"], s["item"] or "-", _styled(s["state"], STATE_STYLE), why, approvals, check)
+        table.add_row(
+            *_plain(s["id"], s["name"], s["item"] or "-"), _styled(s["state"], STATE_STYLE), why, approvals, check
+        )
     console.print(table)
 
 
@@ -595,8 +611,9 @@ LEASE_STYLE = {"active": "green", "extended": "cyan", "permanent": "bold yellow"
 
 
 def _styled(state: str, styles: dict[str, str]) -> str:
+    """A state in its style (one without a style, or one this CLI does not know, as it is)."""
     style = styles.get(state)
-    return f"[{style}]{state}[/]" if style else state
+    return f"[{style}]{escape(state)}[/]" if style else escape(state)
 
 
 def _when(text: str | None) -> str:
@@ -623,13 +640,11 @@ def lease_list(
     for lease in found:
         change = f"{lease['changed_by']}: {lease['change_reason']}" if lease["change_reason"] else lease["changed_by"]
         table.add_row(
-            lease["step_id"],
-            lease["action"],
-            lease["target"] or "-",
+            *_plain(lease["step_id"], lease["action"], lease["target"] or "-"),
             _styled(lease["state"], LEASE_STYLE),
             _when(lease["due_at"]) if lease["state"] != "permanent" else "never",
             str(lease["offence"]),
-            change,
+            escape(change),
         )
     console.print(table)
 
@@ -643,7 +658,7 @@ def lease_make_permanent(
     """Keep a reversible action in force with no end: its undo runs only if the lease is revoked."""
     body = {"actor": _who(actor), "reason": reason, "permanent": True}
     _responder("POST", f"/api/v1/steps/{step_id}/lease", body)
-    console.print(f"{step_id}: permanent (vigil lease revoke {step_id} undoes it)")
+    console.print(f"{escape(step_id)}: permanent (vigil lease revoke {escape(step_id)} undoes it)")
 
 
 @lease_app.command("extend")
@@ -656,7 +671,7 @@ def lease_extend(
     """Keep a reversible action (a block, an isolation) in force longer; its undo moves later."""
     body = {"actor": _who(actor), "reason": reason, "extend": by}
     changed = _responder("POST", f"/api/v1/steps/{step_id}/lease", body)
-    console.print(f"{step_id}: undone at {changed['undo_at'][:19]}")
+    console.print(f"{escape(step_id)}: undone at {changed['undo_at'][:19]}")
 
 
 @lease_app.command("revoke")
@@ -669,7 +684,7 @@ def lease_revoke(
     changed = _responder(
         "POST", f"/api/v1/steps/{step_id}/lease", {"actor": _who(actor), "reason": reason, "revoke": True}
     )
-    console.print(f"{step_id}: lease revoked, undo sent {_when(changed['undo_at'])}")
+    console.print(f"{escape(step_id)}: lease revoked, undo sent {_when(changed['undo_at'])}")
 
 
 recovery_app = typer.Typer(help="Recovery steps of an incident: who does them, by when, how far.", no_args_is_help=True)
@@ -692,13 +707,15 @@ def recovery_list(incident_id: str, as_json: JsonOption = False) -> None:
         overdue = overdue and datetime.fromisoformat(s["due_at"]) < now
         due = _when(s["due_at"]) + (" [bold red]overdue[/]" if overdue else "")
         table.add_row(
-            s["id"],
-            s["recovery"] or "-",
-            s["name"] + (f": {s['item']}" if s["item"] else ""),
-            s["owner"] or s["connector"],
+            *_plain(
+                s["id"],
+                s["recovery"] or "-",
+                s["name"] + (f": {s['item']}" if s["item"] else ""),
+                s["owner"] or s["connector"],
+            ),
             due,
             _styled(s["state"], STATE_STYLE),
-            s["validation"] or "-",
+            escape(s["validation"] or "-"),
             "yes" if s["required"] else "no",
         )
     console.print(table)
@@ -715,7 +732,7 @@ def recovery_done(
     changed = _responder(
         "POST", f"/api/v1/steps/{step_id}/done", {"actor": _who(actor), "note": note, "failed": failed}
     )
-    console.print(f"{step_id}: {changed['state']}")
+    console.print(f"{escape(step_id)}: {escape(changed['state'])}")
 
 
 @approvals_app.command("validate")
@@ -729,8 +746,8 @@ def approvals_validate(file: Path) -> None:
         _fail(str(exc))
     for rule in policy.rules:
         when = rule.when.model_dump(mode="json", exclude_defaults=True) or "every step"
-        console.print(f"{rule.name}: {rule.mode} when {when}")
-    console.print(f"{file}: {len(policy.rules)} rule(s), valid")
+        console.print(f"{escape(rule.name)}: {rule.mode} when {escape(str(when))}")
+    console.print(f"{escape(str(file))}: {len(policy.rules)} rule(s), valid")
 
 
 # ---- incident tasks: list, done ----------------------------------------------------------------
@@ -800,14 +817,16 @@ def tasks_list(incident_id: str, as_json: JsonOption = False) -> None:
     for column in ("id", "phase", "task", "owner", "due (UTC)", "state"):
         table.add_column(column, overflow="fold")
     for t in listed["tasks"]:
-        state = {"done": f"[green]done[/] by {t['done_by']}", "cancelled": "[dim]cancelled[/]"}.get(t["state"], "open")
+        state = {"done": f"[green]done[/] by {escape(t['done_by'])}", "cancelled": "[dim]cancelled[/]"}.get(
+            t["state"], "open"
+        )
         title = t["title"] + (" *" if t["required"] else "")
-        table.add_row(str(t["id"]), t["phase"], title, t["owner"], _task_due(t), state)
+        table.add_row(str(t["id"]), *_plain(t["phase"], title, t["owner"]), _task_due(t), state)
     console.print(table)
     for p in progress["phases"]:
         late = f", [bold red]{p['overdue']} overdue[/]" if p["overdue"] else ""
         waiting = f", {p['required_open']} required still open" if p["required_open"] else ""
-        console.print(f"  {p['phase']}: {p['done']}/{p['total']} done{late}{waiting}")
+        console.print(f"  {escape(p['phase'])}: {p['done']}/{p['total']} done{late}{waiting}")
 
 
 @tasks_app.command("done")
@@ -820,7 +839,7 @@ def tasks_done(
     body = {"actor": actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser(), "note": note}
     task = _answer_of(_tasks_call("POST", f"/api/v1/tasks/{task_id}/done", body))
     title, by = escape(task["title"]), escape(task["done_by"])
-    console.print(f"task {task['id']} [b]{title}[/b] ({task['phase']}) is done by {by}")
+    console.print(f"task {task['id']} [b]{title}[/b] ({escape(task['phase'])}) is done by {by}")
 
 
 @tasks_app.command("validate")
@@ -838,8 +857,8 @@ def tasks_validate(file: Path) -> None:
     phases: dict[str, int] = {}
     for template in templates:
         phases[template.phase] = phases.get(template.phase, 0) + 1
-    console.print(", ".join(f"{phase}: {count}" for phase, count in phases.items()))
-    console.print(f"{file}: {len(templates)} task template(s), valid")
+    console.print(escape(", ".join(f"{phase}: {count}" for phase, count in phases.items())))
+    console.print(f"{escape(str(file))}: {len(templates)} task template(s), valid")
 
 
 # ---- on call -----------------------------------------------------------------------------------
@@ -927,7 +946,7 @@ def oncall_now(
             return moment.astimezone(zone).strftime("%a %d %b %H:%M %Z") if moment else "-"
 
         person = f"{s.person} (for {s.covering})" if s.covering else s.person
-        table.add_row(s.schedule, person, s.layer, shown(s.starts), shown(s.ends))
+        table.add_row(*_plain(s.schedule, person, s.layer, shown(s.starts), shown(s.ends)))
     console.print(table)
 
 
@@ -940,8 +959,9 @@ def oncall_validate(file: Annotated[Path, typer.Argument(dir_okay=False)]) -> No
     """Check an on-call file and the calendar files it names; each problem as FILE:LINE:COLUMN: where: why."""
     config = _oncall_config(file)
     layers = sum(len(s.layers) for s in config.schedules.values())
+    shown = escape(str(file))
     console.print(
-        f"{file}: {len(config.schedules)} schedule(s), {layers} layer(s), {len(config.routes)} route(s), valid"
+        f"{shown}: {len(config.schedules)} schedule(s), {layers} layer(s), {len(config.routes)} route(s), valid"
     )
 
 
@@ -987,13 +1007,15 @@ def dlq_list(
     for letter in letters:
         original = letter.as_json()["original"]
         table.add_row(
-            letter.position,
-            letter.time.isoformat(timespec="seconds"),
-            letter.header("vigil_dlq_service") or "",
-            letter.code,
-            letter.header("vigil_dlq_reason") or "",
-            f"{original['topic']}[{original['partition']}]@{original['offset']}",
-            letter.excerpt(60),
+            *_plain(
+                letter.position,
+                letter.time.isoformat(timespec="seconds"),
+                letter.header("vigil_dlq_service") or "",
+                letter.code,
+                letter.header("vigil_dlq_reason") or "",
+                f"{original['topic']}[{original['partition']}]@{original['offset']}",
+                letter.excerpt(60),
+            )
         )
     console.print(table)
 
@@ -1028,12 +1050,13 @@ def dlq_replay(
     dead_letter_topics = {names(t) for t in dlq.DLQ_TOPICS.values()}
     stuck = [d for d in chosen if d.original_topic in (None, *dead_letter_topics) or d.value is None]
     for letter in stuck:
-        err.print(f"[yellow]dead letter {letter.position} names no topic to go back to; left alone[/yellow]")
+        err.print(f"[yellow]dead letter {escape(letter.position)} names no topic to go back to; left alone[/yellow]")
     truncated = [d for d in chosen if d not in stuck and d.header("vigil_dlq_truncated")]
     for letter in truncated:
         err.print(
-            f"[yellow]dead letter {letter.position} holds only the head of a record too large to keep whole; "
-            f"the record is at offset {letter.header('vigil_dlq_offset')} of {letter.original_topic}; "
+            f"[yellow]dead letter {escape(letter.position)} holds only the head of a record too large to keep whole; "
+            f"the record is at offset {escape(letter.header('vigil_dlq_offset') or '')} of "
+            f"{escape(letter.original_topic or '')}; "
             "left alone[/yellow]"
         )
     stuck += truncated
@@ -1269,10 +1292,10 @@ def incidents_list(
     table.add_column("created", no_wrap=True)
     for i in incidents:
         table.add_row(
-            i["id"][:8],
-            f"[{SEVERITY_STYLE.get(i['severity'], '')}]{i['severity']}[/]",
-            i["state"] + (f" (merged into {i['merged_into'][:8]})" if i.get("merged_into") else ""),
-            i["type"],
+            escape(i["id"][:8]),
+            _styled(i["severity"], SEVERITY_STYLE),
+            escape(i["state"] + (f" (merged into {i['merged_into'][:8]})" if i.get("merged_into") else "")),
+            escape(i["type"]),
             str(i["alert_count"]),
             escape(i["title"]),
             escape(i["commander"] or "-"),
@@ -1298,18 +1321,18 @@ def incidents_show(incident_id: str, as_json: JsonOption = False) -> None:
     if as_json:
         print(json.dumps(incident, indent=2))
         return
-    sev = incident["severity"]
+    sev = _styled(incident["severity"], SEVERITY_STYLE)
     console.print(
         Panel(
             f"[b]{escape(incident['title'])}[/b]\n"
-            f"[{SEVERITY_STYLE.get(sev, '')}]{sev}[/] {incident['type']} - {incident['state']} - "
+            f"{sev} {escape(incident['type'])} - {escape(incident['state'])} - "
             f"commander {escape(incident['commander'] or '-')}\n"
             f"why: {escape(incident['classification_reason'])}\nseverity: {escape(incident['severity_reason'])}\n"
             f"hosts: {escape(', '.join(incident['hosts']) or '-')}   "
             f"users: {escape(', '.join(incident['users']) or '-')}"
-            + (f"\n[b]merged into {incident['merged_into']}[/b]" if incident.get("merged_into") else "")
-            + (f"\nmerged in: {', '.join(incident['merged'])}" if incident.get("merged") else ""),
-            title=incident["id"],
+            + (f"\n[b]merged into {escape(incident['merged_into'])}[/b]" if incident.get("merged_into") else "")
+            + (f"\nmerged in: {escape(', '.join(incident['merged']))}" if incident.get("merged") else ""),
+            title=escape(incident["id"]),
         )
     )
     if analysis := incident.get("analysis"):
@@ -1320,19 +1343,21 @@ def incidents_show(incident_id: str, as_json: JsonOption = False) -> None:
             said = ""
             if ind.get("verdict"):
                 tags = f", {', '.join(ind.get('tags', []))}" if ind.get("tags") else ""
-                said = f"  [red]{ind['verdict']}[/] ({', '.join(ind.get('feeds', []))}{tags})"
-            console.print(f"  {ind['kind']:>7}  {escape(ind['value'])}{said}")
+                feeds = escape(f"({', '.join(ind.get('feeds', []))}{tags})")
+                said = f"  [red]{escape(ind['verdict'])}[/] {feeds}"
+            console.print(f"  {escape(ind['kind'].rjust(7))}  {escape(ind['value'])}{said}")
         if impact := analysis.get("impact"):
             print_impact(console, impact)
         if recommended := analysis.get("severity_recommendation"):
-            console.print(f"[b]recommended[/b] {recommended['severity']}: {escape('; '.join(recommended['reasons']))}")
+            reasons = escape("; ".join(recommended["reasons"]))
+            console.print(f"[b]recommended[/b] {escape(recommended['severity'])}: {reasons}")
         print_threat_analysis(console, analysis)
     if incident.get("plan"):
         plan = incident["plan"]
         console.print(f"[b]plan[/b] {escape(plan['playbook_title'])} ({escape(plan['playbook'])})")
         for action in plan["actions"]:
             phase = escape(f"[{action['phase']}]")  # brackets are markup to rich
-            console.print(f"  {phase} {escape(action['name'])} - {action['status']}")
+            console.print(f"  {phase} {escape(action['name'])} - {escape(action['status'])}")
     alerts = Table(title=f"{len(incident.get('alerts', []))} alert(s)")
     for column in ("time", "format", "alert", "severity", "status", "repeats", "typed by", "joined by"):
         alerts.add_column(column, overflow="fold")
@@ -1340,12 +1365,12 @@ def incidents_show(incident_id: str, as_json: JsonOption = False) -> None:
         tool_severity = f" ({alert['source_severity']})" if alert.get("source_severity") else ""
         alerts.add_row(
             alert["time"][:19],
-            alert.get("format", "native"),
+            escape(alert.get("format", "native")),
             f"{escape(alert['title'])} [dim]{escape(alert['key'])}[/]",
-            alert["severity"] + tool_severity,
-            f"[dim]{alert['status']}[/]" if alert.get("status") == "resolved" else alert.get("status", "firing"),
+            escape(alert["severity"] + tool_severity),
+            "[dim]resolved[/]" if alert.get("status") == "resolved" else escape(alert.get("status", "firing")),
             str(alert.get("repeats", 0)),
-            alert.get("type_rule") or "-",
+            escape(alert.get("type_rule") or "-"),
             _joined_by(alert.get("correlation")),
         )
     console.print(alerts)
@@ -1370,7 +1395,7 @@ def _joined_by(why: dict[str, Any] | None) -> str:
     if why.get("triggered_by"):
         said += f"; opened by {len(why['triggered_by'])} alert(s): {', '.join(why['triggered_by'][:3])}"
         said += " ..." if len(why["triggered_by"]) > 3 else ""
-    return f"{said}\n[dim]{why.get('reason', '')}[/]" if why.get("reason") else said
+    return f"{escape(said)}\n[dim]{escape(why['reason'])}[/]" if why.get("reason") else escape(said)
 
 
 def _detector(method: str, path: str, body: Any = None) -> Any:
@@ -1393,8 +1418,8 @@ def incidents_merge(
         print(json.dumps(result, indent=2))
         return
     console.print(
-        f"merged {', '.join(result['merged'])} into [b]{result['incident_id']}[/b]: "
-        f"{result['alerts_moved']} alert(s) moved, {result['alert_count']} in all, {result['severity']}"
+        f"merged {escape(', '.join(result['merged']))} into [b]{escape(result['incident_id'])}[/b]: "
+        f"{result['alerts_moved']} alert(s) moved, {result['alert_count']} in all, {escape(result['severity'])}"
     )
 
 
@@ -1413,8 +1438,8 @@ def incidents_detach(
         print(json.dumps(result, indent=2))
         return
     console.print(
-        f"{len(result['detached'])} alert(s) detached from {result['incident_id']} into "
-        f"[b]{result['new_incident_id']}[/b]; {result['alert_count']} alert(s) stay"
+        f"{len(result['detached'])} alert(s) detached from {escape(result['incident_id'])} into "
+        f"[b]{escape(result['new_incident_id'])}[/b]; {result['alert_count']} alert(s) stay"
     )
 
 
@@ -1453,17 +1478,19 @@ def incidents_evidence(incident_id: str, raw: RawOption = None, as_json: JsonOpt
     if as_json:
         print(json.dumps(alerts, indent=2, ensure_ascii=False))
         return
-    table = Table(title=f"evidence of {incident_id}: {len(alerts)} alert(s); vigil incidents evidence ID --raw KEY")
+    table = Table(
+        title=f"evidence of {escape(incident_id)}: {len(alerts)} alert(s); vigil incidents evidence ID --raw KEY"
+    )
     for column in ("time", "source", "host", "user", "alert", "names"):
         table.add_column(column, overflow="fold")
     for a in alerts:
         named = dict.fromkeys(
-            f"{s['kind']} {escape(s['value'][:80])}" + (" [dim](internal)[/]" if s["internal"] else "")
+            f"{escape(s['kind'])} {escape(s['value'][:80])}" + (" [dim](internal)[/]" if s["internal"] else "")
             for s in a["sightings"]
         )
         table.add_row(
             a["time"][:19].replace("T", " "),
-            f"{a['source']} ({a['format']})",
+            escape(f"{a['source']} ({a['format']})"),
             escape(a["host"] or "-"),
             escape(a["user"] or "-"),
             f"{escape(a['title'])} [dim]{escape(a['alert_key'])}[/]",
@@ -1487,8 +1514,8 @@ def _command(kind: str, incident_id: str, body: dict[str, Any], as_json: bool = 
         return
     resolution = f" ({result['resolution']})" if result["state"] == "resolved" and result["resolution"] else ""
     console.print(
-        f"incident {result['incident_id']} is [b]{result['state']}[/b]{resolution}, {result['severity']}, "
-        f"commander {result['commander']}"
+        f"incident {escape(result['incident_id'])} is [b]{escape(result['state'])}[/b]{escape(resolution)}, "
+        f"{escape(result['severity'])}, commander {escape(result['commander'] or '-')}"
     )
 
 
@@ -1533,15 +1560,15 @@ def state(
     if as_json:
         print(json.dumps(lifecycle, indent=2))
         return
-    console.print(f"incident {lifecycle['incident_id']} is [b]{lifecycle['state']}[/b]")
+    console.print(f"incident {escape(lifecycle['incident_id'])} is [b]{escape(lifecycle['state'])}[/b]")
     for name, target in lifecycle["allowed"].items():
-        console.print(f"  {name}: vigil state {incident_id} {target}")
+        console.print(escape(f"  {name}: vigil state {incident_id} {target}"))
     table = Table(title="moves")
     for column in ("at", "from", "to", "by", "why"):
         table.add_column(column, overflow="fold")
     for t in lifecycle["transitions"]:
         why = t["reason"] + (f" [{t['resolution']}]" if t["resolution"] else "")
-        table.add_row(t["at"][:19], t["from_state"] or "-", t["to_state"], t["actor"], why)
+        table.add_row(*_plain(t["at"][:19], t["from_state"] or "-", t["to_state"], t["actor"], why))
     console.print(table)
 
 
@@ -1629,7 +1656,7 @@ def events_tail(
                 try:
                     event = cloudevents.decode(record.value, record.headers)
                 except InvalidMessage as exc:
-                    err.print(f"[yellow]unreadable event on {record.topic}: {escape(exc.reason)}[/yellow]")
+                    err.print(f"[yellow]unreadable event on {escape(record.topic)}: {escape(exc.reason)}[/yellow]")
                     continue
                 if as_json:
                     print(json.dumps({**event.model_dump(mode="json")}), flush=True)
@@ -1638,8 +1665,8 @@ def events_tail(
 
                     entry = timeline_entry(event)
                     console.print(
-                        f"[dim]{event.time:%H:%M:%S}[/dim] [cyan]{event.subject[:8]}[/cyan] "
-                        f"[b]{entry.actor}[/b] {entry.summary}"
+                        f"[dim]{event.time:%H:%M:%S}[/dim] [cyan]{escape(event.subject[:8])}[/cyan] "
+                        f"[b]{escape(entry.actor)}[/b] {escape(entry.summary)}"
                     )
         finally:
             await consumer.stop()
@@ -1946,21 +1973,23 @@ def assets_list(as_json: JsonOption = False) -> None:
         table.add_column(column, overflow="fold")
     for a in found:
         table.add_row(
-            a.kind,
-            a.identifier,
-            str(a.criticality),
-            a.environment,
-            a.data_classification,
-            a.business_service or "-",
-            a.owner or "-",
-            ", ".join(a.tags),
+            *_plain(
+                a.kind,
+                a.identifier,
+                str(a.criticality),
+                a.environment,
+                a.data_classification,
+                a.business_service or "-",
+                a.owner or "-",
+                ", ".join(a.tags),
+            )
         )
     console.print(table)
     people = Table(title=f"{len(users)} user(s)")
     for column in ("name", "privilege", "department", "owns", "tags"):
         people.add_column(column, overflow="fold")
     for u in users:
-        people.add_row(u.name, u.privilege, u.department or "-", ", ".join(u.owns), ", ".join(u.tags))
+        people.add_row(*_plain(u.name, u.privilege, u.department or "-", ", ".join(u.owns), ", ".join(u.tags)))
     console.print(people)
 
 
@@ -2031,9 +2060,9 @@ def _since(text: str) -> timedelta:
 def rules_validate(file: RulesFileArgument) -> None:
     """Check a correlation rules file; every problem is named by its line."""
     rules = _load_correlation(file)
-    console.print(f"{file}: {len(rules)} correlation(s), valid")
+    console.print(f"{escape(str(file))}: {len(rules)} correlation(s), valid")
     for c in rules.correlations:
-        console.print(f"  {c.order + 1}. {c.name} ({c.type}) by {', '.join(c.group_by)}: {c.condition_text()}")
+        console.print(escape(f"  {c.order + 1}. {c.name} ({c.type}) by {', '.join(c.group_by)}: {c.condition_text()}"))
 
 
 @rules_app.command("test")
@@ -2067,7 +2096,7 @@ def rules_test(
         return
     console.print(
         f"{result.alerts} alert(s) since {start:%Y-%m-%d %H:%M} UTC: {result.incidents_today} incident(s) today, "
-        f"{result.incidents_candidate} with {file.name}"
+        f"{result.incidents_candidate} with {escape(file.name)}"
     )
     table = Table(title="what would change")
     table.add_column("change")
@@ -2109,16 +2138,18 @@ def rules_show(as_json: JsonOption = False) -> None:
     if as_json:
         print(json.dumps(answer, indent=2))
         return
-    console.print(f"file: {answer['file'] or 'shipped'}")
+    console.print(f"file: {escape(answer['file'] or 'shipped')}")
     for n, c in enumerate(answer["correlations"], 1):
-        console.print(f"  {n}. {c['name']} ({c['type']}) by {', '.join(c['group_by'])}: {c['condition']}")
+        console.print(escape(f"  {n}. {c['name']} ({c['type']}) by {', '.join(c['group_by'])}: {c['condition']}"))
 
 
 @rules_app.command("reload")
 def rules_reload() -> None:
     """Make the detector read its correlation rules file again now (it also does when the file changes)."""
     answer = _detector_call("POST", "/api/v1/correlation/reload")
-    console.print(f"reloaded {answer['file'] or 'the shipped rules'}: {len(answer['correlations'])} correlation(s)")
+    console.print(
+        f"reloaded {escape(answer['file'] or 'the shipped rules')}: {len(answer['correlations'])} correlation(s)"
+    )
 
 
 @rules_app.command("waiting")
@@ -2136,10 +2167,8 @@ def rules_waiting(
     for row in rows:
         table.add_row(
             row["time"][:19],
-            f"{row['title']} [dim]{row['key']}[/]",
-            row["severity"],
-            row["correlation"],
-            row["group_key"],
+            f"{escape(row['title'])} [dim]{escape(row['key'])}[/]",
+            *_plain(row["severity"], row["correlation"], row["group_key"]),
         )
     console.print(table)
 

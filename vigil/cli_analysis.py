@@ -58,11 +58,13 @@ def print_impact(console: Console, impact: dict[str, Any]) -> None:
 def print_threat_analysis(console: Console, analysis: dict[str, Any]) -> None:
     """Risk with every factor, the root-cause hypotheses, the threat profile, ATT&CK and alike incidents."""
     if risk := analysis.get("risk"):
-        style = LEVEL_STYLE.get(risk["level"], "")
-        console.print(f"[b]risk[/b] [{style}]{risk['score']}/100 {risk['level']}[/]")
+        said = escape(f"{risk['score']}/100 {risk['level']}")
+        style = LEVEL_STYLE.get(risk["level"])
+        console.print(f"[b]risk[/b] [{style}]{said}[/]" if style else f"[b]risk[/b] {said}")
         for factor in risk["factors"]:
             console.print(
-                f"  {factor['points']:>3}/{factor['max_points']:<3} {factor['factor']:<17} {escape(factor['reason'])}"
+                f"  {factor['points']:>3}/{factor['max_points']:<3} {escape(factor['factor'].ljust(17))} "
+                f"{escape(factor['reason'])}"
             )
     if cause := analysis.get("root_cause"):
         for key, label in HYPOTHESES:
@@ -73,7 +75,7 @@ def print_threat_analysis(console: Console, analysis: dict[str, Any]) -> None:
                 for evidence in hypothesis["evidence"]:
                     console.print(f"    [dim]-[/] {escape(evidence)}")
     if threat := analysis.get("threat"):
-        origin = f"[b]origin[/b] {threat['origin']}"
+        origin = f"[b]origin[/b] {escape(threat['origin'])}"
         if threat.get("origin_evidence"):
             origin += f": {escape('; '.join(threat['origin_evidence']))}"
         console.print(origin)
@@ -82,18 +84,18 @@ def print_threat_analysis(console: Console, analysis: dict[str, Any]) -> None:
                 console.print(f"  {label}: {escape(', '.join(threat[key]))}")
     if techniques := analysis.get("techniques"):
         version = analysis.get("attack_version")
-        console.print(f"[b]ATT&CK[/b]{f' {version}' if version else ''}")
+        console.print(f"[b]ATT&CK[/b]{escape(f' {version}') if version else ''}")
         for technique in techniques[:20]:
-            tactics = ", ".join(technique["tactics"])
+            tactics = escape(", ".join(technique["tactics"]))
             console.print(
-                f"  {technique['id']:<10} {escape(technique['name'])} [dim]({tactics}; {technique['alerts']} alert(s); "
-                f"{escape(', '.join(technique['mapped_by']))})[/]"
+                f"  {escape(technique['id'].ljust(10))} {escape(technique['name'])} [dim]({tactics}; "
+                f"{technique['alerts']} alert(s); {escape(', '.join(technique['mapped_by']))})[/]"
             )
         if len(techniques) > 20:
             console.print(f"  … and {len(techniques) - 20} more")
     for alike in analysis.get("similar", []):
         console.print(
-            f"[b]alike[/b] {alike['incident_id'][:8]} {escape(alike['title'])} [dim](score {alike['score']}: "
+            f"[b]alike[/b] {escape(alike['incident_id'][:8])} {escape(alike['title'])} [dim](score {alike['score']}: "
             f"{escape(alike['reason'])})[/]"
         )
 
@@ -106,19 +108,19 @@ def attack_show(attack_id: Annotated[str, typer.Argument(help="T1059.001, TA0006
     dataset = attack.load_dataset()
     wanted = attack_id.strip().upper()
     if (tactic := dataset.tactics.get(wanted)) is not None:
-        console.print(f"{tactic.id} {tactic.name}: tactic, stage {tactic.stage} of {len(dataset.tactics)}")
+        console.print(escape(f"{tactic.id} {tactic.name}: tactic, stage {tactic.stage} of {len(dataset.tactics)}"))
         return
     if (technique := dataset.technique(wanted)) is not None:
         moved = f" (revoked {wanted}, replaced by {technique.id})" if technique.id != wanted else ""
         tactics = ", ".join(f"{t} {dataset.tactics[t].name}" for t in technique.tactics if t in dataset.tactics)
-        deprecated = " [deprecated]" if technique.deprecated else ""
-        console.print(f"{escape(attack.technique_label(technique.id, dataset))}{deprecated}{moved}: {tactics}")
+        deprecated = " [deprecated]" if technique.deprecated else ""  # shown: escaped with the rest
+        console.print(escape(f"{attack.technique_label(technique.id, dataset)}{deprecated}{moved}: {tactics}"))
         return
     named = next((n for n in dataset.names.values() if n.id == wanted), None)
     if named is None:
         console.print(f"[red]error:[/red] {escape(attack_id)} is not in ATT&CK Enterprise {dataset.version}")
         raise typer.Exit(1)
-    console.print(f"{named.id} {escape(named.name)}: {named.kind}")
+    console.print(escape(f"{named.id} {named.name}: {named.kind}"))
 
 
 @attack_app.command("map")
@@ -153,7 +155,7 @@ def attack_map(
         print(json.dumps(found, indent=2))
         return
     for item in found:
-        console.print(f"[b]{escape(item['alert'])}[/b] ({item['format']})")
+        console.print(f"[b]{escape(item['alert'])}[/b] ({escape(item['format'])})")
         for label, how in [*item["techniques"].items(), *item["tactics"].items()]:
             console.print(f"  {escape(label)} [dim]({escape(how)})[/]")
         if not item["techniques"] and not item["tactics"]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from services.reporter.aggregates import DIMENSIONS, Dimension
@@ -100,7 +101,7 @@ def register(app: typer.Typer) -> None:
             table.add_column(column, justify="left" if column == "group" else "right", no_wrap=True)
         for group in report["groups"]:
             table.add_row(
-                group["group"],
+                escape(group["group"]),
                 str(group["incidents"]),
                 _pct(group["resolution_rate"]),
                 *(humanize(group["mean_s"][measure]) for measure in MEAN_NAMES),
@@ -113,7 +114,7 @@ def register(app: typer.Typer) -> None:
             rates = [r for r in report["false_positive_rates"][kind] if r["false_positives"]]
             if rates:
                 said = ", ".join(f"{r[kind]} {_pct(r['rate'])} of {r['resolved']}" for r in rates[:10])
-                console.print(f"[b]false positives by {kind}[/b] {said}")
+                console.print(f"[b]false positives by {kind}[/b] {escape(said)}")
 
     @timeline_app.command("rebuild")
     def timeline_rebuild() -> None:
@@ -227,7 +228,7 @@ def _write(text: str, out: Path | None) -> None:
         out.write_text(text)
     except OSError as exc:
         _fail(f"cannot write {out}: {exc}")
-    err.print(f"written to {out}")
+    err.print(f"written to {escape(str(out))}")
 
 
 def _export(kind: str, since: str | None, until: str | None, fmt: str, out: Path | None) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 silence_app = typer.Typer(
@@ -81,13 +82,16 @@ def _short(moment: str | None) -> str:
 
 
 def _print(rows: Any, as_json: bool, table: Table, row: Any) -> None:
+    """Print the rows as JSON, or each as ``row`` makes it: plain text, brackets and all (never rich markup)."""
     from vigil import cli
 
     if as_json:
         print(json.dumps(rows, indent=2))
         return
     for item in rows if isinstance(rows, list) else [rows]:
-        table.add_row(*row(item))
+        # Titles, hosts, matchers, comments and reasons come from tools and people: `[/etc/passwd]`
+        # in an alert's title is no closing tag, `[ssh]` no style.
+        table.add_row(*(escape(cell) for cell in row(item)))
     cli.console.print(table)
 
 
