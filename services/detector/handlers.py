@@ -422,31 +422,23 @@ class Detector:
         await repository.lock_keys(ctx.conn, keys={domain.correlation_key(a, routes[a.key]) for a in alerts})
         # An alert's processed id expires long before its source stops re-sending it (an
         # Alertmanager fingerprint lives for weeks): a stored key is a repeat, not a new alert.
+        # One waiting for its rule's condition is counted where it waits, whatever it routes to now: a rule
+        # took it when it came first, and what that rule reads of it (or the rules themselves) may have
+        # changed since; it is never stored a second time, live, beside its waiting self.
         sightings = Counter(a.key for a in alerts)
-        repeats = await repository.count_repeats(ctx.conn, sightings=sightings)
+        repeats, waiting_before = await repository.count_repeats(ctx.conn, sightings=sightings)
+        stored_before = {*repeats, *waiting_before}
         first_sightings: dict[str, Alert] = {}
         for alert in alerts:
-            if alert.key not in repeats:
+            if alert.key not in stored_before:
                 first_sightings.setdefault(alert.key, alert)
         # Silenced, in maintenance or inhibited: stored with what suppressed it, in no incident.
         fresh, stored.suppressed = await self.suppressions.hold_back(
             ctx.conn, list(first_sightings.values()), firing=alerts, held=stored.held, not_before=not_before
         )
-        stored_before = set(repeats)
         if not fresh:
             return stored_before, repeats, []
         keys = {domain.correlation_key(a, routes[a.key]) for a in fresh}
-        # Any of them may be waiting: a rule took it when it came first, and what that rule reads of it (or
-        # the rules themselves) may have changed since. Sent again, it is counted where it waits, never
-        # stored a second time, live, beside its waiting self.
-        waiting_before = await repository.count_waiting_repeats(
-            ctx.conn, sightings={a.key: sightings[a.key] for a in fresh}
-        )
-        if waiting_before:  # sent again while waiting for its rule's condition: counted where it waits
-            fresh = [a for a in fresh if a.key not in waiting_before]
-            stored_before |= waiting_before
-            if not fresh:
-                return stored_before, repeats, []
         open_incidents = await repository.get_open_by_keys(ctx.conn, keys=keys)
         # A rule's group whose incident was merged into another: its later alerts join the survivor.
         adopted = await self._survivors_of_groups(ctx, fresh, routes, open_incidents)
@@ -503,11 +495,8 @@ class Detector:
             await repository.add_waiting(ctx.conn, placed=correlated.waiting)
         stored.waiting = len(correlated.waiting)
         stored.released = sum(len(waiting.get(key, ())) for key in correlated.taken)
-        # The same alert twice in one batch: stored once, the other sightings counted on it.
-        again = {key: n - 1 for key, n in sightings.items() if n > 1 and key not in repeats}
+        # The same alert twice in one batch: stored once (or set waiting), the other sightings counted on it.
+        again = {key: n - 1 for key, n in sightings.items() if n > 1 and key not in stored_before}
         if again:
-            repeats.update(await repository.count_repeats(ctx.conn, sightings=again))
-            if left := {key: n for key, n in again.items() if key not in repeats}:
-                # Waiting for its rule's condition: its other sightings are counted where it waits.
-                await repository.count_waiting_repeats(ctx.conn, sightings=left)
+            repeats.update((await repository.count_repeats(ctx.conn, sightings=again))[0])
         return stored_before, repeats, changes

@@ -184,20 +184,29 @@ class StoredAlert:
     resolved_at: datetime | None
 
 
-async def count_repeats(conn: Conn, *, sightings: Mapping[str, int]) -> dict[str, StoredAlert]:
-    """Count more sightings on the alerts already stored under these keys; return those found.
+async def count_repeats(conn: Conn, *, sightings: Mapping[str, int]) -> tuple[dict[str, StoredAlert], set[str]]:
+    """Count more sightings on the alerts already stored, or waiting for their rule's condition, under these
+    keys, in one statement; return the stored ones found, and the keys of the waiting ones.
 
     A sighting is of the alert firing: one that had ended fires again.
     """
     rows = await conn.fetch(
-        """UPDATE detector_alerts SET repeats = repeats + c.n, last_seen_at = now(), resolved_at = NULL
-           FROM unnest($1::text[], $2::int[]) AS c(key, n)
-           WHERE detector_alerts.key = c.key AND NOT detector_alerts.retired
-           RETURNING detector_alerts.key, incident_id, repeats, last_seen_at, resolved_at""",
+        """WITH c AS (SELECT * FROM unnest($1::text[], $2::int[]) AS c(key, n)),
+           stored AS (
+               UPDATE detector_alerts SET repeats = repeats + c.n, last_seen_at = now(), resolved_at = NULL
+               FROM c WHERE detector_alerts.key = c.key AND NOT detector_alerts.retired
+               RETURNING detector_alerts.key, incident_id, repeats, last_seen_at, resolved_at),
+           waiting AS (
+               UPDATE detector_waiting SET repeats = repeats + c.n, last_seen_at = now(), resolved_at = NULL
+               FROM c WHERE detector_waiting.key = c.key AND c.key NOT IN (SELECT key FROM stored)
+               RETURNING detector_waiting.key)
+           SELECT key, incident_id, repeats, last_seen_at, resolved_at FROM stored
+           UNION ALL SELECT key, NULL, NULL, NULL, NULL FROM waiting""",
         list(sightings),
         list(sightings.values()),
     )
-    return {row["key"]: StoredAlert(**row) for row in rows}
+    stored = {row["key"]: StoredAlert(**row) for row in rows if row["incident_id"] is not None}
+    return stored, {row["key"] for row in rows if row["incident_id"] is None}
 
 
 async def resolve_alerts(conn: Conn, *, resolutions: Mapping[str, datetime]) -> dict[str, StoredAlert]:
@@ -370,18 +379,6 @@ async def take_waiting(conn: Conn, *, group_keys: Iterable[str]) -> None:
            FROM taken t WHERE a.key = t.key AND NOT a.retired""",
         list(group_keys),
     )
-
-
-async def count_waiting_repeats(conn: Conn, *, sightings: Mapping[str, int]) -> set[str]:
-    """Count more sightings on the waiting alerts under these keys; return the keys found."""
-    rows = await conn.fetch(
-        """UPDATE detector_waiting SET repeats = repeats + c.n, last_seen_at = now(), resolved_at = NULL
-           FROM unnest($1::text[], $2::int[]) AS c(key, n)
-           WHERE detector_waiting.key = c.key RETURNING detector_waiting.key""",
-        list(sightings),
-        list(sightings.values()),
-    )
-    return {row["key"] for row in rows}
 
 
 async def resolve_waiting(conn: Conn, *, resolutions: Mapping[str, datetime]) -> set[str]:

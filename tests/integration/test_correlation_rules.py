@@ -301,18 +301,20 @@ correlations:
     first = alert(id="K", source="finder", severity="high", host="web-01", user=None)
     again = alert(id="K", source="finder", severity="medium", title="finding K (updated)", host="web-01", user=None)
     other = alert(id="L", source="finder", severity="high", host="web-01", user=None, minutes=7)
-    for batch in ([first], [again], [other]):
+    elsewhere = alert(id="M", source="finder", severity="low", host="db-09", user=None)  # a new alert beside it
+    # Sent again twice in one batch with a new alert: two sightings, counted once each.
+    for batch in ([first], [again, again, elsewhere], [other]):
         async with pool.acquire() as conn, conn.transaction():
             await detector_.handle_alerts(HandlerContext(conn=conn, service="detector", names=names), batch)
-    [incident], alerts, waiting = await stored(pool)
-    assert incident["correlation_key"].startswith("pair|") and waiting == []
-    assert sorted(a["key"] for a in alerts) == sorted([first.key, other.key])
+    incidents, alerts, waiting = await stored(pool)
+    assert sorted(i["correlation_key"].split("|")[0] for i in incidents) == ["host:db-09", "pair"]
+    assert waiting == [] and sorted(a["key"] for a in alerts) == sorted([first.key, other.key, elsewhere.key])
     async with pool.acquire() as conn:
-        assert await conn.fetchval("SELECT repeats FROM detector_alerts WHERE key = $1", first.key) == 1
+        assert await conn.fetchval("SELECT repeats FROM detector_alerts WHERE key = $1", first.key) == 2
 
 
-async def _found_nothing(_conn: Any, *, sightings: Any) -> dict[str, Any]:
-    return {}
+async def _found_nothing(_conn: Any, *, sightings: Any) -> tuple[dict[str, Any], set[str]]:
+    return {}, set()
 
 
 CORPUS = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpus"
