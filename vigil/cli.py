@@ -20,12 +20,12 @@ from urllib.parse import quote
 import httpx
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from shared.settings import SERVICE_NAMES, VigilSettings
 from vigil.cli_analysis import attack_app, print_impact, print_threat_analysis
+from vigil.markup import escape
 
 if TYPE_CHECKING:
     from services.detector.api import Record
@@ -817,7 +817,7 @@ def tasks_list(incident_id: str, as_json: JsonOption = False) -> None:
     for column in ("id", "phase", "task", "owner", "due (UTC)", "state"):
         table.add_column(column, overflow="fold")
     for t in listed["tasks"]:
-        state = {"done": f"[green]done[/] by {escape(t['done_by'])}", "cancelled": "[dim]cancelled[/]"}.get(
+        state = {"done": f"[green]done[/] by {escape(t['done_by'] or '')}", "cancelled": "[dim]cancelled[/]"}.get(
             t["state"], "open"
         )
         title = t["title"] + (" *" if t["required"] else "")

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from vigil.markup import escape
 
 attack_app = typer.Typer(help="MITRE ATT&CK as Vigil ships it, and what an alert maps to.", no_args_is_help=True)
 console = Console(soft_wrap=True)  # one line per id or technique, whatever the terminal width

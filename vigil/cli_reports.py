@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from services.reporter.aggregates import DIMENSIONS, Dimension
+from vigil.markup import escape
 
 _RELATIVE = re.compile(r"^(\d+)([hdw])$")
 _UNIT = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+
+from vigil.markup import escape
 
 silence_app = typer.Typer(
     help="Silences: matching alerts are stored and counted as silenced, and open or raise nothing.",

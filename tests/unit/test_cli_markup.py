@@ -300,9 +300,9 @@ def tasks_list(t: Texts, _: Path) -> Case:
     listed = {
         "progress": {
             "done": 1,
-            "total": 1,
+            "total": 2,
             "overdue": 0,
-            "phases": [{"phase": t("phase"), "done": 1, "total": 1, "overdue": 0, "required_open": 0}],
+            "phases": [{"phase": t("phase"), "done": 1, "total": 2, "overdue": 0, "required_open": 1}],
         },
         "tasks": [
             {
@@ -316,7 +316,19 @@ def tasks_list(t: Texts, _: Path) -> Case:
                 "due_after_s": None,
                 "state": "done",
                 "done_by": t("done by"),
-            }
+            },
+            {  # open: no one did it (the API says null)
+                "id": 2,
+                "phase": t("open task phase"),
+                "title": t("open task"),
+                "required": True,
+                "owner": t("open task owner"),
+                "due_at": None,
+                "overdue": False,
+                "due_after_s": None,
+                "state": "open",
+                "done_by": None,
+            },
         ],
     }
     return Case(["tasks", "list", INCIDENT], {f"/api/v1/incidents/{INCIDENT}/tasks": listed})
