@@ -507,23 +507,32 @@ async def test_impossible_merges_and_detaches_are_refused_with_a_reason(
     assert [e.subject for e in merged] == [a2]
 
 
-async def test_a_merge_from_the_commands_topic_is_applied_once_however_often_delivered(
-    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
-) -> None:
-    raw, commands = names(ALERTS_RAW), names(COMMANDS)
+@contextlib.asynccontextmanager
+async def _on_commands(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, hosts: tuple[str, str]
+) -> AsyncIterator[tuple[str, str, asyncio.Task[Any]]]:
+    """A detector consuming its topics, the commands' included, with an incident opened on each host."""
     spec = detector_service.spec(settings)
     async with consume_loop(
         settings,
         pool,
         service="detector",
-        topics=[raw, names(COORDINATION), commands],
+        topics=[names(ALERTS_RAW), names(COORDINATION), names(COMMANDS)],
         decoder=spec.decoder,
         handler=spec.handler,
-    ):
+    ) as (_loop, task):
         await send_alerts(
-            settings, names, [alert_dict(host=h, time=f"2026-11-24T09:0{n}:00Z") for n, h in enumerate(["t-1", "t-2"])]
+            settings, names, [alert_dict(host=h, time=f"2026-11-24T09:0{n}:00Z") for n, h in enumerate(hosts)]
         )
-        t1, t2 = [await opened(pool, h) for h in ("t-1", "t-2")]
+        first, second = [await opened(pool, h) for h in hosts]
+        yield first, second, task
+
+
+async def test_a_merge_from_the_commands_topic_is_applied_once_however_often_delivered(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    commands = names(COMMANDS)
+    async with _on_commands(settings, pool, names, ("t-1", "t-2")) as (t1, t2, _task):
         command = MergeIncidents(
             source="/tools/soar", subject=t1, data=MergeArgs(actor="soar-bot", incidents=[t2], note="same host pair")
         )
@@ -543,20 +552,8 @@ async def test_a_merge_from_the_commands_topic_is_applied_once_however_often_del
 async def test_a_command_with_no_one_named_is_dead_lettered_and_the_next_is_applied(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    raw, commands = names(ALERTS_RAW), names(COMMANDS)
-    spec = detector_service.spec(settings)
-    async with consume_loop(
-        settings,
-        pool,
-        service="detector",
-        topics=[raw, names(COORDINATION), commands],
-        decoder=spec.decoder,
-        handler=spec.handler,
-    ) as (_loop, task):
-        await send_alerts(
-            settings, names, [alert_dict(host=h, time=f"2026-11-24T09:0{n}:00Z") for n, h in enumerate(["u-1", "u-2"])]
-        )
-        u1, u2 = [await opened(pool, h) for h in ("u-1", "u-2")]
+    commands = names(COMMANDS)
+    async with _on_commands(settings, pool, names, ("u-1", "u-2")) as (u1, u2, task):
         # Another tool's command naming a blank actor: no one to audit it under.
         nobody = MergeIncidents(source="/tools/soar", subject=u1, data=MergeArgs(actor=" ", incidents=[u2]))
         command = MergeIncidents(source="/tools/soar", subject=u1, data=MergeArgs(actor="soar-bot", incidents=[u2]))
