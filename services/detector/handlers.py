@@ -23,6 +23,7 @@ from services.detector.correlation import CorrelationError, CorrelationRules, Ro
 from services.detector.metrics import (
     ALERTS,
     ALERTS_BY_SOURCE,
+    HEARTBEAT_SEEN,
     INCIDENTS_OPENED,
     RECORDS,
     RULE_RELOADS,
@@ -93,17 +94,22 @@ def _count_records(records: Sequence[Parsed]) -> None:
 _labelled_sources: set[str] = set()
 
 
+def _source_label(source: str) -> str:
+    """The source as a metric label: its own for the first SOURCE_LABELS sources seen, then ``other``."""
+    if source not in _labelled_sources:
+        if len(_labelled_sources) >= SOURCE_LABELS:
+            return "other"
+        _labelled_sources.add(source)
+    return source
+
+
 def _count_sources(alerts: Sequence[Alert]) -> None:
     """Count a batch's alerts by source and format: one increment per pair, not per alert."""
     pairs = Counter((a.source, a.format) for a in alerts)
     for (source, format_name), n in pairs.items():
-        if source not in _labelled_sources:
-            if len(_labelled_sources) >= SOURCE_LABELS:
-                source = "other"
-            else:
-                _labelled_sources.add(source)
         # A native alert may say any format: only the formats Vigil reads are labels of their own.
-        ALERTS_BY_SOURCE.labels(source, format_name if format_name in adapters.FORMATS else "other").inc(n)
+        format_label = format_name if format_name in adapters.FORMATS else "other"
+        ALERTS_BY_SOURCE.labels(_source_label(source), format_label).inc(n)
 
 
 @dataclass
@@ -231,6 +237,11 @@ class Detector:
         self, ctx: HandlerContext, alerts: list[Alert], *, not_before: datetime | None = None
     ) -> None:
         """Store and correlate a batch of alerts; ``not_before``: suppression is judged no earlier than then."""
+        if any(a.kind == "heartbeat" for a in alerts):
+            await self._note_heartbeats(ctx, [a for a in alerts if a.kind == "heartbeat"])
+            alerts = [a for a in alerts if a.kind != "heartbeat"]
+            if not alerts:
+                return
         stored = await self._store(ctx, alerts, not_before)
         self._account(alerts, stored)
         for change in stored.changes:
@@ -240,6 +251,20 @@ class Detector:
             self._emit_suppressed(ctx, stored.suppressed)
         if stored.suppressed_ended:
             self._emit_suppressed_ended(ctx, stored.suppressed_ended)
+
+    async def _note_heartbeats(self, ctx: HandlerContext, beats: list[Alert]) -> None:
+        """A tool's heartbeat says its alerting works: noted (when last seen, how often), never an incident.
+
+        Its absence is the alarm: ``vigil_detector_heartbeat_last_seen_timestamp_seconds`` for a rule.
+        """
+        last = {a.key: a for a in beats}
+        ended = {key: domain.resolution_time(a) for key, a in last.items() if a.status == "resolved"}
+        await repository.record_heartbeats(ctx.conn, beats=beats, ended=ended)
+        ALERTS.labels("heartbeat").inc(len(beats))
+        now = time.time()
+        for beat in last.values():
+            if beat.status == "firing":
+                HEARTBEAT_SEEN.labels(_source_label(beat.source)).set(now)
 
     def _account(self, alerts: list[Alert], stored: Stored) -> None:
         """Count every sighting under one outcome and log what changed no incident."""

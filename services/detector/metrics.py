@@ -1,13 +1,14 @@
 """The detector's own metrics."""
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 ALERTS = Counter(
     "vigil_detector_alerts",
     "Raw alerts by outcome: accepted, waiting (stored, its correlation rule's condition does not hold yet), "
     "repeat (stored before, sent again), resolved (a stored alert ended), "
-    "resolved_unknown (a resolution for an alert never seen, not stored), invalid, or suppressed - stored, "
-    "in no incident - as silenced, maintenance or inhibited (each sighting).",
+    "resolved_unknown (a resolution for an alert never seen, not stored), invalid, suppressed - stored, "
+    "in no incident - as silenced, maintenance or inhibited (each sighting), or heartbeat (a tool's sign "
+    "that its alerting works, noted in detector_heartbeats, never an incident).",
     ["outcome"],
 )
 ALERTS_BY_SOURCE = Counter(
@@ -50,4 +51,11 @@ COMMANDS = Counter(
     "vigil_detector_commands",
     "Operators' merge and detach commands by command (merge, detach) and outcome (applied, refused).",
     ["command", "outcome"],
+)
+HEARTBEAT_SEEN = Gauge(
+    "vigil_detector_heartbeat_last_seen_timestamp_seconds",
+    "When this detector last saw each source's heartbeat firing (Alertmanager's Watchdog), as Unix time; past "
+    "the first SOURCE_LABELS sources, `other`. Alert on `time() - max by (source) (...)` beyond the interval "
+    "its tool sends it at.",
+    ["source"],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -327,6 +328,42 @@ def _reason_json(reason: AlertCorrelation | None) -> bytes | None:
 # Reasons serialised before, by id; as many as the entity rule keeps (see domain.entity_reason).
 _SAID: dict[int, tuple[AlertCorrelation, bytes]] = {}
 MAX_SAID = 16_384
+
+
+async def record_heartbeats(conn: Conn, *, beats: Sequence[Alert], ended: Mapping[str, datetime]) -> None:
+    """Note tools' heartbeats: each one's firing sightings and when last seen firing, or when it stopped.
+
+    ``ended``: the heartbeats whose last sighting in the batch said they stopped, with when.
+    """
+    last = {a.key: a for a in beats}
+    firing = Counter(a.key for a in beats if a.status == "firing")
+    await conn.execute(
+        """INSERT INTO detector_heartbeats AS h (key, source, format, title, host, sightings, last_seen_at, resolved_at)
+           SELECT b.key, b.source, b.format, b.title, b.host, b.n,
+                  CASE WHEN b.n > 0 THEN now() END, b.resolved_at
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::timestamptz[])
+                AS b(key, source, format, title, host, n, resolved_at)
+           ON CONFLICT (key) DO UPDATE SET
+               title = excluded.title, host = excluded.host, sightings = h.sightings + excluded.sightings,
+               last_seen_at = coalesce(excluded.last_seen_at, h.last_seen_at), resolved_at = excluded.resolved_at""",
+        list(last),
+        [a.source for a in last.values()],
+        [a.format for a in last.values()],
+        [a.title for a in last.values()],
+        [a.host for a in last.values()],
+        [firing[key] for key in last],
+        [ended.get(key) for key in last],
+    )
+
+
+async def list_heartbeats(conn: Conn, *, limit: int = 100) -> list[dict[str, Any]]:
+    """The heartbeats noted, the most recently seen first."""
+    rows = await conn.fetch(
+        """SELECT key, source, format, title, host, first_seen_at, last_seen_at, sightings, resolved_at
+           FROM detector_heartbeats ORDER BY last_seen_at DESC NULLS LAST, key LIMIT $1""",
+        limit,
+    )
+    return [dict(row) for row in rows]
 
 
 async def get_waiting(conn: Conn, *, group_keys: Iterable[str], alerts: bool = False) -> dict[str, list[Waiting]]:

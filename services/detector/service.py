@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from fastapi import APIRouter
 
-from services.detector import api, commands_api, correlation, correlation_api
+from services.detector import api, commands_api, correlation, correlation_api, heartbeats_api
 from services.detector.classification import load_rules
 from services.detector.handlers import Detector, RulesSource, decode
 from services.detector.suppression import load_inhibition
@@ -35,6 +35,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
             *api.routers(runtime),
             *correlation_api.routers(runtime, rules),
             *commands_api.routers(runtime, detector),
+            *heartbeats_api.routers(runtime),
         ]
 
     async def watch_suppressions(runtime: Runtime) -> None:

@@ -41,7 +41,7 @@ Severity, from the ``severity`` label (else ``priority``), case-insensitive:
 
 Alertmanager's always-firing heartbeat, the ``Watchdog`` (also named ``DeadMansSwitch`` or
 ``DeadMansSnitch``), or an alert with severity ``none`` whose annotations say it checks the
-alerting pipeline, is ``kind: heartbeat``: it never makes an incident more urgent than SEV3.
+alerting pipeline, is ``kind: heartbeat``: the detector notes it (when last seen firing), never an incident.
 
 An alert of the group that cannot be read is listed in ``skipped`` with its reason while the
 others are read; a message none of whose alerts can be read is refused with the first reason.

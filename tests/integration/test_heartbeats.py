@@ -1,0 +1,98 @@
+"""Tools' heartbeats (Alertmanager's Watchdog): noted with when they were last seen firing, never an
+incident; a real alert beside one is handled as ever; the API lists them to whoever may read incidents."""
+
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from services.detector import heartbeats_api
+from services.detector.adapters import parse_payload
+from services.detector.handlers import Detector
+from shared import identity
+from shared.alerts import Alert
+from shared.consumer import HandlerContext
+from shared.service import Runtime, build_app
+from shared.settings import VigilSettings
+from shared.topics import TopicNames
+from tests.factories import alert
+from tests.unit.adapters.test_alertmanager import WATCHDOG
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+WATCHDOG_KEY = "alertmanager/deadmansswitch:e3b0c44298fc1c14"
+
+
+def _watchdog(status: str = "firing") -> Alert:
+    message: dict[str, Any] = copy.deepcopy(WATCHDOG)
+    message["status"] = message["alerts"][0]["status"] = status
+    if status == "resolved":
+        message["alerts"][0]["endsAt"] = "2025-11-24T10:00:00Z"
+    (beat,) = parse_payload(message).alerts
+    assert beat.kind == "heartbeat" and beat.key == WATCHDOG_KEY
+    return beat
+
+
+async def _handle(pool: asyncpg.Pool, names: TopicNames, alerts: list[Alert]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await Detector(correlation_window=timedelta(minutes=30)).handle_alerts(
+            HandlerContext(conn=conn, service="detector", names=names), alerts
+        )
+
+
+def _heartbeats_counted() -> float:
+    return REGISTRY.get_sample_value("vigil_detector_alerts_total", {"outcome": "heartbeat"}) or 0.0
+
+
+async def test_a_heartbeat_is_noted_never_an_incident_and_the_alert_beside_it_is_handled(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    counted = _heartbeats_counted()
+    real = alert(id="disk-1", host="prometheus-0", title="Disk full on /var")
+    await _handle(pool, names, [_watchdog(), real])
+    await _handle(pool, names, [_watchdog(), _watchdog()])  # sent again at each repeat interval
+    assert [r["correlation_key"] for r in await pool.fetch("SELECT correlation_key FROM detector_incidents")] == [
+        "host:prometheus-0"
+    ]
+    assert [r["key"] for r in await pool.fetch("SELECT key FROM detector_alerts")] == [real.key]
+    [beat] = await pool.fetch("SELECT * FROM detector_heartbeats")
+    assert (beat["key"], beat["sightings"], beat["resolved_at"]) == (WATCHDOG_KEY, 3, None)
+    assert beat["last_seen_at"] is not None and beat["format"] == "alertmanager"
+    assert _heartbeats_counted() - counted == 3
+    seen = REGISTRY.get_sample_value(
+        "vigil_detector_heartbeat_last_seen_timestamp_seconds", {"source": "alertmanager/deadmansswitch"}
+    )
+    assert seen is not None and seen > 0
+
+    # Its tool says it stopped: noted as such, and a later firing sighting clears it.
+    last_seen = beat["last_seen_at"]
+    await _handle(pool, names, [_watchdog("resolved")])
+    [stopped] = await pool.fetch("SELECT * FROM detector_heartbeats")
+    assert stopped["resolved_at"] is not None and stopped["last_seen_at"] == last_seen
+    await _handle(pool, names, [_watchdog()])
+    [again] = await pool.fetch("SELECT * FROM detector_heartbeats")
+    assert again["resolved_at"] is None and again["sightings"] == 4
+    assert await pool.fetchval("SELECT count(*) FROM detector_incidents") == 1
+
+
+async def test_the_heartbeats_are_listed_to_whoever_may_read_incidents(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await _handle(pool, names, [_watchdog()])
+    secured = settings.model_copy(update={"allow_unauthenticated": False})
+    runtime = Runtime(service="detector", settings=secured, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+    async with pool.acquire() as conn:
+        viewer = (await identity.create_token(conn, name="val", role="viewer", created_by="test")).text
+    app = build_app(runtime, heartbeats_api.routers(runtime))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vigil") as client:
+        refused = await client.get("/api/v1/heartbeats")
+        listed = await client.get("/api/v1/heartbeats", headers={"Authorization": f"Bearer {viewer}"})
+    assert refused.status_code == 401
+    assert listed.status_code == 200
+    assert [(h["key"], h["sightings"]) for h in listed.json()] == [(WATCHDOG_KEY, 1)]
