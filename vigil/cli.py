@@ -2173,6 +2173,28 @@ def rules_waiting(
     console.print(table)
 
 
+@app.command("heartbeats")
+def heartbeats(
+    limit: Annotated[int, typer.Option(help="At most this many, the most recently seen first.")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """Tools' heartbeats (Alertmanager's Watchdog): when each was last seen firing; never incidents."""
+    rows = _detector_call("GET", f"/api/v1/heartbeats?limit={limit}")
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{len(rows)} heartbeat(s)")
+    for column in ("heartbeat", "source", "last seen firing", "sightings", "state"):
+        table.add_column(column, overflow="fold")
+    now = datetime.now(UTC)
+    for row in rows:
+        seen = datetime.fromisoformat(row["last_seen_at"]) if row["last_seen_at"] else None
+        ago = f"{seen:%Y-%m-%d %H:%M:%S} ({int((now - seen).total_seconds())} s ago)" if seen else "never"
+        state = f"[bold red]stopped[/] {escape(row['resolved_at'][:19])}" if row["resolved_at"] else "[green]firing[/]"
+        table.add_row(*_plain(f"{row['title']} ({row['key']})", row["source"], ago, str(row["sightings"])), state)
+    console.print(table)
+
+
 # ---- silences, maintenance windows, suppressed alerts (vigil/cli_suppression.py) -------------------
 
 from vigil.cli_suppression import alerts_app, maintenance_app, silence_app  # noqa: E402

@@ -3,6 +3,7 @@ incident; a real alert beside one is handled as ever; the API lists them to whoe
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from datetime import timedelta
 from typing import Any
@@ -11,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from typer.testing import CliRunner
 
 from services.detector import heartbeats_api
 from services.detector.adapters import parse_payload
@@ -22,7 +24,9 @@ from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.topics import TopicNames
 from tests.factories import alert
+from tests.helpers import serve_app
 from tests.unit.adapters.test_alertmanager import WATCHDOG
+from vigil.cli import app as cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -90,9 +94,17 @@ async def test_the_heartbeats_are_listed_to_whoever_may_read_incidents(
     async with pool.acquire() as conn:
         viewer = (await identity.create_token(conn, name="val", role="viewer", created_by="test")).text
     app = build_app(runtime, heartbeats_api.routers(runtime))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vigil") as client:
+    async with serve_app(app, name="detector-api") as url, httpx.AsyncClient(base_url=url) as client:
         refused = await client.get("/api/v1/heartbeats")
         listed = await client.get("/api/v1/heartbeats", headers={"Authorization": f"Bearer {viewer}"})
+        shown = await asyncio.to_thread(
+            CliRunner().invoke,
+            cli,
+            ["heartbeats"],
+            env={"VIGIL_DETECTOR_URL": url, "VIGIL_API_TOKEN": viewer, "COLUMNS": "250"},
+        )
     assert refused.status_code == 401
     assert listed.status_code == 200
     assert [(h["key"], h["sightings"]) for h in listed.json()] == [(WATCHDOG_KEY, 1)]
+    assert shown.exit_code == 0, shown.output
+    assert "1 heartbeat(s)" in shown.output and WATCHDOG_KEY in shown.output and "firing" in shown.output

@@ -448,6 +448,34 @@ def dlq_list(t: Texts, _: Path) -> Case:
     return Case(["dlq", "list"], letters=[letter])
 
 
+def heartbeats(t: Texts, _: Path) -> Case:
+    beats = [
+        {
+            "key": t("heartbeat key"),
+            "source": t("source"),
+            "format": "alertmanager",
+            "title": t("Watchdog"),
+            "host": None,
+            "first_seen_at": NOW,
+            "last_seen_at": NOW,
+            "sightings": 3,
+            "resolved_at": None,
+        },
+        {  # never seen firing: its tool said at once that it stopped
+            "key": t("stopped key"),
+            "source": t("stopped source"),
+            "format": "native",
+            "title": t("DeadMansSwitch"),
+            "host": None,
+            "first_seen_at": NOW,
+            "last_seen_at": None,
+            "sightings": 0,
+            "resolved_at": NOW,
+        },
+    ]
+    return Case(["heartbeats"], {"/api/v1/heartbeats": beats})
+
+
 CASES: list[Callable[[Texts, Path], Case]] = [
     alerts_suppressed,
     rules_waiting,
@@ -473,6 +501,7 @@ CASES: list[Callable[[Texts, Path], Case]] = [
     outbox_parked,
     assets_list,
     dlq_list,
+    heartbeats,
 ]
 
 
