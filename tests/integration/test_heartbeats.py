@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 from prometheus_client import REGISTRY
+from rich.console import Console
 from typer.testing import CliRunner
 
 from services.detector import heartbeats_api
@@ -26,6 +27,7 @@ from shared.topics import TopicNames
 from tests.factories import alert
 from tests.helpers import serve_app
 from tests.unit.adapters.test_alertmanager import WATCHDOG
+from vigil import cli as cli_module
 from vigil.cli import app as cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -86,8 +88,10 @@ async def test_a_heartbeat_is_noted_never_an_incident_and_the_alert_beside_it_is
 
 
 async def test_the_heartbeats_are_listed_to_whoever_may_read_incidents(
-    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Wide enough for a row a line, whatever width the shared console has taken.
+    monkeypatch.setattr(cli_module, "console", Console(width=250))
     await _handle(pool, names, [_watchdog()])
     secured = settings.model_copy(update={"allow_unauthenticated": False})
     runtime = Runtime(service="detector", settings=secured, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
