@@ -313,6 +313,39 @@ correlations:
         assert await conn.fetchval("SELECT repeats FROM detector_alerts WHERE key = $1", first.key) == 2
 
 
+async def test_a_group_taking_an_alert_that_waited_again_leaves_its_ended_incidents_row_alone(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    # The same finding fires in an incident that ends, then again: it waits anew, is seen twice while it
+    # waits, and joins the next incident its rule opens. Its sightings go to that row, not the retired one.
+    rules = parse_rules(
+        """
+rules:
+  - {name: high, detection: {severity: [high, critical]}}
+correlations:
+  - name: pair
+    correlation: {type: event_count, rules: [high], group-by: [host], timespan: 1h, condition: {gte: 2}}
+"""
+    )
+    detector_ = Detector(correlation_window=WINDOW, correlation_rules=RulesSource(None, rules=rules))
+    finding = alert(id="K", source="finder", severity="high", host="web-01", user=None)
+
+    async def handle(batch: list[Alert]) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await detector_.handle_alerts(HandlerContext(conn=conn, service="detector", names=names), batch)
+
+    await handle([finding, alert(id="L", source="finder", severity="high", host="web-01", user=None, minutes=1)])
+    [ended] = await pool.fetch("SELECT id FROM detector_incidents")
+    async with pool.acquire() as conn:
+        await repository.close_incident(conn, incident_id=ended["id"])
+    again = finding.model_copy(update={"time": finding.time + timedelta(hours=3)})
+    await handle([again])  # waits anew
+    await handle([again])  # seen again while it waits
+    await handle([alert(id="M", source="finder", severity="high", host="web-01", user=None, minutes=185)])
+    rows = await pool.fetch("SELECT retired, repeats FROM detector_alerts WHERE key = $1 ORDER BY retired", again.key)
+    assert [(r["retired"], r["repeats"]) for r in rows] == [(False, 1), (True, 0)]
+
+
 async def _found_nothing(_conn: Any, *, sightings: Any) -> tuple[dict[str, Any], set[str]]:
     return {}, set()
 
