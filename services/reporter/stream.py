@@ -20,14 +20,17 @@ the whole) and its API those keys only.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import ssl
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any, cast
 
 import faust
@@ -42,6 +45,46 @@ from shared.settings import KafkaSettings, VigilSettings
 from shared.topics import ALERTS_DLQ, EVENTS_DLQ, INCIDENTS, TopicNames, ensure_topics
 
 log = logging.getLogger(__name__)
+
+
+class NoHttpClient:
+    """The stream app's HTTP client class (faust's ``HttpClient``): it makes no HTTP requests, and says so."""
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the reporter's stream app makes no HTTP requests")
+
+
+class _AiohttpClientPlaceholder(ModuleType):
+    """Stands for ``aiohttp.client`` while faust's types are read: it has the one name they take, nothing else."""
+
+    ClientSession = NoHttpClient
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"{self.__name__}.{name}: aiohttp is not loaded while faust's types are read")
+
+
+def _read_faust_types() -> None:
+    """Read faust's types without loading aiohttp's HTTP client, unless something else loaded it already.
+
+    faust imports aiohttp's client to name a type (faust/types/web.py) and as its default HTTP client class:
+    8 MB of the reporter's memory, for an HTTP client and a web server its app never starts (``web_enabled=False``,
+    no livecheck, ``HttpClient=NoHttpClient``). While faust's types are read, a placeholder answers for that
+    name; afterwards ``import aiohttp`` loads the real package for whoever needs it.
+    """
+    if "aiohttp" in sys.modules or "faust.types" in sys.modules:
+        return
+    package, client = _AiohttpClientPlaceholder("aiohttp"), _AiohttpClientPlaceholder("aiohttp.client")
+    package.__path__ = []  # a package, so that ``aiohttp.client`` is looked up as its submodule
+    sys.modules["aiohttp"], sys.modules["aiohttp.client"] = package, client
+    try:
+        importlib.import_module("faust.types")
+    finally:
+        for name, placeholder in (("aiohttp", package), ("aiohttp.client", client)):
+            if sys.modules.get(name) is placeholder:
+                del sys.modules[name]
+
+
+_read_faust_types()
 
 APP_NAME = "vigil-reporter-stream"
 # Partitions of the tallies topic and of each table's changelog: the most reporters that share the counting.
@@ -146,6 +189,7 @@ class StreamAggregations:
             # faust makes a data directory even for tables in memory: not in the working directory.
             datadir=Path(tempfile.gettempdir()) / f"{self.app_id}-data",
             web_enabled=False,
+            HttpClient=NoHttpClient,
             autodiscover=False,
             # The embedded broker has no transactional producer; at least once is what the tables need.
             processing_guarantee="at_least_once",
