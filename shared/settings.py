@@ -124,6 +124,18 @@ class VigilSettings(BaseSettings):
         None, ge=2, description="Largest number of pooled Postgres connections; per-service default."
     )
     correlation_window_s: int = Field(1800, description="Alerts on the same key within this join one incident.")
+    heartbeat_missed_factor: float = Field(
+        3.0,
+        ge=0,
+        le=100,
+        description="A tool's heartbeat not seen for this many of its usual intervals raises an alert; 0: never.",
+    )
+    heartbeat_min_interval_s: float = Field(
+        60.0, gt=0, description="A heartbeat's usual interval is taken as at least this, however quick its resends."
+    )
+    heartbeat_first_interval_s: float = Field(
+        14_400.0, gt=0, description="The usual interval of a heartbeat seen once (Alertmanager's repeat_interval)."
+    )
     api_token: SecretStr | None = Field(
         None, description="The API token the CLI sends (`vigil tokens create`); else the one `vigil up` saved."
     )

@@ -2178,7 +2178,7 @@ def heartbeats(
     limit: Annotated[int, typer.Option(help="At most this many, the most recently seen first.")] = 100,
     as_json: JsonOption = False,
 ) -> None:
-    """Tools' heartbeats (Alertmanager's Watchdog): when each was last seen firing; never incidents."""
+    """Tools' heartbeats (Alertmanager's Watchdog): when each was last seen firing, how often, whether missing."""
     rows = _detector_call("GET", f"/api/v1/heartbeats?limit={limit}")
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -2190,7 +2190,14 @@ def heartbeats(
     for row in rows:
         seen = datetime.fromisoformat(row["last_seen_at"]) if row["last_seen_at"] else None
         ago = f"{seen:%Y-%m-%d %H:%M:%S} ({int((now - seen).total_seconds())} s ago)" if seen else "never"
-        state = f"[bold red]stopped[/] {escape(row['resolved_at'][:19])}" if row["resolved_at"] else "[green]firing[/]"
+        if row.get("missed_since"):
+            state = f"[bold red]missing[/] since {escape(row['missed_since'][:19])}"
+        elif row["resolved_at"]:
+            state = f"[bold red]stopped[/] {escape(row['resolved_at'][:19])}"
+        else:
+            state = "[green]firing[/]"
+        if row.get("interval_s"):
+            ago += f", every ~{round(row['interval_s'])} s"
         table.add_row(*_plain(f"{row['title']} ({row['key']})", row["source"], ago, str(row["sightings"])), state)
     console.print(table)
 

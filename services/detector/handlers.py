@@ -16,10 +16,21 @@ from typing import Any
 
 import asyncpg
 
-from services.detector import adapters, classification, commands, correlation, domain, merging, repository, suppression
+from services.detector import (
+    adapters,
+    classification,
+    commands,
+    correlation,
+    domain,
+    heartbeats,
+    merging,
+    repository,
+    suppression,
+)
 from services.detector.adapters import FORMAT_HEADER, Parsed, Rejected
 from services.detector.classification import Classifier
 from services.detector.correlation import CorrelationError, CorrelationRules, Route
+from services.detector.heartbeats import HeartbeatWatch
 from services.detector.metrics import (
     ALERTS,
     ALERTS_BY_SOURCE,
@@ -29,7 +40,7 @@ from services.detector.metrics import (
     RULE_RELOADS,
     SOURCE_LABELS,
 )
-from services.detector.suppressor import SUPPRESSION_ENDED, Suppressions
+from services.detector.suppressor import SERVICE, SUPPRESSION_ENDED, Suppressions
 from shared import timers
 from shared.alerts import Alert
 from shared.consumer import HandlerContext, Inbound, decode_cloudevent
@@ -190,12 +201,17 @@ class Detector:
         classifier: Classifier | None = None,
         correlation_rules: RulesSource | None = None,
         suppressions: Suppressions | None = None,
+        heartbeat_watch: HeartbeatWatch | None = None,
     ) -> None:
         self.window = correlation_window
+        self.heartbeat_watch = heartbeat_watch or HeartbeatWatch()
         self.classifier = classifier or classification.shipped()
         self.correlation = correlation_rules or RulesSource(None, rules=correlation.NONE)
         self.suppressions = suppressions or Suppressions(suppression.load_inhibition())
-        self.timer_handlers: dict[str, timers.TimerHandler] = {SUPPRESSION_ENDED: self.on_suppression_ended}
+        self.timer_handlers: dict[str, timers.TimerHandler] = {
+            SUPPRESSION_ENDED: self.on_suppression_ended,
+            heartbeats.TIMER: self.on_heartbeat_missing,
+        }
 
     async def handle(self, ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
         records = [inbound.item for inbound in batch if isinstance(inbound.item, Parsed)]
@@ -238,8 +254,8 @@ class Detector:
     ) -> None:
         """Store and correlate a batch of alerts; ``not_before``: suppression is judged no earlier than then."""
         if any(a.kind == "heartbeat" for a in alerts):
-            await self._note_heartbeats(ctx, [a for a in alerts if a.kind == "heartbeat"])
-            alerts = [a for a in alerts if a.kind != "heartbeat"]
+            resumed = await self._note_heartbeats(ctx, [a for a in alerts if a.kind == "heartbeat"])
+            alerts = [a for a in alerts if a.kind != "heartbeat"] + resumed
             if not alerts:
                 return
         stored = await self._store(ctx, alerts, not_before)
@@ -252,19 +268,50 @@ class Detector:
         if stored.suppressed_ended:
             self._emit_suppressed_ended(ctx, stored.suppressed_ended)
 
-    async def _note_heartbeats(self, ctx: HandlerContext, beats: list[Alert]) -> None:
+    async def _note_heartbeats(self, ctx: HandlerContext, beats: list[Alert]) -> list[Alert]:
         """A tool's heartbeat says its alerting works: noted (when last seen, how often), never an incident.
 
-        Its absence is the alarm: ``vigil_detector_heartbeat_last_seen_timestamp_seconds`` for a rule.
+        Its absence is the alarm: each firing sighting moves the heartbeat's timer (``on_heartbeat_missing``).
+        Returns the alerts raised while a heartbeat seen now was missing, resolved.
         """
         last = {a.key: a for a in beats}
         ended = {key: domain.resolution_time(a) for key, a in last.items() if a.status == "resolved"}
-        await repository.record_heartbeats(ctx.conn, beats=beats, ended=ended)
+        seen = await repository.record_heartbeats(ctx.conn, beats=beats, ended=ended, learning=heartbeats.LEARNING)
         ALERTS.labels("heartbeat").inc(len(beats))
         now = time.time()
         for beat in last.values():
             if beat.status == "firing":
                 HEARTBEAT_SEEN.labels(_source_label(beat.source)).set(now)
+        watch = self.heartbeat_watch
+        if not watch.enabled:
+            return []
+        await timers.schedule_many(
+            ctx.conn,
+            service=SERVICE,
+            kind=heartbeats.TIMER,
+            due={row["key"]: watch.due(row["last_seen_at"], row["interval_s"]) for row in seen},
+        )
+        resumed = [row for row in seen if row["resumed_alert"] is not None]
+        for row in resumed:
+            log.warning("heartbeat %s came back; missing since %s", row["key"], row["resumed_since"])
+        return [
+            heartbeats.missing_alert(row, alert_id=row["resumed_alert"], since=row["resumed_since"], status="resolved")
+            for row in resumed
+        ]
+
+    async def on_heartbeat_missing(self, ctx: HandlerContext, timer: timers.Timer) -> None:
+        """A heartbeat's patience ran out: unless it came meanwhile, Vigil raises an alert about it."""
+        beat = await repository.lock_heartbeat(ctx.conn, key=timer.subject)
+        watch = self.heartbeat_watch
+        if beat is None or beat["missed_alert"] is not None or beat["last_seen_at"] is None or not watch.enabled:
+            return
+        since = watch.due(beat["last_seen_at"], beat["interval_s"])
+        if since > timer.due_at:  # seen since this timer was set: its next timer is pending
+            return
+        alert_id = heartbeats.missing_alert_id(beat["key"], since)
+        await repository.mark_heartbeat_missing(ctx.conn, key=beat["key"], since=since, alert_id=alert_id)
+        log.warning("heartbeat %s missing since %s: raising an alert", beat["key"], since)
+        await self.handle_alerts(ctx, [heartbeats.missing_alert(beat, alert_id=alert_id, since=since, status="firing")])
 
     def _account(self, alerts: list[Alert], stored: Stored) -> None:
         """Count every sighting under one outcome and log what changed no incident."""

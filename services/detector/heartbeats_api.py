@@ -1,9 +1,10 @@
 """The detector's heartbeats API: tools' signs that their alerting works, as noted.
 
 - ``GET /api/v1/heartbeats?limit=N`` (incidents.read): each heartbeat (Alertmanager's Watchdog, a
-  native record of kind ``heartbeat``) with when it was first and last seen firing, how often, and
-  when its tool said it stopped; the most recently seen first. A heartbeat is never an incident: its
-  absence is the alarm (``vigil_detector_heartbeat_last_seen_timestamp_seconds``).
+  native record of kind ``heartbeat``) with when it was first and last seen firing, how often
+  (``sightings``, ``interval_s``), when its tool said it stopped, and since when it is missing (with the
+  id of the alert Vigil raised about it); the most recently seen first. A heartbeat is never an
+  incident: its absence is the alarm (``services/detector/heartbeats.py``).
 """
 
 from __future__ import annotations

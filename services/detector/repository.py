@@ -330,22 +330,45 @@ _SAID: dict[int, tuple[AlertCorrelation, bytes]] = {}
 MAX_SAID = 16_384
 
 
-async def record_heartbeats(conn: Conn, *, beats: Sequence[Alert], ended: Mapping[str, datetime]) -> None:
-    """Note tools' heartbeats: each one's firing sightings and when last seen firing, or when it stopped.
+async def record_heartbeats(
+    conn: Conn, *, beats: Sequence[Alert], ended: Mapping[str, datetime], learning: float
+) -> list[dict[str, Any]]:
+    """Note tools' heartbeats: each one's firing sightings, when last seen firing and how often, or when it stopped.
 
-    ``ended``: the heartbeats whose last sighting in the batch said they stopped, with when.
+    ``ended``: the heartbeats whose last sighting in the batch said they stopped, with when. A heartbeat's
+    interval is a smooth mean of the time between its firing sightings (``learning``: the share of the
+    latest), the time it was missing left out. Returns each heartbeat seen firing as it now stands, with
+    ``resumed_alert`` and ``resumed_since``: the alert raised while it was missing, and since when, if it was.
     """
     last = {a.key: a for a in beats}
     firing = Counter(a.key for a in beats if a.status == "firing")
-    await conn.execute(
-        """INSERT INTO detector_heartbeats AS h (key, source, format, title, host, sightings, last_seen_at, resolved_at)
-           SELECT b.key, b.source, b.format, b.title, b.host, b.n,
-                  CASE WHEN b.n > 0 THEN now() END, b.resolved_at
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::timestamptz[])
-                AS b(key, source, format, title, host, n, resolved_at)
-           ON CONFLICT (key) DO UPDATE SET
-               title = excluded.title, host = excluded.host, sightings = h.sightings + excluded.sightings,
-               last_seen_at = coalesce(excluded.last_seen_at, h.last_seen_at), resolved_at = excluded.resolved_at""",
+    rows = await conn.fetch(
+        """WITH batch AS (
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[],
+                                    $7::timestamptz[]) AS b(key, source, format, title, host, n, resolved_at)),
+           -- Read as it stood before this statement (no lock: a row the upsert below updates would be skipped);
+           -- two detectors noting one return both resolve the same alert, which is resolving it once.
+           before AS (
+               SELECT h.key, h.missed_alert, h.missed_since FROM detector_heartbeats h
+               WHERE h.key = ANY($1::text[]) AND h.missed_alert IS NOT NULL),
+           noted AS (
+               INSERT INTO detector_heartbeats AS h
+                   (key, source, format, title, host, sightings, last_seen_at, resolved_at)
+               SELECT key, source, format, title, host, n, CASE WHEN n > 0 THEN now() END, resolved_at FROM batch
+               ON CONFLICT (key) DO UPDATE SET
+                   title = excluded.title, host = excluded.host, sightings = h.sightings + excluded.sightings,
+                   last_seen_at = coalesce(excluded.last_seen_at, h.last_seen_at), resolved_at = excluded.resolved_at,
+                   interval_s = CASE
+                       WHEN excluded.sightings = 0 OR h.last_seen_at IS NULL OR h.missed_since IS NOT NULL
+                           THEN h.interval_s
+                       WHEN h.interval_s IS NULL THEN extract(epoch FROM now() - h.last_seen_at)
+                       ELSE (1 - $8) * h.interval_s + $8 * extract(epoch FROM now() - h.last_seen_at) END,
+                   missed_since = CASE WHEN excluded.sightings > 0 THEN NULL ELSE h.missed_since END,
+                   missed_alert = CASE WHEN excluded.sightings > 0 THEN NULL ELSE h.missed_alert END
+               RETURNING h.key, h.source, h.format, h.title, h.host, h.last_seen_at, h.interval_s, h.sightings)
+           SELECT noted.*, before.missed_alert AS resumed_alert, before.missed_since AS resumed_since
+           FROM noted JOIN batch USING (key) LEFT JOIN before USING (key)
+           WHERE batch.n > 0 ORDER BY noted.key""",
         list(last),
         [a.source for a in last.values()],
         [a.format for a in last.values()],
@@ -353,13 +376,32 @@ async def record_heartbeats(conn: Conn, *, beats: Sequence[Alert], ended: Mappin
         [a.host for a in last.values()],
         [firing[key] for key in last],
         [ended.get(key) for key in last],
+        learning,
+    )
+    return [dict(row) for row in rows]
+
+
+async def lock_heartbeat(conn: Conn, *, key: str) -> dict[str, Any] | None:
+    """The heartbeat as it stands, locked until commit: the watch decides whether it went missing."""
+    row = await conn.fetchrow(
+        """SELECT key, source, format, title, host, last_seen_at, interval_s, sightings, missed_since, missed_alert
+           FROM detector_heartbeats WHERE key = $1 FOR UPDATE""",
+        key,
+    )
+    return dict(row) if row is not None else None
+
+
+async def mark_heartbeat_missing(conn: Conn, *, key: str, since: datetime, alert_id: str) -> None:
+    await conn.execute(
+        "UPDATE detector_heartbeats SET missed_since = $2, missed_alert = $3 WHERE key = $1", key, since, alert_id
     )
 
 
 async def list_heartbeats(conn: Conn, *, limit: int = 100) -> list[dict[str, Any]]:
     """The heartbeats noted, the most recently seen first."""
     rows = await conn.fetch(
-        """SELECT key, source, format, title, host, first_seen_at, last_seen_at, sightings, resolved_at
+        """SELECT key, source, format, title, host, first_seen_at, last_seen_at, sightings, resolved_at,
+                  interval_s, missed_since, missed_alert
            FROM detector_heartbeats ORDER BY last_seen_at DESC NULLS LAST, key LIMIT $1""",
         limit,
     )

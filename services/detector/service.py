@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from services.detector import api, commands_api, correlation, correlation_api, heartbeats_api
 from services.detector.classification import load_rules
 from services.detector.handlers import Detector, RulesSource, decode
+from services.detector.heartbeats import HeartbeatWatch
 from services.detector.suppression import load_inhibition
 from services.detector.suppressor import Suppressions
 from shared.service import Runtime, ServiceSpec
@@ -28,6 +29,11 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         classifier=load_rules(settings.classification_rules),
         correlation_rules=rules,
         suppressions=suppressions,
+        heartbeat_watch=HeartbeatWatch(
+            factor=settings.heartbeat_missed_factor,
+            min_interval_s=settings.heartbeat_min_interval_s,
+            first_interval_s=settings.heartbeat_first_interval_s,
+        ),
     )
 
     def routers(runtime: Runtime) -> Sequence[APIRouter]:

@@ -18,11 +18,13 @@ from typer.testing import CliRunner
 from services.detector import heartbeats_api
 from services.detector.adapters import parse_payload
 from services.detector.handlers import Detector
+from services.detector.heartbeats import SOURCE, TIMER, HeartbeatWatch
 from shared import identity
 from shared.alerts import Alert
 from shared.consumer import HandlerContext
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
+from shared.timers import TimerPoller
 from shared.topics import TopicNames
 from tests.factories import alert
 from tests.helpers import serve_app
@@ -45,9 +47,9 @@ def _watchdog(status: str = "firing") -> Alert:
     return beat
 
 
-async def _handle(pool: asyncpg.Pool, names: TopicNames, alerts: list[Alert]) -> None:
+async def _handle(pool: asyncpg.Pool, names: TopicNames, alerts: list[Alert], detector: Detector | None = None) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await Detector(correlation_window=timedelta(minutes=30)).handle_alerts(
+        await (detector or Detector(correlation_window=timedelta(minutes=30))).handle_alerts(
             HandlerContext(conn=conn, service="detector", names=names), alerts
         )
 
@@ -112,3 +114,78 @@ async def test_the_heartbeats_are_listed_to_whoever_may_read_incidents(
     assert [(h["key"], h["sightings"]) for h in listed.json()] == [(WATCHDOG_KEY, 1)]
     assert shown.exit_code == 0, shown.output
     assert "1 heartbeat(s)" in shown.output and WATCHDOG_KEY in shown.output and "firing" in shown.output
+
+
+async def _heartbeat(pool: asyncpg.Pool) -> asyncpg.Record:
+    [beat] = await pool.fetch("SELECT * FROM detector_heartbeats")
+    return beat
+
+
+async def _pending_timer(pool: asyncpg.Pool) -> asyncpg.Record:
+    [timer] = await pool.fetch(
+        "SELECT * FROM timers WHERE kind = $1 AND fired_at IS NULL AND cancelled_at IS NULL", TIMER
+    )
+    return timer
+
+
+async def _rewind(pool: asyncpg.Pool, seconds: int) -> None:
+    """As if ``seconds`` had passed: the heartbeat's sightings and its timer that much earlier."""
+    shift = timedelta(seconds=seconds)
+    await pool.execute("UPDATE detector_heartbeats SET last_seen_at = last_seen_at - $1::interval", shift)
+    await pool.execute("UPDATE timers SET due_at = due_at - $1::interval WHERE kind = $2", shift, TIMER)
+
+
+async def test_a_heartbeat_that_stops_coming_raises_an_alert_and_its_return_resolves_it(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    detector = Detector(
+        correlation_window=timedelta(minutes=30),
+        heartbeat_watch=HeartbeatWatch(factor=3, min_interval_s=60, first_interval_s=600),
+    )
+    poller = TimerPoller(service="detector", pool=pool, names=names, handlers=detector.timer_handlers)
+    await _handle(pool, names, [_watchdog()], detector)
+    beat = await _heartbeat(pool)
+    # Seen once: missing after three of the assumed interval.
+    assert (await _pending_timer(pool))["due_at"] == beat["last_seen_at"] + timedelta(seconds=1800)
+
+    # Seen again two minutes later: its interval learned, its timer moved.
+    await _rewind(pool, 120)
+    await _handle(pool, names, [_watchdog()], detector)
+    beat = await _heartbeat(pool)
+    assert beat["interval_s"] == pytest.approx(120, abs=2)
+    assert (await _pending_timer(pool))["due_at"] == beat["last_seen_at"] + timedelta(seconds=3 * beat["interval_s"])
+    assert await poller.fire_due() == 0  # not due yet
+
+    # Then nothing for longer than its patience: the timer fires and Vigil raises the alarm, once.
+    await _rewind(pool, 400)
+    assert await poller.fire_due() == 1
+    [raised] = await pool.fetch("SELECT * FROM detector_alerts")
+    assert raised["source"] == SOURCE
+    assert raised["title"] == f"Heartbeat missing from alertmanager/deadmansswitch: {beat['title']}"
+    assert raised["resolved_at"] is None
+    [incident] = await pool.fetch("SELECT * FROM detector_incidents")
+    assert incident["id"] == raised["incident_id"] and incident["type"] == "service_disruption"
+    missing = await _heartbeat(pool)
+    assert missing["missed_alert"] == raised["key"].removeprefix(f"{SOURCE}:")
+    assert missing["missed_since"] == beat["last_seen_at"] - timedelta(seconds=400) + timedelta(
+        seconds=3 * beat["interval_s"]
+    )
+    assert await poller.fire_due() == 0
+    headers = [row["headers"] for row in await pool.fetch("SELECT headers::text FROM outbox")]
+    assert any("incident.detected" in h for h in headers), headers
+
+    # It comes back: that alert is resolved, the time it was missing teaches nothing of its interval.
+    await _handle(pool, names, [_watchdog()], detector)
+    [back] = await pool.fetch("SELECT * FROM detector_alerts")
+    assert back["resolved_at"] is not None
+    again = await _heartbeat(pool)
+    assert again["missed_since"] is None and again["missed_alert"] is None
+    assert again["interval_s"] == beat["interval_s"]
+    assert (await _pending_timer(pool))["due_at"] == again["last_seen_at"] + timedelta(seconds=3 * beat["interval_s"])
+
+
+async def test_a_heartbeat_watch_turned_off_sets_no_timer(pool: asyncpg.Pool, names: TopicNames) -> None:
+    detector = Detector(correlation_window=timedelta(minutes=30), heartbeat_watch=HeartbeatWatch(factor=0))
+    await _handle(pool, names, [_watchdog()], detector)
+    assert await pool.fetchval("SELECT count(*) FROM timers WHERE kind = $1", TIMER) == 0
+    assert await pool.fetchval("SELECT count(*) FROM detector_heartbeats") == 1

@@ -472,6 +472,20 @@ def heartbeats(t: Texts, _: Path) -> Case:
             "sightings": 0,
             "resolved_at": NOW,
         },
+        {  # missing: Vigil raised an alert about it
+            "key": t("missing key"),
+            "source": t("missing source"),
+            "format": "alertmanager",
+            "title": t("Watchdog"),
+            "host": None,
+            "first_seen_at": NOW,
+            "last_seen_at": NOW,
+            "sightings": 7,
+            "resolved_at": None,
+            "interval_s": 60.2,
+            "missed_since": NOW,
+            "missed_alert": "missing-0123abcd",
+        },
     ]
     return Case(["heartbeats"], {"/api/v1/heartbeats": beats})
 
