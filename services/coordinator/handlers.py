@@ -78,6 +78,8 @@ SERVICE = "coordinator"
 ACK_DEADLINE = "ack-deadline"
 STATUS_UPDATE = "status-update"
 STEP_DUE = "response-step-due"
+# Where nobody has said they are on it yet: a move out of these counts as its actor's acknowledgement.
+UNACKNOWLEDGED = frozenset({IncidentState.DETECTED, IncidentState.TRIAGED})
 # HandlerContext.read: the incidents of a run of updates, locked and read at once (``lock_updated``).
 UPDATED_ROWS = "coordinator.updated_rows"
 _UPDATED_COLUMNS = (
@@ -607,18 +609,6 @@ class Coordinator:
     async def _change_state(
         self, ctx: HandlerContext, command: AcknowledgeIncident | ResolveIncident | ChangeState, row: asyncpg.Record
     ) -> IncidentStateChanged | None:
-        if isinstance(command, AcknowledgeIncident) and row["state"] == IncidentState.DETECTED.value:
-            needed = self._policy_for(row["type"], row["severity"]).acknowledgements
-            acks = list(dict.fromkeys([*row["acks"], command.data.actor]))
-            if len(acks) < needed:
-                # The policy wants several people on it: this one counts, the chain goes on.
-                await ctx.conn.execute(
-                    "UPDATE coordinator_incidents SET acks = $2, updated_at = now() WHERE incident_id = $1",
-                    command.subject,
-                    acks,
-                )
-                log.info("incident %s: %d of %d acknowledgements", command.subject, len(acks), needed)
-                return None
         facts = await self._guard_facts(ctx, command.subject, row)
         data: CommandArgs | StateCommand = command.data
         if isinstance(command, ChangeState):
@@ -632,6 +622,20 @@ class Coordinator:
             move = lifecycle.move(self.lifecycle, row["state"], name=name, resolution=resolution, facts=facts)
             data = data.model_copy(update={"resolution": resolution})
         current, target = IncidentState(row["state"]), move.to
+        needed = self._policy_for(row["type"], row["severity"]).acknowledgements
+        acks: list[str] = list(row["acks"])
+        if current in UNACKNOWLEDGED and not self.lifecycle.is_ended(target):
+            # Whoever moves it on is on it, by whichever command: one acknowledgement of those the policy wants.
+            acks = list(dict.fromkeys([*acks, data.actor]))
+            if target is IncidentState.ACKNOWLEDGED and len(acks) < needed:
+                # The policy wants several people on it: this one counts, the chain goes on.
+                await ctx.conn.execute(
+                    "UPDATE coordinator_incidents SET acks = $2, updated_at = now() WHERE incident_id = $1",
+                    command.subject,
+                    acks,
+                )
+                log.info("incident %s: %d of %d acknowledgements", command.subject, len(acks), needed)
+                return None
         stamps = {IncidentState.ACKNOWLEDGED: "acknowledged_at", IncidentState.RESOLVED: "resolved_at"}
         await ctx.conn.execute(
             f"""UPDATE coordinator_incidents
@@ -639,14 +643,16 @@ class Coordinator:
                     state_times = jsonb_set(state_times, ARRAY[$2::text],
                                             coalesce(state_times -> $2, to_jsonb($3::timestamptz))),
                     {stamps[target] + " = coalesce(" + stamps[target] + ", $3)," if target in stamps else ""}
-                    updated_at = now()
+                    acks = $5, updated_at = now()
                 WHERE incident_id = $1""",
             command.subject,
             target.value,
             command.time,
             data.resolution,
+            acks,
         )
-        if target is not IncidentState.DETECTED:  # the walk down the rotation stops once someone moves it on
+        # The walk down the rotation stops once as many people as the policy wants are on it, or it is over.
+        if len(acks) >= needed or self.lifecycle.is_ended(target):
             await timers.cancel(ctx.conn, service=SERVICE, kind=ACK_DEADLINE, subject=command.subject)
         if self.lifecycle.is_ended(target):
             await timers.cancel(ctx.conn, service=SERVICE, kind=STATUS_UPDATE, subject=command.subject)
@@ -883,9 +889,11 @@ class Coordinator:
         if row is None:
             return
         state, severity = self._known(row, timer.subject, "acknowledgement deadline ignored")
-        if state is not IncidentState.DETECTED or severity is None:
+        if state is None or self.lifecycle.is_ended(state) or severity is None:
             return
         policy = self._policy_for(row["type"], severity.value)
+        if len(row["acks"]) >= policy.acknowledgements:  # as many people on it as the policy wants
+            return
         chain = escalation.pages(policy)
         step = int(timer.payload.get("step", 1))
         schedule = self.oncall.schedules.get(row["rotation"]) or self._schedule_for(row["type"], row["severity"])

@@ -479,6 +479,46 @@ async def test_a_policy_that_asks_for_two_acknowledgements_keeps_paging_until_a_
     assert await pool.fetchval(pending) == 0
 
 
+async def test_no_other_command_stops_the_paging_before_as_many_people_as_the_policy_wants_are_on_it(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    policies = escalation.parse_escalation(
+        "policies: [{name: two, acknowledgements: 2, steps: [{notify: on_call}, {notify: next_on_call, after: 5m}], "
+        "fallback: {after: 5m, notify: [leads]}}]"
+    )
+    coordinator = Coordinator(load_oncall(), escalation_=policies)
+    pending = (
+        "SELECT count(*) FROM timers WHERE kind = 'ack-deadline' AND subject = $1"
+        " AND fired_at IS NULL AND cancelled_at IS NULL"
+    )
+
+    async def command(incident: str, actor: str, to_state: str | None = None) -> tuple[str, list[str]]:
+        if to_state is None:
+            sent: AcknowledgeIncident | ChangeState = AcknowledgeIncident(
+                source="/t", subject=incident, data=CommandArgs(actor=actor)
+            )
+        else:
+            sent = ChangeState(source="/t", subject=incident, data=StateCommand(actor=actor, to_state=to_state))
+        await feed(pool, names, coordinator, sent)
+        row = await pool.fetchrow("SELECT state, acks FROM coordinator_incidents WHERE incident_id = $1", incident)
+        assert row is not None
+        return row["state"], row["acks"]
+
+    for incident in ("inc-cs", "inc-tr"):
+        await feed(
+            pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject=incident, data=snapshot())
+        )
+    # The generic state change is an acknowledgement like any other: one person's is not enough.
+    assert await command("inc-cs", "alice", "acknowledged") == ("detected", ["alice"])
+    assert await pool.fetchval(pending, "inc-cs") == 1
+    # Triage moves it on and counts its actor, but the paging goes on until a second person is on it.
+    assert await command("inc-tr", "alice", "triaged") == ("triaged", ["alice"])
+    assert await command("inc-tr", "alice") == ("triaged", ["alice"])
+    assert await pool.fetchval(pending, "inc-tr") == 1
+    assert await command("inc-tr", "bob") == ("acknowledged", ["alice", "bob"])
+    assert await pool.fetchval(pending, "inc-tr") == 0
+
+
 async def test_an_impact_recommendation_raises_the_severity_unless_a_person_set_it(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:
