@@ -478,13 +478,13 @@ def _set_response_paused(paused: bool, reason: str, actor: str | None) -> None:
 
 @response_app.command("pause")
 def response_pause(reason: ResponseReason = "paused by an operator", actor: ResponseActor = None) -> None:
-    """Stop every new action at once; planning goes on, nothing executes until `vigil response resume`."""
+    """Stop every new action at once; planning goes on, each step due meanwhile is held until `vigil response resume`."""
     _set_response_paused(True, reason, actor)
 
 
 @response_app.command("resume")
 def response_resume(reason: ResponseReason = "resumed by an operator", actor: ResponseActor = None) -> None:
-    """Let actions execute again."""
+    """Let actions execute again: the steps held while paused run on."""
     _set_response_paused(False, reason, actor)
 
 

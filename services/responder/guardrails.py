@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, PositiveInt, ValidationError, field_validator
 
 from services.responder.blocklist import InvalidEntry, IpNetwork, normalise, normalise_domain, parse_ip
+from shared import timers
 from shared.db import Conn
 from shared.errors import validation_reason
 
@@ -235,8 +236,8 @@ def _same_target(kind: TargetKind, target: str) -> str:
 def check(action: Action, targets: Sequence[str], context: Context) -> Verdict:
     """May this action run on these targets now? The first guardrail that refuses says why."""
     guardrails = context.guardrails
-    if context.paused:
-        return _refuse("kill_switch", "responses are paused (`vigil response resume` to go on)")
+    if context.paused:  # the caller holds the step, not refuses it: a resume runs it on
+        return _refuse("kill_switch", "held: responses are paused (`vigil response resume` to go on)")
     radius = guardrails.blast_radius
     in_step = max(len(targets), context.step_targets)
     if in_step > radius.per_step:
@@ -293,8 +294,12 @@ async def get_controls(conn: Conn) -> Controls:
     return Controls(**dict(row))
 
 
+# The durable timer a resume sets: the responder runs on the steps the pause held.
+RESUMED = "responses-resumed"
+
+
 async def set_paused(conn: Conn, *, paused: bool, reason: str, changed_by: str) -> Controls:
-    """Pause or resume every responder at once, saying who and why."""
+    """Pause or resume every responder at once, saying who and why; a resume runs on what the pause held."""
     row = await conn.fetchrow(
         """INSERT INTO response_controls (paused, reason, changed_by) VALUES ($1, $2, $3)
            ON CONFLICT (singleton) DO UPDATE
@@ -306,4 +311,6 @@ async def set_paused(conn: Conn, *, paused: bool, reason: str, changed_by: str) 
         changed_by,
     )
     assert row is not None  # an upsert always returns its row
+    if not paused:
+        await timers.schedule(conn, service="responder", kind=RESUMED, subject="responses", due_at=row["changed_at"])
     return Controls(**dict(row))

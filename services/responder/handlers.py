@@ -124,6 +124,7 @@ class Responder:
             APPROVAL_TIMEOUT: self.on_approval_timeout,
             LEASE_EXPIRY: self.on_lease_expiry,
             WATCH_END: self.on_watch_end,
+            guardrails.RESUMED: self.on_resumed,
         }
 
     async def handle(self, ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
@@ -434,26 +435,39 @@ class Responder:
             moves = steps.advance(current)
             if not moves:
                 return
+            held = False
             for move in moves:
                 row = rows[move.step_id]
                 if move.to == "skip":
                     await self._change(ctx, cause, row, "skipped", actor="responder", reason=move.reason, final=True)
                 else:
-                    await self._dispatch(ctx, cause, row)
+                    held = not await self._dispatch(ctx, cause, row) or held
+            if held:  # responses are paused: the rest waits for the resume, which runs this incident on
+                return
 
-    async def _dispatch(self, ctx: HandlerContext, cause: Cause, row: dict[str, Any]) -> None:
-        """Check the guardrails, then enqueue the step's effect — or simulate it, honestly."""
+    async def on_resumed(self, ctx: HandlerContext, timer: timers.Timer) -> None:
+        """Responses resumed: the steps the pause held run on, each incident in its turn."""
+        cause = _TimerCause(subject=timer.subject, source=SOURCE)
+        for incident_id in await repository.release_held(ctx.conn):
+            await repository.lock_incident(ctx.conn, incident_id)
+            await self._advance(ctx, incident_id, cause)
+
+    async def _dispatch(self, ctx: HandlerContext, cause: Cause, row: dict[str, Any]) -> bool:
+        """Check the guardrails, then enqueue the step's effect — or simulate it, honestly.
+
+        Returns False when responses are paused: the step is held as it stands, for the resume to run on.
+        """
         if row["connector"] == "notify":
             await self._notify(ctx, cause, row)
-            return
+            return True
         if row["connector"] == "manual":
             await self._hand_over(ctx, cause, row)
-            return
+            return True
         connector = self.execution.connectors.get(row["connector"])
         if connector is None:
             reason = f"connector {row['connector']} is not available here"
             await self._change(ctx, cause, row, "refused", actor="responder", reason=reason, final=True)
-            return
+            return True
         now = utcnow()
         if row["undo"] is not None and row["lease_s"] is not None:
             # Decided as it is sent: the block list entry (and a webhook's body) carries when it ends.
@@ -464,9 +478,20 @@ class Responder:
             dispatch = connector.dispatch(call)
         except ConnectorError as exc:
             await self._change(ctx, cause, row, "refused", actor="responder", reason=str(exc), final=True)
-            return
+            return True
         verdict = await self._guardrails(ctx, row, now)
         sent = {"kind": dispatch.kind, "target": dispatch.target, "payload": dispatch.payload}
+        if verdict.guardrail == "kill_switch":
+            if await repository.hold_step(ctx.conn, row["id"], reason=verdict.reason):
+                log.warning("step %s held: %s", row["id"], verdict.reason)
+                ctx.audit(
+                    "step.held",
+                    row["id"],
+                    principal=f"system:{SERVICE}",
+                    outcome="held",
+                    detail={"incident": row["incident_id"], "reason": verdict.reason},
+                )
+            return False
         if not verdict.allowed:
             actor = f"guardrail:{verdict.guardrail}"
             ctx.audit(
@@ -477,13 +502,13 @@ class Responder:
                 detail={"incident": row["incident_id"], "guardrail": str(verdict.guardrail), "reason": verdict.reason},
             )
             await self._change(ctx, cause, row, "refused", actor=actor, reason=verdict.reason, sent=sent, final=True)
-            return
+            return True
         if self.execution.dry_run or row["dry_run"]:
             why = "dry run (globally)" if self.execution.dry_run else "dry run (playbook)"
             await self._change(
                 ctx, cause, row, "simulated", actor="responder", reason=f"{why}: not sent", sent=sent, final=True
             )
-            return
+            return True
         await effects.enqueue(
             ctx.conn,
             service=SERVICE,
@@ -505,6 +530,7 @@ class Responder:
             sent=sent,
             dispatched=True,
         )
+        return True
 
     async def _notify(self, ctx: HandlerContext, cause: Cause, row: dict[str, Any]) -> None:
         """A message for the incident's channel: the step's event carries it to the coordinator."""

@@ -48,6 +48,23 @@ async def lock_dispatches(conn: Conn) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('responder:dispatches', 0))")
 
 
+async def hold_step(conn: Conn, step_id: str, *, reason: str) -> bool:
+    """Hold a step where it is, saying why; True the first time (it was not held already)."""
+    held: bool = await conn.fetchval(
+        """UPDATE responder_steps SET held_at = now(), reason = $2, updated_at = now()
+           WHERE id = $1 AND held_at IS NULL RETURNING true""",
+        step_id,
+        reason,
+    )
+    return bool(held)
+
+
+async def release_held(conn: Conn) -> list[str]:
+    """Release every held step; return their incidents, to run on."""
+    rows = await conn.fetch("UPDATE responder_steps SET held_at = NULL WHERE held_at IS NOT NULL RETURNING incident_id")
+    return sorted({row["incident_id"] for row in rows})
+
+
 async def steps_of(conn: Conn, incident_id: str) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"SELECT {STEP_COLUMNS} FROM responder_steps WHERE incident_id = $1 ORDER BY position, id", incident_id

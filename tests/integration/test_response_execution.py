@@ -438,15 +438,35 @@ async def test_guardrails_and_the_kill_switch_refuse_with_their_reason(
     assert {(r["principal"], r["outcome"]) for r in audited} == {("system:responder", "refused")}
     assert {r["target"] for r in audited} == {rows[("isolate", "dc-1")]["id"], rows[("block", "198.51.100.4")]["id"]}
 
+
+async def test_a_step_due_while_responses_are_paused_is_held_and_runs_on_when_they_resume(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:  # its address only: the effects are enqueued, not run, here
+        responder = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]")
+    poller = TimerPoller(service="responder", pool=pool, names=names, handlers=responder.timer_handlers)
     async with pool.acquire() as conn:
         await guardrails.set_paused(conn, paused=True, reason="drill", changed_by="alice")
-    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-p", data=analysis(Severity.SEV2)))
-    paused = await pool.fetch(
-        "SELECT state, reason FROM responder_steps WHERE incident_id = 'inc-p' AND connector <> 'notify'"
+    paused = analysis(Severity.SEV2, hosts=["web-9"], ips=["203.0.113.90"])
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-p", data=paused))
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-p", data=paused))  # again
+    held = await pool.fetch(
+        "SELECT state, reason, held_at FROM responder_steps WHERE incident_id = 'inc-p' AND connector <> 'notify'"
     )
-    assert {r["state"] for r in paused} == {"refused"}
-    assert all("responses are paused" in r["reason"] for r in paused)
+    assert held and all(r["state"] not in ("refused", "running") for r in held)
+    assert any(r["held_at"] is not None and "responses are paused" in r["reason"] for r in held)
     assert await pool.fetchval("SELECT count(*) FROM effects WHERE subject = 'inc-p'") == 0
+    assert await pool.fetchval("SELECT count(*) FROM audit_log WHERE action = 'step.held'") == 1
+    assert await poller.fire_due() == 0
+
+    async with pool.acquire() as conn:
+        await guardrails.set_paused(conn, paused=False, reason="drill over", changed_by="alice")
+    assert await poller.fire_due() == 1
+    ran = await pool.fetch(
+        "SELECT state, held_at FROM responder_steps WHERE incident_id = 'inc-p' AND item IS NOT NULL"
+    )
+    assert "running" in {r["state"] for r in ran} and all(r["held_at"] is None for r in ran)
+    assert await pool.fetchval("SELECT count(*) FROM effects WHERE subject = 'inc-p'") >= 1
 
 
 async def test_a_for_each_step_past_the_blast_radius_is_refused_item_by_item(
