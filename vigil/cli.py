@@ -478,7 +478,7 @@ def _set_response_paused(paused: bool, reason: str, actor: str | None) -> None:
 
 @response_app.command("pause")
 def response_pause(reason: ResponseReason = "paused by an operator", actor: ResponseActor = None) -> None:
-    """Stop every new action at once; planning goes on, each step due meanwhile is held until `vigil response resume`."""
+    """Stop every new action at once; planning goes on, steps due meanwhile are held until `vigil response resume`."""
     _set_response_paused(True, reason, actor)
 
 
