@@ -22,8 +22,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import re2  # type: ignore[import-untyped]
 
 from dateutil.rrule import HOURLY, rrulestr  # type: ignore[import-untyped]
 from dateutil.rrule import rrule as RRule
@@ -62,6 +64,17 @@ LABEL_PREFIX = "labels."
 NAME_CHARS = 200
 MAX_MATCHERS = 32
 MAX_PATTERN = 1000
+
+
+class Pattern(Protocol):
+    """A compiled matcher regex: RE2's, whose matching time grows with the text, never exponentially.
+
+    Matchers come from operators through the API and are tried on every alert in the consume loop: Python's
+    backtracking ``re`` would let one pattern such as ``(a+)+b`` stop the detector. RE2 is also the engine
+    Alertmanager's matchers use, so a matcher copied from Alertmanager means the same here.
+    """
+
+    def fullmatch(self, text: str) -> object | None: ...
 MAX_OCCURRENCE = timedelta(days=31)  # of a recurring maintenance window
 SHIPPED_INHIBITION = Path(__file__).with_name("inhibition.yaml")
 # Formats whose tools say when an alert ends: an alert of theirs not said to have ended still fires,
@@ -101,13 +114,13 @@ class Matcher:
     name: str
     op: Op
     value: str
-    pattern: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    pattern: Pattern | None = field(default=None, compare=False, repr=False)
     read: Callable[[Alert], str] = field(default=lambda _alert: "", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "read", _reader(self.name))
         if self.op in ("=~", "!~") and self.pattern is None:
-            object.__setattr__(self, "pattern", re.compile(self.value))
+            object.__setattr__(self, "pattern", re2.compile(self.value))
 
     @classmethod
     def parse(cls, text: str) -> Matcher:
@@ -131,8 +144,9 @@ class Matcher:
             raise SuppressionError(f"matcher on {name}: the regex is over {MAX_PATTERN} characters")
         try:
             return cls(name, op, value)
-        except re.error as exc:
-            raise SuppressionError(f"matcher on {name}: {value!r} is not a valid regex: {exc}") from exc
+        except re2.error as exc:
+            why = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            raise SuppressionError(f"matcher on {name}: {value!r} is not a regex Vigil reads (RE2): {why}") from exc
 
     def matches(self, alert: Alert) -> bool:
         actual = self.read(alert)

@@ -65,7 +65,8 @@ def test_a_matcher_reads_a_field_or_a_label_with_each_operator(
     ("texts", "why"),
     [
         (["host"], "is not NAME=VALUE"),
-        (["host=~(unclosed"], "not a valid regex"),
+        (["host=~(unclosed"], "not a regex Vigil reads"),
+        (["host=~(a)\\1"], "not a regex Vigil reads"),  # a backreference: RE2 has none
         ([], "at least one matcher"),
         (["host=~.*"], "would match every alert"),
         (["host!=x", "user="], "would match every alert"),
@@ -74,6 +75,14 @@ def test_a_matcher_reads_a_field_or_a_label_with_each_operator(
 def test_matchers_that_cannot_be_used_are_refused_with_the_reason(texts: list[str], why: str) -> None:
     with pytest.raises(SuppressionError, match=why):
         parse_matchers(texts)
+
+
+def test_a_regex_that_would_backtrack_for_hours_in_python_matches_at_once() -> None:
+    # ``(a+)+b`` against a long run of a's is exponential for a backtracking engine: an operator's
+    # silence would stop the detector. RE2 answers in time proportional to the text.
+    matcher = Matcher.parse('host=~"(a+)+b"')
+    assert not matcher.matches(alert(host="a" * 254 + "!"))  # some 2**254 paths to Python's re
+    assert matcher.matches(alert(host="aaab"))
 
 
 def test_a_silence_covers_the_alerts_all_its_matchers_match_while_it_is_active() -> None:
