@@ -26,7 +26,6 @@ from typing import Annotated, Any, Generic, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import re2  # type: ignore[import-untyped]
-
 from dateutil.rrule import HOURLY, rrulestr  # type: ignore[import-untyped]
 from dateutil.rrule import rrule as RRule
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
@@ -75,6 +74,8 @@ class Pattern(Protocol):
     """
 
     def fullmatch(self, text: str) -> object | None: ...
+
+
 MAX_OCCURRENCE = timedelta(days=31)  # of a recurring maintenance window
 SHIPPED_INHIBITION = Path(__file__).with_name("inhibition.yaml")
 # Formats whose tools say when an alert ends: an alert of theirs not said to have ended still fires,
