@@ -373,6 +373,11 @@ class Ingest:
                     )
         except TimeoutError:
             raise self._abandon(futures, f"the broker did not take the records within {self.timeout_s:g}s") from None
+        except MessageSizeTooLargeError:
+            # The producer refuses it before sending: with its key, headers and the batch's framing, the record
+            # is over the broker's request size though its body is within the limits above. A retry never helps.
+            self._abandon(futures, "a later record is too large")  # those before it may still arrive: repeats
+            raise Refused(413, "too_large", "the broker refuses a record this large; send smaller records") from None
         except KafkaError as exc:
             raise self._abandon(futures, f"the broker is unavailable: {exc!r}") from exc
         done, pending = await asyncio.wait(futures, timeout=max(deadline - loop.time(), 0))

@@ -128,6 +128,9 @@ class WindowOut(BaseModel):
     ended_by: str | None
     active_now: tuple[datetime, datetime] | None = Field(description="The occurrence in progress, if any.")
     next_start: datetime | None
+    problem: str | None = Field(
+        None, description="Why the detector leaves this window out: stored by an older version, refused by this one."
+    )
 
 
 class SuppressedOut(BaseModel):
@@ -156,10 +159,15 @@ def _silence_out(row: Any, now: datetime) -> SilenceOut:
 
 
 def _window_out(row: Any, now: datetime) -> WindowOut:
-    window = suppression.window_of(row)
+    stored = {k: row[k] for k in WindowOut.model_fields if k not in ("active_now", "next_start", "problem")}
+    try:
+        window = suppression.window_of(row)
+    except suppression.SuppressionError as exc:
+        # As the detector does, it is left out, saying why: the others are listed, and it can still be ended.
+        return WindowOut(**stored, active_now=None, next_start=None, problem=str(exc))
     ended = row["ended_by"] is not None
     return WindowOut(
-        **{k: row[k] for k in WindowOut.model_fields if k not in ("active_now", "next_start")},
+        **stored,
         active_now=None if ended else window.occurrence(now),
         next_start=None if ended else window.next_start(now),
     )

@@ -265,6 +265,21 @@ async def test_a_body_over_the_limit_is_refused_by_its_length_or_while_read(
     assert await stored_count(settings, names(ALERTS_RAW)) == 1
 
 
+async def test_a_record_within_the_limits_but_over_the_brokers_request_size_is_refused_not_retried(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    # Within the ingest's 1 MiB and the record limit, but not once the producer adds its key, headers and framing.
+    body = json.dumps(alert_dict(time=NOW, labels={"padding": ""}))
+    padded = body.replace('"padding": ""', '"padding": "' + "x" * (1_048_560 - len(body)) + '"')
+    assert len(padded) == 1_048_560
+    async with ingest(settings, pool) as client:
+        response = await client.post("/api/v1/alerts", content=padded, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert response.json()["code"] == "too_large"
+    assert "Retry-After" not in response.headers
+    assert await stored_count(settings, names(ALERTS_RAW)) == 0
+
+
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"])
 async def test_a_body_that_is_not_json_by_its_type_is_refused(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, content_type: str

@@ -81,3 +81,41 @@ async def test_a_duration_past_the_limit_is_refused_with_a_reason(
     refused = await client.post(path, json=body)
     assert refused.status_code == 422, refused.text
     assert "duration_s" in refused.text
+
+
+async def test_a_window_this_version_refuses_is_listed_with_why_and_can_still_be_ended(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    made = await client.post(
+        "/api/v1/maintenance-windows",
+        json={
+            "name": "patching",
+            "matchers": ["host=db-01"],
+            "starts_at": "2026-01-04T02:00:00Z",
+            "rrule": "FREQ=WEEKLY;BYDAY=SU",
+            "duration_s": 7200,
+        },
+    )
+    good = await client.post(
+        "/api/v1/maintenance-windows",
+        json={
+            "name": "other",
+            "matchers": ["host=db-02"],
+            "starts_at": "2026-01-04T02:00:00Z",
+            "ends_at": "2099-01-01T00:00:00Z",
+        },
+    )
+    assert (made.status_code, good.status_code) == (201, 201), (made.text, good.text)
+    # Stored by an older version, which accepted a rule this one refuses.
+    await pool.execute(
+        "UPDATE detector_maintenance_windows SET rrule = 'FREQ=MINUTELY;INTERVAL=30' WHERE id = $1", made.json()["id"]
+    )
+    listed = await client.get("/api/v1/maintenance-windows")
+    assert listed.status_code == 200, listed.text
+    by_id = {w["id"]: w for w in listed.json()}
+    refused = by_id[made.json()["id"]]
+    assert refused["problem"] and refused["active_now"] is None and refused["next_start"] is None
+    assert by_id[good.json()["id"]]["problem"] is None
+    ended = await client.post(f"/api/v1/maintenance-windows/{made.json()['id']}/end")
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["ended_by"] == "ana" and ended.json()["problem"]
