@@ -629,13 +629,15 @@ class Responder:
         if undo:
             await self._on_undone(ctx, cause, row, outcome, result)
             return
-        if row["state"] != "running":
+        # A step whose action gave up, then went through when an operator retried its effect (`vigil effects
+        # retry`): the action is in force, so the step is done, checked and leased like any other.
+        retried = row["state"] == "failed" and outcome.status == "succeeded" and row["dispatched_at"] is not None
+        if row["state"] != "running" and not retried:
             log.warning("step %s is %s; outcome %s of effect %d ignored", sid, row["state"], outcome.status, effect.id)
             return
         if outcome.status == "succeeded":
-            await self._change(
-                ctx, cause, row, "succeeded", actor="responder", reason="done", result=result, final=True
-            )
+            done = f"done after a retry of its effect ({outcome.attempts} attempt(s) in all)" if retried else "done"
+            await self._change(ctx, cause, row, "succeeded", actor="responder", reason=done, result=result, final=True)
             await self._validate(ctx, row, of="action", result=outcome.result)
             await self._start_lease(ctx, row)
         else:

@@ -35,6 +35,7 @@ from services.responder.handlers import Execution, Responder, StepAnswerRefused
 from services.responder.steps import FINAL
 from shared.consumer import HandlerContext, Inbound, write_context
 from shared.effects import EffectRunner
+from shared.effects import repository as effects_repository
 from shared.effects.domain import verify_signature
 from shared.events import (
     Analysis,
@@ -878,3 +879,49 @@ async def test_a_rate_limit_holds_across_transactions_that_dispatch_at_the_same_
     assert rows["inc-r2"]["state"] == "refused" and "the limit is 1" in rows["inc-r2"]["reason"]
     sent = "SELECT count(*) FROM effects WHERE key IN (SELECT id FROM responder_steps WHERE item = '203.0.113.77')"
     assert await pool.fetchval(sent) == 1
+
+
+LEASED_WEBHOOK = """
+playbooks:
+  - id: firewall
+    title: Block at the firewall
+    match: {types: [system_compromise]}
+    steps:
+      - id: fw
+        name: Firewall block
+        phase: containment
+        response: immediate
+        for_each: external_ips
+        connector: webhook
+        action: block_ip
+        params: {address: {value: "{{ item }}", type: ip}}
+        lease: 1h
+        undo: {connector: webhook, action: unblock_ip, params: {address: {value: "{{ item }}", type: ip}}}
+"""
+
+
+async def test_a_step_whose_action_gave_up_is_done_and_leased_when_an_operator_retries_its_effect(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        far.answer = 503  # the firewall is down
+        base = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]")
+        responder = Responder(domain.parse_playbooks(LEASED_WEBHOOK), base.execution)
+        data = analysis(Severity.SEV2, hosts=(), ips=["203.0.113.55"])
+        await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-rt", data=data))
+        step_id = await pool.fetchval("SELECT id FROM responder_steps WHERE incident_id = 'inc-rt'")
+        async with running(runner_for(responder, settings, pool, names)):
+            await eventually(lambda: _state_is(pool, step_id, "failed"))
+            assert await pool.fetchval("SELECT count(*) FROM responder_leases") == 0
+            # The firewall is fixed; the operator sends the action again, as `vigil effects retry` does.
+            far.answer = 200
+            effect_id = await pool.fetchval("SELECT id FROM effects WHERE key = $1", step_id)
+            async with pool.acquire() as conn:
+                assert await effects_repository.retry(conn, effect_id=effect_id) in ("parked", "failed")
+            await eventually(lambda: _state_is(pool, step_id, "succeeded"))
+    lease = await fetch_one(pool, "SELECT state, target FROM responder_leases WHERE step_id = $1", step_id)
+    assert (lease["state"], lease["target"]) == ("active", "203.0.113.55")
+    pending = "SELECT count(*) FROM timers WHERE kind = 'lease_expiry' AND fired_at IS NULL AND cancelled_at IS NULL"
+    assert await pool.fetchval(pending) == 1
+    reason = await pool.fetchval("SELECT reason FROM responder_steps WHERE id = $1", step_id)
+    assert "after a retry of its effect" in reason
