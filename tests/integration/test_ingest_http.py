@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from services.detector import api
 from services.detector.adapters import FORMATS, parse_record
+from services.detector.adapters.pagerduty import routing_digest
 from shared.embedded import EmbeddedBroker, free_port
 from shared.kafka import make_consumer, make_producer
 from shared.service import Runtime, build_app
@@ -530,7 +531,10 @@ async def test_a_pagerduty_event_is_answered_as_pagerduty_answers(
     assert error["errors"] and all(isinstance(e, str) and e for e in error["errors"])
     (record,) = await raw_records(settings, names, expect=1)
     # Stored without its routing key, a secret; otherwise as sent, and the same alert.
-    assert json.loads(record.value) == {k: v for k, v in PAGERDUTY_TRIGGER.items() if k != "routing_key"}
+    # Kept without its routing key; its digest tells the integration it came from.
+    digest = routing_digest(PAGERDUTY_TRIGGER["routing_key"])
+    kept = {k: v for k, v in PAGERDUTY_TRIGGER.items() if k != "routing_key"}
+    assert json.loads(record.value) == {**kept, "routing_key_sha256": digest}
     assert PAGERDUTY_TRIGGER["routing_key"].encode() not in record.value
     assert headers_of(record)["vigil_format"] == b"pagerduty"
     sent = parse_record(json.dumps(PAGERDUTY_TRIGGER).encode(), format_name="pagerduty").alerts

@@ -18,7 +18,12 @@ Where each field comes from:
 - ``id`` (deduplication): ``dedup_key``; a trigger without one (PagerDuty would make up a new
   key) takes a hash of its payload, so the very same event sent twice is a repeat. A
   ``dedup_key`` containing the routing key is replaced by its hash.
-- ``source``: ``pagerduty`` (a resolve names nothing else, and must find its trigger).
+- ``source``: ``pagerduty/<integration>``, the integration being the first 12 hex digits of the routing
+  key's SHA-256: PagerDuty deduplicates within an integration, so two tools that send the same
+  ``dedup_key`` to different routing keys raise two alerts, and one's resolve never ends the other's.
+  The routing key itself is never stored: the event kept on the raw topic carries only that digest
+  (``routing_key_sha256``), from which the detector reads the same source. An event with neither is
+  ``pagerduty``.
 - ``title``: ``payload.summary`` (a resolve without one: ``PagerDuty resolve of <dedup_key>``);
   ``description``: the summary and ``custom_details``, one ``name: value`` a line.
 - ``host``: ``payload.source``; ``resource``: ``payload.component``; ``category``:
@@ -42,7 +47,9 @@ and so does Vigil):
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -68,8 +75,11 @@ ACTIONS = ("trigger", "acknowledge", "resolve")
 REQUIRED = ("summary", "source", "severity")
 OPTIONAL = ("timestamp", "component", "group", "class", "custom_details")
 REDACTED = "<routing_key>"
+# What the stored event keeps of its routing key: enough to tell integrations apart, nothing to send with.
+ROUTING_DIGEST = "routing_key_sha256"
 # Routing keys are 32 characters; a shorter "key" cannot be told apart from ordinary text.
 MIN_SECRET = 6
+_HEX12 = re.compile(r"[0-9a-f]{12}")
 
 
 class PagerDuty:
@@ -103,6 +113,8 @@ class PagerDuty:
                 code="invalid_fields",
             )
         dedup_key = _hashed_key(payload, secret) or text(payload.get("dedup_key"))
+        if secret is not None:
+            event[ROUTING_DIGEST] = routing_digest(secret)
         if action == "acknowledge":
             return Parsed(format=self.name, skipped=[f"pagerduty acknowledge of {dedup_key!r}: not an alert"])
         details = event.get("payload")
@@ -134,9 +146,10 @@ class PagerDuty:
             "client_url": text(event.get("client_url")),
             "time_source": None if stamped not in (None, "") else "received (no payload.timestamp)",
         }
+        integration = _integration(event)
         return build_alert(
             id=identity,
-            source="pagerduty",
+            source=f"pagerduty/{integration}" if integration else "pagerduty",
             title=summary or f"PagerDuty resolve of {identity}",
             description="\n".join(line for line in (summary, *_detail_lines(custom)) if line),
             severity=severity,
@@ -197,7 +210,20 @@ def scrub(payload: Any) -> Any:
     event = _without_secret(payload, secret)
     if (hashed := _hashed_key(payload, secret)) is not None:
         event["dedup_key"] = hashed
+    if secret is not None:
+        event[ROUTING_DIGEST] = routing_digest(secret)
     return event
+
+
+def routing_digest(routing_key: str) -> str:
+    """The integration a routing key stands for: its SHA-256's first 12 hex digits."""
+    return hashlib.sha256(routing_key.encode()).hexdigest()[:12]
+
+
+def _integration(event: Mapping[str, Any]) -> str | None:
+    """The digest of the routing key the event was sent with (the event read without its key: see ``scrub``)."""
+    digest = event.get(ROUTING_DIGEST)
+    return digest if isinstance(digest, str) and _HEX12.fullmatch(digest) else None
 
 
 def _secret(event: Mapping[str, Any]) -> str | None:

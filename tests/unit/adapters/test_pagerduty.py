@@ -12,7 +12,7 @@ from hypothesis import given, settings
 
 from services.detector.adapters import Parsed, Rejected, parse_payload, parse_record, storable
 from services.detector.adapters.base import stable_id
-from services.detector.adapters.pagerduty import PagerDuty
+from services.detector.adapters.pagerduty import PagerDuty, routing_digest
 from services.detector.api import raw_key
 from tests.unit.adapters.corpus import mutated, parses_or_refuses
 
@@ -71,7 +71,8 @@ def test_the_documented_trigger_is_a_firing_alert_without_the_routing_key() -> N
     parsed = parse_payload(DOCS_TRIGGER, format_name="pagerduty")
     (alert,) = ADAPTER.parse(DOCS_TRIGGER).alerts
     assert parsed.alerts[0].key == alert.key
-    assert alert.key == f"pagerduty:{stable_id('samplekeyhere')}"  # the dedup_key is the routing key here
+    # The dedup_key is the routing key here: its digest stands for it.
+    assert alert.key == f"pagerduty/{routing_digest('samplekeyhere')}:{stable_id('samplekeyhere')}"
     assert (alert.title, alert.host, alert.severity, alert.status) == (
         "DISK at 99% on machine prod-datapipe03.example.com",
         "prod-datapipe03.example.com",
@@ -102,13 +103,27 @@ def test_the_documented_acknowledge_is_skipped_and_resolve_resolves_the_trigger(
 def test_a_trigger_and_its_resolve_share_the_dedup_key() -> None:
     (fired,) = ADAPTER.parse(TRIGGER).alerts
     (resolved,) = ADAPTER.parse({"routing_key": KEY, "event_action": "resolve", "dedup_key": "disk-full/db-1"}).alerts
-    assert fired.key == resolved.key == "pagerduty:disk-full/db-1"
+    assert fired.key == resolved.key == f"pagerduty/{routing_digest(KEY)}:disk-full/db-1"
     assert (fired.severity, fired.source_severity, fired.severity_reason) == (
         "high",
         "severity error",
         "PagerDuty severity error -> high",
     )
     assert fired.time == NOW and fired.labels["time_source"] == "received (no payload.timestamp)"
+
+
+def test_the_same_dedup_key_from_two_integrations_is_two_alerts_and_one_resolve_ends_only_its_own() -> None:
+    other_key = "0123456789abcdef0123456789abcdef"
+    (ours,) = ADAPTER.parse(TRIGGER).alerts
+    (theirs,) = ADAPTER.parse({**TRIGGER, "routing_key": other_key}).alerts
+    (resolved,) = ADAPTER.parse(
+        {"routing_key": other_key, "event_action": "resolve", "dedup_key": "disk-full/db-1"}
+    ).alerts
+    assert ours.key != theirs.key == resolved.key
+    # The event as the raw topic keeps it, without its routing key, reads as the same alert.
+    stored = json.loads(storable(json.dumps(TRIGGER).encode(), Parsed(format="pagerduty", alerts=[ours])))
+    assert KEY not in json.dumps(stored) and stored["routing_key_sha256"] == routing_digest(KEY)
+    assert ADAPTER.parse(stored).alerts[0].key == ours.key
 
 
 def test_the_ingest_keys_a_trigger_and_its_resolve_alike_so_they_are_read_in_order() -> None:
@@ -118,7 +133,7 @@ def test_the_ingest_keys_a_trigger_and_its_resolve_alike_so_they_are_read_in_ord
     resolve = {"routing_key": KEY, "event_action": "resolve", "dedup_key": "disk-full/db-1"}
     resolved = Parsed(format="pagerduty", alerts=ADAPTER.parse(resolve).alerts)
     assert fired.alerts[0].host and not resolved.alerts[0].host
-    assert raw_key(fired) == raw_key(resolved) == b"pagerduty:disk-full/db-1"
+    assert raw_key(fired) == raw_key(resolved) == f"pagerduty/{routing_digest(KEY)}:disk-full/db-1".encode()
 
 
 def test_the_routing_key_appears_nowhere_in_the_alert_wherever_it_was_sent() -> None:
