@@ -288,6 +288,10 @@ IntelVerdict = Literal["malicious", "suspicious", "benign-listed"]
 # The most indicators an analysis carries, the worst first: a flood of 10,000 addresses would otherwise
 # make every version of the analysis megabytes, which every consumer reads whole. Its counts cover all.
 MAX_ANALYSIS_INDICATORS = 200
+# The most observables of each kind, and the most affected hosts and accounts, an analysis carries: a
+# password spray over 5,200 accounts made it 1.1 MB, more than the broker takes. Its counts cover all.
+MAX_ANALYSIS_OBSERVABLES = 50
+MAX_ANALYSIS_AFFECTED = 200
 
 
 class Indicator(Payload):
@@ -314,10 +318,13 @@ class Indicator(Payload):
     )
 
 
+ObservableKind = Literal["cve", "user", "process", "command_line", "cloud_resource"]
+
+
 class Observable(Payload):
     """What else the alerts name that a responder looks at: vulnerabilities, accounts, processes, cloud resources."""
 
-    kind: Literal["cve", "user", "process", "command_line", "cloud_resource"]
+    kind: ObservableKind
     value: str
     fields: list[str] = Field(default_factory=list, description="The alert fields it was found in, at most 10.")
     first_seen: AwareDatetime | None = None
@@ -445,8 +452,14 @@ class Analysis(Payload):
         description=f"The incident's worst indicators, at most {MAX_ANALYSIS_INDICATORS}: malicious, suspicious, "
         "benign-listed, then those no feed lists; the most confident, then the most sighted first."
     )
-    affected_hosts: list[str]
-    affected_users: list[str]
+    affected_hosts: list[str] = Field(
+        description=f"The hosts the incident's alerts name, at most {MAX_ANALYSIS_AFFECTED}: those the asset "
+        "inventory rates most critical are kept first; `affected_host_count` counts all."
+    )
+    affected_users: list[str] = Field(
+        description=f"The accounts the incident's alerts name, at most {MAX_ANALYSIS_AFFECTED}: privileged ones, "
+        "those the inventory lists, then the most sighted are kept first; `affected_user_count` counts all."
+    )
     alert_count: int
     summary: str
     impact: Impact | None = None
@@ -462,7 +475,25 @@ class Analysis(Payload):
     observables: list[Observable] = Field(
         default_factory=list,
         description="CVE ids, accounts, processes, command lines and cloud resource ids the alerts name, with "
-        "their provenance (indicators hold what threat intelligence can list).",
+        f"their provenance (indicators hold what threat intelligence can list): at most {MAX_ANALYSIS_OBSERVABLES} "
+        "of each kind, the most sighted first.",
+    )
+    observables_by_kind: dict[ObservableKind, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="How many observables of each kind the incident's alerts name in all, `observables` carrying "
+        "the most sighted of them; empty in analyses from before it was carried, which carry every one.",
+    )
+    affected_host_count: int | None = Field(
+        None,
+        ge=0,
+        description="How many hosts the incident's alerts name in all; none in analyses from before it was "
+        "carried, which carry every one.",
+    )
+    affected_user_count: int | None = Field(
+        None,
+        ge=0,
+        description="How many accounts the incident's alerts name in all; none in analyses from before it was "
+        "carried, which carry every one.",
     )
     indicator_count: int | None = Field(
         None,

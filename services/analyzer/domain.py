@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from services.analyzer import forensic
-from services.analyzer.assets import Impact, Recommendation
+from services.analyzer.assets import PRIVILEGED, Impact, Inventory, Recommendation
 from services.analyzer.intel import Assessment, Match
 from shared import events
 from shared.addresses import is_external
@@ -95,6 +95,68 @@ def lookups(gathered: Gathered, addresses: Sequence[forensic.Named], observables
         resources_if_known=[o.value for o in observables if o.kind == "cloud_resource"],
         ips=[i.value for i in addresses if i.internal],
         ips_if_known=[i.value for i in addresses if not i.internal],
+    )
+
+
+# ---- the hosts, accounts and observables an analysis carries, and how many there are ------------
+
+
+def most_sighted_key(observable: Observable) -> tuple[int, str]:
+    """The order of an analysis' observables of one kind: the most sighted first; the value makes it total."""
+    return -(observable.count or 0), observable.value
+
+
+def most_relevant(names: Sequence[str], ahead: Iterable[str], limit: int = events.MAX_ANALYSIS_AFFECTED) -> list[str]:
+    """At most ``limit`` of ``names``, in their order: those ``ahead`` names (in any case) are kept first."""
+    if len(names) <= limit:
+        return list(names)
+    rank: dict[str, int] = {}
+    for name in ahead:
+        rank.setdefault(name.strip().lower(), len(rank))
+    unranked = len(rank)
+    kept = sorted(range(len(names)), key=lambda n: (rank.get(names[n].strip().lower(), unranked), n))[:limit]
+    return [names[n] for n in sorted(kept)]
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What an analysis carries of an incident's hosts, accounts and observables, and how many there are in all."""
+
+    hosts: list[str]
+    users: list[str]
+    observables: list[Observable]
+    host_count: int
+    user_count: int
+    observables_by_kind: dict[str, int]
+
+
+def carried(gathered: Gathered, observables: Sequence[Observable], inventory: Inventory) -> Carried:
+    """The most relevant of the incident's hosts, accounts and observables (``observables``: every one its
+    alerts name), bounded: a spray over thousands of accounts must still fit one event.
+
+    Hosts the inventory rates most critical are kept first; accounts it says are privileged, then those
+    it lists, then the most sighted; of each kind of observable, the most sighted.
+    """
+    by_kind: dict[str, list[Observable]] = {}
+    for observable in observables:
+        by_kind.setdefault(observable.kind, []).append(observable)
+    kept = [
+        o
+        for kind in sorted(by_kind)
+        for o in sorted(by_kind[kind], key=most_sighted_key)[: events.MAX_ANALYSIS_OBSERVABLES]
+    ]
+    listed_hosts = sorted(
+        (f for f in inventory.assets if f.kind == "host"), key=lambda f: (f.asset.criticality, f.looked_up)
+    )
+    listed_users = sorted(inventory.users, key=lambda u: (u.privilege not in PRIVILEGED, u.name))
+    sighted_users = sorted(by_kind.get("user", []), key=most_sighted_key)
+    return Carried(
+        hosts=most_relevant(gathered.hosts, [f.looked_up for f in listed_hosts]),
+        users=most_relevant(gathered.users, [*(u.name for u in listed_users), *(o.value for o in sighted_users)]),
+        observables=kept,
+        host_count=len(gathered.hosts),
+        user_count=len(gathered.users),
+        observables_by_kind={kind: len(of_kind) for kind, of_kind in sorted(by_kind.items())},
     )
 
 

@@ -3,16 +3,18 @@
 A feed's timer (kind ``intel.refresh``) does no I/O: in its transaction it enqueues the feed's
 fetch as an effect and sets the next timer. The effects runner then fetches the feed outside any
 transaction (reads the file, or downloads the URL with a conditional GET), parses it, and loads it
-in a transaction of its own. A feed whose content has not changed since its last load is not
-loaded again; a bad one (a line that is no indicator, a refusal by its server) loads nothing, keeps
-the last good data, and its error is shown with the feed (`vigil intel feeds`) until a refresh
-succeeds. A feed with ``expire_hours`` stops counting when it has not loaded for that long.
+in a transaction of its own. A feed whose content has not changed since its last load, nor the
+settings it is read with (format, kind, columns, verdict, confidence, tags), is not loaded again;
+a bad one (a line that is no indicator, a refusal by its server) loads nothing, keeps the last good
+data, and its error is shown with the feed (`vigil intel feeds`) until a refresh succeeds. A feed
+with ``expire_hours`` stops counting when it has not loaded for that long.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -41,6 +43,29 @@ EFFECT_KIND = "intel.feed"
 # A million-entry feed is parsed and loaded within a minute or two even on a busy machine.
 FETCH_TIMEOUT_S = 600.0
 ERROR_CHARS = 1000
+# The settings a feed's content is read with: the same bytes read with another verdict, kind or
+# columns are other entries, and load again.
+READ_SETTINGS = frozenset({"format", "kind", "columns", "verdict", "confidence", "tags"})
+
+
+def settings_digest(feed: intel.FeedConfig) -> str:
+    settings = feed.model_dump(mode="json", include=set(READ_SETTINGS))
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def load_digest(feed: intel.FeedConfig, content: bytes) -> str:
+    """What a load is known by (``intel_feeds.content_sha256``): the settings it read with, and its content.
+
+    Kept as two parts: a 304 brings no content, and whether the last load still holds then is
+    whether it was read with the settings the feed has now (``read_as_configured``).
+    """
+    return f"{settings_digest(feed)}:{hashlib.sha256(content).hexdigest()}"
+
+
+def read_as_configured(feed: intel.FeedConfig, loaded: str | None) -> bool:
+    """The last load (its ``load_digest``) read the feed with its current settings; one from before
+    the digest held them never did."""
+    return loaded is not None and loaded.startswith(f"{settings_digest(feed)}:")
 
 
 async def sync(conn: Conn, config: intel.IntelConfig) -> None:
@@ -197,7 +222,8 @@ class FeedRefresher:
             entries = await asyncio.to_thread(intel.read_misp_feed, Path(feed.path), defaults=feed.defaults)
             return await self._load(feed, entries, digest=None, fetched=Fetched(None))
         fetched = await (self._download(feed, known) if feed.url else self._read(feed))
-        digest = hashlib.sha256(fetched.content).hexdigest() if fetched.content is not None else None
+        digest = load_digest(feed, fetched.content) if fetched.content is not None else None
+        # The same content read with the same settings: nothing to load (a 304 is asked for only then).
         if fetched.content is None or (known is not None and digest == known["content_sha256"]):
             return await self._unchanged(feed, fetched)
         text = _text(fetched.content)
@@ -222,7 +248,9 @@ class FeedRefresher:
             if variable not in self.environ:
                 raise PermanentEffectError(f"feed {feed.name}: {variable} (for the {header} header) is not set")
             headers[header] = self.environ[variable]
-        if known is not None and known["content_sha256"] is not None:
+        # Asked only if unchanged since a load read as the feed is configured now: after a change of
+        # its settings, a 304 would keep the entries the old ones made.
+        if known is not None and read_as_configured(feed, known["content_sha256"]):
             if known["etag"]:
                 headers["If-None-Match"] = known["etag"]
             if known["last_modified"]:

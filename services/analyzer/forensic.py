@@ -476,6 +476,9 @@ class Tally:
 def tally(alerts: Sequence[AlertEvidence]) -> list[Tally]:
     """Fold new alerts' sightings into one tally per value, ordered by kind and value."""
     found: dict[tuple[str, str], Tally] = {}
+    # The last alert that named each value: one alert naming it in several fields counts once. Not
+    # ``alert_keys[-1]``, which stops at MAX_ALERT_KEYS.
+    last_alert: dict[tuple[str, str], str] = {}
     for alert in sorted(alerts, key=lambda a: (a.time, a.key)):
         for s in alert.sightings:
             t = found.get((s.kind, s.value))
@@ -485,7 +488,8 @@ def tally(alerts: Sequence[AlertEvidence]) -> list[Tally]:
             t.last_seen = max(t.last_seen, alert.time)
             if s.field not in t.fields:
                 t.fields.append(s.field)
-            if not t.alert_keys or t.alert_keys[-1] != alert.key:
+            if last_alert.get((s.kind, s.value)) != alert.key:
+                last_alert[(s.kind, s.value)] = alert.key
                 t.count += 1
                 if len(t.alert_keys) < MAX_ALERT_KEYS:
                     t.alert_keys.append(alert.key)

@@ -150,6 +150,8 @@ async def _gather_and_publish(
     )
     found = assets.impact(inventory)
     recommendation = assets.severity_recommendation(snapshot.severity, found)
+    # Bounded, with the counts of all: every host, account and observable of a large incident would not fit.
+    carried = domain.carried(gathered, observables, inventory)
     threat = await _threat_analysis(ctx, event.subject, snapshot, trace, indicators, counts, gathered, found)
     analysed = IncidentAnalyzed(
         source=SOURCE,
@@ -159,14 +161,17 @@ async def _gather_and_publish(
             severity=snapshot.severity,
             title=snapshot.title,
             indicators=indicators,
-            affected_hosts=gathered.hosts,
-            affected_users=gathered.users,
+            affected_hosts=carried.hosts,
+            affected_users=carried.users,
+            affected_host_count=carried.host_count,
+            affected_user_count=carried.user_count,
             alert_count=gathered.alert_count,
             summary=domain.summarise(gathered.alert_count, gathered.hosts, gathered.users, indicators, counts),
             impact=domain.impact_summary(found),
             asset_tags=domain.asset_tags(found),
             severity_recommendation=domain.recommendation_of(recommendation),
-            observables=observables,
+            observables=carried.observables,
+            observables_by_kind=carried.observables_by_kind,
             indicator_count=counts.total,
             indicators_by_kind=counts.by_kind,
             indicators_by_verdict=counts.by_verdict,

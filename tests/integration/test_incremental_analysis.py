@@ -10,13 +10,15 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from services.analyzer import domain, forensic, forensic_repository, handlers, intel
+from services.analyzer import assets, domain, forensic, forensic_repository, handlers, intel
 from services.analyzer.feeds import SERVICE
 from services.detector.domain import summarise
 from shared.consumer import HandlerContext, Inbound, write_context
 from shared.db import create_pool
 from shared.events import (
+    MAX_ANALYSIS_AFFECTED,
     MAX_ANALYSIS_INDICATORS,
+    MAX_ANALYSIS_OBSERVABLES,
     IncidentAnalyzed,
     IncidentDetected,
     IncidentMerged,
@@ -159,6 +161,51 @@ async def test_a_large_incident_carries_its_worst_indicators_and_counts_every_on
     assert await analyse(db, batch("inc-large", 0, addresses)) == []
     assert asked[-1] == set()
     assert await db.fetchval("SELECT count(*) FROM outbox") == 1
+
+
+SPRAYED_INVENTORY = """
+assets: [{kind: host, identifier: web-259, criticality: 1}]
+users: [{name: user0259, privilege: domain_admin}]
+"""
+
+
+async def test_a_spray_carries_the_most_relevant_hosts_accounts_and_observables_and_counts_them_all(
+    db: asyncpg.Pool,
+) -> None:
+    async with db.acquire() as conn:
+        await assets.import_catalog(conn, assets.parse_yaml(SPRAYED_INVENTORY, source="inventory.yaml"))
+    # More hosts and accounts than an analysis carries, each tried once, a shell's command line each;
+    # root tried on three hosts. The crown jewel and the domain admin sort last by name.
+    tried = [(f"web-{n:03d}", f"user{n:04d}") for n in range(MAX_ANALYSIS_AFFECTED + 60)]
+    tried += [(f"web-{n:03d}", "root") for n in range(3)]
+    alerts = [
+        summarise(
+            alert(
+                id=f"spray-{n}",
+                minutes=n,
+                host=host,
+                user=account,
+                src_ip="45.9.148.7",
+                title="sshd: authentication failed",
+                description="Failed password",
+                labels={"command_line": f"sshd: {account} [priv]"},
+            )
+        )
+        for n, (host, account) in enumerate(tried)
+    ]
+    data = snapshot(new_alerts=alerts, alert_count=len(alerts), hosts=[], users=[], severity="SEV2")
+    [analysed] = await analyse(db, IncidentDetected(source="/vigil/detector", subject="inc-spray", data=data))
+    analysis = analysed.data
+
+    assert (analysis.affected_host_count, analysis.affected_user_count) == (260, 261)
+    assert len(analysis.affected_hosts) == len(analysis.affected_users) == MAX_ANALYSIS_AFFECTED
+    assert "web-259" in analysis.affected_hosts and {"user0259", "root"} <= set(analysis.affected_users)
+    assert analysis.observables_by_kind == {"command_line": 261, "user": 261}
+    kinds = [o.kind for o in analysis.observables]
+    assert kinds == ["command_line"] * MAX_ANALYSIS_OBSERVABLES + ["user"] * MAX_ANALYSIS_OBSERVABLES
+    root = next(o for o in analysis.observables if o.kind == "user")
+    assert (root.value, root.count) == ("root", 3)  # the most sighted first
+    assert analysis.summary.startswith("263 alerts on 260 hosts and 261 users; ")
 
 
 async def test_a_batch_looks_up_only_the_indicators_its_alerts_name(db: asyncpg.Pool, asked: list[set[Key]]) -> None:

@@ -180,6 +180,58 @@ async def test_a_url_feed_downloads_with_its_headers_and_only_when_changed(db: a
     assert await listed(db, "203.0.113.8") == {"203.0.113.8": []}
 
 
+async def said(pool: asyncpg.Pool, value: str) -> list[tuple[str, str, int, tuple[str, ...]]]:
+    """What the feeds say of a value: each entry's feed, verdict, confidence and tags."""
+    async with pool.acquire() as conn:
+        found = await intel.lookup(conn, [(intel.infer_kind(value), value)])
+    return [(m.source, m.verdict, m.confidence, m.tags) for matches in found.values() for m in matches]
+
+
+async def test_a_file_feed_read_with_other_settings_loads_again_though_its_content_is_the_same(
+    db: asyncpg.Pool, tmp_path: Path
+) -> None:
+    path = tmp_path / "feed.txt"
+    path.write_text("203.0.113.7\n")
+    async with analyzer_parts(db, config(path=str(path), verdict="malicious", confidence=90)) as (poller, _):
+        effect = await refreshed(db, poller)
+        assert effect["result"] == {"feed": "f", "entries": 1, "changed": True}
+    assert await said(db, "203.0.113.7") == [("f", "malicious", 90, ())]
+
+    # The operator corrects the feed's verdict, confidence and tags, and restarts: the same file, read anew.
+    corrected = config(path=str(path), verdict="benign-listed", confidence=10, tags=["scanner"])
+    async with analyzer_parts(db, corrected) as (poller, _):
+        effect = await refreshed(db, poller)
+        assert effect["result"] == {"feed": "f", "entries": 1, "changed": True}
+        assert await said(db, "203.0.113.7") == [("f", "benign-listed", 10, ("scanner",))]
+        effect = await refreshed(db, poller)  # the same file and settings again: nothing to load
+        assert effect["result"] == {"feed": "f", "entries": 1, "changed": False}
+
+
+async def test_a_url_feed_read_with_other_settings_is_downloaded_whole_though_its_server_says_unchanged(
+    db: asyncpg.Pool,
+) -> None:
+    def route(request: Request) -> Answer:
+        if request.headers.get("if-none-match") == '"v1"':
+            return Answer(304)
+        return Answer(200, b"203.0.113.7\n", {"ETag": '"v1"', "Content-Type": "text/plain"})
+
+    async with serving(route) as server:
+        async with analyzer_parts(db, config(url=server.url("/feed.txt"))) as (poller, _):
+            effect = await refreshed(db, poller)
+            assert effect["result"] == {"feed": "f", "entries": 1, "changed": True}
+        assert await said(db, "203.0.113.7") == [("f", "malicious", 50, ())]
+
+        async with analyzer_parts(db, config(url=server.url("/feed.txt"), verdict="suspicious")) as (poller, _):
+            effect = await refreshed(db, poller)
+            # Not asked whether it changed since the last load: that one was read with the old verdict.
+            assert "if-none-match" not in server.requests[-1].headers
+            assert effect["result"] == {"feed": "f", "entries": 1, "changed": True}
+            assert await said(db, "203.0.113.7") == [("f", "suspicious", 50, ())]
+            effect = await refreshed(db, poller)
+            assert server.requests[-1].headers["if-none-match"] == '"v1"'  # answered 304
+            assert effect["result"] == {"feed": "f", "entries": 1, "changed": False}
+
+
 async def test_a_feeds_secret_headers_go_to_its_own_origin_only_not_where_it_redirects(db: asyncpg.Pool) -> None:
     def mirror_route(request: Request) -> Answer:
         return Answer(200, b"203.0.113.9\n", {"Content-Type": "text/plain"})

@@ -5,16 +5,20 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timedelta
 
-from services.analyzer import attack, domain, risk, rootcause
+from services.analyzer import attack, domain, forensic, risk, rootcause
 from services.analyzer.assets import Asset, Found, Inventory, Unknown, User, impact
-from services.analyzer.forensic import Named
+from services.analyzer.forensic import AlertEvidence, Named, Sighting
 from services.analyzer.handlers import merged
 from services.analyzer.intel import Match
 from services.detector.domain import summarise
+from shared import cloudevents
 from shared.events import (
+    MAX_ANALYSIS_AFFECTED,
     MAX_ANALYSIS_INDICATORS,
+    MAX_ANALYSIS_OBSERVABLES,
     AlertSummary,
     Analysis,
+    IncidentAnalyzed,
     IncidentDetected,
     IncidentSnapshot,
     IncidentType,
@@ -219,6 +223,102 @@ def test_threat_intelligences_addresses_are_the_analyzers_by_version() -> None:
     assert domain.indicator_key("ip", "45.77.12.9") == ("ipv4", "45.77.12.9")
     assert domain.indicator_key("ip", "2001:db8::7") == ("ipv6", "2001:db8::7")
     assert domain.indicator_key("domain", "cdn-update-check.net") == ("domain", "cdn-update-check.net")
+
+
+# ---- what an analysis carries of a large incident ------------------------------------------------
+
+
+def _spray(accounts: list[str], hosts: int) -> list[AlertEvidence]:
+    """An SSH password spray: one alert per account tried, each on one of ``hosts`` hosts, as Wazuh names it."""
+    alerts = []
+    for n, account in enumerate(accounts):
+        address = f"45.9.148.{n % 250}"
+        sightings = (
+            Sighting("user", account, "user"),
+            Sighting("user", account, "raw.data.srcuser"),
+            Sighting("ipv4", address, "src_ip"),
+            Sighting("ipv4", address, "raw.full_log"),
+            Sighting("process", "/usr/sbin/sshd", "raw.data.process"),
+            Sighting("command_line", f"sshd: {account} [priv]", "raw.data.command"),
+        )
+        host = f"web-{n % hosts:03d}"
+        time = T0 + timedelta(seconds=n)
+        alerts.append(
+            AlertEvidence(
+                f"wazuh:{n}", time, "wazuh", "wazuh", "sshd: authentication failed", "medium", host, account, sightings
+            )
+        )
+    return alerts
+
+
+def test_a_spray_over_thousands_of_accounts_carries_the_most_relevant_and_counts_them_all() -> None:
+    # 5,200 accounts tried once and root 20 times, over 300 hosts. The privileged account and the crown
+    # jewel sort last by name.
+    accounts = [*(f"user{n:05d}" for n in range(5199)), "zz-admin", *(["root"] * 20)]
+    evidence = _spray(accounts, hosts=300)
+    found = [forensic.indicator_of(t) for t in forensic.tally(evidence)]
+    every_indicator = [i for i in found if isinstance(i, Indicator)]
+    indicators, counts = domain.worst_first(every_indicator), domain.counts_of(every_indicator)
+    observables = [o for o in found if isinstance(o, Observable)]
+    gathered = domain.Gathered(
+        alert_count=len(evidence),
+        hosts=sorted({e.host for e in evidence if e.host}),
+        users=sorted({e.user for e in evidence if e.user}),
+        indicators=indicators,
+    )
+    jewel = Asset(kind="host", identifier="web-299", criticality=1)
+    inventory = Inventory(
+        assets=(Found("host", "web-299", jewel),), users=(User(name="zz-admin", privilege="domain_admin"),)
+    )
+
+    carried = domain.carried(gathered, observables, inventory)
+    analysed = IncidentAnalyzed(
+        source="/vigil/analyzer",
+        subject="inc-spray",
+        data=Analysis(
+            type=IncidentType.SECURITY_BREACH,
+            severity=Severity.SEV2,
+            title="SSH password spray",
+            indicators=indicators,
+            affected_hosts=carried.hosts,
+            affected_users=carried.users,
+            affected_host_count=carried.host_count,
+            affected_user_count=carried.user_count,
+            alert_count=gathered.alert_count,
+            summary=domain.summarise(gathered.alert_count, gathered.hosts, gathered.users, indicators, counts),
+            observables=carried.observables,
+            observables_by_kind=carried.observables_by_kind,
+            indicator_count=counts.total,
+            indicators_by_kind=counts.by_kind,
+        ),
+    )
+    # Well inside what the broker takes (1 MiB), as the outbox sends it; every one carried was not.
+    assert len(cloudevents.encode(analysed).value) < 256 * 1024
+    analysis = analysed.data
+    every_one = {"affected_hosts": gathered.hosts, "affected_users": gathered.users, "observables": observables}
+    assert len(analysis.model_copy(update=every_one).model_dump_json()) > 1024 * 1024
+
+    # Nothing hidden: the counts are of every host, account and observable.
+    assert (analysis.affected_host_count, analysis.affected_user_count) == (300, 5201)
+    assert analysis.observables_by_kind == {"command_line": 5201, "process": 1, "user": 5201}
+    assert analysis.summary == "5220 alerts on 300 hosts and 5201 users; 250 indicators (250 ipv4)"
+    # The most relevant are carried: what the inventory rates highest, then the most sighted.
+    assert len(analysis.affected_hosts) == len(analysis.affected_users) == MAX_ANALYSIS_AFFECTED
+    assert analysis.affected_hosts[-1] == "web-299" and analysis.affected_hosts == sorted(analysis.affected_hosts)
+    assert {"zz-admin", "root"} <= set(analysis.affected_users)
+    by_kind = Counter(o.kind for o in analysis.observables)
+    assert by_kind == {"command_line": MAX_ANALYSIS_OBSERVABLES, "process": 1, "user": MAX_ANALYSIS_OBSERVABLES}
+    users = [(o.value, o.count) for o in analysis.observables if o.kind == "user"]
+    assert users[:3] == [("root", 20), ("user00000", 1), ("user00001", 1)]  # the most sighted, then by name
+    # The same incident carries the same, whatever order its observables come in.
+    assert domain.carried(gathered, observables[::-1], inventory) == carried
+
+
+def test_a_small_incident_carries_every_host_and_account_as_before() -> None:
+    gathered = domain.Gathered(alert_count=2, hosts=["web-02", "web-01"], users=["root"], indicators=[])
+    carried = domain.carried(gathered, [Observable(kind="user", value="root", count=2)], Inventory())
+    assert (carried.hosts, carried.users) == (["web-02", "web-01"], ["root"])
+    assert (carried.host_count, carried.user_count, carried.observables_by_kind) == (2, 1, {"user": 1})
 
 
 # ---- when an analysis is published ------------------------------------------------------------

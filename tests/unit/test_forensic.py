@@ -186,6 +186,18 @@ def test_provenance_folds_alerts_in_time_order() -> None:
     assert isinstance(user, Observable) and (user.kind, user.value, user.fields) == ("user", "mallory", ["user"])
 
 
+def test_an_alert_counts_once_however_many_fields_name_it_past_the_alert_keys_kept() -> None:
+    # More alerts than alert_keys holds (MAX_ALERT_KEYS), each naming the address in three fields.
+    alerts = [
+        _summary(id=f"a{n:02d}", minutes=n, src_ip="45.77.12.9", description="45.77.12.9 again", title="45.77.12.9")
+        for n in range(forensic.MAX_ALERT_KEYS + 5)
+    ]
+    [address] = [t for t in forensic.tally([forensic.evidence_of(a, SHIPPED) for a in alerts]) if t.kind == "ipv4"]
+    assert address.fields == ["description", "src_ip", "title"]
+    assert address.count == len(alerts) == 25
+    assert address.alert_keys == [a.key for a in alerts[: forensic.MAX_ALERT_KEYS]]
+
+
 def test_threat_intelligence_is_asked_of_each_indicator_the_alerts_name_once() -> None:
     alerts = [
         forensic.evidence_of(
