@@ -96,11 +96,15 @@ def routers(runtime: Runtime, stream: WindowView | None = None) -> list[APIRoute
         commander: str | None = None,
         source: Annotated[str | None, Query(description="An alert source (suricata, falco, …).")] = None,
         service: Annotated[str | None, Query(description="A business service the analysis names.")] = None,
-        asset: Annotated[str | None, Query(description="An affected host.")] = None,
-        indicator: Annotated[str | None, Query(description="An indicator's value (an address, a hash, …).")] = None,
+        asset: Annotated[str | None, Query(description="An affected host, in any case.")] = None,
+        indicator: Annotated[
+            str | None, Query(description="An indicator's value (an address, a hash, …), however written.")
+        ] = None,
         q: Text = None,
         sort: IncidentSort = "created_at",
-        order: Order = "desc",
+        order: Annotated[
+            Order, Query(description="`desc`: newest, most severe (SEV1) or most alerts first; `asc` the reverse.")
+        ] = "desc",
         cursor: Cursor = None,
         limit: Limit = 100,
     ) -> list[dict[str, Any]]:

@@ -8,10 +8,11 @@ reach the history and render generically on the timeline until a renderer is add
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from services.reporter import repository
 from services.reporter.measures import milestones_reached
@@ -80,9 +81,16 @@ def foreign_event(
     if time.tzinfo is None:
         raise InvalidMessage(f"{event_type}: time {attributes['time']!r} has no timezone")
     try:
-        data = json.loads(value or b"")
-    except ValueError as exc:
-        raise InvalidMessage(f"{event_type}: body is not JSON: {exc}") from exc
+        # Stored in UTC: a time whose UTC is before year 1 or after 9999 could not be (0001-01-01T00:00+01:00).
+        time = time.astimezone(UTC)
+    except OverflowError as exc:
+        raise InvalidMessage(f"{event_type}: time {attributes['time']!r} is out of range") from exc
+    try:
+        # orjson, as for known types: the stdlib's json takes what the database's JSON codec cannot write
+        # (a lone surrogate, an integer past 64 bits), and the event would then stop the reporter at every retry.
+        data = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"{event_type}: body is not JSON Vigil reads: {exc}") from exc
     cloudevents.refuse_nul(value or b"", attributes)
     if not isinstance(data, dict):
         raise InvalidMessage(f"{event_type}: body is not a JSON object")

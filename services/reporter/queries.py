@@ -10,8 +10,11 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
+
+# The analyzer's own reading of an indicator (a pure function): the filter must find what it stored.
+from services.analyzer.intel import classify
 
 IncidentSort = Literal["created_at", "updated_at", "severity", "alert_count"]
 Order = Literal["asc", "desc"]
@@ -24,6 +27,10 @@ _SORT_VALUES: dict[str, type] = {
     "alert_count": int,
     "time": datetime,
 }
+# Postgres' integer, the alert count's column: a larger number in a cursor could not be compared with it.
+_INT_RANGE = range(-(2**31), 2**31)
+_NOT_OURS = "the cursor is not one this API gave out"
+_REVERSED: dict[str, Order] = {"asc": "desc", "desc": "asc"}
 
 
 class BadCursor(ValueError):
@@ -36,23 +43,44 @@ def encode_cursor(sort: str, order: str, value: Any, row_id: str) -> str:
 
 
 def decode_cursor(cursor: str, *, sort: str, order: str) -> tuple[Any, str]:
-    """The (value, id) a page starts after; BadCursor if it is not one of ours, or of another sort."""
+    """The (value, id) a page starts after; BadCursor if it is not one of ours, or of another sort.
+
+    Whatever it holds is checked to be a value the query can compare: a crafted cursor is refused here,
+    never an error of the database (a 500) or of the query's building.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         made_sort, made_order, value, row_id = json.loads(raw)
     except (binascii.Error, ValueError, TypeError) as exc:
-        raise BadCursor("the cursor is not one this API gave out") from exc
+        raise BadCursor(_NOT_OURS) from exc
     if (made_sort, made_order) != (sort, order):
         raise BadCursor(f"the cursor belongs to sort={made_sort}&order={made_order}, not sort={sort}&order={order}")
-    kind = _SORT_VALUES[sort]
     try:
-        if kind is datetime:
-            value = datetime.fromisoformat(value)
-        elif not isinstance(value, kind) or not isinstance(row_id, str):
-            raise TypeError
-    except (TypeError, ValueError) as exc:
-        raise BadCursor("the cursor is not one this API gave out") from exc
-    return value, row_id
+        return _sort_value(_SORT_VALUES[sort], value), _text(row_id)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BadCursor(_NOT_OURS) from exc
+
+
+def _sort_value(kind: type, value: Any) -> Any:
+    """A cursor's sort value as the query compares it; TypeError, ValueError or OverflowError if it cannot be."""
+    if kind is datetime:
+        moment = datetime.fromisoformat(_text(value))
+        if moment.tzinfo is None:  # ours always say their zone
+            raise ValueError("a time without a zone")
+        return moment.astimezone(UTC)  # OverflowError past the years a datetime holds
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value not in _INT_RANGE:
+            raise TypeError("not a count")
+        return value
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    """A string Postgres text holds: no NUL, no lone surrogate (JSON may carry both)."""
+    if not isinstance(value, str) or "\x00" in value:
+        raise TypeError("not text")
+    value.encode()  # UnicodeEncodeError (a ValueError) on a lone surrogate
+    return value
 
 
 @dataclass(frozen=True)
@@ -113,28 +141,53 @@ def incident_query(
     if filters.commander:
         q.where(f"commander = {q.arg(filters.commander)}")
     # Arrays by containment, which their GIN index answers.
-    for column, value in (
-        ("sources", filters.source),
-        ("services", filters.service),
-        ("hosts", filters.asset),
-        ("indicators", filters.indicator),
-    ):
+    for column, value in (("sources", filters.source), ("services", filters.service)):
         if value:
             q.where(f"{column} @> ARRAY[{q.arg(value)}::text]")
+    if filters.asset:
+        q.where(host_condition(q, filters.asset))
+    if filters.indicator:
+        q.where(f"indicators && {q.arg(indicator_forms(filters.indicator))}::text[]")
     if filters.text:
         q.where(f"search @@ websearch_to_tsquery('english', {q.arg(filters.text)})")
     # The sort column comes from a Literal, never from input as such.
     if sort not in INCIDENT_SORTS or order not in ("asc", "desc"):
         raise ValueError(f"cannot sort by {sort} {order}")
+    # Severity is text whose least value is the most severe (SEV1): its "desc", highest first, is the text's asc.
+    direction = _REVERSED[order] if sort == "severity" else order
     if after is not None:
         value, row_id = after
-        op = "<" if order == "desc" else ">"
+        op = "<" if direction == "desc" else ">"
         q.where(f"({sort}, id) {op} ({q.arg(value)}, {q.arg(row_id)})")
     sql = (
         f"SELECT {columns} FROM reporter_incidents WHERE {q.where_clause} "
-        f"ORDER BY {sort} {order}, id {order} LIMIT {q.arg(limit + 1)}"
+        f"ORDER BY {sort} {direction}, id {direction} LIMIT {q.arg(limit + 1)}"
     )
     return sql, q.args
+
+
+def host_condition(q: Query, asset: str) -> str:
+    """Hosts are kept as the alerts spelled them (``DESKTOP-7QK2M``) and matched in any case.
+
+    No index holds the hosts in lower case: the full-text document does (its ``simple`` part lower-cases
+    every host's words), so its GIN index finds the candidates and the comparison of whole names keeps
+    those that match. A name without a word to search for (``---``) is found by the hosts' own index.
+    """
+    value = q.arg(asset)
+    return (
+        f"(search @@ plainto_tsquery('simple', {value}) OR hosts @> ARRAY[{value}::text]) "
+        f"AND EXISTS (SELECT FROM unnest(hosts) AS host WHERE lower(host) = lower({value}))"
+    )
+
+
+def indicator_forms(value: str) -> list[str]:
+    """The forms an indicator filter matches: as given, and as the analyzer stores indicators (canonical:
+    hashes and names in lower case, addresses as Python writes them, defanging undone)."""
+    try:
+        _, canonical = classify(value.strip())
+    except ValueError:  # not a kind of indicator threat intelligence knows: only as given
+        return [value]
+    return list(dict.fromkeys([value, canonical]))
 
 
 SuppressedChoice = Literal["include", "exclude", "only"]

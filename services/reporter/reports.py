@@ -9,7 +9,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
@@ -38,8 +38,27 @@ def _md(value: object) -> str:
     return " ".join(str(value).replace("|", "\\|").replace("`", "'").splitlines())
 
 
+def when(at: object) -> str:
+    """A moment as people read it, in UTC; stored analyses keep theirs as ISO text, and may lack it."""
+    if not at:  # None, empty, or a field the stored data does not have
+        return "-"
+    if isinstance(at, str):
+        try:
+            moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+        except ValueError:
+            return at
+    elif isinstance(at, datetime):
+        moment = at
+    else:
+        return str(at)
+    if moment.tzinfo is not None:  # a naive one is taken to be in UTC already
+        moment = moment.astimezone(UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S}"
+
+
 def _when(at: datetime | None) -> str:
-    return f"{at:%Y-%m-%d %H:%M:%S} UTC" if at is not None else "-"
+    """A report's moment, said in UTC: a period asked for in another zone is told in UTC too."""
+    return f"{when(at)} UTC" if at is not None else "-"
 
 
 def _environment(fmt: Format) -> Environment:

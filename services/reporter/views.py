@@ -19,7 +19,7 @@ from jinja2 import ChainableUndefined, Environment, FileSystemLoader
 from services.reporter import charts, reports
 from services.reporter.measures import MILESTONES, SlaTargets
 from services.reporter.queries import INCIDENT_SORTS, IncidentFilter, IncidentSort, Order
-from services.reporter.reports import ExportKind, IncidentBundle
+from services.reporter.reports import ExportKind, IncidentBundle, when
 from shared.events import IncidentState, IncidentType, Severity
 from shared.identity import Principal
 
@@ -48,24 +48,6 @@ OPEN_STATES = frozenset(STATES) - {IncidentState.RESOLVED.value, IncidentState.C
 
 
 # ---- the template environment -------------------------------------------------------------------
-
-
-def when(at: object) -> str:
-    """A moment as people read it, in UTC; stored analyses keep theirs as ISO text, and may lack it."""
-    if not at:  # None, empty, or a field the stored data does not have
-        return "-"
-    if isinstance(at, str):
-        try:
-            moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
-        except ValueError:
-            return at
-    elif isinstance(at, datetime):
-        moment = at
-    else:
-        return str(at)
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return f"{moment:%Y-%m-%d %H:%M:%S}"
 
 
 def words(value: object) -> str:

@@ -3,6 +3,8 @@ sorting, one incident with everything known of it, the alert history, and who ma
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +16,7 @@ import pytest
 
 from services.reporter import api as reporter_api
 from services.reporter import handlers as reporter
+from services.reporter.queries import IncidentFilter, incident_query
 from shared import identity
 from shared.alerts import AlertSeverity
 from shared.consumer import HandlerContext, Inbound
@@ -187,7 +190,13 @@ async def test_full_text_search(seeded: int, client: httpx.AsyncClient) -> None:
 
 
 async def test_cursor_paging_visits_every_incident_once(seeded: int, client: httpx.AsyncClient) -> None:
-    for sort, order in [("created_at", "desc"), ("severity", "asc"), ("alert_count", "desc"), ("updated_at", "asc")]:
+    for sort, order in [
+        ("created_at", "desc"),
+        ("severity", "asc"),
+        ("severity", "desc"),
+        ("alert_count", "desc"),
+        ("updated_at", "asc"),
+    ]:
         seen: list[str] = []
         params: dict[str, Any] = {"limit": 7, "sort": sort, "order": order}
         pages = 0
@@ -204,8 +213,22 @@ async def test_cursor_paging_visits_every_incident_once(seeded: int, client: htt
             params = {**params, "cursor": cursor}
         assert sorted(seen) == sorted(set(seen)) and len(seen) == seeded, (sort, order)
         assert pages == 6
-    by_severity = (await client.get("/api/v1/incidents", params={"sort": "severity", "order": "asc"})).json()
-    assert [i["severity"] for i in by_severity] == sorted(i["severity"] for i in by_severity)
+
+
+async def test_by_severity_desc_is_the_most_severe_first_across_pages(seeded: int, client: httpx.AsyncClient) -> None:
+    """SEV1 is the highest severity: "desc" (the web form's "highest first") starts with it, page after page."""
+    for order, expected in (("desc", SEVERITIES), ("asc", SEVERITIES[::-1])):
+        seen: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 7, "sort": "severity", "order": order}
+        while True:
+            response = await client.get("/api/v1/incidents", params=params)
+            assert response.status_code == 200, response.text
+            seen += response.json()
+            if (cursor := response.headers.get("X-Next-Cursor")) is None:
+                break
+            params = {**params, "cursor": cursor}
+        assert [i["severity"] for i in seen] == [s.value for s in expected for _ in range(seeded // 4)], order
+        assert len({i["id"] for i in seen}) == seeded
 
 
 async def test_a_bad_cursor_or_filter_is_a_clear_400_or_422(seeded: int, client: httpx.AsyncClient) -> None:
@@ -216,6 +239,102 @@ async def test_a_bad_cursor_or_filter_is_a_clear_400_or_422(seeded: int, client:
     assert (await client.get("/api/v1/incidents", params={"cursor": "garbage"})).status_code == 400
     assert (await client.get("/api/v1/incidents", params={"severity": "SEV9"})).status_code == 422
     assert (await client.get("/api/v1/incidents", params={"sort": "id"})).status_code == 422
+
+
+def _crafted(*parts: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode().rstrip("=")
+
+
+async def test_a_crafted_cursor_is_a_400_never_a_500(seeded: int, client: httpx.AsyncClient) -> None:
+    at = "2026-11-24T09:00:00+00:00"
+    refused = [
+        ("/api/v1/incidents", {}, _crafted("created_at", "desc", at, 5)),
+        ("/api/v1/incidents", {}, _crafted("created_at", "desc", "2026-11-24T09:00:00", "inc-001")),
+        ("/api/v1/incidents", {}, _crafted("created_at", "desc", "0001-01-01T00:00:00+01:00", "inc-001")),
+        ("/api/v1/incidents", {"sort": "alert_count"}, _crafted("alert_count", "desc", 2**40, "inc-001")),
+        ("/api/v1/incidents", {"sort": "severity"}, _crafted("severity", "desc", "SEV1", "inc-\x00")),
+        ("/api/v1/alerts", {}, _crafted("time", "desc", at, 5)),
+        ("/api/v1/alerts", {}, _crafted("time", "desc", "9999-12-31T23:00:00-05:00", "inc-001/falco:1")),
+    ]
+    for path, params, cursor in refused:
+        response = await client.get(path, params={**params, "cursor": cursor})
+        assert response.status_code == 400, (path, params, response.text)
+        assert response.json()["detail"] == "the cursor is not one this API gave out"
+    # The web view says so and shows the first page.
+    page = await client.get("/ui/incidents", params={"cursor": _crafted("created_at", "desc", at, 5)})
+    assert page.status_code == 200, page.text
+    assert "the cursor is not one this API gave out; showing the first page" in page.text
+    # A cursor of ours from the first moment a datetime holds still pages.
+    earliest = _crafted("created_at", "asc", "0001-01-01T00:00:00+00:00", "")
+    first = await client.get("/api/v1/incidents", params={"order": "asc", "cursor": earliest, "limit": 1000})
+    assert first.status_code == 200 and len(first.json()) == seeded
+
+
+async def test_indicators_and_hosts_are_found_however_they_are_written(
+    seeded: int, pool: asyncpg.Pool, names: TopicNames, client: httpx.AsyncClient
+) -> None:
+    """Indicators are stored canonical (lower-case hashes, compressed IPv6), hosts as the alerts spelled them."""
+    digest = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    detected = IncidentDetected(
+        source="/vigil/detector",
+        subject="inc-win",
+        time=T0 + timedelta(hours=2),
+        data=snapshot(title="Dropper on a desktop", hosts=["DESKTOP-7QK2M", "---"]),
+    )
+    analyzed = IncidentAnalyzed(
+        source="/vigil/analyzer",
+        subject="inc-win",
+        time=T0 + timedelta(hours=2),
+        data=Analysis(
+            type=IncidentType.SECURITY_BREACH,
+            severity=Severity.SEV2,
+            title="Dropper on a desktop",
+            indicators=[Indicator(kind="sha256", value=digest), Indicator(kind="ipv6", value="2001:db8::1")],
+            affected_hosts=["DESKTOP-7QK2M"],
+            affected_users=[],
+            alert_count=1,
+            summary="a dropper",
+        ),
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=names)
+        await reporter.handle(ctx, [Inbound(e.id, e, None) for e in (detected, analyzed)])
+
+    for indicator in (digest, digest.upper(), "2001:db8::1", "2001:DB8::1", "2001:db8:0:0::1"):
+        assert await _ids(client, indicator=indicator) == ["inc-win"], indicator
+    for asset in ("DESKTOP-7QK2M", "desktop-7qk2m", "Desktop-7Qk2m", "---"):
+        assert await _ids(client, asset=asset) == ["inc-win"], asset
+    # Whole names only, as before: a part of a name, or a name that shares its words, is not it.
+    for asset in ("desktop", "7qk2m", "DESKTOP 7QK2M", "--", "WEB-0"):
+        assert await _ids(client, asset=asset) == [], asset
+    assert await _ids(client, asset="WEB-07") == ["inc-007"]
+    assert await _ids(client, indicator="E3B0C442") == []
+
+
+async def test_the_host_and_indicator_filters_are_answered_by_an_index(pool: asyncpg.Pool) -> None:
+    """Each can be answered by a GIN index (at 100,000 incidents the planner picks it; fewer, it may scan)."""
+    await pool.execute(
+        """INSERT INTO reporter_incidents (id, title, type, severity, state, alert_count, created_at, updated_at,
+                                           hosts, indicators)
+           SELECT 'inc-' || n, 'Port scan ' || n, 'security_breach', 'SEV' || (n % 4 + 1), 'detected', 1,
+                  $1::timestamptz + n * interval '1 minute', $1::timestamptz + n * interval '1 minute',
+                  ARRAY['DESKTOP-' || n, 'web-' || n || '.corp.example'], ARRAY['198.51.100.' || (n % 250)]
+           FROM generate_series(1, 5000) AS n""",
+        T0,
+    )
+    await pool.execute("ANALYZE reporter_incidents")
+    naming_7 = [f"inc-{n}" for n in range(4757, 0, -250)]  # newest first, each n % 250 == 7
+    for filters, index, expected in (
+        (IncidentFilter(asset="desktop-1234"), "reporter_incidents_search", ["inc-1234"]),
+        (IncidentFilter(asset="Web-1234.Corp.Example"), "reporter_incidents_search", ["inc-1234"]),
+        (IncidentFilter(indicator="198.51.100.7"), "reporter_incidents_arrays", naming_7),
+    ):
+        sql, args = incident_query("id", filters, limit=100)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+        assert f"Bitmap Index Scan on {index}" in plan, (filters, plan)
+        assert [r["id"] for r in await pool.fetch(sql, *args)] == expected, filters
 
 
 async def test_one_incident_with_everything_known_of_it(

@@ -39,9 +39,9 @@ from shared.events import (
     TasksOpened,
 )
 from shared.settings import VigilSettings
-from shared.topics import COORDINATION, INCIDENTS, RESPONSES, TopicNames
+from shared.topics import COORDINATION, EVENTS_DLQ, INCIDENTS, RESPONSES, TopicNames
 from tests.factories import T0, alert, snapshot
-from tests.helpers import consume_loop, empty_database, eventually, produce
+from tests.helpers import consume_loop, empty_database, eventually, produce, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -182,6 +182,45 @@ async def test_every_event_lands_as_history_and_on_the_timeline(
         True,
     )
     assert action["validated"] is True
+
+
+async def test_an_unknown_event_postgres_cannot_store_is_dead_lettered_and_the_reporter_goes_on(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    """A lone surrogate in its body, or a time before year 1 in UTC: refused with a reason, not a crash of
+    the reporter at every restart on the same record."""
+
+    def poison(event_id: str, body: bytes, time: str) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+        key, _, headers = _unknown(0)
+        headers = [(n, v) for n, v in headers if n not in ("ce_id", "ce_time")]
+        return key, body, [*headers, ("ce_id", event_id.encode()), ("ce_time", time.encode())]
+
+    after = _state(60, IncidentState.ACKNOWLEDGED)
+    await produce(
+        settings,
+        names(COORDINATION),
+        [
+            poison("bad-text", b'{"reason": "bad \\ud800 text"}', "2026-11-24T09:00:00Z"),
+            poison("bad-time", b'{"reason": "ok"}', "0001-01-01T00:00:00+01:00"),
+            _record(after),
+        ],
+    )
+    async with consume_loop(
+        settings,
+        pool,
+        service="reporter",
+        topics=[names(COORDINATION)],
+        decoder=reporter.decode,
+        handler=reporter.handle,
+    ):
+        await eventually(lambda: pool.fetchval("SELECT count(*) = 1 FROM reporter_history"))
+
+    assert await pool.fetchval("SELECT event_id FROM reporter_history") == after.id
+    dead = await read_all(settings, names(EVENTS_DLQ), expect=2)
+    reasons = {dict(d.headers)["ce_id"]: dict(d.headers)["vigil_dlq_reason"].decode() for d in dead}
+    assert reasons.keys() == {b"bad-text", b"bad-time"}
+    assert reasons[b"bad-text"].startswith("vigil.incident.archived.v1: body is not JSON")
+    assert reasons[b"bad-time"] == "vigil.incident.archived.v1: time '0001-01-01T00:00:00+01:00' is out of range"
 
 
 async def test_a_timeline_is_rendered_again_from_history(pool: asyncpg.Pool) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import xml.etree.ElementTree as ET
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import jsonschema
@@ -283,6 +283,25 @@ def test_the_compliance_report() -> None:
     )
     assert "The audit chain does not verify: entry 3 was edited" in broken
     assert broken.count("<svg") == 1
+
+
+def test_the_compliance_report_says_a_period_asked_for_in_another_zone_in_utc() -> None:
+    paris = timezone(timedelta(hours=2))
+    data = ComplianceData(
+        since=datetime(2026, 10, 1, tzinfo=paris),
+        until=datetime(2026, 11, 1),  # naive: taken to be UTC, as the database takes it
+        incidents=[],
+        times=[],
+        actions=[{"incident_id": "inc-1", "name": "Isolate", "item": "db-01", "state": "succeeded",
+                  "approved_by": "bob", "approved_at": datetime(2026, 10, 2, 11, 30, tzinfo=paris)}],
+        audit_entries=0,
+        audit_problem=None,
+    )  # fmt: skip
+    for fmt in ("md", "html"):
+        text = compliance(data, fmt=fmt, sla=DEFAULT_SLA, now=NOW.astimezone(paris))
+        assert "Period: 2026-09-30 22:00:00 UTC to 2026-11-01 00:00:00 UTC." in text, fmt
+        assert f"Generated {NOW:%Y-%m-%d %H:%M:%S} UTC." in text, fmt
+        assert "2026-10-02 09:30:00 UTC" in text, fmt
 
 
 def test_csv_export_flattens_lists_and_times() -> None:

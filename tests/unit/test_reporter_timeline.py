@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from services.reporter.handlers import decode, foreign_event, history_of
@@ -159,6 +161,22 @@ def test_decode_returns_known_events_as_their_models() -> None:
             {"id": "e", "type": "vigil.x.y.v1", "source": "s", "subject": "i", "time": "2026-11-24T09:00:00"},
             "no timezone",
         ),
+        # What Postgres cannot store would stop the reporter at every retry: refused, it is dead-lettered.
+        (
+            b'{"reason": "bad \\ud800 text"}',
+            {"id": "e", "type": "vigil.x.y.v1", "source": "s", "subject": "i", "time": "2026-11-24T09:00:00Z"},
+            "not JSON",
+        ),
+        (
+            b"{}",
+            {"id": "e", "type": "vigil.x.y.v1", "source": "s", "subject": "i", "time": "0001-01-01T00:00:00+01:00"},
+            "out of range",
+        ),
+        (
+            b"{}",
+            {"id": "e", "type": "vigil.x.y.v1", "source": "s", "subject": "i", "time": "9999-12-31T23:00:00-05:00"},
+            "out of range",
+        ),
     ],
 )
 def test_an_unknown_event_that_cannot_be_kept_is_invalid_with_a_reason(
@@ -166,3 +184,12 @@ def test_an_unknown_event_that_cannot_be_kept_is_invalid_with_a_reason(
 ) -> None:
     with pytest.raises(InvalidMessage, match=reason):
         foreign_event(value, _headers(**attributes))
+
+
+def test_an_unknown_event_is_kept_as_jsonb_and_timestamptz_can_hold_it() -> None:
+    """Its time in UTC, its data as the database's JSON codec (orjson) writes it: an integer past 64 bits,
+    which the stdlib's json reads as one, is the float orjson reads."""
+    attributes = {"id": "e", "type": "vigil.x.y.v1", "source": "s", "subject": "i", "time": "0001-01-01T02:00:00+01:00"}
+    event = foreign_event(b'{"count": 123456789012345678901234567890}', _headers(**attributes))
+    assert event.time == datetime(1, 1, 1, 1, tzinfo=UTC) and event.time.utcoffset() == timedelta(0)
+    assert orjson.loads(orjson.dumps(event.data)) == {"count": 1.2345678901234568e29}
