@@ -915,6 +915,16 @@ class EventBase(BaseModel):
     correlationid: str | None = Field(None, description="Id shared by every event of one causal chain.")
     causationid: str | None = Field(None, description="Id of the event that caused this one.")
 
+    @field_validator("time")
+    @classmethod
+    def _storable_time(cls, value: datetime) -> datetime:
+        # 0001-01-01T00:00+01:00 is a valid RFC 3339 time whose UTC is before year 1: no service could store it.
+        try:
+            value.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError("time is out of the range a timestamp holds") from exc
+        return value
+
     @property
     def incident_id(self) -> str:
         return self.subject

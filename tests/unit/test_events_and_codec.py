@@ -114,6 +114,14 @@ def test_an_event_holding_nul_is_refused_since_no_consumer_could_store_it() -> N
         cloudevents.decode(record.value, headers)
 
 
+@pytest.mark.parametrize("when", [b"0001-01-01T00:00:00+01:00", b"9999-12-31T23:00:00-05:00"])
+def test_an_event_whose_time_has_no_utc_is_refused_since_no_consumer_could_store_it(when: bytes) -> None:
+    record = cloudevents.encode(detected())
+    headers = [(name, when if name == "ce_time" else raw) for name, raw in record.headers]
+    with pytest.raises(InvalidMessage, match="out of the range a timestamp holds"):
+        cloudevents.decode(record.value, headers)
+
+
 def test_a_header_without_a_value_is_as_if_absent() -> None:
     # Kafka allows a header with no value, and aiokafka reads it as None: never a crash of every consumer.
     event = detected()
