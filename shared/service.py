@@ -124,6 +124,8 @@ class ServiceSpec:
     linger_ms: int = 0
 
 
+# A request Postgres undid for a conflict (a deadlock, a serialization failure) is answered 503 with this.
+CONFLICT_RETRY_AFTER_S = 1
 NUL_REFUSED = "the request holds a NUL character (\\u0000), which no text Vigil stores or looks up can"
 
 
@@ -196,6 +198,18 @@ def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
         return JSONResponse(
             {"detail": NUL_REFUSED},
             status_code=422,
+        )
+
+    @app.exception_handler(asyncpg.DeadlockDetectedError)
+    @app.exception_handler(asyncpg.SerializationError)
+    async def conflicted(request: Request, exc: asyncpg.PostgresError) -> JSONResponse:
+        # Concurrent work on the same thing (a timer firing as an approval comes) made Postgres undo this
+        # request's transaction: nothing of it stayed, so sending it again (the same idempotency key) is safe.
+        log.info("%s %s undone by a conflict, to be sent again: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the request met concurrent work and was undone; send it again"},
+            status_code=503,
+            headers={"Retry-After": str(CONFLICT_RETRY_AFTER_S)},
         )
 
     for router in routers:

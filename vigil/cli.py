@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -767,6 +768,11 @@ def _auth_headers() -> dict[str, str]:
     return {}
 
 
+# A request a service undid for a conflict is sent again this many times, when it says to within this long.
+CONFLICT_RETRIES = 2
+CONFLICT_RETRY_AFTER_MAX_S = 2
+
+
 def _request(service: str, base_url: str, method: str, path: str, body: Any = None) -> httpx.Response:
     """Call a service's API with an idempotency key (and the token, when there is one); return its answer."""
     url = base_url.rstrip("/") + path
@@ -774,7 +780,15 @@ def _request(service: str, base_url: str, method: str, path: str, body: Any = No
     try:
         transport = httpx.HTTPTransport(retries=2)  # connection failures only; the key makes them safe
         with httpx.Client(transport=transport, timeout=10) as client:
-            return client.request(method, url, json=body, headers=headers)
+            response = client.request(method, url, json=body, headers=headers)
+            for _ in range(CONFLICT_RETRIES):
+                # Undone for a conflict with concurrent work (503, a short Retry-After): sent again, same key.
+                wait = response.headers.get("Retry-After", "")
+                if response.status_code != 503 or not wait.isdigit() or int(wait) > CONFLICT_RETRY_AFTER_MAX_S:
+                    break
+                time.sleep(int(wait))
+                response = client.request(method, url, json=body, headers=headers)
+            return response
     except httpx.HTTPError as exc:
         _fail(f"cannot reach the {service} at {url}: {exc}")
 

@@ -7,12 +7,13 @@ import json
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import httpx
 import pytest
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI, Header
+from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
@@ -28,7 +29,8 @@ from shared.settings import VigilSettings
 from shared.timers import SCHEDULE_MANY, Timer, TimerPoller, cancel_many, schedule, schedule_many
 from shared.topics import ANALYSES, EVENTS_DLQ, INCIDENTS, TopicNames
 from tests.factories import snapshot
-from tests.helpers import committed, consume_loop, eventually, produce, read_all, running
+from tests.helpers import committed, consume_loop, eventually, produce, read_all, running, serve_app
+from vigil import cli as vigil_cli
 from vigil.cli import app as cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -468,6 +470,54 @@ async def test_a_body_holding_nul_is_refused_before_any_route_and_any_other_reac
     assert refused.status_code == 422 and "NUL character" in refused.json()["detail"]
     assert passed.status_code == 200
     assert received == [{"note": "x" * 50_000}]
+
+
+async def test_a_request_postgres_undoes_for_a_deadlock_is_answered_503_to_be_sent_again(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    first, second = 7_340_001, 7_340_002  # advisory locks no other code takes
+    router = APIRouter()
+
+    @router.post("/api/v1/moves")
+    async def move() -> dict[str, str]:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", first)
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", second)
+        return {"status": "ok"}
+
+    runtime = Runtime(service="responder", settings=settings, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+    app = build_app(runtime, [router])
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vigil") as client,
+        pool.acquire() as other,
+        other.transaction(),
+    ):
+        await other.execute("SELECT pg_advisory_xact_lock($1)", second)
+        request = asyncio.create_task(client.post("/api/v1/moves"))
+        await asyncio.sleep(0.3)  # the request holds the first lock and waits for the second
+        await other.execute("SELECT pg_advisory_xact_lock($1)", first)  # a deadlock: the request, waiting longer, goes
+        response = await request
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "1" and "send it again" in response.json()["detail"]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://vigil") as client:
+        assert (await client.post("/api/v1/moves")).status_code == 200
+
+
+async def test_the_cli_sends_a_request_undone_by_a_conflict_again_with_the_same_key() -> None:
+    keys: list[str] = []
+    app = FastAPI()
+
+    @app.post("/api/v1/steps/x/approve")
+    async def approve(idempotency_key: Annotated[str, Header()]) -> JSONResponse:
+        keys.append(idempotency_key)
+        if len(keys) == 1:  # the first time, a timer firing on the same incident made Postgres undo it
+            return JSONResponse({"detail": "undone"}, status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse({"status": "ok"})
+
+    async with serve_app(app, name="conflicted") as url:
+        answer = await asyncio.to_thread(vigil_cli._request, "responder", url, "POST", "/api/v1/steps/x/approve", {})
+    assert answer.status_code == 200
+    assert len(keys) == 2 and keys[0] == keys[1]
 
 
 # ---- housekeeping ---------------------------------------------------------------------------
