@@ -450,14 +450,16 @@ async def test_two_coordinators_given_the_same_incident_at_once_page_once(
     assert len(escalated) == 1
 
 
+TWO_ACKNOWLEDGEMENTS = (
+    "policies: [{name: two, acknowledgements: 2, steps: [{notify: on_call}, {notify: next_on_call, after: 5m}], "
+    "fallback: {after: 5m, notify: [leads]}}]"
+)
+
+
 async def test_a_policy_that_asks_for_two_acknowledgements_keeps_paging_until_a_second_person_answers(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    policies = escalation.parse_escalation(
-        "policies: [{name: two, acknowledgements: 2, steps: [{notify: on_call}, {notify: next_on_call, after: 5m}], "
-        "fallback: {after: 5m, notify: [leads]}}]"
-    )
-    coordinator = Coordinator(load_oncall(), escalation_=policies)
+    coordinator = Coordinator(load_oncall(), escalation_=escalation.parse_escalation(TWO_ACKNOWLEDGEMENTS))
     await feed(pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject="inc-2", data=snapshot()))
 
     async def ack(actor: str) -> None:
@@ -482,11 +484,7 @@ async def test_a_policy_that_asks_for_two_acknowledgements_keeps_paging_until_a_
 async def test_no_other_command_stops_the_paging_before_as_many_people_as_the_policy_wants_are_on_it(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    policies = escalation.parse_escalation(
-        "policies: [{name: two, acknowledgements: 2, steps: [{notify: on_call}, {notify: next_on_call, after: 5m}], "
-        "fallback: {after: 5m, notify: [leads]}}]"
-    )
-    coordinator = Coordinator(load_oncall(), escalation_=policies)
+    coordinator = Coordinator(load_oncall(), escalation_=escalation.parse_escalation(TWO_ACKNOWLEDGEMENTS))
     pending = (
         "SELECT count(*) FROM timers WHERE kind = 'ack-deadline' AND subject = $1"
         " AND fired_at IS NULL AND cancelled_at IS NULL"
