@@ -334,7 +334,10 @@ class Observable(Payload):
 
 
 class Impact(Payload):
-    """What the incident touches, from the asset inventory; unknown entities are listed, never dropped."""
+    """What the incident touches, from the asset inventory; unknown entities are listed, never dropped.
+
+    Each list holds at most ``MAX_ANALYSIS_AFFECTED`` names; the counts say how many there are in all.
+    """
 
     systems: list[str] = Field(
         default_factory=list, description="Affected systems the inventory knows, most critical first."
@@ -358,6 +361,13 @@ class Impact(Payload):
         description="Criticality (1 most critical … 4) -> how many of the affected systems have it.",
         json_schema_extra={"propertyNames": {"enum": ["1", "2", "3", "4"]}},  # JSON keys are strings
     )
+    unknown_system_count: int | None = Field(
+        None, ge=0, description="How many affected systems the inventory lacks, `unknown_systems` naming the first."
+    )
+    unknown_user_count: int | None = Field(
+        None, ge=0, description="How many accounts named the inventory lacks, `unknown_users` naming the first."
+    )
+    user_count: int | None = Field(None, ge=0, description="How many accounts the inventory knows, `users` the first.")
 
 
 class SeverityRecommendation(Payload):

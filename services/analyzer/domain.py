@@ -269,15 +269,22 @@ def summarise(
 
 
 def impact_summary(found: Impact) -> events.Impact:
-    """The impact as the analysis event carries it: names, not the inventory's records."""
+    """The impact as the analysis event carries it: names, not the inventory's records, each list bounded
+    (systems most critical first) and counted: a spray over 80,000 unknown accounts must still fit one event."""
+    cap = events.MAX_ANALYSIS_AFFECTED
+    unknown_systems = [u.value for u in found.unknown if u.kind in ("host", "ip", "resource")]
+    unknown_users = [u.value for u in found.unknown if u.kind == "user"]
     return events.Impact(
-        systems=[a.identifier for a in found.systems],
-        unknown_systems=[u.value for u in found.unknown if u.kind in ("host", "ip", "resource")],
-        users=[u.name for u in found.users],
-        unknown_users=[u.value for u in found.unknown if u.kind == "user"],
-        privileged_users=[u.name for u in found.privileged_users],
-        business_services=list(found.business_services),
-        crown_jewels=[a.identifier for a in found.crown_jewels],
+        systems=[a.identifier for a in found.systems[:cap]],
+        unknown_systems=unknown_systems[:cap],
+        unknown_system_count=len(unknown_systems),
+        users=[u.name for u in found.users[:cap]],
+        user_count=len(found.users),
+        unknown_users=unknown_users[:cap],
+        unknown_user_count=len(unknown_users),
+        privileged_users=[u.name for u in found.privileged_users[:cap]],
+        business_services=list(found.business_services[:cap]),
+        crown_jewels=[a.identifier for a in found.crown_jewels[:cap]],
         most_critical=min((a.criticality for a in found.systems), default=None),
         data_at_risk=found.data_at_risk,
         blast_radius=found.blast_radius,

@@ -425,3 +425,15 @@ def test_an_incidents_events_in_a_batch_are_analysed_as_one() -> None:
     assert one.data.hosts == ["web-01", "web-02"] and one.data.alert_count == 3
     assert one.data.severity == third.data.severity  # the incident as it stands, the last snapshot's
     assert merged([first]) is first
+
+
+def test_the_impact_of_a_spray_over_thousands_of_unknown_accounts_is_bounded_and_counted() -> None:
+    unknown = tuple(Unknown(kind="user", value=f"user{n:05d}") for n in range(5000)) + tuple(
+        Unknown(kind="host", value=f"host{n:04d}") for n in range(300)
+    )
+    found = impact(Inventory(unknown=unknown))
+    summary = domain.impact_summary(found)
+    assert len(summary.unknown_users) == len(summary.unknown_systems) == MAX_ANALYSIS_AFFECTED
+    assert (summary.unknown_user_count, summary.unknown_system_count, summary.user_count) == (5000, 300, 0)
+    assert summary.unknown_users[0] == "user00000"
+    assert len(summary.model_dump_json()) < 32 * 1024
