@@ -292,6 +292,10 @@ def recurrence(rule: str, starts_at: datetime, time_zone: str, until: datetime |
     return parsed
 
 
+# How far back a new recurring window may start.
+MAX_RECURRING_PAST = timedelta(days=366)
+
+
 def check_window(window: Window, now: datetime) -> None:
     """Refuse a window that cannot be used: no end, an end before its start, a broken or empty rule."""
     if window.rrule is None:
@@ -304,6 +308,11 @@ def check_window(window: Window, now: datetime) -> None:
         raise SuppressionError("an occurrence lasts at most 31 days")
     if window.ends_at is not None and window.ends_at <= window.starts_at:
         raise SuppressionError("the window's end comes before its start")
+    if window.starts_at < now - MAX_RECURRING_PAST:
+        # Each look-up walks its occurrences from the first: an hourly rule from 1800 took seconds each time.
+        raise SuppressionError(
+            "a recurring window starts at most a year ago: give one of its recent occurrences as starts_at"
+        )
     rule = window.recurrence()
     if rule.after(window.starts_at, inc=True) is None:
         raise SuppressionError(f"rrule {window.rrule!r} has no occurrence from {window.starts_at.isoformat()}")

@@ -594,14 +594,17 @@ async def test_a_recurring_window_without_an_offset_is_read_in_the_zone_it_recur
 ) -> None:
     monkeypatch.setattr(cli_module, "console", Console(width=250))
     commander = await token(pool, "commander", "ana")
-    weekly = ["maintenance", "add", "weekly", "--host", "db-01", "--start", "2026-11-29T02:00"]
+    # A winter day (Paris is UTC+1) within the year a new recurring window may start back.
+    today = datetime.now(UTC).date()
+    year = today.year if (today.month, today.day) >= (11, 29) else today.year - 1
+    weekly = ["maintenance", "add", "weekly", "--host", "db-01", "--start", f"{year}-11-29T02:00"]
     weekly += ["--rrule", "FREQ=WEEKLY;BYDAY=SU", "--for", "2h"]
     # Read in this machine's zone but recurring in UTC, it would drift off its hour: the zone is asked for.
     refused = await asyncio.to_thread(CliRunner().invoke, cli, weekly, env={"VIGIL_API_TOKEN": commander})
     assert refused.exit_code == 2 and "needs the zone it recurs in" in refused.output
     async with detector_url(settings, pool, names) as url:
         added = json.loads(await vigil(url, commander, *weekly, "--tz", "Europe/Paris", "--json"))
-    assert datetime.fromisoformat(added["starts_at"]) == datetime(2026, 11, 29, 1, 0, tzinfo=UTC)  # 02:00 in Paris
+    assert datetime.fromisoformat(added["starts_at"]) == datetime(year, 11, 29, 1, 0, tzinfo=UTC)  # 02:00 in Paris
     assert added["time_zone"] == "Europe/Paris"
 
 

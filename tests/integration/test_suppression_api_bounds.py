@@ -4,6 +4,7 @@ stored and audited, one past it refused with 422 and a reason, never answered 50
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -91,7 +92,7 @@ async def test_a_window_this_version_refuses_is_listed_with_why_and_can_still_be
         json={
             "name": "patching",
             "matchers": ["host=db-01"],
-            "starts_at": "2026-01-04T02:00:00Z",
+            "starts_at": (datetime.now(UTC) - timedelta(days=30)).isoformat(),
             "rrule": "FREQ=WEEKLY;BYDAY=SU",
             "duration_s": 7200,
         },

@@ -203,6 +203,15 @@ def test_a_window_that_cannot_be_used_is_refused(changes: dict[str, object], why
         check_window(window, T0)
 
 
+def test_a_new_recurring_window_starts_at_most_a_year_ago() -> None:
+    hourly = {"rrule": "FREQ=HOURLY", "duration": timedelta(minutes=5), "ends_at": None}
+    old = Window("w", "x", parse_matchers(["host=a"]), T0 - timedelta(days=367), **hourly)  # type: ignore[arg-type]
+    with pytest.raises(SuppressionError, match="at most a year ago"):
+        check_window(old, T0)
+    recent = Window("w", "x", parse_matchers(["host=a"]), T0 - timedelta(days=300), **hourly)  # type: ignore[arg-type]
+    check_window(recent, T0)
+
+
 def test_a_stored_window_whose_rule_is_refused_now_is_refused_when_read_not_when_asked() -> None:
     # Stored by an older version that took the rule: the detector leaves it out when it loads the
     # windows (saying why), instead of failing each batch that asks whether it is on.
