@@ -9,7 +9,7 @@ import pytest
 
 from services.reporter import views
 from services.reporter.measures import DEFAULT_SLA
-from services.reporter.reports import IncidentBundle
+from services.reporter.reports import IncidentBundle, when
 from shared.identity import Principal
 from tests.factories import T0
 
@@ -121,11 +121,11 @@ def test_sign_in_comes_back_to_the_page_asked_for() -> None:
 
 
 def test_times_read_as_utc_whether_stored_as_times_or_text() -> None:
-    assert views.when(None) == "-"
-    assert views.when(T0) == "2026-11-24 09:00:00"
-    assert views.when("2026-11-24T10:00:00+01:00") == "2026-11-24 09:00:00"
-    assert views.when("2026-11-24T09:00:00Z") == "2026-11-24 09:00:00"
-    assert views.when("not a time") == "not a time"
+    assert when(None) == "-"
+    assert when(T0) == "2026-11-24 09:00:00"
+    assert when("2026-11-24T10:00:00+01:00") == "2026-11-24 09:00:00"
+    assert when("2026-11-24T09:00:00Z") == "2026-11-24 09:00:00"
+    assert when("not a time") == "not a time"
 
 
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
