@@ -212,6 +212,36 @@ def register(app: typer.Typer) -> None:
             _fail(f"no incident {incident_id}")
         _write(json.dumps(reports.ocsf_finding(bundle), indent=2) + "\n", out)
 
+    @export_app.command("stix")
+    def export_stix(
+        incident_id: Annotated[str, typer.Argument(help="The incident's id.")],
+        out: OutOption = None,
+        min_verdict: Annotated[
+            str, typer.Option("--min-verdict", help="Share malicious indicators only, suspicious and worse, or any.")
+        ] = "suspicious",
+        tlp: Annotated[str, typer.Option("--tlp", help="TLP 2.0: clear, green, amber, amber+strict or red.")] = "amber",
+    ) -> None:
+        """An incident's external indicators and ATT&CK techniques as a STIX 2.1 bundle, for sharing."""
+        from services.reporter import repository, stix
+        from vigil.cli import _fail, _on_database, err
+
+        if min_verdict not in stix.MIN_VERDICTS:
+            _fail(f"--min-verdict takes {', '.join(stix.MIN_VERDICTS)}, not {min_verdict!r}")
+        if tlp.lower() not in stix.TLP_LEVELS:
+            _fail(f"--tlp takes {', '.join(stix.TLP_LEVELS)}, not {tlp!r}")
+
+        async def read(conn: Any) -> Any:
+            return await repository.get_incident(conn, incident_id=incident_id)
+
+        incident = asyncio.run(_on_database(read))
+        if incident is None or incident.get("title") is None:
+            _fail(f"no incident {incident_id}")
+        bundle = stix.indicator_bundle(incident, min_verdict=min_verdict, tlp=tlp.lower())  # type: ignore[arg-type]
+        shared = sum(o["type"] == "indicator" for o in bundle["objects"])
+        if not shared:  # still a valid bundle (techniques, report), but say so before someone shares it
+            err.print(f"incident {escape(incident_id)}: no external indicator at --min-verdict {min_verdict}")
+        _write(json.dumps(bundle, indent=2) + "\n", out)
+
 
 ReportFormatOption = Annotated[str, typer.Option("--format", help="md (Markdown) or html.")]
 ExportFormatOption = Annotated[str, typer.Option("--format", help="csv or json.")]

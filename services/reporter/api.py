@@ -8,12 +8,13 @@ view's (``web.py``).
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
-from services.reporter import reports, repository, stream_api, web
+from services.reporter import reports, repository, stix, stream_api, web
 from services.reporter.aggregates import Dimension, IncidentTimes, false_positive_rates, summarize
 from services.reporter.measures import MILESTONES, SlaTargets, breaches, durations, load_sla
 from services.reporter.queries import (
@@ -228,6 +229,30 @@ def routers(runtime: Runtime, stream: WindowView | None = None) -> list[APIRoute
         if bundle is None:
             raise HTTPException(404, detail=f"no incident {incident_id}")
         return reports.ocsf_finding(bundle)
+
+    @router.get(
+        "/incidents/{incident_id}/stix",
+        tags=["reports"],
+        response_class=Response,
+        responses={200: {"content": {stix.MEDIA_TYPE: {"schema": {"type": "object"}}}}},
+    )
+    async def incident_stix(
+        incident_id: str,
+        min_verdict: Annotated[
+            stix.MinVerdict, Query(description="Share `malicious` indicators only, `suspicious` and worse, or `any`.")
+        ] = "suspicious",
+        tlp: Annotated[
+            stix.TlpLevel, Query(description="The TLP 2.0 marking; write `amber+strict` as `amber%2Bstrict`.")
+        ] = "amber",
+    ) -> Response:
+        """The incident's external indicators and ATT&CK techniques as a STIX 2.1 bundle, for sharing."""
+        async with runtime.pool.acquire() as conn:
+            incident = await repository.get_incident(conn, incident_id=incident_id)
+        # Unknown as the other exports say it: no row, or one no incident event has titled yet.
+        if incident is None or incident.get("title") is None:
+            raise HTTPException(404, detail=f"no incident {incident_id}")
+        bundle = stix.indicator_bundle(incident, min_verdict=min_verdict, tlp=tlp)
+        return Response(json.dumps(bundle, indent=2), media_type=stix.MEDIA_TYPE)
 
     @router.get("/reports/compliance", tags=["reports"], response_class=Response, responses=REPORT_CONTENT)
     async def compliance_report(since: Since = None, until: Until = None, format: ReportFormat = "html") -> Response:
