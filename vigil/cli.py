@@ -751,9 +751,11 @@ def approvals_validate(file: Path) -> None:
     console.print(f"{escape(str(file))}: {len(policy.rules)} rule(s), valid")
 
 
-# ---- incident tasks: list, done ----------------------------------------------------------------
+# ---- incident tasks: list, add, done -----------------------------------------------------------
 
-tasks_app = typer.Typer(help="Incident tasks per runbook phase: list them, mark them done.", no_args_is_help=True)
+tasks_app = typer.Typer(
+    help="Incident tasks per runbook phase: list them, add them, mark them done.", no_args_is_help=True
+)
 app.add_typer(tasks_app, name="tasks")
 
 
@@ -854,6 +856,60 @@ def tasks_done(
     task = _answer_of(_tasks_call("POST", f"/api/v1/tasks/{task_id}/done", body))
     title, by = escape(task["title"]), escape(task["done_by"])
     console.print(f"task {task['id']} [b]{title}[/b] ({escape(task['phase'])}) is done by {by}")
+
+
+@tasks_app.command("add")
+def tasks_add(
+    incident_id: str,
+    title: Annotated[str, typer.Argument(help="What is to be done, in a line (up to 200 characters).")],
+    description: Annotated[str, typer.Option(help="More about it: what done looks like, links.")] = "",
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            help="A person (alice), a role (commander, scribe, communications, responder: whoever holds it), "
+            "person:<name> or group:<name>; default the incident's commander."
+        ),
+    ] = None,
+    due: Annotated[
+        str | None, typer.Option(help="A duration from now (14d, 4h) or an ISO 8601 time with its offset.")
+    ] = None,
+    phase: Annotated[str, typer.Option(help="The runbook phase it belongs to.")] = "post_mortem",
+    required: Annotated[bool, typer.Option("--required", help="The incident's lifecycle waits for it.")] = False,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a task to an incident, such as a follow-up action the post-mortem agreed."""
+    from services.coordinator.tasks import PHASES, due_time
+
+    if phase not in PHASES:
+        _fail(f"no phase {phase!r}; one of {', '.join(PHASES)}")
+    if due is not None:
+        try:  # checked here too, to say what is wrong plainly; the coordinator checks it again
+            due_time(due, now=datetime.now(UTC))
+        except ValueError as exc:
+            _fail(str(exc))
+    body = {
+        "actor": actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser(),
+        "title": title,
+        "description": description,
+        "owner": owner,
+        "due": due,
+        "phase": phase,
+        "required": required,
+    }
+    response = _tasks_call("POST", f"/api/v1/incidents/{incident_id}/tasks", body)
+    if response.status_code == 404 and len(incident_id) < 36:  # perhaps the short id `incidents list` prints
+        response = _tasks_call("POST", f"/api/v1/incidents/{_resolve_id(incident_id)}/tasks", body)
+    task = _answer_of(response)
+    if as_json:
+        print(json.dumps(task, indent=2))
+        return
+    title_, owner_ = escape(task["title"] + (" *" if task["required"] else "")), escape(task["owner"])
+    due_ = task["due_at"][:16].replace("T", " ") + " UTC" if task["due_at"] else "no due time"
+    console.print(
+        f"task {task['id']} [b]{title_}[/b] ({escape(task['phase'])}) added to incident "
+        f"{escape(task['incident_id'])}: owner {owner_}, due {due_}"
+    )
 
 
 @tasks_app.command("validate")

@@ -5,12 +5,16 @@ severity, who owns it, by when, and whether the incident's lifecycle waits for i
 tasks are made in the transaction that takes the incident in, once: a template makes at most one
 task per incident. A task with a deadline has a durable timer; when it fires on a task still open,
 `on_task_due` says what to escalate. Completing a task cancels its timer.
+
+Operators add tasks of their own to an incident too (`add_task`), the post-mortem's follow-up actions
+above all: stored like the others, with a template id of `adhoc-<uuid>` that no template may take.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +36,7 @@ from shared import timers
 from shared.consumer import HandlerContext
 from shared.db import Conn
 from shared.errors import VigilError
-from shared.events import IncidentType, Severity
+from shared.events import IncidentState, IncidentType, Severity
 from shared.yamlfile import validate_yaml
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,10 @@ TaskState = Literal["open", "done", "cancelled"]
 _DURATION = re.compile(r"^(\d{1,6})([smhd])$")
 _UNIT = {"s": timedelta(seconds=1), "m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1)}
 _NAMED_OWNER = re.compile(r"^(person|group):[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
+# A person as the coordinator names them elsewhere (the commander, a role's holder): `alice`, `zoe@example.com`.
+_PERSON = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$")
+# The template id of a task an operator added: `adhoc-<uuid>`; refused as a template's own id.
+ADHOC_PREFIX = "adhoc-"
 
 
 def duration(text: str) -> timedelta:
@@ -71,9 +79,60 @@ def _checked_owner(text: str) -> str:
     raise ValueError(f"an owner is a role ({', '.join(ROLES)}), person:<name> or group:<name>; not {text!r}")
 
 
+def _checked_adhoc_owner(text: str) -> str:
+    if text in ROLES or _NAMED_OWNER.match(text) or _PERSON.match(text):
+        return text
+    raise ValueError(
+        f"an owner is a person (alice, zoe@example.com), a role ({', '.join(ROLES)}), person:<name> or "
+        f"group:<name>; not {text!r}"
+    )
+
+
+def _checked_template_id(text: str) -> str:
+    if text.startswith(ADHOC_PREFIX):
+        raise ValueError(f"template ids starting {ADHOC_PREFIX!r} are kept for the tasks operators add")
+    return text
+
+
+def due_time(text: str, *, now: datetime) -> datetime:
+    """When a task given ``due`` is due: a duration (`14d`, `4h`) from now, or an ISO 8601 time with its offset.
+
+    Raise ValueError for anything else, and for a time not after ``now``: a deadline passed already would
+    page at once.
+    """
+    try:
+        return now + duration(text)
+    except ValueError:
+        pass
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"due is a duration from now (a positive number and one of s, m, h, d: 14d, 4h) or an ISO 8601 time "
+            f"with its offset (2026-03-29T09:00:00Z); not {text!r}"
+        ) from None
+    if at.tzinfo is None:
+        raise ValueError(f"give the due time a time zone offset or Z, such as 2026-03-29T09:00:00Z; not {text!r}")
+    try:
+        at = at.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00: beyond the last time Python holds
+        raise ValueError(f"due {text} is out of range") from None
+    if at <= now:
+        raise ValueError(f"due {text} has passed already")
+    return at
+
+
+def _checked_due(text: str) -> str:
+    # Its form only, here: whether it has passed is known when the task is made (``due_time``).
+    due_time(text, now=datetime.min.replace(tzinfo=UTC))
+    return text
+
+
 Duration = Annotated[str, AfterValidator(_checked_duration)]
 Owner = Annotated[str, AfterValidator(_checked_owner)]
-TemplateId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+AdhocOwner = Annotated[str, AfterValidator(_checked_adhoc_owner)]
+Due = Annotated[str, Field(max_length=64), AfterValidator(_checked_due)]
+TemplateId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$"), AfterValidator(_checked_template_id)]
 
 
 class _Model(BaseModel):
@@ -192,11 +251,17 @@ def owner_of(
 ) -> tuple[str, str | None]:
     """Return (owner, role): the commander by name; another role by the name of who holds it (``roles``),
     else by its own name until someone takes it."""
-    if template.owner == "commander":
+    return resolve_owner(template.owner, commander=commander, roles=roles)
+
+
+def resolve_owner(owner: str, *, commander: str, roles: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """``owner_of`` for an owner as written: a role is whoever holds it, and stays the role's (its task moves
+    with the role); a person or group is theirs."""
+    if owner == "commander":
         return commander, "commander"
-    if template.owner in ROLES:
-        return (roles or {}).get(template.owner) or template.owner, template.owner
-    return template.owner, None
+    if owner in ROLES:
+        return (roles or {}).get(owner) or owner, owner
+    return owner, None
 
 
 class NewTask(_Model):
@@ -245,6 +310,54 @@ def plan_task(
         due_after_s=None if after is None else int(after.total_seconds()),
         due_from=template.due_from,
         due_at=now + after if after is not None and anchored else None,
+        created_at=now,
+    )
+
+
+def adhoc_position(templates: Iterable[TaskTemplate], phase: Phase) -> int:
+    """Where an added task of this phase is listed: after the phase's templates, before the next phase's.
+
+    Positions are the templates' places in the file, with no room between two; the list orders by position,
+    then id, so an added task takes the position of the last template at or before its phase and, newer,
+    comes after it (-1 before every template when there is none).
+    """
+    last = PHASES.index(phase)
+    return max((t.position for t in templates if PHASES.index(t.phase) <= last), default=-1)
+
+
+def plan_adhoc(
+    templates: Iterable[TaskTemplate],
+    *,
+    incident_id: str,
+    phase: Phase,
+    title: str,
+    description: str,
+    owner: str | None,
+    required: bool,
+    due_at: datetime | None,
+    commander: str,
+    roles: Mapping[str, str] | None,
+    now: datetime,
+) -> NewTask:
+    """A task an operator adds, owned by the commander unless ``owner`` says otherwise.
+
+    Its deadline is a time already (``due_time``), not a duration waiting for its phase: due_from is
+    `created` (of the task) and due_after_s is None, so starting its phase leaves it as it is.
+    """
+    who, role = resolve_owner(owner or "commander", commander=commander, roles=roles)
+    return NewTask(
+        incident_id=incident_id,
+        phase=phase,
+        template_id=f"{ADHOC_PREFIX}{uuid.uuid4()}",
+        position=adhoc_position(templates, phase),
+        title=title,
+        description=description,
+        owner=who,
+        owner_role=role,
+        required=required,
+        due_after_s=None,
+        due_from="created",
+        due_at=due_at,
         created_at=now,
     )
 
@@ -360,6 +473,14 @@ class TaskNotOpen(TaskError):
     """The task is done or cancelled already."""
 
 
+class IncidentNotFound(TaskError):
+    pass
+
+
+class IncidentNotOpen(TaskError):
+    """The incident takes no new task: it is closed, or was merged into another."""
+
+
 # ---- repository ----------------------------------------------------------------------------------
 
 # What a new task's row is made of, and the type of each column for unnest().
@@ -430,6 +551,56 @@ async def create_tasks(
     if created:
         log.info("incident %s: %d task(s) made", incident_id, len(created))
     return created
+
+
+async def add_task(
+    conn: Conn,
+    templates: Iterable[TaskTemplate],
+    *,
+    incident_id: str,
+    phase: Phase,
+    title: str,
+    description: str = "",
+    owner: str | None = None,
+    required: bool = False,
+    due_at: datetime | None = None,
+    now: datetime,
+) -> Task:
+    """Add an operator's task to the incident in the caller's transaction, with its due timer.
+
+    Raise IncidentNotFound, or IncidentNotOpen for a closed incident or one merged away; a resolved one
+    takes tasks, as its post-mortem comes after the resolution.
+    """
+    # Locked as the coordinator's commands lock it: a `close` checking the required tasks waits for this one.
+    row = await conn.fetchrow(
+        "SELECT state, commander, roles, merged_into FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE",
+        incident_id,
+    )
+    if row is None:
+        raise IncidentNotFound(f"no incident {incident_id}")
+    if row["merged_into"] is not None:
+        raise IncidentNotOpen(f"incident {incident_id} was merged into {row['merged_into']}: add the task there")
+    if row["state"] == IncidentState.CLOSED.value:
+        raise IncidentNotOpen(f"incident {incident_id} is closed: reopen it to add a task")
+    planned = plan_adhoc(
+        templates,
+        incident_id=incident_id,
+        phase=phase,
+        title=title,
+        description=description,
+        owner=owner,
+        required=required,
+        due_at=due_at,
+        commander=row["commander"],
+        roles=row["roles"],
+        now=now,
+    )
+    inserted = await conn.fetchrow(_INSERT, *([getattr(planned, name)] for name in _NEW_COLUMNS))
+    assert inserted is not None  # a new template id: no conflict
+    task = _task(inserted)
+    await _schedule_due(conn, [task])
+    log.info("incident %s: task %d added to %s", incident_id, task.id, phase)
+    return task
 
 
 async def start_phase(conn: Conn, *, incident_id: str, phase: Phase, now: datetime) -> list[Task]:

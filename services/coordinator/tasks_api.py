@@ -1,6 +1,6 @@
-"""The coordinator's task routes: an incident's tasks with their progress, and marking one done.
+"""The coordinator's task routes: an incident's tasks with their progress, adding one, and marking one done.
 
-`vigil tasks list` and `vigil tasks done` call these. A retried request with the same
+`vigil tasks list`, `vigil tasks add` and `vigil tasks done` call these. A retried request with the same
 Idempotency-Key is answered without being applied twice.
 """
 
@@ -12,14 +12,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Path, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from services.coordinator import tasks
 from services.coordinator.tasks import Progress
 from shared import idempotency
 from shared.auth import actor, require
 from shared.consumer import HandlerContext, write_context
-from shared.events import IncidentType, Severity
+from shared.events import IncidentType, OpenedTask, Severity, TasksCreated, TasksOpened
 from shared.identity import Principal
 from shared.service import Runtime
 
@@ -27,11 +27,31 @@ from shared.service import Runtime
 DoneHook = Callable[[HandlerContext, tasks.Task], Awaitable[None]]
 # Task ids are Postgres bigints: a larger number names no task, and is refused as such.
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+# The coordinator's own events carry this source, whether a handler or a route emits them.
+SOURCE = "/vigil/coordinator"
 
 
 class TaskDone(BaseModel):
     actor: str = Field(min_length=1, max_length=200)
     note: str = Field("", max_length=4000)
+
+
+class TaskAdd(BaseModel):
+    """A task an operator adds to an incident: the post-mortem's follow-up actions above all."""
+
+    actor: str = Field("", max_length=200, description="Who adds it, when nobody authenticated; else the token's.")
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    description: str = Field("", max_length=4000)
+    owner: tasks.AdhocOwner | None = Field(
+        None,
+        description="A person (alice), a role (commander, scribe, communications, responder: whoever holds it), "
+        "person:<name> or group:<name>. Omitted: the incident's commander.",
+    )
+    due: tasks.Due | None = Field(
+        None, description="A duration from now (14d, 4h, 90m) or an ISO 8601 time with its offset. Omitted: none."
+    )
+    phase: tasks.Phase = Field("post_mortem", description="The runbook phase it belongs to.")
+    required: bool = Field(False, description="The lifecycle waits for it (a `tasks_done` guard of its phase).")
 
 
 class TaskOut(tasks.Task):
@@ -69,6 +89,63 @@ def tasks_router(
             tasks=[_out(t, now) for t in found],
             progress=tasks.progress(found, now=now),
         )
+
+    @router.post("/incidents/{incident_id}/tasks", response_model=TaskOut, status_code=201)
+    async def add(
+        incident_id: str,
+        body: TaskAdd,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        # What changes the incident's work and what its lifecycle waits for: the commander's, as its edits are.
+        by: Principal = require(runtime, "incidents.edit"),
+    ) -> JSONResponse:
+        """Add a task to the incident, listed after its phase's runbook tasks; 404 for no such incident, 409
+        for one closed or merged away (a resolved one takes tasks: its post-mortem comes after)."""
+        async with runtime.pool.acquire() as conn, conn.transaction():
+
+            async def apply() -> idempotency.Answer:
+                now = datetime.now(UTC)
+                try:
+                    due_at = None if body.due is None else tasks.due_time(body.due, now=now)
+                except ValueError as exc:  # passed already; answered as a refused body is, and alike on retry
+                    error = {"type": "value_error", "loc": ["body", "due"], "msg": str(exc), "input": body.due}
+                    return idempotency.Answer(422, {"detail": [error]})
+                try:
+                    task = await tasks.add_task(
+                        conn,
+                        templates,
+                        incident_id=incident_id,
+                        phase=body.phase,
+                        title=body.title,
+                        description=body.description,
+                        owner=body.owner,
+                        required=body.required,
+                        due_at=due_at,
+                        now=now,
+                    )
+                except tasks.IncidentNotFound as exc:
+                    raise HTTPException(404, detail=str(exc)) from exc
+                except tasks.IncidentNotOpen as exc:
+                    return idempotency.Answer(409, {"detail": str(exc)})
+                ctx = HandlerContext(conn=conn, service=tasks.SERVICE, names=runtime.names)
+                detail = {"incident": incident_id, "phase": task.phase, "title": task.title, "required": task.required}
+                ctx.audit("task.add", str(task.id), principal=actor(by, body.actor), detail=detail)
+                # The event template tasks are announced with: the reporter's follow-ups and the timeline.
+                opened = OpenedTask(
+                    task_id=task.id,
+                    phase=task.phase,
+                    title=task.title,
+                    owner=task.owner,
+                    required=task.required,
+                    due_at=task.due_at,
+                )
+                ctx.emit(TasksCreated(source=SOURCE, subject=incident_id, data=TasksOpened(tasks=[opened])))
+                await write_context(conn, ctx)
+                return idempotency.Answer(201, _out(task, now).model_dump(mode="json"))
+
+            answer = await idempotency.once(
+                conn, principal=by.name, operation=f"task.add:{incident_id}", key=idempotency_key, apply=apply
+            )
+        return JSONResponse(answer.body, status_code=answer.status)
 
     @router.post("/tasks/{task_id}/done", response_model=TaskOut)
     async def done(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -278,3 +278,53 @@ def test_incoherent_deadlines_are_refused() -> None:
 def test_not_yaml_and_not_a_mapping() -> None:
     assert problems("phases: [unclosed\n")[0].startswith("tasks:2:1: not YAML:")
     assert problems("- a list\n") == ["tasks:1:1: (file): Input should be a valid dictionary or instance of TaskBook"]
+
+
+def test_an_added_task_is_due_after_a_duration_from_now_or_at_a_time_with_its_offset() -> None:
+    now = T0
+    assert tasks.due_time("14d", now=now) == now + timedelta(days=14)
+    assert tasks.due_time("2099-03-01T09:00:00+01:00", now=now) == datetime(2099, 3, 1, 8, tzinfo=UTC)
+    for wrong, reason in [
+        ("fortnight", "due is a duration from now"),
+        ("0h", "due is a duration from now"),
+        ("2099-03-01T09:00:00", "give the due time a time zone offset"),
+        ("2000-01-01T00:00:00Z", "has passed already"),
+        ("9999-12-31T23:59:59-01:00", "is out of range"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            tasks.due_time(wrong, now=now)
+
+
+def test_an_added_task_is_placed_after_its_phases_templates_and_owned_as_asked() -> None:
+    templates = tasks.parse_templates(SMALL)
+    last = {phase: max(t.position for t in templates if t.phase == phase) for phase in {t.phase for t in templates}}
+    assert tasks.adhoc_position(templates, "triage") == last["triage"]
+    # A phase without templates follows the last template of the phases before it; before all of them, -1.
+    assert tasks.adhoc_position(templates, "post_mortem") == max(t.position for t in templates)
+    assert tasks.adhoc_position([t for t in templates if t.phase != "triage"], "triage") == -1
+
+    def planned(owner: str | None) -> tasks.NewTask:
+        return tasks.plan_adhoc(
+            templates,
+            incident_id="inc-1",
+            phase="post_mortem",
+            title="Rotate the keys",
+            description="",
+            owner=owner,
+            required=True,
+            due_at=None,
+            commander="alice",
+            roles={"scribe": "sam"},
+            now=T0,
+        )
+
+    task = planned(None)
+    assert task.template_id.startswith("adhoc-") and task.template_id != planned(None).template_id
+    assert (task.owner, task.owner_role, task.due_from, task.due_after_s) == ("alice", "commander", "created", None)
+    assert (planned("scribe").owner, planned("scribe").owner_role) == ("sam", "scribe")
+    assert (planned("bob@example.com").owner, planned("bob@example.com").owner_role) == ("bob@example.com", None)
+
+
+def test_a_template_may_not_take_an_added_tasks_id() -> None:
+    taken = "phases:\n  triage:\n    - {id: adhoc-1, title: A, owner: scribe}\n"
+    assert "kept for the tasks operators add" in problems(taken)[0]
