@@ -60,7 +60,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(timeline_app, name="timeline")
     report_app = typer.Typer(help="Post-mortem and compliance reports.", no_args_is_help=True)
     app.add_typer(report_app, name="report")
-    export_app = typer.Typer(help="Export incidents, actions, timelines (CSV, JSON) or OCSF.", no_args_is_help=True)
+    export_app = typer.Typer(
+        help="Export incidents, actions, timelines (CSV, JSON), OCSF or STIX indicators.", no_args_is_help=True
+    )
     app.add_typer(export_app, name="export")
 
     @app.command("metrics")
