@@ -834,10 +834,15 @@ class Coordinator:
             return
         incident_id = overdue.task.incident_id
         row = await ctx.conn.fetchrow(
-            "SELECT state, commander, escalation FROM coordinator_incidents WHERE incident_id = $1", incident_id
+            "SELECT state, resolution, merged_into, commander, escalation FROM coordinator_incidents"
+            " WHERE incident_id = $1",
+            incident_id,
         )
         state = domain.known_state(row["state"]) if row else None
-        if row is None or state is None or self.lifecycle.is_ended(state):
+        if row is None or state is None or row["merged_into"] is not None:
+            return
+        # Once resolved, only its post-mortem's work is still due (it comes after); once closed, nothing is.
+        if self.lifecycle.is_ended(state) and (state is IncidentState.CLOSED or overdue.task.phase != "post_mortem"):
             return
         escalation = Escalation.model_validate(row["escalation"]).model_copy(
             update={"commander": row["commander"], "reason": overdue.reason}

@@ -374,3 +374,24 @@ async def test_operators_add_a_follow_up_with_the_cli_and_mark_it_done(served: S
     assert "no phase 'later'; one of triage, containment" in bad_phase
     viewer = await vigil_cli("tasks", "add", INCIDENT, "x", base=served.base, token=served.tokens["viewer"], code=1)
     assert "(403)" in viewer
+
+
+async def test_an_overdue_post_mortem_follow_up_of_a_resolved_incident_pages_its_commander(
+    served: Served, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    resolved = await served.call(f"/api/v1/incidents/{INCIDENT}/resolve", {"resolution": "fixed"})
+    assert resolved.status_code == 200, resolved.text
+    added = await served.add({"title": "Add an alert for outbound shells", "due": "1h"})
+    assert added.status_code == 201, added.text
+    task_id = added.json()["id"]
+    await pool.execute(
+        "UPDATE timers SET due_at = now() WHERE kind = $1 AND subject = $2 AND fired_at IS NULL",
+        tasks.TASK_DUE,
+        str(task_id),
+    )
+    await pool.execute("UPDATE coordinator_tasks SET due_at = now() - interval '1 second' WHERE id = $1", task_id)
+    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=served.coordinator.timer_handlers)
+    paged_before = len([e for e in await emitted(pool) if isinstance(e, IncidentEscalated)])
+    assert await poller.fire_due() == 1
+    paged = [e for e in await emitted(pool) if isinstance(e, IncidentEscalated)][paged_before:]
+    assert len(paged) == 1 and paged[0].data.reason.startswith(f"post_mortem task {task_id} ")
