@@ -422,6 +422,18 @@ def _stix_string(literal: str) -> str:
     return re.sub(r"\\(.)", r"\1", literal[1:-1])
 
 
+def _stix_verdict(indicator_types: Iterable[str], default: Verdict) -> Verdict:
+    """What the producer said of an indicator (STIX's indicator-type vocabulary), else the feed's verdict:
+    ``benign`` is listed benign; ``anomalous-activity`` with nothing worse (malicious activity, a compromise)
+    is suspicious, as Vigil's own export writes a suspicious indicator."""
+    said = set(indicator_types)
+    if "benign" in said:
+        return "benign-listed"
+    if "anomalous-activity" in said and not said & {"malicious-activity", "compromised"}:
+        return "suspicious"
+    return default
+
+
 def parse_stix(text: str, *, defaults: FeedDefaults = FeedDefaults()) -> list[Entry]:
     """The indicators of a STIX 2.1 bundle whose patterns compare an address, domain, URL, e-mail or hash.
 
@@ -454,7 +466,7 @@ def parse_stix(text: str, *, defaults: FeedDefaults = FeedDefaults()) -> list[En
         line = _line_of(text, o["id"])
         try:
             comparisons = Pattern(o["pattern"]).inspect().comparisons
-            verdict: Verdict = "benign-listed" if "benign" in o.get("indicator_types", ()) else defaults.verdict
+            verdict = _stix_verdict(o.get("indicator_types", ()), defaults.verdict)
             confidence = o.get("confidence", defaults.confidence)
             tags = _tags([*defaults.tags, *o.get("labels", ()), *indicated.get(o["id"], ())])
             for object_type, tests in comparisons.items():

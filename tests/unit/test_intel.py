@@ -207,6 +207,8 @@ def test_stix_indicators_become_entries_with_what_they_indicate() -> None:
         indicator(3, "[url:value = 'http://evil.example/x']", valid_until="2025-01-01T00:00:00Z", labels=["phishing"]),
         indicator(4, "[windows-registry-key:key = 'HKEY_LOCAL_MACHINE\\\\Run']"),
         indicator(5, "[ipv4-addr:value = '192.0.2.1']", indicator_types=["benign"]),
+        indicator(6, "[ipv4-addr:value = '203.0.113.6']", indicator_types=["anomalous-activity"]),
+        indicator(7, "[ipv4-addr:value = '203.0.113.7']", indicator_types=["anomalous-activity", "compromised"]),
         MALWARE,
         {
             "type": "relationship",
@@ -227,6 +229,8 @@ def test_stix_indicators_become_entries_with_what_they_indicate() -> None:
         ("sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
         ("url", "http://evil.example/x"),
         ("ip", "192.0.2.1"),
+        ("ip", "203.0.113.6"),
+        ("ip", "203.0.113.7"),
     }
     assert got["cidr", "198.51.100.0/24"].confidence == 80
     assert got["cidr", "198.51.100.0/24"].tags == ("QakBot",)
@@ -234,6 +238,8 @@ def test_stix_indicators_become_entries_with_what_they_indicate() -> None:
     assert got["url", "http://evil.example/x"].expires_at == datetime(2025, 1, 1, tzinfo=UTC)
     assert got["url", "http://evil.example/x"].tags == ("phishing",)
     assert got["ip", "192.0.2.1"].verdict == "benign-listed"
+    # Only anomalous, as Vigil's own export writes a suspicious indicator; anything worse keeps the feed's verdict.
+    assert (got["ip", "203.0.113.6"].verdict, got["ip", "203.0.113.7"].verdict) == ("suspicious", "malicious")
     assert got["sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"].confidence == 60
 
 
