@@ -288,23 +288,27 @@ async def test_a_required_post_mortem_task_added_after_resolution_holds_close_un
     assert (await served.add({"title": "One more thing"}, key="late")).status_code == 409
 
 
-async def test_an_overdue_added_task_pages_the_commander_once(
-    served: Served, pool: asyncpg.Pool, names: TopicNames
-) -> None:
-    added = await served.add({"title": "Image the second host", "phase": "containment", "due": "1h"})
-    assert added.status_code == 201, added.text
-    task_id = added.json()["id"]
-    # Its hour passes.
+async def _paged_when_overdue(pool: asyncpg.Pool, poller: TimerPoller, task_id: int) -> list[IncidentEscalated]:
+    """As if the task's deadline had passed: its timer fires; return the pages that sent."""
     await pool.execute(
         "UPDATE timers SET due_at = now() WHERE kind = $1 AND subject = $2 AND fired_at IS NULL",
         tasks.TASK_DUE,
         str(task_id),
     )
     await pool.execute("UPDATE coordinator_tasks SET due_at = now() - interval '1 second' WHERE id = $1", task_id)
-    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=served.coordinator.timer_handlers)
     paged_before = len([e for e in await emitted(pool) if isinstance(e, IncidentEscalated)])
     assert await poller.fire_due() == 1
-    paged = [e for e in await emitted(pool) if isinstance(e, IncidentEscalated)][paged_before:]
+    return [e for e in await emitted(pool) if isinstance(e, IncidentEscalated)][paged_before:]
+
+
+async def test_an_overdue_added_task_pages_the_commander_once(
+    served: Served, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    added = await served.add({"title": "Image the second host", "phase": "containment", "due": "1h"})
+    assert added.status_code == 201, added.text
+    task_id = added.json()["id"]
+    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=served.coordinator.timer_handlers)
+    paged = await _paged_when_overdue(pool, poller, task_id)
     assert len(paged) == 1
     assert paged[0].data.reason.startswith(f"containment task {task_id} 'Image the second host' (owner ")
     assert await poller.fire_due() == 0
@@ -384,14 +388,6 @@ async def test_an_overdue_post_mortem_follow_up_of_a_resolved_incident_pages_its
     added = await served.add({"title": "Add an alert for outbound shells", "due": "1h"})
     assert added.status_code == 201, added.text
     task_id = added.json()["id"]
-    await pool.execute(
-        "UPDATE timers SET due_at = now() WHERE kind = $1 AND subject = $2 AND fired_at IS NULL",
-        tasks.TASK_DUE,
-        str(task_id),
-    )
-    await pool.execute("UPDATE coordinator_tasks SET due_at = now() - interval '1 second' WHERE id = $1", task_id)
     poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=served.coordinator.timer_handlers)
-    paged_before = len([e for e in await emitted(pool) if isinstance(e, IncidentEscalated)])
-    assert await poller.fire_due() == 1
-    paged = [e for e in await emitted(pool) if isinstance(e, IncidentEscalated)][paged_before:]
+    paged = await _paged_when_overdue(pool, poller, task_id)
     assert len(paged) == 1 and paged[0].data.reason.startswith(f"post_mortem task {task_id} ")
