@@ -228,12 +228,22 @@ class EffectRunner:
                 await self._park_unrecordable(kind, effect, token, exc)
             return
         attempt = await self._execute(kind, effect)
-        await self._record(kind, effect, token, attempt, effect.attempts, max_attempts)
+        try:
+            await self._record(kind, effect, token, attempt, effect.attempts, max_attempts)
+        except Exception as exc:
+            if is_retriable(exc):
+                raise
+            # The call was made; only its outcome fails to record (the service's hook, each time). Parked with what
+            # the far side answered: neither made again when its lease ends nor bringing the service down.
+            await self._park_unrecordable(kind, effect, token, exc, attempt)
 
-    async def _park_unrecordable(self, kind: EffectKind, effect: Effect, token: uuid.UUID, exc: Exception) -> None:
+    async def _park_unrecordable(
+        self, kind: EffectKind, effect: Effect, token: uuid.UUID, exc: Exception, attempt: Attempt | None = None
+    ) -> None:
         log.error(
             "effect %d (%s): its outcome cannot be recorded; parked without it", effect.id, kind.name, exc_info=exc
         )
+        made = f"the call was made ({attempt.verdict}); " if attempt is not None else ""
         async with self.pool.acquire() as conn, conn.transaction():
             parked = await repository.finish(
                 conn,
@@ -241,8 +251,8 @@ class EffectRunner:
                 token=token,
                 status="parked",
                 attempts=effect.attempts,
-                error=f"its outcome could not be recorded: {describe_error(exc)}",
-                result={},
+                error=f"{made}its outcome could not be recorded: {describe_error(exc)}",
+                result=attempt.result if attempt is not None else {},
             )
         if parked:
             EFFECTS_FINISHED.labels(self.service, kind.name, "parked").inc()

@@ -769,7 +769,7 @@ async def test_a_draining_runner_records_the_calls_in_flight_and_claims_nothing_
         server.gates["/stuck"].set()
 
 
-async def test_a_failing_outcome_hook_stops_the_runner_and_records_nothing(
+async def test_an_effect_whose_outcome_hook_fails_is_parked_at_once_never_made_again(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
     async def broken(ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
@@ -778,13 +778,18 @@ async def test_a_failing_outcome_hook_stops_the_runner_and_records_nothing(
 
     async with far_side() as server:
         key = await add(pool, target=server.target, payload=post(server, "/hook"))
-        runner = make_runner(settings, pool, names, [http_request(on_outcome=broken)])
-        with pytest.raises(RuntimeError, match="bug in the service's hook"):
-            await asyncio.wait_for(runner.run(), 30)
-        assert server.keys("/hook") == [key]
-    row = await effect_row(pool, key)
-    # The whole recording rolled back (the hook's write too); after its lease the effect runs again.
-    assert (row["status"], row["target"]) == ("running", server.target)
+        runner = make_runner(settings, pool, names, [http_request(max_attempts=3, on_outcome=broken)])
+        async with running(runner) as [task]:
+            row = await reaches(pool, key, "parked")
+            assert not task.done()  # the service goes on
+        assert server.keys("/hook") == [key]  # made once: not again when its lease would have ended
+    assert (
+        row["last_error"]
+        == "the call was made (ok); its outcome could not be recorded: RuntimeError: bug in the service's hook"
+    )
+    assert row["result"], "what the far side answered is kept"
+    # The hook's recording rolled back whole (its write too): no outcome is told.
+    assert row["target"] == server.target
     assert await outcomes_in_outbox(pool) == []
 
 
