@@ -136,10 +136,12 @@ class OutboxRelay:
                 # Cleared before looking, so that a wake while publishing is not lost: it makes another look.
                 self._wake.clear()
                 try:
-                    report = await self.publish_pending()
+                    # Before publishing: while the broker is down every pass fails there, and the backlog (what
+                    # VigilOutboxStuck watches) must still grow on /metrics.
                     if time.monotonic() >= next_refresh:
                         await self.refresh_backlog()
                         next_refresh = time.monotonic() + self.refresh_every_s
+                    report = await self.publish_pending()
                 except Exception as exc:
                     if not is_retriable(exc):
                         raise

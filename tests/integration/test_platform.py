@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import asyncpg
@@ -20,12 +23,13 @@ from typer.testing import CliRunner
 from shared import cloudevents, housekeeping
 from shared.consumer import DeadLetterGuard, HandlerContext, Inbound, decode_cloudevent, dispatch_each
 from shared.db import connect
+from shared.embedded import EmbeddedBroker
 from shared.errors import DeadLetterLimitExceeded
 from shared.events import Analysis, IncidentAnalyzed, IncidentDetected, IncidentType, Severity
 from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay, list_parked, write_events
 from shared.service import DatabaseProbe, Runtime, build_app
-from shared.settings import VigilSettings
+from shared.settings import KafkaSettings, VigilSettings
 from shared.timers import SCHEDULE_MANY, Timer, TimerPoller, cancel_many, schedule, schedule_many
 from shared.topics import ANALYSES, EVENTS_DLQ, INCIDENTS, TopicNames
 from tests.factories import snapshot
@@ -97,6 +101,36 @@ async def test_an_oversize_event_is_parked_while_the_next_flows(
     assert await pool.fetchval("SELECT parked_at IS NULL AND attempts = 0 FROM outbox WHERE id = $1", parked[0].id)
     missing = await asyncio.to_thread(CliRunner().invoke, cli, ["outbox", "retry", "999999"])
     assert missing.exit_code == 1
+
+
+async def test_the_outbox_backlog_shows_on_metrics_while_the_broker_hangs(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, tmp_path: Path
+) -> None:
+    with EmbeddedBroker(log_path=tmp_path / "broker.log") as broker:
+        assert broker._process is not None
+        own = settings.model_copy(update={"kafka": KafkaSettings(bootstrap_servers=broker.bootstrap_servers)})
+        producer = make_producer(own, client_id="hung")
+        await producer.start()
+        async with pool.acquire() as conn, conn.transaction():
+            await write_events(
+                conn, service="reporter", names=names, events=[analysed("inc-h", f"h{n}") for n in range(7)]
+            )
+        os.kill(broker._process.pid, signal.SIGSTOP)  # what VigilOutboxStuck is for: publishing cannot go on
+        relay = OutboxRelay(
+            service="reporter", pool=pool, producer=producer, connect=lambda: connect(settings.database_url)
+        )
+        task = asyncio.create_task(relay.run())
+        try:
+
+            async def backlog_shown() -> bool:
+                return REGISTRY.get_sample_value("vigil_outbox_backlog", {"service": "reporter"}) == 7
+
+            await eventually(backlog_shown, timeout=10)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            os.kill(broker._process.pid, signal.SIGCONT)
+            await producer.stop()
 
 
 async def test_only_one_relay_publishes_and_a_standby_takes_over(
