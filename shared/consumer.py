@@ -271,13 +271,18 @@ class BatchFence(ConsumerRebalanceListener):  # type: ignore[misc]
     A batch stuck retrying releases the fence between attempts, so a rebalance abandons it instead.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, service: str) -> None:
         self.lock = asyncio.Lock()
+        self.service = service
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self.lock:
             if revoked:
                 log.info("partitions revoked after the batch in hand: %s", sorted(map(str, revoked)))
+            # Their lag is another member's to say now: a value left here would stand for good, and the
+            # lag alert takes the highest any member says.
+            for tp in revoked:
+                CONSUMER_LAG.remove(self.service, tp.topic, str(tp.partition))  # none set yet: nothing to remove
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned: %s", sorted(map(str, assigned)))

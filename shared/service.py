@@ -283,7 +283,7 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
             await ensure_topics(settings.kafka, names)
             await producer.start()
             stack.push_async_callback(_bounded(producer.stop, "the producer"))
-            fence = BatchFence()
+            fence = BatchFence(spec.name)
             consumer = make_consumer(
                 settings, *(names(t) for t in spec.consumes), group_id=group_id(settings, spec.name), listener=fence
             )

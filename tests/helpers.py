@@ -123,7 +123,7 @@ async def consume_loop(
     On exit the loop must have stopped cleanly: whatever it ended with is raised in the test,
     unless the test expects the loop to crash with ``crashes_with``; then it must have.
     """
-    fence = BatchFence()
+    fence = BatchFence(service)
     consumer = make_consumer(settings, *topics, group_id=group_id(settings, service), listener=fence)
     producer = make_producer(settings, client_id=service)
     await consumer.start()
