@@ -341,7 +341,8 @@ def test_compose_runs_every_vigil_service_from_the_one_dockerfile() -> None:
         assert service_env(service).get("VIGIL_HTTP_HOST") == "0.0.0.0", name
 
 
-@pytest.mark.parametrize("name", ["detector", "reporter", "coordinator"])  # the ingest, reads, commands
+# Every service's API is the CLI's: the ingest, evidence, approvals and blocklists, commands, reads.
+@pytest.mark.parametrize("name", ["detector", "analyzer", "responder", "coordinator", "reporter"])
 def test_compose_publishes_the_api_ports(name: str) -> None:
     port = DEFAULT_HTTP_PORTS[name]
     ports = [str(p) for p in vigil_services()[name].get("ports", [])]
