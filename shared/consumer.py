@@ -308,6 +308,8 @@ class ConsumeLoop(Generic[T]):
         fence: BatchFence,
     ) -> None:
         self.service = service
+        # At 0 from the start: an alert on its increase sees the first error (a series born at 1 shows none).
+        EVENTS_HANDLED.labels(service, "error")
         self.consumer = consumer
         self.producer = producer
         self.pool = pool
@@ -326,16 +328,24 @@ class ConsumeLoop(Generic[T]):
         self._judged_to: dict[tuple[str, int], int] = {}
         self.fence = fence  # the consumer's rebalance listener: make_consumer(..., listener=fence)
         self.relay: OutboxRelay | None = None  # the service's relay, woken directly while it leads
+        self._ended = False
 
     @property
     def ready(self) -> bool:
-        return bool(self.consumer.assignment())
+        """Consuming: partitions assigned, and not stopped on an error (``run`` ended)."""
+        return not self._ended and bool(self.consumer.assignment())
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand and return."""
         self._stopping.set()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self._ended = True
+
+    async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
             batch = await self._fetch()

@@ -342,12 +342,20 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
             settings.port_for(spec.name),
         )
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        consume = next(task for task in tasks if task.get_name() == "consume")
+        if consume in done and not consume.cancelled() and consume.exception() is not None:
+            # Its error counter is on /metrics only while the process lives: held up for a scrape (not ready,
+            # the rest running), so that the alert on it can fire; a SIGTERM ends the wait.
+            log.error(
+                "%s: consuming stopped on %r; exiting in %gs", spec.name, consume.exception(), settings.crash_hold_s
+            )
+            signalled = next(task for task in tasks if task.get_name() == "stop-signal")
+            await asyncio.wait({signalled}, timeout=settings.crash_hold_s)
 
         # Stop consuming first so the batch in hand finishes and commits, then the rest.
         runtime.loop.stop()
         server.should_exit = True
         finishing = asyncio.create_task(effects.drain(EFFECTS_DRAIN_TIMEOUT_S)) if effects is not None else None
-        consume = next(task for task in tasks if task.get_name() == "consume")
         if not consume.done():
             drained, _ = await asyncio.wait({consume}, timeout=DRAIN_TIMEOUT_S)
             if not drained:

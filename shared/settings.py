@@ -101,6 +101,13 @@ class VigilSettings(BaseSettings):
     topic_prefix: str = Field("", description="Prefix for every topic name, to share one cluster.")
     consumer_batch_size: int = Field(2000, ge=1, description="Most records fetched per poll.")
     consumer_poll_ms: int = Field(200, ge=1, description="Longest wait for records in one poll.")
+    crash_hold_s: float = Field(
+        20.0,
+        ge=0,
+        le=300,
+        description="After its consume loop stopped on an error it cannot retry, how long a service keeps serving "
+        "/metrics (not ready) before it exits: longer than a scrape interval, so that the error is counted.",
+    )
     gc_young_threshold: int = Field(
         50_000,
         ge=0,
