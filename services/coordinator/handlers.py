@@ -44,6 +44,7 @@ from shared.events import (
     IncidentEdits,
     IncidentEscalated,
     IncidentMerged,
+    IncidentSnapshot,
     IncidentSplit,
     IncidentState,
     IncidentStateChanged,
@@ -171,8 +172,8 @@ class Coordinator:
         )
         inserted = await ctx.conn.fetchval(
             """INSERT INTO coordinator_incidents (incident_id, state, severity, type, title, commander,
-                   rotation, escalation, detected_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING RETURNING true""",
+                   rotation, escalation, detected_at, firing, last_alert_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING RETURNING true""",
             event.subject,
             IncidentState.DETECTED.value,
             snapshot.severity.value,
@@ -182,6 +183,8 @@ class Coordinator:
             schedule.name,
             escalation.model_dump(mode="json"),
             event.time,
+            _firing(snapshot),
+            _last_seen(snapshot, event),
         )
         if not inserted:
             return
@@ -221,17 +224,31 @@ class Coordinator:
         log.info("incident %s escalated to %s", event.subject, commander, extra=event_ids(event))
 
     async def lock_updated(self, ctx: HandlerContext, events: Sequence[IncidentUpdated]) -> None:
-        """Lock and read, in one statement, the incidents a run of updates may escalate (``on_updated``)."""
-        ids = sorted({e.subject for e in events if e.data.part == 1})  # one order for every replica's locks
-        if not ids:  # every update of the run is a later part of a batch: none is looked at
-            ctx.read[UPDATED_ROWS] = {}
-            return
+        """Lock and read, in one statement, the incidents a run of updates may escalate (``on_updated``);
+        then, in one more, count the alerts every part of the run brings (the closure guards read them)."""
+        ids = sorted({e.subject for e in events})  # one order for every replica's locks
         rows = await ctx.conn.fetch(
             f"""SELECT incident_id, {_UPDATED_COLUMNS} FROM coordinator_incidents
                 WHERE incident_id = ANY($1::text[]) ORDER BY incident_id FOR UPDATE""",
             ids,
         )
-        ctx.read[UPDATED_ROWS] = {row["incident_id"]: row for row in rows}
+        # Only a batch's first part is looked at (``on_updated``); the later parts' rows are not kept.
+        first_parts = {e.subject for e in events if e.data.part == 1}
+        ctx.read[UPDATED_ROWS] = {row["incident_id"]: row for row in rows if row["incident_id"] in first_parts}
+        brought: dict[str, tuple[int, datetime]] = {}
+        for e in events:
+            firing, seen = brought.get(e.subject, (0, _last_seen(e.data, e)))
+            brought[e.subject] = (firing + _firing(e.data), max(seen, _last_seen(e.data, e)))
+        await ctx.conn.execute(
+            # A count never taken (an incident from before it) stays unknown: NULL plus new alerts is NULL.
+            """UPDATE coordinator_incidents c
+               SET firing = c.firing + u.firing, last_alert_at = greatest(c.last_alert_at, u.seen)
+               FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS u (incident_id, firing, seen)
+               WHERE c.incident_id = u.incident_id""",
+            list(brought),
+            [firing for firing, _ in brought.values()],
+            [seen for _, seen in brought.values()],
+        )
 
     async def on_updated(self, ctx: HandlerContext, event: IncidentUpdated) -> None:
         if event.data.part > 1:
@@ -326,15 +343,25 @@ class Coordinator:
             )
 
     async def on_alerts_changed(self, ctx: HandlerContext, event: IncidentAlertsChanged) -> None:
-        """Every alert of a service disruption has ended: suggest that its commander resolves it.
+        """Keep the incident's firing count and last sighting; and when every alert of a service disruption
+        has ended, suggest that its commander resolves it.
 
         Only a suggestion, on the timeline: whether the service is healthy again is the commander's call.
         """
-        if not event.data.all_resolved:
-            return
+        change = event.data
+        repeated = max((r.last_seen for r in change.repeated), default=None)
         row = await ctx.conn.fetchrow(
-            "SELECT state, commander FROM coordinator_incidents WHERE incident_id = $1", event.subject
+            # The detector's count is of every alert after the change, the batch's new ones too: it
+            # replaces what the snapshots added up.
+            """UPDATE coordinator_incidents
+               SET firing = $2, last_alert_at = greatest(last_alert_at, $3)
+               WHERE incident_id = $1 RETURNING state, commander""",
+            event.subject,
+            change.firing,
+            min(repeated, event.time) if repeated is not None else None,
         )
+        if not change.all_resolved:
+            return
         if row is None:
             log.info("incident %s: its alerts all resolved, but it is unknown here", event.subject)
             return
@@ -609,7 +636,7 @@ class Coordinator:
     async def _change_state(
         self, ctx: HandlerContext, command: AcknowledgeIncident | ResolveIncident | ChangeState, row: asyncpg.Record
     ) -> IncidentStateChanged | None:
-        facts = await self._guard_facts(ctx, command.subject, row)
+        facts = await self._guard_facts(ctx, command.subject, row, now=command.time)
         data: CommandArgs | StateCommand = command.data
         if isinstance(command, ChangeState):
             move = lifecycle.move(
@@ -773,22 +800,36 @@ class Coordinator:
             await self._escalate(ctx, command.subject, escalation, f"assigned-{command.id}", command.caused_by())
         return assigned
 
-    async def _guard_facts(self, ctx: HandlerContext, incident_id: str, row: asyncpg.Record) -> lifecycle.GuardFacts:
+    async def _guard_facts(
+        self, ctx: HandlerContext, incident_id: str, row: asyncpg.Record, *, now: datetime
+    ) -> lifecycle.GuardFacts:
         steps: dict[str, list[str]] = {}
+        leases: list[lifecycle.Lease] = []
         for step in await ctx.conn.fetch(
             # A step whose check failed did not end well, whatever its far side answered.
-            # A step its playbook does not require does not hold the incident up.
-            """SELECT phase, CASE WHEN validation = 'failed' THEN 'failed' ELSE state END AS state
-               FROM coordinator_response_steps WHERE incident_id = $1 AND required""",
+            # A step its playbook does not require does not hold the incident up; its lease, though, is
+            # an action in force all the same.
+            """SELECT step_id, phase, required, name, lease,
+                      CASE WHEN validation = 'failed' THEN 'failed' ELSE state END AS state
+               FROM coordinator_response_steps WHERE incident_id = $1 ORDER BY step_id""",
             incident_id,
         ):
-            steps.setdefault(step["phase"], []).append(step["state"])
+            if step["required"]:
+                steps.setdefault(step["phase"], []).append(step["state"])
+            if step["lease"] is not None:
+                leases.append(lifecycle.Lease(step["step_id"], step["name"] or step["step_id"], step["lease"]))
         severity = domain.known_severity(row["severity"]) or Severity.SEV1  # unknown: hold it to the strictest
         return lifecycle.GuardFacts(
             severity=severity,
             step_states=steps,
             tasks=await self._task_facts(ctx, incident_id),
             containment=row["containment"],
+            incident_id=incident_id,
+            resolution=row["resolution"],
+            firing=row["firing"],
+            last_alert_at=row["last_alert_at"],
+            now=now,
+            leases=leases,
         )
 
     async def _task_facts(self, ctx: HandlerContext, incident_id: str) -> dict[str, tuple[int, int]]:
@@ -1205,6 +1246,14 @@ class Coordinator:
     async def on_split(self, ctx: HandlerContext, event: IncidentSplit) -> None:
         """Alerts were detached into a new incident (paged as any new one): the commander here is told."""
         split = event.data
+        if split.incident.parts == 1:
+            # The alerts it keeps, restated whole: as many firing at most (their statuses are as they came
+            # in; the next change of its alerts brings the detector's own count).
+            await ctx.conn.execute(
+                "UPDATE coordinator_incidents SET firing = least(firing, $2) WHERE incident_id = $1",
+                event.subject,
+                _firing(split.incident),
+            )
         if split.incident.part > 1:
             return
         await self._update(
@@ -1330,6 +1379,17 @@ class Coordinator:
             due_at=datetime.now(UTC) + wait,
             payload={"step": step},
         )
+
+
+def _firing(snapshot: IncidentSnapshot) -> int:
+    """How many of the alerts a snapshot brings are firing."""
+    return sum(a.status == "firing" for a in snapshot.new_alerts)
+
+
+def _last_seen(snapshot: IncidentSnapshot, event: EventBase) -> datetime:
+    """When the incident's alerts were last seen, as a snapshot says: never after the event that says it
+    (a tool's clock ahead of ours would otherwise hold a quiet period off)."""
+    return min(snapshot.last_seen, event.time)
 
 
 def _command_name(command: Command) -> str:

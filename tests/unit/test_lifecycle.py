@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from services.coordinator.lifecycle import (
     DEFAULT_LIFECYCLE,
     GuardFacts,
+    Lease,
     LifecycleError,
     load_lifecycle,
     move,
@@ -94,7 +98,34 @@ def test_a_state_this_version_does_not_know_refuses_every_move() -> None:
         ),
         (
             "transitions: [{name: a, from: [detected], to: resolved, guards: [{kind: vibes, phase: x}]}]",
-            "guards.0.kind: Input should be 'response_steps_done', 'tasks_done' or 'containment_confirmed'",
+            "guards.0.kind: Input should be 'response_steps_done', 'tasks_done', 'containment_confirmed', "
+            "'no_alerts_firing', 'alerts_quiet' or 'leases_settled'",
+        ),
+        (
+            "transitions: [{name: a, from: [detected], to: resolved, guards: [{kind: alerts_quiet}]}]",
+            "alerts_quiet needs `for`: how long no alert may come, e.g. {kind: alerts_quiet, for: 30m}",
+        ),
+        (
+            "transitions: [{name: a, from: [detected], to: resolved, guards: [{kind: alerts_quiet, for: soon}]}]",
+            r"guards.0.for: Value error, not a duration \(a positive number and one of s, m, h, d\): 'soon'",
+        ),
+        (
+            "transitions: [{name: a, from: [detected], to: resolved, guards: [{kind: leases_settled, for: 5m}]}]",
+            "`for` is an option of alerts_quiet only, not of leases_settled",
+        ),
+        (
+            "transitions: [{name: a, from: [detected], to: resolved, guards: [{kind: no_alerts_firing, phase: x}]}]",
+            "no_alerts_firing looks at no runbook phase: remove `phase`",
+        ),
+        (
+            "transitions: [{name: a, from: [detected], to: resolved, resolution: required, "
+            "guards: [{kind: no_alerts_firing, resolutions: [fixed, fixd]}]}]",
+            r"transition a, guard 0 \(no_alerts_firing\): resolutions fixd are not in `resolutions` \(fixed\)",
+        ),
+        (
+            "transitions: [{name: a, from: [detected], to: resolved, "
+            "guards: [{kind: leases_settled, resolutions: [fixed]}]}]",
+            "`resolutions` would never apply: the transition takes no resolution and leaves no ended state",
         ),
     ],
 )
@@ -124,3 +155,148 @@ def test_a_lifecycle_may_hold_eradication_until_the_responder_confirmed_the_cont
         move(held, "contained", name="eradicate", facts=ineffective)
     confirmed = GuardFacts(severity=Severity.SEV3, containment="confirmed")
     assert move(held, "contained", name="eradicate", facts=confirmed).to is IncidentState.ERADICATED
+
+
+# ---- closure: alerts quiet, none firing, leases settled -----------------------------------------------
+
+NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+QUIET_GUARD = "guards: [{kind: alerts_quiet, for: 30m, severities: [SEV1, SEV2], resolutions: [fixed]}]"
+# The shipped file's commented example taken up: a fixed SEV1/SEV2 is resolved only once its alerts were quiet.
+QUIET_TEXT = SHIPPED_TEXT.replace("    resolution: required\n", f"    resolution: required\n    {QUIET_GUARD}\n", 1)
+QUIET = parse_lifecycle(QUIET_TEXT)
+
+
+def quiet(minutes: float, severity: Severity = Severity.SEV1, *, resolution: str | None = None) -> GuardFacts:
+    """Facts of an incident whose last alert was seen ``minutes`` before the move is asked for."""
+    return GuardFacts(
+        severity=severity,
+        incident_id="inc-9",
+        last_alert_at=NOW - timedelta(minutes=minutes),
+        now=NOW,
+        resolution=resolution,
+    )
+
+
+def test_a_sev1_or_sev2_fixed_is_resolved_only_after_its_alerts_were_quiet_for_30_minutes_when_asked() -> None:
+    # Not shipped on resolve: an on-call engineer resolving is never held by default.
+    assert move(SHIPPED, "contained", name="resolve", resolution="fixed", facts=quiet(1)).to is IncidentState.RESOLVED
+    for severity in (Severity.SEV1, Severity.SEV2):
+        with pytest.raises(InvalidTransition) as refused:
+            move(QUIET, "contained", name="resolve", resolution="fixed", facts=quiet(4, severity))
+        assert str(refused.value) == (
+            "cannot resolve yet: last alert 4 minutes ago; quiet for 30m first "
+            "(from 2026-11-27 10:26 UTC if no alert comes)"
+        )
+    assert move(QUIET, "contained", name="resolve", resolution="fixed", facts=quiet(30)).to is IncidentState.RESOLVED
+    # A repeat stamped ahead of the coordinator's clock is just now, not a negative age.
+    with pytest.raises(InvalidTransition, match="last alert under a minute ago; quiet for 30m first"):
+        move(QUIET, "contained", to="resolved", resolution="fixed", facts=quiet(-2))
+
+
+@pytest.mark.parametrize("resolution", ["false_positive", "duplicate", "risk_accepted"])
+def test_a_resolution_other_than_fixed_is_not_held_for_the_quiet_period(resolution: str) -> None:
+    assert move(QUIET, "detected", name="resolve", resolution=resolution, facts=quiet(1)).name == "resolve"
+
+
+def test_a_sev3_or_an_incident_whose_last_alert_is_unknown_is_not_held_for_the_quiet_period() -> None:
+    assert move(QUIET, "detected", name="resolve", resolution="fixed", facts=quiet(1, Severity.SEV3))
+    unknown = GuardFacts(severity=Severity.SEV1, now=NOW)  # an incident from before the coordinator kept it
+    assert move(QUIET, "detected", name="resolve", resolution="fixed", facts=unknown)
+
+
+def test_the_time_since_the_last_alert_reads_as_people_say_it() -> None:
+    held = parse_lifecycle(QUIET_TEXT.replace("for: 30m", "for: 1d"))
+
+    def said(minutes: float) -> str:
+        with pytest.raises(InvalidTransition) as refused:
+            move(held, "contained", name="resolve", resolution="fixed", facts=quiet(minutes))
+        return str(refused.value).split(": ", 1)[1].split(";")[0]
+
+    assert [said(m) for m in (0.5, 1, 59, 150)] == [
+        "last alert under a minute ago",
+        "last alert 1 minute ago",
+        "last alert 59 minutes ago",
+        "last alert 2 hours ago",
+    ]
+
+
+FIRING = QUIET_TEXT.replace(QUIET_GUARD, "guards: [{kind: no_alerts_firing, resolutions: [fixed, risk_accepted]}]", 1)
+
+
+def test_no_alerts_firing_says_how_many_still_fire_and_where_to_see_them() -> None:
+    held = parse_lifecycle(FIRING)
+    for firing, said in ((2, "2 alerts still firing"), (1, "1 alert still firing")):
+        facts = GuardFacts(severity=Severity.SEV4, incident_id="inc-9", firing=firing)
+        with pytest.raises(InvalidTransition) as refused:
+            move(held, "acknowledged", name="resolve", resolution="fixed", facts=facts)
+        assert str(refused.value) == f"cannot resolve yet: {said} (vigil incidents show inc-9)"
+        # A false positive is resolved whatever still fires: the alerts were never a real problem.
+        assert move(held, "acknowledged", name="resolve", resolution="false_positive", facts=facts)
+    for none_firing in (0, None):  # None: never counted (an incident from before the count)
+        facts = GuardFacts(severity=Severity.SEV4, firing=none_firing)
+        assert move(held, "acknowledged", name="resolve", resolution="fixed", facts=facts)
+
+
+def lease(name: str, state: str) -> Lease:
+    return Lease(step_id=f"inc-9:{name}", name=name, state=state)
+
+
+def test_a_fixed_sev1_or_sev2_is_closed_only_once_its_alerts_were_quiet_for_30_minutes() -> None:
+    done = {"post_mortem": (1, 1)}
+
+    def facts(minutes: float, severity: Severity = Severity.SEV1, resolution: str = "fixed") -> GuardFacts:
+        return replace(quiet(minutes, severity, resolution=resolution), tasks=done)
+
+    with pytest.raises(InvalidTransition, match="cannot close yet: last alert 4 minutes ago; quiet for 30m first"):
+        move(SHIPPED, "resolved", to="closed", facts=facts(4))
+    assert move(SHIPPED, "resolved", to="closed", facts=facts(31)).name == "close"
+    assert move(SHIPPED, "resolved", to="closed", facts=facts(4, resolution="false_positive")).name == "close"
+    assert move(SHIPPED, "resolved", to="closed", facts=facts(4, Severity.SEV3)).name == "close"
+
+
+def test_an_incident_is_closed_only_once_the_undo_of_every_action_has_settled() -> None:
+    def facts(*leases: Lease) -> GuardFacts:
+        return GuardFacts(severity=Severity.SEV3, incident_id="inc-9", resolution="fixed", leases=leases)
+
+    with pytest.raises(InvalidTransition) as refused:
+        move(
+            SHIPPED,
+            "resolved",
+            to="closed",
+            facts=facts(
+                lease("Block address: 203.0.113.7", "revert_failed"),
+                lease("Disable account: bob", "reverting"),
+                lease("Block domain: bad.example", "reverted"),
+            ),
+        )
+    assert str(refused.value) == (
+        "cannot close yet: lease of 'Block address: 203.0.113.7' is revert_failed: the action is still in force; "
+        "undo it by hand, or try its undo again (vigil response rollback inc-9); "
+        "lease of 'Disable account: bob' is reverting: wait for its undo to end (vigil lease list inc-9)"
+    )
+    settled = facts(*(lease(f"step {state}", state) for state in ("active", "extended", "permanent", "reverted")))
+    assert move(SHIPPED, "resolved", to="closed", facts=settled).name == "close"
+    many = facts(*(lease(f"Block address: 10.0.0.{n}", "revert_failed") for n in range(5)))
+    with pytest.raises(InvalidTransition, match=r"and 2 more lease\(s\) not settled \(vigil lease list inc-9\)$"):
+        move(SHIPPED, "resolved", to="closed", facts=many)
+
+
+def test_a_guard_limited_to_some_resolutions_reads_how_the_incident_ended_when_closing_it() -> None:
+    held = parse_lifecycle(
+        SHIPPED_TEXT.replace("      - {kind: leases_settled}", "      - {kind: leases_settled, resolutions: [fixed]}")
+    )
+    failed = [lease("Block address: 203.0.113.7", "revert_failed")]
+    for resolution, closes in (("fixed", False), ("false_positive", True), ("duplicate", True)):
+        facts = GuardFacts(severity=Severity.SEV3, resolution=resolution, leases=failed)
+        if closes:
+            assert move(held, "resolved", to="closed", facts=facts).name == "close"
+        else:
+            with pytest.raises(InvalidTransition, match="is revert_failed"):
+                move(held, "resolved", to="closed", facts=facts)
+
+
+def test_resolving_again_reads_the_resolution_given_now_not_the_one_before_the_reopening() -> None:
+    # Resolved as a false positive, reopened, now resolved as fixed: the quiet period applies.
+    reopened = quiet(2, resolution="false_positive")
+    with pytest.raises(InvalidTransition, match="quiet for 30m first"):
+        move(QUIET, "acknowledged", name="resolve", resolution="fixed", facts=reopened)
