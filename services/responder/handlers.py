@@ -584,8 +584,6 @@ class Responder:
 
     async def _guardrails(self, ctx: HandlerContext, row: dict[str, Any], now: datetime) -> guardrails.Verdict:
         rails = self.execution.guardrails
-        if rails.rate_limits:
-            await repository.lock_dispatches(ctx.conn)  # what another transaction dispatched counts too
         controls = await guardrails.get_controls(ctx.conn)
         longest = max((limit.window_delta for limit in rails.rate_limits), default=timedelta(0))
         recent = [

@@ -39,15 +39,6 @@ async def lock_incident(conn: Conn, incident_id: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('responder:' || $1, 0))", incident_id)
 
 
-async def lock_dispatches(conn: Conn) -> None:
-    """Serialise rate-limited dispatches across incidents and replicas until commit.
-
-    A rate limit counts what was dispatched before; two transactions that each counted before the
-    other committed would both pass it. A deadlock with an incident's lock is retried like any other.
-    """
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('responder:dispatches', 0))")
-
-
 async def hold_step(conn: Conn, step_id: str, *, reason: str) -> bool:
     """Hold a step where it is, saying why; True the first time (it was not held already)."""
     held: bool = await conn.fetchval(

@@ -853,34 +853,6 @@ async def test_an_incident_merged_away_cancels_its_steps_not_started_and_keeps_w
         assert far.keys == []
 
 
-async def test_a_rate_limit_holds_across_transactions_that_dispatch_at_the_same_time(
-    pool: asyncpg.Pool, names: TopicNames
-) -> None:
-    rails = GUARDRAILS.replace("rate_limits: []", "rate_limits: [{action: block, per: target, limit: 1, window: 1h}]")
-    responder = responder_for(pool, policy="rules: [{name: all, mode: auto}]", rails=rails)
-    blocks = [
-        IncidentAnalyzed(source="/t", subject=incident, data=analysis(Severity.SEV2, ips=["203.0.113.77"]))
-        for incident in ("inc-r1", "inc-r2")
-    ]
-    async with pool.acquire() as first, first.transaction():
-        ctx = HandlerContext(conn=first, service="responder", names=names)
-        await responder.handle(ctx, [_inbound(blocks[0])])
-        await write_context(first, ctx)
-        # Another replica handles the second incident meanwhile: it waits for this one's dispatch to commit.
-        second = asyncio.create_task(handle(pool, names, responder, blocks[1]))
-        await asyncio.sleep(0.5)
-        assert not second.done()
-    await second
-    rows = {
-        r["incident_id"]: r
-        for r in await pool.fetch("SELECT incident_id, state, reason FROM responder_steps WHERE item = '203.0.113.77'")
-    }
-    assert rows["inc-r1"]["state"] == "running"
-    assert rows["inc-r2"]["state"] == "refused" and "the limit is 1" in rows["inc-r2"]["reason"]
-    sent = "SELECT count(*) FROM effects WHERE key IN (SELECT id FROM responder_steps WHERE item = '203.0.113.77')"
-    assert await pool.fetchval(sent) == 1
-
-
 LEASED_WEBHOOK = """
 playbooks:
   - id: firewall
