@@ -4,6 +4,7 @@
 many targets the incident has touched) into a ``Context``. The guardrails come from
 ``guardrails.yaml``; a broken file refuses start-up with the reason. The kill switch lives in
 Postgres (``response_controls``) so that ``vigil response pause`` stops every responder at once.
+The rate limits are counted by ``RateLimiter``, outside the dispatching transaction (it says why).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+import asyncpg
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, PositiveInt, ValidationError, field_validator
 
@@ -235,6 +237,15 @@ def _same_target(kind: TargetKind, target: str) -> str:
 
 def check(action: Action, targets: Sequence[str], context: Context) -> Verdict:
     """May this action run on these targets now? The first guardrail that refuses says why."""
+    verdict = check_all_but_rates(action, targets, context)
+    if not verdict.allowed:
+        return verdict
+    limits = context.guardrails.rate_limits
+    return rate_limit_refusal(action, targets, context.recent, limits, now=context.now) or ALLOWED
+
+
+def check_all_but_rates(action: Action, targets: Sequence[str], context: Context) -> Verdict:
+    """Every guardrail but the rate limits, which ``RateLimiter`` counts where a dispatch takes them."""
     guardrails = context.guardrails
     if context.paused:  # the caller holds the step, not refuses it: a resume runs it on
         return _refuse("kill_switch", "held: responses are paused (`vigil response resume` to go on)")
@@ -251,28 +262,35 @@ def check(action: Action, targets: Sequence[str], context: Context) -> Verdict:
     for target in targets:
         if (refusal := _target_refusal(action.target_kind, target, context)) is not None:
             return refusal
-    for limit in guardrails.rate_limits:
+    return ALLOWED
+
+
+def rate_limit_refusal(
+    action: Action, targets: Sequence[str], recent: Sequence[Execution], limits: Sequence[RateLimit], *, now: datetime
+) -> Verdict | None:
+    """The rate limit these targets would pass, counting the executions ``recent`` holds; None when none."""
+    for limit in limits:
         if limit.action not in ("*", action.name):
             continue
-        since = context.now - limit.window_delta
-        recent = [e for e in context.recent if e.at > since and limit.action in ("*", e.action)]
-        if limit.per == "action" and len(recent) + len(targets) > limit.limit:
+        since = now - limit.window_delta
+        counted = [e for e in recent if e.at > since and limit.action in ("*", e.action)]
+        if limit.per == "action" and len(counted) + len(targets) > limit.limit:
             return _refuse(
                 "rate_limit",
-                f"{action.name}: {len(recent)} executions in the last {limit.window}, {len(targets)} more would "
+                f"{action.name}: {len(counted)} executions in the last {limit.window}, {len(targets)} more would "
                 f"pass the limit of {limit.limit}",
             )
         if limit.per == "target":
             for target in targets:
                 same = _same_target(action.target_kind, target)
-                count = sum(1 for e in recent if _same_target(action.target_kind, e.target) == same)
+                count = sum(1 for e in counted if _same_target(action.target_kind, e.target) == same)
                 if count + 1 > limit.limit:
                     return _refuse(
                         "rate_limit",
                         f"{action.name} on {target}: {count} executions in the last {limit.window}, "
                         f"the limit is {limit.limit}",
                     )
-    return ALLOWED
+    return None
 
 
 # ---- the kill switch (repository) --------------------------------------------------------------
@@ -314,3 +332,64 @@ async def set_paused(conn: Conn, *, paused: bool, reason: str, changed_by: str) 
     if not paused:
         await timers.schedule(conn, service="responder", kind=RESUMED, subject="responses", due_at=row["changed_at"])
     return Controls(**dict(row))
+
+
+# ---- the rate limits' count (repository) -------------------------------------------------------
+
+# A slot not matched by a step dispatched for real (its transaction rolled back, or has not committed
+# yet) counts this long: far longer than a dispatching transaction lasts.
+UNCONFIRMED = timedelta(minutes=5)
+# A dispatching transaction waits this long for the limiter's connection, then is retried whole.
+ACQUIRE_TIMEOUT_S = 10.0
+_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('responder:rate-limits', 0))"
+# Expired slots go in the statement that counts the others (a data-modifying WITH runs whatever the query reads).
+_COUNTED = """
+    WITH expired AS (DELETE FROM responder_rate_slots WHERE reserved_at <= $1)
+    SELECT r.action, r.target, r.reserved_at FROM responder_rate_slots r
+    LEFT JOIN responder_steps s ON s.id = r.step_id
+    WHERE r.reserved_at > $1 AND r.step_id <> $3
+      AND (r.reserved_at > $2
+           OR (s.dispatched_at IS NOT NULL AND s.state IN ('running', 'succeeded', 'failed', 'rolled_back')))"""
+_TAKE = """
+    INSERT INTO responder_rate_slots (step_id, action, target, reserved_at) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (step_id) DO UPDATE SET action = excluded.action, target = excluded.target,
+                                        reserved_at = excluded.reserved_at"""
+
+
+class RateLimiter:
+    """Counts the rate limits across transactions, replicas and the responder's own concurrent work.
+
+    A step is dispatched inside its incident's transaction, under the incident's lock. A count made there
+    misses what another transaction is dispatching and has not committed, so both would pass a limit; and
+    waiting there for one lock over all dispatches deadlocks with the incident locks another transaction
+    holds. So the count, and the slot a dispatch takes, are committed at once on a connection of their own,
+    under a lock held for nothing else. A dispatching transaction that then rolls back leaves a slot that
+    counts for ``UNCONFIRMED`` only: at worst a refusal too many, never an action too many.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def take(
+        self,
+        step_id: str,
+        action: Action,
+        targets: Sequence[str],
+        limits: Sequence[RateLimit],
+        *,
+        now: datetime,
+        reserve: bool = True,
+    ) -> Verdict:
+        """Whether the step's targets stay within every limit; when they do, and ``reserve``, take the step's
+        slot (a step taking it again, retried, moves its own)."""
+        if not limits:
+            return ALLOWED
+        longest = max(limit.window_delta for limit in limits)
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
+            await conn.execute(_LOCK)
+            rows = await conn.fetch(_COUNTED, now - max(longest, UNCONFIRMED), now - UNCONFIRMED, step_id)
+            recent = [Execution(action=r["action"], target=r["target"], at=r["reserved_at"]) for r in rows]
+            refusal = rate_limit_refusal(action, targets, recent, limits, now=now)
+            if refusal is None and reserve:
+                await conn.execute(_TAKE, step_id, action.name, targets[0] if targets else "", now)
+        return refusal or ALLOWED

@@ -21,6 +21,7 @@ import asyncpg
 from services.responder import approvals, domain, guardrails, leases, metrics, monitor, repository, steps
 from services.responder.blocklist import IpNetwork
 from services.responder.connectors import Connector, ConnectorError, StepCall, Validating
+from services.responder.guardrails import RateLimiter
 from services.responder.playbook import IncidentFacts, PlannedStep
 from shared import timers
 from shared.consumer import HandlerContext, Inbound, dispatch_each
@@ -81,6 +82,8 @@ class Execution:
     dry_run: bool = False
     repeat_offenders: leases.RepeatOffenders = field(default_factory=leases.RepeatOffenders)
     watch: monitor.Watch = field(default_factory=monitor.Watch)
+    # Counts the guardrails' rate limits; needed when any is configured (the service gives it its pool).
+    rate_limiter: RateLimiter | None = None
 
 
 @dataclass(frozen=True)
@@ -585,17 +588,11 @@ class Responder:
     async def _guardrails(self, ctx: HandlerContext, row: dict[str, Any], now: datetime) -> guardrails.Verdict:
         rails = self.execution.guardrails
         controls = await guardrails.get_controls(ctx.conn)
-        longest = max((limit.window_delta for limit in rails.rate_limits), default=timedelta(0))
-        recent = [
-            guardrails.Execution(action=r["action"], target=r["target"], at=r["dispatched_at"])
-            for r in await repository.recent_dispatches(ctx.conn, since=now - longest)
-        ]
         context = guardrails.Context(
             guardrails=rails,
             now=now,
             paused=controls.paused,
             own_addresses=self.execution.own_addresses,
-            recent=recent,
             incident_targets=await repository.incident_targets(ctx.conn, row["incident_id"]),
             step_targets=await repository.step_targets(ctx.conn, row["plan_id"], row["step"])
             if row["item"] is not None
@@ -604,7 +601,16 @@ class Responder:
         action = guardrails.Action(
             name=row["action"], target_kind=row["target_kind"] or "host", incident_id=row["incident_id"]
         )
-        return guardrails.check(action, [row["item"]] if row["item"] is not None else [], context)
+        targets = [row["item"]] if row["item"] is not None else []
+        # The rate limits count what other transactions dispatch too: the limiter does, on its own connection.
+        verdict = guardrails.check_all_but_rates(action, targets, context)
+        if not verdict.allowed or not rails.rate_limits:
+            return verdict
+        limiter = self.execution.rate_limiter
+        if limiter is None:
+            raise RuntimeError("rate limits are configured but the responder was given no rate limiter")
+        simulated = self.execution.dry_run or row["dry_run"]
+        return await limiter.take(row["id"], action, targets, rails.rate_limits, now=now, reserve=not simulated)
 
     async def on_effect_outcome(self, ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
         """An action's, an undo's or a check's outcome, recorded in the transaction that records the effect's."""

@@ -221,15 +221,6 @@ async def add_approval(conn: Conn, step_id: str, approval: dict[str, Any]) -> li
     return given
 
 
-async def recent_dispatches(conn: Conn, *, since: datetime) -> list[asyncpg.Record]:
-    """Steps dispatched for real since then (not simulated, not refused), as rate limits count them."""
-    return await conn.fetch(
-        """SELECT action, coalesce(item, '') AS target, dispatched_at FROM responder_steps
-           WHERE dispatched_at > $1 AND state IN ('running', 'succeeded', 'failed', 'rolled_back')""",
-        since,
-    )
-
-
 async def incident_targets(conn: Conn, incident_id: str) -> int:
     """Targets already acted on for an incident (each expanded step dispatched for real)."""
     count: int = await conn.fetchval(

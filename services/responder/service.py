@@ -19,7 +19,7 @@ from services.responder.connectors import (
     load_connectors_config,
 )
 from services.responder.domain import Playbook, parse_playbooks
-from services.responder.guardrails import DEFAULT_GUARDRAILS, load_guardrails
+from services.responder.guardrails import DEFAULT_GUARDRAILS, RateLimiter, load_guardrails
 from services.responder.handlers import SERVICE, Execution, Responder
 from services.responder.leases import RepeatOffenders
 from services.responder.monitor import Watch
@@ -89,7 +89,11 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         }
         if unknown := sorted(named - connectors.keys() - {"notify", "manual"}):
             raise ConnectorsConfigError([f"playbooks name connectors nobody provides: {', '.join(unknown)}"])
-        responder.execution = replace(execution, connectors=connectors)
+        responder.execution = replace(
+            execution,
+            connectors=connectors,
+            rate_limiter=RateLimiter(runtime.pool),
+        )
         return [kind for c in connectors.values() for kind in c.effect_kinds(responder.on_effect_outcome)]
 
     async def fire_timers(runtime: Runtime) -> None:

@@ -34,7 +34,7 @@ from services.detector import service as detector_service
 from services.reporter import api as reporter_api
 from services.responder import api as responder_api
 from services.responder.approvals import load_policy
-from services.responder.guardrails import load_guardrails
+from services.responder.guardrails import RateLimiter, load_guardrails
 from services.responder.handlers import Execution, Responder
 from services.responder.service import load_playbooks
 from shared import identity
@@ -75,7 +75,13 @@ def build(service: str, runtime: Runtime) -> FastAPI:
         return build_app(runtime, analyzer_service.spec(runtime.settings).routers(runtime))
     if service == "responder":
         responder = Responder(
-            load_playbooks(), Execution(policy=load_policy(), guardrails=load_guardrails(), connectors={})
+            load_playbooks(),
+            Execution(
+                policy=load_policy(),
+                guardrails=load_guardrails(),
+                connectors={},
+                rate_limiter=RateLimiter(runtime.pool),
+            ),
         )
         return build_app(runtime, responder_api.routers(runtime, responder))
     if service == "coordinator":

@@ -30,7 +30,7 @@ from services.detector import service as detector_service
 from services.reporter import api as reporter_api
 from services.responder import api as responder_api
 from services.responder.approvals import load_policy
-from services.responder.guardrails import load_guardrails
+from services.responder.guardrails import RateLimiter, load_guardrails
 from services.responder.handlers import Execution, Responder
 from services.responder.service import load_playbooks
 from shared import audit, identity
@@ -77,7 +77,10 @@ async def apps(settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames) -
 
         coordinator = Coordinator(load_oncall())
         responder = Responder(
-            load_playbooks(), Execution(policy=load_policy(), guardrails=load_guardrails(), connectors={})
+            load_playbooks(),
+            Execution(
+                policy=load_policy(), guardrails=load_guardrails(), connectors={}, rate_limiter=RateLimiter(pool)
+            ),
         )
         rt = runtime("coordinator")
         yield {

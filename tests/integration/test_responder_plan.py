@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from services.responder import domain
 from services.responder.approvals import parse_policy
 from services.responder.connectors import ConnectorsConfig, load_connectors
-from services.responder.guardrails import load_guardrails
+from services.responder.guardrails import RateLimiter, load_guardrails
 from services.responder.handlers import Execution, Responder
 from shared.consumer import HandlerContext
 from shared.events import Analysis, IncidentAnalyzed, IncidentType, Indicator, ResponsePlanned, Severity
@@ -56,6 +56,7 @@ async def test_analysis_plans_one_block_per_external_ip_and_refuses_a_hostile_ar
         guardrails=load_guardrails(),
         connectors=load_connectors(ConnectorsConfig(), pool=pool),
         dry_run=True,
+        rate_limiter=RateLimiter(pool),
     )
     responder = Responder(domain.parse_playbooks(PLAYBOOKS), execution)
     hostile = "--exec=/bin/sh"

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from services.coordinator.service import load_oncall
 from services.responder import api, blocklist, domain, guardrails
 from services.responder.approvals import parse_policy
 from services.responder.connectors import load_connectors, parse_connectors_config
-from services.responder.guardrails import parse_guardrails
+from services.responder.guardrails import RateLimiter, parse_guardrails
 from services.responder.handlers import Execution, Responder, StepAnswerRefused
 from services.responder.steps import FINAL
 from shared.consumer import HandlerContext, Inbound, write_context
@@ -196,6 +196,7 @@ def responder_for(
         guardrails=parse_guardrails(rails),
         connectors=connectors,
         dry_run=dry_run,
+        rate_limiter=RateLimiter(pool),
     )
     return Responder(domain.parse_playbooks(PLAYBOOKS), execution)
 
@@ -851,6 +852,55 @@ async def test_an_incident_merged_away_cancels_its_steps_not_started_and_keeps_w
         rejected = await handle(pool, names, responder, answer(ApproveStep, "inc-1:isolate", "alice", role="commander"))
         assert any(isinstance(e, CommandRejected) for e in rejected)
         assert far.keys == []
+
+
+async def test_a_rate_limit_counts_a_dispatch_another_transaction_has_not_committed(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    rails = GUARDRAILS.replace("rate_limits: []", "rate_limits: [{action: block, per: target, limit: 1, window: 1h}]")
+    responder = responder_for(pool, policy="rules: [{name: all, mode: auto}]", rails=rails)
+    blocks = [
+        IncidentAnalyzed(source="/t", subject=incident, data=analysis(Severity.SEV2, ips=["203.0.113.77"]))
+        for incident in ("inc-r1", "inc-r2")
+    ]
+    async with pool.acquire() as first, first.transaction():
+        ctx = HandlerContext(conn=first, service="responder", names=names)
+        await responder.handle(ctx, [_inbound(blocks[0])])
+        await write_context(first, ctx)
+        # Another replica handles the second incident meanwhile: it neither waits for this transaction
+        # (which holds the first incident's lock), nor passes the limit this one's dispatch took.
+        await asyncio.wait_for(handle(pool, names, responder, blocks[1]), timeout=30)
+    rows = {
+        r["incident_id"]: r
+        for r in await pool.fetch("SELECT incident_id, state, reason FROM responder_steps WHERE item = '203.0.113.77'")
+    }
+    assert rows["inc-r1"]["state"] == "running"
+    assert rows["inc-r2"]["state"] == "refused" and "the limit is 1" in rows["inc-r2"]["reason"]
+    sent = "SELECT count(*) FROM effects WHERE key IN (SELECT id FROM responder_steps WHERE item = '203.0.113.77')"
+    assert await pool.fetchval(sent) == 1
+
+
+async def test_a_rate_limit_slot_of_a_dispatch_never_committed_lapses(pool: asyncpg.Pool) -> None:
+    limiter = RateLimiter(pool)
+    limits = parse_guardrails(
+        GUARDRAILS.replace("rate_limits: []", "rate_limits: [{action: block, per: action, limit: 1, window: 1h}]")
+    ).rate_limits
+    block = guardrails.Action(name="block", target_kind="ip", incident_id="inc-s")
+    now = datetime.now(UTC)
+    # Taken by a step whose transaction then rolled back: no such step was ever stored.
+    assert (await limiter.take("inc-s:gone", block, ["203.0.113.1"], limits, now=now)).allowed
+    # It counts while that transaction might still commit...
+    refused = await limiter.take("inc-s:next", block, ["203.0.113.2"], limits, now=now + timedelta(minutes=1))
+    assert refused.guardrail == "rate_limit"
+    # ...the same step taking its slot again (its batch retried) is not counted against itself...
+    assert (await limiter.take("inc-s:gone", block, ["203.0.113.1"], limits, now=now + timedelta(minutes=2))).allowed
+    # ...and once no transaction could still commit it, it lapses, within the limit's window.
+    later = now + timedelta(minutes=2) + guardrails.UNCONFIRMED + timedelta(seconds=1)
+    assert (await limiter.take("inc-s:next", block, ["203.0.113.2"], limits, now=later)).allowed
+    # A dry run counts without taking a slot.
+    simulated = await limiter.take("inc-s:dry", block, ["203.0.113.3"], limits, now=later, reserve=False)
+    assert simulated.guardrail == "rate_limit"
+    assert await pool.fetchval("SELECT count(*) FROM responder_rate_slots WHERE step_id = 'inc-s:dry'") == 0
 
 
 LEASED_WEBHOOK = """
