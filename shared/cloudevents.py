@@ -45,7 +45,9 @@ def encode(event: EventBase) -> KafkaRecord:
     headers.append(("ce_dataschema", dataschema(envelope["type"]).encode()))
     headers.append(("content-type", CONTENT_TYPE))
     data = getattr(event, "data")  # noqa: B009 - every concrete event has data
-    return KafkaRecord(key=event.subject.encode(), value=data.model_dump_json().encode(), headers=headers)
+    # The serializer's JSON bytes as they are: model_dump_json would decode them to text, to be encoded back.
+    value = data.__pydantic_serializer__.to_json(data)
+    return KafkaRecord(key=event.subject.encode(), value=value, headers=headers)
 
 
 def attributes_of(headers: Headers) -> dict[str, str]:

@@ -442,15 +442,18 @@ def _bounded_raw(raw: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _bounded_labels(labels: dict[str, str]) -> dict[str, str]:
-    if len(labels) <= MAX_LABELS and all(
-        len(k) <= MAX_LABEL_KEY and len(v) <= MAX_LABEL_VALUE for k, v in labels.items()
+    # max(map(len, …)) runs in C: this is checked for every alert an event carries.
+    if not labels or (
+        len(labels) <= MAX_LABELS
+        and max(map(len, labels)) <= MAX_LABEL_KEY
+        and max(map(len, labels.values())) <= MAX_LABEL_VALUE
     ):
         return labels
     return {k[:MAX_LABEL_KEY]: v[:MAX_LABEL_VALUE] for k, v in itertools.islice(labels.items(), MAX_LABELS)}
 
 
 def _bounded_tags(tags: list[str]) -> list[str]:
-    if len(tags) <= MAX_TAGS and all(len(t) <= MAX_TAG for t in tags):
+    if not tags or (len(tags) <= MAX_TAGS and max(map(len, tags)) <= MAX_TAG):
         return tags
     return [t[:MAX_TAG] for t in tags[:MAX_TAGS]]
 
