@@ -38,6 +38,8 @@ class Timer:
 
 
 TimerHandler = Callable[[HandlerContext, Timer], Awaitable[None]]
+# Takes the lock a timer's handler takes on its subject (an incident's, a task's), given the subject.
+SubjectLock = Callable[[Conn, str], Awaitable[None]]
 
 MAX_ATTEMPTS = 5
 
@@ -151,12 +153,16 @@ class TimerPoller:
         pool: asyncpg.Pool,
         names: TopicNames,
         handlers: dict[str, TimerHandler],
+        locks: Mapping[str, SubjectLock] | None = None,
         interval_s: float = 1.0,
     ) -> None:
+        """``locks``: for the kinds whose handler locks the timer's subject, how (see ``_fire_locked``)."""
         self.service = service
         self.pool = pool
         self.names = names
         self.handlers = handlers
+        self.locks = {kind: lock for kind, lock in (locks or {}).items() if kind in handlers}
+        self.unlocked = [kind for kind in handlers if kind not in self.locks]
         self.interval_s = interval_s
 
     async def run(self) -> None:
@@ -197,7 +203,14 @@ class TimerPoller:
         return self.interval_s / 4 if wait <= 0 else min(wait, self.interval_s)
 
     async def fire_due(self, limit: int = 100) -> int:
-        """Fire timers due now, each in its own savepoint; return how many were taken."""
+        """Fire timers due now; return how many were taken."""
+        fired = await self._fire_batch(limit) if self.unlocked else 0
+        if self.locks:
+            fired += await self._fire_locked(limit)
+        return fired
+
+    async def _fire_batch(self, limit: int) -> int:
+        """Fire due timers of the kinds that lock no subject in one transaction, each in its own savepoint."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """SELECT id, kind, subject, due_at, payload, attempts FROM timers
@@ -205,7 +218,7 @@ class TimerPoller:
                      AND fired_at IS NULL AND cancelled_at IS NULL AND parked_at IS NULL
                    ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED""",
                 self.service,
-                list(self.handlers),
+                self.unlocked,
                 limit,
             )
             ctx = HandlerContext(conn=conn, service=self.service, names=self.names)
@@ -213,6 +226,43 @@ class TimerPoller:
                 await self._fire(ctx, row)
             await write_context(conn, ctx)
         return len(rows)
+
+    async def _fire_locked(self, limit: int) -> int:
+        """Fire due timers of the kinds that lock their subject, each in its own transaction, subject first.
+
+        Whoever cancels or moves a timer (an approval, an acknowledgement) holds its subject's lock when it
+        does: a poller that held the timer's row while it waited for the subject would deadlock with it.
+        So the subject is locked first, and the timer is read again under it: one cancelled, moved or fired
+        meanwhile is left alone. One transaction a timer: the poller holds one subject at a time.
+        """
+        async with self.pool.acquire() as conn:
+            due = await conn.fetch(
+                """SELECT id, kind, subject FROM timers
+                   WHERE service = $1 AND kind = ANY($2::text[]) AND due_at <= now()
+                     AND fired_at IS NULL AND cancelled_at IS NULL AND parked_at IS NULL
+                   ORDER BY due_at LIMIT $3""",
+                self.service,
+                list(self.locks),
+                limit,
+            )
+            fired = 0
+            for candidate in due:
+                async with conn.transaction():
+                    await self.locks[candidate["kind"]](conn, candidate["subject"])
+                    row = await conn.fetchrow(
+                        """SELECT id, kind, subject, due_at, payload, attempts FROM timers
+                           WHERE id = $1 AND due_at <= now()
+                             AND fired_at IS NULL AND cancelled_at IS NULL AND parked_at IS NULL
+                           FOR UPDATE SKIP LOCKED""",
+                        candidate["id"],
+                    )
+                    if row is None:
+                        continue
+                    ctx = HandlerContext(conn=conn, service=self.service, names=self.names)
+                    await self._fire(ctx, row)
+                    await write_context(conn, ctx)
+                    fired += 1
+        return fired
 
     async def _fire(self, ctx: HandlerContext, row: Any) -> None:
         timer = Timer(row["id"], row["kind"], row["subject"], row["due_at"], row["payload"])

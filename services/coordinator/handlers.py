@@ -14,6 +14,7 @@ from services.coordinator import domain, escalation, lifecycle, metrics, notific
 from services.coordinator.escalation import in_working_hours
 from shared import timers
 from shared.consumer import HandlerContext, dispatch_each
+from shared.db import Conn
 from shared.effects import Effect
 from shared.errors import InvalidTransition
 from shared.events import (
@@ -113,6 +114,15 @@ Command = AcknowledgeIncident | ResolveIncident | ChangeState | EditIncident | A
 Outcome = IncidentStateChanged | IncidentEdited | IncidentAssigned | CommandRejected | None
 
 
+async def _lock_incident(conn: Conn, incident_id: str) -> None:
+    await conn.execute("SELECT 1 FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", incident_id)
+
+
+async def _lock_step_incident(conn: Conn, subject: str) -> None:
+    """A step's deadline: its subject is ``<incident id>|<step id>``."""
+    await _lock_incident(conn, subject.partition("|")[0])
+
+
 class Coordinator:
     def __init__(
         self,
@@ -157,6 +167,13 @@ class Coordinator:
             STATUS_UPDATE: self.on_status_update_due,
             tasks.TASK_DUE: self.on_task_due,
             STEP_DUE: self.on_step_due,
+        }
+        # The rows their handlers lock, as whoever acknowledges, resolves or finishes a task does.
+        self.timer_locks: dict[str, timers.SubjectLock] = {
+            ACK_DEADLINE: _lock_incident,
+            STATUS_UPDATE: _lock_incident,
+            STEP_DUE: _lock_step_incident,
+            tasks.TASK_DUE: tasks.lock_task,
         }
 
     async def on_detected(self, ctx: HandlerContext, event: IncidentDetected) -> None:

@@ -51,7 +51,11 @@ def spec(settings: VigilSettings) -> ServiceSpec:
 
     async def fire_timers(runtime: Runtime) -> None:
         poller = TimerPoller(
-            service=SERVICE, pool=runtime.pool, names=runtime.names, handlers=coordinator.timer_handlers
+            service=SERVICE,
+            pool=runtime.pool,
+            names=runtime.names,
+            handlers=coordinator.timer_handlers,
+            locks=coordinator.timer_locks,
         )
         await poller.run()
 

@@ -693,6 +693,12 @@ async def cancel_open(
     return sorted(cancelled, key=lambda t: t.position)
 
 
+async def lock_task(conn: Conn, subject: str) -> None:
+    """The lock a task's deadline takes first (its subject is the task's id), as finishing the task does."""
+    if subject.isdigit():
+        await conn.execute("SELECT 1 FROM coordinator_tasks WHERE id = $1 FOR UPDATE", int(subject))
+
+
 async def on_task_due(ctx: HandlerContext, timer: timers.Timer) -> OverdueTask | None:
     """A task's deadline passed: return it for escalation if it is still open, else None.
 

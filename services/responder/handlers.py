@@ -109,6 +109,15 @@ class StepAnswerRefused(ValueError):
     """An approval or denial that does not apply; the reason goes back to the person."""
 
 
+async def _lock_step_incident(conn: Conn, step_id: str) -> None:
+    """The lock of the incident a step belongs to; none for what is no step id (its handler says why)."""
+    try:
+        incident_id = steps.incident_of(step_id)
+    except ValueError:
+        return
+    await repository.lock_incident(conn, incident_id)
+
+
 class Responder:
     def __init__(self, playbooks: Sequence[domain.Playbook], execution: Execution) -> None:
         self.playbooks = playbooks
@@ -128,6 +137,11 @@ class Responder:
             LEASE_EXPIRY: self.on_lease_expiry,
             WATCH_END: self.on_watch_end,
             guardrails.RESUMED: self.on_resumed,
+        }
+        # Their handlers lock the step's incident, as whoever answers an approval or changes a lease does.
+        self.timer_locks: dict[str, timers.SubjectLock] = {
+            APPROVAL_TIMEOUT: _lock_step_incident,
+            LEASE_EXPIRY: _lock_step_incident,
         }
 
     async def handle(self, ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:

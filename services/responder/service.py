@@ -97,7 +97,13 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         return [kind for c in connectors.values() for kind in c.effect_kinds(responder.on_effect_outcome)]
 
     async def fire_timers(runtime: Runtime) -> None:
-        poller = TimerPoller(service=SERVICE, pool=runtime.pool, names=runtime.names, handlers=responder.timer_handlers)
+        poller = TimerPoller(
+            service=SERVICE,
+            pool=runtime.pool,
+            names=runtime.names,
+            handlers=responder.timer_handlers,
+            locks=responder.timer_locks,
+        )
         await poller.run()
 
     return ServiceSpec(

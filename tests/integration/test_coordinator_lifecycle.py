@@ -382,7 +382,13 @@ async def test_an_acknowledged_incident_gets_status_reminders_and_updates_in_its
         sent={"channel": "incident", "action": "message", "params": {"text": "SEV1 compromise: web-1"}},
     )
     await feed(pool, names, coordinator, ResponseStepChanged(source="/vigil/responder", subject="inc-r", data=message))
-    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=coordinator.timer_handlers)
+    poller = TimerPoller(
+        service="coordinator",
+        pool=pool,
+        names=names,
+        handlers=coordinator.timer_handlers,
+        locks=coordinator.timer_locks,
+    )
     for _ in range(2):
         await pool.execute("UPDATE timers SET due_at = now() WHERE kind = 'status-update' AND fired_at IS NULL")
         assert await poller.fire_due() == 1
@@ -404,7 +410,13 @@ async def test_a_reopened_incident_gets_its_status_reminders_again_numbered_on(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:
     coordinator = unreachable_pager()
-    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=coordinator.timer_handlers)
+    poller = TimerPoller(
+        service="coordinator",
+        pool=pool,
+        names=names,
+        handlers=coordinator.timer_handlers,
+        locks=coordinator.timer_locks,
+    )
 
     async def reminded() -> None:
         await pool.execute("UPDATE timers SET due_at = now() WHERE kind = 'status-update' AND fired_at IS NULL")

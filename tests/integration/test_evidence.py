@@ -254,7 +254,9 @@ async def test_whole_rotation_paged_without_acknowledgement_is_reported_once(
     await _handle(pool, names, coordinator, detected)
     schedule = schedules.route(oncall, incident_type="system_compromise", severity="SEV1", service=None)
     members = schedules.escalation_order(schedule, T0)
-    poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers)
+    poller = TimerPoller(
+        service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers, locks=coordinator.timer_locks
+    )
 
     # Each deadline passes unacknowledged: the poller pages the next person, then reports the end.
     for _ in range(len(members)):
@@ -293,7 +295,9 @@ async def test_the_parts_of_one_batch_escalate_once(pool: asyncpg.Pool, names: T
     await pool.execute(
         "UPDATE timers SET due_at = now() - interval '1 minute' WHERE fired_at IS NULL AND kind = $1", ACK_DEADLINE
     )
-    poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers)
+    poller = TimerPoller(
+        service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers, locks=coordinator.timer_locks
+    )
     assert await poller.fire_due() == 1
     before = len(await _outbox(pool))
 
@@ -354,7 +358,9 @@ async def test_a_state_from_a_newer_coordinator_is_left_alone_without_crashing(
     await pool.execute(
         "UPDATE timers SET due_at = now() - interval '1 minute' WHERE fired_at IS NULL AND kind = $1", ACK_DEADLINE
     )
-    poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers)
+    poller = TimerPoller(
+        service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers, locks=coordinator.timer_locks
+    )
     assert await poller.fire_due() == 1
     assert len(await _outbox(pool)) == written + 1
     timer = await pool.fetchrow(

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from shared import cloudevents, housekeeping
 from shared.consumer import DeadLetterGuard, HandlerContext, Inbound, decode_cloudevent, dispatch_each
-from shared.db import connect
+from shared.db import Conn, connect
 from shared.embedded import EmbeddedBroker
 from shared.errors import DeadLetterLimitExceeded
 from shared.events import Analysis, IncidentAnalyzed, IncidentDetected, IncidentType, Severity
@@ -280,6 +280,39 @@ async def test_a_poller_whose_due_timers_another_replica_holds_waits_for_them_wi
         async with running(poller.run()):
             await asyncio.sleep(1.0)
     assert 1 <= passes <= 6  # a pass every quarter interval, not thousands
+
+
+async def test_a_timer_whose_subject_is_locked_is_fired_after_the_lock_or_left_if_cancelled_under_it(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    fired: list[str] = []
+
+    async def deadline(ctx: HandlerContext, timer: Timer) -> None:
+        await lock_subject(ctx.conn, timer.subject)  # as the handler's own work does
+        fired.append(timer.subject)
+
+    async def lock_subject(conn: Conn, subject: str) -> None:
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('subject:' || $1, 0))", subject)
+
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    async with pool.acquire() as conn:
+        for subject in ("answered", "late"):
+            await schedule(conn, service="svc", kind="deadline", subject=subject, due_at=past)
+    poller = TimerPoller(
+        service="svc", pool=pool, names=names, handlers={"deadline": deadline}, locks={"deadline": lock_subject}
+    )
+    # Someone answers in time: they hold the subject's lock, then cancel its timer, as an approval does.
+    async with pool.acquire() as answer, answer.transaction():
+        await lock_subject(answer, "answered")
+        polling = asyncio.create_task(poller.fire_due())
+        await asyncio.sleep(0.5)  # the poller waits for the subject, holding no timer's row
+        await cancel_many(answer, service="svc", kind="deadline", subjects=["answered"])
+    # No deadlock: the poller finds the cancelled timer under the lock and leaves it; the other fires.
+    assert await asyncio.wait_for(polling, timeout=30) == 1
+    assert fired == ["late"]
+    rows = {r["subject"]: r for r in await pool.fetch("SELECT subject, fired_at, cancelled_at FROM timers")}
+    assert rows["answered"]["fired_at"] is None and rows["answered"]["cancelled_at"] is not None
+    assert rows["late"]["fired_at"] is not None
 
 
 # ---- events from newer producers ------------------------------------------------------------

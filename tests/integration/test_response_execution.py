@@ -387,7 +387,9 @@ async def test_an_unanswered_approval_takes_the_policys_default_in_a_restarted_r
         del first  # the responder stops; its approval deadlines are timers in Postgres
 
         restarted = responder_for(pool, far)
-        poller = TimerPoller(service="responder", pool=pool, names=names, handlers=restarted.timer_handlers)
+        poller = TimerPoller(
+            service="responder", pool=pool, names=names, handlers=restarted.timer_handlers, locks=restarted.timer_locks
+        )
         await asyncio.sleep(1.1)
         assert await poller.fire_due() == 2
         async with running(runner_for(restarted, settings, pool, names)):
@@ -446,7 +448,9 @@ async def test_a_step_due_while_responses_are_paused_is_held_and_runs_on_when_th
 ) -> None:
     async with receiver() as far:  # its address only: the effects are enqueued, not run, here
         responder = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]")
-    poller = TimerPoller(service="responder", pool=pool, names=names, handlers=responder.timer_handlers)
+    poller = TimerPoller(
+        service="responder", pool=pool, names=names, handlers=responder.timer_handlers, locks=responder.timer_locks
+    )
     async with pool.acquire() as conn:
         await guardrails.set_paused(conn, paused=True, reason="drill", changed_by="alice")
     paused = analysis(Severity.SEV2, hosts=["web-9"], ips=["203.0.113.90"])

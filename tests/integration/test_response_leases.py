@@ -92,7 +92,9 @@ async def responder_running(
         backoff_base_s=0.05,
         backoff_cap_s=0.1,
     )
-    poller = TimerPoller(service="responder", pool=pool, names=names, handlers=responder.timer_handlers)
+    poller = TimerPoller(
+        service="responder", pool=pool, names=names, handlers=responder.timer_handlers, locks=responder.timer_locks
+    )
     tasks = [asyncio.create_task(runner.run()), asyncio.create_task(poller.run())]
     try:
         yield

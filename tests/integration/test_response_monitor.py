@@ -215,7 +215,9 @@ async def test_a_quiet_watch_confirms_the_containment(
                 "SELECT jsonb_array_length(evidence) = 1 FROM responder_monitors WHERE incident_id = 'inc-q'"
             )
         )
-    poller = TimerPoller(service="responder", pool=pool, names=names, handlers=responder.timer_handlers)
+    poller = TimerPoller(
+        service="responder", pool=pool, names=names, handlers=responder.timer_handlers, locks=responder.timer_locks
+    )
 
     async def fired() -> int:
         return await poller.fire_due()

@@ -127,7 +127,13 @@ async def test_required_recovery_steps_hold_the_incident_until_their_owners_have
 
     # Four hours later the data is still not restored: the commander is told whose step is overdue.
     await pool.execute("UPDATE timers SET due_at = now() WHERE kind = 'response-step-due' AND fired_at IS NULL")
-    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=coordinator.timer_handlers)
+    poller = TimerPoller(
+        service="coordinator",
+        pool=pool,
+        names=names,
+        handlers=coordinator.timer_handlers,
+        locks=coordinator.timer_locks,
+    )
     assert await poller.fire_due() == 1
     pages = [e for e in await coordinator_outbox(pool) if isinstance(e, IncidentEscalated)]
     assert pages[-1].data.reason.startswith(

@@ -257,7 +257,9 @@ async def test_the_commanders_pages_carry_the_analysis(pool: asyncpg.Pool, names
 
     # The next page down the rotation carries the analysis too.
     await pool.execute("UPDATE timers SET due_at = now() - interval '1 minute' WHERE kind = $1", ACK_DEADLINE)
-    poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers)
+    poller = TimerPoller(
+        service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers, locks=coordinator.timer_locks
+    )
     assert await poller.fire_due() == 1
     events = await outbox_events(pool, SERVICE)
     second_page = [e for e in events if isinstance(e, IncidentEscalated)][-1]

@@ -149,7 +149,9 @@ async def test_unacknowledged_incident_escalates_down_the_rotation(pool: asyncpg
 
     # The deadline passes (as if the service had been down): the poller fires it at start.
     await pool.execute("UPDATE timers SET due_at = now() - interval '1 minute' WHERE kind = $1", ACK_DEADLINE)
-    poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers)
+    poller = TimerPoller(
+        service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers, locks=coordinator.timer_locks
+    )
     assert await poller.fire_due() == 1
     rows = await pool.fetch("SELECT value, headers FROM outbox ORDER BY id")
     last = cloudevents.decode(rows[-1]["value"], [(n, v.encode()) for n, v in rows[-1]["headers"]])
@@ -177,7 +179,9 @@ async def test_an_unanswered_chain_pages_everyone_in_order_then_the_fallback_onc
         ctx = HandlerContext(conn=conn, service=SERVICE, names=names)
         await coordinator.on_detected(ctx, detected)
         await write_context(conn, ctx)
-    poller = TimerPoller(service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers)
+    poller = TimerPoller(
+        service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers, locks=coordinator.timer_locks
+    )
     for _ in range(4):  # two more people, then the fallback, then nothing
         await pool.execute("UPDATE timers SET due_at = now() - interval '1 second' WHERE kind = $1", ACK_DEADLINE)
         await poller.fire_due()

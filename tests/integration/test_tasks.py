@@ -159,7 +159,13 @@ async def test_an_overdue_task_is_escalated_once_by_the_timer_poller(pool: async
         if (overdue := await tasks.on_task_due(ctx, timer)) is not None:
             escalated.append(overdue)
 
-    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers={tasks.TASK_DUE: on_task_due})
+    poller = TimerPoller(
+        service="coordinator",
+        pool=pool,
+        names=names,
+        handlers={tasks.TASK_DUE: on_task_due},
+        locks={tasks.TASK_DUE: tasks.lock_task},
+    )
     assert await poller.fire_due() == 1  # the completed task's timer was cancelled
     assert [(o.task.template_id, o.task.owner) for o in escalated] == [("confirm", "alice")]
     overdue = escalated[0]

@@ -307,7 +307,13 @@ async def test_an_overdue_added_task_pages_the_commander_once(
     added = await served.add({"title": "Image the second host", "phase": "containment", "due": "1h"})
     assert added.status_code == 201, added.text
     task_id = added.json()["id"]
-    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=served.coordinator.timer_handlers)
+    poller = TimerPoller(
+        service="coordinator",
+        pool=pool,
+        names=names,
+        handlers=served.coordinator.timer_handlers,
+        locks=served.coordinator.timer_locks,
+    )
     paged = await _paged_when_overdue(pool, poller, task_id)
     assert len(paged) == 1
     assert paged[0].data.reason.startswith(f"containment task {task_id} 'Image the second host' (owner ")
@@ -388,6 +394,12 @@ async def test_an_overdue_post_mortem_follow_up_of_a_resolved_incident_pages_its
     added = await served.add({"title": "Add an alert for outbound shells", "due": "1h"})
     assert added.status_code == 201, added.text
     task_id = added.json()["id"]
-    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=served.coordinator.timer_handlers)
+    poller = TimerPoller(
+        service="coordinator",
+        pool=pool,
+        names=names,
+        handlers=served.coordinator.timer_handlers,
+        locks=served.coordinator.timer_locks,
+    )
     paged = await _paged_when_overdue(pool, poller, task_id)
     assert len(paged) == 1 and paged[0].data.reason.startswith(f"post_mortem task {task_id} ")
