@@ -778,6 +778,11 @@ class IncidentEdit(Payload):
 class NoteArgs(Payload):
     actor: str = Field(min_length=1, max_length=200)
     note: str = Field(min_length=1, max_length=10000)
+    status_update: bool = Field(
+        False,
+        description="A status update: where the incident stands, sent to its commander, the people with a role "
+        "on it and the severity's stakeholders, and the next status-update reminder counted from it.",
+    )
 
 
 class Assignment(Payload):

@@ -174,7 +174,7 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = f"{d.phase.replace('_', '-')} task done: {d.title}" + (f": {d.note}" if d.note else "")
         case AddNote(data=d):
             actor = d.actor
-            summary = f"note: {d.note}"
+            summary = f"{'status update' if d.status_update else 'note'}: {d.note}"
         case ChangeState(data=d):
             actor = d.actor
             summary = f"move to {d.to_state} requested" + (f": {d.note}" if d.note else "")

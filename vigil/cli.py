@@ -1672,9 +1672,23 @@ def edit(
 
 
 @app.command()
-def note(incident_id: str, text: str, actor: ActorOption = None, as_json: JsonOption = False) -> None:
-    """Add a note to an incident's timeline."""
-    _command("notes", incident_id, {"actor": _who(actor), "note": text}, as_json)
+def note(
+    incident_id: str,
+    text: str,
+    status_update: Annotated[
+        bool,
+        typer.Option(
+            "--status-update",
+            help="Say where the incident stands: the commander, the people with a role and the severity's "
+            "stakeholders hear it, and the next reminder to send one is counted from it.",
+        ),
+    ] = False,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add a note to an incident's timeline, or post a status update."""
+    body = {"actor": _who(actor), "note": text, "status_update": status_update}
+    _command("notes", incident_id, body, as_json)
 
 
 @app.command()

@@ -120,6 +120,12 @@ class EscalationFile(_Model):
         description="Once acknowledged, remind the commander to post a status update this often, per severity.",
     )
 
+    stakeholders: dict[Severity, list[str]] = Field(
+        default_factory=dict,
+        description="Who receives every status update, per severity, besides the commander and the people with a "
+        "role: people or groups of the notifications file.",
+    )
+
     @field_validator("status_updates")
     @classmethod
     def _cadences(cls, cadences: dict[Severity, str]) -> dict[Severity, str]:
@@ -175,6 +181,10 @@ def pages(policy: Policy) -> list[Page]:
         for step in policy.steps
         for _ in range(step.repeat + 1)
     ]
+
+
+def stakeholders(file: EscalationFile, severity: Severity) -> list[str]:
+    return list(file.stakeholders.get(severity, ()))
 
 
 def status_update_every(file: EscalationFile, severity: Severity) -> timedelta | None:

@@ -636,6 +636,8 @@ class Coordinator:
                 case AssignRole():
                     return await self._assign(ctx, command, row)
                 case AddNote():
+                    if command.data.status_update:
+                        await self._post_status_update(ctx, command, row)
                     return None  # the command itself is the note, on the timeline
         except InvalidTransition as exc:
             rejected = CommandRejected(
@@ -1003,6 +1005,37 @@ class Coordinator:
         )
         await self._set_ack_deadline(ctx, timer.subject, severity, step=step + 1, incident_type=row["type"])
 
+    async def _post_status_update(self, ctx: HandlerContext, command: AddNote, row: asyncpg.Record) -> None:
+        """Where the incident stands, as a person told it: to its commander, the people with a role on it and
+        the severity's stakeholders; the next reminder to send one is counted from now."""
+        severity = domain.known_severity(row["severity"])
+        audience = escalation.stakeholders(self.escalation, severity) if severity else []
+        notice = notifications.Notice(
+            kind="status_update",
+            incident_id=command.subject,
+            discriminator=command.id,  # each update heard once, however often its command is delivered
+            severity=row["severity"],
+            recipients=list(dict.fromkeys([row["commander"], *row["roles"].values(), *audience])),
+            data={
+                "title": row["title"],
+                "state": row["state"],
+                "message": command.data.note,
+                "actor": command.data.actor,
+                "commander": row["commander"],
+            },
+        )
+        await notifications.notify(ctx.conn, self.notices, notice)
+        # The reminder pending, if any (none before anyone is on it, nor once it ended), is moved.
+        number = await ctx.conn.fetchval(
+            """SELECT (payload ->> 'number')::int FROM timers WHERE service = $1 AND kind = $2 AND subject = $3
+               AND fired_at IS NULL AND cancelled_at IS NULL""",
+            SERVICE,
+            STATUS_UPDATE,
+            command.subject,
+        )
+        if number is not None:
+            await self._remind_later(ctx, command.subject, row["severity"], number=number)
+
     async def _remind_later(self, ctx: HandlerContext, incident_id: str, severity: str, *, number: int) -> None:
         known = domain.known_severity(severity)
         every = escalation.status_update_every(self.escalation, known) if known else None
@@ -1035,7 +1068,8 @@ class Coordinator:
             data={
                 "title": row["title"],
                 "state": row["state"],
-                "reason": f"time for status update {number}: say where the incident stands (vigil note)",
+                "reason": f"time for status update {number}: say where the incident stands "
+                f'(vigil note {timer.subject} "..." --status-update)',
             },
         )
         await notifications.notify(ctx.conn, self.notices, notice)

@@ -49,7 +49,14 @@ DEFAULT_NOTIFICATIONS = Path(__file__).with_name("notifications.yaml")
 SHIPPED_TEMPLATES = Path(__file__).with_name("templates")
 
 NoticeKind = Literal[
-    "escalation", "update", "state_changed", "reminder", "approval_requested", "step_failed", "exhausted"
+    "escalation",
+    "update",
+    "state_changed",
+    "reminder",
+    "approval_requested",
+    "step_failed",
+    "exhausted",
+    "status_update",
 ]
 Channel = Literal["webhook", "slack", "teams", "mattermost", "email"]
 KINDS: tuple[str, ...] = get_args(NoticeKind)
@@ -67,6 +74,7 @@ REQUIRED_DATA: dict[str, tuple[str, ...]] = {
     "approval_requested": ("title", "step", "reason"),
     "step_failed": ("title", "step", "reason"),
     "exhausted": ("title", "rotation", "paged", "reason"),
+    "status_update": ("title", "state", "message", "actor"),
 }
 SAMPLE_VALUES: dict[str, Any] = {"paged": ["someone@example.com"]}
 

@@ -41,6 +41,7 @@ from shared.events import (
     IncidentEscalated,
     IncidentType,
     IncidentUpdated,
+    NoteArgs,
     ResponseStepChanged,
     Severity,
     SeverityRecommendation,
@@ -441,6 +442,55 @@ async def test_a_reopened_incident_gets_its_status_reminders_again_numbered_on(
     keys = await pool.fetchval("SELECT array_agg(key ORDER BY id) FROM effects WHERE subject = 'inc-back'")
     reminders = [parsed.discriminator for k in keys if (parsed := notifications.parse_key(k)).kind == "reminder"]
     assert reminders == ["status-1", "status-2"]
+
+
+async def test_a_status_update_reaches_the_people_on_the_incident_and_its_stakeholders_and_moves_the_reminder(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    notices = notifications.parse_notifications(
+        NOTIFY.replace("URL", "http://127.0.0.1:9/page") + "groups:\n  leadership: {members: [carol@example.com]}\n",
+        source="test",
+        base_dir=Path("."),
+        environ={"HOOK_SECRET": SECRET},
+    )
+    shipped = escalation.DEFAULT_ESCALATION.read_text().replace(
+        "stakeholders: {}", "stakeholders: {SEV1: [leadership]}"
+    )
+    coordinator = Coordinator(load_oncall(), notices=notices, escalation_=escalation.parse_escalation(shipped))
+    subject = "inc-status"
+    await feed(pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject=subject, data=snapshot()))
+    acknowledged = ChangeState(source="/t", subject=subject, data=StateCommand(actor="alice", to_state="acknowledged"))
+    await feed(pool, names, coordinator, acknowledged)
+    assign = AssignRole(
+        source="/t", subject=subject, data=Assignment(actor="alice", person="bob@example.com", role="scribe")
+    )
+    await feed(pool, names, coordinator, assign)
+    reminder = """SELECT due_at FROM timers
+                  WHERE kind = 'status-update' AND subject = $1 AND fired_at IS NULL AND cancelled_at IS NULL"""
+    due_before = await pool.fetchval(reminder, subject)
+
+    def note(text: str, *, status_update: bool) -> AddNote:
+        return AddNote(
+            source="/t", subject=subject, data=NoteArgs(actor="dana", note=text, status_update=status_update)
+        )
+
+    await feed(pool, names, coordinator, note("looking at the bastion's logs", status_update=False))
+    update = note("bastion-01 is isolated; the stolen key is revoked", status_update=True)
+    for _ in range(2):  # delivered twice: heard once
+        await feed(pool, names, coordinator, update)
+    sent = [
+        notifications.parse_key(key)
+        for key in await pool.fetchval("SELECT array_agg(key ORDER BY id) FROM effects WHERE subject = $1", subject)
+    ]
+    told = sorted(k.recipient for k in sent if k.kind == "status_update")
+    commander = await pool.fetchval("SELECT commander FROM coordinator_incidents WHERE incident_id = $1", subject)
+    # Once each: the commander, the scribe, and the members of the group leadership (no address of its own).
+    assert told == sorted({commander, "bob@example.com", "carol@example.com"})
+    saying = "SELECT count(*) FROM effects WHERE subject = $1 AND payload::text LIKE $2"
+    assert await pool.fetchval(saying, subject, "%the stolen key is revoked%") == len(told)
+    # The note alone told nobody; the next reminder is counted from the update.
+    assert await pool.fetchval(saying, subject, "%the bastion's logs%") == 0
+    assert await pool.fetchval(reminder, subject) > due_before
 
 
 async def test_two_coordinators_given_the_same_incident_at_once_page_once(

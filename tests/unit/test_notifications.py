@@ -140,6 +140,13 @@ FULL_DATA: dict[str, dict[str, Any]] = {
         "reason": "HTTP 503 from the firewall",
         "commander": "alice@example.com",
     },
+    "status_update": {
+        "title": "Reverse shell on bastion-01",
+        "state": "contained",
+        "message": "bastion-01 is isolated; the stolen key is revoked",
+        "actor": "alice@example.com",
+        "commander": "alice@example.com",
+    },
     "exhausted": {
         "title": "Reverse shell on bastion-01",
         "rotation": "security",
@@ -340,6 +347,7 @@ def test_every_kind_renders_on_every_channel_with_all_data_or_only_the_required(
         "approval_requested": "needs an approval",
         "step_failed": "HTTP 503",
         "exhausted": "none of the 3 people",
+        "status_update": "the stolen key is revoked",
     }[kind]
     assert words in full.title + full.body
     if channel == "email":
