@@ -505,19 +505,52 @@ def response_rollback(
 
 @response_app.command("status")
 def response_status(as_json: JsonOption = False) -> None:
-    """Say whether responses are paused, by whom, when and why."""
-    from services.responder.guardrails import get_controls
+    """Say whether responses are paused, by whom, when and why, and how much of each rate limit is used."""
+    from services.responder.guardrails import DEFAULT_GUARDRAILS, get_controls, load_guardrails, rate_usage
 
-    controls = asyncio.run(_on_database(get_controls))
+    limits = load_guardrails(_settings().responder_guardrails or DEFAULT_GUARDRAILS).rate_limits
+
+    async def read(conn: Any) -> tuple[Any, Any]:
+        return await get_controls(conn), await rate_usage(conn, limits, now=datetime.now(UTC))
+
+    controls, used = asyncio.run(_on_database(read))
     changed_at = controls.changed_at.isoformat(timespec="seconds") if controls.changed_at else None
+    rates = [
+        {
+            "action": u.limit.action,
+            "per": u.limit.per,
+            "limit": u.limit.limit,
+            "window": u.limit.window,
+            "used": u.used,
+            **({"target": u.target} if u.target is not None else {}),
+        }
+        for u in used
+    ]
     if as_json:
-        print(json.dumps({**controls.__dict__, "changed_at": changed_at}))
+        print(json.dumps({**controls.__dict__, "changed_at": changed_at, "rate_limits": rates}))
         return
     if controls.changed_at is None:
         console.print("responses running (never paused)")
-        return
-    state = "[red]paused[/]" if controls.paused else "[green]running[/]"
-    console.print(f"responses {state} since {changed_at} by {escape(controls.changed_by)}: {escape(controls.reason)}")
+    else:
+        state = "[red]paused[/]" if controls.paused else "[green]running[/]"
+        console.print(
+            f"responses {state} since {changed_at} by {escape(controls.changed_by)}: {escape(controls.reason)}"
+        )
+    if rates:
+        table = Table(title="Rate limits, as the next dispatch counts them")
+        for column in ("action", "per", "used", "window", "busiest target"):
+            table.add_column(column)
+        for rate in rates:
+            full = rate["used"] >= rate["limit"]
+            used_text = f"{rate['used']} of {rate['limit']}"
+            table.add_row(
+                escape(rate["action"]),
+                rate["per"],
+                f"[red]{used_text}[/]" if full else used_text,
+                rate["window"],
+                escape(rate.get("target", "")),
+            )
+        console.print(table)
 
 
 # ---- response steps: list, approve, deny -------------------------------------------------------

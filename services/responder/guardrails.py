@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -265,6 +266,31 @@ def check_all_but_rates(action: Action, targets: Sequence[str], context: Context
     return ALLOWED
 
 
+@dataclass(frozen=True)
+class LimitUsage:
+    """One rate limit and how much of it is used: for a per-target limit, by its busiest target."""
+
+    limit: RateLimit
+    used: int
+    target: str | None = None
+
+
+def usage(limits: Sequence[RateLimit], recent: Sequence[Execution], *, now: datetime) -> list[LimitUsage]:
+    """How much of each limit the executions ``recent`` holds use now."""
+    used: list[LimitUsage] = []
+    for limit in limits:
+        since = now - limit.window_delta
+        counted = [e for e in recent if e.at > since and limit.action in ("*", e.action)]
+        if limit.per == "action":
+            used.append(LimitUsage(limit, len(counted)))
+            continue
+        # As a dispatch compares targets: one written differently (`Evil.Example.`) is the same one.
+        by_target = Counter(e.target.strip().rstrip(".").lower() for e in counted)
+        busiest = by_target.most_common(1)
+        used.append(LimitUsage(limit, busiest[0][1], busiest[0][0]) if busiest else LimitUsage(limit, 0))
+    return used
+
+
 def rate_limit_refusal(
     action: Action, targets: Sequence[str], recent: Sequence[Execution], limits: Sequence[RateLimit], *, now: datetime
 ) -> Verdict | None:
@@ -342,14 +368,15 @@ UNCONFIRMED = timedelta(minutes=5)
 # A dispatching transaction waits this long for the limiter's connection, then is retried whole.
 ACQUIRE_TIMEOUT_S = 10.0
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('responder:rate-limits', 0))"
-# Expired slots go in the statement that counts the others (a data-modifying WITH runs whatever the query reads).
-_COUNTED = """
-    WITH expired AS (DELETE FROM responder_rate_slots WHERE reserved_at <= $1)
+# The slots that count: those of steps dispatched for real, and those too young to tell.
+_SLOTS = """
     SELECT r.action, r.target, r.reserved_at FROM responder_rate_slots r
     LEFT JOIN responder_steps s ON s.id = r.step_id
     WHERE r.reserved_at > $1 AND r.step_id <> $3
       AND (r.reserved_at > $2
            OR (s.dispatched_at IS NOT NULL AND s.state IN ('running', 'succeeded', 'failed', 'rolled_back')))"""
+# Expired slots go in the statement that counts the others (a data-modifying WITH runs whatever the query reads).
+_COUNTED = "WITH expired AS (DELETE FROM responder_rate_slots WHERE reserved_at <= $1)" + _SLOTS
 _TAKE = """
     INSERT INTO responder_rate_slots (step_id, action, target, reserved_at) VALUES ($1, $2, $3, $4)
     ON CONFLICT (step_id) DO UPDATE SET action = excluded.action, target = excluded.target,
@@ -393,3 +420,13 @@ class RateLimiter:
             if refusal is None and reserve:
                 await conn.execute(_TAKE, step_id, action.name, targets[0] if targets else "", now)
         return refusal or ALLOWED
+
+
+async def rate_usage(conn: Conn, limits: Sequence[RateLimit], *, now: datetime) -> list[LimitUsage]:
+    """How much of each rate limit is used now, as a dispatch would count it."""
+    if not limits:
+        return []
+    longest = max(limit.window_delta for limit in limits)
+    rows = await conn.fetch(_SLOTS, now - max(longest, UNCONFIRMED), now - UNCONFIRMED, "")
+    recent = [Execution(action=r["action"], target=r["target"], at=r["reserved_at"]) for r in rows]
+    return usage(limits, recent, now=now)

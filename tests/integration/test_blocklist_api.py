@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from services.responder import api, blocklist
 from services.responder.connectors import BlocklistConnector
-from services.responder.guardrails import get_controls
+from services.responder.guardrails import Action, RateLimiter, get_controls, load_guardrails
 from shared.effects import Effect, PermanentEffectError
 from shared.kafka import make_producer
 from shared.service import Runtime, build_app
@@ -217,6 +217,35 @@ async def test_pause_and_resume_through_the_cli(
     assert (controls.paused, controls.changed_by) == (False, "bob")
     status = await asyncio.to_thread(runner.invoke, cli, ["response", "status", "--json"])
     assert json.loads(status.output)["paused"] is False and json.loads(status.output)["changed_by"] == "bob"
+
+
+async def test_the_cli_shows_how_much_of_each_rate_limit_the_dispatches_use(
+    settings: VigilSettings, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    rails = tmp_path / "guardrails.yaml"
+    rails.write_text(
+        "never_block: {networks: [10.0.0.0/8]}\n"
+        "rate_limits:\n"
+        "  - {action: block_ip, per: action, limit: 5, window: 10m}\n"
+        "  - {action: '*', per: target, limit: 2, window: 1h}\n"
+        "blast_radius: {per_step: 50, per_incident: 200}\n"
+    )
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    monkeypatch.setenv("VIGIL_RESPONDER_GUARDRAILS", str(rails))
+    limits = load_guardrails(rails).rate_limits
+    limiter = RateLimiter(pool)
+    block = Action(name="block_ip", target_kind="ip", incident_id="inc-u")
+    now = datetime.now(UTC)
+    for n, address in enumerate(["203.0.113.7", "203.0.113.7", "203.0.113.8"]):
+        assert (await limiter.take(f"inc-u:block:{n}", block, [address], limits, now=now)).allowed
+    status = await asyncio.to_thread(CliRunner().invoke, cli, ["response", "status", "--json"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.output)["rate_limits"] == [
+        {"action": "block_ip", "per": "action", "limit": 5, "window": "10m", "used": 3},
+        {"action": "*", "per": "target", "limit": 2, "window": "1h", "used": 2, "target": "203.0.113.7"},
+    ]
+    table = await asyncio.to_thread(CliRunner().invoke, cli, ["response", "status"])
+    assert "3 of 5" in table.output and "2 of 2" in table.output and "203.0.113.7" in table.output
 
 
 async def test_the_undo_of_a_block_another_step_made_too_is_confirmed_with_the_other_named(pool: asyncpg.Pool) -> None:

@@ -17,6 +17,7 @@ from services.responder.guardrails import (
     check,
     load_guardrails,
     parse_guardrails,
+    usage,
 )
 from services.responder.playbook import parse_playbooks
 
@@ -170,6 +171,21 @@ def test_the_rate_limit_per_target_applies_to_every_action() -> None:
         check(BLOCK_IP, ["203.0.113.7/32"], context(recent=[Execution("block_ip", "203.0.113.7", NOW)] * 2)).guardrail
         == "rate_limit"
     )
+
+
+def test_the_usage_of_each_rate_limit_counts_as_a_dispatch_would() -> None:
+    recent = [
+        Execution("block_ip", "203.0.113.7", NOW - timedelta(minutes=1)),
+        Execution("block_ip", "203.0.113.8", NOW - timedelta(minutes=20)),  # past block_ip's 10m window
+        Execution("block_domain", "Evil.Test.", NOW - timedelta(minutes=5)),
+        Execution("block_domain", "evil.test", NOW - timedelta(minutes=50)),
+        Execution("block_domain", "evil.test", NOW - timedelta(hours=2)),  # past every window
+    ]
+    per_action, per_target = usage(RULES.rate_limits, recent, now=NOW)
+    assert (per_action.limit.action, per_action.used, per_action.target) == ("block_ip", 1, None)
+    # The busiest target, however it was spelt.
+    assert (per_target.used, per_target.target) == (2, "evil.test")
+    assert [u.used for u in usage(RULES.rate_limits, [], now=NOW)] == [0, 0]
 
 
 def test_the_kill_switch_refuses_everything() -> None:
