@@ -35,7 +35,7 @@ from bench.intel import database
 from services.responder import domain
 from services.responder.approvals import parse_policy
 from services.responder.connectors import load_connectors, parse_connectors_config
-from services.responder.guardrails import RateLimiter, parse_guardrails
+from services.responder.guardrails import parse_guardrails
 from services.responder.handlers import Execution, Responder
 from services.responder.leases import RepeatOffenders
 from shared.consumer import HandlerContext, Inbound, write_context
@@ -78,7 +78,6 @@ def responder(pool: asyncpg.Pool, lease_s: int) -> Responder:
         guardrails=parse_guardrails(GUARDRAILS),
         connectors=load_connectors(parse_connectors_config("{}"), pool=pool, environ={}),
         repeat_offenders=RepeatOffenders(durations=(1,)),
-        rate_limiter=RateLimiter(pool),
     )
     return Responder(domain.parse_playbooks(PLAYBOOK.format(lease=lease_s)), execution)
 

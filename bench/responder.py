@@ -39,7 +39,7 @@ from bench.measure import percentile
 from services.responder import domain
 from services.responder.approvals import parse_policy
 from services.responder.connectors import WebhookConfig, WebhookConnector, load_connectors, parse_connectors_config
-from services.responder.guardrails import BlastRadius, Guardrails, RateLimiter, load_guardrails
+from services.responder.guardrails import BlastRadius, Guardrails, load_guardrails
 from services.responder.handlers import SERVICE, Execution, Responder
 from services.responder.steps import FINAL
 from shared.consumer import HandlerContext, Inbound
@@ -258,7 +258,6 @@ def compose(pool: asyncpg.Pool, far: Receivers, secret: str, steps_per_incident:
         policy=parse_policy(POLICY),
         guardrails=guardrails_for(steps_per_incident),
         connectors=connectors,
-        rate_limiter=RateLimiter(pool),
     )
     responder = Responder(domain.parse_playbooks(PLAYBOOKS), execution)
     kinds = [kind for c in connectors.values() for kind in c.effect_kinds(responder.on_effect_outcome)]

@@ -237,7 +237,7 @@ class TimerPoller:
         """
         async with self.pool.acquire() as conn:
             due = await conn.fetch(
-                """SELECT id, kind, subject FROM timers
+                """SELECT id, kind, subject, attempts FROM timers
                    WHERE service = $1 AND kind = ANY($2::text[]) AND due_at <= now()
                      AND fired_at IS NULL AND cancelled_at IS NULL AND parked_at IS NULL
                    ORDER BY due_at LIMIT $3""",
@@ -248,7 +248,16 @@ class TimerPoller:
             fired = 0
             for candidate in due:
                 async with conn.transaction():
-                    await self.locks[candidate["kind"]](conn, candidate["subject"])
+                    try:
+                        async with conn.transaction():  # a savepoint: what failed leaves the rest usable
+                            await self.locks[candidate["kind"]](conn, candidate["subject"])
+                    except Exception as exc:
+                        if is_retriable(exc):
+                            raise
+                        # A subject its lock cannot take (a malformed one): counted like a handler's failure,
+                        # then parked, never holding up the timers behind it.
+                        await self._failed(conn, candidate, exc)
+                        continue
                     row = await conn.fetchrow(
                         """SELECT id, kind, subject, due_at, payload, attempts FROM timers
                            WHERE id = $1 AND due_at <= now()
@@ -276,42 +285,46 @@ class TimerPoller:
             if is_retriable(exc):
                 raise  # the database itself failed: the whole poll is retried
             ctx.drop_since(mark)  # its events and audit entries go with its rolled-back writes
-            attempts = row["attempts"] + 1
-            error = f"{type(exc).__name__}: {exc}"[:2000]
-            if attempts >= MAX_ATTEMPTS:
-                await ctx.conn.execute(
-                    "UPDATE timers SET attempts = $2, last_error = $3, parked_at = now() WHERE id = $1",
-                    timer.id,
-                    attempts,
-                    error,
-                )
-                TIMERS_FIRED.labels(self.service, timer.kind, "parked").inc()
-                log.error(
-                    "timer %d (%s %s) parked after %d attempts: %s",
-                    timer.id,
-                    timer.kind,
-                    timer.subject,
-                    attempts,
-                    error,
-                    exc_info=exc,
-                )
-            else:
-                await ctx.conn.execute(
-                    "UPDATE timers SET attempts = $2, last_error = $3, due_at = now() + $4::interval WHERE id = $1",
-                    timer.id,
-                    attempts,
-                    error,
-                    retry_delay(attempts),
-                )
-                TIMERS_FIRED.labels(self.service, timer.kind, "retry").inc()
-                log.warning(
-                    "timer %d (%s %s) failed, attempt %d of %d: %s",
-                    timer.id,
-                    timer.kind,
-                    timer.subject,
-                    attempts,
-                    MAX_ATTEMPTS,
-                    error,
-                )
+            await self._failed(ctx.conn, row, exc)
             return
         TIMERS_FIRED.labels(self.service, timer.kind, "fired").inc()
+
+    async def _failed(self, conn: Conn, row: Any, exc: Exception) -> None:
+        """Count a failed attempt at the timer: it is tried again later, and parked after MAX_ATTEMPTS."""
+        attempts = row["attempts"] + 1
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+        if attempts >= MAX_ATTEMPTS:
+            await conn.execute(
+                "UPDATE timers SET attempts = $2, last_error = $3, parked_at = now() WHERE id = $1",
+                row["id"],
+                attempts,
+                error,
+            )
+            TIMERS_FIRED.labels(self.service, row["kind"], "parked").inc()
+            log.error(
+                "timer %d (%s %s) parked after %d attempts: %s",
+                row["id"],
+                row["kind"],
+                row["subject"],
+                attempts,
+                error,
+                exc_info=exc,
+            )
+            return
+        await conn.execute(
+            "UPDATE timers SET attempts = $2, last_error = $3, due_at = now() + $4::interval WHERE id = $1",
+            row["id"],
+            attempts,
+            error,
+            retry_delay(attempts),
+        )
+        TIMERS_FIRED.labels(self.service, row["kind"], "retry").inc()
+        log.warning(
+            "timer %d (%s %s) failed, attempt %d of %d: %s",
+            row["id"],
+            row["kind"],
+            row["subject"],
+            attempts,
+            MAX_ATTEMPTS,
+            error,
+        )

@@ -28,6 +28,7 @@ import pytest_asyncio
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
+from services.responder.guardrails import RateLimiter
 from shared.db import create_pool, scratch_database
 from shared.embedded import EmbeddedBroker, EmbeddedPostgres
 from shared.settings import KafkaSettings, VigilSettings
@@ -272,6 +273,14 @@ async def pool(settings: VigilSettings) -> AsyncIterator[asyncpg.Pool]:
         # close() waits for every connection to come back; one still held by something the test
         # left running must not hang the run. The database is dropped WITH (FORCE) right after.
         pool.terminate()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def rate_limiter(settings: VigilSettings) -> AsyncIterator[RateLimiter]:
+    """The responder's rate-limit counter on this test's database, on a connection of its own."""
+    limiter = RateLimiter(settings.database_url)
+    yield limiter
+    await limiter.close()
 
 
 @pytest.fixture

@@ -47,6 +47,9 @@ def spec(settings: VigilSettings) -> ServiceSpec:
     fallback = {name for policy in policies.policies for name in policy.fallback.notify}
     if missing := notifications.unknown_recipients(notices, sorted(fallback)):
         log.warning("escalation fallbacks with no address in the notifications file: %s", ", ".join(missing))
+    stakeholders = {name for names in policies.stakeholders.values() for name in names}
+    if missing := notifications.unknown_recipients(notices, sorted(stakeholders)):
+        log.warning("status-update stakeholders with no address in the notifications file: %s", ", ".join(missing))
     coordinator = Coordinator(oncall, load_lifecycle(), templates, notices, policies)
 
     async def fire_timers(runtime: Runtime) -> None:

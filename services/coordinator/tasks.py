@@ -695,7 +695,7 @@ async def cancel_open(
 
 async def lock_task(conn: Conn, subject: str) -> None:
     """The lock a task's deadline takes first (its subject is the task's id), as finishing the task does."""
-    if subject.isdigit():
+    if subject.isascii() and subject.isdigit() and len(subject) <= 18:  # what a bigint id can be
         await conn.execute("SELECT 1 FROM coordinator_tasks WHERE id = $1 FOR UPDATE", int(subject))
 
 

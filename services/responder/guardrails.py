@@ -9,6 +9,7 @@ The rate limits are counted by ``RateLimiter``, outside the dispatching transact
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 from collections import Counter
@@ -24,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, PositiveInt, V
 
 from services.responder.blocklist import InvalidEntry, IpNetwork, normalise, normalise_domain, parse_ip
 from shared import timers
-from shared.db import Conn
+from shared.db import Conn, connect
 from shared.errors import validation_reason
 
 DEFAULT_GUARDRAILS = Path(__file__).with_name("guardrails.yaml")
@@ -365,8 +366,8 @@ async def set_paused(conn: Conn, *, paused: bool, reason: str, changed_by: str) 
 # A slot not matched by a step dispatched for real (its transaction rolled back, or has not committed
 # yet) counts this long: far longer than a dispatching transaction lasts.
 UNCONFIRMED = timedelta(minutes=5)
-# A dispatching transaction waits this long for the limiter's connection, then is retried whole.
-ACQUIRE_TIMEOUT_S = 10.0
+# The limiter's own connection is made within this long, else the dispatching transaction is retried whole.
+CONNECT_TIMEOUT_S = 10.0
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('responder:rate-limits', 0))"
 # The slots that count: those of steps dispatched for real, and those too young to tell.
 _SLOTS = """
@@ -392,10 +393,22 @@ class RateLimiter:
     holds. So the count, and the slot a dispatch takes, are committed at once on a connection of their own,
     under a lock held for nothing else. A dispatching transaction that then rolls back leaves a slot that
     counts for ``UNCONFIRMED`` only: at worst a refusal too many, never an action too many.
+
+    The connection is the limiter's alone, never one of the service's pool: the dispatching transaction
+    holds a pooled connection and its incident's lock, and every other pooled connection may be waiting
+    for that lock. The process's dispatches take turns on it, as the lock would have them do anyway.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._conn: asyncpg.Connection | None = None
+        self._turn = asyncio.Lock()
+
+    async def close(self) -> None:
+        async with self._turn:
+            if self._conn is not None:
+                await self._conn.close()
+                self._conn = None
 
     async def take(
         self,
@@ -412,13 +425,23 @@ class RateLimiter:
         if not limits:
             return ALLOWED
         longest = max(limit.window_delta for limit in limits)
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn, conn.transaction():
-            await conn.execute(_LOCK)
-            rows = await conn.fetch(_COUNTED, now - max(longest, UNCONFIRMED), now - UNCONFIRMED, step_id)
-            recent = [Execution(action=r["action"], target=r["target"], at=r["reserved_at"]) for r in rows]
-            refusal = rate_limit_refusal(action, targets, recent, limits, now=now)
-            if refusal is None and reserve:
-                await conn.execute(_TAKE, step_id, action.name, targets[0] if targets else "", now)
+        async with self._turn:
+            if self._conn is None or self._conn.is_closed():
+                self._conn = await asyncio.wait_for(connect(self.database_url), CONNECT_TIMEOUT_S)
+            conn = self._conn
+            try:
+                async with conn.transaction():
+                    await conn.execute(_LOCK)
+                    rows = await conn.fetch(_COUNTED, now - max(longest, UNCONFIRMED), now - UNCONFIRMED, step_id)
+                    recent = [Execution(action=r["action"], target=r["target"], at=r["reserved_at"]) for r in rows]
+                    refusal = rate_limit_refusal(action, targets, recent, limits, now=now)
+                    if refusal is None and reserve:
+                        await conn.execute(_TAKE, step_id, action.name, targets[0] if targets else "", now)
+            except BaseException:
+                # Whatever broke (the server gone, a cancelled wait), the next dispatch starts on a new connection.
+                conn.terminate()
+                self._conn = None
+                raise
         return refusal or ALLOWED
 
 

@@ -109,6 +109,19 @@ class StepAnswerRefused(ValueError):
     """An approval or denial that does not apply; the reason goes back to the person."""
 
 
+async def _lock_nothing(conn: Conn, subject: str) -> None:
+    """For a timer fired alone in a transaction of its own, whose handler takes the locks it needs."""
+
+
+async def _lock_watched_incident(conn: Conn, monitor_id: str) -> None:
+    """The lock of the incident a containment watch is about; none for what is no watch (its handler says why)."""
+    if not (monitor_id.isascii() and monitor_id.isdigit() and len(monitor_id) <= 18):
+        return
+    incident_id = await repository.watched_incident(conn, int(monitor_id))
+    if incident_id is not None:
+        await repository.lock_incident(conn, incident_id)
+
+
 async def _lock_step_incident(conn: Conn, step_id: str) -> None:
     """The lock of the incident a step belongs to; none for what is no step id (its handler says why)."""
     try:
@@ -142,6 +155,9 @@ class Responder:
         self.timer_locks: dict[str, timers.SubjectLock] = {
             APPROVAL_TIMEOUT: _lock_step_incident,
             LEASE_EXPIRY: _lock_step_incident,
+            WATCH_END: _lock_watched_incident,  # then the watch's row, as new alerts on a watched entity do
+            # It locks every held incident in turn: alone in its transaction, holding no other timer's row.
+            guardrails.RESUMED: _lock_nothing,
         }
 
     async def handle(self, ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:

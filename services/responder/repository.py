@@ -492,6 +492,13 @@ async def last_watch(conn: Conn, incident_id: str) -> asyncpg.Record | None:
     )
 
 
+async def watched_incident(conn: Conn, monitor_id: int) -> str | None:
+    incident_id: str | None = await conn.fetchval(
+        "SELECT incident_id FROM responder_monitors WHERE id = $1", monitor_id
+    )
+    return incident_id
+
+
 async def watch(conn: Conn, monitor_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM responder_monitors WHERE id = $1 FOR UPDATE", monitor_id)
 

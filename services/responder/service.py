@@ -92,7 +92,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         responder.execution = replace(
             execution,
             connectors=connectors,
-            rate_limiter=RateLimiter(runtime.pool),
+            rate_limiter=RateLimiter(runtime.settings.database_url),
         )
         return [kind for c in connectors.values() for kind in c.effect_kinds(responder.on_effect_outcome)]
 

@@ -80,7 +80,7 @@ def build(service: str, runtime: Runtime) -> FastAPI:
                 policy=load_policy(),
                 guardrails=load_guardrails(),
                 connectors={},
-                rate_limiter=RateLimiter(runtime.pool),
+                rate_limiter=RateLimiter(runtime.settings.database_url),
             ),
         )
         return build_app(runtime, responder_api.routers(runtime, responder))

@@ -220,7 +220,11 @@ async def test_pause_and_resume_through_the_cli(
 
 
 async def test_the_cli_shows_how_much_of_each_rate_limit_the_dispatches_use(
-    settings: VigilSettings, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    settings: VigilSettings,
+    pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    rate_limiter: RateLimiter,
 ) -> None:
     rails = tmp_path / "guardrails.yaml"
     rails.write_text(
@@ -233,7 +237,7 @@ async def test_the_cli_shows_how_much_of_each_rate_limit_the_dispatches_use(
     monkeypatch.setenv("DATABASE_URL", settings.database_url)
     monkeypatch.setenv("VIGIL_RESPONDER_GUARDRAILS", str(rails))
     limits = load_guardrails(rails).rate_limits
-    limiter = RateLimiter(pool)
+    limiter = rate_limiter
     block = Action(name="block_ip", target_kind="ip", incident_id="inc-u")
     now = datetime.now(UTC)
     for n, address in enumerate(["203.0.113.7", "203.0.113.7", "203.0.113.8"]):

@@ -66,7 +66,9 @@ def concrete(path: str) -> str:
 
 
 @pytest.fixture
-async def apps(settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames) -> AsyncIterator[dict[str, FastAPI]]:
+async def apps(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, rate_limiter: RateLimiter
+) -> AsyncIterator[dict[str, FastAPI]]:
     secured = settings.model_copy(update={"allow_unauthenticated": False})
     producer = make_producer(secured, client_id="identity-test")
     await producer.start()
@@ -78,9 +80,7 @@ async def apps(settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames) -
         coordinator = Coordinator(load_oncall())
         responder = Responder(
             load_playbooks(),
-            Execution(
-                policy=load_policy(), guardrails=load_guardrails(), connectors={}, rate_limiter=RateLimiter(pool)
-            ),
+            Execution(policy=load_policy(), guardrails=load_guardrails(), connectors={}, rate_limiter=rate_limiter),
         )
         rt = runtime("coordinator")
         yield {

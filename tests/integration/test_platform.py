@@ -30,7 +30,7 @@ from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay, list_parked, write_events
 from shared.service import DatabaseProbe, Runtime, build_app
 from shared.settings import KafkaSettings, VigilSettings
-from shared.timers import SCHEDULE_MANY, Timer, TimerPoller, cancel_many, schedule, schedule_many
+from shared.timers import MAX_ATTEMPTS, SCHEDULE_MANY, Timer, TimerPoller, cancel_many, schedule, schedule_many
 from shared.topics import ANALYSES, EVENTS_DLQ, INCIDENTS, TopicNames
 from tests.factories import snapshot
 from tests.helpers import committed, consume_loop, eventually, produce, read_all, running, serve_app
@@ -313,6 +313,37 @@ async def test_a_timer_whose_subject_is_locked_is_fired_after_the_lock_or_left_i
     rows = {r["subject"]: r for r in await pool.fetch("SELECT subject, fired_at, cancelled_at FROM timers")}
     assert rows["answered"]["fired_at"] is None and rows["answered"]["cancelled_at"] is not None
     assert rows["late"]["fired_at"] is not None
+
+
+async def test_a_timer_whose_subject_cannot_be_locked_is_counted_and_parked_while_the_others_fire(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    fired: list[str] = []
+
+    async def deadline(ctx: HandlerContext, timer: Timer) -> None:
+        fired.append(timer.subject)
+
+    async def lock_task(conn: Conn, subject: str) -> None:
+        # Cast by the server: one that is no number fails there, aborting what the transaction did so far.
+        await conn.execute("SELECT 1 FROM timers WHERE id = $1::text::bigint FOR UPDATE", subject)
+
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    async with pool.acquire() as conn:
+        await schedule(conn, service="svc", kind="deadline", subject="not-a-task", due_at=past - timedelta(seconds=1))
+        await schedule(conn, service="svc", kind="deadline", subject="7", due_at=past)
+    poller = TimerPoller(
+        service="svc", pool=pool, names=names, handlers={"deadline": deadline}, locks={"deadline": lock_task}
+    )
+    assert await poller.fire_due() == 1
+    assert fired == ["7"]
+    bad = "SELECT attempts, last_error, parked_at FROM timers WHERE subject = 'not-a-task'"
+    row = await pool.fetchrow(bad)
+    assert row is not None and row["attempts"] == 1 and "bigint" in row["last_error"]
+    for _ in range(MAX_ATTEMPTS - 1):
+        await pool.execute("UPDATE timers SET due_at = now() - interval '1 second' WHERE subject = 'not-a-task'")
+        assert await poller.fire_due() == 0
+    row = await pool.fetchrow(bad)
+    assert row is not None and row["attempts"] == MAX_ATTEMPTS and row["parked_at"] is not None
 
 
 # ---- events from newer producers ------------------------------------------------------------

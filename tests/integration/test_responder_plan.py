@@ -49,14 +49,14 @@ playbooks:
 
 
 async def test_analysis_plans_one_block_per_external_ip_and_refuses_a_hostile_argument(
-    pool: asyncpg.Pool, names: TopicNames
+    pool: asyncpg.Pool, names: TopicNames, rate_limiter: RateLimiter
 ) -> None:
     execution = Execution(
         policy=parse_policy("rules: [{name: all, mode: auto}]"),
         guardrails=load_guardrails(),
         connectors=load_connectors(ConnectorsConfig(), pool=pool),
         dry_run=True,
-        rate_limiter=RateLimiter(pool),
+        rate_limiter=rate_limiter,
     )
     responder = Responder(domain.parse_playbooks(PLAYBOOKS), execution)
     hostile = "--exec=/bin/sh"

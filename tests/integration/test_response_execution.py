@@ -186,6 +186,7 @@ def responder_for(
     dry_run: bool = False,
     policy: str = POLICY,
     rails: str = GUARDRAILS,
+    rate_limiter: RateLimiter | None = None,
 ) -> Responder:
     config = parse_connectors_config(
         json.dumps({"webhook": {"url": far.url, "secret_env": "HOOK_SECRET"}} if far else {})
@@ -196,7 +197,7 @@ def responder_for(
         guardrails=parse_guardrails(rails),
         connectors=connectors,
         dry_run=dry_run,
-        rate_limiter=RateLimiter(pool),
+        rate_limiter=rate_limiter,
     )
     return Responder(domain.parse_playbooks(PLAYBOOKS), execution)
 
@@ -859,10 +860,10 @@ async def test_an_incident_merged_away_cancels_its_steps_not_started_and_keeps_w
 
 
 async def test_a_rate_limit_counts_a_dispatch_another_transaction_has_not_committed(
-    pool: asyncpg.Pool, names: TopicNames
+    pool: asyncpg.Pool, names: TopicNames, rate_limiter: RateLimiter
 ) -> None:
     rails = GUARDRAILS.replace("rate_limits: []", "rate_limits: [{action: block, per: target, limit: 1, window: 1h}]")
-    responder = responder_for(pool, policy="rules: [{name: all, mode: auto}]", rails=rails)
+    responder = responder_for(pool, policy="rules: [{name: all, mode: auto}]", rails=rails, rate_limiter=rate_limiter)
     blocks = [
         IncidentAnalyzed(source="/t", subject=incident, data=analysis(Severity.SEV2, ips=["203.0.113.77"]))
         for incident in ("inc-r1", "inc-r2")
@@ -884,8 +885,10 @@ async def test_a_rate_limit_counts_a_dispatch_another_transaction_has_not_commit
     assert await pool.fetchval(sent) == 1
 
 
-async def test_a_rate_limit_slot_of_a_dispatch_never_committed_lapses(pool: asyncpg.Pool) -> None:
-    limiter = RateLimiter(pool)
+async def test_a_rate_limit_slot_of_a_dispatch_never_committed_lapses(
+    pool: asyncpg.Pool, rate_limiter: RateLimiter
+) -> None:
+    limiter = rate_limiter
     limits = parse_guardrails(
         GUARDRAILS.replace("rate_limits: []", "rate_limits: [{action: block, per: action, limit: 1, window: 1h}]")
     ).rate_limits

@@ -28,7 +28,7 @@ from services.reporter.reports import postmortem
 from services.responder import api, blocklist, domain
 from services.responder.approvals import parse_policy
 from services.responder.connectors import load_connectors, parse_connectors_config
-from services.responder.guardrails import RateLimiter, parse_guardrails
+from services.responder.guardrails import parse_guardrails
 from services.responder.handlers import Execution, Responder
 from services.responder.leases import RepeatOffenders
 from shared.consumer import HandlerContext, Inbound, write_context
@@ -71,7 +71,6 @@ def lease_responder(pool: asyncpg.Pool, *, lease: str = "2s", ladder: Sequence[i
         guardrails=parse_guardrails(GUARDRAILS),
         connectors=load_connectors(parse_connectors_config("{}"), pool=pool, environ={}),
         repeat_offenders=RepeatOffenders(durations=tuple(ladder)),
-        rate_limiter=RateLimiter(pool),
     )
     return Responder(domain.parse_playbooks(PLAYBOOK.format(lease=lease)), execution)
 

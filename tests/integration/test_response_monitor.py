@@ -20,7 +20,7 @@ from services.coordinator.service import load_oncall
 from services.responder import domain
 from services.responder.approvals import parse_policy
 from services.responder.connectors import load_connectors, parse_connectors_config
-from services.responder.guardrails import RateLimiter, parse_guardrails
+from services.responder.guardrails import parse_guardrails
 from services.responder.handlers import Execution, Responder
 from services.responder.monitor import Watch
 from shared import cloudevents
@@ -89,7 +89,6 @@ def watching_responder(pool: asyncpg.Pool, period: timedelta) -> Responder:
         guardrails=parse_guardrails(GUARDRAILS),
         connectors=load_connectors(config, pool=pool, environ={}),
         watch=Watch(period=period, threshold=2),
-        rate_limiter=RateLimiter(pool),
     )
     return Responder(domain.parse_playbooks(PLAYBOOK), execution)
 

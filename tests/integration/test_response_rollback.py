@@ -16,7 +16,7 @@ from services.coordinator.service import load_oncall
 from services.responder import api, blocklist, domain
 from services.responder.approvals import parse_policy
 from services.responder.connectors import load_connectors, parse_connectors_config
-from services.responder.guardrails import RateLimiter, parse_guardrails
+from services.responder.guardrails import parse_guardrails
 from services.responder.handlers import Execution, Responder
 from shared import cloudevents
 from shared.consumer import HandlerContext
@@ -119,7 +119,6 @@ def rollback_responder(pool: asyncpg.Pool, url: str) -> Responder:
         policy=parse_policy("rules: [{name: all, mode: auto}]"),
         guardrails=parse_guardrails(GUARDRAILS),
         connectors=load_connectors(config, pool=pool, environ={"HOOK_SECRET": SECRET}),
-        rate_limiter=RateLimiter(pool),
     )
     return Responder(domain.parse_playbooks(PLAYBOOK), execution)
 

@@ -22,7 +22,7 @@ from services.coordinator.service import load_oncall
 from services.responder import blocklist, domain
 from services.responder.approvals import parse_policy
 from services.responder.connectors import load_connectors, parse_connectors_config
-from services.responder.guardrails import RateLimiter, parse_guardrails
+from services.responder.guardrails import parse_guardrails
 from services.responder.handlers import Execution, Responder
 from shared import cloudevents
 from shared.consumer import HandlerContext
@@ -176,7 +176,6 @@ def responder_with_checks(pool: asyncpg.Pool, far: FarSide, marks: Path) -> Resp
         policy=parse_policy("rules: [{name: all, mode: auto}]"),
         guardrails=parse_guardrails(GUARDRAILS),
         connectors=connectors,
-        rate_limiter=RateLimiter(pool),
     )
     return Responder(domain.parse_playbooks(PLAYBOOKS), execution)
 
