@@ -80,10 +80,14 @@ async def create_pool(database_url: str, *, max_size: int = 5, **kwargs: Any) ->
     return pool
 
 
-async def connect(database_url: str) -> asyncpg.Connection:
+async def connect(database_url: str, **kwargs: Any) -> asyncpg.Connection:
     """Open one connection outside any pool, with the pool's JSON codecs (for long-lived roles)."""
-    conn = await asyncpg.connect(database_url)
-    await _init_connection(conn)
+    conn: asyncpg.Connection = await asyncpg.connect(database_url, **kwargs)
+    try:
+        await _init_connection(conn)
+    except BaseException:
+        conn.terminate()
+        raise
     return conn
 
 

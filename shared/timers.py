@@ -254,6 +254,8 @@ class TimerPoller:
                     except Exception as exc:
                         if is_retriable(exc):
                             raise
+                        if isinstance(exc, asyncpg.QueryCanceledError | asyncpg.LockNotAvailableError):
+                            continue  # a lock or statement timeout: the subject is busy, not broken; next pass
                         # A subject its lock cannot take (a malformed one): counted like a handler's failure,
                         # then parked, never holding up the timers behind it.
                         await self._failed(conn, candidate, exc)
@@ -290,16 +292,26 @@ class TimerPoller:
         TIMERS_FIRED.labels(self.service, timer.kind, "fired").inc()
 
     async def _failed(self, conn: Conn, row: Any, exc: Exception) -> None:
-        """Count a failed attempt at the timer: it is tried again later, and parked after MAX_ATTEMPTS."""
-        attempts = row["attempts"] + 1
+        """Count a failed attempt at the timer: it is tried again later, and parked after MAX_ATTEMPTS.
+
+        Counted on the row as it is now, and only while it is pending: another replica may have fired,
+        moved or counted it since ``row`` was read.
+        """
         error = f"{type(exc).__name__}: {exc}"[:2000]
+        attempts = await conn.fetchval(
+            """UPDATE timers SET attempts = attempts + 1, last_error = $2,
+                   parked_at = CASE WHEN attempts + 1 >= $3 THEN now() END,
+                   due_at = CASE WHEN attempts + 1 >= $3 THEN due_at ELSE now() + $4::interval END
+               WHERE id = $1 AND fired_at IS NULL AND cancelled_at IS NULL AND parked_at IS NULL
+               RETURNING attempts""",
+            row["id"],
+            error,
+            MAX_ATTEMPTS,
+            retry_delay(row["attempts"] + 1),
+        )
+        if attempts is None:
+            return  # fired, cancelled or parked meanwhile
         if attempts >= MAX_ATTEMPTS:
-            await conn.execute(
-                "UPDATE timers SET attempts = $2, last_error = $3, parked_at = now() WHERE id = $1",
-                row["id"],
-                attempts,
-                error,
-            )
             TIMERS_FIRED.labels(self.service, row["kind"], "parked").inc()
             log.error(
                 "timer %d (%s %s) parked after %d attempts: %s",
@@ -311,13 +323,6 @@ class TimerPoller:
                 exc_info=exc,
             )
             return
-        await conn.execute(
-            "UPDATE timers SET attempts = $2, last_error = $3, due_at = now() + $4::interval WHERE id = $1",
-            row["id"],
-            attempts,
-            error,
-            retry_delay(attempts),
-        )
         TIMERS_FIRED.labels(self.service, row["kind"], "retry").inc()
         log.warning(
             "timer %d (%s %s) failed, attempt %d of %d: %s",

@@ -366,8 +366,8 @@ async def set_paused(conn: Conn, *, paused: bool, reason: str, changed_by: str) 
 # A slot not matched by a step dispatched for real (its transaction rolled back, or has not committed
 # yet) counts this long: far longer than a dispatching transaction lasts.
 UNCONFIRMED = timedelta(minutes=5)
-# The limiter's own connection is made within this long, else the dispatching transaction is retried whole.
-CONNECT_TIMEOUT_S = 10.0
+# A dispatch waits this long for its turn, its connection or a statement, else its transaction is retried whole.
+LIMITER_TIMEOUT_S = 30.0
 _LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('responder:rate-limits', 0))"
 # The slots that count: those of steps dispatched for real, and those too young to tell.
 _SLOTS = """
@@ -425,9 +425,13 @@ class RateLimiter:
         if not limits:
             return ALLOWED
         longest = max(limit.window_delta for limit in limits)
-        async with self._turn:
+        async with asyncio.timeout(LIMITER_TIMEOUT_S):
+            await self._turn.acquire()
+        try:
             if self._conn is None or self._conn.is_closed():
-                self._conn = await asyncio.wait_for(connect(self.database_url), CONNECT_TIMEOUT_S)
+                self._conn = await asyncio.wait_for(
+                    connect(self.database_url, command_timeout=LIMITER_TIMEOUT_S), LIMITER_TIMEOUT_S
+                )
             conn = self._conn
             try:
                 async with conn.transaction():
@@ -442,6 +446,8 @@ class RateLimiter:
                 conn.terminate()
                 self._conn = None
                 raise
+        finally:
+            self._turn.release()
         return refusal or ALLOWED
 
 

@@ -481,8 +481,10 @@ class Responder:
     async def on_resumed(self, ctx: HandlerContext, timer: timers.Timer) -> None:
         """Responses resumed: the steps the pause held run on, each incident in its turn."""
         cause = _TimerCause(subject=timer.subject, source=SOURCE)
-        for incident_id in await repository.release_held(ctx.conn):
+        # Each incident's lock before its steps' rows, as everyone else takes them.
+        for incident_id in await repository.held_incidents(ctx.conn):
             await repository.lock_incident(ctx.conn, incident_id)
+            await repository.release_held(ctx.conn, incident_id)
             await self._advance(ctx, incident_id, cause)
 
     async def _dispatch(self, ctx: HandlerContext, cause: Cause, row: dict[str, Any]) -> bool:

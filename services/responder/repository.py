@@ -50,10 +50,17 @@ async def hold_step(conn: Conn, step_id: str, *, reason: str) -> bool:
     return bool(held)
 
 
-async def release_held(conn: Conn) -> list[str]:
-    """Release every held step; return their incidents, to run on."""
-    rows = await conn.fetch("UPDATE responder_steps SET held_at = NULL WHERE held_at IS NOT NULL RETURNING incident_id")
-    return sorted({row["incident_id"] for row in rows})
+async def held_incidents(conn: Conn) -> list[str]:
+    """The incidents with steps the kill switch held, in one order (that of their locks)."""
+    rows = await conn.fetch("SELECT DISTINCT incident_id FROM responder_steps WHERE held_at IS NOT NULL")
+    return sorted(row["incident_id"] for row in rows)
+
+
+async def release_held(conn: Conn, incident_id: str) -> None:
+    """Release the incident's held steps (its lock held: as every step of it is changed)."""
+    await conn.execute(
+        "UPDATE responder_steps SET held_at = NULL WHERE incident_id = $1 AND held_at IS NOT NULL", incident_id
+    )
 
 
 async def steps_of(conn: Conn, incident_id: str) -> list[asyncpg.Record]:
