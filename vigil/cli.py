@@ -1835,10 +1835,22 @@ def intel_load(
             entries = intel.parse_feed(file.read_text(), feed_format=feed_format, defaults=defaults, kind=kind)
     except intel.IntelError as exc:
         _fail(f"{file}: {exc}")
-    loaded = asyncio.run(
-        _on_database(lambda conn: intel.load_feed(conn, source=source, entries=entries, replace=not keep))
-    )
+    from services.analyzer import feeds, retrohunt
+
+    async def load(conn: Any) -> tuple[int, list[str]]:
+        # The incidents whose indicators the feed now lists are analysed again: set with the load, or neither.
+        async with conn.transaction():
+            loaded = await intel.load_feed(conn, source=source, entries=entries, replace=not keep)
+            return loaded, await retrohunt.hunt(conn, source=source, service=feeds.SERVICE)
+
+    loaded, rechecked = asyncio.run(_on_database(load))
     console.print(f"{loaded} entries loaded into {source}", markup=False, highlight=False)
+    if rechecked:
+        console.print(
+            f"{len(rechecked)} incident(s) name what it lists: analysed again ({', '.join(rechecked[:10])})",
+            markup=False,
+            highlight=False,
+        )
 
 
 @intel_app.command("feeds")

@@ -27,7 +27,7 @@ import asyncpg
 import httpx
 from pydantic import ValidationError
 
-from services.analyzer import intel
+from services.analyzer import intel, retrohunt
 from shared import timers
 from shared.consumer import HandlerContext
 from shared.db import Conn
@@ -293,6 +293,7 @@ class FeedRefresher:
         async with self.pool.acquire() as conn, conn.transaction():
             now: datetime = await conn.fetchval("SELECT now()")
             loaded = await intel.load_feed(conn, source=feed.name, entries=entries, expires_at=_expiry(feed, now))
+            await retrohunt.hunt(conn, source=feed.name, service=SERVICE)
             await conn.execute(
                 """UPDATE intel_feeds SET last_success_at = now(), last_error = NULL, last_error_at = NULL,
                        content_sha256 = $2, etag = $3, last_modified = $4, updated_at = now()

@@ -22,7 +22,7 @@ from services.analyzer import (
     similar,
 )
 from services.analyzer.metrics import ANALYSES, INTEL_LOOKUPS
-from shared import events
+from shared import events, timers
 from shared.consumer import BatchHandler, HandlerContext, Inbound
 from shared.events import (
     AlertSummary,
@@ -78,6 +78,18 @@ async def reanalyse_split(ctx: HandlerContext, event: IncidentSplit, *, noise: f
     await _gather_and_publish(ctx, event, snapshot, known=known, noise=noise, interval=timedelta(0))
 
 
+async def recheck_intel(ctx: HandlerContext, timer: timers.Timer, *, noise: forensic.Noise | None = None) -> None:
+    """A threat-intelligence feed came to list an indicator the incident holds (``retrohunt``): the incident
+    is analysed again as its latest event left it, its indicators looked up again, and a new version published
+    at once if it changed."""
+    known = await repository.get(ctx.conn, incident_id=timer.subject)
+    snapshot = await repository.last_snapshot(ctx.conn, incident_id=timer.subject)
+    if known is None or snapshot is None:
+        return
+    event = IncidentUpdated(source=SOURCE, subject=timer.subject, data=snapshot)
+    await _gather_and_publish(ctx, event, snapshot, known=known, noise=noise, interval=timedelta(0))
+
+
 async def publish_waiting(ctx: HandlerContext, *, interval: timedelta, limit: int = 100) -> int:
     """Publish the latest version of each incident's analysis that waited for its interval to end; how many."""
     due = await repository.take_due(ctx.conn, interval=interval, limit=limit)
@@ -111,7 +123,7 @@ async def _gather_and_publish(
     first_time = {e.key for e in recorded}
     trace = await _trace(ctx, event.subject, snapshot, [a for a in snapshot.new_alerts if a.key in first_time])
     if snapshot.part < snapshot.parts:
-        await repository.save(ctx.conn, incident_id=event.subject, gathered=gathered)
+        await repository.save(ctx.conn, incident_id=event.subject, gathered=gathered, snapshot=snapshot)
         return  # one analysis per batch, once its last part is in: the responder plans once
     asked = (
         event
@@ -135,7 +147,7 @@ async def _gather_and_publish(
         if isinstance(o := forensic.indicator_of(t), Observable)
     ]
     gathered = replace(gathered, indicators=indicators)
-    await repository.save(ctx.conn, incident_id=event.subject, gathered=gathered)
+    await repository.save(ctx.conn, incident_id=event.subject, gathered=gathered, snapshot=snapshot)
     # What the incident touches, by the asset inventory: hosts, accounts, addresses and cloud resources.
     addresses = await forensic_repository.list_addresses(ctx.conn, incident_id=event.subject)
     wanted = domain.lookups(gathered, addresses, observables)

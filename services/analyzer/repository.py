@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 from services.analyzer.domain import Gathered, Published
 from shared.db import Conn
-from shared.events import IncidentAnalyzed, Indicator
+from shared.events import IncidentAnalyzed, IncidentSnapshot, Indicator
 
 
 async def get(conn: Conn, *, incident_id: str) -> Gathered | None:
@@ -22,20 +22,32 @@ async def get(conn: Conn, *, incident_id: str) -> Gathered | None:
     )
 
 
-async def save(conn: Conn, *, incident_id: str, gathered: Gathered) -> None:
+async def save(conn: Conn, *, incident_id: str, gathered: Gathered, snapshot: IncidentSnapshot) -> None:
+    """Keep what was gathered, and the incident as ``snapshot`` (its latest event) describes it, without its alerts."""
     await conn.execute(
-        """INSERT INTO analyzer_incidents (incident_id, alert_count, hosts, users, indicators, resources)
-           VALUES ($1, $2, $3, $4, $5, $6)
+        """INSERT INTO analyzer_incidents (incident_id, alert_count, hosts, users, indicators, resources, snapshot)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
            ON CONFLICT (incident_id) DO UPDATE SET alert_count = EXCLUDED.alert_count,
                hosts = EXCLUDED.hosts, users = EXCLUDED.users, indicators = EXCLUDED.indicators,
-               resources = EXCLUDED.resources, updated_at = now()""",
+               resources = EXCLUDED.resources, snapshot = EXCLUDED.snapshot, updated_at = now()""",
         incident_id,
         gathered.alert_count,
         gathered.hosts,
         gathered.users,
         [i.model_dump() for i in gathered.indicators],
         gathered.resources,
+        snapshot.model_dump(mode="json", exclude=_ALERTS_OF_A_BATCH),
     )
+
+
+# What a snapshot says of its batch's alerts: not kept, as an analysis again adds no alert.
+_ALERTS_OF_A_BATCH = {"new_alerts", "part", "parts"}
+
+
+async def last_snapshot(conn: Conn, *, incident_id: str) -> IncidentSnapshot | None:
+    """The incident as its latest event described it, with no new alerts; None before any (or before Vigil kept it)."""
+    kept = await conn.fetchval("SELECT snapshot FROM analyzer_incidents WHERE incident_id = $1", incident_id)
+    return None if kept is None else IncidentSnapshot.model_validate(kept)
 
 
 async def published(conn: Conn, *, incident_id: str) -> tuple[Published, datetime]:

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from fastapi import APIRouter
 
-from services.analyzer import api, assets_api, attack, evidence_api, forensic, handlers, intel, providers
+from services.analyzer import api, assets_api, attack, evidence_api, forensic, handlers, intel, providers, retrohunt
 from services.analyzer.feeds import SERVICE, FeedRefresher, sync
 from shared.consumer import HandlerContext, decode_cloudevent, write_context
 from shared.effects import EffectKind
@@ -57,6 +57,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
     refreshers: list[FeedRefresher] = []
     interval = timedelta(seconds=settings.analyzer_publish_interval_s)
     reanalyse = functools.partial(handlers.analyse_incident, noise=noise, interval=interval)
+    recheck = functools.partial(handlers.recheck_intel, noise=noise)
 
     def effects(runtime: Runtime) -> Sequence[EffectKind]:
         refreshers.append(FeedRefresher(config, pool=runtime.pool))
@@ -67,7 +68,11 @@ def spec(settings: VigilSettings) -> ServiceSpec:
             await sync(conn, config)
             await providers.sync(conn, online)
         poller = TimerPoller(
-            service=SERVICE, pool=runtime.pool, names=runtime.names, handlers=refreshers[0].timer_handlers
+            service=SERVICE,
+            pool=runtime.pool,
+            names=runtime.names,
+            handlers={**refreshers[0].timer_handlers, retrohunt.RECHECK: recheck},
+            locks={retrohunt.RECHECK: retrohunt.lock_incident},
         )
         await poller.run()
 

@@ -4,15 +4,19 @@ may have outdated), and the analysis carries the worst indicators with the count
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from typer.testing import CliRunner
 
-from services.analyzer import assets, domain, forensic, forensic_repository, handlers, intel
+from services.analyzer import assets, domain, forensic, forensic_repository, handlers, intel, retrohunt
 from services.analyzer.feeds import SERVICE
 from services.detector.domain import summarise
+from shared import cloudevents
 from shared.consumer import HandlerContext, Inbound, write_context
 from shared.db import create_pool
 from shared.events import (
@@ -28,9 +32,11 @@ from shared.events import (
     MergeRecord,
     SplitRecord,
 )
+from shared.timers import TimerPoller
 from shared.topics import TopicNames
 from tests.factories import alert, snapshot
 from tests.helpers import eventually
+from vigil.cli import app as cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
@@ -248,6 +254,69 @@ async def test_a_feed_loaded_after_an_analysis_reaches_its_indicators_on_a_later
     await analyse(db, batch("inc-late", 4, ["198.51.0.4"]))
     assert asked[-1] == {("ipv4", "198.51.0.4")}
     assert await counts_agree(db)
+
+
+async def outbox_analyses(pool: asyncpg.Pool, subject: str) -> list[IncidentAnalyzed]:
+    rows = await pool.fetch("SELECT value, headers FROM outbox WHERE service = $1 ORDER BY id", SERVICE)
+    decoded = [cloudevents.decode(r["value"], [(n, v.encode()) for n, v in r["headers"]]) for r in rows]
+    return [e for e in decoded if isinstance(e, IncidentAnalyzed) and e.subject == subject]
+
+
+async def test_a_feed_that_comes_to_list_an_indicator_has_its_quiet_incident_analysed_again(
+    db: asyncpg.Pool, asked: list[set[Key]]
+) -> None:
+    [first] = await analyse(db, batch("inc-quiet", 0, ["45.77.9.9", "45.77.9.10"], created=True))
+    assert {i.value: i.verdict for i in first.data.indicators}.get("45.77.9.9") in (None, "unknown")
+    await analyse(db, batch("inc-other", 0, ["45.77.8.8"], created=True))
+    # The incident goes quiet; then a feed comes to list one of its addresses.
+    async with db.acquire() as conn, conn.transaction():
+        await intel.load_feed(conn, source="botnets", entries=[listed("45.77.9.9", "malicious", 90)])
+        # Only the incident that names it: the other is left alone.
+        assert await retrohunt.hunt(conn, source="botnets", service=SERVICE) == ["inc-quiet"]
+    poller = TimerPoller(
+        service=SERVICE,
+        pool=db,
+        names=NAMES,
+        handlers={retrohunt.RECHECK: handlers.recheck_intel},
+        locks={retrohunt.RECHECK: retrohunt.lock_incident},
+    )
+    before = len(await outbox_analyses(db, "inc-quiet"))
+    assert await poller.fire_due() == 1
+    *_, again = await outbox_analyses(db, "inc-quiet")
+    assert len(await outbox_analyses(db, "inc-quiet")) == before + 1
+    verdicts = {i.value: i.verdict for i in again.data.indicators}
+    assert verdicts["45.77.9.9"] == "malicious"
+    # As its last event left it: the same title, severity and alerts, nothing added.
+    assert (again.data.title, again.data.severity, again.data.alert_count) == (
+        first.data.title,
+        first.data.severity,
+        first.data.alert_count,
+    )
+    # A feed that lists it again, unchanged, changes no verdict: nothing new is published.
+    async with db.acquire() as conn, conn.transaction():
+        await intel.load_feed(conn, source="botnets", entries=[listed("45.77.9.9", "malicious", 90)])
+        await retrohunt.hunt(conn, source="botnets", service=SERVICE)
+    await poller.fire_due()
+    assert len(await outbox_analyses(db, "inc-quiet")) == before + 1
+
+
+async def test_vigil_intel_load_says_which_incidents_name_what_the_feed_lists(
+    db: asyncpg.Pool, database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    await analyse(db, batch("inc-named", 0, ["45.77.7.7"], created=True))
+    feed = tmp_path / "c2.txt"
+    feed.write_text("45.77.7.7\n45.77.7.8\n")
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    loaded = await asyncio.to_thread(
+        CliRunner().invoke,
+        cli,
+        ["intel", "load", str(feed), "--source", "c2", "--format", "list", "--verdict", "malicious"],
+    )
+    assert loaded.exit_code == 0, loaded.output
+    assert "2 entries loaded into c2" in loaded.output
+    assert "1 incident(s) name what it lists" in loaded.output and "inc-named" in loaded.output
+    due = "SELECT subject FROM timers WHERE kind = $1 AND fired_at IS NULL AND cancelled_at IS NULL"
+    assert [r["subject"] for r in await db.fetch(due, retrohunt.RECHECK)] == ["inc-named"]
 
 
 async def test_a_changed_feed_is_caught_up_over_a_few_batches(
