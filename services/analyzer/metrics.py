@@ -17,3 +17,8 @@ INTEL_LOOKUPS = Counter(
     "its verdict expired). Every other indicator keeps the verdict it has.",
     ["reason"],
 )
+
+RETRO_HUNTS = Counter(
+    "vigil_analyzer_retro_hunts",
+    "Incidents set to be analysed again because a feed, once loaded, lists an indicator they name (retro-hunt).",
+)

@@ -14,6 +14,7 @@ import logging
 from datetime import timedelta
 
 from services.analyzer import intel
+from services.analyzer.metrics import RETRO_HUNTS
 from shared import timers
 from shared.db import Conn
 
@@ -56,5 +57,6 @@ async def hunt(conn: Conn, *, source: str, service: str) -> list[str]:
     incidents = sorted(row["incident_id"] for row in named)
     now = await conn.fetchval("SELECT now()")
     await timers.schedule_many(conn, service=service, kind=RECHECK, due=dict.fromkeys(incidents, now))
+    RETRO_HUNTS.inc(len(incidents))
     log.info("intel feed %s lists indicators of %d incident(s): analysing them again", source, len(incidents))
     return incidents

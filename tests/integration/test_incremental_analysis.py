@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 from services.analyzer import assets, domain, forensic, forensic_repository, handlers, intel, retrohunt
@@ -271,8 +272,10 @@ async def test_a_feed_that_comes_to_list_an_indicator_has_its_quiet_incident_ana
     # The incident goes quiet; then a feed comes to list one of its addresses.
     async with db.acquire() as conn, conn.transaction():
         await intel.load_feed(conn, source="botnets", entries=[listed("45.77.9.9", "malicious", 90)])
+        hunted = REGISTRY.get_sample_value("vigil_analyzer_retro_hunts_total") or 0
         # Only the incident that names it: the other is left alone.
         assert await retrohunt.hunt(conn, source="botnets", service=SERVICE) == ["inc-quiet"]
+        assert REGISTRY.get_sample_value("vigil_analyzer_retro_hunts_total") == hunted + 1
     poller = TimerPoller(
         service=SERVICE,
         pool=db,
