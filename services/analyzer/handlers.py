@@ -85,9 +85,12 @@ async def recheck_intel(ctx: HandlerContext, timer: timers.Timer, *, noise: fore
     known = await repository.get(ctx.conn, incident_id=timer.subject)
     snapshot = await repository.last_snapshot(ctx.conn, incident_id=timer.subject)
     if known is None or snapshot is None:
-        return
+        return  # merged into another since, or analysed before its snapshot was kept
+    named = [(kind, value) for kind, value in timer.payload.get("named", [])]
     event = IncidentUpdated(source=SOURCE, subject=timer.subject, data=snapshot)
-    await _gather_and_publish(ctx, event, snapshot, known=known, noise=noise, interval=timedelta(0))
+    await _gather_and_publish(
+        ctx, event, snapshot, known=known, noise=noise, interval=timedelta(0), look_up_again=named
+    )
 
 
 async def publish_waiting(ctx: HandlerContext, *, interval: timedelta, limit: int = 100) -> int:
@@ -114,7 +117,9 @@ async def _gather_and_publish(
     known: domain.Gathered | None,
     noise: forensic.Noise | None,
     interval: timedelta,
+    look_up_again: Sequence[tuple[str, str]] = (),
 ) -> None:
+    """``look_up_again``: indicators the incident holds already, to be looked up with what the event names."""
     gathered = domain.gather(known, snapshot)
     # Forensics: what each new alert names and where, stored once per alert (an alert carried again is not re-read).
     evidence = [forensic.evidence_of(a, noise or forensic.Noise()) for a in snapshot.new_alerts]
@@ -123,14 +128,15 @@ async def _gather_and_publish(
     first_time = {e.key for e in recorded}
     trace = await _trace(ctx, event.subject, snapshot, [a for a in snapshot.new_alerts if a.key in first_time])
     if snapshot.part < snapshot.parts:
-        await repository.save(ctx.conn, incident_id=event.subject, gathered=gathered, snapshot=snapshot)
+        # The snapshot kept is the last part's: a recheck between the parts would analyse half a batch.
+        await repository.save(ctx.conn, incident_id=event.subject, gathered=gathered, snapshot=None)
         return  # one analysis per batch, once its last part is in: the responder plans once
     asked = (
         event
         if isinstance(event, IncidentDetected | IncidentUpdated)
         else IncidentUpdated(source=SOURCE, subject=event.subject, data=snapshot)
     )
-    await _look_up(ctx, asked, forensic.indicator_keys(recorded))
+    await _look_up(ctx, asked, sorted({*forensic.indicator_keys(recorded), *look_up_again}))
     # The worst indicators, with their kept verdicts, and how many there are in all: never every row.
     worst = await forensic_repository.list_worst(
         ctx.conn, incident_id=event.subject, limit=events.MAX_ANALYSIS_INDICATORS
@@ -361,8 +367,9 @@ def handler(noise: forensic.Noise, interval: timedelta = timedelta(0)) -> BatchH
             elif isinstance(event, IncidentMerged):
                 await flush(event.subject)
                 # Its alerts are the survivor's now: it is no past incident for the survivor, nor any
-                # other, to be found alike.
+                # other, to be found alike; nor is it analysed again when a feed lists what it named.
                 await history.forget_features(ctx.conn, incident_id=event.subject)
+                await repository.forget_snapshot(ctx.conn, incident_id=event.subject)
         for incident_id in list(runs):
             await flush(incident_id)
 

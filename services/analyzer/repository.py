@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
+
+from pydantic import ValidationError
 
 from services.analyzer.domain import Gathered, Published
 from shared.db import Conn
 from shared.events import IncidentAnalyzed, IncidentSnapshot, Indicator
+
+log = logging.getLogger(__name__)
 
 
 async def get(conn: Conn, *, incident_id: str) -> Gathered | None:
@@ -22,21 +27,23 @@ async def get(conn: Conn, *, incident_id: str) -> Gathered | None:
     )
 
 
-async def save(conn: Conn, *, incident_id: str, gathered: Gathered, snapshot: IncidentSnapshot) -> None:
-    """Keep what was gathered, and the incident as ``snapshot`` (its latest event) describes it, without its alerts."""
+async def save(conn: Conn, *, incident_id: str, gathered: Gathered, snapshot: IncidentSnapshot | None) -> None:
+    """Keep what was gathered, and the incident as ``snapshot`` (its latest event) describes it, without its
+    alerts; None keeps the snapshot kept before."""
     await conn.execute(
         """INSERT INTO analyzer_incidents (incident_id, alert_count, hosts, users, indicators, resources, snapshot)
            VALUES ($1, $2, $3, $4, $5, $6, $7)
            ON CONFLICT (incident_id) DO UPDATE SET alert_count = EXCLUDED.alert_count,
                hosts = EXCLUDED.hosts, users = EXCLUDED.users, indicators = EXCLUDED.indicators,
-               resources = EXCLUDED.resources, snapshot = EXCLUDED.snapshot, updated_at = now()""",
+               resources = EXCLUDED.resources, snapshot = coalesce(EXCLUDED.snapshot, analyzer_incidents.snapshot),
+               updated_at = now()""",
         incident_id,
         gathered.alert_count,
         gathered.hosts,
         gathered.users,
         [i.model_dump() for i in gathered.indicators],
         gathered.resources,
-        snapshot.model_dump(mode="json", exclude=_ALERTS_OF_A_BATCH),
+        None if snapshot is None else snapshot.model_dump(mode="json", exclude=_ALERTS_OF_A_BATCH),
     )
 
 
@@ -47,7 +54,20 @@ _ALERTS_OF_A_BATCH = {"new_alerts", "part", "parts"}
 async def last_snapshot(conn: Conn, *, incident_id: str) -> IncidentSnapshot | None:
     """The incident as its latest event described it, with no new alerts; None before any (or before Vigil kept it)."""
     kept = await conn.fetchval("SELECT snapshot FROM analyzer_incidents WHERE incident_id = $1", incident_id)
-    return None if kept is None else IncidentSnapshot.model_validate(kept)
+    if kept is None:
+        return None
+    try:
+        return IncidentSnapshot.model_validate(kept)
+    except ValidationError as exc:  # kept by a version of Vigil that described incidents otherwise
+        log.warning(
+            "incident %s: its kept snapshot is not read (%s); analysed again with its next event", incident_id, exc
+        )
+        return None
+
+
+async def forget_snapshot(conn: Conn, *, incident_id: str) -> None:
+    """The incident is analysed again only with an event of its own (it was merged into another)."""
+    await conn.execute("UPDATE analyzer_incidents SET snapshot = NULL WHERE incident_id = $1", incident_id)
 
 
 async def published(conn: Conn, *, incident_id: str) -> tuple[Published, datetime]:

@@ -269,11 +269,18 @@ async def test_a_feed_that_comes_to_list_an_indicator_has_its_quiet_incident_ana
     [first] = await analyse(db, batch("inc-quiet", 0, ["45.77.9.9", "45.77.9.10"], created=True))
     assert {i.value: i.verdict for i in first.data.indicators}.get("45.77.9.9") in (None, "unknown")
     await analyse(db, batch("inc-other", 0, ["45.77.8.8"], created=True))
+    # One that named it too, then was merged into another: its alerts are the survivor's.
+    await analyse(db, batch("inc-gone", 0, ["45.77.9.9"], created=True))
+    merge = MergeRecord(survivor="inc-other", merged=["inc-gone"], actor="vera", command_id="c-9", alerts=1)
+    async with db.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service=SERVICE, names=NAMES)
+        await handlers.handle(ctx, [Inbound("e-9", IncidentMerged(source="/t", subject="inc-gone", data=merge), None)])
+        await write_context(conn, ctx)
     # The incident goes quiet; then a feed comes to list one of its addresses.
     async with db.acquire() as conn, conn.transaction():
         await intel.load_feed(conn, source="botnets", entries=[listed("45.77.9.9", "malicious", 90)])
         hunted = REGISTRY.get_sample_value("vigil_analyzer_retro_hunts_total") or 0
-        # Only the incident that names it: the other is left alone.
+        # Only the incident that names it: the other is left alone, and so is the one merged away.
         assert await retrohunt.hunt(conn, source="botnets", service=SERVICE) == ["inc-quiet"]
         assert REGISTRY.get_sample_value("vigil_analyzer_retro_hunts_total") == hunted + 1
     poller = TimerPoller(
