@@ -43,8 +43,6 @@ from shared.events import (
     IncidentAnalyzed,
     IncidentDetected,
     IncidentMerged,
-    IncidentState,
-    IncidentStateChanged,
     IncidentUpdated,
     LeaseChange,
     ResponseLeaseChanged,
@@ -111,10 +109,6 @@ class StepAnswerRefused(ValueError):
     """An approval or denial that does not apply; the reason goes back to the person."""
 
 
-# The states an incident ends in: no new plan for it after them.
-ENDED = frozenset({IncidentState.RESOLVED, IncidentState.CLOSED})
-
-
 async def _lock_nothing(conn: Conn, subject: str) -> None:
     """For a timer fired alone in a transaction of its own, whose handler takes the locks it needs."""
 
@@ -149,7 +143,6 @@ class Responder:
                 IncidentDetected: self.on_alerts,
                 IncidentUpdated: self.on_alerts,
                 IncidentMerged: self.on_merged,
-                IncidentStateChanged: self.on_state_changed,
             }
         )
         self.timer_handlers: dict[str, timers.TimerHandler] = {
@@ -188,10 +181,6 @@ class Responder:
         except domain.NoPlaybook as exc:
             raise InvalidMessage(str(exc)) from exc
         await repository.lock_incident(ctx.conn, event.subject)
-        if (ended := await repository.ended(ctx.conn, event.subject)) is not None:
-            # A late analysis (an intel feed's retro-hunt, a provider's answer) acts on nothing once it ended.
-            log.info("incident %s is %s: analysis %s plans nothing", event.subject, ended, event.id)
-            return
         row = await repository.current_plan(ctx.conn, event.subject)
         current = (row["playbook"], Severity(row["severity"])) if row else None
         planning = domain.plan_bounded(playbook, plan_id=new_id(), facts=facts)
@@ -488,14 +477,6 @@ class Responder:
                     held = not await self._dispatch(ctx, cause, row) or held
             if held:  # responses are paused: the rest waits for the resume, which runs this incident on
                 return
-
-    async def on_state_changed(self, ctx: HandlerContext, event: IncidentStateChanged) -> None:
-        """The coordinator moved the incident: once resolved or closed it gets no new plan; reopened, it may again."""
-        await repository.lock_incident(ctx.conn, event.subject)
-        if event.data.to_state in ENDED:
-            await repository.mark_ended(ctx.conn, event.subject, state=event.data.to_state.value, at=event.time)
-        else:
-            await repository.unmark_ended(ctx.conn, event.subject)
 
     async def on_resumed(self, ctx: HandlerContext, timer: timers.Timer) -> None:
         """Responses resumed: the steps the pause held run on, each incident in its turn."""

@@ -50,26 +50,6 @@ async def hold_step(conn: Conn, step_id: str, *, reason: str) -> bool:
     return bool(held)
 
 
-async def ended(conn: Conn, incident_id: str) -> str | None:
-    """The state the incident ended in, or None while it is open (or reopened)."""
-    state: str | None = await conn.fetchval("SELECT state FROM responder_ended WHERE incident_id = $1", incident_id)
-    return state
-
-
-async def mark_ended(conn: Conn, incident_id: str, *, state: str, at: datetime) -> None:
-    await conn.execute(
-        """INSERT INTO responder_ended (incident_id, state, ended_at) VALUES ($1, $2, $3)
-           ON CONFLICT (incident_id) DO UPDATE SET state = EXCLUDED.state, ended_at = EXCLUDED.ended_at""",
-        incident_id,
-        state,
-        at,
-    )
-
-
-async def unmark_ended(conn: Conn, incident_id: str) -> None:
-    await conn.execute("DELETE FROM responder_ended WHERE incident_id = $1", incident_id)
-
-
 async def held_incidents(conn: Conn) -> list[str]:
     """The incidents with steps the kill switch held, in one order (that of their locks)."""
     rows = await conn.fetch("SELECT DISTINCT incident_id FROM responder_steps WHERE held_at IS NOT NULL")

@@ -29,7 +29,7 @@ from shared.effects import EffectKind
 from shared.service import Runtime, ServiceSpec
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
-from shared.topics import ANALYSES, COMMANDS, COORDINATION, INCIDENTS
+from shared.topics import ANALYSES, COMMANDS, INCIDENTS
 
 DEFAULT_PLAYBOOKS = Path(__file__).with_name("playbooks.yaml")
 
@@ -109,8 +109,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
     return ServiceSpec(
         name=SERVICE,
         # The incidents' new alerts: the watch after containment looks for the contained entities in them.
-        # Incident state changes: an ended incident gets no new plan.
-        consumes=(ANALYSES, COMMANDS, INCIDENTS, COORDINATION),
+        consumes=(ANALYSES, COMMANDS, INCIDENTS),
         decoder=decode_cloudevent,
         handler=responder.handle,
         routers=lambda runtime: api.routers(runtime, responder),

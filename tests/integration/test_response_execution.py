@@ -47,14 +47,11 @@ from shared.events import (
     IncidentDetected,
     IncidentEscalated,
     IncidentMerged,
-    IncidentState,
-    IncidentStateChanged,
     IncidentType,
     Indicator,
     MergeRecord,
     ResponseStepChanged,
     Severity,
-    StateChange,
     StepAnswer,
     StepChange,
 )
@@ -860,28 +857,6 @@ async def test_an_incident_merged_away_cancels_its_steps_not_started_and_keeps_w
         rejected = await handle(pool, names, responder, answer(ApproveStep, "inc-1:isolate", "alice", role="commander"))
         assert any(isinstance(e, CommandRejected) for e in rejected)
         assert far.keys == []
-
-
-async def test_an_ended_incident_gets_no_new_plan_until_it_is_reopened(pool: asyncpg.Pool, names: TopicNames) -> None:
-    responder = responder_for(pool)
-
-    def analysed(*ips: str) -> IncidentAnalyzed:
-        return IncidentAnalyzed(source="/test", subject="inc-end", data=analysis(Severity.SEV2, ips=list(ips)))
-
-    def moved(to_state: IncidentState) -> IncidentStateChanged:
-        change = StateChange(from_state=None, to_state=to_state, actor="alice")
-        return IncidentStateChanged(source="/vigil/coordinator", subject="inc-end", data=change)
-
-    await handle(pool, names, responder, analysed("203.0.113.7"))
-    assert "block 203.0.113.7" in await states(pool, "inc-end")
-    await handle(pool, names, responder, moved(IncidentState.RESOLVED))
-    # A late analysis (a feed came to list another address) acts on nothing once the incident ended.
-    await handle(pool, names, responder, analysed("203.0.113.7", "203.0.113.8"))
-    assert "block 203.0.113.8" not in await states(pool, "inc-end")
-    # Reopened, it is planned for again.
-    await handle(pool, names, responder, moved(IncidentState.ACKNOWLEDGED))
-    await handle(pool, names, responder, analysed("203.0.113.7", "203.0.113.8"))
-    assert "block 203.0.113.8" in await states(pool, "inc-end")
 
 
 async def test_a_rate_limit_counts_a_dispatch_another_transaction_has_not_committed(
