@@ -748,6 +748,19 @@ class StateChange(Payload):
     command_id: str | None = None
     transition: str | None = Field(None, description="The lifecycle's name for the move (acknowledge, contain, …).")
     resolution: str | None = Field(None, description="How it ended (fixed, false_positive, …), on resolving.")
+    ended: bool | None = Field(
+        None,
+        description="Whether the coordinator's lifecycle counts the new state as an end (its `ended` list); "
+        "absent from older coordinators, for which `resolved` and `closed` are the ends.",
+    )
+
+    def ends_incident(self) -> bool:
+        """Whether the incident is over in its new state: as the lifecycle said, else resolved or closed."""
+        return self.ended if self.ended is not None else self.to_state in DEFAULT_ENDED
+
+
+# The end states of the shipped lifecycle, for state changes that do not say (``StateChange.ended``).
+DEFAULT_ENDED = frozenset({IncidentState.RESOLVED, IncidentState.CLOSED})
 
 
 class CommandArgs(Payload):

@@ -116,7 +116,7 @@ COORDINATION = Topic(
     "suggestions to resolve, and commands rejected (by the coordinator, the responder for approvals, the "
     "detector for merges and detaches).",
     producers=("coordinator", "responder", "detector"),
-    consumers=("detector", "reporter"),
+    consumers=("detector", "reporter", "responder"),
     event_types=(
         "vigil.incident.escalated.v1",
         "vigil.incident.state_changed.v1",

@@ -228,7 +228,12 @@ class Coordinator:
             IncidentStateChanged(
                 source=SOURCE,
                 **caused,
-                data=StateChange(from_state=None, to_state=IncidentState.DETECTED, actor="detector"),
+                data=StateChange(
+                    from_state=None,
+                    to_state=IncidentState.DETECTED,
+                    actor="detector",
+                    ended=self.lifecycle.is_ended(IncidentState.DETECTED),
+                ),
             )
         )
         await self._escalate(ctx, event.subject, escalation, "step-0", caused)
@@ -744,6 +749,7 @@ class Coordinator:
                 command_id=command.id,
                 transition=move.name,
                 resolution=data.resolution,
+                ended=self.lifecycle.is_ended(target),
             ),
         )
         ctx.emit(changed)
@@ -1257,6 +1263,7 @@ class Coordinator:
                     command_id=merge.command_id,
                     transition="merge",
                     resolution="merged",
+                    ended=self.lifecycle.is_ended(target),
                 ),
             )
         )

@@ -53,7 +53,6 @@ from shared.events import (
     DetachAlerts,
     IncidentAlertsChanged,
     IncidentDetected,
-    IncidentState,
     IncidentStateChanged,
     IncidentUpdated,
     MergeIncidents,
@@ -140,7 +139,6 @@ class Stored:
     alert_bytes: dict[str, int] = field(default_factory=dict)  # by key: each new alert's JSON, as stored
 
 
-ENDED = frozenset({IncidentState.RESOLVED, IncidentState.CLOSED})
 # How often the correlation rules file is looked at for a change (one stat call).
 RULES_CHECK_S = 5.0
 
@@ -224,7 +222,7 @@ class Detector:
             event = inbound.item
             # Over (resolved or closed): later alerts open a new incident. A reopened one stays as it is
             # here; its new alerts go to a new incident, to merge if they belong together.
-            if isinstance(event, IncidentStateChanged) and event.data.to_state in ENDED:
+            if isinstance(event, IncidentStateChanged) and event.data.ends_incident():
                 await repository.close_incident(ctx.conn, incident_id=event.subject)
             elif isinstance(event, MergeIncidents | DetachAlerts):
                 await self._command(ctx, inbound, event)

@@ -43,6 +43,7 @@ from shared.events import (
     IncidentAnalyzed,
     IncidentDetected,
     IncidentMerged,
+    IncidentStateChanged,
     IncidentUpdated,
     LeaseChange,
     ResponseLeaseChanged,
@@ -143,6 +144,7 @@ class Responder:
                 IncidentDetected: self.on_alerts,
                 IncidentUpdated: self.on_alerts,
                 IncidentMerged: self.on_merged,
+                IncidentStateChanged: self.on_state_changed,
             }
         )
         self.timer_handlers: dict[str, timers.TimerHandler] = {
@@ -478,6 +480,21 @@ class Responder:
             if held:  # responses are paused: the rest waits for the resume, which runs this incident on
                 return
 
+    async def on_state_changed(self, ctx: HandlerContext, event: IncidentStateChanged) -> None:
+        """The coordinator moved the incident. Once it has ended, no action step of it starts: one whose turn
+        comes (an approval given late, an approval's time out that proceeds, a late analysis's new step) is
+        held. Reopened, its held steps run on. Notices, hand-overs to people and undos go on either way."""
+        change = event.data
+        await repository.lock_incident(ctx.conn, event.subject)
+        if change.ends_incident():
+            await repository.mark_ended(ctx.conn, event.subject, state=change.to_state.value, at=event.time)
+            return
+        if not await repository.unmark_ended(ctx.conn, event.subject):
+            return
+        log.info("incident %s reopened (%s by %s): its held steps run on", event.subject, change.to_state, change.actor)
+        await repository.release_held(ctx.conn, event.subject)
+        await self._advance(ctx, event.subject, event)
+
     async def on_resumed(self, ctx: HandlerContext, timer: timers.Timer) -> None:
         """Responses resumed: the steps the pause held run on, each incident in its turn."""
         cause = _TimerCause(subject=timer.subject, source=SOURCE)
@@ -490,7 +507,8 @@ class Responder:
     async def _dispatch(self, ctx: HandlerContext, cause: Cause, row: dict[str, Any]) -> bool:
         """Check the guardrails, then enqueue the step's effect — or simulate it, honestly.
 
-        Returns False when responses are paused: the step is held as it stands, for the resume to run on.
+        Returns False when responses are paused, or the incident has ended: the step is held as it stands,
+        for the resume (or the reopening) to run on.
         """
         if row["connector"] == "notify":
             await self._notify(ctx, cause, row)
@@ -498,6 +516,13 @@ class Responder:
         if row["connector"] == "manual":
             await self._hand_over(ctx, cause, row)
             return True
+        if (ended := await repository.ended(ctx.conn, row["incident_id"])) is not None:
+            reason = (
+                f"held: the incident was {ended['state']} at {ended['ended_at']:%Y-%m-%d %H:%M:%S %Z}; "
+                "no action starts on an ended incident (reopen it to run this step)"
+            )
+            self._hold(ctx, row, reason, await repository.hold_step(ctx.conn, row["id"], reason=reason))
+            return False
         connector = self.execution.connectors.get(row["connector"])
         if connector is None:
             reason = f"connector {row['connector']} is not available here"
@@ -517,15 +542,7 @@ class Responder:
         verdict = await self._guardrails(ctx, row, now)
         sent = {"kind": dispatch.kind, "target": dispatch.target, "payload": dispatch.payload}
         if verdict.guardrail == "kill_switch":
-            if await repository.hold_step(ctx.conn, row["id"], reason=verdict.reason):
-                log.warning("step %s held: %s", row["id"], verdict.reason)
-                ctx.audit(
-                    "step.held",
-                    row["id"],
-                    principal=f"system:{SERVICE}",
-                    outcome="held",
-                    detail={"incident": row["incident_id"], "reason": verdict.reason},
-                )
+            self._hold(ctx, row, verdict.reason, await repository.hold_step(ctx.conn, row["id"], reason=verdict.reason))
             return False
         if not verdict.allowed:
             actor = f"guardrail:{verdict.guardrail}"
@@ -566,6 +583,20 @@ class Responder:
             dispatched=True,
         )
         return True
+
+    @staticmethod
+    def _hold(ctx: HandlerContext, row: dict[str, Any], reason: str, first: bool) -> None:
+        """Log and audit a step held where it stands, the first time it is held (a step held stays held)."""
+        if not first:
+            return
+        log.warning("step %s held: %s", row["id"], reason)
+        ctx.audit(
+            "step.held",
+            row["id"],
+            principal=f"system:{SERVICE}",
+            outcome="held",
+            detail={"incident": row["incident_id"], "reason": reason},
+        )
 
     async def _notify(self, ctx: HandlerContext, cause: Cause, row: dict[str, Any]) -> None:
         """A message for the incident's channel: the step's event carries it to the coordinator."""

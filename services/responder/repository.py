@@ -50,9 +50,36 @@ async def hold_step(conn: Conn, step_id: str, *, reason: str) -> bool:
     return bool(held)
 
 
+async def ended(conn: Conn, incident_id: str) -> asyncpg.Record | None:
+    """The state the incident ended in and when, or None while it is open (or reopened)."""
+    return await conn.fetchrow("SELECT state, ended_at FROM responder_ended WHERE incident_id = $1", incident_id)
+
+
+async def mark_ended(conn: Conn, incident_id: str, *, state: str, at: datetime) -> None:
+    await conn.execute(
+        """INSERT INTO responder_ended (incident_id, state, ended_at) VALUES ($1, $2, $3)
+           ON CONFLICT (incident_id) DO UPDATE SET state = EXCLUDED.state, ended_at = EXCLUDED.ended_at""",
+        incident_id,
+        state,
+        at,
+    )
+
+
+async def unmark_ended(conn: Conn, incident_id: str) -> bool:
+    """The incident is open again; True when it had ended."""
+    removed = await conn.fetchval("DELETE FROM responder_ended WHERE incident_id = $1 RETURNING true", incident_id)
+    return bool(removed)
+
+
 async def held_incidents(conn: Conn) -> list[str]:
-    """The incidents with steps the kill switch held, in one order (that of their locks)."""
-    rows = await conn.fetch("SELECT DISTINCT incident_id FROM responder_steps WHERE held_at IS NOT NULL")
+    """The incidents with held steps (by the kill switch, or while they had ended), in one order (that of
+    their locks)."""
+    # An ended incident's steps stay held through a resume: its reopening runs them on.
+    rows = await conn.fetch(
+        """SELECT DISTINCT s.incident_id FROM responder_steps s
+           WHERE s.held_at IS NOT NULL
+             AND NOT EXISTS (SELECT 1 FROM responder_ended e WHERE e.incident_id = s.incident_id)"""
+    )
     return sorted(row["incident_id"] for row in rows)
 
 

@@ -29,7 +29,7 @@ from shared.effects import EffectKind
 from shared.service import Runtime, ServiceSpec
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
-from shared.topics import ANALYSES, COMMANDS, INCIDENTS
+from shared.topics import ANALYSES, COMMANDS, COORDINATION, INCIDENTS
 
 DEFAULT_PLAYBOOKS = Path(__file__).with_name("playbooks.yaml")
 
@@ -109,7 +109,8 @@ def spec(settings: VigilSettings) -> ServiceSpec:
     return ServiceSpec(
         name=SERVICE,
         # The incidents' new alerts: the watch after containment looks for the contained entities in them.
-        consumes=(ANALYSES, COMMANDS, INCIDENTS),
+        # Incident state changes: no action starts on an ended incident until it is reopened.
+        consumes=(ANALYSES, COMMANDS, INCIDENTS, COORDINATION),
         decoder=decode_cloudevent,
         handler=responder.handle,
         routers=lambda runtime: api.routers(runtime, responder),

@@ -39,6 +39,7 @@ from shared.events import (
     IncidentDetected,
     IncidentEdit,
     IncidentEscalated,
+    IncidentStateChanged,
     IncidentType,
     IncidentUpdated,
     NoteArgs,
@@ -164,6 +165,16 @@ async def test_an_incident_moves_through_its_lifecycle_with_guards_and_every_mov
     # Refused moves are recorded too, with why.
     rejected = [e for e in await emitted(pool) if isinstance(e, CommandRejected)]
     assert len(rejected) == 4
+    # Each move says whether the lifecycle counts its state as an end: the responder and the detector go by it.
+    moves = [e.data for e in await emitted(pool) if isinstance(e, IncidentStateChanged)]
+    assert [(m.to_state.value, m.ended) for m in moves] == [
+        ("detected", False),
+        ("acknowledged", False),
+        ("contained", False),
+        ("recovered", False),
+        ("resolved", True),
+        ("acknowledged", False),
+    ]
 
 
 async def test_a_person_sets_severity_then_the_detector_only_offers_its_view(

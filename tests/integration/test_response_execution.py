@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY
 
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
-from services.responder import api, blocklist, domain, guardrails
+from services.responder import api, blocklist, domain, guardrails, repository
 from services.responder.approvals import parse_policy
 from services.responder.connectors import load_connectors, parse_connectors_config
 from services.responder.guardrails import RateLimiter, parse_guardrails
@@ -47,11 +47,14 @@ from shared.events import (
     IncidentDetected,
     IncidentEscalated,
     IncidentMerged,
+    IncidentState,
+    IncidentStateChanged,
     IncidentType,
     Indicator,
     MergeRecord,
     ResponseStepChanged,
     Severity,
+    StateChange,
     StepAnswer,
     StepChange,
 )
@@ -857,6 +860,88 @@ async def test_an_incident_merged_away_cancels_its_steps_not_started_and_keeps_w
         rejected = await handle(pool, names, responder, answer(ApproveStep, "inc-1:isolate", "alice", role="commander"))
         assert any(isinstance(e, CommandRejected) for e in rejected)
         assert far.keys == []
+
+
+def moved(incident: str, to_state: IncidentState, *, ended: bool) -> IncidentStateChanged:
+    """The coordinator's move of an incident, saying as it does whether its lifecycle counts the state an end."""
+    change = StateChange(from_state=None, to_state=to_state, actor="alice", ended=ended)
+    return IncidentStateChanged(source="/vigil/coordinator", subject=incident, data=change)
+
+
+async def held(pool: asyncpg.Pool, incident: str) -> dict[str, str]:
+    rows = await pool.fetch(
+        "SELECT step, item, reason FROM responder_steps WHERE incident_id = $1 AND held_at IS NOT NULL", incident
+    )
+    return {r["step"] + (f" {r['item']}" if r["item"] else ""): r["reason"] for r in rows}
+
+
+async def test_an_approval_timing_out_on_an_ended_incident_starts_nothing_until_it_is_reopened(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        responder = responder_for(pool, far)
+        poller = TimerPoller(
+            service="responder", pool=pool, names=names, handlers=responder.timer_handlers, locks=responder.timer_locks
+        )
+        await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-e", data=analysis()))
+        assert (await states(pool, "inc-e"))["isolate web-1"] == "awaiting_approval"
+        for _ in range(2):  # delivered twice
+            await handle(pool, names, responder, moved("inc-e", IncidentState.RESOLVED, ended=True))
+        # SEV1 containment proceeds unanswered, but not on a resolved incident: it is held where it stands.
+        await asyncio.sleep(1.1)
+        assert await poller.fire_due() == 1
+        assert (await states(pool, "inc-e"))["isolate web-1"] == "approved"
+        reason = (await held(pool, "inc-e"))["isolate web-1"]
+        assert reason.startswith("held: the incident was resolved at ") and "reopen it" in reason
+        assert await pool.fetchval("SELECT count(*) FROM effects WHERE subject = 'inc-e'") == 0
+        assert await pool.fetchval("SELECT count(*) FROM audit_log WHERE action = 'step.held'") == 1
+        # Closed after resolving, it stays held; and a resume of paused responses does not run it on.
+        await handle(pool, names, responder, moved("inc-e", IncidentState.CLOSED, ended=True))
+        async with pool.acquire() as conn:
+            assert "inc-e" not in await repository.held_incidents(conn)
+
+        # Reopened: the step held runs on, and the plan after it.
+        await handle(pool, names, responder, moved("inc-e", IncidentState.ACKNOWLEDGED, ended=False))
+        assert await held(pool, "inc-e") == {}
+        async with running(runner_for(responder, settings, pool, names)):
+            await eventually(lambda: _all_done(pool, "inc-e"))
+        assert await states(pool, "inc-e") == {
+            "tell": "succeeded",
+            "isolate web-1": "succeeded",
+            "block 203.0.113.7": "succeeded",
+        }
+        assert len(far.acted) == 1
+
+
+async def test_a_late_analysis_of_an_ended_incident_plans_its_steps_and_they_start_once_it_is_reopened(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:
+        responder = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]")
+        sev2 = analysis(Severity.SEV2)
+        await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-l", data=sev2))
+        assert (await states(pool, "inc-l"))["isolate web-1"] == "running"  # sent before the incident ended
+        await handle(pool, names, responder, moved("inc-l", IncidentState.RESOLVED, ended=True))
+        # A feed came to list another address: the analysis is planned for, not acted on.
+        later = analysis(Severity.SEV2, ips=["203.0.113.7", "203.0.113.8"])
+        await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-l", data=later))
+        async with running(runner_for(responder, settings, pool, names)):
+            # What was sent before the end is seen through; what came after it waits.
+            await eventually(lambda: _held_count(pool, "inc-l", 2))
+            assert await states(pool, "inc-l") == {
+                "tell": "succeeded",
+                "isolate web-1": "succeeded",
+                "block 203.0.113.7": "planned",
+                "block 203.0.113.8": "planned",
+            }
+            assert await pool.fetchval("SELECT count(*) FROM effects WHERE subject = 'inc-l'") == 1
+            await handle(pool, names, responder, moved("inc-l", IncidentState.INVESTIGATING, ended=False))
+            await eventually(lambda: _all_done(pool, "inc-l"))
+        assert set((await states(pool, "inc-l")).values()) == {"succeeded"}
+
+
+async def _held_count(pool: asyncpg.Pool, incident: str, count: int) -> bool:
+    return len(await held(pool, incident)) == count
 
 
 async def test_a_rate_limit_counts_a_dispatch_another_transaction_has_not_committed(

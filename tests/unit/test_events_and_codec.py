@@ -152,6 +152,22 @@ def test_consumers_ignore_fields_a_newer_producer_added() -> None:
     assert decoded.data.new_alerts[0].key == event.data.new_alerts[0].key
 
 
+@pytest.mark.parametrize(
+    ("to_state", "ended", "ends"),
+    [
+        (IncidentState.RESOLVED, None, True),  # an older coordinator: the shipped lifecycle's ends
+        (IncidentState.CLOSED, None, True),
+        (IncidentState.RECOVERED, None, False),
+        (IncidentState.RESOLVED, False, False),  # a lifecycle whose only end is closed
+        (IncidentState.RECOVERED, True, True),  # one that ends at recovered
+    ],
+)
+def test_a_state_change_ends_the_incident_as_its_lifecycle_says(
+    to_state: IncidentState, ended: bool | None, ends: bool
+) -> None:
+    assert StateChange(from_state=None, to_state=to_state, actor="alice", ended=ended).ends_incident() is ends
+
+
 def test_producers_still_refuse_unknown_fields() -> None:
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         IncidentDetected.model_validate({**detected().model_dump(), "merged_into": "inc-9"})
