@@ -52,6 +52,8 @@ class Runtime:
     names: TopicNames
     loop: ConsumeLoop[Any] | None = None
     probe: DatabaseProbe | None = None
+    # What the service's own set-up opened (a connection of its own): closed, each by name, at shutdown.
+    closers: list[tuple[str, Callable[[], Awaitable[None]]]] = field(default_factory=list)
 
 
 class DatabaseProbe:
@@ -263,6 +265,8 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         await check_startup(runtime)  # no serving beyond loopback without authentication
         # Before consuming: a handler may enqueue effects of these kinds from its first batch.
         kinds = spec.effects(runtime)
+        for what, close in runtime.closers:  # after the consumer and the effects runner that use them
+            stack.push_async_callback(_bounded(close, what))
         # Timers and effects need Postgres only: what fell due while the service was down (a lease's
         # end, a deadline) is acted on now, not after the broker connections and the group join.
         early = {asyncio.create_task(task(runtime), name=task.__name__) for task in spec.background}

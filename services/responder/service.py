@@ -89,11 +89,9 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         }
         if unknown := sorted(named - connectors.keys() - {"notify", "manual"}):
             raise ConnectorsConfigError([f"playbooks name connectors nobody provides: {', '.join(unknown)}"])
-        responder.execution = replace(
-            execution,
-            connectors=connectors,
-            rate_limiter=RateLimiter(runtime.settings.database_url),
-        )
+        limiter = RateLimiter(runtime.settings.database_url)
+        runtime.closers.append(("the rate limiter's connection", limiter.close))
+        responder.execution = replace(execution, connectors=connectors, rate_limiter=limiter)
         return [kind for c in connectors.values() for kind in c.effect_kinds(responder.on_effect_outcome)]
 
     async def fire_timers(runtime: Runtime) -> None:
