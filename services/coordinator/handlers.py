@@ -1263,7 +1263,7 @@ class Coordinator:
                     command_id=merge.command_id,
                     transition="merge",
                     resolution="merged",
-                    ended=self.lifecycle.is_ended(target),
+                    ended=True,  # over, whatever the lifecycle's ends: its alerts and response are the survivor's
                 ),
             )
         )

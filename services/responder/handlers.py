@@ -488,6 +488,8 @@ class Responder:
         await repository.lock_incident(ctx.conn, event.subject)
         if change.ends_incident():
             await repository.mark_ended(ctx.conn, event.subject, state=change.to_state.value, at=event.time)
+            # Steps the kill switch held stay held past a resume now: they say so.
+            await repository.reword_held(ctx.conn, event.subject, reason=_ended_reason(change.to_state, event.time))
             return
         if not await repository.unmark_ended(ctx.conn, event.subject):
             return
@@ -517,10 +519,7 @@ class Responder:
             await self._hand_over(ctx, cause, row)
             return True
         if (ended := await repository.ended(ctx.conn, row["incident_id"])) is not None:
-            reason = (
-                f"held: the incident was {ended['state']} at {ended['ended_at']:%Y-%m-%d %H:%M:%S %Z}; "
-                "no action starts on an ended incident (reopen it to run this step)"
-            )
+            reason = _ended_reason(ended["state"], ended["ended_at"])
             self._hold(ctx, row, reason, await repository.hold_step(ctx.conn, row["id"], reason=reason))
             return False
         connector = self.execution.connectors.get(row["connector"])
@@ -1290,6 +1289,13 @@ class Responder:
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+
+
+def _ended_reason(state: str, at: datetime) -> str:
+    return (
+        f"held: the incident was {state} at {at:%Y-%m-%d %H:%M:%S %Z}; "
+        "no action starts on an ended incident (reopen it to run this step)"
+    )
 
 
 def _caused_by(cause: Cause, incident_id: str) -> dict[str, Any]:

@@ -40,14 +40,25 @@ async def lock_incident(conn: Conn, incident_id: str) -> None:
 
 
 async def hold_step(conn: Conn, step_id: str, *, reason: str) -> bool:
-    """Hold a step where it is, saying why; True the first time (it was not held already)."""
-    held: bool = await conn.fetchval(
-        """UPDATE responder_steps SET held_at = now(), reason = $2, updated_at = now()
-           WHERE id = $1 AND held_at IS NULL RETURNING true""",
+    """Hold a step where it is, saying why (the latest why, if held already); True the first time."""
+    first: bool | None = await conn.fetchval(
+        """UPDATE responder_steps s SET held_at = coalesce(s.held_at, now()), reason = $2, updated_at = now()
+           FROM (SELECT held_at FROM responder_steps WHERE id = $1) AS before
+           WHERE s.id = $1 RETURNING before.held_at IS NULL""",
         step_id,
         reason,
     )
-    return bool(held)
+    return bool(first)
+
+
+async def reword_held(conn: Conn, incident_id: str, *, reason: str) -> None:
+    """Say why the incident's held steps are held now (its end holds them, whatever held them first)."""
+    await conn.execute(
+        """UPDATE responder_steps SET reason = $2, updated_at = now()
+           WHERE incident_id = $1 AND held_at IS NOT NULL""",
+        incident_id,
+        reason,
+    )
 
 
 async def ended(conn: Conn, incident_id: str) -> asyncpg.Record | None:
@@ -225,6 +236,7 @@ async def set_state(
         """WITH changed AS (
                UPDATE responder_steps
                SET state = $2, reason = $3, sent = coalesce($4, sent), result = coalesce($5, result),
+                   held_at = NULL,  -- held where it stood: it stands elsewhere now, and is held again if due
                    dispatched_at = CASE WHEN $6 THEN now() ELSE dispatched_at END,
                    finished_at = CASE WHEN $7 THEN now() ELSE finished_at END,
                    updated_at = now()

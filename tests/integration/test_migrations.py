@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.db import migration_files
+from shared.db import create_pool, migrate, migration_files
 from tests.helpers import empty_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -115,3 +115,41 @@ async def schema(conn: asyncpg.Connection) -> dict[str, set[tuple[str, ...]]]:
         "indexes": {tuple(r) for r in indexes},
         "constraints": {tuple(r) for r in constraints},
     }
+
+
+async def test_upgrading_records_the_incidents_that_ended_before_for_the_responder(postgres_admin_url: str) -> None:
+    """The coordination topic may no longer hold the moves that ended older incidents: the migration reads them."""
+    async with empty_database(postgres_admin_url) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            for version, name, sql in migration_files():
+                if version < 39:
+                    await conn.execute(sql)
+                    await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", version, name)
+            for incident, state, resolved in (
+                ("inc-open", "investigating", None),
+                ("inc-resolved", "resolved", "2026-11-01T10:00:00Z"),
+                ("inc-closed", "closed", "2026-11-02T10:00:00Z"),
+            ):
+                await conn.execute(
+                    """INSERT INTO coordinator_incidents (incident_id, state, severity, type, title, commander,
+                           rotation, escalation, detected_at, resolved_at)
+                       VALUES ($1, $2, 'SEV2', 'system_compromise', 't', 'alice', 'sec', '{}', now(),
+                               $3::text::timestamptz)""",
+                    incident,
+                    state,
+                    resolved,
+                )
+        finally:
+            await conn.close()
+        pool = await create_pool(url, max_size=1)
+        try:
+            assert (await migrate(pool))[0] == "0039_responder_ended.sql"
+            rows = await pool.fetch("SELECT incident_id, state FROM responder_ended ORDER BY incident_id")
+        finally:
+            await pool.close()
+    assert [tuple(r) for r in rows] == [("inc-closed", "closed"), ("inc-resolved", "resolved")]

@@ -885,8 +885,9 @@ async def test_an_approval_timing_out_on_an_ended_incident_starts_nothing_until_
         )
         await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-e", data=analysis()))
         assert (await states(pool, "inc-e"))["isolate web-1"] == "awaiting_approval"
+        resolved = moved("inc-e", IncidentState.RESOLVED, ended=True)
         for _ in range(2):  # delivered twice
-            await handle(pool, names, responder, moved("inc-e", IncidentState.RESOLVED, ended=True))
+            await handle(pool, names, responder, resolved)
         # SEV1 containment proceeds unanswered, but not on a resolved incident: it is held where it stands.
         await asyncio.sleep(1.1)
         assert await poller.fire_due() == 1
@@ -938,6 +939,57 @@ async def test_a_late_analysis_of_an_ended_incident_plans_its_steps_and_they_sta
             await handle(pool, names, responder, moved("inc-l", IncidentState.INVESTIGATING, ended=False))
             await eventually(lambda: _all_done(pool, "inc-l"))
         assert set((await states(pool, "inc-l")).values()) == {"succeeded"}
+
+
+async def test_a_step_the_kill_switch_held_waits_for_its_ended_incident_to_reopen_not_for_the_resume(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with receiver() as far:  # its address only: the effects are enqueued, not run, here
+        responder = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]")
+    poller = TimerPoller(
+        service="responder", pool=pool, names=names, handlers=responder.timer_handlers, locks=responder.timer_locks
+    )
+
+    async def pause(paused: bool) -> None:
+        async with pool.acquire() as conn:
+            await guardrails.set_paused(conn, paused=paused, reason="drill", changed_by="alice")
+
+    def effects() -> Any:
+        return pool.fetchval("SELECT count(*) FROM effects WHERE subject = 'inc-k'")
+
+    await pause(True)
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-k", data=analysis(Severity.SEV2)))
+    assert "responses are paused" in (await held(pool, "inc-k"))["isolate web-1"]
+    await handle(pool, names, responder, moved("inc-k", IncidentState.RESOLVED, ended=True))
+    assert (await held(pool, "inc-k"))["isolate web-1"].startswith("held: the incident was resolved")
+    await pause(False)
+    assert await poller.fire_due() == 1  # the resume runs on the incidents it held, not this one
+    assert list(await held(pool, "inc-k")) == ["isolate web-1"] and await effects() == 0
+
+    # Reopened while responses are paused again: held again, by the kill switch; the resume runs it.
+    await pause(True)
+    await handle(pool, names, responder, moved("inc-k", IncidentState.ACKNOWLEDGED, ended=False))
+    assert "responses are paused" in (await held(pool, "inc-k"))["isolate web-1"]
+    assert await effects() == 0
+    await pause(False)
+    assert await poller.fire_due() == 1
+    assert await held(pool, "inc-k") == {}
+    assert (await states(pool, "inc-k"))["isolate web-1"] == "running" and await effects() == 1
+
+
+async def test_an_ended_incident_merged_away_cancels_its_held_steps(pool: asyncpg.Pool, names: TopicNames) -> None:
+    async with receiver() as far:
+        responder = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]")
+    await handle(pool, names, responder, moved("inc-1", IncidentState.RESOLVED, ended=True))
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-1", data=analysis(Severity.SEV2)))
+    assert list(await held(pool, "inc-1")) == ["isolate web-1"]
+    await handle(pool, names, responder, merged_into_inc_2("inc-1"))
+    assert await states(pool, "inc-1") == {
+        "tell": "succeeded",
+        "isolate web-1": "cancelled",
+        "block 203.0.113.7": "cancelled",
+    }
+    assert await held(pool, "inc-1") == {}  # held where it stood: it stands cancelled now
 
 
 async def _held_count(pool: asyncpg.Pool, incident: str, count: int) -> bool:
