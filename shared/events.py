@@ -740,6 +740,26 @@ class StepAnswer(Payload):
     note: str = Field("", max_length=2000, description="Why; a denial needs one.")
 
 
+class StepRun(Payload):
+    """A person's request to run one playbook step on an incident now, beside its plan ("contain now")."""
+
+    step: str = Field(
+        min_length=3,
+        max_length=200,
+        pattern=r"^[a-z0-9][a-z0-9_-]*\.[a-z0-9][a-z0-9_-]*$",
+        description="`<playbook>.<step>`: the step of the shipped or configured playbooks to run.",
+    )
+    item: str | None = Field(
+        None, min_length=1, max_length=2000, description="What a `for_each` step acts on: an address, a host…"
+    )
+    lease: str | None = Field(
+        None, max_length=20, description="How long a reversible step holds before its undo (30m, 4h, 2d)."
+    )
+    actor: str = Field(min_length=1, max_length=200, description="Person asking.")
+    role: str = Field("", max_length=100, description="The role they ask in.")
+    note: str = Field("", max_length=2000, description="Why.")
+
+
 class StateChange(Payload):
     from_state: IncidentState | None
     to_state: IncidentState
@@ -1041,6 +1061,11 @@ class AlertsSuppressedResolved(EventBase):
     data: SuppressedEnded
 
 
+class RunStep(EventBase):
+    type: Literal["vigil.command.run_step.v1"] = "vigil.command.run_step.v1"
+    data: StepRun
+
+
 class ApproveStep(EventBase):
     type: Literal["vigil.command.approve_step.v1"] = "vigil.command.approve_step.v1"
     data: StepAnswer
@@ -1178,6 +1203,7 @@ Event = Annotated[
     | RollbackOffered
     | ApproveStep
     | DenyStep
+    | RunStep
     | IncidentEscalated
     | IncidentStateChanged
     | AcknowledgeIncident
@@ -1220,6 +1246,7 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     RollbackOffered,
     ApproveStep,
     DenyStep,
+    RunStep,
     IncidentEscalated,
     IncidentStateChanged,
     AcknowledgeIncident,

@@ -47,6 +47,7 @@ from shared.events import (
     ResponseStepChanged,
     ResponseStepValidated,
     RollbackOffered,
+    RunStep,
     TaskCompleted,
     TasksCancelled,
     TasksCreated,
@@ -150,6 +151,11 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = (
                 f"{verb} of step {d.step_id}" + (f" as {d.role}" if d.role else "") + (f": {d.note}" if d.note else "")
             )
+        case RunStep(data=d):
+            actor = d.actor
+            summary = f"run of step {d.step}" + (f" on {d.item}" if d.item else "") + " requested"
+            summary += f" for {d.lease}" if d.lease else ""
+            summary += f": {d.note}" if d.note else ""
         case EffectCompleted(data=d):
             summary = f"{d.kind} to {d.target} {d.status} after {d.attempts} attempt(s)" + (
                 f": {d.error}" if d.error else ""

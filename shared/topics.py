@@ -142,7 +142,7 @@ EFFECTS = Topic(
 COMMANDS = Topic(
     name="vigil.commands",
     description="Operators' commands (acknowledge, resolve, change state, edit, note, assign; approve or deny "
-    "a response step; merge incidents, detach alerts), from the API, the CLI or other tools.",
+    "a response step, run one on demand; merge incidents, detach alerts), from the API, the CLI or other tools.",
     producers=("coordinator API", "detector API", "operators' tools"),
     consumers=("coordinator", "responder", "reporter", "detector"),
     event_types=(
@@ -150,6 +150,7 @@ COMMANDS = Topic(
         "vigil.command.resolve.v1",
         "vigil.command.approve_step.v1",
         "vigil.command.deny_step.v1",
+        "vigil.command.run_step.v1",
         "vigil.command.change_state.v1",
         "vigil.command.edit_incident.v1",
         "vigil.command.add_note.v1",

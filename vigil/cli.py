@@ -604,6 +604,57 @@ def actions_list(incident_id: str, as_json: JsonOption = False) -> None:
     _print_steps(steps)
 
 
+@actions_app.command("run")
+def actions_run(
+    incident_id: str,
+    step: Annotated[str, typer.Argument(help="<playbook>.<step>, from `vigil actions steps`.")],
+    item: Annotated[
+        str | None, typer.Option("--item", help="What the step acts on: an address, a host, a user, a domain…")
+    ] = None,
+    lease: Annotated[
+        str | None, typer.Option("--lease", help="How long a reversible step holds before its undo: 30m, 4h, 2d.")
+    ] = None,
+    actor: ActorOption = None,
+    role: RoleOption = None,
+    note: NoteOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Run a playbook step on an incident now ("contain now"), beside its plan.
+
+    The approval policy, the guardrails, the lease and the check after the action apply as to any step:
+    it may wait for approval (`vigil approve`) or be refused, and says why.
+    """
+    body = {
+        "step": step,
+        "item": item,
+        "lease": lease,
+        "actor": actor or os.environ.get("VIGIL_ACTOR") or getpass.getuser(),
+        "role": role or os.environ.get("VIGIL_ROLE", ""),
+        "note": note,
+    }
+    made = _responder("POST", f"/api/v1/incidents/{incident_id}/actions", body)
+    if as_json:
+        print(json.dumps(made, indent=2))
+        return
+    _print_steps([made])
+
+
+@actions_app.command("steps")
+def actions_steps(as_json: JsonOption = False) -> None:
+    """The playbook steps `vigil actions run` can run: what each does, what it acts on, its lease and risk."""
+    runnable = _responder("GET", "/api/v1/playbooks/steps")
+    if as_json:
+        print(json.dumps(runnable, indent=2))
+        return
+    table = Table(title=f"{len(runnable)} step(s)")
+    for column in ("step", "does", "acts on", "lease", "risk", "approval"):
+        table.add_column(column, overflow="fold")
+    for r in runnable:
+        does = f"{r['name']} ({r['connector']} {r['action']})"
+        table.add_row(*_plain(r["ref"], does, r["item"] or "the incident", r["lease"] or "-", r["risk"], r["approval"]))
+    console.print(table)
+
+
 def _answer(kind: str, step_id: str, actor: str | None, role: str | None, note: str) -> None:
     body = {
         "step_id": step_id,

@@ -3,10 +3,11 @@
 Firewalls, proxies and DNS resolvers poll the lists on the responder's port. Each answer carries an
 ETag and a Last-Modified, so a poller's conditional GET costs a 304 while nothing changed.
 
-Operators list an incident's steps and approve or deny them here (`vigil actions list`, `vigil
-approve`, `vigil deny`): an answer is applied at once, so that a refusal (wrong state, wrong role,
-the same person twice) comes back to the person; the command itself goes to the commands topic as
-the audit record, where other tools may send theirs too.
+Operators list an incident's steps, approve or deny them, and run a playbook step on demand here
+(`vigil actions list`, `vigil approve`, `vigil deny`, `vigil actions run`): each is applied at once,
+so that a refusal (wrong state, wrong role, the same person twice, an item the step cannot act on)
+comes back to the person; the command itself goes to the commands topic as the audit record, where
+other tools may send theirs too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from services.responder.playbook import duration_seconds
 from shared import idempotency
 from shared.auth import ANONYMOUS, actor, require
 from shared.consumer import HandlerContext, write_context
-from shared.events import ApproveStep, DenyStep, StepAnswer
+from shared.events import ApproveStep, DenyStep, RunStep, StepAnswer, StepRun
 from shared.identity import Principal
 from shared.service import Runtime
 
@@ -173,6 +174,21 @@ class RollbackOut(BaseModel):
     ended_at: datetime | None
 
 
+class RunnableStep(BaseModel):
+    """A playbook step a person may ask for on an incident (`vigil actions run`)."""
+
+    ref: str = Field(description="`<playbook>.<step>`, as `vigil actions run` takes it.")
+    playbook: str
+    name: str
+    phase: str
+    connector: str
+    action: str
+    item: str | None = Field(description="What it acts on, named with --item (none: it acts on the incident).")
+    lease: str | None = Field(description="How long it holds before its undo, unless --lease says otherwise.")
+    risk: str
+    approval: str
+
+
 def _step_out(row: Any, log: list[StepLogEntry] | None = None) -> StepOut:
     return StepOut.model_validate({**{k: row[k] for k in StepOut.model_fields if k != "log"}, "log": log or []})
 
@@ -242,6 +258,69 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
 
     answer("approve")
     answer("deny")
+
+    @router.get("/playbooks/steps", response_model=list[RunnableStep])
+    async def runnable(_by: Principal = require(runtime, "incidents.read")) -> list[RunnableStep]:
+        """Every playbook step, as a step that may be run on demand on an incident."""
+        return [
+            RunnableStep(
+                ref=f"{p.id}.{step.id}",
+                playbook=p.title,
+                name=step.name,
+                phase=step.phase,
+                connector=step.connector,
+                action=step.action,
+                item=step.for_each,
+                lease=step.lease,
+                risk=step.risk,
+                approval=step.approval,
+            )
+            for p in responder.playbooks
+            for step in p.steps
+        ]
+
+    @router.post("/incidents/{incident_id}/actions", response_model=StepOut, status_code=201)
+    async def run(
+        incident_id: str,
+        body: StepRun,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        by: Principal = require(runtime, "steps.run"),
+    ) -> JSONResponse:
+        """Run a playbook step on the incident now, beside its plan ("contain now"): the approval policy, the
+        guardrails, the lease and the check after it apply as to any step. 409 says why it cannot run."""
+        body = body.model_copy(
+            update={"actor": actor(by, body.actor), "role": body.role if by is ANONYMOUS else by.role}
+        )
+        event = RunStep(source=f"/vigil/{SERVICE}/api", subject=incident_id, data=body)
+        async with runtime.pool.acquire() as conn, conn.transaction():
+
+            async def apply() -> idempotency.Answer:
+                ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+                ctx.emit(event)  # the record on the commands topic, already processed here
+                try:
+                    async with conn.transaction():
+                        row = await responder.run_on_demand(ctx, event)
+                except StepAnswerRefused as exc:
+                    refused = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+                    refused.audit(
+                        "step.run",
+                        body.step,
+                        principal=body.actor,
+                        outcome="refused",
+                        detail={"incident": incident_id, "reason": str(exc)[:500]},
+                    )
+                    await write_context(conn, refused)
+                    return idempotency.Answer(409, {"detail": str(exc)})
+                await conn.execute(
+                    "INSERT INTO processed_events (service, event_id) VALUES ($1, $2)", SERVICE, event.id
+                )
+                await write_context(conn, ctx)
+                return idempotency.Answer(201, _step_out(row).model_dump(mode="json"))
+
+            answer = await idempotency.once(
+                conn, principal=by.name, operation=f"{event.type}:{incident_id}", key=idempotency_key, apply=apply
+            )
+        return JSONResponse(answer.body, status_code=answer.status)
 
     @router.post("/steps/{step_id:path}/lease", response_model=LeaseChanged)
     async def lease(step_id: str, body: LeaseChange, by: Principal = require(runtime, "leases.change")) -> LeaseChanged:

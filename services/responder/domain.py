@@ -9,20 +9,25 @@ from services.responder.playbook import (
     IncidentFacts,
     PlannedStep,
     Playbook,
+    RefusedStep,
     Step,
     matches,
     parse_playbooks,
+    plan_on_demand,
     plan_steps,
 )
 from shared.events import Analysis, IncidentType, PlannedAction, ResponsePlan, Severity
 
 __all__ = [
     "MAX_PLANNED_ACTIONS",
+    "ON_DEMAND",
     "NoPlaybook",
+    "OnDemandRefused",
     "Planning",
     "Playbook",
     "incident_facts",
     "needs_new_plan",
+    "on_demand",
     "parse_playbooks",
     "plan_bounded",
     "plan_response",
@@ -170,3 +175,50 @@ def _more(count: int, limit: int) -> PlannedAction:
         requires_approval=True,
         status="awaiting_approval",
     )
+
+
+# The plan id of a step a person asked for, beside the incident's plan: ``on-demand:<token>``, one per request.
+ON_DEMAND = "on-demand:"
+MAX_LEASE_S = 30 * 86400
+
+
+class OnDemandRefused(ValueError):
+    """A step asked for on demand that cannot run; the reason goes back to the person."""
+
+
+def on_demand(
+    playbooks: Sequence[Playbook],
+    ref: str,
+    facts: IncidentFacts,
+    *,
+    step_id: str,
+    item: str | None,
+    lease_s: int | None,
+) -> tuple[Playbook, PlannedStep]:
+    """The playbook step ``<playbook>.<step>`` rendered for the incident and the item a person named.
+
+    ``lease_s`` replaces the step's lease (a reversible step only). Raises OnDemandRefused saying why not.
+    """
+    playbook_id, _, name = ref.partition(".")
+    playbook = next((p for p in playbooks if p.id == playbook_id), None)
+    if playbook is None:
+        raise OnDemandRefused(f"no playbook {playbook_id!r}; there are: {', '.join(p.id for p in playbooks)}")
+    step = next((s for s in playbook.steps if s.id == name), None)
+    if step is None:
+        raise OnDemandRefused(
+            f"playbook {playbook.id} has no step {name!r}; its steps: {', '.join(s.id for s in playbook.steps)}"
+        )
+    if lease_s is not None:
+        if step.lease is None:
+            raise OnDemandRefused(f"step {ref} is not reversible: it has no lease to set")
+        if not 60 <= lease_s <= MAX_LEASE_S:
+            raise OnDemandRefused(f"a lease is from 1 minute to {MAX_LEASE_S // 86400} days")
+    try:
+        planned = plan_on_demand(playbook, step, facts, step_id=step_id, item=item)
+    except RefusedStep as exc:
+        raise OnDemandRefused(str(exc)) from exc
+    if planned.status == "refused":
+        raise OnDemandRefused(f"step {ref} cannot run: {planned.reason}")
+    if lease_s is not None:
+        planned = planned.model_copy(update={"lease_s": lease_s})
+    return playbook, planned

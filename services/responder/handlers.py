@@ -10,6 +10,7 @@ step id, which the far side sees as the idempotency key.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,15 +23,15 @@ from services.responder import approvals, domain, guardrails, leases, metrics, m
 from services.responder.blocklist import IpNetwork
 from services.responder.connectors import Connector, ConnectorError, StepCall, Validating
 from services.responder.guardrails import RateLimiter
-from services.responder.playbook import IncidentFacts, PlannedStep
+from services.responder.playbook import IncidentFacts, PlannedStep, duration_seconds
 from shared import timers
 from shared.consumer import HandlerContext, Inbound, dispatch_each
 from shared.db import Conn
 from shared.effects import Effect
 from shared.effects import repository as effects
 from shared.effects.domain import bound_result
-from shared.errors import InvalidMessage
 from shared.events import (
+    Analysis,
     ApproveStep,
     CommandRejected,
     CommandRejection,
@@ -44,12 +45,14 @@ from shared.events import (
     IncidentDetected,
     IncidentMerged,
     IncidentStateChanged,
+    IncidentType,
     IncidentUpdated,
     LeaseChange,
     ResponseLeaseChanged,
     ResponsePlanned,
     ResponseStepChanged,
     ResponseStepValidated,
+    RunStep,
     Severity,
     StepChange,
     StepValidation,
@@ -145,6 +148,7 @@ class Responder:
                 IncidentUpdated: self.on_alerts,
                 IncidentMerged: self.on_merged,
                 IncidentStateChanged: self.on_state_changed,
+                RunStep: self.run_step,
             }
         )
         self.timer_handlers: dict[str, timers.TimerHandler] = {
@@ -178,11 +182,15 @@ class Responder:
     async def plan(self, ctx: HandlerContext, event: IncidentAnalyzed) -> None:
         analysis = event.data
         facts = domain.incident_facts(event.subject, analysis)
+        await repository.lock_incident(ctx.conn, event.subject)
+        # What a step asked for on demand is rendered and judged from, as the plan's steps are.
+        await repository.save_analysis(ctx.conn, event.subject, analysis.model_dump(mode="json"), at=event.time)
         try:
             playbook = domain.select_playbook(self.playbooks, analysis.type, analysis.severity, facts)
         except domain.NoPlaybook as exc:
-            raise InvalidMessage(str(exc)) from exc
-        await repository.lock_incident(ctx.conn, event.subject)
+            metrics.UNPLANNED.labels(analysis.type.value, analysis.severity.value).inc()
+            log.warning("incident %s: %s; nothing planned", event.subject, exc, extra=event_ids(event))
+            return
         row = await repository.current_plan(ctx.conn, event.subject)
         current = (row["playbook"], Severity(row["severity"])) if row else None
         planning = domain.plan_bounded(playbook, plan_id=new_id(), facts=facts)
@@ -287,7 +295,8 @@ class Responder:
         await policy.write(ctx.conn)
         reason = f"no longer in the plan ({playbook} at {facts.analysis.severity.value})"
         for sid, old in existing.items():
-            if sid not in planned and old["state"] in steps.NOT_STARTED:
+            # A step a person asked for is no plan's to cancel.
+            if sid not in planned and old["state"] in steps.NOT_STARTED and not _on_demand(old):
                 await self._change(ctx, event, dict(old), "cancelled", actor="planner", reason=reason, final=True)
 
     async def _apply_policy(
@@ -425,6 +434,79 @@ class Responder:
         await self._advance(ctx, incident_id, command)
         return [dict(r) for r in changed if r is not None]
 
+    # ---- on demand ---------------------------------------------------------------------------
+
+    async def run_step(self, ctx: HandlerContext, command: RunStep) -> None:
+        """A step asked for on the commands topic; one that cannot run is rejected, with why."""
+        try:
+            await self.run_on_demand(ctx, command)
+        except StepAnswerRefused as exc:
+            ctx.emit(_rejection(command, str(exc)))
+            ctx.audit(
+                "step.run",
+                command.data.step,
+                principal=command.data.actor,
+                outcome="refused",
+                detail={"incident": command.subject, "reason": str(exc)[:500]},
+            )
+            log.warning("command %s on %s rejected: %s", command.id, command.subject, exc)
+
+    async def run_on_demand(self, ctx: HandlerContext, command: RunStep) -> dict[str, Any]:
+        """Add a playbook step a person asks for to the incident, beside its plan ("contain now"), and run it
+        as any step runs: the approval policy, the guardrails, the lease and the check after it all apply."""
+        asked = command.data
+        incident_id = command.subject
+        try:
+            lease_s = duration_seconds(asked.lease) if asked.lease else None
+        except ValueError as exc:
+            raise StepAnswerRefused(f"lease {asked.lease!r}: {exc}") from exc
+        await repository.lock_incident(ctx.conn, incident_id)
+        if (ended := await repository.ended(ctx.conn, incident_id)) is not None:
+            raise StepAnswerRefused(f"incident {incident_id} is {ended['state']}: reopen it to act on it")
+        facts = await self._facts(ctx, incident_id)
+        token = hashlib.sha256(command.id.encode()).hexdigest()[:10]
+        sid = f"{incident_id}:{asked.step.partition('.')[2]}:run-{token}"
+        if (done := await repository.step(ctx.conn, sid)) is not None:
+            return dict(done)  # asked before: this is the same request again
+        try:
+            playbook, planned = domain.on_demand(
+                self.playbooks, asked.step, facts, step_id=sid, item=asked.item, lease_s=lease_s
+            )
+        except domain.OnDemandRefused as exc:
+            raise StepAnswerRefused(str(exc)) from exc
+        why = f"run on demand by {asked.actor}" + (f": {asked.note}" if asked.note else "")
+        row = _step_row(incident_id, sid, f"{domain.ON_DEMAND}{token}", playbook.id, planned)
+        [stored] = await repository.insert_steps(
+            ctx.conn, [repository.NewStep(row, reason=why, final=False)], actor=asked.actor
+        )
+        fresh = dict(stored)
+        self._announce(ctx, command, fresh, from_state=None, actor=asked.actor, reason=why)
+        ctx.audit(
+            "step.run",
+            sid,
+            principal=asked.actor,
+            detail={"incident": incident_id, "step": asked.step, "item": planned.item, "note": asked.note[:500]},
+        )
+        policy = _PolicyWrites()
+        await self._apply_policy(ctx, command, fresh, facts, 1 if planned.item else 0, "asked for", policy)
+        await policy.write(ctx.conn)
+        await self._advance(ctx, incident_id, command)
+        return dict(await repository.step(ctx.conn, sid) or fresh)
+
+    async def _facts(self, ctx: HandlerContext, incident_id: str) -> IncidentFacts:
+        """What a step asked for on demand is rendered and judged from: the latest analysis, else the plan's."""
+        stored = await repository.latest_analysis(ctx.conn, incident_id)
+        if stored is not None:
+            return domain.incident_facts(incident_id, Analysis.model_validate(stored))
+        plan = await repository.current_plan_terms(ctx.conn, incident_id)
+        if plan is None:
+            raise StepAnswerRefused(
+                f"no analysis of incident {incident_id} has reached the responder yet: its severity decides "
+                "who must approve a step"
+            )
+        facts = IncidentFacts.bare(IncidentType(plan["incident_type"]), Severity(plan["severity"]))
+        return facts.model_copy(update={"incident_id": incident_id})
+
     async def on_approval_timeout(self, ctx: HandlerContext, timer: timers.Timer) -> None:
         """Nobody answered in time: the policy's default outcome applies."""
         incident_id = steps.incident_of(timer.subject)
@@ -456,18 +538,22 @@ class Responder:
         await self._maybe_watch(ctx, incident_id)
 
     async def _advance_steps(self, ctx: HandlerContext, incident_id: str, cause: Cause) -> None:
-        """Run what the ordering rules allow now, until nothing more changes."""
+        """Run what the ordering rules allow now, until nothing more changes; a step asked for on demand
+        runs as soon as it may, whatever the plan's order."""
         plan = await repository.current_plan(ctx.conn, incident_id)
-        if plan is None:
-            return
+        plan_id = plan["id"] if plan is not None else None
         while True:
             rows = {r["id"]: dict(r) for r in await repository.steps_of(ctx.conn, incident_id)}
             current = [
                 steps.StepView(r["id"], r["position"], r["state"], r["on_failure"], r["name"])
                 for r in rows.values()
-                if r["plan_id"] == plan["id"]
+                if r["plan_id"] == plan_id
             ]
-            moves = steps.advance(current)
+            moves = steps.advance(current) + [
+                steps.Move(r["id"], "dispatch")
+                for r in rows.values()
+                if _on_demand(r) and r["state"] in ("planned", "approved")
+            ]
             if not moves:
                 return
             held = False
@@ -1291,6 +1377,11 @@ class Responder:
 # ---- helpers -----------------------------------------------------------------------------------
 
 
+def _on_demand(row: Mapping[str, Any] | asyncpg.Record) -> bool:
+    """A step a person asked for, beside the incident's plan."""
+    return str(row["plan_id"]).startswith(domain.ON_DEMAND)
+
+
 def _ended_reason(state: str, at: datetime) -> str:
     return (
         f"held: the incident was {state} at {at:%Y-%m-%d %H:%M:%S %Z}; "
@@ -1304,7 +1395,7 @@ def _caused_by(cause: Cause, incident_id: str) -> dict[str, Any]:
     return {"subject": incident_id}
 
 
-def _rejection(command: ApproveStep | DenyStep, reason: str) -> CommandRejected:
+def _rejection(command: ApproveStep | DenyStep | RunStep, reason: str) -> CommandRejected:
     return CommandRejected(
         source=SOURCE,
         **command.caused_by(),

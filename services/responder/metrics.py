@@ -17,6 +17,12 @@ ACTIONS = Counter(
 )
 # The states in which a step has ended, each an outcome of ACTIONS.
 ACTION_OUTCOMES = frozenset({"succeeded", "failed", "refused", "denied", "simulated", "skipped", "cancelled"})
+UNPLANNED = Counter(
+    "vigil_responder_unplanned",
+    "Analyses no playbook matches (by type and severity): nothing is planned for them; steps may still be run "
+    "on demand.",
+    ["type", "severity"],
+)
 TRUNCATED = Counter(
     "vigil_responder_plan_actions_truncated",
     "Runnable steps left out of a plan event past its bound (the plan record holds them all).",

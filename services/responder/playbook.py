@@ -533,14 +533,16 @@ def _plan_one(
     position: int,
     dry_run: bool,
     skip: str = "",
+    condition: bool = True,
 ) -> PlannedStep:
+    """``condition``: whether the step's condition decides (a step a person asks for runs whatever it says)."""
     status: Literal["planned", "awaiting_approval", "skipped", "refused"]
     status = "awaiting_approval" if step.approval == "required" else "planned"
     reason, params, undo = "", {}, None
     if skip:
         status, reason = "skipped", skip
     try:
-        if status != "skipped" and step.condition is not None:
+        if status != "skipped" and condition and step.condition is not None:
             try:
                 met = bool(_expression(step.condition)(**scope))
             except TemplateError as exc:
@@ -602,3 +604,40 @@ def plan_steps(playbook: Playbook, facts: IncidentFacts) -> list[PlannedStep]:
         for n, item in enumerate(items):
             planned.append(one({**base, "item": item}, step_id=f"{step.id}#{n}", item=item))
     return planned
+
+
+# What a person may name as the item of a `for_each` step asked for on demand, by where the plan takes them.
+ITEM_TYPES: dict[str, ParamType] = {
+    "external_ips": "ip",
+    "external_source_ips": "ip",
+    "affected_hosts": "hostname",
+    "affected_users": "string",
+    "domains": "domain",
+    "urls": "url",
+    "sha256s": "sha256",
+}
+
+
+def plan_on_demand(
+    playbook: Playbook, step: Step, facts: IncidentFacts, *, step_id: str, item: str | None
+) -> PlannedStep:
+    """One step of a playbook, rendered for the incident and the item a person names; its condition is not asked.
+
+    Raises RefusedStep when the item is missing, not needed, or not of the kind the step acts on.
+    """
+    if step.for_each is None:
+        if item is not None:
+            raise RefusedStep(f"step {step.id} acts on no item; run it without one")
+        return _plan_one(
+            step, context(facts), step_id=step_id, item=None, position=0, dry_run=playbook.dry_run, condition=False
+        )
+    if item is None:
+        raise RefusedStep(f"step {step.id} acts on each of the incident's {step.for_each}: name one (--item)")
+    try:
+        value = str(typed(item.strip(), ITEM_TYPES[step.for_each]))
+    except ValueError as exc:
+        raise RefusedStep(f"item {item[:80]!r} is refused: {exc}") from exc
+    if step.for_each.startswith("external") and not is_external(value):
+        raise RefusedStep(f"{value} is not an external address; step {step.id} acts on external addresses")
+    scope = {**context(facts), "item": value}
+    return _plan_one(step, scope, step_id=step_id, item=value, position=0, dry_run=playbook.dry_run, condition=False)

@@ -34,6 +34,15 @@ async def current_plan(conn: Conn, incident_id: str) -> asyncpg.Record | None:
     )
 
 
+async def current_plan_terms(conn: Conn, incident_id: str) -> asyncpg.Record | None:
+    """The type and severity the incident's current plan was made for."""
+    return await conn.fetchrow(
+        """SELECT incident_type, severity FROM responder_plans
+           WHERE incident_id = $1 AND superseded_at IS NULL""",
+        incident_id,
+    )
+
+
 async def lock_incident(conn: Conn, incident_id: str) -> None:
     """Serialise the changes to one incident's steps (plans, approvals, outcomes, timers)."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('responder:' || $1, 0))", incident_id)
@@ -80,6 +89,25 @@ async def unmark_ended(conn: Conn, incident_id: str) -> bool:
     """The incident is open again; True when it had ended."""
     removed = await conn.fetchval("DELETE FROM responder_ended WHERE incident_id = $1 RETURNING true", incident_id)
     return bool(removed)
+
+
+async def save_analysis(conn: Conn, incident_id: str, analysis: dict[str, Any], *, at: datetime) -> None:
+    """Keep the incident's latest analysis (an older one delivered late leaves the newer in place)."""
+    await conn.execute(
+        """INSERT INTO responder_analyses (incident_id, analysis, analysed_at) VALUES ($1, $2, $3)
+           ON CONFLICT (incident_id) DO UPDATE SET analysis = EXCLUDED.analysis, analysed_at = EXCLUDED.analysed_at
+           WHERE responder_analyses.analysed_at <= EXCLUDED.analysed_at""",
+        incident_id,
+        analysis,
+        at,
+    )
+
+
+async def latest_analysis(conn: Conn, incident_id: str) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = await conn.fetchval(
+        "SELECT analysis FROM responder_analyses WHERE incident_id = $1", incident_id
+    )
+    return found
 
 
 async def held_incidents(conn: Conn) -> list[str]:

@@ -182,3 +182,50 @@ def test_the_planner_sees_intel_verdicts_and_asset_tags_from_the_analysis() -> N
     )
     facts = incident_facts("inc-1", analysis)
     assert (facts.verdicts, facts.asset_tags) == (["malicious"], ["crown-jewel"])
+
+
+def test_a_step_asked_for_on_demand_is_rendered_for_the_item_named_with_the_lease_asked(
+    playbooks: list[domain.Playbook],
+) -> None:
+    facts = domain.incident_facts("inc-9", _analysis(ips=["203.0.113.5"], hosts=["web-1"]))
+    playbook, step = domain.on_demand(
+        playbooks,
+        "compromise-critical.block-ip",
+        facts,
+        step_id="inc-9:block-ip:run-1",
+        item=" 198.51.100.9 ",
+        lease_s=7200,
+    )
+    assert playbook.id == "compromise-critical"
+    assert (step.id, step.item, step.params["address"], step.lease_s) == (
+        "inc-9:block-ip:run-1",
+        "198.51.100.9",
+        "198.51.100.9",
+        7200,
+    )
+    assert step.undo is not None and step.undo.params["address"] == "198.51.100.9"
+    assert step.status in ("planned", "awaiting_approval") and step.position == 0
+    # A host is named as the step's type has it: lower case, without a trailing dot.
+    _, isolate = domain.on_demand(
+        playbooks, "compromise-critical.isolate-host", facts, step_id="s", item="DB-7.corp.", lease_s=None
+    )
+    assert isolate.item == "db-7.corp"
+
+
+@pytest.mark.parametrize(
+    ("ref", "item", "lease_s", "why"),
+    [
+        ("compromise-critical.block-ip", "10.0.0.8", None, "10.0.0.8 is not an external address"),
+        ("compromise-critical.block-ip", "203.0.113.5", 30, "a lease is from 1 minute to 30 days"),
+        ("compromise-critical.isolate-host", "rm -rf /", None, "item 'rm -rf /' is refused: not a host name"),
+        ("compromise-critical.notify-stakeholders", "web-1", None, "acts on no item"),
+        ("compromise-critical.notify-stakeholders", None, 3600, "is not reversible"),
+        ("nothing.block-ip", None, None, "no playbook 'nothing'"),
+    ],
+)
+def test_a_step_that_cannot_run_on_demand_says_why(
+    playbooks: list[domain.Playbook], ref: str, item: str | None, lease_s: int | None, why: str
+) -> None:
+    facts = domain.incident_facts("inc-9", _analysis())
+    with pytest.raises(domain.OnDemandRefused, match=why):
+        domain.on_demand(playbooks, ref, facts, step_id="s", item=item, lease_s=lease_s)
