@@ -318,7 +318,11 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
                 return idempotency.Answer(201, _step_out(row).model_dump(mode="json"))
 
             answer = await idempotency.once(
-                conn, principal=by.name, operation=f"{event.type}:{incident_id}", key=idempotency_key, apply=apply
+                conn,
+                principal=by.name,
+                operation=f"{event.type}:{incident_id}:{body.step}:{body.item}:{body.lease}",
+                key=idempotency_key,
+                apply=apply,
             )
         return JSONResponse(answer.body, status_code=answer.status)
 

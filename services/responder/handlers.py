@@ -24,7 +24,7 @@ from services.responder.blocklist import IpNetwork
 from services.responder.connectors import Connector, ConnectorError, StepCall, Validating
 from services.responder.guardrails import RateLimiter
 from services.responder.playbook import IncidentFacts, PlannedStep, duration_seconds
-from shared import timers
+from shared import identity, timers
 from shared.consumer import HandlerContext, Inbound, dispatch_each
 from shared.db import Conn
 from shared.effects import Effect
@@ -45,7 +45,6 @@ from shared.events import (
     IncidentDetected,
     IncidentMerged,
     IncidentStateChanged,
-    IncidentType,
     IncidentUpdated,
     LeaseChange,
     ResponseLeaseChanged,
@@ -437,8 +436,15 @@ class Responder:
     # ---- on demand ---------------------------------------------------------------------------
 
     async def run_step(self, ctx: HandlerContext, command: RunStep) -> None:
-        """A step asked for on the commands topic; one that cannot run is rejected, with why."""
+        """A step asked for on the commands topic; one that cannot run is rejected, with why.
+
+        The topic is trusted as the API's record is (who may write to it is the broker's to say); the
+        role the command claims must still be one that may run steps."""
         try:
+            if not identity.allows(command.data.role, "steps.run"):
+                raise StepAnswerRefused(
+                    f"role {command.data.role or '(none)'!r} may not run steps; {identity.least_role('steps.run')} may"
+                )
             await self.run_on_demand(ctx, command)
         except StepAnswerRefused as exc:
             ctx.emit(_rejection(command, str(exc)))
@@ -456,24 +462,31 @@ class Responder:
         as any step runs: the approval policy, the guardrails, the lease and the check after it all apply."""
         asked = command.data
         incident_id = command.subject
+        token = hashlib.sha256(command.id.encode()).hexdigest()[:10]
+        sid = f"{incident_id}:{asked.step.partition('.')[2]}:run-{token}"
+        await repository.lock_incident(ctx.conn, incident_id)
+        if (done := await repository.step(ctx.conn, sid)) is not None:
+            return dict(done)  # asked before: this is the same request again, whatever happened since
         try:
             lease_s = duration_seconds(asked.lease) if asked.lease else None
         except ValueError as exc:
             raise StepAnswerRefused(f"lease {asked.lease!r}: {exc}") from exc
-        await repository.lock_incident(ctx.conn, incident_id)
         if (ended := await repository.ended(ctx.conn, incident_id)) is not None:
             raise StepAnswerRefused(f"incident {incident_id} is {ended['state']}: reopen it to act on it")
         facts = await self._facts(ctx, incident_id)
-        token = hashlib.sha256(command.id.encode()).hexdigest()[:10]
-        sid = f"{incident_id}:{asked.step.partition('.')[2]}:run-{token}"
-        if (done := await repository.step(ctx.conn, sid)) is not None:
-            return dict(done)  # asked before: this is the same request again
         try:
             playbook, planned = domain.on_demand(
                 self.playbooks, asked.step, facts, step_id=sid, item=asked.item, lease_s=lease_s
             )
         except domain.OnDemandRefused as exc:
             raise StepAnswerRefused(str(exc)) from exc
+        if (same := await repository.acting_on(ctx.conn, incident_id, planned.step, planned.item)) is not None:
+            how = (
+                f"its lease is {same['lease']}"
+                if same["state"] not in steps.NOT_STARTED | {"running"}
+                else same["state"]
+            )
+            raise StepAnswerRefused(f"step {same['id']} does this already ({how}): answer or change that one")
         why = f"run on demand by {asked.actor}" + (f": {asked.note}" if asked.note else "")
         row = _step_row(incident_id, sid, f"{domain.ON_DEMAND}{token}", playbook.id, planned)
         [stored] = await repository.insert_steps(
@@ -494,18 +507,15 @@ class Responder:
         return dict(await repository.step(ctx.conn, sid) or fresh)
 
     async def _facts(self, ctx: HandlerContext, incident_id: str) -> IncidentFacts:
-        """What a step asked for on demand is rendered and judged from: the latest analysis, else the plan's."""
+        """What a step asked for on demand is rendered and judged from: the incident's latest analysis (its
+        severity and assets decide who must approve, so without it nothing is run)."""
         stored = await repository.latest_analysis(ctx.conn, incident_id)
-        if stored is not None:
-            return domain.incident_facts(incident_id, Analysis.model_validate(stored))
-        plan = await repository.current_plan_terms(ctx.conn, incident_id)
-        if plan is None:
+        if stored is None:
             raise StepAnswerRefused(
-                f"no analysis of incident {incident_id} has reached the responder yet: its severity decides "
-                "who must approve a step"
+                f"no analysis of incident {incident_id} is stored yet (the next comes with its next alerts): its "
+                "severity and assets decide who must approve a step"
             )
-        facts = IncidentFacts.bare(IncidentType(plan["incident_type"]), Severity(plan["severity"]))
-        return facts.model_copy(update={"incident_id": incident_id})
+        return domain.incident_facts(incident_id, Analysis.model_validate(stored))
 
     async def on_approval_timeout(self, ctx: HandlerContext, timer: timers.Timer) -> None:
         """Nobody answered in time: the policy's default outcome applies."""

@@ -34,15 +34,6 @@ async def current_plan(conn: Conn, incident_id: str) -> asyncpg.Record | None:
     )
 
 
-async def current_plan_terms(conn: Conn, incident_id: str) -> asyncpg.Record | None:
-    """The type and severity the incident's current plan was made for."""
-    return await conn.fetchrow(
-        """SELECT incident_type, severity FROM responder_plans
-           WHERE incident_id = $1 AND superseded_at IS NULL""",
-        incident_id,
-    )
-
-
 async def lock_incident(conn: Conn, incident_id: str) -> None:
     """Serialise the changes to one incident's steps (plans, approvals, outcomes, timers)."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('responder:' || $1, 0))", incident_id)
@@ -140,12 +131,33 @@ async def step(conn: Conn, step_id: str) -> asyncpg.Record | None:
 
 
 async def steps_like(conn: Conn, prefix: str) -> list[asyncpg.Record]:
-    """A step by its id, or every expansion of one playbook step (`<incident>:<step>`)."""
+    """A step by its id, or every expansion of one playbook step (`<incident>:<step>`) in the incident's plans.
+
+    A step a person asked for on demand is answered by its own id only: an answer to a plan's step is
+    never one to a request someone else made.
+    """
     return await conn.fetch(
         f"""SELECT {STEP_COLUMNS} FROM responder_steps
-            WHERE id = $1 OR (starts_with(id, $1 || ':') AND item IS NOT NULL)
+            WHERE id = $1
+               OR (starts_with(id, $1 || ':') AND item IS NOT NULL AND NOT starts_with(plan_id, 'on-demand:'))
             ORDER BY position, id""",
         prefix,
+    )
+
+
+async def acting_on(conn: Conn, incident_id: str, step: str, item: str | None) -> asyncpg.Record | None:
+    """A step of the incident doing the same playbook step on the same item that has not ended, or whose
+    lease holds: another would act twice on one target (and its undo lift what the other still holds)."""
+    return await conn.fetchrow(
+        """SELECT s.id, s.state, l.state AS lease FROM responder_steps s
+           LEFT JOIN responder_leases l ON l.step_id = s.id
+           WHERE s.incident_id = $1 AND s.step = $2 AND s.item IS NOT DISTINCT FROM $3
+             AND (s.state IN ('planned', 'awaiting_approval', 'approved', 'running')
+                  OR l.state IN ('active', 'extended', 'permanent'))
+           ORDER BY s.created_at LIMIT 1""",
+        incident_id,
+        step,
+        item,
     )
 
 

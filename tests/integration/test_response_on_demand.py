@@ -101,6 +101,9 @@ async def test_a_step_run_on_demand_waits_for_the_approvals_the_policy_asks_and_
             pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-w", data=analysis(Severity.SEV2))
         )
         assert await pool.fetchval("SELECT state FROM responder_steps WHERE id = $1", row["id"]) == "awaiting_approval"
+        # An answer to every waiting item of the plan's isolate is none to a request someone made.
+        await handle(pool, names, responder, answer(ApproveStep, "inc-w:isolate", "alice", role="commander"))
+        assert await pool.fetchval("SELECT approvals FROM responder_steps WHERE id = $1", row["id"]) == []
         await handle(pool, names, responder, answer(ApproveStep, row["id"], "alice", role="commander"))
         await handle(pool, names, responder, answer(ApproveStep, row["id"], "bob", role="security-lead"))
         assert await pool.fetchval("SELECT state FROM responder_steps WHERE id = $1", row["id"]) == "running"
@@ -111,7 +114,8 @@ async def test_a_step_that_cannot_run_on_demand_is_refused_with_why(pool: asyncp
         responder = responder_for(pool, far, policy=AUTO)
     before = await handle(pool, names, responder, run("inc-r", "contain.block", item="203.0.113.9"))
     assert rejections(before) == [
-        "no analysis of incident inc-r has reached the responder yet: its severity decides who must approve a step"
+        "no analysis of incident inc-r is stored yet (the next comes with its next alerts): its severity and "
+        "assets decide who must approve a step"
     ]
     await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-r", data=analysis(Severity.SEV2)))
     cases = {
@@ -123,10 +127,22 @@ async def test_a_step_that_cannot_run_on_demand_is_refused_with_why(pool: asyncp
         ("contain.block", "203.0.113.9", "90d"): "a lease is from 1 minute to 30 days",
         ("contain.nope", None, None): "playbook contain has no step 'nope'; its steps: tell, isolate, block",
         ("other.block", None, None): "no playbook 'other'; there are: contain",
+        # The plan's block of this address waits for the isolate: a second would act twice on one target.
+        ("contain.block", "203.0.113.7", None): "step inc-r:block:",
     }
     for (step, item, lease), expected in cases.items():
         [reason] = rejections(await handle(pool, names, responder, run("inc-r", step, item=item, lease=lease)))
         assert reason.startswith(expected) or expected in reason, (step, reason)
+    assert (
+        "does this already (planned): answer or change that one"
+        in rejections(await handle(pool, names, responder, run("inc-r", "contain.block", item="203.0.113.7")))[0]
+    )
+    # A command on the topic says who asks and in which role: one that may not run steps is refused.
+    viewer = run("inc-r", "contain.block", item="203.0.113.9")
+    viewer = viewer.model_copy(update={"data": viewer.data.model_copy(update={"role": "responder"})})
+    assert rejections(await handle(pool, names, responder, viewer)) == [
+        "role 'responder' may not run steps; commander may"
+    ]
     # The guardrails judge it as any step: an address never to block is refused when it is sent.
     await handle(pool, names, responder, run("inc-r", "contain.block", item="198.51.100.4"))
     refused = await fetch_one(pool, "SELECT state, reason FROM responder_steps WHERE item = '198.51.100.4'")
@@ -137,7 +153,7 @@ async def test_a_step_that_cannot_run_on_demand_is_refused_with_why(pool: asyncp
     assert ended == "incident inc-r is resolved: reopen it to act on it"
     assert await pool.fetchval("SELECT count(*) FROM responder_steps WHERE item = '203.0.113.9'") == 0
     refusals = await pool.fetchval("SELECT count(*) FROM audit_log WHERE action = 'step.run' AND outcome = 'refused'")
-    assert refusals == len(cases) + 2
+    assert refusals == len(cases) + 4
 
 
 async def test_an_analysis_no_playbook_matches_plans_nothing_and_its_steps_can_still_be_run(
