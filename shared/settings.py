@@ -299,6 +299,12 @@ class VigilSettings(BaseSettings):
     responder_monitor_alerts: int = Field(
         3, ge=1, description="Alerts on contained entities during the watch that make containment ineffective."
     )
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Where people reach Vigil's web view (the reporter's address through its proxy, "
+        "https://vigil.example.com): every notice links to its incident's page there. No link when unset.",
+    )
     notifications_file: Path | None = Field(
         None,
         validation_alias="VIGIL_NOTIFICATIONS",

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast, get_args
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import jinja2
 import orjson
@@ -352,6 +352,7 @@ class Rendered:
     title: str
     body: str
     facts: tuple[tuple[str, str], ...] = ()
+    link: str | None = None  # the incident's page in Vigil's web view, where a public URL is set
 
 
 def _one_line(value: Any) -> str:
@@ -408,7 +409,8 @@ class Templates:
     mail). Only the blocks are rendered, so an ``{% import %}`` goes inside the block that uses it.
     """
 
-    def __init__(self, override: Path | None = None) -> None:
+    def __init__(self, override: Path | None = None, *, public_url: str | None = None) -> None:
+        self.public_url = public_url.rstrip("/") if public_url else None
         searchpath = [str(override)] if override is not None else []
         searchpath.append(str(SHIPPED_TEMPLATES))
         self.environments = {
@@ -430,8 +432,10 @@ class Templates:
     def render(self, channel: str, notice: Notice, *, recipient: str) -> Rendered:
         """Render the notice for one channel; raise jinja2.TemplateError when its template fails."""
         template = self.template(channel, notice.kind)
+        link = f"{self.public_url}/ui/incidents/{quote(notice.incident_id, safe='')}" if self.public_url else None
         context = template.new_context(
             {
+                "link": link,
                 "kind": notice.kind,
                 "incident_id": notice.incident_id,
                 "short_id": notice.incident_id[:8],
@@ -452,7 +456,7 @@ class Templates:
             if line.strip():
                 label, sep, value = line.partition(": ")
                 facts.append((label.strip(), value.strip()) if sep else ("", line.strip()))
-        return Rendered(title=_one_line(block("title")), body=block("body"), facts=tuple(facts))
+        return Rendered(title=_one_line(block("title")), body=block("body"), facts=tuple(facts), link=link)
 
     def check(self, channels: Sequence[str]) -> list[str]:
         """Render every kind on each channel with only its required data; return what fails, and where."""
@@ -525,6 +529,7 @@ def parse_notifications(
     source: str = "notifications",
     base_dir: Path = Path("."),
     environ: Mapping[str, str] | None = None,
+    public_url: str | None = None,
 ) -> NotificationsConfig:
     """Check a notifications file's text, read the secrets it names from ``environ`` and check its templates."""
     environ = os.environ if environ is None else environ
@@ -551,7 +556,7 @@ def parse_notifications(
         override = base_dir / file.templates_dir
         if not override.is_dir():
             raise NotificationsConfigError([f"{source}: templates_dir: {override} is not a directory"])
-    templates = Templates(override)
+    templates = Templates(override, public_url=public_url)
     if problems := templates.check(channels.configured()):
         raise NotificationsConfigError(problems)
     return NotificationsConfig(
@@ -566,14 +571,16 @@ def parse_notifications(
 
 
 def load_notifications(
-    path: Path = DEFAULT_NOTIFICATIONS, *, environ: Mapping[str, str] | None = None
+    path: Path = DEFAULT_NOTIFICATIONS, *, environ: Mapping[str, str] | None = None, public_url: str | None = None
 ) -> NotificationsConfig:
-    """Read and check a notifications file (relative paths in it are relative to it); errors say where and why."""
+    """Read and check a notifications file (relative paths in it are relative to it); errors say where and why.
+
+    ``public_url``: where people reach Vigil's web view; every notice links to its incident's page there."""
     try:
         document = path.read_text()
     except OSError as exc:
         raise NotificationsConfigError([f"{path}: cannot be read: {exc.strerror or exc}"]) from exc
-    return parse_notifications(document, source=str(path), base_dir=path.parent, environ=environ)
+    return parse_notifications(document, source=str(path), base_dir=path.parent, environ=environ, public_url=public_url)
 
 
 # ---- who gets a notice, where: pure -------------------------------------------------------------
@@ -683,6 +690,9 @@ class Dispatch:
     payload: dict[str, Any]
 
 
+OPEN_LINK = "Open in Vigil"
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -705,6 +715,9 @@ def slack_message(notice: Notice, rendered: Rendered) -> dict[str, Any]:
             for label, value in rendered.facts[:SLACK_FIELDS]
         ]
         blocks.append({"type": "section", "fields": fields})
+    if rendered.link:
+        button = {"type": "button", "text": {"type": "plain_text", "text": OPEN_LINK}, "url": rendered.link}
+        blocks.append({"type": "actions", "elements": [button]})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _slack_text(_context_line(notice))}]})
     return {"text": _clip(rendered.title, SLACK_SECTION_CHARS), "blocks": blocks}
 
@@ -719,6 +732,8 @@ def mattermost_message(notice: Notice, rendered: Rendered) -> dict[str, Any]:
         "fields": [{"title": label, "value": value, "short": True} for label, value in rendered.facts],
         "footer": _context_line(notice),
     }
+    if rendered.link:
+        attachment["title_link"] = rendered.link
     return {"text": rendered.title, "attachments": [attachment]}
 
 
@@ -746,6 +761,8 @@ def teams_message(notice: Notice, rendered: Rendered) -> dict[str, Any]:
         "msteams": {"width": "Full"},
         "body": body,
     }
+    if rendered.link:
+        card["actions"] = [{"type": "Action.OpenUrl", "title": OPEN_LINK, "url": rendered.link}]
     attachment = {"contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}
     return {"type": "message", "attachments": [attachment]}
 
@@ -764,17 +781,21 @@ def webhook_message(notice: Notice, rendered: Rendered, *, key: str, recipient: 
         "title": rendered.title,
         "text": rendered.body,
         "facts": [{"label": label, "value": value} for label, value in rendered.facts],
+        "link": rendered.link,
         "data": notice.data,
     }
 
 
 def mail_text(rendered: Rendered) -> str:
-    """The body, then the facts as aligned `Label: value` lines."""
-    if not rendered.facts:
-        return rendered.body + "\n"
-    width = max(len(label) for label, _ in rendered.facts) + 1
-    lines = [f"{label + ':':<{width}} {value}" if label else value for label, value in rendered.facts]
-    return f"{rendered.body}\n\n" + "\n".join(lines) + "\n"
+    """The body, then the facts as aligned `Label: value` lines, then the incident's page."""
+    text = rendered.body + "\n"
+    if rendered.facts:
+        width = max(len(label) for label, _ in rendered.facts) + 1
+        lines = [f"{label + ':':<{width}} {value}" if label else value for label, value in rendered.facts]
+        text += "\n" + "\n".join(lines) + "\n"
+    if rendered.link:
+        text += f"\n{OPEN_LINK}: {rendered.link}\n"
+    return text
 
 
 def dispatch(

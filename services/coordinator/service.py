@@ -33,7 +33,9 @@ def spec(settings: VigilSettings) -> ServiceSpec:
     # Every file is read now: a broken one stops the coordinator, with its reason, before it consumes.
     templates = tasks.load_templates()
     oncall = load_oncall(settings.oncall_file or DEFAULT_ONCALL)
-    notices = notifications.load_notifications(settings.notifications_file or notifications.DEFAULT_NOTIFICATIONS)
+    notices = notifications.load_notifications(
+        settings.notifications_file or notifications.DEFAULT_NOTIFICATIONS, public_url=settings.public_url
+    )
     people = {
         p
         for schedule in oncall.schedules.values()

@@ -752,3 +752,49 @@ def test_notices_built_from_the_coordinators_events_carry_what_their_templates_n
         check_notice(built)
         for channel in CHANNELS:
             assert example().templates.render(channel, built, recipient="alice@example.com").title
+
+
+def test_with_a_public_url_every_channel_links_the_incidents_page() -> None:
+    config = load_notifications(EXAMPLE, environ=SECRETS, public_url="https://vigil.example.com/")
+    link = f"https://vigil.example.com/ui/incidents/{INCIDENT}"
+    rendered = config.templates.render("slack", notice(data=FULL_DATA["escalation"]), recipient="alice")
+    assert rendered.link == link
+    slack = dispatch(notice(), Delivery("slack", "a", HOOK), rendered, key="k").payload["body"]["blocks"]
+    assert {
+        "type": "actions",
+        "elements": [{"type": "button", "text": {"type": "plain_text", "text": "Open in Vigil"}, "url": link}],
+    } in slack
+    teams = dispatch(notice(), Delivery("teams", "a", HOOK), rendered, key="k").payload["body"]
+    assert teams["attachments"][0]["content"]["actions"] == [
+        {"type": "Action.OpenUrl", "title": "Open in Vigil", "url": link}
+    ]
+    mattermost = dispatch(notice(), Delivery("mattermost", "a", HOOK), rendered, key="k").payload["body"]
+    assert mattermost["attachments"][0]["title_link"] == link
+    assert dispatch(notice(), Delivery("webhook", "a", HOOK), rendered, key="k").payload["body"]["link"] == link
+    assert mail_text(rendered).endswith(f"\nOpen in Vigil: {link}\n")
+    # Templates may place it themselves; without a public URL there is none, and no button.
+    plain = example().templates.render("slack", notice(data=FULL_DATA["escalation"]), recipient="alice")
+    assert plain.link is None
+    assert all(
+        b["type"] != "actions"
+        for b in dispatch(notice(), Delivery("slack", "a", HOOK), plain, key="k").payload["body"]["blocks"]
+    )
+    assert "Open in Vigil" not in mail_text(plain)
+
+
+def test_an_incident_id_is_quoted_in_its_link() -> None:
+    config = load_notifications(EXAMPLE, environ=SECRETS, public_url="https://vigil.example.com/vigil")
+    rendered = config.templates.render(
+        "email", notice(incident_id="a b/../c", data=FULL_DATA["escalation"]), recipient="alice"
+    )
+    assert rendered.link == "https://vigil.example.com/vigil/ui/incidents/a%20b%2F..%2Fc"
+
+
+@pytest.mark.parametrize("url", ["vigil.example.com", "ftp://vigil.example.com", "https://vigil.example.com/?x=1"])
+def test_a_public_url_that_is_no_web_address_is_refused_at_start_up(url: str) -> None:
+    from pydantic import ValidationError
+
+    from shared.settings import VigilSettings
+
+    with pytest.raises(ValidationError, match="public_url"):
+        VigilSettings(public_url=url)
