@@ -1552,6 +1552,55 @@ def _joined_by(why: dict[str, Any] | None) -> str:
     return f"{escape(said)}\n[dim]{escape(why['reason'])}[/]" if why.get("reason") else escape(said)
 
 
+@incidents_app.command("related")
+def incidents_related(
+    incident_id: str,
+    since: Annotated[str, typer.Option(help="How far back to look: 24h, 30d, 8w.")] = "30d",
+    limit: Annotated[int, typer.Option(help="At most this many incidents, and as many held-back alerts.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """Hunt for the same activity elsewhere: other incidents naming this one's indicators, hosts or users,
+    and alerts about its hosts that silences, maintenance windows or inhibitions held back."""
+    incident = _resolve_id(incident_id)
+    found = _get(f"/api/v1/incidents/{incident}/related", since=since, limit=limit)
+    if as_json:
+        print(json.dumps(found, indent=2))
+        return
+    table = Table(title=f"{len(found['incidents'])} other incident(s) since {found['since'][:16].replace('T', ' ')}")
+    for column in ("id", "sev", "state", "title", "shares", "created"):
+        table.add_column(column, overflow="fold")
+    for i in found["incidents"]:
+        shared = i["shared"]
+        shares = "; ".join(
+            f"{what} {', '.join(values[:5])}" + (f" and {len(values) - 5} more" if len(values) > 5 else "")
+            for what, values in shared.items()
+            if values
+        )
+        table.add_row(
+            escape(i["id"][:8]),
+            _styled(i["severity"], SEVERITY_STYLE),
+            escape(i["state"]),
+            escape(i["title"]),
+            escape(shares),
+            i["created_at"][5:16].replace("T", " "),
+        )
+    console.print(table)
+    if found["held_back"]:
+        held = Table(title=f"{len(found['held_back'])} alert(s) about its hosts held back from incidents")
+        for column in ("time", "host", "source", "title", "held back by"):
+            held.add_column(column, overflow="fold")
+        for a in found["held_back"]:
+            by = a["suppressed_by"]
+            held.add_row(
+                a["time"][5:16].replace("T", " "),
+                *_plain(a.get("host") or "-", a["source"], a["title"], f"{by['kind']} {by['name']}: {by['reason']}"),
+            )
+        console.print(held)
+    if found["incidents"]:
+        others = " ".join(i["id"][:8] for i in found["incidents"][:5])
+        console.print(f"the same attack? vigil incidents merge {escape(incident[:8])} {escape(others)}")
+
+
 def _detector(method: str, path: str, body: Any = None) -> Any:
     return _answer_of(_request("detector", _settings().detector_url, method, path, body))
 

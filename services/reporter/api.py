@@ -9,7 +9,7 @@ view's (``web.py``).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -145,6 +145,25 @@ def routers(runtime: Runtime, stream: WindowView | None = None) -> list[APIRoute
         incident["indicators"] = analysis.get("indicators", [])
         incident["response_times"] = _response_times(incident, sla)
         return incident
+
+    @router.get("/incidents/{incident_id}/related")
+    async def get_related(
+        incident_id: str,
+        since: Annotated[
+            str, Query(pattern=r"^\d{1,4}[hdw]$", description="How far back to look: 24h, 30d, 8w.")
+        ] = "30d",
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> dict[str, Any]:
+        """Hunt for the same activity elsewhere: the other incidents naming this one's indicators, hosts or
+        users (each with what it shares, the most shared first), and the alerts about its hosts that
+        silences, maintenance windows or inhibitions held back from every incident."""
+        units = {"h": 3600, "d": 86400, "w": 7 * 86400}
+        start = datetime.now(UTC) - timedelta(seconds=int(since[:-1]) * units[since[-1]])
+        async with runtime.pool.acquire() as conn:
+            found = await repository.related(conn, incident_id=incident_id, since=start, limit=limit)
+        if found is None:
+            raise HTTPException(404, detail=f"no incident {incident_id}")
+        return found
 
     @router.get("/incidents/{incident_id}/timeline")
     async def get_timeline(incident_id: str) -> list[dict[str, Any]]:

@@ -476,6 +476,76 @@ async def list_alert_history(
     return alerts, ((last["time"], f"{last['place']}/{last['key']}") if last else None)
 
 
+async def related(conn: Conn, *, incident_id: str, since: datetime, limit: int) -> dict[str, Any] | None:
+    """What else names the incident's indicators, hosts and users since then (None: no such incident).
+
+    ``incidents``: the others (each survivor, not what was merged into it) with what they share, the most
+    shared first; ``held_back``: alerts about its hosts that silences, maintenance windows or inhibitions
+    held back from every incident, newest first.
+    """
+    this = await conn.fetchrow(
+        "SELECT hosts, users, indicators FROM reporter_incidents WHERE id = $1 AND title IS NOT NULL", incident_id
+    )
+    if this is None:
+        return None
+    hosts, users, indicators = list(this["hosts"]), list(this["users"]), list(this["indicators"])
+    incidents = await conn.fetch(
+        """SELECT * FROM (
+               SELECT id, title, type, severity, state, commander, created_at,
+                      ARRAY(SELECT unnest(indicators) INTERSECT SELECT unnest($2::text[]) ORDER BY 1) AS indicators,
+                      ARRAY(SELECT unnest(hosts) INTERSECT SELECT unnest($3::text[]) ORDER BY 1) AS hosts,
+                      ARRAY(SELECT unnest(users) INTERSECT SELECT unnest($4::text[]) ORDER BY 1) AS users
+               FROM reporter_incidents
+               WHERE id <> $1 AND merged_into IS NULL AND title IS NOT NULL AND created_at >= $5
+                 AND (indicators && $2::text[] OR hosts && $3::text[] OR users && $4::text[])) AS found
+           ORDER BY cardinality(indicators) + cardinality(hosts) + cardinality(users) DESC, created_at DESC, id
+           LIMIT $6""",
+        incident_id,
+        indicators,
+        hosts,
+        users,
+        since,
+        limit,
+    )
+    held = await conn.fetch(
+        """SELECT key, body, time, repeats, last_seen_at, resolved_at, kind, suppressed_by, name, reason
+           FROM reporter_suppressed_alerts
+           WHERE body->>'host' = ANY($1::text[]) AND time >= $2
+           ORDER BY time DESC, key LIMIT $3""",
+        hosts,
+        since,
+        limit,
+    )
+    return {
+        "incident_id": incident_id,
+        "since": since,
+        "incidents": [
+            {
+                **{k: r[k] for k in ("id", "title", "type", "severity", "state", "commander", "created_at")},
+                "shared": {"indicators": list(r["indicators"]), "hosts": list(r["hosts"]), "users": list(r["users"])},
+            }
+            for r in incidents
+        ],
+        "held_back": [
+            {
+                **r["body"],
+                "key": r["key"],
+                "time": r["time"],
+                "repeats": r["repeats"],
+                "last_seen_at": r["last_seen_at"],
+                "resolved_at": r["resolved_at"],
+                "suppressed_by": {
+                    "kind": r["kind"],
+                    "id": r["suppressed_by"],
+                    "name": r["name"],
+                    "reason": r["reason"],
+                },
+            }
+            for r in held
+        ],
+    }
+
+
 async def apply_suppressed(conn: Conn, *, alerts: SuppressedAlerts, at: datetime) -> None:
     """Record alerts held back from incidents, one row per occurrence; events may arrive in any order.
 

@@ -3,10 +3,13 @@ sorting, one incident with everything known of it, the alert history, and who ma
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import os
+import sys
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -542,3 +545,105 @@ async def test_reports_and_exports(seeded: int, client: httpx.AsyncClient) -> No
     timelines = (await client.get("/api/v1/export/timelines", params={"since": since})).json()
     assert {t["incident_id"] for t in timelines} == {f"inc-{n:03d}" for n in range(30, 40)}
     assert (await client.get("/api/v1/export/everything")).status_code == 422
+
+
+def _incident_now(
+    incident_id: str, *, hosts: list[str], users: list[str], ips: list[str], ago: timedelta = timedelta(0)
+) -> list[EventBase]:
+    at = datetime.now(UTC) - ago
+    title = f"incident {incident_id}"
+    return [
+        IncidentDetected(
+            source="/vigil/detector",
+            subject=incident_id,
+            time=at,
+            data=snapshot(title=title, hosts=hosts, users=users, first_seen=at, last_seen=at),
+        ),
+        IncidentAnalyzed(
+            source="/vigil/analyzer",
+            subject=incident_id,
+            time=at,
+            data=Analysis(
+                type=IncidentType.SECURITY_BREACH,
+                severity=Severity.SEV2,
+                title=title,
+                indicators=[Indicator(kind="ipv4", value=ip) for ip in ips],
+                affected_hosts=hosts,
+                affected_users=users,
+                alert_count=1,
+                summary="",
+            ),
+        ),
+    ]
+
+
+async def test_the_hunt_finds_other_incidents_and_held_back_alerts_naming_what_this_one_names(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, client: httpx.AsyncClient
+) -> None:
+    now = datetime.now(UTC)
+    events = [
+        *_incident_now("inc-this", hosts=["db-1", "web-1"], users=["alice"], ips=["198.51.100.7", "203.0.113.9"]),
+        *_incident_now("inc-both", hosts=["db-1"], users=[], ips=["198.51.100.7"]),
+        *_incident_now("inc-user", hosts=["lap-9"], users=["alice"], ips=[]),
+        *_incident_now("inc-old", hosts=["web-1"], users=[], ips=[], ago=timedelta(days=3)),
+        *_incident_now("inc-apart", hosts=["mail-1"], users=["bob"], ips=["192.0.2.1"]),
+        AlertsSuppressed(
+            source="/vigil/detector",
+            subject="silence:s-1",
+            time=now,
+            data=SuppressedAlerts(
+                suppressed_by=SILENCE,
+                alerts=[
+                    SuppressedAlertSummary(
+                        key=f"falco:{host}",
+                        source="falco",
+                        title=f"shell on {host}",
+                        severity=AlertSeverity.HIGH,
+                        time=now,
+                        host=host,
+                        occurrence=f"o-{host}",
+                    )
+                    for host in ("db-1", "mail-1")
+                ],
+            ),
+        ),
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=names)
+        await reporter.handle(ctx, [Inbound(e.id, e, None) for e in events])
+
+    found = (await client.get("/api/v1/incidents/inc-this/related")).json()
+    # The most shared first, then the newest; what names nothing of it is not there.
+    assert [(i["id"], i["shared"]) for i in found["incidents"]] == [
+        ("inc-both", {"indicators": ["198.51.100.7"], "hosts": ["db-1"], "users": []}),
+        ("inc-user", {"indicators": [], "hosts": [], "users": ["alice"]}),
+        ("inc-old", {"indicators": [], "hosts": ["web-1"], "users": []}),
+    ]
+    [held] = found["held_back"]
+    assert (held["key"], held["host"], held["suppressed_by"]["name"]) == ("falco:db-1", "db-1", SILENCE.name)
+    recent = (await client.get("/api/v1/incidents/inc-this/related", params={"since": "24h"})).json()
+    assert [i["id"] for i in recent["incidents"]] == ["inc-both", "inc-user"]
+    # One merged into it is part of it, no other incident.
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE reporter_incidents SET merged_into = 'inc-this' WHERE id = 'inc-user'")
+    merged = (await client.get("/api/v1/incidents/inc-this/related", params={"since": "24h"})).json()
+    assert [i["id"] for i in merged["incidents"]] == ["inc-both"]
+    assert (await client.get("/api/v1/incidents/inc-none/related")).status_code == 404
+    assert (await client.get("/api/v1/incidents/inc-this/related", params={"since": "ever"})).status_code == 422
+
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("vigil")),
+        "incidents",
+        "related",
+        "inc-this",
+        "--since",
+        "24h",
+        env={**os.environ, "VIGIL_REPORTER_URL": str(client.base_url), "COLUMNS": "200"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode == 0, (out + err).decode()
+    printed = out.decode()
+    assert "inc-both" in printed and "indicators 198.51.100.7; hosts db-1" in printed
+    assert "shell on db-1" in printed and "vigil incidents merge inc-this inc-both" in printed

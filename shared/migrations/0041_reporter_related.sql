@@ -1,0 +1,5 @@
+-- Reporter: what else names an incident's hosts, users and indicators (vigil incidents related): the
+-- users of every incident by overlap, and the held-back alerts by host, newest first.
+CREATE INDEX reporter_incidents_users ON reporter_incidents USING gin (users);
+CREATE INDEX reporter_suppressed_alerts_host
+    ON reporter_suppressed_alerts ((body->>'host'), time DESC);
