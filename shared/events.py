@@ -17,7 +17,16 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, IPvAnyAddress, TypeAdapter, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from shared.alerts import AlertSeverity
 
@@ -816,6 +825,15 @@ class NoteArgs(Payload):
         description="A status update: where the incident stands, sent to its commander, the people with a role "
         "on it and the severity's stakeholders, and the next status-update reminder counted from it.",
     )
+    lesson: Literal["went_well", "went_badly"] | None = Field(
+        None, description="A lesson for the post-mortem: what went well, or what went badly."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> NoteArgs:
+        if self.status_update and self.lesson is not None:
+            raise ValueError("a note is a status update or a lesson, not both")
+        return self
 
 
 class Assignment(Payload):

@@ -72,6 +72,10 @@ def service_of(event: EventBase) -> str:
     return parts[1] if len(parts) > 1 and parts[0] == "vigil" else event.source
 
 
+# How a lesson for the post-mortem reads on the timeline and in the report.
+LESSONS = {"went_well": "went well", "went_badly": "went badly"}
+
+
 def timeline_entry(event: EventBase) -> TimelineEntry:
     """Say who caused an event and what it means, in one line."""
     actor = service_of(event)
@@ -180,7 +184,8 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = f"{d.phase.replace('_', '-')} task done: {d.title}" + (f": {d.note}" if d.note else "")
         case AddNote(data=d):
             actor = d.actor
-            summary = f"{'status update' if d.status_update else 'note'}: {d.note}"
+            kind = "status update" if d.status_update else LESSONS.get(d.lesson or "", "note")
+            summary = f"{kind}: {d.note}"
         case ChangeState(data=d):
             actor = d.actor
             summary = f"move to {d.to_state} requested" + (f": {d.note}" if d.note else "")

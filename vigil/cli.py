@@ -1816,11 +1816,20 @@ def note(
             "stakeholders hear it, and the next reminder to send one is counted from it.",
         ),
     ] = False,
+    went_well: Annotated[
+        bool, typer.Option("--went-well", help="A lesson for the post-mortem: something that went well.")
+    ] = False,
+    went_badly: Annotated[
+        bool, typer.Option("--went-badly", help="A lesson for the post-mortem: something that went badly.")
+    ] = False,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Add a note to an incident's timeline, or post a status update."""
-    body = {"actor": _who(actor), "note": text, "status_update": status_update}
+    """Add a note to an incident's timeline, post a status update, or record a lesson for its post-mortem."""
+    if sum((status_update, went_well, went_badly)) > 1:
+        _fail("a note is one of --status-update, --went-well or --went-badly")
+    lesson = "went_well" if went_well else "went_badly" if went_badly else None
+    body = {"actor": _who(actor), "note": text, "status_update": status_update, "lesson": lesson}
     _command("notes", incident_id, body, as_json)
 
 

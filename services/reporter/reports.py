@@ -83,6 +83,8 @@ class IncidentBundle:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     actions: list[dict[str, Any]] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    lessons: list[dict[str, Any]] = field(default_factory=list)  # went_well / went_badly notes: time, actor, note
+    follow_ups: list[dict[str, Any]] = field(default_factory=list)  # its post-mortem tasks, done or not
 
     @property
     def milestones(self) -> dict[str, datetime | None]:
@@ -212,6 +214,9 @@ def postmortem(bundle: IncidentBundle, *, fmt: Format, sla: SlaTargets, now: dat
         "actions": bundle.actions,
         "worked": worked,
         "response_rows": response_rows(milestones, i.get("severity"), sla=sla, now=now),
+        "went_well": [lesson for lesson in bundle.lessons if lesson["lesson"] == "went_well"],
+        "went_badly": [lesson for lesson in bundle.lessons if lesson["lesson"] == "went_badly"],
+        "follow_ups": bundle.follow_ups,
     }
     return _environment(fmt).get_template(f"postmortem.{fmt}.j2").render(context)
 

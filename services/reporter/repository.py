@@ -758,7 +758,33 @@ async def incident_bundle(conn: Conn, *, incident_id: str) -> IncidentBundle | N
         alerts=await list_alerts(conn, incident_id=incident_id),
         actions=await list_actions(conn, incident_id=incident_id),
         timeline=await list_timeline(conn, incident_id=incident_id),
+        lessons=await list_lessons(conn, incident_id=incident_id),
+        follow_ups=await list_follow_ups(conn, incident_id=incident_id),
     )
+
+
+async def list_lessons(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
+    """The lessons people recorded for the post-mortem (`vigil note ID "..." --went-well|--went-badly`), in order."""
+    rows = await conn.fetch(
+        """SELECT time, data->>'actor' AS actor, data->>'note' AS note, data->>'lesson' AS lesson
+           FROM reporter_history
+           WHERE incident_id = $1 AND type = 'vigil.command.add_note.v1' AND data->>'lesson' IS NOT NULL
+           ORDER BY time, event_id""",
+        incident_id,
+    )
+    return [dict(r) for r in rows]
+
+
+async def list_follow_ups(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
+    """The incident's post-mortem tasks (its follow-ups), the open ones first, each by its due time."""
+    rows = await conn.fetch(
+        """SELECT title, owner, due_at, state, done_at, done_by FROM reporter_tasks
+           WHERE incident_id = $1 AND phase = ANY($2::text[]) AND state <> 'cancelled' AND title IS NOT NULL
+           ORDER BY state = 'done', due_at NULLS LAST, task_id""",
+        incident_id,
+        list(FOLLOW_UP_PHASES),
+    )
+    return [dict(r) for r in rows]
 
 
 async def list_incidents_created(conn: Conn, *, since: datetime | None, until: datetime | None) -> list[dict[str, Any]]:

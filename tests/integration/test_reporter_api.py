@@ -24,6 +24,7 @@ from shared import identity
 from shared.alerts import AlertSeverity
 from shared.consumer import HandlerContext, Inbound
 from shared.events import (
+    AddNote,
     AlertsSuppressed,
     Analysis,
     Escalation,
@@ -36,11 +37,17 @@ from shared.events import (
     IncidentStateChanged,
     IncidentType,
     Indicator,
+    NoteArgs,
+    OpenedTask,
     Severity,
     StateChange,
     SuppressedAlerts,
     SuppressedAlertSummary,
     SuppressedBy,
+    TaskCompleted,
+    TaskDone,
+    TasksCreated,
+    TasksOpened,
 )
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
@@ -647,3 +654,42 @@ async def test_the_hunt_finds_other_incidents_and_held_back_alerts_naming_what_t
     printed = out.decode()
     assert "inc-both" in printed and "indicators 198.51.100.7; hosts db-1" in printed
     assert "shell on db-1" in printed and "vigil incidents merge inc-this inc-both" in printed
+
+
+async def test_the_post_mortem_takes_the_lessons_and_follow_ups_recorded_for_the_incident(
+    seeded: int, pool: asyncpg.Pool, names: TopicNames, client: httpx.AsyncClient
+) -> None:
+    def task(n: int, title: str, owner: str) -> OpenedTask:
+        return OpenedTask(task_id=n, phase="post_mortem", title=title, owner=owner, required=False, due_at=None)
+
+    events: list[EventBase] = [
+        TasksCreated(
+            source="/vigil/coordinator",
+            subject="inc-007",
+            data=TasksOpened(tasks=[task(71, "Patch the NAS", "carol"), task(72, "Restore from backup", "dave")]),
+        ),
+        TaskCompleted(
+            source="/vigil/coordinator",
+            subject="inc-007",
+            data=TaskDone(task_id=72, phase="post_mortem", title="Restore from backup", actor="dave", required=False),
+        ),
+        TasksCreated(
+            source="/vigil/coordinator", subject="inc-008", data=TasksOpened(tasks=[task(81, "Not this one", "x")])
+        ),
+        AddNote(
+            source="/vigil/coordinator/api",
+            subject="inc-007",
+            data=NoteArgs(actor="alice", note="backups were an hour old", lesson="went_well"),
+        ),
+        AddNote(source="/vigil/coordinator/api", subject="inc-007", data=NoteArgs(actor="alice", note="a plain note")),
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=names)
+        await reporter.handle(ctx, [Inbound(e.id, e, None) for e in events])
+    report = (await client.get("/api/v1/incidents/inc-007/report", params={"format": "md"})).text
+    assert "- backups were an hour old (alice, " in report and "a plain note (alice" not in report
+    follow_ups = report.split("## Follow-up actions\n", 1)[1]
+    assert follow_ups.index("| Patch the NAS | carol | - | open |") < follow_ups.index(
+        "| Restore from backup | dave | - | done by dave, "
+    )
+    assert "Not this one" not in report

@@ -123,6 +123,18 @@ async def test_timeline_metrics_and_reports_from_the_real_services(
                 answer = await http.post(path, json={"actor": "alice", **body})
                 assert answer.status_code == 200, answer.text
                 await eventually(lambda state=state: _in_state(pool, incident_id, state), timeout=60)  # type: ignore[misc]
+            # The team's lessons and a follow-up, for the post-mortem.
+            lesson = {"actor": "alice", "note": "the red team's alert paged within a minute", "lesson": "went_well"}
+            assert (await http.post("/notes", json=lesson)).status_code == 200
+            both = {"actor": "alice", "note": "x", "lesson": "went_badly", "status_update": True}
+            assert (await http.post("/notes", json=both)).status_code == 422
+            await eventually(
+                lambda: pool.fetchval(
+                    "SELECT count(*) = 1 FROM reporter_history WHERE incident_id = $1 AND data->>'lesson' IS NOT NULL",
+                    incident_id,
+                ),
+                timeout=60,
+            )
 
     async def reached(state: str) -> datetime:
         """When the coordinator said the incident first entered a state (its state_changed event)."""
@@ -209,6 +221,14 @@ async def test_timeline_metrics_and_reports_from_the_real_services(
     took = humanize((acknowledged - detected_at).total_seconds())
     assert f"| time to acknowledge (TTA) | {took} | 15m 0s | met |" in text
     assert "- Systems: db-01" in text
+    assert "- the red team's alert paged within a minute (alice, " in text
+    # The post-mortem tasks the coordinator made for a SEV1 were cancelled with the false positive: no follow-ups.
+    cancelled = await pool.fetch(
+        "SELECT title, state FROM reporter_tasks WHERE incident_id = $1 AND phase = 'post_mortem'", incident_id
+    )
+    assert cancelled and {t["state"] for t in cancelled} == {"cancelled"}
+    assert all(t["title"] not in text for t in cancelled)
+    assert f'_None recorded yet: `vigil tasks add {incident_id} "..." --owner NAME --due 14d`._' in text
     page = html.read_text()
     assert page.startswith("<!doctype html>") and page.count("<svg") == 2
     assert "Reverse shell spawned" in page

@@ -284,3 +284,12 @@ def test_a_trusted_payload_is_the_one_model_construct_makes() -> None:
     assert made.model_copy(update={"title": "other"}).title == "other" and made.title == "shell in container"
     with pytest.raises(TypeError, match="labels, tags, techniques must be given"):
         trusted(AlertSummary, key="k", source="s", title="t", severity="high", time=alert().time)
+
+
+def test_a_lesson_reads_as_such_on_the_timeline_and_is_never_also_a_status_update() -> None:
+    from shared.events import AddNote, NoteArgs
+
+    lesson = AddNote(source="/t", subject="inc-1", data=NoteArgs(actor="alice", note="paged fast", lesson="went_well"))
+    assert timeline_entry(lesson).summary == "went well: paged fast"
+    with pytest.raises(ValidationError, match="a status update or a lesson, not both"):
+        NoteArgs(actor="alice", note="x", lesson="went_badly", status_update=True)

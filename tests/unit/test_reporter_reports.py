@@ -365,3 +365,32 @@ def test_the_ocsf_finding_says_what_vigil_knows(incident_finding_schema: dict[st
     bad = {**finding, "status_id": 42}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, incident_finding_schema)
+
+
+def test_the_post_mortem_lists_the_lessons_people_recorded_and_the_follow_ups_done_or_not() -> None:
+    bundle = _bundle()
+    empty = postmortem(bundle, fmt="md", sla=DEFAULT_SLA, now=NOW)
+    assert '_None recorded yet: `vigil note inc-1 "..." --went-well`._' in empty
+    assert '_None recorded yet: `vigil tasks add inc-1 "..." --owner NAME --due 14d`._' in empty
+    bundle.lessons = [
+        {"time": T0 + timedelta(hours=7), "actor": "alice", "note": "paging reached bob in 2 minutes",
+         "lesson": "went_well"},
+        {"time": T0 + timedelta(hours=8), "actor": "bob", "note": "the | runbook <b>missed</b> the db",
+         "lesson": "went_badly"},
+    ]  # fmt: skip
+    bundle.follow_ups = [
+        {"title": "Patch the web tier", "owner": "carol", "due_at": T0 + timedelta(days=14), "state": "open",
+         "done_at": None, "done_by": None},
+        {"title": "Rotate the db credentials", "owner": "dba-oncall", "due_at": None, "state": "done",
+         "done_at": T0 + timedelta(days=1), "done_by": "dave"},
+    ]  # fmt: skip
+    text = postmortem(bundle, fmt="md", sla=DEFAULT_SLA, now=NOW)
+    well = text.split("## What went well\n", 1)[1].split("\n## ", 1)[0]
+    badly = text.split("## What went badly\n", 1)[1].split("\n## ", 1)[0]
+    assert well.strip() == "- paging reached bob in 2 minutes (alice, 2026-11-24 16:00)"
+    assert "the \\| runbook" in badly and "(bob, 2026-11-24 17:00)" in badly
+    assert "| Patch the web tier | carol | 2026-12-08 09:00:00 UTC | open |" in text
+    assert "| Rotate the db credentials | dba-oncall | - | done by dave, 2026-11-25 09:00:00 UTC |" in text
+    page = postmortem(bundle, fmt="html", sla=DEFAULT_SLA, now=NOW)
+    assert "<li>the | runbook &lt;b&gt;missed&lt;/b&gt; the db" in page
+    assert "<td>Rotate the db credentials</td><td>dba-oncall</td>" in page
