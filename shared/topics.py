@@ -143,7 +143,7 @@ COMMANDS = Topic(
     name="vigil.commands",
     description="Operators' commands (acknowledge, resolve, change state, edit, note, assign; approve or deny "
     "a response step, run one on demand; merge incidents, detach alerts), from the API, the CLI or other tools.",
-    producers=("coordinator API", "detector API", "operators' tools"),
+    producers=("coordinator API", "detector API", "responder API", "reporter web view", "operators' tools"),
     consumers=("coordinator", "responder", "reporter", "detector"),
     event_types=(
         "vigil.command.acknowledge.v1",

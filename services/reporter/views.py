@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode
 
 from jinja2 import ChainableUndefined, Environment, FileSystemLoader
 
-from services.reporter import charts, reports
+from services.reporter import charts, page_commands, reports
 from services.reporter.measures import MILESTONES, SlaTargets
 from services.reporter.queries import INCIDENT_SORTS, IncidentFilter, IncidentSort, Order
 from services.reporter.reports import ExportKind, IncidentBundle, when
@@ -233,14 +233,20 @@ def incident_page(
     sla: SlaTargets,
     now: datetime,
     by: Principal,
+    can: Mapping[str, bool] | None = None,
+    sent: str | None = None,
 ) -> str:
-    """One incident: summary, analysis, actions and leases, timeline with its chart, links to its reports."""
+    """One incident: summary, analysis, actions and leases, timeline with its chart, links to its reports;
+    the forms to act on it that ``can`` allows, and what was ``sent`` from them last."""
     i = bundle.incident
     milestones = bundle.milestones
     return render(
         "incident.html.j2",
         title=i.get("title") or i["id"],
         by=by,
+        can=can or {},
+        sent=sent,
+        resolutions=page_commands.RESOLUTIONS,
         i=i,
         analysis=i.get("analysis") or {},
         plan=i.get("plan") or {},

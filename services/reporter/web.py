@@ -5,10 +5,14 @@ permission, ``incidents.read``; the token comes from the bearer header or the co
 sets. A page asked for without a valid token sends the browser to sign in; a role without the
 permission gets a plain page saying so.
 
+An incident's page also has forms to act on it (acknowledge, resolve, note, approve or deny a step:
+``page_commands``), each shown and accepted only for a role with the command's permission; the
+command goes on the commands topic in the signed-in principal's name, as from the CLI.
+
 Cross-site requests: the session cookie is ``SameSite=Strict``, so no other site's page or form
-makes a request that carries it, and no GET changes anything; that is the whole of the CSRF defence
-and enough for it. A forged sign-in (another site posting its own token here) would only show the
-person that token's read-only view.
+makes a request that carries it, and no GET changes anything. A form post must also come from this
+view's own pages (its ``Origin``, else its ``Referer``, is this site). A forged sign-in (another site
+posting its own token here) would only show the person that token's view.
 """
 
 from __future__ import annotations
@@ -17,19 +21,29 @@ import re
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.routing import APIRoute
 
-from services.reporter import reports, repository, views
+from services.reporter import page_commands, reports, repository, views
 from services.reporter.measures import SlaTargets
 from services.reporter.queries import BadCursor, decode_cursor, encode_cursor
 from services.reporter.reports import EXPORT_COLUMNS, ExportKind
-from shared.auth import SESSION_COOKIE, Forbidden, Unauthenticated, authenticate, end_session, require_page, set_session
-from shared.identity import Permission, Principal
+from shared.auth import (
+    ANONYMOUS,
+    SESSION_COOKIE,
+    Forbidden,
+    Unauthenticated,
+    authenticate,
+    end_session,
+    require_page,
+    set_session,
+)
+from shared.identity import Permission, Principal, least_role
+from shared.outbox import write_events
 from shared.service import Runtime
 
 READ: Permission = "incidents.read"  # as the query API
@@ -87,6 +101,20 @@ def _file_name(incident_id: str, what: str) -> str:
 
 def _attachment(body: str, media_type: str, name: str) -> Response:
     return Response(body, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _from_this_site(request: Request) -> bool:
+    """A form post sent by this view's own pages: its Origin (else its Referer) is this site, or it names none
+    (a client that is no browser, with a bearer token)."""
+    here = f"{request.url.scheme}://{request.url.netloc}"
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin == here
+    referer = request.headers.get("referer")
+    if referer is not None:
+        parts = urlsplit(referer)
+        return f"{parts.scheme}://{parts.netloc}" == here
+    return True
 
 
 def _not_found(incident_id: str, by: Principal) -> HTMLResponse:
@@ -150,15 +178,44 @@ def router(runtime: Runtime, sla: SlaTargets) -> APIRouter:
         return HTMLResponse(views.incident_list_page(form, incidents, next_cursor=next_cursor, by=by))
 
     @pages.get("/ui/incidents/{incident_id}")
-    async def incident(incident_id: str, by: Principal = viewer) -> HTMLResponse:
+    async def incident(
+        incident_id: str,
+        by: Principal = viewer,
+        sent: Annotated[str | None, Query(max_length=40)] = None,
+    ) -> HTMLResponse:
         async with runtime.pool.acquire() as conn:
             bundle = await repository.incident_bundle(conn, incident_id=incident_id)
             if bundle is None:
                 return _not_found(incident_id, by)
             merged = await repository.list_merged(conn, incident_id=incident_id)
             leases = await repository.list_leases(conn, incident_id=incident_id)
-        page = views.incident_page(bundle, merged=merged, leases=leases, sla=sla, now=datetime.now(UTC), by=by)
+        can = page_commands.allowed(by, anonymous=by is ANONYMOUS)
+        sent = sent if sent in page_commands.PERMISSIONS else None
+        page = views.incident_page(
+            bundle, merged=merged, leases=leases, sla=sla, now=datetime.now(UTC), by=by, can=can, sent=sent
+        )
         return HTMLResponse(page)
+
+    @pages.post("/ui/incidents/{incident_id}/commands")
+    async def act(request: Request, incident_id: str, by: Principal = viewer) -> Response:
+        """A form of the incident's page: its command goes on the commands topic in the principal's name."""
+        if not _from_this_site(request):
+            return HTMLResponse(views.message_page("Not allowed", "A form from another site is refused.", by=by), 403)
+        form = parse_qs((await request.body()).decode("utf-8", errors="replace"), max_num_fields=10)
+        command = (form.get("command") or [""])[0]
+        if not page_commands.allowed(by, anonymous=by is ANONYMOUS).get(command, True):
+            permission = page_commands.PERMISSIONS[command]
+            message = f"{by.name} ({by.role}) may not {command}: that takes the role {least_role(permission)} or above."
+            return HTMLResponse(views.message_page("Not allowed", message, by=by), 403)
+        try:
+            event = page_commands.command_event(incident_id, form, by=by)
+        except page_commands.CommandRefused as exc:
+            return HTMLResponse(views.message_page(f"Cannot {command or 'do that'}", str(exc), by=by), 400)
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            if not await repository.incident_exists(conn, incident_id=incident_id):
+                return _not_found(incident_id, by)
+            await write_events(conn, service="reporter", names=runtime.names, events=[event])
+        return RedirectResponse(f"/ui/incidents/{quote(incident_id, safe='')}?sent={command}#act", 303)
 
     @pages.get("/ui/incidents/{incident_id}/postmortem.{fmt}")
     async def postmortem(incident_id: str, fmt: reports.Format, by: Principal = viewer) -> Response:

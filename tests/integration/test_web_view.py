@@ -49,7 +49,7 @@ from shared.events import (
 )
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
-from shared.topics import TopicNames
+from shared.topics import COMMANDS, TopicNames
 from tests.factories import T0, snapshot
 from tests.helpers import serve_app
 
@@ -543,3 +543,88 @@ async def test_without_authentication_required_pages_show_as_anonymous(
         answer = await http.get("/ui/incidents", headers={"Authorization": "Bearer vigil_notarealtoken_" + "x" * 40})
         assert answer.status_code == 303
         assert urlsplit(answer.headers["location"]).path == "/ui/login"
+
+
+async def _commands_sent(pool: asyncpg.Pool) -> list[EventBase]:
+    from shared import cloudevents
+
+    rows = await pool.fetch("SELECT value, headers FROM outbox WHERE service = 'reporter' ORDER BY id")
+    return [cloudevents.decode(r["value"], [(n, v.encode()) for n, v in r["headers"]]) for r in rows]
+
+
+async def test_a_commander_acts_from_the_page_and_the_command_goes_out_in_their_name(
+    seeded: None, secured: str, tokens: dict[str, str], pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    waiting = ResponseStepChanged(
+        source="/vigil/responder",
+        subject="inc-0",
+        data=StepChange(
+            step_id="inc-0:block-ip:ab12", plan_id="plan-0", step="block-ip", phase="containment", name="Block",
+            item="203.0.113.8", connector="blocklist", action="block", from_state="planned",
+            state="awaiting_approval", actor="policy", on_failure="continue",
+        ),
+    )  # fmt: skip
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=names)
+        await reporter.handle(ctx, [Inbound(waiting.id, waiting, None)])
+        commander = await identity.create_token(conn, name="cora@example.com", role="commander", created_by="test")
+        responder = await identity.create_token(conn, name="rui@example.com", role="responder", created_by="test")
+    here = {"Origin": secured}
+    page = "/ui/incidents/inc-0"
+    async with httpx.AsyncClient(base_url=secured) as viewer:
+        await viewer.post("/ui/login", data={"token": tokens["viewer"], "next": page})
+        shown = (await viewer.get(page)).text
+        assert 'id="act"' not in shown and "Approve</button>" not in shown
+        refused = await viewer.post(f"{page}/commands", data={"command": "acknowledge"}, headers=here)
+        assert refused.status_code == 403
+        assert "viewer@example.com (viewer) may not acknowledge: that takes the role responder" in refused.text
+
+    async with httpx.AsyncClient(base_url=secured) as http:
+        await http.post("/ui/login", data={"token": commander.text, "next": page})
+        shown = (await http.get(page)).text
+        assert ">Acknowledge</button>" in shown and ">Resolve</button>" in shown and ">Approve</button>" in shown
+        sent = await http.post(f"{page}/commands", data={"command": "acknowledge"}, headers=here)
+        assert (sent.status_code, sent.headers["location"]) == (303, "/ui/incidents/inc-0?sent=acknowledge#act")
+        assert "Sent: acknowledge." in (await http.get(sent.headers["location"])).text
+        lesson = {"command": "note", "note": "the page reached cora fast", "kind": "went_well"}
+        assert (await http.post(f"{page}/commands", data=lesson, headers=here)).status_code == 303
+        step = {"command": "approve", "step_id": "inc-0:block-ip:ab12"}
+        assert (await http.post(f"{page}/commands", data=step, headers=here)).status_code == 303
+        for form, said in (
+            ({"command": "deny", "step_id": "inc-0:block-ip:ab12"}, "a denial needs a reason"),
+            ({"command": "approve", "step_id": "inc-1:block-ip:ab12"}, "is no step of incident inc-0"),
+            ({"command": "note", "note": " "}, "write the note first"),
+            ({"command": "reboot"}, "; one of acknowledge, resolve, note, approve, deny"),
+        ):
+            bad = await http.post(f"{page}/commands", data=form, headers=here)
+            assert (bad.status_code, said in bad.text) == (400, True), bad.text
+        # A form another site's page posts is refused, whatever cookie the browser would send.
+        forged = await http.post(
+            f"{page}/commands", data={"command": "acknowledge"}, headers={"Origin": "https://evil.example"}
+        )
+        assert forged.status_code == 403
+        elsewhere = {"Referer": "https://evil.example/page"}
+        assert (
+            await http.post(f"{page}/commands", data={"command": "acknowledge"}, headers=elsewhere)
+        ).status_code == 403
+        assert (
+            await http.post("/ui/incidents/inc-none/commands", data={"command": "acknowledge"}, headers=here)
+        ).status_code == 404
+
+    async with httpx.AsyncClient(base_url=secured) as http:
+        await http.post("/ui/login", data={"token": responder.text, "next": page})
+        shown = (await http.get(page)).text
+        assert ">Acknowledge</button>" in shown and ">Resolve</button>" not in shown and "Approve</button>" not in shown
+        resolve = {"command": "resolve", "resolution": "fixed"}
+        assert (await http.post(f"{page}/commands", data=resolve, headers=here)).status_code == 403
+
+    events = await _commands_sent(pool)
+    assert [(e.type, e.subject, e.data.actor) for e in events] == [  # type: ignore[attr-defined]
+        ("vigil.command.acknowledge.v1", "inc-0", "cora@example.com"),
+        ("vigil.command.add_note.v1", "inc-0", "cora@example.com"),
+        ("vigil.command.approve_step.v1", "inc-0", "cora@example.com"),
+    ]
+    assert events[1].data.lesson == "went_well"  # type: ignore[attr-defined]
+    assert (events[2].data.step_id, events[2].data.role) == ("inc-0:block-ip:ab12", "commander")  # type: ignore[attr-defined]
+    topics = await pool.fetch("SELECT topic FROM outbox WHERE service = 'reporter'")
+    assert {r["topic"] for r in topics} == {TopicNames()(COMMANDS)}  # the app's names, as the fixture serves it
