@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICE_NAMES = ("detector", "analyzer", "responder", "coordinator", "reporter")
@@ -301,9 +302,9 @@ class VigilSettings(BaseSettings):
     )
     public_url: str | None = Field(
         None,
-        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
         description="Where people reach Vigil's web view (the reporter's address through its proxy, "
-        "https://vigil.example.com): every notice links to its incident's page there. No link when unset.",
+        "https://vigil.example.com): every notice links to its incident's page there, and the web view's "
+        "forms must come from it. No link when unset.",
     )
     notifications_file: Path | None = Field(
         None,
@@ -324,6 +325,19 @@ class VigilSettings(BaseSettings):
         description="The coordinator's escalation policies (YAML); the shipped services/coordinator/escalation.yaml "
         "when unset. Checked at start-up.",
     )
+
+    @field_validator("public_url")
+    @classmethod
+    def _web_address(cls, value: str | None) -> str | None:
+        """An http(s) address of a host, with a path at most: no credentials, query or fragment to leak in notices."""
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
+            raise ValueError(f"{value!r} is not an http(s) address of a host without credentials")
+        if parts.query or parts.fragment or any(c.isspace() or c in '"<>\\' for c in value):
+            raise ValueError(f"{value!r} has a query, a fragment or characters no address has")
+        return value.rstrip("/")
 
     def pool_size_for(self, service: str) -> int:
         """Return how many pooled Postgres connections the named service may open."""

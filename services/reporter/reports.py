@@ -32,10 +32,14 @@ def vigil_version() -> str:
         return "0"
 
 
+_MD_ACTIVE = str.maketrans({"\\": "\\\\", "[": "\\[", "]": "\\]", "<": "\\<", "|": "\\|", "`": "'"})
+
+
 def _md(value: object) -> str:
-    """Text in a Markdown table cell or heading: pipes and line breaks (CR too) would break the row or the
-    heading; a backtick would end the code span some values sit in."""
-    return " ".join(str(value).replace("|", "\\|").replace("`", "'").splitlines())
+    """Text in Markdown as it was written, never markup: pipes and line breaks (CR too) would break the row
+    or the heading, a backtick would end the code span some values sit in, and brackets or an opening angle
+    bracket would make links, images or HTML of it in whatever renders the report."""
+    return " ".join(str(value).translate(_MD_ACTIVE).splitlines())
 
 
 def when(at: object) -> str:

@@ -481,7 +481,7 @@ async def related(conn: Conn, *, incident_id: str, since: datetime, limit: int) 
 
     ``incidents``: the others (each survivor, not what was merged into it) with what they share, the most
     shared first; ``held_back``: alerts about its hosts that silences, maintenance windows or inhibitions
-    held back from every incident, newest first.
+    held back from every incident, seen since then (however long ago they first were), the latest first.
     """
     this = await conn.fetchrow(
         "SELECT hosts, users, indicators FROM reporter_incidents WHERE id = $1 AND title IS NOT NULL", incident_id
@@ -510,8 +510,8 @@ async def related(conn: Conn, *, incident_id: str, since: datetime, limit: int) 
     held = await conn.fetch(
         """SELECT key, body, time, repeats, last_seen_at, resolved_at, kind, suppressed_by, name, reason
            FROM reporter_suppressed_alerts
-           WHERE body->>'host' = ANY($1::text[]) AND time >= $2
-           ORDER BY time DESC, key LIMIT $3""",
+           WHERE body->>'host' = ANY($1::text[]) AND last_seen_at >= $2
+           ORDER BY last_seen_at DESC, key LIMIT $3""",
         hosts,
         since,
         limit,
@@ -765,11 +765,19 @@ async def incident_bundle(conn: Conn, *, incident_id: str) -> IncidentBundle | N
 
 async def list_lessons(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
     """The lessons people recorded for the post-mortem (`vigil note ID "..." --went-well|--went-badly`), in order."""
+    # Those of the incidents merged into it too, as its timeline has them; a note the coordinator refused is none.
     rows = await conn.fetch(
-        """SELECT time, data->>'actor' AS actor, data->>'note' AS note, data->>'lesson' AS lesson
-           FROM reporter_history
-           WHERE incident_id = $1 AND type = 'vigil.command.add_note.v1' AND data->>'lesson' IS NOT NULL
-           ORDER BY time, event_id""",
+        """WITH RECURSIVE merged(id) AS (
+               SELECT $1::text
+               UNION SELECT r.id FROM reporter_incidents r JOIN merged m ON r.merged_into = m.id)
+           SELECT h.time, h.data->>'actor' AS actor, h.data->>'note' AS note, h.data->>'lesson' AS lesson
+           FROM reporter_history h
+           WHERE h.incident_id IN (SELECT id FROM merged) AND h.type = 'vigil.command.add_note.v1'
+             AND h.data->>'lesson' IS NOT NULL
+             AND NOT EXISTS (SELECT FROM reporter_history r
+                             WHERE r.incident_id = h.incident_id AND r.type = 'vigil.command.rejected.v1'
+                               AND r.data->>'command_id' = h.event_id)
+           ORDER BY h.time, h.event_id""",
         incident_id,
     )
     return [dict(r) for r in rows]

@@ -71,7 +71,9 @@ class PageRoute(APIRoute):
             try:
                 response = await handle(request)
             except Unauthenticated:
-                response = RedirectResponse(views.sign_in_url(request.url.path, request.url.query), 303)
+                # A form posted after the session ended: back to its page once signed in (the post is not kept).
+                path = request.url.path.removesuffix("/commands") if request.method == "POST" else request.url.path
+                response = RedirectResponse(views.sign_in_url(path, request.url.query), 303)
                 if SESSION_COOKIE in request.cookies:  # its token is revoked or expired: forget it
                     end_session(response, secure=request.url.scheme == "https")
             except Forbidden as exc:
@@ -103,10 +105,23 @@ def _attachment(body: str, media_type: str, name: str) -> Response:
     return Response(body, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
-def _from_this_site(request: Request) -> bool:
-    """A form post sent by this view's own pages: its Origin (else its Referer) is this site, or it names none
-    (a client that is no browser, with a bearer token)."""
-    here = f"{request.url.scheme}://{request.url.netloc}"
+def _from_this_site(request: Request, public_url: str | None) -> bool:
+    """A form post sent by this view's own pages.
+
+    The browser says so itself (``Sec-Fetch-Site: same-origin``), whatever proxies stand between; a browser
+    that does not says where the form was (its Origin, else its Referer), which must be this site as people
+    reach it: ``VIGIL_PUBLIC_URL``, else the address this request came to. A client that is no browser names
+    none of them (a script with a bearer token) and is let through: no other site's page can make such a
+    request carry the session cookie.
+    """
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site == "same-origin"
+    if public_url:
+        parts = urlsplit(public_url)
+        here = f"{parts.scheme}://{parts.netloc}"
+    else:
+        here = f"{request.url.scheme}://{request.url.netloc}"
     origin = request.headers.get("origin")
     if origin is not None:
         return origin == here
@@ -199,9 +214,12 @@ def router(runtime: Runtime, sla: SlaTargets) -> APIRouter:
     @pages.post("/ui/incidents/{incident_id}/commands")
     async def act(request: Request, incident_id: str, by: Principal = viewer) -> Response:
         """A form of the incident's page: its command goes on the commands topic in the principal's name."""
-        if not _from_this_site(request):
+        if not _from_this_site(request, runtime.settings.public_url):
             return HTMLResponse(views.message_page("Not allowed", "A form from another site is refused.", by=by), 403)
-        form = parse_qs((await request.body()).decode("utf-8", errors="replace"), max_num_fields=10)
+        try:
+            form = parse_qs((await request.body()).decode("utf-8", errors="replace"), max_num_fields=10)
+        except ValueError:
+            return HTMLResponse(views.message_page("Cannot do that", "The form has too many fields.", by=by), 400)
         command = (form.get("command") or [""])[0]
         if not page_commands.allowed(by, anonymous=by is ANONYMOUS).get(command, True):
             permission = page_commands.PERMISSIONS[command]

@@ -27,6 +27,8 @@ from shared.events import (
     AddNote,
     AlertsSuppressed,
     Analysis,
+    CommandRejected,
+    CommandRejection,
     Escalation,
     EventBase,
     Impact,
@@ -682,12 +684,33 @@ async def test_the_post_mortem_takes_the_lessons_and_follow_ups_recorded_for_the
             data=NoteArgs(actor="alice", note="backups were an hour old", lesson="went_well"),
         ),
         AddNote(source="/vigil/coordinator/api", subject="inc-007", data=NoteArgs(actor="alice", note="a plain note")),
+        # Said on an incident merged into it since: its lesson too.
+        AddNote(
+            source="/vigil/coordinator/api",
+            subject="inc-009",
+            data=NoteArgs(actor="bob", note="the second host was found late", lesson="went_badly"),
+        ),
     ]
+    refused = AddNote(
+        source="/vigil/coordinator/api",
+        subject="inc-007",
+        data=NoteArgs(actor="eve", note="a lesson the coordinator refused", lesson="went_badly"),
+    )
+    rejection = CommandRejected(
+        source="/vigil/coordinator",
+        subject="inc-007",
+        data=CommandRejection(command_id=refused.id, command=refused.type, actor="eve", reason="no such incident"),
+    )
+    events += [refused, rejection]
     async with pool.acquire() as conn, conn.transaction():
         ctx = HandlerContext(conn=conn, service="reporter", names=names)
         await reporter.handle(ctx, [Inbound(e.id, e, None) for e in events])
+        await conn.execute("UPDATE reporter_incidents SET merged_into = 'inc-007' WHERE id = 'inc-009'")
     report = (await client.get("/api/v1/incidents/inc-007/report", params={"format": "md"})).text
     assert "- backups were an hour old (alice, " in report and "a plain note (alice" not in report
+    badly = report.split("## What went badly\n", 1)[1].split("\n## ", 1)[0]
+    assert "- the second host was found late (bob, " in badly
+    assert "the coordinator refused" not in badly  # on the timeline, with its rejection; no lesson
     follow_ups = report.split("## Follow-up actions\n", 1)[1]
     assert follow_ups.index("| Patch the NAS | carol | - | open |") < follow_ups.index(
         "| Restore from backup | dave | - | done by dave, "

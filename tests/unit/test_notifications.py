@@ -790,7 +790,17 @@ def test_an_incident_id_is_quoted_in_its_link() -> None:
     assert rendered.link == "https://vigil.example.com/vigil/ui/incidents/a%20b%2F..%2Fc"
 
 
-@pytest.mark.parametrize("url", ["vigil.example.com", "ftp://vigil.example.com", "https://vigil.example.com/?x=1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "vigil.example.com",
+        "ftp://vigil.example.com",
+        "https://vigil.example.com/?x=1",
+        "https://vigil.example.com/#top",
+        "https://ops:secret@vigil.example.com",
+        'https://vigil.example.com/"><script>',
+    ],
+)
 def test_a_public_url_that_is_no_web_address_is_refused_at_start_up(url: str) -> None:
     from pydantic import ValidationError
 

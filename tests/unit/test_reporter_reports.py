@@ -171,10 +171,15 @@ def test_a_title_cannot_break_the_markdown_table_or_inject_html() -> None:
     bundle = _bundle(title=HOSTILE)
     bundle.timeline.append({"time": T0, "actor": "x|y", "summary": HOSTILE})
     text = postmortem(bundle, fmt="md", sla=DEFAULT_SLA, now=NOW)
-    assert "| x\\|y | <script>alert('x')</script> \\| pipe |" in text
+    assert "| x\\|y | \\<script>alert('x')\\</script> \\| pipe |" in text
     page = postmortem(bundle, fmt="html", sla=DEFAULT_SLA, now=NOW)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; | pipe" in page
+    # A lesson can make no link nor image of itself in whatever renders the Markdown.
+    bundle.lessons = [{"time": T0, "actor": "x", "note": "see ![](https://t.example/p) [here](https://evil)",
+                       "lesson": "went_badly"}]  # fmt: skip
+    text = postmortem(bundle, fmt="md", sla=DEFAULT_SLA, now=NOW)
+    assert "see !\\[\\](https://t.example/p) \\[here\\](https://evil)" in text
 
 
 def test_no_text_of_an_incident_breaks_the_markdown_rows_or_headings() -> None:

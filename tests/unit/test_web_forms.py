@@ -1,0 +1,40 @@
+"""Which form posts the web view takes as its own pages': what the browser says, else where the form was."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.requests import Request
+
+from services.reporter.web import _from_this_site
+
+
+def request(url: str, **headers: str) -> Request:
+    scheme, rest = url.split("://", 1)
+    host = rest.split("/", 1)[0]
+    raw = [
+        (name.replace("_", "-").lower().encode(), value.encode()) for name, value in {"host": host, **headers}.items()
+    ]
+    return Request({"type": "http", "method": "POST", "scheme": scheme, "path": "/ui/incidents/i/commands",
+                    "query_string": b"", "headers": raw, "server": (host, 80)})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("headers", "public_url", "taken"),
+    [
+        ({"sec_fetch_site": "same-origin", "origin": "https://vigil.example.com"}, None, True),  # behind a proxy
+        ({"sec_fetch_site": "same-site"}, None, False),
+        ({"sec_fetch_site": "cross-site", "origin": "http://reporter:8080"}, None, False),
+        ({"origin": "http://reporter:8080"}, None, True),
+        ({"origin": "https://vigil.example.com"}, None, False),
+        ({"origin": "https://vigil.example.com"}, "https://vigil.example.com", True),
+        ({"origin": "http://reporter:8080"}, "https://vigil.example.com", False),
+        ({"origin": "null"}, None, False),
+        ({"referer": "http://reporter:8080/ui/incidents/i"}, None, True),
+        ({"referer": "https://evil.example/ui/incidents/i"}, None, False),
+        ({}, None, True),  # no browser: a script with a bearer token
+    ],
+)
+def test_a_form_is_taken_only_from_this_sites_pages(
+    headers: dict[str, str], public_url: str | None, taken: bool
+) -> None:
+    assert _from_this_site(request("http://reporter:8080", **headers), public_url) is taken
