@@ -8,7 +8,9 @@ the incident's timeline, or with a rejection there. Pure: no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -57,11 +59,30 @@ def allowed(by: Principal, anonymous: bool) -> dict[str, bool]:
 
 
 def command_event(incident_id: str, form: Mapping[str, Sequence[str]], *, by: Principal) -> EventBase:
-    """The command a form asks for, in the principal's name; CommandRefused says what is wrong with it."""
+    """The command a form asks for, in the principal's name; CommandRefused says what is wrong with it.
+
+    A form sent twice (a double click, a post resent) is one command: its page's ``nonce`` makes the event's
+    id, and every consumer takes an event id once."""
 
     def field(name: str) -> str:
         return (form.get(name) or [""])[0].strip()
 
+    event = _command_event(incident_id, form, field, by=by)
+    nonce = field("nonce")
+    if _NONCE.fullmatch(nonce):
+        said = "\x1f".join((by.name, incident_id, nonce, field("command"), field("step_id")))
+        event = event.model_copy(update={"id": str(uuid.uuid5(_FORMS, said))})
+    return event
+
+
+# A page's forms' nonce (``secrets.token_urlsafe``) and the namespace of the event ids made from it.
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_FORMS = uuid.UUID("5d0f3c2a-7e0b-4c59-9a51-6f3c0d8e2b17")
+
+
+def _command_event(
+    incident_id: str, form: Mapping[str, Sequence[str]], field: Callable[[str], str], *, by: Principal
+) -> EventBase:
     command, note = field("command"), field("note")
     try:
         if command == "acknowledge":

@@ -7,6 +7,7 @@ text, never as markup. Charts come from ``charts`` and the report pieces from ``
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -246,6 +247,7 @@ def incident_page(
         by=by,
         can=can or {},
         sent=sent,
+        nonce=secrets.token_urlsafe(18),  # the page's forms: each sent twice is one command
         resolutions=page_commands.RESOLUTIONS,
         i=i,
         analysis=i.get("analysis") or {},

@@ -1133,11 +1133,18 @@ class Responder:
     # ---- the watch after containment ---------------------------------------------------------
 
     async def _maybe_watch(self, ctx: HandlerContext, incident_id: str) -> None:
-        """Every containment step has ended and some acted: watch the incident's new alerts for what they contained."""
-        plan = await repository.current_plan(ctx.conn, incident_id)
-        if plan is None or await repository.watching(ctx.conn, incident_id) is not None:
+        """Every containment step has ended and some acted: watch the incident's new alerts for what they contained.
+
+        The plan's steps and those run on demand both: a block a person asked for is watched as the plan's are."""
+        if await repository.watching(ctx.conn, incident_id) is not None:
             return
-        rows = [dict(r) for r in await repository.steps_of(ctx.conn, incident_id) if r["plan_id"] == plan["id"]]
+        plan = await repository.current_plan(ctx.conn, incident_id)
+        plan_id = plan["id"] if plan is not None else None
+        rows = [
+            dict(r)
+            for r in await repository.steps_of(ctx.conn, incident_id)
+            if r["plan_id"] == plan_id or _on_demand(r)
+        ]
         entities = monitor.contained_entities(rows)
         if not entities:
             return

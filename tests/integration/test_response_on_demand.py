@@ -156,16 +156,26 @@ async def test_a_step_that_cannot_run_on_demand_is_refused_with_why(pool: asyncp
     assert refusals == len(cases) + 4
 
 
-async def test_an_analysis_no_playbook_matches_plans_nothing_and_its_steps_can_still_be_run(
-    pool: asyncpg.Pool, names: TopicNames
+async def test_an_analysis_no_playbook_matches_plans_nothing_and_its_steps_can_still_be_run_and_watched(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
     async with receiver() as far:
         responder = responder_for(pool, far, policy=AUTO)
-    leak = analysis(Severity.SEV2).model_copy(update={"type": IncidentType.DATA_LEAK})
-    emitted = await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-u", data=leak))
-    assert emitted == [] and await states(pool, "inc-u") == {}
-    assert rejections(await handle(pool, names, responder, run("inc-u", "contain.block", item="203.0.113.60"))) == []
-    assert await states(pool, "inc-u") == {"block 203.0.113.60": "running"}
+        leak = analysis(Severity.SEV2).model_copy(update={"type": IncidentType.DATA_LEAK})
+        emitted = await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-u", data=leak))
+        assert emitted == [] and await states(pool, "inc-u") == {}
+        asked = run("inc-u", "contain.block", item="203.0.113.60")
+        assert rejections(await handle(pool, names, responder, asked)) == []
+        assert await states(pool, "inc-u") == {"block 203.0.113.60": "running"}
+        async with running(runner_for(responder, settings, pool, names)):
+            await eventually(lambda: _watched(pool, "inc-u"))
+    # Contained on demand, watched as a plan's containment is: its alerts naming the address say it did not hold.
+    entities = await pool.fetchval("SELECT entities FROM responder_monitors WHERE incident_id = 'inc-u'")
+    assert entities == [{"kind": "ip", "value": "203.0.113.60"}]
+
+
+async def _watched(pool: asyncpg.Pool, incident: str) -> bool:
+    return bool(await pool.fetchval("SELECT count(*) FROM responder_monitors WHERE incident_id = $1", incident))
 
 
 async def test_operators_run_a_step_over_the_api_and_the_cli(

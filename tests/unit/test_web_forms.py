@@ -38,3 +38,24 @@ def test_a_form_is_taken_only_from_this_sites_pages(
     headers: dict[str, str], public_url: str | None, taken: bool
 ) -> None:
     assert _from_this_site(request("http://reporter:8080", **headers), public_url) is taken
+
+
+def test_a_form_sent_twice_is_one_command_and_two_forms_are_two() -> None:
+    from services.reporter.page_commands import command_event
+    from shared.identity import Principal
+
+    cora = Principal(name="cora@example.com", role="commander", kind="person")
+    note = {"command": ["note"], "note": ["paged fast"], "kind": ["went_well"], "nonce": ["n" * 24]}
+    first, again = command_event("inc-1", note, by=cora), command_event("inc-1", note, by=cora)
+    assert first.id == again.id and first.data.actor == "cora@example.com"  # type: ignore[attr-defined]
+    approve = {"command": ["approve"], "step_id": ["inc-1:block:ab"], "nonce": ["n" * 24]}
+    deny = {"command": ["deny"], "step_id": ["inc-1:block:ab"], "note": ["no"], "nonce": ["n" * 24]}
+    other_step = {**approve, "step_id": ["inc-1:block:cd"]}
+    ids = {command_event("inc-1", form, by=cora).id for form in (note, approve, deny, other_step)}
+    assert len(ids) == 4
+    bob = Principal(name="bob@example.com", role="commander", kind="person")
+    assert command_event("inc-1", note, by=bob).id != first.id
+    # Without a nonce of the page's making, each is a command of its own.
+    bare = {k: v for k, v in note.items() if k != "nonce"}
+    assert command_event("inc-1", bare, by=cora).id != command_event("inc-1", bare, by=cora).id
+    assert command_event("inc-1", {**note, "nonce": ["../x"]}, by=cora).id != first.id
