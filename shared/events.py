@@ -418,6 +418,19 @@ class AttackTactic(Payload):
     techniques: list[str] = Field(default_factory=list)
 
 
+class PathStep(Payload):
+    """One hop of the attack path: alerts of activity from one entity to another (an address to a host,
+    a host to another), when first and last seen, and the ATT&CK techniques named on it."""
+
+    source: str = Field(description="Where it came from: `ip:203.0.113.9`, `host:web-1`.")
+    target: str = Field(description="What it reached: `ip:10.0.0.5`, `host:db-1`.")
+    first_seen: AwareDatetime
+    last_seen: AwareDatetime
+    alerts: int = Field(ge=1)
+    techniques: list[str] = Field(default_factory=list)
+    lateral: bool = Field(False, description="From one internal entity to another.")
+
+
 class Hypothesis(Payload):
     """A conclusion drawn from the alerts, with what supports it and how sure it is."""
 
@@ -496,6 +509,12 @@ class Analysis(Payload):
     attack_version: str | None = Field(None, description="The ATT&CK Enterprise release the names come from.")
     root_cause: RootCause | None = None
     threat: ThreatProfile | None = None
+    attack_path: list[PathStep] = Field(
+        default_factory=list,
+        description="How the activity moved, hop by hop, the earliest first: at most 50 hops (`attack_path_hops` "
+        "counts all).",
+    )
+    attack_path_hops: int | None = Field(None, description="Every hop the incident's alerts show.")
     similar: list[SimilarIncident] = Field(default_factory=list, description="Past incidents alike, most alike first.")
     risk: Risk | None = None
     observables: list[Observable] = Field(

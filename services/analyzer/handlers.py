@@ -318,6 +318,8 @@ async def _threat_analysis(
         "attack_version": dataset.version,
         "root_cause": cause,
         "threat": rootcause.threat_profile(trace, dataset, indicators, known_bad_outside=counts.known_bad_outside),
+        "attack_path": rootcause.attack_path(trace),
+        "attack_path_hops": len(trace.hops),
         "similar": [similar.describe(incident, weighed) for incident in alike],
         "risk": risk.score(inputs),
     }

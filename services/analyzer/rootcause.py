@@ -29,6 +29,10 @@ MAX_EARLIEST = 5
 MAX_ENTITIES = 10_000
 MAX_SOURCES = 2_000
 MAX_MAPPED_BY = 3
+MAX_HOPS = 2_000
+# The hops an analysis carries, earliest first, and the techniques each names.
+MAX_PATH_STEPS = 50
+MAX_HOP_TECHNIQUES = 10
 # A lead this long makes the earliest entity clearly first.
 CLEAR_LEAD = timedelta(minutes=5)
 # Which entities can be patient zero, most telling first: a machine before an account.
@@ -51,6 +55,16 @@ class TechniqueSeen(Seen):
 class TacticSeen(Seen):
     stated: bool = False
     techniques: list[str] = Field(default_factory=list)
+
+
+class Hop(BaseModel):
+    """Activity from one entity to another, as the alerts showed it."""
+
+    first_seen: datetime
+    last_seen: datetime
+    first_alert: str
+    alerts: int = 1
+    techniques: list[str] = Field(default_factory=list)  # sorted
 
 
 class AlertBrief(BaseModel):
@@ -92,6 +106,8 @@ class Trace(BaseModel):
     # The earliest alert of each way in: "initial-access", "brute-force", "external".
     entries: dict[str, AlertBrief] = Field(default_factory=dict)
     lateral: int = Field(0, description="Alerts from one internal address to another.")
+    # By "<source> -> <target>": the attack path's hops (bounded as the entities are).
+    hops: dict[str, Hop] = Field(default_factory=dict)
 
 
 def brief(alert: AlertSummary, mapped: Mapped) -> AlertBrief:
@@ -185,7 +201,68 @@ def fold(known: Trace | None, alerts: Iterable[tuple[AlertSummary, Mapped]]) -> 
         for way in _ways_in(seen):
             if way not in trace.entries or seen.order < trace.entries[way].order:
                 trace.entries[way] = seen
+        if (hop := hop_of(seen)) is not None:
+            _hop(trace, hop, seen)
     return trace
+
+
+def hop_of(alert: AlertBrief) -> tuple[str, str] | None:
+    """The hop an alert shows: from its source address to its destination address, else to its host (a login
+    from an address); or from its host to its destination (a connection an agent on the host saw). None
+    when it names no two ends, or the two are one."""
+    if alert.src_ip:
+        source = f"ip:{alert.src_ip}"
+        target = f"ip:{alert.dst_ip}" if alert.dst_ip else f"host:{alert.host}" if alert.host else None
+    elif alert.host and alert.dst_ip:
+        source, target = f"host:{alert.host}", f"ip:{alert.dst_ip}"
+    else:
+        return None
+    if target is None or target == source:
+        return None
+    return source, target
+
+
+def _hop(trace: Trace, hop: tuple[str, str], alert: AlertBrief) -> None:
+    key = f"{hop[0]} -> {hop[1]}"
+    known = trace.hops.get(key)
+    if known is None:
+        if len(trace.hops) < MAX_HOPS:
+            trace.hops[key] = Hop(
+                first_seen=alert.time, last_seen=alert.time, first_alert=alert.key, techniques=list(alert.techniques)
+            )
+        return
+    known.alerts += 1
+    if alert.order < (known.first_seen, known.first_alert):
+        known.first_seen, known.first_alert = alert.time, alert.key
+    known.last_seen = max(known.last_seen, alert.time)
+    # Every technique (ATT&CK has a few hundred): cut only in the analysis, the same whatever the order.
+    known.techniques = sorted({*known.techniques, *alert.techniques})
+
+
+def attack_path(trace: Trace, *, limit: int = MAX_PATH_STEPS) -> list[events.PathStep]:
+    """The incident's hops, earliest first: each source to what it reached, with its techniques."""
+    ordered = sorted(trace.hops.items(), key=lambda item: (item[1].first_seen, item[1].first_alert, item[0]))
+    steps = []
+    for key, hop in ordered[:limit]:
+        source, _, target = key.partition(" -> ")
+        steps.append(
+            events.PathStep(
+                source=source,
+                target=target,
+                first_seen=hop.first_seen,
+                last_seen=hop.last_seen,
+                alerts=hop.alerts,
+                techniques=hop.techniques[:MAX_HOP_TECHNIQUES],
+                lateral=_internal(source) and _internal(target),
+            )
+        )
+    return steps
+
+
+def _internal(entity: str) -> bool:
+    """A host is inside; an address is inside when it is internal."""
+    kind, _, value = entity.partition(":")
+    return kind == "host" or (kind == "ip" and is_internal(value))
 
 
 def _ways_in(alert: AlertBrief) -> list[str]:

@@ -215,6 +215,8 @@ def postmortem(bundle: IncidentBundle, *, fmt: Format, sla: SlaTargets, now: dat
         "indicators": analysis.get("indicators", []),
         "indicator_count": analysis.get("indicator_count"),  # all of them: the analysis carries the worst
         "techniques": techniques,
+        "attack_path": analysis.get("attack_path") or [],
+        "attack_path_hops": analysis.get("attack_path_hops"),
         "actions": bundle.actions,
         "worked": worked,
         "response_rows": response_rows(milestones, i.get("severity"), sla=sla, now=now),

@@ -171,6 +171,11 @@ async def test_corpus_incidents_get_attack_mapping_root_cause_threat_risk_and_al
     assert "198.51.100.0 is malicious to threat intelligence" in ssh.root_cause.entry_vector.evidence
     assert ssh.root_cause.patient_zero is not None and ssh.root_cause.patient_zero.subject == "host:i-99999999"
     assert ssh.threat is not None and ssh.threat.origin == "external" and ssh.threat.actors == ["APT28 (G0007)"]
+    # Its path: from the attacker's address to the instance it tried.
+    assert [(h.source, h.target, h.lateral) for h in ssh.attack_path][:1] == [
+        ("ip:198.51.100.0", "host:i-99999999", False)
+    ]
+    assert ssh.attack_path_hops == len(ssh.attack_path)
     assert ssh.risk is not None
     intel_factor = next(f for f in ssh.risk.factors if f.factor == "intel")
     assert intel_factor.points == 14 and "malicious" in intel_factor.reason

@@ -399,3 +399,29 @@ def test_the_post_mortem_lists_the_lessons_people_recorded_and_the_follow_ups_do
     page = postmortem(bundle, fmt="html", sla=DEFAULT_SLA, now=NOW)
     assert "<li>the | runbook &lt;b&gt;missed&lt;/b&gt; the db" in page
     assert "<td>Rotate the db credentials</td><td>dba-oncall</td>" in page
+
+
+def test_the_post_mortem_draws_the_attack_path_hop_by_hop() -> None:
+    bundle = _bundle()
+    assert "The alerts show no movement from one address or host to another." in postmortem(
+        bundle, fmt="md", sla=DEFAULT_SLA, now=NOW
+    )
+    bundle.incident["analysis"] = {
+        **bundle.incident["analysis"],
+        "attack_path": [
+            {"source": "ip:203.0.113.9", "target": "host:web-1", "first_seen": "2026-11-24T09:00:00Z",
+             "last_seen": "2026-11-24T09:05:00Z", "alerts": 3, "techniques": ["T1190"], "lateral": False},
+            {"source": "host:web-1", "target": "ip:10.0.2.9", "first_seen": "2026-11-24T09:20:00Z",
+             "last_seen": "2026-11-24T09:20:00Z", "alerts": 1, "techniques": [], "lateral": True},
+        ],
+        "attack_path_hops": 7,
+    }  # fmt: skip
+    text = postmortem(bundle, fmt="md", sla=DEFAULT_SLA, now=NOW)
+    section = text.split("## Attack path\n", 1)[1].split("\n## ", 1)[0]
+    assert (
+        "| `ip:203.0.113.9` | `host:web-1` | 2026-11-24 09:00:00 UTC | 2026-11-24 09:05:00 UTC | 3 | T1190 |" in section
+    )
+    assert "| `host:web-1` | `ip:10.0.2.9` (lateral) |" in section
+    assert "The 2 earliest of 7 hops." in section
+    page = postmortem(bundle, fmt="html", sla=DEFAULT_SLA, now=NOW)
+    assert "<td><code>host:web-1</code></td><td><code>ip:10.0.2.9</code> (lateral)</td>" in page

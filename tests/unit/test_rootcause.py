@@ -282,3 +282,24 @@ def test_the_features_looked_up_put_known_bad_indicators_first_and_are_bounded()
     assert len(found) == similar.MAX_FEATURES
     placeholder = Indicator(kind="sha1", value="0" * 40)  # what some EDRs write for "no hash"
     assert similar.features([placeholder], ["web-1"], [], []) == [similar.Feature("host", "web-1")]
+
+
+def test_the_attack_path_goes_hop_by_hop_the_earliest_first_whatever_the_order_of_folding() -> None:
+    outbound = alert("c:5", 40, format="crowdstrike", source="crowdstrike", host="db-01", dst_ip="198.51.100.20",
+                     techniques=["T1041"])  # fmt: skip
+    again = alert("s:6", 45, format="suricata", source="suricata", src_ip="10.0.1.5", dst_ip="10.0.2.9",
+                  techniques=["T1570"])  # fmt: skip
+    whole = trace_of(*INTRUSION, outbound, again)
+    path = rootcause.attack_path(whole)
+    assert [(s.source, s.target, s.alerts, s.lateral, s.techniques) for s in path] == [
+        ("ip:203.0.113.7", "ip:10.0.1.5", 1, False, ["T1110"]),
+        ("ip:10.0.1.5", "ip:10.0.2.9", 2, True, ["T1021.002", "T1570"]),
+        ("host:db-01", "ip:198.51.100.20", 1, False, ["T1041"]),
+    ]
+    assert (path[1].first_seen, path[1].last_seen) == (T0 + timedelta(minutes=31), T0 + timedelta(minutes=45))
+    shuffled = [*INTRUSION, outbound, again]
+    random.Random(3).shuffle(shuffled)
+    assert rootcause.attack_path(trace_of(*shuffled[3:], known=trace_of(*shuffled[:3]))) == path
+    assert rootcause.attack_path(whole, limit=2) == path[:2]
+    # An alert on one host alone, or from an address to itself, is no hop.
+    assert trace_of(INTRUSION[1], alert("x", 1, src_ip="10.0.0.1", dst_ip="10.0.0.1")).hops == {}
