@@ -514,7 +514,11 @@ class Analysis(Payload):
         description="How the activity moved, hop by hop, the earliest first: at most 50 hops (`attack_path_hops` "
         "counts all).",
     )
-    attack_path_hops: int | None = Field(None, description="Every hop the incident's alerts show.")
+    attack_path_hops: int | None = Field(
+        None,
+        description="Every hop the incident's alerts show (the 2,000 earliest at most); absent when the incident "
+        "was first analysed before Vigil kept its path.",
+    )
     similar: list[SimilarIncident] = Field(default_factory=list, description="Past incidents alike, most alike first.")
     risk: Risk | None = None
     observables: list[Observable] = Field(

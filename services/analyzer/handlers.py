@@ -319,7 +319,7 @@ async def _threat_analysis(
         "root_cause": cause,
         "threat": rootcause.threat_profile(trace, dataset, indicators, known_bad_outside=counts.known_bad_outside),
         "attack_path": rootcause.attack_path(trace),
-        "attack_path_hops": len(trace.hops),
+        "attack_path_hops": len(trace.hops) if trace.hops is not None else None,
         "similar": [similar.describe(incident, weighed) for incident in alike],
         "risk": risk.score(inputs),
     }

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from services.analyzer.attack import Dataset, Mapped, technique_label
 from shared import events
@@ -30,6 +30,7 @@ MAX_ENTITIES = 10_000
 MAX_SOURCES = 2_000
 MAX_MAPPED_BY = 3
 MAX_HOPS = 2_000
+MAX_HOP_TECHNIQUES_KEPT = 50
 # The hops an analysis carries, earliest first, and the techniques each names.
 MAX_PATH_STEPS = 50
 MAX_HOP_TECHNIQUES = 10
@@ -106,8 +107,16 @@ class Trace(BaseModel):
     # The earliest alert of each way in: "initial-access", "brute-force", "external".
     entries: dict[str, AlertBrief] = Field(default_factory=dict)
     lateral: int = Field(0, description="Alerts from one internal address to another.")
-    # By "<source> -> <target>": the attack path's hops (bounded as the entities are).
-    hops: dict[str, Hop] = Field(default_factory=dict)
+    # By "<source> -> <target>": the attack path's hops, the MAX_HOPS earliest. None: the trace was begun
+    # before Vigil kept hops, and its path would start midway.
+    hops: dict[str, Hop] | None = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kept_before_hops(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("alerts") and "hops" not in data:
+            return {**data, "hops": None}
+        return data
 
 
 def brief(alert: AlertSummary, mapped: Mapped) -> AlertBrief:
@@ -158,6 +167,7 @@ def entities_of(alert: AlertBrief) -> list[str]:
 def fold(known: Trace | None, alerts: Iterable[tuple[AlertSummary, Mapped]]) -> Trace:
     """The trace with a batch of alerts (and their ATT&CK mapping) added."""
     trace = known.model_copy(deep=True) if known is not None else Trace()
+    latest_hop: HopOrder | None = None
     for alert, mapped in alerts:
         if alert.kind == "heartbeat":
             continue  # a tool saying it is alive; a test finding is analysed like the attack it imitates
@@ -201,47 +211,58 @@ def fold(known: Trace | None, alerts: Iterable[tuple[AlertSummary, Mapped]]) -> 
         for way in _ways_in(seen):
             if way not in trace.entries or seen.order < trace.entries[way].order:
                 trace.entries[way] = seen
-        if (hop := hop_of(seen)) is not None:
-            _hop(trace, hop, seen)
+        if trace.hops is not None and (hop := hop_of(seen)) is not None:
+            latest_hop = _hop(trace.hops, hop, seen, latest_hop)
     return trace
 
 
 def hop_of(alert: AlertBrief) -> tuple[str, str] | None:
     """The hop an alert shows: from its source address to its destination address, else to its host (a login
-    from an address); or from its host to its destination (a connection an agent on the host saw). None
-    when it names no two ends, or the two are one."""
-    if alert.src_ip:
-        source = f"ip:{alert.src_ip}"
-        target = f"ip:{alert.dst_ip}" if alert.dst_ip else f"host:{alert.host}" if alert.host else None
-    elif alert.host and alert.dst_ip:
-        source, target = f"host:{alert.host}", f"ip:{alert.dst_ip}"
-    else:
+    from an address). None when it names no source address, or the two ends are one.
+
+    A host with a destination address is no hop: endpoint agents put the host's own address there."""
+    if not alert.src_ip:
         return None
+    source = f"ip:{alert.src_ip}"
+    target = f"ip:{alert.dst_ip}" if alert.dst_ip else f"host:{alert.host.lower()}" if alert.host else None
     if target is None or target == source:
         return None
     return source, target
 
 
-def _hop(trace: Trace, hop: tuple[str, str], alert: AlertBrief) -> None:
+HopOrder = tuple[datetime, str, str]
+
+
+def _hop(hops: dict[str, Hop], hop: tuple[str, str], alert: AlertBrief, latest: HopOrder | None) -> HopOrder | None:
+    """Fold one alert into the hops, keeping the MAX_HOPS earliest (by first sighting, alert key, hop), the
+    same whatever order the alerts come in. ``latest``: the latest hop kept, as the fold last knew it (None:
+    not known); returns it as it stands now, so that a full trace fed in time order is not scanned per alert."""
     key = f"{hop[0]} -> {hop[1]}"
-    known = trace.hops.get(key)
+    known = hops.get(key)
     if known is None:
-        if len(trace.hops) < MAX_HOPS:
-            trace.hops[key] = Hop(
-                first_seen=alert.time, last_seen=alert.time, first_alert=alert.key, techniques=list(alert.techniques)
-            )
-        return
+        if len(hops) >= MAX_HOPS:
+            if latest is None:
+                latest = max((h.first_seen, h.first_alert, k) for k, h in hops.items())
+            if (alert.time, alert.key, key) >= latest:
+                return latest
+            del hops[latest[2]]
+            latest = None  # another is the latest now; found again when next needed
+        techniques = sorted(alert.techniques)[:MAX_HOP_TECHNIQUES_KEPT]
+        hops[key] = Hop(first_seen=alert.time, last_seen=alert.time, first_alert=alert.key, techniques=techniques)
+        return latest
     known.alerts += 1
     if alert.order < (known.first_seen, known.first_alert):
         known.first_seen, known.first_alert = alert.time, alert.key
+        latest = None  # it may have been the latest
     known.last_seen = max(known.last_seen, alert.time)
-    # Every technique (ATT&CK has a few hundred): cut only in the analysis, the same whatever the order.
-    known.techniques = sorted({*known.techniques, *alert.techniques})
+    known.techniques = sorted({*known.techniques, *alert.techniques})[:MAX_HOP_TECHNIQUES_KEPT]
+    return latest
 
 
 def attack_path(trace: Trace, *, limit: int = MAX_PATH_STEPS) -> list[events.PathStep]:
     """The incident's hops, earliest first: each source to what it reached, with its techniques."""
-    ordered = sorted(trace.hops.items(), key=lambda item: (item[1].first_seen, item[1].first_alert, item[0]))
+    hops = trace.hops or {}
+    ordered = sorted(hops.items(), key=lambda item: (item[1].first_seen, item[1].first_alert, item[0]))
     steps = []
     for key, hop in ordered[:limit]:
         source, _, target = key.partition(" -> ")
@@ -260,7 +281,7 @@ def attack_path(trace: Trace, *, limit: int = MAX_PATH_STEPS) -> list[events.Pat
 
 
 def _internal(entity: str) -> bool:
-    """A host is inside; an address is inside when it is internal."""
+    """A host is inside; an address is inside when it is internal (a hop's source is always an address)."""
     kind, _, value = entity.partition(":")
     return kind == "host" or (kind == "ip" and is_internal(value))
 

@@ -8,6 +8,7 @@ the incident's timeline, or with a rejection there. Pure: no I/O.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -70,7 +71,9 @@ def command_event(incident_id: str, form: Mapping[str, Sequence[str]], *, by: Pr
     event = _command_event(incident_id, form, field, by=by)
     nonce = field("nonce")
     if _NONCE.fullmatch(nonce):
-        said = "\x1f".join((by.name, incident_id, nonce, field("command"), field("step_id")))
+        # Everything the form says: the same form sent again is one command, another form (a note's other
+        # text, the same page brought back and used again) another.
+        said = json.dumps([by.name, incident_id, sorted((k, v) for k, v in form.items() if k != "nonce")])
         event = event.model_copy(update={"id": str(uuid.uuid5(_FORMS, said))})
     return event
 

@@ -1221,6 +1221,8 @@ class Responder:
         ctx.emit(event_class(source=SOURCE, subject=fresh["incident_id"], data=data))
         metrics.WATCHES.labels(state).inc()
         log.info("incident %s: containment %s: %s", fresh["incident_id"], state, reason)
+        # What was contained while this watch ran (a step run on demand) is watched in turn.
+        await self._maybe_watch(ctx, fresh["incident_id"])
 
     # ---- rollback ---------------------------------------------------------------------------
 

@@ -403,6 +403,10 @@ def test_the_post_mortem_lists_the_lessons_people_recorded_and_the_follow_ups_do
 
 def test_the_post_mortem_draws_the_attack_path_hop_by_hop() -> None:
     bundle = _bundle()
+    assert "The path of this incident is not known: it was first analysed before Vigil kept it." in postmortem(
+        bundle, fmt="md", sla=DEFAULT_SLA, now=NOW
+    )
+    bundle.incident["analysis"] = {**bundle.incident["analysis"], "attack_path": [], "attack_path_hops": 0}
     assert "The alerts show no movement from one address or host to another." in postmortem(
         bundle, fmt="md", sla=DEFAULT_SLA, now=NOW
     )

@@ -285,21 +285,41 @@ def test_the_features_looked_up_put_known_bad_indicators_first_and_are_bounded()
 
 
 def test_the_attack_path_goes_hop_by_hop_the_earliest_first_whatever_the_order_of_folding() -> None:
-    outbound = alert("c:5", 40, format="crowdstrike", source="crowdstrike", host="db-01", dst_ip="198.51.100.20",
-                     techniques=["T1041"])  # fmt: skip
+    login = alert("w:5", 40, title="login", src_ip="10.0.2.9", host="FILES-01", techniques=["T1078"])
     again = alert("s:6", 45, format="suricata", source="suricata", src_ip="10.0.1.5", dst_ip="10.0.2.9",
                   techniques=["T1570"])  # fmt: skip
-    whole = trace_of(*INTRUSION, outbound, again)
+    # An endpoint agent's detection names its host's own address as the destination: no hop.
+    agent = alert("c:7", 50, format="crowdstrike", source="crowdstrike", host="db-01", dst_ip="10.0.2.9")
+    whole = trace_of(*INTRUSION, login, again, agent)
     path = rootcause.attack_path(whole)
     assert [(s.source, s.target, s.alerts, s.lateral, s.techniques) for s in path] == [
         ("ip:203.0.113.7", "ip:10.0.1.5", 1, False, ["T1110"]),
         ("ip:10.0.1.5", "ip:10.0.2.9", 2, True, ["T1021.002", "T1570"]),
-        ("host:db-01", "ip:198.51.100.20", 1, False, ["T1041"]),
+        ("ip:10.0.2.9", "host:files-01", 1, True, ["T1078"]),
     ]
     assert (path[1].first_seen, path[1].last_seen) == (T0 + timedelta(minutes=31), T0 + timedelta(minutes=45))
-    shuffled = [*INTRUSION, outbound, again]
+    shuffled = [*INTRUSION, login, again, agent]
     random.Random(3).shuffle(shuffled)
     assert rootcause.attack_path(trace_of(*shuffled[3:], known=trace_of(*shuffled[:3]))) == path
     assert rootcause.attack_path(whole, limit=2) == path[:2]
     # An alert on one host alone, or from an address to itself, is no hop.
     assert trace_of(INTRUSION[1], alert("x", 1, src_ip="10.0.0.1", dst_ip="10.0.0.1")).hops == {}
+
+
+def test_a_sweep_past_the_bound_keeps_the_earliest_hops_whatever_the_order() -> None:
+    sweep = [alert(f"s:{i}", i / 60, src_ip="203.0.113.7", dst_ip=f"10.9.{i // 250}.{i % 250}") for i in range(2300)]
+    in_order = trace_of(*sweep)
+    assert in_order.hops is not None and len(in_order.hops) == rootcause.MAX_HOPS
+    shuffled = list(sweep)
+    random.Random(11).shuffle(shuffled)
+    batched = trace_of(*shuffled[1500:], known=trace_of(*shuffled[:1500]))
+    assert batched.hops == in_order.hops
+    assert rootcause.attack_path(batched)[0].target == "ip:10.9.0.0"
+
+
+def test_a_trace_begun_before_hops_were_kept_makes_no_path_rather_than_half_of_one() -> None:
+    stored = trace_of(*INTRUSION).model_dump(mode="json")
+    del stored["hops"]
+    old = rootcause.Trace.model_validate(stored)
+    assert old.hops is None and rootcause.attack_path(trace_of(INTRUSION[3], known=old)) == []
+    assert rootcause.Trace().hops == {} and rootcause.Trace.model_validate({}).hops == {}

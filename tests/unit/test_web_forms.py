@@ -53,6 +53,8 @@ def test_a_form_sent_twice_is_one_command_and_two_forms_are_two() -> None:
     other_step = {**approve, "step_id": ["inc-1:block:cd"]}
     ids = {command_event("inc-1", form, by=cora).id for form in (note, approve, deny, other_step)}
     assert len(ids) == 4
+    other_text = {**note, "note": ["the runbook was stale"]}
+    assert command_event("inc-1", other_text, by=cora).id != first.id
     bob = Principal(name="bob@example.com", role="commander", kind="person")
     assert command_event("inc-1", note, by=bob).id != first.id
     # Without a nonce of the page's making, each is a command of its own.
