@@ -12,6 +12,7 @@ other tools may send theirs too.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Annotated, Any, Literal
@@ -193,6 +194,50 @@ def _step_out(row: Any, log: list[StepLogEntry] | None = None) -> StepOut:
     return StepOut.model_validate({**{k: row[k] for k in StepOut.model_fields if k != "log"}, "log": log or []})
 
 
+async def _apply_now(
+    runtime: Runtime,
+    event: ApproveStep | DenyStep | RunStep,
+    apply_command: Callable[[HandlerContext], Awaitable[Any]],
+    *,
+    audited: tuple[str, str, dict[str, Any]],
+    answered: Callable[[Any], tuple[int, Any]],
+    principal: str,
+    operation: str,
+    key: str | None,
+) -> JSONResponse:
+    """Apply an operator's command now, in one transaction, so that a refusal goes back to the person (409,
+    audited as ``audited``: action, target and detail); else its event goes on the commands topic as the
+    record, marked processed here, and ``answered`` says the answer. The same request again (its
+    Idempotency-Key) gets the first answer back."""
+    async with runtime.pool.acquire() as conn, conn.transaction():
+
+        async def apply() -> idempotency.Answer:
+            ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+            ctx.emit(event)  # the record on the commands topic, already processed here
+            try:
+                async with conn.transaction():
+                    result = await apply_command(ctx)
+            except StepAnswerRefused as exc:
+                refused = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+                action, target, detail = audited
+                refused.audit(
+                    action,
+                    target,
+                    principal=event.data.actor,
+                    outcome="refused",
+                    detail={**detail, "reason": str(exc)[:500]},
+                )
+                await write_context(conn, refused)
+                return idempotency.Answer(409, {"detail": str(exc)})
+            await conn.execute("INSERT INTO processed_events (service, event_id) VALUES ($1, $2)", SERVICE, event.id)
+            await write_context(conn, ctx)
+            status, body = answered(result)
+            return idempotency.Answer(status, body)
+
+        answer = await idempotency.once(conn, principal=principal, operation=operation, key=key, apply=apply)
+    return JSONResponse(answer.body, status_code=answer.status)
+
+
 def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["response steps"])
 
@@ -225,36 +270,16 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
                 update={"actor": actor(by, body.actor), "role": body.role if by is ANONYMOUS else by.role}
             )
             event = command_class(source=f"/vigil/{SERVICE}/api", subject=step_id.partition(":")[0], data=body)
-
-            async with runtime.pool.acquire() as conn, conn.transaction():
-
-                async def apply() -> idempotency.Answer:
-                    ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
-                    ctx.emit(event)  # the record on the commands topic, already processed here
-                    try:
-                        async with conn.transaction():
-                            changed = await responder.apply_answer(ctx, event)
-                    except StepAnswerRefused as exc:
-                        refused = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
-                        refused.audit(
-                            f"step.{kind}",
-                            step_id,
-                            principal=body.actor,
-                            outcome="refused",
-                            detail={"reason": str(exc)[:500]},
-                        )
-                        await write_context(conn, refused)
-                        return idempotency.Answer(409, {"detail": str(exc)})
-                    await conn.execute(
-                        "INSERT INTO processed_events (service, event_id) VALUES ($1, $2)", SERVICE, event.id
-                    )
-                    await write_context(conn, ctx)
-                    return idempotency.Answer(200, [_step_out(r).model_dump(mode="json") for r in changed])
-
-                answer = await idempotency.once(
-                    conn, principal=by.name, operation=f"{event.type}:{step_id}", key=idempotency_key, apply=apply
-                )
-            return JSONResponse(answer.body, status_code=answer.status)
+            return await _apply_now(
+                runtime,
+                event,
+                lambda ctx: responder.apply_answer(ctx, event),
+                audited=(f"step.{kind}", step_id, {}),
+                answered=lambda changed: (200, [_step_out(r).model_dump(mode="json") for r in changed]),
+                principal=by.name,
+                operation=f"{event.type}:{step_id}",
+                key=idempotency_key,
+            )
 
     answer("approve")
     answer("deny")
@@ -292,39 +317,16 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
             update={"actor": actor(by, body.actor), "role": body.role if by is ANONYMOUS else by.role}
         )
         event = RunStep(source=f"/vigil/{SERVICE}/api", subject=incident_id, data=body)
-        async with runtime.pool.acquire() as conn, conn.transaction():
-
-            async def apply() -> idempotency.Answer:
-                ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
-                ctx.emit(event)  # the record on the commands topic, already processed here
-                try:
-                    async with conn.transaction():
-                        row = await responder.run_on_demand(ctx, event)
-                except StepAnswerRefused as exc:
-                    refused = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
-                    refused.audit(
-                        "step.run",
-                        body.step,
-                        principal=body.actor,
-                        outcome="refused",
-                        detail={"incident": incident_id, "reason": str(exc)[:500]},
-                    )
-                    await write_context(conn, refused)
-                    return idempotency.Answer(409, {"detail": str(exc)})
-                await conn.execute(
-                    "INSERT INTO processed_events (service, event_id) VALUES ($1, $2)", SERVICE, event.id
-                )
-                await write_context(conn, ctx)
-                return idempotency.Answer(201, _step_out(row).model_dump(mode="json"))
-
-            answer = await idempotency.once(
-                conn,
-                principal=by.name,
-                operation=f"{event.type}:{incident_id}:{body.step}:{body.item}:{body.lease}",
-                key=idempotency_key,
-                apply=apply,
-            )
-        return JSONResponse(answer.body, status_code=answer.status)
+        return await _apply_now(
+            runtime,
+            event,
+            lambda ctx: responder.run_on_demand(ctx, event),
+            audited=("step.run", body.step, {"incident": incident_id}),
+            answered=lambda row: (201, _step_out(row).model_dump(mode="json")),
+            principal=by.name,
+            operation=f"{event.type}:{incident_id}:{body.step}:{body.item}:{body.lease}",
+            key=idempotency_key,
+        )
 
     @router.post("/steps/{step_id:path}/lease", response_model=LeaseChanged)
     async def lease(step_id: str, body: LeaseChange, by: Principal = require(runtime, "leases.change")) -> LeaseChanged:
