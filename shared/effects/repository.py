@@ -179,6 +179,20 @@ async def release(conn: Conn, *, leases: Sequence[tuple[int, uuid.UUID]]) -> int
     return int(status.split()[-1])
 
 
+async def release_claims(conn: Conn, *, tokens: Sequence[uuid.UUID]) -> int:
+    """Hand back every effect leased under these claims and never started (the runner stopped in between)."""
+    if not tokens:
+        return 0
+    status = await conn.execute(
+        """UPDATE effects
+           SET status = 'pending', not_before = now(), lease_until = NULL, lease_token = NULL,
+               attempts = greatest(attempts - 1, 0), updated_at = now()
+           WHERE lease_token = ANY($1::uuid[]) AND status = 'running'""",
+        list(tokens),
+    )
+    return int(status.split()[-1])
+
+
 async def retry(conn: Conn, *, effect_id: int) -> Status | None:
     """Send a parked or failed effect back to `pending`, attempts reset, due now.
 

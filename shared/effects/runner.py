@@ -102,6 +102,9 @@ class EffectRunner:
         self._failure: BaseException | None = None
         self._unknown_kinds: set[str] = set()
         self._claiming = True
+        # Claims whose effects are leased in Postgres but not started here yet: a stop between the two (the
+        # claim's commit awaited when the runner is cancelled) hands them back too.
+        self._unstarted: set[uuid.UUID] = set()
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if payload == self.service:
@@ -162,9 +165,11 @@ class EffectRunner:
             if free <= 0:
                 continue
             token = uuid.uuid4()
+            self._unstarted.add(token)
             for effect in await self._claim(kind, free, token):
                 self._start(kind, effect, token)
                 started += 1
+            self._unstarted.discard(token)  # every effect of the claim is in flight, or there was none
         return started
 
     async def _claim(self, kind: EffectKind, free: int, token: uuid.UUID) -> list[Effect]:
@@ -402,10 +407,12 @@ class EffectRunner:
             task.cancel()
         await asyncio.gather(*(task for task, _ in held), return_exceptions=True)
         leases = [(effect.id, token) for _, (effect, token) in held]
-        if leases:
+        unstarted = list(self._unstarted)
+        if leases or unstarted:
             try:
                 async with asyncio.timeout(5), self.pool.acquire() as conn:
                     released = await repository.release(conn, leases=leases)
+                    released += await repository.release_claims(conn, tokens=unstarted)
                 log.info("%s: handed %d effect(s) in flight back to the queue", self.service, released)
             except Exception as exc:
                 log.warning(

@@ -741,6 +741,34 @@ async def test_a_stopped_runner_hands_its_effects_back_at_once(
     assert row["attempts"] == 1
 
 
+async def test_a_runner_stopped_between_claiming_and_starting_hands_the_claim_back(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    class Paused(EffectRunner):
+        """Stops after its claim is committed, before it starts the effects: where a stop can come."""
+
+        claimed = asyncio.Event()
+
+        async def _claim(self, kind: EffectKind, free: int, token: uuid.UUID) -> list[Effect]:
+            effects = await super()._claim(kind, free, token)
+            self.claimed.set()
+            await asyncio.Event().wait()  # cancelled here
+            return effects
+
+    async with far_side() as server:
+        key = await add(pool, target=server.target, payload=post(server, "/hook"))
+        kinds = [http_request(timeout_s=30)]
+        runner = Paused(SERVICE, pool, names, kinds, connect=lambda: asyncpg.connect(settings.database_url))
+        async with running(runner):
+            await asyncio.wait_for(runner.claimed.wait(), 10)
+            assert (await effect_row(pool, key))["status"] == "running"  # leased for 30 s and more
+        row = await effect_row(pool, key)
+        assert (row["status"], row["attempts"], row["lease_until"]) == ("pending", 0, None)
+        async with running(make_runner(settings, pool, names, [http_request()])):
+            await reaches(pool, key, "succeeded")
+        assert server.keys("/hook") == [key]
+
+
 async def test_a_draining_runner_records_the_calls_in_flight_and_claims_nothing_new(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
