@@ -792,6 +792,22 @@ class StepRun(Payload):
     note: str = Field("", max_length=2000, description="Why.")
 
 
+class EvidenceChange(Payload):
+    """An item of an incident's evidence register, and what was just done with it: registered, handed to
+    another custodian, or its hash checked against the item as kept."""
+
+    item_id: int
+    name: str = Field(max_length=500)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int | None = None
+    location: str = Field(max_length=2000, description="Where the item is kept (a path, an object store URI).")
+    action: Literal["registered", "transferred", "verified"]
+    actor: str
+    custodian: str = Field(description="Who holds it now.")
+    verified: bool | None = Field(None, description="On `verified`: whether the hash matched.")
+    note: str = Field("", max_length=2000)
+
+
 class StateChange(Payload):
     from_state: IncidentState | None
     to_state: IncidentState
@@ -1102,6 +1118,11 @@ class AlertsSuppressedResolved(EventBase):
     data: SuppressedEnded
 
 
+class EvidenceChanged(EventBase):
+    type: Literal["vigil.evidence.changed.v1"] = "vigil.evidence.changed.v1"
+    data: EvidenceChange
+
+
 class RunStep(EventBase):
     type: Literal["vigil.command.run_step.v1"] = "vigil.command.run_step.v1"
     data: StepRun
@@ -1245,6 +1266,7 @@ Event = Annotated[
     | ApproveStep
     | DenyStep
     | RunStep
+    | EvidenceChanged
     | IncidentEscalated
     | IncidentStateChanged
     | AcknowledgeIncident
@@ -1288,6 +1310,7 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     ApproveStep,
     DenyStep,
     RunStep,
+    EvidenceChanged,
     IncidentEscalated,
     IncidentStateChanged,
     AcknowledgeIncident,

@@ -29,6 +29,7 @@ from shared.events import (
     EffectCompleted,
     EscalationExhausted,
     EventBase,
+    EvidenceChanged,
     IncidentAlertsChanged,
     IncidentAnalyzed,
     IncidentAssigned,
@@ -155,6 +156,17 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             summary = (
                 f"{verb} of step {d.step_id}" + (f" as {d.role}" if d.role else "") + (f": {d.note}" if d.note else "")
             )
+        case EvidenceChanged(data=d):
+            actor = d.actor
+            item = f"evidence #{d.item_id} {d.name!r} (SHA-256 {d.sha256[:16]}…)"
+            if d.action == "registered":
+                size = f", {d.size_bytes} bytes" if d.size_bytes is not None else ""
+                summary = f"{item} registered{size}, kept at {d.location}; custodian {d.custodian}"
+            elif d.action == "transferred":
+                summary = f"{item} handed to {d.custodian}"
+            else:
+                summary = f"{item} checked: its hash {'matches' if d.verified else 'DOES NOT match'}"
+            summary += f": {d.note}" if d.note else ""
         case RunStep(data=d):
             actor = d.actor
             summary = f"run of step {d.step}" + (f" on {d.item}" if d.item else "") + " requested"

@@ -90,10 +90,10 @@ ALERTS_SUPPRESSED = Topic(
 )
 ANALYSES = Topic(
     name="vigil.analyses",
-    description="Forensic, impact and threat analysis of incidents.",
+    description="Forensic, impact and threat analysis of incidents, and their evidence registers.",
     producers=("analyzer",),
     consumers=("responder", "coordinator", "reporter"),
-    event_types=("vigil.incident.analyzed.v1",),
+    event_types=("vigil.incident.analyzed.v1", "vigil.evidence.changed.v1"),
 )
 RESPONSES = Topic(
     name="vigil.responses",

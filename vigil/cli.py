@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import dataclasses
 import getpass
+import hashlib
 import json
 import logging
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -1660,6 +1662,122 @@ def _analyzer(path: str, **params: Any) -> Any:
     if response.status_code == 404:
         _fail(response.json().get("detail", "not found"))
     return _answer_of(response)
+
+
+# ---- the evidence register ----------------------------------------------------------------------
+
+evidence_app = typer.Typer(
+    help="An incident's evidence register: what was collected, its SHA-256, where it is kept, who holds it.",
+    no_args_is_help=True,
+)
+app.add_typer(evidence_app, name="evidence")
+
+
+def _analyzer_call(method: str, path: str, body: Any = None) -> Any:
+    return _answer_of(_request("analyzer", _settings().analyzer_url, method, path, body))
+
+
+def _sha256_of(file: Path) -> tuple[str, int]:
+    """The file's SHA-256 and size, read a megabyte at a time (a disk image does not fit in memory)."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        with file.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        _fail(f"{file}: cannot be read: {exc.strerror or exc}")
+    return digest.hexdigest(), size
+
+
+def _print_register(items: list[dict[str, Any]]) -> None:
+    table = Table(title=f"{len(items)} item(s) of evidence")
+    for column in ("#", "item", "sha-256", "kept at", "custodian", "chain of custody"):
+        table.add_column(column, overflow="fold")
+    for item in items:
+        chain = "; ".join(
+            f"{c['at'][:16].replace('T', ' ')} {c['action']} by {c['actor']}"
+            + (f" -> {c['custodian']}" if c["action"] == "transferred" else "")
+            + ("" if c["verified"] is None else (" (matched)" if c["verified"] else " (DID NOT MATCH)"))
+            for c in item["custody"]
+        )
+        table.add_row(
+            str(item["id"]), *_plain(item["name"], item["sha256"], item["location"], item["custodian"], chain)
+        )
+    console.print(table)
+
+
+@evidence_app.command("add")
+def evidence_add(
+    incident_id: str,
+    file: Annotated[Path, typer.Argument(help="The item as collected: its SHA-256 and size are computed here.")],
+    name: Annotated[str | None, typer.Option(help="What it is; the file's name by default.")] = None,
+    location: Annotated[
+        str | None, typer.Option(help="Where it is kept (a path, an object store URI); this host's path by default.")
+    ] = None,
+    description: Annotated[str, typer.Option(help="How it was collected, from what.")] = "",
+    actor: ActorOption = None,
+    note: NoteOption = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Register an item collected for an incident (a memory dump, a disk image, a log export), in your custody."""
+    sha256, size = _sha256_of(file)
+    body = {
+        "name": name or file.name,
+        "sha256": sha256,
+        "size_bytes": size,
+        "location": location or f"{socket.gethostname()}:{file.resolve()}",
+        "description": description,
+        "actor": _who(actor),
+        "note": note,
+    }
+    item = _analyzer_call("POST", f"/api/v1/incidents/{_resolve_id(incident_id)}/evidence-register", body)
+    if as_json:
+        print(json.dumps(item, indent=2))
+        return
+    _print_register([item])
+
+
+@evidence_app.command("list")
+def evidence_list(incident_id: str, as_json: JsonOption = False) -> None:
+    """The incident's evidence register, each item with its chain of custody."""
+    items = _analyzer_call("GET", f"/api/v1/incidents/{_resolve_id(incident_id)}/evidence-register")
+    if as_json:
+        print(json.dumps(items, indent=2))
+        return
+    _print_register(items)
+
+
+@evidence_app.command("transfer")
+def evidence_transfer(
+    item_id: int,
+    to: Annotated[str, typer.Option("--to", help="Who holds it from now.")],
+    actor: ActorOption = None,
+    note: NoteOption = "",
+) -> None:
+    """Hand an item to another custodian; the chain of custody says who, when and why."""
+    item = _analyzer_call(
+        "POST", f"/api/v1/evidence-register/{item_id}/transfer", {"to": to, "actor": _who(actor), "note": note}
+    )
+    _print_register([item])
+
+
+@evidence_app.command("verify")
+def evidence_verify(
+    item_id: int,
+    file: Annotated[Path, typer.Argument(help="The item as kept now: its SHA-256 is computed here.")],
+    actor: ActorOption = None,
+    note: NoteOption = "",
+) -> None:
+    """Check an item as kept against its registered SHA-256; the outcome goes on its chain and the timeline."""
+    sha256, _ = _sha256_of(file)
+    item = _analyzer_call(
+        "POST", f"/api/v1/evidence-register/{item_id}/verify", {"sha256": sha256, "actor": _who(actor), "note": note}
+    )
+    _print_register([item])
+    if not item["matched"]:
+        _fail(f"{file} does not match item {item_id}: its SHA-256 is {sha256}, registered {item['sha256']}")
+    console.print(f"{escape(str(file))} matches item {item_id}")
 
 
 @incidents_app.command("evidence")

@@ -8,19 +8,34 @@
 - ``GET /api/v1/incidents/{id}/indicators``: every value the alerts name, with the fields, first and last
   seen, count and first alert keys, and what threat intelligence last said of it (verdict, confidence,
   feeds, tags, looked_up_at; an analysis carries only the worst of them).
+- The evidence register (``evidence_register``): ``GET|POST /api/v1/incidents/{id}/evidence-register``
+  lists or registers what responders collected (its SHA-256, size and where it is kept);
+  ``POST /api/v1/evidence-register/{item}/transfer`` hands an item to another custodian and
+  ``.../verify`` records a check of its hash. Each goes on the timeline (``vigil.evidence.changed.v1``) in
+  the name of who authenticated; registering and handing over take ``incidents.note``.
 """
 
 from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Path, Query
+from pydantic import AwareDatetime, BaseModel, Field
 
-from services.analyzer import forensic_repository
-from shared.auth import require
+from services.analyzer import evidence_register, forensic_repository
+from shared import audit
+from shared.auth import actor, require
+from shared.db import Conn
+from shared.events import EvidenceChange, EvidenceChanged
+from shared.identity import Principal
+from shared.outbox import write_events
 from shared.service import Runtime
+
+SERVICE = "analyzer"
+SOURCE = "/vigil/analyzer/api"
+ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's number in the register.")]
 
 PAGE = 1_000
 
@@ -76,4 +91,138 @@ def routers(runtime: Runtime) -> list[APIRouter]:
                 raise HTTPException(404, detail=f"the analyzer has no alert of incident {incident_id}")
         return found
 
-    return [router]
+    return [router, _register_router(runtime)]
+
+
+class EvidenceItemIn(BaseModel):
+    name: str = Field(min_length=1, max_length=500, description="What it is: `web-1 memory dump`.")
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="The item's SHA-256, as its collector computed it.")
+    size_bytes: int | None = Field(None, ge=0)
+    location: str = Field(min_length=1, max_length=2000, description="Where it is kept: a path, an object store URI.")
+    description: str = Field("", max_length=2000)
+    collected_at: AwareDatetime | None = None
+    actor: str = Field("", max_length=200, description="Who registers it (an unauthenticated local setup only).")
+    note: str = Field("", max_length=2000)
+
+
+class TransferIn(BaseModel):
+    to: str = Field(min_length=1, max_length=200, description="Who holds it from now.")
+    actor: str = Field("", max_length=200)
+    note: str = Field("", max_length=2000)
+
+
+class VerifyIn(BaseModel):
+    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="The item's SHA-256 as computed now.")
+    actor: str = Field("", max_length=200)
+    note: str = Field("", max_length=2000)
+
+
+def _register_router(runtime: Runtime) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["evidence"])
+
+    async def changed(conn: Conn, found: dict[str, Any], **change: Any) -> None:
+        """The register's change, on the incident's timeline through the outbox, in this transaction."""
+        data = EvidenceChange(
+            item_id=found["id"],
+            name=found["name"],
+            sha256=found["sha256"],
+            size_bytes=found["size_bytes"],
+            location=found["location"],
+            **change,
+        )
+        event = EvidenceChanged(source=SOURCE, subject=found["incident_id"], data=data)
+        await write_events(conn, service=SERVICE, names=runtime.names, events=[event])
+
+    @router.get("/incidents/{incident_id}/evidence-register")
+    async def register_of(
+        incident_id: str, _by: Principal = require(runtime, "incidents.read")
+    ) -> list[dict[str, Any]]:
+        """The incident's evidence register: each item with its chain of custody, in the order registered."""
+        async with runtime.pool.acquire() as conn:
+            return await evidence_register.items_of(conn, incident_id)
+
+    @router.post("/incidents/{incident_id}/evidence-register", status_code=201)
+    async def register(
+        incident_id: str, body: EvidenceItemIn, by: Principal = require(runtime, "incidents.note")
+    ) -> dict[str, Any]:
+        """Register an item collected for the incident, in the custody of who registers it."""
+        who = actor(by, body.actor)
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            try:
+                item = await evidence_register.register(
+                    conn,
+                    incident_id=incident_id,
+                    name=body.name,
+                    sha256=body.sha256.lower(),
+                    size_bytes=body.size_bytes,
+                    location=body.location,
+                    description=body.description,
+                    collected_at=body.collected_at,
+                    actor=who,
+                    note=body.note,
+                )
+            except evidence_register.AlreadyRegistered as exc:
+                raise HTTPException(409, detail=str(exc)) from exc
+            await changed(conn, dict(item), action="registered", actor=who, custodian=who, note=body.note)
+            found = await evidence_register.get_item(conn, item["id"])
+            detail = {"incident": incident_id, "sha256": item["sha256"], "location": item["location"][:500]}
+            await audit.record(
+                conn, service=SERVICE, principal=who, action="evidence.register", target=str(item["id"]), detail=detail
+            )
+        assert found is not None
+        return found
+
+    @router.post("/evidence-register/{item_id}/transfer")
+    async def transfer(
+        item_id: ItemId, body: TransferIn, by: Principal = require(runtime, "incidents.note")
+    ) -> dict[str, Any]:
+        """Hand the item to another custodian: the chain of custody says who, when and why."""
+        who = actor(by, body.actor)
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            item = await evidence_register.lock_item(conn, item_id)
+            if item is None:
+                raise HTTPException(404, detail=f"no evidence item {item_id}")
+            if item["custodian"] == body.to:
+                raise HTTPException(409, detail=f"{body.to} holds item {item_id} already")
+            await evidence_register.transfer(conn, item_id, to=body.to, actor=who, note=body.note)
+            await changed(conn, dict(item), action="transferred", actor=who, custodian=body.to, note=body.note)
+            found = await evidence_register.get_item(conn, item_id)
+            detail = {"incident": item["incident_id"], "from": item["custodian"], "to": body.to}
+            await audit.record(
+                conn, service=SERVICE, principal=who, action="evidence.transfer", target=str(item_id), detail=detail
+            )
+        assert found is not None
+        return found
+
+    @router.post("/evidence-register/{item_id}/verify")
+    async def verify(
+        item_id: ItemId, body: VerifyIn, by: Principal = require(runtime, "incidents.note")
+    ) -> dict[str, Any]:
+        """Record a check of the item as kept against its registered SHA-256: matched or not, on the timeline."""
+        who = actor(by, body.actor)
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            item = await evidence_register.lock_item(conn, item_id)
+            if item is None:
+                raise HTTPException(404, detail=f"no evidence item {item_id}")
+            matched = body.sha256.lower() == item["sha256"]
+            await evidence_register.verified(
+                conn, item_id, custodian=item["custodian"], matched=matched, actor=who, note=body.note
+            )
+            await changed(
+                conn, dict(item), action="verified", actor=who, custodian=item["custodian"], verified=matched,
+                note=body.note,
+            )  # fmt: skip
+            found = await evidence_register.get_item(conn, item_id)
+            await audit.record(
+                conn,
+                service=SERVICE,
+                principal=who,
+                action="evidence.verify",
+                target=str(item_id),
+                outcome="matched" if matched else "mismatch",
+                detail={"incident": item["incident_id"]},
+            )
+        assert found is not None
+        return {**found, "matched": matched}
+
+    return router

@@ -89,6 +89,7 @@ class IncidentBundle:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     lessons: list[dict[str, Any]] = field(default_factory=list)  # went_well / went_badly notes: time, actor, note
     follow_ups: list[dict[str, Any]] = field(default_factory=list)  # its post-mortem tasks, done or not
+    evidence: list[dict[str, Any]] = field(default_factory=list)  # its evidence register, as its events told it
 
     @property
     def milestones(self) -> dict[str, datetime | None]:
@@ -223,6 +224,7 @@ def postmortem(bundle: IncidentBundle, *, fmt: Format, sla: SlaTargets, now: dat
         "went_well": [lesson for lesson in bundle.lessons if lesson["lesson"] == "went_well"],
         "went_badly": [lesson for lesson in bundle.lessons if lesson["lesson"] == "went_badly"],
         "follow_ups": bundle.follow_ups,
+        "evidence": bundle.evidence,
     }
     return _environment(fmt).get_template(f"postmortem.{fmt}.j2").render(context)
 

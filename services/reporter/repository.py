@@ -760,6 +760,7 @@ async def incident_bundle(conn: Conn, *, incident_id: str) -> IncidentBundle | N
         timeline=await list_timeline(conn, incident_id=incident_id),
         lessons=await list_lessons(conn, incident_id=incident_id),
         follow_ups=await list_follow_ups(conn, incident_id=incident_id),
+        evidence=await list_evidence(conn, incident_id=incident_id),
     )
 
 
@@ -781,6 +782,37 @@ async def list_lessons(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
         incident_id,
     )
     return [dict(r) for r in rows]
+
+
+async def list_evidence(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
+    """The incident's evidence register as its events told it (those of incidents merged into it too): each
+    item as registered, who holds it now, how often it changed hands, and its latest check."""
+    rows = await conn.fetch(
+        """WITH RECURSIVE merged(id) AS (
+               SELECT $1::text
+               UNION SELECT r.id FROM reporter_incidents r JOIN merged m ON r.merged_into = m.id)
+           SELECT time, data FROM reporter_history
+           WHERE incident_id IN (SELECT id FROM merged) AND type = 'vigil.evidence.changed.v1'
+           ORDER BY time, event_id""",
+        incident_id,
+    )
+    items: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        d = row["data"]
+        item = items.setdefault(
+            d["item_id"],
+            {"item_id": d["item_id"], "name": d["name"], "sha256": d["sha256"], "size_bytes": d.get("size_bytes"),
+             "location": d["location"], "registered_by": None, "registered_at": None, "hand_overs": 0,
+             "checked_at": None, "matched": None},
+        )  # fmt: skip
+        item["custodian"] = d["custodian"]
+        if d["action"] == "registered":
+            item["registered_by"], item["registered_at"] = d["actor"], row["time"]
+        elif d["action"] == "transferred":
+            item["hand_overs"] += 1
+        else:
+            item["checked_at"], item["matched"] = row["time"], d.get("verified")
+    return sorted(items.values(), key=lambda i: i["item_id"])
 
 
 async def list_follow_ups(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]:
