@@ -797,6 +797,7 @@ class EvidenceChange(Payload):
     another custodian, or its hash checked against the item as kept."""
 
     item_id: int
+    entry: int = Field(description="The entry's number in the chain of custody: its order, whatever the clocks.")
     name: str = Field(max_length=500)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int | None = None

@@ -12,7 +12,8 @@
   lists or registers what responders collected (its SHA-256, size and where it is kept);
   ``POST /api/v1/evidence-register/{item}/transfer`` hands an item to another custodian and
   ``.../verify`` records a check of its hash. Each goes on the timeline (``vigil.evidence.changed.v1``) in
-  the name of who authenticated; registering and handing over take ``incidents.note``.
+  the name of who authenticated; each takes ``incidents.note``, and handing over an item someone else
+  holds ``incidents.assign``.
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import AwareDatetime, BaseModel, Field
 
 from services.analyzer import evidence_register, forensic_repository
-from shared import audit
-from shared.auth import actor, require
+from shared import audit, identity
+from shared.auth import ANONYMOUS, actor, require
 from shared.db import Conn
 from shared.events import EvidenceChange, EvidenceChanged
-from shared.identity import Principal
+from shared.identity import Permission, Principal
 from shared.outbox import write_events
 from shared.service import Runtime
 
 SERVICE = "analyzer"
 SOURCE = "/vigil/analyzer/api"
 ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's number in the register.")]
+IncidentId = Annotated[str, Path(min_length=1, max_length=200)]
+# Who may hand over an item someone else holds: whoever may assign the incident's roles.
+HAND_OVER_ANY: Permission = "incidents.assign"
 
 PAGE = 1_000
 
@@ -97,7 +101,7 @@ def routers(runtime: Runtime) -> list[APIRouter]:
 class EvidenceItemIn(BaseModel):
     name: str = Field(min_length=1, max_length=500, description="What it is: `web-1 memory dump`.")
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="The item's SHA-256, as its collector computed it.")
-    size_bytes: int | None = Field(None, ge=0)
+    size_bytes: int | None = Field(None, ge=0, le=2**63 - 1)
     location: str = Field(min_length=1, max_length=2000, description="Where it is kept: a path, an object store URI.")
     description: str = Field("", max_length=2000)
     collected_at: AwareDatetime | None = None
@@ -106,7 +110,7 @@ class EvidenceItemIn(BaseModel):
 
 
 class TransferIn(BaseModel):
-    to: str = Field(min_length=1, max_length=200, description="Who holds it from now.")
+    to: str = Field(min_length=1, max_length=200, description="Who holds it from now, as they sign in.")
     actor: str = Field("", max_length=200)
     note: str = Field("", max_length=2000)
 
@@ -135,7 +139,7 @@ def _register_router(runtime: Runtime) -> APIRouter:
 
     @router.get("/incidents/{incident_id}/evidence-register")
     async def register_of(
-        incident_id: str, _by: Principal = require(runtime, "incidents.read")
+        incident_id: IncidentId, _by: Principal = require(runtime, "incidents.read")
     ) -> list[dict[str, Any]]:
         """The incident's evidence register: each item with its chain of custody, in the order registered."""
         async with runtime.pool.acquire() as conn:
@@ -143,11 +147,13 @@ def _register_router(runtime: Runtime) -> APIRouter:
 
     @router.post("/incidents/{incident_id}/evidence-register", status_code=201)
     async def register(
-        incident_id: str, body: EvidenceItemIn, by: Principal = require(runtime, "incidents.note")
+        incident_id: IncidentId, body: EvidenceItemIn, by: Principal = require(runtime, "incidents.note")
     ) -> dict[str, Any]:
         """Register an item collected for the incident, in the custody of who registers it."""
         who = actor(by, body.actor)
         async with runtime.pool.acquire() as conn, conn.transaction():
+            if not await forensic_repository.incident_known(conn, incident_id=incident_id):
+                raise HTTPException(404, detail=f"the analyzer has no incident {incident_id}")
             try:
                 item = await evidence_register.register(
                     conn,
@@ -163,7 +169,8 @@ def _register_router(runtime: Runtime) -> APIRouter:
                 )
             except evidence_register.AlreadyRegistered as exc:
                 raise HTTPException(409, detail=str(exc)) from exc
-            await changed(conn, dict(item), action="registered", actor=who, custodian=who, note=body.note)
+            entry = await evidence_register.first_entry(conn, item["id"])
+            await changed(conn, dict(item), entry=entry, action="registered", actor=who, custodian=who, note=body.note)
             found = await evidence_register.get_item(conn, item["id"])
             detail = {"incident": incident_id, "sha256": item["sha256"], "location": item["location"][:500]}
             await audit.record(
@@ -176,18 +183,26 @@ def _register_router(runtime: Runtime) -> APIRouter:
     async def transfer(
         item_id: ItemId, body: TransferIn, by: Principal = require(runtime, "incidents.note")
     ) -> dict[str, Any]:
-        """Hand the item to another custodian: the chain of custody says who, when and why."""
+        """Hand the item to another custodian: the chain of custody says who, when and why. Its custodian hands
+        it over; a commander may take it from anyone (someone gone off shift)."""
         who = actor(by, body.actor)
+        to = body.to.strip()
         async with runtime.pool.acquire() as conn, conn.transaction():
             item = await evidence_register.lock_item(conn, item_id)
             if item is None:
                 raise HTTPException(404, detail=f"no evidence item {item_id}")
-            if item["custodian"] == body.to:
-                raise HTTPException(409, detail=f"{body.to} holds item {item_id} already")
-            await evidence_register.transfer(conn, item_id, to=body.to, actor=who, note=body.note)
-            await changed(conn, dict(item), action="transferred", actor=who, custodian=body.to, note=body.note)
+            if who != item["custodian"] and by is not ANONYMOUS and not identity.allows(by.role, HAND_OVER_ANY):
+                raise HTTPException(
+                    403,
+                    detail=f"{who} does not hold item {item_id} ({item['custodian']} does): its custodian hands it "
+                    f"over, or someone of role {identity.least_role(HAND_OVER_ANY)} or above",
+                )
+            if not to or item["custodian"] == to:
+                raise HTTPException(409, detail=f"{to or '(nobody)'} holds item {item_id} already, or is no one")
+            entry = await evidence_register.transfer(conn, item_id, to=to, actor=who, note=body.note)
+            await changed(conn, dict(item), entry=entry, action="transferred", actor=who, custodian=to, note=body.note)
             found = await evidence_register.get_item(conn, item_id)
-            detail = {"incident": item["incident_id"], "from": item["custodian"], "to": body.to}
+            detail = {"incident": item["incident_id"], "from": item["custodian"], "to": to}
             await audit.record(
                 conn, service=SERVICE, principal=who, action="evidence.transfer", target=str(item_id), detail=detail
             )
@@ -205,12 +220,12 @@ def _register_router(runtime: Runtime) -> APIRouter:
             if item is None:
                 raise HTTPException(404, detail=f"no evidence item {item_id}")
             matched = body.sha256.lower() == item["sha256"]
-            await evidence_register.verified(
+            entry = await evidence_register.verified(
                 conn, item_id, custodian=item["custodian"], matched=matched, actor=who, note=body.note
             )
             await changed(
-                conn, dict(item), action="verified", actor=who, custodian=item["custodian"], verified=matched,
-                note=body.note,
+                conn, dict(item), entry=entry, action="verified", actor=who, custodian=item["custodian"],
+                verified=matched, note=body.note,
             )  # fmt: skip
             found = await evidence_register.get_item(conn, item_id)
             await audit.record(

@@ -67,21 +67,29 @@ async def lock_item(conn: Conn, item_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {ITEM_COLUMNS} FROM analyzer_evidence_items WHERE id = $1 FOR UPDATE", item_id)
 
 
-async def transfer(conn: Conn, item_id: int, *, to: str, actor: str, note: str) -> None:
+async def transfer(conn: Conn, item_id: int, *, to: str, actor: str, note: str) -> int:
+    """Hand the item over; return the chain's new entry."""
     await conn.execute("UPDATE analyzer_evidence_items SET custodian = $2 WHERE id = $1", item_id, to)
-    await _log(conn, item_id, action="transferred", actor=actor, custodian=to, note=note)
+    return await _log(conn, item_id, action="transferred", actor=actor, custodian=to, note=note)
 
 
-async def verified(conn: Conn, item_id: int, *, custodian: str, matched: bool, actor: str, note: str) -> None:
-    await _log(conn, item_id, action="verified", actor=actor, custodian=custodian, note=note, verified=matched)
+async def verified(conn: Conn, item_id: int, *, custodian: str, matched: bool, actor: str, note: str) -> int:
+    """Record a check of the item's hash; return the chain's new entry."""
+    return await _log(conn, item_id, action="verified", actor=actor, custodian=custodian, note=note, verified=matched)
+
+
+async def first_entry(conn: Conn, item_id: int) -> int:
+    entry: int = await conn.fetchval("SELECT min(id) FROM analyzer_evidence_custody WHERE item_id = $1", item_id)
+    return entry
 
 
 async def _log(
     conn: Conn, item_id: int, *, action: Action, actor: str, custodian: str, note: str, verified: bool | None = None
-) -> None:
-    await conn.execute(
+) -> int:
+    """Append an entry to the item's chain; return its number (the chain's order, whatever the clocks)."""
+    entry: int = await conn.fetchval(
         """INSERT INTO analyzer_evidence_custody (item_id, action, actor, custodian, verified, note)
-           VALUES ($1, $2, $3, $4, $5, $6)""",
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
         item_id,
         action,
         actor,
@@ -89,6 +97,7 @@ async def _log(
         verified,
         note,
     )
+    return entry
 
 
 async def items_of(conn: Conn, incident_id: str) -> list[dict[str, Any]]:

@@ -793,7 +793,7 @@ async def list_evidence(conn: Conn, *, incident_id: str) -> list[dict[str, Any]]
                UNION SELECT r.id FROM reporter_incidents r JOIN merged m ON r.merged_into = m.id)
            SELECT time, data FROM reporter_history
            WHERE incident_id IN (SELECT id FROM merged) AND type = 'vigil.evidence.changed.v1'
-           ORDER BY time, event_id""",
+           ORDER BY (data->>'entry')::bigint, event_id""",
         incident_id,
     )
     items: dict[int, dict[str, Any]] = {}

@@ -55,6 +55,7 @@ async def test_an_items_chain_of_custody_is_kept_and_told_on_the_timeline_and_in
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, tmp_path: Path
 ) -> None:
     runtime = Runtime(service="analyzer", settings=settings, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+    await pool.execute("INSERT INTO analyzer_incidents (incident_id) VALUES ($1)", INC)  # analysed already
     async with (
         serve_app(build_app(runtime, evidence_api.routers(runtime)), name="analyzer-api") as url,
         httpx.AsyncClient(base_url=f"{url}/api/v1") as http,
@@ -67,6 +68,10 @@ async def test_an_items_chain_of_custody_is_kept_and_told_on_the_timeline_and_in
         assert (made.json()["sha256"], made.json()["custodian"]) == (DUMP, "alice")
         again = await http.post(f"/incidents/{INC}/evidence-register", json=item)
         assert again.status_code == 409 and "already" in again.json()["detail"]
+        unknown = await http.post("/incidents/inc-never-seen/evidence-register", json=item)
+        assert unknown.status_code == 404 and "no incident inc-never-seen" in unknown.json()["detail"]
+        huge = await http.post(f"/incidents/{INC}/evidence-register", json={**item, "size_bytes": 2**63})
+        assert huge.status_code == 422
 
         handed = await http.post(f"/evidence-register/{item_id}/transfer", json={"to": "bob", "actor": "alice"})
         assert handed.status_code == 200 and handed.json()["custodian"] == "bob"
@@ -100,6 +105,7 @@ async def test_an_items_chain_of_custody_is_kept_and_told_on_the_timeline_and_in
         assert "does not match item" in altered
 
     changes = [e for e in await _emitted(pool) if isinstance(e, EvidenceChanged)]
+    assert [c.data.entry for c in changes] == sorted(c.data.entry for c in changes)  # the chain's order
     assert [(c.subject, c.data.action, c.data.custodian) for c in changes][:4] == [
         (INC, "registered", "alice"),
         (INC, "transferred", "bob"),
@@ -134,24 +140,53 @@ async def test_an_items_chain_of_custody_is_kept_and_told_on_the_timeline_and_in
     assert "| bob (1 hand-over) | matched, " in text
 
 
-async def test_only_a_role_that_may_note_registers_evidence_and_the_actor_is_who_authenticated(
+async def test_only_a_role_that_may_note_registers_evidence_and_only_its_custodian_or_a_commander_hands_it_over(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
     secured = settings.model_copy(update={"allow_unauthenticated": False})
     runtime = Runtime(service="analyzer", settings=secured, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+    await pool.execute("INSERT INTO analyzer_incidents (incident_id) VALUES ('inc-s')")
     async with pool.acquire() as conn:
-        viewer = await identity.create_token(conn, name="vic@example.com", role="viewer", created_by="test")
-        responder = await identity.create_token(conn, name="rae@example.com", role="responder", created_by="test")
+        tokens = {
+            name: (await identity.create_token(conn, name=f"{name}@example.com", role=role, created_by="test")).text
+            for name, role in (("vic", "viewer"), ("rae", "responder"), ("ray", "responder"), ("cora", "commander"))
+        }
+
+    def as_(name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {tokens[name]}"}
+
     item = {"name": "log export", "sha256": DUMP, "location": "s3://ir/logs.tar", "actor": "someone-else"}
     async with (
         serve_app(build_app(runtime, evidence_api.routers(runtime)), name="analyzer-api") as url,
         httpx.AsyncClient(base_url=f"{url}/api/v1") as http,
     ):
-        as_viewer = {"Authorization": f"Bearer {viewer.text}"}
-        refused = await http.post("/incidents/inc-s/evidence-register", json=item, headers=as_viewer)
+        refused = await http.post("/incidents/inc-s/evidence-register", json=item, headers=as_("vic"))
         assert refused.status_code == 403
-        assert (await http.get("/incidents/inc-s/evidence-register", headers=as_viewer)).json() == []
-        made = await http.post(
-            "/incidents/inc-s/evidence-register", json=item, headers={"Authorization": f"Bearer {responder.text}"}
+        made = await http.post("/incidents/inc-s/evidence-register", json=item, headers=as_("rae"))
+        assert made.status_code == 201 and made.json()["registered_by"] == made.json()["custodian"] == "rae@example.com"
+        item_id = made.json()["id"]
+        [seen] = (await http.get("/incidents/inc-s/evidence-register", headers=as_("vic"))).json()
+        assert seen["id"] == item_id
+        assert (
+            await http.post(f"/evidence-register/{item_id}/verify", json={"sha256": DUMP}, headers=as_("vic"))
+        ).status_code == 403
+
+        # Only its custodian hands it over, to whom it names; a commander may take it from anyone.
+        taken = await http.post(
+            f"/evidence-register/{item_id}/transfer", json={"to": "ray@example.com"}, headers=as_("ray")
         )
-        assert made.status_code == 201 and made.json()["registered_by"] == "rae@example.com"
+        assert taken.status_code == 403 and "does not hold item" in taken.json()["detail"]
+        handed = await http.post(
+            f"/evidence-register/{item_id}/transfer", json={"to": " ray@example.com ", "actor": "x"}, headers=as_("rae")
+        )
+        assert handed.status_code == 200 and handed.json()["custodian"] == "ray@example.com"
+        recalled = await http.post(
+            f"/evidence-register/{item_id}/transfer", json={"to": "cora@example.com"}, headers=as_("cora")
+        )
+        assert recalled.status_code == 200
+        chain = [(c["action"], c["actor"], c["custodian"]) for c in recalled.json()["custody"]]
+        assert chain == [
+            ("registered", "rae@example.com", "rae@example.com"),
+            ("transferred", "rae@example.com", "ray@example.com"),
+            ("transferred", "cora@example.com", "cora@example.com"),
+        ]
