@@ -146,10 +146,16 @@ async def test_only_a_role_that_may_note_registers_evidence_and_only_its_custodi
     secured = settings.model_copy(update={"allow_unauthenticated": False})
     runtime = Runtime(service="analyzer", settings=secured, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
     await pool.execute("INSERT INTO analyzer_incidents (incident_id) VALUES ('inc-s')")
+    roles: list[tuple[str, identity.Role]] = [
+        ("vic", "viewer"),
+        ("rae", "responder"),
+        ("ray", "responder"),
+        ("cora", "commander"),
+    ]
     async with pool.acquire() as conn:
         tokens = {
             name: (await identity.create_token(conn, name=f"{name}@example.com", role=role, created_by="test")).text
-            for name, role in (("vic", "viewer"), ("rae", "responder"), ("ray", "responder"), ("cora", "commander"))
+            for name, role in roles
         }
 
     def as_(name: str) -> dict[str, str]:
