@@ -254,6 +254,7 @@ def incident_page(
         plan=i.get("plan") or {},
         alerts=bundle.alerts,
         actions=bundle.actions,
+        evidence=bundle.evidence,
         leases=leases,
         timeline=bundle.timeline,
         merged=merged,

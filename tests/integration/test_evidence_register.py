@@ -16,9 +16,11 @@ import pytest
 from services.analyzer import evidence_api
 from services.reporter import handlers as reporter
 from services.reporter import repository as reporter_repository
+from services.reporter import views
 from services.reporter.measures import DEFAULT_SLA
 from services.reporter.reports import postmortem
 from shared import cloudevents, identity
+from shared.auth import ANONYMOUS
 from shared.consumer import HandlerContext, Inbound
 from shared.events import EventBase, EvidenceChanged, IncidentDetected
 from shared.service import Runtime, build_app
@@ -138,6 +140,8 @@ async def test_an_items_chain_of_custody_is_kept_and_told_on_the_timeline_and_in
     text = postmortem(bundle, fmt="md", sla=DEFAULT_SLA, now=detected.time)
     assert f"| {item_id} | web-1 memory dump | `{DUMP}` | s3://ir/web-1.mem | alice, " in text
     assert "| bob (1 hand-over) | matched, " in text
+    page = views.incident_page(bundle, merged=[], leases=[], sla=DEFAULT_SLA, now=detected.time, by=ANONYMOUS)
+    assert f'<td class="num">{item_id}</td><td>web-1 memory dump</td><td class="mono">{DUMP}</td>' in page
 
 
 async def test_only_a_role_that_may_note_registers_evidence_and_only_its_custodian_or_a_commander_hands_it_over(
