@@ -94,6 +94,16 @@ def print_threat_analysis(console: Console, analysis: dict[str, Any]) -> None:
             )
         if len(techniques) > 20:
             console.print(f"  … and {len(techniques) - 20} more")
+    if path := analysis.get("attack_path"):
+        hops = analysis.get("attack_path_hops") or len(path)
+        console.print(f"[b]attack path[/b] [dim]({len(path)} of {hops} hop(s), the earliest first)[/]")
+        for hop in path[:20]:
+            lateral = " [red]lateral[/]" if hop.get("lateral") else ""
+            techniques = f" [dim]{escape(', '.join(hop['techniques']))}[/]" if hop.get("techniques") else ""
+            console.print(
+                f"  {escape(hop['first_seen'][:19])} {escape(hop['source'])} -> {escape(hop['target'])}"
+                f"{lateral} [dim]({hop['alerts']} alert(s))[/]{techniques}"
+            )
     for alike in analysis.get("similar", []):
         console.print(
             f"[b]alike[/b] {escape(alike['incident_id'][:8])} {escape(alike['title'])} [dim](score {alike['score']}: "

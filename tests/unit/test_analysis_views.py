@@ -67,6 +67,8 @@ def analysis() -> Analysis:
         attack_version=DATASET.version,
         root_cause=rootcause.root_cause(trace, DATASET, [BAD]),
         threat=rootcause.threat_profile(trace, DATASET, [BAD]),
+        attack_path=rootcause.attack_path(trace),
+        attack_path_hops=len(trace.hops or {}),
         similar=[
             SimilarIncident(incident_id="9b2e7f00-past", title="Brute force on bastion-01", score=8, reason="shares 1")
         ],
@@ -137,6 +139,8 @@ def test_incidents_show_prints_each_hypothesis_with_its_evidence_and_every_risk_
     assert f"ATT&CK {DATASET.version}" in text
     assert "T1059      Command and Scripting Interpreter (TA0002; 1 alert(s); rule falco-terminal-shell)" in text
     assert "alike 9b2e7f00 Brute force on bastion-01 (score 8: shares 1)" in text
+    assert "attack path (1 of 1 hop(s), the earliest first)" in text
+    assert "  2026-11-24T09:00:00 ip:203.0.113.7 -> host:bastion-01 (1 alert(s)) T1110" in text
 
 
 def test_vigil_attack_show_names_ids_from_the_shipped_dataset() -> None:
