@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from shared.events import (
     AlertSummary,
@@ -100,3 +104,37 @@ def known_severity(value: str) -> Severity | None:
 def escalates(old: Severity, new: Severity) -> bool:
     """A severity raised on an open incident calls for escalating again."""
     return new.urgency > old.urgency
+
+
+# A mail address as a report gives it (the reporter, or the contact when the reporter is a name).
+_MAIL_ADDRESS = re.compile(r"[^@\s<>,;:\"]+@[^@\s<>,;:\".]+(?:\.[^@\s<>,;:\".]+)+")
+USER_REPORT = "user_report"
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Someone who reported a problem an incident holds, and their (first) report in it."""
+
+    address: str
+    alert_key: str
+    reported_at: datetime
+
+
+def reporters(alerts: Sequence[AlertSummary]) -> list[Reporter]:
+    """The people who reported these problems (user reports), by mail address, each once, first report first.
+
+    Their address is the report's ``reporter`` when it is one, else its ``contact``; a report that
+    names no address (a name and a phone number) gives nobody to write to.
+    """
+    found: dict[str, Reporter] = {}
+    for alert in sorted((a for a in alerts if a.format == USER_REPORT), key=lambda a: a.time):
+        for said in (alert.labels.get("reporter"), alert.labels.get("contact")):
+            if said and _MAIL_ADDRESS.fullmatch(address := said.strip().lower()):
+                found.setdefault(address, Reporter(address, alert.key, alert.time))
+                break
+    return list(found.values())
+
+
+def report_time(at: datetime) -> str:
+    """When a report was made, as its reporter is reminded of it: ``2026-11-27 09:05 UTC``."""
+    return f"{at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"

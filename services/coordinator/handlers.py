@@ -20,6 +20,7 @@ from shared.errors import InvalidTransition
 from shared.events import (
     AcknowledgeIncident,
     AddNote,
+    AlertSummary,
     AnalysisBrief,
     Assignment,
     AssignRole,
@@ -205,6 +206,7 @@ class Coordinator:
         )
         if not inserted:
             return
+        await self._note_reporters(ctx, event.subject, snapshot.severity.value, snapshot.new_alerts)
         await self._log_transition(
             ctx, event.subject, at=event.time, before=None, after=IncidentState.DETECTED, actor="detector"
         )
@@ -273,6 +275,7 @@ class Coordinator:
         )
 
     async def on_updated(self, ctx: HandlerContext, event: IncidentUpdated) -> None:
+        await self._note_reporters(ctx, event.subject, event.data.severity.value, event.data.new_alerts)
         if event.data.part > 1:
             return  # the rest of a batch's alerts: its first part carried the same severity
         # Read with its run (``lock_updated``) unless an update before it in the run read it: it may
@@ -757,6 +760,15 @@ class Coordinator:
             command.subject, changed.data, title=row["title"], severity=row["severity"], recipients=[row["commander"]]
         )
         await notifications.notify(ctx.conn, self.notices, notice)
+        if self.lifecycle.is_ended(target) and not self.lifecycle.is_ended(current):
+            await self._tell_reporters(
+                ctx,
+                command.subject,
+                row["severity"],
+                "reporter_resolved",
+                f"resolved-{command.id}",
+                resolution=data.resolution or "fixed",
+            )
         log.info("incident %s %s -> %s by %s", command.subject, current, target, data.actor, extra=event_ids(command))
         return changed
 
@@ -915,6 +927,57 @@ class Coordinator:
         )
         await self._escalate(ctx, incident_id, escalation, f"task-overdue-{overdue.task.id}", {"subject": incident_id})
 
+    async def _note_reporters(
+        self, ctx: HandlerContext, incident_id: str, severity: str, alerts: Sequence[AlertSummary]
+    ) -> None:
+        """The people who reported a problem the incident now holds: noted once each, and told it is handled."""
+        if self.notices.file.reporters is None:
+            return
+        found = domain.reporters(alerts)
+        if not found:
+            return
+        rows = await ctx.conn.fetch(
+            """INSERT INTO coordinator_reporters (incident_id, address, alert_key, reported_at)
+               SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[])
+               ON CONFLICT DO NOTHING RETURNING address, reported_at""",
+            incident_id,
+            [r.address for r in found],
+            [r.alert_key for r in found],
+            [r.reported_at for r in found],
+        )
+        for row in rows:
+            notice = notifications.Notice(
+                kind="reporter_received",
+                incident_id=incident_id,
+                discriminator=notifications.RECEIVED,
+                severity=severity,
+                recipients=[row["address"]],
+                data={"reported_at": domain.report_time(row["reported_at"])},
+            )
+            await notifications.notify_reporters(ctx.conn, self.notices, notice)
+
+    async def _tell_reporters(
+        self, ctx: HandlerContext, incident_id: str, severity: str, kind: str, discriminator: str, **data: str
+    ) -> None:
+        """Write to each person who reported a problem the incident holds, if the notifications file says so."""
+        reporters = self.notices.file.reporters
+        if reporters is None or notifications.WORD_BACK_OF[kind] not in reporters.when:
+            return
+        rows = await ctx.conn.fetch(
+            "SELECT address, reported_at FROM coordinator_reporters WHERE incident_id = $1 ORDER BY address",
+            incident_id,
+        )
+        for row in rows:
+            notice = notifications.Notice(
+                kind=kind,
+                incident_id=incident_id,
+                discriminator=discriminator,
+                severity=severity,
+                recipients=[row["address"]],
+                data={"reported_at": domain.report_time(row["reported_at"]), **data},
+            )
+            await notifications.notify_reporters(ctx.conn, self.notices, notice)
+
     async def _log_transition(
         self,
         ctx: HandlerContext,
@@ -1031,6 +1094,9 @@ class Coordinator:
             },
         )
         await notifications.notify(ctx.conn, self.notices, notice)
+        await self._tell_reporters(
+            ctx, command.subject, row["severity"], "reporter_update", command.id, message=command.data.note
+        )
         # The reminder pending, if any (none before anyone is on it, nor once it ended), is moved.
         number = await ctx.conn.fetchval(
             """SELECT (payload ->> 'number')::int FROM timers WHERE service = $1 AND kind = $2 AND subject = $3
@@ -1209,6 +1275,14 @@ class Coordinator:
         )
         await notifications.notify(ctx.conn, self.notices, notice)
         await self._carry_roles(ctx, event, row)
+        # Those who reported a problem hear of the survivor's resolution, not of this one's end by merge.
+        await ctx.conn.execute(
+            """INSERT INTO coordinator_reporters (incident_id, address, alert_key, reported_at)
+               SELECT $2, address, alert_key, reported_at FROM coordinator_reporters WHERE incident_id = $1
+               ON CONFLICT DO NOTHING""",
+            event.subject,
+            merge.survivor,
+        )
         await self._update(
             ctx,
             merge.survivor,

@@ -57,6 +57,9 @@ NoticeKind = Literal[
     "step_failed",
     "exhausted",
     "status_update",
+    "reporter_received",
+    "reporter_update",
+    "reporter_resolved",
 ]
 Channel = Literal["webhook", "slack", "teams", "mattermost", "email"]
 KINDS: tuple[str, ...] = get_args(NoticeKind)
@@ -75,6 +78,20 @@ REQUIRED_DATA: dict[str, tuple[str, ...]] = {
     "step_failed": ("title", "step", "reason"),
     "exhausted": ("title", "rotation", "paged", "reason"),
     "status_update": ("title", "state", "message", "actor"),
+    "reporter_received": ("reported_at",),
+    "reporter_update": ("reported_at", "message"),
+    "reporter_resolved": ("reported_at", "resolution"),
+}
+# Notices to the people who reported a problem (``reporters`` in the file): by mail only, to an address
+# of an allowed domain, with nothing of the incident but its reference, what a person told them and
+# how it ended; no link (the web view is for Vigil's users). A report is named by when it was made,
+# never by its words: whoever may send alerts could otherwise have Vigil mail any words they like to
+# any address of the domains.
+REPORTER_KINDS = ("reporter_received", "reporter_update", "reporter_resolved")
+WORD_BACK_OF: dict[str, str] = {
+    "reporter_received": "received",
+    "reporter_update": "status_update",
+    "reporter_resolved": "resolved",
 }
 SAMPLE_VALUES: dict[str, Any] = {"paged": ["someone@example.com"]}
 
@@ -88,6 +105,7 @@ TEXT_CHARS = 8000
 SEVERITY_COLOURS = {"SEV1": "#b60205", "SEV2": "#d93f0b", "SEV3": "#fbca04", "SEV4": "#6a737d"}
 _RECIPIENT_NAME = r"^[^:\s]{1,200}$"
 _EMAIL = r"^[^@\s<>,;:\"]+@[^@\s<>,;:\"]+$"
+_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
 
 
 # ---- the interface the coordinator calls -------------------------------------------------------
@@ -275,6 +293,33 @@ class Group(Addresses):
     )
 
 
+def _domain(text: str) -> str:
+    name = text.strip().lower().removeprefix("@")
+    if not _DOMAIN.fullmatch(name):
+        raise ValueError("not a mail domain (example.org)")
+    return name
+
+
+MailDomain = Annotated[str, AfterValidator(_domain)]
+WordBack = Literal["received", "status_update", "resolved"]
+DEFAULT_WORD_BACK: tuple[WordBack, ...] = ("received", "resolved")
+
+
+class Reporters(_Model):
+    """Writing back to the people who reported a problem (``vigil report-problem``, or a user report posted)."""
+
+    domains: list[MailDomain] = Field(
+        min_length=1,
+        description="Only reporters whose address is in one of these domains (or below one) are written to: "
+        "a report names any address, and Vigil must not mail whoever a stranger names.",
+    )
+    when: list[WordBack] = Field(
+        default_factory=lambda: list(DEFAULT_WORD_BACK),
+        description="received: their report is being handled (once per incident); status_update: each status "
+        "update a person posts on the incident; resolved: the incident was resolved (once per resolution).",
+    )
+
+
 Severity = Literal["SEV1", "SEV2", "SEV3", "SEV4", "default"]
 RouteKind = Literal[
     "escalation", "update", "state_changed", "reminder", "approval_requested", "step_failed", "exhausted", "default"
@@ -289,12 +334,15 @@ class NotificationsFile(_Model):
     routes: dict[RouteKind, dict[Severity, list[Channel]]] = Field(
         default_factory=dict, description="Per notice kind (or default) and severity (or default): the channels."
     )
+    reporters: Reporters | None = Field(None, description="Write back to people who reported a problem, by mail.")
 
 
 def _cross_problems(file: NotificationsFile) -> list[tuple[list[int | str], str]]:
     """What each part of the file says alone is valid; return where the parts disagree."""
     problems: list[tuple[list[int | str], str]] = []
     configured = set(file.channels.configured())
+    if file.reporters is not None and "email" not in configured:
+        problems.append((["reporters"], "reporters are written to by mail: configure channels.email"))
     for kind, by_severity in file.routes.items():
         for severity, channels in by_severity.items():
             for index, channel in enumerate(channels):
@@ -432,7 +480,11 @@ class Templates:
     def render(self, channel: str, notice: Notice, *, recipient: str) -> Rendered:
         """Render the notice for one channel; raise jinja2.TemplateError when its template fails."""
         template = self.template(channel, notice.kind)
-        link = f"{self.public_url}/ui/incidents/{quote(notice.incident_id, safe='')}" if self.public_url else None
+        link = (
+            f"{self.public_url}/ui/incidents/{quote(notice.incident_id, safe='')}"
+            if self.public_url and notice.kind not in REPORTER_KINDS
+            else None
+        )
         context = template.new_context(
             {
                 "link": link,
@@ -463,6 +515,8 @@ class Templates:
         problems = []
         for channel in channels:
             for kind in KINDS:
+                if kind in REPORTER_KINDS and channel != "email":
+                    continue  # reporters are written to by mail only
                 sample = Notice(
                     kind=kind,
                     incident_id="00000000-0000-0000-0000-000000000000",
@@ -646,6 +700,14 @@ def plan(file: NotificationsFile, notice: Notice) -> tuple[list[Delivery], list[
 def notice_key(notice: Notice, channel: str, recipient: str) -> str:
     """The idempotency key of one copy: ``<incident>:<kind>:<discriminator>:<channel>:<recipient>``."""
     return f"{notice.incident_id}:{notice.kind}:{notice.discriminator}:{channel}:{recipient}"
+
+
+def reporter_thread_key(incident_id: str, address: str) -> str:
+    """The key of a reporter's first mail about an incident (that it is being handled): the root of their thread."""
+    return f"{incident_id}:reporter_received:{RECEIVED}:email:{address}"
+
+
+RECEIVED = "received"  # the discriminator of a reporter's first notice: one per incident and address
 
 
 @dataclass(frozen=True)
@@ -862,6 +924,8 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
     the failure is logged. Raise NoticeError for a notice built wrong.
     """
     check_notice(notice)
+    if notice.kind in REPORTER_KINDS:
+        raise NoticeError(f"a {notice.kind} notice goes to reporters' addresses: notify_reporters sends it")
     deliveries, unknown = plan(config.file, notice)
     if unknown:
         # Said once per person a process meets: a busy day would otherwise write a line per notice.
@@ -876,6 +940,40 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
             config.source,
             " (said once per person)" if first_time else "",
         )
+    return await _enqueue(conn, config, notice, deliveries, service=service)
+
+
+async def notify_reporters(
+    conn: Conn, config: NotificationsConfig, notice: Notice, *, service: str = "coordinator"
+) -> list[str]:
+    """Enqueue a mail to each reporter the notice names (``recipients``: their addresses), as ``notify`` does.
+
+    Sent only when the file has ``reporters`` with the notice's occasion under ``when``, and only to
+    addresses of its domains. Each reporter's mails are one thread, started by the first about the
+    incident (that their report is being handled). Return the keys enqueued anew.
+    """
+    check_notice(notice)
+    reporters = config.file.reporters
+    if notice.kind not in REPORTER_KINDS:
+        raise NoticeError(f"a {notice.kind} notice goes to people of the notifications file: notify sends it")
+    if reporters is None or WORD_BACK_OF[notice.kind] not in reporters.when:
+        return []
+    allowed = [a for a in sorted(set(notice.recipients)) if mail_domain_allowed(a, reporters.domains)]
+    deliveries = [Delivery("email", address, address) for address in allowed]
+    return await _enqueue(conn, config, notice, deliveries, service=service)
+
+
+def mail_domain_allowed(address: str, domains: Sequence[str]) -> bool:
+    """Whether the address is a mail address in one of the domains, or below one (a.example.org in example.org)."""
+    if not re.fullmatch(_EMAIL, address):
+        return False
+    domain = address.rpartition("@")[2].lower()
+    return any(domain == allowed or domain.endswith("." + allowed) for allowed in domains)
+
+
+async def _enqueue(
+    conn: Conn, config: NotificationsConfig, notice: Notice, deliveries: Sequence[Delivery], *, service: str
+) -> list[str]:
     enqueued: list[str] = []
     for delivery in deliveries:
         key = notice_key(notice, delivery.channel, delivery.recipient)
@@ -890,7 +988,13 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
                 exc,
             )
             rendered = fallback(notice, delivery.channel)
-        root = await _thread_root(conn, notice.incident_id, message_id(key)) if delivery.channel == "email" else None
+        if notice.kind in REPORTER_KINDS:
+            # Their own thread: the mails to Vigil's people are not theirs to answer.
+            root = message_id(reporter_thread_key(notice.incident_id, delivery.recipient))
+        elif delivery.channel == "email":
+            root = await _thread_root(conn, notice.incident_id, message_id(key))
+        else:
+            root = None
         effect = dispatch(notice, delivery, rendered, key=key, thread_root=root)
         if await enqueue(
             conn,

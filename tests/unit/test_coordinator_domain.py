@@ -9,7 +9,7 @@ import pytest
 from services.coordinator import domain, escalation, schedules
 from services.coordinator.schedules import OnCallConfig
 from services.coordinator.service import load_oncall
-from shared.events import IncidentState, IncidentType, Severity
+from shared.events import AlertSummary, IncidentState, IncidentType, Severity
 from tests.factories import snapshot
 
 
@@ -124,3 +124,30 @@ def test_working_hours_are_local_and_weekdays_only() -> None:
 def test_a_broken_escalation_file_is_refused_with_why(document: str, reason: str) -> None:
     with pytest.raises(escalation.EscalationError, match=reason):
         escalation.parse_escalation(document)
+
+
+def report(reporter: str, *, contact: str | None = None, minutes: int = 0, fmt: str = "user_report") -> AlertSummary:
+    labels = {"reporter": reporter, **({"contact": contact} if contact else {})}
+    return AlertSummary(
+        key=f"user-report:{reporter}:{minutes}",
+        source="user-report",
+        title="payroll: shows another employee's payslip",
+        severity="medium",
+        time=datetime(2026, 11, 27, 9, minutes, tzinfo=UTC),
+        labels=labels,
+        format=fmt,
+    )
+
+
+def test_the_people_to_write_back_to_are_the_reporters_by_address_each_once_first_report_first() -> None:
+    found = domain.reporters(
+        [
+            report("Ana.Lima@Example.org", minutes=5),
+            report("ana.lima@example.org", minutes=1),  # the same person, earlier
+            report("Bruno", contact="bruno@example.org"),  # a name: the contact is where to write
+            report("Carla", contact="+351 21 000 0000"),  # no address at all: nobody to write to
+            report("dave@example.org", fmt="falco"),  # a tool's alert labelled so is no report
+        ]
+    )
+    assert [(r.address, r.reported_at.minute) for r in found] == [("bruno@example.org", 0), ("ana.lima@example.org", 1)]
+    assert domain.report_time(found[1].reported_at) == "2026-11-27 09:01 UTC"

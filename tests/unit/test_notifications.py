@@ -16,6 +16,7 @@ from services.coordinator.notifications import (
     CHANNELS,
     DEFAULT_NOTIFICATIONS,
     KINDS,
+    REPORTER_KINDS,
     REQUIRED_DATA,
     Delivery,
     Notice,
@@ -31,6 +32,7 @@ from services.coordinator.notifications import (
     exhausted_notice,
     fallback,
     load_notifications,
+    mail_domain_allowed,
     mail_text,
     notice_key,
     parse_key,
@@ -329,7 +331,7 @@ def test_paths_in_the_file_are_relative_to_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("channel", CHANNELS)
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind not in REPORTER_KINDS])
 def test_every_kind_renders_on_every_channel_with_all_data_or_only_the_required(kind: str, channel: str) -> None:
     templates = example().templates
     full = templates.render(channel, notice(kind), recipient="alice@example.com")
@@ -808,3 +810,74 @@ def test_a_public_url_that_is_no_web_address_is_refused_at_start_up(url: str) ->
 
     with pytest.raises(ValidationError, match="public_url"):
         VigilSettings(public_url=url)
+
+
+# ---- writing back to the people who reported a problem -------------------------------------------
+
+REPORTERS_FILE = """
+channels:
+  email: {host: smtp.example.com, sender: vigil@example.com, security: none}
+reporters:
+  domains: [Example.ORG, "@corp.example"]
+"""
+
+
+def test_reporters_are_written_to_by_mail_only_in_the_domains_given() -> None:
+    reporters = config_from(REPORTERS_FILE).file.reporters
+    assert reporters is not None
+    assert reporters.domains == ["example.org", "corp.example"]
+    assert reporters.when == ["received", "resolved"]  # status updates only when asked for
+    assert mail_domain_allowed("ana@example.org", reporters.domains)
+    assert mail_domain_allowed("Ana.Lima@Mail.Example.org", reporters.domains)  # below a domain given
+    assert not mail_domain_allowed("ana@badexample.org", reporters.domains)  # a suffix is not a subdomain
+    assert not mail_domain_allowed("ana@example.org.evil.test", reporters.domains)
+    assert not mail_domain_allowed("+351 21 000 0000", reporters.domains)
+
+
+def test_reporters_without_a_mail_channel_or_with_a_bad_domain_are_refused_where_they_are_written() -> None:
+    assert problems_of("reporters: {domains: [example.org]}") == [
+        "n.yaml:1:12: reporters: reporters are written to by mail: configure channels.email"
+    ]
+    (bad,) = problems_of(REPORTERS_FILE.replace('"@corp.example"', "'not a domain'"))
+    assert bad.startswith("n.yaml:5:26: reporters.domains.1: Value error, not a mail domain")
+    (none,) = problems_of(REPORTERS_FILE.replace('[Example.ORG, "@corp.example"]', "[]"))
+    assert "reporters.domains" in none and "at least 1 item" in none
+    (unknown,) = problems_of(REPORTERS_FILE + "  when: [received, escalation]\n")
+    assert "reporters.when.1" in unknown
+
+
+@pytest.mark.parametrize(
+    ("kind", "data", "words"),
+    [
+        ("reporter_received", {"reported_at": "2026-11-27 09:05 UTC"}, "It is being handled as incident 4f1c2d3e"),
+        ("reporter_update", {"reported_at": "2026-11-27 09:05 UTC", "message": "Payroll is back"}, "Payroll is back"),
+        ("reporter_resolved", {"reported_at": "2026-11-27 09:05 UTC", "resolution": "fixed"}, "has been fixed"),
+        (
+            "reporter_resolved",
+            {"reported_at": "2026-11-27 09:05 UTC", "resolution": "false_positive"},
+            "found no fault",
+        ),
+        ("reporter_resolved", {"reported_at": "2026-11-27 09:05 UTC", "resolution": "other"}, "resolved (other)"),
+    ],
+)
+def test_a_reporter_is_told_in_plain_words_with_the_reference_and_no_link(
+    kind: str, data: dict[str, Any], words: str
+) -> None:
+    config = parse_notifications(textwrap.dedent(REPORTERS_FILE), environ={}, public_url="https://vigil.example.com")
+    rendered = config.templates.render("email", notice(kind, data=data), recipient="ana@example.org")
+    assert "2026-11-27 09:05 UTC" in rendered.title and "4f1c2d3e" in rendered.title
+    assert words in rendered.body
+    assert ("Reference", f"incident {INCIDENT}") in rendered.facts
+    # The web view is for Vigil's users: a reporter's mail has no link to it, as a page's has.
+    assert rendered.link is None and "https://" not in mail_text(rendered)
+    page = config.templates.render("email", notice("escalation"), recipient="alice@example.com")
+    assert page.link == f"https://vigil.example.com/ui/incidents/{INCIDENT}"
+
+
+def test_reporters_notices_and_peoples_notices_go_their_own_ways() -> None:
+    with pytest.raises(NoticeError, match="notify_reporters sends it"):
+        import asyncio
+
+        from services.coordinator.notifications import notify
+
+        asyncio.run(notify(None, example(), notice("reporter_received", data={"reported_at": "x"})))  # type: ignore[arg-type]
