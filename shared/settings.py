@@ -319,6 +319,12 @@ class VigilSettings(BaseSettings):
         "services/coordinator/oncall.yaml when unset. Checked at start-up.",
     )
 
+    ticketing_file: Path | None = Field(
+        None,
+        validation_alias="VIGIL_TICKETING",
+        description="Where follow-up tasks become tickets (GitHub Issues or Jira; YAML); the shipped "
+        "services/coordinator/ticketing.yaml, which names no tracker, when unset. Checked at start-up.",
+    )
     escalation_file: Path | None = Field(
         None,
         validation_alias="VIGIL_ESCALATION",

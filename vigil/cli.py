@@ -923,6 +923,8 @@ def tasks_list(incident_id: str, as_json: JsonOption = False) -> None:
             t["state"], "open"
         )
         title = t["title"] + (" *" if t["required"] else "")
+        if ticket := t.get("ticket"):  # the tracker's ticket it became (ticketing.yaml)
+            title += f"\n→ {ticket.get('ref', '')} {ticket.get('url', '')}".rstrip()
         table.add_row(str(t["id"]), *_plain(t["phase"], title, t["owner"]), _task_due(t), state)
     console.print(table)
     for p in progress["phases"]:

@@ -106,8 +106,11 @@ def escalates(old: Severity, new: Severity) -> bool:
     return new.urgency > old.urgency
 
 
-# A mail address as a report gives it (the reporter, or the contact when the reporter is a name).
-_MAIL_ADDRESS = re.compile(r"[^@\s<>,;:\"]+@[^@\s<>,;:\".]+(?:\.[^@\s<>,;:\".]+)+")
+# A mail address Vigil writes to on the word of a report: plain ASCII, a local part of the commonest
+# characters and a domain of DNS labels. Comments ("a@evil.test(.example.org"), %- and !-routing and
+# quoted local parts are refused: a mail server reads them otherwise than the domain check does.
+_LOCAL_PART = re.compile(r"[A-Za-z0-9_+'-]+(?:\.[A-Za-z0-9_+'-]+)*")
+_MAIL_DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]")
 USER_REPORT = "user_report"
 
 
@@ -120,16 +123,35 @@ class Reporter:
     reported_at: datetime
 
 
-def reporters(alerts: Sequence[AlertSummary]) -> list[Reporter]:
+def mail_address(text: str) -> str | None:
+    """The text as a plain mail address (its domain in lower case), or None when it is not one."""
+    local, at, domain = text.strip().rpartition("@")
+    domain = domain.lower()
+    if not at or len(local) > 64 or len(domain) > 253 or not local.isascii() or not domain.isascii():
+        return None
+    if not _LOCAL_PART.fullmatch(local) or not _MAIL_DOMAIN.fullmatch(domain):
+        return None
+    return f"{local}@{domain}"
+
+
+def in_domains(address: str, domains: Sequence[str]) -> bool:
+    """Whether a plain mail address (``mail_address``) is in one of the domains, or below one."""
+    domain = address.rpartition("@")[2]
+    return any(domain == allowed or domain.endswith("." + allowed) for allowed in domains)
+
+
+def reporters(alerts: Sequence[AlertSummary], *, domains: Sequence[str]) -> list[Reporter]:
     """The people who reported these problems (user reports), by mail address, each once, first report first.
 
-    Their address is the report's ``reporter`` when it is one, else its ``contact``; a report that
-    names no address (a name and a phone number) gives nobody to write to.
+    Their address is the report's ``reporter`` when it is one, else its ``contact``; only an address in
+    one of ``domains`` (or below one) counts. A report that names none (a name and a phone number, an
+    address elsewhere) gives nobody to write to.
     """
     found: dict[str, Reporter] = {}
     for alert in sorted((a for a in alerts if a.format == USER_REPORT), key=lambda a: a.time):
         for said in (alert.labels.get("reporter"), alert.labels.get("contact")):
-            if said and _MAIL_ADDRESS.fullmatch(address := said.strip().lower()):
+            address = mail_address(said) if said else None
+            if address is not None and in_domains(address, domains):
                 found.setdefault(address, Reporter(address, alert.key, alert.time))
                 break
     return list(found.values())

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from services.coordinator import domain, escalation, lifecycle, metrics, notifications, schedules, tasks
+from services.coordinator import domain, escalation, lifecycle, metrics, notifications, schedules, tasks, ticketing
 from services.coordinator.escalation import in_working_hours
 from shared import timers
 from shared.consumer import HandlerContext, dispatch_each
@@ -124,6 +124,10 @@ async def _lock_step_incident(conn: Conn, subject: str) -> None:
     await _lock_incident(conn, subject.partition("|")[0])
 
 
+# The most people who reported a problem one incident writes back to: reports name anyone, in any number.
+MAX_REPORTERS = 50
+
+
 class Coordinator:
     def __init__(
         self,
@@ -132,8 +136,12 @@ class Coordinator:
         templates: Sequence[tasks.TaskTemplate] | None = None,
         notices: notifications.NotificationsConfig | None = None,
         escalation_: escalation.EscalationFile | None = None,
+        tickets: ticketing.TicketingConfig | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.oncall = oncall
+        self.tickets = tickets or ticketing.NONE
+        self.public_url = public_url
         self.notices = notices or notifications.load_notifications()
         self.escalation = escalation_ or escalation.load_escalation()
         self.lifecycle = lifecycle_ or lifecycle.load_lifecycle()
@@ -726,7 +734,7 @@ class Coordinator:
         if data.resolution in ("false_positive", "duplicate"):
             why = f"resolved as {data.resolution}"
             dropped = await tasks.cancel_open(ctx.conn, incident_id=command.subject, actor=data.actor, note=why)
-            self._tell_dropped(ctx, command, dropped, actor=data.actor, reason=why)
+            await self._tell_dropped(ctx, command, dropped, actor=data.actor, reason=why)
         if data.resolution == "false_positive":
             await self._offer_rollback(ctx, command, row)
         await self._log_transition(
@@ -761,14 +769,7 @@ class Coordinator:
         )
         await notifications.notify(ctx.conn, self.notices, notice)
         if self.lifecycle.is_ended(target) and not self.lifecycle.is_ended(current):
-            await self._tell_reporters(
-                ctx,
-                command.subject,
-                row["severity"],
-                "reporter_resolved",
-                f"resolved-{command.id}",
-                resolution=data.resolution or "fixed",
-            )
+            await self._tell_reporters_resolved(ctx, command.subject, row["severity"], data.resolution or "fixed")
         log.info("incident %s %s -> %s by %s", command.subject, current, target, data.actor, extra=event_ids(command))
         return changed
 
@@ -883,14 +884,15 @@ class Coordinator:
         ]
         ctx.emit(TasksCreated(source=SOURCE, **cause.caused_by(), data=TasksOpened(tasks=opened)))
 
-    @staticmethod
-    def _tell_dropped(
-        ctx: HandlerContext, cause: EventBase, dropped: Sequence[tasks.Task], *, actor: str, reason: str
+    async def _tell_dropped(
+        self, ctx: HandlerContext, cause: EventBase, dropped: Sequence[tasks.Task], *, actor: str, reason: str
     ) -> None:
-        """The open tasks cancelled now, so that nobody is still asked for them; nothing when none were."""
+        """The open tasks cancelled now, so that nobody is still asked for them (their tickets closed too)."""
         if dropped:
             data = TasksDropped(task_ids=[t.id for t in dropped], actor=actor, reason=reason)
             ctx.emit(TasksCancelled(source=SOURCE, **cause.caused_by(), data=data))
+        for task in dropped:
+            await ticketing.close_ticket(ctx.conn, self.tickets, task)
 
     async def on_task_done(self, ctx: HandlerContext, task: tasks.Task) -> None:
         """A task was done (over the API): on the timeline and the audit trail, with who and the note."""
@@ -904,6 +906,36 @@ class Coordinator:
             required=task.required,
         )
         ctx.emit(TaskCompleted(source=SOURCE, subject=task.incident_id, data=done))
+        await ticketing.close_ticket(ctx.conn, self.tickets, task)
+
+    async def on_task_added(self, ctx: HandlerContext, task: tasks.Task) -> None:
+        """An operator added a task: a follow-up the ticketing file syncs is opened as a ticket in its tracker."""
+        if self.tickets.syncs(task):
+            title = await ctx.conn.fetchval(
+                "SELECT title FROM coordinator_incidents WHERE incident_id = $1", task.incident_id
+            )
+            await ticketing.open_ticket(
+                ctx.conn, self.tickets, task, incident_title=title or task.incident_id, public_url=self.public_url
+            )
+
+    async def on_ticket_outcome(self, ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
+        """A ticket opened is kept on its task (`vigil tasks list` shows it); one not opened or closed is logged."""
+        task_id = effect.payload.get("task_id")
+        if outcome.status == "succeeded" and effect.kind == ticketing.OPEN and outcome.result:
+            ticket = {name: str(outcome.result[name]) for name in ("tracker", "ref", "url") if name in outcome.result}
+            # Locked as finishing the task locks it: one done meanwhile is seen here, or sees the ticket.
+            row = await ctx.conn.fetchrow(
+                "UPDATE coordinator_tasks SET ticket = $2, updated_at = now() WHERE id = $1 RETURNING *",
+                task_id,
+                ticket,
+            )
+            log.info("incident %s: task %s is ticket %s", effect.subject, task_id, ticket.get("ref"))
+            if row is not None:
+                await ticketing.close_ticket(ctx.conn, self.tickets, tasks.task_of(row))  # done before it opened
+        elif outcome.status != "succeeded":
+            log.error(
+                "incident %s: task %s: %s %s: %s", effect.subject, task_id, effect.kind, outcome.status, outcome.error
+            )
 
     async def on_task_due(self, ctx: HandlerContext, timer: timers.Timer) -> None:
         """A task is overdue: tell the commander, once, with what it is and whose it is."""
@@ -930,20 +962,31 @@ class Coordinator:
     async def _note_reporters(
         self, ctx: HandlerContext, incident_id: str, severity: str, alerts: Sequence[AlertSummary]
     ) -> None:
-        """The people who reported a problem the incident now holds: noted once each, and told it is handled."""
-        if self.notices.file.reporters is None:
+        """The people who reported a problem the incident now holds: noted once each, and told it is handled.
+
+        Only while the incident is open and its own (an update can race its resolution or its merge), and
+        no more than MAX_REPORTERS of them: anyone who may send alerts could name any number.
+        """
+        config = self.notices.file.reporters
+        if config is None:
             return
-        found = domain.reporters(alerts)
+        found = domain.reporters(alerts, domains=config.domains)
         if not found:
             return
         rows = await ctx.conn.fetch(
-            """INSERT INTO coordinator_reporters (incident_id, address, alert_key, reported_at)
-               SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[])
+            """INSERT INTO coordinator_reporters (incident_id, address, alert_key, reported_at, thread_of)
+               SELECT $1, u.address, u.alert_key, u.reported_at, $1
+               FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS u (address, alert_key, reported_at)
+               WHERE EXISTS (SELECT 1 FROM coordinator_incidents i WHERE i.incident_id = $1
+                             AND i.merged_into IS NULL AND NOT i.state = ANY($5::text[]))
+                 AND (SELECT count(*) FROM coordinator_reporters r WHERE r.incident_id = $1) < $6
                ON CONFLICT DO NOTHING RETURNING address, reported_at""",
             incident_id,
             [r.address for r in found],
             [r.alert_key for r in found],
             [r.reported_at for r in found],
+            [state.value for state in IncidentState if self.lifecycle.is_ended(state)],
+            MAX_REPORTERS,
         )
         for row in rows:
             notice = notifications.Notice(
@@ -954,7 +997,13 @@ class Coordinator:
                 recipients=[row["address"]],
                 data={"reported_at": domain.report_time(row["reported_at"])},
             )
-            await notifications.notify_reporters(ctx.conn, self.notices, notice)
+            await notifications.notify_reporters(ctx.conn, self.notices, notice, thread_of=incident_id)
+
+    async def _tell_reporters_resolved(
+        self, ctx: HandlerContext, incident_id: str, severity: str, resolution: str
+    ) -> None:
+        """Once per incident and reporter: reopened and resolved again, they are not written to twice."""
+        await self._tell_reporters(ctx, incident_id, severity, "reporter_resolved", "resolved", resolution=resolution)
 
     async def _tell_reporters(
         self, ctx: HandlerContext, incident_id: str, severity: str, kind: str, discriminator: str, **data: str
@@ -964,7 +1013,8 @@ class Coordinator:
         if reporters is None or notifications.WORD_BACK_OF[kind] not in reporters.when:
             return
         rows = await ctx.conn.fetch(
-            "SELECT address, reported_at FROM coordinator_reporters WHERE incident_id = $1 ORDER BY address",
+            """SELECT address, reported_at, thread_of FROM coordinator_reporters WHERE incident_id = $1
+               ORDER BY address""",
             incident_id,
         )
         for row in rows:
@@ -976,7 +1026,7 @@ class Coordinator:
                 recipients=[row["address"]],
                 data={"reported_at": domain.report_time(row["reported_at"]), **data},
             )
-            await notifications.notify_reporters(ctx.conn, self.notices, notice)
+            await notifications.notify_reporters(ctx.conn, self.notices, notice, thread_of=row["thread_of"])
 
     async def _log_transition(
         self,
@@ -1275,14 +1325,7 @@ class Coordinator:
         )
         await notifications.notify(ctx.conn, self.notices, notice)
         await self._carry_roles(ctx, event, row)
-        # Those who reported a problem hear of the survivor's resolution, not of this one's end by merge.
-        await ctx.conn.execute(
-            """INSERT INTO coordinator_reporters (incident_id, address, alert_key, reported_at)
-               SELECT $2, address, alert_key, reported_at FROM coordinator_reporters WHERE incident_id = $1
-               ON CONFLICT DO NOTHING""",
-            event.subject,
-            merge.survivor,
-        )
+        await self._hand_on_reporters(ctx, event.subject, merge.survivor)
         await self._update(
             ctx,
             merge.survivor,
@@ -1291,6 +1334,26 @@ class Coordinator:
             f"{merge.alerts} alert(s)" + (f": {merge.note}" if merge.note else ""),
         )
         log.info("incident %s merged into %s by %s", event.subject, merge.survivor, merge.actor, extra=event_ids(event))
+
+    async def _hand_on_reporters(self, ctx: HandlerContext, merged: str, survivor: str) -> None:
+        """Those who reported a problem the merged incident held hear of the survivor's resolution, in their own
+        conversation, not of this one's end by merge; at once if the survivor was resolved already."""
+        # Locked as a command resolving the survivor locks it: its resolution sees them, or they see it.
+        row = await ctx.conn.fetchrow(
+            "SELECT state, severity, resolution FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", survivor
+        )
+        moved = await ctx.conn.fetchval(
+            """WITH moved AS (
+                   INSERT INTO coordinator_reporters (incident_id, address, alert_key, reported_at, thread_of)
+                   SELECT $2, address, alert_key, reported_at, thread_of FROM coordinator_reporters
+                   WHERE incident_id = $1 ON CONFLICT DO NOTHING RETURNING 1)
+               SELECT count(*) FROM moved""",
+            merged,
+            survivor,
+        )
+        state = domain.known_state(row["state"]) if row else None
+        if moved and row is not None and state is not None and self.lifecycle.is_ended(state):
+            await self._tell_reporters_resolved(ctx, survivor, row["severity"], row["resolution"] or "fixed")
 
     async def _end_merged(
         self, ctx: HandlerContext, event: IncidentMerged, row: asyncpg.Record, state: IncidentState, why: str
@@ -1312,7 +1375,7 @@ class Coordinator:
         for kind in (ACK_DEADLINE, STATUS_UPDATE):
             await timers.cancel(ctx.conn, service=SERVICE, kind=kind, subject=event.subject)
         dropped = await tasks.cancel_open(ctx.conn, incident_id=event.subject, actor=merge.actor, note=why)
-        self._tell_dropped(ctx, event, dropped, actor=merge.actor, reason=why)
+        await self._tell_dropped(ctx, event, dropped, actor=merge.actor, reason=why)
         await self._log_transition(
             ctx,
             event.subject,

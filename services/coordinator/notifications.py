@@ -35,6 +35,7 @@ import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from services.coordinator.domain import in_domains, mail_address
 from shared.db import Conn
 from shared.effects import EffectKind, OutcomeHandler, enqueue, http_target
 from shared.effects.builtin import ENV_NAME_PATTERN, HttpRequest, http_request
@@ -316,7 +317,7 @@ class Reporters(_Model):
     when: list[WordBack] = Field(
         default_factory=lambda: list(DEFAULT_WORD_BACK),
         description="received: their report is being handled (once per incident); status_update: each status "
-        "update a person posts on the incident; resolved: the incident was resolved (once per resolution).",
+        "update a person posts on the incident, as written; resolved: the incident was resolved (once).",
     )
 
 
@@ -944,13 +945,14 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
 
 
 async def notify_reporters(
-    conn: Conn, config: NotificationsConfig, notice: Notice, *, service: str = "coordinator"
+    conn: Conn, config: NotificationsConfig, notice: Notice, *, thread_of: str, service: str = "coordinator"
 ) -> list[str]:
     """Enqueue a mail to each reporter the notice names (``recipients``: their addresses), as ``notify`` does.
 
     Sent only when the file has ``reporters`` with the notice's occasion under ``when``, and only to
-    addresses of its domains. Each reporter's mails are one thread, started by the first about the
-    incident (that their report is being handled). Return the keys enqueued anew.
+    addresses of its domains. Each reporter's mails are one thread, started by the first (that their
+    report is being handled) about ``thread_of``: the incident that took their report, which may have
+    been merged into this one since. Return the keys enqueued anew.
     """
     check_notice(notice)
     reporters = config.file.reporters
@@ -960,19 +962,24 @@ async def notify_reporters(
         return []
     allowed = [a for a in sorted(set(notice.recipients)) if mail_domain_allowed(a, reporters.domains)]
     deliveries = [Delivery("email", address, address) for address in allowed]
-    return await _enqueue(conn, config, notice, deliveries, service=service)
+    return await _enqueue(conn, config, notice, deliveries, service=service, thread_of=thread_of)
 
 
 def mail_domain_allowed(address: str, domains: Sequence[str]) -> bool:
-    """Whether the address is a mail address in one of the domains, or below one (a.example.org in example.org)."""
-    if not re.fullmatch(_EMAIL, address):
-        return False
-    domain = address.rpartition("@")[2].lower()
-    return any(domain == allowed or domain.endswith("." + allowed) for allowed in domains)
+    """Whether the address is a plain mail address in one of the domains, or below one (a.example.org in
+    example.org); an address a mail server would read otherwise (a comment, %- or !-routing) is not."""
+    plain = mail_address(address)
+    return plain == address and in_domains(plain, domains)
 
 
 async def _enqueue(
-    conn: Conn, config: NotificationsConfig, notice: Notice, deliveries: Sequence[Delivery], *, service: str
+    conn: Conn,
+    config: NotificationsConfig,
+    notice: Notice,
+    deliveries: Sequence[Delivery],
+    *,
+    service: str,
+    thread_of: str | None = None,
 ) -> list[str]:
     enqueued: list[str] = []
     for delivery in deliveries:
@@ -990,7 +997,7 @@ async def _enqueue(
             rendered = fallback(notice, delivery.channel)
         if notice.kind in REPORTER_KINDS:
             # Their own thread: the mails to Vigil's people are not theirs to answer.
-            root = message_id(reporter_thread_key(notice.incident_id, delivery.recipient))
+            root = message_id(reporter_thread_key(thread_of or notice.incident_id, delivery.recipient))
         elif delivery.channel == "email":
             root = await _thread_root(conn, notice.incident_id, message_id(key))
         else:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from services.coordinator import api, escalation, notifications, schedules, tasks
+from services.coordinator import api, escalation, notifications, schedules, tasks, ticketing
 from services.coordinator.handlers import SERVICE, Coordinator
 from services.coordinator.lifecycle import load_lifecycle
 from services.coordinator.schedules import DEFAULT_ONCALL, OnCallConfig
@@ -52,7 +52,10 @@ def spec(settings: VigilSettings) -> ServiceSpec:
     stakeholders = {name for names in policies.stakeholders.values() for name in names}
     if missing := notifications.unknown_recipients(notices, sorted(stakeholders)):
         log.warning("status-update stakeholders with no address in the notifications file: %s", ", ".join(missing))
-    coordinator = Coordinator(oncall, load_lifecycle(), templates, notices, policies)
+    tickets = ticketing.load_ticketing(settings.ticketing_file or ticketing.DEFAULT_TICKETING)
+    coordinator = Coordinator(
+        oncall, load_lifecycle(), templates, notices, policies, tickets=tickets, public_url=settings.public_url
+    )
 
     async def fire_timers(runtime: Runtime) -> None:
         poller = TimerPoller(
@@ -89,9 +92,12 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         routers=lambda runtime: [
             *api.routers(runtime, coordinator),
             api.oncall_router(runtime, lambda: coordinator.oncall),
-            tasks_router(runtime, templates, on_done=coordinator.on_task_done),
+            tasks_router(runtime, templates, on_done=coordinator.on_task_done, on_added=coordinator.on_task_added),
         ],
         # A background task runs as long as the service: the refresh only where there is something to fetch.
-        effects=lambda _runtime: notifications.effect_kinds(notices, on_outcome=coordinator.on_notice_outcome),
+        effects=lambda _runtime: [
+            *notifications.effect_kinds(notices, on_outcome=coordinator.on_notice_outcome),
+            *ticketing.effect_kinds(tickets, on_outcome=coordinator.on_ticket_outcome),
+        ],
         background=(fire_timers, refresh_calendars) if schedules.calendar_urls(coordinator.oncall) else (fire_timers,),
     )

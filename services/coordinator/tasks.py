@@ -385,6 +385,7 @@ class Task(_Model):
     escalated_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    ticket: dict[str, str] | None = None  # the tracker's ticket it became: tracker, ref, url
 
     def is_overdue(self, now: datetime) -> bool:
         return self.state == "open" and self.due_at is not None and self.due_at <= now
@@ -506,7 +507,8 @@ _INSERT = f"""INSERT INTO coordinator_tasks ({", ".join(_NEW_COLUMNS)})
     RETURNING *"""
 
 
-def _task(row: asyncpg.Record) -> Task:
+def task_of(row: asyncpg.Record) -> Task:
+    """A task from its row."""
     return Task.model_validate(dict(row))
 
 
@@ -546,7 +548,7 @@ async def create_tasks(
     if not planned:
         return []
     rows = await conn.fetch(_INSERT, *([getattr(task, name) for task in planned] for name in _NEW_COLUMNS))
-    created = sorted((_task(r) for r in rows), key=lambda t: t.position)
+    created = sorted((task_of(r) for r in rows), key=lambda t: t.position)
     await _schedule_due(conn, created)
     if created:
         log.info("incident %s: %d task(s) made", incident_id, len(created))
@@ -597,7 +599,7 @@ async def add_task(
     )
     inserted = await conn.fetchrow(_INSERT, *([getattr(planned, name)] for name in _NEW_COLUMNS))
     assert inserted is not None  # a new template id: no conflict
-    task = _task(inserted)
+    task = task_of(inserted)
     await _schedule_due(conn, [task])
     log.info("incident %s: task %d added to %s", incident_id, task.id, phase)
     return task
@@ -615,7 +617,7 @@ async def start_phase(conn: Conn, *, incident_id: str, phase: Phase, now: dateti
         phase,
         now,
     )
-    started = sorted((_task(r) for r in rows), key=lambda t: t.position)
+    started = sorted((task_of(r) for r in rows), key=lambda t: t.position)
     await _schedule_due(conn, started)
     return started
 
@@ -630,18 +632,18 @@ async def assign_role(conn: Conn, *, incident_id: str, role: str, person: str) -
         role,
         person,
     )
-    return sorted((_task(r) for r in rows), key=lambda t: t.position)
+    return sorted((task_of(r) for r in rows), key=lambda t: t.position)
 
 
 async def get(conn: Conn, task_id: int) -> Task | None:
     row = await conn.fetchrow("SELECT * FROM coordinator_tasks WHERE id = $1", task_id)
-    return None if row is None else _task(row)
+    return None if row is None else task_of(row)
 
 
 async def list_tasks(conn: Conn, incident_id: str) -> list[Task]:
     """The incident's tasks in phase order, then the templates' order."""
     rows = await conn.fetch("SELECT * FROM coordinator_tasks WHERE incident_id = $1 ORDER BY position, id", incident_id)
-    return [_task(r) for r in rows]
+    return [task_of(r) for r in rows]
 
 
 async def overdue(conn: Conn, *, now: datetime) -> list[Task]:
@@ -649,7 +651,7 @@ async def overdue(conn: Conn, *, now: datetime) -> list[Task]:
     rows = await conn.fetch(
         "SELECT * FROM coordinator_tasks WHERE state = 'open' AND due_at <= $1 ORDER BY due_at, id", now
     )
-    return [_task(r) for r in rows]
+    return [task_of(r) for r in rows]
 
 
 async def complete(conn: Conn, task_id: int, *, actor: str, note: str, now: datetime | None = None) -> Task:
@@ -670,7 +672,7 @@ async def complete(conn: Conn, task_id: int, *, actor: str, note: str, now: date
     )
     await timers.cancel(conn, service=SERVICE, kind=TASK_DUE, subject=str(task_id))
     assert done is not None  # locked above
-    return _task(done)
+    return task_of(done)
 
 
 async def cancel_open(
@@ -687,7 +689,7 @@ async def cancel_open(
         note,
         None if phases is None else list(phases),
     )
-    cancelled = [_task(r) for r in rows]
+    cancelled = [task_of(r) for r in rows]
     for task in cancelled:
         await timers.cancel(conn, service=SERVICE, kind=TASK_DUE, subject=str(task.id))
     return sorted(cancelled, key=lambda t: t.position)
@@ -708,13 +710,13 @@ async def on_task_due(ctx: HandlerContext, timer: timers.Timer) -> OverdueTask |
     if row is None:
         log.warning("deadline of task %s fired, but there is no such task", timer.subject)
         return None
-    task = _task(row)
+    task = task_of(row)
     if task.state != "open" or task.escalated_at is not None:
         return None
     escalated = await ctx.conn.fetchrow(
         "UPDATE coordinator_tasks SET escalated_at = now(), updated_at = now() WHERE id = $1 RETURNING *", task.id
     )
     assert escalated is not None  # locked above
-    task = _task(escalated)
+    task = task_of(escalated)
     log.warning("incident %s: task %d %r is overdue", task.incident_id, task.id, task.title)
     return OverdueTask(task=task, reason=overdue_reason(task))

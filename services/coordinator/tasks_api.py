@@ -23,8 +23,8 @@ from shared.events import IncidentType, OpenedTask, Severity, TasksCreated, Task
 from shared.identity import Principal
 from shared.service import Runtime
 
-# Called in the transaction that marks a task done; events it emits on the context go to the outbox.
-DoneHook = Callable[[HandlerContext, tasks.Task], Awaitable[None]]
+# Called in the transaction that adds a task or marks one done; events it emits on the context go to the outbox.
+TaskHook = Callable[[HandlerContext, tasks.Task], Awaitable[None]]
 # Task ids are Postgres bigints: a larger number names no task, and is refused as such.
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 # The coordinator's own events carry this source, whether a handler or a route emits them.
@@ -69,7 +69,11 @@ def _out(task: tasks.Task, now: datetime) -> TaskOut:
 
 
 def tasks_router(
-    runtime: Runtime, templates: Sequence[tasks.TaskTemplate], *, on_done: DoneHook | None = None
+    runtime: Runtime,
+    templates: Sequence[tasks.TaskTemplate],
+    *,
+    on_done: TaskHook | None = None,
+    on_added: TaskHook | None = None,
 ) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["tasks"])
 
@@ -139,6 +143,8 @@ def tasks_router(
                     due_at=task.due_at,
                 )
                 ctx.emit(TasksCreated(source=SOURCE, subject=incident_id, data=TasksOpened(tasks=[opened])))
+                if on_added is not None:
+                    await on_added(ctx, task)
                 await write_context(conn, ctx)
                 return idempotency.Answer(201, _out(task, now).model_dump(mode="json"))
 

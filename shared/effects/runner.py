@@ -58,6 +58,9 @@ class EffectKind:
     concurrency: int = 8
     per_target_concurrency: int = 2
     on_outcome: OutcomeHandler | None = None
+    # The least wait before a retry: a far side that answers late for what it did (a search index that
+    # catches up within seconds) is asked again only once it can know.
+    min_retry_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.max_attempts < 1 or self.concurrency < 1 or self.per_target_concurrency < 1:
@@ -283,7 +286,7 @@ class EffectRunner:
         """Record the attempt's outcome, retrying while the database is unavailable."""
         status = settle(attempt.verdict, attempts=attempts, max_attempts=max_attempts)
         delay_s = (
-            backoff_delay(attempts, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s)
+            max(backoff_delay(attempts, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s), kind.min_retry_s)
             if status == "pending"
             else 0.0
         )

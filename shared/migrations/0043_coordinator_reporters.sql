@@ -8,5 +8,6 @@ CREATE TABLE coordinator_reporters (
     address      text        NOT NULL,
     alert_key    text        NOT NULL,
     reported_at  timestamptz NOT NULL,
+    thread_of    text        NOT NULL,  -- the incident whose first mail to them started their conversation
     PRIMARY KEY (incident_id, address)
 );

@@ -21,6 +21,7 @@ from shared.effects.domain import message_id
 from shared.events import (
     AddNote,
     AlertSummary,
+    ChangeState,
     CommandArgs,
     IncidentDetected,
     IncidentMerged,
@@ -28,6 +29,7 @@ from shared.events import (
     MergeRecord,
     NoteArgs,
     ResolveIncident,
+    StateCommand,
 )
 from shared.settings import VigilSettings
 from shared.topics import TopicNames
@@ -96,7 +98,7 @@ async def test_a_reporter_hears_it_is_handled_each_status_update_and_once_that_i
         again = snapshot(
             new_alerts=[
                 ana,
-                user_report("Bruno Costa", minute=7, contact="Bruno@Example.org"),
+                user_report("Bruno Costa", minute=7, contact="bruno@Example.ORG"),
                 user_report("mallory@elsewhere.test", minute=8),
                 user_report("Carla", minute=9, contact="+351 21 000 0000"),
             ]
@@ -113,6 +115,17 @@ async def test_a_reporter_hears_it_is_handled_each_status_update_and_once_that_i
         resolve = ResolveIncident(source="/t", subject=INCIDENT, data=CommandArgs(actor="dana", resolution="fixed"))
         await feed(pool, names, coordinator, resolve)
         await feed(pool, names, coordinator, resolve)  # delivered again: resolved once
+        # Reopened and resolved again: they were told once that it was resolved, and are not told again.
+        reopen = ChangeState(source="/t", subject=INCIDENT, data=StateCommand(actor="dana", to_state="acknowledged"))
+        await feed(pool, names, coordinator, reopen)
+        again_resolved = ResolveIncident(source="/t", subject=INCIDENT, data=CommandArgs(actor="dana"))
+        await feed(pool, names, coordinator, again_resolved)
+        assert await pool.fetchval("SELECT state FROM coordinator_incidents WHERE incident_id = $1", INCIDENT) == (
+            "resolved"
+        )
+        # A report the detector added as the incident ended is nobody's to tell it is being handled.
+        late = snapshot(new_alerts=[user_report("late@example.org", minute=30)])
+        await feed(pool, names, coordinator, IncidentUpdated(source="/t", subject=INCIDENT, data=late))
         async with running(settings, pool, names, config, outcomes):
             await eventually(reporters_mailed(mailbox, 6), timeout=30)
             reporter_effects = await pool.fetchval("SELECT count(*) FROM effects WHERE key LIKE '%:reporter_%'")
@@ -121,7 +134,8 @@ async def test_a_reporter_hears_it_is_handled_each_status_update_and_once_that_i
             )
 
     assert reporter_effects == 6  # each reporter's three mails, each once
-    assert [r["address"] for r in stored] == ["ana.lima@example.org", "bruno@example.org", "mallory@elsewhere.test"]
+    # Only addresses Vigil may write to are kept: mallory's is outside the domains.
+    assert [r["address"] for r in stored] == ["ana.lima@example.org", "bruno@example.org"]
     assert {tuple(r.recipients) for r in mailbox.received} == {("ana.lima@example.org",), ("bruno@example.org",)}
     # The runner sends each mail on its own: they may arrive in any order.
     ana_mails = {m["Subject"]: m for m in mails_to(mailbox.received, "ana.lima@example.org")}
@@ -184,3 +198,33 @@ async def test_without_reporters_in_the_file_nobody_who_reported_is_written_to_a
     ]
     (resolved,) = [r.message for r in mailbox.received if r.message["Subject"].startswith("Resolved: your problem")]
     assert "found no fault" in body(resolved)
+
+
+async def test_reporters_of_an_incident_merged_into_a_resolved_one_hear_of_its_resolution_at_once(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    async with smtp_server() as (mailbox, port):
+        config = configure(mail_config(port) + REPORTERS)
+        coordinator = Coordinator(load_oncall(), notices=config)
+        await feed(pool, names, coordinator, IncidentDetected(source="/t", subject=INCIDENT, data=snapshot()))
+        resolve = ResolveIncident(source="/t", subject=INCIDENT, data=CommandArgs(actor="dana", resolution="duplicate"))
+        await feed(pool, names, coordinator, resolve)
+        carla = snapshot(new_alerts=[user_report("carla@example.org", minute=3)])
+        await feed(pool, names, coordinator, IncidentDetected(source="/t", subject=OTHER, data=carla))
+        merge = MergeRecord(survivor=INCIDENT, merged=[OTHER], actor="dana", command_id="c-2", alerts=1)
+        await feed(pool, names, coordinator, IncidentMerged(source="/t", subject=OTHER, data=merge))
+        await feed(pool, names, coordinator, IncidentMerged(source="/t", subject=OTHER, data=merge))  # redelivered
+        async with running(settings, pool, names, config, Outcomes()):
+            await eventually(reporters_mailed(mailbox, 2), timeout=30)
+            keys = await pool.fetch("SELECT key FROM effects WHERE key LIKE '%:reporter_%' ORDER BY key")
+
+    assert [k["key"] for k in keys] == [
+        f"{INCIDENT}:reporter_resolved:resolved:email:carla@example.org",
+        f"{OTHER}:reporter_received:received:email:carla@example.org",
+    ]
+    mails = {r.message["Subject"]: r.message for r in mailbox.received if "problem report" in r.message["Subject"]}
+    received = mails["Your problem report of 2026-11-27 09:03 UTC is being handled (incident 9a1b2c3d)"]
+    resolved = mails["Resolved: your problem report of 2026-11-27 09:03 UTC (incident 9a1b2c3d)"]
+    assert "handled together with another report" in body(resolved)
+    # Her conversation is the one the incident that took her report started, though another resolved it.
+    assert resolved["In-Reply-To"] == received["Message-ID"]

@@ -316,6 +316,7 @@ def tasks_list(t: Texts, _: Path) -> Case:
                 "due_after_s": None,
                 "state": "done",
                 "done_by": t("done by"),
+                "ticket": {"tracker": "github", "ref": t("ticket ref"), "url": t("ticket url")},
             },
             {  # open: no one did it (the API says null)
                 "id": 2,

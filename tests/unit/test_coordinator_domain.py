@@ -142,12 +142,37 @@ def report(reporter: str, *, contact: str | None = None, minutes: int = 0, fmt: 
 def test_the_people_to_write_back_to_are_the_reporters_by_address_each_once_first_report_first() -> None:
     found = domain.reporters(
         [
-            report("Ana.Lima@Example.org", minutes=5),
+            report("ana.lima@Example.ORG", minutes=5),
             report("ana.lima@example.org", minutes=1),  # the same person, earlier
-            report("Bruno", contact="bruno@example.org"),  # a name: the contact is where to write
+            report("Bruno", contact="bruno@mail.example.org"),  # a name: the contact is where to write
             report("Carla", contact="+351 21 000 0000"),  # no address at all: nobody to write to
             report("dave@example.org", fmt="falco"),  # a tool's alert labelled so is no report
-        ]
+            report("erin@elsewhere.test"),  # outside the domains
+        ],
+        domains=["example.org"],
     )
-    assert [(r.address, r.reported_at.minute) for r in found] == [("bruno@example.org", 0), ("ana.lima@example.org", 1)]
+    assert [(r.address, r.reported_at.minute) for r in found] == [
+        ("bruno@mail.example.org", 0),
+        ("ana.lima@example.org", 1),
+    ]
     assert domain.report_time(found[1].reported_at) == "2026-11-27 09:01 UTC"
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        "a@evil.test(.example.org",  # a comment: a mail server sends to a@evil.test
+        "a@evil.test(x.example.org",
+        "victim%evil.test@example.org",  # %-routing
+        "evil.test!victim@example.org",  # bang path
+        "(reset at https://evil.example)ana@example.org",  # words into the To header
+        '"ana lima"@example.org',  # a quoted local part
+        "añ@example.org",  # not ASCII: no SMTPUTF8 is assumed
+        "ana@example.org.",
+        "ana@@example.org",
+        "ana@example..org",
+        "ana@badexample.org",  # a suffix is no subdomain
+    ],
+)
+def test_an_address_a_mail_server_would_read_otherwise_is_nobody_to_write_to(said: str) -> None:
+    assert domain.reporters([report(said)], domains=["example.org"]) == []

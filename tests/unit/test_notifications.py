@@ -828,10 +828,12 @@ def test_reporters_are_written_to_by_mail_only_in_the_domains_given() -> None:
     assert reporters.domains == ["example.org", "corp.example"]
     assert reporters.when == ["received", "resolved"]  # status updates only when asked for
     assert mail_domain_allowed("ana@example.org", reporters.domains)
-    assert mail_domain_allowed("Ana.Lima@Mail.Example.org", reporters.domains)  # below a domain given
+    assert mail_domain_allowed("Ana.Lima@mail.example.org", reporters.domains)  # below a domain given
     assert not mail_domain_allowed("ana@badexample.org", reporters.domains)  # a suffix is not a subdomain
     assert not mail_domain_allowed("ana@example.org.evil.test", reporters.domains)
     assert not mail_domain_allowed("+351 21 000 0000", reporters.domains)
+    for read_otherwise in ("a@evil.test(.example.org", "victim%evil.test@example.org", "x!y@example.org"):
+        assert not mail_domain_allowed(read_otherwise, reporters.domains)
 
 
 def test_reporters_without_a_mail_channel_or_with_a_bad_domain_are_refused_where_they_are_written() -> None:

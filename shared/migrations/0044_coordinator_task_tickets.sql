@@ -1,0 +1,3 @@
+-- Coordinator: the ticket a follow-up task became in the team's tracker (GitHub Issues, Jira):
+-- {"tracker", "ref", "url"}, set once the tracker answered; none for a task that is no ticket.
+ALTER TABLE coordinator_tasks ADD COLUMN ticket jsonb;
