@@ -319,6 +319,12 @@ class VigilSettings(BaseSettings):
         "services/coordinator/oncall.yaml when unset. Checked at start-up.",
     )
 
+    digests_file: Path | None = Field(
+        None,
+        validation_alias="VIGIL_DIGESTS",
+        description="The incident review digests the coordinator sends on a schedule (YAML); the shipped "
+        "services/coordinator/digests.yaml, which sends none, when unset. Checked at start-up.",
+    )
     ticketing_file: Path | None = Field(
         None,
         validation_alias="VIGIL_TICKETING",

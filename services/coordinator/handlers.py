@@ -10,7 +10,17 @@ from typing import Any
 
 import asyncpg
 
-from services.coordinator import domain, escalation, lifecycle, metrics, notifications, schedules, tasks, ticketing
+from services.coordinator import (
+    digests,
+    domain,
+    escalation,
+    lifecycle,
+    metrics,
+    notifications,
+    schedules,
+    tasks,
+    ticketing,
+)
 from services.coordinator.escalation import in_working_hours
 from shared import timers
 from shared.consumer import HandlerContext, dispatch_each
@@ -138,9 +148,11 @@ class Coordinator:
         escalation_: escalation.EscalationFile | None = None,
         tickets: ticketing.TicketingConfig | None = None,
         public_url: str | None = None,
+        digests_: Mapping[str, digests.Digest] | None = None,
     ) -> None:
         self.oncall = oncall
         self.tickets = tickets or ticketing.NONE
+        self.digests = dict(digests_ or {})
         self.public_url = public_url
         self.notices = notices or notifications.load_notifications()
         self.escalation = escalation_ or escalation.load_escalation()
@@ -176,6 +188,7 @@ class Coordinator:
             STATUS_UPDATE: self.on_status_update_due,
             tasks.TASK_DUE: self.on_task_due,
             STEP_DUE: self.on_step_due,
+            digests.TIMER: self.on_digest_due,
         }
         # The rows their handlers lock, as whoever acknowledges, resolves or finishes a task does.
         self.timer_locks: dict[str, timers.SubjectLock] = {
@@ -1524,6 +1537,31 @@ class Coordinator:
             incident_id, escalation_, discriminator=discriminator, recipients=recipients
         )
         await notifications.notify(ctx.conn, self.notices, notice)
+
+    async def on_digest_due(self, ctx: HandlerContext, timer: timers.Timer) -> None:
+        """A review digest's time: the period that ended then, summed up and sent; then its next time is set."""
+        digest = self.digests.get(timer.subject)
+        if digest is None:
+            log.info("digest %s is no longer configured: not sent", timer.subject)
+            return
+        ended = [state.value for state in IncidentState if self.lifecycle.is_ended(state)]
+        now = datetime.now(UTC)
+        data = await digests.gather(ctx.conn, digest, end=timer.due_at, ended=ended, now=now)
+        notice = notifications.Notice(
+            kind="digest",
+            incident_id=f"digest-{digest.name}",  # each digest's mails one conversation
+            discriminator=timer.due_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ"),
+            severity=digests.highest_severity(data),
+            recipients=list(digest.to),
+            data=data,
+        )
+        await notifications.notify(ctx.conn, self.notices, notice)
+        # Down past several of its times: the next is the next to come, not each one missed.
+        following = digest.next_after(max(timer.due_at, now))
+        if following is not None:
+            await timers.schedule(ctx.conn, service=SERVICE, kind=digests.TIMER, subject=digest.name, due_at=following)
+        opened, resolved = data["opened"], data["resolved"]
+        log.info("digest %s sent for %s: %d opened, %d resolved", digest.name, data["period"], opened, resolved)
 
     async def on_notice_outcome(self, ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
         """Count each notice's outcome; one not delivered is also on the timeline (its EffectCompleted) and logged."""

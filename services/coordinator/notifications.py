@@ -61,6 +61,7 @@ NoticeKind = Literal[
     "reporter_received",
     "reporter_update",
     "reporter_resolved",
+    "digest",
 ]
 Channel = Literal["webhook", "slack", "teams", "mattermost", "email"]
 KINDS: tuple[str, ...] = get_args(NoticeKind)
@@ -82,6 +83,7 @@ REQUIRED_DATA: dict[str, tuple[str, ...]] = {
     "reporter_received": ("reported_at",),
     "reporter_update": ("reported_at", "message"),
     "reporter_resolved": ("reported_at", "resolution"),
+    "digest": ("name", "period", "opened", "resolved", "open_now"),
 }
 # Notices to the people who reported a problem (``reporters`` in the file): by mail only, to an address
 # of an allowed domain, with nothing of the incident but its reference, what a person told them and
@@ -323,7 +325,15 @@ class Reporters(_Model):
 
 Severity = Literal["SEV1", "SEV2", "SEV3", "SEV4", "default"]
 RouteKind = Literal[
-    "escalation", "update", "state_changed", "reminder", "approval_requested", "step_failed", "exhausted", "default"
+    "escalation",
+    "update",
+    "state_changed",
+    "reminder",
+    "approval_requested",
+    "step_failed",
+    "exhausted",
+    "digest",
+    "default",
 ]
 
 
@@ -481,11 +491,12 @@ class Templates:
     def render(self, channel: str, notice: Notice, *, recipient: str) -> Rendered:
         """Render the notice for one channel; raise jinja2.TemplateError when its template fails."""
         template = self.template(channel, notice.kind)
-        link = (
-            f"{self.public_url}/ui/incidents/{quote(notice.incident_id, safe='')}"
-            if self.public_url and notice.kind not in REPORTER_KINDS
-            else None
-        )
+        if not self.public_url or notice.kind in REPORTER_KINDS:
+            link = None
+        elif notice.kind == "digest":  # of many incidents: the list of them
+            link = f"{self.public_url}/ui/incidents"
+        else:
+            link = f"{self.public_url}/ui/incidents/{quote(notice.incident_id, safe='')}"
         context = template.new_context(
             {
                 "link": link,
@@ -761,6 +772,8 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _context_line(notice: Notice) -> str:
+    if notice.kind == "digest":
+        return f"Vigil · digest {notice.data.get('name', '')} · {notice.discriminator}"
     return f"Vigil · {notice.kind.replace('_', ' ')} · {notice.severity} · incident {notice.incident_id}"
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-from services.coordinator import api, escalation, notifications, schedules, tasks, ticketing
+from services.coordinator import api, digests, escalation, notifications, schedules, tasks, ticketing
 from services.coordinator.handlers import SERVICE, Coordinator
 from services.coordinator.lifecycle import load_lifecycle
 from services.coordinator.schedules import DEFAULT_ONCALL, OnCallConfig
@@ -53,11 +54,27 @@ def spec(settings: VigilSettings) -> ServiceSpec:
     if missing := notifications.unknown_recipients(notices, sorted(stakeholders)):
         log.warning("status-update stakeholders with no address in the notifications file: %s", ", ".join(missing))
     tickets = ticketing.load_ticketing(settings.ticketing_file or ticketing.DEFAULT_TICKETING)
+    reviews = digests.load_digests(settings.digests_file or digests.DEFAULT_DIGESTS)
+    readers = {name for digest in reviews.values() for name in digest.to}
+    if missing := notifications.unknown_recipients(notices, sorted(readers)):
+        log.warning("digest recipients with no address in the notifications file: %s", ", ".join(missing))
     coordinator = Coordinator(
-        oncall, load_lifecycle(), templates, notices, policies, tickets=tickets, public_url=settings.public_url
+        oncall,
+        load_lifecycle(),
+        templates,
+        notices,
+        policies,
+        tickets=tickets,
+        public_url=settings.public_url,
+        digests_=reviews,
     )
 
     async def fire_timers(runtime: Runtime) -> None:
+        if reviews:
+            async with runtime.pool.acquire() as conn:
+                set_now = await digests.ensure_scheduled(conn, reviews, now=datetime.now(UTC))
+            if set_now:
+                log.info("digests scheduled: %s", ", ".join(set_now))
         poller = TimerPoller(
             service=SERVICE,
             pool=runtime.pool,

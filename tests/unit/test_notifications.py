@@ -155,6 +155,30 @@ FULL_DATA: dict[str, dict[str, Any]] = {
         "paged": ["alice@example.com", "bob@example.com", "carol@example.com"],
         "reason": "none of the 3 people of rotation 'security' acknowledged within the SEV1 deadline",
     },
+    "digest": {
+        "name": "weekly-review",
+        "period": "2026-11-23 09:00 to 2026-11-30 09:00 (Europe/Lisbon)",
+        "opened": 12,
+        "opened_by_severity": {"SEV1": 1, "SEV3": 11},
+        "resolved": 10,
+        "resolved_by_resolution": {"fixed": 8, "false_positive": 2},
+        "open_now": 4,
+        "open_by_severity": {"SEV1": 1, "SEV3": 3},
+        "mtta_minutes": 6.5,
+        "mttr_minutes": 190.0,
+        "notable": [
+            {
+                "incident_id": INCIDENT,
+                "short_id": INCIDENT[:8],
+                "severity": "SEV1",
+                "title": "Reverse shell on bastion-01",
+                "state": "contained",
+            }
+        ],
+        "notable_more": 0,
+        "overdue_tasks": 2,
+        "open_follow_ups": 5,
+    },
 }
 
 
@@ -350,9 +374,13 @@ def test_every_kind_renders_on_every_channel_with_all_data_or_only_the_required(
         "step_failed": "HTTP 503",
         "exhausted": "none of the 3 people",
         "status_update": "the stolen key is revoked",
+        "digest": "4f1c2d3e SEV1 Reverse shell on bastion-01 (contained)",
     }[kind]
     assert words in full.title + full.body
-    if channel == "email":
+    if kind == "digest":
+        assert full.title == "Vigil weekly-review: 12 incident(s) opened, 10 resolved"
+        assert ("Time to acknowledge (median)", "6.5 min") in full.facts
+    elif channel == "email":
         # One subject per incident, whatever the notice: mail clients keep one conversation.
         assert full.title == "Vigil incident 4f1c2d3e: Reverse shell on bastion-01"
     else:

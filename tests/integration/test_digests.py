@@ -1,0 +1,97 @@
+"""Review digests against the real Postgres: set at start-up, fired by the coordinator's timer poller, sent once."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from services.coordinator import digests, notifications
+from services.coordinator.handlers import Coordinator
+from services.coordinator.service import load_oncall
+from shared.events import AcknowledgeIncident, CommandArgs, IncidentDetected, ResolveIncident, Severity
+from shared.timers import TimerPoller
+from shared.topics import TopicNames
+from tests.factories import snapshot
+from tests.integration.test_coordinator_lifecycle import feed
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
+
+NOTIFICATIONS = """
+channels:
+  webhook: {url: "https://hooks.example.com/vigil", secret_env: SECRET}
+people:
+  lead@example.com: {webhook: "https://hooks.example.com/vigil"}
+routes:
+  default: {default: [webhook]}
+"""
+DIGESTS = """
+digests:
+  - name: weekly-review
+    every: FREQ=WEEKLY;BYDAY=MO;BYHOUR=9;BYMINUTE=0
+    time_zone: Europe/Lisbon
+    to: [lead@example.com]
+  - name: serious-only
+    every: FREQ=DAILY;BYHOUR=8;BYMINUTE=0
+    to: [lead@example.com]
+    severities: [SEV1, SEV2]
+"""
+
+
+async def test_a_digest_is_set_once_sent_for_its_period_by_the_poller_and_set_again_for_its_next_time(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    notices = notifications.parse_notifications(
+        textwrap.dedent(NOTIFICATIONS), environ={"SECRET": "a-webhook-secret-for-digests"}
+    )
+    reviews = digests.parse_digests(DIGESTS)
+    coordinator = Coordinator(load_oncall(), notices=notices, digests_=reviews)
+    for subject, severity in (("inc-a", Severity.SEV1), ("inc-b", Severity.SEV3), ("inc-c", Severity.SEV3)):
+        detected = IncidentDetected(source="/t", subject=subject, data=snapshot(severity=severity, title=subject))
+        await feed(pool, names, coordinator, detected)
+    await feed(
+        pool, names, coordinator, AcknowledgeIncident(source="/t", subject="inc-a", data=CommandArgs(actor="al"))
+    )
+    fixed = ResolveIncident(source="/t", subject="inc-b", data=CommandArgs(actor="al", resolution="fixed"))
+    await feed(pool, names, coordinator, fixed)
+
+    async with pool.acquire() as conn:
+        now = datetime.now(UTC)
+        assert sorted(await digests.ensure_scheduled(conn, reviews, now=now)) == ["serious-only", "weekly-review"]
+        assert await digests.ensure_scheduled(conn, reviews, now=now) == []  # a restart sets nothing twice
+    weekly_due = reviews["weekly-review"].next_after(now)
+    assert (
+        await pool.fetchval(
+            "SELECT due_at FROM timers WHERE kind = $1 AND subject = 'weekly-review' AND fired_at IS NULL",
+            digests.TIMER,
+        )
+        == weekly_due
+    )
+
+    # Its time comes (here: now), while no coordinator ran: the poller sends it once it runs.
+    await pool.execute("UPDATE timers SET due_at = now() WHERE kind = $1 AND subject = 'weekly-review'", digests.TIMER)
+    poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=coordinator.timer_handlers)
+    assert await poller.fire_due() == 1
+    (effect,) = await pool.fetch("SELECT key, payload FROM effects WHERE subject = 'digest-weekly-review'")
+    sent = effect["payload"]["body"]
+    assert effect["key"].startswith("digest-weekly-review:digest:") and effect["key"].endswith(
+        ":webhook:lead@example.com"
+    )
+    assert sent["title"] == "Vigil weekly-review: 3 incident(s) opened, 1 resolved"
+    data = sent["data"]
+    assert (data["opened_by_severity"], data["resolved_by_resolution"]) == ({"SEV1": 1, "SEV3": 2}, {"fixed": 1})
+    assert (data["open_now"], data["open_by_severity"]) == (2, {"SEV1": 1, "SEV3": 1})
+    assert [n["title"] for n in data["notable"]] == ["inc-a"]
+    assert data["mtta_minutes"] is not None and data["mttr_minutes"] is not None
+    assert sent["severity"] == "SEV1"  # routed as the worst it names
+    # The next one is set for its next time; the other digest's is untouched.
+    pending = await pool.fetch(
+        "SELECT subject, due_at FROM timers WHERE kind = $1 AND fired_at IS NULL AND cancelled_at IS NULL ORDER BY 1",
+        digests.TIMER,
+    )
+    assert [(r["subject"], r["due_at"]) for r in pending] == [
+        ("serious-only", reviews["serious-only"].next_after(now)),
+        ("weekly-review", weekly_due),
+    ]
