@@ -7,9 +7,10 @@ the period it covers (``covers``: the last 7 days), to whom (people and groups o
 file) and, optionally, which severities it counts. It is a notice of kind ``digest``, routed and
 rendered as every notice is, sent once per digest and period through the effects runner.
 
-Each digest has one durable timer. The coordinator sets it at start-up when none is pending, and each
-firing sets the next; a digest whose time passed while no coordinator ran goes out once when one
-starts, for the period that ended then.
+Each digest has one durable timer, which carries the time it is for. The coordinator sets it at
+start-up where none is pending (or moves it where the rule changed), and each firing sets the next;
+a digest whose time passed while no coordinator ran goes out once when one starts, for the period
+that ended then. A digest goes at most daily.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from services.coordinator.tasks import duration
+from shared import timers
 from shared.db import Conn
 from shared.yamlfile import YamlFileError, validate_yaml
 
@@ -65,30 +67,46 @@ class Digest(BaseModel):
         min_length=1, description="People and groups of the notifications file."
     )
     severities: list[Literal["SEV1", "SEV2", "SEV3", "SEV4"]] | None = Field(
-        None, description="Only incidents of these severities are counted; all when omitted."
+        None, min_length=1, description="Only incidents of these severities are counted; all when omitted."
     )
 
     @model_validator(mode="after")
     def _rule(self) -> Digest:
-        if self.every.upper().startswith(("DTSTART", "RRULE:")) or "\n" in self.every:
+        rule = self.every.upper()
+        if rule.startswith(("DTSTART", "RRULE:")) or "\n" in rule:
             raise ValueError("every: give only the RRULE part (e.g. FREQ=WEEKLY;BYDAY=MO;BYHOUR=9;BYMINUTE=0)")
+        parts = dict(part.partition("=")[::2] for part in rule.split(";"))
+        if parts.get("FREQ") in ("SECONDLY", "MINUTELY", "HOURLY"):
+            raise ValueError("every: a digest goes at most daily (FREQ=DAILY, WEEKLY, MONTHLY or YEARLY)")
+        if "COUNT" in parts:
+            raise ValueError("every: COUNT is not taken (it would count from a day of Vigil's choosing); use UNTIL")
         try:
-            self.next_after(datetime(2026, 1, 1, tzinfo=UTC))
+            upcoming = self.next_after(datetime.now(UTC))
         except (ValueError, TypeError) as exc:
             raise ValueError(f"every: {self.every!r} is not an RRULE: {exc}") from None
+        if upcoming is None:
+            raise ValueError(f"every: {self.every!r} has no time to come")
         return self
 
     def next_after(self, at: datetime) -> datetime | None:
-        """When it goes next, strictly after ``at`` (None: its rule has no more occurrences)."""
+        """When it goes next, strictly after ``at`` (None: its rule has no more occurrences).
+
+        The rule counts from midnight of a fixed Monday in its zone (BYHOUR, BYDAY and BYMONTHDAY say the
+        rest). Compared in UTC: on the night clocks go back, a local 01:30 comes twice.
+        """
         zone = ZoneInfo(self.time_zone)
-        # The rule counts from midnight of a fixed day in its zone: BYHOUR and BYDAY say the rest.
-        start = datetime(2000, 1, 3, tzinfo=zone)
-        occurrence = rrulestr(self.every, dtstart=start).after(at.astimezone(zone), inc=False)
+        rule = rrulestr(self.every, dtstart=datetime(2024, 1, 1, tzinfo=zone))
+        occurrence = rule.after(at.astimezone(zone), inc=False)
+        while occurrence is not None and occurrence.astimezone(UTC) <= at:
+            occurrence = rule.after(occurrence, inc=False)
         return None if occurrence is None else occurrence.astimezone(UTC)
 
-    @property
-    def period(self) -> timedelta:
-        return duration(self.covers)
+    def start_of(self, end: datetime) -> datetime:
+        """Where the period ending at ``end`` starts: ``covers`` before it on the zone's clock (a week is a week
+        of mornings, across a change of clocks)."""
+        zone = ZoneInfo(self.time_zone)
+        local = end.astimezone(zone).replace(tzinfo=None) - duration(self.covers)
+        return local.replace(tzinfo=zone).astimezone(UTC)
 
 
 class DigestsFile(BaseModel):
@@ -161,7 +179,8 @@ def summarise(
         return at is not None and period.start <= at < period.end
 
     opened = [r for r in chosen if within(r["detected_at"])]
-    resolved = [r for r in chosen if within(r["resolved_at"])]
+    # Resolved and not reopened since: a reopened incident keeps its first resolution's time.
+    resolved = [r for r in chosen if within(r["resolved_at"]) and r["state"] in ended]
     still_open = [r for r in chosen if r["state"] not in ended]
     acknowledged = [r["acknowledged_at"] - r["detected_at"] for r in opened if r["acknowledged_at"]]
     ended_spans = [r["resolved_at"] - r["detected_at"] for r in opened if r["resolved_at"]]
@@ -206,7 +225,7 @@ def highest_severity(data: Mapping[str, Any]) -> str:
 
 async def gather(conn: Conn, digest: Digest, *, end: datetime, ended: Sequence[str], now: datetime) -> dict[str, Any]:
     """The digest's data for the period that ends at ``end``."""
-    period = Period(start=end - digest.period, end=end, time_zone=digest.time_zone)
+    period = Period(start=digest.start_of(end), end=end, time_zone=digest.time_zone)
     rows = await conn.fetch(
         """SELECT incident_id, severity, title, state, resolution, detected_at, acknowledged_at, resolved_at
            FROM coordinator_incidents
@@ -238,18 +257,41 @@ async def gather(conn: Conn, digest: Digest, *, end: datetime, ended: Sequence[s
 
 
 async def ensure_scheduled(conn: Conn, digests: Mapping[str, Digest], *, now: datetime) -> list[str]:
-    """Set each digest's timer where none is pending (a pending one stays: it may be overdue); return those set."""
-    due = {name: at for name, digest in digests.items() if (at := digest.next_after(now)) is not None}
-    if not due:
-        return []
-    rows = await conn.fetch(
-        """INSERT INTO timers (service, kind, subject, due_at)
-           SELECT $1, $2, u.subject, u.due_at FROM unnest($3::text[], $4::timestamptz[]) AS u (subject, due_at)
-           ON CONFLICT (service, kind, subject) WHERE fired_at IS NULL AND cancelled_at IS NULL DO NOTHING
-           RETURNING subject""",
-        SERVICE,
-        TIMER,
-        list(due),
-        list(due.values()),
-    )
-    return [r["subject"] for r in rows]
+    """Give each digest its timer for its next time: set where none is pending, moved where its rule changed.
+
+    A pending timer already due stays (it goes out now, for the period that ended then); one parked
+    after failing is set anew. Return the digests whose timer was set or moved.
+    """
+    pending = {
+        row["subject"]: row
+        for row in await conn.fetch(
+            """SELECT subject, due_at, parked_at FROM timers
+               WHERE service = $1 AND kind = $2 AND fired_at IS NULL AND cancelled_at IS NULL""",
+            SERVICE,
+            TIMER,
+        )
+    }
+    changed = []
+    for name, digest in digests.items():
+        upcoming = digest.next_after(now)
+        row = pending.get(name)
+        if upcoming is None or (row is not None and row["parked_at"] is None and row["due_at"] <= now):
+            continue
+        if row is not None and row["parked_at"] is None and row["due_at"] == upcoming:
+            continue
+        await timers.schedule(
+            conn, service=SERVICE, kind=TIMER, subject=name, due_at=upcoming, payload=scheduled(upcoming)
+        )
+        changed.append(name)
+    return changed
+
+
+def scheduled(at: datetime) -> dict[str, str]:
+    """A digest timer's payload: the time it is for (a failed attempt moves the timer, never the period)."""
+    return {"at": at.astimezone(UTC).isoformat()}
+
+
+def scheduled_time(payload: Mapping[str, Any], due_at: datetime) -> datetime:
+    """The time a digest timer is for: its payload's, else (a timer from before) when it is due."""
+    at = payload.get("at")
+    return datetime.fromisoformat(at) if isinstance(at, str) else due_at

@@ -17,6 +17,7 @@ from services.coordinator import (
     lifecycle,
     metrics,
     notifications,
+    rooms,
     schedules,
     tasks,
     ticketing,
@@ -781,6 +782,10 @@ class Coordinator:
             command.subject, changed.data, title=row["title"], severity=row["severity"], recipients=[row["commander"]]
         )
         await notifications.notify(ctx.conn, self.notices, notice)
+        if target is IncidentState.CLOSED or current is IncidentState.CLOSED:
+            await rooms.set_archived(
+                ctx.conn, self.notices, incident_id=command.subject, archived=target is IncidentState.CLOSED
+            )
         if self.lifecycle.is_ended(target) and not self.lifecycle.is_ended(current):
             await self._tell_reporters_resolved(ctx, command.subject, row["severity"], data.resolution or "fixed")
         log.info("incident %s %s -> %s by %s", command.subject, current, target, data.actor, extra=event_ids(command))
@@ -1531,8 +1536,19 @@ class Coordinator:
         *,
         recipients: list[str] | None = None,
     ) -> None:
-        """Page the escalation's commander (or ``recipients``): the event for the timeline, the notice once."""
+        """Page the escalation's commander (or ``recipients``): the event for the timeline, the notice once.
+
+        Paged at a severity that calls for a room, the incident gets one first: the page is its first post.
+        """
         ctx.emit(IncidentEscalated(source=SOURCE, **caused, data=escalation_))
+        await rooms.open_room(
+            ctx.conn,
+            self.notices,
+            incident_id=incident_id,
+            title=escalation_.title,
+            severity=escalation_.severity.value,
+            commander=escalation_.commander,
+        )
         notice = notifications.escalation_notice(
             incident_id, escalation_, discriminator=discriminator, recipients=recipients
         )
@@ -1542,26 +1558,45 @@ class Coordinator:
         """A review digest's time: the period that ended then, summed up and sent; then its next time is set."""
         digest = self.digests.get(timer.subject)
         if digest is None:
-            log.info("digest %s is no longer configured: not sent", timer.subject)
+            log.warning("digest %s is not configured here: not sent (another coordinator's has it?)", timer.subject)
             return
         ended = [state.value for state in IncidentState if self.lifecycle.is_ended(state)]
         now = datetime.now(UTC)
-        data = await digests.gather(ctx.conn, digest, end=timer.due_at, ended=ended, now=now)
+        end = digests.scheduled_time(timer.payload, timer.due_at)
+        data = await digests.gather(ctx.conn, digest, end=end, ended=ended, now=now)
         notice = notifications.Notice(
             kind="digest",
             incident_id=f"digest-{digest.name}",  # each digest's mails one conversation
-            discriminator=timer.due_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ"),
+            discriminator=end.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ"),
             severity=digests.highest_severity(data),
             recipients=list(digest.to),
             data=data,
         )
+        if not notifications.plan(self.notices.file, notice)[0]:
+            log.warning("digest %s reaches nobody: no route of the notifications file takes it to them", digest.name)
         await notifications.notify(ctx.conn, self.notices, notice)
         # Down past several of its times: the next is the next to come, not each one missed.
-        following = digest.next_after(max(timer.due_at, now))
+        following = digest.next_after(max(end, now))
         if following is not None:
-            await timers.schedule(ctx.conn, service=SERVICE, kind=digests.TIMER, subject=digest.name, due_at=following)
+            await timers.schedule(
+                ctx.conn,
+                service=SERVICE,
+                kind=digests.TIMER,
+                subject=digest.name,
+                due_at=following,
+                payload=digests.scheduled(following),
+            )
         opened, resolved = data["opened"], data["resolved"]
-        log.info("digest %s sent for %s: %d opened, %d resolved", digest.name, data["period"], opened, resolved)
+        log.info("digest %s for %s: %d opened, %d resolved", digest.name, data["period"], opened, resolved)
+
+    async def on_room_outcome(self, ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
+        """A room opened, archived or posted to; one that failed is logged (and on the timeline, as every effect)."""
+        if effect.kind == rooms.POST:
+            await self.on_notice_outcome(ctx, effect, outcome)
+        elif outcome.status != "succeeded":
+            log.error("incident %s: %s %s: %s", effect.subject, effect.kind, outcome.status, outcome.error)
+        elif effect.kind == rooms.OPEN:
+            log.info("incident %s: room %s open", effect.subject, outcome.result.get("room"))
 
     async def on_notice_outcome(self, ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
         """Count each notice's outcome; one not delivered is also on the timeline (its EffectCompleted) and logged."""

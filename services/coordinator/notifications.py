@@ -68,6 +68,7 @@ KINDS: tuple[str, ...] = get_args(NoticeKind)
 CHANNELS: tuple[str, ...] = get_args(Channel)
 HTTP_CHANNELS = ("webhook", "slack", "teams", "mattermost")
 EFFECT_KIND_PREFIX = "notify."
+ROOM = "room"  # the delivery to an incident's own Slack channel (``rooms`` in the file)
 
 # What each kind's data must hold: the shipped templates use these unguarded, and every template
 # is rendered with exactly these at start-up, so a template that needs more fails then, not mid-incident.
@@ -337,6 +338,27 @@ RouteKind = Literal[
 ]
 
 
+RoomSeverity = Literal["SEV1", "SEV2", "SEV3", "SEV4"]
+ROOM_SEVERITIES: tuple[RoomSeverity, ...] = ("SEV1", "SEV2")
+
+
+class Rooms(_Model):
+    """An incident room: a Slack channel of the incident's own, opened by Vigil, every notice about it posted there."""
+
+    token_env: EnvName = Field(description="The variable holding the Slack app's bot token (xoxb-…).")
+    api_url: Url = Field("https://slack.com/api", description="Slack's Web API.")
+    severities: list[RoomSeverity] = Field(
+        default_factory=lambda: list(ROOM_SEVERITIES), min_length=1, description="Incidents that get a room."
+    )
+    prefix: str = Field("inc", pattern=r"^[a-z0-9][a-z0-9_-]{0,19}$", description="The start of each room's name.")
+    private: bool = Field(False, description="Rooms as private channels: only those invited see them.")
+    archive_after_s: float = Field(
+        60.0, ge=0, le=86_400, description="How long after closing a room is archived: its last posts land first."
+    )
+    timeout_s: float = Field(15.0, gt=0)
+    max_attempts: int = Field(10, ge=1)
+
+
 class NotificationsFile(_Model):
     templates_dir: Path | None = Field(None, description="Templates that replace the shipped ones by name.")
     channels: Channels = Field(default_factory=Channels)
@@ -346,6 +368,7 @@ class NotificationsFile(_Model):
         default_factory=dict, description="Per notice kind (or default) and severity (or default): the channels."
     )
     reporters: Reporters | None = Field(None, description="Write back to people who reported a problem, by mail.")
+    rooms: Rooms | None = Field(None, description="A Slack channel per serious incident, every notice posted there.")
 
 
 def _cross_problems(file: NotificationsFile) -> list[tuple[list[int | str], str]]:
@@ -569,6 +592,7 @@ class NotificationsConfig:
     smtp_password: SecretStr | None = None
     cafile: Path | None = None
     source: str = "notifications"
+    rooms_token: SecretStr | None = None
 
     def urls(self, channel: str) -> set[str]:
         """Every address an HTTP channel may send to: its default and each person's and group's."""
@@ -617,6 +641,12 @@ def parse_notifications(
             cafile = base_dir / channels.email.cafile
             if not cafile.is_file():
                 raise NotificationsConfigError([f"{source}: channels.email.cafile: {cafile} is not a file"])
+    rooms_token = None
+    if file.rooms is not None:
+        token = _secret(environ, file.rooms.token_env, f"{source}: rooms.token_env").strip()
+        if not token.isprintable() or any(c.isspace() for c in token):
+            raise NotificationsConfigError([f"{source}: rooms.token_env: {file.rooms.token_env} holds spaces"])
+        rooms_token = SecretStr(token)
     override = None
     if file.templates_dir is not None:
         override = base_dir / file.templates_dir
@@ -633,6 +663,7 @@ def parse_notifications(
         smtp_password=smtp_password,
         cafile=cafile,
         source=source,
+        rooms_token=rooms_token,
     )
 
 
@@ -879,6 +910,10 @@ def dispatch(
 ) -> Dispatch:
     """The effect for one copy. A mail names ``thread_root`` (the incident's first mail) unless it is that mail."""
     kind = EFFECT_KIND_PREFIX + delivery.channel
+    if delivery.channel == ROOM:
+        # Posted by the channel's name: the room may still be opening (the post waits for it).
+        message = {"channel": delivery.address, **slack_message(notice, rendered)}
+        return Dispatch(kind=kind, target=f"slack:{delivery.address}", payload=message)
     if delivery.channel == "email":
         root = thread_root if thread_root is not None and thread_root != message_id(key) else None
         mail = ThreadedMail(
@@ -941,6 +976,9 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
     if notice.kind in REPORTER_KINDS:
         raise NoticeError(f"a {notice.kind} notice goes to reporters' addresses: notify_reporters sends it")
     deliveries, unknown = plan(config.file, notice)
+    room = await _room_of(conn, config, notice)
+    if room is not None:
+        deliveries.append(Delivery(ROOM, ROOM, room))
     if unknown:
         # Said once per person a process meets: a busy day would otherwise write a line per notice.
         first_time = [name for name in unknown if name not in _UNLISTED_SAID]
@@ -955,6 +993,16 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
             " (said once per person)" if first_time else "",
         )
     return await _enqueue(conn, config, notice, deliveries, service=service)
+
+
+async def _room_of(conn: Conn, config: NotificationsConfig, notice: Notice) -> str | None:
+    """The incident's room (its Slack channel's name), where every notice about it is posted too; None: none."""
+    if config.file.rooms is None or notice.kind == "digest":
+        return None
+    room: str | None = await conn.fetchval(
+        "SELECT room FROM coordinator_incidents WHERE incident_id = $1", notice.incident_id
+    )
+    return room
 
 
 async def notify_reporters(
@@ -997,8 +1045,10 @@ async def _enqueue(
     enqueued: list[str] = []
     for delivery in deliveries:
         key = notice_key(notice, delivery.channel, delivery.recipient)
+        # A room is Slack: its words are Slack's.
+        words_for = "slack" if delivery.channel == ROOM else delivery.channel
         try:
-            rendered = config.templates.render(delivery.channel, notice, recipient=delivery.recipient)
+            rendered = config.templates.render(words_for, notice, recipient=delivery.recipient)
         except jinja2.TemplateError as exc:
             log.error(
                 "incident %s: the %s template of %s notices failed (%r); sending the plain form",
@@ -1007,7 +1057,7 @@ async def _enqueue(
                 notice.kind,
                 exc,
             )
-            rendered = fallback(notice, delivery.channel)
+            rendered = fallback(notice, words_for)
         if notice.kind in REPORTER_KINDS:
             # Their own thread: the mails to Vigil's people are not theirs to answer.
             root = message_id(reporter_thread_key(thread_of or notice.incident_id, delivery.recipient))

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import httpx
 
-from services.coordinator import api, digests, escalation, notifications, schedules, tasks, ticketing
+from services.coordinator import api, digests, escalation, notifications, rooms, schedules, tasks, ticketing
 from services.coordinator.handlers import SERVICE, Coordinator
 from services.coordinator.lifecycle import load_lifecycle
 from services.coordinator.schedules import DEFAULT_ONCALL, OnCallConfig
 from services.coordinator.schedules import load_oncall as load_schedules
 from services.coordinator.tasks_api import tasks_router
 from shared.consumer import decode_cloudevent
+from shared.errors import is_retriable
 from shared.service import Runtime, ServiceSpec
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
@@ -69,12 +70,26 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         digests_=reviews,
     )
 
+    async def schedule_digests(runtime: Runtime) -> None:
+        """Each digest's timer set for its next time, waiting out a database that is not there yet."""
+        backoff = 0.5
+        while True:
+            try:
+                async with runtime.pool.acquire() as conn:
+                    set_now = await digests.ensure_scheduled(conn, reviews, now=datetime.now(UTC))
+                break
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                log.warning("digests not scheduled yet, again in %.1fs: %r", backoff, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+        if set_now:
+            log.info("digests scheduled: %s", ", ".join(set_now))
+
     async def fire_timers(runtime: Runtime) -> None:
         if reviews:
-            async with runtime.pool.acquire() as conn:
-                set_now = await digests.ensure_scheduled(conn, reviews, now=datetime.now(UTC))
-            if set_now:
-                log.info("digests scheduled: %s", ", ".join(set_now))
+            await schedule_digests(runtime)
         poller = TimerPoller(
             service=SERVICE,
             pool=runtime.pool,
@@ -115,6 +130,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         effects=lambda _runtime: [
             *notifications.effect_kinds(notices, on_outcome=coordinator.on_notice_outcome),
             *ticketing.effect_kinds(tickets, on_outcome=coordinator.on_ticket_outcome),
+            *rooms.effect_kinds(notices, on_outcome=coordinator.on_room_outcome),
         ],
         background=(fire_timers, refresh_calendars) if schedules.calendar_urls(coordinator.oncall) else (fire_timers,),
     )

@@ -71,7 +71,11 @@ async def test_a_digest_is_set_once_sent_for_its_period_by_the_poller_and_set_ag
     )
 
     # Its time comes (here: now), while no coordinator ran: the poller sends it once it runs.
-    await pool.execute("UPDATE timers SET due_at = now() WHERE kind = $1 AND subject = 'weekly-review'", digests.TIMER)
+    await pool.execute(
+        """UPDATE timers SET due_at = now(), payload = jsonb_build_object('at', now())
+           WHERE kind = $1 AND subject = 'weekly-review'""",
+        digests.TIMER,
+    )
     poller = TimerPoller(service="coordinator", pool=pool, names=names, handlers=coordinator.timer_handlers)
     assert await poller.fire_due() == 1
     (effect,) = await pool.fetch("SELECT key, payload FROM effects WHERE subject = 'digest-weekly-review'")
@@ -95,3 +99,27 @@ async def test_a_digest_is_set_once_sent_for_its_period_by_the_poller_and_set_ag
         ("serious-only", reviews["serious-only"].next_after(now)),
         ("weekly-review", weekly_due),
     ]
+
+
+async def test_a_changed_rule_moves_a_pending_timer_and_a_parked_one_is_set_anew(pool: asyncpg.Pool) -> None:
+    reviews = digests.parse_digests(DIGESTS)
+    now = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        await digests.ensure_scheduled(conn, reviews, now=now)
+        daily = reviews["serious-only"].model_copy(update={"every": "FREQ=DAILY;BYHOUR=6;BYMINUTE=30"})
+        await conn.execute(
+            "UPDATE timers SET parked_at = now(), attempts = 5 WHERE kind = $1 AND subject = 'weekly-review'",
+            digests.TIMER,
+        )
+        changed = await digests.ensure_scheduled(conn, {**reviews, "serious-only": daily}, now=now)
+    assert sorted(changed) == ["serious-only", "weekly-review"]
+    pending = await pool.fetch(
+        """SELECT subject, due_at, payload FROM timers
+           WHERE kind = $1 AND fired_at IS NULL AND cancelled_at IS NULL AND parked_at IS NULL ORDER BY 1""",
+        digests.TIMER,
+    )
+    assert [(r["subject"], r["due_at"]) for r in pending] == [
+        ("serious-only", daily.next_after(now)),
+        ("weekly-review", reviews["weekly-review"].next_after(now)),
+    ]
+    assert all(datetime.fromisoformat(r["payload"]["at"]) == r["due_at"] for r in pending)

@@ -63,6 +63,11 @@ def test_a_digest_goes_at_its_local_time_across_a_change_of_clocks() -> None:
         ("{name: w, every: FREQ=DAILY, to: [a], covers: 7 days}", "not a duration"),
         ("{name: w, every: FREQ=DAILY, to: []}", "at least 1 item"),
         ("{name: Weekly Review, every: FREQ=DAILY, to: [a]}", "should match pattern"),
+        ("{name: w, every: FREQ=MINUTELY, to: [a]}", "at most daily"),
+        ("{name: w, every: FREQ=HOURLY;INTERVAL=2, to: [a]}", "at most daily"),
+        ("{name: w, every: FREQ=WEEKLY;COUNT=10, to: [a]}", "COUNT is not taken"),
+        ("{name: w, every: FREQ=DAILY;UNTIL=20200101T000000Z, to: [a]}", "has no time to come"),
+        ("{name: w, every: FREQ=DAILY, to: [a], severities: []}", "at least 1 item"),
     ],
 )
 def test_a_broken_digest_is_refused_where_it_is_written(entry: str, why: str) -> None:
@@ -114,3 +119,29 @@ def test_a_digest_sums_up_the_period_and_where_its_incidents_stand_now() -> None
     )
     assert (only_low["opened"], only_low["open_now"], only_low["notable"]) == (2, 1, [])
     assert digests.highest_severity(only_low) == "SEV3"
+
+
+def test_on_the_night_clocks_go_back_the_next_time_is_never_one_that_passed() -> None:
+    night = weekly(every="FREQ=DAILY;BYHOUR=1;BYMINUTE=30", time_zone="America/New_York")
+    # 2026-11-01: New York's 01:30 comes twice, at 05:30Z and 06:30Z.
+    after = datetime(2026, 11, 1, 6, 10, tzinfo=UTC)
+    upcoming = night.next_after(after)
+    assert upcoming is not None and upcoming > after
+    assert night.next_after(datetime(2026, 11, 1, 5, 0, tzinfo=UTC)) == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
+
+
+def test_a_week_covered_across_a_change_of_clocks_is_a_week_of_mornings() -> None:
+    review = weekly()
+    end = datetime(2026, 3, 30, 8, 0, tzinfo=UTC)  # Monday 09:00 in Lisbon, summer time since the 29th
+    assert review.start_of(end) == datetime(2026, 3, 23, 9, 0, tzinfo=UTC)  # the Monday before, 09:00 in winter
+    period = digests.Period(start=review.start_of(end), end=end, time_zone="Europe/Lisbon")
+    assert period.words() == "2026-03-23 09:00 to 2026-03-30 09:00 (Europe/Lisbon)"
+
+
+def test_a_reopened_incident_is_not_counted_resolved() -> None:
+    reopened = incident(
+        6, "SEV3", detected=timedelta(days=2), fix=timedelta(hours=1), state="acknowledged", resolution="fixed"
+    )
+    period = digests.Period(start=END - timedelta(days=7), end=END, time_zone="UTC")
+    data = digests.summarise(weekly(), [reopened], period=period, ended=ENDED, overdue_tasks=0, open_follow_ups=0)
+    assert (data["resolved"], data["open_now"]) == (0, 1)

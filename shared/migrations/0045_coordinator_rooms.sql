@@ -1,0 +1,3 @@
+-- Coordinator: the incident's room, the Slack channel of its own (rooms in the notifications file), by
+-- its name: every notice about the incident is posted there too.
+ALTER TABLE coordinator_incidents ADD COLUMN room text;

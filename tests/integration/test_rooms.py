@@ -1,0 +1,206 @@
+"""Incident rooms: a Slack channel per serious incident, every notice posted there, archived when it closes.
+
+The coordinator and its effects runner run against the real Postgres; Slack is a local server that
+answers the Web API methods Vigil calls as Slack does (``ok``/``error`` in a 200, the bot token
+checked), keeps channels, members, topics and messages, and can be told to fail a creation after
+making the channel, as a call whose answer was lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import textwrap
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from services.coordinator import notifications, rooms
+from services.coordinator.handlers import Coordinator
+from services.coordinator.service import load_oncall
+from shared.effects import EffectRunner
+from shared.events import ChangeState, CommandArgs, IncidentDetected, ResolveIncident, Severity, StateCommand
+from shared.settings import VigilSettings
+from shared.topics import TopicNames
+from tests import helpers
+from tests.factories import snapshot
+from tests.helpers import eventually, serve_app
+from tests.integration.test_coordinator_lifecycle import feed
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
+
+TOKEN = "xoxb-a-bot-token-only-tests-know"
+SERIOUS = "5e1f0000-0000-4000-8000-000000000001"
+MINOR = "5e1f0000-0000-4000-8000-000000000002"
+
+
+@dataclass
+class Workspace:
+    """A Slack workspace as far as rooms go."""
+
+    users: dict[str, str] = field(default_factory=lambda: {"alice@example.com": "U0ALICE"})
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    fail_creations: int = 0
+    creations: int = 0
+    refused: int = 0
+
+    def by_name(self, name: str) -> dict[str, Any] | None:
+        return next((c for c in self.channels.values() if c["name"] == name), None)
+
+
+def slack(space: Workspace) -> Starlette:
+    async def method(request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            space.refused += 1
+            return JSONResponse({"ok": False, "error": "invalid_auth"})
+        body: dict[str, Any] = await request.json()
+        name = request.path_params["method"]
+        channel = space.channels.get(str(body.get("channel", "")))
+        match name:
+            case "conversations.create":
+                if space.by_name(body["name"]):
+                    return JSONResponse({"ok": False, "error": "name_taken"})
+                made = {"id": f"C{len(space.channels) + 1:04d}", "name": body["name"], "is_archived": False}
+                space.channels[made["id"]] = {**made, "members": set(), "topic": "", "private": body["is_private"]}
+                space.creations += 1
+                if space.fail_creations:
+                    space.fail_creations -= 1
+                    return Response("upstream timed out", status_code=504)
+                return JSONResponse({"ok": True, "channel": made})
+            case "conversations.list":
+                listed = [{k: c[k] for k in ("id", "name", "is_archived")} for c in space.channels.values()]
+                return JSONResponse({"ok": True, "channels": listed, "response_metadata": {"next_cursor": ""}})
+            case "conversations.setTopic" if channel:
+                channel["topic"] = body["topic"]
+            case "users.lookupByEmail":
+                user = space.users.get(body["email"])
+                if user is None:
+                    return JSONResponse({"ok": False, "error": "users_not_found"})
+                return JSONResponse({"ok": True, "user": {"id": user}})
+            case "conversations.invite" if channel:
+                channel["members"] |= set(body["users"].split(","))
+            case "chat.postMessage" if channel:
+                if channel["is_archived"]:
+                    return JSONResponse({"ok": False, "error": "is_archived"})
+                space.messages.append({"channel": channel["name"], "text": body["text"], "blocks": body["blocks"]})
+                return JSONResponse({"ok": True, "ts": f"{len(space.messages)}.0001"})
+            case "conversations.archive" if channel:
+                if channel["is_archived"]:
+                    return JSONResponse({"ok": False, "error": "already_archived"})
+                channel["is_archived"] = True
+            case "conversations.unarchive" if channel:
+                channel["is_archived"] = False
+            case _:
+                return JSONResponse({"ok": False, "error": "channel_not_found" if "channel" in body else "unknown"})
+        return JSONResponse({"ok": True})
+
+    return Starlette(routes=[Route("/api/{method}", method, methods=["POST"])])
+
+
+def configure(api_url: str) -> notifications.NotificationsConfig:
+    document = f"""
+        people:
+          alice@example.com: {{}}
+        rooms:
+          token_env: SLACK_BOT_TOKEN
+          api_url: {api_url}
+          archive_after_s: 3
+        """
+    return notifications.parse_notifications(textwrap.dedent(document), environ={"SLACK_BOT_TOKEN": TOKEN + "\n"})
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, coordinator: Coordinator
+) -> AsyncIterator[None]:
+    runner = EffectRunner(
+        "coordinator",
+        pool,
+        names,
+        rooms.effect_kinds(coordinator.notices, on_outcome=coordinator.on_room_outcome),
+        connect=lambda: asyncpg.connect(settings.database_url),
+        backoff_base_s=0.01,
+        backoff_cap_s=0.05,
+        poll_s=0.2,
+    )
+    async with helpers.running(runner.run()):
+        yield
+
+
+async def all_done(pool: asyncpg.Pool) -> bool:
+    pending = await pool.fetchval(
+        """SELECT count(*) FROM effects
+           WHERE kind IN ('room.open', 'room.archive', 'notify.room') AND status <> 'succeeded'"""
+    )
+    return bool(pending == 0)
+
+
+async def test_a_serious_incident_gets_a_room_once_where_its_notices_are_posted_and_which_closes_with_it(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    space = Workspace(fail_creations=1)
+    async with serve_app(slack(space), name="slack") as base:
+        coordinator = Coordinator(load_oncall(), notices=configure(f"{base}/api"))
+        serious = snapshot(title="Reverse shell on bastion-01 (prod)", severity=Severity.SEV1)
+        await feed(pool, names, coordinator, IncidentDetected(source="/t", subject=SERIOUS, data=serious))
+        minor = snapshot(title="Port scan", severity=Severity.SEV3)
+        await feed(pool, names, coordinator, IncidentDetected(source="/t", subject=MINOR, data=minor))
+        async with running(settings, pool, names, coordinator):
+            await eventually(lambda: all_done(pool), timeout=30)
+            resolve = ResolveIncident(
+                source="/t", subject=SERIOUS, data=CommandArgs(actor="alice@example.com", resolution="false_positive")
+            )
+            await feed(pool, names, coordinator, resolve)
+            close = ChangeState(source="/t", subject=SERIOUS, data=StateCommand(actor="alice", to_state="closed"))
+            await feed(pool, names, coordinator, close)
+            await eventually(lambda: all_done(pool), timeout=30)
+
+    name = "inc-5e1f0000-reverse-shell-on-bastion-01-prod"
+    assert await pool.fetchval("SELECT room FROM coordinator_incidents WHERE incident_id = $1", SERIOUS) == name
+    assert await pool.fetchval("SELECT room FROM coordinator_incidents WHERE incident_id = $1", MINOR) is None
+    # Made once, though its first creation's answer was lost: the retry found it by its name.
+    assert space.creations == 1 and len(space.channels) == 1 and space.refused == 0
+    (room,) = space.channels.values()
+    commander = await pool.fetchval("SELECT commander FROM coordinator_incidents WHERE incident_id = $1", SERIOUS)
+    assert room["name"] == name and not room["private"]
+    assert room["topic"] == f"SEV1 · Reverse shell on bastion-01 (prod) · commander {commander}"
+    assert room["members"] == ({"U0ALICE"} if commander == "alice@example.com" else set())
+    assert room["is_archived"]
+    # The page first, then each move, in order; the minor incident posts nowhere.
+    posted = [m["text"] for m in space.messages]
+    assert [m["channel"] for m in space.messages] == [name] * len(posted)
+    assert posted[0].startswith("[SEV1] Reverse shell on bastion-01 (prod)")
+    assert posted == [
+        "[SEV1] Reverse shell on bastion-01 (prod)",
+        "[SEV1] Resolved: Reverse shell on bastion-01 (prod)",
+        "[SEV1] Closed: Reverse shell on bastion-01 (prod)",  # before the room was archived
+    ]
+
+
+async def test_a_reopened_incident_has_its_room_taken_out_of_the_archive(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    space = Workspace()
+    async with serve_app(slack(space), name="slack") as base:
+        coordinator = Coordinator(load_oncall(), notices=configure(f"{base}/api"))
+        detected = IncidentDetected(source="/t", subject=SERIOUS, data=snapshot(severity=Severity.SEV2))
+        await feed(pool, names, coordinator, detected)
+        for command in (
+            ResolveIncident(source="/t", subject=SERIOUS, data=CommandArgs(actor="al", resolution="false_positive")),
+            ChangeState(source="/t", subject=SERIOUS, data=StateCommand(actor="al", to_state="closed")),
+            ChangeState(source="/t", subject=SERIOUS, data=StateCommand(actor="al", to_state="acknowledged")),
+        ):
+            await feed(pool, names, coordinator, command)
+        async with running(settings, pool, names, coordinator):
+            await eventually(lambda: all_done(pool), timeout=30)
+    (room,) = space.channels.values()
+    assert not room["is_archived"]
+    moves = await pool.fetch("SELECT key FROM effects WHERE kind = 'room.archive' ORDER BY id")
+    assert [m["key"].split(":")[-2] for m in moves] == ["archive", "unarchive"]
