@@ -778,14 +778,21 @@ class Coordinator:
             ),
         )
         ctx.emit(changed)
+        if current is IncidentState.CLOSED:  # reopened: its room again (or a new one) first, where this is said
+            await rooms.reopen(
+                ctx.conn,
+                self.notices,
+                incident_id=command.subject,
+                title=row["title"],
+                severity=row["severity"],
+                commander=row["commander"],
+            )
         notice = notifications.state_changed_notice(
             command.subject, changed.data, title=row["title"], severity=row["severity"], recipients=[row["commander"]]
         )
         await notifications.notify(ctx.conn, self.notices, notice)
-        if target is IncidentState.CLOSED or current is IncidentState.CLOSED:
-            await rooms.set_archived(
-                ctx.conn, self.notices, incident_id=command.subject, archived=target is IncidentState.CLOSED
-            )
+        if target is IncidentState.CLOSED:
+            await rooms.archive(ctx.conn, self.notices, incident_id=command.subject, because=command.id)
         if self.lifecycle.is_ended(target) and not self.lifecycle.is_ended(current):
             await self._tell_reporters_resolved(ctx, command.subject, row["severity"], data.resolution or "fixed")
         log.info("incident %s %s -> %s by %s", command.subject, current, target, data.actor, extra=event_ids(command))
@@ -818,6 +825,12 @@ class Coordinator:
             data=IncidentEdits(actor=edit.actor, reason=edit.reason, changes=changes, command_id=command.id),
         )
         ctx.emit(edited)
+        if "severity" in changes or "title" in changes:
+            now_titled = changes["title"].after if "title" in changes else row["title"]
+            now_severe = changes["severity"].after if "severity" in changes else row["severity"]
+            action = {"action": "update", "topic": rooms.topic(now_severe, now_titled, row["commander"])}
+            key = f"edit:{command.id}"
+            await rooms.in_room(ctx.conn, self.notices, incident_id=command.subject, key=key, action=action)
         if "severity" in changes and domain.escalates(Severity(row["severity"]), Severity(changes["severity"].after)):
             escalation = Escalation.model_validate(row["escalation"]).model_copy(
                 update={
@@ -845,6 +858,12 @@ class Coordinator:
         await tasks.assign_role(ctx.conn, incident_id=command.subject, role=assignment.role, person=assignment.person)
         assigned = IncidentAssigned(source=SOURCE, **command.caused_by(), data=assignment)
         ctx.emit(assigned)
+        # Whoever has a role on it is in its room; a new commander is named in its topic.
+        update: dict[str, Any] = {"action": "update", "invite": rooms.emails(self.notices, [assignment.person])}
+        if assignment.role == "commander":
+            update["topic"] = rooms.topic(row["severity"], row["title"], assignment.person)
+        key = f"assign:{command.id}"
+        await rooms.in_room(ctx.conn, self.notices, incident_id=command.subject, key=key, action=update)
         if assignment.role == "commander":
             escalation = Escalation.model_validate(row["escalation"]).model_copy(
                 update={
@@ -1344,6 +1363,7 @@ class Coordinator:
         await notifications.notify(ctx.conn, self.notices, notice)
         await self._carry_roles(ctx, event, row)
         await self._hand_on_reporters(ctx, event.subject, merge.survivor)
+        await rooms.archive(ctx.conn, self.notices, incident_id=event.subject, because=f"merged-{merge.survivor}")
         await self._update(
             ctx,
             merge.survivor,
@@ -1590,13 +1610,18 @@ class Coordinator:
         log.info("digest %s for %s: %d opened, %d resolved", digest.name, data["period"], opened, resolved)
 
     async def on_room_outcome(self, ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
-        """A room opened, archived or posted to; one that failed is logged (and on the timeline, as every effect)."""
-        if effect.kind == rooms.POST:
-            await self.on_notice_outcome(ctx, effect, outcome)
+        """A room opened, or something done in it; a room that cannot be opened is given up (logged, with why)."""
+        if effect.kind == rooms.IN_ROOM and "action" not in effect.payload:
+            await self.on_notice_outcome(ctx, effect, outcome)  # a notice posted there
         elif outcome.status != "succeeded":
             log.error("incident %s: %s %s: %s", effect.subject, effect.kind, outcome.status, outcome.error)
+            if effect.kind == rooms.OPEN:
+                dropped = await rooms.give_up(ctx.conn, incident_id=effect.subject, name=effect.payload["name"])
+                log.error("incident %s: no room; %d post(s) waiting for it cancelled", effect.subject, dropped)
         elif effect.kind == rooms.OPEN:
-            log.info("incident %s: room %s open", effect.subject, outcome.result.get("room"))
+            waiting = await rooms.opened(ctx.conn, incident_id=effect.subject, name=effect.payload["name"])
+            name = effect.payload["name"]
+            log.info("incident %s: room %s open; %d post(s) go there now", effect.subject, name, waiting)
 
     async def on_notice_outcome(self, ctx: HandlerContext, effect: Effect, outcome: EffectOutcome) -> None:
         """Count each notice's outcome; one not delivered is also on the timeline (its EffectCompleted) and logged."""

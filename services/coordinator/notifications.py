@@ -25,6 +25,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast, get_args
 from urllib.parse import quote, urlsplit
@@ -69,6 +70,7 @@ CHANNELS: tuple[str, ...] = get_args(Channel)
 HTTP_CHANNELS = ("webhook", "slack", "teams", "mattermost")
 EFFECT_KIND_PREFIX = "notify."
 ROOM = "room"  # the delivery to an incident's own Slack channel (``rooms`` in the file)
+ROOM_HOLD = timedelta(days=1)  # what waits for a room to open is held this long at most (its opening releases it)
 
 # What each kind's data must hold: the shipped templates use these unguarded, and every template
 # is rendered with exactly these at start-up, so a template that needs more fails then, not mid-incident.
@@ -338,6 +340,12 @@ RouteKind = Literal[
 ]
 
 
+def _tls_unless_loopback(url: str) -> str:
+    if not url.startswith("https://") and urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError("https only: a bearer token goes with every call")
+    return url
+
+
 RoomSeverity = Literal["SEV1", "SEV2", "SEV3", "SEV4"]
 ROOM_SEVERITIES: tuple[RoomSeverity, ...] = ("SEV1", "SEV2")
 
@@ -346,15 +354,14 @@ class Rooms(_Model):
     """An incident room: a Slack channel of the incident's own, opened by Vigil, every notice about it posted there."""
 
     token_env: EnvName = Field(description="The variable holding the Slack app's bot token (xoxb-…).")
-    api_url: Url = Field("https://slack.com/api", description="Slack's Web API.")
+    api_url: Annotated[Url, AfterValidator(_tls_unless_loopback)] = Field(
+        "https://slack.com/api", description="Slack's Web API (https: the token goes with every call)."
+    )
     severities: list[RoomSeverity] = Field(
         default_factory=lambda: list(ROOM_SEVERITIES), min_length=1, description="Incidents that get a room."
     )
     prefix: str = Field("inc", pattern=r"^[a-z0-9][a-z0-9_-]{0,19}$", description="The start of each room's name.")
     private: bool = Field(False, description="Rooms as private channels: only those invited see them.")
-    archive_after_s: float = Field(
-        60.0, ge=0, le=86_400, description="How long after closing a room is archived: its last posts land first."
-    )
     timeout_s: float = Field(15.0, gt=0)
     max_attempts: int = Field(10, ge=1)
 
@@ -653,7 +660,9 @@ def parse_notifications(
         if not override.is_dir():
             raise NotificationsConfigError([f"{source}: templates_dir: {override} is not a directory"])
     templates = Templates(override, public_url=public_url)
-    if problems := templates.check(channels.configured()):
+    # Rooms are worded as Slack is, whether or not Slack's incoming webhooks are a channel too.
+    checked = sorted({*channels.configured(), *(["slack"] if file.rooms is not None else [])})
+    if problems := templates.check(checked):
         raise NotificationsConfigError(problems)
     return NotificationsConfig(
         file=file,
@@ -978,7 +987,7 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
     deliveries, unknown = plan(config.file, notice)
     room = await _room_of(conn, config, notice)
     if room is not None:
-        deliveries.append(Delivery(ROOM, ROOM, room))
+        deliveries.append(Delivery(ROOM, ROOM, room[0]))
     if unknown:
         # Said once per person a process meets: a busy day would otherwise write a line per notice.
         first_time = [name for name in unknown if name not in _UNLISTED_SAID]
@@ -992,17 +1001,23 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
             config.source,
             " (said once per person)" if first_time else "",
         )
-    return await _enqueue(conn, config, notice, deliveries, service=service)
+    return await _enqueue(conn, config, notice, deliveries, service=service, room_open=room is None or room[1])
 
 
-async def _room_of(conn: Conn, config: NotificationsConfig, notice: Notice) -> str | None:
-    """The incident's room (its Slack channel's name), where every notice about it is posted too; None: none."""
+async def _room_of(conn: Conn, config: NotificationsConfig, notice: Notice) -> tuple[str, bool] | None:
+    """The incident's room (its Slack channel's name, and whether it is open yet), where every notice about it
+    is posted too; None: it has none."""
     if config.file.rooms is None or notice.kind == "digest":
         return None
-    room: str | None = await conn.fetchval(
-        "SELECT room FROM coordinator_incidents WHERE incident_id = $1", notice.incident_id
+    row = await conn.fetchrow(
+        "SELECT room, room_open FROM coordinator_incidents WHERE incident_id = $1", notice.incident_id
     )
-    return room
+    return None if row is None or row["room"] is None else (row["room"], row["room_open"])
+
+
+def room_hold(is_open: bool) -> datetime | None:
+    """When something for a room may be done: now when it is open, else once it opens (its opening releases it)."""
+    return None if is_open else datetime.now(UTC) + ROOM_HOLD
 
 
 async def notify_reporters(
@@ -1041,6 +1056,7 @@ async def _enqueue(
     *,
     service: str,
     thread_of: str | None = None,
+    room_open: bool = True,
 ) -> list[str]:
     enqueued: list[str] = []
     for delivery in deliveries:
@@ -1049,7 +1065,7 @@ async def _enqueue(
         words_for = "slack" if delivery.channel == ROOM else delivery.channel
         try:
             rendered = config.templates.render(words_for, notice, recipient=delivery.recipient)
-        except jinja2.TemplateError as exc:
+        except Exception as exc:  # a template's own error, or one its expressions raise: never the page itself
             log.error(
                 "incident %s: the %s template of %s notices failed (%r); sending the plain form",
                 notice.incident_id,
@@ -1074,6 +1090,7 @@ async def _enqueue(
             subject=notice.incident_id,
             target=effect.target,
             payload=effect.payload,
+            not_before=room_hold(room_open) if delivery.channel == ROOM else None,
         ):
             enqueued.append(key)
     return enqueued

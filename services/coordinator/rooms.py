@@ -5,13 +5,18 @@ it says otherwise) gets a room when its commander is first paged at such a sever
 ``<prefix>-<short id>-<title>``, its topic the incident's severity, title and commander, its
 commander invited (by the address the notifications file has for them on e-mail, else their name
 when it is an address). From then on every notice about the incident (pages, updates, moves, steps
-awaiting approval, reminders) is posted there too, by the channel's name, as Slack's incoming
-messages are worded. A minute after the incident is closed, its room is archived; reopened, it is
-taken out of the archive.
+awaiting approval, reminders) is posted there too, as Slack's incoming messages are worded; whoever
+is given a role on it is invited, and its topic follows its edits. When the incident is closed (or
+merged into another), its room is archived after the last posts; reopened before that, it stays
+open; reopened after, it gets a new room (a bot cannot take a channel out of Slack's archive).
 
-Opening, posting and archiving are effects of the coordinator's runner. Slack refuses a second
-channel of a name, so opening again (a retry, another coordinator) finds the room it opened and
-takes it; a post that comes before its room exists is retried until it does.
+Opening is an effect (``room.open``); everything after it (posts, invitations, topics, archiving)
+is one effect kind done in order per room (``notify.room``): a post waiting for a retry holds the
+ones after it, on every coordinator, and the archiving comes after every post enqueued before it.
+Slack refuses a second channel of a name, so opening again (a retry, another coordinator) finds the
+room it opened and takes it; what is enqueued for a room before it is open is held until it is. A room opening
+that fails for good is given up, with the posts waiting for it. A room is found by its name: a
+person who renames it in Slack leaves Vigil without it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import re
 import ssl
 import unicodedata
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import certifi
@@ -32,27 +36,43 @@ from services.coordinator.notifications import (
     ROOM,
     NotificationsConfig,
     Rooms,
+    room_hold,
 )
 from shared.db import Conn
-from shared.effects import Effect, EffectKind, OutcomeHandler, PermanentEffectError, TransientEffectError, enqueue
+from shared.effects import (
+    Effect,
+    EffectKind,
+    OutcomeHandler,
+    PermanentEffectError,
+    TransientEffectError,
+    cancel_pending,
+    enqueue,
+    release_pending,
+)
 
 log = logging.getLogger(__name__)
 
 SERVICE = "coordinator"
-OPEN, ARCHIVE, POST = "room.open", "room.archive", EFFECT_KIND_PREFIX + ROOM
+OPEN, IN_ROOM = "room.open", EFFECT_KIND_PREFIX + ROOM
 NAME_CHARS = 80  # Slack's longest channel name
 TOPIC_CHARS = 250
-# Slack's errors that pass: worth another attempt.
-PASSING = frozenset({"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"})
-LIST_PAGES = 20  # of 1,000 channels each, looked through for a room opened before
+# Slack's errors that pass: worth another attempt. (Not fatal_error: part of what was asked may be done.)
+PASSING = frozenset({"ratelimited", "internal_error", "service_unavailable", "request_timeout"})
+LIST_PAGES = 20  # of 1,000 channels each, looked through for a room
+# Read methods take their arguments as a query; the rest, JSON.
+READS = frozenset({"conversations.list", "users.lookupByEmail"})
 
 
-def room_name(prefix: str, incident_id: str, title: str) -> str:
-    """The room's channel name: lower case letters, digits and hyphens, at most 80 characters."""
+def room_name(prefix: str, incident_id: str, title: str, *, opening: int = 1) -> str:
+    """The room's channel name: lower case letters, digits and hyphens, at most 80 characters.
+
+    ``opening``: the incident's n-th room (reopened after its room was archived): ``-r<n>`` at the end.
+    """
     folded = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode().lower()
     words = re.sub(r"[^a-z0-9]+", "-", folded).strip("-")
+    suffix = f"-r{opening}" if opening > 1 else ""
     name = f"{prefix}-{incident_id[:8].lower()}" + (f"-{words}" if words else "")
-    return name[:NAME_CHARS].rstrip("-_")
+    return name[: NAME_CHARS - len(suffix)].rstrip("-_") + suffix
 
 
 def topic(severity: str, title: str, commander: str) -> str:
@@ -67,15 +87,17 @@ async def open_room(
     title: str,
     severity: str,
     commander: str,
+    opening: int = 1,
 ) -> str | None:
     """Give the incident its room if its severity calls for one and it has none: set in the caller's transaction,
     so that the notices enqueued after it are posted there. Return the room's name when it was given now."""
     rooms = config.file.rooms
     if rooms is None or severity not in rooms.severities:
         return None
-    name = room_name(rooms.prefix, incident_id, title)
+    name = room_name(rooms.prefix, incident_id, title, opening=opening)
     given = await conn.fetchval(
-        "UPDATE coordinator_incidents SET room = $2 WHERE incident_id = $1 AND room IS NULL RETURNING room",
+        """UPDATE coordinator_incidents SET room = $2, room_open = false
+           WHERE incident_id = $1 AND room IS NULL RETURNING room""",
         incident_id,
         name,
     )
@@ -85,47 +107,92 @@ async def open_room(
         conn,
         service=SERVICE,
         kind=OPEN,
-        key=f"{incident_id}:room",
+        key=f"{incident_id}:room:{name}",
         subject=incident_id,
-        target="slack",
-        payload={"name": name, "topic": topic(severity, title, commander), "invite": _emails(config, commander)},
+        target=f"slack:{name}",
+        payload={"name": name, "topic": topic(severity, title, commander), "invite": emails(config, [commander])},
     )
     return name
 
 
-def _emails(config: NotificationsConfig, person: str) -> list[str]:
-    """The addresses Slack may know a person by: their e-mail in the notifications file, else their name."""
-    listed = config.file.people.get(person)
-    address = listed.email if listed is not None and listed.email else person
-    return [address] if "@" in address else []
+def emails(config: NotificationsConfig, people: list[str]) -> list[str]:
+    """The addresses Slack may know people by: their e-mail in the notifications file, else their name."""
+    found = []
+    for person in people:
+        listed = config.file.people.get(person)
+        address = listed.email if listed is not None and listed.email else person
+        if "@" in address:
+            found.append(address)
+    return found
 
 
-async def set_archived(conn: Conn, config: NotificationsConfig, *, incident_id: str, archived: bool) -> bool:
-    """Archive the incident's room (closed) or take it out of the archive (reopened); False when it has none.
+async def room_of(conn: Conn, config: NotificationsConfig, incident_id: str) -> tuple[str, bool] | None:
+    """The incident's room and whether it is open yet; None: it has none."""
+    if config.file.rooms is None:
+        return None
+    row = await conn.fetchrow("SELECT room, room_open FROM coordinator_incidents WHERE incident_id = $1", incident_id)
+    return None if row is None or row["room"] is None else (row["room"], row["room_open"])
 
-    Either a while later (``archive_after_s``): the notices of the move are posted first, and a reopening
-    comes after the archiving it undoes, on the same room, one at a time.
-    """
-    rooms = config.file.rooms
-    if rooms is None:
+
+async def in_room(
+    conn: Conn, config: NotificationsConfig, *, incident_id: str, key: str, action: dict[str, Any]
+) -> bool:
+    """Enqueue something to do in the incident's room, after everything enqueued for it before (held until the
+    room is open); False: it has no room."""
+    room = await room_of(conn, config, incident_id)
+    if room is None:
         return False
-    name = await conn.fetchval("SELECT room FROM coordinator_incidents WHERE incident_id = $1", incident_id)
-    if name is None:
-        return False
-    # One key per move: archived, reopened and archived again is three effects.
-    moves = await conn.fetchval(
-        "SELECT count(*) FROM effects WHERE service = $1 AND kind = $2 AND subject = $3", SERVICE, ARCHIVE, incident_id
-    )
+    name, is_open = room
     return await enqueue(
         conn,
         service=SERVICE,
-        kind=ARCHIVE,
-        key=f"{incident_id}:room:{'archive' if archived else 'unarchive'}:{moves}",
+        kind=IN_ROOM,
+        key=f"{incident_id}:room:{key}",
         subject=incident_id,
         target=f"slack:{name}",
-        payload={"name": name, "archived": archived},
-        not_before=datetime.now(UTC) + timedelta(seconds=rooms.archive_after_s),
+        payload={"channel": name, **action},
+        not_before=room_hold(is_open),
     )
+
+
+async def opened(conn: Conn, *, incident_id: str, name: str) -> int:
+    """The room is open: what waited for it is due now. Return how many."""
+    await conn.execute(
+        "UPDATE coordinator_incidents SET room_open = true WHERE incident_id = $1 AND room = $2", incident_id, name
+    )
+    return await release_pending(conn, service=SERVICE, kind=IN_ROOM, target=f"slack:{name}")
+
+
+async def archive(conn: Conn, config: NotificationsConfig, *, incident_id: str, because: str) -> bool:
+    """Archive the incident's room once everything enqueued for it before is done (it was closed or merged)."""
+    return await in_room(conn, config, incident_id=incident_id, key=f"archive:{because}", action={"action": "archive"})
+
+
+async def reopen(
+    conn: Conn, config: NotificationsConfig, *, incident_id: str, title: str, severity: str, commander: str
+) -> str | None:
+    """The incident was reopened: its room stays if it was not archived yet; else it gets a new one (a bot cannot
+    take a channel out of the archive). Return the new room's name, if one was given."""
+    room = await room_of(conn, config, incident_id)
+    if room is None or config.file.rooms is None:
+        return None
+    name = room[0]
+    if await cancel_pending(conn, service=SERVICE, kind=IN_ROOM, key_prefix=f"{incident_id}:room:archive:"):
+        return None  # not archived yet, and now it will not be
+    last = re.search(r"-r(\d+)$", name)
+    opening = int(last[1]) + 1 if last else 2
+    await conn.execute("UPDATE coordinator_incidents SET room = NULL WHERE incident_id = $1", incident_id)
+    return await open_room(
+        conn, config, incident_id=incident_id, title=title, severity=severity, commander=commander, opening=opening
+    )
+
+
+async def give_up(conn: Conn, *, incident_id: str, name: str) -> int:
+    """A room that could not be opened: the incident has none, and what waited to be done in it is cancelled."""
+    await conn.execute(
+        "UPDATE coordinator_incidents SET room = NULL WHERE incident_id = $1 AND room = $2", incident_id, name
+    )
+    return await cancel_pending(conn, service=SERVICE, kind=IN_ROOM, target=f"slack:{name}")
 
 
 # ---- Slack's Web API ----------------------------------------------------------------------------
@@ -140,13 +207,24 @@ class Slack:
         self._tls: ssl.SSLContext | None = None
         self.ids: dict[str, str] = {}  # rooms' channel ids by name, as this process found them
 
-    async def call(self, client: httpx.AsyncClient, method: str, body: dict[str, Any], *, ok: set[str] = set()) -> Any:  # noqa: B006 - never changed
+    async def call(
+        self, client: httpx.AsyncClient, method: str, body: dict[str, Any], *, ok: frozenset[str] = frozenset()
+    ) -> Any:
         """Call a method; Slack's ``ok: false`` answers are refusals, but for those passing and those in ``ok``."""
+        url = f"{self.rooms.api_url}/{method}"
         try:
-            response = await client.post(f"{self.rooms.api_url}/{method}", json=body)
+            if method in READS:
+                query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in body.items()}
+                response = await client.get(url, params=query)
+            else:
+                response = await client.post(url, json=body)
         except httpx.HTTPError as exc:  # its text may quote the request's headers: said by its kind
             raise TransientEffectError(f"{method}: {type(exc).__name__}") from None
-        if response.status_code == 429 or response.status_code >= 500:
+        if response.status_code == 429:
+            wait = response.headers.get("retry-after", "")
+            after = float(wait) if wait.isdigit() else None
+            raise TransientEffectError(f"{method}: rate limited", retry_after_s=after)
+        if response.status_code >= 500:
             raise TransientEffectError(f"{method}: HTTP {response.status_code}")
         if response.status_code >= 400:
             raise PermanentEffectError(f"{method}: HTTP {response.status_code}")
@@ -163,13 +241,13 @@ class Slack:
             self._tls = ssl.create_default_context(cafile=certifi.where())
         return httpx.AsyncClient(headers=self.headers, timeout=self.rooms.timeout_s, verify=self._tls)
 
-    async def find(self, client: httpx.AsyncClient, name: str) -> dict[str, Any] | None:
-        """The channel of this name, archived or not."""
+    async def find(self, client: httpx.AsyncClient, name: str, *, archived: bool = False) -> dict[str, Any] | None:
+        """The channel of this name (``archived``: archived ones too)."""
         cursor = ""
         types = "private_channel" if self.rooms.private else "public_channel"
         for _ in range(LIST_PAGES):
-            body = {"types": types, "limit": 1000, "exclude_archived": False, "cursor": cursor}
-            answer = await self.call(client, "conversations.list", body)
+            query = {"types": types, "limit": 1000, "exclude_archived": not archived, "cursor": cursor}
+            answer = await self.call(client, "conversations.list", query)
             for channel in answer.get("channels", []):
                 if channel.get("name") == name:
                     return channel  # type: ignore[no-any-return]
@@ -178,74 +256,82 @@ class Slack:
                 return None
         raise PermanentEffectError(f"{name}: not found in the first {LIST_PAGES * 1000} channels")
 
+    async def channel_id(self, client: httpx.AsyncClient, name: str) -> str:
+        found = self.ids.get(name)
+        if found is None:
+            channel = await self.find(client, name)
+            if channel is None:
+                raise TransientEffectError(f"{name}: the room is not open yet")
+            found = self.ids[name] = channel["id"]
+        return found
+
+    async def invite(self, client: httpx.AsyncClient, channel_id: str, addresses: list[str]) -> dict[str, Any]:
+        """Invite those Slack knows by these addresses; one it does not know, or will not invite, is reported."""
+        invited: list[str] = []
+        not_invited: list[str] = []
+        for email in addresses:
+            found = await self.call(client, "users.lookupByEmail", {"email": email}, ok=frozenset({"users_not_found"}))
+            if not found.get("user"):
+                not_invited.append(email)
+                continue
+            answer = await self.call(
+                client,
+                "conversations.invite",
+                {"channel": channel_id, "users": found["user"]["id"]},
+                # A guest, a deactivated account: the room goes on without them, and says so.
+                ok=frozenset({"already_in_channel", "cant_invite_self", "user_is_restricted", "cant_invite"}),
+            )
+            (invited if answer.get("ok") or answer.get("error") == "already_in_channel" else not_invited).append(email)
+        return {"invited": invited, "not_invited": not_invited}
+
     async def open(self, effect: Effect) -> dict[str, Any]:
         name = effect.payload["name"]
         async with self.client() as client:
             made = await self.call(
-                client, "conversations.create", {"name": name, "is_private": self.rooms.private}, ok={"name_taken"}
+                client,
+                "conversations.create",
+                {"name": name, "is_private": self.rooms.private},
+                ok=frozenset({"name_taken"}),
             )
             channel = made.get("channel")
             if channel is None:  # opened before (a retry, another coordinator): that one is the room
-                channel = await self.find(client, name)
+                channel = await self.find(client, name, archived=True)
                 if channel is None:
                     raise TransientEffectError(f"{name}: its name is taken, but no channel of it is listed yet")
                 if channel.get("is_archived"):
-                    await self.call(client, "conversations.unarchive", {"channel": channel["id"]}, ok={"not_archived"})
+                    raise PermanentEffectError(f"{name}: a channel of this name is archived")
             channel_id = self.ids[name] = channel["id"]
             await self.call(client, "conversations.setTopic", {"channel": channel_id, "topic": effect.payload["topic"]})
-            invited, unknown = [], []
-            for email in effect.payload.get("invite", []):
-                found = await self.call(client, "users.lookupByEmail", {"email": email}, ok={"users_not_found"})
-                if found.get("user"):
-                    invited.append(found["user"]["id"])
-                else:
-                    unknown.append(email)
-            if invited:
-                await self.call(
-                    client,
-                    "conversations.invite",
-                    {"channel": channel_id, "users": ",".join(invited)},
-                    ok={"already_in_channel", "cant_invite_self"},
-                )
-        return {"room": name, "channel_id": channel_id, "invited": len(invited), "not_on_slack": unknown}
+            people = await self.invite(client, channel_id, effect.payload.get("invite", []))
+        return {"room": name, "channel_id": channel_id, **people}
 
-    async def post(self, effect: Effect) -> dict[str, Any]:
-        name = effect.payload["channel"]
+    async def act(self, effect: Effect) -> dict[str, Any]:
+        """Post in the room, set its topic and invite people, or archive it: as the payload's ``action`` says."""
+        payload = dict(effect.payload)
+        name, action = payload.pop("channel"), payload.pop("action", "post")
         async with self.client() as client:
-            channel_id = self.ids.get(name)
-            if channel_id is None:
-                found = await self.find(client, name)
-                if found is None:
-                    raise TransientEffectError(f"{name}: the room is not open yet")
-                channel_id = self.ids[name] = found["id"]
+            channel_id = await self.channel_id(client, name)
+            if action == "archive":
+                done = frozenset({"already_archived"})
+                await self.call(client, "conversations.archive", {"channel": channel_id}, ok=done)
+                return {"room": name, "archived": True}
+            if action == "update":
+                if payload.get("topic"):
+                    change = {"channel": channel_id, "topic": payload["topic"]}
+                    await self.call(client, "conversations.setTopic", change)
+                return {"room": name, **await self.invite(client, channel_id, payload.get("invite", []))}
             # By its id: a private channel is not found by its name.
-            answer = await self.call(client, "chat.postMessage", {**effect.payload, "channel": channel_id})
+            answer = await self.call(client, "chat.postMessage", {**payload, "channel": channel_id})
         return {"room": name, "ts": answer.get("ts")}
-
-    async def archive(self, effect: Effect) -> dict[str, Any]:
-        name, archived = effect.payload["name"], bool(effect.payload["archived"])
-        async with self.client() as client:
-            channel = await self.find(client, name)
-            if channel is None:
-                return {"room": name, "archived": archived, "found": False}
-            if archived:
-                await self.call(client, "conversations.archive", {"channel": channel["id"]}, ok={"already_archived"})
-            else:
-                await self.call(client, "conversations.unarchive", {"channel": channel["id"]}, ok={"not_archived"})
-        return {"room": name, "archived": archived}
 
 
 def effect_kinds(config: NotificationsConfig, *, on_outcome: OutcomeHandler | None = None) -> list[EffectKind]:
-    """The effect kinds that open, post to and archive rooms (none without ``rooms`` in the file)."""
+    """The effect kinds that open rooms and act in them (none without ``rooms`` in the file)."""
     rooms = config.file.rooms
     if rooms is None or config.rooms_token is None:
         return []
     slack = Slack(rooms, config.rooms_token.get_secret_value())
-    runs: dict[str, Callable[[Effect], Awaitable[dict[str, Any]]]] = {
-        OPEN: slack.open,
-        POST: slack.post,
-        ARCHIVE: slack.archive,
-    }
+    runs: dict[str, Callable[[Effect], Awaitable[dict[str, Any]]]] = {OPEN: slack.open, IN_ROOM: slack.act}
     return [
         EffectKind(
             name=name,
@@ -253,9 +339,9 @@ def effect_kinds(config: NotificationsConfig, *, on_outcome: OutcomeHandler | No
             timeout_s=rooms.timeout_s * 6,  # opening is several calls
             max_attempts=rooms.max_attempts,
             concurrency=8,
-            # A room's posts one at a time, so that they read in order there.
             per_target_concurrency=1,
             on_outcome=on_outcome,
+            in_order=name == IN_ROOM,  # a room's posts read in the order they were sent
         )
         for name, run in runs.items()
     ]

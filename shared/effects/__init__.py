@@ -28,7 +28,7 @@ operator's retry starts a new round).
 """
 
 from shared.effects.domain import Effect, PermanentEffectError, TransientEffectError, http_target
-from shared.effects.repository import enqueue, list_, prune, retry
+from shared.effects.repository import cancel_pending, enqueue, list_, prune, release_pending, retry
 from shared.effects.runner import EffectKind, EffectRunner, OutcomeHandler
 
 __all__ = [
@@ -38,9 +38,11 @@ __all__ = [
     "OutcomeHandler",
     "PermanentEffectError",
     "TransientEffectError",
+    "cancel_pending",
     "enqueue",
     "http_target",
     "list_",
     "prune",
+    "release_pending",
     "retry",
 ]

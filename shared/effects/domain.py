@@ -58,11 +58,17 @@ class PermanentEffectError(VigilError):
 
 
 class TransientEffectError(VigilError):
-    """The far side failed in a way that may pass (e.g. HTTP 503); any other exception counts the same."""
+    """The far side failed in a way that may pass (e.g. HTTP 503); any other exception counts the same.
 
-    def __init__(self, message: str, *, result: Mapping[str, Any] | None = None) -> None:
+    ``retry_after_s``: how long the far side asked to be left alone (Retry-After), the least wait before the next.
+    """
+
+    def __init__(
+        self, message: str, *, result: Mapping[str, Any] | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.result = dict(result or {})
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class Attempt:
     verdict: Verdict
     error: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
+    retry_after_s: float | None = None
 
 
 def settle(verdict: Verdict, *, attempts: int, max_attempts: int) -> Status:

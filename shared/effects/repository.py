@@ -78,17 +78,22 @@ async def enqueue(
 
 
 async def due(
-    conn: Conn, *, service: str, kind: str, exclude_targets: Sequence[str], limit: int
+    conn: Conn, *, service: str, kind: str, exclude_targets: Sequence[str], limit: int, in_order: bool = False
 ) -> list[asyncpg.Record]:
     """Lock due effects of one kind, oldest first: pending ones, and running ones whose lease expired.
 
+    ``in_order``: an effect waits while an older one of its kind to its target is pending or running
+    (waiting for a retry, or on another runner): a target's effects are done in the order enqueued.
     Call inside a transaction; rows another runner has locked are skipped, not waited for.
     """
     return await conn.fetch(
-        """SELECT id, target, status FROM effects
+        """SELECT id, target, status FROM effects e
            WHERE service = $1 AND kind = $2 AND status IN ('pending', 'running') AND not_before <= now()
              AND (status = 'pending' OR lease_until < now())
              AND target <> ALL($3::text[])
+             AND (NOT $5 OR NOT EXISTS (
+                 SELECT 1 FROM effects o WHERE o.service = e.service AND o.kind = e.kind AND o.target = e.target
+                   AND o.status IN ('pending', 'running') AND o.id < e.id))
            ORDER BY not_before, id
            LIMIT $4
            FOR UPDATE SKIP LOCKED""",
@@ -96,7 +101,28 @@ async def due(
         kind,
         list(exclude_targets),
         limit,
+        in_order,
     )
+
+
+async def cancel_pending(
+    conn: Conn, *, service: str, kind: str, key_prefix: str | None = None, target: str | None = None
+) -> int:
+    """Fail the pending effects of a kind whose key starts so (or that go to this target): no longer to be done.
+
+    In the caller's transaction; a running one is left to finish. Return how many were cancelled.
+    """
+    status = await conn.execute(
+        """UPDATE effects SET status = 'failed', last_error = 'cancelled: no longer to be done', finished_at = now(),
+               updated_at = now()
+           WHERE service = $1 AND kind = $2 AND status = 'pending'
+             AND ($3::text IS NULL OR starts_with(key, $3)) AND ($4::text IS NULL OR target = $4)""",
+        service,
+        kind,
+        key_prefix,
+        target,
+    )
+    return int(status.split()[-1])
 
 
 async def lease(conn: Conn, *, ids: Sequence[int], timeout_s: float, margin_s: float, token: uuid.UUID) -> list[Effect]:
@@ -275,4 +301,16 @@ async def prune(pool: asyncpg.Pool, *, service: str, keep: timedelta) -> int:
             service,
             keep,
         )
+    return int(status.split()[-1])
+
+
+async def release_pending(conn: Conn, *, service: str, kind: str, target: str) -> int:
+    """Make the pending effects of a kind to a target due now (they were held for it); return how many."""
+    status = await conn.execute(
+        """UPDATE effects SET not_before = now(), updated_at = now()
+           WHERE service = $1 AND kind = $2 AND target = $3 AND status = 'pending' AND not_before > now()""",
+        service,
+        kind,
+        target,
+    )
     return int(status.split()[-1])

@@ -61,6 +61,9 @@ class EffectKind:
     # The least wait before a retry: a far side that answers late for what it did (a search index that
     # catches up within seconds) is asked again only once it can know.
     min_retry_s: float = 0.0
+    # A target's effects done one after another in the order enqueued, a retry's wait included (a chat
+    # room's posts): an effect waits while an older one to its target is pending or running.
+    in_order: bool = False
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.max_attempts < 1 or self.concurrency < 1 or self.per_target_concurrency < 1:
@@ -180,7 +183,12 @@ class EffectRunner:
         full = [target for target, n in load.items() if n >= kind.per_target_concurrency]
         async with self.pool.acquire() as conn, conn.transaction():
             candidates = await repository.due(
-                conn, service=self.service, kind=kind.name, exclude_targets=full, limit=free * SCAN_FACTOR
+                conn,
+                service=self.service,
+                kind=kind.name,
+                exclude_targets=full,
+                limit=free * SCAN_FACTOR,
+                in_order=kind.in_order,
             )
             chosen = pick(
                 [(row["id"], row["target"]) for row in candidates],
@@ -276,7 +284,12 @@ class EffectRunner:
         except TimeoutError:
             return Attempt("transient", error=f"timed out after {timeout_s:g}s")
         except Exception as exc:
-            return Attempt("transient", error=describe_error(exc), result=bound_result(getattr(exc, "result", None)))
+            return Attempt(
+                "transient",
+                error=describe_error(exc),
+                result=bound_result(getattr(exc, "result", None)),
+                retry_after_s=getattr(exc, "retry_after_s", None),
+            )
         finally:
             EFFECT_DURATION.labels(self.service, kind.name).observe(time.monotonic() - started)
 
@@ -286,7 +299,11 @@ class EffectRunner:
         """Record the attempt's outcome, retrying while the database is unavailable."""
         status = settle(attempt.verdict, attempts=attempts, max_attempts=max_attempts)
         delay_s = (
-            max(backoff_delay(attempts, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s), kind.min_retry_s)
+            max(
+                backoff_delay(attempts, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s),
+                kind.min_retry_s,
+                attempt.retry_after_s or 0.0,  # as long as the far side asked (Retry-After)
+            )
             if status == "pending"
             else 0.0
         )

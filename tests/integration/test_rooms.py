@@ -25,7 +25,16 @@ from services.coordinator import notifications, rooms
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from shared.effects import EffectRunner
-from shared.events import ChangeState, CommandArgs, IncidentDetected, ResolveIncident, Severity, StateCommand
+from shared.events import (
+    Assignment,
+    AssignRole,
+    ChangeState,
+    CommandArgs,
+    IncidentDetected,
+    ResolveIncident,
+    Severity,
+    StateCommand,
+)
 from shared.settings import VigilSettings
 from shared.topics import TopicNames
 from tests import helpers
@@ -48,6 +57,7 @@ class Workspace:
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id
     messages: list[dict[str, Any]] = field(default_factory=list)
     fail_creations: int = 0
+    refuse_creation: bool = False
     creations: int = 0
     refused: int = 0
 
@@ -55,16 +65,23 @@ class Workspace:
         return next((c for c in self.channels.values() if c["name"] == name), None)
 
 
+READS = {"conversations.list", "users.lookupByEmail"}  # GET with a query, as Slack documents them
+
+
 def slack(space: Workspace) -> Starlette:
     async def method(request: Request) -> Response:
         if request.headers.get("authorization") != f"Bearer {TOKEN}":
             space.refused += 1
             return JSONResponse({"ok": False, "error": "invalid_auth"})
-        body: dict[str, Any] = await request.json()
         name = request.path_params["method"]
+        if (request.method == "GET") != (name in READS):
+            return JSONResponse({"ok": False, "error": "invalid_arguments"})
+        body: dict[str, Any] = dict(request.query_params) if name in READS else await request.json()
         channel = space.channels.get(str(body.get("channel", "")))
         match name:
             case "conversations.create":
+                if space.refuse_creation:
+                    return JSONResponse({"ok": False, "error": "restricted_action"})
                 if space.by_name(body["name"]):
                     return JSONResponse({"ok": False, "error": "name_taken"})
                 made = {"id": f"C{len(space.channels) + 1:04d}", "name": body["name"], "is_archived": False}
@@ -75,7 +92,10 @@ def slack(space: Workspace) -> Starlette:
                     return Response("upstream timed out", status_code=504)
                 return JSONResponse({"ok": True, "channel": made})
             case "conversations.list":
-                listed = [{k: c[k] for k in ("id", "name", "is_archived")} for c in space.channels.values()]
+                shown = [
+                    c for c in space.channels.values() if body["exclude_archived"] == "false" or not c["is_archived"]
+                ]
+                listed = [{k: c[k] for k in ("id", "name", "is_archived")} for c in shown]
                 return JSONResponse({"ok": True, "channels": listed, "response_metadata": {"next_cursor": ""}})
             case "conversations.setTopic" if channel:
                 channel["topic"] = body["topic"]
@@ -95,13 +115,11 @@ def slack(space: Workspace) -> Starlette:
                 if channel["is_archived"]:
                     return JSONResponse({"ok": False, "error": "already_archived"})
                 channel["is_archived"] = True
-            case "conversations.unarchive" if channel:
-                channel["is_archived"] = False
             case _:
                 return JSONResponse({"ok": False, "error": "channel_not_found" if "channel" in body else "unknown"})
         return JSONResponse({"ok": True})
 
-    return Starlette(routes=[Route("/api/{method}", method, methods=["POST"])])
+    return Starlette(routes=[Route("/api/{method}", method, methods=["GET", "POST"])])
 
 
 def configure(api_url: str) -> notifications.NotificationsConfig:
@@ -111,7 +129,6 @@ def configure(api_url: str) -> notifications.NotificationsConfig:
         rooms:
           token_env: SLACK_BOT_TOKEN
           api_url: {api_url}
-          archive_after_s: 3
         """
     return notifications.parse_notifications(textwrap.dedent(document), environ={"SLACK_BOT_TOKEN": TOKEN + "\n"})
 
@@ -136,8 +153,7 @@ async def running(
 
 async def all_done(pool: asyncpg.Pool) -> bool:
     pending = await pool.fetchval(
-        """SELECT count(*) FROM effects
-           WHERE kind IN ('room.open', 'room.archive', 'notify.room') AND status <> 'succeeded'"""
+        "SELECT count(*) FROM effects WHERE kind IN ('room.open', 'notify.room') AND status IN ('pending', 'running')"
     )
     return bool(pending == 0)
 
@@ -184,23 +200,71 @@ async def test_a_serious_incident_gets_a_room_once_where_its_notices_are_posted_
     ]
 
 
-async def test_a_reopened_incident_has_its_room_taken_out_of_the_archive(
+async def test_reopened_before_its_room_was_archived_it_keeps_it_and_after_it_gets_a_new_one(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
     space = Workspace()
     async with serve_app(slack(space), name="slack") as base:
         coordinator = Coordinator(load_oncall(), notices=configure(f"{base}/api"))
-        detected = IncidentDetected(source="/t", subject=SERIOUS, data=snapshot(severity=Severity.SEV2))
+        detected = IncidentDetected(
+            source="/t", subject=SERIOUS, data=snapshot(title="Data leak", severity=Severity.SEV2)
+        )
         await feed(pool, names, coordinator, detected)
-        for command in (
-            ResolveIncident(source="/t", subject=SERIOUS, data=CommandArgs(actor="al", resolution="false_positive")),
-            ChangeState(source="/t", subject=SERIOUS, data=StateCommand(actor="al", to_state="closed")),
-            ChangeState(source="/t", subject=SERIOUS, data=StateCommand(actor="al", to_state="acknowledged")),
-        ):
-            await feed(pool, names, coordinator, command)
+
+        async def close_and_reopen() -> None:
+            for command in (
+                ResolveIncident(
+                    source="/t", subject=SERIOUS, data=CommandArgs(actor="al", resolution="false_positive")
+                ),
+                ChangeState(source="/t", subject=SERIOUS, data=StateCommand(actor="al", to_state="closed")),
+            ):
+                await feed(pool, names, coordinator, command)
+
+        # Closed and reopened before anything ran: its archiving is cancelled, the room stays.
+        await close_and_reopen()
+        reopen = ChangeState(source="/t", subject=SERIOUS, data=StateCommand(actor="al", to_state="acknowledged"))
+        await feed(pool, names, coordinator, reopen)
+        async with running(settings, pool, names, coordinator):
+            await eventually(lambda: all_done(pool), timeout=30)
+            (first,) = space.channels.values()
+            assert not first["is_archived"]
+            # Closed again, archived; reopened after: a room of its own again, a new one.
+            await close_and_reopen()
+            await eventually(lambda: all_done(pool), timeout=30)
+            assert first["is_archived"]
+            again = ChangeState(source="/t", subject=SERIOUS, data=StateCommand(actor="al", to_state="acknowledged"))
+            await feed(pool, names, coordinator, again)
+            await eventually(lambda: all_done(pool), timeout=30)
+    first_name, second_name = "inc-5e1f0000-data-leak", "inc-5e1f0000-data-leak-r2"
+    assert [c["name"] for c in space.channels.values()] == [first_name, second_name]
+    assert await pool.fetchval("SELECT room FROM coordinator_incidents WHERE incident_id = $1", SERIOUS) == second_name
+    reopened = [m["text"] for m in space.messages if m["channel"] == second_name]
+    assert reopened and reopened[-1].startswith("[SEV2] Acknowledged")  # the reopening, in the new room
+
+
+async def test_a_room_that_cannot_be_opened_is_given_up_with_the_posts_waiting_for_it_and_roles_are_invited(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    space = Workspace(refuse_creation=True, users={"alice@example.com": "U0ALICE", "bob@example.com": "U0BOB"})
+    async with serve_app(slack(space), name="slack") as base:
+        coordinator = Coordinator(load_oncall(), notices=configure(f"{base}/api"))
+        await feed(pool, names, coordinator, IncidentDetected(source="/t", subject=SERIOUS, data=snapshot()))
+        async with running(settings, pool, names, coordinator):
+            await eventually(lambda: all_done(pool), timeout=30)
+        assert await pool.fetchval("SELECT room FROM coordinator_incidents WHERE incident_id = $1", SERIOUS) is None
+        cancelled = await pool.fetchval(
+            "SELECT count(*) FROM effects WHERE kind = 'notify.room' AND last_error LIKE 'cancelled%'"
+        )
+        assert cancelled == 1 and space.messages == []  # the page, which waited for the room
+
+        # Another incident, its room opened; a scribe assigned is invited to it.
+        space.refuse_creation = False
+        await feed(pool, names, coordinator, IncidentDetected(source="/t", subject=MINOR, data=snapshot(title="Leak")))
+        assign = AssignRole(
+            source="/t", subject=MINOR, data=Assignment(actor="al", person="bob@example.com", role="scribe")
+        )
+        await feed(pool, names, coordinator, assign)
         async with running(settings, pool, names, coordinator):
             await eventually(lambda: all_done(pool), timeout=30)
     (room,) = space.channels.values()
-    assert not room["is_archived"]
-    moves = await pool.fetch("SELECT key FROM effects WHERE kind = 'room.archive' ORDER BY id")
-    assert [m["key"].split(":")[-2] for m in moves] == ["archive", "unarchive"]
+    assert "U0BOB" in room["members"]
