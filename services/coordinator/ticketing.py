@@ -305,7 +305,8 @@ class _Api:
         failure = f"{doing}: HTTP {response.status_code}: {bound_text(response.text, 300)}"
         if verdict == "permanent":
             raise PermanentEffectError(failure)
-        raise TransientEffectError(failure)
+        wait = response.headers.get("retry-after", "")
+        raise TransientEffectError(failure, retry_after_s=float(wait) if wait.isdigit() else None)
 
 
 class GitHub(_Api):

@@ -32,7 +32,7 @@ from prometheus_client import REGISTRY
 from shared import cloudevents
 from shared.consumer import HandlerContext
 from shared.db import connect, create_pool
-from shared.effects import Effect, EffectKind, EffectRunner, enqueue, http_target, prune, retry
+from shared.effects import Effect, EffectKind, EffectRunner, TransientEffectError, enqueue, http_target, prune, retry
 from shared.effects import repository as effects_repository
 from shared.effects.builtin import IDEMPOTENCY_ENV, http_request, run_command, send_mail
 from shared.effects.domain import message_id
@@ -938,3 +938,41 @@ if __name__ == "__main__":
         _runner_process(*sys.argv[2:4])
     else:
         _service_process()
+
+
+async def test_an_in_order_kind_does_a_targets_effects_in_the_order_enqueued_through_retries_and_held_ones(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    """A room's posts: the first fails once and waits out its retry (as long as its far side asks); the one
+    after it, due at once, waits for it. One held for later holds those after it until it is released."""
+    done: list[str] = []
+    failed_once: set[str] = set()
+
+    async def execute(effect: Effect) -> dict[str, Any]:
+        if effect.payload.get("flaky") and effect.key not in failed_once:
+            failed_once.add(effect.key)
+            raise TransientEffectError("not yet", retry_after_s=0.5)
+        done.append(effect.key)
+        return {}
+
+    kind = EffectKind(name="in_order", execute=execute, in_order=True, per_target_concurrency=1)
+    first = await add(pool, kind="in_order", target="room-a", payload={"flaky": True})
+    second = await add(pool, kind="in_order", target="room-a", payload={})
+    elsewhere = await add(pool, kind="in_order", target="room-b", payload={})
+    held = await add(
+        pool, kind="in_order", target="room-c", payload={}, not_before=datetime.now(UTC) + timedelta(days=1)
+    )
+    behind = await add(pool, kind="in_order", target="room-c", payload={})
+    async with running(make_runner(settings, pool, names, [kind])):
+        await reaches(pool, second, "succeeded")
+        await reaches(pool, elsewhere, "succeeded")
+        assert (await effect_row(pool, behind))["status"] == "pending"  # behind one held for later
+        async with pool.acquire() as conn:
+            assert (
+                await effects_repository.release_pending(conn, service=SERVICE, kind="in_order", target="room-c") == 1
+            )
+        await reaches(pool, behind, "succeeded")
+    assert done.index(first) < done.index(second)
+    assert done.index(held) < done.index(behind)
+    retried = await effect_row(pool, first)
+    assert retried["attempts"] == 2
