@@ -15,8 +15,8 @@ from services.coordinator.lifecycle import load_lifecycle
 from services.coordinator.schedules import DEFAULT_ONCALL, OnCallConfig
 from services.coordinator.schedules import load_oncall as load_schedules
 from services.coordinator.tasks_api import tasks_router
+from shared.backoff import until_available
 from shared.consumer import decode_cloudevent
-from shared.errors import is_retriable
 from shared.service import Runtime, ServiceSpec
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
@@ -72,18 +72,12 @@ def spec(settings: VigilSettings) -> ServiceSpec:
 
     async def schedule_digests(runtime: Runtime) -> None:
         """Each digest's timer set for its next time, waiting out a database that is not there yet."""
-        backoff = 0.5
-        while True:
-            try:
-                async with runtime.pool.acquire() as conn:
-                    set_now = await digests.ensure_scheduled(conn, reviews, now=datetime.now(UTC))
-                break
-            except Exception as exc:
-                if not is_retriable(exc):
-                    raise
-                log.warning("digests not scheduled yet, again in %.1fs: %r", backoff, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+
+        async def ensure() -> list[str]:
+            async with runtime.pool.acquire() as conn:
+                return await digests.ensure_scheduled(conn, reviews, now=datetime.now(UTC))
+
+        set_now = await until_available(ensure, what="digests not scheduled yet")
         if set_now:
             log.info("digests scheduled: %s", ", ".join(set_now))
 

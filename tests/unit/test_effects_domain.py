@@ -179,3 +179,25 @@ def test_what_the_far_side_said_is_kept_without_nul_which_postgres_cannot_store(
     assert describe_error(RuntimeError("bad\x00answer")) == "RuntimeError: bad\\0answer"
     # A backslash and "u0000" as text is no NUL, and stays as it was.
     assert bound_result({"body": "\\u0000"}) == {"body": "\\u0000"}
+
+
+def test_waiting_out_an_outage_retries_what_passes_and_raises_the_rest() -> None:
+    import asyncio
+
+    from shared.backoff import until_available
+
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(len(calls))
+        if len(calls) < 3:
+            raise ConnectionRefusedError("the database is not there yet")
+        return "done"
+
+    async def broken() -> str:
+        raise ValueError("a bug, not an outage")
+
+    assert asyncio.run(until_available(flaky, what="test", first_s=0.001)) == "done"
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="a bug"):
+        asyncio.run(until_available(broken, what="test", first_s=0.001))
