@@ -2581,3 +2581,51 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---- review digests ----------------------------------------------------------------------------
+
+digests_app = typer.Typer(
+    help="Review digests: a period's incidents summed up, sent on a schedule.", no_args_is_help=True
+)
+app.add_typer(digests_app, name="digests")
+
+
+@digests_app.command("list")
+def digests_list(as_json: JsonOption = False) -> None:
+    """The digests the coordinator sends (digests.yaml), to whom, and when each goes next."""
+    listed = _answer_of(_tasks_call("GET", "/api/v1/digests"))
+    if as_json:
+        print(json.dumps(listed, indent=2))
+        return
+    table = Table(title=f"{len(listed)} digest(s)")
+    for column in ("name", "every", "covers", "to", "next (UTC)"):
+        table.add_column(column, overflow="fold")
+    for d in listed:
+        when = (d["next_at"] or "-")[:16].replace("T", " ")
+        table.add_row(*_plain(d["name"], f"{d['every']} ({d['time_zone']})", d["covers"], ", ".join(d["to"])), when)
+    console.print(table)
+
+
+@digests_app.command("preview")
+def digests_preview(name: str, as_json: JsonOption = False) -> None:
+    """What a digest would say now, of the period ending now; nothing is sent."""
+    data = _answer_of(_tasks_call("GET", f"/api/v1/digests/{name}/preview"))
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return
+    console.print(f"[b]{escape(data['name'])}[/b]: incidents from {escape(data['period'])}")
+    facts = [
+        ("opened", data["opened"], data["opened_by_severity"]),
+        ("resolved", data["resolved"], data["resolved_by_resolution"]),
+        ("open now", data["open_now"], data["open_by_severity"]),
+    ]
+    for label, count, split in facts:
+        parts = ", ".join(f"{k} {v}" for k, v in split.items())
+        console.print(f"  {label}: {count}" + (f" ({escape(parts)})" if parts else ""))
+    for label, minutes in (("to acknowledge", data["mtta_minutes"]), ("to resolve", data["mttr_minutes"])):
+        console.print(f"  median time {label}: " + ("-" if minutes is None else f"{minutes:g} min"))
+    console.print(f"  overdue tasks: {data['overdue_tasks']}; open follow-ups: {data['open_follow_ups']}")
+    for incident in data["notable"]:
+        line = f"{incident['short_id']} {incident['severity']} {incident['title']} ({incident['state']})"
+        console.print(f"  - {escape(line)}")

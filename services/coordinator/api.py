@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from services.coordinator import domain
+from services.coordinator import digests, domain
 from services.coordinator.handlers import SERVICE, Command, Coordinator
 from services.coordinator.schedules import OnCallConfig, who_is_on_call
 from shared import idempotency
@@ -262,5 +262,40 @@ def oncall_router(runtime: Runtime, config: Callable[[], OnCallConfig]) -> APIRo
             )
             for s in who_is_on_call(config(), at or datetime.now(UTC))
         ]
+
+    return router
+
+
+class DigestOut(BaseModel):
+    name: str
+    every: str
+    time_zone: str
+    covers: str
+    to: list[str]
+    severities: list[str] | None
+    next_at: datetime | None
+
+
+def digests_router(runtime: Runtime, coordinator: Coordinator) -> APIRouter:
+    """`GET /api/v1/digests`: the review digests and when each goes next; `…/{name}/preview`: what it would say
+    now, of the period ending now, without sending it."""
+    router = APIRouter(prefix="/api/v1", tags=["digests"], dependencies=[require(runtime, "incidents.read")])
+
+    @router.get("/digests", response_model=list[DigestOut])
+    async def listed() -> list[DigestOut]:
+        now = datetime.now(UTC)
+        shown = {"name", "every", "time_zone", "covers", "to", "severities"}
+        found = coordinator.digests.values()
+        return [DigestOut(**d.model_dump(include=shown), next_at=d.next_after(now)) for d in found]
+
+    @router.get("/digests/{name}/preview")
+    async def preview(name: str) -> dict[str, Any]:
+        digest = coordinator.digests.get(name)
+        if digest is None:
+            known = ", ".join(coordinator.digests) or "none"
+            raise HTTPException(404, detail=f"no digest {name!r}; the digests are: {known}")
+        now = datetime.now(UTC)
+        async with runtime.pool.acquire() as conn:
+            return await digests.gather(conn, digest, end=now, ended=coordinator.ended_states(), now=now)
 
     return router

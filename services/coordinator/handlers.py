@@ -1574,16 +1574,19 @@ class Coordinator:
         )
         await notifications.notify(ctx.conn, self.notices, notice)
 
+    def ended_states(self) -> list[str]:
+        """The states in which an incident is over, by the lifecycle in force."""
+        return [state.value for state in IncidentState if self.lifecycle.is_ended(state)]
+
     async def on_digest_due(self, ctx: HandlerContext, timer: timers.Timer) -> None:
         """A review digest's time: the period that ended then, summed up and sent; then its next time is set."""
         digest = self.digests.get(timer.subject)
         if digest is None:
             log.warning("digest %s is not configured here: not sent (another coordinator's has it?)", timer.subject)
             return
-        ended = [state.value for state in IncidentState if self.lifecycle.is_ended(state)]
         now = datetime.now(UTC)
         end = digests.scheduled_time(timer.payload, timer.due_at)
-        data = await digests.gather(ctx.conn, digest, end=end, ended=ended, now=now)
+        data = await digests.gather(ctx.conn, digest, end=end, ended=self.ended_states(), now=now)
         notice = notifications.Notice(
             kind="digest",
             incident_id=f"digest-{digest.name}",  # each digest's mails one conversation

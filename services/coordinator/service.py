@@ -118,6 +118,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         routers=lambda runtime: [
             *api.routers(runtime, coordinator),
             api.oncall_router(runtime, lambda: coordinator.oncall),
+            api.digests_router(runtime, coordinator),
             tasks_router(runtime, templates, on_done=coordinator.on_task_done, on_added=coordinator.on_task_added),
         ],
         # A background task runs as long as the service: the refresh only where there is something to fetch.

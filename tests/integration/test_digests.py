@@ -6,15 +6,20 @@ import textwrap
 from datetime import UTC, datetime
 
 import asyncpg
+import httpx
 import pytest
 
-from services.coordinator import digests, notifications
+from services.coordinator import api, digests, notifications
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
+from shared import identity
 from shared.events import AcknowledgeIncident, CommandArgs, IncidentDetected, ResolveIncident, Severity
+from shared.service import Runtime, build_app
+from shared.settings import VigilSettings
 from shared.timers import TimerPoller
 from shared.topics import TopicNames
 from tests.factories import snapshot
+from tests.helpers import serve_app
 from tests.integration.test_coordinator_lifecycle import feed
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
@@ -123,3 +128,34 @@ async def test_a_changed_rule_moves_a_pending_timer_and_a_parked_one_is_set_anew
         ("weekly-review", reviews["weekly-review"].next_after(now)),
     ]
     assert all(datetime.fromisoformat(r["payload"]["at"]) == r["due_at"] for r in pending)
+
+
+async def test_operators_list_the_digests_and_preview_one_without_sending_it(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    reviews = digests.parse_digests(DIGESTS)
+    notices = notifications.parse_notifications(
+        textwrap.dedent(NOTIFICATIONS), environ={"SECRET": "a-webhook-secret-for-digests"}
+    )
+    coordinator = Coordinator(load_oncall(), notices=notices, digests_=reviews)
+    await feed(pool, names, coordinator, IncidentDetected(source="/t", subject="inc-p", data=snapshot(title="Preview")))
+    async with pool.acquire() as conn:
+        token = await identity.create_token(conn, name="vera", role="viewer", created_by="test")
+    secured = settings.model_copy(update={"allow_unauthenticated": False})
+    runtime = Runtime(service="coordinator", settings=secured, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
+    app = build_app(runtime, [api.digests_router(runtime, coordinator)])
+    async with serve_app(app, name="coordinator-api") as base, httpx.AsyncClient(base_url=base) as client:
+        assert (await client.get("/api/v1/digests")).status_code == 401
+        headers = {"Authorization": f"Bearer {token.text}"}
+        listed = (await client.get("/api/v1/digests", headers=headers)).json()
+        preview = await client.get("/api/v1/digests/weekly-review/preview", headers=headers)
+        missing = await client.get("/api/v1/digests/monthly/preview", headers=headers)
+    assert [(d["name"], d["to"]) for d in listed] == [
+        ("weekly-review", ["lead@example.com"]),
+        ("serious-only", ["lead@example.com"]),
+    ]
+    assert all(d["next_at"] for d in listed)
+    assert preview.status_code == 200 and preview.json()["opened"] == 1
+    assert [n["title"] for n in preview.json()["notable"]] == ["Preview"]
+    assert missing.status_code == 404 and "weekly-review, serious-only" in missing.json()["detail"]
+    assert await pool.fetchval("SELECT count(*) FROM effects WHERE subject LIKE 'digest-%'") == 0  # nothing sent

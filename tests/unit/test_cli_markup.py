@@ -335,6 +335,41 @@ def tasks_list(t: Texts, _: Path) -> Case:
     return Case(["tasks", "list", INCIDENT], {f"/api/v1/incidents/{INCIDENT}/tasks": listed})
 
 
+def digests_list(t: Texts, _: Path) -> Case:
+    listed = [
+        {
+            "name": t("digest"),
+            "every": t("rule"),
+            "time_zone": "UTC",
+            "covers": "7d",
+            "to": [t("reader")],
+            "severities": None,
+            "next_at": "2026-11-30T09:00:00Z",
+        }
+    ]
+    return Case(["digests", "list"], {"/api/v1/digests": listed})
+
+
+def digests_preview(t: Texts, _: Path) -> Case:
+    data = {
+        "name": t("digest"),
+        "period": t("period"),
+        "opened": 2,
+        "opened_by_severity": {"SEV1": 2},
+        "resolved": 1,
+        "resolved_by_resolution": {t("resolution"): 1},
+        "open_now": 1,
+        "open_by_severity": {"SEV1": 1},
+        "mtta_minutes": 4.5,
+        "mttr_minutes": None,
+        "notable": [{"short_id": "5e1f0000", "severity": "SEV1", "title": t("title"), "state": "acknowledged"}],
+        "notable_more": 0,
+        "overdue_tasks": 0,
+        "open_follow_ups": 1,
+    }
+    return Case(["digests", "preview", "weekly"], {"/api/v1/digests/weekly/preview": data})
+
+
 def state_show(t: Texts, _: Path) -> Case:
     lifecycle = {
         "incident_id": t("incident id"),
@@ -508,6 +543,8 @@ CASES: list[Callable[[Texts, Path], Case]] = [
     lease_revoke,
     response_rollback,
     tasks_list,
+    digests_list,
+    digests_preview,
     state_show,
     ack,
     incidents_merge,
