@@ -282,7 +282,7 @@ def outbox_retry(row_id: Annotated[int, typer.Argument(help="Id from `vigil outb
 
 effects_app = typer.Typer(help="Side effects (webhooks, mails, commands) and how they ended.", no_args_is_help=True)
 app.add_typer(effects_app, name="effects")
-EFFECT_STATUSES = ("pending", "running", "succeeded", "failed", "parked")
+EFFECT_STATUSES = ("pending", "running", "succeeded", "failed", "parked", "cancelled")
 EFFECT_STATUS_STYLE = {"succeeded": "green", "failed": "red", "parked": "yellow", "running": "cyan"}
 
 

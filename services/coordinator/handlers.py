@@ -1622,7 +1622,10 @@ class Coordinator:
                 dropped = await rooms.give_up(ctx.conn, incident_id=effect.subject, name=effect.payload["name"])
                 log.error("incident %s: no room; %d post(s) waiting for it cancelled", effect.subject, dropped)
         elif effect.kind == rooms.OPEN:
-            waiting = await rooms.opened(ctx.conn, incident_id=effect.subject, name=effect.payload["name"])
+            channel_id = str(outcome.result.get("channel_id", ""))
+            waiting = await rooms.opened(
+                ctx.conn, incident_id=effect.subject, name=effect.payload["name"], channel_id=channel_id
+            )
             name = effect.payload["name"]
             log.info("incident %s: room %s open; %d post(s) go there now", effect.subject, name, waiting)
 

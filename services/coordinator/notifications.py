@@ -985,9 +985,9 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
     if notice.kind in REPORTER_KINDS:
         raise NoticeError(f"a {notice.kind} notice goes to reporters' addresses: notify_reporters sends it")
     deliveries, unknown = plan(config.file, notice)
-    room = await _room_of(conn, config, notice)
+    room = await room_of(conn, config, notice.incident_id) if notice.kind != "digest" else None
     if room is not None:
-        deliveries.append(Delivery(ROOM, ROOM, room[0]))
+        deliveries.append(Delivery(ROOM, ROOM, room.name))
     if unknown:
         # Said once per person a process meets: a busy day would otherwise write a line per notice.
         first_time = [name for name in unknown if name not in _UNLISTED_SAID]
@@ -1001,18 +1001,35 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
             config.source,
             " (said once per person)" if first_time else "",
         )
-    return await _enqueue(conn, config, notice, deliveries, service=service, room_open=room is None or room[1])
+    return await _enqueue(conn, config, notice, deliveries, service=service, room=room)
 
 
-async def _room_of(conn: Conn, config: NotificationsConfig, notice: Notice) -> tuple[str, bool] | None:
-    """The incident's room (its Slack channel's name, and whether it is open yet), where every notice about it
-    is posted too; None: it has none."""
-    if config.file.rooms is None or notice.kind == "digest":
+@dataclass(frozen=True)
+class Room:
+    """An incident's room: its channel's name, and once Slack opened it, its id."""
+
+    name: str
+    channel_id: str | None
+
+    @property
+    def open(self) -> bool:
+        return self.channel_id is not None
+
+
+async def room_of(conn: Conn, config: NotificationsConfig, incident_id: str) -> Room | None:
+    """The incident's room, where every notice about it is posted too; None: it has none.
+
+    Read under a share lock: the room's opening (which releases what was held for it) waits for this
+    transaction, so that nothing enqueued here is held after it opened.
+    """
+    if config.file.rooms is None:
         return None
     row = await conn.fetchrow(
-        "SELECT room, room_open FROM coordinator_incidents WHERE incident_id = $1", notice.incident_id
+        "SELECT room, room_id, room_open FROM coordinator_incidents WHERE incident_id = $1 FOR SHARE", incident_id
     )
-    return None if row is None or row["room"] is None else (row["room"], row["room_open"])
+    if row is None or row["room"] is None:
+        return None
+    return Room(row["room"], row["room_id"] if row["room_open"] else None)
 
 
 def room_hold(is_open: bool) -> datetime | None:
@@ -1056,7 +1073,7 @@ async def _enqueue(
     *,
     service: str,
     thread_of: str | None = None,
-    room_open: bool = True,
+    room: Room | None = None,
 ) -> list[str]:
     enqueued: list[str] = []
     for delivery in deliveries:
@@ -1082,6 +1099,8 @@ async def _enqueue(
         else:
             root = None
         effect = dispatch(notice, delivery, rendered, key=key, thread_root=root)
+        if delivery.channel == ROOM and room is not None and room.channel_id is not None:
+            effect.payload["channel_id"] = room.channel_id
         if await enqueue(
             conn,
             service=service,
@@ -1090,7 +1109,7 @@ async def _enqueue(
             subject=notice.incident_id,
             target=effect.target,
             payload=effect.payload,
-            not_before=room_hold(room_open) if delivery.channel == ROOM else None,
+            not_before=room_hold(room.open) if delivery.channel == ROOM and room is not None else None,
         ):
             enqueued.append(key)
     return enqueued

@@ -14,9 +14,9 @@ Opening is an effect (``room.open``); everything after it (posts, invitations, t
 is one effect kind done in order per room (``notify.room``): a post waiting for a retry holds the
 ones after it, on every coordinator, and the archiving comes after every post enqueued before it.
 Slack refuses a second channel of a name, so opening again (a retry, another coordinator) finds the
-room it opened and takes it; what is enqueued for a room before it is open is held until it is. A room opening
-that fails for good is given up, with the posts waiting for it. A room is found by its name: a
-person who renames it in Slack leaves Vigil without it.
+room it opened and takes it; what is enqueued for a room before it is open is held until it is, and
+found by the room's name then (after, by its channel's id). A room opening that fails for good is
+given up, with the posts waiting for it, and the incident gets no other.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from services.coordinator.notifications import (
     NotificationsConfig,
     Rooms,
     room_hold,
+    room_of,
 )
 from shared.db import Conn
 from shared.effects import (
@@ -90,28 +91,36 @@ async def open_room(
     opening: int = 1,
 ) -> str | None:
     """Give the incident its room if its severity calls for one and it has none: set in the caller's transaction,
-    so that the notices enqueued after it are posted there. Return the room's name when it was given now."""
+    so that the notices enqueued after it are posted there. Return the room's name when it was given now.
+
+    Whoever holds a role on the incident is invited with its commander. An incident whose room could not be
+    opened gets none again.
+    """
     rooms = config.file.rooms
     if rooms is None or severity not in rooms.severities:
         return None
     name = room_name(rooms.prefix, incident_id, title, opening=opening)
-    given = await conn.fetchval(
-        """UPDATE coordinator_incidents SET room = $2, room_open = false
-           WHERE incident_id = $1 AND room IS NULL RETURNING room""",
+    roles = await conn.fetchval(
+        """UPDATE coordinator_incidents SET room = $2, room_id = NULL, room_open = false
+           WHERE incident_id = $1 AND room IS NULL AND NOT room_given_up RETURNING roles""",
         incident_id,
         name,
     )
-    if given is None:
+    if roles is None:
         return None
-    await enqueue(
+    people = list(dict.fromkeys([commander, *roles.values()]))
+    opening_now = await enqueue(
         conn,
         service=SERVICE,
         kind=OPEN,
         key=f"{incident_id}:room:{name}",
         subject=incident_id,
         target=f"slack:{name}",
-        payload={"name": name, "topic": topic(severity, title, commander), "invite": emails(config, [commander])},
+        payload={"name": name, "topic": topic(severity, title, commander), "invite": emails(config, people)},
     )
+    if not opening_now:  # a room of this name was asked for before, and came to nothing: none now either
+        await conn.execute("UPDATE coordinator_incidents SET room = NULL WHERE incident_id = $1", incident_id)
+        return None
     return name
 
 
@@ -126,14 +135,6 @@ def emails(config: NotificationsConfig, people: list[str]) -> list[str]:
     return found
 
 
-async def room_of(conn: Conn, config: NotificationsConfig, incident_id: str) -> tuple[str, bool] | None:
-    """The incident's room and whether it is open yet; None: it has none."""
-    if config.file.rooms is None:
-        return None
-    row = await conn.fetchrow("SELECT room, room_open FROM coordinator_incidents WHERE incident_id = $1", incident_id)
-    return None if row is None or row["room"] is None else (row["room"], row["room_open"])
-
-
 async def in_room(
     conn: Conn, config: NotificationsConfig, *, incident_id: str, key: str, action: dict[str, Any]
 ) -> bool:
@@ -142,23 +143,27 @@ async def in_room(
     room = await room_of(conn, config, incident_id)
     if room is None:
         return False
-    name, is_open = room
+    payload = {"channel": room.name, **action} | ({"channel_id": room.channel_id} if room.channel_id else {})
     return await enqueue(
         conn,
         service=SERVICE,
         kind=IN_ROOM,
         key=f"{incident_id}:room:{key}",
         subject=incident_id,
-        target=f"slack:{name}",
-        payload={"channel": name, **action},
-        not_before=room_hold(is_open),
+        target=f"slack:{room.name}",
+        payload=payload,
+        not_before=room_hold(room.open),
     )
 
 
-async def opened(conn: Conn, *, incident_id: str, name: str) -> int:
+async def opened(conn: Conn, *, incident_id: str, name: str, channel_id: str) -> int:
     """The room is open: what waited for it is due now. Return how many."""
     await conn.execute(
-        "UPDATE coordinator_incidents SET room_open = true WHERE incident_id = $1 AND room = $2", incident_id, name
+        """UPDATE coordinator_incidents SET room_open = true, room_id = $3
+           WHERE incident_id = $1 AND room = $2""",
+        incident_id,
+        name,
+        channel_id,
     )
     return await release_pending(conn, service=SERVICE, kind=IN_ROOM, target=f"slack:{name}")
 
@@ -176,7 +181,7 @@ async def reopen(
     room = await room_of(conn, config, incident_id)
     if room is None or config.file.rooms is None:
         return None
-    name = room[0]
+    name = room.name
     if await cancel_pending(conn, service=SERVICE, kind=IN_ROOM, key_prefix=f"{incident_id}:room:archive:"):
         return None  # not archived yet, and now it will not be
     last = re.search(r"-r(\d+)$", name)
@@ -188,9 +193,13 @@ async def reopen(
 
 
 async def give_up(conn: Conn, *, incident_id: str, name: str) -> int:
-    """A room that could not be opened: the incident has none, and what waited to be done in it is cancelled."""
+    """A room that could not be opened: the incident has none, nor will it; what waited to be done there is
+    cancelled. (An operator who retries the opening makes a channel Vigil no longer posts to.)"""
     await conn.execute(
-        "UPDATE coordinator_incidents SET room = NULL WHERE incident_id = $1 AND room = $2", incident_id, name
+        """UPDATE coordinator_incidents SET room = NULL, room_given_up = true
+           WHERE incident_id = $1 AND room = $2""",
+        incident_id,
+        name,
     )
     return await cancel_pending(conn, service=SERVICE, kind=IN_ROOM, target=f"slack:{name}")
 
@@ -205,7 +214,7 @@ class Slack:
         self.rooms = rooms
         self.headers = {"Authorization": f"Bearer {token}", "User-Agent": "vigil"}
         self._tls: ssl.SSLContext | None = None
-        self.ids: dict[str, str] = {}  # rooms' channel ids by name, as this process found them
+        self.ids: dict[str, str] = {}  # rooms' channel ids by name, as this process opened or found them
 
     async def call(
         self, client: httpx.AsyncClient, method: str, body: dict[str, Any], *, ok: frozenset[str] = frozenset()
@@ -256,13 +265,11 @@ class Slack:
                 return None
         raise PermanentEffectError(f"{name}: not found in the first {LIST_PAGES * 1000} channels")
 
-    async def channel_id(self, client: httpx.AsyncClient, name: str) -> str:
-        found = self.ids.get(name)
-        if found is None:
-            channel = await self.find(client, name)
-            if channel is None:
-                raise TransientEffectError(f"{name}: the room is not open yet")
-            found = self.ids[name] = channel["id"]
+    async def channel(self, client: httpx.AsyncClient, name: str) -> dict[str, Any]:
+        """The room's channel, found by its name (what was enqueued before it opened knows no id)."""
+        found = await self.find(client, name, archived=True)
+        if found is None:  # it opened (what waits for it was released then): renamed or deleted since
+            raise PermanentEffectError(f"{name}: no channel of this name (renamed or deleted in Slack?)")
         return found
 
     async def invite(self, client: httpx.AsyncClient, channel_id: str, addresses: list[str]) -> dict[str, Any]:
@@ -309,8 +316,15 @@ class Slack:
         """Post in the room, set its topic and invite people, or archive it: as the payload's ``action`` says."""
         payload = dict(effect.payload)
         name, action = payload.pop("channel"), payload.pop("action", "post")
+        channel_id = payload.pop("channel_id", None) or self.ids.get(name)
         async with self.client() as client:
-            channel_id = await self.channel_id(client, name)
+            if channel_id is None:
+                found = await self.channel(client, name)
+                if found.get("is_archived"):
+                    if action == "archive":
+                        return {"room": name, "archived": True}  # by a person, before
+                    raise PermanentEffectError(f"{name}: the room is archived")
+                channel_id = self.ids[name] = found["id"]
             if action == "archive":
                 done = frozenset({"already_archived"})
                 await self.call(client, "conversations.archive", {"channel": channel_id}, ok=done)

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from shared.errors import VigilError
 
-Status = Literal["pending", "running", "succeeded", "failed", "parked"]
+Status = Literal["pending", "running", "succeeded", "failed", "parked", "cancelled"]
 FinalStatus = Literal["succeeded", "failed", "parked"]
 Verdict = Literal["ok", "transient", "permanent"]
 

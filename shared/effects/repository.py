@@ -86,34 +86,33 @@ async def due(
     (waiting for a retry, or on another runner): a target's effects are done in the order enqueued.
     Call inside a transaction; rows another runner has locked are skipped, not waited for.
     """
-    return await conn.fetch(
-        """SELECT id, target, status FROM effects e
-           WHERE service = $1 AND kind = $2 AND status IN ('pending', 'running') AND not_before <= now()
-             AND (status = 'pending' OR lease_until < now())
-             AND target <> ALL($3::text[])
-             AND (NOT $5 OR NOT EXISTS (
-                 SELECT 1 FROM effects o WHERE o.service = e.service AND o.kind = e.kind AND o.target = e.target
-                   AND o.status IN ('pending', 'running') AND o.id < e.id))
-           ORDER BY not_before, id
-           LIMIT $4
-           FOR UPDATE SKIP LOCKED""",
-        service,
-        kind,
-        list(exclude_targets),
-        limit,
-        in_order,
-    )
+    return await conn.fetch(_DUE_IN_ORDER if in_order else _DUE, service, kind, list(exclude_targets), limit)
+
+
+_DUE = """SELECT id, target, status FROM effects e
+    WHERE service = $1 AND kind = $2 AND status IN ('pending', 'running') AND not_before <= now()
+      AND (status = 'pending' OR lease_until < now())
+      AND target <> ALL($3::text[])
+    ORDER BY not_before, id
+    LIMIT $4
+    FOR UPDATE SKIP LOCKED"""
+# The same, but an effect waits while an older one to its target is pending (held or waiting for a retry) or
+# running, on any runner (effects_in_order).
+_DUE_IN_ORDER = _DUE.replace(
+    "AND target <> ALL($3::text[])",
+    """AND target <> ALL($3::text[])
+      AND NOT EXISTS (SELECT 1 FROM effects o WHERE o.service = e.service AND o.kind = e.kind AND o.target = e.target
+                        AND o.status IN ('pending', 'running') AND o.id < e.id)""",
+)
 
 
 async def cancel_pending(
     conn: Conn, *, service: str, kind: str, key_prefix: str | None = None, target: str | None = None
 ) -> int:
-    """Fail the pending effects of a kind whose key starts so (or that go to this target): no longer to be done.
-
-    In the caller's transaction; a running one is left to finish. Return how many were cancelled.
-    """
+    """Cancel the pending effects of a kind whose key starts so (or that go to this target): no longer to be done,
+    and never retried. In the caller's transaction; a running one is left to finish. Return how many."""
     status = await conn.execute(
-        """UPDATE effects SET status = 'failed', last_error = 'cancelled: no longer to be done', finished_at = now(),
+        """UPDATE effects SET status = 'cancelled', last_error = 'no longer to be done', finished_at = now(),
                updated_at = now()
            WHERE service = $1 AND kind = $2 AND status = 'pending'
              AND ($3::text IS NULL OR starts_with(key, $3)) AND ($4::text IS NULL OR target = $4)""",
@@ -288,7 +287,7 @@ async def counts(conn: Conn, *, service: str) -> list[asyncpg.Record]:
 
 
 async def prune(pool: asyncpg.Pool, *, service: str, keep: timedelta) -> int:
-    """Delete this service's succeeded and failed effects finished longer than ``keep`` ago.
+    """Delete this service's succeeded, failed and cancelled effects finished longer than ``keep`` ago.
 
     Deleting an effect frees its idempotency key: an enqueue with the same key after that runs
     again, so ``keep`` must outlast any redelivery that could enqueue it anew. Parked effects
@@ -297,7 +296,8 @@ async def prune(pool: asyncpg.Pool, *, service: str, keep: timedelta) -> int:
     async with pool.acquire() as conn:
         status = await conn.execute(
             """DELETE FROM effects
-               WHERE service = $1 AND status IN ('succeeded', 'failed') AND finished_at < now() - $2::interval""",
+               WHERE service = $1 AND status IN ('succeeded', 'failed', 'cancelled')
+                 AND finished_at < now() - $2::interval""",
             service,
             keep,
         )

@@ -302,7 +302,8 @@ class EffectRunner:
             max(
                 backoff_delay(attempts, base_s=self.backoff_base_s, cap_s=self.backoff_cap_s),
                 kind.min_retry_s,
-                attempt.retry_after_s or 0.0,  # as long as the far side asked (Retry-After)
+                # As long as the far side asked (Retry-After), within reason.
+                min(attempt.retry_after_s or 0.0, self.backoff_cap_s),
             )
             if status == "pending"
             else 0.0

@@ -253,9 +253,11 @@ async def test_a_room_that_cannot_be_opened_is_given_up_with_the_posts_waiting_f
             await eventually(lambda: all_done(pool), timeout=30)
         assert await pool.fetchval("SELECT room FROM coordinator_incidents WHERE incident_id = $1", SERIOUS) is None
         cancelled = await pool.fetchval(
-            "SELECT count(*) FROM effects WHERE kind = 'notify.room' AND last_error LIKE 'cancelled%'"
+            "SELECT count(*) FROM effects WHERE kind = 'notify.room' AND status = 'cancelled'"
         )
         assert cancelled == 1 and space.messages == []  # the page, which waited for the room
+        # Given up for good: a later page opens no room again.
+        assert await pool.fetchval("SELECT room_given_up FROM coordinator_incidents WHERE incident_id = $1", SERIOUS)
 
         # Another incident, its room opened; a scribe assigned is invited to it.
         space.refuse_creation = False
