@@ -15,6 +15,8 @@ page to answer as a browser expects (the sign-in page, a plain page saying why).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 
 from fastapi import Depends, HTTPException, Request, Response, Security
@@ -132,3 +134,18 @@ def end_session(response: Response, *, secure: bool) -> None:
 def actor(principal: Principal, claimed: str) -> str:
     """Who acts: the authenticated principal; the name in the body only when nobody authenticated."""
     return claimed if principal is ANONYMOUS and claimed else principal.name
+
+
+def signature_valid(signature: str | None, body: bytes, secret: bytes) -> bool:
+    """True when ``signature`` is ``sha256=<hex HMAC-SHA256 of the body>`` under the secret (Vigil's ingest,
+    GitHub's webhooks)."""
+    scheme, _, digest = (signature or "").strip().partition("=")
+    if scheme.lower() != "sha256" or not digest:
+        return False
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+    return hmac.compare_digest(digest.strip().lower().encode(), expected)
+
+
+def sign(body: bytes, secret: bytes) -> str:
+    """The ``sha256=<hex>`` signature of a body (for senders and tests)."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()

@@ -14,7 +14,7 @@ from services.coordinator.handlers import SERVICE, Coordinator
 from services.coordinator.lifecycle import load_lifecycle
 from services.coordinator.schedules import DEFAULT_ONCALL, OnCallConfig
 from services.coordinator.schedules import load_oncall as load_schedules
-from services.coordinator.tasks_api import tasks_router
+from services.coordinator.tasks_api import tasks_router, tickets_router
 from shared.backoff import until_available
 from shared.consumer import decode_cloudevent
 from shared.service import Runtime, ServiceSpec
@@ -120,6 +120,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
             api.oncall_router(runtime, lambda: coordinator.oncall),
             api.digests_router(runtime, coordinator),
             tasks_router(runtime, templates, on_done=coordinator.on_task_done, on_added=coordinator.on_task_added),
+            tickets_router(runtime, tickets, on_done=coordinator.on_task_done),
         ],
         # A background task runs as long as the service: the refresh only where there is something to fetch.
         effects=lambda _runtime: [

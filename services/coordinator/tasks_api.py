@@ -6,18 +6,19 @@ Idempotency-Key is answered without being applied twice.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
 
-from services.coordinator import tasks
+from services.coordinator import tasks, ticketing
 from services.coordinator.tasks import Progress
 from shared import idempotency
-from shared.auth import actor, require
+from shared.auth import actor, require, signature_valid
 from shared.consumer import HandlerContext, write_context
 from shared.events import IncidentType, OpenedTask, Severity, TasksCreated, TasksOpened
 from shared.identity import Principal
@@ -194,5 +195,63 @@ def tasks_router(
         if severity is not None:
             chosen = [t for t in chosen if severity.urgency >= t.min_severity.urgency]
         return chosen
+
+    return router
+
+
+# A GitHub issues event is tens of kilobytes; far more is no delivery of GitHub's.
+MAX_WEBHOOK_BYTES = 5 * 1024 * 1024
+
+
+def tickets_router(runtime: Runtime, config: ticketing.TicketingConfig, *, on_done: TaskHook | None) -> APIRouter:
+    """`POST /api/v1/tickets/github`: the tracker's webhook. An issue closed there marks its task done in Vigil.
+
+    Authenticated by its signature (``X-Hub-Signature-256``, the webhook's secret), as GitHub signs; the
+    task is done by ``github:<who closed it>``, on the audit trail and the timeline as any task done.
+    """
+    router = APIRouter(prefix="/api/v1", tags=["tickets"])
+
+    @router.post("/tickets/github")
+    async def github_webhook(
+        request: Request,
+        x_github_event: Annotated[str, Header(max_length=100)] = "",
+        x_hub_signature_256: Annotated[str | None, Header(max_length=200)] = None,
+    ) -> JSONResponse:
+        """GitHub's `issues` events (and its `ping`): 200 with the task done, 202 for what concerns no task."""
+        tracker = config.tracker
+        if not isinstance(tracker, ticketing.GitHubTracker) or config.webhook_secret is None:
+            raise HTTPException(404, detail="no GitHub webhook here (ticketing.yaml: tracker.webhook_secret_env)")
+        body = await request.body()
+        if len(body) > MAX_WEBHOOK_BYTES:
+            raise HTTPException(413, detail=f"a delivery holds at most {MAX_WEBHOOK_BYTES} bytes")
+        if not signature_valid(x_hub_signature_256, body, config.webhook_secret.get_secret_value().encode()):
+            raise HTTPException(401, detail="X-Hub-Signature-256 does not sign this body with the webhook's secret")
+        if x_github_event == "ping":
+            return JSONResponse({"pong": True})
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:
+            raise HTTPException(400, detail=f"not JSON: {exc}") from exc
+        closed = ticketing.closed_issue(x_github_event, payload, tracker)
+        if closed is None:
+            return JSONResponse({"ignored": "not an issue of the tracker's repository closed"}, status_code=202)
+        ref, login, reason = closed
+        async with runtime.pool.acquire() as conn, conn.transaction():
+            task_id = await conn.fetchval(
+                """UPDATE coordinator_tasks SET ticket = ticket || jsonb_build_object('closed_in', 'github')
+                   WHERE ticket ->> 'ref' = $1 RETURNING id""",
+                ref,
+            )
+            if task_id is None:
+                return JSONResponse({"ignored": f"{ref} is no task's ticket"}, status_code=202)
+            try:
+                task = await tasks.complete(conn, task_id, actor=f"github:{login}", note=f"closed in GitHub ({reason})")
+            except tasks.TaskNotOpen as exc:  # done in Vigil first, or this delivery came before
+                return JSONResponse({"task": task_id, "already": str(exc)})
+            if on_done is not None:
+                ctx = HandlerContext(conn=conn, service=tasks.SERVICE, names=runtime.names)
+                await on_done(ctx, task)
+                await write_context(conn, ctx)
+        return JSONResponse({"task": task.id, "done_by": task.done_by})
 
     return router

@@ -55,6 +55,7 @@ CLOCK_SLACK = timedelta(minutes=10)
 MAX_PAGES = 10  # of 100 issues each: a repository busier than that between two attempts is looked through no further
 TITLE_CHARS = 250  # Jira's summary holds 255
 FOLLOW_UP_PHASES: tuple[Phase, ...] = ("post_mortem",)
+MIN_WEBHOOK_SECRET = 16
 
 
 class TicketingError(YamlFileError):
@@ -94,6 +95,11 @@ class GitHubTracker(_Tracker):
         False,
         description="A ticket names the incident, its title and the owner's address: a public repository is "
         "refused unless this says otherwise.",
+    )
+    webhook_secret_env: EnvName | None = Field(
+        None,
+        description="The variable holding the secret of the repository's webhook (issues events) to "
+        "POST /api/v1/tickets/github: an issue closed there marks its task done in Vigil. None: no webhook.",
     )
 
 
@@ -136,12 +142,20 @@ class TicketingFile(_Model):
 
 
 class TicketingConfig:
-    """A checked ticketing file, with its token read from the environment."""
+    """A checked ticketing file, with its token (and webhook secret) read from the environment."""
 
-    def __init__(self, file: TicketingFile, *, token: SecretStr | None = None, user: str | None = None) -> None:
+    def __init__(
+        self,
+        file: TicketingFile,
+        *,
+        token: SecretStr | None = None,
+        user: str | None = None,
+        webhook_secret: SecretStr | None = None,
+    ) -> None:
         self.file = file
         self.token = token
         self.user = user
+        self.webhook_secret = webhook_secret
 
     @property
     def tracker(self) -> GitHubTracker | JiraTracker | None:
@@ -179,7 +193,18 @@ def parse_ticketing(
         user = environ.get(tracker.user_env, "").strip()
         if not user:
             raise TicketingError([f"{source}: tracker.user_env: {tracker.user_env} is not set"])
-    return TicketingConfig(file, token=SecretStr(token), user=user)
+    webhook_secret = None
+    if isinstance(tracker, GitHubTracker) and tracker.webhook_secret_env is not None:
+        secret = environ.get(tracker.webhook_secret_env, "").strip()
+        if len(secret) < MIN_WEBHOOK_SECRET:
+            raise TicketingError(
+                [
+                    f"{source}: tracker.webhook_secret_env: {tracker.webhook_secret_env} holds fewer than "
+                    f"{MIN_WEBHOOK_SECRET} characters"
+                ]
+            )
+        webhook_secret = SecretStr(secret)
+    return TicketingConfig(file, token=SecretStr(token), user=user, webhook_secret=webhook_secret)
 
 
 def load_ticketing(path: Path = DEFAULT_TICKETING, *, environ: Mapping[str, str] | None = None) -> TicketingConfig:
@@ -243,11 +268,12 @@ async def open_ticket(
 
 
 async def close_ticket(conn: Conn, config: TicketingConfig, task: Task) -> bool:
-    """Enqueue the closing of the task's ticket (it was done or cancelled); False when it has none (yet) to close.
+    """Enqueue the closing of the task's ticket (it was done or cancelled); False when it has none (yet) to close,
+    or it was closed in the tracker (which then said so: ``closed_in_tracker``).
 
     A task whose ticket has not opened yet is closed when it opens (``on_ticket_outcome``).
     """
-    if config.tracker is None or not task.ticket or task.state == "open":
+    if config.tracker is None or not task.ticket or task.state == "open" or task.ticket.get("closed_in"):
         return False
     return await enqueue(
         conn,
@@ -471,3 +497,20 @@ def effect_kinds(config: TicketingConfig, *, on_outcome: OutcomeHandler | None =
         )
         for name, run in runs.items()
     ]
+
+
+# ---- word from the tracker: an issue closed there ------------------------------------------------
+
+
+def closed_issue(event: str, payload: Any, tracker: GitHubTracker) -> tuple[str, str, str] | None:
+    """From a GitHub webhook delivery: (the ticket's ref, who closed it, how) when it says an issue of the
+    tracker's repository was closed; None for anything else (another event, action or repository)."""
+    if event != "issues" or not isinstance(payload, dict) or payload.get("action") != "closed":
+        return None
+    issue, repository = payload.get("issue") or {}, payload.get("repository") or {}
+    number, full_name = issue.get("number"), repository.get("full_name")
+    if not isinstance(number, int) or not isinstance(full_name, str) or full_name.lower() != tracker.repository.lower():
+        return None
+    login = str((payload.get("sender") or {}).get("login") or "someone")
+    reason = str(issue.get("state_reason") or "completed")
+    return f"{tracker.repository}#{number}", login, reason

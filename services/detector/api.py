@@ -29,8 +29,6 @@ is accepted too. Anything else is refused with 401; the ingest is open only with
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
 import secrets
@@ -48,6 +46,7 @@ from services.detector.adapters import FORMAT_HEADER, FORMATS, Parsed, Rejected,
 from services.detector.adapters.alertmanager import GROUP_LABEL as ALERTMANAGER_GROUP_LABEL
 from services.detector.metrics import INGEST_RECORDS, INGEST_REFUSED, INGEST_REQUESTS
 from shared import identity
+from shared.auth import signature_valid
 from shared.service import Runtime
 from shared.topics import ALERTS_RAW
 
@@ -223,20 +222,6 @@ def bearer_source(authorization: str | None, tokens: Sequence[tuple[str, str]]) 
         if secrets.compare_digest(offered, token.encode()):
             found = name
     return found
-
-
-def signature_valid(signature: str | None, body: bytes, secret: bytes) -> bool:
-    """True when ``signature`` is ``sha256=<hex HMAC-SHA256 of the body>`` under the secret."""
-    scheme, _, digest = (signature or "").strip().partition("=")
-    if scheme.lower() != "sha256" or not digest:
-        return False
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
-    return hmac.compare_digest(digest.strip().lower().encode(), expected)
-
-
-def sign(body: bytes, secret: bytes) -> str:
-    """The ``X-Vigil-Signature`` value for a body (for senders and tests)."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 def read_records(records: Sequence[bytes], *, format_name: str | None) -> list[Record]:

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from services.detector import api
 from services.detector.adapters import FORMATS, parse_record
 from services.detector.adapters.pagerduty import routing_digest
+from shared.auth import sign
 from shared.embedded import EmbeddedBroker, free_port
 from shared.kafka import make_consumer, make_producer
 from shared.service import Runtime, build_app
@@ -346,14 +347,14 @@ async def test_a_signed_request_is_accepted_and_a_wrong_signature_refused(
     json_type = {"Content-Type": "application/json"}
     async with ingest(settings, pool, ingest_hmac_secret=SecretStr(secret), ingest_tokens=TOKENS) as client:
         signed = await client.post(
-            "/api/v1/alerts", content=body, headers={**json_type, "X-Vigil-Signature": api.sign(body, secret.encode())}
+            "/api/v1/alerts", content=body, headers={**json_type, "X-Vigil-Signature": sign(body, secret.encode())}
         )
         refusals = [
             await client.post("/api/v1/alerts", content=body, headers={**json_type, "X-Vigil-Signature": signature})
             for signature in (
-                api.sign(other, secret.encode()),  # another body's
-                api.sign(body, b"guessed"),  # another secret's
-                api.sign(body, secret.encode()).replace("sha256=", "sha1="),
+                sign(other, secret.encode()),  # another body's
+                sign(body, b"guessed"),  # another secret's
+                sign(body, secret.encode()).replace("sha256=", "sha1="),
                 "sha256=",
             )
         ]

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from services.detector.api import sign
+from shared.auth import sign
 from shared.kafka import make_consumer
 from shared.settings import VigilSettings
 from shared.topics import ALL_TOPICS, TopicNames

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,8 +28,9 @@ from starlette.routing import Route
 from services.coordinator import api, tasks, ticketing
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
-from services.coordinator.tasks_api import tasks_router
+from services.coordinator.tasks_api import tasks_router, tickets_router
 from shared import identity
+from shared.auth import sign
 from shared.effects import EffectRunner
 from shared.events import CommandArgs, ResolveIncident
 from shared.service import Runtime, build_app
@@ -43,7 +45,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 
 INCIDENT = "inc-tickets"
 TOKEN = "a-tracker-token-only-tests-know"
-ENVIRON = {"TRACKER_TOKEN": TOKEN, "TRACKER_USER": "vigil@example.org"}
+WEBHOOK_SECRET = "a-webhook-secret-github-signs-with"
+ENVIRON = {"TRACKER_TOKEN": TOKEN, "TRACKER_USER": "vigil@example.org", "WEBHOOK_SECRET": WEBHOOK_SECRET}
 
 
 # ---- the trackers --------------------------------------------------------------------------------
@@ -187,6 +190,7 @@ def jira(tracker: Tracker) -> Starlette:
 @dataclass
 class Served:
     client: httpx.AsyncClient
+    pool: asyncpg.Pool
     coordinator: Coordinator
     token: str
 
@@ -222,7 +226,8 @@ async def vigil(settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, 
     routes = tasks_router(
         runtime, tasks.load_templates(), on_done=coordinator.on_task_done, on_added=coordinator.on_task_added
     )
-    app = build_app(runtime, [*api.routers(runtime, coordinator), routes])
+    hooks = tickets_router(runtime, tickets, on_done=coordinator.on_task_done)
+    app = build_app(runtime, [*api.routers(runtime, coordinator), routes, hooks])
     runner = EffectRunner(
         "coordinator",
         pool,
@@ -238,7 +243,7 @@ async def vigil(settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, 
         httpx.AsyncClient(base_url=base) as client,
         helpers.running(runner.run()),
     ):
-        yield Served(client=client, coordinator=coordinator, token=token.text)
+        yield Served(client=client, pool=pool, coordinator=coordinator, token=token.text)
 
 
 async def effects_settled(pool: asyncpg.Pool, count: int) -> bool:
@@ -363,3 +368,68 @@ phases: [post_mortem, remediation]
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", fields["duedate"])
     assert fields["status"] == {"statusCategory": {"key": "done"}}
     assert closes == 1  # the runbook's own open tasks were cancelled too, but they are no tickets
+
+
+def closed_event(number: int, *, repository: str = "acme/follow-ups", reason: str = "completed") -> bytes:
+    """An `issues` delivery as GitHub sends it when an issue is closed (the fields Vigil reads, and more)."""
+    payload = {
+        "action": "closed",
+        "issue": {"number": number, "state": "closed", "state_reason": reason, "title": "Rotate the deploy keys"},
+        "repository": {"full_name": repository, "private": True},
+        "sender": {"login": "octocat", "type": "User"},
+    }
+    return json.dumps(payload).encode()
+
+
+async def test_an_issue_closed_in_github_marks_its_task_done_by_who_closed_it_and_nothing_is_sent_back(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    tracker = Tracker()
+    async with serve_app(github(tracker), name="github") as github_url:
+        document = f"""
+tracker:
+  kind: github
+  repository: acme/follow-ups
+  api_url: {github_url}/api/v3
+  token_env: TRACKER_TOKEN
+  webhook_secret_env: WEBHOOK_SECRET
+"""
+        async with vigil(settings, pool, names, document) as served:
+            follow_up = await served.add({"title": "Rotate the deploy keys"})
+            await eventually(lambda: served.ticket(follow_up["id"]), timeout=30)
+
+            async def deliver(body: bytes, *, event: str = "issues", secret: str = WEBHOOK_SECRET) -> httpx.Response:
+                headers = {"X-GitHub-Event": event, "X-Hub-Signature-256": sign(body, secret.encode())}
+                return await served.client.post("/api/v1/tickets/github", content=body, headers=headers)
+
+            assert (await deliver(b"{}", event="ping")).json() == {"pong": True}
+            forged = await deliver(closed_event(1), secret="guessed-by-someone-else")
+            unsigned = await served.client.post(
+                "/api/v1/tickets/github", content=closed_event(1), headers={"X-GitHub-Event": "issues"}
+            )
+            elsewhere = await deliver(closed_event(1, repository="acme/other"))
+            unknown = await deliver(closed_event(99))
+            done = await deliver(closed_event(1))
+            again = await deliver(closed_event(1))  # GitHub redelivers
+            await eventually(lambda: effects_settled(pool, 1), timeout=30)
+            (task,) = [
+                t
+                for t in (
+                    await served.client.get(
+                        f"/api/v1/incidents/{INCIDENT}/tasks", headers={"Authorization": f"Bearer {served.token}"}
+                    )
+                ).json()["tasks"]
+                if t["id"] == follow_up["id"]
+            ]
+
+    assert (forged.status_code, unsigned.status_code) == (401, 401)
+    assert (elsewhere.status_code, unknown.status_code) == (202, 202)
+    assert done.status_code == 200 and done.json() == {"task": follow_up["id"], "done_by": "github:octocat"}
+    assert again.status_code == 200 and "already" in again.json()
+    assert (task["state"], task["done_by"], task["note"]) == ("done", "github:octocat", "closed in GitHub (completed)")
+    # Closed there already: Vigil sends no closing of its own.
+    assert await pool.fetchval("SELECT count(*) FROM effects WHERE kind = 'ticket.close'") == 0
+    audit = await pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE action = 'task.done' AND principal = 'github:octocat'"
+    )
+    assert audit == 1
