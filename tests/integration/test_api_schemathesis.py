@@ -26,10 +26,11 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from services.analyzer import service as analyzer_service
 from services.coordinator import api as coordinator_api
+from services.coordinator import ticketing
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from services.coordinator.tasks import load_templates
-from services.coordinator.tasks_api import tasks_router
+from services.coordinator.tasks_api import tasks_router, tickets_router
 from services.detector import service as detector_service
 from services.reporter import api as reporter_api
 from services.responder import api as responder_api
@@ -91,7 +92,9 @@ def build(service: str, runtime: Runtime) -> FastAPI:
             [
                 *coordinator_api.routers(runtime, coordinator),
                 coordinator_api.oncall_router(runtime, lambda: coordinator.oncall),
+                coordinator_api.digests_router(runtime, coordinator),
                 tasks_router(runtime, load_templates()),
+                tickets_router(runtime, ticketing.NONE, on_done=None),
             ],
         )
     return build_app(runtime, reporter_api.routers(runtime))
