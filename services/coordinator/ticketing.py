@@ -195,7 +195,10 @@ def parse_ticketing(
             raise TicketingError([f"{source}: tracker.user_env: {tracker.user_env} is not set"])
     webhook_secret = None
     if isinstance(tracker, GitHubTracker) and tracker.webhook_secret_env is not None:
-        secret = environ.get(tracker.webhook_secret_env, "").strip()
+        secret = environ.get(tracker.webhook_secret_env, "")
+        if secret != secret.strip():  # GitHub signs with the secret as it was typed there
+            name = tracker.webhook_secret_env
+            raise TicketingError([f"{source}: tracker.webhook_secret_env: {name} has spaces around it"])
         if len(secret) < MIN_WEBHOOK_SECRET:
             raise TicketingError(
                 [
@@ -269,7 +272,7 @@ async def open_ticket(
 
 async def close_ticket(conn: Conn, config: TicketingConfig, task: Task) -> bool:
     """Enqueue the closing of the task's ticket (it was done or cancelled); False when it has none (yet) to close,
-    or it was closed in the tracker (which then said so: ``closed_in_tracker``).
+    or it was closed in the tracker (its ``ticket`` says ``closed_in``).
 
     A task whose ticket has not opened yet is closed when it opens (``on_ticket_outcome``).
     """
@@ -507,10 +510,12 @@ def closed_issue(event: str, payload: Any, tracker: GitHubTracker) -> tuple[str,
     tracker's repository was closed; None for anything else (another event, action or repository)."""
     if event != "issues" or not isinstance(payload, dict) or payload.get("action") != "closed":
         return None
-    issue, repository = payload.get("issue") or {}, payload.get("repository") or {}
+    issue, repository = payload.get("issue"), payload.get("repository")
+    if not isinstance(issue, dict) or not isinstance(repository, dict) or "pull_request" in issue:
+        return None
     number, full_name = issue.get("number"), repository.get("full_name")
     if not isinstance(number, int) or not isinstance(full_name, str) or full_name.lower() != tracker.repository.lower():
         return None
-    login = str((payload.get("sender") or {}).get("login") or "someone")
+    login = str((payload.get("sender") or {}).get("login") or "(unknown sender)")
     reason = str(issue.get("state_reason") or "completed")
     return f"{tracker.repository}#{number}", login, reason

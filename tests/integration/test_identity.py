@@ -22,10 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi import FastAPI
 
 from services.coordinator import api as coordinator_api
+from services.coordinator import ticketing
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from services.coordinator.tasks import load_templates
-from services.coordinator.tasks_api import tasks_router
+from services.coordinator.tasks_api import tasks_router, tickets_router
 from services.detector import service as detector_service
 from services.reporter import api as reporter_api
 from services.responder import api as responder_api
@@ -65,6 +66,12 @@ def concrete(path: str) -> str:
     )
 
 
+WEBHOOK_TICKETS = ticketing.parse_ticketing(
+    "tracker: {kind: github, repository: acme/ops, token_env: T, webhook_secret_env: S}",
+    environ={"T": "a-tracker-token", "S": "a-webhook-secret-of-length"},
+)
+
+
 @pytest.fixture
 async def apps(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, rate_limiter: RateLimiter
@@ -92,7 +99,10 @@ async def apps(
                 [
                     *coordinator_api.routers(rt, coordinator),
                     coordinator_api.oncall_router(rt, lambda: coordinator.oncall),
+                    coordinator_api.digests_router(rt, coordinator),
                     tasks_router(rt, load_templates()),
+                    # The webhook answers only GitHub's signature: no token, of any role, opens it.
+                    tickets_router(rt, WEBHOOK_TICKETS, on_done=None),
                 ],
             ),
         }
@@ -127,6 +137,12 @@ async def test_every_route_refuses_without_a_valid_token_and_allows_exactly_the_
             for method, template, permission in listed:
                 assert permission is not None, f"{service} {method} {template}: no permission declared"
                 path = concrete(template)
+                if permission == "webhook.signature":
+                    for offered in (None, *issued.values()):
+                        status = await _call(client, method, path, offered)
+                        assert status == 401, f"{service} {method} {path} with a token, no signature: {status}"
+                    checked += 1
+                    continue
                 for refused in (None, issued["revoked"], issued["expired"], "vigil_notarealtoken_" + "x" * 40):
                     status = await _call(client, method, path, refused)
                     assert status == 401, f"{service} {method} {path} with {refused!s:.16}: {status}"

@@ -397,6 +397,8 @@ tracker:
         async with vigil(settings, pool, names, document) as served:
             follow_up = await served.add({"title": "Rotate the deploy keys"})
             await eventually(lambda: served.ticket(follow_up["id"]), timeout=30)
+            declined = await served.add({"title": "Rewrite the VPN in Rust"})
+            await eventually(lambda: served.ticket(declined["id"]), timeout=30)
 
             async def deliver(body: bytes, *, event: str = "issues", secret: str = WEBHOOK_SECRET) -> httpx.Response:
                 headers = {"X-GitHub-Event": event, "X-Hub-Signature-256": sign(body, secret.encode())}
@@ -409,24 +411,24 @@ tracker:
             )
             elsewhere = await deliver(closed_event(1, repository="acme/other"))
             unknown = await deliver(closed_event(99))
+            not_planned = await deliver(closed_event(2, reason="not_planned"))
             done = await deliver(closed_event(1))
             again = await deliver(closed_event(1))  # GitHub redelivers
-            await eventually(lambda: effects_settled(pool, 1), timeout=30)
-            (task,) = [
-                t
-                for t in (
-                    await served.client.get(
-                        f"/api/v1/incidents/{INCIDENT}/tasks", headers={"Authorization": f"Bearer {served.token}"}
-                    )
-                ).json()["tasks"]
-                if t["id"] == follow_up["id"]
-            ]
+            await eventually(lambda: effects_settled(pool, 2), timeout=30)
+            listed = await served.client.get(
+                f"/api/v1/incidents/{INCIDENT}/tasks", headers={"Authorization": f"Bearer {served.token}"}
+            )
+            by_id = {t["id"]: t for t in listed.json()["tasks"]}
+            task, still_open = by_id[follow_up["id"]], by_id[declined["id"]]
 
     assert (forged.status_code, unsigned.status_code) == (401, 401)
     assert (elsewhere.status_code, unknown.status_code) == (202, 202)
-    assert done.status_code == 200 and done.json() == {"task": follow_up["id"], "done_by": "github:octocat"}
+    assert done.status_code == 200 and done.json() == {"tasks": [follow_up["id"]], "done_by": "github:octocat"}
+    # Closed as not planned there: no work was done, the task stays open in Vigil.
+    assert not_planned.status_code == 202 and still_open["state"] == "open"
     assert again.status_code == 200 and "already" in again.json()
-    assert (task["state"], task["done_by"], task["note"]) == ("done", "github:octocat", "closed in GitHub (completed)")
+    assert (task["state"], task["done_by"], task["note"]) == ("done", "github:octocat", "closed in GitHub")
+    assert task["ticket"]["closed_in"] == "github" and "closed_in" not in (still_open["ticket"] or {})
     # Closed there already: Vigil sends no closing of its own.
     assert await pool.fetchval("SELECT count(*) FROM effects WHERE kind = 'ticket.close'") == 0
     audit = await pool.fetchval(
