@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from services.coordinator.tasks import duration
@@ -94,6 +93,9 @@ class Digest(BaseModel):
         The rule counts from midnight of a fixed Monday in its zone (BYHOUR, BYDAY and BYMONTHDAY say the
         rest). Compared in UTC: on the night clocks go back, a local 01:30 comes twice.
         """
+        # Imported here: a coordinator with no digest does without it (its idle memory is counted).
+        from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
+
         zone = ZoneInfo(self.time_zone)
         rule = rrulestr(self.every, dtstart=datetime(2024, 1, 1, tzinfo=zone))
         occurrence = rule.after(at.astimezone(zone), inc=False)

@@ -518,8 +518,11 @@ class Templates:
     def template(self, channel: str, kind: str) -> jinja2.Template:
         return self.environments[channel].select_template([f"{channel}/{kind}.j2", f"{kind}.j2"])
 
-    def render(self, channel: str, notice: Notice, *, recipient: str) -> Rendered:
-        """Render the notice for one channel; raise jinja2.TemplateError when its template fails."""
+    def render(self, channel: str, notice: Notice, *, recipient: str, room: str | None = None) -> Rendered:
+        """Render the notice for one channel; raise jinja2.TemplateError when its template fails.
+
+        ``room``: the incident's Slack room, named in the notice (templates see it as ``room``).
+        """
         template = self.template(channel, notice.kind)
         if not self.public_url or notice.kind in REPORTER_KINDS:
             link = None
@@ -537,6 +540,7 @@ class Templates:
                 "discriminator": notice.discriminator,
                 "recipient": recipient,
                 "channel": channel,
+                "room": room,
                 "data": notice.data,
             }
         )
@@ -1081,7 +1085,9 @@ async def _enqueue(
         # A room is Slack: its words are Slack's.
         words_for = "slack" if delivery.channel == ROOM else delivery.channel
         try:
-            rendered = config.templates.render(words_for, notice, recipient=delivery.recipient)
+            # Where its people talk it over: named in every copy but the room's own.
+            named_room = room.name if room is not None and delivery.channel != ROOM else None
+            rendered = config.templates.render(words_for, notice, recipient=delivery.recipient, room=named_room)
         except Exception as exc:  # a template's own error, or one its expressions raise: never the page itself
             log.error(
                 "incident %s: the %s template of %s notices failed (%r); sending the plain form",

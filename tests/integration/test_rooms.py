@@ -123,14 +123,22 @@ def slack(space: Workspace) -> Starlette:
 
 
 def configure(api_url: str) -> notifications.NotificationsConfig:
+    # Pages go to a webhook too (never run here): its copy names the room.
     document = f"""
+        channels:
+          webhook: {{url: "https://paging.example.com/vigil", secret_env: HOOK_SECRET}}
         people:
-          alice@example.com: {{}}
+          alice@example.com: {{webhook: "https://paging.example.com/vigil"}}
+          bob@example.com: {{webhook: "https://paging.example.com/vigil"}}
+          carol@example.com: {{webhook: "https://paging.example.com/vigil"}}
+        routes:
+          escalation: {{default: [webhook]}}
         rooms:
           token_env: SLACK_BOT_TOKEN
           api_url: {api_url}
         """
-    return notifications.parse_notifications(textwrap.dedent(document), environ={"SLACK_BOT_TOKEN": TOKEN + "\n"})
+    environ = {"SLACK_BOT_TOKEN": TOKEN + "\n", "HOOK_SECRET": "a-paging-webhook-secret"}
+    return notifications.parse_notifications(textwrap.dedent(document), environ=environ)
 
 
 @contextlib.asynccontextmanager
@@ -180,6 +188,11 @@ async def test_a_serious_incident_gets_a_room_once_where_its_notices_are_posted_
 
     name = "inc-5e1f0000-reverse-shell-on-bastion-01-prod"
     assert await pool.fetchval("SELECT room FROM coordinator_incidents WHERE incident_id = $1", SERIOUS) == name
+    page = await pool.fetchval(
+        "SELECT payload FROM effects WHERE kind = 'notify.webhook' AND subject = $1 AND key LIKE '%:escalation:%'",
+        SERIOUS,
+    )
+    assert {"label": "Room", "value": f"#{name}"} in page["body"]["facts"]
     assert await pool.fetchval("SELECT room FROM coordinator_incidents WHERE incident_id = $1", MINOR) is None
     # Made once, though its first creation's answer was lost: the retry found it by its name.
     assert space.creations == 1 and len(space.channels) == 1 and space.refused == 0

@@ -911,3 +911,12 @@ def test_reporters_notices_and_peoples_notices_go_their_own_ways() -> None:
         from services.coordinator.notifications import notify
 
         asyncio.run(notify(None, example(), notice("reporter_received", data={"reported_at": "x"})))  # type: ignore[arg-type]
+
+
+def test_a_page_names_the_incidents_room_where_it_has_one() -> None:
+    templates = example().templates
+    for channel in ("email", "slack", "webhook"):
+        with_room = templates.render(channel, notice("escalation"), recipient="a", room="inc-4f1c2d3e-reverse-shell")
+        assert ("Room", "#inc-4f1c2d3e-reverse-shell") in with_room.facts, channel
+        without = templates.render(channel, notice("escalation"), recipient="a")
+        assert all(label != "Room" for label, _ in without.facts), channel
