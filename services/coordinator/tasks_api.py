@@ -206,17 +206,31 @@ def tasks_router(
 # so for the documentation and the route matrix test, which checks that no token opens it.
 WEBHOOK_SIGNED: dict[str, Any] = {"x-vigil-permission": "webhook.signature"}
 LOGIN_CHARS = 100
+TRACKERS = {"github": "GitHub", "jira": "Jira"}
 
 
 def tickets_router(runtime: Runtime, config: ticketing.TicketingConfig, *, on_done: TaskHook | None) -> APIRouter:
-    """`POST /api/v1/tickets/github`: the tracker's webhook. An issue closed there as completed marks its task done
-    in Vigil; closed as not planned (or a duplicate), the task stays open, and that is logged.
+    """`POST /api/v1/tickets/github` and `/api/v1/tickets/jira`: the tracker's webhook. An issue closed there as
+    done marks its task done in Vigil; closed otherwise (not planned, won't do, a duplicate), the task stays
+    open, and that is logged.
 
-    Authenticated by its signature (``X-Hub-Signature-256``, the webhook's secret), as GitHub signs; the
-    task is done by ``github:<who closed it>``, on the audit trail and the timeline as any task done. An
-    issue reopened there changes nothing (a task done stays done).
+    Authenticated by its signature (GitHub's ``X-Hub-Signature-256``, Jira's ``X-Hub-Signature``: the
+    webhook's secret), not by a token; the task is done by ``<tracker>:<who closed it>``, on the audit
+    trail and the timeline as any task done. An issue reopened there changes nothing (a task done stays done).
     """
     router = APIRouter(prefix="/api/v1", tags=["tickets"])
+
+    async def signed_body(request: Request, kind: str, signature: str | None) -> Any:
+        """The delivery's JSON, once its signature is checked; 404 without this tracker's webhook, 401 unsigned."""
+        if config.tracker is None or config.tracker.kind != kind or config.webhook_secret is None:
+            raise HTTPException(404, detail=f"no {kind} webhook here (ticketing.yaml: tracker.webhook_secret_env)")
+        body = await request.body()  # bounded by the app's body limit
+        if not signature_valid(signature, body, config.webhook_secret.get_secret_value().encode()):
+            raise HTTPException(401, detail="the signature does not sign this body with the webhook's secret")
+        try:
+            return json.loads(body) if body else {}
+        except ValueError as exc:
+            raise HTTPException(400, detail=f"not JSON: {exc}") from exc
 
     @router.post("/tickets/github", openapi_extra=WEBHOOK_SIGNED)
     async def github_webhook(
@@ -225,25 +239,32 @@ def tickets_router(runtime: Runtime, config: ticketing.TicketingConfig, *, on_do
         x_hub_signature_256: Annotated[str | None, Header(max_length=200)] = None,
     ) -> JSONResponse:
         """GitHub's `issues` events (and its `ping`): 200 with the task done, 202 for what changes no task."""
-        tracker = config.tracker
-        if not isinstance(tracker, ticketing.GitHubTracker) or config.webhook_secret is None:
-            raise HTTPException(404, detail="no GitHub webhook here (ticketing.yaml: tracker.webhook_secret_env)")
-        body = await request.body()  # bounded by the app's body limit
-        if not signature_valid(x_hub_signature_256, body, config.webhook_secret.get_secret_value().encode()):
-            raise HTTPException(401, detail="X-Hub-Signature-256 does not sign this body with the webhook's secret")
+        payload = await signed_body(request, "github", x_hub_signature_256)
         if x_github_event == "ping":
             return JSONResponse({"pong": True})
-        try:
-            payload = json.loads(body)
-        except ValueError as exc:
-            raise HTTPException(400, detail=f"not JSON: {exc}") from exc
-        closed = ticketing.closed_issue(x_github_event, payload, tracker)
+        assert isinstance(config.tracker, ticketing.GitHubTracker)  # signed_body checked its kind
+        closed = ticketing.closed_issue(x_github_event, payload, config.tracker)
         if closed is None:
             return JSONResponse({"ignored": "not an issue of the tracker's repository closed"}, status_code=202)
-        ref, login, reason = closed
-        if reason != "completed":
-            log.warning("%s closed as %s in GitHub by %s: its task stays open in Vigil", ref, reason, login)
-            return JSONResponse({"ignored": f"closed as {reason}: the task stays open"}, status_code=202)
+        return await close_tasks("github", *closed)
+
+    @router.post("/tickets/jira", openapi_extra=WEBHOOK_SIGNED)
+    async def jira_webhook(
+        request: Request, x_hub_signature: Annotated[str | None, Header(max_length=200)] = None
+    ) -> JSONResponse:
+        """Jira's `jira:issue_updated` events: 200 with the task done, 202 for what changes no task."""
+        payload = await signed_body(request, "jira", x_hub_signature)
+        assert isinstance(config.tracker, ticketing.JiraTracker)
+        closed = ticketing.closed_jira_issue(payload, config.tracker)
+        if closed is None:
+            return JSONResponse({"ignored": "not an issue of the tracker's project done"}, status_code=202)
+        return await close_tasks("jira", *closed)
+
+    async def close_tasks(tracker: str, ref: str, who: str, how: str) -> JSONResponse:
+        if how != "completed":
+            log.warning("%s closed as %s in %s by %s: its task stays open in Vigil", ref, how, tracker, who)
+            return JSONResponse({"ignored": f"closed as {how}: the task stays open"}, status_code=202)
+        by = f"{tracker}:{who[:LOGIN_CHARS]}"
         async with runtime.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 """SELECT id, state FROM coordinator_tasks WHERE lower(ticket ->> 'ref') = lower($1)
@@ -251,19 +272,19 @@ def tickets_router(runtime: Runtime, config: ticketing.TicketingConfig, *, on_do
                 ref,
             )
             if not rows:
-                log.warning("%s closed in GitHub by %s, but it is no task's ticket here", ref, login)
+                log.warning("%s closed in %s by %s, but it is no task's ticket here", ref, tracker, who)
                 return JSONResponse({"ignored": f"{ref} is no task's ticket"}, status_code=202)
             done = []
             for row in rows:
                 if row["state"] != "open":
                     continue  # done or cancelled in Vigil first: its closing is Vigil's own, coming back
                 await conn.execute(
-                    """UPDATE coordinator_tasks SET ticket = ticket || jsonb_build_object('closed_in', 'github')
+                    """UPDATE coordinator_tasks SET ticket = ticket || jsonb_build_object('closed_in', $2::text)
                        WHERE id = $1""",
                     row["id"],
+                    tracker,
                 )
-                by = f"github:{login[:LOGIN_CHARS]}"
-                task = await tasks.complete(conn, row["id"], actor=by, note="closed in GitHub")
+                task = await tasks.complete(conn, row["id"], actor=by, note=f"closed in {TRACKERS[tracker]}")
                 if on_done is not None:
                     ctx = HandlerContext(conn=conn, service=tasks.SERVICE, names=runtime.names)
                     await on_done(ctx, task)
@@ -271,6 +292,6 @@ def tickets_router(runtime: Runtime, config: ticketing.TicketingConfig, *, on_do
                 done.append(task.id)
         if not done:
             return JSONResponse({"already": f"{ref}: its task is done or cancelled already"})
-        return JSONResponse({"tasks": done, "done_by": f"github:{login[:LOGIN_CHARS]}"})
+        return JSONResponse({"tasks": done, "done_by": by})
 
     return router

@@ -81,6 +81,11 @@ Label = Annotated[str, Field(pattern=r"^[^\s,]{1,100}$")]  # Jira's labels hold 
 
 class _Tracker(_Model):
     labels: list[Label] = Field(default_factory=list, max_length=20)
+    webhook_secret_env: EnvName | None = Field(
+        None,
+        description="The variable holding the secret of the tracker's webhook to POST /api/v1/tickets/<kind>: an "
+        "issue closed there as done marks its task done in Vigil. None: no webhook.",
+    )
     timeout_s: float = Field(15.0, gt=0)
     max_attempts: int = Field(20, ge=1, description="Tickets are no emergency: a tracker down an hour is waited for.")
     min_retry_s: float = Field(30.0, ge=0, description="The least wait before an attempt is made again.")
@@ -95,11 +100,6 @@ class GitHubTracker(_Tracker):
         False,
         description="A ticket names the incident, its title and the owner's address: a public repository is "
         "refused unless this says otherwise.",
-    )
-    webhook_secret_env: EnvName | None = Field(
-        None,
-        description="The variable holding the secret of the repository's webhook (issues events) to "
-        "POST /api/v1/tickets/github: an issue closed there marks its task done in Vigil. None: no webhook.",
     )
 
 
@@ -194,7 +194,7 @@ def parse_ticketing(
         if not user:
             raise TicketingError([f"{source}: tracker.user_env: {tracker.user_env} is not set"])
     webhook_secret = None
-    if isinstance(tracker, GitHubTracker) and tracker.webhook_secret_env is not None:
+    if tracker.webhook_secret_env is not None:
         secret = environ.get(tracker.webhook_secret_env, "")
         if secret != secret.strip():  # GitHub signs with the secret as it was typed there
             name = tracker.webhook_secret_env
@@ -519,3 +519,27 @@ def closed_issue(event: str, payload: Any, tracker: GitHubTracker) -> tuple[str,
     login = str((payload.get("sender") or {}).get("login") or "(unknown sender)")
     reason = str(issue.get("state_reason") or "completed")
     return f"{tracker.repository}#{number}", login, reason
+
+
+# Jira resolutions that say the work was done; any other (Won't Do, Duplicate, Cannot Reproduce…) leaves the task open.
+DONE_RESOLUTIONS = frozenset({"done", "fixed", "resolved", "complete", "completed"})
+
+
+def closed_jira_issue(payload: Any, tracker: JiraTracker) -> tuple[str, str, str] | None:
+    """From a Jira webhook delivery (issue updated): (the issue's key, who moved it, how) when it says an issue of
+    the tracker's project is in a done status; None for anything else."""
+    if not isinstance(payload, dict) or payload.get("webhookEvent") != "jira:issue_updated":
+        return None
+    issue = payload.get("issue")
+    if not isinstance(issue, dict) or not isinstance(key := issue.get("key"), str):
+        return None
+    if not key.upper().startswith(f"{tracker.project}-"):
+        return None
+    fields: dict[str, Any] = issue["fields"] if isinstance(issue.get("fields"), dict) else {}
+    category = ((fields.get("status") or {}).get("statusCategory") or {}).get("key")
+    if category != "done":
+        return None
+    user: dict[str, Any] = payload["user"] if isinstance(payload.get("user"), dict) else {}
+    who = str(user.get("displayName") or user.get("accountId") or user.get("name") or "(unknown user)")
+    resolution = str((fields.get("resolution") or {}).get("name") or "Done")
+    return key.upper(), who, "completed" if resolution.lower() in DONE_RESOLUTIONS else resolution

@@ -140,7 +140,8 @@ async def test_every_route_refuses_without_a_valid_token_and_allows_exactly_the_
                 if permission == "webhook.signature":
                     for offered in (None, *issued.values()):
                         status = await _call(client, method, path, offered)
-                        assert status == 401, f"{service} {method} {path} with a token, no signature: {status}"
+                        # Refused (or, for a tracker not configured here, not found): never opened by a token.
+                        assert status in (401, 404), f"{service} {method} {path} with a token, no signature: {status}"
                     checked += 1
                     continue
                 for refused in (None, issued["revoked"], issued["expired"], "vigil_notarealtoken_" + "x" * 40):

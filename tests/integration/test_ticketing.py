@@ -435,3 +435,64 @@ tracker:
         "SELECT count(*) FROM audit_log WHERE action = 'task.done' AND principal = 'github:octocat'"
     )
     assert audit == 1
+
+
+def jira_event(key: str, *, resolution: str | None, category: str = "done") -> bytes:
+    """A `jira:issue_updated` delivery as Jira sends it when an issue moves (the fields Vigil reads, and more)."""
+    fields: dict[str, Any] = {
+        "summary": "Patch the VPN appliance",
+        "status": {"name": "Done", "statusCategory": {"key": category, "name": "Done"}},
+        "resolution": {"name": resolution} if resolution else None,
+    }
+    payload = {
+        "webhookEvent": "jira:issue_updated",
+        "issue_event_type_name": "issue_generic",
+        "user": {"accountId": "5b10a2844c20165700ede21g", "displayName": "Ana Lima"},
+        "issue": {"id": "10001", "key": key, "fields": fields},
+        "changelog": {"items": [{"field": "status", "fromString": "In Progress", "toString": "Done"}]},
+    }
+    return json.dumps(payload).encode()
+
+
+async def test_an_issue_moved_to_done_in_jira_marks_its_task_done_and_one_wont_do_leaves_it_open(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    tracker = Tracker()
+    async with serve_app(jira(tracker), name="jira") as jira_url:
+        document = f"""
+tracker:
+  kind: jira
+  url: {jira_url}
+  project: SEC
+  token_env: TRACKER_TOKEN
+  user_env: TRACKER_USER
+  webhook_secret_env: WEBHOOK_SECRET
+  min_retry_s: 0.5
+"""
+        async with vigil(settings, pool, names, document) as served:
+            patch = await served.add({"title": "Patch the VPN appliance"})
+            rewrite = await served.add({"title": "Rewrite the VPN in Rust"})
+            first = await eventually(lambda: served.ticket(patch["id"]), timeout=30)
+            second = await eventually(lambda: served.ticket(rewrite["id"]), timeout=30)
+            assert first is not None and second is not None
+
+            async def deliver(body: bytes, *, secret: str = WEBHOOK_SECRET) -> httpx.Response:
+                headers = {"X-Hub-Signature": sign(body, secret.encode())}
+                return await served.client.post("/api/v1/tickets/jira", content=body, headers=headers)
+
+            forged = await deliver(jira_event(first["ref"], resolution="Done"), secret="not-the-webhooks-secret")
+            github_route = await served.client.post("/api/v1/tickets/github", content=b"{}")
+            moving = await deliver(jira_event(first["ref"], resolution=None, category="indeterminate"))
+            wont = await deliver(jira_event(second["ref"], resolution="Won't Do"))
+            done = await deliver(jira_event(first["ref"], resolution="Done"))
+            other_project = await deliver(jira_event("OPS-1", resolution="Done"))
+            headers = {"Authorization": f"Bearer {served.token}"}
+            listed = await served.client.get(f"/api/v1/incidents/{INCIDENT}/tasks", headers=headers)
+            by_id = {t["id"]: t for t in listed.json()["tasks"]}
+
+    assert (forged.status_code, github_route.status_code) == (401, 404)
+    assert (moving.status_code, wont.status_code, other_project.status_code) == (202, 202, 202)
+    assert done.status_code == 200 and done.json() == {"tasks": [patch["id"]], "done_by": "jira:Ana Lima"}
+    assert (by_id[patch["id"]]["state"], by_id[patch["id"]]["note"]) == ("done", "closed in Jira")
+    assert by_id[rewrite["id"]]["state"] == "open"
+    assert await pool.fetchval("SELECT count(*) FROM effects WHERE kind = 'ticket.close'") == 0

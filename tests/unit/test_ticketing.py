@@ -107,3 +107,58 @@ def test_a_ticket_says_what_to_do_where_it_came_from_and_carries_its_key() -> No
     assert ticketing.marker("inc-1:ticket:7") == "<!-- vigil-ticket: inc-1:ticket:7 -->"
     label = ticketing.jira_label("inc-1:ticket:7")
     assert label.startswith("vigil-") and " " not in label and label != ticketing.jira_label("inc-1:ticket:8")
+
+
+def test_only_an_issue_of_the_trackers_own_closed_as_done_is_word_to_close_a_task() -> None:
+    github = ticketing.parse_ticketing(
+        "tracker: {kind: github, repository: Acme/Ops, token_env: T}", environ={"T": "x"}
+    ).tracker
+    assert isinstance(github, ticketing.GitHubTracker)
+
+    def issue(**changes: object) -> dict[str, object]:
+        payload: dict[str, object] = {
+            "action": "closed",
+            "issue": {"number": 7, "state_reason": "completed"},
+            "repository": {"full_name": "acme/ops"},
+            "sender": {"login": "octocat"},
+        }
+        return {**payload, **changes}
+
+    assert ticketing.closed_issue("issues", issue(), github) == ("Acme/Ops#7", "octocat", "completed")
+    assert ticketing.closed_issue("issues", issue(issue={"number": 7, "state_reason": "not_planned"}), github) == (
+        "Acme/Ops#7",
+        "octocat",
+        "not_planned",
+    )
+    for event, payload in [
+        ("issues", issue(action="reopened")),
+        ("issues", issue(repository={"full_name": "acme/other"})),
+        ("issues", issue(issue={"number": 7, "pull_request": {}})),
+        ("issues", issue(issue="not an object")),
+        ("pull_request", issue()),
+        ("issues", ["not", "an", "object"]),
+    ]:
+        assert ticketing.closed_issue(event, payload, github) is None, (event, payload)
+
+    jira = ticketing.parse_ticketing(
+        "tracker: {kind: jira, url: https://jira.example, project: SEC, token_env: T}", environ={"T": "x"}
+    ).tracker
+    assert isinstance(jira, ticketing.JiraTracker)
+
+    def moved(key: str = "SEC-3", category: str = "done", resolution: str | None = "Done") -> dict[str, object]:
+        fields = {
+            "status": {"statusCategory": {"key": category}},
+            "resolution": {"name": resolution} if resolution else None,
+        }
+        return {
+            "webhookEvent": "jira:issue_updated",
+            "user": {"displayName": "Ana"},
+            "issue": {"key": key, "fields": fields},
+        }
+
+    assert ticketing.closed_jira_issue(moved(), jira) == ("SEC-3", "Ana", "completed")
+    assert ticketing.closed_jira_issue(moved(resolution=None), jira) == ("SEC-3", "Ana", "completed")
+    assert ticketing.closed_jira_issue(moved(resolution="Won't Do"), jira) == ("SEC-3", "Ana", "Won't Do")
+    assert ticketing.closed_jira_issue(moved(category="indeterminate"), jira) is None
+    assert ticketing.closed_jira_issue(moved(key="OPS-3"), jira) is None
+    assert ticketing.closed_jira_issue({"webhookEvent": "jira:issue_created"}, jira) is None
