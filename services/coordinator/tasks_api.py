@@ -202,7 +202,7 @@ def tasks_router(
     return router
 
 
-# The webhook authenticates itself (GitHub's signature with the webhook's secret), not by a token: declared
+# The webhooks authenticate themselves (the tracker's signature with the webhook's secret), not by a token: declared
 # so for the documentation and the route matrix test, which checks that no token opens it.
 WEBHOOK_SIGNED: dict[str, Any] = {"x-vigil-permission": "webhook.signature"}
 LOGIN_CHARS = 100
@@ -227,8 +227,10 @@ def tickets_router(runtime: Runtime, config: ticketing.TicketingConfig, *, on_do
         body = await request.body()  # bounded by the app's body limit
         if not signature_valid(signature, body, config.webhook_secret.get_secret_value().encode()):
             raise HTTPException(401, detail="the signature does not sign this body with the webhook's secret")
+        if not body:
+            raise HTTPException(400, detail="the delivery has no body: the webhook must send it (not exclude it)")
         try:
-            return json.loads(body) if body else {}
+            return json.loads(body)
         except ValueError as exc:
             raise HTTPException(400, detail=f"not JSON: {exc}") from exc
 
@@ -284,7 +286,7 @@ def tickets_router(runtime: Runtime, config: ticketing.TicketingConfig, *, on_do
                     row["id"],
                     tracker,
                 )
-                task = await tasks.complete(conn, row["id"], actor=by, note=f"closed in {TRACKERS[tracker]}")
+                task = await tasks.complete(conn, row["id"], actor=by, note=f"closed in {TRACKERS[tracker]} by {who}")
                 if on_done is not None:
                     ctx = HandlerContext(conn=conn, service=tasks.SERVICE, names=runtime.names)
                     await on_done(ctx, task)

@@ -55,6 +55,9 @@ CLOCK_SLACK = timedelta(minutes=10)
 MAX_PAGES = 10  # of 100 issues each: a repository busier than that between two attempts is looked through no further
 TITLE_CHARS = 250  # Jira's summary holds 255
 FOLLOW_UP_PHASES: tuple[Phase, ...] = ("post_mortem",)
+# Jira resolutions (or, an issue resolved with none, statuses) that say the work was done; any other (Won't Do,
+# Duplicate, Cancelled…) leaves the task open. A site with names of its own sets `done_resolutions`.
+DONE_RESOLUTIONS: tuple[str, ...] = ("Done", "Fixed", "Resolved", "Complete", "Completed")
 MIN_WEBHOOK_SECRET = 16
 
 
@@ -114,6 +117,11 @@ class JiraTracker(_Tracker):
     token_env: EnvName = Field(description="The variable holding an API token (Cloud) or a personal access token.")
     user_env: EnvName | None = Field(
         None, description="Jira Cloud: the variable holding the account's e-mail (basic auth); none: a bearer token."
+    )
+    done_resolutions: list[str] = Field(
+        default_factory=lambda: list(DONE_RESOLUTIONS),
+        min_length=1,
+        description="The resolutions (or, resolved with none, the statuses) that mean the work was done.",
     )
 
     @property
@@ -196,7 +204,7 @@ def parse_ticketing(
     webhook_secret = None
     if tracker.webhook_secret_env is not None:
         secret = environ.get(tracker.webhook_secret_env, "")
-        if secret != secret.strip():  # GitHub signs with the secret as it was typed there
+        if secret != secret.strip():  # the tracker signs with the secret as it was typed there
             name = tracker.webhook_secret_env
             raise TicketingError([f"{source}: tracker.webhook_secret_env: {name} has spaces around it"])
         if len(secret) < MIN_WEBHOOK_SECRET:
@@ -521,25 +529,32 @@ def closed_issue(event: str, payload: Any, tracker: GitHubTracker) -> tuple[str,
     return f"{tracker.repository}#{number}", login, reason
 
 
-# Jira resolutions that say the work was done; any other (Won't Do, Duplicate, Cannot Reproduce…) leaves the task open.
-DONE_RESOLUTIONS = frozenset({"done", "fixed", "resolved", "complete", "completed"})
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def closed_jira_issue(payload: Any, tracker: JiraTracker) -> tuple[str, str, str] | None:
-    """From a Jira webhook delivery (issue updated): (the issue's key, who moved it, how) when it says an issue of
-    the tracker's project is in a done status; None for anything else."""
+    """From a Jira webhook delivery: (the issue's key, who moved it, how) when it says an issue of the tracker's
+    project was just moved to a done status; None for anything else (a comment, an edit, another project).
+
+    How: ``completed`` for a resolution (or, with none, a status) the tracker counts as done; else its name.
+    """
     if not isinstance(payload, dict) or payload.get("webhookEvent") != "jira:issue_updated":
         return None
-    issue = payload.get("issue")
-    if not isinstance(issue, dict) or not isinstance(key := issue.get("key"), str):
+    issue = _dict(payload.get("issue"))
+    key = issue.get("key")
+    if not isinstance(key, str) or not key.upper().startswith(f"{tracker.project}-"):
         return None
-    if not key.upper().startswith(f"{tracker.project}-"):
+    changed = {_dict(item).get("field") for item in _dict(payload.get("changelog")).get("items") or []}
+    if not changed & {"status", "resolution"}:
+        return None  # a comment or an edit of an issue done long ago: no word of its closing
+    fields = _dict(issue.get("fields"))
+    status = _dict(fields.get("status"))
+    if _dict(status.get("statusCategory")).get("key") != "done":
         return None
-    fields: dict[str, Any] = issue["fields"] if isinstance(issue.get("fields"), dict) else {}
-    category = ((fields.get("status") or {}).get("statusCategory") or {}).get("key")
-    if category != "done":
-        return None
-    user: dict[str, Any] = payload["user"] if isinstance(payload.get("user"), dict) else {}
-    who = str(user.get("displayName") or user.get("accountId") or user.get("name") or "(unknown user)")
-    resolution = str((fields.get("resolution") or {}).get("name") or "Done")
-    return key.upper(), who, "completed" if resolution.lower() in DONE_RESOLUTIONS else resolution
+    user = _dict(payload.get("user"))
+    # A stable id names who did it (a display name is anyone's to change): Cloud's account id, Server's name.
+    who = str(user.get("accountId") or user.get("name") or user.get("displayName") or "(unknown user)")
+    said = _dict(fields.get("resolution")).get("name") or status.get("name") or ""
+    done = {name.lower() for name in tracker.done_resolutions}
+    return key.upper(), who, "completed" if str(said).lower() in done else str(said or "no resolution")

@@ -145,20 +145,38 @@ def test_only_an_issue_of_the_trackers_own_closed_as_done_is_word_to_close_a_tas
     ).tracker
     assert isinstance(jira, ticketing.JiraTracker)
 
-    def moved(key: str = "SEC-3", category: str = "done", resolution: str | None = "Done") -> dict[str, object]:
+    def moved(
+        key: str = "SEC-3",
+        category: str = "done",
+        resolution: str | None = "Done",
+        status: str = "Done",
+        changed: str = "status",
+    ) -> dict[str, object]:
         fields = {
-            "status": {"statusCategory": {"key": category}},
+            "status": {"name": status, "statusCategory": {"key": category}},
             "resolution": {"name": resolution} if resolution else None,
         }
         return {
             "webhookEvent": "jira:issue_updated",
-            "user": {"displayName": "Ana"},
+            "user": {"displayName": "Ana", "accountId": "5b10ac8d82e05b22cc7d4ef5"},
             "issue": {"key": key, "fields": fields},
+            "changelog": {"items": [{"field": changed}]},
         }
 
-    assert ticketing.closed_jira_issue(moved(), jira) == ("SEC-3", "Ana", "completed")
-    assert ticketing.closed_jira_issue(moved(resolution=None), jira) == ("SEC-3", "Ana", "completed")
-    assert ticketing.closed_jira_issue(moved(resolution="Won't Do"), jira) == ("SEC-3", "Ana", "Won't Do")
+    ana = "5b10ac8d82e05b22cc7d4ef5"  # who, by the id a display name cannot change
+    assert ticketing.closed_jira_issue(moved(), jira) == ("SEC-3", ana, "completed")
+    assert ticketing.closed_jira_issue(moved(resolution="Fixed", changed="resolution"), jira) == (
+        "SEC-3",
+        ana,
+        "completed",
+    )
+    assert ticketing.closed_jira_issue(moved(resolution=None), jira) == ("SEC-3", ana, "completed")  # status Done
+    assert ticketing.closed_jira_issue(moved(resolution=None, status="Cancelled"), jira) == ("SEC-3", ana, "Cancelled")
+    assert ticketing.closed_jira_issue(moved(resolution="Won't Do"), jira) == ("SEC-3", ana, "Won't Do")
     assert ticketing.closed_jira_issue(moved(category="indeterminate"), jira) is None
     assert ticketing.closed_jira_issue(moved(key="OPS-3"), jira) is None
+    assert ticketing.closed_jira_issue(moved(changed="comment"), jira) is None  # a comment on an issue done before
     assert ticketing.closed_jira_issue({"webhookEvent": "jira:issue_created"}, jira) is None
+    broken = moved()
+    broken["issue"] = {"key": "SEC-3", "fields": {"status": "Done", "resolution": ["x"]}}
+    assert ticketing.closed_jira_issue(broken, jira) is None  # signed, but not Jira's shape: no crash
