@@ -121,7 +121,7 @@ def alertmanager(alert: dict[str, Any], at: datetime) -> Rendered:
 
 # ---- Wazuh: alerts.json ---------------------------------------------------------------------------
 
-WAZUH_LEVEL = {"info": 3, "low": 5, "medium": 8, "high": 10, "critical": 13}
+WAZUH_LEVEL = {"info": 3, "low": 5, "medium": 8, "high": 12, "critical": 15}
 WAZUH_MANAGER = "wazuh-manager"
 
 

@@ -55,8 +55,10 @@ BASE_SEVERITY = {
     AlertSeverity.LOW: Severity.SEV4,
     AlertSeverity.INFO: Severity.SEV4,
 }
-# Types that raise a SEV2 or SEV3 incident one step: an attacker inside, or data gone.
-RAISING_TYPES = (IncidentType.DATA_LEAK, IncidentType.SYSTEM_COMPROMISE)
+# Types that raise an incident one step, and the highest each raises it to: data gone is a breach,
+# SEV1 by the runbook's own words; an attacker inside one host is SEV2 until breadth or a critical
+# asset makes it widespread (a single endpoint's malware is not a company-wide emergency).
+RAISING_TYPES = {IncidentType.DATA_LEAK: Severity.SEV1, IncidentType.SYSTEM_COMPROMISE: Severity.SEV2}
 # Heartbeats, tests and informational records never open an incident above this.
 NON_ALERT_CAP = Severity.SEV3
 # Labels by which a tool or a person says an alert concerns a critical asset, and their values that do.
@@ -116,7 +118,7 @@ def prioritise(inputs: SeverityInputs, policy: SeverityPolicy | None = None) -> 
     """Return the incident's SEV level and the steps that led to it, in words.
 
     From the lead alert's severity (its tool's own scale as the adapter mapped it), raised one step
-    each by a data leak or compromise (from SEV2 or SEV3), by breadth (hosts or users), and by a
+    each by a data leak (from SEV2 or SEV3) or a compromise (from SEV3), by breadth (hosts or users), and by a
     critical asset; capped at SEV3 when the incident holds only heartbeats, tests or
     informational records.
     """
@@ -129,7 +131,8 @@ def prioritise(inputs: SeverityInputs, policy: SeverityPolicy | None = None) -> 
         steps = [f"{said} -> {severity.value}"]
     else:
         steps = [f"highest alert severity {inputs.alert_severity.value} -> {severity.value}"]
-    if inputs.incident_type in RAISING_TYPES and severity in (Severity.SEV2, Severity.SEV3):
+    ceiling = RAISING_TYPES.get(inputs.incident_type)
+    if ceiling is not None and severity in (Severity.SEV2, Severity.SEV3) and severity.urgency < ceiling.urgency:
         severity = _raise(severity)
         steps.append(f"{inputs.incident_type.value} -> {severity.value}")
     breadth = []

@@ -262,8 +262,13 @@ def alertmanager(alertname: str, **labels: str) -> dict[str, Any]:
         # Suricata: the classtype's text first, then the ET category in the signature.
         ("suricata", SURICATA_TROJAN, IncidentType.SYSTEM_COMPROMISE, "suricata-trojan",
          "suricata category 'A Network Trojan was detected' (rule suricata-trojan)"),
-        ("suricata", suricata("ET POLICY curl User-Agent Outbound", "Attempted Information Leak"),
+        ("suricata", suricata("ET WEB_SERVER Possible CVE-2014-6271 Probe", "Attempted Information Leak"),
          IncidentType.SECURITY_BREACH, "suricata-information-leak", "category 'Attempted Information Leak'"),
+        # An ET signature that reports (INFO, POLICY) or hunts says nothing of the type, whatever classtype it borrows.
+        ("suricata", suricata("ET POLICY curl User-Agent Outbound", "Attempted Information Leak"),
+         IncidentType.UNKNOWN, "suricata-signature-reporting", "signature 'ET POLICY curl User-Agent Outbound'"),
+        ("suricata", suricata("ET HUNTING GENERIC SUSPICIOUS POST to Dotted Quad", "Potentially Bad Traffic"),
+         IncidentType.UNKNOWN, "suricata-signature-reporting", "ET HUNTING"),
         ("suricata", suricata("ET DOS Possible NTP DDoS Inbound", "Attempted Denial of Service"),
          IncidentType.SERVICE_DISRUPTION, "suricata-denial-of-service", "'Attempted Denial of Service'"),
         ("suricata", suricata("ET WEB_SERVER SQL Injection", "Web Application Attack"),
@@ -410,7 +415,10 @@ def test_a_declared_type_comes_first() -> None:
 # (directory, line, alert) -> (type, rule)
 CORPUS_EXPECTED = {
     ("suricata_eve_alert", 1, 0): (IncidentType.SYSTEM_COMPROMISE, "suricata-trojan"),
-    ("suricata_eve_alert", 8, 0): (IncidentType.SECURITY_BREACH, "suricata-information-leak"),
+    ("suricata_eve_alert", 8, 0): (IncidentType.UNKNOWN, "suricata-signature-reporting"),  # ET POLICY curl
+    ("suricata_eve_alert", 0, 0): (IncidentType.UNKNOWN, "suricata-signature-reporting"),  # ET HUNTING, "suspicious"
+    ("aws_guardduty", 6, 0): (IncidentType.SECURITY_BREACH, "guardduty-account-abuse"),  # IAMUser escalation
+    ("ocsf_findings", 0, 0): (IncidentType.SECURITY_BREACH, "ocsf-account-abuse"),  # CloudTrail logging disabled
     ("wazuh_alerts", 4, 0): (IncidentType.SECURITY_BREACH, "wazuh-authentication"),
     ("aws_guardduty", 5, 0): (IncidentType.DATA_LEAK, "guardduty-attack-sequence-data"),
     ("falco", 0, 0): (IncidentType.SYSTEM_COMPROMISE, "falco-compromise"),

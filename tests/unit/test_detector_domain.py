@@ -119,9 +119,22 @@ def inputs(
     [
         (inputs("critical", IncidentType.SERVICE_DISRUPTION), Severity.SEV1, "highest alert severity critical -> SEV1"),
         (inputs("high", IncidentType.SERVICE_DISRUPTION), Severity.SEV2, "highest alert severity high -> SEV2"),
-        # A data leak or a compromise raises SEV2 and SEV3 one step, never SEV4.
+        # A data leak raises SEV2 and SEV3 one step, a compromise SEV3 only (one host's malware is not
+        # widespread), never SEV4.
         (inputs("high", IncidentType.DATA_LEAK), Severity.SEV1, "data_leak -> SEV1"),
+        (inputs("medium", IncidentType.DATA_LEAK), Severity.SEV2, "data_leak -> SEV2"),
         (inputs("medium", IncidentType.SYSTEM_COMPROMISE), Severity.SEV2, "system_compromise -> SEV2"),
+        (inputs("high", IncidentType.SYSTEM_COMPROMISE), Severity.SEV2, "highest alert severity high -> SEV2"),
+        (
+            inputs("high", IncidentType.SYSTEM_COMPROMISE, hosts=5),
+            Severity.SEV1,
+            "high -> SEV2; 5 hosts affected (widespread) -> SEV1",
+        ),
+        (
+            inputs("high", IncidentType.SYSTEM_COMPROMISE, critical="db-01 (critical hosts list)"),
+            Severity.SEV1,
+            "high -> SEV2; critical asset db-01 (critical hosts list) -> SEV1",
+        ),
         (inputs("low", IncidentType.SYSTEM_COMPROMISE), Severity.SEV4, "highest alert severity low -> SEV4"),
         (inputs("medium", IncidentType.SECURITY_BREACH), Severity.SEV3, "highest alert severity medium -> SEV3"),
         (inputs("medium", IncidentType.UNKNOWN), Severity.SEV3, "highest alert severity medium -> SEV3"),
@@ -161,10 +174,10 @@ def test_severity_table(given: domain.SeverityInputs, expected: Severity, why: s
 
 def test_severity_explanation_starts_from_the_tools_own_scale() -> None:
     severity, reason = domain.prioritise(
-        inputs("high", IncidentType.SYSTEM_COMPROMISE, reason="Wazuh level 12 (10-12) -> high")
+        inputs("medium", IncidentType.SYSTEM_COMPROMISE, reason="Wazuh level 10 (7-11) -> medium")
     )
-    assert severity is Severity.SEV1
-    assert reason == "Wazuh level 12 (10-12) -> high -> SEV2; system_compromise -> SEV1"
+    assert severity is Severity.SEV2
+    assert reason == "Wazuh level 10 (7-11) -> medium -> SEV3; system_compromise -> SEV2"
     _, reason = domain.prioritise(inputs("medium", reason="no severity or risk score"))
     assert reason == "no severity or risk score -> medium -> SEV3"
 

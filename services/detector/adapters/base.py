@@ -338,7 +338,7 @@ _DOTTED_QUAD = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 def band(value: float, bands: Iterable[tuple[float, str, AlertSeverity]]) -> tuple[str, AlertSeverity]:
     """The name and severity of the first band, lowest first, whose highest value ``value`` does not pass.
 
-    Bands are given by their highest value, included (Wazuh's "10-12", Elastic's "22-47"); the caller
+    Bands are given by their highest value, included (Wazuh's "12-14", Elastic's "22-47"); the caller
     has checked that the value is on the scale, which the last band closes.
     """
     for highest, name, severity in bands:

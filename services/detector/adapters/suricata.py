@@ -36,6 +36,15 @@ Severity, from ``alert.severity`` (Suricata's priority: 1 is the most severe):
 | 3 | low |
 | 4 and above | info |
 | missing or not a positive whole number | medium (the reason says so) |
+
+The Emerging Threats rule sets say in a signature's name when it reports something, not an attack:
+an ``ET INFO`` signature (a vulnerable Java version, a ``.biz`` lookup) is read as info and an ``ET
+POLICY`` one (an outbound curl User-Agent, a P2P client), like ``CHAT``, ``GAMES`` and ``P2P``, as
+low at most, whatever the priority of the classtype they borrow; the reason says so.
+
+**Tests**: an alert on traffic to the public IDS test sites (``testmyids.com``, tmNIDS'
+``testmynids.org``), by HTTP host, DNS name or TLS SNI, is a test (kind ``test``): it checks the
+sensor, and never opens a SEV1 or SEV2 incident.
 """
 
 from __future__ import annotations
@@ -62,6 +71,12 @@ from services.detector.adapters.base import (
 )
 
 SEVERITIES = {1: "high", 2: "medium", 3: "low"}
+# Emerging Threats categories that report rather than detect, and the most severe each is read as.
+RANK = ("info", "low", "medium", "high")
+REPORTING = (("INFO", "info"), ("POLICY", "low"), ("CHAT", "low"), ("GAMES", "low"), ("P2P", "low"))
+ET_PREFIXES = ("ET ", "ETPRO ", "GPL ")
+# Public sites that exist to make IDS signatures fire (testmyids.com; tmNIDS, testmynids.org).
+TEST_SITES = ("testmyids.com", "testmynids.org")
 LOWEST = "info"  # 4 and above
 DEFAULT_SEVERITY = "medium"
 # A signature's metadata longer than this (characters) is read for each alert rather than remembered.
@@ -107,9 +122,10 @@ class Suricata:
         metadata_labels, techniques = _metadata(metadata)
         src_ip, dst_ip = ip_or_none(payload.get("src_ip")), ip_or_none(payload.get("dest_ip"))
         sensor = text(payload.get("host"))
-        severity, said, reason = _severity(alert.get("severity"))
+        severity, said, reason = _reporting(signature, *_severity(alert.get("severity")))
         flow_id = text(payload.get("flow_id"))
         names = {label: ", ".join(_names(payload, path)) for label, path in NAMES}
+        tested = _test_site(names)
         labels = {
             "signature_id": ":".join(t for t in (text(alert.get("gid")), sid, text(alert.get("rev"))) if t),
             "action": text(alert.get("action")),
@@ -134,6 +150,7 @@ class Suricata:
             source_severity=said,
             severity_reason=reason,
             time=parse_time(payload.get("timestamp"), field_name="timestamp"),
+            kind="test" if tested else "alert",
             rule=signature,
             category=text(alert.get("category")),
             src_ip=src_ip,
@@ -157,6 +174,27 @@ def _severity(value: Any) -> tuple[str, str | None, str]:
         return DEFAULT_SEVERITY, f"severity {number}", f"Suricata alert severity {number} is below 1 -> medium"
     mapped = SEVERITIES.get(number, LOWEST)
     return mapped, f"severity {number}", f"Suricata alert severity {number} (1 is the most severe) -> {mapped}"
+
+
+def _reporting(signature: str | None, severity: str, said: str | None, reason: str) -> tuple[str, str | None, str]:
+    """An Emerging Threats signature that reports (INFO, POLICY, ...) is read no more severe than it says."""
+    if signature is None or not signature.startswith(ET_PREFIXES):
+        return severity, said, reason
+    category = signature.split(" ", 2)[1] if signature.count(" ") else ""
+    for name, highest in REPORTING:
+        if category == name and RANK.index(severity) > RANK.index(highest):
+            return highest, said, f"{reason}; an ET {name} signature reports, it does not detect an attack -> {highest}"
+    return severity, said, reason
+
+
+def _test_site(names: Mapping[str, str]) -> bool:
+    """Whether the alert is on traffic to a public IDS test site (by HTTP host, DNS name or TLS SNI)."""
+    for label in ("http.hostname", "dns.rrname", "dns.query", "tls.sni"):
+        for name in names[label].lower().split(", "):
+            name = name.rstrip(".")
+            if any(name == site or name.endswith(f".{site}") for site in TEST_SITES):
+                return True
+    return False
 
 
 def _flowless_id(payload: Mapping[str, Any], alert: Mapping[str, Any]) -> str:

@@ -15,9 +15,12 @@ object and a ``timestamp``.
 |---|---|---|
 | 0-3 | ignored, none, system low-priority notification, successful/authorised events | info |
 | 4-6 | system low-priority error, user-generated error, low-relevance attack | low |
-| 7-9 | "bad word" matching, first time seen, error from invalid source | medium |
-| 10-12 | multiple user-generated errors, integrity-checking warning, high-importance event | high |
-| 13-16 | unusual error (high importance), high-importance security event, severe attack | critical |
+| 7-11 | "bad word" matching, first time seen, error from invalid source, multiple user-generated errors, integrity-checking warning | medium |
+| 12-14 | high-importance event, unusual error (high importance), high-importance security event | high |
+| 15-16 | severe attack ("no chances of false positives") | critical |
+
+"High importance" starts at 12 in Wazuh's own words: a burst of failed SSH logins (level 10) is
+worth a look, not a page.
 
 A level outside 0-16, or none, is refused (``invalid_fields`` / ``missing_fields``).
 
@@ -62,9 +65,9 @@ MAX_LEVEL = 16
 LEVEL_BANDS = (
     (3, "0-3", AlertSeverity.INFO),
     (6, "4-6", AlertSeverity.LOW),
-    (9, "7-9", AlertSeverity.MEDIUM),
-    (12, "10-12", AlertSeverity.HIGH),
-    (MAX_LEVEL, "13-16", AlertSeverity.CRITICAL),
+    (11, "7-11", AlertSeverity.MEDIUM),
+    (14, "12-14", AlertSeverity.HIGH),
+    (MAX_LEVEL, "15-16", AlertSeverity.CRITICAL),
 )
 COMPLIANCE = ("pci_dss", "gpg13", "gdpr", "hipaa", "nist_800_53", "tsc")
 

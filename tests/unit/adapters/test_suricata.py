@@ -270,3 +270,44 @@ def test_an_alert_event_without_its_alert_object_is_refused() -> None:
     with pytest.raises(Rejected, match="no 'alert' object") as refused:
         ADAPTER.parse(record)
     assert refused.value.code == "missing_fields"
+
+
+@pytest.mark.parametrize(
+    ("signature", "given_severity", "severity", "lowered"),
+    [
+        ("ET INFO Vulnerable Java Version 1.8.x Detected", 2, "info", True),
+        ("ET POLICY curl User-Agent Outbound", 2, "low", True),
+        ("ETPRO P2P BitTorrent peer sync", 1, "low", True),
+        ("ET POLICY Dropbox.com Offsite File Backup in Use", 3, "low", False),  # low already
+        ("ET INFO .biz Domain DNS Query", 4, "info", False),
+        ("ET HUNTING GENERIC SUSPICIOUS POST", 2, "medium", False),  # hunting keeps its priority
+        ("ET MALWARE Win32/LeftHook Stealer", 1, "high", False),
+        ("ETX INFO not an Emerging Threats name", 2, "medium", False),
+    ],
+)
+def test_emerging_threats_reporting_signatures_are_read_no_more_severe_than_they_say(
+    signature: str, given_severity: int, severity: str, lowered: bool
+) -> None:
+    record = copy.deepcopy(MITRE_ALERT)
+    record["alert"].update(signature=signature, severity=given_severity)
+    (alert,) = ADAPTER.parse(record).alerts
+    assert alert.severity == severity
+    assert ("reports, it does not detect an attack" in (alert.severity_reason or "")) is lowered
+
+
+@pytest.mark.parametrize(
+    ("names", "kind"),
+    [
+        ({"http": {"hostname": "testmyids.com", "url": "/"}}, "test"),
+        ({"http": {"hostname": "www.testmynids.org", "url": "/uid/index.html"}}, "test"),
+        ({"dns": {"rrname": "testmynids.org."}}, "test"),
+        ({"tls": {"sni": "testmyids.com"}}, "test"),
+        ({"http": {"hostname": "nottestmyids.com", "url": "/"}}, "alert"),
+        ({"http": {"hostname": "example.com", "url": "/testmyids.com"}}, "alert"),  # a path, not the site
+    ],
+)
+def test_traffic_to_a_public_ids_test_site_is_a_test(names: dict[str, Any], kind: str) -> None:
+    record = {**copy.deepcopy(MITRE_ALERT), **names}
+    record["alert"].update(signature="GPL ATTACK_RESPONSE id check returned root", severity=2)
+    (alert,) = ADAPTER.parse(record).alerts
+    assert alert.kind == kind

@@ -90,7 +90,7 @@ EXPECTED = {
     2: (
         "sshd: Multiple authentication failures.",
         "Centos",
-        "high",
+        "medium",
         f"{MANAGER}/1587083113.109656",
         datetime(2020, 4, 17, 0, 25, 13, 117000, UTC),
         "49.88.112.76",
@@ -120,7 +120,7 @@ EXPECTED = {
     5: (
         "sshd: brute force trying to get access to the system. Non existent user.",
         "localhost.localdomain",
-        "high",
+        "medium",
         "localhost.localdomain/1652272159.1549653",
         datetime(2022, 5, 11, 12, 29, 19, 905000, UTC),
         "172.17.1.1",
@@ -170,7 +170,7 @@ def test_attack_ids_compliance_and_decoded_fields_are_kept() -> None:
     brute_force = ADAPTER.parse(samples[4]).alerts[0]
     assert brute_force.techniques == ["T1110", "TA0006"]  # Credential Access, by name
     assert brute_force.source_severity == "Wazuh level 10"
-    assert brute_force.severity_reason == "Wazuh level 10 (10-12) -> high"
+    assert brute_force.severity_reason == "Wazuh level 10 (7-11) -> medium"  # failed logins: a look, not a page
     assert brute_force.labels["manager"] == "localhost.localdomain"
     assert brute_force.labels["decoder"] == "sshd"
     assert brute_force.labels["data.srcport"] == "56404"
@@ -204,14 +204,14 @@ def test_a_windows_alert_names_its_target_user_and_tactics() -> None:
         (3, "info", "0-3"),
         (4, "low", "4-6"),
         (6, "low", "4-6"),
-        (7, "medium", "7-9"),
-        (9, "medium", "7-9"),
-        (10, "high", "10-12"),
-        (12, "high", "10-12"),
-        (13, "critical", "13-16"),
-        (15, "critical", "13-16"),
-        (16, "critical", "13-16"),
-        ("12", "high", "10-12"),  # an indexer that kept it as text
+        (7, "medium", "7-11"),
+        (10, "medium", "7-11"),
+        (11, "medium", "7-11"),
+        (12, "high", "12-14"),
+        (14, "high", "12-14"),
+        (15, "critical", "15-16"),
+        (16, "critical", "15-16"),
+        ("12", "high", "12-14"),  # an indexer that kept it as text
     ],
 )
 def test_rule_levels_map_to_the_documented_bands(level: Any, severity: str, band: str) -> None:
