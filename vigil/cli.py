@@ -50,12 +50,22 @@ app.add_typer(attack_app, name="attack")
 console = Console()
 err = Console(stderr=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-ActorOption = Annotated[str | None, typer.Option(help="Who you are; defaults to $VIGIL_ACTOR or your login.")]
+ActorOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Who you are, where the service lets anyone act unauthenticated; with a token, the token's name is "
+        "recorded instead. Defaults to $VIGIL_ACTOR or your login."
+    ),
+]
 NoteOption = Annotated[str, typer.Option(help="A note for the timeline.")]
 
 
 def _settings() -> VigilSettings:
-    return VigilSettings()
+    """The settings an operator's command runs with: the environment's, and where it names no database or
+    broker, those of the `vigil up` running from this directory."""
+    from vigil.stack_file import with_running_stack
+
+    return with_running_stack(VigilSettings())
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -85,7 +95,7 @@ def up(
     from vigil.stack import run_stack
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_stack(_settings(), demo=demo, demo_interval=demo_interval, console=console))
+        asyncio.run(run_stack(VigilSettings(), demo=demo, demo_interval=demo_interval, console=console))
 
 
 @app.command()
@@ -458,7 +468,14 @@ response_app = typer.Typer(
 )
 app.add_typer(response_app, name="response")
 ResponseReason = Annotated[str, typer.Option("--reason", help="Why; kept with the switch.")]
-ResponseActor = Annotated[str | None, typer.Option("--actor", help="Who; defaults to $VIGIL_ACTOR or your login.")]
+ResponseActor = Annotated[
+    str | None,
+    typer.Option(
+        "--actor",
+        help="Who, where the service lets anyone act unauthenticated; with a token, the token's name is recorded "
+        "instead. Defaults to $VIGIL_ACTOR or your login.",
+    ),
+]
 
 
 def _set_response_paused(paused: bool, reason: str, actor: str | None) -> None:
@@ -498,6 +515,7 @@ def response_rollback(
     actor: ResponseActor = None,
 ) -> None:
     """Undo every action of an incident still in force, one at a time, in reverse order of execution."""
+    incident_id = _full_id(incident_id)
     started = _responder("POST", f"/api/v1/incidents/{incident_id}/rollback", {"actor": _who(actor), "reason": reason})
     console.print(f"rolling back {len(started['steps'])} action(s) of {escape(incident_id)}, last executed first:")
     for step_id in started["steps"]:
@@ -597,9 +615,7 @@ def _print_steps(steps: list[dict[str, Any]]) -> None:
 @actions_app.command("list")
 def actions_list(incident_id: str, as_json: JsonOption = False) -> None:
     """Every response step of an incident in plan order: state, why, approvals, and (with --json) its log."""
-    steps = _responder("GET", f"/api/v1/incidents/{incident_id}/actions")
-    if not steps and len(incident_id) < 36:  # perhaps the short id `incidents list` prints
-        steps = _responder("GET", f"/api/v1/incidents/{_resolve_id(incident_id)}/actions")
+    steps = _responder("GET", f"/api/v1/incidents/{_full_id(incident_id)}/actions")
     if as_json:
         print(json.dumps(steps, indent=2))
         return
@@ -634,7 +650,7 @@ def actions_run(
         "role": role or os.environ.get("VIGIL_ROLE", ""),
         "note": note,
     }
-    made = _responder("POST", f"/api/v1/incidents/{incident_id}/actions", body)
+    made = _responder("POST", f"/api/v1/incidents/{_full_id(incident_id)}/actions", body)
     if as_json:
         print(json.dumps(made, indent=2))
         return
@@ -714,6 +730,7 @@ def lease_list(
     as_json: JsonOption = False,
 ) -> None:
     """Leases of reversible actions, soonest end first: state, end, offence, and who changed them last and why."""
+    incident_id = _full_id(incident_id) if incident_id else None
     query = "&".join(
         q for q in (f"incident={incident_id}" if incident_id else "", "all=true" if all_states else "") if q
     )
@@ -781,7 +798,8 @@ app.add_typer(recovery_app, name="recovery")
 @recovery_app.command("list")
 def recovery_list(incident_id: str, as_json: JsonOption = False) -> None:
     """The incident's recovery steps (system, data, service, business): owner, due, state and check."""
-    steps = [s for s in _responder("GET", f"/api/v1/incidents/{incident_id}/actions") if s["phase"] == "recovery"]
+    listed = _responder("GET", f"/api/v1/incidents/{_full_id(incident_id)}/actions")
+    steps = [s for s in listed if s["phase"] == "recovery"]
     if as_json:
         print(json.dumps(steps, indent=2))
         return
@@ -884,12 +902,30 @@ def _request(service: str, base_url: str, method: str, path: str, body: Any = No
 def _answer_of(response: httpx.Response) -> Any:
     """The answer's JSON; a refusal ends the command with the service's reason and status."""
     if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        _fail(f"{detail} ({response.status_code})")
+        _fail(f"{_refusal(response)} ({response.status_code})")
     return response.json()
+
+
+def _refusal(response: httpx.Response) -> str:
+    """Why a service refused a request, in words: its reason, each invalid field named, and what to do
+    about a missing token."""
+    try:
+        detail = response.json().get("detail", response.text)
+    except (ValueError, AttributeError):
+        detail = response.text
+    if isinstance(detail, list):  # the fields a request model refused (422)
+        detail = "; ".join(_invalid_field(problem) for problem in detail)
+    if response.status_code == 401 and "Authorization" not in response.request.headers:
+        saved = (_settings().data_dir / "api.token").resolve()
+        detail = f"{detail}; no token was sent: set VIGIL_API_TOKEN, or run where `vigil up` saved one ({saved})"
+    return str(detail)
+
+
+def _invalid_field(problem: Any) -> str:
+    if not isinstance(problem, dict):
+        return str(problem)
+    where = [str(part) for part in problem.get("loc", ()) if part not in ("body", "query", "path")]
+    return f"{'.'.join(where) or 'the request'}: {problem.get('msg', 'invalid')}"
 
 
 def _tasks_call(method: str, path: str, body: Any = None) -> httpx.Response:
@@ -993,10 +1029,10 @@ def tasks_add(
         print(json.dumps(task, indent=2))
         return
     title_, owner_ = escape(task["title"] + (" *" if task["required"] else "")), escape(task["owner"])
-    due_ = task["due_at"][:16].replace("T", " ") + " UTC" if task["due_at"] else "no due time"
+    due_ = "due " + task["due_at"][:16].replace("T", " ") + " UTC" if task["due_at"] else "no due time"
     console.print(
         f"task {task['id']} [b]{title_}[/b] ({escape(task['phase'])}) added to incident "
-        f"{escape(task['incident_id'])}: owner {owner_}, due {due_}"
+        f"{escape(task['incident_id'])}: owner {owner_}, {due_}"
     )
 
 
@@ -1462,6 +1498,25 @@ def incidents_list(
     console.print(table)
 
 
+def _full_id(given: str) -> str:
+    """The incident whose id starts with ``given`` (the short ids `incidents list` prints), where the reporter
+    knows exactly one; otherwise ``given`` as it is, for the service asked to judge."""
+    if len(given) >= 36:
+        return given
+    try:
+        response = httpx.get(
+            _settings().reporter_url.rstrip("/") + "/api/v1/incidents",
+            params={"limit": 1000},
+            headers=_auth_headers(),
+            timeout=10,
+        )
+        listed = response.json() if response.status_code == 200 else []
+    except (httpx.HTTPError, ValueError):
+        return given
+    matches = [i["id"] for i in listed if isinstance(i, dict) and str(i.get("id", "")).startswith(given)]
+    return str(matches[0]) if len(matches) == 1 and given not in matches else given
+
+
 def _resolve_id(prefix: str) -> str:
     """Accept the short ids `incidents list` prints."""
     if len(prefix) >= 36:
@@ -1885,7 +1940,8 @@ def state(
         return
     console.print(f"incident {escape(lifecycle['incident_id'])} is [b]{escape(lifecycle['state'])}[/b]")
     for name, target in lifecycle["allowed"].items():
-        console.print(escape(f"  {name}: vigil state {incident_id} {target}"))
+        needs = " --resolution TEXT" if target == "resolved" else ""  # how it ended: asked of every resolve
+        console.print(escape(f"  {name}: vigil state {incident_id} {target}{needs}"))
     table = Table(title="moves")
     for column in ("at", "from", "to", "by", "why"):
         table.add_column(column, overflow="fold")
@@ -2076,7 +2132,8 @@ def intel_load(
     console.print(f"{loaded} entries loaded into {source}", markup=False, highlight=False)
     if rechecked:
         console.print(
-            f"{len(rechecked)} incident(s) name what it lists: analysed again ({', '.join(rechecked[:10])})",
+            f"{len(rechecked)} incident(s) name what it lists: analysed again ({', '.join(rechecked[:10])}"
+            + (f" and {len(rechecked) - 10} more)" if len(rechecked) > 10 else ")"),
             markup=False,
             highlight=False,
         )

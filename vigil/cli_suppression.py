@@ -82,6 +82,16 @@ def _short(moment: str | None) -> str:
     return moment[:16].replace("T", " ") if moment else "-"
 
 
+def _in_zone(moment: str | None, zone: str) -> str:
+    """A stored (UTC) time as the window's own clock reads it."""
+    if not moment:
+        return "-"
+    try:
+        return datetime.fromisoformat(moment).astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M")
+    except (ValueError, ZoneInfoNotFoundError):
+        return f"{_short(moment)} UTC"
+
+
 def _print(rows: Any, as_json: bool, table: Table, row: Any) -> None:
     """Print the rows as JSON, or each as ``row`` makes it: plain text, brackets and all (never rich markup)."""
     from vigil import cli
@@ -171,12 +181,13 @@ def _windows_table(title: str) -> Table:
 
 
 def _window_row(w: dict[str, Any]) -> list[str]:
+    zone = w["time_zone"]
     if w["rrule"]:
-        when = f"{w['rrule']} for {w['duration_s'] // 60} min from {_short(w['starts_at'])} {w['time_zone']}"
+        when = f"{w['rrule']} for {w['duration_s'] // 60} min from {_in_zone(w['starts_at'], zone)} {zone}"
         if w["ends_at"]:
-            when += f" until {_short(w['ends_at'])}"
+            when += f" until {_in_zone(w['ends_at'], zone)}"
     else:
-        when = f"{_short(w['starts_at'])} to {_short(w['ends_at'])}"
+        when = f"{_in_zone(w['starts_at'], zone)} to {_in_zone(w['ends_at'], zone)} {zone}"
     active = f"until {_short(w['active_now'][1])}" if w["active_now"] else "-"
     by = w["created_by"] + (f" (ended by {w['ended_by']})" if w["ended_by"] else "")
     return [w["id"], w["name"], " ".join(w["matchers"]), when, active, _short(w["next_start"]), by]

@@ -21,6 +21,7 @@ from shared.logs import configure_logging
 from shared.settings import DEFAULT_HTTP_PORTS, SERVICE_NAMES, VigilSettings
 from shared.topics import TopicNames, ensure_topics
 from vigil.demo import run_demo
+from vigil.stack_file import forget_stack, save_stack
 from vigil.supervisor import Supervisor, child_env, readyz_url, wait_ready
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ async def run_stack(settings: VigilSettings, *, demo: bool, demo_interval: float
             await pool.close()
         names = TopicNames(settings.topic_prefix)
         await ensure_topics(settings.kafka, names)
+        save_stack(
+            settings.data_dir,
+            database_url=settings.database_url,
+            bootstrap_servers=settings.kafka.bootstrap_servers,
+        )
 
         env = child_env(settings.kafka.bootstrap_servers, settings.database_url)
         env.setdefault("VIGIL_LOG_FORMAT", "text")
@@ -109,6 +115,7 @@ async def run_stack(settings: VigilSettings, *, demo: bool, demo_interval: float
                     await demo_task
             await producer.stop()
             await supervisor.stop()
+            forget_stack(settings.data_dir)
 
 
 def _summary(settings: VigilSettings, ready: bool) -> Table:

@@ -33,6 +33,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from shared.alerts import Alert
 from shared.yamlfile import YamlFileError, validate_yaml
 
+# RE2 logs a pattern it refuses to stderr from C++ as well: the refusal reaches the operator as an error.
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
 SuppressionKind = Literal["silence", "maintenance", "inhibition"]
 Op = Literal["=", "!=", "=~", "!~"]
 
@@ -121,7 +125,7 @@ class Matcher:
     def __post_init__(self) -> None:
         object.__setattr__(self, "read", _reader(self.name))
         if self.op in ("=~", "!~") and self.pattern is None:
-            object.__setattr__(self, "pattern", re2.compile(self.value))
+            object.__setattr__(self, "pattern", re2.compile(self.value, _RE2_OPTIONS))
 
     @classmethod
     def parse(cls, text: str) -> Matcher:

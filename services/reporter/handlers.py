@@ -174,7 +174,9 @@ async def on_escalated(ctx: HandlerContext, event: IncidentEscalated) -> None:
 
 async def on_edited(ctx: HandlerContext, event: IncidentEdited) -> None:
     changes = {name: change.after for name, change in event.data.changes.items()}
-    await repository.apply_edits(ctx.conn, incident_id=event.subject, changes=changes)
+    # The reason shown beside a severity or type a person set is theirs, not the detector's steps to the old one.
+    said = f"set by {event.data.actor}: {event.data.reason}"
+    await repository.apply_edits(ctx.conn, incident_id=event.subject, changes=changes, reason=said)
 
 
 async def on_assigned(ctx: HandlerContext, event: IncidentAssigned) -> None:

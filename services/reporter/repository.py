@@ -171,7 +171,8 @@ async def apply_snapshots(conn: Conn, *, changes: Sequence[SnapshotChange]) -> N
                              GROUP BY h ORDER BY min(n)),
                users = ARRAY(SELECT u FROM unnest(users || $7::text[]) WITH ORDINALITY AS t(u, n)
                              GROUP BY u ORDER BY min(n)),
-               classification_reason = $8, severity_reason = $9,
+               classification_reason = CASE WHEN 'type' = ANY(edited) THEN classification_reason ELSE $8 END,
+               severity_reason = CASE WHEN 'severity' = ANY(edited) THEN severity_reason ELSE $9 END,
                detected_at = CASE WHEN $10 THEN $11 ELSE detected_at END,
                created_at = CASE WHEN $10 THEN $15 ELSE created_at END,
                first_alert_at = LEAST(first_alert_at, $12),
@@ -279,11 +280,14 @@ async def apply_alert_changes(conn: Conn, *, incident_id: str, change: AlertsCha
         )
 
 
-async def apply_edits(conn: Conn, *, incident_id: str, changes: dict[str, str]) -> None:
-    """A person's edits of severity, type or title; marked, so that snapshots no longer change them (its row exists)."""
+async def apply_edits(conn: Conn, *, incident_id: str, changes: dict[str, str], reason: str) -> None:
+    """A person's edits of severity, type or title, with ``reason`` as the severity's or type's reason; marked,
+    so that snapshots no longer change them (its row exists)."""
     await conn.execute(
         """UPDATE reporter_incidents
            SET severity = coalesce($2, severity), type = coalesce($3, type), title = coalesce($4, title),
+               severity_reason = CASE WHEN $2::text IS NULL THEN severity_reason ELSE $6 END,
+               classification_reason = CASE WHEN $3::text IS NULL THEN classification_reason ELSE $6 END,
                edited = ARRAY(SELECT DISTINCT unnest(edited || $5::text[])), updated_at = now()
            WHERE id = $1""",
         incident_id,
@@ -291,6 +295,7 @@ async def apply_edits(conn: Conn, *, incident_id: str, changes: dict[str, str]) 
         changes.get("type"),
         changes.get("title"),
         list(changes),
+        reason,
     )
 
 
@@ -678,7 +683,9 @@ async def apply_split(conn: Conn, *, incident_id: str, split: SplitRecord) -> No
         # Restated: what it held before the split no longer counts.
         await conn.execute(
             """UPDATE reporter_incidents SET alert_count = $2, hosts = '{}', users = '{}',
-                   classification_reason = $3, severity_reason = $4, updated_at = now()
+                   classification_reason = CASE WHEN 'type' = ANY(edited) THEN classification_reason ELSE $3 END,
+                   severity_reason = CASE WHEN 'severity' = ANY(edited) THEN severity_reason ELSE $4 END,
+                   updated_at = now()
                WHERE id = $1""",
             incident_id,
             snapshot.alert_count,

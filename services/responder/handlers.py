@@ -684,7 +684,7 @@ class Responder:
         """Log and audit a step held where it stands, the first time it is held (a step held stays held)."""
         if not first:
             return
-        log.warning("step %s held: %s", row["id"], reason)
+        log.warning("step %s %s", row["id"], reason)  # the reason starts "held: …"
         ctx.audit(
             "step.held",
             row["id"],

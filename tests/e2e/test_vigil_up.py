@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,20 @@ def _incidents(env: dict[str, str]) -> list[dict[str, Any]]:
     assert listed.returncode == 0, f"vigil incidents list failed:\n{listed.stderr}"
     incidents: list[dict[str, Any]] = json.loads(listed.stdout)
     return incidents
+
+
+def _tokens(env: dict[str, str]) -> list[dict[str, Any]]:
+    """`vigil tokens list`, a command that reads Vigil's database directly, from another shell's environment."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "vigil.cli", "tokens", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert listed.returncode == 0, f"vigil tokens list failed:\n{listed.stderr}"
+    tokens: list[dict[str, Any]] = json.loads(listed.stdout)
+    return tokens
 
 
 def _run_until(env: dict[str, str], log: Path, done: Any, timeout: float) -> Any:
@@ -71,15 +88,36 @@ def _run_until(env: dict[str, str], log: Path, done: Any, timeout: float) -> Any
     return result
 
 
-def test_vigil_up_runs_the_stack_and_keeps_incidents(tmp_path: Path) -> None:
+@pytest.fixture
+def open_folder() -> Iterator[Path]:
+    """The stack's data folder, not under pytest's basetemp: another pytest run on this machine prunes old
+    basetemps, which would delete the embedded Postgres' data directory from under it (as tests/conftest.py)."""
+    folder = Path(tempfile.mkdtemp(prefix="vigil-up-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_vigil_up_runs_the_stack_and_keeps_incidents(tmp_path: Path, open_folder: Path) -> None:
     ports = [9092, *DEFAULT_HTTP_PORTS.values()]
     if not all(port_is_free(p) for p in ports):
         pytest.skip(f"`vigil up` needs its default ports {ports}, and one is in use")
-    env = _env(tmp_path / "data")
+    env = _env(open_folder / "data")
     log = tmp_path / "up.log"
 
-    first = _run_until(env, log, lambda: _incidents(env), timeout=120)
+    seen: dict[str, Any] = {}
+
+    def incidents_and_tokens() -> list[dict[str, Any]]:
+        incidents = _incidents(env)
+        if incidents:
+            # Commands that read the database find the embedded Postgres `vigil up` started (its socket is in
+            # the data directory), named by nothing in their environment.
+            seen["tokens"] = _tokens(env)
+        return incidents
+
+    first = _run_until(env, log, incidents_and_tokens, timeout=120)
     assert {"id", "type", "severity", "state", "alert_count", "commander", "created_at"} <= set(first[0])
+    assert [t["created_by"] for t in seen["tokens"]] == ["vigil up"]
+    assert not (open_folder / "data" / "stack.json").exists(), "a stopped stack is still named for the CLI"
     assert "Vigil is up" in log.read_text()
     # Everything stopped: the ports are free again.
     assert all(port_is_free(p) for p in ports), "a process outlived vigil up"

@@ -359,6 +359,31 @@ async def test_runs_of_incident_events_apply_in_order_around_what_interrupts_the
     assert [(r["key"], r["incident_id"]) for r in alerts] == [(first.key, "inc-a"), (second.key, "inc-a")]
 
 
+async def test_a_severity_a_person_set_shows_their_reason_whatever_the_detector_says_after(pool: asyncpg.Pool) -> None:
+    def detected(kind: type[IncidentDetected] | type[IncidentUpdated], minutes: int, **data: Any) -> Any:
+        return kind(
+            source="/vigil/detector", subject="inc-s", time=T0 + timedelta(minutes=minutes), data=snapshot(**data)
+        )
+
+    edited = IncidentEdited(
+        source="/vigil/coordinator",
+        subject="inc-s",
+        time=T0 + timedelta(minutes=1),
+        data=IncidentEdits(
+            actor="alice", reason="one lab host", changes={"severity": FieldChange(before="SEV1", after="SEV3")}
+        ),
+    )
+    later = "highest alert severity critical -> SEV1; 5 hosts affected (widespread) -> SEV1"
+    batch = [detected(IncidentDetected, 0), edited, detected(IncidentUpdated, 2, severity_reason=later)]
+    async with pool.acquire() as conn, conn.transaction():
+        ctx = HandlerContext(conn=conn, service="reporter", names=TopicNames(""))
+        await reporter.handle(ctx, [Inbound(event_id=e.id, item=e, record=None) for e in batch])
+        row = await conn.fetchrow("SELECT severity, severity_reason, classification_reason FROM reporter_incidents")
+    assert row is not None
+    assert (row["severity"], row["severity_reason"]) == ("SEV3", "set by alice: one lab host")
+    assert row["classification_reason"] == "falco alert mentions 'reverse shell'"  # the type was not edited
+
+
 async def test_a_reopened_incident_runs_its_clocks_again_and_a_merged_one_is_the_survivors(pool: asyncpg.Pool) -> None:
     def event(subject: str, minutes: int, to_state: IncidentState, **extra: str) -> IncidentStateChanged:
         return IncidentStateChanged(

@@ -508,7 +508,8 @@ def test_cli_plan_prints_what_would_run(tmp_path: Path) -> None:
     steps = [PlannedStep.model_validate(s) for s in printed["steps"]]
     blocks = [s for s in steps if s.step == "block-ip"]
     assert [s.params["address"] for s in blocks] == ["203.0.113.7", "198.51.100.9"]
-    assert all(s.status == "awaiting_approval" for s in blocks)
+    # Reversible containment: the playbook asks no approval of its own; the approval policy decides as it runs.
+    assert all(s.status == "planned" for s in blocks)
     human = runner.invoke(app, ["playbook", "plan", str(DEFAULT_PLAYBOOKS), "--incident-json", str(incident)])
     assert human.exit_code == 0, human.output
     assert "breach-critical" in human.output and "203.0.113.7" in human.output

@@ -114,6 +114,13 @@ class Alertmanager:
     def parse(self, payload: Any) -> Parsed:
         if not isinstance(payload, dict):
             raise Rejected("an Alertmanager webhook message is a JSON object", code="invalid_fields")
+        if not self.matches(payload) and "version" not in payload:
+            # Named as Alertmanager's (its route, ?format=) but not shaped like it: say so, not "version None".
+            raise Rejected(
+                "not an Alertmanager webhook message: it has no 'alerts' list beside 'receiver' or 'groupKey' "
+                f"(its keys: {', '.join(sorted(map(str, payload))[:12])})",
+                code="invalid_fields",
+            )
         version = payload.get("version")
         if version != SUPPORTED_VERSION:
             raise Rejected(

@@ -15,7 +15,7 @@ object and a ``timestamp``.
 |---|---|---|
 | 0-3 | ignored, none, system low-priority notification, successful/authorised events | info |
 | 4-6 | system low-priority error, user-generated error, low-relevance attack | low |
-| 7-11 | "bad word" matching, first time seen, error from invalid source, multiple user-generated errors, integrity-checking warning | medium |
+| 7-11 | "bad word", first time seen, invalid source, multiple user errors, integrity warning | medium |
 | 12-14 | high-importance event, unusual error (high importance), high-importance security event | high |
 | 15-16 | severe attack ("no chances of false positives") | critical |
 

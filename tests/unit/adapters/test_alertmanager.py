@@ -312,3 +312,16 @@ def test_reading_is_a_function_of_the_message(payload: Any) -> None:
     except Rejected:
         return
     assert ADAPTER.parse(copy.deepcopy(payload)) == once
+
+
+def test_a_record_of_another_tool_on_the_alertmanager_route_is_refused_for_its_shape() -> None:
+    falco = {
+        "output": "Shell in container",
+        "priority": "Critical",
+        "rule": "Terminal shell",
+        "time": "2026-11-24T09:00:00Z",
+    }
+    with pytest.raises(Rejected, match="not an Alertmanager webhook message") as refused:
+        ADAPTER.parse(falco)
+    assert refused.value.code == "invalid_fields"
+    assert "output, priority, rule, time" in refused.value.reason
