@@ -213,7 +213,6 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         "consumer_batch_size": settings.consumer_batch_size,
         "consumer_poll_ms": settings.consumer_poll_ms,
         "gc_young_threshold": settings.gc_young_threshold,
-        "event_loop": settings.event_loop,
         "baseline": {"mode": args.baseline, "batch": args.baseline_batch},
         "stream_windows": {"events": args.stream_events, "alerts_per_event": args.stream_alerts},
         "scaling": {"max": args.scaling_max, "alerts": args.scaling_alerts, "rounds": args.scaling_rounds},

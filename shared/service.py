@@ -342,11 +342,10 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         }
         tasks |= early
         log.info(
-            "%s running: http://%s:%d (metrics, healthz, readyz), on the %s event loop",
+            "%s running: http://%s:%d (metrics, healthz, readyz)",
             spec.name,
             settings.http_host,
             settings.port_for(spec.name),
-            type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         consume = next(task for task in tasks if task.get_name() == "consume")
@@ -446,19 +445,7 @@ def settle_heap(young_threshold: int) -> None:
     gc.set_threshold(young_threshold, middle, old)
 
 
-def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop a service runs on: uvloop when asked for and installed, else Python's own (None)."""
-    if name != "uvloop":
-        return None
-    try:
-        import uvloop
-    except ImportError:  # not built for this platform: Python's loop does the same work, slower
-        return None
-    return uvloop.new_event_loop
-
-
 def main(build: Callable[[VigilSettings], ServiceSpec]) -> None:
     """Entry point of `python -m services.<name>`: exit non-zero on a crash so the supervisor restarts it."""
     settings = VigilSettings()
-    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(run_service(build(settings), settings))
+    asyncio.run(run_service(build(settings), settings))

@@ -109,12 +109,6 @@ class VigilSettings(BaseSettings):
         description="After its consume loop stopped on an error it cannot retry, how long a service keeps serving "
         "/metrics (not ready) before it exits: longer than a scrape interval, so that the error is counted.",
     )
-    event_loop: Literal["uvloop", "asyncio"] = Field(
-        "uvloop",
-        description="The services' event loop: uvloop (libuv) where it is installed, else Python's own. Each "
-        "database or broker round trip costs a service about 40% less CPU on uvloop; `asyncio` is the fallback "
-        "where uvloop is not available (Windows) or to rule it out.",
-    )
     gc_young_threshold: int = Field(
         50_000,
         ge=0,
