@@ -1500,7 +1500,8 @@ def incidents_list(
 
 def _full_id(given: str) -> str:
     """The incident whose id starts with ``given`` (the short ids `incidents list` prints), where the reporter
-    knows exactly one; otherwise ``given`` as it is, for the service asked to judge."""
+    knows exactly one; ``given`` as it is where it knows none (or cannot be reached), for the service asked to
+    judge; a refusal where it knows several, rather than an answer about none of them."""
     if len(given) >= 36:
         return given
     try:
@@ -1513,8 +1514,12 @@ def _full_id(given: str) -> str:
         listed = response.json() if response.status_code == 200 else []
     except (httpx.HTTPError, ValueError):
         return given
-    matches = [i["id"] for i in listed if isinstance(i, dict) and str(i.get("id", "")).startswith(given)]
-    return str(matches[0]) if len(matches) == 1 and given not in matches else given
+    matches = [str(i["id"]) for i in listed if isinstance(i, dict) and str(i.get("id", "")).startswith(given)]
+    if given in matches or not matches:
+        return given
+    if len(matches) > 1:
+        _fail(f"more than one incident matches {given!r}: {', '.join(m[:12] for m in matches[:5])}; give more of it")
+    return matches[0]
 
 
 def _resolve_id(prefix: str) -> str:

@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
         targets = _sla(sla)
 
         async def read(conn: Any) -> Any:
-            return await repository.incident_bundle(conn, incident_id=incident_id)
+            return await repository.incident_bundle(conn, incident_id=await _full_id(conn, incident_id))
 
         bundle = asyncio.run(_on_database(read))
         if bundle is None:
@@ -207,7 +207,7 @@ def register(app: typer.Typer) -> None:
         from vigil.cli import _fail, _on_database
 
         async def read(conn: Any) -> Any:
-            return await repository.incident_bundle(conn, incident_id=incident_id)
+            return await repository.incident_bundle(conn, incident_id=await _full_id(conn, incident_id))
 
         bundle = asyncio.run(_on_database(read))
         if bundle is None:
@@ -233,7 +233,7 @@ def register(app: typer.Typer) -> None:
             _fail(f"--tlp takes {', '.join(stix.TLP_LEVELS)}, not {tlp!r}")
 
         async def read(conn: Any) -> Any:
-            return await repository.get_incident(conn, incident_id=incident_id)
+            return await repository.get_incident(conn, incident_id=await _full_id(conn, incident_id))
 
         incident = asyncio.run(_on_database(read))
         if incident is None or incident.get("title") is None:
@@ -248,6 +248,19 @@ def register(app: typer.Typer) -> None:
 ReportFormatOption = Annotated[str, typer.Option("--format", help="md (Markdown) or html.")]
 ExportFormatOption = Annotated[str, typer.Option("--format", help="csv or json.")]
 OutOption = Annotated[Path | None, typer.Option("-o", "--out", help="Write to this file instead of printing.")]
+
+
+async def _full_id(conn: Any, given: str) -> str:
+    """The incident whose id starts with ``given`` (the short ids `incidents list` prints), if only one does."""
+    from services.reporter import repository
+    from vigil.cli import _fail
+
+    if len(given) >= 36:
+        return given
+    found = await repository.ids_starting(conn, prefix=given)
+    if len(found) > 1 and given not in found:
+        _fail(f"more than one incident matches {given!r}: {', '.join(i[:12] for i in found)}; give more of it")
+    return found[0] if len(found) == 1 else given
 
 
 def _write(text: str, out: Path | None) -> None:

@@ -63,7 +63,7 @@ def _naive(text: str) -> bool:
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a folder of zones ("America")
         raise typer.BadParameter(f"unknown time zone {name!r}", param_hint="--tz") from exc
 
 
@@ -88,7 +88,7 @@ def _in_zone(moment: str | None, zone: str) -> str:
         return "-"
     try:
         return datetime.fromisoformat(moment).astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M")
-    except (ValueError, ZoneInfoNotFoundError):
+    except (ValueError, ZoneInfoNotFoundError, OSError):
         return f"{_short(moment)} UTC"
 
 
@@ -188,9 +188,10 @@ def _window_row(w: dict[str, Any]) -> list[str]:
             when += f" until {_in_zone(w['ends_at'], zone)}"
     else:
         when = f"{_in_zone(w['starts_at'], zone)} to {_in_zone(w['ends_at'], zone)} {zone}"
-    active = f"until {_short(w['active_now'][1])}" if w["active_now"] else "-"
+    active = f"until {_in_zone(w['active_now'][1], zone)}" if w["active_now"] else "-"
     by = w["created_by"] + (f" (ended by {w['ended_by']})" if w["ended_by"] else "")
-    return [w["id"], w["name"], " ".join(w["matchers"]), when, active, _short(w["next_start"]), by]
+    upcoming = _in_zone(w["next_start"], zone) if w["next_start"] else "-"
+    return [w["id"], w["name"], " ".join(w["matchers"]), when, active, upcoming, by]
 
 
 @maintenance_app.command("add")

@@ -808,16 +808,26 @@ class Coordinator:
         }
         if not changes:
             raise InvalidTransition("nothing to change: give a new severity, type or title")
+        # What every later page says of the incident (a reminder, the next step of the chain, a reassignment):
+        # the person's severity, type and title, with their reason in place of the detector's.
+        said = f"set by {edit.actor}: {edit.reason}"
+        carried: dict[str, Any] = {field: change.after for field, change in changes.items()}
+        if "severity" in changes:
+            carried["severity_reason"] = said
+        if "type" in changes:
+            carried["classification_reason"] = said
+        escalation_ = Escalation.model_validate({**row["escalation"], **carried})
         await ctx.conn.execute(
             """UPDATE coordinator_incidents
                SET severity = coalesce($2, severity), type = coalesce($3, type), title = coalesce($4, title),
-                   edited_by = edited_by || $5, updated_at = now()
+                   edited_by = edited_by || $5, escalation = $6, updated_at = now()
                WHERE incident_id = $1""",
             command.subject,
             changes["severity"].after if "severity" in changes else None,
             changes["type"].after if "type" in changes else None,
             changes["title"].after if "title" in changes else None,
             {field: edit.actor for field in changes},
+            escalation_.model_dump(mode="json"),
         )
         edited = IncidentEdited(
             source=SOURCE,
@@ -832,9 +842,8 @@ class Coordinator:
             key = f"edit:{command.id}"
             await rooms.in_room(ctx.conn, self.notices, incident_id=command.subject, key=key, action=action)
         if "severity" in changes and domain.escalates(Severity(row["severity"]), Severity(changes["severity"].after)):
-            escalation = Escalation.model_validate(row["escalation"]).model_copy(
+            escalation = escalation_.model_copy(
                 update={
-                    "severity": Severity(changes["severity"].after),
                     "reason": f"severity raised by {edit.actor} from {row['severity']} to "
                     f"{changes['severity'].after}: {edit.reason}",
                 }

@@ -268,12 +268,17 @@ class Window:
         return self._recurrence
 
 
+def time_zone_of(name: str) -> ZoneInfo:
+    """The IANA time zone named, or SuppressionError (``America`` names a folder of zones, not one)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise SuppressionError(f"unknown time zone {name!r}") from exc
+
+
 def recurrence(rule: str, starts_at: datetime, time_zone: str, until: datetime | None = None) -> RRule:
     """Read an RRULE (``FREQ=WEEKLY;BYDAY=SU;BYHOUR=2``) from ``starts_at``, in the window's time zone."""
-    try:
-        zone = ZoneInfo(time_zone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise SuppressionError(f"unknown time zone {time_zone!r}") from exc
+    zone = time_zone_of(time_zone)
     text = rule.strip()
     text = text[len("RRULE:") :] if text.upper().startswith("RRULE:") else text
     if not text or "\n" in text or "DTSTART" in text.upper():
@@ -302,6 +307,7 @@ MAX_RECURRING_PAST = timedelta(days=366)
 
 def check_window(window: Window, now: datetime) -> None:
     """Refuse a window that cannot be used: no end, an end before its start, a broken or empty rule."""
+    time_zone_of(window.time_zone)  # shown on its clock, whether it recurs or not
     if window.rrule is None:
         if window.ends_at is None or window.ends_at <= window.starts_at:
             raise SuppressionError("a one-off window needs an end after its start")

@@ -597,6 +597,14 @@ async def end_suppressed(conn: Conn, *, ended: SuppressedEnded, at: datetime) ->
     )
 
 
+async def ids_starting(conn: Conn, *, prefix: str, limit: int = 5) -> list[str]:
+    """The ids of the incidents whose id starts with ``prefix`` (the short ids lists print), at most ``limit``."""
+    rows = await conn.fetch(
+        "SELECT id FROM reporter_incidents WHERE starts_with(id, $1) ORDER BY id LIMIT $2", prefix, limit
+    )
+    return [row["id"] for row in rows]
+
+
 async def get_incident(conn: Conn, *, incident_id: str) -> dict[str, Any] | None:
     row = await conn.fetchrow(
         f"SELECT {INCIDENT_COLUMNS}, analysis, plan FROM reporter_incidents WHERE id = $1", incident_id

@@ -28,14 +28,15 @@ def _env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-def _incidents(env: dict[str, str]) -> list[dict[str, Any]]:
-    listed = subprocess.run(
-        [sys.executable, "-m", "vigil.cli", "incidents", "list", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
+def _vigil(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """A `vigil` command, as from another shell with this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "vigil.cli", *args], capture_output=True, text=True, env=env, timeout=30
     )
+
+
+def _incidents(env: dict[str, str]) -> list[dict[str, Any]]:
+    listed = _vigil(env, "incidents", "list", "--json")
     if listed.returncode != 0 and "cannot reach the reporter" in listed.stderr:
         return []  # the stack is still starting: poll again
     assert listed.returncode == 0, f"vigil incidents list failed:\n{listed.stderr}"
@@ -45,13 +46,7 @@ def _incidents(env: dict[str, str]) -> list[dict[str, Any]]:
 
 def _tokens(env: dict[str, str]) -> list[dict[str, Any]]:
     """`vigil tokens list`, a command that reads Vigil's database directly, from another shell's environment."""
-    listed = subprocess.run(
-        [sys.executable, "-m", "vigil.cli", "tokens", "list", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=30,
-    )
+    listed = _vigil(env, "tokens", "list", "--json")
     assert listed.returncode == 0, f"vigil tokens list failed:\n{listed.stderr}"
     tokens: list[dict[str, Any]] = json.loads(listed.stdout)
     return tokens

@@ -193,6 +193,10 @@ async def test_a_person_sets_severity_then_the_detector_only_offers_its_view(
     [offer] = [e for e in await emitted(pool) if isinstance(e, ChangeOffered)]
     assert (offer.data.field, offer.data.current, offer.data.offered) == ("severity", "SEV3", "SEV1")
     assert "set by alice" in offer.data.reason
+    # Later pages (a new commander, the next step of the chain) say what the person set, and why.
+    await post(client, "/assign", {"person": "zoe@example.com", "role": "commander"})
+    paged = [e for e in await emitted(pool) if isinstance(e, IncidentEscalated)][-1]
+    assert (paged.data.severity, paged.data.severity_reason) == ("SEV3", "set by alice: one test host only")
 
 
 async def test_assigning_a_commander_pages_them_and_notes_go_on_the_record(

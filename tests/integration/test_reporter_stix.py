@@ -201,6 +201,9 @@ async def test_the_cli_exports_the_same_bundle(
     assert result.exit_code == 0, result.output
     served = await client.get(f"/api/v1/incidents/{analysed}/stix", params={"min_verdict": "malicious", "tlp": "green"})
     assert json.loads(out.read_text()) == served.json()
+    # The short id `incidents list` prints names it too.
+    short = await asyncio.to_thread(CliRunner().invoke, cli, [*args[:2], analysed[:5], *args[3:]])
+    assert short.exit_code == 0 and json.loads(out.read_text()) == served.json(), short.output
     for refused in (["--tlp", "white"], ["--min-verdict", "benign"]):
         result = await asyncio.to_thread(CliRunner().invoke, cli, ["export", "stix", analysed, *refused])
         assert result.exit_code == 1 and refused[0] in result.output, result.output

@@ -55,3 +55,31 @@ def test_a_stack_that_was_killed_names_nothing(data_dir: Path) -> None:
 def test_an_unreadable_file_names_nothing(data_dir: Path, content: str) -> None:
     (data_dir / STACK_FILE).write_text(content)
     assert with_running_stack(VigilSettings()).database_url != EMBEDDED
+
+
+def test_a_file_others_may_write_or_a_link_names_nothing(data_dir: Path, tmp_path: Path) -> None:
+    path = save_stack(data_dir, database_url=EMBEDDED, bootstrap_servers="x:1")
+    path.chmod(0o666)
+    assert with_running_stack(VigilSettings()).database_url != EMBEDDED
+    path.chmod(0o600)
+    assert with_running_stack(VigilSettings()).database_url == EMBEDDED
+    elsewhere = tmp_path / "planted.json"
+    path.rename(elsewhere)
+    (data_dir / STACK_FILE).symlink_to(elsewhere)
+    assert with_running_stack(VigilSettings()).database_url != EMBEDDED
+    with pytest.raises(OSError):  # saving never writes through the link
+        save_stack(data_dir, database_url=EMBEDDED, bootstrap_servers="x:1")
+
+
+@pytest.mark.parametrize("pid", [0, -1])
+def test_a_process_group_is_no_stack(data_dir: Path, pid: int) -> None:
+    (data_dir / STACK_FILE).write_text(json.dumps({"pid": pid, "database_url": EMBEDDED, "bootstrap_servers": "x"}))
+    (data_dir / STACK_FILE).chmod(0o600)
+    assert with_running_stack(VigilSettings()).database_url != EMBEDDED
+
+
+def test_an_older_files_mode_is_made_private(data_dir: Path) -> None:
+    (data_dir / STACK_FILE).write_text("{}")
+    (data_dir / STACK_FILE).chmod(0o644)
+    path = save_stack(data_dir, database_url=EMBEDDED, bootstrap_servers="x:1")
+    assert path.stat().st_mode & 0o777 == 0o600

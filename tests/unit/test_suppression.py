@@ -186,6 +186,10 @@ def test_a_recurring_window_stops_recurring_at_its_end() -> None:
         ({"rrule": "FREQ=SOMETIMES", "duration": timedelta(hours=1)}, "cannot be read"),
         ({"rrule": "FREQ=DAILY", "duration": None}, "positive duration"),
         ({"rrule": "FREQ=DAILY", "duration": timedelta(hours=1), "time_zone": "Mars/Olympus"}, "unknown time zone"),
+        (
+            {"time_zone": "America"},
+            "unknown time zone",
+        ),  # a folder of zones; a one-off window is shown on its clock too
         ({"rrule": "FREQ=DAILY;COUNT=0", "duration": timedelta(hours=1)}, "no occurrence"),
         ({"rrule": "FREQ=MINUTELY", "duration": timedelta(seconds=30)}, "once an hour at most"),
         # Hourly in name, 3,600 occurrences an hour in fact: each batch would walk them all since the start.

@@ -42,9 +42,11 @@ an ``ET INFO`` signature (a vulnerable Java version, a ``.biz`` lookup) is read 
 POLICY`` one (an outbound curl User-Agent, a P2P client), like ``CHAT``, ``GAMES`` and ``P2P``, as
 low at most, whatever the priority of the classtype they borrow; the reason says so.
 
-**Tests**: an alert on traffic to the public IDS test sites (``testmyids.com``, tmNIDS'
-``testmynids.org``), by HTTP host, DNS name or TLS SNI, is a test (kind ``test``): it checks the
-sensor, and never opens a SEV1 or SEV2 incident.
+**Tests**: the signature the public IDS test sites exist to fire (sid 2100498, "GPL ATTACK_RESPONSE
+id check returned root"), on traffic to one of them (``testmyids.com``, tmNIDS' ``testmynids.org``, by
+HTTP host, DNS name or TLS SNI), is a test (kind ``test``): it checks the sensor, and never opens a
+SEV1 or SEV2 incident. Any other signature on such traffic stays an alert: the names are the
+sender's to choose, and an attack sent with ``Host: testmyids.com`` is still an attack.
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ SEVERITIES = {1: "high", 2: "medium", 3: "low"}
 RANK = ("info", "low", "medium", "high")
 REPORTING = (("INFO", "info"), ("POLICY", "low"), ("CHAT", "low"), ("GAMES", "low"), ("P2P", "low"))
 ET_PREFIXES = ("ET ", "ETPRO ", "GPL ")
-# Public sites that exist to make IDS signatures fire (testmyids.com; tmNIDS, testmynids.org).
+# Public sites that exist to make IDS signatures fire (testmyids.com; tmNIDS, testmynids.org), and the
+# signature they answer with ("uid=0(root)" in the page).
 TEST_SITES = ("testmyids.com", "testmynids.org")
+TEST_SIGNATURES = frozenset({"2100498"})
 LOWEST = "info"  # 4 and above
 DEFAULT_SEVERITY = "medium"
 # A signature's metadata longer than this (characters) is read for each alert rather than remembered.
@@ -125,7 +129,7 @@ class Suricata:
         severity, said, reason = _reporting(signature, *_severity(alert.get("severity")))
         flow_id = text(payload.get("flow_id"))
         names = {label: ", ".join(_names(payload, path)) for label, path in NAMES}
-        tested = _test_site(names)
+        tested = sid in TEST_SIGNATURES and _test_site(names)
         labels = {
             "signature_id": ":".join(t for t in (text(alert.get("gid")), sid, text(alert.get("rev"))) if t),
             "action": text(alert.get("action")),

@@ -308,6 +308,14 @@ def test_emerging_threats_reporting_signatures_are_read_no_more_severe_than_they
 )
 def test_traffic_to_a_public_ids_test_site_is_a_test(names: dict[str, Any], kind: str) -> None:
     record = {**copy.deepcopy(MITRE_ALERT), **names}
-    record["alert"].update(signature="GPL ATTACK_RESPONSE id check returned root", severity=2)
+    record["alert"].update(signature="GPL ATTACK_RESPONSE id check returned root", signature_id=2100498, severity=2)
     (alert,) = ADAPTER.parse(record).alerts
     assert alert.kind == kind
+
+
+def test_an_attack_sent_to_a_test_sites_name_is_still_an_alert() -> None:
+    # The Host header is the sender's to choose: only the signature the sites exist to fire is a test.
+    record = {**copy.deepcopy(MITRE_ALERT), "http": {"hostname": "testmyids.com", "url": "/${jndi:ldap://x}"}}
+    record["alert"].update(signature="ET EXPLOIT Apache log4j RCE Attempt", signature_id=2034647, severity=1)
+    (alert,) = ADAPTER.parse(record).alerts
+    assert (alert.kind, alert.severity) == ("alert", "high")
