@@ -130,6 +130,21 @@ def cpu_seconds(pid: int, *, tree: bool = True) -> float | None:
     return sum(ticks) / os.sysconf("SC_CLK_TCK") if ticks else None
 
 
+def parse_busy_ticks(stat: str) -> int | None:
+    """Clock ticks all CPUs spent busy (not idle nor waiting on I/O), from /proc/stat's first line."""
+    first = stat.split("\n", 1)[0].split()
+    if not first or first[0] != "cpu":
+        return None
+    ticks = [int(t) for t in first[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(ticks) - ticks[3] - ticks[4]
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU time the whole machine has spent busy so far, every process counted (None off Linux)."""
+    ticks = parse_busy_ticks(_read(PROC / "stat") or "")
+    return None if ticks is None else ticks / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> dict[str, Any]:
     """The machine a run measures: CPU, cores, memory, Python, and how busy it was when the run began."""
     memory = parse_mem_total(_read(PROC / "meminfo") or "")

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import os
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -70,6 +72,7 @@ class Phase:
     opened: dict[str, float] = field(default_factory=dict)  # incident id -> its first alert's send time
     detected: dict[str, float] = field(default_factory=dict)  # incident id -> its detected event published
     milestones: dict[str, dict[str, float]] = field(default_factory=lambda: {name: {} for name in MILESTONES})
+    events: collections.Counter[str] = field(default_factory=collections.Counter)  # event type -> how many seen
     first_key: str | None = None
     first_incident: asyncio.Future[str] | None = None
 
@@ -99,6 +102,7 @@ class Collector:
         event_type = next((value.decode() for name, value in record.headers or () if name == "ce_type"), None)
         incident = record.key.decode() if record.key else ""
         phase = self.phase
+        phase.events[event_type or "?"] += 1
         if event_type in (DETECTED, UPDATED):
             # The body is the incident snapshot: its new alerts, by the key the detector stored them under.
             keys = [alert["key"] for alert in orjson.loads(record.value).get("new_alerts", ())]
@@ -255,6 +259,7 @@ async def run_phase(run: Run, index: int, rate: float) -> dict[str, Any]:
     samples = Samples()
     cpu_before = services.cpu_seconds()
     bench_cpu_before = time.process_time()
+    machine_before, wall_before = measure.machine_busy_seconds(), time.monotonic()
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(sample_forever(stage, services, samples))]
     watching: asyncio.Task[Any] | None = None
     if index == 0 and "reporter" in services.names:  # the first incident's timeline, as the reporter keeps it
@@ -288,6 +293,11 @@ async def run_phase(run: Run, index: int, rate: float) -> dict[str, Any]:
             timeline = await first_incident(watching, phase)
         cpu_s = cpu_used(cpu_before, services.cpu_seconds())
         cpu_s["bench"] = round(time.process_time() - bench_cpu_before, 2)
+        # Everything else on the machine (Postgres, the broker) is what the machine's busy time adds to these.
+        machine_after = measure.machine_busy_seconds()
+        if machine_before is not None and machine_after is not None:
+            cpu_s["machine"] = round(machine_after - machine_before, 2)
+            cpu_s["machine_capacity"] = round((time.monotonic() - wall_before) * (os.cpu_count() or 1), 2)
     finally:
         for task in tasks:
             task.cancel()
@@ -313,6 +323,8 @@ async def run_phase(run: Run, index: int, rate: float) -> dict[str, Any]:
         "max_consumer_lag": samples.lag,
         "rss_mb_max": samples.rss_mb,
         "cpu_s": cpu_s,
+        # How many events of each type the pipeline published meanwhile: how much work one alert makes.
+        "events_published": dict(sorted(phase.events.items())),
     }
     if timeline is not None:
         result["first_incident"] = timeline

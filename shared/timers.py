@@ -80,18 +80,27 @@ async def schedule(
     )
 
 
-# As in schedule: the count makes the insert wait for the cancelling update. Each check reads a
-# subject's live timers by index (timers_live_by_subject), not the whole table.
-SCHEDULE_MANY = """WITH wanted AS (
-       SELECT w.subject, w.due_at FROM unnest($3::text[], $4::timestamptz[]) AS w(subject, due_at)
-       WHERE NOT EXISTS (
-           SELECT 1 FROM timers t
-           WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject AND t.due_at = w.due_at
-             AND t.cancelled_at IS NULL)),
+# As in schedule: the count makes the insert wait for the cancelling update. Each subject's live timers
+# are read through a LATERAL lookup by subject (timers_live_by_subject; OFFSET 0 keeps it one), and the
+# pending one is updated where it lies (its ctid). A generic plan, which a statement gets once reused and
+# keeps, made while the table was small (a new deployment's first minutes), would otherwise read every
+# timer of the kind for each subject, and go on doing so as the table grows.
+SCHEDULE_MANY = """WITH w AS (SELECT * FROM unnest($3::text[], $4::timestamptz[]) AS w(subject, due_at)),
+   live AS (
+       SELECT w.subject, w.due_at, t.ctid AS tid, t.due_at AS live_due, t.fired_at
+       FROM w LEFT JOIN LATERAL (
+           SELECT t.ctid, t.due_at, t.fired_at FROM timers t
+           WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject AND t.cancelled_at IS NULL
+           OFFSET 0) t ON true),
+   wanted AS (
+       SELECT w.subject, w.due_at FROM w
+       WHERE NOT EXISTS (SELECT 1 FROM live l WHERE l.subject = w.subject AND l.live_due = w.due_at)),
    cancelled AS (
-       UPDATE timers t SET cancelled_at = now() FROM wanted w
-       WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject
-         AND t.fired_at IS NULL AND t.cancelled_at IS NULL
+       UPDATE timers t SET cancelled_at = now()
+       FROM live l JOIN wanted USING (subject)
+       -- Where the lookup found it (no plan walks the table), if no one changed it since: fired or moved
+       -- meanwhile, it is left alone.
+       WHERE t.ctid = l.tid AND l.fired_at IS NULL AND t.fired_at IS NULL AND t.cancelled_at IS NULL
        RETURNING 1)
    INSERT INTO timers (service, kind, subject, due_at)
    SELECT $1, $2, w.subject, w.due_at FROM wanted w, (SELECT count(*) FROM cancelled) AS moved
@@ -126,18 +135,20 @@ async def cancel(conn: Conn, *, service: str, kind: str, subject: str) -> None:
     )
 
 
+# Each subject's pending timer found by its key, then updated where it lies (as in SCHEDULE_MANY, and why).
+CANCEL_MANY = """UPDATE timers t SET cancelled_at = now()
+   FROM unnest($3::text[]) AS s(subject) CROSS JOIN LATERAL (
+       SELECT p.ctid AS tid FROM timers p
+       WHERE p.service = $1 AND p.kind = $2 AND p.subject = s.subject AND p.fired_at IS NULL AND p.cancelled_at IS NULL
+       OFFSET 0) AS pending
+   WHERE t.ctid = pending.tid AND t.fired_at IS NULL AND t.cancelled_at IS NULL"""
+
+
 async def cancel_many(conn: Conn, *, service: str, kind: str, subjects: Sequence[str]) -> None:
     """Cancel the pending timer of this kind of each subject, in one round trip."""
     if not subjects:
         return
-    await conn.execute(
-        """UPDATE timers SET cancelled_at = now()
-           WHERE service = $1 AND kind = $2 AND subject = ANY($3::text[])
-             AND fired_at IS NULL AND cancelled_at IS NULL""",
-        service,
-        kind,
-        list(subjects),
-    )
+    await conn.execute(CANCEL_MANY, service, kind, list(subjects))
 
 
 MAX_BACKOFF_S = 30.0  # the longest wait between polls that failed for a retriable reason

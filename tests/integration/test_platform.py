@@ -30,7 +30,16 @@ from shared.kafka import group_id, make_producer
 from shared.outbox import OutboxRelay, list_parked, write_events
 from shared.service import DatabaseProbe, Runtime, build_app
 from shared.settings import KafkaSettings, VigilSettings
-from shared.timers import MAX_ATTEMPTS, SCHEDULE_MANY, Timer, TimerPoller, cancel_many, schedule, schedule_many
+from shared.timers import (
+    CANCEL_MANY,
+    MAX_ATTEMPTS,
+    SCHEDULE_MANY,
+    Timer,
+    TimerPoller,
+    cancel_many,
+    schedule,
+    schedule_many,
+)
 from shared.topics import ANALYSES, EVENTS_DLQ, INCIDENTS, TopicNames
 from tests.factories import snapshot
 from tests.helpers import committed, consume_loop, eventually, produce, read_all, running, serve_app
@@ -649,7 +658,7 @@ async def test_pruning_finds_what_expired_through_an_index(pool: asyncpg.Pool) -
     assert "outbox_sent" in sent
 
 
-async def _plan(pool: asyncpg.Pool, sql: str, *args: Any) -> str:
+async def _plan(pool: asyncpg.Pool | Conn, sql: str, *args: Any) -> str:
     return "\n".join(r[0] for r in await pool.fetch(sql, *args))
 
 
@@ -741,6 +750,60 @@ async def test_timers_set_many_at_once_read_each_subjects_timers_by_index_howeve
     plan = await _plan(pool, "EXPLAIN " + SCHEDULE_MANY, "svc", "due", ["step-1", "step-new"], [soon, soon])
     assert "Seq Scan on timers" not in plan, plan
     assert "timers_live_by_subject" in plan
+
+
+def _walks_timers(plan: str) -> list[str]:
+    """The plan's reads of the timers table that are not by one subject's key or by where a row lies."""
+    lines = plan.splitlines()
+    walks = []
+    for n, line in enumerate(lines):
+        if "Scan" not in line or " on timers " not in line or "Tid Scan" in line:
+            continue
+        condition = lines[n + 1] if n + 1 < len(lines) else ""
+        if "Index" not in line or "Index Cond" not in condition or "subject =" not in condition:
+            walks.append(f"{line.strip()} / {condition.strip()}")
+    return walks
+
+
+async def test_timers_set_or_cancelled_many_at_once_are_found_by_key_even_by_a_plan_made_on_a_small_table(
+    pool: asyncpg.Pool,
+) -> None:
+    # A statement reused gets a generic plan, kept while the table grows: one made in a deployment's
+    # first minutes must not read every timer of the kind for each subject once there are thousands.
+    async with pool.acquire() as conn:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            await conn.execute("PREPARE set_many(text, text, text[], timestamptz[]) AS " + SCHEDULE_MANY)
+            await conn.execute("PREPARE cancel_many(text, text, text[]) AS " + CANCEL_MANY)
+            asked = "ARRAY['plan-1', 'plan-new']"
+            await conn.execute(f"EXECUTE set_many('plan', 'due', {asked}, ARRAY[now(), now()])")
+            await conn.execute(f"EXECUTE cancel_many('plan', 'due', {asked})")
+            await conn.execute(
+                """INSERT INTO timers (service, kind, subject, due_at)
+                   SELECT 'plan', 'due', 'plan-' || n, now() + interval '1 hour' FROM generate_series(1, 5000) AS n"""
+            )
+            for statement in (
+                f"EXECUTE set_many('plan', 'due', {asked}, ARRAY[now() + interval '2 hours', now()])",
+                f"EXECUTE cancel_many('plan', 'due', {asked})",
+            ):
+                plan = await _plan(conn, "EXPLAIN ANALYZE " + statement)
+                assert _walks_timers(plan) == [], plan
+                assert "Tid Scan on timers" in plan, plan
+        finally:
+            await conn.execute("DEALLOCATE ALL")
+            await conn.execute("RESET plan_cache_mode")
+    moved = await pool.fetch(
+        """SELECT subject, cancelled_at IS NOT NULL AS cancelled FROM timers
+           WHERE service = 'plan' AND subject IN ('plan-1', 'plan-new') ORDER BY subject, id"""
+    )
+    # plan-1: the new one set first, then the one set for its new time; both cancelled at the end.
+    assert [(r["subject"], r["cancelled"]) for r in moved] == [
+        ("plan-1", True),
+        ("plan-1", True),
+        ("plan-1", True),
+        ("plan-new", True),
+        ("plan-new", True),
+    ]
 
 
 async def test_a_timer_set_while_another_transaction_fires_and_sets_it_again_is_moved(pool: asyncpg.Pool) -> None:
