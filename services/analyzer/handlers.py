@@ -60,37 +60,34 @@ async def analyse_incident(
     ``interval`` is the least time between two versions that differ only in what can wait (see
     ``domain.publication``); zero publishes every change at once.
     """
-    known = await repository.get(ctx.conn, incident_id=event.subject)
-    await _gather_and_publish(ctx, event, event.data, known=known, noise=noise, interval=interval)
+    kept = await repository.get(ctx.conn, incident_id=event.subject)
+    await _gather_and_publish(ctx, event, event.data, kept=kept, noise=noise, interval=interval)
 
 
 async def reanalyse_split(ctx: HandlerContext, event: IncidentSplit, *, noise: forensic.Noise | None = None) -> None:
     """Alerts were detached: the incident is analysed again from the alerts it keeps, which the event restates."""
     snapshot = event.data.incident
-    known = None
+    kept = await repository.get(ctx.conn, incident_id=event.subject)
     if snapshot.part == 1:  # the first part starts again from nothing: what the detached alerts brought goes
         await forensic_repository.forget(ctx.conn, incident_id=event.subject)
         await history.forget_trace(ctx.conn, incident_id=event.subject)
         await history.forget_features(ctx.conn, incident_id=event.subject)
-    else:
-        known = await repository.get(ctx.conn, incident_id=event.subject)
+        kept = replace(kept, gathered=None)
     # An operator detached alerts: the new analysis is published at once.
-    await _gather_and_publish(ctx, event, snapshot, known=known, noise=noise, interval=timedelta(0))
+    await _gather_and_publish(ctx, event, snapshot, kept=kept, noise=noise, interval=timedelta(0))
 
 
 async def recheck_intel(ctx: HandlerContext, timer: timers.Timer, *, noise: forensic.Noise | None = None) -> None:
     """A threat-intelligence feed came to list an indicator the incident holds (``retrohunt``): the incident
     is analysed again as its latest event left it, its indicators looked up again, and a new version published
     at once if it changed."""
-    known = await repository.get(ctx.conn, incident_id=timer.subject)
+    kept = await repository.get(ctx.conn, incident_id=timer.subject)
     snapshot = await repository.last_snapshot(ctx.conn, incident_id=timer.subject)
-    if known is None or snapshot is None:
+    if kept.gathered is None or snapshot is None:
         return  # merged into another since, or analysed before its snapshot was kept
     named = [(kind, value) for kind, value in timer.payload.get("named", [])]
     event = IncidentUpdated(source=SOURCE, subject=timer.subject, data=snapshot)
-    await _gather_and_publish(
-        ctx, event, snapshot, known=known, noise=noise, interval=timedelta(0), look_up_again=named
-    )
+    await _gather_and_publish(ctx, event, snapshot, kept=kept, noise=noise, interval=timedelta(0), look_up_again=named)
 
 
 async def publish_waiting(ctx: HandlerContext, *, interval: timedelta, limit: int = 100) -> int:
@@ -114,13 +111,14 @@ async def _gather_and_publish(
     event: EventBase,
     snapshot: IncidentSnapshot,
     *,
-    known: domain.Gathered | None,
+    kept: repository.Kept,
     noise: forensic.Noise | None,
     interval: timedelta,
     look_up_again: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """``look_up_again``: indicators the incident holds already, to be looked up with what the event names."""
-    gathered = domain.gather(known, snapshot)
+    """``kept``: the incident's row as the analysis began (``gathered`` None starts from nothing).
+    ``look_up_again``: indicators the incident holds already, to be looked up with what the event names."""
+    gathered = domain.gather(kept.gathered, snapshot)
     # Forensics: what each new alert names and where, stored once per alert (an alert carried again is not re-read).
     evidence = [forensic.evidence_of(a, noise or forensic.Noise()) for a in snapshot.new_alerts]
     recorded = await forensic_repository.record(ctx.conn, incident_id=event.subject, alerts=evidence)
@@ -196,7 +194,7 @@ async def _gather_and_publish(
             **threat,
         ),
     )
-    await _publish(ctx, analysed, interval=interval)
+    await _publish(ctx, analysed, kept, interval=interval)
 
 
 async def _look_up(
@@ -248,10 +246,15 @@ async def _counts(ctx: HandlerContext, incident_id: str) -> domain.IndicatorCoun
     return domain.indicator_counts(groups, bad_internal)
 
 
-async def _publish(ctx: HandlerContext, analysed: IncidentAnalyzed, *, interval: timedelta) -> None:
-    """Publish the analysis now, or keep it for the incident's timer, or not at all if it was published already."""
+async def _publish(
+    ctx: HandlerContext, analysed: IncidentAnalyzed, kept: repository.Kept, *, interval: timedelta
+) -> None:
+    """Publish the analysis now, or keep it for the incident's timer, or not at all if it was published already.
+
+    What was published is as ``kept`` read it: the row is locked, and nothing between changes what it says.
+    """
     incident_id = analysed.subject
-    published, now = await repository.published(ctx.conn, incident_id=incident_id)
+    published, now = kept.published, kept.now
     digest, urgent = domain.analysis_digest(analysed.data), domain.urgent_digest(analysed.data)
     decided = domain.publication(published, digest=digest, urgent=urgent, now=now, interval=interval)
     ANALYSES.labels(PUBLICATION_OUTCOME[decided]).inc()

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -14,17 +15,34 @@ from shared.events import IncidentAnalyzed, IncidentSnapshot, Indicator
 log = logging.getLogger(__name__)
 
 
-async def get(conn: Conn, *, incident_id: str) -> Gathered | None:
-    row = await conn.fetchrow("SELECT * FROM analyzer_incidents WHERE incident_id = $1 FOR UPDATE", incident_id)
-    if row is None:
-        return None
-    return Gathered(
+@dataclass(frozen=True)
+class Kept:
+    """What the analyzer keeps of an incident, read (and locked) once at the start of an analysis."""
+
+    gathered: Gathered | None  # None: nothing gathered yet
+    published: Published  # what was last published of its analysis
+    now: datetime  # the transaction's time, which publication intervals are measured against
+
+
+async def get(conn: Conn, *, incident_id: str) -> Kept:
+    """The incident's row, locked until commit: what was gathered and what was published, in one round trip."""
+    row = await conn.fetchrow(
+        """SELECT alert_count, hosts, users, indicators, resources, published_digest, published_urgent, published_at,
+                  pending_event IS NOT NULL AS pending, now() AS now
+           FROM analyzer_incidents WHERE incident_id = $1 FOR UPDATE""",
+        incident_id,
+    )
+    if row is None:  # nothing published either: the time is not compared with anything
+        return Kept(None, Published(), datetime.now(UTC))
+    gathered = Gathered(
         alert_count=row["alert_count"],
         hosts=list(row["hosts"]),
         users=list(row["users"]),
         indicators=[Indicator.model_validate(i) for i in row["indicators"]],
         resources=list(row["resources"]),
     )
+    published = Published(row["published_digest"], row["published_urgent"], row["published_at"], row["pending"])
+    return Kept(gathered, published, row["now"])
 
 
 async def save(conn: Conn, *, incident_id: str, gathered: Gathered, snapshot: IncidentSnapshot | None) -> None:
@@ -68,18 +86,6 @@ async def last_snapshot(conn: Conn, *, incident_id: str) -> IncidentSnapshot | N
 async def forget_snapshot(conn: Conn, *, incident_id: str) -> None:
     """The incident is analysed again only with an event of its own (it was merged into another)."""
     await conn.execute("UPDATE analyzer_incidents SET snapshot = NULL WHERE incident_id = $1", incident_id)
-
-
-async def published(conn: Conn, *, incident_id: str) -> tuple[Published, datetime]:
-    """What was last published of the incident's analysis (its row locked until commit), and the time now."""
-    row = await conn.fetchrow(
-        """SELECT published_digest, published_urgent, published_at, pending_event IS NOT NULL AS pending, now() AS now
-           FROM analyzer_incidents WHERE incident_id = $1 FOR UPDATE""",
-        incident_id,
-    )
-    if row is None:
-        return Published(), await conn.fetchval("SELECT now()")
-    return Published(row["published_digest"], row["published_urgent"], row["published_at"], row["pending"]), row["now"]
 
 
 async def mark_published(conn: Conn, *, incident_id: str, digest: str, urgent: str) -> None:

@@ -101,6 +101,11 @@ _UPDATED_COLUMNS = (
     " escalation -> 'analysis' AS analysis"
 )
 ALERTS_IN_ESCALATION = 20
+# HandlerContext.read: the incidents of a run of step changes that ``on_step_changed`` reads, locked and read at
+# once (``record_steps``); and what it reads of each.
+STEP_INCIDENTS = "coordinator.step_incidents"
+STEP_INCIDENT_COLUMNS = "state, commander, escalation, title, severity"
+STEP_STATES_READ = frozenset({"failed", "awaiting_approval"})
 
 
 # The runbook phases whose tasks' clocks start when an incident enters a state.
@@ -128,6 +133,13 @@ Outcome = IncidentStateChanged | IncidentEdited | IncidentAssigned | CommandReje
 
 async def _lock_incident(conn: Conn, incident_id: str) -> None:
     await conn.execute("SELECT 1 FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", incident_id)
+
+
+async def _step_incident(conn: Conn, incident_id: str) -> asyncpg.Record | None:
+    """An incident as a step's change needs it, locked."""
+    return await conn.fetchrow(
+        f"SELECT {STEP_INCIDENT_COLUMNS} FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE", incident_id
+    )
 
 
 async def _lock_step_incident(conn: Conn, subject: str) -> None:
@@ -432,7 +444,23 @@ class Coordinator:
         """Each step of a runbook phase as it stands (the lifecycle's guards and the overdue timers read
         them), for a run of step changes in one pipelined round trip, in their order; and, in one more, the
         timer of each such step not done yet that has a due time: its owner is told when it is overdue (the
-        timer finds it done by then, or not)."""
+        timer finds it done by then, or not).
+
+        And the incidents of the run's steps that wait for approval or failed (``on_step_changed`` reads
+        each, under its lock): in one round trip, in one order, rather than one per step.
+        """
+        asking = sorted({e.subject for e in events if e.data.state in STEP_STATES_READ})
+        rows = (
+            await ctx.conn.fetch(
+                f"""SELECT incident_id, {STEP_INCIDENT_COLUMNS} FROM coordinator_incidents
+                    WHERE incident_id = ANY($1::text[]) ORDER BY incident_id FOR UPDATE""",
+                asking,
+            )
+            if asking
+            else []
+        )
+        # Read again for every run: a run re-run in its own savepoint (another event refused) lost its locks.
+        ctx.read[STEP_INCIDENTS] = dict.fromkeys(asking) | {row["incident_id"]: row for row in rows}
         phased = [e for e in events if e.data.phase is not None]
         if not phased:
             return
@@ -470,13 +498,10 @@ class Coordinator:
         if step.connector == "notify" and step.state == "succeeded":
             await self._relay_message(ctx, event.subject, step)
             return
-        if step.state not in ("failed", "awaiting_approval"):
+        if step.state not in STEP_STATES_READ:
             return
-        row = await ctx.conn.fetchrow(
-            """SELECT state, commander, escalation, title, severity FROM coordinator_incidents
-               WHERE incident_id = $1 FOR UPDATE""",
-            event.subject,
-        )
+        read: dict[str, Any] = ctx.read.get(STEP_INCIDENTS, {})
+        row = read[event.subject] if event.subject in read else await _step_incident(ctx.conn, event.subject)
         state = domain.known_state(row["state"]) if row else None
         if row is None or state is None or self.lifecycle.is_ended(state):
             return
@@ -496,6 +521,7 @@ class Coordinator:
         escalation = Escalation.model_validate(row["escalation"]).model_copy(
             update={"commander": row["commander"], "reason": f"response step {what!r} failed: {step.reason}"}
         )
+        read.pop(event.subject, None)  # its row changes: the run's next step reads it again
         await self._escalate(ctx, event.subject, escalation, f"step-failed-{step.step_id}", event.caused_by())
         log.warning("incident %s: step %s failed; escalated to %s", event.subject, step.step_id, row["commander"])
 

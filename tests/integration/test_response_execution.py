@@ -748,6 +748,56 @@ async def test_a_failed_step_whose_playbook_escalates_pages_the_commander_again(
     assert escalations[1].data.commander == escalations[0].data.commander
 
 
+async def test_steps_of_one_run_read_their_incidents_as_one_at_a_time_would(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    """A run of step changes has its incidents read at once: what it pages is what the changes one by one page."""
+    coordinator = Coordinator(load_oncall())
+
+    def changes(incident: str) -> list[EventBase]:
+        failed = StepChange(
+            step_id=f"{incident}:isolate:a",
+            plan_id="p",
+            step="isolate",
+            name="Isolate host",
+            item="web-1",
+            connector="webhook",
+            action="isolate_host",
+            from_state="running",
+            state="failed",
+            actor="responder",
+            reason="refused for good: HTTP 400",
+            on_failure="escalate",
+        )
+        later = failed.model_copy(update={"step_id": f"{incident}:isolate:b", "item": "web-2", "reason": "timed out"})
+        waiting = failed.model_copy(
+            update={"step_id": f"{incident}:block:c", "step": "block", "state": "awaiting_approval", "item": "1.2.3.4"}
+        )
+        return [
+            ResponseStepChanged(source="/vigil/responder", subject=incident, data=change)
+            for change in (failed, waiting, later, waiting)
+        ]
+
+    async def pages(incident: str, batches: list[list[EventBase]]) -> list[tuple[str, str, str]]:
+        emitted: list[EventBase] = []
+        detected = IncidentDetected(source="/vigil/detector", subject=incident, data=snapshot())
+        every: list[list[EventBase]] = [[detected], *batches]
+        for batch in every:
+            async with pool.acquire() as conn, conn.transaction():
+                ctx = HandlerContext(conn=conn, service="coordinator", names=names)
+                await coordinator.handle(ctx, [_inbound(event) for event in batch])
+                emitted += ctx.emitted
+        return [(e.data.reason, e.data.commander, e.data.channel) for e in emitted if isinstance(e, IncidentEscalated)]
+
+    one_run = await pages("inc-run", [changes("inc-run")])
+    one_by_one = await pages("inc-each", [[event] for event in changes("inc-each")])
+    assert one_run == one_by_one
+    assert [reason for reason, _commander, _channel in one_run][1:] == [
+        "response step 'Isolate host: web-1' failed: refused for good: HTTP 400",
+        "response step 'Isolate host: web-2' failed: timed out",
+    ]
+
+
 async def test_a_lease_is_extended_then_revoked_and_the_block_is_undone(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
