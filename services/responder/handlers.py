@@ -544,12 +544,16 @@ class Responder:
 
     async def _advance(self, ctx: HandlerContext, incident_id: str, cause: Cause) -> None:
         """Run what the ordering rules allow now; once containment is over, watch that it holds."""
-        await self._advance_steps(ctx, incident_id, cause)
-        await self._maybe_watch(ctx, incident_id)
+        settled = await self._advance_steps(ctx, incident_id, cause)
+        await self._maybe_watch(ctx, incident_id, settled)
 
-    async def _advance_steps(self, ctx: HandlerContext, incident_id: str, cause: Cause) -> None:
+    async def _advance_steps(self, ctx: HandlerContext, incident_id: str, cause: Cause) -> list[dict[str, Any]] | None:
         """Run what the ordering rules allow now, until nothing more changes; a step asked for on demand
-        runs as soon as it may, whatever the plan's order."""
+        runs as soon as it may, whatever the plan's order.
+
+        Returns the steps as they stand then (the current plan's and those asked for on demand), as read last;
+        None when responses are paused and what remains waits.
+        """
         plan = await repository.current_plan(ctx.conn, incident_id)
         plan_id = plan["id"] if plan is not None else None
         while True:
@@ -565,7 +569,7 @@ class Responder:
                 if _on_demand(r) and r["state"] in ("planned", "approved")
             ]
             if not moves:
-                return
+                return [r for r in rows.values() if r["plan_id"] == plan_id or _on_demand(r)]
             held = False
             for move in moves:
                 row = rows[move.step_id]
@@ -574,7 +578,7 @@ class Responder:
                 else:
                     held = not await self._dispatch(ctx, cause, row) or held
             if held:  # responses are paused: the rest waits for the resume, which runs this incident on
-                return
+                return None
 
     async def on_state_changed(self, ctx: HandlerContext, event: IncidentStateChanged) -> None:
         """The coordinator moved the incident. Once it has ended, no action step of it starts: one whose turn
@@ -1132,21 +1136,26 @@ class Responder:
 
     # ---- the watch after containment ---------------------------------------------------------
 
-    async def _maybe_watch(self, ctx: HandlerContext, incident_id: str) -> None:
+    async def _maybe_watch(
+        self, ctx: HandlerContext, incident_id: str, settled: list[dict[str, Any]] | None = None
+    ) -> None:
         """Every containment step has ended and some acted: watch the incident's new alerts for what they contained.
 
-        The plan's steps and those run on demand both: a block a person asked for is watched as the plan's are."""
-        if await repository.watching(ctx.conn, incident_id) is not None:
-            return
-        plan = await repository.current_plan(ctx.conn, incident_id)
-        plan_id = plan["id"] if plan is not None else None
-        rows = [
-            dict(r)
-            for r in await repository.steps_of(ctx.conn, incident_id)
-            if r["plan_id"] == plan_id or _on_demand(r)
-        ]
+        The plan's steps and those run on demand both: a block a person asked for is watched as the plan's are.
+        ``settled``: those steps as they stand, read already (``_advance_steps``); read here when not given."""
+        rows = settled
+        if rows is None:
+            plan = await repository.current_plan(ctx.conn, incident_id)
+            plan_id = plan["id"] if plan is not None else None
+            rows = [
+                dict(r)
+                for r in await repository.steps_of(ctx.conn, incident_id)
+                if r["plan_id"] == plan_id or _on_demand(r)
+            ]
         entities = monitor.contained_entities(rows)
-        if not entities:
+        if not entities:  # containment not over, or it acted on nothing: nothing to watch, whether watched or not
+            return
+        if await repository.watching(ctx.conn, incident_id) is not None:
             return
         last = await repository.last_watch(ctx.conn, incident_id)
         if last is not None and {(e.kind, e.value) for e in entities} <= {
