@@ -48,7 +48,7 @@ from bench.harness import (
     console,
     fresh_stage,
 )
-from shared.kafka import consumer_lag, make_consumer, make_producer
+from shared.kafka import LagReader, make_consumer, make_producer
 from shared.settings import SERVICE_NAMES
 from shared.topics import ALERTS_RAW, ANALYSES, COORDINATION, INCIDENTS, RESPONSES
 from vigil.demo import EstateAlerts
@@ -183,9 +183,9 @@ class Samples:
                 self.rss_mb[name] = max(self.rss_mb.get(name, 0.0), size)
 
 
-async def sample_forever(stage: Stage, services: Services, samples: Samples, every_s: float = 1.0) -> None:
+async def sample_forever(lag: LagReader, services: Services, samples: Samples, every_s: float = 1.0) -> None:
     while True:
-        samples.add(await consumer_lag(stage.settings, services.names), services.rss_mb())
+        samples.add(await lag.read(), services.rss_mb())
         await asyncio.sleep(every_s)
 
 
@@ -194,7 +194,7 @@ async def unsent(conn: asyncpg.Connection) -> int:
 
 
 async def wait_drained(
-    conn: asyncpg.Connection, stage: Stage, services: Services, phase: Phase, *, timeout_s: float
+    conn: asyncpg.Connection, lag_of: LagReader, services: Services, phase: Phase, *, timeout_s: float
 ) -> float | None:
     """Wait until every alert is in an incident event, every group caught up and every outbox sent.
 
@@ -206,7 +206,7 @@ async def wait_drained(
             services.check_alive()
             at = time.time()
             if len(phase.seen) >= len(phase.sent):
-                lag = await consumer_lag(stage.settings, services.names)
+                lag = await lag_of.read()
                 # Lag first: an outbox row a service wrote before committing its offsets is seen below.
                 if not any(lag.values()) and await unsent(conn) == 0:
                     return at
@@ -249,6 +249,7 @@ class Run:
     conn: asyncpg.Connection
     producer: AIOKafkaProducer
     collector: Collector
+    lag: LagReader  # the services' consumer lag, read over the same clients all run long
 
 
 async def run_phase(run: Run, index: int, rate: float) -> dict[str, Any]:
@@ -260,7 +261,7 @@ async def run_phase(run: Run, index: int, rate: float) -> dict[str, Any]:
     cpu_before = services.cpu_seconds()
     bench_cpu_before = time.process_time()
     machine_before, wall_before = measure.machine_busy_seconds(), time.monotonic()
-    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(sample_forever(stage, services, samples))]
+    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(sample_forever(run.lag, services, samples))]
     watching: asyncio.Task[Any] | None = None
     if index == 0 and "reporter" in services.names:  # the first incident's timeline, as the reporter keeps it
         assert phase.first_incident is not None
@@ -287,7 +288,7 @@ async def run_phase(run: Run, index: int, rate: float) -> dict[str, Any]:
                 )
                 await asyncio.sleep(0.25)
         first_send, last_send = publisher.result()
-        drained_at = await wait_drained(run.conn, stage, services, phase, timeout_s=args.drain_timeout)
+        drained_at = await wait_drained(run.conn, run.lag, services, phase, timeout_s=args.drain_timeout)
         timeline: dict[str, Any] | None = None
         if watching is not None:
             timeline = await first_incident(watching, phase)
@@ -405,19 +406,20 @@ async def end_to_end(
         await producer.start()
         reading = asyncio.create_task(collector.run())
         try:
-            run = Run(args, mode, stage, services, conn, producer, collector)
-            for index, rate in enumerate(args.rates):
-                console.log(f"end to end at {rate:,.0f} alerts/s")
-                try:
-                    phase = await run_phase(run, index, rate)
-                except BenchError as exc:
-                    raise BenchError(str(exc), partial=result) from exc
-                result["phases"].append(phase)
-                drained = phase["drained_after_last_send_s"]
-                console.log(
-                    f"{rate:,.0f} alerts/s: {phase['alerts_sent']:,} sent, "
-                    + (f"drained {drained:.1f}s after the last" if drained is not None else "not drained")
-                )
+            async with LagReader(stage.settings, services.names) as lag:
+                run = Run(args, mode, stage, services, conn, producer, collector, lag)
+                for index, rate in enumerate(args.rates):
+                    console.log(f"end to end at {rate:,.0f} alerts/s")
+                    try:
+                        phase = await run_phase(run, index, rate)
+                    except BenchError as exc:
+                        raise BenchError(str(exc), partial=result) from exc
+                    result["phases"].append(phase)
+                    drained = phase["drained_after_last_send_s"]
+                    console.log(
+                        f"{rate:,.0f} alerts/s: {phase['alerts_sent']:,} sent, "
+                        + (f"drained {drained:.1f}s after the last" if drained is not None else "not drained")
+                    )
             result["memory_mb"]["after_load"] = await idle_memory(services, samples=1)
         finally:
             reading.cancel()

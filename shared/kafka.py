@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -58,35 +59,56 @@ def make_consumer(
     return consumer
 
 
-async def consumer_lag(settings: VigilSettings, services: Sequence[str]) -> dict[str, int]:
-    """Each service's consumer group: records on the topics it consumes beyond the group's committed offsets.
+class LagReader:
+    """Each service's consumer group: records on the topics it consumes beyond the group's committed offsets,
+    read as often as asked over the same clients (a sampler asks every second).
 
     Committed offsets are read with a consumer's ``committed()``, which every broker serves (the embedded
-    one has no admin offset listing); the consumer joins no group and commits nothing.
+    one has no admin offset listing); the consumers join no group and commit nothing.
     """
-    names = TopicNames(settings.topic_prefix)
-    wanted = {
-        service: [
-            TopicPartition(names(t), p) for t in ALL_TOPICS if service in t.consumers for p in range(t.partitions)
-        ]
-        for service in services
-    }
-    reader = make_consumer(settings, group_id=None)
-    await reader.start()
-    try:
-        ends = await reader.end_offsets(sorted({tp for partitions in wanted.values() for tp in partitions}))
-    finally:
-        await reader.stop()
-    lag: dict[str, int] = {}
-    for service, partitions in wanted.items():
-        group = make_consumer(settings, group_id=group_id(settings, service))
-        await group.start()
+
+    def __init__(self, settings: VigilSettings, services: Sequence[str]) -> None:
+        names = TopicNames(settings.topic_prefix)
+        self.wanted = {
+            service: [
+                TopicPartition(names(t), p) for t in ALL_TOPICS if service in t.consumers for p in range(t.partitions)
+            ]
+            for service in services
+        }
+        self.reader = make_consumer(settings, group_id=None)
+        self.groups = {service: make_consumer(settings, group_id=group_id(settings, service)) for service in services}
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> LagReader:
+        started: list[AIOKafkaConsumer] = []
         try:
-            behind = 0
-            for tp in partitions:
-                committed = await group.committed(tp)
-                behind += max(ends[tp] - (committed or 0), 0)
-            lag[service] = behind
-        finally:
-            await group.stop()
-    return lag
+            for consumer in (self.reader, *self.groups.values()):
+                await consumer.start()
+                started.append(consumer)
+        except BaseException:
+            for consumer in started:
+                await consumer.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for consumer in (self.reader, *self.groups.values()):
+            await consumer.stop()
+
+    async def read(self) -> dict[str, int]:
+        async with self._lock:
+            ends = await self.reader.end_offsets(
+                sorted({tp for partitions in self.wanted.values() for tp in partitions})
+            )
+            lag: dict[str, int] = {}
+            for service, partitions in self.wanted.items():
+                group = self.groups[service]
+                committed = await asyncio.gather(*(group.committed(tp) for tp in partitions))
+                lag[service] = sum(max(ends[tp] - (c or 0), 0) for tp, c in zip(partitions, committed, strict=True))
+            return lag
+
+
+async def consumer_lag(settings: VigilSettings, services: Sequence[str]) -> dict[str, int]:
+    """Each service's consumer lag, read once (``LagReader`` to read it again and again)."""
+    async with LagReader(settings, services) as lag:
+        return await lag.read()
