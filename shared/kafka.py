@@ -92,8 +92,15 @@ class LagReader:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Every client is stopped, whichever fails to; the first failure is raised unless one already is.
+        failures: list[Exception] = []
         for consumer in (self.reader, *self.groups.values()):
-            await consumer.stop()
+            try:
+                await consumer.stop()
+            except Exception as failure:
+                failures.append(failure)
+        if failures and exc[0] is None:
+            raise failures[0]
 
     async def read(self) -> dict[str, int]:
         async with self._lock:

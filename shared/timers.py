@@ -80,32 +80,24 @@ async def schedule(
     )
 
 
-# As in schedule: the count makes the insert wait for the cancelling update. Each subject's live timers
-# are read through a LATERAL lookup by subject (timers_live_by_subject; OFFSET 0 keeps it one), and the
-# pending one is updated where it lies (its ctid). A generic plan, which a statement gets once reused and
-# keeps, made while the table was small (a new deployment's first minutes), would otherwise read every
-# timer of the kind for each subject, and go on doing so as the table grows.
-SCHEDULE_MANY = """WITH w AS (SELECT * FROM unnest($3::text[], $4::timestamptz[]) AS w(subject, due_at)),
-   live AS (
-       SELECT w.subject, w.due_at, t.ctid AS tid, t.due_at AS live_due, t.fired_at
-       FROM w LEFT JOIN LATERAL (
-           SELECT t.ctid, t.due_at, t.fired_at FROM timers t
-           WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject AND t.cancelled_at IS NULL
-           OFFSET 0) t ON true),
-   wanted AS (
-       SELECT w.subject, w.due_at FROM w
-       WHERE NOT EXISTS (SELECT 1 FROM live l WHERE l.subject = w.subject AND l.live_due = w.due_at)),
-   cancelled AS (
-       UPDATE timers t SET cancelled_at = now()
-       FROM live l JOIN wanted USING (subject)
-       -- Where the lookup found it (no plan walks the table), if no one changed it since: fired or moved
-       -- meanwhile, it is left alone.
-       WHERE t.ctid = l.tid AND l.fired_at IS NULL AND t.fired_at IS NULL AND t.cancelled_at IS NULL
-       RETURNING 1)
-   INSERT INTO timers (service, kind, subject, due_at)
-   SELECT $1, $2, w.subject, w.due_at FROM wanted w, (SELECT count(*) FROM cancelled) AS moved
+# A subject's live timers (pending or fired) are looked up by its key, LATERAL (timers_live_by_subject):
+# a statement run again and again gets a generic plan, kept while the table grows, and one made while the
+# table was small (a new deployment's first minutes) would otherwise read every timer of the kind for
+# each subject. A subject's pending timer is then moved to the new time as a new timer would be (its
+# attempts, error and parking cleared), in the insert's conflict: Postgres takes that row by the
+# unique index, and waits for, then sees, whatever another transaction did to it meanwhile.
+SCHEDULE_MANY = """INSERT INTO timers (service, kind, subject, due_at)
+   SELECT $1, $2, w.subject, w.due_at
+   FROM unnest($3::text[], $4::timestamptz[]) AS w(subject, due_at)
+   LEFT JOIN LATERAL (
+       SELECT true AS same FROM timers t
+       WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject AND t.cancelled_at IS NULL
+         AND t.due_at = w.due_at
+       LIMIT 1) AS same_time ON true
+   WHERE same_time.same IS NULL
    ON CONFLICT (service, kind, subject) WHERE fired_at IS NULL AND cancelled_at IS NULL
-   DO UPDATE SET due_at = excluded.due_at"""
+   DO UPDATE SET due_at = excluded.due_at, payload = excluded.payload, attempts = 0, last_error = NULL,
+                 parked_at = NULL"""
 
 
 async def schedule_many(conn: Conn, *, service: str, kind: str, due: Mapping[str, datetime]) -> None:
@@ -135,20 +127,39 @@ async def cancel(conn: Conn, *, service: str, kind: str, subject: str) -> None:
     )
 
 
-# Each subject's pending timer found by its key, then updated where it lies (as in SCHEDULE_MANY, and why).
-CANCEL_MANY = """UPDATE timers t SET cancelled_at = now()
-   FROM unnest($3::text[]) AS s(subject) CROSS JOIN LATERAL (
-       SELECT p.ctid AS tid FROM timers p
-       WHERE p.service = $1 AND p.kind = $2 AND p.subject = s.subject AND p.fired_at IS NULL AND p.cancelled_at IS NULL
-       OFFSET 0) AS pending
-   WHERE t.ctid = pending.tid AND t.fired_at IS NULL AND t.cancelled_at IS NULL"""
+# Each subject's pending timer is found by its key (LATERAL, as in SCHEDULE_MANY, and why), then updated
+# where it lies (its ctid). One another transaction changed meanwhile (a retry, a parking) lies elsewhere
+# by then: the statement names the subjects it found but did not cancel, for a new statement to look again.
+CANCEL_MANY = """WITH found AS (
+       SELECT s.subject FROM unnest($3::text[]) AS s(subject) CROSS JOIN LATERAL (
+           SELECT 1 FROM timers p
+           WHERE p.service = $1 AND p.kind = $2 AND p.subject = s.subject
+             AND p.fired_at IS NULL AND p.cancelled_at IS NULL
+           LIMIT 1) AS p),
+   cancelled AS (
+       UPDATE timers t SET cancelled_at = now()
+       FROM unnest($3::text[]) AS s(subject) CROSS JOIN LATERAL (
+           SELECT p.ctid AS tid FROM timers p
+           WHERE p.service = $1 AND p.kind = $2 AND p.subject = s.subject
+             AND p.fired_at IS NULL AND p.cancelled_at IS NULL
+           OFFSET 0) AS pending
+       WHERE t.ctid = pending.tid AND t.fired_at IS NULL AND t.cancelled_at IS NULL
+       RETURNING t.subject)
+   SELECT subject FROM found EXCEPT SELECT subject FROM cancelled"""
+# Looks a subject's timer is sought again after another transaction changed it: each look waits for that
+# transaction, so only a timer changed again and again, as it is being cancelled, could outlast them.
+CANCEL_LOOKS = 5
 
 
 async def cancel_many(conn: Conn, *, service: str, kind: str, subjects: Sequence[str]) -> None:
-    """Cancel the pending timer of this kind of each subject, in one round trip."""
-    if not subjects:
-        return
-    await conn.execute(CANCEL_MANY, service, kind, list(subjects))
+    """Cancel the pending timer of this kind of each subject: in one round trip, but for a timer another
+    transaction changed (retried, parked, moved) while this one waited for it, cancelled by a look again."""
+    left = list(subjects)
+    for _ in range(CANCEL_LOOKS):
+        if not left:
+            return
+        left = [row["subject"] for row in await conn.fetch(CANCEL_MANY, service, kind, left)]
+    log.warning("timers of kind %s for %s kept changing while being cancelled: left as they are", kind, left)
 
 
 MAX_BACKOFF_S = 30.0  # the longest wait between polls that failed for a retriable reason

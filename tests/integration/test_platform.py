@@ -692,7 +692,8 @@ async def test_timers_scheduled_many_at_once_move_those_pending_and_set_the_othe
         ("due", "b", soon + timedelta(hours=2)),
         ("other", "b", soon),
     ]
-    assert await pool.fetchval("SELECT count(*) FROM timers WHERE kind = 'due' AND cancelled_at IS NOT NULL") == 1
+    # a's timer moved to its new time: one timer, not one cancelled and another set.
+    assert await pool.fetchval("SELECT count(*) FROM timers WHERE service = 'svc' AND kind = 'due'") == 2
 
 
 async def test_cancel_many_cancels_each_subjects_pending_timer_of_that_kind_only(pool: asyncpg.Pool) -> None:
@@ -731,8 +732,7 @@ async def test_a_due_time_set_again_neither_moves_its_timer_nor_sets_a_fired_one
     )
     assert [(r["subject"], r["due_at"], r["fired"], r["cancelled"]) for r in rows] == [
         ("step-1", due, True, False),
-        ("step-2", due, False, True),
-        ("step-2", due + timedelta(hours=1), False, False),
+        ("step-2", due + timedelta(hours=1), False, False),  # moved
     ]
 
 
@@ -782,13 +782,12 @@ async def test_timers_set_or_cancelled_many_at_once_are_found_by_key_even_by_a_p
                 """INSERT INTO timers (service, kind, subject, due_at)
                    SELECT 'plan', 'due', 'plan-' || n, now() + interval '1 hour' FROM generate_series(1, 5000) AS n"""
             )
-            for statement in (
-                f"EXECUTE set_many('plan', 'due', {asked}, ARRAY[now() + interval '2 hours', now()])",
-                f"EXECUTE cancel_many('plan', 'due', {asked})",
-            ):
-                plan = await _plan(conn, "EXPLAIN ANALYZE " + statement)
-                assert _walks_timers(plan) == [], plan
-                assert "Tid Scan on timers" in plan, plan
+            later = "ARRAY[now() + interval '2 hours', now()]"
+            moving = await _plan(conn, f"EXPLAIN ANALYZE EXECUTE set_many('plan', 'due', {asked}, {later})")
+            assert _walks_timers(moving) == [], moving
+            cancelled = await _plan(conn, f"EXPLAIN ANALYZE EXECUTE cancel_many('plan', 'due', {asked})")
+            assert _walks_timers(cancelled) == [], cancelled
+            assert "Tid Scan on timers" in cancelled, cancelled
         finally:
             await conn.execute("DEALLOCATE ALL")
             await conn.execute("RESET plan_cache_mode")
@@ -796,14 +795,96 @@ async def test_timers_set_or_cancelled_many_at_once_are_found_by_key_even_by_a_p
         """SELECT subject, cancelled_at IS NOT NULL AS cancelled FROM timers
            WHERE service = 'plan' AND subject IN ('plan-1', 'plan-new') ORDER BY subject, id"""
     )
-    # plan-1: the new one set first, then the one set for its new time; both cancelled at the end.
+    # plan-1: the one set first, cancelled; then the 5,000's, moved to its new time and cancelled.
+    # plan-new: set, cancelled, set again and cancelled.
     assert [(r["subject"], r["cancelled"]) for r in moved] == [
-        ("plan-1", True),
         ("plan-1", True),
         ("plan-1", True),
         ("plan-new", True),
         ("plan-new", True),
     ]
+
+
+# What the poller does to a pending timer while another transaction sets or cancels it.
+POLLER_CHANGES = {
+    "retried": "UPDATE timers SET attempts = attempts + 1, last_error = 'boom', due_at = due_at + interval '1 minute'",
+    "parked": "UPDATE timers SET attempts = 5, last_error = 'boom', parked_at = now()",
+    "fired": "UPDATE timers SET fired_at = now()",
+}
+
+
+async def _while_the_poller_changes_it(pool: asyncpg.Pool, subject: str, change: str, then: Any) -> None:
+    """Set a timer for ``subject``; hold a change of it by the poller open while ``then(conn)`` starts and
+    waits for its row; commit the change; let ``then`` finish."""
+    due = datetime.now(UTC) + timedelta(hours=1)
+    async with pool.acquire() as conn:
+        await schedule_many(conn, service="race", kind="due", due={subject: due})
+    async with pool.acquire() as poller, pool.acquire() as other:
+        changing = poller.transaction()
+        await changing.start()
+        await poller.execute(POLLER_CHANGES[change] + " WHERE service = 'race' AND subject = $1", subject)
+        waiting = asyncio.create_task(then(other))
+        await eventually(
+            lambda: pool.fetchval(
+                """SELECT count(*) > 0 FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'"""
+            )
+        )
+        await changing.commit()
+        await waiting
+
+
+async def _timers_of(pool: asyncpg.Pool, subject: str) -> list[tuple[str, int, bool, bool]]:
+    """Each of the subject's timers: fired, cancelled, parked or pending; its attempts; whether due later on."""
+    rows = await pool.fetch(
+        """SELECT CASE WHEN fired_at IS NOT NULL THEN 'fired' WHEN cancelled_at IS NOT NULL THEN 'cancelled'
+                       WHEN parked_at IS NOT NULL THEN 'parked' ELSE 'pending' END AS state,
+                  attempts, due_at > now() + interval '2 hours' AS moved, last_error IS NOT NULL AS erred
+           FROM timers WHERE service = 'race' AND subject = $1 ORDER BY id""",
+        subject,
+    )
+    return [(r["state"], r["attempts"], r["moved"], r["erred"]) for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("change", "after"),
+    [
+        ("retried", [("cancelled", 1, False, True)]),
+        ("parked", [("cancelled", 5, False, True)]),
+        ("fired", [("fired", 0, False, False)]),  # what it did stands
+    ],
+)
+async def test_timers_cancelled_many_at_once_while_the_poller_changes_one_are_cancelled_still(
+    pool: asyncpg.Pool, change: str, after: list[tuple[str, int, bool, bool]]
+) -> None:
+    subject = f"cancel-{change}"
+
+    async def cancel(conn: Conn) -> None:
+        await cancel_many(conn, service="race", kind="due", subjects=[subject, "never-set"])
+
+    await _while_the_poller_changes_it(pool, subject, change, cancel)
+    assert await _timers_of(pool, subject) == after
+
+
+@pytest.mark.parametrize(
+    ("change", "after"),
+    [
+        # Moved to the new time as a timer set anew: its failures are forgotten, and a parked one is due again.
+        ("retried", [("pending", 0, True, False)]),
+        ("parked", [("pending", 0, True, False)]),
+        ("fired", [("fired", 0, False, False), ("pending", 0, True, False)]),
+    ],
+)
+async def test_timers_set_many_at_once_while_the_poller_changes_one_are_due_at_their_new_time(
+    pool: asyncpg.Pool, change: str, after: list[tuple[str, int, bool, bool]]
+) -> None:
+    subject = f"set-{change}"
+
+    async def move(conn: Conn) -> None:
+        await schedule_many(conn, service="race", kind="due", due={subject: datetime.now(UTC) + timedelta(hours=3)})
+
+    await _while_the_poller_changes_it(pool, subject, change, move)
+    assert await _timers_of(pool, subject) == after
 
 
 async def test_a_timer_set_while_another_transaction_fires_and_sets_it_again_is_moved(pool: asyncpg.Pool) -> None:
