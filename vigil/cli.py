@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -48,19 +47,8 @@ app.add_typer(incidents_app, name="incidents")
 app.add_typer(events_app, name="events")
 app.add_typer(attack_app, name="attack")
 
-# Piped into a file, a pager or grep, rich lays tables out for 80 columns and wraps each long id and title over
-# several lines; there they are read one row a line. A terminal, or $COLUMNS, still sets the width.
-PIPED_WIDTH = 240
-
-
-def _console(*, stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    piped = not stream.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=PIPED_WIDTH if piped else None)
-
-
-console = _console()
-err = _console(stderr=True)
+console = Console()
+err = Console(stderr=True)
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 ActorOption = Annotated[
     str | None,
