@@ -127,39 +127,16 @@ async def cancel(conn: Conn, *, service: str, kind: str, subject: str) -> None:
     )
 
 
-# Each subject's pending timer is found by its key (LATERAL, as in SCHEDULE_MANY, and why), then updated
-# where it lies (its ctid). One another transaction changed meanwhile (a retry, a parking) lies elsewhere
-# by then: the statement names the subjects it found but did not cancel, for a new statement to look again.
-CANCEL_MANY = """WITH found AS (
-       SELECT s.subject FROM unnest($3::text[]) AS s(subject) CROSS JOIN LATERAL (
-           SELECT 1 FROM timers p
-           WHERE p.service = $1 AND p.kind = $2 AND p.subject = s.subject
-             AND p.fired_at IS NULL AND p.cancelled_at IS NULL
-           LIMIT 1) AS p),
-   cancelled AS (
-       UPDATE timers t SET cancelled_at = now()
-       FROM unnest($3::text[]) AS s(subject) CROSS JOIN LATERAL (
-           SELECT p.ctid AS tid FROM timers p
-           WHERE p.service = $1 AND p.kind = $2 AND p.subject = s.subject
-             AND p.fired_at IS NULL AND p.cancelled_at IS NULL
-           OFFSET 0) AS pending
-       WHERE t.ctid = pending.tid AND t.fired_at IS NULL AND t.cancelled_at IS NULL
-       RETURNING t.subject)
-   SELECT subject FROM found EXCEPT SELECT subject FROM cancelled"""
-# Looks a subject's timer is sought again after another transaction changed it: each look waits for that
-# transaction, so only a timer changed again and again, as it is being cancelled, could outlast them.
-CANCEL_LOOKS = 5
+# By the key: a timer another transaction changes meanwhile (a retry, a parking, a move) is waited for and
+# cancelled as it then stands. Its plan may read the kind's pending timers: a few, and never a join.
+CANCEL_MANY = """UPDATE timers SET cancelled_at = now()
+   WHERE service = $1 AND kind = $2 AND subject = ANY($3::text[]) AND fired_at IS NULL AND cancelled_at IS NULL"""
 
 
 async def cancel_many(conn: Conn, *, service: str, kind: str, subjects: Sequence[str]) -> None:
-    """Cancel the pending timer of this kind of each subject: in one round trip, but for a timer another
-    transaction changed (retried, parked, moved) while this one waited for it, cancelled by a look again."""
-    left = list(subjects)
-    for _ in range(CANCEL_LOOKS):
-        if not left:
-            return
-        left = [row["subject"] for row in await conn.fetch(CANCEL_MANY, service, kind, left)]
-    log.warning("timers of kind %s for %s kept changing while being cancelled: left as they are", kind, left)
+    """Cancel the pending timer of this kind of each subject, in one round trip."""
+    if subjects:
+        await conn.execute(CANCEL_MANY, service, kind, list(subjects))
 
 
 MAX_BACKOFF_S = 30.0  # the longest wait between polls that failed for a retriable reason

@@ -247,8 +247,19 @@ class Stack:
                         for row in groups:
                             answer = {"step_id": row["id"], "actor": "alice@example.com", "role": "commander"}
                             await client.post(f"/api/v1/steps/{row['id']}/approve", json=answer)
-                    except (OSError, httpx.HTTPError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                        continue  # the responder or Postgres is down for now: the next round tries again
+                    except (
+                        OSError,
+                        httpx.HTTPError,
+                        asyncpg.PostgresError,
+                        asyncpg.InterfaceError,
+                        asyncpg.InternalClientError,
+                    ):
+                        # The responder or Postgres is down for now: the next round tries again, on a new
+                        # connection (one a restart cut mid-query can be left unusable, yet not closed).
+                        if conn is not None:
+                            conn.terminate()
+                            conn = None
+                        continue
         finally:
             if conn is not None:
                 conn.terminate()
