@@ -127,10 +127,18 @@ async def cancel(conn: Conn, *, service: str, kind: str, subject: str) -> None:
     )
 
 
-# By the key: a timer another transaction changes meanwhile (a retry, a parking, a move) is waited for and
-# cancelled as it then stands. Its plan may read the kind's pending timers: a few, and never a join.
-CANCEL_MANY = """UPDATE timers SET cancelled_at = now()
-   WHERE service = $1 AND kind = $2 AND subject = ANY($3::text[]) AND fired_at IS NULL AND cancelled_at IS NULL"""
+# Each subject's pending timer is found by its key (LATERAL, as in SCHEDULE_MANY, and why), then updated by
+# its id: a timer another transaction changes meanwhile (a retry, a parking, a move) keeps its id, is waited
+# for, and is cancelled as it then stands unless it fired. The check is written so that no partial index of
+# pending timers matches it: the rows are reached by their ids, never by a walk of the kind's timers.
+CANCEL_MANY = """UPDATE timers t SET cancelled_at = now()
+   WHERE t.id = ANY(ARRAY(
+           SELECT p.id FROM unnest($3::text[]) AS s(subject) CROSS JOIN LATERAL (
+               SELECT p.id FROM timers p
+               WHERE p.service = $1 AND p.kind = $2 AND p.subject = s.subject
+                 AND p.fired_at IS NULL AND p.cancelled_at IS NULL
+               OFFSET 0) AS p))
+     AND coalesce(t.fired_at, t.cancelled_at) IS NULL"""
 
 
 async def cancel_many(conn: Conn, *, service: str, kind: str, subjects: Sequence[str]) -> None:
