@@ -184,11 +184,15 @@ async def apply_snapshots(conn: Conn, *, changes: Sequence[SnapshotChange]) -> N
     )
     alerts = [(a, change.incident_id) for change in changes for a in change.snapshot.new_alerts]
     if alerts:
-        await conn.executemany(
-            """INSERT INTO reporter_alerts (key, incident_id, body, time) VALUES ($1, $2, $3, $4)
+        await conn.execute(
+            """INSERT INTO reporter_alerts (key, incident_id, body, time)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[])
                ON CONFLICT DO NOTHING""",
+            [a.key for a, _ in alerts],
+            [incident_id for _, incident_id in alerts],
             # The tool's raw record stays with the analyzer's evidence timeline: the reporter shows summaries.
-            [(a.key, incident_id, a.model_dump(mode="json", exclude=RAW), a.time) for a, incident_id in alerts],
+            [a.model_dump_json(exclude=RAW).encode() for a, _ in alerts],
+            [a.time for a, _ in alerts],
         )
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import asyncpg
+import orjson
 
 from shared.db import Conn
 
@@ -170,30 +171,82 @@ class NewStep:
     final: bool  # the state it is stored in is one it ends in
 
 
-async def insert_steps(conn: Conn, new: Sequence[NewStep], *, actor: str) -> list[asyncpg.Record]:
-    """Store new steps, each in the state its row says with its first log entry; return them as ``step`` reads them.
+# The SQL type of each column a new step's row sets (``NewStep.row``): the arrays its insert unnests.
+NEW_STEP_TYPES = {
+    "id": "text",
+    "incident_id": "text",
+    "plan_id": "text",
+    "playbook": "text",
+    "step": "text",
+    "position": "integer",
+    "item": "text",
+    "target_kind": "text",
+    "name": "text",
+    "phase": "text",
+    "response": "text",
+    "connector": "text",
+    "action": "text",
+    "params": "jsonb",
+    "undo": "jsonb",
+    "lease_s": "integer",
+    "timeout_s": "integer",
+    "retries": "integer",
+    "on_failure": "text",
+    "risk": "text",
+    "dry_run": "boolean",
+    "state": "text",
+    "approval": "text",
+    "owner": "text",
+    "due_at": "timestamptz",
+    "required": "boolean",
+    "recovery": "text",
+}
 
-    One pipelined round trip for all: each step, why it is in that state, and the log line.
+
+def _cell(value: Any, sql_type: str) -> Any:
+    # JSON as its text: a list in a jsonb column would be taken for another dimension of the array.
+    if sql_type == "jsonb" and value is not None:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    return value
+
+
+async def insert_steps(conn: Conn, new: Sequence[NewStep], *, actor: str) -> list[asyncpg.Record]:
+    """Store new steps, each in the state its row says with its first log entry; return them as ``step`` reads them,
+    in the order given.
+
+    One statement for all (a column an array): each step, why it is in that state, and the log line.
     """
     if not new:
         return []
-    columns = [*new[0].row, "reason"]
+    columns = list(new[0].row)
+    for step in new:
+        if list(step.row) != columns:
+            raise ValueError(f"step {step.row.get('id')}: its columns differ from the first step's")
+    unknown = [c for c in columns if c not in NEW_STEP_TYPES]
+    if unknown:
+        raise ValueError(f"a new step sets columns no step is stored with: {', '.join(unknown)}")
     n = len(columns)
-    placeholders = ", ".join(f"${i}" for i in range(1, n + 1))
+    names = ", ".join(columns)
+    arrays = ", ".join(f"${i}::{NEW_STEP_TYPES[c]}[]" for i, c in enumerate(columns, 1))
+    # Column names come from NEW_STEP_TYPES, never from input.
     query = f"""WITH s AS (
-            INSERT INTO responder_steps ({", ".join(columns)}, finished_at)
-            VALUES ({placeholders}, CASE WHEN ${n + 1} THEN now() END)
+            INSERT INTO responder_steps ({names}, reason, finished_at)
+            SELECT {names}, r.reason, CASE WHEN r.final THEN now() END
+            FROM unnest({arrays}, ${n + 1}::text[], ${n + 2}::boolean[]) AS r({names}, reason, final)
             RETURNING {STEP_COLUMNS}),
         logged AS (
             INSERT INTO responder_step_log (step_id, incident_id, from_state, to_state, actor, reason)
-            SELECT id, incident_id, NULL, state, ${n + 2}, reason FROM s)
+            SELECT id, incident_id, NULL, state, ${n + 3}, reason FROM s)
         SELECT * FROM s"""
-    rows = []
-    for step in new:
-        if list(step.row) != columns[:-1]:
-            raise ValueError(f"step {step.row.get('id')}: its columns differ from the first step's")
-        rows.append((*step.row.values(), step.reason, step.final, actor))
-    return await conn.fetchmany(query, rows)
+    rows = await conn.fetch(
+        query,
+        *([_cell(step.row[c], NEW_STEP_TYPES[c]) for step in new] for c in columns),
+        [step.reason for step in new],
+        [step.final for step in new],
+        actor,
+    )
+    by_id = {row["id"]: row for row in rows}
+    return [by_id[step.row["id"]] for step in new]
 
 
 async def keep_in_plan(conn: Conn, positions: Mapping[str, int], *, plan_id: str) -> None:
