@@ -56,12 +56,11 @@ def _step(n: int, **overrides: object) -> dict[str, object]:
 
 
 async def test_the_types_a_new_step_is_stored_with_are_its_columns_types(conn: asyncpg.Connection) -> None:
-    types = dict(
-        await conn.fetch(
-            """SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
-               WHERE attrelid = 'responder_steps'::regclass AND attnum > 0 AND NOT attisdropped"""
-        )
+    rows = await conn.fetch(
+        """SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+           WHERE attrelid = 'responder_steps'::regclass AND attnum > 0 AND NOT attisdropped"""
     )
+    types: dict[str, str] = {row[0]: row[1] for row in rows}
     expected = {"timestamptz": "timestamp with time zone"}
     assert {c: expected.get(t, t) for c, t in responder.NEW_STEP_TYPES.items()} == {
         c: types[c] for c in responder.NEW_STEP_TYPES
