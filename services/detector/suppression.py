@@ -33,6 +33,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from shared.alerts import Alert
 from shared.yamlfile import YamlFileError, validate_yaml
 
+# A regex matcher remembers its verdicts on this many values at most, each this long at most: the few values
+# that come again and again (rule names, formats, hosts), in a few hundred kilobytes for a hundred matchers.
+MATCHER_VERDICTS = 512
+MATCHER_VERDICT_CHARS = 128
 # RE2 logs a pattern it refuses to stderr from C++ as well: the refusal reaches the operator as an error.
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False
@@ -121,6 +125,8 @@ class Matcher:
     value: str
     pattern: Pattern | None = field(default=None, compare=False, repr=False)
     read: Callable[[Alert], str] = field(default=lambda _alert: "", compare=False, repr=False)
+    # A regex's verdict on the values it met: few values (rule names, formats) come again and again.
+    _verdicts: dict[str, bool] = field(default_factory=dict, compare=False, repr=False, init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "read", _reader(self.name))
@@ -159,9 +165,16 @@ class Matcher:
             return actual == self.value
         if self.op == "!=":
             return actual != self.value
-        assert self.pattern is not None
-        found = self.pattern.fullmatch(actual) is not None
-        return found if self.op == "=~" else not found
+        verdict = self._verdicts.get(actual)
+        if verdict is None:
+            assert self.pattern is not None
+            found = self.pattern.fullmatch(actual) is not None
+            verdict = found if self.op == "=~" else not found
+            if len(actual) <= MATCHER_VERDICT_CHARS:
+                if len(self._verdicts) >= MATCHER_VERDICTS:  # a field of many values (addresses): start again
+                    self._verdicts.clear()
+                self._verdicts[actual] = verdict
+        return verdict
 
     def __str__(self) -> str:
         return f"{self.name}{self.op}{json.dumps(self.value)}"
@@ -662,7 +675,10 @@ class _Index(Generic[T]):
 
     def all(self, alert: Alert, accept: Callable[[T], bool]) -> list[T]:
         """Every item ``accept`` takes, in the order given."""
-        return [item for _, item in sorted(self._candidates(alert), key=lambda pair: pair[0]) if accept(item)]
+        found = self._candidates(alert)
+        if found is not self.unindexed:  # those alone are in order already
+            found = sorted(found, key=lambda pair: pair[0])
+        return [item for _, item in found if accept(item)]
 
 
 def window_of(row: Any) -> Window:

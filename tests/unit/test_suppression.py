@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.detector import service as detector_service
+from services.detector import suppression
 from services.detector.suppression import (
     InhibitionError,
     Matcher,
@@ -411,3 +412,26 @@ def _usable(texts: list[str]) -> bool:
     except SuppressionError:
         return False
     return True
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.sampled_from(["HostDown", "hostdown", "HostDownX", "", "NodeNotReady", "web-01"]), max_size=30),
+    st.sampled_from(["=~", "!~"]),
+)
+def test_a_regex_matcher_says_the_same_of_a_value_however_often_it_meets_it(values: list[str], op: str) -> None:
+    matcher = Matcher.parse(f'rule{op}"(?i)(HostDown|NodeNotReady)"')
+    for value in values:
+        expected = value.lower() in ("hostdown", "nodenotready")
+        assert matcher.matches(alert(rule=value)) is (expected if op == "=~" else not expected)
+
+
+def test_a_regex_matcher_remembers_a_bounded_number_of_verdicts() -> None:
+    matcher = Matcher.parse('host=~"web-.*"')
+    for n in range(suppression.MATCHER_VERDICTS * 3):
+        assert matcher.matches(alert(host=f"web-{n}"))
+        assert not matcher.matches(alert(host=f"db-{n}"))
+    long = "web-" + "x" * suppression.MATCHER_VERDICT_CHARS
+    assert matcher.matches(alert(host=long)) and matcher.matches(alert(host=long))
+    assert 0 < len(matcher._verdicts) <= suppression.MATCHER_VERDICTS
+    assert long not in matcher._verdicts
