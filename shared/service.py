@@ -23,6 +23,7 @@ from shared import housekeeping, identity
 from shared.consumer import BatchFence, BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
 from shared.db import connect, create_pool, migrate
 from shared.effects import EffectKind, EffectRunner
+from shared.errors import is_retriable
 from shared.kafka import group_id, make_consumer, make_producer
 from shared.logs import configure_logging
 from shared.outbox import OutboxRelay
@@ -130,6 +131,8 @@ class ServiceSpec:
 
 # A request Postgres undid for a conflict (a deadlock, a serialization failure) is answered 503 with this.
 CONFLICT_RETRY_AFTER_S = 1
+# A request that found the database unavailable (down, restarting, out of connections) is answered 503 with this.
+UNAVAILABLE_RETRY_AFTER_S = 5
 NUL_REFUSED = "the request holds a NUL character (\\u0000), which no text Vigil stores or looks up can"
 
 
@@ -214,6 +217,23 @@ def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
             {"detail": "the request met concurrent work and was undone; send it again"},
             status_code=503,
             headers={"Retry-After": str(CONFLICT_RETRY_AFTER_S)},
+        )
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(asyncpg.TooManyConnectionsError)
+    @app.exception_handler(asyncpg.exceptions.OperatorInterventionError)
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        # Postgres down, restarting or out of connections (or another peer unreachable): a failure that passes,
+        # answered as one an API client backs off from and retries; anything else is the bug it looks like.
+        if not is_retriable(exc):
+            raise exc
+        log.warning("%s %s: unavailable for now: %r", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "a database or peer this request needs is unavailable; retry later"},
+            status_code=503,
+            headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)},
         )
 
     for router in routers:

@@ -40,6 +40,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import RecordMetadata
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from services.detector import suppression_api
 from services.detector.adapters import FORMAT_HEADER, FORMATS, Parsed, Rejected, parse_record, storable
@@ -47,6 +48,7 @@ from services.detector.adapters.alertmanager import GROUP_LABEL as ALERTMANAGER_
 from services.detector.metrics import INGEST_RECORDS, INGEST_REFUSED, INGEST_REQUESTS
 from shared import identity
 from shared.auth import signature_valid
+from shared.errors import is_retriable
 from shared.service import Runtime
 from shared.topics import ALERTS_RAW
 
@@ -145,8 +147,15 @@ def split_records(body: bytes, *, ndjson: bool = False) -> list[bytes]:
         return [body.strip()] if body.strip() else []
     if isinstance(document, list):
         # Each element is a record of its own on the topic; it is the same JSON, re-encoded.
-        return [json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode() for item in document]
+        return [_encoded(item) for item in document]
     return [body.strip()]
+
+
+def _encoded(item: Any) -> bytes:
+    try:
+        return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # an unpaired surrogate (\ud800): escaped, for its adapter to refuse by index
+        return json.dumps(item, separators=(",", ":")).encode()
 
 
 def _lines(body: bytes) -> list[bytes]:
@@ -272,6 +281,11 @@ class Ingest:
                 f"this detector has no {format_name!r} format adapter (formats: {', '.join(FORMATS)}); "
                 "upgrade it, then retry",
             )
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise Refused(
+                415, "unsupported_encoding", f"content encoding {encoding[:40]!r} is not taken: send the body as it is"
+            )
         media = _media_type(request.headers.get("content-type"))
         if media is not None and media not in NDJSON_TYPES and not _is_json_type(media):
             raise Refused(415, "unsupported_media_type", f"content type {media!r} is not JSON or NDJSON")
@@ -300,8 +314,18 @@ class Ingest:
             return source
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() == "bearer" and identity.parse_token(token) is not None:
-            async with self.pool.acquire() as conn:
-                principal = await identity.resolve(conn, token)
+            try:
+                async with self.pool.acquire() as conn:
+                    principal = await identity.resolve(conn, token)
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                raise Refused(
+                    503,
+                    "auth_unavailable",
+                    "the API token cannot be checked now (the database is unavailable); retry later",
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                ) from exc
             if principal is not None and identity.allows(principal.role, "alerts.ingest"):
                 return principal.name
             if principal is not None:
@@ -328,10 +352,13 @@ class Ingest:
             if size > self.max_bytes:
                 raise self._too_large(size)
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.max_bytes:
-                raise self._too_large(None)
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise self._too_large(None)
+        except ClientDisconnect:
+            raise Refused(400, "incomplete_body", "the sender went away before the whole body came") from None
         return bytes(body)
 
     def _too_large(self, size: int | None) -> Refused:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import gzip
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -211,6 +212,8 @@ async def test_a_named_format_is_the_one_used_and_recorded(
         (ndjson(alert_dict(), alert_dict()) + b"{oops\n", "not_json", 2, "record at index 2"),
         (json.dumps([alert_dict(), 42]).encode(), "unknown_format", 1, "JSON int"),
         (json.dumps(alert_dict(title="a\u0000b")).encode(), "nul", 0, "NUL"),
+        # An escaped unpaired surrogate is JSON, and no text: refused by index, as the same record alone would be.
+        (json.dumps([alert_dict(), alert_dict(host="\ud800")]).encode(), "not_utf8", 1, "record at index 1"),
     ],
     ids=[
         "not-json",
@@ -222,6 +225,7 @@ async def test_a_named_format_is_the_one_used_and_recorded(
         "ndjson-line",
         "scalar",
         "nul",
+        "surrogate-in-array",
     ],
 )
 async def test_junk_is_refused_whole_with_the_reason_and_nothing_is_published(
@@ -656,3 +660,66 @@ async def test_report_problem_says_when_the_detector_cannot_be_reached(monkeypat
     assert empty.exit_code == 1 and "no description" in empty.output
     bad = await asyncio.to_thread(CliRunner().invoke, cli, ["report-problem", "--severity", "meh"], input="x")
     assert bad.exit_code == 1 and "severity 'meh' is not one of" in bad.output
+
+
+async def test_a_compressed_body_is_refused_as_an_encoding_not_taken(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    body = gzip.compress(json.dumps(alert_dict(time=NOW)).encode())
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with ingest(settings, pool) as client:
+        refused = await client.post("/api/v1/alerts", content=body, headers=headers)
+        plain = await client.post("/api/v1/alerts", json=alert_dict(time=NOW), headers={"Content-Encoding": "identity"})
+    assert refused.status_code == 415, refused.text
+    assert refused.json()["code"] == "unsupported_encoding"
+    assert plain.status_code == 202, plain.text
+    assert await stored_count(settings, names(ALERTS_RAW)) == 1
+
+
+async def test_a_pagerduty_acknowledge_names_what_it_acknowledges(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    routing_key = PAGERDUTY_TRIGGER["routing_key"]
+    async with ingest(settings, pool) as client:
+        keyless = await client.post(
+            "/api/v1/alerts/pagerduty", json={"routing_key": routing_key, "event_action": "acknowledge"}
+        )
+        keyed = await client.post(
+            "/api/v1/alerts/pagerduty",
+            json={"routing_key": routing_key, "event_action": "acknowledge", "dedup_key": "srv01/mysql"},
+        )
+    assert keyless.status_code == 400, keyless.text
+    assert keyless.json()["status"] == "invalid event"
+    assert "dedup_key" in keyless.json()["errors"][0]
+    assert keyed.status_code == 202, keyed.text
+    assert keyed.json()["dedup_key"] == "srv01/mysql"
+    assert await stored_count(settings, names(ALERTS_RAW)) == 1
+
+
+async def test_an_api_token_that_cannot_be_checked_is_answered_503_not_500(
+    settings: VigilSettings, names: TopicNames
+) -> None:
+    """Postgres unreachable: the ingest tokens still work, an API token is answered 'retry later'."""
+    unreachable = f"postgresql://vigil@127.0.0.1:{free_port()}/vigil"
+    pool = await asyncpg.create_pool(unreachable, min_size=0, max_size=1)
+    try:
+        async with ingest(settings, pool, ingest_tokens=TOKENS) as client:
+            api_token = "vigil_ABCDEFGHIJKL_" + "x" * 43
+            refused = await client.post(
+                "/api/v1/alerts", json=alert_dict(time=NOW), headers={"Authorization": f"Bearer {api_token}"}
+            )
+            accepted = await client.post(
+                "/api/v1/alerts", json=alert_dict(time=NOW), headers={"Authorization": "Bearer am-7f3c9e"}
+            )
+        async with ingest(settings, pool) as client:  # any route that reads the database: the platform's answer
+            listing = await client.get("/api/v1/silences")
+    finally:
+        await pool.close()
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "auth_unavailable"
+    assert refused.headers["Retry-After"]
+    assert api_token not in refused.text
+    assert accepted.status_code == 202, accepted.text
+    assert await stored_count(settings, names(ALERTS_RAW)) == 1
+    assert listing.status_code == 503, listing.text
+    assert listing.headers["Retry-After"] and "retry later" in listing.json()["detail"]

@@ -116,6 +116,10 @@ class PagerDuty:
         if secret is not None:
             event[ROUTING_DIGEST] = routing_digest(secret)
         if action == "acknowledge":
+            if dedup_key is None:  # as PagerDuty: an acknowledgement names what it acknowledges
+                raise Rejected(
+                    "a PagerDuty acknowledge needs the dedup_key of what it acknowledges", code="missing_fields"
+                )
             return Parsed(format=self.name, skipped=[f"pagerduty acknowledge of {dedup_key!r}: not an alert"])
         details = event.get("payload")
         if action == "resolve":
