@@ -30,6 +30,10 @@ def configure_logging(level: str = "INFO", fmt: str = "json", service: str | Non
     root.setLevel(level.upper())
     for noisy in ("aiokafka", "kafka", "uvicorn.access", "ioc_finder"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # httpx logs every request's whole URL at INFO, and a chat webhook's or a private calendar's URL is its
+    # secret: Vigil logs the host of what it calls itself. Not even at DEBUG.
+    for secret_urls in ("httpx", "httpcore"):
+        logging.getLogger(secret_urls).setLevel(logging.WARNING)
 
 
 def event_ids(event: EventBase) -> dict[str, str]:
