@@ -713,6 +713,19 @@ class Coordinator:
     ) -> IncidentStateChanged | None:
         facts = await self._guard_facts(ctx, command.subject, row, now=command.time)
         data: CommandArgs | StateCommand = command.data
+        needed = self._policy_for(row["type"], row["severity"]).acknowledgements
+        acks: list[str] = list(row["acks"])
+        current = IncidentState(row["state"])
+        if (
+            isinstance(command, AcknowledgeIncident)
+            and current not in UNACKNOWLEDGED
+            and not self.lifecycle.is_ended(current)
+            and len(acks) < needed
+        ):
+            # Moved on by fewer people than the policy wants on it: this one's acknowledgement counts where it
+            # stands, and the paging stops once there are enough.
+            await self._count_acknowledgement(ctx, command.subject, acks, data.actor, needed)
+            return None
         if isinstance(command, ChangeState):
             move = lifecycle.move(
                 self.lifecycle, row["state"], to=command.data.to_state, resolution=data.resolution, facts=facts
@@ -723,21 +736,14 @@ class Coordinator:
             resolution = (data.resolution or "fixed") if name == "resolve" else data.resolution
             move = lifecycle.move(self.lifecycle, row["state"], name=name, resolution=resolution, facts=facts)
             data = data.model_copy(update={"resolution": resolution})
-        current, target = IncidentState(row["state"]), move.to
-        needed = self._policy_for(row["type"], row["severity"]).acknowledgements
-        acks: list[str] = list(row["acks"])
-        if current in UNACKNOWLEDGED and not self.lifecycle.is_ended(target):
+        target = move.to
+        if (current in UNACKNOWLEDGED or len(acks) < needed) and not self.lifecycle.is_ended(target):
             # Whoever moves it on is on it, by whichever command: one acknowledgement of those the policy wants.
-            acks = list(dict.fromkeys([*acks, data.actor]))
-            if target is IncidentState.ACKNOWLEDGED and len(acks) < needed:
+            if current in UNACKNOWLEDGED and target is IncidentState.ACKNOWLEDGED and len({*acks, data.actor}) < needed:
                 # The policy wants several people on it: this one counts, the chain goes on.
-                await ctx.conn.execute(
-                    "UPDATE coordinator_incidents SET acks = $2, updated_at = now() WHERE incident_id = $1",
-                    command.subject,
-                    acks,
-                )
-                log.info("incident %s: %d of %d acknowledgements", command.subject, len(acks), needed)
+                await self._count_acknowledgement(ctx, command.subject, acks, data.actor, needed)
                 return None
+            acks = list(dict.fromkeys([*acks, data.actor]))
         stamps = {IncidentState.ACKNOWLEDGED: "acknowledged_at", IncidentState.RESOLVED: "resolved_at"}
         await ctx.conn.execute(
             f"""UPDATE coordinator_incidents
@@ -1136,6 +1142,18 @@ class Coordinator:
                 after.value,
                 at,
             )
+
+    async def _count_acknowledgement(
+        self, ctx: HandlerContext, incident_id: str, acks: list[str], actor: str, needed: int
+    ) -> None:
+        """One more person on the incident, its state left as it is; enough of them stop the paging."""
+        acks = list(dict.fromkeys([*acks, actor]))
+        await ctx.conn.execute(
+            "UPDATE coordinator_incidents SET acks = $2, updated_at = now() WHERE incident_id = $1", incident_id, acks
+        )
+        log.info("incident %s: %d of %d acknowledgements", incident_id, len(acks), needed)
+        if len(acks) >= needed:
+            await timers.cancel(ctx.conn, service=SERVICE, kind=ACK_DEADLINE, subject=incident_id)
 
     async def on_ack_deadline(self, ctx: HandlerContext, timer: timers.Timer) -> None:
         """Nobody acknowledged in time: the incident's escalation policy pages its next step."""

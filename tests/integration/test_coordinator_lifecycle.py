@@ -594,6 +594,39 @@ async def test_no_other_command_stops_the_paging_before_as_many_people_as_the_po
     assert await pool.fetchval(pending, "inc-tr") == 0
 
 
+async def test_a_second_acknowledgement_counts_after_the_first_person_moved_the_incident_on(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    """Triaged and investigated by one person: a second person's acknowledgement still counts, and stops the paging."""
+    coordinator = Coordinator(load_oncall(), escalation_=escalation.parse_escalation(TWO_ACKNOWLEDGEMENTS))
+    await feed(pool, names, coordinator, IncidentDetected(source="/vigil/detector", subject="inc-on", data=snapshot()))
+    pending = (
+        "SELECT count(*) FROM timers WHERE kind = 'ack-deadline' AND subject = 'inc-on'"
+        " AND fired_at IS NULL AND cancelled_at IS NULL"
+    )
+    for to_state in ("triaged", "investigating"):
+        moved = ChangeState(source="/t", subject="inc-on", data=StateCommand(actor="alice", to_state=to_state))
+        await feed(pool, names, coordinator, moved)
+    row = await pool.fetchrow("SELECT state, acks FROM coordinator_incidents WHERE incident_id = 'inc-on'")
+    assert row is not None and (row["state"], row["acks"]) == ("investigating", ["alice"])
+    assert await pool.fetchval(pending) == 1  # one person on it: the chain goes on
+    for actor in ("alice", "bob"):
+        await feed(
+            pool, names, coordinator, AcknowledgeIncident(source="/t", subject="inc-on", data=CommandArgs(actor=actor))
+        )
+    row = await pool.fetchrow("SELECT state, acks FROM coordinator_incidents WHERE incident_id = 'inc-on'")
+    assert row is not None and (row["state"], row["acks"]) == ("investigating", ["alice", "bob"])
+    assert await pool.fetchval(pending) == 0
+    rejected = [e for e in await emitted(pool) if isinstance(e, CommandRejected) and e.subject == "inc-on"]
+    assert rejected == []
+    # Enough people on it: a further acknowledgement is a move the lifecycle refuses, as before.
+    await feed(
+        pool, names, coordinator, AcknowledgeIncident(source="/t", subject="inc-on", data=CommandArgs(actor="carol"))
+    )
+    rejected = [e for e in await emitted(pool) if isinstance(e, CommandRejected) and e.subject == "inc-on"]
+    assert len(rejected) == 1
+
+
 async def test_an_impact_recommendation_raises_the_severity_unless_a_person_set_it(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:
