@@ -8,3 +8,10 @@ NOTIFICATIONS = Counter(
     "succeeded, failed (refused for good) or parked (out of attempts).",
     ["channel", "kind", "outcome"],
 )
+
+UNADDRESSED = Counter(
+    "vigil_coordinator_notices_unaddressed",
+    "Notices that named someone the notifications file has no address for (not sent to them), by kind: "
+    "each one, however often the logs said so.",
+    ["kind"],
+)

@@ -37,6 +37,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from services.coordinator.domain import in_domains, mail_address
+from services.coordinator.metrics import UNADDRESSED
 from shared.db import Conn
 from shared.effects import EffectKind, OutcomeHandler, enqueue, http_target
 from shared.effects.builtin import ENV_NAME_PATTERN, HttpRequest, http_request
@@ -993,6 +994,7 @@ async def notify(conn: Conn, config: NotificationsConfig, notice: Notice, *, ser
     if room is not None:
         deliveries.append(Delivery(ROOM, ROOM, room.name))
     if unknown:
+        UNADDRESSED.labels(notice.kind).inc(len(unknown))
         # Said once per person a process meets: a busy day would otherwise write a line per notice.
         first_time = [name for name in unknown if name not in _UNLISTED_SAID]
         _UNLISTED_SAID.update(first_time)

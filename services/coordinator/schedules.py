@@ -204,6 +204,18 @@ _Loader.add_implicit_resolver(
 )
 
 
+def people(config: OnCallConfig) -> set[str]:
+    """Everyone the schedules name: rotation members, override people and fallbacks (not calendars' attendees,
+    known only once their calendars are read)."""
+    found: set[str] = set()
+    for schedule in config.schedules.values():
+        found.update(p for layer in schedule.layers if layer.rotation for p in layer.rotation.members)
+        found.update(o.person for o in schedule.overrides)
+        if schedule.fallback is not None:
+            found.add(schedule.fallback)
+    return found
+
+
 def _minutes_of_day(value: Any) -> Any:
     if isinstance(value, str) and (found := _HHMM.match(value)) and int(found[1]) * 60 + int(found[2]) <= 24 * 60:
         return int(found[1]) * 60 + int(found[2])

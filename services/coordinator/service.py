@@ -38,14 +38,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
     notices = notifications.load_notifications(
         settings.notifications_file or notifications.DEFAULT_NOTIFICATIONS, public_url=settings.public_url
     )
-    people = {
-        p
-        for schedule in oncall.schedules.values()
-        for layer in schedule.layers
-        if layer.rotation
-        for p in layer.rotation.members
-    }
-    if missing := notifications.unknown_recipients(notices, sorted(people)):
+    if missing := notifications.unknown_recipients(notices, sorted(schedules.people(oncall))):
         log.warning("on-call people with no address in the notifications file: %s", ", ".join(missing))
     policies = escalation.load_escalation(settings.escalation_file or escalation.DEFAULT_ESCALATION)
     fallback = {name for policy in policies.policies for name in policy.fallback.notify}

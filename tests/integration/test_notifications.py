@@ -26,6 +26,7 @@ import asyncpg
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from prometheus_client import REGISTRY
 
 from services.coordinator.notifications import (
     Notice,
@@ -445,8 +446,13 @@ async def test_a_rolled_back_decision_leaves_no_notice_and_no_conversation(pool:
             raise Decided
     assert await pool.fetchval("SELECT count(*) FROM effects") == 0
     assert await pool.fetchval("SELECT count(*) FROM notification_threads") == 0
-    # Nobody the file knows: nothing is enqueued (and the coordinator logs who was left out).
-    assert await enqueue_notice(pool, config, escalation(recipients=["mallory@example.com"])) == []
+    # Nobody the file knows: nothing is enqueued; the log says so once a person, the metric every time.
+    before = REGISTRY.get_sample_value("vigil_coordinator_notices_unaddressed_total", {"kind": "escalation"}) or 0
+    for step in (1, 2):
+        unknown = escalation(step=step, recipients=["mallory@example.com", "alice@example.com"])
+        assert len(await enqueue_notice(pool, config, unknown)) == 1  # alice's
+    after = REGISTRY.get_sample_value("vigil_coordinator_notices_unaddressed_total", {"kind": "escalation"})
+    assert after == before + 2
 
 
 async def test_a_template_that_fails_on_the_data_still_sends_a_plain_notice(pool: asyncpg.Pool, tmp_path: Path) -> None:

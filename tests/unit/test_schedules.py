@@ -693,3 +693,17 @@ def test_load_oncall_names_the_file(tmp_path: Path) -> None:
     assert failed.value.problems == [f"{path}:8:19: default_schedule: no schedule 'nope'"]
     with pytest.raises(OnCallError, match="cannot be read"):
         load_oncall(tmp_path / "missing.yaml")
+
+
+def test_the_people_a_schedule_names_are_its_members_override_people_and_fallback() -> None:
+    text = f"""\
+schedules:
+  - name: s
+    time_zone: UTC
+    layers:
+{textwrap.indent(rotation("weekly", "alice, bob"), "      ")}
+    overrides:
+      - {{person: frank, starts: "2026-03-01T00:00:00Z", ends: "2026-03-02T00:00:00Z"}}
+    fallback: grace
+"""
+    assert schedules.people(parse_oncall(text + TAIL)) == {"alice", "bob", "frank", "grace"}
