@@ -19,6 +19,22 @@ from shared.events import (
     Severity,
 )
 
+# The label Prometheus and Alertmanager users name a service by, on the alerts of an incident.
+SERVICE_LABEL = "service"
+# Services an incident keeps for routing, at most: more say nothing a route could use.
+MAX_SERVICES = 50
+
+
+def services_of(alerts: Sequence[AlertSummary]) -> list[str]:
+    """The services the alerts name (their ``service`` label), in order of first mention."""
+    named = dict.fromkeys(value for a in alerts if (value := a.labels.get(SERVICE_LABEL, "").strip()))
+    return list(named)[:MAX_SERVICES]
+
+
+def with_services(known: Sequence[str], more: Sequence[str]) -> list[str]:
+    """The services known, then the new ones, at most MAX_SERVICES."""
+    return list(dict.fromkeys([*known, *more]))[:MAX_SERVICES]
+
 
 def exhaustion(schedule: str, *, paged: list[str], last_commander: str, severity: Severity) -> EscalationExhaustion:
     """Say that everyone in the escalation order was paged, in order, and nobody acknowledged."""

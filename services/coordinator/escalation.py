@@ -8,8 +8,10 @@ says whom one page reaches given the schedule's order and who was paged already,
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -61,7 +63,9 @@ class WorkingHours(_Model):
 class When(_Model):
     types: list[IncidentType] = Field(default_factory=list)
     severities: list[Severity] = Field(default_factory=list)
-    services: list[str] = Field(default_factory=list)
+    services: list[str] = Field(
+        default_factory=list, description="Shell-style patterns (`payments-*`) of the services the incident concerns."
+    )
 
 
 class Step(_Model):
@@ -155,13 +159,14 @@ def load_escalation(path: Path = DEFAULT_ESCALATION) -> EscalationFile:
 # ---- decisions (pure) --------------------------------------------------------------------------
 
 
-def policy_for(file: EscalationFile, *, incident_type: str, severity: str, service: str | None) -> Policy:
+def policy_for(file: EscalationFile, *, incident_type: str, severity: str, services: Collection[str]) -> Policy:
+    """The first policy whose `when` holds: any of the incident's services matches a pattern of its `services`."""
     for policy in file.policies:
         w = policy.when
         if (
             (not w.types or incident_type in w.types)
             and (not w.severities or severity in w.severities)
-            and (not w.services or (service is not None and service in w.services))
+            and (not w.services or any(fnmatchcase(s, p) for s in services for p in w.services))
         ):
             return policy
     return file.policies[-1]  # the last holds for every incident (checked on load)

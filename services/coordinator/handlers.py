@@ -97,7 +97,7 @@ UNACKNOWLEDGED = frozenset({IncidentState.DETECTED, IncidentState.TRIAGED})
 # HandlerContext.read: the incidents of a run of updates, locked and read at once (``lock_updated``).
 UPDATED_ROWS = "coordinator.updated_rows"
 _UPDATED_COLUMNS = (
-    "state, severity, commander, escalation_step, edited_by, type, state_times, roles,"
+    "state, severity, commander, escalation_step, edited_by, type, state_times, roles, services,"
     " escalation -> 'analysis' AS analysis"
 )
 ALERTS_IN_ESCALATION = 20
@@ -213,7 +213,8 @@ class Coordinator:
 
     async def on_detected(self, ctx: HandlerContext, event: IncidentDetected) -> None:
         snapshot = event.data
-        schedule = self._schedule_for(snapshot.type.value, snapshot.severity.value)
+        services = domain.services_of(snapshot.new_alerts)
+        schedule = self._schedule_for(snapshot.type.value, snapshot.severity.value, services)
         commander = schedules.on_call(schedule, event.time).person
         escalation = domain.escalation(
             snapshot,
@@ -224,8 +225,8 @@ class Coordinator:
         )
         inserted = await ctx.conn.fetchval(
             """INSERT INTO coordinator_incidents (incident_id, state, severity, type, title, commander,
-                   rotation, escalation, detected_at, firing, last_alert_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING RETURNING true""",
+                   rotation, escalation, detected_at, firing, last_alert_at, services)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING RETURNING true""",
             event.subject,
             IncidentState.DETECTED.value,
             snapshot.severity.value,
@@ -237,6 +238,7 @@ class Coordinator:
             event.time,
             _firing(snapshot),
             _last_seen(snapshot, event),
+            services,
         )
         if not inserted:
             return
@@ -278,7 +280,9 @@ class Coordinator:
             event.subject,
             commander,
         )
-        await self._set_ack_deadline(ctx, event.subject, snapshot.severity, step=1, incident_type=snapshot.type.value)
+        await self._set_ack_deadline(
+            ctx, event.subject, snapshot.severity, step=1, incident_type=snapshot.type.value, services=services
+        )
         log.info("incident %s escalated to %s", event.subject, commander, extra=event_ids(event))
 
     async def lock_updated(self, ctx: HandlerContext, events: Sequence[IncidentUpdated]) -> None:
@@ -294,9 +298,12 @@ class Coordinator:
         first_parts = {e.subject for e in events if e.data.part == 1}
         ctx.read[UPDATED_ROWS] = {row["incident_id"]: row for row in rows if row["incident_id"] in first_parts}
         brought: dict[str, tuple[int, datetime]] = {}
+        named: dict[str, list[str]] = {}  # the services the run's alerts name, by incident
         for e in events:
             firing, seen = brought.get(e.subject, (0, _last_seen(e.data, e)))
             brought[e.subject] = (firing + _firing(e.data), max(seen, _last_seen(e.data, e)))
+            if services := domain.services_of(e.data.new_alerts):
+                named[e.subject] = domain.with_services(named.get(e.subject, []), services)
         await ctx.conn.execute(
             # A count never taken (an incident from before it) stays unknown: NULL plus new alerts is NULL.
             """UPDATE coordinator_incidents c
@@ -306,6 +313,20 @@ class Coordinator:
             list(brought),
             [firing for firing, _ in brought.values()],
             [seen for _, seen in brought.values()],
+        )
+        for incident_id, services in named.items():  # rare: alerts that name a service
+            await self._add_services(ctx, incident_id, services)
+
+    async def _add_services(self, ctx: HandlerContext, incident_id: str, services: Sequence[str]) -> None:
+        """Services the incident concerns, learnt since: the escalation policy is chosen by them from now on."""
+        await ctx.conn.execute(
+            f"""UPDATE coordinator_incidents
+                SET services = (SELECT array_agg(s ORDER BY n) FROM (
+                    SELECT s, min(n) AS n FROM unnest(services || $2::text[]) WITH ORDINALITY AS t(s, n)
+                    GROUP BY s ORDER BY min(n) LIMIT {domain.MAX_SERVICES}) AS kept)
+                WHERE incident_id = $1 AND NOT services @> $2::text[]""",
+            incident_id,
+            list(services),
         )
 
     async def on_updated(self, ctx: HandlerContext, event: IncidentUpdated) -> None:
@@ -398,7 +419,12 @@ class Coordinator:
         if state is IncidentState.DETECTED:
             # Unacknowledged still: the walk down the rotation goes on from the current commander.
             await self._set_ack_deadline(
-                ctx, event.subject, new, step=row["escalation_step"] + 1, incident_type=row["type"]
+                ctx,
+                event.subject,
+                new,
+                step=row["escalation_step"] + 1,
+                incident_type=row["type"],
+                services=row["services"],
             )
 
     async def on_alerts_changed(self, ctx: HandlerContext, event: IncidentAlertsChanged) -> None:
@@ -713,13 +739,14 @@ class Coordinator:
     ) -> IncidentStateChanged | None:
         facts = await self._guard_facts(ctx, command.subject, row, now=command.time)
         data: CommandArgs | StateCommand = command.data
-        needed = self._policy_for(row["type"], row["severity"]).acknowledgements
+        needed = self._policy_for(row["type"], row["severity"], row["services"]).acknowledgements
         acks: list[str] = list(row["acks"])
-        current = IncidentState(row["state"])
+        known = domain.known_state(row["state"])  # a newer version's state: the lifecycle refuses the move below
         if (
             isinstance(command, AcknowledgeIncident)
-            and current not in UNACKNOWLEDGED
-            and not self.lifecycle.is_ended(current)
+            and known is not None
+            and known not in UNACKNOWLEDGED
+            and not self.lifecycle.is_ended(known)
             and len(acks) < needed
         ):
             # Moved on by fewer people than the policy wants on it: this one's acknowledgement counts where it
@@ -736,7 +763,7 @@ class Coordinator:
             resolution = (data.resolution or "fixed") if name == "resolve" else data.resolution
             move = lifecycle.move(self.lifecycle, row["state"], name=name, resolution=resolution, facts=facts)
             data = data.model_copy(update={"resolution": resolution})
-        target = move.to
+        current, target = IncidentState(row["state"]), move.to
         if (current in UNACKNOWLEDGED or len(acks) < needed) and not self.lifecycle.is_ended(target):
             # Whoever moves it on is on it, by whichever command: one acknowledgement of those the policy wants.
             if current in UNACKNOWLEDGED and target is IncidentState.ACKNOWLEDGED and len({*acks, data.actor}) < needed:
@@ -1165,12 +1192,14 @@ class Coordinator:
         state, severity = self._known(row, timer.subject, "acknowledgement deadline ignored")
         if state is None or self.lifecycle.is_ended(state) or severity is None:
             return
-        policy = self._policy_for(row["type"], severity.value)
+        policy = self._policy_for(row["type"], severity.value, row["services"])
         if len(row["acks"]) >= policy.acknowledgements:  # as many people on it as the policy wants
             return
         chain = escalation.pages(policy)
         step = int(timer.payload.get("step", 1))
-        schedule = self.oncall.schedules.get(row["rotation"]) or self._schedule_for(row["type"], row["severity"])
+        schedule = self.oncall.schedules.get(row["rotation"]) or self._schedule_for(
+            row["type"], row["severity"], row["services"]
+        )
         # Whom the schedule pages, in order, as it stood when the incident was detected.
         order = schedules.escalation_order(schedule, row["detected_at"])
         paged: list[str] = list(row["paged"])
@@ -1212,7 +1241,9 @@ class Coordinator:
         await self._escalate(
             ctx, timer.subject, escalation_, f"step-{step}", {"subject": timer.subject}, recipients=recipients
         )
-        await self._set_ack_deadline(ctx, timer.subject, severity, step=step + 1, incident_type=row["type"])
+        await self._set_ack_deadline(
+            ctx, timer.subject, severity, step=step + 1, incident_type=row["type"], services=row["services"]
+        )
 
     async def _post_status_update(self, ctx: HandlerContext, command: AddNote, row: asyncpg.Record) -> None:
         """Where the incident stands, as a person told it: to its commander, the people with a role on it and
@@ -1295,6 +1326,8 @@ class Coordinator:
         """
         brief = domain.analysis_brief(event.data)
         carried = brief.model_dump(mode="json")
+        if event.data.impact is not None and event.data.impact.business_services:
+            await self._add_services(ctx, event.subject, event.data.impact.business_services)
         await ctx.conn.execute(
             """UPDATE coordinator_incidents SET escalation = jsonb_set(escalation, '{analysis}', $2)
                WHERE incident_id = $1 AND jsonb_typeof(escalation) = 'object'""",
@@ -1317,7 +1350,8 @@ class Coordinator:
         recommendation = event.data.severity_recommendation
         assert recommendation is not None
         row = await ctx.conn.fetchrow(
-            """SELECT state, severity, commander, escalation, escalation_step, edited_by, type, state_times, roles
+            """SELECT state, severity, commander, escalation, escalation_step, edited_by, type, state_times, roles,
+                      services
                FROM coordinator_incidents WHERE incident_id = $1 FOR UPDATE""",
             event.subject,
         )
@@ -1557,8 +1591,8 @@ class Coordinator:
         other = self.oncall.schedules.get(page.notify.removeprefix("schedule:"))
         return schedules.on_call(other, now).person if other is not None else None
 
-    def _policy_for(self, incident_type: str, severity: str) -> escalation.Policy:
-        return escalation.policy_for(self.escalation, incident_type=incident_type, severity=severity, service=None)
+    def _policy_for(self, incident_type: str, severity: str, services: Sequence[str]) -> escalation.Policy:
+        return escalation.policy_for(self.escalation, incident_type=incident_type, severity=severity, services=services)
 
     async def _exhausted(
         self,
@@ -1697,8 +1731,8 @@ class Coordinator:
                 outcome.error,
             )
 
-    def _schedule_for(self, incident_type: str, severity: str) -> schedules.Schedule:
-        return schedules.route(self.oncall, incident_type=incident_type, severity=severity, service=None)
+    def _schedule_for(self, incident_type: str, severity: str, services: Sequence[str]) -> schedules.Schedule:
+        return schedules.route(self.oncall, incident_type=incident_type, severity=severity, services=services)
 
     @staticmethod
     def _known(row: asyncpg.Record, incident_id: str, outcome: str) -> tuple[IncidentState | None, Severity | None]:
@@ -1717,10 +1751,17 @@ class Coordinator:
         return state, severity
 
     async def _set_ack_deadline(
-        self, ctx: HandlerContext, incident_id: str, severity: Severity, *, step: int, incident_type: str
+        self,
+        ctx: HandlerContext,
+        incident_id: str,
+        severity: Severity,
+        *,
+        step: int,
+        incident_type: str,
+        services: Sequence[str],
     ) -> None:
         """When the policy's next page (or, past its last, the fallback) is due, from now."""
-        policy = self._policy_for(incident_type, severity.value)
+        policy = self._policy_for(incident_type, severity.value, services)
         chain = escalation.pages(policy)
         wait = chain[step].after if step < len(chain) else escalation.fallback_after(policy)
         await timers.schedule(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from fnmatch import fnmatchcase
@@ -163,11 +163,11 @@ class Route:
     severities: frozenset[str]
     services: tuple[str, ...]  # shell-style patterns: `payments-*`
 
-    def matches(self, *, incident_type: str, severity: str, service: str | None) -> bool:
+    def matches(self, *, incident_type: str, severity: str, services: Collection[str]) -> bool:
         return (
             (not self.types or incident_type in self.types)
             and (not self.severities or severity in self.severities)
-            and (not self.services or (service is not None and any(fnmatchcase(service, p) for p in self.services)))
+            and (not self.services or any(fnmatchcase(s, p) for s in services for p in self.services))
         )
 
 
@@ -809,10 +809,10 @@ def who_is_on_call(config: OnCallConfig, at: datetime) -> list[Shift]:
     return [on_call(schedule, at) for schedule in config.schedules.values()]
 
 
-def route(config: OnCallConfig, *, incident_type: str, severity: str, service: str | None) -> Schedule:
-    """Return the schedule of the first route the incident matches, or the default one."""
+def route(config: OnCallConfig, *, incident_type: str, severity: str, services: Collection[str]) -> Schedule:
+    """Return the schedule of the first route the incident matches (any of its services a route's), or the default."""
     for r in config.routes:
-        if r.matches(incident_type=incident_type, severity=severity, service=service):
+        if r.matches(incident_type=incident_type, severity=severity, services=services):
             return config.schedules[r.schedule]
     return config.schedules[config.default_schedule]
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client import REGISTRY
 
-from services.coordinator import api, domain, escalation, notifications, tasks
+from services.coordinator import api, domain, escalation, notifications, schedules, tasks
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
 from shared import cloudevents
@@ -26,6 +27,7 @@ from shared.effects.domain import verify_signature
 from shared.events import (
     AcknowledgeIncident,
     AddNote,
+    AlertSummary,
     Analysis,
     Assignment,
     AssignRole,
@@ -35,6 +37,7 @@ from shared.events import (
     CommandRejected,
     EditIncident,
     EventBase,
+    Impact,
     IncidentAnalyzed,
     IncidentDetected,
     IncidentEdit,
@@ -53,7 +56,7 @@ from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
 from shared.topics import TopicNames
-from tests.factories import snapshot
+from tests.factories import T0, snapshot
 from tests.helpers import eventually, serve_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
@@ -709,3 +712,67 @@ async def test_tasks_a_raised_severity_adds_go_to_who_holds_their_role_already(
     }
     assert owners["keep-timeline"] == ("sam@example.com", "scribe")
     assert owners["first-update"] == ("cara@example.com", "communications")
+
+
+async def test_an_incident_goes_to_the_schedule_and_policy_of_the_services_its_alerts_and_analysis_name(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    """A route and a policy on `services` match the `service` label of the incident's alerts, then its analysis'."""
+    payments = schedules.Route("operations", types=frozenset(), severities=frozenset(), services=("payments-*",))
+    oncall = replace(load_oncall(), routes=(payments, *load_oncall().routes))
+    policies = escalation.parse_escalation(
+        "policies:\n"
+        "  - {name: payments, when: {services: ['payments-*', 'billing']}, acknowledgements: 2,\n"
+        "     steps: [{notify: on_call}, {notify: next_on_call, after: 5m}], fallback: {after: 5m, notify: [leads]}}\n"
+        "  - {name: default, steps: [{notify: on_call}, {notify: next_on_call, after: 5m}],\n"
+        "     fallback: {after: 5m, notify: [leads]}}\n"
+    )
+    coordinator = Coordinator(oncall, escalation_=policies)
+    labelled = AlertSummary(
+        key="am:1",
+        source="alertmanager",
+        title="High error rate",
+        severity="high",
+        time=T0,
+        labels={"service": "payments-api"},
+    )
+    plain = labelled.model_copy(update={"key": "am:2", "labels": {}})
+    for incident, alerts in (("inc-pay", [labelled]), ("inc-web", [plain])):
+        detected = IncidentDetected(source="/vigil/detector", subject=incident, data=snapshot(new_alerts=alerts))
+        await feed(pool, names, coordinator, detected)
+    rows = {
+        r["incident_id"]: r
+        for r in await pool.fetch("SELECT incident_id, rotation, commander, services FROM coordinator_incidents")
+    }
+    assert (rows["inc-pay"]["rotation"], rows["inc-pay"]["services"]) == ("operations", ["payments-api"])
+    assert rows["inc-pay"]["commander"] in ("dave@example.com", "erin@example.com")
+    assert (rows["inc-web"]["rotation"], rows["inc-web"]["services"]) == ("security", [])
+
+    async def acknowledged_by(incident: str, actor: str) -> str:
+        await feed(
+            pool, names, coordinator, AcknowledgeIncident(source="/t", subject=incident, data=CommandArgs(actor=actor))
+        )
+        return str(await pool.fetchval("SELECT state FROM coordinator_incidents WHERE incident_id = $1", incident))
+
+    # The payments policy wants two people on it; the default one.
+    assert await acknowledged_by("inc-pay", "dave@example.com") == "detected"
+    assert await acknowledged_by("inc-web", "alice@example.com") == "acknowledged"
+    # A service the analysis finds later counts from then on.
+    analysed = IncidentAnalyzed(
+        source="/vigil/analyzer",
+        subject="inc-web",
+        data=Analysis(
+            type=IncidentType.SYSTEM_COMPROMISE,
+            severity=Severity.SEV1,
+            title="t",
+            indicators=[],
+            affected_hosts=["web-01"],
+            affected_users=[],
+            alert_count=1,
+            summary="billing touched",
+            impact=Impact(business_services=["billing"]),
+        ),
+    )
+    await feed(pool, names, coordinator, analysed)
+    services = await pool.fetchval("SELECT services FROM coordinator_incidents WHERE incident_id = 'inc-web'")
+    assert services == ["billing"]

@@ -252,7 +252,7 @@ async def test_whole_rotation_paged_without_acknowledgement_is_reported_once(
         source="/vigil/detector", subject="inc-1", data=snapshot(type=IncidentType.SYSTEM_COMPROMISE)
     )
     await _handle(pool, names, coordinator, detected)
-    schedule = schedules.route(oncall, incident_type="system_compromise", severity="SEV1", service=None)
+    schedule = schedules.route(oncall, incident_type="system_compromise", severity="SEV1", services=())
     members = schedules.escalation_order(schedule, T0)
     poller = TimerPoller(
         service=SERVICE, pool=pool, names=names, handlers=coordinator.timer_handlers, locks=coordinator.timer_locks

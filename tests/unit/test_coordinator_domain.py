@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,7 +11,7 @@ from services.coordinator import domain, escalation, schedules
 from services.coordinator.schedules import OnCallConfig
 from services.coordinator.service import load_oncall
 from shared.events import AlertSummary, IncidentState, IncidentType, Severity
-from tests.factories import snapshot
+from tests.factories import T0, snapshot
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def test_shipped_oncall_routes_every_incident_type(oncall: OnCallConfig) -> None
 
 
 def test_escalation_goes_down_the_schedule_from_whoever_is_on_call(oncall: OnCallConfig) -> None:
-    security = schedules.route(oncall, incident_type="data_leak", severity="SEV1", service=None)
+    security = schedules.route(oncall, incident_type="data_leak", severity="SEV1", services=())
     assert security.name == "security"
     start = datetime(2026, 1, 5, 9, tzinfo=UTC)
     assert schedules.escalation_order(security, start) == ["alice@example.com", "bob@example.com", "carol@example.com"]
@@ -74,7 +75,7 @@ POLICIES = escalation.load_escalation()
     ("severity", "policy", "first_wait"), [("SEV1", "sev1", 5), ("SEV2", "sev2", 15), ("SEV4", "default", 240)]
 )
 def test_each_severity_has_its_policy_and_waits(severity: str, policy: str, first_wait: int) -> None:
-    chosen = escalation.policy_for(POLICIES, incident_type="data_leak", severity=severity, service=None)
+    chosen = escalation.policy_for(POLICIES, incident_type="data_leak", severity=severity, services=())
     assert chosen.name == policy
     chain = escalation.pages(chosen)
     assert [p.notify for p in chain] == ["on_call", "next_on_call", "next_on_call"]
@@ -176,3 +177,40 @@ def test_the_people_to_write_back_to_are_the_reporters_by_address_each_once_firs
 )
 def test_an_address_a_mail_server_would_read_otherwise_is_nobody_to_write_to(said: str) -> None:
     assert domain.reporters([report(said)], domains=["example.org"]) == []
+
+
+# ---- services -----------------------------------------------------------------------------------
+
+
+def test_the_services_an_incident_concerns_are_its_alerts_service_labels_in_order() -> None:
+    def summary(**labels: str) -> AlertSummary:
+        return AlertSummary(
+            key=f"k{len(labels)}", source="alertmanager", title="t", severity="high", time=T0, labels=labels
+        )
+
+    alerts = [summary(service="payments-api"), summary(job="node"), summary(service=" "), summary(service="checkout")]
+    assert domain.services_of([*alerts, summary(service="payments-api")]) == ["payments-api", "checkout"]
+    assert domain.with_services(["checkout"], ["payments-api", "checkout"]) == ["checkout", "payments-api"]
+    assert len(domain.with_services([f"s{n}" for n in range(80)], ["last"])) == domain.MAX_SERVICES
+
+
+def test_a_route_and_a_policy_on_services_match_any_service_by_pattern() -> None:
+    oncall = load_oncall()
+    payments = schedules.Route("operations", types=frozenset(), severities=frozenset(), services=("payments-*",))
+    routed = replace(oncall, routes=(payments, *oncall.routes))
+    cases: list[tuple[list[str], str]] = [(["checkout", "payments-api"], "operations"), (["checkout"], "security")]
+    cases.append(([], "security"))
+    for services, expected in cases:
+        chosen = schedules.route(routed, incident_type="data_leak", severity="SEV1", services=services)
+        assert chosen.name == expected, services
+    policies = escalation.parse_escalation(
+        "policies:\n"
+        "  - {name: payments, when: {services: ['payments-*']}, acknowledgements: 2, steps: [{notify: on_call}],\n"
+        "     fallback: {after: 5m, notify: [leads]}}\n"
+        "  - {name: default, steps: [{notify: on_call}], fallback: {after: 5m, notify: [leads]}}\n"
+    )
+
+    def policy(services: list[str]) -> str:
+        return escalation.policy_for(policies, incident_type="data_leak", severity="SEV1", services=services).name
+
+    assert (policy(["web", "payments-db"]), policy(["web"]), policy([])) == ("payments", "default", "default")

@@ -582,7 +582,7 @@ ack_deadline_minutes: {SEV1: 5, SEV2: 15}
 )
 def test_routes_choose_a_schedule(incident_type: str, severity: str, service: str | None, expected: str) -> None:
     config = parse_oncall(ROUTED)
-    chosen = route(config, incident_type=incident_type, severity=severity, service=service)
+    chosen = route(config, incident_type=incident_type, severity=severity, services=[service] if service else [])
     assert chosen.name == expected
 
 
@@ -598,7 +598,7 @@ def test_the_shipped_file_keeps_the_old_rotations() -> None:
     config = load_oncall()
     assert config.channel == "pager"
     for incident_type in IncidentType:
-        chosen = route(config, incident_type=incident_type, severity="SEV2", service=None)
+        chosen = route(config, incident_type=incident_type, severity="SEV2", services=())
         assert chosen.name == ("operations" if incident_type is IncidentType.SERVICE_DISRUPTION else "security")
     security, operations = config.schedules["security"], config.schedules["operations"]
     members = ["alice@example.com", "bob@example.com", "carol@example.com"]
