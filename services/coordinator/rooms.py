@@ -61,7 +61,14 @@ TOPIC_CHARS = 250
 PASSING = frozenset({"ratelimited", "internal_error", "service_unavailable", "request_timeout"})
 LIST_PAGES = 20  # of 1,000 channels each, looked through for a room
 # Read methods take their arguments as a query; the rest, JSON.
-READS = frozenset({"conversations.list", "users.lookupByEmail"})
+READS = frozenset({"conversations.list", "users.lookupByEmail", "conversations.history"})
+# The metadata type of Vigil's posts, which carries each post's idempotency key.
+POST_EVENT = "vigil_post"
+# A post run again looks for itself among the room's latest messages since it was enqueued (less this margin
+# for clocks apart), this many at most: later posts come after it in order (``in_order``), so few.
+HISTORY_MARGIN_S = 60
+HISTORY_LIMIT = 100
+HISTORY_REFUSED = frozenset({"missing_scope", "not_allowed_token_type", "not_in_channel"})
 
 
 def room_name(prefix: str, incident_id: str, title: str, *, opening: int = 1) -> str:
@@ -334,9 +341,38 @@ class Slack:
                     change = {"channel": channel_id, "topic": payload["topic"]}
                     await self.call(client, "conversations.setTopic", change)
                 return {"room": name, **await self.invite(client, channel_id, payload.get("invite", []))}
-            # By its id: a private channel is not found by its name.
-            answer = await self.call(client, "chat.postMessage", {**payload, "channel": channel_id})
+            if effect.ran_before and (ts := await self.posted(client, channel_id, effect)) is not None:
+                return {"room": name, "ts": ts, "posted_before": True}
+            # By its id: a private channel is not found by its name. Slack keeps no idempotency key: the post
+            # carries its own as metadata, for a later run to find it by.
+            marked = {
+                **payload,
+                "channel": channel_id,
+                "metadata": {"event_type": POST_EVENT, "event_payload": {"key": effect.key}},
+            }
+            answer = await self.call(client, "chat.postMessage", marked)
         return {"room": name, "ts": answer.get("ts")}
+
+    async def posted(self, client: httpx.AsyncClient, channel_id: str, effect: Effect) -> str | None:
+        """The ``ts`` of this effect's post if an earlier run made it (its answer lost to a timeout or a stop)."""
+        since = effect.created_at.timestamp() - HISTORY_MARGIN_S
+        body = {"channel": channel_id, "oldest": f"{since:.6f}", "limit": HISTORY_LIMIT, "include_all_metadata": True}
+        answer = await self.call(client, "conversations.history", body, ok=HISTORY_REFUSED)
+        if not answer.get("ok"):  # an app without the history scope: posted again, as before it had one
+            log.warning(
+                "%s: cannot read the room's history (%s): a post cut short may show twice",
+                effect.target,
+                answer.get("error"),
+            )
+            return None
+        for message in answer.get("messages") or ():
+            metadata = message.get("metadata") or {}
+            if (
+                metadata.get("event_type") == POST_EVENT
+                and (metadata.get("event_payload") or {}).get("key") == effect.key
+            ):
+                return str(message.get("ts"))
+        return None
 
 
 def effect_kinds(config: NotificationsConfig, *, on_outcome: OutcomeHandler | None = None) -> list[EffectKind]:

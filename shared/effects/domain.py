@@ -47,6 +47,9 @@ class Effect:
     # Set per effect when its caller knows better than the kind (a playbook step's timeout and retries).
     timeout_s: float | None = None
     max_attempts: int | None = None
+    # Started before, whatever became of it (``attempts`` forgets a run a clean stop cut short): a kind whose far
+    # side keeps no idempotency key looks for what that run did before doing it again.
+    ran_before: bool = False
 
 
 class PermanentEffectError(VigilError):

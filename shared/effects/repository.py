@@ -16,7 +16,7 @@ from shared.effects.domain import RETRYABLE, Effect, FinalStatus, Status
 NOTIFY_CHANNEL = "vigil_effects"
 
 _EFFECT_COLUMNS = (
-    "id, service, kind, key, subject, target, payload, attempts, not_before, created_at, timeout_s, max_attempts"
+    "id, service, kind, key, subject, target, payload, attempts, not_before, created_at, timeout_s, max_attempts, runs"
 )
 
 
@@ -34,6 +34,7 @@ def _effect(row: asyncpg.Record) -> Effect:
         created_at=row["created_at"],
         timeout_s=row["timeout_s"],
         max_attempts=row["max_attempts"],
+        ran_before=row["runs"] > 1,
     )
 
 
@@ -131,7 +132,7 @@ async def lease(conn: Conn, *, ids: Sequence[int], timeout_s: float, margin_s: f
     """
     rows = await conn.fetch(
         f"""UPDATE effects
-            SET status = 'running', attempts = attempts + 1, lease_token = $2,
+            SET status = 'running', attempts = attempts + 1, runs = runs + 1, lease_token = $2,
                 lease_until = now() + make_interval(secs => coalesce(timeout_s, $3) + $4), updated_at = now()
             WHERE id = ANY($1::bigint[])
             RETURNING {_EFFECT_COLUMNS}""",

@@ -57,6 +57,9 @@ class Workspace:
     channels: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id
     messages: list[dict[str, Any]] = field(default_factory=list)
     fail_creations: int = 0
+    lose_post_answers: int = 0  # posts made whose answer is lost (a gateway timeout after Slack kept them)
+    history_scope: bool = True
+    history_reads: int = 0
     refuse_creation: bool = False
     creations: int = 0
     refused: int = 0
@@ -65,7 +68,7 @@ class Workspace:
         return next((c for c in self.channels.values() if c["name"] == name), None)
 
 
-READS = {"conversations.list", "users.lookupByEmail"}  # GET with a query, as Slack documents them
+READS = {"conversations.list", "users.lookupByEmail", "conversations.history"}  # GET with a query, as Slack says
 
 
 def slack(space: Workspace) -> Starlette:
@@ -109,8 +112,24 @@ def slack(space: Workspace) -> Starlette:
             case "chat.postMessage" if channel:
                 if channel["is_archived"]:
                     return JSONResponse({"ok": False, "error": "is_archived"})
-                space.messages.append({"channel": channel["name"], "text": body["text"], "blocks": body["blocks"]})
-                return JSONResponse({"ok": True, "ts": f"{len(space.messages)}.0001"})
+                ts = f"{len(space.messages) + 1}.0001"
+                kept = {"channel": channel["name"], "text": body["text"], "blocks": body["blocks"], "ts": ts}
+                space.messages.append({**kept, "metadata": body.get("metadata")})
+                if space.lose_post_answers:
+                    space.lose_post_answers -= 1
+                    return Response("upstream timed out", status_code=504)
+                return JSONResponse({"ok": True, "ts": ts})
+            case "conversations.history" if channel:
+                space.history_reads += 1
+                if not space.history_scope:
+                    return JSONResponse({"ok": False, "error": "missing_scope"})
+                shown = [
+                    {"ts": m["ts"], "text": m["text"]}
+                    | ({"metadata": m["metadata"]} if body.get("include_all_metadata") == "true" else {})
+                    for m in reversed(space.messages)
+                    if m["channel"] == channel["name"]
+                ]
+                return JSONResponse({"ok": True, "messages": shown[: int(body.get("limit", 100))]})
             case "conversations.archive" if channel:
                 if channel["is_archived"]:
                     return JSONResponse({"ok": False, "error": "already_archived"})
@@ -211,6 +230,33 @@ async def test_a_serious_incident_gets_a_room_once_where_its_notices_are_posted_
         "[SEV1] Resolved: Reverse shell on bastion-01 (prod)",
         "[SEV1] Closed: Reverse shell on bastion-01 (prod)",  # before the room was archived
     ]
+
+
+@pytest.mark.parametrize("history_scope", [True, False], ids=["history", "no-history-scope"])
+async def test_a_post_whose_answer_was_lost_is_found_in_the_room_not_sent_twice(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, history_scope: bool
+) -> None:
+    """Slack kept the post but its answer never came: the retry finds it by the key it carries."""
+    space = Workspace(lose_post_answers=1, history_scope=history_scope)
+    async with serve_app(slack(space), name="slack") as base:
+        coordinator = Coordinator(load_oncall(), notices=configure(f"{base}/api"))
+        serious = snapshot(title="Reverse shell on bastion-01 (prod)", severity=Severity.SEV1)
+        await feed(pool, names, coordinator, IncidentDetected(source="/t", subject=SERIOUS, data=serious))
+        async with running(settings, pool, names, coordinator):
+            await eventually(lambda: all_done(pool), timeout=30)
+    posted = [m["text"] for m in space.messages]
+    # Every post carries its effect's key, which Slack keeps as the message's metadata.
+    keys = await pool.fetch("SELECT key, runs, status FROM effects WHERE kind = 'notify.room' ORDER BY id")
+    assert [(r["runs"], r["status"]) for r in keys] == [(2, "succeeded")]
+    assert space.messages[0]["metadata"] == {
+        "event_type": rooms.POST_EVENT,
+        "event_payload": {"key": keys[0]["key"]},
+    }
+    assert space.history_reads == 1  # only by the post run again
+    if history_scope:
+        assert posted == ["[SEV1] Reverse shell on bastion-01 (prod)"]
+    else:  # an app not allowed to read the room posts again, as before
+        assert posted == ["[SEV1] Reverse shell on bastion-01 (prod)"] * 2
 
 
 async def test_reopened_before_its_room_was_archived_it_keeps_it_and_after_it_gets_a_new_one(
