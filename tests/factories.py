@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.alerts import Alert
-from shared.events import IncidentSnapshot, IncidentType, Severity
+from shared.events import Analysis, IncidentSnapshot, IncidentType, Severity
 
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
 
@@ -48,3 +48,19 @@ def snapshot(**overrides: Any) -> IncidentSnapshot:
     }
     base.update(overrides)
     return IncidentSnapshot.model_validate(base)
+
+
+def analysis(**overrides: Any) -> Analysis:
+    """An incident's analysis: a SEV1 system compromise of web-01, or what ``overrides`` say instead."""
+    base: dict[str, Any] = {
+        "type": IncidentType.SYSTEM_COMPROMISE,
+        "severity": Severity.SEV1,
+        "title": "t",
+        "indicators": [],
+        "affected_hosts": ["web-01"],
+        "affected_users": [],
+        "alert_count": 1,
+        "summary": "web-01 touched",
+    }
+    base.update(overrides)
+    return Analysis.model_validate(base)

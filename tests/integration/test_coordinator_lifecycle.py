@@ -56,7 +56,7 @@ from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
 from shared.topics import TopicNames
-from tests.factories import T0, snapshot
+from tests.factories import T0, analysis, snapshot
 from tests.helpers import eventually, serve_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
@@ -641,14 +641,9 @@ async def test_an_impact_recommendation_raises_the_severity_unless_a_person_set_
         source="/t", subject="inc-held", data=IncidentEdit(actor="alice", reason="a test box", severity=Severity.SEV4)
     )
     await feed(pool, names, coordinator, held)
-    recommended = Analysis(
-        type=IncidentType.SYSTEM_COMPROMISE,
+    recommended = analysis(
         severity=Severity.SEV3,
-        title="t",
-        indicators=[],
         affected_hosts=["db-1"],
-        affected_users=[],
-        alert_count=1,
         summary="db-1 touched",
         severity_recommendation=SeverityRecommendation(severity=Severity.SEV1, reasons=["db-1 is a crown jewel"]),
     )
@@ -761,17 +756,7 @@ async def test_an_incident_goes_to_the_schedule_and_policy_of_the_services_its_a
     analysed = IncidentAnalyzed(
         source="/vigil/analyzer",
         subject="inc-web",
-        data=Analysis(
-            type=IncidentType.SYSTEM_COMPROMISE,
-            severity=Severity.SEV1,
-            title="t",
-            indicators=[],
-            affected_hosts=["web-01"],
-            affected_users=[],
-            alert_count=1,
-            summary="billing touched",
-            impact=Impact(business_services=["billing"]),
-        ),
+        data=analysis(summary="billing touched", impact=Impact(business_services=["billing"])),
     )
     await feed(pool, names, coordinator, analysed)
     services = await pool.fetchval("SELECT services FROM coordinator_incidents WHERE incident_id = 'inc-web'")
