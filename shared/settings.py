@@ -202,7 +202,8 @@ class VigilSettings(BaseSettings):
     ingest_tokens: SecretStr | None = Field(
         None,
         description="`name:token` pairs, comma-separated, one per sending tool: the HTTP ingest then requires "
-        "`Authorization: Bearer <token>` and records the name on each raw record.",
+        "`Authorization: Bearer <token>` and records the name on each raw record; a token may not send alerts "
+        "whose source (`name` or `name/...`) another token is named for.",
     )
     ingest_hmac_secret: SecretStr | None = Field(
         None,

@@ -32,7 +32,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -249,6 +249,19 @@ def read_records(records: Sequence[bytes], *, format_name: str | None) -> list[R
     return read
 
 
+def claimed_by_another(
+    records: Sequence[Record], *, sender: str, senders: Collection[str]
+) -> tuple[int, str, str] | None:
+    """The first alert whose source (``name`` or ``name/…``) is another sender's with a token of its own:
+    (its record's index, its source, that sender). A sender may send for sources no token names."""
+    for record in records:
+        for alert in record.parsed.alerts:
+            owner = alert.source.split("/", 1)[0].lower()
+            if owner != sender.lower() and owner in senders:
+                return record.index, alert.source, owner
+    return None
+
+
 # ---- the ingest --------------------------------------------------------------------------------
 
 
@@ -263,6 +276,7 @@ class Ingest:
         self.timeout_s = settings.ingest_publish_timeout_s
         self.pool = runtime.pool
         self.tokens = parse_tokens(settings.ingest_tokens.get_secret_value()) if settings.ingest_tokens else []
+        self.token_names = frozenset(name.lower() for name, _ in self.tokens)
         secret = settings.ingest_hmac_secret
         self.hmac_secret = secret.get_secret_value().encode() if secret else None
         # Open to anyone only where the operator said so (a local experiment); else an API token with the
@@ -274,6 +288,7 @@ class Ingest:
     ) -> Accepted:
         """Take the request's records onto the raw topic, or raise Refused."""
         source = await self.authenticate(request)
+        by_token = source is not None and self._token_named(request, source)
         if fixed_format and format_name not in FORMATS:
             raise Refused(
                 503,
@@ -294,6 +309,15 @@ class Ingest:
             source = self.verify_signature(request, body)
         values = split_records(body, ndjson=media in NDJSON_TYPES) if split else [body.strip()]
         records = read_records(values, format_name=format_name)
+        if by_token and (claimed := claimed_by_another(records, sender=source or "", senders=self.token_names)):
+            index, alert_source, owner = claimed
+            raise Refused(
+                403,
+                "source_of_another",
+                f"record at index {index}: its alert's source {alert_source[:100]!r} is {owner!r}'s, which has a token "
+                f"of its own: the {source!r} token may not send for it",
+                index=index,
+            )
         stored = await self.publish(records, source=source)
         for record in records:
             INGEST_RECORDS.labels(record.parsed.format).inc()
@@ -333,6 +357,10 @@ class Ingest:
         if self.hmac_secret is not None and request.headers.get(SIGNATURE_HEADER):
             return None  # checked once the body is read
         raise _unauthorized()
+
+    def _token_named(self, request: Request, source: str) -> bool:
+        """Whether the request's bearer token is the ingest token of ``source`` (not an API token of that name)."""
+        return bearer_source(request.headers.get("authorization"), self.tokens) == source
 
     def verify_signature(self, request: Request, body: bytes) -> str:
         if self.hmac_secret is not None and signature_valid(

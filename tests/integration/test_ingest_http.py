@@ -723,3 +723,29 @@ async def test_an_api_token_that_cannot_be_checked_is_answered_503_not_500(
     assert await stored_count(settings, names(ALERTS_RAW)) == 1
     assert listing.status_code == 503, listing.text
     assert listing.headers["Retry-After"] and "retry later" in listing.json()["detail"]
+
+
+async def test_a_token_may_not_send_for_a_source_that_has_a_token_of_its_own(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    """The falco token cannot fire, repeat or resolve Alertmanager's alerts; it may send for sources no token names."""
+    forged = alert_dict(time=NOW, source="alertmanager/vigil", status="resolved")
+    own = alert_dict(time=NOW, source="falco")
+    unowned = alert_dict(time=NOW, source="suricata")
+    falco = {"Authorization": "Bearer fa-41d2:with-colon"}
+    async with ingest(settings, pool, ingest_tokens=TOKENS) as client:
+        refused = await client.post("/api/v1/alerts", json=[own, forged], headers=falco)
+        webhook = await client.post("/api/v1/alerts/alertmanager", json=ALERTMANAGER_PAYLOAD, headers=falco)
+        accepted = await client.post("/api/v1/alerts", json=[own, unowned], headers=falco)
+        alertmanager = await client.post(
+            "/api/v1/alerts/alertmanager", json=ALERTMANAGER_PAYLOAD, headers={"Authorization": "Bearer am-7f3c9e"}
+        )
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["code"] == "source_of_another" and refused.json()["index"] == 1
+    assert "fa-41d2" not in refused.text
+    assert webhook.status_code == 403, webhook.text
+    assert accepted.status_code == 202, accepted.text
+    assert alertmanager.status_code == 202, alertmanager.text
+    records = await raw_records(settings, names, expect=3)
+    sent = sorted((headers_of(r)["vigil_ingest_source"], headers_of(r)["vigil_format"]) for r in records)
+    assert sent == [(b"alertmanager", b"alertmanager"), (b"falco", b"native"), (b"falco", b"native")]
