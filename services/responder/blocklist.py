@@ -37,12 +37,22 @@ class InvalidEntry(ValueError):
 # ---- normalisation (pure) ----------------------------------------------------------------------
 
 
+# IPv4 addresses written as IPv6 (``::ffff:198.51.100.7``, as dual-stack listeners log them).
+IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def parse_ip(value: str) -> IpNetwork:
-    """An address or CIDR as a network; host bits of a CIDR are dropped (10.1.2.3/8 is 10.0.0.0/8)."""
+    """An address or CIDR as a network; host bits of a CIDR are dropped (10.1.2.3/8 is 10.0.0.0/8). An IPv4
+    address or network written as IPv6 is the IPv4 one: judged, and blocked, as the hosts it is."""
     try:
-        return ipaddress.ip_network(value.strip(), strict=False)
+        network = ipaddress.ip_network(value.strip(), strict=False)
     except ValueError as exc:
         raise InvalidEntry(f"not an IP address or CIDR: {value!r}") from exc
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(IPV4_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None  # within ::ffff:0:0/96
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
 
 
 def format_ip(network: IpNetwork) -> str:

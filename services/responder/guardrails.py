@@ -23,7 +23,7 @@ import asyncpg
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, PositiveInt, ValidationError, field_validator
 
-from services.responder.blocklist import InvalidEntry, IpNetwork, normalise, normalise_domain, parse_ip
+from services.responder.blocklist import IPV4_MAPPED, InvalidEntry, IpNetwork, normalise, normalise_domain, parse_ip
 from shared import timers
 from shared.db import Conn, connect
 from shared.errors import validation_reason
@@ -179,8 +179,10 @@ def _domain_refusal(domain: str, never: NeverBlock) -> str | None:
 
 
 def _network_refusal(network: IpNetwork, protected: Iterable[IpNetwork], what: str) -> str | None:
+    # An IPv6 network wider than the IPv4-mapped range holds every IPv4 address, written as IPv6.
+    holds_ipv4 = isinstance(network, ipaddress.IPv6Network) and network.supernet_of(IPV4_MAPPED)
     for own in protected:
-        if network.version == own.version and network.overlaps(own):
+        if (network.version == own.version and network.overlaps(own)) or (holds_ipv4 and own.version == 4):
             return f"{network} overlaps {what} {own}"
     return None
 
@@ -203,9 +205,15 @@ def _target_refusal(kind: TargetKind, target: str, context: Context) -> Verdict 
         return _refuse("invalid_target", str(exc))
     if kind == "host":
         name = target.strip().rstrip(".").lower()
-        if name in never.hosts or name.split(".")[0] in never.hosts:
+        short = name.split(".")[0]
+        # By its full name or its short one, whichever of the two the list or the target uses.
+        if name in never.hosts or short in never.hosts or ("." not in name and name in _short_names(never.hosts)):
             return _refuse("never_block", f"{target} is a critical asset")
     return None
+
+
+def _short_names(hosts: Iterable[str]) -> set[str]:
+    return {host.split(".")[0] for host in hosts if not _is_ip(host)}
 
 
 def _is_ip(text: str) -> bool:

@@ -334,7 +334,8 @@ class Responder:
                 policy.cancelled.append(sid)
                 await self._change(ctx, cause, row, "approved", actor="policy", reason=f"{why}: {decision.reason}")
             return
-        if steps.approved_enough(decision.approvals, row["approvals"]):
+        # Approvals given under other terms count only from the roles these allow.
+        if steps.approved_enough(decision.approvals, row["approvals"], decision.roles):
             if state != "approved":
                 await self._change(ctx, cause, row, "approved", actor="policy", reason=f"{why}: approved already")
             return
@@ -424,7 +425,7 @@ class Responder:
             else:
                 approval = steps.Approval(answer.actor, answer.role, answer.note, command.time)
                 row["approvals"] = await repository.add_approval(ctx.conn, row["id"], approval.as_json())
-                if steps.approved_enough(row["approvals_required"], row["approvals"]):
+                if steps.approved_enough(row["approvals_required"], row["approvals"], row["approver_roles"]):
                     await timers.cancel(ctx.conn, service=SERVICE, kind=APPROVAL_TIMEOUT, subject=row["id"])
                     await self._change(ctx, command, row, "approved", actor=answer.actor, reason=answer.note)
                 else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from shared import identity
 from shared.events import StepState
 
 State = StepState  # declared once, with the events that carry it
@@ -114,9 +115,14 @@ def check_answer(
         raise ApprovalRefused(f"the step is {state}, not awaiting approval")
     if roles and role not in roles:
         raise ApprovalRefused(f"role {role or '(none)'!r} may not answer; one of {', '.join(roles)} may")
+    if not roles and not identity.allows(role, "steps.approve"):  # a rule naming none: whoever may approve steps
+        raise ApprovalRefused(
+            f"role {role or '(none)'!r} may not answer; {identity.least_role('steps.approve')} or above may"
+        )
     if any(a["actor"] == actor for a in given):
         raise ApprovalRefused(f"{actor} has approved this step already; {required} different people must")
 
 
-def approved_enough(required: int, given: Sequence[dict[str, Any]]) -> bool:
-    return len({a["actor"] for a in given}) >= required
+def approved_enough(required: int, given: Sequence[dict[str, Any]], roles: Sequence[str] = ()) -> bool:
+    """As many different people approved as required, counting only the roles the rule allows (any, without)."""
+    return len({a["actor"] for a in given if not roles or a.get("role") in roles}) >= required

@@ -52,7 +52,22 @@ def test_an_external_address_may_be_blocked() -> None:
 
 
 @pytest.mark.parametrize(
-    "target", ["10.1.2.3", "192.168.1.1/32", "10.0.0.0/7", "0.0.0.0/0", "172.20.0.0/16", "::1", "fe80::1", "127.0.0.1"]
+    "target",
+    [
+        "10.1.2.3",
+        "192.168.1.1/32",
+        "10.0.0.0/7",
+        "0.0.0.0/0",
+        "172.20.0.0/16",
+        "::1",
+        "fe80::1",
+        "127.0.0.1",
+        # The same IPv4 hosts written as IPv6, as dual-stack listeners log them, or within a wider IPv6 network.
+        "::ffff:10.1.2.3",
+        "::ffff:10.0.0.0/104",
+        "::ffff:0:0/96",
+        "::/0",
+    ],
 )
 def test_own_networks_and_cidrs_overlapping_them_are_never_blocked(target: str) -> None:
     verdict = check(BLOCK_IP, ["203.0.113.7", target], context())
@@ -89,7 +104,9 @@ def test_a_url_on_a_protected_host_or_address_is_refused() -> None:
     assert check(BLOCK_URL, ["http://evil.test/payload"], context()).allowed
 
 
-@pytest.mark.parametrize("host", ["dc01.corp.example", "payroll", "PAYROLL.corp.example", "198.51.100.10"])
+@pytest.mark.parametrize(
+    "host", ["dc01.corp.example", "payroll", "PAYROLL.corp.example", "198.51.100.10", "DC01", "dc01."]
+)
 def test_critical_assets_are_never_isolated(host: str) -> None:
     verdict = check(ISOLATE, [host], context())
     assert (verdict.allowed, verdict.guardrail) == (False, "never_block")
@@ -98,6 +115,11 @@ def test_critical_assets_are_never_isolated(host: str) -> None:
 
 def test_a_critical_asset_address_is_never_blocked() -> None:
     assert check(BLOCK_IP, ["198.51.100.10"], context()).guardrail == "never_block"
+    assert check(BLOCK_IP, ["::ffff:198.51.100.10"], context()).guardrail == "never_block"
+
+
+def test_a_short_name_is_a_critical_asset_only_as_the_first_label_of_one() -> None:
+    assert check(ISOLATE, ["dc01.other.example", "dc02", "corp"], context()).allowed
 
 
 def test_a_target_that_is_not_one_is_refused() -> None:

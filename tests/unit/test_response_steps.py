@@ -156,3 +156,20 @@ def test_answers_are_checked_for_state_role_and_the_same_person_twice() -> None:
     assert not steps.approved_enough(2, given)
     assert steps.approved_enough(2, [*given, {"actor": "bob"}])
     assert not steps.approved_enough(2, [*given, {"actor": "alice"}])
+
+
+def test_a_rule_naming_no_roles_takes_answers_only_from_roles_that_may_approve_steps() -> None:
+    ok = {"state": "awaiting_approval", "required": 1, "roles": [], "given": []}
+    for role in ("commander", "admin"):
+        steps.check_answer(**ok, actor="bob", role=role)  # type: ignore[arg-type]
+    for role in ("viewer", "responder", "ingest", "", "security-lead"):
+        with pytest.raises(steps.ApprovalRefused, match="or above may"):
+            steps.check_answer(**ok, actor="bob", role=role)  # type: ignore[arg-type]
+
+
+def test_approvals_given_under_other_terms_count_only_from_the_roles_the_rule_allows_now() -> None:
+    given = [{"actor": "alice", "role": "commander"}, {"actor": "bob", "role": "admin"}]
+    assert steps.approved_enough(2, given, ["commander", "admin"])
+    assert steps.approved_enough(2, given)  # a rule naming no roles
+    assert not steps.approved_enough(2, given, ["admin"])  # the crown-jewel rule: admins only
+    assert steps.approved_enough(2, [*given, {"actor": "carol", "role": "admin"}], ["admin"])
