@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -27,7 +27,7 @@ from services.responder.playbook import IncidentFacts, PlannedStep, duration_sec
 from shared import identity, timers
 from shared.consumer import HandlerContext, Inbound, dispatch_each
 from shared.db import Conn
-from shared.effects import Effect
+from shared.effects import Effect, EffectKind
 from shared.effects import repository as effects
 from shared.effects.domain import bound_result
 from shared.events import (
@@ -72,6 +72,29 @@ UNDO_SUFFIX = ":undo"
 VALIDATE_SUFFIX = ":validate"
 # HandlerContext.read: the batch's incidents with new alerts that are under watch (a hint: ``watching`` decides).
 WATCHED = "responder.watched"
+# While responses are paused, an action already queued is looked at again this often (held, not run).
+PAUSED_HOLD_S = 5.0
+
+
+def effect_kinds(responder: Responder, pool: asyncpg.Pool) -> list[EffectKind]:
+    """What the connectors run through the effects runner, each action held while responses are paused."""
+    hold = held_while_paused(pool)
+    kinds = [k for c in responder.execution.connectors.values() for k in c.effect_kinds(responder.on_effect_outcome)]
+    return [replace(kind, hold=hold) for kind in kinds]
+
+
+def held_while_paused(pool: asyncpg.Pool) -> Callable[[Effect], Awaitable[float | None]]:
+    """The effects runner's check before each run: while responses are paused, an action waits, wherever it
+    stands (queued, or waiting for its retry); an undo (a lease ending) and a check of what was done go on."""
+
+    async def hold(effect: Effect) -> float | None:
+        if effect.key.endswith((UNDO_SUFFIX, VALIDATE_SUFFIX)):
+            return None
+        async with pool.acquire() as conn:
+            controls = await guardrails.get_controls(conn)
+        return PAUSED_HOLD_S if controls.paused else None
+
+    return hold
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from services.responder.connectors import (
 )
 from services.responder.domain import Playbook, parse_playbooks
 from services.responder.guardrails import DEFAULT_GUARDRAILS, RateLimiter, load_guardrails
-from services.responder.handlers import SERVICE, Execution, Responder
+from services.responder.handlers import SERVICE, Execution, Responder, effect_kinds
 from services.responder.leases import RepeatOffenders
 from services.responder.monitor import Watch
 from services.responder.playbook import duration_seconds
@@ -92,7 +92,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         limiter = RateLimiter(runtime.settings.database_url)
         runtime.closers.append(("the rate limiter's connection", limiter.close))
         responder.execution = replace(execution, connectors=connectors, rate_limiter=limiter)
-        return [kind for c in connectors.values() for kind in c.effect_kinds(responder.on_effect_outcome)]
+        return effect_kinds(responder, runtime.pool)
 
     async def fire_timers(runtime: Runtime) -> None:
         poller = TimerPoller(

@@ -205,6 +205,22 @@ async def release(conn: Conn, *, leases: Sequence[tuple[int, uuid.UUID]]) -> int
     return int(status.split()[-1])
 
 
+async def defer(conn: Conn, *, effect_id: int, token: uuid.UUID, wait_s: float) -> bool:
+    """Hand an effect back unrun, due again in ``wait_s``: neither its attempt nor its run counted."""
+    updated = await conn.fetchval(
+        """UPDATE effects
+           SET status = 'pending', not_before = now() + make_interval(secs => $3), lease_until = NULL,
+               lease_token = NULL, attempts = greatest(attempts - 1, 0), runs = greatest(runs - 1, 0),
+               updated_at = now()
+           WHERE id = $1 AND lease_token = $2 AND status = 'running'
+           RETURNING id""",
+        effect_id,
+        token,
+        wait_s,
+    )
+    return updated is not None
+
+
 async def release_claims(conn: Conn, *, tokens: Sequence[uuid.UUID]) -> int:
     """Hand back every effect leased under these claims and never started (the runner stopped in between)."""
     if not tokens:

@@ -64,6 +64,9 @@ class EffectKind:
     # A target's effects done one after another in the order enqueued, a retry's wait included (a chat
     # room's posts): an effect waits while an older one to its target is pending or running.
     in_order: bool = False
+    # Asked before each run: seconds to hold the effect back (not run, no attempt counted), or None to run it
+    # (the responder's kill switch holds actions already queued while responses are paused).
+    hold: Callable[[Effect], Awaitable[float | None]] | None = None
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0 or self.max_attempts < 1 or self.concurrency < 1 or self.per_target_concurrency < 1:
@@ -242,6 +245,10 @@ class EffectRunner:
                 # Its outcome is what fails to record (the service's hook, each time): parked as it is, for an
                 # operator, without the hook, rather than bringing the service down at every restart.
                 await self._park_unrecordable(kind, effect, token, exc)
+            return
+        if kind.hold is not None and (wait_s := await kind.hold(effect)) is not None:
+            async with self.pool.acquire() as conn:
+                await repository.defer(conn, effect_id=effect.id, token=token, wait_s=wait_s)
             return
         attempt = await self._execute(kind, effect)
         try:

@@ -31,7 +31,7 @@ from services.responder import api, blocklist, domain, guardrails, repository
 from services.responder.approvals import parse_policy
 from services.responder.connectors import load_connectors, parse_connectors_config
 from services.responder.guardrails import RateLimiter, parse_guardrails
-from services.responder.handlers import Execution, Responder, StepAnswerRefused
+from services.responder.handlers import Execution, Responder, StepAnswerRefused, effect_kinds
 from services.responder.steps import FINAL
 from shared.consumer import HandlerContext, Inbound, write_context
 from shared.effects import EffectRunner
@@ -206,7 +206,7 @@ def responder_for(
 
 
 def runner_for(responder: Responder, settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames) -> EffectRunner:
-    kinds = [k for c in responder.execution.connectors.values() for k in c.effect_kinds(responder.on_effect_outcome)]
+    kinds = effect_kinds(responder, pool)  # as the service runs them
     return EffectRunner("responder", pool, names, kinds, poll_s=0.05, backoff_base_s=0.05, backoff_cap_s=0.2)
 
 
@@ -477,6 +477,27 @@ async def test_a_step_due_while_responses_are_paused_is_held_and_runs_on_when_th
     )
     assert "running" in {r["state"] for r in ran} and all(r["held_at"] is None for r in ran)
     assert await pool.fetchval("SELECT count(*) FROM effects WHERE subject = 'inc-p'") >= 1
+
+
+async def test_an_action_queued_before_responses_were_paused_waits_for_the_resume(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    """Dispatched, then paused before the runner took it: the kill switch holds it, uncounted, until resumed."""
+    async with receiver() as far:
+        responder = responder_for(pool, far, policy="rules: [{name: all, mode: auto}]")
+        await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-q", data=analysis()))
+        queued = await pool.fetch("SELECT key FROM effects WHERE subject = 'inc-q' AND status = 'pending'")
+        assert queued, "the plan's actions are enqueued"
+        async with pool.acquire() as conn:
+            await guardrails.set_paused(conn, paused=True, reason="drill", changed_by="alice")
+        held = "SELECT bool_and(runs = 0 AND attempts = 0 AND not_before > now()) FROM effects WHERE subject = 'inc-q'"
+        async with running(runner_for(responder, settings, pool, names)):
+            await eventually(lambda: pool.fetchval(held))
+            assert far.keys == []  # nothing reached the far side
+            async with pool.acquire() as conn:
+                await guardrails.set_paused(conn, paused=False, reason="drill over", changed_by="alice")
+            await eventually(lambda: _all_done(pool, "inc-q"), timeout=20)
+        assert sorted(set(far.keys)) == sorted(r["key"] for r in queued)
 
 
 async def test_a_for_each_step_past_the_blast_radius_is_refused_item_by_item(
