@@ -290,11 +290,26 @@ class Responder:
         await repository.keep_in_plan(ctx.conn, kept, plan_id=plan_id)
         # The new steps are stored at once, each with its first log entry, which says where it came from.
         new: dict[str, repository.NewStep] = {}
+        # A step run on demand may act on a target the revised plan now names: not acted on twice (and the
+        # plan's undo would lift what that step's lease still holds).
+        wanted = [(step.step, step.item) for sid, step in planned.items() if sid not in existing]
+        busy = await repository.acting_on_any(ctx.conn, event.subject, wanted)
         for sid, step in planned.items():
             if sid not in existing:
                 fresh = _step_row(event.subject, sid, plan_id, playbook, step)
+                held = busy.get((step.step, step.item)) if fresh["state"] == "planned" else None
+                if held is not None:
+                    fresh["state"] = "skipped"
+                    how = (
+                        f"its lease is {held['lease']}"
+                        if held["lease"] and held["state"] not in steps.NOT_STARTED | {"running"}
+                        else held["state"]
+                    )
+                    reason = f"step {held['id']} does this already ({how})"
+                else:
+                    reason = step.reason
                 planned_now = fresh["state"] == "planned"
-                why = f"planned by {playbook}" if planned_now else step.reason
+                why = f"planned by {playbook}" if planned_now else reason
                 new[sid] = repository.NewStep(fresh, reason=why, final=not planned_now)
         inserted = await repository.insert_steps(ctx.conn, list(new.values()), actor="planner")
         stored = dict(zip(new, inserted, strict=True))

@@ -162,6 +162,29 @@ async def acting_on(conn: Conn, incident_id: str, step: str, item: str | None) -
     )
 
 
+async def acting_on_any(
+    conn: Conn, incident_id: str, targets: Sequence[tuple[str, str | None]]
+) -> dict[tuple[str, str | None], asyncpg.Record]:
+    """``acting_on`` for several (step, item) pairs at once: the earliest such step of each pair that has one."""
+    if not targets:
+        return {}
+    rows = await conn.fetch(
+        """SELECT DISTINCT ON (s.step, s.item) s.step, s.item, s.id, s.state, l.state AS lease
+           FROM responder_steps s
+           JOIN unnest($2::text[], $3::text[]) AS t(step, item)
+             ON s.step = t.step AND s.item IS NOT DISTINCT FROM t.item
+           LEFT JOIN responder_leases l ON l.step_id = s.id
+           WHERE s.incident_id = $1
+             AND (s.state IN ('planned', 'awaiting_approval', 'approved', 'running')
+                  OR l.state IN ('active', 'extended', 'permanent'))
+           ORDER BY s.step, s.item, s.created_at""",
+        incident_id,
+        [step for step, _ in targets],
+        [item for _, item in targets],
+    )
+    return {(row["step"], row["item"]): row for row in rows}
+
+
 @dataclass(frozen=True)
 class NewStep:
     """A step to store: its row (``responder_steps``' columns, the same for every step) and its first log entry."""

@@ -84,6 +84,17 @@ async def test_a_step_run_on_demand_acts_at_once_beside_the_plan_and_holds_for_t
         later = analysis(Severity.SEV2, ips=["203.0.113.7", "203.0.113.8"])
         await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-d", data=later))
         assert await pool.fetchval("SELECT state FROM responder_steps WHERE id = $1", demanded["id"]) == "succeeded"
+        # One that now names the address it holds does not block it again: its own lease would lift the block.
+        named = analysis(Severity.SEV2, ips=["203.0.113.7", "203.0.113.8", "203.0.113.50"])
+        await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-d", data=named))
+        blocks = await pool.fetch(
+            """SELECT plan_id, state, reason FROM responder_steps
+               WHERE incident_id = 'inc-d' AND step = 'block' AND item = '203.0.113.50'"""
+        )
+        planned = [r for r in blocks if not r["plan_id"].startswith("on-demand:")]
+        assert [(r["state"], r["reason"]) for r in planned] == [
+            ("skipped", f"step {demanded['id']} does this already (its lease is active)")
+        ]
 
 
 async def test_a_step_run_on_demand_waits_for_the_approvals_the_policy_asks_and_a_revision_keeps_it_waiting(
