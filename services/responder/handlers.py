@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -74,6 +75,9 @@ VALIDATE_SUFFIX = ":validate"
 WATCHED = "responder.watched"
 # While responses are paused, an action already queued is looked at again this often (held, not run).
 PAUSED_HOLD_S = 5.0
+# The kill switch as last read serves the runs of this long: a pause reaches queued actions within it, and a
+# busy runner reads it once, not once an action.
+PAUSE_READ_S = 1.0
 
 
 def effect_kinds(responder: Responder, pool: asyncpg.Pool) -> list[EffectKind]:
@@ -87,12 +91,16 @@ def held_while_paused(pool: asyncpg.Pool) -> Callable[[Effect], Awaitable[float 
     """The effects runner's check before each run: while responses are paused, an action waits, wherever it
     stands (queued, or waiting for its retry); an undo (a lease ending) and a check of what was done go on."""
 
+    read: list[tuple[float, bool]] = []  # (when, paused) of the last read
+
     async def hold(effect: Effect) -> float | None:
         if effect.key.endswith((UNDO_SUFFIX, VALIDATE_SUFFIX)):
             return None
-        async with pool.acquire() as conn:
-            controls = await guardrails.get_controls(conn)
-        return PAUSED_HOLD_S if controls.paused else None
+        if not read or time.monotonic() - read[0][0] > PAUSE_READ_S:
+            async with pool.acquire() as conn:
+                controls = await guardrails.get_controls(conn)
+            read[:] = [(time.monotonic(), controls.paused)]
+        return PAUSED_HOLD_S if read[0][1] else None
 
     return hold
 
