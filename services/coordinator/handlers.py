@@ -316,6 +316,8 @@ class Coordinator:
         )
         for incident_id, services in named.items():  # rare: alerts that name a service
             await self._add_services(ctx, incident_id, services)
+            # Read again by ``on_updated``: a severity this run raises is paged by the policy of these services.
+            ctx.read[UPDATED_ROWS].pop(incident_id, None)
 
     async def _add_services(self, ctx: HandlerContext, incident_id: str, services: Sequence[str]) -> None:
         """Services the incident concerns, learnt since: the escalation policy is chosen by them from now on."""

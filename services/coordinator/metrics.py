@@ -11,7 +11,7 @@ NOTIFICATIONS = Counter(
 
 UNADDRESSED = Counter(
     "vigil_coordinator_notices_unaddressed",
-    "Notices that named someone the notifications file has no address for (not sent to them), by kind: "
-    "each one, however often the logs said so.",
+    "Notices decided for someone the notifications file has no address for (not sent to them), by kind: "
+    "each one, however often the logs said so (a decision undone and made again counts again).",
     ["kind"],
 )

@@ -68,6 +68,7 @@ POST_EVENT = "vigil_post"
 # for clocks apart), this many at most: later posts come after it in order (``in_order``), so few.
 HISTORY_MARGIN_S = 60
 HISTORY_LIMIT = 100
+HISTORY_PAGES = 10
 HISTORY_REFUSED = frozenset({"missing_scope", "not_allowed_token_type", "not_in_channel"})
 
 
@@ -356,22 +357,36 @@ class Slack:
     async def posted(self, client: httpx.AsyncClient, channel_id: str, effect: Effect) -> str | None:
         """The ``ts`` of this effect's post if an earlier run made it (its answer lost to a timeout or a stop)."""
         since = effect.created_at.timestamp() - HISTORY_MARGIN_S
-        body = {"channel": channel_id, "oldest": f"{since:.6f}", "limit": HISTORY_LIMIT, "include_all_metadata": True}
-        answer = await self.call(client, "conversations.history", body, ok=HISTORY_REFUSED)
-        if not answer.get("ok"):  # an app without the history scope: posted again, as before it had one
-            log.warning(
-                "%s: cannot read the room's history (%s): a post cut short may show twice",
-                effect.target,
-                answer.get("error"),
-            )
-            return None
-        for message in answer.get("messages") or ():
-            metadata = message.get("metadata") or {}
-            if (
-                metadata.get("event_type") == POST_EVENT
-                and (metadata.get("event_payload") or {}).get("key") == effect.key
-            ):
-                return str(message.get("ts"))
+        body: dict[str, Any] = {
+            "channel": channel_id,
+            "oldest": f"{since:.6f}",
+            "limit": HISTORY_LIMIT,
+            "include_all_metadata": True,
+        }
+        # Newest first, a page at a time: people may have written much in the room since.
+        for _page in range(HISTORY_PAGES):
+            answer = await self.call(client, "conversations.history", body, ok=HISTORY_REFUSED)
+            if not answer.get("ok"):  # an app without the history scope: posted again, as before it had one
+                log.warning(
+                    "%s: cannot read the room's history (%s): a post cut short may show twice",
+                    effect.target,
+                    answer.get("error"),
+                )
+                return None
+            for message in answer.get("messages") or ():
+                metadata = message.get("metadata") or {}
+                if (
+                    metadata.get("event_type") == POST_EVENT
+                    and (metadata.get("event_payload") or {}).get("key") == effect.key
+                ):
+                    return str(message.get("ts"))
+            cursor = (answer.get("response_metadata") or {}).get("next_cursor")
+            if not answer.get("has_more") or not cursor:
+                return None
+            body["cursor"] = cursor
+        log.warning(
+            "%s: more than %d messages since the post: not looked through", effect.target, HISTORY_PAGES * HISTORY_LIMIT
+        )
         return None
 
 

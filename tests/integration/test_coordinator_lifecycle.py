@@ -718,9 +718,9 @@ async def test_an_incident_goes_to_the_schedule_and_policy_of_the_services_its_a
     policies = escalation.parse_escalation(
         "policies:\n"
         "  - {name: payments, when: {services: ['payments-*', 'billing']}, acknowledgements: 2,\n"
-        "     steps: [{notify: on_call}, {notify: next_on_call, after: 5m}], fallback: {after: 5m, notify: [leads]}}\n"
-        "  - {name: default, steps: [{notify: on_call}, {notify: next_on_call, after: 5m}],\n"
-        "     fallback: {after: 5m, notify: [leads]}}\n"
+        "     steps: [{notify: on_call}, {notify: next_on_call, after: 1m}], fallback: {after: 1m, notify: [leads]}}\n"
+        "  - {name: default, steps: [{notify: on_call}, {notify: next_on_call, after: 60m}],\n"
+        "     fallback: {after: 60m, notify: [leads]}}\n"
     )
     coordinator = Coordinator(oncall, escalation_=policies)
     labelled = AlertSummary(
@@ -732,7 +732,7 @@ async def test_an_incident_goes_to_the_schedule_and_policy_of_the_services_its_a
         labels={"service": "payments-api"},
     )
     plain = labelled.model_copy(update={"key": "am:2", "labels": {}})
-    for incident, alerts in (("inc-pay", [labelled]), ("inc-web", [plain])):
+    for incident, alerts in (("inc-pay", [labelled]), ("inc-web", [plain]), ("inc-bill", [plain])):
         detected = IncidentDetected(source="/vigil/detector", subject=incident, data=snapshot(new_alerts=alerts))
         await feed(pool, names, coordinator, detected)
     rows = {
@@ -744,20 +744,47 @@ async def test_an_incident_goes_to_the_schedule_and_policy_of_the_services_its_a
     assert (rows["inc-web"]["rotation"], rows["inc-web"]["services"]) == ("security", [])
 
     async def acknowledged_by(incident: str, actor: str) -> str:
-        await feed(
-            pool, names, coordinator, AcknowledgeIncident(source="/t", subject=incident, data=CommandArgs(actor=actor))
-        )
+        command = AcknowledgeIncident(source="/t", subject=incident, data=CommandArgs(actor=actor))
+        await feed(pool, names, coordinator, command)
         return str(await pool.fetchval("SELECT state FROM coordinator_incidents WHERE incident_id = $1", incident))
 
     # The payments policy wants two people on it; the default one.
     assert await acknowledged_by("inc-pay", "dave@example.com") == "detected"
     assert await acknowledged_by("inc-web", "alice@example.com") == "acknowledged"
-    # A service the analysis finds later counts from then on.
-    analysed = IncidentAnalyzed(
-        source="/vigil/analyzer",
-        subject="inc-web",
-        data=analysis(summary="billing touched", impact=Impact(business_services=["billing"])),
+    # A service the analysis finds later chooses the policy from then on.
+    found = analysis(summary="billing touched", impact=Impact(business_services=["billing"]))
+    await feed(pool, names, coordinator, IncidentAnalyzed(source="/vigil/analyzer", subject="inc-bill", data=found))
+    assert await pool.fetchval("SELECT services FROM coordinator_incidents WHERE incident_id = 'inc-bill'") == [
+        "billing"
+    ]
+    assert await acknowledged_by("inc-bill", "alice@example.com") == "detected"
+
+
+async def test_a_severity_raised_by_alerts_that_name_a_service_is_paged_by_that_services_policy(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    policies = escalation.parse_escalation(
+        "policies:\n"
+        "  - {name: payments, when: {services: ['payments-*']},\n"
+        "     steps: [{notify: on_call}, {notify: next_on_call, after: 1m}], fallback: {after: 1m, notify: [leads]}}\n"
+        "  - {name: default, steps: [{notify: on_call}, {notify: next_on_call, after: 60m}],\n"
+        "     fallback: {after: 60m, notify: [leads]}}\n"
     )
-    await feed(pool, names, coordinator, analysed)
-    services = await pool.fetchval("SELECT services FROM coordinator_incidents WHERE incident_id = 'inc-web'")
-    assert services == ["billing"]
+    coordinator = Coordinator(load_oncall(), escalation_=policies)
+    detected = IncidentDetected(source="/vigil/detector", subject="inc-up", data=snapshot(severity=Severity.SEV3))
+    await feed(pool, names, coordinator, detected)
+    labelled = AlertSummary(
+        key="am:9",
+        source="alertmanager",
+        title="Errors",
+        severity="critical",
+        time=T0,
+        labels={"service": "payments-db"},
+    )
+    raised = snapshot(severity=Severity.SEV1, new_alerts=[labelled])
+    await feed(pool, names, coordinator, IncidentUpdated(source="/vigil/detector", subject="inc-up", data=raised))
+    due = await pool.fetchval(
+        """SELECT due_at - now() FROM timers WHERE kind = 'ack-deadline' AND subject = 'inc-up'
+           AND fired_at IS NULL AND cancelled_at IS NULL"""
+    )
+    assert due is not None and due <= timedelta(minutes=1), due  # the payments policy's wait, not the default's

@@ -58,6 +58,7 @@ class Workspace:
     messages: list[dict[str, Any]] = field(default_factory=list)
     fail_creations: int = 0
     lose_post_answers: int = 0  # posts made whose answer is lost (a gateway timeout after Slack kept them)
+    chatter: int = 0  # messages people write in the room after a post whose answer was lost
     history_scope: bool = True
     history_reads: int = 0
     refuse_creation: bool = False
@@ -117,6 +118,9 @@ def slack(space: Workspace) -> Starlette:
                 space.messages.append({**kept, "metadata": body.get("metadata")})
                 if space.lose_post_answers:
                     space.lose_post_answers -= 1
+                    for n in range(space.chatter):
+                        said = {"channel": channel["name"], "text": f"person {n}", "blocks": [], "ts": f"{ts}{n}"}
+                        space.messages.append({**said, "metadata": None})
                     return Response("upstream timed out", status_code=504)
                 return JSONResponse({"ok": True, "ts": ts})
             case "conversations.history" if channel:
@@ -126,10 +130,13 @@ def slack(space: Workspace) -> Starlette:
                 shown = [
                     {"ts": m["ts"], "text": m["text"]}
                     | ({"metadata": m["metadata"]} if body.get("include_all_metadata") == "true" else {})
-                    for m in reversed(space.messages)
+                    for m in reversed(space.messages)  # newest first, as Slack answers
                     if m["channel"] == channel["name"]
                 ]
-                return JSONResponse({"ok": True, "messages": shown[: int(body.get("limit", 100))]})
+                start, limit = int(body.get("cursor", 0)), int(body.get("limit", 100))
+                more = start + limit < len(shown)
+                page = {"ok": True, "messages": shown[start : start + limit], "has_more": more}
+                return JSONResponse(page | {"response_metadata": {"next_cursor": str(start + limit) if more else ""}})
             case "conversations.archive" if channel:
                 if channel["is_archived"]:
                     return JSONResponse({"ok": False, "error": "already_archived"})
@@ -232,19 +239,22 @@ async def test_a_serious_incident_gets_a_room_once_where_its_notices_are_posted_
     ]
 
 
-@pytest.mark.parametrize("history_scope", [True, False], ids=["history", "no-history-scope"])
+@pytest.mark.parametrize(
+    ("history_scope", "chatter"), [(True, 0), (True, 250), (False, 0)], ids=["history", "busy-room", "no-history-scope"]
+)
 async def test_a_post_whose_answer_was_lost_is_found_in_the_room_not_sent_twice(
-    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, history_scope: bool
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, history_scope: bool, chatter: int
 ) -> None:
-    """Slack kept the post but its answer never came: the retry finds it by the key it carries."""
-    space = Workspace(lose_post_answers=1, history_scope=history_scope)
+    """Slack kept the post but its answer never came: the retry finds it by the key it carries, however much
+    people wrote in the room since."""
+    space = Workspace(lose_post_answers=1, history_scope=history_scope, chatter=chatter)
     async with serve_app(slack(space), name="slack") as base:
         coordinator = Coordinator(load_oncall(), notices=configure(f"{base}/api"))
         serious = snapshot(title="Reverse shell on bastion-01 (prod)", severity=Severity.SEV1)
         await feed(pool, names, coordinator, IncidentDetected(source="/t", subject=SERIOUS, data=serious))
         async with running(settings, pool, names, coordinator):
             await eventually(lambda: all_done(pool), timeout=30)
-    posted = [m["text"] for m in space.messages]
+    posted = [m["text"] for m in space.messages if not m["text"].startswith("person ")]
     # Every post carries its effect's key, which Slack keeps as the message's metadata.
     keys = await pool.fetch("SELECT key, runs, status FROM effects WHERE kind = 'notify.room' ORDER BY id")
     assert [(r["runs"], r["status"]) for r in keys] == [(2, "succeeded")]
@@ -252,7 +262,7 @@ async def test_a_post_whose_answer_was_lost_is_found_in_the_room_not_sent_twice(
         "event_type": rooms.POST_EVENT,
         "event_payload": {"key": keys[0]["key"]},
     }
-    assert space.history_reads == 1  # only by the post run again
+    assert space.history_reads == (3 if chatter else 1)  # only by the post run again, a page of 100 at a time
     if history_scope:
         assert posted == ["[SEV1] Reverse shell on bastion-01 (prod)"]
     else:  # an app not allowed to read the room posts again, as before
