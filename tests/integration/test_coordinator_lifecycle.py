@@ -709,29 +709,31 @@ async def test_tasks_a_raised_severity_adds_go_to_who_holds_their_role_already(
     assert owners["first-update"] == ("cara@example.com", "communications")
 
 
+# Incidents of the payments services (or of billing, as an analysis finds it) want two people on them, and page the
+# next one after a minute; the others after an hour.
+PAYMENTS_POLICIES = (
+    "policies:\n"
+    "  - {name: payments, when: {services: ['payments-*', 'billing']}, acknowledgements: 2,\n"
+    "     steps: [{notify: on_call}, {notify: next_on_call, after: 1m}], fallback: {after: 1m, notify: [leads]}}\n"
+    "  - {name: default, steps: [{notify: on_call}, {notify: next_on_call, after: 60m}],\n"
+    "     fallback: {after: 60m, notify: [leads]}}\n"
+)
+
+
+def service_alert(key: str, service: str | None) -> AlertSummary:
+    """An Alertmanager alert about ``service`` (its `service` label), or about none."""
+    labels = {"service": service} if service else {}
+    return AlertSummary(key=key, source="alertmanager", title="Errors", severity="high", time=T0, labels=labels)
+
+
 async def test_an_incident_goes_to_the_schedule_and_policy_of_the_services_its_alerts_and_analysis_name(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:
     """A route and a policy on `services` match the `service` label of the incident's alerts, then its analysis'."""
     payments = schedules.Route("operations", types=frozenset(), severities=frozenset(), services=("payments-*",))
     oncall = replace(load_oncall(), routes=(payments, *load_oncall().routes))
-    policies = escalation.parse_escalation(
-        "policies:\n"
-        "  - {name: payments, when: {services: ['payments-*', 'billing']}, acknowledgements: 2,\n"
-        "     steps: [{notify: on_call}, {notify: next_on_call, after: 1m}], fallback: {after: 1m, notify: [leads]}}\n"
-        "  - {name: default, steps: [{notify: on_call}, {notify: next_on_call, after: 60m}],\n"
-        "     fallback: {after: 60m, notify: [leads]}}\n"
-    )
-    coordinator = Coordinator(oncall, escalation_=policies)
-    labelled = AlertSummary(
-        key="am:1",
-        source="alertmanager",
-        title="High error rate",
-        severity="high",
-        time=T0,
-        labels={"service": "payments-api"},
-    )
-    plain = labelled.model_copy(update={"key": "am:2", "labels": {}})
+    coordinator = Coordinator(oncall, escalation_=escalation.parse_escalation(PAYMENTS_POLICIES))
+    labelled, plain = service_alert("am:1", "payments-api"), service_alert("am:2", None)
     for incident, alerts in (("inc-pay", [labelled]), ("inc-web", [plain]), ("inc-bill", [plain])):
         detected = IncidentDetected(source="/vigil/detector", subject=incident, data=snapshot(new_alerts=alerts))
         await feed(pool, names, coordinator, detected)
@@ -763,14 +765,7 @@ async def test_an_incident_goes_to_the_schedule_and_policy_of_the_services_its_a
 async def test_a_severity_raised_by_alerts_that_name_a_service_is_paged_by_that_services_policy(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:
-    policies = escalation.parse_escalation(
-        "policies:\n"
-        "  - {name: payments, when: {services: ['payments-*']},\n"
-        "     steps: [{notify: on_call}, {notify: next_on_call, after: 1m}], fallback: {after: 1m, notify: [leads]}}\n"
-        "  - {name: default, steps: [{notify: on_call}, {notify: next_on_call, after: 60m}],\n"
-        "     fallback: {after: 60m, notify: [leads]}}\n"
-    )
-    coordinator = Coordinator(load_oncall(), escalation_=policies)
+    coordinator = Coordinator(load_oncall(), escalation_=escalation.parse_escalation(PAYMENTS_POLICIES))
     detected = IncidentDetected(source="/vigil/detector", subject="inc-up", data=snapshot(severity=Severity.SEV3))
     await feed(pool, names, coordinator, detected)
     labelled = AlertSummary(
