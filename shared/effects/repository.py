@@ -222,13 +222,14 @@ async def defer(conn: Conn, *, effect_id: int, token: uuid.UUID, wait_s: float) 
 
 
 async def release_claims(conn: Conn, *, tokens: Sequence[uuid.UUID]) -> int:
-    """Hand back every effect leased under these claims and never started (the runner stopped in between)."""
+    """Hand back every effect leased under these claims and never started (the runner stopped in between):
+    neither its attempt nor its run counted."""
     if not tokens:
         return 0
     status = await conn.execute(
         """UPDATE effects
            SET status = 'pending', not_before = now(), lease_until = NULL, lease_token = NULL,
-               attempts = greatest(attempts - 1, 0), updated_at = now()
+               attempts = greatest(attempts - 1, 0), runs = greatest(runs - 1, 0), updated_at = now()
            WHERE lease_token = ANY($1::uuid[]) AND status = 'running'""",
         list(tokens),
     )

@@ -732,8 +732,9 @@ async def test_a_stopped_runner_hands_its_effects_back_at_once(
         async with running(make_runner(settings, pool, names, [http_request(timeout_s=30)])):
             await eventually(lambda: _true(server.waiting["/hook"] == 1))
         row = await effect_row(pool, key)
-        # Back in line, due now, with no lease to wait out; the call the stop cut short is not counted.
-        assert (row["status"], row["attempts"], row["lease_until"]) == ("pending", 0, None)
+        # Back in line, due now, with no lease to wait out; the call the stop cut short is not counted as an
+        # attempt, but as a run: it may have reached the far side.
+        assert (row["status"], row["attempts"], row["runs"], row["lease_until"]) == ("pending", 0, 1, None)
         del server.gates["/hook"]
         async with running(make_runner(settings, pool, names, [http_request()])):
             row = await reaches(pool, key, "succeeded")
@@ -763,7 +764,8 @@ async def test_a_runner_stopped_between_claiming_and_starting_hands_the_claim_ba
             await asyncio.wait_for(runner.claimed.wait(), 10)
             assert (await effect_row(pool, key))["status"] == "running"  # leased for 30 s and more
         row = await effect_row(pool, key)
-        assert (row["status"], row["attempts"], row["lease_until"]) == ("pending", 0, None)
+        # Never started: neither an attempt nor a run.
+        assert (row["status"], row["attempts"], row["runs"], row["lease_until"]) == ("pending", 0, 0, None)
         async with running(make_runner(settings, pool, names, [http_request()])):
             await reaches(pool, key, "succeeded")
         assert server.keys("/hook") == [key]
