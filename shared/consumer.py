@@ -358,7 +358,15 @@ class ConsumeLoop(Generic[T]):
                 if not batch:
                     continue
                 try:
-                    await self.process(batch)
+                    try:
+                        await self.process(batch)
+                    except Exception as exc:
+                        if is_retriable(exc) or isinstance(exc, DeadLetterLimitExceeded):
+                            raise
+                        # The same records would fail the same way after every restart and stop their
+                        # partitions: the batch again in halves, until the record that fails is alone.
+                        log.warning("%s: a batch failed (%r); handling it in parts to find why", self.service, exc)
+                        await self._isolate([(tp, record) for tp, records in batch.items() for record in records])
                     backoff = 0.1
                     continue
                 except Exception as exc:
@@ -374,6 +382,49 @@ class ConsumeLoop(Generic[T]):
             # Outside the fence: a rebalance during the back-off abandons the batch.
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
+
+    async def _isolate(self, items: list[tuple[TopicPartition, Any]]) -> None:
+        """Handle the records, in order, in ever smaller parts; one that fails alone is dead-lettered.
+
+        Each part commits its own offsets, and parts go in arrival order, so a partition's offsets only
+        move forward. A retriable failure is raised for the caller's retry (the ledger absorbs what the
+        parts before it handled); the dead-letter guard still stops a consumer whose every record fails.
+        """
+        part: dict[TopicPartition, list[Any]] = {}
+        for tp, record in items:
+            part.setdefault(tp, []).append(record)
+        try:
+            await self.process(part)
+            return
+        except Exception as exc:
+            if is_retriable(exc) or isinstance(exc, DeadLetterLimitExceeded):
+                raise
+            if len(items) == 1:
+                await self._park(*items[0], exc)
+                return
+        middle = len(items) // 2
+        await self._isolate(items[:middle])
+        await self._isolate(items[middle:])
+
+    async def _park(self, tp: TopicPartition, record: Any, exc: Exception) -> None:
+        """Dead-letter a record its handler fails on, with the failure, and go on past it."""
+        log.error(
+            "%s: the handler fails on %s[%d]@%d; dead-lettered",
+            self.service,
+            record.topic,
+            record.partition,
+            record.offset,
+            exc_info=exc,
+        )
+        failure = InvalidMessage(f"the handler failed on it: {type(exc).__name__}: {exc}"[:1000], code="handler_failed")
+        async with self.pool.acquire() as conn, conn.transaction():
+            judged = await self._judge(conn, [True])
+        self.guard = judged
+        where = (record.topic, record.partition)
+        self._judged_to[where] = max(self._judged_to.get(where, -1), record.offset)
+        await self._dead_letter([(record, failure)])
+        EVENTS_HANDLED.labels(self.service, "invalid").inc()
+        await self._commit({tp: [record]})
 
     async def _fetch(self) -> dict[TopicPartition, list[Any]]:
         """Records as they come; with a linger, what else comes within it too, up to the batch size.

@@ -163,12 +163,49 @@ async def test_handler_rejection_dead_letters_only_that_event(
     assert dict(dead[0].headers)["vigil_dlq_reason"] == b"incident inc-bad is not acceptable"
 
 
-async def test_offset_is_not_committed_when_the_handler_crashes(
+async def test_a_record_the_handler_fails_on_is_dead_lettered_with_the_failure_and_the_rest_handled(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
     await make_handled_table(pool)
     topic = names(INCIDENTS)
-    await produce(settings, topic, [record_of(detected("inc-1"))])
+    subjects = [f"inc-{n}" for n in range(9)]
+    await produce(settings, topic, [record_of(detected(subject)) for subject in subjects])
+    handled_in: list[list[str]] = []
+
+    async def fails_on_inc_5(ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
+        handled_in.append([inbound.item.subject for inbound in batch])
+        for inbound in batch:
+            await record_effect(ctx, inbound.item)
+            if inbound.item.subject == "inc-5":
+                # What no retry mends: a value Postgres cannot index, a defect in the handler.
+                raise asyncpg.ProgramLimitExceededError("index row size 3064 exceeds btree version 4 maximum 2704")
+
+    async with consume_loop(
+        settings, pool, service="t4", topics=[topic], decoder=decode_cloudevent, handler=fails_on_inc_5, linger_ms=300
+    ):
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t4"), topic), 9))
+
+    # Every other record handled once, in order; the one that fails is in no committed transaction.
+    rows = await pool.fetch("SELECT subject FROM handled")
+    assert sorted(r["subject"] for r in rows) == sorted(s for s in subjects if s != "inc-5")
+    processed = await pool.fetchval("SELECT count(*) FROM processed_events WHERE service = 't4'")
+    assert processed == 8  # the failed one is not taken for handled: replayed after a fix, it is handled
+    dead = await read_all(settings, names(EVENTS_DLQ), expect=1)
+    headers = dict(dead[0].headers)
+    assert headers["vigil_dlq_code"] == b"handler_failed"
+    assert headers["vigil_dlq_reason"] == (
+        b"the handler failed on it: ProgramLimitExceededError: index row size 3064 exceeds btree version 4 maximum 2704"
+    )
+    assert dead[0].key == b"inc-5"
+    assert ["inc-5"] in handled_in  # found alone, by halving the batch
+
+
+async def test_a_handler_failing_on_every_record_stops_at_the_dead_letter_limit(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await make_handled_table(pool)
+    topic = names(INCIDENTS)
+    await produce(settings, topic, [record_of(detected(f"inc-{n}")) for n in range(12)])
 
     async def crash(ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
         await ctx.conn.execute("INSERT INTO handled VALUES ('x', 'written before the crash')")
@@ -177,24 +214,29 @@ async def test_offset_is_not_committed_when_the_handler_crashes(
     async with consume_loop(
         settings,
         pool,
-        service="t4",
+        service="t4b",
         topics=[topic],
         decoder=decode_cloudevent,
         handler=crash,
-        crashes_with=RuntimeError,
+        guard=DeadLetterGuard(ratio=0.5, window=10),
+        crashes_with=DeadLetterLimitExceeded,
     ) as (_loop, task):
-        with pytest.raises(RuntimeError, match="bug in handler"):
+        with pytest.raises(DeadLetterLimitExceeded):
             await asyncio.wait_for(task, 30)
 
-    assert await committed(settings, group_id(settings, "t4"), topic) is None
-    assert await count(pool, "SELECT count(*) FROM handled") == 0  # rolled back
+    assert await count(pool, "SELECT count(*) FROM handled") == 0  # each attempt rolled back
     assert await count(pool, "SELECT count(*) FROM processed_events") == 0
+    # Each failing record dead-lettered alone until the window of ten is more than half dead letters: the
+    # tenth stops the consumer, uncommitted, and it and the rest wait for the fix.
+    assert await committed(settings, group_id(settings, "t4b"), topic) == 9
+    dead = await read_all(settings, names(EVENTS_DLQ), expect=9)
+    assert [r.key for r in dead] == [f"inc-{n}".encode() for n in range(9)]
 
-    # After the fix (a restart with a working handler) the same event is handled.
     handler = dispatch_each({IncidentDetected: record_effect})
-    async with consume_loop(settings, pool, service="t4", topics=[topic], decoder=decode_cloudevent, handler=handler):
-        await eventually(lambda: _equals(committed(settings, group_id(settings, "t4"), topic), 1))
-    assert await count(pool, "SELECT count(*) FROM handled") == 1
+    async with consume_loop(settings, pool, service="t4b", topics=[topic], decoder=decode_cloudevent, handler=handler):
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t4b"), topic), 12))
+    handled = sorted(r["subject"] for r in await pool.fetch("SELECT subject FROM handled"))
+    assert handled == ["inc-10", "inc-11", "inc-9"]
 
 
 async def test_retriable_failure_is_retried_without_commit(
