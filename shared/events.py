@@ -1016,17 +1016,31 @@ class CommandRejection(Payload):
 # ---- envelope -------------------------------------------------------------------------------
 
 
+# Characters of an envelope's id, source, subject and causal ids: 2,000 bytes at most in UTF-8.
+MAX_ENVELOPE_TEXT = 500
+
+
 class EventBase(BaseModel):
     """CloudEvents envelope shared by every Vigil event."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(default_factory=new_id, description="Unique event id (CloudEvents `id`).")
-    source: str = Field(description="Producing service, as `/vigil/<service>`.")
+    # Bounded so that every consumer can index them: Postgres refuses an index entry over 2,704 bytes
+    # (the ledger's key is the id), and a record no consumer could store is invalid, not a crash.
+    id: str = Field(
+        default_factory=new_id, max_length=MAX_ENVELOPE_TEXT, description="Unique event id (CloudEvents `id`)."
+    )
+    source: str = Field(max_length=MAX_ENVELOPE_TEXT, description="Producing service, as `/vigil/<service>`.")
     time: AwareDatetime = Field(default_factory=utcnow)
-    subject: str = Field(description="Incident id the event is about; also the Kafka key.")
-    correlationid: str | None = Field(None, description="Id shared by every event of one causal chain.")
-    causationid: str | None = Field(None, description="Id of the event that caused this one.")
+    subject: str = Field(
+        max_length=MAX_ENVELOPE_TEXT, description="Incident id the event is about; also the Kafka key."
+    )
+    correlationid: str | None = Field(
+        None, max_length=MAX_ENVELOPE_TEXT, description="Id shared by every event of one causal chain."
+    )
+    causationid: str | None = Field(
+        None, max_length=MAX_ENVELOPE_TEXT, description="Id of the event that caused this one."
+    )
 
     @field_validator("time")
     @classmethod

@@ -114,6 +114,17 @@ def test_an_event_holding_nul_is_refused_since_no_consumer_could_store_it() -> N
         cloudevents.decode(record.value, headers)
 
 
+@pytest.mark.parametrize("header", ["ce_id", "ce_source", "ce_subject", "ce_correlationid", "ce_causationid"])
+def test_an_envelope_too_long_for_any_index_is_refused_since_no_consumer_could_store_it(header: str) -> None:
+    # An id of thousands of characters would fail the ledger's primary key at every redelivery.
+    record = cloudevents.encode(detected().model_copy(update={"correlationid": "c", "causationid": "c"}))
+    long = [(name, b"x" * 3000 if name == header else raw) for name, raw in record.headers]
+    with pytest.raises(InvalidMessage, match="at most 500 characters"):
+        cloudevents.decode(record.value, long)
+    fits = [(name, b"x" * 500 if name == header else raw) for name, raw in record.headers]
+    assert cloudevents.decode(record.value, fits) is not None
+
+
 @pytest.mark.parametrize("when", [b"0001-01-01T00:00:00+01:00", b"9999-12-31T23:00:00-05:00"])
 def test_an_event_whose_time_has_no_utc_is_refused_since_no_consumer_could_store_it(when: bytes) -> None:
     record = cloudevents.encode(detected())
