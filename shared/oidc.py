@@ -4,7 +4,9 @@ Configured by ``VIGIL_OIDC_ISSUER``, ``VIGIL_OIDC_AUDIENCE`` and ``VIGIL_OIDC_JW
 https URL whose keys are fetched and cached); the principal is the ``VIGIL_OIDC_NAME_CLAIM`` claim
 (``email`` by default, else ``sub``) and its role the ``VIGIL_OIDC_ROLE_CLAIM`` claim (``vigil_role``):
 one role, or a list of which the highest Vigil knows counts. A token is checked for its signature
-(asymmetric algorithms only), issuer, audience, expiry and not-before.
+(asymmetric algorithms only), issuer, audience, expiry and not-before, allowing the two clocks a
+minute apart; an ``email`` the token says is not verified names nobody. A fetched key set is kept
+five minutes: a key the provider withdraws is refused once it is gone from the set.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 RANK: dict[str, int] = {"ingest": 0, "viewer": 1, "responder": 2, "commander": 3, "admin": 4}
 
 
+# How long a fetched key set is trusted before it is fetched again.
+JWKS_LIFESPAN_S = 300
+# How far the provider's clock may be from this host's for a token's times (iat, nbf, exp).
+CLOCK_SKEW_S = 60
+
+
 class OidcVerifier:
     def __init__(
         self, *, issuer: str, audience: str, jwks: str, name_claim: str = "email", role_claim: str = "vigil_role"
@@ -44,7 +52,9 @@ class OidcVerifier:
         self._client: jwt.PyJWKClient | None = None
         self._keys: jwt.PyJWKSet | None = None
         if jwks.startswith("https://") or jwks.startswith("http://"):
-            self._client = jwt.PyJWKClient(jwks, cache_keys=True, lifespan=3600)
+            # The set is cached, fetched again when a token names a key it lacks; keys are not cached apart
+            # from it, so that a key the provider withdrew (a leaked one) is refused once the set is fetched.
+            self._client = jwt.PyJWKClient(jwks, cache_keys=False, lifespan=JWKS_LIFESPAN_S)
         else:
             self._keys = jwt.PyJWKSet.from_dict(json.loads(Path(jwks).read_text()))
 
@@ -68,11 +78,16 @@ class OidcVerifier:
                 audience=self.audience,
                 issuer=self.issuer,
                 options={"require": ["exp", "iss", "aud"]},
+                leeway=CLOCK_SKEW_S,
             )
         except (self._jwt.PyJWTError, ValueError) as exc:
             log.info("a bearer JWT was refused: %s", type(exc).__name__)
             return None
         role = _role(claims.get(self.role_claim))
+        if self.name_claim == "email" and claims.get("email_verified") is False:
+            # Some providers let a user set any address: an unverified one could name someone else.
+            log.info("a bearer JWT was refused: its email is not verified")
+            return None
         name = claims.get(self.name_claim) or claims.get("sub")
         if role is None or not isinstance(name, str) or not name:
             log.info("a bearer JWT was refused: no Vigil role in %r, or no name", self.role_claim)
