@@ -238,6 +238,33 @@ async def _apply_now(
     return JSONResponse(answer.body, status_code=answer.status)
 
 
+async def _once(
+    runtime: Runtime,
+    by: Principal,
+    operation: str,
+    key: str | None,
+    apply: Callable[[HandlerContext], Awaitable[idempotency.Answer]],
+    *,
+    refusals: tuple[type[Exception], ...] = (StepAnswerRefused,),
+) -> JSONResponse:
+    """Apply an operator's change in one transaction, once per Idempotency-Key: a retry (the CLI's after a
+    conflict, a client's after a timeout) gets the first answer back, a refusal (409) included."""
+    async with runtime.pool.acquire() as conn, conn.transaction():
+
+        async def applied() -> idempotency.Answer:
+            ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
+            try:
+                async with conn.transaction():
+                    answer = await apply(ctx)
+            except refusals as exc:
+                return idempotency.Answer(409, {"detail": str(exc)})
+            await write_context(conn, ctx)
+            return answer
+
+        answer = await idempotency.once(conn, principal=by.name, operation=operation, key=key, apply=applied)
+    return JSONResponse(answer.body, status_code=answer.status)
+
+
 def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["response steps"])
 
@@ -329,7 +356,12 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
         )
 
     @router.post("/steps/{step_id:path}/lease", response_model=LeaseChanged)
-    async def lease(step_id: str, body: LeaseChange, by: Principal = require(runtime, "leases.change")) -> LeaseChanged:
+    async def lease(
+        step_id: str,
+        body: LeaseChange,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        by: Principal = require(runtime, "leases.change"),
+    ) -> JSONResponse:
         """Extend a reversible action's lease (`extend`: 30m, 1d…), make it `permanent`, or `revoke` it (undo now)."""
         try:
             extend_s = duration_seconds(body.extend) if body.extend else None
@@ -347,30 +379,41 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
         if len(asked) != 1:
             raise HTTPException(422, detail="give one of `extend` (a duration), `revoke: true` or `permanent: true`")
         change: Literal["extend", "revoke", "make_permanent"] = asked[0]  # type: ignore[assignment]
-        async with runtime.pool.acquire() as conn, conn.transaction():
-            ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
-            try:
-                changed = await responder.change_lease(
-                    ctx, step_id, actor=actor(by, body.actor), reason=body.reason, change=change, by_s=extend_s
-                )
-            except (StepAnswerRefused, ValueError) as exc:
-                raise HTTPException(409, detail=str(exc)) from exc
-            await write_context(conn, ctx)
-        return LeaseChanged(step_id=step_id, state=changed["state"], undo_at=changed["undo_at"])
+
+        async def apply(ctx: HandlerContext) -> idempotency.Answer:
+            changed = await responder.change_lease(
+                ctx, step_id, actor=actor(by, body.actor), reason=body.reason, change=change, by_s=extend_s
+            )
+            answer = LeaseChanged(step_id=step_id, state=changed["state"], undo_at=changed["undo_at"])
+            return idempotency.Answer(200, answer.model_dump(mode="json"))
+
+        # The operation names the change asked: the same key for another change is another request.
+        asked_for = f"{change}:{body.extend or ''}"
+        return await _once(
+            runtime,
+            by,
+            f"lease:{step_id}:{asked_for}",
+            idempotency_key,
+            apply,
+            refusals=(StepAnswerRefused, ValueError),
+        )
 
     @router.post("/steps/{step_id:path}/done", response_model=StepOut)
-    async def done(step_id: str, body: StepDone, by: Principal = require(runtime, "tasks.complete")) -> StepOut:
+    async def done(
+        step_id: str,
+        body: StepDone,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        by: Principal = require(runtime, "tasks.complete"),
+    ) -> JSONResponse:
         """Say that a step a person does (a recovery step's owner) is done, or failed, with what was done."""
-        async with runtime.pool.acquire() as conn, conn.transaction():
-            ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
-            try:
-                row = await responder.complete(
-                    ctx, step_id, actor=actor(by, body.actor), note=body.note, failed=body.failed
-                )
-            except StepAnswerRefused as exc:
-                raise HTTPException(409, detail=str(exc)) from exc
-            await write_context(conn, ctx)
-        return _step_out(row)
+
+        async def apply(ctx: HandlerContext) -> idempotency.Answer:
+            row = await responder.complete(
+                ctx, step_id, actor=actor(by, body.actor), note=body.note, failed=body.failed
+            )
+            return idempotency.Answer(200, _step_out(row).model_dump(mode="json"))
+
+        return await _once(runtime, by, f"done:{step_id}:{body.failed}", idempotency_key, apply)
 
     @router.get("/leases", response_model=list[LeaseOut])
     async def leases_list(
@@ -395,17 +438,18 @@ def steps_router(runtime: Runtime, responder: Responder) -> APIRouter:
 
     @router.post("/incidents/{incident_id}/rollback", response_model=RollbackOut)
     async def rollback(
-        incident_id: str, body: RollbackRequest, by: Principal = require(runtime, "leases.change")
-    ) -> RollbackOut:
+        incident_id: str,
+        body: RollbackRequest,
+        idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+        by: Principal = require(runtime, "leases.change"),
+    ) -> JSONResponse:
         """Undo every action of the incident still in force, one at a time, in reverse order of execution."""
-        async with runtime.pool.acquire() as conn, conn.transaction():
-            ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
-            try:
-                started = await responder.rollback(ctx, incident_id, actor=actor(by, body.actor), reason=body.reason)
-            except StepAnswerRefused as exc:
-                raise HTTPException(409, detail=str(exc)) from exc
-            await write_context(conn, ctx)
-        return RollbackOut.model_validate(started)
+
+        async def apply(ctx: HandlerContext) -> idempotency.Answer:
+            started = await responder.rollback(ctx, incident_id, actor=actor(by, body.actor), reason=body.reason)
+            return idempotency.Answer(200, RollbackOut.model_validate(started).model_dump(mode="json"))
+
+        return await _once(runtime, by, f"rollback:{incident_id}", idempotency_key, apply)
 
     @router.get("/incidents/{incident_id}/rollbacks", response_model=list[RollbackOut])
     async def rollbacks(incident_id: str, _by: Principal = require(runtime, "incidents.read")) -> list[RollbackOut]:

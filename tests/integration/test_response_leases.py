@@ -210,11 +210,14 @@ async def test_people_extend_make_permanent_and_revoke_leases_and_who_and_why_ar
     runtime = Runtime(service="responder", settings=settings, pool=pool, producer=None, names=names)  # type: ignore[arg-type]
     async with serve_app(build_app(runtime, api.routers(runtime, responder)), name="responder-api") as base:
         async with httpx.AsyncClient(base_url=base) as client:
-            extended = await client.post(
-                f"/api/v1/steps/{first}/lease", json={"actor": "alice", "extend": "2h", "reason": "still scanning"}
-            )
+            extend = {"actor": "alice", "extend": "2h", "reason": "still scanning"}
+            once = {"Idempotency-Key": "extend-once"}
+            extended = await client.post(f"/api/v1/steps/{first}/lease", json=extend, headers=once)
             assert extended.status_code == 200, extended.text
             assert extended.json()["state"] == "extended"
+            # Its answer lost (a timeout), the client sends it again with its key: the lease moves once.
+            retried = await client.post(f"/api/v1/steps/{first}/lease", json=extend, headers=once)
+            assert (retried.status_code, retried.json()) == (200, extended.json())
             both = await client.post(
                 f"/api/v1/steps/{first}/lease", json={"actor": "a", "extend": "1h", "revoke": True}
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import asyncpg
+import httpx
 import pytest
 
 from services.coordinator.handlers import Coordinator
@@ -179,8 +180,15 @@ async def test_a_rollback_undoes_in_reverse_order_checks_each_undo_and_escalates
         rollback = await pool.fetchrow("SELECT * FROM responder_rollbacks WHERE incident_id = 'inc-rb'")
         far.answer = 200  # fixed: a second rollback undoes what the first could not
         async with serve_app(build_app(runtime, api.routers(runtime, responder)), name="responder-api") as base:
-            out = await vigil_cli("response", "rollback", "inc-rb", "--reason", "again", responder_url=base)
-            assert steps["disable"] in out and steps["block-ip"] not in out
+            async with httpx.AsyncClient(base_url=base) as client:
+                ask = {"actor": "carol", "reason": "again"}
+                once = {"Idempotency-Key": "rollback-again"}
+                second = await client.post("/api/v1/incidents/inc-rb/rollback", json=ask, headers=once)
+                assert second.status_code == 200, second.text
+                assert second.json()["steps"] == [steps["disable"]]
+                # Its answer lost, the client asks again with its key: the same rollback, not a refusal.
+                retried = await client.post("/api/v1/incidents/inc-rb/rollback", json=ask, headers=once)
+                assert (retried.status_code, retried.json()) == (200, second.json())
             async with running(runner_for(responder, settings, pool, names)):
                 await eventually(lambda: _lease_is(pool, steps["disable"], "reverted"))
             nothing = await vigil_cli("response", "rollback", "inc-rb", responder_url=base, code=1)
