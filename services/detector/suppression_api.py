@@ -245,18 +245,30 @@ def router(runtime: Runtime) -> APIRouter:
         return JSONResponse(answer.body, status_code=answer.status)
 
     @api.post("/silences/{silence_id}/expire", response_model=SilenceOut)
-    async def expire_silence(silence_id: str, by: Principal = require(runtime, "suppression.manage")) -> SilenceOut:
+    async def expire_silence(
+        silence_id: str,
+        idempotency_key: IdempotencyKey = None,
+        by: Principal = require(runtime, "suppression.manage"),
+    ) -> JSONResponse:
         """End a silence now; alerts it covered that still fire open or join incidents at their next sighting."""
         async with runtime.pool.acquire() as conn, conn.transaction():
-            row = await repository.expire_silence(conn, silence_id=silence_id, expired_by=by.name)
-            if row is None:
-                if await repository.get_silence(conn, silence_id=silence_id) is None:
-                    raise HTTPException(404, detail=f"no silence {silence_id}")
-                raise HTTPException(409, detail=f"silence {silence_id} has already ended")
-            await repository.notify_suppression_changed(conn, what=f"silence {silence_id}")
-            await schedule_end(conn, subject=f"silence:{silence_id}", at=row["ends_at"])
-            await audit.record(conn, service=SERVICE, principal=by.name, action="silence.expire", target=silence_id)
-        return _silence_out(row, datetime.now(UTC))
+
+            async def apply() -> idempotency.Answer:
+                row = await repository.expire_silence(conn, silence_id=silence_id, expired_by=by.name)
+                if row is None:
+                    if await repository.get_silence(conn, silence_id=silence_id) is None:
+                        return idempotency.Answer(404, {"detail": f"no silence {silence_id}"})
+                    return idempotency.Answer(409, {"detail": f"silence {silence_id} has already ended"})
+                await repository.notify_suppression_changed(conn, what=f"silence {silence_id}")
+                await schedule_end(conn, subject=f"silence:{silence_id}", at=row["ends_at"])
+                await audit.record(conn, service=SERVICE, principal=by.name, action="silence.expire", target=silence_id)
+                return idempotency.Answer(200, _silence_out(row, datetime.now(UTC)).model_dump(mode="json"))
+
+            # A retry of the request (its answer lost) gets the first answer, not "already ended".
+            answer = await idempotency.once(
+                conn, principal=by.name, operation=f"silence.expire:{silence_id}", key=idempotency_key, apply=apply
+            )
+        return JSONResponse(answer.body, status_code=answer.status)
 
     @api.get("/maintenance-windows", response_model=list[WindowOut])
     async def list_windows(
@@ -331,16 +343,27 @@ def router(runtime: Runtime) -> APIRouter:
         return JSONResponse(answer.body, status_code=answer.status)
 
     @api.post("/maintenance-windows/{window_id}/end", response_model=WindowOut)
-    async def end_window(window_id: str, by: Principal = require(runtime, "suppression.manage")) -> WindowOut:
+    async def end_window(
+        window_id: str,
+        idempotency_key: IdempotencyKey = None,
+        by: Principal = require(runtime, "suppression.manage"),
+    ) -> JSONResponse:
         """End a maintenance window now, with any occurrence in progress; it never recurs again."""
         async with runtime.pool.acquire() as conn, conn.transaction():
-            row = await repository.end_window(conn, window_id=window_id, ended_by=by.name)
-            if row is None:
-                raise HTTPException(404, detail=f"no maintenance window {window_id} that has not ended")
-            await repository.notify_suppression_changed(conn, what=f"window {window_id}")
-            await schedule_end(conn, subject=f"maintenance:{window_id}", at=row["ends_at"])
-            await audit.record(conn, service=SERVICE, principal=by.name, action="maintenance.end", target=window_id)
-        return _window_out(row, datetime.now(UTC))
+
+            async def apply() -> idempotency.Answer:
+                row = await repository.end_window(conn, window_id=window_id, ended_by=by.name)
+                if row is None:
+                    return idempotency.Answer(404, {"detail": f"no maintenance window {window_id} that has not ended"})
+                await repository.notify_suppression_changed(conn, what=f"window {window_id}")
+                await schedule_end(conn, subject=f"maintenance:{window_id}", at=row["ends_at"])
+                await audit.record(conn, service=SERVICE, principal=by.name, action="maintenance.end", target=window_id)
+                return idempotency.Answer(200, _window_out(row, datetime.now(UTC)).model_dump(mode="json"))
+
+            answer = await idempotency.once(
+                conn, principal=by.name, operation=f"maintenance.end:{window_id}", key=idempotency_key, apply=apply
+            )
+        return JSONResponse(answer.body, status_code=answer.status)
 
     @api.get("/suppressed-alerts", response_model=list[SuppressedOut])
     async def suppressed_alerts(

@@ -461,7 +461,14 @@ async def test_when_a_silence_ends_its_timer_releases_the_alerts_that_still_fire
                 f"silence:{silence_id}",
             )
             assert due == datetime.fromisoformat(added.json()["ends_at"])
-            assert (await client.post(f"/api/v1/silences/{silence_id}/expire")).status_code == 200
+            once = {"Idempotency-Key": "expire-once"}
+            expired = await client.post(f"/api/v1/silences/{silence_id}/expire", headers=once)
+            assert expired.status_code == 200, expired.text
+            # Its answer lost, the client asks again with its key: the first answer, not "already ended".
+            retried = await client.post(f"/api/v1/silences/{silence_id}/expire", headers=once)
+            assert (retried.status_code, retried.json()) == (200, expired.json())
+            again = await client.post(f"/api/v1/silences/{silence_id}/expire")
+            assert again.status_code == 409 and "already ended" in again.json()["detail"]
 
         poller = TimerPoller(service="detector", pool=pool, names=names, handlers=running.detector.timer_handlers)
         await eventually(poller.fire_due)

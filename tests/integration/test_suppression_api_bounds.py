@@ -117,6 +117,9 @@ async def test_a_window_this_version_refuses_is_listed_with_why_and_can_still_be
     refused = by_id[made.json()["id"]]
     assert refused["problem"] and refused["active_now"] is None and refused["next_start"] is None
     assert by_id[good.json()["id"]]["problem"] is None
-    ended = await client.post(f"/api/v1/maintenance-windows/{made.json()['id']}/end")
+    once = {"Idempotency-Key": "end-once"}
+    ended = await client.post(f"/api/v1/maintenance-windows/{made.json()['id']}/end", headers=once)
     assert ended.status_code == 200, ended.text
+    retried = await client.post(f"/api/v1/maintenance-windows/{made.json()['id']}/end", headers=once)
+    assert (retried.status_code, retried.json()) == (200, ended.json())  # a retry, not "no window that has not ended"
     assert ended.json()["ended_by"] == "ana" and ended.json()["problem"]
