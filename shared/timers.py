@@ -71,7 +71,7 @@ async def schedule(
            INSERT INTO timers (service, kind, subject, due_at, payload)
            SELECT $1, $2, $3, $4, $5 FROM (SELECT count(*) FROM cancelled) AS moved
            ON CONFLICT (service, kind, subject) WHERE fired_at IS NULL AND cancelled_at IS NULL
-           DO UPDATE SET due_at = excluded.due_at, payload = excluded.payload""",
+           DO UPDATE SET due_at = excluded.due_at, asked_at = NULL, payload = excluded.payload""",
         service,
         kind,
         subject,
@@ -92,19 +92,20 @@ SCHEDULE_MANY = """INSERT INTO timers (service, kind, subject, due_at)
    LEFT JOIN LATERAL (
        SELECT true AS same FROM timers t
        WHERE t.service = $1 AND t.kind = $2 AND t.subject = w.subject AND t.cancelled_at IS NULL
-         AND t.due_at = w.due_at
+         AND coalesce(t.asked_at, t.due_at) = w.due_at
        LIMIT 1) AS same_time ON true
    WHERE same_time.same IS NULL
    ON CONFLICT (service, kind, subject) WHERE fired_at IS NULL AND cancelled_at IS NULL
-   DO UPDATE SET due_at = excluded.due_at, payload = excluded.payload, attempts = 0, last_error = NULL,
-                 parked_at = NULL"""
+   DO UPDATE SET due_at = excluded.due_at, asked_at = NULL, payload = excluded.payload, attempts = 0,
+                 last_error = NULL, parked_at = NULL"""
 
 
 async def schedule_many(conn: Conn, *, service: str, kind: str, due: Mapping[str, datetime]) -> None:
     """Set (or move) the one pending timer of this kind for each subject, to its time, in one round trip.
 
-    A subject whose timer for that very time is pending already, or has fired, is left as it is: what
-    restates a due time (each change of a step that keeps its due time) never makes a fired timer fire again.
+    A subject whose timer for that very time is pending already (retrying too), or has fired, is left as it
+    is: what restates a due time (each change of a step that keeps its due time) never makes a fired timer
+    fire again, nor a failing one start its retries afresh.
     """
     if not due:
         return
@@ -308,7 +309,8 @@ class TimerPoller:
         attempts = await conn.fetchval(
             """UPDATE timers SET attempts = attempts + 1, last_error = $2,
                    parked_at = CASE WHEN attempts + 1 >= $3 THEN now() END,
-                   due_at = CASE WHEN attempts + 1 >= $3 THEN due_at ELSE now() + $4::interval END
+                   due_at = CASE WHEN attempts + 1 >= $3 THEN due_at ELSE now() + $4::interval END,
+                   asked_at = coalesce(asked_at, due_at)
                WHERE id = $1 AND fired_at IS NULL AND cancelled_at IS NULL AND parked_at IS NULL
                RETURNING attempts""",
             row["id"],

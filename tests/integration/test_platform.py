@@ -736,6 +736,37 @@ async def test_a_due_time_set_again_neither_moves_its_timer_nor_sets_a_fired_one
     ]
 
 
+async def test_a_due_time_set_again_leaves_a_retrying_timer_to_its_backoff_and_one_fired_on_a_retry_fired(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    due = datetime.now(UTC) - timedelta(minutes=1)
+    failing = True
+
+    async def flaky(ctx: HandlerContext, timer: Timer) -> None:
+        if failing:
+            raise ValueError("the far side refused the undo")
+
+    poller = TimerPoller(service="svc", pool=pool, names=names, handlers={"undo": flaky})
+    async with pool.acquire() as conn:
+        await schedule_many(conn, service="svc", kind="undo", due={"lease-1": due})
+    assert await poller.fire_due() == 1  # failed: its next attempt waits for the backoff
+    retry_at = await pool.fetchval("SELECT due_at FROM timers WHERE subject = 'lease-1'")
+    assert retry_at > datetime.now(UTC)
+    async with pool.acquire() as conn:
+        await schedule_many(conn, service="svc", kind="undo", due={"lease-1": due})  # the step changed
+    row = await pool.fetchrow("SELECT due_at, attempts FROM timers WHERE subject = 'lease-1' AND cancelled_at IS NULL")
+    assert row is not None and (row["due_at"], row["attempts"]) == (retry_at, 1)  # its backoff and count kept
+    assert await poller.fire_due() == 0
+
+    failing = False
+    await pool.execute("UPDATE timers SET due_at = now() - interval '1 second' WHERE subject = 'lease-1'")
+    assert await poller.fire_due() == 1  # fired on its retry
+    async with pool.acquire() as conn:
+        await schedule_many(conn, service="svc", kind="undo", due={"lease-1": due})
+    pending = await pool.fetchval("SELECT count(*) FROM timers WHERE subject = 'lease-1' AND fired_at IS NULL")
+    assert pending == 0  # not set again to fire a second time
+
+
 async def test_timers_set_many_at_once_read_each_subjects_timers_by_index_however_many_fired_before(
     pool: asyncpg.Pool,
 ) -> None:
