@@ -19,14 +19,17 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, Header, HTTPException, Path, Query
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, Field
 
 from services.analyzer import evidence_register, forensic_repository
-from shared import audit, identity
+from shared import audit, idempotency, identity
 from shared.auth import ANONYMOUS, actor, require
 from shared.db import Conn
 from shared.events import EvidenceChange, EvidenceChanged
@@ -40,8 +43,31 @@ ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's number 
 IncidentId = Annotated[str, Path(min_length=1, max_length=200)]
 # Who may hand over an item someone else holds: whoever may assign the incident's roles.
 HAND_OVER_ANY: Permission = "incidents.assign"
+IdempotencyKey = Annotated[str | None, Header(max_length=200)]
 
 PAGE = 1_000
+
+
+async def _once(
+    runtime: Runtime,
+    by: Principal,
+    operation: str,
+    key: str | None,
+    apply: Callable[[Conn], Awaitable[idempotency.Answer]],
+) -> JSONResponse:
+    """Apply a change to the register in one transaction, once per Idempotency-Key: a retry whose answer was
+    lost gets the first answer back (a refusal included), never a second custody entry or item."""
+    async with runtime.pool.acquire() as conn, conn.transaction():
+
+        async def applied() -> idempotency.Answer:
+            try:
+                async with conn.transaction():
+                    return await apply(conn)
+            except HTTPException as exc:
+                return idempotency.Answer(exc.status_code, {"detail": exc.detail})
+
+        answer = await idempotency.once(conn, principal=by.name, operation=operation, key=key, apply=applied)
+    return JSONResponse(answer.body, status_code=answer.status)
 
 
 def _cursor(row: dict[str, Any]) -> str:
@@ -147,11 +173,15 @@ def _register_router(runtime: Runtime) -> APIRouter:
 
     @router.post("/incidents/{incident_id}/evidence-register", status_code=201)
     async def register(
-        incident_id: IncidentId, body: EvidenceItemIn, by: Principal = require(runtime, "incidents.note")
-    ) -> dict[str, Any]:
+        incident_id: IncidentId,
+        body: EvidenceItemIn,
+        idempotency_key: IdempotencyKey = None,
+        by: Principal = require(runtime, "incidents.note"),
+    ) -> JSONResponse:
         """Register an item collected for the incident, in the custody of who registers it."""
         who = actor(by, body.actor)
-        async with runtime.pool.acquire() as conn, conn.transaction():
+
+        async def apply(conn: Conn) -> idempotency.Answer:
             if not await forensic_repository.incident_known(conn, incident_id=incident_id):
                 raise HTTPException(404, detail=f"the analyzer has no incident {incident_id}")
             try:
@@ -176,18 +206,24 @@ def _register_router(runtime: Runtime) -> APIRouter:
             await audit.record(
                 conn, service=SERVICE, principal=who, action="evidence.register", target=str(item["id"]), detail=detail
             )
-        assert found is not None
-        return found
+            assert found is not None
+            return idempotency.Answer(201, jsonable_encoder(found))
+
+        return await _once(runtime, by, f"evidence.register:{incident_id}", idempotency_key, apply)
 
     @router.post("/evidence-register/{item_id}/transfer")
     async def transfer(
-        item_id: ItemId, body: TransferIn, by: Principal = require(runtime, "incidents.note")
-    ) -> dict[str, Any]:
+        item_id: ItemId,
+        body: TransferIn,
+        idempotency_key: IdempotencyKey = None,
+        by: Principal = require(runtime, "incidents.note"),
+    ) -> JSONResponse:
         """Hand the item to another custodian: the chain of custody says who, when and why. Its custodian hands
         it over; a commander may take it from anyone (someone gone off shift)."""
         who = actor(by, body.actor)
         to = body.to.strip()
-        async with runtime.pool.acquire() as conn, conn.transaction():
+
+        async def apply(conn: Conn) -> idempotency.Answer:
             item = await evidence_register.lock_item(conn, item_id)
             if item is None:
                 raise HTTPException(404, detail=f"no evidence item {item_id}")
@@ -206,16 +242,22 @@ def _register_router(runtime: Runtime) -> APIRouter:
             await audit.record(
                 conn, service=SERVICE, principal=who, action="evidence.transfer", target=str(item_id), detail=detail
             )
-        assert found is not None
-        return found
+            assert found is not None
+            return idempotency.Answer(200, jsonable_encoder(found))
+
+        return await _once(runtime, by, f"evidence.transfer:{item_id}:{to}", idempotency_key, apply)
 
     @router.post("/evidence-register/{item_id}/verify")
     async def verify(
-        item_id: ItemId, body: VerifyIn, by: Principal = require(runtime, "incidents.note")
-    ) -> dict[str, Any]:
+        item_id: ItemId,
+        body: VerifyIn,
+        idempotency_key: IdempotencyKey = None,
+        by: Principal = require(runtime, "incidents.note"),
+    ) -> JSONResponse:
         """Record a check of the item as kept against its registered SHA-256: matched or not, on the timeline."""
         who = actor(by, body.actor)
-        async with runtime.pool.acquire() as conn, conn.transaction():
+
+        async def apply(conn: Conn) -> idempotency.Answer:
             item = await evidence_register.lock_item(conn, item_id)
             if item is None:
                 raise HTTPException(404, detail=f"no evidence item {item_id}")
@@ -237,7 +279,9 @@ def _register_router(runtime: Runtime) -> APIRouter:
                 outcome="matched" if matched else "mismatch",
                 detail={"incident": item["incident_id"]},
             )
-        assert found is not None
-        return {**found, "matched": matched}
+            assert found is not None
+            return idempotency.Answer(200, jsonable_encoder({**found, "matched": matched}))
+
+        return await _once(runtime, by, f"evidence.verify:{item_id}", idempotency_key, apply)
 
     return router

@@ -83,6 +83,11 @@ async def test_an_items_chain_of_custody_is_kept_and_told_on_the_timeline_and_in
         assert wrong.json()["matched"] is False
         right = await http.post(f"/evidence-register/{item_id}/verify", json={"sha256": DUMP, "actor": "bob"})
         assert right.json()["matched"] is True
+        # A check whose answer was lost, sent again with its key: one custody entry, the first answer.
+        once = {"Idempotency-Key": "verify-once"}
+        checked = await http.post(f"/evidence-register/{item_id}/verify", json={"sha256": DUMP}, headers=once)
+        retried = await http.post(f"/evidence-register/{item_id}/verify", json={"sha256": DUMP}, headers=once)
+        assert checked.status_code == 200 and (retried.status_code, retried.json()) == (200, checked.json())
         assert (await http.post("/evidence-register/999999/transfer", json={"to": "x"})).status_code == 404
         assert (await http.post(f"/evidence-register/{2**63}/verify", json={"sha256": DUMP})).status_code == 422
 
@@ -92,6 +97,7 @@ async def test_an_items_chain_of_custody_is_kept_and_told_on_the_timeline_and_in
             ("transferred", "alice", "bob", None),
             ("verified", "bob", "bob", False),
             ("verified", "bob", "bob", True),
+            ("verified", "anonymous", "bob", True),
         ]
 
         # The CLI computes the hash of the file as it is, and says when it no longer matches.
