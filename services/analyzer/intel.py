@@ -31,6 +31,10 @@ FeedFormat = Literal["list", "csv", "stix", "misp"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
 FORMATS: tuple[FeedFormat, ...] = get_args(FeedFormat)
+# The longest value kept, in UTF-8 bytes: values are keys of btree indexes (intel_entries, analyzer_indicators,
+# analyzer_incident_features, the providers' cache and lookups), whose rows hold at most 2,704 bytes, and a URL
+# with a long query or a cloud resource id may be longer.
+MAX_VALUE_BYTES = 2_000
 # The worst verdict wins: a value one feed lists as malicious stays malicious whatever another says.
 VERDICT_RANK: dict[Verdict, int] = {"benign-listed": 0, "suspicious": 1, "malicious": 2}
 # The analyzer's indicator kinds that are addresses, looked up by network containment.
@@ -107,6 +111,11 @@ _DEFANGS = [
     (re.compile(r"\[:\]"), ":"),
     (re.compile(r"\[://\]"), "://"),
 ]
+
+
+def fits(value: str) -> bool:
+    """Whether a value is within MAX_VALUE_BYTES (a character is at most 4 bytes: most are not encoded to know)."""
+    return len(value) * 4 <= MAX_VALUE_BYTES or len(value.encode()) <= MAX_VALUE_BYTES
 
 
 def refang(text: str) -> str:

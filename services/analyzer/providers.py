@@ -506,8 +506,9 @@ async def consult(
             normal[key] = intel.indicator_key(*key)
         except ValueError:
             continue
-    # Never an internal address to a third party, nor a link to one; a network is nobody's indicator.
-    normal = {key: n for key, n in normal.items() if n[0] != "cidr" and _may_leave(*n)}
+    # Never an internal address to a third party, nor a link to one; a network is nobody's indicator. Nor
+    # a value too long for the indexes of its lookup and answer (forensics keeps none such).
+    normal = {key: n for key, n in normal.items() if n[0] != "cidr" and intel.fits(n[1]) and _may_leave(*n)}
     rows = await conn.fetch(
         """SELECT c.kind, c.value, c.provider, c.verdict, c.confidence, c.tags, c.fetched_at, c.expires_at
              FROM unnest($1::text[], $2::text[]) AS q(kind, value)

@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
+import string
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -299,3 +301,18 @@ async def test_an_answer_that_changes_no_verdict_records_no_publication_it_did_n
     # What is recorded as published was published: either the new version went out, or nothing is recorded.
     sent = await published(db, "inc-quiet")
     assert len(sent) == 2 or await published_digest() == first, (len(sent), first, await published_digest())
+
+
+async def test_a_value_too_long_for_the_indexes_is_not_looked_up(db: asyncpg.Pool) -> None:
+    """A lookup is keyed (its effect, its cached answer, who waits for it) by the value: one longer than
+    intel.MAX_VALUE_BYTES, which no analysis keeps but a recheck may ask for, is left unknown to providers."""
+    config = intel.IntelConfig.model_validate({"providers": {"virustotal": {"per_minute": 6000}}})
+    online = providers.load_providers(config, {"virustotal": SecretStr("vt-key")})
+    # Random: an index compresses a repetitive value below its bound.
+    token = "".join(random.Random(1).choices(string.ascii_letters + string.digits, k=3000))
+    url = f"http://evil-cdn.net/login?token={token}"
+    asked: dict[tuple[str, str], list[intel.Match]] = {("url", url): [], ("domain", "evil-cdn.net"): []}
+    async with db.acquire() as conn, conn.transaction():
+        await providers.sync(conn, online)
+        assert await providers.consult(conn, incident("inc-long"), asked) == asked
+    assert await db.fetchval("SELECT array_agg(payload->>'value') FROM effects") == ["evil-cdn.net"]

@@ -309,6 +309,13 @@ def test_the_features_looked_up_put_known_bad_indicators_first_and_are_bounded()
     assert similar.features([placeholder], ["web-1"], [], []) == [similar.Feature("host", "web-1")]
 
 
+def test_a_feature_too_long_for_its_index_is_nothing_to_share() -> None:
+    url = "http://evil-cdn.net/?t=" + "é" * 1000  # 2,023 bytes
+    long = Indicator(kind="url", value=url)
+    found = similar.features([long, BAD], ["web-1"], ["bob"], ["T1110"])
+    assert [f.text for f in found] == ["ipv4:203.0.113.7", "host:web-1", "user:bob", "technique:T1110"]
+
+
 def test_the_attack_path_goes_hop_by_hop_the_earliest_first_whatever_the_order_of_folding() -> None:
     login = alert("w:5", 40, title="login", src_ip="10.0.2.9", host="FILES-01", techniques=["T1078"])
     again = alert("s:6", 45, format="suricata", source="suricata", src_ip="10.0.1.5", dst_ip="10.0.2.9",
