@@ -2106,7 +2106,7 @@ def intel_load(
     kind: Annotated[str | None, typer.Option(help="For a list of one kind; otherwise inferred.")] = None,
     keep: Annotated[bool, typer.Option("--keep", help="Add to what the feed listed before.")] = False,
 ) -> None:
-    """Parse a feed (all of it or nothing) and store it in one transaction."""
+    """Parse a feed (all of it or nothing, but for values too long to keep) and store it in one transaction."""
     from services.analyzer import intel
 
     if feed_format not in intel.FORMATS:
@@ -2125,6 +2125,8 @@ def intel_load(
             entries = intel.parse_feed(file.read_text(), feed_format=feed_format, defaults=defaults, kind=kind)
     except intel.IntelError as exc:
         _fail(f"{file}: {exc}")
+    if (passed_over := entries.summary()) is not None:
+        err.print(f"{file}: {passed_over}", markup=False, highlight=False, soft_wrap=True)
     from services.analyzer import feeds, retrohunt
 
     async def load(conn: Any) -> tuple[int, list[str]]:
@@ -2176,6 +2178,8 @@ def intel_feeds(as_json: JsonOption = False) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
+        if r["passed_over"]:
+            console.print(f"  last load: {r['passed_over']}", markup=False, highlight=False, soft_wrap=True)
 
 
 @intel_app.command("refresh")

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from services.analyzer import feeds, intel
 from shared import audit
@@ -34,6 +34,9 @@ class FeedStatus(BaseModel):
     last_success_at: datetime | None
     last_error: str | None
     last_error_at: datetime | None
+    passed_over: str | None = Field(
+        None, description="What the last load passed over: values too long to keep, with their lines."
+    )
     expires_at: datetime | None
     next_refresh_at: datetime | None
 

@@ -6,8 +6,9 @@ transaction (reads the file, or downloads the URL with a conditional GET), parse
 in a transaction of its own. A feed whose content has not changed since its last load, nor the
 settings it is read with (format, kind, columns, verdict, confidence, tags), is not loaded again;
 a bad one (a line that is no indicator, a refusal by its server) loads nothing, keeps the last good
-data, and its error is shown with the feed (`vigil intel feeds`) until a refresh succeeds. A feed
-with ``expire_hours`` stops counting when it has not loaded for that long.
+data, and its error is shown with the feed (`vigil intel feeds`) until a refresh succeeds. A value too
+long to keep is passed over, not the feed, and the lines of those passed over are shown with it too.
+A feed with ``expire_hours`` stops counting when it has not loaded for that long.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ async def status(conn: Conn) -> list[asyncpg.Record]:
     """Every feed with its last refresh, entries, last error and next refresh, for operators."""
     return await conn.fetch(
         """SELECT f.name, f.format, f.location, f.refresh_minutes, f.configured, f.last_attempt_at,
-                  f.last_success_at, f.last_error, f.last_error_at, s.entries, s.expires_at,
+                  f.last_success_at, f.last_error, f.last_error_at, f.passed_over, s.entries, s.expires_at,
                   (SELECT min(t.due_at) FROM timers t
                     WHERE t.service = $1 AND t.kind = $2 AND t.subject = f.name
                       AND t.fired_at IS NULL AND t.cancelled_at IS NULL AND t.parked_at IS NULL) AS next_refresh_at
@@ -209,6 +210,10 @@ class FeedRefresher:
         except (OSError, httpx.HTTPError, TransientEffectError) as exc:
             await self._failed(feed.name, f"{type(exc).__name__}: {exc}")
             raise
+        except Exception as exc:
+            # Whatever else stops a load (the database refusing it) is shown with the feed as well.
+            await self._failed(feed.name, f"{type(exc).__name__}: {exc}")
+            raise
 
     async def refresh(self, feed: intel.FeedConfig) -> dict[str, Any]:
         """Fetch, parse and load one feed; the last good data stays unless all of it parsed."""
@@ -288,23 +293,28 @@ class FeedRefresher:
             return Fetched(bytes(content), response.headers.get("ETag"), response.headers.get("Last-Modified"))
 
     async def _load(
-        self, feed: intel.FeedConfig, entries: list[intel.Entry], *, digest: str | None, fetched: Fetched
+        self, feed: intel.FeedConfig, entries: intel.Entries, *, digest: str | None, fetched: Fetched
     ) -> dict[str, Any]:
+        passed_over = entries.summary()
+        if passed_over is not None:
+            log.warning("intel feed %s: %s", feed.name, passed_over)
         async with self.pool.acquire() as conn, conn.transaction():
             now: datetime = await conn.fetchval("SELECT now()")
             loaded = await intel.load_feed(conn, source=feed.name, entries=entries, expires_at=_expiry(feed, now))
             await retrohunt.hunt(conn, source=feed.name, service=SERVICE)
             await conn.execute(
                 """UPDATE intel_feeds SET last_success_at = now(), last_error = NULL, last_error_at = NULL,
-                       content_sha256 = $2, etag = $3, last_modified = $4, updated_at = now()
+                       content_sha256 = $2, etag = $3, last_modified = $4, passed_over = $5, updated_at = now()
                    WHERE name = $1""",
                 feed.name,
                 digest,
                 fetched.etag,
                 fetched.last_modified,
+                bound_text(passed_over, ERROR_CHARS) if passed_over is not None else None,
             )
         log.info("intel feed %s loaded: %d entries", feed.name, loaded)
-        return {"feed": feed.name, "entries": loaded, "changed": True}
+        result: dict[str, Any] = {"feed": feed.name, "entries": loaded, "changed": True}
+        return result | ({"passed_over": len(entries.passed_over)} if entries.passed_over else {})
 
     async def _unchanged(self, feed: intel.FeedConfig, fetched: Fetched) -> dict[str, Any]:
         """The same content as the last load: nothing to load; the feed counts as refreshed."""

@@ -24,6 +24,7 @@ from ioc_fanger import fang
 from ioc_finder import find_iocs
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.analyzer.intel import fits
 from shared.addresses import is_internal as is_internal_address
 from shared.addresses import unmapped
 from shared.alerts import leaves
@@ -57,7 +58,6 @@ _IPV4 = re.compile(
 _FINDER_TYPES = [key for key in _IOC_KINDS if key != "ipv4s"]
 _HASHES = frozenset({"md5", "sha1", "sha256"})
 MAX_TEXT = 20_000  # of one field: descriptions and log lines are longer only when something is wrong
-MAX_VALUE = 2_000  # of an account, a process or a command line
 MAX_FIELDS = 20  # field names kept per indicator in the database (10 travel in the event)
 MAX_ALERT_KEYS = 20  # alert keys kept per indicator in the database (5 travel in the event)
 
@@ -261,7 +261,16 @@ def evidence_of(alert: AlertSummary, noise: Noise) -> AlertEvidence:
 
 
 def sightings(alert: AlertSummary, noise: Noise) -> Iterator[Sighting]:
-    """Yield what each field of the alert names; a value found in two fields is sighted twice."""
+    """Yield what each field of the alert names; a value found in two fields is sighted twice.
+
+    A value longer than intel.MAX_VALUE_BYTES (a URL with a long query, a resource id, a command line) is left
+    out, not cut: feeds, providers, blocklists and shared STIX take an indicator as the exact value, and
+    a cut one would be matched, blocked and shared as if it were. The alert's record keeps it whole.
+    """
+    return (s for s in _sightings(alert, noise) if fits(s.value))
+
+
+def _sightings(alert: AlertSummary, noise: Noise) -> Iterator[Sighting]:
     # The link to the alert in its tool names the tool: its host is noise for this alert.
     tools = {host} if alert.url and (host := _host_of(alert.url)) else set()
     for name, address in (("src_ip", alert.src_ip), ("dst_ip", alert.dst_ip)):
@@ -300,7 +309,7 @@ def _key_of(name: str) -> str:
 
 def _observable(kind: Kind, value: str, name: str) -> Iterator[Sighting]:
     value = value.strip()
-    if value.lower() not in _NOT_A_VALUE and not value.lstrip("-").isdigit() and len(value) <= MAX_VALUE:
+    if value.lower() not in _NOT_A_VALUE and not value.lstrip("-").isdigit():
         yield Sighting(kind, value, name)
 
 

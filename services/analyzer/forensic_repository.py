@@ -177,6 +177,19 @@ async def list_bad_internal(conn: Conn, *, incident_id: str) -> list[str]:
     return [r["value"] for r in rows]
 
 
+async def list_internal(conn: Conn, *, incident_id: str, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these (kind, value) of the incident forensics marked internal."""
+    rows = await conn.fetch(
+        """SELECT i.kind, i.value FROM unnest($2::text[], $3::text[]) AS q(kind, value)
+             JOIN analyzer_indicators i ON i.incident_id = $1 AND i.kind = q.kind AND i.value = q.value
+            WHERE i.internal""",
+        incident_id,
+        [k for k, _ in keys],
+        [v for _, v in keys],
+    )
+    return {(r["kind"], r["value"]) for r in rows}
+
+
 async def list_observables(conn: Conn, *, incident_id: str) -> list[Tally]:
     """Every observable the incident's alerts name (accounts, processes, …), ordered by kind and value."""
     rows = await conn.fetch(

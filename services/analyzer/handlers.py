@@ -227,7 +227,11 @@ async def _look_up(
     # too: the providers keep the incident's latest event for that.
     matches = await intel.lookup(ctx.conn, list(reasons))
     enabled = await ctx.once("intel.providers", lambda: providers.enabled_providers(ctx.conn))
-    matches = await providers.consult(ctx.conn, event, matches, enabled=enabled)
+    # What forensics marked internal is never sent to a provider.
+    internal: set[tuple[str, str]] = set()
+    if enabled:
+        internal = await forensic_repository.list_internal(ctx.conn, incident_id=incident_id, keys=list(matches))
+    matches = await providers.consult(ctx.conn, event, matches, enabled=enabled, internal=internal)
     verdicts = [
         domain.LookedUp(kind, value, intel.verdict_of(found), domain.verdict_expiry(found, feeds.expiries))
         for (kind, value), found in matches.items()

@@ -1,8 +1,10 @@
 """Local threat-intelligence feeds: parse them, keep them in Postgres, look indicators up in them.
 
 Parsers are pure (text in, entries out) and refuse a whole feed at its first bad line, so a feed is
-loaded completely or not at all. ``load_feed`` and ``lookup`` are the only functions that touch the
-database; ``verdict_of`` turns what matched into one verdict.
+loaded completely or not at all; only a value too long to keep (``MAX_VALUE_BYTES``) is passed over,
+its line noted (``Entries.passed_over``): a URL feed may list one among thousands of good ones.
+``load_feed`` and ``lookup`` are the only functions that touch the database; ``verdict_of`` turns
+what matched into one verdict.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ FeedFormat = Literal["list", "csv", "stix", "misp"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
 FORMATS: tuple[FeedFormat, ...] = get_args(FeedFormat)
+# The longest value kept, in UTF-8 bytes: values are keys of btree indexes (intel_entries, analyzer_indicators,
+# analyzer_incident_features, the providers' cache and lookups), whose rows hold at most 2,704 bytes, and a URL
+# with a long query or a cloud resource id may be longer.
+MAX_VALUE_BYTES = 2_000
 # The worst verdict wins: a value one feed lists as malicious stays malicious whatever another says.
 VERDICT_RANK: dict[Verdict, int] = {"benign-listed": 0, "suspicious": 1, "malicious": 2}
 # The analyzer's indicator kinds that are addresses, looked up by network containment.
@@ -53,6 +59,10 @@ class IntelError(ValueError):
         self.line = line
 
 
+class TooLong(ValueError):
+    """A value longer than MAX_VALUE_BYTES: passed over by a feed's parser, not refused."""
+
+
 @dataclass(frozen=True)
 class FeedDefaults:
     """What a feed's entries get when the feed itself does not say."""
@@ -73,6 +83,21 @@ class Entry(NamedTuple):
     first_seen: datetime | None = None
     last_seen: datetime | None = None
     expires_at: datetime | None = None
+
+
+class Entries(list[Entry]):
+    """A feed's entries, and where it lists values too long to keep (``line 7``), passed over."""
+
+    def __init__(self, entries: Iterable[Entry] = (), passed_over: Iterable[str] = ()) -> None:
+        super().__init__(entries)
+        self.passed_over = list(passed_over)
+
+    def summary(self) -> str | None:
+        """What was passed over, for operators; None when nothing was."""
+        if not self.passed_over:
+            return None
+        where = ", ".join(self.passed_over[:10]) + (" and more" if len(self.passed_over) > 10 else "")
+        return f"{len(self.passed_over)} value(s) longer than {MAX_VALUE_BYTES} bytes passed over: {where}"
 
 
 @dataclass(frozen=True)
@@ -107,6 +132,11 @@ _DEFANGS = [
     (re.compile(r"\[:\]"), ":"),
     (re.compile(r"\[://\]"), "://"),
 ]
+
+
+def fits(value: str) -> bool:
+    """Whether a value is within MAX_VALUE_BYTES (a character is at most 4 bytes: most are not encoded to know)."""
+    return len(value) * 4 <= MAX_VALUE_BYTES or len(value.encode()) <= MAX_VALUE_BYTES
 
 
 def refang(text: str) -> str:
@@ -177,8 +207,15 @@ def normalise(kind: Kind, value: str) -> tuple[Kind, str]:
 
     Addresses and networks as Python writes them (``2001:db8::1``, ``10.0.0.0/8``); a network of one
     address is that address; domains, hashes and e-mail addresses in lower case; a URL's scheme and
-    host in lower case, its path as it was.
+    host in lower case, its path as it was. TooLong for one over MAX_VALUE_BYTES.
     """
+    found, normal = _normalise(kind, value)
+    if not fits(normal):
+        raise TooLong(f"{found} longer than {MAX_VALUE_BYTES} bytes")
+    return found, normal
+
+
+def _normalise(kind: Kind, value: str) -> tuple[Kind, str]:
     text = refang(value)
     if not text:
         raise ValueError("empty value")
@@ -273,9 +310,9 @@ def _line_of(text: str, needle: str) -> int | None:
 # ---- plain lists ---------------------------------------------------------------------------------
 
 
-def parse_list(text: str, *, kind: Kind | None = None, defaults: FeedDefaults = FeedDefaults()) -> list[Entry]:
+def parse_list(text: str, *, kind: Kind | None = None, defaults: FeedDefaults = FeedDefaults()) -> Entries:
     """One value per line; ``#`` starts a comment; each value's kind inferred unless ``kind`` is given."""
-    entries = []
+    entries = Entries()
     for number, line in enumerate(text.splitlines(), 1):
         value = line.strip()
         if " #" in value:
@@ -284,6 +321,9 @@ def parse_list(text: str, *, kind: Kind | None = None, defaults: FeedDefaults = 
             continue
         try:
             found, normal = classify(value, kind)
+        except TooLong:
+            entries.passed_over.append(f"line {number}")
+            continue
         except ValueError as exc:
             raise IntelError(str(exc), line=number) from exc
         entries.append(Entry(found, normal, defaults.verdict, defaults.confidence, defaults.tags))
@@ -329,7 +369,7 @@ def _csv_rows(text: str) -> Iterator[tuple[int, list[str]]]:
         yield reader.line_num, [cell.strip() for cell in row]
 
 
-def parse_csv(text: str, *, columns: CsvColumns | None = None, defaults: FeedDefaults = FeedDefaults()) -> list[Entry]:
+def parse_csv(text: str, *, columns: CsvColumns | None = None, defaults: FeedDefaults = FeedDefaults()) -> Entries:
     """A CSV feed whose header is its first row or its last ``#`` comment line before the data.
 
     ``columns`` default to ThreatFox's.
@@ -337,7 +377,7 @@ def parse_csv(text: str, *, columns: CsvColumns | None = None, defaults: FeedDef
     columns = columns or CsvColumns()
     header: list[str] | None = None
     last_comment: list[str] | None = None
-    entries = []
+    entries = Entries()
     for number, row in _csv_rows(text):
         if not row or not any(row):
             continue
@@ -354,7 +394,12 @@ def parse_csv(text: str, *, columns: CsvColumns | None = None, defaults: FeedDef
             if last_comment is None:
                 raise IntelError(f"no header naming the value column {columns.value!r}", line=number)
             header = last_comment
-        if (entry := _csv_entry(dict(zip(header, row, strict=False)), columns, defaults, number)) is not None:
+        try:
+            entry = _csv_entry(dict(zip(header, row, strict=False)), columns, defaults, number)
+        except TooLong:
+            entries.passed_over.append(f"line {number}")
+            continue
+        if entry is not None:
             entries.append(entry)
     return entries
 
@@ -392,6 +437,8 @@ def _csv_entry(cells: Mapping[str, str], columns: CsvColumns, defaults: FeedDefa
             first_seen=_time(cell(columns.first_seen)),
             last_seen=_time(cell(columns.last_seen)),
         )
+    except TooLong:
+        raise
     except ValueError as exc:
         raise IntelError(str(exc), line=number) from exc
 
@@ -434,7 +481,7 @@ def _stix_verdict(indicator_types: Iterable[str], default: Verdict) -> Verdict:
     return default
 
 
-def parse_stix(text: str, *, defaults: FeedDefaults = FeedDefaults()) -> list[Entry]:
+def parse_stix(text: str, *, defaults: FeedDefaults = FeedDefaults()) -> Entries:
     """The indicators of a STIX 2.1 bundle whose patterns compare an address, domain, URL, e-mail or hash.
 
     Every ``=`` comparison of such a value in a pattern is an entry (``[a] OR [b]`` lists both);
@@ -459,7 +506,7 @@ def parse_stix(text: str, *, defaults: FeedDefaults = FeedDefaults()) -> list[En
     for o in objects:
         if o["type"] == "relationship" and o["relationship_type"] == "indicates" and o["target_ref"] in names:
             indicated.setdefault(o["source_ref"], []).append(names[o["target_ref"]])
-    entries = []
+    entries = Entries()
     for o in objects:
         if o["type"] != "indicator" or o.get("pattern_type", "stix") != "stix":
             continue
@@ -474,7 +521,11 @@ def parse_stix(text: str, *, defaults: FeedDefaults = FeedDefaults()) -> list[En
                     kind = _STIX_PATHS.get((object_type, ".".join(path)))
                     if kind is None or operator != "=":
                         continue
-                    found, value = normalise(kind, _stix_string(literal))
+                    try:
+                        found, value = normalise(kind, _stix_string(literal))
+                    except TooLong:
+                        entries.passed_over.append(f"line {line}" if line else o["id"])
+                        continue
                     entries.append(
                         Entry(
                             kind=found,
@@ -518,7 +569,9 @@ def _misp_tag(name: str) -> str | None:
     return galaxy.group(1) if galaxy else name
 
 
-def _misp_attribute(attribute: Mapping[str, Any], tags: Sequence[str], defaults: FeedDefaults) -> Iterator[Entry]:
+def _misp_attribute(
+    attribute: Mapping[str, Any], tags: Sequence[str], defaults: FeedDefaults, passed_over: list[str], where: str
+) -> Iterator[Entry]:
     kinds = str(attribute.get("type", "")).split("|")
     values = str(attribute.get("value", "")).split("|")
     if len(kinds) != len(values):
@@ -535,7 +588,11 @@ def _misp_attribute(attribute: Mapping[str, Any], tags: Sequence[str], defaults:
         kind = _MISP_KINDS.get(kind_name)
         if kind is None:
             continue  # a port or file name beside an address or hash; a registry key, a mutex
-        found, normal = normalise(kind, value)
+        try:
+            found, normal = normalise(kind, value)
+        except TooLong:
+            passed_over.append(where)
+            continue
         yield Entry(
             kind=found,
             value=normal,
@@ -547,21 +604,23 @@ def _misp_attribute(attribute: Mapping[str, Any], tags: Sequence[str], defaults:
         )
 
 
-def _misp_event_entries(event: Mapping[str, Any], text: str, defaults: FeedDefaults) -> Iterator[Entry]:
+def _misp_event_entries(
+    event: Mapping[str, Any], text: str, defaults: FeedDefaults, passed_over: list[str]
+) -> Iterator[Entry]:
     tags = [t for tag in event.get("Tag", ()) if (t := _misp_tag(str(tag.get("name", ""))))]
     attributes = [*event.get("Attribute", ())]
     for obj in event.get("Object", ()):
         attributes.extend(obj.get("Attribute", ()))
     for attribute in attributes:
+        uuid = str(attribute.get("uuid", ""))
+        line = _line_of(text, uuid) if uuid else None
         try:
-            yield from _misp_attribute(attribute, tags, defaults)
+            yield from _misp_attribute(attribute, tags, defaults, passed_over, f"line {line}" if line else repr(uuid))
         except ValueError as exc:
-            uuid = str(attribute.get("uuid", ""))
-            where = _line_of(text, uuid) if uuid else None
-            raise IntelError(f"attribute {uuid or attribute.get('value')!r}: {exc}", line=where) from exc
+            raise IntelError(f"attribute {uuid or attribute.get('value')!r}: {exc}", line=line) from exc
 
 
-def parse_misp(text: str, *, defaults: FeedDefaults = FeedDefaults()) -> list[Entry]:
+def parse_misp(text: str, *, defaults: FeedDefaults = FeedDefaults()) -> Entries:
     """A MISP event (``{"Event": ...}``, a REST search's ``{"response": [...]}``) or a list of attributes."""
     try:
         data = json.loads(text)
@@ -577,23 +636,28 @@ def parse_misp(text: str, *, defaults: FeedDefaults = FeedDefaults()) -> list[En
         events = [{"Attribute": data}]
     else:
         raise IntelError("neither a MISP event nor a list of attributes", line=1)
-    return [entry for event in events for entry in _misp_event_entries(event, text, defaults)]
+    entries = Entries()
+    for event in events:
+        entries.extend(_misp_event_entries(event, text, defaults, entries.passed_over))
+    return entries
 
 
-def read_misp_feed(directory: Path, *, defaults: FeedDefaults = FeedDefaults()) -> list[Entry]:
+def read_misp_feed(directory: Path, *, defaults: FeedDefaults = FeedDefaults()) -> Entries:
     """A MISP feed folder: ``manifest.json`` naming each event, each in ``<uuid>.json``."""
     manifest_path = directory / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as exc:
         raise IntelError(f"{manifest_path}: not JSON: {exc.msg}", line=exc.lineno) from exc
-    entries = []
+    entries = Entries()
     for uuid in manifest:
         event_path = directory / f"{uuid}.json"
         try:
-            entries.extend(parse_misp(event_path.read_text(), defaults=defaults))
+            read = parse_misp(event_path.read_text(), defaults=defaults)
         except IntelError as exc:
             raise IntelError(f"{event_path}: {exc}") from exc
+        entries.extend(read)
+        entries.passed_over.extend(f"{event_path.name} {where}" for where in read.passed_over)
     return entries
 
 
@@ -604,7 +668,7 @@ def parse_feed(
     defaults: FeedDefaults = FeedDefaults(),
     kind: Kind | None = None,
     columns: CsvColumns | None = None,
-) -> list[Entry]:
+) -> Entries:
     if feed_format == "list":
         return parse_list(text, kind=kind, defaults=defaults)
     if feed_format == "csv":

@@ -29,7 +29,7 @@ import hashlib
 import ipaddress
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from importlib.metadata import entry_points
@@ -487,13 +487,16 @@ async def consult(
     event: IncidentDetected | IncidentUpdated,
     matches: Mapping[tuple[str, str], list[Match]],
     *,
+    internal: Collection[tuple[str, str]],
     enabled: Sequence[Enabled] | None = None,
 ) -> dict[tuple[str, str], list[Match]]:
     """The feeds' matches plus the cached answers of the enabled providers; lookups enqueued for the rest.
 
     ``matches`` is ``intel.lookup``'s answer for the indicators the analysis looks up (kinds as the
-    analyzer names them). ``enabled``: the enabled providers, where the caller read them already
-    (``enabled_providers``, once a batch). Does nothing more when no provider is enabled.
+    analyzer names them). ``internal``: those of them forensics marked internal, never sent (a name
+    under the organisation's own DNS suffixes, a URL or e-mail address on one, a private address).
+    ``enabled``: the enabled providers, where the caller read them already (``enabled_providers``,
+    once a batch). Does nothing more when no provider is enabled.
     """
     if enabled is None:
         enabled = await enabled_providers(conn)
@@ -502,12 +505,15 @@ async def consult(
         return result
     normal: dict[tuple[str, str], tuple[Kind, str]] = {}
     for key in result:
+        if key in internal:
+            continue  # marked internal: the organisation's own names and links leave it no more than its addresses
         try:
             normal[key] = intel.indicator_key(*key)
         except ValueError:
             continue
-    # Never an internal address to a third party, nor a link to one; a network is nobody's indicator.
-    normal = {key: n for key, n in normal.items() if n[0] != "cidr" and _may_leave(*n)}
+    # Never an internal address to a third party, nor a link to one; a network is nobody's indicator. Nor
+    # a value too long for the indexes of its lookup and answer (forensics keeps none such).
+    normal = {key: n for key, n in normal.items() if n[0] != "cidr" and intel.fits(n[1]) and _may_leave(*n)}
     rows = await conn.fetch(
         """SELECT c.kind, c.value, c.provider, c.verdict, c.confidence, c.tags, c.fetched_at, c.expires_at
              FROM unnest($1::text[], $2::text[]) AS q(kind, value)

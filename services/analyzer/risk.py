@@ -2,8 +2,9 @@
 
 The factors and their most points: severity 25, the most critical affected asset 20, threat
 intelligence 15, the furthest ATT&CK tactic 15, breadth (systems and accounts) 10, the highest
-privilege of an affected account 15. Each says why it gave what it gave, so that an operator can
-check the score and argue with it.
+privilege of an affected account 15. A system or account the asset inventory lacks counts as a
+middling one (6 and 4 points), beside the known ones: knowing more of them never lowers the score.
+Each says why it gave what it gave, so that an operator can check the score and argue with it.
 """
 
 from __future__ import annotations
@@ -47,14 +48,20 @@ def _severity(inputs: RiskInputs) -> RiskFactor:
 
 
 def _criticality(inputs: RiskInputs) -> RiskFactor:
-    if inputs.most_critical is not None:
-        points = CRITICALITY_POINTS[inputs.most_critical]
+    # Unknown systems weigh as a middling asset whatever else is known: learning of one more (a test box)
+    # never lowers the score.
+    known = CRITICALITY_POINTS[inputs.most_critical] if inputs.most_critical is not None else 0
+    unknown = UNKNOWN_SYSTEMS_POINTS if inputs.unknown_systems else 0
+    unknown_reason = f"{inputs.unknown_systems} affected system(s) unknown to the asset inventory"
+    if inputs.most_critical is not None and known >= unknown:
+        points = known
         reason = f"most critical affected asset is criticality {inputs.most_critical}"
         if inputs.crown_jewels:
             reason += f" (crown jewel {', '.join(inputs.crown_jewels[:3])})"
     elif inputs.unknown_systems:
-        points = UNKNOWN_SYSTEMS_POINTS
-        reason = f"{inputs.unknown_systems} affected system(s) unknown to the asset inventory"
+        points, reason = unknown, unknown_reason
+        if inputs.most_critical is not None:
+            reason += f" (the most critical known is criticality {inputs.most_critical})"
     else:
         points, reason = 0, "no affected system named"
     return RiskFactor(factor="asset_criticality", points=points, max_points=20, reason=reason)
@@ -107,13 +114,19 @@ def _breadth(inputs: RiskInputs) -> RiskFactor:
 
 
 def _privilege(inputs: RiskInputs) -> RiskFactor:
+    # As with systems: accounts the inventory lacks weigh as a middling account whatever else is known.
+    known_points, account, level = 0, "", ""
     if inputs.privileges:
         account, level = max(inputs.privileges.items(), key=lambda item: (PRIVILEGE_POINTS.get(item[1], 0), item[0]))
-        points = PRIVILEGE_POINTS.get(level, 0)
-        reason = f"{account} is {level.replace('_', ' ')}"
+        known_points = PRIVILEGE_POINTS.get(level, 0)
+    unknown = UNKNOWN_USERS_POINTS if inputs.unknown_users else 0
+    if inputs.privileges and known_points >= unknown:
+        points, reason = known_points, f"{account} is {level.replace('_', ' ')}"
     elif inputs.unknown_users:
-        points = UNKNOWN_USERS_POINTS
+        points = unknown
         reason = f"{inputs.unknown_users} affected account(s) unknown to the inventory"
+        if inputs.privileges:
+            reason += f" (the most privileged known, {account}, is {level.replace('_', ' ')})"
     else:
         points, reason = 0, "no account affected"
     return RiskFactor(factor="privilege", points=points, max_points=15, reason=reason)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
+from services.analyzer.intel import fits
 from shared.addresses import is_internal
 from shared.events import Indicator, SimilarIncident
 
@@ -56,7 +57,8 @@ def features(
     found += [Feature("host", h.lower()) for h in sorted(hosts)]
     found += [Feature("user", u.lower()) for u in sorted(users)]
     found += [Feature("technique", t) for t in sorted(techniques)]
-    return found[:MAX_FEATURES]
+    # Each is a key of analyzer_incident_features: one too long for its index is nothing to share.
+    return [f for f in found if fits(f.value)][:MAX_FEATURES]
 
 
 def weight(feature: Feature, bad: set[str]) -> tuple[str, int]:

@@ -5,6 +5,8 @@ may have outdated), and the analysis carries the worst indicators with the count
 from __future__ import annotations
 
 import asyncio
+import random
+import string
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -418,3 +420,24 @@ async def test_an_incidents_own_detached_or_merged_alerts_never_make_it_a_past_i
         )
         await write_context(conn, ctx)
     assert await features_of("inc-parted") == set()
+
+
+async def test_an_alert_naming_values_longer_than_an_index_holds_is_analysed(db: asyncpg.Pool) -> None:
+    """A URL with a 3,000-character token and an account of 1,000 CJK characters (3,000 bytes) fit the raw
+    record a summary carries whole, but no btree index: they are left out and the rest analysed."""
+    # Random: an index compresses a repetitive value below its bound.
+    token = "".join(random.Random(1).choices(string.ascii_letters + string.digits, k=3000))
+    url = f"http://evil-cdn.net/login?token={token}"
+    name = "".join(chr(0x4E00 + n) for n in range(1000))
+    raw = {"http": {"url": url}, "user": {"name": name}, "process": {"name": "curl"}}
+    a = summarise(alert(id="long", src_ip="45.77.12.9", description="", raw=raw))
+    event = IncidentDetected(source="/vigil/detector", subject="inc-long", data=snapshot(new_alerts=[a]))
+    [analysis] = await analyse(db, event)
+    named = {(i.kind, i.value) for i in analysis.data.indicators} | {
+        (o.kind, o.value) for o in analysis.data.observables
+    }
+    assert {("domain", "evil-cdn.net"), ("ipv4", "45.77.12.9"), ("process", "curl")} <= named
+    assert not {kind for kind, _ in named} & {"url", "user"}
+    longest = await db.fetchval("SELECT max(octet_length(value)) FROM analyzer_indicators")
+    assert longest < intel.MAX_VALUE_BYTES
+    assert await db.fetchval("SELECT count(*) FROM analyzer_incident_features WHERE incident_id = 'inc-long'") > 0

@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
+import string
 from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
@@ -17,7 +19,7 @@ import pytest_asyncio
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from services.analyzer import assets, intel, providers
+from services.analyzer import assets, forensic, intel, providers
 from services.analyzer.handlers import analyse_incident
 from services.detector.domain import summarise
 from shared import cloudevents
@@ -299,3 +301,47 @@ async def test_an_answer_that_changes_no_verdict_records_no_publication_it_did_n
     # What is recorded as published was published: either the new version went out, or nothing is recorded.
     sent = await published(db, "inc-quiet")
     assert len(sent) == 2 or await published_digest() == first, (len(sent), first, await published_digest())
+
+
+async def test_a_value_too_long_for_the_indexes_is_not_looked_up(db: asyncpg.Pool) -> None:
+    """A lookup is keyed (its effect, its cached answer, who waits for it) by the value: one longer than
+    intel.MAX_VALUE_BYTES, which no analysis keeps but a recheck may ask for, is left unknown to providers."""
+    config = intel.IntelConfig.model_validate({"providers": {"virustotal": {"per_minute": 6000}}})
+    online = providers.load_providers(config, {"virustotal": SecretStr("vt-key")})
+    # Random: an index compresses a repetitive value below its bound.
+    token = "".join(random.Random(1).choices(string.ascii_letters + string.digits, k=3000))
+    url = f"http://evil-cdn.net/login?token={token}"
+    asked: dict[tuple[str, str], list[intel.Match]] = {("url", url): [], ("domain", "evil-cdn.net"): []}
+    async with db.acquire() as conn, conn.transaction():
+        await providers.sync(conn, online)
+        assert await providers.consult(conn, incident("inc-long"), asked, internal=()) == asked
+    assert await db.fetchval("SELECT array_agg(payload->>'value') FROM effects") == ["evil-cdn.net"]
+
+
+async def test_what_forensics_marks_internal_is_never_sent(db: asyncpg.Pool) -> None:
+    """Names under the organisation's own DNS suffixes (noise.yaml's internal_domains), links to
+    them and e-mail addresses at them are marked internal, as private addresses are: none goes to a provider."""
+    config = intel.IntelConfig.model_validate({"providers": {"virustotal": {"per_minute": 6000}}})
+    online = providers.load_providers(config, {"virustotal": SecretStr("vt-key")})
+    event = incident(
+        "inc-internal",
+        {
+            "description": "beacon from db01.corp.acme.com to https://wiki.corp.acme.com/hr/salaries?session=s3cr3t"
+            " and mail to payroll@acme.com; then to cdn-update-check.net"
+        },
+    )
+    noise = forensic.Noise(internal_domains=frozenset({"corp.acme.com", "acme.com"}))
+    async with db.acquire() as conn, conn.transaction():
+        await providers.sync(conn, online)
+        ctx = HandlerContext(conn=conn, service="analyzer", names=NAMES)
+        await analyse_incident(ctx, event, noise=noise)
+        await write_context(conn, ctx)
+    [analysis] = [e for e in ctx.emitted if isinstance(e, IncidentAnalyzed)]
+    internal = {(i.kind, i.value) for i in analysis.data.indicators if i.internal}
+    assert {
+        ("domain", "db01.corp.acme.com"),
+        ("url", "https://wiki.corp.acme.com/hr/salaries?session=s3cr3t"),
+        ("email", "payroll@acme.com"),
+    } <= internal
+    sent = {r["value"] for r in await db.fetch("SELECT payload->>'value' AS value FROM effects")}
+    assert sent == {"cdn-update-check.net"}

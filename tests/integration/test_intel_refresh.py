@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
+import string
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -313,3 +315,44 @@ async def test_the_api_shows_feeds_refreshes_one_and_looks_values_up(db: asyncpg
         assert moved.status_code == 200 and moved.json()["next_refresh_at"] is not None
     entry = await db.fetchrow("SELECT principal, action, target FROM audit_log ORDER BY id DESC LIMIT 1")
     assert entry is not None and tuple(entry) == ("alice", "intel.refresh", "f")
+
+
+async def test_a_value_too_long_to_keep_is_passed_over_and_a_load_refused_is_shown(
+    db: asyncpg.Pool, database_url: str, tmp_path: Path
+) -> None:
+    """URL feeds list long URLs; no index holds one over intel.MAX_VALUE_BYTES. It is passed over, not the
+    feed, and its line shown with the feed; a load the database refuses is shown with it as a bad file is."""
+    # Random: an index compresses a repetitive value below its bound.
+    token = "".join(random.Random(1).choices(string.ascii_letters + string.digits, k=3000))
+    path = tmp_path / "urlhaus.txt"
+    path.write_text(f"192.0.2.1\nhttp://evil.example.org/x?{token}\nhttp://bad.example.net/\n")
+    passed_over = f"1 value(s) longer than {intel.MAX_VALUE_BYTES} bytes passed over: line 2"
+    env = {"DATABASE_URL": database_url}
+
+    async def invoke(*args: str) -> Result:
+        return await asyncio.to_thread(CliRunner().invoke, cli, list(args), env=env)
+
+    async with analyzer_parts(db, config(path=str(path))) as (poller, _):
+        effect = await refreshed(db, poller)
+        assert effect["status"] == "succeeded", effect["last_error"]
+        assert effect["result"] == {"feed": "f", "entries": 2, "changed": True, "passed_over": 1}
+        assert await listed(db, "http://bad.example.net/") == {"http://bad.example.net/": ["f"]}
+        status = await db.fetchrow("SELECT last_error, passed_over FROM intel_feeds WHERE name = 'f'")
+        assert status is not None and status["last_error"] is None and status["passed_over"] == passed_over
+        # The same file again: nothing loaded, and what it passes over still shown.
+        assert (await refreshed(db, poller))["result"] == {"feed": "f", "entries": 2, "changed": False}
+        shown = await invoke("intel", "feeds")
+        assert shown.exit_code == 0 and f"last load: {passed_over}" in shown.output, shown.output
+
+        # A NUL, which no text column holds: the database refuses the load.
+        path.write_text("http://evil.example.org/a\x00b\n")
+        effect = await refreshed(db, poller)
+        assert effect["status"] in ("failed", "parked")
+        error = await db.fetchval("SELECT last_error FROM intel_feeds WHERE name = 'f'")
+        assert error is not None and "0x00" in error
+        assert await listed(db, "http://bad.example.net/") == {"http://bad.example.net/": ["f"]}
+
+    path.write_text(f"http://evil.example.org/x?{token}\nhttp://bad.example.net/\n")
+    loaded = await invoke("intel", "load", str(path), "--source", "by-hand", "--format", "list")
+    assert loaded.exit_code == 0, loaded.output
+    assert f"{path}: 1 value(s) longer than" in loaded.output and "1 entries loaded into by-hand" in loaded.output

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.analyzer import forensic
+from services.analyzer import forensic, intel
 from services.analyzer.forensic import Kind, Noise, Sighting
 from services.detector import domain as detector
 from services.detector.adapters import parse_record
@@ -317,3 +317,27 @@ def test_a_url_keeps_the_case_of_its_path_as_feeds_list_it() -> None:
     )
     urls = sorted(s.value for s in forensic.sightings(summary, Noise()) if s.kind == "url")
     assert urls == ["http://103.45.67.89/bins/Mozi.m", "https://evil-cdn.net/Invoice_Q3.exe"]
+
+
+def test_a_value_longer_than_an_index_holds_is_left_out_and_the_rest_kept() -> None:
+    """Values are keys of btree indexes; a URL with a long token, a long resource id or a long account name
+    in a non-Latin script (1,000 CJK characters are 3,000 bytes) is left out, never cut."""
+    token = "aB3" * 1000
+    long_url = f"http://evil-cdn.net/login?token={token}"
+    near = "http://evil-cdn.net/gate?t=" + "x" * (intel.MAX_VALUE_BYTES - 27)  # at the bound: kept
+    arn = "arn:aws:s3:::" + "b" * 2500
+    cjk = "".join(chr(0x4E00 + n) for n in range(1000))
+    raw = {
+        "http": {"url": long_url, "referrer": near},
+        "user": {"name": cjk},
+        "process": {"command_line": "powershell -enc " + "A" * 3000, "name": "powershell.exe"},
+        "resource": arn,
+    }
+    summary = _summary(raw=raw, src_ip=None, description="")
+    found = _found(summary, Noise())
+    assert len(near.encode()) == intel.MAX_VALUE_BYTES and ("url", near) in found
+    assert ("domain", "evil-cdn.net") in found and ("process", "powershell.exe") in found
+    assert all(len(value.encode()) <= intel.MAX_VALUE_BYTES for _, value in found)
+    assert {kind for kind, value in found if value != near} == {"domain", "process"}
+    short = "".join(chr(0x4E00 + n) for n in range(600))  # 1,800 bytes
+    assert ("user", short) in _found(_summary(raw={"user": {"name": short}}, src_ip=None, description=""), Noise())

@@ -10,12 +10,14 @@ import pytest
 
 from services.analyzer.intel import (
     DEFAULT_CONFIG,
+    MAX_VALUE_BYTES,
     CsvColumns,
     Entry,
     FeedDefaults,
     IntelError,
     Kind,
     Match,
+    TooLong,
     classify,
     infer_kind,
     normalise,
@@ -383,3 +385,35 @@ def test_the_quick_way_refuses_what_the_full_way_refuses(value: str, kind: Kind 
         _slow_way(value, kind)
     with pytest.raises(ValueError):
         classify(value, kind)
+
+
+LONG_URL = "http://evil.example/x?" + "é" * 1000  # 2,022 bytes: no index holds it
+
+
+def test_a_value_too_long_to_keep_is_passed_over_with_its_line_not_the_feed() -> None:
+    listed = parse_list(f"192.0.2.1\n{LONG_URL}\n# fine\n{LONG_URL}2\nevil.example\n")
+    assert [e.value for e in listed] == ["192.0.2.1", "evil.example"]
+    assert listed.passed_over == ["line 2", "line 4"]
+    assert listed.summary() == f"2 value(s) longer than {MAX_VALUE_BYTES} bytes passed over: line 2, line 4"
+    assert parse_list("192.0.2.1\n").summary() is None
+    with pytest.raises(TooLong):
+        normalise("url", LONG_URL)
+    just = "http://evil.example/x?" + "é" * 989  # 2,000 bytes
+    assert normalise("url", just) == ("url", just)
+
+    long_row = next(line for line in THREATFOX.splitlines() if "hxxp://evil.example/x.exe" in line)
+    csv = parse_csv(f"{THREATFOX.rstrip()}\n{long_row.replace('hxxp://evil.example/x.exe', LONG_URL)}\n")
+    assert csv == parse_csv(THREATFOX) and csv.passed_over == [f"line {len(THREATFOX.rstrip().splitlines()) + 1}"]
+
+    long = indicator(2, f"[url:value = '{LONG_URL}']")
+    text = stix_bundle(indicator(1, "[url:value = 'http://evil.example/a']"), long)
+    stix = parse_stix(text)
+    assert [e.value for e in stix] == ["http://evil.example/a"]
+    assert stix.passed_over == [f"line {text[: text.index('000000000002')].count(chr(10)) + 1}"]
+
+    attributes = [
+        {"uuid": "b-1", "type": "url", "value": LONG_URL},
+        {"uuid": "b-2", "type": "domain", "value": "a.example"},
+    ]
+    misp = parse_misp(json.dumps(attributes, indent=1))
+    assert [e.value for e in misp] == ["a.example"] and misp.passed_over == ["line 3"]

@@ -214,6 +214,31 @@ def test_a_quiet_incident_scores_low_and_unknown_systems_and_accounts_still_weig
     assert unknown.level == "low" and unknown.score == 4 + 6 + 6 + 4
 
 
+def _points(inputs: risk.RiskInputs, factor: str) -> tuple[int, str]:
+    return next((f.points, f.reason) for f in risk.score(inputs).factors if f.factor == factor)
+
+
+def test_knowing_one_more_system_or_account_never_lowers_the_risk() -> None:
+    # Ten unknown hosts weigh as a middling asset; learning that one is a test box leaves nine unknown.
+    unknown_only, _ = _points(risk.RiskInputs(Severity.SEV2, unknown_systems=10, hosts=10), "asset_criticality")
+    one_known, why = _points(
+        risk.RiskInputs(Severity.SEV2, most_critical=4, unknown_systems=9, hosts=10), "asset_criticality"
+    )
+    assert one_known == unknown_only == risk.UNKNOWN_SYSTEMS_POINTS
+    assert why == "9 affected system(s) unknown to the asset inventory (the most critical known is criticality 4)"
+    # A known asset worth more than an unknown one still decides.
+    assert _points(risk.RiskInputs(Severity.SEV2, most_critical=2, unknown_systems=9), "asset_criticality")[0] == 14
+    # Fifty unknown accounts, then one of them known as a standard account.
+    many, _ = _points(risk.RiskInputs(Severity.SEV2, users=50, unknown_users=50), "privilege")
+    one, why = _points(
+        risk.RiskInputs(Severity.SEV2, users=50, unknown_users=49, privileges={"alice": "standard"}), "privilege"
+    )
+    assert one == many == risk.UNKNOWN_USERS_POINTS
+    assert why == "49 affected account(s) unknown to the inventory (the most privileged known, alice, is standard)"
+    admin = risk.RiskInputs(Severity.SEV2, users=50, unknown_users=49, privileges={"root": "admin"})
+    assert _points(admin, "privilege") == (11, "root is admin")
+
+
 def test_the_worst_incident_scores_at_most_100() -> None:
     worst = risk.score(
         risk.RiskInputs(
@@ -282,6 +307,13 @@ def test_the_features_looked_up_put_known_bad_indicators_first_and_are_bounded()
     assert len(found) == similar.MAX_FEATURES
     placeholder = Indicator(kind="sha1", value="0" * 40)  # what some EDRs write for "no hash"
     assert similar.features([placeholder], ["web-1"], [], []) == [similar.Feature("host", "web-1")]
+
+
+def test_a_feature_too_long_for_its_index_is_nothing_to_share() -> None:
+    url = "http://evil-cdn.net/?t=" + "é" * 1000  # 2,023 bytes
+    long = Indicator(kind="url", value=url)
+    found = similar.features([long, BAD], ["web-1"], ["bob"], ["T1110"])
+    assert [f.text for f in found] == ["ipv4:203.0.113.7", "host:web-1", "user:bob", "technique:T1110"]
 
 
 def test_the_attack_path_goes_hop_by_hop_the_earliest_first_whatever_the_order_of_folding() -> None:
