@@ -459,8 +459,11 @@ _MENTION = re.compile(r"(?<![\w.])@")
 
 def _mattermost_text(value: Any) -> str:
     """A value that pings nobody (a zero-width space after an @ that would start a mention: @channel, @all)
-    and links nowhere (its Markdown shown as written, see _markdown_text)."""
-    return _MENTION.sub("@\u200b", _markdown_text(value))
+    and links nowhere (its Markdown shown as written, see _markdown_text). Mattermost's incoming webhooks
+    also read Slack's markup first (<!channel> is @channel, <url|text> a link): &, < and > are written as
+    entities, which its Markdown shows as the characters."""
+    escaped = _markdown_text(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MENTION.sub("@\u200b", escaped)
 
 
 def _markdown_text(value: Any) -> str:
@@ -851,7 +854,7 @@ def mattermost_message(notice: Notice, rendered: Rendered) -> dict[str, Any]:
         "title": rendered.title,
         "text": _clip(rendered.body, TEXT_CHARS),
         "fields": [{"title": label, "value": value, "short": True} for label, value in rendered.facts],
-        "footer": _context_line(notice),
+        "footer": _mattermost_text(_context_line(notice)),
     }
     if rendered.link:
         attachment["title_link"] = rendered.link

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
@@ -419,6 +420,32 @@ def test_alert_text_is_data_never_markup_or_template() -> None:
     # A value cannot add a line, so it cannot forge a fact.
     escalated = templates.render("teams", notice(data={**data, "commander": "eve\nSeverity: SEV4"}), recipient="a")
     assert ("Severity", "SEV1") in escalated.facts and ("Severity", "SEV4") not in escalated.facts
+
+
+# Mattermost's server reads Slack's markup in an incoming webhook's text before its Markdown (ProcessSlackText,
+# ParseSlackLinksToMarkdown): <!channel> becomes @channel, <url|text> the link [text](url).
+_SLACK_LINK = re.compile(r"<([^<|]+)\|([^>]+)>")
+
+
+def _as_mattermost_reads_it(text: str) -> str:
+    for slack, mention in (("<!channel>", "@channel"), ("<!here>", "@here"), ("<!all>", "@all")):
+        text = text.replace(slack, mention)
+    return _SLACK_LINK.sub(r"[\2](\1)", text)
+
+
+def test_alert_text_neither_pings_a_mattermost_channel_nor_links_through_slack_markup() -> None:
+    evil = "Disk full <!channel> <https://evil.example/ack|Acknowledge here> & <!here>"
+    data = {**FULL_DATA["escalation"], "title": evil, "hosts": [evil]}
+    rendered = example().templates.render("mattermost", notice(data=data), recipient="a")
+    body = dispatch(notice(data=data), Delivery("mattermost", "a", HOOK), rendered, key="k").payload["body"]
+    attachment = body["attachments"][0]
+    shown = [body["text"], attachment["title"], attachment["text"], attachment["footer"]]
+    shown += [str(field["value"]) for field in attachment["fields"]]
+    for text in shown:
+        read = _as_mattermost_reads_it(text)
+        assert "@channel" not in read and "@here" not in read and "](https://evil.example" not in read, read
+    # Shown as the characters: Markdown reads the entities back.
+    assert "&lt;!channel&gt; &lt;https://evil.example/ack|Acknowledge here&gt; &amp; &lt;!here&gt;" in body["text"]
 
 
 @pytest.mark.parametrize("channel", ["teams", "mattermost"])
