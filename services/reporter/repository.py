@@ -682,7 +682,8 @@ async def drop_alerts(conn: Conn, *, incident_id: str) -> None:
 
 
 async def apply_split(conn: Conn, *, incident_id: str, split: SplitRecord) -> None:
-    """The detached alerts leave the incident; its counts, hosts and users are as restated (over the parts)."""
+    """The detached alerts leave the incident; it is as restated: its title, type and severity (those a person
+    did not edit), first alert, counts, and its hosts, users, sources and rules (over the parts)."""
     snapshot = split.incident
     hosts = list(dict.fromkeys([*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)]))
     users = list(dict.fromkeys([*snapshot.users, *(a.user for a in snapshot.new_alerts if a.user)]))
@@ -692,17 +693,30 @@ async def apply_split(conn: Conn, *, incident_id: str, split: SplitRecord) -> No
             incident_id,
             split.detached,
         )
-        # Restated: what it held before the split no longer counts.
+        # Restated: what it held before the split no longer counts; its sources and rules are those of the
+        # alerts it keeps, as far as they are here, and the parts' alerts add theirs.
         await conn.execute(
             """UPDATE reporter_incidents SET alert_count = $2, hosts = '{}', users = '{}',
+                   title = CASE WHEN 'title' = ANY(edited) THEN title ELSE $5 END,
+                   type = CASE WHEN 'type' = ANY(edited) THEN type ELSE $6 END,
+                   severity = CASE WHEN 'severity' = ANY(edited) THEN severity ELSE $7 END,
                    classification_reason = CASE WHEN 'type' = ANY(edited) THEN classification_reason ELSE $3 END,
                    severity_reason = CASE WHEN 'severity' = ANY(edited) THEN severity_reason ELSE $4 END,
+                   first_alert_at = $8,
+                   sources = ARRAY(SELECT DISTINCT body->>'source' FROM reporter_alerts
+                                   WHERE incident_id = $1 AND body->>'source' IS NOT NULL),
+                   rules = ARRAY(SELECT DISTINCT body->>'rule' FROM reporter_alerts
+                                 WHERE incident_id = $1 AND body->>'rule' IS NOT NULL),
                    updated_at = now()
                WHERE id = $1""",
             incident_id,
             snapshot.alert_count,
             snapshot.classification_reason,
             snapshot.severity_reason,
+            snapshot.title,
+            snapshot.type.value,
+            snapshot.severity.value,
+            snapshot.first_seen,
         )
     await conn.execute(
         """UPDATE reporter_incidents
@@ -710,11 +724,15 @@ async def apply_split(conn: Conn, *, incident_id: str, split: SplitRecord) -> No
                              GROUP BY h ORDER BY min(n)),
                users = ARRAY(SELECT u FROM unnest(users || $3::text[]) WITH ORDINALITY AS t(u, n)
                              GROUP BY u ORDER BY min(n)),
+               sources = ARRAY(SELECT DISTINCT unnest(sources || $4::text[])),
+               rules = ARRAY(SELECT DISTINCT unnest(rules || $5::text[])),
                updated_at = now()
            WHERE id = $1""",
         incident_id,
         hosts,
         users,
+        sorted({a.source for a in snapshot.new_alerts}),
+        sorted({a.rule for a in snapshot.new_alerts if a.rule}),
     )
 
 
