@@ -11,7 +11,9 @@ import binascii
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator
 
 # The analyzer's own reading of an indicator (a pure function): the filter must find what it stored.
 from services.analyzer.intel import classify
@@ -31,6 +33,16 @@ _SORT_VALUES: dict[str, type] = {
 _INT_RANGE = range(-(2**31), 2**31)
 _NOT_OURS = "the cursor is not one this API gave out"
 _REVERSED: dict[str, Order] = {"asc": "desc", "desc": "asc"}
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A time that says no zone is UTC, as the CLI and the web view read it: never the server's local zone,
+    which is what Postgres' driver and ``datetime.timestamp`` would take it in."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# A period's bound as the APIs take it (`since=2026-10-01` is that day in UTC).
+UtcTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class BadCursor(ValueError):

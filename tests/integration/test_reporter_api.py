@@ -8,7 +8,8 @@ import base64
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -554,6 +555,36 @@ async def test_reports_and_exports(seeded: int, client: httpx.AsyncClient) -> No
     timelines = (await client.get("/api/v1/export/timelines", params={"since": since})).json()
     assert {t["incident_id"] for t in timelines} == {f"inc-{n:03d}" for n in range(30, 40)}
     assert (await client.get("/api/v1/export/everything")).status_code == 422
+
+
+@pytest.fixture
+def new_york() -> Iterator[None]:
+    """The reporter on a host whose clock is not UTC (`vigil up` on a laptop)."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    yield
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+async def test_a_period_that_says_no_zone_is_utc_whatever_the_servers_zone(
+    seeded: int, client: httpx.AsyncClient, new_york: None
+) -> None:
+    """As the CLI and the web view read it, and as the report prints it: not the server's local time, in
+    which Postgres' driver would take it (five hours later in New York, leaving out the incidents meant)."""
+    since, until = "2026-11-24T09:30:00", "2026-11-24T09:10:00"  # T0 + 30 min, T0 + 10 min, in UTC
+    assert len(await _ids(client, since=since)) == len(await _ids(client, until=until)) == 10
+    late = (await client.get("/api/v1/metrics/response", params={"by": "all", "since": since})).json()
+    assert late["incidents"] == 10
+    compliance = await client.get("/api/v1/reports/compliance", params={"since": since, "format": "md"})
+    assert "Period: 2026-11-24 09:30:00 UTC" in compliance.text
+    assert "10 incident(s) created in the period." in compliance.text
+    exported = await client.get("/api/v1/export/incidents", params={"format": "csv", "until": until})
+    assert len(exported.text.splitlines()) == 11
 
 
 def _incident_now(
