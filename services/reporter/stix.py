@@ -89,7 +89,13 @@ def indicator_bundle(
     indicators: dict[str, dict[str, Any]] = {}
     for raw in analysis.get("indicators") or ():
         made = _indicator(
-            raw, incident_id=incident_id, min_verdict=min_verdict, tlp=tlp, producer=producer["id"], default=began
+            raw,
+            incident_id=incident_id,
+            min_verdict=min_verdict,
+            tlp=tlp,
+            producer=producer["id"],
+            default=began,
+            analysed=_time(incident.get("updated_at")),
         )
         if made is not None:
             indicators.setdefault(made["id"], made)  # one value named twice is shared once
@@ -160,14 +166,18 @@ def _indicator(
     tlp: TlpLevel,
     producer: str,
     default: datetime,
+    analysed: datetime | None,
 ) -> dict[str, Any] | None:
     kind, value = str(raw.get("kind")), str(raw.get("value"))
     matcher = pattern(kind, value)
     if matcher is None or not is_shareable(raw, min_verdict=min_verdict):
         return None
     first = _time(raw.get("first_seen")) or default
-    # ``modified`` is when it was last seen: Vigil's own STIX import reads it back as such.
-    last = max(first, _time(raw.get("last_seen")) or first)
+    # ``modified`` is when it was last seen, or the analysis after it (the incident's row changed then; the
+    # stored analysis carries no time of its own): a verdict, confidence or tags changed with no new sighting
+    # is a newer version of the same id, which feeds take (STIX 2.1, 3.6). Vigil's own import reads it back as
+    # the last sighting, then at most as late as that analysis.
+    last = max(first, _time(raw.get("last_seen")) or first, analysed or first)
     verdict = raw.get("verdict")
     count = raw.get("count")
     seen = f"{count} alert(s)" if isinstance(count, int) else "the alerts"
