@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
+import socket
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -280,13 +282,38 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _internal_host(host: str) -> bool:
-    """A private or reserved address, or a name that only resolves inside (one label, an internal suffix)."""
+    """A private or reserved address, or a name that only resolves inside (one label, an internal suffix).
+
+    A host whose last label is a number is an IPv4 address, as browsers, curl and ``inet_aton`` read it:
+    ``127.1``, ``10.1``, ``0177.0.0.1`` and ``0x7f.1`` are loopback and private addresses, not names; one
+    that is no address at all is refused too."""
     address = _address(host)
+    if address is None:
+        labels = host.lower().removesuffix(".").split(".")
+        if _NUMBER.fullmatch(labels[-1]):
+            address = _ipv4(labels)
+            if address is None:
+                return True
     if address is not None:
         return not is_external(str(address))
     if "." not in host:
         return True
     return any(host == s or host.endswith("." + s) for s in INTERNAL_SUFFIXES)
+
+
+# A label of an IPv4 address in any form ``inet_aton`` takes: decimal, octal (a leading 0) or hexadecimal.
+_NUMBER = re.compile(r"[0-9]+|0x[0-9a-f]*")
+
+
+def _ipv4(labels: list[str]) -> ipaddress.IPv4Address | None:
+    """The address of a host written in numbers (``127.1``), as ``inet_aton`` reads it; None if none."""
+    # Only numbers reach it: glibc's inet_aton takes "1.2.3.4 anything" for 1.2.3.4.
+    if len(labels) > 4 or not all(_NUMBER.fullmatch(label) for label in labels):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(".".join(labels)))
+    except OSError:
+        return None
 
 
 def _identity() -> dict[str, Any]:

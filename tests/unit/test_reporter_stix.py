@@ -143,6 +143,8 @@ def _patterns(bundle: dict[str, Any]) -> set[str]:
         ("domain", "Evil.Example.NET.", "[domain-name:value = 'evil.example.net']"),
         ("url", "https://evil.example.net/a?b=1", "[url:value = 'https://evil.example.net/a?b=1']"),
         ("url", "http://evil.example.net/it's\\here", "[url:value = 'http://evil.example.net/it\\'s\\\\here']"),
+        ("url", "http://203.0.113.9/x", "[url:value = 'http://203.0.113.9/x']"),
+        ("url", "http://8.8/x", "[url:value = 'http://8.8/x']"),  # 8.0.0.8, a public address written short
         ("md5", MD5.upper(), f"[file:hashes.MD5 = '{MD5}']"),
         ("sha1", SHA1, f"[file:hashes.'SHA-1' = '{SHA1}']"),
         ("sha256", SHA256, f"[file:hashes.'SHA-256' = '{SHA256}']"),
@@ -177,6 +179,16 @@ def test_each_kind_has_its_pattern(kind: str, value: str, expected: str) -> None
         ("cve", "CVE-2024-3094"),
         ("domain", "fileserver"),  # one label: resolves only inside
         ("domain", "localhost"),
+        # Loopback and private addresses written short, in octal or hex, as browsers and inet_aton read them.
+        ("url", "http://127.1/"),
+        ("url", "http://10.1/admin"),
+        ("url", "http://0177.0.0.1/"),
+        ("url", "http://0x7f.1:8080/"),
+        ("url", "http://2130706433/"),
+        ("url", "http://127.1./"),
+        ("url", "http://999.1.1.1/"),  # numbers that are no address
+        ("domain", "10.1"),
+        ("email", "root@192.168.1"),
     ],
 )
 def test_what_is_not_of_its_kind_or_only_inside_has_no_pattern(kind: str, value: str) -> None:
