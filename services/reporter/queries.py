@@ -33,6 +33,9 @@ _SORT_VALUES: dict[str, type] = {
 _INT_RANGE = range(-(2**31), 2**31)
 _NOT_OURS = "the cursor is not one this API gave out"
 _REVERSED: dict[str, Order] = {"asc": "desc", "desc": "asc"}
+# An incident whose detection the reporter has taken: a row made before it, by an edit, command or analysis
+# read first from another topic, has no severity or type yet and a creation time that is only its row's.
+DETECTED = "detected_at IS NOT NULL"
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -142,7 +145,7 @@ def incident_query(
 ) -> tuple[str, list[Any]]:
     """The SQL listing incidents that match, in order, from after the cursor; one more than ``limit``."""
     q = Query()
-    q.where("title IS NOT NULL")  # a row made by an early command or analysis, before its detection
+    q.where(DETECTED)
     for column, values in (("state", filters.states), ("severity", filters.severities), ("type", filters.types)):
         if values:
             q.where(f"{column} = ANY({q.arg(list(values))}::text[])")

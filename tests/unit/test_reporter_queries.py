@@ -26,7 +26,7 @@ EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 def test_no_filter_lists_detected_incidents_newest_first() -> None:
     sql, args = incident_query("id", IncidentFilter(), limit=10)
     assert sql == (
-        "SELECT id FROM reporter_incidents WHERE title IS NOT NULL ORDER BY created_at desc, id desc LIMIT $1"
+        "SELECT id FROM reporter_incidents WHERE detected_at IS NOT NULL ORDER BY created_at desc, id desc LIMIT $1"
     )
     assert args == [11]  # one more, to know whether another page follows
 
