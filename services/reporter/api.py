@@ -24,6 +24,7 @@ from services.reporter.queries import (
     IncidentSort,
     Order,
     SuppressedChoice,
+    UtcTime,
     decode_cursor,
     encode_cursor,
 )
@@ -36,8 +37,8 @@ from shared.service import Runtime
 States = Annotated[list[IncidentState] | None, Query(description="Only these states (repeat the parameter).")]
 Severities = Annotated[list[Severity] | None, Query(description="Only these severities.")]
 Types = Annotated[list[IncidentType] | None, Query(description="Only these types.")]
-Since = Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")]
-Until = Annotated[datetime | None, Query(description="Created before (ISO 8601).")]
+Since = Annotated[UtcTime | None, Query(description="Created at or after (ISO 8601; UTC unless it says).")]
+Until = Annotated[UtcTime | None, Query(description="Created before (ISO 8601; UTC unless it says).")]
 Text = Annotated[
     str | None, Query(max_length=500, description="Full-text search: title, reasons, analysis, hosts, indicators.")
 ]

@@ -71,9 +71,10 @@ def command_event(incident_id: str, form: Mapping[str, Sequence[str]], *, by: Pr
     event = _command_event(incident_id, form, field, by=by)
     nonce = field("nonce")
     if _NONCE.fullmatch(nonce):
-        # Everything the form says: the same form sent again is one command, another form (a note's other
-        # text, the same page brought back and used again) another.
-        said = json.dumps([by.name, incident_id, sorted((k, v) for k, v in form.items() if k != "nonce")])
+        # The page load and everything the form says: the same form sent again from that page is one command;
+        # another form, or the same one from another page load (resolved again after a reopen, the same status
+        # update a day later), another.
+        said = json.dumps([by.name, incident_id, nonce, sorted((k, v) for k, v in form.items() if k != "nonce")])
         event = event.model_copy(update={"id": str(uuid.uuid5(_FORMS, said))})
     return event
 

@@ -11,7 +11,9 @@ import binascii
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator
 
 # The analyzer's own reading of an indicator (a pure function): the filter must find what it stored.
 from services.analyzer.intel import classify
@@ -31,6 +33,19 @@ _SORT_VALUES: dict[str, type] = {
 _INT_RANGE = range(-(2**31), 2**31)
 _NOT_OURS = "the cursor is not one this API gave out"
 _REVERSED: dict[str, Order] = {"asc": "desc", "desc": "asc"}
+# An incident whose detection the reporter has taken: a row made before it, by an edit, command or analysis
+# read first from another topic, has no severity or type yet and a creation time that is only its row's.
+DETECTED = "detected_at IS NOT NULL"
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A time that says no zone is UTC, as the CLI and the web view read it: never the server's local zone,
+    which is what Postgres' driver and ``datetime.timestamp`` would take it in."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# A period's bound as the APIs take it (`since=2026-10-01` is that day in UTC).
+UtcTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class BadCursor(ValueError):
@@ -130,7 +145,7 @@ def incident_query(
 ) -> tuple[str, list[Any]]:
     """The SQL listing incidents that match, in order, from after the cursor; one more than ``limit``."""
     q = Query()
-    q.where("title IS NOT NULL")  # a row made by an early command or analysis, before its detection
+    q.where(DETECTED)
     for column, values in (("state", filters.states), ("severity", filters.severities), ("type", filters.types)):
         if values:
             q.where(f"{column} = ANY({q.arg(list(values))}::text[])")

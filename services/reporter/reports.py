@@ -274,9 +274,10 @@ def compliance(data: ComplianceData, *, fmt: Format, sla: SlaTargets, now: datet
         "until": data.until,
         "now": now,
         "count": len(data.incidents),
-        "by_severity": sorted(Counter(i["severity"] for i in data.incidents).items()),
-        "by_type": sorted(Counter(i["type"] for i in data.incidents).items()),
-        "by_state": sorted(Counter(i["state"] for i in data.incidents).items()),
+        # "unknown" as the aggregates count it: a row may lack one (the queries leave out those not detected).
+        "by_severity": sorted(Counter(i["severity"] or "unknown" for i in data.incidents).items()),
+        "by_type": sorted(Counter(i["type"] or "unknown" for i in data.incidents).items()),
+        "by_state": sorted(Counter(i["state"] or "unknown" for i in data.incidents).items()),
         "severity_rows": severity_rows,
         "mean_names": list(MEAN_NAMES.values()),
         "chart": charts.bars_svg(bars, title="Mean response times per severity (bar) and SLA targets"),

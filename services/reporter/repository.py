@@ -9,7 +9,15 @@ from typing import Any, NamedTuple
 
 from services.reporter.aggregates import IncidentTimes
 from services.reporter.measures import MILESTONES
-from services.reporter.queries import AlertFilter, IncidentFilter, IncidentSort, Order, alert_query, incident_query
+from services.reporter.queries import (
+    DETECTED,
+    AlertFilter,
+    IncidentFilter,
+    IncidentSort,
+    Order,
+    alert_query,
+    incident_query,
+)
 from services.reporter.reports import FOLLOW_UP_PHASES, ComplianceData, ExportKind, IncidentBundle
 from services.reporter.timeline import HistoryEvent, ModelData, on_timeline
 from shared import audit
@@ -682,7 +690,8 @@ async def drop_alerts(conn: Conn, *, incident_id: str) -> None:
 
 
 async def apply_split(conn: Conn, *, incident_id: str, split: SplitRecord) -> None:
-    """The detached alerts leave the incident; its counts, hosts and users are as restated (over the parts)."""
+    """The detached alerts leave the incident; it is as restated: its title, type and severity (those a person
+    did not edit), first alert, counts, and its hosts, users, sources and rules (over the parts)."""
     snapshot = split.incident
     hosts = list(dict.fromkeys([*snapshot.hosts, *(a.host for a in snapshot.new_alerts if a.host)]))
     users = list(dict.fromkeys([*snapshot.users, *(a.user for a in snapshot.new_alerts if a.user)]))
@@ -692,17 +701,30 @@ async def apply_split(conn: Conn, *, incident_id: str, split: SplitRecord) -> No
             incident_id,
             split.detached,
         )
-        # Restated: what it held before the split no longer counts.
+        # Restated: what it held before the split no longer counts; its sources and rules are those of the
+        # alerts it keeps, as far as they are here, and the parts' alerts add theirs.
         await conn.execute(
             """UPDATE reporter_incidents SET alert_count = $2, hosts = '{}', users = '{}',
+                   title = CASE WHEN 'title' = ANY(edited) THEN title ELSE $5 END,
+                   type = CASE WHEN 'type' = ANY(edited) THEN type ELSE $6 END,
+                   severity = CASE WHEN 'severity' = ANY(edited) THEN severity ELSE $7 END,
                    classification_reason = CASE WHEN 'type' = ANY(edited) THEN classification_reason ELSE $3 END,
                    severity_reason = CASE WHEN 'severity' = ANY(edited) THEN severity_reason ELSE $4 END,
+                   first_alert_at = $8,
+                   sources = ARRAY(SELECT DISTINCT body->>'source' FROM reporter_alerts
+                                   WHERE incident_id = $1 AND body->>'source' IS NOT NULL),
+                   rules = ARRAY(SELECT DISTINCT body->>'rule' FROM reporter_alerts
+                                 WHERE incident_id = $1 AND body->>'rule' IS NOT NULL),
                    updated_at = now()
                WHERE id = $1""",
             incident_id,
             snapshot.alert_count,
             snapshot.classification_reason,
             snapshot.severity_reason,
+            snapshot.title,
+            snapshot.type.value,
+            snapshot.severity.value,
+            snapshot.first_seen,
         )
     await conn.execute(
         """UPDATE reporter_incidents
@@ -710,11 +732,15 @@ async def apply_split(conn: Conn, *, incident_id: str, split: SplitRecord) -> No
                              GROUP BY h ORDER BY min(n)),
                users = ARRAY(SELECT u FROM unnest(users || $3::text[]) WITH ORDINALITY AS t(u, n)
                              GROUP BY u ORDER BY min(n)),
+               sources = ARRAY(SELECT DISTINCT unnest(sources || $4::text[])),
+               rules = ARRAY(SELECT DISTINCT unnest(rules || $5::text[])),
                updated_at = now()
            WHERE id = $1""",
         incident_id,
         hosts,
         users,
+        sorted({a.source for a in snapshot.new_alerts}),
+        sorted({a.rule for a in snapshot.new_alerts if a.rule}),
     )
 
 
@@ -733,7 +759,7 @@ async def list_incident_times(
 
     An incident merged into another is not one of them: its alerts and its history are the survivor's."""
     rows = await conn.fetch(
-        """SELECT i.id, severity, type, state, resolution, sources, rules, services, first_alert_at, detected_at,
+        f"""SELECT i.id, severity, type, state, resolution, sources, rules, services, first_alert_at, detected_at,
                   acknowledged_at, contained_at, recovered_at, resolved_at,
                   coalesce(a.executed, 0) AS executed, coalesce(a.validated, 0) AS validated
            FROM reporter_incidents i
@@ -741,7 +767,7 @@ async def list_incident_times(
                              count(*) FILTER (WHERE executed_at IS NOT NULL AND v.validated) AS validated
                       FROM reporter_actions ra LEFT JOIN reporter_validations v USING (step_id)
                       GROUP BY ra.incident_id) a ON a.incident_id = i.id
-           WHERE title IS NOT NULL AND merged_into IS NULL AND resolution IS DISTINCT FROM 'merged'
+           WHERE {DETECTED} AND merged_into IS NULL AND resolution IS DISTINCT FROM 'merged'
              AND ($1::timestamptz IS NULL OR created_at >= $1)
              AND ($2::timestamptz IS NULL OR created_at < $2)
              AND (NOT $3 OR state NOT IN ('resolved', 'closed'))""",
@@ -850,8 +876,8 @@ async def list_incidents_created(conn: Conn, *, since: datetime | None, until: d
     """Every incident created in a period, oldest first (for reports and exports)."""
     rows = await conn.fetch(
         f"""SELECT {INCIDENT_COLUMNS} FROM reporter_incidents
-            WHERE title IS NOT NULL AND merged_into IS NULL AND resolution IS DISTINCT FROM 'merged'
-             AND ($1::timestamptz IS NULL OR created_at >= $1)
+            WHERE {DETECTED} AND merged_into IS NULL AND resolution IS DISTINCT FROM 'merged'
+              AND ($1::timestamptz IS NULL OR created_at >= $1)
               AND ($2::timestamptz IS NULL OR created_at < $2)
             ORDER BY created_at, id""",
         since,
@@ -865,12 +891,13 @@ async def list_actions_of_incidents_created(
 ) -> list[dict[str, Any]]:
     """The actions of the incidents created in a period, with who approved them and whether they held."""
     rows = await conn.fetch(
-        """SELECT a.incident_id, a.step_id, a.plan_id, a.name, a.phase, a.item, a.connector, a.action, a.state,
+        f"""SELECT a.incident_id, a.step_id, a.plan_id, a.name, a.phase, a.item, a.connector, a.action, a.state,
                   a.dry_run, a.executed_at, a.succeeded, v.validated, a.approved_by, a.approved_at, a.reason,
                   a.updated_at
            FROM reporter_actions a JOIN reporter_incidents i ON i.id = a.incident_id
            LEFT JOIN reporter_validations v ON v.step_id = a.step_id
-           WHERE ($1::timestamptz IS NULL OR i.created_at >= $1) AND ($2::timestamptz IS NULL OR i.created_at < $2)
+           WHERE i.{DETECTED}
+             AND ($1::timestamptz IS NULL OR i.created_at >= $1) AND ($2::timestamptz IS NULL OR i.created_at < $2)
            ORDER BY i.created_at, a.incident_id, coalesce(a.executed_at, a.updated_at), a.step_id""",
         since,
         until,
@@ -882,9 +909,9 @@ async def list_timelines_of_incidents_created(
     conn: Conn, *, since: datetime | None, until: datetime | None
 ) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        """SELECT t.incident_id, t.event_id, t.time, t.type, t.actor, t.summary
+        f"""SELECT t.incident_id, t.event_id, t.time, t.type, t.actor, t.summary
            FROM reporter_timeline t JOIN reporter_incidents i ON i.id = t.incident_id
-           WHERE i.title IS NOT NULL AND ($1::timestamptz IS NULL OR i.created_at >= $1)
+           WHERE i.{DETECTED} AND ($1::timestamptz IS NULL OR i.created_at >= $1)
              AND ($2::timestamptz IS NULL OR i.created_at < $2)
            ORDER BY i.created_at, t.incident_id, t.time, t.event_id""",
         since,
@@ -937,9 +964,9 @@ async def list_open_follow_ups(
 ) -> list[dict[str, Any]]:
     """Tasks of these phases not done, of the incidents created in the period, the earliest due first."""
     rows = await conn.fetch(
-        """SELECT t.incident_id, t.phase, t.title, t.owner, t.required, t.due_at, i.severity, i.state
+        f"""SELECT t.incident_id, t.phase, t.title, t.owner, t.required, t.due_at, i.severity, i.state
            FROM reporter_tasks t JOIN reporter_incidents i ON i.id = t.incident_id
-           WHERE t.state = 'open' AND t.title IS NOT NULL AND t.phase = ANY($3::text[])
+           WHERE t.state = 'open' AND t.title IS NOT NULL AND i.{DETECTED} AND t.phase = ANY($3::text[])
              AND ($1::timestamptz IS NULL OR i.created_at >= $1) AND ($2::timestamptz IS NULL OR i.created_at < $2)
            ORDER BY t.due_at NULLS LAST, t.incident_id, t.task_id""",
         since,

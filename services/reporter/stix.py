@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
+import socket
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -89,7 +91,13 @@ def indicator_bundle(
     indicators: dict[str, dict[str, Any]] = {}
     for raw in analysis.get("indicators") or ():
         made = _indicator(
-            raw, incident_id=incident_id, min_verdict=min_verdict, tlp=tlp, producer=producer["id"], default=began
+            raw,
+            incident_id=incident_id,
+            min_verdict=min_verdict,
+            tlp=tlp,
+            producer=producer["id"],
+            default=began,
+            analysed=_time(incident.get("updated_at")),
         )
         if made is not None:
             indicators.setdefault(made["id"], made)  # one value named twice is shared once
@@ -160,14 +168,18 @@ def _indicator(
     tlp: TlpLevel,
     producer: str,
     default: datetime,
+    analysed: datetime | None,
 ) -> dict[str, Any] | None:
     kind, value = str(raw.get("kind")), str(raw.get("value"))
     matcher = pattern(kind, value)
     if matcher is None or not is_shareable(raw, min_verdict=min_verdict):
         return None
     first = _time(raw.get("first_seen")) or default
-    # ``modified`` is when it was last seen: Vigil's own STIX import reads it back as such.
-    last = max(first, _time(raw.get("last_seen")) or first)
+    # ``modified`` is when it was last seen, or the analysis after it (the incident's row changed then; the
+    # stored analysis carries no time of its own): a verdict, confidence or tags changed with no new sighting
+    # is a newer version of the same id, which feeds take (STIX 2.1, 3.6). Vigil's own import reads it back as
+    # the last sighting, then at most as late as that analysis.
+    last = max(first, _time(raw.get("last_seen")) or first, analysed or first)
     verdict = raw.get("verdict")
     count = raw.get("count")
     seen = f"{count} alert(s)" if isinstance(count, int) else "the alerts"
@@ -270,13 +282,38 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _internal_host(host: str) -> bool:
-    """A private or reserved address, or a name that only resolves inside (one label, an internal suffix)."""
+    """A private or reserved address, or a name that only resolves inside (one label, an internal suffix).
+
+    A host whose last label is a number is an IPv4 address, as browsers, curl and ``inet_aton`` read it:
+    ``127.1``, ``10.1``, ``0177.0.0.1`` and ``0x7f.1`` are loopback and private addresses, not names; one
+    that is no address at all is refused too."""
     address = _address(host)
+    if address is None:
+        labels = host.lower().removesuffix(".").split(".")
+        if _NUMBER.fullmatch(labels[-1]):
+            address = _ipv4(labels)
+            if address is None:
+                return True
     if address is not None:
         return not is_external(str(address))
     if "." not in host:
         return True
     return any(host == s or host.endswith("." + s) for s in INTERNAL_SUFFIXES)
+
+
+# A label of an IPv4 address in any form ``inet_aton`` takes: decimal, octal (a leading 0) or hexadecimal.
+_NUMBER = re.compile(r"[0-9]+|0x[0-9a-f]*")
+
+
+def _ipv4(labels: list[str]) -> ipaddress.IPv4Address | None:
+    """The address of a host written in numbers (``127.1``), as ``inet_aton`` reads it; None if none."""
+    # Only numbers reach it: glibc's inet_aton takes "1.2.3.4 anything" for 1.2.3.4.
+    if len(labels) > 4 or not all(_NUMBER.fullmatch(label) for label in labels):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(".".join(labels)))
+    except OSError:
+        return None
 
 
 def _identity() -> dict[str, Any]:

@@ -14,13 +14,14 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from services.reporter import windows
+from services.reporter.queries import UtcTime
 from services.reporter.stream import WindowView
 from services.reporter.windows import DeadLetterTopic, Outcome, Window, WindowSpec
 from shared.auth import require
 from shared.events import IncidentType, Severity
 from shared.service import Runtime
 
-Since = Annotated[datetime | None, Query(description="Only windows that end after this (ISO 8601).")]
+Since = Annotated[UtcTime | None, Query(description="Only windows that end after this (ISO 8601; UTC unless it says).")]
 Word = Annotated[str | None, Query(max_length=200)]
 Per = Annotated[Literal["minute", "hour"], Query(description="Minute windows, or their sums per hour.")]
 

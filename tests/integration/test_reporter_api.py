@@ -8,7 +8,8 @@ import base64
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,12 @@ from shared.events import (
     CommandRejection,
     Escalation,
     EventBase,
+    FieldChange,
     Impact,
     IncidentAnalyzed,
     IncidentDetected,
+    IncidentEdited,
+    IncidentEdits,
     IncidentEscalated,
     IncidentState,
     IncidentStateChanged,
@@ -327,9 +331,10 @@ async def test_the_host_and_indicator_filters_are_answered_by_an_index(pool: asy
     """Each can be answered by a GIN index (at 100,000 incidents the planner picks it; fewer, it may scan)."""
     await pool.execute(
         """INSERT INTO reporter_incidents (id, title, type, severity, state, alert_count, created_at, updated_at,
-                                           hosts, indicators)
+                                           detected_at, hosts, indicators)
            SELECT 'inc-' || n, 'Port scan ' || n, 'security_breach', 'SEV' || (n % 4 + 1), 'detected', 1,
                   $1::timestamptz + n * interval '1 minute', $1::timestamptz + n * interval '1 minute',
+                  $1::timestamptz + n * interval '1 minute',
                   ARRAY['DESKTOP-' || n, 'web-' || n || '.corp.example'], ARRAY['198.51.100.' || (n % 250)]
            FROM generate_series(1, 5000) AS n""",
         T0,
@@ -554,6 +559,68 @@ async def test_reports_and_exports(seeded: int, client: httpx.AsyncClient) -> No
     timelines = (await client.get("/api/v1/export/timelines", params={"since": since})).json()
     assert {t["incident_id"] for t in timelines} == {f"inc-{n:03d}" for n in range(30, 40)}
     assert (await client.get("/api/v1/export/everything")).status_code == 422
+
+
+@pytest.fixture
+def new_york() -> Iterator[None]:
+    """The reporter on a host whose clock is not UTC (`vigil up` on a laptop)."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    yield
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    time.tzset()
+
+
+async def test_a_period_that_says_no_zone_is_utc_whatever_the_servers_zone(
+    seeded: int, client: httpx.AsyncClient, new_york: None
+) -> None:
+    """As the CLI and the web view read it, and as the report prints it: not the server's local time, in
+    which Postgres' driver would take it (five hours later in New York, leaving out the incidents meant)."""
+    since, until = "2026-11-24T09:30:00", "2026-11-24T09:10:00"  # T0 + 30 min, T0 + 10 min, in UTC
+    assert len(await _ids(client, since=since)) == len(await _ids(client, until=until)) == 10
+    late = (await client.get("/api/v1/metrics/response", params={"by": "all", "since": since})).json()
+    assert late["incidents"] == 10
+    compliance = await client.get("/api/v1/reports/compliance", params={"since": since, "format": "md"})
+    assert "Period: 2026-11-24 09:30:00 UTC" in compliance.text
+    assert "10 incident(s) created in the period." in compliance.text
+    exported = await client.get("/api/v1/export/incidents", params={"format": "csv", "until": until})
+    assert len(exported.text.splitlines()) == 11
+
+
+async def test_an_incident_edited_before_its_detection_is_counted_from_its_detection(
+    pool: asyncpg.Pool, names: TopicNames, client: httpx.AsyncClient
+) -> None:
+    """The coordination topic is read apart from the incidents topic: a title edit read first makes a row
+    with a title, no severity or type, and its row's time for a creation time. No list, metric, report or
+    export counts it until its detection is read (the compliance report failed on it: a 500)."""
+    edited = IncidentEdited(
+        source="/vigil/coordinator",
+        subject="inc-early",
+        time=T0,
+        data=IncidentEdits(actor="alice", reason="clearer", changes={"title": FieldChange(before="x", after="Ours")}),
+    )
+    detected = IncidentDetected(source="/vigil/detector", subject="inc-early", time=T0, data=snapshot(title="seen"))
+
+    async def counted() -> tuple[list[str], int, str, str]:
+        listed = await _ids(client)
+        metrics = (await client.get("/api/v1/metrics/response", params={"by": "all"})).json()["incidents"]
+        report = await client.get("/api/v1/reports/compliance", params={"format": "md"})
+        assert report.status_code == 200, report.text
+        exported = (await client.get("/api/v1/export/incidents", params={"format": "csv"})).text
+        return listed, metrics, report.text, exported
+
+    for events, seen in (([edited], False), ([detected], True)):
+        async with pool.acquire() as conn, conn.transaction():
+            ctx = HandlerContext(conn=conn, service="reporter", names=names)
+            await reporter.handle(ctx, [Inbound(e.id, e, None) for e in events])
+        listed, metrics, report, exported = await counted()
+        assert (listed, metrics) == ((["inc-early"], 1) if seen else ([], 0))
+        assert f"{int(seen)} incident(s) created in the period." in report
+        assert ("inc-early,Ours," in exported) is seen  # the person's title, kept
 
 
 def _incident_now(

@@ -10,7 +10,7 @@ import pytest
 
 from services.detector.domain import summarise
 from services.reporter import repository
-from shared.events import IncidentType, Severity
+from shared.events import IncidentType, Severity, SplitRecord
 from tests.factories import T0, alert, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -81,3 +81,35 @@ async def test_a_run_of_one_incidents_events_leaves_its_row_as_each_event_in_tur
     assert run["sources"] == ["falco", "suricata"]
     stored = await pool.fetchval("SELECT count(*) FROM reporter_alerts WHERE incident_id = 'inc-run'")
     assert stored == 3
+
+
+async def test_a_split_restates_the_incident_that_keeps_its_alerts(pool: asyncpg.Pool) -> None:
+    """Its type, severity, first alert, sources and rules are those of the alerts it keeps, as the detector
+    judged them again (its page, list filters, MTTD and per-source metrics); a title a person edited stays."""
+    shell = summarise(alert(id="shell", minutes=-30, host="web-01", source="falco", rule="Reverse shell"))
+    scan = summarise(alert(id="scan", host="web-01", source="suricata", rule="ET SCAN"))
+    both = snapshot(alert_count=2, first_seen=T0 - timedelta(minutes=30), new_alerts=[shell, scan])
+    kept = snapshot(
+        title="Port scan of web-01",
+        type=IncidentType.SECURITY_BREACH,
+        severity=Severity.SEV3,
+        classification_reason="suricata alert mentions 'scan' -> security_breach",
+        new_alerts=[scan],
+    )
+    split = SplitRecord(new_incident="inc-new", detached=[shell.key], actor="alice", command_id="c-1", incident=kept)
+    async with pool.acquire() as conn, conn.transaction():
+        await repository.ensure_incidents(conn, incident_ids=["inc-split", "inc-titled"])
+        for incident_id in ("inc-split", "inc-titled"):
+            await repository.apply_snapshots(
+                conn, changes=[repository.SnapshotChange(incident_id, both, detected=True, at=T0)]
+            )
+        await repository.apply_edits(conn, incident_id="inc-titled", changes={"title": "Ours"}, reason="clearer")
+        for incident_id in ("inc-split", "inc-titled"):
+            await repository.apply_split(conn, incident_id=incident_id, split=split)
+    rows = {r["id"]: r for r in await pool.fetch(f"SELECT id, {COMPARED} FROM reporter_incidents")}
+    row = rows["inc-split"]
+    assert (row["title"], row["type"], row["severity"]) == ("Port scan of web-01", "security_breach", "SEV3")
+    assert row["classification_reason"] == kept.classification_reason and row["alert_count"] == 1
+    assert row["first_alert_at"] == T0  # no longer the detached shell's, half an hour before
+    assert (row["sources"], row["rules"]) == (["suricata"], ["ET SCAN"])
+    assert (rows["inc-titled"]["title"], rows["inc-titled"]["type"]) == ("Ours", "security_breach")

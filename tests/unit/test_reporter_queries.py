@@ -26,7 +26,7 @@ EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 def test_no_filter_lists_detected_incidents_newest_first() -> None:
     sql, args = incident_query("id", IncidentFilter(), limit=10)
     assert sql == (
-        "SELECT id FROM reporter_incidents WHERE title IS NOT NULL ORDER BY created_at desc, id desc LIMIT $1"
+        "SELECT id FROM reporter_incidents WHERE detected_at IS NOT NULL ORDER BY created_at desc, id desc LIMIT $1"
     )
     assert args == [11]  # one more, to know whether another page follows
 
@@ -165,3 +165,33 @@ def test_the_alert_history_holds_the_suppressed_alerts_unless_they_are_left_out(
     only, _ = alert_query("key", AlertFilter(suppressed="only", source="falco"), after=None, limit=10)
     assert "WHERE NOT suppressed ORDER BY" in without
     assert "WHERE body->>'source' = $1 AND suppressed ORDER BY" in only
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Tokyo"])
+def test_a_period_that_says_no_zone_is_utc_in_both_apis(zone: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The incidents' and the stream's periods, whatever the server's zone: a naive time reaches Postgres'
+    driver and ``datetime.timestamp``, which read it in the local zone, as UTC."""
+    import time
+    from datetime import UTC, datetime
+    from typing import Any
+
+    from pydantic import TypeAdapter
+
+    from services.reporter import api, stream_api
+
+    periods: list[Any] = [api.Since, api.Until, stream_api.Since]  # annotations, as FastAPI reads them
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        for period in periods:
+            read: TypeAdapter[Any] = TypeAdapter(period)
+            assert read.validate_python("2026-10-01") == datetime(2026, 10, 1, tzinfo=UTC)
+            assert (
+                read.validate_python("2026-10-01T02:00:00").timestamp()
+                == datetime(2026, 10, 1, 2, tzinfo=UTC).timestamp()
+            )
+            assert read.validate_python("2026-10-01T02:00:00-04:00").hour == 2  # its own zone kept
+            assert read.validate_python(None) is None
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -290,6 +290,20 @@ def test_the_compliance_report() -> None:
     assert broken.count("<svg") == 1
 
 
+def test_the_compliance_report_counts_an_incident_with_no_severity_or_type_as_unknown() -> None:
+    """Whatever row reaches it (one made by an early edit, before the detection, has neither), never a 500."""
+    rows: list[dict[str, Any]] = [
+        {"id": "inc-1", "severity": "SEV1", "type": "data_leak", "state": "detected"},
+        {"id": "inc-2", "severity": None, "type": None, "state": None},
+    ]
+    times = [IncidentTimes(r["id"], r["severity"], r["type"], r["state"], None, {}) for r in rows]
+    data = ComplianceData(None, None, rows, times, [], 0, None)
+    for fmt in ("md", "html"):
+        text = compliance(data, fmt=fmt, sla=DEFAULT_SLA, now=NOW)
+        assert "2 incident(s) created in the period" in text, fmt
+    assert "| unknown | 1 |" in compliance(data, fmt="md", sla=DEFAULT_SLA, now=NOW)
+
+
 def test_the_compliance_report_says_a_period_asked_for_in_another_zone_in_utc() -> None:
     paris = timezone(timedelta(hours=2))
     data = ComplianceData(

@@ -143,6 +143,8 @@ def _patterns(bundle: dict[str, Any]) -> set[str]:
         ("domain", "Evil.Example.NET.", "[domain-name:value = 'evil.example.net']"),
         ("url", "https://evil.example.net/a?b=1", "[url:value = 'https://evil.example.net/a?b=1']"),
         ("url", "http://evil.example.net/it's\\here", "[url:value = 'http://evil.example.net/it\\'s\\\\here']"),
+        ("url", "http://203.0.113.9/x", "[url:value = 'http://203.0.113.9/x']"),
+        ("url", "http://8.8/x", "[url:value = 'http://8.8/x']"),  # 8.0.0.8, a public address written short
         ("md5", MD5.upper(), f"[file:hashes.MD5 = '{MD5}']"),
         ("sha1", SHA1, f"[file:hashes.'SHA-1' = '{SHA1}']"),
         ("sha256", SHA256, f"[file:hashes.'SHA-256' = '{SHA256}']"),
@@ -177,6 +179,16 @@ def test_each_kind_has_its_pattern(kind: str, value: str, expected: str) -> None
         ("cve", "CVE-2024-3094"),
         ("domain", "fileserver"),  # one label: resolves only inside
         ("domain", "localhost"),
+        # Loopback and private addresses written short, in octal or hex, as browsers and inet_aton read them.
+        ("url", "http://127.1/"),
+        ("url", "http://10.1/admin"),
+        ("url", "http://0177.0.0.1/"),
+        ("url", "http://0x7f.1:8080/"),
+        ("url", "http://2130706433/"),
+        ("url", "http://127.1./"),
+        ("url", "http://999.1.1.1/"),  # numbers that are no address
+        ("domain", "10.1"),
+        ("email", "root@192.168.1"),
     ],
 )
 def test_what_is_not_of_its_kind_or_only_inside_has_no_pattern(kind: str, value: str) -> None:
@@ -217,7 +229,10 @@ def test_an_indicator_says_what_the_analysis_knows() -> None:
     assert address["pattern"] == "[ipv4-addr:value = '203.0.113.9']"
     assert address["indicator_types"] == ["malicious-activity"]
     assert (address["valid_from"], address["created"]) == ("2026-11-24T09:01:00.000Z", "2026-11-24T09:01:00.000Z")
-    assert address["modified"] == "2026-11-24T09:20:00.000Z"  # last seen
+    assert address["modified"] == "2026-11-24T11:00:00.000Z"  # analysed after its last sighting, 09:20
+    last_seen_later = _incident(updated_at=T0 + timedelta(minutes=10))  # the analysis before that sighting
+    (later,) = [o for o in _of_type(indicator_bundle(last_seen_later), "indicator") if o["name"] == "203.0.113.9"]
+    assert later["modified"] == "2026-11-24T09:20:00.000Z"
     assert (address["confidence"], address["labels"]) == (90, ["Cobalt Strike", "c2"])
     assert "abuse" not in json.dumps(bundle)  # which feeds list it is Vigil's business, not the reader's
     assert by_name["evil.example.net"]["indicator_types"] == ["anomalous-activity"]
@@ -310,6 +325,19 @@ def test_a_changed_incident_is_a_newer_version_of_the_same_objects() -> None:
     assert new["id"] == old["id"] and new["modified"] > old["modified"] and new["confidence"] == 95
 
 
+def test_an_indicator_judged_again_with_no_new_sighting_is_a_newer_version() -> None:
+    """Feeds keep the first object of an id and ``modified`` they got: a verdict, confidence or tags that
+    changed when the analysis ran again make a newer ``modified``, never earlier than ``created``."""
+    seen = _indicator("ipv4", "203.0.113.9", verdict="suspicious", confidence=40, last_seen=T0 + timedelta(minutes=5))
+    judged = _indicator("ipv4", "203.0.113.9", confidence=95, last_seen=T0 + timedelta(minutes=5))
+    (before,) = _of_type(indicator_bundle(_incident([seen], updated_at=T0 + timedelta(minutes=10))), "indicator")
+    (after,) = _of_type(indicator_bundle(_incident([judged], updated_at=T0 + timedelta(hours=1))), "indicator")
+    assert after["id"] == before["id"] and after["indicator_types"] != before["indicator_types"]
+    assert after["modified"] > before["modified"] >= before["created"]
+    (early,) = _of_type(indicator_bundle(_incident([seen], updated_at=T0 - timedelta(days=1))), "indicator")
+    assert (early["created"], early["modified"]) == ("2026-11-24T09:01:00.000Z", "2026-11-24T09:05:00.000Z")
+
+
 def test_one_value_named_twice_is_shared_once() -> None:
     bundle = indicator_bundle(_incident([PUBLIC[0], _indicator("ipv6", "::ffff:203.0.113.9")]))
     assert [o["name"] for o in _of_type(bundle, "indicator")] == ["203.0.113.9"]
@@ -371,7 +399,8 @@ def test_vigil_imports_back_what_it_exports() -> None:
         assert entry.confidence == (indicator.confidence if indicator.confidence is not None else 50)
         assert entry.tags == tuple(indicator.tags)
         assert _seen(entry.first_seen) == indicator.first_seen
-        assert _seen(entry.last_seen) == indicator.last_seen
+        # Its version's time: the last sighting, or the analysis after it.
+        assert _seen(entry.last_seen) == max(indicator.last_seen or T0, T0 + timedelta(hours=2))
         assert entry.expires_at is None
 
 

@@ -61,3 +61,21 @@ def test_a_form_sent_twice_is_one_command_and_two_forms_are_two() -> None:
     bare = {k: v for k, v in note.items() if k != "nonce"}
     assert command_event("inc-1", bare, by=cora).id != command_event("inc-1", bare, by=cora).id
     assert command_event("inc-1", {**note, "nonce": ["../x"]}, by=cora).id != first.id
+
+
+def test_the_same_form_from_two_page_loads_is_two_commands() -> None:
+    """Resolved "fixed" again after a reopen, or the same status update posted twice: each page load's nonce
+    makes another command, which no consumer takes for the first one sent again."""
+    from services.reporter.page_commands import command_event
+    from shared.identity import Principal
+
+    cora = Principal(name="cora@example.com", role="commander", kind="person")
+    resolve = {"command": ["resolve"], "resolution": ["fixed"], "note": [""]}
+    first = command_event("inc-1", {**resolve, "nonce": ["a" * 24]}, by=cora)
+    later = command_event("inc-1", {**resolve, "nonce": ["b" * 24]}, by=cora)
+    assert first.id != later.id
+    assert command_event("inc-1", {**resolve, "nonce": ["a" * 24]}, by=cora).id == first.id  # a double click
+    update = {"command": ["note"], "note": ["still investigating"], "kind": ["status_update"]}
+    monday = command_event("inc-1", {**update, "nonce": ["c" * 24]}, by=cora)
+    tuesday = command_event("inc-1", {**update, "nonce": ["d" * 24]}, by=cora)
+    assert monday.id != tuesday.id
