@@ -92,10 +92,13 @@ def up(
     demo_interval: Annotated[float, typer.Option(help="Seconds between demo alerts.")] = 2.0,
 ) -> None:
     """Run the whole stack: broker and Postgres (embedded unless configured) and the five services."""
-    from vigil.stack import run_stack
+    from vigil.stack import PortsInUse, run_stack
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_stack(VigilSettings(), demo=demo, demo_interval=demo_interval, console=console))
+        try:
+            asyncio.run(run_stack(VigilSettings(), demo=demo, demo_interval=demo_interval, console=console))
+        except PortsInUse as exc:
+            _fail(str(exc))
 
 
 @app.command()
@@ -235,14 +238,23 @@ def playbook_plan(
 
 async def _on_database(work: Any) -> Any:
     """Run ``work(conn)`` on one connection to Vigil's database (operators' commands)."""
+    import asyncpg
+
     from shared.db import connect
 
     try:
         conn = await connect(_settings().database_url)
     except OSError as exc:  # refused, unreachable, or timed out
         _fail(f"cannot reach the database: {exc}")
+    except asyncpg.PostgresError as exc:  # no such database, role or password
+        _fail(f"the database refused the connection: {exc}")
     try:
         return await work(conn)
+    except asyncpg.UndefinedTableError as exc:
+        _fail(
+            f"not a Vigil database ({exc}): run `vigil init`, or run this where `vigil up` runs "
+            "(or set DATABASE_URL to the stack's)"
+        )
     finally:
         await conn.close()
 
@@ -1311,7 +1323,10 @@ def alert_send(
 
     if format_name is not None and format_name not in FORMATS:
         _fail(f"unknown format {format_name!r}; known formats: {', '.join(FORMATS)}")
-    body = typer.get_binary_stream("stdin").read() if file == "-" else Path(file).read_bytes()
+    try:
+        body = typer.get_binary_stream("stdin").read() if file == "-" else Path(file).read_bytes()
+    except OSError as exc:
+        _fail(f"{file} cannot be read: {exc.strerror or exc}")
     records, refused = parse_records(body, format_name=format_name)
     for reason in refused:
         err.print(f"[yellow]refused[/yellow] {escape(reason)}")
@@ -2037,6 +2052,7 @@ def events_tail(
 ) -> None:
     """Follow incident events as they happen."""
     from aiokafka import TopicPartition
+    from aiokafka.errors import KafkaError
 
     from shared import cloudevents
     from shared.errors import InvalidMessage
@@ -2047,7 +2063,11 @@ def events_tail(
         settings = _settings()
         names = TopicNames(settings.topic_prefix)
         consumer = make_consumer(settings, group_id=None)
-        await consumer.start()
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            await consumer.stop()
+            _fail(f"cannot reach the broker at {settings.kafka.bootstrap_servers}: {exc}")
         try:
             partitions = [
                 TopicPartition(names(t), p)

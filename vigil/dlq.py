@@ -127,8 +127,8 @@ async def read(settings: VigilSettings, which: str, *, limit: int | None = None)
 async def _read(settings: VigilSettings, which: str, *, limit: int | None) -> list[DeadLetter]:
     topic = TopicNames(settings.topic_prefix)(DLQ_TOPICS[which])
     consumer = make_consumer(settings, group_id=None)
-    await consumer.start()
     try:
+        await consumer.start()
         await consumer._client.force_metadata_update()  # the assign() API needs known partitions
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not partitions:

@@ -52,8 +52,16 @@ async def ensure_local_token(conn: Any, path: Path) -> str | None:
     return user
 
 
+class PortsInUse(Exception):
+    """A port a service of the stack listens on is taken: another stack runs, or another program."""
+
+
 async def run_stack(settings: VigilSettings, *, demo: bool, demo_interval: float, console: Console) -> None:
     configure_logging(settings.log_level, "text", service="vigil")
+    # Services that cannot listen restart for ever, and another stack's answering its readiness check
+    # would make this one say it is up.
+    if busy := [f"{name} :{port}" for name, port in DEFAULT_HTTP_PORTS.items() if not port_is_free(port)]:
+        raise PortsInUse(f"the ports of {', '.join(busy)} are in use: another `vigil up`, or another program")
     port = DEFAULT_BROKER_PORT if port_is_free(DEFAULT_BROKER_PORT) else None
     with servers(settings.data_dir, broker_port=port) as found:
         settings.kafka.bootstrap_servers = found.bootstrap_servers
