@@ -896,6 +896,10 @@ class Coordinator:
             data=IncidentEdits(actor=edit.actor, reason=edit.reason, changes=changes, command_id=command.id),
         )
         ctx.emit(edited)
+        if self._ended(row):
+            # Corrected on the record after the fact (a review raising the severity): nobody is paged, and
+            # no room opens that nothing would archive.
+            return edited
         if "severity" in changes or "title" in changes:
             now_titled = changes["title"].after if "title" in changes else row["title"]
             now_severe = changes["severity"].after if "severity" in changes else row["severity"]
@@ -928,6 +932,8 @@ class Coordinator:
         await tasks.assign_role(ctx.conn, incident_id=command.subject, role=assignment.role, person=assignment.person)
         assigned = IncidentAssigned(source=SOURCE, **command.caused_by(), data=assignment)
         ctx.emit(assigned)
+        if self._ended(row):
+            return assigned  # the record of who held the role; an incident that is over pages nobody
         # Whoever has a role on it is in its room; a new commander is named in its topic.
         update: dict[str, Any] = {"action": "update", "invite": rooms.emails(self.notices, [assignment.person])}
         if assignment.role == "commander":
@@ -1662,6 +1668,11 @@ class Coordinator:
             incident_id, escalation_, discriminator=discriminator, recipients=recipients
         )
         await notifications.notify(ctx.conn, self.notices, notice)
+
+    def _ended(self, row: asyncpg.Record) -> bool:
+        """Whether the incident's row says it is over, by the lifecycle in force."""
+        state = domain.known_state(row["state"])
+        return state is not None and self.lifecycle.is_ended(state)
 
     def ended_states(self) -> list[str]:
         """The states in which an incident is over, by the lifecycle in force."""

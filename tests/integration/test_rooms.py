@@ -30,7 +30,10 @@ from shared.events import (
     AssignRole,
     ChangeState,
     CommandArgs,
+    EditIncident,
     IncidentDetected,
+    IncidentEdit,
+    IncidentEscalated,
     ResolveIncident,
     Severity,
     StateCommand,
@@ -40,7 +43,7 @@ from shared.topics import TopicNames
 from tests import helpers
 from tests.factories import snapshot
 from tests.helpers import eventually, serve_app
-from tests.integration.test_coordinator_lifecycle import feed
+from tests.integration.test_coordinator_lifecycle import emitted, feed
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
@@ -339,3 +342,32 @@ async def test_a_room_that_cannot_be_opened_is_given_up_with_the_posts_waiting_f
             await eventually(lambda: all_done(pool), timeout=30)
     (room,) = space.channels.values()
     assert "U0BOB" in room["members"]
+
+
+async def test_an_edit_or_a_new_commander_on_a_closed_incident_neither_pages_nor_opens_a_room(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    incident = "5e1f0000-0000-4000-8000-0000000000aa"
+    coordinator = Coordinator(load_oncall(), notices=configure("https://slack.example/api"))
+    minor = snapshot(title="Port scan", severity=Severity.SEV3)
+    await feed(pool, names, coordinator, IncidentDetected(source="/t", subject=incident, data=minor))
+    resolve = ResolveIncident(source="/t", subject=incident, data=CommandArgs(actor="alice", resolution="fixed"))
+    await feed(pool, names, coordinator, resolve)
+    close = ChangeState(source="/t", subject=incident, data=StateCommand(actor="alice", to_state="closed"))
+    await feed(pool, names, coordinator, close)
+    pages = len([e for e in await emitted(pool) if isinstance(e, IncidentEscalated)])
+
+    # A review finds it was worse than thought and names who owns the follow-up: the record changes.
+    raised = IncidentEdit(actor="bob", severity=Severity.SEV1, reason="review: data left")
+    await feed(pool, names, coordinator, EditIncident(source="/t", subject=incident, data=raised))
+    owner = Assignment(actor="bob", person="carol@example.com", role="commander")
+    await feed(pool, names, coordinator, AssignRole(source="/t", subject=incident, data=owner))
+
+    row = await pool.fetchrow(
+        "SELECT severity, commander, room FROM coordinator_incidents WHERE incident_id = $1", incident
+    )
+    assert row is not None and (row["severity"], row["commander"]) == ("SEV1", "carol@example.com")
+    assert len([e for e in await emitted(pool) if isinstance(e, IncidentEscalated)]) == pages
+    assert row["room"] is None
+    effects = await pool.fetch("SELECT kind, key FROM effects WHERE subject = $1 ORDER BY id", incident)
+    assert not [r for r in effects if r["kind"] == "room.open" or "edit" in r["key"] or "assign" in r["key"]]
