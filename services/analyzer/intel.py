@@ -216,6 +216,8 @@ def normalise(kind: Kind, value: str) -> tuple[Kind, str]:
 
 
 def _normalise(kind: Kind, value: str) -> tuple[Kind, str]:
+    if "\x00" in value:  # no Postgres text holds one: refused here, with the line, not by the load's insert
+        raise ValueError(f"a value holds a NUL character: {value!r}"[:300])
     text = refang(value)
     if not text:
         raise ValueError("empty value")

@@ -344,12 +344,12 @@ async def test_a_value_too_long_to_keep_is_passed_over_and_a_load_refused_is_sho
         shown = await invoke("intel", "feeds")
         assert shown.exit_code == 0 and f"last load: {passed_over}" in shown.output, shown.output
 
-        # A NUL, which no text column holds: the database refuses the load.
-        path.write_text("http://evil.example.org/a\x00b\n")
+        # A NUL, which no text column holds: refused with its line, the last good data kept.
+        path.write_text("http://bad.example.net/\nhttp://evil.example.org/a\x00b\n")
         effect = await refreshed(db, poller)
         assert effect["status"] in ("failed", "parked")
         error = await db.fetchval("SELECT last_error FROM intel_feeds WHERE name = 'f'")
-        assert error is not None and "0x00" in error
+        assert error is not None and "line 2: a value holds a NUL character" in error, error
         assert await listed(db, "http://bad.example.net/") == {"http://bad.example.net/": ["f"]}
 
     path.write_text(f"http://evil.example.org/x?{token}\nhttp://bad.example.net/\n")
