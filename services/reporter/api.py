@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from services.reporter import reports, repository, stix, stream_api, web
 from services.reporter.aggregates import Dimension, IncidentTimes, false_positive_rates, summarize
@@ -288,11 +289,9 @@ def routers(runtime: Runtime, stream: WindowView | None = None) -> list[APIRoute
         kind: ExportKind, since: Since = None, until: Until = None, format: ExportFormat = "json"
     ) -> Response:
         """The incidents, actions or timeline lines of the incidents created in a period, as CSV or JSON."""
-        async with runtime.pool.acquire() as conn:
-            rows = await repository.export_rows(conn, kind=kind, since=since, until=until)
-        if format == "csv":
-            return Response(reports.to_csv(rows, reports.EXPORT_COLUMNS[kind]), media_type="text/csv")
-        return Response(reports.to_json(rows), media_type="application/json")
+        batches = repository.export_batches(runtime.pool, kind=kind, since=since, until=until)
+        chunks = reports.export_chunks(batches, kind=kind, fmt=format)
+        return StreamingResponse(chunks, media_type="text/csv" if format == "csv" else "application/json")
 
     return [router, stream_api.router(runtime, stream), web.router(runtime, sla)]
 

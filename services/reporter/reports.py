@@ -6,8 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -338,7 +339,44 @@ def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 
 
 def to_json(rows: Sequence[Mapping[str, Any]]) -> str:
-    return json.dumps(list(rows), default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v), indent=2)
+    return json.dumps(list(rows), default=_json_value, indent=2)
+
+
+def _json_value(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+async def csv_chunks(batches: AsyncIterator[Sequence[Mapping[str, Any]]], columns: Sequence[str]) -> AsyncIterator[str]:
+    """``to_csv`` a batch at a time: the header, then each batch's rows."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    async for rows in batches:
+        for row in rows:
+            writer.writerow({c: _plain(row.get(c)) for c in columns})
+        yield out.getvalue()
+        out.seek(0)
+        out.truncate()
+    if out.tell():
+        yield out.getvalue()
+
+
+async def json_chunks(batches: AsyncIterator[Sequence[Mapping[str, Any]]]) -> AsyncIterator[str]:
+    """``to_json`` a batch at a time: the same text, written as the rows come."""
+    opened = False
+    async for rows in batches:
+        for row in rows:
+            item = textwrap.indent(json.dumps(row, default=_json_value, indent=2), "  ")
+            yield (",\n" if opened else "[\n") + item
+            opened = True
+    yield "\n]" if opened else "[]"
+
+
+def export_chunks(
+    batches: AsyncIterator[Sequence[Mapping[str, Any]]], *, kind: ExportKind, fmt: Literal["csv", "json"]
+) -> AsyncIterator[str]:
+    """An export's text as its rows are read, in either format."""
+    return csv_chunks(batches, EXPORT_COLUMNS[kind]) if fmt == "csv" else json_chunks(batches)
 
 
 def ocsf_finding(bundle: IncidentBundle) -> dict[str, Any]:

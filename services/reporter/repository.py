@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
+
+import asyncpg
 
 from services.reporter.aggregates import IncidentTimes
 from services.reporter.measures import MILESTONES
@@ -872,52 +874,61 @@ async def list_follow_ups(conn: Conn, *, incident_id: str) -> list[dict[str, Any
     return [dict(r) for r in rows]
 
 
+# What each export holds, for the incidents created in a period ($1 since, $2 until; either may be NULL).
+EXPORT_QUERIES: dict[ExportKind, str] = {
+    "incidents": f"""SELECT {INCIDENT_COLUMNS} FROM reporter_incidents
+        WHERE {DETECTED} AND merged_into IS NULL AND resolution IS DISTINCT FROM 'merged'
+          AND ($1::timestamptz IS NULL OR created_at >= $1)
+          AND ($2::timestamptz IS NULL OR created_at < $2)
+        ORDER BY created_at, id""",
+    "actions": f"""SELECT a.incident_id, a.step_id, a.plan_id, a.name, a.phase, a.item, a.connector, a.action,
+              a.state, a.dry_run, a.executed_at, a.succeeded, v.validated, a.approved_by, a.approved_at, a.reason,
+              a.updated_at
+        FROM reporter_actions a JOIN reporter_incidents i ON i.id = a.incident_id
+        LEFT JOIN reporter_validations v ON v.step_id = a.step_id
+        WHERE i.{DETECTED}
+          AND ($1::timestamptz IS NULL OR i.created_at >= $1) AND ($2::timestamptz IS NULL OR i.created_at < $2)
+        ORDER BY i.created_at, a.incident_id, coalesce(a.executed_at, a.updated_at), a.step_id""",
+    "timelines": f"""SELECT t.incident_id, t.event_id, t.time, t.type, t.actor, t.summary
+        FROM reporter_timeline t JOIN reporter_incidents i ON i.id = t.incident_id
+        WHERE i.{DETECTED} AND ($1::timestamptz IS NULL OR i.created_at >= $1)
+          AND ($2::timestamptz IS NULL OR i.created_at < $2)
+        ORDER BY i.created_at, t.incident_id, t.time, t.event_id""",
+}
+
+
 async def list_incidents_created(conn: Conn, *, since: datetime | None, until: datetime | None) -> list[dict[str, Any]]:
-    """Every incident created in a period, oldest first (for reports and exports)."""
-    rows = await conn.fetch(
-        f"""SELECT {INCIDENT_COLUMNS} FROM reporter_incidents
-            WHERE {DETECTED} AND merged_into IS NULL AND resolution IS DISTINCT FROM 'merged'
-              AND ($1::timestamptz IS NULL OR created_at >= $1)
-              AND ($2::timestamptz IS NULL OR created_at < $2)
-            ORDER BY created_at, id""",
-        since,
-        until,
-    )
-    return [dict(r) for r in rows]
+    """Every incident created in a period, oldest first (for reports)."""
+    return [dict(r) for r in await conn.fetch(EXPORT_QUERIES["incidents"], since, until)]
 
 
 async def list_actions_of_incidents_created(
     conn: Conn, *, since: datetime | None, until: datetime | None
 ) -> list[dict[str, Any]]:
     """The actions of the incidents created in a period, with who approved them and whether they held."""
-    rows = await conn.fetch(
-        f"""SELECT a.incident_id, a.step_id, a.plan_id, a.name, a.phase, a.item, a.connector, a.action, a.state,
-                  a.dry_run, a.executed_at, a.succeeded, v.validated, a.approved_by, a.approved_at, a.reason,
-                  a.updated_at
-           FROM reporter_actions a JOIN reporter_incidents i ON i.id = a.incident_id
-           LEFT JOIN reporter_validations v ON v.step_id = a.step_id
-           WHERE i.{DETECTED}
-             AND ($1::timestamptz IS NULL OR i.created_at >= $1) AND ($2::timestamptz IS NULL OR i.created_at < $2)
-           ORDER BY i.created_at, a.incident_id, coalesce(a.executed_at, a.updated_at), a.step_id""",
-        since,
-        until,
-    )
-    return [dict(r) for r in rows]
+    return [dict(r) for r in await conn.fetch(EXPORT_QUERIES["actions"], since, until)]
 
 
-async def list_timelines_of_incidents_created(
-    conn: Conn, *, since: datetime | None, until: datetime | None
-) -> list[dict[str, Any]]:
-    rows = await conn.fetch(
-        f"""SELECT t.incident_id, t.event_id, t.time, t.type, t.actor, t.summary
-           FROM reporter_timeline t JOIN reporter_incidents i ON i.id = t.incident_id
-           WHERE i.{DETECTED} AND ($1::timestamptz IS NULL OR i.created_at >= $1)
-             AND ($2::timestamptz IS NULL OR i.created_at < $2)
-           ORDER BY i.created_at, t.incident_id, t.time, t.event_id""",
-        since,
-        until,
-    )
-    return [dict(r) for r in rows]
+async def export_rows(
+    conn: Conn, *, kind: ExportKind, since: datetime | None, until: datetime | None, batch: int = 500
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """The incidents, actions or timeline lines of the incidents created in a period, a batch at a time from
+    a cursor: an export of everything (no period) is held in memory a batch at a time, never whole.
+
+    Run inside a transaction (a cursor lives in one); a repeatable-read one makes the export one snapshot.
+    """
+    cursor = await conn.cursor(EXPORT_QUERIES[kind], since, until)
+    while rows := await cursor.fetch(batch):
+        yield [dict(r) for r in rows]
+
+
+async def export_batches(
+    pool: asyncpg.Pool, *, kind: ExportKind, since: datetime | None, until: datetime | None
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """``export_rows`` on a connection of its own, in one snapshot, for as long as a response streams them."""
+    async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+        async for rows in export_rows(conn, kind=kind, since=since, until=until):
+            yield rows
 
 
 async def add_tasks(conn: Conn, *, incident_id: str, tasks: Sequence[OpenedTask], at: datetime) -> None:
@@ -988,16 +999,3 @@ async def compliance_data(conn: Conn, *, since: datetime | None, until: datetime
         audit_entries=chain.entries,
         audit_problem=chain.problem.message if chain.problem else None,
     )
-
-
-async def export_rows(
-    conn: Conn, *, kind: ExportKind, since: datetime | None, until: datetime | None
-) -> list[dict[str, Any]]:
-    """The incidents, actions or timeline lines of the incidents created in a period."""
-    match kind:
-        case "incidents":
-            return await list_incidents_created(conn, since=since, until=until)
-        case "actions":
-            return await list_actions_of_incidents_created(conn, since=since, until=until)
-        case "timelines":
-            return await list_timelines_of_incidents_created(conn, since=since, until=until)

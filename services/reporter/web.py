@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
 from services.reporter import page_commands, reports, repository, views
@@ -292,10 +292,12 @@ def router(runtime: Runtime, sla: SlaTargets) -> APIRouter:
         start, end, problems = _period(since, until)
         if problems:
             return HTMLResponse(views.message_page("Cannot export", "; ".join(problems), by=by), 400)
-        async with runtime.pool.acquire() as conn:
-            rows = await repository.export_rows(conn, kind=kind, since=start, until=end)
-        if fmt == "csv":
-            return _attachment(reports.to_csv(rows, EXPORT_COLUMNS[kind]), "text/csv; charset=utf-8", f"{kind}.csv")
-        return _attachment(reports.to_json(rows), "application/json", f"{kind}.json")
+        batches = repository.export_batches(runtime.pool, kind=kind, since=start, until=end)
+        media_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+        return StreamingResponse(
+            reports.export_chunks(batches, kind=kind, fmt=fmt),
+            media_type=media_type,
+            headers={"Content-Disposition": f'attachment; filename="{kind}.{fmt}"'},
+        )
 
     return pages

@@ -20,6 +20,7 @@ import pytest
 
 from services.reporter import api as reporter_api
 from services.reporter import handlers as reporter
+from services.reporter import repository
 from services.reporter.queries import IncidentFilter, incident_query
 from shared import identity
 from shared.alerts import AlertSeverity
@@ -537,7 +538,7 @@ async def test_response_metrics_per_group(seeded: int, client: httpx.AsyncClient
     assert (await client.get("/api/v1/metrics/response", params={"by": "moon"})).status_code == 422
 
 
-async def test_reports_and_exports(seeded: int, client: httpx.AsyncClient) -> None:
+async def test_reports_and_exports(seeded: int, client: httpx.AsyncClient, pool: asyncpg.Pool) -> None:
     report = await client.get("/api/v1/incidents/inc-010/report", params={"format": "md"})
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/markdown")
     assert (
@@ -559,6 +560,12 @@ async def test_reports_and_exports(seeded: int, client: httpx.AsyncClient) -> No
     timelines = (await client.get("/api/v1/export/timelines", params={"since": since})).json()
     assert {t["incident_id"] for t in timelines} == {f"inc-{n:03d}" for n in range(30, 40)}
     assert (await client.get("/api/v1/export/everything")).status_code == 422
+    # Everything, with no period: read from a cursor a batch at a time, written as it is read.
+    everything = (await client.get("/api/v1/export/incidents")).json()
+    async with pool.acquire() as conn, conn.transaction():
+        batches = [b async for b in repository.export_rows(conn, kind="incidents", since=None, until=None, batch=7)]
+    assert [len(b) for b in batches] == [7, 7, 7, 7, 7, 5] and len(everything) == seeded
+    assert [r["id"] for b in batches for r in b] == [r["id"] for r in everything]
 
 
 @pytest.fixture

@@ -20,9 +20,12 @@ from services.reporter.reports import (
     ComplianceData,
     IncidentBundle,
     compliance,
+    csv_chunks,
+    json_chunks,
     ocsf_finding,
     postmortem,
     to_csv,
+    to_json,
 )
 from tests.factories import T0
 
@@ -443,3 +446,24 @@ def test_the_post_mortem_draws_the_attack_path_hop_by_hop() -> None:
     assert "The 2 earliest of 7 hops." in section
     page = postmortem(bundle, fmt="html", sla=DEFAULT_SLA, now=NOW)
     assert "<td><code>host:web-1</code></td><td><code>ip:10.0.2.9</code> (lateral)</td>" in page
+
+
+async def _batches(rows: list[dict[str, Any]], size: int) -> Any:
+    for at in range(0, len(rows), size):
+        yield rows[at : at + size]
+
+
+async def _text(chunks: Any) -> str:
+    return "".join([chunk async for chunk in chunks])
+
+
+@pytest.mark.parametrize("count", [0, 1, 5])
+@pytest.mark.parametrize("size", [1, 2, 10])
+async def test_an_export_written_as_its_rows_are_read_is_the_text_written_at_once(count: int, size: int) -> None:
+    rows = [
+        {"incident_id": f"inc-{n}", "time": T0 + timedelta(minutes=n), "summary": f'=cmd|{n}\n"q"', "tags": ["a"]}
+        for n in range(count)
+    ]
+    columns = ("incident_id", "time", "summary", "tags")
+    assert await _text(csv_chunks(_batches(rows, size), columns)) == to_csv(rows, columns)
+    assert await _text(json_chunks(_batches(rows, size))) == to_json(rows)
