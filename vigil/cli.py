@@ -1513,6 +1513,11 @@ def incidents_list(
     console.print(table)
 
 
+# Incidents a short id is looked up among, by the reporter (whose list takes an id prefix): one is an answer,
+# several a refusal naming some.
+SHORT_ID_MATCHES = 10
+
+
 def _full_id(given: str) -> str:
     """The incident whose id starts with ``given`` (the short ids `incidents list` prints), where the reporter
     knows exactly one; ``given`` as it is where it knows none (or cannot be reached), for the service asked to
@@ -1522,7 +1527,7 @@ def _full_id(given: str) -> str:
     try:
         response = httpx.get(
             _settings().reporter_url.rstrip("/") + "/api/v1/incidents",
-            params={"limit": 1000},
+            params={"id_prefix": given, "limit": SHORT_ID_MATCHES},
             headers=_auth_headers(),
             timeout=10,
         )
@@ -1541,7 +1546,8 @@ def _resolve_id(prefix: str) -> str:
     """Accept the short ids `incidents list` prints."""
     if len(prefix) >= 36:
         return prefix
-    matches = [i["id"] for i in _get("/api/v1/incidents", limit=1000) if i["id"].startswith(prefix)]
+    listed = _get("/api/v1/incidents", id_prefix=prefix, limit=SHORT_ID_MATCHES)
+    matches = [i["id"] for i in listed if i["id"].startswith(prefix)]
     if len(matches) != 1:
         _fail(f"{'no' if not matches else 'more than one'} incident matches {prefix!r}")
     return str(matches[0])

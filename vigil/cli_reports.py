@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 from rich.table import Table
@@ -278,16 +279,28 @@ def _write(text: str, out: Path | None) -> None:
 
 def _export(kind: str, since: str | None, until: str | None, fmt: str, out: Path | None) -> None:
     from services.reporter import reports, repository
-    from vigil.cli import _fail, _on_database
+    from vigil.cli import _fail, _on_database, err
 
     if fmt not in ("csv", "json"):
         _fail(f"--format takes csv or json, not {fmt!r}")
     now = datetime.now(UTC)
     start, end = parse_when(since, now=now), parse_when(until, now=now)
 
-    async def read(conn: Any) -> Any:
-        return await repository.export_rows(conn, kind=kind, since=start, until=end)  # type: ignore[arg-type]
+    async def write(conn: Any, sink: TextIO) -> None:
+        # Written as it is read, from one snapshot: an export of everything never sits in memory whole.
+        async with conn.transaction(readonly=True, isolation="repeatable_read"):
+            batches = repository.export_rows(conn, kind=kind, since=start, until=end)  # type: ignore[arg-type]
+            async for chunk in reports.export_chunks(batches, kind=kind, fmt=fmt):  # type: ignore[arg-type]
+                sink.write(chunk)
+        if fmt == "json":
+            sink.write("\n")
 
-    rows = asyncio.run(_on_database(read))
-    text = reports.to_csv(rows, reports.EXPORT_COLUMNS[kind]) if fmt == "csv" else reports.to_json(rows) + "\n"  # type: ignore[index]
-    _write(text, out)
+    if out is None:
+        asyncio.run(_on_database(lambda conn: write(conn, sys.stdout)))
+        return
+    try:
+        with out.open("w") as sink:
+            asyncio.run(_on_database(lambda conn: write(conn, sink)))
+    except OSError as exc:
+        _fail(f"cannot write {out}: {exc}")
+    err.print(f"written to {escape(str(out))}")

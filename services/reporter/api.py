@@ -104,6 +104,9 @@ def routers(runtime: Runtime, stream: WindowView | None = None) -> list[APIRoute
             str | None, Query(description="An indicator's value (an address, a hash, …), however written.")
         ] = None,
         q: Text = None,
+        id_prefix: Annotated[
+            str | None, Query(min_length=1, max_length=200, description="Ids starting so (`vigil`'s short ids).")
+        ] = None,
         sort: IncidentSort = "created_at",
         order: Annotated[
             Order, Query(description="`desc`: newest, most severe (SEV1) or most alerts first; `asc` the reverse.")
@@ -123,6 +126,7 @@ def routers(runtime: Runtime, stream: WindowView | None = None) -> list[APIRoute
             asset=asset,
             indicator=indicator,
             text=q,
+            id_prefix=id_prefix,
         )
         after = _after(cursor, sort=sort, order=order)
         async with runtime.pool.acquire() as conn:

@@ -113,6 +113,7 @@ class IncidentFilter:
     asset: str | None = None
     indicator: str | None = None
     text: str | None = None
+    id_prefix: str | None = None  # the short ids the CLI prints
 
 
 @dataclass
@@ -155,6 +156,8 @@ def incident_query(
         q.where(f"created_at < {q.arg(filters.until)}")
     if filters.commander:
         q.where(f"commander = {q.arg(filters.commander)}")
+    if filters.id_prefix:
+        q.where(f"starts_with(id, {q.arg(filters.id_prefix)})")
     # Arrays by containment, which their GIN index answers.
     for column, value in (("sources", filters.source), ("services", filters.service)):
         if value:

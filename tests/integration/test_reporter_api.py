@@ -192,6 +192,10 @@ async def test_filters(seeded: int, client: httpx.AsyncClient) -> None:
     assert await _ids(client, service="payments") == ["inc-004", "inc-003", "inc-002", "inc-001", "inc-000"]
     since, until = (T0 + timedelta(minutes=10)).isoformat(), (T0 + timedelta(minutes=13)).isoformat()
     assert await _ids(client, since=since, until=until) == ["inc-012", "inc-011", "inc-010"]
+    # The short ids the CLI prints, among every incident ever, not only the newest page.
+    assert await _ids(client, id_prefix="inc-00", limit=3) == ["inc-009", "inc-008", "inc-007"]
+    assert await _ids(client, id_prefix="inc-000") == ["inc-000"]
+    assert await _ids(client, id_prefix="inc_%") == []  # a prefix, not a pattern
     # Several filters narrow together.
     assert await _ids(client, source="falco", severity="SEV4", since=since) == [
         f"inc-{n:03d}" for n in range(39, 10, -4)

@@ -202,6 +202,9 @@ async def test_timeline_metrics_and_reports_from_the_real_services(
     ):
         result = await asyncio.to_thread(CliRunner().invoke, cli, args)
         assert result.exit_code == 0, result.output
+    timelines = await asyncio.to_thread(CliRunner().invoke, cli, ["export", "timelines", "--format", "json"])
+    assert timelines.exit_code == 0, timelines.output
+    assert {line["incident_id"] for line in json.loads(timelines.output)} == {incident_id}
     text = md.read_text()
     for section in (
         "## Summary",
