@@ -2453,6 +2453,8 @@ rules_app = typer.Typer(
     help="Correlation rules: check a file, try it on the past, see what waits.", no_args_is_help=True
 )
 app.add_typer(rules_app, name="rules")
+# How far back `vigil rules test` replays at most: a century of alerts (a rule's timespan stops at 366d).
+REPLAY_LONGEST = timedelta(days=36600)
 RulesFileArgument = Annotated[Path, typer.Argument(dir_okay=False, help="A correlation rules file (YAML).")]
 
 
@@ -2471,7 +2473,7 @@ def _since(text: str) -> timedelta:
     from services.detector.correlation import parse_timespan
 
     try:
-        return parse_timespan(text)
+        return parse_timespan(text, longest=REPLAY_LONGEST)
     except ValueError as exc:
         _fail(str(exc))
 

@@ -68,6 +68,14 @@ def test_the_shipped_rules_load() -> None:
     assert [c.name for c in shipped.correlations] == ["scan-sweep", "brute-force-then-login"]
 
 
+def _one_correlation(kind: str, timespan: str, condition: str) -> str:
+    return (
+        "rules:\n  - name: a\n    detection: {host: x}\n  - name: b\n    detection: {host: y}\ncorrelations:\n"
+        f"  - name: c\n    correlation:\n      type: {kind}\n      timespan: {timespan}\n"
+        f"      condition: {condition}\n      rules: [a, b]\n      group-by: [host]\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "line", "says"),
     [
@@ -95,6 +103,13 @@ def test_the_shipped_rules_load() -> None:
             "value_count needs condition.field",
         ),
         ("rules: [\n", 2, "not YAML"),
+        # Conditions that can never hold: every alert the rule takes would wait for ever.
+        (_one_correlation("event_count", "10m", "{lte: 0}"), 11, "lte: 0 never holds"),
+        (_one_correlation("event_count", "10m", "{lt: 1}"), 11, "lt: 1 never holds"),
+        (_one_correlation("temporal", "10m", "{gte: 3}"), 11, "gte: 3 never holds"),
+        # Windows too long to end on a date: refused with their line, not a crash of every batch.
+        (_one_correlation("event_count", "10000000d", "{gte: 2}"), 10, "longer than 366d"),
+        (_one_correlation("event_count", "1000000000d", "{gte: 2}"), 10, "longer than 366d"),
     ],
 )
 def test_a_broken_file_is_refused_with_its_line_and_reason(text: str, line: int, says: str) -> None:
