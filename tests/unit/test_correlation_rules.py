@@ -169,6 +169,34 @@ def test_temporal_ordered_needs_its_order_and_sets_the_rules_title_and_severity(
     assert replay(backwards).incidents == {}
 
 
+RULED = """
+rules:
+  - {name: canary, detection: {source: canary}}
+correlations:
+  - name: burst
+    title: Canary tripped again and again
+    severity: SEV3
+    correlation: {type: event_count, rules: [canary], group-by: [host], timespan: 1h, condition: {gte: 2}}
+"""
+
+
+def test_a_rules_title_and_severity_hold_whatever_batches_the_alerts_came_in() -> None:
+    burst = [alert(source="canary", severity="critical", minutes=i) for i in range(2)]
+    late = alert(source="canary", severity="low", title="Something else", minutes=5)
+    [together] = Replay(rules=parse_rules(RULED), window=WINDOW).feed_all([*burst, late]).incidents.values()
+    apart = Replay(rules=parse_rules(RULED), window=WINDOW)
+    apart.feed(burst)
+    apart.feed([late])
+    [in_two] = apart.incidents.values()
+    assert together.severity is Severity.SEV3 and together.title == "Canary tripped again and again (host=web-01)"
+    assert (in_two.alert_count, in_two.severity, in_two.severity_reason, in_two.title) == (
+        3,
+        together.severity,
+        together.severity_reason,
+        together.title,
+    )
+
+
 def test_an_alert_without_the_group_by_field_falls_to_the_next_rule_or_the_entity() -> None:
     route = rules().route(alert(source="canary", host=None, user=None, src_ip=None))
     assert route is None
