@@ -513,6 +513,7 @@ class CorrelationRules:
             for rule in document.rules
         }
         self.correlations = tuple(_compile_correlation(c, order) for order, c in enumerate(document.correlations))
+        self._named = {c.name: c for c in self.correlations}
         # base rule -> the correlations listing it, in file order; correlations over every alert.
         self._by_base: dict[str, list[Correlation]] = {}
         self._every: list[Correlation] = []
@@ -536,6 +537,11 @@ class CorrelationRules:
 
     def __len__(self) -> int:
         return len(self.correlations)
+
+    def owner(self, key: str) -> Correlation | None:
+        """The correlation whose group a correlation key is, or None (an entity, or a rule no longer in force)."""
+        name, bar, _rest = key.partition("|")
+        return self._named.get(name) if bar else None
 
     def matching(self, alert: Alert) -> list[str]:
         """Return the names of the base rules that select the alert (testing only the candidates the index gives)."""

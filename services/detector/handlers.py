@@ -234,7 +234,7 @@ class Detector:
         mark = ctx.mark()
         try:
             async with ctx.conn.transaction():  # a savepoint: commands are few, and this one's writes go if refused
-                await commands.apply(ctx, command, classifier=self.classifier)
+                await commands.apply(ctx, command, classifier=self.classifier, correlations=self.correlation.current())
         except InvalidMessage as exc:
             ctx.drop_since(mark)
             ctx.reject(inbound, exc)

@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from services.detector import classification, domain
+from services.detector import classification, correlation, domain
 from services.detector.classification import Classifier
+from services.detector.correlation import CorrelationRules
 from services.detector.domain import IncidentChange, IncidentState, SeverityInputs
 from shared.alerts import Alert
 
@@ -67,15 +68,21 @@ def _lead_rank(incident: IncidentState) -> tuple[bool, int]:
 
 
 def combine(
-    survivor: IncidentState, others: Sequence[IncidentState], classifier: Classifier | None = None
+    survivor: IncidentState,
+    others: Sequence[IncidentState],
+    classifier: Classifier | None = None,
+    *,
+    correlations: CorrelationRules | None = None,
 ) -> IncidentState:
     """Return the survivor holding every alert of ``others`` too, judged from all of them.
 
     Alert votes, counts, hosts and users add up; the lead alert is the highest ranked of all (the
-    survivor's on a tie); the severity is never lower than any merged incident's, and rises if the
-    merged whole is wider (more hosts or users) than each part was.
+    survivor's on a tie), and titles it unless the survivor's correlation rule sets its title; the
+    severity is never lower than any merged incident's, and rises if the merged whole is wider (more
+    hosts or users) than each part was.
     """
     rules = classifier or classification.shipped()
+    ruled = (correlation.shipped() if correlations is None else correlations).owner(survivor.correlation_key)
     everyone = [survivor, *others]
     votes: Counter[str] = Counter()
     for incident in everyone:
@@ -109,7 +116,7 @@ def combine(
         reason = f"{said}; weighted alert votes of the merged incidents: {tally}"
     return replace(
         survivor,
-        title=lead.title,
+        title=survivor.title if ruled is not None and ruled.title else lead.title,
         type=incident_type,
         severity=severity,
         classification_reason=reason,
@@ -212,12 +219,14 @@ def split(
     *,
     new_incident_id: str,
     classifier: Classifier | None = None,
+    correlations: CorrelationRules | None = None,
 ) -> Split:
     """Judge an incident again from the alerts it keeps, and a new one from the alerts detached from it.
 
     Both are judged as if their alerts had come in one batch, except that the incident keeps its
     severity if that was higher: an open incident is never downgraded by itself (people were paged
-    at it); a person who finds it lower says so (`vigil severity`).
+    at it); a person who finds it lower says so (`vigil severity`). An incident a correlation rule
+    titles, or sets the severity of, keeps them.
     """
     rules = classifier or classification.shipped()
     # The detector's one fold, from nothing: each part judged as the detector judges any incident.
@@ -226,6 +235,8 @@ def split(
     kept_state = domain._fold(None, kept_alerts, incident.correlation_key, incident.id, rules, kept_rules)
     if incident.severity.urgency > kept_state.severity.urgency:
         kept_state = replace(kept_state, severity=incident.severity, severity_reason=incident.severity_reason)
+    ruled = (correlation.shipped() if correlations is None else correlations).owner(incident.correlation_key)
+    kept_state = domain.kept_as_ruled(kept_state, incident, ruled)
     new_rules: dict[str, str] = {}
     new_alerts = sorted(detached, key=lambda a: a.time)
     new_key = f"{DETACHED_KEY_PREFIX}{new_incident_id}"

@@ -10,8 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from services.detector import classification, domain, merging
+from services.detector.correlation import parse_rules
 from services.detector.domain import IncidentState
 from services.detector.merging import Refused, Standing
+from services.detector.replay import Replay
 from shared.alerts import Alert
 from shared.events import (
     DetachArgs,
@@ -130,6 +132,37 @@ def test_a_merge_never_lowers_severity_and_the_lead_alert_titles_it() -> None:
     other = incident([alert(host="web-03", title="Port scan detected", severity="low")], "inc-3")
     same = merging.combine(scan, [other])
     assert (same.title, same.classification_reason) == (scan.title, scan.classification_reason)
+
+
+RULED = parse_rules("""
+rules:
+  - {name: canary, detection: {source: canary}}
+correlations:
+  - name: burst
+    title: Canary tripped again and again
+    severity: SEV3
+    correlation: {type: event_count, rules: [canary], group-by: [host], timespan: 1h, condition: {gte: 2}}
+""")
+
+
+def ruled_incident(severity: str = "critical") -> tuple[IncidentState, list[Alert]]:
+    burst = [alert(source="canary", title=f"canary {i}", severity=severity, minutes=i) for i in range(3)]
+    [state] = Replay(rules=RULED, window=WINDOW).feed_all(burst).incidents.values()
+    assert (state.title, state.severity) == ("Canary tripped again and again (host=web-01)", Severity.SEV3)
+    return state, burst
+
+
+def test_a_rule_incident_keeps_the_rules_title_and_severity_when_merged_into_or_split() -> None:
+    ruled, burst = ruled_incident()
+    kept = merging.split(ruled, burst[:2], burst[2:], new_incident_id="inc-2", correlations=RULED).kept.incident
+    assert (kept.title, kept.severity, kept.severity_reason) == (ruled.title, ruled.severity, ruled.severity_reason)
+    ruled, _burst = ruled_incident("low")
+    shell = incident([alert(host="web-02", title="Reverse shell spawned", severity="critical")], "inc-3")
+    combined = merging.combine(ruled, [shell], correlations=RULED)
+    assert combined.title == ruled.title
+    assert combined.severity is Severity.SEV1  # never lower than an incident merged in
+    # Without the rule in force, the lead alert titles it as any incident.
+    assert merging.combine(ruled, [shell], correlations=parse_rules("{}")).title == "Reverse shell spawned"
 
 
 # ---- later alerts of a merged-away key ---------------------------------------------------------
