@@ -187,7 +187,10 @@ async def _detach(
         incident, kept, detached, new_incident_id=new_incident_id, classifier=classifier, correlations=correlations
     )
     following = merging.keys_following(
-        await repository.merged_keys_of(ctx.conn, incident_id=incident_id), kept, detached
+        await repository.merged_keys_of(ctx.conn, incident_id=incident_id),
+        kept,
+        detached,
+        reasons={h.alert.key: h.reason for h in held},
     )
     await repository.upsert_incidents(ctx.conn, incidents=[split.kept.incident, split.detached.incident])
     await repository.detach_alerts(ctx.conn, keys=keys, from_id=incident_id, to_id=new_incident_id, following=following)

@@ -479,8 +479,7 @@ class Route:
     @functools.cached_property  # read many times per alert; a frozen dataclass keeps it in __dict__
     def key(self) -> str:
         """The group's correlation key: one incident at most per key."""
-        said = ",".join(f"{_escaped(name)}={_escaped(value)}" for name, value in self.values)
-        return f"{self.correlation.name}|{said}|{self.window_start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        return group_key(self.correlation.name, self.values, self.window_start)
 
     @property
     def window_end(self) -> datetime:
@@ -500,6 +499,22 @@ _KEY_SEPARATORS = re.compile(r"[%,=|]")
 
 def _escaped(text: str) -> str:
     return _KEY_SEPARATORS.sub(lambda m: f"%{ord(m.group()):02X}", text) if _KEY_SEPARATORS.search(text) else text
+
+
+def group_key(name: str, values: Iterable[tuple[str, str]], window_start: datetime) -> str:
+    """A correlation's group key: its name, its group-by values in order, and its window's start."""
+    said = ",".join(f"{_escaped(field)}={_escaped(value)}" for field, value in values)
+    return f"{name}|{said}|{window_start.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+
+
+def unordered(key: str) -> str:
+    """A correlation key with a group's values in one order: a group read back from what was stored with
+    an alert (jsonb, which keeps no order) compares equal to its key. Other keys are returned as they are."""
+    name, bar, rest = key.partition("|")
+    said, bar, window = rest.rpartition("|")
+    if not bar or not re.fullmatch(_NAME, name):
+        return key
+    return f"{name}|{','.join(sorted(said.split(',')))}|{window}"
 
 
 class CorrelationRules:

@@ -19,6 +19,7 @@ from services.detector.classification import Classifier
 from services.detector.correlation import CorrelationRules
 from services.detector.domain import IncidentChange, IncidentState, SeverityInputs
 from shared.alerts import Alert
+from shared.events import AlertCorrelation
 
 # The correlation key of an incident made of detached alerts: no alert carries it, so later alerts
 # keep going where they went before (the detached keys that left the incident entirely excepted).
@@ -247,8 +248,27 @@ def split(
     )
 
 
-def keys_following(aliases: Iterable[str], kept: Iterable[Alert], detached: Iterable[Alert]) -> set[str]:
-    """The merged-in keys whose every alert left with the detached ones: later alerts on them follow."""
-    staying = {domain.correlation_key(a) for a in kept}
-    leaving = {domain.correlation_key(a) for a in detached}
-    return (set(aliases) & leaving) - staying
+def joined_by(alert: Alert, reason: AlertCorrelation | None) -> str:
+    """The correlation key an alert joined its incident by, as ``correlation.unordered`` writes it.
+
+    Read from why it joined (a rule's group, or its entity): the rules in force may place it elsewhere now.
+    """
+    if reason is None or reason.rule == correlation.ENTITY_RULE or reason.window_start is None:
+        return alert.entity
+    return correlation.unordered(correlation.group_key(reason.rule, reason.key.items(), reason.window_start))
+
+
+def keys_following(
+    aliases: Iterable[str],
+    kept: Iterable[Alert],
+    detached: Iterable[Alert],
+    reasons: Mapping[str, AlertCorrelation | None] | None = None,
+) -> set[str]:
+    """The merged-in keys whose every alert left with the detached ones: later alerts on them follow.
+
+    ``reasons``: why each alert joined (by alert key); an alert without one joined by its entity.
+    """
+    why = reasons or {}
+    staying = {joined_by(a, why.get(a.key)) for a in kept}
+    leaving = {joined_by(a, why.get(a.key)) for a in detached}
+    return {key for key in aliases if correlation.unordered(key) in leaving - staying}

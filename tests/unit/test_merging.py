@@ -235,6 +235,26 @@ def test_merged_in_keys_follow_detached_alerts_only_when_all_of_theirs_left() ->
     assert merging.keys_following(aliases, kept=on_b, detached=on_a) == set()  # the incident's own key stays
 
 
+def test_a_merged_in_rule_group_follows_detached_alerts_by_why_they_joined() -> None:
+    pairs = parse_rules("""
+rules:
+  - {name: canary, detection: {source: canary}}
+correlations:
+  - name: pair
+    correlation: {type: event_count, rules: [canary], group-by: [user, host], timespan: 1h, condition: {gte: 1}}
+""")
+    on_a = [alert(host="web-01")]
+    grouped = [alert(source="canary", user="bob", host="web-02", minutes=i) for i in range(2)]
+    route = pairs.route(grouped[0])
+    assert route is not None and route.key == "pair|user=bob,host=web-02|2026-11-24T09:00:00Z"
+    # Read back from jsonb, a group's values come in another order than its key's.
+    joined = domain._reason(route, "joined").model_copy(update={"key": {"host": "web-02", "user": "bob"}})
+    reasons = dict.fromkeys((a.key for a in grouped), joined)
+    aliases = {route.key, "host:web-02"}
+    assert merging.keys_following(aliases, on_a, grouped, reasons=reasons) == {route.key}
+    assert merging.keys_following(aliases, [*on_a, grouped[0]], grouped[1:], reasons=reasons) == set()
+
+
 # ---- on the timeline ---------------------------------------------------------------------------
 
 
