@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from services.detector import classification, correlation, domain
 from services.detector.classification import Classifier
-from services.detector.correlation import CorrelationRules
+from services.detector.correlation import CorrelationRules, Route
 from services.detector.domain import IncidentChange, IncidentState, SeverityInputs
 from shared.alerts import Alert
 from shared.events import AlertCorrelation
@@ -143,24 +143,31 @@ def correlate_merged(
     window: timedelta,
     new_id: Callable[[], str],
     classifier: Classifier | None = None,
+    rules: CorrelationRules | None = None,
+    routes: Mapping[str, Route | None] | None = None,
 ) -> list[IncidentChange]:
     """Add alerts whose key was merged away to the survivor each key now leads to, after ``changes``.
 
-    ``survivors`` maps such a key to its open survivor; ``changes`` are what the batch's other alerts
-    did, which may have added to a survivor already: these alerts are folded in after them, so one
-    incident is never folded twice from the same state. The correlation window holds as for any key:
+    ``survivors`` maps such a key (an entity, or a rule's group by ``routes``) to its open survivor;
+    ``changes`` are what the batch's other alerts did, which may have added to a survivor already:
+    these alerts are folded in after them, so one incident is never folded twice from the same state
+    and every alert that reaches a survivor joins it. The correlation window holds as for any entity:
     an alert later than the window after the survivor's last alert opens a new incident on its key.
     """
     result = list(changes)
     position = {change.incident.id: n for n, change in enumerate(result) if not change.created}
+    routes = routes if routes is not None else {}
     by_key: dict[str, list[Alert]] = {}
     for alert in alerts:
-        by_key.setdefault(domain.correlation_key(alert), []).append(alert)
+        by_key.setdefault(domain.correlation_key(alert, routes.get(alert.key)), []).append(alert)
     for key in sorted(by_key):
         survivor = survivors[key]
         earlier = result[position[survivor.id]] if survivor.id in position else None
         base = earlier.incident if earlier else survivor
-        for change in domain.correlate(by_key[key], {key: base}, window=window, new_id=new_id, classifier=classifier):
+        correlated = domain.correlate_all(
+            by_key[key], {key: base}, window=window, new_id=new_id, classifier=classifier, rules=rules, routes=routes
+        )
+        for change in correlated.changes:
             if change.created:
                 result.append(change)
                 continue

@@ -711,6 +711,23 @@ async def merge_guessed_into_web_k(pool: asyncpg.Pool, names: TopicNames) -> tup
     return guessed, kept
 
 
+async def test_a_merged_away_rule_group_joins_the_survivor_whatever_else_of_the_batch_reaches_it(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    store = brute_force_detector(pool, names)
+    await store(login(0, "authentication_failed"), login(1, "authentication_success"), alert(minutes=1, host="web-k"))
+    _guessed, kept = await merge_guessed_into_web_k(pool, names)
+    # The group's later alert and the survivor's own in one batch: grouping does not depend on batch cuts.
+    later, also = login(3, "authentication_success"), alert(minutes=3, host="web-k")
+    await store(later, also)
+    joined = await pool.fetch(
+        "SELECT incident_id FROM detector_alerts WHERE key = ANY($1::text[])", [later.key, also.key]
+    )
+    assert [r["incident_id"] for r in joined] == [kept, kept]
+    assert await pool.fetchval("SELECT count(*) FROM detector_waiting") == 0
+    assert await pool.fetchval("SELECT alert_count FROM detector_incidents WHERE id = $1", kept) == 5
+
+
 async def test_a_merged_in_rule_group_whose_every_alert_is_detached_follows_them(
     pool: asyncpg.Pool, names: TopicNames
 ) -> None:

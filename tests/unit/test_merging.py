@@ -195,6 +195,24 @@ def test_a_survivor_is_folded_once_when_its_own_and_merged_keys_arrive_together(
     assert change.incident.hosts == ("web-01", "web-02", "web-03")
 
 
+def test_every_alert_of_a_merged_away_rule_group_joins_the_survivor_whatever_else_reaches_it() -> None:
+    survivor = incident([alert(host="web-01")], "inc-1")
+    ruled, _burst = ruled_incident()
+    own = [alert(minutes=4, host="web-01")]
+    later = [alert(source="canary", minutes=5), alert(source="canary", minutes=6)]
+    routes = {a.key: RULED.route(a) for a in [*own, *later]}
+    plain = domain.correlate(own, {"host:web-01": survivor}, window=WINDOW, new_id=ids())
+    changes = merging.correlate_merged(
+        later, {ruled.correlation_key: survivor}, plain, window=WINDOW, new_id=ids(), rules=RULED, routes=routes
+    )
+    [change] = changes
+    assert change.incident.alert_count == 4 and change.incident.correlation_key == "host:web-01"
+    assert [a.key for a in change.alerts] == [a.key for a in (*own, *later)]
+    assert change.reasons[later[0].key].rule == "burst"
+    # The rule's title and severity are its own incident's: the survivor is judged as any incident.
+    assert change.incident.title == survivor.title
+
+
 def test_a_merged_away_key_past_the_window_opens_an_incident_of_its_own() -> None:
     survivor = incident([alert(host="web-01")], "inc-1")
     late = alert(minutes=90, host="web-02")
