@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import getpass
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -2483,6 +2484,8 @@ rules_app = typer.Typer(
     help="Correlation rules: check a file, try it on the past, see what waits.", no_args_is_help=True
 )
 app.add_typer(rules_app, name="rules")
+# How far back `vigil rules test` replays at most: a century of alerts (a rule's timespan stops at 366d).
+REPLAY_LONGEST = timedelta(days=36600)
 RulesFileArgument = Annotated[Path, typer.Argument(dir_okay=False, help="A correlation rules file (YAML).")]
 
 
@@ -2501,7 +2504,7 @@ def _since(text: str) -> timedelta:
     from services.detector.correlation import parse_timespan
 
     try:
-        return parse_timespan(text)
+        return parse_timespan(text, longest=REPLAY_LONGEST)
     except ValueError as exc:
         _fail(str(exc))
 
@@ -2519,15 +2522,28 @@ def rules_validate(file: RulesFileArgument) -> None:
 def rules_test(
     file: RulesFileArgument,
     since: Annotated[str, typer.Option(help="Replay the alerts seen in this past span (30m, 24h, 7d).")] = "24h",
+    against: Annotated[
+        Path | None,
+        typer.Option(
+            dir_okay=False, help="The rules to compare with (default: the rules in force, VIGIL_CORRELATION_RULES)."
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Replay stored alerts through a candidate rules file, changing nothing; compare with today's incidents."""
+    """Replay stored alerts through a candidate rules file and through the rules in force, changing nothing; compare.
+
+    Both are replays of the same alerts: incidents resolved, merged or split since are not changes the
+    rules make, and show in neither.
+    """
     from services.detector import repository
     from services.detector.classification import load_rules
+    from services.detector.correlation import SHIPPED_CORRELATIONS
     from services.detector.replay import Replay, compare
 
     rules = _load_correlation(file)
     settings = _settings()
+    current_file = against or settings.correlation_rules or SHIPPED_CORRELATIONS
+    current_rules = _load_correlation(current_file)
     start = datetime.now(UTC) - _since(since)
 
     async def load(conn: Any) -> list[tuple[Any, str | None]]:
@@ -2535,27 +2551,36 @@ def rules_test(
 
     seen = sorted(asyncio.run(_on_database(load)), key=lambda pair: pair[0].time)
     today = {a.key: incident for a, incident in seen}
-    replay = Replay(
-        rules=rules,
-        window=timedelta(seconds=settings.correlation_window_s),
-        classifier=load_rules(settings.classification_rules),
-    ).feed_all(a for a, _incident in seen)
-    result = compare(today, replay.placement)
+    classifier = load_rules(settings.classification_rules)
+
+    def replay(with_rules: Any, name: str) -> Replay:
+        ids = itertools.count(1)
+        return Replay(
+            rules=with_rules,
+            window=timedelta(seconds=settings.correlation_window_s),
+            classifier=classifier,
+            new_id=lambda: f"{name}-{next(ids)}",
+        ).feed_all(a for a, _incident in seen)
+
+    current = replay(current_rules, "current")
+    candidate = replay(rules, "candidate")
+    result = compare(current.placement, candidate.placement, today=today)
     if as_json:
         print(json.dumps(dataclasses.asdict(result), indent=2))
         return
     console.print(
-        f"{result.alerts} alert(s) since {start:%Y-%m-%d %H:%M} UTC: {result.incidents_today} incident(s) today, "
+        f"{result.alerts} alert(s) since {start:%Y-%m-%d %H:%M} UTC, in {result.incidents_today} incident(s) today; "
+        f"replayed: {result.incidents_current} with {escape(current_file.name)} (in force), "
         f"{result.incidents_candidate} with {escape(file.name)}"
     )
-    table = Table(title="what would change")
+    table = Table(title=f"what would change from {escape(current_file.name)}")
     table.add_column("change")
     table.add_column("count", justify="right")
     table.add_column("which", overflow="fold")
 
     def title(incident_id: str) -> str:
-        state = replay.incidents.get(incident_id)
-        return escape(f"{state.title} ({state.correlation_key})") if state else incident_id[:8]
+        state = candidate.incidents.get(incident_id) or current.incidents.get(incident_id)
+        return escape(f"{state.title} ({state.correlation_key})") if state else incident_id
 
     table.add_row("unchanged", str(result.unchanged), "")
     table.add_row("opened", str(len(result.opened)), "; ".join(title(i) for i in result.opened[:10]))
@@ -2563,15 +2588,16 @@ def rules_test(
         "merged",
         str(len(result.merged)),
         "; ".join(
-            f"{title(c)} <- {', '.join(i[:8] for i in today_)}" for c, today_ in list(result.merged.items())[:10]
+            f"{title(c)} <- {', '.join(title(i) for i in now[:3])}{' ...' if len(now) > 3 else ''}"
+            for c, now in list(result.merged.items())[:10]
         ),
     )
     table.add_row(
         "split",
         str(len(result.split)),
-        "; ".join(f"{i[:8]} -> {len(into)} incidents" for i, into in list(result.split.items())[:10]),
+        "; ".join(f"{title(i)} -> {len(into)} incidents" for i, into in list(result.split.items())[:10]),
     )
-    table.add_row("suppressed", str(len(result.suppressed)), ", ".join(i[:8] for i in result.suppressed[:10]))
+    table.add_row("suppressed", str(len(result.suppressed)), "; ".join(title(i) for i in result.suppressed[:10]))
     table.add_row("alerts that would wait", str(result.waiting), "")
     table.add_row("waiting alerts that would join", str(result.released), "")
     console.print(table)

@@ -14,6 +14,7 @@ from typing import Any
 
 from services.detector import domain, merging, repository
 from services.detector.classification import Classifier
+from services.detector.correlation import CorrelationRules
 from services.detector.merging import Refused
 from services.detector.metrics import COMMANDS
 from shared.consumer import HandlerContext
@@ -63,16 +64,20 @@ async def apply(
     command: Command,
     *,
     classifier: Classifier | None = None,
+    correlations: CorrelationRules | None = None,
     make_id: Callable[[], str] = new_id,
 ) -> Applied | CommandRejected:
-    """Apply a merge or detach; a refused one is answered with a CommandRejected event. Both are audited."""
+    """Apply a merge or detach; a refused one is answered with a CommandRejected event. Both are audited.
+
+    ``correlations``: the rules in force (the shipped ones by default), for the titles and severities they set.
+    """
     name = "merge" if isinstance(command, MergeIncidents) else "detach"
     try:
         async with ctx.conn.transaction():  # a refusal leaves nothing half done
             if isinstance(command, MergeIncidents):
-                applied = await _merge(ctx, command, classifier)
+                applied = await _merge(ctx, command, classifier, correlations)
             else:
-                applied = await _detach(ctx, command, classifier, make_id)
+                applied = await _detach(ctx, command, classifier, correlations, make_id)
     except Refused as exc:
         reason = str(exc)
         rejected = CommandRejected(
@@ -101,13 +106,15 @@ async def apply(
     return applied
 
 
-async def _merge(ctx: HandlerContext, command: MergeIncidents, classifier: Classifier | None) -> Applied:
+async def _merge(
+    ctx: HandlerContext, command: MergeIncidents, classifier: Classifier | None, correlations: CorrelationRules | None
+) -> Applied:
     survivor_id = command.subject
     found = await repository.lock_for_command(ctx.conn, ids=[survivor_id, *command.data.incidents])
     merged = merging.check_merge(survivor_id, command.data.incidents, {i: s for i, (s, _) in found.items()})
     survivor = found[survivor_id][1]
     others = [found[i][1] for i in merged]
-    combined = merging.combine(survivor, others, classifier)
+    combined = merging.combine(survivor, others, classifier, correlations=correlations)
     moved = await repository.move_alerts(ctx.conn, from_ids=merged, to_id=survivor_id)
     await repository.upsert_incidents(ctx.conn, incidents=[combined])
     await repository.mark_merged(ctx.conn, ids=merged, survivor=survivor_id)
@@ -155,7 +162,11 @@ async def _merge(ctx: HandlerContext, command: MergeIncidents, classifier: Class
 
 
 async def _detach(
-    ctx: HandlerContext, command: DetachAlerts, classifier: Classifier | None, make_id: Callable[[], str]
+    ctx: HandlerContext,
+    command: DetachAlerts,
+    classifier: Classifier | None,
+    correlations: CorrelationRules | None,
+    make_id: Callable[[], str],
 ) -> Applied:
     incident_id = command.subject
     found = await repository.lock_for_command(ctx.conn, ids=[incident_id])
@@ -172,9 +183,14 @@ async def _detach(
     kept = [h.alert for h in held if h.alert.key not in leaving]
     detached = [h.alert for h in held if h.alert.key in leaving]
     new_incident_id = make_id()
-    split = merging.split(incident, kept, detached, new_incident_id=new_incident_id, classifier=classifier)
+    split = merging.split(
+        incident, kept, detached, new_incident_id=new_incident_id, classifier=classifier, correlations=correlations
+    )
     following = merging.keys_following(
-        await repository.merged_keys_of(ctx.conn, incident_id=incident_id), kept, detached
+        await repository.merged_keys_of(ctx.conn, incident_id=incident_id),
+        kept,
+        detached,
+        reasons={h.alert.key: h.reason for h in held},
     )
     await repository.upsert_incidents(ctx.conn, incidents=[split.kept.incident, split.detached.incident])
     await repository.detach_alerts(ctx.conn, keys=keys, from_id=incident_id, to_id=new_incident_id, following=following)

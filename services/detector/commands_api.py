@@ -70,7 +70,9 @@ def routers(runtime: Runtime, detector: Detector) -> list[APIRouter]:
                 )
                 ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
                 ctx.emit(command)
-                outcome = await commands.apply(ctx, command, classifier=detector.classifier)
+                outcome = await commands.apply(
+                    ctx, command, classifier=detector.classifier, correlations=detector.correlation.current()
+                )
                 await write_context(conn, ctx)
                 if isinstance(outcome, CommandRejected):
                     return idempotency.Answer(409, {"detail": outcome.data.reason})

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from shared.alerts import Alert
 from shared.events import Severity
@@ -68,6 +68,9 @@ INDEX_PREFERENCE = ("rule", "category", "title", "source", "format", "techniques
 _NAME = r"^[a-z0-9][a-z0-9._-]*$"
 _TIMESPAN = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# A rule's window at most: a window's end must stay a date, and no group is judged over more than a year.
+MAX_TIMESPAN = timedelta(days=366)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 CorrelationType = Literal["event_count", "value_count", "temporal", "temporal_ordered"]
@@ -99,11 +102,14 @@ def field_values(alert: Alert, name: str) -> tuple[str, ...]:
     return (str(value).lower(),)
 
 
-def parse_timespan(text: str) -> timedelta:
-    """``30s``, ``10m``, ``1h``, ``2d``: Sigma's timespans."""
+def parse_timespan(text: str, *, longest: timedelta = MAX_TIMESPAN) -> timedelta:
+    """``30s``, ``10m``, ``1h``, ``2d``: Sigma's timespans, at most ``longest``."""
     found = _TIMESPAN.match(text.strip())
     if not found or int(found.group(1)) == 0:
         raise ValueError(f"timespan {text!r} is not a positive number followed by s, m, h or d (e.g. 30m)")
+    # Measured before a timedelta is made: a very large one cannot be made at all.
+    if int(found.group(1)) * _UNIT_SECONDS[found.group(2)] > longest.total_seconds():
+        raise ValueError(f"timespan {text!r} is longer than {span_text(longest)}")
     return timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
 
 
@@ -159,6 +165,10 @@ class Condition(BaseModel):
         said = [name for name in _OPERATORS if getattr(self, name) is not None]
         if len(said) != 1:
             raise ValueError(f"a condition states exactly one of gt, gte, lt, lte, eq (found {said or 'none'})")
+        op, threshold = self.comparison
+        if not any(_OPERATORS[op](n, threshold) for n in (1, max(threshold, 1), threshold + 1)):
+            # A window's count is 1 from its first alert and only grows: its alerts would wait for ever.
+            raise ValueError(f"{op}: {threshold} never holds (a window counts 1 from its first alert)")
         return self
 
     @property
@@ -185,6 +195,24 @@ class CorrelationSpec(BaseModel):
     @classmethod
     def _timespan(cls, value: Any) -> Any:
         return parse_timespan(value) if isinstance(value, str) else value
+
+    @field_validator("condition")
+    @classmethod
+    def _reachable(cls, condition: Condition | None, info: ValidationInfo) -> Condition | None:
+        """temporal counts the rules seen in a window: a condition above their number would wait for ever."""
+        rules = info.data.get("rules") or ()
+        if condition is not None and info.data.get("type") == "temporal" and rules:
+            op, threshold = condition.comparison
+            if not any(_OPERATORS[op](n, threshold) for n in range(1, len(rules) + 1)):
+                raise ValueError(f"{op}: {threshold} never holds: temporal counts the rules seen, at most {len(rules)}")
+        return condition
+
+    @field_validator("timespan")
+    @classmethod
+    def _timespan_bounds(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= MAX_TIMESPAN:
+            raise ValueError(f"timespan {span_text(value)} is not above 0 and at most {span_text(MAX_TIMESPAN)}")
+        return value
 
 
 class CorrelationRule(BaseModel):
@@ -451,8 +479,7 @@ class Route:
     @functools.cached_property  # read many times per alert; a frozen dataclass keeps it in __dict__
     def key(self) -> str:
         """The group's correlation key: one incident at most per key."""
-        said = ",".join(f"{_escaped(name)}={_escaped(value)}" for name, value in self.values)
-        return f"{self.correlation.name}|{said}|{self.window_start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        return group_key(self.correlation.name, self.values, self.window_start)
 
     @property
     def window_end(self) -> datetime:
@@ -474,6 +501,22 @@ def _escaped(text: str) -> str:
     return _KEY_SEPARATORS.sub(lambda m: f"%{ord(m.group()):02X}", text) if _KEY_SEPARATORS.search(text) else text
 
 
+def group_key(name: str, values: Iterable[tuple[str, str]], window_start: datetime) -> str:
+    """A correlation's group key: its name, its group-by values in order, and its window's start."""
+    said = ",".join(f"{_escaped(field)}={_escaped(value)}" for field, value in values)
+    return f"{name}|{said}|{window_start.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+
+
+def unordered(key: str) -> str:
+    """A correlation key with a group's values in one order: a group read back from what was stored with
+    an alert (jsonb, which keeps no order) compares equal to its key. Other keys are returned as they are."""
+    name, bar, rest = key.partition("|")
+    said, bar, window = rest.rpartition("|")
+    if not bar or not re.fullmatch(_NAME, name):
+        return key
+    return f"{name}|{','.join(sorted(said.split(',')))}|{window}"
+
+
 class CorrelationRules:
     """Compiled correlation rules with their index; ``route`` is pure and safe to share."""
 
@@ -485,6 +528,7 @@ class CorrelationRules:
             for rule in document.rules
         }
         self.correlations = tuple(_compile_correlation(c, order) for order, c in enumerate(document.correlations))
+        self._named = {c.name: c for c in self.correlations}
         # base rule -> the correlations listing it, in file order; correlations over every alert.
         self._by_base: dict[str, list[Correlation]] = {}
         self._every: list[Correlation] = []
@@ -508,6 +552,11 @@ class CorrelationRules:
 
     def __len__(self) -> int:
         return len(self.correlations)
+
+    def owner(self, key: str) -> Correlation | None:
+        """The correlation whose group a correlation key is, or None (an entity, or a rule no longer in force)."""
+        name, bar, _rest = key.partition("|")
+        return self._named.get(name) if bar else None
 
     def matching(self, alert: Alert) -> list[str]:
         """Return the names of the base rules that select the alert (testing only the candidates the index gives)."""

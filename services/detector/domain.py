@@ -704,8 +704,8 @@ def _group_change(
         alerts = [alert for alert, _route in placed]
         reason = f"{rule.name} ({rule.type}): same {_said(said)} in the window its incident opened for"
         change = _change(incident, alerts, key, new_id, rules)
-        if rule.title:  # the rule's title stays, whatever alert leads now
-            change.incident = replace(change.incident, title=incident.title)
+        if incident.correlation_key == key:  # the rule's own incident, not a survivor it was merged into
+            change.incident = kept_as_ruled(change.incident, incident, rule)
         joined = _reason(route, reason)
         change.reasons = dict.fromkeys((a.key for a in alerts), joined)
         return change
@@ -749,6 +749,22 @@ def _ruled(
         incident = replace(
             incident, severity=severity, severity_reason=f"correlation rule {name} sets {severity.value}"
         )
+    return incident
+
+
+def kept_as_ruled(
+    incident: IncidentState, before: IncidentState, rule: correlation.Correlation | None
+) -> IncidentState:
+    """The incident judged again from its alerts, keeping what its correlation rule set on it before.
+
+    The rule's title and severity hold whatever alert leads now, as they do when all come in one batch.
+    """
+    if rule is None:
+        return incident
+    if rule.title:
+        incident = replace(incident, title=before.title)
+    if rule.severity is not None:
+        incident = replace(incident, severity=before.severity, severity_reason=before.severity_reason)
     return incident
 
 

@@ -8,8 +8,8 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from services.detector import (
 )
 from services.detector.adapters import FORMAT_HEADER, Parsed, Rejected
 from services.detector.classification import Classifier
-from services.detector.correlation import CorrelationError, CorrelationRules, Route
+from services.detector.correlation import CorrelationError, CorrelationRules
 from services.detector.heartbeats import HeartbeatWatch
 from services.detector.metrics import (
     ALERTS,
@@ -234,7 +234,7 @@ class Detector:
         mark = ctx.mark()
         try:
             async with ctx.conn.transaction():  # a savepoint: commands are few, and this one's writes go if refused
-                await commands.apply(ctx, command, classifier=self.classifier)
+                await commands.apply(ctx, command, classifier=self.classifier, correlations=self.correlation.current())
         except InvalidMessage as exc:
             ctx.drop_since(mark)
             ctx.reject(inbound, exc)
@@ -453,30 +453,6 @@ class Detector:
             stored.tallies = await repository.tally_alerts(ctx.conn, incident_ids=touched)
         return stored
 
-    async def _survivors_of_groups(
-        self,
-        ctx: HandlerContext,
-        fresh: Sequence[Alert],
-        routes: Mapping[str, Route | None],
-        open_incidents: Mapping[str, domain.IncidentState],
-    ) -> dict[str, domain.IncidentState]:
-        """The open survivor of each rule group of these alerts that has no incident of its own (merged away).
-
-        A survivor the batch reaches by another key is left out (its group then starts again): one
-        incident is never folded twice from the same state.
-        """
-        groups = {r.key for a in fresh if (r := routes[a.key]) is not None and r.key not in open_incidents}
-        if not groups:
-            return {}
-        found = await repository.get_open_survivors(ctx.conn, keys=groups)
-        reached = {incident.id for incident in open_incidents.values()}
-        adopted: dict[str, domain.IncidentState] = {}
-        for key in sorted(found):
-            if found[key].id not in reached:
-                adopted[key] = found[key]
-                reached.add(found[key].id)
-        return adopted
-
     async def _store_firing(
         self, ctx: HandlerContext, alerts: list[Alert], stored: Stored, not_before: datetime | None
     ) -> tuple[set[str], dict[str, repository.StoredAlert], list[domain.IncidentChange]]:
@@ -508,22 +484,23 @@ class Detector:
         )
         if not fresh:
             return stored_before, repeats, []
-        keys = {domain.correlation_key(a, routes[a.key]) for a in fresh}
-        open_incidents = await repository.get_open_by_keys(ctx.conn, keys=keys)
-        # A rule's group whose incident was merged into another: its later alerts join the survivor.
-        adopted = await self._survivors_of_groups(ctx, fresh, routes, open_incidents)
-        if adopted:
-            open_incidents = {**open_incidents, **adopted}
-        groups = {route.key for route in routes.values() if route is not None and route.key not in open_incidents}
+        keyed = {a.key: domain.correlation_key(a, routes[a.key]) for a in fresh}
+        open_incidents = await repository.get_open_by_keys(ctx.conn, keys=set(keyed.values()))
+        # A key (an entity, or a rule's group) without an open incident of its own may have been merged
+        # into one that is open: its alerts join the survivor, after the rest of the batch.
+        unowned = set(keyed.values()) - open_incidents.keys()
+        survivors = await repository.get_open_survivors(ctx.conn, keys=unowned) if unowned else {}
+        merged_away = [a for a in fresh if keyed[a.key] in survivors]
+        plain = [a for a in fresh if keyed[a.key] not in survivors] if merged_away else fresh
+        groups = {
+            route.key
+            for route in routes.values()
+            if route is not None and route.key not in open_incidents and route.key not in survivors
+        }
         waiting = await repository.get_waiting(ctx.conn, group_keys=groups) if groups else {}
-        # An entity without an open incident of its own may have been merged into one that is open.
-        entities = {a.entity for a in fresh if routes[a.key] is None} - open_incidents.keys()
-        survivors = await repository.get_open_survivors(ctx.conn, keys=entities) if entities else {}
-        merged_away = [a for a in fresh if routes[a.key] is None and a.entity in survivors]
-        plain = [a for a in fresh if a not in merged_away] if merged_away else fresh
         # What a condition reads of the waiting alerts is enough to judge it; the alerts are read
         # only for the groups that open an incident now.
-        opening = domain.groups_opening(fresh, routes, waiting, open_incidents)
+        opening = domain.groups_opening(plain, routes, waiting, open_incidents)
         if opening:
             waiting.update(await repository.get_waiting(ctx.conn, group_keys=opening, alerts=True))
         correlated = domain.correlate_all(
@@ -537,14 +514,16 @@ class Detector:
             waiting=waiting,
         )
         changes = correlated.changes
-        if adopted:  # folded under the group's key: each survivor keeps its own
-            own = {survivor.id: survivor.correlation_key for survivor in adopted.values()}
-            for change in changes:
-                if change.incident.id in own:
-                    change.incident = replace(change.incident, correlation_key=own[change.incident.id])
         if merged_away:
             changes = merging.correlate_merged(
-                merged_away, survivors, changes, window=self.window, new_id=new_id, classifier=self.classifier
+                merged_away,
+                survivors,
+                changes,
+                window=self.window,
+                new_id=new_id,
+                classifier=self.classifier,
+                rules=rules,
+                routes=routes,
             )
         await repository.upsert_incidents(
             ctx.conn, incidents=[c.incident for c in changes], created=[c.incident.id for c in changes if c.created]

@@ -14,10 +14,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from services.detector import classification, domain
+from services.detector import classification, correlation, domain
 from services.detector.classification import Classifier
+from services.detector.correlation import CorrelationRules, Route
 from services.detector.domain import IncidentChange, IncidentState, SeverityInputs
 from shared.alerts import Alert
+from shared.events import AlertCorrelation
 
 # The correlation key of an incident made of detached alerts: no alert carries it, so later alerts
 # keep going where they went before (the detached keys that left the incident entirely excepted).
@@ -67,15 +69,21 @@ def _lead_rank(incident: IncidentState) -> tuple[bool, int]:
 
 
 def combine(
-    survivor: IncidentState, others: Sequence[IncidentState], classifier: Classifier | None = None
+    survivor: IncidentState,
+    others: Sequence[IncidentState],
+    classifier: Classifier | None = None,
+    *,
+    correlations: CorrelationRules | None = None,
 ) -> IncidentState:
     """Return the survivor holding every alert of ``others`` too, judged from all of them.
 
     Alert votes, counts, hosts and users add up; the lead alert is the highest ranked of all (the
-    survivor's on a tie); the severity is never lower than any merged incident's, and rises if the
-    merged whole is wider (more hosts or users) than each part was.
+    survivor's on a tie), and titles it unless the survivor's correlation rule sets its title; the
+    severity is never lower than any merged incident's, and rises if the merged whole is wider (more
+    hosts or users) than each part was.
     """
     rules = classifier or classification.shipped()
+    ruled = (correlation.shipped() if correlations is None else correlations).owner(survivor.correlation_key)
     everyone = [survivor, *others]
     votes: Counter[str] = Counter()
     for incident in everyone:
@@ -109,7 +117,7 @@ def combine(
         reason = f"{said}; weighted alert votes of the merged incidents: {tally}"
     return replace(
         survivor,
-        title=lead.title,
+        title=survivor.title if ruled is not None and ruled.title else lead.title,
         type=incident_type,
         severity=severity,
         classification_reason=reason,
@@ -135,24 +143,31 @@ def correlate_merged(
     window: timedelta,
     new_id: Callable[[], str],
     classifier: Classifier | None = None,
+    rules: CorrelationRules | None = None,
+    routes: Mapping[str, Route | None] | None = None,
 ) -> list[IncidentChange]:
     """Add alerts whose key was merged away to the survivor each key now leads to, after ``changes``.
 
-    ``survivors`` maps such a key to its open survivor; ``changes`` are what the batch's other alerts
-    did, which may have added to a survivor already: these alerts are folded in after them, so one
-    incident is never folded twice from the same state. The correlation window holds as for any key:
+    ``survivors`` maps such a key (an entity, or a rule's group by ``routes``) to its open survivor;
+    ``changes`` are what the batch's other alerts did, which may have added to a survivor already:
+    these alerts are folded in after them, so one incident is never folded twice from the same state
+    and every alert that reaches a survivor joins it. The correlation window holds as for any entity:
     an alert later than the window after the survivor's last alert opens a new incident on its key.
     """
     result = list(changes)
     position = {change.incident.id: n for n, change in enumerate(result) if not change.created}
+    routes = routes if routes is not None else {}
     by_key: dict[str, list[Alert]] = {}
     for alert in alerts:
-        by_key.setdefault(domain.correlation_key(alert), []).append(alert)
+        by_key.setdefault(domain.correlation_key(alert, routes.get(alert.key)), []).append(alert)
     for key in sorted(by_key):
         survivor = survivors[key]
         earlier = result[position[survivor.id]] if survivor.id in position else None
         base = earlier.incident if earlier else survivor
-        for change in domain.correlate(by_key[key], {key: base}, window=window, new_id=new_id, classifier=classifier):
+        correlated = domain.correlate_all(
+            by_key[key], {key: base}, window=window, new_id=new_id, classifier=classifier, rules=rules, routes=routes
+        )
+        for change in correlated.changes:
             if change.created:
                 result.append(change)
                 continue
@@ -212,12 +227,14 @@ def split(
     *,
     new_incident_id: str,
     classifier: Classifier | None = None,
+    correlations: CorrelationRules | None = None,
 ) -> Split:
     """Judge an incident again from the alerts it keeps, and a new one from the alerts detached from it.
 
     Both are judged as if their alerts had come in one batch, except that the incident keeps its
     severity if that was higher: an open incident is never downgraded by itself (people were paged
-    at it); a person who finds it lower says so (`vigil severity`).
+    at it); a person who finds it lower says so (`vigil severity`). An incident a correlation rule
+    titles, or sets the severity of, keeps them.
     """
     rules = classifier or classification.shipped()
     # The detector's one fold, from nothing: each part judged as the detector judges any incident.
@@ -226,6 +243,8 @@ def split(
     kept_state = domain._fold(None, kept_alerts, incident.correlation_key, incident.id, rules, kept_rules)
     if incident.severity.urgency > kept_state.severity.urgency:
         kept_state = replace(kept_state, severity=incident.severity, severity_reason=incident.severity_reason)
+    ruled = (correlation.shipped() if correlations is None else correlations).owner(incident.correlation_key)
+    kept_state = domain.kept_as_ruled(kept_state, incident, ruled)
     new_rules: dict[str, str] = {}
     new_alerts = sorted(detached, key=lambda a: a.time)
     new_key = f"{DETACHED_KEY_PREFIX}{new_incident_id}"
@@ -236,8 +255,27 @@ def split(
     )
 
 
-def keys_following(aliases: Iterable[str], kept: Iterable[Alert], detached: Iterable[Alert]) -> set[str]:
-    """The merged-in keys whose every alert left with the detached ones: later alerts on them follow."""
-    staying = {domain.correlation_key(a) for a in kept}
-    leaving = {domain.correlation_key(a) for a in detached}
-    return (set(aliases) & leaving) - staying
+def joined_by(alert: Alert, reason: AlertCorrelation | None) -> str:
+    """The correlation key an alert joined its incident by, as ``correlation.unordered`` writes it.
+
+    Read from why it joined (a rule's group, or its entity): the rules in force may place it elsewhere now.
+    """
+    if reason is None or reason.rule == correlation.ENTITY_RULE or reason.window_start is None:
+        return alert.entity
+    return correlation.unordered(correlation.group_key(reason.rule, reason.key.items(), reason.window_start))
+
+
+def keys_following(
+    aliases: Iterable[str],
+    kept: Iterable[Alert],
+    detached: Iterable[Alert],
+    reasons: Mapping[str, AlertCorrelation | None] | None = None,
+) -> set[str]:
+    """The merged-in keys whose every alert left with the detached ones: later alerts on them follow.
+
+    ``reasons``: why each alert joined (by alert key); an alert without one joined by its entity.
+    """
+    why = reasons or {}
+    staying = {joined_by(a, why.get(a.key)) for a in kept}
+    leaving = {joined_by(a, why.get(a.key)) for a in detached}
+    return {key for key in aliases if correlation.unordered(key) in leaving - staying}

@@ -1,9 +1,11 @@
-"""What-if: correlation run in memory over alerts seen before, compared with how they are grouped today.
+"""What-if: correlation run in memory over alerts seen before, one set of rules compared with another.
 
 Pure: ``Replay`` keeps what the detector keeps in Postgres (the incident collecting each key, the
 alerts waiting in each rule's group) in dictionaries, and takes batches as the detector does;
-``compare`` says how a candidate grouping differs from today's. ``vigil rules test`` and the
-property tests of correlation use both.
+``compare`` says how a candidate grouping differs from another. ``vigil rules test`` compares a
+replay of the candidate rules with a replay of the rules in force, not with today's incidents: a
+replay knows nothing of incidents resolved, merged or split since, which would show as changes the
+rules do not make. The property tests of correlation use both.
 """
 
 from __future__ import annotations
@@ -94,26 +96,35 @@ class Replay:
 
 @dataclass
 class Comparison:
-    """How a candidate grouping of alerts differs from today's."""
+    """How a candidate grouping of alerts differs from the current one (the rules in force, replayed)."""
 
     alerts: int = 0
-    incidents_today: int = 0
+    incidents_today: int = 0  # the incidents the alerts are in today, as they really went
+    incidents_current: int = 0  # with the rules in force, replayed
     incidents_candidate: int = 0
     unchanged: int = 0
-    opened: list[str] = field(default_factory=list)  # candidate incidents of alerts that raise nothing today
-    merged: dict[str, list[str]] = field(default_factory=dict)  # candidate incident -> today's it merges
-    split: dict[str, list[str]] = field(default_factory=dict)  # today's incident -> candidates it splits into
-    suppressed: list[str] = field(default_factory=list)  # today's incidents whose alerts would all wait
+    opened: list[str] = field(default_factory=list)  # candidate incidents of alerts that raise nothing now
+    merged: dict[str, list[str]] = field(default_factory=dict)  # candidate incident -> current ones it merges
+    split: dict[str, list[str]] = field(default_factory=dict)  # current incident -> candidates it splits into
+    suppressed: list[str] = field(default_factory=list)  # current incidents whose alerts would all wait
     waiting: int = 0  # alerts that would wait for a condition
-    released: int = 0  # alerts waiting today that would join an incident
+    released: int = 0  # alerts waiting now that would join an incident
 
 
-def compare(today: Mapping[str, str | None], candidate: Mapping[str, str | None]) -> Comparison:
-    """Compare two placements of the same alerts (alert key -> incident id, None: waiting)."""
-    result = Comparison(alerts=len(today))
-    from_today: dict[str, set[str]] = {}  # candidate incident -> today's incidents of its alerts
-    into: dict[str, set[str]] = {}  # today's incident -> candidate incidents of its alerts
-    for key, now in today.items():
+def compare(
+    current: Mapping[str, str | None],
+    candidate: Mapping[str, str | None],
+    *,
+    today: Mapping[str, str | None] | None = None,
+) -> Comparison:
+    """Compare two placements of the same alerts (alert key -> incident id, None: waiting).
+
+    ``today``: where the alerts really are, counted only (``current`` when not given).
+    """
+    result = Comparison(alerts=len(current))
+    from_today: dict[str, set[str]] = {}  # candidate incident -> current incidents of its alerts
+    into: dict[str, set[str]] = {}  # current incident -> candidate incidents of its alerts
+    for key, now in current.items():
         then = candidate.get(key)
         if then is not None:
             from_today.setdefault(then, set())
@@ -127,7 +138,8 @@ def compare(today: Mapping[str, str | None], candidate: Mapping[str, str | None]
                 into[now].add(then)
             else:
                 result.waiting += 1
-    result.incidents_today = len(into)
+    result.incidents_current = len(into)
+    result.incidents_today = len({i for i in today.values() if i is not None}) if today is not None else len(into)
     result.incidents_candidate = len(from_today)
     for incident, sources in sorted(from_today.items()):
         if not sources:

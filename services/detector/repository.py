@@ -812,9 +812,10 @@ class HeldAlert:
     repeats: int
     last_seen_at: datetime
     resolved_at: datetime | None
+    reason: AlertCorrelation | None = None  # why it joined the incident it was first placed in
 
 
-_HELD = "body, type_rule, repeats, COALESCE(last_seen_at, received_at) AS last_seen_at, resolved_at"
+_HELD = "body, type_rule, repeats, COALESCE(last_seen_at, received_at) AS last_seen_at, resolved_at, correlation"
 
 
 def _held(row: asyncpg.Record) -> HeldAlert:
@@ -824,6 +825,7 @@ def _held(row: asyncpg.Record) -> HeldAlert:
         repeats=row["repeats"],
         last_seen_at=row["last_seen_at"],
         resolved_at=row["resolved_at"],
+        reason=AlertCorrelation.model_validate(row["correlation"]) if row["correlation"] is not None else None,
     )
 
 

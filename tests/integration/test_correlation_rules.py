@@ -15,7 +15,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from services.detector import handlers, repository
-from services.detector.correlation import CorrelationError, parse_rules
+from services.detector.correlation import SHIPPED_CORRELATIONS, CorrelationError, parse_rules
 from services.detector.handlers import Detector, RulesSource, decode
 from shared.alerts import Alert
 from shared.consumer import HandlerContext
@@ -399,3 +399,28 @@ async def test_rules_test_replays_the_corpus_and_changes_nothing(
     assert shown.exit_code == 0, shown.output
     assert "merged" in shown.output and "suppressed" in shown.output and "per-tool|format=falco|" in shown.output
     assert await stored(pool) == before  # nothing changed
+
+
+async def test_rules_test_of_the_rules_in_force_shows_no_change_however_incidents_went_since(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    detector_ = Detector(correlation_window=WINDOW, correlation_rules=RulesSource(SHIPPED_CORRELATIONS))
+
+    async def store(*alerts: Alert) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await detector_.handle_alerts(HandlerContext(conn=conn, service="detector", names=names), list(alerts))
+
+    await store(alert(minutes=0, host="web-z"))
+    first = await pool.fetchval("SELECT id FROM detector_incidents WHERE correlation_key = 'host:web-z'")
+    async with pool.acquire() as conn:
+        await repository.close_incident(conn, incident_id=first)  # resolved: the host's next alert opens another
+    await store(alert(minutes=5, host="web-z"))
+    env = {"VIGIL_DATABASE_URL": settings.database_url}
+    tested = await asyncio.to_thread(
+        CliRunner().invoke, cli, ["rules", "test", str(SHIPPED_CORRELATIONS), "--since", "36500d", "--json"], env=env
+    )
+    assert tested.exit_code == 0, tested.output
+    result = json.loads(tested.output)
+    assert (result["incidents_today"], result["incidents_current"], result["incidents_candidate"]) == (2, 1, 1)
+    assert (result["opened"], result["merged"], result["split"], result["suppressed"]) == ([], {}, {}, [])
+    assert result["unchanged"] == 1

@@ -38,6 +38,8 @@ from shared.events import (
     Assignment,
     AssignRole,
     CommandRejected,
+    DetachAlerts,
+    DetachArgs,
     EventBase,
     IncidentMerged,
     IncidentState,
@@ -680,3 +682,67 @@ async def test_later_alerts_of_a_rule_group_merged_away_join_the_survivor(
     assert survivor is not None and survivor["alert_count"] == 4
     assert survivor["correlation_key"].startswith("host:web-k")  # the survivor keeps its own key
     assert await pool.fetchval("SELECT count(*) FROM detector_incidents WHERE NOT closed") == 1
+
+
+def brute_force_detector(pool: asyncpg.Pool, names: TopicNames) -> Callable[..., Awaitable[None]]:
+    """Store batches of alerts as the detector does, with the shipped rules (failed logins, then a success)."""
+    detector = Detector(correlation_window=timedelta(minutes=30), correlation_rules=RulesSource(SHIPPED_CORRELATIONS))
+
+    async def store(*alerts: Alert) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await detector.handle_alerts(HandlerContext(conn=conn, service="detector", names=names), list(alerts))
+
+    return store
+
+
+def login(minutes: int, tag: str) -> Alert:
+    return alert(minutes=minutes, source="ad", host=None, src_ip=None, dst_ip=None, user="bob", tags=[tag])
+
+
+async def merge_guessed_into_web_k(pool: asyncpg.Pool, names: TopicNames) -> tuple[str, str]:
+    """Return the brute-force incident and web-k's, into which it was merged."""
+    guessed = await pool.fetchval("SELECT id FROM detector_incidents WHERE correlation_key LIKE 'brute-force%'")
+    kept = await opened(pool, "web-k")
+    async with pool.acquire() as conn, conn.transaction():
+        command = MergeIncidents(source="/test", subject=kept, data=MergeArgs(actor="carol", incidents=[guessed]))
+        assert isinstance(
+            await commands.apply(HandlerContext(conn=conn, service="detector", names=names), command), commands.Applied
+        )
+    return guessed, kept
+
+
+async def test_a_merged_away_rule_group_joins_the_survivor_whatever_else_of_the_batch_reaches_it(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    store = brute_force_detector(pool, names)
+    await store(login(0, "authentication_failed"), login(1, "authentication_success"), alert(minutes=1, host="web-k"))
+    _guessed, kept = await merge_guessed_into_web_k(pool, names)
+    # The group's later alert and the survivor's own in one batch: grouping does not depend on batch cuts.
+    later, also = login(3, "authentication_success"), alert(minutes=3, host="web-k")
+    await store(later, also)
+    joined = await pool.fetch(
+        "SELECT incident_id FROM detector_alerts WHERE key = ANY($1::text[])", [later.key, also.key]
+    )
+    assert [r["incident_id"] for r in joined] == [kept, kept]
+    assert await pool.fetchval("SELECT count(*) FROM detector_waiting") == 0
+    assert await pool.fetchval("SELECT alert_count FROM detector_incidents WHERE id = $1", kept) == 5
+
+
+async def test_a_merged_in_rule_group_whose_every_alert_is_detached_follows_them(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    store = brute_force_detector(pool, names)
+    logins = [login(0, "authentication_failed"), login(1, "authentication_success")]
+    await store(*logins, alert(minutes=1, host="web-k"))
+    _guessed, kept = await merge_guessed_into_web_k(pool, names)
+    async with pool.acquire() as conn, conn.transaction():
+        detach = DetachAlerts(
+            source="/test", subject=kept, data=DetachArgs(actor="carol", alerts=[a.key for a in logins])
+        )
+        applied = await commands.apply(HandlerContext(conn=conn, service="detector", names=names), detach)
+    assert isinstance(applied, commands.Applied) and applied.new_incident_id is not None
+    follows = await pool.fetchval("SELECT incident_id FROM detector_merged_keys WHERE correlation_key LIKE 'brute%'")
+    assert follows == applied.new_incident_id
+    later = login(3, "authentication_success")  # the same account, within the group's window
+    await store(later)
+    assert await pool.fetchval("SELECT incident_id FROM detector_alerts WHERE key = $1", later.key) == follows

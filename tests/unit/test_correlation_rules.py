@@ -68,6 +68,14 @@ def test_the_shipped_rules_load() -> None:
     assert [c.name for c in shipped.correlations] == ["scan-sweep", "brute-force-then-login"]
 
 
+def _one_correlation(kind: str, timespan: str, condition: str) -> str:
+    return (
+        "rules:\n  - name: a\n    detection: {host: x}\n  - name: b\n    detection: {host: y}\ncorrelations:\n"
+        f"  - name: c\n    correlation:\n      type: {kind}\n      timespan: {timespan}\n"
+        f"      condition: {condition}\n      rules: [a, b]\n      group-by: [host]\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "line", "says"),
     [
@@ -95,6 +103,13 @@ def test_the_shipped_rules_load() -> None:
             "value_count needs condition.field",
         ),
         ("rules: [\n", 2, "not YAML"),
+        # Conditions that can never hold: every alert the rule takes would wait for ever.
+        (_one_correlation("event_count", "10m", "{lte: 0}"), 11, "lte: 0 never holds"),
+        (_one_correlation("event_count", "10m", "{lt: 1}"), 11, "lt: 1 never holds"),
+        (_one_correlation("temporal", "10m", "{gte: 3}"), 11, "gte: 3 never holds"),
+        # Windows too long to end on a date: refused with their line, not a crash of every batch.
+        (_one_correlation("event_count", "10000000d", "{gte: 2}"), 10, "longer than 366d"),
+        (_one_correlation("event_count", "1000000000d", "{gte: 2}"), 10, "longer than 366d"),
     ],
 )
 def test_a_broken_file_is_refused_with_its_line_and_reason(text: str, line: int, says: str) -> None:
@@ -152,6 +167,34 @@ def test_temporal_ordered_needs_its_order_and_sets_the_rules_title_and_severity(
     backwards = [alert(tags=["authentication_success"], minutes=0), alert(tags=["authentication_failed"], minutes=5)]
     backwards.append(alert(title="A new admin account", minutes=9))
     assert replay(backwards).incidents == {}
+
+
+RULED = """
+rules:
+  - {name: canary, detection: {source: canary}}
+correlations:
+  - name: burst
+    title: Canary tripped again and again
+    severity: SEV3
+    correlation: {type: event_count, rules: [canary], group-by: [host], timespan: 1h, condition: {gte: 2}}
+"""
+
+
+def test_a_rules_title_and_severity_hold_whatever_batches_the_alerts_came_in() -> None:
+    burst = [alert(source="canary", severity="critical", minutes=i) for i in range(2)]
+    late = alert(source="canary", severity="low", title="Something else", minutes=5)
+    [together] = Replay(rules=parse_rules(RULED), window=WINDOW).feed_all([*burst, late]).incidents.values()
+    apart = Replay(rules=parse_rules(RULED), window=WINDOW)
+    apart.feed(burst)
+    apart.feed([late])
+    [in_two] = apart.incidents.values()
+    assert together.severity is Severity.SEV3 and together.title == "Canary tripped again and again (host=web-01)"
+    assert (in_two.alert_count, in_two.severity, in_two.severity_reason, in_two.title) == (
+        3,
+        together.severity,
+        together.severity_reason,
+        together.title,
+    )
 
 
 def test_an_alert_without_the_group_by_field_falls_to_the_next_rule_or_the_entity() -> None:

@@ -10,8 +10,10 @@ import pytest
 from pydantic import ValidationError
 
 from services.detector import classification, domain, merging
+from services.detector.correlation import parse_rules
 from services.detector.domain import IncidentState
 from services.detector.merging import Refused, Standing
+from services.detector.replay import Replay
 from shared.alerts import Alert
 from shared.events import (
     DetachArgs,
@@ -132,6 +134,37 @@ def test_a_merge_never_lowers_severity_and_the_lead_alert_titles_it() -> None:
     assert (same.title, same.classification_reason) == (scan.title, scan.classification_reason)
 
 
+RULED = parse_rules("""
+rules:
+  - {name: canary, detection: {source: canary}}
+correlations:
+  - name: burst
+    title: Canary tripped again and again
+    severity: SEV3
+    correlation: {type: event_count, rules: [canary], group-by: [host], timespan: 1h, condition: {gte: 2}}
+""")
+
+
+def ruled_incident(severity: str = "critical") -> tuple[IncidentState, list[Alert]]:
+    burst = [alert(source="canary", title=f"canary {i}", severity=severity, minutes=i) for i in range(3)]
+    [state] = Replay(rules=RULED, window=WINDOW).feed_all(burst).incidents.values()
+    assert (state.title, state.severity) == ("Canary tripped again and again (host=web-01)", Severity.SEV3)
+    return state, burst
+
+
+def test_a_rule_incident_keeps_the_rules_title_and_severity_when_merged_into_or_split() -> None:
+    ruled, burst = ruled_incident()
+    kept = merging.split(ruled, burst[:2], burst[2:], new_incident_id="inc-2", correlations=RULED).kept.incident
+    assert (kept.title, kept.severity, kept.severity_reason) == (ruled.title, ruled.severity, ruled.severity_reason)
+    ruled, _burst = ruled_incident("low")
+    shell = incident([alert(host="web-02", title="Reverse shell spawned", severity="critical")], "inc-3")
+    combined = merging.combine(ruled, [shell], correlations=RULED)
+    assert combined.title == ruled.title
+    assert combined.severity is Severity.SEV1  # never lower than an incident merged in
+    # Without the rule in force, the lead alert titles it as any incident.
+    assert merging.combine(ruled, [shell], correlations=parse_rules("{}")).title == "Reverse shell spawned"
+
+
 # ---- later alerts of a merged-away key ---------------------------------------------------------
 
 
@@ -160,6 +193,24 @@ def test_a_survivor_is_folded_once_when_its_own_and_merged_keys_arrive_together(
     assert change.incident.alert_count == 4  # one before, three now: none folded from a stale state
     assert [a.key for a in change.alerts] == [a.key for a in (*own, *merged_b, *merged_c)]
     assert change.incident.hosts == ("web-01", "web-02", "web-03")
+
+
+def test_every_alert_of_a_merged_away_rule_group_joins_the_survivor_whatever_else_reaches_it() -> None:
+    survivor = incident([alert(host="web-01")], "inc-1")
+    ruled, _burst = ruled_incident()
+    own = [alert(minutes=4, host="web-01")]
+    later = [alert(source="canary", minutes=5), alert(source="canary", minutes=6)]
+    routes = {a.key: RULED.route(a) for a in [*own, *later]}
+    plain = domain.correlate(own, {"host:web-01": survivor}, window=WINDOW, new_id=ids())
+    changes = merging.correlate_merged(
+        later, {ruled.correlation_key: survivor}, plain, window=WINDOW, new_id=ids(), rules=RULED, routes=routes
+    )
+    [change] = changes
+    assert change.incident.alert_count == 4 and change.incident.correlation_key == "host:web-01"
+    assert [a.key for a in change.alerts] == [a.key for a in (*own, *later)]
+    assert change.reasons[later[0].key].rule == "burst"
+    # The rule's title and severity are its own incident's: the survivor is judged as any incident.
+    assert change.incident.title == survivor.title
 
 
 def test_a_merged_away_key_past_the_window_opens_an_incident_of_its_own() -> None:
@@ -200,6 +251,26 @@ def test_merged_in_keys_follow_detached_alerts_only_when_all_of_theirs_left() ->
     following = merging.keys_following(aliases, kept=[*on_a, on_c[0]], detached=[*on_b, on_c[1]])
     assert following == {"host:web-02"}
     assert merging.keys_following(aliases, kept=on_b, detached=on_a) == set()  # the incident's own key stays
+
+
+def test_a_merged_in_rule_group_follows_detached_alerts_by_why_they_joined() -> None:
+    pairs = parse_rules("""
+rules:
+  - {name: canary, detection: {source: canary}}
+correlations:
+  - name: pair
+    correlation: {type: event_count, rules: [canary], group-by: [user, host], timespan: 1h, condition: {gte: 1}}
+""")
+    on_a = [alert(host="web-01")]
+    grouped = [alert(source="canary", user="bob", host="web-02", minutes=i) for i in range(2)]
+    route = pairs.route(grouped[0])
+    assert route is not None and route.key == "pair|user=bob,host=web-02|2026-11-24T09:00:00Z"
+    # Read back from jsonb, a group's values come in another order than its key's.
+    joined = domain._reason(route, "joined").model_copy(update={"key": {"host": "web-02", "user": "bob"}})
+    reasons = dict.fromkeys((a.key for a in grouped), joined)
+    aliases = {route.key, "host:web-02"}
+    assert merging.keys_following(aliases, on_a, grouped, reasons=reasons) == {route.key}
+    assert merging.keys_following(aliases, [*on_a, grouped[0]], grouped[1:], reasons=reasons) == set()
 
 
 # ---- on the timeline ---------------------------------------------------------------------------
