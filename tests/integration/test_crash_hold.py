@@ -1,5 +1,8 @@
 """A service whose consume loop stops on an error it cannot retry stays up for a scrape before it exits.
 
+A handler failing on a record dead-letters that record; one failing on every record stops the loop at the
+dead-letter limit, which is the error here.
+
 The error counter (``vigil_events_handled_total{outcome="error"}``, which VigilHandlerErrors alerts on)
 lives in the process: exiting at once, the service would take it along before Prometheus saw it.
 """
@@ -31,6 +34,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "crashtest"
 HOLD_S = 4
+WINDOW = 10  # the dead-letter window: its last record, dead too, stops the loop
 ERRORS = re.compile(r'vigil_events_handled_total\{outcome="error",service="crashtest"\} (\S+)')
 
 
@@ -69,6 +73,7 @@ async def test_a_service_stopped_by_an_error_it_cannot_retry_serves_the_count_th
         "VIGIL_LOG_FORMAT": "text",
         "VIGIL_CRASH_HOLD_S": str(HOLD_S),
         "VIGIL_ALLOW_UNAUTHENTICATED": "true",
+        "VIGIL_DEAD_LETTER_WINDOW": str(WINDOW),
     }
     log_path = tmp_path / "service.log"
     with log_path.open("wb") as log_file:
@@ -88,10 +93,11 @@ async def test_a_service_stopped_by_an_error_it_cannot_retry_serves_the_count_th
                 while await _errors_counted(client) != 0.0:
                     assert time.monotonic() < deadline and service.returncode is None, log_path.read_text()
                     await asyncio.sleep(0.2)
-                record = cloudevents.encode(
-                    IncidentDetected(source="/vigil/detector", subject="inc-crash", data=snapshot())
-                )
-                await produce(settings, names(INCIDENTS), [(record.key, record.value, record.headers)])
+                records = [
+                    cloudevents.encode(IncidentDetected(source="/vigil/detector", subject=f"inc-{n}", data=snapshot()))
+                    for n in range(WINDOW)
+                ]
+                await produce(settings, names(INCIDENTS), [(r.key, r.value, r.headers) for r in records])
                 # Served after the loop stopped: a scrape in those seconds counts it.
                 while not await _errors_counted(client):
                     assert time.monotonic() < deadline and service.returncode is None, log_path.read_text()
@@ -104,6 +110,7 @@ async def test_a_service_stopped_by_an_error_it_cannot_retry_serves_the_count_th
                 await service.wait()
     assert code != 0, log_path.read_text()  # the supervisor restarts it
     assert "a bug in the handler" in log_path.read_text()
+    assert "DeadLetterLimitExceeded" in log_path.read_text()
 
 
 if __name__ == "__main__":
