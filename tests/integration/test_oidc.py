@@ -62,14 +62,20 @@ def jwks_server() -> Iterator[tuple[str, dict[str, Any]]]:
         server.server_close()
 
 
-def test_a_key_the_provider_withdrew_is_refused_once_the_set_is_fetched_again(
-    jwks_server: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _trusting_old_key(jwks_server: tuple[str, dict[str, Any]]) -> tuple[OidcVerifier, dict[str, Any], Any, Any]:
+    """A verifier of a provider serving one key ("old") that it has taken a token of; a second key not served."""
     url, served = jwks_server
     old, new = _key(), _key()
     served["keys"] = [_jwk(old, "old")]
     verifier = OidcVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=url)
     assert verifier.verify(_token(old, "old")) is not None
+    return verifier, served, old, new
+
+
+def test_a_key_the_provider_withdrew_is_refused_once_the_set_is_fetched_again(
+    jwks_server: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier, served, old, new = _trusting_old_key(jwks_server)
 
     # The provider rotates the old key (leaked, say) out; ten minutes later the cached set has expired.
     served["keys"] = [_jwk(new, "new")]
@@ -83,11 +89,7 @@ def test_a_key_the_provider_withdrew_is_refused_once_the_set_is_fetched_again(
 def test_a_key_added_by_the_provider_is_taken_before_the_set_expires(
     jwks_server: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url, served = jwks_server
-    old, new = _key(), _key()
-    served["keys"] = [_jwk(old, "old")]
-    verifier = OidcVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=url)
-    assert verifier.verify(_token(old, "old")) is not None
+    verifier, served, old, new = _trusting_old_key(jwks_server)
     served["keys"] = [_jwk(old, "old"), _jwk(new, "new")]
     # A token naming a key the cached set lacks fetches the set again, at most twice a minute.
     later = time.monotonic() + 31
