@@ -326,6 +326,7 @@ class ConsumeLoop(Generic[T]):
         # Per partition, the last offset the guard has judged: a batch run again (its dead letters not yet
         # acknowledged, say) is not judged twice, or each retry would count its dead letters once more.
         self._judged_to: dict[tuple[str, int], int] = {}
+        self._parked_to: dict[tuple[str, int], int] = {}  # the last record dead-lettered alone, per partition
         self.fence = fence  # the consumer's rebalance listener: make_consumer(..., listener=fence)
         self.relay: OutboxRelay | None = None  # the service's relay, woken directly while it leads
         self._ended = False
@@ -416,13 +417,19 @@ class ConsumeLoop(Generic[T]):
             record.offset,
             exc_info=exc,
         )
-        failure = InvalidMessage(f"the handler failed on it: {type(exc).__name__}: {exc}"[:1000], code="handler_failed")
-        async with self.pool.acquire() as conn, conn.transaction():
-            judged = await self._judge(conn, [True])
-        self.guard = judged
         where = (record.topic, record.partition)
-        self._judged_to[where] = max(self._judged_to.get(where, -1), record.offset)
+        if record.offset <= self._parked_to.get(where, -1):
+            # Dead-lettered already, and the batch fetched again after a later part's retriable failure.
+            await self._commit({tp: [record]})
+            return
+        failure = InvalidMessage(f"the handler failed on it: {type(exc).__name__}: {exc}"[:1000], code="handler_failed")
+        if record.offset > self._judged_to.get(where, -1):  # each record judged once, as in a batch
+            async with self.pool.acquire() as conn, conn.transaction():
+                judged = await self._judge(conn, [True])
+            self.guard = judged
+            self._judged_to[where] = record.offset
         await self._dead_letter([(record, failure)])
+        self._parked_to[where] = record.offset
         EVENTS_HANDLED.labels(self.service, "invalid").inc()
         await self._commit({tp: [record]})
 

@@ -200,6 +200,39 @@ async def test_a_record_the_handler_fails_on_is_dead_lettered_with_the_failure_a
     assert ["inc-5"] in handled_in  # found alone, by halving the batch
 
 
+async def test_a_record_dead_lettered_alone_is_not_again_when_a_later_part_of_its_batch_is_retried(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    await make_handled_table(pool)
+    topic = names(INCIDENTS)
+    subjects = [f"inc-{n}" for n in range(8)]
+    await produce(settings, topic, [record_of(detected(subject)) for subject in subjects])
+    conflicts = 0
+
+    async def fails_on_inc_1(ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
+        nonlocal conflicts
+        for inbound in batch:
+            await record_effect(ctx, inbound.item)
+            if inbound.item.subject == "inc-1":
+                raise asyncpg.ProgramLimitExceededError("index row size 3064 exceeds btree version 4 maximum 2704")
+            if inbound.item.subject == "inc-6" and len(batch) < 8 and not conflicts:
+                conflicts += 1  # a part after inc-1's meets a conflict: the batch is fetched again
+                raise asyncpg.SerializationError("could not serialize access")
+
+    async with consume_loop(
+        settings, pool, service="t4c", topics=[topic], decoder=decode_cloudevent, handler=fails_on_inc_1, linger_ms=300
+    ):
+        await eventually(lambda: _equals(committed(settings, group_id(settings, "t4c"), topic), 8))
+
+    assert conflicts == 1
+    handled = sorted(r["subject"] for r in await pool.fetch("SELECT subject FROM handled"))
+    assert handled == [s for s in subjects if s != "inc-1"]
+    dead = await read_all(settings, names(EVENTS_DLQ), expect=2, timeout=5)
+    assert [r.key for r in dead] == [b"inc-1"]  # once, though its batch was fetched again
+    verdicts = await pool.fetchval("SELECT verdicts FROM consumer_guards WHERE service = 't4c'")
+    assert verdicts == "01000000"  # each record judged once
+
+
 async def test_a_handler_failing_on_every_record_stops_at_the_dead_letter_limit(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
