@@ -298,9 +298,18 @@ def _export(kind: str, since: str | None, until: str | None, fmt: str, out: Path
     if out is None:
         asyncio.run(_on_database(lambda conn: write(conn, sys.stdout)))
         return
+    # Written beside the file and put in its place once whole: a failed export leaves the file as it was.
+    partial = out.with_name(f".{out.name}.partial")
     try:
-        with out.open("w") as sink:
-            asyncio.run(_on_database(lambda conn: write(conn, sink)))
+        sink = partial.open("w")
     except OSError as exc:
         _fail(f"cannot write {out}: {exc}")
+    try:
+        with sink:
+            asyncio.run(_on_database(lambda conn: write(conn, sink)))
+        partial.replace(out)
+    except OSError as exc:  # the file, or the connection the rows come on
+        _fail(f"the export to {out} failed: {exc}")
+    finally:
+        partial.unlink(missing_ok=True)
     err.print(f"written to {escape(str(out))}")

@@ -4,6 +4,7 @@ a port another stack holds. Each is one line saying what is wrong and a non-zero
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +68,14 @@ async def test_a_stack_whose_service_ports_are_taken_does_not_start(
     monkeypatch.setattr(stack, "DEFAULT_HTTP_PORTS", {"reporter": listening})
     with pytest.raises(stack.PortsInUse, match=f"reporter :{listening}"):
         await stack.run_stack(settings, demo=False, demo_interval=1.0, console=None)  # type: ignore[arg-type]
+
+
+async def test_an_export_that_fails_leaves_the_file_it_would_replace_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = tmp_path / "incidents.csv"
+    kept.write_text("last week's export\n")
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/vigil")
+    failed_cleanly(await vigil("export", "incidents", "--out", str(kept)), "cannot reach the database")
+    assert kept.read_text() == "last week's export\n"
+    assert await asyncio.to_thread(os.listdir, tmp_path) == ["incidents.csv"]  # nothing half-written left
