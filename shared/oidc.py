@@ -6,7 +6,8 @@ https URL whose keys are fetched and cached); the principal is the ``VIGIL_OIDC_
 one role, or a list of which the highest Vigil knows counts. A token is checked for its signature
 (asymmetric algorithms only), issuer, audience, expiry and not-before, allowing the two clocks a
 minute apart; an ``email`` the token says is not verified names nobody. A fetched key set is kept
-five minutes: a key the provider withdraws is refused once it is gone from the set.
+five minutes: a key the provider withdraws is refused once it is gone from the set. While the key
+endpoint cannot be reached, the set last fetched serves for up to an hour.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,8 @@ RANK: dict[str, int] = {"ingest": 0, "viewer": 1, "responder": 2, "commander": 3
 
 # How long a fetched key set is trusted before it is fetched again.
 JWKS_LIFESPAN_S = 300
+# How long the key set last fetched is used while the provider's key endpoint cannot be reached.
+KEY_SET_OUTAGE_S = 3600
 # How far the provider's clock may be from this host's for a token's times (iat, nbf, exp).
 CLOCK_SKEW_S = 60
 
@@ -51,6 +55,7 @@ class OidcVerifier:
         self._jwt = jwt
         self._client: jwt.PyJWKClient | None = None
         self._keys: jwt.PyJWKSet | None = None
+        self._last_set: tuple[jwt.PyJWKSet, float] | None = None  # the URL's set last fetched, and when
         if jwks.startswith("https://") or jwks.startswith("http://"):
             # The set is cached, fetched again when a token names a key it lacks; keys are not cached apart
             # from it, so that a key the provider withdrew (a leaked one) is refused once the set is fetched.
@@ -59,11 +64,25 @@ class OidcVerifier:
             self._keys = jwt.PyJWKSet.from_dict(json.loads(Path(jwks).read_text()))
 
     def _key(self, token: str) -> Any:
-        if self._client is not None:
-            return self._client.get_signing_key_from_jwt(token).key
-        assert self._keys is not None
+        if self._client is None:
+            assert self._keys is not None
+            return self._find(self._keys, token)
+        try:
+            key = self._client.get_signing_key_from_jwt(token).key
+        except self._jwt.PyJWKClientConnectionError:
+            # The provider's key endpoint is down: the set last fetched serves for a while, else every
+            # signed-in person would be refused until it is back. A key it withdrew was gone from that set.
+            last = self._last_set
+            if last is None or time.monotonic() - last[1] > KEY_SET_OUTAGE_S:
+                raise
+            log.warning("the identity provider's key set cannot be fetched; using the one fetched last")
+            return self._find(last[0], token)
+        self._last_set = (self._client.get_jwk_set(), time.monotonic())  # fresh in the cache: no fetch
+        return key
+
+    def _find(self, keys: Any, token: str) -> Any:
         kid = self._jwt.get_unverified_header(token).get("kid")
-        for key in self._keys.keys:
+        for key in keys.keys:
             if kid is None or key.key_id == kid:
                 return key.key
         raise self._jwt.InvalidTokenError(f"no key {kid!r} in the JWKS")

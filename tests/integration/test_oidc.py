@@ -42,6 +42,10 @@ def jwks_server() -> Iterator[tuple[str, dict[str, Any]]]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if served.get("down"):
+                self.send_response(503)
+                self.end_headers()
+                return
             body = json.dumps(served).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -115,3 +119,14 @@ def test_an_email_the_token_says_is_unverified_names_nobody(tmp_path: Path) -> N
     assert verifier.verify(_token(key, "k1", email_verified=False)) is None
     verified = verifier.verify(_token(key, "k1", email_verified=True))
     assert verified is not None and verified.name == "dana@example.com"
+
+
+def test_while_the_providers_key_endpoint_is_down_the_set_last_fetched_serves_for_an_hour(
+    jwks_server: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier, served, old, _new = _trusting_old_key(jwks_server)
+    served["down"] = True
+    started = time.monotonic()
+    for after, taken in ((600, True), (3000, True), (3700, False)):  # past the cached set's five minutes
+        monkeypatch.setattr("time.monotonic", lambda after=after: started + after)
+        assert (verifier.verify(_token(old, "old")) is not None) is taken, after
