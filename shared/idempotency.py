@@ -8,6 +8,7 @@ behind and may be retried. Another principal's key of the same text is another r
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,8 @@ from shared.db import Conn
 
 # How long answers are remembered (housekeeping prunes older ones): far beyond any client's retries.
 RETENTION_DAYS = 7
+# Characters of an operation kept as it is (it names the path's ids); a longer one is kept by its digest.
+MAX_OPERATION = 200
 
 
 @dataclass(frozen=True)
@@ -24,11 +27,19 @@ class Answer:
     body: Any
 
 
+def _operation(operation: str) -> str:
+    """The operation as stored: one naming a long path is kept by its digest, as no index holds it whole."""
+    if len(operation) <= MAX_OPERATION:
+        return operation
+    return f"{operation[:64]}…sha256:{hashlib.sha256(operation.encode()).hexdigest()}"
+
+
 async def claim(conn: Conn, *, principal: str, operation: str, key: str) -> Answer | None:
     """The answer an earlier request with this key got, or None if this is the first (it is now claimed).
 
     Call inside the transaction that applies the request; a concurrent retry waits for it here.
     """
+    operation = _operation(operation)
     inserted = await conn.fetchval(
         """INSERT INTO api_idempotency (principal, operation, key, status, body) VALUES ($1, $2, $3, 0, 'null')
            ON CONFLICT DO NOTHING RETURNING true""",
@@ -49,6 +60,7 @@ async def claim(conn: Conn, *, principal: str, operation: str, key: str) -> Answ
 
 
 async def remember(conn: Conn, *, principal: str, operation: str, key: str, answer: Answer) -> None:
+    operation = _operation(operation)
     await conn.execute(
         """UPDATE api_idempotency SET status = $4, body = $5
            WHERE principal = $1 AND operation = $2 AND key = $3""",

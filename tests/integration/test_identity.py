@@ -8,7 +8,9 @@ a token of each role, against the real Postgres.
 from __future__ import annotations
 
 import json
+import random
 import re
+import string
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -241,6 +243,24 @@ async def test_an_idempotency_key_is_the_senders_own_and_a_retry_gets_the_first_
     assert again.json() == first.json() and other.json()["command_id"] != first.json()["command_id"]
     notes = await pool.fetch("SELECT principal FROM audit_log WHERE action = 'incident.add_note' ORDER BY id")
     assert [r["principal"] for r in notes] == ["alice", "bob"]  # the retry changed nothing
+
+
+async def test_an_idempotency_key_on_a_request_naming_a_long_path_is_kept_like_any_other(
+    apps: dict[str, FastAPI], pool: asyncpg.Pool
+) -> None:
+    # The operation names the path's id: one longer than an index entry holds is kept by its digest.
+    step = "inc-" + "".join(random.Random(7).choices(string.ascii_letters, k=3000))
+    async with pool.acquire() as conn:
+        carol = (await identity.create_token(conn, name="carol", role="commander", created_by="t")).text
+    async with (
+        serve_app(apps["responder"], name="responder-api") as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        headers = {"Authorization": f"Bearer {carol}", "Idempotency-Key": "long-path"}
+        first = await client.post(f"/api/v1/steps/{step}/lease", json={"actor": "c", "extend": "1h"}, headers=headers)
+        again = await client.post(f"/api/v1/steps/{step}/lease", json={"actor": "c", "extend": "1h"}, headers=headers)
+    assert first.status_code == 409, first.text  # no such step: refused, and the refusal remembered
+    assert (again.status_code, again.json()) == (first.status_code, first.json())
 
 
 async def test_a_body_over_the_limit_is_refused_before_anything_reads_it(apps: dict[str, FastAPI]) -> None:
