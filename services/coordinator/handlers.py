@@ -896,17 +896,19 @@ class Coordinator:
             data=IncidentEdits(actor=edit.actor, reason=edit.reason, changes=changes, command_id=command.id),
         )
         ctx.emit(edited)
-        if self._ended(row):
-            # Corrected on the record after the fact (a review raising the severity): nobody is paged, and
-            # no room opens that nothing would archive.
-            return edited
         if "severity" in changes or "title" in changes:
             now_titled = changes["title"].after if "title" in changes else row["title"]
             now_severe = changes["severity"].after if "severity" in changes else row["severity"]
             action = {"action": "update", "topic": rooms.topic(now_severe, now_titled, row["commander"])}
             key = f"edit:{command.id}"
             await rooms.in_room(ctx.conn, self.notices, incident_id=command.subject, key=key, action=action)
-        if "severity" in changes and domain.escalates(Severity(row["severity"]), Severity(changes["severity"].after)):
+        # Corrected on the record after the fact (a review raising the severity of an incident that is over):
+        # nobody is paged, and no room opens that nothing would archive.
+        if (
+            "severity" in changes
+            and domain.escalates(Severity(row["severity"]), Severity(changes["severity"].after))
+            and not self._ended(row)
+        ):
             escalation = escalation_.model_copy(
                 update={
                     "reason": f"severity raised by {edit.actor} from {row['severity']} to "
@@ -932,15 +934,13 @@ class Coordinator:
         await tasks.assign_role(ctx.conn, incident_id=command.subject, role=assignment.role, person=assignment.person)
         assigned = IncidentAssigned(source=SOURCE, **command.caused_by(), data=assignment)
         ctx.emit(assigned)
-        if self._ended(row):
-            return assigned  # the record of who held the role; an incident that is over pages nobody
         # Whoever has a role on it is in its room; a new commander is named in its topic.
         update: dict[str, Any] = {"action": "update", "invite": rooms.emails(self.notices, [assignment.person])}
         if assignment.role == "commander":
             update["topic"] = rooms.topic(row["severity"], row["title"], assignment.person)
         key = f"assign:{command.id}"
         await rooms.in_room(ctx.conn, self.notices, incident_id=command.subject, key=key, action=update)
-        if assignment.role == "commander":
+        if assignment.role == "commander" and not self._ended(row):  # an incident that is over pages nobody
             escalation = Escalation.model_validate(row["escalation"]).model_copy(
                 update={
                     "commander": assignment.person,

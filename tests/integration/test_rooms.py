@@ -371,3 +371,26 @@ async def test_an_edit_or_a_new_commander_on_a_closed_incident_neither_pages_nor
     assert row["room"] is None
     effects = await pool.fetch("SELECT kind, key FROM effects WHERE subject = $1 ORDER BY id", incident)
     assert not [r for r in effects if r["kind"] == "room.open" or "edit" in r["key"] or "assign" in r["key"]]
+
+
+async def test_a_resolved_incidents_room_still_follows_its_edits_and_roles_and_nobody_is_paged(
+    pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    incident = "5e1f0000-0000-4000-8000-0000000000ab"
+    coordinator = Coordinator(load_oncall(), notices=configure("https://slack.example/api"))
+    major = snapshot(title="Data leaving", severity=Severity.SEV1)
+    await feed(pool, names, coordinator, IncidentDetected(source="/t", subject=incident, data=major))
+    assert await pool.fetchval("SELECT room FROM coordinator_incidents WHERE incident_id = $1", incident)
+    resolve = ResolveIncident(source="/t", subject=incident, data=CommandArgs(actor="alice", resolution="fixed"))
+    await feed(pool, names, coordinator, resolve)
+    pages = len([e for e in await emitted(pool) if isinstance(e, IncidentEscalated)])
+
+    # Over, not closed: its room is open for the review, and follows the record.
+    edit = IncidentEdit(actor="bob", title="Data left", reason="review")
+    await feed(pool, names, coordinator, EditIncident(source="/t", subject=incident, data=edit))
+    owner = Assignment(actor="bob", person="carol@example.com", role="commander")
+    await feed(pool, names, coordinator, AssignRole(source="/t", subject=incident, data=owner))
+
+    keys = [r["key"] for r in await pool.fetch("SELECT key FROM effects WHERE subject = $1 ORDER BY id", incident)]
+    assert any(":room:edit:" in key for key in keys) and any(":room:assign:" in key for key in keys), keys
+    assert len([e for e in await emitted(pool) if isinstance(e, IncidentEscalated)]) == pages
