@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -925,10 +926,18 @@ async def export_rows(
 async def export_batches(
     pool: asyncpg.Pool, *, kind: ExportKind, since: datetime | None, until: datetime | None
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """``export_rows`` on a connection of its own, in one snapshot, for as long as a response streams them."""
-    async with pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
+    """``export_rows`` on a connection of its own, in one snapshot, for as long as a response streams them.
+
+    At most EXPORTS_AT_ONCE at a time (others wait their turn): a download holds its connection while the
+    client reads, and the consumer and the API share the pool.
+    """
+    async with _exporting, pool.acquire() as conn, conn.transaction(readonly=True, isolation="repeatable_read"):
         async for rows in export_rows(conn, kind=kind, since=since, until=until):
             yield rows
+
+
+EXPORTS_AT_ONCE = 2
+_exporting = asyncio.Semaphore(EXPORTS_AT_ONCE)
 
 
 async def add_tasks(conn: Conn, *, incident_id: str, tasks: Sequence[OpenedTask], at: datetime) -> None:
