@@ -295,6 +295,63 @@ async def test_retriable_failure_is_retried_without_commit(
     assert sorted(r["subject"] for r in await pool.fetch("SELECT subject FROM handled")) == ["inc-1", "inc-2"]
 
 
+async def test_records_read_ahead_are_given_back_when_the_batch_before_them_is_retried(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    # Spread over every partition, so that the records read ahead during a batch include partitions the
+    # batch has none of: if they were not given back, its retry would leave them behind, never handled.
+    await make_handled_table(pool)
+    topic = names(INCIDENTS)
+    producer = make_producer(settings, client_id="test-producer")
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        for i in range(60):
+            encoded = cloudevents.encode(detected(f"inc-{i}"))
+            await producer.send_and_wait(
+                topic,
+                key=encoded.key,
+                value=encoded.value,
+                headers=encoded.headers,
+                partition=partitions[i % len(partitions)],
+            )
+    finally:
+        await producer.stop()
+    calls = 0
+
+    async def every_third_fails(ctx: HandlerContext, batch: Sequence[Inbound[Any]]) -> None:
+        nonlocal calls
+        calls += 1
+        for inbound in batch:
+            await record_effect(ctx, inbound.item)
+        await asyncio.sleep(0.2)  # long enough for the next records to be read ahead
+        if calls % 3 == 1:
+            raise asyncpg.SerializationError("could not serialize access")
+
+    async with consume_loop(
+        settings,
+        pool,
+        service="t-ahead",
+        topics=[topic],
+        decoder=decode_cloudevent,
+        handler=every_third_fails,
+        batch_size=7,
+    ):
+        await eventually(lambda: _equals(count(pool, "SELECT count(*) FROM handled"), 60), timeout=60)
+        group = group_id(settings, "t-ahead")
+
+        async def all_committed() -> bool:
+            offsets = [await committed(settings, group, topic, partition) for partition in partitions]
+            return offsets == [60 // len(partitions)] * len(partitions)
+
+        await eventually(all_committed)
+
+    assert calls > 3  # some batches failed and were retried
+    rows = await pool.fetch("SELECT subject, count(*) AS n FROM handled GROUP BY subject")
+    assert {r["subject"] for r in rows} == {f"inc-{i}" for i in range(60)}
+    assert {r["n"] for r in rows} == {1}
+
+
 async def test_dead_letter_limit_stops_the_consumer(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
