@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.db import create_pool, migrate, migration_files
+from shared.db import COLUMNS_NOT_LZ4, compress_with_lz4, create_pool, has_lz4, migrate, migration_files
 from tests.helpers import empty_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -153,3 +153,29 @@ async def test_upgrading_records_the_incidents_that_ended_before_for_the_respond
         finally:
             await pool.close()
     assert [tuple(r) for r in rows] == [("inc-closed", "closed"), ("inc-resolved", "resolved")]
+
+
+async def test_large_values_are_compressed_with_lz4_where_postgres_has_it(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        if not await has_lz4(conn):
+            pytest.skip("this Postgres is built without lz4 (the embedded one is): see the test beside this one")
+        assert await conn.fetch(COLUMNS_NOT_LZ4) == [], "every compressible column compresses with lz4 after migrating"
+        assert await compress_with_lz4(conn) == 0  # nothing left to change: a second run alters nothing
+        # A large event body as the outbox keeps it: compressed, with lz4.
+        body = json.dumps({"new_alerts": [{"title": f"alert {i}", "description": "x" * 50} for i in range(200)]})
+        row_id = await conn.fetchval(
+            """INSERT INTO outbox (service, topic, key, value, headers, event_id)
+               VALUES ('t', 't', 'k', $1, '[]', 'lz4-check') RETURNING id""",
+            body.encode(),
+        )
+        assert await conn.fetchval("SELECT pg_column_compression(value) FROM outbox WHERE id = $1", row_id) == "lz4"
+
+
+async def test_without_lz4_large_values_keep_postgres_default_and_migrating_still_works(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        if await has_lz4(conn):
+            pytest.skip("this Postgres has lz4: the test beside this one checks it is used")
+        before = await conn.fetch(COLUMNS_NOT_LZ4)
+        assert await compress_with_lz4(conn) == 0
+        assert await conn.fetch(COLUMNS_NOT_LZ4) == before
+        assert any(row["tab"].endswith(".outbox") and row["col"] == "value" for row in before)
