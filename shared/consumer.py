@@ -281,12 +281,8 @@ class BatchFence(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, service: str) -> None:
         self.lock = asyncio.Lock()
         self.service = service
-        # Moves on at every revocation and assignment: records read ahead under another count were
-        # read under another assignment, whose fetch positions the consumer has since reset.
-        self.generation = 0
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.generation += 1
         async with self.lock:
             if revoked:
                 log.info("partitions revoked after the batch in hand: %s", sorted(map(str, revoked)))
@@ -296,7 +292,6 @@ class BatchFence(ConsumerRebalanceListener):  # type: ignore[misc]
                 CONSUMER_LAG.remove(self.service, tp.topic, str(tp.partition))  # none set yet: nothing to remove
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.generation += 1
         log.info("partitions assigned: %s", sorted(map(str, assigned)))
 
 
@@ -304,35 +299,27 @@ class ReadAhead(Generic[T]):
     """The next records, fetched and decoded while the batch in hand waits on Postgres.
 
     Decoding is the loop's own CPU work and Postgres's is another process's: done in the handler's
-    waits, the two overlap. One fetch, so that the records are those of one assignment (``generation``,
-    the fence's count when they came); decoded a slice at a time, so that the batch in hand goes on
-    as soon as its answers come. What was fetched is kept as it comes, for ``cancel`` to give back.
+    waits, the two overlap. Decoded a slice at a time, so that the batch in hand goes on as soon as its
+    answers come. What was fetched is kept as it comes, for ``cancel`` to give back.
+
+    A rebalance may come between the fetch and the records' turn: the loop then handles only those of
+    partitions still assigned, as it does a batch fetched before a rebalance. The consumer has reset
+    such a partition to its committed offset, so the records may come again: the ledger makes that a
+    no-op, and nothing is skipped.
     """
 
     SLICE = 64
 
-    def __init__(
-        self,
-        consumer: AIOKafkaConsumer,
-        fence: BatchFence,
-        read: Callable[[Any], Read[T]],
-        *,
-        poll_ms: int,
-        most: int,
-    ) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, read: Callable[[Any], Read[T]], *, poll_ms: int, most: int) -> None:
         self.consumer = consumer
-        self.fence = fence
-        self.generation = fence.generation
         self.batch: dict[TopicPartition, list[Any]] = {}
         self.decoded: dict[RecordAt, Read[T]] = {}
         self._read = read
         self._task = asyncio.create_task(self._run(poll_ms, most))
 
     async def _run(self, poll_ms: int, most: int) -> None:
-        batch = await self.consumer.getmany(timeout_ms=poll_ms, max_records=most)
-        # No await between the fetch and these: the records and the assignment they came under.
-        self.batch, self.generation = batch, self.fence.generation
-        for i, record in enumerate(record for records in batch.values() for record in records):
+        self.batch = await self.consumer.getmany(timeout_ms=poll_ms, max_records=most)
+        for i, record in enumerate(record for records in self.batch.values() for record in records):
             if i and i % self.SLICE == 0:
                 await asyncio.sleep(0)
             self.decoded[(record.topic, record.partition, record.offset)] = self._read(record)
@@ -456,31 +443,28 @@ class ConsumeLoop(Generic[T]):
             backoff = min(backoff * 2, 10.0)
 
     def _read_ahead(self) -> None:
-        self._ahead = ReadAhead(self.consumer, self.fence, self._read, poll_ms=self.poll_ms, most=self.batch_size)
+        self._ahead = ReadAhead(self.consumer, self._read, poll_ms=self.poll_ms, most=self.batch_size)
 
     async def _next_batch(self) -> tuple[dict[TopicPartition, list[Any]], dict[RecordAt, Read[T]]]:
-        """The records read ahead during the last batch if still good, topped up within the linger; else a fetch."""
+        """The records read ahead during the last batch, topped up within the linger; else a fetch."""
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return await self._fetch(), {}
         batch, decoded = await ahead.result()
-        if ahead.generation != self.fence.generation:
-            # Read under an assignment since replaced: the consumer reads these partitions again from
-            # their committed offsets, and a seek now could move a partition another member owns.
-            return await self._fetch(), {}
         if not batch:
             return await self._fetch(), {}
         return await self._fetch(batch), decoded
 
     async def _drop_ahead(self) -> None:
-        """Give back the records read ahead: the consumer reads them again, from the first of each."""
+        """Give back the records read ahead: the consumer reads them again, from the first of each partition.
+
+        Called before the batch they followed is given back, whose seek then comes last. A partition no
+        longer assigned needs none: its owner starts from the committed offset.
+        """
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return
-        batch = await ahead.cancel()
-        if ahead.generation != self.fence.generation:
-            return  # read under another assignment: their partitions were reset to the committed offsets
-        for tp, records in batch.items():
+        for tp, records in (await ahead.cancel()).items():
             with contextlib.suppress(IllegalStateError):
                 self.consumer.seek(tp, records[0].offset)
 
