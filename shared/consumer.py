@@ -4,10 +4,6 @@ fetch a batch -> decode and validate -> one Postgres transaction (record event i
 run the handler on the new ones, write outgoing events to the outbox) -> dead-letter the invalid
 -> commit offsets. Offsets are committed last, so a crash anywhere before means redelivery, and
 the processed-id ledger turns redelivery into a no-op.
-
-While a batch waits on Postgres, the next records are fetched and decoded (``ReadAhead``): the
-loop's CPU and Postgres's overlap. Records read ahead are given back (a seek to the first of each
-partition) whenever the batch before them is not committed, so none is left behind.
 """
 
 from __future__ import annotations
@@ -64,9 +60,6 @@ class Inbound(Generic[T]):
 
 
 Decoder = Callable[[Any], tuple[str, T]]
-# A record decoded: the message, or why it cannot be handled (an UnknownEventType: skipped).
-Read = Inbound[T] | InvalidMessage
-RecordAt = tuple[str, int, int]  # topic, partition, offset
 
 
 def decode_cloudevent(record: Any) -> tuple[str, Event]:
@@ -295,51 +288,6 @@ class BatchFence(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info("partitions assigned: %s", sorted(map(str, assigned)))
 
 
-class ReadAhead(Generic[T]):
-    """The next records, fetched and decoded while the batch in hand waits on Postgres.
-
-    Decoding is the loop's own CPU work and Postgres's is another process's: done in the handler's
-    waits, the two overlap. Decoded a slice at a time, so that the batch in hand goes on as soon as its
-    answers come. What was fetched is kept as it comes, for ``cancel`` to give back.
-
-    A rebalance may come between the fetch and the records' turn: the loop then handles only those of
-    partitions still assigned, as it does a batch fetched before a rebalance. The consumer has reset
-    such a partition to its committed offset, so the records may come again: the ledger makes that a
-    no-op, and nothing is skipped.
-    """
-
-    SLICE = 64
-
-    def __init__(self, consumer: AIOKafkaConsumer, read: Callable[[Any], Read[T]], *, poll_ms: int, most: int) -> None:
-        self.consumer = consumer
-        self.batch: dict[TopicPartition, list[Any]] = {}
-        self.decoded: dict[RecordAt, Read[T]] = {}
-        self._read = read
-        self._task = asyncio.create_task(self._run(poll_ms, most))
-
-    async def _run(self, poll_ms: int, most: int) -> None:
-        self.batch = await self.consumer.getmany(timeout_ms=poll_ms, max_records=most)
-        for i, record in enumerate(record for records in self.batch.values() for record in records):
-            if i and i % self.SLICE == 0:
-                await asyncio.sleep(0)
-            self.decoded[(record.topic, record.partition, record.offset)] = self._read(record)
-
-    async def result(self) -> tuple[dict[TopicPartition, list[Any]], dict[RecordAt, Read[T]]]:
-        """The records and their decoding; a failed fetch raises here, in the loop."""
-        await self._task
-        return self.batch, self.decoded
-
-    async def cancel(self) -> dict[TopicPartition, list[Any]]:
-        """Stop reading ahead; return what was fetched (nothing, if the fetch had not returned)."""
-        self._task.cancel()
-        # wait, not await: the task's own cancellation or failure is not the caller's, and the caller's
-        # own cancellation still reaches it.
-        await asyncio.wait([self._task])
-        if not self._task.cancelled() and self._task.exception() is not None:
-            log.info("reading ahead failed, and the records are read again: %r", self._task.exception())
-        return self.batch
-
-
 class ConsumeLoop(Generic[T]):
     """Consumes topics for one service with at-least-once, idempotent, transactional handling."""
 
@@ -382,7 +330,6 @@ class ConsumeLoop(Generic[T]):
         self.fence = fence  # the consumer's rebalance listener: make_consumer(..., listener=fence)
         self.relay: OutboxRelay | None = None  # the service's relay, woken directly while it leads
         self._ended = False
-        self._ahead: ReadAhead[T] | None = None
 
     @property
     def ready(self) -> bool:
@@ -398,12 +345,11 @@ class ConsumeLoop(Generic[T]):
             await self._run()
         finally:
             self._ended = True
-            await self._drop_ahead()
 
     async def _run(self) -> None:
         backoff = 0.1
         while not self._stopping.is_set():
-            batch, decoded = await self._next_batch()
+            batch = await self._fetch()
             if not batch:
                 continue
             async with self.fence.lock:
@@ -412,11 +358,9 @@ class ConsumeLoop(Generic[T]):
                 batch = {tp: records for tp, records in batch.items() if tp in assigned}
                 if not batch:
                     continue
-                # The next records are read and decoded while this batch waits on Postgres.
-                self._read_ahead()
                 try:
                     try:
-                        await self.process(batch, decoded)
+                        await self.process(batch)
                     except Exception as exc:
                         if is_retriable(exc) or isinstance(exc, DeadLetterLimitExceeded):
                             raise
@@ -427,8 +371,6 @@ class ConsumeLoop(Generic[T]):
                     backoff = 0.1
                     continue
                 except Exception as exc:
-                    # Read after the batch: given back before the batch itself is, which comes first.
-                    await self._drop_ahead()
                     if not is_retriable(exc):
                         EVENTS_HANDLED.labels(self.service, "error").inc(sum(len(m) for m in batch.values()))
                         raise
@@ -441,32 +383,6 @@ class ConsumeLoop(Generic[T]):
             # Outside the fence: a rebalance during the back-off abandons the batch.
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
-
-    def _read_ahead(self) -> None:
-        self._ahead = ReadAhead(self.consumer, self._read, poll_ms=self.poll_ms, most=self.batch_size)
-
-    async def _next_batch(self) -> tuple[dict[TopicPartition, list[Any]], dict[RecordAt, Read[T]]]:
-        """The records read ahead during the last batch, topped up within the linger; else a fetch."""
-        ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return await self._fetch(), {}
-        batch, decoded = await ahead.result()
-        if not batch:
-            return await self._fetch(), {}
-        return await self._fetch(batch), decoded
-
-    async def _drop_ahead(self) -> None:
-        """Give back the records read ahead: the consumer reads them again, from the first of each partition.
-
-        Called before the batch they followed is given back, whose seek then comes last. A partition no
-        longer assigned needs none: its owner starts from the committed offset.
-        """
-        ahead, self._ahead = self._ahead, None
-        if ahead is None:
-            return
-        for tp, records in (await ahead.cancel()).items():
-            with contextlib.suppress(IllegalStateError):
-                self.consumer.seek(tp, records[0].offset)
 
     async def _isolate(self, items: list[tuple[TopicPartition, Any]]) -> None:
         """Handle the records, in order, in ever smaller parts; one that fails alone is dead-lettered.
@@ -517,15 +433,15 @@ class ConsumeLoop(Generic[T]):
         EVENTS_HANDLED.labels(self.service, "invalid").inc()
         await self._commit({tp: [record]})
 
-    async def _fetch(self, batch: dict[TopicPartition, list[Any]] | None = None) -> dict[TopicPartition, list[Any]]:
-        """Records as they come (or those given); with a linger, what else comes within it too, up to the
-        batch size.
+    async def _fetch(self) -> dict[TopicPartition, list[Any]]:
+        """Records as they come; with a linger, what else comes within it too, up to the batch size.
 
         A handler that works per incident, or per batch, does less per record in a bigger batch: the
         linger trades that much latency for throughput when records arrive a few at a time.
         """
-        if batch is None:
-            batch = await self.consumer.getmany(timeout_ms=self.poll_ms, max_records=self.batch_size)
+        batch: dict[TopicPartition, list[Any]] = await self.consumer.getmany(
+            timeout_ms=self.poll_ms, max_records=self.batch_size
+        )
         if not batch or self.linger_ms <= 0:
             return batch
         taken = sum(map(len, batch.values()))
@@ -540,32 +456,34 @@ class ConsumeLoop(Generic[T]):
                 taken += len(records)
         return batch
 
-    async def process(
-        self, batch: dict[TopicPartition, list[Any]], decoded: Mapping[RecordAt, Read[T]] | None = None
-    ) -> None:
-        """Handle one fetched batch end to end; offsets are committed only when all of it is done.
-
-        ``decoded``: records read ahead, decoded already; the others are decoded here.
-        """
+    async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Handle one fetched batch end to end; offsets are committed only when all of it is done."""
         valid: list[Inbound[T]] = []
         invalid: list[tuple[Any, InvalidMessage]] = []
         arrival: list[tuple[Any, Inbound[T] | None]] = []  # the batch in order, with None for an invalid record
         skipped = 0
-        known = decoded or {}
         for tp, records in batch.items():
             EVENTS_CONSUMED.labels(self.service, tp.topic).inc(len(records))
             for record in records:
-                read = known.get((record.topic, record.partition, record.offset)) or self._read(record)
-                if isinstance(read, Inbound):
-                    valid.append(read)
-                    arrival.append((record, read))
-                elif isinstance(read, UnknownEventType):
+                try:
+                    event_id, item = self.decoder(record)
+                except UnknownEventType as exc:
                     # A newer producer's event: not ours to judge, and not bad input either.
                     skipped += 1
-                    self._warn_once(read.reason, record)
-                else:
-                    invalid.append((record, read))
+                    self._warn_once(exc.reason, record)
+                except InvalidMessage as exc:
+                    invalid.append((record, exc))
                     arrival.append((record, None))
+                except Exception as exc:
+                    # Decoding is pure: what fails on one record would fail again on every retry and stop
+                    # the partition. Dead-lettered with the failure, and logged whole for whoever fixes it.
+                    log.exception("%s: a record of %s could not be decoded", self.service, record.topic)
+                    failure = InvalidMessage(f"could not be decoded: {type(exc).__name__}: {exc}", code="undecodable")
+                    invalid.append((record, failure))
+                    arrival.append((record, None))
+                else:
+                    valid.append(Inbound(event_id, item, record))
+                    arrival.append((record, valid[-1]))
 
         started = time.perf_counter()
         fresh, rejected = await self._handle_in_transaction(valid, invalid, arrival)
@@ -580,19 +498,6 @@ class ConsumeLoop(Generic[T]):
         EVENTS_HANDLED.labels(self.service, "invalid").inc(len(dead))
         EVENTS_HANDLED.labels(self.service, "skipped").inc(skipped)
         await self._commit(batch)
-
-    def _read(self, record: Any) -> Read[T]:
-        """Decode one record: the message, or why it is invalid (or of a type this version skips)."""
-        try:
-            event_id, item = self.decoder(record)
-        except InvalidMessage as exc:  # an UnknownEventType too, which the batch skips
-            return exc
-        except Exception as exc:
-            # Decoding is pure: what fails on one record would fail again on every retry and stop the
-            # partition. Dead-lettered with the failure, and logged whole for whoever fixes it.
-            log.exception("%s: a record of %s could not be decoded", self.service, record.topic)
-            return InvalidMessage(f"could not be decoded: {type(exc).__name__}: {exc}", code="undecodable")
-        return Inbound(event_id, item, record)
 
     def _warn_once(self, reason: str, record: Any) -> None:
         if reason not in self._warned:
