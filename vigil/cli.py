@@ -92,14 +92,23 @@ def up(
     demo: Annotated[bool, typer.Option(help="Also publish a stream of sample alerts.")] = False,
     demo_interval: Annotated[float, typer.Option(help="Seconds between demo alerts.")] = 2.0,
 ) -> None:
-    """Run the whole stack: broker and Postgres (embedded unless configured) and the five services."""
+    """Run the whole stack: broker and Postgres (embedded unless configured) and the five services.
+
+    Ctrl-C (or SIGTERM) stops everything it started, at any moment, start-up included; it then says
+    "stopped" and exits with status 0.
+    """
+    from vigil.stopping import stop_requests
+
+    stop_requests.install()  # `vigil` has done it before loading; `python -m vigil.cli` has not
     from vigil.stack import PortsInUse, run_stack
 
-    with contextlib.suppress(KeyboardInterrupt):
+    if not stop_requests.requested:
         try:
             asyncio.run(run_stack(VigilSettings(), demo=demo, demo_interval=demo_interval, console=console))
         except PortsInUse as exc:
             _fail(str(exc))
+    if stop_requests.requested:
+        console.print("stopped")
 
 
 @app.command()

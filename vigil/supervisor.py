@@ -68,15 +68,17 @@ class Supervisor:
         backoff = 1.0
         while not self._stopping:
             env = self.env | self.env_for.get(child.name, {})
+            # A session of its own: a Ctrl-C at the terminal reaches the supervisor alone, which stops the
+            # services (SIGTERM: they drain and commit). Reaching them too, it killed those still importing,
+            # each with a KeyboardInterrupt traceback, and the supervisor, not stopping yet, restarted them.
+            command = (sys.executable, "-m", f"services.{child.name}")
             if self.log_dir is None:
-                child.process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", f"services.{child.name}", env=env
-                )
+                child.process = await asyncio.create_subprocess_exec(*command, env=env, start_new_session=True)
             else:
                 output = await asyncio.to_thread(open, self.log_dir / f"{child.name}.log", "ab")
                 with output:  # the child has its own copy of the descriptor
                     child.process = await asyncio.create_subprocess_exec(
-                        sys.executable, "-m", f"services.{child.name}", env=env, stdout=output, stderr=output
+                        *command, env=env, stdout=output, stderr=output, start_new_session=True
                     )
             if self._stopping:  # stop() began while this one was being spawned
                 child.process.send_signal(signal.SIGTERM)

@@ -168,7 +168,7 @@ class FeedRefresher:
             service=SERVICE,
             kind=EFFECT_KIND,
             key=f"{feed.name}:{timer.id}",
-            subject=f"intel-feed:{feed.name}",
+            subject=f"{intel.FEED_SUBJECT_PREFIX}{feed.name}",
             target=feed.name,
             payload=feed.model_dump(mode="json"),
         )

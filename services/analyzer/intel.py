@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from shared.addresses import unmapped
 from shared.db import Conn
+from shared.events import MAX_ENVELOPE_TEXT
 from shared.yamlfile import validate_yaml
 
 Kind = Literal["ip", "cidr", "domain", "url", "sha256", "sha1", "md5", "email"]
@@ -701,10 +702,22 @@ def verdict_of(matches: Sequence[Match]) -> Assessment:
 # ---- configuration -------------------------------------------------------------------------------
 
 
+# Each refresh of a feed is an effect about `intel-feed:<name>`, the subject of the event its completion makes
+# (feeds.py): a name longer than an event's subject leaves room for would fail every refresh, not the start.
+FEED_SUBJECT_PREFIX = "intel-feed:"
+MAX_FEED_NAME = MAX_ENVELOPE_TEXT - len(FEED_SUBJECT_PREFIX)
+
+
 class FeedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_FEED_NAME,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description=f"The feed's name, at most {MAX_FEED_NAME} characters: `{FEED_SUBJECT_PREFIX}<name>` is the "
+        f"subject of its refreshes' events, of {MAX_ENVELOPE_TEXT} at most.",
+    )
     format: FeedFormat
     path: str | None = None
     url: str | None = None

@@ -18,6 +18,7 @@ import pytest
 
 from shared.embedded import port_is_free
 from shared.settings import DEFAULT_HTTP_PORTS
+from tests.helpers import vigil_up_ports
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -92,10 +93,17 @@ def open_folder() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_vigil_up_runs_the_stack_and_keeps_incidents(tmp_path: Path, open_folder: Path) -> None:
+@pytest.fixture
+def ports() -> Iterator[list[int]]:
+    """`vigil up`'s ports, for this test alone (tests/integration/test_up_interrupted.py also starts it)."""
     ports = [9092, *DEFAULT_HTTP_PORTS.values()]
-    if not all(port_is_free(p) for p in ports):
-        pytest.skip(f"`vigil up` needs its default ports {ports}, and one is in use")
+    with vigil_up_ports():
+        if not all(port_is_free(p) for p in ports):
+            pytest.skip(f"`vigil up` needs its default ports {ports}, and one is in use")
+        yield ports
+
+
+def test_vigil_up_runs_the_stack_and_keeps_incidents(tmp_path: Path, open_folder: Path, ports: list[int]) -> None:
     env = _env(open_folder / "data")
     log = tmp_path / "up.log"
 

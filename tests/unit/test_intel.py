@@ -30,6 +30,7 @@ from services.analyzer.intel import (
     refang,
     verdict_of,
 )
+from shared.events import MAX_ENVELOPE_TEXT, EffectCompleted, EffectOutcome
 from shared.yamlfile import YamlFileError
 
 
@@ -338,6 +339,19 @@ def test_the_shipped_configuration_lists_no_feed_and_a_bad_one_names_its_line() 
         parse_config("feeds:\n  - name: tf\n    confidence: 101\n    format: list\n    path: /x\n")
     with pytest.raises(YamlFileError, match="either path or url"):
         parse_config("feeds:\n  - name: tf\n    format: list\n")
+
+
+def test_a_feed_name_too_long_for_the_subject_of_its_refreshes_is_refused_where_it_is_configured() -> None:
+    # Each refresh of a feed is an effect whose completion is an event about `intel-feed:<name>`.
+    feed = "feeds:\n  - name: {}\n    format: list\n    path: /x\n"
+    longest = "f" * (MAX_ENVELOPE_TEXT - len("intel-feed:"))
+    assert parse_config(feed.format(longest)).feeds[0].name == longest
+    outcome = EffectOutcome(
+        effect_id=1, service="analyzer", kind="intel.feed", key="k", target=longest, status="succeeded", attempts=1
+    )
+    EffectCompleted(source="/vigil/analyzer", subject=f"intel-feed:{longest}", data=outcome)  # a valid event
+    with pytest.raises(YamlFileError, match=rf"intel.yaml:2:11: feeds.0.name: .* at most {len(longest)} characters"):
+        parse_config(feed.format(longest + "f"))
 
 
 def test_entries_are_plain_values() -> None:
