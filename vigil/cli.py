@@ -70,7 +70,8 @@ def _settings() -> VigilSettings:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[red]error:[/red] {escape(message)}")
+    # One line however long (a path, a URL): a script greps it, a log keeps it whole.
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -29,6 +29,8 @@ async def vigil(*args: str) -> Result:
 def failed_cleanly(result: Result, says: str) -> None:
     assert result.exit_code == 1, result.output
     assert says in result.output, result.output
+    # One line, however long what it names: a script greps for it, a log keeps it whole.
+    assert result.output.strip().count("\n") == 0, result.output
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
