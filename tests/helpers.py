@@ -256,9 +256,9 @@ def worker_ports() -> range:
 def vigil_up_ports() -> Iterator[None]:
     """The block runs alone among those that start `vigil up`, which listens on fixed ports (9092, 8080-8084).
 
-    A lock file, not an xdist group: pytest-xdist 3.8 marks a group by renaming each test (``_nodeid``), a
-    name pytest 9 no longer reads, and the grouped tests go to any worker. It also keeps out another
-    pytest run on this machine.
+    The xdist group keeps this suite's such tests on one worker; the lock also keeps out another pytest run on
+    this machine, and holds should a pytest release stop honouring the group again
+    (`tests/unit/test_suite_grouping.py`).
     """
     with (Path(tempfile.gettempdir()) / "vigil-up-ports.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
