@@ -57,6 +57,24 @@ def test_a_named_format_is_used_and_an_unknown_one_refused() -> None:
         (b'{"a": "' + b"x" * (1024 * 1024) + b'"}', "too_large", "limit"),
         (b"[" * 100_000 + b"]" * 100_000, "not_json", "nested too deeply"),  # beyond any parser's depth
     ],
+    # Named: an alert made here has a random id, and each xdist worker must collect the same tests.
+    ids=[
+        "empty",
+        "not-json",
+        "not-utf8",
+        "an-array",
+        "no-format",
+        "bad-severity",
+        "time-without-offset",
+        "unknown-field",
+        "time-in-the-future",
+        "time-before-1970",
+        "nul",
+        "backslash-then-nul",
+        "lone-surrogate",
+        "too-large",
+        "too-deep",
+    ],
 )
 def test_invalid_records_are_refused_with_a_code_and_a_reason(value: bytes, code: str, reason: str) -> None:
     with pytest.raises(Rejected, match=reason) as refused:
