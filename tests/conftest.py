@@ -140,6 +140,9 @@ def within_deadline(test: Callable[..., Awaitable[Any]], seconds: float) -> Call
     return bounded
 
 
+# First: pytest-xdist's own hook turns xdist_group marks into the groups it schedules, and a mark added
+# after it is never seen.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         # Under pytest-xdist (`make test`), the end-to-end tests run one after another on one worker:

@@ -1177,8 +1177,9 @@ def oncall_validate(file: Annotated[Path, typer.Argument(dir_okay=False)]) -> No
     config = _oncall_config(file)
     layers = sum(len(s.layers) for s in config.schedules.values())
     shown = escape(str(file))
-    console.print(
-        f"{shown}: {len(config.schedules)} schedule(s), {layers} layer(s), {len(config.routes)} route(s), valid"
+    console.print(  # one line, however long the path: a script greps for "valid"
+        f"{shown}: {len(config.schedules)} schedule(s), {layers} layer(s), {len(config.routes)} route(s), valid",
+        soft_wrap=True,
     )
 
 

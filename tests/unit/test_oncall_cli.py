@@ -88,9 +88,14 @@ def test_a_broken_file_is_named_by_line(tmp_path: Path) -> None:
 
 
 def test_validate_says_what_the_file_holds(oncall_file: Path) -> None:
-    result = CliRunner().invoke(app, ["oncall", "validate", str(oncall_file)], env={"COLUMNS": "200"})
+    # Deep enough that its path is wider than any terminal: the verdict still comes on one line.
+    deep = oncall_file.parent / ("on-call-files-" * 16) / oncall_file.name
+    deep.parent.mkdir()
+    oncall_file.rename(deep)
+    result = CliRunner().invoke(app, ["oncall", "validate", str(deep)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "2 schedule(s), 2 layer(s), 0 route(s), valid" in result.stdout
+    assert result.stdout.count("\n") == 1, result.stdout  # one line, however long the file's path
 
 
 def test_a_time_that_is_not_one_is_refused(oncall_file: Path) -> None:
