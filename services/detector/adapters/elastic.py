@@ -118,11 +118,11 @@ def document(payload: Any) -> tuple[Mapping[str, Any] | None, str | None]:
 
 def is_detection_alert(doc: Mapping[str, Any]) -> bool:
     """Whether the document is an alert of Elastic Security's detection engine (8.x or a 7.x signal)."""
-    if isinstance(field(doc, "kibana.alert"), Mapping) or any(
+    if isinstance(field(doc, "kibana.alert"), dict) or any(
         isinstance(k, str) and k.startswith("kibana.alert.") for k in doc
     ):
         return True
-    return isinstance(field(doc, "signal.rule"), Mapping)
+    return isinstance(field(doc, "signal.rule"), dict)
 
 
 class Elastic:

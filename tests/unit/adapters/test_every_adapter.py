@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from services.detector.adapters import ADAPTERS, FORMATS, MAX_DEPTH, Adapter, Rejected, parse_record
 from services.detector.repository import alert_json
+from shared.alerts import Alert
 from tests.unit.adapters import (
     test_alertmanager,
     test_crowdstrike,
@@ -157,6 +158,22 @@ def test_a_record_nested_deeper_than_any_tool_writes_is_refused_and_one_within_i
     alerts = parse_record(json.dumps(within).encode(), format_name=adapter.name).alerts
     for alert in alerts:
         assert json.loads(alert_json(alert))["id"] == alert.id
+
+
+@pytest.mark.parametrize("adapter", EVERY_ADAPTER)
+def test_an_alerts_stored_body_is_the_models_own_json_whatever_its_raw_record_holds(adapter: Adapter) -> None:
+    # The body writes the raw record apart from the rest (faster): it must read back as the model's JSON.
+    odd = {"big": 2**70, "ratio": 0.1, "text": 'zé 🚨 \\u0000 "q"', "nested": [{"a": None}, [], {}]}
+    records = [*EXAMPLES[adapter.name], {**EXAMPLES[adapter.name][0], "odd": odd}]
+    if adapter.name == "native":
+        records.append({**EXAMPLES["native"][0], "raw": odd})
+    for record in records:
+        try:
+            alerts = parse_record(json.dumps(record).encode(), format_name=adapter.name).alerts
+        except Rejected:
+            continue  # a format whose records take no other key
+        for alert in alerts:
+            assert json.loads(alert_json(alert)) == json.loads(Alert.__pydantic_serializer__.to_json(alert))
 
 
 def test_a_time_beyond_any_number_a_float_holds_is_refused_not_a_crash() -> None:
