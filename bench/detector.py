@@ -60,6 +60,8 @@ async def bench_detector(infra: Infrastructure, args: argparse.Namespace) -> dic
 def compare(native: dict[str, Any], mixed: dict[str, Any]) -> dict[str, Any]:
     """Mixed formats' throughput as a share of native throughput, and the CPU each alert took."""
     ratio = mixed["alerts_per_s"] / native["alerts_per_s"]
+    cpu_gap = _gap(mixed["detector_cpu_us_per_alert"], native["detector_cpu_us_per_alert"])
+    reading_gap = _gap(mixed["reading_us_per_alert"], native["reading_us_per_alert"])
     return {
         "native_alerts_per_s": native["alerts_per_s"],
         "mixed_alerts_per_s": mixed["alerts_per_s"],
@@ -69,13 +71,25 @@ def compare(native: dict[str, Any], mixed: dict[str, Any]) -> dict[str, Any]:
         "within_limit": 1 - ratio <= FORMATS_COST_LIMIT,
         "native_cpu_us_per_alert": native["detector_cpu_us_per_alert"],
         "mixed_cpu_us_per_alert": mixed["detector_cpu_us_per_alert"],
+        "native_reading_us_per_alert": native["reading_us_per_alert"],
+        "mixed_reading_us_per_alert": mixed["reading_us_per_alert"],
+        # Of the CPU an alert of the mix costs more, what reading its format takes (the rest is carrying it).
+        "reading_share_of_cpu_gap_pct": (
+            round(reading_gap / cpu_gap * 100, 1) if cpu_gap and reading_gap is not None and cpu_gap > 0 else None
+        ),
     }
+
+
+def _gap(mixed: float | None, native: float | None) -> float | None:
+    return None if mixed is None or native is None else mixed - native
 
 
 async def throughput(infra: Infrastructure, args: argparse.Namespace, mode: str) -> dict[str, Any]:
     count: int = args.alerts
     sample = check_generator(args.hosts, args.seed, mode)
     console.log(f"{mode} rendering checked: a sample of {sum(sample.values())} reads back as {sample}")
+    reading = reading_cost(args.hosts, args.seed, mode)
+    console.log(f"the adapters read a {mode} record in {reading['us_per_record']:.1f} us: {reading['by_format']}")
     async with fresh_stage(infra, f"throughput-{mode}") as stage:
         factory = EstateAlerts(hosts=args.hosts, seed=args.seed, prefix="bench")
         with console.status(f"producing {count:,} {mode} alerts to {stage.names(ALERTS_RAW)}"):
@@ -133,7 +147,15 @@ async def throughput(infra: Infrastructure, args: argparse.Namespace, mode: str)
         "outbox_drained_after_s": None if drained_s is None else round(drained_s, 3),
         "detector_cpu_s": None if cpu_s is None else round(cpu_s, 2),
         "detector_cpu_us_per_alert": None if processing_cpu_s is None else round(processing_cpu_s / count * 1e6, 1),
+        "reading_us_per_alert": reading["us_per_record"],
+        "reading_us_by_format": reading["by_format"],
     }
+
+
+def reading_cost(hosts: int, seed: int, mode: str, count: int = 20_000) -> dict[str, Any]:
+    """What the adapters alone take to read a sample of the mode's records, in this process."""
+    factory = EstateAlerts(hosts=hosts, seed=seed + 2, prefix="bench")
+    return formats.reading_cost([factory.make()[1] for _ in range(count)], datetime.now(UTC), mode)
 
 
 # Active while the detector works, as on a real estate: every alert is checked against them (in memory,

@@ -94,6 +94,11 @@ def add_throughput(table: Table, mode: str, throughput: dict[str, Any]) -> None:
     table.add_row("outbox drained after the last alert", fmt(throughput["outbox_drained_after_s"], " s"))
     table.add_row("detector CPU seconds", fmt(throughput["detector_cpu_s"], " s"))
     table.add_row("detector CPU per alert (after start-up)", fmt(throughput["detector_cpu_us_per_alert"], " us"))
+    if (reading := throughput.get("reading_us_per_alert")) is not None:
+        by_format = ", ".join(f"{k} {v:.1f}" for k, v in throughput["reading_us_by_format"].items())
+        table.add_row(
+            "adapters alone per record (no I/O)", f"{reading:.1f} us" + (f" ({by_format})" if mode != "native" else "")
+        )
 
 
 def add_comparison(table: Table, comparison: dict[str, Any]) -> None:
@@ -113,6 +118,13 @@ def add_comparison(table: Table, comparison: dict[str, Any]) -> None:
         "detector CPU per alert mixed / native",
         f"{fmt(comparison['mixed_cpu_us_per_alert'])} / {fmt(comparison['native_cpu_us_per_alert'])} us",
     )
+    if comparison.get("mixed_reading_us_per_alert") is not None:
+        share = comparison.get("reading_share_of_cpu_gap_pct")
+        table.add_row(
+            "adapters alone per record mixed / native",
+            f"{comparison['mixed_reading_us_per_alert']:.1f} / {comparison['native_reading_us_per_alert']:.1f} us"
+            + (f" ({share:.0f}% of the CPU gap)" if share is not None else ""),
+        )
 
 
 def add_baseline(table: Table, baseline: dict[str, Any]) -> None:
