@@ -251,9 +251,12 @@ class Window:
         start: datetime | None = self.recurrence().before(now, inc=True)
         if start is None:
             return None
+        begun = [instant for instant in self._instants(start) if instant <= now]
+        if not begun:
+            return None
         # Its duration is elapsed time, not the local clock's: a clock change during it makes it no shorter
         # or longer (a local datetime plus a timedelta moves the clock face).
-        begins = start.astimezone(UTC)
+        begins = begun[-1]
         ends = begins + self.duration
         return (begins, ends) if now < ends else None
 
@@ -261,8 +264,11 @@ class Window:
         """Return when the next occurrence after ``now`` starts, or None if there is none."""
         if self.rrule is None:
             return self.starts_at if self.starts_at > now else None
-        after: datetime | None = self.recurrence().after(now)
-        return after.astimezone(UTC) if after else None
+        rule = self.recurrence()
+        # The second instant of an hourly occurrence the clock repeated may still be to come.
+        candidates = [rule.before(now, inc=True), rule.after(now)] if self._hourly else [rule.after(now)]
+        starts = [instant for found in candidates if found for instant in self._instants(found) if instant > now]
+        return min(starts, default=None)
 
     def end_after(self, now: datetime) -> datetime | None:
         """When the occurrence in progress ends, else when the next one will; None if none is left."""
@@ -276,6 +282,25 @@ class Window:
     @functools.cached_property
     def _recurrence(self) -> RRule:
         return recurrence(self.rrule or "", self.starts_at, self.time_zone, self.ends_at)
+
+    @functools.cached_property
+    def _hourly(self) -> bool:
+        return bool(self.recurrence()._freq == HOURLY)
+
+    def _instants(self, local: datetime) -> list[datetime]:
+        """The instants an occurrence's local time names, earliest first.
+
+        The rule counts on the local clock, which names the hour the autumn change repeats once; an
+        hourly window means every hour that passes, so there it has both (a day's 25 hours, no hour
+        missing); a daily or slower one happens once, at the first.
+        """
+        first = local.replace(fold=0).astimezone(UTC)
+        if not self._hourly:
+            return [first]
+        second = local.replace(fold=1).astimezone(UTC)
+        if second == first or (self.ends_at is not None and second > self.ends_at):
+            return [first]
+        return sorted((first, second))
 
     def recurrence(self) -> RRule:
         return self._recurrence

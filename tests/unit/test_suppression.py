@@ -165,6 +165,49 @@ def test_an_occurrence_lasts_its_duration_on_the_days_the_clocks_change(day: dat
     assert window.end_after(starts_utc) == starts_utc + timedelta(hours=1)
 
 
+@pytest.mark.parametrize(
+    "day",
+    [datetime(2027, 3, 28, tzinfo=UTC), datetime(2026, 10, 25, tzinfo=UTC)],
+    ids=["spring forward", "fall back"],
+)
+def test_an_hourly_window_covers_every_hour_that_passes_on_the_days_the_clocks_change(day: datetime) -> None:
+    # Ten minutes at the top of every hour in Paris: autumn's repeated hour is an hour too.
+    window = Window(
+        "w5",
+        "hourly job",
+        parse_matchers(["service=checkout"]),
+        datetime(2026, 10, 20, 0, 0, tzinfo=ZoneInfo("Europe/Paris")),
+        rrule="FREQ=HOURLY;BYMINUTE=0",
+        duration=timedelta(minutes=10),
+        time_zone="Europe/Paris",
+    )
+    check_window(window, T0)
+    hours = [day + timedelta(hours=h) for h in range(6)]  # 00:00 to 05:00 UTC, across the change
+    for hour in hours:
+        assert window.occurrence(hour + timedelta(minutes=5)) == (hour, hour + timedelta(minutes=10)), hour
+        assert window.occurrence(hour + timedelta(minutes=15)) is None, hour
+        assert window.next_start(hour - timedelta(minutes=30)) == hour, hour
+        assert window.end_after(hour - timedelta(minutes=30)) == hour + timedelta(minutes=10), hour
+
+
+def test_a_daily_window_at_the_hour_autumn_repeats_happens_once() -> None:
+    # 02:30 in Paris comes twice on 25 October 2026 (00:30 and 01:30 UTC): a daily window opens at the first.
+    window = Window(
+        "w6",
+        "nightly backup",
+        parse_matchers(["service=checkout"]),
+        datetime(2026, 10, 20, 2, 30, tzinfo=ZoneInfo("Europe/Paris")),
+        rrule="FREQ=DAILY",
+        duration=timedelta(minutes=20),
+        time_zone="Europe/Paris",
+    )
+    first = datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
+    assert window.next_start(datetime(2026, 10, 25, tzinfo=UTC)) == first
+    assert window.occurrence(first + timedelta(minutes=5)) == (first, first + timedelta(minutes=20))
+    assert window.occurrence(first + timedelta(hours=1, minutes=5)) is None
+    assert window.next_start(first + timedelta(minutes=30)) == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)
+
+
 def test_a_recurring_window_stops_recurring_at_its_end() -> None:
     window = Window(
         "w3",
