@@ -177,26 +177,10 @@ def _alternation(patterns: Sequence[str]) -> str:
     return "|".join(f"(?:{p})" for p in patterns)
 
 
-_WORD_START = re.compile(r"\w")
-
-
 def keyword_pattern(keywords: Iterable[str]) -> re.Pattern[str]:
-    """One alternation for a rule's keywords: whole words, or any ending after a trailing ``*``.
-
-    The word boundary before a keyword that starts with a letter or digit is checked after its first
-    character (``m(?<!\\w.)alware``, the same as ``\\bmalware``): an alternation that starts with
-    literals lets the regex engine skip to where one could begin, and this is the classifier's hottest line.
-    """
-    parts = []
-    for keyword in keywords:
-        prefix = keyword.endswith("*")
-        body = keyword[:-1] if prefix else keyword
-        end = r"\w*" if prefix else r"\b"
-        if _WORD_START.match(body):
-            parts.append(re.escape(body[0]) + r"(?<!\w.)" + re.escape(body[1:]) + end)
-        else:
-            parts.append(r"\b" + re.escape(body) + end)
-    return re.compile("(?:" + "|".join(parts) + ")")
+    """One alternation for a rule's keywords: whole words, or any ending after a trailing ``*``."""
+    parts = [re.escape(k[:-1]) + r"\w*" if k.endswith("*") else re.escape(k) + r"\b" for k in keywords]
+    return re.compile(r"\b(?:" + "|".join(parts) + ")")
 
 
 class Decision(NamedTuple):

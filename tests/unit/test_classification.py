@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from services.detector import adapters
 from services.detector.classification import (
     CACHED_FORMATS,
     CACHED_SHAPES,
     ClassificationError,
-    keyword_pattern,
     load_rules,
     parse_rules,
     shipped,
@@ -455,20 +451,3 @@ def test_what_the_classifier_remembers_is_bounded_whatever_formats_alerts_name()
         assert rules.classify(alert(title="Port scan", format=f"made-up-{number}")).type is not None
     assert rules._for_format.cache_info().currsize == CACHED_FORMATS
     assert rules._candidates.cache_info().currsize <= CACHED_SHAPES
-
-
-# Words, parts of words and the characters around them that decide a word boundary.
-_PIECES = st.sampled_from(["malware", "leak", "c2", "5xx", "brute", "force", "é", "x", "_", "-", " ", ".", "\n", "9"])
-_KEYWORD = st.lists(_PIECES, min_size=1, max_size=3).map("".join).map(lambda k: k.strip() or "x")
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    keywords=st.lists(st.tuples(_KEYWORD, st.booleans()).map(lambda k: k[0] + "*" * k[1]), min_size=1, max_size=5),
-    text=st.lists(_PIECES, max_size=12).map("".join),
-)
-def test_keywords_match_where_and_what_a_word_bounded_alternation_matches(keywords: list[str], text: str) -> None:
-    parts = [re.escape(k[:-1]) + r"\w*" if k.endswith("*") else re.escape(k) + r"\b" for k in keywords]
-    plain = re.compile(r"\b(?:" + "|".join(parts) + ")")
-    found, expected = keyword_pattern(keywords).search(text), plain.search(text)
-    assert (found and (found.start(), found.group(0))) == (expected and (expected.start(), expected.group(0)))
