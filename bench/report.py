@@ -87,6 +87,8 @@ def add_throughput(table: Table, mode: str, throughput: dict[str, Any]) -> None:
         table.add_row("records by format", ", ".join(f"{k} {v:,}" for k, v in throughput["records_by_format"].items()))
     table.add_row("mean record size", fmt(throughput["mean_record_bytes"], " bytes"))
     table.add_row("detector throughput", fmt(throughput["alerts_per_s"], " alerts/s"))
+    if len(rounds := throughput.get("rounds_alerts_per_s", [])) > 1:
+        table.add_row("each round (median above)", ", ".join(f"{r:,.0f}" for r in rounds))
     table.add_row("processing time", fmt(throughput["processing_s"], " s"))
     table.add_row("start-up to first stored alert", fmt(throughput["startup_to_first_row_s"], " s"))
     table.add_row("incidents opened", fmt(throughput["incidents_opened"]))
@@ -114,6 +116,8 @@ def add_comparison(table: Table, comparison: dict[str, Any]) -> None:
         "throughput the formats cost",
         f"{comparison['formats_cost_pct']:.1f}% ({verdict} the {comparison['limit_pct']:.0f}% limit)",
     )
+    if len(costs := comparison.get("rounds_formats_cost_pct", [])) > 1:
+        table.add_row("each round (median above)", ", ".join(f"{c:.1f}%" for c in costs))
     table.add_row(
         "detector CPU per alert mixed / native",
         f"{fmt(comparison['mixed_cpu_us_per_alert'])} / {fmt(comparison['native_cpu_us_per_alert'])} us",

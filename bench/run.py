@@ -116,6 +116,13 @@ def parse_only(text: str) -> list[str]:
     return [name for name in BENCHMARKS if name in chosen]
 
 
+def rounds(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"at least one round (not {count})")
+    return count
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
@@ -145,6 +152,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--alerts", type=int, default=100_000, help="alerts pre-produced for the detector and the baseline"
     )
     group.add_argument("--hosts", type=int, default=2000, help="hosts the pre-produced alerts are spread over")
+    group.add_argument(
+        "--rounds",
+        type=rounds,
+        default=1,
+        help="runs of each format mode, taken in turn; the median is reported, and mixed against native by round",
+    )
     group.add_argument(
         "--baseline",
         choices=(*baseline.MODES, "both"),
@@ -208,6 +221,7 @@ def parameters(args: argparse.Namespace) -> dict[str, Any]:
         "benchmarks": args.only,
         "alerts": args.alerts,
         "hosts": args.hosts,
+        "rounds": args.rounds,
         "seed": args.seed,
         "formats": {"detector_throughput": args.formats or "both", "end_to_end": args.formats or "native"},
         "consumer_batch_size": settings.consumer_batch_size,
