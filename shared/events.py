@@ -668,7 +668,10 @@ class StepChange(Payload):
     item: str | None = Field(None, description="What a per-item step acts on (an address, a host).")
     connector: str
     action: str
-    from_state: StepState | None
+    from_state: StepState | None = Field(
+        description="None for a step's first change: to `planned`, or straight to `awaiting_approval` when the "
+        "approval policy makes it wait as it is planned, or to `skipped` or `refused`."
+    )
     state: StepState
     actor: str = Field(description="A person, or `responder`, `policy`, `guardrail:<name>`, `timeout`.")
     reason: str = ""

@@ -334,9 +334,12 @@ class Responder:
                     await self._apply_policy(ctx, event, dict(old), facts, targets[step.step], "revised plan", policy)
                 continue
             row = dict(stored[sid])
-            self._announce(ctx, event, row, from_state=None, actor="planner", reason=new[sid].reason)
-            if not new[sid].final:
-                await self._apply_policy(ctx, event, row, facts, targets[step.step], "planned", policy)
+            if new[sid].final:
+                self._announce(ctx, event, row, from_state=None, actor="planner", reason=new[sid].reason)
+            else:
+                await self._apply_policy(
+                    ctx, event, row, facts, targets[step.step], "planned", policy, planned=new[sid].reason
+                )
         await policy.write(ctx.conn)
         reason = f"no longer in the plan ({playbook} at {facts.analysis.severity.value})"
         for sid, old in existing.items():
@@ -353,10 +356,15 @@ class Responder:
         targets: int,
         why: str,
         policy: _PolicyWrites,
+        *,
+        planned: str | None = None,
     ) -> None:
         """Decide, by the approval policy, whether a step that has not started runs, waits, or never runs.
 
         The approval terms and timeouts it sets go to ``policy``, written once the plan's steps are decided.
+        ``planned``: the planner's reason for a step it has just planned and not announced yet. A step the
+        policy makes wait at once (most of a plan's) is announced once, new to awaiting approval, rather
+        than planned and then waiting: half the events of a plan, for every consumer.
         """
         decision = approvals.decide(
             self.execution.policy,
@@ -372,20 +380,29 @@ class Responder:
             ),
         )
         sid, state = row["id"], row["state"]
+
+        def announce_planned() -> None:
+            if planned is not None:
+                self._announce(ctx, cause, row, from_state=None, actor="planner", reason=planned)
+
         if decision.mode == "forbid":
+            announce_planned()
             await self._change(ctx, cause, row, "refused", actor="policy", reason=decision.reason, final=True)
             return
         if decision.mode == "auto":
+            announce_planned()
             if state == "awaiting_approval":
                 policy.cancelled.append(sid)
                 await self._change(ctx, cause, row, "approved", actor="policy", reason=f"{why}: {decision.reason}")
             return
         # Approvals given under other terms count only from the roles these allow.
         if steps.approved_enough(decision.approvals, row["approvals"], decision.roles):
+            announce_planned()
             if state != "approved":
                 await self._change(ctx, cause, row, "approved", actor="policy", reason=f"{why}: approved already")
             return
         if state == "awaiting_approval" and _same_terms(row, decision):
+            announce_planned()
             return  # waiting on the same terms: its deadline stands, counted from when it was first asked
         deadline = utcnow() + timedelta(seconds=decision.timeout_s) if decision.timeout_s else None
         waits = state != "awaiting_approval"  # if not waiting yet, it starts to, in the same statement
@@ -406,7 +423,10 @@ class Responder:
             policy.cancelled.append(sid)
         if waits:
             row["state"] = "awaiting_approval"
-            self._announce(ctx, cause, row, from_state=state, actor="policy", reason=decision.reason)
+            if planned is not None:  # new, and waiting from the start: one change
+                self._announce(ctx, cause, row, from_state=None, actor="policy", reason=f"{planned}; {decision.reason}")
+            else:
+                self._announce(ctx, cause, row, from_state=state, actor="policy", reason=decision.reason)
 
     # ---- approvals --------------------------------------------------------------------------
 

@@ -683,6 +683,27 @@ async def test_an_answer_to_every_item_of_a_step_applies_to_all_or_is_rejected_c
     }
 
 
+async def test_a_step_the_policy_makes_wait_as_it_is_planned_is_announced_once(
+    settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
+) -> None:
+    responder = responder_for(pool, None)
+    await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-one", data=analysis(Severity.SEV2)))
+    changes: dict[str, list[tuple[str | None, str, str]]] = {}
+    for e in await step_events(pool):
+        changes.setdefault(e.data.step, []).append((e.data.from_state, e.data.state, e.data.actor))
+    # Isolating waits for two approvals from the start: one change, not planned and then waiting.
+    assert changes["isolate"] == [(None, "awaiting_approval", "policy")]
+    [waiting] = [e.data for e in await step_events(pool) if e.data.step == "isolate"]
+    assert waiting.reason.startswith("planned by ") and "; " in waiting.reason
+    assert changes["block"] == [(None, "planned", "planner")]  # the policy lets it run: planned, as before
+    # The step's own log keeps both changes.
+    log = await pool.fetch(
+        "SELECT from_state, to_state FROM responder_step_log WHERE step_id = $1 ORDER BY at, id",
+        (await fetch_one(pool, "SELECT id FROM responder_steps WHERE step = 'isolate'"))["id"],
+    )
+    assert [(r["from_state"], r["to_state"]) for r in log] == [(None, "planned"), ("planned", "awaiting_approval")]
+
+
 async def test_operators_list_and_answer_steps_over_the_api(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
