@@ -165,6 +165,19 @@ def test_an_occurrence_lasts_its_duration_on_the_days_the_clocks_change(day: dat
     assert window.end_after(starts_utc) == starts_utc + timedelta(hours=1)
 
 
+def checkout_in_paris(window_id: str, starts: datetime, rrule: str, *, minutes: int) -> Window:
+    """A recurring window for the checkout service from ``starts`` (local time in Paris), ``minutes`` long."""
+    return Window(
+        window_id,
+        f"checkout {rrule}",
+        parse_matchers(["service=checkout"]),
+        starts.replace(tzinfo=ZoneInfo("Europe/Paris")),
+        rrule=rrule,
+        duration=timedelta(minutes=minutes),
+        time_zone="Europe/Paris",
+    )
+
+
 @pytest.mark.parametrize(
     "day",
     [datetime(2027, 3, 28, tzinfo=UTC), datetime(2026, 10, 25, tzinfo=UTC)],
@@ -172,15 +185,7 @@ def test_an_occurrence_lasts_its_duration_on_the_days_the_clocks_change(day: dat
 )
 def test_an_hourly_window_covers_every_hour_that_passes_on_the_days_the_clocks_change(day: datetime) -> None:
     # Ten minutes at the top of every hour in Paris: autumn's repeated hour is an hour too.
-    window = Window(
-        "w5",
-        "hourly job",
-        parse_matchers(["service=checkout"]),
-        datetime(2026, 10, 20, 0, 0, tzinfo=ZoneInfo("Europe/Paris")),
-        rrule="FREQ=HOURLY;BYMINUTE=0",
-        duration=timedelta(minutes=10),
-        time_zone="Europe/Paris",
-    )
+    window = checkout_in_paris("w5", datetime(2026, 10, 20, 0, 0), "FREQ=HOURLY;BYMINUTE=0", minutes=10)
     check_window(window, T0)
     hours = [day + timedelta(hours=h) for h in range(6)]  # 00:00 to 05:00 UTC, across the change
     for hour in hours:
@@ -192,15 +197,7 @@ def test_an_hourly_window_covers_every_hour_that_passes_on_the_days_the_clocks_c
 
 def test_a_daily_window_at_the_hour_autumn_repeats_happens_once() -> None:
     # 02:30 in Paris comes twice on 25 October 2026 (00:30 and 01:30 UTC): a daily window opens at the first.
-    window = Window(
-        "w6",
-        "nightly backup",
-        parse_matchers(["service=checkout"]),
-        datetime(2026, 10, 20, 2, 30, tzinfo=ZoneInfo("Europe/Paris")),
-        rrule="FREQ=DAILY",
-        duration=timedelta(minutes=20),
-        time_zone="Europe/Paris",
-    )
+    window = checkout_in_paris("w6", datetime(2026, 10, 20, 2, 30), "FREQ=DAILY", minutes=20)
     first = datetime(2026, 10, 25, 0, 30, tzinfo=UTC)
     assert window.next_start(datetime(2026, 10, 25, tzinfo=UTC)) == first
     assert window.occurrence(first + timedelta(minutes=5)) == (first, first + timedelta(minutes=20))
