@@ -69,8 +69,10 @@ def is_retriable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc):
         return True  # the pool's connection went away with the server
-    if isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc):
-        return True  # the pool resetting a connection the server dropped in the middle of a query
+    if isinstance(exc, asyncpg.InternalClientError | asyncpg.InterfaceError) and "another operation" in str(exc):
+        # The pool resetting (or a COPY starting on) a connection the server dropped in the middle of a
+        # query: the client says so in either class, depending on where it notices.
+        return True
     if isinstance(exc, FileNotFoundError) and exc.filename is None:
         return True  # a Unix socket that is not there: the local server is down (a missing file names itself)
     return isinstance(exc, ConnectionError | TimeoutError | socket.gaierror)

@@ -25,7 +25,10 @@ def test_a_missing_file_is_a_bug_and_not_retried(tmp_path: Path) -> None:
 
 def test_a_pool_resetting_a_dropped_connection_is_retried_and_other_client_errors_are_not() -> None:
     assert is_retriable(asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"))
+    # The same, noticed as the pool rolls the connection back (a Postgres restart cut an outbox COPY).
+    assert is_retriable(asyncpg.InterfaceError("cannot perform operation: another operation is in progress"))
     assert not is_retriable(asyncpg.InternalClientError("something else went wrong"))
+    assert not is_retriable(asyncpg.InterfaceError("the server does not support this"))
 
 
 def test_a_batch_raced_by_another_replica_runs_again_and_a_plain_unique_violation_does_not() -> None:
