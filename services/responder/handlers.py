@@ -423,7 +423,8 @@ class Responder:
             policy.cancelled.append(sid)
         if waits:
             row["state"] = "awaiting_approval"
-            if planned is not None:  # new, and waiting from the start: one change
+            if planned is not None:  # new, and waiting from the start: one change (it was planned all the same)
+                metrics.STEPS.labels("planned").inc()
                 self._announce(ctx, cause, row, from_state=None, actor="policy", reason=f"{planned}; {decision.reason}")
             else:
                 self._announce(ctx, cause, row, from_state=state, actor="policy", reason=decision.reason)

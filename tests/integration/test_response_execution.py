@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY
 
 from services.coordinator.handlers import Coordinator
 from services.coordinator.service import load_oncall
-from services.responder import api, blocklist, domain, guardrails, repository
+from services.responder import api, blocklist, domain, guardrails, metrics, repository
 from services.responder.approvals import parse_policy
 from services.responder.connectors import load_connectors, parse_connectors_config
 from services.responder.guardrails import RateLimiter, parse_guardrails
@@ -687,7 +687,11 @@ async def test_a_step_the_policy_makes_wait_as_it_is_planned_is_announced_once(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames
 ) -> None:
     responder = responder_for(pool, None)
+    counted = metrics.STEPS.labels("planned")._value.get()
     await handle(pool, names, responder, IncidentAnalyzed(source="/t", subject="inc-one", data=analysis(Severity.SEV2)))
+    # Every step entered planned, whether or not its event says so.
+    planned = await pool.fetchval("SELECT count(*) FROM responder_step_log WHERE to_state = 'planned'")
+    assert metrics.STEPS.labels("planned")._value.get() - counted == planned > 1
     changes: dict[str, list[tuple[str | None, str, str]]] = {}
     for e in await step_events(pool):
         changes.setdefault(e.data.step, []).append((e.data.from_state, e.data.state, e.data.actor))
