@@ -91,6 +91,9 @@ class HandlerContext:
     audited: list[AuditNote] = field(default_factory=list)
     # What handlers read once per batch (configuration, a feed's state), by name: see ``once``.
     read: dict[str, Any] = field(default_factory=dict)
+    # emitted[:fold_floor] was queued before the latest savepoint: ``emit_folded`` never changes it, so
+    # that a rolled-back savepoint takes all it added with it (``drop_since`` only cuts the list).
+    fold_floor: int = 0
 
     async def once(self, name: str, read: Callable[[], Awaitable[R]]) -> R:
         """``read()``'s answer, asked once per batch: for what may change between batches but need not
@@ -103,6 +106,14 @@ class HandlerContext:
     def emit(self, event: EventBase) -> None:
         """Queue an event for the outbox; it is written in this transaction."""
         self.emitted.append(event)
+
+    def emit_folded(self, event: EventBase, fold: Callable[[EventBase, EventBase], EventBase | None]) -> None:
+        """Queue an event, or fold it into the one queued last when ``fold(last, event)`` gives the two as
+        one (None: they are not one): a handler's run of like changes goes out as one event."""
+        if len(self.emitted) > self.fold_floor and (folded := fold(self.emitted[-1], event)) is not None:
+            self.emitted[-1] = folded
+        else:
+            self.emitted.append(event)
 
     def audit(
         self,
@@ -128,6 +139,7 @@ class HandlerContext:
 
     def mark(self) -> tuple[int, int]:
         """Where the queues stand, to drop what a rolled-back savepoint queued (``drop_since``)."""
+        self.fold_floor = len(self.emitted)
         return len(self.emitted), len(self.audited)
 
     def drop_since(self, mark: tuple[int, int]) -> None:

@@ -684,6 +684,20 @@ class StepChange(Payload):
     result: dict[str, Any] | None = None
 
 
+# How many changes one step-changes event carries at most: a plan of thousands of items is published
+# in events of this many, each well below the broker's message size (a folded change has no `sent` or
+# `result`, so it is a few hundred bytes, its reason at most 2,000 characters).
+MAX_STEP_CHANGES = 100
+
+
+class StepChanges(Payload):
+    """What one cause did to an incident's response steps, in the order it did it: a plan's steps as it
+    decided them (planned, waiting for approval, skipped), an approval's, a deadline's. Each change is a
+    `vigil.response.step_changed.v1` event's data."""
+
+    changes: list[StepChange] = Field(min_length=1)
+
+
 ValidationOutcome = Literal["validated", "failed", "unchecked"]
 
 
@@ -1102,8 +1116,27 @@ class ResponsePlanned(EventBase):
 
 
 class ResponseStepChanged(EventBase):
+    """One step's change. The responder now publishes `vigil.response.step_changed.v2`; consumers still read
+    this version, which earlier responders published and which a topic may still hold."""
+
     type: Literal["vigil.response.step_changed.v1"] = "vigil.response.step_changed.v1"
     data: StepChange
+
+    @property
+    def changes(self) -> list[StepChange]:
+        return [self.data]
+
+
+class ResponseStepsChanged(EventBase):
+    """A run of step changes with one cause, as one event: a plan's dozens of step decisions are one
+    message for the broker and each consumer, not dozens."""
+
+    type: Literal["vigil.response.step_changed.v2"] = "vigil.response.step_changed.v2"
+    data: StepChanges
+
+    @property
+    def changes(self) -> list[StepChange]:
+        return self.data.changes
 
 
 class ResponseStepValidated(EventBase):
@@ -1276,6 +1309,7 @@ Event = Annotated[
     | IncidentAnalyzed
     | ResponsePlanned
     | ResponseStepChanged
+    | ResponseStepsChanged
     | ResponseStepValidated
     | ResponseLeaseChanged
     | ContainmentIneffective
@@ -1320,6 +1354,7 @@ EVENT_CLASSES: tuple[type[EventBase], ...] = (
     IncidentAnalyzed,
     ResponsePlanned,
     ResponseStepChanged,
+    ResponseStepsChanged,
     ResponseStepValidated,
     ResponseLeaseChanged,
     ContainmentIneffective,

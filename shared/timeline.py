@@ -46,9 +46,11 @@ from shared.events import (
     ResponseLeaseChanged,
     ResponsePlanned,
     ResponseStepChanged,
+    ResponseStepsChanged,
     ResponseStepValidated,
     RollbackOffered,
     RunStep,
+    StepChange,
     TaskCompleted,
     TasksCancelled,
     TasksCreated,
@@ -126,10 +128,10 @@ def timeline_entry(event: EventBase) -> TimelineEntry:
             )
         case ResponseStepChanged(data=d):
             actor = d.actor
-            what = f"{d.name}: {d.item}" if d.item else d.name
-            summary = f"step {what!r} {d.state.replace('_', ' ')}" + (f": {d.reason}" if d.reason else "")
-            if d.state == "failed" and d.on_failure == "escalate":
-                summary += " (its playbook escalates this failure)"
+            summary = _step_changed(d)
+        case ResponseStepsChanged(data=d):
+            actor = ", ".join(dict.fromkeys(c.actor for c in d.changes))
+            summary = _steps_changed(d.changes)
         case ResponseStepValidated(data=d):
             what = f"{d.name}: {d.item}" if d.item else d.name
             done = "undo of step" if d.of == "undo" else "step"
@@ -273,6 +275,45 @@ def _alerts_changed(
     return f"{'; '.join(said) or 'alerts unchanged'}; {firing} of {alert_count} still firing"
 
 
+def _step_changed(change: StepChange) -> str:
+    """`step 'block address: 203.0.113.7' awaiting approval: containment needs approval`."""
+    summary = f"step {_step_named(change)!r} {change.state.replace('_', ' ')}"
+    summary += f": {change.reason}" if change.reason else ""
+    if change.state == "failed" and change.on_failure == "escalate":
+        summary += " (its playbook escalates this failure)"
+    return summary
+
+
+def _steps_changed(changes: Sequence[StepChange]) -> str:
+    """One cause's step changes, grouped by the state they went to and why: `12 steps changed: 10
+    awaiting approval ('block address: 203.0.113.7', … and 7 more): …; 2 planned (…)`."""
+    if len(changes) == 1:
+        return _step_changed(changes[0])
+    groups: dict[tuple[str, str], list[StepChange]] = {}
+    for change in changes:
+        groups.setdefault((change.state, change.reason), []).append(change)
+    parts = []
+    for (state, reason), group in list(groups.items())[:REASONS_NAMED]:
+        named = _listing([repr(_step_named(c)) for c in group[:KEYS_NAMED]], len(group))
+        part = f"{len(group)} {state.replace('_', ' ')} ({named})"
+        part += f": {_cut(reason)}" if reason else ""
+        if escalating := sum(c.state == "failed" and c.on_failure == "escalate" for c in group):
+            part += f" ({escalating} escalated by their playbook)"
+        parts.append(part)
+    if len(groups) > REASONS_NAMED:
+        rest = sum(len(group) for group in list(groups.values())[REASONS_NAMED:])
+        parts.append(f"and {rest} more")
+    return f"{len(changes)} steps changed: " + "; ".join(parts)
+
+
+def _step_named(change: StepChange) -> str:
+    return f"{change.name}: {change.item}" if change.item else change.name
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
+
+
 def _why_joined(alerts: Sequence[AlertSummary]) -> str:
     """Say why alerts joined their incident, naming a few distinct reasons: `` (rule r: user=alice)``."""
     reasons = list(dict.fromkeys(_reason(a.correlation) for a in alerts if a.correlation is not None))
@@ -290,7 +331,7 @@ def _reason(correlation: AlertCorrelation) -> str:
         said = f"entity {values}" if values else "entity"
     else:
         said = f"rule {correlation.rule}" + (f": {values}" if values else "")
-    return said if len(said) <= REASON_CHARS else said[: REASON_CHARS - 1] + "…"
+    return _cut(said)
 
 
 def _watched(watch: ContainmentWatch) -> str:

@@ -103,6 +103,7 @@ RESPONSES = Topic(
     consumers=("coordinator", "reporter"),
     event_types=(
         "vigil.response.planned.v1",
+        "vigil.response.step_changed.v2",
         "vigil.response.step_changed.v1",
         "vigil.response.step_validated.v1",
         "vigil.response.lease_changed.v1",

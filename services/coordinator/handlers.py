@@ -70,6 +70,7 @@ from shared.events import (
     ResponseLeaseChanged,
     ResponsePlanned,
     ResponseStepChanged,
+    ResponseStepsChanged,
     ResponseStepValidated,
     RollbackOffer,
     RollbackOffered,
@@ -183,6 +184,7 @@ class Coordinator:
                 AddNote: self.on_command,
                 AssignRole: self.on_command,
                 ResponseStepChanged: self.on_step_changed,
+                ResponseStepsChanged: self.on_step_changed,
                 ResponseStepValidated: self.on_step_validated,
                 ResponseLeaseChanged: self.on_lease_changed,
                 ContainmentIneffective: self.on_containment,
@@ -194,7 +196,11 @@ class Coordinator:
             },
             # Step changes are the commonest event by far: a run of them is recorded in one round trip; a
             # run of incident updates has its incidents locked and read in one.
-            runs={ResponseStepChanged: self.record_steps, IncidentUpdated: self.lock_updated},
+            runs={
+                ResponseStepChanged: self.record_steps,
+                ResponseStepsChanged: self.record_steps,
+                IncidentUpdated: self.lock_updated,
+            },
         )
         self.timer_handlers: dict[str, timers.TimerHandler] = {
             ACK_DEADLINE: self.on_ack_deadline,
@@ -468,7 +474,9 @@ class Coordinator:
         )
         log.info("incident %s: all alerts resolved; suggested %s resolves it", event.subject, row["commander"])
 
-    async def record_steps(self, ctx: HandlerContext, events: Sequence[ResponseStepChanged]) -> None:
+    async def record_steps(
+        self, ctx: HandlerContext, events: Sequence[ResponseStepChanged | ResponseStepsChanged]
+    ) -> None:
         """Each step of a runbook phase as it stands (the lifecycle's guards and the overdue timers read
         them), for a run of step changes in one pipelined round trip, in their order; and, in one more, the
         timer of each such step not done yet that has a due time: its owner is told when it is overdue (the
@@ -477,7 +485,8 @@ class Coordinator:
         And the incidents of the run's steps that wait for approval or failed (``on_step_changed`` reads
         each, under its lock): in one round trip, in one order, rather than one per step.
         """
-        asking = sorted({e.subject for e in events if e.data.state in STEP_STATES_READ})
+        changes = [(e.subject, change) for e in events for change in e.changes]
+        asking = sorted({subject for subject, change in changes if change.state in STEP_STATES_READ})
         rows = (
             await ctx.conn.fetch(
                 f"""SELECT incident_id, {STEP_INCIDENT_COLUMNS} FROM coordinator_incidents
@@ -489,13 +498,13 @@ class Coordinator:
         )
         # Read again for every run: a run re-run in its own savepoint (another event refused) lost its locks.
         ctx.read[STEP_INCIDENTS] = dict.fromkeys(asking) | {row["incident_id"]: row for row in rows}
-        phased = [e for e in events if e.data.phase is not None]
+        phased = [(subject, change) for subject, change in changes if change.phase is not None]
         if not phased:
             return
         due = {  # a step's latest change in the run sets its timer
-            f"{e.subject}|{e.data.step_id}": e.data.due_at
-            for e in phased
-            if e.data.due_at is not None and e.data.state not in lifecycle.STEP_DONE | lifecycle.STEP_BAD
+            f"{subject}|{change.step_id}": change.due_at
+            for subject, change in phased
+            if change.due_at is not None and change.state not in lifecycle.STEP_DONE | lifecycle.STEP_BAD
         }
         await timers.schedule_many(ctx.conn, service=SERVICE, kind=STEP_DUE, due=due)
         await ctx.conn.executemany(
@@ -506,23 +515,28 @@ class Coordinator:
                              owner = excluded.owner, updated_at = now()""",
             [
                 (
-                    e.subject,
-                    e.data.step_id,
-                    e.data.phase,
-                    e.data.state,
-                    e.data.required,
-                    e.data.name + (f": {e.data.item}" if e.data.item else ""),
-                    e.data.owner,
+                    subject,
+                    change.step_id,
+                    change.phase,
+                    change.state,
+                    change.required,
+                    change.name + (f": {change.item}" if change.item else ""),
+                    change.owner,
                 )
-                for e in phased
+                for subject, change in phased
             ],
         )
 
-    async def on_step_changed(self, ctx: HandlerContext, event: ResponseStepChanged) -> None:
-        """A response step failed and its playbook says escalate: page the commander again, saying which.
+    async def on_step_changed(self, ctx: HandlerContext, event: ResponseStepChanged | ResponseStepsChanged) -> None:
+        """Each of the event's step changes, in order (``on_step``)."""
+        for step in event.changes:
+            await self.on_step(ctx, event, step)
+
+    async def on_step(self, ctx: HandlerContext, event: EventBase, step: StepChange) -> None:
+        """A message step sent is relayed; a step waiting for approval asks the commander; a response step
+        that failed and whose playbook says escalate pages the commander again, saying which.
 
         Its state and its due timer are recorded already (``record_steps``)."""
-        step = event.data
         if step.connector == "notify" and step.state == "succeeded":
             await self._relay_message(ctx, event.subject, step)
             return

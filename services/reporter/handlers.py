@@ -37,6 +37,7 @@ from shared.events import (
     IncidentUpdated,
     ResponsePlanned,
     ResponseStepChanged,
+    ResponseStepsChanged,
     ResponseStepValidated,
     TaskCompleted,
     TasksCancelled,
@@ -196,9 +197,11 @@ async def on_state_changed(ctx: HandlerContext, event: IncidentStateChanged) -> 
     )
 
 
-async def on_steps_changed(ctx: HandlerContext, events: Sequence[ResponseStepChanged]) -> None:
+async def on_steps_changed(ctx: HandlerContext, events: Sequence[ResponseStepChanged | ResponseStepsChanged]) -> None:
     """A run of step changes (the commonest event by far) in one round trip."""
-    await repository.apply_steps(ctx.conn, changes=[(e.subject, e.data, e.time) for e in events])
+    await repository.apply_steps(
+        ctx.conn, changes=[(e.subject, change, e.time) for e in events for change in e.changes]
+    )
 
 
 async def on_validated(ctx: HandlerContext, event: ResponseStepValidated) -> None:
@@ -276,6 +279,7 @@ RUN_PROJECTIONS: dict[type[Item], RunProjection] = {
     IncidentAnalyzed: on_analyses,
     ResponsePlanned: on_plans,
     ResponseStepChanged: on_steps_changed,
+    ResponseStepsChanged: on_steps_changed,
 }
 PROJECTIONS: dict[type[Item], Projection] = {
     IncidentAlertsChanged: on_alerts_changed,

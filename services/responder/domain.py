@@ -16,7 +16,17 @@ from services.responder.playbook import (
     plan_on_demand,
     plan_steps,
 )
-from shared.events import Analysis, IncidentType, PlannedAction, ResponsePlan, Severity
+from shared.events import (
+    MAX_STEP_CHANGES,
+    Analysis,
+    EventBase,
+    IncidentType,
+    PlannedAction,
+    ResponsePlan,
+    ResponseStepsChanged,
+    Severity,
+    StepChanges,
+)
 
 __all__ = [
     "MAX_PLANNED_ACTIONS",
@@ -222,3 +232,20 @@ def on_demand(
     if lease_s is not None:
         planned = planned.model_copy(update={"lease_s": lease_s})
     return playbook, planned
+
+
+def fold_step_changes(last: EventBase, new: EventBase) -> ResponseStepsChanged | None:
+    """``last`` with ``new``'s step changes after its own, when the two are one cause's changes to one
+    incident's steps that fit one event; None when they are not.
+
+    A change that says what was sent or what came back (an action's outcome, up to kilobytes each) is
+    published alone, and an event holds at most MAX_STEP_CHANGES: each stays far below the broker's limit.
+    """
+    if not (isinstance(last, ResponseStepsChanged) and isinstance(new, ResponseStepsChanged)):
+        return None
+    if (last.subject, last.causationid, last.correlationid) != (new.subject, new.causationid, new.correlationid):
+        return None
+    changes = [*last.data.changes, *new.data.changes]
+    if len(changes) > MAX_STEP_CHANGES or any(c.sent is not None or c.result is not None for c in changes):
+        return None
+    return last.model_copy(update={"data": StepChanges(changes=changes)})

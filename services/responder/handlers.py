@@ -2,7 +2,7 @@
 
 Every change to an incident's steps — a new or revised plan, an approval or denial, an approval
 timing out, an action's outcome — runs under the incident's lock, records the step's new state
-with who or what caused it, emits a ``ResponseStepChanged`` event, and then asks the ordering
+with who or what caused it, publishes it (one cause's changes in one ``ResponseStepsChanged``), and asks the ordering
 rules (``steps.advance``) what runs next. An action is never executed here: it is enqueued as an
 effect in the same transaction, and the effects runner executes it after commit, at most once per
 step id, which the far side sees as the idempotency key.
@@ -50,11 +50,12 @@ from shared.events import (
     LeaseChange,
     ResponseLeaseChanged,
     ResponsePlanned,
-    ResponseStepChanged,
+    ResponseStepsChanged,
     ResponseStepValidated,
     RunStep,
     Severity,
     StepChange,
+    StepChanges,
     StepValidation,
     ValidationOutcome,
     WatchedEntity,
@@ -1412,33 +1413,32 @@ class Responder:
         metrics.STEPS.labels(to_state).inc()
         if to_state in metrics.ACTION_OUTCOMES:
             metrics.ACTIONS.labels(row.get("connector") or "none", to_state).inc()
-        ctx.emit(
-            ResponseStepChanged(
-                source=SOURCE,
-                **_caused_by(cause, row["incident_id"]),
-                data=StepChange(
-                    step_id=row["id"],
-                    plan_id=row["plan_id"],
-                    step=row["step"],
-                    phase=row["phase"],
-                    name=row["name"],
-                    item=row["item"],
-                    connector=row["connector"],
-                    action=row["action"],
-                    from_state=from_state,
-                    state=to_state,  # type: ignore[arg-type]  # one of steps.State
-                    actor=actor,
-                    reason=reason[:2000],
-                    on_failure=row["on_failure"],
-                    required=row.get("required", True),
-                    owner=row.get("owner"),
-                    due_at=row.get("due_at"),
-                    dry_run=bool(row["dry_run"]) or self.execution.dry_run,
-                    sent=bound_result(sent) if sent is not None else None,
-                    result=bound_result(result) if result is not None else None,
-                ),
-            )
+        change = StepChange(
+            step_id=row["id"],
+            plan_id=row["plan_id"],
+            step=row["step"],
+            phase=row["phase"],
+            name=row["name"],
+            item=row["item"],
+            connector=row["connector"],
+            action=row["action"],
+            from_state=from_state,
+            state=to_state,  # type: ignore[arg-type]  # one of steps.State
+            actor=actor,
+            reason=reason[:2000],
+            on_failure=row["on_failure"],
+            required=row.get("required", True),
+            owner=row.get("owner"),
+            due_at=row.get("due_at"),
+            dry_run=bool(row["dry_run"]) or self.execution.dry_run,
+            sent=bound_result(sent) if sent is not None else None,
+            result=bound_result(result) if result is not None else None,
         )
+        # One cause's run of changes (a plan's dozens of step decisions) goes out as one event.
+        event = ResponseStepsChanged(
+            source=SOURCE, **_caused_by(cause, row["incident_id"]), data=StepChanges(changes=[change])
+        )
+        ctx.emit_folded(event, domain.fold_step_changes)
 
     async def _log_only(self, ctx: HandlerContext, row: dict[str, Any], *, actor: str, reason: str) -> None:
         """Log something that happened to a step without changing its state (one of several approvals)."""

@@ -25,6 +25,7 @@ from shared.events import (
     IncidentStateChanged,
     ResponsePlanned,
     ResponseStepChanged,
+    ResponseStepsChanged,
 )
 from shared.kafka import group_id
 from shared.settings import SERVICE_NAMES, VigilSettings
@@ -131,23 +132,24 @@ async def account_alerts(book: Accounting, conn: asyncpg.Connection, settings: V
 # ---- incidents and their events --------------------------------------------------------------------
 
 
-def natural_key(event: Event) -> tuple[object, ...] | None:
-    """What makes an event the one it is, apart from its id: two ids with one natural key are a duplicate."""
+def natural_keys(event: Event) -> list[tuple[object, ...]]:
+    """What makes each thing an event says the one it is, apart from the event's id: two ids with one
+    natural key are a duplicate. A step-changes event says several things, one per change."""
     match event:
         case IncidentDetected():
-            return ("detected", event.subject)
+            return [("detected", event.subject)]
         case ResponsePlanned():
-            return ("planned", event.data.plan_id)
+            return [("planned", event.data.plan_id)]
         case IncidentEscalated():
-            return ("escalated", event.subject, event.data.commander, event.data.reason)
+            return [("escalated", event.subject, event.data.commander, event.data.reason)]
         case IncidentStateChanged():
-            return ("state", event.subject, event.data.from_state, event.data.to_state, event.data.command_id)
-        case ResponseStepChanged():
-            return ("step", event.data.step_id, event.data.from_state, event.data.state)
+            return [("state", event.subject, event.data.from_state, event.data.to_state, event.data.command_id)]
+        case ResponseStepChanged() | ResponseStepsChanged():
+            return [("step", change.step_id, change.from_state, change.state) for change in event.changes]
         case EffectCompleted():
-            return ("effect", event.data.service, event.data.kind, event.data.key)
+            return [("effect", event.data.service, event.data.kind, event.data.key)]
         case _:
-            return None
+            return []
 
 
 async def read_events(settings: VigilSettings) -> list[Event]:
@@ -175,7 +177,7 @@ async def account_incidents(book: Accounting, conn: asyncpg.Connection, settings
 
     twins: dict[tuple[object, ...], set[str]] = defaultdict(set)
     for event in unique:
-        if (key := natural_key(event)) is not None:
+        for key in natural_keys(event):
             twins[key].add(event.id)
     doubled = sorted((key for key, ids in twins.items() if len(ids) > 1), key=str)
     book.expect("events done twice (two ids, one meaning)", 0, len(doubled), f"e.g. {doubled[:5]}")

@@ -29,8 +29,10 @@ from shared.events import (
     IncidentUpdated,
     OpenedTask,
     ResponseStepChanged,
+    ResponseStepsChanged,
     StateChange,
     StepChange,
+    StepChanges,
     TaskCompleted,
     TaskDone,
     TasksCancelled,
@@ -125,9 +127,15 @@ async def test_every_event_lands_as_history_and_on_the_timeline(
         _state(30, IncidentState.CONTAINED),
         _state(45, IncidentState.RESOLVED, note="blocked and verified", resolution="fixed"),
     ]
-    steps = [
-        _step(10, "approved", "alice"),
-        _step(12, "running", "responder"),
+    # One approval's changes as the responder publishes them now (one event), then one as an earlier one did.
+    approved, running = _step(10, "approved", "alice").data, _step(10, "running", "responder").data
+    steps: list[EventBase] = [
+        ResponseStepsChanged(
+            source="/vigil/responder",
+            subject=INCIDENT,
+            time=T0 + timedelta(minutes=10),
+            data=StepChanges(changes=[approved, running]),
+        ),
         _step(13, "succeeded", "responder", result={"blocked": True}),
     ]
     await produce(settings, names(INCIDENTS), [_record(detected), _record(detected)])  # the second: a redelivery
@@ -142,7 +150,7 @@ async def test_every_event_lands_as_history_and_on_the_timeline(
         decoder=reporter.decode,
         handler=reporter.handle,
     ):
-        await eventually(lambda: pool.fetchval("SELECT count(*) = 8 FROM reporter_history"))
+        await eventually(lambda: pool.fetchval("SELECT count(*) = 7 FROM reporter_history"))
         await eventually(lambda: pool.fetchval("SELECT count(*) FROM reporter_actions WHERE state = 'succeeded'"))
 
     async with pool.acquire() as conn:
@@ -159,6 +167,11 @@ async def test_every_event_lands_as_history_and_on_the_timeline(
     assert (timedelta(minutes=2), "alice", "state new -> acknowledged") in lines
     assert (timedelta(minutes=45), "alice", "state new -> resolved (fixed): blocked and verified") in lines
     assert (timedelta(minutes=13), "responder", "step 'Block the address: 203.0.113.9' succeeded") in lines
+    assert (
+        timedelta(minutes=10),
+        "alice, responder",
+        "2 steps changed: 1 approved ('Block the address: 203.0.113.9'); 1 running ('Block the address: 203.0.113.9')",
+    ) in lines
     assert lines[-1] == (
         timedelta(minutes=50),
         "bob",

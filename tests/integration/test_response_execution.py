@@ -53,10 +53,12 @@ from shared.events import (
     Indicator,
     MergeRecord,
     ResponseStepChanged,
+    ResponseStepsChanged,
     Severity,
     StateChange,
     StepAnswer,
     StepChange,
+    StepChanges,
 )
 from shared.service import Runtime, build_app
 from shared.settings import VigilSettings
@@ -262,12 +264,18 @@ async def states(pool: asyncpg.Pool, incident: str) -> dict[str, str]:
     return {r["step"] + (f" {r['item']}" if r["item"] else ""): r["state"] for r in rows}
 
 
-async def step_events(pool: asyncpg.Pool) -> list[ResponseStepChanged]:
+async def step_events(pool: asyncpg.Pool) -> list[ResponseStepsChanged]:
     from shared import cloudevents
 
     rows = await pool.fetch("SELECT value, headers FROM outbox WHERE service = 'responder' ORDER BY id")
     events = [cloudevents.decode(r["value"], [(n, v.encode()) for n, v in r["headers"]]) for r in rows]
-    return [e for e in events if isinstance(e, ResponseStepChanged)]
+    assert not any(isinstance(e, ResponseStepChanged) for e in events)  # a step's change goes out as v2
+    return [e for e in events if isinstance(e, ResponseStepsChanged)]
+
+
+async def step_changes(pool: asyncpg.Pool) -> list[StepChange]:
+    """Every step change the responder published, in order."""
+    return [change for event in await step_events(pool) for change in event.data.changes]
 
 
 def answer(kind: type[ApproveStep] | type[DenyStep], step_id: str, actor: str, **data: str) -> ApproveStep | DenyStep:
@@ -366,7 +374,7 @@ async def test_a_plan_waits_for_approval_then_runs_in_order_through_a_signed_web
         assert step["validation"] == "unchecked" and "no check is configured" in step["validation_reason"]
 
         # Every change is on the timeline, with who caused it.
-        log = [(e.data.step, e.data.state, e.data.actor) for e in await step_events(pool)]
+        log = [(c.step, c.state, c.actor) for c in await step_changes(pool)]
         assert ("isolate", "approved", "bob") in log
         assert log.index(("isolate", "succeeded", "responder")) < log.index(("block", "running", "responder"))
 
@@ -541,7 +549,7 @@ async def test_a_dry_run_is_simulated_with_what_it_would_send_and_never_succeeds
     assert isolate["sent"]["payload"]["body"]["params"] == {"host": "web-1"}
     assert counted("simulated") - before["simulated"] == 3
     assert counted("succeeded") == before["succeeded"]
-    assert all(e.data.dry_run for e in await step_events(pool) if e.data.state == "simulated")
+    assert all(c.dry_run for c in await step_changes(pool) if c.state == "simulated")
 
 
 async def test_a_revised_plan_adds_new_steps_and_never_runs_an_executed_one_again(
@@ -654,7 +662,7 @@ async def test_a_step_interrupted_after_the_far_side_acted_is_sent_again_with_it
     assert (await states(pool, "inc-c"))["isolate web-1"] == "succeeded"
     step_id = await pool.fetchval("SELECT id FROM responder_steps WHERE step = 'isolate'")
     assert far.keys == [step_id, step_id] and far.acted == {step_id: 2} and len(far.bodies) == 1
-    succeeded = [e for e in await step_events(pool) if e.data.step == "isolate" and e.data.state == "succeeded"]
+    succeeded = [c for c in await step_changes(pool) if c.step == "isolate" and c.state == "succeeded"]
     assert len(succeeded) == 1
 
 
@@ -693,11 +701,11 @@ async def test_a_step_the_policy_makes_wait_as_it_is_planned_is_announced_once(
     planned = await pool.fetchval("SELECT count(*) FROM responder_step_log WHERE to_state = 'planned'")
     assert metrics.STEPS.labels("planned")._value.get() - counted == planned > 1
     changes: dict[str, list[tuple[str | None, str, str]]] = {}
-    for e in await step_events(pool):
-        changes.setdefault(e.data.step, []).append((e.data.from_state, e.data.state, e.data.actor))
+    for c in await step_changes(pool):
+        changes.setdefault(c.step, []).append((c.from_state, c.state, c.actor))
     # Isolating waits for two approvals from the start: one change, not planned and then waiting.
     assert changes["isolate"] == [(None, "awaiting_approval", "policy")]
-    [waiting] = [e.data for e in await step_events(pool) if e.data.step == "isolate"]
+    [waiting] = [c for c in await step_changes(pool) if c.step == "isolate"]
     assert waiting.reason.startswith("planned by ") and "; " in waiting.reason
     assert changes["block"] == [(None, "planned", "planner")]  # the policy lets it run: planned, as before
     # The step's own log keeps both changes.
@@ -801,6 +809,11 @@ async def test_steps_of_one_run_read_their_incidents_as_one_at_a_time_would(
     coordinator = Coordinator(load_oncall())
 
     def changes(incident: str) -> list[EventBase]:
+        return [
+            ResponseStepChanged(source="/vigil/responder", subject=incident, data=c) for c in run_of_changes(incident)
+        ]
+
+    def run_of_changes(incident: str) -> list[StepChange]:
         failed = StepChange(
             step_id=f"{incident}:isolate:a",
             plan_id="p",
@@ -819,10 +832,7 @@ async def test_steps_of_one_run_read_their_incidents_as_one_at_a_time_would(
         waiting = failed.model_copy(
             update={"step_id": f"{incident}:block:c", "step": "block", "state": "awaiting_approval", "item": "1.2.3.4"}
         )
-        return [
-            ResponseStepChanged(source="/vigil/responder", subject=incident, data=change)
-            for change in (failed, waiting, later, waiting)
-        ]
+        return [failed, waiting, later, waiting]
 
     async def pages(incident: str, batches: list[list[EventBase]]) -> list[tuple[str, str, str]]:
         emitted: list[EventBase] = []
@@ -837,7 +847,12 @@ async def test_steps_of_one_run_read_their_incidents_as_one_at_a_time_would(
 
     one_run = await pages("inc-run", [changes("inc-run")])
     one_by_one = await pages("inc-each", [[event] for event in changes("inc-each")])
-    assert one_run == one_by_one
+    # The responder publishes a cause's run of changes as one event: it pages the same.
+    folded = StepChanges(changes=run_of_changes("inc-one"))
+    one_event = await pages(
+        "inc-one", [[ResponseStepsChanged(source="/vigil/responder", subject="inc-one", data=folded)]]
+    )
+    assert one_run == one_by_one == one_event
     assert [reason for reason, _commander, _channel in one_run][1:] == [
         "response step 'Isolate host: web-1' failed: refused for good: HTTP 400",
         "response step 'Isolate host: web-2' failed: timed out",
@@ -949,7 +964,7 @@ async def test_an_incident_merged_away_cancels_its_steps_not_started_and_keeps_w
             "isolate web-1": "cancelled",
             "block 203.0.113.7": "cancelled",
         }
-        cancelled = [e.data for e in await step_events(pool) if e.data.state == "cancelled"]
+        cancelled = [c for c in await step_changes(pool) if c.state == "cancelled"]
         assert len(cancelled) == 2
         assert all(c.actor == "dana" and "merged into inc-2" in c.reason for c in cancelled)
         # An approval that comes late finds the step gone, and nothing runs.

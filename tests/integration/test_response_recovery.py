@@ -30,7 +30,7 @@ from shared.events import (
     IncidentEscalated,
     IncidentStateChanged,
     IncidentType,
-    ResponseStepChanged,
+    ResponseStepsChanged,
     ResponseStepValidated,
     Severity,
     StateCommand,
@@ -190,7 +190,7 @@ async def responded(pool: asyncpg.Pool) -> list[EventBase]:
         cloudevents.decode(r["value"], [(n, v.encode()) for n, v in r["headers"]])
         for r in sorted(rows, key=lambda r: r["id"])
     ]
-    return [e for e in events if isinstance(e, ResponseStepChanged | ResponseStepValidated)]
+    return [e for e in events if isinstance(e, ResponseStepsChanged | ResponseStepValidated)]
 
 
 async def coordinate(

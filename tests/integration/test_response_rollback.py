@@ -32,7 +32,7 @@ from shared.events import (
     Indicator,
     ResolveIncident,
     ResponseLeaseChanged,
-    ResponseStepChanged,
+    ResponseStepsChanged,
     RollbackOffered,
     Severity,
 )
@@ -244,7 +244,7 @@ async def test_resolving_as_a_false_positive_offers_to_roll_back_what_is_still_i
         await handle(pool, names, responder, breach("inc-fp"))
         async with running(runner_for(responder, settings, pool, names)):
             await eventually(lambda: leases_in(pool, "inc-fp", "active"))
-    responded = [e for e in await outbox(pool) if isinstance(e, ResponseStepChanged | ResponseLeaseChanged)]
+    responded = [e for e in await outbox(pool) if isinstance(e, ResponseStepsChanged | ResponseLeaseChanged)]
     resolve = ResolveIncident(
         source="/t", subject="inc-fp", data=CommandArgs(actor="alice", resolution="false_positive", note="a pentest")
     )

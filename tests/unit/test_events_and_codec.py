@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -23,9 +24,11 @@ from shared.events import (
     IncidentState,
     IncidentStateChanged,
     ResponseStepChanged,
+    ResponseStepsChanged,
     StateChange,
     StepAnswer,
     StepChange,
+    StepChanges,
     trusted,
 )
 from shared.timeline import TimelineEntry, timeline_entry
@@ -73,7 +76,12 @@ def test_round_trip_keeps_every_field() -> None:
 def test_every_event_type_is_in_the_union() -> None:
     types = [cls.model_fields["type"].default for cls in EVENT_CLASSES]
     assert len(types) == len(set(types))
-    assert all(t.startswith("vigil.") and t.endswith(".v1") for t in types)
+    assert all(re.fullmatch(r"vigil(\.[a-z_]+)+\.v[1-9][0-9]*", t) for t in types), types
+    # A new version of an event is a new type beside the old, which consumers go on reading.
+    latest: dict[str, int] = {}
+    for name, _, version in (t.rpartition(".v") for t in types):
+        latest[name] = max(latest.get(name, 0), int(version))
+    assert all(f"{name}.v{v}" in types for name, last in latest.items() for v in range(1, last + 1))
 
 
 @pytest.mark.parametrize(
@@ -264,6 +272,46 @@ def test_a_step_change_and_an_approval_read_as_who_did_what_on_the_timeline() ->
         data=StepAnswer(step_id="inc-1:isolate", actor="alice", role="commander", note="go"),
     )
     assert timeline_entry(approval) == TimelineEntry("alice", "approval of step inc-1:isolate as commander: go")
+
+
+def test_one_causes_step_changes_read_as_one_line_grouped_by_where_they_went_and_why() -> None:
+    def change(item: str, state: str, actor: str, reason: str) -> StepChange:
+        return StepChange(
+            step_id=f"inc-1:block:{item}",
+            plan_id="p",
+            step="block",
+            name="Block address",
+            item=item,
+            connector="webhook",
+            action="block_ip",
+            from_state=None,
+            state=state,  # type: ignore[arg-type]
+            actor=actor,
+            reason=reason,
+            on_failure="escalate",
+        )
+
+    waiting = "planned by ransomware; containment needs approval"
+    changes = [change(f"203.0.113.{n}", "awaiting_approval", "policy", waiting) for n in range(1, 6)]
+    changes.append(change("198.51.100.1", "planned", "planner", "planned by ransomware"))
+    many = ResponseStepsChanged(source="/vigil/responder", subject="inc-1", data=StepChanges(changes=changes))
+    assert timeline_entry(many) == TimelineEntry(
+        "policy, planner",
+        "6 steps changed: 5 awaiting approval ('Block address: 203.0.113.1', 'Block address: 203.0.113.2', "
+        "'Block address: 203.0.113.3' and 2 more): planned by ransomware; containment needs approval; "
+        "1 planned ('Block address: 198.51.100.1'): planned by ransomware",
+    )
+    # Past three groups, the line says how many more changes there were; a long reason is cut.
+    varied = [change(f"10.0.0.{n}", "skipped", "planner", f"reason {n} " + "x" * 200) for n in range(5)]
+    line = timeline_entry(ResponseStepsChanged(source="/r", subject="i", data=StepChanges(changes=varied))).summary
+    assert line.startswith("5 steps changed: 1 skipped ('Block address: 10.0.0.0'): reason 0 xxx")
+    assert line.endswith("…; and 2 more") and line.count("…") == 3
+    # One change reads as the first version's line.
+    [one] = changes[-1:]
+    single = ResponseStepsChanged(source="/vigil/responder", subject="inc-1", data=StepChanges(changes=[one]))
+    assert timeline_entry(single) == timeline_entry(
+        ResponseStepChanged(source="/vigil/responder", subject="inc-1", data=one)
+    )
 
 
 def test_bad_address_in_an_event_is_invalid_not_a_crash() -> None:
