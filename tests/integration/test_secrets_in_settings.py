@@ -115,6 +115,9 @@ async def test_planted_secrets_reach_no_log_line_and_no_topic(
         )
         assert forged.status_code == 401 and INGEST_TOKEN not in forged.text
         await eventually(lambda: pool.fetchval("SELECT count(*) > 0 FROM reporter_incidents"), timeout=60)
+        # The coordinator consumes the incident beside the reporter, not before it: wait for its events too.
+        coordinated = "SELECT count(*) > 0 FROM outbox WHERE topic = $1 AND sent_at IS NOT NULL"
+        await eventually(lambda: pool.fetchval(coordinated, names(COORDINATION)), timeout=60)
     logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     published = await everything_on_the_topics(settings, names)
     assert "bastion-01" in published  # the alerts did flow
