@@ -121,6 +121,7 @@ async def throughput(infra: Infrastructure, args: argparse.Namespace, mode: str)
         try:
             suppressions = await define_suppressions(stage.database_url)
             async with Services(stage, ("detector",)) as detector:
+                postgres_before = infra.server_cpu_seconds().get("postgres")
 
                 def cpu() -> float | None:
                     return detector.cpu_seconds()["detector"]
@@ -143,6 +144,7 @@ async def throughput(infra: Infrastructure, args: argparse.Namespace, mode: str)
                 events = int(await conn.fetchval("SELECT count(*) FROM outbox WHERE service = 'detector'"))
                 drained_s = await outbox_drained(conn, since=stored.done_at, check=detector.check_alive)
                 cpu_s = cpu()
+                postgres_after = infra.server_cpu_seconds().get("postgres")
         finally:
             await conn.close()
 
@@ -166,6 +168,12 @@ async def throughput(infra: Infrastructure, args: argparse.Namespace, mode: str)
         "outbox_drained_after_s": None if drained_s is None else round(drained_s, 3),
         "detector_cpu_s": None if cpu_s is None else round(cpu_s, 2),
         "detector_cpu_us_per_alert": None if processing_cpu_s is None else round(processing_cpu_s / count * 1e6, 1),
+        # The embedded Postgres's CPU, from the detector's start (its start-up's few queries are in it too).
+        "postgres_cpu_us_per_alert": (
+            None
+            if postgres_before is None or postgres_after is None
+            else round((postgres_after - postgres_before) / count * 1e6, 1)
+        ),
         "reading_us_per_alert": reading["us_per_record"],
         "reading_us_by_format": reading["by_format"],
     }

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,12 @@ class Infrastructure:
     admin_url: str  # a database on the Postgres server, to create each stage's from
     kafka_kind: str
     postgres_kind: str
+    # The embedded servers' process ids by name ("postgres", "broker"): whose CPU a run can measure.
+    server_pids: Mapping[str, int] = field(default_factory=dict)
+
+    def server_cpu_seconds(self) -> dict[str, float | None]:
+        """CPU each embedded server has used so far, Postgres with every backend it had (None once gone)."""
+        return {name: measure.cpu_seconds(pid, reaped=True) for name, pid in self.server_pids.items()}
 
 
 @contextlib.contextmanager
@@ -81,7 +87,9 @@ def infrastructure(*, kafka_needed: bool = True) -> Iterator[Infrastructure]:
         else:
             kafka_kind = "embedded (Tansu, in memory)" if found.broker_embedded else "external"
         postgres_kind = "embedded" if found.postgres_embedded else "external"
-        yield Infrastructure(kafka, found.database_url, kafka_kind, postgres_kind)
+        pids = {"postgres": found.postgres_pid, "broker": found.broker_pid}
+        server_pids = {name: pid for name, pid in pids.items() if pid is not None}
+        yield Infrastructure(kafka, found.database_url, kafka_kind, postgres_kind, server_pids)
 
 
 async def versions(infra: Infrastructure) -> dict[str, str | None]:

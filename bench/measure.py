@@ -70,6 +70,13 @@ def parse_cpu_ticks(stat: str) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def parse_reaped_cpu_ticks(stat: str) -> int:
+    """User + system CPU time, in clock ticks, of the process's children that ended and it waited for
+    (cutime and cstime, fields 16 and 17 of ``/proc/<pid>/stat``)."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[13]) + int(fields[14])
+
+
 def parse_children(texts: Sequence[str]) -> list[int]:
     """Child process ids from the texts of ``/proc/<pid>/task/<tid>/children`` (one per thread)."""
     return [int(pid) for text in texts for pid in text.split()]
@@ -123,11 +130,21 @@ def rss_bytes(pid: int) -> int | None:
     return sum(known) if known else None
 
 
-def cpu_seconds(pid: int, *, tree: bool = True) -> float | None:
-    """CPU time the process (and, with ``tree``, its live descendants) has used so far; None if gone."""
+def cpu_seconds(pid: int, *, tree: bool = True, reaped: bool = False) -> float | None:
+    """CPU time the process (and, with ``tree``, its live descendants) has used so far; None if gone.
+
+    ``reaped``: and its children that have ended, as the process counts them once it waited for them. A
+    server that forks a child a connection (Postgres) has its whole work so counted, however many of its
+    children came and went between two readings.
+    """
     pids = process_tree(pid) if tree else [pid]
-    ticks = [parse_cpu_ticks(text) for p in pids if (text := _read(PROC / str(p) / "stat")) is not None]
-    return sum(ticks) / os.sysconf("SC_CLK_TCK") if ticks else None
+    stats = [text for p in pids if (text := _read(PROC / str(p) / "stat")) is not None]
+    if not stats:
+        return None
+    ticks = sum(map(parse_cpu_ticks, stats))
+    if reaped and stats[0].startswith(f"{pid} "):
+        ticks += parse_reaped_cpu_ticks(stats[0])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def parse_busy_ticks(stat: str) -> int | None:

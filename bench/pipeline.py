@@ -250,6 +250,7 @@ class Run:
     producer: AIOKafkaProducer
     collector: Collector
     lag: LagReader  # the services' consumer lag, read over the same clients all run long
+    infra: Infrastructure  # its embedded servers' CPU is measured beside the services'
 
 
 async def run_phase(run: Run, index: int, rate: float) -> dict[str, Any]:
@@ -258,7 +259,7 @@ async def run_phase(run: Run, index: int, rate: float) -> dict[str, Any]:
     run.collector.phase = phase
     factory = EstateAlerts(hosts=args.e2e_hosts, seed=args.seed + index, site=f"r{rate:g}", prefix="bench")
     samples = Samples()
-    cpu_before = services.cpu_seconds()
+    cpu_before = services.cpu_seconds() | run.infra.server_cpu_seconds()
     bench_cpu_before = time.process_time()
     machine_before, wall_before = measure.machine_busy_seconds(), time.monotonic()
     tasks: list[asyncio.Task[Any]] = [asyncio.create_task(sample_forever(run.lag, services, samples))]
@@ -292,9 +293,10 @@ async def run_phase(run: Run, index: int, rate: float) -> dict[str, Any]:
         timeline: dict[str, Any] | None = None
         if watching is not None:
             timeline = await first_incident(watching, phase)
-        cpu_s = cpu_used(cpu_before, services.cpu_seconds())
+        cpu_s = cpu_used(cpu_before, services.cpu_seconds() | run.infra.server_cpu_seconds())
         cpu_s["bench"] = round(time.process_time() - bench_cpu_before, 2)
-        # Everything else on the machine (Postgres, the broker) is what the machine's busy time adds to these.
+        # The embedded Postgres and broker are measured; servers started elsewhere are in what the machine's
+        # busy time adds to these, when they run on this machine.
         machine_after = measure.machine_busy_seconds()
         if machine_before is not None and machine_after is not None:
             cpu_s["machine"] = round(machine_after - machine_before, 2)
@@ -407,7 +409,7 @@ async def end_to_end(
         reading = asyncio.create_task(collector.run())
         try:
             async with LagReader(stage.settings, services.names) as lag:
-                run = Run(args, mode, stage, services, conn, producer, collector, lag)
+                run = Run(args, mode, stage, services, conn, producer, collector, lag, infra)
                 for index, rate in enumerate(args.rates):
                     console.log(f"end to end at {rate:,.0f} alerts/s")
                     try:

@@ -96,6 +96,7 @@ def add_throughput(table: Table, mode: str, throughput: dict[str, Any]) -> None:
     table.add_row("outbox drained after the last alert", fmt(throughput["outbox_drained_after_s"], " s"))
     table.add_row("detector CPU seconds", fmt(throughput["detector_cpu_s"], " s"))
     table.add_row("detector CPU per alert (after start-up)", fmt(throughput["detector_cpu_us_per_alert"], " us"))
+    table.add_row("Postgres CPU per alert (embedded only)", fmt(throughput.get("postgres_cpu_us_per_alert"), " us"))
     if (reading := throughput.get("reading_us_per_alert")) is not None:
         by_format = ", ".join(f"{k} {v:.1f}" for k, v in throughput["reading_us_by_format"].items())
         table.add_row(
@@ -205,7 +206,8 @@ def phases_table(mode: str, e2e: dict[str, Any]) -> Table:
         reached = ", ".join(f"{n:,} {name}" for name, n in phase["incidents_reaching"].items())
         summaries.append(
             f"{phase['rate_per_s']:,.0f}/s: {phase['alerts_sent']:,} alerts, {phase['incidents_opened']:,} incidents "
-            f"({reached}), max lag {max(phase['max_consumer_lag'].values(), default=0):,} records"
+            f"({reached}), max lag {max(phase['max_consumer_lag'].values(), default=0):,} records, "
+            + cpu_summary(phase.get("cpu_s", {}))
         )
     sustained = fmt(e2e.get("sustained_alerts_per_s"), " alerts/s")
     table.caption = "; ".join([f"sustained with bounded lag: {sustained}", *summaries])
@@ -215,6 +217,19 @@ def phases_table(mode: str, e2e: dict[str, Any]) -> Table:
             f"; first incident complete on the reporter's timeline after {first['timeline_complete_s']:.2f} s"
         )
     return table
+
+
+def cpu_summary(cpu_s: dict[str, float | None]) -> str:
+    """Where a phase's CPU went, the largest first, and how busy the machine was: where the time goes."""
+    spent = sorted(
+        ((name, seconds) for name, seconds in cpu_s.items() if seconds is not None and not name.startswith("machine")),
+        key=lambda item: -item[1],
+    )
+    said = "CPU s " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in spent)
+    machine, capacity = cpu_s.get("machine"), cpu_s.get("machine_capacity")
+    if machine is not None and capacity:
+        said += f" (the machine {machine:.1f} of {capacity:.1f})"
+    return said
 
 
 def memory_table(mode: str, e2e: dict[str, Any]) -> Table:

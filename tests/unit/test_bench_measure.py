@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from bench import measure
 from bench.pipeline import DETECTED, UPDATED, Collector, Phase, Samples, cpu_used, parse_rates, sustained_rate
+from bench.report import cpu_summary
 from bench.run import parse_only
 
 
@@ -55,6 +58,29 @@ def test_cpu_ticks_are_counted_after_the_command_name_whatever_it_holds() -> Non
     # utime 250 and stime 30: fields 14 and 15; the name holds a space and a parenthesis.
     stat = "4242 (python (bench) x) S 1 4242 4242 0 -1 4194560 9000 0 12 0 250 30 0 0 20 0 4 0 777 0 0"
     assert measure.parse_cpu_ticks(stat) == 280
+
+
+def test_reaped_children_s_ticks_are_cutime_and_cstime() -> None:
+    # cutime 900 and cstime 45: fields 16 and 17, after utime 250 and stime 30.
+    stat = "4242 (postgres) S 1 4242 4242 0 -1 4194560 9000 0 12 0 250 30 900 45 20 0 4 0 777 0 0"
+    assert measure.parse_reaped_cpu_ticks(stat) == 945
+    assert measure.parse_cpu_ticks(stat) == 280
+
+
+def test_a_child_that_ended_is_counted_with_reaped_and_not_without() -> None:
+    # As a Postgres backend that served a connection and ended between two readings.
+    pid = os.getpid()
+    before, reaped_before = measure.cpu_seconds(pid, tree=False), measure.cpu_seconds(pid, tree=False, reaped=True)
+    assert before is not None and reaped_before is not None
+    child = subprocess.run(
+        [sys.executable, "-c", "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"],
+        check=True,
+    )
+    assert child.returncode == 0
+    after, reaped_after = measure.cpu_seconds(pid, tree=False), measure.cpu_seconds(pid, tree=False, reaped=True)
+    assert after is not None and reaped_after is not None
+    # Ticks are 10 ms: the child's 0.3 s of work shows whole in the reaped count, and not in this process's own.
+    assert (reaped_after - reaped_before) - (after - before) >= 0.25
 
 
 def test_children_of_every_thread_are_gathered() -> None:
@@ -174,3 +200,16 @@ def test_rates_and_benchmark_names_are_parsed_from_the_command_line() -> None:
     assert parse_only("all")[0] == "throughput" and "reporter" in parse_only("all")
     with pytest.raises(argparse.ArgumentTypeError):
         parse_only("throughput,nonsense")
+
+
+def test_a_phase_s_cpu_is_summed_up_largest_first_with_the_machine_s() -> None:
+    cpu_s = {
+        "detector": 2.4,
+        "analyzer": 6.03,
+        "postgres": 10.2,
+        "broker": None,
+        "machine": 38.5,
+        "machine_capacity": 41.5,
+    }
+    assert cpu_summary(cpu_s) == "CPU s postgres 10.2, analyzer 6.0, detector 2.4 (the machine 38.5 of 41.5)"
+    assert cpu_summary({"detector": 1.0}) == "CPU s detector 1.0"
