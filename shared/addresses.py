@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 # Not `is_global`: that also excludes the documentation ranges (203.0.113.0/24, …) that examples and
@@ -25,6 +26,9 @@ _INTERNAL = tuple(
 
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Answers kept per address: the same few addresses come back in alert after alert, and parsing one and
+# testing it against every network took a tenth of an analysis. Bounded, as any value may be asked about.
+CACHED_ADDRESSES = 4096
 
 
 def unmapped(address: Address) -> Address:
@@ -41,16 +45,20 @@ def _address(value: str) -> Address | None:
         return None
 
 
-def is_external(value: str) -> bool:
+@functools.lru_cache(maxsize=CACHED_ADDRESSES)
+def _place(value: str) -> bool | None:
+    """True for an address outside, False for one inside, None for no address or a multicast or unspecified one."""
     address = _address(value)
     if address is None or address.is_multicast or address.is_unspecified:
-        return False
+        return None
     return not any(address.version == n.version and address in n for n in _INTERNAL)
+
+
+def is_external(value: str) -> bool:
+    """An address outside the organisation's networks (not a name, not multicast or unspecified)."""
+    return _place(value) is True
 
 
 def is_internal(value: str) -> bool:
     """An address inside the organisation's networks (not a name, not multicast or unspecified)."""
-    address = _address(value)
-    if address is None or address.is_multicast or address.is_unspecified:
-        return False
-    return not is_external(value)
+    return _place(value) is False

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.analyzer import forensic, intel
+from shared import addresses
 from shared.addresses import is_external, is_internal
 from shared.alerts import AlertSeverity
 from shared.events import AlertSummary
@@ -47,3 +48,17 @@ def test_an_ipv4_address_written_as_ipv6_is_sighted_and_looked_up_as_the_ipv4_on
     assert found >= {("src_ip", "ipv4", "10.0.0.5", True), ("dst_ip", "ipv4", "203.0.113.7", False)}
     # As feeds name it, so that a listed address is found whichever way an alert wrote it.
     assert intel.indicator_key("ipv6", "::ffff:203.0.113.7") == ("ip", "203.0.113.7")
+
+
+def test_answers_are_kept_for_a_bounded_number_of_addresses_and_stay_the_same() -> None:
+    kept = addresses._place
+    kept.cache_clear()
+    for n in range(addresses.CACHED_ADDRESSES + 1000):  # more addresses than are kept
+        assert is_external(f"198.51.{n // 256 % 256}.{n % 256}") and is_internal(f"10.1.{n // 256}.{n % 256}")
+    assert kept.cache_info().currsize <= addresses.CACHED_ADDRESSES
+    # Asked again, once kept and once not: the same answers, whatever was written (an address or a name).
+    for _ in range(2):
+        assert (is_external("203.0.113.9"), is_internal("203.0.113.9")) == (True, False)
+        assert (is_external("172.16.4.2"), is_internal("172.16.4.2")) == (False, True)
+        assert (is_external("evil.example"), is_internal("evil.example")) == (False, False)
+        assert (is_external("224.0.0.1"), is_internal("224.0.0.1")) == (False, False)
