@@ -26,8 +26,9 @@ _INTERNAL = tuple(
 
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-# Answers kept per address: the same few addresses come back in alert after alert, and parsing one and
-# testing it against every network took a tenth of an analysis. Bounded, as any value may be asked about.
+# Answers kept per address: the same few addresses come back in alert after alert (an analysis asks
+# some 37 times), and parsing each and testing it against every network is work done again and again.
+# Bounded, as any value may be asked about.
 CACHED_ADDRESSES = 4096
 
 
