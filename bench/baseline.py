@@ -200,6 +200,7 @@ async def _bench_baseline(infra: Infrastructure, args: argparse.Namespace, mode:
             async with worker(
                 infra.kafka.bootstrap_servers, topic, group, stage.database_url, mode, args.baseline_batch
             ) as process:
+                postgres_before = infra.server_cpu_seconds().get("postgres")
 
                 def check() -> None:
                     if process.returncode is not None:
@@ -223,6 +224,7 @@ async def _bench_baseline(infra: Infrastructure, args: argparse.Namespace, mode:
                 except BenchError as exc:
                     raise BenchError(f"{exc}; end of the worker's output:\n{log_tail()}") from exc
                 cpu_s = cpu()
+                postgres_after = infra.server_cpu_seconds().get("postgres")
         finally:
             await conn.close()
     elapsed = stored.done_at - stored.first_at
@@ -238,6 +240,12 @@ async def _bench_baseline(infra: Infrastructure, args: argparse.Namespace, mode:
         "processing_s": round(elapsed, 3),
         "alerts_per_s": round(count / elapsed, 1),
         "worker_cpu_us_per_alert": None if processing_cpu_s is None else round(processing_cpu_s / count * 1e6, 1),
+        # As the detector's: the embedded Postgres's CPU from the worker's start, over the alerts.
+        "postgres_cpu_us_per_alert": (
+            None
+            if postgres_before is None or postgres_after is None
+            else round((postgres_after - postgres_before) / count * 1e6, 1)
+        ),
     }
 
 

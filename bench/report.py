@@ -140,6 +140,7 @@ def add_baseline(table: Table, baseline: dict[str, Any]) -> None:
     table.add_row("baseline throughput", fmt(baseline["alerts_per_s"], " alerts/s"))
     table.add_row("start-up to first stored alert", fmt(baseline["startup_to_first_row_s"], " s"))
     table.add_row("worker CPU per alert (after start-up)", fmt(baseline["worker_cpu_us_per_alert"], " us"))
+    table.add_row("Postgres CPU per alert (embedded only)", fmt(baseline.get("postgres_cpu_us_per_alert"), " us"))
     table.add_row("Vigil's detector / baseline (native alerts)", fmt(baseline.get("vigil_ratio"), "x"))
     if batched := baseline.get("batched"):
         add_baseline(table, batched)
