@@ -20,7 +20,15 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from shared import housekeeping, identity
-from shared.consumer import BatchFence, BatchHandler, ConsumeLoop, DeadLetterGuard, Decoder
+from shared.consumer import (
+    BatchFence,
+    BatchHandler,
+    ConsumeLoop,
+    DeadLetterGuard,
+    Decoder,
+    HandlerContext,
+    write_context,
+)
 from shared.db import connect, create_pool, migrate
 from shared.effects import EffectKind, EffectRunner
 from shared.errors import is_retriable
@@ -109,6 +117,32 @@ async def check_startup(runtime: Runtime) -> None:
 
 
 BackgroundTask = Callable[[Runtime], Coroutine[Any, Any, None]]
+# A sweep's step: publish, through the outbox, at most ``limit`` of what fell due; returns how many.
+SweepStep = Callable[[HandlerContext, int], Awaitable[int]]
+
+
+def sweeper(step: SweepStep, *, what: str, period_s: float, limit: int = 100) -> BackgroundTask:
+    """A task that runs ``step`` in a transaction of its own: again at once while it finds ``limit``, else
+    after ``period_s``. What waits is in Postgres, so a restart publishes it as well."""
+
+    async def sweep(runtime: Runtime) -> None:
+        while True:
+            try:
+                async with runtime.pool.acquire() as conn, conn.transaction():
+                    ctx = HandlerContext(conn=conn, service=runtime.service, names=runtime.names)
+                    done = await step(ctx, limit)
+                    await write_context(conn, ctx)
+            except Exception as exc:
+                if not is_retriable(exc):
+                    raise
+                log.warning("%s retrying: %r", what, exc)
+                done = 0
+            if done < limit:
+                await asyncio.sleep(period_s)
+
+    return sweep
+
+
 INGEST_PREFIX = "/api/v1/alerts"
 # Trackers' webhooks carry whole issues, whose text may name a NUL: only what the route reads of them is stored.
 WEBHOOK_PREFIX = "/api/v1/tickets/"

@@ -132,6 +132,13 @@ class VigilSettings(BaseSettings):
         None, ge=2, description="Largest number of pooled Postgres connections; per-service default."
     )
     correlation_window_s: int = Field(1800, description="Alerts on the same key within this join one incident.")
+    detector_update_interval_s: float = Field(
+        2.0,
+        ge=0,
+        description="Least time between two events that carry an open incident's new alerts (as Alertmanager's "
+        "group_interval); those that come sooner wait in Postgres and go out together. A new incident, a change "
+        "of type or severity, and its alerts' repeats and resolutions are published at once. 0: every batch's.",
+    )
     heartbeat_missed_factor: float = Field(
         3.0,
         ge=0,

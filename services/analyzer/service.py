@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Sequence
@@ -12,10 +11,9 @@ from fastapi import APIRouter
 
 from services.analyzer import api, assets_api, attack, evidence_api, forensic, handlers, intel, providers, retrohunt
 from services.analyzer.feeds import SERVICE, FeedRefresher, sync
-from shared.consumer import HandlerContext, decode_cloudevent, write_context
+from shared.consumer import HandlerContext, decode_cloudevent
 from shared.effects import EffectKind
-from shared.errors import is_retriable
-from shared.service import BackgroundTask, Runtime, ServiceSpec
+from shared.service import BackgroundTask, Runtime, ServiceSpec, sweeper
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
 from shared.topics import INCIDENTS
@@ -27,24 +25,17 @@ SWEEP_BATCH = 100
 ANALYZER_LINGER_MS = 200
 
 
-async def publish_waiting(runtime: Runtime, interval: timedelta) -> None:
-    """Publish the analyses that waited for their incident's interval, as each interval ends.
+def publish_waiting(interval: timedelta) -> BackgroundTask:
+    """The task that publishes the analyses that waited for their incident's interval, as each interval ends.
 
     What waits is in Postgres (the incident's row), so a restart publishes it as well.
     """
-    while True:
-        try:
-            async with runtime.pool.acquire() as conn, conn.transaction():
-                ctx = HandlerContext(conn=conn, service=SERVICE, names=runtime.names)
-                published = await handlers.publish_waiting(ctx, interval=interval, limit=SWEEP_BATCH)
-                await write_context(conn, ctx)
-        except Exception as exc:
-            if not is_retriable(exc):
-                raise
-            log.warning("publishing waiting analyses retrying: %r", exc)
-            published = 0
-        if published < SWEEP_BATCH:
-            await asyncio.sleep(min(SWEEP_S, interval.total_seconds()))
+
+    async def step(ctx: HandlerContext, limit: int) -> int:
+        return await handlers.publish_waiting(ctx, interval=interval, limit=limit)
+
+    period = min(SWEEP_S, interval.total_seconds())
+    return sweeper(step, what="publishing waiting analyses", period_s=period, limit=SWEEP_BATCH)
 
 
 def spec(settings: VigilSettings) -> ServiceSpec:
@@ -79,12 +70,9 @@ def spec(settings: VigilSettings) -> ServiceSpec:
     def routers(runtime: Runtime) -> list[APIRouter]:
         return [*api.routers(runtime), *evidence_api.routers(runtime), *assets_api.routers(runtime)]
 
-    async def publish_waiting_analyses(runtime: Runtime) -> None:
-        await publish_waiting(runtime, interval)
-
     background: tuple[BackgroundTask, ...] = (refresh_feeds,)
     if interval:  # without an interval nothing waits
-        background += (publish_waiting_analyses,)
+        background += (publish_waiting(interval),)
     return ServiceSpec(
         name=SERVICE,
         consumes=(INCIDENTS,),

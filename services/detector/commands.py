@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.detector import domain, merging, repository
+from services.detector import domain, merging, publication, repository
 from services.detector.classification import Classifier
 from services.detector.correlation import CorrelationRules
 from services.detector.merging import Refused
@@ -72,6 +72,9 @@ async def apply(
     ``correlations``: the rules in force (the shipped ones by default), for the titles and severities they set.
     """
     name = "merge" if isinstance(command, MergeIncidents) else "detach"
+    # The alerts its incidents hold go out first, as they stand: the command's events follow them.
+    named = command.data.incidents if isinstance(command, MergeIncidents) else []
+    await publication.publish_held_of(ctx, [command.subject, *named])
     try:
         async with ctx.conn.transaction():  # a refusal leaves nothing half done
             if isinstance(command, MergeIncidents):

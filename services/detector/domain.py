@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -226,6 +226,84 @@ class IncidentChange:
     reasons: dict[str, AlertCorrelation] = field(default_factory=dict)  # alert key -> why it joined
 
 
+class Publication(NamedTuple):
+    """What the last event that carried an open incident's new alerts said, and whether more wait."""
+
+    since: timedelta | None  # since that event; None: none has (an incident stored before publications were)
+    type: str | None
+    severity: str | None
+    held: bool  # alerts wait for the interval's end
+
+
+def publish_now(incident: IncidentState, last: Publication, *, interval: timedelta) -> bool:
+    """Whether a batch's new alerts for an open incident go out now, or wait until the interval since the
+    last publication ends (as Alertmanager's group_interval): at most one event an interval per incident,
+    however fast its alerts come. A change of type or severity is news, and never waits."""
+    if not interval or last.since is None or last.since >= interval:
+        return True
+    return incident.type.value != last.type or incident.severity.value != last.severity
+
+
+def publishing_now(
+    changes: Sequence[IncidentChange],
+    publications: Mapping[str, Publication],
+    *,
+    touched: Collection[str],
+    interval: timedelta,
+) -> dict[str, bool]:
+    """By incident id: whether a batch's new alerts for it go out now (True) or wait for its interval.
+
+    Decided once an incident, as the batch leaves it. Now: an incident the batch opened (its first event),
+    one whose stored alerts the batch ``touched`` (repeated, resolved: what it holds goes first), one whose
+    publication is not known, and as ``publish_now`` says.
+    """
+    last: dict[str, IncidentChange] = {}
+    opened: set[str] = set()
+    for change in changes:
+        last[change.incident.id] = change
+        if change.created:
+            opened.add(change.incident.id)
+    decided: dict[str, bool] = {}
+    for incident_id, change in last.items():
+        known = publications.get(incident_id)
+        decided[incident_id] = (
+            incident_id in opened
+            or incident_id in touched
+            or known is None
+            or publish_now(change.incident, known, interval=interval)
+        )
+    return decided
+
+
+def change_summaries(change: IncidentChange, *, alert_bytes: Mapping[str, int] | None = None) -> list[AlertSummary]:
+    """The summaries of a change's new alerts, as its events carry them."""
+    sizes = alert_bytes or {}
+    return [
+        summarise(
+            a,
+            type_rule=change.type_rules.get(a.key),
+            reason=change.reasons.get(a.key),
+            raw_fits=sizes.get(a.key, MAX_RAW_BYTES + 1) <= MAX_RAW_BYTES,
+        )
+        for a in change.alerts
+    ]
+
+
+def held_snapshots(
+    incident: IncidentState,
+    summaries: list[AlertSummary],
+    *,
+    max_alerts: int = MAX_ALERTS_PER_EVENT,
+    max_bytes: int = MAX_EVENT_BYTES,
+) -> list[IncidentSnapshot]:
+    """Return the snapshots that carry alerts which waited for the incident's interval (and any new ones
+    after them), in order, each within both bounds: the incident as it stands, its alerts measured."""
+    whole = _snapshot(incident, summaries)
+    if len(summaries) <= max_alerts and _json_size(whole) <= max_bytes:
+        return [whole]
+    return _parts(incident, summaries, max_alerts, max_bytes)
+
+
 def snapshots(
     change: IncidentChange,
     *,
@@ -240,15 +318,7 @@ def snapshots(
     to measure: an alert's JSON holds its raw record and every value its summary carries.
     """
     sizes = alert_bytes or {}
-    summaries = [
-        summarise(
-            a,
-            type_rule=change.type_rules.get(a.key),
-            reason=change.reasons.get(a.key),
-            raw_fits=sizes.get(a.key, MAX_RAW_BYTES + 1) <= MAX_RAW_BYTES,
-        )
-        for a in change.alerts
-    ]
+    summaries = change_summaries(change, alert_bytes=sizes)
     if len(summaries) <= max_alerts:
         whole = _snapshot(change.incident, summaries)
         # Serialising to measure costs as much again as the outbox does: alerts whose summaries are
@@ -261,7 +331,14 @@ def snapshots(
                 return [whole]
         if _json_size(whole) <= max_bytes:
             return [whole]
-    header = _header(change.incident)
+    return _parts(change.incident, summaries, max_alerts, max_bytes)
+
+
+def _parts(
+    incident: IncidentState, summaries: list[AlertSummary], max_alerts: int, max_bytes: int
+) -> list[IncidentSnapshot]:
+    """The incident's header in each part, the summaries cut into runs that fit beside it."""
+    header = _header(incident)
     chunks = _pack(summaries, max_alerts, room=max_bytes - _json_size(header) - _PART_NUMBER_SLACK) or [[]]
     return [
         header.model_copy(update={"new_alerts": chunk, "part": n, "parts": len(chunks)})

@@ -24,6 +24,7 @@ from services.detector import (
     domain,
     heartbeats,
     merging,
+    publication,
     repository,
     suppression,
 )
@@ -35,6 +36,7 @@ from services.detector.metrics import (
     ALERTS,
     ALERTS_BY_SOURCE,
     HEARTBEAT_SEEN,
+    INCIDENT_UPDATES,
     INCIDENTS_OPENED,
     RECORDS,
     RULE_RELOADS,
@@ -50,6 +52,7 @@ from shared.events import (
     AlertResolution,
     AlertsSuppressed,
     AlertsSuppressedResolved,
+    AlertSummary,
     DetachAlerts,
     IncidentAlertsChanged,
     IncidentDetected,
@@ -137,6 +140,7 @@ class Stored:
     suppressed: list[domain.Held] = field(default_factory=list)  # the alerts held back, as stored
     suppressed_ended: list[repository.EndedSuppressed] = field(default_factory=list)  # held back, now resolved
     alert_bytes: dict[str, int] = field(default_factory=dict)  # by key: each new alert's JSON, as stored
+    publications: dict[str, domain.Publication] = field(default_factory=dict)  # by incident id, as stored before
 
 
 # How often the correlation rules file is looked at for a change (one stat call).
@@ -200,8 +204,10 @@ class Detector:
         correlation_rules: RulesSource | None = None,
         suppressions: Suppressions | None = None,
         heartbeat_watch: HeartbeatWatch | None = None,
+        update_interval: timedelta = timedelta(0),
     ) -> None:
         self.window = correlation_window
+        self.update_interval = update_interval  # least time between two events with an incident's new alerts
         self.heartbeat_watch = heartbeat_watch or HeartbeatWatch()
         self.classifier = classifier or classification.shipped()
         self.correlation = correlation_rules or RulesSource(None, rules=correlation.NONE)
@@ -223,6 +229,8 @@ class Detector:
             # Over (resolved or closed): later alerts open a new incident. A reopened one stays as it is
             # here; its new alerts go to a new incident, to merge if they belong together.
             if isinstance(event, IncidentStateChanged) and event.data.ends_incident():
+                # What joined before it ended goes out first: the incident's history is whole.
+                await publication.publish_held_of(ctx, [event.subject])
                 await repository.close_incident(ctx.conn, incident_id=event.subject)
             elif isinstance(event, MergeIncidents | DetachAlerts):
                 await self._command(ctx, inbound, event)
@@ -258,8 +266,7 @@ class Detector:
                 return
         stored = await self._store(ctx, alerts, not_before)
         self._account(alerts, stored)
-        for change in stored.changes:
-            self._emit_snapshots(ctx, change, stored.alert_bytes)
+        await self._publish_changes(ctx, stored)
         self._emit_alert_changes(ctx, stored)
         if stored.suppressed:
             self._emit_suppressed(ctx, stored.suppressed)
@@ -341,6 +348,61 @@ class Detector:
                 len(unknown),
                 ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else ""),
             )
+
+    async def _publish_changes(self, ctx: HandlerContext, stored: Stored) -> None:
+        """Publish each incident's new alerts now, or hold them until its update interval ends.
+
+        An incident whose stored alerts changed (repeated, resolved) publishes what it holds first: its
+        events then name its alerts in the order they came.
+        """
+        touched = stored.tallies.keys()
+        at_once = domain.publishing_now(
+            stored.changes, stored.publications, touched=touched, interval=self.update_interval
+        )
+        created = {c.incident.id for c in stored.changes if c.created}  # their first event goes out as it is
+        now = {
+            c.incident.id: c.incident for c in stored.changes if at_once[c.incident.id] and c.incident.id not in created
+        }
+        held: dict[str, list[bytes]] = {}  # by id: the summaries of each of its changes, to wait
+        for change in stored.changes:
+            if not at_once[change.incident.id]:
+                summaries = domain.change_summaries(change, alert_bytes=stored.alert_bytes)
+                held.setdefault(change.incident.id, []).append(publication.summaries_json(summaries))
+        taking = [i for i in now if (known := stored.publications.get(i)) is not None and known.held]
+        waited: dict[str, list[AlertSummary]] = {}
+        if now or held:
+            waited = await repository.publish_and_hold(
+                ctx.conn,
+                published=list(now.values()),
+                taking=taking,
+                holding=[(incident_id, alerts) for incident_id, batches in held.items() for alerts in batches],
+            )
+        for change in stored.changes:
+            incident_id = change.incident.id
+            if incident_id in held:
+                continue
+            if incident_id in waited:
+                publication.emit_held(
+                    ctx,
+                    change.incident,
+                    [*waited.pop(incident_id), *domain.change_summaries(change, alert_bytes=stored.alert_bytes)],
+                )
+            else:
+                self._emit_snapshots(ctx, change, stored.alert_bytes)
+        if now:
+            INCIDENT_UPDATES.labels("published").inc(len(now))
+        if held:
+            INCIDENT_UPDATES.labels("held").inc(len(held))
+        # Incidents with no new alerts whose stored alerts changed: what they hold goes out before that change.
+        holding = [
+            incident_id for incident_id in touched if stored.tallies[incident_id].held and incident_id not in now
+        ]
+        if holding:
+            await publication.publish_held_of(ctx, holding)
+
+    async def publish_held(self, ctx: HandlerContext, limit: int) -> int:
+        """Publish the alerts held by incidents whose update interval has ended (at most ``limit``); how many."""
+        return await publication.publish_due(ctx, interval=self.update_interval, limit=limit)
 
     def _emit_snapshots(self, ctx: HandlerContext, change: domain.IncidentChange, alert_bytes: dict[str, int]) -> None:
         parts = domain.snapshots(change, alert_bytes=alert_bytes)
@@ -525,7 +587,7 @@ class Detector:
                 rules=rules,
                 routes=routes,
             )
-        await repository.upsert_incidents(
+        stored.publications = await repository.upsert_incidents(
             ctx.conn, incidents=[c.incident for c in changes], created=[c.incident.id for c in changes if c.created]
         )
         # Each alert serialised once: its row's body, and the measure of what its events carry.

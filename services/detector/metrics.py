@@ -59,3 +59,10 @@ HEARTBEAT_SEEN = Gauge(
     "its tool sends it at.",
     ["source"],
 )
+INCIDENT_UPDATES = Counter(
+    "vigil_detector_incident_updates",
+    "A batch's new alerts for an open incident, by outcome: published (at once: the incident's update interval "
+    "had ended, its type or severity changed, or its stored alerts changed), held (waiting for that interval "
+    "to end), or published_later (an incident's held alerts, published as one event when it ended).",
+    ["outcome"],
+)

@@ -6,18 +6,18 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
 
 from services.detector.correlation import Member, Route
-from services.detector.domain import IncidentState, Waiting
+from services.detector.domain import IncidentState, Publication, Waiting
 from services.detector.merging import Standing
 from shared.alerts import Alert, AlertSeverity
 from shared.db import Conn
-from shared.events import AlertCorrelation, IncidentType, Severity
+from shared.events import AlertCorrelation, AlertSummary, IncidentType, Severity
 
 # Correlation keys fall into this many buckets (advisory locks of the two-int form, a lock space of its
 # own). A batch of up to MAX_KEY_LOCKS keys holds each bucket shared and each key exclusively; a larger one
@@ -100,8 +100,13 @@ def _from_row(row: asyncpg.Record) -> IncidentState:
     )
 
 
-async def upsert_incidents(conn: Conn, *, incidents: Sequence[IncidentState], created: Iterable[str] = ()) -> None:
-    """Store the incidents; of those ``created``, the newest on each key collects its alerts from now on."""
+async def upsert_incidents(
+    conn: Conn, *, incidents: Sequence[IncidentState], created: Iterable[str] = ()
+) -> dict[str, Publication]:
+    """Store the incidents; of those ``created``, the newest on each key collects its alerts from now on.
+
+    Returns each one's last publication: a new one's is now (its first event goes out with this batch).
+    """
     newest: dict[str, IncidentState] = {}
     for incident in incidents:
         if incident.correlation_key not in newest or incident.last_seen >= newest[incident.correlation_key].last_seen:
@@ -147,14 +152,15 @@ async def upsert_incidents(conn: Conn, *, incidents: Sequence[IncidentState], cr
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
-    await conn.execute(
+    stored = await conn.fetch(
         """INSERT INTO detector_incidents (id, correlation_key, title, type, severity, classification_reason,
                severity_reason, alert_count, max_alert_severity, type_votes, hosts, users, first_seen, last_seen,
-               lead_kind, lead_severity_reason, critical_asset, collecting)
+               lead_kind, lead_severity_reason, critical_asset, collecting, published_at, published_type,
+               published_severity)
            SELECT id, correlation_key, title, type, severity, classification_reason, severity_reason, alert_count,
                   max_alert_severity, type_votes, ARRAY(SELECT jsonb_array_elements_text(hosts)),
                   ARRAY(SELECT jsonb_array_elements_text(users)), first_seen, last_seen, lead_kind,
-                  lead_severity_reason, critical_asset, collecting
+                  lead_severity_reason, critical_asset, collecting, now(), type, severity
            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                        $8::int[], $9::text[], $10::jsonb[], $11::jsonb[], $12::jsonb[], $13::timestamptz[],
                        $14::timestamptz[], $15::text[], $16::text[], $17::text[], $18::bool[])
@@ -169,9 +175,79 @@ async def upsert_incidents(conn: Conn, *, incidents: Sequence[IncidentState], cr
                hosts = EXCLUDED.hosts, users = EXCLUDED.users, first_seen = EXCLUDED.first_seen,
                last_seen = EXCLUDED.last_seen, lead_kind = EXCLUDED.lead_kind,
                lead_severity_reason = EXCLUDED.lead_severity_reason, critical_asset = EXCLUDED.critical_asset,
-               collecting = detector_incidents.collecting AND EXCLUDED.collecting, updated_at = now()""",
+               collecting = detector_incidents.collecting AND EXCLUDED.collecting, updated_at = now()
+           RETURNING id, now() - published_at AS since, published_type, published_severity, held""",
         *columns,
     )
+    return {
+        row["id"]: Publication(row["since"], row["published_type"], row["published_severity"], row["held"])
+        for row in stored
+    }
+
+
+# Alerts published now take with them those of the same incidents that waited (in the order they came);
+# the rest wait in their turn, their incidents marked as holding some.
+PUBLISH_AND_HOLD = """WITH taken AS (
+       DELETE FROM detector_held_alerts WHERE incident_id = ANY($4::text[]) RETURNING incident_id, seq, alerts),
+   published AS (
+       UPDATE detector_incidents i SET published_at = now(), published_type = p.type,
+                                       published_severity = p.severity, held = false
+       FROM unnest($1::text[], $2::text[], $3::text[]) AS p(id, type, severity) WHERE i.id = p.id),
+   kept AS (
+       INSERT INTO detector_held_alerts (incident_id, alerts) SELECT * FROM unnest($5::text[], $6::jsonb[])),
+   marked AS (
+       UPDATE detector_incidents SET held = true WHERE id = ANY($5::text[]) AND NOT held)
+   SELECT incident_id, alerts FROM taken ORDER BY incident_id, seq"""
+
+
+async def publish_and_hold(
+    conn: Conn, *, published: Sequence[IncidentState], taking: Iterable[str], holding: Sequence[tuple[str, bytes]]
+) -> dict[str, list[AlertSummary]]:
+    """Note the incidents ``published`` now, and take the alerts that waited for those ``taking`` (by id,
+    in order); keep ``holding`` (an incident id, its alerts' summaries as a JSON list) until the interval ends.
+    """
+    rows = await conn.fetch(
+        PUBLISH_AND_HOLD,
+        [i.id for i in published],
+        [i.type.value for i in published],
+        [i.severity.value for i in published],
+        list(taking),
+        [incident_id for incident_id, _ in holding],
+        [alerts for _, alerts in holding],
+    )
+    return _held_by_incident(rows)
+
+
+def _held_by_incident(rows: Iterable[asyncpg.Record]) -> dict[str, list[AlertSummary]]:
+    held: dict[str, list[AlertSummary]] = {}
+    for row in rows:
+        held.setdefault(row["incident_id"], []).extend(AlertSummary.model_validate(a) for a in row["alerts"])
+    return held
+
+
+async def take_held(
+    conn: Conn, *, incident_ids: Iterable[str] | None = None, interval: timedelta | None = None, limit: int = 100
+) -> list[tuple[IncidentState, list[AlertSummary]]]:
+    """The incidents holding alerts, with those alerts (taken, in order), noted as published now; their rows
+    locked until commit. Of ``incident_ids``, waiting for a consumer that holds one; else those whose
+    ``interval`` since the last publication has ended, oldest first, skipping any a consumer holds."""
+    if incident_ids is not None:
+        incidents = await conn.fetch(
+            "SELECT * FROM detector_incidents WHERE id = ANY($1::text[]) AND held ORDER BY id FOR UPDATE",
+            list(incident_ids),
+        )
+    else:
+        incidents = await conn.fetch(
+            """SELECT * FROM detector_incidents WHERE held AND published_at <= now() - $1::interval
+               ORDER BY published_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+            interval or timedelta(0),
+            limit,
+        )
+    if not incidents:
+        return []
+    states = [_from_row(row) for row in incidents]
+    held = await publish_and_hold(conn, published=states, taking=[i.id for i in states], holding=[])
+    return [(state, held.get(state.id, [])) for state in states]
 
 
 @dataclass(frozen=True)
@@ -232,12 +308,13 @@ class AlertTally:
     closed: bool
     alerts: int
     firing: int
+    held: bool  # new alerts of it wait for its update interval to end
 
 
 async def tally_alerts(conn: Conn, *, incident_ids: Iterable[str]) -> dict[str, AlertTally]:
     """Return each incident's alert counts, after this transaction's updates."""
     rows = await conn.fetch(
-        """SELECT i.id, i.type, i.closed, count(a.key) AS alerts,
+        """SELECT i.id, i.type, i.closed, i.held, count(a.key) AS alerts,
                   count(a.key) FILTER (WHERE a.resolved_at IS NULL) AS firing
            FROM detector_incidents i LEFT JOIN detector_alerts a ON a.incident_id = i.id
            WHERE i.id = ANY($1::text[]) GROUP BY i.id""",
@@ -249,6 +326,7 @@ async def tally_alerts(conn: Conn, *, incident_ids: Iterable[str]) -> dict[str, 
             closed=row["closed"],
             alerts=row["alerts"],
             firing=row["firing"],
+            held=row["held"],
         )
         for row in rows
     }

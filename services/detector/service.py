@@ -7,13 +7,13 @@ from datetime import timedelta
 
 from fastapi import APIRouter
 
-from services.detector import api, commands_api, correlation, correlation_api, heartbeats_api
+from services.detector import api, commands_api, correlation, correlation_api, heartbeats_api, publication
 from services.detector.classification import load_rules
 from services.detector.handlers import Detector, RulesSource, decode
 from services.detector.heartbeats import HeartbeatWatch
 from services.detector.suppression import load_inhibition
 from services.detector.suppressor import Suppressions
-from shared.service import Runtime, ServiceSpec
+from shared.service import Runtime, ServiceSpec, sweeper
 from shared.settings import VigilSettings
 from shared.timers import TimerPoller
 from shared.topics import ALERTS_RAW, COMMANDS, COORDINATION
@@ -34,6 +34,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
             min_interval_s=settings.heartbeat_min_interval_s,
             first_interval_s=settings.heartbeat_first_interval_s,
         ),
+        update_interval=timedelta(seconds=settings.detector_update_interval_s),
     )
 
     def routers(runtime: Runtime) -> Sequence[APIRouter]:
@@ -53,11 +54,18 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         )
         await poller.run()
 
+    # Held alerts are in Postgres (detector_held_alerts): a restart publishes them as well.
+    publish_held = sweeper(
+        detector.publish_held,
+        what="publishing held incident updates",
+        period_s=min(publication.SWEEP_S, settings.detector_update_interval_s or publication.SWEEP_S),
+        limit=publication.SWEEP_BATCH,
+    )
     return ServiceSpec(
         name="detector",
         consumes=(ALERTS_RAW, COORDINATION, COMMANDS),
         decoder=decode,
         handler=detector.handle,
         routers=routers,
-        background=(watch_suppressions, fire_timers),
+        background=(watch_suppressions, fire_timers, publish_held),
     )

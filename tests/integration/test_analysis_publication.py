@@ -76,7 +76,7 @@ async def waiting(pool: asyncpg.Pool) -> bool:
 async def sweeping(pool: asyncpg.Pool) -> AsyncIterator[None]:
     """The analyzer's background task that publishes what waited, as the service runs it."""
     runtime = Runtime(service=SERVICE, settings=VigilSettings(), pool=pool, producer=cast(Any, None), names=NAMES)
-    async with running(service.publish_waiting(runtime, INTERVAL)):
+    async with running(service.publish_waiting(INTERVAL)(runtime)):
         yield
 
 

@@ -673,3 +673,50 @@ def test_held_back_alerts_that_ended_are_told_under_what_held_them_back_in_bound
         "11",
         at,
     )
+
+
+def _published(since_s: float | None, incident: domain.IncidentState, *, held: bool = False) -> domain.Publication:
+    since = timedelta(seconds=since_s) if since_s is not None else None
+    return domain.Publication(since, incident.type.value, incident.severity.value, held)
+
+
+def test_an_incidents_new_alerts_wait_for_its_update_interval_unless_its_type_or_severity_changed() -> None:
+    incident = _change([alert(host="web-01")]).incident
+    interval = timedelta(seconds=2)
+    assert not domain.publish_now(incident, _published(0.5, incident), interval=interval)
+    assert domain.publish_now(incident, _published(2.0, incident), interval=interval)  # the interval ended
+    assert domain.publish_now(incident, _published(None, incident), interval=interval)  # never published
+    assert domain.publish_now(incident, _published(0.5, incident), interval=timedelta(0))  # nothing waits
+    raised = domain.Publication(timedelta(seconds=0.5), incident.type.value, Severity.SEV4.value, False)
+    assert incident.severity != Severity.SEV4 and domain.publish_now(incident, raised, interval=interval)
+    retyped = domain.Publication(timedelta(seconds=0.5), IncidentType.UNKNOWN.value, incident.severity.value, False)
+    assert incident.type != IncidentType.UNKNOWN and domain.publish_now(incident, retyped, interval=interval)
+
+
+def test_a_batch_decides_once_an_incident_opened_and_touched_ones_at_once() -> None:
+    interval = timedelta(seconds=2)
+    opened = _change([alert(host="web-01")])
+    old = _change([alert(host="db-01")])
+    old.created = False
+    touched = _change([alert(host="mail-01")])
+    touched.created = False
+    publications = {c.incident.id: _published(0.1, c.incident) for c in (opened, old, touched)}
+    # An incident opened now and changed again later in the batch still goes out now, whole.
+    again = domain.IncidentChange(incident=opened.incident, created=False, alerts=[alert(host="web-01", minutes=1)])
+    decided = domain.publishing_now(
+        [opened, old, touched, again], publications, touched={touched.incident.id}, interval=interval
+    )
+    assert decided == {opened.incident.id: True, old.incident.id: False, touched.incident.id: True}
+    assert domain.publishing_now([old], {}, touched=set(), interval=interval) == {old.incident.id: True}
+
+
+@pytest.mark.parametrize("max_bytes", [16 * 1024, 256 * 1024])
+def test_held_alerts_go_out_in_order_within_both_bounds(max_bytes: int) -> None:
+    alerts = [alert(minutes=i / 10, host="web-01", description="x" * 300) for i in range(450)]
+    change = _change(alerts)
+    summaries = domain.change_summaries(change)
+    parts = domain.held_snapshots(change.incident, summaries, max_bytes=max_bytes)
+    _assert_split(parts, alerts, max_alerts=domain.MAX_ALERTS_PER_EVENT, max_bytes=max_bytes)
+    assert {(p.alert_count, p.severity) for p in parts} == {(450, change.incident.severity)}
+    [whole] = domain.held_snapshots(change.incident, summaries[:3])
+    assert [a.key for a in whole.new_alerts] == [a.key for a in sorted(alerts, key=lambda a: a.time)[:3]]
