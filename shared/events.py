@@ -173,7 +173,7 @@ class AlertSummary(Payload):
 
 
 class IncidentSnapshot(Payload):
-    """What the detector knows of an incident after a batch of alerts."""
+    """What the detector knows of an incident, and the alerts that joined it since its last event, in order."""
 
     title: str
     type: IncidentType

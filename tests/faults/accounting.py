@@ -290,7 +290,7 @@ INTERRUPTED = "the last attempt was interrupted before its outcome was recorded"
 
 
 async def account_pending(book: Accounting, conn: asyncpg.Connection, *, killed: Collection[str] = ()) -> None:
-    """Nothing left in the outbox, no effect due or running, no timer overdue.
+    """Nothing left in the outbox, no effect due or running, no timer overdue, no incident alert held.
 
     An effect whose only allowed attempt (a step with ``retries: 0``) was cut short by a kill is
     parked for an operator, by design (the far side may have acted): allowed for a killed service's
@@ -326,6 +326,8 @@ async def account_pending(book: Accounting, conn: asyncpg.Connection, *, killed:
            AND due_at < now() - interval '10 seconds'"""
     )
     book.expect("timers overdue", 0, overdue)
+    held = await conn.fetchval("SELECT count(*) FROM detector_held_alerts")
+    book.expect("incident alerts held, never published", 0, held)
 
 
 # ---- consumer lag ----------------------------------------------------------------------------------

@@ -451,7 +451,8 @@ async def settle(stack: Stack, *, alerts: int, timeout: float) -> Settled:
                                AND parked_at IS NULL AND due_at < now()) AS timers,
                           (SELECT count(*) FROM responder_steps
                                WHERE state = 'awaiting_approval' AND connector = 'webhook')
-                        + (SELECT count(*) FROM analyzer_incidents WHERE pending_event IS NOT NULL) AS waiting"""
+                        + (SELECT count(*) FROM analyzer_incidents WHERE pending_event IS NOT NULL)
+                        + (SELECT count(*) FROM detector_incidents WHERE held) AS waiting"""
             )
             assert state is not None
             lag = await asyncio.to_thread(consumer_lag, stack.settings)

@@ -84,11 +84,11 @@ async def _relay(settings: VigilSettings, pool: asyncpg.Pool) -> None:
 @contextlib.asynccontextmanager
 async def pipeline(settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames) -> AsyncIterator[None]:
     """The detector, analyzer, coordinator and reporter consuming as their specs say, their events relayed."""
-    # Their consume loops only, not their background tasks: the analyzer publishes each change at once
-    # (nothing waits for a publication interval, whose sweep is one of those tasks).
-    at_once = settings.model_copy(update={"analyzer_publish_interval_s": 0.0})
+    # Their consume loops only, not their background tasks: the detector and the analyzer publish each
+    # change at once (nothing waits for an update or publication interval, whose sweeps are such tasks).
+    at_once = settings.model_copy(update={"analyzer_publish_interval_s": 0.0, "detector_update_interval_s": 0.0})
     specs = [
-        detector_service.spec(settings),
+        detector_service.spec(at_once),
         analyzer_service.spec(at_once),
         coordinator_service.spec(settings),
         reporter_service.spec(settings),
