@@ -184,7 +184,8 @@ def phases_table(mode: str, e2e: dict[str, Any]) -> Table:
     for column in (
         "Rate",
         "Published",
-        "alert -> incident event" if alone else "alert -> detected",
+        "alert -> detected",
+        "alert -> carried",
         *(f"-> {name}" for name in milestones),
         "Drained after",
         "Bounded lag",
@@ -197,6 +198,7 @@ def phases_table(mode: str, e2e: dict[str, Any]) -> Table:
             fmt(phase["rate_per_s"], "/s"),
             fmt(phase["publish_rate_per_s"], "/s"),
             _p(latency["detected"]),
+            _p(latency.get("carried")),
             *(_p(latency[name]) for name in milestones),
             fmt(phase["drained_after_last_send_s"], " s"),
             "[green]yes[/green]" if phase["kept_up"] else "[red]no[/red]",

@@ -67,7 +67,7 @@ def test_a_figure_short_of_its_goal_misses_it() -> None:
     assert found["throughput the formats cost (mixed against native)"] == MISS
     assert found["lease undone after a restart past its due time, latest"] == MISS
     assert found["lease undone after its due time, latest, responder running"] == PASS
-    assert found["p99 alert -> incident event at 1,000/s, detector alone"] == MISS
+    assert found["p99 alert -> incident detected at 1,000/s, detector alone"] == MISS
     assert found["idle RSS, coordinator"] == MISS
     assert found["idle RSS, responder"] == PASS  # exactly at the limit
     assert found["detector throughput / faust baseline"] == PASS
@@ -83,7 +83,7 @@ def test_a_figure_not_measured_is_said_so_not_judged() -> None:
     other_rates["detector_latency"]["native"]["phases"] = [
         {"rate_per_s": 500.0, "latency_ms": {"detected": {"p99": 1.0}}}
     ]
-    assert verdicts(other_rates)["p99 alert -> incident event at 1,000/s, detector alone"] == NOT_MEASURED
+    assert verdicts(other_rates)["p99 alert -> incident detected at 1,000/s, detector alone"] == NOT_MEASURED
 
 
 def test_none_sustained_is_a_miss_not_a_gap() -> None:
