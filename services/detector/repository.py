@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from pydantic import TypeAdapter
 
 from services.detector.correlation import Member, Route
 from services.detector.domain import IncidentState, Publication, Waiting
@@ -194,7 +195,7 @@ PUBLISH_AND_HOLD = """WITH taken AS (
                                        published_severity = p.severity, held = false
        FROM unnest($1::text[], $2::text[], $3::text[]) AS p(id, type, severity) WHERE i.id = p.id),
    kept AS (
-       INSERT INTO detector_held_alerts (incident_id, alerts) SELECT * FROM unnest($5::text[], $6::jsonb[])),
+       INSERT INTO detector_held_alerts (incident_id, alerts) SELECT * FROM unnest($5::text[], $6::bytea[])),
    marked AS (
        UPDATE detector_incidents SET held = true WHERE id = ANY($5::text[]) AND NOT held)
    SELECT incident_id, alerts FROM taken ORDER BY incident_id, seq"""
@@ -218,10 +219,15 @@ async def publish_and_hold(
     return _held_by_incident(rows)
 
 
+# Held summaries are the detector's own JSON: kept as bytes (Postgres parses none of it) and read back by
+# pydantic's JSON parser in one pass.
+_SUMMARIES = TypeAdapter(list[AlertSummary])
+
+
 def _held_by_incident(rows: Iterable[asyncpg.Record]) -> dict[str, list[AlertSummary]]:
     held: dict[str, list[AlertSummary]] = {}
     for row in rows:
-        held.setdefault(row["incident_id"], []).extend(AlertSummary.model_validate(a) for a in row["alerts"])
+        held.setdefault(row["incident_id"], []).extend(_SUMMARIES.validate_json(row["alerts"]))
     return held
 
 

@@ -11,6 +11,6 @@ CREATE INDEX detector_incidents_held ON detector_incidents (published_at) WHERE 
 CREATE TABLE detector_held_alerts (
     incident_id text   NOT NULL REFERENCES detector_incidents (id),
     seq         bigserial,                      -- the order they came in
-    alerts      jsonb  NOT NULL,                -- one batch's alert summaries, as the event will carry them
+    alerts      bytea  NOT NULL,                -- one batch's alert summaries, a JSON list as the event carries them
     PRIMARY KEY (incident_id, seq)
 );
