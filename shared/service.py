@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 import uvicorn
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -61,7 +61,7 @@ class Runtime:
     pool: asyncpg.Pool
     producer: AIOKafkaProducer
     names: TopicNames
-    loop: ConsumeLoop[Any] | None = None
+    loops: list[ConsumeLoop[Any]] = field(default_factory=list)
     probe: DatabaseProbe | None = None
     # What the service's own set-up opened (a connection of its own): closed, each by name, at shutdown.
     closers: list[tuple[str, Callable[[], Awaitable[None]]]] = field(default_factory=list)
@@ -163,6 +163,9 @@ class ServiceSpec:
     effects: Callable[[Runtime], Sequence[EffectKind]] = lambda _rt: ()
     # How long a poll that found records waits for more (VIGIL_CONSUMER_LINGER_MS overrides it).
     linger_ms: int = 0
+    # Consume loops in the process (VIGIL_CONSUMER_LOOPS overrides it): a handler that waits on Postgres for
+    # much of a batch leaves the process idle meanwhile, and another loop's batch can use that time.
+    consumer_loops: int = 1
 
 
 # A request Postgres undid for a conflict (a deadlock, a serialization failure) is answered 503 with this.
@@ -218,7 +221,7 @@ def build_app(runtime: Runtime, routers: Sequence[APIRouter]) -> FastAPI:
     async def readyz(response: Response) -> dict[str, object]:
         checks: dict[str, bool] = {
             "database": await runtime.probe.check() if runtime.probe else True,
-            "consumer": runtime.loop is None or runtime.loop.ready,
+            "consumer": all(loop.ready for loop in runtime.loops),
         }
         ready = all(checks.values())
         response.status_code = 200 if ready else 503
@@ -345,31 +348,38 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
             await ensure_topics(settings.kafka, names)
             await producer.start()
             stack.push_async_callback(_bounded(producer.stop, "the producer"))
-            fence = BatchFence(spec.name)
-            consumer = make_consumer(
-                settings, *(names(t) for t in spec.consumes), group_id=group_id(settings, spec.name), listener=fence
-            )
-            await consumer.start()
-            stack.push_async_callback(_bounded(consumer.stop, "the consumer"))
+            # Each loop a member of the group, as replicas are: its own partitions, in order, its own fence.
+            members: list[tuple[BatchFence, AIOKafkaConsumer]] = []
+            for _ in range(settings.consumer_loops or spec.consumer_loops):
+                fence = BatchFence(spec.name)
+                consumer = make_consumer(
+                    settings, *(names(t) for t in spec.consumes), group_id=group_id(settings, spec.name), listener=fence
+                )
+                members.append((fence, consumer))
+                stack.push_async_callback(_bounded(consumer.stop, "the consumer"))
+            await asyncio.gather(*(consumer.start() for _fence, consumer in members))
         except BaseException:
             for started in early:
                 started.cancel()
             await asyncio.gather(*early, return_exceptions=True)
             raise
-        runtime.loop = ConsumeLoop(
-            service=spec.name,
-            consumer=consumer,
-            producer=producer,
-            pool=pool,
-            names=names,
-            decoder=spec.decoder,
-            handler=spec.handler,
-            batch_size=settings.consumer_batch_size,
-            poll_ms=settings.consumer_poll_ms,
-            linger_ms=spec.linger_ms if settings.consumer_linger_ms is None else settings.consumer_linger_ms,
-            dead_letter_guard=DeadLetterGuard(ratio=settings.dead_letter_ratio, window=settings.dead_letter_window),
-            fence=fence,
-        )
+        runtime.loops = [
+            ConsumeLoop(
+                service=spec.name,
+                consumer=consumer,
+                producer=producer,
+                pool=pool,
+                names=names,
+                decoder=spec.decoder,
+                handler=spec.handler,
+                batch_size=settings.consumer_batch_size,
+                poll_ms=settings.consumer_poll_ms,
+                linger_ms=spec.linger_ms if settings.consumer_linger_ms is None else settings.consumer_linger_ms,
+                dead_letter_guard=DeadLetterGuard(ratio=settings.dead_letter_ratio, window=settings.dead_letter_window),
+                fence=fence,
+            )
+            for fence, consumer in members
+        ]
 
         server = uvicorn.Server(
             uvicorn.Config(
@@ -386,11 +396,12 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
         relay = OutboxRelay(
             service=spec.name, pool=pool, producer=producer, connect=lambda: connect(settings.database_url)
         )
-        runtime.loop.relay = relay
+        for consume_loop in runtime.loops:
+            consume_loop.relay = relay
 
         settle_heap(settings.gc_young_threshold)
         tasks = {
-            asyncio.create_task(runtime.loop.run(), name="consume"),
+            *(asyncio.create_task(loop.run(), name=f"consume-{n}") for n, loop in enumerate(runtime.loops)),
             asyncio.create_task(relay.run(), name="outbox-relay"),
             asyncio.create_task(housekeeping.run(pool, service=spec.name), name="housekeeping"),
             asyncio.create_task(server.serve(), name="http"),
@@ -404,23 +415,25 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
             settings.port_for(spec.name),
         )
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        consume = next(task for task in tasks if task.get_name() == "consume")
-        if consume in done and not consume.cancelled() and consume.exception() is not None:
+        consuming = {task for task in tasks if task.get_name().startswith("consume-")}
+        failed = [t for t in consuming & done if not t.cancelled() and t.exception() is not None]
+        if failed:
             # Its error counter is on /metrics only while the process lives: held up for a scrape (not ready,
             # the rest running), so that the alert on it can fire; a SIGTERM ends the wait.
             log.error(
-                "%s: consuming stopped on %r; exiting in %gs", spec.name, consume.exception(), settings.crash_hold_s
+                "%s: consuming stopped on %r; exiting in %gs", spec.name, failed[0].exception(), settings.crash_hold_s
             )
             signalled = next(task for task in tasks if task.get_name() == "stop-signal")
             await asyncio.wait({signalled}, timeout=settings.crash_hold_s)
 
-        # Stop consuming first so the batch in hand finishes and commits, then the rest.
-        runtime.loop.stop()
+        # Stop consuming first so the batches in hand finish and commit, then the rest.
+        for consume_loop in runtime.loops:
+            consume_loop.stop()
         server.should_exit = True
         finishing = asyncio.create_task(effects.drain(EFFECTS_DRAIN_TIMEOUT_S)) if effects is not None else None
-        if not consume.done():
-            drained, _ = await asyncio.wait({consume}, timeout=DRAIN_TIMEOUT_S)
-            if not drained:
+        if not all(task.done() for task in consuming):
+            _drained, undrained = await asyncio.wait(consuming, timeout=DRAIN_TIMEOUT_S)
+            if undrained:
                 log.warning(
                     "%s: the batch in hand did not finish within %ds of stopping; abandoned, it will be redelivered",
                     spec.name,

@@ -25,7 +25,7 @@ DEFAULT_HTTP_PORTS = {
 # effects runner draw on the rest (the outbox relay and readiness probe have their own).
 DEFAULT_POOL_SIZES = {
     "reporter": 8,
-    "detector": 4,
+    "detector": 6,
     "analyzer": 4,
     "responder": 6,
     "coordinator": 6,
@@ -115,6 +115,13 @@ class VigilSettings(BaseSettings):
         description="Objects a service allocates between the garbage collector's youngest passes (Python's own: "
         "700); 0 leaves Python's thresholds as they are. A batch of alerts is tens of thousands of objects, and "
         "a pass every 700 of them cost the detector a fifth of its time.",
+    )
+    consumer_loops: int | None = Field(
+        None,
+        ge=1,
+        le=16,
+        description="Consume loops in one process, each a member of the service's group with its share of the "
+        "partitions: while one waits for Postgres another runs. Per-service default (the detector runs 2).",
     )
     consumer_linger_ms: int | None = Field(
         None,

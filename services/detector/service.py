@@ -68,4 +68,7 @@ def spec(settings: VigilSettings) -> ServiceSpec:
         handler=detector.handle,
         routers=routers,
         background=(watch_suppressions, fire_timers, publish_held),
+        # A batch waits on Postgres for about as long as its Python runs: two loops keep both busy. They
+        # are safe together as replicas are (a lock per correlation key, a unique open incident per key).
+        consumer_loops=2,
     )
