@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import sys
 import tempfile
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -263,3 +264,28 @@ def vigil_up_ports() -> Iterator[None]:
     with (Path(tempfile.gettempdir()) / "vigil-up-ports.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
         yield
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def service_env(settings: VigilSettings, *, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a service process a test starts: the test's broker, database and topics, a port of
+    its own, text logs, and no API token to ask for (it listens on loopback only)."""
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
+        "VIGIL_HTTP_PORT": str(port),
+        "VIGIL_LOG_FORMAT": "text",
+        "VIGIL_ALLOW_UNAUTHENTICATED": "true",
+        **extra,
+    }
+
+
+async def start_module(module: str, *args: str, env: Mapping[str, str], log: IO[bytes]) -> asyncio.subprocess.Process:
+    """``python -m module args`` from the repository's root, its output (both streams) into ``log``."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, *args, cwd=REPO_ROOT, env=dict(env), stdout=log, stderr=asyncio.subprocess.STDOUT
+    )

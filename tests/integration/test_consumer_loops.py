@@ -5,9 +5,7 @@ SIGTERM drains both before it exits."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,11 +20,10 @@ from shared.kafka import make_producer
 from shared.settings import VigilSettings
 from shared.topics import INCIDENTS, TopicNames
 from tests.factories import snapshot
-from tests.helpers import eventually
+from tests.helpers import eventually, service_env, start_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "looptest"
 RECORDS = 300
 
@@ -55,29 +52,16 @@ async def test_two_loops_share_the_partitions_and_handle_every_record_once(
 
     await pool.execute("CREATE TABLE loop_seen (event_id text NOT NULL, loop text NOT NULL)")
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
-        "VIGIL_HTTP_PORT": str(port),
-        "VIGIL_LOG_FORMAT": "text",
-        "VIGIL_ALLOW_UNAUTHENTICATED": "true",
-        "VIGIL_CONSUMER_BATCH_SIZE": "10",
-        "VIGIL_SESSION_TIMEOUT_MS": "6000",
-        "VIGIL_REBALANCE_TIMEOUT_MS": "3000",
-    }
+    env = service_env(
+        settings,
+        port=port,
+        VIGIL_CONSUMER_BATCH_SIZE="10",
+        VIGIL_SESSION_TIMEOUT_MS="6000",
+        VIGIL_REBALANCE_TIMEOUT_MS="3000",
+    )
     log_path = tmp_path / "service.log"
     with log_path.open("wb") as log_file:
-        service = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.integration.test_consumer_loops",
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        service = await start_module("tests.integration.test_consumer_loops", env=env, log=log_file)
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
 

@@ -10,10 +10,8 @@ lives in the process: exiting at once, the service would take it along before Pr
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,11 +25,10 @@ from shared.events import IncidentDetected
 from shared.settings import VigilSettings
 from shared.topics import INCIDENTS, TopicNames
 from tests.factories import snapshot
-from tests.helpers import produce
+from tests.helpers import produce, service_env, start_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "crashtest"
 HOLD_S = 4
 WINDOW = 10  # the dead-letter window: its last record, dead too, stops the loop
@@ -64,28 +61,10 @@ async def test_a_service_stopped_by_an_error_it_cannot_retry_serves_the_count_th
     from shared.embedded import free_port
 
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
-        "VIGIL_HTTP_PORT": str(port),
-        "VIGIL_LOG_FORMAT": "text",
-        "VIGIL_CRASH_HOLD_S": str(HOLD_S),
-        "VIGIL_ALLOW_UNAUTHENTICATED": "true",
-        "VIGIL_DEAD_LETTER_WINDOW": str(WINDOW),
-    }
+    env = service_env(settings, port=port, VIGIL_CRASH_HOLD_S=str(HOLD_S), VIGIL_DEAD_LETTER_WINDOW=str(WINDOW))
     log_path = tmp_path / "service.log"
     with log_path.open("wb") as log_file:
-        service = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.integration.test_crash_hold",
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=log_file,
-            stderr=asyncio.subprocess.STDOUT,
-        )
+        service = await start_module("tests.integration.test_crash_hold", env=env, log=log_file)
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
                 # Counted from 0 before anything failed: an increase is seen from the first error.

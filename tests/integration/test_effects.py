@@ -43,7 +43,7 @@ from shared.outbox import OutboxRelay
 from shared.settings import VigilSettings
 from shared.timers import Timer, TimerPoller, schedule
 from shared.topics import EFFECTS, TopicNames
-from tests.helpers import eventually, read_all
+from tests.helpers import eventually, read_all, service_env, start_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(120)]
 
@@ -679,28 +679,12 @@ async def test_a_timer_handler_enqueues_an_effect(
 async def test_a_service_whose_spec_lists_effect_kinds_runs_them(
     settings: VigilSettings, pool: asyncpg.Pool, names: TopicNames, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
-        "VIGIL_HTTP_PORT": str(free_port()),
-        "VIGIL_LOG_FORMAT": "text",
-    }
+    env = service_env(settings, port=free_port())
     log_path = tmp_path / "service.log"
     async with far_side() as server:
         key = await add(pool, target=server.target, payload=post(server, "/hook"))
         with log_path.open("wb") as log_file:
-            service = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.integration.test_effects",
-                "service",
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log_file,
-                stderr=asyncio.subprocess.STDOUT,
-            )
+            service = await start_module("tests.integration.test_effects", "service", env=env, log=log_file)
             try:
                 row = await reaches(pool, key, "succeeded")
                 # Published by the service's own outbox relay.

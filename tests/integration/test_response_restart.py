@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -27,19 +25,15 @@ from shared.embedded import free_port
 from shared.events import Analysis, IncidentAnalyzed, IncidentType, Indicator, Severity
 from shared.settings import VigilSettings
 from shared.topics import ANALYSES, TopicNames
-from tests.helpers import eventually, produce
+from tests.helpers import eventually, produce, service_env, start_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(180)]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextlib.asynccontextmanager
 async def responder_process(env: dict[str, str], log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     with log.open("ab") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.responder", cwd=REPO_ROOT, env=env, stdout=out, stderr=out
-        )
+        process = await start_module("services.responder", env=env, log=out)
         try:
             yield process
         finally:
@@ -63,16 +57,7 @@ async def test_a_lease_due_while_the_responder_was_down_is_undone_as_it_starts(
     approvals = tmp_path / "approvals.yaml"
     approvals.write_text("rules: [{name: anyone, mode: approve, approvals: 1}]\n")
     port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "VIGIL_TOPIC_PREFIX": settings.topic_prefix,
-        "VIGIL_HTTP_PORT": str(port),
-        "VIGIL_LOG_FORMAT": "text",
-        "VIGIL_ALLOW_UNAUTHENTICATED": "true",
-        "VIGIL_RESPONDER_APPROVALS": str(approvals),
-    }
+    env = service_env(settings, port=port, VIGIL_RESPONDER_APPROVALS=str(approvals))
     log = tmp_path / "responder.log"
     analysis = Analysis(
         type=IncidentType.SECURITY_BREACH,
