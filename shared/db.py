@@ -35,6 +35,13 @@ def _encode_jsonb(value: object) -> bytes:
     return b"\x01" + orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
+def _encode_json(value: object) -> bytes:
+    # As for jsonb: bytes are JSON already.
+    if isinstance(value, bytes):
+        return value
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
 def _decode_jsonb(data: bytes) -> object:
     return _loads(data[1:])  # first byte: jsonb format version
 
@@ -53,7 +60,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
     await conn.set_type_codec(
         "json",
-        encoder=lambda v: orjson.dumps(v, option=orjson.OPT_NON_STR_KEYS),
+        encoder=_encode_json,
         decoder=_loads,
         schema="pg_catalog",
         format="binary",

@@ -584,7 +584,7 @@ async def list_alerts_since(conn: Conn, *, since: datetime) -> list[tuple[Alert,
     """Return the alerts seen since a time, with the incident each is in today (None: waiting)."""
     rows = await conn.fetch(
         """SELECT body, incident_id FROM detector_alerts WHERE time >= $1
-           UNION ALL SELECT body, NULL FROM detector_waiting WHERE time >= $1""",
+           UNION ALL SELECT body::json, NULL FROM detector_waiting WHERE time >= $1""",
         since,
     )
     return [(Alert.model_validate(row["body"]), row["incident_id"]) for row in rows]
