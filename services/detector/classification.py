@@ -177,10 +177,59 @@ def _alternation(patterns: Sequence[str]) -> str:
     return "|".join(f"(?:{p})" for p in patterns)
 
 
+def _keyword(keyword: str) -> str:
+    """A keyword's pattern after the word boundary it starts at: the word, or any ending after ``*``."""
+    return re.escape(keyword[:-1]) + r"\w*" if keyword.endswith("*") else re.escape(keyword) + r"\b"
+
+
 def keyword_pattern(keywords: Iterable[str]) -> re.Pattern[str]:
     """One alternation for a rule's keywords: whole words, or any ending after a trailing ``*``."""
-    parts = [re.escape(k[:-1]) + r"\w*" if k.endswith("*") else re.escape(k) + r"\b" for k in keywords]
-    return re.compile(r"\b(?:" + "|".join(parts) + ")")
+    return re.compile(r"\b(?:" + "|".join(map(_keyword, keywords)) + ")")
+
+
+class _KeywordRun:
+    """Rules in a row that test keywords alone, searched together rather than one pattern each.
+
+    The first of them that holds is the first whose keyword occurs anywhere, with its leftmost
+    occurrence as the words that met it: the same answer as searching each rule's own pattern in
+    turn. One pattern of all the run's keywords, in rule order, finds the leftmost word boundary where
+    any starts, and the first rule whose keyword starts there; no earlier rule occurs up to there, so
+    only they are searched for further on, until none is left or none occurs. Keywords are grouped
+    by their first character, which the regex engine checks before trying a group.
+    """
+
+    __slots__ = ("_patterns", "_rules", "rules")
+
+    def __init__(self, rules: Sequence[_Compiled]) -> None:
+        self.rules = tuple(rules)
+        self._rules: dict[str, int] = {}  # a keyword's group name -> its rule's place in the run
+        # The pattern of the run's first n rules, for each n.
+        self._patterns: dict[int, re.Pattern[str]] = {}
+        for n, rule in enumerate(self.rules):
+            for k in range(len(rule.keyword_list)):
+                self._rules[f"r{n}k{k}"] = n
+
+    def _pattern(self, count: int) -> re.Pattern[str]:
+        if (pattern := self._patterns.get(count)) is None:
+            by_start: dict[str, list[str]] = {}
+            for n, rule in enumerate(self.rules[:count]):
+                for k, keyword in enumerate(rule.keyword_list):
+                    by_start.setdefault(keyword[0], []).append(f"(?P<r{n}k{k}>{_keyword(keyword[1:])})")
+            groups = [re.escape(first) + "(?:" + "|".join(parts) + ")" for first, parts in by_start.items()]
+            # Zero-width, so that the next search can start one character on, inside this keyword.
+            pattern = self._patterns[count] = re.compile(r"\b(?=" + "|".join(groups) + ")")
+        return pattern
+
+    def first(self, text: str) -> tuple[_Compiled, str] | None:
+        """The first rule of the run that a keyword of the text meets, and the words that met it."""
+        best = None
+        count, at = len(self.rules), 0
+        while count and (found := self._pattern(count).search(text, at)) is not None:
+            name = found.lastgroup
+            assert name is not None  # every alternative is a named group
+            count, at = self._rules[name], found.start() + 1
+            best = (count, text[found.start() : found.end(name)])
+        return None if best is None else (self.rules[best[0]], best[1])
 
 
 class Decision(NamedTuple):
@@ -204,6 +253,14 @@ class _Compiled:
     techniques: frozenset[str] | None
     labels: tuple[tuple[str, re.Pattern[str]], ...]
     keywords: re.Pattern[str] | None
+    keyword_list: tuple[str, ...]  # lower-cased, in the rule's order
+
+    @property
+    def keywords_only(self) -> bool:
+        """Whether keywords are all the rule tests (its format aside, which picked it as a candidate)."""
+        return self.keywords is not None and not (
+            self.category or self.rule or self.tags or self.techniques or self.labels
+        )
 
     def explain(self, alert: Alert, text: _Text) -> str | None:
         """Return why the rule holds for the alert, or None when it does not."""
@@ -226,14 +283,16 @@ class _Compiled:
             value = alert.labels.get(name)
             if value is None or not pattern.fullmatch(value):
                 return None
-        match = None
+        mentioned = None
         if self.keywords is not None:
             match = self.keywords.search(text.get(alert))
             if match is None:
                 return None
-        return self._why(alert, tag, technique, match)
+            mentioned = match.group(0)
+        return self.why(alert, tag, technique, mentioned)
 
-    def _why(self, alert: Alert, tag: str | None, technique: str | None, match: re.Match[str] | None) -> str:
+    def why(self, alert: Alert, tag: str | None, technique: str | None, mentioned: str | None) -> str:
+        """The reason the rule holds, from what met each of its conditions."""
         why: list[str] = []
         fmt = alert.format if alert.format != "native" else alert.source
         names = _FIELD_NAMES.get(alert.format, {})
@@ -247,8 +306,8 @@ class _Compiled:
             why.append(_attack(technique))
         for name, _pattern in self.labels:
             why.append(f"label {name}={alert.labels[name]!r}")
-        if match is not None:
-            why.append(f"{fmt} alert {alert.title!r} mentions {match.group(0)!r}")
+        if mentioned is not None:
+            why.append(f"{fmt} alert {alert.title!r} mentions {mentioned!r}")
         if not why:  # a rule on the format alone
             why.append(f"{fmt} alert")
         return " and ".join(why)
@@ -289,6 +348,14 @@ class Classifier:
         self._critical = tuple(p.lower() for p in document.severity.critical_hosts)
         # Only the label names some rule reads make an alert's shape: few shapes, so few cache entries.
         self._label_names = frozenset(name for rule in self._compiled for name, _pattern in rule.labels)
+        # Runs of keyword rules, shared by the shapes and formats that meet the same run.
+        self._runs: dict[tuple[str, ...], _KeywordRun] = {}
+
+    def _run(self, rules: tuple[_Compiled, ...]) -> _KeywordRun:
+        key = tuple(rule.id for rule in rules)
+        if (run := self._runs.get(key)) is None:
+            run = self._runs[key] = _KeywordRun(rules)
+        return run
 
     # Bounded: a native alert may say any format, and each new one would be an entry for good.
     @functools.lru_cache(maxsize=CACHED_FORMATS)  # noqa: B019 - the classifier lives as long as the service
@@ -298,10 +365,11 @@ class Classifier:
     @functools.lru_cache(maxsize=CACHED_SHAPES)  # noqa: B019 - the classifier lives as long as the service
     def _candidates(
         self, format_name: str, shape: tuple[bool, bool, bool, bool, frozenset[str]]
-    ) -> tuple[_Compiled, ...]:
-        """The format's rules an alert of this shape can meet: a rule on a field the alert lacks cannot."""
+    ) -> tuple[_Compiled | _KeywordRun, ...]:
+        """The format's rules an alert of this shape can meet (a rule on a field the alert lacks cannot),
+        in order, those in a row that test keywords alone as one run."""
         has_category, has_rule, has_tags, has_techniques, labels = shape
-        return tuple(
+        rules = [
             r
             for r in self._for_format(format_name)
             if (r.category is None or has_category)
@@ -309,7 +377,18 @@ class Classifier:
             and (r.tags is None or has_tags)
             and (r.techniques is None or has_techniques)
             and all(name in labels for name, _pattern in r.labels)
-        )
+        ]
+        steps: list[_Compiled | _KeywordRun] = []
+        run: list[_Compiled] = []
+        for rule in [*rules, None]:
+            if rule is not None and rule.keywords_only:
+                run.append(rule)
+                continue
+            steps.extend([self._run(tuple(run))] if len(run) > 1 else run)
+            run = []
+            if rule is not None:
+                steps.append(rule)
+        return tuple(steps)
 
     def classify(self, alert: Alert) -> Decision:
         """Return the type the first holding rule gives the alert, or ``unknown``."""
@@ -321,8 +400,13 @@ class Classifier:
             bool(alert.techniques),
             self._label_names.intersection(alert.labels),
         )
-        for rule in self._candidates(alert.format.lower(), shape):
-            why = rule.explain(alert, text)
+        for step in self._candidates(alert.format.lower(), shape):
+            why: str | None
+            if isinstance(step, _KeywordRun):
+                found = step.first(text.get(alert))
+                rule, why = (found[0], found[0].why(alert, None, None, found[1])) if found else (step.rules[0], None)
+            else:
+                rule, why = step, step.explain(alert, text)
             if why is not None:
                 return Decision(rule.type, rule.id, f"{why} (rule {rule.id})")
         return Decision(IncidentType.UNKNOWN, FALLBACK_RULE, _unmatched(alert))
@@ -357,6 +441,7 @@ def _compile_rule(rule: Rule) -> _Compiled:
         techniques=frozenset(t.upper() for t in rule.techniques) if rule.techniques else None,
         labels=tuple((name, re.compile(value, re.IGNORECASE)) for name, value in (rule.labels or {}).items()),
         keywords=keyword_pattern(k.lower() for k in rule.keywords) if rule.keywords else None,
+        keyword_list=tuple(k.lower() for k in rule.keywords or ()),
     )
 
 

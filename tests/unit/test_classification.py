@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.detector import adapters
 from services.detector.classification import (
     CACHED_FORMATS,
     CACHED_SHAPES,
     ClassificationError,
+    keyword_pattern,
     load_rules,
     parse_rules,
     shipped,
@@ -393,6 +396,50 @@ def test_a_technique_covers_its_sub_techniques_only() -> None:
 def test_keywords_are_the_last_resort_whole_words_or_stems(title: str, expected: IncidentType, rule: str) -> None:
     decision = shipped().classify(alert(title=title, description=""))
     assert (decision.type, decision.rule) == (expected, rule)
+
+
+# Keywords that overlap, share a start, end in "*" or in a non-word character, and are repeated across
+# rules: what the rules below are made of, and the text is mostly made of their pieces.
+_PIECES = ["leak", "leaks", "data", "data leak", "scan", "port scan", "c++", "down", "download", "é", "ête", "x"]
+_KEYWORD = st.sampled_from([*_PIECES, "leak*", "scan*", "dat*", "c+*", "é*", "port sc*"])
+
+
+def _first_by_each_rule(rules: list[tuple[str, list[str]]], text: str) -> tuple[str, str] | None:
+    """Each rule's own pattern searched in turn: what one pass over the text must answer."""
+    for rule_id, keywords in rules:
+        if (found := keyword_pattern(k.lower() for k in keywords).search(text.lower())) is not None:
+            return rule_id, found.group(0)
+    return None
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(
+    keywords=st.lists(st.lists(_KEYWORD, min_size=1, max_size=4), min_size=2, max_size=5),
+    words=st.lists(st.sampled_from([*_PIECES, " ", "-", "_", "ed", "ing", "é", "Data", "SCAN"]), max_size=14),
+)
+def test_keyword_rules_in_a_row_decide_as_each_searched_in_turn(keywords: list[list[str]], words: list[str]) -> None:
+    rules = [(f"k{n}", kws) for n, kws in enumerate(keywords)]
+    document = {"rules": [{"id": rule_id, "type": "data_leak", "keywords": kws} for rule_id, kws in rules]}
+    title = "alert: " + "".join(words)
+    decision = parse_rules(json.dumps(document)).classify(alert(title=title, description=""))
+    expected = _first_by_each_rule(rules, title)
+    if expected is None:
+        assert decision.rule == "unclassified"
+    else:
+        assert decision.rule == expected[0]
+        assert decision.reason.endswith(f"mentions {expected[1]!r} (rule {expected[0]})")
+
+
+def test_a_rule_with_more_than_keywords_keeps_its_place_between_keyword_rules() -> None:
+    rules = parse_rules(
+        """rules:
+  - {id: first, type: data_leak, keywords: [exfiltrat*]}
+  - {id: labelled, type: service_disruption, keywords: [down], labels: {env: prod}}
+  - {id: any-down, type: security_breach, keywords: [down, scan]}"""
+    )
+    assert rules.classify(alert(title="Host down", description="", labels={"env": "prod"})).rule == "labelled"
+    assert rules.classify(alert(title="Host down", description="", labels={"env": "dev"})).rule == "any-down"
+    assert rules.classify(alert(title="Scan, then exfiltration", description="")).rule == "first"
 
 
 def test_a_user_report_without_telling_words_is_unknown_until_triaged() -> None:
