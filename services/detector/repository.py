@@ -68,11 +68,9 @@ async def lock_keys(conn: Conn, *, keys: Iterable[str]) -> None:
 async def get_open_by_keys(conn: Conn, *, keys: Iterable[str]) -> dict[str, IncidentState]:
     """Return the open incident that collects each key's alerts, locked until commit."""
     rows = await conn.fetch(
-        """SELECT * FROM detector_incidents WHERE id IN (
-               SELECT DISTINCT ON (correlation_key) id FROM detector_incidents
-               WHERE correlation_key = ANY($1::text[]) AND NOT closed AND collecting
-               ORDER BY correlation_key, last_seen DESC)
-           AND NOT closed  -- checked again once locked: one merged away meanwhile is closed now
+        # One per key (detector_incidents_collecting_key). Once locked, the row as it is then is checked
+        # again: one merged away or ended meanwhile is left out.
+        """SELECT * FROM detector_incidents WHERE correlation_key = ANY($1::text[]) AND NOT closed AND collecting
            FOR UPDATE""",
         list(keys),
     )
@@ -195,7 +193,9 @@ PUBLISH_AND_HOLD = """WITH taken AS (
                                        published_severity = p.severity, held = false
        FROM unnest($1::text[], $2::text[], $3::text[]) AS p(id, type, severity) WHERE i.id = p.id),
    kept AS (
-       INSERT INTO detector_held_alerts (incident_id, alerts) SELECT * FROM unnest($5::text[], $6::bytea[])),
+       INSERT INTO detector_held_alerts (incident_id, alerts, since)
+       SELECT h.id, h.alerts, coalesce(i.published_at, '-infinity')
+       FROM unnest($5::text[], $6::bytea[]) AS h(id, alerts) JOIN detector_incidents i ON i.id = h.id),
    marked AS (
        UPDATE detector_incidents SET held = true WHERE id = ANY($5::text[]) AND NOT held)
    SELECT incident_id, alerts FROM taken ORDER BY incident_id, seq"""
@@ -244,8 +244,11 @@ async def take_held(
         )
     else:
         incidents = await conn.fetch(
-            """SELECT * FROM detector_incidents WHERE held AND published_at <= now() - $1::interval
-               ORDER BY published_at LIMIT $2 FOR UPDATE SKIP LOCKED""",
+            """SELECT i.* FROM (
+                   SELECT incident_id, min(since) AS since FROM detector_held_alerts
+                   WHERE since <= now() - $1::interval GROUP BY incident_id) AS due
+               JOIN detector_incidents i ON i.id = due.incident_id
+               WHERE i.held ORDER BY due.since LIMIT $2 FOR UPDATE OF i SKIP LOCKED""",
             interval or timedelta(0),
             limit,
         )
