@@ -174,8 +174,10 @@ class EmbeddedPostgres:
 
     def _configure(self) -> None:
         """Settings for a database that starts empty and grows fast, read on a reload (SIGHUP)."""
-        with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
-            conf.write(EMBEDDED_SETTINGS)
+        conf = self.data_dir / "postgresql.conf"
+        if EMBEDDED_SETTINGS not in conf.read_text("utf-8"):  # a server started again on its data has them
+            with conf.open("a", encoding="utf-8") as written:
+                written.write(EMBEDDED_SETTINGS)
         if (pid := self.pid) is not None:
             os.kill(pid, signal.SIGHUP)
 
