@@ -19,7 +19,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared import housekeeping, identity
+from shared import housekeeping, identity, statistics
 from shared.consumer import (
     BatchFence,
     BatchHandler,
@@ -404,6 +404,7 @@ async def run_service(spec: ServiceSpec, settings: VigilSettings | None = None) 
             *(asyncio.create_task(loop.run(), name=f"consume-{n}") for n, loop in enumerate(runtime.loops)),
             asyncio.create_task(relay.run(), name="outbox-relay"),
             asyncio.create_task(housekeeping.run(pool, service=spec.name), name="housekeeping"),
+            asyncio.create_task(statistics.run(pool), name="statistics"),
             asyncio.create_task(server.serve(), name="http"),
             asyncio.create_task(stop.wait(), name="stop-signal"),
         }
