@@ -175,7 +175,9 @@ async def upsert_incidents(
                last_seen = EXCLUDED.last_seen, lead_kind = EXCLUDED.lead_kind,
                lead_severity_reason = EXCLUDED.lead_severity_reason, critical_asset = EXCLUDED.critical_asset,
                collecting = detector_incidents.collecting AND EXCLUDED.collecting, updated_at = now()
-           RETURNING id, now() - published_at AS since, published_type, published_severity, held""",
+           RETURNING id, now() - published_at AS since, published_type, published_severity,
+                     EXISTS (SELECT 1 FROM detector_held_alerts h WHERE h.incident_id = detector_incidents.id)
+                     AS held""",
         *columns,
     )
     return {
@@ -185,19 +187,16 @@ async def upsert_incidents(
 
 
 # Alerts published now take with them those of the same incidents that waited (in the order they came);
-# the rest wait in their turn, their incidents marked as holding some.
+# the rest wait in their turn. An incident holds alerts while it has rows here.
 PUBLISH_AND_HOLD = """WITH taken AS (
        DELETE FROM detector_held_alerts WHERE incident_id = ANY($4::text[]) RETURNING incident_id, seq, alerts),
    published AS (
-       UPDATE detector_incidents i SET published_at = now(), published_type = p.type,
-                                       published_severity = p.severity, held = false
+       UPDATE detector_incidents i SET published_at = now(), published_type = p.type, published_severity = p.severity
        FROM unnest($1::text[], $2::text[], $3::text[]) AS p(id, type, severity) WHERE i.id = p.id),
    kept AS (
        INSERT INTO detector_held_alerts (incident_id, alerts, since)
        SELECT h.id, h.alerts, coalesce(i.published_at, '-infinity')
-       FROM unnest($5::text[], $6::bytea[]) AS h(id, alerts) JOIN detector_incidents i ON i.id = h.id),
-   marked AS (
-       UPDATE detector_incidents SET held = true WHERE id = ANY($5::text[]) AND NOT held)
+       FROM unnest($5::text[], $6::bytea[]) AS h(id, alerts) JOIN detector_incidents i ON i.id = h.id)
    SELECT incident_id, alerts FROM taken ORDER BY incident_id, seq"""
 
 
@@ -231,6 +230,15 @@ def _held_by_incident(rows: Iterable[asyncpg.Record]) -> dict[str, list[AlertSum
     return held
 
 
+# What the incidents held, taken in order, and the incidents that held some noted as published now.
+TAKE_HELD = """WITH taken AS (
+       DELETE FROM detector_held_alerts WHERE incident_id = ANY($1::text[]) RETURNING incident_id, seq, alerts),
+   published AS (
+       UPDATE detector_incidents i SET published_at = now(), published_type = i.type, published_severity = i.severity
+       WHERE i.id IN (SELECT incident_id FROM taken))
+   SELECT incident_id, alerts FROM taken ORDER BY incident_id, seq"""
+
+
 async def take_held(
     conn: Conn, *, incident_ids: Iterable[str] | None = None, interval: timedelta | None = None, limit: int = 100
 ) -> list[tuple[IncidentState, list[AlertSummary]]]:
@@ -239,7 +247,9 @@ async def take_held(
     ``interval`` since the last publication has ended, oldest first, skipping any a consumer holds."""
     if incident_ids is not None:
         incidents = await conn.fetch(
-            "SELECT * FROM detector_incidents WHERE id = ANY($1::text[]) AND held ORDER BY id FOR UPDATE",
+            """SELECT * FROM detector_incidents i WHERE id = ANY($1::text[])
+                 AND EXISTS (SELECT 1 FROM detector_held_alerts h WHERE h.incident_id = i.id)
+               ORDER BY id FOR UPDATE""",
             list(incident_ids),
         )
     else:
@@ -248,15 +258,16 @@ async def take_held(
                    SELECT incident_id, min(since) AS since FROM detector_held_alerts
                    WHERE since <= now() - $1::interval GROUP BY incident_id) AS due
                JOIN detector_incidents i ON i.id = due.incident_id
-               WHERE i.held ORDER BY due.since LIMIT $2 FOR UPDATE OF i SKIP LOCKED""",
+               ORDER BY due.since LIMIT $2 FOR UPDATE OF i SKIP LOCKED""",
             interval or timedelta(0),
             limit,
         )
     if not incidents:
         return []
-    states = [_from_row(row) for row in incidents]
-    held = await publish_and_hold(conn, published=states, taking=[i.id for i in states], holding=[])
-    return [(state, held.get(state.id, [])) for state in states]
+    # An incident whose held alerts another transaction took while this one waited for its row holds none
+    # now: it is neither published nor returned.
+    held = _held_by_incident(await conn.fetch(TAKE_HELD, [row["id"] for row in incidents]))
+    return [(state, held[state.id]) for state in map(_from_row, incidents) if state.id in held]
 
 
 @dataclass(frozen=True)
@@ -323,7 +334,8 @@ class AlertTally:
 async def tally_alerts(conn: Conn, *, incident_ids: Iterable[str]) -> dict[str, AlertTally]:
     """Return each incident's alert counts, after this transaction's updates."""
     rows = await conn.fetch(
-        """SELECT i.id, i.type, i.closed, i.held, count(a.key) AS alerts,
+        """SELECT i.id, i.type, i.closed, count(a.key) AS alerts,
+                  EXISTS (SELECT 1 FROM detector_held_alerts h WHERE h.incident_id = i.id) AS held,
                   count(a.key) FILTER (WHERE a.resolved_at IS NULL) AS firing
            FROM detector_incidents i LEFT JOIN detector_alerts a ON a.incident_id = i.id
            WHERE i.id = ANY($1::text[]) GROUP BY i.id""",
