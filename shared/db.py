@@ -183,20 +183,25 @@ def with_database(url: str, database: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def scratch_database(admin_url: str, *, prefix: str, migrated: bool = True) -> AsyncIterator[str]:
+async def scratch_database(
+    admin_url: str, *, prefix: str, migrated: bool = True, template: str | None = None
+) -> AsyncIterator[str]:
     """Create a database of its own (for a test or a benchmark) on the admin URL's server; drop it afterwards.
 
-    Yields its URL, with Vigil's migrations applied unless ``migrated`` is false.
+    Yields its URL, with Vigil's migrations applied unless ``migrated`` is false. From a ``template``
+    (``migrated_template``), it is a copy of that database, migrated already: a copy takes a fraction
+    of the time all the migrations take.
     """
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(admin_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        # Names cannot be parameters: these are made here, of a prefix and hex digits.
+        await admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     finally:
         await admin.close()
     url = with_database(admin_url, name)
     try:
-        if migrated:
+        if migrated and template is None:
             pool = await create_pool(url, max_size=1)
             try:
                 await migrate(pool)
@@ -209,3 +214,13 @@ async def scratch_database(admin_url: str, *, prefix: str, migrated: bool = True
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def migrated_template(admin_url: str, *, prefix: str) -> AsyncIterator[str]:
+    """A migrated database to copy scratch databases from (``scratch_database(template=...)``); its name.
+
+    Nothing stays connected to it: Postgres copies a database only while no session uses it.
+    """
+    async with scratch_database(admin_url, prefix=prefix) as url:
+        yield urlsplit(url).path.lstrip("/")

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 from services.responder.guardrails import RateLimiter
-from shared.db import create_pool, scratch_database
+from shared.db import create_pool, migrated_template, scratch_database
 from shared.embedded import EmbeddedBroker, EmbeddedPostgres
 from shared.settings import KafkaSettings, VigilSettings
 from shared.topics import TopicNames, ensure_topics
@@ -235,10 +235,17 @@ def postgres_admin_url() -> Iterator[str]:
             yield pg.url("postgres")
 
 
+@pytest_asyncio.fixture(loop_scope="session", scope="session")
+async def migrated_database(postgres_admin_url: str) -> AsyncIterator[str]:
+    """A database migrated once for the session (each xdist worker has its own), copied for each test."""
+    async with migrated_template(postgres_admin_url, prefix="vigil_template") as name:
+        yield name
+
+
 @pytest_asyncio.fixture(loop_scope="session")
-async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
-    """A fresh, migrated database for one test."""
-    async with scratch_database(postgres_admin_url, prefix="vigil_test") as url:
+async def database_url(postgres_admin_url: str, migrated_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test: a copy of the session's migrated one."""
+    async with scratch_database(postgres_admin_url, prefix="vigil_test", template=migrated_database) as url:
         yield url
 
 

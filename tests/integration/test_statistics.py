@@ -57,7 +57,11 @@ async def test_a_plan_made_on_a_nearly_empty_table_reads_by_index_once_the_grown
 ) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("CREATE TABLE sightings (key text PRIMARY KEY, repeats int NOT NULL DEFAULT 0)")
+        await conn.execute(
+            # Autovacuum would analyse it too, at a moment of its own: here only the analysis under test does.
+            """CREATE TABLE sightings (key text PRIMARY KEY, repeats int NOT NULL DEFAULT 0)
+               WITH (autovacuum_enabled = false)"""
+        )
         await conn.execute("INSERT INTO sightings (key) SELECT 'k' || n FROM generate_series(1, 10) AS n")
         # As a statement run again and again is planned (a generic plan), on the table as it is now.
         await conn.execute("SET plan_cache_mode = force_generic_plan")
@@ -82,7 +86,9 @@ async def test_a_plan_made_on_a_nearly_empty_table_reads_by_index_once_the_grown
 async def test_a_table_whose_size_holds_is_not_analysed_again_however_many_rows_come_and_go(
     db: asyncpg.Pool,
 ) -> None:
-    await db.execute("CREATE TABLE waiting_room (id bigserial PRIMARY KEY, body text)")
+    await db.execute(
+        "CREATE TABLE waiting_room (id bigserial PRIMARY KEY, body text) WITH (autovacuum_enabled = false)"
+    )
     await db.execute("INSERT INTO waiting_room (body) SELECT 'x' FROM generate_series(1, 1000)")
     assert "public.waiting_room" in await analysed_once_grown(db, "public.waiting_room")
 
@@ -96,7 +102,7 @@ async def test_a_table_whose_size_holds_is_not_analysed_again_however_many_rows_
 
 
 async def test_a_table_another_process_is_analysing_is_left_to_it(db: asyncpg.Pool, database_url: str) -> None:
-    await db.execute("CREATE TABLE busy (id int PRIMARY KEY)")
+    await db.execute("CREATE TABLE busy (id int PRIMARY KEY) WITH (autovacuum_enabled = false)")
     await db.execute("INSERT INTO busy SELECT generate_series(1, 1000)")
     oid = await db.fetchval("SELECT 'busy'::regclass::oid::int")
     await counted(db, "busy", changes=1000)
@@ -111,7 +117,7 @@ async def test_a_table_another_process_is_analysing_is_left_to_it(db: asyncpg.Po
 
 
 async def test_a_table_autovacuum_is_analysing_is_not_waited_for(db: asyncpg.Pool, database_url: str) -> None:
-    await db.execute("CREATE TABLE visited (id int PRIMARY KEY)")
+    await db.execute("CREATE TABLE visited (id int PRIMARY KEY) WITH (autovacuum_enabled = false)")
     await db.execute("INSERT INTO visited SELECT generate_series(1, 1000)")
     await counted(db, "visited", changes=1000)
     other = await asyncpg.connect(database_url)
