@@ -452,7 +452,7 @@ async def settle(stack: Stack, *, alerts: int, timeout: float) -> Settled:
                           (SELECT count(*) FROM responder_steps
                                WHERE state = 'awaiting_approval' AND connector = 'webhook')
                         + (SELECT count(*) FROM analyzer_incidents WHERE pending_event IS NOT NULL)
-                        + (SELECT count(*) FROM detector_incidents WHERE held) AS waiting"""
+                        + (SELECT count(DISTINCT incident_id) FROM detector_held_alerts) AS waiting"""
             )
             assert state is not None
             lag = await asyncio.to_thread(consumer_lag, stack.settings)
