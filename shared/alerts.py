@@ -6,10 +6,11 @@ import functools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from shared.addresses import IPAddress
 
 
 class AlertSeverity(StrEnum):
@@ -54,8 +55,8 @@ class Alert(BaseModel):
     time: AwareDatetime = Field(description="When the tool observed it (RFC 3339 with offset).")
     host: str | None = Field(None, max_length=255)
     user: str | None = Field(None, max_length=255)
-    src_ip: IPv4Address | IPv6Address | None = None
-    dst_ip: IPv4Address | IPv6Address | None = None
+    src_ip: IPAddress | None = None
+    dst_ip: IPAddress | None = None
     labels: dict[str, str] = Field(default_factory=dict, description="Free-form key/value tags.")
     raw: dict[str, Any] | None = Field(None, description="The tool's original record, kept as evidence.")
     format: str = Field("native", max_length=40, description="The format it arrived in (set by the adapter).")

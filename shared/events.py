@@ -22,12 +22,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyAddress,
     TypeAdapter,
     field_validator,
     model_validator,
 )
 
+from shared.addresses import IPAnyAddress
 from shared.alerts import AlertSeverity
 
 
@@ -148,8 +148,8 @@ class AlertSummary(Payload):
     time: AwareDatetime
     host: str | None = None
     user: str | None = None
-    src_ip: IPvAnyAddress | None = None
-    dst_ip: IPvAnyAddress | None = None
+    src_ip: IPAnyAddress | None = None
+    dst_ip: IPAnyAddress | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     format: str = "native"
     status: Literal["firing", "resolved"] = "firing"

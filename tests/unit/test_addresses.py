@@ -1,15 +1,18 @@
-"""Which addresses are inside, whichever way they are written."""
+"""Addresses as models read them, and which are inside, whichever way they are written."""
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime
 
+import orjson
 import pytest
+from pydantic import ValidationError
 
 from services.analyzer import forensic, intel
 from shared import addresses
 from shared.addresses import is_external, is_internal
-from shared.alerts import AlertSeverity
+from shared.alerts import Alert, AlertSeverity
 from shared.events import AlertSummary
 
 
@@ -62,3 +65,36 @@ def test_answers_are_kept_for_a_bounded_number_of_addresses_and_stay_the_same() 
         assert (is_external("172.16.4.2"), is_internal("172.16.4.2")) == (False, True)
         assert (is_external("evil.example"), is_internal("evil.example")) == (False, False)
         assert (is_external("224.0.0.1"), is_internal("224.0.0.1")) == (False, False)
+
+
+ALERT = {"id": "1", "source": "suricata", "title": "scan", "severity": "high", "time": "2026-11-24T09:00:00Z"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["10.0.0.5", "203.0.113.7", "0.0.0.0", "2001:db8::1", "::ffff:10.0.0.5", "fe80::1%eth0", 167772165],
+)
+def test_a_model_reads_an_address_as_ipaddress_reads_it(value: str | int) -> None:
+    expected = ipaddress.ip_address(value)
+    assert Alert.model_validate({**ALERT, "src_ip": value}).src_ip == expected
+    # Read twice (the second from what was kept), from JSON too, and in an event's summary: the same address.
+    assert Alert.model_validate_json(orjson.dumps({**ALERT, "src_ip": value})).src_ip == expected
+    fields = {name: v for name, v in ALERT.items() if name != "id"}
+    summary = AlertSummary.model_validate({**fields, "key": "suricata:1", "dst_ip": value})
+    assert summary.dst_ip == expected and type(summary.dst_ip) is type(expected)
+    assert orjson.loads(summary.model_dump_json())["dst_ip"] == str(expected)
+
+
+@pytest.mark.parametrize("value", ["300.1.1.1", "10.0.0.05", "10.0.0", " 10.0.0.5", "web-1", "", True, 1.5, [1]])
+def test_what_is_not_an_address_is_refused_with_the_reason(value: object) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Alert.model_validate({**ALERT, "src_ip": value})
+    assert refused.value.errors()[0]["msg"] == "value is not a valid IPv4 or IPv6 address"
+    assert refused.value.error_count() == 1
+
+
+def test_models_publish_the_schema_of_pydantics_address_types() -> None:
+    either = [{"format": "ipv4", "type": "string"}, {"format": "ipv6", "type": "string"}]
+    assert Alert.model_json_schema()["properties"]["src_ip"]["anyOf"] == [*either, {"type": "null"}]
+    any_address = [{"format": "ipvanyaddress", "type": "string"}, {"type": "null"}]
+    assert AlertSummary.model_json_schema()["properties"]["dst_ip"]["anyOf"] == any_address

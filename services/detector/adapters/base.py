@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import json
 import math
 import re
-import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +28,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import ValidationError
 
+from shared.addresses import Address, parse_address
 from shared.alerts import MAX_FUTURE, Alert, AlertSeverity
 from shared.errors import InvalidMessage, validation_reason
 
@@ -313,23 +312,13 @@ def _address_text(value: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=65_536)
-def _address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    # Parsing an address is slow and the same ones recur in a stream of alerts: remember them.
-    found = value.strip().strip("[]")
-    if _DOTTED_QUAD.fullmatch(found):
-        # The commonest, an IPv4 address as ipaddress writes it: read in C, not octet by octet.
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(socket.inet_aton(found))
-    else:
-        try:
-            address = ipaddress.ip_address(found)
-        except ValueError:
-            return None
+def _address(value: str) -> Address | None:
+    # Tools write addresses in brackets or with spaces around: the same ones recur, so remember them.
+    try:
+        address = parse_address(value.strip().strip("[]"))
+    except ValueError:
+        return None
     return None if address.is_unspecified else address
-
-
-# What ipaddress reads as an IPv4 address: four decimal octets, none above 255, no leading zero.
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_DOTTED_QUAD = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
 
 
 # ---- severities ----------------------------------------------------------------------------------
