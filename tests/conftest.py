@@ -78,8 +78,10 @@ async def unhandled_loop_errors_fail_the_test() -> AsyncIterator[None]:
     try:
         yield
         # A failed task nobody awaited is reported when it is garbage-collected: collect now, so
-        # that the report falls on the test that leaked it and not on a later one.
+        # that the report falls on the test that leaked it and not on a later one. What survives is
+        # then left out of later tests' collections (frozen), so each walks only what its test made.
         gc.collect()
+        gc.freeze()
     finally:
         loop.set_exception_handler(previous)
     if reported:
